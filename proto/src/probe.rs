@@ -1,0 +1,511 @@
+//! The UDP probe protocol between an agent and a reflector, version 1.
+//!
+//! A session runs: `Open` → `Accept` (or `Reject`) → many `Probe` → `Reply` → `Close` → `CloseAck`.
+//! The reflector's `Accept` carries a stateless cookie bound to the agent's address; every later
+//! packet from the agent carries it, so the reflector answers only addresses that proved they
+//! receive. Every answer is at most as long as the packet it answers ([`Reply`] is exactly as long
+//! as its [`Probe`]), so a reflector can never amplify.
+//!
+//! All integers are big-endian. Every packet starts with the version byte and a kind byte.
+//! Timestamps are microseconds on the sender's own clock; only differences on one clock, and the
+//! minimum-filtered offset between clocks, are ever used (see the agent's metrics).
+
+use thiserror::Error;
+
+/// The protocol version carried in the first byte of every packet.
+pub const VERSION: u8 = 1;
+/// Length of an `Open` packet; padded so that `Accept` and `Reject` are shorter.
+pub const OPEN_LEN: usize = 64;
+pub const ACCEPT_LEN: usize = 48;
+pub const REJECT_LEN: usize = 16;
+pub const CLOSE_LEN: usize = 48;
+pub const CLOSE_ACK_LEN: usize = 24;
+/// Bytes of a probe before its padding.
+pub const PROBE_HEADER_LEN: usize = 38;
+/// Bytes of a reply before its padding.
+pub const REPLY_HEADER_LEN: usize = 42;
+/// The smallest probe: a reply (same length) must fit its header.
+pub const MIN_PROBE_LEN: usize = 48;
+/// The largest probe: fits a 1500-byte MTU with IPv6 and UDP headers and a platform framing.
+pub const MAX_PROBE_LEN: usize = 1400;
+/// Length of the cookie a reflector hands out.
+pub const COOKIE_LEN: usize = 16;
+
+const KIND_OPEN: u8 = 1;
+const KIND_ACCEPT: u8 = 2;
+const KIND_PROBE: u8 = 3;
+const KIND_REPLY: u8 = 4;
+const KIND_CLOSE: u8 = 5;
+const KIND_REJECT: u8 = 6;
+const KIND_CLOSE_ACK: u8 = 7;
+
+/// The agent's session identifier, chosen at random per session (and per arm).
+pub type SessionId = u64;
+/// A reflector cookie; opaque to the agent.
+pub type Cookie = [u8; COOKIE_LEN];
+
+/// Why a packet could not be decoded. Decoding never panics; every input maps to a packet or this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum DecodeError {
+    #[error("empty packet")]
+    Empty,
+    #[error("unsupported probe protocol version {0} (this build speaks {VERSION})")]
+    Version(u8),
+    #[error("unknown packet kind {0}")]
+    Kind(u8),
+    #[error("{kind} packet of {len} bytes, expected {expected}")]
+    Length {
+        kind: &'static str,
+        len: usize,
+        expected: &'static str,
+    },
+}
+
+/// The agent asks for a session with these parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Open {
+    pub session: SessionId,
+    pub interval_ms: u16,
+    pub size: u16,
+    pub duration_ms: u32,
+}
+
+/// The reflector grants a session: the cookie and the limits it will enforce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accept {
+    pub session: SessionId,
+    pub cookie: Cookie,
+    /// Smallest interval between probes the reflector will answer at.
+    pub interval_ms: u16,
+    /// Largest probe the reflector will answer.
+    pub size: u16,
+    /// How long the session may run.
+    pub duration_ms: u32,
+    pub reflector_time_us: u64,
+}
+
+/// Why a reflector refused an `Open`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RejectReason {
+    Busy = 1,
+    BadRequest = 2,
+    RateLimited = 3,
+    Other = 255,
+}
+
+impl RejectReason {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => RejectReason::Busy,
+            2 => RejectReason::BadRequest,
+            3 => RejectReason::RateLimited,
+            _ => RejectReason::Other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reject {
+    pub session: SessionId,
+    pub reason: RejectReason,
+}
+
+/// One probe of the isochronous stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    pub session: SessionId,
+    pub cookie: Cookie,
+    pub seq: u32,
+    /// Agent clock, microseconds.
+    pub sent_us: u64,
+    /// Total length on the wire, padding included.
+    pub len: u16,
+}
+
+/// The reflector's echo of one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    pub session: SessionId,
+    pub seq: u32,
+    /// The probe's `sent_us`, echoed.
+    pub sent_us: u64,
+    /// Reflector clock when the probe arrived.
+    pub reflector_rx_us: u64,
+    /// Reflector clock when the reply left.
+    pub reflector_tx_us: u64,
+    /// Probes the reflector has received in this session so far, this one included.
+    pub reflector_received: u32,
+    /// Total length on the wire; always the probe's length.
+    pub len: u16,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Close {
+    pub session: SessionId,
+    pub cookie: Cookie,
+    pub packets_sent: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseAck {
+    pub session: SessionId,
+    /// Final count of distinct probes the reflector received in this session.
+    pub reflector_received: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packet {
+    Open(Open),
+    Accept(Accept),
+    Reject(Reject),
+    Probe(Probe),
+    Reply(Reply),
+    Close(Close),
+    CloseAck(CloseAck),
+}
+
+impl Packet {
+    /// Encodes the packet, padding as the format requires.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.wire_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoded packet to `out`.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        match self {
+            Packet::Open(p) => {
+                out.extend_from_slice(&[VERSION, KIND_OPEN]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.interval_ms.to_be_bytes());
+                out.extend_from_slice(&p.size.to_be_bytes());
+                out.extend_from_slice(&p.duration_ms.to_be_bytes());
+            }
+            Packet::Accept(p) => {
+                out.extend_from_slice(&[VERSION, KIND_ACCEPT]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.cookie);
+                out.extend_from_slice(&p.interval_ms.to_be_bytes());
+                out.extend_from_slice(&p.size.to_be_bytes());
+                out.extend_from_slice(&p.duration_ms.to_be_bytes());
+                out.extend_from_slice(&p.reflector_time_us.to_be_bytes());
+            }
+            Packet::Reject(p) => {
+                out.extend_from_slice(&[VERSION, KIND_REJECT]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.push(p.reason as u8);
+            }
+            Packet::Probe(p) => {
+                out.extend_from_slice(&[VERSION, KIND_PROBE]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.cookie);
+                out.extend_from_slice(&p.seq.to_be_bytes());
+                out.extend_from_slice(&p.sent_us.to_be_bytes());
+            }
+            Packet::Reply(p) => {
+                out.extend_from_slice(&[VERSION, KIND_REPLY]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.seq.to_be_bytes());
+                out.extend_from_slice(&p.sent_us.to_be_bytes());
+                out.extend_from_slice(&p.reflector_rx_us.to_be_bytes());
+                out.extend_from_slice(&p.reflector_tx_us.to_be_bytes());
+                out.extend_from_slice(&p.reflector_received.to_be_bytes());
+            }
+            Packet::Close(p) => {
+                out.extend_from_slice(&[VERSION, KIND_CLOSE]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.cookie);
+                out.extend_from_slice(&p.packets_sent.to_be_bytes());
+            }
+            Packet::CloseAck(p) => {
+                out.extend_from_slice(&[VERSION, KIND_CLOSE_ACK]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.reflector_received.to_be_bytes());
+            }
+        }
+        out.resize(start + self.wire_len(), 0);
+    }
+
+    /// Length of the encoded packet.
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Packet::Open(_) => OPEN_LEN,
+            Packet::Accept(_) => ACCEPT_LEN,
+            Packet::Reject(_) => REJECT_LEN,
+            Packet::Probe(p) => clamp_probe_len(p.len),
+            Packet::Reply(p) => clamp_probe_len(p.len),
+            Packet::Close(_) => CLOSE_LEN,
+            Packet::CloseAck(_) => CLOSE_ACK_LEN,
+        }
+    }
+
+    /// Decodes one packet. Never panics; any byte string yields a packet or a [`DecodeError`].
+    pub fn decode(buf: &[u8]) -> Result<Packet, DecodeError> {
+        let mut r = Reader { buf, pos: 0 };
+        let version = r.u8().ok_or(DecodeError::Empty)?;
+        if version != VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let kind = r.u8().ok_or(DecodeError::Kind(0))?;
+        let len = buf.len();
+        let exact = |name: &'static str, want: usize, expected: &'static str| {
+            if len == want {
+                Ok(())
+            } else {
+                Err(DecodeError::Length {
+                    kind: name,
+                    len,
+                    expected,
+                })
+            }
+        };
+        let probe_sized = |name: &'static str| {
+            if (MIN_PROBE_LEN..=MAX_PROBE_LEN).contains(&len) {
+                Ok(())
+            } else {
+                Err(DecodeError::Length {
+                    kind: name,
+                    len,
+                    expected: "48..=1400",
+                })
+            }
+        };
+        // Every field read below is within the length checked just before it, so the
+        // `Reader` calls cannot fail; they still return `Option` and are mapped, never unwrapped.
+        let short = DecodeError::Length {
+            kind: "packet",
+            len,
+            expected: "longer",
+        };
+        Ok(match kind {
+            KIND_OPEN => {
+                exact("open", OPEN_LEN, "64")?;
+                Packet::Open(Open {
+                    session: r.u64().ok_or(short)?,
+                    interval_ms: r.u16().ok_or(short)?,
+                    size: r.u16().ok_or(short)?,
+                    duration_ms: r.u32().ok_or(short)?,
+                })
+            }
+            KIND_ACCEPT => {
+                exact("accept", ACCEPT_LEN, "48")?;
+                Packet::Accept(Accept {
+                    session: r.u64().ok_or(short)?,
+                    cookie: r.cookie().ok_or(short)?,
+                    interval_ms: r.u16().ok_or(short)?,
+                    size: r.u16().ok_or(short)?,
+                    duration_ms: r.u32().ok_or(short)?,
+                    reflector_time_us: r.u64().ok_or(short)?,
+                })
+            }
+            KIND_REJECT => {
+                exact("reject", REJECT_LEN, "16")?;
+                Packet::Reject(Reject {
+                    session: r.u64().ok_or(short)?,
+                    reason: RejectReason::from_u8(r.u8().ok_or(short)?),
+                })
+            }
+            KIND_PROBE => {
+                probe_sized("probe")?;
+                Packet::Probe(Probe {
+                    session: r.u64().ok_or(short)?,
+                    cookie: r.cookie().ok_or(short)?,
+                    seq: r.u32().ok_or(short)?,
+                    sent_us: r.u64().ok_or(short)?,
+                    len: len as u16,
+                })
+            }
+            KIND_REPLY => {
+                probe_sized("reply")?;
+                Packet::Reply(Reply {
+                    session: r.u64().ok_or(short)?,
+                    seq: r.u32().ok_or(short)?,
+                    sent_us: r.u64().ok_or(short)?,
+                    reflector_rx_us: r.u64().ok_or(short)?,
+                    reflector_tx_us: r.u64().ok_or(short)?,
+                    reflector_received: r.u32().ok_or(short)?,
+                    len: len as u16,
+                })
+            }
+            KIND_CLOSE => {
+                exact("close", CLOSE_LEN, "48")?;
+                Packet::Close(Close {
+                    session: r.u64().ok_or(short)?,
+                    cookie: r.cookie().ok_or(short)?,
+                    packets_sent: r.u32().ok_or(short)?,
+                })
+            }
+            KIND_CLOSE_ACK => {
+                exact("close-ack", CLOSE_ACK_LEN, "24")?;
+                Packet::CloseAck(CloseAck {
+                    session: r.u64().ok_or(short)?,
+                    reflector_received: r.u32().ok_or(short)?,
+                })
+            }
+            other => return Err(DecodeError::Kind(other)),
+        })
+    }
+}
+
+fn clamp_probe_len(len: u16) -> usize {
+    (len as usize).clamp(MIN_PROBE_LEN, MAX_PROBE_LEN)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let bytes = self.buf.get(self.pos..self.pos.checked_add(N)?)?;
+        self.pos += N;
+        bytes.try_into().ok()
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take::<1>().map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take().map(u16::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take().map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take().map(u64::from_be_bytes)
+    }
+    fn cookie(&mut self) -> Option<Cookie> {
+        self.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arb_packet() -> impl Strategy<Value = Packet> {
+        let cookie = any::<[u8; COOKIE_LEN]>();
+        let len = (MIN_PROBE_LEN as u16)..=(MAX_PROBE_LEN as u16);
+        prop_oneof![
+            (any::<u64>(), any::<u16>(), any::<u16>(), any::<u32>()).prop_map(
+                |(session, interval_ms, size, duration_ms)| Packet::Open(Open {
+                    session,
+                    interval_ms,
+                    size,
+                    duration_ms
+                })
+            ),
+            (
+                any::<u64>(),
+                cookie.clone(),
+                any::<u16>(),
+                any::<u16>(),
+                any::<u32>(),
+                any::<u64>()
+            )
+                .prop_map(|(session, cookie, interval_ms, size, duration_ms, t)| {
+                    Packet::Accept(Accept {
+                        session,
+                        cookie,
+                        interval_ms,
+                        size,
+                        duration_ms,
+                        reflector_time_us: t,
+                    })
+                }),
+            (any::<u64>(), cookie.clone(), any::<u32>(), any::<u64>(), len.clone()).prop_map(
+                |(session, cookie, seq, sent_us, len)| Packet::Probe(Probe {
+                    session,
+                    cookie,
+                    seq,
+                    sent_us,
+                    len
+                })
+            ),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                len
+            )
+                .prop_map(|(session, seq, sent_us, rx, tx, n, len)| Packet::Reply(Reply {
+                    session,
+                    seq,
+                    sent_us,
+                    reflector_rx_us: rx,
+                    reflector_tx_us: tx,
+                    reflector_received: n,
+                    len
+                })),
+            (any::<u64>(), cookie, any::<u32>()).prop_map(|(session, cookie, packets_sent)| {
+                Packet::Close(Close {
+                    session,
+                    cookie,
+                    packets_sent,
+                })
+            }),
+            (any::<u64>(), any::<u32>()).prop_map(|(session, n)| Packet::CloseAck(CloseAck {
+                session,
+                reflector_received: n
+            })),
+            any::<u64>().prop_map(|session| Packet::Reject(Reject {
+                session,
+                reason: RejectReason::Busy
+            })),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(p in arb_packet()) {
+            let bytes = p.encode();
+            prop_assert_eq!(bytes.len(), p.wire_len());
+            prop_assert_eq!(Packet::decode(&bytes).unwrap(), p);
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+            let _ = Packet::decode(&bytes);
+        }
+
+        #[test]
+        fn truncated_packets_are_errors(p in arb_packet(), cut in 1usize..64) {
+            let bytes = p.encode();
+            let cut = cut.min(bytes.len());
+            let short = &bytes[..bytes.len() - cut];
+            // Probes and replies are variable length: a shorter one may still be valid if long enough.
+            match p {
+                Packet::Probe(_) | Packet::Reply(_) if short.len() >= MIN_PROBE_LEN => {}
+                _ => prop_assert!(Packet::decode(short).is_err()),
+            }
+        }
+    }
+
+    #[test]
+    fn answers_are_never_longer_than_requests() {
+        const { assert!(ACCEPT_LEN <= OPEN_LEN) };
+        const { assert!(REJECT_LEN <= OPEN_LEN) };
+        const { assert!(CLOSE_ACK_LEN <= CLOSE_LEN) };
+        const { assert!(REPLY_HEADER_LEN <= MIN_PROBE_LEN) };
+        const { assert!(PROBE_HEADER_LEN <= MIN_PROBE_LEN) };
+    }
+
+    #[test]
+    fn wrong_version_is_named() {
+        let mut bytes = Packet::CloseAck(CloseAck {
+            session: 1,
+            reflector_received: 2,
+        })
+        .encode();
+        bytes[0] = 9;
+        assert_eq!(Packet::decode(&bytes), Err(DecodeError::Version(9)));
+        assert_eq!(Packet::decode(&[]), Err(DecodeError::Empty));
+    }
+}

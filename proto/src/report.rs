@@ -1,0 +1,392 @@
+//! The call report: what one call test measured, in the form that is signed, uploaded and exported.
+//!
+//! The schema is versioned by [`SCHEMA_VERSION`]. Names carry their unit (`rtt_ms`, `loss_up` as a
+//! fraction 0..=1). Figures that could not be computed (no replies at all, say) are `null`, never
+//! NaN. New optional fields may be added within a version; readers ignore what they do not know.
+
+use crate::platform::{Platform, Role, Verdict};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The report schema this build writes and accepts.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Most streams one report may carry (platform, control, relay, and one spare).
+pub const MAX_STREAMS: usize = 4;
+
+/// A report's identifier: 16 random bytes chosen by the agent, written as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReportId(pub [u8; 16]);
+
+impl fmt::Display for ReportId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ReportId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ReportId({self})")
+    }
+}
+
+impl std::str::FromStr for ReportId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(s, &mut out).map_err(|e| format!("report id {s:?}: {e}"))?;
+        Ok(ReportId(out))
+    }
+}
+
+impl Serialize for ReportId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReportId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One call test: one or more streams measured side by side.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CallReport {
+    pub schema: u32,
+    pub id: ReportId,
+    /// The agent software that made the report, e.g. `callwatch-agent/0.1.0`.
+    pub agent_version: String,
+    pub platform: Platform,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: u32,
+    /// Nominal interval between probes.
+    pub interval_ms: u32,
+    /// Nominal probe size on the wire (UDP payload).
+    pub payload_bytes: u32,
+    /// `null` while the test had no control arm to compare with.
+    pub verdict: Option<Verdict>,
+    pub streams: Vec<StreamReport>,
+}
+
+/// What one stream (one arm) of a test measured.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamReport {
+    pub role: Role,
+    /// Probes the agent sent.
+    pub packets_sent: u32,
+    /// Probes the reflector says it received (its own count); `null` if it never said.
+    pub packets_reflected: Option<u32>,
+    /// Distinct replies the agent received in time.
+    pub packets_received: u32,
+    #[serde(default)]
+    pub duplicates: u32,
+    /// Replies that arrived after a later sequence number (RFC 4737).
+    #[serde(default)]
+    pub reordered: u32,
+    /// Replies that arrived after the end-of-test grace period (counted as lost).
+    #[serde(default)]
+    pub late: u32,
+    /// Fraction of sent probes that did not reach the reflector.
+    pub loss_up: f64,
+    /// Fraction of reflected probes whose reply did not reach the agent.
+    pub loss_down: f64,
+    pub rtt_ms: Option<Stats>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owd_ms: Option<OneWayDelay>,
+    /// RFC 3550 interarrival jitter per direction.
+    pub jitter_ms: Option<UpDown>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipdv_ms: Option<IpdvUpDown>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<Burst>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_buffer: Option<JitterBuffer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalls: Option<Stalls>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_kbps: Option<Bitrate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timer: Option<TimerStats>,
+    /// ITU-T G.107 E-model rating; `null` when nothing came back.
+    pub r_factor: Option<f64>,
+    /// Mean opinion score from `r_factor`, 1..=4.5.
+    pub mos: Option<f64>,
+    /// How `r_factor` was obtained: codec table row and whether its constants are ITU-published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mos_basis: Option<String>,
+}
+
+/// Order statistics of a sample, in the unit the field name gives.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    pub min: f64,
+    pub mean: f64,
+    pub median: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpDown {
+    pub up: f64,
+    pub down: f64,
+}
+
+/// One-way delay per direction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OneWayDelay {
+    pub up: Stats,
+    pub down: Stats,
+    /// `"relative-to-path-minimum"` when clocks are not synchronised (the figures are queueing
+    /// delay above the smallest delay seen on that direction).
+    pub reference: String,
+    /// Estimated reflector-minus-agent clock offset, and its error bound (± half the minimum RTT).
+    pub clock_offset_ms: f64,
+    pub clock_offset_error_ms: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Quantiles {
+    pub p50: f64,
+    pub p95: f64,
+}
+
+/// |IPDV| (RFC 5481) quantiles per direction.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IpdvUpDown {
+    pub up: Quantiles,
+    pub down: Quantiles,
+}
+
+/// Burst loss over the round trip (RFC 3611 style, Gmin = 16) and the Gilbert model.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Burst {
+    /// Runs of consecutive losses.
+    pub count: u32,
+    pub mean_len: f64,
+    pub max_len: u32,
+    /// RFC 3611 loss density inside gaps and bursts, as fractions 0..=1.
+    pub gap_density: f64,
+    pub burst_density: f64,
+    /// Gilbert two-state model: p = P(lost | previous received), q = P(received | previous lost).
+    pub gilbert_p: f64,
+    pub gilbert_q: f64,
+    /// BurstR = 1 / (p + q); 1 for random loss, larger for bursty loss.
+    pub burst_ratio: f64,
+}
+
+/// Fraction of sent packets a playout buffer would have had to discard (lost or late).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JitterBuffer {
+    pub fixed_40ms: f64,
+    pub fixed_60ms: f64,
+    pub fixed_100ms: f64,
+    pub adaptive: f64,
+    /// Mean playout delay the adaptive buffer chose.
+    pub adaptive_delay_ms: f64,
+}
+
+/// Stretches of three or more consecutive missing frames: sound cutting out.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stalls {
+    pub count: u32,
+    pub longest_ms: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bitrate {
+    pub offered: f64,
+    pub delivered_up: f64,
+    pub delivered_down: f64,
+}
+
+/// How precisely the agent kept its send schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimerStats {
+    pub mean_error_us: f64,
+    pub p99_error_us: f64,
+    /// Sends more than half an interval late.
+    pub late_sends: u32,
+}
+
+impl CallReport {
+    /// Checks what a receiver must not take on trust: schema, sizes, ranges, finiteness.
+    /// Returns the first problem found, in words an agent can log.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.schema != SCHEMA_VERSION {
+            return Err(format!(
+                "schema {} is not supported (expected {SCHEMA_VERSION})",
+                self.schema
+            ));
+        }
+        if self.streams.is_empty() || self.streams.len() > MAX_STREAMS {
+            return Err(format!(
+                "{} streams; a report carries 1..={MAX_STREAMS}",
+                self.streams.len()
+            ));
+        }
+        if self.agent_version.len() > 64 {
+            return Err("agent_version longer than 64 bytes".into());
+        }
+        if self.interval_ms == 0 || self.duration_ms == 0 {
+            return Err("interval_ms and duration_ms must be positive".into());
+        }
+        for (i, s) in self.streams.iter().enumerate() {
+            s.validate().map_err(|e| format!("stream {i} ({}): {e}", s.role))?;
+        }
+        Ok(())
+    }
+}
+
+impl StreamReport {
+    fn validate(&self) -> Result<(), String> {
+        let fraction = |name: &str, v: f64| {
+            if (0.0..=1.0).contains(&v) {
+                Ok(())
+            } else {
+                Err(format!("{name} = {v} is not a fraction in 0..=1"))
+            }
+        };
+        fraction("loss_up", self.loss_up)?;
+        fraction("loss_down", self.loss_down)?;
+        if self.packets_received > self.packets_sent {
+            return Err(format!(
+                "packets_received {} exceeds packets_sent {}",
+                self.packets_received, self.packets_sent
+            ));
+        }
+        if let Some(mos) = self.mos {
+            if !(1.0..=4.5).contains(&mos) {
+                return Err(format!("mos = {mos} outside 1..=4.5"));
+            }
+        }
+        // serde_json cannot carry NaN or infinities, but a report may arrive by other encodings.
+        let all_finite = serde_json::to_value(self)
+            .map(|v| finite(&v))
+            .unwrap_or(false);
+        if !all_finite {
+            return Err("a figure is not a finite number".into());
+        }
+        if let Some(j) = &self.jitter_buffer {
+            for (n, v) in [
+                ("jitter_buffer.fixed_40ms", j.fixed_40ms),
+                ("jitter_buffer.fixed_60ms", j.fixed_60ms),
+                ("jitter_buffer.fixed_100ms", j.fixed_100ms),
+                ("jitter_buffer.adaptive", j.adaptive),
+            ] {
+                fraction(n, v)?;
+            }
+        }
+        if let Some(r) = &self.rtt_ms {
+            if r.min < 0.0 || r.min > r.max {
+                return Err(format!("rtt_ms min {} / max {} out of order", r.min, r.max));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn finite(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64().is_some_and(f64::is_finite),
+        serde_json::Value::Array(a) => a.iter().all(finite),
+        serde_json::Value::Object(o) => o.values().all(finite),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A plausible report, for tests here and in other modules.
+    pub fn sample_report() -> CallReport {
+        CallReport {
+            schema: SCHEMA_VERSION,
+            id: ReportId([7; 16]),
+            agent_version: "callwatch-agent/test".into(),
+            platform: Platform::Generic,
+            started_at: DateTime::from_timestamp(1_760_000_000, 0).unwrap(),
+            duration_ms: 10_000,
+            interval_ms: 20,
+            payload_bytes: 172,
+            verdict: None,
+            streams: vec![StreamReport {
+                role: Role::Platform,
+                packets_sent: 500,
+                packets_reflected: Some(495),
+                packets_received: 490,
+                duplicates: 0,
+                reordered: 0,
+                late: 0,
+                loss_up: 0.01,
+                loss_down: 5.0 / 495.0,
+                rtt_ms: Some(Stats {
+                    min: 10.0,
+                    mean: 12.0,
+                    median: 11.5,
+                    p95: 15.0,
+                    p99: 18.0,
+                    max: 20.0,
+                }),
+                owd_ms: None,
+                jitter_ms: Some(UpDown { up: 1.0, down: 2.0 }),
+                ipdv_ms: None,
+                burst: None,
+                jitter_buffer: None,
+                stalls: None,
+                bitrate_kbps: None,
+                timer: None,
+                r_factor: Some(90.0),
+                mos: Some(4.3),
+                mos_basis: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn json_uses_contract_names() {
+        let v = serde_json::to_value(sample_report()).unwrap();
+        assert_eq!(v["schema"], 1);
+        assert_eq!(v["id"], "07".repeat(16));
+        assert_eq!(v["platform"], "generic");
+        assert_eq!(v["verdict"], serde_json::Value::Null);
+        assert!(v["started_at"].as_str().unwrap().starts_with("2025-10-09T"));
+        let s = &v["streams"][0];
+        assert_eq!(s["role"], "platform");
+        for key in [
+            "packets_sent",
+            "packets_reflected",
+            "packets_received",
+            "loss_up",
+            "loss_down",
+            "r_factor",
+            "mos",
+        ] {
+            assert!(s.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(s["rtt_ms"]["p95"], 15.0);
+        assert_eq!(s["jitter_ms"]["down"], 2.0);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut r = sample_report();
+        assert!(r.validate().is_ok());
+        r.streams[0].loss_up = 1.5;
+        assert!(r.validate().unwrap_err().contains("loss_up"));
+        let mut r = sample_report();
+        r.schema = 99;
+        assert!(r.validate().unwrap_err().contains("schema 99"));
+        let mut r = sample_report();
+        r.streams.clear();
+        assert!(r.validate().is_err());
+        let mut r = sample_report();
+        r.streams[0].mos = Some(f64::NAN);
+        assert!(r.validate().is_err());
+    }
+}
