@@ -1,1 +1,17 @@
+//! callwatch-collector: verifies, stores and aggregates call reports, and runs the UDP reflector.
+//!
+//! An operator runs `callwatch-collector serve`: a QUIC ingest endpoint for agents ([`ingest`]),
+//! a store for raw signed reports ([`store`]), region lookup that forgets the address right after
+//! ([`geo`]), aggregation ([`aggregate`]) exported over HTTP ([`http`]), and the reflector agents
+//! test against ([`reflector`]). [`serve`] wires them together.
 
+pub mod aggregate;
+pub mod cert;
+pub mod geo;
+pub mod http;
+pub mod ingest;
+pub mod reflector;
+pub mod serve;
+pub mod store;
+
+pub use serve::{serve, Collector, ServeConfig};

@@ -1,0 +1,275 @@
+//! Aggregation of reports into cells by region, platform and day, in the manner of OONI's
+//! aggregation API (`axis_x`, `axis_y`).
+//!
+//! Pure functions over plain data: [`Observation`]s in, [`Cell`]s out. One observation is one
+//! report's platform-arm stream.
+
+use crate::store::StoredReport;
+use callwatch_proto::{CallReport, Platform, Role};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::str::FromStr;
+
+/// A dimension cells can be grouped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Axis {
+    Day,
+    Country,
+    Asn,
+    Platform,
+}
+
+impl Axis {
+    pub const ALL: [Axis; 4] = [Axis::Day, Axis::Country, Axis::Asn, Axis::Platform];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Axis::Day => "day",
+            Axis::Country => "country",
+            Axis::Asn => "asn",
+            Axis::Platform => "platform",
+        }
+    }
+}
+
+impl fmt::Display for Axis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Axis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Axis::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown axis {s:?}; expected one of day, country, asn, platform"))
+    }
+}
+
+/// The figures of one report that aggregation uses.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observation {
+    /// UTC day the test started, `YYYY-MM-DD`.
+    pub day: String,
+    pub country: String,
+    pub asn: u32,
+    pub platform: Platform,
+    /// Agent key, hex.
+    pub agent: String,
+    pub rtt_median_ms: Option<f64>,
+    pub loss_up: f64,
+    pub loss_down: f64,
+    pub jitter_up_ms: Option<f64>,
+    pub jitter_down_ms: Option<f64>,
+    pub mos: Option<f64>,
+}
+
+impl Observation {
+    /// The observation for a verified report: its platform-arm stream (the first stream if none
+    /// is marked platform).
+    pub fn from_report(stored: &StoredReport, report: &CallReport) -> Option<Observation> {
+        let stream = report
+            .streams
+            .iter()
+            .find(|s| s.role == Role::Platform)
+            .or_else(|| report.streams.first())?;
+        Some(Observation {
+            day: report.started_at.format("%Y-%m-%d").to_string(),
+            country: stored.region.country.clone(),
+            asn: stored.region.asn,
+            platform: report.platform,
+            agent: stored.signed.key_hex(),
+            rtt_median_ms: stream.rtt_ms.map(|r| r.median),
+            loss_up: stream.loss_up,
+            loss_down: stream.loss_down,
+            jitter_up_ms: stream.jitter_ms.map(|j| j.up),
+            jitter_down_ms: stream.jitter_ms.map(|j| j.down),
+            mos: stream.mos,
+        })
+    }
+
+    fn axis_value(&self, axis: Axis) -> AxisValue {
+        match axis {
+            Axis::Day => AxisValue::Text(self.day.clone()),
+            Axis::Country => AxisValue::Text(self.country.clone()),
+            Axis::Asn => AxisValue::Number(self.asn),
+            Axis::Platform => AxisValue::Text(self.platform.to_string()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum AxisValue {
+    Text(String),
+    Number(u32),
+}
+
+/// One cell of the aggregate.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Cell {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Reports in the cell.
+    pub count: u64,
+    /// Distinct agent keys behind them.
+    pub agents: u64,
+    pub rtt_ms_median: Option<f64>,
+    pub loss_up_mean: f64,
+    pub loss_down_mean: f64,
+    pub jitter_up_ms_median: Option<f64>,
+    pub jitter_down_ms_median: Option<f64>,
+    pub mos_median: Option<f64>,
+}
+
+/// Groups observations by the given axes (one or two, distinct) and summarises each group.
+pub fn aggregate(observations: &[Observation], axes: &[Axis]) -> Vec<Cell> {
+    let mut groups: BTreeMap<Vec<AxisValue>, Vec<&Observation>> = BTreeMap::new();
+    for o in observations {
+        let key = axes.iter().map(|a| o.axis_value(*a)).collect();
+        groups.entry(key).or_default().push(o);
+    }
+    groups
+        .into_values()
+        .map(|members| {
+            let first = members[0];
+            let has = |a: Axis| axes.contains(&a);
+            let agents: BTreeSet<&str> = members.iter().map(|o| o.agent.as_str()).collect();
+            let n = members.len() as f64;
+            Cell {
+                day: has(Axis::Day).then(|| first.day.clone()),
+                country: has(Axis::Country).then(|| first.country.clone()),
+                asn: has(Axis::Asn).then_some(first.asn),
+                platform: has(Axis::Platform).then(|| first.platform.to_string()),
+                count: members.len() as u64,
+                agents: agents.len() as u64,
+                rtt_ms_median: median(members.iter().filter_map(|o| o.rtt_median_ms)),
+                loss_up_mean: members.iter().map(|o| o.loss_up).sum::<f64>() / n,
+                loss_down_mean: members.iter().map(|o| o.loss_down).sum::<f64>() / n,
+                jitter_up_ms_median: median(members.iter().filter_map(|o| o.jitter_up_ms)),
+                jitter_down_ms_median: median(members.iter().filter_map(|o| o.jitter_down_ms)),
+                mos_median: median(members.iter().filter_map(|o| o.mos)),
+            }
+        })
+        .collect()
+}
+
+/// The median (mean of the two middle values for an even count); `None` for no values.
+pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// CSV columns, in order: the axes asked for, then the figures.
+pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
+    let figures = [
+        "count",
+        "agents",
+        "rtt_ms_median",
+        "loss_up_mean",
+        "loss_down_mean",
+        "jitter_up_ms_median",
+        "jitter_down_ms_median",
+        "mos_median",
+    ];
+    let mut out = String::new();
+    let header: Vec<&str> = axes.iter().map(|a| a.as_str()).chain(figures).collect();
+    out.push_str(&header.join(","));
+    out.push('\n');
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
+    for c in cells {
+        let mut row: Vec<String> = axes
+            .iter()
+            .map(|a| match a {
+                Axis::Day => c.day.clone().unwrap_or_default(),
+                Axis::Country => c.country.clone().unwrap_or_default(),
+                Axis::Asn => c.asn.map(|x| x.to_string()).unwrap_or_default(),
+                Axis::Platform => c.platform.clone().unwrap_or_default(),
+            })
+            .collect();
+        row.extend([
+            c.count.to_string(),
+            c.agents.to_string(),
+            opt(c.rtt_ms_median),
+            format!("{:.5}", c.loss_up_mean),
+            format!("{:.5}", c.loss_down_mean),
+            opt(c.jitter_up_ms_median),
+            opt(c.jitter_down_ms_median),
+            opt(c.mos_median),
+        ]);
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(country: &str, platform: Platform, agent: &str, rtt: f64, loss: f64) -> Observation {
+        Observation {
+            day: "2026-11-28".into(),
+            country: country.into(),
+            asn: if country == "RU" { 12389 } else { 3320 },
+            platform,
+            agent: agent.into(),
+            rtt_median_ms: Some(rtt),
+            loss_up: loss,
+            loss_down: 0.0,
+            jitter_up_ms: Some(1.0),
+            jitter_down_ms: Some(2.0),
+            mos: Some(4.0),
+        }
+    }
+
+    #[test]
+    fn groups_by_two_axes() {
+        let o = vec![
+            obs("RU", Platform::Whatsapp, "a", 10.0, 0.1),
+            obs("RU", Platform::Whatsapp, "b", 30.0, 0.3),
+            obs("RU", Platform::Whatsapp, "b", 20.0, 0.2),
+            obs("DE", Platform::Whatsapp, "c", 5.0, 0.0),
+            obs("RU", Platform::Generic, "a", 7.0, 0.0),
+        ];
+        let cells = aggregate(&o, &[Axis::Country, Axis::Platform]);
+        assert_eq!(cells.len(), 3);
+        let ru_wa = cells
+            .iter()
+            .find(|c| c.country.as_deref() == Some("RU") && c.platform.as_deref() == Some("whatsapp"))
+            .unwrap();
+        assert_eq!(ru_wa.count, 3);
+        assert_eq!(ru_wa.agents, 2);
+        assert_eq!(ru_wa.rtt_ms_median, Some(20.0));
+        assert!((ru_wa.loss_up_mean - 0.2).abs() < 1e-12);
+        assert_eq!(ru_wa.asn, None);
+        let csv = to_csv(&cells, &[Axis::Country, Axis::Platform]);
+        assert!(csv.starts_with("country,platform,count,agents,"));
+        assert!(csv.contains("RU,whatsapp,3,2,20.000,0.20000,"));
+    }
+
+    #[test]
+    fn median_handles_even_and_empty() {
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
+        assert_eq!(median(std::iter::empty()), None);
+        assert_eq!("asn".parse::<Axis>(), Ok(Axis::Asn));
+        assert!("city".parse::<Axis>().is_err());
+    }
+}

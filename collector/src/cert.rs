@@ -1,0 +1,103 @@
+//! The collector's TLS identity: a self-signed certificate made on first start and kept in the
+//! data folder, and its SHA-256 fingerprint that agents pin.
+
+use anyhow::{Context, Result};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+pub const CERT_FILE: &str = "collector.crt.der";
+pub const KEY_FILE: &str = "collector.key.der";
+pub const PIN_FILE: &str = "collector.pin";
+/// Names the self-signed certificate is valid for; agents that pin ignore the name.
+pub const SERVER_NAMES: [&str; 2] = ["callwatch-collector", "localhost"];
+
+pub struct Identity {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+    /// Lower-case hex SHA-256 of the certificate's DER bytes.
+    pub pin: String,
+}
+
+/// SHA-256 fingerprint of a certificate, as agents pin it.
+pub fn fingerprint(cert: &[u8]) -> String {
+    hex::encode(Sha256::digest(cert))
+}
+
+/// Writes `bytes` to a new file readable only by its owner (mode 0600).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates `dir` (owner-only) if it does not exist.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Loads the identity from `dir`, creating it on first start.
+pub fn load_or_create(dir: &Path) -> Result<Identity> {
+    ensure_private_dir(dir)?;
+    let cert_path = dir.join(CERT_FILE);
+    let key_path = dir.join(KEY_FILE);
+    if !cert_path.exists() || !key_path.exists() {
+        if cert_path.exists() != key_path.exists() {
+            anyhow::bail!(
+                "{} has only one of {CERT_FILE} and {KEY_FILE}; remove the other to make a new \
+                 identity (agents will then need the new pin)",
+                dir.display()
+            );
+        }
+        let names: Vec<String> = SERVER_NAMES.iter().map(|s| s.to_string()).collect();
+        let made = rcgen::generate_simple_self_signed(names).context("generating certificate")?;
+        write_private(&key_path, &made.key_pair.serialize_der())?;
+        write_private(&cert_path, made.cert.der())?;
+    }
+    let cert = fs::read(&cert_path).with_context(|| format!("reading {}", cert_path.display()))?;
+    let key = fs::read(&key_path).with_context(|| format!("reading {}", key_path.display()))?;
+    let pin = fingerprint(&cert);
+    let pin_path = dir.join(PIN_FILE);
+    fs::write(&pin_path, format!("{pin}\n"))
+        .with_context(|| format!("writing {}", pin_path.display()))?;
+    Ok(Identity {
+        cert: CertificateDer::from(cert),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
+        pin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_created_once_with_private_key_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let a = load_or_create(&data).unwrap();
+        let b = load_or_create(&data).unwrap();
+        assert_eq!(a.pin, b.pin);
+        assert_eq!(a.pin.len(), 64);
+        let mode = fs::metadata(data.join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let pin = fs::read_to_string(data.join(PIN_FILE)).unwrap();
+        assert_eq!(pin.trim(), a.pin);
+    }
+}

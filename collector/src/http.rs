@@ -1,0 +1,178 @@
+//! The HTTP API: aggregates for researchers, health for operators.
+//!
+//! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]` and `GET /healthz`.
+//! Bad parameters get 400 with a message that names the parameter.
+
+use crate::aggregate::{aggregate, to_csv, Axis, Cell, Observation};
+use crate::store::{ReportStore, StoreError};
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use callwatch_proto::CallReport;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn ReportStore>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/aggregation", get(aggregation))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+/// An error a client can act on, or a server fault.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+    fn internal(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregationQuery {
+    pub axes: Vec<Axis>,
+    pub csv: bool,
+}
+
+/// Parses and checks the query string parameters; unknown parameters are errors too, so a typo
+/// never silently returns unfiltered data.
+pub fn parse_aggregation_query(
+    params: &HashMap<String, String>,
+) -> Result<AggregationQuery, ApiError> {
+    for k in params.keys() {
+        if !["axis_x", "axis_y", "format"].contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {k:?}; expected axis_x, axis_y, format"
+            )));
+        }
+    }
+    let axis = |name: &str| -> Result<Option<Axis>, ApiError> {
+        params
+            .get(name)
+            .map(|v| v.parse().map_err(|e| ApiError::bad_request(format!("{name}: {e}"))))
+            .transpose()
+    };
+    let axis_x = axis("axis_x")?
+        .ok_or_else(|| ApiError::bad_request("axis_x: required (day, country, asn, platform)"))?;
+    let mut axes = vec![axis_x];
+    if let Some(y) = axis("axis_y")? {
+        if y == axis_x {
+            return Err(ApiError::bad_request("axis_y: must differ from axis_x"));
+        }
+        axes.push(y);
+    }
+    let csv = match params.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format: {other:?} is not json or csv"
+            )))
+        }
+    };
+    Ok(AggregationQuery { axes, csv })
+}
+
+/// Reads every stored report into observations.
+pub fn load_observations(store: &dyn ReportStore) -> Result<Vec<Observation>, StoreError> {
+    let mut out = Vec::with_capacity(store.len());
+    store.for_each(&mut |stored| {
+        let report: CallReport =
+            serde_json::from_slice(&stored.signed.body).map_err(|e| StoreError::Corrupt {
+                key: stored.signed.key_hex(),
+                what: format!("stored body no longer parses: {e}"),
+            })?;
+        out.extend(Observation::from_report(&stored, &report));
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct AggregationBody<'a> {
+    axis_x: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    axis_y: Option<&'a str>,
+    result: Vec<Cell>,
+}
+
+async fn aggregation(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let q = parse_aggregation_query(&params)?;
+    let store = state.store.clone();
+    let observations = tokio::task::spawn_blocking(move || load_observations(store.as_ref()))
+        .await
+        .map_err(|e| ApiError::internal(format!("aggregation task failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let cells = aggregate(&observations, &q.axes);
+    if q.csv {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            to_csv(&cells, &q.axes),
+        )
+            .into_response());
+    }
+    Ok(axum::Json(AggregationBody {
+        axis_x: q.axes[0].as_str(),
+        axis_y: q.axes.get(1).map(|a| a.as_str()),
+        result: cells,
+    })
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn query_errors_name_the_parameter() {
+        let e = |p: &[(&str, &str)]| parse_aggregation_query(&params(p)).err().unwrap().message;
+        assert!(e(&[]).starts_with("axis_x"));
+        assert!(e(&[("axis_x", "city")]).starts_with("axis_x"));
+        assert!(e(&[("axis_x", "country"), ("axis_y", "country")]).starts_with("axis_y"));
+        assert!(e(&[("axis_x", "country"), ("format", "xml")]).starts_with("format"));
+        assert!(e(&[("axis_x", "country"), ("axsi_y", "asn")]).contains("axsi_y"));
+        let q = parse_aggregation_query(&params(&[
+            ("axis_x", "country"),
+            ("axis_y", "platform"),
+            ("format", "csv"),
+        ]))
+        .ok()
+        .unwrap();
+        assert_eq!(q.axes, vec![Axis::Country, Axis::Platform]);
+        assert!(q.csv);
+    }
+}

@@ -1,0 +1,478 @@
+//! Reflector logic, sans I/O.
+//!
+//! Rules, in order of importance:
+//! 1. Never amplify: every answer is at most as long as the datagram it answers (`Accept` and
+//!    `Reject` are shorter than `Open`, a `Reply` is exactly as long as its `Probe`, `CloseAck`
+//!    shorter than `Close`). Anything else gets no answer at all.
+//! 2. No cookie, no reflection: an `Open` costs the reflector no state; it answers with a cookie
+//!    that is an HMAC over the source address, the session id, the issue time and the granted
+//!    limits. Only probes carrying a valid, unexpired cookie for *their* source address create
+//!    state and get replies.
+//! 3. Bounded: each session is capped in rate (token bucket at the granted interval), duration
+//!    and packet size; the session table has a fixed capacity.
+
+use callwatch_proto::probe::{
+    Accept, Close, CloseAck, Cookie, Open, Packet, Probe, Reject, RejectReason, Reply, SessionId,
+    COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN,
+};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// What the reflector grants a session at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Smallest interval between probes (the rate cap).
+    pub min_interval_ms: u16,
+    /// Largest probe answered.
+    pub max_size: u16,
+    /// Longest session.
+    pub max_duration_ms: u32,
+    /// Most sessions held at once.
+    pub max_sessions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            min_interval_ms: 5,
+            max_size: MAX_PROBE_LEN as u16,
+            max_duration_ms: 120_000,
+            max_sessions: 4096,
+        }
+    }
+}
+
+/// Counters, for logs and `/metrics`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReflectorStats {
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub opens: u64,
+    pub probes_reflected: u64,
+    pub dropped_malformed: u64,
+    pub dropped_bad_cookie: u64,
+    pub dropped_rate: u64,
+    pub dropped_expired: u64,
+    pub dropped_table_full: u64,
+    pub dropped_unexpected: u64,
+}
+
+/// Extra time a cookie stays valid past the granted duration, for the agent's drain and close.
+const COOKIE_GRACE_US: u64 = 10_000_000;
+/// Tokens (probes) a session may burst above its granted rate; absorbs network bunching.
+const BURST_PROBES: f64 = 25.0;
+
+struct SessionState {
+    expires_us: u64,
+    interval_us: u64,
+    tokens: f64,
+    last_refill_us: u64,
+    /// Distinct sequence numbers received; duplicates are answered but not counted twice.
+    seen: Vec<u64>,
+    received: u32,
+}
+
+impl SessionState {
+    fn mark(&mut self, seq: u32) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        match self.seen.get_mut(word) {
+            Some(w) if *w & (1 << bit) == 0 => {
+                *w |= 1 << bit;
+                self.received += 1;
+                true
+            }
+            Some(_) => false,
+            // Beyond the granted packet count: not counted (the rate cap bounds it anyway).
+            None => false,
+        }
+    }
+}
+
+/// The reflector state machine.
+pub struct Reflector {
+    secret: [u8; 32],
+    limits: Limits,
+    sessions: HashMap<(SocketAddr, SessionId), SessionState>,
+    stats: ReflectorStats,
+}
+
+impl Reflector {
+    /// `secret` keys the cookies; a fresh random one per process is fine (cookies then do not
+    /// survive a restart, and agents simply open again).
+    pub fn new(secret: [u8; 32], limits: Limits) -> Self {
+        Reflector {
+            secret,
+            limits,
+            sessions: HashMap::new(),
+            stats: ReflectorStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ReflectorStats {
+        self.stats
+    }
+
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Handles one datagram from `src` at reflector time `now_us` (µs, monotonic) and returns
+    /// the answer to send back to `src`, if any.
+    pub fn handle(&mut self, now_us: u64, src: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
+        self.stats.bytes_in += datagram.len() as u64;
+        let packet = match Packet::decode(datagram) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return None;
+            }
+        };
+        let answer = match packet {
+            Packet::Open(open) => Some(self.on_open(now_us, src, open)),
+            Packet::Probe(probe) => self.on_probe(now_us, src, probe).map(Packet::Reply),
+            Packet::Close(close) => self.on_close(now_us, src, close).map(Packet::CloseAck),
+            _ => {
+                self.stats.dropped_unexpected += 1;
+                None
+            }
+        }?;
+        let bytes = answer.encode();
+        // Rule 1, enforced once more at the exit rather than trusted to every branch.
+        if bytes.len() > datagram.len() {
+            self.stats.dropped_unexpected += 1;
+            return None;
+        }
+        self.stats.bytes_out += bytes.len() as u64;
+        Some(bytes)
+    }
+
+    fn on_open(&mut self, now_us: u64, src: SocketAddr, open: Open) -> Packet {
+        self.stats.opens += 1;
+        if open.interval_ms == 0 || open.duration_ms == 0 || (open.size as usize) < MIN_PROBE_LEN {
+            return Packet::Reject(Reject {
+                session: open.session,
+                reason: RejectReason::BadRequest,
+            });
+        }
+        let interval_ms = open.interval_ms.max(self.limits.min_interval_ms);
+        let size = open.size.min(self.limits.max_size);
+        let duration_ms = open.duration_ms.min(self.limits.max_duration_ms);
+        let issued_s = (now_us / 1_000_000) as u32;
+        let cookie = self.cookie(src, open.session, issued_s, interval_ms, size, duration_ms);
+        Packet::Accept(Accept {
+            session: open.session,
+            cookie,
+            interval_ms,
+            size,
+            duration_ms,
+            reflector_time_us: now_us,
+        })
+    }
+
+    fn on_probe(&mut self, now_us: u64, src: SocketAddr, probe: Probe) -> Option<Reply> {
+        let key = (src, probe.session);
+        if !self.sessions.contains_key(&key) {
+            let Some(grant) = self.check_cookie(now_us, src, probe.session, &probe.cookie) else {
+                self.stats.dropped_bad_cookie += 1;
+                return None;
+            };
+            if self.sessions.len() >= self.limits.max_sessions {
+                self.evict_expired(now_us);
+                if self.sessions.len() >= self.limits.max_sessions {
+                    self.stats.dropped_table_full += 1;
+                    return None;
+                }
+            }
+            let max_packets = (grant.duration_ms as u64 / grant.interval_ms.max(1) as u64) + 64;
+            self.sessions.insert(
+                key,
+                SessionState {
+                    expires_us: grant.expires_us,
+                    interval_us: grant.interval_ms as u64 * 1000,
+                    tokens: BURST_PROBES,
+                    last_refill_us: now_us,
+                    seen: vec![0; max_packets.div_ceil(64) as usize],
+                    received: 0,
+                },
+            );
+        }
+        let max_size = self.limits.max_size as usize;
+        let session = self.sessions.get_mut(&key)?;
+        if now_us > session.expires_us {
+            self.stats.dropped_expired += 1;
+            return None;
+        }
+        if probe.len as usize > max_size {
+            self.stats.dropped_rate += 1;
+            return None;
+        }
+        let elapsed = now_us.saturating_sub(session.last_refill_us);
+        session.tokens =
+            (session.tokens + elapsed as f64 / session.interval_us as f64).min(BURST_PROBES);
+        session.last_refill_us = now_us;
+        if session.tokens < 1.0 {
+            self.stats.dropped_rate += 1;
+            return None;
+        }
+        session.tokens -= 1.0;
+        session.mark(probe.seq);
+        self.stats.probes_reflected += 1;
+        Some(Reply {
+            session: probe.session,
+            seq: probe.seq,
+            sent_us: probe.sent_us,
+            reflector_rx_us: now_us,
+            reflector_tx_us: now_us,
+            reflector_received: session.received,
+            len: probe.len,
+        })
+    }
+
+    fn on_close(&mut self, now_us: u64, src: SocketAddr, close: Close) -> Option<CloseAck> {
+        if self.check_cookie(now_us, src, close.session, &close.cookie).is_none() {
+            self.stats.dropped_bad_cookie += 1;
+            return None;
+        }
+        // The state is kept until it expires so that a repeated Close (the ack was lost) gets
+        // the same count; an unknown session simply received nothing.
+        let received = self
+            .sessions
+            .get(&(src, close.session))
+            .map_or(0, |s| s.received);
+        Some(CloseAck {
+            session: close.session,
+            reflector_received: received,
+        })
+    }
+
+    fn evict_expired(&mut self, now_us: u64) {
+        self.sessions.retain(|_, s| s.expires_us >= now_us);
+    }
+
+    /// Drops sessions whose time is up; call now and then.
+    pub fn sweep(&mut self, now_us: u64) {
+        self.evict_expired(now_us);
+    }
+
+    fn cookie(
+        &self,
+        src: SocketAddr,
+        session: SessionId,
+        issued_s: u32,
+        interval_ms: u16,
+        size: u16,
+        duration_ms: u32,
+    ) -> Cookie {
+        let mut out = [0u8; COOKIE_LEN];
+        out[..4].copy_from_slice(&issued_s.to_be_bytes());
+        out[4..6].copy_from_slice(&interval_ms.to_be_bytes());
+        out[6..8].copy_from_slice(&size.to_be_bytes());
+        // Duration in whole seconds, rounded up, fits 16 bits for any sane limit.
+        let duration_s = duration_ms.div_ceil(1000).min(u16::MAX as u32) as u16;
+        out[8..10].copy_from_slice(&duration_s.to_be_bytes());
+        let tag = self.mac(src, session, &out[..10]);
+        out[10..].copy_from_slice(&tag[..COOKIE_LEN - 10]);
+        out
+    }
+
+    fn mac(&self, src: SocketAddr, session: SessionId, fields: &[u8]) -> [u8; 32] {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
+            .expect("HMAC takes any key length");
+        match src {
+            SocketAddr::V4(a) => mac.update(&a.ip().octets()),
+            SocketAddr::V6(a) => mac.update(&a.ip().octets()),
+        }
+        mac.update(&src.port().to_be_bytes());
+        mac.update(&session.to_be_bytes());
+        mac.update(fields);
+        mac.finalize().into_bytes().into()
+    }
+
+    fn check_cookie(
+        &self,
+        now_us: u64,
+        src: SocketAddr,
+        session: SessionId,
+        cookie: &Cookie,
+    ) -> Option<Grant> {
+        let tag = self.mac(src, session, &cookie[..10]);
+        // Constant-time comparison of the truncated tag.
+        let diff = tag[..COOKIE_LEN - 10]
+            .iter()
+            .zip(&cookie[10..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if diff != 0 {
+            return None;
+        }
+        let issued_s = u32::from_be_bytes([cookie[0], cookie[1], cookie[2], cookie[3]]) as u64;
+        let interval_ms = u16::from_be_bytes([cookie[4], cookie[5]]);
+        let duration_s = u16::from_be_bytes([cookie[8], cookie[9]]) as u64;
+        let issued_us = issued_s * 1_000_000;
+        // Issued at most one second in the future (clock granularity), never later.
+        if issued_us > now_us + 1_000_000 {
+            return None;
+        }
+        let expires_us = issued_us + (duration_s + 1) * 1_000_000 + COOKIE_GRACE_US;
+        if now_us > expires_us {
+            return None;
+        }
+        Some(Grant {
+            interval_ms,
+            duration_ms: (duration_s * 1000) as u32,
+            expires_us,
+        })
+    }
+}
+
+struct Grant {
+    interval_ms: u16,
+    duration_ms: u32,
+    expires_us: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const T0: u64 = 5_000_000_000;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn open(r: &mut Reflector, now: u64, src: SocketAddr, session: u64) -> Accept {
+        let bytes = Packet::Open(Open {
+            session,
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 10_000,
+        })
+        .encode();
+        match Packet::decode(&r.handle(now, src, &bytes).unwrap()).unwrap() {
+            Packet::Accept(a) => a,
+            other => panic!("expected accept, got {other:?}"),
+        }
+    }
+
+    fn probe(cookie: Cookie, session: u64, seq: u32, len: u16) -> Vec<u8> {
+        Packet::Probe(Probe {
+            session,
+            cookie,
+            seq,
+            sent_us: 42,
+            len,
+        })
+        .encode()
+    }
+
+    #[test]
+    fn reflects_probes_with_a_valid_cookie_and_counts_them() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let acc = open(&mut r, T0, a, 9);
+        for seq in 0..10u32 {
+            let now = T0 + seq as u64 * 20_000;
+            let out = r.handle(now, a, &probe(acc.cookie, 9, seq, 172)).unwrap();
+            assert_eq!(out.len(), 172);
+            let Packet::Reply(rep) = Packet::decode(&out).unwrap() else {
+                panic!("not a reply")
+            };
+            assert_eq!(rep.seq, seq);
+            assert_eq!(rep.sent_us, 42);
+            assert_eq!(rep.reflector_received, seq + 1);
+            assert_eq!(rep.reflector_rx_us, now);
+        }
+        // A duplicate is answered but not counted twice.
+        let out = r.handle(T0 + 300_000, a, &probe(acc.cookie, 9, 3, 172)).unwrap();
+        let Packet::Reply(rep) = Packet::decode(&out).unwrap() else {
+            panic!()
+        };
+        assert_eq!(rep.reflector_received, 10);
+        let close = Packet::Close(Close {
+            session: 9,
+            cookie: acc.cookie,
+            packets_sent: 10,
+        })
+        .encode();
+        let Packet::CloseAck(ack) = Packet::decode(&r.handle(T0 + 400_000, a, &close).unwrap()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ack.reflector_received, 10);
+    }
+
+    #[test]
+    fn ignores_probes_without_valid_cookie() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let acc = open(&mut r, T0, a, 9);
+        // No cookie at all.
+        assert!(r.handle(T0, a, &probe([0; 16], 9, 0, 172)).is_none());
+        // Cookie for another address (another IP, and another port).
+        assert!(r
+            .handle(T0, addr("127.0.0.3:5000"), &probe(acc.cookie, 9, 0, 172))
+            .is_none());
+        assert!(r
+            .handle(T0, addr("127.0.0.2:5001"), &probe(acc.cookie, 9, 0, 172))
+            .is_none());
+        // Cookie for another session id.
+        assert!(r.handle(T0, a, &probe(acc.cookie, 10, 0, 172)).is_none());
+        // Stale cookie: past duration + grace.
+        let stale = T0 + 10_000_000 + COOKIE_GRACE_US + 3_000_000;
+        assert!(r.handle(stale, a, &probe(acc.cookie, 9, 0, 172)).is_none());
+        // Forged limits inside the cookie break the MAC.
+        let mut forged = acc.cookie;
+        forged[9] ^= 0xff;
+        assert!(r.handle(T0, a, &probe(forged, 9, 0, 172)).is_none());
+        assert_eq!(r.stats().probes_reflected, 0);
+        assert_eq!(r.stats().dropped_bad_cookie, 6);
+        assert_eq!(r.active_sessions(), 0, "no state for unproven sources");
+    }
+
+    #[test]
+    fn caps_rate_and_size() {
+        let limits = Limits {
+            max_size: 200,
+            ..Limits::default()
+        };
+        let mut r = Reflector::new([1; 32], limits);
+        let a = addr("[::1]:7000");
+        let acc = open(&mut r, T0, a, 1);
+        assert!(r.handle(T0, a, &probe(acc.cookie, 1, 0, 400)).is_none());
+        // A flood at one instant: only the burst allowance is answered.
+        let answered = (0..1000)
+            .filter(|&s| r.handle(T0, a, &probe(acc.cookie, 1, s, 100)).is_some())
+            .count();
+        assert_eq!(answered, BURST_PROBES as usize);
+    }
+
+    proptest! {
+        /// Whatever arrives, the reflector never answers with more bytes than it received.
+        #[test]
+        fn never_amplifies(datagrams in proptest::collection::vec(
+            proptest::collection::vec(any::<u8>(), 0..1500), 1..50), with_cookie in any::<bool>()) {
+            let mut r = Reflector::new([3; 32], Limits::default());
+            let a = addr("127.0.0.9:9");
+            let mut cookie = [0; 16];
+            if with_cookie {
+                cookie = open(&mut r, T0, a, 77).cookie;
+            }
+            for (i, d) in datagrams.iter().enumerate() {
+                let mut d = d.clone();
+                // Make some of them well-formed probes so the reflecting branch is exercised.
+                if i % 2 == 0 && d.len() >= MIN_PROBE_LEN && d.len() <= MAX_PROBE_LEN {
+                    d = probe(cookie, 77, i as u32, d.len() as u16);
+                }
+                if let Some(out) = r.handle(T0 + i as u64, a, &d) {
+                    prop_assert!(out.len() <= d.len());
+                }
+            }
+            let s = r.stats();
+            prop_assert!(s.bytes_out <= s.bytes_in);
+        }
+    }
+}

@@ -1,0 +1,10 @@
+//! The UDP reflector: echoes call-test probes back to agents that proved they receive.
+//!
+//! [`core::Reflector`] holds all the logic and no I/O: it is handed the time, a source address and
+//! a datagram, and says what (if anything) to send back. [`udp`] is the tokio driver around it.
+
+pub mod core;
+pub mod udp;
+
+pub use self::core::{Limits, Reflector, ReflectorStats};
+pub use self::udp::{spawn_reflector, ReflectorHandle};

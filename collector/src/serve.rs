@@ -1,0 +1,108 @@
+//! `serve`: the whole collector in one process — QUIC ingest, store, reflector and HTTP API.
+
+use crate::cert;
+use crate::geo::GeoTable;
+use crate::http::{router, AppState};
+use crate::ingest::{spawn_ingest, Ingest, IngestConfig};
+use crate::reflector::{spawn_reflector, Limits, ReflectorHandle};
+use crate::store::{ReportStore, SledStore};
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Data folder: certificate, key, pin and the store.
+    pub data_dir: PathBuf,
+    /// QUIC ingest address.
+    pub listen: SocketAddr,
+    /// Reflector UDP addresses (one socket each).
+    pub reflectors: Vec<SocketAddr>,
+    /// HTTP API address.
+    pub http: SocketAddr,
+    /// ip2asn TSV region table; without one every sender is `ZZ`/AS0.
+    pub geo: Option<PathBuf>,
+    pub reflector_limits: Limits,
+    pub max_connections: usize,
+}
+
+impl ServeConfig {
+    /// Defaults for everything but the data folder: all on loopback with the usual ports.
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServeConfig {
+            data_dir,
+            listen: "127.0.0.1:4433".parse().expect("literal address"),
+            reflectors: vec!["127.0.0.1:3479".parse().expect("literal address")],
+            http: "127.0.0.1:8080".parse().expect("literal address"),
+            geo: None,
+            reflector_limits: Limits::default(),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// A running collector.
+pub struct Collector {
+    pub quic_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub pin: String,
+    pub reflector: ReflectorHandle,
+    pub ingest: Ingest,
+    pub store: Arc<dyn ReportStore>,
+    http_task: tokio::task::JoinHandle<()>,
+}
+
+impl Collector {
+    /// Stops every part; returns when the QUIC endpoint is idle.
+    pub async fn shutdown(self) {
+        self.reflector.shutdown();
+        self.http_task.abort();
+        self.ingest.shutdown().await;
+    }
+}
+
+/// Starts the collector. Addresses with port 0 get a free port; the bound ones are in the result.
+pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
+    let identity = cert::load_or_create(&cfg.data_dir)?;
+    let geo = match &cfg.geo {
+        Some(path) => GeoTable::load(path)?,
+        None => GeoTable::empty(),
+    };
+    let store: Arc<dyn ReportStore> = Arc::new(
+        SledStore::open(&cfg.data_dir.join("reports.sled")).context("opening the report store")?,
+    );
+    let ingest = spawn_ingest(IngestConfig {
+        listen: cfg.listen,
+        cert: identity.cert,
+        key: identity.key,
+        store: store.clone(),
+        geo: Arc::new(geo),
+        max_connections: cfg.max_connections,
+    })?;
+    let quic_addr = ingest.local_addr()?;
+    let reflector = spawn_reflector(&cfg.reflectors, cfg.reflector_limits)
+        .await
+        .with_context(|| format!("binding reflector on {:?}", cfg.reflectors))?;
+    let listener = tokio::net::TcpListener::bind(cfg.http)
+        .await
+        .with_context(|| format!("binding HTTP API on {}", cfg.http))?;
+    let http_addr = listener.local_addr()?;
+    let app = router(AppState {
+        store: store.clone(),
+    });
+    let http_task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP API stopped: {e}");
+        }
+    });
+    Ok(Collector {
+        quic_addr,
+        http_addr,
+        pin: identity.pin,
+        reflector,
+        ingest,
+        store,
+        http_task,
+    })
+}
