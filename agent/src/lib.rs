@@ -1,1 +1,16 @@
+//! callwatch-agent: the volunteer's program. Runs loopback call tests against a reflector,
+//! signs each result and uploads it to a collector.
+//!
+//! [`engine`] runs a test (sans-IO sessions, a precise driver); [`metrics`] turns packet records
+//! into figures; [`queue`] keeps signed reports on disk until acknowledged; [`upload`] sends them
+//! over QUIC; [`runner`] is one cycle of test → sign → queue → upload; [`config`] and
+//! [`identity`] are the volunteer's settings and key.
 
+pub mod config;
+pub mod engine;
+pub mod identity;
+pub mod metrics;
+pub mod queue;
+pub mod report_text;
+pub mod runner;
+pub mod upload;

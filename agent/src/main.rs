@@ -1,1 +1,224 @@
-fn main(){}
+//! `callwatch-agent`: the volunteer's program.
+
+use anyhow::{Context, Result};
+use callwatch_agent::config::Config;
+use callwatch_agent::engine::driver::Cancel;
+use callwatch_agent::engine::{run_call_test, TestSpec};
+use callwatch_agent::queue::Queue;
+use callwatch_agent::{identity, report_text, runner};
+use callwatch_proto::Platform;
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "callwatch-agent",
+    version,
+    about = "Measures what voice calls sound like from your network and reports it, signed, to a callwatch collector.",
+    after_help = "Quick start:\n  callwatch-agent init --config ~/.config/callwatch/agent.toml \\\n      --collector collector.example.org:4433 --pin <64 hex digits> \\\n      --reflector collector.example.org:3479\n  callwatch-agent test --reflector collector.example.org:3479\n  callwatch-agent run --config ~/.config/callwatch/agent.toml --once"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a config file and a new signing key (owner-only) next to it.
+    Init {
+        /// Config file to write.
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Collector QUIC address, host:port.
+        #[arg(long, value_name = "HOST:PORT")]
+        collector: String,
+        /// SHA-256 fingerprint of the collector's certificate (its collector.pin file).
+        #[arg(long, value_name = "HEX")]
+        pin: String,
+        /// Reflector UDP address, host:port (default: the collector's host, port 3479).
+        #[arg(long, value_name = "HOST:PORT")]
+        reflector: Option<String>,
+        /// Replace an existing config and key.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run one call test now and print the result (nothing is uploaded).
+    ///
+    /// Sends an isochronous stream shaped like a voice call (a 172-byte packet every 20 ms by
+    /// default) to the reflector, which echoes each one, and reports loss per direction, round
+    /// trip time, jitter and an E-model MOS.
+    Test {
+        /// Reflector UDP address, host:port.
+        #[arg(long, value_name = "HOST:PORT")]
+        reflector: String,
+        /// Platform whose call traffic to imitate.
+        #[arg(long, default_value = "generic")]
+        platform: Platform,
+        /// Test length in seconds (1..=120).
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        duration: u32,
+        /// Interval between packets (5..=1000).
+        #[arg(long = "interval-ms", default_value_t = 20, value_name = "MS")]
+        interval_ms: u16,
+        /// Packet size on the wire, UDP payload (48..=1400).
+        #[arg(long, default_value_t = 172, value_name = "BYTES")]
+        size: u16,
+        /// Local address to send from.
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<IpAddr>,
+        /// Print exactly one JSON object (the report) on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the configured tests, sign and queue the reports, and upload them.
+    ///
+    /// Exit codes with --once: 0 all uploaded; 2 the collector could not be reached or refused
+    /// the upload (reports stay queued for next time); 3 a test could not run (reflector
+    /// unreachable) — what was queued was still uploaded; 1 any other error.
+    Run {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Run one cycle and exit.
+        #[arg(long)]
+        once: bool,
+        /// Without --once: seconds between cycles.
+        #[arg(long, default_value_t = 900, value_name = "SECS")]
+        every: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("callwatch-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Init {
+            config,
+            collector,
+            pin,
+            reflector,
+            force,
+        } => {
+            let reflector = match reflector {
+                Some(r) => r,
+                None => {
+                    let host = collector
+                        .rsplit_once(':')
+                        .map(|(h, _)| h)
+                        .unwrap_or(&collector);
+                    format!("{host}:3479")
+                }
+            };
+            let cfg = Config::new(collector, pin.to_ascii_lowercase(), reflector);
+            if let Err(problems) = cfg.validate() {
+                anyhow::bail!("{}", problems.join("; "));
+            }
+            if config.exists() && !force {
+                anyhow::bail!(
+                    "{} exists; pass --force to replace it and its key",
+                    config.display()
+                );
+            }
+            let base = config.parent().unwrap_or(std::path::Path::new("."));
+            let key_path = base.join(&cfg.key_file);
+            let key = identity::create_key(&key_path, force)?;
+            std::fs::write(&config, cfg.to_toml())
+                .with_context(|| format!("writing {}", config.display()))?;
+            println!("wrote {} and {}", config.display(), key_path.display());
+            println!(
+                "agent key (public): {}",
+                hex::encode(key.verifying_key().to_bytes())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test {
+            reflector,
+            platform,
+            duration,
+            interval_ms,
+            size,
+            bind,
+            json,
+        } => {
+            let addr: SocketAddr = runner::resolve("reflector", &reflector)?;
+            let spec = TestSpec {
+                platform,
+                interval_ms,
+                size,
+                bind,
+                ..TestSpec::voice(addr, duration.saturating_mul(1000))
+            };
+            spec.validate()?;
+            let interactive = !json && std::io::stderr().is_terminal();
+            let report = run_call_test(&spec, &Cancel::default(), |p| {
+                if interactive {
+                    if let Some(p) = p.first() {
+                        eprint!(
+                            "\r{:>5}/{} sent  {:>5} back  rtt {}   ",
+                            p.sent,
+                            p.total,
+                            p.received,
+                            p.last_rtt_ms
+                                .map(|r| format!("{r:.2} ms"))
+                                .unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+            })?;
+            if interactive {
+                eprintln!();
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report_text::summary(&report));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run {
+            config,
+            once,
+            every,
+        } => {
+            let cfg = Config::load(&config)?;
+            let key = identity::load_key(&cfg.key_file)?;
+            let queue = Queue::open(&cfg.queue_dir)?;
+            let rt = tokio::runtime::Runtime::new()?;
+            rt.block_on(async {
+                loop {
+                    let outcome = runner::run_cycle(&cfg, &key, &queue).await?;
+                    if once {
+                        let code = match &outcome.upload {
+                            Some(Err(_)) => 2,
+                            _ if !outcome.test_errors.is_empty() => 3,
+                            _ => 0,
+                        };
+                        return Ok(ExitCode::from(code));
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(every)) => {}
+                        _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                    }
+                }
+            })
+        }
+    }
+}

@@ -45,7 +45,9 @@ impl FromStr for Axis {
         Axis::ALL
             .into_iter()
             .find(|a| a.as_str() == s)
-            .ok_or_else(|| format!("unknown axis {s:?}; expected one of day, country, asn, platform"))
+            .ok_or_else(|| {
+                format!("unknown axis {s:?}; expected one of day, country, asn, platform")
+            })
     }
 }
 
@@ -253,7 +255,9 @@ mod tests {
         assert_eq!(cells.len(), 3);
         let ru_wa = cells
             .iter()
-            .find(|c| c.country.as_deref() == Some("RU") && c.platform.as_deref() == Some("whatsapp"))
+            .find(|c| {
+                c.country.as_deref() == Some("RU") && c.platform.as_deref() == Some("whatsapp")
+            })
             .unwrap();
         assert_eq!(ru_wa.count, 3);
         assert_eq!(ru_wa.agents, 2);

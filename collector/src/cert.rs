@@ -93,7 +93,10 @@ mod tests {
         let b = load_or_create(&data).unwrap();
         assert_eq!(a.pin, b.pin);
         assert_eq!(a.pin.len(), 64);
-        let mode = fs::metadata(data.join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(data.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let mode = fs::metadata(&data).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);

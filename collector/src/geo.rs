@@ -195,14 +195,25 @@ mod tests {
 
     #[test]
     fn bad_lines_name_their_line() {
-        let e = GeoTable::parse("1.0.0.0\t1.0.0.255\t13335\tUS\tX\nnot-an-ip\t1.1.1.1\t1\tUS\tX\n", "geo.tsv")
+        let e = GeoTable::parse(
+            "1.0.0.0\t1.0.0.255\t13335\tUS\tX\nnot-an-ip\t1.1.1.1\t1\tUS\tX\n",
+            "geo.tsv",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("geo.tsv:2:"), "{e}");
+        let e = GeoTable::parse("1.0.0.9\t1.0.0.1\t1\tUS\tX\n", "g")
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("geo.tsv:2:"), "{e}");
-        let e = GeoTable::parse("1.0.0.9\t1.0.0.1\t1\tUS\tX\n", "g").unwrap_err().to_string();
         assert!(e.contains("after"), "{e}");
-        let e = GeoTable::parse("1.0.0.0\t1.0.0.9\tASx\tUS\tX\n", "g").unwrap_err().to_string();
+        let e = GeoTable::parse("1.0.0.0\t1.0.0.9\tASx\tUS\tX\n", "g")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("AS number"), "{e}");
-        assert!(GeoTable::parse("1.0.0.0\t1.0.0.9\t1\tUS\tX\n1.0.0.5\t1.0.0.20\t2\tUS\tY\n", "g").is_err());
+        assert!(GeoTable::parse(
+            "1.0.0.0\t1.0.0.9\t1\tUS\tX\n1.0.0.5\t1.0.0.20\t2\tUS\tY\n",
+            "g"
+        )
+        .is_err());
     }
 }

@@ -76,7 +76,10 @@ pub fn parse_aggregation_query(
     let axis = |name: &str| -> Result<Option<Axis>, ApiError> {
         params
             .get(name)
-            .map(|v| v.parse().map_err(|e| ApiError::bad_request(format!("{name}: {e}"))))
+            .map(|v| {
+                v.parse()
+                    .map_err(|e| ApiError::bad_request(format!("{name}: {e}")))
+            })
             .transpose()
     };
     let axis_x = axis("axis_x")?
@@ -154,7 +157,10 @@ mod tests {
     use super::*;
 
     fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]

@@ -9,8 +9,8 @@ use crate::geo::{GeoTable, Region};
 use crate::store::{InsertOutcome, ReportKey, ReportStore, StoredReport};
 use anyhow::{Context, Result};
 use callwatch_proto::upload::{
-    decode_frame_body, encode_frame, error_code, frame_len, ReportStatus, Request, Response,
-    ALPN, MAX_BATCH,
+    decode_frame_body, encode_frame, error_code, frame_len, ReportStatus, Request, Response, ALPN,
+    MAX_BATCH,
 };
 use callwatch_proto::SignedReport;
 use chrono::Utc;
@@ -46,7 +46,10 @@ impl IngestStats {
 
     /// Rejections so far, by reason label.
     pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
-        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -98,9 +101,7 @@ pub fn server_config(
         .max_concurrent_bidi_streams(8u32.into())
         .max_concurrent_uni_streams(0u32.into())
         .max_idle_timeout(Some(
-            Duration::from_secs(30)
-                .try_into()
-                .context("idle timeout")?,
+            Duration::from_secs(30).try_into().context("idle timeout")?,
         ));
     config.transport_config(Arc::new(transport));
     Ok(config)
@@ -163,7 +164,9 @@ async fn serve_stream(
     stats: Arc<IngestStats>,
 ) -> Result<()> {
     let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.context("reading frame length")?;
+    recv.read_exact(&mut prefix)
+        .await
+        .context("reading frame length")?;
     let response = match frame_len(prefix) {
         Err(e) => {
             stats.reject("frame_too_large");
@@ -220,16 +223,22 @@ pub async fn process_batch(
         let verdict = signed.verify().map_err(|e| (e.label(), e.to_string()));
         let checked = verdict.and_then(|report| {
             if report.started_at > now + MAX_FUTURE {
-                Err(("future_timestamp", format!(
-                    "started_at {} is in the future (collector time {now})",
-                    report.started_at
-                )))
+                Err((
+                    "future_timestamp",
+                    format!(
+                        "started_at {} is in the future (collector time {now})",
+                        report.started_at
+                    ),
+                ))
             } else if report.started_at < now - MAX_AGE {
-                Err(("too_old", format!(
-                    "started_at {} is older than {} days",
-                    report.started_at,
-                    MAX_AGE.num_days()
-                )))
+                Err((
+                    "too_old",
+                    format!(
+                        "started_at {} is older than {} days",
+                        report.started_at,
+                        MAX_AGE.num_days()
+                    ),
+                ))
             } else {
                 Ok(report)
             }

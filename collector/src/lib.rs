@@ -14,4 +14,4 @@ pub mod reflector;
 pub mod serve;
 pub mod store;
 
-pub use serve::{serve, Collector, ServeConfig};
+pub use serve::{serve, serve_with_store, Collector, ServeConfig};

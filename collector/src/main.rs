@@ -53,8 +53,7 @@ enum Command {
 async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -79,12 +78,18 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.http = http;
             cfg.geo = geo;
             let collector = serve(cfg).await?;
-            println!("collector pin (SHA-256 of its certificate): {}", collector.pin);
+            println!(
+                "collector pin (SHA-256 of its certificate): {}",
+                collector.pin
+            );
             println!("QUIC ingest on {}", collector.quic_addr);
             for a in &collector.reflector.addrs {
                 println!("reflector on udp {a}");
             }
-            println!("HTTP API on http://{}/api/v1/aggregation", collector.http_addr);
+            println!(
+                "HTTP API on http://{}/api/v1/aggregation",
+                collector.http_addr
+            );
             wait_for_signal().await?;
             tracing::info!("shutting down");
             collector.shutdown().await;

@@ -64,14 +64,20 @@ impl Collector {
 
 /// Starts the collector. Addresses with port 0 get a free port; the bound ones are in the result.
 pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
+    cert::ensure_private_dir(&cfg.data_dir)?;
+    let store: Arc<dyn ReportStore> = Arc::new(
+        SledStore::open(&cfg.data_dir.join("reports.sled")).context("opening the report store")?,
+    );
+    serve_with_store(cfg, store).await
+}
+
+/// Starts the collector on a store the caller opened (another backend, or a wrapped one).
+pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> Result<Collector> {
     let identity = cert::load_or_create(&cfg.data_dir)?;
     let geo = match &cfg.geo {
         Some(path) => GeoTable::load(path)?,
         None => GeoTable::empty(),
     };
-    let store: Arc<dyn ReportStore> = Arc::new(
-        SledStore::open(&cfg.data_dir.join("reports.sled")).context("opening the report store")?,
-    );
     let ingest = spawn_ingest(IngestConfig {
         listen: cfg.listen,
         cert: identity.cert,

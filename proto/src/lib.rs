@@ -13,5 +13,5 @@ pub mod sign;
 pub mod upload;
 
 pub use platform::{Platform, Role, Verdict};
-pub use report::{CallReport, ReportId, StreamReport};
+pub use report::{CallReport, ReportId, StreamReport, VerdictDetail};
 pub use sign::{SignedReport, VerifyError};

@@ -401,7 +401,7 @@ mod tests {
             ),
             (
                 any::<u64>(),
-                cookie.clone(),
+                cookie,
                 any::<u16>(),
                 any::<u16>(),
                 any::<u32>(),
@@ -417,15 +417,22 @@ mod tests {
                         reflector_time_us: t,
                     })
                 }),
-            (any::<u64>(), cookie.clone(), any::<u32>(), any::<u64>(), len.clone()).prop_map(
-                |(session, cookie, seq, sent_us, len)| Packet::Probe(Probe {
-                    session,
-                    cookie,
-                    seq,
-                    sent_us,
-                    len
-                })
-            ),
+            (
+                any::<u64>(),
+                cookie,
+                any::<u32>(),
+                any::<u64>(),
+                len.clone()
+            )
+                .prop_map(|(session, cookie, seq, sent_us, len)| Packet::Probe(
+                    Probe {
+                        session,
+                        cookie,
+                        seq,
+                        sent_us,
+                        len
+                    }
+                )),
             (
                 any::<u64>(),
                 any::<u32>(),
@@ -435,15 +442,17 @@ mod tests {
                 any::<u32>(),
                 len
             )
-                .prop_map(|(session, seq, sent_us, rx, tx, n, len)| Packet::Reply(Reply {
-                    session,
-                    seq,
-                    sent_us,
-                    reflector_rx_us: rx,
-                    reflector_tx_us: tx,
-                    reflector_received: n,
-                    len
-                })),
+                .prop_map(|(session, seq, sent_us, rx, tx, n, len)| Packet::Reply(
+                    Reply {
+                        session,
+                        seq,
+                        sent_us,
+                        reflector_rx_us: rx,
+                        reflector_tx_us: tx,
+                        reflector_received: n,
+                        len
+                    }
+                )),
             (any::<u64>(), cookie, any::<u32>()).prop_map(|(session, cookie, packets_sent)| {
                 Packet::Close(Close {
                     session,

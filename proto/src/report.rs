@@ -68,6 +68,9 @@ pub struct CallReport {
     pub payload_bytes: u32,
     /// `null` while the test had no control arm to compare with.
     pub verdict: Option<Verdict>,
+    /// The statistics behind `verdict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict_detail: Option<VerdictDetail>,
     pub streams: Vec<StreamReport>,
 }
 
@@ -204,6 +207,36 @@ pub struct Bitrate {
     pub delivered_down: f64,
 }
 
+/// How the platform arm was compared with the control arm.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerdictDetail {
+    /// The method, e.g. `"mann-whitney-u per 1 s window; holm over 3 metrics"`.
+    pub method: String,
+    /// Length of the windows the series were cut into.
+    pub window_ms: u32,
+    /// Windows compared (both arms had data).
+    pub windows: u32,
+    pub loss: ArmComparison,
+    pub delay: ArmComparison,
+    pub jitter: ArmComparison,
+    /// One sentence a person can read: why this verdict.
+    pub reason: String,
+}
+
+/// One metric's per-window series, platform arm against control arm.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArmComparison {
+    /// Median over windows of the per-window value (loss as a fraction, delay and jitter in ms).
+    pub platform_median: f64,
+    pub control_median: f64,
+    /// Two-sided p-value of the two-sample test; 1 when there was nothing to compare.
+    pub p_value: f64,
+    /// Effect size in the metric's unit: platform minus control (difference of means).
+    pub effect: f64,
+    /// Whether `effect` cleared the metric's floor *and* `p_value` the significance level.
+    pub significant: bool,
+}
+
 /// How precisely the agent kept its send schedule.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TimerStats {
@@ -236,7 +269,8 @@ impl CallReport {
             return Err("interval_ms and duration_ms must be positive".into());
         }
         for (i, s) in self.streams.iter().enumerate() {
-            s.validate().map_err(|e| format!("stream {i} ({}): {e}", s.role))?;
+            s.validate()
+                .map_err(|e| format!("stream {i} ({}): {e}", s.role))?;
         }
         Ok(())
     }
@@ -315,6 +349,7 @@ pub(crate) mod tests {
             interval_ms: 20,
             payload_bytes: 172,
             verdict: None,
+            verdict_detail: None,
             streams: vec![StreamReport {
                 role: Role::Platform,
                 packets_sent: 500,

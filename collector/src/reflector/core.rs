@@ -231,7 +231,10 @@ impl Reflector {
     }
 
     fn on_close(&mut self, now_us: u64, src: SocketAddr, close: Close) -> Option<CloseAck> {
-        if self.check_cookie(now_us, src, close.session, &close.cookie).is_none() {
+        if self
+            .check_cookie(now_us, src, close.session, &close.cookie)
+            .is_none()
+        {
             self.stats.dropped_bad_cookie += 1;
             return None;
         }
@@ -279,8 +282,8 @@ impl Reflector {
 
     fn mac(&self, src: SocketAddr, session: SessionId, fields: &[u8]) -> [u8; 32] {
         // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
-            .expect("HMAC takes any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(&self.secret).expect("HMAC takes any key length");
         match src {
             SocketAddr::V4(a) => mac.update(&a.ip().octets()),
             SocketAddr::V6(a) => mac.update(&a.ip().octets()),
@@ -387,7 +390,9 @@ mod tests {
             assert_eq!(rep.reflector_rx_us, now);
         }
         // A duplicate is answered but not counted twice.
-        let out = r.handle(T0 + 300_000, a, &probe(acc.cookie, 9, 3, 172)).unwrap();
+        let out = r
+            .handle(T0 + 300_000, a, &probe(acc.cookie, 9, 3, 172))
+            .unwrap();
         let Packet::Reply(rep) = Packet::decode(&out).unwrap() else {
             panic!()
         };
@@ -398,7 +403,8 @@ mod tests {
             packets_sent: 10,
         })
         .encode();
-        let Packet::CloseAck(ack) = Packet::decode(&r.handle(T0 + 400_000, a, &close).unwrap()).unwrap()
+        let Packet::CloseAck(ack) =
+            Packet::decode(&r.handle(T0 + 400_000, a, &close).unwrap()).unwrap()
         else {
             panic!()
         };

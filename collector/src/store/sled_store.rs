@@ -102,7 +102,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = SledStore::open(dir.path()).unwrap();
-            let out = s.insert_batch(&[item(1, 1), item(1, 2), item(1, 1)]).unwrap();
+            let out = s
+                .insert_batch(&[item(1, 1), item(1, 2), item(1, 1)])
+                .unwrap();
             assert_eq!(
                 out,
                 vec![
@@ -112,7 +114,10 @@ mod tests {
                 ]
             );
             // Same id from another agent is a different report.
-            assert_eq!(s.insert_batch(&[item(2, 1)]).unwrap(), vec![InsertOutcome::Inserted]);
+            assert_eq!(
+                s.insert_batch(&[item(2, 1)]).unwrap(),
+                vec![InsertOutcome::Inserted]
+            );
         }
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.len(), 3);

@@ -1,0 +1,203 @@
+//! The agent's TOML configuration: what to test, where to upload, and where to keep things.
+//!
+//! Every mistake is reported with its key, all at once, before anything runs.
+
+use callwatch_proto::Platform;
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Collector QUIC address, `host:port`.
+    pub collector: String,
+    /// SHA-256 fingerprint of the collector's certificate (64 hex digits).
+    pub collector_pin: String,
+    /// TLS server name to present (the pin is what is checked).
+    #[serde(default = "default_server_name")]
+    pub server_name: String,
+    /// Reflector UDP address, `host:port`.
+    pub reflector: String,
+    /// Platforms to test, in turn.
+    #[serde(default = "default_platforms")]
+    pub platforms: Vec<Platform>,
+    /// Length of one test.
+    #[serde(default = "default_duration_secs")]
+    pub duration_secs: u32,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u16,
+    /// Probe size on the wire (UDP payload).
+    #[serde(default = "default_size")]
+    pub size: u16,
+    /// Local address to test and upload from (default: chosen by the system).
+    #[serde(default)]
+    pub bind: Option<IpAddr>,
+    /// Signing key file; relative paths are relative to the config file.
+    #[serde(default = "default_key_file")]
+    pub key_file: PathBuf,
+    /// Folder of the store-and-forward queue; relative to the config file.
+    #[serde(default = "default_queue_dir")]
+    pub queue_dir: PathBuf,
+    /// Reports per upload batch.
+    #[serde(default = "default_upload_batch")]
+    pub upload_batch: usize,
+}
+
+fn default_server_name() -> String {
+    "callwatch-collector".into()
+}
+fn default_platforms() -> Vec<Platform> {
+    vec![Platform::Generic]
+}
+fn default_duration_secs() -> u32 {
+    10
+}
+fn default_interval_ms() -> u16 {
+    20
+}
+fn default_size() -> u16 {
+    172
+}
+fn default_key_file() -> PathBuf {
+    "agent.key".into()
+}
+fn default_queue_dir() -> PathBuf {
+    "queue".into()
+}
+fn default_upload_batch() -> usize {
+    64
+}
+
+/// All the problems found in a config file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {}", problems.join("; "))]
+pub struct ConfigError {
+    pub path: String,
+    pub problems: Vec<String>,
+}
+
+impl Config {
+    /// A config with defaults for everything but the addresses and pin.
+    pub fn new(collector: String, collector_pin: String, reflector: String) -> Self {
+        Config {
+            collector,
+            collector_pin,
+            server_name: default_server_name(),
+            reflector,
+            platforms: default_platforms(),
+            duration_secs: default_duration_secs(),
+            interval_ms: default_interval_ms(),
+            size: default_size(),
+            bind: None,
+            key_file: default_key_file(),
+            queue_dir: default_queue_dir(),
+            upload_batch: default_upload_batch(),
+        }
+    }
+
+    /// Reads and validates `path`; relative paths inside are resolved against its folder.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let fail = |problems: Vec<String>| ConfigError {
+            path: path.display().to_string(),
+            problems,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(vec![e.to_string()]))?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| fail(vec![e.to_string()]))?;
+        cfg.validate().map_err(fail)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.key_file = base.join(&cfg.key_file);
+        cfg.queue_dir = base.join(&cfg.queue_dir);
+        Ok(cfg)
+    }
+
+    /// Every problem, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut p = Vec::new();
+        let host_port = |key: &str, v: &str, p: &mut Vec<String>| match v.rsplit_once(':') {
+            Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok_and(|x| x > 0) => {}
+            _ => p.push(format!("{key} = {v:?}: expected host:port")),
+        };
+        host_port("collector", &self.collector, &mut p);
+        host_port("reflector", &self.reflector, &mut p);
+        if self.collector_pin.len() != 64 || hex::decode(&self.collector_pin).is_err() {
+            p.push(format!(
+                "collector_pin = {:?}: expected the 64 hex digits of the collector's \
+                 SHA-256 fingerprint (its collector.pin file)",
+                self.collector_pin
+            ));
+        }
+        if self.platforms.is_empty() {
+            p.push("platforms: name at least one platform".into());
+        }
+        if !(1..=120).contains(&self.duration_secs) {
+            p.push(format!("duration_secs = {}: expected 1..=120", self.duration_secs));
+        }
+        if !(5..=1000).contains(&self.interval_ms) {
+            p.push(format!("interval_ms = {}: expected 5..=1000", self.interval_ms));
+        }
+        if !(48..=1400).contains(&self.size) {
+            p.push(format!("size = {}: expected 48..=1400 bytes", self.size));
+        }
+        if !(1..=callwatch_proto::upload::MAX_BATCH).contains(&self.upload_batch) {
+            p.push(format!(
+                "upload_batch = {}: expected 1..={}",
+                self.upload_batch,
+                callwatch_proto::upload::MAX_BATCH
+            ));
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(p)
+        }
+    }
+
+    pub fn pin_bytes(&self) -> Option<[u8; 32]> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&self.collector_pin, &mut out).ok()?;
+        Some(out)
+    }
+
+    /// The TOML text of this config, with a comment header.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).unwrap_or_default();
+        format!("# callwatch agent configuration (see `callwatch-agent --help`)\n{body}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_every_mistake_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            "collector = \"nohost\"\ncollector_pin = \"abc\"\nreflector = \"127.0.0.1:3479\"\nsize = 20\n",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+        let text = e.to_string();
+        for key in ["collector =", "collector_pin", "size = 20"] {
+            assert!(text.contains(key), "{key} missing from {text}");
+        }
+        std::fs::write(&path, "colector = \"x\"\n").unwrap();
+        assert!(Config::load(&path).unwrap_err().to_string().contains("colector"));
+    }
+
+    #[test]
+    fn round_trips_and_resolves_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let cfg = Config::new("127.0.0.1:4433".into(), "ab".repeat(32), "127.0.0.1:3479".into());
+        std::fs::write(&path, cfg.to_toml()).unwrap();
+        let back = Config::load(&path).unwrap();
+        assert_eq!(back.key_file, dir.path().join("agent.key"));
+        assert_eq!(back.collector, cfg.collector);
+        assert_eq!(back.pin_bytes(), Some([0xab; 32]));
+    }
+}

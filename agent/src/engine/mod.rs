@@ -1,0 +1,147 @@
+//! The call-test engine: runs a test's streams against a reflector and turns what happened into
+//! a [`CallReport`].
+//!
+//! [`session`] is the sans-IO state machine of one stream; [`driver`] runs sessions over real
+//! sockets with precise pacing; the figures come from [`crate::metrics`].
+
+pub mod driver;
+pub mod session;
+
+use crate::metrics::{stream_report, Codec};
+use callwatch_proto::report::SCHEMA_VERSION;
+use callwatch_proto::{CallReport, Platform, ReportId, Role};
+use chrono::Utc;
+use driver::{Arm, Cancel};
+use session::{Progress, Session, SessionConfig, SessionError};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::Instant;
+
+pub const AGENT_VERSION: &str = concat!("callwatch-agent/", env!("CARGO_PKG_VERSION"));
+
+/// One call test to run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TestSpec {
+    pub reflector: SocketAddr,
+    pub platform: Platform,
+    pub duration_ms: u32,
+    pub interval_ms: u16,
+    /// Probe size on the wire (UDP payload), 48..=1400.
+    pub size: u16,
+    /// Local address to send from (default: any address of the reflector's family).
+    pub bind: Option<IpAddr>,
+    /// How long to wait for replies after the last probe.
+    pub grace_ms: u32,
+}
+
+impl TestSpec {
+    /// A 20 ms Opus-sized (172-byte) generic test of `duration_ms`.
+    pub fn voice(reflector: SocketAddr, duration_ms: u32) -> Self {
+        TestSpec {
+            reflector,
+            platform: Platform::Generic,
+            duration_ms,
+            interval_ms: 20,
+            size: 172,
+            bind: None,
+            grace_ms: 1000,
+        }
+    }
+
+    /// Checks the numbers before any packet leaves.
+    pub fn validate(&self) -> Result<(), TestError> {
+        use callwatch_proto::probe::{MAX_PROBE_LEN, MIN_PROBE_LEN};
+        let bad = |m: String| Err(TestError::BadSpec(m));
+        if !(MIN_PROBE_LEN..=MAX_PROBE_LEN).contains(&(self.size as usize)) {
+            return bad(format!(
+                "size {} bytes is outside {MIN_PROBE_LEN}..={MAX_PROBE_LEN}",
+                self.size
+            ));
+        }
+        if !(5..=1000).contains(&self.interval_ms) {
+            return bad(format!("interval {} ms is outside 5..=1000", self.interval_ms));
+        }
+        if self.duration_ms < self.interval_ms as u32 || self.duration_ms > 120_000 {
+            return bad(format!(
+                "duration {} ms must be at least one interval and at most 120 s",
+                self.duration_ms
+            ));
+        }
+        if self.platform != Platform::Generic {
+            return bad(format!(
+                "platform {} is not supported by this build yet; use generic",
+                self.platform
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestError {
+    #[error("invalid test: {0}")]
+    BadSpec(String),
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Session(#[from] SessionError),
+    #[error("the test was cancelled")]
+    Cancelled,
+}
+
+fn bind_socket(spec: &TestSpec) -> std::io::Result<UdpSocket> {
+    let local = spec.bind.unwrap_or(match spec.reflector {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    });
+    let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
+    socket.connect(spec.reflector)?;
+    Ok(socket)
+}
+
+/// Runs one call test to completion (blocking; seconds long) and returns its unsigned report.
+pub fn run_call_test(
+    spec: &TestSpec,
+    cancel: &Cancel,
+    on_progress: impl FnMut(&[Progress]),
+) -> Result<CallReport, TestError> {
+    spec.validate()?;
+    let started_at = Utc::now();
+    let epoch = Instant::now();
+    let cfg = SessionConfig {
+        interval_ms: spec.interval_ms,
+        size: spec.size,
+        duration_ms: spec.duration_ms,
+        grace_ms: spec.grace_ms,
+    };
+    let roles = [Role::Platform];
+    let arms = roles
+        .iter()
+        .map(|_| {
+            Ok(Arm {
+                session: Session::new(rand::random(), cfg, 0),
+                socket: bind_socket(spec)?,
+            })
+        })
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let results = driver::run(arms, epoch, cancel, on_progress)?;
+    if cancel.is_cancelled() {
+        return Err(TestError::Cancelled);
+    }
+    let mut streams = Vec::new();
+    for (role, result) in roles.into_iter().zip(results) {
+        streams.push(stream_report(role, &result?, Codec::Opus));
+    }
+    Ok(CallReport {
+        schema: SCHEMA_VERSION,
+        id: ReportId(rand::random()),
+        agent_version: AGENT_VERSION.to_string(),
+        platform: spec.platform,
+        started_at,
+        duration_ms: spec.duration_ms,
+        interval_ms: spec.interval_ms as u32,
+        payload_bytes: spec.size as u32,
+        verdict: None,
+        verdict_detail: None,
+        streams,
+    })
+}

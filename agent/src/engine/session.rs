@@ -1,0 +1,440 @@
+//! One stream of a call test as a sans-IO state machine.
+//!
+//! The session is told the time (`now_us`, microseconds on the agent's monotonic clock) and the
+//! datagrams that arrived; it answers what to send and when it next wants to be woken. It never
+//! touches a socket or a clock, so tests drive it with a simulated clock and a scripted network.
+//!
+//! Rules:
+//! 1. Open: send `Open` every [`OPEN_RETRY_US`] until `Accept` (or `Reject`), at most
+//!    [`OPEN_ATTEMPTS`] times.
+//! 2. Stream: probe `i` is due at `start + i·interval` — an absolute schedule, so a late send
+//!    never shifts the ones after it. Late sends go out at once and their lateness is recorded.
+//! 3. Drain: after the last probe, replies are accepted for `grace`; later ones count as `late`.
+//! 4. Close: send `Close` until `CloseAck` (the reflector's final count of what it received),
+//!    at most [`CLOSE_ATTEMPTS`] times; without it the largest running count seen is used.
+
+use crate::metrics::{ProbeRecord, ReplyRecord, StreamRecord};
+use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe, RejectReason, SessionId};
+use thiserror::Error;
+
+pub const OPEN_RETRY_US: u64 = 250_000;
+pub const OPEN_ATTEMPTS: u32 = 8;
+pub const CLOSE_RETRY_US: u64 = 200_000;
+pub const CLOSE_ATTEMPTS: u32 = 5;
+
+/// What a stream asks of the reflector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionConfig {
+    pub interval_ms: u16,
+    /// Probe size on the wire (UDP payload).
+    pub size: u16,
+    pub duration_ms: u32,
+    /// How long replies are awaited after the last probe.
+    pub grace_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SessionError {
+    #[error("the reflector did not answer {OPEN_ATTEMPTS} session requests (is it running, and is UDP to it allowed?)")]
+    NoAnswer,
+    #[error("the reflector refused the session: {0:?}")]
+    Rejected(RejectReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Opening { attempts: u32, next_us: u64 },
+    Streaming,
+    Draining { until_us: u64 },
+    Closing { attempts: u32, next_us: u64 },
+    Done,
+}
+
+/// Live counts, for a progress display.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Progress {
+    pub sent: u32,
+    pub total: u32,
+    pub received: u32,
+    pub last_rtt_ms: Option<f64>,
+}
+
+pub struct Session {
+    id: SessionId,
+    cfg: SessionConfig,
+    phase: Phase,
+    cookie: Cookie,
+    start_us: u64,
+    interval_us: u64,
+    count: u32,
+    size: u16,
+    record: StreamRecord,
+    max_running: Option<u32>,
+    final_count: Option<u32>,
+    received: u32,
+    last_rtt_ms: Option<f64>,
+    error: Option<SessionError>,
+}
+
+impl Session {
+    pub fn new(id: SessionId, cfg: SessionConfig, now_us: u64) -> Session {
+        Session {
+            id,
+            cfg,
+            phase: Phase::Opening {
+                attempts: 0,
+                next_us: now_us,
+            },
+            cookie: [0; 16],
+            start_us: 0,
+            interval_us: cfg.interval_ms as u64 * 1000,
+            count: 0,
+            size: cfg.size,
+            record: StreamRecord {
+                interval_us: cfg.interval_ms as u64 * 1000,
+                ..StreamRecord::default()
+            },
+            max_running: None,
+            final_count: None,
+            received: 0,
+            last_rtt_ms: None,
+            error: None,
+        }
+    }
+
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    pub fn progress(&self) -> Progress {
+        Progress {
+            sent: self.record.probes.len() as u32,
+            total: self.count.max(
+                (self.cfg.duration_ms as u64 * 1000 / self.interval_us.max(1)) as u32,
+            ),
+            received: self.received,
+            last_rtt_ms: self.last_rtt_ms,
+        }
+    }
+
+    /// When the session next needs [`poll_transmit`](Self::poll_transmit) to be called.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        match self.phase {
+            Phase::Opening { next_us, .. } | Phase::Closing { next_us, .. } => Some(next_us),
+            Phase::Streaming => Some(self.due_us(self.record.probes.len() as u32)),
+            Phase::Draining { until_us } => Some(until_us),
+            Phase::Done => None,
+        }
+    }
+
+    fn due_us(&self, seq: u32) -> u64 {
+        self.start_us + seq as u64 * self.interval_us
+    }
+
+    /// Advances time-driven state and returns the next datagram due at `now_us`, if any.
+    /// Call repeatedly until it returns `None`.
+    pub fn poll_transmit(&mut self, now_us: u64) -> Option<Vec<u8>> {
+        match self.phase {
+            Phase::Opening { attempts, next_us } => {
+                if now_us < next_us {
+                    return None;
+                }
+                if attempts >= OPEN_ATTEMPTS {
+                    self.error = Some(SessionError::NoAnswer);
+                    self.phase = Phase::Done;
+                    return None;
+                }
+                self.phase = Phase::Opening {
+                    attempts: attempts + 1,
+                    next_us: now_us + OPEN_RETRY_US,
+                };
+                Some(
+                    Packet::Open(Open {
+                        session: self.id,
+                        interval_ms: self.cfg.interval_ms,
+                        size: self.cfg.size,
+                        duration_ms: self.cfg.duration_ms,
+                    })
+                    .encode(),
+                )
+            }
+            Phase::Streaming => {
+                let seq = self.record.probes.len() as u32;
+                let due = self.due_us(seq);
+                if now_us < due {
+                    return None;
+                }
+                self.record.probes.push(ProbeRecord {
+                    seq,
+                    scheduled_us: due,
+                    sent_us: now_us,
+                    len: self.size,
+                    reply: None,
+                });
+                if seq + 1 >= self.count {
+                    self.phase = Phase::Draining {
+                        until_us: self.due_us(seq) + self.cfg.grace_ms as u64 * 1000,
+                    };
+                }
+                Some(
+                    Packet::Probe(Probe {
+                        session: self.id,
+                        cookie: self.cookie,
+                        seq,
+                        sent_us: now_us,
+                        len: self.size,
+                    })
+                    .encode(),
+                )
+            }
+            Phase::Draining { until_us } => {
+                if now_us < until_us {
+                    return None;
+                }
+                self.phase = Phase::Closing {
+                    attempts: 0,
+                    next_us: now_us,
+                };
+                self.poll_transmit(now_us)
+            }
+            Phase::Closing { attempts, next_us } => {
+                if now_us < next_us {
+                    return None;
+                }
+                if attempts >= CLOSE_ATTEMPTS {
+                    self.phase = Phase::Done;
+                    return None;
+                }
+                self.phase = Phase::Closing {
+                    attempts: attempts + 1,
+                    next_us: now_us + CLOSE_RETRY_US,
+                };
+                Some(
+                    Packet::Close(Close {
+                        session: self.id,
+                        cookie: self.cookie,
+                        packets_sent: self.record.probes.len() as u32,
+                    })
+                    .encode(),
+                )
+            }
+            Phase::Done => None,
+        }
+    }
+
+    /// Takes in one datagram that arrived at `now_us`. Anything not for this session, or not
+    /// expected now, is ignored.
+    pub fn handle_datagram(&mut self, now_us: u64, datagram: &[u8]) {
+        let Ok(packet) = Packet::decode(datagram) else {
+            return;
+        };
+        match packet {
+            Packet::Accept(a) if a.session == self.id => {
+                if let Phase::Opening { .. } = self.phase {
+                    self.cookie = a.cookie;
+                    // The reflector's grant bounds the stream: never faster, larger or longer.
+                    self.interval_us = self.interval_us.max(a.interval_ms as u64 * 1000);
+                    self.record.interval_us = self.interval_us;
+                    self.size = self.size.min(a.size);
+                    let duration_us = (self.cfg.duration_ms.min(a.duration_ms)) as u64 * 1000;
+                    self.count = (duration_us / self.interval_us.max(1)).max(1) as u32;
+                    self.start_us = now_us;
+                    self.phase = Phase::Streaming;
+                }
+            }
+            Packet::Reject(r) if r.session == self.id => {
+                if let Phase::Opening { .. } = self.phase {
+                    self.error = Some(SessionError::Rejected(r.reason));
+                    self.phase = Phase::Done;
+                }
+            }
+            Packet::Reply(r) if r.session == self.id => {
+                let Some(probe) = self.record.probes.get_mut(r.seq as usize) else {
+                    return; // a reply to a probe never sent: forged or corrupt
+                };
+                if r.sent_us != probe.sent_us {
+                    return; // not our timestamp: not a reply to our probe
+                }
+                self.max_running = Some(
+                    self.max_running
+                        .map_or(r.reflector_received, |m| m.max(r.reflector_received)),
+                );
+                let in_time = matches!(self.phase, Phase::Streaming | Phase::Draining { .. });
+                if probe.reply.is_some() {
+                    self.record.duplicates += 1;
+                } else if !in_time {
+                    self.record.late += 1;
+                } else {
+                    probe.reply = Some(ReplyRecord {
+                        reflector_rx_us: r.reflector_rx_us,
+                        reflector_tx_us: r.reflector_tx_us,
+                        received_us: now_us,
+                    });
+                    let hold = r.reflector_tx_us.saturating_sub(r.reflector_rx_us);
+                    self.last_rtt_ms =
+                        Some(now_us.saturating_sub(probe.sent_us).saturating_sub(hold) as f64 / 1e3);
+                    self.received += 1;
+                    self.record.arrival_order.push(r.seq);
+                }
+            }
+            Packet::CloseAck(a) if a.session == self.id => {
+                if let Phase::Closing { .. } = self.phase {
+                    self.final_count = Some(a.reflector_received);
+                    self.phase = Phase::Done;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The record of everything sent and received, once the session is done (or abandoned).
+    pub fn finish(mut self) -> Result<StreamRecord, SessionError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if matches!(self.phase, Phase::Opening { .. }) {
+            return Err(SessionError::NoAnswer);
+        }
+        // The reflector's own count never falls below what it answered; trust the larger.
+        self.record.reflector_received = match (self.final_count, self.max_running) {
+            (Some(f), Some(m)) => Some(f.max(m)),
+            (f, m) => f.or(m),
+        };
+        Ok(self.record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callwatch_proto::probe::{Accept, CloseAck, Reply};
+
+    fn cfg() -> SessionConfig {
+        SessionConfig {
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 200,
+            grace_ms: 100,
+        }
+    }
+
+    fn accept(id: u64) -> Vec<u8> {
+        Packet::Accept(Accept {
+            session: id,
+            cookie: [5; 16],
+            interval_ms: 20,
+            size: 1400,
+            duration_ms: 60_000,
+            reflector_time_us: 0,
+        })
+        .encode()
+    }
+
+    #[test]
+    fn follows_an_absolute_schedule_and_records_replies() {
+        let mut s = Session::new(1, cfg(), 1_000);
+        let open = s.poll_transmit(1_000).unwrap();
+        assert!(matches!(Packet::decode(&open).unwrap(), Packet::Open(_)));
+        assert!(s.poll_transmit(1_001).is_none());
+        s.handle_datagram(2_000, &accept(1));
+        assert_eq!(s.poll_timeout(), Some(2_000));
+        // The driver oversleeps the second probe by 7 ms: the third is still due on schedule.
+        let mut sent = vec![];
+        for now in [2_000u64, 29_000, 42_000, 62_000] {
+            while let Some(d) = s.poll_transmit(now) {
+                sent.push((now, Packet::decode(&d).unwrap()));
+            }
+        }
+        let seqs: Vec<u32> = sent
+            .iter()
+            .map(|(_, p)| match p {
+                Packet::Probe(p) => p.seq,
+                _ => 999,
+            })
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2, 3]);
+        assert_eq!(s.poll_timeout(), Some(2_000 + 4 * 20_000));
+        // Reply to probe 1, then a duplicate of it.
+        let Packet::Probe(p1) = sent[1].1 else { panic!() };
+        let reply = Packet::Reply(Reply {
+            session: 1,
+            seq: 1,
+            sent_us: p1.sent_us,
+            reflector_rx_us: 500,
+            reflector_tx_us: 510,
+            reflector_received: 2,
+            len: 172,
+        })
+        .encode();
+        s.handle_datagram(40_000, &reply);
+        s.handle_datagram(41_000, &reply);
+        // Finish the stream.
+        let mut now = 62_000;
+        while !matches!(s.phase, Phase::Closing { .. }) {
+            now += 1_000;
+            while s.poll_transmit(now).is_some() {}
+        }
+        s.handle_datagram(
+            now,
+            &Packet::CloseAck(CloseAck {
+                session: 1,
+                reflector_received: 9,
+            })
+            .encode(),
+        );
+        assert!(s.is_done());
+        // A reply after the drain counts as late... but it was a duplicate of seq 1 here.
+        let rec = s.finish().unwrap();
+        assert_eq!(rec.probes.len(), 10);
+        assert_eq!(rec.probes[1].scheduled_us, 22_000);
+        assert_eq!(rec.probes[1].sent_us, 29_000);
+        assert_eq!(rec.probes[2].scheduled_us, 42_000);
+        assert_eq!(rec.probes[1].reply.unwrap().received_us, 40_000);
+        assert_eq!(rec.duplicates, 1);
+        assert_eq!(rec.arrival_order, vec![1]);
+        assert_eq!(rec.reflector_received, Some(9));
+    }
+
+    #[test]
+    fn gives_up_without_answer() {
+        let mut s = Session::new(1, cfg(), 0);
+        let mut now = 0;
+        let mut opens = 0;
+        while !s.is_done() {
+            while s.poll_transmit(now).is_some() {
+                opens += 1;
+            }
+            now = s.poll_timeout().unwrap_or(now);
+        }
+        assert_eq!(opens, OPEN_ATTEMPTS);
+        assert_eq!(s.finish().unwrap_err(), SessionError::NoAnswer);
+    }
+
+    #[test]
+    fn ignores_replies_for_other_sessions_and_forged_timestamps() {
+        let mut s = Session::new(1, cfg(), 0);
+        s.poll_transmit(0);
+        s.handle_datagram(0, &accept(2)); // another session's accept
+        assert!(matches!(s.phase, Phase::Opening { .. }));
+        s.handle_datagram(0, &accept(1));
+        let d = s.poll_transmit(0).unwrap();
+        let Packet::Probe(p) = Packet::decode(&d).unwrap() else { panic!() };
+        let forged = Packet::Reply(Reply {
+            session: 1,
+            seq: 0,
+            sent_us: p.sent_us + 1,
+            reflector_rx_us: 0,
+            reflector_tx_us: 0,
+            reflector_received: 1,
+            len: 172,
+        })
+        .encode();
+        s.handle_datagram(10, &forged);
+        s.handle_datagram(10, b"garbage");
+        assert_eq!(s.progress().received, 0);
+    }
+}

@@ -1,0 +1,84 @@
+//! The agent's signing identity: an Ed25519 key in a file only its owner can read.
+
+use anyhow::{bail, Context, Result};
+use ed25519_dalek::SigningKey;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Creates a new key at `path` (mode 0600). Refuses to replace an existing key unless `force`:
+/// a new key unlinks every past report from the agent's future ones.
+pub fn create_key(path: &Path, force: bool) -> Result<SigningKey> {
+    if path.exists() && !force {
+        bail!(
+            "{} already holds a signing key; pass --force to replace it (reports signed with \
+             the new key cannot be linked to the old ones)",
+            path.display()
+        );
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let key = SigningKey::from_bytes(&rand::random());
+    // Write to a private temporary file, then rename over: never a moment with a readable key
+    // or a half-written one.
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    writeln!(f, "{}", hex::encode(key.to_bytes()))
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))?;
+    Ok(key)
+}
+
+/// Loads the key at `path`, refusing one that others can read.
+pub fn load_key(path: &Path) -> Result<SigningKey> {
+    let meta = fs::metadata(path).with_context(|| {
+        format!(
+            "reading signing key {} (create one with `callwatch-agent init`)",
+            path.display()
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "signing key {} is readable by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        );
+    }
+    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text.trim(), &mut bytes).with_context(|| {
+        format!("{} does not hold a 64-hex-digit Ed25519 key", path.display())
+    })?;
+    Ok(SigningKey::from_bytes(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_private_and_not_overwritten_without_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.key");
+        let k1 = create_key(&path, false).unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(load_key(&path).unwrap().to_bytes(), k1.to_bytes());
+        let err = create_key(&path, false).unwrap_err().to_string();
+        assert!(err.contains("--force"), "{err}");
+        assert_eq!(load_key(&path).unwrap().to_bytes(), k1.to_bytes());
+        let k2 = create_key(&path, true).unwrap();
+        assert_ne!(k1.to_bytes(), k2.to_bytes());
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_key(&path).unwrap_err().to_string().contains("chmod 600"));
+    }
+}

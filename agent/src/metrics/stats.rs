@@ -1,0 +1,82 @@
+//! Order statistics for report figures: one percentile definition used everywhere.
+//!
+//! Percentiles use linear interpolation between closest ranks (Hyndman & Fan type 7, the default
+//! of R, NumPy and spreadsheet `PERCENTILE`): for `n` sorted values the `q`-quantile sits at rank
+//! `h = q·(n−1)` and is `x[⌊h⌋] + (h − ⌊h⌋)·(x[⌊h⌋+1] − x[⌊h⌋])`. It makes the median of an even
+//! sample the mean of the middle two, and it is what a reader reproducing a figure will assume.
+
+use callwatch_proto::report::{Quantiles, Stats};
+
+/// Sorts a sample (total order, so a stray NaN cannot panic the sort).
+pub(super) fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(f64::total_cmp);
+    values
+}
+
+/// The `q`-quantile (0..=1) of an already sorted sample; `None` for an empty one.
+pub(super) fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    let h = q.clamp(0.0, 1.0) * last as f64;
+    let lo = (h.floor() as usize).min(last);
+    let hi = (lo + 1).min(last);
+    let (a, b) = (sorted[lo], sorted[hi]);
+    Some(a + (h - lo as f64) * (b - a))
+}
+
+/// Arithmetic mean; `None` for an empty sample.
+pub(super) fn mean(values: &[f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    Some(values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// min, mean, median, p95, p99 and max of a sample; `None` for an empty one.
+pub(super) fn summarize(values: Vec<f64>) -> Option<Stats> {
+    let s = sorted(values);
+    let (min, max) = (*s.first()?, *s.last()?);
+    Some(Stats {
+        min,
+        // Rounding in the sum can push the mean a hair outside [min, max]; keep it inside.
+        mean: mean(&s)?.clamp(min, max),
+        median: quantile(&s, 0.5)?,
+        p95: quantile(&s, 0.95)?,
+        p99: quantile(&s, 0.99)?,
+        max,
+    })
+}
+
+/// p50 and p95 of a sample; `None` for an empty one.
+pub(super) fn p50_p95(values: Vec<f64>) -> Option<Quantiles> {
+    let s = sorted(values);
+    Some(Quantiles {
+        p50: quantile(&s, 0.5)?,
+        p95: quantile(&s, 0.95)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_interpolation_between_ranks() {
+        let s = sorted(vec![4.0, 1.0, 3.0, 2.0]);
+        assert_eq!(quantile(&s, 0.5), Some(2.5));
+        assert_eq!(quantile(&s, 0.0), Some(1.0));
+        assert_eq!(quantile(&s, 1.0), Some(4.0));
+        // h = 0.95·3 = 2.85 → 3 + 0.85·(4 − 3)
+        assert!((quantile(&s, 0.95).unwrap() - 3.85).abs() < 1e-12);
+        assert_eq!(quantile(&[7.0], 0.99), Some(7.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn summary_of_a_small_sample() {
+        let st = summarize(vec![10.0, 30.0, 20.0]).unwrap();
+        assert_eq!((st.min, st.mean, st.median, st.max), (10.0, 20.0, 20.0, 30.0));
+        // h = 0.99·2 = 1.98 → 20 + 0.98·10
+        assert!((st.p99 - 29.8).abs() < 1e-12);
+        assert!(summarize(Vec::new()).is_none());
+    }
+}
