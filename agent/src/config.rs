@@ -131,10 +131,16 @@ impl Config {
             p.push("platforms: name at least one platform".into());
         }
         if !(1..=120).contains(&self.duration_secs) {
-            p.push(format!("duration_secs = {}: expected 1..=120", self.duration_secs));
+            p.push(format!(
+                "duration_secs = {}: expected 1..=120",
+                self.duration_secs
+            ));
         }
         if !(5..=1000).contains(&self.interval_ms) {
-            p.push(format!("interval_ms = {}: expected 5..=1000", self.interval_ms));
+            p.push(format!(
+                "interval_ms = {}: expected 5..=1000",
+                self.interval_ms
+            ));
         }
         if !(48..=1400).contains(&self.size) {
             p.push(format!("size = {}: expected 48..=1400 bytes", self.size));
@@ -186,14 +192,21 @@ mod tests {
             assert!(text.contains(key), "{key} missing from {text}");
         }
         std::fs::write(&path, "colector = \"x\"\n").unwrap();
-        assert!(Config::load(&path).unwrap_err().to_string().contains("colector"));
+        assert!(Config::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("colector"));
     }
 
     #[test]
     fn round_trips_and_resolves_paths() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
-        let cfg = Config::new("127.0.0.1:4433".into(), "ab".repeat(32), "127.0.0.1:3479".into());
+        let cfg = Config::new(
+            "127.0.0.1:4433".into(),
+            "ab".repeat(32),
+            "127.0.0.1:3479".into(),
+        );
         std::fs::write(&path, cfg.to_toml()).unwrap();
         let back = Config::load(&path).unwrap();
         assert_eq!(back.key_file, dir.path().join("agent.key"));

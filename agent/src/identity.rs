@@ -57,7 +57,10 @@ pub fn load_key(path: &Path) -> Result<SigningKey> {
     let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(text.trim(), &mut bytes).with_context(|| {
-        format!("{} does not hold a 64-hex-digit Ed25519 key", path.display())
+        format!(
+            "{} does not hold a 64-hex-digit Ed25519 key",
+            path.display()
+        )
     })?;
     Ok(SigningKey::from_bytes(&bytes))
 }
@@ -71,7 +74,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.key");
         let k1 = create_key(&path, false).unwrap();
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(load_key(&path).unwrap().to_bytes(), k1.to_bytes());
         let err = create_key(&path, false).unwrap_err().to_string();
         assert!(err.contains("--force"), "{err}");
@@ -79,6 +85,9 @@ mod tests {
         let k2 = create_key(&path, true).unwrap();
         assert_ne!(k1.to_bytes(), k2.to_bytes());
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(load_key(&path).unwrap_err().to_string().contains("chmod 600"));
+        assert!(load_key(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("chmod 600"));
     }
 }

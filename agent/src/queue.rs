@@ -106,7 +106,10 @@ mod tests {
         let q = Queue::open(dir.path()).unwrap();
         assert_eq!(q.len(), 5);
         let first = q.oldest(2).unwrap();
-        assert_eq!(first.iter().map(|(_, r)| r.body[0]).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            first.iter().map(|(_, r)| r.body[0]).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
         q.remove(&[ids[0], ids[1]]).unwrap();
         assert_eq!(q.len(), 3);
         assert_eq!(q.oldest(10).unwrap()[0].1.body, vec![2]);

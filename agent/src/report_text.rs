@@ -18,10 +18,21 @@ pub fn summary(report: &CallReport) -> String {
     let _ = writeln!(
         out,
         "{:<9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>10} {:>8} {:>14} {:>5}",
-        "stream", "sent", "reflected", "received", "loss up", "loss down", "rtt median", "rtt p95",
-        "jitter up/down", "MOS"
+        "stream",
+        "sent",
+        "reflected",
+        "received",
+        "loss up",
+        "loss down",
+        "rtt median",
+        "rtt p95",
+        "jitter up/down",
+        "MOS"
     );
-    let ms = |v: Option<f64>| v.map(|x| format!("{x:.2} ms")).unwrap_or_else(|| "-".into());
+    let ms = |v: Option<f64>| {
+        v.map(|x| format!("{x:.2} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
     for s in &report.streams {
         let _ = writeln!(
             out,
@@ -39,7 +50,9 @@ pub fn summary(report: &CallReport) -> String {
             s.jitter_ms
                 .map(|j| format!("{:.2}/{:.2} ms", j.up, j.down))
                 .unwrap_or_else(|| "-".into()),
-            s.mos.map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
+            s.mos
+                .map(|m| format!("{m:.2}"))
+                .unwrap_or_else(|| "-".into()),
         );
     }
     let verdict = report

@@ -29,7 +29,10 @@ pub fn resolve(what: &str, addr: &str) -> Result<SocketAddr> {
 
 /// The test the config describes for one platform.
 pub fn spec_for(cfg: &Config, platform: callwatch_proto::Platform) -> Result<TestSpec> {
-    let mut spec = TestSpec::voice(resolve("reflector", &cfg.reflector)?, cfg.duration_secs * 1000);
+    let mut spec = TestSpec::voice(
+        resolve("reflector", &cfg.reflector)?,
+        cfg.duration_secs * 1000,
+    );
     spec.platform = platform;
     spec.interval_ms = cfg.interval_ms;
     spec.size = cfg.size;
@@ -42,11 +45,10 @@ pub async fn run_cycle(cfg: &Config, key: &SigningKey, queue: &Queue) -> Result<
     let mut outcome = CycleOutcome::default();
     for platform in &cfg.platforms {
         let spec = spec_for(cfg, *platform)?;
-        let result = tokio::task::spawn_blocking(move || {
-            run_call_test(&spec, &Cancel::default(), |_| {})
-        })
-        .await
-        .context("test thread")?;
+        let result =
+            tokio::task::spawn_blocking(move || run_call_test(&spec, &Cancel::default(), |_| {}))
+                .await
+                .context("test thread")?;
         match result {
             Ok(report) => {
                 let signed = SignedReport::sign(&report, key).context("encoding report")?;

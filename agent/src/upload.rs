@@ -134,7 +134,10 @@ pub enum UploadError {
 /// Uploads the whole queue, batch by batch. A report is removed only after the collector
 /// acknowledged it (accepted or duplicate: stored; rejected: it never will be — its reason is
 /// logged). On any error the unacknowledged reports stay queued.
-pub async fn upload_queue(queue: &Queue, target: &UploadTarget) -> Result<UploadSummary, UploadError> {
+pub async fn upload_queue(
+    queue: &Queue,
+    target: &UploadTarget,
+) -> Result<UploadSummary, UploadError> {
     let mut summary = UploadSummary {
         remaining: queue.len(),
         ..Default::default()
@@ -152,7 +155,8 @@ pub async fn upload_queue(queue: &Queue, target: &UploadTarget) -> Result<Upload
     let mut endpoint = quinn::Endpoint::client(local)
         .with_context(|| format!("binding QUIC client on {local}"))
         .map_err(UploadError::Local)?;
-    endpoint.set_default_client_config(pinned_client_config(target.pin).map_err(UploadError::Local)?);
+    endpoint
+        .set_default_client_config(pinned_client_config(target.pin).map_err(UploadError::Local)?);
     let result = upload_with(&endpoint, queue, target, &mut summary).await;
     endpoint.close(0u32.into(), b"done");
     // Give the close a moment to reach the collector; not needed for correctness.

@@ -116,9 +116,9 @@ pub async fn run_demo(cfg: &DemoConfig) -> Result<DemoResult> {
         let key = identity::create_key(&ac.key_file, false)?;
         let queue = Queue::open(&ac.queue_dir)?;
         eprintln!("agent {} on {ip} ({cc}, AS{asn} {name}): testing…", i + 1);
-        tasks.push(tokio::spawn(async move {
-            run_cycle(&ac, &key, &queue).await
-        }));
+        tasks.push(tokio::spawn(
+            async move { run_cycle(&ac, &key, &queue).await },
+        ));
     }
     let mut outcomes = Vec::new();
     for t in tasks {
@@ -166,7 +166,15 @@ fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String 
         let _ = writeln!(
             out,
             "{:<10} {:<9} {:>7} {:>6} {:>10} {:>9} {:>9} {:>11} {:>5}",
-            key, "platform", "reports", "agents", "rtt med ms", "loss up%", "loss dn%", "jitter dn ms", "MOS"
+            key,
+            "platform",
+            "reports",
+            "agents",
+            "rtt med ms",
+            "loss up%",
+            "loss dn%",
+            "jitter dn ms",
+            "MOS"
         );
         for c in data["result"].as_array().into_iter().flatten() {
             let region = match &c[key] {
@@ -178,8 +186,8 @@ fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String 
                 "{:<10} {:<9} {:>7} {:>6} {:>10} {:>9} {:>9} {:>11} {:>5}",
                 region,
                 c["platform"].as_str().unwrap_or("-"),
-                c["count"],
-                c["agents"],
+                c["count"].to_string(),
+                c["agents"].to_string(),
                 num(c, "rtt_ms_median", 1.0, 3),
                 num(c, "loss_up_mean", 100.0, 2),
                 num(c, "loss_down_mean", 100.0, 2),

@@ -24,7 +24,10 @@ pub async fn get(addr: SocketAddr, path_and_query: &str) -> Result<(u16, String)
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no status code")?;
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok((status, dechunk(body)?));
     }
     Ok((status, body.to_string()))

@@ -4,4 +4,5 @@
 //! Nothing here ships in a release binary of the agent or the collector.
 
 pub mod demo;
+pub mod emulator;
 pub mod http;

@@ -139,7 +139,10 @@ async fn call_test_uploads_and_aggregates_by_region_without_storing_the_address(
     )
     .await
     .unwrap();
-    assert!(csv.lines().nth(1).unwrap().starts_with("12389,1,1,"), "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().starts_with("12389,1,1,"),
+        "{csv}"
+    );
     let (status, body) = http::get(collector.http_addr, "/api/v1/aggregation?axis_x=town")
         .await
         .unwrap();
@@ -149,7 +152,11 @@ async fn call_test_uploads_and_aggregates_by_region_without_storing_the_address(
     collector.shutdown().await;
     let data = root.path().join("collector");
     let text = agent_ip().to_string();
-    assert_eq!(tree_contains(&data, text.as_bytes()), None, "address as text");
+    assert_eq!(
+        tree_contains(&data, text.as_bytes()),
+        None,
+        "address as text"
+    );
     assert_eq!(tree_contains(&data, &AGENT_IP), None, "address as bytes");
     assert!(!body.contains(&text) && !csv.contains(&text));
 }
@@ -181,7 +188,10 @@ async fn forged_and_resent_reports_are_rejected_or_counted_once() {
     queue.push(&good).unwrap();
     let summary = upload_queue(&queue, &target(&collector, 10)).await.unwrap();
     assert_eq!(summary.duplicate, 1);
-    assert_eq!(collector.ingest.stats.rejected().get("bad_signature"), Some(&2));
+    assert_eq!(
+        collector.ingest.stats.rejected().get("bad_signature"),
+        Some(&2)
+    );
     assert_eq!(collector.store.len(), 1);
 
     let (_, body) = http::get(collector.http_addr, "/api/v1/aggregation?axis_x=platform")
@@ -347,7 +357,10 @@ async fn reflector_ignores_probes_without_a_valid_cookie_and_never_amplifies() {
     }
     let stats = reflector.stats();
     assert_eq!(stats.probes_reflected, 3);
-    assert_eq!(stats.dropped_bad_cookie, 21, "20 cookie-less + 1 from another address");
+    assert_eq!(
+        stats.dropped_bad_cookie, 21,
+        "20 cookie-less + 1 from another address"
+    );
     assert!(stats.bytes_out <= stats.bytes_in);
     assert_eq!(stats.bytes_out, (ACCEPT_LEN + 100 + 48 + 200) as u64);
 }

@@ -58,7 +58,10 @@ impl TestSpec {
             ));
         }
         if !(5..=1000).contains(&self.interval_ms) {
-            return bad(format!("interval {} ms is outside 5..=1000", self.interval_ms));
+            return bad(format!(
+                "interval {} ms is outside 5..=1000",
+                self.interval_ms
+            ));
         }
         if self.duration_ms < self.interval_ms as u32 || self.duration_ms > 120_000 {
             return bad(format!(

@@ -113,9 +113,9 @@ impl Session {
     pub fn progress(&self) -> Progress {
         Progress {
             sent: self.record.probes.len() as u32,
-            total: self.count.max(
-                (self.cfg.duration_ms as u64 * 1000 / self.interval_us.max(1)) as u32,
-            ),
+            total: self
+                .count
+                .max((self.cfg.duration_ms as u64 * 1000 / self.interval_us.max(1)) as u32),
             received: self.received,
             last_rtt_ms: self.last_rtt_ms,
         }
@@ -275,8 +275,9 @@ impl Session {
                         received_us: now_us,
                     });
                     let hold = r.reflector_tx_us.saturating_sub(r.reflector_rx_us);
-                    self.last_rtt_ms =
-                        Some(now_us.saturating_sub(probe.sent_us).saturating_sub(hold) as f64 / 1e3);
+                    self.last_rtt_ms = Some(
+                        now_us.saturating_sub(probe.sent_us).saturating_sub(hold) as f64 / 1e3,
+                    );
                     self.received += 1;
                     self.record.arrival_order.push(r.seq);
                 }
@@ -359,7 +360,9 @@ mod tests {
         assert_eq!(seqs, vec![0, 1, 2, 3]);
         assert_eq!(s.poll_timeout(), Some(2_000 + 4 * 20_000));
         // Reply to probe 1, then a duplicate of it.
-        let Packet::Probe(p1) = sent[1].1 else { panic!() };
+        let Packet::Probe(p1) = sent[1].1 else {
+            panic!()
+        };
         let reply = Packet::Reply(Reply {
             session: 1,
             seq: 1,
@@ -422,7 +425,9 @@ mod tests {
         assert!(matches!(s.phase, Phase::Opening { .. }));
         s.handle_datagram(0, &accept(1));
         let d = s.poll_transmit(0).unwrap();
-        let Packet::Probe(p) = Packet::decode(&d).unwrap() else { panic!() };
+        let Packet::Probe(p) = Packet::decode(&d).unwrap() else {
+            panic!()
+        };
         let forged = Packet::Reply(Reply {
             session: 1,
             seq: 0,

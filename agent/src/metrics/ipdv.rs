@@ -16,7 +16,9 @@ fn abs_ipdv(per_probe: &[Option<Transit>], transit: fn(&Transit) -> i64) -> Opti
     let magnitudes = per_probe
         .windows(2)
         .filter_map(|w| match (&w[0], &w[1]) {
-            (Some(a), Some(b)) => Some(ms((i128::from(transit(b)) - i128::from(transit(a))).abs() as f64)),
+            (Some(a), Some(b)) => Some(ms(
+                (i128::from(transit(b)) - i128::from(transit(a))).abs() as f64
+            )),
             _ => None,
         })
         .collect();

@@ -52,6 +52,9 @@ mod tests {
         assert_eq!(rfc3550_us(shifted), Some(4.1845703125));
         assert_eq!(rfc3550_us([5]), None);
         assert_eq!(rfc3550_us([]), None);
-        assert_eq!(rfc3550_us([i64::MIN, i64::MAX]).map(f64::is_finite), Some(true));
+        assert_eq!(
+            rfc3550_us([i64::MIN, i64::MAX]).map(f64::is_finite),
+            Some(true)
+        );
     }
 }

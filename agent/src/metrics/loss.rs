@@ -18,6 +18,7 @@ pub(super) struct Delivery {
 
 impl Delivery {
     pub(super) fn new(sent: u64, received: u64, reflector_received: Option<u32>) -> Delivery {
+        // received ≤ sent also keeps the clamp below from panicking (it needs min ≤ max).
         let received = received.min(sent);
         let reflected = reflector_received.map_or(received, |r| u64::from(r).clamp(received, sent));
         Delivery {

@@ -20,8 +20,18 @@ pub(super) fn one_way_delay_ms(transits: &Transits) -> Option<OneWayDelay> {
     let min_up = transits.received().map(|t| t.up_us).min()?;
     let min_down = transits.received().map(|t| t.down_us).min()?;
     let above = |v: i64, min: i64| ms((i128::from(v) - i128::from(min)) as f64);
-    let up = summarize(transits.received().map(|t| above(t.up_us, min_up)).collect())?;
-    let down = summarize(transits.received().map(|t| above(t.down_us, min_down)).collect())?;
+    let up = summarize(
+        transits
+            .received()
+            .map(|t| above(t.up_us, min_up))
+            .collect(),
+    )?;
+    let down = summarize(
+        transits
+            .received()
+            .map(|t| above(t.down_us, min_down))
+            .collect(),
+    )?;
 
     // Back to raw (wrapping) transits for θ̂. Their sum min o_up + min o_down is small (at most
     // the minimum round trip), so it is taken as a signed interval; θ̂ = min o_up − sum/2 then
@@ -77,7 +87,10 @@ mod tests {
         let probes = record(&[(10, 20), (12, 21), (15, 25)], 1_000_000);
         let owd = one_way_delay_ms(&Transits::of(&probes)).unwrap();
         assert_eq!((owd.up.min, owd.up.median, owd.up.max), (0.0, 2.0, 5.0));
-        assert_eq!((owd.down.min, owd.down.median, owd.down.max), (0.0, 1.0, 5.0));
+        assert_eq!(
+            (owd.down.min, owd.down.median, owd.down.max),
+            (0.0, 1.0, 5.0)
+        );
         // θ = 1000 ms; min o_up = 10 + θ, min o_down = 20 − θ → θ̂ = θ − 5 ms.
         assert_eq!(owd.clock_offset_ms, 995.0);
         // min RTT = 30 ms → ±15 ms; the true error (5 ms) is inside it.

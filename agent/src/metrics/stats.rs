@@ -19,6 +19,7 @@ pub(super) fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     let h = q.clamp(0.0, 1.0) * last as f64;
     let lo = (h.floor() as usize).min(last);
     let hi = (lo + 1).min(last);
+    // lo ≤ hi ≤ last: both in bounds.
     let (a, b) = (sorted[lo], sorted[hi]);
     Some(a + (h - lo as f64) * (b - a))
 }
@@ -37,8 +38,9 @@ pub(super) fn summarize(values: Vec<f64>) -> Option<Stats> {
     let (min, max) = (*s.first()?, *s.last()?);
     Some(Stats {
         min,
-        // Rounding in the sum can push the mean a hair outside [min, max]; keep it inside.
-        mean: mean(&s)?.clamp(min, max),
+        // Rounding in the sum can push the mean a hair outside [min, max]; keep it inside
+        // (max/min rather than clamp, which would panic on a NaN bound).
+        mean: mean(&s)?.max(min).min(max),
         median: quantile(&s, 0.5)?,
         p95: quantile(&s, 0.95)?,
         p99: quantile(&s, 0.99)?,
@@ -74,7 +76,10 @@ mod tests {
     #[test]
     fn summary_of_a_small_sample() {
         let st = summarize(vec![10.0, 30.0, 20.0]).unwrap();
-        assert_eq!((st.min, st.mean, st.median, st.max), (10.0, 20.0, 20.0, 30.0));
+        assert_eq!(
+            (st.min, st.mean, st.median, st.max),
+            (10.0, 20.0, 20.0, 30.0)
+        );
         // h = 0.99·2 = 1.98 → 20 + 0.98·10
         assert!((st.p99 - 29.8).abs() < 1e-12);
         assert!(summarize(Vec::new()).is_none());

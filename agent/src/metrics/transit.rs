@@ -106,8 +106,8 @@ mod tests {
     fn hold_time_is_removed_and_offset_cancels() {
         // Reflector clock 5 s ahead; up 10 ms, hold 1 ms, down 20 ms; then up 12, down 25.
         let theta = 5_000_000;
-        let p0 = probe(0, 1_000, 1_000 + 10_000 + theta, 12_000 + theta, 31_000);
-        let p1 = probe(1, 21_000, 21_000 + 12_000 + theta, 34_000 + theta, 58_000);
+        let p0 = probe(0, 1_000, 1_000 + 10_000 + theta, 12_000 + theta, 32_000);
+        let p1 = probe(1, 21_000, 21_000 + 12_000 + theta, 34_000 + theta, 59_000);
         let t = Transits::of(&[p0, p1]);
         let a = t.per_probe[0].unwrap();
         let b = t.per_probe[1].unwrap();
@@ -120,8 +120,20 @@ mod tests {
     #[test]
     fn reflector_clock_wrapping_mid_test_changes_nothing() {
         let base = u64::MAX - 15_000; // wraps between the two receptions
-        let p0 = probe(0, 1_000, base.wrapping_add(11_000), base.wrapping_add(12_000), 31_000);
-        let p1 = probe(1, 21_000, base.wrapping_add(33_000), base.wrapping_add(34_000), 58_000);
+        let p0 = probe(
+            0,
+            1_000,
+            base.wrapping_add(11_000),
+            base.wrapping_add(12_000),
+            32_000,
+        );
+        let p1 = probe(
+            1,
+            21_000,
+            base.wrapping_add(33_000),
+            base.wrapping_add(34_000),
+            59_000,
+        );
         let t = Transits::of(&[p0, p1]);
         let b = t.per_probe[1].unwrap();
         assert_eq!((b.rtt_us, b.up_us, b.down_us), (37_000, 2_000, 5_000));

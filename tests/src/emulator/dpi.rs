@@ -12,7 +12,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{check_fraction, ConfigError, DelayConfig, Direction, JitterShape, PolicerConfig, UdpPorts};
+use super::model::{
+    check_fraction, ConfigError, DelayConfig, Direction, JitterShape, PolicerConfig, UdpPorts,
+};
 
 /// The STUN magic cookie (RFC 5389), at bytes 4..8 of every STUN message.
 pub const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
@@ -50,7 +52,9 @@ impl DirectionFilter {
     pub fn includes(self, dir: Direction) -> bool {
         matches!(
             (self, dir),
-            (DirectionFilter::Both, _) | (DirectionFilter::Up, Direction::Up) | (DirectionFilter::Down, Direction::Down)
+            (DirectionFilter::Both, _)
+                | (DirectionFilter::Up, Direction::Up)
+                | (DirectionFilter::Down, Direction::Down)
         )
     }
 }
@@ -76,13 +80,19 @@ pub struct PortRange {
 impl PortRange {
     pub fn new(first: u16, last: u16) -> Result<Self, ConfigError> {
         if first > last {
-            return Err(ConfigError::new("ports", format!("range {first}-{last} ends before it starts")));
+            return Err(ConfigError::new(
+                "ports",
+                format!("range {first}-{last} ends before it starts"),
+            ));
         }
         Ok(PortRange { first, last })
     }
 
     pub fn single(port: u16) -> Self {
-        PortRange { first: port, last: port }
+        PortRange {
+            first: port,
+            last: port,
+        }
     }
 
     pub fn contains(&self, port: u16) -> bool {
@@ -95,7 +105,9 @@ impl FromStr for PortRange {
 
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         let port = |p: &str| {
-            p.trim().parse::<u16>().map_err(|_| ConfigError::new("ports", format!("`{p}` is not a port (0..=65535)")))
+            p.trim()
+                .parse::<u16>()
+                .map_err(|_| ConfigError::new("ports", format!("`{p}` is not a port (0..=65535)")))
         };
         match s.split_once('-') {
             Some((first, last)) => PortRange::new(port(first)?, port(last)?),
@@ -148,7 +160,10 @@ pub enum ByteMatch {
 impl ByteMatch {
     /// The STUN magic cookie at offset 4.
     pub fn stun_cookie() -> Self {
-        ByteMatch::At { offset: 4, bytes: STUN_MAGIC_COOKIE.to_vec() }
+        ByteMatch::At {
+            offset: 4,
+            bytes: STUN_MAGIC_COOKIE.to_vec(),
+        }
     }
 
     pub fn matches(&self, datagram: &[u8]) -> bool {
@@ -158,7 +173,10 @@ impl ByteMatch {
                 .and_then(|end| datagram.get(*offset..end))
                 .is_some_and(|window| window == bytes.as_slice()),
             ByteMatch::Contains { bytes } => {
-                !bytes.is_empty() && datagram.windows(bytes.len()).any(|window| window == bytes.as_slice())
+                !bytes.is_empty()
+                    && datagram
+                        .windows(bytes.len())
+                        .any(|window| window == bytes.as_slice())
             }
         }
     }
@@ -175,20 +193,28 @@ impl FromStr for ByteMatch {
 
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         let bad = || {
-            ConfigError::new("match", format!("`{s}` is not stun-cookie, at:OFFSET:HEX or contains:HEX"))
+            ConfigError::new(
+                "match",
+                format!("`{s}` is not stun-cookie, at:OFFSET:HEX or contains:HEX"),
+            )
         };
         if s == "stun-cookie" {
             return Ok(ByteMatch::stun_cookie());
         }
         if let Some(hex) = s.strip_prefix("contains:") {
-            return Ok(ByteMatch::Contains { bytes: hex_bytes::decode(hex).map_err(|e| ConfigError::new("match", e))? });
+            return Ok(ByteMatch::Contains {
+                bytes: hex_bytes::decode(hex).map_err(|e| ConfigError::new("match", e))?,
+            });
         }
         let rest = s.strip_prefix("at:").ok_or_else(bad)?;
         let (offset, hex) = rest.split_once(':').ok_or_else(bad)?;
         let offset = offset
             .parse()
             .map_err(|_| ConfigError::new("match", format!("`{offset}` is not a byte offset")))?;
-        Ok(ByteMatch::At { offset, bytes: hex_bytes::decode(hex).map_err(|e| ConfigError::new("match", e))? })
+        Ok(ByteMatch::At {
+            offset,
+            bytes: hex_bytes::decode(hex).map_err(|e| ConfigError::new("match", e))?,
+        })
     }
 }
 
@@ -218,7 +244,9 @@ pub struct DpiRule {
 
 impl DpiRule {
     pub fn matches(&self, dir: Direction, datagram: &[u8], ports: UdpPorts) -> bool {
-        self.direction.includes(dir) && self.port_matches(ports) && self.patterns.iter().all(|p| p.matches(datagram))
+        self.direction.includes(dir)
+            && self.port_matches(ports)
+            && self.patterns.iter().all(|p| p.matches(datagram))
     }
 
     fn port_matches(&self, ports: UdpPorts) -> bool {
@@ -236,7 +264,10 @@ impl DpiRule {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (i, pattern) in self.patterns.iter().enumerate() {
             if pattern.pattern().is_empty() {
-                return Err(ConfigError::new(format!("patterns[{i}]"), "a byte pattern needs at least one byte"));
+                return Err(ConfigError::new(
+                    format!("patterns[{i}]"),
+                    "a byte pattern needs at least one byte",
+                ));
             }
         }
         for range in &self.ports {
@@ -244,9 +275,14 @@ impl DpiRule {
         }
         let impairment = &self.impairment;
         check_fraction("loss", impairment.loss).map_err(|e| e.within("impairment"))?;
-        impairment.delay.validate().map_err(|e| e.within("impairment.delay"))?;
+        impairment
+            .delay
+            .validate()
+            .map_err(|e| e.within("impairment.delay"))?;
         if let Some(policer) = &impairment.policer {
-            policer.validate().map_err(|e| e.within("impairment.policer"))?;
+            policer
+                .validate()
+                .map_err(|e| e.within("impairment.policer"))?;
         }
         Ok(())
     }
@@ -260,7 +296,8 @@ impl FromStr for DpiRule {
     fn from_str(s: &str) -> Result<Self, ConfigError> {
         let s = s.trim();
         if s.starts_with('{') {
-            let rule: DpiRule = serde_json::from_str(s).map_err(|e| ConfigError::new("json", e.to_string()))?;
+            let rule: DpiRule =
+                serde_json::from_str(s).map_err(|e| ConfigError::new("json", e.to_string()))?;
             rule.validate()?;
             return Ok(rule);
         }
@@ -273,7 +310,9 @@ impl FromStr for DpiRule {
                 .ok_or_else(|| ConfigError::new(pair, "expected key=value"))?;
             let (key, value) = (key.trim(), value.trim());
             let number = |value: &str| {
-                value.parse::<f64>().map_err(|_| ConfigError::new(key, format!("`{value}` is not a number")))
+                value
+                    .parse::<f64>()
+                    .map_err(|_| ConfigError::new(key, format!("`{value}` is not a number")))
             };
             match key {
                 "name" => rule.name = value.to_string(),
@@ -330,7 +369,10 @@ impl FromStr for DpiRule {
             }
         }
         rule.impairment.policer = match (rate_kbps, bucket_bytes) {
-            (Some(rate_kbps), Some(bucket_bytes)) => Some(PolicerConfig { rate_kbps, bucket_bytes }),
+            (Some(rate_kbps), Some(bucket_bytes)) => Some(PolicerConfig {
+                rate_kbps,
+                bucket_bytes,
+            }),
             (Some(rate_kbps), None) => Some(PolicerConfig::new(rate_kbps)),
             (None, Some(_)) => return Err(ConfigError::new("bucket-bytes", "needs rate-kbps")),
             (None, None) => None,
@@ -359,14 +401,27 @@ mod hex_bytes {
     }
 
     pub fn decode(text: &str) -> Result<Vec<u8>, String> {
-        let digits: Vec<u8> = text.strip_prefix("0x").unwrap_or(text).bytes().filter(|&b| b != b'_').collect();
-        if digits.is_empty() || digits.len() % 2 != 0 {
-            return Err(format!("`{text}` is not an even, non-zero number of hex digits"));
+        let digits: Vec<u8> = text
+            .strip_prefix("0x")
+            .unwrap_or(text)
+            .bytes()
+            .filter(|&b| b != b'_')
+            .collect();
+        if digits.is_empty() || !digits.len().is_multiple_of(2) {
+            return Err(format!(
+                "`{text}` is not an even, non-zero number of hex digits"
+            ));
         }
         let nibble = |d: u8| {
-            (d as char).to_digit(16).map(|v| v as u8).ok_or_else(|| format!("`{text}` has a non-hex digit"))
+            (d as char)
+                .to_digit(16)
+                .map(|v| v as u8)
+                .ok_or_else(|| format!("`{text}` has a non-hex digit"))
         };
-        digits.chunks(2).map(|pair| Ok((nibble(pair[0])? << 4) | nibble(pair[1])?)).collect()
+        digits
+            .chunks(2)
+            .map(|pair| Ok((nibble(pair[0])? << 4) | nibble(pair[1])?))
+            .collect()
     }
 
     pub fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
@@ -398,18 +453,47 @@ mod tests {
         assert_eq!(rule.direction, DirectionFilter::Up);
         assert_eq!(
             rule.patterns,
-            vec![ByteMatch::stun_cookie(), ByteMatch::Contains { bytes: vec![0xde, 0xad, 0xbe, 0xef] }]
+            vec![
+                ByteMatch::stun_cookie(),
+                ByteMatch::Contains {
+                    bytes: vec![0xde, 0xad, 0xbe, 0xef]
+                }
+            ]
         );
-        assert_eq!(rule.ports, vec![PortRange::single(3478), PortRange { first: 50_000, last: 50_100 }]);
+        assert_eq!(
+            rule.ports,
+            vec![
+                PortRange::single(3478),
+                PortRange {
+                    first: 50_000,
+                    last: 50_100
+                }
+            ]
+        );
         assert_eq!(rule.port_side, PortSide::Either);
         assert_eq!(rule.impairment.loss, 0.1);
-        assert_eq!(rule.impairment.delay, DelayConfig { delay_ms: 20.0, jitter_ms: 5.0, shape: JitterShape::Normal });
-        assert_eq!(rule.impairment.policer, Some(PolicerConfig { rate_kbps: 64.0, bucket_bytes: 3000 }));
+        assert_eq!(
+            rule.impairment.delay,
+            DelayConfig {
+                delay_ms: 20.0,
+                jitter_ms: 5.0,
+                shape: JitterShape::Normal
+            }
+        );
+        assert_eq!(
+            rule.impairment.policer,
+            Some(PolicerConfig {
+                rate_kbps: 64.0,
+                bucket_bytes: 3000
+            })
+        );
     }
 
     #[test]
     fn json_and_compact_forms_agree_and_round_trip() {
-        let compact: DpiRule = "match=at:4:0x2112A442,ports=3478-3478,loss=0.1".parse().expect("valid");
+        let compact: DpiRule = "match=at:4:0x2112A442,ports=3478-3478,loss=0.1"
+            .parse()
+            .expect("valid");
         let json = serde_json::to_string(&compact).expect("serialises");
         assert!(json.contains("\"2112a442\""), "{json}");
         assert!(json.contains("\"3478\""), "{json}");
@@ -420,7 +504,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let field = |s: &str| s.parse::<DpiRule>().err().expect("refused").field;
+        let field = |s: &str| s.parse::<DpiRule>().expect_err("refused").field;
         assert_eq!(field("loss=1.5"), "loss");
         assert_eq!(field("loss=lots"), "loss");
         assert_eq!(field("ports=50100-50000"), "ports");
@@ -441,9 +525,14 @@ mod tests {
         assert!(cookie.matches(&[0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42]));
         assert!(!cookie.matches(&[0, 1, 0, 0, 0x21, 0x12, 0xA4])); // too short
         assert!(!cookie.matches(&[0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x43]));
-        let far = ByteMatch::At { offset: usize::MAX, bytes: vec![1] };
+        let far = ByteMatch::At {
+            offset: usize::MAX,
+            bytes: vec![1],
+        };
         assert!(!far.matches(&[1; 16]));
-        let anywhere = ByteMatch::Contains { bytes: vec![0xbe, 0xef] };
+        let anywhere = ByteMatch::Contains {
+            bytes: vec![0xbe, 0xef],
+        };
         assert!(anywhere.matches(&[0, 0, 0xbe, 0xef, 0]));
         assert!(!anywhere.matches(&[0xbe]));
     }

@@ -141,20 +141,25 @@ impl Relay {
         if config.max_queued_packets < 2 {
             bail!("max_queued_packets must be at least 2 (a duplicated datagram needs two slots)");
         }
-        let model = Impairment::new(config.impairment.clone()).context("invalid impairment config")?;
+        let model =
+            Impairment::new(config.impairment.clone()).context("invalid impairment config")?;
 
         let mut listeners = Vec::with_capacity(config.routes.len());
         let mut local_addrs = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let socket =
-                UdpSocket::bind(route.listen).await.with_context(|| format!("cannot listen on {}", route.listen))?;
+            let socket = UdpSocket::bind(route.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", route.listen))?;
             let local = socket.local_addr()?;
             info!(listen = %local, upstream = %route.upstream, "relaying");
             local_addrs.push(local);
             listeners.push(Arc::new(socket));
         }
 
-        let shared = Arc::new(Mutex::new(Shared { model, counters: RelayCounters::default() }));
+        let shared = Arc::new(Mutex::new(Shared {
+            model,
+            counters: RelayCounters::default(),
+        }));
         let (progress_tx, progress) = watch::channel(RelayCounters::default());
         let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL_CAPACITY);
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -178,7 +183,13 @@ impl Relay {
             _readers: readers,
         };
         let core = tokio::spawn(core.run(events_rx, shutdown_rx));
-        Ok(Relay { local_addrs, shared, progress, shutdown, core })
+        Ok(Relay {
+            local_addrs,
+            shared,
+            progress,
+            shutdown,
+            core,
+        })
     }
 
     /// The addresses actually bound, one per route in order (useful with port 0).
@@ -196,7 +207,10 @@ impl Relay {
 
     pub fn snapshot(&self) -> RelaySnapshot {
         let shared = lock(&self.shared);
-        RelaySnapshot { ground_truth: shared.model.ground_truth(), relay: shared.counters.clone() }
+        RelaySnapshot {
+            ground_truth: shared.model.ground_truth(),
+            relay: shared.counters.clone(),
+        }
     }
 
     /// Changes whenever the relay has handled a datagram or a delivery: await `changed()` on it instead
@@ -207,18 +221,35 @@ impl Relay {
 
     /// Stops relaying and returns the final snapshot.
     pub async fn shutdown(self) -> anyhow::Result<RelaySnapshot> {
-        let Relay { shared, shutdown, core, .. } = self;
+        let Relay {
+            shared,
+            shutdown,
+            core,
+            ..
+        } = self;
         // An error means the core has already stopped; the join below tells how.
         let _ = shutdown.send(());
         core.await.context("the relay's core task failed")?;
         let shared = lock(&shared);
-        Ok(RelaySnapshot { ground_truth: shared.model.ground_truth(), relay: shared.counters.clone() })
+        Ok(RelaySnapshot {
+            ground_truth: shared.model.ground_truth(),
+            relay: shared.counters.clone(),
+        })
     }
 }
 
 enum Event {
-    FromClient { route: usize, from: SocketAddr, bytes: Vec<u8>, at: Instant },
-    FromUpstream { client: u64, bytes: Vec<u8>, at: Instant },
+    FromClient {
+        route: usize,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+        at: Instant,
+    },
+    FromUpstream {
+        client: u64,
+        bytes: Vec<u8>,
+        at: Instant,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -300,8 +331,12 @@ impl Core {
                 _ = &mut shutdown => break,
                 () = &mut sleep, if !self.queue.is_empty() => self.deliver_due().await,
                 event = events.recv() => match event {
-                    Some(Event::FromClient { route, from, bytes, at }) => self.from_client(route, from, bytes, at).await,
-                    Some(Event::FromUpstream { client, bytes, at }) => self.from_upstream(client, bytes, at),
+                    Some(Event::FromClient { route, from, bytes, at }) => {
+                        self.on_client_datagram(route, from, bytes, at).await
+                    }
+                    Some(Event::FromUpstream { client, bytes, at }) => {
+                        self.on_upstream_datagram(client, bytes, at)
+                    }
                     // The core holds a sender itself, so this cannot happen; stop cleanly if it does.
                     None => break,
                 },
@@ -329,19 +364,36 @@ impl Core {
         self.queue.len() + 2 <= self.config.max_queued_packets
     }
 
-    async fn from_client(&mut self, route: usize, from: SocketAddr, bytes: Vec<u8>, at: Instant) {
+    async fn on_client_datagram(
+        &mut self,
+        route: usize,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+        at: Instant,
+    ) {
         lock(&self.shared).counters.received_up += 1;
         if !self.has_room() {
             lock(&self.shared).counters.queue_overflow += 1;
             return;
         }
-        let Some(client) = self.client_for(route, from, at).await else { return };
+        let Some(client) = self.client_for(route, from, at).await else {
+            return;
+        };
         let upstream = self.config.routes[route].upstream;
-        let ports = UdpPorts { src: from.port(), dst: upstream.port() };
-        self.impair(Direction::Up, ports, &bytes, at, Target::Upstream { client });
+        let ports = UdpPorts {
+            src: from.port(),
+            dst: upstream.port(),
+        };
+        self.impair(
+            Direction::Up,
+            ports,
+            &bytes,
+            at,
+            Target::Upstream { client },
+        );
     }
 
-    fn from_upstream(&mut self, client: u64, bytes: Vec<u8>, at: Instant) {
+    fn on_upstream_datagram(&mut self, client: u64, bytes: Vec<u8>, at: Instant) {
         lock(&self.shared).counters.received_down += 1;
         let Some(entry) = self.clients.get(&client) else {
             // Read just before the client was evicted.
@@ -354,17 +406,38 @@ impl Core {
             return;
         }
         let upstream = self.config.routes[route].upstream;
-        let ports = UdpPorts { src: upstream.port(), dst: addr.port() };
-        self.impair(Direction::Down, ports, &bytes, at, Target::Client { route, addr });
+        let ports = UdpPorts {
+            src: upstream.port(),
+            dst: addr.port(),
+        };
+        self.impair(
+            Direction::Down,
+            ports,
+            &bytes,
+            at,
+            Target::Client { route, addr },
+        );
     }
 
     /// Runs the model and queues its deliveries, updating the counters under the same lock so that a
     /// snapshot never sees the model ahead of the queue.
-    fn impair(&mut self, dir: Direction, ports: UdpPorts, bytes: &[u8], at: Instant, target: Target) {
+    fn impair(
+        &mut self,
+        dir: Direction,
+        ports: UdpPorts,
+        bytes: &[u8],
+        at: Instant,
+        target: Target,
+    ) {
         let mut shared = lock(&self.shared);
         let now = at.saturating_duration_since(self.start);
         for Delivery { at, bytes } in shared.model.on_datagram(now, dir, bytes, ports) {
-            self.queue.push(Reverse(Scheduled { at: self.start + at, seq: self.next_seq, target, bytes }));
+            self.queue.push(Reverse(Scheduled {
+                at: self.start + at,
+                seq: self.next_seq,
+                target,
+                bytes,
+            }));
             self.next_seq += 1;
         }
         shared.counters.queued = self.queue.len() as u64;
@@ -394,7 +467,16 @@ impl Core {
         let id = self.next_client_id;
         self.next_client_id += 1;
         let reader = tokio::spawn(read_from_upstream(id, socket.clone(), self.events.clone()));
-        self.clients.insert(id, Client { route, addr: from, socket, reader, last_active: now });
+        self.clients.insert(
+            id,
+            Client {
+                route,
+                addr: from,
+                socket,
+                reader,
+                last_active: now,
+            },
+        );
         self.client_ids.insert((route, from), id);
         debug!(client = %from, route, "new client");
         let mut shared = lock(&self.shared);
@@ -405,7 +487,11 @@ impl Core {
 
     /// Evicts the least recently active client if it has been idle long enough.
     fn evict_idle(&mut self, now: Instant) -> bool {
-        let Some((&id, oldest)) = self.clients.iter().min_by_key(|(_, client)| client.last_active) else {
+        let Some((&id, oldest)) = self
+            .clients
+            .iter()
+            .min_by_key(|(_, client)| client.last_active)
+        else {
             return false;
         };
         if now.saturating_duration_since(oldest.last_active) < self.config.client_idle_timeout {
@@ -423,8 +509,14 @@ impl Core {
 
     async fn deliver_due(&mut self) {
         let now = Instant::now();
-        while self.queue.peek().is_some_and(|Reverse(next)| next.at <= now) {
-            let Some(Reverse(item)) = self.queue.pop() else { break };
+        while self
+            .queue
+            .peek()
+            .is_some_and(|Reverse(next)| next.at <= now)
+        {
+            let Some(Reverse(item)) = self.queue.pop() else {
+                break;
+            };
             let (result, up) = match item.target {
                 Target::Upstream { client } => match self.clients.get(&client) {
                     Some(client) => {
@@ -433,7 +525,10 @@ impl Core {
                     }
                     None => (None, true),
                 },
-                Target::Client { route, addr } => (Some(self.listeners[route].send_to(&item.bytes, addr).await), false),
+                Target::Client { route, addr } => (
+                    Some(self.listeners[route].send_to(&item.bytes, addr).await),
+                    false,
+                ),
             };
             let mut shared = lock(&self.shared);
             match result {
@@ -467,7 +562,10 @@ async fn upstream_socket(upstream: SocketAddr) -> io::Result<UdpSocket> {
 
 /// ICMP errors from earlier sends surface on a later receive; they say nothing about this socket.
 fn is_transient(error: &io::Error) -> bool {
-    matches!(error.kind(), io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset)
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+    )
 }
 
 async fn read_from_clients(route: usize, socket: Arc<UdpSocket>, events: mpsc::Sender<Event>) {
@@ -475,7 +573,12 @@ async fn read_from_clients(route: usize, socket: Arc<UdpSocket>, events: mpsc::S
     loop {
         match socket.recv_from(&mut buf).await {
             Ok((len, from)) => {
-                let event = Event::FromClient { route, from, bytes: buf[..len].to_vec(), at: Instant::now() };
+                let event = Event::FromClient {
+                    route,
+                    from,
+                    bytes: buf[..len].to_vec(),
+                    at: Instant::now(),
+                };
                 if events.send(event).await.is_err() {
                     return; // the core has stopped
                 }
@@ -494,7 +597,11 @@ async fn read_from_upstream(client: u64, socket: Arc<UdpSocket>, events: mpsc::S
     loop {
         match socket.recv(&mut buf).await {
             Ok(len) => {
-                let event = Event::FromUpstream { client, bytes: buf[..len].to_vec(), at: Instant::now() };
+                let event = Event::FromUpstream {
+                    client,
+                    bytes: buf[..len].to_vec(),
+                    at: Instant::now(),
+                };
                 if events.send(event).await.is_err() {
                     return;
                 }
@@ -545,8 +652,15 @@ mod tests {
 
     fn config(upstream: SocketAddr, up: PathConfig) -> RelayConfig {
         RelayConfig {
-            routes: vec![Route { listen: LOCALHOST, upstream }],
-            impairment: ImpairmentConfig { seed: 42, up, ..ImpairmentConfig::default() },
+            routes: vec![Route {
+                listen: LOCALHOST,
+                upstream,
+            }],
+            impairment: ImpairmentConfig {
+                seed: 42,
+                up,
+                ..ImpairmentConfig::default()
+            },
             ..RelayConfig::default()
         }
     }
@@ -558,13 +672,22 @@ mod tests {
         let echo = echo_server().await;
         let up = PathConfig {
             loss: LossModel::bernoulli(0.2),
-            delay: DelayConfig { delay_ms: 1.0, jitter_ms: 1.0, ..DelayConfig::default() },
+            delay: DelayConfig {
+                delay_ms: 1.0,
+                jitter_ms: 1.0,
+                ..DelayConfig::default()
+            },
             ..PathConfig::default()
         };
-        let relay = Relay::start(config(echo.addr, up)).await.expect("relay starts");
+        let relay = Relay::start(config(echo.addr, up))
+            .await
+            .expect("relay starts");
         let mut progress = relay.progress();
         let agent = Arc::new(UdpSocket::bind(LOCALHOST).await.expect("bind agent"));
-        agent.connect(relay.local_addrs()[0]).await.expect("connect");
+        agent
+            .connect(relay.local_addrs()[0])
+            .await
+            .expect("connect");
 
         // The agent reads echoes all the time, so its socket buffer never overflows.
         let (echo_tx, mut echoes) = mpsc::unbounded_channel();
@@ -573,7 +696,9 @@ mod tests {
             tokio::spawn(async move {
                 let mut buf = [0u8; 64];
                 while let Ok(len) = agent.recv(&mut buf).await {
-                    let Ok(seq) = <[u8; 4]>::try_from(&buf[..len]) else { return };
+                    let Ok(seq) = <[u8; 4]>::try_from(&buf[..len]) else {
+                        return;
+                    };
                     if echo_tx.send(u32::from_be_bytes(seq)).is_err() {
                         return;
                     }
@@ -622,7 +747,11 @@ mod tests {
 
         let truth = &settled.ground_truth;
         let drops = truth.up.dropped.total() + truth.down.dropped.total();
-        assert!(truth.up.dropped.random_loss > 50, "loss 0.2 over {N} should drop some: {:?}", truth.up.dropped);
+        assert!(
+            truth.up.dropped.random_loss > 50,
+            "loss 0.2 over {N} should drop some: {:?}",
+            truth.up.dropped
+        );
         assert_eq!(received.len() as u64, u64::from(N) - drops);
         assert_eq!(truth.down.dropped.total(), 0);
         // Exactly the datagrams the ground truth delivered came back (one client: index = sequence).
@@ -633,10 +762,18 @@ mod tests {
             .filter(|r| matches!(r.fate, Fate::Delivered { .. }))
             .map(|r| r.index as u32)
             .collect();
-        assert_eq!(received.iter().copied().collect::<BTreeSet<u32>>(), delivered);
+        assert_eq!(
+            received.iter().copied().collect::<BTreeSet<u32>>(),
+            delivered
+        );
         let counters = &settled.relay;
         assert_eq!(
-            (counters.queue_overflow, counters.clients_refused, counters.send_errors, counters.undeliverable),
+            (
+                counters.queue_overflow,
+                counters.clients_refused,
+                counters.send_errors,
+                counters.undeliverable
+            ),
             (0, 0, 0, 0)
         );
         assert_eq!(counters.clients_total, 1);
@@ -649,9 +786,12 @@ mod tests {
     #[tokio::test]
     async fn refuses_clients_beyond_the_cap() {
         let echo = echo_server().await;
-        let relay = Relay::start(RelayConfig { max_clients: 1, ..config(echo.addr, PathConfig::default()) })
-            .await
-            .expect("relay starts");
+        let relay = Relay::start(RelayConfig {
+            max_clients: 1,
+            ..config(echo.addr, PathConfig::default())
+        })
+        .await
+        .expect("relay starts");
         let mut progress = relay.progress();
         let first = UdpSocket::bind(LOCALHOST).await.expect("bind");
         let second = UdpSocket::bind(LOCALHOST).await.expect("bind");
@@ -664,18 +804,61 @@ mod tests {
             .expect("echo");
         assert_eq!(&buf[..len], b"one");
         second.send_to(b"two", target).await.expect("send");
-        let counters = tokio::time::timeout(Duration::from_secs(10), progress.wait_for(|c| c.clients_refused == 1))
-            .await
-            .expect("refusal in time")
-            .expect("relay running")
-            .clone();
+        let counters = tokio::time::timeout(
+            Duration::from_secs(10),
+            progress.wait_for(|c| c.clients_refused == 1),
+        )
+        .await
+        .expect("refusal in time")
+        .expect("relay running")
+        .clone();
         assert_eq!((counters.clients_total, counters.clients_active), (1, 1));
-        assert_eq!(relay.ground_truth().up.seen, 1, "a refused datagram never reaches the model");
+        assert_eq!(
+            relay.ground_truth().up.seen,
+            1,
+            "a refused datagram never reaches the model"
+        );
+    }
+
+    #[tokio::test]
+    async fn evicts_an_idle_client_for_a_new_one() {
+        let echo = echo_server().await;
+        let relay = Relay::start(RelayConfig {
+            max_clients: 1,
+            client_idle_timeout: Duration::ZERO,
+            ..config(echo.addr, PathConfig::default())
+        })
+        .await
+        .expect("relay starts");
+        let target = relay.local_addrs()[0];
+        for message in [&b"first"[..], &b"second"[..]] {
+            let agent = UdpSocket::bind(LOCALHOST).await.expect("bind");
+            agent.send_to(message, target).await.expect("send");
+            let mut buf = [0u8; 16];
+            let (len, _) = tokio::time::timeout(Duration::from_secs(10), agent.recv_from(&mut buf))
+                .await
+                .expect("echo in time")
+                .expect("echo");
+            assert_eq!(&buf[..len], message);
+        }
+        let counters = relay.counters();
+        assert_eq!(
+            (
+                counters.clients_total,
+                counters.clients_active,
+                counters.clients_evicted
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(counters.clients_refused, 0);
     }
 
     #[tokio::test]
     async fn start_fails_clearly() {
-        let err = Relay::start(RelayConfig::default()).await.err().expect("no routes");
+        let err = Relay::start(RelayConfig::default())
+            .await
+            .err()
+            .expect("no routes");
         assert!(err.to_string().contains("at least one route"), "{err}");
         let mut bad = config(LOCALHOST, PathConfig::default());
         bad.impairment.up.duplicate = 2.0;
