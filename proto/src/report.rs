@@ -298,11 +298,13 @@ impl StreamReport {
                 return Err(format!("mos = {mos} outside 1..=4.5"));
             }
         }
-        // serde_json cannot carry NaN or infinities, but a report may arrive by other encodings.
-        let all_finite = serde_json::to_value(self)
-            .map(|v| finite(&v))
-            .unwrap_or(false);
-        if !all_finite {
+        // JSON cannot carry NaN or infinities (serde_json writes them as null), so a stream that
+        // does not survive a round trip through JSON unchanged holds a non-finite figure.
+        let survives = serde_json::to_vec(self)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<StreamReport>(&bytes).ok())
+            .is_some_and(|back| &back == self);
+        if !survives {
             return Err("a figure is not a finite number".into());
         }
         if let Some(j) = &self.jitter_buffer {
@@ -321,15 +323,6 @@ impl StreamReport {
             }
         }
         Ok(())
-    }
-}
-
-fn finite(v: &serde_json::Value) -> bool {
-    match v {
-        serde_json::Value::Number(n) => n.as_f64().is_some_and(f64::is_finite),
-        serde_json::Value::Array(a) => a.iter().all(finite),
-        serde_json::Value::Object(o) => o.values().all(finite),
-        _ => true,
     }
 }
 
@@ -423,5 +416,12 @@ pub(crate) mod tests {
         let mut r = sample_report();
         r.streams[0].mos = Some(f64::NAN);
         assert!(r.validate().is_err());
+        // Nested, where JSON would silently turn it into null.
+        let mut r = sample_report();
+        r.streams[0].jitter_ms = Some(UpDown {
+            up: f64::INFINITY,
+            down: 1.0,
+        });
+        assert!(r.validate().unwrap_err().contains("finite"));
     }
 }

@@ -6,3 +6,5 @@
 pub mod demo;
 pub mod emulator;
 pub mod http;
+pub mod scenarios;
+pub mod sim;

@@ -300,6 +300,9 @@ impl Drop for Client {
     }
 }
 
+/// How long before a delivery is due the core stops sleeping and starts yielding.
+const SPIN: Duration = Duration::from_micros(1500);
+
 struct Core {
     config: RelayConfig,
     start: Instant,
@@ -322,14 +325,29 @@ impl Core {
         let sleep = tokio::time::sleep_until(self.start);
         tokio::pin!(sleep);
         loop {
+            // Tokio's timer has millisecond granularity: sleep until SPIN before a delivery is
+            // due, then keep yielding until it is, so added delays are exact to tens of µs and a
+            // zero-delay path adds no timer wait at all.
+            let mut spin = false;
             if let Some(Reverse(next)) = self.queue.peek() {
-                sleep.as_mut().reset(next.at);
+                let now = Instant::now();
+                if next.at <= now {
+                    self.deliver_due().await;
+                    self.publish();
+                    continue;
+                }
+                if next.at - now <= SPIN {
+                    spin = true;
+                } else {
+                    sleep.as_mut().reset(next.at - SPIN);
+                }
             }
             tokio::select! {
                 biased;
                 // Sent, or the handle was dropped: stop either way.
                 _ = &mut shutdown => break,
-                () = &mut sleep, if !self.queue.is_empty() => self.deliver_due().await,
+                () = &mut sleep, if !spin && !self.queue.is_empty() => {}
+                () = tokio::task::yield_now(), if spin => {}
                 event = events.recv() => match event {
                     Some(Event::FromClient { route, from, bytes, at }) => {
                         self.on_client_datagram(route, from, bytes, at).await

@@ -1,0 +1,220 @@
+//! Whole call tests under a simulated clock: the agent's real sans-IO sessions, the collector's
+//! real reflector core and the emulator's impairment model, stepped event by event with no
+//! sockets and no waiting. Deterministic: the same inputs and seed give the same figures.
+//!
+//! Also the ground-truth bookkeeping shared with the real-socket scenarios: "marker" DPI rules that
+//! impair nothing but tag each probe (up) and reply (down) in the model's log, so the figures the
+//! agent reports can be compared with what the emulator did to exactly those packets.
+
+use crate::emulator::{
+    ByteMatch, Direction, DirectionFilter, DpiRule, Fate, GroundTruth, Impairment,
+    ImpairmentConfig, UdpPorts,
+};
+use anyhow::{anyhow, Result};
+use callwatch_agent::engine::session::{Session, SessionConfig, SessionError};
+use callwatch_agent::metrics::StreamRecord;
+use callwatch_collector::reflector::{Limits, Reflector};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Name of the marker rule that tags probes (agent → reflector).
+pub const PROBE_MARKER: &str = "marker-probe";
+/// Name of the marker rule that tags replies (reflector → agent).
+pub const REPLY_MARKER: &str = "marker-reply";
+
+/// Two rules that match callwatch probes and replies by their first two bytes (version 1, kind)
+/// and impair nothing. Append them after any real rule: the first matching rule wins.
+pub fn marker_rules() -> Vec<DpiRule> {
+    let rule = |name: &str, dir, kind: u8| DpiRule {
+        name: name.into(),
+        direction: dir,
+        patterns: vec![ByteMatch::At {
+            offset: 0,
+            bytes: vec![1, kind],
+        }],
+        ..DpiRule::default()
+    };
+    vec![
+        rule(PROBE_MARKER, DirectionFilter::Up, 3),
+        rule(REPLY_MARKER, DirectionFilter::Down, 4),
+    ]
+}
+
+/// What the emulator did to the probes and replies of a run, from the marker-tagged log.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProbeTruth {
+    /// Probes that entered the emulator.
+    pub probes: u64,
+    pub probes_dropped: u64,
+    /// Extra copies of probes the emulator made.
+    pub probes_duplicated: u64,
+    pub replies: u64,
+    pub replies_dropped: u64,
+    pub replies_duplicated: u64,
+    /// Delay added to each probe, in the order probes were sent (`None`: dropped). First copy.
+    pub up_delay_us: Vec<Option<u64>>,
+    /// Delay added to each reply, in the order replies entered the emulator. First copy.
+    pub down_delay_us: Vec<Option<u64>>,
+}
+
+impl ProbeTruth {
+    pub fn from_ground_truth(truth: &GroundTruth, rules: &[DpiRule]) -> Result<ProbeTruth> {
+        let index = |name: &str| {
+            rules
+                .iter()
+                .position(|r| r.name == name)
+                .ok_or_else(|| anyhow!("no rule named {name}"))
+        };
+        let (probe_rule, reply_rule) = (index(PROBE_MARKER)?, index(REPLY_MARKER)?);
+        if truth.up.log_omitted > 0 || truth.down.log_omitted > 0 {
+            return Err(anyhow!("the emulator log is truncated; raise log_limit"));
+        }
+        let mut t = ProbeTruth::default();
+        for (log, rule, up) in [
+            (&truth.up.log, probe_rule, true),
+            (&truth.down.log, reply_rule, false),
+        ] {
+            for rec in log.iter().filter(|r| r.matched_rule == Some(rule)) {
+                let (count, dropped, duplicated, delays) = if up {
+                    (
+                        &mut t.probes,
+                        &mut t.probes_dropped,
+                        &mut t.probes_duplicated,
+                        &mut t.up_delay_us,
+                    )
+                } else {
+                    (
+                        &mut t.replies,
+                        &mut t.replies_dropped,
+                        &mut t.replies_duplicated,
+                        &mut t.down_delay_us,
+                    )
+                };
+                *count += 1;
+                match &rec.fate {
+                    Fate::Dropped(_) => {
+                        *dropped += 1;
+                        delays.push(None);
+                    }
+                    Fate::Delivered { delays_us } => {
+                        *duplicated += delays_us.len().saturating_sub(1) as u64;
+                        delays.push(delays_us.first().copied());
+                    }
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// One stream of a simulated test: what it asks for and the reflector port it goes to.
+#[derive(Clone, Copy, Debug)]
+pub struct SimArm {
+    pub session: SessionConfig,
+    pub port: u16,
+}
+
+pub struct SimRun {
+    pub records: Vec<Result<StreamRecord, SessionError>>,
+    pub truth: GroundTruth,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Event {
+    at_us: u64,
+    order: u64,
+    arm: usize,
+    up: bool,
+    bytes: Vec<u8>,
+}
+
+/// Runs the arms to completion through `impairment`. The reflector's clock runs
+/// `reflector_offset_us` ahead of the agent's, as unsynchronised clocks do.
+pub fn simulate(
+    arms: &[SimArm],
+    impairment: ImpairmentConfig,
+    reflector_offset_us: u64,
+    seed: u64,
+) -> Result<SimRun> {
+    let mut model = Impairment::new(impairment).map_err(|e| anyhow!("impairment: {e}"))?;
+    let mut secret = [0u8; 32];
+    secret[..8].copy_from_slice(&seed.to_be_bytes());
+    let mut reflector = Reflector::new(secret, Limits::default());
+    let mut sessions: Vec<Session> = arms
+        .iter()
+        .enumerate()
+        .map(|(i, a)| Session::new(seed.wrapping_mul(31).wrapping_add(i as u64), a.session, 0))
+        .collect();
+    let agent_port = |i: usize| 40_000 + i as u16;
+    let mut queue: BinaryHeap<Reverse<Event>> = BinaryHeap::new();
+    let mut order = 0u64;
+    let mut now = 0u64;
+    let mut push = |queue: &mut BinaryHeap<Reverse<Event>>,
+                    arm,
+                    up,
+                    deliveries: Vec<crate::emulator::Delivery>| {
+        for d in deliveries {
+            order += 1;
+            queue.push(Reverse(Event {
+                at_us: d.at.as_micros() as u64,
+                order,
+                arm,
+                up,
+                bytes: d.bytes,
+            }));
+        }
+    };
+    // Bounded: a session ends by itself within its duration plus open/close retries; this cap
+    // only guards against a bug turning into an endless loop.
+    for _step in 0..50_000_000u64 {
+        for (i, s) in sessions.iter_mut().enumerate() {
+            while let Some(d) = s.poll_transmit(now) {
+                let ports = UdpPorts {
+                    src: agent_port(i),
+                    dst: arms[i].port,
+                };
+                let out = model.on_datagram(Duration::from_micros(now), Direction::Up, &d, ports);
+                push(&mut queue, i, true, out);
+            }
+        }
+        if sessions.iter().all(Session::is_done) {
+            return Ok(SimRun {
+                records: sessions.into_iter().map(Session::finish).collect(),
+                truth: model.ground_truth(),
+            });
+        }
+        let next_timer = sessions.iter().filter_map(Session::poll_timeout).min();
+        let next_event = queue.peek().map(|Reverse(e)| e.at_us);
+        now = match (next_timer, next_event) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).ok_or_else(|| anyhow!("simulation stalled"))?,
+        }
+        .max(now);
+        while queue.peek().is_some_and(|Reverse(e)| e.at_us <= now) {
+            let Some(Reverse(ev)) = queue.pop() else {
+                break;
+            };
+            if ev.up {
+                let src = SocketAddr::from(([127, 0, 0, 1], agent_port(ev.arm)));
+                if let Some(reply) = reflector.handle(now + reflector_offset_us, src, &ev.bytes) {
+                    let ports = UdpPorts {
+                        src: arms[ev.arm].port,
+                        dst: agent_port(ev.arm),
+                    };
+                    let out = model.on_datagram(
+                        Duration::from_micros(now),
+                        Direction::Down,
+                        &reply,
+                        ports,
+                    );
+                    push(&mut queue, ev.arm, false, out);
+                }
+            } else {
+                sessions[ev.arm].handle_datagram(now, &ev.bytes);
+            }
+        }
+    }
+    Err(anyhow!("simulation did not finish"))
+}

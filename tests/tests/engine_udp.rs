@@ -1,0 +1,150 @@
+//! The call-test engine over real UDP sockets on loopback, through the impairment emulator's
+//! relay, against the collector's real reflector: every issue-3 scenario, checked against the
+//! emulator's ground truth for exactly the probes and replies of the test.
+
+use callwatch_agent::engine::driver::Cancel;
+use callwatch_agent::engine::{run_call_test, TestSpec};
+use callwatch_collector::reflector::{spawn_reflector, Limits};
+use callwatch_proto::StreamReport;
+use callwatch_tests::emulator::{ImpairmentConfig, Relay, RelayConfig, Route};
+use callwatch_tests::scenarios::{expected, scenarios, Expected, Scenario};
+use callwatch_tests::sim::{marker_rules, ProbeTruth};
+use std::net::SocketAddr;
+
+async fn run_through_relay(
+    s: Scenario,
+    reflector: SocketAddr,
+    seed: u64,
+) -> (StreamReport, ProbeTruth) {
+    let rules = marker_rules();
+    let relay = Relay::start(RelayConfig {
+        routes: vec![Route {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            upstream: reflector,
+        }],
+        impairment: ImpairmentConfig {
+            seed,
+            up: s.up.clone(),
+            down: s.down.clone(),
+            rules: rules.clone(),
+            ..ImpairmentConfig::default()
+        },
+        ..RelayConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut spec = TestSpec::voice(relay.local_addrs()[0], 4_000);
+    spec.size = s.size;
+    let report = tokio::task::spawn_blocking(move || {
+        run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
+    })
+    .await
+    .unwrap();
+    let snapshot = relay.shutdown().await.unwrap();
+    let truth = ProbeTruth::from_ground_truth(&snapshot.ground_truth, &rules).unwrap();
+    (report.streams.into_iter().next().unwrap(), truth)
+}
+
+fn check(name: &str, r: &StreamReport, e: &Expected, truth: &ProbeTruth, clean_median_ms: f64) {
+    assert_eq!(r.packets_sent, e.sent, "{name}: sent");
+    assert_eq!(
+        r.late, 0,
+        "{name}: nothing should arrive after the grace period"
+    );
+    if name == "duplication-5pct" {
+        assert_eq!(r.packets_reflected, Some(r.packets_sent), "{name}");
+        let copies = truth.replies - truth.replies_dropped + truth.replies_duplicated;
+        assert_eq!(
+            r.duplicates as u64,
+            copies - r.packets_received as u64,
+            "{name}"
+        );
+        return;
+    }
+    // Loss: the same packets the emulator dropped, exactly.
+    assert_eq!(r.packets_reflected, Some(e.reflected), "{name}: reflected");
+    assert_eq!(r.packets_received, e.received, "{name}: received");
+    assert_eq!(r.loss_up, e.loss_up, "{name}: loss_up");
+    assert_eq!(r.loss_down, e.loss_down, "{name}: loss_down");
+    let b = r.burst.unwrap();
+    assert_eq!(
+        (b.count, b.max_len),
+        (e.loss_runs, e.longest_run),
+        "{name}: bursts"
+    );
+    // Delay: within 2 ms of what the emulator added plus the clean path's median.
+    let rtt = r.rtt_ms.unwrap().median;
+    let want = clean_median_ms + e.added_rtt_median_ms;
+    assert!(
+        (rtt - want).abs() <= 2.0,
+        "{name}: rtt median {rtt} vs {want}"
+    );
+    // Jitter: within 0.5 ms + 15 % of RFC 3550 over the delays the emulator added (the real path
+    // adds scheduling noise of tens of microseconds on top).
+    let j = r.jitter_ms.unwrap().down;
+    let tol = 0.5 + 0.15 * e.jitter_down_ms;
+    assert!(
+        (j - e.jitter_down_ms).abs() <= tol,
+        "{name}: jitter down {j} vs {}",
+        e.jitter_down_ms
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_over_real_sockets_matches_ground_truth() {
+    let reflector = spawn_reflector(&["127.0.0.1:0".parse().unwrap()], Limits::default())
+        .await
+        .unwrap();
+    let addr = reflector.addrs[0];
+    // All scenarios at once: each has its own relay and its own agent thread.
+    let runs: Vec<_> = scenarios()
+        .into_iter()
+        .map(|s| {
+            let name = s.name;
+            (name, tokio::spawn(run_through_relay(s, addr, 42)))
+        })
+        .collect();
+    let mut results = Vec::new();
+    for (name, run) in runs {
+        results.push((name, run.await.unwrap()));
+    }
+    let clean = &results.iter().find(|(n, _)| *n == "clean").unwrap().1 .0;
+    let clean_median = clean.rtt_ms.unwrap().median;
+    assert!(clean_median < 2.0, "loopback RTT median {clean_median} ms");
+    assert_eq!((clean.loss_up, clean.loss_down), (0.0, 0.0));
+    for (name, (report, truth)) in &results {
+        check(name, report, &expected(truth), truth, clean_median);
+    }
+    let mos = |n: &str| {
+        results
+            .iter()
+            .find(|(k, _)| *k == n)
+            .unwrap()
+            .1
+             .0
+            .mos
+            .unwrap()
+    };
+    for lossy in [
+        "bernoulli-5up-10down",
+        "bursty-mean-burst-4",
+        "reordering",
+        "policer-130kbps",
+    ] {
+        assert!(
+            mos(lossy) < mos("clean"),
+            "{lossy}: {} vs {}",
+            mos(lossy),
+            mos("clean")
+        );
+    }
+    assert!(mos("bernoulli-5up-10down") < mos("bursty-mean-burst-4"));
+    assert!(mos("delay-30ms-jitter-10ms") < mos("clean"));
+    let reo = &results
+        .iter()
+        .find(|(n, _)| *n == "reordering")
+        .unwrap()
+        .1
+         .0;
+    assert!(reo.reordered > 0);
+}
