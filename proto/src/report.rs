@@ -405,6 +405,10 @@ pub(crate) mod tests {
     fn validation_names_the_problem() {
         let mut r = sample_report();
         assert!(r.validate().is_ok());
+        // Finite values that need all 17 digits survive the JSON round trip exactly.
+        r.streams[0].loss_up = 0.1 + 0.2;
+        r.streams[0].rtt_ms.as_mut().unwrap().mean = 12.345678901234567;
+        assert!(r.validate().is_ok());
         r.streams[0].loss_up = 1.5;
         assert!(r.validate().unwrap_err().contains("loss_up"));
         let mut r = sample_report();

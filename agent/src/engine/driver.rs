@@ -7,7 +7,7 @@
 //! coalesce its wake-ups. One receiver thread per socket blocks in `recv` and timestamps each
 //! datagram as it returns. Spinning costs at most `SPIN_US` per 20 ms interval (~1 % of a core).
 
-use super::session::{Progress, Session, SessionError};
+use super::session::{ArmSession, Progress, SessionError};
 use crate::metrics::StreamRecord;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,19 +17,21 @@ use std::time::{Duration, Instant};
 /// Spin this long before a deadline instead of sleeping through it.
 pub const SPIN_US: u64 = 200;
 
-/// One stream to run: its session and a socket connected to its reflector.
+/// One stream to run: its session and a socket connected to its peer.
 pub struct Arm {
-    pub session: Session,
+    pub session: Box<dyn ArmSession>,
     pub socket: UdpSocket,
 }
 
+type Sessions = Vec<Box<dyn ArmSession>>;
+
 struct Shared {
-    sessions: Mutex<Vec<Session>>,
+    sessions: Mutex<Sessions>,
     wake: Condvar,
     stop: AtomicBool,
 }
 
-fn lock(m: &Mutex<Vec<Session>>) -> MutexGuard<'_, Vec<Session>> {
+fn lock(m: &Mutex<Sessions>) -> MutexGuard<'_, Sessions> {
     // Sessions hold plain data; a panicked holder leaves nothing half-written that matters.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -105,18 +107,18 @@ pub fn run(
                 }
             }
         }
-        if guard.iter().all(Session::is_done) {
+        if guard.iter().all(|s| s.is_done()) {
             break;
         }
         if last_progress.elapsed() >= Duration::from_millis(100) {
-            let p: Vec<Progress> = guard.iter().map(Session::progress).collect();
+            let p: Vec<Progress> = guard.iter().map(|s| s.progress()).collect();
             drop(guard);
             on_progress(&p);
             last_progress = Instant::now();
             guard = lock(&shared.sessions);
             continue;
         }
-        let Some(deadline) = guard.iter().filter_map(Session::poll_timeout).min() else {
+        let Some(deadline) = guard.iter().filter_map(|s| s.poll_timeout()).min() else {
             break;
         };
         let now = now_us();
@@ -136,7 +138,7 @@ pub fn run(
             guard = lock(&shared.sessions);
         }
     }
-    let p: Vec<Progress> = guard.iter().map(Session::progress).collect();
+    let p: Vec<Progress> = guard.iter().map(|s| s.progress()).collect();
     drop(guard);
     on_progress(&p);
     shared.stop.store(true, Ordering::SeqCst);
@@ -144,7 +146,7 @@ pub fn run(
         let _ = r.join();
     }
     let sessions = std::mem::take(&mut *lock(&shared.sessions));
-    Ok(sessions.into_iter().map(Session::finish).collect())
+    Ok(sessions.into_iter().map(|s| s.finish()).collect())
 }
 
 fn receive_loop(i: usize, socket: &UdpSocket, shared: &Shared, now_us: impl Fn() -> u64) {

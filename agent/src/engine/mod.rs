@@ -6,15 +6,17 @@
 
 pub mod driver;
 pub mod session;
+pub mod stun;
 
 use crate::metrics::{stream_report, Codec};
 use callwatch_proto::report::SCHEMA_VERSION;
 use callwatch_proto::{CallReport, Platform, ReportId, Role};
 use chrono::Utc;
 use driver::{Arm, Cancel};
-use session::{Progress, Session, SessionConfig, SessionError};
+use session::{ArmSession, Progress, Session, SessionConfig, SessionError};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Instant;
+use stun::{StunConfig, StunSession};
 
 pub const AGENT_VERSION: &str = concat!("callwatch-agent/", env!("CARGO_PKG_VERSION"));
 
@@ -31,6 +33,8 @@ pub struct TestSpec {
     pub bind: Option<IpAddr>,
     /// How long to wait for replies after the last probe.
     pub grace_ms: u32,
+    /// A STUN/TURN server of the platform's own, measured as a third stream (role `relay`).
+    pub relay_server: Option<SocketAddr>,
 }
 
 impl TestSpec {
@@ -44,6 +48,7 @@ impl TestSpec {
             size: 172,
             bind: None,
             grace_ms: 1000,
+            relay_server: None,
         }
     }
 
@@ -91,13 +96,13 @@ pub enum TestError {
     Cancelled,
 }
 
-fn bind_socket(spec: &TestSpec) -> std::io::Result<UdpSocket> {
-    let local = spec.bind.unwrap_or(match spec.reflector {
+fn bind_socket(bind: Option<IpAddr>, peer: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local = bind.unwrap_or(match peer {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     });
     let socket = UdpSocket::bind(SocketAddr::new(local, 0))?;
-    socket.connect(spec.reflector)?;
+    socket.connect(peer)?;
     Ok(socket)
 }
 
@@ -116,23 +121,45 @@ pub fn run_call_test(
         duration_ms: spec.duration_ms,
         grace_ms: spec.grace_ms,
     };
-    let roles = [Role::Platform];
-    let arms = roles
-        .iter()
-        .map(|_| {
-            Ok(Arm {
-                session: Session::new(rand::random(), cfg, 0),
-                socket: bind_socket(spec)?,
-            })
-        })
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let mut arms = vec![(
+        Role::Platform,
+        Arm {
+            session: Box::new(Session::new(rand::random(), cfg, 0)) as Box<dyn ArmSession>,
+            socket: bind_socket(spec.bind, spec.reflector)?,
+        },
+    )];
+    if let Some(server) = spec.relay_server {
+        let stun = StunSession::new(
+            StunConfig {
+                interval_ms: spec.interval_ms,
+                duration_ms: spec.duration_ms,
+                grace_ms: spec.grace_ms,
+            },
+            rand::random(),
+        );
+        arms.push((
+            Role::Relay,
+            Arm {
+                session: Box::new(stun),
+                socket: bind_socket(spec.bind, server)?,
+            },
+        ));
+    }
+    let (roles, arms): (Vec<Role>, Vec<Arm>) = arms.into_iter().unzip();
     let results = driver::run(arms, epoch, cancel, on_progress)?;
     if cancel.is_cancelled() {
         return Err(TestError::Cancelled);
     }
     let mut streams = Vec::new();
     for (role, result) in roles.into_iter().zip(results) {
-        streams.push(stream_report(role, &result?, Codec::Opus));
+        let mut stream = stream_report(role, &result?, Codec::Opus);
+        if role == Role::Relay {
+            // A STUN server gives no timestamps: one-way figures would be invented.
+            stream.owd_ms = None;
+            stream.jitter_ms = None;
+            stream.ipdv_ms = None;
+        }
+        streams.push(stream);
     }
     Ok(CallReport {
         schema: SCHEMA_VERSION,

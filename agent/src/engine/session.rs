@@ -59,6 +59,40 @@ pub struct Progress {
     pub last_rtt_ms: Option<f64>,
 }
 
+/// What the driver needs of any stream's state machine (a reflector session, a STUN arm).
+pub trait ArmSession: Send {
+    /// The next datagram due at `now_us`, if any; also advances time-driven state.
+    fn poll_transmit(&mut self, now_us: u64) -> Option<Vec<u8>>;
+    /// When `poll_transmit` next needs calling; `None` once done.
+    fn poll_timeout(&self) -> Option<u64>;
+    fn handle_datagram(&mut self, now_us: u64, datagram: &[u8]);
+    fn is_done(&self) -> bool;
+    fn progress(&self) -> Progress;
+    /// The record of the stream, once done.
+    fn finish(self: Box<Self>) -> Result<StreamRecord, SessionError>;
+}
+
+impl ArmSession for Session {
+    fn poll_transmit(&mut self, now_us: u64) -> Option<Vec<u8>> {
+        Session::poll_transmit(self, now_us)
+    }
+    fn poll_timeout(&self) -> Option<u64> {
+        Session::poll_timeout(self)
+    }
+    fn handle_datagram(&mut self, now_us: u64, datagram: &[u8]) {
+        Session::handle_datagram(self, now_us, datagram)
+    }
+    fn is_done(&self) -> bool {
+        Session::is_done(self)
+    }
+    fn progress(&self) -> Progress {
+        Session::progress(self)
+    }
+    fn finish(self: Box<Self>) -> Result<StreamRecord, SessionError> {
+        Session::finish(*self)
+    }
+}
+
 pub struct Session {
     id: SessionId,
     cfg: SessionConfig,

@@ -1,0 +1,138 @@
+//! The relay-path arm against a real STUN/TURN server: Debian's coturn, on loopback, started by
+//! the test and stopped when it ends.
+
+use callwatch_agent::engine::driver::Cancel;
+use callwatch_agent::engine::{run_call_test, TestSpec};
+use callwatch_collector::reflector::{spawn_reflector, Limits};
+use callwatch_proto::Role;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Coturn(Child);
+
+impl Drop for Coturn {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts coturn and returns once it answers a Binding request.
+fn start_coturn(dir: &std::path::Path) -> (Coturn, SocketAddr) {
+    let port = free_udp_port();
+    let child = Command::new("turnserver")
+        .args([
+            "-n",
+            "--listening-ip=127.0.0.1",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+        ])
+        .args(["--no-auth", "--log-file=stdout", "--simple-log"])
+        .arg(format!("--listening-port={port}"))
+        .arg(format!(
+            "--pidfile={}",
+            dir.join("turnserver.pid").display()
+        ))
+        .arg(format!("--db={}", dir.join("turndb").display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("coturn is not installed: apt-get install coturn (.ci/run does this)");
+    let guard = Coturn(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    probe
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut request = vec![0, 1, 0, 0, 0x21, 0x12, 0xA4, 0x42];
+    request.extend_from_slice(&[7; 12]);
+    // Bounded: 50 tries × 200 ms.
+    for _ in 0..50 {
+        probe.send_to(&request, addr).unwrap();
+        let mut buf = [0u8; 1024];
+        if let Ok((n, _)) = probe.recv_from(&mut buf) {
+            if n >= 20 && buf[..2] == [1, 1] {
+                return (guard, addr);
+            }
+        }
+    }
+    panic!("coturn did not answer on {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_arm_measures_a_real_coturn_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coturn, stun) = start_coturn(dir.path());
+    let reflector = spawn_reflector(&["127.0.0.1:0".parse().unwrap()], Limits::default())
+        .await
+        .unwrap();
+    let mut spec = TestSpec::voice(reflector.addrs[0], 2_000);
+    spec.relay_server = Some(stun);
+    let report = tokio::task::spawn_blocking(move || {
+        run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(report.streams.len(), 2);
+    let relay = report
+        .streams
+        .iter()
+        .find(|s| s.role == Role::Relay)
+        .unwrap();
+    assert_eq!(relay.packets_sent, 100);
+    assert_eq!(relay.packets_received, 100, "clean loopback loses nothing");
+    assert_eq!((relay.loss_up, relay.loss_down), (0.0, 0.0));
+    assert_eq!(
+        relay.packets_reflected, None,
+        "a STUN server keeps no count"
+    );
+    let rtt = relay.rtt_ms.unwrap();
+    assert!(rtt.min > 0.0 && rtt.median < 5.0, "{rtt:?}");
+    assert!(
+        relay.jitter_ms.is_none() && relay.owd_ms.is_none(),
+        "no invented one-way figures"
+    );
+    assert!(relay.mos.unwrap() > 4.0);
+    report.validate().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_relay_is_reported_as_total_loss() {
+    let reflector = spawn_reflector(&["127.0.0.1:0".parse().unwrap()], Limits::default())
+        .await
+        .unwrap();
+    // A bound socket that never answers stands in for a relay the network blackholes.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut spec = TestSpec::voice(reflector.addrs[0], 1_000);
+    spec.grace_ms = 200;
+    spec.relay_server = Some(silent.local_addr().unwrap());
+    let report = tokio::task::spawn_blocking(move || {
+        run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
+    })
+    .await
+    .unwrap();
+    let relay = report
+        .streams
+        .iter()
+        .find(|s| s.role == Role::Relay)
+        .unwrap();
+    assert_eq!(relay.packets_received, 0);
+    assert_eq!(relay.loss_up, 1.0);
+    assert!(relay.mos.is_none());
+    let platform = report
+        .streams
+        .iter()
+        .find(|s| s.role == Role::Platform)
+        .unwrap();
+    assert_eq!(platform.packets_received, 50);
+}
