@@ -146,7 +146,7 @@ impl ArmSession for StunSession {
         let Some(seq) = self.response_seq(datagram) else {
             return;
         };
-        let in_time = !self.end_us().is_some_and(|end| now_us > end) && !self.done;
+        let in_time = self.end_us().is_none_or(|end| now_us <= end) && !self.done;
         let Some(probe) = self.record.probes.get_mut(seq as usize) else {
             return;
         };
