@@ -1,0 +1,223 @@
+//! The command lines as a volunteer and an operator use them: the real binaries, run as
+//! processes (cargo builds them for the workspace's tests).
+
+use callwatch_collector::reflector::{spawn_reflector, Limits};
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+/// target/debug (or wherever cargo put this test binary's siblings).
+fn bin(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop(); // the test binary
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_json_prints_exactly_one_report_object() {
+    let reflector = spawn_reflector(&["127.0.0.1:0".parse().unwrap()], Limits::default())
+        .await
+        .unwrap();
+    let addr = reflector.addrs[0].to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin("callwatch-agent"))
+            .args(["test", "--reflector", &addr, "--duration", "1", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let mut values = serde_json::Deserializer::from_str(&stdout).into_iter::<serde_json::Value>();
+    let v = values.next().unwrap().unwrap();
+    assert!(
+        values.next().is_none(),
+        "more than one JSON value on stdout"
+    );
+    for key in [
+        "schema",
+        "id",
+        "platform",
+        "started_at",
+        "duration_ms",
+        "verdict",
+        "streams",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(v["platform"], "generic");
+    assert!(v["verdict"].is_null());
+    chrono::DateTime::parse_from_rfc3339(v["started_at"].as_str().unwrap()).unwrap();
+    let s = &v["streams"][0];
+    assert_eq!(s["role"], "platform");
+    assert_eq!(s["packets_sent"], 50);
+    for key in [
+        "packets_reflected",
+        "packets_received",
+        "loss_up",
+        "loss_down",
+        "r_factor",
+        "mos",
+    ] {
+        assert!(s.get(key).is_some(), "missing streams[0].{key}");
+    }
+    for key in ["min", "median", "p95", "max"] {
+        assert!(s["rtt_ms"][key].is_number(), "rtt_ms.{key}");
+    }
+    assert!(s["jitter_ms"]["up"].is_number() && s["jitter_ms"]["down"].is_number());
+}
+
+#[test]
+fn bad_arguments_are_named_and_change_nothing() {
+    let out = Command::new(bin("callwatch-agent"))
+        .args(["test", "--reflector", "127.0.0.1:9", "--size", "10"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("size 10"));
+    let out = Command::new(bin("callwatch-agent"))
+        .args(["test", "--reflector", "127.0.0.1:9", "--platform", "skype"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skype"));
+}
+
+#[test]
+fn init_writes_a_private_key_and_refuses_to_replace_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let init = |force: bool| {
+        let mut c = Command::new(bin("callwatch-agent"));
+        c.args(["init", "--config"]).arg(&config);
+        c.args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)]);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let first = init(false);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let key = dir.path().join("agent.key");
+    let before = std::fs::read(&key).unwrap();
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let second = init(false);
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("--force"));
+    assert_eq!(std::fs::read(&key).unwrap(), before, "key unchanged");
+    assert!(init(true).status.success());
+    assert_ne!(std::fs::read(&key).unwrap(), before);
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("reflector = \"127.0.0.1:3479\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_once_keeps_reports_queued_when_the_collector_is_away() {
+    let reflector = spawn_reflector(&["127.0.0.1:0".parse().unwrap()], Limits::default())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    // A collector address where nothing listens.
+    let nobody = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let reflector_addr = reflector.addrs[0].to_string();
+    let config2 = config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let init = Command::new(bin("callwatch-agent"))
+            .args(["init", "--config"])
+            .arg(&config2)
+            .args([
+                "--collector",
+                &nobody.to_string(),
+                "--pin",
+                &"cd".repeat(32),
+            ])
+            .args(["--reflector", &reflector_addr])
+            .output()
+            .unwrap();
+        assert!(init.status.success());
+        let text = std::fs::read_to_string(&config2).unwrap();
+        std::fs::write(
+            &config2,
+            text.replace("duration_secs = 10", "duration_secs = 1"),
+        )
+        .unwrap();
+        drop(nobody);
+        Command::new(bin("callwatch-agent"))
+            .args(["run", "--once", "--config"])
+            .arg(&config2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upload failed"), "{stderr}");
+    let queue = callwatch_agent::queue::Queue::open(&dir.path().join("queue")).unwrap();
+    assert_eq!(queue.len(), 1, "the report waits for the collector");
+}
+
+#[test]
+fn serve_prints_and_writes_its_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = Command::new(bin("callwatch-collector"))
+        .args(["serve", "--data"])
+        .arg(&data)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--reflector",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let pin = first.rsplit(' ').next().unwrap().to_string();
+    assert_eq!(pin.len(), 64, "{first}");
+    let written = std::fs::read_to_string(data.join("collector.pin")).unwrap();
+    assert_eq!(written.trim(), pin);
+    let mode = std::fs::metadata(data.join("collector.key.der"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
