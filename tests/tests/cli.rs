@@ -167,7 +167,6 @@ async fn run_once_keeps_reports_queued_when_the_collector_is_away() {
             text.replace("duration_secs = 10", "duration_secs = 1"),
         )
         .unwrap();
-        drop(nobody);
         Command::new(bin("callwatch-agent"))
             .args(["run", "--once", "--config"])
             .arg(&config2)
