@@ -23,6 +23,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/aggregation", get(aggregation))
+        .route("/api/v1/reports", get(reports))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
 }
@@ -152,6 +153,64 @@ async fn aggregation(
     .into_response())
 }
 
+/// Most records one page of `/api/v1/reports` may hold.
+pub const MAX_PAGE: usize = 100_000;
+
+/// `since` (RFC 3339 or Unix milliseconds, inclusive; default: the beginning) and `limit`.
+pub fn parse_reports_query(params: &HashMap<String, String>) -> Result<(i64, usize), ApiError> {
+    for k in params.keys() {
+        if !["since", "limit"].contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {k:?}; expected since, limit"
+            )));
+        }
+    }
+    let since = match params.get("since") {
+        None => i64::MIN,
+        Some(v) => match v.parse::<i64>() {
+            Ok(ms) => ms,
+            Err(_) => chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    ApiError::bad_request(format!(
+                        "since: {v:?} is neither RFC 3339 (2026-11-28T00:00:00Z) nor Unix milliseconds"
+                    ))
+                })?,
+        },
+    };
+    let limit = match params.get("limit") {
+        None => 10_000,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::bad_request(format!("limit: {v:?} is not 1..={MAX_PAGE}")))?,
+    };
+    Ok((since, limit))
+}
+
+/// Raw reports as NDJSON, streamed as they are read. A page holds `limit` records, extended to
+/// the end of the last record's millisecond: continue with `since` = that `received_at` + 1 ms.
+async fn reports(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (since, limit) = parse_reports_query(&params)?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
+    let store = state.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = crate::export::page(store.as_ref(), since, limit, |record| {
+            // A client that went away stops the read.
+            tx.blocking_send(Ok(record.to_line())).is_ok()
+        });
+        if let Err(e) = result {
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +220,18 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn reports_query_errors_name_the_parameter() {
+        let e = |p: &[(&str, &str)]| parse_reports_query(&params(p)).err().unwrap().message;
+        assert!(e(&[("since", "yesterday")]).starts_with("since"));
+        assert!(e(&[("limit", "0")]).starts_with("limit"));
+        assert!(e(&[("limit", "x")]).starts_with("limit"));
+        assert!(e(&[("page", "2")]).contains("page"));
+        let ok = |p: &[(&str, &str)]| parse_reports_query(&params(p)).ok().unwrap();
+        assert_eq!(ok(&[("since", "1000"), ("limit", "5")]), (1000, 5));
+        assert_eq!(ok(&[("since", "1970-01-01T00:00:01Z")]).0, 1000);
     }
 
     #[test]

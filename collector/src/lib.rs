@@ -7,6 +7,7 @@
 
 pub mod aggregate;
 pub mod cert;
+pub mod export;
 pub mod geo;
 pub mod http;
 pub mod ingest;

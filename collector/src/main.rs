@@ -1,6 +1,6 @@
 //! `callwatch-collector`: the operator's program.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use callwatch_collector::{serve, ServeConfig};
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -47,6 +47,41 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         geo: Option<PathBuf>,
     },
+    /// Export from a stopped collector's store: raw signed reports (ndjson) or aggregates.
+    ///
+    /// ndjson: one report per line with its exact signed body, agent key and signature (check
+    /// them with `verify`); json/csv: the aggregate by --axis-x [and --axis-y], as the HTTP API
+    /// gives it.
+    ///
+    /// Examples:
+    ///   callwatch-collector export --data /var/lib/callwatch > reports.ndjson
+    ///   callwatch-collector export --data /var/lib/callwatch --format csv --axis-x asn --axis-y platform
+    Export {
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: ExportFormat,
+        /// With json/csv: day, country, asn or platform.
+        #[arg(long = "axis-x", default_value = "country")]
+        axis_x: String,
+        #[arg(long = "axis-y")]
+        axis_y: Option<String>,
+        /// With ndjson: only reports received at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Check every signature in an ndjson export, offline. Exit 0 when all verify, 1 otherwise.
+    Verify {
+        /// The export file ("-" for standard input).
+        file: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Ndjson,
+    Json,
+    Csv,
 }
 
 #[tokio::main]
@@ -95,7 +130,109 @@ async fn run(cli: Cli) -> Result<()> {
             collector.shutdown().await;
             Ok(())
         }
+        Command::Export {
+            data,
+            format,
+            axis_x,
+            axis_y,
+            since,
+        } => export(&data, format, &axis_x, axis_y.as_deref(), since.as_deref()),
+        Command::Verify { file } => {
+            let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("opening {}", file.display()))?,
+                ))
+            };
+            let summary = callwatch_collector::export::verify_export(input)?;
+            for (line, reason) in &summary.invalid {
+                eprintln!("line {line}: {reason}");
+            }
+            println!("{} valid, {} invalid", summary.valid, summary.invalid.len());
+            if !summary.invalid.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
     }
+}
+
+fn export(
+    data: &std::path::Path,
+    format: ExportFormat,
+    axis_x: &str,
+    axis_y: Option<&str>,
+    since: Option<&str>,
+) -> Result<()> {
+    use callwatch_collector::aggregate::{aggregate, to_csv, Axis};
+    use callwatch_collector::store::SledStore;
+    use std::io::Write;
+    let path = data.join("reports.sled");
+    if !path.exists() {
+        anyhow::bail!("{} holds no collector store", data.display());
+    }
+    let store = SledStore::open(&path).map_err(|e| {
+        anyhow::anyhow!("{e} (is a collector still running on this folder? stop it first)")
+    })?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    match format {
+        ExportFormat::Ndjson => {
+            let since_ms = match since {
+                None => i64::MIN,
+                Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+                    .with_context(|| format!("--since {s:?} is not RFC 3339"))?
+                    .timestamp_millis(),
+            };
+            let mut n = 0usize;
+            let mut failed = None;
+            callwatch_collector::export::page(&store, since_ms, usize::MAX, |r| {
+                n += 1;
+                match out.write_all(r.to_line().as_bytes()) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        failed = Some(e);
+                        false
+                    }
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e.into());
+            }
+            out.flush()?;
+            eprintln!("exported {n} reports");
+        }
+        ExportFormat::Json | ExportFormat::Csv => {
+            let mut axes: Vec<Axis> = vec![axis_x
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--axis-x: {e}"))?];
+            if let Some(y) = axis_y {
+                let y: Axis = y.parse().map_err(|e| anyhow::anyhow!("--axis-y: {e}"))?;
+                if axes.contains(&y) {
+                    anyhow::bail!("--axis-y must differ from --axis-x");
+                }
+                axes.push(y);
+            }
+            let observations = callwatch_collector::http::load_observations(&store)?;
+            let cells = aggregate(&observations, &axes);
+            if matches!(format, ExportFormat::Csv) {
+                out.write_all(to_csv(&cells, &axes).as_bytes())?;
+            } else {
+                serde_json::to_writer_pretty(
+                    &mut out,
+                    &serde_json::json!({
+                        "axis_x": axes[0].as_str(),
+                        "axis_y": axes.get(1).map(|a| a.as_str()),
+                        "result": cells,
+                    }),
+                )?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() -> Result<()> {

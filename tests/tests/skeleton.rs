@@ -232,6 +232,13 @@ impl ReportStore for GatedStore {
     ) -> Result<(), StoreError> {
         self.inner.for_each(f)
     }
+    fn for_each_since(
+        &self,
+        since_ms: i64,
+        f: &mut dyn FnMut(StoredReport) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.for_each_since(since_ms, f)
+    }
     fn len(&self) -> usize {
         self.inner.len()
     }

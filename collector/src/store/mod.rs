@@ -69,6 +69,14 @@ pub trait ReportStore: Send + Sync {
         f: &mut dyn FnMut(StoredReport) -> Result<(), StoreError>,
     ) -> Result<(), StoreError>;
 
+    /// Calls `f` for every report received at or after `since_ms` (Unix ms), in order of
+    /// arrival, until `f` returns `Ok(false)` or the reports run out.
+    fn for_each_since(
+        &self,
+        since_ms: i64,
+        f: &mut dyn FnMut(StoredReport) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError>;
+
     /// Number of stored reports.
     fn len(&self) -> usize;
 
