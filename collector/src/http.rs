@@ -4,6 +4,8 @@
 //! Bad parameters get 400 with a message that names the parameter.
 
 use crate::aggregate::{aggregate, to_csv, Axis, Cell, Observation};
+use crate::ingest::IngestStats;
+use crate::reflector::ReflectorStatsSource;
 use crate::store::{ReportStore, StoreError};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -18,6 +20,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn ReportStore>,
+    pub ingest: Option<Arc<IngestStats>>,
+    pub reflector: Option<ReflectorStatsSource>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -25,6 +29,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/aggregation", get(aggregation))
         .route("/api/v1/reports", get(reports))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -151,6 +156,105 @@ async fn aggregation(
         result: cells,
     })
     .into_response())
+}
+
+/// Prometheus text exposition of the collector's counters.
+pub fn render_metrics(state: &AppState) -> String {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    metric(
+        "callwatch_stored_reports",
+        "gauge",
+        "Reports in the store.",
+        &[(String::new(), state.store.len() as u64)],
+    );
+    if let Some(i) = &state.ingest {
+        metric(
+            "callwatch_ingest_reports_total",
+            "counter",
+            "Reports received over QUIC, by outcome.",
+            &[
+                ("{outcome=\"accepted\"}".into(), i.accepted.load(Relaxed)),
+                ("{outcome=\"duplicate\"}".into(), i.duplicate.load(Relaxed)),
+            ],
+        );
+        let rejected: Vec<(String, u64)> = i
+            .rejected()
+            .into_iter()
+            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n))
+            .collect();
+        metric(
+            "callwatch_ingest_rejected_total",
+            "counter",
+            "Reports or requests rejected, by reason.",
+            &rejected,
+        );
+        metric(
+            "callwatch_ingest_batches_total",
+            "counter",
+            "Upload batches received.",
+            &[(String::new(), i.batches.load(Relaxed))],
+        );
+        metric(
+            "callwatch_ingest_connections_refused_total",
+            "counter",
+            "QUIC connections refused at the connection limit.",
+            &[(String::new(), i.connections_refused.load(Relaxed))],
+        );
+    }
+    if let Some(r) = &state.reflector {
+        let s = r.stats();
+        metric(
+            "callwatch_reflector_sessions",
+            "gauge",
+            "Reflector sessions held.",
+            &[(String::new(), r.active_sessions() as u64)],
+        );
+        metric(
+            "callwatch_reflector_probes_reflected_total",
+            "counter",
+            "Probes answered.",
+            &[(String::new(), s.probes_reflected)],
+        );
+        metric(
+            "callwatch_reflector_bytes_total",
+            "counter",
+            "Reflector bytes by direction (out never exceeds in).",
+            &[
+                ("{direction=\"in\"}".into(), s.bytes_in),
+                ("{direction=\"out\"}".into(), s.bytes_out),
+            ],
+        );
+        metric(
+            "callwatch_reflector_dropped_total",
+            "counter",
+            "Datagrams the reflector did not answer, by reason.",
+            &[
+                ("{reason=\"malformed\"}".into(), s.dropped_malformed),
+                ("{reason=\"bad_cookie\"}".into(), s.dropped_bad_cookie),
+                ("{reason=\"rate\"}".into(), s.dropped_rate),
+                ("{reason=\"expired\"}".into(), s.dropped_expired),
+                ("{reason=\"table_full\"}".into(), s.dropped_table_full),
+                ("{reason=\"unexpected\"}".into(), s.dropped_unexpected),
+            ],
+        );
+    }
+    out
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_metrics(&state),
+    )
+        .into_response()
 }
 
 /// Most records one page of `/api/v1/reports` may hold.

@@ -96,6 +96,8 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
     let http_addr = listener.local_addr()?;
     let app = router(AppState {
         store: store.clone(),
+        ingest: Some(ingest.stats.clone()),
+        reflector: Some(reflector.stats_source()),
     });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -199,6 +199,20 @@ async fn forged_and_resent_reports_are_rejected_or_counted_once() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["result"][0]["count"], 1, "{v}");
+    // The operator sees the same in /metrics.
+    let (status, metrics) = http::get(collector.http_addr, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    for line in [
+        "callwatch_ingest_reports_total{outcome=\"accepted\"} 1",
+        "callwatch_ingest_reports_total{outcome=\"duplicate\"} 2",
+        "callwatch_ingest_rejected_total{reason=\"bad_signature\"} 2",
+        "callwatch_stored_reports 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    }
     collector.shutdown().await;
 }
 

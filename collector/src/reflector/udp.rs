@@ -14,9 +14,26 @@ pub struct ReflectorHandle {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// A cheap handle for reading a running reflector's counters (for `/metrics`).
+#[derive(Clone)]
+pub struct ReflectorStatsSource(Arc<Mutex<Reflector>>);
+
+impl ReflectorStatsSource {
+    pub fn stats(&self) -> ReflectorStats {
+        lock(&self.0).stats()
+    }
+    pub fn active_sessions(&self) -> usize {
+        lock(&self.0).active_sessions()
+    }
+}
+
 impl ReflectorHandle {
     pub fn stats(&self) -> ReflectorStats {
         lock(&self.state).stats()
+    }
+
+    pub fn stats_source(&self) -> ReflectorStatsSource {
+        ReflectorStatsSource(self.state.clone())
     }
 
     pub fn active_sessions(&self) -> usize {
