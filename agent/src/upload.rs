@@ -222,7 +222,8 @@ async fn upload_with(
     }
 }
 
-async fn exchange(
+/// One request/response exchange on a new stream of `conn` (public for tests and load tools).
+pub async fn exchange(
     conn: &quinn::Connection,
     reports: Vec<callwatch_proto::SignedReport>,
 ) -> Result<Response> {

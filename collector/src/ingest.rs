@@ -16,8 +16,8 @@ use callwatch_proto::SignedReport;
 use chrono::Utc;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -60,6 +60,37 @@ pub struct IngestConfig {
     pub store: Arc<dyn ReportStore>,
     pub geo: Arc<GeoTable>,
     pub max_connections: usize,
+    /// Connections one source address may hold at once.
+    pub max_connections_per_ip: usize,
+}
+
+/// How long an upload stream may take to deliver its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open connections per source address. Held in memory only while the connections are open;
+/// never stored or logged.
+#[derive(Default)]
+struct PerIp(Mutex<HashMap<IpAddr, usize>>);
+
+impl PerIp {
+    fn try_take(&self, ip: IpAddr, max: usize) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+    fn give_back(&self, ip: IpAddr) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
 }
 
 pub struct Ingest {
@@ -114,21 +145,30 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
         .with_context(|| format!("binding QUIC ingest on {}", cfg.listen))?;
     let stats = Arc::new(IngestStats::default());
     let limit = Arc::new(Semaphore::new(cfg.max_connections));
+    let per_ip = Arc::new(PerIp::default());
+    let max_per_ip = cfg.max_connections_per_ip;
     let (ep, st, store, geo) = (endpoint.clone(), stats.clone(), cfg.store, cfg.geo);
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
+            let ip = incoming.remote_address().ip();
             let Ok(permit) = limit.clone().try_acquire_owned() else {
                 st.connections_refused.fetch_add(1, Ordering::Relaxed);
                 incoming.refuse();
                 continue;
             };
+            if !per_ip.try_take(ip, max_per_ip) {
+                st.connections_refused.fetch_add(1, Ordering::Relaxed);
+                incoming.refuse();
+                continue;
+            }
             // The one place the sender's address is used: to find its region.
-            let region = geo.lookup(incoming.remote_address().ip());
-            let (store, st) = (store.clone(), st.clone());
+            let region = geo.lookup(ip);
+            let (store, st, per_ip) = (store.clone(), st.clone(), per_ip.clone());
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
                     serve_connection(conn, region, store, st).await;
                 }
+                per_ip.give_back(ip);
                 drop(permit);
             });
         }
@@ -178,7 +218,13 @@ async fn serve_stream(
         }
         Ok(len) => {
             let mut body = vec![0u8; len];
-            recv.read_exact(&mut body).await.context("reading frame")?;
+            tokio::time::timeout(REQUEST_TIMEOUT, recv.read_exact(&mut body))
+                .await
+                .map_err(|_| {
+                    stats.reject("request_timeout");
+                    anyhow::anyhow!("request not complete within {REQUEST_TIMEOUT:?}")
+                })?
+                .context("reading frame")?;
             match decode_frame_body::<Request>(&body) {
                 Err(e) => {
                     stats.reject("malformed_frame");

@@ -25,6 +25,7 @@ pub struct ServeConfig {
     pub geo: Option<PathBuf>,
     pub reflector_limits: Limits,
     pub max_connections: usize,
+    pub max_connections_per_ip: usize,
 }
 
 impl ServeConfig {
@@ -38,6 +39,7 @@ impl ServeConfig {
             geo: None,
             reflector_limits: Limits::default(),
             max_connections: 1024,
+            max_connections_per_ip: 16,
         }
     }
 }
@@ -85,6 +87,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         store: store.clone(),
         geo: Arc::new(geo),
         max_connections: cfg.max_connections,
+        max_connections_per_ip: cfg.max_connections_per_ip,
     })?;
     let quic_addr = ingest.local_addr()?;
     let reflector = spawn_reflector(&cfg.reflectors, cfg.reflector_limits)

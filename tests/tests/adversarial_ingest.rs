@@ -1,0 +1,183 @@
+//! Ingest under hostile input: each attack is rejected or bounded with a reason counted, and
+//! honest agents are served meanwhile.
+
+use callwatch_agent::engine::driver::Cancel;
+use callwatch_agent::engine::{run_call_test, TestSpec};
+use callwatch_agent::queue::Queue;
+use callwatch_agent::upload::{exchange, pinned_client_config, upload_queue, UploadTarget};
+use callwatch_collector::{serve, Collector, ServeConfig};
+use callwatch_proto::upload::{error_code, Response, MAX_BATCH, MAX_FRAME_LEN};
+use callwatch_proto::{CallReport, ReportId, SignedReport};
+use ed25519_dalek::SigningKey;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+async fn collector(root: &std::path::Path) -> Collector {
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = ServeConfig::new(root.join("collector"));
+    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+    cfg.max_connections_per_ip = 8;
+    serve(cfg).await.unwrap()
+}
+
+fn pin(c: &Collector) -> [u8; 32] {
+    let mut p = [0u8; 32];
+    hex::decode_to_slice(&c.pin, &mut p).unwrap();
+    p
+}
+
+async fn connect(
+    c: &Collector,
+    from: &str,
+) -> Result<(quinn::Endpoint, quinn::Connection), String> {
+    let mut ep = quinn::Endpoint::client(format!("{from}:0").parse().unwrap()).unwrap();
+    ep.set_default_client_config(pinned_client_config(pin(c)).unwrap());
+    let conn = ep
+        .connect(c.quic_addr, "callwatch-collector")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((ep, conn))
+}
+
+async fn sample(c: &Collector) -> CallReport {
+    let mut spec = TestSpec::voice(c.reflector.addrs[0], 200);
+    spec.grace_ms = 100;
+    tokio::task::spawn_blocking(move || run_call_test(&spec, &Cancel::default(), |_| {}))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_from_the_far_future_or_past_are_rejected_with_reasons() {
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let base = sample(&c).await;
+    let key = SigningKey::from_bytes(&[4; 32]);
+    let mut future = base.clone();
+    future.id = ReportId([1; 16]);
+    future.started_at = chrono::Utc::now() + chrono::Duration::days(1);
+    let mut old = base.clone();
+    old.id = ReportId([2; 16]);
+    old.started_at = chrono::Utc::now() - chrono::Duration::days(60);
+    let (_ep, conn) = connect(&c, "127.0.0.1").await.unwrap();
+    let reports = [future, old, base]
+        .iter()
+        .map(|r| SignedReport::sign(r, &key).unwrap())
+        .collect();
+    let Response::Ack { statuses } = exchange(&conn, reports).await.unwrap() else {
+        panic!("expected an ack")
+    };
+    let text = format!("{statuses:?}");
+    assert!(
+        text.contains("in the future") && text.contains("older than"),
+        "{text}"
+    );
+    assert!(matches!(
+        statuses[2],
+        callwatch_proto::upload::ReportStatus::Accepted
+    ));
+    let rejected = c.ingest.stats.rejected();
+    assert_eq!(rejected.get("future_timestamp"), Some(&1));
+    assert_eq!(rejected.get("too_old"), Some(&1));
+    assert_eq!(c.store.len(), 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_batches_frames_and_garbage_are_refused_and_the_connection_still_serves() {
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let base = sample(&c).await;
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let (_ep, conn) = connect(&c, "127.0.0.1").await.unwrap();
+
+    let too_many: Vec<_> = (0..=MAX_BATCH)
+        .map(|i| {
+            let mut r = base.clone();
+            r.id = ReportId([(i % 256) as u8; 16]);
+            SignedReport::sign(&r, &key).unwrap()
+        })
+        .collect();
+    match exchange(&conn, too_many).await.unwrap() {
+        Response::Error { code, .. } => assert_eq!(code, error_code::TOO_LARGE),
+        other => panic!("{other:?}"),
+    }
+
+    // A length prefix over the limit: refused before anything is read.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&((MAX_FRAME_LEN as u32) + 1).to_be_bytes())
+        .await
+        .unwrap();
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    recv.read_exact(&mut body).await.unwrap();
+    let resp: Response = callwatch_proto::upload::decode_frame_body(&body).unwrap();
+    assert!(matches!(resp, Response::Error { code, .. } if code == error_code::TOO_LARGE));
+
+    // Garbage inside a well-sized frame.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&8u32.to_be_bytes()).await.unwrap();
+    send.write_all(&[0xff; 8]).await.unwrap();
+    send.finish().unwrap();
+    recv.read_exact(&mut prefix).await.unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+    recv.read_exact(&mut body).await.unwrap();
+    let resp: Response = callwatch_proto::upload::decode_frame_body(&body).unwrap();
+    assert!(matches!(resp, Response::Error { code, .. } if code == error_code::PROTOCOL));
+
+    // Nothing of it was stored, and the same connection still takes an honest upload.
+    assert_eq!(c.store.len(), 0);
+    let honest = vec![SignedReport::sign(&base, &key).unwrap()];
+    assert!(matches!(
+        exchange(&conn, honest).await.unwrap(),
+        Response::Ack { .. }
+    ));
+    assert_eq!(c.store.len(), 1);
+    let rejected = c.ingest.stats.rejected();
+    for reason in ["batch_too_large", "frame_too_large", "malformed_frame"] {
+        assert_eq!(rejected.get(reason), Some(&1), "{reason}: {rejected:?}");
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_from_one_source_are_capped_and_honest_agents_still_upload() {
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let base = sample(&c).await;
+    // The attacker opens 30 connections from one address and sends nothing.
+    let mut idle = Vec::new();
+    let mut refused = 0;
+    for _ in 0..30 {
+        match connect(&c, "127.0.0.66").await {
+            Ok(pair) => idle.push(pair),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(idle.len(), 8, "the per-address cap");
+    assert_eq!(refused, 22);
+    assert_eq!(
+        c.ingest.stats.connections_refused.load(Ordering::Relaxed),
+        22
+    );
+    // An honest agent elsewhere is served while those are held open.
+    let queue = Queue::open(&root.path().join("queue")).unwrap();
+    queue
+        .push(&SignedReport::sign(&base, &SigningKey::from_bytes(&[6; 32])).unwrap())
+        .unwrap();
+    let target = UploadTarget {
+        collector: c.quic_addr,
+        server_name: "callwatch-collector".into(),
+        pin: pin(&c),
+        bind: Some("127.0.0.2".parse().unwrap()),
+        batch: 10,
+        connect_timeout: Duration::from_secs(5),
+    };
+    assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 1);
+    drop(idle);
+    c.shutdown().await;
+}
