@@ -54,6 +54,8 @@ impl FromStr for Axis {
 /// The figures of one report that aggregation uses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
+    /// When the test started, Unix ms.
+    pub started_at_ms: i64,
     /// UTC day the test started, `YYYY-MM-DD`.
     pub day: String,
     pub country: String,
@@ -79,6 +81,7 @@ impl Observation {
             .find(|s| s.role == Role::Platform)
             .or_else(|| report.streams.first())?;
         Some(Observation {
+            started_at_ms: report.started_at.timestamp_millis(),
             day: report.started_at.format("%Y-%m-%d").to_string(),
             country: stored.region.country.clone(),
             asn: stored.region.asn,
@@ -132,21 +135,82 @@ pub struct Cell {
     pub mos_median: Option<f64>,
 }
 
-/// Groups observations by the given axes (one or two, distinct) and summarises each group.
-pub fn aggregate(observations: &[Observation], axes: &[Axis]) -> Vec<Cell> {
+/// What a published aggregate must respect, so that no volunteer can be singled out and none
+/// can swing a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// A cell is published only when at least this many distinct agents stand behind it.
+    pub min_agents: usize,
+    /// One agent's reports count at most this many times per cell and day (the earliest ones).
+    pub max_per_agent_per_day: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_agents: 3,
+            max_per_agent_per_day: 24,
+        }
+    }
+}
+
+/// Which observations a query covers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub country: Option<String>,
+    pub asn: Option<u32>,
+    pub platform: Option<Platform>,
+    /// Tests started at or after, Unix ms.
+    pub since_ms: Option<i64>,
+    /// Tests started before, Unix ms.
+    pub until_ms: Option<i64>,
+}
+
+impl Filter {
+    pub fn matches(&self, o: &Observation) -> bool {
+        self.country.as_ref().is_none_or(|c| *c == o.country)
+            && self.asn.is_none_or(|a| a == o.asn)
+            && self.platform.is_none_or(|p| p == o.platform)
+            && self.since_ms.is_none_or(|t| o.started_at_ms >= t)
+            && self.until_ms.is_none_or(|t| o.started_at_ms < t)
+    }
+}
+
+/// Groups the observations that pass `filter` by the given axes (one or two, distinct),
+/// applies `policy` (per-agent cap, then the k threshold) and summarises each published cell.
+pub fn aggregate(
+    observations: &[Observation],
+    axes: &[Axis],
+    filter: &Filter,
+    policy: &Policy,
+) -> Vec<Cell> {
     let mut groups: BTreeMap<Vec<AxisValue>, Vec<&Observation>> = BTreeMap::new();
-    for o in observations {
-        let key = axes.iter().map(|a| o.axis_value(*a)).collect();
+    let mut ordered: Vec<&Observation> =
+        observations.iter().filter(|o| filter.matches(o)).collect();
+    ordered.sort_by_key(|o| o.started_at_ms);
+    let mut per_agent_day: BTreeMap<(Vec<AxisValue>, &str, &str), usize> = BTreeMap::new();
+    for o in ordered {
+        let key: Vec<AxisValue> = axes.iter().map(|a| o.axis_value(*a)).collect();
+        let seen = per_agent_day
+            .entry((key.clone(), o.agent.as_str(), o.day.as_str()))
+            .or_default();
+        if *seen >= policy.max_per_agent_per_day {
+            continue;
+        }
+        *seen += 1;
         groups.entry(key).or_default().push(o);
     }
     groups
         .into_values()
-        .map(|members| {
+        .filter_map(|members| {
+            let agents: BTreeSet<&str> = members.iter().map(|o| o.agent.as_str()).collect();
+            if agents.len() < policy.min_agents.max(1) {
+                return None;
+            }
             let first = members[0];
             let has = |a: Axis| axes.contains(&a);
-            let agents: BTreeSet<&str> = members.iter().map(|o| o.agent.as_str()).collect();
             let n = members.len() as f64;
-            Cell {
+            Some(Cell {
                 day: has(Axis::Day).then(|| first.day.clone()),
                 country: has(Axis::Country).then(|| first.country.clone()),
                 asn: has(Axis::Asn).then_some(first.asn),
@@ -159,7 +223,7 @@ pub fn aggregate(observations: &[Observation], axes: &[Axis]) -> Vec<Cell> {
                 jitter_up_ms_median: median(members.iter().filter_map(|o| o.jitter_up_ms)),
                 jitter_down_ms_median: median(members.iter().filter_map(|o| o.jitter_down_ms)),
                 mos_median: median(members.iter().filter_map(|o| o.mos)),
-            }
+            })
         })
         .collect()
 }
@@ -228,6 +292,7 @@ mod tests {
 
     fn obs(country: &str, platform: Platform, agent: &str, rtt: f64, loss: f64) -> Observation {
         Observation {
+            started_at_ms: 1_764_288_000_000,
             day: "2026-11-28".into(),
             country: country.into(),
             asn: if country == "RU" { 12389 } else { 3320 },
@@ -251,7 +316,16 @@ mod tests {
             obs("DE", Platform::Whatsapp, "c", 5.0, 0.0),
             obs("RU", Platform::Generic, "a", 7.0, 0.0),
         ];
-        let cells = aggregate(&o, &[Axis::Country, Axis::Platform]);
+        let open = Policy {
+            min_agents: 1,
+            ..Policy::default()
+        };
+        let cells = aggregate(
+            &o,
+            &[Axis::Country, Axis::Platform],
+            &Filter::default(),
+            &open,
+        );
         assert_eq!(cells.len(), 3);
         let ru_wa = cells
             .iter()
@@ -267,6 +341,68 @@ mod tests {
         let csv = to_csv(&cells, &[Axis::Country, Axis::Platform]);
         assert!(csv.starts_with("country,platform,count,agents,"));
         assert!(csv.contains("RU,whatsapp,3,2,20.000,0.20000,"));
+    }
+
+    #[test]
+    fn cells_below_k_agents_are_not_published_and_filters_apply() {
+        let o = vec![
+            obs("RU", Platform::Whatsapp, "a", 10.0, 0.0),
+            obs("RU", Platform::Whatsapp, "b", 11.0, 0.0),
+            obs("RU", Platform::Whatsapp, "c", 12.0, 0.0),
+            obs("DE", Platform::Whatsapp, "d", 5.0, 0.0),
+            obs("DE", Platform::Whatsapp, "d", 6.0, 0.0),
+        ];
+        let cells = aggregate(&o, &[Axis::Country], &Filter::default(), &Policy::default());
+        assert_eq!(cells.len(), 1, "DE has one agent behind it");
+        assert_eq!(cells[0].country.as_deref(), Some("RU"));
+        let only_de = Filter {
+            country: Some("DE".into()),
+            ..Filter::default()
+        };
+        let open = Policy {
+            min_agents: 1,
+            ..Policy::default()
+        };
+        let cells = aggregate(&o, &[Axis::Platform], &only_de, &open);
+        assert_eq!(cells[0].count, 2);
+        let later = Filter {
+            since_ms: Some(1_764_288_000_001),
+            ..Filter::default()
+        };
+        assert!(aggregate(&o, &[Axis::Platform], &later, &open).is_empty());
+    }
+
+    #[test]
+    fn one_agent_flooding_a_cell_moves_it_no_more_than_its_capped_weight() {
+        let mut o = Vec::new();
+        for (agent, rtt) in [("a", 10.0), ("b", 12.0), ("c", 14.0)] {
+            for _ in 0..2 {
+                o.push(obs("RU", Platform::Telegram, agent, rtt, 0.0));
+            }
+        }
+        for _ in 0..1000 {
+            o.push(obs("RU", Platform::Telegram, "mallory", 500.0, 1.0));
+        }
+        let policy = Policy {
+            min_agents: 3,
+            max_per_agent_per_day: 2,
+        };
+        let cells = aggregate(&o, &[Axis::Country], &Filter::default(), &policy);
+        let cell = &cells[0];
+        // Mallory counts twice, like each honest agent: [10,10,12,12,14,14,500,500].
+        assert_eq!(cell.count, 8);
+        assert_eq!(cell.rtt_ms_median, Some(13.0));
+        assert!((cell.loss_up_mean - 0.25).abs() < 1e-12);
+        let uncapped = Policy {
+            max_per_agent_per_day: usize::MAX,
+            ..policy
+        };
+        let flooded = aggregate(&o, &[Axis::Country], &Filter::default(), &uncapped);
+        assert_eq!(
+            flooded[0].rtt_ms_median,
+            Some(500.0),
+            "without the cap, one agent decides"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]` and `GET /healthz`.
 //! Bad parameters get 400 with a message that names the parameter.
 
-use crate::aggregate::{aggregate, to_csv, Axis, Cell, Observation};
+use crate::aggregate::{aggregate, to_csv, Axis, Cell, Filter, Observation, Policy};
 use crate::ingest::IngestStats;
 use crate::reflector::ReflectorStatsSource;
 use crate::store::{ReportStore, StoreError};
@@ -22,6 +22,7 @@ pub struct AppState {
     pub store: Arc<dyn ReportStore>,
     pub ingest: Option<Arc<IngestStats>>,
     pub reflector: Option<ReflectorStatsSource>,
+    pub policy: Policy,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -64,7 +65,24 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregationQuery {
     pub axes: Vec<Axis>,
+    pub filter: Filter,
     pub csv: bool,
+}
+
+/// A time bound: RFC 3339, or a day `YYYY-MM-DD` (its start, UTC).
+pub fn parse_time_ms(name: &str, v: &str) -> Result<i64, ApiError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Ok(t.timestamp_millis());
+    }
+    chrono::NaiveDate::parse_from_str(v, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{name}: {v:?} is neither RFC 3339 (2026-11-28T00:00:00Z) nor a day (2026-11-28)"
+            ))
+        })
 }
 
 /// Parses and checks the query string parameters; unknown parameters are errors too, so a typo
@@ -72,12 +90,45 @@ pub struct AggregationQuery {
 pub fn parse_aggregation_query(
     params: &HashMap<String, String>,
 ) -> Result<AggregationQuery, ApiError> {
+    const KNOWN: [&str; 8] = [
+        "axis_x", "axis_y", "format", "country", "asn", "platform", "since", "until",
+    ];
     for k in params.keys() {
-        if !["axis_x", "axis_y", "format"].contains(&k.as_str()) {
+        if !KNOWN.contains(&k.as_str()) {
             return Err(ApiError::bad_request(format!(
-                "unknown parameter {k:?}; expected axis_x, axis_y, format"
+                "unknown parameter {k:?}; expected one of {}",
+                KNOWN.join(", ")
             )));
         }
+    }
+    let mut filter = Filter::default();
+    if let Some(c) = params.get("country") {
+        if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_alphabetic()) {
+            return Err(ApiError::bad_request(format!(
+                "country: {c:?} is not a two-letter country code"
+            )));
+        }
+        filter.country = Some(c.to_ascii_uppercase());
+    }
+    if let Some(a) = params.get("asn") {
+        let digits = a.strip_prefix("AS").unwrap_or(a);
+        filter.asn = Some(
+            digits
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("asn: {a:?} is not an AS number")))?,
+        );
+    }
+    if let Some(p) = params.get("platform") {
+        filter.platform = Some(
+            p.parse()
+                .map_err(|e| ApiError::bad_request(format!("platform: {e}")))?,
+        );
+    }
+    if let Some(v) = params.get("since") {
+        filter.since_ms = Some(parse_time_ms("since", v)?);
+    }
+    if let Some(v) = params.get("until") {
+        filter.until_ms = Some(parse_time_ms("until", v)?);
     }
     let axis = |name: &str| -> Result<Option<Axis>, ApiError> {
         params
@@ -106,7 +157,7 @@ pub fn parse_aggregation_query(
             )))
         }
     };
-    Ok(AggregationQuery { axes, csv })
+    Ok(AggregationQuery { axes, filter, csv })
 }
 
 /// Reads every stored report into observations.
@@ -142,7 +193,7 @@ async fn aggregation(
         .await
         .map_err(|e| ApiError::internal(format!("aggregation task failed: {e}")))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let cells = aggregate(&observations, &q.axes);
+    let cells = aggregate(&observations, &q.axes, &q.filter, &state.policy);
     if q.csv {
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -346,6 +397,22 @@ mod tests {
         assert!(e(&[("axis_x", "country"), ("axis_y", "country")]).starts_with("axis_y"));
         assert!(e(&[("axis_x", "country"), ("format", "xml")]).starts_with("format"));
         assert!(e(&[("axis_x", "country"), ("axsi_y", "asn")]).contains("axsi_y"));
+        assert!(e(&[("axis_x", "day"), ("country", "Russia")]).starts_with("country"));
+        assert!(e(&[("axis_x", "day"), ("asn", "x1")]).starts_with("asn"));
+        assert!(e(&[("axis_x", "day"), ("platform", "icq")]).starts_with("platform"));
+        assert!(e(&[("axis_x", "day"), ("until", "soon")]).starts_with("until"));
+        let f = parse_aggregation_query(&params(&[
+            ("axis_x", "day"),
+            ("country", "ru"),
+            ("asn", "AS12389"),
+            ("since", "2026-11-01"),
+        ]))
+        .ok()
+        .unwrap()
+        .filter;
+        assert_eq!(f.country.as_deref(), Some("RU"));
+        assert_eq!(f.asn, Some(12389));
+        assert_eq!(f.since_ms, Some(1_761_955_200_000));
         let q = parse_aggregation_query(&params(&[
             ("axis_x", "country"),
             ("axis_y", "platform"),

@@ -46,6 +46,12 @@ enum Command {
         /// description). Without it every sender is country ZZ, AS0.
         #[arg(long, value_name = "FILE")]
         geo: Option<PathBuf>,
+        /// Publish an aggregate cell only when at least K distinct agents stand behind it.
+        #[arg(long = "min-agents", default_value_t = 3, value_name = "K")]
+        min_agents: usize,
+        /// Count one agent's reports at most N times per cell and day.
+        #[arg(long = "max-per-agent-day", default_value_t = 24, value_name = "N")]
+        max_per_agent_day: usize,
     },
     /// Export from a stopped collector's store: raw signed reports (ndjson) or aggregates.
     ///
@@ -69,6 +75,9 @@ enum Command {
         /// With ndjson: only reports received at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<String>,
+        /// With json/csv: the k threshold (see `serve --min-agents`).
+        #[arg(long = "min-agents", default_value_t = 3, value_name = "K")]
+        min_agents: usize,
     },
     /// Check every signature in an ndjson export, offline. Exit 0 when all verify, 1 otherwise.
     Verify {
@@ -106,8 +115,12 @@ async fn run(cli: Cli) -> Result<()> {
             reflectors,
             http,
             geo,
+            min_agents,
+            max_per_agent_day,
         } => {
             let mut cfg = ServeConfig::new(data);
+            cfg.policy.min_agents = min_agents;
+            cfg.policy.max_per_agent_per_day = max_per_agent_day;
             cfg.listen = listen;
             cfg.reflectors = reflectors;
             cfg.http = http;
@@ -136,7 +149,15 @@ async fn run(cli: Cli) -> Result<()> {
             axis_x,
             axis_y,
             since,
-        } => export(&data, format, &axis_x, axis_y.as_deref(), since.as_deref()),
+            min_agents,
+        } => export(
+            &data,
+            format,
+            &axis_x,
+            axis_y.as_deref(),
+            since.as_deref(),
+            min_agents,
+        ),
         Command::Verify { file } => {
             let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
@@ -165,8 +186,9 @@ fn export(
     axis_x: &str,
     axis_y: Option<&str>,
     since: Option<&str>,
+    min_agents: usize,
 ) -> Result<()> {
-    use callwatch_collector::aggregate::{aggregate, to_csv, Axis};
+    use callwatch_collector::aggregate::{aggregate, to_csv, Axis, Filter, Policy};
     use callwatch_collector::store::SledStore;
     use std::io::Write;
     let path = data.join("reports.sled");
@@ -215,7 +237,11 @@ fn export(
                 axes.push(y);
             }
             let observations = callwatch_collector::http::load_observations(&store)?;
-            let cells = aggregate(&observations, &axes);
+            let policy = Policy {
+                min_agents,
+                ..Policy::default()
+            };
+            let cells = aggregate(&observations, &axes, &Filter::default(), &policy);
             if matches!(format, ExportFormat::Csv) {
                 out.write_all(to_csv(&cells, &axes).as_bytes())?;
             } else {

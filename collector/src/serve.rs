@@ -26,6 +26,8 @@ pub struct ServeConfig {
     pub reflector_limits: Limits,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Publication rules for aggregates (k threshold, per-agent cap).
+    pub policy: crate::aggregate::Policy,
 }
 
 impl ServeConfig {
@@ -40,6 +42,7 @@ impl ServeConfig {
             reflector_limits: Limits::default(),
             max_connections: 1024,
             max_connections_per_ip: 16,
+            policy: crate::aggregate::Policy::default(),
         }
     }
 }
@@ -101,6 +104,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         store: store.clone(),
         ingest: Some(ingest.stats.clone()),
         reflector: Some(reflector.stats_source()),
+        policy: cfg.policy,
     });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -90,6 +90,8 @@ pub async fn run_demo(cfg: &DemoConfig) -> Result<DemoResult> {
     sc.reflectors = vec![any];
     sc.http = any;
     sc.geo = Some(geo);
+    // A local demo has one agent per network: publish every cell (a real collector needs k ≥ 3).
+    sc.policy.min_agents = 1;
     let collector = serve(sc).await?;
     eprintln!(
         "collector: QUIC {}, reflector udp {}, HTTP {}  (pin {}…)",

@@ -31,6 +31,7 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut cfg = ServeConfig::new(root.path().join("collector"));
     (cfg.listen, cfg.http, cfg.reflectors, cfg.geo) = (any, any, vec![any], Some(geo));
+    cfg.policy.min_agents = 1;
     let collector = serve(cfg).await.unwrap();
 
     let mut spec = TestSpec::voice(collector.reflector.addrs[0], 400);
@@ -147,9 +148,32 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
         .unwrap();
     assert_eq!(verify.status.code(), Some(1));
     let csv = Command::new(bin("callwatch-collector"))
+        .args([
+            "export",
+            "--format",
+            "csv",
+            "--axis-x",
+            "asn",
+            "--min-agents",
+            "1",
+            "--data",
+        ])
+        .arg(root.path().join("collector"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&csv.stdout).contains("\n8359,24,1,"),
+        "capped at 24 a day"
+    );
+    // With the default k = 3, a cell behind one agent is not published.
+    let csv = Command::new(bin("callwatch-collector"))
         .args(["export", "--format", "csv", "--axis-x", "asn", "--data"])
         .arg(root.path().join("collector"))
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&csv.stdout).contains("\n8359,25,1,"));
+    assert_eq!(
+        String::from_utf8_lossy(&csv.stdout).lines().count(),
+        1,
+        "header only"
+    );
 }

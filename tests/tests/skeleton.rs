@@ -43,6 +43,10 @@ fn collector_config(root: &Path) -> ServeConfig {
     sc.reflectors = vec![any];
     sc.http = any;
     sc.geo = Some(geo);
+    // One agent per cell here: publish every cell, and count every report (these tests are
+    // about each report counting exactly once, not about the per-agent cap).
+    sc.policy.min_agents = 1;
+    sc.policy.max_per_agent_per_day = usize::MAX;
     sc
 }
 
