@@ -412,7 +412,7 @@ mod tests {
         .filter;
         assert_eq!(f.country.as_deref(), Some("RU"));
         assert_eq!(f.asn, Some(12389));
-        assert_eq!(f.since_ms, Some(1_761_955_200_000));
+        assert_eq!(f.since_ms, Some(1_793_491_200_000)); // 2026-11-01T00:00:00Z
         let q = parse_aggregation_query(&params(&[
             ("axis_x", "country"),
             ("axis_y", "platform"),
