@@ -42,6 +42,12 @@ pub struct Config {
     /// Reports per upload batch.
     #[serde(default = "default_upload_batch")]
     pub upload_batch: usize,
+    /// Most reports kept waiting for upload; beyond it the oldest are dropped (and counted).
+    #[serde(default = "default_queue_cap")]
+    pub queue_cap: usize,
+    /// Where the agent records what it did, for `status`; relative to the config file.
+    #[serde(default = "default_state_file")]
+    pub state_file: PathBuf,
 }
 
 fn default_server_name() -> String {
@@ -68,6 +74,12 @@ fn default_queue_dir() -> PathBuf {
 fn default_upload_batch() -> usize {
     64
 }
+fn default_queue_cap() -> usize {
+    10_000
+}
+fn default_state_file() -> PathBuf {
+    "state.json".into()
+}
 
 /// All the problems found in a config file.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +105,8 @@ impl Config {
             key_file: default_key_file(),
             queue_dir: default_queue_dir(),
             upload_batch: default_upload_batch(),
+            queue_cap: default_queue_cap(),
+            state_file: default_state_file(),
         }
     }
 
@@ -108,6 +122,7 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.key_file = base.join(&cfg.key_file);
         cfg.queue_dir = base.join(&cfg.queue_dir);
+        cfg.state_file = base.join(&cfg.state_file);
         Ok(cfg)
     }
 
@@ -151,6 +166,9 @@ impl Config {
                 self.upload_batch,
                 callwatch_proto::upload::MAX_BATCH
             ));
+        }
+        if self.queue_cap == 0 {
+            p.push("queue_cap = 0: keep at least one report".into());
         }
         if p.is_empty() {
             Ok(())

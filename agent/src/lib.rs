@@ -13,4 +13,5 @@ pub mod metrics;
 pub mod queue;
 pub mod report_text;
 pub mod runner;
+pub mod state;
 pub mod upload;

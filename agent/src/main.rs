@@ -88,6 +88,14 @@ enum Command {
         #[arg(long, default_value_t = 900, value_name = "SECS")]
         every: u64,
     },
+    /// Show what the agent has been doing: recent tests, queue, uploads, data used.
+    Status {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// Print the state as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -105,6 +113,17 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Resolves with the signal's name on SIGTERM or SIGINT.
+async fn stop_signal() -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -202,8 +221,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let queue = Queue::open(&cfg.queue_dir)?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(async {
+                let cancel = Cancel::default();
+                let stop = stop_signal();
+                tokio::pin!(stop);
                 loop {
-                    let outcome = runner::run_cycle(&cfg, &key, &queue).await?;
+                    let outcome = tokio::select! {
+                        o = runner::run_cycle_cancellable(&cfg, &key, &queue, &cancel) => o?,
+                        s = &mut stop => {
+                            // Stop a running test at once; everything queued is already on disk.
+                            cancel.cancel();
+                            tracing::info!("{}: stopping", s?);
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    };
                     if once {
                         let code = match &outcome.upload {
                             Some(Err(_)) => 2,
@@ -214,10 +244,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(std::time::Duration::from_secs(every)) => {}
-                        _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+                        s = &mut stop => {
+                            tracing::info!("{}: stopping", s?);
+                            return Ok(ExitCode::SUCCESS);
+                        }
                     }
                 }
             })
+        }
+        Command::Status { config, json } => {
+            let cfg = Config::load(&config)?;
+            let state = callwatch_agent::state::AgentState::load(&cfg.state_file)?;
+            if json {
+                println!("{}", serde_json::to_string(&state)?);
+            } else {
+                print!("{}", state.render());
+            }
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -10,7 +10,10 @@ pub struct Queue {
     db: sled::Db,
     reports: sled::Tree,
     corrupt: sled::Tree,
+    meta: sled::Tree,
 }
+
+const DROPPED_KEY: &[u8] = b"dropped_total";
 
 impl Queue {
     pub fn open(dir: &Path) -> Result<Queue> {
@@ -22,10 +25,12 @@ impl Queue {
         let db = sled::open(dir).with_context(|| format!("opening queue {}", dir.display()))?;
         let reports = db.open_tree("reports")?;
         let corrupt = db.open_tree("corrupt")?;
+        let meta = db.open_tree("meta")?;
         Ok(Queue {
             db,
             reports,
             corrupt,
+            meta,
         })
     }
 
@@ -36,6 +41,35 @@ impl Queue {
         self.reports.insert(id.to_be_bytes(), value)?;
         self.db.flush().context("flushing the queue")?;
         Ok(id)
+    }
+
+    /// Appends a report, then drops the oldest while more than `cap` wait; returns how many
+    /// were dropped (also added to [`Queue::dropped_total`]). Durable when this returns.
+    pub fn push_bounded(&self, report: &SignedReport, cap: usize) -> Result<usize> {
+        self.push(report)?;
+        let mut dropped = 0usize;
+        while self.reports.len() > cap.max(1) {
+            match self.reports.pop_min()? {
+                Some(_) => dropped += 1,
+                None => break,
+            }
+        }
+        if dropped > 0 {
+            let total = self.dropped_total() + dropped as u64;
+            self.meta.insert(DROPPED_KEY, &total.to_be_bytes())?;
+            self.db.flush().context("flushing the queue")?;
+        }
+        Ok(dropped)
+    }
+
+    /// Reports dropped because the queue was full, over the queue's life.
+    pub fn dropped_total(&self) -> u64 {
+        self.meta
+            .get(DROPPED_KEY)
+            .ok()
+            .flatten()
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0)
     }
 
     /// Up to `n` oldest reports with their queue ids. An entry that no longer decodes is moved
@@ -94,6 +128,27 @@ mod tests {
             key: vec![1; 32],
             signature: vec![2; 64],
         }
+    }
+
+    #[test]
+    fn a_full_queue_drops_the_oldest_and_counts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let mut dropped = 0;
+        for n in 0..7 {
+            dropped += q.push_bounded(&report(n), 4).unwrap();
+        }
+        assert_eq!(dropped, 3);
+        assert_eq!(q.len(), 4);
+        let left: Vec<u8> = q
+            .oldest(10)
+            .unwrap()
+            .iter()
+            .map(|(_, r)| r.body[0])
+            .collect();
+        assert_eq!(left, vec![3, 4, 5, 6], "the oldest went first");
+        drop(q);
+        assert_eq!(Queue::open(dir.path()).unwrap().dropped_total(), 3);
     }
 
     #[test]

@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::engine::driver::Cancel;
 use crate::engine::{run_call_test, TestError, TestSpec};
 use crate::queue::Queue;
+use crate::state::AgentState;
 use crate::upload::{upload_queue, UploadError, UploadSummary, UploadTarget};
 use anyhow::{Context, Result};
 use callwatch_proto::{CallReport, SignedReport};
@@ -42,17 +43,40 @@ pub fn spec_for(cfg: &Config, platform: callwatch_proto::Platform) -> Result<Tes
 
 /// Runs every configured test once, queues the signed reports, and uploads the queue.
 pub async fn run_cycle(cfg: &Config, key: &SigningKey, queue: &Queue) -> Result<CycleOutcome> {
+    run_cycle_cancellable(cfg, key, queue, &Cancel::default()).await
+}
+
+/// [`run_cycle`], stopping a running test early when `cancel` fires, and recording what it did
+/// in the config's state file.
+pub async fn run_cycle_cancellable(
+    cfg: &Config,
+    key: &SigningKey,
+    queue: &Queue,
+    cancel: &Cancel,
+) -> Result<CycleOutcome> {
+    let mut state = AgentState::load(&cfg.state_file).unwrap_or_default();
     let mut outcome = CycleOutcome::default();
     for platform in &cfg.platforms {
         let spec = spec_for(cfg, *platform)?;
+        tracing::info!(platform = %platform, reflector = %spec.reflector, "starting test");
+        let test_cancel = cancel.clone();
         let result =
-            tokio::task::spawn_blocking(move || run_call_test(&spec, &Cancel::default(), |_| {}))
+            tokio::task::spawn_blocking(move || run_call_test(&spec, &test_cancel, |_| {}))
                 .await
                 .context("test thread")?;
         match result {
             Ok(report) => {
                 let signed = SignedReport::sign(&report, key).context("encoding report")?;
-                queue.push(&signed)?;
+                let dropped = queue.push_bounded(&signed, cfg.queue_cap)?;
+                if dropped > 0 {
+                    tracing::warn!(
+                        dropped,
+                        cap = cfg.queue_cap,
+                        total = queue.dropped_total(),
+                        "queue full: dropped the oldest report(s)"
+                    );
+                }
+                state.record_test(&report);
                 let s = &report.streams[0];
                 tracing::info!(
                     platform = %report.platform,
@@ -63,6 +87,10 @@ pub async fn run_cycle(cfg: &Config, key: &SigningKey, queue: &Queue) -> Result<
                     "test done"
                 );
                 outcome.reports.push(report);
+            }
+            Err(TestError::Cancelled) => {
+                tracing::info!("test abandoned: stopping");
+                return Ok(outcome);
             }
             Err(e @ (TestError::Session(_) | TestError::Io(_))) => {
                 tracing::warn!(platform = %platform, "test failed: {e}");
@@ -90,7 +118,20 @@ pub async fn run_cycle(cfg: &Config, key: &SigningKey, queue: &Queue) -> Result<
         ),
         Err(e) => tracing::warn!(queued = queue.len(), "upload failed: {e}"),
     }
+    let now = chrono::Utc::now();
+    match &upload {
+        Ok(_) => {
+            state.last_upload_ok = Some(now);
+            state.last_upload_error = None;
+        }
+        Err(e) => state.last_upload_error = Some((now, e.to_string())),
+    }
     outcome.upload = Some(upload.map_err(|e: UploadError| e.to_string()));
     outcome.queued_after = queue.len();
+    state.queue_depth = outcome.queued_after;
+    state.queue_dropped_total = queue.dropped_total();
+    if let Err(e) = state.save(&cfg.state_file) {
+        tracing::warn!("could not write the state file: {e:#}");
+    }
     Ok(outcome)
 }

@@ -1,0 +1,207 @@
+//! What the agent has been doing, for `callwatch-agent status`.
+//!
+//! The running agent holds its queue's database lock, so it also writes this small JSON file
+//! (atomically: a temporary file renamed over) after every test and upload; `status` reads it
+//! without disturbing the agent.
+
+use anyhow::{Context, Result};
+use callwatch_proto::CallReport;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// How many recent tests `status` shows.
+pub const RECENT_TESTS: usize = 10;
+
+/// One test's headline figures.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TestSummary {
+    pub at: DateTime<Utc>,
+    pub platform: String,
+    pub loss_up: f64,
+    pub loss_down: f64,
+    pub rtt_median_ms: Option<f64>,
+    pub mos: Option<f64>,
+    pub verdict: Option<String>,
+}
+
+impl TestSummary {
+    pub fn of(report: &CallReport) -> Option<TestSummary> {
+        let s = report.streams.first()?;
+        Some(TestSummary {
+            at: report.started_at,
+            platform: report.platform.to_string(),
+            loss_up: s.loss_up,
+            loss_down: s.loss_down,
+            rtt_median_ms: s.rtt_ms.map(|r| r.median),
+            mos: s.mos,
+            verdict: report.verdict.map(|v| v.to_string()),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// Newest first.
+    pub recent_tests: Vec<TestSummary>,
+    pub queue_depth: usize,
+    /// Reports dropped because the queue was full (oldest first), ever.
+    pub queue_dropped_total: u64,
+    pub last_upload_ok: Option<DateTime<Utc>>,
+    /// When and why the last upload failed, if it failed after the last success.
+    pub last_upload_error: Option<(DateTime<Utc>, String)>,
+    pub next_test_at: Option<DateTime<Utc>>,
+    /// Why the last due test did not run (e.g. the data budget), if it did not.
+    pub last_skip: Option<(DateTime<Utc>, String)>,
+    pub data_used_today_bytes: u64,
+    pub data_used_month_bytes: u64,
+    pub data_budget_day_bytes: Option<u64>,
+    pub data_budget_month_bytes: Option<u64>,
+}
+
+impl AgentState {
+    pub fn record_test(&mut self, report: &CallReport) {
+        if let Some(s) = TestSummary::of(report) {
+            self.recent_tests.insert(0, s);
+            self.recent_tests.truncate(RECENT_TESTS);
+        }
+    }
+
+    /// Reads the state file; a missing file is a fresh agent.
+    pub fn load(path: &Path) -> Result<AgentState> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a callwatch agent state file", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentState::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the state file atomically, readable only by its owner.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(self)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))
+    }
+
+    /// The state as a volunteer reads it.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let when = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M UTC").to_string();
+        let _ = writeln!(out, "queue: {} report(s) waiting", self.queue_depth);
+        if self.queue_dropped_total > 0 {
+            let _ = writeln!(
+                out,
+                "queue full: {} oldest report(s) dropped so far",
+                self.queue_dropped_total
+            );
+        }
+        match (&self.last_upload_ok, &self.last_upload_error) {
+            (_, Some((at, why))) => {
+                let _ = writeln!(out, "last upload FAILED at {}: {why}", when(at));
+            }
+            (Some(at), None) => {
+                let _ = writeln!(out, "last upload: ok at {}", when(at));
+            }
+            (None, None) => {
+                let _ = writeln!(out, "last upload: none yet");
+            }
+        }
+        match &self.next_test_at {
+            Some(at) => {
+                let _ = writeln!(out, "next test: {}", when(at));
+            }
+            None => {
+                let _ = writeln!(out, "next test: not scheduled (agent not running?)");
+            }
+        }
+        if let Some((at, why)) = &self.last_skip {
+            let _ = writeln!(out, "last skipped test: {} — {why}", when(at));
+        }
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        let limit = |l: Option<u64>| l.map(|b| format!(" of {}", mb(b))).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "data used: {}{} today, {}{} this month",
+            mb(self.data_used_today_bytes),
+            limit(self.data_budget_day_bytes),
+            mb(self.data_used_month_bytes),
+            limit(self.data_budget_month_bytes)
+        );
+        if self.recent_tests.is_empty() {
+            let _ = writeln!(out, "no tests yet");
+        } else {
+            let _ = writeln!(out, "recent tests:");
+        }
+        for t in &self.recent_tests {
+            let _ = writeln!(
+                out,
+                "  {}  {:<9} loss {:>5.2}% up {:>5.2}% down  rtt {:>8}  MOS {:>4}  verdict {}",
+                when(&t.at),
+                t.platform,
+                t.loss_up * 100.0,
+                t.loss_down * 100.0,
+                t.rtt_median_ms
+                    .map(|r| format!("{r:.1} ms"))
+                    .unwrap_or_else(|| "-".into()),
+                t.mos
+                    .map(|m| format!("{m:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                t.verdict.as_deref().unwrap_or("-"),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_through_its_file_and_renders() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        assert_eq!(AgentState::load(&path).unwrap(), AgentState::default());
+        let mut s = AgentState {
+            queue_depth: 3,
+            queue_dropped_total: 2,
+            last_upload_error: Some((Utc::now(), "collector unreachable".into())),
+            ..AgentState::default()
+        };
+        s.recent_tests.push(TestSummary {
+            at: Utc::now(),
+            platform: "whatsapp".into(),
+            loss_up: 0.1,
+            loss_down: 0.0,
+            rtt_median_ms: Some(42.0),
+            mos: Some(3.9),
+            verdict: Some("differentiated".into()),
+        });
+        s.save(&path).unwrap();
+        assert_eq!(AgentState::load(&path).unwrap(), s);
+        let text = s.render();
+        for want in [
+            "3 report(s) waiting",
+            "2 oldest",
+            "FAILED",
+            "differentiated",
+            "whatsapp",
+        ] {
+            assert!(text.contains(want), "{want} missing from\n{text}");
+        }
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(AgentState::load(&path).is_err());
+    }
+}

@@ -1,0 +1,150 @@
+//! The agent as a volunteer leaves it running: stopping cleanly on SIGTERM, a bounded queue
+//! while the collector is away, and `status` telling them so.
+
+use callwatch_collector::reflector::{spawn_reflector, Limits, ReflectorHandle};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin(name: &str) -> PathBuf {
+    let mut dir = std::env::current_exe().unwrap();
+    dir.pop();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
+
+/// An agent config pointing at `reflector` and at a collector address where nothing listens,
+/// with `edits` (from, to) applied to the text `init` wrote.
+fn agent_config(dir: &Path, reflector: &ReflectorHandle, edits: &[(&str, &str)]) -> PathBuf {
+    let nobody = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = dir.join("agent.toml");
+    let out = Command::new(bin("callwatch-agent"))
+        .args(["init", "--config"])
+        .arg(&config)
+        .args([
+            "--collector",
+            &nobody.to_string(),
+            "--pin",
+            &"ef".repeat(32),
+        ])
+        .args(["--reflector", &reflector.addrs[0].to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from} not in\n{text}");
+        text = text.replace(from, to);
+    }
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+async fn reflector() -> ReflectorHandle {
+    spawn_reflector(&["127.0.0.1:0".parse().unwrap()], Limits::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_test_stops_the_agent_cleanly_and_quickly() {
+    let r = reflector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(dir.path(), &r, &[]);
+    let config2 = config.clone();
+    let (code, elapsed) = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(bin("callwatch-agent"))
+            .args(["run", "--config"])
+            .arg(&config2)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        // Wait for the test (10 s long) to start, then stop the agent.
+        for line in lines.by_ref() {
+            if line.unwrap().contains("starting test") {
+                break;
+            }
+        }
+        let t = Instant::now();
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        (status.code(), t.elapsed())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0));
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_the_oldest_and_status_says_so() {
+    let r = reflector().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = agent_config(
+        dir.path(),
+        &r,
+        &[
+            ("queue_cap = 10000", "queue_cap = 2"),
+            ("duration_secs = 10", "duration_secs = 1"),
+        ],
+    );
+    let config2 = config.clone();
+    let logs = tokio::task::spawn_blocking(move || {
+        let mut logs = String::new();
+        for _ in 0..3 {
+            let out = Command::new(bin("callwatch-agent"))
+                .args(["run", "--once", "--config"])
+                .arg(&config2)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "collector away");
+            logs.push_str(&String::from_utf8_lossy(&out.stderr));
+        }
+        logs
+    })
+    .await
+    .unwrap();
+    assert!(
+        logs.contains("queue full: dropped the oldest report(s)"),
+        "{logs}"
+    );
+    let status = Command::new(bin("callwatch-agent"))
+        .args(["status", "--json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(status.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v["queue_depth"], 2);
+    assert_eq!(v["queue_dropped_total"], 1);
+    assert_eq!(v["recent_tests"].as_array().unwrap().len(), 3);
+    assert!(v["last_upload_error"][1]
+        .as_str()
+        .unwrap()
+        .contains("unreachable"));
+    let text = Command::new(bin("callwatch-agent"))
+        .args(["status", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("1 oldest report(s) dropped"), "{text}");
+    assert!(text.contains("last upload FAILED"), "{text}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("state.json"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+}
