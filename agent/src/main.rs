@@ -115,6 +115,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// One line of live progress: a bar of packets sent, replies so far, loss so far, last RTT.
+fn progress_line(p: &callwatch_agent::engine::session::Progress) -> String {
+    const WIDTH: usize = 24;
+    let done = (p.sent as usize * WIDTH)
+        .checked_div(p.total as usize)
+        .unwrap_or(0)
+        .min(WIDTH);
+    let loss = if p.sent > 0 {
+        format!(
+            "{:.1}%",
+            100.0 * (1.0 - p.received as f64 / p.sent as f64).max(0.0)
+        )
+    } else {
+        "-".into()
+    };
+    format!(
+        "[{}{}] {}/{} sent, {} back, loss {}, rtt {}",
+        "#".repeat(done),
+        " ".repeat(WIDTH - done),
+        p.sent,
+        p.total,
+        p.received,
+        loss,
+        p.last_rtt_ms
+            .map(|r| format!("{r:.2} ms"))
+            .unwrap_or_else(|| "-".into())
+    )
+}
+
 /// Resolves with the signal's name on SIGTERM or SIGINT.
 async fn stop_signal() -> Result<&'static str> {
     use tokio::signal::unix::{signal, SignalKind};
@@ -185,24 +214,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ..TestSpec::voice(addr, duration.saturating_mul(1000))
             };
             spec.validate()?;
-            let interactive = !json && std::io::stderr().is_terminal();
+            // A live line (packets, loss, RTT) only for a person at a terminal; pipes and
+            // `--json` get the result alone.
+            let interactive = !json && std::io::stdout().is_terminal();
             let report = run_call_test(&spec, &Cancel::default(), |p| {
-                if interactive {
-                    if let Some(p) = p.first() {
-                        eprint!(
-                            "\r{:>5}/{} sent  {:>5} back  rtt {}   ",
-                            p.sent,
-                            p.total,
-                            p.received,
-                            p.last_rtt_ms
-                                .map(|r| format!("{r:.2} ms"))
-                                .unwrap_or_else(|| "-".into())
-                        );
-                    }
+                if let (true, Some(p)) = (interactive, p.first()) {
+                    print!("\r{}   ", progress_line(p));
+                    let _ = std::io::Write::flush(&mut std::io::stdout());
                 }
             })?;
             if interactive {
-                eprintln!();
+                println!();
             }
             if json {
                 println!("{}", serde_json::to_string(&report)?);
