@@ -217,8 +217,7 @@ impl Framing {
                     return invalid("message types 0x0101..=0x0107 look like a bare core packet");
                 }
                 for attr in attributes {
-                    if attr.attr_type == STUN_ATTR_DATA || attr.attr_type == STUN_ATTR_FINGERPRINT
-                    {
+                    if attr.attr_type == STUN_ATTR_DATA || attr.attr_type == STUN_ATTR_FINGERPRINT {
                         return invalid("DATA and FINGERPRINT are written by the framing itself");
                     }
                     if attr.value.len() > MAX_OVERHEAD {
@@ -415,7 +414,10 @@ pub fn call_signature(datagram: &[u8]) -> Option<CallSignature> {
             return Some(CallSignature::StunHeader);
         }
     }
-    if datagram.get(16..28).is_some_and(|b| b.iter().all(|&x| x == 0xFF)) {
+    if datagram
+        .get(16..28)
+        .is_some_and(|b| b.iter().all(|&x| x == 0xFF))
+    {
         return Some(CallSignature::TelegramSpecial);
     }
     None
@@ -454,7 +456,9 @@ fn parse(d: &[u8]) -> Result<(Framing, &[u8]), FramingError> {
         .map_err(|_| FramingError::Unrecognised("framing parameters outside callwatch's"))?;
     // Rule 1, checked rather than assumed: each parser below demands exact lengths.
     if framing.wire_len(core.len()) != d.len() {
-        return Err(FramingError::Unrecognised("length does not match the framing"));
+        return Err(FramingError::Unrecognised(
+            "length does not match the framing",
+        ));
     }
     Ok((framing, core))
 }
@@ -467,7 +471,9 @@ fn parse_stun(d: &[u8]) -> Result<(Framing, &[u8]), FramingError> {
     let message_type = be16(d, 0).ok_or(Unrecognised("short"))?;
     let body_len = usize::from(be16(d, 2).ok_or(Unrecognised("short"))?);
     if body_len % 4 != 0 || body_len + STUN_HEADER_LEN != d.len() {
-        return Err(Unrecognised("STUN length field does not match the datagram"));
+        return Err(Unrecognised(
+            "STUN length field does not match the datagram",
+        ));
     }
     if be32(d, 4) != Some(STUN_MAGIC_COOKIE) {
         return Err(Unrecognised("no STUN magic cookie"));
@@ -520,7 +526,9 @@ fn parse_channel_data(d: &[u8]) -> Result<(Framing, &[u8]), FramingError> {
     let channel = be16(d, 0).ok_or(Unrecognised("shorter than a ChannelData header"))?;
     let len = usize::from(be16(d, 2).ok_or(Unrecognised("shorter than a ChannelData header"))?);
     if d.len() != CHANNEL_DATA_HEADER_LEN + len + pad4(len) {
-        return Err(Unrecognised("ChannelData length does not match the datagram"));
+        return Err(Unrecognised(
+            "ChannelData length does not match the datagram",
+        ));
     }
     let payload = &d[CHANNEL_DATA_HEADER_LEN..CHANNEL_DATA_HEADER_LEN + len];
     match payload.first() {
@@ -555,10 +563,7 @@ fn parse_rtp(d: &[u8]) -> Result<(u8, u32, &[u8]), FramingError> {
 fn parse_telegram(d: &[u8]) -> Result<(Framing, &[u8]), FramingError> {
     use FramingError::Unrecognised;
     let short = Unrecognised("shorter than a Telegram reflector header");
-    let peer_tag: [u8; 16] = d
-        .get(..16)
-        .and_then(|b| b.try_into().ok())
-        .ok_or(short)?;
+    let peer_tag: [u8; 16] = d.get(..16).and_then(|b| b.try_into().ok()).ok_or(short)?;
     let sender_tag = be32(d, 16).ok_or(short)?;
     let len = be32(d, 20).ok_or(short)?;
     let len = usize::try_from(len).map_err(|_| Unrecognised("length does not fit"))?;
@@ -589,18 +594,24 @@ fn differing_field(want: &Framing, got: &Framing) -> &'static str {
             "fingerprint"
         }
         (Framing::Stun { .. }, _) => "attributes",
-        (Framing::TelegramReflector { peer_tag: a, .. }, Framing::TelegramReflector { peer_tag: b, .. })
-            if a != b =>
-        {
-            "peer tag"
-        }
+        (
+            Framing::TelegramReflector { peer_tag: a, .. },
+            Framing::TelegramReflector { peer_tag: b, .. },
+        ) if a != b => "peer tag",
         (Framing::TelegramReflector { .. }, _) => "sender tag",
         (Framing::TurnChannelData { .. }, _) => "channel",
         (
             Framing::TurnChannelDataRtp { channel: a, .. },
             Framing::TurnChannelDataRtp { channel: b, .. },
         ) if a != b => "channel",
-        (Framing::Rtp { payload_type: a, .. }, Framing::Rtp { payload_type: b, .. })
+        (
+            Framing::Rtp {
+                payload_type: a, ..
+            },
+            Framing::Rtp {
+                payload_type: b, ..
+            },
+        )
         | (
             Framing::TurnChannelDataRtp {
                 payload_type: a, ..
@@ -991,10 +1002,7 @@ mod tests {
         let mut hello = vec![0xC3; 16];
         hello.extend([0xFF; 12]);
         hello.extend([0xFE, 0xFF, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 123]);
-        assert_eq!(
-            call_signature(&hello),
-            Some(CallSignature::TelegramSpecial)
-        );
+        assert_eq!(call_signature(&hello), Some(CallSignature::TelegramSpecial));
     }
 
     #[test]
@@ -1205,7 +1213,11 @@ mod tests {
     #[test]
     fn overhead_fits_the_mtu_budget() {
         for f in samples() {
-            assert!(f.overhead(MAX_PROBE_LEN - 1) <= MAX_OVERHEAD, "{}", f.name());
+            assert!(
+                f.overhead(MAX_PROBE_LEN - 1) <= MAX_OVERHEAD,
+                "{}",
+                f.name()
+            );
         }
     }
 }

@@ -6,6 +6,7 @@
 //! function here is a pure transformation of bytes and values, so both ends and the tests share
 //! exactly one definition of each format.
 
+pub mod framing;
 pub mod platform;
 pub mod probe;
 pub mod report;

@@ -14,6 +14,7 @@
 //!    at most [`CLOSE_ATTEMPTS`] times; without it the largest running count seen is used.
 
 use crate::metrics::{ProbeRecord, ReplyRecord, StreamRecord};
+use callwatch_proto::framing::Framing;
 use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe, RejectReason, SessionId};
 use thiserror::Error;
 
@@ -26,7 +27,7 @@ pub const CLOSE_ATTEMPTS: u32 = 5;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionConfig {
     pub interval_ms: u16,
-    /// Probe size on the wire (UDP payload).
+    /// Size of the core probe packet; its framing (see [`Session::with_framing`]) adds to it.
     pub size: u16,
     pub duration_ms: u32,
     /// How long replies are awaited after the last probe.
@@ -96,6 +97,7 @@ impl ArmSession for Session {
 pub struct Session {
     id: SessionId,
     cfg: SessionConfig,
+    framing: Framing,
     phase: Phase,
     cookie: Cookie,
     start_us: u64,
@@ -115,6 +117,7 @@ impl Session {
         Session {
             id,
             cfg,
+            framing: Framing::Raw,
             phase: Phase::Opening {
                 attempts: 0,
                 next_us: now_us,
@@ -136,8 +139,21 @@ impl Session {
         }
     }
 
+    /// Sends every packet of this session in `framing` (and expects replies in it).
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    fn frame(&self, packet: Packet) -> Vec<u8> {
+        let core = packet.encode();
+        let mut out = Vec::with_capacity(self.framing.wire_len(core.len()));
+        self.framing.wrap(&core, &mut out);
+        out
     }
 
     pub fn is_done(&self) -> bool {
@@ -186,15 +202,12 @@ impl Session {
                     attempts: attempts + 1,
                     next_us: now_us + OPEN_RETRY_US,
                 };
-                Some(
-                    Packet::Open(Open {
-                        session: self.id,
-                        interval_ms: self.cfg.interval_ms,
-                        size: self.cfg.size,
-                        duration_ms: self.cfg.duration_ms,
-                    })
-                    .encode(),
-                )
+                Some(self.frame(Packet::Open(Open {
+                    session: self.id,
+                    interval_ms: self.cfg.interval_ms,
+                    size: self.cfg.size,
+                    duration_ms: self.cfg.duration_ms,
+                })))
             }
             Phase::Streaming => {
                 let seq = self.record.probes.len() as u32;
@@ -214,16 +227,13 @@ impl Session {
                         until_us: self.due_us(seq) + self.cfg.grace_ms as u64 * 1000,
                     };
                 }
-                Some(
-                    Packet::Probe(Probe {
-                        session: self.id,
-                        cookie: self.cookie,
-                        seq,
-                        sent_us: now_us,
-                        len: self.size,
-                    })
-                    .encode(),
-                )
+                Some(self.frame(Packet::Probe(Probe {
+                    session: self.id,
+                    cookie: self.cookie,
+                    seq,
+                    sent_us: now_us,
+                    len: self.size,
+                })))
             }
             Phase::Draining { until_us } => {
                 if now_us < until_us {
@@ -247,14 +257,11 @@ impl Session {
                     attempts: attempts + 1,
                     next_us: now_us + CLOSE_RETRY_US,
                 };
-                Some(
-                    Packet::Close(Close {
-                        session: self.id,
-                        cookie: self.cookie,
-                        packets_sent: self.record.probes.len() as u32,
-                    })
-                    .encode(),
-                )
+                Some(self.frame(Packet::Close(Close {
+                    session: self.id,
+                    cookie: self.cookie,
+                    packets_sent: self.record.probes.len() as u32,
+                })))
             }
             Phase::Done => None,
         }
@@ -263,7 +270,10 @@ impl Session {
     /// Takes in one datagram that arrived at `now_us`. Anything not for this session, or not
     /// expected now, is ignored.
     pub fn handle_datagram(&mut self, now_us: u64, datagram: &[u8]) {
-        let Ok(packet) = Packet::decode(datagram) else {
+        let Ok(core) = self.framing.unwrap(datagram) else {
+            return;
+        };
+        let Ok(packet) = Packet::decode(core) else {
             return;
         };
         match packet {

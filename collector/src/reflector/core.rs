@@ -11,6 +11,7 @@
 //! 3. Bounded: each session is capped in rate (token bucket at the granted interval), duration
 //!    and packet size; the session table has a fixed capacity.
 
+use callwatch_proto::framing;
 use callwatch_proto::probe::{
     Accept, Close, CloseAck, Cookie, Open, Packet, Probe, Reject, RejectReason, Reply, SessionId,
     COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN,
@@ -122,7 +123,13 @@ impl Reflector {
     /// the answer to send back to `src`, if any.
     pub fn handle(&mut self, now_us: u64, src: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
         self.stats.bytes_in += datagram.len() as u64;
-        let packet = match Packet::decode(datagram) {
+        // Each arm arrives in its own framing (plain, STUN, ChannelData, RTP, …); the answer goes
+        // back in the same one, so a DPI box sees the same shape both ways.
+        let Some((framing, core)) = framing::detect(datagram) else {
+            self.stats.dropped_malformed += 1;
+            return None;
+        };
+        let packet = match Packet::decode(core) {
             Ok(p) => p,
             Err(_) => {
                 self.stats.dropped_malformed += 1;
@@ -138,7 +145,8 @@ impl Reflector {
                 None
             }
         }?;
-        let bytes = answer.encode();
+        let mut bytes = Vec::with_capacity(datagram.len());
+        framing.wrap(&answer.encode(), &mut bytes);
         // Rule 1, enforced once more at the exit rather than trusted to every branch.
         if bytes.len() > datagram.len() {
             self.stats.dropped_unexpected += 1;
