@@ -27,9 +27,9 @@ pub struct Config {
     pub duration_secs: u32,
     #[serde(default = "default_interval_ms")]
     pub interval_ms: u16,
-    /// Probe size on the wire (UDP payload).
-    #[serde(default = "default_size")]
-    pub size: u16,
+    /// Every probe this long on the wire (UDP payload); unset: the platform profile's sizes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u16>,
     /// Local address to test and upload from (default: chosen by the system).
     #[serde(default)]
     pub bind: Option<IpAddr>,
@@ -61,9 +61,6 @@ fn default_duration_secs() -> u32 {
 }
 fn default_interval_ms() -> u16 {
     20
-}
-fn default_size() -> u16 {
-    172
 }
 fn default_key_file() -> PathBuf {
     "agent.key".into()
@@ -100,7 +97,7 @@ impl Config {
             platforms: default_platforms(),
             duration_secs: default_duration_secs(),
             interval_ms: default_interval_ms(),
-            size: default_size(),
+            size: None,
             bind: None,
             key_file: default_key_file(),
             queue_dir: default_queue_dir(),
@@ -157,8 +154,8 @@ impl Config {
                 self.interval_ms
             ));
         }
-        if !(48..=1400).contains(&self.size) {
-            p.push(format!("size = {}: expected 48..=1400 bytes", self.size));
+        if let Some(size) = self.size.filter(|s| !(48..=1400).contains(s)) {
+            p.push(format!("size = {size}: expected 48..=1400 bytes"));
         }
         if !(1..=callwatch_proto::upload::MAX_BATCH).contains(&self.upload_batch) {
             p.push(format!(

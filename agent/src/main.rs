@@ -54,18 +54,30 @@ enum Command {
         /// Reflector UDP address, host:port.
         #[arg(long, value_name = "HOST:PORT")]
         reflector: String,
-        /// Platform whose call traffic to imitate.
+        /// Platform whose call traffic to imitate: generic (one arm), or whatsapp, telegram,
+        /// signal, max (a platform arm framed like its calls on its ports, plus a control arm of
+        /// neutral bytes on port 40400, and a verdict comparing them).
         #[arg(long, default_value = "generic")]
         platform: Platform,
+        /// Reflector port for the platform arm (default: the platform's own, e.g. 3478).
+        #[arg(long = "platform-port", value_name = "PORT")]
+        platform_port: Option<u16>,
+        /// Reflector port for the control arm (default: 40400).
+        #[arg(long = "control-port", value_name = "PORT")]
+        control_port: Option<u16>,
+        /// Also measure this STUN/TURN server of the platform's (a third stream, role relay).
+        #[arg(long = "relay", value_name = "HOST:PORT")]
+        relay: Option<String>,
         /// Test length in seconds (1..=120).
         #[arg(long, default_value_t = 10, value_name = "SECS")]
         duration: u32,
         /// Interval between packets (5..=1000).
         #[arg(long = "interval-ms", default_value_t = 20, value_name = "MS")]
         interval_ms: u16,
-        /// Packet size on the wire, UDP payload (48..=1400).
-        #[arg(long, default_value_t = 172, value_name = "BYTES")]
-        size: u16,
+        /// Every packet this long on the wire, UDP payload (48..=1400). Default: the platform
+        /// profile's Opus-like sizes (generic: 172 bytes).
+        #[arg(long, value_name = "BYTES")]
+        size: Option<u16>,
         /// Local address to send from.
         #[arg(long, value_name = "ADDR")]
         bind: Option<IpAddr>,
@@ -204,13 +216,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             size,
             bind,
             json,
+            platform_port,
+            control_port,
+            relay,
         } => {
             let addr: SocketAddr = runner::resolve("reflector", &reflector)?;
+            let relay_server = relay.map(|r| runner::resolve("relay", &r)).transpose()?;
             let spec = TestSpec {
                 platform,
                 interval_ms,
                 size,
                 bind,
+                platform_port,
+                control_port,
+                relay_server,
                 ..TestSpec::voice(addr, duration.saturating_mul(1000))
             };
             spec.validate()?;

@@ -9,6 +9,7 @@
 pub mod framing;
 pub mod platform;
 pub mod probe;
+pub mod profile;
 pub mod report;
 pub mod sign;
 pub mod upload;

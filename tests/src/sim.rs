@@ -24,14 +24,20 @@ pub const PROBE_MARKER: &str = "marker-probe";
 /// Name of the marker rule that tags replies (reflector → agent).
 pub const REPLY_MARKER: &str = "marker-reply";
 
-/// Two rules that match callwatch probes and replies by their first two bytes (version 1, kind)
-/// and impair nothing. Append them after any real rule: the first matching rule wins.
+/// Two rules that match bare callwatch probes and replies by their first two bytes (version 1,
+/// kind) and impair nothing. Append them after any real rule: the first matching rule wins.
 pub fn marker_rules() -> Vec<DpiRule> {
+    marker_rules_at(0)
+}
+
+/// [`marker_rules`] for probes inside a framing whose header is `offset` bytes long (12 for the
+/// RTP framing of `generic` tests).
+pub fn marker_rules_at(offset: usize) -> Vec<DpiRule> {
     let rule = |name: &str, dir, kind: u8| DpiRule {
         name: name.into(),
         direction: dir,
         patterns: vec![ByteMatch::At {
-            offset: 0,
+            offset,
             bytes: vec![1, kind],
         }],
         ..DpiRule::default()

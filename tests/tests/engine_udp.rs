@@ -5,10 +5,11 @@
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_collector::reflector::{spawn_reflector, Limits};
+use callwatch_proto::framing::RTP_HEADER_LEN;
 use callwatch_proto::StreamReport;
 use callwatch_tests::emulator::{ImpairmentConfig, Relay, RelayConfig, Route};
 use callwatch_tests::scenarios::{expected, scenarios, Expected, Scenario};
-use callwatch_tests::sim::{marker_rules, ProbeTruth};
+use callwatch_tests::sim::{marker_rules_at, ProbeTruth};
 use std::net::SocketAddr;
 
 async fn run_through_relay(
@@ -16,7 +17,8 @@ async fn run_through_relay(
     reflector: SocketAddr,
     seed: u64,
 ) -> (StreamReport, ProbeTruth) {
-    let rules = marker_rules();
+    // Generic tests are RTP-framed: the core packet starts after the RTP header.
+    let rules = marker_rules_at(RTP_HEADER_LEN);
     let relay = Relay::start(RelayConfig {
         routes: vec![Route {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -34,7 +36,7 @@ async fn run_through_relay(
     .await
     .unwrap();
     let mut spec = TestSpec::voice(relay.local_addrs()[0], 4_000);
-    spec.size = s.size;
+    spec.size = Some(s.size);
     let report = tokio::task::spawn_blocking(move || {
         run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
     })

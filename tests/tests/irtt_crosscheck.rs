@@ -20,10 +20,15 @@ const SEED: u64 = 2025;
 
 /// Rule 0 impairs data going up, rule 1 data coming down; `up`/`down` are each tool's first bytes.
 fn rules(up: Vec<u8>, down: Vec<u8>) -> Vec<DpiRule> {
+    rules_at(0, up, down)
+}
+
+/// [`rules`] with the bytes matched at `offset`.
+fn rules_at(offset: usize, up: Vec<u8>, down: Vec<u8>) -> Vec<DpiRule> {
     let rule = |name: &str, dir, bytes, loss, delay_ms, jitter_ms| DpiRule {
         name: name.into(),
         direction: dir,
-        patterns: vec![ByteMatch::At { offset: 0, bytes }],
+        patterns: vec![ByteMatch::At { offset, bytes }],
         impairment: RuleImpairment {
             loss,
             delay: DelayConfig {
@@ -131,7 +136,9 @@ async fn callwatch_and_irtt_agree_through_the_same_emulator() {
         rules(vec![0x14, 0xa7, 0x5b, 0x00], vec![0x14, 0xa7, 0x5b, 0x02]),
     )
     .await;
-    let cw_relay = relay_to(reflector.addrs[0], rules(vec![1, 3], vec![1, 4])).await;
+    // callwatch's generic test is RTP-framed: match the core packet's first bytes after the
+    // 12-byte RTP header.
+    let cw_relay = relay_to(reflector.addrs[0], rules_at(12, vec![1, 3], vec![1, 4])).await;
 
     // One tool after the other (on two cores, running both at once makes irtt skip late sends):
     // 10 s, 20 ms, 172-byte packets.

@@ -9,11 +9,13 @@ pub mod session;
 pub mod stun;
 
 use crate::metrics::{stream_report, Codec};
+use callwatch_proto::framing::{neutral_session_id, Framing};
+use callwatch_proto::profile::profile;
 use callwatch_proto::report::SCHEMA_VERSION;
 use callwatch_proto::{CallReport, Platform, ReportId, Role};
 use chrono::Utc;
 use driver::{Arm, Cancel};
-use session::{ArmSession, Progress, Session, SessionConfig, SessionError};
+use session::{ArmSession, Progress, Session, SessionConfig, SessionError, WireSizes};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Instant;
 use stun::{StunConfig, StunSession};
@@ -23,12 +25,19 @@ pub const AGENT_VERSION: &str = concat!("callwatch-agent/", env!("CARGO_PKG_VERS
 /// One call test to run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TestSpec {
+    /// The reflector. For `generic` this address is tested as is; for a platform its host is
+    /// used with the profile's ports (or the overrides below).
     pub reflector: SocketAddr,
     pub platform: Platform,
     pub duration_ms: u32,
     pub interval_ms: u16,
-    /// Probe size on the wire (UDP payload), 48..=1400.
-    pub size: u16,
+    /// Every probe this long on the wire (UDP payload, framing included), 48..=1400; `None`:
+    /// the platform profile's size table (generic: 172 bytes, a 20 ms Opus frame).
+    pub size: Option<u16>,
+    /// Reflector port for the platform arm instead of the profile's.
+    pub platform_port: Option<u16>,
+    /// Reflector port for the control arm instead of the profile's neutral one.
+    pub control_port: Option<u16>,
     /// Local address to send from (default: any address of the reflector's family).
     pub bind: Option<IpAddr>,
     /// How long to wait for replies after the last probe.
@@ -45,7 +54,9 @@ impl TestSpec {
             platform: Platform::Generic,
             duration_ms,
             interval_ms: 20,
-            size: 172,
+            size: Some(172),
+            platform_port: None,
+            control_port: None,
             bind: None,
             grace_ms: 1000,
             relay_server: None,
@@ -56,11 +67,20 @@ impl TestSpec {
     pub fn validate(&self) -> Result<(), TestError> {
         use callwatch_proto::probe::{MAX_PROBE_LEN, MIN_PROBE_LEN};
         let bad = |m: String| Err(TestError::BadSpec(m));
-        if !(MIN_PROBE_LEN..=MAX_PROBE_LEN).contains(&(self.size as usize)) {
-            return bad(format!(
-                "size {} bytes is outside {MIN_PROBE_LEN}..={MAX_PROBE_LEN}",
-                self.size
-            ));
+        if let Some(size) = self.size {
+            if !(MIN_PROBE_LEN..=MAX_PROBE_LEN).contains(&(size as usize)) {
+                return bad(format!(
+                    "size {size} bytes is outside {MIN_PROBE_LEN}..={MAX_PROBE_LEN}"
+                ));
+            }
+            let framing = &profile(self.platform).framing;
+            let core = session::core_len_at_most(framing, size);
+            if framing.wire_len(usize::from(core)) + 3 < usize::from(size) {
+                return bad(format!(
+                    "size {size} bytes is too small for the {} framing",
+                    framing.name()
+                ));
+            }
         }
         if !(5..=1000).contains(&self.interval_ms) {
             return bad(format!(
@@ -74,13 +94,39 @@ impl TestSpec {
                 self.duration_ms
             ));
         }
-        if self.platform != Platform::Generic {
-            return bad(format!(
-                "platform {} is not supported by this build yet; use generic",
-                self.platform
-            ));
-        }
         Ok(())
+    }
+
+    /// The sizes every arm sends: the same on the wire on each arm.
+    fn wire_sizes(&self) -> WireSizes {
+        match self.size {
+            Some(n) => WireSizes::Fixed(n),
+            None if self.platform == Platform::Generic => WireSizes::Fixed(172),
+            None => WireSizes::Shape(profile(self.platform).voice.clone()),
+        }
+    }
+
+    /// (role, framing, reflector address) of each reflector arm.
+    fn arms(&self) -> Vec<(Role, Framing, SocketAddr)> {
+        let p = profile(self.platform);
+        if self.platform == Platform::Generic {
+            return vec![(Role::Platform, p.framing.clone(), self.reflector)];
+        }
+        let ip = self.reflector.ip();
+        let mut arms = vec![(
+            Role::Platform,
+            p.framing.clone(),
+            SocketAddr::new(
+                ip,
+                self.platform_port
+                    .or(p.port_for(Role::Platform))
+                    .unwrap_or(self.reflector.port()),
+            ),
+        )];
+        if let Some(port) = self.control_port.or(p.port_for(Role::Control)) {
+            arms.push((Role::Control, Framing::Raw, SocketAddr::new(ip, port)));
+        }
+        arms
     }
 }
 
@@ -117,17 +163,24 @@ pub fn run_call_test(
     let epoch = Instant::now();
     let cfg = SessionConfig {
         interval_ms: spec.interval_ms,
-        size: spec.size,
+        size: spec.wire_sizes().max(),
         duration_ms: spec.duration_ms,
         grace_ms: spec.grace_ms,
     };
-    let mut arms = vec![(
-        Role::Platform,
-        Arm {
-            session: Box::new(Session::new(rand::random(), cfg, 0)) as Box<dyn ArmSession>,
-            socket: bind_socket(spec.bind, spec.reflector)?,
-        },
-    )];
+    let sizes = spec.wire_sizes();
+    let mut arms = Vec::new();
+    for (role, framing, addr) in spec.arms() {
+        // Every arm's session id keeps its bare packets free of a STUN look-alike header.
+        let id = neutral_session_id(rand::random());
+        let session = Session::new(id, cfg, 0).with_framing(framing, sizes.clone());
+        arms.push((
+            role,
+            Arm {
+                session: Box::new(session) as Box<dyn ArmSession>,
+                socket: bind_socket(spec.bind, addr)?,
+            },
+        ));
+    }
     if let Some(server) = spec.relay_server {
         let stun = StunSession::new(
             StunConfig {
@@ -169,7 +222,7 @@ pub fn run_call_test(
         started_at,
         duration_ms: spec.duration_ms,
         interval_ms: spec.interval_ms as u32,
-        payload_bytes: spec.size as u32,
+        payload_bytes: spec.wire_sizes().max() as u32,
         verdict: None,
         verdict_detail: None,
         streams,

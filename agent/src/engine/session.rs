@@ -16,6 +16,8 @@
 use crate::metrics::{ProbeRecord, ReplyRecord, StreamRecord};
 use callwatch_proto::framing::Framing;
 use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe, RejectReason, SessionId};
+use callwatch_proto::probe::{MAX_PROBE_LEN, MIN_PROBE_LEN};
+use callwatch_proto::profile::StreamShape;
 use thiserror::Error;
 
 pub const OPEN_RETRY_US: u64 = 250_000;
@@ -94,10 +96,48 @@ impl ArmSession for Session {
     }
 }
 
+/// The on-wire size (UDP payload) of each probe.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WireSizes {
+    /// Every probe this long.
+    Fixed(u16),
+    /// Drawn per sequence number from a profile's size table (the same on every arm).
+    Shape(StreamShape),
+}
+
+impl WireSizes {
+    fn wire_bytes(&self, seq: u32) -> u16 {
+        match self {
+            WireSizes::Fixed(n) => *n,
+            WireSizes::Shape(s) => s.wire_bytes(seq).unwrap_or(MIN_PROBE_LEN as u16),
+        }
+    }
+
+    /// The largest size any probe will have.
+    pub fn max(&self) -> u16 {
+        match self {
+            WireSizes::Fixed(n) => *n,
+            WireSizes::Shape(s) => s.sizes.iter().map(|x| x.wire_bytes).max().unwrap_or(0),
+        }
+    }
+}
+
+/// The longest core packet that, framed, is at most `wire` bytes (padded framings cannot hit
+/// every length exactly), kept within the core packet's limits.
+pub fn core_len_at_most(framing: &Framing, wire: u16) -> u16 {
+    let wire = usize::from(wire);
+    (0..4)
+        .filter_map(|less| framing.core_len_for_wire(wire.checked_sub(less)?))
+        .next()
+        .unwrap_or(MIN_PROBE_LEN)
+        .clamp(MIN_PROBE_LEN, MAX_PROBE_LEN) as u16
+}
+
 pub struct Session {
     id: SessionId,
     cfg: SessionConfig,
     framing: Framing,
+    sizes: WireSizes,
     phase: Phase,
     cookie: Cookie,
     start_us: u64,
@@ -118,6 +158,7 @@ impl Session {
             id,
             cfg,
             framing: Framing::Raw,
+            sizes: WireSizes::Fixed(cfg.size),
             phase: Phase::Opening {
                 attempts: 0,
                 next_us: now_us,
@@ -139,9 +180,13 @@ impl Session {
         }
     }
 
-    /// Sends every packet of this session in `framing` (and expects replies in it).
-    pub fn with_framing(mut self, framing: Framing) -> Self {
+    /// Sends every packet of this session in `framing` (and expects replies in it), each probe
+    /// `sizes` long on the wire, framing included.
+    pub fn with_framing(mut self, framing: Framing, sizes: WireSizes) -> Self {
+        self.cfg.size = core_len_at_most(&framing, sizes.max());
+        self.size = self.cfg.size;
         self.framing = framing;
+        self.sizes = sizes;
         self
     }
 
@@ -215,11 +260,13 @@ impl Session {
                 if now_us < due {
                     return None;
                 }
+                let core_len =
+                    core_len_at_most(&self.framing, self.sizes.wire_bytes(seq)).min(self.size);
                 self.record.probes.push(ProbeRecord {
                     seq,
                     scheduled_us: due,
                     sent_us: now_us,
-                    len: self.size,
+                    len: self.framing.wire_len(usize::from(core_len)) as u16,
                     reply: None,
                 });
                 if seq + 1 >= self.count {
@@ -232,7 +279,7 @@ impl Session {
                     cookie: self.cookie,
                     seq,
                     sent_us: now_us,
-                    len: self.size,
+                    len: core_len,
                 })))
             }
             Phase::Draining { until_us } => {

@@ -1,0 +1,637 @@
+//! Platform profiles: for each [`Platform`], how its test's streams look — the platform arm's
+//! framing and reflector ports, the neutral control port, packet sizes and intervals, the codec
+//! the E-model scores — and, as data, what each profile is modelled on and where it falls short.
+//!
+//! A profile imitates the *shape* of a platform's call traffic as seen by a middlebox (header
+//! bytes, ports, sizes, timing); it is not the platform's client and talks only to our reflector.
+//! Every profile uses the same on-wire size table and timing, so platform arms differ from one
+//! another, and from their controls, only in framing and port.
+
+use std::ops::RangeInclusive;
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::framing::{mix64, Framing, StunAttribute};
+use crate::platform::{Platform, Role};
+use crate::probe::{MAX_PROBE_LEN, MIN_PROBE_LEN};
+
+/// The reflector port every control arm uses: outside every range in [`REPORTED_DPI_PORTS`] and
+/// every platform arm's ports, and registered to no call service.
+pub const CONTROL_PORT: u16 = 40400;
+
+/// UDP destination ports that August 2025 reports say Russian DPI boxes single out for calls.
+pub const REPORTED_DPI_PORTS: [RangeInclusive<u16>; 3] = [3478..=3478, 590..=1400, 50000..=50100];
+
+/// One on-wire size and how often it occurs, relative to the other rows of its table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SizeShare {
+    /// UDP payload length in bytes, framing included: the same on both arms.
+    pub wire_bytes: u16,
+    pub weight: u16,
+}
+
+/// A stream's timing and packet sizes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct StreamShape {
+    pub interval_ms: u16,
+    /// On-wire sizes with weights; [`StreamShape::wire_bytes`] draws from it per sequence number.
+    pub sizes: Vec<SizeShare>,
+}
+
+impl StreamShape {
+    /// The on-wire size of packet `seq`: a deterministic, weighted draw from [`Self::sizes`], so
+    /// both arms of a test send the same size sequence without sharing a random generator.
+    /// `None` only for a table whose weights sum to 0.
+    pub fn wire_bytes(&self, seq: u32) -> Option<u16> {
+        let total: u64 = self.sizes.iter().map(|s| u64::from(s.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut pick = mix64(u64::from(seq)) % total;
+        for share in &self.sizes {
+            let weight = u64::from(share.weight);
+            if pick < weight {
+                return Some(share.wire_bytes);
+            }
+            pick -= weight;
+        }
+        None
+    }
+
+    /// The weighted mean on-wire size, in bytes (0 for an empty table).
+    pub fn mean_wire_bytes(&self) -> f64 {
+        let total: f64 = self.sizes.iter().map(|s| f64::from(s.weight)).sum();
+        if total == 0.0 {
+            return 0.0;
+        }
+        self.sizes
+            .iter()
+            .map(|s| f64::from(s.wire_bytes) * f64::from(s.weight))
+            .sum::<f64>()
+            / total
+    }
+}
+
+/// How one platform's test traffic looks. Data, not code: it round-trips through serde, so a
+/// deployment can read profiles from a file (and must [`Profile::validate`] them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub platform: Platform,
+    /// The platform arm's framing.
+    pub framing: Framing,
+    /// Reflector UDP ports for the platform arm; the agent uses the first unless told otherwise,
+    /// the reflector listens on all.
+    pub ports: Vec<u16>,
+    /// The control arm's reflector port ([`Framing::Raw`]); `None` for a single-arm profile.
+    pub control_port: Option<u16>,
+    /// The voice stream.
+    pub voice: StreamShape,
+    /// A video-like stream at a higher rate, if the profile has one.
+    pub video: Option<StreamShape>,
+    /// The codec the E-model scores, by its row name in the agent's codec table. "opus" for
+    /// every profile here: all four messengers and WebRTC send Opus voice (WhatsApp also has
+    /// Meta's MLow codec for poor links; the E-model has no figures for it, so it is scored as
+    /// Opus). The probes carry no audio; the label only picks the E-model's codec constants.
+    pub codec: String,
+    /// What the platform arm imitates, and the sources for it.
+    pub modelled_on: String,
+    /// What it does not imitate, and what a result therefore cannot show.
+    pub limits: String,
+}
+
+/// Why a profile cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ProfileError {
+    #[error("{platform} profile: {source}")]
+    Framing {
+        platform: Platform,
+        #[source]
+        source: crate::framing::FramingError,
+    },
+    #[error("{platform} profile: {reason}")]
+    Invalid { platform: Platform, reason: String },
+}
+
+static RAW: Framing = Framing::Raw;
+
+impl Profile {
+    /// The framing an arm uses: the platform's for [`Role::Platform`], [`Framing::Raw`] for
+    /// [`Role::Control`] if the profile has a control arm, `None` otherwise (the relay arm speaks
+    /// plain STUN to the platform's own servers, not to our reflector).
+    pub fn framing_for(&self, role: Role) -> Option<&Framing> {
+        match role {
+            Role::Platform => Some(&self.framing),
+            Role::Control => self.control_port.map(|_| &RAW),
+            Role::Relay => None,
+        }
+    }
+
+    /// The reflector port an arm sends to, as [`Profile::framing_for`].
+    pub fn port_for(&self, role: Role) -> Option<u16> {
+        match role {
+            Role::Platform => self.ports.first().copied(),
+            Role::Control => self.control_port,
+            Role::Relay => None,
+        }
+    }
+
+    /// The core packet length that makes an arm's datagram exactly `wire_bytes` long, or `None`
+    /// if the arm's framing cannot produce that length.
+    pub fn core_len(&self, role: Role, wire_bytes: u16) -> Option<usize> {
+        self.framing_for(role)?
+            .core_len_for_wire(usize::from(wire_bytes))
+    }
+
+    /// Checks everything an agent and reflector rely on: a valid framing; ports present and the
+    /// control port apart from them and from [`REPORTED_DPI_PORTS`]; every size reachable by both
+    /// arms with a core of `MIN_PROBE_LEN..=MAX_PROBE_LEN` bytes; a non-zero interval.
+    pub fn validate(&self) -> Result<(), ProfileError> {
+        let platform = self.platform;
+        let invalid = |reason: String| Err(ProfileError::Invalid { platform, reason });
+        self.framing
+            .validate()
+            .map_err(|source| ProfileError::Framing { platform, source })?;
+        if self.ports.is_empty() || self.ports.contains(&0) {
+            return invalid("needs at least one non-zero platform port".into());
+        }
+        if let Some(port) = self.control_port {
+            if port == 0 || self.ports.contains(&port) || in_reported_dpi_ports(port) {
+                return invalid(format!(
+                    "control port {port} must be non-zero, apart from the platform ports and \
+                     outside 3478, 590-1400 and 50000-50100"
+                ));
+            }
+        }
+        if self.codec.is_empty() {
+            return invalid("names no codec".into());
+        }
+        for (name, shape) in [("voice", Some(&self.voice)), ("video", self.video.as_ref())] {
+            let Some(shape) = shape else { continue };
+            if shape.interval_ms == 0 {
+                return invalid(format!("{name} interval must be at least 1 ms"));
+            }
+            if shape.wire_bytes(0).is_none() {
+                return invalid(format!("{name} size table has no weight"));
+            }
+            for share in &shape.sizes {
+                for role in [Role::Platform, Role::Control] {
+                    if self.framing_for(role).is_none() {
+                        continue;
+                    }
+                    let fits = self
+                        .core_len(role, share.wire_bytes)
+                        .is_some_and(|c| (MIN_PROBE_LEN..=MAX_PROBE_LEN).contains(&c));
+                    if !fits {
+                        return invalid(format!(
+                            "{name} size {} bytes cannot be sent on the {role} arm with a core \
+                             of {MIN_PROBE_LEN}..={MAX_PROBE_LEN} bytes",
+                            share.wire_bytes
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `port` is in one of the [`REPORTED_DPI_PORTS`] ranges.
+pub fn in_reported_dpi_ports(port: u16) -> bool {
+    REPORTED_DPI_PORTS.iter().any(|r| r.contains(&port))
+}
+
+/// The built-in profile for `platform`.
+pub fn profile(platform: Platform) -> &'static Profile {
+    let all = profiles();
+    // `profiles()` holds one profile per platform in `Platform::ALL` order (a test checks it).
+    let at = Platform::ALL
+        .iter()
+        .position(|p| *p == platform)
+        .unwrap_or(0);
+    &all[at]
+}
+
+/// Every built-in profile, in [`Platform::ALL`] order.
+pub fn profiles() -> &'static [Profile] {
+    static PROFILES: OnceLock<Vec<Profile>> = OnceLock::new();
+    PROFILES.get_or_init(|| Platform::ALL.into_iter().map(build).collect())
+}
+
+/// Every UDP port a reflector must listen on to serve the built-in profiles, ascending.
+pub fn reflector_ports() -> Vec<u16> {
+    let mut ports: Vec<u16> = profiles()
+        .iter()
+        .flat_map(|p| p.ports.iter().copied().chain(p.control_port))
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Opus voice in 20 ms frames, as UDP payload sizes: a wideband Opus frame (roughly 60–110 bytes
+/// at 24–40 kbit/s VBR) plus SRTP's RTP header and tag and a relay header. All multiples of 8, so
+/// every padded framing reaches them, and at least 88 so the STUN framing's 40 bytes leave a
+/// 48-byte core.
+fn voice() -> StreamShape {
+    StreamShape {
+        interval_ms: 20,
+        sizes: shares(&[(88, 1), (104, 3), (120, 4), (136, 2)]),
+    }
+}
+
+/// A video-like stream: 1000–1200-byte packets every 5 ms, about 1.8 Mbit/s — a mid-quality
+/// video call's packetised frames, at the reflector's highest granted rate.
+fn video() -> StreamShape {
+    StreamShape {
+        interval_ms: 5,
+        sizes: shares(&[(1000, 1), (1100, 2), (1200, 1)]),
+    }
+}
+
+fn shares(rows: &[(u16, u16)]) -> Vec<SizeShare> {
+    rows.iter()
+        .map(|&(wire_bytes, weight)| SizeShare { wire_bytes, weight })
+        .collect()
+}
+
+/// libwebrtc's usual dynamic RTP payload type for Opus.
+const OPUS_PAYLOAD_TYPE: u8 = 111;
+
+fn build(platform: Platform) -> Profile {
+    let (framing, ports, control_port, modelled_on, limits) = match platform {
+        Platform::Generic => (
+            Framing::Rtp {
+                payload_type: OPUS_PAYLOAD_TYPE,
+                ssrc: 0x6361_6C6C,
+            },
+            vec![40401],
+            None,
+            "A WebRTC-style Opus audio stream with no platform in it: an RTP v2 header (RFC 3550) \
+             with payload type 111, libwebrtc's usual number for Opus, one packet per 20 ms frame, \
+             straight over UDP to a port no call service uses (40401). It measures what any voice \
+             call would get from this network.",
+            "A single arm: it shows call quality, never differentiation. Real media is SRTP (an \
+             encrypted payload ending in an authentication tag); ours is the plain callwatch probe. \
+             No ICE/STUN checks, DTLS handshake or RTCP precede or accompany the stream.",
+        ),
+        Platform::Whatsapp => (
+            Framing::Stun {
+                message_type: 0x0800,
+                attributes: vec![StunAttribute {
+                    attr_type: 0x4000,
+                    value: vec![0x00, 0x00, 0x00, 0x01],
+                }],
+                fingerprint: true,
+            },
+            vec![3478],
+            Some(CONTROL_PORT),
+            "WhatsApp's relay traffic: STUN-framed messages (RFC 5389/8489 header with the \
+             0x2112A442 cookie) to Meta's relays on UDP 3478, in WhatsApp's own dialect — its own \
+             message types, attributes in the 0x4000 range, a closing FINGERPRINT. Message type \
+             0x0800 and attribute 0x4000 are what nDPI's STUN dissector takes for a WhatsApp call; \
+             public reconstructions of the relay dialect (wacrg.org, 'WARP, STUN, and relay media \
+             transport') describe the same traits (0x0801/0x0802 keepalives, 0x0003 allocate, \
+             0x4000-range attributes, FINGERPRINT). Each probe rides in a DATA attribute (0x0013). \
+             The control arm sends the same sizes and timing as bare probes to UDP 40400.",
+            "Every probe is a STUN message, while real WhatsApp calls use STUN mostly for the relay \
+             handshake and keepalives: public reconstructions say media then travels as \
+             WhatsApp's RTP profile (first byte 0x90, payload type 120, header-extension profile \
+             0xDEBE). So the arm shows how STUN-shaped call traffic on 3478 is treated — the \
+             signature the August 2025 reports name — not how each WhatsApp media packet is; a \
+             rule aimed at WhatsApp's RTP alone is not seen. No MESSAGE-INTEGRITY (we hold no \
+             relay key), no allocate or relay token, no Meta relay address: a network that picks \
+             WhatsApp out by destination address is not seen either.",
+        ),
+        Platform::Telegram => (
+            Framing::TelegramReflector {
+                peer_tag: [
+                    0xE7, 0x3A, 0x51, 0x9C, 0x02, 0xB8, 0x6F, 0x14, 0xD3, 0x47, 0xA0, 0x5E, 0x8B,
+                    0x21, 0xC6, 0x79,
+                ],
+                sender_tag: 0x5A3C_9E01,
+            },
+            vec![599, 1400],
+            Some(CONTROL_PORT),
+            "Telegram's call reflectors as tgcalls (the WebRTC-based call library of current \
+             Telegram apps, v2 ReflectorPort) speaks to them: each UDP datagram is the 16-byte peer \
+             tag the server hands out for the call, a 4-byte sender tag, the payload length \
+             (32-bit big-endian), the payload, zero padding to 4 bytes. tgcalls uses port 599 when \
+             the server names none, and 590-1400 is among the ranges the August 2025 reports say \
+             are singled out; the arm uses 599, and the reflector also listens on 1400. There is no STUN cookie at \
+             offset 4: the first bytes are the random-looking tag, so a STUN rule does not hit \
+             this arm. The control arm sends the same sizes and timing as bare probes to UDP 40400.",
+            "The peer and sender tags are fixed values of ours (the peer tag's first byte is kept \
+             in 0xC0-0xFF so our reflector can tell the framing apart; a real tag is any 16 bytes). \
+             The payload is the plain probe, where Telegram carries the call's encrypted WebRTC \
+             packets (SRTP, STUN checks). tgcalls also sends a hello every 10 s — the peer tag \
+             followed by twelve 0xFF bytes — which is what nDPI keys on to name Telegram; this arm \
+             sends none, so a classifier that needs those hellos will not take it for Telegram, \
+             and only port- and shape-based rules are measured. Older clients (libtgvoip) used a \
+             different layout. Telegram's reflector addresses are not used.",
+        ),
+        Platform::Signal => (
+            Framing::TurnChannelDataRtp {
+                channel: 0x4001,
+                payload_type: OPUS_PAYLOAD_TYPE,
+                ssrc: 0x7369_676E,
+            },
+            vec![3478],
+            Some(CONTROL_PORT),
+            "Signal calls (RingRTC, built on libwebrtc) relayed through Signal's TURN servers on \
+             UDP 3478: once a TURN channel is bound, each media packet is a TURN ChannelData \
+             message (RFC 8656: channel number, 2-byte length, padding to 4) carrying SRTP — an RTP \
+             v2 header, here with payload type 111 (libwebrtc's usual Opus number), then the \
+             payload. Signal relays calls by default for callers who are not contacts, to hide IP \
+             addresses. The control arm sends the same sizes and timing as bare probes to UDP \
+             40400.",
+            "Only the relayed path: calls that go peer to peer send SRTP straight over UDP on \
+             ephemeral ports (the generic and max profiles' shape). No TURN allocation, permission \
+             or channel-bind exchange precedes the stream; the RTP payload is the plain probe, not \
+             SRTP; no RTCP; our reflector answers with the same SSRC and channel. RingRTC may \
+             number Opus otherwise than 111. Signal's TURN addresses are not used.",
+        ),
+        Platform::Max => (
+            Framing::Rtp {
+                payload_type: OPUS_PAYLOAD_TYPE,
+                ssrc: 0x6D61_7821,
+            },
+            vec![50000],
+            Some(CONTROL_PORT),
+            "Max (VK's messenger) says its calls use WebRTC and go peer to peer where they can. \
+             Peer-to-peer WebRTC media is SRTP straight over UDP between ephemeral ports: an RTP v2 \
+             header (payload type 111, libwebrtc's usual Opus number) and the payload. The arm \
+             sends that shape to UDP 50000 — an ordinary ephemeral port that also lies in the \
+             50000-50100 range the August 2025 reports name, so the same arm shows whether that \
+             range is singled out. The control arm sends the same sizes and timing as bare probes \
+             to UDP 40400.",
+            "We know of no public description of Max's relays, ports or media dialect: this is \
+             the generic WebRTC peer-to-peer shape, not Max's own traffic, and a network that \
+             spares Max by its server addresses cannot be seen. A difference from the control says \
+             RTP-shaped traffic or the 50000-50100 range is treated differently, not that Max is. \
+             No ICE/STUN checks, DTLS or RTCP; the payload is the plain probe.",
+        ),
+    };
+    Profile {
+        platform,
+        framing,
+        ports,
+        control_port,
+        voice: voice(),
+        video: Some(video()),
+        codec: "opus".into(),
+        modelled_on: modelled_on.into(),
+        limits: limits.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing::{
+        call_signature, detect, neutral_session_id, CallSignature, STUN_MAGIC_COOKIE,
+    };
+    use crate::probe::{Packet, Probe, Reply};
+
+    /// Both arms' datagrams for packet `seq` of a profile's voice stream, built from real probes.
+    fn arms(p: &Profile, shape: &StreamShape, seq: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+        let wire = shape.wire_bytes(seq).expect("sizes");
+        let core = |role| {
+            let len = p.core_len(role, wire).expect("reachable") as u16;
+            Packet::Probe(Probe {
+                session: neutral_session_id(0xFEED_0000 + u64::from(seq)),
+                cookie: [0x33; 16],
+                seq,
+                sent_us: u64::from(seq) * 20_000,
+                len,
+            })
+            .encode()
+        };
+        let platform_core = core(Role::Platform);
+        let mut platform = Vec::new();
+        p.framing.wrap(&platform_core, &mut platform);
+        let control_core = if p.control_port.is_some() {
+            core(Role::Control)
+        } else {
+            Vec::new()
+        };
+        let mut control = Vec::new();
+        if let Some(f) = p.framing_for(Role::Control) {
+            f.wrap(&control_core, &mut control);
+        }
+        (platform_core, platform, control_core, control)
+    }
+
+    fn shapes(p: &Profile) -> Vec<&StreamShape> {
+        std::iter::once(&p.voice).chain(p.video.as_ref()).collect()
+    }
+
+    #[test]
+    fn one_valid_profile_per_platform() {
+        assert_eq!(profiles().len(), Platform::ALL.len());
+        for (p, platform) in profiles().iter().zip(Platform::ALL) {
+            assert_eq!(p.platform, platform);
+            assert_eq!(profile(platform).platform, platform);
+            assert_eq!(p.validate(), Ok(()), "{platform}");
+            assert_eq!(p.codec, "opus");
+            assert!(!p.modelled_on.is_empty() && !p.limits.is_empty());
+        }
+        assert!(profile(Platform::Generic).control_port.is_none());
+        for p in &profiles()[1..] {
+            assert_eq!(p.control_port, Some(CONTROL_PORT), "{}", p.platform);
+        }
+    }
+
+    #[test]
+    fn platform_arms_are_detected_as_their_framing() {
+        for p in profiles() {
+            for shape in shapes(p) {
+                for seq in 0..64 {
+                    let (core, platform, _, _) = arms(p, shape, seq);
+                    let (found, inner) = detect(&platform).expect("detected");
+                    assert_eq!(found, p.framing, "{}", p.platform);
+                    assert_eq!(inner, &core[..]);
+                    assert_eq!(p.framing.unwrap(&platform), Ok(&core[..]));
+                    assert_eq!(Some(platform.len()), shape.wire_bytes(seq).map(usize::from));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn control_arms_are_raw_signature_free_and_as_long_as_the_platform_arm() {
+        for p in profiles().iter().filter(|p| p.control_port.is_some()) {
+            for shape in shapes(p) {
+                for seq in 0..64 {
+                    let (_, platform, core, control) = arms(p, shape, seq);
+                    assert_eq!(detect(&control), Some((Framing::Raw, &core[..])));
+                    assert_eq!(call_signature(&control), None, "{}", p.platform);
+                    assert_eq!(control.len(), platform.len());
+                    assert!(matches!(Packet::decode(&control), Ok(Packet::Probe(_))));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn replies_are_framed_like_probes_and_no_longer() {
+        for p in profiles() {
+            let (core, platform, _, _) = arms(p, &p.voice, 3);
+            let (framing, _) = detect(&platform).expect("detected");
+            let reply = Packet::Reply(Reply {
+                session: 1,
+                seq: 3,
+                sent_us: 60_000,
+                reflector_rx_us: 1,
+                reflector_tx_us: 2,
+                reflector_received: 4,
+                len: core.len() as u16,
+            })
+            .encode();
+            let mut answer = Vec::new();
+            framing.wrap(&reply, &mut answer);
+            assert_eq!(answer.len(), platform.len(), "{}", p.platform);
+        }
+    }
+
+    #[test]
+    fn control_ports_avoid_the_reported_dpi_ports() {
+        for p in profiles() {
+            if let Some(port) = p.control_port {
+                assert!(!in_reported_dpi_ports(port));
+                assert!(!p.ports.contains(&port));
+            }
+        }
+        assert!(in_reported_dpi_ports(3478) && in_reported_dpi_ports(599));
+        assert!(in_reported_dpi_ports(1400) && in_reported_dpi_ports(50000));
+        assert!(!in_reported_dpi_ports(CONTROL_PORT));
+        let mut bad = profile(Platform::Whatsapp).clone();
+        bad.control_port = Some(50050);
+        assert!(matches!(bad.validate(), Err(ProfileError::Invalid { .. })));
+    }
+
+    #[test]
+    fn platform_ports_are_the_documented_ones() {
+        assert_eq!(profile(Platform::Whatsapp).ports, [3478]);
+        assert_eq!(profile(Platform::Telegram).ports, [599, 1400]);
+        assert_eq!(profile(Platform::Signal).ports, [3478]);
+        assert_eq!(profile(Platform::Max).ports, [50000]);
+        for platform in [Platform::Whatsapp, Platform::Telegram, Platform::Signal] {
+            assert!(profile(platform)
+                .ports
+                .iter()
+                .all(|&p| in_reported_dpi_ports(p)));
+        }
+        assert_eq!(reflector_ports(), [599, 1400, 3478, 40400, 40401, 50000]);
+    }
+
+    #[test]
+    fn stun_cookie_hits_whatsapp_platform_arm_only() {
+        let cookie = STUN_MAGIC_COOKIE.to_be_bytes();
+        let wa = profile(Platform::Whatsapp);
+        for seq in 0..64 {
+            let (_, platform, _, control) = arms(wa, &wa.voice, seq);
+            assert_eq!(&platform[4..8], &cookie);
+            assert_ne!(&control[4..8], &cookie);
+        }
+        // Telegram's platform arm does not carry the cookie at offset 4: a STUN-cookie rule hits
+        // WhatsApp but not Telegram.
+        let tg = profile(Platform::Telegram);
+        for shape in shapes(tg) {
+            for seq in 0..64 {
+                let (_, platform, _, _) = arms(tg, shape, seq);
+                assert_ne!(&platform[4..8], &cookie);
+                assert_ne!(call_signature(&platform), Some(CallSignature::StunCookie));
+            }
+        }
+    }
+
+    #[test]
+    fn signatures_by_platform() {
+        let sig = |platform| {
+            let p = profile(platform);
+            call_signature(&arms(p, &p.voice, 0).1)
+        };
+        assert_eq!(sig(Platform::Whatsapp), Some(CallSignature::StunCookie));
+        assert_eq!(sig(Platform::Signal), Some(CallSignature::TurnChannelData));
+        assert_eq!(sig(Platform::Max), Some(CallSignature::RtpOrRtcp));
+        assert_eq!(sig(Platform::Generic), Some(CallSignature::RtpOrRtcp));
+        assert_eq!(sig(Platform::Telegram), None);
+    }
+
+    #[test]
+    fn size_draws_follow_the_weights_and_the_arms_agree() {
+        let shape = voice();
+        let mut counts = std::collections::BTreeMap::new();
+        for seq in 0..10_000 {
+            *counts.entry(shape.wire_bytes(seq).unwrap()).or_insert(0u32) += 1;
+        }
+        // Weights 1:3:4:2 of 10 000 draws, within a generous margin.
+        for (bytes, want) in [(88, 1000), (104, 3000), (120, 4000), (136, 2000)] {
+            let got = counts[&bytes];
+            assert!(got.abs_diff(want) < 300, "{bytes}: {got}");
+        }
+        assert!((shape.mean_wire_bytes() - 115.2).abs() < 1e-9);
+        let empty = StreamShape {
+            interval_ms: 20,
+            sizes: vec![],
+        };
+        assert_eq!(empty.wire_bytes(1), None);
+        assert_eq!(empty.mean_wire_bytes(), 0.0);
+    }
+
+    #[test]
+    fn voice_and_video_timing() {
+        for p in profiles() {
+            assert_eq!(p.voice.interval_ms, 20);
+            let video = p.video.as_ref().expect("video variant");
+            assert_eq!(video.interval_ms, 5);
+            assert!(video.mean_wire_bytes() >= 1000.0);
+        }
+    }
+
+    #[test]
+    fn roles_map_to_framings_and_ports() {
+        let wa = profile(Platform::Whatsapp);
+        assert_eq!(wa.framing_for(Role::Control), Some(&Framing::Raw));
+        assert_eq!(wa.port_for(Role::Control), Some(CONTROL_PORT));
+        assert_eq!(wa.port_for(Role::Platform), Some(3478));
+        assert_eq!(wa.framing_for(Role::Relay), None);
+        let generic = profile(Platform::Generic);
+        assert_eq!(generic.framing_for(Role::Control), None);
+        assert_eq!(generic.port_for(Role::Control), None);
+        assert_eq!(generic.core_len(Role::Platform, 100), Some(88));
+    }
+
+    #[test]
+    fn unreachable_sizes_are_refused() {
+        let mut p = profile(Platform::Whatsapp).clone();
+        p.voice.sizes.push(SizeShare {
+            wire_bytes: 86, // not a multiple of 4: STUN cannot reach it
+            weight: 1,
+        });
+        assert!(matches!(p.validate(), Err(ProfileError::Invalid { .. })));
+        let mut p = profile(Platform::Generic).clone();
+        p.voice.sizes = vec![SizeShare {
+            wire_bytes: 40, // core of 28 bytes: below MIN_PROBE_LEN
+            weight: 1,
+        }];
+        assert!(p.validate().is_err());
+        let mut p = profile(Platform::Telegram).clone();
+        p.framing = Framing::TelegramReflector {
+            peer_tag: [0; 16],
+            sender_tag: 1,
+        };
+        assert!(matches!(p.validate(), Err(ProfileError::Framing { .. })));
+    }
+
+    #[test]
+    fn profiles_round_trip_through_json() {
+        for p in profiles() {
+            let json = serde_json::to_string(p).unwrap();
+            let back: Profile = serde_json::from_str(&json).unwrap();
+            assert_eq!(&back, p);
+        }
+    }
+}
