@@ -15,3 +15,4 @@ pub mod report_text;
 pub mod runner;
 pub mod state;
 pub mod upload;
+pub mod verdict;

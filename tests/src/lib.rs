@@ -4,6 +4,7 @@
 //! Nothing here ships in a release binary of the agent or the collector.
 
 pub mod demo;
+pub mod detection;
 pub mod emulator;
 pub mod http;
 pub mod scenarios;

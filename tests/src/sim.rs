@@ -11,9 +11,10 @@ use crate::emulator::{
     ImpairmentConfig, UdpPorts,
 };
 use anyhow::{anyhow, Result};
-use callwatch_agent::engine::session::{Session, SessionConfig, SessionError};
+use callwatch_agent::engine::session::{Session, SessionConfig, SessionError, WireSizes};
 use callwatch_agent::metrics::StreamRecord;
 use callwatch_collector::reflector::{Limits, Reflector};
+use callwatch_proto::framing::{neutral_session_id, Framing};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
@@ -115,11 +116,27 @@ impl ProbeTruth {
     }
 }
 
-/// One stream of a simulated test: what it asks for and the reflector port it goes to.
-#[derive(Clone, Copy, Debug)]
+/// One stream of a simulated test: what it asks for, the reflector port it goes to, and how its
+/// packets look on the wire.
+#[derive(Clone, Debug)]
 pub struct SimArm {
     pub session: SessionConfig,
     pub port: u16,
+    pub framing: Framing,
+    /// `None`: every probe `session.size` bytes, bare.
+    pub sizes: Option<WireSizes>,
+}
+
+impl SimArm {
+    /// Bare probes of `session.size` bytes.
+    pub fn raw(session: SessionConfig, port: u16) -> Self {
+        SimArm {
+            session,
+            port,
+            framing: Framing::Raw,
+            sizes: None,
+        }
+    }
 }
 
 pub struct SimRun {
@@ -151,7 +168,14 @@ pub fn simulate(
     let mut sessions: Vec<Session> = arms
         .iter()
         .enumerate()
-        .map(|(i, a)| Session::new(seed.wrapping_mul(31).wrapping_add(i as u64), a.session, 0))
+        .map(|(i, a)| {
+            let id = neutral_session_id(seed.wrapping_mul(31).wrapping_add(i as u64));
+            let session = Session::new(id, a.session, 0);
+            match &a.sizes {
+                None => session,
+                Some(sizes) => session.with_framing(a.framing.clone(), sizes.clone()),
+            }
+        })
         .collect();
     let agent_port = |i: usize| 40_000 + i as u16;
     let mut queue: BinaryHeap<Reverse<Event>> = BinaryHeap::new();

@@ -29,15 +29,15 @@ fn run(
         rules: rules.clone(),
         ..ImpairmentConfig::default()
     };
-    let arm = SimArm {
-        session: SessionConfig {
+    let arm = SimArm::raw(
+        SessionConfig {
             interval_ms: 20,
             size: s.size,
             duration_ms: 10_000,
             grace_ms: 1_000,
         },
-        port: 3479,
-    };
+        3479,
+    );
     let mut out = simulate(&[arm], cfg, OFFSET_US, seed).unwrap();
     let record = out.records.remove(0).unwrap();
     let truth = ProbeTruth::from_ground_truth(&out.truth, &rules).unwrap();
@@ -181,17 +181,17 @@ fn clock_offset_does_not_change_the_figures() {
         rules,
         ..ImpairmentConfig::default()
     };
-    let arm = SimArm {
-        session: SessionConfig {
+    let arm = SimArm::raw(
+        SessionConfig {
             interval_ms: 20,
             size: 172,
             duration_ms: 4_000,
             grace_ms: 1_000,
         },
-        port: 3479,
-    };
+        3479,
+    );
     let report = |offset| {
-        let mut out = simulate(&[arm], cfg.clone(), offset, 5).unwrap();
+        let mut out = simulate(std::slice::from_ref(&arm), cfg.clone(), offset, 5).unwrap();
         stream_report(Role::Platform, &out.records.remove(0).unwrap(), Codec::Opus)
     };
     let (a, b) = (report(0), report(987_654_321_000));

@@ -8,11 +8,12 @@ pub mod driver;
 pub mod session;
 pub mod stun;
 
-use crate::metrics::{stream_report, Codec};
+use crate::metrics::{stream_report, Codec, StreamRecord};
+use crate::verdict::{judge, samples_of, VerdictConfig};
 use callwatch_proto::framing::{neutral_session_id, Framing};
 use callwatch_proto::profile::profile;
 use callwatch_proto::report::SCHEMA_VERSION;
-use callwatch_proto::{CallReport, Platform, ReportId, Role};
+use callwatch_proto::{CallReport, Platform, ReportId, Role, Verdict};
 use chrono::Utc;
 use driver::{Arm, Cancel};
 use session::{ArmSession, Progress, Session, SessionConfig, SessionError, WireSizes};
@@ -152,6 +153,21 @@ fn bind_socket(bind: Option<IpAddr>, peer: SocketAddr) -> std::io::Result<UdpSoc
     Ok(socket)
 }
 
+/// The verdict of a test whose records include a platform and a control arm; `(None, None)`
+/// without a control arm (a generic test).
+pub fn verdict_of(
+    records: &[(Role, StreamRecord)],
+) -> (Option<Verdict>, Option<callwatch_proto::VerdictDetail>) {
+    let arm = |role| records.iter().find(|(r, _)| *r == role).map(|(_, rec)| rec);
+    match (arm(Role::Platform), arm(Role::Control)) {
+        (Some(p), Some(c)) => {
+            let (v, d) = judge(&samples_of(p), &samples_of(c), &VerdictConfig::default());
+            (Some(v), Some(d))
+        }
+        _ => (None, None),
+    }
+}
+
 /// Runs one call test to completion (blocking; seconds long) and returns its unsigned report.
 pub fn run_call_test(
     spec: &TestSpec,
@@ -204,8 +220,10 @@ pub fn run_call_test(
         return Err(TestError::Cancelled);
     }
     let mut streams = Vec::new();
+    let mut records = Vec::new();
     for (role, result) in roles.into_iter().zip(results) {
-        let mut stream = stream_report(role, &result?, Codec::Opus);
+        let record = result?;
+        let mut stream = stream_report(role, &record, Codec::Opus);
         if role == Role::Relay {
             // A STUN server gives no timestamps: one-way figures would be invented.
             stream.owd_ms = None;
@@ -213,7 +231,9 @@ pub fn run_call_test(
             stream.ipdv_ms = None;
         }
         streams.push(stream);
+        records.push((role, record));
     }
+    let (verdict, verdict_detail) = verdict_of(&records);
     Ok(CallReport {
         schema: SCHEMA_VERSION,
         id: ReportId(rand::random()),
@@ -223,8 +243,8 @@ pub fn run_call_test(
         duration_ms: spec.duration_ms,
         interval_ms: spec.interval_ms as u32,
         payload_bytes: spec.wire_sizes().max() as u32,
-        verdict: None,
-        verdict_detail: None,
+        verdict,
+        verdict_detail,
         streams,
     })
 }

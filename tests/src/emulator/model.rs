@@ -24,6 +24,7 @@
 //!    and of no others (apart from the stateful policer and FIFO queue, which depend on what passed).
 //!    That is what lets a test compare a platform arm with its control arm under one seed.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -627,7 +628,10 @@ struct PathState {
     dup_rng: ChaCha8Rng,
     in_bad_state: bool,
     policer: Option<TokenBucket>,
-    fifo_tail: Duration,
+    /// Without reordering, each flow (UDP port pair) leaves in the order it entered: the last
+    /// delivery time per flow. Per flow, not per path: a box that delays one flow (a DPI rule's
+    /// extra delay) does not hold back the others queued beside it.
+    fifo_tail: HashMap<UdpPorts, Duration>,
     truth: DirectionTruth,
 }
 
@@ -641,7 +645,7 @@ impl PathState {
             dup_rng: stream_rng(seed, base + 2),
             in_bad_state: false,
             policer: config.policer.as_ref().map(TokenBucket::new),
-            fifo_tail: Duration::ZERO,
+            fifo_tail: HashMap::new(),
             truth: DirectionTruth::default(),
         }
     }
@@ -837,8 +841,9 @@ impl Impairment {
         for (base_ms, extra_ms) in base.delays_ms.into_iter().zip(extra_ms).take(copies) {
             let mut at = now + ms_to_duration(base_ms + extra_ms);
             if !path.config.reorder {
-                at = at.max(path.fifo_tail);
-                path.fifo_tail = at;
+                let tail = path.fifo_tail.entry(ports).or_insert(Duration::ZERO);
+                at = at.max(*tail);
+                *tail = at;
             }
             let delay_us = u64::try_from((at - now).as_micros()).unwrap_or(u64::MAX);
             path.truth.added_delay_us_total =
