@@ -30,6 +30,12 @@ pub struct Config {
     /// Every probe this long on the wire (UDP payload); unset: the platform profile's sizes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u16>,
+    /// Reflector port for platform arms instead of each profile's own (e.g. 3478).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_port: Option<u16>,
+    /// Reflector port for control arms instead of the neutral 40400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_port: Option<u16>,
     /// Local address to test and upload from (default: chosen by the system).
     #[serde(default)]
     pub bind: Option<IpAddr>,
@@ -98,6 +104,8 @@ impl Config {
             duration_secs: default_duration_secs(),
             interval_ms: default_interval_ms(),
             size: None,
+            platform_port: None,
+            control_port: None,
             bind: None,
             key_file: default_key_file(),
             queue_dir: default_queue_dir(),
@@ -172,6 +180,17 @@ impl Config {
         } else {
             Err(p)
         }
+    }
+
+    /// The state file; a relative one (a config built in code) lives beside the queue folder.
+    pub fn state_path(&self) -> PathBuf {
+        if self.state_file.is_absolute() {
+            return self.state_file.clone();
+        }
+        self.queue_dir
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(&self.state_file)
     }
 
     pub fn pin_bytes(&self) -> Option<[u8; 32]> {

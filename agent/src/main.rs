@@ -295,7 +295,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { config, json } => {
             let cfg = Config::load(&config)?;
-            let state = callwatch_agent::state::AgentState::load(&cfg.state_file)?;
+            let state = callwatch_agent::state::AgentState::load(&cfg.state_path())?;
             if json {
                 println!("{}", serde_json::to_string(&state)?);
             } else {

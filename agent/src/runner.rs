@@ -38,6 +38,8 @@ pub fn spec_for(cfg: &Config, platform: callwatch_proto::Platform) -> Result<Tes
     spec.interval_ms = cfg.interval_ms;
     spec.size = cfg.size;
     spec.bind = cfg.bind;
+    spec.platform_port = cfg.platform_port;
+    spec.control_port = cfg.control_port;
     Ok(spec)
 }
 
@@ -54,7 +56,7 @@ pub async fn run_cycle_cancellable(
     queue: &Queue,
     cancel: &Cancel,
 ) -> Result<CycleOutcome> {
-    let mut state = AgentState::load(&cfg.state_file).unwrap_or_default();
+    let mut state = AgentState::load(&cfg.state_path()).unwrap_or_default();
     let mut outcome = CycleOutcome::default();
     for platform in &cfg.platforms {
         let spec = spec_for(cfg, *platform)?;
@@ -130,7 +132,7 @@ pub async fn run_cycle_cancellable(
     outcome.queued_after = queue.len();
     state.queue_depth = outcome.queued_after;
     state.queue_dropped_total = queue.dropped_total();
-    if let Err(e) = state.save(&cfg.state_file) {
+    if let Err(e) = state.save(&cfg.state_path()) {
         tracing::warn!("could not write the state file: {e:#}");
     }
     Ok(outcome)

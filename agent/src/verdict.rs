@@ -6,7 +6,8 @@
 //! 1. Cut each arm into windows of `window_ms` by send time. Per window: the loss fraction, the
 //!    median RTT of what came back, and the mean |ΔRTT| between consecutive replies (RTT
 //!    variation; what a jitter buffer must absorb). Each metric gives one series per arm.
-//! 2. Too little to judge — fewer than `min_windows` windows, or neither arm got anything back —
+//! 2. Too little to judge — fewer than `min_windows` windows (7: the fewest with which the
+//!    corrected test can reach significance at all), or neither arm got anything back —
 //!    is `inconclusive`.
 //! 3. A platform arm that got nothing back while the control arm got at least half back is
 //!    `differentiated`: blocking is the strongest differentiation there is.
@@ -60,7 +61,10 @@ impl Default for VerdictConfig {
             loss_floor: 0.01,
             delay_floor_ms: 5.0,
             jitter_floor_ms: 3.0,
-            min_windows: 5,
+            // Holm over 3 metrics at α = 0.01 needs a raw p below 0.0033: with 6 windows a side
+            // even fully separated series give p ≈ 0.005 (normal approximation); 7 is the
+            // fewest that can reach significance.
+            min_windows: 7,
             degraded_loss: 0.05,
         }
     }

@@ -5,7 +5,7 @@
 //! report's platform-arm stream.
 
 use crate::store::StoredReport;
-use callwatch_proto::{CallReport, Platform, Role};
+use callwatch_proto::{CallReport, Platform, Role, Verdict};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -69,6 +69,8 @@ pub struct Observation {
     pub jitter_up_ms: Option<f64>,
     pub jitter_down_ms: Option<f64>,
     pub mos: Option<f64>,
+    /// The test's verdict, when it had a control arm.
+    pub verdict: Option<Verdict>,
 }
 
 impl Observation {
@@ -93,6 +95,7 @@ impl Observation {
             jitter_up_ms: stream.jitter_ms.map(|j| j.up),
             jitter_down_ms: stream.jitter_ms.map(|j| j.down),
             mos: stream.mos,
+            verdict: report.verdict,
         })
     }
 
@@ -133,6 +136,9 @@ pub struct Cell {
     pub jitter_up_ms_median: Option<f64>,
     pub jitter_down_ms_median: Option<f64>,
     pub mos_median: Option<f64>,
+    /// Share of the cell's reports with a verdict that found the platform differentiated;
+    /// `null` when none had a verdict (generic tests have no control arm).
+    pub differentiated_share: Option<f64>,
 }
 
 /// What a published aggregate must respect, so that no volunteer can be singled out and none
@@ -223,6 +229,16 @@ pub fn aggregate(
                 jitter_up_ms_median: median(members.iter().filter_map(|o| o.jitter_up_ms)),
                 jitter_down_ms_median: median(members.iter().filter_map(|o| o.jitter_down_ms)),
                 mos_median: median(members.iter().filter_map(|o| o.mos)),
+                differentiated_share: {
+                    let judged: Vec<Verdict> = members.iter().filter_map(|o| o.verdict).collect();
+                    (!judged.is_empty()).then(|| {
+                        judged
+                            .iter()
+                            .filter(|v| **v == Verdict::Differentiated)
+                            .count() as f64
+                            / judged.len() as f64
+                    })
+                },
             })
         })
         .collect()
@@ -254,6 +270,7 @@ pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
         "jitter_up_ms_median",
         "jitter_down_ms_median",
         "mos_median",
+        "differentiated_share",
     ];
     let mut out = String::new();
     let header: Vec<&str> = axes.iter().map(|a| a.as_str()).chain(figures).collect();
@@ -279,6 +296,7 @@ pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
             opt(c.jitter_up_ms_median),
             opt(c.jitter_down_ms_median),
             opt(c.mos_median),
+            opt(c.differentiated_share),
         ]);
         out.push_str(&row.join(","));
         out.push('\n');
@@ -304,6 +322,7 @@ mod tests {
             jitter_up_ms: Some(1.0),
             jitter_down_ms: Some(2.0),
             mos: Some(4.0),
+            verdict: (platform != Platform::Generic).then_some(Verdict::None),
         }
     }
 
@@ -337,6 +356,7 @@ mod tests {
         assert_eq!(ru_wa.agents, 2);
         assert_eq!(ru_wa.rtt_ms_median, Some(20.0));
         assert!((ru_wa.loss_up_mean - 0.2).abs() < 1e-12);
+        assert_eq!(ru_wa.differentiated_share, Some(0.0));
         assert_eq!(ru_wa.asn, None);
         let csv = to_csv(&cells, &[Axis::Country, Axis::Platform]);
         assert!(csv.starts_with("country,platform,count,agents,"));

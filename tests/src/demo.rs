@@ -3,6 +3,8 @@
 //! countries and networks. Each agent runs its tests and uploads; the result is the aggregate by
 //! region and platform, read back through the collector's HTTP API.
 
+use crate::detection::stun_rule;
+use crate::emulator::{ImpairmentConfig, Relay, RelayConfig, Route, RuleImpairment};
 use crate::http;
 use anyhow::{bail, Context, Result};
 use callwatch_agent::config::Config;
@@ -12,7 +14,7 @@ use callwatch_agent::runner::{run_cycle, CycleOutcome};
 use callwatch_collector::{serve, ServeConfig};
 use callwatch_proto::Platform;
 use std::fmt::Write;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 /// A pretend volunteer network: loopback address → (country, ASN, name).
@@ -35,15 +37,19 @@ pub struct DemoConfig {
     pub platforms: Vec<Platform>,
     /// Keep the data here instead of a temporary folder that is removed at the end.
     pub keep: Option<PathBuf>,
+    /// Put the Russian networks behind an emulated DPI box that drops 10 % of STUN-framed
+    /// packets each way (what the August 2025 reports describe).
+    pub dpi: bool,
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
             agents: 4,
-            duration_secs: 5,
-            platforms: vec![Platform::Generic],
+            duration_secs: 8,
+            platforms: vec![Platform::Generic, Platform::Whatsapp, Platform::Telegram],
             keep: None,
+            dpi: true,
         }
     }
 }
@@ -85,31 +91,70 @@ pub async fn run_demo(cfg: &DemoConfig) -> Result<DemoResult> {
     let geo = root.join("regions.tsv");
     write_geo_table(&geo)?;
     let mut sc = ServeConfig::new(root.join("collector"));
-    let any = "127.0.0.1:0".parse()?;
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
     sc.listen = any;
-    sc.reflectors = vec![any];
+    // Three reflector ports: generic tests, platform arms, control arms (free ports, so the demo
+    // needs no privileges; a real collector listens on the profiles' own ports).
+    sc.reflectors = vec![any, any, any];
     sc.http = any;
     sc.geo = Some(geo);
     // A local demo has one agent per network: publish every cell (a real collector needs k ≥ 3).
     sc.policy.min_agents = 1;
     let collector = serve(sc).await?;
     eprintln!(
-        "collector: QUIC {}, reflector udp {}, HTTP {}  (pin {}…)",
+        "collector: QUIC {}, reflector udp {:?}, HTTP {}  (pin {}…)",
         collector.quic_addr,
-        collector.reflector.addrs[0],
+        collector.reflector.addrs,
         collector.http_addr,
         &collector.pin[..16]
     );
+    let direct = collector.reflector.addrs.clone();
+    // The DPI box: a relay in front of the same three ports with a rule on the STUN cookie.
+    let dpi_relay = if cfg.dpi {
+        let relay = Relay::start(RelayConfig {
+            routes: direct
+                .iter()
+                .map(|&upstream| Route {
+                    listen: any,
+                    upstream,
+                })
+                .collect(),
+            impairment: ImpairmentConfig {
+                seed: 2025,
+                rules: vec![stun_rule(RuleImpairment {
+                    loss: 0.10,
+                    ..RuleImpairment::default()
+                })],
+                ..ImpairmentConfig::default()
+            },
+            ..RelayConfig::default()
+        })
+        .await?;
+        eprintln!(
+            "DPI box: Russian networks reach the reflector through {:?}, which drops 10 % of \
+             STUN-framed packets each way",
+            relay.local_addrs()
+        );
+        Some(relay)
+    } else {
+        None
+    };
 
     let mut tasks = Vec::new();
     for (i, (ip, cc, asn, name)) in NETWORKS.iter().take(cfg.agents).enumerate() {
         let dir = root.join(format!("agent-{}", i + 1));
         std::fs::create_dir_all(&dir)?;
+        let ports: Vec<SocketAddr> = match (&dpi_relay, *cc) {
+            (Some(relay), "RU") => relay.local_addrs().to_vec(),
+            _ => direct.clone(),
+        };
         let mut ac = Config::new(
             collector.quic_addr.to_string(),
             collector.pin.clone(),
-            collector.reflector.addrs[0].to_string(),
+            ports[0].to_string(),
         );
+        ac.platform_port = Some(ports[1].port());
+        ac.control_port = Some(ports[2].port());
         ac.bind = Some(IpAddr::V4(*ip));
         ac.duration_secs = cfg.duration_secs;
         ac.platforms = cfg.platforms.clone();
@@ -147,6 +192,9 @@ pub async fn run_demo(cfg: &DemoConfig) -> Result<DemoResult> {
     let by_asn = fetch("/api/v1/aggregation?axis_x=asn&axis_y=platform").await?;
     let by_country = fetch("/api/v1/aggregation?axis_x=country&axis_y=platform").await?;
     let table = render(&by_country, &by_asn);
+    if let Some(relay) = dpi_relay {
+        relay.shutdown().await?;
+    }
     collector.shutdown().await;
     Ok(DemoResult {
         table,
@@ -185,7 +233,7 @@ fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String 
             };
             let _ = writeln!(
                 out,
-                "{:<10} {:<9} {:>7} {:>6} {:>10} {:>9} {:>9} {:>11} {:>5}",
+                "{:<10} {:<9} {:>7} {:>6} {:>10} {:>9} {:>9} {:>12} {:>5} {:>15}",
                 region,
                 c["platform"].as_str().unwrap_or("-"),
                 c["count"].to_string(),
@@ -195,6 +243,10 @@ fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String 
                 num(c, "loss_down_mean", 100.0, 2),
                 num(c, "jitter_down_ms_median", 1.0, 3),
                 num(c, "mos_median", 1.0, 2),
+                c["differentiated_share"]
+                    .as_f64()
+                    .map(|x| format!("{:.0} %", x * 100.0))
+                    .unwrap_or_else(|| "n/a".into()),
             );
         }
     };
