@@ -4,6 +4,7 @@
 
 use callwatch_proto::Platform;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,13 @@ pub struct Config {
     /// Every probe this long on the wire (UDP payload); unset: the platform profile's sizes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u16>,
+    /// STUN/TURN servers of each platform's own, measured as a third stream (role `relay`);
+    /// the first listed for a platform is used. E.g. `[relay_servers] whatsapp = ["host:3478"]`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub relay_servers: BTreeMap<Platform, Vec<String>>,
+    /// Test with each profile's video-like stream (about 1.8 Mbit/s) instead of voice.
+    #[serde(default)]
+    pub video: bool,
     /// Reflector port for platform arms instead of each profile's own (e.g. 3478).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_port: Option<u16>,
@@ -104,6 +112,8 @@ impl Config {
             duration_secs: default_duration_secs(),
             interval_ms: default_interval_ms(),
             size: None,
+            relay_servers: BTreeMap::new(),
+            video: false,
             platform_port: None,
             control_port: None,
             bind: None,
@@ -172,6 +182,11 @@ impl Config {
                 callwatch_proto::upload::MAX_BATCH
             ));
         }
+        for (platform, servers) in &self.relay_servers {
+            for server in servers {
+                host_port(&format!("relay_servers.{platform}"), server, &mut p);
+            }
+        }
         if self.queue_cap == 0 {
             p.push("queue_cap = 0: keep at least one report".into());
         }
@@ -230,6 +245,34 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("colector"));
+    }
+
+    #[test]
+    fn relay_servers_per_platform_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let base = Config::new(
+            "127.0.0.1:4433".into(),
+            "ab".repeat(32),
+            "127.0.0.1:3479".into(),
+        );
+        let text = format!(
+            "{}\n[relay_servers]\nwhatsapp = [\"127.0.0.1:3478\"]\ntelegram = [\"nohost\"]\n",
+            base.to_toml().replace("video = false", "video = true")
+        );
+        std::fs::write(&path, text).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("relay_servers.telegram"), "{e}");
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("\"nohost\"", "\"127.0.0.1:3479\"");
+        std::fs::write(&path, text).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert!(cfg.video);
+        assert_eq!(
+            cfg.relay_servers[&Platform::Whatsapp],
+            vec!["127.0.0.1:3478".to_string()]
+        );
     }
 
     #[test]

@@ -65,6 +65,10 @@ enum Command {
         /// Reflector port for the control arm (default: 40400).
         #[arg(long = "control-port", value_name = "PORT")]
         control_port: Option<u16>,
+        /// Send the profile's video-like stream (1000-1200 B every 5 ms, ~1.8 Mbit/s per arm)
+        /// instead of voice.
+        #[arg(long)]
+        video: bool,
         /// Also measure this STUN/TURN server of the platform's (a third stream, role relay).
         #[arg(long = "relay", value_name = "HOST:PORT")]
         relay: Option<String>,
@@ -219,6 +223,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             platform_port,
             control_port,
             relay,
+            video,
         } => {
             let addr: SocketAddr = runner::resolve("reflector", &reflector)?;
             let relay_server = relay.map(|r| runner::resolve("relay", &r)).transpose()?;
@@ -230,6 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 platform_port,
                 control_port,
                 relay_server,
+                video,
                 ..TestSpec::voice(addr, duration.saturating_mul(1000))
             };
             spec.validate()?;

@@ -40,6 +40,10 @@ pub fn spec_for(cfg: &Config, platform: callwatch_proto::Platform) -> Result<Tes
     spec.bind = cfg.bind;
     spec.platform_port = cfg.platform_port;
     spec.control_port = cfg.control_port;
+    spec.video = cfg.video;
+    if let Some(server) = cfg.relay_servers.get(&platform).and_then(|s| s.first()) {
+        spec.relay_server = Some(resolve("relay", server)?);
+    }
     Ok(spec)
 }
 

@@ -82,6 +82,65 @@ async fn test_json_prints_exactly_one_report_object() {
     assert!(s["jitter_ms"]["up"].is_number() && s["jitter_ms"]["down"].is_number());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_platform_test_runs_both_arms_and_the_video_profile_on_request() {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let reflector = spawn_reflector(&[any, any], Limits::default())
+        .await
+        .unwrap();
+    let (p, c) = (reflector.addrs[0], reflector.addrs[1]);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(bin("callwatch-agent"))
+            .args([
+                "test",
+                "--platform",
+                "whatsapp",
+                "--video",
+                "--duration",
+                "1",
+                "--json",
+            ])
+            .args(["--reflector", &p.to_string()])
+            .args(["--platform-port", &p.port().to_string()])
+            .args(["--control-port", &c.port().to_string()])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["platform"], "whatsapp");
+    assert_eq!(v["interval_ms"], 5, "the video stream's interval");
+    assert_eq!(v["payload_bytes"], 1200);
+    let roles: Vec<&str> = v["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["platform", "control"]);
+    assert_eq!(v["streams"][0]["packets_sent"], 200);
+    assert_eq!(v["streams"][0]["packets_received"], 200);
+    // One second is too short to judge: the verdict says so rather than guessing.
+    assert_eq!(v["verdict"], "inconclusive");
+    assert!(v["verdict_detail"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("windows"));
+    let offered = |i: usize| v["streams"][i]["bitrate_kbps"]["offered"].as_f64().unwrap();
+    assert!(
+        offered(0) > 1500.0 && offered(0) == offered(1),
+        "{} {}",
+        offered(0),
+        offered(1)
+    );
+}
+
 #[test]
 fn bad_arguments_are_named_and_change_nothing() {
     let out = Command::new(bin("callwatch-agent"))

@@ -35,6 +35,8 @@ pub struct TestSpec {
     /// Every probe this long on the wire (UDP payload, framing included), 48..=1400; `None`:
     /// the platform profile's size table (generic: 172 bytes, a 20 ms Opus frame).
     pub size: Option<u16>,
+    /// Send the profile's video-like stream (its sizes and interval) instead of voice.
+    pub video: bool,
     /// Reflector port for the platform arm instead of the profile's.
     pub platform_port: Option<u16>,
     /// Reflector port for the control arm instead of the profile's neutral one.
@@ -56,6 +58,7 @@ impl TestSpec {
             duration_ms,
             interval_ms: 20,
             size: Some(172),
+            video: false,
             platform_port: None,
             control_port: None,
             bind: None,
@@ -100,10 +103,20 @@ impl TestSpec {
 
     /// The sizes every arm sends: the same on the wire on each arm.
     fn wire_sizes(&self) -> WireSizes {
-        match self.size {
-            Some(n) => WireSizes::Fixed(n),
-            None if self.platform == Platform::Generic => WireSizes::Fixed(172),
-            None => WireSizes::Shape(profile(self.platform).voice.clone()),
+        let p = profile(self.platform);
+        match (self.size, self.video.then_some(p.video.as_ref()).flatten()) {
+            (Some(n), _) => WireSizes::Fixed(n),
+            (None, Some(video)) => WireSizes::Shape(video.clone()),
+            (None, None) if self.platform == Platform::Generic => WireSizes::Fixed(172),
+            (None, None) => WireSizes::Shape(p.voice.clone()),
+        }
+    }
+
+    /// The interval between probes: the video shape's when testing video, else `interval_ms`.
+    fn interval(&self) -> u16 {
+        match profile(self.platform).video.as_ref() {
+            Some(v) if self.video => v.interval_ms,
+            _ => self.interval_ms,
         }
     }
 
@@ -178,7 +191,7 @@ pub fn run_call_test(
     let started_at = Utc::now();
     let epoch = Instant::now();
     let cfg = SessionConfig {
-        interval_ms: spec.interval_ms,
+        interval_ms: spec.interval(),
         size: spec.wire_sizes().max(),
         duration_ms: spec.duration_ms,
         grace_ms: spec.grace_ms,
@@ -200,7 +213,7 @@ pub fn run_call_test(
     if let Some(server) = spec.relay_server {
         let stun = StunSession::new(
             StunConfig {
-                interval_ms: spec.interval_ms,
+                interval_ms: spec.interval(),
                 duration_ms: spec.duration_ms,
                 grace_ms: spec.grace_ms,
             },
@@ -241,7 +254,7 @@ pub fn run_call_test(
         platform: spec.platform,
         started_at,
         duration_ms: spec.duration_ms,
-        interval_ms: spec.interval_ms as u32,
+        interval_ms: spec.interval() as u32,
         payload_bytes: spec.wire_sizes().max() as u32,
         verdict,
         verdict_detail,
