@@ -7,15 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join(name)
-}
-
 /// An agent config pointing at `reflector` and at a collector address where nothing listens,
 /// with `edits` (from, to) applied to the text `init` wrote.
 fn agent_config(dir: &Path, reflector: &ReflectorHandle, edits: &[(&str, &str)]) -> PathBuf {
@@ -24,7 +15,7 @@ fn agent_config(dir: &Path, reflector: &ReflectorHandle, edits: &[(&str, &str)])
         .local_addr()
         .unwrap();
     let config = dir.join("agent.toml");
-    let out = Command::new(bin("callwatch-agent"))
+    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
         .args(["init", "--config"])
         .arg(&config)
         .args([
@@ -59,7 +50,7 @@ async fn sigterm_during_a_test_stops_the_agent_cleanly_and_quickly() {
     let config = agent_config(dir.path(), &r, &[]);
     let config2 = config.clone();
     let (code, elapsed) = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(bin("callwatch-agent"))
+        let mut child = Command::new(callwatch_tests::built_binary("callwatch-agent"))
             .args(["run", "--config"])
             .arg(&config2)
             .stderr(Stdio::piped())
@@ -103,7 +94,7 @@ async fn a_full_queue_drops_the_oldest_and_status_says_so() {
     let logs = tokio::task::spawn_blocking(move || {
         let mut logs = String::new();
         for _ in 0..3 {
-            let out = Command::new(bin("callwatch-agent"))
+            let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
                 .args(["run", "--once", "--config"])
                 .arg(&config2)
                 .output()
@@ -119,7 +110,7 @@ async fn a_full_queue_drops_the_oldest_and_status_says_so() {
         logs.contains("queue full: dropped the oldest report(s)"),
         "{logs}"
     );
-    let status = Command::new(bin("callwatch-agent"))
+    let status = Command::new(callwatch_tests::built_binary("callwatch-agent"))
         .args(["status", "--json", "--config"])
         .arg(&config)
         .output()
@@ -133,7 +124,7 @@ async fn a_full_queue_drops_the_oldest_and_status_says_so() {
         .as_str()
         .unwrap()
         .contains("unreachable"));
-    let text = Command::new(bin("callwatch-agent"))
+    let text = Command::new(callwatch_tests::built_binary("callwatch-agent"))
         .args(["status", "--config"])
         .arg(&config)
         .output()

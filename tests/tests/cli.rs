@@ -4,24 +4,7 @@
 use callwatch_collector::reflector::{spawn_reflector, Limits};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-/// target/debug (or wherever cargo put this test binary's siblings).
-fn bin(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop(); // the test binary
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built; run `cargo test --workspace`",
-        path.display()
-    );
-    path
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_json_prints_exactly_one_report_object() {
@@ -30,7 +13,7 @@ async fn test_json_prints_exactly_one_report_object() {
         .unwrap();
     let addr = reflector.addrs[0].to_string();
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin("callwatch-agent"))
+        Command::new(callwatch_tests::built_binary("callwatch-agent"))
             .args(["test", "--reflector", &addr, "--duration", "1", "--json"])
             .output()
             .unwrap()
@@ -90,7 +73,7 @@ async fn a_platform_test_runs_both_arms_and_the_video_profile_on_request() {
         .unwrap();
     let (p, c) = (reflector.addrs[0], reflector.addrs[1]);
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin("callwatch-agent"))
+        Command::new(callwatch_tests::built_binary("callwatch-agent"))
             .args([
                 "test",
                 "--platform",
@@ -143,13 +126,13 @@ async fn a_platform_test_runs_both_arms_and_the_video_profile_on_request() {
 
 #[test]
 fn bad_arguments_are_named_and_change_nothing() {
-    let out = Command::new(bin("callwatch-agent"))
+    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
         .args(["test", "--reflector", "127.0.0.1:9", "--size", "10"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("size 10"));
-    let out = Command::new(bin("callwatch-agent"))
+    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
         .args(["test", "--reflector", "127.0.0.1:9", "--platform", "skype"])
         .output()
         .unwrap();
@@ -162,7 +145,7 @@ fn init_writes_a_private_key_and_refuses_to_replace_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     let init = |force: bool| {
-        let mut c = Command::new(bin("callwatch-agent"));
+        let mut c = Command::new(callwatch_tests::built_binary("callwatch-agent"));
         c.args(["init", "--config"]).arg(&config);
         c.args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)]);
         if force {
@@ -207,7 +190,7 @@ async fn run_once_keeps_reports_queued_when_the_collector_is_away() {
     let reflector_addr = reflector.addrs[0].to_string();
     let config2 = config.clone();
     let out = tokio::task::spawn_blocking(move || {
-        let init = Command::new(bin("callwatch-agent"))
+        let init = Command::new(callwatch_tests::built_binary("callwatch-agent"))
             .args(["init", "--config"])
             .arg(&config2)
             .args([
@@ -226,7 +209,7 @@ async fn run_once_keeps_reports_queued_when_the_collector_is_away() {
             text.replace("duration_secs = 10", "duration_secs = 1"),
         )
         .unwrap();
-        Command::new(bin("callwatch-agent"))
+        Command::new(callwatch_tests::built_binary("callwatch-agent"))
             .args(["run", "--once", "--config"])
             .arg(&config2)
             .output()
@@ -250,7 +233,7 @@ async fn run_once_keeps_reports_queued_when_the_collector_is_away() {
 fn serve_prints_and_writes_its_pin() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(bin("callwatch-collector"))
+    let mut child = Command::new(callwatch_tests::built_binary("callwatch-collector"))
         .args(["serve", "--data"])
         .arg(&data)
         .args([

@@ -14,15 +14,6 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-fn bin(name: &str) -> std::path::PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join(name)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_export_pages_verify_offline_and_hold_no_address() {
     let root = tempfile::tempdir().unwrap();
@@ -120,7 +111,7 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
 
     // The command line, on the stopped store.
     collector.shutdown().await;
-    let out = Command::new(bin("callwatch-collector"))
+    let out = Command::new(callwatch_tests::built_binary("callwatch-collector"))
         .args(["export", "--data"])
         .arg(root.path().join("collector"))
         .output()
@@ -133,7 +124,7 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 25);
     let file = root.path().join("export.ndjson");
     std::fs::write(&file, &out.stdout).unwrap();
-    let verify = Command::new(bin("callwatch-collector"))
+    let verify = Command::new(callwatch_tests::built_binary("callwatch-collector"))
         .arg("verify")
         .arg(&file)
         .output()
@@ -141,13 +132,13 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
     assert!(verify.status.success());
     assert!(String::from_utf8_lossy(&verify.stdout).contains("25 valid, 0 invalid"));
     std::fs::write(&file, tampered).unwrap();
-    let verify = Command::new(bin("callwatch-collector"))
+    let verify = Command::new(callwatch_tests::built_binary("callwatch-collector"))
         .arg("verify")
         .arg(&file)
         .output()
         .unwrap();
     assert_eq!(verify.status.code(), Some(1));
-    let csv = Command::new(bin("callwatch-collector"))
+    let csv = Command::new(callwatch_tests::built_binary("callwatch-collector"))
         .args([
             "export",
             "--format",
@@ -166,7 +157,7 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
         "capped at 24 a day"
     );
     // With the default k = 3, a cell behind one agent is not published.
-    let csv = Command::new(bin("callwatch-collector"))
+    let csv = Command::new(callwatch_tests::built_binary("callwatch-collector"))
         .args(["export", "--format", "csv", "--axis-x", "asn", "--data"])
         .arg(root.path().join("collector"))
         .output()

@@ -2,17 +2,7 @@
 //! user, a config and an owner-only key that belong to that user, and the hardened unit.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::PathBuf;
 use std::process::Command;
-
-fn bin(name: &str) -> PathBuf {
-    let mut dir = std::env::current_exe().unwrap();
-    dir.pop();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    dir.join(name)
-}
 
 #[test]
 fn install_script_creates_user_private_key_and_hardened_unit() {
@@ -26,7 +16,8 @@ fn install_script_creates_user_private_key_and_hardened_unit() {
     let state = root.path().join("state");
     let units = root.path().join("units");
     std::fs::create_dir(&units).unwrap();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/install-agent.sh");
+    let script =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../packaging/install-agent.sh");
     let run = |extra: &[&str]| {
         Command::new("sh")
             .arg(&script)
@@ -37,7 +28,7 @@ fn install_script_creates_user_private_key_and_hardened_unit() {
                 &"12".repeat(32),
             ])
             .arg("--bin")
-            .arg(bin("callwatch-agent"))
+            .arg(callwatch_tests::built_binary("callwatch-agent"))
             .arg("--state-dir")
             .arg(&state)
             .arg("--unit-dir")
