@@ -276,6 +276,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_documents_keys_that_load() {
+        let text = include_str!("../../packaging/agent.example.toml");
+        let cfg: Config = toml::from_str(text).unwrap();
+        assert!(cfg.validate().is_ok());
+        assert_eq!(cfg.platforms.len(), 3);
+        // Every key the config knows appears in the example, set or commented out.
+        let written = toml::to_string(&Config {
+            size: Some(172),
+            bind: Some("192.0.2.10".parse().unwrap()),
+            platform_port: Some(1),
+            control_port: Some(2),
+            ..cfg
+        })
+        .unwrap();
+        for line in written.lines().filter(|l| l.contains(" = ")) {
+            let key = line.split(" = ").next().unwrap();
+            assert!(text.contains(&format!("{key} = ")), "{key} not documented");
+        }
+    }
+
+    #[test]
     fn round_trips_and_resolves_paths() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
