@@ -81,10 +81,12 @@ fn check(name: &str, r: &StreamReport, e: &Expected, truth: &ProbeTruth, clean_m
         (rtt - want).abs() <= 2.0,
         "{name}: rtt median {rtt} vs {want}"
     );
-    // Jitter: within 0.5 ms + 15 % of RFC 3550 over the delays the emulator added (the real path
-    // adds scheduling noise of tens of microseconds on top).
+    // Jitter: within 1 ms + 15 % of RFC 3550 over the delays the emulator added. The real path
+    // adds scheduling noise on top: tens of microseconds on an idle machine, up to ~0.7 ms seen
+    // on two busy cores; the emulated jitter here is 5-25 ms, so errors in the estimator still
+    // show.
     let j = r.jitter_ms.unwrap().down;
-    let tol = 0.5 + 0.15 * e.jitter_down_ms;
+    let tol = 1.0 + 0.15 * e.jitter_down_ms;
     assert!(
         (j - e.jitter_down_ms).abs() <= tol,
         "{name}: jitter down {j} vs {}",
@@ -98,17 +100,18 @@ async fn every_scenario_over_real_sockets_matches_ground_truth() {
         .await
         .unwrap();
     let addr = reflector.addrs[0];
-    // All scenarios at once: each has its own relay and its own agent thread.
-    let runs: Vec<_> = scenarios()
-        .into_iter()
-        .map(|s| {
-            let name = s.name;
-            (name, tokio::spawn(run_through_relay(s, addr, 42)))
-        })
-        .collect();
+    // Four scenarios at a time, each with its own relay and agent threads: fewer at once would
+    // be slower, more would add scheduling noise on a two-core machine.
     let mut results = Vec::new();
-    for (name, run) in runs {
-        results.push((name, run.await.unwrap()));
+    for batch in scenarios().chunks(4) {
+        let runs: Vec<_> = batch
+            .iter()
+            .cloned()
+            .map(|s| (s.name, tokio::spawn(run_through_relay(s, addr, 42))))
+            .collect();
+        for (name, run) in runs {
+            results.push((name, run.await.unwrap()));
+        }
     }
     let clean = &results.iter().find(|(n, _)| *n == "clean").unwrap().1 .0;
     let clean_median = clean.rtt_ms.unwrap().median;
