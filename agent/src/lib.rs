@@ -6,6 +6,7 @@
 //! over QUIC; [`runner`] is one cycle of test → sign → queue → upload; [`config`] and
 //! [`identity`] are the volunteer's settings and key.
 
+pub mod budget;
 pub mod config;
 pub mod engine;
 pub mod identity;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod queue;
 pub mod report_text;
 pub mod runner;
+pub mod schedule;
 pub mod state;
 pub mod upload;
 pub mod verdict;
