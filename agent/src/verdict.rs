@@ -43,23 +43,21 @@
 //!    *and* an effect ≥ that metric's floor (`ArmComparison::significant`). Never on one of the
 //!    two alone.
 //! 7. **`inconclusive`** when, for some metric, the platform arm is worse by an effect ≥ its
-//!    floor that is not significant (suggestive, not established). A significant difference
-//!    *smaller* than its floor is `none` (rule 8), unlike Wehe: on real paths two arms on
-//!    different ports differ by microseconds, and with 10 windows such a difference can be
-//!    significant; calling it inconclusive would mark clean networks inconclusive. Also when both
-//!    arms are **degraded alike** — both
-//!    median per-window losses ≥ `degraded_loss` (5 %) or both median RTT variations ≥
-//!    `degraded_jitter_ms` (30 ms) — without a significant difference: such a path hides what it
-//!    does to one kind of traffic.
-//!    At 5 % loss a window of 50 probes has a loss s.d. of
-//!    √(0.05·0.95/50) ≈ 3.1 points, so over 10 windows the smallest extra platform loss this test
-//!    detects half the time is ≈ 2.71·3.1·√(2/10) ≈ 3.8 points (2.71: the one-sided 0.01/3
-//!    quantile), nearly four times the floor; at 30 ms mean |ΔRTT| (σ ≈ 27 ms) a window's median
-//!    RTT wanders by ≈ 4.7 ms, so a 5 ms delay difference is caught less than half the time. Saying `none` there would claim more than the data show.
-//! 8. **`none`** otherwise: the platform arm was not worse by a significant, meaningful amount
-//!    (including a significant difference below its floor, rule 7)
-//!    (this includes a control arm that was significantly *worse*: the platform is not the one
-//!    singled out; the reason says so).
+//!    floor that is not significant (suggestive, not established). Also when both arms are
+//!    **degraded alike** — both median per-window losses ≥ `degraded_loss` (5 %) or both median
+//!    RTT variations ≥ `degraded_jitter_ms` (30 ms) — without a significant difference of a size
+//!    that matters: such a path hides what it does to one kind of traffic. At 5 % loss a window
+//!    of 50 probes has a loss s.d. of √(0.05·0.95/50) ≈ 3.1 points, so over 10 windows the
+//!    smallest extra platform loss this test detects half the time is ≈ 2.71·3.1·√(2/10) ≈ 3.8
+//!    points (2.71: the one-sided 0.01/3 quantile), nearly four times the floor; at 30 ms mean
+//!    |ΔRTT| (σ ≈ 27 ms) a window's median RTT wanders by ≈ 4.7 ms, so a 5 ms delay difference is
+//!    caught less than half the time. Saying `none` there would claim more than the data show.
+//! 8. **`none`** otherwise: the platform arm was not worse by a significant, meaningful amount.
+//!    This includes a significant difference *smaller* than its floor — unlike Wehe, which calls
+//!    that inconclusive: on real paths two arms on different ports differ by microseconds, and
+//!    with 10 windows such a difference can be significant; calling it inconclusive would mark
+//!    clean networks inconclusive. It also includes a control arm that was significantly
+//!    *worse*: the platform is not the one singled out. The reason says which.
 //!
 //! # Defaults and why
 //!
@@ -638,22 +636,6 @@ fn decide(
             ),
         );
     }
-    if let Some(j) = strongest(&|j| j.sig && !j.big) {
-        // A real difference too small to matter to a call (two paths of slightly different
-        // length, a framing the kernel handles a few µs slower): not differentiation, and
-        // calling it inconclusive would flood clean networks with inconclusive verdicts.
-        return (
-            Verdict::None,
-            format!(
-                "The platform arm had significantly more {} than its control (p = {:.1e}) but \
-                 only by {}, less than the floor of {} that matters to a call.",
-                j.metric.name(),
-                j.cmp.p_value,
-                j.metric.amount(j.cmp.effect),
-                j.metric.amount(j.metric.floor(cfg))
-            ),
-        );
-    }
     let [loss, _, jitter] = judged;
     let lossy = loss.cmp.platform_median >= cfg.degraded_loss
         && loss.cmp.control_median >= cfg.degraded_loss;
@@ -668,6 +650,22 @@ fn decide(
                  hide what it does to the platform's, so neither verdict can be given.",
                 what.metric.name(),
                 what.medians()
+            ),
+        );
+    }
+    if let Some(j) = strongest(&|j| j.sig && !j.big) {
+        // A real difference too small to matter to a call (two paths of slightly different
+        // length, a framing the kernel handles a few µs slower): not differentiation, and
+        // calling it inconclusive would flood clean networks with inconclusive verdicts.
+        return (
+            Verdict::None,
+            format!(
+                "The platform arm had significantly more {} than its control (p = {:.1e}) but \
+                 only by {}, less than the floor of {} that matters to a call.",
+                j.metric.name(),
+                j.cmp.p_value,
+                j.metric.amount(j.cmp.effect),
+                j.metric.amount(j.metric.floor(cfg))
             ),
         );
     }
@@ -887,6 +885,30 @@ mod tests {
         assert_eq!(v, Verdict::None, "{}", d.reason);
         assert!(d.loss.effect < 0.0 && !d.loss.significant);
         assert!(d.reason.contains("control arm was significantly worse"));
+    }
+
+    #[test]
+    fn a_significant_difference_below_its_floor_is_none_unless_the_path_is_degraded() {
+        let cfg = VerdictConfig::default();
+        let mut rng = StdRng::seed_from_u64(6);
+        // The platform arm's path is 2 ms longer: significant over 10 windows, below the 5 ms
+        // floor.
+        let mut longer = |rng: &mut StdRng, loss: f64| {
+            arm_with(rng, 500, &mut |rng, _| {
+                (rng.gen::<f64>() >= loss).then(|| 42.0 + rng.gen_range(-1.0..=1.0))
+            })
+        };
+        let (v, d) = judge(&longer(&mut rng, 0.0), &arm(&mut rng, 500, 0.0, 1.0), &cfg);
+        assert_eq!(v, Verdict::None, "{}", d.reason);
+        assert!(d.delay.p_value < cfg.alpha && !d.delay.significant, "{d:?}");
+        assert!(d.reason.contains("less than the floor"), "{}", d.reason);
+        // The same on a path that loses 10 % of everything: still degraded alike.
+        let (v, d) = judge(
+            &longer(&mut rng, 0.10),
+            &arm(&mut rng, 500, 0.10, 1.0),
+            &cfg,
+        );
+        assert_eq!(v, Verdict::Inconclusive, "{}", d.reason);
     }
 
     #[test]
