@@ -893,7 +893,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(6);
         // The platform arm's path is 2 ms longer: significant over 10 windows, below the 5 ms
         // floor.
-        let mut longer = |rng: &mut StdRng, loss: f64| {
+        let longer = |rng: &mut StdRng, loss: f64| {
             arm_with(rng, 500, &mut |rng, _| {
                 (rng.gen::<f64>() >= loss).then(|| 42.0 + rng.gen_range(-1.0..=1.0))
             })
