@@ -229,7 +229,8 @@ pub struct ArmComparison {
     /// Median over windows of the per-window value (loss as a fraction, delay and jitter in ms).
     pub platform_median: f64,
     pub control_median: f64,
-    /// Two-sided p-value of the two-sample test; 1 when there was nothing to compare.
+    /// One-sided ("platform worse") Mann–Whitney p-value, Holm-adjusted over the 3 metrics; 1 when
+    /// there was nothing to compare.
     pub p_value: f64,
     /// Effect size in the metric's unit: platform minus control (difference of means).
     pub effect: f64,
