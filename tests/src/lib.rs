@@ -10,13 +10,54 @@ pub mod http;
 pub mod scenarios;
 pub mod sim;
 
-/// Path of a binary cargo built for this workspace (`callwatch-agent`, `callwatch-collector`),
-/// found beside the running test executable (target/<profile>/deps/.. ).
+/// Path of a workspace binary (`callwatch-agent`, `callwatch-collector`), built first if needed.
+///
+/// `cargo test --workspace` does not build other packages' binaries for this crate's tests, so
+/// on a fresh checkout they would be missing, and after a change they could be stale. The first
+/// call per binary in a test process runs `cargo build` for it with the same cargo, profile and
+/// target folder (a no-op when it is up to date); later calls reuse the path.
 pub fn built_binary(name: &str) -> std::path::PathBuf {
-    let mut dir = std::env::current_exe().unwrap_or_default();
-    dir.pop(); // the test binary
-    if dir.ends_with("deps") {
-        dir.pop();
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static BUILT: Mutex<Option<HashMap<String, std::path::PathBuf>>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let built = built.get_or_insert_with(HashMap::new);
+    if let Some(path) = built.get(name) {
+        return path.clone();
     }
-    dir.join(name)
+    let mut profile_dir = std::env::current_exe().unwrap_or_default();
+    profile_dir.pop(); // the test binary
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
+    let release = profile_dir.file_name().is_some_and(|n| n == "release");
+    let target_dir = profile_dir
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    let package = match name {
+        "callwatch-agent" | "callwatch-collector" => name,
+        _ => "callwatch-tests",
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "--package",
+        package,
+        "--bin",
+        name,
+        "--target-dir",
+    ])
+    .arg(&target_dir)
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().expect("running cargo to build a test binary");
+    assert!(status.success(), "cargo could not build {name}");
+    let path = profile_dir.join(name);
+    built.insert(name.to_string(), path.clone());
+    path
 }
