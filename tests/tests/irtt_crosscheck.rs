@@ -203,8 +203,11 @@ async fn callwatch_and_irtt_agree_through_the_same_emulator() {
 
     let cw_median = s.rtt_ms.unwrap().median;
     let irtt_median = stats["rtt"]["median"].as_f64().unwrap() / 1e6;
+    // Both tools see the same added delay for the k-th packet, so their medians differ only by
+    // each tool's own timestamping. That is well under 1 ms on an idle machine (0.1-0.5 ms seen);
+    // on two busy cores irtt's Go timers once read 1.28 ms above ours, so the bound is 1.5 ms.
     assert!(
-        (cw_median - irtt_median).abs() <= 1.0,
+        (cw_median - irtt_median).abs() <= 1.5,
         "RTT medians: callwatch {cw_median} ms, irtt {irtt_median} ms"
     );
     // About 30 ms added on average (20 up + 10 down).
