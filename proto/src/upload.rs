@@ -50,13 +50,6 @@ pub enum ReportStatus {
     Rejected { reason: String },
 }
 
-impl ReportStatus {
-    /// Whether the agent may remove the report from its queue.
-    pub fn is_final(&self) -> bool {
-        true
-    }
-}
-
 #[derive(Debug, Error)]
 pub enum FrameError {
     #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]

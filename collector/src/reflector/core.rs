@@ -187,7 +187,7 @@ impl Reflector {
                 return None;
             };
             if self.sessions.len() >= self.limits.max_sessions {
-                self.evict_expired(now_us);
+                self.sweep(now_us);
                 if self.sessions.len() >= self.limits.max_sessions {
                     self.stats.dropped_table_full += 1;
                     return None;
@@ -258,13 +258,9 @@ impl Reflector {
         })
     }
 
-    fn evict_expired(&mut self, now_us: u64) {
-        self.sessions.retain(|_, s| s.expires_us >= now_us);
-    }
-
-    /// Drops sessions whose time is up; call now and then.
+    /// Drops sessions whose time is up; called when the table is full, and now and then.
     pub fn sweep(&mut self, now_us: u64) {
-        self.evict_expired(now_us);
+        self.sessions.retain(|_, s| s.expires_us >= now_us);
     }
 
     fn cookie(
