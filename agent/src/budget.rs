@@ -48,8 +48,8 @@ impl BudgetPeriod {
 
     fn config_key(self) -> &'static str {
         match self {
-            BudgetPeriod::Day => "per_day_bytes",
-            BudgetPeriod::Month => "per_month_bytes",
+            BudgetPeriod::Day => "budget_per_day",
+            BudgetPeriod::Month => "budget_per_month",
         }
     }
 }
@@ -397,7 +397,7 @@ mod tests {
         assert_eq!(
             fresh.check(now, VOICE_TEST).unwrap_err().to_string(),
             "daily data budget: 0 kB used of 100 kB; this test needs 200 kB, more than the \
-             whole budget; raise per_day_bytes to run it"
+             whole budget; raise budget_per_day to run it"
         );
     }
 

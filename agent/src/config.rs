@@ -7,6 +7,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::budget::BudgetConfig;
+use crate::schedule::{ScheduleConfig, MAX_INTERVAL, MIN_INTERVAL};
+use chrono::NaiveTime;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +67,145 @@ pub struct Config {
     /// Where the agent records what it did, for `status`; relative to the config file.
     #[serde(default = "default_state_file")]
     pub state_file: PathBuf,
+    /// Mean time between test starts, e.g. `"15m"` (1 minute to 7 days).
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    /// Random jitter of each gap as a fraction of `interval`, 0..=1.
+    #[serde(default = "default_spread")]
+    pub spread: f64,
+    /// Local wall-clock hours with no tests, `"HH:MM-HH:MM"` (may wrap midnight).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<String>,
+    /// The volunteer's offset from UTC for `quiet_hours`, `"+03:00"` / `"-05:30"`.
+    #[serde(default = "default_utc_offset")]
+    pub utc_offset: String,
+    /// Most data tests may use per UTC day, e.g. `"50MB"`; unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_per_day: Option<String>,
+    /// Most data tests may use per UTC month, e.g. `"1GB"`; unset: unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_per_month: Option<String>,
+    /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Replace the signing key with a new one when it is older than this, e.g. `"30d"`;
+    /// unset: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_key_every: Option<String>,
+}
+
+fn default_interval() -> String {
+    "15m".into()
+}
+fn default_spread() -> f64 {
+    0.5
+}
+fn default_utc_offset() -> String {
+    "+00:00".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Parses a duration such as `"90s"`, `"15m"`, `"6h"`, `"30d"`, `"2w"` (one number, one unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| "expected a number and a unit (s, m, h, d, w), e.g. \"15m\"".to_string())?;
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| "expected a whole number before the unit, e.g. \"15m\"".to_string())?;
+    let scale = match unit.trim() {
+        "s" | "sec" | "secs" => 1,
+        "m" | "min" | "mins" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        "w" | "week" | "weeks" => 7 * 86_400,
+        other => return Err(format!("unknown unit {other:?}: use s, m, h, d or w")),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| "too long".to_string())
+}
+
+/// Parses a byte count such as `"50MB"`, `"1.5 GB"`, `"1GiB"`, `"500kB"` or `"200000"`
+/// (decimal units as data plans count them; binary `KiB`/`MiB`/`GiB`/`TiB` too).
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a number of bytes with a unit, e.g. \"50MB\"".to_string())?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "kb" | "k" => 1e3,
+        "mb" | "m" => 1e6,
+        "gb" | "g" => 1e9,
+        "tb" | "t" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0f64.powi(4),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?}: use B, kB, MB, GB, TB or KiB..TiB"
+            ))
+        }
+    };
+    let bytes = (n * scale).round();
+    if !bytes.is_finite() || !(1.0..=1e18).contains(&bytes) {
+        return Err("expected at least 1 byte and at most 1 EB".into());
+    }
+    // In range 1..=1e18 checked above: the cast cannot truncate.
+    Ok(bytes as u64)
+}
+
+/// Parses `"HH:MM-HH:MM"`.
+fn parse_quiet_hours(text: &str) -> Result<(NaiveTime, NaiveTime), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| "expected \"HH:MM-HH:MM\", e.g. \"23:00-07:00\"".to_string())?;
+    let time = |s: &str| {
+        NaiveTime::parse_from_str(s.trim(), "%H:%M")
+            .map_err(|_| format!("{:?} is not a time HH:MM", s.trim()))
+    };
+    let (start, end) = (time(a)?, time(b)?);
+    if start == end {
+        return Err(
+            "start and end are the same; leave quiet_hours unset to test around the clock".into(),
+        );
+    }
+    Ok((start, end))
+}
+
+/// Parses `"+03:00"`, `"-05:30"`, `"+3"`, `"UTC"` into minutes east of UTC.
+fn parse_utc_offset(text: &str) -> Result<i32, String> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("utc") || t.eq_ignore_ascii_case("z") {
+        return Ok(0);
+    }
+    let bad = || "expected an offset from UTC such as \"+03:00\" or \"-05:30\"".to_string();
+    let (sign, rest) = match t.as_bytes().first() {
+        Some(b'+') => (1, &t[1..]),
+        Some(b'-') => (-1, &t[1..]),
+        _ => return Err(bad()),
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let h: i32 = h.parse().map_err(|_| bad())?;
+    let m: i32 = m.parse().map_err(|_| bad())?;
+    if !(0..60).contains(&m) {
+        return Err(bad());
+    }
+    let minutes = sign * (h * 60 + m);
+    if !crate::schedule::UTC_OFFSET_MINUTES.contains(&minutes) {
+        return Err("expected -12:00 to +14:00".into());
+    }
+    Ok(minutes)
 }
 
 fn default_server_name() -> String {
@@ -90,6 +234,18 @@ fn default_queue_cap() -> usize {
 }
 fn default_state_file() -> PathBuf {
     "state.json".into()
+}
+
+/// The log level name, normalised, if it is one of error, warn, info, debug, trace.
+pub fn log_level_name(level: &str) -> Option<&'static str> {
+    match level.trim().to_ascii_lowercase().as_str() {
+        "error" => Some("error"),
+        "warn" | "warning" => Some("warn"),
+        "info" => Some("info"),
+        "debug" => Some("debug"),
+        "trace" => Some("trace"),
+        _ => None,
+    }
 }
 
 /// All the problems found in a config file.
@@ -122,7 +278,56 @@ impl Config {
             upload_batch: default_upload_batch(),
             queue_cap: default_queue_cap(),
             state_file: default_state_file(),
+            interval: default_interval(),
+            spread: default_spread(),
+            quiet_hours: None,
+            utc_offset: default_utc_offset(),
+            budget_per_day: None,
+            budget_per_month: None,
+            log_level: default_log_level(),
+            rotate_key_every: None,
         }
+    }
+
+    /// The schedule this config describes. `every` (the `run --every` test/demo override)
+    /// replaces `interval` and may be shorter than the usual minimum of one minute.
+    /// Call on a validated config; a bad value falls back to its default.
+    pub fn schedule_config(&self, every: Option<Duration>) -> ScheduleConfig {
+        let interval = every
+            .or_else(|| parse_duration(&self.interval).ok())
+            .unwrap_or(Duration::from_secs(900));
+        ScheduleConfig {
+            interval,
+            spread: self.spread,
+            quiet_hours: self
+                .quiet_hours
+                .as_deref()
+                .and_then(|q| parse_quiet_hours(q).ok()),
+            utc_offset_minutes: parse_utc_offset(&self.utc_offset).unwrap_or(0),
+            platforms: self.platforms.iter().map(|p| p.to_string()).collect(),
+            allow_short_interval: every.is_some(),
+        }
+    }
+
+    /// The data budget this config describes (validated config; bad values mean unlimited).
+    pub fn budget_config(&self) -> BudgetConfig {
+        BudgetConfig {
+            per_day_bytes: self
+                .budget_per_day
+                .as_deref()
+                .and_then(|b| parse_bytes(b).ok()),
+            per_month_bytes: self
+                .budget_per_month
+                .as_deref()
+                .and_then(|b| parse_bytes(b).ok()),
+        }
+    }
+
+    /// How old the signing key may get before it is replaced; `None`: never.
+    pub fn key_rotation(&self) -> Option<Duration> {
+        self.rotate_key_every
+            .as_deref()
+            .and_then(|r| parse_duration(r).ok())
     }
 
     /// Reads and validates `path`; relative paths inside are resolved against its folder.
@@ -134,7 +339,10 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| fail(vec![e.to_string()]))?;
         let mut cfg: Config = toml::from_str(&text).map_err(|e| fail(vec![e.to_string()]))?;
         cfg.validate().map_err(fail)?;
+        // Absolute, so that paths derived from these (the state file beside the queue) do not
+        // depend on the working directory or get the folder twice.
         let base = path.parent().unwrap_or(Path::new("."));
+        let base = std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf());
         cfg.key_file = base.join(&cfg.key_file);
         cfg.queue_dir = base.join(&cfg.queue_dir);
         cfg.state_file = base.join(&cfg.state_file);
@@ -189,6 +397,51 @@ impl Config {
         }
         if self.queue_cap == 0 {
             p.push("queue_cap = 0: keep at least one report".into());
+        }
+        match parse_duration(&self.interval) {
+            Ok(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => {}
+            Ok(_) => p.push(format!(
+                "interval = {:?}: expected 1m (one minute) to 7d",
+                self.interval
+            )),
+            Err(e) => p.push(format!("interval = {:?}: {e}", self.interval)),
+        }
+        if !(0.0..=1.0).contains(&self.spread) {
+            p.push(format!(
+                "spread = {}: expected a fraction of the interval, 0 to 1",
+                self.spread
+            ));
+        }
+        if let Some(q) = &self.quiet_hours {
+            if let Err(e) = parse_quiet_hours(q) {
+                p.push(format!("quiet_hours = {q:?}: {e}"));
+            }
+        }
+        if let Err(e) = parse_utc_offset(&self.utc_offset) {
+            p.push(format!("utc_offset = {:?}: {e}", self.utc_offset));
+        }
+        for (key, value) in [
+            ("budget_per_day", &self.budget_per_day),
+            ("budget_per_month", &self.budget_per_month),
+        ] {
+            if let Some(v) = value {
+                if let Err(e) = parse_bytes(v) {
+                    p.push(format!("{key} = {v:?}: {e}"));
+                }
+            }
+        }
+        if log_level_name(&self.log_level).is_none() {
+            p.push(format!(
+                "log_level = {:?}: expected error, warn, info, debug or trace",
+                self.log_level
+            ));
+        }
+        if let Some(r) = &self.rotate_key_every {
+            match parse_duration(r) {
+                Ok(d) if d >= Duration::from_secs(3600) => {}
+                Ok(_) => p.push(format!("rotate_key_every = {r:?}: expected at least 1h")),
+                Err(e) => p.push(format!("rotate_key_every = {r:?}: {e}")),
+            }
         }
         if p.is_empty() {
             Ok(())
@@ -287,6 +540,10 @@ mod tests {
             bind: Some("192.0.2.10".parse().unwrap()),
             platform_port: Some(1),
             control_port: Some(2),
+            quiet_hours: Some("23:00-07:00".into()),
+            budget_per_day: Some("50MB".into()),
+            budget_per_month: Some("1GB".into()),
+            rotate_key_every: Some("30d".into()),
             ..cfg
         })
         .unwrap();
@@ -294,6 +551,83 @@ mod tests {
             let key = line.split(" = ").next().unwrap();
             assert!(text.contains(&format!("{key} = ")), "{key} not documented");
         }
+    }
+
+    #[test]
+    fn schedule_budget_and_rotation_keys_are_parsed_and_each_mistake_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let base = Config::new(
+            "127.0.0.1:4433".into(),
+            "ab".repeat(32),
+            "127.0.0.1:3479".into(),
+        )
+        .to_toml();
+        let good = format!(
+            "{base}\nquiet_hours = \"23:00-07:00\"\nbudget_per_day = \"50MB\"\n\
+             budget_per_month = \"1GiB\"\nrotate_key_every = \"30d\"\n"
+        )
+        .replace("interval = \"15m\"", "interval = \"2h\"")
+        .replace("utc_offset = \"+00:00\"", "utc_offset = \"+03:30\"");
+        std::fs::write(&path, &good).unwrap();
+        let cfg = Config::load(&path).unwrap();
+        let sc = cfg.schedule_config(None);
+        assert_eq!(sc.interval, Duration::from_secs(7200));
+        assert_eq!(sc.utc_offset_minutes, 210);
+        assert_eq!(
+            sc.quiet_hours,
+            Some((
+                NaiveTime::from_hms_opt(23, 0, 0).unwrap(),
+                NaiveTime::from_hms_opt(7, 0, 0).unwrap()
+            ))
+        );
+        assert!(sc.validate().is_ok());
+        let short = cfg.schedule_config(Some(Duration::from_secs(2)));
+        assert_eq!(short.interval, Duration::from_secs(2));
+        assert!(short.validate().is_ok(), "--every may go below a minute");
+        assert_eq!(
+            cfg.budget_config(),
+            BudgetConfig {
+                per_day_bytes: Some(50_000_000),
+                per_month_bytes: Some(1 << 30)
+            }
+        );
+        assert_eq!(cfg.key_rotation(), Some(Duration::from_secs(30 * 86_400)));
+
+        let bad = good
+            .replace("\"23:00-07:00\"", "\"23:00-25:00\"")
+            .replace("\"50MB\"", "\"fifty\"")
+            .replace("\"2h\"", "\"10s\"")
+            .replace("\"30d\"", "\"30y\"")
+            .replace("log_level = \"info\"", "log_level = \"loud\"");
+        std::fs::write(&path, bad).unwrap();
+        let e = Config::load(&path).unwrap_err();
+        assert_eq!(e.problems.len(), 5, "{e}");
+        for key in [
+            "quiet_hours = ",
+            "budget_per_day = ",
+            "interval = ",
+            "rotate_key_every = ",
+            "log_level = ",
+        ] {
+            assert!(e.to_string().contains(key), "{key} missing from {e}");
+        }
+    }
+
+    #[test]
+    fn byte_and_duration_units() {
+        assert_eq!(parse_bytes("50MB"), Ok(50_000_000));
+        assert_eq!(parse_bytes("1.5 GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("2KiB"), Ok(2048));
+        assert_eq!(parse_bytes("200000"), Ok(200_000));
+        assert!(parse_bytes("0MB").is_err());
+        assert!(parse_bytes("5 parsecs").is_err());
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
+        assert!(parse_duration("15").is_err());
+        assert!(parse_duration("m").is_err());
+        assert_eq!(parse_utc_offset("-05:30"), Ok(-330));
+        assert!(parse_utc_offset("+15:00").is_err());
     }
 
     #[test]
@@ -308,6 +642,22 @@ mod tests {
         std::fs::write(&path, cfg.to_toml()).unwrap();
         let back = Config::load(&path).unwrap();
         assert_eq!(back.key_file, dir.path().join("agent.key"));
+        assert_eq!(back.state_path(), dir.path().join("state.json"));
+        // A config given by a relative path: the state file is still beside it, once.
+        let local = tempfile::tempdir_in(".").unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        let rel = match local.path().strip_prefix(&cwd) {
+            Ok(r) => r.join("agent.toml"),
+            Err(_) => local.path().join("agent.toml"),
+        };
+        assert!(rel.is_relative(), "{}", rel.display());
+        std::fs::write(&rel, cfg.to_toml()).unwrap();
+        assert_eq!(
+            Config::load(&rel).unwrap().state_path(),
+            std::path::absolute(local.path())
+                .unwrap()
+                .join("state.json")
+        );
         assert_eq!(back.collector, cfg.collector);
         assert_eq!(back.pin_bytes(), Some([0xab; 32]));
     }

@@ -6,6 +6,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 /// Creates a new key at `path` (mode 0600). Refuses to replace an existing key unless `force`:
 /// a new key unlinks every past report from the agent's future ones.
@@ -36,6 +37,28 @@ pub fn create_key(path: &Path, force: bool) -> Result<SigningKey> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))?;
     Ok(key)
+}
+
+/// How old the key at `path` is, from its file's modification time (set when it was written;
+/// the key is never rewritten in place). A time in the future counts as new.
+pub fn key_age(path: &Path, now: SystemTime) -> Result<Duration> {
+    let modified = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .with_context(|| format!("reading the age of {}", path.display()))?;
+    Ok(now.duration_since(modified).unwrap_or(Duration::ZERO))
+}
+
+/// Replaces the key at `path` with a new one (atomically, mode 0600) if it is at least
+/// `period` old; returns the new key, or `None` if the old one is still young enough.
+///
+/// Rotation unlinks the agent's past reports from its future ones at the collector: good for
+/// a volunteer who may be identified by a long history, at the cost of the per-agent
+/// continuity (per-agent caps, distinct-agent counts) the collector relies on.
+pub fn rotate_if_due(path: &Path, period: Duration, now: SystemTime) -> Result<Option<SigningKey>> {
+    if key_age(path, now)? < period {
+        return Ok(None);
+    }
+    create_key(path, true).map(Some)
 }
 
 /// Loads the key at `path`, refusing one that others can read.
@@ -89,5 +112,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("chmod 600"));
+    }
+
+    #[test]
+    fn an_old_key_is_replaced_atomically_and_stays_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.key");
+        let old = create_key(&path, false).unwrap();
+        let day = Duration::from_secs(86_400);
+        let now = SystemTime::now();
+        // Younger than the period: kept.
+        assert!(rotate_if_due(&path, 30 * day, now).unwrap().is_none());
+        assert_eq!(load_key(&path).unwrap().to_bytes(), old.to_bytes());
+        // 31 days later: replaced.
+        let later = now + 31 * day;
+        let new = rotate_if_due(&path, 30 * day, later).unwrap().unwrap();
+        assert_ne!(new.to_bytes(), old.to_bytes());
+        assert_eq!(load_key(&path).unwrap().to_bytes(), new.to_bytes());
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // Written whole through a temporary file renamed over: none left behind.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("agent.key")]);
+        // The new key's age starts again.
+        assert!(key_age(&path, SystemTime::now()).unwrap() < day);
+        assert!(rotate_if_due(&path, 30 * day, now + day).unwrap().is_none());
     }
 }

@@ -89,7 +89,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the configured tests, sign and queue the reports, and upload them.
+    /// Run tests on the configured schedule, sign and queue the reports, and upload them.
+    ///
+    /// Without --once this is the daemon: one test at a time, the configured platforms in turn,
+    /// at `interval` with random `spread`, never in `quiet_hours`, never beyond the data
+    /// budget (a skipped test and why show in `status`). Reports wait in the queue until the
+    /// collector acknowledges them; failed uploads are retried with exponential backoff.
+    /// SIGTERM/SIGINT stop it within a few seconds (exit 0).
     ///
     /// Exit codes with --once: 0 all uploaded; 2 the collector could not be reached or refused
     /// the upload (reports stay queued for next time); 3 a test could not run (reflector
@@ -97,12 +103,18 @@ enum Command {
     Run {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
-        /// Run one cycle and exit.
+        /// Run every configured platform's test once (budget permitting), upload, and exit.
         #[arg(long)]
         once: bool,
-        /// Without --once: seconds between cycles.
-        #[arg(long, default_value_t = 900, value_name = "SECS")]
-        every: u64,
+        /// Test/demo override: seconds between tests instead of the config's `interval`;
+        /// unlike `interval` it may be below one minute.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+        every: Option<u64>,
+        /// Longest wait between upload retries, in seconds (default 900; the first waits at
+        /// most 5 s, each next one up to twice as long, randomised).
+        #[arg(long = "retry-max", value_name = "SECS", default_value_t = 900,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        retry_max: u64,
     },
     /// Show what the agent has been doing: recent tests, queue, uploads, data used.
     Status {
@@ -114,14 +126,36 @@ enum Command {
     },
 }
 
+/// Logs to stderr: level from RUST_LOG, else the config's `log_level`, else info; colours only
+/// on a terminal; no timestamps under systemd (journald adds its own).
+fn init_logging(cli: &Cli) {
+    let config_level = match &cli.command {
+        Command::Run { config, .. } | Command::Status { config, .. } => {
+            std::fs::read_to_string(config)
+                .ok()
+                .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
+                .and_then(|t| t.get("log_level")?.as_str().map(str::to_owned))
+                .and_then(|l| callwatch_agent::config::log_level_name(&l))
+        }
+        _ => None,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| config_level.unwrap_or("info").into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(&cli);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -262,46 +296,74 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config,
             once,
             every,
+            retry_max,
         } => {
             let cfg = Config::load(&config)?;
+            if let Some(period) = cfg.key_rotation() {
+                if identity::rotate_if_due(&cfg.key_file, period, std::time::SystemTime::now())?
+                    .is_some()
+                {
+                    tracing::info!("signing key rotated (older than rotate_key_every)");
+                }
+            }
             let key = identity::load_key(&cfg.key_file)?;
             let queue = Queue::open(&cfg.queue_dir)?;
             let rt = tokio::runtime::Runtime::new()?;
-            rt.block_on(async {
+            let code = rt.block_on(async {
+                if !once {
+                    let options = callwatch_agent::daemon::DaemonOptions {
+                        every: every.map(std::time::Duration::from_secs),
+                        backoff: callwatch_agent::backoff::Backoff::new(
+                            callwatch_agent::backoff::DEFAULT_BASE,
+                            std::time::Duration::from_secs(retry_max),
+                        ),
+                    };
+                    let stop = async {
+                        match stop_signal().await {
+                            Ok(s) => tracing::info!("{s} received"),
+                            Err(e) => {
+                                tracing::warn!("cannot watch for signals: {e}");
+                                std::future::pending::<()>().await
+                            }
+                        }
+                    };
+                    callwatch_agent::daemon::run_daemon(
+                        std::sync::Arc::new(cfg),
+                        key,
+                        std::sync::Arc::new(queue),
+                        options,
+                        stop,
+                    )
+                    .await?;
+                    return Ok::<_, anyhow::Error>(ExitCode::SUCCESS);
+                }
                 let cancel = Cancel::default();
                 let stop = stop_signal();
                 tokio::pin!(stop);
-                loop {
-                    let outcome = tokio::select! {
-                        o = runner::run_cycle_cancellable(&cfg, &key, &queue, &cancel) => o?,
-                        s = &mut stop => {
-                            // Stop a running test at once; everything queued is already on disk.
-                            cancel.cancel();
-                            tracing::info!("{}: stopping", s?);
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                    };
-                    if once {
-                        let code = match &outcome.upload {
-                            Some(Err(_)) => 2,
-                            _ if !outcome.test_errors.is_empty() => 3,
-                            _ => 0,
-                        };
-                        return Ok(ExitCode::from(code));
+                let outcome = tokio::select! {
+                    o = runner::run_cycle_cancellable(&cfg, &key, &queue, &cancel) => o?,
+                    s = &mut stop => {
+                        // Stop a running test at once; everything queued is already on disk.
+                        cancel.cancel();
+                        tracing::info!("{}: stopping", s?);
+                        return Ok(ExitCode::SUCCESS);
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(every)) => {}
-                        s = &mut stop => {
-                            tracing::info!("{}: stopping", s?);
-                            return Ok(ExitCode::SUCCESS);
-                        }
-                    }
-                }
-            })
+                };
+                let code = match &outcome.upload {
+                    Some(Err(_)) => 2,
+                    _ if !outcome.test_errors.is_empty() => 3,
+                    _ => 0,
+                };
+                Ok(ExitCode::from(code))
+            });
+            // A test thread sees the cancel within milliseconds; don't wait on it for long.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            code
         }
         Command::Status { config, json } => {
             let cfg = Config::load(&config)?;
-            let state = callwatch_agent::state::AgentState::load(&cfg.state_path())?;
+            let mut state = callwatch_agent::state::AgentState::load(&cfg.state_path())?;
+            state.refresh_data_used(chrono::Utc::now());
             if json {
                 println!("{}", serde_json::to_string(&state)?);
             } else {

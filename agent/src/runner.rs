@@ -1,22 +1,36 @@
 //! One agent cycle: run the configured tests, sign and queue each report, then upload the queue.
 
+use crate::budget::Budget;
 use crate::config::Config;
 use crate::engine::driver::Cancel;
 use crate::engine::{run_call_test, TestError, TestSpec};
 use crate::queue::Queue;
-use crate::state::AgentState;
+use crate::state::SharedState;
 use crate::upload::{upload_queue, UploadError, UploadSummary, UploadTarget};
 use anyhow::{Context, Result};
-use callwatch_proto::{CallReport, SignedReport};
+use callwatch_proto::{CallReport, Platform, SignedReport};
 use ed25519_dalek::SigningKey;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
+
+/// What one due test came to.
+#[derive(Debug)]
+pub enum TestOutcome {
+    /// Ran, signed and queued.
+    Done(Box<CallReport>),
+    /// Could not run (reflector unreachable, a socket error); why.
+    Failed(String),
+    /// Stopped early because the agent is stopping.
+    Cancelled,
+}
 
 /// What a cycle did.
 #[derive(Debug, Default)]
 pub struct CycleOutcome {
     pub reports: Vec<CallReport>,
     pub test_errors: Vec<String>,
+    /// Tests not run, with why (e.g. the data budget).
+    pub skipped: Vec<String>,
     pub upload: Option<Result<UploadSummary, String>>,
     pub queued_after: usize,
 }
@@ -52,92 +66,203 @@ pub async fn run_cycle(cfg: &Config, key: &SigningKey, queue: &Queue) -> Result<
     run_cycle_cancellable(cfg, key, queue, &Cancel::default()).await
 }
 
-/// [`run_cycle`], stopping a running test early when `cancel` fires, and recording what it did
-/// in the config's state file.
-pub async fn run_cycle_cancellable(
+/// The data a test will cost (upper estimate, both directions of every arm) and its spec.
+pub fn price(cfg: &Config, platform: Platform) -> Result<(TestSpec, u64)> {
+    let spec = spec_for(cfg, platform)?;
+    let cost = spec.estimated_bytes();
+    Ok((spec, cost))
+}
+
+/// Bytes a finished test actually put on the wire, both directions, IP/UDP headers included:
+/// probes sent plus replies received (late and duplicate ones too), at the nominal size.
+pub fn actual_bytes(report: &CallReport, ipv6: bool) -> u64 {
+    let header = if ipv6 {
+        crate::budget::IPV6_UDP_HEADER_BYTES
+    } else {
+        crate::budget::IPV4_UDP_HEADER_BYTES
+    };
+    let per_packet = u64::from(report.payload_bytes) + u64::from(header);
+    report
+        .streams
+        .iter()
+        .map(|s| {
+            let packets = u64::from(s.packets_sent)
+                + u64::from(s.packets_received)
+                + u64::from(s.duplicates)
+                + u64::from(s.late);
+            packets.saturating_mul(per_packet)
+        })
+        .fold(0u64, u64::saturating_add)
+}
+
+/// If the budget in `state` has no room for a test costing `cost` now, records the skip (why,
+/// in `last_skip`), logs it and returns the reason.
+pub fn refuse_over_budget(
+    state: &SharedState,
+    platform: Platform,
+    cost: u64,
+    budget_config: crate::budget::BudgetConfig,
+) -> Option<String> {
+    let now = chrono::Utc::now();
+    state.update(|s| {
+        let budget = s.budget.get_or_insert_with(|| Budget::new(budget_config));
+        budget.set_config(budget_config);
+        let refusal = budget.check(now, cost).err()?;
+        let why = refusal.to_string();
+        tracing::info!(platform = %platform, "test skipped: {why}");
+        s.last_skip = Some((now, why.clone()));
+        s.refresh_data_used(now);
+        Some(why)
+    })
+}
+
+/// Runs one test (on a blocking thread), signs and queues its report, charges what it used to
+/// the budget and records it in `state`. One test at a time: the caller awaits this.
+pub async fn run_one_test(
     cfg: &Config,
     key: &SigningKey,
     queue: &Queue,
+    state: &SharedState,
+    spec: TestSpec,
     cancel: &Cancel,
-) -> Result<CycleOutcome> {
-    let mut state = AgentState::load(&cfg.state_path()).unwrap_or_default();
-    let mut outcome = CycleOutcome::default();
-    for platform in &cfg.platforms {
-        let spec = spec_for(cfg, *platform)?;
-        tracing::info!(platform = %platform, reflector = %spec.reflector, "starting test");
-        let test_cancel = cancel.clone();
-        let result =
-            tokio::task::spawn_blocking(move || run_call_test(&spec, &test_cancel, |_| {}))
-                .await
-                .context("test thread")?;
-        match result {
-            Ok(report) => {
-                let signed = SignedReport::sign(&report, key).context("encoding report")?;
-                let dropped = queue.push_bounded(&signed, cfg.queue_cap)?;
-                if dropped > 0 {
-                    tracing::warn!(
-                        dropped,
-                        cap = cfg.queue_cap,
-                        total = queue.dropped_total(),
-                        "queue full: dropped the oldest report(s)"
-                    );
-                }
-                state.record_test(&report);
-                let s = &report.streams[0];
-                tracing::info!(
-                    platform = %report.platform,
-                    mos = s.mos.map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
-                    loss_up = format!("{:.4}", s.loss_up),
-                    loss_down = format!("{:.4}", s.loss_down),
-                    verdict = report.verdict.map(|v| v.as_str()).unwrap_or("-"),
-                    "test done"
-                );
-                outcome.reports.push(report);
-            }
-            Err(TestError::Cancelled) => {
-                tracing::info!("test abandoned: stopping");
-                return Ok(outcome);
-            }
-            Err(e @ (TestError::Session(_) | TestError::Io(_))) => {
-                tracing::warn!(platform = %platform, "test failed: {e}");
-                outcome.test_errors.push(format!("{platform}: {e}"));
-            }
-            Err(e) => return Err(e.into()),
+) -> Result<TestOutcome> {
+    let platform = spec.platform;
+    let ipv6 = spec.reflector.is_ipv6();
+    tracing::info!(platform = %platform, reflector = %spec.reflector, "starting test");
+    let test_cancel = cancel.clone();
+    let result = tokio::task::spawn_blocking(move || run_call_test(&spec, &test_cancel, |_| {}))
+        .await
+        .context("test thread")?;
+    let report = match result {
+        Ok(report) => report,
+        Err(TestError::Cancelled) => {
+            tracing::info!(platform = %platform, "test abandoned: stopping");
+            return Ok(TestOutcome::Cancelled);
         }
+        Err(e @ (TestError::Session(_) | TestError::Io(_))) => {
+            tracing::warn!(platform = %platform, "test failed: {e}");
+            return Ok(TestOutcome::Failed(format!("{platform}: {e}")));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let signed = SignedReport::sign(&report, key).context("encoding report")?;
+    let dropped = queue.push_bounded(&signed, cfg.queue_cap)?;
+    if dropped > 0 {
+        tracing::warn!(
+            dropped,
+            cap = cfg.queue_cap,
+            total = queue.dropped_total(),
+            "queue full: dropped the oldest report(s)"
+        );
     }
-    let target = UploadTarget {
+    let used = actual_bytes(&report, ipv6);
+    let now = chrono::Utc::now();
+    let budget_config = cfg.budget_config();
+    state.update(|s| {
+        s.record_test(&report);
+        let budget = s.budget.get_or_insert_with(|| Budget::new(budget_config));
+        budget.set_config(budget_config);
+        budget.record(now, used);
+        s.refresh_data_used(now);
+        s.queue_depth = queue.len();
+        s.queue_dropped_total = queue.dropped_total();
+    });
+    let s = &report.streams[0];
+    tracing::info!(
+        platform = %report.platform,
+        mos = s.mos.map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
+        loss_up = format!("{:.4}", s.loss_up),
+        loss_down = format!("{:.4}", s.loss_down),
+        rtt_ms = s.rtt_ms.map(|r| format!("{:.1}", r.median)).unwrap_or_else(|| "-".into()),
+        verdict = report.verdict.map(|v| v.as_str()).unwrap_or("-"),
+        data = %crate::budget::format_bytes(used),
+        "test done"
+    );
+    Ok(TestOutcome::Done(Box::new(report)))
+}
+
+/// Where the config says to upload.
+pub fn upload_target(cfg: &Config) -> Result<UploadTarget> {
+    Ok(UploadTarget {
         collector: resolve("collector", &cfg.collector)?,
         server_name: cfg.server_name.clone(),
         pin: cfg.pin_bytes().context("collector_pin")?,
         bind: cfg.bind,
         batch: cfg.upload_batch,
         connect_timeout: Duration::from_secs(5),
+    })
+}
+
+/// One pass over the queue; records the result and logs a success (one line; nothing to upload
+/// is a success without a line). The caller logs a failure, with what it will do next.
+pub async fn upload_and_record(
+    cfg: &Config,
+    queue: &Queue,
+    state: &SharedState,
+) -> Result<UploadSummary, UploadError> {
+    let upload = match upload_target(cfg) {
+        Ok(target) => upload_queue(queue, &target).await,
+        Err(e) => Err(UploadError::Unreachable(e)),
     };
-    let upload = upload_queue(queue, &target).await;
     match &upload {
-        Ok(s) => tracing::info!(
+        Ok(s) if s.accepted + s.duplicate + s.rejected > 0 => tracing::info!(
             accepted = s.accepted,
             duplicate = s.duplicate,
             rejected = s.rejected,
             queued = s.remaining,
-            "upload ok"
+            "upload ok: {} report(s)",
+            s.accepted + s.duplicate + s.rejected
         ),
-        Err(e) => tracing::warn!(queued = queue.len(), "upload failed: {e}"),
+        Ok(_) | Err(_) => {}
     }
     let now = chrono::Utc::now();
-    match &upload {
-        Ok(_) => {
-            state.last_upload_ok = Some(now);
-            state.last_upload_error = None;
+    state.update(|s| {
+        match &upload {
+            Ok(_) => {
+                s.last_upload_ok = Some(now);
+                s.last_upload_error = None;
+                s.upload_failures = 0;
+                s.next_upload_retry_at = None;
+            }
+            Err(e) => {
+                s.last_upload_error = Some((now, e.to_string()));
+                s.upload_failures = s.upload_failures.saturating_add(1);
+            }
         }
-        Err(e) => state.last_upload_error = Some((now, e.to_string())),
+        s.queue_depth = queue.len();
+        s.queue_dropped_total = queue.dropped_total();
+    });
+    upload
+}
+
+/// [`run_cycle`], stopping a running test early when `cancel` fires, and recording what it did
+/// in the config's state file. Each test is priced against the data budget first and skipped
+/// (with its reason in the state file) if it would exceed it.
+pub async fn run_cycle_cancellable(
+    cfg: &Config,
+    key: &SigningKey,
+    queue: &Queue,
+    cancel: &Cancel,
+) -> Result<CycleOutcome> {
+    let state = SharedState::load(&cfg.state_path());
+    let mut outcome = CycleOutcome::default();
+    for platform in &cfg.platforms {
+        let (spec, cost) = price(cfg, *platform)?;
+        if let Some(why) = refuse_over_budget(&state, *platform, cost, cfg.budget_config()) {
+            outcome.skipped.push(format!("{platform}: {why}"));
+            continue;
+        }
+        match run_one_test(cfg, key, queue, &state, spec, cancel).await? {
+            TestOutcome::Done(report) => outcome.reports.push(*report),
+            TestOutcome::Failed(why) => outcome.test_errors.push(why),
+            TestOutcome::Cancelled => return Ok(outcome),
+        }
+    }
+    let upload = upload_and_record(cfg, queue, &state).await;
+    if let Err(e) = &upload {
+        tracing::warn!(queued = queue.len(), "upload failed: {e}");
     }
     outcome.upload = Some(upload.map_err(|e: UploadError| e.to_string()));
     outcome.queued_after = queue.len();
-    state.queue_depth = outcome.queued_after;
-    state.queue_dropped_total = queue.dropped_total();
-    if let Err(e) = state.save(&cfg.state_path()) {
-        tracing::warn!("could not write the state file: {e:#}");
-    }
     Ok(outcome)
 }

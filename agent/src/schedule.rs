@@ -69,13 +69,17 @@ pub struct ScheduleConfig {
     pub utc_offset_minutes: i32,
     /// Platforms tested in turn.
     pub platforms: Vec<String>,
+    /// Test/demo override (`run --every`): `interval` may be as short as one second instead
+    /// of [`MIN_INTERVAL`].
+    #[serde(default)]
+    pub allow_short_interval: bool,
 }
 
 impl ScheduleConfig {
     /// Every problem in the config, each naming its key, or `Ok` if there are none.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
-        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&self.interval) {
+        if !(self.min_interval()..=MAX_INTERVAL).contains(&self.interval) {
             p.push(format!(
                 "interval = {} s: expected {} s (1 minute) to {} s (7 days)",
                 self.interval.as_secs_f64(),
@@ -141,10 +145,22 @@ impl ScheduleConfig {
         }
     }
 
-    /// The interval in milliseconds, clamped to `MIN_INTERVAL..=MAX_INTERVAL`.
+    /// The shortest interval allowed: [`MIN_INTERVAL`], or one second with
+    /// `allow_short_interval`.
+    fn min_interval(&self) -> Duration {
+        if self.allow_short_interval {
+            Duration::from_secs(1)
+        } else {
+            MIN_INTERVAL
+        }
+    }
+
+    /// The interval in milliseconds, clamped to `min_interval()..=MAX_INTERVAL`.
     fn interval_ms(&self) -> i64 {
         // Both bounds are a few hundred million ms: the cast cannot truncate.
-        self.interval.clamp(MIN_INTERVAL, MAX_INTERVAL).as_millis() as i64
+        self.interval
+            .clamp(self.min_interval(), MAX_INTERVAL)
+            .as_millis() as i64
     }
 
     fn spread(&self) -> f64 {
@@ -381,6 +397,7 @@ mod tests {
             quiet_hours: None,
             utc_offset_minutes: 0,
             platforms: vec!["whatsapp".into(), "signal".into(), "generic".into()],
+            allow_short_interval: false,
         }
     }
 
@@ -424,6 +441,7 @@ mod tests {
             quiet_hours: Some((hm(7, 0), hm(7, 0))),
             utc_offset_minutes: 2000,
             platforms: vec![],
+            allow_short_interval: false,
         };
         let problems = bad.validate().unwrap_err();
         assert_eq!(problems.len(), 5, "{problems:?}");
@@ -754,6 +772,7 @@ mod tests {
                     quiet_hours: quiet.map(|(a, b, n)| (t(a, n), t(b, 0))),
                     utc_offset_minutes: offset,
                     platforms,
+                    allow_short_interval: false,
                 }
             })
     }

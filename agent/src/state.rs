@@ -4,11 +4,14 @@
 //! (atomically: a temporary file renamed over) after every test and upload; `status` reads it
 //! without disturbing the agent.
 
+use crate::budget::Budget;
+use crate::schedule::Scheduler;
 use anyhow::{Context, Result};
 use callwatch_proto::CallReport;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// How many recent tests `status` shows.
 pub const RECENT_TESTS: usize = 10;
@@ -40,7 +43,10 @@ impl TestSummary {
     }
 }
 
+/// Everything `status` shows, and what the daemon must remember across restarts (its schedule
+/// and the data it used).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct AgentState {
     /// Newest first.
     pub recent_tests: Vec<TestSummary>,
@@ -57,10 +63,72 @@ pub struct AgentState {
     pub data_used_month_bytes: u64,
     pub data_budget_day_bytes: Option<u64>,
     pub data_budget_month_bytes: Option<u64>,
+    /// Tests completed (and queued) over the agent's life.
+    pub tests_total: u64,
+    /// Upload attempts that failed in a row since the last success.
+    pub upload_failures: u32,
+    /// When the uploader tries again after a failure.
+    pub next_upload_retry_at: Option<DateTime<Utc>>,
+    /// When the signing key was last replaced by rotation.
+    pub key_rotated_at: Option<DateTime<Utc>>,
+    /// The daemon's schedule (next due time, whose turn), kept so a restart resumes it.
+    pub scheduler: Option<Scheduler>,
+    /// Data used today and this month, kept so a restart does not forget it.
+    pub budget: Option<Budget>,
+}
+
+/// The state shared by the daemon's test loop and uploader: every change is saved at once.
+pub struct SharedState {
+    path: PathBuf,
+    inner: Mutex<AgentState>,
+}
+
+impl SharedState {
+    /// Loads the state file at `path`; an unreadable one is logged and replaced by a fresh state
+    /// (the queue, not this file, holds the reports).
+    pub fn load(path: &Path) -> SharedState {
+        let state = AgentState::load(path).unwrap_or_else(|e| {
+            tracing::warn!("{e:#}; starting with a fresh state file");
+            AgentState::default()
+        });
+        SharedState {
+            path: path.to_path_buf(),
+            inner: Mutex::new(state),
+        }
+    }
+
+    /// Applies `f` to the state and saves it (a failed save is logged, not fatal).
+    pub fn update<R>(&self, f: impl FnOnce(&mut AgentState) -> R) -> R {
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut guard);
+        if let Err(e) = guard.save(&self.path) {
+            tracing::warn!("could not write the state file: {e:#}");
+        }
+        r
+    }
+
+    /// A copy of the state as it is now.
+    pub fn snapshot(&self) -> AgentState {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl AgentState {
+    /// Sets the data-used figures from the persisted budget as of `now` (counts reset at UTC
+    /// midnight and on the 1st, even if the agent has not run since).
+    pub fn refresh_data_used(&mut self, now: DateTime<Utc>) {
+        if let Some(b) = &self.budget {
+            let (day, month) = b.used(now);
+            self.data_used_today_bytes = day;
+            self.data_used_month_bytes = month;
+            self.data_budget_day_bytes = b.config().per_day_bytes;
+            self.data_budget_month_bytes = b.config().per_month_bytes;
+        }
+    }
+
+    /// Adds a finished test to the recent ones (newest first) and the total.
     pub fn record_test(&mut self, report: &CallReport) {
+        self.tests_total += 1;
         if let Some(s) = TestSummary::of(report) {
             self.recent_tests.insert(0, s);
             self.recent_tests.truncate(RECENT_TESTS);
@@ -108,8 +176,14 @@ impl AgentState {
             );
         }
         match (&self.last_upload_ok, &self.last_upload_error) {
-            (_, Some((at, why))) => {
+            (ok, Some((at, why))) => {
                 let _ = writeln!(out, "last upload FAILED at {}: {why}", when(at));
+                if let Some(retry) = &self.next_upload_retry_at {
+                    let _ = writeln!(out, "  next try: {}", when(retry));
+                }
+                if let Some(ok) = ok {
+                    let _ = writeln!(out, "  last successful upload: {}", when(ok));
+                }
             }
             (Some(at), None) => {
                 let _ = writeln!(out, "last upload: ok at {}", when(at));
@@ -129,8 +203,11 @@ impl AgentState {
         if let Some((at, why)) = &self.last_skip {
             let _ = writeln!(out, "last skipped test: {} — {why}", when(at));
         }
-        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
-        let limit = |l: Option<u64>| l.map(|b| format!(" of {}", mb(b))).unwrap_or_default();
+        let mb = crate::budget::format_bytes;
+        let limit = |l: Option<u64>| {
+            l.map(|b| format!(" of {}", mb(b)))
+                .unwrap_or_else(|| " (no limit)".into())
+        };
         let _ = writeln!(
             out,
             "data used: {}{} today, {}{} this month",
@@ -142,7 +219,7 @@ impl AgentState {
         if self.recent_tests.is_empty() {
             let _ = writeln!(out, "no tests yet");
         } else {
-            let _ = writeln!(out, "recent tests:");
+            let _ = writeln!(out, "recent tests ({} in all):", self.tests_total);
         }
         for t in &self.recent_tests {
             let _ = writeln!(

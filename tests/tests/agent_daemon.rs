@@ -51,7 +51,7 @@ async fn sigterm_during_a_test_stops_the_agent_cleanly_and_quickly() {
     let config2 = config.clone();
     let (code, elapsed) = tokio::task::spawn_blocking(move || {
         let mut child = Command::new(callwatch_tests::built_binary("callwatch-agent"))
-            .args(["run", "--config"])
+            .args(["run", "--every", "1", "--config"])
             .arg(&config2)
             .stderr(Stdio::piped())
             .spawn()

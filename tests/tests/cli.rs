@@ -141,6 +141,41 @@ fn bad_arguments_are_named_and_change_nothing() {
 }
 
 #[test]
+fn a_config_with_three_mistakes_reports_all_three_with_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let init = Command::new(callwatch_tests::built_binary("callwatch-agent"))
+        .args(["init", "--config"])
+        .arg(&config)
+        .args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interval = \"15m\"", "interval = \"10s\"")
+        .replace("queue_cap = 10000", "queue_cap = 0")
+        + "budget_per_day = \"plenty\"\n";
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
+        .args(["run", "--once", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "interval = \"10s\"",
+        "queue_cap = 0",
+        "budget_per_day = \"plenty\"",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from {stderr}");
+    }
+    assert_eq!(stderr.matches("; ").count(), 2, "three problems: {stderr}");
+    assert!(!dir.path().join("queue").exists(), "nothing ran");
+}
+
+#[test]
 fn init_writes_a_private_key_and_refuses_to_replace_it() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");

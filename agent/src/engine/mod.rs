@@ -101,6 +101,25 @@ impl TestSpec {
         Ok(())
     }
 
+    /// What this test will cost in data, both directions of every arm (platform, control,
+    /// relay), IP and UDP headers included, sized by its largest probe: an upper estimate
+    /// for the data budget.
+    pub fn estimated_bytes(&self) -> u64 {
+        let arms = self.arms().len() as u32 + u32::from(self.relay_server.is_some());
+        let header = if self.reflector.is_ipv4() {
+            crate::budget::IPV4_UDP_HEADER_BYTES
+        } else {
+            crate::budget::IPV6_UDP_HEADER_BYTES
+        };
+        crate::budget::estimate_test_bytes_with_headers(
+            arms,
+            u32::from(self.wire_sizes().max()),
+            header,
+            u32::from(self.interval()),
+            self.duration_ms,
+        )
+    }
+
     /// The sizes every arm sends: the same on the wire on each arm.
     fn wire_sizes(&self) -> WireSizes {
         let p = profile(self.platform);
