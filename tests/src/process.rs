@@ -1,0 +1,117 @@
+//! The collector as a real process: started from the built binary, its addresses read from what
+//! it prints, stopped with SIGTERM or killed with SIGKILL.
+//!
+//! Test fixtures: they panic (with the failing step) instead of returning errors.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running collector process and what it printed on start.
+pub struct RunningCollector {
+    pub child: Child,
+    pub pin: [u8; 32],
+    pub quic: SocketAddr,
+    pub reflector: SocketAddr,
+    pub http: SocketAddr,
+    /// Its standard output and error, in files (read them after it stopped).
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Starts `callwatch-collector serve --data DATA` on free loopback ports, with `extra` arguments
+/// appended, logging at info level into `logs/stdout.log` and `logs/stderr.log`; returns once it
+/// printed its addresses (it exiting first fails the test, with its error output).
+pub fn start_collector(logs: &Path, data: &Path, extra: &[&str]) -> RunningCollector {
+    let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
+    let mut cmd = Command::new(crate::built_binary("callwatch-collector"));
+    cmd.args(["serve", "--data"]).arg(data).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--reflector",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    cmd.args(extra);
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("creating stdout.log"))
+        .stderr(std::fs::File::create(&stderr).expect("creating stderr.log"))
+        .spawn()
+        .expect("starting the collector");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if out.contains("HTTP API on") {
+            let after = |prefix: &str| -> String {
+                let line = out
+                    .lines()
+                    .find(|l| l.starts_with(prefix))
+                    .unwrap_or_else(|| panic!("no {prefix:?} line in {out}"));
+                line[prefix.len()..].trim().to_string()
+            };
+            let mut pin = [0u8; 32];
+            hex::decode_to_slice(
+                after("collector pin (SHA-256 of its certificate):"),
+                &mut pin,
+            )
+            .expect("the pin is hex");
+            let http = after("HTTP API on http://");
+            return RunningCollector {
+                child,
+                pin,
+                quic: after("QUIC ingest on").parse().expect("QUIC address"),
+                reflector: after("reflector on udp")
+                    .parse()
+                    .expect("reflector address"),
+                http: http
+                    .trim_end_matches("/api/v1/aggregation")
+                    .parse()
+                    .expect("HTTP address"),
+                stdout,
+                stderr,
+            };
+        }
+        if let Some(status) = child.try_wait().expect("polling the collector") {
+            panic!(
+                "the collector exited ({status}) before it was up: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "the collector did not start");
+        // Polling its output file: the process gives no other signal that it is up.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl RunningCollector {
+    /// SIGTERM, as an operator's service manager stops it; waits for the exit (at most 30 s).
+    pub fn stop(mut self) {
+        signal(&self.child, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().expect("polling").is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the collector did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or close anything; waits for the exit.
+    pub fn kill(&mut self) {
+        signal(&self.child, "KILL");
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success(), "kill -{sig} failed");
+}
