@@ -1,34 +1,70 @@
-//! Aggregation of reports into cells by region, platform and day, in the manner of OONI's
+//! Aggregation of reports into cells by time, region, platform and arm, in the manner of OONI's
 //! aggregation API (`axis_x`, `axis_y`).
 //!
-//! Pure functions over plain data: [`Observation`]s in, [`Cell`]s out. One observation is one
-//! report's platform-arm stream.
+//! # Kept incrementally
+//!
+//! Every stored report adds one [`Observation`] per arm (platform, control) to exactly one *fine
+//! cell*, keyed by [`CellKey`] = (UTC hour, country, ASN, platform, arm). A fine cell's
+//! [`CellState`] holds the report count, the distinct agents (8-byte key prefixes), the verdict
+//! counts and one mergeable quantile [`Sketch`] per figure (RTT, jitter up/down, loss up/down,
+//! MOS, stall count). The store updates the fine cell in the same transaction that stores the
+//! report, so the aggregate never disagrees with the raw data. A query merges the fine cells its
+//! filter covers into the cells its axes ask for ([`query`]); merging is exact for counts, agent
+//! sets and verdicts, and the quantiles are within [`RELATIVE_ACCURACY`] of the exact value of
+//! the same rank.
+//!
+//! # Robustness
+//!
+//! - **Per-agent cap.** One agent's reports count at most `max_per_agent_per_day` times per fine
+//!   cell's day — (UTC day, country, ASN, platform, arm) — in order of arrival; the rest are
+//!   stored (they are evidence) but not aggregated. The store decides this at ingest
+//!   ([`CapKey`]); changing the cap rebuilds the cells from the raw reports.
+//! - **k threshold.** A queried cell is published only when at least `min_agents` distinct agents
+//!   stand behind it.
+//!
+//! [`exact`] is the brute-force reference: the same rules over raw observations with exact order
+//! statistics. Tests compare the two.
 
+use crate::sketch::{Sketch, RELATIVE_ACCURACY};
 use crate::store::StoredReport;
 use callwatch_proto::{CallReport, Platform, Role, Verdict};
-use serde::Serialize;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// A dimension cells can be grouped by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Axis {
     Day,
+    Hour,
     Country,
     Asn,
     Platform,
+    Arm,
 }
 
 impl Axis {
-    pub const ALL: [Axis; 4] = [Axis::Day, Axis::Country, Axis::Asn, Axis::Platform];
+    pub const ALL: [Axis; 6] = [
+        Axis::Day,
+        Axis::Hour,
+        Axis::Country,
+        Axis::Asn,
+        Axis::Platform,
+        Axis::Arm,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Axis::Day => "day",
+            Axis::Hour => "hour",
             Axis::Country => "country",
             Axis::Asn => "asn",
             Axis::Platform => "platform",
+            Axis::Arm => "arm",
         }
     }
 }
@@ -46,99 +82,389 @@ impl FromStr for Axis {
             .into_iter()
             .find(|a| a.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown axis {s:?}; expected one of day, country, asn, platform")
+                format!(
+                    "unknown axis {s:?}; expected one of day, hour, country, asn, platform, arm"
+                )
             })
     }
 }
 
-/// The figures of one report that aggregation uses.
+/// The figures aggregated per cell, in the order of [`CellState::figures`] and of the CSV.
+pub const FIGURES: [&str; 7] = [
+    "rtt_ms",
+    "jitter_up_ms",
+    "jitter_down_ms",
+    "loss_up",
+    "loss_down",
+    "mos",
+    "stalls",
+];
+
+/// The figures of one arm of one report that aggregation uses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observation {
     /// When the test started, Unix ms.
     pub started_at_ms: i64,
-    /// UTC day the test started, `YYYY-MM-DD`.
-    pub day: String,
     pub country: String,
     pub asn: u32,
     pub platform: Platform,
-    /// Agent key, hex.
-    pub agent: String,
-    pub rtt_median_ms: Option<f64>,
-    pub loss_up: f64,
-    pub loss_down: f64,
-    pub jitter_up_ms: Option<f64>,
-    pub jitter_down_ms: Option<f64>,
-    pub mos: Option<f64>,
+    pub arm: Role,
+    /// Agent public key.
+    pub agent: [u8; 32],
+    /// In [`FIGURES`] order; `None` where the report has no such figure.
+    pub figures: [Option<f64>; 7],
     /// The test's verdict, when it had a control arm.
     pub verdict: Option<Verdict>,
 }
 
 impl Observation {
-    /// The observation for a verified report: its platform-arm stream (the first stream if none
-    /// is marked platform).
-    pub fn from_report(stored: &StoredReport, report: &CallReport) -> Option<Observation> {
-        let stream = report
+    /// One observation per platform and control arm of a verified report (relay streams are not
+    /// aggregated).
+    pub fn from_report(stored: &StoredReport, report: &CallReport) -> Vec<Observation> {
+        let mut agent = [0u8; 32];
+        if stored.signed.key.len() == 32 {
+            agent.copy_from_slice(&stored.signed.key);
+        }
+        report
             .streams
             .iter()
-            .find(|s| s.role == Role::Platform)
-            .or_else(|| report.streams.first())?;
-        Some(Observation {
-            started_at_ms: report.started_at.timestamp_millis(),
-            day: report.started_at.format("%Y-%m-%d").to_string(),
-            country: stored.region.country.clone(),
-            asn: stored.region.asn,
-            platform: report.platform,
-            agent: stored.signed.key_hex(),
-            rtt_median_ms: stream.rtt_ms.map(|r| r.median),
-            loss_up: stream.loss_up,
-            loss_down: stream.loss_down,
-            jitter_up_ms: stream.jitter_ms.map(|j| j.up),
-            jitter_down_ms: stream.jitter_ms.map(|j| j.down),
-            mos: stream.mos,
-            verdict: report.verdict,
-        })
+            .filter(|s| matches!(s.role, Role::Platform | Role::Control))
+            .map(|s| Observation {
+                started_at_ms: report.started_at.timestamp_millis(),
+                country: stored.region.country.clone(),
+                asn: stored.region.asn,
+                platform: report.platform,
+                arm: s.role,
+                agent,
+                figures: [
+                    s.rtt_ms.map(|r| r.median),
+                    s.jitter_ms.map(|j| j.up),
+                    s.jitter_ms.map(|j| j.down),
+                    Some(s.loss_up),
+                    Some(s.loss_down),
+                    s.mos,
+                    s.stalls.map(|st| f64::from(st.count)),
+                ],
+                verdict: report.verdict,
+            })
+            .collect()
     }
 
-    fn axis_value(&self, axis: Axis) -> AxisValue {
-        match axis {
-            Axis::Day => AxisValue::Text(self.day.clone()),
-            Axis::Country => AxisValue::Text(self.country.clone()),
-            Axis::Asn => AxisValue::Number(self.asn),
-            Axis::Platform => AxisValue::Text(self.platform.to_string()),
+    /// The fine cell this observation belongs to.
+    pub fn cell_key(&self) -> CellKey {
+        CellKey {
+            hour: self.started_at_ms.div_euclid(HOUR_MS),
+            country: country_code(&self.country),
+            asn: self.asn,
+            platform: self.platform,
+            arm: self.arm,
         }
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum AxisValue {
-    Text(String),
-    Number(u32),
+fn country_code(c: &str) -> [u8; 2] {
+    match c.as_bytes() {
+        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+            [a.to_ascii_uppercase(), b.to_ascii_uppercase()]
+        }
+        _ => *b"ZZ",
+    }
 }
 
-/// One cell of the aggregate.
+fn platform_byte(p: Platform) -> u8 {
+    match p {
+        Platform::Generic => 0,
+        Platform::Whatsapp => 1,
+        Platform::Telegram => 2,
+        Platform::Signal => 3,
+        Platform::Max => 4,
+    }
+}
+
+fn arm_byte(r: Role) -> u8 {
+    match r {
+        Role::Platform => 0,
+        Role::Control => 1,
+        Role::Relay => 2,
+    }
+}
+
+/// The finest cell: one UTC hour of one (country, ASN, platform, arm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CellKey {
+    /// Hours since the Unix epoch (UTC).
+    pub hour: i64,
+    pub country: [u8; 2],
+    pub asn: u32,
+    pub platform: Platform,
+    pub arm: Role,
+}
+
+/// Length of an encoded [`CellKey`].
+pub const CELL_KEY_LEN: usize = 16;
+
+/// Big-endian with the sign bit flipped, so byte order is numeric order.
+pub fn ordered_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn from_ordered_i64(b: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(b) ^ (1 << 63)) as i64
+}
+
+impl CellKey {
+    /// Hour first, so a time range is a key range.
+    pub fn to_bytes(&self) -> [u8; CELL_KEY_LEN] {
+        let mut k = [0u8; CELL_KEY_LEN];
+        k[..8].copy_from_slice(&ordered_i64(self.hour));
+        k[8..10].copy_from_slice(&self.country);
+        k[10..14].copy_from_slice(&self.asn.to_be_bytes());
+        k[14] = platform_byte(self.platform);
+        k[15] = arm_byte(self.arm);
+        k
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Option<CellKey> {
+        if b.len() != CELL_KEY_LEN {
+            return None;
+        }
+        let hour = from_ordered_i64(b[..8].try_into().ok()?);
+        let country = [b[8], b[9]];
+        if !country.iter().all(u8::is_ascii_uppercase) {
+            return None;
+        }
+        let asn = u32::from_be_bytes(b[10..14].try_into().ok()?);
+        let platform = *Platform::ALL.iter().find(|p| platform_byte(**p) == b[14])?;
+        let arm = [Role::Platform, Role::Control, Role::Relay]
+            .into_iter()
+            .find(|r| arm_byte(*r) == b[15])?;
+        Some(CellKey {
+            hour,
+            country,
+            asn,
+            platform,
+            arm,
+        })
+    }
+
+    /// Days since the Unix epoch (UTC).
+    pub fn day(&self) -> i64 {
+        self.hour.div_euclid(24)
+    }
+
+    pub fn country_str(&self) -> &str {
+        // Constructed only from ASCII letters (see country_code/from_bytes).
+        std::str::from_utf8(&self.country).unwrap_or("ZZ")
+    }
+}
+
+/// The per-agent cap's counter key: (UTC day, country, ASN, platform, arm, agent key).
+pub struct CapKey;
+
+impl CapKey {
+    pub fn bytes(cell: &CellKey, agent: &[u8; 32]) -> [u8; 48] {
+        let mut k = [0u8; 48];
+        let fine = cell.to_bytes();
+        k[..8].copy_from_slice(&ordered_i64(cell.day()));
+        k[8..16].copy_from_slice(&fine[8..]);
+        k[16..].copy_from_slice(agent);
+        k
+    }
+}
+
+/// Counts per verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerdictCounts {
+    pub none: u64,
+    pub inconclusive: u64,
+    pub differentiated: u64,
+}
+
+impl VerdictCounts {
+    fn add(&mut self, v: Verdict) {
+        match v {
+            Verdict::None => self.none += 1,
+            Verdict::Inconclusive => self.inconclusive += 1,
+            Verdict::Differentiated => self.differentiated += 1,
+        }
+    }
+
+    fn merge(&mut self, o: &VerdictCounts) {
+        self.none += o.none;
+        self.inconclusive += o.inconclusive;
+        self.differentiated += o.differentiated;
+    }
+
+    /// Share of judged tests found differentiated; `None` when none was judged.
+    pub fn differentiated_share(&self) -> Option<f64> {
+        let judged = self.none + self.inconclusive + self.differentiated;
+        (judged > 0).then(|| self.differentiated as f64 / judged as f64)
+    }
+}
+
+/// What a cell knows: mergeable, so any set of fine cells combines into a coarser one.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CellState {
+    /// Reports (arms) counted.
+    pub count: u64,
+    /// Distinct agents, by the first 8 bytes of their key.
+    pub agents: BTreeSet<[u8; 8]>,
+    pub verdicts: VerdictCounts,
+    /// One sketch per [`FIGURES`] entry.
+    pub figures: [Sketch; 7],
+}
+
+impl CellState {
+    pub fn add(&mut self, o: &Observation) {
+        self.count += 1;
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&o.agent[..8]);
+        self.agents.insert(prefix);
+        if let Some(v) = o.verdict {
+            self.verdicts.add(v);
+        }
+        for (sketch, value) in self.figures.iter_mut().zip(o.figures) {
+            if let Some(v) = value {
+                sketch.add(v);
+            }
+        }
+    }
+
+    pub fn merge(&mut self, other: &CellState) {
+        self.count += other.count;
+        self.agents.extend(other.agents.iter().copied());
+        self.verdicts.merge(&other.verdicts);
+        for (a, b) in self.figures.iter_mut().zip(other.figures.iter()) {
+            a.merge(b);
+        }
+    }
+}
+
+/// p10, median and p90 of one figure in a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Figure {
+    pub p10: f64,
+    pub median: f64,
+    pub p90: f64,
+}
+
+impl Figure {
+    fn of_sketch(s: &Sketch) -> Option<Figure> {
+        Some(Figure {
+            p10: s.quantile(0.1)?,
+            median: s.quantile(0.5)?,
+            p90: s.quantile(0.9)?,
+        })
+    }
+
+    /// Exact order statistics at rank ⌊q·(n−1)⌋, the rank the sketch estimates.
+    fn of_values(mut v: Vec<f64>) -> Option<Figure> {
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((q * (v.len() - 1) as f64).floor() as usize).min(v.len() - 1)];
+        Some(Figure {
+            p10: at(0.1),
+            median: at(0.5),
+            p90: at(0.9),
+        })
+    }
+}
+
+/// One published cell of a query.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Cell {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub day: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hour: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub asn: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
-    /// Reports in the cell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arm: Option<String>,
+    /// Reports (arms) in the cell after the per-agent cap.
     pub count: u64,
-    /// Distinct agent keys behind them.
+    /// Distinct agents behind them.
     pub agents: u64,
-    pub rtt_ms_median: Option<f64>,
-    pub loss_up_mean: f64,
-    pub loss_down_mean: f64,
-    pub jitter_up_ms_median: Option<f64>,
-    pub jitter_down_ms_median: Option<f64>,
-    pub mos_median: Option<f64>,
-    /// Share of the cell's reports with a verdict that found the platform differentiated;
-    /// `null` when none had a verdict (generic tests have no control arm).
+    pub rtt_ms: Option<Figure>,
+    pub jitter_up_ms: Option<Figure>,
+    pub jitter_down_ms: Option<Figure>,
+    pub loss_up: Option<Figure>,
+    pub loss_down: Option<Figure>,
+    pub mos: Option<Figure>,
+    pub stalls: Option<Figure>,
+    pub verdicts: VerdictCounts,
+    /// Share of the cell's judged tests that found the platform differentiated; `null` when none
+    /// had a verdict (generic tests have no control arm).
     pub differentiated_share: Option<f64>,
+}
+
+impl Cell {
+    fn new(key: &GroupKey, count: u64, agents: u64, figures: [Option<Figure>; 7]) -> Cell {
+        let [rtt_ms, jitter_up_ms, jitter_down_ms, loss_up, loss_down, mos, stalls] = figures;
+        Cell {
+            day: key.day.map(day_string),
+            hour: key.hour.map(hour_string),
+            country: key
+                .country
+                .map(|c| String::from_utf8_lossy(&c).into_owned()),
+            asn: key.asn,
+            platform: key.platform.map(|p| p.to_string()),
+            arm: key.arm.map(|a| a.to_string()),
+            count,
+            agents,
+            rtt_ms,
+            jitter_up_ms,
+            jitter_down_ms,
+            loss_up,
+            loss_down,
+            mos,
+            stalls,
+            verdicts: VerdictCounts::default(),
+            differentiated_share: None,
+        }
+    }
+
+    fn axis_text(&self, axis: Axis) -> String {
+        match axis {
+            Axis::Day => self.day.clone().unwrap_or_default(),
+            Axis::Hour => self.hour.clone().unwrap_or_default(),
+            Axis::Country => self.country.clone().unwrap_or_default(),
+            Axis::Asn => self.asn.map(|x| x.to_string()).unwrap_or_default(),
+            Axis::Platform => self.platform.clone().unwrap_or_default(),
+            Axis::Arm => self.arm.clone().unwrap_or_default(),
+        }
+    }
+
+    fn figures(&self) -> [Option<Figure>; 7] {
+        [
+            self.rtt_ms,
+            self.jitter_up_ms,
+            self.jitter_down_ms,
+            self.loss_up,
+            self.loss_down,
+            self.mos,
+            self.stalls,
+        ]
+    }
+}
+
+fn day_string(day: i64) -> String {
+    DateTime::<Utc>::from_timestamp(day.saturating_mul(86_400), 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+fn hour_string(hour: i64) -> String {
+    DateTime::<Utc>::from_timestamp(hour.saturating_mul(3600), 0)
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_default()
 }
 
 /// What a published aggregate must respect, so that no volunteer can be singled out and none
@@ -147,7 +473,8 @@ pub struct Cell {
 pub struct Policy {
     /// A cell is published only when at least this many distinct agents stand behind it.
     pub min_agents: usize,
-    /// One agent's reports count at most this many times per cell and day (the earliest ones).
+    /// One agent's reports count at most this many times per fine cell and day (the first to
+    /// arrive).
     pub max_per_agent_per_day: usize,
 }
 
@@ -166,137 +493,234 @@ pub struct Filter {
     pub country: Option<String>,
     pub asn: Option<u32>,
     pub platform: Option<Platform>,
-    /// Tests started at or after, Unix ms.
+    /// Only this arm; when `None` and `arm` is not an axis, only platform arms count.
+    pub arm: Option<Role>,
+    /// Tests started at or after, Unix ms (applied at hour resolution: rounded down to the hour).
     pub since_ms: Option<i64>,
-    /// Tests started before, Unix ms.
+    /// Tests started before, Unix ms (applied at hour resolution: rounded up to the hour).
     pub until_ms: Option<i64>,
 }
 
 impl Filter {
-    pub fn matches(&self, o: &Observation) -> bool {
-        self.country.as_ref().is_none_or(|c| *c == o.country)
-            && self.asn.is_none_or(|a| a == o.asn)
-            && self.platform.is_none_or(|p| p == o.platform)
-            && self.since_ms.is_none_or(|t| o.started_at_ms >= t)
-            && self.until_ms.is_none_or(|t| o.started_at_ms < t)
+    /// First hour covered.
+    pub fn since_hour(&self) -> Option<i64> {
+        self.since_ms.map(|t| t.div_euclid(HOUR_MS))
+    }
+
+    /// First hour not covered.
+    pub fn until_hour(&self) -> Option<i64> {
+        self.until_ms
+            .map(|t| t.div_euclid(HOUR_MS) + i64::from(t.rem_euclid(HOUR_MS) != 0))
+    }
+
+    /// Whether a fine cell is covered, given the query's axes (for the default arm).
+    pub fn matches(&self, k: &CellKey, axes: &[Axis]) -> bool {
+        let arm_ok = match self.arm {
+            Some(a) => a == k.arm,
+            None => axes.contains(&Axis::Arm) || k.arm == Role::Platform,
+        };
+        arm_ok
+            && self
+                .country
+                .as_ref()
+                .is_none_or(|c| country_code(c) == k.country)
+            && self.asn.is_none_or(|a| a == k.asn)
+            && self.platform.is_none_or(|p| p == k.platform)
+            && self.since_hour().is_none_or(|h| k.hour >= h)
+            && self.until_hour().is_none_or(|h| k.hour < h)
     }
 }
 
-/// Groups the observations that pass `filter` by the given axes (one or two, distinct),
-/// applies `policy` (per-agent cap, then the k threshold) and summarises each published cell.
-pub fn aggregate(
+/// The value of each asked-for axis; `None` for axes not asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+struct GroupKey {
+    day: Option<i64>,
+    hour: Option<i64>,
+    country: Option<[u8; 2]>,
+    asn: Option<u32>,
+    platform: Option<Platform>,
+    arm: Option<Role>,
+}
+
+impl GroupKey {
+    fn of(k: &CellKey, axes: &[Axis]) -> GroupKey {
+        let has = |a: Axis| axes.contains(&a);
+        GroupKey {
+            day: has(Axis::Day).then(|| k.day()),
+            hour: has(Axis::Hour).then_some(k.hour),
+            country: has(Axis::Country).then_some(k.country),
+            asn: has(Axis::Asn).then_some(k.asn),
+            platform: has(Axis::Platform).then_some(k.platform),
+            arm: has(Axis::Arm).then_some(k.arm),
+        }
+    }
+}
+
+/// Merges fine cells, one at a time, into the cells a query asks for.
+pub struct Grouper<'a> {
+    axes: &'a [Axis],
+    filter: &'a Filter,
+    groups: BTreeMap<GroupKey, CellState>,
+}
+
+impl<'a> Grouper<'a> {
+    pub fn new(axes: &'a [Axis], filter: &'a Filter) -> Self {
+        Grouper {
+            axes,
+            filter,
+            groups: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a fine cell with this key is part of the query (check before decoding its state).
+    pub fn wants(&self, key: &CellKey) -> bool {
+        self.filter.matches(key, self.axes)
+    }
+
+    /// Adds a fine cell; cells the filter excludes are ignored.
+    pub fn add(&mut self, key: &CellKey, state: &CellState) {
+        if self.wants(key) {
+            self.groups
+                .entry(GroupKey::of(key, self.axes))
+                .or_default()
+                .merge(state);
+        }
+    }
+
+    /// The published cells: those with at least `min_agents` distinct agents.
+    pub fn finish(self, policy: &Policy) -> Vec<Cell> {
+        self.groups
+            .into_iter()
+            .filter(|(_, s)| s.agents.len() >= policy.min_agents.max(1))
+            .map(|(key, s)| {
+                let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
+                let mut cell = Cell::new(&key, s.count, s.agents.len() as u64, figures);
+                cell.verdicts = s.verdicts;
+                cell.differentiated_share = s.verdicts.differentiated_share();
+                cell
+            })
+            .collect()
+    }
+}
+
+/// Merges fine cells into the cells a query asks for, and publishes those with at least
+/// `min_agents` distinct agents. `cells` may contain cells the filter excludes.
+pub fn query(
+    cells: impl IntoIterator<Item = (CellKey, CellState)>,
+    axes: &[Axis],
+    filter: &Filter,
+    policy: &Policy,
+) -> Vec<Cell> {
+    let mut g = Grouper::new(axes, filter);
+    for (key, state) in cells {
+        g.add(&key, &state);
+    }
+    g.finish(policy)
+}
+
+/// Applies the per-agent cap to observations in arrival order, as the store does at ingest:
+/// yields the ones that count.
+pub fn capped<'a>(
+    observations: impl IntoIterator<Item = &'a Observation>,
+    max_per_agent_per_day: usize,
+) -> Vec<&'a Observation> {
+    let mut seen: BTreeMap<[u8; 48], usize> = BTreeMap::new();
+    observations
+        .into_iter()
+        .filter(|o| {
+            let n = seen
+                .entry(CapKey::bytes(&o.cell_key(), &o.agent))
+                .or_default();
+            *n += 1;
+            *n <= max_per_agent_per_day
+        })
+        .collect()
+}
+
+/// The brute-force reference: the same cells as [`query`] over fine cells built from
+/// `observations` (in arrival order), with exact order statistics instead of sketches.
+pub fn exact(
     observations: &[Observation],
     axes: &[Axis],
     filter: &Filter,
     policy: &Policy,
 ) -> Vec<Cell> {
-    let mut groups: BTreeMap<Vec<AxisValue>, Vec<&Observation>> = BTreeMap::new();
-    let mut ordered: Vec<&Observation> =
-        observations.iter().filter(|o| filter.matches(o)).collect();
-    ordered.sort_by_key(|o| o.started_at_ms);
-    let mut per_agent_day: BTreeMap<(Vec<AxisValue>, &str, &str), usize> = BTreeMap::new();
-    for o in ordered {
-        let key: Vec<AxisValue> = axes.iter().map(|a| o.axis_value(*a)).collect();
-        let seen = per_agent_day
-            .entry((key.clone(), o.agent.as_str(), o.day.as_str()))
-            .or_default();
-        if *seen >= policy.max_per_agent_per_day {
-            continue;
+    let mut groups: BTreeMap<GroupKey, Vec<&Observation>> = BTreeMap::new();
+    for o in capped(observations, policy.max_per_agent_per_day) {
+        let key = o.cell_key();
+        if filter.matches(&key, axes) {
+            groups.entry(GroupKey::of(&key, axes)).or_default().push(o);
         }
-        *seen += 1;
-        groups.entry(key).or_default().push(o);
     }
     groups
-        .into_values()
-        .filter_map(|members| {
-            let agents: BTreeSet<&str> = members.iter().map(|o| o.agent.as_str()).collect();
+        .into_iter()
+        .filter_map(|(key, members)| {
+            let agents: BTreeSet<[u8; 8]> = members
+                .iter()
+                .map(|o| {
+                    let mut p = [0u8; 8];
+                    p.copy_from_slice(&o.agent[..8]);
+                    p
+                })
+                .collect();
             if agents.len() < policy.min_agents.max(1) {
                 return None;
             }
-            let first = members[0];
-            let has = |a: Axis| axes.contains(&a);
-            let n = members.len() as f64;
-            Some(Cell {
-                day: has(Axis::Day).then(|| first.day.clone()),
-                country: has(Axis::Country).then(|| first.country.clone()),
-                asn: has(Axis::Asn).then_some(first.asn),
-                platform: has(Axis::Platform).then(|| first.platform.to_string()),
-                count: members.len() as u64,
-                agents: agents.len() as u64,
-                rtt_ms_median: median(members.iter().filter_map(|o| o.rtt_median_ms)),
-                loss_up_mean: members.iter().map(|o| o.loss_up).sum::<f64>() / n,
-                loss_down_mean: members.iter().map(|o| o.loss_down).sum::<f64>() / n,
-                jitter_up_ms_median: median(members.iter().filter_map(|o| o.jitter_up_ms)),
-                jitter_down_ms_median: median(members.iter().filter_map(|o| o.jitter_down_ms)),
-                mos_median: median(members.iter().filter_map(|o| o.mos)),
-                differentiated_share: {
-                    let judged: Vec<Verdict> = members.iter().filter_map(|o| o.verdict).collect();
-                    (!judged.is_empty()).then(|| {
-                        judged
-                            .iter()
-                            .filter(|v| **v == Verdict::Differentiated)
-                            .count() as f64
-                            / judged.len() as f64
-                    })
-                },
-            })
+            let figures = std::array::from_fn(|i| {
+                Figure::of_values(members.iter().filter_map(|o| o.figures[i]).collect())
+            });
+            let mut cell = Cell::new(&key, members.len() as u64, agents.len() as u64, figures);
+            for o in &members {
+                if let Some(v) = o.verdict {
+                    cell.verdicts.add(v);
+                }
+            }
+            cell.differentiated_share = cell.verdicts.differentiated_share();
+            Some(cell)
         })
         .collect()
 }
 
-/// The median (mean of the two middle values for an even count); `None` for no values.
-pub fn median(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut v: Vec<f64> = values.filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    })
+/// The sketches' relative error, as published with every answer.
+pub fn relative_error() -> f64 {
+    RELATIVE_ACCURACY
 }
 
-/// CSV columns, in order: the axes asked for, then the figures.
+/// CSV columns, in order: the axes asked for, `count,agents`, `<figure>_p10,_median,_p90` per
+/// figure in [`FIGURES`] order, then the verdict counts and the differentiated share.
 pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
-    let figures = [
-        "count",
-        "agents",
-        "rtt_ms_median",
-        "loss_up_mean",
-        "loss_down_mean",
-        "jitter_up_ms_median",
-        "jitter_down_ms_median",
-        "mos_median",
-        "differentiated_share",
-    ];
-    let mut out = String::new();
-    let header: Vec<&str> = axes.iter().map(|a| a.as_str()).chain(figures).collect();
-    out.push_str(&header.join(","));
+    let mut header: Vec<String> = axes.iter().map(|a| a.as_str().to_string()).collect();
+    header.extend(["count".into(), "agents".into()]);
+    for f in FIGURES {
+        header.extend([
+            format!("{f}_p10"),
+            format!("{f}_median"),
+            format!("{f}_p90"),
+        ]);
+    }
+    header.extend([
+        "verdict_none".into(),
+        "verdict_inconclusive".into(),
+        "verdict_differentiated".into(),
+        "differentiated_share".into(),
+    ]);
+    let mut out = header.join(",");
     out.push('\n');
-    let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
+    let num = |x: f64| format!("{x:.5}");
     for c in cells {
-        let mut row: Vec<String> = axes
-            .iter()
-            .map(|a| match a {
-                Axis::Day => c.day.clone().unwrap_or_default(),
-                Axis::Country => c.country.clone().unwrap_or_default(),
-                Axis::Asn => c.asn.map(|x| x.to_string()).unwrap_or_default(),
-                Axis::Platform => c.platform.clone().unwrap_or_default(),
-            })
-            .collect();
+        let mut row: Vec<String> = axes.iter().map(|a| c.axis_text(*a)).collect();
+        row.extend([c.count.to_string(), c.agents.to_string()]);
+        for f in c.figures() {
+            match f {
+                Some(f) => row.extend([num(f.p10), num(f.median), num(f.p90)]),
+                None => row.extend([String::new(), String::new(), String::new()]),
+            }
+        }
         row.extend([
-            c.count.to_string(),
-            c.agents.to_string(),
-            opt(c.rtt_ms_median),
-            format!("{:.5}", c.loss_up_mean),
-            format!("{:.5}", c.loss_down_mean),
-            opt(c.jitter_up_ms_median),
-            opt(c.jitter_down_ms_median),
-            opt(c.mos_median),
-            opt(c.differentiated_share),
+            c.verdicts.none.to_string(),
+            c.verdicts.inconclusive.to_string(),
+            c.verdicts.differentiated.to_string(),
+            c.differentiated_share.map(num).unwrap_or_default(),
         ]);
         out.push_str(&row.join(","));
         out.push('\n');
@@ -308,43 +732,76 @@ pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
 mod tests {
     use super::*;
 
-    fn obs(country: &str, platform: Platform, agent: &str, rtt: f64, loss: f64) -> Observation {
+    const T0: i64 = 1_764_288_000_000; // 2025-11-28T00:00:00Z
+
+    fn obs(country: &str, platform: Platform, agent: u8, rtt: f64, loss: f64) -> Observation {
         Observation {
-            started_at_ms: 1_764_288_000_000,
-            day: "2026-11-28".into(),
+            started_at_ms: T0,
             country: country.into(),
             asn: if country == "RU" { 12389 } else { 3320 },
             platform,
-            agent: agent.into(),
-            rtt_median_ms: Some(rtt),
-            loss_up: loss,
-            loss_down: 0.0,
-            jitter_up_ms: Some(1.0),
-            jitter_down_ms: Some(2.0),
-            mos: Some(4.0),
+            arm: Role::Platform,
+            agent: [agent; 32],
+            figures: [
+                Some(rtt),
+                Some(1.0),
+                Some(2.0),
+                Some(loss),
+                Some(0.0),
+                Some(4.0),
+                Some(0.0),
+            ],
             verdict: (platform != Platform::Generic).then_some(Verdict::None),
         }
+    }
+
+    fn fine_cells(o: &[Observation], policy: &Policy) -> Vec<(CellKey, CellState)> {
+        let mut cells: BTreeMap<CellKey, CellState> = BTreeMap::new();
+        for x in capped(o, policy.max_per_agent_per_day) {
+            cells.entry(x.cell_key()).or_default().add(x);
+        }
+        cells.into_iter().collect()
+    }
+
+    fn both(o: &[Observation], axes: &[Axis], f: &Filter, p: &Policy) -> Vec<Cell> {
+        let sketched = query(fine_cells(o, p), axes, f, p);
+        let exact = exact(o, axes, f, p);
+        assert_eq!(sketched.len(), exact.len());
+        for (s, e) in sketched.iter().zip(&exact) {
+            assert_eq!(
+                (s.count, s.agents, s.verdicts),
+                (e.count, e.agents, e.verdicts)
+            );
+            for (a, b) in s.figures().iter().zip(e.figures()) {
+                match (a, b) {
+                    (Some(a), Some(b)) => {
+                        for (x, y) in [(a.p10, b.p10), (a.median, b.median), (a.p90, b.p90)] {
+                            assert!((x - y).abs() <= RELATIVE_ACCURACY * y.abs() + 1e-9);
+                        }
+                    }
+                    (None, None) => {}
+                    other => panic!("figure presence differs: {other:?}"),
+                }
+            }
+        }
+        exact
     }
 
     #[test]
     fn groups_by_two_axes() {
         let o = vec![
-            obs("RU", Platform::Whatsapp, "a", 10.0, 0.1),
-            obs("RU", Platform::Whatsapp, "b", 30.0, 0.3),
-            obs("RU", Platform::Whatsapp, "b", 20.0, 0.2),
-            obs("DE", Platform::Whatsapp, "c", 5.0, 0.0),
-            obs("RU", Platform::Generic, "a", 7.0, 0.0),
+            obs("RU", Platform::Whatsapp, 1, 10.0, 0.1),
+            obs("RU", Platform::Whatsapp, 2, 30.0, 0.3),
+            obs("RU", Platform::Whatsapp, 2, 20.0, 0.2),
+            obs("DE", Platform::Whatsapp, 3, 5.0, 0.0),
+            obs("RU", Platform::Generic, 1, 7.0, 0.0),
         ];
         let open = Policy {
             min_agents: 1,
             ..Policy::default()
         };
-        let cells = aggregate(
-            &o,
-            &[Axis::Country, Axis::Platform],
-            &Filter::default(),
-            &open,
-        );
+        let axes = [Axis::Country, Axis::Platform];
+        let cells = both(&o, &axes, &Filter::default(), &open);
         assert_eq!(cells.len(), 3);
         let ru_wa = cells
             .iter()
@@ -354,82 +811,169 @@ mod tests {
             .unwrap();
         assert_eq!(ru_wa.count, 3);
         assert_eq!(ru_wa.agents, 2);
-        assert_eq!(ru_wa.rtt_ms_median, Some(20.0));
-        assert!((ru_wa.loss_up_mean - 0.2).abs() < 1e-12);
+        assert_eq!(ru_wa.rtt_ms.unwrap().median, 20.0);
         assert_eq!(ru_wa.differentiated_share, Some(0.0));
         assert_eq!(ru_wa.asn, None);
-        let csv = to_csv(&cells, &[Axis::Country, Axis::Platform]);
-        assert!(csv.starts_with("country,platform,count,agents,"));
-        assert!(csv.contains("RU,whatsapp,3,2,20.000,0.20000,"));
+        let csv = to_csv(&cells, &axes);
+        assert!(csv.starts_with("country,platform,count,agents,rtt_ms_p10,rtt_ms_median,"));
+        assert!(csv.contains("RU,whatsapp,3,2,10.00000,20.00000,20.00000,"));
+    }
+
+    #[test]
+    fn arms_are_separate_and_default_to_platform() {
+        let mut o = vec![obs("RU", Platform::Telegram, 1, 10.0, 0.0)];
+        let mut control = obs("RU", Platform::Telegram, 1, 50.0, 0.0);
+        control.arm = Role::Control;
+        o.push(control);
+        let open = Policy {
+            min_agents: 1,
+            ..Policy::default()
+        };
+        let only_platform = both(&o, &[Axis::Country], &Filter::default(), &open);
+        assert_eq!(only_platform[0].count, 1);
+        assert_eq!(only_platform[0].rtt_ms.unwrap().median, 10.0);
+        let by_arm = both(&o, &[Axis::Arm], &Filter::default(), &open);
+        assert_eq!(by_arm.len(), 2);
+        assert_eq!(by_arm[1].arm.as_deref(), Some("control"));
+        let control_only = Filter {
+            arm: Some(Role::Control),
+            ..Filter::default()
+        };
+        assert_eq!(
+            both(&o, &[Axis::Country], &control_only, &open)[0]
+                .rtt_ms
+                .unwrap()
+                .median,
+            50.0
+        );
+    }
+
+    #[test]
+    fn hour_and_day_axes_and_hour_resolution_bounds() {
+        let mut a = obs("RU", Platform::Signal, 1, 10.0, 0.0);
+        let mut b = a.clone();
+        b.started_at_ms = T0 + 25 * HOUR_MS + 5;
+        a.started_at_ms = T0 + 30 * 60_000;
+        let o = vec![a, b];
+        let open = Policy {
+            min_agents: 1,
+            ..Policy::default()
+        };
+        let hours = both(&o, &[Axis::Hour], &Filter::default(), &open);
+        assert_eq!(hours[0].hour.as_deref(), Some("2025-11-28T00:00:00Z"));
+        assert_eq!(hours[1].hour.as_deref(), Some("2025-11-29T01:00:00Z"));
+        let days = both(&o, &[Axis::Day], &Filter::default(), &open);
+        assert_eq!(days[1].day.as_deref(), Some("2025-11-29"));
+        let late = Filter {
+            since_ms: Some(T0 + 45 * 60_000), // rounded down to T0's hour: still covers `a`
+            ..Filter::default()
+        };
+        assert_eq!(both(&o, &[Axis::Day], &late, &open).len(), 2);
+        let early = Filter {
+            until_ms: Some(T0 + 10 * 60_000), // rounded up: covers the first hour
+            ..Filter::default()
+        };
+        assert_eq!(both(&o, &[Axis::Day], &early, &open).len(), 1);
     }
 
     #[test]
     fn cells_below_k_agents_are_not_published_and_filters_apply() {
         let o = vec![
-            obs("RU", Platform::Whatsapp, "a", 10.0, 0.0),
-            obs("RU", Platform::Whatsapp, "b", 11.0, 0.0),
-            obs("RU", Platform::Whatsapp, "c", 12.0, 0.0),
-            obs("DE", Platform::Whatsapp, "d", 5.0, 0.0),
-            obs("DE", Platform::Whatsapp, "d", 6.0, 0.0),
+            obs("RU", Platform::Whatsapp, 1, 10.0, 0.0),
+            obs("RU", Platform::Whatsapp, 2, 11.0, 0.0),
+            obs("RU", Platform::Whatsapp, 3, 12.0, 0.0),
+            obs("DE", Platform::Whatsapp, 4, 5.0, 0.0),
+            obs("DE", Platform::Whatsapp, 4, 6.0, 0.0),
         ];
-        let cells = aggregate(&o, &[Axis::Country], &Filter::default(), &Policy::default());
+        let cells = both(&o, &[Axis::Country], &Filter::default(), &Policy::default());
         assert_eq!(cells.len(), 1, "DE has one agent behind it");
         assert_eq!(cells[0].country.as_deref(), Some("RU"));
         let only_de = Filter {
-            country: Some("DE".into()),
+            country: Some("de".into()),
             ..Filter::default()
         };
         let open = Policy {
             min_agents: 1,
             ..Policy::default()
         };
-        let cells = aggregate(&o, &[Axis::Platform], &only_de, &open);
-        assert_eq!(cells[0].count, 2);
+        assert_eq!(both(&o, &[Axis::Platform], &only_de, &open)[0].count, 2);
         let later = Filter {
-            since_ms: Some(1_764_288_000_001),
+            since_ms: Some(T0 + HOUR_MS),
             ..Filter::default()
         };
-        assert!(aggregate(&o, &[Axis::Platform], &later, &open).is_empty());
+        assert!(both(&o, &[Axis::Platform], &later, &open).is_empty());
     }
 
     #[test]
     fn one_agent_flooding_a_cell_moves_it_no_more_than_its_capped_weight() {
         let mut o = Vec::new();
-        for (agent, rtt) in [("a", 10.0), ("b", 12.0), ("c", 14.0)] {
+        for (agent, rtt) in [(1, 10.0), (2, 12.0), (3, 14.0)] {
             for _ in 0..2 {
                 o.push(obs("RU", Platform::Telegram, agent, rtt, 0.0));
             }
         }
         for _ in 0..1000 {
-            o.push(obs("RU", Platform::Telegram, "mallory", 500.0, 1.0));
+            o.push(obs("RU", Platform::Telegram, 66, 500.0, 1.0));
         }
         let policy = Policy {
             min_agents: 3,
             max_per_agent_per_day: 2,
         };
-        let cells = aggregate(&o, &[Axis::Country], &Filter::default(), &policy);
-        let cell = &cells[0];
-        // Mallory counts twice, like each honest agent: [10,10,12,12,14,14,500,500].
-        assert_eq!(cell.count, 8);
-        assert_eq!(cell.rtt_ms_median, Some(13.0));
-        assert!((cell.loss_up_mean - 0.25).abs() < 1e-12);
+        let cells = both(&o, &[Axis::Country], &Filter::default(), &policy);
+        // Mallory counts twice, like each honest agent: [10,10,12,12,14,14,500,500];
+        // the median (rank ⌊0.5·7⌋ = 3) stays an honest value.
+        assert_eq!(cells[0].count, 8);
+        assert_eq!(cells[0].rtt_ms.unwrap().median, 12.0);
+        assert_eq!(cells[0].loss_up.unwrap().p90, 1.0);
         let uncapped = Policy {
             max_per_agent_per_day: usize::MAX,
             ..policy
         };
-        let flooded = aggregate(&o, &[Axis::Country], &Filter::default(), &uncapped);
+        let flooded = both(&o, &[Axis::Country], &Filter::default(), &uncapped);
         assert_eq!(
-            flooded[0].rtt_ms_median,
-            Some(500.0),
+            flooded[0].rtt_ms.unwrap().median,
+            500.0,
             "without the cap, one agent decides"
         );
     }
 
     #[test]
-    fn median_handles_even_and_empty() {
-        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), Some(2.5));
-        assert_eq!(median(std::iter::empty()), None);
-        assert_eq!("asn".parse::<Axis>(), Ok(Axis::Asn));
+    fn keys_round_trip_and_garbage_is_refused() {
+        let k = obs("RU", Platform::Max, 9, 1.0, 0.0).cell_key();
+        assert_eq!(CellKey::from_bytes(&k.to_bytes()), Some(k));
+        assert_eq!(CellKey::from_bytes(&[0u8; 3]), None);
+        let mut bad = k.to_bytes();
+        bad[14] = 99;
+        assert_eq!(CellKey::from_bytes(&bad), None);
         assert!("city".parse::<Axis>().is_err());
+        assert_eq!("arm".parse::<Axis>(), Ok(Axis::Arm));
+    }
+
+    proptest::proptest! {
+        /// Merging two cells equals aggregating their reports together.
+        #[test]
+        fn merging_cells_equals_aggregating_their_reports(
+            a in proptest::collection::vec((0u8..5, 0.0f64..2000.0, 0.0f64..1.0), 0..60),
+            b in proptest::collection::vec((0u8..5, 0.0f64..2000.0, 0.0f64..1.0), 0..60),
+        ) {
+            let make = |v: &[(u8, f64, f64)]| -> Vec<Observation> {
+                v.iter().map(|(agent, rtt, loss)| {
+                    obs("RU", Platform::Whatsapp, *agent, *rtt, *loss)
+                }).collect()
+            };
+            let (oa, ob) = (make(&a), make(&b));
+            let mut sa = CellState::default();
+            oa.iter().for_each(|o| sa.add(o));
+            let mut sb = CellState::default();
+            ob.iter().for_each(|o| sb.add(o));
+            let mut together = CellState::default();
+            oa.iter().chain(&ob).for_each(|o| together.add(o));
+            let mut merged = sa.clone();
+            merged.merge(&sb);
+            proptest::prop_assert_eq!(&merged, &together);
+            let mut other_way = sb;
+            other_way.merge(&sa);
+            proptest::prop_assert_eq!(&other_way, &together);
+        }
     }
 }

@@ -3,16 +3,16 @@
 //! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]` and `GET /healthz`.
 //! Bad parameters get 400 with a message that names the parameter.
 
-use crate::aggregate::{aggregate, to_csv, Axis, Cell, Filter, Observation, Policy};
+use crate::aggregate::{relative_error, to_csv, Axis, Cell, Filter, Policy};
 use crate::ingest::IngestStats;
 use crate::reflector::ReflectorStatsSource;
-use crate::store::{ReportStore, StoreError};
+use crate::store::ReportStore;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use callwatch_proto::CallReport;
+use callwatch_proto::Role;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,8 +25,34 @@ pub struct AppState {
     pub policy: Policy,
 }
 
+/// The dashboard: one self-contained page (no external resources), served at `/`.
+pub const DASHBOARD_HTML: &str = include_str!("../assets/dashboard.html");
+/// The API's OpenAPI 3 description, served at `/openapi.yaml`.
+pub const OPENAPI_YAML: &str = include_str!("../assets/openapi.yaml");
+
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route(
+            "/",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    DASHBOARD_HTML,
+                )
+            }),
+        )
+        .route(
+            "/openapi.yaml",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "application/yaml; charset=utf-8")],
+                    OPENAPI_YAML,
+                )
+            }),
+        )
         .route("/api/v1/aggregation", get(aggregation))
         .route("/api/v1/reports", get(reports))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -35,9 +61,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// An error a client can act on, or a server fault.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    message: String,
+    pub message: String,
 }
 
 impl ApiError {
@@ -90,8 +117,8 @@ pub fn parse_time_ms(name: &str, v: &str) -> Result<i64, ApiError> {
 pub fn parse_aggregation_query(
     params: &HashMap<String, String>,
 ) -> Result<AggregationQuery, ApiError> {
-    const KNOWN: [&str; 8] = [
-        "axis_x", "axis_y", "format", "country", "asn", "platform", "since", "until",
+    const KNOWN: [&str; 9] = [
+        "axis_x", "axis_y", "format", "country", "asn", "platform", "arm", "since", "until",
     ];
     for k in params.keys() {
         if !KNOWN.contains(&k.as_str()) {
@@ -124,6 +151,17 @@ pub fn parse_aggregation_query(
                 .map_err(|e| ApiError::bad_request(format!("platform: {e}")))?,
         );
     }
+    if let Some(a) = params.get("arm") {
+        filter.arm = Some(match a.as_str() {
+            "platform" => Role::Platform,
+            "control" => Role::Control,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "arm: {other:?} is not platform or control"
+                )))
+            }
+        });
+    }
     if let Some(v) = params.get("since") {
         filter.since_ms = Some(parse_time_ms("since", v)?);
     }
@@ -139,8 +177,9 @@ pub fn parse_aggregation_query(
             })
             .transpose()
     };
-    let axis_x = axis("axis_x")?
-        .ok_or_else(|| ApiError::bad_request("axis_x: required (day, country, asn, platform)"))?;
+    let axis_x = axis("axis_x")?.ok_or_else(|| {
+        ApiError::bad_request("axis_x: required (day, hour, country, asn, platform, arm)")
+    })?;
     let mut axes = vec![axis_x];
     if let Some(y) = axis("axis_y")? {
         if y == axis_x {
@@ -160,27 +199,31 @@ pub fn parse_aggregation_query(
     Ok(AggregationQuery { axes, filter, csv })
 }
 
-/// Reads every stored report into observations.
-pub fn load_observations(store: &dyn ReportStore) -> Result<Vec<Observation>, StoreError> {
-    let mut out = Vec::with_capacity(store.len());
-    store.for_each(&mut |stored| {
-        let report: CallReport =
-            serde_json::from_slice(&stored.signed.body).map_err(|e| StoreError::Corrupt {
-                key: stored.signed.key_hex(),
-                what: format!("stored body no longer parses: {e}"),
-            })?;
-        out.extend(Observation::from_report(&stored, &report));
-        Ok(())
-    })?;
-    Ok(out)
+#[derive(Serialize)]
+pub struct AggregationBody<'a> {
+    pub axis_x: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub axis_y: Option<&'a str>,
+    /// The k threshold cells were published under.
+    pub min_agents: usize,
+    /// The per-agent cap per fine cell and day the store applies.
+    pub max_per_agent_per_day: usize,
+    /// The quantile sketches' relative error.
+    pub relative_error: f64,
+    pub result: Vec<Cell>,
 }
 
-#[derive(Serialize)]
-struct AggregationBody<'a> {
-    axis_x: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    axis_y: Option<&'a str>,
-    result: Vec<Cell>,
+impl<'a> AggregationBody<'a> {
+    pub fn new(axes: &'a [Axis], policy: &Policy, result: Vec<Cell>) -> Self {
+        AggregationBody {
+            axis_x: axes.first().map(|a| a.as_str()).unwrap_or("day"),
+            axis_y: axes.get(1).map(|a| a.as_str()),
+            min_agents: policy.min_agents,
+            max_per_agent_per_day: policy.max_per_agent_per_day,
+            relative_error: relative_error(),
+            result,
+        }
+    }
 }
 
 async fn aggregation(
@@ -189,11 +232,12 @@ async fn aggregation(
 ) -> Result<Response, ApiError> {
     let q = parse_aggregation_query(&params)?;
     let store = state.store.clone();
-    let observations = tokio::task::spawn_blocking(move || load_observations(store.as_ref()))
+    let policy = state.policy;
+    let (axes, filter) = (q.axes.clone(), q.filter.clone());
+    let cells = tokio::task::spawn_blocking(move || store.aggregate(&axes, &filter, &policy))
         .await
         .map_err(|e| ApiError::internal(format!("aggregation task failed: {e}")))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let cells = aggregate(&observations, &q.axes, &q.filter, &state.policy);
     if q.csv {
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -201,12 +245,7 @@ async fn aggregation(
         )
             .into_response());
     }
-    Ok(axum::Json(AggregationBody {
-        axis_x: q.axes[0].as_str(),
-        axis_y: q.axes.get(1).map(|a| a.as_str()),
-        result: cells,
-    })
-    .into_response())
+    Ok(axum::Json(AggregationBody::new(&q.axes, &state.policy, cells)).into_response())
 }
 
 /// Prometheus text exposition of the collector's counters.

@@ -13,6 +13,7 @@ pub mod http;
 pub mod ingest;
 pub mod reflector;
 pub mod serve;
+pub mod sketch;
 pub mod store;
 
 pub use serve::{serve, serve_with_store, Collector, ServeConfig};

@@ -207,7 +207,8 @@ pub async fn run_demo(cfg: &DemoConfig) -> Result<DemoResult> {
 fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String {
     let mut out = String::new();
     let num = |v: &serde_json::Value, k: &str, scale: f64, digits: usize| {
-        v[k].as_f64()
+        v[k]["median"]
+            .as_f64()
             .map(|x| format!("{:.*}", digits, x * scale))
             .unwrap_or_else(|| "-".into())
     };
@@ -238,11 +239,11 @@ fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String 
                 c["platform"].as_str().unwrap_or("-"),
                 c["count"].to_string(),
                 c["agents"].to_string(),
-                num(c, "rtt_ms_median", 1.0, 3),
-                num(c, "loss_up_mean", 100.0, 2),
-                num(c, "loss_down_mean", 100.0, 2),
-                num(c, "jitter_down_ms_median", 1.0, 3),
-                num(c, "mos_median", 1.0, 2),
+                num(c, "rtt_ms", 1.0, 3),
+                num(c, "loss_up", 100.0, 2),
+                num(c, "loss_down", 100.0, 2),
+                num(c, "jitter_down_ms", 1.0, 3),
+                num(c, "mos", 1.0, 2),
                 c["differentiated_share"]
                     .as_f64()
                     .map(|x| format!("{:.0} %", x * 100.0))

@@ -7,7 +7,9 @@ pub mod demo;
 pub mod detection;
 pub mod emulator;
 pub mod http;
+pub mod process;
 pub mod scenarios;
+pub mod seed;
 pub mod sim;
 
 /// Path of a workspace binary (`callwatch-agent`, `callwatch-collector`), built first if needed.

@@ -24,7 +24,12 @@ async fn demo_deployment_aggregates_by_region_and_platform_and_finds_the_dpi_box
     assert_eq!(cell("DE", "whatsapp")["count"], 1);
     // Every Russian WhatsApp test saw the DPI box; nothing else did.
     assert_eq!(cell("RU", "whatsapp")["differentiated_share"], 1.0);
-    assert!(cell("RU", "whatsapp")["loss_up_mean"].as_f64().unwrap() > 0.03);
+    assert!(
+        cell("RU", "whatsapp")["loss_up"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.03
+    );
     assert_eq!(cell("RU", "telegram")["differentiated_share"], 0.0);
     assert_eq!(cell("DE", "whatsapp")["differentiated_share"], 0.0);
     assert!(

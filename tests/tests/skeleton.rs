@@ -8,6 +8,7 @@ use callwatch_agent::identity;
 use callwatch_agent::queue::Queue;
 use callwatch_agent::runner::run_cycle;
 use callwatch_agent::upload::{upload_queue, UploadError, UploadTarget};
+use callwatch_collector::aggregate::{Axis, Cell, Filter, Policy};
 use callwatch_collector::reflector::{spawn_reflector, Limits};
 use callwatch_collector::store::{
     InsertOutcome, ReportKey, ReportStore, SledStore, StoreError, StoredReport,
@@ -257,6 +258,14 @@ impl ReportStore for GatedStore {
     ) -> Result<(), StoreError> {
         self.inner.for_each_since(since_ms, f)
     }
+    fn aggregate(
+        &self,
+        axes: &[Axis],
+        filter: &Filter,
+        policy: &Policy,
+    ) -> Result<Vec<Cell>, StoreError> {
+        self.inner.aggregate(axes, filter, policy)
+    }
     fn len(&self) -> usize {
         self.inner.len()
     }
@@ -270,7 +279,11 @@ async fn collector_stopping_mid_upload_loses_nothing_acknowledged() {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel();
     let store = Arc::new(GatedStore {
-        inner: SledStore::open(&cfg.data_dir.join("reports.sled")).unwrap(),
+        inner: SledStore::open_with_cap(
+            &cfg.data_dir.join("reports.sled"),
+            cfg.policy.max_per_agent_per_day,
+        )
+        .unwrap(),
         block_at: 4,
         calls: AtomicUsize::new(0),
         events: events_tx,

@@ -1,0 +1,171 @@
+//! Seeded data for tests of aggregation and the dashboard: signed reports from 6 networks in 5
+//! countries × 4 platforms × 7 days, both arms, 4 agents per network (only 2 for Brazil's
+//! Signal, so that cell stays below k), uploaded through a real collector's QUIC ingest from the
+//! network's own loopback address.
+//!
+//! Test fixtures: they panic (with the failing step) instead of returning errors.
+
+use callwatch_agent::upload::{exchange, pinned_client_config};
+use callwatch_collector::{serve, Collector, ServeConfig};
+use callwatch_proto::report::{Stalls, Stats, UpDown};
+use callwatch_proto::upload::Response;
+use callwatch_proto::{CallReport, Platform, ReportId, Role, SignedReport, Verdict};
+use ed25519_dalek::SigningKey;
+use rand::{Rng, SeedableRng};
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// One seeded report: its sender (index into [`REGIONS`]), agent key, signed form and content.
+pub type Seeded = (usize, SigningKey, SignedReport, CallReport);
+
+/// Sender address → region. One country has two networks.
+pub const REGIONS: [(Ipv4Addr, &str, u32); 6] = [
+    (Ipv4Addr::new(127, 0, 1, 1), "RU", 12389),
+    (Ipv4Addr::new(127, 0, 1, 2), "RU", 8359),
+    (Ipv4Addr::new(127, 0, 1, 3), "DE", 3320),
+    (Ipv4Addr::new(127, 0, 1, 4), "IR", 58224),
+    (Ipv4Addr::new(127, 0, 1, 5), "TR", 9121),
+    (Ipv4Addr::new(127, 0, 1, 6), "BR", 28573),
+];
+pub const PLATFORMS: [Platform; 4] = [
+    Platform::Whatsapp,
+    Platform::Telegram,
+    Platform::Signal,
+    Platform::Generic,
+];
+
+fn stream(rng: &mut impl Rng, role: Role, bad: bool) -> callwatch_proto::StreamReport {
+    let mut s = CallReport::example().streams.remove(0);
+    s.role = role;
+    let rtt = rng.gen_range(5.0..400.0) * if bad { 1.5 } else { 1.0 };
+    s.rtt_ms = Some(Stats {
+        min: rtt * 0.8,
+        mean: rtt,
+        median: rtt,
+        p95: rtt * 1.2,
+        p99: rtt * 1.3,
+        max: rtt * 1.5,
+    });
+    s.loss_up = if rng.gen_bool(0.3) {
+        0.0
+    } else {
+        rng.gen_range(0.0..if bad { 0.4 } else { 0.05 })
+    };
+    s.loss_down = rng.gen_range(0.0..0.1);
+    s.jitter_ms = Some(UpDown {
+        up: rng.gen_range(0.1..30.0),
+        down: rng.gen_range(0.1..30.0),
+    });
+    s.mos = rng.gen_bool(0.95).then(|| rng.gen_range(1.0..4.5));
+    s.stalls = Some(Stalls {
+        count: rng.gen_range(0..20),
+        longest_ms: 100.0,
+    });
+    s
+}
+
+/// A plausible report with random figures (not a measurement): both arms unless generic, a
+/// verdict mostly `differentiated` when `degraded`, whose platform arm is then worse.
+pub fn synthetic_report(
+    rng: &mut impl Rng,
+    id: u32,
+    platform: Platform,
+    started_at: chrono::DateTime<chrono::Utc>,
+    degraded: bool,
+) -> CallReport {
+    let mut r = CallReport::example();
+    r.id = ReportId([0; 16]);
+    r.id.0[..4].copy_from_slice(&id.to_be_bytes());
+    r.platform = platform;
+    r.started_at = started_at;
+    r.streams = vec![stream(rng, Role::Platform, degraded)];
+    if platform != Platform::Generic {
+        r.streams.push(stream(rng, Role::Control, false));
+        r.verdict = Some(match rng.gen_range(0..10) {
+            0..=1 => Verdict::Inconclusive,
+            2..=6 if degraded => Verdict::Differentiated,
+            _ => Verdict::None,
+        });
+    }
+    r
+}
+
+/// The whole seed, in upload order (deterministic values, start times in the 7 days before
+/// today UTC).
+pub fn seed() -> Vec<Seeded> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20251128);
+    let today = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc();
+    let mut out = Vec::new();
+    let mut id = 0u32;
+    for (sender, _) in REGIONS.iter().enumerate() {
+        for agent in 0..4u8 {
+            let key = SigningKey::from_bytes(&[sender as u8 * 16 + agent + 1; 32]);
+            for (p, platform) in PLATFORMS.iter().enumerate() {
+                // Below k: in Brazil only two agents test Signal.
+                if sender == 5 && *platform == Platform::Signal && agent >= 2 {
+                    continue;
+                }
+                for day in 1..=7i64 {
+                    for _ in 0..2 {
+                        id += 1;
+                        let started = today - chrono::Duration::days(day)
+                            + chrono::Duration::minutes(rng.gen_range(0..24 * 60));
+                        let degraded = sender < 2 && p < 2; // Russia throttles two platforms
+                        let r = synthetic_report(&mut rng, id, *platform, started, degraded);
+                        let signed = SignedReport::sign(&r, &key).unwrap();
+                        out.push((sender, key.clone(), signed, r));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A collector on loopback whose region table maps [`REGIONS`]; default policy (k = 3).
+pub async fn collector(root: &std::path::Path) -> Collector {
+    let geo = root.join("regions.tsv");
+    let table: String = REGIONS
+        .iter()
+        .map(|(ip, cc, asn)| format!("{ip}\t{ip}\t{asn}\t{cc}\tAS{asn}\n"))
+        .collect();
+    std::fs::write(&geo, table).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = ServeConfig::new(root.join("collector"));
+    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+    cfg.geo = Some(geo);
+    serve(cfg).await.unwrap()
+}
+
+/// Uploads the seed, each network's reports from its own address, in batches of 100.
+pub async fn upload(c: &Collector, seed: &[Seeded]) {
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&c.pin, &mut pin).unwrap();
+    for (sender, (ip, ..)) in REGIONS.iter().enumerate() {
+        let mut ep = quinn::Endpoint::client(SocketAddr::new((*ip).into(), 0)).unwrap();
+        ep.set_default_client_config(pinned_client_config(pin).unwrap());
+        let conn = ep
+            .connect(c.quic_addr, "callwatch-collector")
+            .unwrap()
+            .await
+            .unwrap();
+        let mine: Vec<SignedReport> = seed
+            .iter()
+            .filter(|s| s.0 == sender)
+            .map(|s| s.2.clone())
+            .collect();
+        for batch in mine.chunks(100) {
+            let Response::Ack { statuses } = exchange(&conn, batch.to_vec()).await.unwrap() else {
+                panic!("batch refused")
+            };
+            assert!(statuses
+                .iter()
+                .all(|s| *s == callwatch_proto::upload::ReportStatus::Accepted));
+        }
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+    }
+}
