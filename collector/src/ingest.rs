@@ -5,7 +5,7 @@
 //! `callwatch_proto::upload`). The sender's address is looked up in the region table when the
 //! connection is accepted and goes no further: only the [`Region`] reaches the store.
 
-use crate::geo::{GeoTable, Region};
+use crate::geo::{Geo, Region};
 use crate::store::{InsertOutcome, ReportKey, ReportStore, StoredReport};
 use anyhow::{Context, Result};
 use callwatch_proto::upload::{
@@ -58,14 +58,159 @@ pub struct IngestConfig {
     pub cert: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
     pub store: Arc<dyn ReportStore>,
-    pub geo: Arc<GeoTable>,
+    pub geo: Arc<Geo>,
     pub max_connections: usize,
     /// Connections one source address may hold at once.
     pub max_connections_per_ip: usize,
+    pub rate_limits: RateLimits,
 }
 
 /// How long an upload stream may take to deliver its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ingest rate limits. Generous by default: an agent back from a week offline uploads a few
+/// hundred queued reports at once, and many volunteers can share one carrier-grade NAT address.
+/// A refused batch gets `BUSY` with the reason; the agent keeps it and retries with backoff.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimits {
+    /// Upload requests (batches) one source address may burst.
+    pub batches_per_address_burst: f64,
+    /// Sustained upload requests per second per source address.
+    pub batches_per_address_per_sec: f64,
+    /// New reports one agent key may burst.
+    pub reports_per_key_burst: f64,
+    /// Sustained new reports per second per agent key.
+    pub reports_per_key_per_sec: f64,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            batches_per_address_burst: 200.0,
+            batches_per_address_per_sec: 20.0,
+            reports_per_key_burst: 2000.0,
+            reports_per_key_per_sec: 1.0,
+        }
+    }
+}
+
+impl RateLimits {
+    /// No limits (load tools, tests about something else).
+    pub fn unlimited() -> Self {
+        RateLimits {
+            batches_per_address_burst: f64::INFINITY,
+            batches_per_address_per_sec: f64::INFINITY,
+            reports_per_key_burst: f64::INFINITY,
+            reports_per_key_per_sec: f64::INFINITY,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+}
+
+/// Token buckets per source address and per agent key, in memory only (addresses are never
+/// stored or logged). Bounded: when a map grows past [`Limiter::MAX_ENTRIES`], buckets that have
+/// refilled completely (indistinguishable from new ones) are forgotten.
+pub struct Limiter {
+    limits: RateLimits,
+    by_address: Mutex<HashMap<IpAddr, Bucket>>,
+    by_key: Mutex<HashMap<[u8; 32], Bucket>>,
+}
+
+impl Limiter {
+    pub const MAX_ENTRIES: usize = 100_000;
+
+    pub fn new(limits: RateLimits) -> Self {
+        Limiter {
+            limits,
+            by_address: Mutex::new(HashMap::new()),
+            by_key: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn refill<K: std::hash::Hash + Eq + Copy>(
+        map: &mut HashMap<K, Bucket>,
+        key: K,
+        burst: f64,
+        rate: f64,
+        now: std::time::Instant,
+    ) -> &mut Bucket {
+        if map.len() >= Self::MAX_ENTRIES && !map.contains_key(&key) {
+            map.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        }
+        let b = map.entry(key).or_insert(Bucket {
+            tokens: burst,
+            at: now,
+        });
+        let elapsed = now.duration_since(b.at).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * rate).min(burst);
+        b.at = now;
+        b
+    }
+
+    /// Takes one batch token for `ip`; `Err` with the reason when it has none.
+    pub fn admit_batch(&self, ip: IpAddr) -> Result<(), String> {
+        let l = self.limits;
+        if l.batches_per_address_burst.is_infinite() {
+            return Ok(());
+        }
+        let mut m = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let b = Self::refill(
+            &mut m,
+            ip,
+            l.batches_per_address_burst,
+            l.batches_per_address_per_sec,
+            std::time::Instant::now(),
+        );
+        if b.tokens < 1.0 {
+            return Err(format!(
+                "rate limited: more than {} uploads/s from this address; retry later",
+                l.batches_per_address_per_sec
+            ));
+        }
+        b.tokens -= 1.0;
+        Ok(())
+    }
+
+    /// Whether `key` may store more reports now (it has at least one token left).
+    pub fn key_has_room(&self, key: &[u8; 32]) -> Result<(), String> {
+        let l = self.limits;
+        if l.reports_per_key_burst.is_infinite() {
+            return Ok(());
+        }
+        let mut m = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        let b = Self::refill(
+            &mut m,
+            *key,
+            l.reports_per_key_burst,
+            l.reports_per_key_per_sec,
+            std::time::Instant::now(),
+        );
+        if b.tokens < 1.0 {
+            return Err(format!(
+                "rate limited: agent key {} stored more than {} reports recently; retry later",
+                &hex::encode(key)[..16],
+                l.reports_per_key_burst
+            ));
+        }
+        Ok(())
+    }
+
+    /// Charges `n` newly stored reports to `key` (may go below zero by one batch).
+    pub fn charge_key(&self, key: &[u8; 32], n: usize) {
+        if self.limits.reports_per_key_burst.is_infinite() || n == 0 {
+            return;
+        }
+        let mut m = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = m.get_mut(key) {
+            b.tokens -= n as f64;
+        }
+    }
+}
 
 /// Open connections per source address. Held in memory only while the connections are open;
 /// never stored or logged.
@@ -148,6 +293,7 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
     let per_ip = Arc::new(PerIp::default());
     let max_per_ip = cfg.max_connections_per_ip;
     let (ep, st, store, geo) = (endpoint.clone(), stats.clone(), cfg.store, cfg.geo);
+    let limiter = Arc::new(Limiter::new(cfg.rate_limits));
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
             let ip = incoming.remote_address().ip();
@@ -164,9 +310,15 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
             // The one place the sender's address is used: to find its region.
             let region = geo.lookup(ip);
             let (store, st, per_ip) = (store.clone(), st.clone(), per_ip.clone());
+            let limiter = limiter.clone();
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
-                    serve_connection(conn, region, store, st).await;
+                    let peer = Peer {
+                        ip,
+                        region,
+                        limiter,
+                    };
+                    serve_connection(conn, Arc::new(peer), store, st).await;
                 }
                 per_ip.give_back(ip);
                 drop(permit);
@@ -180,16 +332,24 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
     })
 }
 
+/// What a connection's streams know of their sender: its region, and its address only for the
+/// in-memory rate limit.
+struct Peer {
+    ip: IpAddr,
+    region: Region,
+    limiter: Arc<Limiter>,
+}
+
 async fn serve_connection(
     conn: quinn::Connection,
-    region: Region,
+    peer: Arc<Peer>,
     store: Arc<dyn ReportStore>,
     stats: Arc<IngestStats>,
 ) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (region, store, stats) = (region.clone(), store.clone(), stats.clone());
+        let (peer, store, stats) = (peer.clone(), store.clone(), stats.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(send, recv, region, store, stats).await {
+            if let Err(e) = serve_stream(send, recv, &peer, store, stats).await {
                 tracing::debug!("upload stream ended: {e:#}");
             }
         });
@@ -199,7 +359,7 @@ async fn serve_connection(
 async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    region: Region,
+    peer: &Peer,
     store: Arc<dyn ReportStore>,
     stats: Arc<IngestStats>,
 ) -> Result<()> {
@@ -233,9 +393,19 @@ async fn serve_stream(
                         reason: e.to_string(),
                     }
                 }
-                Ok(Request::Upload { reports }) => {
-                    process_batch(reports, region, store, &stats).await
-                }
+                Ok(Request::Upload { reports }) => match peer.limiter.admit_batch(peer.ip) {
+                    Err(reason) => {
+                        stats.reject("rate_limited_address");
+                        Response::Error {
+                            code: error_code::BUSY,
+                            reason,
+                        }
+                    }
+                    Ok(()) => {
+                        process_batch(reports, peer.region.clone(), store, &stats, &peer.limiter)
+                            .await
+                    }
+                },
             }
         }
     };
@@ -252,6 +422,7 @@ pub async fn process_batch(
     region: Region,
     store: Arc<dyn ReportStore>,
     stats: &IngestStats,
+    limiter: &Limiter,
 ) -> Response {
     stats.batches.fetch_add(1, Ordering::Relaxed);
     if reports.len() > MAX_BATCH {
@@ -313,6 +484,19 @@ pub async fn process_batch(
             }
         }
     }
+    // Per-key limit: a key with no room left defers the whole batch (nothing stored, the agent
+    // retries later). Only newly stored reports are charged, so replaying someone's reports
+    // (duplicates) cannot use up their allowance.
+    for (key, _) in &to_store {
+        if let Err(reason) = limiter.key_has_room(&key.agent) {
+            stats.reject("rate_limited_key");
+            return Response::Error {
+                code: error_code::BUSY,
+                reason,
+            };
+        }
+    }
+    let keys: Vec<[u8; 32]> = to_store.iter().map(|(k, _)| k.agent).collect();
     if !to_store.is_empty() {
         let outcomes =
             match tokio::task::spawn_blocking(move || store.insert_batch(&to_store)).await {
@@ -331,6 +515,11 @@ pub async fn process_batch(
                     }
                 }
             };
+        for (key, outcome) in keys.iter().zip(&outcomes) {
+            if *outcome == InsertOutcome::Inserted {
+                limiter.charge_key(key, 1);
+            }
+        }
         let mut outcomes = outcomes.into_iter();
         for slot in statuses.iter_mut().filter(|s| s.is_none()) {
             *slot = Some(match outcomes.next() {

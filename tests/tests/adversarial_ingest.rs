@@ -181,3 +181,86 @@ async fn idle_connections_from_one_source_are_capped_and_honest_agents_still_upl
     drop(idle);
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_per_key_and_per_address_defer_with_a_reason_and_replays_cannot_drain_a_key() {
+    let root = tempfile::tempdir().unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = ServeConfig::new(root.path().join("collector"));
+    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+    // Tight limits that do not refill within the test.
+    cfg.rate_limits = callwatch_collector::ingest::RateLimits {
+        batches_per_address_burst: 6.0,
+        batches_per_address_per_sec: 1e-6,
+        reports_per_key_burst: 10.0,
+        reports_per_key_per_sec: 1e-6,
+    };
+    let c = serve(cfg).await.unwrap();
+    let base = sample(&c).await;
+    let signed = |key: &SigningKey, id: u8| {
+        let mut r = base.clone();
+        r.id = ReportId([id; 16]);
+        SignedReport::sign(&r, key).unwrap()
+    };
+    let busy = |resp: Response| match resp {
+        Response::Error { code, reason } if code == error_code::BUSY => reason,
+        other => panic!("expected BUSY, got {other:?}"),
+    };
+
+    // Key A stores its allowance of 10, then the 11th new report is deferred, not rejected.
+    let a = SigningKey::from_bytes(&[21; 32]);
+    let (_ea, conn_a) = connect(&c, "127.0.0.2").await.unwrap();
+    let first: Vec<_> = (0..10).map(|i| signed(&a, i)).collect();
+    assert!(matches!(
+        exchange(&conn_a, first).await.unwrap(),
+        Response::Ack { .. }
+    ));
+    let reason = busy(exchange(&conn_a, vec![signed(&a, 10)]).await.unwrap());
+    assert!(reason.contains("agent key"), "{reason}");
+    assert_eq!(c.store.len(), 10);
+
+    // Someone replaying key B's stored report from elsewhere cannot use up B's allowance:
+    // duplicates are not charged.
+    let b = SigningKey::from_bytes(&[22; 32]);
+    let (_eb, conn_b) = connect(&c, "127.0.0.3").await.unwrap();
+    assert!(matches!(
+        exchange(&conn_b, vec![signed(&b, 0)]).await.unwrap(),
+        Response::Ack { .. }
+    ));
+    let (_em, conn_m) = connect(&c, "127.0.0.4").await.unwrap();
+    for _ in 0..5 {
+        let Response::Ack { statuses } = exchange(&conn_m, vec![signed(&b, 0); 3]).await.unwrap()
+        else {
+            panic!("replays are answered")
+        };
+        assert!(statuses
+            .iter()
+            .all(|s| *s == callwatch_proto::upload::ReportStatus::Duplicate));
+    }
+    // The replaying address has now used its 6 batches (1 … 5 above, this one is the 6th);
+    // the next is deferred for the address.
+    exchange(&conn_m, vec![signed(&b, 0)]).await.unwrap();
+    let reason = busy(exchange(&conn_m, vec![signed(&b, 0)]).await.unwrap());
+    assert!(reason.contains("address"), "{reason}");
+    // B still has room for 9 more new reports.
+    let more: Vec<_> = (1..10).map(|i| signed(&b, i)).collect();
+    let Response::Ack { statuses } = exchange(&conn_b, more).await.unwrap() else {
+        panic!("B's own reports are accepted")
+    };
+    assert!(statuses
+        .iter()
+        .all(|s| *s == callwatch_proto::upload::ReportStatus::Accepted));
+    assert_eq!(c.store.len(), 20);
+
+    let rejected = c.ingest.stats.rejected();
+    assert_eq!(rejected.get("rate_limited_key"), Some(&1));
+    assert_eq!(rejected.get("rate_limited_address"), Some(&1));
+    let (_, metrics) = callwatch_tests::http::get(c.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("reason=\"rate_limited_key\"} 1"),
+        "{metrics}"
+    );
+    c.shutdown().await;
+}
