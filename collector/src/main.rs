@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use callwatch_collector::{serve, ServeConfig};
 use clap::{Parser, Subcommand};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -28,7 +29,8 @@ enum Command {
     ///
     /// Example:
     ///   callwatch-collector serve --data /var/lib/callwatch --listen 0.0.0.0:4433 \
-    ///       --reflector 0.0.0.0:3479 --http 127.0.0.1:8080 --geo ip2asn-combined.tsv
+    ///       --reflector 0.0.0.0:3479 --http 127.0.0.1:8080 \
+    ///       --geo GeoLite2-Country.mmdb --geo GeoLite2-ASN.mmdb
     Serve {
         /// Data folder (created owner-only if missing).
         #[arg(long, value_name = "DIR")]
@@ -42,16 +44,19 @@ enum Command {
         /// HTTP API address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         http: SocketAddr,
-        /// Region table in ip2asn TSV format (range_start, range_end, AS number, country,
-        /// description). Without it every sender is country ZZ, AS0.
+        /// Region source, repeatable: a MaxMind DB (GeoLite2-Country/-City/-ASN, DB-IP lite) or
+        /// an ip2asn TSV table, told apart by content. Country and ASN each come from the first
+        /// source that knows them. Without any every sender is country ZZ, AS0.
         #[arg(long, value_name = "FILE")]
-        geo: Option<PathBuf>,
+        geo: Vec<PathBuf>,
         /// Publish an aggregate cell only when at least K distinct agents stand behind it.
         #[arg(long = "min-agents", default_value_t = 3, value_name = "K")]
         min_agents: usize,
         /// Count one agent's reports at most N times per cell and day.
         #[arg(long = "max-per-agent-day", default_value_t = 24, value_name = "N")]
         max_per_agent_day: usize,
+        #[command(flatten)]
+        store: callwatch_collector::store::config::StoreArgs,
     },
     /// Export from a stopped collector's store: raw signed reports (ndjson) or aggregates.
     ///
@@ -67,17 +72,52 @@ enum Command {
         data: PathBuf,
         #[arg(long, value_enum, default_value = "ndjson")]
         format: ExportFormat,
-        /// With json/csv: day, country, asn or platform.
+        /// With json/csv: day, hour, country, asn, platform or arm.
         #[arg(long = "axis-x", default_value = "country")]
         axis_x: String,
         #[arg(long = "axis-y")]
         axis_y: Option<String>,
-        /// With ndjson: only reports received at or after this time (RFC 3339).
+        /// With ndjson: only reports received at or after this time. With json/csv: only tests
+        /// started at or after it. RFC 3339 or a day (2026-11-28).
         #[arg(long)]
         since: Option<String>,
+        /// With json/csv: only tests started before this time (RFC 3339 or a day).
+        #[arg(long)]
+        until: Option<String>,
+        /// With json/csv: only this country (two letters).
+        #[arg(long)]
+        country: Option<String>,
+        /// With json/csv: only this AS number.
+        #[arg(long)]
+        asn: Option<String>,
+        /// With json/csv: only this platform.
+        #[arg(long)]
+        platform: Option<String>,
+        /// With json/csv: only this arm (platform or control); by default platform arms, unless
+        /// arm is an axis.
+        #[arg(long)]
+        arm: Option<String>,
         /// With json/csv: the k threshold (see `serve --min-agents`).
         #[arg(long = "min-agents", default_value_t = 3, value_name = "K")]
         min_agents: usize,
+    },
+    /// Copy a stopped collector's sled store into ClickHouse, in batches, with progress on
+    /// stderr. Resumable and idempotent: re-running copies only what is missing.
+    ///
+    /// Credentials come from CALLWATCH_CLICKHOUSE_USER and CALLWATCH_CLICKHOUSE_PASSWORD.
+    ///
+    /// Example:
+    ///   callwatch-collector migrate --from /var/lib/callwatch --to clickhouse://10.0.0.5:8123/callwatch
+    Migrate {
+        /// The collector's data folder (holding reports.sled).
+        #[arg(long, value_name = "DIR")]
+        from: PathBuf,
+        /// clickhouse://host:8123/db or http://host:8123/db (database "callwatch" if none).
+        #[arg(long, value_name = "URL")]
+        to: String,
+        /// Reports per insert.
+        #[arg(long, default_value_t = 5000, value_name = "N")]
+        batch: usize,
     },
     /// Check every signature in an ndjson export, offline. Exit 0 when all verify, 1 otherwise.
     Verify {
@@ -117,6 +157,7 @@ async fn run(cli: Cli) -> Result<()> {
             geo,
             min_agents,
             max_per_agent_day,
+            store,
         } => {
             let mut cfg = ServeConfig::new(data);
             cfg.policy.min_agents = min_agents;
@@ -124,8 +165,11 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.listen = listen;
             cfg.reflectors = reflectors;
             cfg.http = http;
-            cfg.geo = geo;
-            let collector = serve(cfg).await?;
+            cfg.geo_files = geo;
+            let collector = match callwatch_collector::store::config::open_for_serve(&store)? {
+                None => serve(cfg).await?,
+                Some(store) => callwatch_collector::serve_with_store(cfg, store).await?,
+            };
             println!(
                 "collector pin (SHA-256 of its certificate): {}",
                 collector.pin
@@ -149,15 +193,36 @@ async fn run(cli: Cli) -> Result<()> {
             axis_x,
             axis_y,
             since,
+            until,
+            country,
+            asn,
+            platform,
+            arm,
             min_agents,
-        } => export(
-            &data,
-            format,
-            &axis_x,
-            axis_y.as_deref(),
-            since.as_deref(),
-            min_agents,
-        ),
+        } => {
+            let mut query: HashMap<String, String> = HashMap::new();
+            query.insert("axis_x".into(), axis_x);
+            for (name, value) in [
+                ("axis_y", axis_y),
+                ("since", since.clone()),
+                ("until", until),
+                ("country", country),
+                ("asn", asn),
+                ("platform", platform),
+                ("arm", arm),
+            ] {
+                if let Some(v) = value {
+                    query.insert(name.into(), v);
+                }
+            }
+            export(&data, format, &query, since.as_deref(), min_agents)
+        }
+        Command::Migrate { from, to, batch } => {
+            tokio::task::spawn_blocking(move || {
+                callwatch_collector::store::config::migrate(&from, &to, batch).map(drop)
+            })
+            .await?
+        }
         Command::Verify { file } => {
             let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
@@ -183,30 +248,42 @@ async fn run(cli: Cli) -> Result<()> {
 fn export(
     data: &std::path::Path,
     format: ExportFormat,
-    axis_x: &str,
-    axis_y: Option<&str>,
+    query: &HashMap<String, String>,
     since: Option<&str>,
     min_agents: usize,
 ) -> Result<()> {
-    use callwatch_collector::aggregate::{aggregate, to_csv, Axis, Filter, Policy};
-    use callwatch_collector::store::SledStore;
+    use callwatch_collector::aggregate::{to_csv, Policy};
+    use callwatch_collector::http::{parse_aggregation_query, parse_time_ms, AggregationBody};
+    use callwatch_collector::store::{ReportStore, SledStore};
     use std::io::Write;
     let path = data.join("reports.sled");
     if !path.exists() {
         anyhow::bail!("{} holds no collector store", data.display());
     }
+    // Check the arguments before touching the store.
+    let aggregate_query = match format {
+        ExportFormat::Ndjson => None,
+        ExportFormat::Json | ExportFormat::Csv => {
+            Some(parse_aggregation_query(query).map_err(|e| anyhow::anyhow!("--{}", e.message))?)
+        }
+    };
+    let since_ms = match (format, since) {
+        (ExportFormat::Ndjson, Some(s)) => {
+            parse_time_ms("since", s).map_err(|e| anyhow::anyhow!("--{}", e.message))?
+        }
+        _ => i64::MIN,
+    };
     let store = SledStore::open(&path).map_err(|e| {
-        anyhow::anyhow!("{e} (is a collector still running on this folder? stop it first)")
+        let e = e.to_string();
+        if e.contains("lock") {
+            anyhow::anyhow!("{e} (is a collector still running on this folder? stop it first)")
+        } else {
+            anyhow::anyhow!(e)
+        }
     })?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    match format {
-        ExportFormat::Ndjson => {
-            let since_ms = match since {
-                None => i64::MIN,
-                Some(s) => chrono::DateTime::parse_from_rfc3339(s)
-                    .with_context(|| format!("--since {s:?} is not RFC 3339"))?
-                    .timestamp_millis(),
-            };
+    match aggregate_query {
+        None => {
             let mut n = 0usize;
             let mut failed = None;
             callwatch_collector::export::page(&store, since_ms, usize::MAX, |r| {
@@ -225,33 +302,19 @@ fn export(
             out.flush()?;
             eprintln!("exported {n} reports");
         }
-        ExportFormat::Json | ExportFormat::Csv => {
-            let mut axes: Vec<Axis> = vec![axis_x
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--axis-x: {e}"))?];
-            if let Some(y) = axis_y {
-                let y: Axis = y.parse().map_err(|e| anyhow::anyhow!("--axis-y: {e}"))?;
-                if axes.contains(&y) {
-                    anyhow::bail!("--axis-y must differ from --axis-x");
-                }
-                axes.push(y);
-            }
-            let observations = callwatch_collector::http::load_observations(&store)?;
+        Some(q) => {
             let policy = Policy {
                 min_agents,
-                ..Policy::default()
+                max_per_agent_per_day: store.cap() as usize,
             };
-            let cells = aggregate(&observations, &axes, &Filter::default(), &policy);
+            let cells = store.aggregate(&q.axes, &q.filter, &policy)?;
+            eprintln!("exported {} cells", cells.len());
             if matches!(format, ExportFormat::Csv) {
-                out.write_all(to_csv(&cells, &axes).as_bytes())?;
+                out.write_all(to_csv(&cells, &q.axes).as_bytes())?;
             } else {
                 serde_json::to_writer_pretty(
                     &mut out,
-                    &serde_json::json!({
-                        "axis_x": axes[0].as_str(),
-                        "axis_y": axes.get(1).map(|a| a.as_str()),
-                        "result": cells,
-                    }),
+                    &AggregationBody::new(&q.axes, &policy, cells),
                 )?;
                 out.write_all(b"\n")?;
             }

@@ -1,7 +1,7 @@
 //! `serve`: the whole collector in one process — QUIC ingest, store, reflector and HTTP API.
 
 use crate::cert;
-use crate::geo::GeoTable;
+use crate::geo::Geo;
 use crate::http::{router, AppState};
 use crate::ingest::{spawn_ingest, Ingest, IngestConfig};
 use crate::reflector::{spawn_reflector, Limits, ReflectorHandle};
@@ -21,11 +21,16 @@ pub struct ServeConfig {
     pub reflectors: Vec<SocketAddr>,
     /// HTTP API address.
     pub http: SocketAddr,
-    /// ip2asn TSV region table; without one every sender is `ZZ`/AS0.
+    /// Region source: ip2asn TSV or MaxMind DB (told from the content); without any source
+    /// every sender is `ZZ`/AS0.
     pub geo: Option<PathBuf>,
+    /// More region sources, looked up in order after `geo` for what it does not know.
+    pub geo_files: Vec<PathBuf>,
     pub reflector_limits: Limits,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
+    /// Upload rate limits per source address and per agent key.
+    pub rate_limits: crate::ingest::RateLimits,
     /// Publication rules for aggregates (k threshold, per-agent cap).
     pub policy: crate::aggregate::Policy,
 }
@@ -39,9 +44,11 @@ impl ServeConfig {
             reflectors: vec!["127.0.0.1:3479".parse().expect("literal address")],
             http: "127.0.0.1:8080".parse().expect("literal address"),
             geo: None,
+            geo_files: Vec::new(),
             reflector_limits: Limits::default(),
             max_connections: 1024,
             max_connections_per_ip: 16,
+            rate_limits: crate::ingest::RateLimits::default(),
             policy: crate::aggregate::Policy::default(),
         }
     }
@@ -71,7 +78,11 @@ impl Collector {
 pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
     cert::ensure_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn ReportStore> = Arc::new(
-        SledStore::open(&cfg.data_dir.join("reports.sled")).context("opening the report store")?,
+        SledStore::open_with_cap(
+            &cfg.data_dir.join("reports.sled"),
+            cfg.policy.max_per_agent_per_day,
+        )
+        .context("opening the report store")?,
     );
     serve_with_store(cfg, store).await
 }
@@ -79,10 +90,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
 /// Starts the collector on a store the caller opened (another backend, or a wrapped one).
 pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> Result<Collector> {
     let identity = cert::load_or_create(&cfg.data_dir)?;
-    let geo = match &cfg.geo {
-        Some(path) => GeoTable::load(path)?,
-        None => GeoTable::empty(),
-    };
+    let geo = Geo::load(cfg.geo.iter().chain(&cfg.geo_files))?;
     let ingest = spawn_ingest(IngestConfig {
         listen: cfg.listen,
         cert: identity.cert,
@@ -91,6 +99,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         geo: Arc::new(geo),
         max_connections: cfg.max_connections,
         max_connections_per_ip: cfg.max_connections_per_ip,
+        rate_limits: cfg.rate_limits,
     })?;
     let quic_addr = ingest.local_addr()?;
     let reflector = spawn_reflector(&cfg.reflectors, cfg.reflector_limits)

@@ -5,12 +5,16 @@
 //! it deduplicates by (agent key, report id), so a report re-sent after a lost acknowledgement is
 //! stored once.
 
+pub mod clickhouse;
+pub mod config;
 pub mod sled_store;
 
+use crate::aggregate::{Axis, Cell, Filter, Policy};
 use crate::geo::Region;
 use callwatch_proto::{ReportId, SignedReport};
 use serde::{Deserialize, Serialize};
 
+pub use clickhouse::ClickHouseStore;
 pub use sled_store::SledStore;
 
 /// A verified report as stored: the exact signed bytes, the region its sender mapped to, and when
@@ -76,6 +80,15 @@ pub trait ReportStore: Send + Sync {
         since_ms: i64,
         f: &mut dyn FnMut(StoredReport) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError>;
+
+    /// The published cells for a query, from the incrementally kept aggregate (see
+    /// [`crate::aggregate`]).
+    fn aggregate(
+        &self,
+        axes: &[Axis],
+        filter: &Filter,
+        policy: &Policy,
+    ) -> Result<Vec<Cell>, StoreError>;
 
     /// Number of stored reports.
     fn len(&self) -> usize;

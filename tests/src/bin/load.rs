@@ -1,0 +1,486 @@
+//! callwatch-load: bounded load tools for the collector, on loopback only.
+//!
+//! `ingest`: signed reports from many simulated agents over real QUIC to an in-process collector
+//! with its sled store, per batch size; next to the raw Ed25519 verification rate of the same
+//! machine in the same run (the physical ceiling of a verifying collector).
+//!
+//! `aggregate`: fills a store with synthetic reports (default one million) and times the
+//! aggregation API over HTTP for typical queries.
+//!
+//! Both take `--store clickhouse --clickhouse-url http://127.0.0.1:8123` to run the same load
+//! against the ClickHouse store (a fresh database per run, dropped afterwards unless named with
+//! `--clickhouse-database`), so the two backends can be compared on the same machine and data.
+//!
+//! Every run is bounded by its report count; nothing leaves 127.0.0.1 (or the ClickHouse URL).
+
+use anyhow::{Context, Result};
+use callwatch_agent::upload::{exchange, pinned_client_config};
+use callwatch_collector::ingest::RateLimits;
+use callwatch_collector::store::{
+    ClickHouseStore, ReportKey, ReportStore, SledStore, StoredReport,
+};
+use callwatch_collector::{serve, serve_with_store, ServeConfig};
+use callwatch_proto::upload::{ReportStatus, Response};
+use callwatch_proto::{Platform, SignedReport};
+use callwatch_tests::seed::synthetic_report;
+use clap::{Parser, Subcommand};
+use ed25519_dalek::SigningKey;
+use rand::{Rng, SeedableRng};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "callwatch-load",
+    about = "Bounded loopback load tools for the callwatch collector (ingest, aggregation)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Which store a run uses.
+#[derive(clap::Args, Clone, Debug)]
+struct StoreOpts {
+    /// sled (embedded) or clickhouse.
+    #[arg(long, default_value = "sled", value_parser = ["sled", "clickhouse"])]
+    store: String,
+    /// ClickHouse HTTP address (with --store clickhouse); credentials from
+    /// CALLWATCH_CLICKHOUSE_USER / CALLWATCH_CLICKHOUSE_PASSWORD.
+    #[arg(long = "clickhouse-url", default_value = "http://127.0.0.1:8123")]
+    clickhouse_url: String,
+    /// Use (and keep) this ClickHouse database instead of a fresh one per run.
+    #[arg(long = "clickhouse-database")]
+    clickhouse_database: Option<String>,
+}
+
+impl StoreOpts {
+    fn clickhouse(&self) -> bool {
+        self.store == "clickhouse"
+    }
+
+    /// Opens the ClickHouse store for run `run`: the named database, or a fresh one.
+    fn open_clickhouse(&self, run: usize) -> Result<(Arc<ClickHouseStore>, bool)> {
+        let (db, keep) = match &self.clickhouse_database {
+            Some(db) => (db.clone(), true),
+            None => (
+                format!("callwatch_load_{}_{run}", std::process::id()),
+                false,
+            ),
+        };
+        let user = std::env::var("CALLWATCH_CLICKHOUSE_USER").ok();
+        let password = std::env::var("CALLWATCH_CLICKHOUSE_PASSWORD").ok();
+        let store = ClickHouseStore::open(
+            &self.clickhouse_url,
+            &db,
+            user.as_deref(),
+            password.as_deref(),
+        )
+        .with_context(|| format!("opening ClickHouse at {}", self.clickhouse_url))?;
+        Ok((Arc::new(store), keep))
+    }
+}
+
+/// Bytes below `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            total += if p.is_dir() {
+                dir_bytes(&p)
+            } else {
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            };
+        }
+    }
+    total
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Upload signed reports from simulated agents over QUIC; report reports/s acknowledged
+    /// durably and ack latency per batch size, next to the raw Ed25519 verify rate.
+    Ingest {
+        /// Reports per batch-size run.
+        #[arg(long, default_value_t = 20_000)]
+        reports: usize,
+        /// Batch sizes to run, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+        batches: Vec<usize>,
+        /// Simulated agents (distinct keys); each holds its own QUIC connection.
+        #[arg(long, default_value_t = 64)]
+        agents: usize,
+        /// Uploads in flight at once (agents uploading concurrently).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[command(flatten)]
+        store: StoreOpts,
+    },
+    /// Fill a store with synthetic reports, then time aggregation queries over HTTP.
+    Aggregate {
+        #[arg(long, default_value_t = 1_000_000)]
+        reports: usize,
+        /// Reuse (or keep) the store in this folder instead of a temporary one.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Timed repetitions of each query.
+        #[arg(long, default_value_t = 5)]
+        repeat: usize,
+        /// Reports per insert while filling (default: 256 for sled, 10000 for ClickHouse).
+        #[arg(long = "fill-batch")]
+        fill_batch: Option<usize>,
+        #[command(flatten)]
+        store: StoreOpts,
+    },
+}
+
+/// One agent's batch: (agent index, its reports).
+type Batch = (usize, Vec<SignedReport>);
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((q * (sorted.len() - 1) as f64).round() as usize).min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1e3)
+}
+
+/// `n` reports signed by `agents` keys, round robin.
+fn signed_reports(n: usize, agents: usize, id_base: u32) -> Vec<SignedReport> {
+    let keys: Vec<SigningKey> = (0..agents)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+            SigningKey::from_bytes(&seed)
+        })
+        .collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let now = chrono::Utc::now();
+    (0..n)
+        .map(|i| {
+            let platform = Platform::ALL[1 + i % 3];
+            let started = now - chrono::Duration::minutes(rng.gen_range(10..60 * 24 * 7));
+            let r = synthetic_report(&mut rng, id_base + i as u32, platform, started, false);
+            SignedReport::sign(&r, &keys[i % agents]).expect("a synthetic report serialises")
+        })
+        .collect()
+}
+
+/// Signatures verified per second on one core: bare Ed25519 (the ceiling), and the collector's
+/// full check (signature, JSON parse, validation).
+fn verify_rates(reports: &[SignedReport]) -> (f64, f64) {
+    let t = Instant::now();
+    for r in reports {
+        r.verify_signature().expect("valid signature");
+    }
+    let bare = reports.len() as f64 / t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    for r in reports {
+        r.verify().expect("valid report");
+    }
+    let full = reports.len() as f64 / t.elapsed().as_secs_f64();
+    (bare, full)
+}
+
+async fn ingest(
+    reports: usize,
+    batches: Vec<usize>,
+    agents: usize,
+    concurrency: usize,
+    store: StoreOpts,
+) -> Result<()> {
+    let agents = agents.max(1);
+    let concurrency = concurrency.clamp(1, agents);
+    eprintln!("signing {reports} reports from {agents} agents per run…");
+    let sample = signed_reports(reports.min(5000), agents, 0);
+    let (bare, full) = verify_rates(&sample);
+    println!("raw Ed25519 verify_strict (1 core): {bare:.0}/s; full report check (signature + JSON + validation, 1 core): {full:.0}/s");
+    println!("store: {}", store.store);
+    println!(
+        "{:>6} {:>9} {:>12} {:>10} {:>10} {:>10}",
+        "batch", "reports", "reports/s", "p50 ms", "p99 ms", "max ms"
+    );
+    for (run, &batch) in batches.iter().enumerate() {
+        let root = tempfile::tempdir()?;
+        let any: SocketAddr = "127.0.0.1:0".parse()?;
+        let mut cfg = ServeConfig::new(root.path().join("collector"));
+        (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+        cfg.rate_limits = RateLimits::unlimited();
+        cfg.max_connections_per_ip = agents + 16;
+        cfg.max_connections = agents + 16;
+        let mut clickhouse = None;
+        let collector = if store.clickhouse() {
+            let (ch, keep) = store.open_clickhouse(run)?;
+            clickhouse = Some((ch.clone(), keep));
+            serve_with_store(cfg, ch).await?
+        } else {
+            serve(cfg).await?
+        };
+        let mut pin = [0u8; 32];
+        hex::decode_to_slice(&collector.pin, &mut pin)?;
+        let all = signed_reports(reports, agents, (run as u32 + 1) << 24);
+        // Each agent's own reports, in batches.
+        let per_agent: Vec<Vec<Vec<SignedReport>>> = (0..agents)
+            .map(|a| {
+                let mine: Vec<SignedReport> = all.iter().skip(a).step_by(agents).cloned().collect();
+                mine.chunks(batch.max(1)).map(|c| c.to_vec()).collect()
+            })
+            .collect();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        ep.set_default_client_config(pinned_client_config(pin)?);
+        let mut conns = Vec::with_capacity(agents);
+        for _ in 0..agents {
+            conns.push(
+                ep.connect(collector.quic_addr, "callwatch-collector")?
+                    .await
+                    .context("connecting")?,
+            );
+        }
+        let work: Arc<Mutex<Vec<Batch>>> = Arc::new(Mutex::new(
+            per_agent
+                .into_iter()
+                .enumerate()
+                .flat_map(|(a, bs)| bs.into_iter().map(move |b| (a, b)))
+                .rev()
+                .collect(),
+        ));
+        let conns = Arc::new(conns);
+        let start = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..concurrency {
+            let (work, conns) = (work.clone(), conns.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut acked = 0usize;
+                loop {
+                    let next = work.lock().map(|mut w| w.pop()).unwrap_or(None);
+                    let Some((agent, batch)) = next else { break };
+                    let n = batch.len();
+                    let t = Instant::now();
+                    match exchange(&conns[agent], batch).await? {
+                        Response::Ack { statuses } => {
+                            acked += statuses
+                                .iter()
+                                .filter(|s| matches!(s, ReportStatus::Accepted))
+                                .count();
+                            anyhow::ensure!(statuses.len() == n, "short ack");
+                        }
+                        Response::Error { code, reason } => {
+                            anyhow::bail!("refused ({code}): {reason}")
+                        }
+                    }
+                    latencies.push(t.elapsed());
+                }
+                Ok::<_, anyhow::Error>((acked, latencies))
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut acked = 0;
+        for t in tasks {
+            let (a, l) = t.await??;
+            acked += a;
+            latencies.extend(l);
+        }
+        let elapsed = start.elapsed();
+        latencies.sort();
+        anyhow::ensure!(acked == reports, "{acked} of {reports} acknowledged");
+        anyhow::ensure!(
+            collector.store.len() == reports,
+            "store holds {}",
+            collector.store.len()
+        );
+        println!(
+            "{:>6} {:>9} {:>12.0} {:>10} {:>10} {:>10}",
+            batch,
+            reports,
+            reports as f64 / elapsed.as_secs_f64(),
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
+            ms(percentile(&latencies, 1.0)),
+        );
+        for c in conns.iter() {
+            c.close(0u32.into(), b"done");
+        }
+        ep.wait_idle().await;
+        collector.shutdown().await;
+        if let Some((ch, false)) = clickhouse {
+            ch.drop_database()?;
+        }
+    }
+    Ok(())
+}
+
+async fn aggregate(
+    reports: usize,
+    data: Option<PathBuf>,
+    repeat: usize,
+    fill_batch: Option<usize>,
+    opts: StoreOpts,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = data.unwrap_or_else(|| tmp.path().join("collector"));
+    std::fs::create_dir_all(&dir)?;
+    let mut clickhouse = None;
+    let store: Arc<dyn ReportStore> = if opts.clickhouse() {
+        let (ch, keep) = opts.open_clickhouse(0)?;
+        clickhouse = Some((ch.clone(), keep));
+        ch
+    } else {
+        Arc::new(SledStore::open(&dir.join("reports.sled"))?)
+    };
+    let fill_batch = fill_batch
+        .unwrap_or(if opts.clickhouse() { 10_000 } else { 256 })
+        .max(1);
+    let have = store.len();
+    let t_fill = Instant::now();
+    if have < reports {
+        eprintln!("filling the store: {have} → {reports} reports");
+        let countries = ["RU", "DE", "IR", "TR", "BR", "US", "IN", "CN", "UA", "KZ"];
+        let keys: Vec<[u8; 32]> = (0..2000u64)
+            .map(|i| {
+                let mut k = [0u8; 32];
+                k[..8].copy_from_slice(&(i + 1).to_be_bytes());
+                k
+            })
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let now = chrono::Utc::now();
+        let t = Instant::now();
+        let mut i = have;
+        while i < reports {
+            let n = (reports - i).min(fill_batch);
+            let batch: Vec<(ReportKey, StoredReport)> = (i..i + n)
+                .map(|j| {
+                    let agent = keys[j % keys.len()];
+                    let platform = Platform::ALL[j % 5];
+                    let started = now - chrono::Duration::minutes(rng.gen_range(10..60 * 24 * 28));
+                    let r = synthetic_report(&mut rng, j as u32, platform, started, j % 7 == 0);
+                    // Signatures are not checked by the store; a load fill need not sign.
+                    let body = serde_json::to_vec(&r).expect("serialises");
+                    let c = agent[0] as usize % countries.len();
+                    (
+                        ReportKey { agent, id: r.id },
+                        StoredReport {
+                            signed: SignedReport {
+                                body,
+                                key: agent.to_vec(),
+                                signature: vec![0; 64],
+                            },
+                            region: callwatch_collector::geo::Region {
+                                country: countries[c].into(),
+                                asn: 1000 + (agent[1] as u32 % 4),
+                            },
+                            received_at_ms: now.timestamp_millis() + j as i64,
+                        },
+                    )
+                })
+                .collect();
+            store.insert_batch(&batch)?;
+            i += n;
+            if i % 50_000 < n {
+                eprintln!(
+                    "  {i} reports ({:.0}/s)",
+                    (i - have) as f64 / t.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    if have < reports {
+        println!(
+            "filled {} reports in {:.1} s ({:.0}/s, {fill_batch} per insert)",
+            reports - have,
+            t_fill.elapsed().as_secs_f64(),
+            (reports - have) as f64 / t_fill.elapsed().as_secs_f64()
+        );
+    }
+    let n = store.len().max(1) as u64;
+    match &clickhouse {
+        Some((ch, _)) => {
+            let (bytes, rows) = ch.disk_usage()?;
+            println!(
+                "ClickHouse {}: {bytes} bytes on disk for {rows} rows ({} bytes/report)",
+                ch.server_version()?,
+                bytes / n
+            );
+        }
+        None => {
+            let bytes = dir_bytes(&dir.join("reports.sled"));
+            println!("sled: {bytes} bytes on disk ({} bytes/report)", bytes / n);
+        }
+    }
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let mut cfg = ServeConfig::new(tmp.path().join("serve"));
+    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+    let collector = serve_with_store(cfg, store.clone()).await?;
+    println!(
+        "aggregation API over HTTP, {} stored reports, {repeat} runs each",
+        store.len()
+    );
+    println!(
+        "{:>58} {:>9} {:>9} {:>7}",
+        "query", "p50 ms", "max ms", "cells"
+    );
+    for q in [
+        "axis_x=country&axis_y=platform",
+        "axis_x=asn&axis_y=platform",
+        "axis_x=day&axis_y=arm&country=RU&platform=whatsapp",
+        "axis_x=hour&country=DE",
+        "axis_x=day&axis_y=country&since=2020-01-01",
+    ] {
+        let mut times = Vec::new();
+        let mut cells = 0;
+        for _ in 0..repeat.max(1) {
+            let t = Instant::now();
+            let (status, body) = callwatch_tests::http::get(
+                collector.http_addr,
+                &format!("/api/v1/aggregation?{q}"),
+            )
+            .await?;
+            times.push(t.elapsed());
+            anyhow::ensure!(status == 200, "{q}: {status} {body}");
+            let v: serde_json::Value = serde_json::from_str(&body)?;
+            cells = v["result"].as_array().map(|a| a.len()).unwrap_or(0);
+        }
+        times.sort();
+        println!(
+            "{q:>58} {:>9} {:>9} {cells:>7}",
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 1.0))
+        );
+    }
+    collector.shutdown().await;
+    if let Some((ch, false)) = clickhouse {
+        ch.drop_database()?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() {
+    let result = match Cli::parse().command {
+        Command::Ingest {
+            reports,
+            batches,
+            agents,
+            concurrency,
+            store,
+        } => ingest(reports, batches, agents, concurrency, store).await,
+        Command::Aggregate {
+            reports,
+            data,
+            repeat,
+            fill_batch,
+            store,
+        } => aggregate(reports, data, repeat, fill_batch, store).await,
+    };
+    if let Err(e) = result {
+        eprintln!("callwatch-load: {e:#}");
+        std::process::exit(1);
+    }
+}

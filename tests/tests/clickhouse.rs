@@ -1,0 +1,530 @@
+//! The ClickHouse store against a real server (`CALLWATCH_CLICKHOUSE_URL`, which `.ci/run`
+//! starts on loopback): same aggregates as sled, two collectors on one database, an outage during
+//! ingest, and `migrate`.
+//!
+//! Without `CALLWATCH_CLICKHOUSE_URL` these tests fail, unless `CALLWATCH_SKIP_CLICKHOUSE=1`
+//! says to skip them (so CI can never skip them silently). Each test uses a fresh database and
+//! drops it when it passes.
+
+use callwatch_agent::queue::Queue;
+use callwatch_agent::upload::{exchange, pinned_client_config, upload_queue, UploadTarget};
+use callwatch_collector::store::clickhouse::{copy_reports, ClickHouseUrl};
+use callwatch_collector::store::{
+    ClickHouseStore, ReportKey, ReportStore, SledStore, StoredReport,
+};
+use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
+use callwatch_proto::upload::{ReportStatus, Response};
+use callwatch_proto::SignedReport;
+use callwatch_tests::http;
+use callwatch_tests::seed::{self, Seeded, REGIONS};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The server to test against, or `None` when the caller asked to skip.
+fn clickhouse_url() -> Option<String> {
+    match std::env::var("CALLWATCH_CLICKHOUSE_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var("CALLWATCH_SKIP_CLICKHOUSE").as_deref() == Ok("1") => {
+            eprintln!("CALLWATCH_SKIP_CLICKHOUSE=1: skipping a ClickHouse test");
+            None
+        }
+        _ => panic!(
+            "CALLWATCH_CLICKHOUSE_URL is not set: these tests need a ClickHouse server \
+             (.ci/run starts one on loopback, e.g. CALLWATCH_CLICKHOUSE_URL=http://127.0.0.1:8123); \
+             set CALLWATCH_SKIP_CLICKHOUSE=1 to skip them deliberately"
+        ),
+    }
+}
+
+fn credentials() -> (Option<String>, Option<String>) {
+    (
+        std::env::var("CALLWATCH_CLICKHOUSE_USER").ok(),
+        std::env::var("CALLWATCH_CLICKHOUSE_PASSWORD").ok(),
+    )
+}
+
+/// A database name no other test (or run) uses.
+fn fresh_db(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "cwtest_{tag}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000
+    )
+}
+
+fn open(url: &str, db: &str) -> Arc<ClickHouseStore> {
+    let (user, password) = credentials();
+    Arc::new(ClickHouseStore::open(url, db, user.as_deref(), password.as_deref()).unwrap())
+}
+
+/// A collector config on loopback whose region table maps [`REGIONS`].
+fn config(root: &Path, name: &str, cap: usize, min_agents: usize) -> ServeConfig {
+    std::fs::create_dir_all(root).unwrap();
+    let geo = root.join("regions.tsv");
+    let table: String = REGIONS
+        .iter()
+        .map(|(ip, cc, asn)| format!("{ip}\t{ip}\t{asn}\t{cc}\tAS{asn}\n"))
+        .collect();
+    std::fs::write(&geo, table).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = ServeConfig::new(root.join(name));
+    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+    cfg.geo = Some(geo);
+    cfg.policy.max_per_agent_per_day = cap;
+    cfg.policy.min_agents = min_agents;
+    cfg
+}
+
+/// Uploads `reports`, each from its network's address, in batches of `batch`; returns
+/// (accepted, duplicate). Anything else fails the test.
+async fn upload(c: &Collector, reports: &[Seeded], batch: usize) -> (usize, usize) {
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&c.pin, &mut pin).unwrap();
+    let (mut accepted, mut duplicate) = (0, 0);
+    for (sender, (ip, ..)) in REGIONS.iter().enumerate() {
+        let mine: Vec<SignedReport> = reports
+            .iter()
+            .filter(|s| s.0 == sender)
+            .map(|s| s.2.clone())
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut ep = quinn::Endpoint::client(SocketAddr::new((*ip).into(), 0)).unwrap();
+        ep.set_default_client_config(pinned_client_config(pin).unwrap());
+        let conn = ep
+            .connect(c.quic_addr, "callwatch-collector")
+            .unwrap()
+            .await
+            .unwrap();
+        for b in mine.chunks(batch) {
+            let Response::Ack { statuses } = exchange(&conn, b.to_vec()).await.unwrap() else {
+                panic!("batch refused")
+            };
+            for s in statuses {
+                match s {
+                    ReportStatus::Accepted => accepted += 1,
+                    ReportStatus::Duplicate => duplicate += 1,
+                    other => panic!("unexpected status {other:?}"),
+                }
+            }
+        }
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+    }
+    (accepted, duplicate)
+}
+
+async fn get_json(c: &Collector, query: &str) -> serde_json::Value {
+    let (status, body) = http::get(c.http_addr, &format!("/api/v1/aggregation?{query}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{query}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+const FIGURES: [&str; 7] = [
+    "rtt_ms",
+    "jitter_up_ms",
+    "jitter_down_ms",
+    "loss_up",
+    "loss_down",
+    "mos",
+    "stalls",
+];
+
+/// Same cells, same counts, agents and verdicts; quantiles within the sketch's 1 %.
+fn assert_same_cells(query: &str, sled: &serde_json::Value, ch: &serde_json::Value) {
+    let (a, b) = (
+        sled["result"].as_array().unwrap(),
+        ch["result"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len(), "{query}: cell counts differ");
+    assert!(!a.is_empty(), "{query}: no cells at all");
+    for (x, y) in a.iter().zip(b) {
+        for field in [
+            "day",
+            "hour",
+            "country",
+            "asn",
+            "platform",
+            "arm",
+            "count",
+            "agents",
+            "verdicts",
+            "differentiated_share",
+        ] {
+            assert_eq!(x[field], y[field], "{query}: {field} differs\n{x}\n{y}");
+        }
+        for f in FIGURES {
+            assert_eq!(x[f].is_null(), y[f].is_null(), "{query}: {f} presence");
+            for q in ["p10", "median", "p90"] {
+                if let (Some(s), Some(e)) = (x[f][q].as_f64(), y[f][q].as_f64()) {
+                    // sled's sketch vs ClickHouse's exact value of the same rank.
+                    assert!(
+                        (s - e).abs() <= 0.01 * e.abs() + 1e-6,
+                        "{query}: {f}.{q} sled {s} vs clickhouse {e}\n{x}\n{y}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+const QUERIES: [&str; 7] = [
+    "axis_x=country&axis_y=platform",
+    "axis_x=asn",
+    "axis_x=day&axis_y=arm",
+    "axis_x=hour&country=RU",
+    "axis_x=platform&axis_y=arm&arm=control",
+    "axis_x=country&platform=telegram&asn=12389",
+    "axis_x=day&axis_y=country&since=SINCE&until=UNTIL",
+];
+
+fn concrete(query: &str) -> String {
+    let now = chrono::Utc::now();
+    // Odd hour bounds: the cap counts whole days, the filter cuts hours.
+    let since = (now - chrono::Duration::hours(4 * 24 + 7)).format("%Y-%m-%dT%H:00:00Z");
+    let until = (now - chrono::Duration::hours(24 + 5)).format("%Y-%m-%dT%H:30:00Z");
+    query
+        .replace("SINCE", &since.to_string())
+        .replace("UNTIL", &until.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_and_clickhouse_give_the_same_aggregates() {
+    let Some(url) = clickhouse_url() else { return };
+    let db = fresh_db("same");
+    let root = tempfile::tempdir().unwrap();
+    let data = seed::seed();
+    // Cap 1 per agent, cell and day: the seed has two per day, so the cap decides which count.
+    let on_sled = serve(config(root.path(), "sled", 1, 3)).await.unwrap();
+    let store = open(&url, &db);
+    let on_ch = serve_with_store(config(root.path(), "ch", 1, 3), store.clone())
+        .await
+        .unwrap();
+    let (a, _) = upload(&on_sled, &data, 100).await;
+    let (b, _) = upload(&on_ch, &data, 100).await;
+    assert_eq!((a, b), (data.len(), data.len()));
+    assert_eq!(store.len(), data.len());
+    for q in QUERIES {
+        let q = concrete(q);
+        let (x, y) = (get_json(&on_sled, &q).await, get_json(&on_ch, &q).await);
+        assert_same_cells(&q, &x, &y);
+    }
+    // Brazil's Signal has two agents: below k on both.
+    let v = get_json(&on_ch, "axis_x=country&axis_y=platform&country=BR").await;
+    assert!(v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["platform"] != "signal"));
+    // The raw export pages through ClickHouse in arrival order, every report once.
+    let (status, body) = http::get(on_ch.http_addr, "/api/v1/reports?limit=5000")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().filter(|l| l.contains("\"signature\"")).count();
+    assert_eq!(lines, data.len());
+    on_sled.shutdown().await;
+    on_ch.shutdown().await;
+    store.drop_database().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_collectors_on_one_clickhouse_count_every_report_once() {
+    let Some(url) = clickhouse_url() else { return };
+    let db = fresh_db("two");
+    let root = tempfile::tempdir().unwrap();
+    let data = seed::seed();
+    let (store_a, store_b) = (open(&url, &db), open(&url, &db));
+    let a = serve_with_store(config(root.path(), "a", usize::MAX, 1), store_a.clone())
+        .await
+        .unwrap();
+    let b = serve_with_store(config(root.path(), "b", usize::MAX, 1), store_b.clone())
+        .await
+        .unwrap();
+    // Agents upload the first two thirds to A and the last two thirds to B at the same time:
+    // the middle third reaches both, as after a lost acknowledgement and a retry elsewhere.
+    let third = data.len() / 3;
+    let (to_a, to_b) = (&data[..2 * third], &data[third..]);
+    let ((acc_a, dup_a), (acc_b, dup_b)) = tokio::join!(upload(&a, to_a, 25), upload(&b, to_b, 25));
+    assert_eq!(acc_a + dup_a, to_a.len());
+    assert_eq!(acc_b + dup_b, to_b.len());
+    assert!(
+        acc_a + acc_b >= data.len(),
+        "every report was accepted at least once"
+    );
+    // Each agent resends everything to the other collector: all duplicates now.
+    let (acc, dup) = upload(&b, to_a, 50).await;
+    assert_eq!((acc, dup), (0, to_a.len()));
+    // One platform arm per report.
+    let expected_arms = data.len();
+    for (name, c, store) in [("A", &a, &store_a), ("B", &b, &store_b)] {
+        assert_eq!(store.len(), data.len(), "{name}: stored reports");
+        let v = get_json(c, "axis_x=platform").await;
+        let total: u64 = v["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(
+            total as usize, expected_arms,
+            "{name}: platform arms counted"
+        );
+    }
+    for q in QUERIES {
+        let q = concrete(q);
+        assert_eq!(get_json(&a, &q).await, get_json(&b, &q).await, "{q}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    store_a.drop_database().unwrap();
+}
+
+/// A TCP proxy to ClickHouse that can be cut: while down it refuses every connection (accepts
+/// and closes at once), as a stopped server would.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(client) = conn else { continue };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(upstream) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Proxy { addr, up }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clickhouse_outage_during_ingest_loses_nothing() {
+    let Some(url) = clickhouse_url() else { return };
+    let db = fresh_db("outage");
+    let parsed = ClickHouseUrl::parse(&url).unwrap();
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(parsed.host.as_str(), parsed.port))
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(upstream);
+    let root = tempfile::tempdir().unwrap();
+    let store = open(&format!("http://{}", proxy.addr), &db);
+    let c = serve_with_store(config(root.path(), "c", usize::MAX, 1), store.clone())
+        .await
+        .unwrap();
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&c.pin, &mut pin).unwrap();
+    let target = UploadTarget {
+        collector: c.quic_addr,
+        server_name: "callwatch-collector".into(),
+        pin,
+        bind: None,
+        batch: 10,
+        connect_timeout: Duration::from_secs(5),
+    };
+    let data = seed::seed();
+    let (first, second) = (&data[..30], &data[30..90]);
+    let queue = Queue::open(&root.path().join("queue")).unwrap();
+    for s in first {
+        queue.push(&s.2).unwrap();
+    }
+    let summary = upload_queue(&queue, &target).await.unwrap();
+    assert_eq!((summary.accepted, queue.len()), (30, 0));
+
+    // ClickHouse goes away: the collector answers with an error, never an ack.
+    proxy.up.store(false, Ordering::SeqCst);
+    for s in second {
+        queue.push(&s.2).unwrap();
+    }
+    let result = upload_queue(&queue, &target).await;
+    assert!(
+        result.is_err(),
+        "no acknowledgement without ClickHouse: {result:?}"
+    );
+    assert_eq!(queue.len(), second.len(), "the agent keeps every report");
+    let (status, _) = http::get(c.http_addr, "/api/v1/aggregation?axis_x=platform")
+        .await
+        .unwrap();
+    assert_ne!(
+        status, 200,
+        "the API says it cannot answer rather than answering wrong"
+    );
+
+    // Back: the agent's next attempt delivers everything, once.
+    proxy.up.store(true, Ordering::SeqCst);
+    let summary = upload_queue(&queue, &target).await.unwrap();
+    assert_eq!((summary.accepted, queue.len()), (second.len(), 0));
+    // Resending the lot changes nothing.
+    for s in first.iter().chain(second) {
+        queue.push(&s.2).unwrap();
+    }
+    let summary = upload_queue(&queue, &target).await.unwrap();
+    assert_eq!(
+        (summary.accepted, summary.duplicate),
+        (0, first.len() + second.len())
+    );
+    assert_eq!(store.len(), 90);
+    let v = get_json(&c, "axis_x=platform").await;
+    let total: u64 = v["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 90, "{v}");
+    c.shutdown().await;
+    store.drop_database().unwrap();
+}
+
+/// The seed as stored reports, with arrival times in upload order.
+fn stored_seed(data: &[Seeded]) -> Vec<(ReportKey, StoredReport)> {
+    data.iter()
+        .enumerate()
+        .map(|(i, (sender, key, signed, report))| {
+            let (_, cc, asn) = REGIONS[*sender];
+            (
+                ReportKey {
+                    agent: key.verifying_key().to_bytes(),
+                    id: report.id,
+                },
+                StoredReport {
+                    signed: signed.clone(),
+                    region: callwatch_collector::geo::Region {
+                        country: cc.into(),
+                        asn,
+                    },
+                    // Batches of 50 share a millisecond, as at ingest.
+                    received_at_ms: 1_700_000_000_000 + (i / 50) as i64,
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn migrate_from_sled_is_resumable_and_idempotent() {
+    let Some(url) = clickhouse_url() else { return };
+    let db = fresh_db("migrate");
+    let root = tempfile::tempdir().unwrap();
+    let data = seed::seed();
+    let sled_dir = root.path().join("collector").join("reports.sled");
+    {
+        let sled = SledStore::open_with_cap(&sled_dir, 1).unwrap();
+        for b in stored_seed(&data).chunks(50) {
+            sled.insert_batch(b).unwrap();
+        }
+    }
+    let sled = SledStore::open(&sled_dir).unwrap();
+    let ch = open(&url, &db);
+    // Interrupted after the third batch.
+    let mut batches = 0;
+    let part = copy_reports(&sled, ch.as_ref(), 100, |_| {
+        batches += 1;
+        batches < 3
+    })
+    .unwrap();
+    assert_eq!((part.inserted, part.present), (300, 0));
+    assert_eq!(ch.len(), 300);
+    // Resumed: the rest arrives, what was there is skipped.
+    let rest = copy_reports(&sled, ch.as_ref(), 100, |_| true).unwrap();
+    assert_eq!(
+        (rest.read, rest.inserted, rest.present),
+        (data.len(), data.len() - 300, 300)
+    );
+    // Again: nothing new.
+    let again = copy_reports(&sled, ch.as_ref(), 100, |_| true).unwrap();
+    assert_eq!((again.inserted, again.present), (0, data.len()));
+    assert_eq!(ch.len(), data.len());
+    // The copy is faithful: same bytes, same arrival times, same aggregates (cap 1, k 3).
+    let mut from_sled = Vec::new();
+    sled.for_each_since(i64::MIN, &mut |r| {
+        from_sled.push(r);
+        Ok(true)
+    })
+    .unwrap();
+    let mut from_ch = Vec::new();
+    ch.for_each_since(i64::MIN, &mut |r| {
+        from_ch.push(r);
+        Ok(true)
+    })
+    .unwrap();
+    let sort = |v: &mut Vec<StoredReport>| {
+        v.sort_by(|a, b| {
+            (a.received_at_ms, &a.signed.key, &a.signed.body).cmp(&(
+                b.received_at_ms,
+                &b.signed.key,
+                &b.signed.body,
+            ))
+        })
+    };
+    sort(&mut from_sled);
+    sort(&mut from_ch);
+    assert!(from_sled == from_ch, "reports differ after the copy");
+    assert!(from_ch.iter().all(|r| r.signed.verify().is_ok()));
+    let policy = callwatch_collector::aggregate::Policy {
+        min_agents: 3,
+        max_per_agent_per_day: 1,
+    };
+    use callwatch_collector::aggregate::{Axis, Filter};
+    for axes in [
+        vec![Axis::Country, Axis::Platform],
+        vec![Axis::Day, Axis::Arm],
+        vec![Axis::Asn],
+    ] {
+        let x = serde_json::json!({"result": sled.aggregate(&axes, &Filter::default(), &policy).unwrap()});
+        let y = serde_json::json!({"result": ch.aggregate(&axes, &Filter::default(), &policy).unwrap()});
+        assert_same_cells(&format!("{axes:?}"), &x, &y);
+    }
+    drop(sled);
+    // The command line does the same, and says how far it got.
+    let out = std::process::Command::new(callwatch_tests::built_binary("callwatch-collector"))
+        .args(["migrate", "--from"])
+        .arg(root.path().join("collector"))
+        .args(["--to", &format!("{}/{db}", url.trim_end_matches('/'))])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("0 copied, {} already there", data.len())),
+        "{stderr}"
+    );
+    ch.drop_database().unwrap();
+}
