@@ -112,6 +112,10 @@ struct Bucket {
     at: std::time::Instant,
 }
 
+/// Rejected or duplicate reports in a batch that cost the sending address one extra upload
+/// token.
+pub const REJECTS_PER_TOKEN: f64 = 8.0;
+
 /// Token buckets per source address and per agent key, in memory only (addresses are never
 /// stored or logged). Bounded: when a map grows past [`Limiter::MAX_ENTRIES`], buckets that have
 /// refilled completely (indistinguishable from new ones) are forgotten.
@@ -174,6 +178,17 @@ impl Limiter {
         }
         b.tokens -= 1.0;
         Ok(())
+    }
+
+    /// Takes `tokens` more from `ip`'s bucket (it may go below zero: the address then waits).
+    pub fn penalize_address(&self, ip: IpAddr, tokens: f64) {
+        if self.limits.batches_per_address_burst.is_infinite() || tokens <= 0.0 {
+            return;
+        }
+        let mut m = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = m.get_mut(&ip) {
+            b.tokens -= tokens;
+        }
     }
 
     /// Whether `key` may store more reports now (it has at least one token left).
@@ -376,6 +391,16 @@ async fn serve_stream(
                 reason: e.to_string(),
             }
         }
+        // Every request costs the address a token, well-formed or not; a refused one is not
+        // even read.
+        Ok(_) if let Err(reason) = peer.limiter.admit_batch(peer.ip) => {
+            stats.reject("rate_limited_address");
+            let _ = recv.stop(quinn::VarInt::from_u32(error_code::BUSY));
+            Response::Error {
+                code: error_code::BUSY,
+                reason,
+            }
+        }
         Ok(len) => {
             let mut body = vec![0u8; len];
             tokio::time::timeout(REQUEST_TIMEOUT, recv.read_exact(&mut body))
@@ -393,19 +418,23 @@ async fn serve_stream(
                         reason: e.to_string(),
                     }
                 }
-                Ok(Request::Upload { reports }) => match peer.limiter.admit_batch(peer.ip) {
-                    Err(reason) => {
-                        stats.reject("rate_limited_address");
-                        Response::Error {
-                            code: error_code::BUSY,
-                            reason,
-                        }
-                    }
-                    Ok(()) => {
+                Ok(Request::Upload { reports }) => {
+                    let response =
                         process_batch(reports, peer.region.clone(), store, &stats, &peer.limiter)
-                            .await
+                            .await;
+                    // Rejected reports (bad signatures above all) and re-sent ones cost
+                    // verification time an honest agent rarely makes the collector spend: the
+                    // address pays extra for them.
+                    if let Response::Ack { statuses } = &response {
+                        let costly = statuses
+                            .iter()
+                            .filter(|s| !matches!(s, ReportStatus::Accepted))
+                            .count();
+                        peer.limiter
+                            .penalize_address(peer.ip, costly as f64 / REJECTS_PER_TOKEN);
                     }
-                },
+                    response
+                }
             }
         }
     };

@@ -25,6 +25,8 @@ pub struct SledStore {
     meta: sled::Tree,
     cap: u32,
     dir: std::path::PathBuf,
+    /// Serialises writes of the count file (concurrent batches would race on its temp file).
+    count_lock: std::sync::Mutex<()>,
 }
 
 /// Index key: arrival time (big-endian, offset so that order is numeric order) ‖ report key.
@@ -145,6 +147,7 @@ impl SledStore {
             meta,
             cap,
             dir: dir.to_path_buf(),
+            count_lock: std::sync::Mutex::new(()),
         };
         // A truncated or emptied log looks to sled like a crash before those writes: it opens
         // without them. The count recorded beside the store after every durable batch tells.
@@ -166,6 +169,7 @@ impl SledStore {
     /// after the flush, so it never exceeds what is durable; a crash before it is written only
     /// leaves it lower.
     fn record_count(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.count_lock.lock().unwrap_or_else(|e| e.into_inner());
         let dir = self.dir.as_path();
         let tmp = dir.join(format!("{COUNT_FILE}.tmp"));
         std::fs::write(&tmp, self.reports.len().to_string())
@@ -296,10 +300,16 @@ impl ReportStore for SledStore {
             };
             outcomes.push(outcome);
         }
-        // Durable before anyone is told: sled otherwise flushes on its own schedule.
+        // Durable before anyone is told: sled otherwise flushes on its own schedule. Also for a
+        // batch of duplicates: another connection may have stored them a moment ago, not yet
+        // flushed.
         self.db.flush().map_err(backend)?;
         if outcomes.contains(&InsertOutcome::Inserted) {
-            self.record_count()?;
+            // The batch is durable whatever happens here; a count that could not be recorded
+            // only weakens the damage check at the next start.
+            if let Err(e) = self.record_count() {
+                tracing::warn!("{e}");
+            }
         }
         Ok(outcomes)
     }
