@@ -196,6 +196,11 @@ fn parse_utc_offset(text: &str) -> Result<i32, String> {
         _ => return Err(bad()),
     };
     let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    // Digits only: no second sign ("+-5:30"), and at most two digits, so nothing overflows.
+    let digits = |s: &str| !s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(h) || !digits(m) {
+        return Err(bad());
+    }
     let h: i32 = h.parse().map_err(|_| bad())?;
     let m: i32 = m.parse().map_err(|_| bad())?;
     if !(0..60).contains(&m) {
@@ -628,6 +633,11 @@ mod tests {
         assert!(parse_duration("m").is_err());
         assert_eq!(parse_utc_offset("-05:30"), Ok(-330));
         assert!(parse_utc_offset("+15:00").is_err());
+        // Found by review of the agent_config fuzz target (fuzz/findings, F3).
+        assert!(parse_utc_offset("+99999999").is_err());
+        assert!(parse_utc_offset("+71582788").is_err());
+        assert!(parse_utc_offset("+-5:30").is_err());
+        assert_eq!(parse_utc_offset("+3"), Ok(180));
     }
 
     #[test]

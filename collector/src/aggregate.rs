@@ -283,21 +283,25 @@ pub struct VerdictCounts {
 impl VerdictCounts {
     fn add(&mut self, v: Verdict) {
         match v {
-            Verdict::None => self.none += 1,
-            Verdict::Inconclusive => self.inconclusive += 1,
-            Verdict::Differentiated => self.differentiated += 1,
+            Verdict::None => self.none = self.none.saturating_add(1),
+            Verdict::Inconclusive => self.inconclusive = self.inconclusive.saturating_add(1),
+            Verdict::Differentiated => self.differentiated = self.differentiated.saturating_add(1),
         }
     }
 
     fn merge(&mut self, o: &VerdictCounts) {
-        self.none += o.none;
-        self.inconclusive += o.inconclusive;
-        self.differentiated += o.differentiated;
+        // Saturating: counts read back from a damaged store must not overflow.
+        self.none = self.none.saturating_add(o.none);
+        self.inconclusive = self.inconclusive.saturating_add(o.inconclusive);
+        self.differentiated = self.differentiated.saturating_add(o.differentiated);
     }
 
     /// Share of judged tests found differentiated; `None` when none was judged.
     pub fn differentiated_share(&self) -> Option<f64> {
-        let judged = self.none + self.inconclusive + self.differentiated;
+        let judged = self
+            .none
+            .saturating_add(self.inconclusive)
+            .saturating_add(self.differentiated);
         (judged > 0).then(|| self.differentiated as f64 / judged as f64)
     }
 }
@@ -316,7 +320,7 @@ pub struct CellState {
 
 impl CellState {
     pub fn add(&mut self, o: &Observation) {
-        self.count += 1;
+        self.count = self.count.saturating_add(1);
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&o.agent[..8]);
         self.agents.insert(prefix);
@@ -331,7 +335,7 @@ impl CellState {
     }
 
     pub fn merge(&mut self, other: &CellState) {
-        self.count += other.count;
+        self.count = self.count.saturating_add(other.count);
         self.agents.extend(other.agents.iter().copied());
         self.verdicts.merge(&other.verdicts);
         for (a, b) in self.figures.iter_mut().zip(other.figures.iter()) {
@@ -935,6 +939,19 @@ mod tests {
             500.0,
             "without the cap, one agent decides"
         );
+    }
+
+    #[test]
+    fn counts_from_a_damaged_store_saturate_instead_of_overflowing() {
+        // Found by the sketch_and_cells fuzz target (fuzz/findings, F1 and F2).
+        let mut huge = CellState::default();
+        huge.count = u64::MAX - 1;
+        huge.verdicts.none = u64::MAX;
+        huge.verdicts.differentiated = u64::MAX;
+        let other = huge.clone();
+        huge.merge(&other);
+        assert_eq!(huge.count, u64::MAX);
+        assert_eq!(huge.verdicts.differentiated_share(), Some(1.0));
     }
 
     #[test]

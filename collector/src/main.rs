@@ -68,8 +68,11 @@ enum Command {
     ///   callwatch-collector export --data /var/lib/callwatch > reports.ndjson
     ///   callwatch-collector export --data /var/lib/callwatch --format csv --axis-x asn --axis-y platform
     Export {
+        /// The stopped collector's data folder (with the default sled store).
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
+        #[command(flatten)]
+        store: callwatch_collector::store::config::StoreArgs,
         #[arg(long, value_enum, default_value = "ndjson")]
         format: ExportFormat,
         /// With json/csv: day, hour, country, asn, platform or arm.
@@ -189,6 +192,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Export {
             data,
+            store,
             format,
             axis_x,
             axis_y,
@@ -215,7 +219,7 @@ async fn run(cli: Cli) -> Result<()> {
                     query.insert(name.into(), v);
                 }
             }
-            export(&data, format, &query, since.as_deref(), min_agents)
+            export(&data, &store, format, &query, since.as_deref(), min_agents)
         }
         Command::Migrate { from, to, batch } => {
             tokio::task::spawn_blocking(move || {
@@ -247,6 +251,7 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn export(
     data: &std::path::Path,
+    store_args: &callwatch_collector::store::config::StoreArgs,
     format: ExportFormat,
     query: &HashMap<String, String>,
     since: Option<&str>,
@@ -256,10 +261,6 @@ fn export(
     use callwatch_collector::http::{parse_aggregation_query, parse_time_ms, AggregationBody};
     use callwatch_collector::store::{ReportStore, SledStore};
     use std::io::Write;
-    let path = data.join("reports.sled");
-    if !path.exists() {
-        anyhow::bail!("{} holds no collector store", data.display());
-    }
     // Check the arguments before touching the store.
     let aggregate_query = match format {
         ExportFormat::Ndjson => None,
@@ -273,20 +274,35 @@ fn export(
         }
         _ => i64::MIN,
     };
-    let store = SledStore::open(&path).map_err(|e| {
-        let e = e.to_string();
-        if e.contains("lock") {
-            anyhow::anyhow!("{e} (is a collector still running on this folder? stop it first)")
-        } else {
-            anyhow::anyhow!(e)
-        }
-    })?;
+    let (store, cap): (std::sync::Arc<dyn ReportStore>, usize) =
+        match callwatch_collector::store::config::open_for_serve(store_args)? {
+            Some(clickhouse) => (clickhouse, Policy::default().max_per_agent_per_day),
+            None => {
+                let path = data.join("reports.sled");
+                if !path.exists() {
+                    anyhow::bail!("{} holds no collector store", data.display());
+                }
+                let sled = SledStore::open(&path).map_err(|e| {
+                    let e = e.to_string();
+                    if e.contains("lock") {
+                        anyhow::anyhow!(
+                            "{e} (is a collector still running on this folder? stop it first)"
+                        )
+                    } else {
+                        anyhow::anyhow!(e)
+                    }
+                })?;
+                let cap = sled.cap() as usize;
+                (std::sync::Arc::new(sled), cap)
+            }
+        };
+    let store = store.as_ref();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match aggregate_query {
         None => {
             let mut n = 0usize;
             let mut failed = None;
-            callwatch_collector::export::page(&store, since_ms, usize::MAX, |r| {
+            callwatch_collector::export::page(store, since_ms, usize::MAX, |r| {
                 n += 1;
                 match out.write_all(r.to_line().as_bytes()) {
                     Ok(()) => true,
@@ -305,7 +321,7 @@ fn export(
         Some(q) => {
             let policy = Policy {
                 min_agents,
-                max_per_agent_per_day: store.cap() as usize,
+                max_per_agent_per_day: cap,
             };
             let cells = store.aggregate(&q.axes, &q.filter, &policy)?;
             eprintln!("exported {} cells", cells.len());

@@ -526,5 +526,26 @@ fn migrate_from_sled_is_resumable_and_idempotent() {
         stderr.contains(&format!("0 copied, {} already there", data.len())),
         "{stderr}"
     );
+    // export reads the ClickHouse store as it reads sled: every report once, and aggregates.
+    let export = |args: &[&str]| {
+        let out = std::process::Command::new(callwatch_tests::built_binary("callwatch-collector"))
+            .args(["export", "--data"])
+            .arg(root.path())
+            .args(["--store", "clickhouse", "--clickhouse-url", &url])
+            .args(["--clickhouse-database", &db])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(export(&[]).lines().count(), data.len());
+    let csv = export(&["--format", "csv", "--axis-x", "country"]);
+    assert!(csv.starts_with("country,count,agents,"), "{csv}");
+    assert!(csv.contains("\nRU,"), "{csv}");
     ch.drop_database().unwrap();
 }
