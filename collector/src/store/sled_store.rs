@@ -27,6 +27,48 @@ pub struct SledStore {
     dir: std::path::PathBuf,
     /// Serialises writes of the count file (concurrent batches would race on its temp file).
     count_lock: std::sync::Mutex<()>,
+    flusher: GroupFlush,
+}
+
+/// Group commit: concurrent batches share one `fsync` instead of queueing one each.
+///
+/// A batch that finished writing asks for flush number `n`; any flush that *started* after that
+/// request covers it. One caller flushes at a time; the others wait for a flush that started
+/// after their request, or start the next one themselves.
+#[derive(Default)]
+struct GroupFlush {
+    /// (requested, covered, a flush is running).
+    state: std::sync::Mutex<(u64, u64, bool)>,
+    done: std::sync::Condvar,
+}
+
+impl GroupFlush {
+    fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += 1;
+        let mine = st.0;
+        loop {
+            if st.1 >= mine {
+                return Ok(());
+            }
+            if st.2 {
+                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            // Everything requested so far was written before this flush starts.
+            st.2 = true;
+            let covers = st.0;
+            drop(st);
+            let result = db.flush();
+            st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.2 = false;
+            if result.is_ok() {
+                st.1 = st.1.max(covers);
+            }
+            self.done.notify_all();
+            result.map_err(backend)?;
+        }
+    }
 }
 
 /// Index key: arrival time (big-endian, offset so that order is numeric order) ‖ report key.
@@ -148,6 +190,7 @@ impl SledStore {
             cap,
             dir: dir.to_path_buf(),
             count_lock: std::sync::Mutex::new(()),
+            flusher: GroupFlush::default(),
         };
         // A truncated or emptied log looks to sled like a crash before those writes: it opens
         // without them. The count recorded beside the store after every durable batch tells.
@@ -303,7 +346,7 @@ impl ReportStore for SledStore {
         // Durable before anyone is told: sled otherwise flushes on its own schedule. Also for a
         // batch of duplicates: another connection may have stored them a moment ago, not yet
         // flushed.
-        self.db.flush().map_err(backend)?;
+        self.flusher.flush(&self.db)?;
         if outcomes.contains(&InsertOutcome::Inserted) {
             // The batch is durable whatever happens here; a count that could not be recorded
             // only weakens the damage check at the next start.
@@ -508,6 +551,34 @@ mod cap_tests {
             .find(|v: &f64| (m - v).abs() <= 0.01 * v)
             .unwrap_or(m);
         (cells[0].count, snapped)
+    }
+
+    #[test]
+    fn concurrent_batches_share_flushes_and_all_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = std::sync::Arc::new(SledStore::open_with_cap(dir.path(), 1000).unwrap());
+            let threads: Vec<_> = (0..8u8)
+                .map(|t| {
+                    let s = s.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..20u8 {
+                            let out = s.insert_batch(&[item(t + 1, i, 10.0)]).unwrap();
+                            assert_eq!(out, vec![InsertOutcome::Inserted]);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let st = s.flusher.state.lock().unwrap();
+            assert_eq!(st.0, 160, "every batch asked for a flush");
+            assert!(st.1 >= 160, "and every one was covered");
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 160);
+        assert_eq!(median(&s).0, 160);
     }
 
     #[test]
