@@ -944,10 +944,15 @@ mod tests {
     #[test]
     fn counts_from_a_damaged_store_saturate_instead_of_overflowing() {
         // Found by the sketch_and_cells fuzz target (fuzz/findings, F1 and F2).
-        let mut huge = CellState::default();
-        huge.count = u64::MAX - 1;
-        huge.verdicts.none = u64::MAX;
-        huge.verdicts.differentiated = u64::MAX;
+        let mut huge = CellState {
+            count: u64::MAX - 1,
+            verdicts: VerdictCounts {
+                none: u64::MAX,
+                inconclusive: 0,
+                differentiated: u64::MAX,
+            },
+            ..CellState::default()
+        };
         let other = huge.clone();
         huge.merge(&other);
         assert_eq!(huge.count, u64::MAX);
