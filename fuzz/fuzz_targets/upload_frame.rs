@@ -1,0 +1,6 @@
+#![no_main]
+//! See `callwatch_fuzz::check::upload_frame` for what this target checks.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| callwatch_fuzz::check::upload_frame(data));
