@@ -170,6 +170,10 @@ async fn test_loop(
                 }
                 TestOutcome::Failed(why) => state
                     .update(|s| s.last_skip = Some((Utc::now(), format!("test failed: {why}")))),
+                // Logged already; the daemon goes on (space may be freed before the next test).
+                TestOutcome::NotQueued(why) => {
+                    state.update(|s| s.last_skip = Some((Utc::now(), why)))
+                }
                 TestOutcome::Cancelled => return Ok(()),
             }
             save(&scheduler);

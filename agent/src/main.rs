@@ -99,7 +99,10 @@ enum Command {
     ///
     /// Exit codes with --once: 0 all uploaded; 2 the collector could not be reached or refused
     /// the upload (reports stay queued for next time); 3 a test could not run (reflector
-    /// unreachable) — what was queued was still uploaded; 1 any other error.
+    /// unreachable) — what was queued was still uploaded; 1 the queue could not be opened or a
+    /// report could not be queued (a full disk is logged as "cannot open the queue: no space
+    /// left on device" or "cannot queue the report: no space left on device") or any other
+    /// error.
     Run {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
@@ -307,7 +310,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let key = identity::load_key(&cfg.key_file)?;
-            let queue = Queue::open(&cfg.queue_dir)?;
+            let queue = match Queue::open(&cfg.queue_dir) {
+                Ok(q) => q,
+                Err(e) if callwatch_agent::queue::is_disk_full(&e) => {
+                    // sled writes when it opens; a full disk stops it before any test runs.
+                    tracing::error!(
+                        "cannot open the queue: no space left on device ({e:#}); nothing was \
+                         tested, reports queued before are kept"
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+                Err(e) => return Err(e),
+            };
             let rt = tokio::runtime::Runtime::new()?;
             let code = rt.block_on(async {
                 if !once {
@@ -350,6 +364,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 };
                 let code = match &outcome.upload {
+                    _ if !outcome.queue_errors.is_empty() => 1,
                     Some(Err(_)) => 2,
                     _ if !outcome.test_errors.is_empty() => 3,
                     _ => 0,

@@ -6,6 +6,25 @@ use anyhow::{Context, Result};
 use callwatch_proto::SignedReport;
 use std::path::Path;
 
+/// Whether `e` comes from a full disk (ENOSPC), however sled wrapped it: sled keeps the
+/// `io::ErrorKind` of a write error but may re-create the error (losing the OS code).
+pub fn is_disk_full(e: &anyhow::Error) -> bool {
+    let io_full = |io: &std::io::Error| {
+        io.raw_os_error() == Some(libc::ENOSPC)
+            || io.kind() == std::io::ErrorKind::StorageFull
+            || io.to_string().contains("No space left on device")
+    };
+    e.chain().any(|c| {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io_full(io);
+        }
+        if let Some(sled::Error::Io(io)) = c.downcast_ref::<sled::Error>() {
+            return io_full(io);
+        }
+        c.to_string().contains("No space left on device")
+    })
+}
+
 pub struct Queue {
     db: sled::Db,
     reports: sled::Tree,

@@ -20,6 +20,9 @@ pub enum TestOutcome {
     Done(Box<CallReport>),
     /// Could not run (reflector unreachable, a socket error); why.
     Failed(String),
+    /// Ran, but its report could not be queued (e.g. the disk is full); why. The report is lost;
+    /// what the queue held before is kept.
+    NotQueued(String),
     /// Stopped early because the agent is stopping.
     Cancelled,
 }
@@ -29,6 +32,8 @@ pub enum TestOutcome {
 pub struct CycleOutcome {
     pub reports: Vec<CallReport>,
     pub test_errors: Vec<String>,
+    /// Reports made but not queued (e.g. the disk is full), with why.
+    pub queue_errors: Vec<String>,
     /// Tests not run, with why (e.g. the data budget).
     pub skipped: Vec<String>,
     pub upload: Option<Result<UploadSummary, String>>,
@@ -146,7 +151,24 @@ pub async fn run_one_test(
         Err(e) => return Err(e.into()),
     };
     let signed = SignedReport::sign(&report, key).context("encoding report")?;
-    let dropped = queue.push_bounded(&signed, cfg.queue_cap)?;
+    let dropped = match queue.push_bounded(&signed, cfg.queue_cap) {
+        Ok(dropped) => dropped,
+        Err(e) => {
+            let why = if crate::queue::is_disk_full(&e) {
+                format!(
+                    "no space left on device (queue {}: {e:#}); this test's report is lost, \
+                     reports queued before are kept",
+                    cfg.queue_dir.display()
+                )
+            } else {
+                format!("{e:#} (queue {})", cfg.queue_dir.display())
+            };
+            tracing::error!(platform = %platform, "cannot queue the report: {why}");
+            return Ok(TestOutcome::NotQueued(format!(
+                "{platform}: cannot queue the report: {why}"
+            )));
+        }
+    };
     if dropped > 0 {
         tracing::warn!(
             dropped,
@@ -255,6 +277,7 @@ pub async fn run_cycle_cancellable(
         match run_one_test(cfg, key, queue, &state, spec, cancel).await? {
             TestOutcome::Done(report) => outcome.reports.push(*report),
             TestOutcome::Failed(why) => outcome.test_errors.push(why),
+            TestOutcome::NotQueued(why) => outcome.queue_errors.push(why),
             TestOutcome::Cancelled => return Ok(outcome),
         }
     }

@@ -363,7 +363,7 @@ async fn aggregate(
                     let r = synthetic_report(&mut rng, j as u32, platform, started, j % 7 == 0);
                     // Signatures are not checked by the store; a load fill need not sign.
                     let body = serde_json::to_vec(&r).expect("serialises");
-                    let c = agent[0] as usize % countries.len();
+                    let c = agent[7] as usize % countries.len();
                     (
                         ReportKey { agent, id: r.id },
                         StoredReport {
@@ -374,7 +374,7 @@ async fn aggregate(
                             },
                             region: callwatch_collector::geo::Region {
                                 country: countries[c].into(),
-                                asn: 1000 + (agent[1] as u32 % 4),
+                                asn: 1000 + (agent[6] as u32 % 4),
                             },
                             received_at_ms: now.timestamp_millis() + j as i64,
                         },
