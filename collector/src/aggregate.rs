@@ -459,13 +459,15 @@ impl Cell {
     }
 }
 
-fn day_string(day: i64) -> String {
+/// A day (days since the Unix epoch) as `YYYY-MM-DD`, as cells show it.
+pub fn day_string(day: i64) -> String {
     DateTime::<Utc>::from_timestamp(day.saturating_mul(86_400), 0)
         .map(|t| t.format("%Y-%m-%d").to_string())
         .unwrap_or_default()
 }
 
-fn hour_string(hour: i64) -> String {
+/// An hour (hours since the Unix epoch) as RFC 3339 `YYYY-MM-DDTHH:00:00Z`, as cells show it.
+pub fn hour_string(hour: i64) -> String {
     DateTime::<Utc>::from_timestamp(hour.saturating_mul(3600), 0)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .unwrap_or_default()

@@ -229,17 +229,17 @@ async fn rate_limits_per_key_and_per_address_defer_with_a_reason_and_replays_can
     ));
     let (_em, conn_m) = connect(&c, "127.0.0.4").await.unwrap();
     for _ in 0..5 {
-        let Response::Ack { statuses } = exchange(&conn_m, vec![signed(&b, 0); 3]).await.unwrap()
+        let Response::Ack { statuses } = exchange(&conn_m, vec![signed(&b, 0)]).await.unwrap()
         else {
             panic!("replays are answered")
         };
-        assert!(statuses
-            .iter()
-            .all(|s| *s == callwatch_proto::upload::ReportStatus::Duplicate));
+        assert_eq!(
+            statuses,
+            vec![callwatch_proto::upload::ReportStatus::Duplicate]
+        );
     }
-    // The replaying address has now used its 6 batches (1 … 5 above, this one is the 6th);
-    // the next is deferred for the address.
-    exchange(&conn_m, vec![signed(&b, 0)]).await.unwrap();
+    // The replaying address pays instead: each request costs a token and each duplicate 1/8
+    // more, so 5 requests used 5.625 of its 6 and the next is deferred for the address.
     let reason = busy(exchange(&conn_m, vec![signed(&b, 0)]).await.unwrap());
     assert!(reason.contains("address"), "{reason}");
     // B still has room for 9 more new reports.

@@ -56,10 +56,11 @@
 //! changing it needs no rebuild.
 
 use super::{InsertOutcome, ReportKey, ReportStore, StoreError, StoredReport};
-use crate::aggregate::{Axis, Cell, Figure, Filter, Observation, Policy, VerdictCounts};
+use crate::aggregate::{
+    day_string, hour_string, Axis, Cell, Figure, Filter, Observation, Policy, VerdictCounts,
+};
 use crate::geo::Region;
 use callwatch_proto::{CallReport, Platform, Role, SignedReport, Verdict};
-use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -434,18 +435,6 @@ fn country_code(c: &str) -> String {
         }
         _ => "ZZ".into(),
     }
-}
-
-fn day_string(day: i64) -> String {
-    DateTime::<Utc>::from_timestamp(day.saturating_mul(86_400), 0)
-        .map(|t| t.format("%Y-%m-%d").to_string())
-        .unwrap_or_default()
-}
-
-fn hour_string(hour: i64) -> String {
-    DateTime::<Utc>::from_timestamp(hour.saturating_mul(3600), 0)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 /// The columns of `reports`, in order, with their types (checked at open).
