@@ -125,8 +125,10 @@ pub fn seed() -> Vec<Seeded> {
     out
 }
 
-/// A collector on loopback whose region table maps [`REGIONS`]; default policy (k = 3).
-pub async fn collector(root: &std::path::Path) -> Collector {
+/// A collector config on loopback (free ports) keeping its data in `root/name`, whose region
+/// table (written to `root/regions.tsv`) maps [`REGIONS`]; default policy (k = 3).
+pub fn config(root: &std::path::Path, name: &str) -> ServeConfig {
+    std::fs::create_dir_all(root).unwrap();
     let geo = root.join("regions.tsv");
     let table: String = REGIONS
         .iter()
@@ -134,10 +136,15 @@ pub async fn collector(root: &std::path::Path) -> Collector {
         .collect();
     std::fs::write(&geo, table).unwrap();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut cfg = ServeConfig::new(root.join("collector"));
+    let mut cfg = ServeConfig::new(root.join(name));
     (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
     cfg.geo = Some(geo);
-    serve(cfg).await.unwrap()
+    cfg
+}
+
+/// A running collector with [`config`] and the sled store.
+pub async fn collector(root: &std::path::Path) -> Collector {
+    serve(config(root, "collector")).await.unwrap()
 }
 
 /// Uploads the seed, each network's reports from its own address, in batches of 100.

@@ -65,19 +65,10 @@ fn open(url: &str, db: &str) -> Arc<ClickHouseStore> {
     Arc::new(ClickHouseStore::open(url, db, user.as_deref(), password.as_deref()).unwrap())
 }
 
-/// A collector config on loopback whose region table maps [`REGIONS`].
+/// A collector config on loopback whose region table maps [`REGIONS`] (see `seed::config`),
+/// with this per-agent cap and k.
 fn config(root: &Path, name: &str, cap: usize, min_agents: usize) -> ServeConfig {
-    std::fs::create_dir_all(root).unwrap();
-    let geo = root.join("regions.tsv");
-    let table: String = REGIONS
-        .iter()
-        .map(|(ip, cc, asn)| format!("{ip}\t{ip}\t{asn}\t{cc}\tAS{asn}\n"))
-        .collect();
-    std::fs::write(&geo, table).unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut cfg = ServeConfig::new(root.join(name));
-    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
-    cfg.geo = Some(geo);
+    let mut cfg = seed::config(root, name);
     cfg.policy.max_per_agent_per_day = cap;
     cfg.policy.min_agents = min_agents;
     cfg
