@@ -268,13 +268,64 @@ async fn receive(
     out
 }
 
+/// The collector's reflector figures from `/metrics`: sessions held, and datagrams not
+/// answered by reason.
+async fn reflector_metrics(http: SocketAddr) -> Result<(u64, Vec<(String, u64)>)> {
+    let (status, body) = callwatch_tests::http::get(http, "/metrics").await?;
+    if status != 200 {
+        bail!("/metrics answered {status}");
+    }
+    let mut sessions = None;
+    let mut dropped = Vec::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<u64>() else {
+            continue;
+        };
+        if name == "callwatch_reflector_sessions" {
+            sessions = Some(value);
+        } else if let Some(reason) = name
+            .strip_prefix("callwatch_reflector_dropped_total{reason=\"")
+            .and_then(|r| r.strip_suffix("\"}"))
+        {
+            dropped.push((reason.to_string(), value));
+        }
+    }
+    Ok((
+        sessions.context("no callwatch_reflector_sessions in /metrics")?,
+        dropped,
+    ))
+}
+
+/// Waits (bounded) until the reflector holds no session: a closed session's state is kept until
+/// its cookie expires (so a repeated Close gets the same count), and a run must not start with
+/// the previous run's sessions still taking room in the session table.
+async fn wait_for_empty_table(http: SocketAddr) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let (held, _) = reflector_metrics(http).await?;
+        if held == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the reflector still holds {held} sessions of the previous run after 180 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn callwatch_run(
     collector_pid: u32,
     reflector: SocketAddr,
+    http: SocketAddr,
     n: usize,
     secs: u64,
     tck: f64,
 ) -> Result<Row> {
+    wait_for_empty_table(http).await?;
+    let (_, dropped0) = reflector_metrics(http).await?;
     let duration_ms = (secs * 1000) as u32 + 2000;
     // Open in waves of 100 so the Opens do not overrun the reflector's socket buffer.
     let mut sessions = Vec::with_capacity(n);
@@ -358,6 +409,19 @@ async fn callwatch_run(
         }
     }
     let mut note = format!("{} socket-buffer drops; ", udp_rcvbuf_errors() - rcvbuf0);
+    let (_, dropped1) = reflector_metrics(http).await?;
+    for (reason, after) in dropped1 {
+        let before = dropped0
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, v)| *v);
+        if after > before {
+            note.push_str(&format!(
+                "reflector refused {} ({reason}); ",
+                after - before
+            ));
+        }
+    }
     if send_errors > 0 {
         note.push_str(&format!("{send_errors} sends failed; "));
     }
@@ -529,8 +593,16 @@ fn print_row(r: &mut Row) {
     };
     let up = r.sent.saturating_sub(r.server_received);
     let down = r.server_received.saturating_sub(r.received);
+    // Packets the server received per second of its CPU: comparable even when the load
+    // generator could not offer the same rate to both servers.
+    let cpu_s = r.server_cpu_pct / 100.0 * r.window_s;
+    let per_cpu_s = if cpu_s > 0.0 {
+        format!("{:.0}k", r.server_received as f64 / cpu_s / 1000.0)
+    } else {
+        "-".into()
+    };
     println!(
-        "| {:9} | {:8} | {:8} | {:8} | {:7.3} | {:5}/{:<5} | {:6.1} | {:6.1} | {:6.1} | {:>7} / {:>7} | {}",
+        "| {:9} | {:8} | {:8} | {:8} | {:7.3} | {:5}/{:<5} | {:6.1} | {:>7} | {:6.1} | {:6.1} | {:>7} / {:>7} | {}",
         r.server,
         r.sessions,
         r.sent,
@@ -539,6 +611,7 @@ fn print_row(r: &mut Row) {
         up,
         down,
         r.server_cpu_pct,
+        per_cpu_s,
         r.gen_cpu_pct,
         r.window_s,
         q(0.5),
@@ -560,7 +633,10 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&data)?;
     let mut children = Children::default();
     let RunningCollector {
-        child, reflector, ..
+        child,
+        reflector,
+        http,
+        ..
     } = start_collector(&logs, &data, &[]);
     let collector_pid = child.id();
     children.0.push(child);
@@ -602,15 +678,22 @@ fn main() -> Result<()> {
     );
     println!();
     println!(
-        "| server    | sessions |     sent | received |  loss % | up  /down   | srv CPU% | gen CPU% | window s | RTT p50 / p99 ms  | notes"
+        "| server    | sessions |     sent | received |  loss % | up  /down   | srv CPU% | pkt/CPU-s | gen CPU% | window s | RTT p50 / p99 ms  | notes"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let mut rows = Vec::new();
     for &n in &cli.sessions {
-        let mut row = rt.block_on(callwatch_run(collector_pid, reflector, n, cli.secs, tck))?;
+        let mut row = rt.block_on(callwatch_run(
+            collector_pid,
+            reflector,
+            http,
+            n,
+            cli.secs,
+            tck,
+        ))?;
         print_row(&mut row);
         rows.push(row);
         // Let sockets and the previous run's traffic settle.
