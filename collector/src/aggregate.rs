@@ -252,6 +252,15 @@ impl CellKey {
         self.hour.div_euclid(24)
     }
 
+    /// The day roll-up cell this fine cell adds to: the same key with the hour set to the
+    /// first hour of its UTC day.
+    pub fn day_cell(&self) -> CellKey {
+        CellKey {
+            hour: self.day() * 24,
+            ..*self
+        }
+    }
+
     pub fn country_str(&self) -> &str {
         // Constructed only from ASCII letters (see country_code/from_bytes).
         std::str::from_utf8(&self.country).unwrap_or("ZZ")
@@ -534,6 +543,54 @@ impl Filter {
             && self.platform.is_none_or(|p| p == k.platform)
             && self.since_hour().is_none_or(|h| k.hour >= h)
             && self.until_hour().is_none_or(|h| k.hour < h)
+    }
+}
+
+/// Which cells answer a query over `[since_hour, until_hour)` (`None`: unbounded).
+///
+/// Besides the fine (hourly) cells the store keeps day roll-up cells, each the exact merge of
+/// one UTC day's 24 fine cells of a (country, ASN, platform, arm), updated in the same
+/// transaction. A query that does not group by hour reads the whole days in its range from the
+/// roll-up (24 times fewer cells) and only the partial days at its edges from the fine cells.
+/// Merging is exact (counts, agent sets, verdicts and sketch bins add), so the answer is the
+/// same either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Hour ranges `[from, to)` read from fine cells.
+    pub fine: [Option<(i64, i64)>; 2],
+    /// Hour range `[from, to)`, on day boundaries, read from day cells.
+    pub days: Option<(i64, i64)>,
+}
+
+impl Plan {
+    /// Splits a query's hour range into whole days and the partial days at its edges. With an
+    /// hour axis every cell must be hourly, so everything is read from fine cells.
+    pub fn of(axes: &[Axis], filter: &Filter) -> Plan {
+        let since = filter.since_hour();
+        let until = filter.until_hour();
+        let all = (since.unwrap_or(i64::MIN), until.unwrap_or(i64::MAX));
+        if axes.contains(&Axis::Hour) {
+            return Plan {
+                fine: [Some(all), None],
+                days: None,
+            };
+        }
+        // First whole day at or after `since`; end of the last whole day before `until`.
+        let day_from = since.map_or(i64::MIN, |h| {
+            h.div_euclid(24) * 24 + 24 * i64::from(h.rem_euclid(24) != 0)
+        });
+        let day_to = until.map_or(i64::MAX, |h| h.div_euclid(24) * 24);
+        if day_from >= day_to {
+            return Plan {
+                fine: [Some(all), None],
+                days: None,
+            };
+        }
+        let nonempty = |(a, b): (i64, i64)| (a < b).then_some((a, b));
+        Plan {
+            fine: [nonempty((all.0, day_from)), nonempty((day_to, all.1))],
+            days: Some((day_from, day_to)),
+        }
     }
 }
 

@@ -327,12 +327,21 @@ async fn aggregate(
     let dir = data.unwrap_or_else(|| tmp.path().join("collector"));
     std::fs::create_dir_all(&dir)?;
     let mut clickhouse = None;
+    let mut sled = None;
     let store: Arc<dyn ReportStore> = if opts.clickhouse() {
         let (ch, keep) = opts.open_clickhouse(0)?;
         clickhouse = Some((ch.clone(), keep));
         ch
     } else {
-        Arc::new(SledStore::open(&dir.join("reports.sled"))?)
+        let t = Instant::now();
+        let s = Arc::new(SledStore::open(&dir.join("reports.sled"))?);
+        eprintln!(
+            "opened the sled store ({} reports) in {:.1} s",
+            s.len(),
+            t.elapsed().as_secs_f64()
+        );
+        sled = Some(s.clone());
+        s
     };
     let fill_batch = fill_batch
         .unwrap_or(if opts.clickhouse() { 10_000 } else { 256 })
@@ -455,8 +464,88 @@ async fn aggregate(
         );
     }
     collector.shutdown().await;
+    if let Some(sled) = sled {
+        roll_up_against_hours(&sled, repeat)?;
+    }
     if let Some((ch, false)) = clickhouse {
         ch.drop_database()?;
+    }
+    Ok(())
+}
+
+/// In process, same store, same run: each query answered with the day roll-up (what the API
+/// does) and from the hourly cells alone (the baseline), alternately; the answers must agree.
+fn roll_up_against_hours(sled: &SledStore, repeat: usize) -> Result<()> {
+    use callwatch_collector::aggregate::{Axis, Filter, Policy};
+    let now = chrono::Utc::now().timestamp_millis();
+    let week_ago = now - 7 * 86_400_000;
+    let queries: [(&str, Vec<Axis>, Filter); 5] = [
+        (
+            "country x platform",
+            vec![Axis::Country, Axis::Platform],
+            Filter::default(),
+        ),
+        (
+            "asn x platform",
+            vec![Axis::Asn, Axis::Platform],
+            Filter::default(),
+        ),
+        (
+            "day x arm, RU whatsapp",
+            vec![Axis::Day, Axis::Arm],
+            Filter {
+                country: Some("RU".into()),
+                platform: Some(Platform::Whatsapp),
+                ..Filter::default()
+            },
+        ),
+        (
+            "day x country",
+            vec![Axis::Day, Axis::Country],
+            Filter::default(),
+        ),
+        (
+            "country x platform, last 7 days (partial edges)",
+            vec![Axis::Country, Axis::Platform],
+            Filter {
+                since_ms: Some(week_ago),
+                until_ms: Some(now),
+                ..Filter::default()
+            },
+        ),
+    ];
+    let policy = Policy::default();
+    println!();
+    println!(
+        "in process, same store: day roll-up (API) against hourly cells only (baseline), {} runs each",
+        repeat.max(1)
+    );
+    println!(
+        "{:>50} {:>12} {:>12} {:>7} {:>6}",
+        "query", "roll-up ms", "hourly ms", "ratio", "cells"
+    );
+    for (label, axes, filter) in queries {
+        let (mut rolled, mut fine) = (Vec::new(), Vec::new());
+        let mut cells = 0;
+        for _ in 0..repeat.max(1) {
+            let t = Instant::now();
+            let a = sled.aggregate(&axes, &filter, &policy)?;
+            rolled.push(t.elapsed());
+            let t = Instant::now();
+            let b = sled.aggregate_fine(&axes, &filter, &policy)?;
+            fine.push(t.elapsed());
+            anyhow::ensure!(a == b, "{label}: the roll-up and the hourly cells disagree");
+            cells = a.len();
+        }
+        rolled.sort();
+        fine.sort();
+        let (r, f) = (percentile(&rolled, 0.5), percentile(&fine, 0.5));
+        println!(
+            "{label:>50} {:>12} {:>12} {:>7.1} {cells:>6}",
+            ms(r),
+            ms(f),
+            f.as_secs_f64() / r.as_secs_f64().max(1e-9)
+        );
     }
     Ok(())
 }
