@@ -147,8 +147,7 @@ impl Relay {
         let mut listeners = Vec::with_capacity(config.routes.len());
         let mut local_addrs = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
-            let socket = UdpSocket::bind(route.listen)
-                .await
+            let socket = bind_udp(route.listen)
                 .with_context(|| format!("cannot listen on {}", route.listen))?;
             let local = socket.local_addr()?;
             info!(listen = %local, upstream = %route.upstream, "relaying");
@@ -573,9 +572,25 @@ async fn upstream_socket(upstream: SocketAddr) -> io::Result<UdpSocket> {
         (false, SocketAddr::V4(_)) => Ipv4Addr::UNSPECIFIED.into(),
         (false, SocketAddr::V6(_)) => Ipv6Addr::UNSPECIFIED.into(),
     };
-    let socket = UdpSocket::bind((ip, 0)).await?;
+    let socket = bind_udp(SocketAddr::new(ip, 0))?;
     socket.connect(upstream).await?;
     Ok(socket)
+}
+
+/// Receive and send buffer asked for on every relay socket: the emulator must not add kernel
+/// drops of its own (the default 208 KiB holds only a few hundred small datagrams when the host
+/// is busy), or its ground truth would miss losses it did not model.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds a UDP socket with [`SOCKET_BUFFER`] buffers (the kernel may grant less; not an error).
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// ICMP errors from earlier sends surface on a later receive; they say nothing about this socket.
@@ -655,7 +670,7 @@ mod tests {
     }
 
     async fn echo_server() -> EchoServer {
-        let socket = UdpSocket::bind(LOCALHOST).await.expect("bind echo");
+        let socket = bind_udp(LOCALHOST).expect("bind echo");
         let addr = socket.local_addr().expect("echo addr");
         let task = tokio::spawn(async move {
             let mut buf = vec![0u8; MAX_DATAGRAM_BYTES];
@@ -701,7 +716,7 @@ mod tests {
             .await
             .expect("relay starts");
         let mut progress = relay.progress();
-        let agent = Arc::new(UdpSocket::bind(LOCALHOST).await.expect("bind agent"));
+        let agent = Arc::new(bind_udp(LOCALHOST).expect("bind agent"));
         agent
             .connect(relay.local_addrs()[0])
             .await
@@ -724,7 +739,9 @@ mod tests {
             })
         };
 
-        let timeout = Duration::from_secs(20);
+        // A bound on failure, not a synchronisation: every wait below is on an event. Generous,
+        // since a 2-core CI host may be running other test binaries meanwhile.
+        let timeout = Duration::from_secs(60);
         // Send in batches, each once the relay has read the previous one, so no kernel buffer on the
         // way overflows and every datagram sent reaches the model.
         for batch in 0..N / BATCH {
