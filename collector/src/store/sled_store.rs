@@ -196,7 +196,9 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
 }
 
 /// Runs `work` on a thread of its own and returns its result; gives up with an error when the
-/// counter it is handed stays still for `stall`. A panic in `work` is an error too.
+/// counter it is handed stays still for `stall` — ten times that before it first moves, since
+/// sled's own recovery at open reads the whole log without telling. A panic in `work` is an
+/// error too.
 fn watched<T: Send + 'static>(
     stall: std::time::Duration,
     work: impl FnOnce(&std::sync::atomic::AtomicU64) -> Result<T, String> + Send + 'static,
@@ -237,7 +239,7 @@ fn watched<T: Send + 'static>(
         let now = progress.load(Ordering::Relaxed);
         if now != last {
             (last, still_since) = (now, std::time::Instant::now());
-        } else if still_since.elapsed() >= stall {
+        } else if still_since.elapsed() >= if now == 0 { stall * 10 } else { stall } {
             return Err(format!(
                 "sled made no progress reading it for {:.1} s after {now} entries; it loops on \
                  damaged pages",
@@ -983,6 +985,8 @@ mod watchdog_tests {
     #[test]
     fn a_reader_that_stops_making_progress_is_given_up_on() {
         let r: Result<(), String> = watched(Duration::from_millis(300), |seen| {
+            // Ten times the limit (3 s) before the first progress: moving at 2 s is in time.
+            std::thread::sleep(Duration::from_secs(2));
             seen.fetch_add(5, Ordering::Relaxed);
             // Stuck for good, as sled is on some damaged pages.
             loop {
