@@ -693,11 +693,39 @@ mod tests {
     }
 }
 
+/// A report as the store receives it, from agent key `[agent; 32]` (unsigned: the store does
+/// not check signatures).
+#[cfg(test)]
+fn stored(
+    agent: u8,
+    r: &CallReport,
+    (country, asn): (&str, u32),
+    received_at_ms: i64,
+) -> (ReportKey, StoredReport) {
+    (
+        ReportKey {
+            agent: [agent; 32],
+            id: r.id,
+        },
+        StoredReport {
+            signed: callwatch_proto::SignedReport {
+                body: serde_json::to_vec(r).unwrap(),
+                key: vec![agent; 32],
+                signature: vec![0; 64],
+            },
+            region: crate::geo::Region {
+                country: country.into(),
+                asn,
+            },
+            received_at_ms,
+        },
+    )
+}
+
 #[cfg(test)]
 mod cap_tests {
     use super::*;
-    use crate::geo::Region;
-    use callwatch_proto::{ReportId, SignedReport};
+    use callwatch_proto::ReportId;
 
     fn item(agent: u8, id: u8, rtt: f64) -> (ReportKey, StoredReport) {
         let mut r = CallReport::example();
@@ -705,24 +733,7 @@ mod cap_tests {
         if let Some(s) = r.streams[0].rtt_ms.as_mut() {
             s.median = rtt;
         }
-        (
-            ReportKey {
-                agent: [agent; 32],
-                id: r.id,
-            },
-            StoredReport {
-                signed: SignedReport {
-                    body: serde_json::to_vec(&r).unwrap(),
-                    key: vec![agent; 32],
-                    signature: vec![0; 64],
-                },
-                region: Region {
-                    country: "RU".into(),
-                    asn: 12389,
-                },
-                received_at_ms: i64::from(id),
-            },
-        )
+        stored(agent, &r, ("RU", 12389), i64::from(id))
     }
 
     fn median(s: &SledStore) -> (u64, f64) {
@@ -803,8 +814,7 @@ mod cap_tests {
 #[cfg(test)]
 pub(super) mod rollup_tests {
     use super::*;
-    use crate::geo::Region;
-    use callwatch_proto::{Platform, ReportId, Role, SignedReport};
+    use callwatch_proto::{Platform, ReportId, Role};
     use chrono::{TimeZone, Utc};
 
     /// Report `i`: one of 5 agents, 3 networks, 2 platforms, at hour `i * 7 % 150` after a
@@ -826,25 +836,8 @@ pub(super) mod rollup_tests {
             }
             s.loss_up = f64::from(i % 13) / 100.0;
         }
-        let (country, asn) = [("RU", 12389), ("RU", 8359), ("KZ", 9198)][(i % 3) as usize];
-        (
-            ReportKey {
-                agent: [agent; 32],
-                id: r.id,
-            },
-            StoredReport {
-                signed: SignedReport {
-                    body: serde_json::to_vec(&r).unwrap(),
-                    key: vec![agent; 32],
-                    signature: vec![0; 64],
-                },
-                region: Region {
-                    country: country.into(),
-                    asn,
-                },
-                received_at_ms: i64::from(i),
-            },
-        )
+        let region = [("RU", 12389), ("RU", 8359), ("KZ", 9198)][(i % 3) as usize];
+        stored(agent, &r, region, i64::from(i))
     }
 
     fn queries() -> Vec<(Vec<Axis>, Filter)> {
