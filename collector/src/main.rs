@@ -138,6 +138,13 @@ enum ExportFormat {
 
 #[tokio::main]
 async fn main() {
+    // Everything the collector creates — its store (sled makes its own files), the report count,
+    // certificate, key, exports written by redirection excepted — is for its owner only.
+    #[cfg(unix)]
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

@@ -166,6 +166,10 @@ async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
     );
     let mut bytes_seen = 0;
     for f in &files {
+        // Owner-only: nobody else on the machine can read the store or the keys.
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(f).unwrap().permissions());
+        assert_eq!(mode & 0o077, 0, "{} has mode {mode:o}", f.display());
         let bytes = std::fs::read(f).unwrap();
         bytes_seen += bytes.len();
         assert_clean(&f.display().to_string(), &bytes);
