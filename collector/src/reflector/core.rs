@@ -32,6 +32,9 @@ pub struct Limits {
     pub max_duration_ms: u32,
     /// Most sessions held at once.
     pub max_sessions: usize,
+    /// How long a cookie (and a session's state) outlives the granted duration, for the agent's
+    /// drain and `Close`.
+    pub cookie_grace_ms: u32,
 }
 
 impl Default for Limits {
@@ -41,6 +44,7 @@ impl Default for Limits {
             max_size: MAX_PROBE_LEN as u16,
             max_duration_ms: 120_000,
             max_sessions: 4096,
+            cookie_grace_ms: COOKIE_GRACE_MS,
         }
     }
 }
@@ -60,8 +64,9 @@ pub struct ReflectorStats {
     pub dropped_unexpected: u64,
 }
 
-/// Extra time a cookie stays valid past the granted duration, for the agent's drain and close.
-const COOKIE_GRACE_US: u64 = 10_000_000;
+/// Extra time a cookie stays valid past the granted duration, for the agent's drain and close
+/// (the default of [`Limits::cookie_grace_ms`]).
+const COOKIE_GRACE_MS: u32 = 10_000;
 /// Tokens (probes) a session may burst above its granted rate; absorbs network bunching.
 const BURST_PROBES: f64 = 25.0;
 
@@ -322,7 +327,9 @@ impl Reflector {
         if issued_us > now_us + 1_000_000 {
             return None;
         }
-        let expires_us = issued_us + (duration_s + 1) * 1_000_000 + COOKIE_GRACE_US;
+        let expires_us = issued_us
+            + (duration_s + 1) * 1_000_000
+            + u64::from(self.limits.cookie_grace_ms) * 1000;
         if now_us > expires_us {
             return None;
         }
@@ -432,7 +439,7 @@ mod tests {
         // Cookie for another session id.
         assert!(r.handle(T0, a, &probe(acc.cookie, 10, 0, 172)).is_none());
         // Stale cookie: past duration + grace.
-        let stale = T0 + 10_000_000 + COOKIE_GRACE_US + 3_000_000;
+        let stale = T0 + 10_000_000 + u64::from(COOKIE_GRACE_MS) * 1000 + 3_000_000;
         assert!(r.handle(stale, a, &probe(acc.cookie, 9, 0, 172)).is_none());
         // Forged limits inside the cookie break the MAC.
         let mut forged = acc.cookie;

@@ -166,6 +166,55 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn expired_sessions_leave_the_table_without_further_traffic() {
+        use callwatch_proto::probe::{Open, Packet, Probe};
+        // Sessions of at most 1 s and no grace: a session lives about 2 s (whole seconds).
+        let limits = Limits {
+            max_duration_ms: 1000,
+            cookie_grace_ms: 0,
+            ..Limits::default()
+        };
+        let reflector = spawn_reflector(&["127.0.0.1:0".parse().unwrap()], limits)
+            .await
+            .unwrap();
+        let agent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        agent.connect(reflector.addrs[0]).await.unwrap();
+        let mut buf = [0u8; 2048];
+        let open = Packet::Open(Open {
+            session: 77,
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 1000,
+        });
+        agent.send(&open.encode()).await.unwrap();
+        let n = agent.recv(&mut buf).await.unwrap();
+        let Ok(Packet::Accept(accept)) = Packet::decode(&buf[..n]) else {
+            panic!("no Accept");
+        };
+        let probe = Packet::Probe(Probe {
+            session: 77,
+            cookie: accept.cookie,
+            seq: 0,
+            sent_us: 1,
+            len: 172,
+        });
+        agent.send(&probe.encode()).await.unwrap();
+        let n = agent.recv(&mut buf).await.unwrap();
+        assert!(matches!(Packet::decode(&buf[..n]), Ok(Packet::Reply(_))));
+        assert_eq!(reflector.active_sessions(), 1);
+        // Nothing more arrives; the once-a-second sweep alone must empty the table. There is no
+        // event to await, so the table is polled, bounded at 10 s (the session ends after ~2 s).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while reflector.active_sessions() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the expired session is still held"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test]
     async fn sockets_get_the_larger_buffers_the_kernel_allows() {
         let socket = bind_with_buffers("127.0.0.1:0".parse().unwrap()).unwrap();
         let granted = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
