@@ -8,7 +8,7 @@
 use callwatch_agent::upload::{exchange, pinned_client_config};
 use callwatch_collector::{serve, Collector, ServeConfig};
 use callwatch_proto::report::{Stalls, Stats, UpDown};
-use callwatch_proto::upload::Response;
+use callwatch_proto::upload::{ReportStatus, Response};
 use callwatch_proto::{CallReport, Platform, ReportId, Role, SignedReport, Verdict};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
@@ -147,11 +147,32 @@ pub async fn collector(root: &std::path::Path) -> Collector {
     serve(config(root, "collector")).await.unwrap()
 }
 
-/// Uploads the seed, each network's reports from its own address, in batches of 100.
+/// Uploads the seed, each network's reports from its own address, in batches of 100; every
+/// report must be accepted.
 pub async fn upload(c: &Collector, seed: &[Seeded]) {
+    let (accepted, duplicate) = upload_batches(c, seed, 100).await;
+    assert_eq!(
+        (accepted, duplicate),
+        (seed.len(), 0),
+        "every report is new"
+    );
+}
+
+/// Uploads reports, each network's from its own address, in batches of `batch`; returns
+/// (accepted, duplicate). Any other answer fails the test.
+pub async fn upload_batches(c: &Collector, reports: &[Seeded], batch: usize) -> (usize, usize) {
     let mut pin = [0u8; 32];
     hex::decode_to_slice(&c.pin, &mut pin).unwrap();
+    let (mut accepted, mut duplicate) = (0, 0);
     for (sender, (ip, ..)) in REGIONS.iter().enumerate() {
+        let mine: Vec<SignedReport> = reports
+            .iter()
+            .filter(|s| s.0 == sender)
+            .map(|s| s.2.clone())
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
         let mut ep = quinn::Endpoint::client(SocketAddr::new((*ip).into(), 0)).unwrap();
         ep.set_default_client_config(pinned_client_config(pin).unwrap());
         let conn = ep
@@ -159,20 +180,20 @@ pub async fn upload(c: &Collector, seed: &[Seeded]) {
             .unwrap()
             .await
             .unwrap();
-        let mine: Vec<SignedReport> = seed
-            .iter()
-            .filter(|s| s.0 == sender)
-            .map(|s| s.2.clone())
-            .collect();
-        for batch in mine.chunks(100) {
-            let Response::Ack { statuses } = exchange(&conn, batch.to_vec()).await.unwrap() else {
+        for b in mine.chunks(batch) {
+            let Response::Ack { statuses } = exchange(&conn, b.to_vec()).await.unwrap() else {
                 panic!("batch refused")
             };
-            assert!(statuses
-                .iter()
-                .all(|s| *s == callwatch_proto::upload::ReportStatus::Accepted));
+            for s in statuses {
+                match s {
+                    ReportStatus::Accepted => accepted += 1,
+                    ReportStatus::Duplicate => duplicate += 1,
+                    other => panic!("unexpected status {other:?}"),
+                }
+            }
         }
         conn.close(0u32.into(), b"done");
         ep.wait_idle().await;
     }
+    (accepted, duplicate)
 }

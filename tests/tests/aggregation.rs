@@ -4,7 +4,7 @@
 //! raw reports — counts, distinct agents and verdicts exactly, p10/median/p90 within the sketch's
 //! stated relative error — and cells with fewer than k agents are absent.
 
-use callwatch_collector::aggregate::{exact, Observation, Policy};
+use callwatch_collector::aggregate::{exact, Observation, Policy, FIGURES};
 use callwatch_collector::geo::Region;
 use callwatch_collector::http::parse_aggregation_query;
 use callwatch_collector::sketch::RELATIVE_ACCURACY;
@@ -81,15 +81,7 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
             for k in ["count", "agents", "verdicts", "differentiated_share"] {
                 assert_eq!(g[k], w[k], "{q} {k}: {g} vs {w}");
             }
-            for f in [
-                "rtt_ms",
-                "jitter_up_ms",
-                "jitter_down_ms",
-                "loss_up",
-                "loss_down",
-                "mos",
-                "stalls",
-            ] {
+            for f in FIGURES {
                 for stat in ["p10", "median", "p90"] {
                     let (a, e) = (g[f][stat].as_f64(), w[f][stat].as_f64());
                     match (a, e) {

@@ -7,14 +7,13 @@
 //! drops it when it passes.
 
 use callwatch_agent::queue::Queue;
-use callwatch_agent::upload::{exchange, pinned_client_config, upload_queue, UploadTarget};
+use callwatch_agent::upload::{upload_queue, UploadTarget};
+use callwatch_collector::aggregate::FIGURES;
 use callwatch_collector::store::clickhouse::{copy_reports, ClickHouseUrl};
 use callwatch_collector::store::{
     ClickHouseStore, ReportKey, ReportStore, SledStore, StoredReport,
 };
 use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
-use callwatch_proto::upload::{ReportStatus, Response};
-use callwatch_proto::SignedReport;
 use callwatch_tests::http;
 use callwatch_tests::seed::{self, Seeded, REGIONS};
 use std::io::{Read, Write};
@@ -74,46 +73,6 @@ fn config(root: &Path, name: &str, cap: usize, min_agents: usize) -> ServeConfig
     cfg
 }
 
-/// Uploads `reports`, each from its network's address, in batches of `batch`; returns
-/// (accepted, duplicate). Anything else fails the test.
-async fn upload(c: &Collector, reports: &[Seeded], batch: usize) -> (usize, usize) {
-    let mut pin = [0u8; 32];
-    hex::decode_to_slice(&c.pin, &mut pin).unwrap();
-    let (mut accepted, mut duplicate) = (0, 0);
-    for (sender, (ip, ..)) in REGIONS.iter().enumerate() {
-        let mine: Vec<SignedReport> = reports
-            .iter()
-            .filter(|s| s.0 == sender)
-            .map(|s| s.2.clone())
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let mut ep = quinn::Endpoint::client(SocketAddr::new((*ip).into(), 0)).unwrap();
-        ep.set_default_client_config(pinned_client_config(pin).unwrap());
-        let conn = ep
-            .connect(c.quic_addr, "callwatch-collector")
-            .unwrap()
-            .await
-            .unwrap();
-        for b in mine.chunks(batch) {
-            let Response::Ack { statuses } = exchange(&conn, b.to_vec()).await.unwrap() else {
-                panic!("batch refused")
-            };
-            for s in statuses {
-                match s {
-                    ReportStatus::Accepted => accepted += 1,
-                    ReportStatus::Duplicate => duplicate += 1,
-                    other => panic!("unexpected status {other:?}"),
-                }
-            }
-        }
-        conn.close(0u32.into(), b"done");
-        ep.wait_idle().await;
-    }
-    (accepted, duplicate)
-}
-
 async fn get_json(c: &Collector, query: &str) -> serde_json::Value {
     let (status, body) = http::get(c.http_addr, &format!("/api/v1/aggregation?{query}"))
         .await
@@ -121,16 +80,6 @@ async fn get_json(c: &Collector, query: &str) -> serde_json::Value {
     assert_eq!(status, 200, "{query}: {body}");
     serde_json::from_str(&body).unwrap()
 }
-
-const FIGURES: [&str; 7] = [
-    "rtt_ms",
-    "jitter_up_ms",
-    "jitter_down_ms",
-    "loss_up",
-    "loss_down",
-    "mos",
-    "stalls",
-];
 
 /// Same cells, same counts, agents and verdicts; quantiles within the sketch's 1 %.
 fn assert_same_cells(query: &str, sled: &serde_json::Value, ch: &serde_json::Value) {
@@ -202,8 +151,8 @@ async fn sled_and_clickhouse_give_the_same_aggregates() {
     let on_ch = serve_with_store(config(root.path(), "ch", 1, 3), store.clone())
         .await
         .unwrap();
-    let (a, _) = upload(&on_sled, &data, 100).await;
-    let (b, _) = upload(&on_ch, &data, 100).await;
+    let (a, _) = seed::upload_batches(&on_sled, &data, 100).await;
+    let (b, _) = seed::upload_batches(&on_ch, &data, 100).await;
     assert_eq!((a, b), (data.len(), data.len()));
     assert_eq!(store.len(), data.len());
     for q in QUERIES {
@@ -247,7 +196,10 @@ async fn two_collectors_on_one_clickhouse_count_every_report_once() {
     // the middle third reaches both, as after a lost acknowledgement and a retry elsewhere.
     let third = data.len() / 3;
     let (to_a, to_b) = (&data[..2 * third], &data[third..]);
-    let ((acc_a, dup_a), (acc_b, dup_b)) = tokio::join!(upload(&a, to_a, 25), upload(&b, to_b, 25));
+    let ((acc_a, dup_a), (acc_b, dup_b)) = tokio::join!(
+        seed::upload_batches(&a, to_a, 25),
+        seed::upload_batches(&b, to_b, 25)
+    );
     assert_eq!(acc_a + dup_a, to_a.len());
     assert_eq!(acc_b + dup_b, to_b.len());
     assert!(
@@ -255,7 +207,7 @@ async fn two_collectors_on_one_clickhouse_count_every_report_once() {
         "every report was accepted at least once"
     );
     // Each agent resends everything to the other collector: all duplicates now.
-    let (acc, dup) = upload(&b, to_a, 50).await;
+    let (acc, dup) = seed::upload_batches(&b, to_a, 50).await;
     assert_eq!((acc, dup), (0, to_a.len()));
     // One platform arm per report.
     let expected_arms = data.len();
