@@ -44,20 +44,28 @@ impl Queue {
         // Every change is flushed explicitly before it is reported done, so sled's background
         // flusher (a wake-up every 500 ms) has nothing to add: off, for an idle agent that
         // really idles.
-        let db = sled::Config::new()
-            .path(dir)
-            .flush_every_ms(None)
-            .open()
-            .with_context(|| format!("opening queue {}", dir.display()))?;
-        let reports = db.open_tree("reports")?;
-        let corrupt = db.open_tree("corrupt")?;
-        let meta = db.open_tree("meta")?;
-        Ok(Queue {
-            db,
-            reports,
-            corrupt,
-            meta,
-        })
+        // sled panics on some damaged files instead of returning an error; that becomes an
+        // error naming the folder, so the agent says what is wrong instead of crashing.
+        let opened = std::panic::catch_unwind(|| -> sled::Result<Queue> {
+            let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+            let reports = db.open_tree("reports")?;
+            let corrupt = db.open_tree("corrupt")?;
+            let meta = db.open_tree("meta")?;
+            Ok(Queue {
+                db,
+                reports,
+                corrupt,
+                meta,
+            })
+        });
+        match opened {
+            Ok(queue) => queue.with_context(|| format!("opening queue {}", dir.display())),
+            Err(_) => anyhow::bail!(
+                "the queue in {} is damaged (sled could not read it); move the folder aside to \
+                 start with an empty queue",
+                dir.display()
+            ),
+        }
     }
 
     /// Appends a report; durable when this returns.
@@ -74,7 +82,7 @@ impl Queue {
     pub fn push_bounded(&self, report: &SignedReport, cap: usize) -> Result<usize> {
         self.push(report)?;
         let mut dropped = 0usize;
-        while self.reports.len() > cap.max(1) {
+        for _ in 0..count(&self.reports).saturating_sub(cap.max(1)) {
             match self.reports.pop_min()? {
                 Some(_) => dropped += 1,
                 None => break,
@@ -132,7 +140,7 @@ impl Queue {
     }
 
     pub fn len(&self) -> usize {
-        self.reports.len()
+        count(&self.reports)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -140,8 +148,23 @@ impl Queue {
     }
 
     pub fn corrupt_len(&self) -> usize {
-        self.corrupt.len()
+        count(&self.corrupt)
     }
+}
+
+/// Entries in `tree`, counted up to the first one that cannot be read (logged). sled's own
+/// `Tree::len` is not used: on a damaged page its iterator yields the same error again and
+/// again, so `len` never returns and the agent would spin at full CPU.
+fn count(tree: &sled::Tree) -> usize {
+    let mut n = 0;
+    for item in tree.iter().keys() {
+        if let Err(e) = item {
+            tracing::warn!("the queue is damaged after {n} entries: {e}");
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 #[cfg(test)]
@@ -175,6 +198,47 @@ mod tests {
         assert_eq!(left, vec![3, 4, 5, 6], "the oldest went first");
         drop(q);
         assert_eq!(Queue::open(dir.path()).unwrap().dropped_total(), 3);
+    }
+
+    #[test]
+    fn a_damaged_queue_gives_errors_or_counts_never_a_panic_or_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::open(dir.path()).unwrap();
+            for n in 0..300u32 {
+                let mut r = report(n as u8);
+                r.body = n.to_be_bytes().repeat(500);
+                q.push(&r).unwrap();
+            }
+        }
+        let len = std::fs::metadata(dir.path().join("db")).unwrap().len();
+        for tenth in 1..10 {
+            let copy = tempfile::tempdir().unwrap();
+            for f in ["conf", "db"] {
+                std::fs::copy(dir.path().join(f), copy.path().join(f)).unwrap();
+            }
+            {
+                use std::io::{Seek, SeekFrom, Write};
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(copy.path().join("db"))
+                    .unwrap();
+                f.seek(SeekFrom::Start(len * tenth / 10)).unwrap();
+                f.write_all(&[0xA5; 8192]).unwrap();
+            }
+            // Run apart, bounded: a hang fails the test instead of stalling it.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let path = copy.path().to_path_buf();
+            std::thread::spawn(move || {
+                let r = std::panic::catch_unwind(|| match Queue::open(&path) {
+                    Ok(q) => (Some(q.len()), q.oldest(1000).is_ok()),
+                    Err(_) => (None, false),
+                });
+                let _ = tx.send(r.is_ok());
+            });
+            let done = rx.recv_timeout(std::time::Duration::from_secs(30));
+            assert_eq!(done, Ok(true), "at {tenth}/10 the queue hung or panicked");
+        }
     }
 
     #[test]
