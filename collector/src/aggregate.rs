@@ -565,6 +565,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Every cell of the query's range from fine cells (the reference the roll-up is tested
+    /// against, and the plan when no whole day is covered).
+    pub fn hourly(filter: &Filter) -> Plan {
+        let all = (
+            filter.since_hour().unwrap_or(i64::MIN),
+            filter.until_hour().unwrap_or(i64::MAX),
+        );
+        Plan {
+            fine: [Some(all), None],
+            days: None,
+        }
+    }
+
     /// Splits a query's hour range into whole days and the partial days at its edges. With an
     /// hour axis every cell must be hourly, so everything is read from fine cells.
     pub fn of(axes: &[Axis], filter: &Filter) -> Plan {
@@ -572,10 +585,7 @@ impl Plan {
         let until = filter.until_hour();
         let all = (since.unwrap_or(i64::MIN), until.unwrap_or(i64::MAX));
         if axes.contains(&Axis::Hour) {
-            return Plan {
-                fine: [Some(all), None],
-                days: None,
-            };
+            return Plan::hourly(filter);
         }
         // First whole day at or after `since`; end of the last whole day before `until`.
         let day_from = since.map_or(i64::MIN, |h| {
@@ -583,10 +593,7 @@ impl Plan {
         });
         let day_to = until.map_or(i64::MAX, |h| h.div_euclid(24) * 24);
         if day_from >= day_to {
-            return Plan {
-                fine: [Some(all), None],
-                days: None,
-            };
+            return Plan::hourly(filter);
         }
         let nonempty = |(a, b): (i64, i64)| (a < b).then_some((a, b));
         Plan {

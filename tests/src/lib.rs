@@ -63,3 +63,19 @@ pub fn built_binary(name: &str) -> std::path::PathBuf {
     built.insert(name.to_string(), path.clone());
     path
 }
+
+/// A collector config for agent tests: data in `root/collector`, QUIC on `listen`, the reflector
+/// and HTTP on free loopback ports, every cell published (k = 1) and no per-agent cap.
+pub fn open_collector_config(
+    root: &std::path::Path,
+    listen: std::net::SocketAddr,
+) -> callwatch_collector::ServeConfig {
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("a literal address");
+    let mut sc = callwatch_collector::ServeConfig::new(root.join("collector"));
+    sc.listen = listen;
+    sc.reflectors = vec![any];
+    sc.http = any;
+    sc.policy.min_agents = 1;
+    sc.policy.max_per_agent_per_day = usize::MAX;
+    sc
+}

@@ -11,8 +11,9 @@
 
 use callwatch_agent::queue::Queue;
 use callwatch_collector::reflector::{spawn_reflector, Limits};
-use callwatch_collector::{serve, ServeConfig};
+use callwatch_collector::serve;
 use callwatch_proto::CallReport;
+use callwatch_tests::open_collector_config;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -76,17 +77,6 @@ fn fill(dir: &Path) -> PathBuf {
 
 fn agent_bin() -> PathBuf {
     callwatch_tests::built_binary("callwatch-agent")
-}
-
-fn collector_config(root: &Path, listen: SocketAddr) -> ServeConfig {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut sc = ServeConfig::new(root.join("collector"));
-    sc.listen = listen;
-    sc.reflectors = vec![any];
-    sc.http = any;
-    sc.policy.min_agents = 1;
-    sc.policy.max_per_agent_per_day = usize::MAX;
-    sc
 }
 
 /// An agent config (in `dir`) for the collector and reflector, 1 s tests, its queue folder and
@@ -176,7 +166,9 @@ async fn a_full_disk_is_reported_clearly_and_corrupts_nothing_queued() {
         .local_addr()
         .unwrap();
     // The collector once for its certificate (and pin), then away until the end.
-    let first = serve(collector_config(root.path(), listen)).await.unwrap();
+    let first = serve(open_collector_config(root.path(), listen))
+        .await
+        .unwrap();
     let pin = first.pin.clone();
     first.shutdown().await;
     let home = tempfile::tempdir().unwrap();
@@ -227,7 +219,9 @@ async fn a_full_disk_is_reported_clearly_and_corrupts_nothing_queued() {
     );
 
     // The collector is back: one more cycle uploads everything, each report once.
-    let collector = serve(collector_config(root.path(), listen)).await.unwrap();
+    let collector = serve(open_collector_config(root.path(), listen))
+        .await
+        .unwrap();
     let config2 = config.clone();
     let out = tokio::task::spawn_blocking(move || run_once(&config2))
         .await

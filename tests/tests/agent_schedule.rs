@@ -8,8 +8,9 @@ use callwatch_collector::reflector::{spawn_reflector, Limits, ReflectorHandle};
 use callwatch_collector::store::{
     InsertOutcome, ReportKey, ReportStore, SledStore, StoreError, StoredReport,
 };
-use callwatch_collector::{serve, serve_with_store, ServeConfig};
+use callwatch_collector::{serve, serve_with_store};
 use callwatch_proto::CallReport;
+use callwatch_tests::open_collector_config;
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -20,17 +21,6 @@ use std::time::{Duration, Instant};
 
 fn agent_bin() -> PathBuf {
     callwatch_tests::built_binary("callwatch-agent")
-}
-
-fn collector_config(root: &Path, listen: SocketAddr) -> ServeConfig {
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut sc = ServeConfig::new(root.join("collector"));
-    sc.listen = listen;
-    sc.reflectors = vec![any];
-    sc.http = any;
-    sc.policy.min_agents = 1;
-    sc.policy.max_per_agent_per_day = usize::MAX;
-    sc
 }
 
 async fn reflector() -> ReflectorHandle {
@@ -220,7 +210,9 @@ async fn reports_made_while_the_collector_is_away_all_arrive_once() {
     let root = tempfile::tempdir().unwrap();
     let listen = free_udp_addr();
     // Start the collector once for its certificate (and pin), then take it away.
-    let first = serve(collector_config(root.path(), listen)).await.unwrap();
+    let first = serve(open_collector_config(root.path(), listen))
+        .await
+        .unwrap();
     let pin = first.pin.clone();
     first.shutdown().await;
 
@@ -236,7 +228,9 @@ async fn reports_made_while_the_collector_is_away_all_arrive_once() {
     .await;
     assert!(agent.log().contains("upload failed"), "{}", agent.log());
 
-    let collector = serve(collector_config(root.path(), listen)).await.unwrap();
+    let collector = serve(open_collector_config(root.path(), listen))
+        .await
+        .unwrap();
     assert_eq!(collector.pin, pin, "same certificate after the restart");
     let store = collector.store.clone();
     wait_for(60, "the backlog to arrive", || {
@@ -321,7 +315,7 @@ impl ReportStore for AckHoldingStore {
 async fn sigkill_in_the_middle_of_an_upload_loses_nothing_and_stores_nothing_twice() {
     let r = reflector().await;
     let root = tempfile::tempdir().unwrap();
-    let cfg = collector_config(root.path(), "127.0.0.1:0".parse().unwrap());
+    let cfg = open_collector_config(root.path(), "127.0.0.1:0".parse().unwrap());
     std::fs::create_dir_all(&cfg.data_dir).unwrap();
     let (stored_tx, stored_rx) = std::sync::mpsc::channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel();

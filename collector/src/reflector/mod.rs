@@ -7,4 +7,4 @@ pub mod core;
 pub mod udp;
 
 pub use self::core::{Limits, Reflector, ReflectorStats};
-pub use self::udp::{spawn_reflector, ReflectorHandle, ReflectorStatsSource};
+pub use self::udp::{bind_with_buffers, spawn_reflector, ReflectorHandle, ReflectorStatsSource};

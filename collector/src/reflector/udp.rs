@@ -69,7 +69,7 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 /// Binds one UDP socket with [`SOCKET_BUFFER`] receive and send buffers. The kernel may grant
 /// less (Linux caps at `net.core.rmem_max`/`wmem_max`); that is logged with the sysctl to raise,
 /// not an error, since the reflector still works, only with less headroom.
-fn bind_with_buffers(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+pub fn bind_with_buffers(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     for (what, set, get, sysctl) in [
@@ -87,17 +87,17 @@ fn bind_with_buffers(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         ),
     ] {
         if let Err(e) = set(&socket, SOCKET_BUFFER) {
-            tracing::warn!("reflector {addr}: cannot set the {what} buffer: {e}");
+            tracing::warn!("UDP socket {addr}: cannot set the {what} buffer: {e}");
         }
         // Linux reports double the granted size (it counts its bookkeeping); halve it back.
         let granted = get(&socket).map(|g| if cfg!(target_os = "linux") { g / 2 } else { g });
         match granted {
             Ok(g) if g < SOCKET_BUFFER => tracing::warn!(
-                "reflector {addr}: the kernel granted a {what} buffer of {g} bytes, not {SOCKET_BUFFER}; \
+                "UDP socket {addr}: the kernel granted a {what} buffer of {g} bytes, not {SOCKET_BUFFER}; \
                  raise {sysctl} to {SOCKET_BUFFER} or more to avoid drops under load"
             ),
-            Ok(g) => tracing::debug!("reflector {addr}: {what} buffer {g} bytes"),
-            Err(e) => tracing::debug!("reflector {addr}: cannot read the {what} buffer size: {e}"),
+            Ok(g) => tracing::debug!("UDP socket {addr}: {what} buffer {g} bytes"),
+            Err(e) => tracing::debug!("UDP socket {addr}: cannot read the {what} buffer size: {e}"),
         }
     }
     socket.set_nonblocking(true)?;

@@ -577,20 +577,11 @@ async fn upstream_socket(upstream: SocketAddr) -> io::Result<UdpSocket> {
     Ok(socket)
 }
 
-/// Receive and send buffer asked for on every relay socket: the emulator must not add kernel
+/// Binds a relay socket with the reflector's large buffers: the emulator must not add kernel
 /// drops of its own (the default 208 KiB holds only a few hundred small datagrams when the host
 /// is busy), or its ground truth would miss losses it did not model.
-const SOCKET_BUFFER: usize = 4 << 20;
-
-/// Binds a UDP socket with [`SOCKET_BUFFER`] buffers (the kernel may grant less; not an error).
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    callwatch_collector::reflector::bind_with_buffers(addr)
 }
 
 /// ICMP errors from earlier sends surface on a later receive; they say nothing about this socket.
