@@ -20,5 +20,6 @@ pub mod report_text;
 pub mod runner;
 pub mod schedule;
 pub mod state;
+pub mod stats;
 pub mod upload;
 pub mod verdict;
