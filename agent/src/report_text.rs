@@ -1,5 +1,6 @@
 //! A call report as a volunteer reads it in a terminal.
 
+use callwatch_proto::report::StreamOutcome;
 use callwatch_proto::CallReport;
 use std::fmt::Write;
 
@@ -36,15 +37,15 @@ pub fn summary(report: &CallReport) -> String {
     for s in &report.streams {
         let _ = writeln!(
             out,
-            "{:<9} {:>6} {:>9} {:>8} {:>7.2}% {:>8.2}% {:>10} {:>8} {:>14} {:>5}",
+            "{:<9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>10} {:>8} {:>14} {:>5}",
             s.role.as_str(),
             s.packets_sent,
             s.packets_reflected
                 .map(|n| n.to_string())
                 .unwrap_or_else(|| "-".into()),
             s.packets_received,
-            s.loss_up * 100.0,
-            s.loss_down * 100.0,
+            percent(s.loss_up),
+            percent(s.loss_down),
             ms(s.rtt_ms.map(|r| r.median)),
             ms(s.rtt_ms.map(|r| r.p95)),
             s.jitter_ms
@@ -55,10 +56,48 @@ pub fn summary(report: &CallReport) -> String {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    for s in &report.streams {
+        match (s.outcome, s.dark_from_ms) {
+            (StreamOutcome::Measured, _) => {}
+            (StreamOutcome::Dark, Some(t)) => {
+                let _ = writeln!(
+                    out,
+                    "{}: went dark {:.1} s into the stream",
+                    s.role,
+                    f64::from(t) / 1e3
+                );
+            }
+            (o, _) => {
+                let _ = writeln!(out, "{}: {}", s.role, o.as_str());
+            }
+        }
+        if s.loss_up.is_none() && s.packets_sent > 0 && s.packets_received < s.packets_sent {
+            let _ = writeln!(
+                out,
+                "{}: round-trip loss {}; its split into up and down is unknown (the reflector's final count never arrived)",
+                s.role,
+                percent(s.loss)
+            );
+        }
+    }
     let verdict = report
         .verdict
         .map(|v| v.as_str().to_string())
         .unwrap_or_else(|| "n/a (no control arm)".into());
-    let _ = writeln!(out, "verdict: {verdict}");
+    match &report.verdict_detail {
+        Some(d) => {
+            let rule = d.rule.map(|r| format!(" [{r}]")).unwrap_or_default();
+            let _ = writeln!(out, "verdict: {verdict}{rule}: {}", d.reason);
+        }
+        None => {
+            let _ = writeln!(out, "verdict: {verdict}");
+        }
+    }
     out
+}
+
+/// A fraction as a percentage, or `-` when unknown.
+pub fn percent(v: Option<f64>) -> String {
+    v.map(|x| format!("{:.2}%", x * 100.0))
+        .unwrap_or_else(|| "-".into())
 }

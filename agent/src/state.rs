@@ -21,8 +21,9 @@ pub const RECENT_TESTS: usize = 10;
 pub struct TestSummary {
     pub at: DateTime<Utc>,
     pub platform: String,
-    pub loss_up: f64,
-    pub loss_down: f64,
+    /// `None` where the split was unknown.
+    pub loss_up: Option<f64>,
+    pub loss_down: Option<f64>,
     pub rtt_median_ms: Option<f64>,
     pub mos: Option<f64>,
     pub verdict: Option<String>,
@@ -224,11 +225,11 @@ impl AgentState {
         for t in &self.recent_tests {
             let _ = writeln!(
                 out,
-                "  {}  {:<9} loss {:>5.2}% up {:>5.2}% down  rtt {:>8}  MOS {:>4}  verdict {}",
+                "  {}  {:<9} loss {:>6} up {:>6} down  rtt {:>8}  MOS {:>4}  verdict {}",
                 when(&t.at),
                 t.platform,
-                t.loss_up * 100.0,
-                t.loss_down * 100.0,
+                crate::report_text::percent(t.loss_up),
+                crate::report_text::percent(t.loss_down),
                 t.rtt_median_ms
                     .map(|r| format!("{r:.1} ms"))
                     .unwrap_or_else(|| "-".into()),
@@ -260,8 +261,8 @@ mod tests {
         s.recent_tests.push(TestSummary {
             at: Utc::now(),
             platform: "whatsapp".into(),
-            loss_up: 0.1,
-            loss_down: 0.0,
+            loss_up: Some(0.1),
+            loss_down: Some(0.0),
             rtt_median_ms: Some(42.0),
             mos: Some(3.9),
             verdict: Some("differentiated".into()),

@@ -85,7 +85,7 @@
 
 use std::collections::BTreeMap;
 
-use callwatch_proto::report::ArmComparison;
+use callwatch_proto::report::{ArmComparison, StreamOutcome, VerdictRule};
 use callwatch_proto::{Verdict, VerdictDetail};
 
 /// One probe of one arm: when it was sent (agent clock, µs) and its round-trip time if it came
@@ -414,6 +414,14 @@ impl Metric {
         }
     }
 
+    fn rule(self) -> VerdictRule {
+        match self {
+            Metric::Loss => VerdictRule::Loss,
+            Metric::Delay => VerdictRule::Delay,
+            Metric::Jitter => VerdictRule::Jitter,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Metric::Loss => "loss",
@@ -513,7 +521,7 @@ pub fn judge(
     let (p, c) = aligned_series(platform, control, window_us);
     let windows = u32::try_from(p.loss.len()).unwrap_or(u32::MAX);
     let judged = judge_metrics(&p, &c, cfg);
-    let (verdict, reason) = decide(&judged, &p, &c, windows, cfg);
+    let (verdict, rule, reason) = decide(&judged, &p, &c, windows, cfg);
     let [loss, delay, jitter] = judged;
     let detail = VerdictDetail {
         method: format!(
@@ -534,6 +542,10 @@ pub fn judge(
         delay: delay.cmp,
         jitter: jitter.cmp,
         reason,
+        rule: Some(rule),
+        packet_loss: None,
+        onset: None,
+        relay: None,
     };
     (verdict, detail)
 }
@@ -545,11 +557,12 @@ fn decide(
     c: &Series,
     windows: u32,
     cfg: &VerdictConfig,
-) -> (Verdict, String) {
+) -> (Verdict, VerdictRule, String) {
     let min_windows = cfg.min_windows.max(1);
     if windows < min_windows {
         return (
             Verdict::Inconclusive,
+            VerdictRule::TooLittleData,
             format!(
                 "Only {windows} windows of {} ms held probes of both arms and at least \
                  {min_windows} are needed, so the test was too short to judge.",
@@ -560,6 +573,7 @@ fn decide(
     if p.received == 0 && c.received == 0 {
         return (
             Verdict::Inconclusive,
+            VerdictRule::NothingAnswered,
             "Neither arm got a single probe back, so the reflector was unreachable for all \
              traffic and there is nothing to compare."
                 .into(),
@@ -569,6 +583,7 @@ fn decide(
         return if c.windows_with_replies >= min_windows as usize {
             (
                 Verdict::Differentiated,
+                VerdictRule::Blocked,
                 format!(
                     "The platform arm got none of its {} probes back while the control arm got \
                      {} of {} back, so the platform's traffic was blocked.",
@@ -578,6 +593,7 @@ fn decide(
         } else {
             (
                 Verdict::Inconclusive,
+                VerdictRule::TooLittleData,
                 format!(
                     "The platform arm got nothing back but the control arm got replies in only {} \
                      of {windows} windows, too little to tell blocking from an outage.",
@@ -589,6 +605,7 @@ fn decide(
     if c.received == 0 {
         return (
             Verdict::Inconclusive,
+            VerdictRule::NoReference,
             "The control arm got nothing back while the platform arm did, so there is no \
              reference to judge the platform arm against."
                 .into(),
@@ -614,6 +631,7 @@ fn decide(
         };
         return (
             Verdict::Differentiated,
+            j.metric.rule(),
             format!(
                 "The platform arm had {} than its control ({}, p = {:.1e} after Holm over 3 \
                  metrics){also}.",
@@ -626,6 +644,7 @@ fn decide(
     if let Some(j) = strongest(&|j| j.big && !j.sig) {
         return (
             Verdict::Inconclusive,
+            VerdictRule::Suggestive,
             format!(
                 "The platform arm had {} than its control ({}), but over {windows} windows that \
                  is not significant (p = {:.3} after Holm, below {} needed).",
@@ -645,6 +664,7 @@ fn decide(
         let what = if lossy { loss } else { jitter };
         return (
             Verdict::Inconclusive,
+            VerdictRule::DegradedAlike,
             format!(
                 "Both arms were degraded alike ({} {}), and a path this bad for all traffic can \
                  hide what it does to the platform's, so neither verdict can be given.",
@@ -659,6 +679,7 @@ fn decide(
         // calling it inconclusive would flood clean networks with inconclusive verdicts.
         return (
             Verdict::None,
+            VerdictRule::NotWorse,
             format!(
                 "The platform arm had significantly more {} than its control (p = {:.1e}) but \
                  only by {}, less than the floor of {} that matters to a call.",
@@ -672,6 +693,7 @@ fn decide(
     let control_worse = judged.iter().any(|j| j.control_worse);
     (
         Verdict::None,
+        VerdictRule::NotWorse,
         format!(
             "Over {windows} windows the platform arm was not worse than its control by a \
              significant and meaningful amount in loss, delay or RTT variation{}.",
@@ -682,6 +704,160 @@ fn decide(
             }
         ),
     )
+}
+
+/// One arm of a call test as the verdict sees it: what it recorded and what became of it.
+#[derive(Clone, Copy, Debug)]
+pub struct ArmEvidence<'a> {
+    pub record: &'a crate::metrics::StreamRecord,
+    pub outcome: StreamOutcome,
+    /// With `outcome = dark`: when the final silence began (agent clock, µs).
+    pub dark_from_us: Option<u64>,
+}
+
+/// Everything a call test measured, for [`judge_call`].
+#[derive(Clone, Copy, Debug)]
+pub struct CallEvidence<'a> {
+    pub platform: ArmEvidence<'a>,
+    pub control: ArmEvidence<'a>,
+    pub relay: Option<ArmEvidence<'a>>,
+    pub relay_reference: Option<ArmEvidence<'a>>,
+}
+
+/// Fewest replies the control arm must get after the platform arm went dark for the silence to
+/// be the platform's alone (rule C2).
+pub const CUT_MIN_CONTROL_REPLIES: usize = 5;
+
+/// Judges a whole call test. Before the statistics of [`judge`], the outcomes of the arms
+/// decide, in this order (a blocked call is the finding, not an error):
+///
+/// - C1. Either arm refused by the reflector (busy, rate limit) → `inconclusive`
+///   ([`VerdictRule::ReflectorBusy`]): a loaded reflector says nothing about the network.
+/// - C2. Control arm blocked or silent throughout → `inconclusive`: with the platform silent too,
+///   [`VerdictRule::NothingAnswered`]; otherwise [`VerdictRule::NoReference`]. Never `none`,
+///   never counted as platform blocking.
+/// - C3. Platform handshake unanswered, or answered but no probe ever came back, while the
+///   control arm got replies → `differentiated` ([`VerdictRule::Blocked`]).
+/// - C4. Platform arm dark from t (at least `DARK_MIN_US` of silence to the end) while the
+///   control arm answered at least half its probes sent after t, and at least
+///   [`CUT_MIN_CONTROL_REPLIES`] → `differentiated` ([`VerdictRule::Cut`]). A control arm that
+///   went dark too is an outage of the path, judged by the statistics below.
+/// - C5. The platform's relay answered none of its STUN requests while the reference on the
+///   reflector host answered at least half of its own → `differentiated`
+///   ([`VerdictRule::PlatformServersUnreachable`]).
+/// - Otherwise the statistics of [`judge`] (rules 1–8).
+pub fn judge_call(call: &CallEvidence<'_>, cfg: &VerdictConfig) -> (Verdict, VerdictDetail) {
+    let (p, c) = (&call.platform, &call.control);
+    let (verdict, mut detail) = judge(&samples_of(p.record), &samples_of(c.record), cfg);
+    let relay = relay_comparison(call);
+    detail.relay = relay;
+    let replies =
+        |a: &ArmEvidence<'_>| a.record.probes.iter().filter(|x| x.reply.is_some()).count();
+    let (p_got, c_got) = (replies(p), replies(c));
+    let mut decide = |v: Verdict, rule: VerdictRule, reason: String| {
+        detail.rule = Some(rule);
+        detail.reason = reason;
+        (v, detail.clone())
+    };
+    if p.outcome == StreamOutcome::Refused || c.outcome == StreamOutcome::Refused {
+        return decide(
+            Verdict::Inconclusive,
+            VerdictRule::ReflectorBusy,
+            "The reflector refused a session (it is at capacity or rate-limiting), which says              nothing about the network."
+                .into(),
+        );
+    }
+    if c.outcome == StreamOutcome::Blocked || c_got == 0 {
+        return if p_got == 0 {
+            decide(
+                Verdict::Inconclusive,
+                VerdictRule::NothingAnswered,
+                "Neither arm got an answer from the reflector, so the path to it was down for                  all traffic and there is nothing to compare."
+                    .into(),
+            )
+        } else {
+            decide(
+                Verdict::Inconclusive,
+                VerdictRule::NoReference,
+                "The control arm got no answer while the platform arm did, so there is no                  reference to judge the platform arm against."
+                    .into(),
+            )
+        };
+    }
+    if p_got == 0 {
+        let how = if p.outcome == StreamOutcome::Blocked {
+            "The platform arm's handshake went unanswered".to_string()
+        } else {
+            format!(
+                "The platform arm's handshake was answered but none of its {} probes came back",
+                p.record.probes.len()
+            )
+        };
+        return decide(
+            Verdict::Differentiated,
+            VerdictRule::Blocked,
+            format!(
+                "{how} while the control arm got {c_got} of {} back: the platform's traffic                  was blocked.",
+                c.record.probes.len()
+            ),
+        );
+    }
+    if let (StreamOutcome::Dark, Some(t)) = (p.outcome, p.dark_from_us) {
+        let after: Vec<_> = c.record.probes.iter().filter(|x| x.sent_us >= t).collect();
+        let answered = after.iter().filter(|x| x.reply.is_some()).count();
+        if answered >= CUT_MIN_CONTROL_REPLIES && 2 * answered >= after.len() {
+            let start = p.record.probes.first().map_or(t, |x| x.sent_us);
+            return decide(
+                Verdict::Differentiated,
+                VerdictRule::Cut,
+                format!(
+                    "The platform arm went dark {:.1} s into the call and never recovered, while                      the control arm kept answering ({answered} of its {} probes after that):                      the platform's call was cut.",
+                    t.saturating_sub(start) as f64 / 1e6,
+                    after.len()
+                ),
+            );
+        }
+    }
+    if let Some(r) = relay {
+        if r.relay_answered == 0
+            && r.reference_sent > 0
+            && 2 * r.reference_answered >= r.reference_sent
+        {
+            return decide(
+                Verdict::Differentiated,
+                VerdictRule::PlatformServersUnreachable,
+                format!(
+                    "The platform's own server answered none of {} STUN requests while our                      reference server answered {} of {}: the platform servers are unreachable.",
+                    r.relay_sent, r.reference_answered, r.reference_sent
+                ),
+            );
+        }
+    }
+    (verdict, detail)
+}
+
+/// The relay and its reference as counts of STUN requests sent and answered.
+fn relay_comparison(call: &CallEvidence<'_>) -> Option<callwatch_proto::report::RelayComparison> {
+    let counts = |a: &ArmEvidence<'_>| {
+        let sent = a.record.probes.len();
+        let answered = a.record.probes.iter().filter(|x| x.reply.is_some()).count();
+        (sent, answered)
+    };
+    let (rs, ra) = counts(call.relay.as_ref()?);
+    let (fs, fa) = counts(call.relay_reference.as_ref()?);
+    let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+    Some(callwatch_proto::report::RelayComparison {
+        relay_sent: n(rs),
+        relay_answered: n(ra),
+        reference_sent: n(fs),
+        reference_answered: n(fa),
+        p_value: crate::stats::fisher_exact_greater(
+            (rs - ra) as u64,
+            rs as u64,
+            (fs - fa) as u64,
+            fs as u64,
+        ),
+    })
 }
 
 /// The samples the verdict needs from one arm's record: send time and round-trip time (with the

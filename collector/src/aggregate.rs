@@ -142,8 +142,8 @@ impl Observation {
                     s.rtt_ms.map(|r| r.median),
                     s.jitter_ms.map(|j| j.up),
                     s.jitter_ms.map(|j| j.down),
-                    Some(s.loss_up),
-                    Some(s.loss_down),
+                    s.loss_up,
+                    s.loss_down,
                     s.mos,
                     s.stalls.map(|st| f64::from(st.count)),
                 ],
@@ -188,6 +188,7 @@ fn arm_byte(r: Role) -> u8 {
         Role::Platform => 0,
         Role::Control => 1,
         Role::Relay => 2,
+        Role::RelayReference => 3,
     }
 }
 
@@ -237,9 +238,14 @@ impl CellKey {
         }
         let asn = u32::from_be_bytes(b[10..14].try_into().ok()?);
         let platform = *Platform::ALL.iter().find(|p| platform_byte(**p) == b[14])?;
-        let arm = [Role::Platform, Role::Control, Role::Relay]
-            .into_iter()
-            .find(|r| arm_byte(*r) == b[15])?;
+        let arm = [
+            Role::Platform,
+            Role::Control,
+            Role::Relay,
+            Role::RelayReference,
+        ]
+        .into_iter()
+        .find(|r| arm_byte(*r) == b[15])?;
         Some(CellKey {
             hour,
             country,

@@ -65,6 +65,8 @@ mod probe_packet {
             Packet::Reply(_) => 2 + 8 + 4 + 8 + 8 + 8 + 4,
             Packet::Close(_) => 2 + 8 + 16 + 4,
             Packet::CloseAck(_) => 2 + 8 + 4,
+            Packet::CountQuery(_) => 2 + 8 + 16 + 8 + 16,
+            Packet::CountReply(_) => 2 + 8 + 8 + 4,
         }
     }
 

@@ -68,6 +68,10 @@ pub enum Role {
     Control,
     /// STUN Binding requests to the platform's own relay infrastructure.
     Relay,
+    /// The same STUN Binding requests to a neutral server of ours (the reflector host): the
+    /// relay's reference, so an unreachable relay can be told from an unreachable network.
+    #[serde(rename = "relay-reference")]
+    RelayReference,
 }
 
 impl Role {
@@ -76,6 +80,7 @@ impl Role {
             Role::Platform => "platform",
             Role::Control => "control",
             Role::Relay => "relay",
+            Role::RelayReference => "relay-reference",
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The UDP probe protocol between an agent and a reflector, version 1.
 //!
 //! A session runs: `Open` → `Accept` (or `Reject`) → many `Probe` → `Reply` → `Close` → `CloseAck`.
+//! When one arm's `CloseAck` cannot come back (a censor drops that arm's replies), the agent asks
+//! for that session's count through another arm's session: `CountQuery` → `CountReply`, the query
+//! authenticated by both sessions' cookies.
 //! The reflector's `Accept` carries a stateless cookie bound to the agent's address; every later
 //! packet from the agent carries it, so the reflector answers only addresses that proved they
 //! receive. Every answer is at most as long as the packet it answers ([`Reply`] is exactly as long
@@ -20,6 +23,9 @@ pub const ACCEPT_LEN: usize = 48;
 pub const REJECT_LEN: usize = 16;
 pub const CLOSE_LEN: usize = 48;
 pub const CLOSE_ACK_LEN: usize = 24;
+/// Length of a `CountQuery`; padded so that `CountReply` is shorter.
+pub const COUNT_QUERY_LEN: usize = 64;
+pub const COUNT_REPLY_LEN: usize = 24;
 /// Bytes of a probe before its padding.
 pub const PROBE_HEADER_LEN: usize = 38;
 /// Bytes of a reply before its padding.
@@ -38,6 +44,8 @@ const KIND_REPLY: u8 = 4;
 const KIND_CLOSE: u8 = 5;
 const KIND_REJECT: u8 = 6;
 const KIND_CLOSE_ACK: u8 = 7;
+const KIND_COUNT_QUERY: u8 = 8;
+const KIND_COUNT_REPLY: u8 = 9;
 
 /// The agent's session identifier, chosen at random per session (and per arm).
 pub type SessionId = u64;
@@ -154,6 +162,26 @@ pub struct CloseAck {
     pub reflector_received: u32,
 }
 
+/// Asks, on one session (`session`, `cookie`: the arm that still gets answers), for another
+/// session's count of received probes (`target`, `target_cookie`: the arm whose own `CloseAck`
+/// cannot come back). Knowing both cookies proves the asker receives at both addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountQuery {
+    pub session: SessionId,
+    pub cookie: Cookie,
+    pub target: SessionId,
+    pub target_cookie: Cookie,
+}
+
+/// The reflector's count for `target`; `reflector_received` is 0 when it holds no state for it
+/// (no probe of that session ever arrived).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CountReply {
+    pub session: SessionId,
+    pub target: SessionId,
+    pub reflector_received: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packet {
     Open(Open),
@@ -163,6 +191,8 @@ pub enum Packet {
     Reply(Reply),
     Close(Close),
     CloseAck(CloseAck),
+    CountQuery(CountQuery),
+    CountReply(CountReply),
 }
 
 impl Packet {
@@ -225,6 +255,19 @@ impl Packet {
                 out.extend_from_slice(&p.session.to_be_bytes());
                 out.extend_from_slice(&p.reflector_received.to_be_bytes());
             }
+            Packet::CountQuery(p) => {
+                out.extend_from_slice(&[VERSION, KIND_COUNT_QUERY]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.cookie);
+                out.extend_from_slice(&p.target.to_be_bytes());
+                out.extend_from_slice(&p.target_cookie);
+            }
+            Packet::CountReply(p) => {
+                out.extend_from_slice(&[VERSION, KIND_COUNT_REPLY]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.target.to_be_bytes());
+                out.extend_from_slice(&p.reflector_received.to_be_bytes());
+            }
         }
         out.resize(start + self.wire_len(), 0);
     }
@@ -239,6 +282,8 @@ impl Packet {
             Packet::Reply(p) => clamp_probe_len(p.len),
             Packet::Close(_) => CLOSE_LEN,
             Packet::CloseAck(_) => CLOSE_ACK_LEN,
+            Packet::CountQuery(_) => COUNT_QUERY_LEN,
+            Packet::CountReply(_) => COUNT_REPLY_LEN,
         }
     }
 
@@ -342,6 +387,23 @@ impl Packet {
                 exact("close-ack", CLOSE_ACK_LEN, "24")?;
                 Packet::CloseAck(CloseAck {
                     session: r.u64().ok_or(short)?,
+                    reflector_received: r.u32().ok_or(short)?,
+                })
+            }
+            KIND_COUNT_QUERY => {
+                exact("count-query", COUNT_QUERY_LEN, "64")?;
+                Packet::CountQuery(CountQuery {
+                    session: r.u64().ok_or(short)?,
+                    cookie: r.cookie().ok_or(short)?,
+                    target: r.u64().ok_or(short)?,
+                    target_cookie: r.cookie().ok_or(short)?,
+                })
+            }
+            KIND_COUNT_REPLY => {
+                exact("count-reply", COUNT_REPLY_LEN, "24")?;
+                Packet::CountReply(CountReply {
+                    session: r.u64().ok_or(short)?,
+                    target: r.u64().ok_or(short)?,
                     reflector_received: r.u32().ok_or(short)?,
                 })
             }
@@ -464,6 +526,27 @@ mod tests {
                 session,
                 reflector_received: n
             })),
+            (
+                any::<u64>(),
+                cookie,
+                any::<u64>(),
+                any::<[u8; COOKIE_LEN]>()
+            )
+                .prop_map(|(session, cookie, target, target_cookie)| {
+                    Packet::CountQuery(CountQuery {
+                        session,
+                        cookie,
+                        target,
+                        target_cookie,
+                    })
+                }),
+            (any::<u64>(), any::<u64>(), any::<u32>()).prop_map(|(session, target, n)| {
+                Packet::CountReply(CountReply {
+                    session,
+                    target,
+                    reflector_received: n,
+                })
+            }),
             any::<u64>().prop_map(|session| Packet::Reject(Reject {
                 session,
                 reason: RejectReason::Busy

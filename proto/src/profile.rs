@@ -124,7 +124,7 @@ impl Profile {
         match role {
             Role::Platform => Some(&self.framing),
             Role::Control => self.control_port.map(|_| &RAW),
-            Role::Relay => None,
+            Role::Relay | Role::RelayReference => None,
         }
     }
 
@@ -133,7 +133,7 @@ impl Profile {
         match role {
             Role::Platform => self.ports.first().copied(),
             Role::Control => self.control_port,
-            Role::Relay => None,
+            Role::Relay | Role::RelayReference => None,
         }
     }
 

@@ -11,7 +11,8 @@ use std::fmt;
 
 /// The report schema this build writes and accepts.
 pub const SCHEMA_VERSION: u32 = 1;
-/// Most streams one report may carry (platform, control, relay, and one spare).
+/// Most streams one report may carry (platform, control, the platform's relay and its neutral
+/// reference).
 pub const MAX_STREAMS: usize = 4;
 
 /// A report's identifier: 16 random bytes chosen by the agent, written as 32 hex digits.
@@ -71,13 +72,77 @@ pub struct CallReport {
     /// The statistics behind `verdict`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict_detail: Option<VerdictDetail>,
+    /// Voice or video-like stream shape; aggregates never mix the two. Absent in reports made
+    /// before it existed, which were voice unless `payload_bytes` says otherwise.
+    #[serde(default)]
+    pub stream_kind: StreamKind,
     pub streams: Vec<StreamReport>,
+}
+
+/// The stream shape a test sent.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamKind {
+    #[default]
+    Voice,
+    Video,
+}
+
+impl StreamKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamKind::Voice => "voice",
+            StreamKind::Video => "video",
+        }
+    }
+}
+
+impl fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What became of one stream as a whole. Everything but `measured` is a finding about the path,
+/// not a failure of the test: the report is still made, signed and uploaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamOutcome {
+    /// The handshake was answered and replies came back until the end.
+    #[default]
+    Measured,
+    /// The handshake was never answered (every `Open`, or every STUN request, went unanswered).
+    Blocked,
+    /// The handshake was answered, then replies stopped at `dark_from_ms` and never resumed.
+    Dark,
+    /// The reflector refused the session (busy, rate limit): says nothing about the network.
+    Refused,
+}
+
+impl StreamOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamOutcome::Measured => "measured",
+            StreamOutcome::Blocked => "blocked",
+            StreamOutcome::Dark => "dark",
+            StreamOutcome::Refused => "refused",
+        }
+    }
 }
 
 /// What one stream (one arm) of a test measured.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StreamReport {
     pub role: Role,
+    /// What became of the stream as a whole (absent in older reports: `measured`).
+    #[serde(default)]
+    pub outcome: StreamOutcome,
+    /// With `outcome = dark`: ms from the stream's first probe to the first probe of the silence
+    /// that lasted to the end (0: nothing ever came back after the handshake).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dark_from_ms: Option<u32>,
     /// Probes the agent sent.
     pub packets_sent: u32,
     /// Probes the reflector says it received (its own count); `null` if it never said.
@@ -92,15 +157,28 @@ pub struct StreamReport {
     /// Replies that arrived after the end-of-test grace period (counted as lost).
     #[serde(default)]
     pub late: u32,
-    /// Fraction of sent probes that did not reach the reflector.
-    pub loss_up: f64,
-    /// Fraction of reflected probes whose reply did not reach the agent.
-    pub loss_down: f64,
+    /// Fraction of sent probes whose reply never came back in time (round trip); always known.
+    /// Absent in reports made before it existed (then `loss_up` and `loss_down` were both set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<f64>,
+    /// Fraction of sent probes that did not reach the reflector; `null` when the reflector's
+    /// final count for this stream never reached the agent (the split is then unknown).
+    pub loss_up: Option<f64>,
+    /// Fraction of reflected probes whose reply did not reach the agent; `null` as `loss_up`.
+    pub loss_down: Option<f64>,
     pub rtt_ms: Option<Stats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owd_ms: Option<OneWayDelay>,
-    /// RFC 3550 interarrival jitter per direction.
+    /// RFC 3550 interarrival jitter per direction: the **mean of the running estimate over the
+    /// call** (the estimate after each reply, averaged), so it describes the whole call.
     pub jitter_ms: Option<UpDown>,
+    /// 95th percentile of the running RFC 3550 estimate over the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_p95_ms: Option<UpDown>,
+    /// The running estimate's last value (what RFC 3550 receivers report; describes roughly the
+    /// last 16 packets, not the call).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jitter_final_ms: Option<UpDown>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipdv_ms: Option<IpdvUpDown>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -221,6 +299,104 @@ pub struct VerdictDetail {
     pub jitter: ArmComparison,
     /// One sentence a person can read: why this verdict.
     pub reason: String,
+    /// Which rule decided (absent in older reports).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<VerdictRule>,
+    /// Per-packet loss comparison (exact test over every probe), when both arms were measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packet_loss: Option<ArmComparison>,
+    /// The onset scan: the split that maximised the platform-minus-control difference and its
+    /// permutation p-value, when it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onset: Option<Onset>,
+    /// The relay comparison: the platform's own servers against a neutral reference server of
+    /// the same protocol, when both were measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay: Option<RelayComparison>,
+}
+
+/// The rule of the verdict that decided a test (see the agent's `verdict` module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerdictRule {
+    /// The platform handshake went unanswered while the control arm worked.
+    Blocked,
+    /// The platform arm went dark mid-call while the control arm kept answering.
+    Cut,
+    /// The platform's own servers did not answer while the neutral reference did.
+    PlatformServersUnreachable,
+    /// Per-packet loss, worse on the platform arm.
+    Loss,
+    /// Delay, worse on the platform arm (paired per window).
+    Delay,
+    /// Delay variation, worse on the platform arm (paired per window).
+    Jitter,
+    /// A platform-only degradation from a point in the test on (the onset scan).
+    Onset,
+    /// The control arm got no answers: nothing to compare with.
+    NoReference,
+    /// Nothing answered at all (the reflector unreachable now; it was reachable before).
+    NothingAnswered,
+    /// The reflector refused a session for capacity: says nothing about the network.
+    ReflectorBusy,
+    /// Too few windows with data on both arms to judge.
+    TooLittleData,
+    /// Both arms degraded alike: the path hides what it does to one kind of traffic.
+    DegradedAlike,
+    /// The platform arm worse by a meaningful amount, not significantly.
+    Suggestive,
+    /// The platform arm not worse by a significant, meaningful amount.
+    NotWorse,
+}
+
+impl VerdictRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerdictRule::Blocked => "blocked",
+            VerdictRule::Cut => "cut",
+            VerdictRule::PlatformServersUnreachable => "platform-servers-unreachable",
+            VerdictRule::Loss => "loss",
+            VerdictRule::Delay => "delay",
+            VerdictRule::Jitter => "jitter",
+            VerdictRule::Onset => "onset",
+            VerdictRule::NoReference => "no-reference",
+            VerdictRule::NothingAnswered => "nothing-answered",
+            VerdictRule::ReflectorBusy => "reflector-busy",
+            VerdictRule::TooLittleData => "too-little-data",
+            VerdictRule::DegradedAlike => "degraded-alike",
+            VerdictRule::Suggestive => "suggestive",
+            VerdictRule::NotWorse => "not-worse",
+        }
+    }
+}
+
+impl fmt::Display for VerdictRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The onset scan's result.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Onset {
+    /// ms from the start of the test to the window where the difference starts.
+    pub at_ms: u32,
+    /// Permutation p-value of the scan's maximum (arm labels flipped within windows).
+    pub p_value: f64,
+    /// Mean platform-minus-control loss fraction from the onset on.
+    pub effect: f64,
+}
+
+/// The platform's own servers against our neutral reference server, both asked the same
+/// few STUN Binding requests.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RelayComparison {
+    pub relay_sent: u32,
+    pub relay_answered: u32,
+    pub reference_sent: u32,
+    pub reference_answered: u32,
+    /// One-sided Fisher exact p-value that the relay goes unanswered more often.
+    pub p_value: f64,
 }
 
 /// One metric's per-window series, platform arm against control arm.
@@ -286,8 +462,18 @@ impl StreamReport {
                 Err(format!("{name} = {v} is not a fraction in 0..=1"))
             }
         };
-        fraction("loss_up", self.loss_up)?;
-        fraction("loss_down", self.loss_down)?;
+        for (name, v) in [
+            ("loss", self.loss),
+            ("loss_up", self.loss_up),
+            ("loss_down", self.loss_down),
+        ] {
+            if let Some(v) = v {
+                fraction(name, v)?;
+            }
+        }
+        if self.loss_up.is_some() != self.loss_down.is_some() {
+            return Err("loss_up and loss_down are known together or not at all".into());
+        }
         if self.packets_received > self.packets_sent {
             return Err(format!(
                 "packets_received {} exceeds packets_sent {}",
@@ -342,16 +528,20 @@ impl CallReport {
             payload_bytes: 172,
             verdict: None,
             verdict_detail: None,
+            stream_kind: StreamKind::Voice,
             streams: vec![StreamReport {
                 role: Role::Platform,
+                outcome: StreamOutcome::Measured,
+                dark_from_ms: None,
                 packets_sent: 500,
                 packets_reflected: Some(495),
                 packets_received: 490,
                 duplicates: 0,
                 reordered: 0,
                 late: 0,
-                loss_up: 0.01,
-                loss_down: 5.0 / 495.0,
+                loss: Some(10.0 / 500.0),
+                loss_up: Some(0.01),
+                loss_down: Some(5.0 / 495.0),
                 rtt_ms: Some(Stats {
                     min: 10.0,
                     mean: 12.0,
@@ -362,6 +552,8 @@ impl CallReport {
                 }),
                 owd_ms: None,
                 jitter_ms: Some(UpDown { up: 1.0, down: 2.0 }),
+                jitter_p95_ms: None,
+                jitter_final_ms: None,
                 ipdv_ms: None,
                 burst: None,
                 jitter_buffer: None,
@@ -415,11 +607,21 @@ pub(crate) mod tests {
         let mut r = sample_report();
         assert!(r.validate().is_ok());
         // Finite values that need all 17 digits survive the JSON round trip exactly.
-        r.streams[0].loss_up = 0.1 + 0.2;
+        r.streams[0].loss_up = Some(0.1 + 0.2);
         r.streams[0].rtt_ms.as_mut().unwrap().mean = 12.345678901234567;
         assert!(r.validate().is_ok());
-        r.streams[0].loss_up = 1.5;
+        r.streams[0].loss_up = Some(1.5);
         assert!(r.validate().unwrap_err().contains("loss_up"));
+        // A split that is half known is no split.
+        let mut r = sample_report();
+        r.streams[0].loss_down = None;
+        assert!(r.validate().unwrap_err().contains("together"));
+        // An unknown split is a valid report, and says null, not 0.
+        r.streams[0].loss_up = None;
+        assert!(r.validate().is_ok());
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v["streams"][0]["loss_up"].is_null());
+        assert!(v["streams"][0]["loss_down"].is_null());
         let mut r = sample_report();
         r.schema = 99;
         assert!(r.validate().unwrap_err().contains("schema 99"));

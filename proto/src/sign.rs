@@ -245,7 +245,7 @@ mod tests {
     #[test]
     fn a_valid_signature_on_an_invalid_report_is_still_rejected() {
         let mut r = sample_report();
-        r.streams[0].loss_down = 2.0;
+        r.streams[0].loss_down = Some(2.0);
         let signed = SignedReport::sign(&r, &key(1)).unwrap();
         assert!(matches!(signed.verify(), Err(VerifyError::Invalid(_))));
         let k = key(1);

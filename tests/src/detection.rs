@@ -1,17 +1,17 @@
-//! How well the differentiation verdict works: simulated two-arm tests (simulated clock, the
-//! agent's real sessions and verdict, the reflector's real core, the emulator's model) through
+//! How well the differentiation verdict works: simulated call tests (simulated clock, the
+//! agent's real `CallTest` and verdict, the reflector's real core, the emulator's model) through
 //! scenarios that impair all traffic alike or only the platform's, counted over many seeds.
 
 use crate::emulator::{
     ByteMatch, DelayConfig, DirectionFilter, DpiRule, ImpairmentConfig, LossModel, PathConfig,
     PolicerConfig, RuleImpairment,
 };
-use crate::sim::{simulate, SimArm};
+use crate::sim::simulate_call;
 use anyhow::{anyhow, Result};
-use callwatch_agent::engine::session::{SessionConfig, WireSizes};
-use callwatch_agent::verdict::{judge, samples_of, VerdictConfig};
-use callwatch_proto::profile::{profile, StreamShape};
-use callwatch_proto::{framing::Framing, Platform, Verdict, VerdictDetail};
+use callwatch_agent::engine::TestSpec;
+use callwatch_proto::profile::profile;
+use callwatch_proto::{CallReport, Platform, Role, Verdict, VerdictDetail};
+use std::net::SocketAddr;
 
 /// A network, as data: a base path for all traffic plus rules that single some out.
 #[derive(Clone, Debug)]
@@ -110,44 +110,21 @@ impl Scenario {
     }
 }
 
-/// One simulated 10 s test of `platform` through `scenario`: the verdict and its detail.
-pub fn simulate_test(
-    platform: Platform,
-    scenario: &Scenario,
-    seed: u64,
-) -> Result<(Verdict, VerdictDetail)> {
+/// The agent's default test length, at which the detection table is made.
+pub const TEST_MS: u32 = 10_000;
+
+/// One simulated test of `platform` through `scenario`, [`TEST_MS`] long: the whole `CallTest`
+/// (handshakes, both arms, close, count exchange, report, verdict), as the agent runs it.
+pub fn simulate_report(platform: Platform, scenario: &Scenario, seed: u64) -> Result<CallReport> {
     let p = profile(platform);
-    let shape: &StreamShape = if scenario.video {
-        p.video
-            .as_ref()
-            .ok_or_else(|| anyhow!("{platform} has no video shape"))?
-    } else {
-        &p.voice
-    };
-    let session = SessionConfig {
-        interval_ms: shape.interval_ms,
-        size: 0, // set from the sizes by with_framing
-        duration_ms: 10_000,
-        grace_ms: 1_000,
-    };
-    let sizes = WireSizes::Shape(shape.clone());
-    let control_port = p
-        .control_port
-        .ok_or_else(|| anyhow!("{platform} has no control arm"))?;
-    let arms = [
-        SimArm {
-            session,
-            port: p.ports[0],
-            framing: p.framing.clone(),
-            sizes: Some(sizes.clone()),
-        },
-        SimArm {
-            session,
-            port: control_port,
-            framing: Framing::Raw,
-            sizes: Some(sizes),
-        },
-    ];
+    if p.port_for(Role::Control).is_none() {
+        return Err(anyhow!("{platform} has no control arm"));
+    }
+    let mut spec = TestSpec::voice(SocketAddr::from(([127, 0, 0, 1], 40401)), TEST_MS);
+    spec.platform = platform;
+    spec.size = None;
+    spec.video = scenario.video;
+    spec.reached_before = true;
     let cfg = ImpairmentConfig {
         seed,
         up: scenario.base.clone(),
@@ -155,20 +132,22 @@ pub fn simulate_test(
         rules: scenario.rules.clone(),
         log_limit: 0,
     };
-    let mut run = simulate(&arms, cfg, 7_000_000_000, seed)?;
-    let control = run
-        .records
-        .pop()
-        .ok_or_else(|| anyhow!("no control record"))??;
-    let platform_rec = run
-        .records
-        .pop()
-        .ok_or_else(|| anyhow!("no platform record"))??;
-    Ok(judge(
-        &samples_of(&platform_rec),
-        &samples_of(&control),
-        &VerdictConfig::default(),
-    ))
+    simulate_call(&spec, cfg, 7_000_000_000, seed)?
+        .report
+        .map_err(|e| anyhow!("{e}"))
+}
+
+/// [`simulate_report`]'s verdict and its detail.
+pub fn simulate_test(
+    platform: Platform,
+    scenario: &Scenario,
+    seed: u64,
+) -> Result<(Verdict, VerdictDetail)> {
+    let report = simulate_report(platform, scenario, seed)?;
+    match (report.verdict, report.verdict_detail) {
+        (Some(v), Some(d)) => Ok((v, d)),
+        _ => Err(anyhow!("a {platform} test gave no verdict")),
+    }
 }
 
 /// Verdict counts over `n` seeds.

@@ -99,6 +99,8 @@ pub struct Expected {
     /// RFC 3550 jitter of the down delays the emulator added, over completed round trips in
     /// sequence order, ms.
     pub jitter_down_ms: f64,
+    /// The mean of the running estimate over the call (after each packet but the first), ms.
+    pub jitter_down_mean_ms: f64,
     /// Runs of consecutive round-trip losses, and the longest.
     pub loss_runs: u32,
     pub longest_run: u32,
@@ -107,12 +109,22 @@ pub struct Expected {
 /// RFC 3550 §6.4.1 interarrival jitter over transit times (µs), in ms. Written here again, on
 /// purpose, independently of the agent's implementation.
 pub fn rfc3550_jitter_ms(transits_us: &[f64]) -> f64 {
+    rfc3550_running_ms(transits_us)
+        .last()
+        .copied()
+        .unwrap_or(0.0)
+}
+
+/// The running RFC 3550 estimate after each packet but the first, in ms.
+pub fn rfc3550_running_ms(transits_us: &[f64]) -> Vec<f64> {
     let mut j = 0.0;
+    let mut out = Vec::new();
     for w in transits_us.windows(2) {
         let d = (w[1] - w[0]).abs();
         j += (d - j) / 16.0;
+        out.push(j / 1000.0);
     }
-    j / 1000.0
+    out
 }
 
 /// Valid for scenarios without up-direction duplication or reordering (true of all but
@@ -171,6 +183,10 @@ pub fn expected(truth: &ProbeTruth) -> Expected {
         loss_down: (reflected - received) as f64 / reflected.max(1) as f64,
         added_rtt_median_ms: median,
         jitter_down_ms: rfc3550_jitter_ms(&down_transits),
+        jitter_down_mean_ms: {
+            let running = rfc3550_running_ms(&down_transits);
+            running.iter().sum::<f64>() / running.len().max(1) as f64
+        },
         loss_runs: runs,
         longest_run: longest,
     }

@@ -45,12 +45,12 @@ fn stream(rng: &mut impl Rng, role: Role, bad: bool) -> callwatch_proto::StreamR
         p99: rtt * 1.3,
         max: rtt * 1.5,
     });
-    s.loss_up = if rng.gen_bool(0.3) {
+    s.loss_up = Some(if rng.gen_bool(0.3) {
         0.0
     } else {
         rng.gen_range(0.0..if bad { 0.4 } else { 0.05 })
-    };
-    s.loss_down = rng.gen_range(0.0..0.1);
+    });
+    s.loss_down = Some(rng.gen_range(0.0..0.1));
     s.jitter_ms = Some(UpDown {
         up: rng.gen_range(0.1..30.0),
         down: rng.gen_range(0.1..30.0),

@@ -1,6 +1,7 @@
-//! Whole call tests under a simulated clock: the agent's real sans-IO sessions, the collector's
-//! real reflector core and the emulator's impairment model, stepped event by event with no
-//! sockets and no waiting. Deterministic: the same inputs and seed give the same figures.
+//! Whole call tests under a simulated clock: the agent's real sans-IO `CallTest` (the same code
+//! the UDP driver runs), the collector's real reflector core and the emulator's impairment
+//! model, stepped event by event with no sockets and no waiting. Deterministic: the same inputs
+//! and seed give the same figures.
 //!
 //! Also the ground-truth bookkeeping shared with the real-socket scenarios: "marker" DPI rules that
 //! impair nothing but tag each probe (up) and reply (down) in the model's log, so the figures the
@@ -11,10 +12,12 @@ use crate::emulator::{
     ImpairmentConfig, UdpPorts,
 };
 use anyhow::{anyhow, Result};
-use callwatch_agent::engine::session::{Session, SessionConfig, SessionError, WireSizes};
+use callwatch_agent::engine::call::{CallRandom, CallTest};
+use callwatch_agent::engine::{TestError, TestSpec};
 use callwatch_agent::metrics::StreamRecord;
-use callwatch_collector::reflector::{Limits, Reflector};
-use callwatch_proto::framing::{neutral_session_id, Framing};
+use callwatch_collector::reflector::{stun_binding_success, Limits, Reflector};
+use callwatch_proto::{CallReport, Role};
+use chrono::DateTime;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
@@ -116,31 +119,12 @@ impl ProbeTruth {
     }
 }
 
-/// One stream of a simulated test: what it asks for, the reflector port it goes to, and how its
-/// packets look on the wire.
-#[derive(Clone, Debug)]
-pub struct SimArm {
-    pub session: SessionConfig,
-    pub port: u16,
-    pub framing: Framing,
-    /// `None`: every probe `session.size` bytes, bare.
-    pub sizes: Option<WireSizes>,
-}
-
-impl SimArm {
-    /// Bare probes of `session.size` bytes.
-    pub fn raw(session: SessionConfig, port: u16) -> Self {
-        SimArm {
-            session,
-            port,
-            framing: Framing::Raw,
-            sizes: None,
-        }
-    }
-}
-
-pub struct SimRun {
-    pub records: Vec<Result<StreamRecord, SessionError>>,
+/// A whole simulated call test: the report (or the local error the agent would give) and what
+/// the emulator did.
+pub struct CallRun {
+    pub report: Result<CallReport, TestError>,
+    /// Each arm's record, in `CallTest::arms` order, for oracles that need packet detail.
+    pub records: Vec<(Role, StreamRecord)>,
     pub truth: GroundTruth,
 }
 
@@ -153,31 +137,31 @@ struct Event {
     bytes: Vec<u8>,
 }
 
-/// Runs the arms to completion through `impairment`. The reflector's clock runs
-/// `reflector_offset_us` ahead of the agent's, as unsynchronised clocks do.
-pub fn simulate(
-    arms: &[SimArm],
+/// The agent's port for arm `i` in a simulation.
+pub fn agent_port(i: usize) -> u16 {
+    40_000 + i as u16
+}
+
+/// Runs one call test — the agent's real `CallTest`, every arm, handshakes, closes, the count
+/// exchange, report and verdict — through `impairment`, against the collector's real reflector
+/// core. Datagrams to the reflector host go to the reflector; datagrams to `spec.relay_server`
+/// go to a STUN server that answers Binding requests as any would (the reflector's own
+/// responder stands in for it). The reflector's clock runs `reflector_offset_us` ahead of the
+/// agent's, as unsynchronised clocks do.
+pub fn simulate_call(
+    spec: &TestSpec,
     impairment: ImpairmentConfig,
     reflector_offset_us: u64,
     seed: u64,
-) -> Result<SimRun> {
+) -> Result<CallRun> {
     let mut model = Impairment::new(impairment).map_err(|e| anyhow!("impairment: {e}"))?;
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&seed.to_be_bytes());
     let mut reflector = Reflector::new(secret, Limits::default());
-    let mut sessions: Vec<Session> = arms
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let id = neutral_session_id(seed.wrapping_mul(31).wrapping_add(i as u64));
-            let session = Session::new(id, a.session, 0);
-            match &a.sizes {
-                None => session,
-                Some(sizes) => session.with_framing(a.framing.clone(), sizes.clone()),
-            }
-        })
-        .collect();
-    let agent_port = |i: usize| 40_000 + i as u16;
+    let started_at = DateTime::from_timestamp(1_760_000_000, 0).unwrap_or_default();
+    let mut test = CallTest::new(spec, CallRandom::from_seed(seed), started_at, 0)
+        .map_err(|e| anyhow!("{e}"))?;
+    let arms = test.arms();
     let mut queue: BinaryHeap<Reverse<Event>> = BinaryHeap::new();
     let mut order = 0u64;
     let mut now = 0u64;
@@ -196,26 +180,31 @@ pub fn simulate(
             }));
         }
     };
-    // Bounded: a session ends by itself within its duration plus open/close retries; this cap
-    // only guards against a bug turning into an endless loop.
+    // Bounded: a test ends by itself within its duration plus retries; this cap only guards
+    // against a bug turning into an endless loop.
     for _step in 0..50_000_000u64 {
-        for (i, s) in sessions.iter_mut().enumerate() {
-            while let Some(d) = s.poll_transmit(now) {
-                let ports = UdpPorts {
-                    src: agent_port(i),
-                    dst: arms[i].port,
-                };
-                let out = model.on_datagram(Duration::from_micros(now), Direction::Up, &d, ports);
-                push(&mut queue, i, true, out);
-            }
+        while let Some(t) = test.poll_transmit(now) {
+            let ports = UdpPorts {
+                src: agent_port(t.arm),
+                dst: arms[t.arm].peer.port(),
+            };
+            let out = model.on_datagram(
+                Duration::from_micros(now),
+                Direction::Up,
+                &t.datagram,
+                ports,
+            );
+            push(&mut queue, t.arm, true, out);
         }
-        if sessions.iter().all(Session::is_done) {
-            return Ok(SimRun {
-                records: sessions.into_iter().map(Session::finish).collect(),
+        if test.is_done() {
+            let (report, records) = test.finish_with_records();
+            return Ok(CallRun {
+                report,
+                records,
                 truth: model.ground_truth(),
             });
         }
-        let next_timer = sessions.iter().filter_map(Session::poll_timeout).min();
+        let next_timer = test.poll_timeout();
         let next_event = queue.peek().map(|Reverse(e)| e.at_us);
         now = match (next_timer, next_event) {
             (Some(a), Some(b)) => a.min(b),
@@ -226,23 +215,25 @@ pub fn simulate(
             let Some(Reverse(ev)) = queue.pop() else {
                 break;
             };
-            if ev.up {
-                let src = SocketAddr::from(([127, 0, 0, 1], agent_port(ev.arm)));
-                if let Some(reply) = reflector.handle(now + reflector_offset_us, src, &ev.bytes) {
-                    let ports = UdpPorts {
-                        src: arms[ev.arm].port,
-                        dst: agent_port(ev.arm),
-                    };
-                    let out = model.on_datagram(
-                        Duration::from_micros(now),
-                        Direction::Down,
-                        &reply,
-                        ports,
-                    );
-                    push(&mut queue, ev.arm, false, out);
-                }
+            if !ev.up {
+                test.handle_datagram(ev.arm, now, &ev.bytes);
+                continue;
+            }
+            let src = SocketAddr::from(([127, 0, 0, 1], agent_port(ev.arm)));
+            let peer = arms[ev.arm].peer;
+            let answer = if Some(peer) == spec.relay_server {
+                stun_binding_success(&ev.bytes, src)
             } else {
-                sessions[ev.arm].handle_datagram(now, &ev.bytes);
+                reflector.handle(now + reflector_offset_us, src, &ev.bytes)
+            };
+            if let Some(reply) = answer {
+                let ports = UdpPorts {
+                    src: peer.port(),
+                    dst: agent_port(ev.arm),
+                };
+                let out =
+                    model.on_datagram(Duration::from_micros(now), Direction::Down, &reply, ports);
+                push(&mut queue, ev.arm, false, out);
             }
         }
     }

@@ -4,12 +4,22 @@
 //! the emulator's model run event by event; the reflector's clock is set 5 000 s ahead of the
 //! agent's to show the figures do not depend on synchronised clocks.
 
-use callwatch_agent::engine::session::SessionConfig;
-use callwatch_agent::metrics::{stream_report, Codec};
-use callwatch_proto::{Role, StreamReport};
+use callwatch_agent::engine::TestSpec;
+use callwatch_proto::StreamReport;
 use callwatch_tests::emulator::ImpairmentConfig;
 use callwatch_tests::scenarios::{expected, rfc3550_jitter_ms, scenarios, Scenario};
-use callwatch_tests::sim::{marker_rules, simulate, ProbeTruth, SimArm};
+use callwatch_tests::sim::{marker_rules_at, simulate_call, ProbeTruth};
+use std::net::SocketAddr;
+
+/// A generic (single-arm, RTP-framed) test of `duration_ms` with `size`-byte probes.
+fn spec(size: u16, duration_ms: u32) -> TestSpec {
+    let mut spec = TestSpec::voice(SocketAddr::from(([127, 0, 0, 1], 3479)), duration_ms);
+    spec.size = Some(size);
+    spec
+}
+
+/// The RTP header in front of every generic probe.
+const RTP: usize = 12;
 
 const OFFSET_US: u64 = 5_000_000_000;
 
@@ -21,7 +31,7 @@ fn run(
     ProbeTruth,
     callwatch_agent::metrics::StreamRecord,
 ) {
-    let rules = marker_rules();
+    let rules = marker_rules_at(RTP);
     let cfg = ImpairmentConfig {
         seed,
         up: s.up.clone(),
@@ -29,23 +39,11 @@ fn run(
         rules: rules.clone(),
         ..ImpairmentConfig::default()
     };
-    let arm = SimArm::raw(
-        SessionConfig {
-            interval_ms: 20,
-            size: s.size,
-            duration_ms: 10_000,
-            grace_ms: 1_000,
-        },
-        3479,
-    );
-    let mut out = simulate(&[arm], cfg, OFFSET_US, seed).unwrap();
-    let record = out.records.remove(0).unwrap();
+    let mut out = simulate_call(&spec(s.size, 10_000), cfg, OFFSET_US, seed).unwrap();
+    let report = out.report.unwrap();
+    let record = out.records.remove(0).1;
     let truth = ProbeTruth::from_ground_truth(&out.truth, &rules).unwrap();
-    (
-        stream_report(Role::Platform, &record, Codec::Opus),
-        truth,
-        record,
-    )
+    (report.streams[0].clone(), truth, record)
 }
 
 fn scenario(name: &str) -> Scenario {
@@ -75,18 +73,25 @@ fn every_scenario_matches_ground_truth_exactly() {
         }
         assert_eq!(r.packets_reflected, Some(e.reflected), "{name}");
         assert_eq!(r.packets_received, e.received, "{name}");
-        assert_eq!(r.loss_up, e.loss_up, "{name}");
-        assert_eq!(r.loss_down, e.loss_down, "{name}");
+        assert_eq!(r.loss_up, Some(e.loss_up), "{name}");
+        assert_eq!(r.loss_down, Some(e.loss_down), "{name}");
         // Simulated transit is exactly the added delay: RTT median is the added median.
         let rtt = r.rtt_ms.unwrap();
         assert!(
             (rtt.median - e.added_rtt_median_ms).abs() < 1e-9,
             "{name}: {rtt:?} vs {e:?}"
         );
+        // The published jitter is the mean of the running estimate over the call; the final
+        // value (what RTP receivers report) is kept beside it under its own name.
         let j = r.jitter_ms.unwrap();
         assert!(
-            (j.down - e.jitter_down_ms).abs() < 1e-9,
+            (j.down - e.jitter_down_mean_ms).abs() < 1e-9,
             "{name}: {j:?} vs {e:?}"
+        );
+        let last = r.jitter_final_ms.unwrap();
+        assert!(
+            (last.down - e.jitter_down_ms).abs() < 1e-9,
+            "{name}: {last:?} vs {e:?}"
         );
         assert_eq!(j.up, 0.0, "{name}: nothing delays the up path");
         let b = r.burst.unwrap();
@@ -98,12 +103,13 @@ fn every_scenario_matches_ground_truth_exactly() {
 #[test]
 fn impairments_show_in_the_figures_they_should() {
     let (clean, _, _) = run(&scenario("clean"), 1);
-    assert_eq!((clean.loss_up, clean.loss_down), (0.0, 0.0));
+    assert_eq!((clean.loss_up, clean.loss_down), (Some(0.0), Some(0.0)));
     assert_eq!(clean.rtt_ms.unwrap().max, 0.0);
 
     let (b, t, _) = run(&scenario("bernoulli-5up-10down"), 1);
-    assert!((0.02..0.09).contains(&b.loss_up), "{}", b.loss_up);
-    assert!((0.06..0.15).contains(&b.loss_down), "{}", b.loss_down);
+    let (up, down) = (b.loss_up.unwrap(), b.loss_down.unwrap());
+    assert!((0.02..0.09).contains(&up), "{up}");
+    assert!((0.06..0.15).contains(&down), "{down}");
     assert_eq!(t.probes_dropped as u32, 500 - b.packets_reflected.unwrap());
 
     // Bursty loss: long runs and a burst ratio well above random loss's 1.
@@ -132,8 +138,9 @@ fn impairments_show_in_the_figures_they_should() {
 
     // Policing 160 kbit/s of probes to 130: about a fifth lost upstream, all upstream.
     let (pol, _, _) = run(&scenario("policer-130kbps"), 1);
-    assert!((0.12..0.25).contains(&pol.loss_up), "{}", pol.loss_up);
-    assert_eq!(pol.loss_down, 0.0);
+    let up = pol.loss_up.unwrap();
+    assert!((0.12..0.25).contains(&up), "{up}");
+    assert_eq!(pol.loss_down, Some(0.0));
     let offered = pol.bitrate_kbps.unwrap().offered;
     assert!((offered - 160.0).abs() < 1.0, "{offered}");
 }
@@ -173,26 +180,16 @@ fn simulation_is_deterministic() {
 #[test]
 fn clock_offset_does_not_change_the_figures() {
     let s = scenario("delay-30ms-jitter-10ms");
-    let rules = marker_rules();
     let cfg = ImpairmentConfig {
         seed: 5,
         up: s.up.clone(),
         down: s.down.clone(),
-        rules,
+        rules: marker_rules_at(RTP),
         ..ImpairmentConfig::default()
     };
-    let arm = SimArm::raw(
-        SessionConfig {
-            interval_ms: 20,
-            size: 172,
-            duration_ms: 4_000,
-            grace_ms: 1_000,
-        },
-        3479,
-    );
     let report = |offset| {
-        let mut out = simulate(std::slice::from_ref(&arm), cfg.clone(), offset, 5).unwrap();
-        stream_report(Role::Platform, &out.records.remove(0).unwrap(), Codec::Opus)
+        let out = simulate_call(&spec(172, 4_000), cfg.clone(), offset, 5).unwrap();
+        out.report.unwrap().streams[0].clone()
     };
     let (a, b) = (report(0), report(987_654_321_000));
     assert_eq!(a.jitter_ms, b.jitter_ms);

@@ -66,8 +66,8 @@ fn check(name: &str, r: &StreamReport, e: &Expected, truth: &ProbeTruth, clean_m
     // Loss: the same packets the emulator dropped, exactly.
     assert_eq!(r.packets_reflected, Some(e.reflected), "{name}: reflected");
     assert_eq!(r.packets_received, e.received, "{name}: received");
-    assert_eq!(r.loss_up, e.loss_up, "{name}: loss_up");
-    assert_eq!(r.loss_down, e.loss_down, "{name}: loss_down");
+    assert_eq!(r.loss_up, Some(e.loss_up), "{name}: loss_up");
+    assert_eq!(r.loss_down, Some(e.loss_down), "{name}: loss_down");
     let b = r.burst.unwrap();
     assert_eq!(
         (b.count, b.max_len),
@@ -116,7 +116,7 @@ async fn every_scenario_over_real_sockets_matches_ground_truth() {
     let clean = &results.iter().find(|(n, _)| *n == "clean").unwrap().1 .0;
     let clean_median = clean.rtt_ms.unwrap().median;
     assert!(clean_median < 2.0, "loopback RTT median {clean_median} ms");
-    assert_eq!((clean.loss_up, clean.loss_down), (0.0, 0.0));
+    assert_eq!((clean.loss_up, clean.loss_down), (Some(0.0), Some(0.0)));
     for (name, (report, truth)) in &results {
         check(name, report, &expected(truth), truth, clean_median);
     }

@@ -1,10 +1,12 @@
 //! The relay-path arm against a real STUN/TURN server: Debian's coturn, on loopback, started by
 //! the test and stopped when it ends.
 
+use callwatch_agent::engine::call::RELAY_REQUESTS;
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_collector::reflector::{spawn_reflector, Limits};
-use callwatch_proto::Role;
+use callwatch_proto::report::{StreamOutcome, VerdictRule};
+use callwatch_proto::{Platform, Role, Verdict};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -83,18 +85,20 @@ async fn relay_arm_measures_a_real_coturn_on_loopback() {
     })
     .await
     .unwrap();
-    assert_eq!(report.streams.len(), 2);
-    let relay = report
-        .streams
-        .iter()
-        .find(|s| s.role == Role::Relay)
-        .unwrap();
-    assert_eq!(relay.packets_sent, 100);
-    assert_eq!(relay.packets_received, 100, "clean loopback loses nothing");
-    assert_eq!((relay.loss_up, relay.loss_down), (0.0, 0.0));
+    assert_eq!(report.streams.len(), 3);
+    let find = |role| report.streams.iter().find(|s| s.role == role).unwrap();
+    let relay = find(Role::Relay);
+    // A few requests per test, never a voice-rate stream to a third party's server.
+    assert_eq!(relay.packets_sent, RELAY_REQUESTS);
     assert_eq!(
-        relay.packets_reflected, None,
-        "a STUN server keeps no count"
+        relay.packets_received, RELAY_REQUESTS,
+        "clean loopback loses nothing"
+    );
+    assert_eq!(relay.loss, Some(0.0));
+    assert_eq!(
+        (relay.packets_reflected, relay.loss_up, relay.loss_down),
+        (None, None, None),
+        "a STUN server keeps no count, so the split is unknown"
     );
     let rtt = relay.rtt_ms.unwrap();
     assert!(rtt.min > 0.0 && rtt.median < 5.0, "{rtt:?}");
@@ -102,37 +106,53 @@ async fn relay_arm_measures_a_real_coturn_on_loopback() {
         relay.jitter_ms.is_none() && relay.owd_ms.is_none(),
         "no invented one-way figures"
     );
-    assert!(relay.mos.unwrap() > 4.0);
+    // The reflector host answers the same requests: the neutral reference.
+    let reference = find(Role::RelayReference);
+    assert_eq!(reference.packets_received, RELAY_REQUESTS);
     report.validate().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_relay_is_reported_as_total_loss() {
-    let reflector = spawn_reflector(&["127.0.0.1:0".parse().unwrap()], Limits::default())
-        .await
-        .unwrap();
+async fn a_silent_relay_with_a_reachable_reference_is_differentiated() {
+    let reflector = spawn_reflector(
+        &[
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        ],
+        Limits::default(),
+    )
+    .await
+    .unwrap();
     // A bound socket that never answers stands in for a relay the network blackholes.
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut spec = TestSpec::voice(reflector.addrs[0], 1_000);
-    spec.grace_ms = 200;
+    let mut spec = TestSpec::voice(reflector.addrs[0], 2_000);
+    spec.platform = Platform::Whatsapp;
+    spec.size = None;
+    spec.platform_port = Some(reflector.addrs[0].port());
+    spec.control_port = Some(reflector.addrs[1].port());
+    spec.grace_ms = 300;
     spec.relay_server = Some(silent.local_addr().unwrap());
     let report = tokio::task::spawn_blocking(move || {
         run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
     })
     .await
     .unwrap();
-    let relay = report
-        .streams
-        .iter()
-        .find(|s| s.role == Role::Relay)
-        .unwrap();
+    report.validate().unwrap();
+    let find = |role| report.streams.iter().find(|s| s.role == role).unwrap();
+    let relay = find(Role::Relay);
     assert_eq!(relay.packets_received, 0);
-    assert_eq!(relay.loss_up, 1.0);
+    assert_eq!(relay.outcome, StreamOutcome::Blocked);
+    assert_eq!(relay.loss, Some(1.0));
     assert!(relay.mos.is_none());
-    let platform = report
-        .streams
-        .iter()
-        .find(|s| s.role == Role::Platform)
-        .unwrap();
-    assert_eq!(platform.packets_received, 50);
+    assert_eq!(find(Role::RelayReference).packets_received, RELAY_REQUESTS);
+    assert_eq!(find(Role::Platform).packets_received, 100);
+    assert_eq!(report.verdict, Some(Verdict::Differentiated));
+    let detail = report.verdict_detail.unwrap();
+    assert_eq!(detail.rule, Some(VerdictRule::PlatformServersUnreachable));
+    let relay = detail.relay.unwrap();
+    assert_eq!(
+        (relay.relay_answered, relay.reference_answered),
+        (0, RELAY_REQUESTS)
+    );
+    assert!(relay.p_value < 1e-4, "{relay:?}");
 }

@@ -1,4 +1,4 @@
-//! The I/O around [`Session`]s: real UDP sockets, a real clock, precise pacing.
+//! The I/O around a [`CallTest`]: real UDP sockets, a real clock, precise pacing.
 //!
 //! Pacing is what a call sounds like, so it gets a thread of its own rather than the async
 //! runtime's millisecond timer wheel: the sender thread sleeps on a condition variable until just
@@ -6,9 +6,11 @@
 //! last [`SPIN_US`] µs. Timer slack is set to 1 µs for this thread, so the kernel does not
 //! coalesce its wake-ups. One receiver thread per socket blocks in `recv` and timestamps each
 //! datagram as it returns. Spinning costs at most `SPIN_US` per 20 ms interval (~1 % of a core).
+//!
+//! The loop is str0m's: feed what arrived, drain `poll_transmit`, sleep until `poll_timeout`.
 
-use super::session::{ArmSession, Progress, SessionError};
-use crate::metrics::StreamRecord;
+use super::call::CallTest;
+use super::session::Progress;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -17,22 +19,14 @@ use std::time::{Duration, Instant};
 /// Spin this long before a deadline instead of sleeping through it.
 pub const SPIN_US: u64 = 200;
 
-/// One stream to run: its session and a socket connected to its peer.
-pub struct Arm {
-    pub session: Box<dyn ArmSession>,
-    pub socket: UdpSocket,
-}
-
-type Sessions = Vec<Box<dyn ArmSession>>;
-
 struct Shared {
-    sessions: Mutex<Sessions>,
+    test: Mutex<CallTest>,
     wake: Condvar,
     stop: AtomicBool,
 }
 
-fn lock(m: &Mutex<Sessions>) -> MutexGuard<'_, Sessions> {
-    // Sessions hold plain data; a panicked holder leaves nothing half-written that matters.
+fn lock(m: &Mutex<CallTest>) -> MutexGuard<'_, CallTest> {
+    // The test holds plain data; a panicked holder leaves nothing half-written that matters.
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -57,25 +51,25 @@ fn set_timer_slack_1us() {
     }
 }
 
-/// Runs every arm to completion on the calling thread (plus one receiver thread per socket).
-/// `on_progress` is called about every 100 ms with the sessions' counts.
+/// Runs `test` to completion on the calling thread (plus one receiver thread per socket;
+/// `sockets[i]` is connected to arm `i`'s peer) and returns it, done or cancelled.
+/// `on_progress` is called about every 100 ms with the arms' counts.
 pub fn run(
-    arms: Vec<Arm>,
+    test: CallTest,
+    sockets: Vec<UdpSocket>,
     epoch: Instant,
     cancel: &Cancel,
     mut on_progress: impl FnMut(&[Progress]),
-) -> std::io::Result<Vec<Result<StreamRecord, SessionError>>> {
+) -> std::io::Result<CallTest> {
     let now_us = move || epoch.elapsed().as_micros() as u64;
-    let mut sockets = Vec::new();
-    let mut sessions = Vec::new();
-    for arm in arms {
-        arm.socket
-            .set_read_timeout(Some(Duration::from_millis(50)))?;
-        sockets.push(Arc::new(arm.socket));
-        sessions.push(arm.session);
+    let mut shared_sockets = Vec::new();
+    for socket in sockets {
+        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+        shared_sockets.push(Arc::new(socket));
     }
+    let sockets = shared_sockets;
     let shared = Arc::new(Shared {
-        sessions: Mutex::new(sessions),
+        test: Mutex::new(test),
         wake: Condvar::new(),
         stop: AtomicBool::new(false),
     });
@@ -92,33 +86,31 @@ pub fn run(
 
     set_timer_slack_1us();
     let mut last_progress = Instant::now();
-    let mut guard = lock(&shared.sessions);
+    let mut guard = lock(&shared.test);
     loop {
         if cancel.is_cancelled() {
             break;
         }
         // Send everything that is due.
         let now = now_us();
-        for (i, s) in guard.iter_mut().enumerate() {
-            while let Some(datagram) = s.poll_transmit(now) {
-                // A send error (no route, ICMP unreachable) is a lost packet, not a failed test.
-                if let Err(e) = sockets[i].send(&datagram) {
-                    tracing::debug!("send failed: {e}");
-                }
+        while let Some(t) = guard.poll_transmit(now) {
+            // A send error (no route, ICMP unreachable) is a lost packet, not a failed test.
+            if let Some(Err(e)) = sockets.get(t.arm).map(|s| s.send(&t.datagram)) {
+                tracing::debug!("send failed: {e}");
             }
         }
-        if guard.iter().all(|s| s.is_done()) {
+        if guard.is_done() {
             break;
         }
         if last_progress.elapsed() >= Duration::from_millis(100) {
-            let p: Vec<Progress> = guard.iter().map(|s| s.progress()).collect();
+            let p = guard.progress();
             drop(guard);
             on_progress(&p);
             last_progress = Instant::now();
-            guard = lock(&shared.sessions);
+            guard = lock(&shared.test);
             continue;
         }
-        let Some(deadline) = guard.iter().filter_map(|s| s.poll_timeout()).min() else {
+        let Some(deadline) = guard.poll_timeout() else {
             break;
         };
         let now = now_us();
@@ -135,31 +127,30 @@ pub fn run(
             while now_us() < deadline {
                 std::hint::spin_loop();
             }
-            guard = lock(&shared.sessions);
+            guard = lock(&shared.test);
         }
     }
-    let p: Vec<Progress> = guard.iter().map(|s| s.progress()).collect();
+    let p = guard.progress();
     drop(guard);
     on_progress(&p);
     shared.stop.store(true, Ordering::SeqCst);
     for r in receivers {
         let _ = r.join();
     }
-    let sessions = std::mem::take(&mut *lock(&shared.sessions));
-    Ok(sessions.into_iter().map(|s| s.finish()).collect())
+    match Arc::try_unwrap(shared) {
+        Ok(shared) => Ok(shared.test.into_inner().unwrap_or_else(|e| e.into_inner())),
+        // Every receiver thread was joined above, so ours is the last reference.
+        Err(_) => Err(std::io::Error::other("a receiver thread outlived the test")),
+    }
 }
 
-fn receive_loop(i: usize, socket: &UdpSocket, shared: &Shared, now_us: impl Fn() -> u64) {
+fn receive_loop(arm: usize, socket: &UdpSocket, shared: &Shared, now_us: impl Fn() -> u64) {
     let mut buf = [0u8; 2048];
     while !shared.stop.load(Ordering::SeqCst) {
         match socket.recv(&mut buf) {
             Ok(n) => {
                 let now = now_us();
-                let mut sessions = lock(&shared.sessions);
-                if let Some(s) = sessions.get_mut(i) {
-                    s.handle_datagram(now, &buf[..n]);
-                }
-                drop(sessions);
+                lock(&shared.test).handle_datagram(arm, now, &buf[..n]);
                 shared.wake.notify_one();
             }
             // Timeouts let us see the stop flag; refused/unreachable are lost packets.

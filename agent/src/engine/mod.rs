@@ -1,25 +1,25 @@
 //! The call-test engine: runs a test's streams against a reflector and turns what happened into
 //! a [`CallReport`].
 //!
-//! [`session`] is the sans-IO state machine of one stream; [`driver`] runs sessions over real
-//! sockets with precise pacing; the figures come from [`crate::metrics`].
+//! [`call`] is the whole test as one sans-IO state machine (every arm, the count exchange, the
+//! report and the verdict); [`session`] and [`stun`] are the state machines of one stream;
+//! [`driver`] runs a [`call::CallTest`] over real sockets with precise pacing; the figures come
+//! from [`crate::metrics`].
 
+pub mod call;
 pub mod driver;
 pub mod session;
 pub mod stun;
 
-use crate::metrics::{stream_report, Codec, StreamRecord};
-use crate::verdict::{judge, samples_of, VerdictConfig};
-use callwatch_proto::framing::{neutral_session_id, Framing};
+use call::{CallRandom, CallTest};
+use callwatch_proto::framing::Framing;
 use callwatch_proto::profile::profile;
-use callwatch_proto::report::SCHEMA_VERSION;
-use callwatch_proto::{CallReport, Platform, ReportId, Role, Verdict};
+use callwatch_proto::{CallReport, Platform, Role};
 use chrono::Utc;
-use driver::{Arm, Cancel};
-use session::{ArmSession, Progress, Session, SessionConfig, SessionError, WireSizes};
+use driver::Cancel;
+use session::{Progress, SessionError, WireSizes};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Instant;
-use stun::{StunConfig, StunSession};
 
 pub const AGENT_VERSION: &str = concat!("callwatch-agent/", env!("CARGO_PKG_VERSION"));
 
@@ -45,8 +45,16 @@ pub struct TestSpec {
     pub bind: Option<IpAddr>,
     /// How long to wait for replies after the last probe.
     pub grace_ms: u32,
-    /// A STUN/TURN server of the platform's own, measured as a third stream (role `relay`).
+    /// A STUN/TURN server of the platform's own, measured with a few STUN Binding requests
+    /// (role `relay`) beside the same requests to the reflector host (role `relay-reference`).
     pub relay_server: Option<SocketAddr>,
+    /// Port of the reflector host that answers the relay reference's STUN Binding requests
+    /// (default: the control arm's port, or the reflector's for `generic`).
+    pub relay_reference_port: Option<u16>,
+    /// Whether this reflector has answered this agent before. A test in which nothing answers
+    /// is then a finding (a report, verdict `inconclusive`); otherwise it is a local error that
+    /// names the address (a typo, a stopped reflector, a firewall at home).
+    pub reached_before: bool,
 }
 
 impl TestSpec {
@@ -64,6 +72,8 @@ impl TestSpec {
             bind: None,
             grace_ms: 1000,
             relay_server: None,
+            relay_reference_port: None,
+            reached_before: false,
         }
     }
 
@@ -139,6 +149,16 @@ impl TestSpec {
         }
     }
 
+    /// Where the relay's reference STUN requests go: the reflector host.
+    fn relay_reference(&self) -> SocketAddr {
+        let port = self
+            .relay_reference_port
+            .or(self.control_port)
+            .or(profile(self.platform).port_for(Role::Control))
+            .unwrap_or(self.reflector.port());
+        SocketAddr::new(self.reflector.ip(), port)
+    }
+
     /// (role, framing, reflector address) of each reflector arm.
     fn arms(&self) -> Vec<(Role, Framing, SocketAddr)> {
         let p = profile(self.platform);
@@ -171,6 +191,8 @@ pub enum TestError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Session(#[from] SessionError),
+    #[error("nothing answered at {0}: no arm's handshake was answered (is the reflector running at that address, and is UDP to it allowed?)")]
+    Unreachable(SocketAddr),
     #[error("the test was cancelled")]
     Cancelled,
 }
@@ -185,98 +207,27 @@ fn bind_socket(bind: Option<IpAddr>, peer: SocketAddr) -> std::io::Result<UdpSoc
     Ok(socket)
 }
 
-/// The verdict of a test whose records include a platform and a control arm; `(None, None)`
-/// without a control arm (a generic test).
-pub fn verdict_of(
-    records: &[(Role, StreamRecord)],
-) -> (Option<Verdict>, Option<callwatch_proto::VerdictDetail>) {
-    let arm = |role| records.iter().find(|(r, _)| *r == role).map(|(_, rec)| rec);
-    match (arm(Role::Platform), arm(Role::Control)) {
-        (Some(p), Some(c)) => {
-            let (v, d) = judge(&samples_of(p), &samples_of(c), &VerdictConfig::default());
-            (Some(v), Some(d))
-        }
-        _ => (None, None),
-    }
-}
-
 /// Runs one call test to completion (blocking; seconds long) and returns its unsigned report.
 pub fn run_call_test(
     spec: &TestSpec,
     cancel: &Cancel,
     on_progress: impl FnMut(&[Progress]),
 ) -> Result<CallReport, TestError> {
-    spec.validate()?;
-    let started_at = Utc::now();
     let epoch = Instant::now();
-    let cfg = SessionConfig {
-        interval_ms: spec.interval(),
-        size: spec.wire_sizes().max(),
-        duration_ms: spec.duration_ms,
-        grace_ms: spec.grace_ms,
-    };
-    let sizes = spec.wire_sizes();
-    let mut arms = Vec::new();
-    for (role, framing, addr) in spec.arms() {
-        // Every arm's session id keeps its bare packets free of a STUN look-alike header.
-        let id = neutral_session_id(rand::random());
-        let session = Session::new(id, cfg, 0).with_framing(framing, sizes.clone());
-        arms.push((
-            role,
-            Arm {
-                session: Box::new(session) as Box<dyn ArmSession>,
-                socket: bind_socket(spec.bind, addr)?,
-            },
-        ));
-    }
-    if let Some(server) = spec.relay_server {
-        let stun = StunSession::new(
-            StunConfig {
-                interval_ms: spec.interval(),
-                duration_ms: spec.duration_ms,
-                grace_ms: spec.grace_ms,
-            },
-            rand::random(),
-        );
-        arms.push((
-            Role::Relay,
-            Arm {
-                session: Box::new(stun),
-                socket: bind_socket(spec.bind, server)?,
-            },
-        ));
-    }
-    let (roles, arms): (Vec<Role>, Vec<Arm>) = arms.into_iter().unzip();
-    let results = driver::run(arms, epoch, cancel, on_progress)?;
+    let test = CallTest::new(
+        spec,
+        CallRandom::draw(&mut rand::thread_rng()),
+        Utc::now(),
+        0,
+    )?;
+    let sockets = test
+        .arms()
+        .iter()
+        .map(|arm| bind_socket(spec.bind, arm.peer))
+        .collect::<Result<Vec<_>, _>>()?;
+    let test = driver::run(test, sockets, epoch, cancel, on_progress)?;
     if cancel.is_cancelled() {
         return Err(TestError::Cancelled);
     }
-    let mut streams = Vec::new();
-    let mut records = Vec::new();
-    for (role, result) in roles.into_iter().zip(results) {
-        let record = result?;
-        let mut stream = stream_report(role, &record, Codec::Opus);
-        if role == Role::Relay {
-            // A STUN server gives no timestamps: one-way figures would be invented.
-            stream.owd_ms = None;
-            stream.jitter_ms = None;
-            stream.ipdv_ms = None;
-        }
-        streams.push(stream);
-        records.push((role, record));
-    }
-    let (verdict, verdict_detail) = verdict_of(&records);
-    Ok(CallReport {
-        schema: SCHEMA_VERSION,
-        id: ReportId(rand::random()),
-        agent_version: AGENT_VERSION.to_string(),
-        platform: spec.platform,
-        started_at,
-        duration_ms: spec.duration_ms,
-        interval_ms: spec.interval() as u32,
-        payload_bytes: spec.wire_sizes().max() as u32,
-        verdict,
-        verdict_detail,
-        streams,
-    })
+    test.finish()
 }

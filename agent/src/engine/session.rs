@@ -150,6 +150,7 @@ pub struct Session {
     received: u32,
     last_rtt_ms: Option<f64>,
     error: Option<SessionError>,
+    accepted: bool,
 }
 
 impl Session {
@@ -177,6 +178,7 @@ impl Session {
             received: 0,
             last_rtt_ms: None,
             error: None,
+            accepted: false,
         }
     }
 
@@ -192,6 +194,33 @@ impl Session {
 
     pub fn id(&self) -> SessionId {
         self.id
+    }
+
+    /// The reflector's cookie, once it accepted the session (the session's secret, with which
+    /// its count can be asked for through another session).
+    pub fn cookie(&self) -> Option<Cookie> {
+        self.accepted.then_some(self.cookie)
+    }
+
+    /// Whether the reflector's final count (`CloseAck`, or a `CountReply` given to
+    /// [`set_final_count`](Self::set_final_count)) has arrived.
+    pub fn has_final_count(&self) -> bool {
+        self.final_count.is_some()
+    }
+
+    /// The reflector's final count, learnt through another session's `CountQuery`.
+    pub fn set_final_count(&mut self, received: u32) {
+        self.final_count = Some(received);
+    }
+
+    /// The error that ended the session, if one did (no answer, refused).
+    pub fn error(&self) -> Option<&SessionError> {
+        self.error.as_ref()
+    }
+
+    /// The framing this session's packets travel in.
+    pub fn framing(&self) -> &Framing {
+        &self.framing
     }
 
     fn frame(&self, packet: Packet) -> Vec<u8> {
@@ -327,6 +356,7 @@ impl Session {
             Packet::Accept(a) if a.session == self.id => {
                 if let Phase::Opening { .. } = self.phase {
                     self.cookie = a.cookie;
+                    self.accepted = true;
                     // The reflector's grant bounds the stream: never faster, larger or longer.
                     self.interval_us = self.interval_us.max(a.interval_ms as u64 * 1000);
                     self.record.interval_us = self.interval_us;
@@ -391,11 +421,11 @@ impl Session {
         if matches!(self.phase, Phase::Opening { .. }) {
             return Err(SessionError::NoAnswer);
         }
-        // The reflector's own count never falls below what it answered; trust the larger.
-        self.record.reflector_received = match (self.final_count, self.max_running) {
-            (Some(f), Some(m)) => Some(f.max(m)),
-            (f, m) => f.or(m),
-        };
+        // The reflector's own count never falls below what it answered; trust the larger. A
+        // running count alone is no final count: probes sent after the last reply are unknown.
+        self.record.reflector_received = self
+            .final_count
+            .map(|f| self.max_running.map_or(f, |m| f.max(m)));
         Ok(self.record)
     }
 }

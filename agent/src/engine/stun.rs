@@ -1,5 +1,7 @@
-//! The relay-path arm: STUN Binding requests (RFC 8489) at voice cadence to a platform's own
-//! STUN/TURN server, sans I/O.
+//! The relay-path arms: a few STUN Binding requests (RFC 8489) spread over the test, to a
+//! platform's own STUN/TURN server and, the same way, to the reflector host as its neutral
+//! reference; sans I/O. Third-party servers get a handful of requests per test, never a
+//! voice-rate stream (the engine chooses the spacing, see `RELAY_REQUESTS`).
 //!
 //! A reflector of ours cannot stand in for the platform's infrastructure: a network may treat
 //! traffic to the platform's relays differently from traffic to anyone else. Any STUN server
@@ -18,7 +20,9 @@ const BINDING_SUCCESS: u16 = 0x0101;
 const BINDING_ERROR: u16 = 0x0111;
 /// SOFTWARE attribute (comprehension-optional), naming the tool honestly to the server.
 const ATTR_SOFTWARE: u16 = 0x8022;
-const SOFTWARE: &[u8] = b"callwatch-agent";
+/// Long enough that the request outgrows the reflector's Binding response with an IPv6
+/// XOR-MAPPED-ADDRESS (44 bytes): the reflector never answers with more than it received.
+const SOFTWARE: &[u8] = b"callwatch-agent call-quality measurement";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StunConfig {

@@ -31,7 +31,8 @@ pub(super) fn bitrate_kbps(
     let mean_len = sent_bytes as f64 / probes.len() as f64;
     Some(Bitrate {
         offered: kbps(sent_bytes as f64),
-        delivered_up: kbps(delivery.reflected as f64 * mean_len),
+        // Without the reflector's count, what came back is what surely arrived: a lower bound.
+        delivered_up: kbps(delivery.reflected.unwrap_or(delivery.received) as f64 * mean_len),
         delivered_down: kbps(received_bytes as f64),
     })
 }

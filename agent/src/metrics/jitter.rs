@@ -8,28 +8,61 @@
 //! `timer`). Computed in µs rather than RTP timestamp units; reported in ms.
 
 use super::clock::ms;
+use super::stats::{mean, quantile, sorted};
 use super::transit::Transits;
 use callwatch_proto::report::UpDown;
 
-/// The RFC 3550 estimator over a sequence of transit times (µs); `None` with fewer than two.
-pub(super) fn rfc3550_us(transits: impl IntoIterator<Item = i64>) -> Option<f64> {
+/// The RFC 3550 estimator's value after each packet but the first, over a sequence of transit
+/// times (µs); empty with fewer than two.
+pub(super) fn rfc3550_series_us(transits: impl IntoIterator<Item = i64>) -> Vec<f64> {
     let mut it = transits.into_iter();
-    let mut prev = it.next()?;
-    let mut j: Option<f64> = None;
+    let Some(mut prev) = it.next() else {
+        return Vec::new();
+    };
+    let mut j = 0.0;
+    let mut out = Vec::new();
     for t in it {
         let d = (i128::from(t) - i128::from(prev)) as f64;
-        let acc = j.unwrap_or(0.0);
-        j = Some(acc + (d.abs() - acc) / 16.0);
+        j += (d.abs() - j) / 16.0;
+        out.push(j);
         prev = t;
     }
-    j
+    out
+}
+
+/// The estimator's last value; `None` with fewer than two transits.
+#[cfg(test)]
+pub(super) fn rfc3550_us(transits: impl IntoIterator<Item = i64>) -> Option<f64> {
+    rfc3550_series_us(transits).last().copied()
+}
+
+/// The running RFC 3550 estimate of a call summarised: its mean and 95th percentile over the
+/// call, and its final value (what an RTP receiver reports: the last ~16 packets).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct JitterSummary {
+    pub mean: UpDown,
+    pub p95: UpDown,
+    pub last: UpDown,
 }
 
 /// Jitter of both directions in ms; `None` until two replies came back.
-pub(super) fn jitter_ms(transits: &Transits) -> Option<UpDown> {
-    Some(UpDown {
-        up: ms(rfc3550_us(transits.received().map(|t| t.up_us))?),
-        down: ms(rfc3550_us(transits.received().map(|t| t.down_us))?),
+pub(super) fn jitter_summary_ms(transits: &Transits) -> Option<JitterSummary> {
+    let up = rfc3550_series_us(transits.received().map(|t| t.up_us));
+    let down = rfc3550_series_us(transits.received().map(|t| t.down_us));
+    let p95 = |v: &[f64]| quantile(&sorted(v.to_vec()), 0.95);
+    Some(JitterSummary {
+        last: UpDown {
+            up: ms(*up.last()?),
+            down: ms(*down.last()?),
+        },
+        mean: UpDown {
+            up: ms(mean(&up)?),
+            down: ms(mean(&down)?),
+        },
+        p95: UpDown {
+            up: ms(p95(&up)?),
+            down: ms(p95(&down)?),
+        },
     })
 }
 
@@ -50,6 +83,10 @@ mod tests {
     fn constant_offset_cancels_and_one_packet_is_not_enough() {
         let shifted = [100, 120, 110, 150].map(|t| t - 7_000_000_000);
         assert_eq!(rfc3550_us(shifted), Some(4.1845703125));
+        assert_eq!(
+            rfc3550_series_us([100, 120, 110, 150]),
+            vec![1.25, 1.796875, 4.1845703125]
+        );
         assert_eq!(rfc3550_us([5]), None);
         assert_eq!(rfc3550_us([]), None);
         assert_eq!(

@@ -89,10 +89,13 @@ pub enum Codec {
 
 /// Every figure of one stream's report.
 ///
-/// - Loss: `loss_up = (sent − reflected)/sent`, `loss_down = (reflected − received)/reflected`,
-///   with the reflector's count clamped into `received..=sent`. **If the reflector never reported
-///   its count, all loss is attributed upstream** (`loss_up` is the round-trip loss,
-///   `loss_down` is 0). `packets_reflected` carries the reflector's count unchanged.
+/// - Loss: `loss = (sent − received)/sent` over the round trip, always. `loss_up =
+///   (sent − reflected)/sent`, `loss_down = (reflected − received)/reflected`, with the
+///   reflector's final count clamped into `received..=sent`. **Without the reflector's final
+///   count the split is unknown** and both are `None`: a running count carried by the last reply
+///   says nothing of the probes sent after it. `packets_reflected` carries the count unchanged.
+/// - `jitter_ms` is the mean of the RFC 3550 running estimate over the call; `jitter_p95_ms` its
+///   95th percentile, `jitter_final_ms` its last value.
 /// - `rtt_ms`: per reply `(received − sent) − (reflector_tx − reflector_rx)`, in ms.
 /// - `owd_ms`, `jitter_ms` (RFC 3550), `ipdv_ms` (RFC 5481): per direction from cross-clock
 ///   transits, offset-free.
@@ -130,19 +133,25 @@ pub fn stream_report(role: Role, rec: &StreamRecord, codec: Codec) -> StreamRepo
         )
     });
 
+    let jitter = jitter::jitter_summary_ms(&transits);
     StreamReport {
         role,
+        outcome: Default::default(),
+        dark_from_ms: None,
         packets_sent: saturating_u32(delivery.sent),
         packets_reflected: rec.reflector_received,
         packets_received: saturating_u32(delivery.received),
         duplicates: rec.duplicates,
         reordered: reorder::reordered(&rec.arrival_order),
         late: rec.late,
+        loss: Some(delivery.loss()),
         loss_up: delivery.loss_up(),
         loss_down: delivery.loss_down(),
         rtt_ms,
         owd_ms: owd::one_way_delay_ms(&transits),
-        jitter_ms: jitter::jitter_ms(&transits),
+        jitter_ms: jitter.map(|j| j.mean),
+        jitter_p95_ms: jitter.map(|j| j.p95),
+        jitter_final_ms: jitter.map(|j| j.last),
         ipdv_ms: ipdv::ipdv_ms(&transits),
         burst: burst::burst(&lost),
         jitter_buffer: playout::jitter_buffer(&rtt_us, rec.interval_us),
@@ -179,6 +188,7 @@ mod tests {
             payload_bytes: 160,
             verdict: None,
             verdict_detail: None,
+            stream_kind: Default::default(),
             streams: vec![stream],
         }
         .validate()
@@ -231,7 +241,8 @@ mod tests {
             (r.packets_sent, r.packets_received, r.reordered),
             (500, 500, 0)
         );
-        assert_eq!((r.loss_up, r.loss_down), (0.0, 0.0));
+        // No reflector count in this record: the split is unknown, the round trip is not.
+        assert_eq!((r.loss, r.loss_up, r.loss_down), (Some(0.0), None, None));
         let rtt = r.rtt_ms.unwrap();
         assert_eq!((rtt.min, rtt.median, rtt.max), (20.0, 20.0, 20.0));
         assert_eq!(r.jitter_ms.map(|j| (j.up, j.down)), Some((0.0, 0.0)));
@@ -267,8 +278,9 @@ mod tests {
         let r = stream_report(Role::Platform, &rec, Codec::Opus);
         validate(r.clone()).unwrap();
         assert_eq!(r.packets_received, 96);
-        assert!((r.loss_up - 0.02).abs() < 1e-12);
-        assert!((r.loss_down - 2.0 / 98.0).abs() < 1e-12);
+        assert!((r.loss_up.unwrap() - 0.02).abs() < 1e-12);
+        assert!((r.loss_down.unwrap() - 2.0 / 98.0).abs() < 1e-12);
+        assert!((r.loss.unwrap() - 0.04).abs() < 1e-12);
         let b = r.burst.unwrap();
         assert_eq!((b.count, b.max_len), (1, 4));
         let jb = r.jitter_buffer.unwrap();
@@ -293,7 +305,7 @@ mod tests {
     fn empty_record() {
         let r = stream_report(Role::Relay, &StreamRecord::default(), Codec::Opus);
         validate(r.clone()).unwrap();
-        assert_eq!((r.packets_sent, r.loss_up, r.loss_down), (0, 0.0, 0.0));
+        assert_eq!((r.packets_sent, r.loss_up, r.loss_down), (0, None, None));
         assert!(r.rtt_ms.is_none() && r.owd_ms.is_none() && r.jitter_ms.is_none());
         assert!(r.burst.is_none() && r.jitter_buffer.is_none() && r.stalls.is_none());
         assert!(r.bitrate_kbps.is_none() && r.timer.is_none());
@@ -304,7 +316,7 @@ mod tests {
     fn all_lost() {
         let r = stream_report(Role::Platform, &record(&[None; 50]), Codec::G711);
         validate(r.clone()).unwrap();
-        assert_eq!((r.loss_up, r.loss_down), (1.0, 0.0));
+        assert_eq!((r.loss, r.loss_up, r.loss_down), (Some(1.0), None, None));
         assert!(r.rtt_ms.is_none() && r.jitter_buffer.is_none() && r.mos.is_none());
         let b = r.burst.unwrap();
         assert_eq!((b.count, b.max_len, b.burst_density), (1, 50, 1.0));

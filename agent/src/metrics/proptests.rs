@@ -9,7 +9,10 @@ use proptest::prelude::*;
 /// serde_json, which turns a NaN nested in an object into `null` and so lets it pass.
 fn numbers(r: &StreamReport) -> Vec<f64> {
     let stats = |s: &Stats| [s.min, s.mean, s.median, s.p95, s.p99, s.max];
-    let mut v = vec![r.loss_up, r.loss_down];
+    let mut v: Vec<f64> = [r.loss, r.loss_up, r.loss_down]
+        .into_iter()
+        .flatten()
+        .collect();
     v.extend(r.rtt_ms.iter().flat_map(stats));
     if let Some(o) = &r.owd_ms {
         v.extend(stats(&o.up));
@@ -71,7 +74,11 @@ fn check(rec: &StreamRecord, codec: Codec) -> Result<(), TestCaseError> {
     }
     prop_assert_eq!(r.packets_sent as usize, rec.probes.len());
     prop_assert!(r.packets_received <= r.packets_sent);
-    prop_assert!(is_fraction(r.loss_up) && is_fraction(r.loss_down));
+    prop_assert!([r.loss, r.loss_up, r.loss_down]
+        .into_iter()
+        .flatten()
+        .all(is_fraction));
+    prop_assert_eq!(r.loss_up.is_some(), rec.reflector_received.is_some());
     let round_trip_loss = if rec.probes.is_empty() {
         0.0
     } else {

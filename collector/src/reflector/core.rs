@@ -10,11 +10,20 @@
 //!    state and get replies.
 //! 3. Bounded: each session is capped in rate (token bucket at the granted interval), duration
 //!    and packet size; the session table has a fixed capacity.
+//! 4. A session's count can be asked for through another session (`CountQuery`), so that the
+//!    agent learns how many probes of a censored arm arrived even when that arm's own answers
+//!    cannot reach it. The query must carry a valid cookie for the asking session *and* for the
+//!    session asked about (checked against the address that session's probes came from), costs
+//!    the asking session a token, and its answer is shorter than the query.
+//! 5. A plain STUN Binding request (RFC 8489) is answered with a Binding success response
+//!    carrying XOR-MAPPED-ADDRESS, so the reflector host is the neutral reference for the
+//!    platforms' own STUN/TURN servers; only requests at least as long as the response are
+//!    answered (rule 1), and they create no state.
 
 use callwatch_proto::framing;
 use callwatch_proto::probe::{
-    Accept, Close, CloseAck, Cookie, Open, Packet, Probe, Reject, RejectReason, Reply, SessionId,
-    COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN,
+    Accept, Close, CloseAck, Cookie, CountQuery, CountReply, Open, Packet, Probe, Reject,
+    RejectReason, Reply, SessionId, COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -62,6 +71,8 @@ pub struct ReflectorStats {
     pub dropped_expired: u64,
     pub dropped_table_full: u64,
     pub dropped_unexpected: u64,
+    pub count_queries: u64,
+    pub stun_bindings: u64,
 }
 
 /// Extra time a cookie stays valid past the granted duration, for the agent's drain and close
@@ -101,6 +112,8 @@ pub struct Reflector {
     secret: [u8; 32],
     limits: Limits,
     sessions: HashMap<(SocketAddr, SessionId), SessionState>,
+    /// Where each session's probes come from, for `CountQuery` (kept in step with `sessions`).
+    addr_of: HashMap<SessionId, SocketAddr>,
     stats: ReflectorStats,
 }
 
@@ -112,6 +125,7 @@ impl Reflector {
             secret,
             limits,
             sessions: HashMap::new(),
+            addr_of: HashMap::new(),
             stats: ReflectorStats::default(),
         }
     }
@@ -131,6 +145,11 @@ impl Reflector {
         // Each arm arrives in its own framing (plain, STUN, ChannelData, RTP, …); the answer goes
         // back in the same one, so a DPI box sees the same shape both ways.
         let Some((framing, core)) = framing::detect(datagram) else {
+            if let Some(answer) = stun_binding_success(datagram, src) {
+                self.stats.stun_bindings += 1;
+                self.stats.bytes_out += answer.len() as u64;
+                return Some(answer);
+            }
             self.stats.dropped_malformed += 1;
             return None;
         };
@@ -145,6 +164,7 @@ impl Reflector {
             Packet::Open(open) => Some(self.on_open(now_us, src, open)),
             Packet::Probe(probe) => self.on_probe(now_us, src, probe).map(Packet::Reply),
             Packet::Close(close) => self.on_close(now_us, src, close).map(Packet::CloseAck),
+            Packet::CountQuery(q) => self.on_count_query(now_us, src, q).map(Packet::CountReply),
             _ => {
                 self.stats.dropped_unexpected += 1;
                 None
@@ -167,6 +187,18 @@ impl Reflector {
             return Packet::Reject(Reject {
                 session: open.session,
                 reason: RejectReason::BadRequest,
+            });
+        }
+        if self.sessions.len() >= self.limits.max_sessions {
+            self.sweep(now_us);
+        }
+        if self.sessions.len() >= self.limits.max_sessions {
+            // Say so rather than accept a session whose probes would be dropped: a full table
+            // must read as "reflector busy" to the agent, never as a blocked path.
+            self.stats.dropped_table_full += 1;
+            return Packet::Reject(Reject {
+                session: open.session,
+                reason: RejectReason::Busy,
             });
         }
         let interval_ms = open.interval_ms.max(self.limits.min_interval_ms);
@@ -210,6 +242,7 @@ impl Reflector {
                     received: 0,
                 },
             );
+            self.addr_of.insert(probe.session, src);
         }
         let max_size = self.limits.max_size as usize;
         let session = self.sessions.get_mut(&key)?;
@@ -263,9 +296,63 @@ impl Reflector {
         })
     }
 
+    fn on_count_query(
+        &mut self,
+        now_us: u64,
+        src: SocketAddr,
+        q: CountQuery,
+    ) -> Option<CountReply> {
+        if self
+            .check_cookie(now_us, src, q.session, &q.cookie)
+            .is_none()
+        {
+            self.stats.dropped_bad_cookie += 1;
+            return None;
+        }
+        // The asking session pays a token, as for a probe: queries cannot outrun its rate.
+        if let Some(asker) = self.sessions.get_mut(&(src, q.session)) {
+            let elapsed = now_us.saturating_sub(asker.last_refill_us);
+            asker.tokens =
+                (asker.tokens + elapsed as f64 / asker.interval_us as f64).min(BURST_PROBES);
+            asker.last_refill_us = now_us;
+            if asker.tokens < 1.0 {
+                self.stats.dropped_rate += 1;
+                return None;
+            }
+            asker.tokens -= 1.0;
+        }
+        let received = match self.addr_of.get(&q.target).copied() {
+            // No probe of the target ever arrived (or its state expired): it received nothing
+            // we know of. Its cookie cannot be checked without the address it was issued to,
+            // and the answer reveals nothing beyond "no such session".
+            None => 0,
+            Some(target_src) => {
+                if self
+                    .check_cookie(now_us, target_src, q.target, &q.target_cookie)
+                    .is_none()
+                {
+                    self.stats.dropped_bad_cookie += 1;
+                    return None;
+                }
+                self.sessions
+                    .get(&(target_src, q.target))
+                    .map_or(0, |s| s.received)
+            }
+        };
+        self.stats.count_queries += 1;
+        Some(CountReply {
+            session: q.session,
+            target: q.target,
+            reflector_received: received,
+        })
+    }
+
     /// Drops sessions whose time is up; called when the table is full, and now and then.
     pub fn sweep(&mut self, now_us: u64) {
         self.sessions.retain(|_, s| s.expires_us >= now_us);
+        let sessions = &self.sessions;
+        self.addr_of
+            .retain(|id, addr| sessions.contains_key(&(*addr, *id)));
     }
 
     fn cookie(
@@ -339,6 +426,55 @@ impl Reflector {
             expires_us,
         })
     }
+}
+
+/// RFC 8489 Binding request type and success response type.
+const STUN_BINDING_REQUEST: u16 = 0x0001;
+const STUN_BINDING_SUCCESS: u16 = 0x0101;
+/// RFC 8489 §14.2 XOR-MAPPED-ADDRESS.
+const STUN_ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+
+/// The Binding success response to `request` if it is a well-formed STUN Binding request no
+/// shorter than the response (rule 1), else `None`. Attributes of the request are not
+/// interpreted (a comprehension-required one we do not know would deserve a 420 error, which
+/// we do not send: no answer is the conservative choice for a reflector).
+pub fn stun_binding_success(request: &[u8], src: SocketAddr) -> Option<Vec<u8>> {
+    let be16 = |at: usize| -> Option<u16> {
+        Some(u16::from_be_bytes(
+            request.get(at..at + 2)?.try_into().ok()?,
+        ))
+    };
+    if be16(0)? != STUN_BINDING_REQUEST
+        || request.get(4..8)? != framing::STUN_MAGIC_COOKIE.to_be_bytes()
+        || usize::from(be16(2)?) + framing::STUN_HEADER_LEN != request.len()
+        || !request.len().is_multiple_of(4)
+    {
+        return None;
+    }
+    let cookie = framing::STUN_MAGIC_COOKIE.to_be_bytes();
+    let mut value = Vec::with_capacity(20);
+    value.push(0);
+    value.push(if src.is_ipv4() { 0x01 } else { 0x02 });
+    value
+        .extend_from_slice(&(src.port() ^ (framing::STUN_MAGIC_COOKIE >> 16) as u16).to_be_bytes());
+    match src.ip() {
+        std::net::IpAddr::V4(ip) => {
+            value.extend(ip.octets().iter().zip(cookie).map(|(a, b)| a ^ b));
+        }
+        std::net::IpAddr::V6(ip) => {
+            // XORed with the magic cookie followed by the transaction id.
+            let mask = cookie.iter().chain(request.get(8..20)?);
+            value.extend(ip.octets().iter().zip(mask).map(|(a, b)| a ^ b));
+        }
+    }
+    let mut out = Vec::with_capacity(framing::STUN_HEADER_LEN + 4 + value.len());
+    out.extend_from_slice(&STUN_BINDING_SUCCESS.to_be_bytes());
+    out.extend_from_slice(&((4 + value.len()) as u16).to_be_bytes());
+    out.extend_from_slice(request.get(4..20)?);
+    out.extend_from_slice(&STUN_ATTR_XOR_MAPPED_ADDRESS.to_be_bytes());
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(&value);
+    (out.len() <= request.len()).then_some(out)
 }
 
 struct Grant {

@@ -6,5 +6,5 @@
 pub mod core;
 pub mod udp;
 
-pub use self::core::{Limits, Reflector, ReflectorStats};
+pub use self::core::{stun_binding_success, Limits, Reflector, ReflectorStats};
 pub use self::udp::{bind_with_buffers, spawn_reflector, ReflectorHandle, ReflectorStatsSource};

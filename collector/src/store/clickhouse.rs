@@ -405,13 +405,19 @@ fn arm_code(r: Role) -> u8 {
         Role::Platform => 0,
         Role::Control => 1,
         Role::Relay => 2,
+        Role::RelayReference => 3,
     }
 }
 
 fn arm_of(code: u8) -> Option<Role> {
-    [Role::Platform, Role::Control, Role::Relay]
-        .into_iter()
-        .find(|r| arm_code(*r) == code)
+    [
+        Role::Platform,
+        Role::Control,
+        Role::Relay,
+        Role::RelayReference,
+    ]
+    .into_iter()
+    .find(|r| arm_code(*r) == code)
 }
 
 fn verdict_code(v: Option<Verdict>) -> i8 {

@@ -837,7 +837,7 @@ pub(super) mod rollup_tests {
             if let Some(rtt) = s.rtt_ms.as_mut() {
                 rtt.median = 20.0 + f64::from(i % 97);
             }
-            s.loss_up = f64::from(i % 13) / 100.0;
+            s.loss_up = Some(f64::from(i % 13) / 100.0);
         }
         let region = [("RU", 12389), ("RU", 8359), ("KZ", 9198)][(i % 3) as usize];
         stored(agent, &r, region, i64::from(i))

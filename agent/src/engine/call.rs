@@ -1,0 +1,518 @@
+//! The whole call test as one sans-IO state machine: every arm (platform, control, the
+//! platform's relay and its neutral reference), their handshakes, closes and the count exchange,
+//! the report and the verdict.
+//!
+//! It is shaped like `quinn-proto`'s `Connection` and str0m's `Rtc`: the caller feeds it
+//! `(arm, now, datagram)` with [`CallTest::handle_datagram`], drains
+//! [`CallTest::poll_transmit`] (which says which arm's socket each datagram leaves by), sleeps
+//! until [`CallTest::poll_timeout`], and repeats until [`CallTest::is_done`]; then
+//! [`CallTest::finish`] gives the report. It reads no clock, opens no socket and draws no random
+//! number: time comes in as `now_us` (µs on the caller's monotonic clock), randomness as
+//! [`CallRandom`]. The real driver ([`super::driver`]) and the simulator in `tests/` run this
+//! same code.
+//!
+//! Rules:
+//! 1. Every arm runs its own session ([`Session`] towards the reflector, [`StunSession`]
+//!    towards a STUN server) from the same start.
+//! 2. **Count exchange.** When every arm is done and the platform arm was accepted but its
+//!    `CloseAck` never came back, the test asks the reflector for the platform session's count
+//!    through the control arm (`CountQuery`, authenticated by both sessions' cookies), every
+//!    [`COUNT_QUERY_RETRY_US`] at most [`COUNT_QUERY_ATTEMPTS`] times. Without any final count
+//!    the loss split is reported unknown, never guessed.
+//! 3. **Every test that reached the reference is a report.** An arm whose handshake went
+//!    unanswered is `blocked`, one whose replies stopped for good is `dark` from that moment, a
+//!    refused one `refused`; the verdict (see [`crate::verdict::judge_call`]) turns that into a
+//!    finding. Only a test in which nothing answered at all, against a reflector never reached
+//!    before, is an error ([`TestError::Unreachable`]): it names the address to check.
+
+use super::session::{ArmSession, Progress, Session, SessionConfig, SessionError};
+use super::stun::{StunConfig, StunSession};
+use super::{TestError, TestSpec, AGENT_VERSION};
+use crate::metrics::{stream_report, Codec, StreamRecord};
+use crate::verdict::{judge_call, ArmEvidence, CallEvidence, VerdictConfig};
+use callwatch_proto::framing::neutral_session_id;
+use callwatch_proto::probe::{CountQuery, Packet};
+use callwatch_proto::report::{StreamKind, StreamOutcome, SCHEMA_VERSION};
+use callwatch_proto::{CallReport, ReportId, Role};
+use chrono::{DateTime, Utc};
+use std::net::SocketAddr;
+
+/// STUN Binding requests sent to the platform's relay, and to its reference, per test.
+pub const RELAY_REQUESTS: u32 = 10;
+pub const COUNT_QUERY_RETRY_US: u64 = 200_000;
+pub const COUNT_QUERY_ATTEMPTS: u32 = 5;
+/// A silence that lasts to the end of a stream and is at least this long makes it `dark`.
+pub const DARK_MIN_US: u64 = 1_000_000;
+/// ... and holds at least this many probes (so a long interval does not make one loss a cut).
+pub const DARK_MIN_PROBES: usize = 5;
+
+/// The randomness a call test needs, drawn by the caller (so the simulator can seed it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallRandom {
+    pub report_id: [u8; 16],
+    /// Session ids of the platform and control arms (made STUN-free by `neutral_session_id`).
+    pub session_ids: [u64; 2],
+    /// Transaction-id tags of the relay and its reference.
+    pub stun_tags: [[u8; 8]; 2],
+}
+
+impl CallRandom {
+    pub fn draw(rng: &mut impl rand::Rng) -> CallRandom {
+        CallRandom {
+            report_id: rng.gen(),
+            session_ids: [rng.gen(), rng.gen()],
+            stun_tags: [rng.gen(), rng.gen()],
+        }
+    }
+
+    /// Deterministic randomness from one seed, for simulations and tests.
+    pub fn from_seed(seed: u64) -> CallRandom {
+        use rand::SeedableRng;
+        CallRandom::draw(&mut rand::rngs::StdRng::seed_from_u64(seed))
+    }
+}
+
+/// One datagram to send on one arm's socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub arm: usize,
+    pub datagram: Vec<u8>,
+}
+
+/// What the driver needs to know of an arm: its role and where its socket is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArmPlan {
+    pub role: Role,
+    pub peer: SocketAddr,
+}
+
+enum Engine {
+    Reflector(Session),
+    Stun(StunSession),
+}
+
+impl Engine {
+    fn arm(&mut self) -> &mut dyn ArmSession {
+        match self {
+            Engine::Reflector(s) => s,
+            Engine::Stun(s) => s,
+        }
+    }
+
+    fn arm_ref(&self) -> &dyn ArmSession {
+        match self {
+            Engine::Reflector(s) => s,
+            Engine::Stun(s) => s,
+        }
+    }
+}
+
+struct CallArm {
+    plan: ArmPlan,
+    engine: Engine,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CountExchange {
+    /// Not started (waits until every arm is done).
+    Pending,
+    Asking {
+        attempts: u32,
+        next_us: u64,
+    },
+    Done,
+}
+
+/// One call test, sans I/O.
+pub struct CallTest {
+    spec: TestSpec,
+    arms: Vec<CallArm>,
+    started_at: DateTime<Utc>,
+    report_id: ReportId,
+    count: CountExchange,
+}
+
+impl CallTest {
+    /// Plans the test's arms from `spec`. `now_us` is the caller's clock at the start;
+    /// `started_at` the wall-clock time written into the report.
+    pub fn new(
+        spec: &TestSpec,
+        random: CallRandom,
+        started_at: DateTime<Utc>,
+        now_us: u64,
+    ) -> Result<CallTest, TestError> {
+        spec.validate()?;
+        let cfg = SessionConfig {
+            interval_ms: spec.interval(),
+            size: spec.wire_sizes().max(),
+            duration_ms: spec.duration_ms,
+            grace_ms: spec.grace_ms,
+        };
+        let mut arms = Vec::new();
+        for (i, (role, framing, peer)) in spec.arms().into_iter().enumerate() {
+            // Every arm's session id keeps its bare packets free of a STUN look-alike header.
+            let id = neutral_session_id(random.session_ids[i.min(1)]);
+            let session = Session::new(id, cfg, now_us).with_framing(framing, spec.wire_sizes());
+            arms.push(CallArm {
+                plan: ArmPlan { role, peer },
+                engine: Engine::Reflector(session),
+            });
+        }
+        if let Some(server) = spec.relay_server {
+            // A handful of requests spread over the test: polite to a third party's server.
+            let stun = StunConfig {
+                interval_ms: (spec.duration_ms / RELAY_REQUESTS).clamp(1, u32::from(u16::MAX))
+                    as u16,
+                duration_ms: spec.duration_ms,
+                grace_ms: spec.grace_ms,
+            };
+            let reference = spec.relay_reference();
+            for (i, (role, peer)) in [(Role::Relay, server), (Role::RelayReference, reference)]
+                .into_iter()
+                .enumerate()
+            {
+                arms.push(CallArm {
+                    plan: ArmPlan { role, peer },
+                    engine: Engine::Stun(StunSession::new(stun, random.stun_tags[i])),
+                });
+            }
+        }
+        Ok(CallTest {
+            spec: spec.clone(),
+            arms,
+            started_at,
+            report_id: ReportId(random.report_id),
+            count: CountExchange::Pending,
+        })
+    }
+
+    /// The arms, in the index order `handle_datagram` and `Transmit::arm` use.
+    pub fn arms(&self) -> Vec<ArmPlan> {
+        self.arms.iter().map(|a| a.plan).collect()
+    }
+
+    fn index_of(&self, role: Role) -> Option<usize> {
+        self.arms.iter().position(|a| a.plan.role == role)
+    }
+
+    fn reflector_session(&self, role: Role) -> Option<&Session> {
+        match &self.arms.get(self.index_of(role)?)?.engine {
+            Engine::Reflector(s) => Some(s),
+            Engine::Stun(_) => None,
+        }
+    }
+
+    /// Takes in one datagram that arrived on `arm`'s socket at `now_us`. Anything unexpected is
+    /// ignored (and never panics).
+    pub fn handle_datagram(&mut self, arm: usize, now_us: u64, datagram: &[u8]) {
+        if let CountExchange::Asking { .. } = self.count {
+            if Some(arm) == self.index_of(Role::Control) && self.take_count_reply(datagram) {
+                return;
+            }
+        }
+        if let Some(a) = self.arms.get_mut(arm) {
+            a.engine.arm().handle_datagram(now_us, datagram);
+        }
+    }
+
+    /// A `CountReply` for the platform session, asked through the control session.
+    fn take_count_reply(&mut self, datagram: &[u8]) -> bool {
+        let (Some(p), Some(c)) = (self.index_of(Role::Platform), self.index_of(Role::Control))
+        else {
+            return false;
+        };
+        let Engine::Reflector(control) = &self.arms[c].engine else {
+            return false;
+        };
+        let Ok(core) = control.framing().unwrap(datagram) else {
+            return false;
+        };
+        let control_id = control.id();
+        let Engine::Reflector(platform) = &mut self.arms[p].engine else {
+            return false;
+        };
+        match Packet::decode(core) {
+            Ok(Packet::CountReply(r)) if r.session == control_id && r.target == platform.id() => {
+                platform.set_final_count(r.reflector_received);
+                self.count = CountExchange::Done;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The count query to send, if the exchange is under way and one is due.
+    fn count_query(&mut self, now_us: u64) -> Option<Transmit> {
+        if self.count == CountExchange::Pending {
+            if !self.arms.iter().all(|a| a.engine.arm_ref().is_done()) {
+                return None;
+            }
+            let needed = self
+                .reflector_session(Role::Platform)
+                .is_some_and(|p| p.cookie().is_some() && !p.has_final_count())
+                && self
+                    .reflector_session(Role::Control)
+                    .is_some_and(|c| c.cookie().is_some());
+            self.count = if needed {
+                CountExchange::Asking {
+                    attempts: 0,
+                    next_us: now_us,
+                }
+            } else {
+                CountExchange::Done
+            };
+        }
+        let CountExchange::Asking { attempts, next_us } = self.count else {
+            return None;
+        };
+        if now_us < next_us {
+            return None;
+        }
+        if attempts >= COUNT_QUERY_ATTEMPTS {
+            self.count = CountExchange::Done;
+            return None;
+        }
+        self.count = CountExchange::Asking {
+            attempts: attempts + 1,
+            next_us: now_us + COUNT_QUERY_RETRY_US,
+        };
+        let platform = self.reflector_session(Role::Platform)?;
+        let control = self.reflector_session(Role::Control)?;
+        let query = Packet::CountQuery(CountQuery {
+            session: control.id(),
+            cookie: control.cookie()?,
+            target: platform.id(),
+            target_cookie: platform.cookie()?,
+        });
+        let mut datagram = Vec::new();
+        control.framing().wrap(&query.encode(), &mut datagram);
+        Some(Transmit {
+            arm: self.index_of(Role::Control)?,
+            datagram,
+        })
+    }
+
+    /// The next datagram due at `now_us`, if any; also advances time-driven state. Call until it
+    /// returns `None`.
+    pub fn poll_transmit(&mut self, now_us: u64) -> Option<Transmit> {
+        for (arm, a) in self.arms.iter_mut().enumerate() {
+            if let Some(datagram) = a.engine.arm().poll_transmit(now_us) {
+                return Some(Transmit { arm, datagram });
+            }
+        }
+        self.count_query(now_us)
+    }
+
+    /// When `poll_transmit` next needs calling; `None` once the test is done.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let arms = self
+            .arms
+            .iter()
+            .filter_map(|a| a.engine.arm_ref().poll_timeout())
+            .min();
+        match self.count {
+            CountExchange::Asking { next_us, .. } => Some(arms.map_or(next_us, |t| t.min(next_us))),
+            _ => arms,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.count == CountExchange::Done
+    }
+
+    /// Live counts per arm, for a progress display.
+    pub fn progress(&self) -> Vec<Progress> {
+        self.arms
+            .iter()
+            .map(|a| a.engine.arm_ref().progress())
+            .collect()
+    }
+
+    /// The report, once done (or abandoned: then whatever was measured so far).
+    pub fn finish(self) -> Result<CallReport, TestError> {
+        self.finish_with_records().0
+    }
+
+    /// [`finish`](Self::finish), and each arm's record (for tests and oracles that need the
+    /// packet detail behind the figures).
+    pub fn finish_with_records(self) -> (Result<CallReport, TestError>, Vec<(Role, StreamRecord)>) {
+        let mut streams = Vec::new();
+        let mut evidence: Vec<(Role, StreamRecord, StreamOutcome, Option<u64>)> = Vec::new();
+        for arm in self.arms {
+            let role = arm.plan.role;
+            let interval_us = u64::from(self.spec.interval()) * 1000;
+            let (record, outcome) = match arm.engine {
+                Engine::Reflector(s) => match s.error().cloned() {
+                    Some(SessionError::Rejected(_)) => (empty(interval_us), StreamOutcome::Refused),
+                    Some(SessionError::NoAnswer) => (empty(interval_us), StreamOutcome::Blocked),
+                    None => match s.finish() {
+                        Ok(rec) => (rec, StreamOutcome::Measured),
+                        Err(_) => (empty(interval_us), StreamOutcome::Blocked),
+                    },
+                },
+                Engine::Stun(s) => {
+                    let rec = Box::new(s).finish().unwrap_or_else(|_| empty(interval_us));
+                    let answered = rec.probes.iter().any(|p| p.reply.is_some());
+                    let outcome = if answered || rec.probes.is_empty() {
+                        StreamOutcome::Measured
+                    } else {
+                        StreamOutcome::Blocked
+                    };
+                    (rec, outcome)
+                }
+            };
+            let dark_from_us = match (outcome, role) {
+                (StreamOutcome::Measured, Role::Platform | Role::Control) => dark_from_us(&record),
+                _ => None,
+            };
+            let outcome = if dark_from_us.is_some() {
+                StreamOutcome::Dark
+            } else {
+                outcome
+            };
+            let mut stream = stream_report(role, &record, Codec::Opus);
+            stream.outcome = outcome;
+            stream.dark_from_ms = dark_from_us.and_then(|t| {
+                let start = record.probes.first()?.scheduled_us;
+                u32::try_from(t.saturating_sub(start) / 1000).ok()
+            });
+            if matches!(role, Role::Relay | Role::RelayReference) {
+                // A STUN server gives no timestamps: one-way figures would be invented.
+                stream.owd_ms = None;
+                stream.jitter_ms = None;
+                stream.jitter_p95_ms = None;
+                stream.jitter_final_ms = None;
+                stream.ipdv_ms = None;
+            }
+            streams.push(stream);
+            evidence.push((role, record, outcome, dark_from_us));
+        }
+        let nothing_answered = evidence.iter().all(|(_, rec, outcome, _)| {
+            *outcome == StreamOutcome::Blocked || rec.probes.iter().all(|p| p.reply.is_none())
+        });
+        let records = |evidence: &[(Role, StreamRecord, StreamOutcome, Option<u64>)]| {
+            evidence
+                .iter()
+                .map(|(role, rec, _, _)| (*role, rec.clone()))
+                .collect::<Vec<_>>()
+        };
+        if nothing_answered && !self.spec.reached_before {
+            return (
+                Err(TestError::Unreachable(self.spec.reflector)),
+                records(&evidence),
+            );
+        }
+        let arm = |role: Role| {
+            evidence
+                .iter()
+                .find(|e| e.0 == role)
+                .map(|(_, record, outcome, dark_from_us)| ArmEvidence {
+                    record,
+                    outcome: *outcome,
+                    dark_from_us: *dark_from_us,
+                })
+        };
+        let (verdict, verdict_detail) = match (arm(Role::Platform), arm(Role::Control)) {
+            (Some(platform), Some(control)) => {
+                let (v, d) = judge_call(
+                    &CallEvidence {
+                        platform,
+                        control,
+                        relay: arm(Role::Relay),
+                        relay_reference: arm(Role::RelayReference),
+                    },
+                    &VerdictConfig::default(),
+                );
+                (Some(v), Some(d))
+            }
+            _ => (None, None),
+        };
+        let report = CallReport {
+            schema: SCHEMA_VERSION,
+            id: self.report_id,
+            agent_version: AGENT_VERSION.to_string(),
+            platform: self.spec.platform,
+            started_at: self.started_at,
+            duration_ms: self.spec.duration_ms,
+            interval_ms: u32::from(self.spec.interval()),
+            payload_bytes: u32::from(self.spec.wire_sizes().max()),
+            verdict,
+            verdict_detail,
+            stream_kind: if self.spec.video {
+                StreamKind::Video
+            } else {
+                StreamKind::Voice
+            },
+            streams,
+        };
+        (Ok(report), records(&evidence))
+    }
+}
+
+fn empty(interval_us: u64) -> StreamRecord {
+    StreamRecord {
+        interval_us,
+        ..StreamRecord::default()
+    }
+}
+
+/// When a stream went dark for good: the send time (agent clock, µs) of the first probe of a
+/// silence that lasted to the end, at least [`DARK_MIN_US`] and [`DARK_MIN_PROBES`] long; its
+/// first probe's send time when nothing ever came back. `None` for a stream that answered to
+/// the end, or sent nothing.
+pub fn dark_from_us(record: &StreamRecord) -> Option<u64> {
+    let last_answered = record.probes.iter().rposition(|p| p.reply.is_some());
+    let first_silent = last_answered.map_or(0, |i| i + 1);
+    let silent = record.probes.get(first_silent..)?;
+    let (first, last) = (silent.first()?, silent.last()?);
+    let span_us = last.scheduled_us.saturating_sub(first.scheduled_us) + record.interval_us;
+    (silent.len() >= DARK_MIN_PROBES && span_us >= DARK_MIN_US).then_some(first.sent_us)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{ProbeRecord, ReplyRecord};
+
+    fn rec(answered: &[bool]) -> StreamRecord {
+        StreamRecord {
+            interval_us: 20_000,
+            probes: answered
+                .iter()
+                .enumerate()
+                .map(|(i, &a)| ProbeRecord {
+                    seq: i as u32,
+                    scheduled_us: 20_000 * i as u64,
+                    sent_us: 20_000 * i as u64 + 3,
+                    len: 100,
+                    reply: a.then_some(ReplyRecord {
+                        reflector_rx_us: 0,
+                        reflector_tx_us: 0,
+                        received_us: 20_000 * i as u64 + 1_000,
+                    }),
+                })
+                .collect(),
+            ..StreamRecord::default()
+        }
+    }
+
+    #[test]
+    fn a_long_trailing_silence_is_dark_from_its_first_probe() {
+        let mut a = vec![true; 100];
+        a.extend(vec![false; 50]); // exactly 1 s
+        assert_eq!(dark_from_us(&rec(&a)), Some(100 * 20_000 + 3));
+        // Nothing ever answered: dark from the first probe.
+        assert_eq!(dark_from_us(&rec(&[false; 60])), Some(3));
+    }
+
+    #[test]
+    fn short_gaps_and_answered_ends_are_not_dark() {
+        let mut a = vec![true; 100];
+        a.extend(vec![false; 49]);
+        assert_eq!(dark_from_us(&rec(&a)), None);
+        let mut a = vec![false; 200];
+        a.push(true);
+        assert_eq!(dark_from_us(&rec(&a)), None);
+        assert_eq!(dark_from_us(&rec(&[])), None);
+    }
+}
