@@ -50,8 +50,8 @@ pub const TELEGRAM_HEADER_LEN: usize = 24;
 /// IPv6 (40) and UDP (8) headers.
 pub const MAX_OVERHEAD: usize = 1500 - 40 - 8 - MAX_PROBE_LEN;
 
-/// Kind bytes a core packet may carry (see `probe`): Open = 1 … CloseAck = 7.
-const CORE_KINDS: std::ops::RangeInclusive<u8> = 1..=7;
+/// Kind bytes a core packet may carry (see `probe`): Open = 1 … CountReply = 9.
+const CORE_KINDS: std::ops::RangeInclusive<u8> = 1..=9;
 
 // Rule 2 relies on the core's version byte sorting into the STUN class and not crossing into
 // ChannelData's; a future version byte must keep that true.

@@ -520,6 +520,118 @@ mod tests {
     }
 
     #[test]
+    fn counts_a_session_through_another_with_both_cookies_and_never_amplifies() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let (pa, ca) = (addr("127.0.0.2:5000"), addr("127.0.0.2:5001"));
+        let p = open(&mut r, T0, pa, 7);
+        let c = open(&mut r, T0, ca, 8);
+        for seq in 0..6u32 {
+            r.handle(
+                T0 + u64::from(seq) * 20_000,
+                pa,
+                &probe(p.cookie, 7, seq, 172),
+            )
+            .unwrap();
+        }
+        r.handle(T0, ca, &probe(c.cookie, 8, 0, 172)).unwrap();
+        let query = |cookie, target_cookie| {
+            Packet::CountQuery(CountQuery {
+                session: 8,
+                cookie,
+                target: 7,
+                target_cookie,
+            })
+            .encode()
+        };
+        let q = query(c.cookie, p.cookie);
+        let out = r.handle(T0 + 200_000, ca, &q).unwrap();
+        assert!(out.len() < q.len(), "the answer is shorter than the query");
+        let Packet::CountReply(reply) = Packet::decode(&out).unwrap() else {
+            panic!("not a count reply")
+        };
+        assert_eq!(
+            (reply.session, reply.target, reply.reflector_received),
+            (8, 7, 6)
+        );
+        // Without the target's secret, or from an address the asking cookie is not bound to,
+        // nothing is answered.
+        assert!(r
+            .handle(T0 + 200_000, ca, &query(c.cookie, c.cookie))
+            .is_none());
+        assert!(r
+            .handle(
+                T0 + 200_000,
+                addr("127.0.0.9:5001"),
+                &query(c.cookie, p.cookie)
+            )
+            .is_none());
+        assert_eq!(r.stats().count_queries, 1);
+    }
+
+    #[test]
+    fn answers_stun_binding_requests_no_larger_than_they_are() {
+        let request = |len: usize| {
+            let mut m = vec![0u8; len];
+            m[0..2].copy_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
+            m[2..4].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+            m[4..8].copy_from_slice(&framing::STUN_MAGIC_COOKIE.to_be_bytes());
+            m[8..20].copy_from_slice(&[9; 12]);
+            m
+        };
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let v4 = addr("127.0.0.2:5000");
+        let out = r.handle(T0, v4, &request(40)).unwrap();
+        assert!(out.len() <= 40);
+        assert_eq!(&out[0..2], &STUN_BINDING_SUCCESS.to_be_bytes());
+        assert_eq!(&out[8..20], &[9; 12], "same transaction id");
+        // XOR-MAPPED-ADDRESS decodes back to the sender.
+        let port = u16::from_be_bytes([out[26], out[27]]) ^ 0x2112;
+        assert_eq!(port, 5000);
+        let ip: Vec<u8> = out[28..32]
+            .iter()
+            .zip(framing::STUN_MAGIC_COOKIE.to_be_bytes())
+            .map(|(a, b)| a ^ b)
+            .collect();
+        assert_eq!(ip, vec![127, 0, 0, 2]);
+        // An IPv6 answer (44 bytes) to a 40-byte request would amplify: no answer.
+        assert!(r.handle(T0, addr("[::1]:5000"), &request(40)).is_none());
+        assert!(r.handle(T0, addr("[::1]:5000"), &request(44)).is_some());
+        // Not a Binding request (a success response, a bad length): nothing.
+        let mut wrong = request(40);
+        wrong[0..2].copy_from_slice(&STUN_BINDING_SUCCESS.to_be_bytes());
+        assert!(r.handle(T0, v4, &wrong).is_none());
+        assert!(r.handle(T0, v4, &request(40)[..36]).is_none());
+        assert_eq!(r.stats().stun_bindings, 2);
+    }
+
+    #[test]
+    fn a_full_table_rejects_opens_as_busy() {
+        let limits = Limits {
+            max_sessions: 1,
+            ..Limits::default()
+        };
+        let mut r = Reflector::new([1; 32], limits);
+        let a = addr("127.0.0.2:5000");
+        let acc = open(&mut r, T0, a, 1);
+        r.handle(T0, a, &probe(acc.cookie, 1, 0, 172)).unwrap();
+        let open2 = Packet::Open(Open {
+            session: 2,
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 10_000,
+        })
+        .encode();
+        let out = r.handle(T0, addr("127.0.0.3:5000"), &open2).unwrap();
+        assert!(matches!(
+            Packet::decode(&out).unwrap(),
+            Packet::Reject(Reject {
+                reason: RejectReason::Busy,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn reflects_probes_with_a_valid_cookie_and_counts_them() {
         let mut r = Reflector::new([1; 32], Limits::default());
         let a = addr("127.0.0.2:5000");

@@ -240,9 +240,17 @@ pub struct DpiRule {
     pub ports: Vec<PortRange>,
     pub port_side: PortSide,
     pub impairment: RuleImpairment,
+    /// The rule only applies from this many ms after the start of the run (a censor switched on
+    /// mid-call); 0: from the start.
+    pub active_from_ms: u64,
 }
 
 impl DpiRule {
+    /// Whether the rule is switched on at `now` (time since the start of the run).
+    pub fn active_at(&self, now: std::time::Duration) -> bool {
+        now.as_millis() >= u128::from(self.active_from_ms)
+    }
+
     pub fn matches(&self, dir: Direction, datagram: &[u8], ports: UdpPorts) -> bool {
         self.direction.includes(dir)
             && self.port_matches(ports)

@@ -782,7 +782,7 @@ impl Impairment {
             .config
             .rules
             .iter()
-            .position(|rule| rule.matches(dir, bytes, ports));
+            .position(|rule| rule.active_at(now) && rule.matches(dir, bytes, ports));
         let mut extra_ms = [0.0; 2];
         let mut dropped = None;
         if let Some(i) = matched_rule {
