@@ -219,8 +219,9 @@ fn default_server_name() -> String {
 fn default_platforms() -> Vec<Platform> {
     vec![Platform::Generic]
 }
+/// 15 s: the verdict needs 12 one-second windows of both arms (see `verdict`, rule 3).
 fn default_duration_secs() -> u32 {
-    10
+    15
 }
 fn default_interval_ms() -> u16 {
     20

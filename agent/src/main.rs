@@ -69,11 +69,12 @@ enum Command {
         /// instead of voice.
         #[arg(long)]
         video: bool,
-        /// Also measure this STUN/TURN server of the platform's (a third stream, role relay).
+        /// Also ask this STUN/TURN server of the platform's 10 STUN Binding requests (role
+        /// relay), beside the same requests to the reflector host (role relay-reference).
         #[arg(long = "relay", value_name = "HOST:PORT")]
         relay: Option<String>,
-        /// Test length in seconds (1..=120).
-        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        /// Test length in seconds (1..=120). A verdict needs at least 12 s of both arms.
+        #[arg(long, default_value_t = 15, value_name = "SECS")]
         duration: u32,
         /// Interval between packets (5..=1000).
         #[arg(long = "interval-ms", default_value_t = 20, value_name = "MS")]

@@ -8,84 +8,77 @@
 //!
 //! # Rules
 //!
+//! [`judge_call`] first applies the outcome rules C1–C5 (busy reflector, no reference, blocked,
+//! cut, platform servers unreachable; see its docs). Then, for two arms that both answered:
+//!
 //! 1. **Windows.** Both arms are cut into windows of `window_ms` (1 s) by send time, on one grid
 //!    starting at the earliest probe of either arm. A window counts for an arm when it holds at
 //!    least half the probes it should (`window / interval`, or the arm's median per-window count if
 //!    that is smaller), so a ragged last window with a probe or two does not become a data point.
 //!    Only windows that count for *both* arms are compared (`VerdictDetail::windows`).
-//! 2. **Metrics.** Per compared window and arm: the loss fraction (probes without a reply / probes
-//!    sent), the median RTT of the replies (ms; needs ≥ 1 reply), and the RTT variation, the mean
-//!    |ΔRTT| between consecutive replies in send order (ms; RFC 5481 IPDV on the round trip, what
-//!    a jitter buffer must absorb; needs ≥ 2 replies). Each metric gives one series per arm.
-//! 3. **Too little data → `inconclusive`.** Fewer than `min_windows` compared windows (7 by
-//!    default). Holm's first step needs a one-sided p below 0.01/3 = 0.0033. With 6 windows a
-//!    side only perfectly separated series get there (p = 0.0025; one inverted pair of windows
-//!    gives 0.0041); with 7, one inverted pair still gives 0.0016. A test that can detect
-//!    nothing short of perfection has no business saying `none`.
-//! 4. **Nothing back.** Neither arm got a reply → `inconclusive` (the reflector is unreachable for
-//!    all traffic). The platform arm got nothing back while the control arm got replies in at least
-//!    `min_windows` windows → `differentiated`: the platform's traffic is blocked, the strongest
-//!    differentiation there is (the loss test below agrees, with p ≈ 2e-5 for 10 windows, but the
-//!    rule states it plainly). The platform arm got nothing and the control arm too little →
-//!    `inconclusive` (an outage). The control arm got nothing while the platform arm got replies →
-//!    `inconclusive`: without its reference the platform arm cannot be judged.
-//! 5. **Test.** Per metric, a one-sided Mann–Whitney U test of "the platform arm's series is
-//!    stochastically larger (worse) than the control arm's": average ranks for ties, normal
-//!    approximation with the tie-corrected variance `σ² = n₁n₂/12 · ((n+1) − Σ(t³−t)/(n(n−1)))`
-//!    and a continuity correction of ½. An all-tied pair of series (say every window of both arms
-//!    lost nothing) has σ = 0 and gets p = 1. The three p-values are Holm-adjusted (family-wise
-//!    over the metrics); `ArmComparison::p_value` is the adjusted one-sided p. One-sided because
-//!    the question is one-sided: a control arm that is worse is not the platform being singled
-//!    out, and a two-sided test would spend half of `alpha` on that direction for nothing. The
-//!    effect is the difference of the series' means, platform − control, in the metric's unit
-//!    (loss as a fraction, so 0.01 is one percentage point).
-//! 6. **`differentiated`** when some metric has the platform arm worse with adjusted p < `alpha`
+//! 2. **Metrics.** Per compared window and arm: probes lost and sent, the median RTT of the
+//!    replies (ms; needs ≥ 1 reply), and the RTT variation, the mean |ΔRTT| between consecutive
+//!    replies in send order (ms; RFC 5481 IPDV on the round trip, what a jitter buffer must
+//!    absorb; needs ≥ 2 replies).
+//! 3. **Too little data → `inconclusive`.** Fewer than `min_windows` compared windows (12).
+//!    The paired tests below cannot reach Holm's first step (α/4 = 0.0005) with fewer: with n
+//!    windows all worse, the exact signed-rank p is 2⁻ⁿ, and 2⁻¹¹ = 0.00049 is the first below.
+//! 4. **Nothing back** on either arm is decided by the outcome rules; here it stays
+//!    `inconclusive` with the reason.
+//! 5. **Tests**, each one-sided ("the platform arm is worse") and exact (`crate::stats`):
+//!    - *loss*: two tests that must both hold (an intersection-union test, valid when either
+//!      is): an exact test over every probe stratified by window (the exact conditional
+//!      Cochran–Mantel–Haenszel test; conditioning on each window's total loss removes bursts
+//!      that hit both arms' interleaved probes at once), and the exact Wilcoxon signed-rank test
+//!      on per-window loss differences, which holds where losses come in bursts within one arm
+//!      (there the per-probe test alone flagged 8 % of 4,000 null tests);
+//!    - *delay* and *RTT variation*: exact Wilcoxon signed-rank on the per-window platform −
+//!      control differences. Pairing by window cancels congestion that hits both arms alike;
+//!    - *onset*: the largest standardised CUSUM of the per-window delay differences over split
+//!      points (a split at 0 included), calibrated by flipping arm labels within windows (all
+//!      2ⁿ flips up to 16 windows), so the scan itself does not inflate false positives.
+//!
+//!    The four p-values are Holm-adjusted (`ArmComparison::p_value`, `Onset::p_value`). The
+//!    effect is the pooled loss difference (platform − control) or the mean paired difference.
+//! 6. **`differentiated`** when some test has the platform arm worse with adjusted p < `alpha`
 //!    *and* an effect ≥ that metric's floor (`ArmComparison::significant`). Never on one of the
 //!    two alone.
 //! 7. **`inconclusive`** when, for some metric, the platform arm is worse by an effect ≥ its
 //!    floor that is not significant (suggestive, not established). Also when both arms are
 //!    **degraded alike** — both median per-window losses ≥ `degraded_loss` (5 %) or both median
 //!    RTT variations ≥ `degraded_jitter_ms` (30 ms) — without a significant difference of a size
-//!    that matters: such a path hides what it does to one kind of traffic. At 5 % loss a window
-//!    of 50 probes has a loss s.d. of √(0.05·0.95/50) ≈ 3.1 points, so over 10 windows the
-//!    smallest extra platform loss this test detects half the time is ≈ 2.71·3.1·√(2/10) ≈ 3.8
-//!    points (2.71: the one-sided 0.01/3 quantile), nearly four times the floor; at 30 ms mean
-//!    |ΔRTT| (σ ≈ 27 ms) a window's median RTT wanders by ≈ 4.7 ms, so a 5 ms delay difference is
-//!    caught less than half the time. Saying `none` there would claim more than the data show.
+//!    that matters: such a path hides what it does to one kind of traffic.
 //! 8. **`none`** otherwise: the platform arm was not worse by a significant, meaningful amount.
-//!    This includes a significant difference *smaller* than its floor — unlike Wehe, which calls
-//!    that inconclusive: on real paths two arms on different ports differ by microseconds, and
-//!    with 10 windows such a difference can be significant; calling it inconclusive would mark
-//!    clean networks inconclusive. It also includes a control arm that was significantly
-//!    *worse*: the platform is not the one singled out. The reason says which.
+//!    This includes a significant difference *smaller* than its floor (two arms on different
+//!    ports differ by microseconds on real paths; that is not differentiation), and a control
+//!    arm that was significantly *worse*. The reason says which.
 //!
 //! # Defaults and why
 //!
-//! - `alpha = 0.01`, one-sided, Holm over 3 metrics: on a network that treats both arms alike
-//!   (exchangeable windows), P(`differentiated`) ≤ 1 % per test — Holm bounds the chance that
-//!   any of the three "platform worse" hypotheses is wrongly accepted by alpha, and the floors
-//!   only remove verdicts. Measured over seeded simulations (tests): 0–0.65 % depending on the
-//!   shared impairment, the highest where loss, delay and variation are all noisy enough for
-//!   the floors to screen nothing (10 % loss, ± 40 ms): there the bound is all there is.
+//! - `alpha = 0.002`, one-sided, Holm over 4 tests: where both arms are exchangeable within
+//!   each window (a network that treats them alike), P(`differentiated`) ≤ 0.2 % per test, since
+//!   each test is exact under that null and Holm bounds the family-wise error; the floors only
+//!   remove verdicts. 0.2 % rather than 1 % so that a published false-positive rate from 1,000
+//!   tests has a 95 % Clopper–Pearson upper bound ≤ 1 % (that needs ≤ 3 false positives).
 //! - `loss_floor = 0.01` (1 point): by G.113/G.107, G.711 with PLC (Bpl = 25.1) loses
 //!   95·1/(1+25.1) ≈ 3.6 R points at 1 % random loss, a small but audible cost; less is noise.
-//!   It is also half the 2-point resolution of a 50-probe window.
 //! - `delay_floor_ms = 5`: a shaper's queue shows first as added delay; a few ms is what two flows
 //!   of one path can differ by (ECMP, load balancers), so less is no evidence of intent.
 //! - `jitter_floor_ms = 3`: a jitter buffer holds roughly 2–4 times the RTT variation, so 3 ms
 //!   more of it costs ≈ 10 ms of mouth-to-ear delay; less is within path-to-path spread.
-//! - `min_windows = 7`: see rule 3.
+//! - `min_windows = 12`: see rule 3; the agent's default test is 15 s.
 //!
 //! # Limits
 //!
 //! The two arms use different ports, so a per-flow path difference (ECMP hashing one arm onto a
 //! congested link) looks like differentiation; repeating the test with fresh ports tells the two
-//! apart. The Mann–Whitney test assumes independent windows; a shared, time-varying impairment
-//! (congestion that hits both arms at once) makes it conservative, not liberal.
+//! apart. The exactness of each test rests on the arms being exchangeable within a window; a
+//! censor that degrades both arms (it recognises the measurement) is caught by no comparison.
 
 use std::collections::BTreeMap;
 
-use callwatch_proto::report::{ArmComparison, StreamOutcome, VerdictRule};
+use crate::stats;
+use callwatch_proto::report::{ArmComparison, Onset, StreamOutcome, VerdictRule};
 use callwatch_proto::{Verdict, VerdictDetail};
 
 /// One probe of one arm: when it was sent (agent clock, µs) and its round-trip time if it came
@@ -128,11 +121,11 @@ impl Default for VerdictConfig {
     fn default() -> Self {
         VerdictConfig {
             window_ms: 1000,
-            alpha: 0.01,
+            alpha: 0.002,
             loss_floor: 0.01,
             delay_floor_ms: 5.0,
             jitter_floor_ms: 3.0,
-            min_windows: 7,
+            min_windows: 12,
             degraded_loss: 0.05,
             degraded_jitter_ms: 30.0,
         }
@@ -142,131 +135,6 @@ impl Default for VerdictConfig {
 // ---------------------------------------------------------------------------------------------
 // Statistics
 // ---------------------------------------------------------------------------------------------
-
-/// Outcome of a two-sample Mann–Whitney U test (see [`mann_whitney`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MannWhitney {
-    /// U of the first sample: pairs (a, b) with a > b, plus half of the tied pairs.
-    pub u: f64,
-    /// Tie-corrected standard deviation of U under the null hypothesis; 0 when all values tie.
-    pub sigma: f64,
-    /// Continuity-corrected z, signed: positive when the first sample ranks higher.
-    pub z: f64,
-    /// Two-sided p-value, in 0..=1.
-    pub p: f64,
-    /// One-sided p-value against the alternative "the first sample is stochastically larger".
-    pub p_greater: f64,
-    /// One-sided p-value against the alternative "the first sample is stochastically smaller".
-    pub p_less: f64,
-}
-
-/// Mann–Whitney U test of `a` against `b`: average ranks over ties, normal approximation with
-/// the tie-corrected variance σ² = n₁n₂/12 · ((n+1) − Σ(t³−t)/(n(n−1))) and a continuity
-/// correction of ½ toward the null mean — the same as SciPy's
-/// `mannwhitneyu(a, b, alternative=…, method="asymptotic", use_continuity=True)`. Values that are
-/// not finite are ignored. With an empty sample, or when every value ties (σ = 0), there is no
-/// evidence either way: all p-values are 1 and `z = 0`.
-pub fn mann_whitney(a: &[f64], b: &[f64]) -> MannWhitney {
-    let mut all: Vec<(f64, bool)> = a
-        .iter()
-        .filter(|x| x.is_finite())
-        .map(|&x| (x, true))
-        .chain(b.iter().filter(|x| x.is_finite()).map(|&x| (x, false)))
-        .collect();
-    let n1 = all.iter().filter(|x| x.1).count() as f64;
-    let n2 = all.len() as f64 - n1;
-    let none = MannWhitney {
-        u: n1 * n2 / 2.0,
-        sigma: 0.0,
-        z: 0.0,
-        p: 1.0,
-        p_greater: 1.0,
-        p_less: 1.0,
-    };
-    if n1 == 0.0 || n2 == 0.0 {
-        return none;
-    }
-    all.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let n = all.len();
-    let mut rank_sum_a = 0.0;
-    let mut tie_term = 0.0;
-    let mut i = 0;
-    while i < n {
-        let mut j = i;
-        while j + 1 < n && all[j + 1].0 == all[i].0 {
-            j += 1;
-        }
-        // Ranks are 1-based: positions i..=j share the rank ((i+1) + (j+1))/2.
-        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
-        let in_a = all[i..=j].iter().filter(|x| x.1).count() as f64;
-        rank_sum_a += in_a * avg_rank;
-        let t = (j - i + 1) as f64;
-        tie_term += t * t * t - t;
-        i = j + 1;
-    }
-    let u = rank_sum_a - n1 * (n1 + 1.0) / 2.0;
-    let nn = n1 + n2;
-    let var = n1 * n2 / 12.0 * ((nn + 1.0) - tie_term / (nn * (nn - 1.0)));
-    if !(var > 0.0 && var.is_finite()) {
-        return MannWhitney { u, ..none };
-    }
-    let sigma = var.sqrt();
-    let d = u - n1 * n2 / 2.0;
-    let z = d.signum() * (d.abs() - 0.5).max(0.0) / sigma;
-    MannWhitney {
-        u,
-        sigma,
-        z,
-        p: (2.0 * normal_sf(z.abs())).clamp(0.0, 1.0),
-        p_greater: normal_sf((d - 0.5) / sigma).clamp(0.0, 1.0),
-        p_less: normal_sf((-d - 0.5) / sigma).clamp(0.0, 1.0),
-    }
-}
-
-/// Upper tail 1 − Φ(z) of the standard normal distribution.
-pub fn normal_sf(z: f64) -> f64 {
-    0.5 * erfc(z / std::f64::consts::SQRT_2)
-}
-
-/// Complementary error function: the Chebyshev fit `erfcc` of Numerical Recipes in C (2nd ed.,
-/// §6.2), fractional error below 1.2e-7 everywhere — ample for p-values judged against 0.01.
-fn erfc(x: f64) -> f64 {
-    let z = x.abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t
-        * (-z * z - 1.265_512_23
-            + t * (1.000_023_68
-                + t * (0.374_091_96
-                    + t * (0.096_784_18
-                        + t * (-0.186_288_06
-                            + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87
-                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-            .exp();
-    if x >= 0.0 {
-        r
-    } else {
-        2.0 - r
-    }
-}
-
-/// Holm's step-down adjustment: sorted ascending, the k-th smallest p (k from 0) becomes
-/// max over j ≤ k of min(1, (m − j)·p₍ⱼ₎). Returned in the order given. Rejecting where the
-/// adjusted p < α keeps the family-wise error rate ≤ α.
-pub fn holm<const M: usize>(p: [f64; M]) -> [f64; M] {
-    let mut order: [usize; M] = std::array::from_fn(|i| i);
-    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
-    let mut adjusted = [1.0; M];
-    let mut running: f64 = 0.0;
-    for (k, &i) in order.iter().enumerate() {
-        let v = ((M - k) as f64 * p[i]).clamp(0.0, 1.0);
-        // `max` ignores a NaN operand, so a NaN input cannot poison the rest.
-        running = running.max(v);
-        adjusted[i] = running;
-    }
-    adjusted
-}
 
 fn median(v: &[f64]) -> Option<f64> {
     if v.is_empty() {
@@ -327,12 +195,19 @@ fn min_probes(arm: &ArmSamples, windows: &BTreeMap<u64, Window>, window_us: u64)
     nominal.min(typical).max(1).div_ceil(2)
 }
 
-/// Per-window series of one arm over the compared windows.
+/// Per-window series of one arm over the compared windows (index k is the k-th compared
+/// window of both arms).
 #[derive(Debug, Default)]
 struct Series {
+    /// Window start, µs after the grid's origin.
+    starts_us: Vec<u64>,
+    /// (lost, sent) per window.
+    counts: Vec<(usize, usize)>,
     loss: Vec<f64>,
-    delay_ms: Vec<f64>,
-    jitter_ms: Vec<f64>,
+    /// Median RTT of the window's replies; `None` without replies.
+    delay_ms: Vec<Option<f64>>,
+    /// Mean |ΔRTT| between consecutive replies; `None` with fewer than two.
+    jitter_ms: Vec<Option<f64>>,
     sent: usize,
     received: usize,
     /// Compared windows with at least one reply.
@@ -340,20 +215,20 @@ struct Series {
 }
 
 impl Series {
-    fn push(&mut self, w: &Window) {
-        let got = w.rtts_ms.len();
+    fn push(&mut self, start_us: u64, w: &Window) {
+        let got = w.rtts_ms.len().min(w.sent);
+        self.starts_us.push(start_us);
         self.sent += w.sent;
         self.received += got;
-        self.loss
-            .push(1.0 - got.min(w.sent) as f64 / w.sent.max(1) as f64);
-        if let Some(m) = median(&w.rtts_ms) {
-            self.delay_ms.push(m);
-            self.windows_with_replies += 1;
-        }
-        if got >= 2 {
+        self.counts.push((w.sent - got, w.sent));
+        self.loss.push(1.0 - got as f64 / w.sent.max(1) as f64);
+        let delay = median(&w.rtts_ms);
+        self.windows_with_replies += usize::from(delay.is_some());
+        self.delay_ms.push(delay);
+        self.jitter_ms.push((w.rtts_ms.len() >= 2).then(|| {
             let sum: f64 = w.rtts_ms.windows(2).map(|x| (x[1] - x[0]).abs()).sum();
-            self.jitter_ms.push(sum / (got - 1) as f64);
-        }
+            sum / (w.rtts_ms.len() - 1) as f64
+        }));
     }
 }
 
@@ -376,8 +251,8 @@ fn aligned_series(platform: &ArmSamples, control: &ArmSamples, window_us: u64) -
     for (k, p) in &pw {
         if let Some(c) = cw.get(k) {
             if p.sent >= pmin && c.sent >= cmin {
-                ps.push(p);
-                cs.push(c);
+                ps.push(k * window_us, p);
+                cs.push(k * window_us, c);
             }
         }
     }
@@ -393,24 +268,27 @@ enum Metric {
     Loss,
     Delay,
     Jitter,
+    /// Delay worse on the platform arm from some window on (the onset scan).
+    Onset,
 }
 
 impl Metric {
-    const ALL: [Metric; 3] = [Metric::Loss, Metric::Delay, Metric::Jitter];
+    const ALL: [Metric; 4] = [Metric::Loss, Metric::Delay, Metric::Jitter, Metric::Onset];
 
     fn floor(self, cfg: &VerdictConfig) -> f64 {
         match self {
             Metric::Loss => cfg.loss_floor,
-            Metric::Delay => cfg.delay_floor_ms,
+            Metric::Delay | Metric::Onset => cfg.delay_floor_ms,
             Metric::Jitter => cfg.jitter_floor_ms,
         }
     }
 
-    fn series(self, s: &Series) -> &[f64] {
+    /// The arm's per-window values of the metric, windows without a value left out.
+    fn series(self, s: &Series) -> Vec<f64> {
         match self {
-            Metric::Loss => &s.loss,
-            Metric::Delay => &s.delay_ms,
-            Metric::Jitter => &s.jitter_ms,
+            Metric::Loss => s.loss.clone(),
+            Metric::Delay | Metric::Onset => s.delay_ms.iter().flatten().copied().collect(),
+            Metric::Jitter => s.jitter_ms.iter().flatten().copied().collect(),
         }
     }
 
@@ -419,6 +297,7 @@ impl Metric {
             Metric::Loss => VerdictRule::Loss,
             Metric::Delay => VerdictRule::Delay,
             Metric::Jitter => VerdictRule::Jitter,
+            Metric::Onset => VerdictRule::Onset,
         }
     }
 
@@ -427,6 +306,7 @@ impl Metric {
             Metric::Loss => "loss",
             Metric::Delay => "delay",
             Metric::Jitter => "RTT variation",
+            Metric::Onset => "delay from a point in the test on",
         }
     }
 
@@ -434,7 +314,7 @@ impl Metric {
     fn value(self, v: f64) -> String {
         match self {
             Metric::Loss => format!("{:.1} %", v * 100.0),
-            Metric::Delay | Metric::Jitter => format!("{v:.1} ms"),
+            Metric::Delay | Metric::Jitter | Metric::Onset => format!("{v:.1} ms"),
         }
     }
 
@@ -442,7 +322,7 @@ impl Metric {
     fn amount(self, d: f64) -> String {
         match self {
             Metric::Loss => format!("{:.1} percentage points", d * 100.0),
-            Metric::Delay | Metric::Jitter => format!("{d:.1} ms"),
+            Metric::Delay | Metric::Jitter | Metric::Onset => format!("{d:.1} ms"),
         }
     }
 
@@ -452,6 +332,7 @@ impl Metric {
             Metric::Loss => "loss",
             Metric::Delay => "delay (median RTT)",
             Metric::Jitter => "RTT variation (mean |ΔRTT|)",
+            Metric::Onset => "delay (median RTT) from the onset on",
         };
         format!("{} more {what}", self.amount(d))
     }
@@ -466,7 +347,7 @@ struct Judged {
     sig: bool,
     /// Effect (platform − control) at least the metric's floor.
     big: bool,
-    /// Control arm worse at `alpha` (one-sided, Bonferroni over 3): only for the reason.
+    /// Control arm worse at `alpha` (one-sided, Bonferroni over the family): for the reason.
     control_worse: bool,
 }
 
@@ -480,35 +361,119 @@ impl Judged {
     }
 }
 
-fn judge_metrics(p: &Series, c: &Series, cfg: &VerdictConfig) -> [Judged; 3] {
-    let tests = Metric::ALL.map(|m| mann_whitney(m.series(p), m.series(c)));
-    let adjusted = holm(tests.map(|t| t.p_greater));
-    std::array::from_fn(|i| {
+/// Per compared window, platform minus control, where both arms have a value.
+fn paired(p: &[Option<f64>], c: &[Option<f64>]) -> Vec<f64> {
+    p.iter()
+        .zip(c)
+        .filter_map(|(a, b)| Some((*a)? - (*b)?))
+        .filter(|d| d.is_finite())
+        .collect()
+}
+
+/// The onset scan's seed: fixed, so a verdict is a function of the data (the scan is exact
+/// up to [`stats::SCAN_EXACT_MAX_N`] windows and Monte Carlo beyond).
+const ONSET_SEED: u64 = 0x0c0a_11ed;
+/// Monte Carlo sign flips of the onset scan past the exact size.
+const ONSET_SAMPLES: usize = 20_000;
+/// Fewest windows after an onset (a shorter tail is noise, not an onset).
+const ONSET_MIN_TAIL: usize = 3;
+
+/// One-sided p-values (platform worse, control worse) and the effect of each metric, then
+/// Holm over the family.
+fn judge_metrics(p: &Series, c: &Series, cfg: &VerdictConfig) -> ([Judged; 4], Option<Onset>) {
+    let strata: Vec<stats::Stratum> = p
+        .counts
+        .iter()
+        .zip(&c.counts)
+        .map(|(&(pl, pn), &(cl, cn))| (pl as u64, pn as u64, cl as u64, cn as u64))
+        .collect();
+    let swapped: Vec<stats::Stratum> = strata.iter().map(|&(a, b, c, d)| (c, d, a, b)).collect();
+    let pooled = |s: &Series| {
+        let (lost, sent) = s
+            .counts
+            .iter()
+            .fold((0, 0), |a, &(l, n)| (a.0 + l, a.1 + n));
+        lost as f64 / sent.max(1) as f64
+    };
+    let some = |v: &[f64]| v.iter().map(|&x| Some(x)).collect::<Vec<_>>();
+    let loss = paired(&some(&p.loss), &some(&c.loss));
+    let delay = paired(&p.delay_ms, &c.delay_ms);
+    let jitter = paired(&p.jitter_ms, &c.jitter_ms);
+    let negate = |v: &[f64]| v.iter().map(|x| -x).collect::<Vec<_>>();
+    let scan = stats::sign_flip_max_scan(&delay, ONSET_MIN_TAIL, ONSET_SAMPLES, ONSET_SEED);
+    let onset_effect = mean(delay.get(scan.split..).unwrap_or(&[])).unwrap_or(0.0);
+    // (p worse, p control worse, effect) per metric, in Metric::ALL order.
+    let raw = [
+        // Both must hold (an intersection-union test, valid when either is): the stratified
+        // test uses every probe but assumes probes exchangeable within a window; the paired
+        // windows hold when losses come in bursts within one arm (Gilbert loss per flow).
+        (
+            stats::stratified_exact_greater(&strata)
+                .max(stats::wilcoxon_signed_rank_exact_greater(&loss)),
+            stats::stratified_exact_greater(&swapped)
+                .max(stats::wilcoxon_signed_rank_exact_greater(&negate(&loss))),
+            pooled(p) - pooled(c),
+        ),
+        (
+            stats::wilcoxon_signed_rank_exact_greater(&delay),
+            stats::wilcoxon_signed_rank_exact_greater(&negate(&delay)),
+            mean(&delay).unwrap_or(0.0),
+        ),
+        (
+            stats::wilcoxon_signed_rank_exact_greater(&jitter),
+            stats::wilcoxon_signed_rank_exact_greater(&negate(&jitter)),
+            mean(&jitter).unwrap_or(0.0),
+        ),
+        (scan.p_value, 1.0, onset_effect),
+    ];
+    let adjusted = stats::holm(&raw.map(|r| r.0));
+    let family = raw.len() as f64;
+    let judged = std::array::from_fn(|i| {
         let metric = Metric::ALL[i];
         let (a, b) = (metric.series(p), metric.series(c));
-        let (test, p_adj) = (tests[i], adjusted[i]);
-        let effect = match (mean(a), mean(b)) {
-            (Some(x), Some(y)) if (x - y).is_finite() => x - y,
-            _ => 0.0,
-        };
+        let (_, p_control, effect) = raw[i];
+        let effect = if effect.is_finite() { effect } else { 0.0 };
         let finite = |x: Option<f64>| x.filter(|v| v.is_finite()).unwrap_or(0.0);
-        let p_value = if p_adj.is_finite() { p_adj } else { 1.0 };
+        let p_value = adjusted
+            .get(i)
+            .copied()
+            .filter(|v| v.is_finite())
+            .unwrap_or(1.0);
         let sig = p_value < cfg.alpha;
         let big = effect >= metric.floor(cfg);
         Judged {
             metric,
             cmp: ArmComparison {
-                platform_median: finite(median(a)),
-                control_median: finite(median(b)),
+                platform_median: finite(median(&a)),
+                control_median: finite(median(&b)),
                 p_value,
                 effect,
                 significant: sig && big,
             },
             sig,
             big,
-            control_worse: 3.0 * test.p_less < cfg.alpha,
+            control_worse: family * p_control < cfg.alpha,
         }
-    })
+    });
+    // Where the scan put the onset, once it ran on enough windows.
+    let onset = (delay.len() > ONSET_MIN_TAIL).then(|| {
+        // Windows with a paired delay, in order: map the split back to its window's start.
+        let starts: Vec<u64> = p
+            .delay_ms
+            .iter()
+            .zip(&c.delay_ms)
+            .zip(&p.starts_us)
+            .filter(|((a, b), _)| a.is_some() && b.is_some())
+            .map(|(_, &t)| t)
+            .collect();
+        let at_us = starts.get(scan.split).copied().unwrap_or(0);
+        Onset {
+            at_ms: u32::try_from(at_us / 1000).unwrap_or(u32::MAX),
+            p_value: adjusted[3],
+            effect: onset_effect,
+        }
+    });
+    (judged, onset)
 }
 
 /// Judges one test from its two arms; the module docs give the rules.
@@ -520,14 +485,15 @@ pub fn judge(
     let window_us = u64::from(cfg.window_ms.max(1)) * 1000;
     let (p, c) = aligned_series(platform, control, window_us);
     let windows = u32::try_from(p.loss.len()).unwrap_or(u32::MAX);
-    let judged = judge_metrics(&p, &c, cfg);
+    let (judged, onset) = judge_metrics(&p, &c, cfg);
     let (verdict, rule, reason) = decide(&judged, &p, &c, windows, cfg);
-    let [loss, delay, jitter] = judged;
+    let [loss, delay, jitter, _] = judged;
     let detail = VerdictDetail {
         method: format!(
-            "one-sided mann-whitney u, platform worse (normal approximation, tie-corrected \
-             variance, continuity correction) per {} ms window on loss fraction, median rtt and \
-             mean |drtt|; holm over 3 metrics at alpha {}; effect = difference of window means, \
+            "one-sided, platform worse: loss by an exact test stratified by {} ms window over \
+             every probe; median rtt and mean |drtt| per window by exact wilcoxon signed-rank \
+             on paired windows; a delay onset scan calibrated by sign flips within windows; \
+             holm over 4 at alpha {}; effects: pooled loss difference, mean paired difference; \
              floors {} loss, {} ms delay, {} ms jitter; at least {} windows",
             cfg.window_ms,
             cfg.alpha,
@@ -543,8 +509,7 @@ pub fn judge(
         jitter: jitter.cmp,
         reason,
         rule: Some(rule),
-        packet_loss: None,
-        onset: None,
+        onset,
         relay: None,
     };
     (verdict, detail)
@@ -552,7 +517,7 @@ pub fn judge(
 
 /// Rules 3–8, in order.
 fn decide(
-    judged: &[Judged; 3],
+    judged: &[Judged; 4],
     p: &Series,
     c: &Series,
     windows: u32,
@@ -655,7 +620,7 @@ fn decide(
             ),
         );
     }
-    let [loss, _, jitter] = judged;
+    let [loss, _, jitter, _] = judged;
     let lossy = loss.cmp.platform_median >= cfg.degraded_loss
         && loss.cmp.control_median >= cfg.degraded_loss;
     let jittery = jitter.cmp.platform_median >= cfg.degraded_jitter_ms
@@ -888,7 +853,10 @@ mod tests {
     /// A probe's fate: `None` lost, `Some(ms)` its RTT.
     type Fate<'a> = &'a mut dyn FnMut(&mut StdRng, usize) -> Option<f64>;
 
-    /// `n` probes every 20 ms (10 s = 500 probes), fates drawn from `fate(rng, probe index)`.
+    /// Probes in a default (15 s) test at 20 ms.
+    const PROBES: usize = 750;
+
+    /// `n` probes every 20 ms (15 s = 750 probes), fates drawn from `fate(rng, probe index)`.
     fn arm_with(rng: &mut StdRng, n: usize, fate: Fate) -> ArmSamples {
         ArmSamples {
             interval_us: 20_000,
@@ -927,96 +895,13 @@ mod tests {
         })
     }
 
-    fn close(a: f64, b: f64, rel: f64) -> bool {
-        (a - b).abs() <= rel * b.abs()
-    }
-
-    #[test]
-    fn mann_whitney_matches_hand_computed_and_scipy_values() {
-        // No ties. a = {1,2,3}, b = {4,5,6}: R_a = 6, U = 6 − 3·4/2 = 0, μ = 4.5,
-        // σ² = 3·3/12 · 7 = 5.25, z = −(4.5 − 0.5)/√5.25 = −1.74574, p = 2·(1 − Φ(1.74574))
-        // = 0.0808556; SciPy 1.17.1 `mannwhitneyu(a, b, method="asymptotic")`: 0.08085559837005224.
-        let t = mann_whitney(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]);
-        assert_eq!(t.u, 0.0);
-        assert!((t.sigma - 5.25f64.sqrt()).abs() < 1e-12);
-        assert!((t.z + 4.0 / 5.25f64.sqrt()).abs() < 1e-12);
-        assert!(close(t.p, 0.08085559837005224, 1e-6), "{t:?}");
-        // One-sided (SciPy alternative="greater" / "less"): sf((U − μ − ½)/σ) = sf(−5/√5.25)
-        // = 0.98545183; sf((μ − U − ½)/σ) = sf(4/√5.25) = 0.04042780.
-        assert!(close(t.p_greater, 0.9854518341293739, 1e-6), "{t:?}");
-        assert!(close(t.p_less, 0.04042779918502612, 1e-6), "{t:?}");
-
-        // Ties. a = {0,0,1}, b = {0,1,1}: the three 0s share rank 2, the three 1s rank 5;
-        // R_a = 2+2+5 = 9, U = 9 − 6 = 3; Σ(t³−t) = 24 + 24 = 48;
-        // σ² = 9/12 · (7 − 48/30) = 4.05; z = −(1.5 − 0.5)/√4.05 = −0.496904;
-        // p = 0.619257; SciPy: 0.6192567541768621.
-        let t = mann_whitney(&[0.0, 0.0, 1.0], &[0.0, 1.0, 1.0]);
-        assert_eq!(t.u, 3.0);
-        assert!((t.sigma - 4.05f64.sqrt()).abs() < 1e-12);
-        assert!(close(t.p, 0.6192567541768621, 1e-6), "{t:?}");
-        assert!(close(t.p_greater, 0.8398418222539659, 1e-6), "{t:?}");
-        assert!(close(t.p_less, 0.30962837708843105, 1e-6), "{t:?}");
-
-        // Loss-like series with heavy ties (10 windows a side, per-window loss of 50 probes).
-        // 0: 2 in a, 8 in b → ranks 1..10, 5.5 each; 0.02: 3 + 2 → ranks 11..15, 13 each;
-        // 0.04: 3 in a → 17; 0.06 → 19; 0.08 → 20. R_a = 11 + 39 + 51 + 19 + 20 = 140,
-        // U = 140 − 55 = 85. Σ(t³−t) = 990 + 120 + 24 = 1134; σ² = 100/12 · (21 − 1134/380)
-        // = 150.1316; z = (35 − 0.5)/12.25282 = 2.815678; p = 0.0048674;
-        // SciPy: 0.00486743447318894.
-        let a = [0.02, 0.04, 0.0, 0.06, 0.02, 0.04, 0.02, 0.0, 0.08, 0.04];
-        let b = [0.0, 0.0, 0.02, 0.0, 0.0, 0.0, 0.02, 0.0, 0.0, 0.0];
-        let t = mann_whitney(&a, &b);
-        assert_eq!(t.u, 85.0);
-        assert!((t.sigma * t.sigma - 100.0 / 12.0 * (21.0 - 1134.0 / 380.0)).abs() < 1e-9);
-        assert!(t.z > 0.0, "a ranks higher");
-        assert!(close(t.p, 0.00486743447318894, 1e-6), "{t:?}");
-        // One-sided, a larger: half of that; SciPy "greater": 0.00243371723659447.
-        assert!(close(t.p_greater, 0.00243371723659447, 1e-6), "{t:?}");
-        assert!(close(t.p_less, 0.9981180061921159, 1e-6), "{t:?}");
-        // Swapping the samples mirrors U and z and keeps p.
-        let s = mann_whitney(&b, &a);
-        assert_eq!(s.u, 15.0);
-        assert!((s.z + t.z).abs() < 1e-12 && (s.p - t.p).abs() < 1e-15);
-
-        // Unequal sizes with one tie across samples (11.0): SciPy gives U = 36.5 and
-        // p = 0.03188840334133075.
-        let a = [12.1, 14.3, 11.0, 15.2, 13.3, 12.9, 14.0];
-        let b = [11.5, 11.0, 12.0, 10.8, 12.6, 11.9];
-        let t = mann_whitney(&a, &b);
-        assert_eq!(t.u, 36.5);
-        assert!(close(t.p, 0.03188840334133075, 1e-6), "{t:?}");
-        assert!(close(t.p_greater, 0.015944201670665376, 1e-6), "{t:?}");
-        assert!(close(t.p_less, 0.9889562701594613, 1e-6), "{t:?}");
-
-        // No evidence: all tied (e.g. no loss anywhere), empty, or |U − μ| within the ½.
-        let tied = mann_whitney(&[0.0; 10], &[0.0; 10]);
-        assert_eq!((tied.p, tied.p_greater, tied.p_less), (1.0, 1.0, 1.0));
-        assert_eq!(mann_whitney(&[], &[1.0, 2.0]).p, 1.0);
-        assert_eq!(mann_whitney(&[1.0, 3.0], &[2.0, 2.5]).p, 1.0);
-        assert_eq!(mann_whitney(&[f64::NAN, 1.0], &[f64::INFINITY, 1.0]).p, 1.0);
-    }
-
-    #[test]
-    fn normal_tail_and_holm() {
-        // Reference values of 1 − Φ(z) (SciPy `norm.sf`); the fit's relative error bound is
-        // 1.2e-7.
-        assert!(close(normal_sf(1.959_963_985), 0.025, 1.2e-7));
-        assert!(close(normal_sf(0.0), 0.5, 1.2e-7));
-        assert!(close(normal_sf(3.0), 1.349_898_031_630_094_5e-3, 1.2e-7));
-        assert!(close(normal_sf(6.0), 9.865_876_450_376_946e-10, 1.2e-7));
-        assert!(close(normal_sf(-2.0), 0.977_249_868_051_820_8, 1.2e-7));
-        // Sorted 0.01, 0.03, 0.04 → 3·0.01, max(0.03, 2·0.03), max(0.06, 1·0.04).
-        assert_eq!(holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06]);
-        assert_eq!(holm([0.5, 0.9, 0.6]), [1.0, 1.0, 1.0]);
-    }
-
     #[test]
     fn identical_arms_are_none() {
         let cfg = VerdictConfig::default();
-        let clean = |seed| arm(&mut StdRng::seed_from_u64(seed), 500, 0.0, 1.0);
+        let clean = |seed| arm(&mut StdRng::seed_from_u64(seed), PROBES, 0.0, 1.0);
         let (v, d) = judge(&clean(2), &clean(2), &cfg);
         assert_eq!(v, Verdict::None, "{}", d.reason);
-        assert_eq!(d.windows, 10);
+        assert_eq!(d.windows, 15);
         assert_eq!(d.loss.p_value, 1.0, "all windows lossless: ties only");
         assert_eq!(d.loss.effect, 0.0);
         // Two independent draws of one clean process, too.
@@ -1029,26 +914,26 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(1);
         let cfg = VerdictConfig::default();
         // 10 % extra random loss over 10 s.
-        let lossy = impaired(&mut rng, 500, 0.0, 5.0, 0.10, 0.0);
-        let (v, d) = judge(&lossy, &arm(&mut rng, 500, 0.0, 5.0), &cfg);
+        let lossy = impaired(&mut rng, PROBES, 0.0, 5.0, 0.10, 0.0);
+        let (v, d) = judge(&lossy, &arm(&mut rng, PROBES, 0.0, 5.0), &cfg);
         assert_eq!(v, Verdict::Differentiated, "{d:?}");
         assert!(d.loss.significant && d.loss.effect > 0.05, "{d:?}");
         assert!(d.reason.contains("loss"), "{}", d.reason);
         // 20 ms extra jitter (zero-mean: the median RTT does not move, the variation does).
-        let jittery = impaired(&mut rng, 500, 0.0, 5.0, 0.0, 20.0);
-        let (v, d) = judge(&jittery, &arm(&mut rng, 500, 0.0, 5.0), &cfg);
+        let jittery = impaired(&mut rng, PROBES, 0.0, 5.0, 0.0, 20.0);
+        let (v, d) = judge(&jittery, &arm(&mut rng, PROBES, 0.0, 5.0), &cfg);
         assert_eq!(v, Verdict::Differentiated, "{d:?}");
         assert!(d.jitter.significant && !d.delay.significant, "{d:?}");
         // 20 ms of added queueing delay (a shaper's queue).
-        let delayed = arm_with(&mut rng, 500, &mut |rng, _| {
+        let delayed = arm_with(&mut rng, PROBES, &mut |rng, _| {
             Some(60.0 + rng.gen_range(-5.0..=5.0))
         });
-        let (v, d) = judge(&delayed, &arm(&mut rng, 500, 0.0, 5.0), &cfg);
+        let (v, d) = judge(&delayed, &arm(&mut rng, PROBES, 0.0, 5.0), &cfg);
         assert_eq!(v, Verdict::Differentiated, "{d:?}");
         assert!(d.delay.significant && (d.delay.effect - 20.0).abs() < 1.0);
         // Platform-only loss on top of a lossy path is still found.
-        let lossy = impaired(&mut rng, 500, 0.05, 5.0, 0.20, 0.0);
-        let (v, d) = judge(&lossy, &arm(&mut rng, 500, 0.05, 5.0), &cfg);
+        let lossy = impaired(&mut rng, PROBES, 0.05, 5.0, 0.20, 0.0);
+        let (v, d) = judge(&lossy, &arm(&mut rng, PROBES, 0.05, 5.0), &cfg);
         assert_eq!(v, Verdict::Differentiated, "{d:?}");
     }
 
@@ -1056,8 +941,8 @@ mod tests {
     fn control_worse_is_not_differentiation() {
         let mut rng = StdRng::seed_from_u64(5);
         let cfg = VerdictConfig::default();
-        let bad_control = impaired(&mut rng, 500, 0.0, 1.0, 0.03, 0.0);
-        let (v, d) = judge(&arm(&mut rng, 500, 0.0, 1.0), &bad_control, &cfg);
+        let bad_control = impaired(&mut rng, PROBES, 0.0, 1.0, 0.03, 0.0);
+        let (v, d) = judge(&arm(&mut rng, PROBES, 0.0, 1.0), &bad_control, &cfg);
         assert_eq!(v, Verdict::None, "{}", d.reason);
         assert!(d.loss.effect < 0.0 && !d.loss.significant);
         assert!(d.reason.contains("control arm was significantly worse"));
@@ -1070,18 +955,22 @@ mod tests {
         // The platform arm's path is 2 ms longer: significant over 10 windows, below the 5 ms
         // floor.
         let longer = |rng: &mut StdRng, loss: f64| {
-            arm_with(rng, 500, &mut |rng, _| {
+            arm_with(rng, PROBES, &mut |rng, _| {
                 (rng.gen::<f64>() >= loss).then(|| 42.0 + rng.gen_range(-1.0..=1.0))
             })
         };
-        let (v, d) = judge(&longer(&mut rng, 0.0), &arm(&mut rng, 500, 0.0, 1.0), &cfg);
+        let (v, d) = judge(
+            &longer(&mut rng, 0.0),
+            &arm(&mut rng, PROBES, 0.0, 1.0),
+            &cfg,
+        );
         assert_eq!(v, Verdict::None, "{}", d.reason);
         assert!(d.delay.p_value < cfg.alpha && !d.delay.significant, "{d:?}");
         assert!(d.reason.contains("less than the floor"), "{}", d.reason);
         // The same on a path that loses 10 % of everything: still degraded alike.
         let (v, d) = judge(
             &longer(&mut rng, 0.10),
-            &arm(&mut rng, 500, 0.10, 1.0),
+            &arm(&mut rng, PROBES, 0.10, 1.0),
             &cfg,
         );
         assert_eq!(v, Verdict::Inconclusive, "{}", d.reason);
@@ -1094,8 +983,8 @@ mod tests {
         for seed in 0..50 {
             let mut rng = StdRng::seed_from_u64(seed);
             let (v, d) = judge(
-                &arm(&mut rng, 500, 0.10, 5.0),
-                &arm(&mut rng, 500, 0.10, 5.0),
+                &arm(&mut rng, PROBES, 0.10, 5.0),
+                &arm(&mut rng, PROBES, 0.10, 5.0),
                 &cfg,
             );
             assert_ne!(v, Verdict::Differentiated, "seed {seed}: {d:?}");
@@ -1106,8 +995,8 @@ mod tests {
         assert_eq!(counts[Verdict::None as usize], 0, "{counts:?}");
         let mut rng = StdRng::seed_from_u64(9);
         let (v, d) = judge(
-            &arm(&mut rng, 500, 0.0, 60.0),
-            &arm(&mut rng, 500, 0.0, 60.0),
+            &arm(&mut rng, PROBES, 0.0, 60.0),
+            &arm(&mut rng, PROBES, 0.0, 60.0),
             &cfg,
         );
         assert_ne!(v, Verdict::Differentiated, "{d:?}");
@@ -1117,8 +1006,8 @@ mod tests {
     fn blocking_nothing_back_and_short_tests() {
         let mut rng = StdRng::seed_from_u64(3);
         let cfg = VerdictConfig::default();
-        let blocked = arm(&mut rng, 500, 1.0, 0.0);
-        let clean = arm(&mut rng, 500, 0.0, 1.0);
+        let blocked = arm(&mut rng, PROBES, 1.0, 0.0);
+        let clean = arm(&mut rng, PROBES, 0.0, 1.0);
         let (v, d) = judge(&blocked, &clean, &cfg);
         assert_eq!(v, Verdict::Differentiated, "{}", d.reason);
         assert!(d.reason.contains("blocked"), "{}", d.reason);
@@ -1126,12 +1015,12 @@ mod tests {
         assert_eq!((d.loss.platform_median, d.loss.control_median), (1.0, 0.0));
         assert_eq!(d.delay.platform_median, 0.0, "no replies: 0, not NaN");
         // Both blocked, or only the control: nothing to judge against.
-        let (v, d) = judge(&blocked, &arm(&mut rng, 500, 1.0, 0.0), &cfg);
+        let (v, d) = judge(&blocked, &arm(&mut rng, PROBES, 1.0, 0.0), &cfg);
         assert_eq!(v, Verdict::Inconclusive, "{}", d.reason);
         let (v, d) = judge(&clean, &blocked, &cfg);
         assert_eq!(v, Verdict::Inconclusive, "{}", d.reason);
         // Blocked platform against a control that got back only a few replies: an outage.
-        let mostly_out = arm_with(&mut rng, 500, &mut |_, i| (i < 100).then_some(40.0));
+        let mostly_out = arm_with(&mut rng, PROBES, &mut |_, i| (i < 100).then_some(40.0));
         let (v, d) = judge(&blocked, &mostly_out, &cfg);
         assert_eq!(v, Verdict::Inconclusive, "{}", d.reason);
         // 2 windows (2 s): too short, whatever the data.
@@ -1155,17 +1044,17 @@ mod tests {
     fn windows_are_aligned_and_ragged_ends_dropped() {
         let cfg = VerdictConfig::default();
         let mut rng = StdRng::seed_from_u64(11);
-        // 10.04 s: the 11th window would hold 2 probes of 50 — not a data point.
-        let a = arm(&mut rng, 502, 0.0, 1.0);
-        let b = arm(&mut rng, 502, 0.0, 1.0);
-        assert_eq!(judge(&a, &b, &cfg).1.windows, 10);
+        // 15.04 s: the 16th window would hold 2 probes of 50 — not a data point.
+        let a = arm(&mut rng, PROBES + 2, 0.0, 1.0);
+        let b = arm(&mut rng, PROBES + 2, 0.0, 1.0);
+        assert_eq!(judge(&a, &b, &cfg).1.windows, 15);
         // The control arm starts 5 s late: only the 5 shared seconds are compared.
-        let mut late = arm(&mut rng, 500, 0.0, 1.0);
+        let mut late = arm(&mut rng, PROBES, 0.0, 1.0);
         for p in &mut late.packets {
             p.sent_us += 5_000_000;
         }
         let (v, d) = judge(&a, &late, &cfg);
-        assert_eq!((v, d.windows), (Verdict::Inconclusive, 5));
+        assert_eq!((v, d.windows), (Verdict::Inconclusive, 10));
         // Order of the probes does not matter.
         let mut shuffled = a.clone();
         shuffled.packets.reverse();
@@ -1173,7 +1062,12 @@ mod tests {
         // An unknown interval falls back on the arms' own per-window counts.
         let mut unknown = a.clone();
         unknown.interval_us = 0;
-        assert_eq!(judge(&unknown, &b, &cfg).1.windows, 10);
+        assert_eq!(judge(&unknown, &b, &cfg).1.windows, 15);
+    }
+
+    /// The 95 % Clopper–Pearson upper bound of a rate measured over `n` tests.
+    fn upper_bound(rate: f64, n: u64) -> f64 {
+        crate::stats::clopper_pearson((rate * n as f64).round() as u64, n, 0.95).1
     }
 
     /// Differentiated fraction of `tests` seeded tests from two arm generators.
@@ -1200,10 +1094,11 @@ mod tests {
         // RTT 40 ± 5 ms. Observed: 0 of 1000 (0.0 %).
         let rate = flagged_rate(1000, 42, |rng, i| {
             let loss = [0.0, 0.02, 0.10][i as usize % 3];
-            (arm(rng, 500, loss, 5.0), arm(rng, 500, loss, 5.0))
+            (arm(rng, PROBES, loss, 5.0), arm(rng, PROBES, loss, 5.0))
         });
-        eprintln!("false-positive rate, shared Bernoulli loss: {rate}");
-        assert!(rate <= 0.01, "{rate}");
+        let upper = upper_bound(rate, 1000);
+        eprintln!("false-positive rate, shared Bernoulli loss: {rate} (upper bound {upper:.4})");
+        assert!(upper <= 0.01, "{rate}, upper bound {upper}");
     }
 
     #[test]
@@ -1220,7 +1115,7 @@ mod tests {
         // is left.
         let gilbert = |rng: &mut StdRng| {
             let mut lost = false;
-            arm_with(rng, 500, &mut move |rng, _| {
+            arm_with(rng, PROBES, &mut move |rng, _| {
                 lost = if lost {
                     rng.gen::<f64>() >= 0.3
                 } else {
@@ -1233,58 +1128,63 @@ mod tests {
         let cases: [(&str, Gen); 6] = [
             (
                 "0.5 % loss",
-                Box::new(|rng| (arm(rng, 500, 0.005, 5.0), arm(rng, 500, 0.005, 5.0))),
+                Box::new(|rng| (arm(rng, PROBES, 0.005, 5.0), arm(rng, PROBES, 0.005, 5.0))),
             ),
             ("gilbert", Box::new(move |rng| (gilbert(rng), gilbert(rng)))),
             (
                 "shared congestion",
                 Box::new(|rng| {
-                    let level: Vec<(f64, f64)> = (0..10)
+                    let level: Vec<(f64, f64)> = (0..15)
                         .map(|_| (rng.gen_range(0.0..0.2), rng.gen_range(0.0..30.0)))
                         .collect();
                     let mut fate = |rng: &mut StdRng, i: usize| {
-                        let (loss, queue) = level[i / 50];
+                        let (loss, queue) = level[(i / 50).min(14)];
                         (rng.gen::<f64>() >= loss).then(|| 40.0 + queue + rng.gen_range(-5.0..=5.0))
                     };
-                    (arm_with(rng, 500, &mut fate), arm_with(rng, 500, &mut fate))
+                    (
+                        arm_with(rng, PROBES, &mut fate),
+                        arm_with(rng, PROBES, &mut fate),
+                    )
                 }),
             ),
             (
                 "3 % loss, ±40 ms",
-                Box::new(|rng| (arm(rng, 500, 0.03, 40.0), arm(rng, 500, 0.03, 40.0))),
+                Box::new(|rng| (arm(rng, PROBES, 0.03, 40.0), arm(rng, PROBES, 0.03, 40.0))),
             ),
             (
                 "10 % loss, ±40 ms",
-                Box::new(|rng| (arm(rng, 500, 0.10, 40.0), arm(rng, 500, 0.10, 40.0))),
+                Box::new(|rng| (arm(rng, PROBES, 0.10, 40.0), arm(rng, PROBES, 0.10, 40.0))),
             ),
             (
-                "7 windows, 5 % loss",
-                Box::new(|rng| (arm(rng, 350, 0.05, 5.0), arm(rng, 350, 0.05, 5.0))),
+                "12 windows, 5 % loss",
+                Box::new(|rng| (arm(rng, 600, 0.05, 5.0), arm(rng, 600, 0.05, 5.0))),
             ),
         ];
-        // A true rate of exactly 1 % would show as ≤ 1 % only half the time, so the check is
-        // that each measured rate is consistent with ≤ 1 %: at most 3 standard errors above it.
-        let n = 4000;
-        let slack = 3.0 * (0.01f64 * 0.99 / n as f64).sqrt();
+        // The published claim: the 95 % Clopper–Pearson upper bound of each rate is ≤ 1 %.
+        let n = 1000;
         for (k, (name, gen)) in cases.iter().enumerate() {
             let rate = flagged_rate(n, 10_000 * k as u64 + 7, |rng, _| gen(rng));
-            eprintln!("false-positive rate, {name}: {rate}");
-            assert!(rate <= 0.01 + slack, "{name}: {rate}");
+            let upper = upper_bound(rate, n);
+            eprintln!("false-positive rate, {name}: {rate} (upper 95 % bound {upper:.4})");
+            assert!(upper <= 0.01, "{name}: {rate}, upper bound {upper}");
         }
     }
 
     #[test]
-    fn power_over_ten_second_tests() {
+    fn power_over_fifteen_second_tests() {
         // Platform-only impairment on top of a shared process, 1000 tests each.
         // Observed differentiated fractions over RTT 40 ± 5 ms and no shared loss: extra loss
-        // 1 % → 16.1 %, 2 % → 68.8 %, 3 % → 95.6 %, 5 % → 99.9 %, 10 % → 100 %, 20 % → 100 %;
+        // 1 % → 0.4 %, 2 % → 27.1 %, 3 % → 78 %, 5 % → 99.6 %, 10 % → 100 %, 20 % → 100 %;
         // ± 20 ms extra (zero-mean) jitter → 100 %. On a lossy path: +5 % over 2 % shared loss
-        // → 69.9 %, +10 % over 10 % → 75.9 % (the rest mostly `inconclusive`, not `none`).
+        // → 60.5 %, +10 % over 10 % → 70.6 % (the rest mostly `inconclusive`, not `none`).
+        // The published target is ≥ 95 % at 5 % platform-only loss; below that, α = 0.2 % and
+        // the burst-robust paired loss test cost power against the old 1 % normal-approximation
+        // verdict (which gave 68.8 % at 2 %).
         let power = |shared_loss: f64, extra_loss: f64, extra_jitter: f64, seed0| {
             flagged_rate(1000, seed0, |rng, _| {
                 (
-                    impaired(rng, 500, shared_loss, 5.0, extra_loss, extra_jitter),
-                    arm(rng, 500, shared_loss, 5.0),
+                    impaired(rng, PROBES, shared_loss, 5.0, extra_loss, extra_jitter),
+                    arm(rng, PROBES, shared_loss, 5.0),
                 )
             })
         };
@@ -1302,10 +1202,14 @@ mod tests {
             "power: loss 1/2/3/5/10/20 % = {loss:?}, ±20 ms jitter = {jitter}, \
              +5 % over 2 % / +10 % over 10 % = {on_lossy:?}"
         );
-        assert!(loss[1] >= 0.65 && loss[2] >= 0.9, "{loss:?}");
-        assert!(loss[3..].iter().all(|&r| r >= 0.99), "{loss:?}");
-        assert!(jitter >= 0.99, "{jitter}");
-        assert!(on_lossy.iter().all(|&r| r >= 0.6), "{on_lossy:?}");
+        // At the published bound, less three binomial standard errors of 1000 tests.
+        let margin = 3.0 * (0.95f64 * 0.05 / 1000.0).sqrt();
+        assert!(loss[3..].iter().all(|&r| r >= 0.95 - margin), "{loss:?}");
+        assert!(jitter >= 0.95 - margin, "{jitter}");
+        assert!(
+            loss[1] < loss[2] && loss[2] < loss[3],
+            "power grows with loss: {loss:?}"
+        );
     }
 
     proptest::proptest! {
@@ -1337,18 +1241,6 @@ mod tests {
                     proptest::prop_assert!(!d.reason.is_empty());
                 }
             }
-        }
-
-        #[test]
-        fn mann_whitney_p_is_a_probability(
-            a in proptest::collection::vec(-1e9f64..1e9, 0..40),
-            b in proptest::collection::vec(proptest::sample::select(vec![0.0, 0.02, 0.04, 1.0]), 0..40),
-        ) {
-            let t = mann_whitney(&a, &b);
-            for p in [t.p, t.p_greater, t.p_less] {
-                proptest::prop_assert!((0.0..=1.0).contains(&p));
-            }
-            proptest::prop_assert!(t.z.is_finite() && t.sigma >= 0.0);
         }
     }
 }

@@ -302,9 +302,6 @@ pub struct VerdictDetail {
     /// Which rule decided (absent in older reports).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<VerdictRule>,
-    /// Per-packet loss comparison (exact test over every probe), when both arms were measured.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub packet_loss: Option<ArmComparison>,
     /// The onset scan: the split that maximised the platform-minus-control difference and its
     /// permutation p-value, when it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -383,7 +380,7 @@ pub struct Onset {
     pub at_ms: u32,
     /// Permutation p-value of the scan's maximum (arm labels flipped within windows).
     pub p_value: f64,
-    /// Mean platform-minus-control loss fraction from the onset on.
+    /// Mean platform-minus-control per-window median RTT from the onset on, ms.
     pub effect: f64,
 }
 

@@ -38,7 +38,7 @@ pub struct DemoConfig {
     /// Keep the data here instead of a temporary folder that is removed at the end.
     pub keep: Option<PathBuf>,
     /// Put the Russian networks behind an emulated DPI box that drops 10 % of STUN-framed
-    /// packets each way (what the August 2025 reports describe).
+    /// packets each way (a stand-in for a DPI box that keys on the STUN framing).
     pub dpi: bool,
 }
 
@@ -46,7 +46,7 @@ impl Default for DemoConfig {
     fn default() -> Self {
         DemoConfig {
             agents: 4,
-            duration_secs: 8,
+            duration_secs: 15,
             platforms: vec![Platform::Generic, Platform::Whatsapp, Platform::Telegram],
             keep: None,
             dpi: true,

@@ -23,8 +23,8 @@ pub struct Scenario {
     pub video: bool,
 }
 
-/// A rule on the STUN magic cookie (bytes 4..8), both directions: what the August 2025 reports
-/// say DPI keys on. It hits the WhatsApp profile's platform arm and nothing else we send.
+/// A rule on the STUN magic cookie (bytes 4..8), both directions: an assumed DPI signature (no
+/// published source names the rules behind the August 2025 restrictions). It hits the WhatsApp profile's platform arm and nothing else we send.
 pub fn stun_rule(impairment: RuleImpairment) -> DpiRule {
     DpiRule {
         name: "stun-cookie".into(),
@@ -111,7 +111,7 @@ impl Scenario {
 }
 
 /// The agent's default test length, at which the detection table is made.
-pub const TEST_MS: u32 = 10_000;
+pub const TEST_MS: u32 = 15_000;
 
 /// One simulated test of `platform` through `scenario`, [`TEST_MS`] long: the whole `CallTest`
 /// (handshakes, both arms, close, count exchange, report, verdict), as the agent runs it.

@@ -87,7 +87,7 @@ async fn a_full_queue_drops_the_oldest_and_status_says_so() {
         &r,
         &[
             ("queue_cap = 10000", "queue_cap = 2"),
-            ("duration_secs = 10", "duration_secs = 1"),
+            ("duration_secs = 15", "duration_secs = 1"),
         ],
     );
     let config2 = config.clone();

@@ -241,7 +241,7 @@ async fn run_once_keeps_reports_queued_when_the_collector_is_away() {
         let text = std::fs::read_to_string(&config2).unwrap();
         std::fs::write(
             &config2,
-            text.replace("duration_secs = 10", "duration_secs = 1"),
+            text.replace("duration_secs = 15", "duration_secs = 1"),
         )
         .unwrap();
         Command::new(callwatch_tests::built_binary("callwatch-agent"))

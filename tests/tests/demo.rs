@@ -10,7 +10,7 @@ async fn demo_deployment_aggregates_by_region_and_platform_and_finds_the_dpi_box
         keep: Some(keep.path().join("data")),
         ..DemoConfig::default()
     };
-    assert!(cfg.dpi && cfg.agents == 4 && cfg.duration_secs >= 7);
+    assert!(cfg.dpi && cfg.agents == 4 && cfg.duration_secs >= 13);
     let result = run_demo(&cfg).await.unwrap();
     let cells = result.by_country["result"].as_array().unwrap();
     let cell = |country: &str, platform: &str| {

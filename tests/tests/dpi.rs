@@ -11,7 +11,7 @@ use callwatch_tests::emulator::{ImpairmentConfig, Relay, RelayConfig, Route, Rul
 use std::net::SocketAddr;
 
 async fn run(platform: Platform, platform_at: SocketAddr, control_at: SocketAddr) -> CallReport {
-    let mut spec = TestSpec::voice(platform_at, 10_000);
+    let mut spec = TestSpec::voice(platform_at, 15_000);
     spec.platform = platform;
     spec.size = None; // the profile's sizes
     spec.platform_port = Some(platform_at.port());

@@ -19,8 +19,8 @@ struct Cli {
     #[arg(long, default_value_t = 4)]
     agents: usize,
     /// Length of each call test, seconds.
-    /// (7 s at least for a verdict: see docs/DETECTION.md.)
-    #[arg(long, default_value_t = 8, value_name = "SECS")]
+    /// (13 s at least for a verdict: see docs/DETECTION.md.)
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
     duration: u32,
     /// Platforms each agent tests, in turn (comma-separated).
     #[arg(
