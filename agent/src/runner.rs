@@ -131,8 +131,12 @@ pub async fn run_one_test(
     spec: TestSpec,
     cancel: &Cancel,
 ) -> Result<TestOutcome> {
+    let mut spec = spec;
     let platform = spec.platform;
     let ipv6 = spec.reflector.is_ipv6();
+    let reflector = spec.reflector.to_string();
+    spec.reached_before = state.snapshot().reflectors_reached.contains(&reflector);
+    let reached_before = spec.reached_before;
     tracing::info!(platform = %platform, reflector = %spec.reflector, "starting test");
     let test_cancel = cancel.clone();
     let result = tokio::task::spawn_blocking(move || run_call_test(&spec, &test_cancel, |_| {}))
@@ -144,12 +148,21 @@ pub async fn run_one_test(
             tracing::info!(platform = %platform, "test abandoned: stopping");
             return Ok(TestOutcome::Cancelled);
         }
-        Err(e @ (TestError::Session(_) | TestError::Io(_))) => {
+        Err(e @ (TestError::Session(_) | TestError::Io(_) | TestError::Unreachable(_))) => {
             tracing::warn!(platform = %platform, "test failed: {e}");
             return Ok(TestOutcome::Failed(format!("{platform}: {e}")));
         }
         Err(e) => return Err(e.into()),
     };
+    let answered = report.streams.iter().any(|s| {
+        matches!(
+            s.role,
+            callwatch_proto::Role::Platform | callwatch_proto::Role::Control
+        ) && s.packets_received > 0
+    });
+    if answered && !reached_before {
+        state.update(|s| s.reflectors_reached.insert(reflector.clone()));
+    }
     let signed = SignedReport::sign(&report, key).context("encoding report")?;
     let dropped = match queue.push_bounded(&signed, cfg.queue_cap) {
         Ok(dropped) => dropped,

@@ -76,6 +76,10 @@ pub struct AgentState {
     pub scheduler: Option<Scheduler>,
     /// Data used today and this month, kept so a restart does not forget it.
     pub budget: Option<Budget>,
+    /// Reflector addresses (`IP:port`) that have answered this agent: a test in which nothing
+    /// answers is then a finding (a report) rather than a local error. A new address in the
+    /// config starts unknown.
+    pub reflectors_reached: std::collections::BTreeSet<String>,
 }
 
 /// The state shared by the daemon's test loop and uploader: every change is saved at once.
