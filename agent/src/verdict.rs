@@ -11,7 +11,7 @@
 //! [`judge_call`] first applies the outcome rules C1–C5 (busy reflector, no reference, blocked,
 //! cut, platform servers unreachable; see its docs). Then, for two arms that both answered:
 //!
-//! 1. **Windows.** Both arms are cut into windows of `window_ms` (1 s) by send time, on one grid
+//! 1. **Windows.** Both arms are cut into windows of `window_ms` (500 ms) by send time, on one grid
 //!    starting at the earliest probe of either arm. A window counts for an arm when it holds at
 //!    least half the probes it should (`window / interval`, or the arm's median per-window count if
 //!    that is smaller), so a ragged last window with a probe or two does not become a data point.
@@ -66,7 +66,11 @@
 //!   of one path can differ by (ECMP, load balancers), so less is no evidence of intent.
 //! - `jitter_floor_ms = 3`: a jitter buffer holds roughly 2–4 times the RTT variation, so 3 ms
 //!   more of it costs ≈ 10 ms of mouth-to-ear delay; less is within path-to-path spread.
-//! - `min_windows = 12`: see rule 3; the agent's default test is 15 s.
+//! - `window_ms = 500`: a 15 s test gives 30 windows, so a degradation that starts a third of
+//!   the way in still leaves 20 windows after it — enough for the paired tests to reach α
+//!   after Holm (2⁻²⁰); with 1 s windows it left 10 (4·2⁻¹⁰ > α), and the simulated
+//!   onset and shaping-queue censors were never found. 25 probes a window still give a median.
+//! - `min_windows = 12` (6 s): see rule 3; the agent's default test is 15 s.
 //!
 //! # Limits
 //!
@@ -120,7 +124,7 @@ pub struct VerdictConfig {
 impl Default for VerdictConfig {
     fn default() -> Self {
         VerdictConfig {
-            window_ms: 1000,
+            window_ms: 500,
             alpha: 0.002,
             loss_floor: 0.01,
             delay_floor_ms: 5.0,
@@ -901,7 +905,7 @@ mod tests {
         let clean = |seed| arm(&mut StdRng::seed_from_u64(seed), PROBES, 0.0, 1.0);
         let (v, d) = judge(&clean(2), &clean(2), &cfg);
         assert_eq!(v, Verdict::None, "{}", d.reason);
-        assert_eq!(d.windows, 15);
+        assert_eq!(d.windows, 30);
         assert_eq!(d.loss.p_value, 1.0, "all windows lossless: ties only");
         assert_eq!(d.loss.effect, 0.0);
         // Two independent draws of one clean process, too.
@@ -1023,14 +1027,14 @@ mod tests {
         let mostly_out = arm_with(&mut rng, PROBES, &mut |_, i| (i < 100).then_some(40.0));
         let (v, d) = judge(&blocked, &mostly_out, &cfg);
         assert_eq!(v, Verdict::Inconclusive, "{}", d.reason);
-        // 2 windows (2 s): too short, whatever the data.
+        // 4 windows (2 s): too short, whatever the data.
         let (v, d) = judge(
             &arm(&mut rng, 100, 0.5, 1.0),
             &arm(&mut rng, 100, 0.0, 1.0),
             &cfg,
         );
         assert_eq!(v, Verdict::Inconclusive, "{}", d.reason);
-        assert_eq!(d.windows, 2);
+        assert_eq!(d.windows, 4);
         let (v, _) = judge(&blocked, &arm(&mut rng, 100, 0.0, 1.0), &cfg);
         assert_eq!(v, Verdict::Inconclusive);
         let (v, d) = judge(&ArmSamples::default(), &ArmSamples::default(), &cfg);
@@ -1044,17 +1048,17 @@ mod tests {
     fn windows_are_aligned_and_ragged_ends_dropped() {
         let cfg = VerdictConfig::default();
         let mut rng = StdRng::seed_from_u64(11);
-        // 15.04 s: the 16th window would hold 2 probes of 50 — not a data point.
+        // 15.04 s: the 31st window would hold 2 probes of 25 — not a data point.
         let a = arm(&mut rng, PROBES + 2, 0.0, 1.0);
         let b = arm(&mut rng, PROBES + 2, 0.0, 1.0);
-        assert_eq!(judge(&a, &b, &cfg).1.windows, 15);
-        // The control arm starts 5 s late: only the 5 shared seconds are compared.
+        assert_eq!(judge(&a, &b, &cfg).1.windows, 30);
+        // The control arm starts 9.5 s late: only the 5.5 shared seconds are compared.
         let mut late = arm(&mut rng, PROBES, 0.0, 1.0);
         for p in &mut late.packets {
-            p.sent_us += 5_000_000;
+            p.sent_us += 9_500_000;
         }
         let (v, d) = judge(&a, &late, &cfg);
-        assert_eq!((v, d.windows), (Verdict::Inconclusive, 10));
+        assert_eq!((v, d.windows), (Verdict::Inconclusive, 11));
         // Order of the probes does not matter.
         let mut shuffled = a.clone();
         shuffled.packets.reverse();
@@ -1062,7 +1066,7 @@ mod tests {
         // An unknown interval falls back on the arms' own per-window counts.
         let mut unknown = a.clone();
         unknown.interval_us = 0;
-        assert_eq!(judge(&unknown, &b, &cfg).1.windows, 15);
+        assert_eq!(judge(&unknown, &b, &cfg).1.windows, 30);
     }
 
     /// The 95 % Clopper–Pearson upper bound of a rate measured over `n` tests.
@@ -1156,8 +1160,8 @@ mod tests {
                 Box::new(|rng| (arm(rng, PROBES, 0.10, 40.0), arm(rng, PROBES, 0.10, 40.0))),
             ),
             (
-                "12 windows, 5 % loss",
-                Box::new(|rng| (arm(rng, 600, 0.05, 5.0), arm(rng, 600, 0.05, 5.0))),
+                "12 windows (6 s), 5 % loss",
+                Box::new(|rng| (arm(rng, 300, 0.05, 5.0), arm(rng, 300, 0.05, 5.0))),
             ),
         ];
         // The published claim: the 95 % Clopper–Pearson upper bound of each rate is ≤ 1 %.

@@ -3,7 +3,7 @@
 //! countries and networks. Each agent runs its tests and uploads; the result is the aggregate by
 //! region and platform, read back through the collector's HTTP API.
 
-use crate::detection::stun_rule;
+use crate::censors::stun_rule;
 use crate::emulator::{ImpairmentConfig, Relay, RelayConfig, Route, RuleImpairment};
 use crate::http;
 use anyhow::{bail, Context, Result};

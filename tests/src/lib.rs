@@ -4,7 +4,7 @@
 //! Nothing here ships in a release binary of the agent or the collector.
 
 pub mod demo;
-pub mod detection;
+pub mod censors;
 pub mod emulator;
 pub mod http;
 pub mod process;

@@ -1,75 +1,108 @@
-//! The differentiation verdict's error rates, measured over simulated two-arm tests.
+//! The detection table's fast subset: every censor and null model of the catalogue against
+//! every platform profile, 20 simulated 15 s tests each (the full table, 1,000 a row, is
+//! `callwatch-detection`). Deterministic: the same seeds give the same verdicts.
 
-use callwatch_proto::{Platform, Verdict};
-use callwatch_tests::detection::{simulate_test, tally, Scenario};
+use callwatch_proto::report::VerdictRule;
+use callwatch_proto::{Role, Verdict};
+use callwatch_tests::censors::{catalogue, simulate, tally, Expect, PLATFORMS};
+
+const TESTS: u32 = 20;
+
+/// The models the issue sets a power target (≥ 95 %) for; the others must be found in most
+/// tests (≥ 15 of 20) and their measured power is published in docs/DETECTION.md.
+const TARGETS: [&str; 6] = [
+    "full-block",
+    "handshake-block",
+    "cut-at-5s",
+    "loss-5pct",
+    "policer-half-rate",
+    "relay-address-block",
+];
 
 #[test]
-fn false_positive_rate_is_at_most_one_percent_on_clean_and_alike_impaired_paths() {
-    for (scenario, seed) in [
-        (Scenario::clean(), 10_000),
-        (Scenario::all_impaired(), 20_000),
-    ] {
-        let t = tally(Platform::Whatsapp, &scenario, 200, seed).unwrap();
-        assert_eq!(t.total(), 200);
-        assert!(
-            t.differentiated <= 2,
-            "{}: {} of 200 differentiated",
-            scenario.name,
-            t.differentiated
-        );
+fn every_censor_is_found_and_no_null_model_is_flagged_on_every_platform() {
+    let mut rows = Vec::new();
+    let mut misses = Vec::new();
+    for (i, censor) in catalogue().iter().enumerate() {
+        for (j, &platform) in PLATFORMS.iter().enumerate() {
+            let seed0 = 7_000_000 + 10_000 * i as u64 + 1_000 * j as u64;
+            let Some(row) = tally(platform, censor, TESTS, seed0).unwrap() else {
+                continue;
+            };
+            let line = format!("{} {platform}: {row:?}", censor.name);
+            eprintln!("{line}");
+            let ok = match censor.expect {
+                // At the published 95 %: 19 of 20.
+                Expect::Differentiated if TARGETS.contains(&censor.name) => {
+                    row.differentiated >= 19
+                }
+                Expect::Differentiated => row.differentiated >= 15,
+                Expect::NotDifferentiated => row.differentiated == 0,
+            };
+            if !ok {
+                misses.push(line);
+            }
+            rows.push((censor.name, platform, row));
+        }
     }
-}
-
-#[test]
-fn platform_only_loss_is_detected_and_power_grows_with_loss() {
-    let rate = |loss| {
-        tally(
-            Platform::Whatsapp,
-            &Scenario::platform_loss(loss),
-            50,
-            30_000,
-        )
-        .unwrap()
-        .differentiated_rate()
-    };
-    let (r2, r10) = (rate(0.02), rate(0.10));
-    assert!(r10 >= 0.95, "10 % loss caught only {r10}");
-    assert!(r2 <= r10);
-    assert!(r2 >= 0.5, "2 % loss caught only {r2}");
-}
-
-#[test]
-fn a_stun_rule_hits_whatsapp_but_not_telegram() {
-    let rule = Scenario::platform_loss(0.10);
-    for seed in 0..20 {
-        let (v, d) = simulate_test(Platform::Whatsapp, &rule, seed).unwrap();
-        assert_eq!(v, Verdict::Differentiated, "{}", d.reason);
-        assert_eq!(d.loss.control_median, 0.0, "the control arm is clean");
-        // Telegram's framing carries no STUN cookie: the same network leaves it alone.
-        let (v, d) = simulate_test(Platform::Telegram, &rule, seed).unwrap();
-        assert_eq!(v, Verdict::None, "{}", d.reason);
+    assert!(misses.is_empty(), "{misses:#?}");
+    // Blocks are found every time.
+    for (name, platform, row) in &rows {
+        if [
+            "full-block",
+            "handshake-block",
+            "cut-at-5s",
+            "relay-address-block",
+        ]
+        .contains(name)
+        {
+            assert_eq!(row.differentiated, TESTS, "{name} {platform}");
+        }
     }
+    // Every model applies to WhatsApp.
+    let whatsapp = rows
+        .iter()
+        .filter(|r| r.1 == callwatch_proto::Platform::Whatsapp)
+        .count();
+    assert_eq!(whatsapp, catalogue().len());
 }
 
 #[test]
-fn policing_shows_only_when_the_stream_needs_more_than_the_rate() {
-    let voice = tally(
-        Platform::Whatsapp,
-        &Scenario::platform_policer(130.0, false),
-        20,
-        40_000,
-    )
-    .unwrap();
+fn each_block_is_judged_by_its_own_rule_and_the_direction_is_right() {
+    let by_name = |n: &str| catalogue().into_iter().find(|c| c.name == n).unwrap();
+    let wa = callwatch_proto::Platform::Whatsapp;
+    let report = |n: &str| simulate(wa, &by_name(n), 1).unwrap().unwrap();
+    let rule = |r: &callwatch_proto::CallReport| r.verdict_detail.as_ref().unwrap().rule;
+    assert_eq!(rule(&report("full-block")), Some(VerdictRule::Blocked));
+    assert_eq!(rule(&report("handshake-block")), Some(VerdictRule::Blocked));
+    assert_eq!(rule(&report("cut-at-5s")), Some(VerdictRule::Cut));
     assert_eq!(
-        voice.differentiated, 0,
-        "46 kbit/s of voice passes a 130 kbit/s policer"
+        rule(&report("relay-address-block")),
+        Some(VerdictRule::PlatformServersUnreachable)
     );
-    let video = tally(
-        Platform::Whatsapp,
-        &Scenario::platform_policer(130.0, true),
-        20,
-        50_000,
-    )
-    .unwrap();
-    assert_eq!(video.differentiated, 20);
+    let down = report("downstream-only");
+    assert_eq!(down.verdict, Some(Verdict::Differentiated));
+    let p = down
+        .streams
+        .iter()
+        .find(|s| s.role == Role::Platform)
+        .unwrap();
+    assert_eq!(p.loss_up, Some(0.0), "nothing was lost upstream");
+    assert!(p.loss_down.unwrap() > 0.5, "{:?}", p.loss_down);
+    let up = report("upstream-only");
+    let p = up
+        .streams
+        .iter()
+        .find(|s| s.role == Role::Platform)
+        .unwrap();
+    assert!(
+        p.loss_up.unwrap() > 0.05 && p.loss_down == Some(0.0),
+        "{p:?}"
+    );
+    let shaped = report("shaping-queue");
+    assert!(
+        matches!(rule(&shaped), Some(VerdictRule::Delay | VerdictRule::Onset)),
+        "{:?}",
+        shaped.verdict_detail
+    );
 }

@@ -36,7 +36,7 @@ fn rules_at(offset: usize, up: Vec<u8>, down: Vec<u8>) -> Vec<DpiRule> {
                 jitter_ms,
                 ..DelayConfig::default()
             },
-            policer: None,
+            ..RuleImpairment::default()
         },
         ..DpiRule::default()
     };

@@ -227,6 +227,17 @@ pub struct RuleImpairment {
     pub loss: f64,
     pub delay: DelayConfig,
     pub policer: Option<PolicerConfig>,
+    /// Loss in bursts on top of `loss`: a Gilbert chain per direction over the matching
+    /// datagrams (in the bad state every one is lost).
+    pub bursts: Option<Bursts>,
+}
+
+/// A two-state burst chain: good→bad with `p_good_to_bad`, bad→good with `p_bad_to_good`.
+/// Mean burst length 1/`p_bad_to_good`; stationary loss p_gb/(p_gb + p_bg).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bursts {
+    pub p_good_to_bad: f64,
+    pub p_bad_to_good: f64,
 }
 
 /// One DPI rule. It matches a datagram when the direction is watched, the port (on `port_side`) is in
@@ -243,6 +254,9 @@ pub struct DpiRule {
     /// The rule only applies from this many ms after the start of the run (a censor switched on
     /// mid-call); 0: from the start.
     pub active_from_ms: u64,
+    /// The rule lets this many bytes of matching datagrams through before it applies (a censor
+    /// that throttles a flow after N bytes); 0: from the first.
+    pub after_bytes: u64,
 }
 
 impl DpiRule {
@@ -291,6 +305,12 @@ impl DpiRule {
             policer
                 .validate()
                 .map_err(|e| e.within("impairment.policer"))?;
+        }
+        if let Some(b) = &impairment.bursts {
+            check_fraction("p_good_to_bad", b.p_good_to_bad)
+                .map_err(|e| e.within("impairment.bursts"))?;
+            check_fraction("p_bad_to_good", b.p_bad_to_good)
+                .map_err(|e| e.within("impairment.bursts"))?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ pub mod dpi;
 pub mod model;
 pub mod relay;
 
-pub use dpi::{ByteMatch, DirectionFilter, DpiRule, PortRange, PortSide, RuleImpairment};
+pub use dpi::{Bursts, ByteMatch, DirectionFilter, DpiRule, PortRange, PortSide, RuleImpairment};
 pub use model::{
     ConfigError, DelayConfig, Delivery, Direction, DirectionTruth, DropCause, DropCounts, Fate,
     GroundTruth, Impairment, ImpairmentConfig, JitterShape, LossModel, PacketRecord, PathConfig,

@@ -695,6 +695,10 @@ struct RuleState {
     /// Per direction: the rule's own random stream and policer bucket.
     rngs: [ChaCha8Rng; 2],
     policers: [Option<TokenBucket>; 2],
+    /// Per direction: whether the rule's burst chain is in its bad state.
+    in_burst: [bool; 2],
+    /// Bytes of matching datagrams seen so far, both directions (for `after_bytes`).
+    bytes_seen: u64,
     truth: RuleTruth,
 }
 
@@ -721,6 +725,8 @@ impl Impairment {
                 RuleState {
                     rngs: [stream_rng(seed, stream), stream_rng(seed, stream + 1)],
                     policers: [policer(), policer()],
+                    in_burst: [false; 2],
+                    bytes_seen: 0,
                     truth: RuleTruth {
                         name: if rule.name.is_empty() {
                             format!("rule{i}")
@@ -785,11 +791,28 @@ impl Impairment {
             .position(|rule| rule.active_at(now) && rule.matches(dir, bytes, ports));
         let mut extra_ms = [0.0; 2];
         let mut dropped = None;
+        // A rule with `after_bytes` lets that many bytes of matching datagrams through untouched
+        // (a censor that throttles a flow once it has carried N bytes).
+        let matched_rule = matched_rule.filter(|&i| {
+            let state = &mut self.rules[i];
+            state.bytes_seen = state.bytes_seen.saturating_add(bytes.len() as u64);
+            state.bytes_seen > self.config.rules[i].after_bytes
+        });
         if let Some(i) = matched_rule {
             let impairment = &self.config.rules[i].impairment;
             let state = &mut self.rules[i];
             let rng = &mut state.rngs[d];
             let loss_roll: f64 = rng.gen();
+            // Gilbert: in the bad state every matching datagram is lost; then the chain moves.
+            let burst_loss = state.in_burst[d];
+            if let Some(b) = impairment.bursts {
+                let move_roll: f64 = rng.gen();
+                state.in_burst[d] = if state.in_burst[d] {
+                    move_roll >= b.p_bad_to_good
+                } else {
+                    move_roll < b.p_good_to_bad
+                };
+            }
             extra_ms = [
                 impairment.delay.sample_ms(rng),
                 impairment.delay.sample_ms(rng),
@@ -802,7 +825,7 @@ impl Impairment {
                     dropped = Some(DropCause::Dpi { rule: i });
                 }
             }
-            if dropped.is_none() && loss_roll < impairment.loss {
+            if dropped.is_none() && (burst_loss || loss_roll < impairment.loss) {
                 counts.dropped_loss += 1;
                 dropped = Some(DropCause::Dpi { rule: i });
             }
