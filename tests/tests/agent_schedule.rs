@@ -57,7 +57,7 @@ fn agent_config(
     assert!(out.status.success(), "{out:?}");
     let mut text = std::fs::read_to_string(&config).unwrap();
     for (from, to) in [
-        ("duration_secs = 10", "duration_secs = 1"),
+        ("duration_secs = 15", "duration_secs = 1"),
         ("spread = 0.5", "spread = 0.0"),
     ]
     .iter()
