@@ -40,6 +40,10 @@ pub struct Config {
     /// the first listed for a platform is used. E.g. `[relay_servers] whatsapp = ["host:3478"]`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub relay_servers: BTreeMap<Platform, Vec<String>>,
+    /// The neutral STUN server the relays are judged against; unset: the reflector host (which
+    /// answers STUN Binding requests). E.g. `relay_reference = "stun.example.org:3478"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relay_reference: Option<String>,
     /// Test with each profile's video-like stream (about 1.8 Mbit/s) instead of voice.
     #[serde(default)]
     pub video: bool,
@@ -275,6 +279,7 @@ impl Config {
             interval_ms: default_interval_ms(),
             size: None,
             relay_servers: BTreeMap::new(),
+            relay_reference: None,
             video: false,
             platform_port: None,
             control_port: None,
@@ -400,6 +405,9 @@ impl Config {
             for server in servers {
                 host_port(&format!("relay_servers.{platform}"), server, &mut p);
             }
+        }
+        if let Some(reference) = &self.relay_reference {
+            host_port("relay_reference", reference, &mut p);
         }
         if self.queue_cap == 0 {
             p.push("queue_cap = 0: keep at least one report".into());

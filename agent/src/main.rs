@@ -73,6 +73,9 @@ enum Command {
         /// relay), beside the same requests to the reflector host (role relay-reference).
         #[arg(long = "relay", value_name = "HOST:PORT")]
         relay: Option<String>,
+        /// The neutral STUN server the relay is judged against (default: the reflector host).
+        #[arg(long = "relay-reference", value_name = "HOST:PORT", requires = "relay")]
+        relay_reference: Option<String>,
         /// Test length in seconds (1..=120). A verdict needs at least 12 s of both arms.
         #[arg(long, default_value_t = 15, value_name = "SECS")]
         duration: u32,
@@ -261,10 +264,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             platform_port,
             control_port,
             relay,
+            relay_reference,
             video,
         } => {
             let addr: SocketAddr = runner::resolve("reflector", &reflector)?;
             let relay_server = relay.map(|r| runner::resolve("relay", &r)).transpose()?;
+            let relay_reference = relay_reference
+                .map(|r| runner::resolve("relay reference", &r))
+                .transpose()?;
             let spec = TestSpec {
                 platform,
                 interval_ms,
@@ -273,6 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 platform_port,
                 control_port,
                 relay_server,
+                relay_reference,
                 video,
                 ..TestSpec::voice(addr, duration.saturating_mul(1000))
             };

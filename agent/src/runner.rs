@@ -63,6 +63,9 @@ pub fn spec_for(cfg: &Config, platform: callwatch_proto::Platform) -> Result<Tes
     if let Some(server) = cfg.relay_servers.get(&platform).and_then(|s| s.first()) {
         spec.relay_server = Some(resolve("relay", server)?);
     }
+    if let Some(reference) = &cfg.relay_reference {
+        spec.relay_reference = Some(resolve("relay reference", reference)?);
+    }
     Ok(spec)
 }
 

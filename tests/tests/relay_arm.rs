@@ -156,3 +156,45 @@ async fn a_silent_relay_with_a_reachable_reference_is_differentiated() {
     );
     assert!(relay.p_value < 1e-4, "{relay:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_coturn_can_be_the_relays_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_coturn, stun) = start_coturn(dir.path());
+    let reflector = spawn_reflector(
+        &[
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        ],
+        Limits::default(),
+    )
+    .await
+    .unwrap();
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut spec = TestSpec::voice(reflector.addrs[0], 2_000);
+    spec.platform = Platform::Whatsapp;
+    spec.size = None;
+    spec.platform_port = Some(reflector.addrs[0].port());
+    spec.control_port = Some(reflector.addrs[1].port());
+    spec.grace_ms = 300;
+    spec.relay_server = Some(silent.local_addr().unwrap());
+    spec.relay_reference = Some(stun);
+    let report = tokio::task::spawn_blocking(move || {
+        run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
+    })
+    .await
+    .unwrap();
+    let reference = report
+        .streams
+        .iter()
+        .find(|s| s.role == Role::RelayReference)
+        .unwrap();
+    assert_eq!(
+        reference.packets_received, RELAY_REQUESTS,
+        "coturn answered"
+    );
+    assert_eq!(
+        report.verdict_detail.unwrap().rule,
+        Some(VerdictRule::PlatformServersUnreachable)
+    );
+}

@@ -48,9 +48,9 @@ pub struct TestSpec {
     /// A STUN/TURN server of the platform's own, measured with a few STUN Binding requests
     /// (role `relay`) beside the same requests to the reflector host (role `relay-reference`).
     pub relay_server: Option<SocketAddr>,
-    /// Port of the reflector host that answers the relay reference's STUN Binding requests
-    /// (default: the control arm's port, or the reflector's for `generic`).
-    pub relay_reference_port: Option<u16>,
+    /// The neutral STUN server the relay is judged against (an operator's coturn, say);
+    /// default: the reflector host, on the control arm's port (the reflector's for `generic`).
+    pub relay_reference: Option<SocketAddr>,
     /// Whether this reflector has answered this agent before. A test in which nothing answers
     /// is then a finding (a report, verdict `inconclusive`); otherwise it is a local error that
     /// names the address (a typo, a stopped reflector, a firewall at home).
@@ -72,7 +72,7 @@ impl TestSpec {
             bind: None,
             grace_ms: 1000,
             relay_server: None,
-            relay_reference_port: None,
+            relay_reference: None,
             reached_before: false,
         }
     }
@@ -151,9 +151,11 @@ impl TestSpec {
 
     /// Where the relay's reference STUN requests go: the reflector host.
     fn relay_reference(&self) -> SocketAddr {
+        if let Some(addr) = self.relay_reference {
+            return addr;
+        }
         let port = self
-            .relay_reference_port
-            .or(self.control_port)
+            .control_port
             .or(profile(self.platform).port_for(Role::Control))
             .unwrap_or(self.reflector.port());
         SocketAddr::new(self.reflector.ip(), port)
