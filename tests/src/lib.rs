@@ -3,8 +3,8 @@
 //!
 //! Nothing here ships in a release binary of the agent or the collector.
 
-pub mod demo;
 pub mod censors;
+pub mod demo;
 pub mod emulator;
 pub mod http;
 pub mod process;
