@@ -4,22 +4,31 @@
 //! # Kept incrementally
 //!
 //! Every stored report adds one [`Observation`] per arm (platform, control) to exactly one *fine
-//! cell*, keyed by [`CellKey`] = (UTC hour, country, ASN, platform, arm). A fine cell's
-//! [`CellState`] holds the report count, the distinct agents (8-byte key prefixes), the verdict
-//! counts and one mergeable quantile [`Sketch`] per figure (RTT, jitter up/down, loss up/down,
-//! MOS, stall count). The store updates the fine cell in the same transaction that stores the
-//! report, so the aggregate never disagrees with the raw data. A query merges the fine cells its
-//! filter covers into the cells its axes ask for ([`query`]); merging is exact for counts, agent
-//! sets and verdicts, and the quantiles are within [`RELATIVE_ACCURACY`] of the exact value of
-//! the same rank. The sled store also keeps a day roll-up of the fine cells and reads whole days
-//! from it when a query has no hour axis ([`Plan`]); the answer is the same, from 24× fewer
-//! cells.
+//! cell*, keyed by [`CellKey`] = (UTC hour, country, ASN, platform, arm, stream kind). A fine
+//! cell's [`CellState`] holds the report count, the distinct agents (8-byte key prefixes), the
+//! verdict counts (with the blocked and no-reference tests among them, see [`VerdictCounts`]) and
+//! one mergeable quantile [`Sketch`] per figure ([`FIGURES`]: RTT, jitter up/down, round-trip
+//! loss, loss up/down, MOS, stall count). The store updates the fine cell in the same
+//! transaction that stores the report, so the aggregate never disagrees with the raw data. A
+//! query merges the fine cells its filter covers into the cells its axes ask for ([`query`]);
+//! merging is exact for counts, agent sets and verdicts, and the quantiles are within
+//! [`RELATIVE_ACCURACY`] of the exact value of the same rank. The sled store also keeps a day
+//! roll-up of the fine cells and reads whole days from it when a query has no hour axis
+//! ([`Plan`]); the answer is the same, from 24× fewer cells.
+//!
+//! # Voice and video never mix
+//!
+//! The stream kind (voice, or video-like) is part of every cell key, so no cell, fine or
+//! merged, ever holds both: a video test's MOS or loss cannot move a voice cell. A query counts
+//! voice tests only unless `kind` is one of its axes (one cell per kind) or its filter names a
+//! kind ([`Filter::kind`]), as it counts platform arms only unless told otherwise. Reports made
+//! before the stream kind existed are voice.
 //!
 //! # Robustness
 //!
 //! - **Per-agent cap.** One agent's reports count at most `max_per_agent_per_day` times per fine
-//!   cell's day — (UTC day, country, ASN, platform, arm) — in order of arrival; the rest are
-//!   stored (they are evidence) but not aggregated. The store decides this at ingest
+//!   cell's day — (UTC day, country, ASN, platform, arm, kind) — in order of arrival; the rest
+//!   are stored (they are evidence) but not aggregated. The store decides this at ingest
 //!   ([`CapKey`]); changing the cap rebuilds the cells from the raw reports.
 //! - **k threshold.** A queried cell is published only when at least `min_agents` distinct agents
 //!   stand behind it.
@@ -29,6 +38,7 @@
 
 use crate::sketch::{Sketch, RELATIVE_ACCURACY};
 use crate::store::StoredReport;
+use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule};
 use callwatch_proto::{CallReport, Platform, Role, Verdict};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -47,16 +57,19 @@ pub enum Axis {
     Asn,
     Platform,
     Arm,
+    /// The stream kind: voice or video-like.
+    Kind,
 }
 
 impl Axis {
-    pub const ALL: [Axis; 6] = [
+    pub const ALL: [Axis; 7] = [
         Axis::Day,
         Axis::Hour,
         Axis::Country,
         Axis::Asn,
         Axis::Platform,
         Axis::Arm,
+        Axis::Kind,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +80,7 @@ impl Axis {
             Axis::Asn => "asn",
             Axis::Platform => "platform",
             Axis::Arm => "arm",
+            Axis::Kind => "kind",
         }
     }
 }
@@ -85,22 +99,70 @@ impl FromStr for Axis {
             .find(|a| a.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown axis {s:?}; expected one of day, hour, country, asn, platform, arm"
+                    "unknown axis {s:?}; expected one of day, hour, country, asn, platform, arm, \
+                     kind"
                 )
             })
     }
 }
 
 /// The figures aggregated per cell, in the order of [`CellState::figures`] and of the CSV.
-pub const FIGURES: [&str; 7] = [
+/// `loss` is the round-trip loss (always known for a stream that sent probes); `loss_up` and
+/// `loss_down` only where the reflector's count told the direction apart.
+pub const FIGURES: [&str; FIGURE_COUNT] = [
     "rtt_ms",
     "jitter_up_ms",
     "jitter_down_ms",
+    "loss",
     "loss_up",
     "loss_down",
     "mos",
     "stalls",
 ];
+
+/// How many figures a cell aggregates.
+pub const FIGURE_COUNT: usize = 8;
+
+/// Verdict rules that mean the platform could not hold a call at all: its handshake went
+/// unanswered, it went dark mid-call, or its own servers did not answer — each while the control
+/// arm (or the neutral reference) worked. Counted as `blocked`.
+pub const BLOCKED_RULES: [VerdictRule; 3] = [
+    VerdictRule::Blocked,
+    VerdictRule::Cut,
+    VerdictRule::PlatformServersUnreachable,
+];
+
+/// Verdict rules of an inconclusive test whose control arm gave nothing to compare with. Counted
+/// as `no_reference`, never as platform blocking.
+pub const NO_REFERENCE_RULES: [VerdictRule; 3] = [
+    VerdictRule::NoReference,
+    VerdictRule::NothingAnswered,
+    VerdictRule::ReflectorBusy,
+];
+
+/// What a test's verdict and rule say beyond the verdict itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finding {
+    /// A differentiated test whose rule is one of [`BLOCKED_RULES`].
+    Blocked,
+    /// An inconclusive test whose rule is one of [`NO_REFERENCE_RULES`].
+    NoReference,
+}
+
+impl Finding {
+    /// The finding of a test with this verdict and rule, if any. A rule that disagrees with the
+    /// verdict (a `blocked` rule on a test not judged differentiated) is no finding.
+    pub fn of(verdict: Option<Verdict>, rule: Option<VerdictRule>) -> Option<Finding> {
+        let rule = rule?;
+        match verdict? {
+            Verdict::Differentiated if BLOCKED_RULES.contains(&rule) => Some(Finding::Blocked),
+            Verdict::Inconclusive if NO_REFERENCE_RULES.contains(&rule) => {
+                Some(Finding::NoReference)
+            }
+            _ => None,
+        }
+    }
+}
 
 /// The figures of one arm of one report that aggregation uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -111,43 +173,65 @@ pub struct Observation {
     pub asn: u32,
     pub platform: Platform,
     pub arm: Role,
+    /// Voice or video-like: cells never mix the two.
+    pub kind: StreamKind,
     /// Agent public key.
     pub agent: [u8; 32],
     /// In [`FIGURES`] order; `None` where the report has no such figure.
-    pub figures: [Option<f64>; 7],
+    pub figures: [Option<f64>; FIGURE_COUNT],
     /// The test's verdict, when it had a control arm.
     pub verdict: Option<Verdict>,
+    /// The rule that decided the verdict (absent in older reports).
+    pub rule: Option<VerdictRule>,
 }
 
 impl Observation {
     /// One observation per platform and control arm of a verified report (relay streams are not
     /// aggregated).
+    ///
+    /// A stream that measured nothing — blocked (its handshake went unanswered), refused by the
+    /// reflector, or that sent no probe — adds no figure: its arm and the test's verdict count,
+    /// but a loss of 0 of 0 probes, say, is no measurement. A figure the report leaves `null`
+    /// (`loss_up` and `loss_down` when the direction split is unknown) is simply not added.
     pub fn from_report(stored: &StoredReport, report: &CallReport) -> Vec<Observation> {
         let mut agent = [0u8; 32];
         if stored.signed.key.len() == 32 {
             agent.copy_from_slice(&stored.signed.key);
         }
+        let rule = report.verdict_detail.as_ref().and_then(|d| d.rule);
         report
             .streams
             .iter()
             .filter(|s| matches!(s.role, Role::Platform | Role::Control))
-            .map(|s| Observation {
-                started_at_ms: report.started_at.timestamp_millis(),
-                country: stored.region.country.clone(),
-                asn: stored.region.asn,
-                platform: report.platform,
-                arm: s.role,
-                agent,
-                figures: [
+            .map(|s| {
+                let measured = s.packets_sent > 0
+                    && !matches!(s.outcome, StreamOutcome::Blocked | StreamOutcome::Refused);
+                let figures = [
                     s.rtt_ms.map(|r| r.median),
                     s.jitter_ms.map(|j| j.up),
                     s.jitter_ms.map(|j| j.down),
+                    s.loss,
                     s.loss_up,
                     s.loss_down,
                     s.mos,
                     s.stalls.map(|st| f64::from(st.count)),
-                ],
-                verdict: report.verdict,
+                ];
+                Observation {
+                    started_at_ms: report.started_at.timestamp_millis(),
+                    country: stored.region.country.clone(),
+                    asn: stored.region.asn,
+                    platform: report.platform,
+                    arm: s.role,
+                    kind: report.stream_kind,
+                    agent,
+                    figures: if measured {
+                        figures
+                    } else {
+                        [None; FIGURE_COUNT]
+                    },
+                    verdict: report.verdict,
+                    rule,
+                }
             })
             .collect()
     }
@@ -160,6 +244,7 @@ impl Observation {
             asn: self.asn,
             platform: self.platform,
             arm: self.arm,
+            kind: self.kind,
         }
     }
 }
@@ -192,7 +277,30 @@ fn arm_byte(r: Role) -> u8 {
     }
 }
 
-/// The finest cell: one UTC hour of one (country, ASN, platform, arm).
+/// The stream kind's byte in a cell key (and its code in ClickHouse).
+pub fn kind_byte(k: StreamKind) -> u8 {
+    match k {
+        StreamKind::Voice => 0,
+        StreamKind::Video => 1,
+    }
+}
+
+/// The stream kind of a [`kind_byte`].
+pub fn kind_of_byte(b: u8) -> Option<StreamKind> {
+    [StreamKind::Voice, StreamKind::Video]
+        .into_iter()
+        .find(|k| kind_byte(*k) == b)
+}
+
+/// Parses a stream kind as the API and the reports spell it (`voice`, `video`).
+pub fn parse_kind(s: &str) -> Result<StreamKind, String> {
+    [StreamKind::Voice, StreamKind::Video]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| format!("{s:?} is not voice or video"))
+}
+
+/// The finest cell: one UTC hour of one (country, ASN, platform, arm, stream kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CellKey {
     /// Hours since the Unix epoch (UTC).
@@ -201,10 +309,12 @@ pub struct CellKey {
     pub asn: u32,
     pub platform: Platform,
     pub arm: Role,
+    pub kind: StreamKind,
 }
 
-/// Length of an encoded [`CellKey`].
-pub const CELL_KEY_LEN: usize = 16;
+/// Length of an encoded [`CellKey`]. (Stores made before the stream kind was part of the key
+/// used 16 bytes, without the last; the sled store rebuilds such cells at open.)
+pub const CELL_KEY_LEN: usize = 17;
 
 /// Big-endian with the sign bit flipped, so byte order is numeric order.
 pub fn ordered_i64(v: i64) -> [u8; 8] {
@@ -224,6 +334,7 @@ impl CellKey {
         k[10..14].copy_from_slice(&self.asn.to_be_bytes());
         k[14] = platform_byte(self.platform);
         k[15] = arm_byte(self.arm);
+        k[16] = kind_byte(self.kind);
         k
     }
 
@@ -246,12 +357,14 @@ impl CellKey {
         ]
         .into_iter()
         .find(|r| arm_byte(*r) == b[15])?;
+        let kind = kind_of_byte(b[16])?;
         Some(CellKey {
             hour,
             country,
             asn,
             platform,
             arm,
+            kind,
         })
     }
 
@@ -275,34 +388,53 @@ impl CellKey {
     }
 }
 
-/// The per-agent cap's counter key: (UTC day, country, ASN, platform, arm, agent key).
+/// Length of a [`CapKey`].
+pub const CAP_KEY_LEN: usize = 8 + (CELL_KEY_LEN - 8) + 32;
+
+/// The per-agent cap's counter key: (UTC day, country, ASN, platform, arm, kind, agent key).
 pub struct CapKey;
 
 impl CapKey {
-    pub fn bytes(cell: &CellKey, agent: &[u8; 32]) -> [u8; 48] {
-        let mut k = [0u8; 48];
+    pub fn bytes(cell: &CellKey, agent: &[u8; 32]) -> [u8; CAP_KEY_LEN] {
+        let mut k = [0u8; CAP_KEY_LEN];
         let fine = cell.to_bytes();
         k[..8].copy_from_slice(&ordered_i64(cell.day()));
-        k[8..16].copy_from_slice(&fine[8..]);
-        k[16..].copy_from_slice(agent);
+        k[8..CELL_KEY_LEN].copy_from_slice(&fine[8..]);
+        k[CELL_KEY_LEN..].copy_from_slice(agent);
         k
     }
 }
 
-/// Counts per verdict.
+/// Counts per verdict, and two findings among them.
+///
+/// `blocked` counts the differentiated tests whose rule says the platform could not hold a call
+/// at all ([`BLOCKED_RULES`]); `no_reference` the inconclusive tests whose control arm gave
+/// nothing to compare with ([`NO_REFERENCE_RULES`]). Both are subsets of the verdict counts, not
+/// added to them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VerdictCounts {
     pub none: u64,
     pub inconclusive: u64,
     pub differentiated: u64,
+    /// Differentiated tests that were blocked calls (a subset of `differentiated`).
+    #[serde(default)]
+    pub blocked: u64,
+    /// Inconclusive tests without a working control arm (a subset of `inconclusive`).
+    #[serde(default)]
+    pub no_reference: u64,
 }
 
 impl VerdictCounts {
-    fn add(&mut self, v: Verdict) {
+    fn add(&mut self, v: Verdict, rule: Option<VerdictRule>) {
         match v {
             Verdict::None => self.none = self.none.saturating_add(1),
             Verdict::Inconclusive => self.inconclusive = self.inconclusive.saturating_add(1),
             Verdict::Differentiated => self.differentiated = self.differentiated.saturating_add(1),
+        }
+        match Finding::of(Some(v), rule) {
+            Some(Finding::Blocked) => self.blocked = self.blocked.saturating_add(1),
+            Some(Finding::NoReference) => self.no_reference = self.no_reference.saturating_add(1),
+            None => {}
         }
     }
 
@@ -311,15 +443,28 @@ impl VerdictCounts {
         self.none = self.none.saturating_add(o.none);
         self.inconclusive = self.inconclusive.saturating_add(o.inconclusive);
         self.differentiated = self.differentiated.saturating_add(o.differentiated);
+        self.blocked = self.blocked.saturating_add(o.blocked);
+        self.no_reference = self.no_reference.saturating_add(o.no_reference);
+    }
+
+    /// Tests with a verdict.
+    pub fn judged(&self) -> u64 {
+        self.none
+            .saturating_add(self.inconclusive)
+            .saturating_add(self.differentiated)
     }
 
     /// Share of judged tests found differentiated; `None` when none was judged.
     pub fn differentiated_share(&self) -> Option<f64> {
-        let judged = self
-            .none
-            .saturating_add(self.inconclusive)
-            .saturating_add(self.differentiated);
+        let judged = self.judged();
         (judged > 0).then(|| self.differentiated as f64 / judged as f64)
+    }
+
+    /// Share of judged tests that were blocked calls; `None` when none was judged.
+    pub fn blocked_share(&self) -> Option<f64> {
+        let judged = self.judged();
+        // `blocked` is a subset of the judged tests; a damaged store must still give a share.
+        (judged > 0).then(|| self.blocked.min(judged) as f64 / judged as f64)
     }
 }
 
@@ -332,7 +477,7 @@ pub struct CellState {
     pub agents: BTreeSet<[u8; 8]>,
     pub verdicts: VerdictCounts,
     /// One sketch per [`FIGURES`] entry.
-    pub figures: [Sketch; 7],
+    pub figures: [Sketch; FIGURE_COUNT],
 }
 
 impl CellState {
@@ -342,7 +487,7 @@ impl CellState {
         prefix.copy_from_slice(&o.agent[..8]);
         self.agents.insert(prefix);
         if let Some(v) = o.verdict {
-            self.verdicts.add(v);
+            self.verdicts.add(v, o.rule);
         }
         for (sketch, value) in self.figures.iter_mut().zip(o.figures) {
             if let Some(v) = value {
@@ -409,6 +554,8 @@ pub struct Cell {
     pub platform: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
     /// Reports (arms) in the cell after the per-agent cap.
     pub count: u64,
     /// Distinct agents behind them.
@@ -416,6 +563,8 @@ pub struct Cell {
     pub rtt_ms: Option<Figure>,
     pub jitter_up_ms: Option<Figure>,
     pub jitter_down_ms: Option<Figure>,
+    /// Round-trip loss.
+    pub loss: Option<Figure>,
     pub loss_up: Option<Figure>,
     pub loss_down: Option<Figure>,
     pub mos: Option<Figure>,
@@ -424,11 +573,22 @@ pub struct Cell {
     /// Share of the cell's judged tests that found the platform differentiated; `null` when none
     /// had a verdict (generic tests have no control arm).
     pub differentiated_share: Option<f64>,
+    /// Share of the cell's judged tests that were blocked calls (the platform could not hold a
+    /// call at all; see [`BLOCKED_RULES`]); `null` when none had a verdict.
+    pub blocked_share: Option<f64>,
 }
 
 impl Cell {
-    fn new(key: &GroupKey, count: u64, agents: u64, figures: [Option<Figure>; 7]) -> Cell {
-        let [rtt_ms, jitter_up_ms, jitter_down_ms, loss_up, loss_down, mos, stalls] = figures;
+    /// A cell with these axis values and figures, and the verdict counts and shares of
+    /// `verdicts`.
+    pub fn new(
+        key: &GroupKey,
+        count: u64,
+        agents: u64,
+        figures: [Option<Figure>; FIGURE_COUNT],
+        verdicts: VerdictCounts,
+    ) -> Cell {
+        let [rtt_ms, jitter_up_ms, jitter_down_ms, loss, loss_up, loss_down, mos, stalls] = figures;
         Cell {
             day: key.day.map(day_string),
             hour: key.hour.map(hour_string),
@@ -438,17 +598,20 @@ impl Cell {
             asn: key.asn,
             platform: key.platform.map(|p| p.to_string()),
             arm: key.arm.map(|a| a.to_string()),
+            kind: key.kind.map(|k| k.to_string()),
             count,
             agents,
             rtt_ms,
             jitter_up_ms,
             jitter_down_ms,
+            loss,
             loss_up,
             loss_down,
             mos,
             stalls,
-            verdicts: VerdictCounts::default(),
-            differentiated_share: None,
+            verdicts,
+            differentiated_share: verdicts.differentiated_share(),
+            blocked_share: verdicts.blocked_share(),
         }
     }
 
@@ -460,14 +623,17 @@ impl Cell {
             Axis::Asn => self.asn.map(|x| x.to_string()).unwrap_or_default(),
             Axis::Platform => self.platform.clone().unwrap_or_default(),
             Axis::Arm => self.arm.clone().unwrap_or_default(),
+            Axis::Kind => self.kind.clone().unwrap_or_default(),
         }
     }
 
-    fn figures(&self) -> [Option<Figure>; 7] {
+    /// The figures, in [`FIGURES`] order.
+    pub fn figures(&self) -> [Option<Figure>; FIGURE_COUNT] {
         [
             self.rtt_ms,
             self.jitter_up_ms,
             self.jitter_down_ms,
+            self.loss,
             self.loss_up,
             self.loss_down,
             self.mos,
@@ -518,6 +684,8 @@ pub struct Filter {
     pub platform: Option<Platform>,
     /// Only this arm; when `None` and `arm` is not an axis, only platform arms count.
     pub arm: Option<Role>,
+    /// Only this stream kind; when `None` and `kind` is not an axis, only voice tests count.
+    pub kind: Option<StreamKind>,
     /// Tests started at or after, Unix ms (applied at hour resolution: rounded down to the hour).
     pub since_ms: Option<i64>,
     /// Tests started before, Unix ms (applied at hour resolution: rounded up to the hour).
@@ -536,13 +704,24 @@ impl Filter {
             .map(|t| t.div_euclid(HOUR_MS) + i64::from(t.rem_euclid(HOUR_MS) != 0))
     }
 
-    /// Whether a fine cell is covered, given the query's axes (for the default arm).
+    /// The stream kind a query covers when `kind` is not one of its axes: the filter's, or
+    /// voice.
+    pub fn kind_or_default(&self) -> StreamKind {
+        self.kind.unwrap_or(StreamKind::Voice)
+    }
+
+    /// Whether a fine cell is covered, given the query's axes (for the default arm and kind).
     pub fn matches(&self, k: &CellKey, axes: &[Axis]) -> bool {
         let arm_ok = match self.arm {
             Some(a) => a == k.arm,
             None => axes.contains(&Axis::Arm) || k.arm == Role::Platform,
         };
+        let kind_ok = match self.kind {
+            Some(kind) => kind == k.kind,
+            None => axes.contains(&Axis::Kind) || k.kind == StreamKind::Voice,
+        };
         arm_ok
+            && kind_ok
             && self
                 .country
                 .as_ref()
@@ -609,15 +788,17 @@ impl Plan {
     }
 }
 
-/// The value of each asked-for axis; `None` for axes not asked for.
+/// The value of each asked-for axis; `None` for axes not asked for. Cells are published in this
+/// order (the ClickHouse store sorts its answer the same way).
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
-struct GroupKey {
-    day: Option<i64>,
-    hour: Option<i64>,
-    country: Option<[u8; 2]>,
-    asn: Option<u32>,
-    platform: Option<Platform>,
-    arm: Option<Role>,
+pub struct GroupKey {
+    pub day: Option<i64>,
+    pub hour: Option<i64>,
+    pub country: Option<[u8; 2]>,
+    pub asn: Option<u32>,
+    pub platform: Option<Platform>,
+    pub arm: Option<Role>,
+    pub kind: Option<StreamKind>,
 }
 
 impl GroupKey {
@@ -630,6 +811,7 @@ impl GroupKey {
             asn: has(Axis::Asn).then_some(k.asn),
             platform: has(Axis::Platform).then_some(k.platform),
             arm: has(Axis::Arm).then_some(k.arm),
+            kind: has(Axis::Kind).then_some(k.kind),
         }
     }
 }
@@ -672,10 +854,7 @@ impl<'a> Grouper<'a> {
             .filter(|(_, s)| s.agents.len() >= policy.min_agents.max(1))
             .map(|(key, s)| {
                 let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
-                let mut cell = Cell::new(&key, s.count, s.agents.len() as u64, figures);
-                cell.verdicts = s.verdicts;
-                cell.differentiated_share = s.verdicts.differentiated_share();
-                cell
+                Cell::new(&key, s.count, s.agents.len() as u64, figures, s.verdicts)
             })
             .collect()
     }
@@ -702,7 +881,7 @@ pub fn capped<'a>(
     observations: impl IntoIterator<Item = &'a Observation>,
     max_per_agent_per_day: usize,
 ) -> Vec<&'a Observation> {
-    let mut seen: BTreeMap<[u8; 48], usize> = BTreeMap::new();
+    let mut seen: BTreeMap<[u8; CAP_KEY_LEN], usize> = BTreeMap::new();
     observations
         .into_iter()
         .filter(|o| {
@@ -747,14 +926,19 @@ pub fn exact(
             let figures = std::array::from_fn(|i| {
                 Figure::of_values(members.iter().filter_map(|o| o.figures[i]).collect())
             });
-            let mut cell = Cell::new(&key, members.len() as u64, agents.len() as u64, figures);
+            let mut verdicts = VerdictCounts::default();
             for o in &members {
                 if let Some(v) = o.verdict {
-                    cell.verdicts.add(v);
+                    verdicts.add(v, o.rule);
                 }
             }
-            cell.differentiated_share = cell.verdicts.differentiated_share();
-            Some(cell)
+            Some(Cell::new(
+                &key,
+                members.len() as u64,
+                agents.len() as u64,
+                figures,
+                verdicts,
+            ))
         })
         .collect()
 }
@@ -765,7 +949,9 @@ pub fn relative_error() -> f64 {
 }
 
 /// CSV columns, in order: the axes asked for, `count,agents`, `<figure>_p10,_median,_p90` per
-/// figure in [`FIGURES`] order, then the verdict counts and the differentiated share.
+/// figure in [`FIGURES`] order, then the verdict counts (`verdict_none`, `verdict_inconclusive`,
+/// `verdict_differentiated`, `verdict_blocked`, `verdict_no_reference`) and the shares
+/// (`differentiated_share`, `blocked_share`).
 pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
     let mut header: Vec<String> = axes.iter().map(|a| a.as_str().to_string()).collect();
     header.extend(["count".into(), "agents".into()]);
@@ -780,7 +966,10 @@ pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
         "verdict_none".into(),
         "verdict_inconclusive".into(),
         "verdict_differentiated".into(),
+        "verdict_blocked".into(),
+        "verdict_no_reference".into(),
         "differentiated_share".into(),
+        "blocked_share".into(),
     ]);
     let mut out = header.join(",");
     out.push('\n');
@@ -798,7 +987,10 @@ pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
             c.verdicts.none.to_string(),
             c.verdicts.inconclusive.to_string(),
             c.verdicts.differentiated.to_string(),
+            c.verdicts.blocked.to_string(),
+            c.verdicts.no_reference.to_string(),
             c.differentiated_share.map(num).unwrap_or_default(),
+            c.blocked_share.map(num).unwrap_or_default(),
         ]);
         out.push_str(&row.join(","));
         out.push('\n');
@@ -819,17 +1011,20 @@ mod tests {
             asn: if country == "RU" { 12389 } else { 3320 },
             platform,
             arm: Role::Platform,
+            kind: StreamKind::Voice,
             agent: [agent; 32],
             figures: [
                 Some(rtt),
                 Some(1.0),
                 Some(2.0),
                 Some(loss),
+                Some(loss),
                 Some(0.0),
                 Some(4.0),
                 Some(0.0),
             ],
             verdict: (platform != Platform::Generic).then_some(Verdict::None),
+            rule: None,
         }
     }
 
@@ -1024,6 +1219,8 @@ mod tests {
                 none: u64::MAX,
                 inconclusive: 0,
                 differentiated: u64::MAX,
+                blocked: u64::MAX,
+                no_reference: 3,
             },
             ..CellState::default()
         };
@@ -1031,6 +1228,15 @@ mod tests {
         huge.merge(&other);
         assert_eq!(huge.count, u64::MAX);
         assert_eq!(huge.verdicts.differentiated_share(), Some(1.0));
+        assert_eq!(huge.verdicts.blocked_share(), Some(1.0));
+        assert_eq!(huge.verdicts.no_reference, 6);
+        // More blocked than judged (only a damaged store holds that): still a share.
+        let odd = VerdictCounts {
+            none: 1,
+            blocked: 5,
+            ..VerdictCounts::default()
+        };
+        assert_eq!(odd.blocked_share(), Some(1.0));
     }
 
     #[test]
@@ -1041,8 +1247,255 @@ mod tests {
         let mut bad = k.to_bytes();
         bad[14] = 99;
         assert_eq!(CellKey::from_bytes(&bad), None);
+        let mut bad = k.to_bytes();
+        bad[16] = 7;
+        assert_eq!(CellKey::from_bytes(&bad), None, "unknown stream kind");
+        // A key as stores made before the stream kind wrote it (16 bytes) is not read as a
+        // current one: the sled store rebuilds such cells at open.
+        assert_eq!(CellKey::from_bytes(&k.to_bytes()[..16]), None);
+        let mut video = obs("RU", Platform::Max, 9, 1.0, 0.0);
+        video.kind = StreamKind::Video;
+        let v = video.cell_key();
+        assert_eq!(CellKey::from_bytes(&v.to_bytes()), Some(v));
+        assert_ne!(v.to_bytes(), k.to_bytes());
+        assert_ne!(
+            CapKey::bytes(&v, &video.agent),
+            CapKey::bytes(&k, &video.agent),
+            "the per-agent cap counts voice and video apart"
+        );
         assert!("city".parse::<Axis>().is_err());
         assert_eq!("arm".parse::<Axis>(), Ok(Axis::Arm));
+        assert_eq!("kind".parse::<Axis>(), Ok(Axis::Kind));
+        assert_eq!(parse_kind("video"), Ok(StreamKind::Video));
+        assert!(parse_kind("audio").is_err());
+    }
+
+    /// A video-like test of the same country, network, platform and hour: worse MOS, more loss.
+    fn video(agent: u8) -> Observation {
+        let mut o = obs("RU", Platform::Telegram, agent, 300.0, 0.5);
+        o.kind = StreamKind::Video;
+        o.figures[6] = Some(1.2); // MOS
+        o
+    }
+
+    #[test]
+    fn video_tests_never_land_in_a_voice_cell() {
+        let mut o = Vec::new();
+        for agent in 1..=3 {
+            o.push(obs("RU", Platform::Telegram, agent, 10.0, 0.0));
+            o.push(video(agent));
+            o.push(video(agent + 10));
+        }
+        let open = Policy {
+            min_agents: 1,
+            ..Policy::default()
+        };
+        // By default a query counts voice only: the video tests move nothing.
+        for axes in [vec![Axis::Country], vec![Axis::Platform, Axis::Arm], vec![]] {
+            let cells = both(&o, &axes, &Filter::default(), &open);
+            assert_eq!(cells.len(), 1, "{axes:?}");
+            let c = &cells[0];
+            assert_eq!((c.count, c.agents), (3, 3), "{axes:?}");
+            let mos = c.mos.unwrap();
+            assert_eq!((mos.p10, mos.median, mos.p90), (4.0, 4.0, 4.0), "{axes:?}");
+            assert_eq!(c.rtt_ms.unwrap().p90, 10.0, "{axes:?}");
+            assert_eq!(c.kind, None, "kind is not an axis here");
+        }
+        // With kind as an axis, one cell per kind, each pure.
+        let by_kind = both(&o, &[Axis::Country, Axis::Kind], &Filter::default(), &open);
+        assert_eq!(by_kind.len(), 2);
+        assert_eq!(by_kind[0].kind.as_deref(), Some("voice"));
+        assert_eq!(by_kind[0].mos.unwrap().p10, 4.0);
+        assert_eq!(by_kind[1].kind.as_deref(), Some("video"));
+        assert_eq!((by_kind[1].count, by_kind[1].agents), (6, 6));
+        assert_eq!(by_kind[1].mos.unwrap().p90, 1.2);
+        // A kind filter picks one.
+        let only_video = Filter {
+            kind: Some(StreamKind::Video),
+            ..Filter::default()
+        };
+        let v = both(&o, &[Axis::Country], &only_video, &open);
+        assert_eq!(v[0].count, 6);
+        assert_eq!(v[0].mos.unwrap().median, 1.2);
+        // The fine cells themselves never mix.
+        let fine = fine_cells(&o, &open);
+        assert_eq!(fine.len(), 2);
+        assert!(fine
+            .iter()
+            .all(|(k, s)| s.count == if k.kind == StreamKind::Voice { 3 } else { 6 }));
+        let csv = to_csv(&by_kind, &[Axis::Country, Axis::Kind]);
+        assert!(csv.starts_with("country,kind,count,agents,"), "{csv}");
+        assert!(csv.contains("\nRU,video,6,6,"), "{csv}");
+    }
+
+    #[test]
+    fn blocked_calls_and_missing_references_are_counted_apart() {
+        use VerdictRule as R;
+        let tests = [
+            (Verdict::Differentiated, Some(R::Blocked)),
+            (Verdict::Differentiated, Some(R::Cut)),
+            (Verdict::Differentiated, Some(R::PlatformServersUnreachable)),
+            (Verdict::Differentiated, Some(R::Loss)),
+            (Verdict::Differentiated, None),
+            (Verdict::Inconclusive, Some(R::NoReference)),
+            (Verdict::Inconclusive, Some(R::NothingAnswered)),
+            (Verdict::Inconclusive, Some(R::ReflectorBusy)),
+            (Verdict::Inconclusive, Some(R::TooLittleData)),
+            (Verdict::None, Some(R::NotWorse)),
+            // A rule that disagrees with its verdict is no finding.
+            (Verdict::None, Some(R::Blocked)),
+            (Verdict::Differentiated, Some(R::NoReference)),
+        ];
+        let o: Vec<Observation> = tests
+            .iter()
+            .enumerate()
+            .map(|(i, (v, rule))| {
+                let mut x = obs("RU", Platform::Whatsapp, i as u8, 10.0, 0.0);
+                (x.verdict, x.rule) = (Some(*v), *rule);
+                x
+            })
+            .collect();
+        let open = Policy {
+            min_agents: 1,
+            ..Policy::default()
+        };
+        let cells = both(&o, &[Axis::Country], &Filter::default(), &open);
+        let c = &cells[0];
+        assert_eq!(
+            c.verdicts,
+            VerdictCounts {
+                none: 2,
+                inconclusive: 4,
+                differentiated: 6,
+                blocked: 3,
+                no_reference: 3,
+            }
+        );
+        assert_eq!(c.differentiated_share, Some(6.0 / 12.0));
+        assert_eq!(c.blocked_share, Some(3.0 / 12.0));
+        let json = serde_json::to_value(c).unwrap();
+        assert_eq!(json["verdicts"]["blocked"], 3);
+        assert_eq!(json["verdicts"]["no_reference"], 3);
+        assert_eq!(json["blocked_share"], 0.25);
+        let csv = to_csv(&cells, &[Axis::Country]);
+        let (head, row) = csv.trim_end().split_once('\n').unwrap();
+        assert!(
+            head.ends_with(
+                ",verdict_none,verdict_inconclusive,verdict_differentiated,verdict_blocked,\
+                 verdict_no_reference,differentiated_share,blocked_share"
+            ),
+            "{head}"
+        );
+        assert!(row.ends_with(",2,4,6,3,3,0.50000,0.25000"), "{row}");
+        // No verdicts (generic tests): no shares.
+        let generic = vec![obs("RU", Platform::Generic, 1, 10.0, 0.0)];
+        let g = both(&generic, &[Axis::Country], &Filter::default(), &open);
+        assert_eq!(
+            (g[0].differentiated_share, g[0].blocked_share),
+            (None, None)
+        );
+        // Old cells' JSON (before `blocked` and `no_reference`) still reads.
+        let old: VerdictCounts =
+            serde_json::from_str(r#"{"none":1,"inconclusive":2,"differentiated":3}"#).unwrap();
+        assert_eq!(
+            (old.blocked, old.no_reference, old.blocked_share()),
+            (0, 0, Some(0.0))
+        );
+    }
+
+    fn stored_report() -> StoredReport {
+        StoredReport {
+            signed: callwatch_proto::SignedReport {
+                body: Vec::new(),
+                key: vec![5; 32],
+                signature: Vec::new(),
+            },
+            region: crate::geo::Region {
+                country: "ru".into(),
+                asn: 12389,
+            },
+            received_at_ms: 0,
+        }
+    }
+
+    fn comparison() -> callwatch_proto::report::ArmComparison {
+        callwatch_proto::report::ArmComparison {
+            platform_median: 0.0,
+            control_median: 0.0,
+            p_value: 1.0,
+            effect: 0.0,
+            significant: false,
+        }
+    }
+
+    #[test]
+    fn reports_give_their_kind_and_rule_and_only_measured_figures() {
+        use callwatch_proto::report::VerdictDetail;
+        // A blocked call: the platform handshake went unanswered, the control arm worked.
+        let mut r = CallReport::example();
+        r.platform = Platform::Whatsapp;
+        r.stream_kind = StreamKind::Video;
+        r.verdict = Some(Verdict::Differentiated);
+        r.verdict_detail = Some(VerdictDetail {
+            method: "test".into(),
+            window_ms: 1000,
+            windows: 0,
+            loss: comparison(),
+            delay: comparison(),
+            jitter: comparison(),
+            reason: "blocked".into(),
+            rule: Some(VerdictRule::Blocked),
+            onset: None,
+            relay: None,
+        });
+        let control = r.streams[0].clone();
+        let platform = &mut r.streams[0];
+        platform.outcome = StreamOutcome::Blocked;
+        (platform.packets_sent, platform.packets_reflected) = (0, None);
+        platform.packets_received = 0;
+        (platform.loss, platform.loss_up, platform.loss_down) = (Some(0.0), None, None);
+        (platform.rtt_ms, platform.jitter_ms, platform.mos) = (None, None, None);
+        let mut control = control;
+        control.role = Role::Control;
+        // The reflector's count never came: the split is unknown, the round trip is not.
+        (control.loss_up, control.loss_down) = (None, None);
+        r.streams.push(control);
+        assert!(r.validate().is_ok(), "{:?}", r.validate());
+        let o = Observation::from_report(&stored_report(), &r);
+        assert_eq!(o.len(), 2);
+        for x in &o {
+            assert_eq!(x.kind, StreamKind::Video);
+            assert_eq!(x.rule, Some(VerdictRule::Blocked));
+            assert_eq!(x.cell_key().kind, StreamKind::Video);
+            assert_eq!(x.cell_key().country, *b"RU");
+        }
+        assert_eq!(o[0].arm, Role::Platform);
+        assert_eq!(
+            o[0].figures, [None; FIGURE_COUNT],
+            "a blocked arm measured nothing"
+        );
+        assert_eq!(o[1].figures[3], Some(0.02), "round-trip loss");
+        assert_eq!((o[1].figures[4], o[1].figures[5]), (None, None));
+        assert_eq!(o[1].figures[0], Some(11.5));
+        let mut cell = CellState::default();
+        o.iter().for_each(|x| cell.add(x));
+        assert_eq!(
+            (cell.verdicts.blocked, cell.verdicts.differentiated),
+            (2, 2)
+        );
+        assert_eq!(cell.figures[3].count(), 1, "only the control arm's loss");
+        assert!(cell.figures[4].is_empty() && cell.figures[5].is_empty());
+        // A report from before the stream kind and the rule existed: voice, no finding.
+        let old: CallReport = serde_json::from_value({
+            let mut v = serde_json::to_value(CallReport::example()).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.remove("stream_kind");
+            m.remove("verdict_detail");
+            v
+        })
+        .unwrap();
+        let o = Observation::from_report(&stored_report(), &old);
+        assert_eq!((o[0].kind, o[0].rule), (StreamKind::Voice, None));
     }
 
     proptest::proptest! {

@@ -3,7 +3,7 @@
 //! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]` and `GET /healthz`.
 //! Bad parameters get 400 with a message that names the parameter.
 
-use crate::aggregate::{relative_error, to_csv, Axis, Cell, Filter, Policy};
+use crate::aggregate::{parse_kind, relative_error, to_csv, Axis, Cell, Filter, Policy};
 use crate::ingest::IngestStats;
 use crate::reflector::ReflectorStatsSource;
 use crate::store::ReportStore;
@@ -117,8 +117,8 @@ pub fn parse_time_ms(name: &str, v: &str) -> Result<i64, ApiError> {
 pub fn parse_aggregation_query(
     params: &HashMap<String, String>,
 ) -> Result<AggregationQuery, ApiError> {
-    const KNOWN: [&str; 9] = [
-        "axis_x", "axis_y", "format", "country", "asn", "platform", "arm", "since", "until",
+    const KNOWN: [&str; 10] = [
+        "axis_x", "axis_y", "format", "country", "asn", "platform", "arm", "kind", "since", "until",
     ];
     for k in params.keys() {
         if !KNOWN.contains(&k.as_str()) {
@@ -162,6 +162,9 @@ pub fn parse_aggregation_query(
             }
         });
     }
+    if let Some(k) = params.get("kind") {
+        filter.kind = Some(parse_kind(k).map_err(|e| ApiError::bad_request(format!("kind: {e}")))?);
+    }
     if let Some(v) = params.get("since") {
         filter.since_ms = Some(parse_time_ms("since", v)?);
     }
@@ -178,7 +181,7 @@ pub fn parse_aggregation_query(
             .transpose()
     };
     let axis_x = axis("axis_x")?.ok_or_else(|| {
-        ApiError::bad_request("axis_x: required (day, hour, country, asn, platform, arm)")
+        ApiError::bad_request("axis_x: required (day, hour, country, asn, platform, arm, kind)")
     })?;
     let mut axes = vec![axis_x];
     if let Some(y) = axis("axis_y")? {
@@ -204,6 +207,10 @@ pub struct AggregationBody<'a> {
     pub axis_x: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub axis_y: Option<&'a str>,
+    /// The stream kind every cell covers (the `kind` filter, or voice by default); absent when
+    /// `kind` is an axis, and each cell says its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
     /// The k threshold cells were published under.
     pub min_agents: usize,
     /// The per-agent cap per fine cell and day the store applies.
@@ -214,10 +221,11 @@ pub struct AggregationBody<'a> {
 }
 
 impl<'a> AggregationBody<'a> {
-    pub fn new(axes: &'a [Axis], policy: &Policy, result: Vec<Cell>) -> Self {
+    pub fn new(axes: &'a [Axis], filter: &Filter, policy: &Policy, result: Vec<Cell>) -> Self {
         AggregationBody {
             axis_x: axes.first().map(|a| a.as_str()).unwrap_or("day"),
             axis_y: axes.get(1).map(|a| a.as_str()),
+            kind: (!axes.contains(&Axis::Kind)).then(|| filter.kind_or_default().as_str()),
             min_agents: policy.min_agents,
             max_per_agent_per_day: policy.max_per_agent_per_day,
             relative_error: relative_error(),
@@ -245,7 +253,13 @@ async fn aggregation(
         )
             .into_response());
     }
-    Ok(axum::Json(AggregationBody::new(&q.axes, &state.policy, cells)).into_response())
+    Ok(axum::Json(AggregationBody::new(
+        &q.axes,
+        &q.filter,
+        &state.policy,
+        cells,
+    ))
+    .into_response())
 }
 
 /// Prometheus text exposition of the collector's counters.
@@ -440,6 +454,19 @@ mod tests {
         assert!(e(&[("axis_x", "day"), ("asn", "x1")]).starts_with("asn"));
         assert!(e(&[("axis_x", "day"), ("platform", "icq")]).starts_with("platform"));
         assert!(e(&[("axis_x", "day"), ("until", "soon")]).starts_with("until"));
+        assert!(e(&[("axis_x", "day"), ("kind", "audio")]).starts_with("kind"));
+        assert!(
+            e(&[("axis_x", "town")]).contains("kind"),
+            "the axes are listed"
+        );
+        let q = parse_aggregation_query(&params(&[("axis_x", "kind"), ("kind", "video")]))
+            .ok()
+            .unwrap();
+        assert_eq!(q.axes, vec![Axis::Kind]);
+        assert_eq!(
+            q.filter.kind,
+            Some(callwatch_proto::report::StreamKind::Video)
+        );
         let f = parse_aggregation_query(&params(&[
             ("axis_x", "day"),
             ("country", "ru"),

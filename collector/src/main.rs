@@ -75,7 +75,7 @@ enum Command {
         store: callwatch_collector::store::config::StoreArgs,
         #[arg(long, value_enum, default_value = "ndjson")]
         format: ExportFormat,
-        /// With json/csv: day, hour, country, asn, platform or arm.
+        /// With json/csv: day, hour, country, asn, platform, arm or kind.
         #[arg(long = "axis-x", default_value = "country")]
         axis_x: String,
         #[arg(long = "axis-y")]
@@ -100,6 +100,10 @@ enum Command {
         /// arm is an axis.
         #[arg(long)]
         arm: Option<String>,
+        /// With json/csv: only this stream kind (voice or video); by default voice, unless kind
+        /// is an axis.
+        #[arg(long)]
+        kind: Option<String>,
         /// With json/csv: the k threshold (see `serve --min-agents`).
         #[arg(long = "min-agents", default_value_t = 3, value_name = "K")]
         min_agents: usize,
@@ -209,6 +213,7 @@ async fn run(cli: Cli) -> Result<()> {
             asn,
             platform,
             arm,
+            kind,
             min_agents,
         } => {
             let mut query: HashMap<String, String> = HashMap::new();
@@ -221,6 +226,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ("asn", asn),
                 ("platform", platform),
                 ("arm", arm),
+                ("kind", kind),
             ] {
                 if let Some(v) = value {
                     query.insert(name.into(), v);
@@ -337,7 +343,7 @@ fn export(
             } else {
                 serde_json::to_writer_pretty(
                     &mut out,
-                    &AggregationBody::new(&q.axes, &policy, cells),
+                    &AggregationBody::new(&q.axes, &q.filter, &policy, cells),
                 )?;
                 out.write_all(b"\n")?;
             }

@@ -56,6 +56,19 @@ fn full_report() -> CallReport {
         delay: cmp,
         jitter: cmp,
         reason: "no metric differed significantly".into(),
+        rule: Some(callwatch_proto::report::VerdictRule::NotWorse),
+        onset: Some(callwatch_proto::report::Onset {
+            at_ms: 5_000,
+            p_value: 0.3,
+            effect: 1.5,
+        }),
+        relay: Some(callwatch_proto::report::RelayComparison {
+            relay_sent: 10,
+            relay_answered: 0,
+            reference_sent: 10,
+            reference_answered: 10,
+            p_value: 5.4e-6,
+        }),
     });
     let stats = Stats {
         min: 1.0,
@@ -315,6 +328,7 @@ fn sketch_seeds() {
         asn: 12389,
         platform: Platform::Telegram,
         arm: Role::Control,
+        kind: callwatch_proto::report::StreamKind::Voice,
     };
     write("sketch_and_cells", "cell-key", &with(2, &k.to_bytes()));
     let values: Vec<u8> = [1.0f64, 2.5, 1e-7, -4.0, 1e300, 0.33]

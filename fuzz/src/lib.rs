@@ -449,6 +449,7 @@ pub mod api_query {
             asn: 12389,
             platform: Platform::Generic,
             arm,
+            kind: callwatch_proto::report::StreamKind::Voice,
         };
         (key, s)
     }

@@ -115,6 +115,9 @@ impl Target {
     }
 }
 
+/// A model as the emulator takes it: the base path for all traffic, and the rules.
+pub type Network = (PathConfig, Vec<DpiRule>);
+
 /// One censor or null model.
 pub struct Censor {
     pub name: &'static str,
@@ -124,7 +127,7 @@ pub struct Censor {
     pub relay: bool,
     /// The base path for all traffic and the rules, for one platform; `None` where the model
     /// does not apply to that platform (say, no byte signature to match).
-    pub build: fn(&Target) -> Option<(PathConfig, Vec<DpiRule>)>,
+    pub build: fn(&Target) -> Option<Network>,
 }
 
 /// A rule on the STUN magic cookie (bytes 4..8), both directions, with `impairment`: an assumed
@@ -166,11 +169,11 @@ fn loss(p: f64) -> RuleImpairment {
     }
 }
 
-fn only(rules: Vec<DpiRule>) -> Option<(PathConfig, Vec<DpiRule>)> {
+fn only(rules: Vec<DpiRule>) -> Option<Network> {
     Some((PathConfig::default(), rules))
 }
 
-fn shared(path: PathConfig) -> Option<(PathConfig, Vec<DpiRule>)> {
+fn shared(path: PathConfig) -> Option<Network> {
     Some((path, Vec::new()))
 }
 
@@ -505,9 +508,9 @@ pub fn tally(platform: Platform, censor: &Censor, n: u32, seed0: u64) -> Result<
 /// The detection table over the catalogue and `platforms`, `n` tests a row, as Markdown;
 /// `progress` hears each row as it is done.
 pub fn table(n: u32, platforms: &[Platform], mut progress: impl FnMut(&str)) -> Result<String> {
-    let mut out = format!(
+    let mut out = String::from(
         "| model | expected | platform | tests | differentiated (95 % CI) | inconclusive | none | target met |\n\
-         |---|---|---|---:|---:|---:|---:|---|\n"
+         |---|---|---|---:|---:|---:|---:|---|\n",
     );
     for (i, censor) in catalogue().iter().enumerate() {
         for (j, &platform) in platforms.iter().enumerate() {

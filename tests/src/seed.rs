@@ -1,15 +1,21 @@
 //! Seeded data for tests of aggregation and the dashboard: signed reports from 6 networks in 5
 //! countries × 4 platforms × 7 days, both arms, 4 agents per network (only 2 for Brazil's
 //! Signal, so that cell stays below k), uploaded through a real collector's QUIC ingest from the
-//! network's own loopback address.
+//! network's own loopback address. After those, the findings a collector must keep apart
+//! ([`extra`]): video-like tests (whose poor MOS must never reach a voice cell), blocked calls,
+//! tests without a working control arm, and reports whose loss direction split is unknown.
 //!
 //! Test fixtures: they panic (with the failing step) instead of returning errors.
 
 use callwatch_agent::upload::{exchange, pinned_client_config};
 use callwatch_collector::{serve, Collector, ServeConfig};
-use callwatch_proto::report::{Stalls, Stats, UpDown};
+use callwatch_proto::report::{
+    ArmComparison, Stalls, Stats, StreamKind, StreamOutcome, UpDown, VerdictRule,
+};
 use callwatch_proto::upload::{ReportStatus, Response};
-use callwatch_proto::{CallReport, Platform, ReportId, Role, SignedReport, Verdict};
+use callwatch_proto::{
+    CallReport, Platform, ReportId, Role, SignedReport, StreamReport, Verdict, VerdictDetail,
+};
 use ed25519_dalek::SigningKey;
 use rand::{Rng, SeedableRng};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -51,6 +57,11 @@ fn stream(rng: &mut impl Rng, role: Role, bad: bool) -> callwatch_proto::StreamR
         rng.gen_range(0.0..if bad { 0.4 } else { 0.05 })
     });
     s.loss_down = Some(rng.gen_range(0.0..0.1));
+    // The round trip, from the two directions (draws nothing: the values above stay the same).
+    s.loss = s
+        .loss_up
+        .zip(s.loss_down)
+        .map(|(up, down)| 1.0 - (1.0 - up) * (1.0 - down));
     s.jitter_ms = Some(UpDown {
         up: rng.gen_range(0.1..30.0),
         down: rng.gen_range(0.1..30.0),
@@ -102,7 +113,7 @@ pub fn seed() -> Vec<Seeded> {
     let mut id = 0u32;
     for (sender, _) in REGIONS.iter().enumerate() {
         for agent in 0..4u8 {
-            let key = SigningKey::from_bytes(&[sender as u8 * 16 + agent + 1; 32]);
+            let key = agent_key(sender, agent);
             for (p, platform) in PLATFORMS.iter().enumerate() {
                 // Below k: in Brazil only two agents test Signal.
                 if sender == 5 && *platform == Platform::Signal && agent >= 2 {
@@ -121,6 +132,137 @@ pub fn seed() -> Vec<Seeded> {
                 }
             }
         }
+    }
+    out.extend(extra(id, today));
+    out
+}
+
+/// The agent key of `agent` (0..4) on network `sender`, as [`seed`] uses.
+fn agent_key(sender: usize, agent: u8) -> SigningKey {
+    SigningKey::from_bytes(&[sender as u8 * 16 + agent + 1; 32])
+}
+
+fn detail(rule: VerdictRule) -> VerdictDetail {
+    let none = ArmComparison {
+        platform_median: 0.0,
+        control_median: 0.0,
+        p_value: 1.0,
+        effect: 0.0,
+        significant: false,
+    };
+    VerdictDetail {
+        method: "seed".into(),
+        window_ms: 1000,
+        windows: 0,
+        loss: none,
+        delay: none,
+        jitter: none,
+        reason: format!("seeded: {rule}"),
+        rule: Some(rule),
+        onset: None,
+        relay: None,
+    }
+}
+
+/// A stream that measured nothing: its handshake went unanswered (as the agent reports it: no
+/// probe sent, round-trip loss 0 of 0, every other figure null).
+fn blocked_stream(role: Role) -> StreamReport {
+    let mut s = CallReport::example().streams.remove(0);
+    s.role = role;
+    s.outcome = StreamOutcome::Blocked;
+    (s.packets_sent, s.packets_reflected, s.packets_received) = (0, None, 0);
+    (s.loss, s.loss_up, s.loss_down) = (Some(0.0), None, None);
+    (s.rtt_ms, s.jitter_ms, s.stalls) = (None, None, None);
+    (s.r_factor, s.mos) = (None, None);
+    s
+}
+
+/// Sender of each [`extra`] video test, blocked call and no-reference test.
+pub const VIDEO_SENDERS: [usize; 2] = [0, 2];
+/// Most MOS a seeded video test has (voice tests have 1.0..4.5).
+pub const VIDEO_MOS_MAX: f64 = 1.4;
+
+/// The findings after the main seed, ids from `id` on (own generator, so the main seed does not
+/// change with them):
+/// - video-like tests from Russia (AS12389) and Germany, WhatsApp and Telegram, 4 agents, one a
+///   day: MOS 1.0..1.4, heavy loss — they must never move a voice cell;
+/// - blocked calls in Russia (both networks), WhatsApp: verdict differentiated, rule `blocked`
+///   (every other one `cut`), the platform arm measured nothing;
+/// - tests without a reference in Germany, Telegram: inconclusive, rule `no-reference`, the
+///   control arm measured nothing;
+/// - Turkish Signal tests whose reflector count never came: `loss_up`/`loss_down` null, the
+///   round-trip loss known.
+pub fn extra(mut id: u32, today: chrono::DateTime<chrono::Utc>) -> Vec<Seeded> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(20251129);
+    let mut out = Vec::new();
+    let mut push = |sender: usize, agent: u8, r: CallReport| {
+        let key = agent_key(sender, agent);
+        assert!(r.validate().is_ok(), "{:?}", r.validate());
+        let signed = SignedReport::sign(&r, &key).unwrap();
+        out.push((sender, key, signed, r));
+    };
+    let at = |rng: &mut rand::rngs::StdRng, day: i64| {
+        today - chrono::Duration::days(day) + chrono::Duration::minutes(rng.gen_range(0..24 * 60))
+    };
+    for sender in VIDEO_SENDERS {
+        for agent in 0..4u8 {
+            for platform in [Platform::Whatsapp, Platform::Telegram] {
+                for day in 1..=7i64 {
+                    id += 1;
+                    let started = at(&mut rng, day);
+                    let mut r = synthetic_report(&mut rng, id, platform, started, false);
+                    r.stream_kind = StreamKind::Video;
+                    r.payload_bytes = 1200;
+                    for s in &mut r.streams {
+                        s.mos = Some(rng.gen_range(1.0..VIDEO_MOS_MAX));
+                        s.loss_up = Some(rng.gen_range(0.2..0.5));
+                        s.loss = s
+                            .loss_up
+                            .zip(s.loss_down)
+                            .map(|(up, down)| 1.0 - (1.0 - up) * (1.0 - down));
+                    }
+                    push(sender, agent, r);
+                }
+            }
+        }
+    }
+    for sender in [0, 1] {
+        for agent in 0..4u8 {
+            for day in 1..=3i64 {
+                id += 1;
+                let started = at(&mut rng, day);
+                let mut r = synthetic_report(&mut rng, id, Platform::Whatsapp, started, true);
+                r.streams[0] = blocked_stream(Role::Platform);
+                let rule = if day == 2 {
+                    VerdictRule::Cut
+                } else {
+                    VerdictRule::Blocked
+                };
+                r.verdict = Some(Verdict::Differentiated);
+                r.verdict_detail = Some(detail(rule));
+                push(sender, agent, r);
+            }
+        }
+    }
+    for agent in 0..4u8 {
+        for day in 1..=2i64 {
+            id += 1;
+            let started = at(&mut rng, day);
+            let mut r = synthetic_report(&mut rng, id, Platform::Telegram, started, false);
+            r.streams[1] = blocked_stream(Role::Control);
+            r.verdict = Some(Verdict::Inconclusive);
+            r.verdict_detail = Some(detail(VerdictRule::NoReference));
+            push(2, agent, r);
+        }
+    }
+    for agent in 0..4u8 {
+        id += 1;
+        let started = at(&mut rng, 1);
+        let mut r = synthetic_report(&mut rng, id, Platform::Signal, started, false);
+        for s in &mut r.streams {
+            (s.loss_up, s.loss_down, s.packets_reflected) = (None, None, None);
+        }
+        push(4, agent, r);
     }
     out
 }

@@ -1,6 +1,6 @@
 //! The ClickHouse store against a real server (`CALLWATCH_CLICKHOUSE_URL`, which `.ci/run`
 //! starts on loopback): same aggregates as sled, two collectors on one database, an outage during
-//! ingest, and `migrate`.
+//! ingest, `migrate`, and a table made before the stream kind, rule and round-trip loss columns.
 //!
 //! Without `CALLWATCH_CLICKHOUSE_URL` these tests fail, unless `CALLWATCH_SKIP_CLICKHOUSE=1`
 //! says to skip them (so CI can never skip them silently). Each test uses a fresh database and
@@ -14,6 +14,7 @@ use callwatch_collector::store::{
     ClickHouseStore, ReportKey, ReportStore, SledStore, StoredReport,
 };
 use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
+use callwatch_proto::report::StreamKind;
 use callwatch_tests::http;
 use callwatch_tests::seed::{self, Seeded, REGIONS};
 use std::io::{Read, Write};
@@ -83,6 +84,16 @@ async fn get_json(c: &Collector, query: &str) -> serde_json::Value {
 
 /// Same cells, same counts, agents and verdicts; quantiles within the sketch's 1 %.
 fn assert_same_cells(query: &str, sled: &serde_json::Value, ch: &serde_json::Value) {
+    assert_same_cells_but(query, sled, ch, &[]);
+}
+
+/// [`assert_same_cells`], but for the figures in `skip`.
+fn assert_same_cells_but(
+    query: &str,
+    sled: &serde_json::Value,
+    ch: &serde_json::Value,
+    skip: &[&str],
+) {
     let (a, b) = (
         sled["result"].as_array().unwrap(),
         ch["result"].as_array().unwrap(),
@@ -97,14 +108,16 @@ fn assert_same_cells(query: &str, sled: &serde_json::Value, ch: &serde_json::Val
             "asn",
             "platform",
             "arm",
+            "kind",
             "count",
             "agents",
             "verdicts",
             "differentiated_share",
+            "blocked_share",
         ] {
             assert_eq!(x[field], y[field], "{query}: {field} differs\n{x}\n{y}");
         }
-        for f in FIGURES {
+        for f in FIGURES.into_iter().filter(|f| !skip.contains(f)) {
             assert_eq!(x[f].is_null(), y[f].is_null(), "{query}: {f} presence");
             for q in ["p10", "median", "p90"] {
                 if let (Some(s), Some(e)) = (x[f][q].as_f64(), y[f][q].as_f64()) {
@@ -119,7 +132,7 @@ fn assert_same_cells(query: &str, sled: &serde_json::Value, ch: &serde_json::Val
     }
 }
 
-const QUERIES: [&str; 7] = [
+const QUERIES: [&str; 10] = [
     "axis_x=country&axis_y=platform",
     "axis_x=asn",
     "axis_x=day&axis_y=arm",
@@ -127,6 +140,9 @@ const QUERIES: [&str; 7] = [
     "axis_x=platform&axis_y=arm&arm=control",
     "axis_x=country&platform=telegram&asn=12389",
     "axis_x=day&axis_y=country&since=SINCE&until=UNTIL",
+    "axis_x=country&axis_y=kind",
+    "axis_x=platform&kind=video",
+    "axis_x=kind&axis_y=arm&country=RU&platform=whatsapp",
 ];
 
 fn concrete(query: &str) -> String {
@@ -209,8 +225,12 @@ async fn two_collectors_on_one_clickhouse_count_every_report_once() {
     // Each agent resends everything to the other collector: all duplicates now.
     let (acc, dup) = seed::upload_batches(&b, to_a, 50).await;
     assert_eq!((acc, dup), (0, to_a.len()));
-    // One platform arm per report.
-    let expected_arms = data.len();
+    // One platform arm per voice report (by default a query counts voice tests only).
+    let expected_arms = data
+        .iter()
+        .filter(|s| s.3.stream_kind == StreamKind::Voice)
+        .count();
+    assert!(expected_arms < data.len(), "the seed has video tests");
     for (name, c, store) in [("A", &a, &store_a), ("B", &b, &store_b)] {
         assert_eq!(store.len(), data.len(), "{name}: stored reports");
         let v = get_json(c, "axis_x=platform").await;
@@ -490,5 +510,124 @@ fn migrate_from_sled_is_resumable_and_idempotent() {
     let csv = export(&["--format", "csv", "--axis-x", "country"]);
     assert!(csv.starts_with("country,count,agents,"), "{csv}");
     assert!(csv.contains("\nRU,"), "{csv}");
+    ch.drop_database().unwrap();
+}
+
+/// Runs one statement on the server (with `curl`, which `.ci/run` installs); panics on failure.
+fn sql(url: &str, statement: &str) -> String {
+    let (user, password) = credentials();
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-fsS", "--data-binary", statement]);
+    if user.is_some() || password.is_some() {
+        cmd.arg("-u").arg(format!(
+            "{}:{}",
+            user.as_deref().unwrap_or("default"),
+            password.as_deref().unwrap_or("")
+        ));
+    }
+    let out = cmd
+        .arg(format!("{}/", url.trim_end_matches('/')))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{statement}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_table_from_before_the_stream_kind_gains_its_columns_and_reads_old_rows_from_their_bodies() {
+    let Some(url) = clickhouse_url() else { return };
+    let db = fresh_db("oldtable");
+    let root = tempfile::tempdir().unwrap();
+    let data = seed::seed();
+    let stored = stored_seed(&data);
+    let sled = SledStore::open_with_cap(&root.path().join("sled"), 24).unwrap();
+    for b in stored.chunks(50) {
+        sled.insert_batch(b).unwrap();
+    }
+    {
+        let ch = open(&url, &db);
+        for b in stored.chunks(50) {
+            ch.insert_batch(b).unwrap();
+        }
+    }
+    // The table as collectors before the stream kind made it: rows without kind, rule or loss.
+    for column in ["kind", "rule", "loss"] {
+        sql(
+            &url,
+            &format!("ALTER TABLE {db}.reports DROP COLUMN {column}"),
+        );
+    }
+    let columns = |db: &str| {
+        sql(
+            &url,
+            &format!(
+                "SELECT name FROM system.columns WHERE database = '{db}' AND table = 'reports' \
+                 FORMAT TabSeparated"
+            ),
+        )
+    };
+    assert!(!columns(&db).lines().any(|c| c == "kind"));
+    // Opened by this build: the columns are added, and old rows read theirs from the signed body.
+    let ch = open(&url, &db);
+    let now = columns(&db);
+    for column in ["kind", "rule", "loss"] {
+        assert!(now.lines().any(|c| c == column), "{column} missing: {now}");
+    }
+    assert_eq!(ch.len(), data.len());
+    let policy = callwatch_collector::aggregate::Policy {
+        min_agents: 3,
+        max_per_agent_per_day: 24,
+    };
+    use callwatch_collector::aggregate::{Axis, Filter};
+    let video = Filter {
+        kind: Some(StreamKind::Video),
+        ..Filter::default()
+    };
+    let mut blocked = 0;
+    for (axes, filter) in [
+        (vec![Axis::Country, Axis::Platform], Filter::default()),
+        (vec![Axis::Country, Axis::Kind], Filter::default()),
+        (vec![Axis::Platform, Axis::Arm], video.clone()),
+        (vec![Axis::Day, Axis::Asn], Filter::default()),
+    ] {
+        let x = sled.aggregate(&axes, &filter, &policy).unwrap();
+        let y = ch.aggregate(&axes, &filter, &policy).unwrap();
+        blocked += y.iter().map(|c| c.verdicts.blocked).sum::<u64>();
+        // Old rows have no round-trip loss (null, one per arm): the figure is missing.
+        assert!(y.iter().all(|c| c.loss.is_none()));
+        let (x, y) = (
+            serde_json::json!({ "result": x }),
+            serde_json::json!({ "result": y }),
+        );
+        assert_same_cells_but(&format!("{axes:?} {filter:?}"), &x, &y, &["loss"]);
+    }
+    assert!(
+        blocked > 0,
+        "old rows' blocked calls are counted from their bodies"
+    );
+    let by_kind = ch
+        .aggregate(&[Axis::Kind], &Filter::default(), &policy)
+        .unwrap();
+    let kinds: Vec<_> = by_kind.iter().map(|c| c.kind.as_deref()).collect();
+    assert_eq!(kinds, [Some("voice"), Some("video")]);
+    // New rows in the old table carry their own values.
+    let newer: Vec<_> = data[..50]
+        .iter()
+        .map(|(sender, key, _, report)| {
+            let mut r = report.clone();
+            r.id.0[15] ^= 0xff;
+            let signed = callwatch_proto::SignedReport::sign(&r, key).unwrap();
+            (*sender, key.clone(), signed, r)
+        })
+        .collect();
+    ch.insert_batch(&stored_seed(&newer)).unwrap();
+    let axes = [Axis::Country];
+    let y = ch.aggregate(&axes, &Filter::default(), &policy).unwrap();
+    assert!(y.iter().any(|c| c.loss.is_some()));
+    drop(sled);
     ch.drop_database().unwrap();
 }

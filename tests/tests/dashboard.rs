@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium loads `/` from a real collector holding
 //! seeded data (through the QUIC ingest path), shows the published region × platform cells and
-//! not the one below k, and a real mouse click on a cell renders its time series
+//! not the one below k, the blocked-call share where the seed has blocked calls, the video-like
+//! tests apart from the voice ones, and a real mouse click on a cell renders its time series
 //! (`tests/dashboard_click.py`, driving Chromium over the DevTools protocol).
 //!
 //! Needs `chromium` and `python3` (Debian packages; `.ci/run` installs chromium when missing).
@@ -36,6 +37,15 @@ fn dump_dom(url: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The grid button of a cell (`RU/whatsapp`), as dumped.
+fn button<'a>(dom: &'a str, cell: &str) -> &'a str {
+    let at = dom
+        .find(&format!(r#"data-cell="{cell}""#))
+        .unwrap_or_else(|| panic!("{cell} missing"));
+    let end = dom[at..].find("</button>").expect("the button ends");
+    &dom[at..at + end]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,6 +108,37 @@ async fn dashboard_shows_seeded_cells_and_a_click_opens_the_series() {
         !dom.contains(r#"data-cell="BR/signal""#),
         "a cell below k is shown"
     );
+    // Russia's WhatsApp cell has blocked calls; Germany's Telegram only tests without a working
+    // control arm, which are not blocking.
+    assert!(button(&dom, "RU/whatsapp").contains("% blocked"), "{dom}");
+    assert!(!button(&dom, "DE/telegram").contains("blocked"), "{dom}");
+
+    // Video-like tests: their own grid, where only the networks that ran them appear.
+    let video = {
+        let url = format!("{base}#kind=video");
+        tokio::task::spawn_blocking(move || dump_dom(&url))
+            .await
+            .unwrap()
+    };
+    assert!(
+        video.contains(r#"data-state="ready""#),
+        "grid not ready: {video}"
+    );
+    for cell in ["RU/whatsapp", "RU/telegram", "DE/whatsapp", "DE/telegram"] {
+        assert!(
+            video.contains(&format!(r#"data-cell="{cell}""#)),
+            "{cell} missing"
+        );
+    }
+    for cell in ["IR/generic", "TR/whatsapp", "RU/signal"] {
+        assert!(
+            !video.contains(&format!(r#"data-cell="{cell}""#)),
+            "{cell} has no video tests"
+        );
+    }
+    assert!(video.contains("kind=video"), "the CSV link names the kind");
+    // The voice grid's RU/whatsapp cell and the video one differ: never the same tests.
+    assert_ne!(button(&video, "RU/whatsapp"), button(&dom, "RU/whatsapp"));
 
     // A real click (mouse press and release at the first cell's centre) renders its series.
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboard_click.py");
@@ -135,5 +176,9 @@ async fn dashboard_shows_seeded_cells_and_a_click_opens_the_series() {
         .expect("series element present");
     assert!(series.contains(r#"data-cell="RU/whatsapp""#), "{series}");
     assert!(series.contains("control"), "the control arm is drawn");
+    assert!(
+        series.contains("Blocked calls"),
+        "the blocked share is drawn"
+    );
     c.shutdown().await;
 }

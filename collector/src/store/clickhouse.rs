@@ -15,15 +15,24 @@
 //! # Tables
 //!
 //! `reports`: one row per stored report — the exact signed body, the signature, the agent key
-//! (hex), the report id (hex), arrival time, region, and per aggregated arm (platform, control)
-//! the figures aggregation uses, as parallel arrays (`arm`, `rtt`, …, `Nullable(Float64)` where a
-//! report may lack a figure). Engine `ReplacingMergeTree(ver)`, `PARTITION BY
-//! toYYYYMM(started_date)` (the test's UTC start day, from the signed body, so the same report
-//! always lands in the same partition), `ORDER BY (agent, id)`: ReplacingMergeTree collapses rows
-//! with equal sorting key, so the sorting key must be the report's identity. `ver` is
+//! (hex), the report id (hex), arrival time, region, the stream kind (`kind`: 0 voice, 1 video),
+//! the verdict and the rule that decided it (`rule`, as the report spells it; empty when none),
+//! and per aggregated arm (platform, control) the figures aggregation uses, as parallel arrays
+//! (`arm`, `rtt`, …, `Nullable(Float64)` where a report may lack a figure). Engine
+//! `ReplacingMergeTree(ver)`, `PARTITION BY toYYYYMM(started_date)` (the test's UTC start day,
+//! from the signed body, so the same report always lands in the same partition),
+//! `ORDER BY (agent, id)`: ReplacingMergeTree collapses rows with equal sorting key, so the
+//! sorting key must be the report's identity. `ver` is
 //! `u64::MAX − received_at_ms`, so of two copies the *earliest arrival* survives — the copy the
 //! per-agent cap counts, as in sled. Aggregation queries filter by partition (month) and read a
 //! few narrow columns; the sorting key does not serve them, but a column store scans those fast.
+//!
+//! `kind`, `rule` and `loss` (the round-trip loss per arm) came later ([`ADDED_COLUMNS`]): opening
+//! a table made before them adds them (`ALTER TABLE … ADD COLUMN`, cheap: no data is rewritten),
+//! with defaults that rows stored before read from their own signed body — `kind` is video only
+//! where the body says `"stream_kind":"video"`, `rule` is the body's rule — so old rows
+//! aggregate as the sled store's rebuild from the same bodies does. `loss` of old rows is null
+//! (one array element per arm), so their round-trip loss is missing from the `loss` figure.
 //!
 //! # Deduplication across collectors
 //!
@@ -46,20 +55,23 @@
 //! # Aggregation
 //!
 //! [`ReportStore::aggregate`] is one SQL query with the sled backend's semantics
-//! (see [`crate::aggregate`]): fine cells (UTC hour, country, ASN, platform, arm); the per-agent
-//! cap per (UTC day, country, ASN, platform, arm, agent) in order of arrival — without window
-//! functions: `groupArray` of (received_at_ms, position in batch, id, …) per cap group, sorted
-//! and sliced to the cap, then `ARRAY JOIN`ed; the hour bounds of the filter are applied after
-//! the cap, which counts whole days; the k threshold on distinct 8-byte agent prefixes
-//! (`uniqExact`); exact order statistics at rank ⌊q·(n−1)⌋ (`arraySort` and index), where sled
-//! answers from sketches within 1 % of the same rank. The cap comes from the query's policy, so
-//! changing it needs no rebuild.
+//! (see [`crate::aggregate`]): fine cells (UTC hour, country, ASN, platform, arm, kind); the
+//! per-agent cap per (UTC day, country, ASN, platform, arm, kind, agent) in order of arrival —
+//! without window functions: `groupArray` of (received_at_ms, position in batch, id, …) per cap
+//! group, sorted and sliced to the cap, then `ARRAY JOIN`ed; the hour bounds of the filter are
+//! applied after the cap, which counts whole days; the k threshold on distinct 8-byte agent
+//! prefixes (`uniqExact`); exact order statistics at rank ⌊q·(n−1)⌋ (`arraySort` and index),
+//! where sled answers from sketches within 1 % of the same rank. The cap comes from the query's
+//! policy, so changing it needs no rebuild.
 
 use super::{InsertOutcome, ReportKey, ReportStore, StoreError, StoredReport};
+use crate::aggregate::day_string;
 use crate::aggregate::{
-    day_string, hour_string, Axis, Cell, Figure, Filter, Observation, Policy, VerdictCounts,
+    kind_byte, kind_of_byte, Axis, Cell, Figure, Filter, GroupKey, Observation, Policy,
+    VerdictCounts, BLOCKED_RULES, FIGURE_COUNT, NO_REFERENCE_RULES,
 };
 use crate::geo::Region;
+use callwatch_proto::report::{StreamKind, VerdictRule};
 use callwatch_proto::{CallReport, Platform, Role, SignedReport, Verdict};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -471,16 +483,40 @@ const COLUMNS: [(&str, &str); 24] = [
     ("key", "String"),
 ];
 
+/// Columns added to `reports` after [`COLUMNS`]: (name, type, default for rows stored before
+/// the column existed). The defaults read old rows' signed bodies (see the module
+/// documentation); every insert sets the columns itself.
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    (
+        "kind",
+        "UInt8",
+        "if(visitParamExtractString(body, 'stream_kind') = 'video', 1, 0)",
+    ),
+    ("rule", "String", "visitParamExtractString(body, 'rule')"),
+    (
+        "loss",
+        "Array(Nullable(Float64))",
+        "arrayMap(x -> CAST(NULL, 'Nullable(Float64)'), arm)",
+    ),
+];
+
 /// The figure columns, in [`crate::aggregate::FIGURES`] order.
-const FIGURE_COLUMNS: [&str; 7] = [
+const FIGURE_COLUMNS: [&str; FIGURE_COUNT] = [
     "rtt",
     "jitter_up",
     "jitter_down",
+    "loss",
     "loss_up",
     "loss_down",
     "mos",
     "stalls",
 ];
+
+/// `rule IN (…)` of these rules, as the reports spell them.
+fn rule_list(rules: &[VerdictRule]) -> String {
+    let names: Vec<String> = rules.iter().map(|r| lit(r.as_str())).collect();
+    names.join(", ")
+}
 
 /// One row of `reports` as inserted.
 #[derive(Serialize)]
@@ -511,6 +547,12 @@ struct Row<'a> {
     stalls: Vec<Option<f64>>,
     /// The signed report's key field (hex); equal to `agent` for every verified report.
     key: String,
+    /// [`kind_byte`] of the report's stream kind.
+    kind: u8,
+    /// The verdict's rule as the report spells it; empty when it has none.
+    rule: &'static str,
+    /// Round-trip loss per arm.
+    loss: Vec<Option<f64>>,
 }
 
 /// One report as read back.
@@ -655,6 +697,11 @@ impl ClickHouseStore {
         let columns: Vec<String> = COLUMNS
             .iter()
             .map(|(name, ty)| format!("{name} {ty}"))
+            .chain(
+                ADDED_COLUMNS
+                    .iter()
+                    .map(|(name, ty, default)| format!("{name} {ty} DEFAULT {default}")),
+            )
             .collect();
         self.http.text(&format!(
             "CREATE TABLE IF NOT EXISTS {db}.reports ({}) \
@@ -662,24 +709,59 @@ impl ClickHouseStore {
              ORDER BY (agent, id)",
             columns.join(", ")
         ))?;
-        let found = self.http.text(&format!(
-            "SELECT name, type FROM system.columns WHERE database = {} AND table = 'reports' \
-             FORMAT TabSeparated",
-            lit(db)
-        ))?;
-        let found: Vec<(&str, &str)> = found.lines().filter_map(|l| l.split_once('\t')).collect();
-        let missing: Vec<String> = COLUMNS
-            .iter()
-            .filter(|c| !found.contains(c))
-            .map(|(n, t)| format!("{n} {t}"))
-            .collect();
-        if !missing.is_empty() {
-            return Err(StoreError::Backend(format!(
-                "table {db}.reports exists but lacks columns {}; it was made by another \
-                 program or version — use another database",
-                missing.join(", ")
-            )));
+        let columns = || -> Result<Vec<(String, String)>, StoreError> {
+            let text = self.http.text(&format!(
+                "SELECT name, type FROM system.columns WHERE database = {} AND \
+                 table = 'reports' FORMAT TabSeparated",
+                lit(db)
+            ))?;
+            Ok(text
+                .lines()
+                .filter_map(|l| l.split_once('\t'))
+                .map(|(n, t)| (n.to_string(), t.to_string()))
+                .collect())
+        };
+        let has = |found: &[(String, String)], (name, ty): (&str, &str)| {
+            found.iter().any(|(n, t)| n == name && t == ty)
+        };
+        let lacking = |found: &[(String, String)],
+                       wanted: &mut dyn Iterator<Item = (&str, &str)>| {
+            let missing: Vec<String> = wanted
+                .filter(|c| !has(found, *c))
+                .map(|(n, t)| format!("{n} {t}"))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(StoreError::Backend(format!(
+                    "table {db}.reports exists but lacks columns {}; it was made by another \
+                     program or version — use another database",
+                    missing.join(", ")
+                )))
+            }
+        };
+        let mut found = columns()?;
+        lacking(&found, &mut COLUMNS.iter().copied())?;
+        // A table from before the added columns gets them. ClickHouse 18 has no
+        // `ADD COLUMN IF NOT EXISTS`: another collector may add one at the same moment, so a
+        // failure counts only if the column is still missing afterwards.
+        let mut added_any = false;
+        for (name, ty, default) in ADDED_COLUMNS {
+            if found.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            let alter =
+                format!("ALTER TABLE {db}.reports ADD COLUMN {name} {ty} DEFAULT {default}");
+            if let Err(e) = self.http.text(&alter) {
+                tracing::debug!("adding column {name}: {e}");
+            }
+            added_any = true;
         }
+        if added_any {
+            found = columns()?;
+            tracing::info!("table {db}.reports: added the kind, rule and loss columns");
+        }
+        lacking(&found, &mut ADDED_COLUMNS.iter().map(|(n, t, _)| (*n, *t)))?;
         Ok(())
     }
 
@@ -720,11 +802,18 @@ impl ClickHouseStore {
             rtt: figure(0),
             jitter_up: figure(1),
             jitter_down: figure(2),
-            loss_up: figure(3),
-            loss_down: figure(4),
-            mos: figure(5),
-            stalls: figure(6),
+            loss: figure(3),
+            loss_up: figure(4),
+            loss_down: figure(5),
+            mos: figure(6),
+            stalls: figure(7),
             key: hex::encode(&report.signed.key),
+            kind: kind_byte(body.stream_kind),
+            rule: body
+                .verdict_detail
+                .as_ref()
+                .and_then(|d| d.rule)
+                .map_or("", VerdictRule::as_str),
         })
     }
 
@@ -840,9 +929,17 @@ impl ClickHouseStore {
     /// The aggregation query for these axes, filter and policy (see the module documentation).
     fn aggregate_sql(&self, axes: &[Axis], filter: &Filter, policy: &Policy) -> String {
         let has = |a: Axis| axes.contains(&a);
-        // Before the cap: conditions on the cap key's own fields (country, ASN, platform, arm)
-        // and on whole days (the cap counts whole days).
+        // Before the cap: conditions on the cap key's own fields (country, ASN, platform, kind,
+        // arm) and on whole days (the cap counts whole days).
         let mut pre: Vec<String> = Vec::new();
+        // Voice and video never share a cell: one kind unless `kind` is an axis.
+        match filter.kind {
+            Some(k) => pre.push(format!("kind = {}", kind_byte(k))),
+            None if !has(Axis::Kind) => {
+                pre.push(format!("kind = {}", kind_byte(StreamKind::Voice)))
+            }
+            None => {}
+        }
         if let Some(c) = &filter.country {
             pre.push(format!("cc = {}", lit(&country_code(c))));
         }
@@ -887,12 +984,22 @@ impl ClickHouseStore {
             .enumerate()
             .map(|(i, c)| format!("{c} AS f{i}"))
             .collect();
-        let f_list: Vec<String> = (0..7).map(|i| format!("f{i}")).collect();
+        let f_list: Vec<String> = (0..FIGURE_COUNT).map(|i| format!("f{i}")).collect();
+        // What the verdict's rule adds ([`crate::aggregate::Finding`]): 1 a blocked call, 2 a
+        // test without a reference, 0 neither.
+        let finding = format!(
+            "multiIf(verdict = {diff} AND rule IN ({blocked}), 1, \
+             verdict = {inc} AND rule IN ({noref}), 2, 0)",
+            diff = verdict_code(Some(Verdict::Differentiated)),
+            inc = verdict_code(Some(Verdict::Inconclusive)),
+            blocked = rule_list(&BLOCKED_RULES),
+            noref = rule_list(&NO_REFERENCE_RULES),
+        );
         // One row per observation (report arm) that the query may cover.
         let inner = format!(
-            "SELECT agent, id, arrival, hour, cc, asn, platform, verdict, \
-             a_arm, {f} FROM (SELECT agent, id, arrival, hour, cc, asn, platform, \
-             verdict, arm, {fc} FROM {db}.reports FINAL {where_pre}) \
+            "SELECT agent, id, arrival, hour, cc, asn, platform, kind, verdict, finding, \
+             a_arm, {f} FROM (SELECT agent, id, arrival, hour, cc, asn, platform, kind, \
+             verdict, {finding} AS finding, arm, {fc} FROM {db}.reports FINAL {where_pre}) \
              ARRAY JOIN arm AS a_arm, {figs} {where_arm}",
             f = f_list.join(", "),
             fc = FIGURE_COLUMNS.join(", "),
@@ -900,8 +1007,11 @@ impl ClickHouseStore {
             figs = figs.join(", "),
         );
         // Observation fields carried through the cap, as tuple elements:
-        // 1 arrival, 2 id, 3 (unused), 4 hour, 5 verdict, 6.. the figures.
-        let tuple = format!("(arrival, id, 0, hour, verdict, {})", f_list.join(", "));
+        // 1 arrival, 2 id, 3 finding, 4 hour, 5 verdict, 6.. the figures.
+        let tuple = format!(
+            "(arrival, id, finding, hour, verdict, {})",
+            f_list.join(", ")
+        );
         let cap = policy.max_per_agent_per_day;
         let kept = if cap >= u32::MAX as usize {
             format!("groupArray({tuple})")
@@ -909,8 +1019,8 @@ impl ClickHouseStore {
             format!("arraySlice(arraySort(x -> (x.1, x.2), groupArray({tuple})), 1, {cap})")
         };
         let capped = format!(
-            "SELECT agent, cc, asn, platform, a_arm, {kept} AS kept FROM ({inner}) \
-             GROUP BY intDiv(hour, 24), cc, asn, platform, a_arm, agent"
+            "SELECT agent, cc, asn, platform, kind, a_arm, {kept} AS kept FROM ({inner}) \
+             GROUP BY intDiv(hour, 24), cc, asn, platform, kind, a_arm, agent"
         );
         // After the cap: the hour bounds, the grouping, the k threshold.
         let mut post = Vec::new();
@@ -934,6 +1044,7 @@ impl ClickHouseStore {
             (Axis::Asn, "asn", "g_asn"),
             (Axis::Platform, "platform", "g_platform"),
             (Axis::Arm, "a_arm", "g_arm"),
+            (Axis::Kind, "kind", "g_kind"),
         ] {
             if has(axis) {
                 select.push(format!("{expr} AS {name}"));
@@ -942,7 +1053,7 @@ impl ClickHouseStore {
         }
         let mut quantiles = Vec::new();
         let mut counts = Vec::new();
-        for i in 0..7 {
+        for i in 0..FIGURE_COUNT {
             let s = format!("arraySort(groupArray(k.{}))", i + 6);
             select.push(format!("{s} AS s{i}"));
             counts.push(format!("length(s{i})"));
@@ -966,13 +1077,16 @@ impl ClickHouseStore {
             "v_none".into(),
             "v_inc".into(),
             "v_diff".into(),
+            "v_blocked".into(),
+            "v_noref".into(),
             format!("[{}] AS n", counts.join(", ")),
             format!("[{}] AS q", quantiles.join(", ")),
         ]);
         format!(
             "SELECT {outer} FROM (SELECT {sel}, count() AS cnt, \
              uniqExact(substring(agent, 1, 16)) AS agents, countIf(k.5 = 0) AS v_none, \
-             countIf(k.5 = 1) AS v_inc, countIf(k.5 = 2) AS v_diff \
+             countIf(k.5 = 1) AS v_inc, countIf(k.5 = 2) AS v_diff, \
+             countIf(k.3 = 1) AS v_blocked, countIf(k.3 = 2) AS v_noref \
              FROM ({capped}) ARRAY JOIN kept AS k {where_post} {group_by} \
              HAVING cnt > 0 AND agents >= {min_agents})",
             outer = outer_cols.join(", "),
@@ -1067,26 +1181,21 @@ struct AggRow {
     g_asn: Option<u32>,
     g_platform: Option<u8>,
     g_arm: Option<u8>,
+    g_kind: Option<u8>,
     cnt: u64,
     agents: u64,
     v_none: u64,
     v_inc: u64,
     v_diff: u64,
+    v_blocked: u64,
+    v_noref: u64,
     n: Vec<u64>,
     q: Vec<Vec<f64>>,
 }
 
-type SortKey = (
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<u32>,
-    Option<Platform>,
-    Option<Role>,
-);
-
 impl AggRow {
-    fn into_cell(self) -> Result<(SortKey, Cell), StoreError> {
+    /// The published cell, and its axis values (the order the sled store publishes cells in).
+    fn into_cell(self) -> Result<(GroupKey, Cell), StoreError> {
         let bad = |what: &str| StoreError::Backend(format!("ClickHouse answered {what}"));
         let platform = match self.g_platform {
             Some(c) => Some(platform_of(c).ok_or_else(|| bad("an unknown platform code"))?),
@@ -1096,49 +1205,46 @@ impl AggRow {
             Some(c) => Some(arm_of(c).ok_or_else(|| bad("an unknown arm code"))?),
             None => None,
         };
-        if self.n.len() != 7 || self.q.len() != 7 || self.q.iter().any(|q| q.len() != 3) {
+        let kind = match self.g_kind {
+            Some(c) => Some(kind_of_byte(c).ok_or_else(|| bad("an unknown stream kind"))?),
+            None => None,
+        };
+        let country = match &self.g_cc {
+            Some(c) => Some(
+                <[u8; 2]>::try_from(c.as_bytes()).map_err(|_| bad("a country code not 2 bytes"))?,
+            ),
+            None => None,
+        };
+        if self.n.len() != FIGURE_COUNT
+            || self.q.len() != FIGURE_COUNT
+            || self.q.iter().any(|q| q.len() != 3)
+        {
             return Err(bad("a malformed cell"));
         }
-        let figures: [Option<Figure>; 7] = std::array::from_fn(|i| {
+        let figures: [Option<Figure>; FIGURE_COUNT] = std::array::from_fn(|i| {
             (self.n[i] > 0).then(|| Figure {
                 p10: self.q[i][0],
                 median: self.q[i][1],
                 p90: self.q[i][2],
             })
         });
-        let [rtt_ms, jitter_up_ms, jitter_down_ms, loss_up, loss_down, mos, stalls] = figures;
         let verdicts = VerdictCounts {
             none: self.v_none,
             inconclusive: self.v_inc,
             differentiated: self.v_diff,
+            blocked: self.v_blocked,
+            no_reference: self.v_noref,
         };
-        let key = (
-            self.g_day,
-            self.g_hour,
-            self.g_cc.clone(),
-            self.g_asn,
+        let key = GroupKey {
+            day: self.g_day,
+            hour: self.g_hour,
+            country,
+            asn: self.g_asn,
             platform,
             arm,
-        );
-        let cell = Cell {
-            day: self.g_day.map(day_string),
-            hour: self.g_hour.map(hour_string),
-            country: self.g_cc,
-            asn: self.g_asn,
-            platform: platform.map(|p| p.to_string()),
-            arm: arm.map(|a| a.to_string()),
-            count: self.cnt,
-            agents: self.agents,
-            rtt_ms,
-            jitter_up_ms,
-            jitter_down_ms,
-            loss_up,
-            loss_down,
-            mos,
-            stalls,
-            verdicts,
-            differentiated_share: verdicts.differentiated_share(),
+            kind,
         };
+        let cell = Cell::new(&key, self.cnt, self.agents, figures, verdicts);
         Ok((key, cell))
     }
 }

@@ -7,6 +7,7 @@ use super::{InsertOutcome, ReportKey, ReportStore, StoreError, StoredReport};
 use crate::aggregate::Axis;
 use crate::aggregate::{
     ordered_i64, CapKey, Cell, CellKey, CellState, Filter, Grouper, Observation, Plan, Policy,
+    CAP_KEY_LEN,
 };
 use callwatch_proto::CallReport;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -26,7 +27,8 @@ pub struct SledStore {
     /// day's fine cells.
     days: sled::Tree,
     /// `cap` → the per-agent cap the cells were built with (u32 BE); `days` → present once the
-    /// day roll-up agrees with the fine cells.
+    /// day roll-up agrees with the fine cells; `cells` → the layout of the cells, caps and
+    /// day roll-up ([`CELL_FORMAT`]).
     meta: sled::Tree,
     cap: u32,
     dir: std::path::PathBuf,
@@ -119,6 +121,18 @@ fn decode_cell(k: &[u8], v: &[u8]) -> Result<(CellKey, CellState), StoreError> {
 
 const CAP_KEY: &[u8] = b"cap";
 const DAYS_KEY: &[u8] = b"days";
+const CELLS_KEY: &[u8] = b"cells";
+/// The layout of the aggregate trees this build writes, kept under `meta`/`cells`.
+///
+/// Absent (format 1): a store from before the stream kind and the blocked counts — 16-byte cell
+/// keys without the kind, 48-byte cap keys, cell states with 7 figures and 3 verdict counts.
+/// Postcard is not self-describing, so such cells cannot be read as the current ones (a serde
+/// default does not help); nor would converting them be exact, since they never counted blocked
+/// calls. The store rebuilds them from the raw signed reports at open instead, as after a change
+/// of the per-agent cap. Format 2: [`CellKey`] with the stream kind (17 bytes), [`CapKey`] with
+/// it (49 bytes), [`CellState`] with the round-trip loss sketch and the blocked and
+/// no-reference counts.
+pub const CELL_FORMAT: u8 = 2;
 /// File in the store folder holding the number of reports stored durably.
 const COUNT_FILE: &str = "callwatch-count";
 
@@ -309,7 +323,19 @@ impl SledStore {
                  truncated or overwritten"
             )));
         }
-        if built_with != Some(cap) {
+        let format = store.meta.get(CELLS_KEY).map_err(backend)?;
+        let current_format = format.as_deref() == Some(&[CELL_FORMAT][..]);
+        if built_with != Some(cap) || !current_format {
+            if built_with.is_some() && !current_format {
+                tracing::info!(
+                    from = format
+                        .as_deref()
+                        .and_then(|f| f.first().copied())
+                        .unwrap_or(1),
+                    to = CELL_FORMAT,
+                    "the aggregate cells have an older layout; rebuilding them from the reports"
+                );
+            }
             store.rebuild_cells()?;
         } else if store.meta.get(DAYS_KEY).map_err(backend)?.is_none() {
             // A store from before the day roll-up.
@@ -342,11 +368,12 @@ impl SledStore {
     }
 
     /// Rebuilds the aggregate cells from the raw reports, in order of arrival (the order the
-    /// per-agent cap is applied in at ingest). Run at open when the cap changed or the store
-    /// predates incremental aggregation.
+    /// per-agent cap is applied in at ingest). Run at open when the cap changed, the store
+    /// predates incremental aggregation, or its cells have an older layout ([`CELL_FORMAT`]).
     pub fn rebuild_cells(&self) -> Result<(), StoreError> {
         self.meta.remove(CAP_KEY).map_err(backend)?;
         self.meta.remove(DAYS_KEY).map_err(backend)?;
+        self.meta.remove(CELLS_KEY).map_err(backend)?;
         self.cells.clear().map_err(backend)?;
         self.caps.clear().map_err(backend)?;
         let total = self.len();
@@ -358,7 +385,7 @@ impl SledStore {
             );
         }
         let mut cells: BTreeMap<CellKey, CellState> = BTreeMap::new();
-        let mut caps: BTreeMap<[u8; 48], u32> = BTreeMap::new();
+        let mut caps: BTreeMap<[u8; CAP_KEY_LEN], u32> = BTreeMap::new();
         let mut done = 0usize;
         self.for_each_since(i64::MIN, &mut |stored| {
             let mut agent = [0u8; 32];
@@ -389,6 +416,9 @@ impl SledStore {
         self.caps.apply_batch(batch).map_err(backend)?;
         self.meta
             .insert(CAP_KEY, &self.cap.to_be_bytes()[..])
+            .map_err(backend)?;
+        self.meta
+            .insert(CELLS_KEY, &[CELL_FORMAT][..])
             .map_err(backend)?;
         self.db.flush().map_err(backend)?;
         self.rebuild_days()
@@ -1055,5 +1085,270 @@ mod watchdog_tests {
             }
         }
         assert!(errors > 0, "some overwrite hits live data");
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use crate::aggregate::{Axis, CELL_KEY_LEN, FIGURES};
+    use crate::sketch::Sketch;
+    use callwatch_proto::report::{ArmComparison, StreamKind, VerdictRule};
+    use callwatch_proto::{Platform, ReportId, Role, Verdict, VerdictDetail};
+    use chrono::{TimeZone, Utc};
+    use serde::{Deserialize, Serialize};
+    use std::collections::BTreeSet;
+
+    /// `VerdictCounts` as stores before [`CELL_FORMAT`] 2 encoded it (commit 512b813).
+    #[derive(Default, Serialize, Deserialize)]
+    struct LegacyVerdicts {
+        none: u64,
+        inconclusive: u64,
+        differentiated: u64,
+    }
+
+    /// `CellState` as stores before [`CELL_FORMAT`] 2 encoded it: 7 figures (no round-trip
+    /// loss), 3 verdict counts.
+    #[derive(Default, Serialize, Deserialize)]
+    struct LegacyCell {
+        count: u64,
+        agents: BTreeSet<[u8; 8]>,
+        verdicts: LegacyVerdicts,
+        figures: [Sketch; 7],
+    }
+
+    impl LegacyCell {
+        fn add(&mut self, o: &Observation) {
+            self.count += 1;
+            self.agents.insert(o.agent[..8].try_into().unwrap());
+            match o.verdict {
+                Some(Verdict::None) => self.verdicts.none += 1,
+                Some(Verdict::Inconclusive) => self.verdicts.inconclusive += 1,
+                Some(Verdict::Differentiated) => self.verdicts.differentiated += 1,
+                None => {}
+            }
+            // The old figures: FIGURES without `loss` (index 3).
+            let old = [0, 1, 2, 4, 5, 6, 7];
+            for (sketch, i) in self.figures.iter_mut().zip(old) {
+                if let Some(v) = o.figures[i] {
+                    sketch.add(v);
+                }
+            }
+        }
+    }
+
+    fn comparison() -> ArmComparison {
+        ArmComparison {
+            platform_median: 0.0,
+            control_median: 0.0,
+            p_value: 1.0,
+            effect: 0.0,
+            significant: false,
+        }
+    }
+
+    /// Report `i`: a mix of what a store holds after this change — voice and video tests,
+    /// blocked calls, tests without a reference — and report bodies from before it (no
+    /// `stream_kind`, no `loss`, no rule).
+    fn item(i: u32) -> (ReportKey, StoredReport) {
+        let agent = (i % 4) as u8 + 1;
+        let mut r = CallReport::example();
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        r.id = ReportId(id);
+        r.platform = Platform::Telegram;
+        r.started_at = Utc.with_ymd_and_hms(2025, 8, 10, 0, 0, 0).unwrap()
+            + chrono::Duration::hours(i64::from(i / 3 % 50));
+        let mut control = r.streams[0].clone();
+        control.role = Role::Control;
+        r.streams.push(control);
+        for s in &mut r.streams {
+            if let Some(rtt) = s.rtt_ms.as_mut() {
+                rtt.median = 20.0 + f64::from(i % 31);
+            }
+            s.mos = Some(4.4 - f64::from(i % 7) / 10.0);
+        }
+        let (verdict, rule) = match i % 6 {
+            0 => (Verdict::Differentiated, Some(VerdictRule::Blocked)),
+            1 => (Verdict::Inconclusive, Some(VerdictRule::NoReference)),
+            2 => (Verdict::Differentiated, Some(VerdictRule::Loss)),
+            _ => (Verdict::None, Some(VerdictRule::NotWorse)),
+        };
+        r.verdict = Some(verdict);
+        r.verdict_detail = Some(VerdictDetail {
+            method: "test".into(),
+            window_ms: 1000,
+            windows: 10,
+            loss: comparison(),
+            delay: comparison(),
+            jitter: comparison(),
+            reason: "test".into(),
+            rule,
+            onset: None,
+            relay: None,
+        });
+        if i.is_multiple_of(5) {
+            r.stream_kind = StreamKind::Video;
+            for s in &mut r.streams {
+                s.mos = Some(1.5);
+            }
+        }
+        let mut body = serde_json::to_value(&r).unwrap();
+        if i % 5 == 1 {
+            // Made before the stream kind, the round-trip loss and the rule existed.
+            let m = body.as_object_mut().unwrap();
+            m.remove("stream_kind");
+            m.remove("verdict_detail");
+            for s in m["streams"].as_array_mut().unwrap() {
+                s.as_object_mut().unwrap().remove("loss");
+            }
+        }
+        let body = serde_json::to_vec(&body).unwrap();
+        assert!(serde_json::from_slice::<CallReport>(&body)
+            .unwrap()
+            .validate()
+            .is_ok());
+        let (key, mut stored) = stored(agent, &r, ("RU", 12389), i64::from(i));
+        stored.signed.body = body;
+        (key, stored)
+    }
+
+    /// Rewrites a store's aggregate trees as a collector before [`CELL_FORMAT`] 2 wrote them,
+    /// from its reports: 16-byte cell keys, 48-byte cap keys, [`LegacyCell`] states, and no
+    /// format mark.
+    fn make_legacy(s: &SledStore) {
+        let mut cells: BTreeMap<Vec<u8>, LegacyCell> = BTreeMap::new();
+        let mut days: BTreeMap<Vec<u8>, LegacyCell> = BTreeMap::new();
+        let mut caps: BTreeMap<Vec<u8>, u32> = BTreeMap::new();
+        s.for_each_since(i64::MIN, &mut |stored| {
+            let body: CallReport = serde_json::from_slice(&stored.signed.body).unwrap();
+            for o in Observation::from_report(&stored, &body) {
+                let key = o.cell_key();
+                let fine = key.to_bytes();
+                let mut cap = ordered_i64(key.day()).to_vec();
+                cap.extend_from_slice(&fine[8..16]);
+                cap.extend_from_slice(&o.agent);
+                let n = caps.entry(cap).or_default();
+                *n += 1;
+                if *n <= s.cap {
+                    cells.entry(fine[..16].to_vec()).or_default().add(&o);
+                    days.entry(key.day_cell().to_bytes()[..16].to_vec())
+                        .or_default()
+                        .add(&o);
+                }
+            }
+            Ok(true)
+        })
+        .unwrap();
+        s.cells.clear().unwrap();
+        s.days.clear().unwrap();
+        s.caps.clear().unwrap();
+        for (tree, map) in [(&s.cells, &cells), (&s.days, &days)] {
+            for (k, v) in map {
+                tree.insert(&k[..], postcard::to_allocvec(v).unwrap())
+                    .unwrap();
+            }
+        }
+        for (k, n) in &caps {
+            s.caps.insert(&k[..], &n.to_be_bytes()[..]).unwrap();
+        }
+        s.meta.remove(CELLS_KEY).unwrap();
+        s.db.flush().unwrap();
+    }
+
+    fn queries() -> Vec<(Vec<Axis>, Filter)> {
+        let mut out = Vec::new();
+        for axes in [
+            vec![Axis::Country],
+            vec![Axis::Day, Axis::Arm],
+            vec![Axis::Hour, Axis::Kind],
+            vec![Axis::Kind, Axis::Arm],
+            vec![],
+        ] {
+            out.push((axes.clone(), Filter::default()));
+            out.push((
+                axes,
+                Filter {
+                    kind: Some(StreamKind::Video),
+                    ..Filter::default()
+                },
+            ));
+        }
+        out
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            min_agents: 1,
+            max_per_agent_per_day: 3,
+        }
+    }
+
+    #[test]
+    fn a_store_from_before_the_stream_kind_opens_and_answers_like_a_new_one() {
+        let items: Vec<_> = (0..240).map(item).collect();
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = SledStore::open_with_cap(fresh_dir.path(), 3).unwrap();
+        fresh.insert_batch(&items).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open_with_cap(dir.path(), 3).unwrap();
+            s.insert_batch(&items).unwrap();
+            make_legacy(&s);
+            // What is on disk now is the old layout: neither its keys nor its states read as
+            // the current ones.
+            let (k, v) = s.cells.iter().next().unwrap().unwrap();
+            assert_eq!(k.len(), 16);
+            assert!(CellKey::from_bytes(&k).is_none());
+            assert!(decode_cell(&k, &v).is_err());
+            assert!(postcard::from_bytes::<LegacyCell>(&v).is_ok());
+            assert!(s.caps.iter().all(|e| e.unwrap().0.len() == 48));
+            assert_eq!(
+                s.meta.get(CAP_KEY).unwrap().as_deref(),
+                Some(&3u32.to_be_bytes()[..])
+            );
+            assert!(s.meta.get(DAYS_KEY).unwrap().is_some());
+        }
+        // Opened by this build: the cells are rebuilt from the reports, in the new layout.
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.cap(), 3, "the cap it was built with is kept");
+        assert_eq!(s.len(), items.len());
+        assert_eq!(
+            s.meta.get(CELLS_KEY).unwrap().as_deref(),
+            Some(&[CELL_FORMAT][..])
+        );
+        assert!(s.cells.iter().all(|e| e.unwrap().0.len() == CELL_KEY_LEN));
+        assert!(s.days.iter().all(|e| e.unwrap().0.len() == CELL_KEY_LEN));
+        assert!(s.caps.iter().all(|e| e.unwrap().0.len() == CAP_KEY_LEN));
+        let mut blocked = 0;
+        for (axes, filter) in queries() {
+            let want = fresh.aggregate(&axes, &filter, &policy()).unwrap();
+            assert!(!want.is_empty(), "{axes:?} {filter:?}");
+            assert_eq!(s.aggregate(&axes, &filter, &policy()).unwrap(), want);
+            assert_eq!(s.aggregate_fine(&axes, &filter, &policy()).unwrap(), want);
+            blocked += want.iter().map(|c| c.verdicts.blocked).sum::<u64>();
+        }
+        assert!(blocked > 0, "blocked calls in old reports are counted too");
+        // Old bodies (no stream_kind) are voice; the video tests are apart.
+        let by_kind = s
+            .aggregate(&[Axis::Kind], &Filter::default(), &policy())
+            .unwrap();
+        assert_eq!(by_kind.len(), 2);
+        assert_eq!(by_kind[0].kind.as_deref(), Some("voice"));
+        assert_eq!(by_kind[1].kind.as_deref(), Some("video"));
+        assert_eq!(by_kind[1].mos.unwrap().p90, 1.5);
+        assert!(
+            by_kind[0].mos.unwrap().p10 > 3.5,
+            "no video MOS among voice"
+        );
+        assert!(by_kind[0].loss.is_some() && FIGURES[3] == "loss");
+        drop(s);
+        // Reopened: nothing to rebuild, same answers.
+        let s = SledStore::open(dir.path()).unwrap();
+        for (axes, filter) in queries() {
+            let want = fresh.aggregate(&axes, &filter, &policy()).unwrap();
+            assert_eq!(s.aggregate(&axes, &filter, &policy()).unwrap(), want);
+        }
     }
 }
