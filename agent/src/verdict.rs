@@ -459,8 +459,9 @@ fn judge_metrics(p: &Series, c: &Series, cfg: &VerdictConfig) -> ([Judged; 4], O
             control_worse: family * p_control < cfg.alpha,
         }
     });
-    // Where the scan put the onset, once it ran on enough windows.
-    let onset = (delay.len() > ONSET_MIN_TAIL).then(|| {
+    // Where the scan put the onset: published when it ran on enough windows and found a delay
+    // increase that matters (≥ the delay floor), else it would only describe noise.
+    let onset = (delay.len() > ONSET_MIN_TAIL && onset_effect >= cfg.delay_floor_ms).then(|| {
         // Windows with a paired delay, in order: map the split back to its window's start.
         let starts: Vec<u64> = p
             .delay_ms
@@ -732,7 +733,7 @@ pub fn judge_call(call: &CallEvidence<'_>, cfg: &VerdictConfig) -> (Verdict, Ver
         return decide(
             Verdict::Inconclusive,
             VerdictRule::ReflectorBusy,
-            "The reflector refused a session (it is at capacity or rate-limiting), which says              nothing about the network."
+            "The reflector refused a session (it is at capacity or rate-limiting), which says nothing about the network."
                 .into(),
         );
     }
@@ -741,14 +742,14 @@ pub fn judge_call(call: &CallEvidence<'_>, cfg: &VerdictConfig) -> (Verdict, Ver
             decide(
                 Verdict::Inconclusive,
                 VerdictRule::NothingAnswered,
-                "Neither arm got an answer from the reflector, so the path to it was down for                  all traffic and there is nothing to compare."
+                "Neither arm got an answer from the reflector, so the path to it was down for all traffic and there is nothing to compare."
                     .into(),
             )
         } else {
             decide(
                 Verdict::Inconclusive,
                 VerdictRule::NoReference,
-                "The control arm got no answer while the platform arm did, so there is no                  reference to judge the platform arm against."
+                "The control arm got no answer while the platform arm did, so there is no reference to judge the platform arm against."
                     .into(),
             )
         };
@@ -766,7 +767,7 @@ pub fn judge_call(call: &CallEvidence<'_>, cfg: &VerdictConfig) -> (Verdict, Ver
             Verdict::Differentiated,
             VerdictRule::Blocked,
             format!(
-                "{how} while the control arm got {c_got} of {} back: the platform's traffic                  was blocked.",
+                "{how} while the control arm got {c_got} of {} back: the platform's traffic was blocked.",
                 c.record.probes.len()
             ),
         );
@@ -780,7 +781,7 @@ pub fn judge_call(call: &CallEvidence<'_>, cfg: &VerdictConfig) -> (Verdict, Ver
                 Verdict::Differentiated,
                 VerdictRule::Cut,
                 format!(
-                    "The platform arm went dark {:.1} s into the call and never recovered, while                      the control arm kept answering ({answered} of its {} probes after that):                      the platform's call was cut.",
+                    "The platform arm went dark {:.1} s into the call and never recovered, while the control arm kept answering ({answered} of its {} probes after that): the platform's call was cut.",
                     t.saturating_sub(start) as f64 / 1e6,
                     after.len()
                 ),
@@ -796,7 +797,7 @@ pub fn judge_call(call: &CallEvidence<'_>, cfg: &VerdictConfig) -> (Verdict, Ver
                 Verdict::Differentiated,
                 VerdictRule::PlatformServersUnreachable,
                 format!(
-                    "The platform's own server answered none of {} STUN requests while our                      reference server answered {} of {}: the platform servers are unreachable.",
+                    "The platform's own server answered none of {} STUN requests while our reference server answered {} of {}: the platform servers are unreachable.",
                     r.relay_sent, r.reference_answered, r.reference_sent
                 ),
             );

@@ -61,6 +61,9 @@ fn stream(r: &CallReport, role: Role) -> &StreamReport {
 /// The report is what an agent would upload: it validates, signs and verifies.
 fn uploadable(r: &CallReport) {
     r.validate().unwrap();
+    if let Some(d) = &r.verdict_detail {
+        assert!(!d.reason.contains("  "), "a reason reads as one sentence: {:?}", d.reason);
+    }
     let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
     let signed = SignedReport::sign(r, &key).unwrap();
     assert_eq!(&signed.verify().unwrap(), r);

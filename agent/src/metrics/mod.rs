@@ -144,7 +144,8 @@ pub fn stream_report(role: Role, rec: &StreamRecord, codec: Codec) -> StreamRepo
         duplicates: rec.duplicates,
         reordered: reorder::reordered(&rec.arrival_order),
         late: rec.late,
-        loss: Some(delivery.loss()),
+        // Nothing sent (a blocked handshake): no loss figure rather than a made-up 0.
+        loss: (delivery.sent > 0).then(|| delivery.loss()),
         loss_up: delivery.loss_up(),
         loss_down: delivery.loss_down(),
         rtt_ms,
@@ -305,7 +306,7 @@ mod tests {
     fn empty_record() {
         let r = stream_report(Role::Relay, &StreamRecord::default(), Codec::Opus);
         validate(r.clone()).unwrap();
-        assert_eq!((r.packets_sent, r.loss_up, r.loss_down), (0, None, None));
+        assert_eq!((r.packets_sent, r.loss, r.loss_up), (0, None, None));
         assert!(r.rtt_ms.is_none() && r.owd_ms.is_none() && r.jitter_ms.is_none());
         assert!(r.burst.is_none() && r.jitter_buffer.is_none() && r.stalls.is_none());
         assert!(r.bitrate_kbps.is_none() && r.timer.is_none());
