@@ -3,16 +3,24 @@
 //!
 //! A test's *platform arm* wraps every core packet ([`crate::probe::Packet`]) in its platform's
 //! [`Framing`] and sends it to the platform's ports; the *control arm* sends the same core packets,
-//! equally long on the wire, as [`Framing::Raw`] to a neutral port (see [`Framing::Raw`] for why
-//! the control is plain rather than scrambled). A framing mimics the *shape* of a platform's
-//! traffic — the header bytes a DPI box can key on — it is not the platform's protocol: nothing
-//! here is encrypted, authenticated or understood by the platform's servers.
+//! equally long on the wire, as [`Framing::Raw`] to a neutral port (see [`Framing::Raw`]). Some
+//! platforms open their call with a message of their own that carries no core packet — tgcalls'
+//! reflector hello, a TURN Allocate — which a platform arm sends first ([`Preamble`]). A framing
+//! mimics the *shape* of a platform's traffic — the header bytes a DPI box can key on — it is not
+//! the platform's protocol: nothing here is encrypted, authenticated or understood by the
+//! platform's servers.
+//!
+//! Per-test values (Telegram tags, RTP SSRC, sequence and timestamp starts, the high-entropy
+//! padding that stands in for an encrypted payload) come from a seed the caller draws
+//! ([`Framing::for_test`], [`keystream`], [`Preamble::datagram`]): this module draws no random
+//! number and reads no clock.
 //!
 //! Rules the formats below keep, in order of importance:
 //! 1. **No amplification.** The bytes a framing adds depend only on the core packet's length
 //!    ([`Framing::overhead`]) and never shrink as it grows, so a reply framed like its request is
 //!    never longer than the request. [`detect`] accepts only datagrams whose length is exactly what
-//!    the detected framing would produce for the core inside.
+//!    the detected framing would produce for the core inside. A preamble's answer is built no
+//!    longer than the preamble ([`telegram_hello_answer`]; the reflector checks its TURN answer).
 //! 2. **Unambiguous detection.** The first byte sorts every datagram into at most one framing, in
 //!    the manner of RFC 7983's demultiplexing: `0x01` followed by a kind byte `1..=7` is a bare
 //!    core packet; any other first byte `0x00..=0x3F` is STUN; `0x40..=0x7F` is TURN ChannelData;
@@ -72,18 +80,20 @@ pub struct StunAttribute {
 pub enum Framing {
     /// The core packet as is. This is the control arm's framing, on a neutral port.
     ///
-    /// Why the control is the plain core rather than a scrambled copy (`control_bytes`):
-    /// 1. Wehe's control differs from the original *only* in the signature under test. Here the
-    ///    platform arm's payload is the plain core (padding zeros and all), so the control that
-    ///    differs only in framing and port is that same plain core. Masking or randomising it would
-    ///    add a second difference — a high-entropy payload, which some DPI boxes treat as a
-    ///    suspected tunnel — and a difference found could then be that one instead.
-    /// 2. It needs no key or seed, so any reflector decodes it, and it costs no bytes, so the
-    ///    control core is simply padded up to the platform arm's on-wire length.
-    /// 3. The core carries no platform signature: its first byte is `0x01` (not ChannelData,
-    ///    RTP or a Telegram hello), and with a session id from [`neutral_session_id`] bytes 4..8
-    ///    are never the STUN cookie and bytes 2..4 never a valid STUN length. [`call_signature`]
-    ///    checks exactly this.
+    /// Why the control is the bare core rather than a scrambled or fully random datagram:
+    /// 1. Wehe's control differs from the original *only* in the signature under test. Both arms
+    ///    carry the same core packet with the same kind of padding — high-entropy bytes from the
+    ///    arm's seed (the agent fills every core's padding, see `probe::Packet::fields_len`), as
+    ///    an SRTP payload is — so the control differs from the platform arm in framing and port
+    ///    alone, not in payload entropy.
+    /// 2. It needs no key, so any reflector decodes it, and it costs no bytes, so the control core
+    ///    is simply padded up to the platform arm's on-wire length.
+    /// 3. The core carries no platform signature: its first two bytes stay `0x01` and the kind (not
+    ///    ChannelData, RTP or a Telegram hello), and with a session id from [`neutral_session_id`]
+    ///    bytes 4..8 are never the STUN cookie and bytes 2..4 never a valid STUN length.
+    ///    [`call_signature`] checks exactly this. A *fully* random control is not an option: nDPI
+    ///    4.2 takes about one flow in ten of random datagrams for RTP (tests/ndpi/FINDINGS.md §4),
+    ///    while a control with its first two bytes in the clear stayed Unknown in 400 of 400.
     ///
     /// Its limit: `0x01` lies in RFC 7983's STUN range (0..=3). A DPI rule keyed on the first byte
     /// alone would hit both arms alike and hide a difference (a missed `differentiated`, never a
@@ -104,8 +114,11 @@ pub enum Framing {
     /// the core, the core, zero padding to 4 bytes.
     TurnChannelData { channel: u16 },
     /// An RTP v2 packet (RFC 3550): 12-byte header (no padding, extension or CSRCs, marker 0),
-    /// then the core as payload. The sequence number is the probe's `seq` (low 16 bits) and the
-    /// timestamp its send time on a 48 kHz clock (Opus' RTP clock); other core packets get 0.
+    /// then the core as payload. The sequence number and timestamp are the caller's
+    /// ([`Framing::wrap_stamped`]: the agent starts both at random, adds 1 to the sequence number
+    /// per datagram and advances the timestamp per frame on a 48 kHz clock, Opus' RTP clock); a
+    /// reflector echoes the request's ([`rtp_stamp`]). [`Framing::wrap`] alone derives them from
+    /// the core: a probe's `seq` (low 16 bits) and send time, 0 for other core packets.
     Rtp { payload_type: u8, ssrc: u32 },
     /// TURN ChannelData carrying RTP: how libwebrtc sends media through a TURN relay once a
     /// channel is bound. ChannelData header, then [`Framing::Rtp`]'s header and the core.
@@ -119,6 +132,68 @@ pub enum Framing {
     /// zero padding to 4 bytes. `peer_tag[0]` must be `0xC0..=0xFF` so detection stays unambiguous
     /// (a real tag is any 16 bytes); `sender_tag` must be non-zero, as tgcalls requires.
     TelegramReflector { peer_tag: [u8; 16], sender_tag: u32 },
+}
+
+/// The RTP header fields that change from datagram to datagram: sequence number and timestamp.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RtpStamp {
+    pub seq: u16,
+    pub timestamp: u32,
+}
+
+impl RtpStamp {
+    /// A stream's random start (RFC 3550 §5.1: both "SHOULD be random"), from the caller's seed.
+    pub fn start(seed: u64) -> RtpStamp {
+        let mut b = [0u8; 6];
+        keystream(seed, NONCE_RTP_START, &mut b);
+        RtpStamp {
+            seq: u16::from_be_bytes([b[0], b[1]]),
+            timestamp: u32::from_be_bytes([b[2], b[3], b[4], b[5]]),
+        }
+    }
+}
+
+/// A message of a platform's own call set-up that its arm sends before its first core packet.
+/// It carries no core packet; a reflector answers it without state and never with more bytes
+/// than it carries (see [`detect_any`]). Data, as [`Framing`] is: a profile names its preamble.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Preamble {
+    /// tgcalls' reflector hello (`ReflectorPort::SendReflectorHello` in TelegramMessenger/tgcalls
+    /// `tgcalls/v2/ReflectorPort.cpp`): the peer tag's first 12 bytes and the sender's own 4-byte
+    /// tag, twelve 0xFF, `FE FF FF FF`, the u64 123 big-endian — 40 bytes. Needs a
+    /// [`Framing::TelegramReflector`] for its tags. tgcalls sends it when the port opens, every
+    /// 500 ms until the reflector answers, then every 10 s; the arm sends it before each `Open`
+    /// until it is answered, then every `repeat_ms`.
+    TelegramHello { repeat_ms: u32 },
+    /// A TURN Allocate request (RFC 8656 §7.1) as a client sends it once the server's 401 named
+    /// the realm: REQUESTED-TRANSPORT (UDP), USERNAME `<expiry>:<number>` (expiry =
+    /// `unix_time_s + username_valid_s`, number a non-negative 31-bit integer, as Signal-Server's
+    /// `TurnTokenGenerator` makes its TURN usernames), REALM `realm`, NONCE (16 hex digits),
+    /// MESSAGE-INTEGRITY (20 bytes; we hold no key, so they are random), FINGERPRINT. Sent
+    /// before each `Open` until answered, with the same transaction id each time, as a STUN
+    /// retransmission is (RFC 8489 §6.2.1).
+    TurnAllocate {
+        realm: String,
+        username_valid_s: u32,
+    },
+}
+
+/// A preamble message recognised in a datagram: what a reflector needs to answer it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PreambleMessage {
+    /// A 40-byte Telegram reflector hello (see [`Preamble::TelegramHello`]).
+    TelegramHello { peer_tag: [u8; 16], query_id: u64 },
+    /// A well-formed STUN/TURN Allocate request (type 0x0003) with no core packet in it.
+    TurnAllocate { transaction_id: [u8; 12] },
+}
+
+/// What a datagram is to a reflector: a core packet in a framing, or a preamble message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detected<'a> {
+    /// As [`detect`] returns it.
+    Core(Framing, &'a [u8]),
+    Preamble(PreambleMessage),
 }
 
 /// Why a datagram could not be unwrapped, or a framing is not usable.
@@ -265,9 +340,77 @@ impl Framing {
         Ok(())
     }
 
+    /// This framing with its per-test values drawn from `seed` (a random number the caller drew):
+    /// a Telegram peer tag and sender tag, an RTP SSRC. Other framings have none and come back
+    /// as they are. Valid whenever `self` is.
+    ///
+    /// The peer tag keeps what nDPI and our detection need (tests/ndpi/FINDINGS.md §2.1): no
+    /// 0xFF byte (nDPI takes the *first* 0xFF for the start of the hello's twelve, so a tag
+    /// holding one hides the hello — 6 % of uniformly random tags, real ones included), the first
+    /// byte in 0xC0..=0xFE (rule 2), never the STUN cookie at bytes 4..8. The sender tag (tgcalls'
+    /// random own tag, which is also the hello's last four tag bytes) is non-zero, without 0xFF.
+    pub fn for_test(&self, seed: u64) -> Framing {
+        match self {
+            Framing::TelegramReflector { .. } => {
+                let mut b = [0u8; 20];
+                keystream(seed, NONCE_TAGS, &mut b);
+                let no_ff = |x: u8| x % 0xFF;
+                let mut peer_tag = [0u8; 16];
+                for (t, x) in peer_tag.iter_mut().zip(b) {
+                    *t = no_ff(x);
+                }
+                peer_tag[0] = 0xC0 + b[0] % 0x3F;
+                if peer_tag[4..8] == STUN_MAGIC_COOKIE.to_be_bytes() {
+                    peer_tag[4] ^= 0x01;
+                }
+                let mut own = [no_ff(b[16]), no_ff(b[17]), no_ff(b[18]), no_ff(b[19])];
+                if own == [0; 4] {
+                    own[3] = 1;
+                }
+                Framing::TelegramReflector {
+                    peer_tag,
+                    sender_tag: u32::from_be_bytes(own),
+                }
+            }
+            Framing::Rtp { payload_type, .. } => Framing::Rtp {
+                payload_type: *payload_type,
+                ssrc: random_ssrc(seed),
+            },
+            Framing::TurnChannelDataRtp {
+                channel,
+                payload_type,
+                ..
+            } => Framing::TurnChannelDataRtp {
+                channel: *channel,
+                payload_type: *payload_type,
+                ssrc: random_ssrc(seed),
+            },
+            other => other.clone(),
+        }
+    }
+
+    /// Whether this framing writes an RTP header (and so wants an [`RtpStamp`] per datagram).
+    pub fn has_rtp(&self) -> bool {
+        matches!(
+            self,
+            Framing::Rtp { .. } | Framing::TurnChannelDataRtp { .. }
+        )
+    }
+
     /// Appends `core` framed this way to `out`. Writes exactly [`Framing::wire_len`]`(core.len())`
-    /// bytes. `core` is a callwatch core packet (at most [`MAX_PROBE_LEN`] bytes).
+    /// bytes. `core` is a callwatch core packet (at most [`MAX_PROBE_LEN`] bytes). An RTP header's
+    /// sequence number and timestamp are derived from the core (see [`Framing::Rtp`]).
     pub fn wrap(&self, core: &[u8], out: &mut Vec<u8>) {
+        self.wrap_inner(core, None, out);
+    }
+
+    /// [`Framing::wrap`] with the RTP header's sequence number and timestamp given by the caller;
+    /// framings without RTP ignore `stamp`. The length written is the same as `wrap`'s.
+    pub fn wrap_stamped(&self, core: &[u8], stamp: RtpStamp, out: &mut Vec<u8>) {
+        self.wrap_inner(core, Some(stamp), out);
+    }
+
+    fn wrap_inner(&self, core: &[u8], stamp: Option<RtpStamp>, out: &mut Vec<u8>) {
         out.reserve(self.wire_len(core.len()));
         match self {
             Framing::Raw => out.extend_from_slice(core),
@@ -299,7 +442,7 @@ impl Framing {
                 out.extend_from_slice(core);
                 put_zeros(out, pad4(core.len()));
             }
-            Framing::Rtp { payload_type, ssrc } => put_rtp(out, *payload_type, *ssrc, core),
+            Framing::Rtp { payload_type, ssrc } => put_rtp(out, *payload_type, *ssrc, core, stamp),
             Framing::TurnChannelDataRtp {
                 channel,
                 payload_type,
@@ -307,7 +450,7 @@ impl Framing {
             } => {
                 put_u16(out, *channel);
                 put_u16(out, len_u16(RTP_HEADER_LEN + core.len()));
-                put_rtp(out, *payload_type, *ssrc, core);
+                put_rtp(out, *payload_type, *ssrc, core, stamp);
                 put_zeros(out, pad4(core.len()));
             }
             Framing::TelegramReflector {
@@ -378,14 +521,267 @@ pub fn detect(datagram: &[u8]) -> Option<(Framing, &[u8])> {
     parse(datagram).ok()
 }
 
+/// Recognises everything a reflector answers: a core packet in a framing (exactly as [`detect`]),
+/// or a preamble message ([`Preamble`]) — a 40-byte Telegram reflector hello, or a well-formed
+/// STUN Allocate request without a core packet. `None` for anything else.
+pub fn detect_any(datagram: &[u8]) -> Option<Detected<'_>> {
+    match parse(datagram) {
+        Ok((framing, core)) => Some(Detected::Core(framing, core)),
+        Err(_) => parse_preamble(datagram).map(Detected::Preamble),
+    }
+}
+
+/// The RTP sequence number and timestamp of an RTP datagram, or of the RTP packet inside a TURN
+/// ChannelData message; `None` for anything else. A reflector answers with the request's, so
+/// each direction of a stream counts up as the agent's does.
+pub fn rtp_stamp(datagram: &[u8]) -> Option<RtpStamp> {
+    let rtp = match *datagram.first()? {
+        0x80..=0xBF => datagram,
+        0x40..=0x7F => datagram.get(CHANNEL_DATA_HEADER_LEN..)?,
+        _ => return None,
+    };
+    if !(0x80..=0xBF).contains(rtp.first()?) || rtp.len() < RTP_HEADER_LEN {
+        return None;
+    }
+    Some(RtpStamp {
+        seq: be16(rtp, 2)?,
+        timestamp: be32(rtp, 4)?,
+    })
+}
+
+/// Fills `out` with bytes derived from `seed` and `nonce` (a splitmix64 stream): high-entropy,
+/// random-looking and reproducible. It stands in for encrypted bytes; it is no cipher and hides
+/// nothing. Nonces from 2^62 up are this module's own (tags, SSRC, RTP start, preambles); the
+/// agent numbers its datagrams' padding from 0.
+pub fn keystream(seed: u64, nonce: u64, out: &mut [u8]) {
+    let mut state = mix64(seed ^ mix64(nonce));
+    for chunk in out.chunks_mut(8) {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let word = mix64(state).to_be_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+}
+
+const NONCE_TAGS: u64 = 1 << 62;
+const NONCE_SSRC: u64 = (1 << 62) + 1;
+const NONCE_RTP_START: u64 = (1 << 62) + 2;
+const NONCE_PREAMBLE: u64 = (1 << 62) + 3;
+
+fn random_ssrc(seed: u64) -> u32 {
+    let mut b = [0u8; 4];
+    keystream(seed, NONCE_SSRC, &mut b);
+    u32::from_be_bytes(b).max(1)
+}
+
+/// The 12 0xFF bytes after the peer tag that mark a Telegram reflector's special packet.
+const TELEGRAM_SPECIAL: [u8; 12] = [0xFF; 12];
+/// The 4 bytes after them in a hello (libtgvoip's "public endpoints request", -2 as an i32).
+const TELEGRAM_HELLO_KIND: [u8; 4] = [0xFE, 0xFF, 0xFF, 0xFF];
+/// Length of a Telegram reflector hello, and the most its answer may be.
+pub const TELEGRAM_HELLO_LEN: usize = 40;
+/// The query id tgcalls v2 puts in every hello.
+pub const TELEGRAM_HELLO_QUERY_ID: u64 = 123;
+/// The magic of libtgvoip's reflector self-info answer (`UdpReflectorSelfInfo.magic`).
+const TELEGRAM_SELF_INFO_MAGIC: u32 = 0xC015_72C7;
+/// STUN/TURN Allocate request (RFC 8656) and its success and error responses.
+pub const STUN_ALLOCATE_REQUEST: u16 = 0x0003;
+pub const STUN_ALLOCATE_SUCCESS: u16 = 0x0103;
+pub const STUN_ALLOCATE_ERROR: u16 = 0x0113;
+const STUN_ATTR_USERNAME: u16 = 0x0006;
+const STUN_ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+const STUN_ATTR_REALM: u16 = 0x0014;
+const STUN_ATTR_NONCE: u16 = 0x0015;
+const STUN_ATTR_REQUESTED_TRANSPORT: u16 = 0x0019;
+
+/// A reflector's answer to a Telegram hello: the hello's peer tag, twelve 0xFF, the magic
+/// 0xC01572C7 (little-endian, as libtgvoip's packed struct lies in memory) and the hello's query
+/// id — 40 bytes, never more than the hello. This is the start of the 64-byte "self info" that
+/// libtgvoip's test reflector answers with (telegramdesktop/libtgvoip `tests/MockReflector.cpp`,
+/// `UdpReflectorSelfInfo`), without its date and the client's address, which would make it
+/// longer than the hello; tgcalls only checks that an answer starts with its tag's first 12
+/// bytes. The real reflectors' answer is not published.
+pub fn telegram_hello_answer(peer_tag: &[u8; 16], query_id: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(TELEGRAM_HELLO_LEN);
+    out.extend_from_slice(peer_tag);
+    out.extend_from_slice(&TELEGRAM_SPECIAL);
+    out.extend_from_slice(&TELEGRAM_SELF_INFO_MAGIC.to_le_bytes());
+    out.extend_from_slice(&query_id.to_be_bytes());
+    out
+}
+
+impl Preamble {
+    /// Short name, for errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Preamble::TelegramHello { .. } => "telegram-hello",
+            Preamble::TurnAllocate { .. } => "turn-allocate",
+        }
+    }
+
+    /// Checks what [`Preamble::datagram`] relies on: a hello repeated at least every 1 s apart;
+    /// a realm of 1..=127 bytes (RFC 8489 §14.9: under 128 characters).
+    pub fn validate(&self) -> Result<(), FramingError> {
+        let invalid = |reason| {
+            Err(FramingError::Invalid {
+                framing: self.name(),
+                reason,
+            })
+        };
+        match self {
+            Preamble::TelegramHello { repeat_ms } if *repeat_ms < 1000 => {
+                invalid("the hello is repeated at most once a second")
+            }
+            Preamble::TurnAllocate { realm, .. } if realm.is_empty() || realm.len() > 127 => {
+                invalid("the realm is 1..=127 bytes")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// How often the arm repeats the preamble once it was answered, in µs; `None`: never.
+    pub fn repeat_us(&self) -> Option<u64> {
+        match self {
+            Preamble::TelegramHello { repeat_ms } => Some(u64::from(*repeat_ms) * 1000),
+            Preamble::TurnAllocate { .. } => None,
+        }
+    }
+
+    /// The preamble datagram of one arm. `framing` is the arm's per-test framing (the hello takes
+    /// its tags); `seed` the arm's random seed (transaction id, username number, nonce,
+    /// integrity bytes); `unix_time_s` the caller's wall-clock time (the TURN username's expiry).
+    /// `None` if the preamble needs a framing the arm does not have, or is invalid.
+    pub fn datagram(&self, framing: &Framing, seed: u64, unix_time_s: u64) -> Option<Vec<u8>> {
+        self.validate().ok()?;
+        match self {
+            Preamble::TelegramHello { .. } => {
+                let Framing::TelegramReflector {
+                    peer_tag,
+                    sender_tag,
+                } = framing
+                else {
+                    return None;
+                };
+                let mut out = Vec::with_capacity(TELEGRAM_HELLO_LEN);
+                out.extend_from_slice(&peer_tag[..12]);
+                out.extend_from_slice(&sender_tag.to_be_bytes());
+                out.extend_from_slice(&TELEGRAM_SPECIAL);
+                out.extend_from_slice(&TELEGRAM_HELLO_KIND);
+                out.extend_from_slice(&TELEGRAM_HELLO_QUERY_ID.to_be_bytes());
+                Some(out)
+            }
+            Preamble::TurnAllocate {
+                realm,
+                username_valid_s,
+            } => {
+                let mut r = [0u8; 12 + 4 + 8 + 20];
+                keystream(seed, NONCE_PREAMBLE, &mut r);
+                let (txid, rest) = r.split_at(12);
+                let (number, rest) = rest.split_at(4);
+                let (nonce, integrity) = rest.split_at(8);
+                let number = u32::from_be_bytes(number.try_into().ok()?) & 0x7FFF_FFFF;
+                let expiry = unix_time_s.saturating_add(u64::from(*username_valid_s));
+                let username = format!("{expiry}:{number}");
+                let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+                let mut out = Vec::with_capacity(128);
+                put_u16(&mut out, STUN_ALLOCATE_REQUEST);
+                put_u16(&mut out, 0); // length, written below
+                put_u32(&mut out, STUN_MAGIC_COOKIE);
+                out.extend_from_slice(txid);
+                // REQUESTED-TRANSPORT: protocol 17 (UDP), then three reserved bytes.
+                put_stun_attribute(&mut out, STUN_ATTR_REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+                put_stun_attribute(&mut out, STUN_ATTR_USERNAME, username.as_bytes());
+                put_stun_attribute(&mut out, STUN_ATTR_REALM, realm.as_bytes());
+                put_stun_attribute(&mut out, STUN_ATTR_NONCE, nonce.as_bytes());
+                put_stun_attribute(&mut out, STUN_ATTR_MESSAGE_INTEGRITY, integrity);
+                // The length counts the FINGERPRINT that follows (RFC 8489 §14.7).
+                let len = len_u16(out.len() + 8 - STUN_HEADER_LEN);
+                out[2..4].copy_from_slice(&len.to_be_bytes());
+                let crc = crc32(&out) ^ FINGERPRINT_XOR;
+                put_u16(&mut out, STUN_ATTR_FINGERPRINT);
+                put_u16(&mut out, 4);
+                put_u32(&mut out, crc);
+                Some(out)
+            }
+        }
+    }
+
+    /// Whether `datagram` answers the preamble `sent` (as [`Preamble::datagram`] built it): for a
+    /// hello, anything starting with the first 12 bytes of its tag and then, after 4 more, twelve
+    /// 0xFF (tgcalls' own test is the 12-byte prefix); for an Allocate, a STUN success or error
+    /// response with its transaction id.
+    pub fn is_answer(&self, sent: &[u8], datagram: &[u8]) -> bool {
+        match self {
+            Preamble::TelegramHello { .. } => {
+                sent.get(..12)
+                    .is_some_and(|tag| datagram.get(..12) == Some(tag))
+                    && datagram.get(16..28) == Some(&TELEGRAM_SPECIAL[..])
+            }
+            Preamble::TurnAllocate { .. } => {
+                matches!(
+                    be16(datagram, 0),
+                    Some(STUN_ALLOCATE_SUCCESS | STUN_ALLOCATE_ERROR)
+                ) && be32(datagram, 4) == Some(STUN_MAGIC_COOKIE)
+                    && sent.get(8..20).is_some()
+                    && datagram.get(8..20) == sent.get(8..20)
+            }
+        }
+    }
+}
+
+/// A preamble message in `d`, if it is one (see [`detect_any`]).
+fn parse_preamble(d: &[u8]) -> Option<PreambleMessage> {
+    match *d.first()? {
+        0xC0..=0xFF => {
+            if d.len() != TELEGRAM_HELLO_LEN
+                || d.get(16..28)? != TELEGRAM_SPECIAL
+                || d.get(28..32)? != TELEGRAM_HELLO_KIND
+            {
+                return None;
+            }
+            Some(PreambleMessage::TelegramHello {
+                peer_tag: d.get(..16)?.try_into().ok()?,
+                query_id: be64(d, 32)?,
+            })
+        }
+        0x00..=0x3F => {
+            if be16(d, 0)? != STUN_ALLOCATE_REQUEST
+                || be32(d, 4)? != STUN_MAGIC_COOKIE
+                || usize::from(be16(d, 2)?) + STUN_HEADER_LEN != d.len()
+                || !d.len().is_multiple_of(4)
+            {
+                return None;
+            }
+            // Every attribute must lie within the message.
+            let mut pos = STUN_HEADER_LEN;
+            while pos < d.len() {
+                let len = usize::from(be16(d, pos + 2)?);
+                pos = pos.checked_add(4 + len + pad4(len))?;
+            }
+            (pos == d.len()).then_some(())?;
+            Some(PreambleMessage::TurnAllocate {
+                transaction_id: d.get(8..20)?.try_into().ok()?,
+            })
+        }
+        _ => None,
+    }
+}
+
 /// Turns a random session id into one whose bare core packets carry no STUN signature.
 ///
 /// Every core packet carries the session id at bytes 2..10, so its first two bytes land where a
 /// STUN header keeps its length field and the next four where it keeps the magic cookie. This
 /// makes the former never a multiple of 4 (so never a valid STUN length) and the latter never
 /// 0x2112A442, at the cost of under two bits of randomness. Use it for every arm's session id.
+///
+/// It also keeps packet byte 2 (the id's first byte) off 0x02: nDPI 4.2's Skype heuristic
+/// (ntop/nDPI `src/lib/protocols/skype.c`) takes a UDP flow whose first packets have 0x02 there
+/// and repeat bytes 7..11 — as every core packet of one session does — for Skype/Teams, which
+/// made about one control arm in 256 `Skype_Teams` (measured by tests/tests/ndpi.rs).
 pub fn neutral_session_id(random: u64) -> u64 {
     let mut b = random.to_be_bytes();
+    if b[0] == 0x02 {
+        b[0] = 0x03;
+    }
     if b[1] & 0x03 == 0 {
         b[1] |= 0x01;
     }
@@ -396,8 +792,9 @@ pub fn neutral_session_id(random: u64) -> u64 {
 }
 
 /// The first byte pattern in `datagram` by which a DPI box could take it for call traffic, or
-/// `None`. The control arm must always give `None`; Telegram's reflector framing gives `None`
-/// too, as its data packets have no fixed bytes (only their port and shape betray them).
+/// `None`. The control arm must always give `None`. Telegram's reflector data packets give `None`
+/// too, as they have no fixed bytes (only their port and shape betray them); its hello
+/// ([`Preamble::TelegramHello`]) gives [`CallSignature::TelegramSpecial`].
 pub fn call_signature(datagram: &[u8]) -> Option<CallSignature> {
     if datagram.get(4..8) == Some(&STUN_MAGIC_COOKIE.to_be_bytes()[..]) {
         return Some(CallSignature::StunCookie);
@@ -674,8 +1071,11 @@ fn put_stun_attribute(out: &mut Vec<u8>, attr_type: u16, value: &[u8]) {
     put_zeros(out, pad4(value.len()));
 }
 
-fn put_rtp(out: &mut Vec<u8>, payload_type: u8, ssrc: u32, core: &[u8]) {
-    let (seq, timestamp) = rtp_seq_timestamp(core);
+fn put_rtp(out: &mut Vec<u8>, payload_type: u8, ssrc: u32, core: &[u8], stamp: Option<RtpStamp>) {
+    let (seq, timestamp) = match stamp {
+        Some(s) => (s.seq, s.timestamp),
+        None => rtp_seq_timestamp(core),
+    };
     out.push(0x80);
     out.push(payload_type & 0x7F);
     put_u16(out, seq);
@@ -931,10 +1331,57 @@ mod tests {
         #[test]
         fn garbage_never_panics(bytes in vec(any::<u8>(), 0..1600)) {
             let _ = detect(&bytes);
+            let _ = detect_any(&bytes);
+            let _ = rtp_stamp(&bytes);
             let _ = call_signature(&bytes);
             for f in samples() {
                 let _ = f.unwrap(&bytes);
             }
+        }
+
+        #[test]
+        fn detect_any_agrees_with_detect(f in arb_framing(), core in arb_core(), seed in any::<u64>()) {
+            let f = f.for_test(seed);
+            prop_assert_eq!(f.validate(), Ok(()));
+            let bytes = wrapped(&f, &core);
+            prop_assert_eq!(detect_any(&bytes), Some(Detected::Core(f.clone(), &core[..])));
+            // A stamped wrap is as long, detected the same way, and carries its stamp.
+            let stamp = RtpStamp::start(seed);
+            let mut stamped = Vec::new();
+            f.wrap_stamped(&core, stamp, &mut stamped);
+            prop_assert_eq!(stamped.len(), bytes.len());
+            prop_assert_eq!(detect(&stamped), Some((f.clone(), &core[..])));
+            prop_assert_eq!(rtp_stamp(&stamped), f.has_rtp().then_some(stamp));
+        }
+
+        #[test]
+        fn per_test_telegram_tags_keep_ndpi_and_detection_rules(seed in any::<u64>()) {
+            let f = Framing::TelegramReflector { peer_tag: [0xC3; 16], sender_tag: 1 }.for_test(seed);
+            let Framing::TelegramReflector { peer_tag, sender_tag } = f.clone() else {
+                panic!("not telegram")
+            };
+            prop_assert!((0xC0..=0xFE).contains(&peer_tag[0]));
+            prop_assert!(!peer_tag.contains(&0xFF));
+            prop_assert!(!sender_tag.to_be_bytes().contains(&0xFF));
+            prop_assert_ne!(sender_tag, 0);
+            prop_assert_ne!(&peer_tag[4..8], &STUN_MAGIC_COOKIE.to_be_bytes()[..]);
+            prop_assert_eq!(f.validate(), Ok(()));
+            // The hello: the first 0xFF byte starts exactly twelve (nDPI's telegram.c rule).
+            let hello = Preamble::TelegramHello { repeat_ms: 10_000 }
+                .datagram(&f, seed, 0)
+                .expect("hello");
+            prop_assert_eq!(hello.len(), TELEGRAM_HELLO_LEN);
+            let first_ff = hello.iter().position(|&b| b == 0xFF);
+            prop_assert_eq!(first_ff, Some(16));
+            prop_assert_eq!(hello[28], 0xFE);
+            prop_assert_eq!(
+                detect_any(&hello),
+                Some(Detected::Preamble(PreambleMessage::TelegramHello {
+                    peer_tag: hello[..16].try_into().unwrap(),
+                    query_id: TELEGRAM_HELLO_QUERY_ID,
+                }))
+            );
+            prop_assert_eq!(detect(&hello), None);
         }
 
         #[test]
@@ -961,6 +1408,7 @@ mod tests {
             let session = neutral_session_id(random);
             prop_assert_ne!(&session.to_be_bytes()[2..6], &STUN_MAGIC_COOKIE.to_be_bytes()[..]);
             prop_assert_ne!((session >> 48) % 4, 0);
+            prop_assert_ne!(session >> 56, 0x02);
             for core in every_packet_kind(session).into_iter().chain([probe(session, seq, sent_us, len)]) {
                 prop_assert_eq!(call_signature(&core), None);
                 prop_assert_eq!(detect(&core).map(|(f, _)| f), Some(Framing::Raw));
@@ -1219,5 +1667,159 @@ mod tests {
                 f.name()
             );
         }
+    }
+
+    #[test]
+    fn telegram_hello_is_tgcalls_layout_and_its_answer_no_longer() {
+        let f = Framing::TelegramReflector {
+            peer_tag: [0xC3; 16],
+            sender_tag: 0x0102_0304,
+        };
+        let p = Preamble::TelegramHello { repeat_ms: 10_000 };
+        let hello = p.datagram(&f, 1, 0).unwrap();
+        assert_eq!(&hello[..12], &[0xC3; 12]);
+        assert_eq!(
+            &hello[12..16],
+            &[1, 2, 3, 4],
+            "the sender's own tag ends the hello's tag"
+        );
+        assert_eq!(&hello[16..28], &[0xFF; 12]);
+        assert_eq!(&hello[28..32], &[0xFE, 0xFF, 0xFF, 0xFF]);
+        assert_eq!(&hello[32..], &123u64.to_be_bytes());
+        assert_eq!(call_signature(&hello), Some(CallSignature::TelegramSpecial));
+        let Some(Detected::Preamble(PreambleMessage::TelegramHello { peer_tag, query_id })) =
+            detect_any(&hello)
+        else {
+            panic!("hello not detected")
+        };
+        let answer = telegram_hello_answer(&peer_tag, query_id);
+        assert_eq!(answer.len(), hello.len());
+        assert_eq!(&answer[..16], &hello[..16]);
+        assert_eq!(&answer[28..32], &[0xC7, 0x72, 0x15, 0xC0]);
+        assert!(p.is_answer(&hello, &answer));
+        // Another call's answer, a data packet, or the hello cut short: not an answer / no hello.
+        let mut other = answer.clone();
+        other[3] ^= 1;
+        assert!(!p.is_answer(&hello, &other));
+        assert!(!p.is_answer(&hello, &wrapped(&f, &probe(1, 2, 3, 60))));
+        assert_eq!(detect_any(&hello[..36]), None);
+        let mut longer = hello.clone();
+        longer.extend([0; 4]);
+        assert_eq!(detect_any(&longer), None);
+        // No hello without a Telegram framing.
+        assert_eq!(p.datagram(&Framing::Raw, 1, 0), None);
+    }
+
+    #[test]
+    fn turn_allocate_carries_the_realm_and_a_valid_fingerprint() {
+        let p = Preamble::TurnAllocate {
+            realm: "signal.org".into(),
+            username_valid_s: 86_400,
+        };
+        let a = p.datagram(&Framing::Raw, 77, 1_760_000_000).unwrap();
+        let b = p.datagram(&Framing::Raw, 77, 1_760_000_000).unwrap();
+        assert_eq!(a, b, "same seed, same datagram: a retransmission");
+        assert_ne!(a, p.datagram(&Framing::Raw, 78, 1_760_000_000).unwrap());
+        assert_eq!(be16(&a, 0), Some(STUN_ALLOCATE_REQUEST));
+        assert_eq!(usize::from(be16(&a, 2).unwrap()) + 20, a.len());
+        assert_eq!(be32(&a, 4), Some(STUN_MAGIC_COOKIE));
+        assert_eq!(call_signature(&a), Some(CallSignature::StunCookie));
+        // Walk the attributes.
+        let mut attrs = Vec::new();
+        let mut pos = 20;
+        while pos < a.len() {
+            let t = be16(&a, pos).unwrap();
+            let n = usize::from(be16(&a, pos + 2).unwrap());
+            attrs.push((t, a[pos + 4..pos + 4 + n].to_vec(), pos));
+            pos += 4 + n + pad4(n);
+        }
+        let types: Vec<u16> = attrs.iter().map(|x| x.0).collect();
+        assert_eq!(types, [0x0019, 0x0006, 0x0014, 0x0015, 0x0008, 0x8028]);
+        assert_eq!(attrs[0].1, [17, 0, 0, 0]);
+        let user = String::from_utf8(attrs[1].1.clone()).unwrap();
+        let (expiry, number) = user.split_once(':').unwrap();
+        assert_eq!(expiry, "1760086400");
+        assert!(number.parse::<u32>().unwrap() <= 0x7FFF_FFFF);
+        assert_eq!(attrs[2].1, b"signal.org");
+        assert_eq!(attrs[3].1.len(), 16);
+        assert_eq!(attrs[4].1.len(), 20);
+        let fp_at = attrs[5].2;
+        let crc = crc32(&a[..fp_at]) ^ FINGERPRINT_XOR;
+        assert_eq!(attrs[5].1, crc.to_be_bytes());
+        // A preamble, not a core packet.
+        assert_eq!(detect(&a), None);
+        let Some(Detected::Preamble(PreambleMessage::TurnAllocate { transaction_id })) =
+            detect_any(&a)
+        else {
+            panic!("allocate not detected")
+        };
+        assert_eq!(&transaction_id[..], &a[8..20]);
+        // Its answers: a success or error response with its transaction id.
+        let mut ok = vec![0x01, 0x03, 0, 0];
+        ok.extend(STUN_MAGIC_COOKIE.to_be_bytes());
+        ok.extend(&a[8..20]);
+        assert!(p.is_answer(&a, &ok));
+        ok[19] ^= 1;
+        assert!(!p.is_answer(&a, &ok));
+        // Truncated or with an overrunning attribute: not an Allocate.
+        assert_eq!(detect_any(&a[..a.len() - 4]), None);
+        let mut bad = a.clone();
+        bad[22..24].copy_from_slice(&200u16.to_be_bytes());
+        assert_eq!(detect_any(&bad), None);
+        // Invalid preambles build nothing.
+        let empty = Preamble::TurnAllocate {
+            realm: String::new(),
+            username_valid_s: 0,
+        };
+        assert!(empty.validate().is_err());
+        assert_eq!(empty.datagram(&Framing::Raw, 1, 0), None);
+    }
+
+    #[test]
+    fn stamped_rtp_carries_the_callers_sequence_and_time() {
+        let f = Framing::TurnChannelDataRtp {
+            channel: 0x4001,
+            payload_type: 102,
+            ssrc: 9,
+        }
+        .for_test(5);
+        let Framing::TurnChannelDataRtp { ssrc, .. } = f else {
+            panic!()
+        };
+        assert_ne!(ssrc, 9, "a fresh SSRC per test");
+        let stamp = RtpStamp {
+            seq: 0xFFFF,
+            timestamp: 0xDEAD_BEEF,
+        };
+        let mut out = Vec::new();
+        f.wrap_stamped(&probe(1, 2, 3, 61), stamp, &mut out);
+        assert_eq!(&out[4..6], &[0x80, 102]);
+        assert_eq!(&out[6..8], &[0xFF, 0xFF]);
+        assert_eq!(&out[8..12], &0xDEAD_BEEFu32.to_be_bytes());
+        assert_eq!(rtp_stamp(&out), Some(stamp));
+        assert_eq!(rtp_stamp(&probe(1, 2, 3, 61)), None);
+        assert_ne!(RtpStamp::start(1), RtpStamp::start(2));
+        // Framings without RTP are unchanged by a seed.
+        assert_eq!(samples()[2].for_test(5), samples()[2]);
+    }
+
+    #[test]
+    fn keystream_is_reproducible_and_differs_by_seed_and_nonce() {
+        let ks = |seed, nonce| {
+            let mut b = [0u8; 37];
+            keystream(seed, nonce, &mut b);
+            b
+        };
+        assert_eq!(ks(1, 2), ks(1, 2));
+        assert_ne!(ks(1, 2), ks(1, 3));
+        assert_ne!(ks(1, 2), ks(2, 2));
+        // Roughly uniform: every byte value shows up in 64 KiB.
+        let mut seen = [false; 256];
+        let mut b = vec![0u8; 65_536];
+        keystream(7, 0, &mut b);
+        for x in b {
+            seen[usize::from(x)] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
     }
 }

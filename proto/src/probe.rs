@@ -272,6 +272,23 @@ impl Packet {
         out.resize(start + self.wire_len(), 0);
     }
 
+    /// Bytes of the encoded packet that hold its fields; the rest, up to [`Packet::wire_len`], is
+    /// padding that [`Packet::decode`] never reads. `encode` writes zeros there; a sender may
+    /// overwrite them with anything (the agent writes high-entropy bytes, like an SRTP payload).
+    pub fn fields_len(&self) -> usize {
+        match self {
+            Packet::Open(_) => 2 + 8 + 2 + 2 + 4,
+            Packet::Accept(_) => 2 + 8 + COOKIE_LEN + 2 + 2 + 4 + 8,
+            Packet::Reject(_) => 2 + 8 + 1,
+            Packet::Probe(_) => PROBE_HEADER_LEN,
+            Packet::Reply(_) => REPLY_HEADER_LEN,
+            Packet::Close(_) => 2 + 8 + COOKIE_LEN + 4,
+            Packet::CloseAck(_) => 2 + 8 + 4,
+            Packet::CountQuery(_) => 2 + 8 + COOKIE_LEN + 8 + COOKIE_LEN,
+            Packet::CountReply(_) => 2 + 8 + 8 + 4,
+        }
+    }
+
     /// Length of the encoded packet.
     pub fn wire_len(&self) -> usize {
         match self {
@@ -559,6 +576,18 @@ mod tests {
         fn round_trips(p in arb_packet()) {
             let bytes = p.encode();
             prop_assert_eq!(bytes.len(), p.wire_len());
+            prop_assert_eq!(Packet::decode(&bytes).unwrap(), p);
+        }
+
+        #[test]
+        fn padding_after_the_fields_is_never_read(p in arb_packet(), fill in any::<u8>()) {
+            let mut bytes = p.encode();
+            let fields = p.fields_len();
+            prop_assert!(fields <= bytes.len());
+            prop_assert!(bytes[fields..].iter().all(|&b| b == 0));
+            for b in &mut bytes[fields..] {
+                *b = fill;
+            }
             prop_assert_eq!(Packet::decode(&bytes).unwrap(), p);
         }
 

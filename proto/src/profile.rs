@@ -4,8 +4,29 @@
 //!
 //! A profile imitates the *shape* of a platform's call traffic as seen by a middlebox (header
 //! bytes, ports, sizes, timing); it is not the platform's client and talks only to our reflector.
-//! Every profile uses the same on-wire size table and timing, so platform arms differ from one
-//! another, and from their controls, only in framing and port.
+//! Every profile uses the same on-wire size table and timing — an assumption, see `voice()` — so
+//! platform arms differ from one another, and from their controls, only in framing, preamble and
+//! port. Each profile's `modelled_on` names the source of every statement it makes (a repository
+//! and path, an RFC, a capture); what has no source is called an assumption in `limits`.
+//!
+//! ## What a real DPI engine calls each arm
+//!
+//! nDPI's `ndpiReader -i FILE.pcap` (Debian 12's libndpi-bin, nDPI 4.2.0) on a capture of each
+//! arm of a whole simulated test (tests/tests/ndpi.rs, which measures this table and checks it
+//! is the one here; why each platform arm gets its label: tests/ndpi/FINDINGS.md §2):
+//!
+//! | platform | arm | reflector port | nDPI 4.2 (`ndpiReader -i`) | confidence |
+//! | --- | --- | --- | --- | --- |
+//! | whatsapp | platform | 3478 | STUN.WhatsAppCall | DPI |
+//! | whatsapp | control | 40400 | Unknown | Unknown |
+//! | telegram | platform | 599 | Telegram | DPI |
+//! | telegram | control | 40400 | Unknown | Unknown |
+//! | signal | platform | 3478 | STUN.SignalVoip | DPI |
+//! | signal | control | 40400 | Unknown | Unknown |
+//! | max | platform | 50000 | RTP | DPI |
+//! | max | control | 40400 | Unknown | Unknown |
+//!
+//! nDPI has no Max (nor, in 4.2, VK) protocol, so `RTP` is the most a Max arm can be.
 
 use std::ops::RangeInclusive;
 use std::sync::OnceLock;
@@ -13,7 +34,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::framing::{mix64, Framing, StunAttribute};
+use crate::framing::{mix64, Framing, Preamble, StunAttribute};
 use crate::platform::{Platform, Role};
 use crate::probe::{MAX_PROBE_LEN, MIN_PROBE_LEN};
 
@@ -79,8 +100,13 @@ impl StreamShape {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub platform: Platform,
-    /// The platform arm's framing.
+    /// The platform arm's framing. Its per-test values (Telegram tags, RTP SSRC) are placeholders
+    /// here: every test draws fresh ones ([`Framing::for_test`]).
     pub framing: Framing,
+    /// What the platform arm sends before its first core packet, if anything: the platform's own
+    /// call set-up message ([`Preamble`]), built per test from the arm's framing and seed.
+    #[serde(default)]
+    pub preamble: Option<Preamble>,
     /// Reflector UDP ports for the platform arm; the agent uses the first unless told otherwise,
     /// the reflector listens on all.
     pub ports: Vec<u16>,
@@ -153,6 +179,18 @@ impl Profile {
         self.framing
             .validate()
             .map_err(|source| ProfileError::Framing { platform, source })?;
+        if let Some(preamble) = &self.preamble {
+            preamble
+                .validate()
+                .map_err(|source| ProfileError::Framing { platform, source })?;
+            if preamble.datagram(&self.framing, 0, 0).is_none() {
+                return invalid(format!(
+                    "a {} preamble cannot go with the {} framing",
+                    preamble.name(),
+                    self.framing.name()
+                ));
+            }
+        }
         if self.ports.is_empty() || self.ports.contains(&0) {
             return invalid("needs at least one non-zero platform port".into());
         }
@@ -230,10 +268,12 @@ pub fn reflector_ports() -> Vec<u16> {
     ports
 }
 
-/// Opus voice in 20 ms frames, as UDP payload sizes: a wideband Opus frame (roughly 60–110 bytes
-/// at 24–40 kbit/s VBR) plus SRTP's RTP header and tag and a relay header. All multiples of 8, so
-/// every padded framing reaches them, and at least 88 so the STUN framing's 40 bytes leave a
-/// 48-byte core.
+/// Opus voice in 20 ms frames, as UDP payload sizes. An assumption, not a measurement: a
+/// wideband Opus frame (roughly 60–110 bytes at 24–40 kbit/s VBR) plus an RTP header, an SRTP tag
+/// and a relay header. The same for every platform, so that the arms of different platforms
+/// differ only in framing, port and preamble; the per-platform figures that are published do not
+/// fit a 20 ms stream (see each profile's `limits`). All multiples of 8, so every padded framing
+/// reaches them, and at least 88 so the STUN framing's 40 bytes leave a 48-byte core.
 fn voice() -> StreamShape {
     StreamShape {
         interval_ms: 20,
@@ -242,7 +282,7 @@ fn voice() -> StreamShape {
 }
 
 /// A video-like stream: 1000–1200-byte packets every 5 ms, about 1.8 Mbit/s — a mid-quality
-/// video call's packetised frames, at the reflector's highest granted rate.
+/// video call's packetised frames, at the reflector's highest granted rate. An assumption too.
 fn video() -> StreamShape {
     StreamShape {
         interval_ms: 5,
@@ -256,25 +296,38 @@ fn shares(rows: &[(u16, u16)]) -> Vec<SizeShare> {
         .collect()
 }
 
-/// libwebrtc's usual dynamic RTP payload type for Opus.
+/// libwebrtc's default RTP payload type for Opus 48000/2: webrtc `media/engine/
+/// payload_type_mapper.cc` (its unit test expects 111 for Opus).
 const OPUS_PAYLOAD_TYPE: u8 = 111;
+/// RingRTC's Opus payload type: signalapp/webrtc `ringrtc/rffi/src/peer_connection.cc`,
+/// `OPUS_PT = 102`.
+const RINGRTC_OPUS_PAYLOAD_TYPE: u8 = 102;
+/// How long a Signal TURN username is valid: one day (Signal-Server `TurnTokenGenerator`).
+const SIGNAL_TURN_USERNAME_VALID_S: u32 = 86_400;
+/// tgcalls repeats its reflector hello every 10 s once answered (`SendReflectorHello`).
+const TELEGRAM_HELLO_REPEAT_MS: u32 = 10_000;
 
 fn build(platform: Platform) -> Profile {
-    let (framing, ports, control_port, modelled_on, limits) = match platform {
+    let (framing, preamble, ports, control_port, modelled_on, limits) = match platform {
         Platform::Generic => (
             Framing::Rtp {
                 payload_type: OPUS_PAYLOAD_TYPE,
                 ssrc: 0x6361_6C6C,
             },
+            None,
             vec![40401],
             None,
-            "A WebRTC-style Opus audio stream with no platform in it: an RTP v2 header (RFC 3550) \
-             with payload type 111, libwebrtc's usual number for Opus, one packet per 20 ms frame, \
-             straight over UDP to a port no call service uses (40401). It measures what any voice \
-             call would get from this network.",
-            "A single arm: it shows call quality, never differentiation. Real media is SRTP (an \
-             encrypted payload ending in an authentication tag); ours is the plain callwatch probe. \
-             No ICE/STUN checks, DTLS handshake or RTCP precede or accompany the stream.",
+            "A WebRTC-style Opus audio stream with no platform in it, straight over UDP to a port no \
+             call service uses (40401): an RTP v2 header (RFC 3550) with payload type 111, \
+             libwebrtc's default for Opus (webrtc media/engine/payload_type_mapper.cc), an SSRC, \
+             sequence number and timestamp drawn at random per test (RFC 3550 §5.1), the sequence \
+             number +1 on every datagram and the timestamp +960 per 20 ms frame (48 kHz, RFC \
+             7587), one packet per 20 ms frame; after the probe's fields, high-entropy bytes as an \
+             SRTP payload has. It measures what any voice call would get from this network.",
+            "A single arm: it shows call quality, never differentiation. The probe's fields follow \
+             the RTP header in the clear (SRTP encrypts from there); there is no SRTP \
+             authentication tag. No ICE/STUN checks, DTLS handshake or RTCP precede or accompany \
+             the stream. Sizes and timing are an assumption (the shared 20 ms table).",
         ),
         Platform::Whatsapp => (
             Framing::Stun {
@@ -285,24 +338,34 @@ fn build(platform: Platform) -> Profile {
                 }],
                 fingerprint: true,
             },
+            None,
             vec![3478],
             Some(CONTROL_PORT),
-            "WhatsApp's relay traffic: STUN-framed messages (RFC 5389/8489 header with the \
-             0x2112A442 cookie) to Meta's relays on UDP 3478, in WhatsApp's own dialect — its own \
-             message types, attributes in the 0x4000 range, a closing FINGERPRINT. Message type \
-             0x0800 and attribute 0x4000 are what nDPI's STUN dissector takes for a WhatsApp call; \
-             public reconstructions of the relay dialect (wacrg.org, 'WARP, STUN, and relay media \
-             transport') describe the same traits (0x0801/0x0802 keepalives, 0x0003 allocate, \
-             0x4000-range attributes, FINGERPRINT). Each probe rides in a DATA attribute (0x0013). \
-             The control arm sends the same sizes and timing as bare probes to UDP 40400.",
-            "Every probe is a STUN message, while real WhatsApp calls use STUN mostly for the relay \
-             handshake and keepalives: public reconstructions say media then travels as \
-             WhatsApp's RTP profile (first byte 0x90, payload type 120, header-extension profile \
-             0xDEBE). So the arm shows how STUN-shaped call traffic on 3478 is treated — the \
-             signature the August 2025 reports name — not how each WhatsApp media packet is; a \
-             rule aimed at WhatsApp's RTP alone is not seen. No MESSAGE-INTEGRITY (we hold no \
-             relay key), no allocate or relay token, no Meta relay address: a network that picks \
-             WhatsApp out by destination address is not seen either.",
+            "WhatsApp's relay traffic: STUN-framed messages (RFC 8489 header with the 0x2112A442 \
+             cookie) to a relay on UDP 3478, in WhatsApp's own dialect — message type 0x0800, an \
+             attribute in the 0x4000 range, a closing FINGERPRINT — each probe riding in a DATA \
+             attribute (0x0013). Sources: nDPI's STUN dissector names a 0x0800 message with a \
+             body, or one carrying attribute 0x4000-0x4002, WhatsAppCall (ntop/nDPI \
+             src/lib/protocols/stun.c, tag 4.2); nDPI's WhatsApp call captures show 0x0800-0x0802 \
+             messages, 0x4000-range attributes and port 3478 (ntop/nDPI \
+             tests/cfgs/default/pcap/stun_wa_call.pcapng and wa_voice.pcap; \
+             tests/ndpi/FINDINGS.md §3); public reconstructions of the relay dialect (wacrg.org, \
+             'WARP, STUN, and relay media transport') describe the same traits. After each \
+             probe's fields come high-entropy bytes, as in WhatsApp's encrypted media. nDPI 4.2 \
+             classifies the arm STUN.WhatsAppCall (tests/tests/ndpi.rs). The control arm sends \
+             the same sizes and timing as bare probes to UDP 40400.",
+            "Every probe is a STUN message, while WhatsApp uses STUN for the relay handshake and \
+             keepalives and then sends media as its own RTP profile (first byte 0x90, payload \
+             type 120, header-extension profile 0xDEBE in nDPI's stun_wa_call.pcapng). So the arm \
+             shows how STUN-shaped call traffic on 3478 is treated, not how each WhatsApp media \
+             packet is; a rule aimed at WhatsApp's RTP alone is not seen. No MESSAGE-INTEGRITY \
+             (we hold no relay key), no allocate or relay token, no Meta relay address: a network \
+             that picks WhatsApp out by destination address is not seen either. Sizes are an \
+             assumption (the shared 20 ms table): the RTP datagrams in nDPI's capture are mostly \
+             47-62 bytes (tests/ndpi/FINDINGS.md §3), below the 88 bytes the STUN framing needs \
+             around a 48-byte core. nDPI 4.2 remembers a STUN sub-classification per address and \
+             port (FINDINGS §2.7): a box like it that saw a Signal arm first at the same \
+             reflector:3478 names this arm SignalVoip.",
         ),
         Platform::Telegram => (
             Framing::TelegramReflector {
@@ -312,70 +375,119 @@ fn build(platform: Platform) -> Profile {
                 ],
                 sender_tag: 0x5A3C_9E01,
             },
+            Some(Preamble::TelegramHello {
+                repeat_ms: TELEGRAM_HELLO_REPEAT_MS,
+            }),
             vec![599, 1400],
             Some(CONTROL_PORT),
-            "Telegram's call reflectors as tgcalls (the WebRTC-based call library of current \
-             Telegram apps, v2 ReflectorPort) speaks to them: each UDP datagram is the 16-byte peer \
-             tag the server hands out for the call, a 4-byte sender tag, the payload length \
-             (32-bit big-endian), the payload, zero padding to 4 bytes. tgcalls uses port 599 when \
-             the server names none, and 590-1400 is among the ranges the August 2025 reports say \
-             are singled out; the arm uses 599, and the reflector also listens on 1400. There is no STUN cookie at \
-             offset 4: the first bytes are the random-looking tag, so a STUN rule does not hit \
-             this arm. The control arm sends the same sizes and timing as bare probes to UDP 40400.",
-            "The peer and sender tags are fixed values of ours (the peer tag's first byte is kept \
-             in 0xC0-0xFF so our reflector can tell the framing apart; a real tag is any 16 bytes). \
-             The payload is the plain probe, where Telegram carries the call's encrypted WebRTC \
-             packets (SRTP, STUN checks). tgcalls also sends a hello every 10 s — the peer tag \
-             followed by twelve 0xFF bytes — which is what nDPI keys on to name Telegram; this arm \
-             sends none, so a classifier that needs those hellos will not take it for Telegram, \
-             and only port- and shape-based rules are measured. Older clients (libtgvoip) used a \
-             different layout. Telegram's reflector addresses are not used.",
+            "Telegram's call reflectors as tgcalls, the call library of current Telegram apps, \
+             speaks to them (TelegramMessenger/tgcalls tgcalls/v2/ReflectorPort.cpp). First a \
+             40-byte hello (SendReflectorHello): the peer tag's first 12 bytes and the client's \
+             own 4-byte tag, twelve 0xFF, FE FF FF FF, the u64 123 — sent before Open until \
+             answered and then every 10 s (tgcalls: every 500 ms until answered, then every \
+             10 s). Then data packets (SendTo): the 16-byte peer tag, a 4-byte sender tag, the \
+             payload length (32-bit big-endian), the payload, zero padding to 4. Tags are drawn \
+             fresh for each test. Port 599, tgcalls' default when the server names none \
+             (PrepareAddress); the reflector also listens on 1400. tgcalls encrypts what it sends \
+             (tests/ndpi/FINDINGS.md §3), so after each probe's fields come high-entropy bytes. \
+             nDPI names a UDP flow to or from ports 500-600 whose first datagram is such a hello \
+             Telegram (ntop/nDPI src/lib/protocols/telegram.c), and nDPI 4.2 names this arm \
+             Telegram (tests/tests/ndpi.rs). No STUN cookie at offset 4, so a STUN rule does not \
+             hit the arm. The control arm sends the same sizes and timing as bare probes to UDP \
+             40400.",
+            "The peer tag's first byte is kept in 0xC0-0xFE and no tag byte is 0xFF (a real tag is \
+             any 16 bytes; one holding 0xFF hides the hello from nDPI). Our reflector answers the \
+             hello with 40 bytes — the peer tag, twelve 0xFF, libtgvoip's self-info magic and the \
+             query id: the start of the 64-byte answer of libtgvoip's test reflector \
+             (telegramdesktop/libtgvoip tests/MockReflector.cpp), cut to the hello's length. \
+             Telegram's own reflectors' answer is not published (tgcalls checks only the first 12 \
+             bytes), so that shape is an assumption. The payload is the probe, not tgcalls' \
+             encrypted packets: its fields are in the clear. On 1400, the profile's second port, \
+             nDPI does not name the hello Telegram (its rule wants 500-600). Sizes and timing are \
+             an assumption (the shared 20 ms table): tgcalls v2 packs 60 ms of Opus per packet \
+             (tests/ndpi/FINDINGS.md §3), which the agent's fixed 20 ms voice interval cannot \
+             follow. Telegram's reflector addresses are not used.",
         ),
         Platform::Signal => (
             Framing::TurnChannelDataRtp {
                 channel: 0x4001,
-                payload_type: OPUS_PAYLOAD_TYPE,
+                payload_type: RINGRTC_OPUS_PAYLOAD_TYPE,
                 ssrc: 0x7369_676E,
             },
+            Some(Preamble::TurnAllocate {
+                realm: "signal.org".into(),
+                username_valid_s: SIGNAL_TURN_USERNAME_VALID_S,
+            }),
             vec![3478],
             Some(CONTROL_PORT),
             "Signal calls (RingRTC, built on libwebrtc) relayed through Signal's TURN servers on \
-             UDP 3478: once a TURN channel is bound, each media packet is a TURN ChannelData \
-             message (RFC 8656: channel number, 2-byte length, padding to 4) carrying SRTP — an RTP \
-             v2 header, here with payload type 111 (libwebrtc's usual Opus number), then the \
-             payload. Signal relays calls by default for callers who are not contacts, to hide IP \
-             addresses. The control arm sends the same sizes and timing as bare probes to UDP \
-             40400.",
-            "Only the relayed path: calls that go peer to peer send SRTP straight over UDP on \
-             ephemeral ports (the generic and max profiles' shape). No TURN allocation, permission \
-             or channel-bind exchange precedes the stream; the RTP payload is the plain probe, not \
-             SRTP; no RTCP; our reflector answers with the same SSRC and channel. RingRTC may \
-             number Opus otherwise than 111. Signal's TURN addresses are not used.",
+             UDP 3478. The arm opens with a TURN Allocate request as a client sends it after the \
+             server's 401 (RFC 8656 §7.1), resent before each Open until answered: \
+             REQUESTED-TRANSPORT UDP; USERNAME <expiry>:<number>, the form of Signal-Server's TURN \
+             credentials, expiring a day ahead (signalapp/Signal-Server \
+             service/src/main/java/org/whispersystems/textsecuregcm/auth/TurnTokenGenerator.java); \
+             REALM signal.org, the realm of Signal's TURN servers in nDPI's capture (ntop/nDPI \
+             tests/cfgs/default/pcap/stun_signal.pcapng); NONCE, MESSAGE-INTEGRITY, FINGERPRINT. \
+             Then every packet is a TURN ChannelData message (RFC 8656 §12.4: channel 0x4001, \
+             length, padding to 4) carrying RTP v2 with payload type 102, RingRTC's Opus number \
+             (signalapp/webrtc ringrtc/rffi/src/peer_connection.cc, OPUS_PT = 102), an SSRC, \
+             sequence number and timestamp drawn at random per test (RFC 3550 §5.1), the sequence \
+             number +1 on every datagram and the timestamp +960 per 20 ms; after the probe's \
+             fields, high-entropy bytes as in SRTP. nDPI names a STUN flow whose REALM holds \
+             signal.org SignalVoip (ntop/nDPI src/lib/protocols/stun.c), and nDPI 4.2 names this \
+             arm STUN.SignalVoip (tests/tests/ndpi.rs). The control arm sends the same sizes and \
+             timing as bare probes to UDP 40400.",
+            "Only the relayed path: a call that goes peer to peer sends SRTP straight over UDP \
+             between ephemeral ports (the max profile's shape). Only the authenticated Allocate is \
+             sent — no first Allocate and 401 before it, no CreatePermission or ChannelBind before \
+             channel 0x4001 is used; its MESSAGE-INTEGRITY is random (we hold no key), and our \
+             reflector answers with a success response of its own (XOR-RELAYED-ADDRESS and \
+             XOR-MAPPED-ADDRESS both the client's address, LIFETIME 600 s, MESSAGE-INTEGRITY, \
+             FINGERPRINT), allocating nothing. The RTP header has no header extension (RingRTC's \
+             media in nDPI's capture starts 0x90, with one), the probe's fields follow it in the \
+             clear, there is no RTCP, and our reflector answers with the same SSRC and channel. \
+             Sizes and timing are an assumption (the shared 20 ms table): RingRTC sends Opus in \
+             60 ms packets (ptime 60 in signalapp/webrtc ringrtc/rffi/src/peer_connection.cc), \
+             which the agent's fixed 20 ms voice interval cannot follow. nDPI 4.2 remembers a \
+             STUN sub-classification per address and port (tests/ndpi/FINDINGS.md §2.7): a box \
+             like it that saw a WhatsApp arm first at the same reflector:3478 names this arm \
+             WhatsAppCall. Signal's TURN addresses are not used.",
         ),
         Platform::Max => (
             Framing::Rtp {
                 payload_type: OPUS_PAYLOAD_TYPE,
                 ssrc: 0x6D61_7821,
             },
+            None,
             vec![50000],
             Some(CONTROL_PORT),
-            "Max (VK's messenger) says its calls use WebRTC and go peer to peer where they can. \
-             Peer-to-peer WebRTC media is SRTP straight over UDP between ephemeral ports: an RTP v2 \
-             header (payload type 111, libwebrtc's usual Opus number) and the payload. The arm \
-             sends that shape to UDP 50000 — an ordinary ephemeral port that also lies in the \
-             50000-50100 range the August 2025 reports name, so the same arm shows whether that \
-             range is singled out. The control arm sends the same sizes and timing as bare probes \
-             to UDP 40400.",
-            "We know of no public description of Max's relays, ports or media dialect: this is \
-             the generic WebRTC peer-to-peer shape, not Max's own traffic, and a network that \
-             spares Max by its server addresses cannot be seen. A difference from the control says \
-             RTP-shaped traffic or the 50000-50100 range is treated differently, not that Max is. \
-             No ICE/STUN checks, DTLS or RTCP; the payload is the plain probe.",
+            "Max (VK's messenger), whose press office says its calls use WebRTC and go peer to \
+             peer where they can (as quoted by 360.ru; tests/ndpi/FINDINGS.md §2.4). Peer-to-peer \
+             WebRTC media is SRTP straight over UDP: an RTP v2 header with payload type 111, \
+             libwebrtc's default for Opus (webrtc media/engine/payload_type_mapper.cc), an SSRC, \
+             sequence number and timestamp drawn at random per test (RFC 3550 §5.1), the sequence \
+             number +1 on every datagram, handshake included, and the timestamp +960 per 20 ms \
+             frame; after the probe's fields, high-entropy bytes as an SRTP payload has. The arm \
+             sends that shape to UDP 50000, an ordinary ephemeral port inside the 50000-50100 \
+             range that August 2025 reports are said to name (no source is cited here), so the \
+             same arm shows whether that range is singled out. nDPI 4.2 names the arm RTP \
+             (tests/tests/ndpi.rs). The control arm sends the same sizes and timing as bare \
+             probes to UDP 40400.",
+            "We know of no public description of Max's relays, ports or media dialect: this is the \
+             generic WebRTC peer-to-peer shape (an assumption), not Max's own traffic, and a \
+             network that spares or singles out Max by its server addresses cannot be seen. No \
+             nDPI version has a Max protocol (nor, in 4.2, a VK one; FINDINGS §2.4), so RTP is the \
+             most any arm can be classified as. A difference from the control says RTP-shaped \
+             traffic or the 50000-50100 range is treated differently, not that Max is. No \
+             ICE/STUN checks, DTLS or RTCP; the probe's fields follow the RTP header in the \
+             clear; our reflector answers with the same SSRC. Sizes and timing are an assumption \
+             (the shared 20 ms table).",
         ),
     };
     Profile {
         platform,
         framing,
+        preamble,
         ports,
         control_port,
         voice: voice(),
@@ -390,7 +502,7 @@ fn build(platform: Platform) -> Profile {
 mod tests {
     use super::*;
     use crate::framing::{
-        call_signature, detect, neutral_session_id, CallSignature, STUN_MAGIC_COOKIE,
+        call_signature, detect, neutral_session_id, CallSignature, Preamble, STUN_MAGIC_COOKIE,
     };
     use crate::probe::{Packet, Probe, Reply};
 
@@ -632,6 +744,70 @@ mod tests {
             let json = serde_json::to_string(p).unwrap();
             let back: Profile = serde_json::from_str(&json).unwrap();
             assert_eq!(&back, p);
+        }
+        // A profile file written before preambles existed reads as one without.
+        let mut json = serde_json::to_value(profile(Platform::Max)).unwrap();
+        json.as_object_mut().unwrap().remove("preamble");
+        let back: Profile = serde_json::from_value(json).unwrap();
+        assert_eq!(&back, profile(Platform::Max));
+    }
+
+    #[test]
+    fn preambles_open_the_telegram_and_signal_arms_only() {
+        assert_eq!(
+            profile(Platform::Telegram).preamble,
+            Some(Preamble::TelegramHello { repeat_ms: 10_000 })
+        );
+        let signal = profile(Platform::Signal);
+        let Some(Preamble::TurnAllocate { realm, .. }) = &signal.preamble else {
+            panic!("signal opens with a TURN Allocate")
+        };
+        assert_eq!(realm, "signal.org");
+        assert_eq!(
+            signal.framing,
+            Framing::TurnChannelDataRtp {
+                channel: 0x4001,
+                payload_type: 102,
+                ssrc: 0x7369_676E
+            }
+        );
+        for platform in [Platform::Whatsapp, Platform::Max, Platform::Generic] {
+            assert_eq!(profile(platform).preamble, None, "{platform}");
+        }
+        // The hello goes with a Telegram framing only.
+        let mut bad = profile(Platform::Whatsapp).clone();
+        bad.preamble = profile(Platform::Telegram).preamble.clone();
+        assert!(matches!(bad.validate(), Err(ProfileError::Invalid { .. })));
+        let mut bad = profile(Platform::Signal).clone();
+        bad.preamble = Some(Preamble::TurnAllocate {
+            realm: String::new(),
+            username_valid_s: 1,
+        });
+        assert!(matches!(bad.validate(), Err(ProfileError::Framing { .. })));
+        // Per test: a fresh tag, shared by the hello and the data packets.
+        let tg = profile(Platform::Telegram);
+        let (a, b) = (tg.framing.for_test(1), tg.framing.for_test(2));
+        assert_ne!(a, b);
+        let hello = tg.preamble.as_ref().unwrap().datagram(&a, 1, 0).unwrap();
+        let mut data = Vec::new();
+        a.wrap(&arms(tg, &tg.voice, 0).0, &mut data);
+        assert_eq!(&hello[..12], &data[..12]);
+        assert_eq!(
+            &hello[12..16],
+            &data[16..20],
+            "the hello ends in the sender's tag"
+        );
+    }
+
+    #[test]
+    fn every_statement_names_a_source_or_says_it_is_an_assumption() {
+        for p in profiles() {
+            assert!(
+                p.modelled_on.contains('/'),
+                "{}: no source path",
+                p.platform
+            );
+            assert!(p.limits.contains("assumption"), "{}", p.platform);
         }
     }
 }

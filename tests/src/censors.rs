@@ -132,7 +132,8 @@ pub struct Censor {
 
 /// A rule on the STUN magic cookie (bytes 4..8), both directions, with `impairment`: an assumed
 /// DPI signature (no published source names the rules behind the August 2025 restrictions). It
-/// hits STUN-framed platform arms and nothing else we send.
+/// hits the STUN-framed arms (WhatsApp's framing, the TURN Allocate that opens Signal's arm) and
+/// never a control arm.
 pub fn stun_rule(impairment: RuleImpairment) -> DpiRule {
     DpiRule {
         name: "stun-cookie".into(),

@@ -137,6 +137,17 @@ struct Event {
     bytes: Vec<u8>,
 }
 
+/// One datagram as it leaves its sender in a simulation (before any impairment).
+#[derive(Clone, Copy, Debug)]
+pub struct WireEvent<'a> {
+    /// Simulated time, µs since the start of the test.
+    pub at_us: u64,
+    pub arm: usize,
+    /// Agent to reflector (or relay).
+    pub up: bool,
+    pub bytes: &'a [u8],
+}
+
 /// The agent's port for arm `i` in a simulation.
 pub fn agent_port(i: usize) -> u16 {
     40_000 + i as u16
@@ -153,6 +164,18 @@ pub fn simulate_call(
     impairment: ImpairmentConfig,
     reflector_offset_us: u64,
     seed: u64,
+) -> Result<CallRun> {
+    simulate_call_observed(spec, impairment, reflector_offset_us, seed, &mut |_| {})
+}
+
+/// [`simulate_call`], telling `observe` of every datagram as its sender sends it (a capture
+/// point at each end, before the network).
+pub fn simulate_call_observed(
+    spec: &TestSpec,
+    impairment: ImpairmentConfig,
+    reflector_offset_us: u64,
+    seed: u64,
+    observe: &mut dyn FnMut(WireEvent<'_>),
 ) -> Result<CallRun> {
     let mut model = Impairment::new(impairment).map_err(|e| anyhow!("impairment: {e}"))?;
     let mut secret = [0u8; 32];
@@ -184,6 +207,12 @@ pub fn simulate_call(
     // against a bug turning into an endless loop.
     for _step in 0..50_000_000u64 {
         while let Some(t) = test.poll_transmit(now) {
+            observe(WireEvent {
+                at_us: now,
+                arm: t.arm,
+                up: true,
+                bytes: &t.datagram,
+            });
             let ports = UdpPorts {
                 src: agent_port(t.arm),
                 dst: arms[t.arm].peer.port(),
@@ -227,6 +256,12 @@ pub fn simulate_call(
                 reflector.handle(now + reflector_offset_us, src, &ev.bytes)
             };
             if let Some(reply) = answer {
+                observe(WireEvent {
+                    at_us: now,
+                    arm: ev.arm,
+                    up: false,
+                    bytes: &reply,
+                });
                 let ports = UdpPorts {
                     src: peer.port(),
                     dst: agent_port(ev.arm),

@@ -62,7 +62,11 @@ fn stream(r: &CallReport, role: Role) -> &StreamReport {
 fn uploadable(r: &CallReport) {
     r.validate().unwrap();
     if let Some(d) = &r.verdict_detail {
-        assert!(!d.reason.contains("  "), "a reason reads as one sentence: {:?}", d.reason);
+        assert!(
+            !d.reason.contains("  "),
+            "a reason reads as one sentence: {:?}",
+            d.reason
+        );
     }
     let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
     let signed = SignedReport::sign(r, &key).unwrap();

@@ -31,7 +31,12 @@ fn a_real_kernel_censor_lab_gives_the_expected_verdicts() {
         .arg(&script)
         .args(["--tests", "1", "--bin-dir"])
         .arg(agent.parent().unwrap_or(Path::new(".")))
-        .args(["full-block", "downstream-only", "relay-address-block", "both-loss-5"])
+        .args([
+            "full-block",
+            "downstream-only",
+            "relay-address-block",
+            "both-loss-5",
+        ])
         .output()
         .expect("running the censor lab");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -39,7 +44,12 @@ fn a_real_kernel_censor_lab_gives_the_expected_verdicts() {
     eprintln!("{stdout}\n{stderr}");
     assert!(out.status.success(), "the lab disagreed or failed");
     // Each model ran its test and agreed (the summary's last column, "1/1").
-    for model in ["full-block", "downstream-only", "relay-address-block", "both-loss-5"] {
+    for model in [
+        "full-block",
+        "downstream-only",
+        "relay-address-block",
+        "both-loss-5",
+    ] {
         let line = stdout
             .lines()
             .rev()

@@ -32,6 +32,7 @@ use crate::metrics::{stream_report, Codec, StreamRecord};
 use crate::verdict::{judge_call, ArmEvidence, CallEvidence, VerdictConfig};
 use callwatch_proto::framing::neutral_session_id;
 use callwatch_proto::probe::{CountQuery, Packet};
+use callwatch_proto::profile::profile;
 use callwatch_proto::report::{StreamKind, StreamOutcome, SCHEMA_VERSION};
 use callwatch_proto::{CallReport, ReportId, Role};
 use chrono::{DateTime, Utc};
@@ -54,6 +55,9 @@ pub struct CallRandom {
     pub session_ids: [u64; 2],
     /// Transaction-id tags of the relay and its reference.
     pub stun_tags: [[u8; 8]; 2],
+    /// Per-test seeds of the platform and control arms' wire dress (`Session::dressed`): the
+    /// framing's tags and SSRC, RTP starts, high-entropy padding, the preamble's random fields.
+    pub wire_seeds: [u64; 2],
 }
 
 impl CallRandom {
@@ -62,6 +66,7 @@ impl CallRandom {
             report_id: rng.gen(),
             session_ids: [rng.gen(), rng.gen()],
             stun_tags: [rng.gen(), rng.gen()],
+            wire_seeds: [rng.gen(), rng.gen()],
         }
     }
 
@@ -152,7 +157,16 @@ impl CallTest {
         for (i, (role, framing, peer)) in spec.arms().into_iter().enumerate() {
             // Every arm's session id keeps its bare packets free of a STUN look-alike header.
             let id = neutral_session_id(random.session_ids[i.min(1)]);
-            let session = Session::new(id, cfg, now_us).with_framing(framing, spec.wire_sizes());
+            // Each arm dressed for this test: fresh tags, SSRC and RTP starts, random padding, and
+            // the platform's preamble (if its profile has one) on the platform arm.
+            let preamble = profile(spec.platform).preamble.as_ref();
+            let session = Session::new(id, cfg, now_us)
+                .with_framing(framing, spec.wire_sizes())
+                .dressed(
+                    random.wire_seeds[i.min(1)],
+                    preamble.filter(|_| role == Role::Platform),
+                    u64::try_from(started_at.timestamp()).unwrap_or(0),
+                );
             arms.push(CallArm {
                 plan: ArmPlan { role, peer },
                 engine: Engine::Reflector(session),
@@ -277,19 +291,20 @@ impl CallTest {
             next_us: now_us + COUNT_QUERY_RETRY_US,
         };
         let platform = self.reflector_session(Role::Platform)?;
-        let control = self.reflector_session(Role::Control)?;
+        let (target, target_cookie) = (platform.id(), platform.cookie()?);
+        let arm = self.index_of(Role::Control)?;
+        let Engine::Reflector(control) = &mut self.arms.get_mut(arm)?.engine else {
+            return None;
+        };
         let query = Packet::CountQuery(CountQuery {
             session: control.id(),
             cookie: control.cookie()?,
-            target: platform.id(),
-            target_cookie: platform.cookie()?,
+            target,
+            target_cookie,
         });
-        let mut datagram = Vec::new();
-        control.framing().wrap(&query.encode(), &mut datagram);
-        Some(Transmit {
-            arm: self.index_of(Role::Control)?,
-            datagram,
-        })
+        // Framed and padded like the control arm's own packets (no zero-padding fingerprint).
+        let datagram = control.frame(now_us, query);
+        Some(Transmit { arm, datagram })
     }
 
     /// The next datagram due at `now_us`, if any; also advances time-driven state. Call until it

@@ -12,9 +12,14 @@
 //! 3. Drain: after the last probe, replies are accepted for `grace`; later ones count as `late`.
 //! 4. Close: send `Close` until `CloseAck` (the reflector's final count of what it received),
 //!    at most [`CLOSE_ATTEMPTS`] times; without it the largest running count seen is used.
+//! 5. Dress ([`Session::dressed`]): a platform arm that has a [`Preamble`] sends it before each
+//!    `Open` until it is answered, and again every repeat interval if the preamble has one, for
+//!    as long as the session runs. Every datagram's core padding is high-entropy bytes from the
+//!    arm's seed; an RTP framing counts its sequence number up by one on every datagram
+//!    (handshake included) from a random start and its timestamp up per frame on a 48 kHz clock.
 
 use crate::metrics::{ProbeRecord, ReplyRecord, StreamRecord};
-use callwatch_proto::framing::Framing;
+use callwatch_proto::framing::{keystream, Framing, Preamble, RtpStamp};
 use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe, RejectReason, SessionId};
 use callwatch_proto::probe::{MAX_PROBE_LEN, MIN_PROBE_LEN};
 use callwatch_proto::profile::StreamShape;
@@ -133,6 +138,16 @@ pub fn core_len_at_most(framing: &Framing, wire: u16) -> u16 {
         .clamp(MIN_PROBE_LEN, MAX_PROBE_LEN) as u16
 }
 
+/// A preamble and its state: see rule 5.
+struct PreambleState {
+    preamble: Preamble,
+    datagram: Vec<u8>,
+    answered: bool,
+    /// The `Open` attempt it was last sent before.
+    sent_before_attempt: Option<u32>,
+    last_sent_us: Option<u64>,
+}
+
 pub struct Session {
     id: SessionId,
     cfg: SessionConfig,
@@ -151,6 +166,15 @@ pub struct Session {
     last_rtt_ms: Option<f64>,
     error: Option<SessionError>,
     accepted: bool,
+    created_us: u64,
+    /// The arm's seed for padding bytes, once [`Session::dressed`]; `None`: zero padding.
+    wire_seed: Option<u64>,
+    /// The RTP stream's random start, for RTP framings once dressed.
+    rtp_start: Option<RtpStamp>,
+    /// Framed datagrams sent so far (RTP sequence offset, padding nonce).
+    datagrams: u32,
+    /// Boxed: most arms have none, and the session lives in an enum beside a smaller one.
+    preamble: Option<Box<PreambleState>>,
 }
 
 impl Session {
@@ -179,6 +203,11 @@ impl Session {
             last_rtt_ms: None,
             error: None,
             accepted: false,
+            created_us: now_us,
+            wire_seed: None,
+            rtp_start: None,
+            datagrams: 0,
+            preamble: None,
         }
     }
 
@@ -189,6 +218,27 @@ impl Session {
         self.size = self.cfg.size;
         self.framing = framing;
         self.sizes = sizes;
+        self
+    }
+
+    /// Dresses the session for one test (rule 5), after [`Session::with_framing`]: the framing's
+    /// per-test values and the padding and RTP starts come from `seed` (the caller's random
+    /// number), and `preamble`, if any, is built from the dressed framing, `seed` and
+    /// `unix_time_s` (the caller's wall clock, for a TURN username's expiry). A preamble the
+    /// framing cannot carry is left out.
+    pub fn dressed(mut self, seed: u64, preamble: Option<&Preamble>, unix_time_s: u64) -> Self {
+        self.framing = self.framing.for_test(seed);
+        self.wire_seed = Some(seed);
+        self.rtp_start = self.framing.has_rtp().then(|| RtpStamp::start(seed));
+        self.preamble = preamble.and_then(|p| {
+            Some(Box::new(PreambleState {
+                preamble: p.clone(),
+                datagram: p.datagram(&self.framing, seed, unix_time_s)?,
+                answered: false,
+                sent_before_attempt: None,
+                last_sent_us: None,
+            }))
+        });
         self
     }
 
@@ -223,11 +273,65 @@ impl Session {
         &self.framing
     }
 
-    fn frame(&self, packet: Packet) -> Vec<u8> {
-        let core = packet.encode();
+    /// `packet` as this session puts it on the wire: its padding filled like every other
+    /// packet's, in the session's framing. Also for packets the session does not send itself
+    /// (the count query a call test sends through the control arm's session).
+    pub fn frame(&mut self, now_us: u64, packet: Packet) -> Vec<u8> {
+        let mut core = packet.encode();
+        if let Some(seed) = self.wire_seed {
+            let fields = packet.fields_len().min(core.len());
+            keystream(seed, u64::from(self.datagrams), &mut core[fields..]);
+        }
         let mut out = Vec::with_capacity(self.framing.wire_len(core.len()));
-        self.framing.wrap(&core, &mut out);
+        match self.rtp_start {
+            Some(start) => {
+                // One frame of the stream's interval per step, on RTP's 48 kHz clock for Opus.
+                let frame_us = self.interval_us.max(1);
+                let frames = now_us.saturating_sub(self.created_us) / frame_us;
+                let ticks = frames.wrapping_mul(frame_us * 48 / 1000);
+                let stamp = RtpStamp {
+                    seq: start.seq.wrapping_add(self.datagrams as u16),
+                    timestamp: start.timestamp.wrapping_add(ticks as u32),
+                };
+                self.framing.wrap_stamped(&core, stamp, &mut out);
+            }
+            None => self.framing.wrap(&core, &mut out),
+        }
+        self.datagrams = self.datagrams.wrapping_add(1);
         out
+    }
+
+    /// The preamble, if one is due at `now_us` (rule 5).
+    fn due_preamble(&mut self, now_us: u64) -> Option<Vec<u8>> {
+        let p = self.preamble.as_mut()?;
+        let before_open = match self.phase {
+            Phase::Done => return None,
+            Phase::Opening { attempts, next_us } => {
+                now_us >= next_us
+                    && attempts < OPEN_ATTEMPTS
+                    && p.sent_before_attempt != Some(attempts)
+                    && (!p.answered || attempts == 0)
+            }
+            _ => false,
+        };
+        let repeat = match (p.preamble.repeat_us(), p.last_sent_us) {
+            (Some(every), Some(last)) => now_us >= last.saturating_add(every),
+            _ => false,
+        };
+        if !before_open && !repeat {
+            return None;
+        }
+        if let Phase::Opening { attempts, .. } = self.phase {
+            p.sent_before_attempt = Some(attempts);
+        }
+        p.last_sent_us = Some(now_us);
+        Some(p.datagram.clone())
+    }
+
+    /// When the preamble is next repeated, if it is.
+    fn preamble_repeat_us(&self) -> Option<u64> {
+        let p = self.preamble.as_ref()?;
+        Some(p.last_sent_us?.saturating_add(p.preamble.repeat_us()?))
     }
 
     pub fn is_done(&self) -> bool {
@@ -247,12 +351,13 @@ impl Session {
 
     /// When the session next needs [`poll_transmit`](Self::poll_transmit) to be called.
     pub fn poll_timeout(&self) -> Option<u64> {
-        match self.phase {
+        let phase = match self.phase {
             Phase::Opening { next_us, .. } | Phase::Closing { next_us, .. } => Some(next_us),
             Phase::Streaming => Some(self.due_us(self.record.probes.len() as u32)),
             Phase::Draining { until_us } => Some(until_us),
             Phase::Done => None,
-        }
+        }?;
+        Some(self.preamble_repeat_us().map_or(phase, |t| t.min(phase)))
     }
 
     fn due_us(&self, seq: u32) -> u64 {
@@ -262,6 +367,9 @@ impl Session {
     /// Advances time-driven state and returns the next datagram due at `now_us`, if any.
     /// Call repeatedly until it returns `None`.
     pub fn poll_transmit(&mut self, now_us: u64) -> Option<Vec<u8>> {
+        if let Some(preamble) = self.due_preamble(now_us) {
+            return Some(preamble);
+        }
         match self.phase {
             Phase::Opening { attempts, next_us } => {
                 if now_us < next_us {
@@ -276,12 +384,13 @@ impl Session {
                     attempts: attempts + 1,
                     next_us: now_us + OPEN_RETRY_US,
                 };
-                Some(self.frame(Packet::Open(Open {
+                let open = Packet::Open(Open {
                     session: self.id,
                     interval_ms: self.cfg.interval_ms,
                     size: self.cfg.size,
                     duration_ms: self.cfg.duration_ms,
-                })))
+                });
+                Some(self.frame(now_us, open))
             }
             Phase::Streaming => {
                 let seq = self.record.probes.len() as u32;
@@ -303,13 +412,14 @@ impl Session {
                         until_us: self.due_us(seq) + self.cfg.grace_ms as u64 * 1000,
                     };
                 }
-                Some(self.frame(Packet::Probe(Probe {
+                let probe = Packet::Probe(Probe {
                     session: self.id,
                     cookie: self.cookie,
                     seq,
                     sent_us: now_us,
                     len: core_len,
-                })))
+                });
+                Some(self.frame(now_us, probe))
             }
             Phase::Draining { until_us } => {
                 if now_us < until_us {
@@ -333,11 +443,12 @@ impl Session {
                     attempts: attempts + 1,
                     next_us: now_us + CLOSE_RETRY_US,
                 };
-                Some(self.frame(Packet::Close(Close {
+                let close = Packet::Close(Close {
                     session: self.id,
                     cookie: self.cookie,
                     packets_sent: self.record.probes.len() as u32,
-                })))
+                });
+                Some(self.frame(now_us, close))
             }
             Phase::Done => None,
         }
@@ -346,6 +457,12 @@ impl Session {
     /// Takes in one datagram that arrived at `now_us`. Anything not for this session, or not
     /// expected now, is ignored.
     pub fn handle_datagram(&mut self, now_us: u64, datagram: &[u8]) {
+        if let Some(p) = self.preamble.as_mut() {
+            if p.preamble.is_answer(&p.datagram, datagram) {
+                p.answered = true;
+                return;
+            }
+        }
         let Ok(core) = self.framing.unwrap(datagram) else {
             return;
         };
@@ -562,5 +679,118 @@ mod tests {
         s.handle_datagram(10, &forged);
         s.handle_datagram(10, b"garbage");
         assert_eq!(s.progress().received, 0);
+    }
+
+    fn accept_framed(framing: &Framing, id: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        framing.wrap(&accept(id), &mut out);
+        out
+    }
+
+    #[test]
+    fn a_telegram_arm_says_hello_before_each_open_until_answered_then_every_10_s() {
+        use callwatch_proto::framing::{detect_any, telegram_hello_answer, Detected};
+        use callwatch_proto::framing::{PreambleMessage, TELEGRAM_HELLO_LEN};
+        let p = callwatch_proto::profile::profile(callwatch_proto::Platform::Telegram);
+        let mut s = Session::new(1, cfg(), 0)
+            .with_framing(p.framing.clone(), WireSizes::Fixed(120))
+            .dressed(42, p.preamble.as_ref(), 1_760_000_000);
+        assert_ne!(s.framing(), &p.framing, "fresh tags per test");
+        let hello = s.poll_transmit(0).unwrap();
+        assert_eq!(hello.len(), TELEGRAM_HELLO_LEN);
+        let Some(Detected::Preamble(PreambleMessage::TelegramHello { peer_tag, query_id })) =
+            detect_any(&hello)
+        else {
+            panic!("first datagram is not a hello")
+        };
+        let open = s.poll_transmit(0).unwrap();
+        assert!(matches!(
+            Packet::decode(s.framing().unwrap(&open).unwrap()),
+            Ok(Packet::Open(_))
+        ));
+        assert_eq!(s.poll_transmit(0), None);
+        // Unanswered: the retry is preceded by the hello again.
+        assert_eq!(s.poll_transmit(OPEN_RETRY_US).as_ref(), Some(&hello));
+        assert!(s.poll_transmit(OPEN_RETRY_US).is_some());
+        // Answered: the next retry goes without it.
+        s.handle_datagram(
+            OPEN_RETRY_US + 1,
+            &telegram_hello_answer(&peer_tag, query_id),
+        );
+        let retry = s.poll_transmit(2 * OPEN_RETRY_US).unwrap();
+        assert_ne!(retry, hello);
+        let framing = s.framing().clone();
+        s.handle_datagram(2 * OPEN_RETRY_US, &accept_framed(&framing, 1));
+        assert!(matches!(s.phase, Phase::Streaming));
+        // Over a 25 s stream: the first hello, then one every 10 s, until the session is done.
+        let mut long = cfg();
+        long.duration_ms = 25_000;
+        let mut s = Session::new(1, long, 0)
+            .with_framing(p.framing.clone(), WireSizes::Fixed(120))
+            .dressed(42, p.preamble.as_ref(), 0);
+        let mut hellos = vec![];
+        let mut now = 0;
+        while !s.is_done() && now < 40_000_000 {
+            while let Some(d) = s.poll_transmit(now) {
+                if d == hello {
+                    hellos.push(now);
+                } else if let Ok(Packet::Open(_)) =
+                    Packet::decode(framing.unwrap(&d).unwrap_or(&[]))
+                {
+                    s.handle_datagram(now, &telegram_hello_answer(&peer_tag, query_id));
+                    s.handle_datagram(now, &accept_framed(&framing, 1));
+                }
+            }
+            now = s.poll_timeout().unwrap_or(now + 1).max(now + 1);
+        }
+        assert_eq!(hellos, [0, 10_000_000, 20_000_000]);
+    }
+
+    #[test]
+    fn an_rtp_arm_counts_every_datagram_from_a_random_start() {
+        use callwatch_proto::framing::rtp_stamp;
+        let framing = Framing::Rtp {
+            payload_type: 111,
+            ssrc: 7,
+        };
+        let mut s = Session::new(3, cfg(), 1_000)
+            .with_framing(framing, WireSizes::Fixed(100))
+            .dressed(9, None, 0);
+        let open = s.poll_transmit(1_000).unwrap();
+        let retry = s.poll_transmit(1_000 + OPEN_RETRY_US).unwrap();
+        let framed = s.framing().clone();
+        s.handle_datagram(300_000, &accept_framed(&framed, 3));
+        let mut sent = vec![open, retry];
+        let mut now = 300_000;
+        while !s.is_done() {
+            while let Some(d) = s.poll_transmit(now) {
+                sent.push(d);
+            }
+            now = s.poll_timeout().unwrap_or(now);
+            if matches!(s.phase, Phase::Closing { attempts: 1, .. }) {
+                break;
+            }
+        }
+        let stamps: Vec<_> = sent.iter().map(|d| rtp_stamp(d).unwrap()).collect();
+        let ssrcs: Vec<_> = sent.iter().map(|d| &d[8..12]).collect();
+        assert!(ssrcs.iter().all(|x| *x == ssrcs[0]));
+        assert_ne!(ssrcs[0], &7u32.to_be_bytes(), "a per-test SSRC");
+        for w in stamps.windows(2) {
+            assert_eq!(w[1].seq, w[0].seq.wrapping_add(1), "+1 per datagram");
+        }
+        // Probes 20 ms apart: 960 ticks apart.
+        let probes: Vec<_> = stamps[2..stamps.len() - 1].to_vec();
+        for w in probes.windows(2) {
+            assert_eq!(w[1].timestamp.wrapping_sub(w[0].timestamp), 960);
+        }
+        assert_ne!(stamps[0], RtpStamp::default());
+        // The padding after each probe's fields is high-entropy, and the probe still decodes.
+        let core = framed.unwrap(&sent[3]).unwrap();
+        let Ok(Packet::Probe(p)) = Packet::decode(core) else {
+            panic!("not a probe")
+        };
+        assert_eq!(usize::from(p.len), core.len());
+        let padding = &core[callwatch_proto::probe::PROBE_HEADER_LEN..];
+        assert!(padding.iter().filter(|&&b| b == 0).count() < padding.len() / 8);
     }
 }

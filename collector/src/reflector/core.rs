@@ -19,11 +19,19 @@
 //!    carrying XOR-MAPPED-ADDRESS, so the reflector host is the neutral reference for the
 //!    platforms' own STUN/TURN servers; only requests at least as long as the response are
 //!    answered (rule 1), and they create no state.
+//! 6. A platform's preamble ([`framing::Preamble`]) is answered without state, as an `Open` is:
+//!    a 40-byte Telegram reflector hello with a 40-byte answer ([`framing::telegram_hello_answer`]),
+//!    a TURN Allocate request with an Allocate success response, only when that is no longer
+//!    than the request (84 bytes for an IPv4 client, 108 for IPv6; the Signal arm's request is
+//!    about 124). Neither is ever counted as malformed.
+//! 7. An answer is dressed like its request: RTP answers carry the request's sequence number
+//!    and timestamp, and a `Reply` carries its `Probe`'s padding bytes (the agent makes them
+//!    high-entropy), so the reflector's direction looks like the agent's without a random draw.
 
-use callwatch_proto::framing;
+use callwatch_proto::framing::{self, Detected, PreambleMessage};
 use callwatch_proto::probe::{
     Accept, Close, CloseAck, Cookie, CountQuery, CountReply, Open, Packet, Probe, Reject,
-    RejectReason, Reply, SessionId, COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN,
+    RejectReason, Reply, SessionId, COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN, REPLY_HEADER_LEN,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -73,6 +81,8 @@ pub struct ReflectorStats {
     pub dropped_unexpected: u64,
     pub count_queries: u64,
     pub stun_bindings: u64,
+    /// Preambles answered (Telegram hellos, TURN Allocate requests).
+    pub preambles: u64,
 }
 
 /// Extra time a cookie stays valid past the granted duration, for the agent's drain and close
@@ -144,14 +154,18 @@ impl Reflector {
         self.stats.bytes_in += datagram.len() as u64;
         // Each arm arrives in its own framing (plain, STUN, ChannelData, RTP, …); the answer goes
         // back in the same one, so a DPI box sees the same shape both ways.
-        let Some((framing, core)) = framing::detect(datagram) else {
-            if let Some(answer) = stun_binding_success(datagram, src) {
-                self.stats.stun_bindings += 1;
-                self.stats.bytes_out += answer.len() as u64;
-                return Some(answer);
+        let (framing, core) = match framing::detect_any(datagram) {
+            Some(Detected::Core(framing, core)) => (framing, core),
+            Some(Detected::Preamble(message)) => return self.on_preamble(src, datagram, message),
+            None => {
+                if let Some(answer) = stun_binding_success(datagram, src) {
+                    self.stats.stun_bindings += 1;
+                    self.stats.bytes_out += answer.len() as u64;
+                    return Some(answer);
+                }
+                self.stats.dropped_malformed += 1;
+                return None;
             }
-            self.stats.dropped_malformed += 1;
-            return None;
         };
         let packet = match Packet::decode(core) {
             Ok(p) => p,
@@ -170,8 +184,18 @@ impl Reflector {
                 None
             }
         }?;
+        let mut answer_core = answer.encode();
+        if let (Packet::Reply(_), Some(padding)) = (&answer, core.get(REPLY_HEADER_LEN..)) {
+            // The probe's padding, echoed (rule 7); a reply is exactly as long as its probe.
+            if answer_core.len() == core.len() {
+                answer_core[REPLY_HEADER_LEN..].copy_from_slice(padding);
+            }
+        }
         let mut bytes = Vec::with_capacity(datagram.len());
-        framing.wrap(&answer.encode(), &mut bytes);
+        match framing::rtp_stamp(datagram) {
+            Some(stamp) => framing.wrap_stamped(&answer_core, stamp, &mut bytes),
+            None => framing.wrap(&answer_core, &mut bytes),
+        }
         // Rule 1, enforced once more at the exit rather than trusted to every branch.
         if bytes.len() > datagram.len() {
             self.stats.dropped_unexpected += 1;
@@ -179,6 +203,39 @@ impl Reflector {
         }
         self.stats.bytes_out += bytes.len() as u64;
         Some(bytes)
+    }
+
+    /// Rule 6: a preamble's answer, stateless and no longer than the preamble.
+    fn on_preamble(
+        &mut self,
+        src: SocketAddr,
+        datagram: &[u8],
+        message: PreambleMessage,
+    ) -> Option<Vec<u8>> {
+        let answer = match message {
+            PreambleMessage::TelegramHello { peer_tag, query_id } => {
+                Some(framing::telegram_hello_answer(&peer_tag, query_id))
+            }
+            PreambleMessage::TurnAllocate { transaction_id } => {
+                // MESSAGE-INTEGRITY from the reflector's own key: it looks like one, proves
+                // nothing, and needs no random draw.
+                let tag = self.mac(src, 0, &transaction_id);
+                let mut integrity = [0u8; 20];
+                integrity.copy_from_slice(&tag[..20]);
+                turn_allocate_success(datagram, src, &integrity)
+            }
+        };
+        match answer {
+            Some(answer) if answer.len() <= datagram.len() => {
+                self.stats.preambles += 1;
+                self.stats.bytes_out += answer.len() as u64;
+                Some(answer)
+            }
+            _ => {
+                self.stats.dropped_unexpected += 1;
+                None
+            }
+        }
     }
 
     fn on_open(&mut self, now_us: u64, src: SocketAddr, open: Open) -> Packet {
@@ -433,6 +490,96 @@ const STUN_BINDING_REQUEST: u16 = 0x0001;
 const STUN_BINDING_SUCCESS: u16 = 0x0101;
 /// RFC 8489 §14.2 XOR-MAPPED-ADDRESS.
 const STUN_ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
+/// RFC 8656 §18.5 XOR-RELAYED-ADDRESS and §18.2 LIFETIME.
+const STUN_ATTR_XOR_RELAYED_ADDRESS: u16 = 0x0016;
+const STUN_ATTR_LIFETIME: u16 = 0x000D;
+/// RFC 8489 §14.5 MESSAGE-INTEGRITY and §14.7 FINGERPRINT.
+const STUN_ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+const STUN_ATTR_FINGERPRINT: u16 = 0x8028;
+/// RFC 8656's default allocation lifetime, 10 minutes.
+const TURN_DEFAULT_LIFETIME_S: u32 = 600;
+
+/// The value of an XOR-MAPPED-ADDRESS (or XOR-RELAYED-ADDRESS) attribute for `addr`, given the
+/// message's transaction id (RFC 8489 §14.2).
+fn xor_address(addr: SocketAddr, transaction_id: &[u8]) -> Vec<u8> {
+    let cookie = framing::STUN_MAGIC_COOKIE.to_be_bytes();
+    let mut value = Vec::with_capacity(20);
+    value.push(0);
+    value.push(if addr.is_ipv4() { 0x01 } else { 0x02 });
+    value.extend_from_slice(
+        &(addr.port() ^ (framing::STUN_MAGIC_COOKIE >> 16) as u16).to_be_bytes(),
+    );
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => {
+            value.extend(ip.octets().iter().zip(cookie).map(|(a, b)| a ^ b));
+        }
+        std::net::IpAddr::V6(ip) => {
+            // XORed with the magic cookie followed by the transaction id.
+            let mask = cookie.iter().chain(transaction_id);
+            value.extend(ip.octets().iter().zip(mask).map(|(a, b)| a ^ b));
+        }
+    }
+    value
+}
+
+fn put_attribute(out: &mut Vec<u8>, attr_type: u16, value: &[u8]) {
+    out.extend_from_slice(&attr_type.to_be_bytes());
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
+    out.resize(out.len() + (4 - value.len() % 4) % 4, 0);
+}
+
+/// A TURN Allocate success response (RFC 8656 §7.2) to `request`, a well-formed Allocate
+/// request: XOR-RELAYED-ADDRESS and XOR-MAPPED-ADDRESS (both `src`: nothing is relayed),
+/// LIFETIME 600 s, MESSAGE-INTEGRITY (`integrity`: no key is shared, so it only looks like one),
+/// FINGERPRINT — 84 bytes for an IPv4 `src`, 108 for IPv6. `None` if `request` is no Allocate
+/// request or is shorter than the response (rule 1).
+pub fn turn_allocate_success(
+    request: &[u8],
+    src: SocketAddr,
+    integrity: &[u8; 20],
+) -> Option<Vec<u8>> {
+    let transaction_id = request.get(8..20)?;
+    if request.get(0..2)? != framing::STUN_ALLOCATE_REQUEST.to_be_bytes()
+        || request.get(4..8)? != framing::STUN_MAGIC_COOKIE.to_be_bytes()
+    {
+        return None;
+    }
+    let address = xor_address(src, transaction_id);
+    let mut out = Vec::with_capacity(framing::STUN_HEADER_LEN + 88);
+    out.extend_from_slice(&framing::STUN_ALLOCATE_SUCCESS.to_be_bytes());
+    out.extend_from_slice(&[0, 0]); // length, written below
+    out.extend_from_slice(request.get(4..20)?);
+    put_attribute(&mut out, STUN_ATTR_XOR_RELAYED_ADDRESS, &address);
+    put_attribute(
+        &mut out,
+        STUN_ATTR_LIFETIME,
+        &TURN_DEFAULT_LIFETIME_S.to_be_bytes(),
+    );
+    put_attribute(&mut out, STUN_ATTR_XOR_MAPPED_ADDRESS, &address);
+    put_attribute(&mut out, STUN_ATTR_MESSAGE_INTEGRITY, integrity);
+    let len = (out.len() + 8 - framing::STUN_HEADER_LEN) as u16;
+    out[2..4].copy_from_slice(&len.to_be_bytes());
+    let crc = crc32(&out) ^ 0x5354_554E;
+    put_attribute(&mut out, STUN_ATTR_FINGERPRINT, &crc.to_be_bytes());
+    (out.len() <= request.len()).then_some(out)
+}
+
+/// CRC-32 (IEEE 802.3), as STUN's FINGERPRINT uses; bitwise, as answers are rare.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                0xEDB8_8320 ^ (crc >> 1)
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
 
 /// The Binding success response to `request` if it is a well-formed STUN Binding request no
 /// shorter than the response (rule 1), else `None`. Attributes of the request are not
@@ -451,22 +598,7 @@ pub fn stun_binding_success(request: &[u8], src: SocketAddr) -> Option<Vec<u8>> 
     {
         return None;
     }
-    let cookie = framing::STUN_MAGIC_COOKIE.to_be_bytes();
-    let mut value = Vec::with_capacity(20);
-    value.push(0);
-    value.push(if src.is_ipv4() { 0x01 } else { 0x02 });
-    value
-        .extend_from_slice(&(src.port() ^ (framing::STUN_MAGIC_COOKIE >> 16) as u16).to_be_bytes());
-    match src.ip() {
-        std::net::IpAddr::V4(ip) => {
-            value.extend(ip.octets().iter().zip(cookie).map(|(a, b)| a ^ b));
-        }
-        std::net::IpAddr::V6(ip) => {
-            // XORed with the magic cookie followed by the transaction id.
-            let mask = cookie.iter().chain(request.get(8..20)?);
-            value.extend(ip.octets().iter().zip(mask).map(|(a, b)| a ^ b));
-        }
-    }
+    let value = xor_address(src, request.get(8..20)?);
     let mut out = Vec::with_capacity(framing::STUN_HEADER_LEN + 4 + value.len());
     out.extend_from_slice(&STUN_BINDING_SUCCESS.to_be_bytes());
     out.extend_from_slice(&((4 + value.len()) as u16).to_be_bytes());
@@ -715,6 +847,135 @@ mod tests {
         assert_eq!(answered, BURST_PROBES as usize);
     }
 
+    fn allocate(seed: u64) -> Vec<u8> {
+        framing::Preamble::TurnAllocate {
+            realm: "signal.org".into(),
+            username_valid_s: 86_400,
+        }
+        .datagram(&framing::Framing::Raw, seed, 1_760_000_000)
+        .unwrap()
+    }
+
+    fn hello(seed: u64) -> Vec<u8> {
+        let f = callwatch_proto::profile::profile(callwatch_proto::Platform::Telegram)
+            .framing
+            .for_test(seed);
+        framing::Preamble::TelegramHello { repeat_ms: 10_000 }
+            .datagram(&f, seed, 0)
+            .unwrap()
+    }
+
+    #[test]
+    fn answers_a_telegram_hello_with_as_many_bytes_and_no_state() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let h = hello(3);
+        let out = r.handle(T0, a, &h).unwrap();
+        assert_eq!(out.len(), 40);
+        assert_eq!(&out[..16], &h[..16], "the hello's tag");
+        assert_eq!(&out[16..28], &[0xFF; 12]);
+        assert_eq!(&out[32..], &123u64.to_be_bytes(), "the hello's query id");
+        assert!(framing::Preamble::TelegramHello { repeat_ms: 10_000 }.is_answer(&h, &out));
+        let s = r.stats();
+        assert_eq!((s.preambles, s.dropped_malformed), (1, 0));
+        assert_eq!(r.active_sessions(), 0);
+        // Cut short or padded, it is no hello: unanswered, and counted as malformed.
+        assert!(r.handle(T0, a, &h[..36]).is_none());
+        let mut long = h.clone();
+        long.extend([0; 24]);
+        assert!(r.handle(T0, a, &long).is_none());
+        assert_eq!(r.stats().dropped_malformed, 2);
+        assert!(r.stats().bytes_out <= r.stats().bytes_in);
+    }
+
+    #[test]
+    fn answers_a_turn_allocate_with_a_shorter_success_response() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let request = allocate(9);
+        for src in ["127.0.0.2:5000", "[::1]:5000"] {
+            let src = addr(src);
+            let out = r.handle(T0, src, &request).unwrap();
+            assert!(
+                out.len() <= request.len(),
+                "{} > {}",
+                out.len(),
+                request.len()
+            );
+            assert_eq!(out.len(), if src.is_ipv4() { 84 } else { 108 });
+            assert_eq!(&out[0..2], &framing::STUN_ALLOCATE_SUCCESS.to_be_bytes());
+            assert_eq!(
+                usize::from(u16::from_be_bytes([out[2], out[3]])) + 20,
+                out.len()
+            );
+            assert_eq!(&out[4..20], &request[4..20], "cookie and transaction id");
+            // The XOR-RELAYED-ADDRESS (first attribute) decodes back to the sender's port.
+            assert_eq!(&out[20..22], &0x0016u16.to_be_bytes());
+            assert_eq!(u16::from_be_bytes([out[26], out[27]]) ^ 0x2112, 5000);
+            let fp = out.len() - 8;
+            assert_eq!(&out[fp..fp + 4], &[0x80, 0x28, 0, 4]);
+            let crc = crc32(&out[..fp]) ^ 0x5354_554E;
+            assert_eq!(&out[fp + 4..], &crc.to_be_bytes());
+            let p = framing::Preamble::TurnAllocate {
+                realm: "signal.org".into(),
+                username_valid_s: 1,
+            };
+            assert!(p.is_answer(&request, &out));
+        }
+        assert_eq!(r.stats().preambles, 2);
+        assert_eq!(r.active_sessions(), 0);
+        // A bare 20-byte Allocate (an attacker's) would get 84 bytes: no answer.
+        let bare = &request[..20];
+        let mut bare = bare.to_vec();
+        bare[2..4].copy_from_slice(&[0, 0]);
+        assert!(r.handle(T0, addr("127.0.0.2:5000"), &bare).is_none());
+        assert_eq!(r.stats().dropped_unexpected, 1);
+        assert_eq!(r.stats().dropped_malformed, 0);
+        assert!(r.stats().bytes_out <= r.stats().bytes_in);
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    #[test]
+    fn answers_echo_the_rtp_stamp_and_the_probe_padding() {
+        use framing::{Framing, RtpStamp};
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let f = Framing::TurnChannelDataRtp {
+            channel: 0x4001,
+            payload_type: 102,
+            ssrc: 77,
+        };
+        let stamp = |seq| RtpStamp {
+            seq,
+            timestamp: 0xABCD_0000 + u32::from(seq),
+        };
+        let mut open = Vec::new();
+        let core = Packet::Open(Open {
+            session: 5,
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 10_000,
+        })
+        .encode();
+        f.wrap_stamped(&core, stamp(0xFFFF), &mut open);
+        let out = r.handle(T0, a, &open).unwrap();
+        assert_eq!(framing::rtp_stamp(&out), Some(stamp(0xFFFF)));
+        let Ok(Packet::Accept(acc)) = Packet::decode(f.unwrap(&out).unwrap()) else {
+            panic!("no accept")
+        };
+        let mut core = probe(acc.cookie, 5, 0, 120);
+        for (i, b) in core.iter_mut().enumerate().skip(38) {
+            *b = i as u8 ^ 0x5A;
+        }
+        let mut request = Vec::new();
+        f.wrap_stamped(&core, stamp(0), &mut request);
+        let out = r.handle(T0 + 20_000, a, &request).unwrap();
+        assert_eq!(out.len(), request.len());
+        assert_eq!(framing::rtp_stamp(&out), Some(stamp(0)));
+        let reply = f.unwrap(&out).unwrap();
+        assert!(matches!(Packet::decode(reply), Ok(Packet::Reply(_))));
+        assert_eq!(&reply[REPLY_HEADER_LEN..], &core[REPLY_HEADER_LEN..]);
+    }
+
     proptest! {
         /// Whatever arrives, the reflector never answers with more bytes than it received.
         #[test]
@@ -731,6 +992,11 @@ mod tests {
                 // Make some of them well-formed probes so the reflecting branch is exercised.
                 if i % 2 == 0 && d.len() >= MIN_PROBE_LEN && d.len() <= MAX_PROBE_LEN {
                     d = probe(cookie, 77, i as u32, d.len() as u16);
+                }
+                // And some preambles, whole or cut.
+                if i % 5 == 1 {
+                    let whole = if i % 2 == 0 { hello(i as u64) } else { allocate(i as u64) };
+                    d = whole[..whole.len() - d.len().min(whole.len()) % 8].to_vec();
                 }
                 if let Some(out) = r.handle(T0 + i as u64, a, &d) {
                     prop_assert!(out.len() <= d.len());
