@@ -419,6 +419,37 @@ pub fn catalogue() -> Vec<Censor> {
             },
         },
         Censor {
+            name: "aware-exempts-probes",
+            what: "a censor that knows callwatch: the platform framing's bytes dropped 20 %, \
+                   except packets with a cleartext callwatch probe header: the measurement's \
+                   blind spot until the header is encrypted, never a finding",
+            expect: N,
+            relay: false,
+            build: |t| {
+                // Every callwatch core packet starts with its version byte, 1, at the same offset
+                // inside the framing; the censor exempts those and hits the rest of the framing.
+                let exempt = DpiRule {
+                    name: "exempt-callwatch".into(),
+                    direction: Both,
+                    patterns: vec![ByteMatch::At {
+                        offset: t.handshake_offset?,
+                        bytes: vec![1],
+                    }],
+                    ..DpiRule::default()
+                };
+                only(vec![
+                    exempt,
+                    DpiRule {
+                        name: "signature".into(),
+                        direction: Both,
+                        patterns: vec![t.signature.clone()?],
+                        impairment: loss(0.2),
+                        ..DpiRule::default()
+                    },
+                ])
+            },
+        },
+        Censor {
             name: "aware-degrades-both",
             what: "a censor that recognises callwatch and degrades both arms alike (20 % loss): \
                    the measurement's blind spot, never a finding",
@@ -506,44 +537,69 @@ pub fn tally(platform: Platform, censor: &Censor, n: u32, seed0: u64) -> Result<
     Ok(Some(row))
 }
 
+/// The models the issue sets a power target for (≥ 95 %; 100 % for the blocks). The other
+/// restrictions have their power measured and published, without a target.
+pub const POWER_TARGETS: [&str; 7] = [
+    "full-block",
+    "handshake-block",
+    "cut-at-5s",
+    "loss-5pct",
+    "policer-half-rate",
+    "relay-address-block",
+    "onset-20pct-at-5s",
+];
+
+/// The table's header.
+pub const TABLE_HEADER: &str = "| model | expected | platform | tests | differentiated (95 % CI) \
+     | inconclusive | none | target met |\n|---|---|---|---:|---:|---:|---:|---|\n";
+
+/// One line of the table: `n` tests of `PLATFORMS`-style platform `j` through catalogue model
+/// `i` (the seeds depend on both indices, so a line can be recomputed on its own); `None`
+/// where the model does not apply to the platform.
+pub fn table_line(i: usize, j: usize, platform: Platform, n: u32) -> Result<Option<String>> {
+    let catalogue = catalogue();
+    let censor = catalogue
+        .get(i)
+        .ok_or_else(|| anyhow!("no model {i} in the catalogue"))?;
+    let seed0 = 1_000_000 * i as u64 + 100_000 * j as u64;
+    let Some(row) = tally(platform, censor, n, seed0)? else {
+        return Ok(None);
+    };
+    let (share, lo, hi) = row.differentiated_ci();
+    let pct = |x: u32| {
+        format!(
+            "{:.1} %",
+            100.0 * f64::from(x) / f64::from(row.tests().max(1))
+        )
+    };
+    let target = match censor.expect {
+        Expect::Differentiated if !POWER_TARGETS.contains(&censor.name) => "no target",
+        _ if row.meets(censor.expect) => "yes",
+        _ => "**no**",
+    };
+    Ok(Some(format!(
+        "| {} | {} | {platform} | {} | {:.1} % ({:.1}–{:.1} %) | {} | {} | {target} |\n",
+        censor.name,
+        censor.expect.as_str(),
+        row.tests(),
+        100.0 * share,
+        100.0 * lo,
+        100.0 * hi,
+        pct(row.inconclusive),
+        pct(row.none),
+    )))
+}
+
 /// The detection table over the catalogue and `platforms`, `n` tests a row, as Markdown;
 /// `progress` hears each row as it is done.
 pub fn table(n: u32, platforms: &[Platform], mut progress: impl FnMut(&str)) -> Result<String> {
-    let mut out = String::from(
-        "| model | expected | platform | tests | differentiated (95 % CI) | inconclusive | none | target met |\n\
-         |---|---|---|---:|---:|---:|---:|---|\n",
-    );
-    for (i, censor) in catalogue().iter().enumerate() {
+    let mut out = String::from(TABLE_HEADER);
+    for i in 0..catalogue().len() {
         for (j, &platform) in platforms.iter().enumerate() {
-            let seed0 = 1_000_000 * i as u64 + 100_000 * j as u64;
-            let Some(row) = tally(platform, censor, n, seed0)? else {
-                continue;
-            };
-            let (share, lo, hi) = row.differentiated_ci();
-            let pct = |x: u32| {
-                format!(
-                    "{:.1} %",
-                    100.0 * f64::from(x) / f64::from(row.tests().max(1))
-                )
-            };
-            let line = format!(
-                "| {} | {} | {platform} | {} | {:.1} % ({:.1}–{:.1} %) | {} | {} | {} |\n",
-                censor.name,
-                censor.expect.as_str(),
-                row.tests(),
-                100.0 * share,
-                100.0 * lo,
-                100.0 * hi,
-                pct(row.inconclusive),
-                pct(row.none),
-                if row.meets(censor.expect) {
-                    "yes"
-                } else {
-                    "**no**"
-                }
-            );
-            progress(&line);
-            out.push_str(&line);
+            if let Some(line) = table_line(i, j, platform, n)? {
+                progress(&line);
+                out.push_str(&line);
+            }
         }
     }
     Ok(out)
