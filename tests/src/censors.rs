@@ -163,6 +163,19 @@ fn port_rule(port: u16, direction: DirectionFilter, impairment: RuleImpairment) 
     }
 }
 
+/// [`port_rule`] switched on `from_ms` into the test (a censor that starts mid-call).
+fn port_rule_from(
+    port: u16,
+    direction: DirectionFilter,
+    impairment: RuleImpairment,
+    from_ms: u64,
+) -> DpiRule {
+    DpiRule {
+        active_from_ms: from_ms,
+        ..port_rule(port, direction, impairment)
+    }
+}
+
 fn loss(p: f64) -> RuleImpairment {
     RuleImpairment {
         loss: p,
@@ -216,9 +229,12 @@ pub fn catalogue() -> Vec<Censor> {
             expect: D,
             relay: false,
             build: |t| {
-                let mut r = port_rule(t.platform_port, Both, loss(1.0));
-                r.active_from_ms = 5_000;
-                only(vec![r])
+                only(vec![port_rule_from(
+                    t.platform_port,
+                    Both,
+                    loss(1.0),
+                    5_000,
+                )])
             },
         },
         Censor {
@@ -227,9 +243,12 @@ pub fn catalogue() -> Vec<Censor> {
             expect: D,
             relay: false,
             build: |t| {
-                let mut r = port_rule(t.platform_port, Both, loss(0.2));
-                r.active_from_ms = 5_000;
-                only(vec![r])
+                only(vec![port_rule_from(
+                    t.platform_port,
+                    Both,
+                    loss(0.2),
+                    5_000,
+                )])
             },
         },
         Censor {
@@ -299,9 +318,12 @@ pub fn catalogue() -> Vec<Censor> {
             expect: D,
             relay: false,
             build: |t| {
-                let mut r = port_rule(t.platform_port, Down, loss(1.0));
-                r.active_from_ms = 5_000;
-                only(vec![r])
+                only(vec![port_rule_from(
+                    t.platform_port,
+                    Down,
+                    loss(1.0),
+                    5_000,
+                )])
             },
         },
         Censor {

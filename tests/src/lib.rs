@@ -79,3 +79,23 @@ pub fn open_collector_config(
     sc.policy.max_per_agent_per_day = usize::MAX;
     sc
 }
+
+/// A test of `platform` against a reflector listening on `addrs` (two ports at least): the
+/// platform arm on the first, the control arm on the second, the profile's sizes, a short grace.
+pub fn platform_spec_on(
+    addrs: &[std::net::SocketAddr],
+    platform: callwatch_proto::Platform,
+    duration_ms: u32,
+) -> callwatch_agent::engine::TestSpec {
+    let first = addrs
+        .first()
+        .copied()
+        .unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+    let mut spec = callwatch_agent::engine::TestSpec::voice(first, duration_ms);
+    spec.platform = platform;
+    spec.size = None;
+    spec.platform_port = Some(first.port());
+    spec.control_port = addrs.get(1).map(|a| a.port());
+    spec.grace_ms = 300;
+    spec
+}

@@ -7,6 +7,7 @@ use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_collector::reflector::{spawn_reflector, Limits};
 use callwatch_proto::report::{StreamOutcome, VerdictRule};
 use callwatch_proto::{Platform, Role, Verdict};
+use callwatch_tests::platform_spec_on;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -125,12 +126,7 @@ async fn a_silent_relay_with_a_reachable_reference_is_differentiated() {
     .unwrap();
     // A bound socket that never answers stands in for a relay the network blackholes.
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut spec = TestSpec::voice(reflector.addrs[0], 2_000);
-    spec.platform = Platform::Whatsapp;
-    spec.size = None;
-    spec.platform_port = Some(reflector.addrs[0].port());
-    spec.control_port = Some(reflector.addrs[1].port());
-    spec.grace_ms = 300;
+    let mut spec = platform_spec_on(&reflector.addrs, Platform::Whatsapp, 2_000);
     spec.relay_server = Some(silent.local_addr().unwrap());
     let report = tokio::task::spawn_blocking(move || {
         run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
@@ -171,12 +167,7 @@ async fn an_operators_coturn_can_be_the_relays_reference() {
     .await
     .unwrap();
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut spec = TestSpec::voice(reflector.addrs[0], 2_000);
-    spec.platform = Platform::Whatsapp;
-    spec.size = None;
-    spec.platform_port = Some(reflector.addrs[0].port());
-    spec.control_port = Some(reflector.addrs[1].port());
-    spec.grace_ms = 300;
+    let mut spec = platform_spec_on(&reflector.addrs, Platform::Whatsapp, 2_000);
     spec.relay_server = Some(silent.local_addr().unwrap());
     spec.relay_reference = Some(stun);
     let report = tokio::task::spawn_blocking(move || {
