@@ -34,7 +34,7 @@ use callwatch_proto::framing::neutral_session_id;
 use callwatch_proto::probe::{CountQuery, Packet};
 use callwatch_proto::profile::profile;
 use callwatch_proto::report::{StreamKind, StreamOutcome, SCHEMA_VERSION};
-use callwatch_proto::{CallReport, ReportId, Role};
+use callwatch_proto::{CallReport, ReportId, Role, StreamReport};
 use chrono::{DateTime, Utc};
 use std::net::SocketAddr;
 
@@ -351,116 +351,134 @@ impl CallTest {
     /// [`finish`](Self::finish), and each arm's record (for tests and oracles that need the
     /// packet detail behind the figures).
     pub fn finish_with_records(self) -> (Result<CallReport, TestError>, Vec<(Role, StreamRecord)>) {
-        let mut streams = Vec::new();
-        let mut evidence: Vec<(Role, StreamRecord, StreamOutcome, Option<u64>)> = Vec::new();
-        for arm in self.arms {
-            let role = arm.plan.role;
-            let interval_us = u64::from(self.spec.interval()) * 1000;
-            let (record, outcome) = match arm.engine {
-                Engine::Reflector(s) => match s.error().cloned() {
-                    Some(SessionError::Rejected(_)) => (empty(interval_us), StreamOutcome::Refused),
-                    Some(SessionError::NoAnswer) => (empty(interval_us), StreamOutcome::Blocked),
-                    None => match s.finish() {
-                        Ok(rec) => (rec, StreamOutcome::Measured),
-                        Err(_) => (empty(interval_us), StreamOutcome::Blocked),
-                    },
-                },
-                Engine::Stun(s) => {
-                    let rec = Box::new(s).finish().unwrap_or_else(|_| empty(interval_us));
-                    let answered = rec.probes.iter().any(|p| p.reply.is_some());
-                    let outcome = if answered || rec.probes.is_empty() {
-                        StreamOutcome::Measured
-                    } else {
-                        StreamOutcome::Blocked
-                    };
-                    (rec, outcome)
-                }
-            };
-            let dark_from_us = match (outcome, role) {
-                (StreamOutcome::Measured, Role::Platform | Role::Control) => dark_from_us(&record),
-                _ => None,
-            };
-            let outcome = if dark_from_us.is_some() {
-                StreamOutcome::Dark
-            } else {
-                outcome
-            };
-            let mut stream = stream_report(role, &record, Codec::Opus);
-            stream.outcome = outcome;
-            stream.dark_from_ms = dark_from_us.and_then(|t| {
-                let start = record.probes.first()?.scheduled_us;
-                u32::try_from(t.saturating_sub(start) / 1000).ok()
-            });
-            if matches!(role, Role::Relay | Role::RelayReference) {
-                // A STUN server gives no timestamps: one-way figures would be invented.
-                stream.owd_ms = None;
-                stream.jitter_ms = None;
-                stream.jitter_p95_ms = None;
-                stream.jitter_final_ms = None;
-                stream.ipdv_ms = None;
-            }
-            streams.push(stream);
-            evidence.push((role, record, outcome, dark_from_us));
-        }
-        let nothing_answered = evidence.iter().all(|(_, rec, outcome, _)| {
-            *outcome == StreamOutcome::Blocked || rec.probes.iter().all(|p| p.reply.is_none())
+        let interval_us = u64::from(self.spec.interval()) * 1000;
+        let results: Vec<ArmResult> = self
+            .arms
+            .into_iter()
+            .map(|arm| ArmResult::of(arm, interval_us))
+            .collect();
+        let nothing_answered = results.iter().all(|r| {
+            r.outcome == StreamOutcome::Blocked || r.record.probes.iter().all(|p| p.reply.is_none())
         });
-        let records = |evidence: &[(Role, StreamRecord, StreamOutcome, Option<u64>)]| {
-            evidence
-                .iter()
-                .map(|(role, rec, _, _)| (*role, rec.clone()))
-                .collect::<Vec<_>>()
-        };
-        if nothing_answered && !self.spec.reached_before {
-            return (
-                Err(TestError::Unreachable(self.spec.reflector)),
-                records(&evidence),
-            );
-        }
-        let arm = |role: Role| {
-            evidence
-                .iter()
-                .find(|e| e.0 == role)
-                .map(|(_, record, outcome, dark_from_us)| ArmEvidence {
-                    record,
-                    outcome: *outcome,
-                    dark_from_us: *dark_from_us,
-                })
-        };
-        let (verdict, verdict_detail) = match (arm(Role::Platform), arm(Role::Control)) {
-            (Some(platform), Some(control)) => {
-                let (v, d) = judge_call(
-                    &CallEvidence {
+        let report = if nothing_answered && !self.spec.reached_before {
+            Err(TestError::Unreachable(self.spec.reflector))
+        } else {
+            let arm = |role: Role| {
+                results
+                    .iter()
+                    .find(|r| r.role == role)
+                    .map(ArmResult::evidence)
+            };
+            let (verdict, verdict_detail) = match (arm(Role::Platform), arm(Role::Control)) {
+                (Some(platform), Some(control)) => {
+                    let call = CallEvidence {
                         platform,
                         control,
                         relay: arm(Role::Relay),
                         relay_reference: arm(Role::RelayReference),
-                    },
-                    &VerdictConfig::default(),
-                );
-                (Some(v), Some(d))
-            }
-            _ => (None, None),
+                    };
+                    let (v, d) = judge_call(&call, &VerdictConfig::default());
+                    (Some(v), Some(d))
+                }
+                _ => (None, None),
+            };
+            Ok(CallReport {
+                schema: SCHEMA_VERSION,
+                id: self.report_id,
+                agent_version: AGENT_VERSION.to_string(),
+                platform: self.spec.platform,
+                started_at: self.started_at,
+                duration_ms: self.spec.duration_ms,
+                interval_ms: u32::from(self.spec.interval()),
+                payload_bytes: u32::from(self.spec.wire_sizes().max()),
+                verdict,
+                verdict_detail,
+                stream_kind: if self.spec.video {
+                    StreamKind::Video
+                } else {
+                    StreamKind::Voice
+                },
+                streams: results.iter().map(ArmResult::stream).collect(),
+            })
         };
-        let report = CallReport {
-            schema: SCHEMA_VERSION,
-            id: self.report_id,
-            agent_version: AGENT_VERSION.to_string(),
-            platform: self.spec.platform,
-            started_at: self.started_at,
-            duration_ms: self.spec.duration_ms,
-            interval_ms: u32::from(self.spec.interval()),
-            payload_bytes: u32::from(self.spec.wire_sizes().max()),
-            verdict,
-            verdict_detail,
-            stream_kind: if self.spec.video {
-                StreamKind::Video
-            } else {
-                StreamKind::Voice
+        let records = results.into_iter().map(|r| (r.role, r.record)).collect();
+        (report, records)
+    }
+}
+
+/// What one arm came to: its record and what became of it.
+struct ArmResult {
+    role: Role,
+    record: StreamRecord,
+    outcome: StreamOutcome,
+    /// With `outcome = dark`: when its final silence began (agent clock, µs).
+    dark_from_us: Option<u64>,
+}
+
+impl ArmResult {
+    fn of(arm: CallArm, interval_us: u64) -> ArmResult {
+        let role = arm.plan.role;
+        let (record, outcome) = match arm.engine {
+            Engine::Reflector(s) => match s.error().cloned() {
+                Some(SessionError::Rejected(_)) => (empty(interval_us), StreamOutcome::Refused),
+                Some(SessionError::NoAnswer) => (empty(interval_us), StreamOutcome::Blocked),
+                None => match s.finish() {
+                    Ok(rec) => (rec, StreamOutcome::Measured),
+                    Err(_) => (empty(interval_us), StreamOutcome::Blocked),
+                },
             },
-            streams,
+            Engine::Stun(s) => {
+                let rec = Box::new(s).finish().unwrap_or_else(|_| empty(interval_us));
+                let answered = rec.probes.iter().any(|p| p.reply.is_some());
+                let outcome = if answered || rec.probes.is_empty() {
+                    StreamOutcome::Measured
+                } else {
+                    StreamOutcome::Blocked
+                };
+                (rec, outcome)
+            }
         };
-        (Ok(report), records(&evidence))
+        let dark_from_us = match (outcome, role) {
+            (StreamOutcome::Measured, Role::Platform | Role::Control) => dark_from_us(&record),
+            _ => None,
+        };
+        ArmResult {
+            role,
+            outcome: if dark_from_us.is_some() {
+                StreamOutcome::Dark
+            } else {
+                outcome
+            },
+            record,
+            dark_from_us,
+        }
+    }
+
+    fn evidence(&self) -> ArmEvidence<'_> {
+        ArmEvidence {
+            record: &self.record,
+            outcome: self.outcome,
+            dark_from_us: self.dark_from_us,
+        }
+    }
+
+    /// The arm's figures as the report carries them.
+    fn stream(&self) -> StreamReport {
+        let mut stream = stream_report(self.role, &self.record, Codec::Opus);
+        stream.outcome = self.outcome;
+        stream.dark_from_ms = self.dark_from_us.and_then(|t| {
+            let start = self.record.probes.first()?.scheduled_us;
+            u32::try_from(t.saturating_sub(start) / 1000).ok()
+        });
+        if matches!(self.role, Role::Relay | Role::RelayReference) {
+            // A STUN server gives no timestamps: one-way figures would be invented.
+            stream.owd_ms = None;
+            stream.jitter_ms = None;
+            stream.jitter_p95_ms = None;
+            stream.jitter_final_ms = None;
+            stream.ipdv_ms = None;
+        }
+        stream
     }
 }
 
