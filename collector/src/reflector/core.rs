@@ -124,8 +124,14 @@ pub struct Reflector {
     sessions: HashMap<(SocketAddr, SessionId), SessionState>,
     /// Where each session's probes come from, for `CountQuery` (kept in step with `sessions`).
     addr_of: HashMap<SessionId, SocketAddr>,
+    /// When a full table was last swept: a flood of Opens or new probes against a full table
+    /// costs one sweep per [`FULL_SWEEP_EVERY_US`], not one each.
+    last_full_sweep_us: Option<u64>,
     stats: ReflectorStats,
 }
+
+/// How often a full session table is swept for expired sessions, at most.
+const FULL_SWEEP_EVERY_US: u64 = 100_000;
 
 impl Reflector {
     /// `secret` keys the cookies; a fresh random one per process is fine (cookies then do not
@@ -136,6 +142,7 @@ impl Reflector {
             limits,
             sessions: HashMap::new(),
             addr_of: HashMap::new(),
+            last_full_sweep_us: None,
             stats: ReflectorStats::default(),
         }
     }
@@ -246,10 +253,7 @@ impl Reflector {
                 reason: RejectReason::BadRequest,
             });
         }
-        if self.sessions.len() >= self.limits.max_sessions {
-            self.sweep(now_us);
-        }
-        if self.sessions.len() >= self.limits.max_sessions {
+        if self.table_full(now_us) {
             // Say so rather than accept a session whose probes would be dropped: a full table
             // must read as "reflector busy" to the agent, never as a blocked path.
             self.stats.dropped_table_full += 1;
@@ -280,12 +284,9 @@ impl Reflector {
                 self.stats.dropped_bad_cookie += 1;
                 return None;
             };
-            if self.sessions.len() >= self.limits.max_sessions {
-                self.sweep(now_us);
-                if self.sessions.len() >= self.limits.max_sessions {
-                    self.stats.dropped_table_full += 1;
-                    return None;
-                }
+            if self.table_full(now_us) {
+                self.stats.dropped_table_full += 1;
+                return None;
             }
             let max_packets = (grant.duration_ms as u64 / grant.interval_ms.max(1) as u64) + 64;
             self.sessions.insert(
@@ -402,6 +403,22 @@ impl Reflector {
             target: q.target,
             reflector_received: received,
         })
+    }
+
+    /// Whether the session table is full, after sweeping it if it was full and the last such
+    /// sweep is at least [`FULL_SWEEP_EVERY_US`] old.
+    fn table_full(&mut self, now_us: u64) -> bool {
+        if self.sessions.len() < self.limits.max_sessions {
+            return false;
+        }
+        let due = self
+            .last_full_sweep_us
+            .is_none_or(|t| now_us.saturating_sub(t) >= FULL_SWEEP_EVERY_US);
+        if due {
+            self.last_full_sweep_us = Some(now_us);
+            self.sweep(now_us);
+        }
+        self.sessions.len() >= self.limits.max_sessions
     }
 
     /// Drops sessions whose time is up; called when the table is full, and now and then.
@@ -761,6 +778,11 @@ mod tests {
                 ..
             })
         ));
+        // Once the session's time (10 s granted + 10 s grace, rounded up) is over, the table is
+        // swept and the next Open is accepted.
+        let later = T0 + 25_000_000;
+        let out = r.handle(later, addr("127.0.0.3:5000"), &open2).unwrap();
+        assert!(matches!(Packet::decode(&out).unwrap(), Packet::Accept(_)));
     }
 
     #[test]
