@@ -102,6 +102,19 @@ struct SessionState {
 }
 
 impl SessionState {
+    /// Refills the token bucket at the granted rate (at most [`BURST_PROBES`]) and takes one
+    /// token; `false` when there is none to take.
+    fn take_token(&mut self, now_us: u64) -> bool {
+        let elapsed = now_us.saturating_sub(self.last_refill_us);
+        self.tokens = (self.tokens + elapsed as f64 / self.interval_us as f64).min(BURST_PROBES);
+        self.last_refill_us = now_us;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+
     fn mark(&mut self, seq: u32) -> bool {
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         match self.seen.get_mut(word) {
@@ -312,15 +325,10 @@ impl Reflector {
             self.stats.dropped_rate += 1;
             return None;
         }
-        let elapsed = now_us.saturating_sub(session.last_refill_us);
-        session.tokens =
-            (session.tokens + elapsed as f64 / session.interval_us as f64).min(BURST_PROBES);
-        session.last_refill_us = now_us;
-        if session.tokens < 1.0 {
+        if !session.take_token(now_us) {
             self.stats.dropped_rate += 1;
             return None;
         }
-        session.tokens -= 1.0;
         session.mark(probe.seq);
         self.stats.probes_reflected += 1;
         Some(Reply {
@@ -369,15 +377,10 @@ impl Reflector {
         }
         // The asking session pays a token, as for a probe: queries cannot outrun its rate.
         if let Some(asker) = self.sessions.get_mut(&(src, q.session)) {
-            let elapsed = now_us.saturating_sub(asker.last_refill_us);
-            asker.tokens =
-                (asker.tokens + elapsed as f64 / asker.interval_us as f64).min(BURST_PROBES);
-            asker.last_refill_us = now_us;
-            if asker.tokens < 1.0 {
+            if !asker.take_token(now_us) {
                 self.stats.dropped_rate += 1;
                 return None;
             }
-            asker.tokens -= 1.0;
         }
         let received = match self.addr_of.get(&q.target).copied() {
             // No probe of the target ever arrived (or its state expired): it received nothing
