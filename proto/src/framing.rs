@@ -588,7 +588,13 @@ pub const STUN_ALLOCATE_REQUEST: u16 = 0x0003;
 pub const STUN_ALLOCATE_SUCCESS: u16 = 0x0103;
 pub const STUN_ALLOCATE_ERROR: u16 = 0x0113;
 const STUN_ATTR_USERNAME: u16 = 0x0006;
-const STUN_ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+/// RFC 8489 §14.5 MESSAGE-INTEGRITY.
+pub const STUN_ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
+/// RFC 8489 Binding request, success and error response types: what the relay arms send and
+/// the reflector answers.
+pub const STUN_BINDING_REQUEST: u16 = 0x0001;
+pub const STUN_BINDING_SUCCESS: u16 = 0x0101;
+pub const STUN_BINDING_ERROR: u16 = 0x0111;
 const STUN_ATTR_REALM: u16 = 0x0014;
 const STUN_ATTR_NONCE: u16 = 0x0015;
 const STUN_ATTR_REQUESTED_TRANSPORT: u16 = 0x0019;

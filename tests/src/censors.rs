@@ -296,7 +296,7 @@ pub fn catalogue() -> Vec<Censor> {
             expect: D,
             relay: false,
             build: |t| {
-                let mut r = port_rule(
+                only(vec![port_rule_from(
                     t.platform_port,
                     Both,
                     RuleImpairment {
@@ -307,9 +307,8 @@ pub fn catalogue() -> Vec<Censor> {
                         },
                         ..RuleImpairment::default()
                     },
-                );
-                r.active_from_ms = 5_000;
-                only(vec![r])
+                    5_000,
+                )])
             },
         },
         Censor {
@@ -361,16 +360,17 @@ pub fn catalogue() -> Vec<Censor> {
             expect: D,
             relay: false,
             build: |t| {
-                let mut r = port_rule(
-                    t.platform_port,
-                    Up,
-                    RuleImpairment {
-                        policer: Some(PolicerConfig::new(t.call_kbps / 4.0)),
-                        ..RuleImpairment::default()
-                    },
-                );
-                r.after_bytes = 40_000;
-                only(vec![r])
+                only(vec![DpiRule {
+                    after_bytes: 40_000,
+                    ..port_rule(
+                        t.platform_port,
+                        Up,
+                        RuleImpairment {
+                            policer: Some(PolicerConfig::new(t.call_kbps / 4.0)),
+                            ..RuleImpairment::default()
+                        },
+                    )
+                }])
             },
         },
         Censor {

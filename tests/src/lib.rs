@@ -99,3 +99,15 @@ pub fn platform_spec_on(
     spec.grace_ms = 300;
     spec
 }
+
+/// A reflector on two free loopback ports (for [`platform_spec_on`]: platform arm on the first,
+/// control arm on the second), with default limits.
+pub async fn spawn_two_port_reflector() -> callwatch_collector::reflector::ReflectorHandle {
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("a literal address");
+    callwatch_collector::reflector::spawn_reflector(
+        &[any, any],
+        callwatch_collector::reflector::Limits::default(),
+    )
+    .await
+    .expect("binding a reflector on loopback")
+}

@@ -8,13 +8,25 @@
 
 use callwatch_collector::aggregate::{exact, Observation, Policy, FIGURES};
 use callwatch_collector::geo::Region;
-use callwatch_collector::http::parse_aggregation_query;
+use callwatch_collector::http::{parse_aggregation_query, AggregationQuery};
 use callwatch_collector::sketch::RELATIVE_ACCURACY;
 use callwatch_collector::store::StoredReport;
 use callwatch_proto::report::StreamKind;
 use callwatch_tests::http;
 use callwatch_tests::seed::{collector, seed, upload, Seeded, REGIONS, VIDEO_MOS_MAX};
 use std::collections::HashMap;
+
+/// `q` as the API parses it.
+fn parsed_query(q: &str) -> AggregationQuery {
+    let params: HashMap<String, String> = q
+        .split('&')
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    parse_aggregation_query(&params).unwrap()
+}
 
 fn close(api: f64, exact: f64) -> bool {
     (api - exact).abs() <= RELATIVE_ACCURACY * exact.abs() + 1e-9
@@ -71,14 +83,7 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
         let api: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(api["min_agents"], 3);
         assert_eq!(api["relative_error"], RELATIVE_ACCURACY);
-        let params: HashMap<String, String> = q
-            .split('&')
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        let parsed = parse_aggregation_query(&params).unwrap();
+        let parsed = parsed_query(q);
         let want = exact(&observations, &parsed.axes, &parsed.filter, &policy);
         let got = api["result"].as_array().unwrap();
         assert_eq!(got.len(), want.len(), "{q}: published cells differ");
@@ -127,14 +132,7 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
             .unwrap();
         let api: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(api["kind"], "voice", "{q}: the body says what it covers");
-        let params: HashMap<String, String> = q
-            .split('&')
-            .map(|kv| {
-                let (k, v) = kv.split_once('=').unwrap();
-                (k.to_string(), v.to_string())
-            })
-            .collect();
-        let parsed = parse_aggregation_query(&params).unwrap();
+        let parsed = parsed_query(q);
         let want = exact(&voice, &parsed.axes, &parsed.filter, &policy);
         let got = api["result"].as_array().unwrap();
         assert_eq!(got.len(), want.len(), "{q}");

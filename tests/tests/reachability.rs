@@ -7,9 +7,9 @@ use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::queue::Queue;
 use callwatch_agent::runner::{run_one_test, spec_for, TestOutcome};
 use callwatch_agent::state::SharedState;
-use callwatch_collector::reflector::{spawn_reflector, Limits};
 use callwatch_proto::report::VerdictRule;
 use callwatch_proto::{Platform, Verdict};
+use callwatch_tests::spawn_two_port_reflector;
 use std::net::UdpSocket;
 
 fn config(reflector: &str, platform_port: u16, control_port: u16) -> Config {
@@ -54,15 +54,7 @@ async fn silence_is_a_local_error_until_the_reflector_has_answered_once() {
     );
 
     // A real reflector on the same two ports' stand-ins answers once...
-    let reflector = spawn_reflector(
-        &[
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        ],
-        Limits::default(),
-    )
-    .await
-    .unwrap();
+    let reflector = spawn_two_port_reflector().await;
     let live = config(
         &reflector.addrs[0].to_string(),
         reflector.addrs[0].port(),

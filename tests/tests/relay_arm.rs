@@ -7,7 +7,7 @@ use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_collector::reflector::{spawn_reflector, Limits};
 use callwatch_proto::report::{StreamOutcome, VerdictRule};
 use callwatch_proto::{Platform, Role, Verdict};
-use callwatch_tests::platform_spec_on;
+use callwatch_tests::{platform_spec_on, spawn_two_port_reflector};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -115,15 +115,7 @@ async fn relay_arm_measures_a_real_coturn_on_loopback() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_relay_with_a_reachable_reference_is_differentiated() {
-    let reflector = spawn_reflector(
-        &[
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        ],
-        Limits::default(),
-    )
-    .await
-    .unwrap();
+    let reflector = spawn_two_port_reflector().await;
     // A bound socket that never answers stands in for a relay the network blackholes.
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut spec = platform_spec_on(&reflector.addrs, Platform::Whatsapp, 2_000);
@@ -157,15 +149,7 @@ async fn a_silent_relay_with_a_reachable_reference_is_differentiated() {
 async fn an_operators_coturn_can_be_the_relays_reference() {
     let dir = tempfile::tempdir().unwrap();
     let (_coturn, stun) = start_coturn(dir.path());
-    let reflector = spawn_reflector(
-        &[
-            "127.0.0.1:0".parse().unwrap(),
-            "127.0.0.1:0".parse().unwrap(),
-        ],
-        Limits::default(),
-    )
-    .await
-    .unwrap();
+    let reflector = spawn_two_port_reflector().await;
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut spec = platform_spec_on(&reflector.addrs, Platform::Whatsapp, 2_000);
     spec.relay_server = Some(silent.local_addr().unwrap());
@@ -184,6 +168,8 @@ async fn an_operators_coturn_can_be_the_relays_reference() {
         reference.packets_received, RELAY_REQUESTS,
         "coturn answered"
     );
+    // coturn, not the reflector host (the default reference), answered them.
+    assert_eq!(reflector.stats().stun_bindings, 0);
     assert_eq!(
         report.verdict_detail.unwrap().rule,
         Some(VerdictRule::PlatformServersUnreachable)

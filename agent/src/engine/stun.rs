@@ -14,10 +14,11 @@ use super::session::{ArmSession, Progress, SessionError};
 use crate::metrics::{ProbeRecord, ReplyRecord, StreamRecord};
 
 /// RFC 8489 §6: the magic cookie every STUN message carries at bytes 4..8.
-pub const MAGIC_COOKIE: u32 = 0x2112_A442;
-const BINDING_REQUEST: u16 = 0x0001;
-const BINDING_SUCCESS: u16 = 0x0101;
-const BINDING_ERROR: u16 = 0x0111;
+pub use callwatch_proto::framing::STUN_MAGIC_COOKIE as MAGIC_COOKIE;
+use callwatch_proto::framing::{
+    STUN_BINDING_ERROR as BINDING_ERROR, STUN_BINDING_REQUEST as BINDING_REQUEST,
+    STUN_BINDING_SUCCESS as BINDING_SUCCESS,
+};
 /// SOFTWARE attribute (comprehension-optional), naming the tool honestly to the server.
 const ATTR_SOFTWARE: u16 = 0x8022;
 /// Long enough that the request outgrows the reflector's Binding response with an IPv6

@@ -29,6 +29,9 @@
 //!    high-entropy), so the reflector's direction looks like the agent's without a random draw.
 
 use callwatch_proto::framing::{self, Detected, PreambleMessage};
+use callwatch_proto::framing::{
+    STUN_ATTR_FINGERPRINT, STUN_ATTR_MESSAGE_INTEGRITY, STUN_BINDING_REQUEST, STUN_BINDING_SUCCESS,
+};
 use callwatch_proto::probe::{
     Accept, Close, CloseAck, Cookie, CountQuery, CountReply, Open, Packet, Probe, Reject,
     RejectReason, Reply, SessionId, COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN, REPLY_HEADER_LEN,
@@ -505,17 +508,11 @@ impl Reflector {
     }
 }
 
-/// RFC 8489 Binding request type and success response type.
-const STUN_BINDING_REQUEST: u16 = 0x0001;
-const STUN_BINDING_SUCCESS: u16 = 0x0101;
 /// RFC 8489 §14.2 XOR-MAPPED-ADDRESS.
 const STUN_ATTR_XOR_MAPPED_ADDRESS: u16 = 0x0020;
 /// RFC 8656 §18.5 XOR-RELAYED-ADDRESS and §18.2 LIFETIME.
 const STUN_ATTR_XOR_RELAYED_ADDRESS: u16 = 0x0016;
 const STUN_ATTR_LIFETIME: u16 = 0x000D;
-/// RFC 8489 §14.5 MESSAGE-INTEGRITY and §14.7 FINGERPRINT.
-const STUN_ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
-const STUN_ATTR_FINGERPRINT: u16 = 0x8028;
 /// RFC 8656's default allocation lifetime, 10 minutes.
 const TURN_DEFAULT_LIFETIME_S: u32 = 600;
 
