@@ -2,6 +2,7 @@
 # Installs the callwatch agent as a system service (Linux, systemd), non-interactively.
 #
 #   sudo packaging/install-agent.sh --collector HOST:PORT --pin HEX [--reflector HOST:PORT]
+#        [--reflector-key HEX]
 #
 # Creates the unprivileged user `callwatch`, its state folder /var/lib/callwatch (mode 0700),
 # the config and a new signing key there (owner-only), installs the unit and starts it.
@@ -9,17 +10,18 @@
 # Expects the binary at /usr/local/bin/callwatch-agent (`cargo install --path agent --root /usr/local`).
 set -eu
 
-collector= pin= reflector= force=
+collector= pin= reflector= reflector_key= force=
 bin=/usr/local/bin/callwatch-agent
 state=/var/lib/callwatch
 unit_dir=/etc/systemd/system
 start=yes
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --collector) collector=$2; shift 2 ;;
     --pin) pin=$2; shift 2 ;;
     --reflector) reflector=$2; shift 2 ;;
+    --reflector-key) reflector_key=$2; shift 2 ;;
     --force) force=--force; shift ;;
     --bin) bin=$2; shift 2 ;;
     --state-dir) state=$2; shift 2 ;;
@@ -40,6 +42,7 @@ fi
 install -d -m 0700 -o callwatch -g callwatch "$state"
 set -- init --config "$state/agent.toml" --collector "$collector" --pin "$pin"
 [ -n "$reflector" ] && set -- "$@" --reflector "$reflector"
+[ -n "$reflector_key" ] && set -- "$@" --reflector-key "$reflector_key"
 [ -n "$force" ] && set -- "$@" --force
 # As the service user, so the key and config belong to it (and only it).
 su -s /bin/sh callwatch -c "umask 077; \"$bin\" $(printf '"%s" ' "$@")"

@@ -2,6 +2,7 @@
 //!
 //! Every mistake is reported with its key, all at once, before anything runs.
 
+use callwatch_proto::seal::ReflectorKey;
 use callwatch_proto::Platform;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -25,6 +26,10 @@ pub struct Config {
     pub server_name: String,
     /// Reflector UDP address, `host:port`.
     pub reflector: String,
+    /// The reflector's key (64 hex digits, its `reflector.pub`): seals the platform arm's probes
+    /// so that a DPI box cannot tell them from the platform's payload. Unset: they travel bare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reflector_key: Option<String>,
     /// Platforms to test, in turn.
     #[serde(default = "default_platforms")]
     pub platforms: Vec<Platform>,
@@ -274,6 +279,7 @@ impl Config {
             collector_pin,
             server_name: default_server_name(),
             reflector,
+            reflector_key: None,
             platforms: default_platforms(),
             duration_secs: default_duration_secs(),
             interval_ms: default_interval_ms(),
@@ -369,6 +375,11 @@ impl Config {
         };
         host_port("collector", &self.collector, &mut p);
         host_port("reflector", &self.reflector, &mut p);
+        if let Some(key) = &self.reflector_key {
+            if let Err(e) = key.parse::<ReflectorKey>() {
+                p.push(format!("reflector_key = {key:?}: {e}"));
+            }
+        }
         if self.collector_pin.len() != 64 || hex::decode(&self.collector_pin).is_err() {
             p.push(format!(
                 "collector_pin = {:?}: expected the 64 hex digits of the collector's \

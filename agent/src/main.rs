@@ -6,6 +6,7 @@ use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_agent::queue::Queue;
 use callwatch_agent::{identity, report_text, runner};
+use callwatch_proto::seal::ReflectorKey;
 use callwatch_proto::Platform;
 use clap::{Parser, Subcommand};
 use std::io::IsTerminal;
@@ -41,6 +42,11 @@ enum Command {
         /// Reflector UDP address, host:port (default: the collector's host, port 3479).
         #[arg(long, value_name = "HOST:PORT")]
         reflector: Option<String>,
+        /// The reflector's key (the 64 hex digits of its reflector.pub file, printed when the
+        /// collector starts). With it the platform arm's probes are sealed, so a DPI box cannot
+        /// tell them from the platform's own payload; without it they travel bare.
+        #[arg(long = "reflector-key", value_name = "HEX")]
+        reflector_key: Option<ReflectorKey>,
         /// Replace an existing config and key.
         #[arg(long)]
         force: bool,
@@ -89,6 +95,10 @@ enum Command {
         /// Local address to send from.
         #[arg(long, value_name = "ADDR")]
         bind: Option<IpAddr>,
+        /// The reflector's key (64 hex digits, its reflector.pub): seals the platform arm's
+        /// probes so that a DPI box cannot tell them from the platform's payload.
+        #[arg(long = "reflector-key", value_name = "HEX")]
+        reflector_key: Option<ReflectorKey>,
         /// Print exactly one JSON object (the report) on stdout.
         #[arg(long)]
         json: bool,
@@ -219,6 +229,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             collector,
             pin,
             reflector,
+            reflector_key,
             force,
         } => {
             let reflector = match reflector {
@@ -231,7 +242,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     format!("{host}:3479")
                 }
             };
-            let cfg = Config::new(collector, pin.to_ascii_lowercase(), reflector);
+            let mut cfg = Config::new(collector, pin.to_ascii_lowercase(), reflector);
+            cfg.reflector_key = reflector_key.map(|k| k.to_hex());
             if let Err(problems) = cfg.validate() {
                 anyhow::bail!("{}", problems.join("; "));
             }
@@ -266,6 +278,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             relay,
             relay_reference,
             video,
+            reflector_key,
         } => {
             let addr: SocketAddr = runner::resolve("reflector", &reflector)?;
             let relay_server = relay.map(|r| runner::resolve("relay", &r)).transpose()?;
@@ -282,6 +295,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 relay_server,
                 relay_reference,
                 video,
+                reflector_key,
                 ..TestSpec::voice(addr, duration.saturating_mul(1000))
             };
             spec.validate()?;

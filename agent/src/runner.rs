@@ -60,6 +60,12 @@ pub fn spec_for(cfg: &Config, platform: callwatch_proto::Platform) -> Result<Tes
     spec.platform_port = cfg.platform_port;
     spec.control_port = cfg.control_port;
     spec.video = cfg.video;
+    spec.reflector_key = cfg
+        .reflector_key
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("reflector_key: {e}"))?;
     if let Some(server) = cfg.relay_servers.get(&platform).and_then(|s| s.first()) {
         spec.relay_server = Some(resolve("relay", server)?);
     }

@@ -328,6 +328,12 @@ pub fn render_metrics(state: &AppState) -> String {
             &[(String::new(), s.probes_reflected)],
         );
         metric(
+            "callwatch_reflector_sealed_total",
+            "counter",
+            "Sealed platform-arm datagrams answered (probe cores masked to the reflector's key).",
+            &[(String::new(), s.sealed)],
+        );
+        metric(
             "callwatch_reflector_bytes_total",
             "counter",
             "Reflector bytes by direction (out never exceeds in).",

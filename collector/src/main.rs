@@ -188,6 +188,10 @@ async fn run(cli: Cli) -> Result<()> {
                 "collector pin (SHA-256 of its certificate): {}",
                 collector.pin
             );
+            println!(
+                "reflector key (agents' reflector_key; also in reflector.pub): {}",
+                collector.reflector.seal_key
+            );
             println!("QUIC ingest on {}", collector.quic_addr);
             for a in &collector.reflector.addrs {
                 println!("reflector on udp {a}");

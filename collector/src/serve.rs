@@ -4,7 +4,7 @@ use crate::cert;
 use crate::geo::Geo;
 use crate::http::{router, AppState};
 use crate::ingest::{spawn_ingest, Ingest, IngestConfig};
-use crate::reflector::{spawn_reflector, Limits, ReflectorHandle};
+use crate::reflector::{spawn_reflector_sealed, Limits, ReflectorHandle};
 use crate::store::{ReportStore, SledStore};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -102,7 +102,8 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         rate_limits: cfg.rate_limits,
     })?;
     let quic_addr = ingest.local_addr()?;
-    let reflector = spawn_reflector(&cfg.reflectors, cfg.reflector_limits)
+    let seal = crate::reflector::identity::load_or_create(&cfg.data_dir)?;
+    let reflector = spawn_reflector_sealed(&cfg.reflectors, cfg.reflector_limits, seal)
         .await
         .with_context(|| format!("binding reflector on {:?}", cfg.reflectors))?;
     let listener = tokio::net::TcpListener::bind(cfg.http)

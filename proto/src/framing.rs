@@ -469,7 +469,22 @@ impl Framing {
     /// The core packet inside `datagram`, if it is in exactly this framing (same type, channel,
     /// payload type, SSRC, tags and attributes).
     pub fn unwrap<'a>(&self, datagram: &'a [u8]) -> Result<&'a [u8], FramingError> {
-        let (found, core) = parse(datagram)?;
+        self.unwrap_with(datagram, true)
+    }
+
+    /// The payload inside `datagram` if it is in exactly this framing, whether or not it is a
+    /// bare core packet (a sealed core, see [`detect_sealed`]). For [`Framing::Raw`] it is
+    /// [`Framing::unwrap`].
+    pub fn unwrap_sealed<'a>(&self, datagram: &'a [u8]) -> Result<&'a [u8], FramingError> {
+        self.unwrap_with(datagram, false)
+    }
+
+    fn unwrap_with<'a>(
+        &self,
+        datagram: &'a [u8],
+        core_only: bool,
+    ) -> Result<&'a [u8], FramingError> {
+        let (found, core) = parse_with(datagram, core_only)?;
         if found == *self {
             return Ok(core);
         }
@@ -519,6 +534,17 @@ impl Framing {
 /// than the request core.
 pub fn detect(datagram: &[u8]) -> Option<(Framing, &[u8])> {
     parse(datagram).ok()
+}
+
+/// The smallest payload [`detect_sealed`] accepts: a keyed envelope's nonce and a core's version
+/// and kind.
+const SEALED_MIN_LEN: usize = crate::seal::NONCE_LEN + 2;
+
+/// Like [`detect`], for a platform framing whose payload may be a sealed core ([`crate::seal`]):
+/// the payload is not required to be a bare core packet. Never gives [`Framing::Raw`]; the same
+/// length rules hold (an answer framed alike and no longer inside is no longer on the wire).
+pub fn detect_sealed(datagram: &[u8]) -> Option<(Framing, &[u8])> {
+    parse_with(datagram, false).ok()
 }
 
 /// Recognises everything a reflector answers: a core packet in a framing (exactly as [`detect`]),
@@ -836,6 +862,12 @@ pub(crate) fn mix64(mut x: u64) -> u64 {
 }
 
 fn parse(d: &[u8]) -> Result<(Framing, &[u8]), FramingError> {
+    parse_with(d, true)
+}
+
+/// [`parse`]; with `core_only` false, the payload inside a platform framing may be anything
+/// (a sealed core, see [`crate::seal`]), so long as it is at least a nonce long.
+fn parse_with(d: &[u8], core_only: bool) -> Result<(Framing, &[u8]), FramingError> {
     let first = *d
         .first()
         .ok_or(FramingError::Unrecognised("empty datagram"))?;
@@ -849,7 +881,8 @@ fn parse(d: &[u8]) -> Result<(Framing, &[u8]), FramingError> {
         }
         0xC0..=0xFF => parse_telegram(d)?,
     };
-    if !is_core_prefix(core) {
+    let sealed_payload = !core_only && framing != Framing::Raw && core.len() >= SEALED_MIN_LEN;
+    if !sealed_payload && !is_core_prefix(core) {
         return Err(FramingError::Unrecognised(
             "the payload is not a callwatch packet",
         ));

@@ -11,6 +11,7 @@ pub mod platform;
 pub mod probe;
 pub mod profile;
 pub mod report;
+pub mod seal;
 pub mod sign;
 pub mod upload;
 

@@ -304,6 +304,24 @@ impl Packet {
         }
     }
 
+    /// Decodes the packet at the start of `buf`, ignoring what follows a fixed-length packet
+    /// (a sealed envelope pads its core to the profile's sizes, see [`crate::seal`]); a probe or
+    /// reply takes all of `buf`. Returns the packet and the bytes it took. Never panics.
+    pub fn decode_prefix(buf: &[u8]) -> Result<(Packet, usize), DecodeError> {
+        let fixed = match buf.get(1).copied() {
+            Some(KIND_OPEN) => Some(OPEN_LEN),
+            Some(KIND_ACCEPT) => Some(ACCEPT_LEN),
+            Some(KIND_REJECT) => Some(REJECT_LEN),
+            Some(KIND_CLOSE) => Some(CLOSE_LEN),
+            Some(KIND_CLOSE_ACK) => Some(CLOSE_ACK_LEN),
+            Some(KIND_COUNT_QUERY) => Some(COUNT_QUERY_LEN),
+            Some(KIND_COUNT_REPLY) => Some(COUNT_REPLY_LEN),
+            _ => None,
+        };
+        let take = fixed.map_or(buf.len(), |n| n.min(buf.len()));
+        Ok((Packet::decode(&buf[..take])?, take))
+    }
+
     /// Decodes one packet. Never panics; any byte string yields a packet or a [`DecodeError`].
     pub fn decode(buf: &[u8]) -> Result<Packet, DecodeError> {
         let mut r = Reader { buf, pos: 0 };

@@ -77,6 +77,11 @@ pub struct CallReport {
     #[serde(default)]
     pub stream_kind: StreamKind,
     pub streams: Vec<StreamReport>,
+    /// Whether the platform arm's probe cores were sealed to the reflector's key (so a DPI box
+    /// could not tell them from the platform's payload). `false` in reports made without the
+    /// reflector's key, and in every report made before sealing existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub probes_sealed: bool,
 }
 
 /// The stream shape a test sent.
@@ -525,6 +530,7 @@ impl CallReport {
             payload_bytes: 172,
             verdict: None,
             verdict_detail: None,
+            probes_sealed: false,
             stream_kind: StreamKind::Voice,
             streams: vec![StreamReport {
                 role: Role::Platform,

@@ -271,6 +271,7 @@ EOF
 # starts with version 1, kind 1. Transport-header bit offsets: STUN type at (8+0)*8 = 64, cookie
 # at (8+4)*8 = 96, core at (8+32)*8 = 320. A lab-only model: a real censor does not know
 # callwatch's Open; it shows what a handshake-only block of an otherwise identical flow does.
+# It can only match a bare Open, so this model's tests run without the reflector's key.
 model_handshake-open-match() {
     nft_head
     nft_chain
@@ -665,7 +666,9 @@ start_reflector() {
         alive "$pid" || die "the collector exited: $(tail -5 "$WORK/collector.log")"
         die "the reflector did not bind all of $REFLECTOR_PORTS on $REFL_IP within 30 s (see $WORK/collector.log)"
     fi
-    note "reflector on $REFL_IP, udp ports $REFLECTOR_PORTS (pid $pid)"
+    REFLECTOR_KEY=$(tr -d '[:space:]' <"$WORK/collector/reflector.pub") ||
+        die "the collector wrote no $WORK/collector/reflector.pub"
+    note "reflector on $REFL_IP, udp ports $REFLECTOR_PORTS (pid $pid), key $REFLECTOR_KEY"
 }
 
 COTURN=0
@@ -816,6 +819,9 @@ run_model() {
         out=$WORK/$m-$i.json
         err=$WORK/$m-$i.err
         local args=(test --reflector "$REFL_IP:$GENERIC_PORT" --platform "$PLATFORM" --duration "$DURATION" --json)
+        # Sealed platform arms, as a configured agent sends; handshake-open-match matches a
+        # cleartext Open, which only a bare arm (an agent without the key) has.
+        if [[ $m != handshake-open-match ]]; then args+=(--reflector-key "$REFLECTOR_KEY"); fi
         # With --relay the agent also sends the same STUN Binding requests to the reflector host
         # (role relay-reference; the reflector answers them on the control port).
         if ((relay)); then args+=(--relay "$RELAY_IP:$STUN_PORT"); fi

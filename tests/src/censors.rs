@@ -211,15 +211,15 @@ pub fn catalogue() -> Vec<Censor> {
         },
         Censor {
             name: "handshake-block",
-            what: "only the call set-up (our Open) dropped; media would pass",
+            what: "only the call set-up dropped: the first 20 datagrams to the platform port \
+                   (as the lab's nftables model does); media after them would pass",
             expect: D,
             relay: false,
             build: |t| {
+                // Not our Open's bytes: sealed, a censor cannot see them. What it can do is
+                // what the lab does, drop the start of every flow to the platform's port.
                 let mut r = port_rule(t.platform_port, Up, loss(1.0));
-                r.patterns = vec![ByteMatch::At {
-                    offset: t.handshake_offset?,
-                    bytes: vec![1, 1],
-                }];
+                r.first_packets = HANDSHAKE_PACKETS;
                 only(vec![r])
             },
         },
@@ -443,9 +443,11 @@ pub fn catalogue() -> Vec<Censor> {
         Censor {
             name: "aware-exempts-probes",
             what: "a censor that knows callwatch: the platform framing's bytes dropped 20 %, \
-                   except packets with a cleartext callwatch probe header: the measurement's \
-                   blind spot until the header is encrypted, never a finding",
-            expect: N,
+                   except packets with a cleartext callwatch probe header (version byte 1 where \
+                   the core starts). Sealed probes show no header, so the censor hits them like \
+                   the platform's own calls and is found; bare probes (an agent without the \
+                   reflector's key) would be exempted and judged `none`",
+            expect: D,
             relay: false,
             build: |t| {
                 // Every callwatch core packet starts with its version byte, 1, at the same offset
@@ -487,8 +489,19 @@ pub fn catalogue() -> Vec<Censor> {
     ]
 }
 
-/// One simulated test of `platform` through `censor`; `None` where the model does not apply.
+/// One simulated test of `platform` through `censor` by an agent that seals its platform arm
+/// (as every agent given the reflector's key does); `None` where the model does not apply.
 pub fn simulate(platform: Platform, censor: &Censor, seed: u64) -> Result<Option<CallReport>> {
+    simulate_sealed(platform, censor, seed, true)
+}
+
+/// [`simulate`], with the platform arm's cores sealed or bare.
+pub fn simulate_sealed(
+    platform: Platform,
+    censor: &Censor,
+    seed: u64,
+    sealed: bool,
+) -> Result<Option<CallReport>> {
     let target = Target::of(platform)?;
     let Some((path, rules)) = (censor.build)(&target) else {
         return Ok(None);
@@ -497,6 +510,8 @@ pub fn simulate(platform: Platform, censor: &Censor, seed: u64) -> Result<Option
     spec.platform = platform;
     spec.size = None;
     spec.reached_before = true;
+    // Agents set up as the docs say know the reflector's key: their platform arms are sealed.
+    spec.reflector_key = sealed.then(crate::sim::sim_reflector_key);
     if censor.relay {
         spec.relay_server = Some(SocketAddr::from(([127, 0, 0, 9], RELAY_PORT)));
     }
@@ -510,6 +525,10 @@ pub fn simulate(platform: Platform, censor: &Censor, seed: u64) -> Result<Option
     let run = simulate_call(&spec, cfg, 7_000_000_000, seed)?;
     run.report.map(Some).map_err(|e| anyhow!("{e}"))
 }
+
+/// Datagrams the `handshake-block` model drops at the start of a flow (the lab's
+/// `CWLAB_HANDSHAKE_N`): more than a test's Opens and preambles.
+pub const HANDSHAKE_PACKETS: u64 = 20;
 
 /// Verdict counts of one (censor, platform) row.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

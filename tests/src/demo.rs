@@ -153,6 +153,7 @@ pub async fn run_demo(cfg: &DemoConfig) -> Result<DemoResult> {
             collector.pin.clone(),
             ports[0].to_string(),
         );
+        ac.reflector_key = Some(collector.reflector.seal_key.to_hex());
         ac.platform_port = Some(ports[1].port());
         ac.control_port = Some(ports[2].port());
         ac.bind = Some(IpAddr::V4(*ip));

@@ -16,6 +16,7 @@ use callwatch_agent::engine::call::{CallRandom, CallTest};
 use callwatch_agent::engine::{TestError, TestSpec};
 use callwatch_agent::metrics::StreamRecord;
 use callwatch_collector::reflector::{stun_binding_success, Limits, Reflector};
+use callwatch_proto::seal::{ReflectorKey, ReflectorSecret};
 use callwatch_proto::{CallReport, Role};
 use chrono::DateTime;
 use std::cmp::Reverse;
@@ -153,11 +154,22 @@ pub fn agent_port(i: usize) -> u16 {
     40_000 + i as u16
 }
 
+/// The simulated reflector's static sealing secret (fixed: simulations are reproducible).
+fn sim_reflector_secret() -> ReflectorSecret {
+    ReflectorSecret::from_bytes([0x5e; 32])
+}
+
+/// The key a simulated agent seals its platform arm to (`TestSpec::reflector_key`).
+pub fn sim_reflector_key() -> ReflectorKey {
+    sim_reflector_secret().public()
+}
+
 /// Runs one call test — the agent's real `CallTest`, every arm, handshakes, closes, the count
 /// exchange, report and verdict — through `impairment`, against the collector's real reflector
 /// core. Datagrams to the reflector host go to the reflector; datagrams to `spec.relay_server`
 /// go to a STUN server that answers Binding requests as any would (the reflector's own
-/// responder stands in for it). The reflector's clock runs `reflector_offset_us` ahead of the
+/// responder stands in for it). The reflector answers sealed platform arms to
+/// [`sim_reflector_key`] as well as bare ones. The reflector's clock runs `reflector_offset_us` ahead of the
 /// agent's, as unsynchronised clocks do.
 pub fn simulate_call(
     spec: &TestSpec,
@@ -180,7 +192,7 @@ pub fn simulate_call_observed(
     let mut model = Impairment::new(impairment).map_err(|e| anyhow!("impairment: {e}"))?;
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&seed.to_be_bytes());
-    let mut reflector = Reflector::new(secret, Limits::default());
+    let mut reflector = Reflector::new(secret, Limits::default()).with_seal(sim_reflector_secret());
     let started_at = DateTime::from_timestamp(1_760_000_000, 0).unwrap_or_default();
     let mut test = CallTest::new(spec, CallRandom::from_seed(seed), started_at, 0)
         .map_err(|e| anyhow!("{e}"))?;

@@ -72,6 +72,7 @@ async fn a_platform_test_runs_both_arms_and_the_video_profile_on_request() {
         .await
         .unwrap();
     let (p, c) = (reflector.addrs[0], reflector.addrs[1]);
+    let key = reflector.seal_key.to_hex();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(callwatch_tests::built_binary("callwatch-agent"))
             .args([
@@ -86,6 +87,7 @@ async fn a_platform_test_runs_both_arms_and_the_video_profile_on_request() {
             .args(["--reflector", &p.to_string()])
             .args(["--platform-port", &p.port().to_string()])
             .args(["--control-port", &c.port().to_string()])
+            .args(["--reflector-key", &key])
             .output()
             .unwrap()
     })
@@ -98,6 +100,7 @@ async fn a_platform_test_runs_both_arms_and_the_video_profile_on_request() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["platform"], "whatsapp");
+    assert_eq!(v["probes_sealed"], true);
     assert_eq!(v["interval_ms"], 5, "the video stream's interval");
     assert_eq!(v["payload_bytes"], 1200);
     let roles: Vec<&str> = v["streams"]
@@ -285,6 +288,7 @@ fn serve_prints_and_writes_its_pin() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
     let _ = child.kill();
     let _ = child.wait();
     let pin = first.rsplit(' ').next().unwrap().to_string();
@@ -296,4 +300,56 @@ fn serve_prints_and_writes_its_pin() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    // The reflector's sealing key: printed, published, its secret owner-only.
+    let key = second.rsplit(' ').next().unwrap();
+    assert!(
+        second.contains("reflector key") && key.len() == 64,
+        "{second}"
+    );
+    let published = std::fs::read_to_string(data.join("reflector.pub")).unwrap();
+    assert_eq!(published.trim(), key);
+    let mode = std::fs::metadata(data.join("reflector.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_bad_reflector_key_is_named_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
+        .args(["init", "--config"])
+        .arg(&config)
+        .args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)])
+        .args(["--reflector-key", "not-a-key"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--reflector-key") && err.contains("64 hex digits"),
+        "{err}"
+    );
+    assert!(!config.exists() && !dir.path().join("agent.key").exists());
+    // A good one lands in the config.
+    let key = "11".repeat(32);
+    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
+        .args(["init", "--config"])
+        .arg(&config)
+        .args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)])
+        .args(["--reflector-key", &key])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains(&format!("reflector_key = \"{key}\"")),
+        "{text}"
+    );
 }

@@ -5,13 +5,22 @@
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_collector::reflector::{spawn_reflector, Limits};
+use callwatch_proto::seal::ReflectorKey;
 use callwatch_proto::{CallReport, Platform, Role, Verdict};
 use callwatch_tests::censors::stun_rule;
 use callwatch_tests::emulator::{ImpairmentConfig, Relay, RelayConfig, Route, RuleImpairment};
 use std::net::SocketAddr;
 
-async fn run(platform: Platform, platform_at: SocketAddr, control_at: SocketAddr) -> CallReport {
+async fn run(
+    platform: Platform,
+    platform_at: SocketAddr,
+    control_at: SocketAddr,
+    key: ReflectorKey,
+) -> CallReport {
     let mut spec = TestSpec::voice(platform_at, 15_000);
+    // Sealed, as an agent given the reflector's key sends: the DPI rule still sees the STUN
+    // framing's cookie, never a probe header.
+    spec.reflector_key = Some(key);
     spec.platform = platform;
     spec.size = None; // the profile's sizes
     spec.platform_port = Some(platform_at.port());
@@ -51,8 +60,16 @@ async fn whatsapp_is_differentiated_through_a_stun_rule_and_telegram_is_not() {
     .await
     .unwrap();
     let (p, c) = (relay.local_addrs()[0], relay.local_addrs()[1]);
-    let (whatsapp, telegram) =
-        tokio::join!(run(Platform::Whatsapp, p, c), run(Platform::Telegram, p, c));
+    let key = reflector.seal_key;
+    let (whatsapp, telegram) = tokio::join!(
+        run(Platform::Whatsapp, p, c, key),
+        run(Platform::Telegram, p, c, key)
+    );
+    assert!(whatsapp.probes_sealed && telegram.probes_sealed);
+    // Both platform arms (15 s at 20 ms each) went through the sealed path; the bare control
+    // arms did not.
+    let sealed = reflector.stats_source().stats().sealed;
+    assert!((1_000..=1_600).contains(&sealed), "{sealed} sealed answers");
     let truth = relay.shutdown().await.unwrap().ground_truth;
 
     let stream = |r: &CallReport, role| r.streams.iter().find(|s| s.role == role).cloned().unwrap();

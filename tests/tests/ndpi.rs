@@ -58,7 +58,9 @@ fn capture(platform: Platform, seed: u64) -> (Vec<Wire>, Vec<(Role, u16)>) {
     let mut spec = TestSpec::voice(SocketAddr::from(([127, 0, 0, 1], 40401)), TEST_MS);
     spec.platform = platform;
     spec.size = None; // the profile's sizes
-                      // A loss-free path of 1 ms each way.
+                      // Sealed, as a configured agent sends (the classification must hold for what goes out).
+    spec.reflector_key = Some(callwatch_tests::sim::sim_reflector_key());
+    // A loss-free path of 1 ms each way.
     let path = PathConfig {
         delay: DelayConfig::fixed(1.0),
         ..PathConfig::default()

@@ -30,7 +30,7 @@ use super::stun::{StunConfig, StunSession};
 use super::{TestError, TestSpec, AGENT_VERSION};
 use crate::metrics::{stream_report, Codec, StreamRecord};
 use crate::verdict::{judge_call, ArmEvidence, CallEvidence, VerdictConfig};
-use callwatch_proto::framing::neutral_session_id;
+use callwatch_proto::framing::{neutral_session_id, Framing};
 use callwatch_proto::probe::{CountQuery, Packet};
 use callwatch_proto::profile::profile;
 use callwatch_proto::report::{StreamKind, StreamOutcome, SCHEMA_VERSION};
@@ -58,6 +58,8 @@ pub struct CallRandom {
     /// Per-test seeds of the platform and control arms' wire dress (`Session::dressed`): the
     /// framing's tags and SSRC, RTP starts, high-entropy padding, the preamble's random fields.
     pub wire_seeds: [u64; 2],
+    /// The platform arm's secret for sealing (its ephemeral keys and nonces).
+    pub seal_seed: [u8; 32],
 }
 
 impl CallRandom {
@@ -67,6 +69,7 @@ impl CallRandom {
             session_ids: [rng.gen(), rng.gen()],
             stun_tags: [rng.gen(), rng.gen()],
             wire_seeds: [rng.gen(), rng.gen()],
+            seal_seed: rng.gen(),
         }
     }
 
@@ -135,6 +138,8 @@ pub struct CallTest {
     started_at: DateTime<Utc>,
     report_id: ReportId,
     count: CountExchange,
+    /// Whether the platform arm's cores are sealed to the reflector's key.
+    sealed: bool,
 }
 
 impl CallTest {
@@ -154,19 +159,38 @@ impl CallTest {
             grace_ms: spec.grace_ms,
         };
         let mut arms = Vec::new();
+        let mut sealed = false;
         for (i, (role, framing, peer)) in spec.arms().into_iter().enumerate() {
             // Every arm's session id keeps its bare packets free of a STUN look-alike header.
             let id = neutral_session_id(random.session_ids[i.min(1)]);
             // Each arm dressed for this test: fresh tags, SSRC and RTP starts, random padding, and
             // the platform's preamble (if its profile has one) on the platform arm.
             let preamble = profile(spec.platform).preamble.as_ref();
-            let session = Session::new(id, cfg, now_us)
-                .with_framing(framing, spec.wire_sizes())
-                .dressed(
-                    random.wire_seeds[i.min(1)],
-                    preamble.filter(|_| role == Role::Platform),
-                    u64::try_from(started_at.timestamp()).unwrap_or(0),
-                );
+            // Only a platform arm in its platform's framing is sealed: it must look like the
+            // platform's payload. The control arm stays bare and neutral (docs/DETECTION.md).
+            let seal = match (role, &framing) {
+                (Role::Platform, f) if *f != Framing::Raw => spec.reflector_key,
+                _ => None,
+            };
+            // Both arms send the same bytes: every arm after the first sends the lengths the
+            // first (platform) arm actually puts on the wire, which its framing and seal may
+            // round (a padded framing, the smallest core).
+            let sizes = match arms.first().map(|a: &CallArm| &a.engine) {
+                Some(Engine::Reflector(first)) => {
+                    spec.wire_sizes().map(|w| first.actual_wire_len(w))
+                }
+                _ => spec.wire_sizes(),
+            };
+            let mut session = Session::new(id, cfg, now_us).with_framing(framing, sizes);
+            if let Some(key) = seal {
+                session = session.sealed(key, random.seal_seed);
+                sealed = true;
+            }
+            let session = session.dressed(
+                random.wire_seeds[i.min(1)],
+                preamble.filter(|_| role == Role::Platform),
+                u64::try_from(started_at.timestamp()).unwrap_or(0),
+            );
             arms.push(CallArm {
                 plan: ArmPlan { role, peer },
                 engine: Engine::Reflector(session),
@@ -197,6 +221,7 @@ impl CallTest {
             started_at,
             report_id: ReportId(random.report_id),
             count: CountExchange::Pending,
+            sealed,
         })
     }
 
@@ -399,6 +424,7 @@ impl CallTest {
                     StreamKind::Voice
                 },
                 streams: results.iter().map(ArmResult::stream).collect(),
+                probes_sealed: self.sealed,
             })
         };
         let records = results.into_iter().map(|r| (r.role, r.record)).collect();

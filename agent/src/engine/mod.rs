@@ -14,6 +14,7 @@ pub mod stun;
 use call::{CallRandom, CallTest};
 use callwatch_proto::framing::Framing;
 use callwatch_proto::profile::profile;
+use callwatch_proto::seal::ReflectorKey;
 use callwatch_proto::{CallReport, Platform, Role};
 use chrono::Utc;
 use driver::Cancel;
@@ -55,6 +56,10 @@ pub struct TestSpec {
     /// is then a finding (a report, verdict `inconclusive`); otherwise it is a local error that
     /// names the address (a typo, a stopped reflector, a firewall at home).
     pub reached_before: bool,
+    /// The reflector's sealing key (`reflector_key` in the config): with it the platform arm's
+    /// cores are sealed, so a DPI box cannot tell its probes from the platform's payload;
+    /// without it they travel bare (and the report says `probes_sealed: false`).
+    pub reflector_key: Option<ReflectorKey>,
 }
 
 impl TestSpec {
@@ -74,6 +79,7 @@ impl TestSpec {
             relay_server: None,
             relay_reference: None,
             reached_before: false,
+            reflector_key: None,
         }
     }
 

@@ -17,12 +17,18 @@
 //!    as long as the session runs. Every datagram's core padding is high-entropy bytes from the
 //!    arm's seed; an RTP framing counts its sequence number up by one on every datagram
 //!    (handshake included) from a random start and its timestamp up per frame on a 48 kHz clock.
+//! 6. Seal ([`Session::sealed`]): a platform arm that knows the reflector's key sends every core
+//!    sealed ([`callwatch_proto::seal`]): the `Open` to the reflector's static key, everything
+//!    after it to the session key its `Accept` brings. Every envelope but a probe is as long as
+//!    the stream's longest probe, so neither content nor size tells a handshake from a voice
+//!    frame.
 
 use crate::metrics::{ProbeRecord, ReplyRecord, StreamRecord};
 use callwatch_proto::framing::{keystream, Framing, Preamble, RtpStamp};
 use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe, RejectReason, SessionId};
 use callwatch_proto::probe::{MAX_PROBE_LEN, MIN_PROBE_LEN};
 use callwatch_proto::profile::StreamShape;
+use callwatch_proto::seal::{self, Direction, ReflectorKey};
 use thiserror::Error;
 
 pub const OPEN_RETRY_US: u64 = 250_000;
@@ -118,6 +124,20 @@ impl WireSizes {
         }
     }
 
+    /// The same table with every size `f(size)` (weights and draws unchanged).
+    pub fn map(&self, f: impl Fn(u16) -> u16) -> WireSizes {
+        match self {
+            WireSizes::Fixed(n) => WireSizes::Fixed(f(*n)),
+            WireSizes::Shape(s) => {
+                let mut shape = s.clone();
+                for share in &mut shape.sizes {
+                    share.wire_bytes = f(share.wire_bytes);
+                }
+                WireSizes::Shape(shape)
+            }
+        }
+    }
+
     /// The largest size any probe will have.
     pub fn max(&self) -> u16 {
         match self {
@@ -175,6 +195,67 @@ pub struct Session {
     datagrams: u32,
     /// Boxed: most arms have none, and the session lives in an enum beside a smaller one.
     preamble: Option<Box<PreambleState>>,
+    /// Sealing of the cores (rule 6), once [`Session::sealed`]; boxed like the preamble.
+    seal: Option<Box<SealState>>,
+}
+
+/// Rule 6: the keys and counters of a sealed session.
+struct SealState {
+    reflector: ReflectorKey,
+    /// The caller's secret for this session's ephemeral keys and nonces.
+    seed: [u8; seal::KEY_LEN],
+    /// The answer key of every `Open` sent (an `Accept` may answer any of them).
+    open_keys: Vec<[u8; seal::KEY_LEN]>,
+    /// The session key, from the `Accept`.
+    key: Option<[u8; seal::KEY_LEN]>,
+    /// Envelopes sealed so far (the nonce and ephemeral-key counter).
+    sealed: u64,
+}
+
+impl SealState {
+    /// `core` (the encoding of `packet`) as a sealed envelope `len` bytes long at least.
+    fn envelope(&mut self, packet: &Packet, core: &[u8], len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len.max(seal::OPEN_ENVELOPE_MIN));
+        self.sealed += 1;
+        match (packet, self.key) {
+            (Packet::Open(_), _) => {
+                let ephemeral = seal::derive(&self.seed, true, self.sealed);
+                let k0 = seal::seal_open(&self.reflector, ephemeral, core, len, &mut out);
+                self.open_keys.push(k0);
+            }
+            (_, Some(key)) => {
+                let mut nonce = [0u8; seal::NONCE_LEN];
+                nonce.copy_from_slice(
+                    &seal::derive(&self.seed, false, self.sealed)[..seal::NONCE_LEN],
+                );
+                seal::seal(&key, Direction::Agent, nonce, core, len, &mut out);
+            }
+            // Nothing but an Open is sent before the Accept brought the key.
+            (_, None) => {}
+        }
+        out
+    }
+
+    /// The plaintext of a sealed answer to session `id`, taking the session key from its
+    /// `Accept`; `None` if it is not one.
+    fn open(&mut self, id: SessionId, envelope: &[u8]) -> Option<Vec<u8>> {
+        if let Some(key) = self.key {
+            return seal::unseal(&key, Direction::Reflector, envelope).map(|(_, p)| p);
+        }
+        for k0 in self.open_keys.iter().rev() {
+            let (_, plain) = seal::unseal(k0, Direction::Reflector, envelope)?;
+            match Packet::decode_prefix(&plain) {
+                Ok((Packet::Accept(a), used)) if a.session == id => {
+                    let key = plain.get(used..used + seal::KEY_LEN)?;
+                    self.key = key.try_into().ok();
+                    return Some(plain);
+                }
+                Ok((Packet::Reject(r), _)) if r.session == id => return Some(plain),
+                _ => {}
+            }
+        }
+        None
+    }
 }
 
 impl Session {
@@ -208,6 +289,7 @@ impl Session {
             rtp_start: None,
             datagrams: 0,
             preamble: None,
+            seal: None,
         }
     }
 
@@ -219,6 +301,56 @@ impl Session {
         self.framing = framing;
         self.sizes = sizes;
         self
+    }
+
+    /// Seals every core of this session to `reflector`'s key (rule 6), after
+    /// [`Session::with_framing`]; `seed` is the caller's fresh secret for its ephemeral keys and
+    /// nonces. Each probe stays as long on the wire as the profile says: the nonce comes out of
+    /// the core's padding.
+    pub fn sealed(mut self, reflector: ReflectorKey, seed: [u8; seal::KEY_LEN]) -> Self {
+        self.seal = Some(Box::new(SealState {
+            reflector,
+            seed,
+            open_keys: Vec::new(),
+            key: None,
+            sealed: 0,
+        }));
+        self.cfg.size = self.core_len_for(self.sizes.max());
+        self.size = self.cfg.size;
+        self
+    }
+
+    /// Whether the cores are sealed.
+    pub fn is_sealed(&self) -> bool {
+        self.seal.is_some()
+    }
+
+    /// The longest core that, sealed (if it is) and framed, is at most `wire` bytes.
+    fn core_len_for(&self, wire: u16) -> u16 {
+        let framed = core_len_at_most(&self.framing, wire);
+        match self.seal {
+            Some(_) => framed
+                .saturating_sub(seal::KEYED_OVERHEAD as u16)
+                .max(MIN_PROBE_LEN as u16),
+            None => framed,
+        }
+    }
+
+    /// How long on the wire a probe meant to be `nominal` bytes is in this session's framing
+    /// (and seal): a padded framing or the smallest core cannot hit every length. Another arm
+    /// sent these lengths sends the same bytes as this one.
+    pub fn actual_wire_len(&self, nominal: u16) -> u16 {
+        let core = self.core_len_for(nominal).min(self.size);
+        u16::try_from(self.wire_len_of(core)).unwrap_or(u16::MAX)
+    }
+
+    /// Length on the wire of a probe whose core is `core_len` bytes.
+    fn wire_len_of(&self, core_len: u16) -> usize {
+        let sealed = match self.seal {
+            Some(_) => usize::from(core_len) + seal::KEYED_OVERHEAD,
+            None => usize::from(core_len),
+        };
+        self.framing.wire_len(sealed)
     }
 
     /// Dresses the session for one test (rule 5), after [`Session::with_framing`]: the framing's
@@ -281,6 +413,16 @@ impl Session {
         if let Some(seed) = self.wire_seed {
             let fields = packet.fields_len().min(core.len());
             keystream(seed, u64::from(self.datagrams), &mut core[fields..]);
+        }
+        if let Some(seal) = self.seal.as_mut() {
+            // Every envelope as long as the stream's longest probe (an Open at least as long as
+            // its key and core): sizes say nothing about the packet kind.
+            let probe_len = usize::from(self.size) + seal::KEYED_OVERHEAD;
+            let len = match packet {
+                Packet::Probe(_) => core.len() + seal::KEYED_OVERHEAD,
+                _ => probe_len,
+            };
+            core = seal.envelope(&packet, &core, len);
         }
         let mut out = Vec::with_capacity(self.framing.wire_len(core.len()));
         match self.rtp_start {
@@ -398,13 +540,12 @@ impl Session {
                 if now_us < due {
                     return None;
                 }
-                let core_len =
-                    core_len_at_most(&self.framing, self.sizes.wire_bytes(seq)).min(self.size);
+                let core_len = self.core_len_for(self.sizes.wire_bytes(seq)).min(self.size);
                 self.record.probes.push(ProbeRecord {
                     seq,
                     scheduled_us: due,
                     sent_us: now_us,
-                    len: self.framing.wire_len(usize::from(core_len)) as u16,
+                    len: self.wire_len_of(core_len) as u16,
                     reply: None,
                 });
                 if seq + 1 >= self.count {
@@ -463,10 +604,22 @@ impl Session {
                 return;
             }
         }
-        let Ok(core) = self.framing.unwrap(datagram) else {
+        let unwrapped = match self.seal {
+            Some(_) => self.framing.unwrap_sealed(datagram),
+            None => self.framing.unwrap(datagram),
+        };
+        let Ok(body) = unwrapped else {
             return;
         };
-        let Ok(packet) = Packet::decode(core) else {
+        let id = self.id;
+        let decoded = match self.seal.as_mut() {
+            None => Packet::decode(body),
+            Some(seal) => match seal.open(id, body) {
+                Some(plain) => Packet::decode_prefix(&plain).map(|(p, _)| p),
+                None => return,
+            },
+        };
+        let Ok(packet) = decoded else {
             return;
         };
         match packet {

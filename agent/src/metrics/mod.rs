@@ -191,6 +191,7 @@ mod tests {
             verdict_detail: None,
             stream_kind: Default::default(),
             streams: vec![stream],
+            probes_sealed: false,
         }
         .validate()
     }

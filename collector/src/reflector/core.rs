@@ -27,8 +27,14 @@
 //! 7. An answer is dressed like its request: RTP answers carry the request's sequence number
 //!    and timestamp, and a `Reply` carries its `Probe`'s padding bytes (the agent makes them
 //!    high-entropy), so the reflector's direction looks like the agent's without a random draw.
+//! 8. Inside a platform framing, a core may be *sealed* ([`callwatch_proto::seal`]): an `Open`
+//!    envelope under the reflector's static key, answered under the key it carries, and every
+//!    later packet from that address under a session key derived from the address (so the
+//!    reflector still holds no state before a valid probe). A sealed answer is exactly as long
+//!    as its request, like every other. Sealed Opens cost a Diffie–Hellman each and are bounded
+//!    to [`SEALED_OPENS_PER_S`] a second. The control arm's bare cores stay bare.
 
-use callwatch_proto::framing::{self, Detected, PreambleMessage};
+use callwatch_proto::framing::{self, Detected, Framing, PreambleMessage};
 use callwatch_proto::framing::{
     STUN_ATTR_FINGERPRINT, STUN_ATTR_MESSAGE_INTEGRITY, STUN_BINDING_REQUEST, STUN_BINDING_SUCCESS,
 };
@@ -36,6 +42,7 @@ use callwatch_proto::probe::{
     Accept, Close, CloseAck, Cookie, CountQuery, CountReply, Open, Packet, Probe, Reject,
     RejectReason, Reply, SessionId, COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN, REPLY_HEADER_LEN,
 };
+use callwatch_proto::seal::{self, Direction, ReflectorKey, ReflectorSecret};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
@@ -86,6 +93,8 @@ pub struct ReflectorStats {
     pub stun_bindings: u64,
     /// Preambles answered (Telegram hellos, TURN Allocate requests).
     pub preambles: u64,
+    /// Sealed cores answered (rule 8).
+    pub sealed: u64,
 }
 
 /// Extra time a cookie stays valid past the granted duration, for the agent's drain and close
@@ -143,8 +152,18 @@ pub struct Reflector {
     /// When a full table was last swept: a flood of Opens or new probes against a full table
     /// costs one sweep per [`FULL_SWEEP_EVERY_US`], not one each.
     last_full_sweep_us: Option<u64>,
+    /// The static key of sealed cores (rule 8); `None`: only bare cores are answered.
+    seal: Option<ReflectorSecret>,
+    open_tokens: f64,
+    open_refill_us: u64,
     stats: ReflectorStats,
 }
+
+/// Sealed Opens (each a Diffie–Hellman, about 50 µs) tried per second at most, and in a burst.
+const SEALED_OPENS_PER_S: f64 = 2_000.0;
+const SEALED_OPEN_BURST: f64 = 200.0;
+/// What the per-address session key of sealed cores is derived from (with the address).
+const SESSION_KEY_LABEL: &[u8] = b"callwatch seal v1 session key";
 
 /// How often a full session table is swept for expired sessions, at most.
 const FULL_SWEEP_EVERY_US: u64 = 100_000;
@@ -159,8 +178,22 @@ impl Reflector {
             sessions: HashMap::new(),
             addr_of: HashMap::new(),
             last_full_sweep_us: None,
+            seal: None,
+            open_tokens: SEALED_OPEN_BURST,
+            open_refill_us: 0,
             stats: ReflectorStats::default(),
         }
+    }
+
+    /// Also answers sealed cores inside platform framings (rule 8), with this static key.
+    pub fn with_seal(mut self, secret: ReflectorSecret) -> Self {
+        self.seal = Some(secret);
+        self
+    }
+
+    /// The public half of the sealing key, if there is one.
+    pub fn seal_key(&self) -> Option<ReflectorKey> {
+        self.seal.as_ref().map(ReflectorSecret::public)
     }
 
     pub fn stats(&self) -> ReflectorStats {
@@ -177,8 +210,28 @@ impl Reflector {
         self.stats.bytes_in += datagram.len() as u64;
         // Each arm arrives in its own framing (plain, STUN, ChannelData, RTP, …); the answer goes
         // back in the same one, so a DPI box sees the same shape both ways.
-        let (framing, core) = match framing::detect_any(datagram) {
-            Some(Detected::Core(framing, core)) => (framing, core),
+        let (framing, answer_core) = match framing::detect_any(datagram) {
+            Some(Detected::Core(framing, core)) => {
+                let decoded = Packet::decode(core);
+                let bare = match decoded {
+                    Ok(packet) => self.answer(now_us, src, packet, core),
+                    Err(_) => None,
+                };
+                match bare {
+                    Some(answer) => (framing, answer),
+                    // A sealed payload can look like a bare core by chance (its first two
+                    // bytes, about 1 in 7,000); without a bare answer it is tried sealed.
+                    None if framing != Framing::Raw && self.seal.is_some() => {
+                        (framing, self.answer_sealed(now_us, src, core)?)
+                    }
+                    None => {
+                        if decoded.is_err() {
+                            self.stats.dropped_malformed += 1;
+                        }
+                        return None;
+                    }
+                }
+            }
             Some(Detected::Preamble(message)) => return self.on_preamble(src, datagram, message),
             None => {
                 if let Some(answer) = stun_binding_success(datagram, src) {
@@ -186,17 +239,41 @@ impl Reflector {
                     self.stats.bytes_out += answer.len() as u64;
                     return Some(answer);
                 }
-                self.stats.dropped_malformed += 1;
-                return None;
+                // Inside a platform framing, a payload that is no bare core may be a sealed one
+                // (rule 8).
+                match framing::detect_sealed(datagram).filter(|_| self.seal.is_some()) {
+                    Some((framing, envelope)) => {
+                        (framing, self.answer_sealed(now_us, src, envelope)?)
+                    }
+                    None => {
+                        self.stats.dropped_malformed += 1;
+                        return None;
+                    }
+                }
             }
         };
-        let packet = match Packet::decode(core) {
-            Ok(p) => p,
-            Err(_) => {
-                self.stats.dropped_malformed += 1;
-                return None;
-            }
-        };
+        let mut bytes = Vec::with_capacity(datagram.len());
+        match framing::rtp_stamp(datagram) {
+            Some(stamp) => framing.wrap_stamped(&answer_core, stamp, &mut bytes),
+            None => framing.wrap(&answer_core, &mut bytes),
+        }
+        // Rule 1, enforced once more at the exit rather than trusted to every branch.
+        if bytes.len() > datagram.len() {
+            self.stats.dropped_unexpected += 1;
+            return None;
+        }
+        self.stats.bytes_out += bytes.len() as u64;
+        Some(bytes)
+    }
+
+    /// The answer to a bare `packet` (`core` is its encoding, padding included), encoded.
+    fn answer(
+        &mut self,
+        now_us: u64,
+        src: SocketAddr,
+        packet: Packet,
+        core: &[u8],
+    ) -> Option<Vec<u8>> {
         let answer = match packet {
             Packet::Open(open) => Some(self.on_open(now_us, src, open)),
             Packet::Probe(probe) => self.on_probe(now_us, src, probe).map(Packet::Reply),
@@ -214,18 +291,84 @@ impl Reflector {
                 answer_core[REPLY_HEADER_LEN..].copy_from_slice(padding);
             }
         }
-        let mut bytes = Vec::with_capacity(datagram.len());
-        match framing::rtp_stamp(datagram) {
-            Some(stamp) => framing.wrap_stamped(&answer_core, stamp, &mut bytes),
-            None => framing.wrap(&answer_core, &mut bytes),
+        Some(answer_core)
+    }
+
+    /// Rule 8: the answer to a sealed core, sealed, exactly as long as `envelope`.
+    fn answer_sealed(&mut self, now_us: u64, src: SocketAddr, envelope: &[u8]) -> Option<Vec<u8>> {
+        let key = self.session_key(src);
+        let mut out = Vec::with_capacity(envelope.len());
+        // A keyed envelope: a probe or a close of a session this address opened.
+        if let Some((nonce, plain)) = seal::unseal(&key, Direction::Agent, envelope) {
+            if let Ok((packet @ (Packet::Probe(_) | Packet::Close(_)), used)) =
+                Packet::decode_prefix(&plain)
+            {
+                let answer = self.answer(now_us, src, packet, &plain[..used])?;
+                let nonce = seal::answer_nonce(&key, &nonce);
+                seal::seal(
+                    &key,
+                    Direction::Reflector,
+                    nonce,
+                    &answer,
+                    envelope.len(),
+                    &mut out,
+                );
+                self.stats.sealed += 1;
+                return Some(out);
+            }
         }
-        // Rule 1, enforced once more at the exit rather than trusted to every branch.
-        if bytes.len() > datagram.len() {
-            self.stats.dropped_unexpected += 1;
+        // Otherwise an Open envelope, or nothing: each costs a Diffie–Hellman, so a budget
+        // bounds how many are tried per second.
+        if envelope.len() < seal::OPEN_ENVELOPE_MIN {
+            self.stats.dropped_malformed += 1;
             return None;
         }
-        self.stats.bytes_out += bytes.len() as u64;
-        Some(bytes)
+        if !self.take_open_token(now_us) {
+            self.stats.dropped_rate += 1;
+            return None;
+        }
+        let opened = self.seal.as_ref()?.open_envelope(envelope);
+        let Some((k0, Ok((Packet::Open(open), _)))) =
+            opened.map(|(k0, plain)| (k0, Packet::decode_prefix(&plain)))
+        else {
+            self.stats.dropped_malformed += 1;
+            return None;
+        };
+        let answer = self.on_open(now_us, src, open);
+        let mut payload = answer.encode();
+        if let Packet::Accept(_) = answer {
+            // The session key every later envelope from this address is sealed with.
+            payload.extend_from_slice(&key);
+        }
+        let nonce = seal::answer_nonce(&k0, &[0; seal::NONCE_LEN]);
+        seal::seal(
+            &k0,
+            Direction::Reflector,
+            nonce,
+            &payload,
+            envelope.len(),
+            &mut out,
+        );
+        self.stats.sealed += 1;
+        Some(out)
+    }
+
+    /// The key of sealed sessions from `src`: derived, so that it costs no state to remember.
+    fn session_key(&self, src: SocketAddr) -> [u8; seal::KEY_LEN] {
+        self.mac(src, 0, SESSION_KEY_LABEL)
+    }
+
+    /// Takes one of the Diffie–Hellman tokens that bound sealed Opens (and garbage that might
+    /// be one) to [`SEALED_OPENS_PER_S`].
+    fn take_open_token(&mut self, now_us: u64) -> bool {
+        let elapsed = now_us.saturating_sub(self.open_refill_us) as f64 / 1e6;
+        self.open_tokens = (self.open_tokens + elapsed * SEALED_OPENS_PER_S).min(SEALED_OPEN_BURST);
+        self.open_refill_us = now_us;
+        if self.open_tokens < 1.0 {
+            return false;
+        }
+        self.open_tokens -= 1.0;
+        true
     }
 
     /// Rule 6: a preamble's answer, stateless and no longer than the preamble.
@@ -998,12 +1141,145 @@ mod tests {
         assert_eq!(&reply[REPLY_HEADER_LEN..], &core[REPLY_HEADER_LEN..]);
     }
 
+    /// A sealed WhatsApp-framed session: Open under the static key, Accept bringing the session
+    /// key, probes and close under it; every answer exactly as long as its request, and no
+    /// cleartext core anywhere on the wire.
+    #[test]
+    fn answers_a_sealed_session_with_equal_lengths_and_no_cleartext() {
+        let secret = ReflectorSecret::from_bytes([4; 32]);
+        let key = secret.public();
+        let mut r = Reflector::new([1; 32], Limits::default()).with_seal(secret);
+        let f = callwatch_proto::profile::profile(callwatch_proto::Platform::Whatsapp)
+            .framing
+            .clone();
+        let a = addr("127.0.0.5:6000");
+        let session = 0x0102_0304_0506_0708u64;
+        let open_core = Packet::Open(Open {
+            session,
+            interval_ms: 20,
+            size: 120,
+            duration_ms: 10_000,
+        })
+        .encode();
+        let mut env = Vec::new();
+        let k0 = seal::seal_open(&key, [9; 32], &open_core, 128, &mut env);
+        let mut request = Vec::new();
+        f.wrap(&env, &mut request);
+        let out = r.handle(T0, a, &request).unwrap();
+        assert_eq!(out.len(), request.len());
+        let (_, plain) =
+            seal::unseal(&k0, Direction::Reflector, f.unwrap_sealed(&out).unwrap()).unwrap();
+        let (Packet::Accept(acc), used) = Packet::decode_prefix(&plain).unwrap() else {
+            panic!("no accept")
+        };
+        let session_key: [u8; 32] = plain[used..used + 32].try_into().unwrap();
+        for (seq, len) in [(0u32, 120usize), (1, 100), (2, 120)] {
+            let core = probe(acc.cookie, session, seq, len as u16);
+            let mut env = Vec::new();
+            seal::seal(
+                &session_key,
+                Direction::Agent,
+                [seq as u8; 8],
+                &core,
+                len + 8,
+                &mut env,
+            );
+            let mut request = Vec::new();
+            f.wrap(&env, &mut request);
+            assert!(!request.windows(8).any(|w| w == session.to_be_bytes()));
+            let out = r
+                .handle(T0 + 20_000 * u64::from(seq + 1), a, &request)
+                .unwrap();
+            assert_eq!(out.len(), request.len());
+            assert!(!out.windows(8).any(|w| w == session.to_be_bytes()));
+            let (_, plain) = seal::unseal(
+                &session_key,
+                Direction::Reflector,
+                f.unwrap_sealed(&out).unwrap(),
+            )
+            .unwrap();
+            let Ok((Packet::Reply(reply), _)) = Packet::decode_prefix(&plain) else {
+                panic!("no reply")
+            };
+            assert_eq!((reply.seq, reply.reflector_received), (seq, seq + 1));
+        }
+        let close = Packet::Close(Close {
+            session,
+            cookie: acc.cookie,
+            packets_sent: 3,
+        })
+        .encode();
+        let mut env = Vec::new();
+        seal::seal(
+            &session_key,
+            Direction::Agent,
+            [77; 8],
+            &close,
+            128,
+            &mut env,
+        );
+        let mut request = Vec::new();
+        f.wrap(&env, &mut request);
+        let out = r.handle(T0 + 100_000, a, &request).unwrap();
+        assert_eq!(out.len(), request.len());
+        let (_, plain) = seal::unseal(
+            &session_key,
+            Direction::Reflector,
+            f.unwrap_sealed(&out).unwrap(),
+        )
+        .unwrap();
+        assert!(matches!(
+            Packet::decode_prefix(&plain),
+            Ok((
+                Packet::CloseAck(CloseAck {
+                    reflector_received: 3,
+                    ..
+                }),
+                _
+            ))
+        ));
+        // The session key is the address's: another address cannot use it.
+        let core = probe(acc.cookie, session, 3, 120);
+        let mut env = Vec::new();
+        seal::seal(&session_key, Direction::Agent, [3; 8], &core, 128, &mut env);
+        let mut request = Vec::new();
+        f.wrap(&env, &mut request);
+        assert!(r
+            .handle(T0 + 120_000, addr("127.0.0.6:6000"), &request)
+            .is_none());
+        assert_eq!(r.stats().sealed, 5);
+    }
+
+    /// Garbage inside a platform framing may be an Open envelope: each costs a Diffie–Hellman,
+    /// and no more than the burst is tried at one instant.
+    #[test]
+    fn bounds_the_diffie_hellman_work_of_sealed_opens() {
+        let mut r = Reflector::new([1; 32], Limits::default())
+            .with_seal(ReflectorSecret::from_bytes([4; 32]));
+        let f = callwatch_proto::profile::profile(callwatch_proto::Platform::Whatsapp)
+            .framing
+            .clone();
+        let a = addr("127.0.0.5:6000");
+        for i in 0..1_000u32 {
+            let mut garbage = vec![0u8; 120];
+            framing::keystream(u64::from(i), 0, &mut garbage);
+            let mut request = Vec::new();
+            f.wrap(&garbage, &mut request);
+            assert!(r.handle(T0, a, &request).is_none());
+        }
+        let s = r.stats();
+        assert_eq!(s.dropped_rate + s.dropped_malformed, 1_000);
+        assert_eq!(s.dropped_malformed, SEALED_OPEN_BURST as u64);
+        assert_eq!(s.bytes_out, 0);
+    }
+
     proptest! {
         /// Whatever arrives, the reflector never answers with more bytes than it received.
         #[test]
         fn never_amplifies(datagrams in proptest::collection::vec(
             proptest::collection::vec(any::<u8>(), 0..1500), 1..50), with_cookie in any::<bool>()) {
-            let mut r = Reflector::new([3; 32], Limits::default());
+            let mut r = Reflector::new([3; 32], Limits::default())
+                .with_seal(ReflectorSecret::from_bytes([4; 32]));
             let a = addr("127.0.0.9:9");
             let mut cookie = [0; 16];
             if with_cookie {

@@ -4,7 +4,11 @@
 //! a datagram, and says what (if anything) to send back. [`udp`] is the tokio driver around it.
 
 pub mod core;
+pub mod identity;
 pub mod udp;
 
 pub use self::core::{stun_binding_success, Limits, Reflector, ReflectorStats};
-pub use self::udp::{bind_with_buffers, spawn_reflector, ReflectorHandle, ReflectorStatsSource};
+pub use self::udp::{
+    bind_with_buffers, spawn_reflector, spawn_reflector_sealed, ReflectorHandle,
+    ReflectorStatsSource,
+};

@@ -1,6 +1,7 @@
 //! The reflector's tokio driver: one task per listening UDP socket, one shared [`Reflector`].
 
 use super::core::{Limits, Reflector, ReflectorStats};
+use callwatch_proto::seal::{ReflectorKey, ReflectorSecret};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -10,6 +11,8 @@ use tokio::task::JoinHandle;
 /// A running reflector: its bound addresses, counters, and the tasks to stop.
 pub struct ReflectorHandle {
     pub addrs: Vec<SocketAddr>,
+    /// The public key agents seal their platform arms to (`reflector_key` in their config).
+    pub seal_key: ReflectorKey,
     state: Arc<Mutex<Reflector>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -105,13 +108,25 @@ pub fn bind_with_buffers(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Binds every address (port 0 picks a free port) and starts reflecting.
+/// Binds every address (port 0 picks a free port) and starts reflecting, with a sealing key of
+/// its own (see [`spawn_reflector_sealed`]; tests read it from [`ReflectorHandle::seal_key`]).
 pub async fn spawn_reflector(
     addrs: &[SocketAddr],
     limits: Limits,
 ) -> std::io::Result<ReflectorHandle> {
+    spawn_reflector_sealed(addrs, limits, ReflectorSecret::from_bytes(rand::random())).await
+}
+
+/// Binds every address and starts reflecting; sealed platform cores are opened with `seal`
+/// (the collector keeps it in its data folder, so agents' pinned key survives restarts).
+pub async fn spawn_reflector_sealed(
+    addrs: &[SocketAddr],
+    limits: Limits,
+    seal: ReflectorSecret,
+) -> std::io::Result<ReflectorHandle> {
     let secret: [u8; 32] = rand::random();
-    let state = Arc::new(Mutex::new(Reflector::new(secret, limits)));
+    let seal_key = seal.public();
+    let state = Arc::new(Mutex::new(Reflector::new(secret, limits).with_seal(seal)));
     // Reflector time: microseconds on a monotonic clock, started well above zero so that cookie
     // issue times are never at the origin.
     let epoch = Instant::now();
@@ -156,6 +171,7 @@ pub async fn spawn_reflector(
     }
     Ok(ReflectorHandle {
         addrs: bound,
+        seal_key,
         state,
         tasks,
     })

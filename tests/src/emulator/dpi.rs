@@ -257,6 +257,9 @@ pub struct DpiRule {
     /// The rule lets this many bytes of matching datagrams through before it applies (a censor
     /// that throttles a flow after N bytes); 0: from the first.
     pub after_bytes: u64,
+    /// The rule applies only to the first this many matching datagrams, then lets them pass (a
+    /// censor that blocks a call's set-up and nothing after it); 0: to every one.
+    pub first_packets: u64,
 }
 
 impl DpiRule {

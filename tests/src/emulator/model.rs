@@ -699,6 +699,8 @@ struct RuleState {
     in_burst: [bool; 2],
     /// Bytes of matching datagrams seen so far, both directions (for `after_bytes`).
     bytes_seen: u64,
+    /// Matching datagrams seen so far, both directions (for `first_packets`).
+    packets_seen: u64,
     truth: RuleTruth,
 }
 
@@ -727,6 +729,7 @@ impl Impairment {
                     policers: [policer(), policer()],
                     in_burst: [false; 2],
                     bytes_seen: 0,
+                    packets_seen: 0,
                     truth: RuleTruth {
                         name: if rule.name.is_empty() {
                             format!("rule{i}")
@@ -793,10 +796,14 @@ impl Impairment {
         let mut dropped = None;
         // A rule with `after_bytes` lets that many bytes of matching datagrams through untouched
         // (a censor that throttles a flow once it has carried N bytes).
+        // One with `first_packets` applies to that many matching datagrams and no more.
         let matched_rule = matched_rule.filter(|&i| {
             let state = &mut self.rules[i];
+            let rule = &self.config.rules[i];
             state.bytes_seen = state.bytes_seen.saturating_add(bytes.len() as u64);
-            state.bytes_seen > self.config.rules[i].after_bytes
+            state.packets_seen += 1;
+            state.bytes_seen > rule.after_bytes
+                && (rule.first_packets == 0 || state.packets_seen <= rule.first_packets)
         });
         if let Some(i) = matched_rule {
             let impairment = &self.config.rules[i].impairment;
