@@ -1,11 +1,13 @@
 //! callwatch-proto: everything two callwatch parties must agree on.
 //!
 //! The UDP probe packet format spoken between an agent and a reflector ([`probe`]), the call report
-//! schema ([`report`]), how a report is encoded and signed ([`sign`]), and the QUIC upload protocol
-//! between an agent and a collector ([`upload`]). This crate does no I/O and reads no clock: every
+//! schema ([`report`]), how a report is encoded and signed ([`sign`]), the upload protocol
+//! between an agent and a collector ([`upload`]) and the carry-out files that take reports past a
+//! block ([`carry`]). This crate does no I/O and reads no clock: every
 //! function here is a pure transformation of bytes and values, so both ends and the tests share
 //! exactly one definition of each format.
 
+pub mod carry;
 pub mod framing;
 pub mod platform;
 pub mod probe;
