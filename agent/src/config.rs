@@ -19,10 +19,20 @@ use chrono::NaiveTime;
 pub struct Config {
     /// Collector QUIC address, `host:port`.
     pub collector: String,
+    /// Collector TLS-over-TCP address, `host:port`, the fallback when QUIC does not get through;
+    /// unset: the same host and port as `collector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_tcp: Option<String>,
     /// SHA-256 fingerprint of the collector's certificate (64 hex digits).
     pub collector_pin: String,
-    /// TLS server name to present (the pin is what is checked).
-    #[serde(default = "default_server_name")]
+    /// The collector's carry-out key (64 hex digits, its `collector.seal.pub`), which
+    /// `export-queue` seals files to; unset: the key the collector sent over the pinned upload
+    /// channel (kept in the state file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector_seal_key: Option<String>,
+    /// TLS server name (SNI) to present; unset: the collector's host name (none for an
+    /// address). Only the pin is checked. The old default `callwatch-collector` counts as unset.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub server_name: String,
     /// Reflector UDP address, `host:port`.
     pub reflector: String,
@@ -222,9 +232,9 @@ fn parse_utc_offset(text: &str) -> Result<i32, String> {
     Ok(minutes)
 }
 
-fn default_server_name() -> String {
-    "callwatch-collector".into()
-}
+/// The server name agents of earlier releases wrote into their configs; read as unset, since
+/// a censor's list can name it.
+pub const LEGACY_SERVER_NAME: &str = "callwatch-collector";
 fn default_platforms() -> Vec<Platform> {
     vec![Platform::Generic]
 }
@@ -277,7 +287,9 @@ impl Config {
         Config {
             collector,
             collector_pin,
-            server_name: default_server_name(),
+            collector_tcp: None,
+            collector_seal_key: None,
+            server_name: String::new(),
             reflector,
             reflector_key: None,
             platforms: default_platforms(),
@@ -374,6 +386,14 @@ impl Config {
             _ => p.push(format!("{key} = {v:?}: expected host:port")),
         };
         host_port("collector", &self.collector, &mut p);
+        if let Some(tcp) = &self.collector_tcp {
+            host_port("collector_tcp", tcp, &mut p);
+        }
+        if let Some(key) = &self.collector_seal_key {
+            if let Err(e) = key.parse::<callwatch_proto::carry::CarryKey>() {
+                p.push(format!("collector_seal_key = {key:?}: {e}"));
+            }
+        }
         host_port("reflector", &self.reflector, &mut p);
         if let Some(key) = &self.reflector_key {
             if let Err(e) = key.parse::<ReflectorKey>() {
@@ -484,6 +504,22 @@ impl Config {
             .parent()
             .unwrap_or(Path::new("."))
             .join(&self.state_file)
+    }
+
+    /// The server name to present: `server_name`, else the collector's host name; an address
+    /// (no SNI is sent for one) when the host is an address.
+    pub fn tls_server_name(&self) -> String {
+        if !self.server_name.is_empty() && self.server_name != LEGACY_SERVER_NAME {
+            return self.server_name.clone();
+        }
+        let host = self
+            .collector
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or(&self.collector);
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
     }
 
     pub fn pin_bytes(&self) -> Option<[u8; 32]> {
@@ -658,6 +694,47 @@ mod tests {
         assert!(parse_utc_offset("+71582788").is_err());
         assert!(parse_utc_offset("+-5:30").is_err());
         assert_eq!(parse_utc_offset("+3"), Ok(180));
+    }
+
+    #[test]
+    fn upload_keys_default_to_the_collector_and_are_checked() {
+        let mut cfg = Config::new(
+            "collector.example.org:443".into(),
+            "ab".repeat(32),
+            "127.0.0.1:3479".into(),
+        );
+        assert_eq!(cfg.tls_server_name(), "collector.example.org");
+        cfg.server_name = LEGACY_SERVER_NAME.into();
+        assert_eq!(
+            cfg.tls_server_name(),
+            "collector.example.org",
+            "old default"
+        );
+        cfg.server_name = "cdn.example.net".into();
+        assert_eq!(cfg.tls_server_name(), "cdn.example.net");
+        cfg.server_name.clear();
+        cfg.collector = "[2001:db8::1]:4433".into();
+        assert_eq!(cfg.tls_server_name(), "2001:db8::1", "an address: no SNI");
+        assert!(
+            !cfg.to_toml().contains("server_name"),
+            "unset is not written"
+        );
+        cfg.collector_tcp = Some("nohost".into());
+        cfg.collector_seal_key = Some("xyz".into());
+        let e = cfg.validate().unwrap_err().join("; ");
+        assert!(
+            e.contains("collector_tcp") && e.contains("collector_seal_key"),
+            "{e}"
+        );
+        let text = include_str!("../../packaging/agent.example.toml");
+        for key in [
+            "collector_tcp = ",
+            "collector_seal_key = ",
+            "server_name = ",
+        ] {
+            assert!(text.contains(key), "{key} not documented");
+        }
+        assert!(!text.contains(LEGACY_SERVER_NAME));
     }
 
     #[test]

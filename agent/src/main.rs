@@ -133,7 +133,30 @@ enum Command {
               value_parser = clap::value_parser!(u64).range(1..))]
         retry_max: u64,
     },
-    /// Show what the agent has been doing: recent tests, queue, uploads, data used.
+    /// Write the queued reports to FILE, sealed to the collector, for carrying past a block.
+    ///
+    /// FILE (owner-only) can be opened only with the collector's carry-out key and says nothing
+    /// in the clear; the collector's operator imports it with `callwatch-collector import`.
+    /// The reports stay queued: they leave only when the collector acknowledges them, at the
+    /// next upload that gets through (imported ones are then acknowledged as duplicates), so
+    /// nothing is lost and nothing is stored twice. The key is the config's collector_seal_key
+    /// or the one the collector sent with an upload. Stop a running agent first (it holds the
+    /// queue).
+    ///
+    /// Example:
+    ///   callwatch-agent export-queue --config ~/.config/callwatch/agent.toml /media/usb/carried.cwq
+    #[command(name = "export-queue")]
+    ExportQueue {
+        #[arg(long, value_name = "PATH")]
+        config: PathBuf,
+        /// The file to write.
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show what the agent has been doing: recent tests, queue, uploads (and over which
+    /// transport, quic or tcp), data used.
     Status {
         #[arg(long, value_name = "PATH")]
         config: PathBuf,
@@ -397,6 +420,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // A test thread sees the cancel within milliseconds; don't wait on it for long.
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
             code
+        }
+        Command::ExportQueue {
+            config,
+            file,
+            force,
+        } => {
+            let cfg = Config::load(&config)?;
+            match callwatch_agent::carry::export_queue(&cfg, &file, force)? {
+                None => println!("the queue is empty: nothing to export"),
+                Some(e) => println!(
+                    "wrote {} report(s) to {}, sealed to the collector's carry-out key {} ({}); \
+                     they stay queued until the collector acknowledges them",
+                    e.reports,
+                    file.display(),
+                    e.key,
+                    match e.source {
+                        callwatch_agent::carry::KeySource::Config => "from the config",
+                        callwatch_agent::carry::KeySource::Collector => "sent by the collector",
+                    }
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status { config, json } => {
             let cfg = Config::load(&config)?;

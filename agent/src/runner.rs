@@ -225,15 +225,22 @@ pub async fn run_one_test(
     Ok(TestOutcome::Done(Box::new(report)))
 }
 
-/// Where the config says to upload.
+/// Where the config says to upload: QUIC to `collector`, TLS over TCP to `collector_tcp` (by
+/// default the same host and port).
 pub fn upload_target(cfg: &Config) -> Result<UploadTarget> {
+    let tcp = match &cfg.collector_tcp {
+        Some(tcp) => resolve("collector_tcp", tcp)?,
+        None => resolve("collector", &cfg.collector)?,
+    };
     Ok(UploadTarget {
         collector: resolve("collector", &cfg.collector)?,
-        server_name: cfg.server_name.clone(),
+        tcp: Some(tcp),
+        server_name: cfg.tls_server_name(),
         pin: cfg.pin_bytes().context("collector_pin")?,
         bind: cfg.bind,
         batch: cfg.upload_batch,
         connect_timeout: Duration::from_secs(5),
+        fetch_seal_key: false,
     })
 }
 
@@ -244,8 +251,17 @@ pub async fn upload_and_record(
     queue: &Queue,
     state: &SharedState,
 ) -> Result<UploadSummary, UploadError> {
+    // The carry-out key is asked for until the agent has one (config or state).
+    let want_key =
+        cfg.collector_seal_key.is_none() && state.snapshot().collector_seal_key.is_none();
     let upload = match upload_target(cfg) {
-        Ok(target) => upload_queue(queue, &target).await,
+        Ok(target) => {
+            let target = UploadTarget {
+                fetch_seal_key: want_key,
+                ..target
+            };
+            upload_queue(queue, &target).await
+        }
         Err(e) => Err(UploadError::Unreachable(e)),
     };
     match &upload {
@@ -262,11 +278,12 @@ pub async fn upload_and_record(
     let now = chrono::Utc::now();
     state.update(|s| {
         match &upload {
-            Ok(_) => {
+            Ok(summary) => {
                 s.last_upload_ok = Some(now);
                 s.last_upload_error = None;
                 s.upload_failures = 0;
                 s.next_upload_retry_at = None;
+                s.record_transport(summary, now);
             }
             Err(e) => {
                 s.last_upload_error = Some((now, e.to_string()));

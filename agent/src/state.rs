@@ -13,6 +13,29 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// Which transport reaches the collector, as far as the agent knows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkingTransport {
+    /// Nothing has reached the collector yet.
+    #[default]
+    Unknown,
+    /// QUIC (the usual way).
+    Quic,
+    /// TLS over TCP: QUIC did not get through.
+    Tcp,
+}
+
+impl std::fmt::Display for WorkingTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WorkingTransport::Unknown => "unknown",
+            WorkingTransport::Quic => "quic",
+            WorkingTransport::Tcp => "tcp",
+        })
+    }
+}
+
 /// How many recent tests `status` shows.
 pub const RECENT_TESTS: usize = 10;
 
@@ -80,6 +103,14 @@ pub struct AgentState {
     /// answers is then a finding (a report) rather than a local error. A new address in the
     /// config starts unknown.
     pub reflectors_reached: std::collections::BTreeSet<String>,
+    /// The transport that last reached the collector (`quic`, `tcp`, or `unknown`).
+    pub upload_transport: WorkingTransport,
+    /// When it last did.
+    pub upload_transport_at: Option<DateTime<Utc>>,
+    /// Why QUIC did not get through, when the last pass went over TCP.
+    pub quic_failure: Option<String>,
+    /// The collector's carry-out key (hex), as it sent it over the pinned upload channel.
+    pub collector_seal_key: Option<String>,
 }
 
 /// The state shared by the daemon's test loop and uploader: every change is saved at once.
@@ -128,6 +159,27 @@ impl AgentState {
             self.data_used_month_bytes = month;
             self.data_budget_day_bytes = b.config().per_day_bytes;
             self.data_budget_month_bytes = b.config().per_month_bytes;
+        }
+    }
+
+    /// Records which transport a successful upload pass used and what it learned.
+    pub fn record_transport(&mut self, summary: &crate::upload::UploadSummary, now: DateTime<Utc>) {
+        use crate::upload::Transport;
+        match summary.transport {
+            Some(Transport::Quic) => {
+                self.upload_transport = WorkingTransport::Quic;
+                self.upload_transport_at = Some(now);
+                self.quic_failure = None;
+            }
+            Some(Transport::Tcp) => {
+                self.upload_transport = WorkingTransport::Tcp;
+                self.upload_transport_at = Some(now);
+                self.quic_failure = summary.quic_error.clone();
+            }
+            None => {}
+        }
+        if let Some(key) = summary.seal_key {
+            self.collector_seal_key = Some(key.to_string());
         }
     }
 
@@ -197,6 +249,31 @@ impl AgentState {
                 let _ = writeln!(out, "last upload: none yet");
             }
         }
+        match (self.upload_transport, &self.upload_transport_at) {
+            (WorkingTransport::Unknown, _) | (_, None) => {
+                let _ = writeln!(
+                    out,
+                    "upload transport: unknown (nothing has reached the collector yet)"
+                );
+            }
+            (WorkingTransport::Quic, Some(at)) => {
+                let _ = writeln!(
+                    out,
+                    "upload transport: quic (last reached the collector {})",
+                    when(at)
+                );
+            }
+            (WorkingTransport::Tcp, Some(at)) => {
+                let _ = writeln!(
+                    out,
+                    "upload transport: tcp (TLS over TCP; last reached the collector {})",
+                    when(at)
+                );
+                if let Some(why) = &self.quic_failure {
+                    let _ = writeln!(out, "  QUIC did not get through: {why}");
+                }
+            }
+        }
         match &self.next_test_at {
             Some(at) => {
                 let _ = writeln!(out, "next test: {}", when(at));
@@ -260,6 +337,9 @@ mod tests {
             queue_depth: 3,
             queue_dropped_total: 2,
             last_upload_error: Some((Utc::now(), "collector unreachable".into())),
+            upload_transport: WorkingTransport::Tcp,
+            upload_transport_at: Some(Utc::now()),
+            quic_failure: Some("no answer within 5s".into()),
             ..AgentState::default()
         };
         s.recent_tests.push(TestSummary {
@@ -280,9 +360,21 @@ mod tests {
             "FAILED",
             "differentiated",
             "whatsapp",
+            "upload transport: tcp",
+            "QUIC did not get through: no answer within 5s",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["upload_transport"], "tcp");
+        let fresh = serde_json::to_value(AgentState::default()).unwrap();
+        assert_eq!(fresh["upload_transport"], "unknown");
+        assert!(AgentState::default()
+            .render()
+            .contains("upload transport: unknown"));
+        // A state file of the previous release (no transport fields) still loads.
+        std::fs::write(&path, r#"{"queue_depth": 2}"#).unwrap();
+        assert_eq!(AgentState::load(&path).unwrap().queue_depth, 2);
         std::fs::write(&path, "garbage").unwrap();
         assert!(AgentState::load(&path).is_err());
     }

@@ -1,19 +1,31 @@
-//! Uploading queued reports to the collector over QUIC, with the collector's certificate pinned.
+//! Uploading queued reports to the collector, with the collector's certificate pinned: over
+//! QUIC, and over TLS on TCP when QUIC does not get through.
+//!
+//! The fallback rule: QUIC is tried first. If it fails for any reason that is not an answer
+//! from the collector — no answer within the connect timeout, no route, a handshake that never
+//! completes, a certificate other than the pinned one, a connection lost midway (UDP blocked or
+//! QUIC throttled) — the rest of the queue goes over TLS on TCP to the same pinned collector,
+//! with the same frames and the same acknowledgement rule. A refusal (the collector answered,
+//! authenticated by the pin, with an error) is not a reason to fall back: it stays the answer.
 
 use crate::queue::Queue;
 use anyhow::{anyhow, Context, Result};
+use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
     decode_frame_body, encode_frame, frame_len, ReportStatus, Request, Response, ALPN,
+    TCP_ALPN_OFFER,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Accepts exactly the certificate whose SHA-256 is the pin; handshake signatures are still
 /// checked by rustls, so only the holder of that certificate's key can answer.
@@ -79,8 +91,8 @@ impl ServerCertVerifier for PinnedCert {
     }
 }
 
-/// A QUIC client config that trusts only the pinned collector certificate.
-pub fn pinned_client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
+/// A rustls client config that trusts only the pinned collector certificate, offering `alpn`.
+fn pinned_tls(pin: [u8; 32], alpn: &[&[u8]]) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -88,7 +100,19 @@ pub fn pinned_client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCert { pin, provider }))
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(tls)
+}
+
+/// A QUIC client config that trusts only the pinned collector certificate.
+pub fn pinned_client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
+    pinned_client_config_offering(pin, &[ALPN])
+}
+
+/// [`pinned_client_config`] offering other ALPN values (tests: agents of older releases, or
+/// peers that speak something else).
+pub fn pinned_client_config_offering(pin: [u8; 32], alpn: &[&[u8]]) -> Result<quinn::ClientConfig> {
+    let tls = pinned_tls(pin, alpn)?;
     let crypto = QuicClientConfig::try_from(tls).context("QUIC TLS config")?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -97,26 +121,121 @@ pub fn pinned_client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
     Ok(config)
 }
 
+/// A TLS-over-TCP connector that trusts only the pinned collector certificate and offers the
+/// ALPN list browsers offer (`callwatch_proto::upload::TCP_ALPN_OFFER`).
+pub fn pinned_tcp_connector(pin: [u8; 32]) -> Result<tokio_rustls::TlsConnector> {
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(pinned_tls(
+        pin,
+        &TCP_ALPN_OFFER,
+    )?)))
+}
+
+/// A TLS-over-TCP connection to the collector.
+pub type TcpConn = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// Connects over TCP from `bind` (if given) to `addr` and completes the pinned TLS handshake,
+/// all within `timeout`.
+pub async fn connect_tcp(
+    addr: SocketAddr,
+    server_name: &str,
+    pin: [u8; 32],
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpConn> {
+    let name = ServerName::try_from(server_name.to_string())
+        .with_context(|| format!("server name {server_name:?}"))?;
+    let connector = pinned_tcp_connector(pin)?;
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .context("making a TCP socket")?;
+    if let Some(ip) = bind {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding TCP client on {ip}"))?;
+    }
+    let connect = async {
+        let tcp = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("TCP connection to {addr}"))?;
+        let _ = tcp.set_nodelay(true);
+        connector
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS handshake with {addr}"))
+    };
+    tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| anyhow!("no TLS connection to {addr} within {timeout:?}"))?
+}
+
+/// Which transport carried an upload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Quic,
+    Tcp,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Quic => "quic",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
 /// Where and how to upload.
 #[derive(Clone, Debug)]
 pub struct UploadTarget {
+    /// The collector's QUIC address.
     pub collector: SocketAddr,
+    /// Its TLS-over-TCP address, tried when QUIC does not get through; `None`: QUIC only.
+    pub tcp: Option<SocketAddr>,
+    /// TLS server name (SNI; an address sends none). Only the pin is checked.
     pub server_name: String,
     pub pin: [u8; 32],
     /// Local address to upload from.
     pub bind: Option<IpAddr>,
     pub batch: usize,
     pub connect_timeout: Duration,
+    /// Ask the collector for its carry-out key (on a pass that has reports to upload).
+    pub fetch_seal_key: bool,
+}
+
+impl UploadTarget {
+    /// QUIC and TCP at the same address, no key fetching, 64-report batches, 5 s to connect.
+    pub fn new(collector: SocketAddr, pin: [u8; 32]) -> Self {
+        UploadTarget {
+            collector,
+            tcp: Some(collector),
+            server_name: collector.ip().to_string(),
+            pin,
+            bind: None,
+            batch: 64,
+            connect_timeout: Duration::from_secs(5),
+            fetch_seal_key: false,
+        }
+    }
 }
 
 /// What one upload pass did.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UploadSummary {
     pub accepted: usize,
     pub duplicate: usize,
     pub rejected: usize,
     /// Still queued when the pass ended.
     pub remaining: usize,
+    /// The transport that reached the collector; `None` when there was nothing to do.
+    pub transport: Option<Transport>,
+    /// Why QUIC was given up for TCP in this pass, if it was.
+    pub quic_error: Option<String>,
+    /// The collector's carry-out key, if asked for and given.
+    pub seal_key: Option<CarryKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,9 +250,10 @@ pub enum UploadError {
     Local(anyhow::Error),
 }
 
-/// Uploads the whole queue, batch by batch. A report is removed only after the collector
-/// acknowledged it (accepted or duplicate: stored; rejected: it never will be — its reason is
-/// logged). On any error the unacknowledged reports stay queued.
+/// Uploads the whole queue, batch by batch, over QUIC or else TLS over TCP (see the module
+/// text). A report is removed only after the collector acknowledged it (accepted or duplicate:
+/// stored; rejected: it never will be — its reason is logged). On any error the unacknowledged
+/// reports stay queued.
 pub async fn upload_queue(
     queue: &Queue,
     target: &UploadTarget,
@@ -145,6 +265,42 @@ pub async fn upload_queue(
     if queue.is_empty() {
         return Ok(summary);
     }
+    let result = match upload_quic(queue, target, &mut summary).await {
+        Ok(()) => {
+            summary.transport = Some(Transport::Quic);
+            Ok(())
+        }
+        Err(UploadError::Unreachable(quic)) => match target.tcp {
+            None => Err(UploadError::Unreachable(quic)),
+            Some(tcp) => {
+                tracing::info!(
+                    "QUIC to {} did not get through ({quic:#}); trying TLS over TCP to {tcp}",
+                    target.collector
+                );
+                summary.quic_error = Some(format!("{quic:#}"));
+                match upload_tcp(queue, target, tcp, &mut summary).await {
+                    Ok(()) => {
+                        summary.transport = Some(Transport::Tcp);
+                        Ok(())
+                    }
+                    Err(UploadError::Unreachable(e)) => Err(UploadError::Unreachable(anyhow!(
+                        "over QUIC: {quic:#}; over TLS/TCP: {e:#}"
+                    ))),
+                    Err(e) => Err(e),
+                }
+            }
+        },
+        Err(e) => Err(e),
+    };
+    summary.remaining = queue.len();
+    result.map(|_| summary)
+}
+
+async fn upload_quic(
+    queue: &Queue,
+    target: &UploadTarget,
+    summary: &mut UploadSummary,
+) -> Result<(), UploadError> {
     let local = SocketAddr::new(
         target.bind.unwrap_or(match target.collector {
             SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -157,47 +313,108 @@ pub async fn upload_queue(
         .map_err(UploadError::Local)?;
     endpoint
         .set_default_client_config(pinned_client_config(target.pin).map_err(UploadError::Local)?);
-    let result = upload_with(&endpoint, queue, target, &mut summary).await;
+    let result = async {
+        let connecting = endpoint
+            .connect(target.collector, &target.server_name)
+            .map_err(|e| UploadError::Unreachable(anyhow!(e)))?;
+        let conn = tokio::time::timeout(target.connect_timeout, connecting)
+            .await
+            .map_err(|_| {
+                UploadError::Unreachable(anyhow!(
+                    "no answer from {} within {:?}",
+                    target.collector,
+                    target.connect_timeout
+                ))
+            })?
+            .map_err(|e| UploadError::Unreachable(anyhow!(e)))?;
+        drain(&mut Conn::Quic(conn), queue, target, summary).await
+    }
+    .await;
     endpoint.close(0u32.into(), b"done");
     // Give the close a moment to reach the collector; not needed for correctness.
     let _ = tokio::time::timeout(Duration::from_millis(200), endpoint.wait_idle()).await;
-    summary.remaining = queue.len();
-    result.map(|_| summary)
+    result
 }
 
-async fn upload_with(
-    endpoint: &quinn::Endpoint,
+async fn upload_tcp(
+    queue: &Queue,
+    target: &UploadTarget,
+    addr: SocketAddr,
+    summary: &mut UploadSummary,
+) -> Result<(), UploadError> {
+    let stream = connect_tcp(
+        addr,
+        &target.server_name,
+        target.pin,
+        target.bind,
+        target.connect_timeout,
+    )
+    .await
+    .map_err(UploadError::Unreachable)?;
+    let mut conn = Conn::Tcp(Box::new(stream));
+    let result = drain(&mut conn, queue, target, summary).await;
+    if let Conn::Tcp(mut s) = conn {
+        let _ = tokio::time::timeout(Duration::from_millis(200), s.shutdown()).await;
+    }
+    result
+}
+
+/// A connection to the collector over either transport.
+enum Conn {
+    Quic(quinn::Connection),
+    Tcp(Box<TcpConn>),
+}
+
+impl Conn {
+    async fn request(&mut self, req: &Request) -> Result<Response> {
+        match self {
+            Conn::Quic(c) => request(c, req).await,
+            Conn::Tcp(s) => request_tcp(s.as_mut(), req).await,
+        }
+    }
+}
+
+/// The longest one request may wait for its answer (the collector answers after its store is
+/// durable).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Fetches the carry-out key if asked, then uploads the queue batch by batch on `conn`.
+async fn drain(
+    conn: &mut Conn,
     queue: &Queue,
     target: &UploadTarget,
     summary: &mut UploadSummary,
 ) -> Result<(), UploadError> {
-    let connecting = endpoint
-        .connect(target.collector, &target.server_name)
-        .map_err(|e| UploadError::Unreachable(anyhow!(e)))?;
-    let conn = tokio::time::timeout(target.connect_timeout, connecting)
-        .await
-        .map_err(|_| {
-            UploadError::Unreachable(anyhow!(
-                "no answer from {} within {:?}",
-                target.collector,
-                target.connect_timeout
-            ))
-        })?
-        .map_err(|e| UploadError::Unreachable(anyhow!(e)))?;
+    if target.fetch_seal_key {
+        let answer = tokio::time::timeout(ANSWER_TIMEOUT, conn.request(&Request::SealKey))
+            .await
+            .map_err(|_| UploadError::Unreachable(anyhow!("no answer within 60 s")))?
+            .map_err(UploadError::Unreachable)?;
+        match answer {
+            Response::SealKey { key } => summary.seal_key = Some(CarryKey(key)),
+            other => tracing::debug!("the collector gave no carry-out key: {other:?}"),
+        }
+    }
     loop {
         let batch = queue.oldest(target.batch).map_err(UploadError::Local)?;
         if batch.is_empty() {
             return Ok(());
         }
         let reports: Vec<_> = batch.iter().map(|(_, r)| r.clone()).collect();
-        let response = tokio::time::timeout(Duration::from_secs(60), exchange(&conn, reports))
-            .await
-            .map_err(|_| UploadError::Unreachable(anyhow!("no acknowledgement within 60 s")))?
-            .map_err(UploadError::Unreachable)?;
+        let response =
+            tokio::time::timeout(ANSWER_TIMEOUT, conn.request(&Request::Upload { reports }))
+                .await
+                .map_err(|_| UploadError::Unreachable(anyhow!("no acknowledgement within 60 s")))?
+                .map_err(UploadError::Unreachable)?;
         let statuses = match response {
             Response::Ack { statuses } => statuses,
             Response::Error { code, reason } => {
                 return Err(UploadError::Refused(format!("code {code}: {reason}")))
+            }
+            Response::SealKey { .. } => {
+                return Err(UploadError::Refused(
+                    "a key where an acknowledgement was due; nothing removed".into(),
+                ))
             }
         };
         if statuses.len() != batch.len() {
@@ -223,15 +440,38 @@ async fn upload_with(
 }
 
 /// One request/response exchange on a new stream of `conn` (public for tests and load tools).
+pub async fn request(conn: &quinn::Connection, req: &Request) -> Result<Response> {
+    let (mut send, mut recv) = conn.open_bi().await.context("opening upload stream")?;
+    send.write_all(&encode_frame(req)?)
+        .await
+        .context("sending request")?;
+    send.finish().context("finishing request")?;
+    read_response(&mut recv).await
+}
+
+/// One upload of `reports` on a new stream of `conn` (public for tests and load tools).
 pub async fn exchange(
     conn: &quinn::Connection,
     reports: Vec<callwatch_proto::SignedReport>,
 ) -> Result<Response> {
-    let (mut send, mut recv) = conn.open_bi().await.context("opening upload stream")?;
-    send.write_all(&encode_frame(&Request::Upload { reports })?)
+    request(conn, &Request::Upload { reports }).await
+}
+
+/// One request/response exchange on a TLS-over-TCP connection (requests follow each other on
+/// it; public for tests).
+pub async fn request_tcp<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    req: &Request,
+) -> Result<Response> {
+    stream
+        .write_all(&encode_frame(req)?)
         .await
-        .context("sending batch")?;
-    send.finish().context("finishing batch")?;
+        .context("sending request")?;
+    stream.flush().await.context("sending request")?;
+    read_response(stream).await
+}
+
+async fn read_response<R: AsyncRead + Unpin>(recv: &mut R) -> Result<Response> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await

@@ -12,8 +12,10 @@ use std::path::Path;
 pub const CERT_FILE: &str = "collector.crt.der";
 pub const KEY_FILE: &str = "collector.key.der";
 pub const PIN_FILE: &str = "collector.pin";
-/// Names the self-signed certificate is valid for; agents that pin ignore the name.
-pub const SERVER_NAMES: [&str; 2] = ["callwatch-collector", "localhost"];
+/// Names a new self-signed certificate is valid for; agents that pin ignore the name. No
+/// callwatch name: a prober fetching the certificate should not read what the server is for.
+/// (Certificates made before keep their names: a new one would change the pin.)
+pub const SERVER_NAMES: [&str; 1] = ["localhost"];
 
 pub struct Identity {
     pub cert: CertificateDer<'static>,

@@ -283,7 +283,7 @@ pub fn render_metrics(state: &AppState) -> String {
         metric(
             "callwatch_ingest_reports_total",
             "counter",
-            "Reports received over QUIC, by outcome.",
+            "Reports received (over QUIC or TLS over TCP), by outcome.",
             &[
                 ("{outcome=\"accepted\"}".into(), i.accepted.load(Relaxed)),
                 ("{outcome=\"duplicate\"}".into(), i.duplicate.load(Relaxed)),
@@ -309,8 +309,23 @@ pub fn render_metrics(state: &AppState) -> String {
         metric(
             "callwatch_ingest_connections_refused_total",
             "counter",
-            "QUIC connections refused at the connection limit.",
+            "Connections refused at the connection limit.",
             &[(String::new(), i.connections_refused.load(Relaxed))],
+        );
+        metric(
+            "callwatch_ingest_connections_total",
+            "counter",
+            "Agent connections accepted, by transport (tcp: their QUIC did not get through).",
+            &[
+                (
+                    "{transport=\"quic\"}".into(),
+                    i.connections_quic.load(Relaxed),
+                ),
+                (
+                    "{transport=\"tcp\"}".into(),
+                    i.connections_tcp.load(Relaxed),
+                ),
+            ],
         );
     }
     if let Some(r) = &state.reflector {

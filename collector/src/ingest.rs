@@ -1,16 +1,21 @@
-//! QUIC ingest: agents upload batches of signed reports; each is verified, placed in a region,
-//! stored durably, and only then acknowledged.
+//! Ingest: agents upload batches of signed reports over QUIC or, where QUIC does not get
+//! through, over TLS on TCP; each report is verified, placed in a region, stored durably, and
+//! only then acknowledged.
 //!
-//! One upload is one bidirectional stream carrying one request frame and one response frame (see
-//! `callwatch_proto::upload`). The sender's address is looked up in the region table when the
-//! connection is accepted and goes no further: only the [`Region`] reaches the store.
+//! Both transports carry the same frames (see `callwatch_proto::upload`): over QUIC one request
+//! and one response per bidirectional stream, over TCP one after the other on the connection.
+//! Both share one connection limit (overall and per address), one rate limiter and one request
+//! handler ([`process_batch`] for the reports). The sender's address is looked up in the region
+//! table when the connection is accepted and goes no further: only the [`Region`] reaches the
+//! store.
 
 use crate::geo::{Geo, Region};
 use crate::store::{InsertOutcome, ReportKey, ReportStore, StoredReport};
 use anyhow::{Context, Result};
+use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
-    decode_frame_body, encode_frame, error_code, frame_len, ReportStatus, Request, Response, ALPN,
-    MAX_BATCH,
+    decode_frame_body, encode_frame, error_code, frame_len, ReportStatus, Request, Response,
+    MAX_BATCH, QUIC_SERVER_ALPNS,
 };
 use callwatch_proto::SignedReport;
 use chrono::Utc;
@@ -21,12 +26,15 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 
 /// How far a report's start time may lie in the future (clock error on volunteers' machines).
 pub const MAX_FUTURE: chrono::Duration = chrono::Duration::minutes(10);
-/// How old a report may be when it arrives (agents queue while the collector is away).
-pub const MAX_AGE: chrono::Duration = chrono::Duration::days(30);
+/// How old a report may be when it arrives: 180 days. Agents queue while the collector is out of
+/// reach, through long blocks, and volunteers carry reports out in files ([`crate::carry`]);
+/// a report keeps its own start time however late it comes.
+pub const MAX_AGE: chrono::Duration = chrono::Duration::days(180);
 
 /// Ingest counters, by outcome and by rejection reason.
 #[derive(Default)]
@@ -35,6 +43,10 @@ pub struct IngestStats {
     pub duplicate: AtomicU64,
     pub batches: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Connections accepted over QUIC.
+    pub connections_quic: AtomicU64,
+    /// Connections accepted over TLS on TCP (agents whose QUIC did not get through).
+    pub connections_tcp: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
 }
 
@@ -54,7 +66,12 @@ impl IngestStats {
 }
 
 pub struct IngestConfig {
+    /// QUIC address.
     pub listen: SocketAddr,
+    /// TLS-over-TCP address; `None`: no TCP listener.
+    pub tcp: Option<SocketAddr>,
+    /// The carry-out key agents may ask for ([`Request::SealKey`]); `None`: not offered.
+    pub carry_key: Option<CarryKey>,
     pub cert: CertificateDer<'static>,
     pub key: PrivateKeyDer<'static>,
     pub store: Arc<dyn ReportStore>,
@@ -67,6 +84,10 @@ pub struct IngestConfig {
 
 /// How long an upload stream may take to deliver its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TCP connection may take for its TLS handshake.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TCP connection may sit idle between requests (QUIC's idle timeout is the same).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Ingest rate limits. Generous by default: an agent back from a week offline uploads a few
 /// hundred queued reports at once, and many volunteers can share one carrier-grade NAT address.
@@ -256,7 +277,10 @@ impl PerIp {
 pub struct Ingest {
     pub endpoint: quinn::Endpoint,
     pub stats: Arc<IngestStats>,
+    /// Where the TLS-over-TCP listener is bound, if there is one.
+    pub tcp_addr: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
+    tcp_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Ingest {
@@ -264,27 +288,47 @@ impl Ingest {
         self.endpoint.local_addr()
     }
 
-    /// Stops accepting, closes connections and waits for the endpoint to go idle.
+    /// Stops accepting, closes connections and waits for the QUIC endpoint to go idle. TCP
+    /// connections end with their listener's task (it owns them).
     pub async fn shutdown(&self) {
         self.task.abort();
+        if let Some(t) = &self.tcp_task {
+            t.abort();
+        }
         self.endpoint
             .close(quinn::VarInt::from_u32(error_code::OK), b"shutting down");
         self.endpoint.wait_idle().await;
     }
 }
 
-pub fn server_config(
+fn tls_server_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
-) -> Result<quinn::ServerConfig> {
+) -> Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+    rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with ring")?
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)
-        .context("collector certificate and key do not match")?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+        .context("collector certificate and key do not match")
+}
+
+/// The TLS config of the TCP listener: the QUIC certificate, TLS 1.3, and no ALPN selected
+/// (agents offer `h2`/`http/1.1` as browsers do; see `callwatch_proto::upload`).
+pub fn tcp_tls_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ServerConfig> {
+    tls_server_config(cert, key)
+}
+
+pub fn server_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> Result<quinn::ServerConfig> {
+    let mut tls = tls_server_config(cert, key)?;
+    tls.alpn_protocols = QUIC_SERVER_ALPNS.iter().map(|a| a.to_vec()).collect();
     let crypto = QuicServerConfig::try_from(tls).context("QUIC TLS config")?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -298,56 +342,128 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Binds the QUIC endpoint and starts accepting agents.
+/// What both listeners share: the limits, the store and the region table.
+struct Shared {
+    store: Arc<dyn ReportStore>,
+    stats: Arc<IngestStats>,
+    geo: Arc<Geo>,
+    limiter: Arc<Limiter>,
+    /// Connections over both transports.
+    connections: Arc<Semaphore>,
+    per_ip: PerIp,
+    max_per_ip: usize,
+    carry_key: Option<CarryKey>,
+}
+
+/// A connection's place under the limits; gives it back when dropped.
+struct Admitted {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.shared.per_ip.give_back(self.ip);
+    }
+}
+
+impl Shared {
+    /// A place for a new connection from `ip`, or `None` (counted) at a limit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Admitted> {
+        let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+            self.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        if !self.per_ip.try_take(ip, self.max_per_ip) {
+            self.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Admitted {
+            shared: self.clone(),
+            ip,
+            _permit: permit,
+        })
+    }
+
+    /// What a connection's requests know of their sender. The one place the sender's address is
+    /// used: to find its region (and, in memory, for the rate limit).
+    fn peer(&self, ip: IpAddr) -> Peer {
+        Peer {
+            ip,
+            region: self.geo.lookup(ip),
+            limiter: self.limiter.clone(),
+        }
+    }
+}
+
+/// Binds the QUIC endpoint (and the TCP listener, if configured) and starts accepting agents.
 pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
+    let tcp_listener = match cfg.tcp {
+        None => None,
+        Some(addr) => {
+            let std_listener = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding TLS/TCP ingest on {addr}"))?;
+            std_listener.set_nonblocking(true)?;
+            Some(tokio::net::TcpListener::from_std(std_listener)?)
+        }
+    };
+    let tcp_tls = tcp_tls_config(cfg.cert.clone(), cfg.key.clone_key())?;
     let server = server_config(cfg.cert, cfg.key)?;
     let endpoint = quinn::Endpoint::server(server, cfg.listen)
         .with_context(|| format!("binding QUIC ingest on {}", cfg.listen))?;
     let stats = Arc::new(IngestStats::default());
-    let limit = Arc::new(Semaphore::new(cfg.max_connections));
-    let per_ip = Arc::new(PerIp::default());
-    let max_per_ip = cfg.max_connections_per_ip;
-    let (ep, st, store, geo) = (endpoint.clone(), stats.clone(), cfg.store, cfg.geo);
-    let limiter = Arc::new(Limiter::new(cfg.rate_limits));
+    let shared = Arc::new(Shared {
+        store: cfg.store,
+        stats: stats.clone(),
+        geo: cfg.geo,
+        limiter: Arc::new(Limiter::new(cfg.rate_limits)),
+        connections: Arc::new(Semaphore::new(cfg.max_connections)),
+        per_ip: PerIp::default(),
+        max_per_ip: cfg.max_connections_per_ip,
+        carry_key: cfg.carry_key,
+    });
+    let (ep, sh) = (endpoint.clone(), shared.clone());
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
             let ip = incoming.remote_address().ip();
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                st.connections_refused.fetch_add(1, Ordering::Relaxed);
+            let Some(admitted) = sh.admit(ip) else {
                 incoming.refuse();
                 continue;
             };
-            if !per_ip.try_take(ip, max_per_ip) {
-                st.connections_refused.fetch_add(1, Ordering::Relaxed);
-                incoming.refuse();
-                continue;
-            }
-            // The one place the sender's address is used: to find its region.
-            let region = geo.lookup(ip);
-            let (store, st, per_ip) = (store.clone(), st.clone(), per_ip.clone());
-            let limiter = limiter.clone();
+            let peer = Arc::new(sh.peer(ip));
             tokio::spawn(async move {
                 if let Ok(conn) = incoming.await {
-                    let peer = Peer {
-                        ip,
-                        region,
-                        limiter,
-                    };
-                    serve_connection(conn, Arc::new(peer), store, st).await;
+                    admitted
+                        .shared
+                        .stats
+                        .connections_quic
+                        .fetch_add(1, Ordering::Relaxed);
+                    serve_connection(conn, peer, admitted.shared.clone()).await;
                 }
-                per_ip.give_back(ip);
-                drop(permit);
+                drop(admitted);
             });
         }
+    });
+    let tcp_addr = tcp_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let tcp_task = tcp_listener.map(|listener| {
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tcp_tls));
+        tokio::spawn(serve_tcp(listener, acceptor, shared))
     });
     Ok(Ingest {
         endpoint,
         stats,
+        tcp_addr,
         task,
+        tcp_task,
     })
 }
 
-/// What a connection's streams know of their sender: its region, and its address only for the
+/// What a connection's requests know of their sender: its region, and its address only for the
 /// in-memory rate limit.
 struct Peer {
     ip: IpAddr,
@@ -355,16 +471,11 @@ struct Peer {
     limiter: Arc<Limiter>,
 }
 
-async fn serve_connection(
-    conn: quinn::Connection,
-    peer: Arc<Peer>,
-    store: Arc<dyn ReportStore>,
-    stats: Arc<IngestStats>,
-) {
+async fn serve_connection(conn: quinn::Connection, peer: Arc<Peer>, shared: Arc<Shared>) {
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let (peer, store, stats) = (peer.clone(), store.clone(), stats.clone());
+        let (peer, shared) = (peer.clone(), shared.clone());
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(send, recv, &peer, store, stats).await {
+            if let Err(e) = serve_stream(send, recv, &peer, &shared).await {
                 tracing::debug!("upload stream ended: {e:#}");
             }
         });
@@ -375,74 +486,186 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     peer: &Peer,
-    store: Arc<dyn ReportStore>,
-    stats: Arc<IngestStats>,
+    shared: &Shared,
 ) -> Result<()> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix)
         .await
         .context("reading frame length")?;
-    let response = match frame_len(prefix) {
-        Err(e) => {
-            stats.reject("frame_too_large");
-            let _ = recv.stop(quinn::VarInt::from_u32(error_code::TOO_LARGE));
-            Response::Error {
-                code: error_code::TOO_LARGE,
-                reason: e.to_string(),
-            }
-        }
-        // Every request costs the address a token, well-formed or not; a refused one is not
-        // even read.
-        Ok(_) if let Err(reason) = peer.limiter.admit_batch(peer.ip) => {
-            stats.reject("rate_limited_address");
-            let _ = recv.stop(quinn::VarInt::from_u32(error_code::BUSY));
-            Response::Error {
-                code: error_code::BUSY,
-                reason,
-            }
-        }
-        Ok(len) => {
-            let mut body = vec![0u8; len];
-            tokio::time::timeout(REQUEST_TIMEOUT, recv.read_exact(&mut body))
-                .await
-                .map_err(|_| {
-                    stats.reject("request_timeout");
-                    anyhow::anyhow!("request not complete within {REQUEST_TIMEOUT:?}")
-                })?
-                .context("reading frame")?;
-            match decode_frame_body::<Request>(&body) {
-                Err(e) => {
-                    stats.reject("malformed_frame");
-                    Response::Error {
-                        code: error_code::PROTOCOL,
-                        reason: e.to_string(),
-                    }
-                }
-                Ok(Request::Upload { reports }) => {
-                    let response =
-                        process_batch(reports, peer.region.clone(), store, &stats, &peer.limiter)
-                            .await;
-                    // Rejected reports (bad signatures above all) and re-sent ones cost
-                    // verification time an honest agent rarely makes the collector spend: the
-                    // address pays extra for them.
-                    if let Response::Ack { statuses } = &response {
-                        let costly = statuses
-                            .iter()
-                            .filter(|s| !matches!(s, ReportStatus::Accepted))
-                            .count();
-                        peer.limiter
-                            .penalize_address(peer.ip, costly as f64 / REJECTS_PER_TOKEN);
-                    }
-                    response
-                }
-            }
-        }
-    };
-    send.write_all(&encode_frame(&response)?).await?;
+    let answer = answer_request(prefix, &mut recv, peer, shared).await?;
+    if let Some(code) = answer.unread {
+        let _ = recv.stop(quinn::VarInt::from_u32(code));
+    }
+    send.write_all(&encode_frame(&answer.response)?).await?;
     send.finish()?;
     // Let the peer read the answer before the stream is dropped.
     let _ = send.stopped().await;
     Ok(())
+}
+
+/// Accepts TLS-over-TCP agents until the task is aborted; the connections live in a `JoinSet`
+/// owned here, so aborting the listener ends them too.
+async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shared: Arc<Shared>,
+) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let (tcp, from) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and the like: back off a little instead of spinning on the error.
+                tracing::warn!("TCP ingest: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ip = from.ip();
+        let Some(admitted) = shared.admit(ip) else {
+            drop(tcp);
+            continue;
+        };
+        let (acceptor, peer) = (acceptor.clone(), shared.peer(ip));
+        connections.spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let Ok(Ok(tls)) =
+                tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return;
+            };
+            admitted
+                .shared
+                .stats
+                .connections_tcp
+                .fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = serve_tcp_connection(tls, &peer, &admitted.shared).await {
+                tracing::debug!("TCP upload connection ended: {e:#}");
+            }
+        });
+    }
+}
+
+/// Request after request on one TLS connection, each answered before the next is read; ends at
+/// the agent's close, after [`IDLE_TIMEOUT`] without a request, or after a request whose body
+/// was not read (refused by its size or the rate limit: the byte stream is then out of step).
+async fn serve_tcp_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tls: S,
+    peer: &Peer,
+    shared: &Shared,
+) -> Result<()> {
+    loop {
+        let mut prefix = [0u8; 4];
+        match tokio::time::timeout(IDLE_TIMEOUT, tls.read_exact(&mut prefix)).await {
+            Err(_) => break,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Ok(Err(e)) => return Err(e).context("reading frame length"),
+            Ok(Ok(_)) => {}
+        }
+        let answer = answer_request(prefix, &mut tls, peer, shared).await?;
+        tls.write_all(&encode_frame(&answer.response)?).await?;
+        tls.flush().await?;
+        if answer.unread.is_some() {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), tls.shutdown()).await;
+    Ok(())
+}
+
+/// The answer to one request, and whether its body was left unread (with the error code to
+/// stop the stream with).
+struct Answer {
+    response: Response,
+    unread: Option<u32>,
+}
+
+/// Reads one request whose length prefix was read, and answers it. The same for QUIC streams
+/// and TCP connections: every request costs the address a rate token, well-formed or not; a
+/// refused one is not even read.
+async fn answer_request<R: AsyncRead + Unpin>(
+    prefix: [u8; 4],
+    recv: &mut R,
+    peer: &Peer,
+    shared: &Shared,
+) -> Result<Answer> {
+    let stats = &shared.stats;
+    let len = match frame_len(prefix) {
+        Err(e) => {
+            stats.reject("frame_too_large");
+            return Ok(Answer {
+                response: Response::Error {
+                    code: error_code::TOO_LARGE,
+                    reason: e.to_string(),
+                },
+                unread: Some(error_code::TOO_LARGE),
+            });
+        }
+        Ok(len) => len,
+    };
+    if let Err(reason) = peer.limiter.admit_batch(peer.ip) {
+        stats.reject("rate_limited_address");
+        return Ok(Answer {
+            response: Response::Error {
+                code: error_code::BUSY,
+                reason,
+            },
+            unread: Some(error_code::BUSY),
+        });
+    }
+    let mut body = vec![0u8; len];
+    tokio::time::timeout(REQUEST_TIMEOUT, recv.read_exact(&mut body))
+        .await
+        .map_err(|_| {
+            stats.reject("request_timeout");
+            anyhow::anyhow!("request not complete within {REQUEST_TIMEOUT:?}")
+        })?
+        .context("reading frame")?;
+    let response = match decode_frame_body::<Request>(&body) {
+        Err(e) => {
+            stats.reject("malformed_frame");
+            Response::Error {
+                code: error_code::PROTOCOL,
+                reason: e.to_string(),
+            }
+        }
+        Ok(Request::SealKey) => match shared.carry_key {
+            Some(key) => Response::SealKey { key: key.0 },
+            None => Response::Error {
+                code: error_code::PROTOCOL,
+                reason: "this collector offers no carry-out key".into(),
+            },
+        },
+        Ok(Request::Upload { reports }) => {
+            let response = process_batch(
+                reports,
+                peer.region.clone(),
+                shared.store.clone(),
+                stats,
+                &peer.limiter,
+            )
+            .await;
+            // Rejected reports (bad signatures above all) and re-sent ones cost verification
+            // time an honest agent rarely makes the collector spend: the address pays extra.
+            if let Response::Ack { statuses } = &response {
+                let costly = statuses
+                    .iter()
+                    .filter(|s| !matches!(s, ReportStatus::Accepted))
+                    .count();
+                peer.limiter
+                    .penalize_address(peer.ip, costly as f64 / REJECTS_PER_TOKEN);
+            }
+            response
+        }
+    };
+    Ok(Answer {
+        response,
+        unread: None,
+    })
 }
 
 /// Verifies, stores and answers one batch. Public for tests and load tools that bypass QUIC.

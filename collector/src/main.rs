@@ -21,11 +21,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the collector: QUIC ingest, reflector and HTTP API.
+    /// Run the collector: QUIC and TLS-over-TCP ingest, reflector and HTTP API.
     ///
     /// On first start a self-signed certificate is made in DIR and its SHA-256 fingerprint is
     /// printed and written to DIR/collector.pin; give it to agents with
-    /// `callwatch-agent init --pin`.
+    /// `callwatch-agent init --pin`. A carry-out key is made too (DIR/collector.seal.key,
+    /// owner-only); its public half is printed and written to DIR/collector.seal.pub, and agents
+    /// learn it with their first upload (see `import`).
+    ///
+    /// Agents upload over QUIC and fall back to TLS over TCP where QUIC does not get through:
+    /// both listen by default on the same port number (--tcp moves TCP, e.g. to 443). Reports
+    /// up to 180 days old are accepted (queued through a long block, or carried out).
     ///
     /// Example:
     ///   callwatch-collector serve --data /var/lib/callwatch --listen 0.0.0.0:4433 \
@@ -38,6 +44,10 @@ enum Command {
         /// QUIC address agents upload to.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4433")]
         listen: SocketAddr,
+        /// TLS-over-TCP address agents fall back to when QUIC fails (default: the --listen
+        /// address and port, on TCP). Same certificate, same frames, same rules.
+        #[arg(long, value_name = "ADDR")]
+        tcp: Option<SocketAddr>,
         /// UDP address of the reflector; repeat for several ports.
         #[arg(long = "reflector", value_name = "ADDR", default_values_t = ["127.0.0.1:3479".parse::<SocketAddr>().expect("literal")])]
         reflectors: Vec<SocketAddr>,
@@ -126,6 +136,27 @@ enum Command {
         #[arg(long, default_value_t = 5000, value_name = "N")]
         batch: usize,
     },
+    /// Import a carry-out file (`callwatch-agent export-queue`) into a stopped collector's store.
+    ///
+    /// The file is opened with DIR/collector.seal.key; each report is verified and stored by the
+    /// same rules as an upload (signature, schema, at most 180 days old, one copy per report:
+    /// a report uploaded or imported before counts as a duplicate). Reports are filed under
+    /// unknown region (ZZ, AS0), never under the importer's address. One result per line, then
+    /// a summary; a damaged line is rejected alone, with its line number and why. A file sealed
+    /// to another collector, truncated, or not a carry-out file is refused as a whole and nothing
+    /// is stored. Exit 0 when no line was rejected, 1 otherwise.
+    ///
+    /// Example:
+    ///   callwatch-collector import --data /var/lib/callwatch carried.cwq
+    Import {
+        /// The stopped collector's data folder (its carry-out key and, by default, its store).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        #[command(flatten)]
+        store: callwatch_collector::store::config::StoreArgs,
+        /// The carry-out file.
+        file: PathBuf,
+    },
     /// Check every signature in an ndjson export, offline. Exit 0 when all verify, 1 otherwise.
     Verify {
         /// The export file ("-" for standard input).
@@ -166,6 +197,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Serve {
             data,
             listen,
+            tcp,
             reflectors,
             http,
             geo,
@@ -177,6 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.policy.min_agents = min_agents;
             cfg.policy.max_per_agent_per_day = max_per_agent_day;
             cfg.listen = listen;
+            cfg.tcp = tcp;
             cfg.reflectors = reflectors;
             cfg.http = http;
             cfg.geo_files = geo;
@@ -193,6 +226,11 @@ async fn run(cli: Cli) -> Result<()> {
                 collector.reflector.seal_key
             );
             println!("QUIC ingest on {}", collector.quic_addr);
+            println!("TLS/TCP ingest on {}", collector.tcp_addr);
+            println!(
+                "carry-out key (agents' collector_seal_key; also in collector.seal.pub): {}",
+                collector.carry_key
+            );
             for a in &collector.reflector.addrs {
                 println!("reflector on udp {a}");
             }
@@ -243,6 +281,13 @@ async fn run(cli: Cli) -> Result<()> {
                 callwatch_collector::store::config::migrate(&from, &to, batch).map(drop)
             })
             .await?
+        }
+        Command::Import { data, store, file } => {
+            let summary = callwatch_collector::carry::import_command(&data, &store, &file).await?;
+            if summary.rejected > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         Command::Verify { file } => {
             let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {

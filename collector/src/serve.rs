@@ -1,4 +1,5 @@
-//! `serve`: the whole collector in one process — QUIC ingest, store, reflector and HTTP API.
+//! `serve`: the whole collector in one process — QUIC and TLS-over-TCP ingest, store, reflector
+//! and HTTP API.
 
 use crate::cert;
 use crate::geo::Geo;
@@ -17,6 +18,9 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// QUIC ingest address.
     pub listen: SocketAddr,
+    /// TLS-over-TCP ingest address (the fallback for agents whose QUIC does not get through);
+    /// `None`: the same address and port as `listen` (with port 0, a free port of its own).
+    pub tcp: Option<SocketAddr>,
     /// Reflector UDP addresses (one socket each).
     pub reflectors: Vec<SocketAddr>,
     /// HTTP API address.
@@ -41,6 +45,7 @@ impl ServeConfig {
         ServeConfig {
             data_dir,
             listen: "127.0.0.1:4433".parse().expect("literal address"),
+            tcp: None,
             reflectors: vec!["127.0.0.1:3479".parse().expect("literal address")],
             http: "127.0.0.1:8080".parse().expect("literal address"),
             geo: None,
@@ -57,6 +62,10 @@ impl ServeConfig {
 /// A running collector.
 pub struct Collector {
     pub quic_addr: SocketAddr,
+    /// Where the TLS-over-TCP ingest listens.
+    pub tcp_addr: SocketAddr,
+    /// The carry-out key agents seal exported queues to (its public half).
+    pub carry_key: callwatch_proto::carry::CarryKey,
     pub http_addr: SocketAddr,
     pub pin: String,
     pub reflector: ReflectorHandle,
@@ -91,8 +100,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
 pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> Result<Collector> {
     let identity = cert::load_or_create(&cfg.data_dir)?;
     let geo = Geo::load(cfg.geo.iter().chain(&cfg.geo_files))?;
+    let carry = crate::carry::load_or_create(&cfg.data_dir)?;
     let ingest = spawn_ingest(IngestConfig {
         listen: cfg.listen,
+        tcp: Some(cfg.tcp.unwrap_or(cfg.listen)),
+        carry_key: Some(carry.public()),
         cert: identity.cert,
         key: identity.key,
         store: store.clone(),
@@ -102,6 +114,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         rate_limits: cfg.rate_limits,
     })?;
     let quic_addr = ingest.local_addr()?;
+    let tcp_addr = ingest.tcp_addr.context("the TCP ingest listener")?;
     let seal = crate::reflector::identity::load_or_create(&cfg.data_dir)?;
     let reflector = spawn_reflector_sealed(&cfg.reflectors, cfg.reflector_limits, seal)
         .await
@@ -123,6 +136,8 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
     });
     Ok(Collector {
         quic_addr,
+        tcp_addr,
+        carry_key: carry.public(),
         http_addr,
         pin: identity.pin,
         reflector,

@@ -1,17 +1,44 @@
-//! The QUIC upload protocol between an agent and a collector.
+//! The upload protocol between an agent and a collector, over QUIC or over TLS on TCP.
 //!
-//! ALPN [`ALPN`]. Each upload is one bidirectional QUIC stream: the agent writes one [`Request`]
-//! frame and finishes its side; the collector answers with one [`Response`] frame, sent only after
-//! every accepted report in the batch is durably stored. A frame is a 4-byte big-endian length
-//! followed by that many bytes of postcard. Frames over [`MAX_FRAME_LEN`] are refused before they
-//! are read.
+//! Over QUIC each upload is one bidirectional stream: the agent writes one [`Request`] frame and
+//! finishes its side; the collector answers with one [`Response`] frame, sent only after every
+//! accepted report in the batch is durably stored. Over TLS on TCP (the fallback when QUIC does
+//! not get through) the same frames follow each other on one connection: request, response,
+//! request, response. A frame is a 4-byte big-endian length followed by that many bytes of
+//! postcard. Frames over [`MAX_FRAME_LEN`] are refused before they are read.
+//!
+//! ## What a censor's classifier sees
+//!
+//! The certificate pin is the only authentication; names are only labels, chosen so that lists
+//! of server names and ALPN values do not single the upload out:
+//!
+//! - **Server name (SNI)**: the collector's own host name as the agent's config gives it (an
+//!   address gives none), never a fixed callwatch name.
+//! - **QUIC ALPN** [`ALPN`] = `libp2p`. QUIC requires an ALPN. Not `h3`: this is not HTTP/3, and
+//!   a prober speaking HTTP/3 to the collector would find that out at once. `libp2p` is the most
+//!   widely deployed QUIC protocol that is not HTTP (IPFS, Ethereum and Filecoin nodes, residential
+//!   peers talking to hosted nodes on arbitrary ports, with self-signed certificates, as here);
+//!   listing it blocks those networks too.
+//! - **TLS-on-TCP ALPN**: the agent offers [`TCP_ALPN_OFFER`] (`h2`, `http/1.1`), the offer
+//!   browsers, curl and most HTTP libraries make; the collector selects none (a TLS 1.3 server's
+//!   choice travels encrypted, so an observer sees only the common offer, and the collector never
+//!   claims a protocol it does not speak).
+//! - **Compatibility**: collectors also accept [`LEGACY_ALPN`] (`callwatch/1`) on QUIC, so agents
+//!   of the previous release keep uploading; it goes in the release after this one.
 
 use crate::sign::SignedReport;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
 
-/// QUIC application protocol name; a peer that does not offer it cannot connect.
-pub const ALPN: &[u8] = b"callwatch/1";
+/// The QUIC application protocol name agents offer (see the module text for why this one).
+pub const ALPN: &[u8] = b"libp2p";
+/// The QUIC application protocol name of agents before this release; collectors accept it for
+/// one more release.
+pub const LEGACY_ALPN: &[u8] = b"callwatch/1";
+/// Every ALPN a collector accepts on QUIC, preferred first.
+pub const QUIC_SERVER_ALPNS: [&[u8]; 2] = [ALPN, LEGACY_ALPN];
+/// What agents offer on TLS over TCP; the collector selects none of them.
+pub const TCP_ALPN_OFFER: [&[u8]; 2] = [b"h2", b"http/1.1"];
 /// Largest frame either side will read.
 pub const MAX_FRAME_LEN: usize = 4 * 1024 * 1024;
 /// Most reports in one batch.
@@ -26,10 +53,16 @@ pub mod error_code {
     pub const INTERNAL: u32 = 4;
 }
 
-/// What an agent sends on an upload stream.
+/// What an agent sends on an upload stream. New variants go at the end (postcard numbers them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Upload { reports: Vec<SignedReport> },
+    Upload {
+        reports: Vec<SignedReport>,
+    },
+    /// Asks for the collector's carry-out key (X25519 public key), which agents seal exported
+    /// queue files to (`crate::carry`). Answered with [`Response::SealKey`]; collectors of the
+    /// previous release answer `Error` (`PROTOCOL`).
+    SealKey,
 }
 
 /// What the collector answers.
@@ -39,6 +72,9 @@ pub enum Response {
     Ack { statuses: Vec<ReportStatus> },
     /// The whole request was refused; nothing in it was stored.
     Error { code: u32, reason: String },
+    /// The collector's carry-out key, answering [`Request::SealKey`]; authenticated by the
+    /// pinned connection it arrives on.
+    SealKey { key: [u8; 32] },
 }
 
 /// The collector's answer for one report. `Accepted` and `Duplicate` both mean "stored durably,
@@ -139,6 +175,27 @@ mod tests {
         };
         let frame = encode_frame(&resp).unwrap();
         assert_eq!(decode_frame::<Response>(&frame).unwrap(), resp);
+        let msg = Request::SealKey;
+        assert_eq!(
+            decode_frame::<Request>(&encode_frame(&msg).unwrap()).unwrap(),
+            msg
+        );
+        let key = Response::SealKey { key: [7; 32] };
+        assert_eq!(
+            decode_frame::<Response>(&encode_frame(&key).unwrap()).unwrap(),
+            key
+        );
+    }
+
+    #[test]
+    fn old_frames_still_decode_and_the_new_request_is_a_new_variant() {
+        // An upload of the previous release (variant 0, no reports) decodes as before; the new
+        // request is variant 1, which an old collector refuses as a malformed frame.
+        assert_eq!(
+            decode_frame_body::<Request>(&[0, 0]).unwrap(),
+            Request::Upload { reports: vec![] }
+        );
+        assert_eq!(postcard::to_allocvec(&Request::SealKey).unwrap(), vec![1]);
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub struct RunningCollector {
     pub child: Child,
     pub pin: [u8; 32],
     pub quic: SocketAddr,
+    /// The TLS-over-TCP ingest address.
+    pub tcp: SocketAddr,
     pub reflector: SocketAddr,
     pub http: SocketAddr,
     /// Its standard output and error, in files (read them after it stopped).
@@ -64,6 +66,7 @@ pub fn start_collector(logs: &Path, data: &Path, extra: &[&str]) -> RunningColle
                 child,
                 pin,
                 quic: after("QUIC ingest on").parse().expect("QUIC address"),
+                tcp: after("TLS/TCP ingest on").parse().expect("TCP address"),
                 reflector: after("reflector on udp")
                     .parse()
                     .expect("reflector address"),

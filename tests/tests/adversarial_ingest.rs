@@ -34,7 +34,7 @@ async fn connect(
     let mut ep = quinn::Endpoint::client(format!("{from}:0").parse().unwrap()).unwrap();
     ep.set_default_client_config(pinned_client_config(pin(c)).unwrap());
     let conn = ep
-        .connect(c.quic_addr, "callwatch-collector")
+        .connect(c.quic_addr, "localhost")
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| e.to_string())?;
@@ -61,9 +61,13 @@ async fn reports_from_the_far_future_or_past_are_rejected_with_reasons() {
     future.started_at = chrono::Utc::now() + chrono::Duration::days(1);
     let mut old = base.clone();
     old.id = ReportId([2; 16]);
-    old.started_at = chrono::Utc::now() - chrono::Duration::days(60);
+    old.started_at = chrono::Utc::now() - chrono::Duration::days(181);
+    // Held through a long block (or carried out): within the 180-day limit, kept as it is.
+    let mut held = base.clone();
+    held.id = ReportId([3; 16]);
+    held.started_at = chrono::Utc::now() - chrono::Duration::days(170);
     let (_ep, conn) = connect(&c, "127.0.0.1").await.unwrap();
-    let reports = [future, old, base]
+    let reports = [future, old, base, held.clone()]
         .iter()
         .map(|r| SignedReport::sign(r, &key).unwrap())
         .collect();
@@ -75,14 +79,27 @@ async fn reports_from_the_far_future_or_past_are_rejected_with_reasons() {
         text.contains("in the future") && text.contains("older than"),
         "{text}"
     );
-    assert!(matches!(
-        statuses[2],
-        callwatch_proto::upload::ReportStatus::Accepted
-    ));
+    assert!(text.contains("older than 180 days"), "{text}");
+    for s in &statuses[2..] {
+        assert!(matches!(s, callwatch_proto::upload::ReportStatus::Accepted));
+    }
     let rejected = c.ingest.stats.rejected();
     assert_eq!(rejected.get("future_timestamp"), Some(&1));
     assert_eq!(rejected.get("too_old"), Some(&1));
-    assert_eq!(c.store.len(), 1);
+    assert_eq!(c.store.len(), 2);
+    // Stored with its own start time, not the arrival time.
+    let mut stored_held = None;
+    c.store
+        .for_each_since(i64::MIN, &mut |r| {
+            let report = r.signed.verify().unwrap();
+            if report.id == held.id {
+                stored_held = Some(report.started_at);
+            }
+            Ok(true)
+        })
+        .unwrap();
+    let at = stored_held.expect("the held report is stored");
+    assert!((at - held.started_at).num_seconds().abs() < 1, "{at}");
     c.shutdown().await;
 }
 
@@ -171,11 +188,13 @@ async fn idle_connections_from_one_source_are_capped_and_honest_agents_still_upl
         .unwrap();
     let target = UploadTarget {
         collector: c.quic_addr,
-        server_name: "callwatch-collector".into(),
+        tcp: None,
+        server_name: "localhost".into(),
         pin: pin(&c),
         bind: Some("127.0.0.2".parse().unwrap()),
         batch: 10,
         connect_timeout: Duration::from_secs(5),
+        fetch_seal_key: false,
     };
     assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 1);
     drop(idle);

@@ -316,11 +316,13 @@ async fn clickhouse_outage_during_ingest_loses_nothing() {
     hex::decode_to_slice(&c.pin, &mut pin).unwrap();
     let target = UploadTarget {
         collector: c.quic_addr,
-        server_name: "callwatch-collector".into(),
+        tcp: None,
+        server_name: "localhost".into(),
         pin,
         bind: None,
         batch: 10,
         connect_timeout: Duration::from_secs(5),
+        fetch_seal_key: false,
     };
     let data = seed::seed();
     let (first, second) = (&data[..30], &data[30..90]);

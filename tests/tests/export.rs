@@ -43,11 +43,13 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
     hex::decode_to_slice(&collector.pin, &mut pin).unwrap();
     let target = UploadTarget {
         collector: collector.quic_addr,
-        server_name: "callwatch-collector".into(),
+        tcp: None,
+        server_name: "localhost".into(),
         pin,
         bind: Some("127.88.1.7".parse().unwrap()),
         batch: 4, // several batches, so several arrival milliseconds
         connect_timeout: Duration::from_secs(5),
+        fetch_seal_key: false,
     };
     assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 25);
 

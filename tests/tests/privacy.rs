@@ -116,11 +116,13 @@ async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
         }
         let target = UploadTarget {
             collector: c.quic,
-            server_name: "callwatch-collector".into(),
+            tcp: None,
+            server_name: "localhost".into(),
             pin: c.pin,
             bind: Some(IpAddr::V4(ip)),
             batch: 2,
             connect_timeout: Duration::from_secs(5),
+            fetch_seal_key: false,
         };
         let summary = upload_queue(&queue, &target).await.unwrap();
         assert_eq!(summary.accepted, usize::from(REPORTS_EACH), "{summary:?}");

@@ -67,7 +67,8 @@ fn agent_config(root: &Path, c: &callwatch_collector::Collector) -> Config {
 fn target(c: &callwatch_collector::Collector, batch: usize) -> UploadTarget {
     UploadTarget {
         collector: c.quic_addr,
-        server_name: "callwatch-collector".into(),
+        tcp: None,
+        server_name: "localhost".into(),
         pin: {
             let mut p = [0u8; 32];
             hex::decode_to_slice(&c.pin, &mut p).unwrap();
@@ -76,6 +77,7 @@ fn target(c: &callwatch_collector::Collector, batch: usize) -> UploadTarget {
         bind: Some(agent_ip()),
         batch,
         connect_timeout: Duration::from_secs(5),
+        fetch_seal_key: false,
     }
 }
 

@@ -58,7 +58,7 @@ fn pin(c: &Collector) -> [u8; 32] {
 async fn connect(c: &Collector, from: IpAddr) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let mut ep = quinn::Endpoint::client(SocketAddr::new(from, 0))?;
     ep.set_default_client_config(pinned_client_config(pin(c))?);
-    let conn = ep.connect(c.quic_addr, "callwatch-collector")?.await?;
+    let conn = ep.connect(c.quic_addr, "localhost")?.await?;
     Ok((ep, conn))
 }
 
@@ -115,6 +115,7 @@ async fn honest_phase(
                         Ok(Ok(Response::Error { code, reason })) => {
                             Some(format!("error {code}: {reason}"))
                         }
+                        Ok(Ok(other)) => Some(format!("unexpected answer: {other:?}")),
                         Ok(Err(e)) => Some(format!("{e:#}")),
                         Err(_) => Some("no answer within 10 s".into()),
                     };

@@ -237,7 +237,7 @@ async fn ingest(
         let mut conns = Vec::with_capacity(agents);
         for _ in 0..agents {
             conns.push(
-                ep.connect(collector.quic_addr, "callwatch-collector")?
+                ep.connect(collector.quic_addr, "localhost")?
                     .await
                     .context("connecting")?,
             );
@@ -274,6 +274,7 @@ async fn ingest(
                         Response::Error { code, reason } => {
                             anyhow::bail!("refused ({code}): {reason}")
                         }
+                        other => anyhow::bail!("unexpected answer: {other:?}"),
                     }
                     latencies.push(t.elapsed());
                 }
