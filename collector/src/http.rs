@@ -300,6 +300,29 @@ pub fn render_metrics(state: &AppState) -> String {
             "Reports or requests rejected, by reason.",
             &rejected,
         );
+        let attestations: Vec<(String, u64)> = i
+            .attest
+            .results()
+            .into_iter()
+            .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n))
+            .collect();
+        metric(
+            "callwatch_attestations_total",
+            "counter",
+            "Reports' reflector attestations, by result (valid, absent, or why refused).",
+            &attestations,
+        );
+        metric(
+            "callwatch_uploaded_elsewhere_total",
+            "counter",
+            "Reports with a valid attestation uploaded from another region (VPN, other network).",
+            &[(
+                String::new(),
+                i.attest
+                    .uploaded_elsewhere
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )],
+        );
         metric(
             "callwatch_ingest_batches_total",
             "counter",

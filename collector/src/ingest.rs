@@ -48,6 +48,8 @@ pub struct IngestStats {
     /// Connections accepted over TLS on TCP (agents whose QUIC did not get through).
     pub connections_tcp: AtomicU64,
     rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Reflector attestations by result, and reports uploaded from another region.
+    pub attest: crate::attest::AttestStats,
 }
 
 impl IngestStats {
@@ -80,6 +82,8 @@ pub struct IngestConfig {
     /// Connections one source address may hold at once.
     pub max_connections_per_ip: usize,
     pub rate_limits: RateLimits,
+    /// Reflector keys whose region attestations decide where a report is filed.
+    pub attest_keys: crate::attest::AttestKeys,
 }
 
 /// How long an upload stream may take to deliver its request.
@@ -353,6 +357,7 @@ struct Shared {
     per_ip: PerIp,
     max_per_ip: usize,
     carry_key: Option<CarryKey>,
+    attest_keys: crate::attest::AttestKeys,
 }
 
 /// A connection's place under the limits; gives it back when dropped.
@@ -426,6 +431,7 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
         per_ip: PerIp::default(),
         max_per_ip: cfg.max_connections_per_ip,
         carry_key: cfg.carry_key,
+        attest_keys: cfg.attest_keys,
     });
     let (ep, sh) = (endpoint.clone(), shared.clone());
     let task = tokio::spawn(async move {
@@ -641,9 +647,10 @@ async fn answer_request<R: AsyncRead + Unpin>(
             },
         },
         Ok(Request::Upload { reports }) => {
-            let response = process_batch(
+            let response = process_batch_attested(
                 reports,
                 peer.region.clone(),
+                &shared.attest_keys,
                 shared.store.clone(),
                 stats,
                 &peer.limiter,
@@ -668,10 +675,26 @@ async fn answer_request<R: AsyncRead + Unpin>(
     })
 }
 
-/// Verifies, stores and answers one batch. Public for tests and load tools that bypass QUIC.
+/// [`process_batch_attested`] with no reflector key known: every attestation is refused
+/// (`unknown_key`) and every report filed under `region`.
 pub async fn process_batch(
     reports: Vec<SignedReport>,
     region: Region,
+    store: Arc<dyn ReportStore>,
+    stats: &IngestStats,
+    limiter: &Limiter,
+) -> Response {
+    let none = crate::attest::AttestKeys::default();
+    process_batch_attested(reports, region, &none, store, stats, limiter).await
+}
+
+/// Verifies, stores and answers one batch. Each report is filed under its reflector-attested
+/// region when the attestation is valid under `attest_keys`, else under `region` (the upload's;
+/// see [`crate::attest::file_region`]). Public for tests and load tools that bypass QUIC.
+pub async fn process_batch_attested(
+    reports: Vec<SignedReport>,
+    region: Region,
+    attest_keys: &crate::attest::AttestKeys,
     store: Arc<dyn ReportStore>,
     stats: &IngestStats,
     limiter: &Limiter,
@@ -725,11 +748,13 @@ pub async fn process_batch(
                     id: report.id,
                 };
                 statuses.push(None);
+                let filed =
+                    crate::attest::file_region(&report, &region, attest_keys, now, &stats.attest);
                 to_store.push((
                     key,
                     StoredReport {
                         signed,
-                        region: region.clone(),
+                        region: filed,
                         received_at_ms,
                     },
                 ));

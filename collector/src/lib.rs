@@ -7,6 +7,7 @@
 //! test against ([`reflector`]). [`serve`] wires them together.
 
 pub mod aggregate;
+pub mod attest;
 pub mod carry;
 pub mod cert;
 pub mod export;

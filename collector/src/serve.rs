@@ -5,7 +5,7 @@ use crate::cert;
 use crate::geo::Geo;
 use crate::http::{router, AppState};
 use crate::ingest::{spawn_ingest, Ingest, IngestConfig};
-use crate::reflector::{spawn_reflector_sealed, Limits, ReflectorHandle};
+use crate::reflector::{spawn_reflector_attested, Limits, ReflectorHandle};
 use crate::store::{ReportStore, SledStore};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -99,7 +99,11 @@ pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
 /// Starts the collector on a store the caller opened (another backend, or a wrapped one).
 pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> Result<Collector> {
     let identity = cert::load_or_create(&cfg.data_dir)?;
-    let geo = Geo::load(cfg.geo.iter().chain(&cfg.geo_files))?;
+    let geo = Arc::new(Geo::load(cfg.geo.iter().chain(&cfg.geo_files))?);
+    // The reflector attests the region of the probes' address with the same region sources
+    // (never the address itself); the collector accepts its own reflector's attestations.
+    let attest_key = crate::reflector::identity::load_or_create_attestation(&cfg.data_dir)?;
+    let attest_keys = crate::attest::AttestKeys::new([attest_key.verifying_key()]);
     let carry = crate::carry::load_or_create(&cfg.data_dir)?;
     let ingest = spawn_ingest(IngestConfig {
         listen: cfg.listen,
@@ -108,17 +112,28 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         cert: identity.cert,
         key: identity.key,
         store: store.clone(),
-        geo: Arc::new(geo),
+        geo: geo.clone(),
         max_connections: cfg.max_connections,
         max_connections_per_ip: cfg.max_connections_per_ip,
         rate_limits: cfg.rate_limits,
+        attest_keys,
     })?;
     let quic_addr = ingest.local_addr()?;
     let tcp_addr = ingest.tcp_addr.context("the TCP ingest listener")?;
     let seal = crate::reflector::identity::load_or_create(&cfg.data_dir)?;
-    let reflector = spawn_reflector_sealed(&cfg.reflectors, cfg.reflector_limits, seal)
-        .await
-        .with_context(|| format!("binding reflector on {:?}", cfg.reflectors))?;
+    let lookup: crate::reflector::RegionLookup = Box::new(move |ip| {
+        let region = geo.lookup(ip);
+        let country = <[u8; 2]>::try_from(region.country.as_bytes()).unwrap_or(*b"ZZ");
+        (country, region.asn)
+    });
+    let reflector = spawn_reflector_attested(
+        &cfg.reflectors,
+        cfg.reflector_limits,
+        seal,
+        Some((attest_key, lookup)),
+    )
+    .await
+    .with_context(|| format!("binding reflector on {:?}", cfg.reflectors))?;
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("binding HTTP API on {}", cfg.http))?;

@@ -67,6 +67,8 @@ mod probe_packet {
             Packet::CloseAck(_) => 2 + 8 + 4,
             Packet::CountQuery(_) => 2 + 8 + 16 + 8 + 16,
             Packet::CountReply(_) => 2 + 8 + 8 + 4,
+            Packet::AttestQuery(_) => 2 + 8 + 16 + 16,
+            Packet::Attestation(_) => 2 + 8 + 16 + 2 + 4 + 4 + 8 + 64,
         }
     }
 

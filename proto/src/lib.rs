@@ -7,6 +7,7 @@
 //! function here is a pure transformation of bytes and values, so both ends and the tests share
 //! exactly one definition of each format.
 
+pub mod attest;
 pub mod carry;
 pub mod framing;
 pub mod platform;

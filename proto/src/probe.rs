@@ -26,6 +26,9 @@ pub const CLOSE_ACK_LEN: usize = 24;
 /// Length of a `CountQuery`; padded so that `CountReply` is shorter.
 pub const COUNT_QUERY_LEN: usize = 64;
 pub const COUNT_REPLY_LEN: usize = 24;
+/// Length of an `AttestQuery`; padded so that its `Attestation` is shorter.
+pub const ATTEST_QUERY_LEN: usize = 128;
+pub const ATTESTATION_LEN: usize = 112;
 /// Bytes of a probe before its padding.
 pub const PROBE_HEADER_LEN: usize = 38;
 /// Bytes of a reply before its padding.
@@ -46,6 +49,8 @@ const KIND_REJECT: u8 = 6;
 const KIND_CLOSE_ACK: u8 = 7;
 const KIND_COUNT_QUERY: u8 = 8;
 const KIND_COUNT_REPLY: u8 = 9;
+const KIND_ATTEST_QUERY: u8 = 10;
+const KIND_ATTESTATION: u8 = 11;
 
 /// The agent's session identifier, chosen at random per session (and per arm).
 pub type SessionId = u64;
@@ -182,6 +187,27 @@ pub struct CountReply {
     pub reflector_received: u32,
 }
 
+/// Asks, on a session (`session`, `cookie`), for the reflector's signed attestation of the
+/// region this session's probes come from, for the report `report_id` (see [`crate::attest`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttestQuery {
+    pub session: SessionId,
+    pub cookie: Cookie,
+    pub report_id: [u8; 16],
+}
+
+/// The reflector's answer to an [`AttestQuery`]: the claim and its Ed25519 signature. No address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attestation {
+    pub session: SessionId,
+    pub report_id: [u8; 16],
+    pub country: [u8; 2],
+    pub asn: u32,
+    pub hour: u32,
+    pub key_id: [u8; crate::attest::KEY_ID_LEN],
+    pub signature: [u8; crate::attest::SIGNATURE_LEN],
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Packet {
     Open(Open),
@@ -193,6 +219,8 @@ pub enum Packet {
     CloseAck(CloseAck),
     CountQuery(CountQuery),
     CountReply(CountReply),
+    AttestQuery(AttestQuery),
+    Attestation(Attestation),
 }
 
 impl Packet {
@@ -268,6 +296,22 @@ impl Packet {
                 out.extend_from_slice(&p.target.to_be_bytes());
                 out.extend_from_slice(&p.reflector_received.to_be_bytes());
             }
+            Packet::AttestQuery(p) => {
+                out.extend_from_slice(&[VERSION, KIND_ATTEST_QUERY]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.cookie);
+                out.extend_from_slice(&p.report_id);
+            }
+            Packet::Attestation(p) => {
+                out.extend_from_slice(&[VERSION, KIND_ATTESTATION]);
+                out.extend_from_slice(&p.session.to_be_bytes());
+                out.extend_from_slice(&p.report_id);
+                out.extend_from_slice(&p.country);
+                out.extend_from_slice(&p.asn.to_be_bytes());
+                out.extend_from_slice(&p.hour.to_be_bytes());
+                out.extend_from_slice(&p.key_id);
+                out.extend_from_slice(&p.signature);
+            }
         }
         out.resize(start + self.wire_len(), 0);
     }
@@ -286,6 +330,10 @@ impl Packet {
             Packet::CloseAck(_) => 2 + 8 + 4,
             Packet::CountQuery(_) => 2 + 8 + COOKIE_LEN + 8 + COOKIE_LEN,
             Packet::CountReply(_) => 2 + 8 + 8 + 4,
+            Packet::AttestQuery(_) => 2 + 8 + COOKIE_LEN + 16,
+            Packet::Attestation(_) => {
+                2 + 8 + 16 + 2 + 4 + 4 + crate::attest::KEY_ID_LEN + crate::attest::SIGNATURE_LEN
+            }
         }
     }
 
@@ -301,6 +349,8 @@ impl Packet {
             Packet::CloseAck(_) => CLOSE_ACK_LEN,
             Packet::CountQuery(_) => COUNT_QUERY_LEN,
             Packet::CountReply(_) => COUNT_REPLY_LEN,
+            Packet::AttestQuery(_) => ATTEST_QUERY_LEN,
+            Packet::Attestation(_) => ATTESTATION_LEN,
         }
     }
 
@@ -316,6 +366,8 @@ impl Packet {
             Some(KIND_CLOSE_ACK) => Some(CLOSE_ACK_LEN),
             Some(KIND_COUNT_QUERY) => Some(COUNT_QUERY_LEN),
             Some(KIND_COUNT_REPLY) => Some(COUNT_REPLY_LEN),
+            Some(KIND_ATTEST_QUERY) => Some(ATTEST_QUERY_LEN),
+            Some(KIND_ATTESTATION) => Some(ATTESTATION_LEN),
             _ => None,
         };
         let take = fixed.map_or(buf.len(), |n| n.min(buf.len()));
@@ -440,6 +492,26 @@ impl Packet {
                     session: r.u64().ok_or(short)?,
                     target: r.u64().ok_or(short)?,
                     reflector_received: r.u32().ok_or(short)?,
+                })
+            }
+            KIND_ATTEST_QUERY => {
+                exact("attest-query", ATTEST_QUERY_LEN, "128")?;
+                Packet::AttestQuery(AttestQuery {
+                    session: r.u64().ok_or(short)?,
+                    cookie: r.cookie().ok_or(short)?,
+                    report_id: r.take().ok_or(short)?,
+                })
+            }
+            KIND_ATTESTATION => {
+                exact("attestation", ATTESTATION_LEN, "112")?;
+                Packet::Attestation(Attestation {
+                    session: r.u64().ok_or(short)?,
+                    report_id: r.take().ok_or(short)?,
+                    country: r.take().ok_or(short)?,
+                    asn: r.u32().ok_or(short)?,
+                    hour: r.u32().ok_or(short)?,
+                    key_id: r.take().ok_or(short)?,
+                    signature: r.take().ok_or(short)?,
                 })
             }
             other => return Err(DecodeError::Kind(other)),
@@ -582,6 +654,35 @@ mod tests {
                     reflector_received: n,
                 })
             }),
+            (any::<u64>(), cookie, any::<[u8; 16]>()).prop_map(|(session, cookie, report_id)| {
+                Packet::AttestQuery(AttestQuery {
+                    session,
+                    cookie,
+                    report_id,
+                })
+            }),
+            (
+                any::<u64>(),
+                any::<[u8; 16]>(),
+                any::<[u8; 2]>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<[u8; 8]>(),
+                proptest::collection::vec(any::<u8>(), 64)
+            )
+                .prop_map(|(session, report_id, country, asn, hour, key_id, sig)| {
+                    let mut signature = [0u8; 64];
+                    signature.copy_from_slice(&sig);
+                    Packet::Attestation(Attestation {
+                        session,
+                        report_id,
+                        country,
+                        asn,
+                        hour,
+                        key_id,
+                        signature,
+                    })
+                }),
             any::<u64>().prop_map(|session| Packet::Reject(Reject {
                 session,
                 reason: RejectReason::Busy
@@ -632,6 +733,8 @@ mod tests {
         const { assert!(ACCEPT_LEN <= OPEN_LEN) };
         const { assert!(REJECT_LEN <= OPEN_LEN) };
         const { assert!(CLOSE_ACK_LEN <= CLOSE_LEN) };
+        const { assert!(COUNT_REPLY_LEN <= COUNT_QUERY_LEN) };
+        const { assert!(ATTESTATION_LEN <= ATTEST_QUERY_LEN) };
         const { assert!(REPLY_HEADER_LEN <= MIN_PROBE_LEN) };
         const { assert!(PROBE_HEADER_LEN <= MIN_PROBE_LEN) };
     }

@@ -82,6 +82,11 @@ pub struct CallReport {
     /// reflector's key, and in every report made before sealing existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probes_sealed: bool,
+    /// The reflector's signed attestation of the region the probes came from
+    /// ([`crate::attest`]); absent when the reflector gave none (and in older reports). The
+    /// collector files a report with a valid one under its region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<crate::attest::RegionAttestation>,
 }
 
 /// The stream shape a test sent.
@@ -531,6 +536,7 @@ impl CallReport {
             verdict: None,
             verdict_detail: None,
             probes_sealed: false,
+            attestation: None,
             stream_kind: StreamKind::Voice,
             streams: vec![StreamReport {
                 role: Role::Platform,

@@ -15,7 +15,7 @@ use anyhow::{anyhow, Result};
 use callwatch_agent::engine::call::{CallRandom, CallTest};
 use callwatch_agent::engine::{TestError, TestSpec};
 use callwatch_agent::metrics::StreamRecord;
-use callwatch_collector::reflector::{stun_binding_success, Limits, Reflector};
+use callwatch_collector::reflector::{stun_binding_success, Attester, Limits, Reflector};
 use callwatch_proto::seal::{ReflectorKey, ReflectorSecret};
 use callwatch_proto::{CallReport, Role};
 use chrono::DateTime;
@@ -159,6 +159,11 @@ fn sim_reflector_secret() -> ReflectorSecret {
     ReflectorSecret::from_bytes([0x5e; 32])
 }
 
+/// The simulated reflector's attestation key (fixed, like its sealing secret).
+pub fn sim_attestation_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[0xa7; 32])
+}
+
 /// The key a simulated agent seals its platform arm to (`TestSpec::reflector_key`).
 pub fn sim_reflector_key() -> ReflectorKey {
     sim_reflector_secret().public()
@@ -192,8 +197,16 @@ pub fn simulate_call_observed(
     let mut model = Impairment::new(impairment).map_err(|e| anyhow!("impairment: {e}"))?;
     let mut secret = [0u8; 32];
     secret[..8].copy_from_slice(&seed.to_be_bytes());
-    let mut reflector = Reflector::new(secret, Limits::default()).with_seal(sim_reflector_secret());
     let started_at = DateTime::from_timestamp(1_760_000_000, 0).unwrap_or_default();
+    // The simulated reflector attests every address as ZZ/AS0, on the agent's wall clock.
+    let attester = Attester::new(
+        sim_attestation_key(),
+        Box::new(|_| (*b"ZZ", 0)),
+        started_at.timestamp_micros() - i64::try_from(reflector_offset_us).unwrap_or(0),
+    );
+    let mut reflector = Reflector::new(secret, Limits::default())
+        .with_seal(sim_reflector_secret())
+        .with_attestation(attester);
     let mut test = CallTest::new(spec, CallRandom::from_seed(seed), started_at, 0)
         .map_err(|e| anyhow!("{e}"))?;
     let arms = test.arms();

@@ -19,7 +19,13 @@
 //!    through the control arm (`CountQuery`, authenticated by both sessions' cookies), every
 //!    [`COUNT_QUERY_RETRY_US`] at most [`COUNT_QUERY_ATTEMPTS`] times. Without any final count
 //!    the loss split is reported unknown, never guessed.
-//! 3. **Every test that reached the reference is a report.** An arm whose handshake went
+//! 3. **Attestation.** After the count exchange, the test asks the reflector, through the
+//!    control arm's session (`AttestQuery`, authenticated by its cookie), for a signed
+//!    attestation of the region its probes came from ([`callwatch_proto::attest`]) (a test
+//!    with one arm only, the generic test, asks on that arm), every
+//!    [`ATTEST_RETRY_US`] at most [`ATTEST_ATTEMPTS`] times, and puts it in the report. No
+//!    answer (a reflector without an attestation key, a lost datagram): a report without one.
+//! 4. **Every test that reached the reference is a report.** An arm whose handshake went
 //!    unanswered is `blocked`, one whose replies stopped for good is `dark` from that moment, a
 //!    refused one `refused`; the verdict (see [`crate::verdict::judge_call`]) turns that into a
 //!    finding. Only a test in which nothing answered at all, against a reflector never reached
@@ -30,8 +36,9 @@ use super::stun::{StunConfig, StunSession};
 use super::{TestError, TestSpec, AGENT_VERSION};
 use crate::metrics::{stream_report, Codec, StreamRecord};
 use crate::verdict::{judge_call, ArmEvidence, CallEvidence, VerdictConfig};
+use callwatch_proto::attest::{Claim, RegionAttestation};
 use callwatch_proto::framing::{neutral_session_id, Framing};
-use callwatch_proto::probe::{CountQuery, Packet};
+use callwatch_proto::probe::{AttestQuery, CountQuery, Packet};
 use callwatch_proto::profile::profile;
 use callwatch_proto::report::{StreamKind, StreamOutcome, SCHEMA_VERSION};
 use callwatch_proto::{CallReport, ReportId, Role, StreamReport};
@@ -42,6 +49,15 @@ use std::net::SocketAddr;
 pub const RELAY_REQUESTS: u32 = 10;
 pub const COUNT_QUERY_RETRY_US: u64 = 200_000;
 pub const COUNT_QUERY_ATTEMPTS: u32 = 5;
+/// Attestation queries: a lost query is retried soon; a lost answer is answered again only a
+/// second later (the reflector attests a session at most once a second), which the last attempt
+/// reaches. A reflector that never answers costs a test at most 1.4 s.
+pub const ATTEST_RETRY_US: u64 = 350_000;
+pub const ATTEST_ATTEMPTS: u32 = 4;
+const _: () = assert!(
+    (ATTEST_ATTEMPTS as u64 - 1) * ATTEST_RETRY_US > 1_000_000,
+    "the last attempt comes after the reflector's 1 s"
+);
 /// A silence that lasts to the end of a stream and is at least this long makes it `dark`.
 pub const DARK_MIN_US: u64 = 1_000_000;
 /// ... and holds at least this many probes (so a long interval does not make one loss a cut).
@@ -138,6 +154,9 @@ pub struct CallTest {
     started_at: DateTime<Utc>,
     report_id: ReportId,
     count: CountExchange,
+    /// The attestation exchange (rule 3), after the count exchange.
+    attest: CountExchange,
+    attestation: Option<RegionAttestation>,
     /// Whether the platform arm's cores are sealed to the reflector's key.
     sealed: bool,
 }
@@ -221,6 +240,8 @@ impl CallTest {
             started_at,
             report_id: ReportId(random.report_id),
             count: CountExchange::Pending,
+            attest: CountExchange::Pending,
+            attestation: None,
             sealed,
         })
     }
@@ -246,6 +267,11 @@ impl CallTest {
     pub fn handle_datagram(&mut self, arm: usize, now_us: u64, datagram: &[u8]) {
         if let CountExchange::Asking { .. } = self.count {
             if Some(arm) == self.index_of(Role::Control) && self.take_count_reply(datagram) {
+                return;
+            }
+        }
+        if let CountExchange::Asking { .. } = self.attest {
+            if Some(arm) == self.attest_arm() && self.take_attestation(datagram) {
                 return;
             }
         }
@@ -278,6 +304,95 @@ impl CallTest {
             }
             _ => false,
         }
+    }
+
+    /// The arm the attestation is asked on: the control arm, or a test's only (unsealed) arm.
+    fn attest_arm(&self) -> Option<usize> {
+        self.index_of(Role::Control).or_else(|| {
+            self.index_of(Role::Platform)
+                .filter(|_| !self.sealed && self.arms.len() == 1)
+        })
+    }
+
+    /// An `Attestation` for the control session and this report (rule 3).
+    fn take_attestation(&mut self, datagram: &[u8]) -> bool {
+        let Some(Engine::Reflector(control)) = self
+            .attest_arm()
+            .and_then(|c| self.arms.get(c))
+            .map(|a| &a.engine)
+        else {
+            return false;
+        };
+        let Ok(core) = control.framing().unwrap(datagram) else {
+            return false;
+        };
+        match Packet::decode(core) {
+            Ok(Packet::Attestation(a))
+                if a.session == control.id() && a.report_id == self.report_id.0 =>
+            {
+                let claim = Claim {
+                    report_id: a.report_id,
+                    country: a.country,
+                    asn: a.asn,
+                    hour: a.hour,
+                };
+                // Not checked here (the agent may not know the key): the collector checks it.
+                self.attestation = RegionAttestation::from_signed(&claim, &a.key_id, &a.signature);
+                self.attest = CountExchange::Done;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The attestation query to send, if that exchange is under way and one is due.
+    fn attest_query(&mut self, now_us: u64) -> Option<Transmit> {
+        if self.count != CountExchange::Done {
+            return None;
+        }
+        if self.attest == CountExchange::Pending {
+            let has_cookie = self
+                .attest_arm()
+                .and_then(|a| match &self.arms.get(a)?.engine {
+                    Engine::Reflector(s) => s.cookie(),
+                    Engine::Stun(_) => None,
+                })
+                .is_some();
+            self.attest = if has_cookie {
+                CountExchange::Asking {
+                    attempts: 0,
+                    next_us: now_us,
+                }
+            } else {
+                CountExchange::Done
+            };
+        }
+        let CountExchange::Asking { attempts, next_us } = self.attest else {
+            return None;
+        };
+        if now_us < next_us {
+            return None;
+        }
+        if attempts >= ATTEST_ATTEMPTS {
+            self.attest = CountExchange::Done;
+            return None;
+        }
+        self.attest = CountExchange::Asking {
+            attempts: attempts + 1,
+            next_us: now_us + ATTEST_RETRY_US,
+        };
+        let report_id = self.report_id.0;
+        let arm = self.attest_arm()?;
+        let Engine::Reflector(control) = &mut self.arms.get_mut(arm)?.engine else {
+            return None;
+        };
+        let query = Packet::AttestQuery(AttestQuery {
+            session: control.id(),
+            cookie: control.cookie()?,
+            report_id,
+        });
+        let datagram = control.frame(now_us, query);
+        Some(Transmit { arm, datagram })
     }
 
     /// The count query to send, if the exchange is under way and one is due.
@@ -340,7 +455,10 @@ impl CallTest {
                 return Some(Transmit { arm, datagram });
             }
         }
-        self.count_query(now_us)
+        if let Some(t) = self.count_query(now_us) {
+            return Some(t);
+        }
+        self.attest_query(now_us)
     }
 
     /// When `poll_transmit` next needs calling; `None` once the test is done.
@@ -350,14 +468,21 @@ impl CallTest {
             .iter()
             .filter_map(|a| a.engine.arm_ref().poll_timeout())
             .min();
-        match self.count {
-            CountExchange::Asking { next_us, .. } => Some(arms.map_or(next_us, |t| t.min(next_us))),
-            _ => arms,
+        let exchange = match (self.count, self.attest) {
+            (CountExchange::Asking { next_us, .. }, _) => Some(next_us),
+            // Pending after the count: due at once (the next poll starts it).
+            (CountExchange::Done, CountExchange::Pending) => Some(0),
+            (CountExchange::Done, CountExchange::Asking { next_us, .. }) => Some(next_us),
+            _ => None,
+        };
+        match (arms, exchange) {
+            (Some(a), Some(e)) => Some(a.min(e)),
+            (a, e) => a.or(e),
         }
     }
 
     pub fn is_done(&self) -> bool {
-        self.count == CountExchange::Done
+        self.count == CountExchange::Done && self.attest == CountExchange::Done
     }
 
     /// Live counts per arm, for a progress display.
@@ -425,6 +550,7 @@ impl CallTest {
                 },
                 streams: results.iter().map(ArmResult::stream).collect(),
                 probes_sealed: self.sealed,
+                attestation: self.attestation,
             })
         };
         let records = results.into_iter().map(|r| (r.role, r.record)).collect();

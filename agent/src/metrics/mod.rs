@@ -192,6 +192,7 @@ mod tests {
             stream_kind: Default::default(),
             streams: vec![stream],
             probes_sealed: false,
+            attestation: None,
         }
         .validate()
     }

@@ -33,20 +33,33 @@
 //!    reflector still holds no state before a valid probe). A sealed answer is exactly as long
 //!    as its request, like every other. Sealed Opens cost a Diffie–Hellman each and are bounded
 //!    to [`SEALED_OPENS_PER_S`] a second. The control arm's bare cores stay bare.
+//! 9. With an attestation key ([`Reflector::with_attestation`]), an `AttestQuery` on a session
+//!    whose probes arrived (valid cookie, state held for that address) is answered with a signed
+//!    [`Attestation`] of the region of the address the probes came from
+//!    ([`callwatch_proto::attest`]): country, ASN, the unix hour and the report id, never the
+//!    address. At most one a second per session, each also costing the session a token; the
+//!    answer (112 bytes) is shorter than the query (128).
+//! 9. A reply carries the reflector's own residence time and load: `reflector_rx_us` is when
+//!    the kernel received the probe (the driver's [`Arrival`]), `reflector_tx_us` when the reply
+//!    was made, and `reflector_drops` how many datagrams the kernel dropped on that socket since
+//!    the session began. The agent removes the residence from every delay and marks a test taken
+//!    under reflector load, so the reflector's queueing is never published as the network's.
 
+use callwatch_proto::attest::Claim;
 use callwatch_proto::framing::{self, Detected, Framing, PreambleMessage};
 use callwatch_proto::framing::{
     STUN_ATTR_FINGERPRINT, STUN_ATTR_MESSAGE_INTEGRITY, STUN_BINDING_REQUEST, STUN_BINDING_SUCCESS,
 };
 use callwatch_proto::probe::{
-    Accept, Close, CloseAck, Cookie, CountQuery, CountReply, Open, Packet, Probe, Reject,
-    RejectReason, Reply, SessionId, COOKIE_LEN, MAX_PROBE_LEN, MIN_PROBE_LEN, REPLY_HEADER_LEN,
+    Accept, AttestQuery, Attestation, Close, CloseAck, Cookie, CountQuery, CountReply, Open,
+    Packet, Probe, Reject, RejectReason, Reply, SessionId, COOKIE_LEN, MAX_PROBE_LEN,
+    MIN_PROBE_LEN, REPLY_HEADER_LEN,
 };
 use callwatch_proto::seal::{self, Direction, ReflectorKey, ReflectorSecret};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// What the reflector grants a session at most.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +108,8 @@ pub struct ReflectorStats {
     pub preambles: u64,
     /// Sealed cores answered (rule 8).
     pub sealed: u64,
+    /// Attestations signed (rule 9).
+    pub attestations: u64,
 }
 
 /// Extra time a cookie stays valid past the granted duration, for the agent's drain and close
@@ -111,6 +126,8 @@ struct SessionState {
     /// Distinct sequence numbers received; duplicates are answered but not counted twice.
     seen: Vec<u64>,
     received: u32,
+    /// When this session was last given an attestation (rule 9).
+    last_attest_us: Option<u64>,
 }
 
 impl SessionState {
@@ -156,8 +173,43 @@ pub struct Reflector {
     seal: Option<ReflectorSecret>,
     open_tokens: f64,
     open_refill_us: u64,
+    /// Rule 9: the attestation key and region lookup; `None`: no attestations.
+    attester: Option<Attester>,
     stats: ReflectorStats,
 }
+
+/// The region of an address as the reflector attests it: country (ISO 3166-1 alpha-2, upper
+/// case ASCII, `ZZ` unknown) and ASN (0 unknown). The collector passes its region lookup.
+pub type RegionLookup = Box<dyn Fn(IpAddr) -> ([u8; 2], u32) + Send>;
+
+/// What rule 9 needs: the Ed25519 key, the region lookup and the wall clock.
+pub struct Attester {
+    key: ed25519_dalek::SigningKey,
+    lookup: RegionLookup,
+    /// Unix time in µs at reflector time 0 (`now_us` is monotonic; the hour is wall time).
+    unix_us_at_zero: i64,
+}
+
+impl Attester {
+    /// `unix_us_at_zero`: unix time (µs) when the reflector's `now_us` was 0.
+    pub fn new(key: ed25519_dalek::SigningKey, lookup: RegionLookup, unix_us_at_zero: i64) -> Self {
+        Attester {
+            key,
+            lookup,
+            unix_us_at_zero,
+        }
+    }
+
+    fn hour(&self, now_us: u64) -> u32 {
+        let unix_us = i64::try_from(now_us)
+            .unwrap_or(i64::MAX)
+            .saturating_add(self.unix_us_at_zero);
+        u32::try_from(unix_us.max(0) / 3_600_000_000).unwrap_or(u32::MAX)
+    }
+}
+
+/// Least time between two attestations of one session (rule 9).
+const ATTEST_EVERY_US: u64 = 1_000_000;
 
 /// Sealed Opens (each a Diffie–Hellman, about 50 µs) tried per second at most, and in a burst.
 const SEALED_OPENS_PER_S: f64 = 2_000.0;
@@ -181,6 +233,7 @@ impl Reflector {
             seal: None,
             open_tokens: SEALED_OPEN_BURST,
             open_refill_us: 0,
+            attester: None,
             stats: ReflectorStats::default(),
         }
     }
@@ -189,6 +242,17 @@ impl Reflector {
     pub fn with_seal(mut self, secret: ReflectorSecret) -> Self {
         self.seal = Some(secret);
         self
+    }
+
+    /// Also answers attestation queries (rule 9).
+    pub fn with_attestation(mut self, attester: Attester) -> Self {
+        self.attester = Some(attester);
+        self
+    }
+
+    /// The public half of the attestation key, if there is one.
+    pub fn attestation_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
+        self.attester.as_ref().map(|a| a.key.verifying_key())
     }
 
     /// The public half of the sealing key, if there is one.
@@ -279,6 +343,9 @@ impl Reflector {
             Packet::Probe(probe) => self.on_probe(now_us, src, probe).map(Packet::Reply),
             Packet::Close(close) => self.on_close(now_us, src, close).map(Packet::CloseAck),
             Packet::CountQuery(q) => self.on_count_query(now_us, src, q).map(Packet::CountReply),
+            Packet::AttestQuery(q) => self
+                .on_attest_query(now_us, src, q)
+                .map(Packet::Attestation),
             _ => {
                 self.stats.dropped_unexpected += 1;
                 None
@@ -457,6 +524,7 @@ impl Reflector {
                     last_refill_us: now_us,
                     seen: vec![0; max_packets.div_ceil(64) as usize],
                     received: 0,
+                    last_attest_us: None,
                 },
             );
             self.addr_of.insert(probe.session, src);
@@ -551,6 +619,64 @@ impl Reflector {
             session: q.session,
             target: q.target,
             reflector_received: received,
+        })
+    }
+
+    /// Rule 9: a signed attestation of the region `src` is in, for a session whose probes came
+    /// from `src`.
+    fn on_attest_query(
+        &mut self,
+        now_us: u64,
+        src: SocketAddr,
+        q: AttestQuery,
+    ) -> Option<Attestation> {
+        if self.attester.is_none() {
+            self.stats.dropped_unexpected += 1;
+            return None;
+        }
+        if self
+            .check_cookie(now_us, src, q.session, &q.cookie)
+            .is_none()
+        {
+            self.stats.dropped_bad_cookie += 1;
+            return None;
+        }
+        // Only a session whose probes arrived from this address: that is what is attested.
+        let Some(session) = self.sessions.get_mut(&(src, q.session)) else {
+            self.stats.dropped_unexpected += 1;
+            return None;
+        };
+        let too_soon = session
+            .last_attest_us
+            .is_some_and(|t| now_us.saturating_sub(t) < ATTEST_EVERY_US);
+        if too_soon || !session.take_token(now_us) {
+            self.stats.dropped_rate += 1;
+            return None;
+        }
+        session.last_attest_us = Some(now_us);
+        let attester = self.attester.as_ref()?;
+        let (country, asn) = (attester.lookup)(src.ip());
+        let country = if country.iter().all(u8::is_ascii_uppercase) {
+            country
+        } else {
+            *b"ZZ"
+        };
+        let claim = Claim {
+            report_id: q.report_id,
+            country,
+            asn,
+            hour: attester.hour(now_us),
+        };
+        let (key_id, signature) = claim.sign(&attester.key);
+        self.stats.attestations += 1;
+        Some(Attestation {
+            session: q.session,
+            report_id: q.report_id,
+            country: claim.country,
+            asn,
+            hour: claim.hour,
+            key_id,
+            signature,
         })
     }
 
@@ -809,6 +935,85 @@ mod tests {
             len,
         })
         .encode()
+    }
+
+    fn test_attester() -> Attester {
+        let lookup: RegionLookup = Box::new(|ip: IpAddr| match ip {
+            IpAddr::V4(v4) if v4.octets()[3] == 2 => (*b"NL", 1136),
+            _ => (*b"ZZ", 0),
+        });
+        // Reflector time 0 is 2025-10-09T19:00:00Z (hour 488_888).
+        Attester::new(
+            ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+            lookup,
+            488_888 * 3_600_000_000,
+        )
+    }
+
+    fn attest_query(cookie: Cookie, session: u64, report_id: [u8; 16]) -> Vec<u8> {
+        Packet::AttestQuery(AttestQuery {
+            session,
+            cookie,
+            report_id,
+        })
+        .encode()
+    }
+
+    #[test]
+    fn attests_the_probes_region_once_a_second_per_session_and_never_amplifies() {
+        use callwatch_proto::attest::RegionAttestation;
+        use callwatch_proto::ReportId;
+        let mut r = Reflector::new([1; 32], Limits::default()).with_attestation(test_attester());
+        let key = r.attestation_key().unwrap();
+        let src = addr("127.0.0.2:5000");
+        let a = open(&mut r, T0, src, 7);
+        let q = attest_query(a.cookie, 7, [3; 16]);
+        // No probe arrived yet: nothing to attest.
+        assert!(r.handle(T0, src, &q).is_none());
+        r.handle(T0, src, &probe(a.cookie, 7, 0, 172)).unwrap();
+        let out = r.handle(T0 + 1_000, src, &q).unwrap();
+        assert!(out.len() < q.len(), "the answer is shorter than the query");
+        let Packet::Attestation(att) = Packet::decode(&out).unwrap() else {
+            panic!("not an attestation")
+        };
+        assert_eq!(
+            (&att.country, att.asn, att.hour, att.report_id),
+            (b"NL", 1136, 488_888 + (T0 / 3_600_000_000) as u32, [3; 16])
+        );
+        let started = chrono::DateTime::from_timestamp(i64::from(att.hour) * 3600 + 5, 0).unwrap();
+        let report = RegionAttestation::from_signed(
+            &Claim {
+                report_id: att.report_id,
+                country: att.country,
+                asn: att.asn,
+                hour: att.hour,
+            },
+            &att.key_id,
+            &att.signature,
+        )
+        .unwrap();
+        assert_eq!(
+            report.verify(ReportId([3; 16]), started, started, |_| Some(key)),
+            Ok(())
+        );
+        // A second within the second is refused; after a second it is answered again.
+        assert!(r.handle(T0 + 500_000, src, &q).is_none());
+        assert!(r.handle(T0 + 1_002_000, src, &q).is_some());
+        // A wrong cookie, or the right cookie from another address, gets nothing.
+        assert!(r
+            .handle(T0 + 3_000_000, src, &attest_query([0; 16], 7, [3; 16]))
+            .is_none());
+        assert!(r
+            .handle(T0 + 3_000_000, addr("127.0.0.3:5000"), &q)
+            .is_none());
+        assert_eq!(r.stats().attestations, 2);
+        // Without an attestation key, no answer at all.
+        let mut plain = Reflector::new([1; 32], Limits::default());
+        let a = open(&mut plain, T0, src, 7);
+        plain.handle(T0, src, &probe(a.cookie, 7, 0, 172)).unwrap();
+        assert!(plain
+            .handle(T0 + 1_000, src, &attest_query(a.cookie, 7, [3; 16]))
+            .is_none());
     }
 
     #[test]
@@ -1279,7 +1484,8 @@ mod tests {
         fn never_amplifies(datagrams in proptest::collection::vec(
             proptest::collection::vec(any::<u8>(), 0..1500), 1..50), with_cookie in any::<bool>()) {
             let mut r = Reflector::new([3; 32], Limits::default())
-                .with_seal(ReflectorSecret::from_bytes([4; 32]));
+                .with_seal(ReflectorSecret::from_bytes([4; 32]))
+                .with_attestation(test_attester());
             let a = addr("127.0.0.9:9");
             let mut cookie = [0; 16];
             if with_cookie {
@@ -1295,6 +1501,11 @@ mod tests {
                 if i % 5 == 1 {
                     let whole = if i % 2 == 0 { hello(i as u64) } else { allocate(i as u64) };
                     d = whole[..whole.len() - d.len().min(whole.len()) % 8].to_vec();
+                }
+                // And attestation queries, whole or cut (rule 9).
+                if i % 7 == 3 {
+                    let q = attest_query(cookie, 77, [i as u8; 16]);
+                    d = q[..q.len() - d.len().min(q.len()) % 3].to_vec();
                 }
                 if let Some(out) = r.handle(T0 + i as u64, a, &d) {
                     prop_assert!(out.len() <= d.len());

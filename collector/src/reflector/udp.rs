@@ -124,12 +124,30 @@ pub async fn spawn_reflector_sealed(
     limits: Limits,
     seal: ReflectorSecret,
 ) -> std::io::Result<ReflectorHandle> {
+    spawn_reflector_attested(addrs, limits, seal, None).await
+}
+
+/// [`spawn_reflector_sealed`], also signing region attestations (core rule 9) with `attest`'s
+/// key and region lookup when given.
+pub async fn spawn_reflector_attested(
+    addrs: &[SocketAddr],
+    limits: Limits,
+    seal: ReflectorSecret,
+    attest: Option<(ed25519_dalek::SigningKey, super::RegionLookup)>,
+) -> std::io::Result<ReflectorHandle> {
     let secret: [u8; 32] = rand::random();
     let seal_key = seal.public();
-    let state = Arc::new(Mutex::new(Reflector::new(secret, limits).with_seal(seal)));
+    let mut reflector = Reflector::new(secret, limits).with_seal(seal);
     // Reflector time: microseconds on a monotonic clock, started well above zero so that cookie
     // issue times are never at the origin.
     let epoch = Instant::now();
+    if let Some((key, lookup)) = attest {
+        // The wall clock at reflector time 0, for the attestations' hour.
+        let unix_us = chrono::Utc::now().timestamp_micros();
+        reflector =
+            reflector.with_attestation(super::Attester::new(key, lookup, unix_us - 1_000_000_000));
+    }
+    let state = Arc::new(Mutex::new(reflector));
     let mut bound = Vec::new();
     let mut tasks = Vec::new();
     for addr in addrs {

@@ -1,0 +1,316 @@
+//! Reflector attestations: where the path of a call test came from, signed by the reflector.
+//!
+//! During a test the reflector sees the address the probes come from. At the end of the test the
+//! agent asks it, on the control session, for an attestation of that address's region
+//! ([`crate::probe::AttestQuery`] → [`crate::probe::Attestation`]); the reflector looks up the
+//! country and ASN and signs them with its Ed25519 attestation key, together with the unix hour
+//! and the report's id. The address itself is never in it. The agent copies it into the report
+//! ([`RegionAttestation`], the report's `attestation`), which it then signs as usual; the
+//! collector checks it ([`RegionAttestation::verify`]) and files the report under the attested
+//! region instead of the region of the address the upload came from.
+//!
+//! Signed bytes: [`CONTEXT`] ‖ key id (8) ‖ report id (16) ‖ country (2 ASCII) ‖ ASN (u32 BE) ‖
+//! hour (u32 BE). The key id is the first 8 bytes of SHA-256 of the reflector's Ed25519 public key.
+//!
+//! Rules a verifier applies (the collector, see docs/DEPLOYMENT.md):
+//! - the key id names a known reflector key and the signature verifies under it (strict);
+//! - the report id is the report's own (an attestation cannot be moved to another report);
+//! - the hour is the report's `started_at` hour or the next one (a test may end after an hour
+//!   boundary, and agent and reflector clocks may differ by minutes); anything else is refused;
+//! - the hour is no older than [`MAX_AGE_HOURS`] at verification time.
+
+use crate::report::ReportId;
+use chrono::{DateTime, Utc};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// Domain separation: an attestation signature is never valid as any other signature.
+pub const CONTEXT: &[u8] = b"callwatch-attestation-v1\0";
+/// Bytes of a key id.
+pub const KEY_ID_LEN: usize = 8;
+/// Bytes of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+/// How old (in hours, at verification) an attestation may be: 180 days, the collector's
+/// report age limit, so a report held through a long block keeps its attested region.
+pub const MAX_AGE_HOURS: u32 = 180 * 24;
+
+/// A reflector attestation key's id: the first 8 bytes of SHA-256 of its public key.
+pub type KeyId = [u8; KEY_ID_LEN];
+
+/// The key id of an Ed25519 public key.
+pub fn key_id(public: &VerifyingKey) -> KeyId {
+    let digest = Sha256::digest(public.as_bytes());
+    let mut id = [0u8; KEY_ID_LEN];
+    id.copy_from_slice(&digest[..KEY_ID_LEN]);
+    id
+}
+
+/// The unix hour of a time (whole hours since 1970, floored); 0 before 1970.
+pub fn unix_hour(t: DateTime<Utc>) -> u32 {
+    u32::try_from(t.timestamp().max(0) / 3600).unwrap_or(u32::MAX)
+}
+
+/// What an attestation says, before or without its signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Claim {
+    pub report_id: [u8; 16],
+    /// ISO 3166-1 alpha-2, upper case ASCII; `ZZ` when the reflector does not know.
+    pub country: [u8; 2],
+    pub asn: u32,
+    /// Unix hour at the reflector when it signed.
+    pub hour: u32,
+}
+
+impl Claim {
+    /// The bytes signed for this claim under the key with id `key_id`.
+    pub fn signed_message(&self, key_id: &KeyId) -> Vec<u8> {
+        let mut m = Vec::with_capacity(CONTEXT.len() + KEY_ID_LEN + 16 + 2 + 4 + 4);
+        m.extend_from_slice(CONTEXT);
+        m.extend_from_slice(key_id);
+        m.extend_from_slice(&self.report_id);
+        m.extend_from_slice(&self.country);
+        m.extend_from_slice(&self.asn.to_be_bytes());
+        m.extend_from_slice(&self.hour.to_be_bytes());
+        m
+    }
+
+    /// Signs the claim: the key id and the signature.
+    pub fn sign(&self, key: &SigningKey) -> (KeyId, [u8; SIGNATURE_LEN]) {
+        let id = key_id(&key.verifying_key());
+        (id, key.sign(&self.signed_message(&id)).to_bytes())
+    }
+}
+
+/// The attestation as the report carries it (`CallReport::attestation`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionAttestation {
+    /// ISO 3166-1 alpha-2 of the probes' source address, `ZZ` when unknown.
+    pub country: String,
+    /// Autonomous system of the probes' source address, 0 when unknown.
+    pub asn: u32,
+    /// Unix hour at the reflector when it signed.
+    pub hour: u32,
+    /// The report this attestation was made for.
+    pub report_id: ReportId,
+    /// The reflector key's id, 16 hex digits.
+    pub key_id: String,
+    /// Ed25519 signature, 128 hex digits.
+    pub signature: String,
+}
+
+/// Why an attestation is refused; the label is what `/metrics` counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Error)]
+pub enum AttestError {
+    #[error("malformed attestation")]
+    Malformed,
+    #[error("attestation from an unknown reflector key")]
+    UnknownKey,
+    #[error("attestation signature does not verify")]
+    BadSignature,
+    #[error("attestation made for another report")]
+    OtherReport,
+    #[error("attestation hour is neither the report's start hour nor the next")]
+    OtherHour,
+    #[error("attestation older than {MAX_AGE_HOURS} hours")]
+    Expired,
+}
+
+impl AttestError {
+    /// A short stable label for counting refusals by reason.
+    pub fn label(self) -> &'static str {
+        match self {
+            AttestError::Malformed => "malformed",
+            AttestError::UnknownKey => "unknown_key",
+            AttestError::BadSignature => "bad_signature",
+            AttestError::OtherReport => "other_report",
+            AttestError::OtherHour => "other_hour",
+            AttestError::Expired => "expired",
+        }
+    }
+}
+
+impl RegionAttestation {
+    /// The report's form of a signed claim; `None` when the country is not two ASCII letters.
+    pub fn from_signed(
+        claim: &Claim,
+        key_id: &KeyId,
+        signature: &[u8; SIGNATURE_LEN],
+    ) -> Option<Self> {
+        if !claim.country.iter().all(u8::is_ascii_uppercase) {
+            return None;
+        }
+        Some(RegionAttestation {
+            country: String::from_utf8(claim.country.to_vec()).ok()?,
+            asn: claim.asn,
+            hour: claim.hour,
+            report_id: ReportId(claim.report_id),
+            key_id: hex::encode(key_id),
+            signature: hex::encode(signature),
+        })
+    }
+
+    /// The claim, key id and signature, or `Malformed`.
+    fn parts(&self) -> Result<(Claim, KeyId, [u8; SIGNATURE_LEN]), AttestError> {
+        let country: [u8; 2] = self
+            .country
+            .as_bytes()
+            .try_into()
+            .map_err(|_| AttestError::Malformed)?;
+        if !country.iter().all(u8::is_ascii_uppercase) {
+            return Err(AttestError::Malformed);
+        }
+        let mut key_id = [0u8; KEY_ID_LEN];
+        hex::decode_to_slice(&self.key_id, &mut key_id).map_err(|_| AttestError::Malformed)?;
+        let mut signature = [0u8; SIGNATURE_LEN];
+        hex::decode_to_slice(&self.signature, &mut signature)
+            .map_err(|_| AttestError::Malformed)?;
+        let claim = Claim {
+            report_id: self.report_id.0,
+            country,
+            asn: self.asn,
+            hour: self.hour,
+        };
+        Ok((claim, key_id, signature))
+    }
+
+    /// Checks the attestation for the report `report_id` started at `started_at`, at time `now`,
+    /// against the known reflector keys (`key_of` finds a key by its id). Never panics.
+    pub fn verify(
+        &self,
+        report_id: ReportId,
+        started_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        key_of: impl Fn(&KeyId) -> Option<VerifyingKey>,
+    ) -> Result<(), AttestError> {
+        let (claim, key_id, signature) = self.parts()?;
+        let key = key_of(&key_id).ok_or(AttestError::UnknownKey)?;
+        if crate::attest::key_id(&key) != key_id || key.is_weak() {
+            return Err(AttestError::UnknownKey);
+        }
+        key.verify_strict(
+            &claim.signed_message(&key_id),
+            &Signature::from_bytes(&signature),
+        )
+        .map_err(|_| AttestError::BadSignature)?;
+        if claim.report_id != report_id.0 {
+            return Err(AttestError::OtherReport);
+        }
+        let start = unix_hour(started_at);
+        if claim.hour != start && Some(claim.hour) != start.checked_add(1) {
+            return Err(AttestError::OtherHour);
+        }
+        if unix_hour(now).saturating_sub(claim.hour) > MAX_AGE_HOURS {
+            return Err(AttestError::Expired);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn started() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_760_000_000, 0).unwrap_or_default()
+    }
+
+    fn attested(k: &SigningKey, report: [u8; 16], hour: u32) -> RegionAttestation {
+        let claim = Claim {
+            report_id: report,
+            country: *b"NL",
+            asn: 1136,
+            hour,
+        };
+        let (id, sig) = claim.sign(k);
+        RegionAttestation::from_signed(&claim, &id, &sig).unwrap()
+    }
+
+    fn known(k: &SigningKey) -> impl Fn(&KeyId) -> Option<VerifyingKey> + '_ {
+        move |id| (key_id(&k.verifying_key()) == *id).then(|| k.verifying_key())
+    }
+
+    #[test]
+    fn a_valid_attestation_verifies_and_each_fault_has_its_reason() {
+        let k = key(1);
+        let hour = unix_hour(started());
+        let id = ReportId([3; 16]);
+        let now = started();
+        let a = attested(&k, id.0, hour);
+        assert_eq!(a.verify(id, started(), now, known(&k)), Ok(()));
+        // The next hour is fine (a test that ended after the hour turned), the one after is not.
+        let next = attested(&k, id.0, hour + 1);
+        assert_eq!(next.verify(id, started(), now, known(&k)), Ok(()));
+        let later = attested(&k, id.0, hour + 2);
+        assert_eq!(
+            later.verify(id, started(), now, known(&k)),
+            Err(AttestError::OtherHour)
+        );
+        let before = attested(&k, id.0, hour - 1);
+        assert_eq!(
+            before.verify(id, started(), now, known(&k)),
+            Err(AttestError::OtherHour)
+        );
+        assert_eq!(
+            a.verify(ReportId([4; 16]), started(), now, known(&k)),
+            Err(AttestError::OtherReport)
+        );
+        let other = key(2);
+        assert_eq!(
+            a.verify(id, started(), now, known(&other)),
+            Err(AttestError::UnknownKey)
+        );
+        let mut forged = a.clone();
+        forged.asn = 1137;
+        assert_eq!(
+            forged.verify(id, started(), now, known(&k)),
+            Err(AttestError::BadSignature)
+        );
+        let mut flipped = a.clone();
+        let mut sig = hex::decode(&flipped.signature).unwrap();
+        sig[5] ^= 1;
+        flipped.signature = hex::encode(sig);
+        assert_eq!(
+            flipped.verify(id, started(), now, known(&k)),
+            Err(AttestError::BadSignature)
+        );
+        let far = now + chrono::Duration::hours(i64::from(MAX_AGE_HOURS) + 2);
+        assert_eq!(
+            a.verify(id, started(), far, known(&k)),
+            Err(AttestError::Expired)
+        );
+        let mut bad = a.clone();
+        bad.country = "nl".into();
+        assert_eq!(
+            bad.verify(id, started(), now, known(&k)),
+            Err(AttestError::Malformed)
+        );
+    }
+
+    #[test]
+    fn the_report_field_round_trips_through_json() {
+        let a = attested(&key(1), [9; 16], 7);
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(serde_json::from_str::<RegionAttestation>(&json).unwrap(), a);
+    }
+
+    proptest! {
+        #[test]
+        fn verifying_any_fields_never_panics(
+            country in ".{0,4}", key_hex in ".{0,20}", sig in ".{0,130}",
+            asn in any::<u32>(), hour in any::<u32>(), id in any::<[u8; 16]>(),
+        ) {
+            let a = RegionAttestation {
+                country, asn, hour, report_id: ReportId(id), key_id: key_hex, signature: sig,
+            };
+            let k = key(1);
+            prop_assert!(a.verify(ReportId(id), started(), started(), known(&k)).is_err());
+        }
+    }
+}
