@@ -109,12 +109,22 @@ pub fn bind_with_buffers(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// Binds every address (port 0 picks a free port) and starts reflecting, with a sealing key of
-/// its own (see [`spawn_reflector_sealed`]; tests read it from [`ReflectorHandle::seal_key`]).
+/// its own (see [`spawn_reflector_sealed`]; tests read it from [`ReflectorHandle::seal_key`])
+/// and an attestation key of its own that attests every address as `ZZ`/AS0 (so agents get
+/// their attestation at once; no collector knows the key).
 pub async fn spawn_reflector(
     addrs: &[SocketAddr],
     limits: Limits,
 ) -> std::io::Result<ReflectorHandle> {
-    spawn_reflector_sealed(addrs, limits, ReflectorSecret::from_bytes(rand::random())).await
+    let attest = ed25519_dalek::SigningKey::from_bytes(&rand::random());
+    let unknown: super::RegionLookup = Box::new(|_| (*b"ZZ", 0));
+    spawn_reflector_attested(
+        addrs,
+        limits,
+        ReflectorSecret::from_bytes(rand::random()),
+        Some((attest, unknown)),
+    )
+    .await
 }
 
 /// Binds every address and starts reflecting; sealed platform cores are opened with `seal`
