@@ -788,6 +788,22 @@ pub fn judge_call(call: &CallEvidence<'_>, cfg: &VerdictConfig) -> (Verdict, Ver
             );
         }
     }
+    // Past the rules a loaded reflector cannot fake (no answers at all, a cut), the statistics
+    // would read the reflector's load as the network's.
+    let loaded = [p, c]
+        .into_iter()
+        .find_map(|arm| crate::metrics::record_loaded(arm.record));
+    if let Some((drops, residence)) = loaded {
+        return decide(
+            Verdict::Inconclusive,
+            VerdictRule::ReflectorLoaded,
+            format!(
+                "The reflector was loaded during the test (its kernel dropped {} datagrams; it held 1 % of replies {residence:.1} ms or longer, the bound is {} ms), so what the arms measured describes the reflector, not the network.",
+                drops,
+                crate::metrics::LOADED_RESIDENCE_P99_MS
+            ),
+        );
+    }
     if let Some(r) = relay {
         if r.relay_answered == 0
             && r.reference_sent > 0

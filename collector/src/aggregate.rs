@@ -204,7 +204,10 @@ impl Observation {
             .iter()
             .filter(|s| matches!(s.role, Role::Platform | Role::Control))
             .map(|s| {
+                // A test taken under reflector load measured the reflector, not the network:
+                // it counts (as the inconclusive it is), its figures do not.
                 let measured = s.packets_sent > 0
+                    && !report.reflector_loaded
                     && !matches!(s.outcome, StreamOutcome::Blocked | StreamOutcome::Refused);
                 let figures = [
                     s.rtt_ms.map(|r| r.median),
@@ -1426,6 +1429,17 @@ mod tests {
             effect: 0.0,
             significant: false,
         }
+    }
+
+    #[test]
+    fn a_test_taken_under_reflector_load_counts_but_gives_no_figures() {
+        let mut r = CallReport::example();
+        let fine = Observation::from_report(&stored_report(), &r);
+        assert!(fine[0].figures.iter().any(Option::is_some));
+        r.reflector_loaded = true;
+        let loaded = Observation::from_report(&stored_report(), &r);
+        assert_eq!(loaded.len(), fine.len(), "still counted");
+        assert!(loaded.iter().all(|o| o.figures.iter().all(Option::is_none)));
     }
 
     #[test]

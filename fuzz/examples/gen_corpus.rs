@@ -148,6 +148,7 @@ fn probe_seeds() {
             size: 172,
             duration_ms: 10_000,
             reflector_time_us: 5_000_000_000,
+            features: 0,
         }),
         Packet::Reject(Reject {
             session: 9,
@@ -167,6 +168,7 @@ fn probe_seeds() {
             reflector_rx_us: 5_000_000_100,
             reflector_tx_us: 5_000_000_120,
             reflector_received: 18,
+            reflector_drops: 0,
             len: 172,
         }),
         Packet::Close(Close {

@@ -1222,6 +1222,7 @@ mod tests {
                 size: 120,
                 duration_ms: 10_000,
                 reflector_time_us: 99,
+                features: 0,
             }),
             Packet::Reject(Reject {
                 session,
@@ -1241,6 +1242,7 @@ mod tests {
                 reflector_rx_us: 2,
                 reflector_tx_us: 3,
                 reflector_received: 1,
+                reflector_drops: 0,
                 len: 120,
             }),
             Packet::Close(Close {
@@ -1512,6 +1514,7 @@ mod tests {
             reflector_rx_us: 1,
             reflector_tx_us: 40_000,
             reflector_received: 1,
+            reflector_drops: 0,
             len: 80,
         })
         .encode();

@@ -32,7 +32,7 @@ pub const ATTESTATION_LEN: usize = 112;
 /// Bytes of a probe before its padding.
 pub const PROBE_HEADER_LEN: usize = 38;
 /// Bytes of a reply before its padding.
-pub const REPLY_HEADER_LEN: usize = 42;
+pub const REPLY_HEADER_LEN: usize = 44;
 /// The smallest probe: a reply (same length) must fit its header.
 pub const MIN_PROBE_LEN: usize = 48;
 /// The largest probe: fits a 1500-byte MTU with IPv6 and UDP headers and a platform framing.
@@ -95,7 +95,16 @@ pub struct Accept {
     /// How long the session may run.
     pub duration_ms: u32,
     pub reflector_time_us: u64,
+    /// What this reflector's replies carry beyond version 1's ([`FEATURE_LOAD`]); 0 from
+    /// reflectors that predate the field (it was padding, always zero).
+    pub features: u8,
 }
+
+/// [`Accept::features`]: replies carry the kernel's receive time (so `reflector_tx_us −
+/// reflector_rx_us` is the reflector's residence time) and [`Reply::reflector_drops`]. Without
+/// it an agent ignores the bytes where `reflector_drops` sits (an older reflector echoes probe
+/// padding there).
+pub const FEATURE_LOAD: u8 = 1;
 
 /// Why a reflector refused an `Open`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +158,9 @@ pub struct Reply {
     pub reflector_tx_us: u64,
     /// Probes the reflector has received in this session so far, this one included.
     pub reflector_received: u32,
+    /// Datagrams the reflector's kernel dropped on this socket (receive queue full) since the
+    /// session began, saturating: a loaded reflector, not a lossy network.
+    pub reflector_drops: u16,
     /// Total length on the wire; always the probe's length.
     pub len: u16,
 }
@@ -250,6 +262,7 @@ impl Packet {
                 out.extend_from_slice(&p.size.to_be_bytes());
                 out.extend_from_slice(&p.duration_ms.to_be_bytes());
                 out.extend_from_slice(&p.reflector_time_us.to_be_bytes());
+                out.push(p.features);
             }
             Packet::Reject(p) => {
                 out.extend_from_slice(&[VERSION, KIND_REJECT]);
@@ -271,6 +284,7 @@ impl Packet {
                 out.extend_from_slice(&p.reflector_rx_us.to_be_bytes());
                 out.extend_from_slice(&p.reflector_tx_us.to_be_bytes());
                 out.extend_from_slice(&p.reflector_received.to_be_bytes());
+                out.extend_from_slice(&p.reflector_drops.to_be_bytes());
             }
             Packet::Close(p) => {
                 out.extend_from_slice(&[VERSION, KIND_CLOSE]);
@@ -322,7 +336,7 @@ impl Packet {
     pub fn fields_len(&self) -> usize {
         match self {
             Packet::Open(_) => 2 + 8 + 2 + 2 + 4,
-            Packet::Accept(_) => 2 + 8 + COOKIE_LEN + 2 + 2 + 4 + 8,
+            Packet::Accept(_) => 2 + 8 + COOKIE_LEN + 2 + 2 + 4 + 8 + 1,
             Packet::Reject(_) => 2 + 8 + 1,
             Packet::Probe(_) => PROBE_HEADER_LEN,
             Packet::Reply(_) => REPLY_HEADER_LEN,
@@ -431,6 +445,7 @@ impl Packet {
                     size: r.u16().ok_or(short)?,
                     duration_ms: r.u32().ok_or(short)?,
                     reflector_time_us: r.u64().ok_or(short)?,
+                    features: r.u8().ok_or(short)?,
                 })
             }
             KIND_REJECT => {
@@ -459,6 +474,7 @@ impl Packet {
                     reflector_rx_us: r.u64().ok_or(short)?,
                     reflector_tx_us: r.u64().ok_or(short)?,
                     reflector_received: r.u32().ok_or(short)?,
+                    reflector_drops: r.u16().ok_or(short)?,
                     len: len as u16,
                 })
             }
@@ -584,6 +600,7 @@ mod tests {
                         size,
                         duration_ms,
                         reflector_time_us: t,
+                        features: 0,
                     })
                 }),
             (
@@ -619,6 +636,7 @@ mod tests {
                         reflector_rx_us: rx,
                         reflector_tx_us: tx,
                         reflector_received: n,
+                        reflector_drops: 0,
                         len
                     }
                 )),

@@ -598,6 +598,7 @@ mod tests {
                 reflector_rx_us: 1,
                 reflector_tx_us: 2,
                 reflector_received: 4,
+                reflector_drops: 0,
                 len: core.len() as u16,
             })
             .encode();

@@ -82,6 +82,12 @@ pub struct CallReport {
     /// reflector's key, and in every report made before sealing existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub probes_sealed: bool,
+    /// The reflector was loaded while a stream ran (its kernel dropped datagrams, or it held the
+    /// 99th percentile of replies 20 ms or longer): the figures describe the reflector, not the
+    /// network. Such a test's verdict is `inconclusive` (rule `reflector-loaded`) and collectors
+    /// leave its figures out of aggregates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reflector_loaded: bool,
     /// The reflector's signed attestation of the region the probes came from
     /// ([`crate::attest`]); absent when the reflector gave none (and in older reports). The
     /// collector files a report with a valid one under its region.
@@ -140,6 +146,10 @@ impl StreamOutcome {
             StreamOutcome::Refused => "refused",
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What one stream (one arm) of a test measured.
@@ -205,6 +215,15 @@ pub struct StreamReport {
     pub r_factor: Option<f64>,
     /// Mean opinion score from `r_factor`, 1..=4.5.
     pub mos: Option<f64>,
+    /// The reflector's residence time per reply (the kernel received the probe → the reply was
+    /// made), ms. Already removed from every delay above; reported so that a loaded reflector
+    /// shows as such. Absent when the stream got no reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reflector_residence_ms: Option<Stats>,
+    /// Datagrams the reflector's kernel dropped on its socket (receive queue full) while this
+    /// stream ran: a loaded reflector, which the verdict does not take for the network.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reflector_drops: u32,
     /// How `r_factor` was obtained: codec table row and whether its constants are ITU-published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mos_basis: Option<String>,
@@ -346,6 +365,9 @@ pub enum VerdictRule {
     NothingAnswered,
     /// The reflector refused a session for capacity: says nothing about the network.
     ReflectorBusy,
+    /// The reflector was loaded during the test (it held probes long or its kernel dropped
+    /// some): its figures describe the reflector, not the network.
+    ReflectorLoaded,
     /// Too few windows with data on both arms to judge.
     TooLittleData,
     /// Both arms degraded alike: the path hides what it does to one kind of traffic.
@@ -369,6 +391,7 @@ impl VerdictRule {
             VerdictRule::NoReference => "no-reference",
             VerdictRule::NothingAnswered => "nothing-answered",
             VerdictRule::ReflectorBusy => "reflector-busy",
+            VerdictRule::ReflectorLoaded => "reflector-loaded",
             VerdictRule::TooLittleData => "too-little-data",
             VerdictRule::DegradedAlike => "degraded-alike",
             VerdictRule::Suggestive => "suggestive",
@@ -536,6 +559,7 @@ impl CallReport {
             verdict: None,
             verdict_detail: None,
             probes_sealed: false,
+            reflector_loaded: false,
             attestation: None,
             stream_kind: StreamKind::Voice,
             streams: vec![StreamReport {
@@ -571,6 +595,8 @@ impl CallReport {
                 timer: None,
                 r_factor: Some(90.0),
                 mos: Some(4.3),
+                reflector_residence_ms: None,
+                reflector_drops: 0,
                 mos_basis: None,
             }],
         }

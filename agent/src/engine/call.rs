@@ -550,6 +550,9 @@ impl CallTest {
                 },
                 streams: results.iter().map(ArmResult::stream).collect(),
                 probes_sealed: self.sealed,
+                reflector_loaded: results
+                    .iter()
+                    .any(|r| crate::metrics::record_loaded(&r.record).is_some()),
                 attestation: self.attestation,
             })
         };

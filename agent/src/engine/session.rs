@@ -26,7 +26,7 @@
 use crate::metrics::{ProbeRecord, ReplyRecord, StreamRecord};
 use callwatch_proto::framing::{keystream, Framing, Preamble, RtpStamp};
 use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe, RejectReason, SessionId};
-use callwatch_proto::probe::{MAX_PROBE_LEN, MIN_PROBE_LEN};
+use callwatch_proto::probe::{FEATURE_LOAD, MAX_PROBE_LEN, MIN_PROBE_LEN};
 use callwatch_proto::profile::StreamShape;
 use callwatch_proto::seal::{self, Direction, ReflectorKey};
 use thiserror::Error;
@@ -197,6 +197,8 @@ pub struct Session {
     preamble: Option<Box<PreambleState>>,
     /// Sealing of the cores (rule 6), once [`Session::sealed`]; boxed like the preamble.
     seal: Option<Box<SealState>>,
+    /// What the reflector's `Accept` said its replies carry ([`FEATURE_LOAD`]).
+    reflector_features: u8,
 }
 
 /// Rule 6: the keys and counters of a sealed session.
@@ -290,6 +292,7 @@ impl Session {
             datagrams: 0,
             preamble: None,
             seal: None,
+            reflector_features: 0,
         }
     }
 
@@ -627,6 +630,7 @@ impl Session {
                 if let Phase::Opening { .. } = self.phase {
                     self.cookie = a.cookie;
                     self.accepted = true;
+                    self.reflector_features = a.features;
                     // The reflector's grant bounds the stream: never faster, larger or longer.
                     self.interval_us = self.interval_us.max(a.interval_ms as u64 * 1000);
                     self.record.interval_us = self.interval_us;
@@ -654,6 +658,12 @@ impl Session {
                     self.max_running
                         .map_or(r.reflector_received, |m| m.max(r.reflector_received)),
                 );
+                if self.reflector_features & FEATURE_LOAD != 0 {
+                    self.record.reflector_drops = self
+                        .record
+                        .reflector_drops
+                        .max(u32::from(r.reflector_drops));
+                }
                 let in_time = matches!(self.phase, Phase::Streaming | Phase::Draining { .. });
                 if probe.reply.is_some() {
                     self.record.duplicates += 1;
@@ -722,6 +732,7 @@ mod tests {
             size: 1400,
             duration_ms: 60_000,
             reflector_time_us: 0,
+            features: 0,
         })
         .encode()
     }
@@ -761,6 +772,7 @@ mod tests {
             reflector_rx_us: 500,
             reflector_tx_us: 510,
             reflector_received: 2,
+            reflector_drops: 0,
             len: 172,
         })
         .encode();
@@ -826,12 +838,45 @@ mod tests {
             reflector_rx_us: 0,
             reflector_tx_us: 0,
             reflector_received: 1,
+            reflector_drops: 0,
             len: 172,
         })
         .encode();
         s.handle_datagram(10, &forged);
         s.handle_datagram(10, b"garbage");
         assert_eq!(s.progress().received, 0);
+    }
+
+    /// Reflector drops are read only from a reflector whose `Accept` says its replies carry
+    /// them: an older one echoes probe padding in those bytes.
+    #[test]
+    fn reflector_drops_count_only_when_the_reflector_says_it_sends_them() {
+        for features in [0, FEATURE_LOAD] {
+            let mut s = Session::new(1, cfg(), 0);
+            s.poll_transmit(0);
+            let mut acc = accept(1);
+            acc[42] = features;
+            s.handle_datagram(0, &acc);
+            let d = s.poll_transmit(0).unwrap();
+            let Packet::Probe(p) = Packet::decode(&d).unwrap() else {
+                panic!()
+            };
+            let reply = Packet::Reply(Reply {
+                session: 1,
+                seq: 0,
+                sent_us: p.sent_us,
+                reflector_rx_us: 100,
+                reflector_tx_us: 150,
+                reflector_received: 1,
+                reflector_drops: 0x5A5A, // what padding could look like
+                len: 172,
+            })
+            .encode();
+            s.handle_datagram(1_000, &reply);
+            assert_eq!(s.progress().received, 1);
+            let drops = s.record.reflector_drops;
+            assert_eq!(drops, if features == 0 { 0 } else { 0x5A5A }, "{features}");
+        }
     }
 
     fn accept_framed(framing: &Framing, id: u64) -> Vec<u8> {

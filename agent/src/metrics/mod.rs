@@ -79,6 +79,43 @@ pub struct StreamRecord {
     pub late: u32,
     /// The reflector's own count of probes it received in this session, if it told us.
     pub reflector_received: Option<u32>,
+    /// The most datagrams the reflector's kernel said it had dropped since the session began.
+    pub reflector_drops: u32,
+}
+
+/// A stream whose reflector held 1 % of replies at least this long was taken under reflector
+/// load: it held probes for a whole voice interval, whatever the network did. (Residence is
+/// removed from every delay anyway; the mark says the reflector was struggling. At idle on a busy
+/// 2-core machine its p99 is 4–7 ms, see RELIABILITY.md.)
+pub const LOADED_RESIDENCE_P99_MS: f64 = 20.0;
+
+/// Whether the reflector was loaded while `report`'s stream ran: its kernel dropped datagrams,
+/// or it held the 99th percentile of replies [`LOADED_RESIDENCE_P99_MS`] or longer.
+pub fn reflector_loaded(report: &StreamReport) -> bool {
+    report.reflector_drops > 0
+        || report
+            .reflector_residence_ms
+            .is_some_and(|r| r.p99 >= LOADED_RESIDENCE_P99_MS)
+}
+
+/// The reflector's residence time of every reply of `rec`, ms.
+fn residence_ms(rec: &StreamRecord) -> Option<callwatch_proto::report::Stats> {
+    stats::summarize(
+        rec.probes
+            .iter()
+            .filter_map(|p| p.reply)
+            .map(|r| {
+                clock::ms(clock::elapsed_us(r.reflector_rx_us, r.reflector_tx_us).max(0) as f64)
+            })
+            .collect(),
+    )
+}
+
+/// [`reflector_loaded`] from a stream's record: `(drops, residence p99 in ms)` when loaded.
+pub fn record_loaded(rec: &StreamRecord) -> Option<(u32, f64)> {
+    let p99 = residence_ms(rec).map_or(0.0, |r| r.p99);
+    (rec.reflector_drops > 0 || p99 >= LOADED_RESIDENCE_P99_MS)
+        .then_some((rec.reflector_drops, p99))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +199,8 @@ pub fn stream_report(role: Role, rec: &StreamRecord, codec: Codec) -> StreamRepo
         r_factor: rating.as_ref().map(|r| r.r),
         mos: rating.as_ref().map(|r| r.mos),
         mos_basis: rating.map(|r| r.basis),
+        reflector_residence_ms: residence_ms(rec),
+        reflector_drops: rec.reflector_drops,
     }
 }
 
@@ -192,6 +231,7 @@ mod tests {
             stream_kind: Default::default(),
             streams: vec![stream],
             probes_sealed: false,
+            reflector_loaded: false,
             attestation: None,
         }
         .validate()

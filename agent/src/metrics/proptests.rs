@@ -185,6 +185,7 @@ fn plausible_record() -> impl Strategy<Value = StreamRecord> {
                     late,
                     reflector_received,
                     probes,
+                    reflector_drops: 0,
                 }
             },
         )
@@ -231,6 +232,7 @@ fn garbage_record() -> impl Strategy<Value = StreamRecord> {
                     duplicates,
                     late,
                     reflector_received,
+                    reflector_drops: 0,
                 }
             },
         )

@@ -89,6 +89,15 @@ impl Default for Limits {
     }
 }
 
+/// When and how a datagram arrived, as the driver knows it (rule 9).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// The kernel's receive time, µs on the reflector's clock (no later than the handling).
+    pub rx_us: u64,
+    /// Datagrams the kernel dropped on this socket so far (its receive queue was full).
+    pub socket_drops: u32,
+}
+
 /// Counters, for logs and `/metrics`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReflectorStats {
@@ -126,6 +135,8 @@ struct SessionState {
     /// Distinct sequence numbers received; duplicates are answered but not counted twice.
     seen: Vec<u64>,
     received: u32,
+    /// The socket's kernel drop count when the session's first probe arrived.
+    drops_base: u32,
     /// When this session was last given an attestation (rule 9).
     last_attest_us: Option<u64>,
 }
@@ -171,6 +182,8 @@ pub struct Reflector {
     last_full_sweep_us: Option<u64>,
     /// The static key of sealed cores (rule 8); `None`: only bare cores are answered.
     seal: Option<ReflectorSecret>,
+    /// The datagram being handled: when and on what socket state it arrived (rule 9).
+    arrival: Arrival,
     open_tokens: f64,
     open_refill_us: u64,
     /// Rule 9: the attestation key and region lookup; `None`: no attestations.
@@ -231,6 +244,7 @@ impl Reflector {
             addr_of: HashMap::new(),
             last_full_sweep_us: None,
             seal: None,
+            arrival: Arrival::default(),
             open_tokens: SEALED_OPEN_BURST,
             open_refill_us: 0,
             attester: None,
@@ -269,8 +283,30 @@ impl Reflector {
     }
 
     /// Handles one datagram from `src` at reflector time `now_us` (µs, monotonic) and returns
-    /// the answer to send back to `src`, if any.
+    /// the answer to send back to `src`, if any. The datagram is taken to have arrived at
+    /// `now_us` too; a driver that knows better says so with [`Reflector::handle_arrival`].
     pub fn handle(&mut self, now_us: u64, src: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
+        let arrival = Arrival {
+            rx_us: now_us,
+            socket_drops: 0,
+        };
+        self.handle_arrival(arrival, now_us, src, datagram)
+    }
+
+    /// [`Reflector::handle`] for a datagram that arrived at `arrival.rx_us` (the kernel's
+    /// receive time, on the same clock as `now_us`) on a socket whose kernel had dropped
+    /// `arrival.socket_drops` datagrams by then (rule 9).
+    pub fn handle_arrival(
+        &mut self,
+        arrival: Arrival,
+        now_us: u64,
+        src: SocketAddr,
+        datagram: &[u8],
+    ) -> Option<Vec<u8>> {
+        self.arrival = Arrival {
+            rx_us: arrival.rx_us.min(now_us),
+            ..arrival
+        };
         self.stats.bytes_in += datagram.len() as u64;
         // Each arm arrives in its own framing (plain, STUN, ChannelData, RTP, …); the answer goes
         // back in the same one, so a DPI box sees the same shape both ways.
@@ -500,6 +536,7 @@ impl Reflector {
             size,
             duration_ms,
             reflector_time_us: now_us,
+            features: callwatch_proto::probe::FEATURE_LOAD,
         })
     }
 
@@ -524,6 +561,7 @@ impl Reflector {
                     last_refill_us: now_us,
                     seen: vec![0; max_packets.div_ceil(64) as usize],
                     received: 0,
+                    drops_base: self.arrival.socket_drops,
                     last_attest_us: None,
                 },
             );
@@ -549,9 +587,13 @@ impl Reflector {
             session: probe.session,
             seq: probe.seq,
             sent_us: probe.sent_us,
-            reflector_rx_us: now_us,
+            reflector_rx_us: self.arrival.rx_us,
             reflector_tx_us: now_us,
             reflector_received: session.received,
+            reflector_drops: u16::try_from(
+                self.arrival.socket_drops.wrapping_sub(session.drops_base),
+            )
+            .unwrap_or(u16::MAX),
             len: probe.len,
         })
     }
@@ -1344,6 +1386,40 @@ mod tests {
         let reply = f.unwrap(&out).unwrap();
         assert!(matches!(Packet::decode(reply), Ok(Packet::Reply(_))));
         assert_eq!(&reply[REPLY_HEADER_LEN..], &core[REPLY_HEADER_LEN..]);
+    }
+
+    /// Rule 9: a reply says when the kernel received its probe (not when the reflector got to
+    /// it) and how many datagrams the kernel dropped since the session began.
+    #[test]
+    fn replies_carry_the_kernel_receive_time_and_the_drops_since_the_session_began() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let acc = open(&mut r, T0, a, 7);
+        let reply = |r: &mut Reflector, seq: u32, rx: u64, now: u64, drops: u32| {
+            let arrival = Arrival {
+                rx_us: rx,
+                socket_drops: drops,
+            };
+            let out = r.handle_arrival(arrival, now, a, &probe(acc.cookie, 7, seq, 120));
+            match Packet::decode(&out.unwrap()).unwrap() {
+                Packet::Reply(reply) => reply,
+                other => panic!("{other:?}"),
+            }
+        };
+        // The socket had dropped 40 before the session: none of them are its.
+        let first = reply(&mut r, 0, T0 + 1_000, T0 + 1_050, 40);
+        assert_eq!(
+            (first.reflector_rx_us, first.reflector_tx_us),
+            (T0 + 1_000, T0 + 1_050)
+        );
+        assert_eq!(first.reflector_drops, 0);
+        // Held 200 ms (a stalled process): the reply says so, with 3 drops meanwhile.
+        let held = reply(&mut r, 1, T0 + 21_000, T0 + 221_000, 43);
+        assert_eq!(held.reflector_tx_us - held.reflector_rx_us, 200_000);
+        assert_eq!(held.reflector_drops, 3);
+        // A receive time after the handling is a driver fault: clamped, never negative.
+        let odd = reply(&mut r, 2, T0 + 300_000, T0 + 250_000, 43);
+        assert_eq!(odd.reflector_rx_us, odd.reflector_tx_us);
     }
 
     /// A sealed WhatsApp-framed session: Open under the static key, Accept bringing the session

@@ -8,7 +8,7 @@ pub mod identity;
 pub mod udp;
 
 pub use self::core::{
-    stun_binding_success, Attester, Limits, Reflector, ReflectorStats, RegionLookup,
+    stun_binding_success, Arrival, Attester, Limits, Reflector, ReflectorStats, RegionLookup,
 };
 pub use self::udp::{
     bind_with_buffers, spawn_reflector, spawn_reflector_attested, spawn_reflector_sealed,
