@@ -5,16 +5,19 @@
 //! ([`KEY_FILE`]); its public half is written to [`PUB_FILE`], printed at start, and sent to
 //! agents over the pinned upload channel, so an agent learns it with its first upload.
 //!
-//! An import goes through [`process_batch`], the very code QUIC and TCP uploads go through:
-//! signatures, schema, the 10-minute future and 180-day age limits, and de-duplication by
-//! (agent key, report id), so a report uploaded and also imported, or imported twice, is stored
-//! once. Its region is "unknown" (`ZZ`, AS0): the importer's address says nothing of where the
-//! tests ran. The upload rate limits (which protect the network listeners from strangers) do not
-//! apply to what the operator imports.
+//! An import goes through [`process_batch_attested`], the very code QUIC and TCP uploads go
+//! through: signatures, schema, the 10-minute future and 180-day age limits, the reflector
+//! attestation rules, and de-duplication by (agent key, report id), so a report uploaded and also
+//! imported, or imported twice, is stored once. A report with a valid reflector attestation is
+//! filed under the attested region; one without (or with a refused one) under "unknown" (`ZZ`,
+//! AS0): the importer's address says nothing of where the tests ran. The upload rate limits
+//! (which protect the network listeners from strangers) do not apply to what the operator
+//! imports.
 
+use crate::attest::AttestKeys;
 use crate::cert::write_private;
 use crate::geo::Region;
-use crate::ingest::{process_batch, IngestStats, Limiter, RateLimits};
+use crate::ingest::{process_batch_attested, IngestStats, Limiter, RateLimits};
 use crate::store::ReportStore;
 use anyhow::{Context, Result};
 use callwatch_proto::carry::{CarrySecret, Opener, KEY_LEN, MAX_LINE_LEN};
@@ -149,12 +152,14 @@ pub fn check(path: &Path, secret: &CarrySecret) -> Result<u64> {
 
 /// Imports a carry-out file into `store`: first [`check`]s its shape (a wrong key, garbage or a
 /// truncated file is refused as a whole and nothing is stored), then opens each report line and
-/// ingests them in batches by the ingest rules, region unknown. `each` hears every line's result
+/// ingests them in batches by the ingest rules: region attested by a reflector whose key is in
+/// `attest_keys`, else unknown. `each` hears every line's result
 /// as it is known. A store failure stops the import with an error; what was stored before stays
 /// (importing the file again is safe: stored reports come back as duplicates).
 pub async fn import(
     path: &Path,
     secret: &CarrySecret,
+    attest_keys: &AttestKeys,
     store: Arc<dyn ReportStore>,
     mut each: impl FnMut(u64, &LineResult),
 ) -> Result<ImportSummary> {
@@ -190,8 +195,15 @@ pub async fn import(
         }
         if batch.len() == MAX_BATCH || (i == count && !batch.is_empty()) {
             let (lines, reports): (Vec<u64>, Vec<SignedReport>) = batch.drain(..).unzip();
-            let response =
-                process_batch(reports, Region::unknown(), store.clone(), &stats, &limiter).await;
+            let response = process_batch_attested(
+                reports,
+                Region::unknown(),
+                attest_keys,
+                store.clone(),
+                &stats,
+                &limiter,
+            )
+            .await;
             let statuses = match response {
                 Response::Ack { statuses } if statuses.len() == lines.len() => statuses,
                 Response::Error { reason, .. } => anyhow::bail!(
@@ -226,6 +238,9 @@ pub async fn import_command(
     let secret = load(data)?;
     // Check the file before opening (and perhaps waiting on) the store.
     check(file, &secret)?;
+    // The attestation keys `serve` accepts: its own reflector's.
+    let attest = crate::reflector::identity::load_or_create_attestation(data)?;
+    let attest_keys = AttestKeys::new([attest.verifying_key()]);
     let store: Arc<dyn ReportStore> = match crate::store::config::open_for_serve(store_args)? {
         Some(clickhouse) => clickhouse,
         None => {
@@ -246,14 +261,20 @@ pub async fn import_command(
             Arc::new(sled)
         }
     };
-    let summary = import(file, &secret, store, |line, result| match result {
-        LineResult::Accepted => println!("line {line}: accepted"),
-        LineResult::Duplicate => println!("line {line}: duplicate (stored before)"),
-        LineResult::Rejected(why) => println!("line {line}: rejected: {why}"),
-    })
+    let summary = import(
+        file,
+        &secret,
+        &attest_keys,
+        store,
+        |line, result| match result {
+            LineResult::Accepted => println!("line {line}: accepted"),
+            LineResult::Duplicate => println!("line {line}: duplicate (stored before)"),
+            LineResult::Rejected(why) => println!("line {line}: rejected: {why}"),
+        },
+    )
     .await?;
     println!(
-        "{}: {} report(s): {} accepted, {} duplicate, {} rejected (region: unknown)",
+        "{}: {} report(s): {} accepted, {} duplicate, {} rejected (region: attested, else unknown)",
         file.display(),
         summary.lines.len(),
         summary.accepted,

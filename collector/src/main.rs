@@ -140,11 +140,12 @@ enum Command {
     ///
     /// The file is opened with DIR/collector.seal.key; each report is verified and stored by the
     /// same rules as an upload (signature, schema, at most 180 days old, one copy per report:
-    /// a report uploaded or imported before counts as a duplicate). Reports are filed under
-    /// unknown region (ZZ, AS0), never under the importer's address. One result per line, then
-    /// a summary; a damaged line is rejected alone, with its line number and why. A file sealed
-    /// to another collector, truncated, or not a carry-out file is refused as a whole and nothing
-    /// is stored. Exit 0 when no line was rejected, 1 otherwise.
+    /// a report uploaded or imported before counts as a duplicate). A report is filed under the
+    /// region its reflector attested (when the attestation is valid under this collector's
+    /// reflector key), else under unknown region (ZZ, AS0), never under the importer's address.
+    /// One result per line, then a summary; a damaged line is rejected alone, with its line
+    /// number and why. A file sealed to another collector, truncated, or not a carry-out file is
+    /// refused as a whole and nothing is stored. Exit 0 when no line was rejected, 1 otherwise.
     ///
     /// Example:
     ///   callwatch-collector import --data /var/lib/callwatch carried.cwq

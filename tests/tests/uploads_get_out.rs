@@ -137,19 +137,39 @@ async fn quic_that_never_answers_falls_back_to_tcp_and_status_says_tcp() {
 }
 
 fn signed_reports(n: u32, ages_days: &[i64]) -> Vec<SignedReport> {
+    attested_reports(n, ages_days, None)
+}
+
+/// Like [`signed_reports`], the second report attested (RU, AS12389) by `reflector`'s key.
+fn attested_reports(
+    n: u32,
+    ages_days: &[i64],
+    reflector: Option<&SigningKey>,
+) -> Vec<SignedReport> {
+    use callwatch_proto::attest::{unix_hour, Claim, RegionAttestation};
     let mut rng = rand::rngs::StdRng::seed_from_u64(19);
     let key = SigningKey::from_bytes(&[19; 32]);
     (0..n)
         .map(|i| {
             let age = ages_days.get(i as usize).copied().unwrap_or(1);
             let started = chrono::Utc::now() - chrono::Duration::days(age);
-            let r = callwatch_tests::seed::synthetic_report(
+            let mut r = callwatch_tests::seed::synthetic_report(
                 &mut rng,
                 1000 + i,
                 Platform::Generic,
                 started,
                 false,
             );
+            if let (1, Some(reflector)) = (i, reflector) {
+                let claim = Claim {
+                    report_id: r.id.0,
+                    country: *b"RU",
+                    asn: 12389,
+                    hour: unix_hour(r.started_at),
+                };
+                let (id, sig) = claim.sign(reflector);
+                r.attestation = Some(RegionAttestation::from_signed(&claim, &id, &sig).unwrap());
+            }
             SignedReport::sign(&r, &key).unwrap()
         })
         .collect()
@@ -362,8 +382,11 @@ fn a_carried_out_queue_imports_exactly_once_and_a_damaged_line_alone_is_rejected
     let root = tempfile::tempdir().unwrap();
     let data = root.path().join("collector");
     let key = made_collector(&root.path().join("logs"), &data);
-    // One report held 170 days (a long block), within the 180-day limit.
-    let reports = signed_reports(5, &[170, 2, 1, 1, 1]);
+    // One report held 170 days (a long block), within the 180-day limit; one attested by the
+    // collector's own reflector.
+    let reflector =
+        callwatch_collector::reflector::identity::load_or_create_attestation(&data).unwrap();
+    let reports = attested_reports(5, &[170, 2, 1, 1, 1], Some(&reflector));
     let file = root.path().join("carried.cwq");
     let agent_dir = root.path().join("agent");
     let out = export(&agent_dir, &key, &reports, &file);
@@ -419,15 +442,31 @@ fn a_carried_out_queue_imports_exactly_once_and_a_damaged_line_alone_is_rejected
         "{out:?}"
     );
 
-    // Five reports, each once, under unknown region, with their own start times.
+    // Five reports, each once, with their own start times: the attested one under its
+    // attested region, the others under unknown region (never the importer's address).
     let rows = stored(&data);
     assert_eq!(rows.len(), 5);
-    for row in &rows {
-        assert_eq!(
-            (row["country"].as_str(), row["asn"].as_u64()),
-            (Some("ZZ"), Some(0))
-        );
-    }
+    let mut regions: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["country"].as_str().unwrap().to_string(),
+                r["asn"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    regions.sort();
+    let zz = ("ZZ".to_string(), 0);
+    assert_eq!(
+        regions,
+        vec![
+            ("RU".to_string(), 12389),
+            zz.clone(),
+            zz.clone(),
+            zz.clone(),
+            zz
+        ]
+    );
     let oldest = rows
         .iter()
         .map(|r| {
