@@ -324,6 +324,12 @@ pub fn render_metrics(state: &AppState) -> String {
             )],
         );
         metric(
+            "callwatch_reports_reflector_loaded_total",
+            "counter",
+            "Stored reports whose test was taken under reflector load (figures left out of aggregates).",
+            &[(String::new(), i.reflector_loaded.load(Relaxed))],
+        );
+        metric(
             "callwatch_ingest_batches_total",
             "counter",
             "Upload batches received.",

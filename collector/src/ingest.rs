@@ -50,6 +50,9 @@ pub struct IngestStats {
     rejected: Mutex<BTreeMap<&'static str, u64>>,
     /// Reflector attestations by result, and reports uploaded from another region.
     pub attest: crate::attest::AttestStats,
+    /// Stored reports whose test was taken under reflector load (`reflector_loaded`): counted,
+    /// their figures kept out of aggregates.
+    pub reflector_loaded: AtomicU64,
 }
 
 impl IngestStats {
@@ -711,6 +714,8 @@ pub async fn process_batch_attested(
     let received_at_ms = now.timestamp_millis();
     let mut statuses: Vec<Option<ReportStatus>> = Vec::with_capacity(reports.len());
     let mut to_store = Vec::new();
+    // Per report to store: whether its test was taken under reflector load.
+    let mut loaded = Vec::new();
     for signed in reports {
         let verdict = signed.verify().map_err(|e| (e.label(), e.to_string()));
         let checked = verdict.and_then(|report| {
@@ -750,6 +755,7 @@ pub async fn process_batch_attested(
                 statuses.push(None);
                 let filed =
                     crate::attest::file_region(&report, &region, attest_keys, now, &stats.attest);
+                loaded.push(report.reflector_loaded);
                 to_store.push((
                     key,
                     StoredReport {
@@ -798,10 +804,15 @@ pub async fn process_batch_attested(
             }
         }
         let mut outcomes = outcomes.into_iter();
+        let mut loaded = loaded.into_iter();
         for slot in statuses.iter_mut().filter(|s| s.is_none()) {
+            let was_loaded = loaded.next().unwrap_or(false);
             *slot = Some(match outcomes.next() {
                 Some(InsertOutcome::Inserted) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    if was_loaded {
+                        stats.reflector_loaded.fetch_add(1, Ordering::Relaxed);
+                    }
                     ReportStatus::Accepted
                 }
                 Some(InsertOutcome::Duplicate) => {

@@ -149,6 +149,7 @@ fn probe_seeds() {
             duration_ms: 10_000,
             reflector_time_us: 5_000_000_000,
             features: 0,
+            seal_key_id: [0; 4],
         }),
         Packet::Reject(Reject {
             session: 9,

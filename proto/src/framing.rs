@@ -1223,6 +1223,7 @@ mod tests {
                 duration_ms: 10_000,
                 reflector_time_us: 99,
                 features: 0,
+                seal_key_id: [0; 4],
             }),
             Packet::Reject(Reject {
                 session,

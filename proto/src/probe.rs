@@ -98,6 +98,11 @@ pub struct Accept {
     /// What this reflector's replies carry beyond version 1's ([`FEATURE_LOAD`]); 0 from
     /// reflectors that predate the field (it was padding, always zero).
     pub features: u8,
+    /// The first 4 bytes of SHA-256 of the reflector's sealing key
+    /// ([`crate::seal::ReflectorKey::id`]); zeros from a reflector without one. An agent whose
+    /// configured key has another id knows its sealed arm cannot be answered, and says so
+    /// instead of reporting the silence as a block.
+    pub seal_key_id: [u8; 4],
 }
 
 /// [`Accept::features`]: replies carry the kernel's receive time (so `reflector_tx_us −
@@ -263,6 +268,7 @@ impl Packet {
                 out.extend_from_slice(&p.duration_ms.to_be_bytes());
                 out.extend_from_slice(&p.reflector_time_us.to_be_bytes());
                 out.push(p.features);
+                out.extend_from_slice(&p.seal_key_id);
             }
             Packet::Reject(p) => {
                 out.extend_from_slice(&[VERSION, KIND_REJECT]);
@@ -336,7 +342,7 @@ impl Packet {
     pub fn fields_len(&self) -> usize {
         match self {
             Packet::Open(_) => 2 + 8 + 2 + 2 + 4,
-            Packet::Accept(_) => 2 + 8 + COOKIE_LEN + 2 + 2 + 4 + 8 + 1,
+            Packet::Accept(_) => 2 + 8 + COOKIE_LEN + 2 + 2 + 4 + 8 + 1 + 4,
             Packet::Reject(_) => 2 + 8 + 1,
             Packet::Probe(_) => PROBE_HEADER_LEN,
             Packet::Reply(_) => REPLY_HEADER_LEN,
@@ -446,6 +452,7 @@ impl Packet {
                     duration_ms: r.u32().ok_or(short)?,
                     reflector_time_us: r.u64().ok_or(short)?,
                     features: r.u8().ok_or(short)?,
+                    seal_key_id: r.take::<4>().ok_or(short)?,
                 })
             }
             KIND_REJECT => {
@@ -601,6 +608,7 @@ mod tests {
                         duration_ms,
                         reflector_time_us: t,
                         features: 0,
+                        seal_key_id: [0; 4],
                     })
                 }),
             (

@@ -365,6 +365,9 @@ pub enum VerdictRule {
     NothingAnswered,
     /// The reflector refused a session for capacity: says nothing about the network.
     ReflectorBusy,
+    /// The agent sealed its platform arm to a key the reflector does not hold (a stale
+    /// `reflector_key`): that arm's silence says nothing about the network.
+    ReflectorKeyMismatch,
     /// The reflector was loaded during the test (it held probes long or its kernel dropped
     /// some): its figures describe the reflector, not the network.
     ReflectorLoaded,
@@ -391,6 +394,7 @@ impl VerdictRule {
             VerdictRule::NoReference => "no-reference",
             VerdictRule::NothingAnswered => "nothing-answered",
             VerdictRule::ReflectorBusy => "reflector-busy",
+            VerdictRule::ReflectorKeyMismatch => "reflector-key-mismatch",
             VerdictRule::ReflectorLoaded => "reflector-loaded",
             VerdictRule::TooLittleData => "too-little-data",
             VerdictRule::DegradedAlike => "degraded-alike",

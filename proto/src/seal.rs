@@ -82,6 +82,13 @@ impl ReflectorKey {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+
+    /// A short public name of the key: the first 4 bytes of its SHA-256, which reflectors
+    /// advertise in every `Accept` so that an agent holding another key can tell.
+    pub fn id(&self) -> [u8; 4] {
+        let d: [u8; 32] = Sha256::digest(self.0).into();
+        [d[0], d[1], d[2], d[3]]
+    }
 }
 
 impl fmt::Debug for ReflectorKey {

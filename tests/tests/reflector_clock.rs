@@ -96,3 +96,38 @@ fn a_stalled_reflector_is_marked_and_its_stall_is_not_network_delay() {
         assert_eq!(s.loss, Some(0.0), "{role:?}");
     }
 }
+
+/// A report taken under reflector load is stored and counted in /metrics (that its figures stay
+/// out of the aggregates is `aggregate::tests::a_test_taken_under_reflector_load_...`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loaded_test_is_stored_and_counted_in_metrics() {
+    use callwatch_agent::upload::{exchange, pinned_client_config};
+    use callwatch_proto::upload::{ReportStatus, Response};
+    use callwatch_proto::SignedReport;
+    let dir = tempfile::tempdir().unwrap();
+    let c = callwatch_tests::seed::collector(dir.path()).await;
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&c.pin, &mut pin).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(pinned_client_config(pin).unwrap());
+    let conn = ep.connect(c.quic_addr, "localhost").unwrap().await.unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let mut report = CallReport::example();
+    report.started_at = chrono::Utc::now();
+    report.reflector_loaded = true;
+    let signed = SignedReport::sign(&report, &key).unwrap();
+    let Response::Ack { statuses } = exchange(&conn, vec![signed]).await.unwrap() else {
+        panic!("refused")
+    };
+    assert_eq!(statuses, vec![ReportStatus::Accepted]);
+    let (_, metrics) = callwatch_tests::http::get(c.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("callwatch_reports_reflector_loaded_total 1"),
+        "{metrics}"
+    );
+    let stored = c.store.len();
+    assert_eq!(stored, 1);
+    c.shutdown().await;
+}

@@ -129,3 +129,34 @@ fn sealed_arms_show_no_probe_header_and_keep_the_profiles_sizes() {
         assert!(down.iter().all(|d| d.len() <= max_up));
     }
 }
+
+/// An agent holding a stale key (the collector made a new one): the reflector cannot open its
+/// sealed arm, which goes unanswered while the control arm works — exactly what a block looks
+/// like. The reflector's Accept on the control arm names its key, so the report says the key
+/// is wrong instead of reporting a block.
+#[test]
+fn a_stale_reflector_key_is_named_never_reported_as_a_block() {
+    use callwatch_proto::report::VerdictRule;
+    use callwatch_proto::seal::ReflectorSecret;
+    let mut spec = TestSpec::voice(SocketAddr::from(([127, 0, 0, 1], 40401)), 8_000);
+    spec.platform = Platform::Whatsapp;
+    spec.size = None;
+    spec.reached_before = true;
+    spec.reflector_key = Some(ReflectorSecret::from_bytes([0x42; 32]).public());
+    let run =
+        simulate_call_observed(&spec, ImpairmentConfig::default(), 1_000, 5, &mut |_| {}).unwrap();
+    let report = run.report.unwrap();
+    let platform = report
+        .streams
+        .iter()
+        .find(|s| s.role == Role::Platform)
+        .unwrap();
+    assert_eq!(
+        platform.packets_received, 0,
+        "the sealed arm went unanswered"
+    );
+    assert_eq!(report.verdict, Some(Verdict::Inconclusive));
+    let detail = report.verdict_detail.unwrap();
+    assert_eq!(detail.rule, Some(VerdictRule::ReflectorKeyMismatch));
+    assert!(detail.reason.contains("reflector_key"), "{}", detail.reason);
+}

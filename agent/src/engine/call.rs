@@ -40,8 +40,8 @@ use callwatch_proto::attest::{Claim, RegionAttestation};
 use callwatch_proto::framing::{neutral_session_id, Framing};
 use callwatch_proto::probe::{AttestQuery, CountQuery, Packet};
 use callwatch_proto::profile::profile;
-use callwatch_proto::report::{StreamKind, StreamOutcome, SCHEMA_VERSION};
-use callwatch_proto::{CallReport, ReportId, Role, StreamReport};
+use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule, SCHEMA_VERSION};
+use callwatch_proto::{CallReport, ReportId, Role, StreamReport, Verdict};
 use chrono::{DateTime, Utc};
 use std::net::SocketAddr;
 
@@ -493,6 +493,27 @@ impl CallTest {
             .collect()
     }
 
+    /// Why the sealed platform arm could not be answered, when a reflector session told us its
+    /// sealing key is not the one the agent sealed to (or that it has none).
+    fn seal_key_mismatch(&self) -> Option<String> {
+        let ours = self.spec.reflector_key.filter(|_| self.sealed)?;
+        let theirs = self.arms.iter().find_map(|a| match &a.engine {
+            Engine::Reflector(s) => s.advertised_seal_key_id(),
+            Engine::Stun(_) => None,
+        })?;
+        (theirs != ours.id()).then(|| {
+            if theirs == [0; 4] {
+                "The reflector has no sealing key, so it could not answer the sealed platform arm; remove reflector_key from the config or update the reflector.".to_string()
+            } else {
+                format!(
+                    "The reflector's sealing key (id {}) is not the configured reflector_key (id {}), so it could not answer the sealed platform arm; set reflector_key to its reflector.pub.",
+                    hex::encode(theirs),
+                    hex::encode(ours.id())
+                )
+            }
+        })
+    }
+
     /// The report, once done (or abandoned: then whatever was measured so far).
     pub fn finish(self) -> Result<CallReport, TestError> {
         self.finish_with_records().0
@@ -502,6 +523,7 @@ impl CallTest {
     /// packet detail behind the figures).
     pub fn finish_with_records(self) -> (Result<CallReport, TestError>, Vec<(Role, StreamRecord)>) {
         let interval_us = u64::from(self.spec.interval()) * 1000;
+        let key_mismatch = self.seal_key_mismatch();
         let results: Vec<ArmResult> = self
             .arms
             .into_iter()
@@ -527,8 +549,17 @@ impl CallTest {
                         relay: arm(Role::Relay),
                         relay_reference: arm(Role::RelayReference),
                     };
-                    let (v, d) = judge_call(&call, &VerdictConfig::default());
-                    (Some(v), Some(d))
+                    let (v, mut d) = judge_call(&call, &VerdictConfig::default());
+                    match key_mismatch {
+                        // The sealed arm could not be answered whatever the network did: say
+                        // so rather than report the silence as a block.
+                        Some(reason) => {
+                            d.rule = Some(VerdictRule::ReflectorKeyMismatch);
+                            d.reason = reason;
+                            (Some(Verdict::Inconclusive), Some(d))
+                        }
+                        None => (Some(v), Some(d)),
+                    }
                 }
                 _ => (None, None),
             };

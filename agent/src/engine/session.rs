@@ -199,6 +199,8 @@ pub struct Session {
     seal: Option<Box<SealState>>,
     /// What the reflector's `Accept` said its replies carry ([`FEATURE_LOAD`]).
     reflector_features: u8,
+    /// The id of the sealing key the reflector's `Accept` advertised.
+    reflector_seal_key_id: Option<[u8; 4]>,
 }
 
 /// Rule 6: the keys and counters of a sealed session.
@@ -293,6 +295,7 @@ impl Session {
             preamble: None,
             seal: None,
             reflector_features: 0,
+            reflector_seal_key_id: None,
         }
     }
 
@@ -326,6 +329,12 @@ impl Session {
     /// Whether the cores are sealed.
     pub fn is_sealed(&self) -> bool {
         self.seal.is_some()
+    }
+
+    /// The id of the sealing key the reflector advertised when it accepted this session
+    /// (zeros: it has none), once accepted.
+    pub fn advertised_seal_key_id(&self) -> Option<[u8; 4]> {
+        self.reflector_seal_key_id
     }
 
     /// The longest core that, sealed (if it is) and framed, is at most `wire` bytes.
@@ -631,6 +640,7 @@ impl Session {
                     self.cookie = a.cookie;
                     self.accepted = true;
                     self.reflector_features = a.features;
+                    self.reflector_seal_key_id = Some(a.seal_key_id);
                     // The reflector's grant bounds the stream: never faster, larger or longer.
                     self.interval_us = self.interval_us.max(a.interval_ms as u64 * 1000);
                     self.record.interval_us = self.interval_us;
@@ -733,6 +743,7 @@ mod tests {
             duration_ms: 60_000,
             reflector_time_us: 0,
             features: 0,
+            seal_key_id: [0; 4],
         })
         .encode()
     }

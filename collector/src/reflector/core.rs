@@ -182,6 +182,8 @@ pub struct Reflector {
     last_full_sweep_us: Option<u64>,
     /// The static key of sealed cores (rule 8); `None`: only bare cores are answered.
     seal: Option<ReflectorSecret>,
+    /// Its public id, advertised in every `Accept` (zeros without a key).
+    seal_key_id: [u8; 4],
     /// The datagram being handled: when and on what socket state it arrived (rule 9).
     arrival: Arrival,
     open_tokens: f64,
@@ -244,6 +246,7 @@ impl Reflector {
             addr_of: HashMap::new(),
             last_full_sweep_us: None,
             seal: None,
+            seal_key_id: [0; 4],
             arrival: Arrival::default(),
             open_tokens: SEALED_OPEN_BURST,
             open_refill_us: 0,
@@ -254,6 +257,7 @@ impl Reflector {
 
     /// Also answers sealed cores inside platform framings (rule 8), with this static key.
     pub fn with_seal(mut self, secret: ReflectorSecret) -> Self {
+        self.seal_key_id = secret.public().id();
         self.seal = Some(secret);
         self
     }
@@ -537,6 +541,7 @@ impl Reflector {
             duration_ms,
             reflector_time_us: now_us,
             features: callwatch_proto::probe::FEATURE_LOAD,
+            seal_key_id: self.seal_key_id,
         })
     }
 
