@@ -49,6 +49,9 @@ struct Cli {
     /// Seconds each call test runs (at least 8 for a verdict).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(8..=60))]
     secs: u32,
+    /// Call tests per load (one after another while the load is held).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    tests: u32,
     /// Loads to run, comma separated.
     #[arg(
         long,
@@ -79,28 +82,50 @@ async fn main() -> Result<()> {
 
     println!("| load | verdict | RTT p50 / p99 / max (ms) | residence p50 / p99 / max (ms) | reflector drops | marked |");
     println!("|---|---|---:|---:|---:|---|");
+    let mut summary = Vec::new();
     for load in &cli.loads {
         eprintln!("{load}: starting the load…");
         let stop = Arc::new(AtomicBool::new(false));
         let work = Arc::new(AtomicU64::new(0));
         let tasks = start_load(load, &collector, &cli, &stop, &work).await?;
-        eprintln!("{load}: testing for {} s…", cli.secs);
-        // The test on threads of its own, not the runtime's blocking pool: unread exports
-        // hold every thread of that pool (which is the collector's, here).
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let s = spec.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(run_call_test(&s, &Cancel::default(), |_| {}));
-        });
-        let report = rx.await??;
+        let mut marked = 0;
+        let mut worst_rtt_p99: f64 = 0.0;
+        for i in 0..cli.tests {
+            eprintln!("{load}: test {} of {}, {} s…", i + 1, cli.tests, cli.secs);
+            // The test on threads of its own, not the runtime's blocking pool: unread exports
+            // hold every thread of that pool (which is the collector's, here).
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let s = spec.clone();
+            std::thread::spawn(move || {
+                let _ = tx.send(run_call_test(&s, &Cancel::default(), |_| {}));
+            });
+            let report = rx.await??;
+            marked += u32::from(report.reflector_loaded);
+            let p99 = report
+                .streams
+                .iter()
+                .filter_map(|s| s.rtt_ms)
+                .map(|r| r.p99);
+            worst_rtt_p99 = p99.fold(worst_rtt_p99, f64::max);
+            println!("{}", row(load, &report));
+        }
         stop.store(true, Ordering::SeqCst);
         for t in tasks {
             t.abort();
         }
-        println!("{}", row(load, &report));
+        summary.push(format!(
+            "| {load} | {} | {marked} | {worst_rtt_p99:.2} |",
+            cli.tests
+        ));
         eprintln!("{load}: {} load operations", work.load(Ordering::Relaxed));
         // Let the held connections and sessions go before the next load.
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    println!();
+    println!("| load | tests | marked as reflector-loaded | worst RTT p99, either arm (ms) |");
+    println!("|---|---:|---:|---:|");
+    for line in summary {
+        println!("{line}");
     }
     collector.shutdown().await;
     Ok(())
