@@ -111,6 +111,36 @@ pub struct AgentState {
     pub quic_failure: Option<String>,
     /// The collector's carry-out key (hex), as it sent it over the pinned upload channel.
     pub collector_seal_key: Option<String>,
+    /// The reflectors the collector vouches for (its own and registered standalone ones), as it
+    /// last listed them after an upload. Shown in `status`; the agent does not (yet) choose
+    /// among them.
+    pub collector_reflectors: Vec<KnownReflector>,
+    /// When that list was received.
+    pub collector_reflectors_at: Option<DateTime<Utc>>,
+}
+
+/// A reflector the collector told the agent of.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KnownReflector {
+    pub name: String,
+    /// `host:port` (UDP); `None`: not given (the collector's own: the configured `reflector`).
+    pub address: Option<String>,
+    /// Its sealing key (hex), what `reflector_key` in the config would hold.
+    pub seal_key: Option<String>,
+    /// Its attestation key (hex).
+    pub attest_key: String,
+}
+
+impl From<&callwatch_proto::upload::ReflectorInfo> for KnownReflector {
+    fn from(r: &callwatch_proto::upload::ReflectorInfo) -> Self {
+        KnownReflector {
+            name: r.name.clone(),
+            address: r.address.clone(),
+            seal_key: r.seal_key.map(hex::encode),
+            attest_key: hex::encode(r.attest_key),
+        }
+    }
 }
 
 /// The state shared by the daemon's test loop and uploader: every change is saved at once.
@@ -180,6 +210,10 @@ impl AgentState {
         }
         if let Some(key) = summary.seal_key {
             self.collector_seal_key = Some(key.to_string());
+        }
+        if let Some(list) = &summary.reflectors {
+            self.collector_reflectors = list.iter().map(KnownReflector::from).collect();
+            self.collector_reflectors_at = Some(now);
         }
     }
 
@@ -298,6 +332,22 @@ impl AgentState {
             mb(self.data_used_month_bytes),
             limit(self.data_budget_month_bytes)
         );
+        if let Some(at) = &self.collector_reflectors_at {
+            let _ = writeln!(
+                out,
+                "reflectors the collector vouches for (as of {}):",
+                when(at)
+            );
+            for r in &self.collector_reflectors {
+                let _ = writeln!(
+                    out,
+                    "  {}  {}  seal key {}",
+                    r.name,
+                    r.address.as_deref().unwrap_or("(the configured reflector)"),
+                    r.seal_key.as_deref().unwrap_or("-"),
+                );
+            }
+        }
         if self.recent_tests.is_empty() {
             let _ = writeln!(out, "no tests yet");
         } else {

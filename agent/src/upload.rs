@@ -12,8 +12,8 @@ use crate::queue::Queue;
 use anyhow::{anyhow, Context, Result};
 use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
-    decode_frame_body, encode_frame, frame_len, ReportStatus, Request, Response, ALPN,
-    TCP_ALPN_OFFER,
+    decode_frame_body, encode_frame, frame_len, ReflectorInfo, ReportStatus, Request, Response,
+    ALPN, TCP_ALPN_OFFER,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -236,6 +236,9 @@ pub struct UploadSummary {
     pub quic_error: Option<String>,
     /// The collector's carry-out key, if asked for and given.
     pub seal_key: Option<CarryKey>,
+    /// The reflectors the collector vouches for, asked after the queue was uploaded; `None`
+    /// when not given (an earlier collector, or the question went unanswered).
+    pub reflectors: Option<Vec<ReflectorInfo>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -378,6 +381,33 @@ impl Conn {
 /// durable).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the reflector list may take once the queue is uploaded.
+const REFLECTORS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the collector which reflectors it vouches for, after a successful upload. Best effort:
+/// the upload already succeeded, so any failure (an earlier collector answers `Error`) is only
+/// logged.
+async fn ask_reflectors(conn: &mut Conn) -> Option<Vec<ReflectorInfo>> {
+    match tokio::time::timeout(REFLECTORS_TIMEOUT, conn.request(&Request::Reflectors)).await {
+        Ok(Ok(Response::Reflectors { mut reflectors })) => {
+            reflectors.truncate(callwatch_proto::upload::MAX_REFLECTORS);
+            Some(reflectors)
+        }
+        Ok(Ok(other)) => {
+            tracing::debug!("the collector gave no reflector list: {other:?}");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("asking for the reflector list: {e:#}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no reflector list within {REFLECTORS_TIMEOUT:?}");
+            None
+        }
+    }
+}
+
 /// Fetches the carry-out key if asked, then uploads the queue batch by batch on `conn`.
 async fn drain(
     conn: &mut Conn,
@@ -398,6 +428,7 @@ async fn drain(
     loop {
         let batch = queue.oldest(target.batch).map_err(UploadError::Local)?;
         if batch.is_empty() {
+            summary.reflectors = ask_reflectors(conn).await;
             return Ok(());
         }
         let reports: Vec<_> = batch.iter().map(|(_, r)| r.clone()).collect();
@@ -411,9 +442,9 @@ async fn drain(
             Response::Error { code, reason } => {
                 return Err(UploadError::Refused(format!("code {code}: {reason}")))
             }
-            Response::SealKey { .. } => {
+            Response::SealKey { .. } | Response::Reflectors { .. } => {
                 return Err(UploadError::Refused(
-                    "a key where an acknowledgement was due; nothing removed".into(),
+                    "a key or a list where an acknowledgement was due; nothing removed".into(),
                 ))
             }
         };

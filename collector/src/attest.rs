@@ -14,32 +14,111 @@ use callwatch_proto::CallReport;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// The reflector attestation keys a collector accepts, by key id.
+/// The reflector attestation keys a collector accepts, by key id: fixed ones (its own
+/// reflector's) and, when loaded from a data folder, the registered standalone reflectors'
+/// ([`crate::reflector::registry`]) that are not revoked. The registry is re-read whenever its
+/// file changes (checked on each lookup: one `stat`), so `reflector add`/`revoke` take effect
+/// on a running collector at the next report.
 #[derive(Clone, Debug, Default)]
 pub struct AttestKeys {
     keys: HashMap<KeyId, VerifyingKey>,
+    registry: Option<Arc<Registered>>,
+}
+
+/// The registered keys, cached with the registry file's identity when read.
+#[derive(Debug)]
+struct Registered {
+    data: PathBuf,
+    cache: Mutex<(Option<FileStamp>, HashMap<KeyId, VerifyingKey>)>,
+}
+
+/// What tells one version of the registry file from another (it is replaced by rename).
+type FileStamp = (u64, u64, Option<std::time::SystemTime>, u64);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.modified().ok(), m.len()))
+}
+
+fn registered_keys(data: &std::path::Path) -> anyhow::Result<HashMap<KeyId, VerifyingKey>> {
+    let reg = crate::reflector::registry::Registry::load(data)?;
+    let mut keys = HashMap::new();
+    for e in reg.active() {
+        let k = e.verifying_key()?;
+        keys.insert(key_id(&k), k);
+    }
+    Ok(keys)
+}
+
+impl Registered {
+    /// The current registered key `id`, re-reading the registry if its file changed. A file
+    /// that cannot be read keeps the last good keys (logged once per change).
+    fn get(&self, id: &KeyId) -> Option<VerifyingKey> {
+        let path = crate::reflector::registry::path(&self.data);
+        let now = stamp(&path);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.0 != now {
+            match registered_keys(&self.data) {
+                Ok(keys) => cache.1 = keys,
+                Err(e) => tracing::warn!("keeping the last good reflector registry: {e:#}"),
+            }
+            cache.0 = now;
+        }
+        cache.1.get(id).copied()
+    }
 }
 
 impl AttestKeys {
+    /// Exactly these keys, nothing registered.
     pub fn new(keys: impl IntoIterator<Item = VerifyingKey>) -> Self {
         AttestKeys {
             keys: keys.into_iter().map(|k| (key_id(&k), k)).collect(),
+            registry: None,
         }
     }
 
-    pub fn get(&self, id: &KeyId) -> Option<VerifyingKey> {
-        self.keys.get(id).copied()
+    /// The keys a collector with data folder `data` accepts: its own reflector's (derived from
+    /// `reflector.key`, made if missing) and the registered, non-revoked standalone reflectors'
+    /// (`reflectors.json`, followed as it changes). What `serve` and `import` both use. A
+    /// registry that cannot be read is an error here (at start), not later.
+    pub fn load(data: &std::path::Path) -> anyhow::Result<Self> {
+        let own = crate::reflector::identity::load_or_create_attestation(data)?;
+        Self::with_registry(own.verifying_key(), data)
     }
 
+    /// `own` and the registry in `data` (see [`AttestKeys::load`]).
+    pub fn with_registry(own: VerifyingKey, data: &std::path::Path) -> anyhow::Result<Self> {
+        let path = crate::reflector::registry::path(data);
+        let first = stamp(&path);
+        let keys = registered_keys(data)?;
+        Ok(AttestKeys {
+            registry: Some(Arc::new(Registered {
+                data: data.to_path_buf(),
+                cache: Mutex::new((first, keys)),
+            })),
+            ..Self::new([own])
+        })
+    }
+
+    pub fn get(&self, id: &KeyId) -> Option<VerifyingKey> {
+        self.keys
+            .get(id)
+            .copied()
+            .or_else(|| self.registry.as_ref().and_then(|r| r.get(id)))
+    }
+
+    /// The fixed keys (registered ones not counted).
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.is_empty() && self.registry.is_none()
     }
 }
 
@@ -117,6 +196,36 @@ mod tests {
         let mut r = report.clone();
         r.attestation = RegionAttestation::from_signed(&claim, &id, &sig);
         r
+    }
+
+    #[test]
+    fn registered_keys_are_followed_as_the_registry_changes() {
+        use crate::reflector::registry::{add, revoke, NewReflector};
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let keys = AttestKeys::load(&data).unwrap();
+        let own = crate::reflector::identity::load_or_create_attestation(&data).unwrap();
+        assert!(keys.get(&key_id(&own.verifying_key())).is_some());
+        let standalone = SigningKey::from_bytes(&[4; 32]).verifying_key();
+        let id = key_id(&standalone);
+        assert!(keys.get(&id).is_none(), "unknown before it is registered");
+        add(
+            &data,
+            NewReflector {
+                name: "riga".into(),
+                attest_key: hex::encode(standalone.as_bytes()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(keys.get(&id), Some(standalone), "registered: known at once");
+        assert!(AttestKeys::load(&data).unwrap().get(&id).is_some());
+        revoke(&data, "riga").unwrap();
+        assert!(keys.get(&id).is_none(), "revoked: unknown at once");
+        // A damaged registry refuses to start, and a running collector keeps the last good one.
+        std::fs::write(crate::reflector::registry::path(&data), b"{").unwrap();
+        assert!(AttestKeys::load(&data).is_err());
+        assert!(keys.get(&key_id(&own.verifying_key())).is_some());
     }
 
     #[test]

@@ -238,9 +238,8 @@ pub async fn import_command(
     let secret = load(data)?;
     // Check the file before opening (and perhaps waiting on) the store.
     check(file, &secret)?;
-    // The attestation keys `serve` accepts: its own reflector's.
-    let attest = crate::reflector::identity::load_or_create_attestation(data)?;
-    let attest_keys = AttestKeys::new([attest.verifying_key()]);
+    // The attestation keys `serve` accepts: its own reflector's and the registered ones.
+    let attest_keys = AttestKeys::load(data)?;
     let store: Arc<dyn ReportStore> = match crate::store::config::open_for_serve(store_args)? {
         Some(clickhouse) => clickhouse,
         None => {

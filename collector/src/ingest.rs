@@ -87,6 +87,8 @@ pub struct IngestConfig {
     pub rate_limits: RateLimits,
     /// Reflector keys whose region attestations decide where a report is filed.
     pub attest_keys: crate::attest::AttestKeys,
+    /// The reflectors agents are told of ([`Request::Reflectors`]).
+    pub reflectors: crate::reflector::registry::Directory,
 }
 
 /// How long an upload stream may take to deliver its request.
@@ -361,6 +363,7 @@ struct Shared {
     max_per_ip: usize,
     carry_key: Option<CarryKey>,
     attest_keys: crate::attest::AttestKeys,
+    reflectors: crate::reflector::registry::Directory,
 }
 
 /// A connection's place under the limits; gives it back when dropped.
@@ -435,6 +438,7 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
         max_per_ip: cfg.max_connections_per_ip,
         carry_key: cfg.carry_key,
         attest_keys: cfg.attest_keys,
+        reflectors: cfg.reflectors,
     });
     let (ep, sh) = (endpoint.clone(), shared.clone());
     let task = tokio::spawn(async move {
@@ -648,6 +652,9 @@ async fn answer_request<R: AsyncRead + Unpin>(
                 code: error_code::PROTOCOL,
                 reason: "this collector offers no carry-out key".into(),
             },
+        },
+        Ok(Request::Reflectors) => Response::Reflectors {
+            reflectors: shared.reflectors.list(),
         },
         Ok(Request::Upload { reports }) => {
             let response = process_batch_attested(

@@ -142,7 +142,8 @@ enum Command {
     /// same rules as an upload (signature, schema, at most 180 days old, one copy per report:
     /// a report uploaded or imported before counts as a duplicate). A report is filed under the
     /// region its reflector attested (when the attestation is valid under this collector's
-    /// reflector key), else under unknown region (ZZ, AS0), never under the importer's address.
+    /// reflector key or a registered standalone reflector's, see `reflector`), else under
+    /// unknown region (ZZ, AS0), never under the importer's address.
     /// One result per line, then a summary; a damaged line is rejected alone, with its line
     /// number and why. A file sealed to another collector, truncated, or not a carry-out file is
     /// refused as a whole and nothing is stored. Exit 0 when no line was rejected, 1 otherwise.
@@ -158,10 +159,84 @@ enum Command {
         /// The carry-out file.
         file: PathBuf,
     },
+    /// Run a standalone reflector only: no ingest, no store, no HTTP API.
+    ///
+    /// For reflectors in other places than the collector. Its own key is made in DIR on first
+    /// start (DIR/reflector.key, owner-only); the public halves are printed and written to
+    /// DIR/reflector.pub (the sealing key agents need) and DIR/reflector-attest.pub (the
+    /// attestation key the collector needs). Register it on the collector with
+    /// `callwatch-collector reflector add`. It signs the region (country, ASN) its probes come
+    /// from, looked up in the --geo sources; without any it attests ZZ/AS0. Stops on SIGTERM or
+    /// Ctrl-C.
+    ///
+    /// Example:
+    ///   callwatch-collector reflect --data /var/lib/callwatch-reflector \
+    ///       --reflector 0.0.0.0:3479 --geo GeoLite2-Country.mmdb --geo GeoLite2-ASN.mmdb
+    #[command(verbatim_doc_comment)]
+    Reflect {
+        /// The reflector's own data folder (created owner-only if missing).
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// UDP address to reflect on; repeat for several ports.
+        #[arg(long = "reflector", value_name = "ADDR", required = true)]
+        reflectors: Vec<SocketAddr>,
+        /// Region source, repeatable (as `serve --geo`).
+        #[arg(long, value_name = "FILE")]
+        geo: Vec<PathBuf>,
+    },
+    /// Register, revoke and list standalone reflectors (DIR/reflectors.json, owner-only).
+    ///
+    /// The collector accepts region attestations signed by its own reflector and by every
+    /// registered reflector that is not revoked, and tells agents about them with their uploads.
+    /// Changes take effect on a running collector at its next report (no restart).
+    #[command(subcommand)]
+    Reflector(ReflectorCommand),
     /// Check every signature in an ndjson export, offline. Exit 0 when all verify, 1 otherwise.
     Verify {
         /// The export file ("-" for standard input).
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReflectorCommand {
+    /// Register a standalone reflector by NAME with its attestation key.
+    ///
+    /// Example:
+    ///   callwatch-collector reflector add --data /var/lib/callwatch tallinn-1 \
+    ///       "$(cat reflector-attest.pub)" --address reflector.example.org:3479 \
+    ///       --seal-key "$(cat reflector.pub)"
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The collector's data folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// A name of 1 to 64 letters, digits, '-', '_' or '.' (never reused, even once revoked).
+        name: String,
+        /// Its attestation key: the 64 hex digits of its reflector-attest.pub.
+        attest_pubkey: String,
+        /// Where agents reach it (UDP).
+        #[arg(long, value_name = "HOST:PORT")]
+        address: Option<String>,
+        /// Its sealing key for agents: the 64 hex digits of its reflector.pub.
+        #[arg(long = "seal-key", value_name = "HEX")]
+        seal_key: Option<String>,
+    },
+    /// Revoke a registered reflector: its attestations are refused from now on (`unknown_key`).
+    Revoke {
+        /// The collector's data folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        name: String,
+    },
+    /// List the registered reflectors, revoked ones marked.
+    List {
+        /// The collector's data folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// The registry as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -290,6 +365,36 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Reflect {
+            data,
+            reflectors,
+            geo,
+        } => {
+            let r =
+                callwatch_collector::serve::reflect(callwatch_collector::serve::ReflectConfig {
+                    data_dir: data,
+                    reflectors,
+                    geo_files: geo,
+                    limits: Default::default(),
+                })
+                .await?;
+            println!(
+                "reflector key (agents' reflector_key; also in reflector.pub): {}",
+                r.reflector.seal_key
+            );
+            println!(
+                "attestation key (for `reflector add` on the collector; also in reflector-attest.pub): {}",
+                hex::encode(r.attest_key.as_bytes())
+            );
+            for a in &r.reflector.addrs {
+                println!("reflector on udp {a}");
+            }
+            wait_for_signal().await?;
+            tracing::info!("shutting down");
+            r.reflector.shutdown();
+            Ok(())
+        }
+        Command::Reflector(cmd) => reflector_command(cmd),
         Command::Verify { file } => {
             let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
@@ -398,6 +503,49 @@ fn export(
                 out.write_all(b"\n")?;
             }
             out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn reflector_command(cmd: ReflectorCommand) -> Result<()> {
+    use callwatch_collector::reflector::registry;
+    match cmd {
+        ReflectorCommand::Add {
+            data,
+            name,
+            attest_pubkey,
+            address,
+            seal_key,
+        } => {
+            let e = registry::add(
+                &data,
+                registry::NewReflector {
+                    name,
+                    attest_key: attest_pubkey,
+                    address,
+                    seal_key,
+                },
+            )?;
+            println!(
+                "registered reflector {} (attestation key {})",
+                e.name, e.attest_key
+            );
+        }
+        ReflectorCommand::Revoke { data, name } => {
+            let e = registry::revoke(&data, &name)?;
+            println!(
+                "revoked reflector {}: its attestations are refused from now on",
+                e.name
+            );
+        }
+        ReflectorCommand::List { data, json } => {
+            let reg = registry::Registry::load(&data)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reg)?);
+            } else {
+                print!("{}", registry::render(&reg));
+            }
         }
     }
     Ok(())

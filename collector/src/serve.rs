@@ -9,7 +9,7 @@ use crate::reflector::{spawn_reflector_attested, Limits, ReflectorHandle};
 use crate::store::{ReportStore, SledStore};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -96,14 +96,82 @@ pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
     serve_with_store(cfg, store).await
 }
 
+/// The reflector as `serve` and `reflect` run it: its keys from `data` (`reflector.key`, made on
+/// first start; public halves written to `reflector.pub` and `reflector-attest.pub`), signing
+/// region attestations looked up in `geo`. Returns it with its attestation key's public half.
+pub async fn start_reflector(
+    data: &Path,
+    addrs: &[SocketAddr],
+    limits: Limits,
+    geo: Arc<Geo>,
+) -> Result<(ReflectorHandle, ed25519_dalek::VerifyingKey)> {
+    let seal = crate::reflector::identity::load_or_create(data)?;
+    let attest_key = crate::reflector::identity::load_or_create_attestation(data)?;
+    let attest_pub = attest_key.verifying_key();
+    let lookup: crate::reflector::RegionLookup = Box::new(move |ip| {
+        let region = geo.lookup(ip);
+        let country = <[u8; 2]>::try_from(region.country.as_bytes()).unwrap_or(*b"ZZ");
+        (country, region.asn)
+    });
+    let reflector = spawn_reflector_attested(addrs, limits, seal, Some((attest_key, lookup)))
+        .await
+        .with_context(|| format!("binding reflector on {addrs:?}"))?;
+    Ok((reflector, attest_pub))
+}
+
+/// What `callwatch-collector reflect` runs: a standalone reflector and nothing else (no ingest,
+/// no store, no HTTP).
+#[derive(Clone, Debug)]
+pub struct ReflectConfig {
+    /// Its own data folder: `reflector.key` and the public halves.
+    pub data_dir: PathBuf,
+    /// UDP addresses (one socket each).
+    pub reflectors: Vec<SocketAddr>,
+    /// Region sources for its attestations (as `serve --geo`).
+    pub geo_files: Vec<PathBuf>,
+    pub limits: Limits,
+}
+
+/// A running standalone reflector.
+pub struct StandaloneReflector {
+    pub reflector: ReflectorHandle,
+    /// Its attestation key's public half (what `reflector add` on the collector needs).
+    pub attest_key: ed25519_dalek::VerifyingKey,
+}
+
+/// Starts a standalone reflector (see [`ReflectConfig`]).
+pub async fn reflect(cfg: ReflectConfig) -> Result<StandaloneReflector> {
+    cert::ensure_private_dir(&cfg.data_dir)?;
+    let geo = Arc::new(Geo::load(cfg.geo_files.iter())?);
+    let (reflector, attest_key) =
+        start_reflector(&cfg.data_dir, &cfg.reflectors, cfg.limits, geo).await?;
+    Ok(StandaloneReflector {
+        reflector,
+        attest_key,
+    })
+}
+
 /// Starts the collector on a store the caller opened (another backend, or a wrapped one).
 pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> Result<Collector> {
     let identity = cert::load_or_create(&cfg.data_dir)?;
     let geo = Arc::new(Geo::load(cfg.geo.iter().chain(&cfg.geo_files))?);
     // The reflector attests the region of the probes' address with the same region sources
-    // (never the address itself); the collector accepts its own reflector's attestations.
-    let attest_key = crate::reflector::identity::load_or_create_attestation(&cfg.data_dir)?;
-    let attest_keys = crate::attest::AttestKeys::new([attest_key.verifying_key()]);
+    // (never the address itself); the collector accepts its own reflector's attestations and
+    // the registered standalone reflectors' (followed as the registry changes).
+    let (reflector, attest_pub) = start_reflector(
+        &cfg.data_dir,
+        &cfg.reflectors,
+        cfg.reflector_limits,
+        geo.clone(),
+    )
+    .await?;
+    let attest_keys = crate::attest::AttestKeys::with_registry(attest_pub, &cfg.data_dir)?;
+    let directory = crate::reflector::registry::directory(
+        &cfg.data_dir,
+        &reflector.addrs,
+        reflector.seal_key,
+        &attest_pub,
+    );
     let carry = crate::carry::load_or_create(&cfg.data_dir)?;
     let ingest = spawn_ingest(IngestConfig {
         listen: cfg.listen,
@@ -117,23 +185,10 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         max_connections_per_ip: cfg.max_connections_per_ip,
         rate_limits: cfg.rate_limits,
         attest_keys,
+        reflectors: directory,
     })?;
     let quic_addr = ingest.local_addr()?;
     let tcp_addr = ingest.tcp_addr.context("the TCP ingest listener")?;
-    let seal = crate::reflector::identity::load_or_create(&cfg.data_dir)?;
-    let lookup: crate::reflector::RegionLookup = Box::new(move |ip| {
-        let region = geo.lookup(ip);
-        let country = <[u8; 2]>::try_from(region.country.as_bytes()).unwrap_or(*b"ZZ");
-        (country, region.asn)
-    });
-    let reflector = spawn_reflector_attested(
-        &cfg.reflectors,
-        cfg.reflector_limits,
-        seal,
-        Some((attest_key, lookup)),
-    )
-    .await
-    .with_context(|| format!("binding reflector on {:?}", cfg.reflectors))?;
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("binding HTTP API on {}", cfg.http))?;

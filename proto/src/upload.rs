@@ -63,6 +63,10 @@ pub enum Request {
     /// queue files to (`crate::carry`). Answered with [`Response::SealKey`]; collectors of the
     /// previous release answer `Error` (`PROTOCOL`).
     SealKey,
+    /// Asks which reflectors the collector vouches for (its own and the registered standalone
+    /// ones that are not revoked). Answered with [`Response::Reflectors`]; collectors of earlier
+    /// releases answer `Error` (`PROTOCOL`).
+    Reflectors,
 }
 
 /// What the collector answers.
@@ -75,6 +79,27 @@ pub enum Response {
     /// The collector's carry-out key, answering [`Request::SealKey`]; authenticated by the
     /// pinned connection it arrives on.
     SealKey { key: [u8; 32] },
+    /// The reflectors the collector vouches for, answering [`Request::Reflectors`]; authenticated
+    /// by the pinned connection it arrives on. At most [`MAX_REFLECTORS`] entries.
+    Reflectors { reflectors: Vec<ReflectorInfo> },
+}
+
+/// Most reflectors in one [`Response::Reflectors`].
+pub const MAX_REFLECTORS: usize = 256;
+
+/// One reflector a collector vouches for: where it is, the key agents seal their platform arms
+/// to, and the key its region attestations are signed with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReflectorInfo {
+    /// The operator's name for it (the collector's own: `collector`).
+    pub name: String,
+    /// `host:port` on UDP; `None`: not given (the collector's own: the agent's configured
+    /// reflector).
+    pub address: Option<String>,
+    /// Its X25519 sealing key (`reflector.pub`), if known.
+    pub seal_key: Option<[u8; 32]>,
+    /// Its Ed25519 attestation key (`reflector-attest.pub`).
+    pub attest_key: [u8; 32],
 }
 
 /// The collector's answer for one report. `Accepted` and `Duplicate` both mean "stored durably,
@@ -184,6 +209,23 @@ mod tests {
         assert_eq!(
             decode_frame::<Response>(&encode_frame(&key).unwrap()).unwrap(),
             key
+        );
+        let list = Response::Reflectors {
+            reflectors: vec![ReflectorInfo {
+                name: "tallinn-1".into(),
+                address: Some("reflector.example.org:3479".into()),
+                seal_key: Some([8; 32]),
+                attest_key: [9; 32],
+            }],
+        };
+        assert_eq!(
+            decode_frame::<Response>(&encode_frame(&list).unwrap()).unwrap(),
+            list
+        );
+        // Variant numbers of the new request and answer follow the old ones.
+        assert_eq!(
+            postcard::to_allocvec(&Request::Reflectors).unwrap(),
+            vec![2]
         );
     }
 

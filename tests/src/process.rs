@@ -118,3 +118,86 @@ fn signal(child: &Child, sig: &str) {
         .expect("running kill");
     assert!(status.success(), "kill -{sig} failed");
 }
+
+/// A running standalone reflector (`callwatch-collector reflect`) and what it printed on start.
+pub struct RunningReflector {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Its sealing key (hex, `reflector.pub`).
+    pub seal_key: String,
+    /// Its attestation key (hex, `reflector-attest.pub`).
+    pub attest_key: String,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Starts `callwatch-collector reflect --data DATA --reflector 127.0.0.1:0` with `extra`
+/// arguments appended, output in `logs/reflector.stdout.log` and `logs/reflector.stderr.log`;
+/// returns once it printed its address (it exiting first fails the test).
+pub fn start_reflector(logs: &Path, data: &Path, extra: &[&str]) -> RunningReflector {
+    let (stdout, stderr) = (
+        logs.join("reflector.stdout.log"),
+        logs.join("reflector.stderr.log"),
+    );
+    let mut child = Command::new(crate::built_binary("callwatch-collector"))
+        .args(["reflect", "--data"])
+        .arg(data)
+        .args(["--reflector", "127.0.0.1:0"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("creating the reflector's stdout log"))
+        .stderr(std::fs::File::create(&stderr).expect("creating the reflector's stderr log"))
+        .spawn()
+        .expect("starting the reflector");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if out.contains("reflector on udp") {
+            let after = |prefix: &str| -> String {
+                let line = out
+                    .lines()
+                    .find(|l| l.starts_with(prefix))
+                    .unwrap_or_else(|| panic!("no {prefix:?} line in {out}"));
+                line.rsplit(' ').next().unwrap_or_default().to_string()
+            };
+            return RunningReflector {
+                child,
+                addr: after("reflector on udp")
+                    .parse()
+                    .expect("reflector address"),
+                seal_key: after("reflector key"),
+                attest_key: after("attestation key"),
+                stdout,
+                stderr,
+            };
+        }
+        if let Some(status) = child.try_wait().expect("polling the reflector") {
+            panic!(
+                "the reflector exited ({status}) before it was up: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "the reflector did not start");
+        // Polling its output file: the process gives no other signal that it is up.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl RunningReflector {
+    /// SIGTERM; waits for the exit (at most 30 s) and returns its status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("polling") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the reflector did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

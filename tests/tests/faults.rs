@@ -106,7 +106,12 @@ async fn sigkill_during_a_large_upload_keeps_every_acknowledged_report_once() {
                         let _ = acked_tx.send(ids);
                     }
                     // The collector is gone mid-exchange: not acknowledged.
-                    Ok(Response::Error { .. } | Response::SealKey { .. }) | Err(_) => return,
+                    Ok(
+                        Response::Error { .. }
+                        | Response::SealKey { .. }
+                        | Response::Reflectors { .. },
+                    )
+                    | Err(_) => return,
                 }
             }
         }));

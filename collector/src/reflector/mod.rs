@@ -5,6 +5,7 @@
 
 pub mod core;
 pub mod identity;
+pub mod registry;
 pub mod udp;
 
 pub use self::core::{
