@@ -242,23 +242,7 @@ pub async fn import_command(
     let attest_keys = AttestKeys::load(data)?;
     let store: Arc<dyn ReportStore> = match crate::store::config::open_for_serve(store_args)? {
         Some(clickhouse) => clickhouse,
-        None => {
-            let path = data.join("reports.sled");
-            if !path.exists() {
-                anyhow::bail!("{} holds no collector store", data.display());
-            }
-            let sled = crate::store::SledStore::open(&path).map_err(|e| {
-                let e = e.to_string();
-                if e.contains("lock") {
-                    anyhow::anyhow!(
-                        "{e} (is a collector still running on this folder? stop it first)"
-                    )
-                } else {
-                    anyhow::anyhow!(e)
-                }
-            })?;
-            Arc::new(sled)
-        }
+        None => Arc::new(crate::store::config::open_stopped_sled(data)?),
     };
     let summary = import(
         file,

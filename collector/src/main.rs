@@ -427,7 +427,7 @@ fn export(
 ) -> Result<()> {
     use callwatch_collector::aggregate::{to_csv, Policy};
     use callwatch_collector::http::{parse_aggregation_query, parse_time_ms, AggregationBody};
-    use callwatch_collector::store::{ReportStore, SledStore};
+    use callwatch_collector::store::ReportStore;
     use std::io::Write;
     // Check the arguments before touching the store.
     let aggregate_query = match format {
@@ -446,20 +446,7 @@ fn export(
         match callwatch_collector::store::config::open_for_serve(store_args)? {
             Some(clickhouse) => (clickhouse, Policy::default().max_per_agent_per_day),
             None => {
-                let path = data.join("reports.sled");
-                if !path.exists() {
-                    anyhow::bail!("{} holds no collector store", data.display());
-                }
-                let sled = SledStore::open(&path).map_err(|e| {
-                    let e = e.to_string();
-                    if e.contains("lock") {
-                        anyhow::anyhow!(
-                            "{e} (is a collector still running on this folder? stop it first)"
-                        )
-                    } else {
-                        anyhow::anyhow!(e)
-                    }
-                })?;
+                let sled = callwatch_collector::store::config::open_stopped_sled(&data)?;
                 let cap = sled.cap() as usize;
                 (std::sync::Arc::new(sled), cap)
             }

@@ -237,6 +237,23 @@ impl StoreChoice {
     }
 }
 
+/// Opens the sled store in `data_dir` for a command that works on it while no collector runs
+/// (`migrate`, `import`, `export`): a missing store or a running collector's lock is said so.
+pub fn open_stopped_sled(data_dir: &Path) -> Result<SledStore> {
+    let path = data_dir.join("reports.sled");
+    if !path.exists() {
+        bail!("{} holds no collector store", data_dir.display());
+    }
+    SledStore::open(&path).map_err(|e| {
+        let e = e.to_string();
+        if e.contains("lock") {
+            anyhow!("{e} (is a collector still running on this folder? stop it first)")
+        } else {
+            anyhow!(e)
+        }
+    })
+}
+
 /// `callwatch-collector migrate`: copies the sled store in `data_dir` into ClickHouse at `to`
 /// (`clickhouse://host:8123/db` or `http://host:8123/db`; database `callwatch` when the URL
 /// names none), `batch` reports per insert, with progress on stderr. Resumable and idempotent
@@ -257,14 +274,7 @@ pub fn migrate(data_dir: &Path, to: &str, batch: usize) -> Result<super::clickho
         user: std::env::var(USER_ENV).ok().filter(|u| !u.is_empty()),
         password: std::env::var(PASSWORD_ENV).ok(),
     };
-    let sled = SledStore::open(&path).map_err(|e| {
-        let e = e.to_string();
-        if e.contains("lock") {
-            anyhow!("{e} (is a collector still running on this folder? stop it first)")
-        } else {
-            anyhow!(e)
-        }
-    })?;
+    let sled = open_stopped_sled(data_dir)?;
     let ch = choice
         .open_clickhouse()?
         .ok_or_else(|| anyhow!("not a ClickHouse URL"))?;
