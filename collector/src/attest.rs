@@ -162,11 +162,18 @@ pub fn file_region(
     };
     match a.verify(report.id, report.started_at, now, |id| keys.get(id)) {
         Ok(()) => {
-            stats.count("valid");
             let attested = Region {
                 country: a.country.clone(),
                 asn: a.asn,
             };
+            if attested == Region::unknown() {
+                // The reflector's sources did not know the probes' address (or something
+                // between, such as a relay, stood in for it): an attestation of nothing decides
+                // nothing, and the upload address files the report as for one without.
+                stats.count("valid_unknown_region");
+                return upload.clone();
+            }
+            stats.count("valid");
             if *upload != Region::unknown() && attested != *upload {
                 stats.uploaded_elsewhere.fetch_add(1, Ordering::Relaxed);
             }
@@ -253,5 +260,34 @@ mod tests {
         assert_eq!(results.get("other_report"), Some(&1));
         assert_eq!(results.get("unknown_key"), Some(&1));
         assert_eq!(results.get("absent"), Some(&1));
+    }
+
+    /// A valid attestation of an unknown region (ZZ, AS0: the reflector's sources did not know
+    /// the address, or a relay stood in for it) decides nothing: the upload address files it.
+    #[test]
+    fn an_attestation_of_an_unknown_region_leaves_the_upload_address_to_decide() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let keys = AttestKeys::new([key.verifying_key()]);
+        let stats = AttestStats::default();
+        let report = CallReport::example();
+        let claim = Claim {
+            report_id: report.id.0,
+            country: *b"ZZ",
+            asn: 0,
+            hour: unix_hour(report.started_at),
+        };
+        let (id, sig) = claim.sign(&key);
+        let mut r = report.clone();
+        r.attestation = RegionAttestation::from_signed(&claim, &id, &sig);
+        let upload = Region {
+            country: "RU".into(),
+            asn: 8359,
+        };
+        assert_eq!(
+            file_region(&r, &upload, &keys, report.started_at, &stats),
+            upload
+        );
+        assert_eq!(stats.results().get("valid_unknown_region"), Some(&1));
+        assert_eq!(stats.uploaded_elsewhere.load(Ordering::Relaxed), 0);
     }
 }
