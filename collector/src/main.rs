@@ -446,7 +446,7 @@ fn export(
         match callwatch_collector::store::config::open_for_serve(store_args)? {
             Some(clickhouse) => (clickhouse, Policy::default().max_per_agent_per_day),
             None => {
-                let sled = callwatch_collector::store::config::open_stopped_sled(&data)?;
+                let sled = callwatch_collector::store::config::open_stopped_sled(data)?;
                 let cap = sled.cap() as usize;
                 (std::sync::Arc::new(sled), cap)
             }
