@@ -241,6 +241,7 @@ pub fn upload_target(cfg: &Config) -> Result<UploadTarget> {
         batch: cfg.upload_batch,
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
+        tcp_first: false,
     })
 }
 
@@ -258,6 +259,7 @@ pub async fn upload_and_record(
         Ok(target) => {
             let target = UploadTarget {
                 fetch_seal_key: want_key,
+                tcp_first: state.snapshot().tcp_first(chrono::Utc::now()),
                 ..target
             };
             upload_queue(queue, &target).await

@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+/// How long after QUIC failed to get through upload passes go over TLS on TCP first; then QUIC
+/// is tried first again (a block may have been lifted, or the agent moved).
+pub const QUIC_RETRY_AFTER: chrono::Duration = chrono::Duration::hours(6);
+
 /// Which transport reaches the collector, as far as the agent knows.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,6 +113,9 @@ pub struct AgentState {
     pub upload_transport_at: Option<DateTime<Utc>>,
     /// Why QUIC did not get through, when the last pass went over TCP.
     pub quic_failure: Option<String>,
+    /// When QUIC last failed to get through: for [`QUIC_RETRY_AFTER`] after it, passes go over
+    /// TCP first (a network that blocks QUIC costs no connect timeout on every pass).
+    pub quic_failed_at: Option<DateTime<Utc>>,
     /// The collector's carry-out key (hex), as it sent it over the pinned upload channel.
     pub collector_seal_key: Option<String>,
     /// The reflectors the collector vouches for (its own and registered standalone ones), as it
@@ -192,6 +199,15 @@ impl AgentState {
         }
     }
 
+    /// Whether the next pass should go over TCP first: QUIC failed less than
+    /// [`QUIC_RETRY_AFTER`] ago and TCP got through since.
+    pub fn tcp_first(&self, now: DateTime<Utc>) -> bool {
+        self.upload_transport == WorkingTransport::Tcp
+            && self
+                .quic_failed_at
+                .is_some_and(|t| now.signed_duration_since(t) < QUIC_RETRY_AFTER)
+    }
+
     /// Records which transport a successful upload pass used and what it learned.
     pub fn record_transport(&mut self, summary: &crate::upload::UploadSummary, now: DateTime<Utc>) {
         use crate::upload::Transport;
@@ -204,7 +220,11 @@ impl AgentState {
             Some(Transport::Tcp) => {
                 self.upload_transport = WorkingTransport::Tcp;
                 self.upload_transport_at = Some(now);
-                self.quic_failure = summary.quic_error.clone();
+                // A pass that went over TCP first never tried QUIC: what it last said stands.
+                if let Some(e) = &summary.quic_error {
+                    self.quic_failure = Some(e.clone());
+                    self.quic_failed_at = Some(now);
+                }
             }
             None => {}
         }
@@ -377,6 +397,36 @@ impl AgentState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_goes_first_for_six_hours_after_quic_failed_then_quic_again() {
+        use crate::upload::{Transport, UploadSummary};
+        let t0 = Utc::now();
+        let mut s = AgentState::default();
+        assert!(!s.tcp_first(t0), "nothing known: QUIC first");
+        let over_tcp = UploadSummary {
+            transport: Some(Transport::Tcp),
+            quic_error: Some("no answer within 5s".into()),
+            ..UploadSummary::default()
+        };
+        s.record_transport(&over_tcp, t0);
+        assert!(s.tcp_first(t0 + chrono::Duration::hours(5)));
+        // A TCP-first pass (no QUIC error) keeps the failure's time: QUIC is retried on time.
+        let tcp_only = UploadSummary {
+            transport: Some(Transport::Tcp),
+            ..UploadSummary::default()
+        };
+        s.record_transport(&tcp_only, t0 + chrono::Duration::hours(5));
+        assert!(s.quic_failure.is_some());
+        assert!(!s.tcp_first(t0 + QUIC_RETRY_AFTER));
+        // QUIC got through: QUIC first from now on.
+        let over_quic = UploadSummary {
+            transport: Some(Transport::Quic),
+            ..UploadSummary::default()
+        };
+        s.record_transport(&over_quic, t0 + chrono::Duration::hours(7));
+        assert!(!s.tcp_first(t0 + chrono::Duration::hours(7)));
+    }
 
     #[test]
     fn state_round_trips_through_its_file_and_renders() {

@@ -204,6 +204,9 @@ pub struct UploadTarget {
     pub connect_timeout: Duration,
     /// Ask the collector for its carry-out key (on a pass that has reports to upload).
     pub fetch_seal_key: bool,
+    /// Try TLS over TCP first, QUIC only if TCP does not get through (QUIC failed recently:
+    /// see [`crate::state::AgentState::tcp_first`]).
+    pub tcp_first: bool,
 }
 
 impl UploadTarget {
@@ -218,6 +221,7 @@ impl UploadTarget {
             batch: 64,
             connect_timeout: Duration::from_secs(5),
             fetch_seal_key: false,
+            tcp_first: false,
         }
     }
 }
@@ -267,6 +271,32 @@ pub async fn upload_queue(
     };
     if queue.is_empty() {
         return Ok(summary);
+    }
+    if let (true, Some(tcp)) = (target.tcp_first, target.tcp) {
+        tracing::info!(
+            "QUIC did not get through recently; uploading over TLS on TCP to {tcp} first"
+        );
+        let result = match upload_tcp(queue, target, tcp, &mut summary).await {
+            Ok(()) => {
+                summary.transport = Some(Transport::Tcp);
+                Ok(())
+            }
+            Err(UploadError::Unreachable(e)) => {
+                match upload_quic(queue, target, &mut summary).await {
+                    Ok(()) => {
+                        summary.transport = Some(Transport::Quic);
+                        Ok(())
+                    }
+                    Err(UploadError::Unreachable(q)) => Err(UploadError::Unreachable(anyhow!(
+                        "over TLS/TCP: {e:#}; over QUIC: {q:#}"
+                    ))),
+                    Err(q) => Err(q),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        summary.remaining = queue.len();
+        return result.map(|_| summary);
     }
     let result = match upload_quic(queue, target, &mut summary).await {
         Ok(()) => {

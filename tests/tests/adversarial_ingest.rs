@@ -195,6 +195,7 @@ async fn idle_connections_from_one_source_are_capped_and_honest_agents_still_upl
         batch: 10,
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
+        tcp_first: false,
     };
     assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 1);
     drop(idle);

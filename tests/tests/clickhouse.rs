@@ -323,6 +323,7 @@ async fn clickhouse_outage_during_ingest_loses_nothing() {
         batch: 10,
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
+        tcp_first: false,
     };
     let data = seed::seed();
     let (first, second) = (&data[..30], &data[30..90]);

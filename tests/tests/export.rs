@@ -50,6 +50,7 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
         batch: 4, // several batches, so several arrival milliseconds
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
+        tcp_first: false,
     };
     assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 25);
 

@@ -78,6 +78,7 @@ fn target(c: &callwatch_collector::Collector, batch: usize) -> UploadTarget {
         batch,
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
+        tcp_first: false,
     }
 }
 

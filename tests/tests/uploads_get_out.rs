@@ -133,6 +133,27 @@ async fn quic_that_never_answers_falls_back_to_tcp_and_status_says_tcp() {
     assert_eq!(json["queue_depth"], 0);
     // The carry-out key came over the pinned TCP connection.
     assert_eq!(json["collector_seal_key"], c.carry_key.to_string());
+
+    // The next pass goes over TCP first: QUIC failed minutes ago, so it is not tried (no
+    // connect timeout on every pass through a network that blocks QUIC).
+    let cfg3 = config.clone();
+    let out = tokio::task::spawn_blocking(move || agent(&["run", "--once"], &cfg3))
+        .await
+        .unwrap();
+    let log = text(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("over TLS on TCP to"), "{log}");
+    assert!(log.contains("first"), "{log}");
+    assert!(
+        !log.contains("trying TLS over TCP"),
+        "QUIC was tried first: {log}"
+    );
+    assert_eq!(c.store.len(), 2);
+    assert_eq!(c.ingest.stats.connections_tcp.load(Ordering::Relaxed), 2);
+    assert_eq!(c.ingest.stats.connections_quic.load(Ordering::Relaxed), 0);
+    let json = status_json(&config);
+    assert_eq!(json["upload_transport"], "tcp", "{json}");
+    assert!(json["quic_failure"].is_string(), "the reason stays: {json}");
     c.shutdown().await;
 }
 
