@@ -111,3 +111,40 @@ pub async fn spawn_two_port_reflector() -> callwatch_collector::reflector::Refle
     .await
     .expect("binding a reflector on loopback")
 }
+
+/// Runs the lab script `tests/lab/SCRIPT` as root with `--bin-dir` set to the built binaries'
+/// folder, then `args`; prints its output and returns its standard output, failing the test if
+/// it exits non-zero. `None` (and a loud "NOT RUN" saying how to run it by hand) without root:
+/// the labs need network namespaces and nftables.
+pub fn run_lab_script(script: &str, args: &[&str]) -> Option<String> {
+    use std::process::Command;
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        eprintln!(
+            "NOT RUN: tests/lab/{script} needs root (network namespaces, nftables); \
+             run `sudo tests/lab/{script} {}` by hand",
+            args.join(" ")
+        );
+        return None;
+    }
+    let agent = built_binary("callwatch-agent");
+    let collector = built_binary("callwatch-collector");
+    assert_eq!(agent.parent(), collector.parent());
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("lab")
+        .join(script);
+    let out = Command::new("bash")
+        .arg(&path)
+        .arg("--bin-dir")
+        .arg(agent.parent().unwrap_or(std::path::Path::new(".")))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "tests/lab/{script} failed");
+    Some(stdout)
+}

@@ -6,37 +6,13 @@
 //! Needs root and nftables, iproute2, jq (`.ci/run` installs them). Without root the test says
 //! so loudly and does not pretend to have run.
 
-use callwatch_tests::built_binary;
-use std::path::Path;
-use std::process::Command;
+use callwatch_tests::run_lab_script;
 
 #[test]
 fn with_quic_blocked_by_nftables_uploads_arrive_over_tcp() {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root {
-        eprintln!(
-            "NOT RUN: the QUIC-block lab needs root (network namespaces, nftables); \
-             run `sudo tests/lab/quic-block.sh` by hand"
-        );
+    let Some(stdout) = run_lab_script("quic-block.sh", &[]) else {
         return;
-    }
-    let agent = built_binary("callwatch-agent");
-    let collector = built_binary("callwatch-collector");
-    assert_eq!(agent.parent(), collector.parent());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/quic-block.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--bin-dir")
-        .arg(agent.parent().unwrap_or(Path::new(".")))
-        .output()
-        .expect("running the QUIC-block lab");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    eprintln!("{stdout}\n{stderr}");
-    assert!(out.status.success(), "the QUIC-block lab failed");
+    };
     for want in [
         "ok: status upload_transport = quic",
         "ok: status upload_transport = tcp",
