@@ -252,14 +252,14 @@ pub async fn upload_and_record(
     queue: &Queue,
     state: &SharedState,
 ) -> Result<UploadSummary, UploadError> {
+    let known = state.snapshot();
     // The carry-out key is asked for until the agent has one (config or state).
-    let want_key =
-        cfg.collector_seal_key.is_none() && state.snapshot().collector_seal_key.is_none();
+    let want_key = cfg.collector_seal_key.is_none() && known.collector_seal_key.is_none();
     let upload = match upload_target(cfg) {
         Ok(target) => {
             let target = UploadTarget {
                 fetch_seal_key: want_key,
-                tcp_first: state.snapshot().tcp_first(chrono::Utc::now()),
+                tcp_first: known.tcp_first(chrono::Utc::now()),
                 ..target
             };
             upload_queue(queue, &target).await

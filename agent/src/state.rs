@@ -419,13 +419,14 @@ mod tests {
         s.record_transport(&tcp_only, t0 + chrono::Duration::hours(5));
         assert!(s.quic_failure.is_some());
         assert!(!s.tcp_first(t0 + QUIC_RETRY_AFTER));
-        // QUIC got through: QUIC first from now on.
+        // QUIC got through (within the window): QUIC first from then on.
+        s.record_transport(&over_tcp, t0);
         let over_quic = UploadSummary {
             transport: Some(Transport::Quic),
             ..UploadSummary::default()
         };
-        s.record_transport(&over_quic, t0 + chrono::Duration::hours(7));
-        assert!(!s.tcp_first(t0 + chrono::Duration::hours(7)));
+        s.record_transport(&over_quic, t0 + chrono::Duration::hours(1));
+        assert!(!s.tcp_first(t0 + chrono::Duration::hours(1)));
     }
 
     #[test]

@@ -272,59 +272,68 @@ pub async fn upload_queue(
     if queue.is_empty() {
         return Ok(summary);
     }
-    if let (true, Some(tcp)) = (target.tcp_first, target.tcp) {
-        tracing::info!(
-            "QUIC did not get through recently; uploading over TLS on TCP to {tcp} first"
-        );
-        let result = match upload_tcp(queue, target, tcp, &mut summary).await {
+    // QUIC first, TLS on TCP when it does not get through; the other way round for a while
+    // after QUIC failed (the caller's `tcp_first`).
+    let order: &[Transport] = match target.tcp {
+        None => &[Transport::Quic],
+        Some(tcp) if target.tcp_first => {
+            tracing::info!(
+                "QUIC did not get through recently; uploading over TLS on TCP to {tcp} first"
+            );
+            &[Transport::Tcp, Transport::Quic]
+        }
+        Some(_) => &[Transport::Quic, Transport::Tcp],
+    };
+    let label = |t: Transport| match t {
+        Transport::Quic => "QUIC",
+        Transport::Tcp => "TLS/TCP",
+    };
+    let mut failures = Vec::new();
+    let mut result = Ok(());
+    for (i, &transport) in order.iter().enumerate() {
+        let tried = match (transport, target.tcp) {
+            (Transport::Tcp, Some(tcp)) => upload_tcp(queue, target, tcp, &mut summary).await,
+            _ => upload_quic(queue, target, &mut summary).await,
+        };
+        match tried {
             Ok(()) => {
-                summary.transport = Some(Transport::Tcp);
-                Ok(())
+                summary.transport = Some(transport);
+                result = Ok(());
+                break;
             }
             Err(UploadError::Unreachable(e)) => {
-                match upload_quic(queue, target, &mut summary).await {
-                    Ok(()) => {
-                        summary.transport = Some(Transport::Quic);
-                        Ok(())
+                if transport == Transport::Quic {
+                    summary.quic_error = Some(format!("{e:#}"));
+                    if let (0, Some(tcp)) = (i, target.tcp) {
+                        tracing::info!(
+                            "QUIC to {} did not get through ({e:#}); trying TLS over TCP to {tcp}",
+                            target.collector
+                        );
                     }
-                    Err(UploadError::Unreachable(q)) => Err(UploadError::Unreachable(anyhow!(
-                        "over TLS/TCP: {e:#}; over QUIC: {q:#}"
-                    ))),
-                    Err(q) => Err(q),
                 }
+                failures.push((transport, e));
+                result = Err(());
             }
-            Err(e) => Err(e),
-        };
-        summary.remaining = queue.len();
-        return result.map(|_| summary);
-    }
-    let result = match upload_quic(queue, target, &mut summary).await {
-        Ok(()) => {
-            summary.transport = Some(Transport::Quic);
-            Ok(())
+            // An answer from the collector (a refusal) is not a reason to try the other way.
+            Err(e) => {
+                summary.remaining = queue.len();
+                return Err(e);
+            }
         }
-        Err(UploadError::Unreachable(quic)) => match target.tcp {
-            None => Err(UploadError::Unreachable(quic)),
-            Some(tcp) => {
-                tracing::info!(
-                    "QUIC to {} did not get through ({quic:#}); trying TLS over TCP to {tcp}",
-                    target.collector
-                );
-                summary.quic_error = Some(format!("{quic:#}"));
-                match upload_tcp(queue, target, tcp, &mut summary).await {
-                    Ok(()) => {
-                        summary.transport = Some(Transport::Tcp);
-                        Ok(())
-                    }
-                    Err(UploadError::Unreachable(e)) => Err(UploadError::Unreachable(anyhow!(
-                        "over QUIC: {quic:#}; over TLS/TCP: {e:#}"
-                    ))),
-                    Err(e) => Err(e),
-                }
-            }
-        },
-        Err(e) => Err(e),
-    };
+    }
+    let result = result.map_err(|()| {
+        UploadError::Unreachable(match failures.len() {
+            1 => failures.remove(0).1,
+            _ => anyhow!(
+                "{}",
+                failures
+                    .iter()
+                    .map(|(t, e)| format!("over {}: {e:#}", label(*t)))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        })
+    });
     summary.remaining = queue.len();
     result.map(|_| summary)
 }

@@ -111,15 +111,6 @@ impl AttestKeys {
             .copied()
             .or_else(|| self.registry.as_ref().and_then(|r| r.get(id)))
     }
-
-    /// The fixed keys (registered ones not counted).
-    pub fn len(&self) -> usize {
-        self.keys.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.registry.is_none()
-    }
 }
 
 /// Attestation counters for `/metrics`.

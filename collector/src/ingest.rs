@@ -5,7 +5,7 @@
 //! Both transports carry the same frames (see `callwatch_proto::upload`): over QUIC one request
 //! and one response per bidirectional stream, over TCP one after the other on the connection.
 //! Both share one connection limit (overall and per address), one rate limiter and one request
-//! handler ([`process_batch`] for the reports). The sender's address is looked up in the region
+//! handler ([`process_batch_attested`] for the reports). The sender's address is looked up in the region
 //! table when the connection is accepted and goes no further: only the [`Region`] reaches the
 //! store.
 
@@ -685,18 +685,6 @@ async fn answer_request<R: AsyncRead + Unpin>(
     })
 }
 
-/// [`process_batch_attested`] with no reflector key known: every attestation is refused
-/// (`unknown_key`) and every report filed under `region`.
-pub async fn process_batch(
-    reports: Vec<SignedReport>,
-    region: Region,
-    store: Arc<dyn ReportStore>,
-    stats: &IngestStats,
-    limiter: &Limiter,
-) -> Response {
-    let none = crate::attest::AttestKeys::default();
-    process_batch_attested(reports, region, &none, store, stats, limiter).await
-}
 
 /// Verifies, stores and answers one batch. Each report is filed under its reflector-attested
 /// region when the attestation is valid under `attest_keys`, else under `region` (the upload's;

@@ -563,6 +563,7 @@ impl CallTest {
                 }
                 _ => (None, None),
             };
+            let streams: Vec<StreamReport> = results.iter().map(ArmResult::stream).collect();
             Ok(CallReport {
                 schema: SCHEMA_VERSION,
                 id: self.report_id,
@@ -579,11 +580,14 @@ impl CallTest {
                 } else {
                     StreamKind::Voice
                 },
-                streams: results.iter().map(ArmResult::stream).collect(),
-                probes_sealed: self.sealed,
-                reflector_loaded: results
+                // The arms the verdict judges (the relay arms talk to STUN servers, not to
+                // our reflector): loaded if either was, from the figures already made.
+                reflector_loaded: streams
                     .iter()
-                    .any(|r| crate::metrics::record_loaded(&r.record).is_some()),
+                    .filter(|s| matches!(s.role, Role::Platform | Role::Control))
+                    .any(crate::metrics::reflector_loaded),
+                streams,
+                probes_sealed: self.sealed,
                 attestation: self.attestation,
             })
         };

@@ -149,7 +149,7 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 /// Binds every address (port 0 picks a free port) and starts reflecting, with a sealing key of
-/// its own (see [`spawn_reflector_sealed`]; tests read it from [`ReflectorHandle::seal_key`])
+/// its own (see [`spawn_reflector_attested`]; tests read it from [`ReflectorHandle::seal_key`])
 /// and an attestation key of its own that attests every address as `ZZ`/AS0 (so agents get
 /// their attestation at once; no collector knows the key).
 pub async fn spawn_reflector(
@@ -168,17 +168,8 @@ pub async fn spawn_reflector(
 }
 
 /// Binds every address and starts reflecting; sealed platform cores are opened with `seal`
-/// (the collector keeps it in its data folder, so agents' pinned key survives restarts).
-pub async fn spawn_reflector_sealed(
-    addrs: &[SocketAddr],
-    limits: Limits,
-    seal: ReflectorSecret,
-) -> std::io::Result<ReflectorHandle> {
-    spawn_reflector_attested(addrs, limits, seal, None).await
-}
-
-/// [`spawn_reflector_sealed`], also signing region attestations (core rule 9) with `attest`'s
-/// key and region lookup when given.
+/// (the collector keeps it in its data folder, so agents' pinned key survives restarts), and
+/// region attestations (core rule 9) are signed with `attest`'s key and region lookup when given.
 pub async fn spawn_reflector_attested(
     addrs: &[SocketAddr],
     limits: Limits,
