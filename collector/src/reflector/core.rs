@@ -39,11 +39,11 @@
 //!    ([`callwatch_proto::attest`]): country, ASN, the unix hour and the report id, never the
 //!    address. At most one a second per session, each also costing the session a token; the
 //!    answer (112 bytes) is shorter than the query (128).
-//! 9. A reply carries the reflector's own residence time and load: `reflector_rx_us` is when
-//!    the kernel received the probe (the driver's [`Arrival`]), `reflector_tx_us` when the reply
-//!    was made, and `reflector_drops` how many datagrams the kernel dropped on that socket since
-//!    the session began. The agent removes the residence from every delay and marks a test taken
-//!    under reflector load, so the reflector's queueing is never published as the network's.
+//! 10. A reply carries the reflector's own residence time and load: `reflector_rx_us` is when
+//!     the kernel received the probe (the driver's [`Arrival`]), `reflector_tx_us` when the reply
+//!     was made, and `reflector_drops` how many datagrams the kernel dropped on that socket since
+//!     the session began. The agent removes the residence from every delay and marks a test taken
+//!     under reflector load, so the reflector's queueing is never published as the network's.
 
 use callwatch_proto::attest::Claim;
 use callwatch_proto::framing::{self, Detected, Framing, PreambleMessage};
@@ -89,7 +89,7 @@ impl Default for Limits {
     }
 }
 
-/// When and how a datagram arrived, as the driver knows it (rule 9).
+/// When and how a datagram arrived, as the driver knows it (rule 10).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Arrival {
     /// The kernel's receive time, µs on the reflector's clock (no later than the handling).
@@ -184,7 +184,7 @@ pub struct Reflector {
     seal: Option<ReflectorSecret>,
     /// Its public id, advertised in every `Accept` (zeros without a key).
     seal_key_id: [u8; 4],
-    /// The datagram being handled: when and on what socket state it arrived (rule 9).
+    /// The datagram being handled: when and on what socket state it arrived (rule 10).
     arrival: Arrival,
     open_tokens: f64,
     open_refill_us: u64,
@@ -299,7 +299,7 @@ impl Reflector {
 
     /// [`Reflector::handle`] for a datagram that arrived at `arrival.rx_us` (the kernel's
     /// receive time, on the same clock as `now_us`) on a socket whose kernel had dropped
-    /// `arrival.socket_drops` datagrams by then (rule 9).
+    /// `arrival.socket_drops` datagrams by then (rule 10).
     pub fn handle_arrival(
         &mut self,
         arrival: Arrival,

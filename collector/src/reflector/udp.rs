@@ -6,7 +6,7 @@
 //! `recvmsg` on its socket, and the work per datagram is bounded (one lock, one `handle`, one
 //! `sendto`). Where the kernel can say when a datagram arrived (`SO_TIMESTAMPNS`) and how many it
 //! dropped for a full receive queue (`SO_RXQ_OVFL`), the reply carries that receive time and
-//! count (see [`super::core`] rule 9): what the reflector's own scheduling adds is then measured
+//! count (see [`super::core`] rule 10): what the reflector's own scheduling adds is then measured
 //! as its residence time, not published as network delay.
 
 use super::core::{Arrival, Limits, Reflector, ReflectorStats};
