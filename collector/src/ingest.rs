@@ -685,7 +685,6 @@ async fn answer_request<R: AsyncRead + Unpin>(
     })
 }
 
-
 /// Verifies, stores and answers one batch. Each report is filed under its reflector-attested
 /// region when the attestation is valid under `attest_keys`, else under `region` (the upload's;
 /// see [`crate::attest::file_region`]). Public for tests and load tools that bypass QUIC.
