@@ -226,7 +226,7 @@ impl Attester {
 /// Least time between two attestations of one session (rule 9).
 const ATTEST_EVERY_US: u64 = 1_000_000;
 
-/// Sealed Opens (each a Diffie–Hellman, about 50 µs) tried per second at most, and in a burst.
+/// Sealed Opens (each costs an X25519 Diffie–Hellman) tried per second at most, and in a burst.
 const SEALED_OPENS_PER_S: f64 = 2_000.0;
 const SEALED_OPEN_BURST: f64 = 200.0;
 /// What the per-address session key of sealed cores is derived from (with the address).
