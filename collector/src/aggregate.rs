@@ -37,7 +37,7 @@
 //! statistics. Tests compare the two.
 
 use crate::sketch::{Sketch, RELATIVE_ACCURACY};
-use crate::store::StoredReport;
+use crate::store::{Filing, StoredReport};
 use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule};
 use callwatch_proto::{CallReport, Platform, Role, Verdict};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -183,6 +183,8 @@ pub struct Observation {
     pub verdict: Option<Verdict>,
     /// The rule that decided the verdict (absent in older reports).
     pub rule: Option<VerdictRule>,
+    /// How the report was filed (see [`crate::store::Filing`]).
+    pub filing: Filing,
 }
 
 impl Observation {
@@ -234,6 +236,7 @@ impl Observation {
                     },
                     verdict: report.verdict,
                     rule,
+                    filing: stored.filing,
                 }
             })
             .collect()
@@ -481,6 +484,33 @@ pub struct CellState {
     pub verdicts: VerdictCounts,
     /// One sketch per [`FIGURES`] entry.
     pub figures: [Sketch; FIGURE_COUNT],
+    /// Of `count`, how many were filed in a way researchers may want to exclude.
+    pub filing: FilingCounts,
+}
+
+/// Counts of a cell's reports (arms) by how they were filed ([`Filing`]). Subsets of the cell's
+/// `count`, not added to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilingCounts {
+    /// Attested in this cell's region, uploaded from another: volunteers behind a VPN or proxy,
+    /// or who moved network before uploading.
+    pub uploaded_elsewhere: u64,
+    /// Filed under a hosting, cloud or VPN provider's network: not a subscriber's line.
+    pub hosting: u64,
+}
+
+impl FilingCounts {
+    fn add(&mut self, f: &Filing) {
+        self.uploaded_elsewhere = self
+            .uploaded_elsewhere
+            .saturating_add(u64::from(f.uploaded_elsewhere));
+        self.hosting = self.hosting.saturating_add(u64::from(f.hosting));
+    }
+
+    pub fn merge(&mut self, o: &FilingCounts) {
+        self.uploaded_elsewhere = self.uploaded_elsewhere.saturating_add(o.uploaded_elsewhere);
+        self.hosting = self.hosting.saturating_add(o.hosting);
+    }
 }
 
 impl CellState {
@@ -492,6 +522,7 @@ impl CellState {
         if let Some(v) = o.verdict {
             self.verdicts.add(v, o.rule);
         }
+        self.filing.add(&o.filing);
         for (sketch, value) in self.figures.iter_mut().zip(o.figures) {
             if let Some(v) = value {
                 sketch.add(v);
@@ -503,6 +534,7 @@ impl CellState {
         self.count = self.count.saturating_add(other.count);
         self.agents.extend(other.agents.iter().copied());
         self.verdicts.merge(&other.verdicts);
+        self.filing.merge(&other.filing);
         for (a, b) in self.figures.iter_mut().zip(other.figures.iter()) {
             a.merge(b);
         }
@@ -579,6 +611,9 @@ pub struct Cell {
     /// Share of the cell's judged tests that were blocked calls (the platform could not hold a
     /// call at all; see [`BLOCKED_RULES`]); `null` when none had a verdict.
     pub blocked_share: Option<f64>,
+    /// Of `count`, those uploaded from another region than the attested one, and those filed
+    /// under a hosting or VPN network.
+    pub filing: FilingCounts,
 }
 
 impl Cell {
@@ -590,6 +625,7 @@ impl Cell {
         agents: u64,
         figures: [Option<Figure>; FIGURE_COUNT],
         verdicts: VerdictCounts,
+        filing: FilingCounts,
     ) -> Cell {
         let [rtt_ms, jitter_up_ms, jitter_down_ms, loss, loss_up, loss_down, mos, stalls] = figures;
         Cell {
@@ -615,6 +651,7 @@ impl Cell {
             verdicts,
             differentiated_share: verdicts.differentiated_share(),
             blocked_share: verdicts.blocked_share(),
+            filing,
         }
     }
 
@@ -857,7 +894,14 @@ impl<'a> Grouper<'a> {
             .filter(|(_, s)| s.agents.len() >= policy.min_agents.max(1))
             .map(|(key, s)| {
                 let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
-                Cell::new(&key, s.count, s.agents.len() as u64, figures, s.verdicts)
+                Cell::new(
+                    &key,
+                    s.count,
+                    s.agents.len() as u64,
+                    figures,
+                    s.verdicts,
+                    s.filing,
+                )
             })
             .collect()
     }
@@ -930,10 +974,12 @@ pub fn exact(
                 Figure::of_values(members.iter().filter_map(|o| o.figures[i]).collect())
             });
             let mut verdicts = VerdictCounts::default();
+            let mut filing = FilingCounts::default();
             for o in &members {
                 if let Some(v) = o.verdict {
                     verdicts.add(v, o.rule);
                 }
+                filing.add(&o.filing);
             }
             Some(Cell::new(
                 &key,
@@ -941,6 +987,7 @@ pub fn exact(
                 agents.len() as u64,
                 figures,
                 verdicts,
+                filing,
             ))
         })
         .collect()
@@ -954,7 +1001,8 @@ pub fn relative_error() -> f64 {
 /// CSV columns, in order: the axes asked for, `count,agents`, `<figure>_p10,_median,_p90` per
 /// figure in [`FIGURES`] order, then the verdict counts (`verdict_none`, `verdict_inconclusive`,
 /// `verdict_differentiated`, `verdict_blocked`, `verdict_no_reference`) and the shares
-/// (`differentiated_share`, `blocked_share`).
+/// (`differentiated_share`, `blocked_share`), then the filing counts (`uploaded_elsewhere`,
+/// `hosting`).
 pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
     let mut header: Vec<String> = axes.iter().map(|a| a.as_str().to_string()).collect();
     header.extend(["count".into(), "agents".into()]);
@@ -973,6 +1021,8 @@ pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
         "verdict_no_reference".into(),
         "differentiated_share".into(),
         "blocked_share".into(),
+        "uploaded_elsewhere".into(),
+        "hosting".into(),
     ]);
     let mut out = header.join(",");
     out.push('\n');
@@ -994,6 +1044,8 @@ pub fn to_csv(cells: &[Cell], axes: &[Axis]) -> String {
             c.verdicts.no_reference.to_string(),
             c.differentiated_share.map(num).unwrap_or_default(),
             c.blocked_share.map(num).unwrap_or_default(),
+            c.filing.uploaded_elsewhere.to_string(),
+            c.filing.hosting.to_string(),
         ]);
         out.push_str(&row.join(","));
         out.push('\n');
@@ -1028,6 +1080,7 @@ mod tests {
             ],
             verdict: (platform != Platform::Generic).then_some(Verdict::None),
             rule: None,
+            filing: Filing::default(),
         }
     }
 
@@ -1045,8 +1098,8 @@ mod tests {
         assert_eq!(sketched.len(), exact.len());
         for (s, e) in sketched.iter().zip(&exact) {
             assert_eq!(
-                (s.count, s.agents, s.verdicts),
-                (e.count, e.agents, e.verdicts)
+                (s.count, s.agents, s.verdicts, s.filing),
+                (e.count, e.agents, e.verdicts, e.filing)
             );
             for (a, b) in s.figures().iter().zip(e.figures()) {
                 match (a, b) {
@@ -1385,11 +1438,12 @@ mod tests {
         assert!(
             head.ends_with(
                 ",verdict_none,verdict_inconclusive,verdict_differentiated,verdict_blocked,\
-                 verdict_no_reference,differentiated_share,blocked_share"
+                 verdict_no_reference,differentiated_share,blocked_share,uploaded_elsewhere,\
+                 hosting"
             ),
             "{head}"
         );
-        assert!(row.ends_with(",2,4,6,3,3,0.50000,0.25000"), "{row}");
+        assert!(row.ends_with(",2,4,6,3,3,0.50000,0.25000,0,0"), "{row}");
         // No verdicts (generic tests): no shares.
         let generic = vec![obs("RU", Platform::Generic, 1, 10.0, 0.0)];
         let g = both(&generic, &[Axis::Country], &Filter::default(), &open);
@@ -1418,6 +1472,7 @@ mod tests {
                 asn: 12389,
             },
             received_at_ms: 0,
+            filing: Default::default(),
         }
     }
 
@@ -1429,6 +1484,63 @@ mod tests {
             effect: 0.0,
             significant: false,
         }
+    }
+
+    #[test]
+    fn cells_count_how_their_reports_were_filed_after_the_cap() {
+        let mark = |mut o: Observation, uploaded_elsewhere: bool, hosting: bool| {
+            o.filing = Filing {
+                source: crate::store::RegionSource::Attested,
+                uploaded_elsewhere,
+                hosting,
+            };
+            o
+        };
+        let o = vec![
+            mark(obs("RU", Platform::Whatsapp, 1, 10.0, 0.1), true, false),
+            mark(obs("RU", Platform::Whatsapp, 2, 30.0, 0.3), true, true),
+            mark(obs("RU", Platform::Whatsapp, 3, 20.0, 0.2), false, false),
+            // Over agent 1's cap of 1: not counted, marks included.
+            mark(obs("RU", Platform::Whatsapp, 1, 20.0, 0.2), true, true),
+            mark(obs("DE", Platform::Whatsapp, 3, 5.0, 0.0), false, true),
+        ];
+        let policy = Policy {
+            min_agents: 1,
+            max_per_agent_per_day: 1,
+        };
+        let cells = both(&o, &[Axis::Country], &Filter::default(), &policy);
+        let of = |cc: &str| {
+            cells
+                .iter()
+                .find(|c| c.country.as_deref() == Some(cc))
+                .unwrap()
+                .filing
+        };
+        assert_eq!(
+            of("RU"),
+            FilingCounts {
+                uploaded_elsewhere: 2,
+                hosting: 1
+            }
+        );
+        assert_eq!(
+            of("DE"),
+            FilingCounts {
+                uploaded_elsewhere: 0,
+                hosting: 1
+            }
+        );
+        let csv = to_csv(&cells, &[Axis::Country]);
+        assert!(csv
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with(",uploaded_elsewhere,hosting"));
+        assert!(
+            csv.lines()
+                .any(|l| l.starts_with("RU,3,3,") && l.ends_with(",2,1")),
+            "{csv}"
+        );
     }
 
     #[test]

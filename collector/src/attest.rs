@@ -8,14 +8,15 @@
 //! counted by reason and the report is filed as if it had none. Only the region is ever kept:
 //! the collector never sees the probes' address, and forgets the upload's after the lookup.
 
+use crate::geo::hosting::HostingAsns;
 use crate::geo::Region;
+use crate::store::{Filing, RegionSource};
 use callwatch_proto::attest::{key_id, KeyId};
 use callwatch_proto::CallReport;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The reflector attestation keys a collector accepts, by key id: fixed ones (its own
@@ -113,13 +114,54 @@ impl AttestKeys {
     }
 }
 
+/// What decides where a report is filed: the attestation keys a collector accepts and the
+/// networks it marks as hosting ([`file_region`]).
+#[derive(Clone, Debug, Default)]
+pub struct Filer {
+    pub keys: AttestKeys,
+    pub hosting: HostingAsns,
+}
+
+/// Where a batch of reports came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arrival {
+    /// Uploaded from an address in this region (forgotten after the lookup).
+    Upload(Region),
+    /// Carried out in a file (`import`): no address at all.
+    Carried,
+}
+
+impl Filer {
+    /// [`file_region`] of a report that arrived as `arrival`.
+    pub fn file(
+        &self,
+        report: &CallReport,
+        arrival: &Arrival,
+        now: DateTime<Utc>,
+        stats: &AttestStats,
+    ) -> (Region, Filing) {
+        let unknown = Region::unknown();
+        let (upload, carried) = match arrival {
+            Arrival::Upload(r) => (r, false),
+            Arrival::Carried => (&unknown, true),
+        };
+        file_region(
+            report,
+            upload,
+            carried,
+            &self.keys,
+            &self.hosting,
+            now,
+            stats,
+        )
+    }
+}
+
 /// Attestation counters for `/metrics`.
 #[derive(Default)]
 pub struct AttestStats {
     /// By result: `valid`, `absent`, or a refusal reason ([`AttestError::label`](callwatch_proto::attest::AttestError::label)).
     results: Mutex<BTreeMap<&'static str, u64>>,
-    /// Reports with a valid attestation whose upload came from another (known) region.
-    pub uploaded_elsewhere: AtomicU64,
 }
 
 impl AttestStats {
@@ -137,44 +179,69 @@ impl AttestStats {
     }
 }
 
-/// Where `report` is filed: the attested region if its attestation is valid, else `upload` (the
-/// region of the upload's address; [`Region::unknown`] for a carried-out file). Counts the
-/// result, and a valid attestation whose region differs from a known upload region.
+/// Where `report` is filed and how: the attested region if its attestation is valid, else
+/// `upload` (the region of the upload's address; [`Region::unknown`] for a carried-out file,
+/// `carried` true). Counts the attestation's result; marks a valid attestation whose region
+/// differs from a known upload region, and a report filed under a network in `hosting`.
 pub fn file_region(
     report: &CallReport,
     upload: &Region,
+    carried: bool,
     keys: &AttestKeys,
+    hosting: &HostingAsns,
     now: DateTime<Utc>,
     stats: &AttestStats,
-) -> Region {
-    let Some(a) = &report.attestation else {
-        stats.count("absent");
-        return upload.clone();
+) -> (Region, Filing) {
+    let fallback = || {
+        let source = if carried {
+            RegionSource::Unknown
+        } else {
+            RegionSource::Upload
+        };
+        (upload.clone(), source)
     };
-    match a.verify(report.id, report.started_at, now, |id| keys.get(id)) {
-        Ok(()) => {
-            let attested = Region {
-                country: a.country.clone(),
-                asn: a.asn,
-            };
-            if attested == Region::unknown() {
-                // The reflector's sources did not know the probes' address (or something
-                // between, such as a relay, stood in for it): an attestation of nothing decides
-                // nothing, and the upload address files the report as for one without.
-                stats.count("valid_unknown_region");
-                return upload.clone();
-            }
-            stats.count("valid");
-            if *upload != Region::unknown() && attested != *upload {
-                stats.uploaded_elsewhere.fetch_add(1, Ordering::Relaxed);
-            }
-            attested
+    let mut uploaded_elsewhere = false;
+    let (region, source) = match &report.attestation {
+        None => {
+            stats.count("absent");
+            fallback()
         }
-        Err(e) => {
-            stats.count(e.label());
-            upload.clone()
-        }
-    }
+        Some(a) => match a.verify(report.id, report.started_at, now, |id| keys.get(id)) {
+            Ok(()) => {
+                let attested = Region {
+                    country: a.country.clone(),
+                    asn: a.asn,
+                };
+                if attested == Region::unknown() {
+                    // The reflector's sources did not know the probes' address (or something
+                    // between, such as a relay, stood in for it): an attestation of nothing
+                    // decides nothing, and the upload address files the report as for one
+                    // without.
+                    stats.count("valid_unknown_region");
+                    fallback()
+                } else {
+                    stats.count("valid");
+                    if *upload != Region::unknown() && attested != *upload {
+                        uploaded_elsewhere = true;
+                    }
+                    (attested, RegionSource::Attested)
+                }
+            }
+            Err(e) => {
+                stats.count(e.label());
+                fallback()
+            }
+        },
+    };
+    let hosting = hosting.contains(region.asn);
+    (
+        region,
+        Filing {
+            source,
+            uploaded_elsewhere,
+            hosting,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -237,20 +304,76 @@ mod tests {
             country: "NL".into(),
             asn: 60781,
         };
+        let hosting = HostingAsns::default();
+        let file = |r: &CallReport, carried: bool| {
+            file_region(r, &upload, carried, &keys, &hosting, now, &stats)
+        };
         let good = attested(&report, &key, report.id.0);
-        let filed = file_region(&good, &upload, &keys, now, &stats);
+        let (filed, filing) = file(&good, false);
         assert_eq!((filed.country.as_str(), filed.asn), ("RU", 12389));
-        assert_eq!(stats.uploaded_elsewhere.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            filing,
+            Filing {
+                source: RegionSource::Attested,
+                uploaded_elsewhere: true,
+                hosting: false,
+            },
+            "attested in RU, uploaded from a Dutch hosting network: marked as uploaded elsewhere"
+        );
+        // Refused or absent attestations: the upload's region, marked as a hosting network
+        // (AS60781 is LeaseWeb's), with the upload as the source.
+        let fell_back = (
+            upload.clone(),
+            Filing {
+                source: RegionSource::Upload,
+                uploaded_elsewhere: false,
+                hosting: true,
+            },
+        );
         let other = attested(&report, &key, [0xee; 16]);
-        assert_eq!(file_region(&other, &upload, &keys, now, &stats), upload);
+        assert_eq!(file(&other, false), fell_back);
         let stranger = attested(&report, &SigningKey::from_bytes(&[2; 32]), report.id.0);
-        assert_eq!(file_region(&stranger, &upload, &keys, now, &stats), upload);
-        assert_eq!(file_region(&report, &upload, &keys, now, &stats), upload);
+        assert_eq!(file(&stranger, false), fell_back);
+        assert_eq!(file(&report, false), fell_back);
+        // The same upload from the same network, carried out in a file: the source says so.
+        let carried = file_region(
+            &good,
+            &Region::unknown(),
+            true,
+            &keys,
+            &hosting,
+            now,
+            &stats,
+        );
+        assert_eq!(carried.1.source, RegionSource::Attested);
+        assert!(
+            !carried.1.uploaded_elsewhere,
+            "no upload region to differ from"
+        );
+        let carried = file_region(
+            &report,
+            &Region::unknown(),
+            true,
+            &keys,
+            &hosting,
+            now,
+            &stats,
+        );
+        assert_eq!(
+            carried,
+            (
+                Region::unknown(),
+                Filing {
+                    source: RegionSource::Unknown,
+                    ..Filing::default()
+                }
+            )
+        );
         let results = stats.results();
-        assert_eq!(results.get("valid"), Some(&1));
+        assert_eq!(results.get("valid"), Some(&2));
         assert_eq!(results.get("other_report"), Some(&1));
         assert_eq!(results.get("unknown_key"), Some(&1));
-        assert_eq!(results.get("absent"), Some(&1));
+        assert_eq!(results.get("absent"), Some(&2));
     }
 
     /// A valid attestation of an unknown region (ZZ, AS0: the reflector's sources did not know
@@ -274,11 +397,18 @@ mod tests {
             country: "RU".into(),
             asn: 8359,
         };
-        assert_eq!(
-            file_region(&r, &upload, &keys, report.started_at, &stats),
-            upload
+        let (filed, filing) = file_region(
+            &r,
+            &upload,
+            false,
+            &keys,
+            &HostingAsns::default(),
+            report.started_at,
+            &stats,
         );
+        assert_eq!(filed, upload);
+        assert_eq!(filing.source, RegionSource::Upload);
         assert_eq!(stats.results().get("valid_unknown_region"), Some(&1));
-        assert_eq!(stats.uploaded_elsewhere.load(Ordering::Relaxed), 0);
+        assert!(!filing.uploaded_elsewhere);
     }
 }

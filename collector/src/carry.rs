@@ -14,9 +14,9 @@
 //! (which protect the network listeners from strangers) do not apply to what the operator
 //! imports.
 
-use crate::attest::AttestKeys;
+use crate::attest::{Arrival, AttestKeys, Filer};
 use crate::cert::write_private;
-use crate::geo::Region;
+use crate::geo::hosting::HostingAsns;
 use crate::ingest::{process_batch_attested, IngestStats, Limiter, RateLimits};
 use crate::store::ReportStore;
 use anyhow::{Context, Result};
@@ -153,13 +153,13 @@ pub fn check(path: &Path, secret: &CarrySecret) -> Result<u64> {
 /// Imports a carry-out file into `store`: first [`check`]s its shape (a wrong key, garbage or a
 /// truncated file is refused as a whole and nothing is stored), then opens each report line and
 /// ingests them in batches by the ingest rules: region attested by a reflector whose key is in
-/// `attest_keys`, else unknown. `each` hears every line's result
+/// `filer`, else unknown; marked as `filer` decides. `each` hears every line's result
 /// as it is known. A store failure stops the import with an error; what was stored before stays
 /// (importing the file again is safe: stored reports come back as duplicates).
 pub async fn import(
     path: &Path,
     secret: &CarrySecret,
-    attest_keys: &AttestKeys,
+    filer: &Filer,
     store: Arc<dyn ReportStore>,
     mut each: impl FnMut(u64, &LineResult),
 ) -> Result<ImportSummary> {
@@ -197,8 +197,8 @@ pub async fn import(
             let (lines, reports): (Vec<u64>, Vec<SignedReport>) = batch.drain(..).unzip();
             let response = process_batch_attested(
                 reports,
-                Region::unknown(),
-                attest_keys,
+                Arrival::Carried,
+                filer,
                 store.clone(),
                 &stats,
                 &limiter,
@@ -233,28 +233,26 @@ pub async fn import(
 pub async fn import_command(
     data: &Path,
     store_args: &crate::store::config::StoreArgs,
+    hosting: &HostingAsns,
     file: &Path,
 ) -> Result<ImportSummary> {
     let secret = load(data)?;
     // Check the file before opening (and perhaps waiting on) the store.
     check(file, &secret)?;
     // The attestation keys `serve` accepts: its own reflector's and the registered ones.
-    let attest_keys = AttestKeys::load(data)?;
+    let filer = Filer {
+        keys: AttestKeys::load(data)?,
+        hosting: hosting.clone(),
+    };
     let store: Arc<dyn ReportStore> = match crate::store::config::open_for_serve(store_args)? {
         Some(clickhouse) => clickhouse,
         None => Arc::new(crate::store::config::open_stopped_sled(data)?),
     };
-    let summary = import(
-        file,
-        &secret,
-        &attest_keys,
-        store,
-        |line, result| match result {
-            LineResult::Accepted => println!("line {line}: accepted"),
-            LineResult::Duplicate => println!("line {line}: duplicate (stored before)"),
-            LineResult::Rejected(why) => println!("line {line}: rejected: {why}"),
-        },
-    )
+    let summary = import(file, &secret, &filer, store, |line, result| match result {
+        LineResult::Accepted => println!("line {line}: accepted"),
+        LineResult::Duplicate => println!("line {line}: duplicate (stored before)"),
+        LineResult::Rejected(why) => println!("line {line}: rejected: {why}"),
+    })
     .await?;
     println!(
         "{}: {} report(s): {} accepted, {} duplicate, {} rejected (region: attested, else unknown)",

@@ -1,8 +1,8 @@
 //! Raw export: each stored report as one NDJSON line with everything needed to verify it
 //! offline — the exact signed body (as a JSON string), the agent key and the signature — and the
-//! coarse region the collector placed it in. Never an address.
+//! coarse region the collector placed it in, with how it was placed there. Never an address.
 
-use crate::store::{ReportStore, StoreError, StoredReport};
+use crate::store::{RegionSource, ReportStore, StoreError, StoredReport};
 use callwatch_proto::SignedReport;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,22 @@ pub struct ExportRecord {
     pub signature: String,
     /// The report's JSON exactly as signed.
     pub body: String,
+    /// Where `country` and `asn` came from: `attested` (a reflector's attestation of the
+    /// measured path), `upload` (the upload's address), `unknown` (carried out in a file without
+    /// one) or `unrecorded` (stored before the collector recorded it).
+    #[serde(default = "unrecorded")]
+    pub region_source: String,
+    /// Attested in one region, uploaded from another: a VPN or proxy, a change of network
+    /// before the upload, or the other address family.
+    #[serde(default)]
+    pub uploaded_elsewhere: bool,
+    /// Filed under a hosting, cloud or VPN provider's network, not a subscriber's line.
+    #[serde(default)]
+    pub hosting: bool,
+}
+
+fn unrecorded() -> String {
+    RegionSource::Unrecorded.as_str().into()
 }
 
 impl ExportRecord {
@@ -37,6 +53,9 @@ impl ExportRecord {
             // Stored bodies were verified as JSON, so they are UTF-8; lossy only guards the
             // impossible case, and would then fail verification visibly.
             body: String::from_utf8_lossy(&stored.signed.body).into_owned(),
+            region_source: stored.filing.source.as_str().into(),
+            uploaded_elsewhere: stored.filing.uploaded_elsewhere,
+            hosting: stored.filing.hosting,
         }
     }
 

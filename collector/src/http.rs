@@ -315,13 +315,14 @@ pub fn render_metrics(state: &AppState) -> String {
         metric(
             "callwatch_uploaded_elsewhere_total",
             "counter",
-            "Reports with a valid attestation uploaded from another region (VPN, other network).",
-            &[(
-                String::new(),
-                i.attest
-                    .uploaded_elsewhere
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            )],
+            "Stored reports attested in one region and uploaded from another (VPN, other network).",
+            &[(String::new(), i.uploaded_elsewhere.load(Relaxed))],
+        );
+        metric(
+            "callwatch_reports_hosting_total",
+            "counter",
+            "Stored reports filed under a hosting, cloud or VPN network (see serve --hosting-asns).",
+            &[(String::new(), i.hosting.load(Relaxed))],
         );
         metric(
             "callwatch_reports_reflector_loaded_total",

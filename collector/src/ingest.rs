@@ -10,7 +10,7 @@
 //! store.
 
 use crate::geo::{Geo, Region};
-use crate::store::{InsertOutcome, ReportKey, ReportStore, StoredReport};
+use crate::store::{Filing, InsertOutcome, ReportKey, ReportStore, StoredReport};
 use anyhow::{Context, Result};
 use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
@@ -53,6 +53,10 @@ pub struct IngestStats {
     /// Stored reports whose test was taken under reflector load (`reflector_loaded`): counted,
     /// their figures kept out of aggregates.
     pub reflector_loaded: AtomicU64,
+    /// Stored reports attested in one region and uploaded from another ([`Filing`]).
+    pub uploaded_elsewhere: AtomicU64,
+    /// Stored reports filed under a hosting, cloud or VPN network ([`Filing`]).
+    pub hosting: AtomicU64,
 }
 
 impl IngestStats {
@@ -85,8 +89,9 @@ pub struct IngestConfig {
     /// Connections one source address may hold at once.
     pub max_connections_per_ip: usize,
     pub rate_limits: RateLimits,
-    /// Reflector keys whose region attestations decide where a report is filed.
-    pub attest_keys: crate::attest::AttestKeys,
+    /// Reflector keys whose region attestations decide where a report is filed, and the
+    /// networks marked as hosting.
+    pub filer: crate::attest::Filer,
     /// The reflectors agents are told of ([`Request::Reflectors`]).
     pub reflectors: crate::reflector::registry::Directory,
 }
@@ -362,7 +367,7 @@ struct Shared {
     per_ip: PerIp,
     max_per_ip: usize,
     carry_key: Option<CarryKey>,
-    attest_keys: crate::attest::AttestKeys,
+    filer: crate::attest::Filer,
     reflectors: crate::reflector::registry::Directory,
 }
 
@@ -437,7 +442,7 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
         per_ip: PerIp::default(),
         max_per_ip: cfg.max_connections_per_ip,
         carry_key: cfg.carry_key,
-        attest_keys: cfg.attest_keys,
+        filer: cfg.filer,
         reflectors: cfg.reflectors,
     });
     let (ep, sh) = (endpoint.clone(), shared.clone());
@@ -659,8 +664,8 @@ async fn answer_request<R: AsyncRead + Unpin>(
         Ok(Request::Upload { reports }) => {
             let response = process_batch_attested(
                 reports,
-                peer.region.clone(),
-                &shared.attest_keys,
+                crate::attest::Arrival::Upload(peer.region.clone()),
+                &shared.filer,
                 shared.store.clone(),
                 stats,
                 &peer.limiter,
@@ -686,12 +691,13 @@ async fn answer_request<R: AsyncRead + Unpin>(
 }
 
 /// Verifies, stores and answers one batch. Each report is filed under its reflector-attested
-/// region when the attestation is valid under `attest_keys`, else under `region` (the upload's;
-/// see [`crate::attest::file_region`]). Public for tests and load tools that bypass QUIC.
+/// region when the attestation is valid under `filer`'s keys, else under the upload's region
+/// (unknown for a carried-out file), and marked as `filer` decides (see
+/// [`crate::attest::file_region`]). Public for tests and load tools that bypass QUIC.
 pub async fn process_batch_attested(
     reports: Vec<SignedReport>,
-    region: Region,
-    attest_keys: &crate::attest::AttestKeys,
+    arrival: crate::attest::Arrival,
+    filer: &crate::attest::Filer,
     store: Arc<dyn ReportStore>,
     stats: &IngestStats,
     limiter: &Limiter,
@@ -708,8 +714,8 @@ pub async fn process_batch_attested(
     let received_at_ms = now.timestamp_millis();
     let mut statuses: Vec<Option<ReportStatus>> = Vec::with_capacity(reports.len());
     let mut to_store = Vec::new();
-    // Per report to store: whether its test was taken under reflector load.
-    let mut loaded = Vec::new();
+    // Per report to store: whether its test was taken under reflector load, and its filing.
+    let mut marks: Vec<(bool, Filing)> = Vec::new();
     for signed in reports {
         let verdict = signed.verify().map_err(|e| (e.label(), e.to_string()));
         let checked = verdict.and_then(|report| {
@@ -747,15 +753,15 @@ pub async fn process_batch_attested(
                     id: report.id,
                 };
                 statuses.push(None);
-                let filed =
-                    crate::attest::file_region(&report, &region, attest_keys, now, &stats.attest);
-                loaded.push(report.reflector_loaded);
+                let (filed, filing) = filer.file(&report, &arrival, now, &stats.attest);
+                marks.push((report.reflector_loaded, filing));
                 to_store.push((
                     key,
                     StoredReport {
                         signed,
                         region: filed,
                         received_at_ms,
+                        filing,
                     },
                 ));
             }
@@ -798,15 +804,18 @@ pub async fn process_batch_attested(
             }
         }
         let mut outcomes = outcomes.into_iter();
-        let mut loaded = loaded.into_iter();
+        let mut marks = marks.into_iter();
         for slot in statuses.iter_mut().filter(|s| s.is_none()) {
-            let was_loaded = loaded.next().unwrap_or(false);
+            let (was_loaded, filing) = marks.next().unwrap_or_default();
             *slot = Some(match outcomes.next() {
                 Some(InsertOutcome::Inserted) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    if was_loaded {
-                        stats.reflector_loaded.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let count = |c: &AtomicU64, yes: bool| {
+                        c.fetch_add(u64::from(yes), Ordering::Relaxed);
+                    };
+                    count(&stats.reflector_loaded, was_loaded);
+                    count(&stats.uploaded_elsewhere, filing.uploaded_elsewhere);
+                    count(&stats.hosting, filing.hosting);
                     ReportStatus::Accepted
                 }
                 Some(InsertOutcome::Duplicate) => {

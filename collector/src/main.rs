@@ -65,6 +65,12 @@ enum Command {
         /// Count one agent's reports at most N times per cell and day.
         #[arg(long = "max-per-agent-day", default_value_t = 24, value_name = "N")]
         max_per_agent_day: usize,
+        /// Hosting, cloud and VPN networks to mark (reports filed under them are flagged
+        /// `hosting`, so researchers can leave them out): a file changing the built-in list,
+        /// one AS number per line (`64500` or `AS64500` adds, `-64500` takes a built-in one
+        /// out, `#` comments).
+        #[arg(long = "hosting-asns", value_name = "FILE")]
+        hosting_asns: Option<PathBuf>,
         #[command(flatten)]
         store: callwatch_collector::store::config::StoreArgs,
     },
@@ -156,6 +162,12 @@ enum Command {
         data: PathBuf,
         #[command(flatten)]
         store: callwatch_collector::store::config::StoreArgs,
+        /// Hosting, cloud and VPN networks to mark (reports filed under them are flagged
+        /// `hosting`, so researchers can leave them out): a file changing the built-in list,
+        /// one AS number per line (`64500` or `AS64500` adds, `-64500` takes a built-in one
+        /// out, `#` comments).
+        #[arg(long = "hosting-asns", value_name = "FILE")]
+        hosting_asns: Option<PathBuf>,
         /// The carry-out file.
         file: PathBuf,
     },
@@ -268,6 +280,16 @@ async fn main() {
     }
 }
 
+/// The hosting networks to mark: the built-in list, changed by `file` when given.
+fn hosting_list(
+    file: Option<&std::path::Path>,
+) -> Result<callwatch_collector::geo::hosting::HostingAsns> {
+    Ok(match file {
+        Some(f) => callwatch_collector::geo::hosting::HostingAsns::load(f)?,
+        None => Default::default(),
+    })
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Serve {
@@ -279,9 +301,11 @@ async fn run(cli: Cli) -> Result<()> {
             geo,
             min_agents,
             max_per_agent_day,
+            hosting_asns,
             store,
         } => {
             let mut cfg = ServeConfig::new(data);
+            cfg.hosting = hosting_list(hosting_asns.as_deref())?;
             cfg.policy.min_agents = min_agents;
             cfg.policy.max_per_agent_per_day = max_per_agent_day;
             cfg.listen = listen;
@@ -358,8 +382,15 @@ async fn run(cli: Cli) -> Result<()> {
             })
             .await?
         }
-        Command::Import { data, store, file } => {
-            let summary = callwatch_collector::carry::import_command(&data, &store, &file).await?;
+        Command::Import {
+            data,
+            store,
+            hosting_asns,
+            file,
+        } => {
+            let hosting = hosting_list(hosting_asns.as_deref())?;
+            let summary =
+                callwatch_collector::carry::import_command(&data, &store, &hosting, &file).await?;
             if summary.rejected > 0 {
                 std::process::exit(1);
             }

@@ -37,6 +37,8 @@ pub struct ServeConfig {
     pub rate_limits: crate::ingest::RateLimits,
     /// Publication rules for aggregates (k threshold, per-agent cap).
     pub policy: crate::aggregate::Policy,
+    /// Networks whose reports are marked `hosting` (default: the built-in list).
+    pub hosting: crate::geo::hosting::HostingAsns,
 }
 
 impl ServeConfig {
@@ -55,6 +57,7 @@ impl ServeConfig {
             max_connections_per_ip: 16,
             rate_limits: crate::ingest::RateLimits::default(),
             policy: crate::aggregate::Policy::default(),
+            hosting: Default::default(),
         }
     }
 }
@@ -184,7 +187,10 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         max_connections: cfg.max_connections,
         max_connections_per_ip: cfg.max_connections_per_ip,
         rate_limits: cfg.rate_limits,
-        attest_keys,
+        filer: crate::attest::Filer {
+            keys: attest_keys,
+            hosting: cfg.hosting.clone(),
+        },
         reflectors: directory,
     })?;
     let quic_addr = ingest.local_addr()?;

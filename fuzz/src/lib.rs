@@ -271,6 +271,7 @@ mod signed_report {
                 asn: 0,
             },
             received_at_ms: 0,
+            filing: Default::default(),
         };
         let mut cell = CellState::default();
         for o in Observation::from_report(&stored, report) {

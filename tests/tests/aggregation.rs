@@ -54,6 +54,7 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
                         asn,
                     },
                     received_at_ms: 0,
+                    filing: Default::default(),
                 };
                 Observation::from_report(&stored, report)
             })
@@ -99,6 +100,7 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
                 "verdicts",
                 "differentiated_share",
                 "blocked_share",
+                "filing",
             ] {
                 assert_eq!(g[k], w[k], "{q} {k}: {g} vs {w}");
             }
@@ -302,7 +304,7 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
         ",loss_p90,loss_up_p10,loss_up_median,loss_up_p90,loss_down_p10,loss_down_median,\
          loss_down_p90,mos_p10,mos_median,mos_p90,stalls_p10,stalls_median,stalls_p90,\
          verdict_none,verdict_inconclusive,verdict_differentiated,verdict_blocked,\
-         verdict_no_reference,differentiated_share,blocked_share"
+         verdict_no_reference,differentiated_share,blocked_share,uploaded_elsewhere,hosting"
     ));
     assert_eq!(csv.lines().count(), 1 + 5 * 4 - 1);
     let (_, csv) = http::get(

@@ -2,14 +2,17 @@
 //! 127.0.0.3 in the Netherlands; the agent tests from the first and uploads from the second.
 //! The report is filed under the tested-from region (its reflector attestation), counted as
 //! uploaded elsewhere; forged, misplaced and foreign attestations are refused with their reason
-//! and those reports are filed by the upload address. No address is stored.
+//! and those reports are filed by the upload address (a hosting network's, so marked). Stored
+//! reports, the raw export and the aggregates say how each report was filed. No address is
+//! stored.
 
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_agent::queue::Queue;
 use callwatch_agent::upload::{upload_queue, UploadTarget};
+use callwatch_collector::export::ExportRecord;
 use callwatch_collector::reflector::identity::load_or_create_attestation;
-use callwatch_collector::store::StoredReport;
+use callwatch_collector::store::{Filing, RegionSource, StoredReport};
 use callwatch_collector::{serve, ServeConfig};
 use callwatch_proto::attest::{Claim, RegionAttestation};
 use callwatch_proto::{CallReport, ReportId, SignedReport};
@@ -120,18 +123,86 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         .store
         .for_each(&mut |s: StoredReport| {
             let r: CallReport = serde_json::from_slice(&s.signed.body).unwrap();
-            filed.insert(r.id.0[0], (s.region.country.clone(), s.region.asn));
+            filed.insert(
+                r.id.0[0],
+                (s.region.country.clone(), s.region.asn, s.filing),
+            );
             Ok(())
         })
         .unwrap();
-    let nl = ("NL".to_string(), 60781);
-    assert_eq!(filed[&report.id.0[0]], ("RU".to_string(), 12389));
+    // Attested in Russia, uploaded from a Dutch hosting network: filed under Russia, marked as
+    // uploaded elsewhere, not as a hosting path (the path measured was Rostelecom's).
+    assert_eq!(
+        filed[&report.id.0[0]],
+        (
+            "RU".to_string(),
+            12389,
+            Filing {
+                source: RegionSource::Attested,
+                uploaded_elsewhere: true,
+                hosting: false,
+            }
+        )
+    );
+    // The rest are filed by the upload's address, a hosting network (AS60781, LeaseWeb, is on
+    // the built-in list): marked so.
+    let by_upload = (
+        "NL".to_string(),
+        60781,
+        Filing {
+            source: RegionSource::Upload,
+            uploaded_elsewhere: false,
+            hosting: true,
+        },
+    );
     for id in [0xa1, 0xa2, 0xa3, 0xa4] {
         assert_eq!(
-            filed[&id], nl,
+            filed[&id], by_upload,
             "report {id:#x} is filed by its upload address"
         );
     }
+
+    // The raw export says how each report was filed.
+    let (status, raw) = http::get(collector.http_addr, "/api/v1/reports?limit=10")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{raw}");
+    let mut exported = BTreeMap::new();
+    for line in raw.lines().filter(|l| !l.trim().is_empty()) {
+        let rec: ExportRecord = serde_json::from_str(line).unwrap();
+        let body: CallReport = serde_json::from_str(&rec.body).unwrap();
+        exported.insert(
+            body.id.0[0],
+            (rec.region_source, rec.uploaded_elsewhere, rec.hosting),
+        );
+    }
+    assert_eq!(
+        exported[&report.id.0[0]],
+        ("attested".to_string(), true, false)
+    );
+    assert_eq!(exported[&0xa4], ("upload".to_string(), false, true));
+    // The aggregates count both marks per cell.
+    let (status, cells) = http::get(
+        collector.http_addr,
+        "/api/v1/aggregation?axis_x=country&platform=generic",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{cells}");
+    let cells: serde_json::Value = serde_json::from_str(&cells).unwrap();
+    let cell = |cc: &str| {
+        cells["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["country"] == cc)
+            .unwrap_or_else(|| panic!("no {cc} cell in {cells}"))
+            .clone()
+    };
+    assert_eq!(cell("RU")["filing"]["uploaded_elsewhere"], 1, "{cells}");
+    assert_eq!(cell("RU")["filing"]["hosting"], 0, "{cells}");
+    assert_eq!(cell("NL")["filing"]["uploaded_elsewhere"], 0, "{cells}");
+    assert_eq!(cell("NL")["filing"]["hosting"], 4, "{cells}");
 
     let (status, metrics) = http::get(collector.http_addr, "/metrics").await.unwrap();
     assert_eq!(status, 200);
@@ -142,6 +213,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         "callwatch_attestations_total{result=\"unknown_key\"} 1",
         "callwatch_attestations_total{result=\"absent\"} 1",
         "callwatch_uploaded_elsewhere_total 1",
+        "callwatch_reports_hosting_total 4",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),

@@ -353,3 +353,33 @@ fn a_bad_reflector_key_is_named_and_writes_nothing() {
         "{text}"
     );
 }
+
+#[test]
+fn a_bad_hosting_network_list_stops_serve_with_its_line_and_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let list = dir.path().join("hosting.txt");
+    std::fs::write(&list, "# ours\nAS64500\nhetzner\n").unwrap();
+    let out = Command::new(callwatch_tests::built_binary("callwatch-collector"))
+        .args(["serve", "--data"])
+        .arg(&data)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--reflector",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--hosting-asns",
+        ])
+        .arg(&list)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("hosting.txt") && err.contains("line 3") && err.contains("hetzner"),
+        "{err}"
+    );
+    assert!(!data.exists(), "nothing made before the list was read");
+}

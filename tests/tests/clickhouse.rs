@@ -11,7 +11,7 @@ use callwatch_agent::upload::{upload_queue, UploadTarget};
 use callwatch_collector::aggregate::FIGURES;
 use callwatch_collector::store::clickhouse::{copy_reports, ClickHouseUrl};
 use callwatch_collector::store::{
-    ClickHouseStore, ReportKey, ReportStore, SledStore, StoredReport,
+    ClickHouseStore, Filing, RegionSource, ReportKey, ReportStore, SledStore, StoredReport,
 };
 use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
 use callwatch_proto::report::StreamKind;
@@ -114,6 +114,7 @@ fn assert_same_cells_but(
             "verdicts",
             "differentiated_share",
             "blocked_share",
+            "filing",
         ] {
             assert_eq!(x[field], y[field], "{query}: {field} differs\n{x}\n{y}");
         }
@@ -398,6 +399,12 @@ fn stored_seed(data: &[Seeded]) -> Vec<(ReportKey, StoredReport)> {
                     },
                     // Batches of 50 share a millisecond, as at ingest.
                     received_at_ms: 1_700_000_000_000 + (i / 50) as i64,
+                    // Varied marks, so the stores' filing counts are compared too.
+                    filing: Filing {
+                        source: RegionSource::of_code((i % 4) as u8),
+                        uploaded_elsewhere: i % 3 == 0,
+                        hosting: i % 5 == 1,
+                    },
                 },
             )
         })

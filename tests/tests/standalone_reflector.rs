@@ -197,7 +197,10 @@ async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
     let summary = callwatch_collector::carry::import(
         &file,
         &callwatch_collector::carry::load(&data).unwrap(),
-        &callwatch_collector::attest::AttestKeys::load(&data).unwrap(),
+        &callwatch_collector::attest::Filer {
+            keys: callwatch_collector::attest::AttestKeys::load(&data).unwrap(),
+            hosting: Default::default(),
+        },
         collector.store.clone(),
         |_, _| {},
     )

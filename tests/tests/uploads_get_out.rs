@@ -467,27 +467,32 @@ fn a_carried_out_queue_imports_exactly_once_and_a_damaged_line_alone_is_rejected
     // attested region, the others under unknown region (never the importer's address).
     let rows = stored(&data);
     assert_eq!(rows.len(), 5);
-    let mut regions: Vec<(String, u64)> = rows
+    // The export says how: `attested`, or `unknown` (carried without an attestation).
+    let mut regions: Vec<(String, u64, String)> = rows
         .iter()
         .map(|r| {
             (
                 r["country"].as_str().unwrap().to_string(),
                 r["asn"].as_u64().unwrap(),
+                r["region_source"].as_str().unwrap().to_string(),
             )
         })
         .collect();
     regions.sort();
-    let zz = ("ZZ".to_string(), 0);
+    let zz = ("ZZ".to_string(), 0, "unknown".to_string());
     assert_eq!(
         regions,
         vec![
-            ("RU".to_string(), 12389),
+            ("RU".to_string(), 12389, "attested".to_string()),
             zz.clone(),
             zz.clone(),
             zz.clone(),
             zz
         ]
     );
+    assert!(rows
+        .iter()
+        .all(|r| r["uploaded_elsewhere"] == false && r["hosting"] == false));
     let oldest = rows
         .iter()
         .map(|r| {

@@ -16,6 +16,7 @@
 //!
 //! [`mmdb_writer`] writes small MaxMind DB files for tests.
 
+pub mod hosting;
 mod mmdb;
 pub mod mmdb_writer;
 

@@ -33,6 +33,8 @@
 //! where the body says `"stream_kind":"video"`, `rule` is the body's rule — so old rows
 //! aggregate as the sled store's rebuild from the same bodies does. `loss` of old rows is null
 //! (one array element per arm), so their round-trip loss is missing from the `loss` figure.
+//! `region_source`, `uploaded_elsewhere` and `hosting` (the report's [`Filing`]) came after them:
+//! rows stored before read as 0 (unrecorded, not marked), as sled's records from before do.
 //!
 //! # Deduplication across collectors
 //!
@@ -64,11 +66,13 @@
 //! where sled answers from sketches within 1 % of the same rank. The cap comes from the query's
 //! policy, so changing it needs no rebuild.
 
-use super::{InsertOutcome, ReportKey, ReportStore, StoreError, StoredReport};
+use super::{
+    Filing, InsertOutcome, RegionSource, ReportKey, ReportStore, StoreError, StoredReport,
+};
 use crate::aggregate::day_string;
 use crate::aggregate::{
-    kind_byte, kind_of_byte, Axis, Cell, Figure, Filter, GroupKey, Observation, Policy,
-    VerdictCounts, BLOCKED_RULES, FIGURE_COUNT, NO_REFERENCE_RULES,
+    kind_byte, kind_of_byte, Axis, Cell, Figure, FilingCounts, Filter, GroupKey, Observation,
+    Policy, VerdictCounts, BLOCKED_RULES, FIGURE_COUNT, NO_REFERENCE_RULES,
 };
 use crate::geo::Region;
 use callwatch_proto::report::{StreamKind, VerdictRule};
@@ -486,7 +490,7 @@ const COLUMNS: [(&str, &str); 24] = [
 /// Columns added to `reports` after [`COLUMNS`]: (name, type, default for rows stored before
 /// the column existed). The defaults read old rows' signed bodies (see the module
 /// documentation); every insert sets the columns itself.
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
     (
         "kind",
         "UInt8",
@@ -498,6 +502,9 @@ const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
         "Array(Nullable(Float64))",
         "arrayMap(x -> CAST(NULL, 'Nullable(Float64)'), arm)",
     ),
+    ("region_source", "UInt8", "0"),
+    ("uploaded_elsewhere", "UInt8", "0"),
+    ("hosting", "UInt8", "0"),
 ];
 
 /// The figure columns, in [`crate::aggregate::FIGURES`] order.
@@ -553,6 +560,10 @@ struct Row<'a> {
     rule: &'static str,
     /// Round-trip loss per arm.
     loss: Vec<Option<f64>>,
+    /// [`RegionSource::code`] of the report's filing.
+    region_source: u8,
+    uploaded_elsewhere: u8,
+    hosting: u8,
 }
 
 /// One report as read back.
@@ -567,6 +578,9 @@ struct ReadRow {
     body: String,
     signature: String,
     key: String,
+    region_source: u8,
+    uploaded_elsewhere: u8,
+    hosting: u8,
 }
 
 impl ReadRow {
@@ -587,6 +601,11 @@ impl ReadRow {
                 asn: self.asn,
             },
             received_at_ms: self.received_at_ms,
+            filing: Filing {
+                source: RegionSource::of_code(self.region_source),
+                uploaded_elsewhere: self.uploaded_elsewhere != 0,
+                hosting: self.hosting != 0,
+            },
         })
     }
 }
@@ -759,7 +778,7 @@ impl ClickHouseStore {
         }
         if added_any {
             found = columns()?;
-            tracing::info!("table {db}.reports: added the kind, rule and loss columns");
+            tracing::info!("table {db}.reports: added the columns it lacked");
         }
         lacking(&found, &mut ADDED_COLUMNS.iter().map(|(n, t, _)| (*n, *t)))?;
         Ok(())
@@ -814,6 +833,9 @@ impl ClickHouseStore {
                 .as_ref()
                 .and_then(|d| d.rule)
                 .map_or("", VerdictRule::as_str),
+            region_source: report.filing.source.code(),
+            uploaded_elsewhere: u8::from(report.filing.uploaded_elsewhere),
+            hosting: u8::from(report.filing.hosting),
         })
     }
 
@@ -877,7 +899,8 @@ impl ClickHouseStore {
         by_time: bool,
         f: &mut dyn FnMut(StoredReport) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let cols = "agent, id, received_at_ms, arrival, country, asn, body, signature, key";
+        let cols = "agent, id, received_at_ms, arrival, country, asn, body, signature, key, \
+                    region_source, uploaded_elsewhere, hosting";
         let mut after: Option<String> = None;
         loop {
             let mut cond = where_.to_string();
@@ -998,20 +1021,24 @@ impl ClickHouseStore {
         // One row per observation (report arm) that the query may cover.
         let inner = format!(
             "SELECT agent, id, arrival, hour, cc, asn, platform, kind, verdict, finding, \
-             a_arm, {f} FROM (SELECT agent, id, arrival, hour, cc, asn, platform, kind, \
-             verdict, {finding} AS finding, arm, {fc} FROM {db}.reports FINAL {where_pre}) \
-             ARRAY JOIN arm AS a_arm, {figs} {where_arm}",
+             a_arm, {f}, uploaded_elsewhere, hosting FROM (SELECT agent, id, arrival, hour, cc, \
+             asn, platform, kind, verdict, {finding} AS finding, arm, {fc}, uploaded_elsewhere, \
+             hosting FROM {db}.reports FINAL {where_pre}) ARRAY JOIN arm AS a_arm, {figs} \
+             {where_arm}",
             f = f_list.join(", "),
             fc = FIGURE_COLUMNS.join(", "),
             db = self.db,
             figs = figs.join(", "),
         );
         // Observation fields carried through the cap, as tuple elements:
-        // 1 arrival, 2 id, 3 finding, 4 hour, 5 verdict, 6.. the figures.
+        // 1 arrival, 2 id, 3 finding, 4 hour, 5 verdict, 6.. the figures, then the two filing
+        // marks.
         let tuple = format!(
-            "(arrival, id, finding, hour, verdict, {})",
+            "(arrival, id, finding, hour, verdict, {}, uploaded_elsewhere, hosting)",
             f_list.join(", ")
         );
+        let ue = FIGURE_COUNT + 6;
+        let ho = FIGURE_COUNT + 7;
         let cap = policy.max_per_agent_per_day;
         let kept = if cap >= u32::MAX as usize {
             format!("groupArray({tuple})")
@@ -1079,6 +1106,8 @@ impl ClickHouseStore {
             "v_diff".into(),
             "v_blocked".into(),
             "v_noref".into(),
+            "f_ue".into(),
+            "f_host".into(),
             format!("[{}] AS n", counts.join(", ")),
             format!("[{}] AS q", quantiles.join(", ")),
         ]);
@@ -1086,7 +1115,8 @@ impl ClickHouseStore {
             "SELECT {outer} FROM (SELECT {sel}, count() AS cnt, \
              uniqExact(substring(agent, 1, 16)) AS agents, countIf(k.5 = 0) AS v_none, \
              countIf(k.5 = 1) AS v_inc, countIf(k.5 = 2) AS v_diff, \
-             countIf(k.3 = 1) AS v_blocked, countIf(k.3 = 2) AS v_noref \
+             countIf(k.3 = 1) AS v_blocked, countIf(k.3 = 2) AS v_noref, \
+             countIf(k.{ue} = 1) AS f_ue, countIf(k.{ho} = 1) AS f_host \
              FROM ({capped}) ARRAY JOIN kept AS k {where_post} {group_by} \
              HAVING cnt > 0 AND agents >= {min_agents})",
             outer = outer_cols.join(", "),
@@ -1188,6 +1218,8 @@ struct AggRow {
     v_inc: u64,
     v_diff: u64,
     v_blocked: u64,
+    f_ue: u64,
+    f_host: u64,
     v_noref: u64,
     n: Vec<u64>,
     q: Vec<Vec<f64>>,
@@ -1244,7 +1276,11 @@ impl AggRow {
             arm,
             kind,
         };
-        let cell = Cell::new(&key, self.cnt, self.agents, figures, verdicts);
+        let filing = FilingCounts {
+            uploaded_elsewhere: self.f_ue,
+            hosting: self.f_host,
+        };
+        let cell = Cell::new(&key, self.cnt, self.agents, figures, verdicts, filing);
         Ok((key, cell))
     }
 }

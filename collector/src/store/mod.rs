@@ -17,14 +17,134 @@ use serde::{Deserialize, Serialize};
 pub use clickhouse::ClickHouseStore;
 pub use sled_store::SledStore;
 
-/// A verified report as stored: the exact signed bytes, the region its sender mapped to, and when
-/// it arrived. Never an address.
+/// A verified report as stored: the exact signed bytes, the region it is filed under, how that
+/// region was decided, and when it arrived. Never an address.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredReport {
     pub signed: SignedReport,
     pub region: Region,
     /// Unix milliseconds when the collector received it.
     pub received_at_ms: i64,
+    /// How `region` was decided, and what that tells about the volunteer's networks.
+    pub filing: Filing,
+}
+
+/// The part of a [`StoredReport`] that sled stored before [`Filing`] existed.
+#[derive(Serialize, Deserialize)]
+struct StoredCore {
+    signed: SignedReport,
+    region: Region,
+    received_at_ms: i64,
+}
+
+impl StoredReport {
+    /// The bytes sled keeps: postcard of the signed report, region and arrival time (the layout
+    /// of every earlier release), then the [`Filing`] as JSON. JSON because it is
+    /// self-describing: fields added to `Filing` later read as their defaults from older
+    /// records, and records from before it (nothing after the postcard part) as all-default.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
+        let core = StoredCore {
+            signed: self.signed.clone(),
+            region: self.region.clone(),
+            received_at_ms: self.received_at_ms,
+        };
+        let mut out = postcard::to_allocvec(&core).map_err(|e| e.to_string())?;
+        serde_json::to_writer(&mut out, &self.filing).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// Reads [`StoredReport::to_bytes`], and records of earlier releases.
+    pub fn from_bytes(b: &[u8]) -> Result<StoredReport, String> {
+        let (core, rest) = postcard::take_from_bytes::<StoredCore>(b).map_err(|e| e.to_string())?;
+        let filing = if rest.is_empty() {
+            Filing::default()
+        } else {
+            serde_json::from_slice(rest).map_err(|e| format!("filing: {e}"))?
+        };
+        Ok(StoredReport {
+            signed: core.signed,
+            region: core.region,
+            received_at_ms: core.received_at_ms,
+            filing,
+        })
+    }
+}
+
+/// Where a stored report's region came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RegionSource {
+    /// Stored before the collector recorded it.
+    #[default]
+    Unrecorded,
+    /// A valid reflector attestation of the measured path (see [`crate::attest`]).
+    Attested,
+    /// The address the upload came from (no attestation, a refused one, or one of an unknown
+    /// region).
+    Upload,
+    /// Neither: carried out in a file without a valid attestation (`ZZ`, AS0).
+    Unknown,
+}
+
+impl RegionSource {
+    /// As exports and the API spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionSource::Unrecorded => "unrecorded",
+            RegionSource::Attested => "attested",
+            RegionSource::Upload => "upload",
+            RegionSource::Unknown => "unknown",
+        }
+    }
+
+    /// The code ClickHouse stores (0 for rows from before the column).
+    pub fn code(self) -> u8 {
+        match self {
+            RegionSource::Unrecorded => 0,
+            RegionSource::Attested => 1,
+            RegionSource::Upload => 2,
+            RegionSource::Unknown => 3,
+        }
+    }
+
+    /// The source of a [`RegionSource::code`]; unknown codes read as unrecorded.
+    pub fn of_code(c: u8) -> RegionSource {
+        [
+            RegionSource::Attested,
+            RegionSource::Upload,
+            RegionSource::Unknown,
+        ]
+        .into_iter()
+        .find(|s| s.code() == c)
+        .unwrap_or_default()
+    }
+
+    /// Parses [`RegionSource::as_str`].
+    pub fn parse(s: &str) -> Option<RegionSource> {
+        [
+            RegionSource::Unrecorded,
+            RegionSource::Attested,
+            RegionSource::Upload,
+            RegionSource::Unknown,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == s)
+    }
+}
+
+/// How a report was filed: decided at ingest, kept with it, counted in the aggregates and
+/// exported, so researchers can see and exclude what they need to (docs/DEPLOYMENT.md, "Where a
+/// report is filed"). All false / unrecorded for reports stored before it existed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Filing {
+    pub source: RegionSource,
+    /// The path was attested in one region and the upload came from another (known) one: a
+    /// VPN or proxy, another network since the test, or the other address family.
+    pub uploaded_elsewhere: bool,
+    /// The network it is filed under is a hosting, cloud or VPN provider's
+    /// ([`crate::geo::hosting`]): the test measured such a path, not a subscriber's line.
+    pub hosting: bool,
 }
 
 /// A report's identity for deduplication: the agent's key and the id it chose.
@@ -95,5 +215,77 @@ pub trait ReportStore: Send + Sync {
 
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(filing: Filing) -> StoredReport {
+        StoredReport {
+            signed: SignedReport {
+                body: br#"{"v":1}"#.to_vec(),
+                key: vec![7; 32],
+                signature: vec![9; 64],
+            },
+            region: Region {
+                country: "RU".into(),
+                asn: 12389,
+            },
+            received_at_ms: 1_764_288_000_123,
+            filing,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_records_of_earlier_releases_read_as_unrecorded() {
+        let marked = stored(Filing {
+            source: RegionSource::Attested,
+            uploaded_elsewhere: true,
+            hosting: true,
+        });
+        let bytes = marked.to_bytes().unwrap();
+        assert_eq!(StoredReport::from_bytes(&bytes).unwrap(), marked);
+        // A record written by an earlier release: postcard of the three fields, nothing after.
+        let legacy = postcard::to_allocvec(&StoredCore {
+            signed: marked.signed.clone(),
+            region: marked.region.clone(),
+            received_at_ms: marked.received_at_ms,
+        })
+        .unwrap();
+        assert_eq!(
+            StoredReport::from_bytes(&legacy).unwrap(),
+            stored(Filing::default())
+        );
+        // Fields a later release adds to the filing are ignored; missing ones are defaults.
+        let mut later = legacy.clone();
+        later.extend_from_slice(br#"{"source":"upload","future":[1,2]}"#);
+        let read = StoredReport::from_bytes(&later).unwrap();
+        assert_eq!(read.filing.source, RegionSource::Upload);
+        assert!(!read.filing.hosting);
+        // Damage is an error, never a panic or a silent default.
+        let mut damaged = legacy;
+        damaged.extend_from_slice(b"{not json");
+        assert!(StoredReport::from_bytes(&damaged).is_err());
+        assert!(StoredReport::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn region_source_codes_and_names_are_one_to_one() {
+        for s in [
+            RegionSource::Unrecorded,
+            RegionSource::Attested,
+            RegionSource::Upload,
+            RegionSource::Unknown,
+        ] {
+            assert_eq!(RegionSource::of_code(s.code()), s);
+            assert_eq!(RegionSource::parse(s.as_str()), Some(s));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
+        }
+        assert_eq!(RegionSource::of_code(200), RegionSource::Unrecorded);
     }
 }

@@ -131,8 +131,9 @@ const CELLS_KEY: &[u8] = b"cells";
 /// calls. The store rebuilds them from the raw signed reports at open instead, as after a change
 /// of the per-agent cap. Format 2: [`CellKey`] with the stream kind (17 bytes), [`CapKey`] with
 /// it (49 bytes), [`CellState`] with the round-trip loss sketch and the blocked and
-/// no-reference counts.
-pub const CELL_FORMAT: u8 = 2;
+/// no-reference counts. Format 3: [`CellState`] with the filing counts
+/// ([`crate::aggregate::FilingCounts`]).
+pub const CELL_FORMAT: u8 = 3;
 /// File in the store folder holding the number of reports stored durably.
 const COUNT_FILE: &str = "callwatch-count";
 
@@ -523,7 +524,8 @@ impl ReportStore for SledStore {
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(batch.len());
         for (key, report) in batch {
-            let value = postcard::to_allocvec(report)
+            let value = report
+                .to_bytes()
                 .map_err(|e| StoreError::Backend(format!("encoding report: {e}")))?;
             let observations = observations_of(key, report)?;
             // Insert-if-absent, the time index and the aggregate in one transaction: two
@@ -597,7 +599,7 @@ impl ReportStore for SledStore {
     ) -> Result<(), StoreError> {
         for item in self.reports.iter() {
             let (k, v) = item.map_err(backend)?;
-            let report: StoredReport = postcard::from_bytes(&v).map_err(|e| corrupt(&k, e))?;
+            let report = StoredReport::from_bytes(&v).map_err(|e| corrupt(&k, e))?;
             f(report)?;
         }
         Ok(())
@@ -618,8 +620,7 @@ impl ReportStore for SledStore {
                 .get(report_key)
                 .map_err(backend)?
                 .ok_or_else(|| corrupt(report_key, "indexed report is missing"))?;
-            let report: StoredReport =
-                postcard::from_bytes(&v).map_err(|e| corrupt(report_key, e))?;
+            let report = StoredReport::from_bytes(&v).map_err(|e| corrupt(report_key, e))?;
             if !f(report)? {
                 break;
             }
@@ -669,6 +670,7 @@ mod tests {
                 },
                 region: Region::unknown(),
                 received_at_ms: 1,
+                filing: Default::default(),
             },
         )
     }
@@ -751,6 +753,7 @@ fn stored(
                 asn,
             },
             received_at_ms,
+            filing: Default::default(),
         },
     )
 }

@@ -387,6 +387,7 @@ async fn aggregate(
                                 asn: 1000 + (agent[6] as u32 % 4),
                             },
                             received_at_ms: now.timestamp_millis() + j as i64,
+                            filing: Default::default(),
                         },
                     )
                 })
