@@ -3,6 +3,7 @@
 //! the acknowledged entries.
 
 use anyhow::{Context, Result};
+use callwatch_proto::upload::QueuedReport;
 use callwatch_proto::SignedReport;
 use std::path::Path;
 
@@ -68,10 +69,15 @@ impl Queue {
         }
     }
 
-    /// Appends a report; durable when this returns.
+    /// Appends a report without a path token; durable when this returns.
     pub fn push(&self, report: &SignedReport) -> Result<u64> {
+        self.push_queued(&QueuedReport::bare(report.clone()))
+    }
+
+    /// Appends a report with its path token, if any; durable when this returns.
+    pub fn push_queued(&self, report: &QueuedReport) -> Result<u64> {
         let id = self.db.generate_id()?;
-        let value = postcard::to_allocvec(report).context("encoding report for the queue")?;
+        let value = report.to_bytes().context("encoding report for the queue")?;
         self.reports.insert(id.to_be_bytes(), value)?;
         self.db.flush().context("flushing the queue")?;
         Ok(id)
@@ -79,8 +85,8 @@ impl Queue {
 
     /// Appends a report, then drops the oldest while more than `cap` wait; returns how many
     /// were dropped (also added to [`Queue::dropped_total`]). Durable when this returns.
-    pub fn push_bounded(&self, report: &SignedReport, cap: usize) -> Result<usize> {
-        self.push(report)?;
+    pub fn push_bounded(&self, report: &QueuedReport, cap: usize) -> Result<usize> {
+        self.push_queued(report)?;
         let mut dropped = 0usize;
         for _ in 0..count(&self.reports).saturating_sub(cap.max(1)) {
             match self.reports.pop_min()? {
@@ -108,7 +114,7 @@ impl Queue {
 
     /// Up to `n` oldest reports with their queue ids. An entry that no longer decodes is moved
     /// aside (kept, counted in [`Queue::corrupt_len`]) instead of blocking the queue forever.
-    pub fn oldest(&self, n: usize) -> Result<Vec<(u64, SignedReport)>> {
+    pub fn oldest(&self, n: usize) -> Result<Vec<(u64, QueuedReport)>> {
         let mut out = Vec::with_capacity(n);
         for item in self.reports.iter() {
             if out.len() >= n {
@@ -116,7 +122,7 @@ impl Queue {
             }
             let (k, v) = item?;
             let id = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
-            match postcard::from_bytes::<SignedReport>(&v) {
+            match QueuedReport::from_bytes(&v) {
                 Ok(r) => out.push((id, r)),
                 Err(e) => {
                     tracing::warn!("queue entry {id} is corrupt ({e}); moved aside");
@@ -185,7 +191,7 @@ mod tests {
         let q = Queue::open(dir.path()).unwrap();
         let mut dropped = 0;
         for n in 0..7 {
-            dropped += q.push_bounded(&report(n), 4).unwrap();
+            dropped += q.push_bounded(&QueuedReport::bare(report(n)), 4).unwrap();
         }
         assert_eq!(dropped, 3);
         assert_eq!(q.len(), 4);
@@ -193,7 +199,7 @@ mod tests {
             .oldest(10)
             .unwrap()
             .iter()
-            .map(|(_, r)| r.body[0])
+            .map(|(_, r)| r.report.body[0])
             .collect();
         assert_eq!(left, vec![3, 4, 5, 6], "the oldest went first");
         drop(q);
@@ -252,11 +258,35 @@ mod tests {
         assert_eq!(q.len(), 5);
         let first = q.oldest(2).unwrap();
         assert_eq!(
-            first.iter().map(|(_, r)| r.body[0]).collect::<Vec<_>>(),
+            first
+                .iter()
+                .map(|(_, r)| r.report.body[0])
+                .collect::<Vec<_>>(),
             vec![0, 1]
         );
         q.remove(&[ids[0], ids[1]]).unwrap();
         assert_eq!(q.len(), 3);
-        assert_eq!(q.oldest(10).unwrap()[0].1.body, vec![2]);
+        assert_eq!(q.oldest(10).unwrap()[0].1.report.body, vec![2]);
+    }
+
+    #[test]
+    fn path_tokens_survive_the_queue_and_entries_of_the_last_release_read_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let with = QueuedReport {
+            report: report(1),
+            path_token: Some([7; callwatch_proto::pathtoken::PATH_TOKEN_LEN]),
+        };
+        q.push_queued(&with).unwrap();
+        // An entry as the last release wrote it: the signed report alone.
+        let id = q.db.generate_id().unwrap();
+        q.reports
+            .insert(id.to_be_bytes(), postcard::to_allocvec(&report(2)).unwrap())
+            .unwrap();
+        drop(q);
+        let q = Queue::open(dir.path()).unwrap();
+        let got: Vec<QueuedReport> = q.oldest(10).unwrap().into_iter().map(|(_, r)| r).collect();
+        assert_eq!(got, vec![with, QueuedReport::bare(report(2))]);
+        assert_eq!(q.corrupt_len(), 0);
     }
 }

@@ -173,7 +173,12 @@ pub async fn run_one_test(
         state.update(|s| s.reflectors_reached.insert(reflector.clone()));
     }
     let signed = SignedReport::sign(&report, key).context("encoding report")?;
-    let dropped = match queue.push_bounded(&signed, cfg.queue_cap) {
+    // The path token (sealed to the collector) goes beside the signed report, never in it.
+    let queued = callwatch_proto::upload::QueuedReport {
+        report: signed,
+        path_token: report.path_token,
+    };
+    let dropped = match queue.push_bounded(&queued, cfg.queue_cap) {
         Ok(dropped) => dropped,
         Err(e) => {
             let why = if crate::queue::is_disk_full(&e) {

@@ -12,8 +12,8 @@ use crate::queue::Queue;
 use anyhow::{anyhow, Context, Result};
 use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
-    decode_frame_body, encode_frame, frame_len, ReflectorInfo, ReportStatus, Request, Response,
-    ALPN, TCP_ALPN_OFFER,
+    decode_frame_body, encode_frame, error_code, frame_len, QueuedReport, ReflectorInfo,
+    ReportStatus, Request, Response, ALPN, TCP_ALPN_OFFER,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -447,6 +447,14 @@ async fn ask_reflectors(conn: &mut Conn) -> Option<Vec<ReflectorInfo>> {
     }
 }
 
+/// Sends an upload request and waits for its answer.
+async fn ask_ack(conn: &mut Conn, req: &Request) -> Result<Response, UploadError> {
+    tokio::time::timeout(ANSWER_TIMEOUT, conn.request(req))
+        .await
+        .map_err(|_| UploadError::Unreachable(anyhow!("no acknowledgement within 60 s")))?
+        .map_err(UploadError::Unreachable)
+}
+
 /// Fetches the carry-out key if asked, then uploads the queue batch by batch on `conn`.
 async fn drain(
     conn: &mut Conn,
@@ -464,18 +472,34 @@ async fn drain(
             other => tracing::debug!("the collector gave no carry-out key: {other:?}"),
         }
     }
+    let mut tokens_refused = false;
     loop {
         let batch = queue.oldest(target.batch).map_err(UploadError::Local)?;
         if batch.is_empty() {
             summary.reflectors = ask_reflectors(conn).await;
             return Ok(());
         }
-        let reports: Vec<_> = batch.iter().map(|(_, r)| r.clone()).collect();
-        let response =
-            tokio::time::timeout(ANSWER_TIMEOUT, conn.request(&Request::Upload { reports }))
-                .await
-                .map_err(|_| UploadError::Unreachable(anyhow!("no acknowledgement within 60 s")))?
-                .map_err(UploadError::Unreachable)?;
+        let queued: Vec<QueuedReport> = batch.iter().map(|(_, r)| r.clone()).collect();
+        let mut req = Request::upload(&queued);
+        if tokens_refused {
+            req = Request::Upload {
+                reports: queued.iter().map(|q| q.report.clone()).collect(),
+            };
+        }
+        let with_tokens = matches!(req, Request::UploadWithTokens { .. });
+        let mut response = ask_ack(conn, &req).await?;
+        if with_tokens
+            && matches!(response, Response::Error { code, .. } if code == error_code::PROTOCOL)
+        {
+            // A collector of an earlier release does not know the request with path tokens:
+            // the same reports without them (they then count by the upload's address).
+            tracing::info!("the collector takes no path tokens; uploading without them");
+            tokens_refused = true;
+            let bare = Request::Upload {
+                reports: queued.iter().map(|q| q.report.clone()).collect(),
+            };
+            response = ask_ack(conn, &bare).await?;
+        }
         let statuses = match response {
             Response::Ack { statuses } => statuses,
             Response::Error { code, reason } => {

@@ -236,7 +236,7 @@ impl Observation {
                     },
                     verdict: report.verdict,
                     rule,
-                    filing: stored.filing,
+                    filing: stored.filing.clone(),
                 }
             })
             .collect()
@@ -1493,6 +1493,7 @@ mod tests {
                 source: crate::store::RegionSource::Attested,
                 uploaded_elsewhere,
                 hosting,
+                ..Filing::default()
             };
             o
         };

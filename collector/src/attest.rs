@@ -10,8 +10,10 @@
 
 use crate::geo::hosting::HostingAsns;
 use crate::geo::Region;
-use crate::store::{Filing, RegionSource};
+use crate::store::{Filing, PrefixFrom, RegionSource};
 use callwatch_proto::attest::{key_id, KeyId};
+use callwatch_proto::carry::CarrySecret;
+use callwatch_proto::pathtoken::{self, NetPrefix, PathToken};
 use callwatch_proto::CallReport;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
@@ -114,38 +116,92 @@ impl AttestKeys {
     }
 }
 
-/// What decides where a report is filed: the attestation keys a collector accepts and the
-/// networks it marks as hosting ([`file_region`]).
+/// What decides where a report is filed: the attestation keys a collector accepts, the
+/// networks it marks as hosting ([`file_region`]), and the key path tokens are opened with.
 #[derive(Clone, Debug, Default)]
 pub struct Filer {
     pub keys: AttestKeys,
     pub hosting: HostingAsns,
+    /// Opens path tokens and keys the prefix tags; `None`: tokens are not opened (every
+    /// report's prefix tag then comes from its upload address).
+    pub paths: Option<Arc<PathTokens>>,
 }
 
 /// Where a batch of reports came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Arrival {
-    /// Uploaded from an address in this region (forgotten after the lookup).
-    Upload(Region),
+    /// Uploaded from an address in this region and network prefix (the address itself is
+    /// forgotten after the lookup; the prefix is only ever kept as a keyed tag).
+    Upload(Region, NetPrefix),
     /// Carried out in a file (`import`): no address at all.
     Carried,
 }
 
+/// Path tokens on the collector's side ([`callwatch_proto::pathtoken`]): the carry-out secret
+/// opens them, and the network prefix they hold is kept only as a tag — the first 8 bytes of
+/// HMAC-SHA-256 under a key made at random for each UTC day of ingest, held in memory only and
+/// replaced (destroyed) when the day turns or the collector restarts. Reports of one day from
+/// one prefix share a tag, so prefixes can be counted (Sybil accounting); after the day no one,
+/// the operator included, can tell which prefix a tag stood for.
+pub struct PathTokens {
+    secret: CarrySecret,
+    day_key: Mutex<(i64, [u8; 32])>,
+}
+
+impl std::fmt::Debug for PathTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PathTokens")
+    }
+}
+
+impl PathTokens {
+    pub fn new(secret: CarrySecret) -> Self {
+        PathTokens {
+            secret,
+            day_key: Mutex::new((i64::MIN, [0; 32])),
+        }
+    }
+
+    /// The tag of `prefix` under the key of `now`'s UTC day.
+    pub fn tag(&self, prefix: NetPrefix, now: DateTime<Utc>) -> [u8; 8] {
+        use hmac::{Hmac, Mac};
+        let day = now.timestamp().div_euclid(86_400);
+        let key = {
+            let mut k = self.day_key.lock().unwrap_or_else(|e| e.into_inner());
+            if k.0 != day {
+                *k = (day, rand::random());
+            }
+            k.1
+        };
+        let mut tag = [0u8; 8];
+        // HMAC takes a key of any length: a 32-byte one cannot be refused.
+        if let Ok(mut mac) = <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key) {
+            mac.update(&prefix.bytes());
+            tag.copy_from_slice(&mac.finalize().into_bytes()[..8]);
+        }
+        tag
+    }
+}
+
 impl Filer {
-    /// [`file_region`] of a report that arrived as `arrival`.
+    /// [`file_region`] of a report that arrived as `arrival` with `token` beside it, and its
+    /// network prefix tag: from its path token when the attestation is valid, signed the
+    /// token's digest and the token opens (the measured path's prefix), else from the upload
+    /// address (none for a carried file).
     pub fn file(
         &self,
         report: &CallReport,
+        token: Option<&PathToken>,
         arrival: &Arrival,
         now: DateTime<Utc>,
         stats: &AttestStats,
     ) -> (Region, Filing) {
         let unknown = Region::unknown();
         let (upload, carried) = match arrival {
-            Arrival::Upload(r) => (r, false),
+            Arrival::Upload(r, _) => (r, false),
             Arrival::Carried => (&unknown, true),
         };
-        file_region(
+        let (region, mut filing) = file_region(
             report,
             upload,
             carried,
@@ -153,7 +209,53 @@ impl Filer {
             &self.hosting,
             now,
             stats,
-        )
+        );
+        let (prefix, from) = match (self.path_prefix(report, token, now, stats), arrival) {
+            (Some(p), _) => (Some(p), PrefixFrom::Path),
+            (None, Arrival::Upload(_, p)) => (Some(*p), PrefixFrom::Upload),
+            (None, Arrival::Carried) => (None, PrefixFrom::None),
+        };
+        filing.prefix_from = from;
+        filing.prefix_tag = match (&self.paths, prefix) {
+            (Some(paths), Some(p)) => Some(hex::encode(paths.tag(p, now))),
+            _ => {
+                filing.prefix_from = PrefixFrom::None;
+                None
+            }
+        };
+        (region, filing)
+    }
+
+    /// The prefix in `token`, if the report's attestation is valid, signed the token's digest,
+    /// and the token opens; counted by result (valid attestations only).
+    fn path_prefix(
+        &self,
+        report: &CallReport,
+        token: Option<&PathToken>,
+        now: DateTime<Utc>,
+        stats: &AttestStats,
+    ) -> Option<NetPrefix> {
+        let a = report.attestation.as_ref()?;
+        a.verify(report.id, report.started_at, now, |id| self.keys.get(id))
+            .ok()?;
+        let result = match (a.token_digest(), token, &self.paths) {
+            (Ok(None), _, _) => Err("none_made"),
+            (Err(_), _, _) => Err("malformed"),
+            (Ok(Some(_)), None, _) => Err("absent"),
+            (Ok(Some(_)), Some(_), None) => Err("not_opened"),
+            (Ok(Some(d)), Some(t), Some(paths)) => {
+                if pathtoken::digest(t) != d {
+                    Err("other_token")
+                } else {
+                    pathtoken::open(&paths.secret, t, &report.id.0, a.hour).map_err(|e| e.label())
+                }
+            }
+        };
+        stats.count_token(match result {
+            Ok(_) => "valid",
+            Err(label) => label,
+        });
+        result.ok()
     }
 }
 
@@ -162,9 +264,25 @@ impl Filer {
 pub struct AttestStats {
     /// By result: `valid`, `absent`, or a refusal reason ([`AttestError::label`](callwatch_proto::attest::AttestError::label)).
     results: Mutex<BTreeMap<&'static str, u64>>,
+    /// Path tokens of valid attestations, by result: `valid`, `none_made` (the reflector made
+    /// none), `absent` (signed but not sent), `other_token`, `does_not_open`, ….
+    tokens: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl AttestStats {
+    fn count_token(&self, result: &'static str) {
+        let mut m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(result).or_default() += 1;
+    }
+
+    /// Path tokens so far, by result.
+    pub fn token_results(&self) -> BTreeMap<&'static str, u64> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn count(&self, result: &'static str) {
         let mut m = self.results.lock().unwrap_or_else(|e| e.into_inner());
         *m.entry(result).or_default() += 1;
@@ -240,6 +358,7 @@ pub fn file_region(
             source,
             uploaded_elsewhere,
             hosting,
+            ..Filing::default()
         },
     )
 }
@@ -256,6 +375,7 @@ mod tests {
             country: *b"RU",
             asn: 12389,
             hour: unix_hour(report.started_at),
+            token_digest: None,
         };
         let (id, sig) = claim.sign(key);
         let mut r = report.clone();
@@ -317,6 +437,7 @@ mod tests {
                 source: RegionSource::Attested,
                 uploaded_elsewhere: true,
                 hosting: false,
+                ..Filing::default()
             },
             "attested in RU, uploaded from a Dutch hosting network: marked as uploaded elsewhere"
         );
@@ -328,6 +449,7 @@ mod tests {
                 source: RegionSource::Upload,
                 uploaded_elsewhere: false,
                 hosting: true,
+                ..Filing::default()
             },
         );
         let other = attested(&report, &key, [0xee; 16]);
@@ -389,6 +511,7 @@ mod tests {
             country: *b"ZZ",
             asn: 0,
             hour: unix_hour(report.started_at),
+            token_digest: None,
         };
         let (id, sig) = claim.sign(&key);
         let mut r = report.clone();

@@ -14,15 +14,15 @@
 //! (which protect the network listeners from strangers) do not apply to what the operator
 //! imports.
 
-use crate::attest::{Arrival, AttestKeys, Filer};
+use crate::attest::{Arrival, AttestKeys, Filer, PathTokens};
 use crate::cert::write_private;
 use crate::geo::hosting::HostingAsns;
 use crate::ingest::{process_batch_attested, IngestStats, Limiter, RateLimits};
 use crate::store::ReportStore;
 use anyhow::{Context, Result};
 use callwatch_proto::carry::{CarrySecret, Opener, KEY_LEN, MAX_LINE_LEN};
+use callwatch_proto::upload::QueuedReport;
 use callwatch_proto::upload::{ReportStatus, Response, MAX_BATCH};
-use callwatch_proto::SignedReport;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;
@@ -183,7 +183,7 @@ pub async fn import(
         each(line, &result);
         summary.lines.push((line, result));
     };
-    let mut batch: Vec<(u64, SignedReport)> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(u64, QueuedReport)> = Vec::with_capacity(MAX_BATCH);
     for i in 1..=count {
         let line_no = i + 1;
         if read_line(&mut r, MAX_LINE_LEN, &mut buf)?.is_none() {
@@ -194,7 +194,7 @@ pub async fn import(
             Err(e) => record(&mut summary, line_no, LineResult::Rejected(e.to_string())),
         }
         if batch.len() == MAX_BATCH || (i == count && !batch.is_empty()) {
-            let (lines, reports): (Vec<u64>, Vec<SignedReport>) = batch.drain(..).unzip();
+            let (lines, reports): (Vec<u64>, Vec<QueuedReport>) = batch.drain(..).unzip();
             let response = process_batch_attested(
                 reports,
                 Arrival::Carried,
@@ -239,10 +239,12 @@ pub async fn import_command(
     let secret = load(data)?;
     // Check the file before opening (and perhaps waiting on) the store.
     check(file, &secret)?;
-    // The attestation keys `serve` accepts: its own reflector's and the registered ones.
+    // The attestation keys `serve` accepts: its own reflector's and the registered ones; path
+    // tokens open with the same carry-out key.
     let filer = Filer {
         keys: AttestKeys::load(data)?,
         hosting: hosting.clone(),
+        paths: Some(Arc::new(PathTokens::new(secret.clone()))),
     };
     let store: Arc<dyn ReportStore> = match crate::store::config::open_for_serve(store_args)? {
         Some(clickhouse) => clickhouse,

@@ -312,6 +312,18 @@ pub fn render_metrics(state: &AppState) -> String {
             "Reports' reflector attestations, by result (valid, absent, or why refused).",
             &attestations,
         );
+        let tokens: Vec<(String, u64)> = i
+            .attest
+            .token_results()
+            .into_iter()
+            .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n))
+            .collect();
+        metric(
+            "callwatch_path_tokens_total",
+            "counter",
+            "Path tokens of valid attestations, by result (valid, none_made, absent, or why refused).",
+            &tokens,
+        );
         metric(
             "callwatch_uploaded_elsewhere_total",
             "counter",

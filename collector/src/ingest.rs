@@ -14,10 +14,9 @@ use crate::store::{Filing, InsertOutcome, ReportKey, ReportStore, StoredReport};
 use anyhow::{Context, Result};
 use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
-    decode_frame_body, encode_frame, error_code, frame_len, ReportStatus, Request, Response,
-    MAX_BATCH, QUIC_SERVER_ALPNS,
+    decode_frame_body, encode_frame, error_code, frame_len, QueuedReport, ReportStatus, Request,
+    Response, MAX_BATCH, QUIC_SERVER_ALPNS,
 };
-use callwatch_proto::SignedReport;
 use chrono::Utc;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -661,10 +660,28 @@ async fn answer_request<R: AsyncRead + Unpin>(
         Ok(Request::Reflectors) => Response::Reflectors {
             reflectors: shared.reflectors.list(),
         },
-        Ok(Request::Upload { reports }) => {
+        Ok(request @ (Request::Upload { .. } | Request::UploadWithTokens { .. })) => {
+            let reports = match request.into_queued() {
+                Some(Ok(reports)) => reports,
+                Some(Err(reason)) => {
+                    stats.reject("malformed_frame");
+                    return Ok(Answer {
+                        response: Response::Error {
+                            code: error_code::PROTOCOL,
+                            reason,
+                        },
+                        unread: None,
+                    });
+                }
+                None => Vec::new(),
+            };
+            let arrival = crate::attest::Arrival::Upload(
+                peer.region.clone(),
+                callwatch_proto::pathtoken::NetPrefix::of(peer.ip),
+            );
             let response = process_batch_attested(
                 reports,
-                crate::attest::Arrival::Upload(peer.region.clone()),
+                arrival,
                 &shared.filer,
                 shared.store.clone(),
                 stats,
@@ -695,7 +712,7 @@ async fn answer_request<R: AsyncRead + Unpin>(
 /// (unknown for a carried-out file), and marked as `filer` decides (see
 /// [`crate::attest::file_region`]). Public for tests and load tools that bypass QUIC.
 pub async fn process_batch_attested(
-    reports: Vec<SignedReport>,
+    reports: Vec<QueuedReport>,
     arrival: crate::attest::Arrival,
     filer: &crate::attest::Filer,
     store: Arc<dyn ReportStore>,
@@ -716,7 +733,11 @@ pub async fn process_batch_attested(
     let mut to_store = Vec::new();
     // Per report to store: whether its test was taken under reflector load, and its filing.
     let mut marks: Vec<(bool, Filing)> = Vec::new();
-    for signed in reports {
+    for QueuedReport {
+        report: signed,
+        path_token,
+    } in reports
+    {
         let verdict = signed.verify().map_err(|e| (e.label(), e.to_string()));
         let checked = verdict.and_then(|report| {
             if report.started_at > now + MAX_FUTURE {
@@ -753,8 +774,9 @@ pub async fn process_batch_attested(
                     id: report.id,
                 };
                 statuses.push(None);
-                let (filed, filing) = filer.file(&report, &arrival, now, &stats.attest);
-                marks.push((report.reflector_loaded, filing));
+                let (filed, filing) =
+                    filer.file(&report, path_token.as_ref(), &arrival, now, &stats.attest);
+                marks.push((report.reflector_loaded, filing.clone()));
                 to_store.push((
                     key,
                     StoredReport {

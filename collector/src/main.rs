@@ -195,6 +195,12 @@ enum Command {
         /// Region source, repeatable (as `serve --geo`).
         #[arg(long, value_name = "FILE")]
         geo: Vec<PathBuf>,
+        /// The collector's carry-out key (64 hex digits, its collector.seal.pub): with it the
+        /// reflector also seals each test's network prefix (/24, /48) to the collector, for its
+        /// Sybil accounting; the agent cannot read it and it is never exported. Without it,
+        /// attestations carry no prefix.
+        #[arg(long = "collector-key", value_name = "HEX")]
+        collector_key: Option<callwatch_proto::carry::CarryKey>,
     },
     /// Register, revoke and list standalone reflectors (DIR/reflectors.json, owner-only).
     ///
@@ -400,6 +406,7 @@ async fn run(cli: Cli) -> Result<()> {
             data,
             reflectors,
             geo,
+            collector_key,
         } => {
             let r =
                 callwatch_collector::serve::reflect(callwatch_collector::serve::ReflectConfig {
@@ -407,6 +414,7 @@ async fn run(cli: Cli) -> Result<()> {
                     reflectors,
                     geo_files: geo,
                     limits: Default::default(),
+                    collector_key,
                 })
                 .await?;
             println!(

@@ -101,12 +101,14 @@ pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
 
 /// The reflector as `serve` and `reflect` run it: its keys from `data` (`reflector.key`, made on
 /// first start; public halves written to `reflector.pub` and `reflector-attest.pub`), signing
-/// region attestations looked up in `geo`. Returns it with its attestation key's public half.
+/// region attestations looked up in `geo`, with path tokens sealed to `collector` when given.
+/// Returns it with its attestation key's public half.
 pub async fn start_reflector(
     data: &Path,
     addrs: &[SocketAddr],
     limits: Limits,
     geo: Arc<Geo>,
+    collector: Option<callwatch_proto::carry::CarryKey>,
 ) -> Result<(ReflectorHandle, ed25519_dalek::VerifyingKey)> {
     let seal = crate::reflector::identity::load_or_create(data)?;
     let attest_key = crate::reflector::identity::load_or_create_attestation(data)?;
@@ -116,9 +118,10 @@ pub async fn start_reflector(
         let country = <[u8; 2]>::try_from(region.country.as_bytes()).unwrap_or(*b"ZZ");
         (country, region.asn)
     });
-    let reflector = spawn_reflector_attested(addrs, limits, seal, Some((attest_key, lookup)))
-        .await
-        .with_context(|| format!("binding reflector on {addrs:?}"))?;
+    let reflector =
+        spawn_reflector_attested(addrs, limits, seal, Some((attest_key, lookup, collector)))
+            .await
+            .with_context(|| format!("binding reflector on {addrs:?}"))?;
     Ok((reflector, attest_pub))
 }
 
@@ -133,6 +136,9 @@ pub struct ReflectConfig {
     /// Region sources for its attestations (as `serve --geo`).
     pub geo_files: Vec<PathBuf>,
     pub limits: Limits,
+    /// The collector's carry-out key (its `collector.seal.pub`): path tokens are sealed to it.
+    /// `None`: attestations without path tokens.
+    pub collector_key: Option<callwatch_proto::carry::CarryKey>,
 }
 
 /// A running standalone reflector.
@@ -146,8 +152,14 @@ pub struct StandaloneReflector {
 pub async fn reflect(cfg: ReflectConfig) -> Result<StandaloneReflector> {
     cert::ensure_private_dir(&cfg.data_dir)?;
     let geo = Arc::new(Geo::load(cfg.geo_files.iter())?);
-    let (reflector, attest_key) =
-        start_reflector(&cfg.data_dir, &cfg.reflectors, cfg.limits, geo).await?;
+    let (reflector, attest_key) = start_reflector(
+        &cfg.data_dir,
+        &cfg.reflectors,
+        cfg.limits,
+        geo,
+        cfg.collector_key,
+    )
+    .await?;
     Ok(StandaloneReflector {
         reflector,
         attest_key,
@@ -160,12 +172,15 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
     let geo = Arc::new(Geo::load(cfg.geo.iter().chain(&cfg.geo_files))?);
     // The reflector attests the region of the probes' address with the same region sources
     // (never the address itself); the collector accepts its own reflector's attestations and
-    // the registered standalone reflectors' (followed as the registry changes).
+    // the registered standalone reflectors' (followed as the registry changes). Path tokens
+    // are sealed to the collector's carry-out key, which opens them at ingest.
+    let carry = crate::carry::load_or_create(&cfg.data_dir)?;
     let (reflector, attest_pub) = start_reflector(
         &cfg.data_dir,
         &cfg.reflectors,
         cfg.reflector_limits,
         geo.clone(),
+        Some(carry.public()),
     )
     .await?;
     let attest_keys = crate::attest::AttestKeys::with_registry(attest_pub, &cfg.data_dir)?;
@@ -175,7 +190,6 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         reflector.seal_key,
         &attest_pub,
     );
-    let carry = crate::carry::load_or_create(&cfg.data_dir)?;
     let ingest = spawn_ingest(IngestConfig {
         listen: cfg.listen,
         tcp: Some(cfg.tcp.unwrap_or(cfg.listen)),
@@ -190,6 +204,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         filer: crate::attest::Filer {
             keys: attest_keys,
             hosting: cfg.hosting.clone(),
+            paths: Some(Arc::new(crate::attest::PathTokens::new(carry.clone()))),
         },
         reflectors: directory,
     })?;

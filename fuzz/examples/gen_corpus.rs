@@ -126,6 +126,7 @@ fn full_report() -> CallReport {
         country: *b"RU",
         asn: 12389,
         hour: callwatch_proto::attest::unix_hour(r.started_at),
+        token_digest: None,
     };
     let (key_id, sig) = claim.sign(&ed25519_dalek::SigningKey::from_bytes(&[0x11; 32]));
     r.attestation = callwatch_proto::attest::RegionAttestation::from_signed(&claim, &key_id, &sig);

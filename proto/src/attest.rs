@@ -28,6 +28,9 @@ use thiserror::Error;
 
 /// Domain separation: an attestation signature is never valid as any other signature.
 pub const CONTEXT: &[u8] = b"callwatch-attestation-v1\0";
+/// The context of an attestation that also signs a path token's digest
+/// ([`crate::pathtoken`]): `CONTEXT_WITH_TOKEN` ‖ the v1 fields ‖ digest (16).
+pub const CONTEXT_WITH_TOKEN: &[u8] = b"callwatch-attestation-v2\0";
 /// Bytes of a key id.
 pub const KEY_ID_LEN: usize = 8;
 /// Bytes of an Ed25519 signature.
@@ -61,18 +64,26 @@ pub struct Claim {
     pub asn: u32,
     /// Unix hour at the reflector when it signed.
     pub hour: u32,
+    /// The digest of the path token made with it ([`crate::pathtoken::digest`]), if any.
+    pub token_digest: Option<[u8; crate::pathtoken::DIGEST_LEN]>,
 }
 
 impl Claim {
     /// The bytes signed for this claim under the key with id `key_id`.
     pub fn signed_message(&self, key_id: &KeyId) -> Vec<u8> {
-        let mut m = Vec::with_capacity(CONTEXT.len() + KEY_ID_LEN + 16 + 2 + 4 + 4);
-        m.extend_from_slice(CONTEXT);
+        let mut m = Vec::with_capacity(CONTEXT_WITH_TOKEN.len() + KEY_ID_LEN + 16 + 2 + 4 + 4 + 16);
+        m.extend_from_slice(match self.token_digest {
+            Some(_) => CONTEXT_WITH_TOKEN,
+            None => CONTEXT,
+        });
         m.extend_from_slice(key_id);
         m.extend_from_slice(&self.report_id);
         m.extend_from_slice(&self.country);
         m.extend_from_slice(&self.asn.to_be_bytes());
         m.extend_from_slice(&self.hour.to_be_bytes());
+        if let Some(d) = &self.token_digest {
+            m.extend_from_slice(d);
+        }
         m
     }
 
@@ -98,6 +109,10 @@ pub struct RegionAttestation {
     pub key_id: String,
     /// Ed25519 signature, 128 hex digits.
     pub signature: String,
+    /// The digest of the path token the reflector made with it (32 hex digits), which the
+    /// signature covers; the token itself travels beside the signed report, never in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_token_digest: Option<String>,
 }
 
 /// Why an attestation is refused; the label is what `/metrics` counts.
@@ -148,7 +163,20 @@ impl RegionAttestation {
             report_id: ReportId(claim.report_id),
             key_id: hex::encode(key_id),
             signature: hex::encode(signature),
+            path_token_digest: claim.token_digest.map(hex::encode),
         })
+    }
+
+    /// The signed path token digest, if the attestation has one (`Malformed` if unreadable).
+    pub fn token_digest(&self) -> Result<Option<[u8; crate::pathtoken::DIGEST_LEN]>, AttestError> {
+        self.path_token_digest
+            .as_ref()
+            .map(|h| {
+                let mut d = [0u8; crate::pathtoken::DIGEST_LEN];
+                hex::decode_to_slice(h, &mut d).map_err(|_| AttestError::Malformed)?;
+                Ok(d)
+            })
+            .transpose()
     }
 
     /// The claim, key id and signature, or `Malformed`.
@@ -171,6 +199,7 @@ impl RegionAttestation {
             country,
             asn: self.asn,
             hour: self.hour,
+            token_digest: self.token_digest()?,
         };
         Ok((claim, key_id, signature))
     }
@@ -227,6 +256,7 @@ mod tests {
             country: *b"NL",
             asn: 1136,
             hour,
+            token_digest: None,
         };
         let (id, sig) = claim.sign(k);
         RegionAttestation::from_signed(&claim, &id, &sig).unwrap()
@@ -305,9 +335,11 @@ mod tests {
         fn verifying_any_fields_never_panics(
             country in ".{0,4}", key_hex in ".{0,20}", sig in ".{0,130}",
             asn in any::<u32>(), hour in any::<u32>(), id in any::<[u8; 16]>(),
+            digest in proptest::option::of(".{0,34}"),
         ) {
             let a = RegionAttestation {
                 country, asn, hour, report_id: ReportId(id), key_id: key_hex, signature: sig,
+                path_token_digest: digest,
             };
             let k = key(1);
             prop_assert!(a.verify(ReportId(id), started(), started(), known(&k)).is_err());

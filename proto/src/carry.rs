@@ -14,8 +14,9 @@
 //!   is refused.
 //! - Line 1, the header: `base64(E ‖ seal(K, 0, header-aad, magic ‖ count))`, where `count` is the
 //!   number of report lines as a big-endian u64.
-//! - Lines 2 ..= count+1: `base64(seal(K, i, report-aad, postcard(SignedReport)))` for the `i`-th
-//!   report, `i` from 1.
+//! - Lines 2 ..= count+1: `base64(seal(K, i, report-aad, postcard(SignedReport) ‖ token))` for
+//!   the `i`-th report, `i` from 1, where `token` is the report's path token
+//!   ([`crate::pathtoken`], 55 bytes) or nothing (files of the first release never have one).
 //! - `seal(K, i, aad, m)` is ChaCha20-Poly1305 with the 12-byte nonce `0⁴ ‖ i` (big-endian u64):
 //!   one key per file, one nonce per line, never reused.
 //! - Every line ends in `\n`.
@@ -29,8 +30,7 @@
 //! This module reads no clock and draws no random number: the ephemeral secret comes from the
 //! caller.
 
-use crate::sign::SignedReport;
-use crate::upload::MAX_FRAME_LEN;
+use crate::upload::{QueuedReport, MAX_FRAME_LEN};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -196,11 +196,11 @@ impl Sealer {
     }
 
     /// The next report's line (with its `\n`); `None` once `count` lines were made.
-    pub fn line(&mut self, report: &SignedReport) -> Option<String> {
+    pub fn line(&mut self, report: &QueuedReport) -> Option<String> {
         if self.next > self.count {
             return None;
         }
-        let plain = postcard::to_allocvec(report).ok()?;
+        let plain = report.to_bytes().ok()?;
         let sealed = self.seal(self.next, REPORT_AAD, &plain);
         self.next += 1;
         Some(format!("{}\n", B64.encode(sealed)))
@@ -261,7 +261,7 @@ impl Opener {
     }
 
     /// Opens the `i`-th report line (from 1; with or without its `\n`).
-    pub fn line(&self, i: u64, line: &str) -> Result<SignedReport, LineError> {
+    pub fn line(&self, i: u64, line: &str) -> Result<QueuedReport, LineError> {
         let line = line.trim_end_matches(['\n', '\r']);
         if line.len() > MAX_LINE_LEN {
             return Err(LineError::TooLong);
@@ -277,15 +277,7 @@ impl Opener {
                 },
             )
             .map_err(|_| LineError::DoesNotOpen)?;
-        let (report, rest) = postcard::take_from_bytes::<SignedReport>(&plain)
-            .map_err(|e| LineError::NotAReport(e.to_string()))?;
-        if !rest.is_empty() {
-            return Err(LineError::NotAReport(format!(
-                "{} bytes after the report",
-                rest.len()
-            )));
-        }
-        Ok(report)
+        QueuedReport::from_bytes(&plain).map_err(|e| LineError::NotAReport(e.to_string()))
     }
 }
 
@@ -294,11 +286,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn report(n: u8) -> SignedReport {
-        SignedReport {
-            body: vec![n; 40],
-            key: vec![1; 32],
-            signature: vec![2; 64],
+    /// Odd ones with a path token beside them, even ones without.
+    fn report(n: u8) -> QueuedReport {
+        QueuedReport {
+            report: crate::SignedReport {
+                body: vec![n; 40],
+                key: vec![1; 32],
+                signature: vec![2; 64],
+            },
+            path_token: (n % 2 == 1).then_some([n; crate::pathtoken::PATH_TOKEN_LEN]),
         }
     }
 

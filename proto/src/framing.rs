@@ -22,7 +22,7 @@
 //!    the detected framing would produce for the core inside. A preamble's answer is built no
 //!    longer than the preamble ([`telegram_hello_answer`]; the reflector checks its TURN answer).
 //! 2. **Unambiguous detection.** The first byte sorts every datagram into at most one framing, in
-//!    the manner of RFC 7983's demultiplexing: `0x01` followed by a kind byte `1..=11` is a bare
+//!    the manner of RFC 7983's demultiplexing: `0x01` followed by a kind byte `1..=13` is a bare
 //!    core packet; any other first byte `0x00..=0x3F` is STUN; `0x40..=0x7F` is TURN ChannelData;
 //!    `0x80..=0xBF` is RTP; `0xC0..=0xFF` is a Telegram-reflector peer tag. Framings whose own
 //!    bytes would cross these lines are refused by [`Framing::validate`].
@@ -60,7 +60,7 @@ pub const MAX_OVERHEAD: usize = 1500 - 40 - 8 - MAX_PROBE_LEN;
 
 /// Kind bytes a core packet may carry (see `probe`): Open = 1 … CountReply = 9, AttestQuery = 10,
 /// Attestation = 11.
-const CORE_KINDS: std::ops::RangeInclusive<u8> = 1..=11;
+const CORE_KINDS: std::ops::RangeInclusive<u8> = 1..=13;
 
 // Rule 2 relies on the core's version byte sorting into the STUN class and not crossing into
 // ChannelData's; a future version byte must keep that true.

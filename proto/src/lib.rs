@@ -10,6 +10,7 @@
 pub mod attest;
 pub mod carry;
 pub mod framing;
+pub mod pathtoken;
 pub mod platform;
 pub mod probe;
 pub mod profile;

@@ -29,6 +29,11 @@ pub const COUNT_REPLY_LEN: usize = 24;
 /// Length of an `AttestQuery`; padded so that its `Attestation` is shorter.
 pub const ATTEST_QUERY_LEN: usize = 128;
 pub const ATTESTATION_LEN: usize = 112;
+/// Length of an `AttestQuery` that asks for a path token too ([`crate::pathtoken`]); padded so
+/// that its answer, with the token, is shorter.
+pub const ATTEST_TOKEN_QUERY_LEN: usize = 192;
+/// Length of an `Attestation` with a path token.
+pub const ATTESTATION_TOKEN_LEN: usize = 168;
 /// Bytes of a probe before its padding.
 pub const PROBE_HEADER_LEN: usize = 38;
 /// Bytes of a reply before its padding.
@@ -51,6 +56,8 @@ const KIND_COUNT_QUERY: u8 = 8;
 const KIND_COUNT_REPLY: u8 = 9;
 const KIND_ATTEST_QUERY: u8 = 10;
 const KIND_ATTESTATION: u8 = 11;
+const KIND_ATTEST_TOKEN_QUERY: u8 = 12;
+const KIND_ATTESTATION_TOKEN: u8 = 13;
 
 /// The agent's session identifier, chosen at random per session (and per arm).
 pub type SessionId = u64;
@@ -110,6 +117,9 @@ pub struct Accept {
 /// it an agent ignores the bytes where `reflector_drops` sits (an older reflector echoes probe
 /// padding there).
 pub const FEATURE_LOAD: u8 = 1;
+/// [`Accept::features`]: this reflector makes path tokens ([`crate::pathtoken`]) with its
+/// attestations, so an agent asks with the longer query ([`AttestQuery::with_token`]).
+pub const FEATURE_PATH_TOKEN: u8 = 2;
 
 /// Why a reflector refused an `Open`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +221,9 @@ pub struct AttestQuery {
     pub session: SessionId,
     pub cookie: Cookie,
     pub report_id: [u8; 16],
+    /// Asks for a path token too (a longer query, kind 12, so its longer answer does not
+    /// amplify); reflectors that make none answer it without one.
+    pub with_token: bool,
 }
 
 /// The reflector's answer to an [`AttestQuery`]: the claim and its Ed25519 signature. No address.
@@ -223,6 +236,8 @@ pub struct Attestation {
     pub hour: u32,
     pub key_id: [u8; crate::attest::KEY_ID_LEN],
     pub signature: [u8; crate::attest::SIGNATURE_LEN],
+    /// The path token the signature covers the digest of (kind 13), if the reflector made one.
+    pub token: Option<crate::pathtoken::PathToken>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,13 +332,23 @@ impl Packet {
                 out.extend_from_slice(&p.reflector_received.to_be_bytes());
             }
             Packet::AttestQuery(p) => {
-                out.extend_from_slice(&[VERSION, KIND_ATTEST_QUERY]);
+                let kind = if p.with_token {
+                    KIND_ATTEST_TOKEN_QUERY
+                } else {
+                    KIND_ATTEST_QUERY
+                };
+                out.extend_from_slice(&[VERSION, kind]);
                 out.extend_from_slice(&p.session.to_be_bytes());
                 out.extend_from_slice(&p.cookie);
                 out.extend_from_slice(&p.report_id);
             }
             Packet::Attestation(p) => {
-                out.extend_from_slice(&[VERSION, KIND_ATTESTATION]);
+                let kind = if p.token.is_some() {
+                    KIND_ATTESTATION_TOKEN
+                } else {
+                    KIND_ATTESTATION
+                };
+                out.extend_from_slice(&[VERSION, kind]);
                 out.extend_from_slice(&p.session.to_be_bytes());
                 out.extend_from_slice(&p.report_id);
                 out.extend_from_slice(&p.country);
@@ -331,6 +356,9 @@ impl Packet {
                 out.extend_from_slice(&p.hour.to_be_bytes());
                 out.extend_from_slice(&p.key_id);
                 out.extend_from_slice(&p.signature);
+                if let Some(t) = &p.token {
+                    out.extend_from_slice(t);
+                }
             }
         }
         out.resize(start + self.wire_len(), 0);
@@ -351,8 +379,15 @@ impl Packet {
             Packet::CountQuery(_) => 2 + 8 + COOKIE_LEN + 8 + COOKIE_LEN,
             Packet::CountReply(_) => 2 + 8 + 8 + 4,
             Packet::AttestQuery(_) => 2 + 8 + COOKIE_LEN + 16,
-            Packet::Attestation(_) => {
-                2 + 8 + 16 + 2 + 4 + 4 + crate::attest::KEY_ID_LEN + crate::attest::SIGNATURE_LEN
+            Packet::Attestation(a) => {
+                2 + 8
+                    + 16
+                    + 2
+                    + 4
+                    + 4
+                    + crate::attest::KEY_ID_LEN
+                    + crate::attest::SIGNATURE_LEN
+                    + a.token.map_or(0, |t| t.len())
             }
         }
     }
@@ -369,7 +404,9 @@ impl Packet {
             Packet::CloseAck(_) => CLOSE_ACK_LEN,
             Packet::CountQuery(_) => COUNT_QUERY_LEN,
             Packet::CountReply(_) => COUNT_REPLY_LEN,
+            Packet::AttestQuery(q) if q.with_token => ATTEST_TOKEN_QUERY_LEN,
             Packet::AttestQuery(_) => ATTEST_QUERY_LEN,
+            Packet::Attestation(a) if a.token.is_some() => ATTESTATION_TOKEN_LEN,
             Packet::Attestation(_) => ATTESTATION_LEN,
         }
     }
@@ -388,6 +425,8 @@ impl Packet {
             Some(KIND_COUNT_REPLY) => Some(COUNT_REPLY_LEN),
             Some(KIND_ATTEST_QUERY) => Some(ATTEST_QUERY_LEN),
             Some(KIND_ATTESTATION) => Some(ATTESTATION_LEN),
+            Some(KIND_ATTEST_TOKEN_QUERY) => Some(ATTEST_TOKEN_QUERY_LEN),
+            Some(KIND_ATTESTATION_TOKEN) => Some(ATTESTATION_TOKEN_LEN),
             _ => None,
         };
         let take = fixed.map_or(buf.len(), |n| n.min(buf.len()));
@@ -517,16 +556,27 @@ impl Packet {
                     reflector_received: r.u32().ok_or(short)?,
                 })
             }
-            KIND_ATTEST_QUERY => {
-                exact("attest-query", ATTEST_QUERY_LEN, "128")?;
+            KIND_ATTEST_QUERY | KIND_ATTEST_TOKEN_QUERY => {
+                let with_token = kind == KIND_ATTEST_TOKEN_QUERY;
+                if with_token {
+                    exact("attest-token-query", ATTEST_TOKEN_QUERY_LEN, "192")?;
+                } else {
+                    exact("attest-query", ATTEST_QUERY_LEN, "128")?;
+                }
                 Packet::AttestQuery(AttestQuery {
                     session: r.u64().ok_or(short)?,
                     cookie: r.cookie().ok_or(short)?,
                     report_id: r.take().ok_or(short)?,
+                    with_token,
                 })
             }
-            KIND_ATTESTATION => {
-                exact("attestation", ATTESTATION_LEN, "112")?;
+            KIND_ATTESTATION | KIND_ATTESTATION_TOKEN => {
+                let with_token = kind == KIND_ATTESTATION_TOKEN;
+                if with_token {
+                    exact("attestation-token", ATTESTATION_TOKEN_LEN, "168")?;
+                } else {
+                    exact("attestation", ATTESTATION_LEN, "112")?;
+                }
                 Packet::Attestation(Attestation {
                     session: r.u64().ok_or(short)?,
                     report_id: r.take().ok_or(short)?,
@@ -535,6 +585,11 @@ impl Packet {
                     hour: r.u32().ok_or(short)?,
                     key_id: r.take().ok_or(short)?,
                     signature: r.take().ok_or(short)?,
+                    token: if with_token {
+                        Some(r.take().ok_or(short)?)
+                    } else {
+                        None
+                    },
                 })
             }
             other => return Err(DecodeError::Kind(other)),
@@ -680,13 +735,16 @@ mod tests {
                     reflector_received: n,
                 })
             }),
-            (any::<u64>(), cookie, any::<[u8; 16]>()).prop_map(|(session, cookie, report_id)| {
-                Packet::AttestQuery(AttestQuery {
-                    session,
-                    cookie,
-                    report_id,
-                })
-            }),
+            (any::<u64>(), cookie, any::<[u8; 16]>(), any::<bool>()).prop_map(
+                |(session, cookie, report_id, with_token)| {
+                    Packet::AttestQuery(AttestQuery {
+                        session,
+                        cookie,
+                        report_id,
+                        with_token,
+                    })
+                }
+            ),
             (
                 any::<u64>(),
                 any::<[u8; 16]>(),
@@ -694,21 +752,32 @@ mod tests {
                 any::<u32>(),
                 any::<u32>(),
                 any::<[u8; 8]>(),
-                proptest::collection::vec(any::<u8>(), 64)
+                proptest::collection::vec(any::<u8>(), 64),
+                proptest::option::of(proptest::collection::vec(
+                    any::<u8>(),
+                    crate::pathtoken::PATH_TOKEN_LEN
+                )),
             )
-                .prop_map(|(session, report_id, country, asn, hour, key_id, sig)| {
-                    let mut signature = [0u8; 64];
-                    signature.copy_from_slice(&sig);
-                    Packet::Attestation(Attestation {
-                        session,
-                        report_id,
-                        country,
-                        asn,
-                        hour,
-                        key_id,
-                        signature,
-                    })
-                }),
+                .prop_map(
+                    |(session, report_id, country, asn, hour, key_id, sig, token)| {
+                        let mut signature = [0u8; 64];
+                        signature.copy_from_slice(&sig);
+                        Packet::Attestation(Attestation {
+                            session,
+                            report_id,
+                            country,
+                            asn,
+                            hour,
+                            key_id,
+                            signature,
+                            token: token.map(|t| {
+                                let mut a = [0u8; crate::pathtoken::PATH_TOKEN_LEN];
+                                a.copy_from_slice(&t);
+                                a
+                            }),
+                        })
+                    }
+                ),
             any::<u64>().prop_map(|session| Packet::Reject(Reject {
                 session,
                 reason: RejectReason::Busy
@@ -761,6 +830,7 @@ mod tests {
         const { assert!(CLOSE_ACK_LEN <= CLOSE_LEN) };
         const { assert!(COUNT_REPLY_LEN <= COUNT_QUERY_LEN) };
         const { assert!(ATTESTATION_LEN <= ATTEST_QUERY_LEN) };
+        const { assert!(ATTESTATION_TOKEN_LEN <= ATTEST_TOKEN_QUERY_LEN) };
         const { assert!(REPLY_HEADER_LEN <= MIN_PROBE_LEN) };
         const { assert!(PROBE_HEADER_LEN <= MIN_PROBE_LEN) };
     }

@@ -88,6 +88,11 @@ pub struct CallReport {
     /// leave its figures out of aggregates.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reflector_loaded: bool,
+    /// The path token that came with `attestation` ([`crate::pathtoken`]). Never part of the
+    /// report's JSON (not signed, not exported): the agent keeps it beside the signed report
+    /// ([`crate::upload::QueuedReport`]) for the collector alone.
+    #[serde(skip)]
+    pub path_token: Option<crate::pathtoken::PathToken>,
     /// The reflector's signed attestation of the region the probes came from
     /// ([`crate::attest`]); absent when the reflector gave none (and in older reports). The
     /// collector files a report with a valid one under its region.
@@ -563,6 +568,7 @@ impl CallReport {
             verdict: None,
             verdict_detail: None,
             probes_sealed: false,
+            path_token: None,
             reflector_loaded: false,
             attestation: None,
             stream_kind: StreamKind::Voice,

@@ -26,6 +26,7 @@
 //! - **Compatibility**: collectors also accept [`LEGACY_ALPN`] (`callwatch/1`) on QUIC, so agents
 //!   of the previous release keep uploading; it goes in the release after this one.
 
+use crate::pathtoken::{PathToken, PATH_TOKEN_LEN};
 use crate::sign::SignedReport;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use thiserror::Error;
@@ -67,6 +68,118 @@ pub enum Request {
     /// ones that are not revoked). Answered with [`Response::Reflectors`]; collectors of earlier
     /// releases answer `Error` (`PROTOCOL`).
     Reflectors,
+    /// [`Request::Upload`] with each report's path token beside it (`tokens[i]` belongs to
+    /// `reports[i]`; empty: none). Answered like `Upload`; collectors of earlier releases
+    /// answer `Error` (`PROTOCOL`), and the agent then sends the batch as `Upload`, without
+    /// its tokens.
+    UploadWithTokens {
+        reports: Vec<SignedReport>,
+        tokens: Vec<Vec<u8>>,
+    },
+}
+
+impl Request {
+    /// The request that uploads `batch`: `Upload` when no report has a token, else
+    /// `UploadWithTokens`.
+    pub fn upload(batch: &[QueuedReport]) -> Request {
+        let reports = batch.iter().map(|q| q.report.clone()).collect();
+        if batch.iter().all(|q| q.path_token.is_none()) {
+            Request::Upload { reports }
+        } else {
+            Request::UploadWithTokens {
+                reports,
+                tokens: batch
+                    .iter()
+                    .map(|q| q.path_token.map_or_else(Vec::new, |t| t.to_vec()))
+                    .collect(),
+            }
+        }
+    }
+
+    /// The reports of an upload request with their tokens; `None` for other requests. A token
+    /// list that does not match the reports (count, or a token not [`PATH_TOKEN_LEN`] bytes) is
+    /// an error naming it.
+    pub fn into_queued(self) -> Option<Result<Vec<QueuedReport>, String>> {
+        match self {
+            Request::Upload { reports } => Some(Ok(reports
+                .into_iter()
+                .map(|report| QueuedReport {
+                    report,
+                    path_token: None,
+                })
+                .collect())),
+            Request::UploadWithTokens { reports, tokens } => {
+                if tokens.len() != reports.len() {
+                    return Some(Err(format!(
+                        "{} path tokens for {} reports",
+                        tokens.len(),
+                        reports.len()
+                    )));
+                }
+                let mut out = Vec::with_capacity(reports.len());
+                for (i, (report, token)) in reports.into_iter().zip(tokens).enumerate() {
+                    let path_token = match token.len() {
+                        0 => None,
+                        PATH_TOKEN_LEN => token.try_into().ok(),
+                        n => {
+                            return Some(Err(format!(
+                                "path token {i} is {n} bytes, not {PATH_TOKEN_LEN}"
+                            )))
+                        }
+                    };
+                    out.push(QueuedReport { report, path_token });
+                }
+                Some(Ok(out))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A signed report as an agent queues, uploads and carries it out: with the path token its
+/// reflector made ([`crate::pathtoken`]) beside it, never inside the signed body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueuedReport {
+    pub report: SignedReport,
+    pub path_token: Option<PathToken>,
+}
+
+impl QueuedReport {
+    /// A report without a token.
+    pub fn bare(report: SignedReport) -> Self {
+        QueuedReport {
+            report,
+            path_token: None,
+        }
+    }
+
+    /// Postcard of the signed report, then the token's bytes if there is one: a queue entry or
+    /// carry-out line of an earlier release (the report alone) reads as one without a token.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, FrameError> {
+        let mut out =
+            postcard::to_allocvec(&self.report).map_err(|e| FrameError::Encode(e.to_string()))?;
+        if let Some(t) = &self.path_token {
+            out.extend_from_slice(t);
+        }
+        Ok(out)
+    }
+
+    /// Reads [`QueuedReport::to_bytes`]; anything after the report but a whole token is an
+    /// error.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, FrameError> {
+        let (report, rest) = postcard::take_from_bytes::<SignedReport>(b)
+            .map_err(|e| FrameError::Decode(e.to_string()))?;
+        let path_token = match rest.len() {
+            0 => None,
+            PATH_TOKEN_LEN => rest.try_into().ok(),
+            n => {
+                return Err(FrameError::Decode(format!(
+                    "{n} bytes after the report (a path token is {PATH_TOKEN_LEN})"
+                )))
+            }
+        };
+        Ok(QueuedReport { report, path_token })
+    }
 }
 
 /// What the collector answers.
@@ -238,6 +351,55 @@ mod tests {
             Request::Upload { reports: vec![] }
         );
         assert_eq!(postcard::to_allocvec(&Request::SealKey).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn path_tokens_travel_beside_reports_and_bad_token_lists_are_named() {
+        let report = |n: u8| SignedReport {
+            body: vec![n; 10],
+            key: vec![1; 32],
+            signature: vec![2; 64],
+        };
+        let batch = vec![
+            QueuedReport {
+                report: report(1),
+                path_token: Some([5; PATH_TOKEN_LEN]),
+            },
+            QueuedReport::bare(report(2)),
+        ];
+        let req = Request::upload(&batch);
+        assert!(matches!(req, Request::UploadWithTokens { .. }));
+        let back: Request = decode_frame(&encode_frame(&req).unwrap()).unwrap();
+        assert_eq!(back.into_queued(), Some(Ok(batch.clone())));
+        // No token at all: the request every collector knows.
+        let bare = vec![QueuedReport::bare(report(3))];
+        assert!(matches!(Request::upload(&bare), Request::Upload { .. }));
+        // Mismatched lists are refused with what is wrong.
+        let short = Request::UploadWithTokens {
+            reports: vec![report(1), report(2)],
+            tokens: vec![vec![]],
+        };
+        assert_eq!(
+            short.into_queued(),
+            Some(Err("1 path tokens for 2 reports".into()))
+        );
+        let odd = Request::UploadWithTokens {
+            reports: vec![report(1)],
+            tokens: vec![vec![0; 54]],
+        };
+        assert!(matches!(odd.into_queued(), Some(Err(e)) if e.contains("54 bytes")));
+        assert_eq!(Request::SealKey.into_queued(), None);
+        // Queue entries: the report alone reads as one without a token; junk after it is an
+        // error, not a silently dropped token.
+        for q in &batch {
+            assert_eq!(
+                &QueuedReport::from_bytes(&q.to_bytes().unwrap()).unwrap(),
+                q
+            );
+        }
+        let mut junk = batch[1].to_bytes().unwrap();
+        junk.extend_from_slice(&[1, 2, 3]);
+        assert!(QueuedReport::from_bytes(&junk).is_err());
     }
 
     #[test]

@@ -138,7 +138,7 @@ fn queued_ids(queue_dir: &Path) -> (BTreeSet<String>, usize) {
         .oldest(100_000)
         .unwrap()
         .iter()
-        .map(|(_, r)| report_id(&r.body))
+        .map(|(_, r)| report_id(&r.report.body))
         .collect();
     (ids, q.corrupt_len())
 }

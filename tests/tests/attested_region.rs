@@ -12,9 +12,11 @@ use callwatch_agent::queue::Queue;
 use callwatch_agent::upload::{upload_queue, UploadTarget};
 use callwatch_collector::export::ExportRecord;
 use callwatch_collector::reflector::identity::load_or_create_attestation;
-use callwatch_collector::store::{Filing, RegionSource, StoredReport};
+use callwatch_collector::store::{PrefixFrom, RegionSource, StoredReport};
 use callwatch_collector::{serve, ServeConfig};
 use callwatch_proto::attest::{Claim, RegionAttestation};
+use callwatch_proto::pathtoken::{self, PathToken};
+use callwatch_proto::upload::QueuedReport;
 use callwatch_proto::{CallReport, ReportId, SignedReport};
 use callwatch_tests::http;
 use ed25519_dalek::SigningKey;
@@ -22,7 +24,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-const TESTED_FROM: [u8; 4] = [127, 0, 0, 2];
+// Another /24 than the upload's, so the path's prefix tag and the upload's differ.
+const TESTED_FROM: [u8; 4] = [127, 0, 1, 2];
 const UPLOADED_FROM: [u8; 4] = [127, 0, 0, 3];
 
 /// The same report under another id, its attestation replaced by `attestation`.
@@ -39,6 +42,25 @@ fn signed_for(key: &SigningKey, id: ReportId, like: &RegionAttestation) -> Regio
         country: *b"RU",
         asn: like.asn,
         hour: like.hour,
+        token_digest: None,
+    };
+    let (key_id, sig) = claim.sign(key);
+    RegionAttestation::from_signed(&claim, &key_id, &sig).unwrap()
+}
+
+/// As [`signed_for`], signing the digest of `token` too.
+fn signed_with_token(
+    key: &SigningKey,
+    id: ReportId,
+    like: &RegionAttestation,
+    token: &PathToken,
+) -> RegionAttestation {
+    let claim = Claim {
+        report_id: id.0,
+        country: *b"RU",
+        asn: like.asn,
+        hour: like.hour,
+        token_digest: Some(pathtoken::digest(token)),
     };
     let (key_id, sig) = claim.sign(key);
     RegionAttestation::from_signed(&claim, &key_id, &sig).unwrap()
@@ -50,7 +72,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     let geo = root.path().join("regions.tsv");
     std::fs::write(
         &geo,
-        "127.0.0.2\t127.0.0.2\t12389\tRU\tROSTELECOM-AS\n\
+        "127.0.1.2\t127.0.1.2\t12389\tRU\tROSTELECOM-AS\n\
          127.0.0.3\t127.0.0.3\t60781\tNL\tLEASEWEB-NL\n",
     )
     .unwrap();
@@ -100,11 +122,55 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         Some(signed_for(&stranger, ReportId([0xa3; 16]), &attestation)),
     );
     let bare = variant(&report, 0xa4, None);
+    // The serving collector's reflector sealed the path's prefix to the collector's key and
+    // signed the token's digest; the token travels beside the report, not in it.
+    let token = report.path_token.expect("the reflector made a path token");
+    assert!(attestation.path_token_digest.is_some());
+    let body = serde_json::to_string(&report).unwrap();
+    assert!(
+        !body.contains(&hex::encode(token)),
+        "the token is never in the signed body"
+    );
+    // Valid attestations (signed by the collector's own reflector key) with a token that is not
+    // the one they signed, and with the signed one that was never sealed to this collector.
+    let swapped = variant(
+        &report,
+        0xa5,
+        Some(signed_with_token(
+            &own,
+            ReportId([0xa5; 16]),
+            &attestation,
+            &[1; 55],
+        )),
+    );
+    let unsealed = variant(
+        &report,
+        0xa6,
+        Some(signed_with_token(
+            &own,
+            ReportId([0xa6; 16]),
+            &attestation,
+            &[2; 55],
+        )),
+    );
 
     let agent = SigningKey::from_bytes(&[1; 32]);
     let queue = Queue::open(&root.path().join("queue")).unwrap();
-    for r in [&report, &forged, &moved, &foreign, &bare] {
-        queue.push(&SignedReport::sign(r, &agent).unwrap()).unwrap();
+    for (r, path_token) in [
+        (&report, Some(token)),
+        (&forged, None),
+        (&moved, None),
+        (&foreign, None),
+        (&bare, None),
+        (&swapped, Some([3; 55])),
+        (&unsealed, Some([2; 55])),
+    ] {
+        queue
+            .push_queued(&QueuedReport {
+                report: SignedReport::sign(r, &agent).unwrap(),
+                path_token,
+            })
+            .unwrap();
     }
     let mut target = UploadTarget::new(collector.quic_addr, {
         let mut p = [0u8; 32];
@@ -116,7 +182,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     target.bind = Some(IpAddr::from(UPLOADED_FROM));
     target.connect_timeout = Duration::from_secs(5);
     let summary = upload_queue(&queue, &target).await.unwrap();
-    assert_eq!(summary.accepted, 5, "{summary:?}");
+    assert_eq!(summary.accepted, 7, "{summary:?}");
 
     let mut filed = BTreeMap::new();
     collector
@@ -131,35 +197,42 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         })
         .unwrap();
     // Attested in Russia, uploaded from a Dutch hosting network: filed under Russia, marked as
-    // uploaded elsewhere, not as a hosting path (the path measured was Rostelecom's).
+    // uploaded elsewhere, not as a hosting path (the path measured was Rostelecom's); counted
+    // under the path's prefix, from its token.
+    let (cc, asn, real) = filed[&report.id.0[0]].clone();
+    assert_eq!((cc.as_str(), asn), ("RU", 12389));
     assert_eq!(
-        filed[&report.id.0[0]],
         (
-            "RU".to_string(),
-            12389,
-            Filing {
-                source: RegionSource::Attested,
-                uploaded_elsewhere: true,
-                hosting: false,
-            }
-        )
+            real.source,
+            real.uploaded_elsewhere,
+            real.hosting,
+            real.prefix_from
+        ),
+        (RegionSource::Attested, true, false, PrefixFrom::Path)
     );
+    let path_tag = real.prefix_tag.clone().expect("a prefix tag");
     // The rest are filed by the upload's address, a hosting network (AS60781, LeaseWeb, is on
-    // the built-in list): marked so.
-    let by_upload = (
-        "NL".to_string(),
-        60781,
-        Filing {
-            source: RegionSource::Upload,
-            uploaded_elsewhere: false,
-            hosting: true,
-        },
-    );
+    // the built-in list): marked so, and counted under the upload's prefix (another /24).
+    let upload_tag = filed[&0xa4].2.prefix_tag.clone().expect("a prefix tag");
+    assert_ne!(path_tag, upload_tag);
+    assert_eq!(path_tag.len(), 16);
     for id in [0xa1, 0xa2, 0xa3, 0xa4] {
+        let (cc, asn, f) = &filed[&id];
+        assert_eq!((cc.as_str(), *asn), ("NL", 60781), "report {id:#x}");
         assert_eq!(
-            filed[&id], by_upload,
+            (f.source, f.uploaded_elsewhere, f.hosting, f.prefix_from),
+            (RegionSource::Upload, false, true, PrefixFrom::Upload),
             "report {id:#x} is filed by its upload address"
         );
+        assert_eq!(f.prefix_tag.as_ref(), Some(&upload_tag));
+    }
+    // Valid attestations whose token is not the signed one, or does not open: the region is
+    // attested, the prefix the upload's.
+    for id in [0xa5, 0xa6] {
+        let (cc, _, f) = &filed[&id];
+        assert_eq!(cc, "RU");
+        assert_eq!(f.prefix_from, PrefixFrom::Upload, "report {id:#x}");
+        assert_eq!(f.prefix_tag.as_ref(), Some(&upload_tag));
     }
 
     // The raw export says how each report was filed.
@@ -167,6 +240,10 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         .await
         .unwrap();
     assert_eq!(status, 200, "{raw}");
+    assert!(
+        !raw.contains("prefix") && !raw.contains(&path_tag) && !raw.contains(&upload_tag),
+        "prefix tags are never exported"
+    );
     let mut exported = BTreeMap::new();
     for line in raw.lines().filter(|l| !l.trim().is_empty()) {
         let rec: ExportRecord = serde_json::from_str(line).unwrap();
@@ -199,7 +276,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
             .unwrap_or_else(|| panic!("no {cc} cell in {cells}"))
             .clone()
     };
-    assert_eq!(cell("RU")["filing"]["uploaded_elsewhere"], 1, "{cells}");
+    assert_eq!(cell("RU")["filing"]["uploaded_elsewhere"], 3, "{cells}");
     assert_eq!(cell("RU")["filing"]["hosting"], 0, "{cells}");
     assert_eq!(cell("NL")["filing"]["uploaded_elsewhere"], 0, "{cells}");
     assert_eq!(cell("NL")["filing"]["hosting"], 4, "{cells}");
@@ -207,12 +284,15 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     let (status, metrics) = http::get(collector.http_addr, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     for line in [
-        "callwatch_attestations_total{result=\"valid\"} 1",
+        "callwatch_attestations_total{result=\"valid\"} 3",
         "callwatch_attestations_total{result=\"bad_signature\"} 1",
         "callwatch_attestations_total{result=\"other_report\"} 1",
         "callwatch_attestations_total{result=\"unknown_key\"} 1",
         "callwatch_attestations_total{result=\"absent\"} 1",
-        "callwatch_uploaded_elsewhere_total 1",
+        "callwatch_uploaded_elsewhere_total 3",
+        "callwatch_path_tokens_total{result=\"valid\"} 1",
+        "callwatch_path_tokens_total{result=\"other_token\"} 1",
+        "callwatch_path_tokens_total{result=\"does_not_open\"} 1",
         "callwatch_reports_hosting_total 4",
     ] {
         assert!(

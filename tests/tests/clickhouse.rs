@@ -11,7 +11,8 @@ use callwatch_agent::upload::{upload_queue, UploadTarget};
 use callwatch_collector::aggregate::FIGURES;
 use callwatch_collector::store::clickhouse::{copy_reports, ClickHouseUrl};
 use callwatch_collector::store::{
-    ClickHouseStore, Filing, RegionSource, ReportKey, ReportStore, SledStore, StoredReport,
+    ClickHouseStore, Filing, PrefixFrom, RegionSource, ReportKey, ReportStore, SledStore,
+    StoredReport,
 };
 use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
 use callwatch_proto::report::StreamKind;
@@ -404,6 +405,8 @@ fn stored_seed(data: &[Seeded]) -> Vec<(ReportKey, StoredReport)> {
                         source: RegionSource::of_code((i % 4) as u8),
                         uploaded_elsewhere: i % 3 == 0,
                         hosting: i % 5 == 1,
+                        prefix_from: PrefixFrom::Upload,
+                        prefix_tag: (i % 2 == 0).then(|| format!("{:016x}", i % 7)),
                     },
                 },
             )

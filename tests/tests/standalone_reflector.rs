@@ -10,8 +10,9 @@ use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_agent::queue::Queue;
 use callwatch_agent::state::AgentState;
 use callwatch_agent::upload::{upload_queue, UploadSummary, UploadTarget};
-use callwatch_collector::store::StoredReport;
+use callwatch_collector::store::{PrefixFrom, StoredReport};
 use callwatch_collector::{serve, Collector, ServeConfig};
+use callwatch_proto::upload::QueuedReport;
 use callwatch_proto::{CallReport, SignedReport};
 use callwatch_tests::http;
 use callwatch_tests::process::start_reflector;
@@ -66,7 +67,10 @@ async fn test_and_upload(
     let queue = Queue::open(queue_dir).unwrap();
     let agent = SigningKey::from_bytes(&[1; 32]);
     queue
-        .push(&SignedReport::sign(&report, &agent).unwrap())
+        .push_queued(&QueuedReport {
+            report: SignedReport::sign(&report, &agent).unwrap(),
+            path_token: report.path_token,
+        })
         .unwrap();
     let mut pin = [0u8; 32];
     hex::decode_to_slice(&collector.pin, &mut pin).unwrap();
@@ -95,6 +99,26 @@ fn filed(collector: &Collector, report: &CallReport) -> (String, u32) {
     found.expect("the report is stored")
 }
 
+/// Where the stored copy of `report` took its prefix tag from.
+fn prefix_from(collector: &Collector, report: &CallReport) -> PrefixFrom {
+    let mut found = None;
+    collector
+        .store
+        .for_each(&mut |s: StoredReport| {
+            let r: CallReport = serde_json::from_slice(&s.signed.body).unwrap();
+            if r.id == report.id {
+                assert!(
+                    s.filing.prefix_tag.is_some(),
+                    "a tag where there is a prefix"
+                );
+                found = Some(s.filing.prefix_from);
+            }
+            Ok(())
+        })
+        .unwrap();
+    found.expect("the report is stored")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
     let root = tempfile::tempdir().unwrap();
@@ -107,7 +131,20 @@ async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
     .unwrap();
     let geo_arg = geo.to_str().unwrap();
     let reflector_data = root.path().join("reflector");
-    let reflector = start_reflector(root.path(), &reflector_data, &["--geo", geo_arg]);
+    // The collector's carry-out key, made before it starts, so the standalone reflector can
+    // seal path tokens to it (`reflect --collector-key`, what an operator copies from
+    // collector.seal.pub).
+    let data = root.path().join("collector");
+    std::fs::create_dir_all(&data).unwrap();
+    let carry = callwatch_collector::carry::load_or_create(&data)
+        .unwrap()
+        .public()
+        .to_string();
+    let reflector = start_reflector(
+        root.path(),
+        &reflector_data,
+        &["--geo", geo_arg, "--collector-key", &carry],
+    );
     // Its keys are its own, owner-only, and published in its data folder.
     assert_eq!(
         std::fs::read_to_string(reflector_data.join("reflector-attest.pub"))
@@ -122,7 +159,6 @@ async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
         reflector.seal_key
     );
 
-    let data = root.path().join("collector");
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut sc = ServeConfig::new(data.clone());
     sc.listen = any;
@@ -163,6 +199,10 @@ async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
         ("RU".into(), 12389),
         "filed where it was tested"
     );
+    // The standalone reflector's path token opened with the collector's key: counted under the
+    // path's prefix, not the upload's.
+    assert!(report.path_token.is_some());
+    assert_eq!(prefix_from(&collector, &report), PrefixFrom::Path);
     // The agent learned the registered reflector with its upload and keeps it in its state.
     let list = summary.reflectors.clone().expect("a reflector list");
     let names: Vec<&str> = list.iter().map(|r| r.name.as_str()).collect();
@@ -191,7 +231,10 @@ async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
     let mut sealer = callwatch_proto::carry::Sealer::new(&collector.carry_key, [3; 32], 1).unwrap();
     let agent = SigningKey::from_bytes(&[1; 32]);
     let line = sealer
-        .line(&SignedReport::sign(&carried, &agent).unwrap())
+        .line(&QueuedReport {
+            report: SignedReport::sign(&carried, &agent).unwrap(),
+            path_token: carried.path_token,
+        })
         .unwrap();
     std::fs::write(&file, format!("{}{line}", sealer.header())).unwrap();
     let summary = callwatch_collector::carry::import(
@@ -200,6 +243,11 @@ async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
         &callwatch_collector::attest::Filer {
             keys: callwatch_collector::attest::AttestKeys::load(&data).unwrap(),
             hosting: Default::default(),
+            paths: Some(std::sync::Arc::new(
+                callwatch_collector::attest::PathTokens::new(
+                    callwatch_collector::carry::load(&data).unwrap(),
+                ),
+            )),
         },
         collector.store.clone(),
         |_, _| {},
@@ -208,6 +256,8 @@ async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
     .unwrap();
     assert_eq!(summary.rejected, 0);
     assert_eq!(filed(&collector, &carried), ("RU".into(), 12389));
+    // Carried out, with its path token beside it: still the path's prefix.
+    assert_eq!(prefix_from(&collector, &carried), PrefixFrom::Path);
 
     // Revoked: the same kind of report is refused as unknown_key and filed by upload address.
     let out = ok(&cli(&[

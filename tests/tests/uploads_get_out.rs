@@ -187,6 +187,7 @@ fn attested_reports(
                     country: *b"RU",
                     asn: 12389,
                     hour: unix_hour(r.started_at),
+                    token_digest: None,
                 };
                 let (id, sig) = claim.sign(reflector);
                 r.attestation = Some(RegionAttestation::from_signed(&claim, &id, &sig).unwrap());
@@ -604,4 +605,99 @@ fn export_without_a_known_key_says_where_to_find_it() {
         err.contains("collector_seal_key") && err.contains("collector.seal.pub"),
         "{err}"
     );
+}
+
+/// A collector of the last release knows no `UploadWithTokens`: it answers `PROTOCOL`, as its
+/// frame decoder does for an unknown request. Played here by a TLS-over-TCP server with a real
+/// collector certificate (the agent pins it) that answers exactly as that release did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn path_tokens_fall_back_to_a_plain_upload_for_a_collector_that_knows_none() {
+    use callwatch_proto::upload::{
+        decode_frame_body, encode_frame, error_code, QueuedReport, ReportStatus, Request, Response,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let root = tempfile::tempdir().unwrap();
+    let identity = callwatch_collector::cert::load_or_create(&root.path().join("old")).unwrap();
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&identity.pin, &mut pin).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut seen = Vec::new();
+        loop {
+            let mut prefix = [0u8; 4];
+            if tls.read_exact(&mut prefix).await.is_err() {
+                return seen;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(prefix) as usize];
+            tls.read_exact(&mut body).await.unwrap();
+            let request: Request = decode_frame_body(&body).unwrap();
+            let answer = match &request {
+                Request::UploadWithTokens { .. } => Response::Error {
+                    code: error_code::PROTOCOL,
+                    reason: "unknown variant".into(),
+                },
+                Request::Upload { reports } => Response::Ack {
+                    statuses: vec![ReportStatus::Accepted; reports.len()],
+                },
+                _ => Response::Error {
+                    code: error_code::PROTOCOL,
+                    reason: "not in this test".into(),
+                },
+            };
+            seen.push(request);
+            tls.write_all(&encode_frame(&answer).unwrap())
+                .await
+                .unwrap();
+        }
+    });
+    let queue = Queue::open(&root.path().join("queue")).unwrap();
+    for (i, report) in signed_reports(2, &[]).into_iter().enumerate() {
+        queue
+            .push_queued(&QueuedReport {
+                report,
+                path_token: (i == 0).then_some([9; 55]),
+            })
+            .unwrap();
+    }
+    let (_hole, quic) = black_hole();
+    let mut target = UploadTarget::new(quic, pin);
+    target.tcp = Some(tcp_addr);
+    target.tcp_first = true;
+    target.server_name = "localhost".into();
+    target.connect_timeout = Duration::from_secs(5);
+    let summary = upload_queue(&queue, &target).await.unwrap();
+    assert_eq!(summary.accepted, 2, "{summary:?}");
+    assert_eq!(queue.len(), 0, "acknowledged, so removed");
+    drop(queue);
+    let seen = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the agent closed its connection")
+        .unwrap();
+    // The tokens were offered once, refused, and the same reports went again without them
+    // (then the agent asked for the reflector list, which this old collector refuses).
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|r| match r {
+            Request::UploadWithTokens { .. } => "with-tokens",
+            Request::Upload { .. } => "upload",
+            Request::Reflectors => "reflectors",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["with-tokens", "upload", "reflectors"]);
+    let (Request::UploadWithTokens { reports: a, tokens }, Request::Upload { reports: b }) =
+        (&seen[0], &seen[1])
+    else {
+        unreachable!("checked above")
+    };
+    assert_eq!(a, b);
+    assert_eq!((tokens[0].len(), tokens[1].len()), (55, 0));
 }

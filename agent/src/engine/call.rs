@@ -38,6 +38,8 @@ use crate::metrics::{stream_report, Codec, StreamRecord};
 use crate::verdict::{judge_call, ArmEvidence, CallEvidence, VerdictConfig};
 use callwatch_proto::attest::{Claim, RegionAttestation};
 use callwatch_proto::framing::{neutral_session_id, Framing};
+use callwatch_proto::pathtoken::{self, PathToken};
+use callwatch_proto::probe::FEATURE_PATH_TOKEN;
 use callwatch_proto::probe::{AttestQuery, CountQuery, Packet};
 use callwatch_proto::profile::profile;
 use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule, SCHEMA_VERSION};
@@ -157,6 +159,8 @@ pub struct CallTest {
     /// The attestation exchange (rule 3), after the count exchange.
     attest: CountExchange,
     attestation: Option<RegionAttestation>,
+    /// The path token that came with the attestation (rule 3), for the report's envelope.
+    path_token: Option<PathToken>,
     /// Whether the platform arm's cores are sealed to the reflector's key.
     sealed: bool,
 }
@@ -242,6 +246,7 @@ impl CallTest {
             count: CountExchange::Pending,
             attest: CountExchange::Pending,
             attestation: None,
+            path_token: None,
             sealed,
         })
     }
@@ -335,9 +340,13 @@ impl CallTest {
                     country: a.country,
                     asn: a.asn,
                     hour: a.hour,
+                    token_digest: a.token.as_ref().map(|t| pathtoken::digest(t)),
                 };
                 // Not checked here (the agent may not know the key): the collector checks it.
+                // The token (sealed to the collector, unreadable here) goes beside the signed
+                // report, never in it.
                 self.attestation = RegionAttestation::from_signed(&claim, &a.key_id, &a.signature);
+                self.path_token = a.token;
                 self.attest = CountExchange::Done;
                 true
             }
@@ -390,6 +399,7 @@ impl CallTest {
             session: control.id(),
             cookie: control.cookie()?,
             report_id,
+            with_token: control.reflector_features() & FEATURE_PATH_TOKEN != 0,
         });
         let datagram = control.frame(now_us, query);
         Some(Transmit { arm, datagram })
@@ -589,6 +599,7 @@ impl CallTest {
                 streams,
                 probes_sealed: self.sealed,
                 attestation: self.attestation,
+                path_token: self.path_token,
             })
         };
         let records = results.into_iter().map(|r| (r.role, r.record)).collect();

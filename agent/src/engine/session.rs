@@ -392,6 +392,11 @@ impl Session {
 
     /// The reflector's cookie, once it accepted the session (the session's secret, with which
     /// its count can be asked for through another session).
+    /// What the reflector's `Accept` said it offers (`Accept::features`; 0 before one).
+    pub fn reflector_features(&self) -> u8 {
+        self.reflector_features
+    }
+
     pub fn cookie(&self) -> Option<Cookie> {
         self.accepted.then_some(self.cookie)
     }

@@ -233,6 +233,7 @@ mod tests {
             probes_sealed: false,
             reflector_loaded: false,
             attestation: None,
+            path_token: None,
         }
         .validate()
     }

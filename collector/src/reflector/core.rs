@@ -38,7 +38,10 @@
 //!    [`Attestation`] of the region of the address the probes came from
 //!    ([`callwatch_proto::attest`]): country, ASN, the unix hour and the report id, never the
 //!    address. At most one a second per session, each also costing the session a token; the
-//!    answer (112 bytes) is shorter than the query (128).
+//!    answer (112 bytes) is shorter than the query (128). Given the collector's key
+//!    ([`Attester::with_collector_key`]), a query that asks for one (192 bytes) also gets a path
+//!    token ([`callwatch_proto::pathtoken`]): the address's /24 or /48 sealed to the collector,
+//!    its digest covered by the signature (168 bytes in all).
 //! 10. A reply carries the reflector's own residence time and load: `reflector_rx_us` is when
 //!     the kernel received the probe (the driver's [`Arrival`]), `reflector_tx_us` when the reply
 //!     was made, and `reflector_drops` how many datagrams the kernel dropped on that socket since
@@ -203,6 +206,8 @@ pub struct Attester {
     lookup: RegionLookup,
     /// Unix time in µs at reflector time 0 (`now_us` is monotonic; the hour is wall time).
     unix_us_at_zero: i64,
+    /// The collector's key path tokens are sealed to; `None`: no tokens.
+    collector: Option<callwatch_proto::carry::CarryKey>,
 }
 
 impl Attester {
@@ -212,7 +217,14 @@ impl Attester {
             key,
             lookup,
             unix_us_at_zero,
+            collector: None,
         }
+    }
+
+    /// Also makes path tokens, sealed to this collector key (its carry-out key).
+    pub fn with_collector_key(mut self, key: callwatch_proto::carry::CarryKey) -> Self {
+        self.collector = Some(key);
+        self
     }
 
     fn hour(&self, now_us: u64) -> u32 {
@@ -540,7 +552,16 @@ impl Reflector {
             size,
             duration_ms,
             reflector_time_us: now_us,
-            features: callwatch_proto::probe::FEATURE_LOAD,
+            features: callwatch_proto::probe::FEATURE_LOAD
+                | if self
+                    .attester
+                    .as_ref()
+                    .is_some_and(|a| a.collector.is_some())
+                {
+                    callwatch_proto::probe::FEATURE_PATH_TOKEN
+                } else {
+                    0
+                },
             seal_key_id: self.seal_key_id,
         })
     }
@@ -708,11 +729,39 @@ impl Reflector {
         } else {
             *b"ZZ"
         };
+        let hour = attester.hour(now_us);
+        let token = match (q.with_token, attester.collector) {
+            (true, Some(collector)) => {
+                // The ephemeral secret: fresh per (address, session, report, moment) — an
+                // attestation of a session is made at most once a second — derived from the
+                // reflector's secret, so the core stays deterministic and draws no randomness.
+                let mut h = <Sha256 as sha2::Digest>::new();
+                use sha2::Digest as _;
+                h.update(b"callwatch path token ephemeral");
+                h.update(self.secret);
+                h.update(src.to_string().as_bytes());
+                h.update(q.session.to_be_bytes());
+                h.update(q.report_id);
+                h.update(now_us.to_be_bytes());
+                let ephemeral: [u8; 32] = h.finalize().into();
+                callwatch_proto::pathtoken::seal(
+                    &collector,
+                    callwatch_proto::pathtoken::NetPrefix::of(src.ip()),
+                    &q.report_id,
+                    hour,
+                    ephemeral,
+                )
+            }
+            _ => None,
+        };
         let claim = Claim {
             report_id: q.report_id,
             country,
             asn,
-            hour: attester.hour(now_us),
+            hour,
+            token_digest: token
+                .as_ref()
+                .map(|t| callwatch_proto::pathtoken::digest(t)),
         };
         let (key_id, signature) = claim.sign(&attester.key);
         self.stats.attestations += 1;
@@ -724,6 +773,7 @@ impl Reflector {
             hour: claim.hour,
             key_id,
             signature,
+            token,
         })
     }
 
@@ -1002,6 +1052,7 @@ mod tests {
             session,
             cookie,
             report_id,
+            with_token: false,
         })
         .encode()
     }
@@ -1034,6 +1085,7 @@ mod tests {
                 country: att.country,
                 asn: att.asn,
                 hour: att.hour,
+                token_digest: None,
             },
             &att.key_id,
             &att.signature,
@@ -1061,6 +1113,85 @@ mod tests {
         assert!(plain
             .handle(T0 + 1_000, src, &attest_query(a.cookie, 7, [3; 16]))
             .is_none());
+    }
+
+    #[test]
+    fn a_path_token_seals_the_probes_prefix_to_the_collector_under_the_signature() {
+        use callwatch_proto::attest::RegionAttestation;
+        use callwatch_proto::carry::CarrySecret;
+        use callwatch_proto::pathtoken::{self, NetPrefix};
+        use callwatch_proto::probe::FEATURE_PATH_TOKEN;
+        use callwatch_proto::ReportId;
+        let collector = CarrySecret::from_bytes([4; 32]);
+        let mut r = Reflector::new([1; 32], Limits::default())
+            .with_attestation(test_attester().with_collector_key(collector.public()));
+        let key = r.attestation_key().unwrap();
+        let src = addr("127.0.0.2:5000");
+        let a = open(&mut r, T0, src, 7);
+        assert_ne!(a.features & FEATURE_PATH_TOKEN, 0, "advertised");
+        r.handle(T0, src, &probe(a.cookie, 7, 0, 172)).unwrap();
+        let q = Packet::AttestQuery(AttestQuery {
+            session: 7,
+            cookie: a.cookie,
+            report_id: [3; 16],
+            with_token: true,
+        })
+        .encode();
+        let out = r.handle(T0 + 1_000, src, &q).unwrap();
+        assert!(out.len() < q.len(), "the answer is shorter than the query");
+        let Packet::Attestation(att) = Packet::decode(&out).unwrap() else {
+            panic!("not an attestation")
+        };
+        let token = att.token.expect("a path token");
+        assert_eq!(
+            pathtoken::open(&collector, &token, &[3; 16], att.hour),
+            Ok(NetPrefix::V4([127, 0, 0]))
+        );
+        // The signature covers the token's digest: with it the attestation verifies, without
+        // it (or with another token's) it does not.
+        let claim = Claim {
+            report_id: att.report_id,
+            country: att.country,
+            asn: att.asn,
+            hour: att.hour,
+            token_digest: Some(pathtoken::digest(&token)),
+        };
+        let started = chrono::DateTime::from_timestamp(i64::from(att.hour) * 3600 + 5, 0).unwrap();
+        let check = |claim: &Claim| {
+            RegionAttestation::from_signed(claim, &att.key_id, &att.signature)
+                .unwrap()
+                .verify(ReportId([3; 16]), started, started, |_| Some(key))
+        };
+        assert_eq!(check(&claim), Ok(()));
+        assert!(check(&Claim {
+            token_digest: None,
+            ..claim
+        })
+        .is_err());
+        assert!(check(&Claim {
+            token_digest: Some([0; 16]),
+            ..claim
+        })
+        .is_err());
+        // The short query still gets the short answer, without a token.
+        let out = r
+            .handle(T0 + 2_000_000, src, &attest_query(a.cookie, 7, [3; 16]))
+            .unwrap();
+        let Packet::Attestation(att) = Packet::decode(&out).unwrap() else {
+            panic!("not an attestation")
+        };
+        assert!(att.token.is_none());
+        // Without the collector's key: not advertised, and a long query is answered without one.
+        let mut plain =
+            Reflector::new([1; 32], Limits::default()).with_attestation(test_attester());
+        let a = open(&mut plain, T0, src, 7);
+        assert_eq!(a.features & FEATURE_PATH_TOKEN, 0);
+        plain.handle(T0, src, &probe(a.cookie, 7, 0, 172)).unwrap();
+        let out = plain.handle(T0 + 1_000, src, &q).unwrap();
+        let Packet::Attestation(att) = Packet::decode(&out).unwrap() else {
+            panic!("not an attestation")
+        };
+        assert!(att.token.is_none());
     }
 
     #[test]

@@ -162,19 +162,24 @@ pub async fn spawn_reflector(
         addrs,
         limits,
         ReflectorSecret::from_bytes(rand::random()),
-        Some((attest, unknown)),
+        Some((attest, unknown, None)),
     )
     .await
 }
 
 /// Binds every address and starts reflecting; sealed platform cores are opened with `seal`
 /// (the collector keeps it in its data folder, so agents' pinned key survives restarts), and
-/// region attestations (core rule 9) are signed with `attest`'s key and region lookup when given.
+/// region attestations (core rule 9) are signed with `attest`'s key and region lookup when given,
+/// with path tokens sealed to its collector key when that is given too.
 pub async fn spawn_reflector_attested(
     addrs: &[SocketAddr],
     limits: Limits,
     seal: ReflectorSecret,
-    attest: Option<(ed25519_dalek::SigningKey, super::RegionLookup)>,
+    attest: Option<(
+        ed25519_dalek::SigningKey,
+        super::RegionLookup,
+        Option<callwatch_proto::carry::CarryKey>,
+    )>,
 ) -> std::io::Result<ReflectorHandle> {
     let secret: [u8; 32] = rand::random();
     let seal_key = seal.public();
@@ -182,11 +187,14 @@ pub async fn spawn_reflector_attested(
     // Reflector time: microseconds on a monotonic clock, started well above zero so that cookie
     // issue times are never at the origin.
     let epoch = Instant::now();
-    if let Some((key, lookup)) = attest {
+    if let Some((key, lookup, collector)) = attest {
         // The wall clock at reflector time 0, for the attestations' hour.
         let unix_us = chrono::Utc::now().timestamp_micros();
-        reflector =
-            reflector.with_attestation(super::Attester::new(key, lookup, unix_us - 1_000_000_000));
+        let mut attester = super::Attester::new(key, lookup, unix_us - 1_000_000_000);
+        if let Some(c) = collector {
+            attester = attester.with_collector_key(c);
+        }
+        reflector = reflector.with_attestation(attester);
     }
     let state = Arc::new(Mutex::new(reflector));
     let stop = Arc::new(AtomicBool::new(false));

@@ -67,7 +67,8 @@
 //! policy, so changing it needs no rebuild.
 
 use super::{
-    Filing, InsertOutcome, RegionSource, ReportKey, ReportStore, StoreError, StoredReport,
+    Filing, InsertOutcome, PrefixFrom, RegionSource, ReportKey, ReportStore, StoreError,
+    StoredReport,
 };
 use crate::aggregate::day_string;
 use crate::aggregate::{
@@ -490,7 +491,7 @@ const COLUMNS: [(&str, &str); 24] = [
 /// Columns added to `reports` after [`COLUMNS`]: (name, type, default for rows stored before
 /// the column existed). The defaults read old rows' signed bodies (see the module
 /// documentation); every insert sets the columns itself.
-const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
     (
         "kind",
         "UInt8",
@@ -505,6 +506,8 @@ const ADDED_COLUMNS: [(&str, &str, &str); 6] = [
     ("region_source", "UInt8", "0"),
     ("uploaded_elsewhere", "UInt8", "0"),
     ("hosting", "UInt8", "0"),
+    ("prefix_from", "UInt8", "0"),
+    ("prefix_tag", "String", "''"),
 ];
 
 /// The figure columns, in [`crate::aggregate::FIGURES`] order.
@@ -564,6 +567,10 @@ struct Row<'a> {
     region_source: u8,
     uploaded_elsewhere: u8,
     hosting: u8,
+    /// 0 none, 1 the path's (a path token), 2 the upload address's.
+    prefix_from: u8,
+    /// The keyed prefix tag, empty when none (never exported).
+    prefix_tag: String,
 }
 
 /// One report as read back.
@@ -581,6 +588,8 @@ struct ReadRow {
     region_source: u8,
     uploaded_elsewhere: u8,
     hosting: u8,
+    prefix_from: u8,
+    prefix_tag: String,
 }
 
 impl ReadRow {
@@ -605,6 +614,12 @@ impl ReadRow {
                 source: RegionSource::of_code(self.region_source),
                 uploaded_elsewhere: self.uploaded_elsewhere != 0,
                 hosting: self.hosting != 0,
+                prefix_from: match self.prefix_from {
+                    1 => PrefixFrom::Path,
+                    2 => PrefixFrom::Upload,
+                    _ => PrefixFrom::None,
+                },
+                prefix_tag: (!self.prefix_tag.is_empty()).then_some(self.prefix_tag),
             },
         })
     }
@@ -836,6 +851,12 @@ impl ClickHouseStore {
             region_source: report.filing.source.code(),
             uploaded_elsewhere: u8::from(report.filing.uploaded_elsewhere),
             hosting: u8::from(report.filing.hosting),
+            prefix_from: match report.filing.prefix_from {
+                PrefixFrom::None => 0,
+                PrefixFrom::Path => 1,
+                PrefixFrom::Upload => 2,
+            },
+            prefix_tag: report.filing.prefix_tag.clone().unwrap_or_default(),
         })
     }
 
@@ -900,7 +921,7 @@ impl ClickHouseStore {
         f: &mut dyn FnMut(StoredReport) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let cols = "agent, id, received_at_ms, arrival, country, asn, body, signature, key, \
-                    region_source, uploaded_elsewhere, hosting";
+                    region_source, uploaded_elsewhere, hosting, prefix_from, prefix_tag";
         let mut after: Option<String> = None;
         loop {
             let mut cond = where_.to_string();

@@ -135,7 +135,7 @@ impl RegionSource {
 /// How a report was filed: decided at ingest, kept with it, counted in the aggregates and
 /// exported, so researchers can see and exclude what they need to (docs/DEPLOYMENT.md, "Where a
 /// report is filed"). All false / unrecorded for reports stored before it existed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Filing {
     pub source: RegionSource,
@@ -145,6 +145,26 @@ pub struct Filing {
     /// The network it is filed under is a hosting, cloud or VPN provider's
     /// ([`crate::geo::hosting`]): the test measured such a path, not a subscriber's line.
     pub hosting: bool,
+    /// Where `prefix_tag` came from.
+    pub prefix_from: PrefixFrom,
+    /// The network prefix (IPv4 /24, IPv6 /48) the report counts under for Sybil accounting,
+    /// as a keyed tag whose key lived one day in memory ([`crate::attest::PathTokens`]):
+    /// 16 hex digits, never exported, never the prefix itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix_tag: Option<String>,
+}
+
+/// Where a report's prefix tag came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrefixFrom {
+    /// No tag: stored before tags, or carried out without a path token.
+    #[default]
+    None,
+    /// The measured path's prefix, from the reflector's path token.
+    Path,
+    /// The upload address's prefix (no valid path token).
+    Upload,
 }
 
 /// A report's identity for deduplication: the agent's key and the id it chose.
@@ -244,6 +264,7 @@ mod tests {
             source: RegionSource::Attested,
             uploaded_elsewhere: true,
             hosting: true,
+            ..Filing::default()
         });
         let bytes = marked.to_bytes().unwrap();
         assert_eq!(StoredReport::from_bytes(&bytes).unwrap(), marked);
