@@ -14,10 +14,12 @@
 //! Each of country and ASN comes from the first source, in the order given, that knows it.
 //! Unknown addresses map to country `ZZ`, AS0. IPv4-mapped IPv6 addresses are looked up as IPv4.
 //!
-//! [`mmdb_writer`] writes small MaxMind DB files for tests.
+//! `mmdb_writer` (feature `test-util`, and the crate's own tests) writes small MaxMind DB files
+//! for test fixtures; production builds do not contain it.
 
 pub mod hosting;
 mod mmdb;
+#[cfg(any(test, feature = "test-util"))]
 pub mod mmdb_writer;
 
 use serde::{Deserialize, Serialize};
