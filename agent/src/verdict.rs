@@ -140,23 +140,9 @@ impl Default for VerdictConfig {
 // Statistics
 // ---------------------------------------------------------------------------------------------
 
-fn median(v: &[f64]) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        v[m - 1] / 2.0 + v[m] / 2.0
-    })
-}
-
-fn mean(v: &[f64]) -> Option<f64> {
-    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-}
+// The agent's one percentile definition (metrics::stats): the verdict's medians are the
+// report's.
+use crate::metrics::stats::{mean, median};
 
 // ---------------------------------------------------------------------------------------------
 // Windows and series

@@ -35,7 +35,7 @@ mod playout;
 mod proptests;
 mod reorder;
 mod stalls;
-mod stats;
+pub(crate) mod stats;
 mod timer;
 mod transit;
 

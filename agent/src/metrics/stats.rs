@@ -8,13 +8,13 @@
 use callwatch_proto::report::{Quantiles, Stats};
 
 /// Sorts a sample (total order, so a stray NaN cannot panic the sort).
-pub(super) fn sorted(mut values: Vec<f64>) -> Vec<f64> {
+pub(crate) fn sorted(mut values: Vec<f64>) -> Vec<f64> {
     values.sort_by(f64::total_cmp);
     values
 }
 
 /// The `q`-quantile (0..=1) of an already sorted sample; `None` for an empty one.
-pub(super) fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+pub(crate) fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     let last = sorted.len().checked_sub(1)?;
     let h = q.clamp(0.0, 1.0) * last as f64;
     let lo = (h.floor() as usize).min(last);
@@ -24,8 +24,13 @@ pub(super) fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
     Some(a + (h - lo as f64) * (b - a))
 }
 
+/// The median (type 7: the mean of the middle two of an even sample); `None` for an empty one.
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
+    quantile(&sorted(values.to_vec()), 0.5)
+}
+
 /// Arithmetic mean; `None` for an empty sample.
-pub(super) fn mean(values: &[f64]) -> Option<f64> {
+pub(crate) fn mean(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
