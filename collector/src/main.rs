@@ -65,6 +65,11 @@ enum Command {
         /// Count one agent's reports at most N times per cell and day.
         #[arg(long = "max-per-agent-day", default_value_t = 24, value_name = "N")]
         max_per_agent_day: usize,
+        /// How the reflector receives and sends: `batched` (recvmmsg/sendmmsg) or `single`
+        /// (one recvmsg/sendto per datagram). For measuring one against the other
+        /// (callwatch-reflector-load); hidden, the default is the one to run.
+        #[arg(long = "reflector-driver", value_name = "DRIVER", hide = true)]
+        reflector_driver: Option<callwatch_collector::reflector::Driver>,
         #[command(flatten)]
         store: callwatch_collector::store::config::StoreArgs,
     },
@@ -279,9 +284,11 @@ async fn run(cli: Cli) -> Result<()> {
             geo,
             min_agents,
             max_per_agent_day,
+            reflector_driver,
             store,
         } => {
             let mut cfg = ServeConfig::new(data);
+            cfg.reflector_driver = reflector_driver.unwrap_or_default();
             cfg.policy.min_agents = min_agents;
             cfg.policy.max_per_agent_per_day = max_per_agent_day;
             cfg.listen = listen;
