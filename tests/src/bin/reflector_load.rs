@@ -106,10 +106,11 @@ impl Row {
     }
 
     /// Packets the server received per second of its CPU: comparable even when the load
-    /// generator could not offer the same rate to both servers.
+    /// generator could not offer the same rate to both servers. `None` without the server's
+    /// count (no CloseAck came back in time).
     fn per_cpu_s(&self) -> Option<f64> {
         let cpu_s = self.server_cpu_pct / 100.0 * self.window_s;
-        (cpu_s > 0.0).then(|| self.server_received as f64 / cpu_s)
+        (cpu_s > 0.0 && self.server_received > 0).then(|| self.server_received as f64 / cpu_s)
     }
 
     /// An RTT quantile in ms (the RTTs sorted first).
@@ -615,13 +616,20 @@ fn print_row(r: &mut Row) {
             .unwrap_or_else(|| "-".into())
     };
     let (p50, p99) = (q(0.5), q(0.99));
-    let up = r.sent.saturating_sub(r.server_received);
-    let down = r.server_received.saturating_sub(r.received);
+    // Without the server's count (no CloseAck in time) the loss cannot be split.
+    let (up, down) = if r.server_received == 0 && r.received > 0 {
+        ("?".to_string(), "?".to_string())
+    } else {
+        (
+            r.sent.saturating_sub(r.server_received).to_string(),
+            r.server_received.saturating_sub(r.received).to_string(),
+        )
+    };
     let per_cpu_s = r
         .per_cpu_s()
         .map_or_else(|| "-".into(), |v| format!("{:.0}k", v / 1000.0));
     println!(
-        "| {:9} | {:8} | {:8} | {:8} | {:7.3} | {:5}/{:<5} | {:6.1} | {:>7} | {:6.1} | {:6.1} | {:>7} / {:>7} | {}",
+        "| {:9} | {:8} | {:8} | {:8} | {:7.3} | {:>5}/{:<5} | {:6.1} | {:>7} | {:6.1} | {:6.1} | {:>7} / {:>7} | {}",
         r.server,
         r.sessions,
         r.sent,
