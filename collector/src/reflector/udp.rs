@@ -26,8 +26,9 @@ pub enum Driver {
     Single,
     /// Up to [`BATCH`] datagrams per `recvmmsg`, which returns as soon as one is there (it never
     /// waits to fill a batch), and the replies of one batch in one `sendmmsg`. Linux only;
-    /// elsewhere it is [`Driver::Single`]. The default: on an overloaded core it drains a
-    /// backlog with fewer system calls, so it loses less (RELIABILITY.md, "Reflector").
+    /// elsewhere it is [`Driver::Single`]. The default: it costs the same while datagrams come
+    /// one at a time and ~11 % less CPU per datagram once they queue (RELIABILITY.md,
+    /// "Reflector: concurrent 50 packets/s sessions").
     #[default]
     Batched,
 }
@@ -994,6 +995,109 @@ mod tests {
             early.len() <= 2,
             "receive times before their send: {early:?}"
         );
+    }
+
+    /// CPU the driver's thread spends per datagram on a backlog: `sessions` × `per` probes
+    /// queued before its thread starts, the thread's on-CPU time (schedstat) once every reply
+    /// is back. Counts only the reflector thread's own CPU, so it holds on a busy host.
+    #[cfg(target_os = "linux")]
+    fn backlog_cpu_ns_per_datagram(driver: Driver, sessions: u64, per: u32) -> f64 {
+        use callwatch_proto::probe::{Open, Packet, Probe};
+        let socket = Arc::new(reflector_socket());
+        let to = socket.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(Reflector::new(
+            rand::random(),
+            Limits::default(),
+        )));
+        let epoch = Instant::now();
+        let mut agents = Vec::new();
+        for s in 0..sessions {
+            let agent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            agent.connect(to).unwrap();
+            agent
+                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .unwrap();
+            let open = Packet::Open(Open {
+                session: 1000 + s,
+                interval_ms: 20,
+                size: 172,
+                duration_ms: 10_000,
+            });
+            let from = agent.local_addr().unwrap();
+            let accept = lock(&state)
+                .handle(clock_us(epoch), from, &open.encode())
+                .unwrap();
+            let Ok(Packet::Accept(accept)) = Packet::decode(&accept) else {
+                panic!("no Accept");
+            };
+            agents.push((agent, accept.cookie, 1000 + s));
+        }
+        for seq in 0..per {
+            for (agent, cookie, id) in &agents {
+                let probe = Packet::Probe(Probe {
+                    session: *id,
+                    cookie: *cookie,
+                    seq,
+                    sent_us: 1,
+                    len: 172,
+                });
+                agent.send(&probe.encode()).unwrap();
+            }
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (socket, state, stop) = (socket.clone(), state.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("reflector-bench".into())
+                .spawn(move || match driver {
+                    Driver::Single => serve_single(&socket, &state, &stop, epoch),
+                    Driver::Batched => serve_batched(&socket, &state, &stop, epoch),
+                })
+                .unwrap()
+        };
+        let mut buf = [0u8; 2048];
+        for (agent, _, _) in &agents {
+            for _ in 0..per {
+                agent.recv(&mut buf).expect("a reply to every probe");
+            }
+        }
+        // The thread's time on a CPU so far, in ns (the first field of its schedstat).
+        let mut on_cpu = None;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim() == "reflector-bench" {
+                let stat = std::fs::read_to_string(path.join("schedstat")).unwrap();
+                on_cpu = stat
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok());
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        wake(&socket);
+        thread.join().unwrap();
+        on_cpu.expect("the thread's schedstat") as f64 / (sessions * u64::from(per)) as f64
+    }
+
+    /// `cargo test --release -p callwatch-collector --lib backlog_cost -- --ignored --nocapture`
+    #[cfg(target_os = "linux")]
+    #[test]
+    #[ignore = "a benchmark, run by hand (see RELIABILITY.md)"]
+    fn backlog_cost_batched_against_single() {
+        let (mut single, mut batched) = (Vec::new(), Vec::new());
+        for _ in 0..7 {
+            single.push(backlog_cpu_ns_per_datagram(Driver::Single, 150, 20));
+            batched.push(backlog_cpu_ns_per_datagram(Driver::Batched, 150, 20));
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (s, b) = (median(&mut single), median(&mut batched));
+        println!("single {single:.0?} ns/datagram, median {s:.0}");
+        println!("batched {batched:.0?} ns/datagram, median {b:.0}");
+        println!("batched / single: {:.2}", b / s);
     }
 
     #[test]
