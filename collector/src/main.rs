@@ -71,6 +71,11 @@ enum Command {
         /// out, `#` comments).
         #[arg(long = "hosting-asns", value_name = "FILE")]
         hosting_asns: Option<PathBuf>,
+        /// How the reflector receives and sends: `batched` (recvmmsg/sendmmsg) or `single`
+        /// (one recvmsg/sendto per datagram). For measuring one against the other
+        /// (callwatch-reflector-load); hidden, the default is the one to run.
+        #[arg(long = "reflector-driver", value_name = "DRIVER", hide = true)]
+        reflector_driver: Option<callwatch_collector::reflector::Driver>,
         #[command(flatten)]
         store: callwatch_collector::store::config::StoreArgs,
     },
@@ -308,10 +313,12 @@ async fn run(cli: Cli) -> Result<()> {
             min_agents,
             max_per_agent_day,
             hosting_asns,
+            reflector_driver,
             store,
         } => {
             let mut cfg = ServeConfig::new(data);
             cfg.hosting = hosting_list(hosting_asns.as_deref())?;
+            cfg.reflector_driver = reflector_driver.unwrap_or_default();
             cfg.policy.min_agents = min_agents;
             cfg.policy.max_per_agent_per_day = max_per_agent_day;
             cfg.listen = listen;

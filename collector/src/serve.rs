@@ -5,7 +5,7 @@ use crate::cert;
 use crate::geo::Geo;
 use crate::http::{router, AppState};
 use crate::ingest::{spawn_ingest, Ingest, IngestConfig};
-use crate::reflector::{spawn_reflector_attested, Limits, ReflectorHandle};
+use crate::reflector::{spawn_reflector_with, Driver, Limits, ReflectorHandle};
 use crate::store::{ReportStore, SledStore};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
@@ -31,6 +31,8 @@ pub struct ServeConfig {
     /// More region sources, looked up in order after `geo` for what it does not know.
     pub geo_files: Vec<PathBuf>,
     pub reflector_limits: Limits,
+    /// How the reflector's threads receive and send (the default unless measuring).
+    pub reflector_driver: Driver,
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
     /// Upload rate limits per source address and per agent key.
@@ -53,6 +55,7 @@ impl ServeConfig {
             geo: None,
             geo_files: Vec::new(),
             reflector_limits: Limits::default(),
+            reflector_driver: Driver::default(),
             max_connections: 1024,
             max_connections_per_ip: 16,
             rate_limits: crate::ingest::RateLimits::default(),
@@ -107,6 +110,7 @@ pub async fn start_reflector(
     data: &Path,
     addrs: &[SocketAddr],
     limits: Limits,
+    driver: Driver,
     geo: Arc<Geo>,
     collector: Option<callwatch_proto::carry::CarryKey>,
 ) -> Result<(ReflectorHandle, ed25519_dalek::VerifyingKey)> {
@@ -118,10 +122,15 @@ pub async fn start_reflector(
         let country = <[u8; 2]>::try_from(region.country.as_bytes()).unwrap_or(*b"ZZ");
         (country, region.asn)
     });
-    let reflector =
-        spawn_reflector_attested(addrs, limits, seal, Some((attest_key, lookup, collector)))
-            .await
-            .with_context(|| format!("binding reflector on {addrs:?}"))?;
+    let reflector = spawn_reflector_with(
+        addrs,
+        limits,
+        seal,
+        Some((attest_key, lookup, collector)),
+        driver,
+    )
+    .await
+    .with_context(|| format!("binding reflector on {addrs:?}"))?;
     Ok((reflector, attest_pub))
 }
 
@@ -156,6 +165,7 @@ pub async fn reflect(cfg: ReflectConfig) -> Result<StandaloneReflector> {
         &cfg.data_dir,
         &cfg.reflectors,
         cfg.limits,
+        Driver::default(),
         geo,
         cfg.collector_key,
     )
@@ -179,6 +189,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         &cfg.data_dir,
         &cfg.reflectors,
         cfg.reflector_limits,
+        cfg.reflector_driver,
         geo.clone(),
         Some(carry.public()),
     )

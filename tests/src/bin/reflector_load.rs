@@ -16,12 +16,16 @@
 //!   a file; their `packets_sent`, `server_packets_received`, `packets_received` and per-packet
 //!   RTTs are summed.
 //!
+//! With the hidden `--driver batched,single` each of the reflector's drivers runs in a collector
+//! of its own (both pinned to the server core), one after the other at every session count, and
+//! a last table gives each driver's figures as ratios to the first's.
+//!
 //! Server CPU is the server process's utime+stime (/proc/PID/stat) over the load window;
 //! generator CPU is this process's own (callwatch) or its reaped children's (irtt clients,
 //! handshakes and process start-up included), over the same window.
 
 use anyhow::{bail, Context, Result};
-use callwatch_collector::reflector::Limits;
+use callwatch_collector::reflector::{Driver, Limits};
 use callwatch_proto::framing::neutral_session_id;
 use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe};
 use callwatch_tests::process::{start_collector, RunningCollector};
@@ -62,6 +66,11 @@ struct Cli {
     /// Skip the irtt runs.
     #[arg(long)]
     no_irtt: bool,
+    /// The reflector's drivers to run, comma separated (`batched`, `single`): one collector
+    /// each, all pinned to the server core, run one after another at every session count, and
+    /// compared as ratios to the first. Default: the collector's default driver only.
+    #[arg(long = "driver", value_delimiter = ',', hide = true)]
+    drivers: Vec<Driver>,
 }
 
 /// Kills (SIGKILL) and reaps its child processes when dropped: on return, error or panic.
@@ -78,7 +87,7 @@ impl Drop for Children {
 }
 
 struct Row {
-    server: &'static str,
+    server: String,
     sessions: usize,
     sent: u64,
     /// What the server said it received (CloseAck / irtt's server_packets_received).
@@ -94,6 +103,20 @@ struct Row {
 impl Row {
     fn loss_pct(&self) -> f64 {
         pct(self.sent.saturating_sub(self.received), self.sent)
+    }
+
+    /// Packets the server received per second of its CPU: comparable even when the load
+    /// generator could not offer the same rate to both servers. `None` without the server's
+    /// count (no CloseAck came back in time).
+    fn per_cpu_s(&self) -> Option<f64> {
+        let cpu_s = self.server_cpu_pct / 100.0 * self.window_s;
+        (cpu_s > 0.0 && self.server_received > 0).then(|| self.server_received as f64 / cpu_s)
+    }
+
+    /// An RTT quantile in ms (the RTTs sorted first).
+    fn rtt_ms(&mut self, q: f64) -> Option<f64> {
+        self.rtt_us.sort_unstable();
+        quantile_ms(&self.rtt_us, q)
     }
 }
 
@@ -316,7 +339,9 @@ async fn wait_for_empty_table(http: SocketAddr) -> Result<()> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn callwatch_run(
+    label: String,
     collector_pid: u32,
     reflector: SocketAddr,
     http: SocketAddr,
@@ -429,7 +454,7 @@ async fn callwatch_run(
         note.push_str(&format!("{} sessions without CloseAck; ", n - acked));
     }
     Ok(Row {
-        server: "callwatch",
+        server: label,
         sessions: n,
         sent,
         server_received,
@@ -569,7 +594,7 @@ fn irtt_run(
         note.push_str(&format!("{failed} clients failed; "));
     }
     Ok(Row {
-        server: "irtt",
+        server: "irtt".into(),
         sessions: n,
         sent,
         server_received,
@@ -585,24 +610,26 @@ fn irtt_run(
 // ---------------------------------------------------------------------------------------------
 
 fn print_row(r: &mut Row) {
-    r.rtt_us.sort_unstable();
-    let q = |x: f64| {
-        quantile_ms(&r.rtt_us, x)
+    let mut q = |x: f64| {
+        r.rtt_ms(x)
             .map(|v| format!("{v:.3}"))
             .unwrap_or_else(|| "-".into())
     };
-    let up = r.sent.saturating_sub(r.server_received);
-    let down = r.server_received.saturating_sub(r.received);
-    // Packets the server received per second of its CPU: comparable even when the load
-    // generator could not offer the same rate to both servers.
-    let cpu_s = r.server_cpu_pct / 100.0 * r.window_s;
-    let per_cpu_s = if cpu_s > 0.0 {
-        format!("{:.0}k", r.server_received as f64 / cpu_s / 1000.0)
+    let (p50, p99) = (q(0.5), q(0.99));
+    // Without the server's count (no CloseAck in time) the loss cannot be split.
+    let (up, down) = if r.server_received == 0 && r.received > 0 {
+        ("?".to_string(), "?".to_string())
     } else {
-        "-".into()
+        (
+            r.sent.saturating_sub(r.server_received).to_string(),
+            r.server_received.saturating_sub(r.received).to_string(),
+        )
     };
+    let per_cpu_s = r
+        .per_cpu_s()
+        .map_or_else(|| "-".into(), |v| format!("{:.0}k", v / 1000.0));
     println!(
-        "| {:9} | {:8} | {:8} | {:8} | {:7.3} | {:5}/{:<5} | {:6.1} | {:>7} | {:6.1} | {:6.1} | {:>7} / {:>7} | {}",
+        "| {:9} | {:8} | {:8} | {:8} | {:7.3} | {:>5}/{:<5} | {:6.1} | {:>7} | {:6.1} | {:6.1} | {:>7} / {:>7} | {}",
         r.server,
         r.sessions,
         r.sent,
@@ -614,8 +641,8 @@ fn print_row(r: &mut Row) {
         per_cpu_s,
         r.gen_cpu_pct,
         r.window_s,
-        q(0.5),
-        q(0.99),
+        p50,
+        p99,
         r.note.trim_end_matches("; ")
     );
 }
@@ -628,19 +655,39 @@ fn main() -> Result<()> {
     let tck = clock_ticks_per_sec();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let tmp = tempfile::tempdir()?;
-    let (logs, data) = (tmp.path().join("logs"), tmp.path().join("data"));
-    std::fs::create_dir_all(&logs)?;
-    std::fs::create_dir_all(&data)?;
     let mut children = Children::default();
-    let RunningCollector {
-        child,
-        reflector,
-        http,
-        ..
-    } = start_collector(&logs, &data, &[]);
-    let collector_pid = child.id();
-    children.0.push(child);
-    taskset_all(SERVER_CPU, collector_pid)?;
+    // One collector per driver, each with its own data folder, all on the server core.
+    let drivers = if cli.drivers.is_empty() {
+        vec![None]
+    } else {
+        cli.drivers.iter().copied().map(Some).collect()
+    };
+    let mut collectors = Vec::new();
+    for driver in drivers {
+        let name = driver.map_or_else(|| "callwatch".to_string(), |d| format!("callwatch-{d}"));
+        let (logs, data) = (
+            tmp.path().join(&name).join("logs"),
+            tmp.path().join(&name).join("data"),
+        );
+        std::fs::create_dir_all(&logs)?;
+        std::fs::create_dir_all(&data)?;
+        let flag = driver.map(|d| d.to_string());
+        let extra: Vec<&str> = flag
+            .as_deref()
+            .map(|d| vec!["--reflector-driver", d])
+            .unwrap_or_default();
+        let RunningCollector {
+            child,
+            reflector,
+            http,
+            ..
+        } = start_collector(&logs, &data, &extra);
+        let pid = child.id();
+        children.0.push(child);
+        taskset_all(SERVER_CPU, pid)?;
+        collectors.push((name, pid, reflector, http));
+    }
+    let labels: Vec<String> = collectors.iter().map(|c| c.0.clone()).collect();
     let irtt = if cli.no_irtt {
         None
     } else {
@@ -686,18 +733,21 @@ fn main() -> Result<()> {
         .build()?;
     let mut rows = Vec::new();
     for &n in &cli.sessions {
-        let mut row = rt.block_on(callwatch_run(
-            collector_pid,
-            reflector,
-            http,
-            n,
-            cli.secs,
-            tck,
-        ))?;
-        print_row(&mut row);
-        rows.push(row);
-        // Let sockets and the previous run's traffic settle.
-        std::thread::sleep(Duration::from_secs(1));
+        for (name, pid, reflector, http) in &collectors {
+            let mut row = rt.block_on(callwatch_run(
+                name.clone(),
+                *pid,
+                *reflector,
+                *http,
+                n,
+                cli.secs,
+                tck,
+            ))?;
+            print_row(&mut row);
+            rows.push(row);
+            // Let sockets and the previous run's traffic settle.
+            std::thread::sleep(Duration::from_secs(1));
+        }
         if let Some((addr, pid)) = irtt {
             let mut row = irtt_run(addr, pid, tmp.path(), n, cli.secs, tck)?;
             print_row(&mut row);
@@ -705,8 +755,9 @@ fn main() -> Result<()> {
             std::thread::sleep(Duration::from_secs(1));
         }
     }
+    print_ratios(&mut rows, &labels);
     println!();
-    for server in ["callwatch", "irtt"] {
+    for server in labels.iter().map(String::as_str).chain(["irtt"]) {
         let best = rows
             .iter()
             .filter(|r| r.server == server && r.loss_pct() < 0.1)
@@ -730,4 +781,54 @@ fn main() -> Result<()> {
     );
     drop(children);
     Ok(())
+}
+
+/// Each driver's row against the first driver's at the same session count, as ratios
+/// (other / first): received per server CPU-second, loss, RTT p50 and p99.
+fn print_ratios(rows: &mut [Row], labels: &[String]) {
+    let Some((first, others)) = labels.split_first() else {
+        return;
+    };
+    if others.is_empty() {
+        return;
+    }
+    println!();
+    println!("| sessions | drivers | received per CPU-s | loss % | RTT p50 | RTT p99 |");
+    println!("|---|---|---|---|---|---|");
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".into(),
+    };
+    let counts: Vec<usize> = rows.iter().map(|r| r.sessions).collect();
+    let mut seen = Vec::new();
+    for n in counts {
+        if seen.contains(&n) {
+            continue;
+        }
+        seen.push(n);
+        let Some(base) = rows
+            .iter()
+            .position(|r| r.sessions == n && r.server == *first)
+        else {
+            continue;
+        };
+        let (b_cpu, b_loss) = (rows[base].per_cpu_s(), rows[base].loss_pct());
+        let (b50, b99) = (rows[base].rtt_ms(0.5), rows[base].rtt_ms(0.99));
+        for other in others {
+            let Some(o) = rows
+                .iter_mut()
+                .find(|r| r.sessions == n && r.server == *other)
+            else {
+                continue;
+            };
+            println!(
+                "| {n} | {other} / {first} | {} | {:.3} / {:.3} | {} | {} |",
+                ratio(o.per_cpu_s(), b_cpu),
+                o.loss_pct(),
+                b_loss,
+                ratio(o.rtt_ms(0.5), b50),
+                ratio(o.rtt_ms(0.99), b99),
+            );
+        }
+    }
 }
