@@ -10,7 +10,7 @@
 //! store.
 
 use crate::geo::{Geo, Region};
-use crate::store::{Filing, InsertOutcome, ReportKey, ReportStore, StoredReport};
+use crate::store::{Filing, InsertOutcome, ReportKey, ReportStore, StoredReport, VerifiedReport};
 use anyhow::{Context, Result};
 use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
@@ -777,7 +777,8 @@ pub async fn process_batch_attested(
                 let (filed, filing) =
                     filer.file(&report, path_token.as_ref(), &arrival, now, &stats.attest);
                 marks.push((report.reflector_loaded, filing.clone()));
-                to_store.push((
+                // Parsed once, here: the store takes the parse and its observations.
+                to_store.push(VerifiedReport::new(
                     key,
                     StoredReport {
                         signed,
@@ -785,6 +786,7 @@ pub async fn process_batch_attested(
                         received_at_ms,
                         filing,
                     },
+                    report,
                 ));
             }
         }
@@ -792,8 +794,8 @@ pub async fn process_batch_attested(
     // Per-key limit: a key with no room left defers the whole batch (nothing stored, the agent
     // retries later). Only newly stored reports are charged, so replaying someone's reports
     // (duplicates) cannot use up their allowance.
-    for (key, _) in &to_store {
-        if let Err(reason) = limiter.key_has_room(&key.agent) {
+    for v in &to_store {
+        if let Err(reason) = limiter.key_has_room(&v.key.agent) {
             stats.reject("rate_limited_key");
             return Response::Error {
                 code: error_code::BUSY,
@@ -801,7 +803,7 @@ pub async fn process_batch_attested(
             };
         }
     }
-    let keys: Vec<[u8; 32]> = to_store.iter().map(|(k, _)| k.agent).collect();
+    let keys: Vec<[u8; 32]> = to_store.iter().map(|v| v.key.agent).collect();
     if !to_store.is_empty() {
         let outcomes =
             match tokio::task::spawn_blocking(move || store.insert_batch(&to_store)).await {

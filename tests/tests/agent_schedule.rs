@@ -5,9 +5,7 @@
 //! Every wait polls a state file or the collector's store against a deadline.
 
 use callwatch_collector::reflector::{spawn_reflector, Limits, ReflectorHandle};
-use callwatch_collector::store::{
-    InsertOutcome, ReportKey, ReportStore, SledStore, StoreError, StoredReport,
-};
+use callwatch_collector::store::{InsertOutcome, ReportStore, SledStore, StoreError, StoredReport};
 use callwatch_collector::{serve, serve_with_store};
 use callwatch_proto::CallReport;
 use callwatch_tests::open_collector_config;
@@ -271,7 +269,7 @@ struct AckHoldingStore {
 impl ReportStore for AckHoldingStore {
     fn insert_batch(
         &self,
-        batch: &[(ReportKey, StoredReport)],
+        batch: &[callwatch_collector::store::VerifiedReport],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let result = self.inner.insert_batch(batch);
         let n = {

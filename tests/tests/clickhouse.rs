@@ -12,7 +12,7 @@ use callwatch_collector::aggregate::FIGURES;
 use callwatch_collector::store::clickhouse::{copy_reports, ClickHouseUrl};
 use callwatch_collector::store::{
     ClickHouseStore, Filing, PrefixFrom, RegionSource, ReportKey, ReportStore, SledStore,
-    StoredReport,
+    StoredReport, VerifiedReport,
 };
 use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
 use callwatch_proto::report::StreamKind;
@@ -382,12 +382,12 @@ async fn clickhouse_outage_during_ingest_loses_nothing() {
 }
 
 /// The seed as stored reports, with arrival times in upload order.
-fn stored_seed(data: &[Seeded]) -> Vec<(ReportKey, StoredReport)> {
+fn stored_seed(data: &[Seeded]) -> Vec<VerifiedReport> {
     data.iter()
         .enumerate()
         .map(|(i, (sender, key, signed, report))| {
             let (_, cc, asn) = REGIONS[*sender];
-            (
+            VerifiedReport::new(
                 ReportKey {
                     agent: key.verifying_key().to_bytes(),
                     id: report.id,
@@ -409,6 +409,7 @@ fn stored_seed(data: &[Seeded]) -> Vec<(ReportKey, StoredReport)> {
                         prefix_tag: (i % 2 == 0).then(|| format!("{:016x}", i % 7)),
                     },
                 },
+                report.clone(),
             )
         })
         .collect()

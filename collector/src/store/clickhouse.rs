@@ -67,17 +67,17 @@
 //! policy, so changing it needs no rebuild.
 
 use super::{
-    Filing, InsertOutcome, PrefixFrom, RegionSource, ReportKey, ReportStore, StoreError,
-    StoredReport,
+    Filing, InsertOutcome, PrefixFrom, RegionSource, ReportStore, StoreError, StoredReport,
+    VerifiedReport,
 };
 use crate::aggregate::day_string;
 use crate::aggregate::{
-    kind_byte, kind_of_byte, Axis, Cell, Figure, FilingCounts, Filter, GroupKey, Observation,
-    Policy, VerdictCounts, BLOCKED_RULES, FIGURE_COUNT, NO_REFERENCE_RULES,
+    kind_byte, kind_of_byte, Axis, Cell, Figure, FilingCounts, Filter, GroupKey, Policy,
+    VerdictCounts, BLOCKED_RULES, FIGURE_COUNT, NO_REFERENCE_RULES,
 };
 use crate::geo::Region;
 use callwatch_proto::report::{StreamKind, VerdictRule};
-use callwatch_proto::{CallReport, Platform, Role, SignedReport, Verdict};
+use callwatch_proto::{Platform, Role, SignedReport, Verdict};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -799,20 +799,17 @@ impl ClickHouseStore {
         Ok(())
     }
 
-    fn row<'a>(
-        key: &ReportKey,
-        report: &'a StoredReport,
-        arrival: u64,
-    ) -> Result<Row<'a>, StoreError> {
+    /// The row of a verified report: its parse and observations as ingest made them (the body
+    /// is not parsed again).
+    fn row(v: &VerifiedReport, arrival: u64) -> Result<Row<'_>, StoreError> {
+        let (key, report, body, obs) = (&v.key, &v.stored, &v.report, &v.observations);
         let corrupt = |what: String| StoreError::Corrupt {
             key: hex::encode(key.to_bytes()),
             what,
         };
+        // Verified bodies are JSON, so UTF-8; the check costs a scan, not a parse.
         let body_text = std::str::from_utf8(&report.signed.body)
             .map_err(|e| corrupt(format!("body is not UTF-8: {e}")))?;
-        let body: CallReport = serde_json::from_str(body_text)
-            .map_err(|e| corrupt(format!("body does not parse: {e}")))?;
-        let obs = Observation::from_report(report, &body);
         let started_at_ms = body.started_at.timestamp_millis();
         let hour = started_at_ms.div_euclid(HOUR_MS);
         let figure = |i: usize| obs.iter().map(|o| o.figures[i]).collect::<Vec<_>>();
@@ -1170,46 +1167,24 @@ pub fn copy_reports(
 ) -> Result<CopyProgress, StoreError> {
     let batch = batch.max(1);
     let mut done = CopyProgress::default();
-    let mut pending: Vec<(ReportKey, StoredReport)> = Vec::with_capacity(batch);
-    let mut flush = |pending: &mut Vec<(ReportKey, StoredReport)>,
-                     done: &mut CopyProgress|
-     -> Result<bool, StoreError> {
-        if pending.is_empty() {
-            return Ok(true);
-        }
-        for outcome in to.insert_batch(pending)? {
-            match outcome {
-                InsertOutcome::Inserted => done.inserted += 1,
-                InsertOutcome::Duplicate => done.present += 1,
+    let mut pending: Vec<VerifiedReport> = Vec::with_capacity(batch);
+    let mut flush =
+        |pending: &mut Vec<VerifiedReport>, done: &mut CopyProgress| -> Result<bool, StoreError> {
+            if pending.is_empty() {
+                return Ok(true);
             }
-        }
-        pending.clear();
-        Ok(progress(done))
-    };
+            for outcome in to.insert_batch(pending)? {
+                match outcome {
+                    InsertOutcome::Inserted => done.inserted += 1,
+                    InsertOutcome::Duplicate => done.present += 1,
+                }
+            }
+            pending.clear();
+            Ok(progress(done))
+        };
     let mut stopped = false;
     from.for_each_since(i64::MIN, &mut |stored| {
-        let report: CallReport =
-            serde_json::from_slice(&stored.signed.body).map_err(|e| StoreError::Corrupt {
-                key: hex::encode(&stored.signed.key),
-                what: format!("stored body no longer parses: {e}"),
-            })?;
-        let agent: [u8; 32] =
-            stored
-                .signed
-                .key
-                .as_slice()
-                .try_into()
-                .map_err(|_| StoreError::Corrupt {
-                    key: hex::encode(&stored.signed.key),
-                    what: "agent key is not 32 bytes".into(),
-                })?;
-        pending.push((
-            ReportKey {
-                agent,
-                id: report.id,
-            },
-            stored,
-        ));
+        pending.push(VerifiedReport::parse(stored)?);
         done.read += 1;
         if pending.len() >= batch && !flush(&mut pending, &mut done)? {
             stopped = true;
@@ -1307,17 +1282,10 @@ impl AggRow {
 }
 
 impl ReportStore for ClickHouseStore {
-    fn insert_batch(
-        &self,
-        batch: &[(ReportKey, StoredReport)],
-    ) -> Result<Vec<InsertOutcome>, StoreError> {
+    fn insert_batch(&self, batch: &[VerifiedReport]) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut rows = Vec::with_capacity(batch.len());
-        for (key, report) in batch {
-            rows.push(Self::row(
-                key,
-                report,
-                self.next_arrival(report.received_at_ms),
-            )?);
+        for v in batch {
+            rows.push(Self::row(v, self.next_arrival(v.stored.received_at_ms))?);
         }
         let mut known = self.existing(&rows)?;
         let mut outcomes = Vec::with_capacity(rows.len());

@@ -9,8 +9,9 @@ pub mod clickhouse;
 pub mod config;
 pub mod sled_store;
 
-use crate::aggregate::{Axis, Cell, Filter, Policy};
+use crate::aggregate::{Axis, Cell, Filter, Observation, Policy};
 use crate::geo::Region;
+use callwatch_proto::CallReport;
 use callwatch_proto::{ReportId, SignedReport};
 use serde::{Deserialize, Serialize};
 
@@ -167,6 +168,57 @@ pub enum PrefixFrom {
     Upload,
 }
 
+/// A report as a store takes it: verified and parsed once (at ingest), with the observations
+/// aggregation derives from it, so no backend parses the signed JSON again to write it.
+#[derive(Clone, Debug)]
+pub struct VerifiedReport {
+    pub key: ReportKey,
+    pub stored: StoredReport,
+    /// The parsed body of `stored.signed`.
+    pub report: CallReport,
+    /// [`Observation::from_report`] of it.
+    pub observations: Vec<Observation>,
+}
+
+impl VerifiedReport {
+    /// A verified report and its parse (what ingest has in hand).
+    pub fn new(key: ReportKey, stored: StoredReport, report: CallReport) -> Self {
+        let observations = Observation::from_report(&stored, &report);
+        VerifiedReport {
+            key,
+            stored,
+            report,
+            observations,
+        }
+    }
+
+    /// From stored bytes (a copy between stores, a rebuild, a test fixture): parses the body,
+    /// which was verified when it was first stored; one that no longer parses is corrupt. The
+    /// key is the report's own (agent key, report id).
+    pub fn parse(stored: StoredReport) -> Result<Self, StoreError> {
+        let report: CallReport =
+            serde_json::from_slice(&stored.signed.body).map_err(|e| StoreError::Corrupt {
+                key: hex::encode(&stored.signed.key),
+                what: format!("stored body no longer parses: {e}"),
+            })?;
+        let agent: [u8; 32] =
+            stored
+                .signed
+                .key
+                .as_slice()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt {
+                    key: hex::encode(&stored.signed.key),
+                    what: "agent key is not 32 bytes".into(),
+                })?;
+        let key = ReportKey {
+            agent,
+            id: report.id,
+        };
+        Ok(Self::new(key, stored, report))
+    }
+}
+
 /// A report's identity for deduplication: the agent's key and the id it chose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReportKey {
@@ -201,10 +253,7 @@ pub enum StoreError {
 pub trait ReportStore: Send + Sync {
     /// Inserts each report unless its key is already stored; returns one outcome per report, in
     /// order, after the whole batch is durable.
-    fn insert_batch(
-        &self,
-        batch: &[(ReportKey, StoredReport)],
-    ) -> Result<Vec<InsertOutcome>, StoreError>;
+    fn insert_batch(&self, batch: &[VerifiedReport]) -> Result<Vec<InsertOutcome>, StoreError>;
 
     /// Calls `f` for every stored report, in key order. Stops at the first error (a corrupt
     /// record is an error, never silently skipped).

@@ -3,7 +3,7 @@
 //! per-agent cap counters and their day roll-up (see [`crate::aggregate`]). All are written in one
 //! transaction.
 
-use super::{InsertOutcome, ReportKey, ReportStore, StoreError, StoredReport};
+use super::{InsertOutcome, ReportKey, ReportStore, StoreError, StoredReport, VerifiedReport};
 use crate::aggregate::Axis;
 use crate::aggregate::{
     ordered_i64, CapKey, Cell, CellKey, CellState, Filter, Grouper, Observation, Plan, Policy,
@@ -99,18 +99,6 @@ fn corrupt(key: &[u8], what: impl fmt::Display) -> StoreError {
         key: hex::encode(key),
         what: what.to_string(),
     }
-}
-
-/// The arms of a stored report that aggregation counts. A body that does not parse (it was
-/// verified as a report before it was stored, so only a corrupt store gets here) is an error.
-fn observations_of(key: &ReportKey, report: &StoredReport) -> Result<Vec<Observation>, StoreError> {
-    let body: CallReport = serde_json::from_slice(&report.signed.body).map_err(|e| {
-        corrupt(
-            &key.to_bytes(),
-            format!("stored body no longer parses: {e}"),
-        )
-    })?;
-    Ok(Observation::from_report(report, &body))
 }
 
 fn decode_cell(k: &[u8], v: &[u8]) -> Result<(CellKey, CellState), StoreError> {
@@ -518,16 +506,18 @@ fn add_to_cell(
 }
 
 impl ReportStore for SledStore {
-    fn insert_batch(
-        &self,
-        batch: &[(ReportKey, StoredReport)],
-    ) -> Result<Vec<InsertOutcome>, StoreError> {
+    fn insert_batch(&self, batch: &[VerifiedReport]) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (key, report) in batch {
+        for VerifiedReport {
+            key,
+            stored: report,
+            observations,
+            ..
+        } in batch
+        {
             let value = report
                 .to_bytes()
                 .map_err(|e| StoreError::Backend(format!("encoding report: {e}")))?;
-            let observations = observations_of(key, report)?;
             // Insert-if-absent, the time index and the aggregate in one transaction: two
             // connections racing with the same report store and count it once, the index never
             // lacks a stored report, and the cells always agree with the raw reports.
@@ -547,7 +537,7 @@ impl ReportStore for SledStore {
                 }
                 reports.insert(&id[..], value.as_slice())?;
                 by_time.insert(index.as_slice(), &[][..])?;
-                for o in &observations {
+                for o in observations {
                     let cell_key = o.cell_key();
                     let cap_key = CapKey::bytes(&cell_key, &o.agent);
                     let seen = match caps.get(cap_key)? {
@@ -652,27 +642,22 @@ mod tests {
     use crate::geo::Region;
     use callwatch_proto::{ReportId, SignedReport};
 
-    fn item(agent: u8, id: u8) -> (ReportKey, StoredReport) {
-        (
-            ReportKey {
-                agent: [agent; 32],
-                id: ReportId([id; 16]),
-            },
-            StoredReport {
-                signed: SignedReport {
-                    body: {
-                        let mut r = CallReport::example();
-                        r.id = ReportId([id; 16]);
-                        serde_json::to_vec(&r).unwrap()
-                    },
-                    key: vec![agent; 32],
-                    signature: vec![0; 64],
+    fn item(agent: u8, id: u8) -> VerifiedReport {
+        VerifiedReport::parse(StoredReport {
+            signed: SignedReport {
+                body: {
+                    let mut r = CallReport::example();
+                    r.id = ReportId([id; 16]);
+                    serde_json::to_vec(&r).unwrap()
                 },
-                region: Region::unknown(),
-                received_at_ms: 1,
-                filing: Default::default(),
+                key: vec![agent; 32],
+                signature: vec![0; 64],
             },
-        )
+            region: Region::unknown(),
+            received_at_ms: 1,
+            filing: Default::default(),
+        })
+        .unwrap()
     }
 
     fn open_policy() -> Policy {
@@ -736,26 +721,21 @@ fn stored(
     r: &CallReport,
     (country, asn): (&str, u32),
     received_at_ms: i64,
-) -> (ReportKey, StoredReport) {
-    (
-        ReportKey {
-            agent: [agent; 32],
-            id: r.id,
+) -> VerifiedReport {
+    VerifiedReport::parse(StoredReport {
+        signed: callwatch_proto::SignedReport {
+            body: serde_json::to_vec(r).unwrap(),
+            key: vec![agent; 32],
+            signature: vec![0; 64],
         },
-        StoredReport {
-            signed: callwatch_proto::SignedReport {
-                body: serde_json::to_vec(r).unwrap(),
-                key: vec![agent; 32],
-                signature: vec![0; 64],
-            },
-            region: crate::geo::Region {
-                country: country.into(),
-                asn,
-            },
-            received_at_ms,
-            filing: Default::default(),
+        region: crate::geo::Region {
+            country: country.into(),
+            asn,
         },
-    )
+        received_at_ms,
+        filing: Default::default(),
+    })
+    .unwrap()
 }
 
 #[cfg(test)]
@@ -763,7 +743,7 @@ mod cap_tests {
     use super::*;
     use callwatch_proto::ReportId;
 
-    fn item(agent: u8, id: u8, rtt: f64) -> (ReportKey, StoredReport) {
+    fn item(agent: u8, id: u8, rtt: f64) -> VerifiedReport {
         let mut r = CallReport::example();
         r.id = ReportId([id; 16]);
         if let Some(s) = r.streams[0].rtt_ms.as_mut() {
@@ -855,7 +835,7 @@ pub(super) mod rollup_tests {
 
     /// Report `i`: one of 5 agents, 3 networks, 2 platforms, at hour `i * 7 % 150` after a
     /// midnight, so 150 hours (6¼ days) are covered unevenly.
-    pub(crate) fn item(i: u32) -> (ReportKey, StoredReport) {
+    pub(crate) fn item(i: u32) -> VerifiedReport {
         let agent = (i % 5) as u8 + 1;
         let mut r = CallReport::example();
         let mut id = [0u8; 16];
@@ -1153,7 +1133,7 @@ mod format_tests {
     /// Report `i`: a mix of what a store holds after this change — voice and video tests,
     /// blocked calls, tests without a reference — and report bodies from before it (no
     /// `stream_kind`, no `loss`, no rule).
-    fn item(i: u32) -> (ReportKey, StoredReport) {
+    fn item(i: u32) -> VerifiedReport {
         let agent = (i % 4) as u8 + 1;
         let mut r = CallReport::example();
         let mut id = [0u8; 16];
@@ -1211,9 +1191,9 @@ mod format_tests {
             .unwrap()
             .validate()
             .is_ok());
-        let (key, mut stored) = stored(agent, &r, ("RU", 12389), i64::from(i));
+        let mut stored = stored(agent, &r, ("RU", 12389), i64::from(i)).stored;
         stored.signed.body = body;
-        (key, stored)
+        VerifiedReport::parse(stored).unwrap()
     }
 
     /// Rewrites a store's aggregate trees as a collector before [`CELL_FORMAT`] 2 wrote them,

@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 use callwatch_agent::upload::{exchange, pinned_client_config};
 use callwatch_collector::ingest::RateLimits;
 use callwatch_collector::store::{
-    ClickHouseStore, ReportKey, ReportStore, SledStore, StoredReport,
+    ClickHouseStore, ReportKey, ReportStore, SledStore, StoredReport, VerifiedReport,
 };
 use callwatch_collector::{serve, serve_with_store, ServeConfig};
 use callwatch_proto::upload::{ReportStatus, Response};
@@ -365,7 +365,7 @@ async fn aggregate(
         let mut i = have;
         while i < reports {
             let n = (reports - i).min(fill_batch);
-            let batch: Vec<(ReportKey, StoredReport)> = (i..i + n)
+            let batch: Vec<VerifiedReport> = (i..i + n)
                 .map(|j| {
                     let agent = keys[j % keys.len()];
                     let platform = Platform::ALL[j % 5];
@@ -374,7 +374,7 @@ async fn aggregate(
                     // Signatures are not checked by the store; a load fill need not sign.
                     let body = serde_json::to_vec(&r).expect("serialises");
                     let c = agent[7] as usize % countries.len();
-                    (
+                    VerifiedReport::new(
                         ReportKey { agent, id: r.id },
                         StoredReport {
                             signed: SignedReport {
@@ -389,6 +389,7 @@ async fn aggregate(
                             received_at_ms: now.timestamp_millis() + j as i64,
                             filing: Default::default(),
                         },
+                        r,
                     )
                 })
                 .collect();
