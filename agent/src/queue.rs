@@ -206,18 +206,36 @@ mod tests {
         assert_eq!(Queue::open(dir.path()).unwrap().dropped_total(), 3);
     }
 
+    /// The body of the `n`th report [`a_damaged_queue_is_an_error_naming_its_folder_or_reads_intact`]
+    /// queues (2 kB, so 300 of them span many of sled's pages).
+    fn big_body(n: u32) -> Vec<u8> {
+        n.to_be_bytes().repeat(500)
+    }
+
+    /// What a damaged queue gave: an error (its text, with causes), or what it read.
+    enum Damaged {
+        Error(String),
+        Read { len: usize, bodies: Vec<Vec<u8>> },
+    }
+
+    /// RELIABILITY.md, "Damage is reported": a damaged queue is an error naming the folder to
+    /// move aside, never a panic or a hang; what it still reads is what was queued. 8 KiB of
+    /// junk at each tenth of sled's log, each copy opened, counted and read on a thread of its
+    /// own (bounded: a hang fails the test instead of stalling it).
     #[test]
-    fn a_damaged_queue_gives_errors_or_counts_never_a_panic_or_a_hang() {
+    fn a_damaged_queue_is_an_error_naming_its_folder_or_reads_intact() {
         let dir = tempfile::tempdir().unwrap();
         {
             let q = Queue::open(dir.path()).unwrap();
             for n in 0..300u32 {
-                let mut r = report(n as u8);
-                r.body = n.to_be_bytes().repeat(500);
+                let mut r = report(0);
+                r.body = big_body(n);
                 q.push(&r).unwrap();
             }
         }
+        let originals: Vec<Vec<u8>> = (0..300).map(big_body).collect();
         let len = std::fs::metadata(dir.path().join("db")).unwrap().len();
+        let (mut errors, mut short) = (0, Vec::new());
         for tenth in 1..10 {
             let copy = tempfile::tempdir().unwrap();
             for f in ["conf", "db"] {
@@ -232,19 +250,79 @@ mod tests {
                 f.seek(SeekFrom::Start(len * tenth / 10)).unwrap();
                 f.write_all(&[0xA5; 8192]).unwrap();
             }
-            // Run apart, bounded: a hang fails the test instead of stalling it.
             let (tx, rx) = std::sync::mpsc::channel();
             let path = copy.path().to_path_buf();
             std::thread::spawn(move || {
-                let r = std::panic::catch_unwind(|| match Queue::open(&path) {
-                    Ok(q) => (Some(q.len()), q.oldest(1000).is_ok()),
-                    Err(_) => (None, false),
+                let r = std::panic::catch_unwind(|| {
+                    let q = match Queue::open(&path) {
+                        Ok(q) => q,
+                        Err(e) => return Damaged::Error(format!("{e:#}")),
+                    };
+                    let len = q.len();
+                    match q.oldest(1000) {
+                        Ok(v) => Damaged::Read {
+                            len,
+                            bodies: v.into_iter().map(|(_, r)| r.body).collect(),
+                        },
+                        Err(e) => Damaged::Error(format!("{e:#}")),
+                    }
                 });
-                let _ = tx.send(r.is_ok());
+                let _ = tx.send(r);
             });
-            let done = rx.recv_timeout(std::time::Duration::from_secs(30));
-            assert_eq!(done, Ok(true), "at {tenth}/10 the queue hung or panicked");
+            let outcome = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("at {tenth}/10 the queue hung"))
+                .unwrap_or_else(|_| panic!("at {tenth}/10 the queue panicked"));
+            match &outcome {
+                Damaged::Error(e) => eprintln!("at {tenth}/10: error: {e}"),
+                Damaged::Read { len, bodies } => {
+                    eprintln!("at {tenth}/10: {len} counted, {} read", bodies.len())
+                }
+            }
+            match outcome {
+                Damaged::Error(e) => {
+                    errors += 1;
+                    let folder = copy.path().display().to_string();
+                    assert!(
+                        e.contains(&folder)
+                            && e.contains("damaged")
+                            && e.contains("move the folder aside"),
+                        "at {tenth}/10 the error does not name the folder to move aside: {e}"
+                    );
+                }
+                Damaged::Read { len, bodies } => {
+                    // Counted up to the first unreadable entry at most; every report read is
+                    // one that was queued, intact, oldest first, none twice.
+                    assert!(len <= 300, "at {tenth}/10: {len} counted");
+                    assert!(
+                        bodies.len() <= len,
+                        "at {tenth}/10: read {} of {len}",
+                        bodies.len()
+                    );
+                    let positions: Vec<usize> = bodies
+                        .iter()
+                        .map(|b| {
+                            originals.iter().position(|o| o == b).unwrap_or_else(|| {
+                                panic!("at {tenth}/10 a report that was never queued")
+                            })
+                        })
+                        .collect();
+                    assert!(
+                        positions.windows(2).all(|w| w[0] < w[1]),
+                        "at {tenth}/10 out of order or twice: {positions:?}"
+                    );
+                    if len < 300 {
+                        short.push((tenth, len));
+                    }
+                }
+            }
         }
+        assert!(errors > 0, "some overwrite hits live data");
+        // NOT YET PROMISED, and so not failed on: a log that sled cuts short at open (seen at
+        // 8/10 and 9/10: 260 and 278 of 300) opens without an error, the rest silently gone.
+        // The collector's store catches this with a recorded count (RELIABILITY.md, "Damage is
+        // reported"); the agent's queue keeps none. Printed, so a change shows.
+        eprintln!("queues that opened short, without an error: {short:?}");
     }
 
     #[test]

@@ -284,3 +284,69 @@ async fn rate_limits_per_key_and_per_address_defer_with_a_reason_and_replays_can
     );
     c.shutdown().await;
 }
+
+/// RELIABILITY.md, "One attacker cannot starve honest agents": a batch refused as `BUSY` stays
+/// in the agent's queue, whole, and is sent again when there is room (here: another collector
+/// without the limit); only what was acknowledged leaves the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_deferred_as_busy_stays_queued_and_arrives_later_once() {
+    let root = tempfile::tempdir().unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let config = |dir: &str, limits| {
+        let mut cfg = ServeConfig::new(root.path().join(dir));
+        (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+        cfg.rate_limits = limits;
+        cfg
+    };
+    let tight = callwatch_collector::ingest::RateLimits {
+        batches_per_address_burst: 100.0,
+        batches_per_address_per_sec: 1e-6,
+        reports_per_key_burst: 1.0,
+        reports_per_key_per_sec: 1e-6,
+    };
+    let c = serve(config("tight", tight)).await.unwrap();
+    let base = sample(&c).await;
+    let key = SigningKey::from_bytes(&[31; 32]);
+    let queue = Queue::open(&root.path().join("queue")).unwrap();
+    for i in 0..5u8 {
+        let mut r = base.clone();
+        r.id = ReportId([100 + i; 16]);
+        queue.push(&SignedReport::sign(&r, &key).unwrap()).unwrap();
+    }
+    let target = |c: &Collector| UploadTarget {
+        collector: c.quic_addr,
+        tcp: None,
+        server_name: "localhost".into(),
+        pin: pin(c),
+        bind: Some("127.0.0.2".parse().unwrap()),
+        batch: 2,
+        connect_timeout: Duration::from_secs(5),
+        fetch_seal_key: false,
+        tcp_first: false,
+    };
+    // Five new reports in batches of two against an allowance of one: the first batch is
+    // admitted (a batch needs a token and is then charged in full), the next is deferred.
+    let refused = upload_queue(&queue, &target(&c)).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("agent key"),
+        "not BUSY for the key: {refused}"
+    );
+    assert_eq!(c.store.len(), 2);
+    assert_eq!(
+        queue.len(),
+        3,
+        "only the acknowledged batch may leave the queue"
+    );
+    c.shutdown().await;
+    // Room again: the three still queued arrive, and nothing else.
+    let c = serve(config(
+        "roomy",
+        callwatch_collector::ingest::RateLimits::default(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(upload_queue(&queue, &target(&c)).await.unwrap().accepted, 3);
+    assert_eq!(queue.len(), 0);
+    assert_eq!(c.store.len(), 3);
+    c.shutdown().await;
+}

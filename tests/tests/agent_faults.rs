@@ -6,8 +6,8 @@
 //! - once space is freed, the queue opens, holds every report it had acknowledged as queued
 //!   before (nothing corrupt), and each of them reaches the collector exactly once.
 //!
-//! Needs `mount -t tmpfs` (root, or CAP_SYS_ADMIN); without it the test says so and passes
-//! without checking anything.
+//! Needs `mount -t tmpfs` (root, or CAP_SYS_ADMIN); without it the test fails, unless
+//! `CALLWATCH_SKIP_ROOT=1` says to skip it.
 
 use callwatch_agent::queue::Queue;
 use callwatch_collector::reflector::{spawn_reflector, Limits};
@@ -153,7 +153,10 @@ async fn a_full_disk_is_reported_clearly_and_corrupts_nothing_queued() {
     let disk = match Tmpfs::mount("2m") {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs ({e}); the disk-full test needs root");
+            callwatch_tests::cannot_run_here(
+                callwatch_tests::SKIP_ROOT,
+                &format!("cannot mount a tmpfs ({e}); the disk-full test needs root"),
+            );
             return;
         }
     };

@@ -66,22 +66,49 @@ fn probe(cookie: [u8; 16], session: u64, seq: u32, len: u16) -> Vec<u8> {
     .encode()
 }
 
-/// Feeds `inputs` (time, source, datagram) to a fresh reflector; returns (in, out) bytes.
-fn run(prepare: impl FnOnce(&mut Reflector) -> Vec<(u64, SocketAddr, Vec<u8>)>) -> (u64, u64) {
+/// What a reflector did with one class of input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fed {
+    datagrams: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Datagrams `handle` answered at all (the driver sends exactly these).
+    answered: u64,
+    dropped_bad_cookie: u64,
+    dropped_expired: u64,
+}
+
+/// Feeds `inputs` (time, source, datagram) to a fresh reflector; counts what came back.
+fn run(prepare: impl FnOnce(&mut Reflector) -> Vec<(u64, SocketAddr, Vec<u8>)>) -> Fed {
     let mut r = Reflector::new([9; 32], Limits::default());
     let inputs = prepare(&mut r);
     let before = r.stats();
+    let (mut datagrams, mut answered) = (0, 0);
     for (now, src, d) in inputs {
+        datagrams += 1;
         if let Some(out) = r.handle(now, src, &d) {
+            answered += 1;
             assert!(out.len() <= d.len(), "an answer longer than its datagram");
         }
     }
     let after = r.stats();
-    (
-        after.bytes_in - before.bytes_in,
-        after.bytes_out - before.bytes_out,
-    )
+    Fed {
+        datagrams,
+        bytes_in: after.bytes_in - before.bytes_in,
+        bytes_out: after.bytes_out - before.bytes_out,
+        answered,
+        dropped_bad_cookie: after.dropped_bad_cookie - before.dropped_bad_cookie,
+        dropped_expired: after.dropped_expired - before.dropped_expired,
+    }
 }
+
+/// The rows RELIABILITY.md promises zero bytes for ("The reflector never amplifies": probes
+/// with another address's, a forged or a stale cookie), and the counter each must land in.
+const ZERO_ROWS: [&str; 3] = [
+    "probes with another address's cookie",
+    "probes with a forged cookie",
+    "probes after the session expired (stale cookie)",
+];
 
 #[test]
 fn amplification_stays_at_or_below_one_for_every_hostile_input() {
@@ -94,7 +121,7 @@ fn amplification_stays_at_or_below_one_for_every_hostile_input() {
             (0..n).map(|_| rng.gen()).collect()
         })
         .collect();
-    let mut rows: Vec<(&str, (u64, u64))> = Vec::new();
+    let mut rows: Vec<(&str, Fed)> = Vec::new();
     rows.push((
         "random datagrams (0–1500 B)",
         run(|_| garbage.iter().map(|d| (T0, a, d.clone())).collect()),
@@ -272,7 +299,12 @@ fn amplification_stays_at_or_below_one_for_every_hostile_input() {
         }),
     ));
     println!("| input | bytes in | bytes out | factor |\n|---|---:|---:|---:|");
-    for (what, (bytes_in, bytes_out)) in &rows {
+    for (what, fed) in &rows {
+        let Fed {
+            bytes_in,
+            bytes_out,
+            ..
+        } = fed;
         let factor = *bytes_out as f64 / (*bytes_in).max(1) as f64;
         println!("| {what} | {bytes_in} | {bytes_out} | {factor:.3} |");
         assert!(
@@ -280,9 +312,137 @@ fn amplification_stays_at_or_below_one_for_every_hostile_input() {
             "{what}: {bytes_out} out for {bytes_in} in"
         );
     }
+    // Zero, not merely at most as much: no datagram at all answers a probe with another
+    // address's, a forged or a stale cookie, and each one is counted as a bad cookie (so the
+    // silence is the cookie check's, not some other drop's).
+    for name in ZERO_ROWS {
+        let fed = rows.iter().find(|r| r.0 == name).unwrap().1;
+        assert_eq!((fed.answered, fed.bytes_out), (0, 0), "{name}: {fed:?}");
+        assert_eq!(fed.dropped_bad_cookie, fed.datagrams, "{name}: {fed:?}");
+    }
     // The honest session is answered in full; hostile input mostly not at all.
     let honest = rows.last().unwrap().1;
-    assert!(honest.1 as f64 >= 0.99 * honest.0 as f64 - 64.0);
+    assert_eq!(honest.answered, honest.datagrams, "{honest:?}");
+    assert_eq!(honest.bytes_out, honest.bytes_in, "{honest:?}");
+}
+
+/// A session that was answered, then outlived its cookie: its probes get nothing back, whether
+/// its state is still in the table (counted as expired) or already swept (a stale cookie).
+#[test]
+fn an_expired_session_gets_no_answer_before_or_after_the_sweep() {
+    let a = addr("127.0.0.2:40000");
+    let limits = Limits::default();
+    let mut r = Reflector::new([9; 32], limits);
+    let c = accept(&mut r, T0, a, 7).cookie;
+    assert!(r.handle(T0 + 1, a, &probe(c, 7, 0, 172)).is_some());
+    assert_eq!(r.active_sessions(), 1);
+    // Open asked for 10 s; the cookie lives that (rounded up to seconds), one second of clock
+    // granularity, and the grace.
+    let late = T0 + 11_000_000 + u64::from(limits.cookie_grace_ms) * 1_000 + 1_000_000;
+    let before = r.stats();
+    for seq in 1..=100 {
+        assert_eq!(
+            r.handle(late + u64::from(seq), a, &probe(c, 7, seq, 172)),
+            None
+        );
+    }
+    r.sweep(late + 200);
+    assert_eq!(r.active_sessions(), 0, "the expired session was not swept");
+    for seq in 101..=200 {
+        assert_eq!(
+            r.handle(late + u64::from(seq) + 200, a, &probe(c, 7, seq, 172)),
+            None
+        );
+    }
+    let after = r.stats();
+    assert_eq!(after.bytes_out, before.bytes_out);
+    assert_eq!(after.dropped_expired - before.dropped_expired, 100);
+    assert_eq!(after.dropped_bad_cookie - before.dropped_bad_cookie, 100);
+}
+
+/// The same promise through the real UDP driver on loopback: for probes with another address's,
+/// a forged and a stale cookie, not one datagram comes back. No timeout decides it: after the
+/// hostile probes each socket opens a new session, and since the reflector answers one
+/// socket's datagrams in order, the first datagram each socket receives must be that `Accept`
+/// (any answer to a hostile probe would have come first). The counters say every hostile
+/// probe was read and refused by the cookie check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_cookies_get_not_one_datagram_back_over_udp() {
+    use callwatch_collector::reflector::spawn_reflector;
+    use std::net::UdpSocket;
+    use std::time::{Duration, Instant};
+    const N: u32 = 50;
+    // Sessions of at most 1 s and no grace, so that a cookie goes stale within 2 s.
+    let limits = Limits {
+        max_duration_ms: 1_000,
+        cookie_grace_ms: 0,
+        ..Limits::default()
+    };
+    let r = spawn_reflector(&[addr("127.0.0.1:0")], limits)
+        .await
+        .unwrap();
+    let to = r.addrs[0];
+    let socket = |ip: &str| {
+        let s = UdpSocket::bind(format!("{ip}:0")).unwrap();
+        s.connect(to).unwrap();
+        // Bounds a failure only (a lost reply); the test never waits for this to pass.
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    };
+    let a = socket("127.0.0.1");
+    let b = socket("127.0.0.2"); // another address
+    let next = |s: &UdpSocket| {
+        let mut buf = [0u8; 2048];
+        let n = s.recv(&mut buf).expect("no datagram within 10 s");
+        Packet::decode(&buf[..n]).unwrap()
+    };
+    let open = |s: &UdpSocket, session: u64| -> [u8; 16] {
+        s.send(&open_bytes(session)).unwrap();
+        match next(s) {
+            Packet::Accept(acc) if acc.session == session => acc.cookie,
+            other => panic!("expected the Accept of session {session}, got {other:?}"),
+        }
+    };
+    let wait_for = |what: &str, done: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !done() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "waited 30 s for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    // Session 7 of `a` is answered: the path works.
+    let c7 = open(&a, 7);
+    a.send(&probe(c7, 7, 0, 172)).unwrap();
+    assert!(matches!(next(&a), Packet::Reply(p) if p.session == 7));
+    let bad0 = r.stats().dropped_bad_cookie;
+
+    // Another address's cookie: `b` replays `a`'s.
+    for seq in 0..N {
+        b.send(&probe(c7, 7, seq, 1000)).unwrap();
+    }
+    // A forged cookie: `a`'s own for session 9, one bit changed.
+    let mut c9 = open(&a, 9);
+    c9[12] ^= 1;
+    for seq in 0..N {
+        a.send(&probe(c9, 9, seq, 1000)).unwrap();
+    }
+    let _ = open(&b, 20);
+    let _ = open(&a, 21);
+    assert_eq!(r.stats().dropped_bad_cookie - bad0, 2 * u64::from(N));
+
+    // A stale cookie: session 7's, once the reflector has expired and swept it.
+    wait_for("session 7 to expire", &|| r.active_sessions() == 0);
+    for seq in 1..=N {
+        a.send(&probe(c7, 7, seq, 1000)).unwrap();
+    }
+    let _ = open(&a, 22);
+    let s = r.stats();
+    assert_eq!(s.dropped_bad_cookie - bad0, 3 * u64::from(N), "{s:?}");
+    assert_eq!(s.probes_reflected, 1, "{s:?}");
+    r.shutdown();
 }
 
 /// Every datagram every platform arm sends in a whole test — preambles, handshakes, probes,

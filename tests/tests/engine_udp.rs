@@ -74,19 +74,23 @@ fn check(name: &str, r: &StreamReport, e: &Expected, truth: &ProbeTruth, clean_m
         (e.loss_runs, e.longest_run),
         "{name}: bursts"
     );
-    // Delay: within 2 ms of what the emulator added plus the clean path's median.
+    // Delay: within 5 ms of what the emulator added plus the clean path's median. The bound
+    // comes from the scenarios, not from the noise: their added delays are 30 ms (± 10 or 25),
+    // so a systematic error of a 20 ms interval, or one direction's delay lost or counted
+    // twice, is far outside it, while a loaded machine's scheduling (a few ms at worst on a
+    // median of 200 round trips) is inside.
     let rtt = r.rtt_ms.unwrap().median;
     let want = clean_median_ms + e.added_rtt_median_ms;
     assert!(
-        (rtt - want).abs() <= 2.0,
+        (rtt - want).abs() <= 5.0,
         "{name}: rtt median {rtt} vs {want}"
     );
-    // Jitter: within 1 ms + 15 % of RFC 3550 over the delays the emulator added. The real path
-    // adds scheduling noise on top: tens of microseconds on an idle machine, up to ~0.7 ms seen
-    // on two busy cores; the emulated jitter here is 5-25 ms, so errors in the estimator still
-    // show.
+    // Jitter: within 2 ms + 25 % of RFC 3550 over the delays the emulator added. The real path
+    // adds scheduling noise on top (tens of microseconds idle, ~0.7 ms seen on two busy cores);
+    // the bound is set by what it must catch instead: a doubled jitter (100 % off) fails for
+    // every emulated jitter above 2.7 ms, and the jittered scenarios have 5-25 ms.
     let j = r.jitter_ms.unwrap().down;
-    let tol = 1.0 + 0.15 * e.jitter_down_ms;
+    let tol = 2.0 + 0.25 * e.jitter_down_ms;
     assert!(
         (j - e.jitter_down_ms).abs() <= tol,
         "{name}: jitter down {j} vs {}",
@@ -115,7 +119,10 @@ async fn every_scenario_over_real_sockets_matches_ground_truth() {
     }
     let clean = &results.iter().find(|(n, _)| *n == "clean").unwrap().1 .0;
     let clean_median = clean.rtt_ms.unwrap().median;
-    assert!(clean_median < 2.0, "loopback RTT median {clean_median} ms");
+    // Loopback through the relay: a fraction of a millisecond idle. The bound only says the
+    // clean path adds little next to the 30 ms the delay scenarios add (their medians are
+    // checked against it), whatever a loaded machine's scheduling adds.
+    assert!(clean_median < 5.0, "loopback RTT median {clean_median} ms");
     assert_eq!((clean.loss_up, clean.loss_down), (Some(0.0), Some(0.0)));
     for (name, (report, truth)) in &results {
         check(name, report, &expected(truth), truth, clean_median);

@@ -1,5 +1,7 @@
 //! The volunteer's install script, run for real (as root, as CI runs): it creates the service
 //! user, a config and an owner-only key that belong to that user, and the hardened unit.
+//!
+//! Needs root: without it the test fails, unless `CALLWATCH_SKIP_ROOT=1` says to skip it.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
@@ -7,7 +9,10 @@ use std::process::Command;
 #[test]
 fn install_script_creates_user_private_key_and_hardened_unit() {
     if euid() != 0 {
-        eprintln!("skipped: the install script needs root (CI runs as root)");
+        callwatch_tests::cannot_run_here(
+            callwatch_tests::SKIP_ROOT,
+            "the install script needs root (it creates a system user; CI runs as root)",
+        );
         return;
     }
     let root = tempfile::tempdir().unwrap();

@@ -3,8 +3,8 @@
 //! runs the whole catalogue on demand). The script exits non-zero when any test's verdict
 //! differs from the model's expected one.
 //!
-//! Needs root and nftables, iproute2, jq (`.ci/run` installs them). Without root the test says
-//! so loudly and does not pretend to have run the lab.
+//! Needs root and nftables, iproute2, jq (`.ci/run` installs them). Without root the test
+//! fails, unless `CALLWATCH_SKIP_ROOT=1` says to skip it (then it says so loudly).
 
 use callwatch_tests::run_lab_script;
 

@@ -13,8 +13,8 @@
 //! control arm `Unknown`. Run with `--nocapture` for the table that `proto/src/profile.rs`'s
 //! module documentation carries (the test checks the two agree when nDPI is 4.2).
 //!
-//! Without `ndpiReader` on the PATH (or in `CALLWATCH_NDPI_READER`) the test says so on stderr
-//! and does nothing else; .ci/run installs it.
+//! Without `ndpiReader` on the PATH (or in `CALLWATCH_NDPI_READER`) the test fails, unless
+//! `CALLWATCH_SKIP_NDPI=1` says to skip it; .ci/run installs it.
 
 use callwatch_agent::engine::call::{CallRandom, CallTest};
 use callwatch_agent::engine::TestSpec;
@@ -251,9 +251,10 @@ const TABLE_HEADER: &str =
 #[test]
 fn ndpi_classifies_each_platform_arm_as_its_platform_and_every_control_arm_unknown() {
     let Some(reader) = ndpi_reader() else {
-        eprintln!(
-            "SKIPPED ndpi: ndpiReader is not installed (Debian: apt-get install libndpi-bin, or \
-             set CALLWATCH_NDPI_READER); no arm was classified"
+        callwatch_tests::cannot_run_here(
+            "CALLWATCH_SKIP_NDPI",
+            "ndpiReader is not installed (Debian: apt-get install libndpi-bin, or set \
+             CALLWATCH_NDPI_READER); no arm was classified",
         );
         return;
     };

@@ -3,8 +3,8 @@
 //! namespaces cwquic-* of its own). The agent's first upload, with the path open, goes over
 //! QUIC; the second, through the block, must arrive over TLS on TCP, and `status` must say tcp.
 //!
-//! Needs root and nftables, iproute2, jq (`.ci/run` installs them). Without root the test says
-//! so loudly and does not pretend to have run.
+//! Needs root and nftables, iproute2, jq (`.ci/run` installs them). Without root the test
+//! fails, unless `CALLWATCH_SKIP_ROOT=1` says to skip it (then it says so loudly).
 
 use callwatch_tests::run_lab_script;
 

@@ -57,7 +57,10 @@ fn a_stalled_reflector_is_marked_and_its_stall_is_not_network_delay() {
     let residence = stream(&idle, Role::Platform)
         .reflector_residence_ms
         .unwrap();
-    assert!(residence.median < 1.0, "idle residence {residence:?}");
+    // Well under a millisecond idle; the bound is a quarter of the 20 ms residence that marks
+    // a reflector loaded, far from what a loaded machine's scheduling adds to a median, and
+    // far below what a wrong clock or unit would give.
+    assert!(residence.median < 5.0, "idle residence {residence:?}");
 
     // Stopped for 200 ms three seconds in (from a thread of its own: the progress callback runs
     // on the agent's sender thread, which must keep its rhythm).
@@ -92,7 +95,9 @@ fn a_stalled_reflector_is_marked_and_its_stall_is_not_network_delay() {
         assert!(held.max >= 150.0, "{role:?}: residence {held:?}");
         // ... and neither delay nor loss: the probes waited in the reflector's socket buffer.
         let rtt = s.rtt_ms.unwrap();
-        assert!(rtt.max < 50.0, "{role:?}: rtt {rtt:?} carries the stall");
+        // Half the 200 ms stall: an RTT that carried it would be above, scheduling noise on a
+        // loopback round trip stays far below.
+        assert!(rtt.max < 100.0, "{role:?}: rtt {rtt:?} carries the stall");
         assert_eq!(s.loss, Some(0.0), "{role:?}");
     }
 }

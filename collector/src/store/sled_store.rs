@@ -993,9 +993,13 @@ mod watchdog_tests {
 
     #[test]
     fn a_reader_that_stops_making_progress_is_given_up_on() {
-        let r: Result<(), String> = watched(Duration::from_millis(300), |seen| {
-            // Ten times the limit (3 s) before the first progress: moving at 2 s is in time.
-            std::thread::sleep(Duration::from_secs(2));
+        // Ten times the limit (2 s) before the first progress: moving at 0.5 s (2.5 limits, so
+        // a watcher without that allowance gives up first, "after 0 entries") is in time, with
+        // 1.5 s to spare for a loaded machine's scheduling.
+        let stall = Duration::from_millis(200);
+        let start = std::time::Instant::now();
+        let r: Result<(), String> = watched(stall, |seen| {
+            std::thread::sleep(Duration::from_millis(500));
             seen.fetch_add(5, Ordering::Relaxed);
             // Stuck for good, as sled is on some damaged pages.
             loop {
@@ -1007,16 +1011,23 @@ mod watchdog_tests {
             e.contains("no progress") && e.contains("after 5 entries"),
             "{e}"
         );
+        // Never before the stuck reader had been still for the limit (load only delays this).
+        assert!(start.elapsed() >= Duration::from_millis(500) + stall);
     }
 
     #[test]
     fn a_slow_reader_that_keeps_progressing_is_waited_for() {
-        // 1 s of work in 20 ms steps, against a 300 ms stall limit.
-        let r = watched(Duration::from_millis(300), |seen| {
-            for _ in 0..50 {
-                std::thread::sleep(Duration::from_millis(20));
+        // 2 s of steady progress (50 ms steps) against a 2 s stall limit, then a 0.6 s pause
+        // (more than two of the watcher's 250 ms looks without progress), then done. A watcher
+        // that timed the whole read instead of the stillness since the last progress gives up
+        // in that pause; one that works waits, with 1.4 s to spare before the pause would be a
+        // stall, and a step would have to be 40 times late to look like one.
+        let r = watched(Duration::from_secs(2), |seen| {
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(50));
                 seen.fetch_add(1, Ordering::Relaxed);
             }
+            std::thread::sleep(Duration::from_millis(600));
             Ok(42)
         });
         assert_eq!(r, Ok(42));
