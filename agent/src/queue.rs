@@ -262,7 +262,7 @@ mod tests {
                     match q.oldest(1000) {
                         Ok(v) => Damaged::Read {
                             len,
-                            bodies: v.into_iter().map(|(_, r)| r.body).collect(),
+                            bodies: v.into_iter().map(|(_, r)| r.report.body).collect(),
                         },
                         Err(e) => Damaged::Error(format!("{e:#}")),
                     }
