@@ -94,7 +94,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
     cert::ensure_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn ReportStore> = Arc::new(
         SledStore::open_with_cap(
-            &cfg.data_dir.join("reports.sled"),
+            &crate::store::config::sled_path(&cfg.data_dir),
             cfg.policy.max_per_agent_per_day,
         )
         .context("opening the report store")?,

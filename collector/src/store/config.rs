@@ -237,10 +237,15 @@ impl StoreChoice {
     }
 }
 
+/// The sled store's folder inside a collector's data folder: the one place its name is written.
+pub fn sled_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("reports.sled")
+}
+
 /// Opens the sled store in `data_dir` for a command that works on it while no collector runs
 /// (`migrate`, `import`, `export`): a missing store or a running collector's lock is said so.
 pub fn open_stopped_sled(data_dir: &Path) -> Result<SledStore> {
-    let path = data_dir.join("reports.sled");
+    let path = sled_path(data_dir);
     if !path.exists() {
         bail!("{} holds no collector store", data_dir.display());
     }
@@ -259,10 +264,7 @@ pub fn open_stopped_sled(data_dir: &Path) -> Result<SledStore> {
 /// names none), `batch` reports per insert, with progress on stderr. Resumable and idempotent
 /// (see [`copy_reports`]). Returns what the run did.
 pub fn migrate(data_dir: &Path, to: &str, batch: usize) -> Result<super::clickhouse::CopyProgress> {
-    let path = data_dir.join("reports.sled");
-    if !path.exists() {
-        bail!("{} holds no collector store", data_dir.display());
-    }
+    let path = sled_path(data_dir);
     let parsed = ClickHouseUrl::parse(to).map_err(|e| anyhow!("--to: {e}"))?;
     let database = parsed
         .database

@@ -335,7 +335,9 @@ async fn aggregate(
         ch
     } else {
         let t = Instant::now();
-        let s = Arc::new(SledStore::open(&dir.join("reports.sled"))?);
+        let s = Arc::new(SledStore::open(
+            &callwatch_collector::store::config::sled_path(&dir),
+        )?);
         eprintln!(
             "opened the sled store ({} reports) in {:.1} s",
             s.len(),
@@ -422,7 +424,7 @@ async fn aggregate(
             );
         }
         None => {
-            let bytes = dir_bytes(&dir.join("reports.sled"));
+            let bytes = dir_bytes(&callwatch_collector::store::config::sled_path(&dir));
             println!("sled: {bytes} bytes on disk ({} bytes/report)", bytes / n);
         }
     }
