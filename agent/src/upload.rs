@@ -12,8 +12,8 @@ use crate::queue::Queue;
 use anyhow::{anyhow, Context, Result};
 use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
-    decode_frame_body, encode_frame, error_code, frame_len, QueuedReport, ReflectorInfo,
-    ReportStatus, Request, Response, ALPN, TCP_ALPN_OFFER,
+    decode_frame_body, encode_frame, error_code, frame_len, ReflectorInfo, ReportStatus, Request,
+    Response, ALPN, TCP_ALPN_OFFER,
 };
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -479,26 +479,17 @@ async fn drain(
             summary.reflectors = ask_reflectors(conn).await;
             return Ok(());
         }
-        let queued: Vec<QueuedReport> = batch.iter().map(|(_, r)| r.clone()).collect();
-        let mut req = Request::upload(&queued);
-        if tokens_refused {
-            req = Request::Upload {
-                reports: queued.iter().map(|q| q.report.clone()).collect(),
-            };
-        }
-        let with_tokens = matches!(req, Request::UploadWithTokens { .. });
+        let queued = || batch.iter().map(|(_, q)| q);
+        let req = Request::upload(queued(), !tokens_refused);
         let mut response = ask_ack(conn, &req).await?;
-        if with_tokens
+        if matches!(req, Request::UploadWithTokens { .. })
             && matches!(response, Response::Error { code, .. } if code == error_code::PROTOCOL)
         {
             // A collector of an earlier release does not know the request with path tokens:
             // the same reports without them (they then count by the upload's address).
             tracing::info!("the collector takes no path tokens; uploading without them");
             tokens_refused = true;
-            let bare = Request::Upload {
-                reports: queued.iter().map(|q| q.report.clone()).collect(),
-            };
-            response = ask_ack(conn, &bare).await?;
+            response = ask_ack(conn, &Request::upload(queued(), false)).await?;
         }
         let statuses = match response {
             Response::Ack { statuses } => statuses,

@@ -8,9 +8,11 @@
 //! counted by reason and the report is filed as if it had none. Only the region is ever kept:
 //! the collector never sees the probes' address, and forgets the upload's after the lookup.
 
+use crate::counts::LabelCounts;
 use crate::geo::hosting::HostingAsns;
 use crate::geo::Region;
 use crate::store::{Filing, PrefixFrom, RegionSource};
+use callwatch_proto::attest::RegionAttestation;
 use callwatch_proto::attest::{key_id, KeyId};
 use callwatch_proto::carry::CarrySecret;
 use callwatch_proto::pathtoken::{self, NetPrefix, PathToken};
@@ -117,7 +119,7 @@ impl AttestKeys {
 }
 
 /// What decides where a report is filed: the attestation keys a collector accepts, the
-/// networks it marks as hosting ([`file_region`]), and the key path tokens are opened with.
+/// networks it marks as hosting, and the key path tokens are opened with ([`Filer::file`]).
 #[derive(Clone, Debug, Default)]
 pub struct Filer {
     pub keys: AttestKeys,
@@ -184,10 +186,15 @@ impl PathTokens {
 }
 
 impl Filer {
-    /// [`file_region`] of a report that arrived as `arrival` with `token` beside it, and its
-    /// network prefix tag: from its path token when the attestation is valid, signed the
-    /// token's digest and the token opens (the measured path's prefix), else from the upload
-    /// address (none for a carried file).
+    /// Where a report that arrived as `arrival`, with `token` beside it, is filed, and how:
+    /// - the region: the attested one if its attestation is valid and of a known region, else
+    ///   the upload's ([`Region::unknown`] for a carried-out file);
+    /// - the marks: uploaded from another known region than the attested one; filed under a
+    ///   network in `hosting`;
+    /// - the prefix tag: from the path token when the valid attestation signed it and it opens
+    ///   (the measured path's prefix), else from the upload address (none for a carried file).
+    ///
+    /// The attestation is checked once; its result and the token's are counted in `stats`.
     pub fn file(
         &self,
         report: &CallReport,
@@ -196,48 +203,82 @@ impl Filer {
         now: DateTime<Utc>,
         stats: &AttestStats,
     ) -> (Region, Filing) {
-        let unknown = Region::unknown();
-        let (upload, carried) = match arrival {
-            Arrival::Upload(r, _) => (r, false),
-            Arrival::Carried => (&unknown, true),
-        };
-        let (region, mut filing) = file_region(
-            report,
-            upload,
-            carried,
-            &self.keys,
-            &self.hosting,
-            now,
-            stats,
-        );
-        let (prefix, from) = match (self.path_prefix(report, token, now, stats), arrival) {
-            (Some(p), _) => (Some(p), PrefixFrom::Path),
-            (None, Arrival::Upload(_, p)) => (Some(*p), PrefixFrom::Upload),
-            (None, Arrival::Carried) => (None, PrefixFrom::None),
-        };
-        filing.prefix_from = from;
-        filing.prefix_tag = match (&self.paths, prefix) {
-            (Some(paths), Some(p)) => Some(hex::encode(paths.tag(p, now))),
-            _ => {
-                filing.prefix_from = PrefixFrom::None;
-                None
+        let valid = self.valid_attestation(report, now, stats);
+        let attested = valid
+            .map(|a| Region {
+                country: a.country.clone(),
+                asn: a.asn,
+            })
+            // A valid attestation of an unknown region (the reflector's sources did not know
+            // the probes' address, or a relay stood in for it) decides nothing.
+            .filter(|r| *r != Region::unknown());
+        if valid.is_some() {
+            stats.results.add(if attested.is_some() {
+                "valid"
+            } else {
+                "valid_unknown_region"
+            });
+        }
+        let (region, source, uploaded_elsewhere) = match (attested, arrival) {
+            (Some(a), Arrival::Upload(upload, _)) => {
+                let elsewhere = upload != &Region::unknown() && &a != upload;
+                (a, RegionSource::Attested, elsewhere)
             }
+            (Some(a), Arrival::Carried) => (a, RegionSource::Attested, false),
+            (None, Arrival::Upload(upload, _)) => (upload.clone(), RegionSource::Upload, false),
+            (None, Arrival::Carried) => (Region::unknown(), RegionSource::Unknown, false),
         };
+        let mut filing = Filing {
+            source,
+            uploaded_elsewhere,
+            hosting: self.hosting.contains(region.asn),
+            ..Filing::default()
+        };
+        let prefix = match (
+            valid.and_then(|a| self.path_prefix(a, report, token, stats)),
+            arrival,
+        ) {
+            (Some(p), _) => Some((p, PrefixFrom::Path)),
+            (None, Arrival::Upload(_, p)) => Some((*p, PrefixFrom::Upload)),
+            (None, Arrival::Carried) => None,
+        };
+        if let (Some(paths), Some((p, from))) = (&self.paths, prefix) {
+            filing.prefix_from = from;
+            filing.prefix_tag = Some(hex::encode(paths.tag(p, now)));
+        }
         (region, filing)
     }
 
-    /// The prefix in `token`, if the report's attestation is valid, signed the token's digest,
-    /// and the token opens; counted by result (valid attestations only).
-    fn path_prefix(
+    /// The report's attestation if it is valid under these keys (made for this report, in its
+    /// hour, not expired); when not, counted as `absent` or why it was refused.
+    fn valid_attestation<'a>(
         &self,
-        report: &CallReport,
-        token: Option<&PathToken>,
+        report: &'a CallReport,
         now: DateTime<Utc>,
         stats: &AttestStats,
+    ) -> Option<&'a RegionAttestation> {
+        let Some(a) = &report.attestation else {
+            stats.results.add("absent");
+            return None;
+        };
+        match a.verify(report.id, report.started_at, now, |id| self.keys.get(id)) {
+            Ok(()) => Some(a),
+            Err(e) => {
+                stats.results.add(e.label());
+                None
+            }
+        }
+    }
+
+    /// The prefix in `token`, if the (valid) attestation `a` signed the token's digest and the
+    /// token opens; counted by result.
+    fn path_prefix(
+        &self,
+        a: &RegionAttestation,
+        report: &CallReport,
+        token: Option<&PathToken>,
+        stats: &AttestStats,
     ) -> Option<NetPrefix> {
-        let a = report.attestation.as_ref()?;
-        a.verify(report.id, report.started_at, now, |id| self.keys.get(id))
-            .ok()?;
         let result = match (a.token_digest(), token, &self.paths) {
             (Ok(None), _, _) => Err("none_made"),
             (Err(_), _, _) => Err("malformed"),
@@ -251,7 +292,7 @@ impl Filer {
                 }
             }
         };
-        stats.count_token(match result {
+        stats.tokens.add(match result {
             Ok(_) => "valid",
             Err(label) => label,
         });
@@ -263,104 +304,17 @@ impl Filer {
 #[derive(Default)]
 pub struct AttestStats {
     /// By result: `valid`, `absent`, or a refusal reason ([`AttestError::label`](callwatch_proto::attest::AttestError::label)).
-    results: Mutex<BTreeMap<&'static str, u64>>,
+    pub results: LabelCounts,
     /// Path tokens of valid attestations, by result: `valid`, `none_made` (the reflector made
     /// none), `absent` (signed but not sent), `other_token`, `does_not_open`, ….
-    tokens: Mutex<BTreeMap<&'static str, u64>>,
+    pub tokens: LabelCounts,
 }
 
 impl AttestStats {
-    fn count_token(&self, result: &'static str) {
-        let mut m = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(result).or_default() += 1;
-    }
-
-    /// Path tokens so far, by result.
-    pub fn token_results(&self) -> BTreeMap<&'static str, u64> {
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn count(&self, result: &'static str) {
-        let mut m = self.results.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(result).or_default() += 1;
-    }
-
     /// Attestations so far, by result.
     pub fn results(&self) -> BTreeMap<&'static str, u64> {
-        self.results
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.results.snapshot()
     }
-}
-
-/// Where `report` is filed and how: the attested region if its attestation is valid, else
-/// `upload` (the region of the upload's address; [`Region::unknown`] for a carried-out file,
-/// `carried` true). Counts the attestation's result; marks a valid attestation whose region
-/// differs from a known upload region, and a report filed under a network in `hosting`.
-pub fn file_region(
-    report: &CallReport,
-    upload: &Region,
-    carried: bool,
-    keys: &AttestKeys,
-    hosting: &HostingAsns,
-    now: DateTime<Utc>,
-    stats: &AttestStats,
-) -> (Region, Filing) {
-    let fallback = || {
-        let source = if carried {
-            RegionSource::Unknown
-        } else {
-            RegionSource::Upload
-        };
-        (upload.clone(), source)
-    };
-    let mut uploaded_elsewhere = false;
-    let (region, source) = match &report.attestation {
-        None => {
-            stats.count("absent");
-            fallback()
-        }
-        Some(a) => match a.verify(report.id, report.started_at, now, |id| keys.get(id)) {
-            Ok(()) => {
-                let attested = Region {
-                    country: a.country.clone(),
-                    asn: a.asn,
-                };
-                if attested == Region::unknown() {
-                    // The reflector's sources did not know the probes' address (or something
-                    // between, such as a relay, stood in for it): an attestation of nothing
-                    // decides nothing, and the upload address files the report as for one
-                    // without.
-                    stats.count("valid_unknown_region");
-                    fallback()
-                } else {
-                    stats.count("valid");
-                    if *upload != Region::unknown() && attested != *upload {
-                        uploaded_elsewhere = true;
-                    }
-                    (attested, RegionSource::Attested)
-                }
-            }
-            Err(e) => {
-                stats.count(e.label());
-                fallback()
-            }
-        },
-    };
-    let hosting = hosting.contains(region.asn);
-    (
-        region,
-        Filing {
-            source,
-            uploaded_elsewhere,
-            hosting,
-            ..Filing::default()
-        },
-    )
 }
 
 #[cfg(test)]
@@ -424,9 +378,18 @@ mod tests {
             country: "NL".into(),
             asn: 60781,
         };
-        let hosting = HostingAsns::default();
+        let filer = Filer {
+            keys,
+            ..Filer::default()
+        };
+        let from_upload = Arrival::Upload(upload.clone(), NetPrefix::V4([203, 0, 113]));
         let file = |r: &CallReport, carried: bool| {
-            file_region(r, &upload, carried, &keys, &hosting, now, &stats)
+            let arrival = if carried {
+                &Arrival::Carried
+            } else {
+                &from_upload
+            };
+            filer.file(r, None, arrival, now, &stats)
         };
         let good = attested(&report, &key, report.id.0);
         let (filed, filing) = file(&good, false);
@@ -458,29 +421,13 @@ mod tests {
         assert_eq!(file(&stranger, false), fell_back);
         assert_eq!(file(&report, false), fell_back);
         // The same upload from the same network, carried out in a file: the source says so.
-        let carried = file_region(
-            &good,
-            &Region::unknown(),
-            true,
-            &keys,
-            &hosting,
-            now,
-            &stats,
-        );
+        let carried = file(&good, true);
         assert_eq!(carried.1.source, RegionSource::Attested);
         assert!(
             !carried.1.uploaded_elsewhere,
             "no upload region to differ from"
         );
-        let carried = file_region(
-            &report,
-            &Region::unknown(),
-            true,
-            &keys,
-            &hosting,
-            now,
-            &stats,
-        );
+        let carried = file(&report, true);
         assert_eq!(
             carried,
             (
@@ -520,15 +467,12 @@ mod tests {
             country: "RU".into(),
             asn: 8359,
         };
-        let (filed, filing) = file_region(
-            &r,
-            &upload,
-            false,
-            &keys,
-            &HostingAsns::default(),
-            report.started_at,
-            &stats,
-        );
+        let filer = Filer {
+            keys,
+            ..Filer::default()
+        };
+        let arrival = Arrival::Upload(upload.clone(), NetPrefix::V4([198, 51, 100]));
+        let (filed, filing) = filer.file(&r, None, &arrival, report.started_at, &stats);
         assert_eq!(filed, upload);
         assert_eq!(filing.source, RegionSource::Upload);
         assert_eq!(stats.results().get("valid_unknown_region"), Some(&1));

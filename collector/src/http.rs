@@ -289,40 +289,23 @@ pub fn render_metrics(state: &AppState) -> String {
                 ("{outcome=\"duplicate\"}".into(), i.duplicate.load(Relaxed)),
             ],
         );
-        let rejected: Vec<(String, u64)> = i
-            .rejected()
-            .into_iter()
-            .map(|(reason, n)| (format!("{{reason=\"{reason}\"}}"), n))
-            .collect();
         metric(
             "callwatch_ingest_rejected_total",
             "counter",
             "Reports or requests rejected, by reason.",
-            &rejected,
+            &i.rejected.samples("reason"),
         );
-        let attestations: Vec<(String, u64)> = i
-            .attest
-            .results()
-            .into_iter()
-            .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n))
-            .collect();
         metric(
             "callwatch_attestations_total",
             "counter",
             "Reports' reflector attestations, by result (valid, absent, or why refused).",
-            &attestations,
+            &i.attest.results.samples("result"),
         );
-        let tokens: Vec<(String, u64)> = i
-            .attest
-            .token_results()
-            .into_iter()
-            .map(|(result, n)| (format!("{{result=\"{result}\"}}"), n))
-            .collect();
         metric(
             "callwatch_path_tokens_total",
             "counter",
             "Path tokens of valid attestations, by result (valid, none_made, absent, or why refused).",
-            &tokens,
+            &i.attest.tokens.samples("result"),
         );
         metric(
             "callwatch_uploaded_elsewhere_total",

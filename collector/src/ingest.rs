@@ -10,7 +10,7 @@
 //! store.
 
 use crate::geo::{Geo, Region};
-use crate::store::{Filing, InsertOutcome, ReportKey, ReportStore, StoredReport, VerifiedReport};
+use crate::store::{InsertOutcome, ReportKey, ReportStore, StoredReport, VerifiedReport};
 use anyhow::{Context, Result};
 use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{
@@ -46,7 +46,8 @@ pub struct IngestStats {
     pub connections_quic: AtomicU64,
     /// Connections accepted over TLS on TCP (agents whose QUIC did not get through).
     pub connections_tcp: AtomicU64,
-    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Reports or requests rejected, by reason.
+    pub rejected: crate::counts::LabelCounts,
     /// Reflector attestations by result, and reports uploaded from another region.
     pub attest: crate::attest::AttestStats,
     /// Stored reports whose test was taken under reflector load (`reflector_loaded`): counted,
@@ -60,16 +61,12 @@ pub struct IngestStats {
 
 impl IngestStats {
     fn reject(&self, reason: &'static str) {
-        let mut m = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(reason).or_default() += 1;
+        self.rejected.add(reason);
     }
 
     /// Rejections so far, by reason label.
     pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
-        self.rejected
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.rejected.snapshot()
     }
 }
 
@@ -710,7 +707,7 @@ async fn answer_request<R: AsyncRead + Unpin>(
 /// Verifies, stores and answers one batch. Each report is filed under its reflector-attested
 /// region when the attestation is valid under `filer`'s keys, else under the upload's region
 /// (unknown for a carried-out file), and marked as `filer` decides (see
-/// [`crate::attest::file_region`]). Public for tests and load tools that bypass QUIC.
+/// [`crate::attest::Filer::file`]). Public for tests and load tools that bypass QUIC.
 pub async fn process_batch_attested(
     reports: Vec<QueuedReport>,
     arrival: crate::attest::Arrival,
@@ -730,9 +727,7 @@ pub async fn process_batch_attested(
     let now = Utc::now();
     let received_at_ms = now.timestamp_millis();
     let mut statuses: Vec<Option<ReportStatus>> = Vec::with_capacity(reports.len());
-    let mut to_store = Vec::new();
-    // Per report to store: whether its test was taken under reflector load, and its filing.
-    let mut marks: Vec<(bool, Filing)> = Vec::new();
+    let mut to_store: Vec<VerifiedReport> = Vec::new();
     for QueuedReport {
         report: signed,
         path_token,
@@ -776,7 +771,6 @@ pub async fn process_batch_attested(
                 statuses.push(None);
                 let (filed, filing) =
                     filer.file(&report, path_token.as_ref(), &arrival, now, &stats.attest);
-                marks.push((report.reflector_loaded, filing.clone()));
                 // Parsed once, here: the store takes the parse and its observations.
                 to_store.push(VerifiedReport::new(
                     key,
@@ -803,46 +797,46 @@ pub async fn process_batch_attested(
             };
         }
     }
-    let keys: Vec<[u8; 32]> = to_store.iter().map(|v| v.key.agent).collect();
     if !to_store.is_empty() {
-        let outcomes =
-            match tokio::task::spawn_blocking(move || store.insert_batch(&to_store)).await {
-                Ok(Ok(o)) => o,
-                Ok(Err(e)) => {
-                    tracing::error!("store failed, batch not acknowledged: {e}");
-                    return Response::Error {
-                        code: error_code::INTERNAL,
-                        reason: format!("collector store failed: {e}"),
-                    };
-                }
-                Err(e) => {
-                    return Response::Error {
-                        code: error_code::INTERNAL,
-                        reason: format!("store task failed: {e}"),
-                    }
-                }
-            };
-        for (key, outcome) in keys.iter().zip(&outcomes) {
-            if *outcome == InsertOutcome::Inserted {
-                limiter.charge_key(key, 1);
+        // The batch comes back with its outcomes: what was stored is counted from it.
+        let stored = tokio::task::spawn_blocking(move || {
+            store.insert_batch(&to_store).map(|o| (o, to_store))
+        })
+        .await;
+        let (outcomes, to_store) = match stored {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => {
+                tracing::error!("store failed, batch not acknowledged: {e}");
+                return Response::Error {
+                    code: error_code::INTERNAL,
+                    reason: format!("collector store failed: {e}"),
+                };
             }
-        }
-        let mut outcomes = outcomes.into_iter();
-        let mut marks = marks.into_iter();
+            Err(e) => {
+                return Response::Error {
+                    code: error_code::INTERNAL,
+                    reason: format!("store task failed: {e}"),
+                }
+            }
+        };
+        let mut outcomes = outcomes.into_iter().zip(&to_store);
         for slot in statuses.iter_mut().filter(|s| s.is_none()) {
-            let (was_loaded, filing) = marks.next().unwrap_or_default();
             *slot = Some(match outcomes.next() {
-                Some(InsertOutcome::Inserted) => {
+                Some((InsertOutcome::Inserted, v)) => {
+                    limiter.charge_key(&v.key.agent, 1);
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let count = |c: &AtomicU64, yes: bool| {
                         c.fetch_add(u64::from(yes), Ordering::Relaxed);
                     };
-                    count(&stats.reflector_loaded, was_loaded);
-                    count(&stats.uploaded_elsewhere, filing.uploaded_elsewhere);
-                    count(&stats.hosting, filing.hosting);
+                    count(&stats.reflector_loaded, v.report.reflector_loaded);
+                    count(
+                        &stats.uploaded_elsewhere,
+                        v.stored.filing.uploaded_elsewhere,
+                    );
+                    count(&stats.hosting, v.stored.filing.hosting);
                     ReportStatus::Accepted
                 }
-                Some(InsertOutcome::Duplicate) => {
+                Some((InsertOutcome::Duplicate, _)) => {
                     stats.duplicate.fetch_add(1, Ordering::Relaxed);
                     ReportStatus::Duplicate
                 }

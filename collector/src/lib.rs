@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod attest;
 pub mod carry;
 pub mod cert;
+pub mod counts;
 pub mod export;
 pub mod geo;
 pub mod http;

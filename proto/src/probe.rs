@@ -558,11 +558,12 @@ impl Packet {
             }
             KIND_ATTEST_QUERY | KIND_ATTEST_TOKEN_QUERY => {
                 let with_token = kind == KIND_ATTEST_TOKEN_QUERY;
-                if with_token {
-                    exact("attest-token-query", ATTEST_TOKEN_QUERY_LEN, "192")?;
+                let (name, want, text) = if with_token {
+                    ("attest-token-query", ATTEST_TOKEN_QUERY_LEN, "192")
                 } else {
-                    exact("attest-query", ATTEST_QUERY_LEN, "128")?;
-                }
+                    ("attest-query", ATTEST_QUERY_LEN, "128")
+                };
+                exact(name, want, text)?;
                 Packet::AttestQuery(AttestQuery {
                     session: r.u64().ok_or(short)?,
                     cookie: r.cookie().ok_or(short)?,
@@ -572,11 +573,12 @@ impl Packet {
             }
             KIND_ATTESTATION | KIND_ATTESTATION_TOKEN => {
                 let with_token = kind == KIND_ATTESTATION_TOKEN;
-                if with_token {
-                    exact("attestation-token", ATTESTATION_TOKEN_LEN, "168")?;
+                let (name, want, text) = if with_token {
+                    ("attestation-token", ATTESTATION_TOKEN_LEN, "168")
                 } else {
-                    exact("attestation", ATTESTATION_LEN, "112")?;
-                }
+                    ("attestation", ATTESTATION_LEN, "112")
+                };
+                exact(name, want, text)?;
                 Packet::Attestation(Attestation {
                     session: r.u64().ok_or(short)?,
                     report_id: r.take().ok_or(short)?,

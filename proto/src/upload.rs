@@ -79,20 +79,26 @@ pub enum Request {
 }
 
 impl Request {
-    /// The request that uploads `batch`: `Upload` when no report has a token, else
-    /// `UploadWithTokens`.
-    pub fn upload(batch: &[QueuedReport]) -> Request {
-        let reports = batch.iter().map(|q| q.report.clone()).collect();
-        if batch.iter().all(|q| q.path_token.is_none()) {
+    /// The request that uploads `batch`: `UploadWithTokens` when `with_tokens` and some report
+    /// has a token, else `Upload` (the request every collector knows).
+    pub fn upload<'a>(
+        batch: impl IntoIterator<Item = &'a QueuedReport>,
+        with_tokens: bool,
+    ) -> Request {
+        let (reports, tokens): (Vec<SignedReport>, Vec<Vec<u8>>) = batch
+            .into_iter()
+            .map(|q| {
+                let token = q.path_token.filter(|_| with_tokens);
+                (
+                    q.report.clone(),
+                    token.map_or_else(Vec::new, |t| t.to_vec()),
+                )
+            })
+            .unzip();
+        if tokens.iter().all(Vec::is_empty) {
             Request::Upload { reports }
         } else {
-            Request::UploadWithTokens {
-                reports,
-                tokens: batch
-                    .iter()
-                    .map(|q| q.path_token.map_or_else(Vec::new, |t| t.to_vec()))
-                    .collect(),
-            }
+            Request::UploadWithTokens { reports, tokens }
         }
     }
 
@@ -367,13 +373,21 @@ mod tests {
             },
             QueuedReport::bare(report(2)),
         ];
-        let req = Request::upload(&batch);
+        let req = Request::upload(&batch, true);
         assert!(matches!(req, Request::UploadWithTokens { .. }));
+        // Tokens left out on request (a collector that knows none): the same reports, bare.
+        let Request::Upload { reports } = Request::upload(&batch, false) else {
+            panic!("tokens were sent")
+        };
+        assert_eq!(reports, vec![report(1), report(2)]);
         let back: Request = decode_frame(&encode_frame(&req).unwrap()).unwrap();
         assert_eq!(back.into_queued(), Some(Ok(batch.clone())));
         // No token at all: the request every collector knows.
         let bare = vec![QueuedReport::bare(report(3))];
-        assert!(matches!(Request::upload(&bare), Request::Upload { .. }));
+        assert!(matches!(
+            Request::upload(&bare, true),
+            Request::Upload { .. }
+        ));
         // Mismatched lists are refused with what is wrong.
         let short = Request::UploadWithTokens {
             reports: vec![report(1), report(2)],

@@ -22,11 +22,9 @@ pub struct RunningCollector {
     pub stderr: PathBuf,
 }
 
-/// Starts `callwatch-collector serve --data DATA` on free loopback ports, with `extra` arguments
-/// appended, logging at info level into `logs/stdout.log` and `logs/stderr.log`; returns once it
-/// printed its addresses (it exiting first fails the test, with its error output).
-pub fn start_collector(logs: &Path, data: &Path, extra: &[&str]) -> RunningCollector {
-    let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
+/// `callwatch-collector serve --data DATA` on free loopback ports (QUIC, reflector, HTTP), not
+/// yet started.
+pub fn serve_command(data: &Path) -> Command {
     let mut cmd = Command::new(crate::built_binary("callwatch-collector"));
     cmd.args(["serve", "--data"]).arg(data).args([
         "--listen",
@@ -36,6 +34,15 @@ pub fn start_collector(logs: &Path, data: &Path, extra: &[&str]) -> RunningColle
         "--http",
         "127.0.0.1:0",
     ]);
+    cmd
+}
+
+/// Starts `callwatch-collector serve --data DATA` on free loopback ports, with `extra` arguments
+/// appended, logging at info level into `logs/stdout.log` and `logs/stderr.log`; returns once it
+/// printed its addresses (it exiting first fails the test, with its error output).
+pub fn start_collector(logs: &Path, data: &Path, extra: &[&str]) -> RunningCollector {
+    let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
+    let mut cmd = serve_command(data);
     cmd.args(extra);
     let mut child = cmd
         .env("RUST_LOG", "info")

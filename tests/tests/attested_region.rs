@@ -12,8 +12,8 @@ use callwatch_agent::queue::Queue;
 use callwatch_agent::upload::{upload_queue, UploadTarget};
 use callwatch_collector::export::ExportRecord;
 use callwatch_collector::reflector::identity::load_or_create_attestation;
+use callwatch_collector::serve;
 use callwatch_collector::store::{PrefixFrom, RegionSource, StoredReport};
-use callwatch_collector::{serve, ServeConfig};
 use callwatch_proto::attest::{Claim, RegionAttestation};
 use callwatch_proto::pathtoken::{self, PathToken};
 use callwatch_proto::upload::QueuedReport;
@@ -21,7 +21,7 @@ use callwatch_proto::{CallReport, ReportId, SignedReport};
 use callwatch_tests::http;
 use ed25519_dalek::SigningKey;
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 // Another /24 than the upload's, so the path's prefix tag and the upload's differ.
@@ -77,13 +77,9 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     )
     .unwrap();
     let data = root.path().join("collector");
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut sc = ServeConfig::new(data.clone());
-    sc.listen = any;
-    sc.reflectors = vec![any];
-    sc.http = any;
+    let mut sc =
+        callwatch_tests::open_collector_config(root.path(), "127.0.0.1:0".parse().unwrap());
     sc.geo = Some(geo);
-    sc.policy.min_agents = 1;
     let collector = serve(sc).await.unwrap();
 
     // A real call test from 127.0.0.2 (blocking: run off the runtime's workers).

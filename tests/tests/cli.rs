@@ -2,6 +2,7 @@
 //! processes (cargo builds them for the workspace's tests).
 
 use callwatch_collector::reflector::{spawn_reflector, Limits};
+use callwatch_tests::process::serve_command;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
@@ -271,17 +272,7 @@ async fn run_once_keeps_reports_queued_when_the_collector_is_away() {
 fn serve_prints_and_writes_its_pin() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut child = Command::new(callwatch_tests::built_binary("callwatch-collector"))
-        .args(["serve", "--data"])
-        .arg(&data)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--reflector",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-        ])
+    let mut child = serve_command(&data)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -360,18 +351,8 @@ fn a_bad_hosting_network_list_stops_serve_with_its_line_and_creates_nothing() {
     let data = dir.path().join("data");
     let list = dir.path().join("hosting.txt");
     std::fs::write(&list, "# ours\nAS64500\nhetzner\n").unwrap();
-    let out = Command::new(callwatch_tests::built_binary("callwatch-collector"))
-        .args(["serve", "--data"])
-        .arg(&data)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--reflector",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--hosting-asns",
-        ])
+    let out = serve_command(&data)
+        .arg("--hosting-asns")
         .arg(&list)
         .output()
         .unwrap();

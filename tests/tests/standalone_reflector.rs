@@ -11,7 +11,7 @@ use callwatch_agent::queue::Queue;
 use callwatch_agent::state::AgentState;
 use callwatch_agent::upload::{upload_queue, UploadSummary, UploadTarget};
 use callwatch_collector::store::{PrefixFrom, StoredReport};
-use callwatch_collector::{serve, Collector, ServeConfig};
+use callwatch_collector::{serve, Collector};
 use callwatch_proto::upload::QueuedReport;
 use callwatch_proto::{CallReport, SignedReport};
 use callwatch_tests::http;
@@ -84,14 +84,15 @@ async fn test_and_upload(
     (report, summary)
 }
 
-fn filed(collector: &Collector, report: &CallReport) -> (String, u32) {
+/// The stored copy of `report`.
+fn stored_copy(collector: &Collector, report: &CallReport) -> StoredReport {
     let mut found = None;
     collector
         .store
         .for_each(&mut |s: StoredReport| {
             let r: CallReport = serde_json::from_slice(&s.signed.body).unwrap();
             if r.id == report.id {
-                found = Some((s.region.country.clone(), s.region.asn));
+                found = Some(s);
             }
             Ok(())
         })
@@ -99,24 +100,16 @@ fn filed(collector: &Collector, report: &CallReport) -> (String, u32) {
     found.expect("the report is stored")
 }
 
-/// Where the stored copy of `report` took its prefix tag from.
+fn filed(collector: &Collector, report: &CallReport) -> (String, u32) {
+    let region = stored_copy(collector, report).region;
+    (region.country, region.asn)
+}
+
+/// Where the stored copy of `report` took its prefix tag from (and that it has one).
 fn prefix_from(collector: &Collector, report: &CallReport) -> PrefixFrom {
-    let mut found = None;
-    collector
-        .store
-        .for_each(&mut |s: StoredReport| {
-            let r: CallReport = serde_json::from_slice(&s.signed.body).unwrap();
-            if r.id == report.id {
-                assert!(
-                    s.filing.prefix_tag.is_some(),
-                    "a tag where there is a prefix"
-                );
-                found = Some(s.filing.prefix_from);
-            }
-            Ok(())
-        })
-        .unwrap();
-    found.expect("the report is stored")
+    let filing = stored_copy(collector, report).filing;
+    assert!(filing.prefix_tag.is_some(), "a tag where there is a prefix");
+    filing.prefix_from
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,11 +152,8 @@ async fn a_registered_standalone_reflector_attests_until_it_is_revoked() {
         reflector.seal_key
     );
 
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut sc = ServeConfig::new(data.clone());
-    sc.listen = any;
-    sc.reflectors = vec![any];
-    sc.http = any;
+    let mut sc =
+        callwatch_tests::open_collector_config(root.path(), "127.0.0.1:0".parse().unwrap());
     sc.geo = Some(geo.clone());
     let collector = serve(sc).await.unwrap();
     let data_arg = data.to_str().unwrap();

@@ -53,11 +53,6 @@ impl Default for HostingAsns {
 }
 
 impl HostingAsns {
-    /// No network is marked.
-    pub fn none() -> Self {
-        HostingAsns(BTreeSet::new())
-    }
-
     pub fn contains(&self, asn: u32) -> bool {
         asn != 0 && self.0.contains(&asn)
     }

@@ -902,11 +902,46 @@ mod tests {
         assert_eq!(after.drops as usize, 64 - kept);
     }
 
+    /// One agent socket per session id in `ids`, connected to `to` (reads time out after
+    /// `timeout_s`), its session opened with the core itself (no driver thread needed): the
+    /// socket, its cookie and the session id.
+    fn open_sessions(
+        state: &Arc<Mutex<Reflector>>,
+        epoch: Instant,
+        to: SocketAddr,
+        ids: std::ops::Range<u64>,
+        timeout_s: u64,
+    ) -> Vec<(std::net::UdpSocket, callwatch_proto::probe::Cookie, u64)> {
+        use callwatch_proto::probe::{Open, Packet};
+        ids.map(|id| {
+            let agent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            agent.connect(to).unwrap();
+            agent
+                .set_read_timeout(Some(std::time::Duration::from_secs(timeout_s)))
+                .unwrap();
+            let open = Packet::Open(Open {
+                session: id,
+                interval_ms: 20,
+                size: 172,
+                duration_ms: 10_000,
+            });
+            let from = agent.local_addr().unwrap();
+            let accept = lock(state)
+                .handle(clock_us(epoch), from, &open.encode())
+                .unwrap();
+            let Ok(Packet::Accept(accept)) = Packet::decode(&accept) else {
+                panic!("no Accept");
+            };
+            (agent, accept.cookie, id)
+        })
+        .collect()
+    }
+
     /// 64 probes from 4 sessions, 150 µs apart, queued before the driver's thread starts: every
     /// one is answered, each reply with its own probe's kernel receive time (within its send)
     /// and a residence that starts there, not when the thread got to it.
     fn a_burst_is_answered_in_full_with_each_probes_own_times(driver: Driver) {
-        use callwatch_proto::probe::{Open, Packet, Probe};
+        use callwatch_proto::probe::{Packet, Probe};
         let socket = Arc::new(reflector_socket());
         let to = socket.local_addr().unwrap();
         let state = Arc::new(Mutex::new(Reflector::new(
@@ -915,32 +950,11 @@ mod tests {
         )));
         let epoch = Instant::now();
         until_stamped_on_arrival(&socket, &std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
-        let mut agents = Vec::new();
-        for s in 0..4u64 {
-            let agent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            agent.connect(to).unwrap();
-            agent
-                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-                .unwrap();
-            let open = Packet::Open(Open {
-                session: 100 + s,
-                interval_ms: 20,
-                size: 172,
-                duration_ms: 10_000,
-            });
-            // Opened with the core itself: the thread does not run yet.
-            let from = agent.local_addr().unwrap();
-            let accept = lock(&state)
-                .handle(clock_us(epoch), from, &open.encode())
-                .unwrap();
-            let Ok(Packet::Accept(accept)) = Packet::decode(&accept) else {
-                panic!("no Accept");
-            };
-            agents.push((agent, accept.cookie));
-        }
+        // Opened with the core itself: the thread does not run yet.
+        let agents = open_sessions(&state, epoch, to, 100..104, 2);
         let mut sent = Vec::new();
         for k in 0..64u32 {
-            let (agent, cookie) = &agents[k as usize % 4];
+            let (agent, cookie, _) = &agents[k as usize % 4];
             let probe = Packet::Probe(Probe {
                 session: 100 + k as u64 % 4,
                 cookie: *cookie,
@@ -964,7 +978,7 @@ mod tests {
         };
         let mut replies = Vec::new();
         let mut buf = [0u8; 2048];
-        for (agent, _) in &agents {
+        for (agent, _, _) in &agents {
             for _ in 0..16 {
                 let n = agent.recv(&mut buf).expect("a reply to every probe");
                 let Ok(Packet::Reply(r)) = Packet::decode(&buf[..n]) else {
@@ -1014,7 +1028,7 @@ mod tests {
     /// is back. Counts only the reflector thread's own CPU, so it holds on a busy host.
     #[cfg(target_os = "linux")]
     fn backlog_cpu_ns_per_datagram(driver: Driver, sessions: u64, per: u32) -> f64 {
-        use callwatch_proto::probe::{Open, Packet, Probe};
+        use callwatch_proto::probe::{Packet, Probe};
         let socket = Arc::new(reflector_socket());
         let to = socket.local_addr().unwrap();
         let state = Arc::new(Mutex::new(Reflector::new(
@@ -1022,28 +1036,7 @@ mod tests {
             Limits::default(),
         )));
         let epoch = Instant::now();
-        let mut agents = Vec::new();
-        for s in 0..sessions {
-            let agent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            agent.connect(to).unwrap();
-            agent
-                .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-                .unwrap();
-            let open = Packet::Open(Open {
-                session: 1000 + s,
-                interval_ms: 20,
-                size: 172,
-                duration_ms: 10_000,
-            });
-            let from = agent.local_addr().unwrap();
-            let accept = lock(&state)
-                .handle(clock_us(epoch), from, &open.encode())
-                .unwrap();
-            let Ok(Packet::Accept(accept)) = Packet::decode(&accept) else {
-                panic!("no Accept");
-            };
-            agents.push((agent, accept.cookie, 1000 + s));
-        }
+        let agents = open_sessions(&state, epoch, to, 1000..1000 + sessions, 5);
         for seq in 0..per {
             for (agent, cookie, id) in &agents {
                 let probe = Packet::Probe(Probe {

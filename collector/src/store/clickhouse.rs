@@ -567,7 +567,7 @@ struct Row<'a> {
     region_source: u8,
     uploaded_elsewhere: u8,
     hosting: u8,
-    /// 0 none, 1 the path's (a path token), 2 the upload address's.
+    /// [`PrefixFrom::code`] of the report's filing.
     prefix_from: u8,
     /// The keyed prefix tag, empty when none (never exported).
     prefix_tag: String,
@@ -614,11 +614,7 @@ impl ReadRow {
                 source: RegionSource::of_code(self.region_source),
                 uploaded_elsewhere: self.uploaded_elsewhere != 0,
                 hosting: self.hosting != 0,
-                prefix_from: match self.prefix_from {
-                    1 => PrefixFrom::Path,
-                    2 => PrefixFrom::Upload,
-                    _ => PrefixFrom::None,
-                },
+                prefix_from: PrefixFrom::of_code(self.prefix_from),
                 prefix_tag: (!self.prefix_tag.is_empty()).then_some(self.prefix_tag),
             },
         })
@@ -848,11 +844,7 @@ impl ClickHouseStore {
             region_source: report.filing.source.code(),
             uploaded_elsewhere: u8::from(report.filing.uploaded_elsewhere),
             hosting: u8::from(report.filing.hosting),
-            prefix_from: match report.filing.prefix_from {
-                PrefixFrom::None => 0,
-                PrefixFrom::Path => 1,
-                PrefixFrom::Upload => 2,
-            },
+            prefix_from: report.filing.prefix_from.code(),
             prefix_tag: report.filing.prefix_tag.clone().unwrap_or_default(),
         })
     }

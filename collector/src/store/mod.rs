@@ -19,8 +19,9 @@ pub use clickhouse::ClickHouseStore;
 pub use sled_store::SledStore;
 
 /// A verified report as stored: the exact signed bytes, the region it is filed under, how that
-/// region was decided, and when it arrived. Never an address.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// region was decided, and when it arrived. Never an address. Kept as
+/// [`StoredReport::to_bytes`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredReport {
     pub signed: SignedReport,
     pub region: Region,
@@ -119,18 +120,6 @@ impl RegionSource {
         .find(|s| s.code() == c)
         .unwrap_or_default()
     }
-
-    /// Parses [`RegionSource::as_str`].
-    pub fn parse(s: &str) -> Option<RegionSource> {
-        [
-            RegionSource::Unrecorded,
-            RegionSource::Attested,
-            RegionSource::Upload,
-            RegionSource::Unknown,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-    }
 }
 
 /// How a report was filed: decided at ingest, kept with it, counted in the aggregates and
@@ -166,6 +155,25 @@ pub enum PrefixFrom {
     Path,
     /// The upload address's prefix (no valid path token).
     Upload,
+}
+
+impl PrefixFrom {
+    /// The code ClickHouse stores (0 for rows from before the column).
+    pub fn code(self) -> u8 {
+        match self {
+            PrefixFrom::None => 0,
+            PrefixFrom::Path => 1,
+            PrefixFrom::Upload => 2,
+        }
+    }
+
+    /// The source of a [`PrefixFrom::code`]; unknown codes read as none.
+    pub fn of_code(c: u8) -> PrefixFrom {
+        [PrefixFrom::Path, PrefixFrom::Upload]
+            .into_iter()
+            .find(|p| p.code() == c)
+            .unwrap_or_default()
+    }
 }
 
 /// A report as a store takes it: verified and parsed once (at ingest), with the observations
@@ -350,12 +358,15 @@ mod tests {
             RegionSource::Unknown,
         ] {
             assert_eq!(RegionSource::of_code(s.code()), s);
-            assert_eq!(RegionSource::parse(s.as_str()), Some(s));
             assert_eq!(
                 serde_json::to_string(&s).unwrap(),
                 format!("\"{}\"", s.as_str())
             );
         }
         assert_eq!(RegionSource::of_code(200), RegionSource::Unrecorded);
+        for p in [PrefixFrom::None, PrefixFrom::Path, PrefixFrom::Upload] {
+            assert_eq!(PrefixFrom::of_code(p.code()), p);
+        }
+        assert_eq!(PrefixFrom::of_code(200), PrefixFrom::None);
     }
 }

@@ -9,6 +9,7 @@ use crate::aggregate::{
     ordered_i64, CapKey, Cell, CellKey, CellState, Filter, Grouper, Observation, Plan, Policy,
     CAP_KEY_LEN,
 };
+#[cfg(test)]
 use callwatch_proto::CallReport;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::collections::BTreeMap;
@@ -377,13 +378,7 @@ impl SledStore {
         let mut caps: BTreeMap<[u8; CAP_KEY_LEN], u32> = BTreeMap::new();
         let mut done = 0usize;
         self.for_each_since(i64::MIN, &mut |stored| {
-            let mut agent = [0u8; 32];
-            if stored.signed.key.len() == 32 {
-                agent.copy_from_slice(&stored.signed.key);
-            }
-            let body: CallReport = serde_json::from_slice(&stored.signed.body)
-                .map_err(|e| corrupt(&agent, format!("stored body no longer parses: {e}")))?;
-            for o in Observation::from_report(&stored, &body) {
+            for o in VerifiedReport::parse(stored)?.observations {
                 let key = o.cell_key();
                 let n = caps.entry(CapKey::bytes(&key, &o.agent)).or_default();
                 *n = n.saturating_add(1);
