@@ -9,9 +9,9 @@
 //! the collector never sees the probes' address, and forgets the upload's after the lookup.
 
 use crate::counts::LabelCounts;
+use crate::domain::{Filing, PrefixFrom, RegionSource};
 use crate::geo::hosting::HostingAsns;
 use crate::geo::Region;
-use crate::store::{Filing, PrefixFrom, RegionSource};
 use callwatch_proto::attest::RegionAttestation;
 use callwatch_proto::attest::{key_id, KeyId};
 use callwatch_proto::carry::CarrySecret;

@@ -2,7 +2,8 @@
 //! offline — the exact signed body (as a JSON string), the agent key and the signature — and the
 //! coarse region the collector placed it in, with how it was placed there. Never an address.
 
-use crate::store::{RegionSource, ReportStore, StoreError, StoredReport};
+use crate::domain::{Axis, Cell, RegionSource, StoredReport, FIGURES};
+use crate::store::{ReportStore, StoreError};
 use callwatch_proto::SignedReport;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -126,4 +127,58 @@ pub fn verify_export(input: impl BufRead) -> std::io::Result<VerifySummary> {
         }
     }
     Ok(summary)
+}
+/// CSV columns, in order: the axes asked for, `count,agents`, `<figure>_p10,_median,_p90` per
+/// figure in [`FIGURES`] order, then the verdict counts (`verdict_none`, `verdict_inconclusive`,
+/// `verdict_differentiated`, `verdict_blocked`, `verdict_no_reference`) and the shares
+/// (`differentiated_share`, `blocked_share`), then the filing counts (`uploaded_elsewhere`,
+/// `hosting`).
+pub fn cells_csv(cells: &[Cell], axes: &[Axis]) -> String {
+    let mut header: Vec<String> = axes.iter().map(|a| a.as_str().to_string()).collect();
+    header.extend(["count".into(), "agents".into()]);
+    for f in FIGURES {
+        header.extend([
+            format!("{f}_p10"),
+            format!("{f}_median"),
+            format!("{f}_p90"),
+        ]);
+    }
+    header.extend([
+        "verdict_none".into(),
+        "verdict_inconclusive".into(),
+        "verdict_differentiated".into(),
+        "verdict_blocked".into(),
+        "verdict_no_reference".into(),
+        "differentiated_share".into(),
+        "blocked_share".into(),
+        "uploaded_elsewhere".into(),
+        "hosting".into(),
+    ]);
+    let mut out = header.join(",");
+    out.push('\n');
+    let num = |x: f64| format!("{x:.5}");
+    for c in cells {
+        let mut row: Vec<String> = axes.iter().map(|a| c.axis_text(*a)).collect();
+        row.extend([c.count.to_string(), c.agents.to_string()]);
+        for f in c.figures() {
+            match f {
+                Some(f) => row.extend([num(f.p10), num(f.median), num(f.p90)]),
+                None => row.extend([String::new(), String::new(), String::new()]),
+            }
+        }
+        row.extend([
+            c.verdicts.none.to_string(),
+            c.verdicts.inconclusive.to_string(),
+            c.verdicts.differentiated.to_string(),
+            c.verdicts.blocked.to_string(),
+            c.verdicts.no_reference.to_string(),
+            c.differentiated_share.map(num).unwrap_or_default(),
+            c.blocked_share.map(num).unwrap_or_default(),
+            c.filing.uploaded_elsewhere.to_string(),
+            c.filing.hosting.to_string(),
+        ]);
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
 }

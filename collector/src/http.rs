@@ -3,7 +3,8 @@
 //! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]` and `GET /healthz`.
 //! Bad parameters get 400 with a message that names the parameter.
 
-use crate::aggregate::{parse_kind, relative_error, to_csv, Axis, Cell, Filter, Policy};
+use crate::domain::{parse_kind, relative_error, Axis, Cell, Filter, Policy};
+use crate::export::cells_csv;
 use crate::ingest::IngestStats;
 use crate::reflector::ReflectorStatsSource;
 use crate::store::ReportStore;
@@ -249,7 +250,7 @@ async fn aggregation(
     if q.csv {
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            to_csv(&cells, &q.axes),
+            cells_csv(&cells, &q.axes),
         )
             .into_response());
     }

@@ -9,8 +9,9 @@
 //! table when the connection is accepted and goes no further: only the [`Region`] reaches the
 //! store.
 
+use crate::domain::{ReportKey, StoredReport, VerifiedReport};
 use crate::geo::{Geo, Region};
-use crate::store::{InsertOutcome, ReportKey, ReportStore, StoredReport, VerifiedReport};
+use crate::store::{InsertOutcome, ReportStore};
 use anyhow::{Context, Result};
 use callwatch_proto::carry::CarryKey;
 use callwatch_proto::upload::{

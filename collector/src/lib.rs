@@ -6,18 +6,17 @@
 //! ([`geo`]), aggregation ([`aggregate`]) exported over HTTP ([`http`]), and the reflector agents
 //! test against ([`reflector`]). [`serve`] wires them together.
 
-pub mod aggregate;
 pub mod attest;
 pub mod carry;
 pub mod cert;
 pub mod counts;
+pub mod domain;
 pub mod export;
 pub mod geo;
 pub mod http;
 pub mod ingest;
 pub mod reflector;
 pub mod serve;
-pub mod sketch;
 pub mod store;
 
 pub use serve::{serve, serve_with_store, Collector, ServeConfig};

@@ -471,7 +471,8 @@ fn export(
     since: Option<&str>,
     min_agents: usize,
 ) -> Result<()> {
-    use callwatch_collector::aggregate::{to_csv, Policy};
+    use callwatch_collector::domain::Policy;
+    use callwatch_collector::export::cells_csv;
     use callwatch_collector::http::{parse_aggregation_query, parse_time_ms, AggregationBody};
     use callwatch_collector::store::ReportStore;
     use std::io::Write;
@@ -527,7 +528,7 @@ fn export(
             let cells = store.aggregate(&q.axes, &q.filter, &policy)?;
             eprintln!("exported {} cells", cells.len());
             if matches!(format, ExportFormat::Csv) {
-                out.write_all(to_csv(&cells, &q.axes).as_bytes())?;
+                out.write_all(cells_csv(&cells, &q.axes).as_bytes())?;
             } else {
                 serde_json::to_writer_pretty(
                     &mut out,

@@ -38,7 +38,7 @@ pub struct ServeConfig {
     /// Upload rate limits per source address and per agent key.
     pub rate_limits: crate::ingest::RateLimits,
     /// Publication rules for aggregates (k threshold, per-agent cap).
-    pub policy: crate::aggregate::Policy,
+    pub policy: crate::domain::Policy,
     /// Networks whose reports are marked `hosting` (default: the built-in list).
     pub hosting: crate::geo::hosting::HostingAsns,
 }
@@ -59,7 +59,7 @@ impl ServeConfig {
             max_connections: 1024,
             max_connections_per_ip: 16,
             rate_limits: crate::ingest::RateLimits::default(),
-            policy: crate::aggregate::Policy::default(),
+            policy: crate::domain::Policy::default(),
             hosting: Default::default(),
         }
     }

@@ -3,8 +3,8 @@
 //! `cargo run --example gen_corpus` (from `fuzz/`). Deterministic: running it again rewrites the
 //! same files.
 
-use callwatch_collector::aggregate::{CellKey, CellState};
-use callwatch_collector::sketch::Sketch;
+use callwatch_collector::domain::{CellKey, CellState};
+use callwatch_collector::domain::sketch::Sketch;
 use callwatch_proto::probe::{
     Accept, Close, CloseAck, Open, Packet, Probe, Reject, RejectReason, Reply,
 };

@@ -252,9 +252,9 @@ mod upload_frame {
 }
 
 mod signed_report {
-    use callwatch_collector::aggregate::{CellState, Observation};
+    use callwatch_collector::domain::{CellState, Observation};
     use callwatch_collector::geo::Region;
-    use callwatch_collector::store::StoredReport;
+    use callwatch_collector::domain::StoredReport;
     use callwatch_proto::{CallReport, SignedReport, VerifyError};
 
     /// What happens to a report that verified: it validates, survives JSON unchanged, and the
@@ -277,7 +277,7 @@ mod signed_report {
         for o in Observation::from_report(&stored, report) {
             let k = o.cell_key();
             assert_eq!(
-                callwatch_collector::aggregate::CellKey::from_bytes(&k.to_bytes()),
+                callwatch_collector::domain::CellKey::from_bytes(&k.to_bytes()),
                 Some(k)
             );
             cell.add(&o);
@@ -389,7 +389,8 @@ mod agent_config {
 }
 
 pub mod api_query {
-    use callwatch_collector::aggregate::{query, to_csv, CellKey, CellState, Policy};
+    use callwatch_collector::domain::{query, CellKey, CellState, Policy};
+    use callwatch_collector::export::cells_csv;
     use callwatch_collector::http::{parse_aggregation_query, parse_reports_query, parse_time_ms};
     use callwatch_proto::{Platform, Role};
     use std::collections::HashMap;
@@ -479,14 +480,14 @@ pub mod api_query {
             cell(i64::MAX, *b"RU", Role::Control, 5),
         ];
         let published = query(cells, &q.axes, f, &Policy::default());
-        let _ = to_csv(&published, &q.axes);
+        let _ = cells_csv(&published, &q.axes);
         let _ = serde_json::to_string(&published);
     }
 }
 
 mod sketch_and_cells {
-    use callwatch_collector::aggregate::{CellKey, CellState};
-    use callwatch_collector::sketch::Sketch;
+    use callwatch_collector::domain::{CellKey, CellState};
+    use callwatch_collector::domain::sketch::Sketch;
 
     const QS: [f64; 9] = [0.0, 0.1, 0.5, 0.9, 0.99, 1.0, -0.1, 1.5, f64::NAN];
 

@@ -19,7 +19,7 @@
 //!   boundary, and agent and reflector clocks may differ by minutes); anything else is refused;
 //! - the hour is no older than [`MAX_AGE_HOURS`] at verification time.
 
-use crate::report::ReportId;
+use crate::id::ReportId;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};

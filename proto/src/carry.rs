@@ -30,6 +30,7 @@
 //! This module reads no clock and draws no random number: the ephemeral secret comes from the
 //! caller.
 
+pub use crate::carry_key::{CarryKey, CarrySecret, KEY_LEN};
 use crate::upload::{QueuedReport, MAX_FRAME_LEN};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -37,12 +38,8 @@ use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use sha2::{Digest, Sha256};
-use std::fmt;
-use std::str::FromStr;
 use thiserror::Error;
 
-/// Length of an X25519 key.
-pub const KEY_LEN: usize = 32;
 /// Most reports one file may hold (a full agent queue is 10,000 by default).
 pub const MAX_REPORTS: u64 = 1_000_000;
 /// Longest report line, in base64 characters (a report no longer than an upload frame).
@@ -53,58 +50,6 @@ const MAGIC: &[u8] = b"callwatch carry-out v1";
 const KEY_LABEL: &[u8] = b"callwatch carry-out v1 key";
 const HEADER_AAD: &[u8] = b"callwatch carry-out v1 header";
 const REPORT_AAD: &[u8] = b"callwatch carry-out v1 report";
-
-/// A collector's public carry-out key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CarryKey(pub [u8; KEY_LEN]);
-
-impl fmt::Display for CarryKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl fmt::Debug for CarryKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CarryKey({self})")
-    }
-}
-
-impl FromStr for CarryKey {
-    type Err = String;
-
-    /// 64 hex digits.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; KEY_LEN];
-        hex::decode_to_slice(s.trim(), &mut out)
-            .map_err(|_| "expected 64 hex digits (an X25519 public key)".to_string())?;
-        Ok(CarryKey(out))
-    }
-}
-
-/// A collector's secret carry-out key. Its `Debug` shows only the public half.
-#[derive(Clone)]
-pub struct CarrySecret([u8; KEY_LEN]);
-
-impl CarrySecret {
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        CarrySecret(bytes)
-    }
-
-    pub fn to_bytes(&self) -> [u8; KEY_LEN] {
-        self.0
-    }
-
-    pub fn public(&self) -> CarryKey {
-        CarryKey(MontgomeryPoint::mul_base_clamped(self.0).to_bytes())
-    }
-}
-
-impl fmt::Debug for CarrySecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CarrySecret(public {})", self.public())
-    }
-}
 
 /// Why a file as a whole cannot be read.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -233,7 +178,7 @@ impl Opener {
         }
         let (e, sealed) = bytes.split_at(KEY_LEN);
         let e = CarryKey(e.try_into().map_err(|_| CarryError::NotAHeader)?);
-        let shared = MontgomeryPoint(e.0).mul_clamped(secret.0);
+        let shared = MontgomeryPoint(e.0).mul_clamped(secret.to_bytes());
         let cipher = file_cipher(shared, &e, &secret.public())?;
         let plain = cipher
             .decrypt(

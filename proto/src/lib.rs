@@ -9,7 +9,9 @@
 
 pub mod attest;
 pub mod carry;
+pub mod carry_key;
 pub mod framing;
+pub mod id;
 pub mod pathtoken;
 pub mod platform;
 pub mod probe;

@@ -19,7 +19,7 @@
 //! ephemeral public ‖ collector public); nonce 0 (the key is never used twice); associated data:
 //! report id (16) ‖ hour (u32 BE).
 
-use crate::carry::{CarryKey, CarrySecret};
+use crate::carry_key::{CarryKey, CarrySecret};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
 use curve25519_dalek::montgomery::MontgomeryPoint;

@@ -4,8 +4,9 @@
 //!
 //! Every wait polls a state file or the collector's store against a deadline.
 
+use callwatch_collector::domain::StoredReport;
 use callwatch_collector::reflector::{spawn_reflector, Limits, ReflectorHandle};
-use callwatch_collector::store::{InsertOutcome, ReportStore, SledStore, StoreError, StoredReport};
+use callwatch_collector::store::{InsertOutcome, ReportStore, SledStore, StoreError};
 use callwatch_collector::{serve, serve_with_store};
 use callwatch_proto::CallReport;
 use callwatch_tests::open_collector_config;
@@ -269,7 +270,7 @@ struct AckHoldingStore {
 impl ReportStore for AckHoldingStore {
     fn insert_batch(
         &self,
-        batch: &[callwatch_collector::store::VerifiedReport],
+        batch: &[callwatch_collector::domain::VerifiedReport],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let result = self.inner.insert_batch(batch);
         let n = {
@@ -291,10 +292,10 @@ impl ReportStore for AckHoldingStore {
     }
     fn aggregate(
         &self,
-        axes: &[callwatch_collector::aggregate::Axis],
-        filter: &callwatch_collector::aggregate::Filter,
-        policy: &callwatch_collector::aggregate::Policy,
-    ) -> Result<Vec<callwatch_collector::aggregate::Cell>, StoreError> {
+        axes: &[callwatch_collector::domain::Axis],
+        filter: &callwatch_collector::domain::Filter,
+        policy: &callwatch_collector::domain::Policy,
+    ) -> Result<Vec<callwatch_collector::domain::Cell>, StoreError> {
         self.inner.aggregate(axes, filter, policy)
     }
     fn for_each_since(

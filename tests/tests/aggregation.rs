@@ -6,11 +6,11 @@
 //! error — and cells with fewer than k agents are absent. Video-like tests never reach a voice
 //! cell: the voice cells equal a recomputation from the voice reports alone.
 
-use callwatch_collector::aggregate::{exact, Observation, Policy, FIGURES};
+use callwatch_collector::domain::sketch::RELATIVE_ACCURACY;
+use callwatch_collector::domain::StoredReport;
+use callwatch_collector::domain::{exact, Observation, Policy, FIGURES};
 use callwatch_collector::geo::Region;
 use callwatch_collector::http::{parse_aggregation_query, AggregationQuery};
-use callwatch_collector::sketch::RELATIVE_ACCURACY;
-use callwatch_collector::store::StoredReport;
 use callwatch_proto::report::StreamKind;
 use callwatch_tests::http;
 use callwatch_tests::seed::{collector, seed, upload, Seeded, REGIONS, VIDEO_MOS_MAX};
@@ -236,8 +236,8 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
             &observations_of(&mut seed.iter().filter(|s| {
                 s.3.stream_kind == StreamKind::Voice && s.3.streams[0].packets_sent > 0
             })),
-            &[callwatch_collector::aggregate::Axis::Country],
-            &callwatch_collector::aggregate::Filter {
+            &[callwatch_collector::domain::Axis::Country],
+            &callwatch_collector::domain::Filter {
                 country: Some("RU".into()),
                 platform: Some(callwatch_proto::Platform::Whatsapp),
                 ..Default::default()

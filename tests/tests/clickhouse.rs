@@ -8,12 +8,12 @@
 
 use callwatch_agent::queue::Queue;
 use callwatch_agent::upload::{upload_queue, UploadTarget};
-use callwatch_collector::aggregate::FIGURES;
-use callwatch_collector::store::clickhouse::{copy_reports, ClickHouseUrl};
-use callwatch_collector::store::{
-    ClickHouseStore, Filing, PrefixFrom, RegionSource, ReportKey, ReportStore, SledStore,
-    StoredReport, VerifiedReport,
+use callwatch_collector::domain::FIGURES;
+use callwatch_collector::domain::{
+    Filing, PrefixFrom, RegionSource, ReportKey, StoredReport, VerifiedReport,
 };
+use callwatch_collector::store::clickhouse::{copy_reports, ClickHouseUrl};
+use callwatch_collector::store::{ClickHouseStore, ReportStore, SledStore};
 use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
 use callwatch_proto::report::StreamKind;
 use callwatch_tests::http;
@@ -478,11 +478,11 @@ fn migrate_from_sled_is_resumable_and_idempotent() {
     sort(&mut from_ch);
     assert!(from_sled == from_ch, "reports differ after the copy");
     assert!(from_ch.iter().all(|r| r.signed.verify().is_ok()));
-    let policy = callwatch_collector::aggregate::Policy {
+    let policy = callwatch_collector::domain::Policy {
         min_agents: 3,
         max_per_agent_per_day: 1,
     };
-    use callwatch_collector::aggregate::{Axis, Filter};
+    use callwatch_collector::domain::{Axis, Filter};
     for axes in [
         vec![Axis::Country, Axis::Platform],
         vec![Axis::Day, Axis::Arm],
@@ -623,11 +623,11 @@ fn a_table_from_before_the_stream_kind_gains_its_columns_and_reads_old_rows_from
     })
     .unwrap();
     assert_eq!(old_rows, data.len());
-    let policy = callwatch_collector::aggregate::Policy {
+    let policy = callwatch_collector::domain::Policy {
         min_agents: 3,
         max_per_agent_per_day: 24,
     };
-    use callwatch_collector::aggregate::{Axis, Filter};
+    use callwatch_collector::domain::{Axis, Filter};
     let video = Filter {
         kind: Some(StreamKind::Video),
         ..Filter::default()

@@ -103,7 +103,7 @@ fn a_stalled_reflector_is_marked_and_its_stall_is_not_network_delay() {
 }
 
 /// A report taken under reflector load is stored and counted in /metrics (that its figures stay
-/// out of the aggregates is `aggregate::tests::a_test_taken_under_reflector_load_...`).
+/// out of the aggregates is `domain::tests::a_test_taken_under_reflector_load_...`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_loaded_test_is_stored_and_counted_in_metrics() {
     use callwatch_agent::upload::{exchange, pinned_client_config};

@@ -8,9 +8,10 @@ use callwatch_agent::identity;
 use callwatch_agent::queue::Queue;
 use callwatch_agent::runner::run_cycle;
 use callwatch_agent::upload::{upload_queue, UploadError, UploadTarget};
-use callwatch_collector::aggregate::{Axis, Cell, Filter, Policy};
+use callwatch_collector::domain::StoredReport;
+use callwatch_collector::domain::{Axis, Cell, Filter, Policy};
 use callwatch_collector::reflector::{spawn_reflector, Limits};
-use callwatch_collector::store::{InsertOutcome, ReportStore, SledStore, StoreError, StoredReport};
+use callwatch_collector::store::{InsertOutcome, ReportStore, SledStore, StoreError};
 use callwatch_collector::{serve, serve_with_store, ServeConfig};
 use callwatch_proto::probe::{Open, Packet, Probe, ACCEPT_LEN};
 use callwatch_proto::{CallReport, ReportId, SignedReport};
@@ -235,7 +236,7 @@ struct GatedStore {
 impl ReportStore for GatedStore {
     fn insert_batch(
         &self,
-        batch: &[callwatch_collector::store::VerifiedReport],
+        batch: &[callwatch_collector::domain::VerifiedReport],
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let _ = self.events.send((n, false));

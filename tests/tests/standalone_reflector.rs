@@ -10,7 +10,7 @@ use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_agent::queue::Queue;
 use callwatch_agent::state::AgentState;
 use callwatch_agent::upload::{upload_queue, UploadSummary, UploadTarget};
-use callwatch_collector::store::{PrefixFrom, StoredReport};
+use callwatch_collector::domain::{PrefixFrom, StoredReport};
 use callwatch_collector::{serve, Collector};
 use callwatch_proto::upload::QueuedReport;
 use callwatch_proto::{CallReport, SignedReport};

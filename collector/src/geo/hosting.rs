@@ -2,7 +2,7 @@
 //!
 //! A call test whose measured path is filed under one of these networks measured a VPN exit or a
 //! rented server, not what a subscriber of the country gets; a report is marked (`hosting`, see
-//! [`crate::store::Filing`]) so researchers can leave it out. The built-in list ([`BUILT_IN`])
+//! [`crate::domain::Filing`]) so researchers can leave it out. The built-in list ([`BUILT_IN`])
 //! names large hosting and cloud networks and networks where commercial VPNs keep many exits;
 //! it is a starting point, not a classification of the Internet. An operator adds to it, or
 //! takes entries out, with a file (`serve --hosting-asns FILE`, [`HostingAsns::load`]).

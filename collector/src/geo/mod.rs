@@ -22,28 +22,10 @@ mod mmdb;
 #[cfg(any(test, feature = "test-util"))]
 pub mod mmdb_writer;
 
-use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::Path;
 
-/// Where a report came from, as coarse as the collector keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Region {
-    /// ISO 3166-1 alpha-2, upper case; `ZZ` when unknown.
-    pub country: String,
-    /// Autonomous system number; 0 when unknown.
-    pub asn: u32,
-}
-
-impl Region {
-    /// Country `ZZ`, AS0.
-    pub fn unknown() -> Self {
-        Region {
-            country: "ZZ".into(),
-            asn: 0,
-        }
-    }
-}
+pub use crate::domain::Region;
 
 /// Why a region source could not be loaded; every variant names the file.
 #[derive(Debug, thiserror::Error)]

@@ -57,7 +57,7 @@
 //! # Aggregation
 //!
 //! [`ReportStore::aggregate`] is one SQL query with the sled backend's semantics
-//! (see [`crate::aggregate`]): fine cells (UTC hour, country, ASN, platform, arm, kind); the
+//! (see [`crate::domain`]): fine cells (UTC hour, country, ASN, platform, arm, kind); the
 //! per-agent cap per (UTC day, country, ASN, platform, arm, kind, agent) in order of arrival —
 //! without window functions: `groupArray` of (received_at_ms, position in batch, id, …) per cap
 //! group, sorted and sliced to the cap, then `ARRAY JOIN`ed; the hour bounds of the filter are
@@ -66,18 +66,19 @@
 //! where sled answers from sketches within 1 % of the same rank. The cap comes from the query's
 //! policy, so changing it needs no rebuild.
 
-use super::{
-    Filing, InsertOutcome, PrefixFrom, RegionSource, ReportStore, StoreError, StoredReport,
-    VerifiedReport,
+use super::{InsertOutcome, ReportStore, StoreError};
+use crate::domain::codes::{
+    arm_code, arm_of_code, country_text, kind_code, kind_of_code, platform_code, platform_of_code,
 };
-use crate::aggregate::day_string;
-use crate::aggregate::{
-    kind_byte, kind_of_byte, Axis, Cell, Figure, FilingCounts, Filter, GroupKey, Policy,
-    VerdictCounts, BLOCKED_RULES, FIGURE_COUNT, NO_REFERENCE_RULES,
+use crate::domain::day_string;
+use crate::domain::{
+    Axis, Cell, Figure, FilingCounts, Filter, GroupKey, Policy, VerdictCounts, BLOCKED_RULES,
+    FIGURE_COUNT, NO_REFERENCE_RULES,
 };
+use crate::domain::{Filing, PrefixFrom, RegionSource, StoredReport, VerifiedReport};
 use crate::geo::Region;
 use callwatch_proto::report::{StreamKind, VerdictRule};
-use callwatch_proto::{Platform, Role, SignedReport, Verdict};
+use callwatch_proto::{Role, SignedReport, Verdict};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -401,62 +402,12 @@ fn lit(s: &str) -> String {
     out
 }
 
-fn platform_code(p: Platform) -> u8 {
-    match p {
-        Platform::Generic => 0,
-        Platform::Whatsapp => 1,
-        Platform::Telegram => 2,
-        Platform::Signal => 3,
-        Platform::Max => 4,
-    }
-}
-
-fn platform_of(code: u8) -> Option<Platform> {
-    Platform::ALL
-        .into_iter()
-        .find(|p| platform_code(*p) == code)
-}
-
-fn arm_code(r: Role) -> u8 {
-    match r {
-        Role::Platform => 0,
-        Role::Control => 1,
-        Role::Relay => 2,
-        Role::RelayReference => 3,
-    }
-}
-
-fn arm_of(code: u8) -> Option<Role> {
-    [
-        Role::Platform,
-        Role::Control,
-        Role::Relay,
-        Role::RelayReference,
-    ]
-    .into_iter()
-    .find(|r| arm_code(*r) == code)
-}
-
 fn verdict_code(v: Option<Verdict>) -> i8 {
     match v {
         None => -1,
         Some(Verdict::None) => 0,
         Some(Verdict::Inconclusive) => 1,
         Some(Verdict::Differentiated) => 2,
-    }
-}
-
-/// The fine cell's country code, as [`crate::aggregate`] normalises it.
-fn country_code(c: &str) -> String {
-    match c.as_bytes() {
-        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
-            format!(
-                "{}{}",
-                a.to_ascii_uppercase() as char,
-                b.to_ascii_uppercase() as char
-            )
-        }
-        _ => "ZZ".into(),
     }
 }
 
@@ -510,7 +461,7 @@ const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
     ("prefix_tag", "String", "''"),
 ];
 
-/// The figure columns, in [`crate::aggregate::FIGURES`] order.
+/// The figure columns, in [`crate::domain::FIGURES`] order.
 const FIGURE_COLUMNS: [&str; FIGURE_COUNT] = [
     "rtt",
     "jitter_up",
@@ -557,7 +508,7 @@ struct Row<'a> {
     stalls: Vec<Option<f64>>,
     /// The signed report's key field (hex); equal to `agent` for every verified report.
     key: String,
-    /// [`kind_byte`] of the report's stream kind.
+    /// [`kind_code`] of the report's stream kind.
     kind: u8,
     /// The verdict's rule as the report spells it; empty when it has none.
     rule: &'static str,
@@ -819,7 +770,7 @@ impl ClickHouseStore {
             started_date: day_string(hour.div_euclid(24)),
             hour,
             country: &report.region.country,
-            cc: country_code(&report.region.country),
+            cc: country_text(&report.region.country),
             asn: report.region.asn,
             platform: platform_code(body.platform),
             verdict: verdict_code(body.verdict),
@@ -835,7 +786,7 @@ impl ClickHouseStore {
             mos: figure(6),
             stalls: figure(7),
             key: hex::encode(&report.signed.key),
-            kind: kind_byte(body.stream_kind),
+            kind: kind_code(body.stream_kind),
             rule: body
                 .verdict_detail
                 .as_ref()
@@ -967,14 +918,14 @@ impl ClickHouseStore {
         let mut pre: Vec<String> = Vec::new();
         // Voice and video never share a cell: one kind unless `kind` is an axis.
         match filter.kind {
-            Some(k) => pre.push(format!("kind = {}", kind_byte(k))),
+            Some(k) => pre.push(format!("kind = {}", kind_code(k))),
             None if !has(Axis::Kind) => {
-                pre.push(format!("kind = {}", kind_byte(StreamKind::Voice)))
+                pre.push(format!("kind = {}", kind_code(StreamKind::Voice)))
             }
             None => {}
         }
         if let Some(c) = &filter.country {
-            pre.push(format!("cc = {}", lit(&country_code(c))));
+            pre.push(format!("cc = {}", lit(&country_text(c))));
         }
         if let Some(a) = filter.asn {
             pre.push(format!("asn = {a}"));
@@ -1018,7 +969,7 @@ impl ClickHouseStore {
             .map(|(i, c)| format!("{c} AS f{i}"))
             .collect();
         let f_list: Vec<String> = (0..FIGURE_COUNT).map(|i| format!("f{i}")).collect();
-        // What the verdict's rule adds ([`crate::aggregate::Finding`]): 1 a blocked call, 2 a
+        // What the verdict's rule adds ([`crate::domain::Finding`]): 1 a blocked call, 2 a
         // test without a reference, 0 neither.
         let finding = format!(
             "multiIf(verdict = {diff} AND rule IN ({blocked}), 1, \
@@ -1218,15 +1169,15 @@ impl AggRow {
     fn into_cell(self) -> Result<(GroupKey, Cell), StoreError> {
         let bad = |what: &str| StoreError::Backend(format!("ClickHouse answered {what}"));
         let platform = match self.g_platform {
-            Some(c) => Some(platform_of(c).ok_or_else(|| bad("an unknown platform code"))?),
+            Some(c) => Some(platform_of_code(c).ok_or_else(|| bad("an unknown platform code"))?),
             None => None,
         };
         let arm = match self.g_arm {
-            Some(c) => Some(arm_of(c).ok_or_else(|| bad("an unknown arm code"))?),
+            Some(c) => Some(arm_of_code(c).ok_or_else(|| bad("an unknown arm code"))?),
             None => None,
         };
         let kind = match self.g_kind {
-            Some(c) => Some(kind_of_byte(c).ok_or_else(|| bad("an unknown stream kind"))?),
+            Some(c) => Some(kind_of_code(c).ok_or_else(|| bad("an unknown stream kind"))?),
             None => None,
         };
         let country = match &self.g_cc {

@@ -1,14 +1,15 @@
 //! The embedded default store: reports keyed by agent key ‖ report id, and an index by arrival
 //! time (received ms ‖ report key) for paging exports, and the fine aggregate cells with their
-//! per-agent cap counters and their day roll-up (see [`crate::aggregate`]). All are written in one
+//! per-agent cap counters and their day roll-up (see [`crate::domain`]). All are written in one
 //! transaction.
 
-use super::{InsertOutcome, ReportKey, ReportStore, StoreError, StoredReport, VerifiedReport};
-use crate::aggregate::Axis;
-use crate::aggregate::{
+use super::{InsertOutcome, ReportStore, StoreError};
+use crate::domain::Axis;
+use crate::domain::{
     ordered_i64, CapKey, Cell, CellKey, CellState, Filter, Grouper, Observation, Plan, Policy,
     CAP_KEY_LEN,
 };
+use crate::domain::{ReportKey, StoredReport, VerifiedReport};
 #[cfg(test)]
 use callwatch_proto::CallReport;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
@@ -121,7 +122,7 @@ const CELLS_KEY: &[u8] = b"cells";
 /// of the per-agent cap. Format 2: [`CellKey`] with the stream kind (17 bytes), [`CapKey`] with
 /// it (49 bytes), [`CellState`] with the round-trip loss sketch and the blocked and
 /// no-reference counts. Format 3: [`CellState`] with the filing counts
-/// ([`crate::aggregate::FilingCounts`]).
+/// ([`crate::domain::FilingCounts`]).
 pub const CELL_FORMAT: u8 = 3;
 /// File in the store folder holding the number of reports stored durably.
 const COUNT_FILE: &str = "callwatch-count";
@@ -1080,8 +1081,8 @@ mod watchdog_tests {
 #[cfg(test)]
 mod format_tests {
     use super::*;
-    use crate::aggregate::{Axis, CELL_KEY_LEN, FIGURES};
-    use crate::sketch::Sketch;
+    use crate::domain::sketch::Sketch;
+    use crate::domain::{Axis, CELL_KEY_LEN, FIGURES};
     use callwatch_proto::report::{ArmComparison, StreamKind, VerdictRule};
     use callwatch_proto::{Platform, ReportId, Role, Verdict, VerdictDetail};
     use chrono::{TimeZone, Utc};

@@ -15,10 +15,9 @@
 
 use anyhow::{Context, Result};
 use callwatch_agent::upload::{exchange, pinned_client_config};
+use callwatch_collector::domain::{ReportKey, StoredReport, VerifiedReport};
 use callwatch_collector::ingest::RateLimits;
-use callwatch_collector::store::{
-    ClickHouseStore, ReportKey, ReportStore, SledStore, StoredReport, VerifiedReport,
-};
+use callwatch_collector::store::{ClickHouseStore, ReportStore, SledStore};
 use callwatch_collector::{serve, serve_with_store, ServeConfig};
 use callwatch_proto::upload::{ReportStatus, Response};
 use callwatch_proto::{Platform, SignedReport};
@@ -481,7 +480,7 @@ async fn aggregate(
 /// In process, same store, same run: each query answered with the day roll-up (what the API
 /// does) and from the hourly cells alone (the baseline), alternately; the answers must agree.
 fn roll_up_against_hours(sled: &SledStore, repeat: usize) -> Result<()> {
-    use callwatch_collector::aggregate::{Axis, Filter, Policy};
+    use callwatch_collector::domain::{Axis, Filter, Policy};
     let now = chrono::Utc::now().timestamp_millis();
     let week_ago = now - 7 * 86_400_000;
     let queries: [(&str, Vec<Axis>, Filter); 5] = [

@@ -1,0 +1,80 @@
+//! The collector's domain: what a verified report is, what aggregation takes from it, fine
+//! cells and their one byte encoding, and queries over them. Both stores use it; it imports no
+//! store, no HTTP and no I/O. HTTP and export only parse queries into these types and render
+//! the [`Cell`]s that come back.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`report`] | [`Region`], [`StoredReport`] and its record bytes, [`Filing`], [`VerifiedReport`], [`ReportKey`] |
+//! | [`observation`] | [`Observation`] (one per aggregated arm), [`FIGURES`], [`Finding`] |
+//! | [`codes`] | the one code of each platform, arm and stream kind, and the country code |
+//! | [`cell`] | [`CellKey`] and its ordered bytes, [`CapKey`], [`CellState`], [`Cell`] |
+//! | [`query`] | [`Axis`], [`Filter`], [`Policy`], [`Plan`], [`Grouper`], [`query()`], [`capped`] |
+//! | [`sketch`] | the mergeable quantile sketch cells keep per figure |
+//!
+//! Aggregation of reports into cells by time, region, platform and arm, in the manner of OONI's
+//! aggregation API (`axis_x`, `axis_y`).
+//!
+//! # Kept incrementally
+//!
+//! Every stored report adds one [`Observation`] per arm (platform, control) to exactly one *fine
+//! cell*, keyed by [`CellKey`] = (UTC hour, country, ASN, platform, arm, stream kind). A fine
+//! cell's [`CellState`] holds the report count, the distinct agents (8-byte key prefixes), the
+//! verdict counts (with the blocked and no-reference tests among them, see [`VerdictCounts`]) and
+//! one mergeable quantile [`Sketch`] per figure ([`FIGURES`]: RTT, jitter up/down, round-trip
+//! loss, loss up/down, MOS, stall count). The store updates the fine cell in the same
+//! transaction that stores the report, so the aggregate never disagrees with the raw data. A
+//! query merges the fine cells its filter covers into the cells its axes ask for ([`query`]);
+//! merging is exact for counts, agent sets and verdicts, and the quantiles are within
+//! [`RELATIVE_ACCURACY`] of the exact value of the same rank. The sled store also keeps a day
+//! roll-up of the fine cells and reads whole days from it when a query has no hour axis
+//! ([`Plan`]); the answer is the same, from 24× fewer cells.
+//!
+//! # Voice and video never mix
+//!
+//! The stream kind (voice, or video-like) is part of every cell key, so no cell, fine or
+//! merged, ever holds both: a video test's MOS or loss cannot move a voice cell. A query counts
+//! voice tests only unless `kind` is one of its axes (one cell per kind) or its filter names a
+//! kind ([`Filter::kind`]), as it counts platform arms only unless told otherwise. Reports made
+//! before the stream kind existed are voice.
+//!
+//! # Robustness
+//!
+//! - **Per-agent cap.** One agent's reports count at most `max_per_agent_per_day` times per fine
+//!   cell's day — (UTC day, country, ASN, platform, arm, kind) — in order of arrival; the rest
+//!   are stored (they are evidence) but not aggregated. The store decides this at ingest
+//!   ([`CapKey`]); changing the cap rebuilds the cells from the raw reports.
+//! - **k threshold.** A queried cell is published only when at least `min_agents` distinct agents
+//!   stand behind it.
+//!
+//! [`exact`] (tests and the `test-util` feature only) is the brute-force reference: the same rules
+//! over raw observations with exact order statistics. Tests compare the two.
+
+pub mod cell;
+pub mod codes;
+pub mod observation;
+pub mod query;
+pub mod report;
+pub mod sketch;
+
+pub use cell::{
+    day_string, hour_string, ordered_i64, CapKey, Cell, CellKey, CellState, Figure, FilingCounts,
+    VerdictCounts, CAP_KEY_LEN, CELL_KEY_LEN,
+};
+pub use codes::parse_kind;
+pub use observation::{
+    Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, NO_REFERENCE_RULES,
+};
+#[cfg(any(test, feature = "test-util"))]
+pub use query::exact;
+pub use query::{capped, query, relative_error, Axis, Filter, GroupKey, Grouper, Plan, Policy};
+pub use report::{
+    CorruptRecord, Filing, PrefixFrom, Region, RegionSource, ReportKey, StoredReport,
+    VerifiedReport,
+};
+
+/// Milliseconds in an hour.
+const HOUR_MS: i64 = 3_600_000;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,379 @@
+//! A query: the axes cells are grouped by ([`Axis`]), which fine cells it covers ([`Filter`]),
+//! what publication must respect ([`Policy`]), which stored cells answer it ([`Plan`]), and the
+//! merge of fine cells into published cells ([`query`], [`Grouper`]).
+
+use super::cell::{CapKey, Cell, CellKey, CellState, Figure, CAP_KEY_LEN};
+#[cfg(any(test, feature = "test-util"))]
+use super::cell::{FilingCounts, VerdictCounts};
+use super::codes::country_code;
+use super::observation::Observation;
+use super::sketch::RELATIVE_ACCURACY;
+use super::HOUR_MS;
+use callwatch_proto::report::StreamKind;
+use callwatch_proto::{Platform, Role};
+use std::collections::BTreeMap;
+#[cfg(any(test, feature = "test-util"))]
+use std::collections::BTreeSet;
+use std::fmt;
+use std::str::FromStr;
+
+/// A dimension cells can be grouped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Axis {
+    Day,
+    Hour,
+    Country,
+    Asn,
+    Platform,
+    Arm,
+    /// The stream kind: voice or video-like.
+    Kind,
+}
+
+impl Axis {
+    pub const ALL: [Axis; 7] = [
+        Axis::Day,
+        Axis::Hour,
+        Axis::Country,
+        Axis::Asn,
+        Axis::Platform,
+        Axis::Arm,
+        Axis::Kind,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Axis::Day => "day",
+            Axis::Hour => "hour",
+            Axis::Country => "country",
+            Axis::Asn => "asn",
+            Axis::Platform => "platform",
+            Axis::Arm => "arm",
+            Axis::Kind => "kind",
+        }
+    }
+}
+
+impl fmt::Display for Axis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Axis {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Axis::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown axis {s:?}; expected one of day, hour, country, asn, platform, arm, \
+                     kind"
+                )
+            })
+    }
+}
+
+/// What a published aggregate must respect, so that no volunteer can be singled out and none
+/// can swing a result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// A cell is published only when at least this many distinct agents stand behind it.
+    pub min_agents: usize,
+    /// One agent's reports count at most this many times per fine cell and day (the first to
+    /// arrive).
+    pub max_per_agent_per_day: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_agents: 3,
+            max_per_agent_per_day: 24,
+        }
+    }
+}
+
+/// Which observations a query covers.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filter {
+    pub country: Option<String>,
+    pub asn: Option<u32>,
+    pub platform: Option<Platform>,
+    /// Only this arm; when `None` and `arm` is not an axis, only platform arms count.
+    pub arm: Option<Role>,
+    /// Only this stream kind; when `None` and `kind` is not an axis, only voice tests count.
+    pub kind: Option<StreamKind>,
+    /// Tests started at or after, Unix ms (applied at hour resolution: rounded down to the hour).
+    pub since_ms: Option<i64>,
+    /// Tests started before, Unix ms (applied at hour resolution: rounded up to the hour).
+    pub until_ms: Option<i64>,
+}
+
+impl Filter {
+    /// First hour covered.
+    pub fn since_hour(&self) -> Option<i64> {
+        self.since_ms.map(|t| t.div_euclid(HOUR_MS))
+    }
+
+    /// First hour not covered.
+    pub fn until_hour(&self) -> Option<i64> {
+        self.until_ms
+            .map(|t| t.div_euclid(HOUR_MS) + i64::from(t.rem_euclid(HOUR_MS) != 0))
+    }
+
+    /// The stream kind a query covers when `kind` is not one of its axes: the filter's, or
+    /// voice.
+    pub fn kind_or_default(&self) -> StreamKind {
+        self.kind.unwrap_or(StreamKind::Voice)
+    }
+
+    /// Whether a fine cell is covered, given the query's axes (for the default arm and kind).
+    pub fn matches(&self, k: &CellKey, axes: &[Axis]) -> bool {
+        let arm_ok = match self.arm {
+            Some(a) => a == k.arm,
+            None => axes.contains(&Axis::Arm) || k.arm == Role::Platform,
+        };
+        let kind_ok = match self.kind {
+            Some(kind) => kind == k.kind,
+            None => axes.contains(&Axis::Kind) || k.kind == StreamKind::Voice,
+        };
+        arm_ok
+            && kind_ok
+            && self
+                .country
+                .as_ref()
+                .is_none_or(|c| country_code(c) == k.country)
+            && self.asn.is_none_or(|a| a == k.asn)
+            && self.platform.is_none_or(|p| p == k.platform)
+            && self.since_hour().is_none_or(|h| k.hour >= h)
+            && self.until_hour().is_none_or(|h| k.hour < h)
+    }
+}
+
+/// Which cells answer a query over `[since_hour, until_hour)` (`None`: unbounded).
+///
+/// Besides the fine (hourly) cells the store keeps day roll-up cells, each the exact merge of
+/// one UTC day's 24 fine cells of a (country, ASN, platform, arm), updated in the same
+/// transaction. A query that does not group by hour reads the whole days in its range from the
+/// roll-up (24 times fewer cells) and only the partial days at its edges from the fine cells.
+/// Merging is exact (counts, agent sets, verdicts and sketch bins add), so the answer is the
+/// same either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Hour ranges `[from, to)` read from fine cells.
+    pub fine: [Option<(i64, i64)>; 2],
+    /// Hour range `[from, to)`, on day boundaries, read from day cells.
+    pub days: Option<(i64, i64)>,
+}
+
+impl Plan {
+    /// Every cell of the query's range from fine cells (the reference the roll-up is tested
+    /// against, and the plan when no whole day is covered).
+    pub fn hourly(filter: &Filter) -> Plan {
+        let all = (
+            filter.since_hour().unwrap_or(i64::MIN),
+            filter.until_hour().unwrap_or(i64::MAX),
+        );
+        Plan {
+            fine: [Some(all), None],
+            days: None,
+        }
+    }
+
+    /// Splits a query's hour range into whole days and the partial days at its edges. With an
+    /// hour axis every cell must be hourly, so everything is read from fine cells.
+    pub fn of(axes: &[Axis], filter: &Filter) -> Plan {
+        let since = filter.since_hour();
+        let until = filter.until_hour();
+        let all = (since.unwrap_or(i64::MIN), until.unwrap_or(i64::MAX));
+        if axes.contains(&Axis::Hour) {
+            return Plan::hourly(filter);
+        }
+        // First whole day at or after `since`; end of the last whole day before `until`.
+        let day_from = since.map_or(i64::MIN, |h| {
+            h.div_euclid(24) * 24 + 24 * i64::from(h.rem_euclid(24) != 0)
+        });
+        let day_to = until.map_or(i64::MAX, |h| h.div_euclid(24) * 24);
+        if day_from >= day_to {
+            return Plan::hourly(filter);
+        }
+        let nonempty = |(a, b): (i64, i64)| (a < b).then_some((a, b));
+        Plan {
+            fine: [nonempty((all.0, day_from)), nonempty((day_to, all.1))],
+            days: Some((day_from, day_to)),
+        }
+    }
+}
+
+/// The value of each asked-for axis; `None` for axes not asked for. Cells are published in this
+/// order (the ClickHouse store sorts its answer the same way).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct GroupKey {
+    pub day: Option<i64>,
+    pub hour: Option<i64>,
+    pub country: Option<[u8; 2]>,
+    pub asn: Option<u32>,
+    pub platform: Option<Platform>,
+    pub arm: Option<Role>,
+    pub kind: Option<StreamKind>,
+}
+
+impl GroupKey {
+    fn of(k: &CellKey, axes: &[Axis]) -> GroupKey {
+        let has = |a: Axis| axes.contains(&a);
+        GroupKey {
+            day: has(Axis::Day).then(|| k.day()),
+            hour: has(Axis::Hour).then_some(k.hour),
+            country: has(Axis::Country).then_some(k.country),
+            asn: has(Axis::Asn).then_some(k.asn),
+            platform: has(Axis::Platform).then_some(k.platform),
+            arm: has(Axis::Arm).then_some(k.arm),
+            kind: has(Axis::Kind).then_some(k.kind),
+        }
+    }
+}
+
+/// Merges fine cells, one at a time, into the cells a query asks for.
+pub struct Grouper<'a> {
+    axes: &'a [Axis],
+    filter: &'a Filter,
+    groups: BTreeMap<GroupKey, CellState>,
+}
+
+impl<'a> Grouper<'a> {
+    pub fn new(axes: &'a [Axis], filter: &'a Filter) -> Self {
+        Grouper {
+            axes,
+            filter,
+            groups: BTreeMap::new(),
+        }
+    }
+
+    /// Whether a fine cell with this key is part of the query (check before decoding its state).
+    pub fn wants(&self, key: &CellKey) -> bool {
+        self.filter.matches(key, self.axes)
+    }
+
+    /// Adds a fine cell; cells the filter excludes are ignored.
+    pub fn add(&mut self, key: &CellKey, state: &CellState) {
+        if self.wants(key) {
+            self.groups
+                .entry(GroupKey::of(key, self.axes))
+                .or_default()
+                .merge(state);
+        }
+    }
+
+    /// The published cells: those with at least `min_agents` distinct agents.
+    pub fn finish(self, policy: &Policy) -> Vec<Cell> {
+        self.groups
+            .into_iter()
+            .filter(|(_, s)| s.agents.len() >= policy.min_agents.max(1))
+            .map(|(key, s)| {
+                let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
+                Cell::new(
+                    &key,
+                    s.count,
+                    s.agents.len() as u64,
+                    figures,
+                    s.verdicts,
+                    s.filing,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Merges fine cells into the cells a query asks for, and publishes those with at least
+/// `min_agents` distinct agents. `cells` may contain cells the filter excludes.
+pub fn query(
+    cells: impl IntoIterator<Item = (CellKey, CellState)>,
+    axes: &[Axis],
+    filter: &Filter,
+    policy: &Policy,
+) -> Vec<Cell> {
+    let mut g = Grouper::new(axes, filter);
+    for (key, state) in cells {
+        g.add(&key, &state);
+    }
+    g.finish(policy)
+}
+
+/// Applies the per-agent cap to observations in arrival order, as the store does at ingest:
+/// yields the ones that count.
+pub fn capped<'a>(
+    observations: impl IntoIterator<Item = &'a Observation>,
+    max_per_agent_per_day: usize,
+) -> Vec<&'a Observation> {
+    let mut seen: BTreeMap<[u8; CAP_KEY_LEN], usize> = BTreeMap::new();
+    observations
+        .into_iter()
+        .filter(|o| {
+            let n = seen
+                .entry(CapKey::bytes(&o.cell_key(), &o.agent))
+                .or_default();
+            *n += 1;
+            *n <= max_per_agent_per_day
+        })
+        .collect()
+}
+
+#[cfg(any(test, feature = "test-util"))]
+/// The brute-force reference: the same cells as [`query`] over fine cells built from
+/// `observations` (in arrival order), with exact order statistics instead of sketches.
+pub fn exact(
+    observations: &[Observation],
+    axes: &[Axis],
+    filter: &Filter,
+    policy: &Policy,
+) -> Vec<Cell> {
+    let mut groups: BTreeMap<GroupKey, Vec<&Observation>> = BTreeMap::new();
+    for o in capped(observations, policy.max_per_agent_per_day) {
+        let key = o.cell_key();
+        if filter.matches(&key, axes) {
+            groups.entry(GroupKey::of(&key, axes)).or_default().push(o);
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|(key, members)| {
+            let agents: BTreeSet<[u8; 8]> = members
+                .iter()
+                .map(|o| {
+                    let mut p = [0u8; 8];
+                    p.copy_from_slice(&o.agent[..8]);
+                    p
+                })
+                .collect();
+            if agents.len() < policy.min_agents.max(1) {
+                return None;
+            }
+            let figures = std::array::from_fn(|i| {
+                Figure::of_values(members.iter().filter_map(|o| o.figures[i]).collect())
+            });
+            let mut verdicts = VerdictCounts::default();
+            let mut filing = FilingCounts::default();
+            for o in &members {
+                if let Some(v) = o.verdict {
+                    verdicts.add(v, o.rule);
+                }
+                filing.add(&o.filing);
+            }
+            Some(Cell::new(
+                &key,
+                members.len() as u64,
+                agents.len() as u64,
+                figures,
+                verdicts,
+                filing,
+            ))
+        })
+        .collect()
+}
+
+/// The sketches' relative error, as published with every answer.
+pub fn relative_error() -> f64 {
+    RELATIVE_ACCURACY
+}

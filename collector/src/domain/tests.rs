@@ -1,0 +1,602 @@
+//! The domain's own tests: sketched cells against the brute-force reference ([`super::exact`]),
+//! keys, caps, filing marks and observations.
+
+use super::sketch::RELATIVE_ACCURACY;
+use super::*;
+use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule};
+use callwatch_proto::{CallReport, Platform, Role, Verdict};
+use std::collections::BTreeMap;
+
+const T0: i64 = 1_764_288_000_000; // 2025-11-28T00:00:00Z
+
+fn obs(country: &str, platform: Platform, agent: u8, rtt: f64, loss: f64) -> Observation {
+    Observation {
+        started_at_ms: T0,
+        country: country.into(),
+        asn: if country == "RU" { 12389 } else { 3320 },
+        platform,
+        arm: Role::Platform,
+        kind: StreamKind::Voice,
+        agent: [agent; 32],
+        figures: [
+            Some(rtt),
+            Some(1.0),
+            Some(2.0),
+            Some(loss),
+            Some(loss),
+            Some(0.0),
+            Some(4.0),
+            Some(0.0),
+        ],
+        verdict: (platform != Platform::Generic).then_some(Verdict::None),
+        rule: None,
+        filing: Filing::default(),
+    }
+}
+
+fn fine_cells(o: &[Observation], policy: &Policy) -> Vec<(CellKey, CellState)> {
+    let mut cells: BTreeMap<CellKey, CellState> = BTreeMap::new();
+    for x in capped(o, policy.max_per_agent_per_day) {
+        cells.entry(x.cell_key()).or_default().add(x);
+    }
+    cells.into_iter().collect()
+}
+
+fn both(o: &[Observation], axes: &[Axis], f: &Filter, p: &Policy) -> Vec<Cell> {
+    let sketched = query(fine_cells(o, p), axes, f, p);
+    let exact = exact(o, axes, f, p);
+    assert_eq!(sketched.len(), exact.len());
+    for (s, e) in sketched.iter().zip(&exact) {
+        assert_eq!(
+            (s.count, s.agents, s.verdicts, s.filing),
+            (e.count, e.agents, e.verdicts, e.filing)
+        );
+        for (a, b) in s.figures().iter().zip(e.figures()) {
+            match (a, b) {
+                (Some(a), Some(b)) => {
+                    for (x, y) in [(a.p10, b.p10), (a.median, b.median), (a.p90, b.p90)] {
+                        assert!((x - y).abs() <= RELATIVE_ACCURACY * y.abs() + 1e-9);
+                    }
+                }
+                (None, None) => {}
+                other => panic!("figure presence differs: {other:?}"),
+            }
+        }
+    }
+    exact
+}
+
+#[test]
+fn groups_by_two_axes() {
+    let o = vec![
+        obs("RU", Platform::Whatsapp, 1, 10.0, 0.1),
+        obs("RU", Platform::Whatsapp, 2, 30.0, 0.3),
+        obs("RU", Platform::Whatsapp, 2, 20.0, 0.2),
+        obs("DE", Platform::Whatsapp, 3, 5.0, 0.0),
+        obs("RU", Platform::Generic, 1, 7.0, 0.0),
+    ];
+    let open = Policy {
+        min_agents: 1,
+        ..Policy::default()
+    };
+    let axes = [Axis::Country, Axis::Platform];
+    let cells = both(&o, &axes, &Filter::default(), &open);
+    assert_eq!(cells.len(), 3);
+    let ru_wa = cells
+        .iter()
+        .find(|c| c.country.as_deref() == Some("RU") && c.platform.as_deref() == Some("whatsapp"))
+        .unwrap();
+    assert_eq!(ru_wa.count, 3);
+    assert_eq!(ru_wa.agents, 2);
+    assert_eq!(ru_wa.rtt_ms.unwrap().median, 20.0);
+    assert_eq!(ru_wa.differentiated_share, Some(0.0));
+    assert_eq!(ru_wa.asn, None);
+    let csv = crate::export::cells_csv(&cells, &axes);
+    assert!(csv.starts_with("country,platform,count,agents,rtt_ms_p10,rtt_ms_median,"));
+    assert!(csv.contains("RU,whatsapp,3,2,10.00000,20.00000,20.00000,"));
+}
+
+#[test]
+fn arms_are_separate_and_default_to_platform() {
+    let mut o = vec![obs("RU", Platform::Telegram, 1, 10.0, 0.0)];
+    let mut control = obs("RU", Platform::Telegram, 1, 50.0, 0.0);
+    control.arm = Role::Control;
+    o.push(control);
+    let open = Policy {
+        min_agents: 1,
+        ..Policy::default()
+    };
+    let only_platform = both(&o, &[Axis::Country], &Filter::default(), &open);
+    assert_eq!(only_platform[0].count, 1);
+    assert_eq!(only_platform[0].rtt_ms.unwrap().median, 10.0);
+    let by_arm = both(&o, &[Axis::Arm], &Filter::default(), &open);
+    assert_eq!(by_arm.len(), 2);
+    assert_eq!(by_arm[1].arm.as_deref(), Some("control"));
+    let control_only = Filter {
+        arm: Some(Role::Control),
+        ..Filter::default()
+    };
+    assert_eq!(
+        both(&o, &[Axis::Country], &control_only, &open)[0]
+            .rtt_ms
+            .unwrap()
+            .median,
+        50.0
+    );
+}
+
+#[test]
+fn hour_and_day_axes_and_hour_resolution_bounds() {
+    let mut a = obs("RU", Platform::Signal, 1, 10.0, 0.0);
+    let mut b = a.clone();
+    b.started_at_ms = T0 + 25 * HOUR_MS + 5;
+    a.started_at_ms = T0 + 30 * 60_000;
+    let o = vec![a, b];
+    let open = Policy {
+        min_agents: 1,
+        ..Policy::default()
+    };
+    let hours = both(&o, &[Axis::Hour], &Filter::default(), &open);
+    assert_eq!(hours[0].hour.as_deref(), Some("2025-11-28T00:00:00Z"));
+    assert_eq!(hours[1].hour.as_deref(), Some("2025-11-29T01:00:00Z"));
+    let days = both(&o, &[Axis::Day], &Filter::default(), &open);
+    assert_eq!(days[1].day.as_deref(), Some("2025-11-29"));
+    let late = Filter {
+        since_ms: Some(T0 + 45 * 60_000), // rounded down to T0's hour: still covers `a`
+        ..Filter::default()
+    };
+    assert_eq!(both(&o, &[Axis::Day], &late, &open).len(), 2);
+    let early = Filter {
+        until_ms: Some(T0 + 10 * 60_000), // rounded up: covers the first hour
+        ..Filter::default()
+    };
+    assert_eq!(both(&o, &[Axis::Day], &early, &open).len(), 1);
+}
+
+#[test]
+fn cells_below_k_agents_are_not_published_and_filters_apply() {
+    let o = vec![
+        obs("RU", Platform::Whatsapp, 1, 10.0, 0.0),
+        obs("RU", Platform::Whatsapp, 2, 11.0, 0.0),
+        obs("RU", Platform::Whatsapp, 3, 12.0, 0.0),
+        obs("DE", Platform::Whatsapp, 4, 5.0, 0.0),
+        obs("DE", Platform::Whatsapp, 4, 6.0, 0.0),
+    ];
+    let cells = both(&o, &[Axis::Country], &Filter::default(), &Policy::default());
+    assert_eq!(cells.len(), 1, "DE has one agent behind it");
+    assert_eq!(cells[0].country.as_deref(), Some("RU"));
+    let only_de = Filter {
+        country: Some("de".into()),
+        ..Filter::default()
+    };
+    let open = Policy {
+        min_agents: 1,
+        ..Policy::default()
+    };
+    assert_eq!(both(&o, &[Axis::Platform], &only_de, &open)[0].count, 2);
+    let later = Filter {
+        since_ms: Some(T0 + HOUR_MS),
+        ..Filter::default()
+    };
+    assert!(both(&o, &[Axis::Platform], &later, &open).is_empty());
+}
+
+#[test]
+fn one_agent_flooding_a_cell_moves_it_no_more_than_its_capped_weight() {
+    let mut o = Vec::new();
+    for (agent, rtt) in [(1, 10.0), (2, 12.0), (3, 14.0)] {
+        for _ in 0..2 {
+            o.push(obs("RU", Platform::Telegram, agent, rtt, 0.0));
+        }
+    }
+    for _ in 0..1000 {
+        o.push(obs("RU", Platform::Telegram, 66, 500.0, 1.0));
+    }
+    let policy = Policy {
+        min_agents: 3,
+        max_per_agent_per_day: 2,
+    };
+    let cells = both(&o, &[Axis::Country], &Filter::default(), &policy);
+    // Mallory counts twice, like each honest agent: [10,10,12,12,14,14,500,500];
+    // the median (rank ⌊0.5·7⌋ = 3) stays an honest value.
+    assert_eq!(cells[0].count, 8);
+    assert_eq!(cells[0].rtt_ms.unwrap().median, 12.0);
+    assert_eq!(cells[0].loss_up.unwrap().p90, 1.0);
+    let uncapped = Policy {
+        max_per_agent_per_day: usize::MAX,
+        ..policy
+    };
+    let flooded = both(&o, &[Axis::Country], &Filter::default(), &uncapped);
+    assert_eq!(
+        flooded[0].rtt_ms.unwrap().median,
+        500.0,
+        "without the cap, one agent decides"
+    );
+}
+
+#[test]
+fn counts_from_a_damaged_store_saturate_instead_of_overflowing() {
+    // Found by the sketch_and_cells fuzz target (fuzz/findings, F1 and F2).
+    let mut huge = CellState {
+        count: u64::MAX - 1,
+        verdicts: VerdictCounts {
+            none: u64::MAX,
+            inconclusive: 0,
+            differentiated: u64::MAX,
+            blocked: u64::MAX,
+            no_reference: 3,
+        },
+        ..CellState::default()
+    };
+    let other = huge.clone();
+    huge.merge(&other);
+    assert_eq!(huge.count, u64::MAX);
+    assert_eq!(huge.verdicts.differentiated_share(), Some(1.0));
+    assert_eq!(huge.verdicts.blocked_share(), Some(1.0));
+    assert_eq!(huge.verdicts.no_reference, 6);
+    // More blocked than judged (only a damaged store holds that): still a share.
+    let odd = VerdictCounts {
+        none: 1,
+        blocked: 5,
+        ..VerdictCounts::default()
+    };
+    assert_eq!(odd.blocked_share(), Some(1.0));
+}
+
+#[test]
+fn keys_round_trip_and_garbage_is_refused() {
+    let k = obs("RU", Platform::Max, 9, 1.0, 0.0).cell_key();
+    assert_eq!(CellKey::from_bytes(&k.to_bytes()), Some(k));
+    assert_eq!(CellKey::from_bytes(&[0u8; 3]), None);
+    let mut bad = k.to_bytes();
+    bad[14] = 99;
+    assert_eq!(CellKey::from_bytes(&bad), None);
+    let mut bad = k.to_bytes();
+    bad[16] = 7;
+    assert_eq!(CellKey::from_bytes(&bad), None, "unknown stream kind");
+    // A key as stores made before the stream kind wrote it (16 bytes) is not read as a
+    // current one: the sled store rebuilds such cells at open.
+    assert_eq!(CellKey::from_bytes(&k.to_bytes()[..16]), None);
+    let mut video = obs("RU", Platform::Max, 9, 1.0, 0.0);
+    video.kind = StreamKind::Video;
+    let v = video.cell_key();
+    assert_eq!(CellKey::from_bytes(&v.to_bytes()), Some(v));
+    assert_ne!(v.to_bytes(), k.to_bytes());
+    assert_ne!(
+        CapKey::bytes(&v, &video.agent),
+        CapKey::bytes(&k, &video.agent),
+        "the per-agent cap counts voice and video apart"
+    );
+    assert!("city".parse::<Axis>().is_err());
+    assert_eq!("arm".parse::<Axis>(), Ok(Axis::Arm));
+    assert_eq!("kind".parse::<Axis>(), Ok(Axis::Kind));
+    assert_eq!(parse_kind("video"), Ok(StreamKind::Video));
+    assert!(parse_kind("audio").is_err());
+}
+
+/// A video-like test of the same country, network, platform and hour: worse MOS, more loss.
+fn video(agent: u8) -> Observation {
+    let mut o = obs("RU", Platform::Telegram, agent, 300.0, 0.5);
+    o.kind = StreamKind::Video;
+    o.figures[6] = Some(1.2); // MOS
+    o
+}
+
+#[test]
+fn video_tests_never_land_in_a_voice_cell() {
+    let mut o = Vec::new();
+    for agent in 1..=3 {
+        o.push(obs("RU", Platform::Telegram, agent, 10.0, 0.0));
+        o.push(video(agent));
+        o.push(video(agent + 10));
+    }
+    let open = Policy {
+        min_agents: 1,
+        ..Policy::default()
+    };
+    // By default a query counts voice only: the video tests move nothing.
+    for axes in [vec![Axis::Country], vec![Axis::Platform, Axis::Arm], vec![]] {
+        let cells = both(&o, &axes, &Filter::default(), &open);
+        assert_eq!(cells.len(), 1, "{axes:?}");
+        let c = &cells[0];
+        assert_eq!((c.count, c.agents), (3, 3), "{axes:?}");
+        let mos = c.mos.unwrap();
+        assert_eq!((mos.p10, mos.median, mos.p90), (4.0, 4.0, 4.0), "{axes:?}");
+        assert_eq!(c.rtt_ms.unwrap().p90, 10.0, "{axes:?}");
+        assert_eq!(c.kind, None, "kind is not an axis here");
+    }
+    // With kind as an axis, one cell per kind, each pure.
+    let by_kind = both(&o, &[Axis::Country, Axis::Kind], &Filter::default(), &open);
+    assert_eq!(by_kind.len(), 2);
+    assert_eq!(by_kind[0].kind.as_deref(), Some("voice"));
+    assert_eq!(by_kind[0].mos.unwrap().p10, 4.0);
+    assert_eq!(by_kind[1].kind.as_deref(), Some("video"));
+    assert_eq!((by_kind[1].count, by_kind[1].agents), (6, 6));
+    assert_eq!(by_kind[1].mos.unwrap().p90, 1.2);
+    // A kind filter picks one.
+    let only_video = Filter {
+        kind: Some(StreamKind::Video),
+        ..Filter::default()
+    };
+    let v = both(&o, &[Axis::Country], &only_video, &open);
+    assert_eq!(v[0].count, 6);
+    assert_eq!(v[0].mos.unwrap().median, 1.2);
+    // The fine cells themselves never mix.
+    let fine = fine_cells(&o, &open);
+    assert_eq!(fine.len(), 2);
+    assert!(fine
+        .iter()
+        .all(|(k, s)| s.count == if k.kind == StreamKind::Voice { 3 } else { 6 }));
+    let csv = crate::export::cells_csv(&by_kind, &[Axis::Country, Axis::Kind]);
+    assert!(csv.starts_with("country,kind,count,agents,"), "{csv}");
+    assert!(csv.contains("\nRU,video,6,6,"), "{csv}");
+}
+
+#[test]
+fn blocked_calls_and_missing_references_are_counted_apart() {
+    use VerdictRule as R;
+    let tests = [
+        (Verdict::Differentiated, Some(R::Blocked)),
+        (Verdict::Differentiated, Some(R::Cut)),
+        (Verdict::Differentiated, Some(R::PlatformServersUnreachable)),
+        (Verdict::Differentiated, Some(R::Loss)),
+        (Verdict::Differentiated, None),
+        (Verdict::Inconclusive, Some(R::NoReference)),
+        (Verdict::Inconclusive, Some(R::NothingAnswered)),
+        (Verdict::Inconclusive, Some(R::ReflectorBusy)),
+        (Verdict::Inconclusive, Some(R::TooLittleData)),
+        (Verdict::None, Some(R::NotWorse)),
+        // A rule that disagrees with its verdict is no finding.
+        (Verdict::None, Some(R::Blocked)),
+        (Verdict::Differentiated, Some(R::NoReference)),
+    ];
+    let o: Vec<Observation> = tests
+        .iter()
+        .enumerate()
+        .map(|(i, (v, rule))| {
+            let mut x = obs("RU", Platform::Whatsapp, i as u8, 10.0, 0.0);
+            (x.verdict, x.rule) = (Some(*v), *rule);
+            x
+        })
+        .collect();
+    let open = Policy {
+        min_agents: 1,
+        ..Policy::default()
+    };
+    let cells = both(&o, &[Axis::Country], &Filter::default(), &open);
+    let c = &cells[0];
+    assert_eq!(
+        c.verdicts,
+        VerdictCounts {
+            none: 2,
+            inconclusive: 4,
+            differentiated: 6,
+            blocked: 3,
+            no_reference: 3,
+        }
+    );
+    assert_eq!(c.differentiated_share, Some(6.0 / 12.0));
+    assert_eq!(c.blocked_share, Some(3.0 / 12.0));
+    let json = serde_json::to_value(c).unwrap();
+    assert_eq!(json["verdicts"]["blocked"], 3);
+    assert_eq!(json["verdicts"]["no_reference"], 3);
+    assert_eq!(json["blocked_share"], 0.25);
+    let csv = crate::export::cells_csv(&cells, &[Axis::Country]);
+    let (head, row) = csv.trim_end().split_once('\n').unwrap();
+    assert!(
+        head.ends_with(
+            ",verdict_none,verdict_inconclusive,verdict_differentiated,verdict_blocked,\
+             verdict_no_reference,differentiated_share,blocked_share,uploaded_elsewhere,\
+             hosting"
+        ),
+        "{head}"
+    );
+    assert!(row.ends_with(",2,4,6,3,3,0.50000,0.25000,0,0"), "{row}");
+    // No verdicts (generic tests): no shares.
+    let generic = vec![obs("RU", Platform::Generic, 1, 10.0, 0.0)];
+    let g = both(&generic, &[Axis::Country], &Filter::default(), &open);
+    assert_eq!(
+        (g[0].differentiated_share, g[0].blocked_share),
+        (None, None)
+    );
+    // Old cells' JSON (before `blocked` and `no_reference`) still reads.
+    let old: VerdictCounts =
+        serde_json::from_str(r#"{"none":1,"inconclusive":2,"differentiated":3}"#).unwrap();
+    assert_eq!(
+        (old.blocked, old.no_reference, old.blocked_share()),
+        (0, 0, Some(0.0))
+    );
+}
+
+fn stored_report() -> StoredReport {
+    StoredReport {
+        signed: callwatch_proto::SignedReport {
+            body: Vec::new(),
+            key: vec![5; 32],
+            signature: Vec::new(),
+        },
+        region: crate::geo::Region {
+            country: "ru".into(),
+            asn: 12389,
+        },
+        received_at_ms: 0,
+        filing: Default::default(),
+    }
+}
+
+fn comparison() -> callwatch_proto::report::ArmComparison {
+    callwatch_proto::report::ArmComparison {
+        platform_median: 0.0,
+        control_median: 0.0,
+        p_value: 1.0,
+        effect: 0.0,
+        significant: false,
+    }
+}
+
+#[test]
+fn cells_count_how_their_reports_were_filed_after_the_cap() {
+    let mark = |mut o: Observation, uploaded_elsewhere: bool, hosting: bool| {
+        o.filing = Filing {
+            source: RegionSource::Attested,
+            uploaded_elsewhere,
+            hosting,
+            ..Filing::default()
+        };
+        o
+    };
+    let o = vec![
+        mark(obs("RU", Platform::Whatsapp, 1, 10.0, 0.1), true, false),
+        mark(obs("RU", Platform::Whatsapp, 2, 30.0, 0.3), true, true),
+        mark(obs("RU", Platform::Whatsapp, 3, 20.0, 0.2), false, false),
+        // Over agent 1's cap of 1: not counted, marks included.
+        mark(obs("RU", Platform::Whatsapp, 1, 20.0, 0.2), true, true),
+        mark(obs("DE", Platform::Whatsapp, 3, 5.0, 0.0), false, true),
+    ];
+    let policy = Policy {
+        min_agents: 1,
+        max_per_agent_per_day: 1,
+    };
+    let cells = both(&o, &[Axis::Country], &Filter::default(), &policy);
+    let of = |cc: &str| {
+        cells
+            .iter()
+            .find(|c| c.country.as_deref() == Some(cc))
+            .unwrap()
+            .filing
+    };
+    assert_eq!(
+        of("RU"),
+        FilingCounts {
+            uploaded_elsewhere: 2,
+            hosting: 1
+        }
+    );
+    assert_eq!(
+        of("DE"),
+        FilingCounts {
+            uploaded_elsewhere: 0,
+            hosting: 1
+        }
+    );
+    let csv = crate::export::cells_csv(&cells, &[Axis::Country]);
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",uploaded_elsewhere,hosting"));
+    assert!(
+        csv.lines()
+            .any(|l| l.starts_with("RU,3,3,") && l.ends_with(",2,1")),
+        "{csv}"
+    );
+}
+
+#[test]
+fn a_test_taken_under_reflector_load_counts_but_gives_no_figures() {
+    let mut r = CallReport::example();
+    let fine = Observation::from_report(&stored_report(), &r);
+    assert!(fine[0].figures.iter().any(Option::is_some));
+    r.reflector_loaded = true;
+    let loaded = Observation::from_report(&stored_report(), &r);
+    assert_eq!(loaded.len(), fine.len(), "still counted");
+    assert!(loaded.iter().all(|o| o.figures.iter().all(Option::is_none)));
+}
+
+#[test]
+fn reports_give_their_kind_and_rule_and_only_measured_figures() {
+    use callwatch_proto::report::VerdictDetail;
+    // A blocked call: the platform handshake went unanswered, the control arm worked.
+    let mut r = CallReport::example();
+    r.platform = Platform::Whatsapp;
+    r.stream_kind = StreamKind::Video;
+    r.verdict = Some(Verdict::Differentiated);
+    r.verdict_detail = Some(VerdictDetail {
+        method: "test".into(),
+        window_ms: 1000,
+        windows: 0,
+        loss: comparison(),
+        delay: comparison(),
+        jitter: comparison(),
+        reason: "blocked".into(),
+        rule: Some(VerdictRule::Blocked),
+        onset: None,
+        relay: None,
+    });
+    let control = r.streams[0].clone();
+    let platform = &mut r.streams[0];
+    platform.outcome = StreamOutcome::Blocked;
+    (platform.packets_sent, platform.packets_reflected) = (0, None);
+    platform.packets_received = 0;
+    (platform.loss, platform.loss_up, platform.loss_down) = (Some(0.0), None, None);
+    (platform.rtt_ms, platform.jitter_ms, platform.mos) = (None, None, None);
+    let mut control = control;
+    control.role = Role::Control;
+    // The reflector's count never came: the split is unknown, the round trip is not.
+    (control.loss_up, control.loss_down) = (None, None);
+    r.streams.push(control);
+    assert!(r.validate().is_ok(), "{:?}", r.validate());
+    let o = Observation::from_report(&stored_report(), &r);
+    assert_eq!(o.len(), 2);
+    for x in &o {
+        assert_eq!(x.kind, StreamKind::Video);
+        assert_eq!(x.rule, Some(VerdictRule::Blocked));
+        assert_eq!(x.cell_key().kind, StreamKind::Video);
+        assert_eq!(x.cell_key().country, *b"RU");
+    }
+    assert_eq!(o[0].arm, Role::Platform);
+    assert_eq!(
+        o[0].figures, [None; FIGURE_COUNT],
+        "a blocked arm measured nothing"
+    );
+    assert_eq!(o[1].figures[3], Some(0.02), "round-trip loss");
+    assert_eq!((o[1].figures[4], o[1].figures[5]), (None, None));
+    assert_eq!(o[1].figures[0], Some(11.5));
+    let mut cell = CellState::default();
+    o.iter().for_each(|x| cell.add(x));
+    assert_eq!(
+        (cell.verdicts.blocked, cell.verdicts.differentiated),
+        (2, 2)
+    );
+    assert_eq!(cell.figures[3].count(), 1, "only the control arm's loss");
+    assert!(cell.figures[4].is_empty() && cell.figures[5].is_empty());
+    // A report from before the stream kind and the rule existed: voice, no finding.
+    let old: CallReport = serde_json::from_value({
+        let mut v = serde_json::to_value(CallReport::example()).unwrap();
+        let m = v.as_object_mut().unwrap();
+        m.remove("stream_kind");
+        m.remove("verdict_detail");
+        v
+    })
+    .unwrap();
+    let o = Observation::from_report(&stored_report(), &old);
+    assert_eq!((o[0].kind, o[0].rule), (StreamKind::Voice, None));
+}
+
+proptest::proptest! {
+    /// Merging two cells equals aggregating their reports together.
+    #[test]
+    fn merging_cells_equals_aggregating_their_reports(
+        a in proptest::collection::vec((0u8..5, 0.0f64..2000.0, 0.0f64..1.0), 0..60),
+        b in proptest::collection::vec((0u8..5, 0.0f64..2000.0, 0.0f64..1.0), 0..60),
+    ) {
+        let make = |v: &[(u8, f64, f64)]| -> Vec<Observation> {
+            v.iter().map(|(agent, rtt, loss)| {
+                obs("RU", Platform::Whatsapp, *agent, *rtt, *loss)
+            }).collect()
+        };
+        let (oa, ob) = (make(&a), make(&b));
+        let mut sa = CellState::default();
+        oa.iter().for_each(|o| sa.add(o));
+        let mut sb = CellState::default();
+        ob.iter().for_each(|o| sb.add(o));
+        let mut together = CellState::default();
+        oa.iter().chain(&ob).for_each(|o| together.add(o));
+        let mut merged = sa.clone();
+        merged.merge(&sb);
+        proptest::prop_assert_eq!(&merged, &together);
+        let mut other_way = sb;
+        other_way.merge(&sa);
+        proptest::prop_assert_eq!(&other_way, &together);
+    }
+}
