@@ -140,9 +140,14 @@ enum Command {
         /// The collector's data folder (holding reports.sled).
         #[arg(long, value_name = "DIR")]
         from: PathBuf,
-        /// clickhouse://host:8123/db or http://host:8123/db (database "callwatch" if none).
+        /// clickhouse://host:8123/db, http://host:8123/db or https://host:8443/db (database
+        /// "callwatch" if none).
         #[arg(long, value_name = "URL")]
         to: String,
+        /// PEM file of the certificate authorities to trust for an https:// URL [default:
+        /// Mozilla's roots].
+        #[arg(long = "clickhouse-ca-file", value_name = "FILE")]
+        clickhouse_ca_file: Option<PathBuf>,
         /// Reports per insert.
         #[arg(long, default_value_t = 5000, value_name = "N")]
         batch: usize,
@@ -389,9 +394,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             export(&data, &store, format, &query, since.as_deref(), min_agents)
         }
-        Command::Migrate { from, to, batch } => {
+        Command::Migrate {
+            from,
+            to,
+            clickhouse_ca_file,
+            batch,
+        } => {
             tokio::task::spawn_blocking(move || {
-                callwatch_collector::store::config::migrate(&from, &to, batch).map(drop)
+                callwatch_collector::store::config::migrate(&from, &to, clickhouse_ca_file, batch)
+                    .map(drop)
             })
             .await?
         }

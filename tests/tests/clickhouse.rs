@@ -12,7 +12,8 @@ use callwatch_collector::domain::FIGURES;
 use callwatch_collector::domain::{
     Filing, PrefixFrom, RegionSource, ReportKey, StoredReport, VerifiedReport,
 };
-use callwatch_collector::store::clickhouse::{copy_reports, ClickHouseUrl};
+use callwatch_collector::store::clickhouse::{Access, ClickHouseUrl};
+use callwatch_collector::store::copy_reports;
 use callwatch_collector::store::{ClickHouseStore, ReportStore, SledStore};
 use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
 use callwatch_proto::report::StreamKind;
@@ -20,8 +21,8 @@ use callwatch_tests::http;
 use callwatch_tests::seed::{self, Seeded, REGIONS};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,11 +42,12 @@ fn clickhouse_url() -> Option<String> {
     }
 }
 
-fn credentials() -> (Option<String>, Option<String>) {
-    (
-        std::env::var("CALLWATCH_CLICKHOUSE_USER").ok(),
-        std::env::var("CALLWATCH_CLICKHOUSE_PASSWORD").ok(),
-    )
+fn credentials() -> Access {
+    Access {
+        user: std::env::var("CALLWATCH_CLICKHOUSE_USER").ok(),
+        password: std::env::var("CALLWATCH_CLICKHOUSE_PASSWORD").ok(),
+        ca_file: None,
+    }
 }
 
 /// A database name no other test (or run) uses.
@@ -62,8 +64,7 @@ fn fresh_db(tag: &str) -> String {
 }
 
 fn open(url: &str, db: &str) -> Arc<ClickHouseStore> {
-    let (user, password) = credentials();
-    Arc::new(ClickHouseStore::open(url, db, user.as_deref(), password.as_deref()).unwrap())
+    Arc::new(ClickHouseStore::open(url, db, &credentials()).unwrap())
 }
 
 /// A collector config on loopback whose region table maps [`REGIONS`] (see `seed::config`),
@@ -260,10 +261,13 @@ async fn two_collectors_on_one_clickhouse_count_every_report_once() {
 }
 
 /// A TCP proxy to ClickHouse that can be cut: while down it refuses every connection (accepts
-/// and closes at once), as a stopped server would.
+/// and closes at once) and closes a kept connection at its next request, as a stopped server
+/// would (the store's client keeps connections between requests).
 struct Proxy {
     addr: SocketAddr,
     up: Arc<AtomicBool>,
+    /// Connections accepted so far.
+    accepted: Arc<AtomicUsize>,
 }
 
 impl Proxy {
@@ -272,9 +276,12 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(AtomicBool::new(true));
         let flag = up.clone();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(client) = conn else { continue };
+                counter.fetch_add(1, Ordering::SeqCst);
                 if !flag.load(Ordering::SeqCst) {
                     drop(client);
                     continue;
@@ -286,9 +293,16 @@ impl Proxy {
                     (client.try_clone().unwrap(), server.try_clone().unwrap()),
                     (server, client),
                 ] {
+                    let flag = flag.clone();
                     std::thread::spawn(move || {
                         let mut buf = [0u8; 16384];
                         while let Ok(n) = from.read(&mut buf) {
+                            if !flag.load(Ordering::SeqCst) {
+                                // Down: a kept connection dies with the server, as it would.
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
@@ -298,7 +312,7 @@ impl Proxy {
                 }
             }
         });
-        Proxy { addr, up }
+        Proxy { addr, up, accepted }
     }
 }
 
@@ -530,9 +544,98 @@ fn migrate_from_sled_is_resumable_and_idempotent() {
     ch.drop_database().unwrap();
 }
 
+/// The HTTPS server and the CA file its certificate chains to (`.ci/run` starts ClickHouse with
+/// an HTTPS port and a self-signed certificate), or `None` when the caller asked to skip.
+fn clickhouse_https() -> Option<(String, PathBuf)> {
+    clickhouse_url()?;
+    match (
+        std::env::var("CALLWATCH_CLICKHOUSE_HTTPS_URL"),
+        std::env::var("CALLWATCH_CLICKHOUSE_CA_FILE"),
+    ) {
+        (Ok(u), Ok(ca)) if !u.is_empty() && !ca.is_empty() => Some((u, ca.into())),
+        _ => panic!(
+            "CALLWATCH_CLICKHOUSE_HTTPS_URL and CALLWATCH_CLICKHOUSE_CA_FILE are not set: the TLS \
+             test needs ClickHouse's HTTPS port and the CA file of its certificate (.ci/run \
+             starts one); set CALLWATCH_SKIP_CLICKHOUSE=1 to skip the ClickHouse tests"
+        ),
+    }
+}
+
+#[test]
+fn https_with_the_operators_ca_stores_and_a_strange_certificate_is_refused() {
+    let Some((url, ca)) = clickhouse_https() else {
+        return;
+    };
+    let db = fresh_db("tls");
+    let trusted = Access {
+        ca_file: Some(ca),
+        ..credentials()
+    };
+    let store = ClickHouseStore::open(&url, &db, &trusted).unwrap();
+    let data = seed::seed();
+    let batch = stored_seed(&data[..40]);
+    store.insert_batch(&batch).unwrap();
+    assert_eq!(store.len(), 40, "every report stored over TLS");
+    let mut read = 0;
+    store
+        .for_each(&mut |r| {
+            assert!(batch.iter().any(|v| v.stored.signed == r.signed));
+            read += 1;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(read, 40, "and read back exactly");
+
+    // Mozilla's roots do not vouch for a self-signed certificate: refused, and said why.
+    let e = ClickHouseStore::open(&url, &db, &credentials())
+        .err()
+        .expect("an unknown issuer is refused")
+        .to_string();
+    assert!(e.contains("ClickHouse at localhost:"), "{e}");
+    assert!(
+        e.to_lowercase().contains("certificate") || e.contains("UnknownIssuer"),
+        "{e}"
+    );
+    // Plain HTTP to the TLS port is an error, not a hang.
+    let plain = url.replacen("https://", "http://", 1);
+    assert!(ClickHouseStore::open(&plain, &db, &credentials()).is_err());
+    store.drop_database().unwrap();
+}
+
+#[test]
+fn the_client_keeps_its_connections() {
+    let Some(url) = clickhouse_url() else { return };
+    let parsed = ClickHouseUrl::parse(&url).unwrap();
+    let upstream = std::net::ToSocketAddrs::to_socket_addrs(&(parsed.host.as_str(), parsed.port))
+        .unwrap()
+        .next()
+        .unwrap();
+    let proxy = Proxy::start(upstream);
+    let db = fresh_db("keep");
+    let store = open(&format!("http://{}", proxy.addr), &db);
+    let opened_with = proxy.accepted.load(Ordering::SeqCst);
+    let data = seed::seed();
+    for chunk in stored_seed(&data[..50]).chunks(5) {
+        store.insert_batch(chunk).unwrap();
+        assert!(store.len() > 0);
+    }
+    let used = proxy.accepted.load(Ordering::SeqCst);
+    // 10 batches × (dedup query, insert, count) = 30 requests, one after another: a client that
+    // kept no connection (as the hand-written one did) would have opened 30 more.
+    assert!(
+        used <= opened_with + 2,
+        "{used} connections for 30 sequential requests after {opened_with} at open"
+    );
+    assert!(
+        opened_with <= 2,
+        "{opened_with} connections for the migration at open"
+    );
+    store.drop_database().unwrap();
+}
+
 /// Runs one statement on the server (with `curl`, which `.ci/run` installs); panics on failure.
 fn sql(url: &str, statement: &str) -> String {
-    let (user, password) = credentials();
+    let Access { user, password, .. } = credentials();
     let mut cmd = std::process::Command::new("curl");
     cmd.args(["-fsS", "--data-binary", statement]);
     if user.is_some() || password.is_some() {

@@ -1,5 +1,5 @@
 //! Choosing and opening the store: `serve --store sled|clickhouse`, `--clickhouse-url`,
-//! `--clickhouse-database`, `--clickhouse-password-file`, or a `--config FILE` with a `[store]`
+//! `--clickhouse-database`, `--clickhouse-password-file`, `--clickhouse-ca-file`, or a `--config FILE` with a `[store]`
 //! table; and `migrate`, which copies a sled store into ClickHouse.
 //!
 //! Credentials never come from the command line: the user from `CALLWATCH_CLICKHOUSE_USER` (or
@@ -13,9 +13,11 @@
 //! database = "callwatch"           # default "callwatch"
 //! user = "callwatch"               # default: ClickHouse's "default" user
 //! password_file = "/etc/callwatch/clickhouse.password"
+//! ca_file = "/etc/callwatch/clickhouse-ca.pem"   # for https:// with a private CA
 //! ```
 
-use super::clickhouse::{copy_reports, ClickHouseStore, ClickHouseUrl};
+use super::clickhouse::{Access, ClickHouseStore, ClickHouseUrl};
+use super::copy::{copy_reports, CopyProgress};
 use super::{ReportStore, SledStore};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -39,14 +41,15 @@ pub enum StoreKind {
 /// The store flags of `serve`.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct StoreArgs {
-    /// TOML file with a [store] table (kind, url, database, user, password_file); flags given
-    /// here override it.
+    /// TOML file with a [store] table (kind, url, database, user, password_file, ca_file);
+    /// flags given here override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where reports are stored [default: sled].
     #[arg(long, value_enum, value_name = "KIND")]
     pub store: Option<StoreKind>,
-    /// ClickHouse HTTP address: http://host:8123 or clickhouse://host:8123/db.
+    /// ClickHouse HTTP address: http://host:8123, https://host:8443 or
+    /// clickhouse://host:8123/db.
     #[arg(long = "clickhouse-url", value_name = "URL")]
     pub clickhouse_url: Option<String>,
     /// ClickHouse database (created when missing) [default: callwatch].
@@ -56,39 +59,21 @@ pub struct StoreArgs {
     /// comes from CALLWATCH_CLICKHOUSE_USER).
     #[arg(long = "clickhouse-password-file", value_name = "FILE")]
     pub clickhouse_password_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities to trust for an https:// ClickHouse URL
+    /// [default: Mozilla's roots].
+    #[arg(long = "clickhouse-ca-file", value_name = "FILE")]
+    pub clickhouse_ca_file: Option<PathBuf>,
 }
 
-/// A resolved store choice.
-#[derive(Clone, PartialEq, Eq)]
+/// A resolved store choice. Its `Debug` never shows the password ([`Access`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreChoice {
     Sled,
     ClickHouse {
         url: String,
         database: String,
-        user: Option<String>,
-        password: Option<String>,
+        access: Access,
     },
-}
-
-impl std::fmt::Debug for StoreChoice {
-    // Never prints the password.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreChoice::Sled => f.write_str("Sled"),
-            StoreChoice::ClickHouse {
-                url,
-                database,
-                user,
-                password,
-            } => f
-                .debug_struct("ClickHouse")
-                .field("url", url)
-                .field("database", database)
-                .field("user", user)
-                .field("password", &password.as_ref().map(|_| "…"))
-                .finish(),
-        }
-    }
 }
 
 /// The `[store]` table of a config file, checked.
@@ -99,6 +84,7 @@ pub struct FileStore {
     pub database: Option<String>,
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Parses a config file's text; every bad value is reported with its key, all at once.
@@ -141,12 +127,15 @@ pub fn parse_config(text: &str) -> Result<FileStore> {
                 "user" => errors.push(format!("{name}: must not be empty")),
                 "password_file" if !s.is_empty() => out.password_file = Some(s.into()),
                 "password_file" => errors.push(format!("{name}: must not be empty")),
+                "ca_file" if !s.is_empty() => out.ca_file = Some(s.into()),
+                "ca_file" => errors.push(format!("{name}: must not be empty")),
                 "password" => errors.push(format!(
                     "{name}: passwords do not belong in the config file; use password_file or \
                      {PASSWORD_ENV}"
                 )),
                 _ => errors.push(format!(
-                    "{name}: unknown setting (expected kind, url, database, user, password_file)"
+                    "{name}: unknown setting (expected kind, url, database, user, password_file, \
+                     ca_file)"
                 )),
             }
         }
@@ -206,11 +195,15 @@ impl StoreArgs {
                 None => None,
             },
         };
+        let ca_file = self.clickhouse_ca_file.clone().or(file.ca_file);
         Ok(StoreChoice::ClickHouse {
             url,
             database,
-            user,
-            password,
+            access: Access {
+                user,
+                password,
+                ca_file,
+            },
         })
     }
 }
@@ -223,14 +216,10 @@ impl StoreChoice {
             StoreChoice::ClickHouse {
                 url,
                 database,
-                user,
-                password,
+                access,
             } => {
-                let store =
-                    ClickHouseStore::open(url, database, user.as_deref(), password.as_deref())
-                        .with_context(|| {
-                            format!("opening ClickHouse database {database} at {url}")
-                        })?;
+                let store = ClickHouseStore::open(url, database, access)
+                    .with_context(|| format!("opening ClickHouse database {database} at {url}"))?;
                 Ok(Some(store))
             }
         }
@@ -260,10 +249,16 @@ pub fn open_stopped_sled(data_dir: &Path) -> Result<SledStore> {
 }
 
 /// `callwatch-collector migrate`: copies the sled store in `data_dir` into ClickHouse at `to`
-/// (`clickhouse://host:8123/db` or `http://host:8123/db`; database `callwatch` when the URL
+/// (`clickhouse://host:8123/db`, `http://host:8123/db` or `https://…`, trusting `ca_file`
+/// when given; database `callwatch` when the URL
 /// names none), `batch` reports per insert, with progress on stderr. Resumable and idempotent
 /// (see [`copy_reports`]). Returns what the run did.
-pub fn migrate(data_dir: &Path, to: &str, batch: usize) -> Result<super::clickhouse::CopyProgress> {
+pub fn migrate(
+    data_dir: &Path,
+    to: &str,
+    ca_file: Option<PathBuf>,
+    batch: usize,
+) -> Result<CopyProgress> {
     let path = sled_path(data_dir);
     let parsed = ClickHouseUrl::parse(to).map_err(|e| anyhow!("--to: {e}"))?;
     let database = parsed
@@ -273,8 +268,11 @@ pub fn migrate(data_dir: &Path, to: &str, batch: usize) -> Result<super::clickho
     let choice = StoreChoice::ClickHouse {
         url: to.to_string(),
         database: database.clone(),
-        user: std::env::var(USER_ENV).ok().filter(|u| !u.is_empty()),
-        password: std::env::var(PASSWORD_ENV).ok(),
+        access: Access {
+            user: std::env::var(USER_ENV).ok().filter(|u| !u.is_empty()),
+            password: std::env::var(PASSWORD_ENV).ok(),
+            ca_file,
+        },
     };
     let sled = open_stopped_sled(data_dir)?;
     let ch = choice
@@ -321,13 +319,14 @@ mod tests {
     fn config_files_parse_and_every_bad_value_is_named() {
         let ok = parse_config(
             "[store]\nkind = \"clickhouse\"\nurl = \"http://10.0.0.5:8123\"\n\
-             database = \"cw\"\nuser = \"u\"\npassword_file = \"/p\"\n",
+             database = \"cw\"\nuser = \"u\"\npassword_file = \"/p\"\nca_file = \"/ca.pem\"\n",
         )
         .unwrap();
         assert_eq!(ok.kind, Some(StoreKind::Clickhouse));
+        assert_eq!(ok.ca_file, Some(PathBuf::from("/ca.pem")));
         assert_eq!(ok.database.as_deref(), Some("cw"));
         let e = parse_config(
-            "colour = 1\n[store]\nkind = \"mysql\"\nurl = \"https://x\"\ndatabase = \"a-b\"\n\
+            "colour = 1\n[store]\nkind = \"mysql\"\nurl = \"ftp://x\"\ndatabase = \"a-b\"\n\
              password = \"hunter2\"\nport = \"1\"\nuser = 3\n",
         )
         .unwrap_err()

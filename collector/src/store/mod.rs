@@ -11,11 +11,13 @@
 
 pub mod clickhouse;
 pub mod config;
+pub mod copy;
 pub mod sled_store;
 
 use crate::domain::{Axis, Cell, CorruptRecord, Filter, Policy, StoredReport, VerifiedReport};
 
 pub use clickhouse::ClickHouseStore;
+pub use copy::{copy_reports, CopyProgress};
 pub use sled_store::SledStore;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

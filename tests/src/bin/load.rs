@@ -69,15 +69,13 @@ impl StoreOpts {
                 false,
             ),
         };
-        let user = std::env::var("CALLWATCH_CLICKHOUSE_USER").ok();
-        let password = std::env::var("CALLWATCH_CLICKHOUSE_PASSWORD").ok();
-        let store = ClickHouseStore::open(
-            &self.clickhouse_url,
-            &db,
-            user.as_deref(),
-            password.as_deref(),
-        )
-        .with_context(|| format!("opening ClickHouse at {}", self.clickhouse_url))?;
+        let access = callwatch_collector::store::clickhouse::Access {
+            user: std::env::var("CALLWATCH_CLICKHOUSE_USER").ok(),
+            password: std::env::var("CALLWATCH_CLICKHOUSE_PASSWORD").ok(),
+            ca_file: None,
+        };
+        let store = ClickHouseStore::open(&self.clickhouse_url, &db, &access)
+            .with_context(|| format!("opening ClickHouse at {}", self.clickhouse_url))?;
         Ok((Arc::new(store), keep))
     }
 }

@@ -1,0 +1,277 @@
+//! The aggregation query: one SQL statement with the sled store's semantics (see the store's
+//! module documentation), and the cells it answers ([`AggRow`]).
+
+use super::client::lit;
+use super::rows::verdict_code;
+use super::schema::FIGURE_COLUMNS;
+use crate::domain::codes::{
+    arm_code, arm_of_code, country_text, kind_code, kind_of_code, platform_code, platform_of_code,
+};
+use crate::domain::{
+    day_string, Axis, Cell, Figure, FilingCounts, Filter, GroupKey, Policy, VerdictCounts,
+    BLOCKED_RULES, FIGURE_COUNT, NO_REFERENCE_RULES,
+};
+use crate::store::StoreError;
+use callwatch_proto::report::{StreamKind, VerdictRule};
+use callwatch_proto::{Role, Verdict};
+use serde::Deserialize;
+
+/// `rule IN (…)` of these rules, as the reports spell them.
+fn rule_list(rules: &[VerdictRule]) -> String {
+    let names: Vec<String> = rules.iter().map(|r| lit(r.as_str())).collect();
+    names.join(", ")
+}
+
+/// The aggregation query for these axes, filter and policy (see the module documentation).
+pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) -> String {
+    let has = |a: Axis| axes.contains(&a);
+    // Before the cap: conditions on the cap key's own fields (country, ASN, platform, kind,
+    // arm) and on whole days (the cap counts whole days).
+    let mut pre: Vec<String> = Vec::new();
+    // Voice and video never share a cell: one kind unless `kind` is an axis.
+    match filter.kind {
+        Some(k) => pre.push(format!("kind = {}", kind_code(k))),
+        None if !has(Axis::Kind) => pre.push(format!("kind = {}", kind_code(StreamKind::Voice))),
+        None => {}
+    }
+    if let Some(c) = &filter.country {
+        pre.push(format!("cc = {}", lit(&country_text(c))));
+    }
+    if let Some(a) = filter.asn {
+        pre.push(format!("asn = {a}"));
+    }
+    if let Some(p) = filter.platform {
+        pre.push(format!("platform = {}", platform_code(p)));
+    }
+    let since_hour = filter.since_hour();
+    let until_hour = filter.until_hour();
+    if let Some(h) = since_hour {
+        let day = h.div_euclid(24);
+        pre.push(format!("hour >= {}", day.saturating_mul(24)));
+        pre.push(format!("started_date >= {}", lit(&day_string(day.max(0)))));
+    }
+    if let Some(h) = until_hour {
+        let day = h.div_euclid(24) + i64::from(h.rem_euclid(24) != 0);
+        pre.push(format!("hour < {}", day.saturating_mul(24)));
+        pre.push(format!("started_date < {}", lit(&day_string(day.max(0)))));
+    }
+    let mut arm_pre = Vec::new();
+    match filter.arm {
+        Some(a) => arm_pre.push(format!("a_arm = {}", arm_code(a))),
+        None if !has(Axis::Arm) => arm_pre.push(format!("a_arm = {}", arm_code(Role::Platform))),
+        None => {}
+    }
+    let where_pre = if pre.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", pre.join(" AND "))
+    };
+    let where_arm = if arm_pre.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", arm_pre.join(" AND "))
+    };
+    let figs: Vec<String> = FIGURE_COLUMNS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{c} AS f{i}"))
+        .collect();
+    let f_list: Vec<String> = (0..FIGURE_COUNT).map(|i| format!("f{i}")).collect();
+    // What the verdict's rule adds ([`crate::domain::Finding`]): 1 a blocked call, 2 a
+    // test without a reference, 0 neither.
+    let finding = format!(
+        "multiIf(verdict = {diff} AND rule IN ({blocked}), 1, \
+         verdict = {inc} AND rule IN ({noref}), 2, 0)",
+        diff = verdict_code(Some(Verdict::Differentiated)),
+        inc = verdict_code(Some(Verdict::Inconclusive)),
+        blocked = rule_list(&BLOCKED_RULES),
+        noref = rule_list(&NO_REFERENCE_RULES),
+    );
+    // One row per observation (report arm) that the query may cover.
+    let inner = format!(
+        "SELECT agent, id, arrival, hour, cc, asn, platform, kind, verdict, finding, \
+         a_arm, {f}, uploaded_elsewhere, hosting FROM (SELECT agent, id, arrival, hour, cc, \
+         asn, platform, kind, verdict, {finding} AS finding, arm, {fc}, uploaded_elsewhere, \
+         hosting FROM {db}.reports FINAL {where_pre}) ARRAY JOIN arm AS a_arm, {figs} \
+         {where_arm}",
+        f = f_list.join(", "),
+        fc = FIGURE_COLUMNS.join(", "),
+        db = db,
+        figs = figs.join(", "),
+    );
+    // Observation fields carried through the cap, as tuple elements:
+    // 1 arrival, 2 id, 3 finding, 4 hour, 5 verdict, 6.. the figures, then the two filing
+    // marks.
+    let tuple = format!(
+        "(arrival, id, finding, hour, verdict, {}, uploaded_elsewhere, hosting)",
+        f_list.join(", ")
+    );
+    let ue = FIGURE_COUNT + 6;
+    let ho = FIGURE_COUNT + 7;
+    let cap = policy.max_per_agent_per_day;
+    let kept = if cap >= u32::MAX as usize {
+        format!("groupArray({tuple})")
+    } else {
+        format!("arraySlice(arraySort(x -> (x.1, x.2), groupArray({tuple})), 1, {cap})")
+    };
+    let capped = format!(
+        "SELECT agent, cc, asn, platform, kind, a_arm, {kept} AS kept FROM ({inner}) \
+         GROUP BY intDiv(hour, 24), cc, asn, platform, kind, a_arm, agent"
+    );
+    // After the cap: the hour bounds, the grouping, the k threshold.
+    let mut post = Vec::new();
+    if let Some(h) = since_hour {
+        post.push(format!("k.4 >= {h}"));
+    }
+    if let Some(h) = until_hour {
+        post.push(format!("k.4 < {h}"));
+    }
+    let where_post = if post.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", post.join(" AND "))
+    };
+    let mut group: Vec<&str> = Vec::new();
+    let mut select: Vec<String> = Vec::new();
+    for (axis, expr, name) in [
+        (Axis::Day, "intDiv(k.4, 24)", "g_day"),
+        (Axis::Hour, "k.4", "g_hour"),
+        (Axis::Country, "cc", "g_cc"),
+        (Axis::Asn, "asn", "g_asn"),
+        (Axis::Platform, "platform", "g_platform"),
+        (Axis::Arm, "a_arm", "g_arm"),
+        (Axis::Kind, "kind", "g_kind"),
+    ] {
+        if has(axis) {
+            select.push(format!("{expr} AS {name}"));
+            group.push(name);
+        }
+    }
+    let mut quantiles = Vec::new();
+    let mut counts = Vec::new();
+    for i in 0..FIGURE_COUNT {
+        let s = format!("arraySort(groupArray(k.{}))", i + 6);
+        select.push(format!("{s} AS s{i}"));
+        counts.push(format!("length(s{i})"));
+        let at = |q: &str| {
+            format!("s{i}[toUInt64(floor({q} * greatest(toInt64(length(s{i})) - 1, 0))) + 1]")
+        };
+        quantiles.push(format!("[{}, {}, {}]", at("0.1"), at("0.5"), at("0.9")));
+    }
+    let min_agents = policy.min_agents.max(1);
+    let group_by = if group.is_empty() {
+        // One cell over everything; `GROUP BY` nothing still needs a row only when there is
+        // data, which the HAVING below ensures (count() > 0).
+        String::new()
+    } else {
+        format!("GROUP BY {}", group.join(", "))
+    };
+    let mut outer_cols: Vec<String> = group.iter().map(|g| g.to_string()).collect();
+    outer_cols.extend([
+        "cnt".into(),
+        "agents".into(),
+        "v_none".into(),
+        "v_inc".into(),
+        "v_diff".into(),
+        "v_blocked".into(),
+        "v_noref".into(),
+        "f_ue".into(),
+        "f_host".into(),
+        format!("[{}] AS n", counts.join(", ")),
+        format!("[{}] AS q", quantiles.join(", ")),
+    ]);
+    format!(
+        "SELECT {outer} FROM (SELECT {sel}, count() AS cnt, \
+         uniqExact(substring(agent, 1, 16)) AS agents, countIf(k.5 = 0) AS v_none, \
+         countIf(k.5 = 1) AS v_inc, countIf(k.5 = 2) AS v_diff, \
+         countIf(k.3 = 1) AS v_blocked, countIf(k.3 = 2) AS v_noref, \
+         countIf(k.{ue} = 1) AS f_ue, countIf(k.{ho} = 1) AS f_host \
+         FROM ({capped}) ARRAY JOIN kept AS k {where_post} {group_by} \
+         HAVING cnt > 0 AND agents >= {min_agents})",
+        outer = outer_cols.join(", "),
+        sel = select.join(", "),
+    )
+}
+
+/// One aggregated cell as ClickHouse answers it.
+#[derive(Deserialize)]
+pub struct AggRow {
+    g_day: Option<i64>,
+    g_hour: Option<i64>,
+    g_cc: Option<String>,
+    g_asn: Option<u32>,
+    g_platform: Option<u8>,
+    g_arm: Option<u8>,
+    g_kind: Option<u8>,
+    cnt: u64,
+    agents: u64,
+    v_none: u64,
+    v_inc: u64,
+    v_diff: u64,
+    v_blocked: u64,
+    f_ue: u64,
+    f_host: u64,
+    v_noref: u64,
+    n: Vec<u64>,
+    q: Vec<Vec<f64>>,
+}
+
+impl AggRow {
+    /// The published cell, and its axis values (the order the sled store publishes cells in).
+    pub fn into_cell(self) -> Result<(GroupKey, Cell), StoreError> {
+        let bad = |what: &str| StoreError::Backend(format!("ClickHouse answered {what}"));
+        let platform = match self.g_platform {
+            Some(c) => Some(platform_of_code(c).ok_or_else(|| bad("an unknown platform code"))?),
+            None => None,
+        };
+        let arm = match self.g_arm {
+            Some(c) => Some(arm_of_code(c).ok_or_else(|| bad("an unknown arm code"))?),
+            None => None,
+        };
+        let kind = match self.g_kind {
+            Some(c) => Some(kind_of_code(c).ok_or_else(|| bad("an unknown stream kind"))?),
+            None => None,
+        };
+        let country = match &self.g_cc {
+            Some(c) => Some(
+                <[u8; 2]>::try_from(c.as_bytes()).map_err(|_| bad("a country code not 2 bytes"))?,
+            ),
+            None => None,
+        };
+        if self.n.len() != FIGURE_COUNT
+            || self.q.len() != FIGURE_COUNT
+            || self.q.iter().any(|q| q.len() != 3)
+        {
+            return Err(bad("a malformed cell"));
+        }
+        let figures: [Option<Figure>; FIGURE_COUNT] = std::array::from_fn(|i| {
+            (self.n[i] > 0).then(|| Figure {
+                p10: self.q[i][0],
+                median: self.q[i][1],
+                p90: self.q[i][2],
+            })
+        });
+        let verdicts = VerdictCounts {
+            none: self.v_none,
+            inconclusive: self.v_inc,
+            differentiated: self.v_diff,
+            blocked: self.v_blocked,
+            no_reference: self.v_noref,
+        };
+        let key = GroupKey {
+            day: self.g_day,
+            hour: self.g_hour,
+            country,
+            asn: self.g_asn,
+            platform,
+            arm,
+            kind,
+        };
+        let filing = FilingCounts {
+            uploaded_elsewhere: self.f_ue,
+            hosting: self.f_host,
+        };
+        let cell = Cell::new(&key, self.cnt, self.agents, figures, verdicts, filing);
+        Ok((key, cell))
+    }
+}
