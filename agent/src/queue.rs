@@ -180,8 +180,24 @@ impl Queue {
     /// Up to `n` oldest reports with their queue ids. An entry that no longer decodes is moved
     /// aside (kept, counted in [`Queue::corrupt_len`]) instead of blocking the queue forever.
     pub fn oldest(&self, n: usize) -> Result<Vec<(u64, QueuedReport)>> {
+        self.oldest_after(None, n)
+    }
+
+    /// Like [`Queue::oldest`], but only entries queued after entry `after` (all when `None`):
+    /// how an upload pass moves past reports it keeps (deferred by the collector).
+    pub fn oldest_after(&self, after: Option<u64>, n: usize) -> Result<Vec<(u64, QueuedReport)>> {
         let mut out = Vec::with_capacity(n);
-        for item in self.reports.iter() {
+        let from = match after {
+            Some(id) => match id.checked_add(1) {
+                Some(next) => std::ops::Bound::Included(next.to_be_bytes()),
+                None => return Ok(out),
+            },
+            None => std::ops::Bound::Unbounded,
+        };
+        for item in self
+            .reports
+            .range::<[u8; 8], _>((from, std::ops::Bound::Unbounded))
+        {
             if out.len() >= n {
                 break;
             }

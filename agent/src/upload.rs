@@ -232,6 +232,9 @@ pub struct UploadSummary {
     pub accepted: usize,
     pub duplicate: usize,
     pub rejected: usize,
+    /// Kept in the queue for a newer collector: their report schema is newer than this
+    /// collector knows ([`ReportStatus::keeps_report`]).
+    pub deferred: usize,
     /// Still queued when the pass ended.
     pub remaining: usize,
     /// The transport that reached the collector; `None` when there was nothing to do.
@@ -473,8 +476,12 @@ async fn drain(
         }
     }
     let mut tokens_refused = false;
+    // Entries up to here were answered in this pass (removed, or kept as deferred).
+    let mut answered: Option<u64> = None;
     loop {
-        let batch = queue.oldest(target.batch).map_err(UploadError::Local)?;
+        let batch = queue
+            .oldest_after(answered, target.batch)
+            .map_err(UploadError::Local)?;
         if batch.is_empty() {
             summary.reflectors = ask_reflectors(conn).await;
             return Ok(());
@@ -509,7 +516,20 @@ async fn drain(
                 batch.len()
             )));
         }
+        let mut done = Vec::with_capacity(batch.len());
         for ((id, _), status) in batch.iter().zip(&statuses) {
+            if status.keeps_report() {
+                summary.deferred += 1;
+                tracing::warn!(
+                    "queued report {id} kept for a newer collector: {}",
+                    match status {
+                        ReportStatus::Deferred { reason } | ReportStatus::Rejected { reason } =>
+                            reason.as_str(),
+                        _ => "",
+                    }
+                );
+                continue;
+            }
             match status {
                 ReportStatus::Accepted => summary.accepted += 1,
                 ReportStatus::Duplicate => summary.duplicate += 1,
@@ -517,10 +537,12 @@ async fn drain(
                     summary.rejected += 1;
                     tracing::warn!("collector rejected queued report {id}: {reason}");
                 }
+                ReportStatus::Deferred { .. } => {}
             }
+            done.push(*id);
         }
-        let ids: Vec<u64> = batch.iter().map(|(id, _)| *id).collect();
-        queue.remove(&ids).map_err(UploadError::Local)?;
+        answered = batch.last().map(|(id, _)| *id).or(answered);
+        queue.remove(&done).map_err(UploadError::Local)?;
     }
 }
 

@@ -220,6 +220,10 @@ pub async fn import(
                     ReportStatus::Accepted => LineResult::Accepted,
                     ReportStatus::Duplicate => LineResult::Duplicate,
                     ReportStatus::Rejected { reason } => LineResult::Rejected(reason),
+                    // Nothing stored; the file can be imported again by a newer collector.
+                    ReportStatus::Deferred { reason } => LineResult::Rejected(format!(
+                        "{reason} (import this file again with a newer collector)"
+                    )),
                 };
                 record(&mut summary, line, result);
             }

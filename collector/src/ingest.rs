@@ -735,6 +735,9 @@ pub async fn process_batch_attested(
     } in reports
     {
         let verdict = signed.verify().map_err(|e| (e.label(), e.to_string()));
+        // A schema newer than this release knows is deferred: the agent keeps the report for a
+        // collector that knows it.
+        let newer_schema = matches!(&verdict, Err((label, _)) if *label == "newer_schema");
         let checked = verdict.and_then(|report| {
             if report.started_at > now + MAX_FUTURE {
                 Err((
@@ -760,7 +763,11 @@ pub async fn process_batch_attested(
         match checked {
             Err((label, reason)) => {
                 stats.reject(label);
-                statuses.push(Some(ReportStatus::Rejected { reason }));
+                statuses.push(Some(if newer_schema {
+                    ReportStatus::Deferred { reason }
+                } else {
+                    ReportStatus::Rejected { reason }
+                }));
             }
             Ok(report) => {
                 let mut agent = [0u8; 32];

@@ -9,8 +9,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// The report schema this build writes and accepts.
+/// The report schema this build writes, and the newest it accepts.
+///
+/// The schema evolves additively: a collector accepts every schema from [`OLDEST_SCHEMA`] to
+/// [`SCHEMA_VERSION`]; a report in a newer one is *deferred* — not judged, not stored, and kept by
+/// the agent for a collector that knows it ([`crate::sign::VerifyError::NewerSchema`],
+/// [`crate::upload::ReportStatus::Deferred`]), never rejected and deleted.
 pub const SCHEMA_VERSION: u32 = 1;
+/// The oldest report schema this build still accepts.
+pub const OLDEST_SCHEMA: u32 = 1;
 /// Most streams one report may carry (platform, control, the platform's relay and its neutral
 /// reference).
 pub const MAX_STREAMS: usize = 4;
@@ -430,9 +437,9 @@ impl CallReport {
     /// Checks what a receiver must not take on trust: schema, sizes, ranges, finiteness.
     /// Returns the first problem found, in words an agent can log.
     pub fn validate(&self) -> Result<(), String> {
-        if self.schema != SCHEMA_VERSION {
+        if !(OLDEST_SCHEMA..=SCHEMA_VERSION).contains(&self.schema) {
             return Err(format!(
-                "schema {} is not supported (expected {SCHEMA_VERSION})",
+                "schema {} is not supported (expected {OLDEST_SCHEMA}..={SCHEMA_VERSION})",
                 self.schema
             ));
         }

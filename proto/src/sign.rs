@@ -7,7 +7,7 @@
 //! can read it without our types, and optional fields can be added without breaking old
 //! signatures. Nothing is ever re-encoded before verifying.
 
-use crate::report::{CallReport, MAX_STREAMS};
+use crate::report::{CallReport, MAX_STREAMS, SCHEMA_VERSION};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -49,6 +49,10 @@ pub enum VerifyError {
     Malformed(String),
     #[error("report is invalid: {0}")]
     Invalid(String),
+    /// Signed well, in a schema newer than this release knows: not judged, to be taken by a
+    /// collector that knows it (agents keep such a report; see [`crate::upload::ReportStatus`]).
+    #[error("report schema {0} is newer than this collector knows ({SCHEMA_VERSION}); kept for a newer collector")]
+    NewerSchema(u32),
 }
 
 impl VerifyError {
@@ -61,30 +65,58 @@ impl VerifyError {
             VerifyError::SignatureLength(_) | VerifyError::BadSignature => "bad_signature",
             VerifyError::Malformed(_) => "malformed",
             VerifyError::Invalid(_) => "invalid",
+            VerifyError::NewerSchema(_) => "newer_schema",
         }
     }
+}
+
+/// The `schema` a report body declares, without parsing the rest (`None`: no such number).
+pub fn schema_of(body: &[u8]) -> Option<u32> {
+    // A JSON object only (a derived struct would also read `[n]`); looked at only when a body
+    // is not a report this release can judge, so the generic parse costs nothing in the
+    // common case.
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    u32::try_from(object.get("schema")?.as_u64()?).ok()
 }
 
 impl SignedReport {
     /// Encodes `report` and signs it.
     pub fn sign(report: &CallReport, key: &SigningKey) -> Result<Self, serde_json::Error> {
-        let body = serde_json::to_vec(report)?;
+        Ok(Self::sign_body(serde_json::to_vec(report)?, key))
+    }
+
+    /// Signs `body` as it is (a body this release does not write itself: a newer schema's, a
+    /// fuzzer's).
+    pub fn sign_body(body: Vec<u8>, key: &SigningKey) -> Self {
         let signature = key.sign(&signed_message(&body));
-        Ok(SignedReport {
+        SignedReport {
             body,
             key: key.verifying_key().to_bytes().to_vec(),
             signature: signature.to_bytes().to_vec(),
-        })
+        }
     }
 
     /// Verifies the signature over the exact body bytes (strict: no malleable signatures, no weak
-    /// keys), then parses and validates the report.
+    /// keys), then parses and validates the report. A body in a schema newer than
+    /// [`SCHEMA_VERSION`] is not parsed (its fields may mean what this release cannot know):
+    /// [`VerifyError::NewerSchema`].
     pub fn verify(&self) -> Result<CallReport, VerifyError> {
         self.verify_signature()?;
-        let report: CallReport = serde_json::from_slice(&self.body)
-            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
-        report.validate().map_err(VerifyError::Invalid)?;
-        Ok(report)
+        // One parse in the common case; the schema alone is looked at only when the body is not
+        // a report this release can judge.
+        match serde_json::from_slice::<CallReport>(&self.body) {
+            Ok(report) if report.schema > SCHEMA_VERSION => {
+                Err(VerifyError::NewerSchema(report.schema))
+            }
+            Ok(report) => {
+                report.validate().map_err(VerifyError::Invalid)?;
+                Ok(report)
+            }
+            Err(e) => match schema_of(&self.body) {
+                Some(schema) if schema > SCHEMA_VERSION => Err(VerifyError::NewerSchema(schema)),
+                _ => Err(VerifyError::Malformed(e.to_string())),
+            },
+        }
     }
 
     /// Checks only the signature.
@@ -266,5 +298,62 @@ mod tests {
                                 sig in proptest::collection::vec(any::<u8>(), 0..70)) {
             let _ = SignedReport { body, key, signature: sig }.verify();
         }
+    }
+
+    #[test]
+    fn a_newer_schema_is_deferred_an_unknown_old_one_invalid() {
+        let key = SigningKey::from_bytes(&[5; 32]);
+        let mut r = sample_report();
+        r.schema = SCHEMA_VERSION + 1;
+        let signed = SignedReport::sign(&r, &key).unwrap();
+        assert_eq!(
+            signed.verify(),
+            Err(VerifyError::NewerSchema(SCHEMA_VERSION + 1))
+        );
+        assert_eq!(VerifyError::NewerSchema(2).label(), "newer_schema");
+        // A newer body this release cannot even parse is still a newer schema, not malformed.
+        let mut body: serde_json::Value = serde_json::from_slice(&signed.body).unwrap();
+        body["streams"] = serde_json::json!("moved elsewhere in schema 2");
+        let odd = SignedReport::sign_body(serde_json::to_vec(&body).unwrap(), &key);
+        assert_eq!(
+            odd.verify(),
+            Err(VerifyError::NewerSchema(SCHEMA_VERSION + 1))
+        );
+        // ...but only with a valid signature: a forged body is still a bad signature.
+        let forged = SignedReport {
+            body: odd.body.clone(),
+            ..signed.clone()
+        };
+        assert_eq!(forged.verify(), Err(VerifyError::BadSignature));
+        // Schema 0 was never written: invalid, as is a body with no schema that does not parse.
+        r.schema = 0;
+        let zero = SignedReport::sign(&r, &key).unwrap();
+        assert!(matches!(zero.verify(), Err(VerifyError::Invalid(e)) if e.contains("schema 0")));
+        let junk = SignedReport::sign_body(b"{\"streams\":1}".to_vec(), &key);
+        assert!(matches!(junk.verify(), Err(VerifyError::Malformed(_))));
+        assert_eq!(schema_of(b"{\"schema\":7,\"x\":[]}"), Some(7));
+        assert_eq!(schema_of(b"[1]"), None);
+    }
+
+    #[test]
+    fn agents_keep_what_a_collector_defers_and_what_an_older_one_calls_an_unknown_schema() {
+        use crate::upload::ReportStatus as S;
+        assert!(S::Deferred { reason: "x".into() }.keeps_report());
+        // What a collector of an earlier release says of schema 2 (VerifyError::Invalid).
+        let old = VerifyError::Invalid("schema 2 is not supported (expected 1)".into());
+        assert!(S::Rejected {
+            reason: old.to_string()
+        }
+        .keeps_report());
+        assert!(!S::Rejected {
+            reason: "report is invalid: 0 streams".into()
+        }
+        .keeps_report());
+        assert!(!S::Rejected {
+            reason: "signature does not verify".into()
+        }
+        .keeps_report());
+        assert!(!S::Accepted.keeps_report());
+        assert!(!S::Duplicate.keeps_report());
     }
 }

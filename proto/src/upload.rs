@@ -222,12 +222,30 @@ pub struct ReflectorInfo {
 }
 
 /// The collector's answer for one report. `Accepted` and `Duplicate` both mean "stored durably,
-/// delete it from your queue"; `Rejected` means "this will never be accepted".
+/// delete it from your queue"; `Rejected` means "this will never be accepted"; `Deferred` means
+/// "not stored: keep it, a newer collector will take it" (a report schema newer than the
+/// collector knows). Variants are only ever appended (postcard encodes the index).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ReportStatus {
     Accepted,
     Duplicate,
     Rejected { reason: String },
+    Deferred { reason: String },
+}
+
+impl ReportStatus {
+    /// Whether the agent keeps the report. Besides `Deferred`, a collector of an earlier release
+    /// answers a schema it does not know with `Rejected` and a reason that begins
+    /// `"report is invalid: schema N is not supported"`: that too is kept, never deleted.
+    pub fn keeps_report(&self) -> bool {
+        match self {
+            ReportStatus::Deferred { .. } => true,
+            ReportStatus::Rejected { reason } => reason
+                .strip_prefix("report is invalid: schema ")
+                .is_some_and(|r| r.contains(" is not supported")),
+            ReportStatus::Accepted | ReportStatus::Duplicate => false,
+        }
+    }
 }
 
 #[derive(Debug, Error)]
