@@ -7,6 +7,7 @@ pub mod censors;
 pub mod demo;
 pub mod emulator;
 pub mod http;
+pub mod oracle;
 pub mod process;
 pub mod scenarios;
 pub mod seed;

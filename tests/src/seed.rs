@@ -142,7 +142,8 @@ fn agent_key(sender: usize, agent: u8) -> SigningKey {
     SigningKey::from_bytes(&[sender as u8 * 16 + agent + 1; 32])
 }
 
-fn detail(rule: VerdictRule) -> VerdictDetail {
+/// A verdict detail whose only news is its rule (the comparisons found nothing).
+pub fn detail(rule: VerdictRule) -> VerdictDetail {
     let none = ArmComparison {
         platform_median: 0.0,
         control_median: 0.0,

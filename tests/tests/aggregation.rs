@@ -1,158 +1,261 @@
-//! The aggregation API against a brute-force recomputation: seeded reports from 5 countries ×
+//! The aggregation API against an independent recomputation: seeded reports from 5 countries ×
 //! 4 platforms × 7 days (both arms, 4 agents per country) go through the real QUIC ingest path
-//! of a real collector; every query's published cells equal the exact figures recomputed from the
-//! raw reports — counts, distinct agents and verdicts (with the blocked calls and the tests
+//! of a real collector; every query's published cells equal the cells `callwatch_tests::oracle`
+//! recomputes from the raw reports with code of its own (no collector type, filter, cap or
+//! grouping) — counts, distinct agents and verdicts (with the blocked calls and the tests
 //! without a reference among them) exactly, p10/median/p90 within the sketch's stated relative
 //! error — and cells with fewer than k agents are absent. Video-like tests never reach a voice
-//! cell: the voice cells equal a recomputation from the voice reports alone.
+//! cell: the voice cells equal a recomputation from the voice reports alone. A small fixture
+//! with its expected cells written out by hand checks the oracle itself.
 
 use callwatch_collector::domain::sketch::RELATIVE_ACCURACY;
-use callwatch_collector::domain::StoredReport;
-use callwatch_collector::domain::{exact, Observation, Policy, FIGURES};
-use callwatch_collector::geo::Region;
-use callwatch_collector::http::{parse_aggregation_query, AggregationQuery};
-use callwatch_proto::report::StreamKind;
+use callwatch_proto::report::{StreamKind, VerdictRule};
+use callwatch_proto::{CallReport, Platform, Role, SignedReport, Verdict};
 use callwatch_tests::http;
-use callwatch_tests::seed::{collector, seed, upload, Seeded, REGIONS, VIDEO_MOS_MAX};
-use std::collections::HashMap;
-
-/// `q` as the API parses it.
-fn parsed_query(q: &str) -> AggregationQuery {
-    let params: HashMap<String, String> = q
-        .split('&')
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_string(), v.to_string())
-        })
-        .collect();
-    parse_aggregation_query(&params).unwrap()
-}
+use callwatch_tests::oracle::{self, Input, Query};
+use callwatch_tests::seed::{
+    self, collector, seed, upload, upload_batches, Seeded, REGIONS, VIDEO_MOS_MAX,
+};
+use serde_json::Value;
+use std::collections::BTreeMap;
 
 fn close(api: f64, exact: f64) -> bool {
     (api - exact).abs() <= RELATIVE_ACCURACY * exact.abs() + 1e-9
 }
 
+/// The oracle's inputs for seeded reports, in the order given.
+fn inputs<'a>(reports: impl Iterator<Item = &'a Seeded>) -> Vec<Input<'a>> {
+    reports
+        .map(|(sender, _, signed, report)| {
+            let (_, country, asn) = REGIONS[*sender];
+            Input {
+                country,
+                asn,
+                agent: &signed.key,
+                report,
+            }
+        })
+        .collect()
+}
+
+/// The seed in the order the collector received it: each network's reports in seed order, the
+/// networks one after another ([`upload_batches`]).
+fn arrival_order(seed: &[Seeded]) -> Vec<&Seeded> {
+    let mut out: Vec<&Seeded> = seed.iter().collect();
+    out.sort_by_key(|s| s.0);
+    out
+}
+
+/// The API's cells of `query` keyed by their axis values, in `axes` order.
+async fn api_cells(
+    c: &callwatch_collector::Collector,
+    query: &str,
+    axes: &[&str],
+) -> BTreeMap<Vec<String>, Value> {
+    let (status, body) = http::get(c.http_addr, &format!("/api/v1/aggregation?{query}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{query}: {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let cells = v["result"].as_array().expect("a result array").clone();
+    let n = cells.len();
+    let map: BTreeMap<Vec<String>, Value> = cells
+        .into_iter()
+        .map(|cell| {
+            let key = axes
+                .iter()
+                .map(|a| match &cell[*a] {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+                .collect();
+            (key, cell)
+        })
+        .collect();
+    assert_eq!(map.len(), n, "{query}: two cells with the same axis values");
+    map
+}
+
+/// Every published cell equals the oracle's: the same cells, counts, agents, verdicts and shares
+/// exactly, figures within the sketch's relative error. Returns the number of figures compared.
+fn assert_cells_equal(
+    query: &str,
+    api: &BTreeMap<Vec<String>, Value>,
+    want: &BTreeMap<Vec<String>, Value>,
+) -> usize {
+    assert_eq!(
+        api.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{query}: published cells differ"
+    );
+    let mut compared = 0;
+    for (key, w) in want {
+        let g = &api[key];
+        for k in ["count", "agents", "verdicts"] {
+            assert_eq!(g[k], w[k], "{query} {key:?} {k}: {g} vs {w}");
+        }
+        for k in ["differentiated_share", "blocked_share"] {
+            match (g[k].as_f64(), w[k].as_f64()) {
+                (Some(a), Some(e)) => assert!((a - e).abs() < 1e-12, "{query} {k}: {a} vs {e}"),
+                (None, None) => {}
+                other => panic!("{query} {key:?} {k}: {other:?}"),
+            }
+        }
+        for f in [
+            "rtt_ms",
+            "jitter_up_ms",
+            "jitter_down_ms",
+            "loss",
+            "loss_up",
+            "loss_down",
+            "mos",
+            "stalls",
+        ] {
+            for stat in ["p10", "median", "p90"] {
+                match (g[f][stat].as_f64(), w[f][stat].as_f64()) {
+                    (Some(a), Some(e)) => {
+                        assert!(close(a, e), "{query} {key:?} {f}.{stat}: {a} vs {e}")
+                    }
+                    (None, None) => {}
+                    other => panic!("{query} {key:?} {f}.{stat}: {other:?}"),
+                }
+                compared += 1;
+            }
+        }
+    }
+    compared
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
+async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() {
     let root = tempfile::tempdir().unwrap();
     let c = collector(root.path()).await;
     let seed = seed();
     assert!(seed.len() > 1000);
     upload(&c, &seed).await;
     assert_eq!(c.store.len(), seed.len());
-
-    // The brute force: observations straight from the raw reports, in upload order (the
-    // collector receives each network's reports in seed order).
-    let observations_of = |reports: &mut dyn Iterator<Item = &Seeded>| -> Vec<Observation> {
-        reports
-            .flat_map(|(sender, _, signed, report)| {
-                let (_, cc, asn) = REGIONS[*sender];
-                let stored = StoredReport {
-                    signed: signed.clone(),
-                    region: Region {
-                        country: cc.into(),
-                        asn,
-                    },
-                    received_at_ms: 0,
-                    filing: Default::default(),
-                };
-                Observation::from_report(&stored, report)
-            })
-            .collect()
+    let arrived = arrival_order(&seed);
+    let all = inputs(arrived.iter().copied());
+    let k3 = Query {
+        min_agents: 3,
+        max_per_agent_per_day: 24,
+        ..Query::default()
     };
-    let observations = observations_of(&mut seed.iter());
-    let policy = Policy::default();
-    let queries = [
-        "axis_x=country&axis_y=platform",
-        "axis_x=asn&axis_y=platform",
-        "axis_x=day&axis_y=country&platform=whatsapp",
-        "axis_x=day&axis_y=arm&country=RU&platform=telegram",
-        "axis_x=hour&country=ru&asn=AS12389",
-        "axis_x=platform&axis_y=arm&arm=control",
-        "axis_x=country&since=2020-01-01&until=2100-01-01",
-        "axis_x=country&axis_y=kind",
-        "axis_x=kind&axis_y=arm&platform=whatsapp",
-        "axis_x=day&axis_y=platform&kind=video",
-        "axis_x=asn&axis_y=arm&platform=whatsapp&country=RU",
+    let q = |axes: &[&'static str], f: &dyn Fn(&mut Query)| {
+        let mut q = Query {
+            axes: axes.to_vec(),
+            ..k3.clone()
+        };
+        f(&mut q);
+        q
+    };
+    let queries: Vec<(&str, Query)> = vec![
+        (
+            "axis_x=country&axis_y=platform",
+            q(&["country", "platform"], &|_| {}),
+        ),
+        (
+            "axis_x=asn&axis_y=platform",
+            q(&["asn", "platform"], &|_| {}),
+        ),
+        (
+            "axis_x=day&axis_y=country&platform=whatsapp",
+            q(&["day", "country"], &|q| {
+                q.platform = Some(Platform::Whatsapp)
+            }),
+        ),
+        (
+            "axis_x=day&axis_y=arm&country=RU&platform=telegram",
+            q(&["day", "arm"], &|q| {
+                (q.country, q.platform) = (Some("RU"), Some(Platform::Telegram))
+            }),
+        ),
+        (
+            "axis_x=hour&country=ru&asn=AS12389",
+            q(&["hour"], &|q| {
+                (q.country, q.asn) = (Some("ru"), Some(12389))
+            }),
+        ),
+        (
+            "axis_x=platform&axis_y=arm&arm=control",
+            q(&["platform", "arm"], &|q| q.arm = Some(Role::Control)),
+        ),
+        (
+            "axis_x=country&since=2020-01-01&until=2100-01-01",
+            q(&["country"], &|q| {
+                (q.since_ms, q.until_ms) = (Some(1_577_836_800_000), Some(4_102_444_800_000))
+            }),
+        ),
+        (
+            "axis_x=country&axis_y=kind",
+            q(&["country", "kind"], &|_| {}),
+        ),
+        (
+            "axis_x=kind&axis_y=arm&platform=whatsapp",
+            q(&["kind", "arm"], &|q| q.platform = Some(Platform::Whatsapp)),
+        ),
+        (
+            "axis_x=day&axis_y=platform&kind=video",
+            q(&["day", "platform"], &|q| q.kind = Some(StreamKind::Video)),
+        ),
+        (
+            "axis_x=asn&axis_y=arm&platform=whatsapp&country=RU",
+            q(&["asn", "arm"], &|q| {
+                (q.platform, q.country) = (Some(Platform::Whatsapp), Some("RU"))
+            }),
+        ),
     ];
     let mut compared = 0;
-    for q in queries {
-        let (status, body) = http::get(c.http_addr, &format!("/api/v1/aggregation?{q}"))
-            .await
-            .unwrap();
-        assert_eq!(status, 200, "{q}: {body}");
-        let api: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(api["min_agents"], 3);
-        assert_eq!(api["relative_error"], RELATIVE_ACCURACY);
-        let parsed = parsed_query(q);
-        let want = exact(&observations, &parsed.axes, &parsed.filter, &policy);
-        let got = api["result"].as_array().unwrap();
-        assert_eq!(got.len(), want.len(), "{q}: published cells differ");
-        assert!(!want.is_empty(), "{q}: seed covers the query");
-        for (g, w) in got.iter().zip(&want) {
-            let w = serde_json::to_value(w).unwrap();
-            for axis in ["day", "hour", "country", "asn", "platform", "arm", "kind"] {
-                assert_eq!(g.get(axis), w.get(axis), "{q}: cell order/keys");
-            }
-            for k in [
-                "count",
-                "agents",
-                "verdicts",
-                "differentiated_share",
-                "blocked_share",
-                "filing",
-            ] {
-                assert_eq!(g[k], w[k], "{q} {k}: {g} vs {w}");
-            }
-            for f in FIGURES {
-                for stat in ["p10", "median", "p90"] {
-                    let (a, e) = (g[f][stat].as_f64(), w[f][stat].as_f64());
-                    match (a, e) {
-                        (Some(a), Some(e)) => assert!(close(a, e), "{q} {f}.{stat}: {a} vs {e}"),
-                        (None, None) => {}
-                        other => panic!("{q} {f}.{stat}: {other:?}"),
-                    }
-                    compared += 1;
-                }
-            }
-        }
+    for (url, query) in &queries {
+        let api = api_cells(&c, url, &query.axes).await;
+        let want = oracle::cells(&all, query);
+        assert!(!want.is_empty(), "{url}: the seed covers the query");
+        compared += assert_cells_equal(url, &api, &want);
     }
     assert!(compared > 1000, "compared {compared} figures");
+    let (_, body) = http::get(c.http_addr, "/api/v1/aggregation?axis_x=country")
+        .await
+        .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["min_agents"], 3);
+    assert_eq!(v["relative_error"], RELATIVE_ACCURACY);
 
     // Video-like tests never land in a voice cell: by default the cells equal a recomputation
     // from the voice reports alone (the seed's video tests, MOS below 1.4 and heavy loss, share
     // countries, networks, platforms and days with voice tests).
-    let voice = observations_of(&mut seed.iter().filter(|s| s.3.stream_kind == StreamKind::Voice));
-    assert!(voice.len() < observations.len(), "the seed has video tests");
-    for q in [
-        "axis_x=country&axis_y=platform",
-        "axis_x=day&axis_y=arm&country=RU&platform=whatsapp",
-        "axis_x=asn&kind=voice",
+    let voice = inputs(
+        arrived
+            .iter()
+            .copied()
+            .filter(|s| s.3.stream_kind == StreamKind::Voice),
+    );
+    assert!(voice.len() < all.len(), "the seed has video tests");
+    for (url, query) in [
+        (
+            "axis_x=country&axis_y=platform",
+            q(&["country", "platform"], &|_| {}),
+        ),
+        (
+            "axis_x=day&axis_y=arm&country=RU&platform=whatsapp",
+            q(&["day", "arm"], &|q| {
+                (q.country, q.platform) = (Some("RU"), Some(Platform::Whatsapp))
+            }),
+        ),
+        (
+            "axis_x=asn&kind=voice",
+            q(&["asn"], &|q| q.kind = Some(StreamKind::Voice)),
+        ),
     ] {
-        let (_, body) = http::get(c.http_addr, &format!("/api/v1/aggregation?{q}"))
-            .await
-            .unwrap();
-        let api: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(api["kind"], "voice", "{q}: the body says what it covers");
-        let parsed = parsed_query(q);
-        let want = exact(&voice, &parsed.axes, &parsed.filter, &policy);
-        let got = api["result"].as_array().unwrap();
-        assert_eq!(got.len(), want.len(), "{q}");
-        for (g, w) in got.iter().zip(&want) {
-            let w = serde_json::to_value(w).unwrap();
-            assert_eq!(
-                (&g["count"], &g["agents"]),
-                (&w["count"], &w["agents"]),
-                "{q}"
-            );
-            for stat in ["p10", "median", "p90"] {
-                let (a, e) = (
-                    g["mos"][stat].as_f64().unwrap(),
-                    w["mos"][stat].as_f64().unwrap(),
-                );
-                assert!(close(a, e), "{q}: mos.{stat} {a} vs voice-only {e}");
-            }
-        }
+        let api = api_cells(&c, url, &query.axes).await;
+        // The oracle given only voice reports, and told nothing about kinds.
+        let want = oracle::cells(
+            &voice,
+            &Query {
+                kind: None,
+                ..query
+            },
+        );
+        assert_cells_equal(url, &api, &want);
     }
     // The video cells stand apart, with their own MOS.
     let (_, body) = http::get(c.http_addr, "/api/v1/aggregation?axis_x=country&kind=video")
@@ -224,38 +327,30 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
     assert_eq!(de_tg["blocked_share"], 0.0);
     assert!(cell("RU", "generic")["blocked_share"].is_null());
     // A blocked arm measured nothing: it counts, but adds no figure (loss 0 of 0 is no loss).
-    let (_, body) = http::get(
-        c.http_addr,
-        "/api/v1/aggregation?axis_x=country&country=RU&platform=whatsapp",
-    )
-    .await
-    .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let want =
-        exact(
-            &observations_of(&mut seed.iter().filter(|s| {
-                s.3.stream_kind == StreamKind::Voice && s.3.streams[0].packets_sent > 0
-            })),
-            &[callwatch_collector::domain::Axis::Country],
-            &callwatch_collector::domain::Filter {
-                country: Some("RU".into()),
-                platform: Some(callwatch_proto::Platform::Whatsapp),
-                ..Default::default()
-            },
-            &policy,
-        );
-    let w = serde_json::to_value(&want[0]).unwrap();
+    let url = "axis_x=country&country=RU&platform=whatsapp";
+    let query = q(&["country"], &|q| {
+        (q.country, q.platform) = (Some("RU"), Some(Platform::Whatsapp))
+    });
+    let api = api_cells(&c, url, &query.axes).await;
+    let measured = inputs(
+        arrived
+            .iter()
+            .copied()
+            .filter(|s| s.3.stream_kind == StreamKind::Voice && s.3.streams[0].packets_sent > 0),
+    );
+    let want = oracle::cells(&measured, &query);
+    let (g, w) = (
+        &api[&vec!["RU".to_string()]],
+        &want[&vec!["RU".to_string()]],
+    );
     assert_eq!(
-        v["result"][0]["count"].as_u64().unwrap(),
+        g["count"].as_u64().unwrap(),
         w["count"].as_u64().unwrap() + 24
     );
     for f in ["loss", "rtt_ms", "mos"] {
         assert!(
-            close(
-                v["result"][0][f]["p10"].as_f64().unwrap(),
-                w[f]["p10"].as_f64().unwrap()
-            ),
-            "{f}: {v} vs {w}"
+            close(g[f]["p10"].as_f64().unwrap(), w[f]["p10"].as_f64().unwrap()),
+            "{f}: {g} vs {w}"
         );
     }
 
@@ -330,6 +425,273 @@ async fn api_cells_equal_a_brute_force_recomputation_within_the_sketch_error() {
             .unwrap();
         assert_eq!(status, 400, "{q}");
         assert!(body.contains(name), "{q}: {body}");
+    }
+    c.shutdown().await;
+}
+
+/// A cell written out by hand: its axis values and the fields it must have.
+type HandCell = (Vec<&'static str>, Value);
+
+/// One report of the hand-written fixture: agent `agent` (sender 0, RU AS12389, unless
+/// `sender`), WhatsApp voice, started at `at` (UTC), platform arm (rtt, loss up, loss down) and
+/// control arm rtt, the verdict and its rule.
+#[allow(clippy::too_many_arguments)]
+fn fixture_report(
+    sender: usize,
+    agent: u8,
+    id: u8,
+    at: &str,
+    platform: (f64, f64, f64),
+    control_rtt: f64,
+    verdict: Verdict,
+    rule: Option<VerdictRule>,
+) -> Seeded {
+    let key = ed25519_dalek::SigningKey::from_bytes(&[100 + agent; 32]);
+    let mut r = CallReport::example();
+    r.id.0 = [id; 16];
+    r.platform = Platform::Whatsapp;
+    r.started_at = at.parse().unwrap();
+    let mut p = r.streams[0].clone();
+    let (rtt, up, down) = platform;
+    p.rtt_ms.as_mut().unwrap().median = rtt;
+    (p.loss_up, p.loss_down) = (Some(up), Some(down));
+    p.loss = Some(1.0 - (1.0 - up) * (1.0 - down));
+    let mut c = r.streams[0].clone();
+    c.role = Role::Control;
+    c.rtt_ms.as_mut().unwrap().median = control_rtt;
+    (c.loss_up, c.loss_down, c.loss) = (Some(0.0), Some(0.0), Some(0.0));
+    r.streams = vec![p, c];
+    r.verdict = Some(verdict);
+    r.verdict_detail = rule.map(seed::detail);
+    let signed = SignedReport::sign(&r, &key).unwrap();
+    (sender, key, signed, r)
+}
+
+/// Expected cells written out by hand from the fixture below (no code computes them): the API
+/// must publish exactly these (figures within the sketch's error), and the oracle must compute
+/// exactly these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_fixture_gives_the_cells_written_out_by_hand() {
+    use Verdict::{Differentiated as D, Inconclusive as I, None as N};
+    let fixture = vec![
+        // Agent 1 tests four times on 2 Nov; with a cap of 2 per day only the first two count
+        // (the last two, rtt 1000 and 90 % loss, would show in every figure if they did).
+        fixture_report(
+            0,
+            1,
+            1,
+            "2026-11-02T10:15:00Z",
+            (100.0, 0.10, 0.00),
+            50.0,
+            D,
+            None,
+        ),
+        fixture_report(
+            0,
+            1,
+            2,
+            "2026-11-02T11:00:00Z",
+            (110.0, 0.05, 0.01),
+            51.0,
+            D,
+            None,
+        ),
+        fixture_report(
+            0,
+            1,
+            3,
+            "2026-11-02T12:00:00Z",
+            (1000.0, 0.9, 0.9),
+            500.0,
+            N,
+            None,
+        ),
+        fixture_report(
+            0,
+            1,
+            4,
+            "2026-11-02T13:00:00Z",
+            (1000.0, 0.9, 0.9),
+            500.0,
+            N,
+            None,
+        ),
+        // Agent 2: a call cut mid-way (differentiated, blocked).
+        fixture_report(
+            0,
+            2,
+            5,
+            "2026-11-02T10:40:00Z",
+            (120.0, 0.20, 0.02),
+            52.0,
+            D,
+            Some(VerdictRule::Cut),
+        ),
+        // Agent 3, either side of midnight UTC: loss down, not up, on the first.
+        fixture_report(
+            0,
+            3,
+            6,
+            "2026-11-02T23:30:00Z",
+            (80.0, 0.00, 0.30),
+            40.0,
+            N,
+            None,
+        ),
+        fixture_report(
+            0,
+            3,
+            7,
+            "2026-11-03T00:10:00Z",
+            (90.0, 0.00, 0.00),
+            45.0,
+            I,
+            Some(VerdictRule::NoReference),
+        ),
+        // A lone agent in Germany: below k = 2 wherever it lands.
+        fixture_report(
+            2,
+            4,
+            8,
+            "2026-11-05T09:00:00Z",
+            (30.0, 0.00, 0.00),
+            30.0,
+            N,
+            None,
+        ),
+    ];
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = seed::config(root.path(), "c");
+    (cfg.policy.min_agents, cfg.policy.max_per_agent_per_day) = (2, 2);
+    let c = callwatch_collector::serve(cfg).await.unwrap();
+    let (accepted, _) = upload_batches(&c, &fixture, 100).await;
+    assert_eq!(accepted, fixture.len());
+
+    let ms = |t: &str| {
+        t.parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+            .timestamp_millis()
+    };
+    let fig = |p10: f64, median: f64, p90: f64| serde_json::json!({"p10": p10, "median": median, "p90": p90});
+    let verdicts = |none: u64, inc: u64, diff: u64, blocked: u64, noref: u64| {
+        serde_json::json!({"none": none, "inconclusive": inc, "differentiated": diff,
+                           "blocked": blocked, "no_reference": noref})
+    };
+    let k2 = Query {
+        min_agents: 2,
+        max_per_agent_per_day: 2,
+        platform: Some(Platform::Whatsapp),
+        ..Query::default()
+    };
+    let by_hand: Vec<(&str, Query, Vec<HandCell>)> = vec![
+        (
+            // 2 Nov, platform arms: agent 1 at 10:15 and 11:00, agent 2, agent 3 at 23:30.
+            // rtt [80 100 110 120]: ranks ⌊0.1·3⌋=0, ⌊0.5·3⌋=1, ⌊0.9·3⌋=2. 3 Nov has one agent.
+            "axis_x=day&platform=whatsapp",
+            Query { axes: vec!["day"], ..k2.clone() },
+            vec![(
+                vec!["2026-11-02"],
+                serde_json::json!({
+                    "count": 4, "agents": 3,
+                    "rtt_ms": fig(80.0, 100.0, 110.0),
+                    "loss_up": fig(0.0, 0.05, 0.10),
+                    "loss_down": fig(0.0, 0.01, 0.02),
+                    "verdicts": verdicts(1, 0, 3, 1, 0),
+                    "differentiated_share": 0.75, "blocked_share": 0.25,
+                }),
+            )],
+        ),
+        (
+            // 10:00-12:00 on 2 Nov: hour 10 has agents 1 and 2; hour 11 agent 1 alone.
+            // rtt [100 120]: every rank ⌊q·1⌋ is 0.
+            "axis_x=hour&country=RU&platform=whatsapp&since=2026-11-02T10:00:00Z&until=2026-11-02T12:00:00Z",
+            Query {
+                axes: vec!["hour"],
+                country: Some("RU"),
+                since_ms: Some(ms("2026-11-02T10:00:00Z")),
+                until_ms: Some(ms("2026-11-02T12:00:00Z")),
+                ..k2.clone()
+            },
+            vec![(
+                vec!["2026-11-02T10:00:00Z"],
+                serde_json::json!({
+                    "count": 2, "agents": 2,
+                    "rtt_ms": fig(100.0, 100.0, 100.0),
+                    "loss_up": fig(0.10, 0.10, 0.10),
+                    "loss_down": fig(0.0, 0.0, 0.0),
+                    "verdicts": verdicts(0, 0, 2, 1, 0),
+                    "differentiated_share": 1.0, "blocked_share": 0.5,
+                }),
+            )],
+        ),
+        (
+            // Both arms in Russia, all days: five tests count per arm (agent 1's last two of
+            // 2 Nov do not). Platform rtt [80 90 100 110 120], loss up [0 0 .05 .10 .20], loss
+            // down [0 0 .01 .02 .30], control rtt [40 45 50 51 52]: ranks 0, 2, 3.
+            "axis_x=arm&country=RU&platform=whatsapp",
+            Query { axes: vec!["arm"], country: Some("RU"), ..k2.clone() },
+            vec![
+                (
+                    vec!["platform"],
+                    serde_json::json!({
+                        "count": 5, "agents": 3,
+                        "rtt_ms": fig(80.0, 100.0, 110.0),
+                        "loss_up": fig(0.0, 0.05, 0.10),
+                        "loss_down": fig(0.0, 0.01, 0.02),
+                        "verdicts": verdicts(1, 1, 3, 1, 1),
+                        "differentiated_share": 0.6, "blocked_share": 0.2,
+                    }),
+                ),
+                (
+                    vec!["control"],
+                    serde_json::json!({
+                        "count": 5, "agents": 3,
+                        "rtt_ms": fig(40.0, 50.0, 51.0),
+                        "loss_up": fig(0.0, 0.0, 0.0),
+                        "loss_down": fig(0.0, 0.0, 0.0),
+                        "verdicts": verdicts(1, 1, 3, 1, 1),
+                        "differentiated_share": 0.6, "blocked_share": 0.2,
+                    }),
+                ),
+            ],
+        ),
+        // Germany: one agent, below k: nothing.
+        (
+            "axis_x=country&country=DE&platform=whatsapp",
+            Query { axes: vec!["country"], country: Some("DE"), ..k2.clone() },
+            vec![],
+        ),
+    ];
+    let all = inputs(fixture.iter());
+    for (url, query, cells) in by_hand {
+        let api = api_cells(&c, url, &query.axes).await;
+        let computed = oracle::cells(&all, &query);
+        let keys = |m: &BTreeMap<Vec<String>, Value>| m.keys().cloned().collect::<Vec<_>>();
+        let mut hand_keys: Vec<Vec<String>> = cells
+            .iter()
+            .map(|(k, _)| k.iter().map(|s| s.to_string()).collect())
+            .collect();
+        hand_keys.sort();
+        assert_eq!(keys(&api), hand_keys, "{url}: the API's cells");
+        assert_eq!(keys(&computed), hand_keys, "{url}: the oracle's cells");
+        for (key, want) in cells {
+            let key: Vec<String> = key.iter().map(|s| s.to_string()).collect();
+            for (field, value) in want.as_object().unwrap() {
+                let (g, o) = (&api[&key][field], &computed[&key][field]);
+                assert_eq!(o, value, "{url} {key:?} {field}: the oracle");
+                if field.ends_with("_ms") || field.starts_with("loss") {
+                    for stat in ["p10", "median", "p90"] {
+                        let (a, e) = (g[stat].as_f64().unwrap(), value[stat].as_f64().unwrap());
+                        assert!(
+                            close(a, e),
+                            "{url} {key:?} {field}.{stat}: API {a}, by hand {e}"
+                        );
+                    }
+                } else {
+                    assert_eq!(g, value, "{url} {key:?} {field}: the API");
+                }
+            }
+        }
     }
     c.shutdown().await;
 }

@@ -1,0 +1,264 @@
+//! An independent recomputation of the aggregation API's cells from raw reports, for tests.
+//!
+//! Written from the rules as README.md and docs/ARCHITECTURE.md state them, and sharing no code
+//! with the collector: no `Observation`, no cell key, no cap key, no filter, no grouping, no
+//! sketch of its own — only the report types both ends agree on (`callwatch_proto`). Exact
+//! order statistics at rank ⌊q·(n−1)⌋ of the sorted values, which the API's sketches answer
+//! within their stated relative error. A slip in either — swapped up/down loss, a day off by
+//! one, the cap counted per hour, a control arm in a platform cell — makes the two disagree.
+
+use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule};
+use callwatch_proto::{CallReport, Platform, Role, Verdict};
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// One stored report as the oracle sees it: where it was filed, who signed it, what it says.
+pub struct Input<'a> {
+    pub country: &'a str,
+    pub asn: u32,
+    /// The agent's 32-byte public key.
+    pub agent: &'a [u8],
+    pub report: &'a CallReport,
+}
+
+/// A query, spelled as in the API (`axis_x`, `axis_y` and the filters).
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// Axis names: day, hour, country, asn, platform, arm, kind.
+    pub axes: Vec<&'static str>,
+    pub country: Option<&'static str>,
+    pub asn: Option<u32>,
+    pub platform: Option<Platform>,
+    pub arm: Option<Role>,
+    pub kind: Option<StreamKind>,
+    /// Unix ms; applied at hour resolution (rounded down).
+    pub since_ms: Option<i64>,
+    /// Unix ms; applied at hour resolution (rounded up).
+    pub until_ms: Option<i64>,
+    pub min_agents: usize,
+    pub max_per_agent_per_day: usize,
+}
+
+const HOUR_MS: i64 = 3_600_000;
+
+/// What the per-agent cap counts per: UTC day, country, ASN, platform, arm, kind, agent key.
+type CapGroup<'a> = (i64, String, u32, Platform, Role, StreamKind, &'a [u8]);
+const FIGURES: [&str; 8] = [
+    "rtt_ms",
+    "jitter_up_ms",
+    "jitter_down_ms",
+    "loss",
+    "loss_up",
+    "loss_down",
+    "mos",
+    "stalls",
+];
+
+/// A stream's name as the API spells it (the proto's serde name).
+fn name<T: serde::Serialize>(v: T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+fn hour_text(hour: i64) -> String {
+    DateTime::<Utc>::from_timestamp(hour * 3600, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:00:00Z").to_string())
+        .unwrap_or_default()
+}
+
+fn day_text(day: i64) -> String {
+    DateTime::<Utc>::from_timestamp(day * 86_400, 0)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_default()
+}
+
+/// Exact p10, median and p90 (rank ⌊q·(n−1)⌋), or null without values.
+fn figure(mut v: Vec<f64>) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[(q * (v.len() - 1) as f64).floor() as usize];
+    json!({"p10": at(0.1), "median": at(0.5), "p90": at(0.9)})
+}
+
+/// The published cells of `q` over `reports` (in arrival order), keyed by their axis values in
+/// the query's axis order, each as the API's JSON cell (axes, count, agents, figures, verdicts,
+/// shares; without the filing counts).
+pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
+    struct Arm<'a> {
+        key: Vec<String>,
+        agent: &'a [u8],
+        figures: [Option<f64>; 8],
+        verdict: Option<Verdict>,
+        rule: Option<VerdictRule>,
+    }
+    let mut per_day: HashMap<CapGroup<'_>, usize> = HashMap::new();
+    let mut kept: Vec<Arm<'_>> = Vec::new();
+    for input in reports {
+        let r = input.report;
+        let hour = r.started_at.timestamp_millis().div_euclid(HOUR_MS);
+        let country =
+            if input.country.len() == 2 && input.country.chars().all(|c| c.is_ascii_alphabetic()) {
+                input.country.to_ascii_uppercase()
+            } else {
+                "ZZ".to_string()
+            };
+        for s in &r.streams {
+            if !matches!(s.role, Role::Platform | Role::Control) {
+                continue;
+            }
+            // The per-agent cap: the first `max_per_agent_per_day` of each UTC day, network,
+            // platform, arm and kind, whatever the query.
+            let seen = per_day
+                .entry((
+                    hour.div_euclid(24),
+                    country.clone(),
+                    input.asn,
+                    r.platform,
+                    s.role,
+                    r.stream_kind,
+                    input.agent,
+                ))
+                .or_default();
+            *seen += 1;
+            if *seen > q.max_per_agent_per_day {
+                continue;
+            }
+            // The filter.
+            let arm_ok = match q.arm {
+                Some(a) => a == s.role,
+                None => q.axes.contains(&"arm") || s.role == Role::Platform,
+            };
+            let kind_ok = match q.kind {
+                Some(k) => k == r.stream_kind,
+                None => q.axes.contains(&"kind") || r.stream_kind == StreamKind::Voice,
+            };
+            let since_ok = q.since_ms.is_none_or(|t| hour >= t.div_euclid(HOUR_MS));
+            let until_ok = q
+                .until_ms
+                .is_none_or(|t| hour < t.div_euclid(HOUR_MS) + i64::from(t % HOUR_MS != 0));
+            if !(arm_ok
+                && kind_ok
+                && since_ok
+                && until_ok
+                && q.country.is_none_or(|c| c.eq_ignore_ascii_case(&country))
+                && q.asn.is_none_or(|a| a == input.asn)
+                && q.platform.is_none_or(|p| p == r.platform))
+            {
+                continue;
+            }
+            let key = q
+                .axes
+                .iter()
+                .map(|axis| match *axis {
+                    "day" => day_text(hour.div_euclid(24)),
+                    "hour" => hour_text(hour),
+                    "country" => country.clone(),
+                    "asn" => input.asn.to_string(),
+                    "platform" => name(r.platform),
+                    "arm" => name(s.role),
+                    "kind" => name(r.stream_kind),
+                    other => panic!("unknown axis {other}"),
+                })
+                .collect();
+            let measured = s.packets_sent > 0
+                && !r.reflector_loaded
+                && !matches!(s.outcome, StreamOutcome::Blocked | StreamOutcome::Refused);
+            let figures = if measured {
+                [
+                    s.rtt_ms.map(|x| x.median),
+                    s.jitter_ms.map(|j| j.up),
+                    s.jitter_ms.map(|j| j.down),
+                    s.loss,
+                    s.loss_up,
+                    s.loss_down,
+                    s.mos,
+                    s.stalls.map(|x| f64::from(x.count)),
+                ]
+            } else {
+                [None; 8]
+            };
+            kept.push(Arm {
+                key,
+                agent: input.agent,
+                figures,
+                verdict: r.verdict,
+                rule: r.verdict_detail.as_ref().and_then(|d| d.rule),
+            });
+        }
+    }
+    let mut groups: BTreeMap<Vec<String>, Vec<&Arm<'_>>> = BTreeMap::new();
+    for arm in &kept {
+        groups.entry(arm.key.clone()).or_default().push(arm);
+    }
+    let blocked_rules = [
+        VerdictRule::Blocked,
+        VerdictRule::Cut,
+        VerdictRule::PlatformServersUnreachable,
+    ];
+    let no_reference_rules = [
+        VerdictRule::NoReference,
+        VerdictRule::NothingAnswered,
+        VerdictRule::ReflectorBusy,
+    ];
+    let mut out = BTreeMap::new();
+    for (key, arms) in groups {
+        let agents: BTreeSet<&[u8]> = arms.iter().map(|a| &a.agent[..8]).collect();
+        if agents.len() < q.min_agents.max(1) {
+            continue;
+        }
+        let mut cell = Map::new();
+        for (axis, value) in q.axes.iter().zip(&key) {
+            cell.insert(
+                axis.to_string(),
+                if *axis == "asn" {
+                    json!(value.parse::<u32>().unwrap_or(0))
+                } else {
+                    json!(value)
+                },
+            );
+        }
+        cell.insert("count".into(), json!(arms.len()));
+        cell.insert("agents".into(), json!(agents.len()));
+        for (i, f) in FIGURES.iter().enumerate() {
+            cell.insert(
+                f.to_string(),
+                figure(arms.iter().filter_map(|a| a.figures[i]).collect()),
+            );
+        }
+        let count = |v: Verdict| arms.iter().filter(|a| a.verdict == Some(v)).count();
+        let (none, inconclusive, differentiated) = (
+            count(Verdict::None),
+            count(Verdict::Inconclusive),
+            count(Verdict::Differentiated),
+        );
+        let with = |v: Verdict, rules: &[VerdictRule]| {
+            arms.iter()
+                .filter(|a| a.verdict == Some(v) && a.rule.is_some_and(|r| rules.contains(&r)))
+                .count()
+        };
+        let blocked = with(Verdict::Differentiated, &blocked_rules);
+        let no_reference = with(Verdict::Inconclusive, &no_reference_rules);
+        cell.insert(
+            "verdicts".into(),
+            json!({"none": none, "inconclusive": inconclusive, "differentiated": differentiated,
+                   "blocked": blocked, "no_reference": no_reference}),
+        );
+        let judged = none + inconclusive + differentiated;
+        let share = |n: usize| {
+            if judged == 0 {
+                Value::Null
+            } else {
+                json!(n as f64 / judged as f64)
+            }
+        };
+        cell.insert("differentiated_share".into(), share(differentiated));
+        cell.insert("blocked_share".into(), share(blocked));
+        out.insert(key, Value::Object(cell));
+    }
+    out
+}
