@@ -298,7 +298,10 @@ fn amplification_stays_at_or_below_one_for_every_hostile_input() {
                 .collect()
         }),
     ));
-    println!("| input | bytes in | bytes out | factor |\n|---|---:|---:|---:|");
+    let mut table = vec![
+        "| input | bytes in | bytes out | factor |".to_string(),
+        "|---|---:|---:|---:|".to_string(),
+    ];
     for (what, fed) in &rows {
         let Fed {
             bytes_in,
@@ -306,12 +309,34 @@ fn amplification_stays_at_or_below_one_for_every_hostile_input() {
             ..
         } = fed;
         let factor = *bytes_out as f64 / (*bytes_in).max(1) as f64;
-        println!("| {what} | {bytes_in} | {bytes_out} | {factor:.3} |");
+        table.push(format!(
+            "| {what} | {bytes_in} | {bytes_out} | {factor:.3} |"
+        ));
         assert!(
             bytes_out <= bytes_in,
             "{what}: {bytes_out} out for {bytes_in} in"
         );
     }
+    println!("{}", table.join("\n"));
+    // The table RELIABILITY.md publishes is this one, to the byte (the inputs are seeded).
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../RELIABILITY.md"),
+    )
+    .unwrap();
+    let published: Vec<&str> = doc
+        .lines()
+        .skip_while(|l| {
+            !(l.starts_with("<!-- figures:")
+                && l.contains("amplification_stays_at_or_below_one_for_every_hostile_input"))
+        })
+        .skip(1)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert_eq!(
+        published, table,
+        "RELIABILITY.md's amplification table differs from what this test measures: replace it \
+         with the output of `cargo test -p callwatch-tests --test amplification -- --nocapture`"
+    );
     // Zero, not merely at most as much: no datagram at all answers a probe with another
     // address's, a forged or a stale cookie, and each one is counted as a bad cookie (so the
     // silence is the cookie check's, not some other drop's).
