@@ -5,7 +5,6 @@
 
 use crate::aggregate::{parse_kind, relative_error, to_csv, Axis, Cell, Filter, Policy};
 use crate::ingest::IngestStats;
-use crate::reflector::ReflectorStatsSource;
 use crate::store::ReportStore;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -13,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use callwatch_proto::Role;
+use callwatch_reflector::ReflectorStatsSource;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;

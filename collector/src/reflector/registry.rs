@@ -9,10 +9,10 @@
 //! ([`directory`]). A revoked entry stays in the file (its key can never be registered again)
 //! so its history is kept and its key stays refused.
 
-use crate::cert::ensure_private_dir;
 use anyhow::{bail, Context, Result};
 use callwatch_proto::seal::ReflectorKey;
 use callwatch_proto::upload::ReflectorInfo;
+use callwatch_reflector::files::ensure_private_dir;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};

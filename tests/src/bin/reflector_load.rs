@@ -25,9 +25,9 @@
 //! handshakes and process start-up included), over the same window.
 
 use anyhow::{bail, Context, Result};
-use callwatch_collector::reflector::{Driver, Limits};
 use callwatch_proto::framing::neutral_session_id;
 use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe};
+use callwatch_reflector::{Driver, Limits};
 use callwatch_tests::process::{start_collector, RunningCollector};
 use clap::Parser;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
