@@ -1,7 +1,7 @@
 //! Standalone reflectors registered with a collector: `DATA/reflectors.json` (owner-only,
 //! replaced atomically on every change).
 //!
-//! An operator runs reflectors elsewhere (`callwatch-collector reflect`), each with its own key,
+//! An operator runs reflectors elsewhere (`callwatch-reflector`), each with its own key,
 //! and registers each one here by name with its attestation key (`reflector-attest.pub`), and
 //! optionally its address and sealing key (`reflector.pub`) for agents. Ingest and import accept
 //! region attestations signed by the collector's own reflector key and by every registered key
