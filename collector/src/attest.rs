@@ -92,7 +92,7 @@ impl AttestKeys {
     /// (`reflectors.json`, followed as it changes). What `serve` and `import` both use. A
     /// registry that cannot be read is an error here (at start), not later.
     pub fn load(data: &std::path::Path) -> anyhow::Result<Self> {
-        let own = crate::reflector::identity::load_or_create_attestation(data)?;
+        let own = callwatch_reflector::identity::load_or_create_attestation(data)?;
         Self::with_registry(own.verifying_key(), data)
     }
 
@@ -343,7 +343,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let keys = AttestKeys::load(&data).unwrap();
-        let own = crate::reflector::identity::load_or_create_attestation(&data).unwrap();
+        let own = callwatch_reflector::identity::load_or_create_attestation(&data).unwrap();
         assert!(keys.get(&key_id(&own.verifying_key())).is_some());
         let standalone = SigningKey::from_bytes(&[4; 32]).verifying_key();
         let id = key_id(&standalone);

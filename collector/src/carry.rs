@@ -15,7 +15,6 @@
 //! imports.
 
 use crate::attest::{Arrival, AttestKeys, Filer, PathTokens};
-use crate::cert::write_private;
 use crate::geo::hosting::HostingAsns;
 use crate::ingest::{process_batch_attested, IngestStats, Limiter, RateLimits};
 use crate::store::ReportStore;
@@ -23,6 +22,7 @@ use anyhow::{Context, Result};
 use callwatch_proto::carry::{CarrySecret, Opener, KEY_LEN, MAX_LINE_LEN};
 use callwatch_proto::upload::QueuedReport;
 use callwatch_proto::upload::{ReportStatus, Response, MAX_BATCH};
+use callwatch_reflector::files::write_private;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::Arc;

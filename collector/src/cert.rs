@@ -2,11 +2,10 @@
 //! data folder, and its SHA-256 fingerprint that agents pin.
 
 use anyhow::{Context, Result};
+use callwatch_reflector::files::{ensure_private_dir, write_private};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 pub const CERT_FILE: &str = "collector.crt.der";
@@ -27,29 +26,6 @@ pub struct Identity {
 /// SHA-256 fingerprint of a certificate, as agents pin it.
 pub fn fingerprint(cert: &[u8]) -> String {
     hex::encode(Sha256::digest(cert))
-}
-
-/// Writes `bytes` to a new file readable only by its owner (mode 0600).
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-/// Creates `dir` (owner-only) if it does not exist.
-pub fn ensure_private_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 /// Loads the identity from `dir`, creating it on first start.
@@ -86,6 +62,7 @@ pub fn load_or_create(dir: &Path) -> Result<Identity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn identity_is_created_once_with_private_key_file() {

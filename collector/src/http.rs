@@ -6,7 +6,6 @@
 use crate::domain::{parse_kind, relative_error, Axis, Cell, Filter, Policy};
 use crate::export::cells_csv;
 use crate::ingest::IngestStats;
-use crate::reflector::ReflectorStatsSource;
 use crate::store::ReportStore;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
@@ -14,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use callwatch_proto::Role;
+use callwatch_reflector::ReflectorStatsSource;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,10 +1,12 @@
-//! callwatch-collector: verifies, stores and aggregates call reports, and runs the UDP reflector.
+//! callwatch-collector: verifies, stores and aggregates call reports, and embeds the UDP
+//! reflector.
 //!
 //! An operator runs `callwatch-collector serve`: a QUIC and TLS-over-TCP ingest endpoint for
 //! agents ([`ingest`]), carry-out files imported by the same rules ([`carry`]),
 //! a store for raw signed reports ([`store`]), region lookup that forgets the address right after
 //! ([`geo`]), aggregation ([`aggregate`]) exported over HTTP ([`http`]), and the reflector agents
-//! test against ([`reflector`]). [`serve`] wires them together.
+//! test against (the `callwatch-reflector` crate; the standalone reflectors the collector knows
+//! are in [`reflector::registry`]). [`serve`] wires them together.
 
 pub mod attest;
 pub mod carry;

@@ -75,7 +75,7 @@ enum Command {
         /// (one recvmsg/sendto per datagram). For measuring one against the other
         /// (callwatch-reflector-load); hidden, the default is the one to run.
         #[arg(long = "reflector-driver", value_name = "DRIVER", hide = true)]
-        reflector_driver: Option<callwatch_collector::reflector::Driver>,
+        reflector_driver: Option<callwatch_reflector::Driver>,
         #[command(flatten)]
         store: callwatch_collector::store::config::StoreArgs,
     },
@@ -183,6 +183,9 @@ enum Command {
     },
     /// Run a standalone reflector only: no ingest, no store, no HTTP API.
     ///
+    /// The same as the `callwatch-reflector` binary (same options, same code), kept for
+    /// existing deployments; new ones can install that binary alone.
+    ///
     /// For reflectors in other places than the collector. Its own key is made in DIR on first
     /// start (DIR/reflector.key, owner-only); the public halves are printed and written to
     /// DIR/reflector.pub (the sealing key agents need) and DIR/reflector-attest.pub (the
@@ -195,23 +198,7 @@ enum Command {
     ///   callwatch-collector reflect --data /var/lib/callwatch-reflector \
     ///       --reflector 0.0.0.0:3479 --geo GeoLite2-Country.mmdb --geo GeoLite2-ASN.mmdb
     #[command(verbatim_doc_comment)]
-    Reflect {
-        /// The reflector's own data folder (created owner-only if missing).
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
-        /// UDP address to reflect on; repeat for several ports.
-        #[arg(long = "reflector", value_name = "ADDR", required = true)]
-        reflectors: Vec<SocketAddr>,
-        /// Region source, repeatable (as `serve --geo`).
-        #[arg(long, value_name = "FILE")]
-        geo: Vec<PathBuf>,
-        /// The collector's carry-out key (64 hex digits, its collector.seal.pub): with it the
-        /// reflector also seals each test's network prefix (/24, /48) to the collector, for its
-        /// Sybil accounting; the agent cannot read it and it is never exported. Without it,
-        /// attestations carry no prefix.
-        #[arg(long = "collector-key", value_name = "HEX")]
-        collector_key: Option<callwatch_proto::carry::CarryKey>,
-    },
+    Reflect(callwatch_reflector::standalone::ReflectArgs),
     /// Register, revoke and list standalone reflectors (DIR/reflectors.json, owner-only).
     ///
     /// The collector accepts region attestations signed by its own reflector and by every
@@ -420,37 +407,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Reflect {
-            data,
-            reflectors,
-            geo,
-            collector_key,
-        } => {
-            let r =
-                callwatch_collector::serve::reflect(callwatch_collector::serve::ReflectConfig {
-                    data_dir: data,
-                    reflectors,
-                    geo_files: geo,
-                    limits: Default::default(),
-                    collector_key,
-                })
-                .await?;
-            println!(
-                "reflector key (agents' reflector_key; also in reflector.pub): {}",
-                r.reflector.seal_key
-            );
-            println!(
-                "attestation key (for `reflector add` on the collector; also in reflector-attest.pub): {}",
-                hex::encode(r.attest_key.as_bytes())
-            );
-            for a in &r.reflector.addrs {
-                println!("reflector on udp {a}");
-            }
-            wait_for_signal().await?;
-            tracing::info!("shutting down");
-            r.reflector.shutdown();
-            Ok(())
-        }
+        Command::Reflect(args) => callwatch_reflector::standalone::run(args).await,
         Command::Reflector(cmd) => reflector_command(cmd),
         Command::Verify { file } => {
             let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {

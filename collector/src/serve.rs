@@ -1,15 +1,17 @@
 //! `serve`: the whole collector in one process — QUIC and TLS-over-TCP ingest, store, reflector
-//! and HTTP API.
+//! and HTTP API. The reflector is `callwatch-reflector`'s, started as the standalone one is
+//! ([`callwatch_reflector::standalone::start`]), with the collector's region sources and its
+//! carry-out key for path tokens.
 
 use crate::cert;
 use crate::geo::Geo;
 use crate::http::{router, AppState};
 use crate::ingest::{spawn_ingest, Ingest, IngestConfig};
-use crate::reflector::{spawn_reflector_with, Driver, Limits, ReflectorHandle};
 use crate::store::{ReportStore, SledStore};
 use anyhow::{Context, Result};
+use callwatch_reflector::{Driver, Limits, ReflectorHandle};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Clone, Debug)]
@@ -91,7 +93,7 @@ impl Collector {
 
 /// Starts the collector. Addresses with port 0 get a free port; the bound ones are in the result.
 pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
-    cert::ensure_private_dir(&cfg.data_dir)?;
+    callwatch_reflector::files::ensure_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn ReportStore> = Arc::new(
         SledStore::open_with_cap(
             &crate::store::config::sled_path(&cfg.data_dir),
@@ -100,80 +102,6 @@ pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
         .context("opening the report store")?,
     );
     serve_with_store(cfg, store).await
-}
-
-/// The reflector as `serve` and `reflect` run it: its keys from `data` (`reflector.key`, made on
-/// first start; public halves written to `reflector.pub` and `reflector-attest.pub`), signing
-/// region attestations looked up in `geo`, with path tokens sealed to `collector` when given.
-/// Returns it with its attestation key's public half.
-pub async fn start_reflector(
-    data: &Path,
-    addrs: &[SocketAddr],
-    limits: Limits,
-    driver: Driver,
-    geo: Arc<Geo>,
-    collector: Option<callwatch_proto::carry::CarryKey>,
-) -> Result<(ReflectorHandle, ed25519_dalek::VerifyingKey)> {
-    let seal = crate::reflector::identity::load_or_create(data)?;
-    let attest_key = crate::reflector::identity::load_or_create_attestation(data)?;
-    let attest_pub = attest_key.verifying_key();
-    let lookup: crate::reflector::RegionLookup = Box::new(move |ip| {
-        let region = geo.lookup(ip);
-        let country = <[u8; 2]>::try_from(region.country.as_bytes()).unwrap_or(*b"ZZ");
-        (country, region.asn)
-    });
-    let reflector = spawn_reflector_with(
-        addrs,
-        limits,
-        seal,
-        Some((attest_key, lookup, collector)),
-        driver,
-    )
-    .await
-    .with_context(|| format!("binding reflector on {addrs:?}"))?;
-    Ok((reflector, attest_pub))
-}
-
-/// What `callwatch-collector reflect` runs: a standalone reflector and nothing else (no ingest,
-/// no store, no HTTP).
-#[derive(Clone, Debug)]
-pub struct ReflectConfig {
-    /// Its own data folder: `reflector.key` and the public halves.
-    pub data_dir: PathBuf,
-    /// UDP addresses (one socket each).
-    pub reflectors: Vec<SocketAddr>,
-    /// Region sources for its attestations (as `serve --geo`).
-    pub geo_files: Vec<PathBuf>,
-    pub limits: Limits,
-    /// The collector's carry-out key (its `collector.seal.pub`): path tokens are sealed to it.
-    /// `None`: attestations without path tokens.
-    pub collector_key: Option<callwatch_proto::carry::CarryKey>,
-}
-
-/// A running standalone reflector.
-pub struct StandaloneReflector {
-    pub reflector: ReflectorHandle,
-    /// Its attestation key's public half (what `reflector add` on the collector needs).
-    pub attest_key: ed25519_dalek::VerifyingKey,
-}
-
-/// Starts a standalone reflector (see [`ReflectConfig`]).
-pub async fn reflect(cfg: ReflectConfig) -> Result<StandaloneReflector> {
-    cert::ensure_private_dir(&cfg.data_dir)?;
-    let geo = Arc::new(Geo::load(cfg.geo_files.iter())?);
-    let (reflector, attest_key) = start_reflector(
-        &cfg.data_dir,
-        &cfg.reflectors,
-        cfg.limits,
-        Driver::default(),
-        geo,
-        cfg.collector_key,
-    )
-    .await?;
-    Ok(StandaloneReflector {
-        reflector,
-        attest_key,
-    })
 }
 
 /// Starts the collector on a store the caller opened (another backend, or a wrapped one).
@@ -185,12 +113,12 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
     // the registered standalone reflectors' (followed as the registry changes). Path tokens
     // are sealed to the collector's carry-out key, which opens them at ingest.
     let carry = crate::carry::load_or_create(&cfg.data_dir)?;
-    let (reflector, attest_pub) = start_reflector(
+    let (reflector, attest_pub) = callwatch_reflector::standalone::start(
         &cfg.data_dir,
         &cfg.reflectors,
         cfg.reflector_limits,
         cfg.reflector_driver,
-        geo.clone(),
+        geo.clone().region_lookup(),
         Some(carry.public()),
     )
     .await?;

@@ -582,7 +582,7 @@ mod sketch_and_cells {
 
 mod reflector_core {
     use arbitrary::Unstructured;
-    use callwatch_collector::reflector::{Limits, Reflector, ReflectorStats};
+    use callwatch_reflector::{Limits, Reflector, ReflectorStats};
     use callwatch_proto::framing::{self, Framing};
     use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe, MAX_PROBE_LEN};
     use std::net::SocketAddr;

@@ -55,7 +55,7 @@ pub fn built_binary(name: &str) -> std::path::PathBuf {
         .map(|p| p.to_path_buf())
         .unwrap_or_default();
     let package = match name {
-        "callwatch-agent" | "callwatch-collector" => name,
+        "callwatch-agent" | "callwatch-collector" | "callwatch-reflector" => name,
         _ => "callwatch-tests",
     };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -119,14 +119,11 @@ pub fn platform_spec_on(
 
 /// A reflector on two free loopback ports (for [`platform_spec_on`]: platform arm on the first,
 /// control arm on the second), with default limits.
-pub async fn spawn_two_port_reflector() -> callwatch_collector::reflector::ReflectorHandle {
+pub async fn spawn_two_port_reflector() -> callwatch_reflector::ReflectorHandle {
     let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("a literal address");
-    callwatch_collector::reflector::spawn_reflector(
-        &[any, any],
-        callwatch_collector::reflector::Limits::default(),
-    )
-    .await
-    .expect("binding a reflector on loopback")
+    callwatch_reflector::spawn_reflector(&[any, any], callwatch_reflector::Limits::default())
+        .await
+        .expect("binding a reflector on loopback")
 }
 
 /// Runs the lab script `tests/lab/SCRIPT` as root with `--bin-dir` set to the built binaries'

@@ -126,7 +126,8 @@ fn signal(child: &Child, sig: &str) {
     assert!(status.success(), "kill -{sig} failed");
 }
 
-/// A running standalone reflector (`callwatch-collector reflect`) and what it printed on start.
+/// A running standalone reflector (`callwatch-reflector`, or its alias `callwatch-collector
+/// reflect`) and what it printed on start.
 pub struct RunningReflector {
     pub child: Child,
     pub addr: SocketAddr,
@@ -142,12 +143,30 @@ pub struct RunningReflector {
 /// arguments appended, output in `logs/reflector.stdout.log` and `logs/reflector.stderr.log`;
 /// returns once it printed its address (it exiting first fails the test).
 pub fn start_reflector(logs: &Path, data: &Path, extra: &[&str]) -> RunningReflector {
+    let mut cmd = Command::new(crate::built_binary("callwatch-collector"));
+    cmd.arg("reflect");
+    start_reflector_command(cmd, logs, data, extra)
+}
+
+/// [`start_reflector`] with the `callwatch-reflector` binary:
+/// `callwatch-reflector --data DATA --reflector 127.0.0.1:0 EXTRA…`.
+pub fn start_reflector_binary(logs: &Path, data: &Path, extra: &[&str]) -> RunningReflector {
+    let cmd = Command::new(crate::built_binary("callwatch-reflector"));
+    start_reflector_command(cmd, logs, data, extra)
+}
+
+fn start_reflector_command(
+    mut cmd: Command,
+    logs: &Path,
+    data: &Path,
+    extra: &[&str],
+) -> RunningReflector {
     let (stdout, stderr) = (
         logs.join("reflector.stdout.log"),
         logs.join("reflector.stderr.log"),
     );
-    let mut child = Command::new(crate::built_binary("callwatch-collector"))
-        .args(["reflect", "--data"])
+    let mut child = cmd
+        .arg("--data")
         .arg(data)
         .args(["--reflector", "127.0.0.1:0"])
         .args(extra)
@@ -193,18 +212,38 @@ pub fn start_reflector(logs: &Path, data: &Path, extra: &[&str]) -> RunningRefle
 
 impl RunningReflector {
     /// SIGTERM; waits for the exit (at most 30 s) and returns its status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(self) -> std::process::ExitStatus {
+        self.stop_within(Duration::from_secs(30))
+            .expect("the reflector did not stop on SIGTERM")
+    }
+
+    /// SIGTERM, then awaits the exit for at most `limit`: its status, or `None` when it was
+    /// still running then (it is killed and reaped).
+    pub fn stop_within(self, limit: Duration) -> Option<std::process::ExitStatus> {
         signal(&self.child, "TERM");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("polling") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the reflector did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        await_exit(self.child, limit)
+    }
+}
+
+/// Awaits `child`'s exit (a thread blocked in `wait`, not polling) for at most `limit`: its
+/// status, or `None` when it was still running then (it is killed and reaped).
+pub fn await_exit(mut child: Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(child.wait());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(status) => {
+            let _ = waiter.join();
+            Some(status.expect("waiting for the child"))
+        }
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            let _ = waiter.join();
+            None
         }
     }
 }

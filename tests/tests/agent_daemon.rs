@@ -1,7 +1,7 @@
 //! The agent as a volunteer leaves it running: stopping cleanly on SIGTERM, a bounded queue
 //! while the collector is away, and `status` telling them so.
 
-use callwatch_collector::reflector::{spawn_reflector, Limits, ReflectorHandle};
+use callwatch_reflector::{spawn_reflector, Limits, ReflectorHandle};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

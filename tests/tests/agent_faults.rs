@@ -10,9 +10,9 @@
 //! `CALLWATCH_SKIP_ROOT=1` says to skip it.
 
 use callwatch_agent::queue::Queue;
-use callwatch_collector::reflector::{spawn_reflector, Limits};
 use callwatch_collector::serve;
 use callwatch_proto::CallReport;
+use callwatch_reflector::{spawn_reflector, Limits};
 use callwatch_tests::open_collector_config;
 use std::collections::BTreeSet;
 use std::io::Write;

@@ -5,10 +5,10 @@
 //! Every wait polls a state file or the collector's store against a deadline.
 
 use callwatch_collector::domain::StoredReport;
-use callwatch_collector::reflector::{spawn_reflector, Limits, ReflectorHandle};
 use callwatch_collector::store::{InsertOutcome, ReportStore, SledStore, StoreError};
 use callwatch_collector::{serve, serve_with_store};
 use callwatch_proto::CallReport;
+use callwatch_reflector::{spawn_reflector, Limits, ReflectorHandle};
 use callwatch_tests::open_collector_config;
 use std::collections::BTreeSet;
 use std::io::Read;

@@ -4,11 +4,11 @@
 
 use callwatch_agent::engine::call::{CallRandom, CallTest};
 use callwatch_agent::engine::TestSpec;
-use callwatch_collector::reflector::{Limits, Reflector};
 use callwatch_proto::framing::{Framing, Preamble, STUN_MAGIC_COOKIE};
 use callwatch_proto::probe::{Accept, Close, CountQuery, Open, Packet, Probe};
 use callwatch_proto::profile::profile;
 use callwatch_proto::Platform;
+use callwatch_reflector::{Limits, Reflector};
 use rand::{Rng, SeedableRng};
 use std::net::SocketAddr;
 
@@ -393,7 +393,7 @@ fn an_expired_session_gets_no_answer_before_or_after_the_sweep() {
 /// probe was read and refused by the cookie check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_cookies_get_not_one_datagram_back_over_udp() {
-    use callwatch_collector::reflector::spawn_reflector;
+    use callwatch_reflector::spawn_reflector;
     use std::net::UdpSocket;
     use std::time::{Duration, Instant};
     const N: u32 = 50;

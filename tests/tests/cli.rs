@@ -1,7 +1,7 @@
 //! The command lines as a volunteer and an operator use them: the real binaries, run as
 //! processes (cargo builds them for the workspace's tests).
 
-use callwatch_collector::reflector::{spawn_reflector, Limits};
+use callwatch_reflector::{spawn_reflector, Limits};
 use callwatch_tests::process::serve_command;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;

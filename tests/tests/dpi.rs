@@ -4,9 +4,9 @@
 
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
-use callwatch_collector::reflector::{spawn_reflector, Limits};
 use callwatch_proto::seal::ReflectorKey;
 use callwatch_proto::{CallReport, Platform, Role, Verdict};
+use callwatch_reflector::{spawn_reflector, Limits};
 use callwatch_tests::censors::stun_rule;
 use callwatch_tests::emulator::{ImpairmentConfig, Relay, RelayConfig, Route, RuleImpairment};
 use std::net::SocketAddr;

@@ -4,9 +4,9 @@
 
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
-use callwatch_collector::reflector::{spawn_reflector, Limits};
 use callwatch_proto::framing::RTP_HEADER_LEN;
 use callwatch_proto::StreamReport;
+use callwatch_reflector::{spawn_reflector, Limits};
 use callwatch_tests::emulator::{ImpairmentConfig, Relay, RelayConfig, Route};
 use callwatch_tests::scenarios::{expected, scenarios, Expected, Scenario};
 use callwatch_tests::sim::{marker_rules_at, ProbeTruth};

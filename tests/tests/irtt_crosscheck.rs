@@ -8,7 +8,7 @@
 
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
-use callwatch_collector::reflector::{spawn_reflector, Limits};
+use callwatch_reflector::{spawn_reflector, Limits};
 use callwatch_tests::emulator::{
     ByteMatch, DelayConfig, DirectionFilter, DpiRule, Fate, GroundTruth, ImpairmentConfig,
     PacketRecord, Relay, RelayConfig, Route, RuleImpairment,

@@ -31,7 +31,7 @@ const TEST_MS: u32 = 12_000;
 /// The capture's wall-clock start, seconds since the epoch.
 const EPOCH_S: u64 = 1_760_000_000;
 /// The reflector's clock at the test's start, as the UDP reflector's runs (a 1000 s epoch,
-/// collector/src/reflector/udp.rs). Not 0: the cookie's first bytes are the issue second, and
+/// reflector/src/udp.rs). Not 0: the cookie's first bytes are the issue second, and
 /// with it 0 every `Accept` would read, to nDPI 4.2's uTP rule (bittorrent.c: version 1, kind
 /// ≤ 2, a big-endian "window" ≤ 65565 at bytes 12..16), as BitTorrent — which a real reflector
 /// gives only for cookies issued in 2 seconds out of every 65536 (≈ 18 h).

@@ -4,9 +4,9 @@
 use callwatch_agent::engine::call::RELAY_REQUESTS;
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
-use callwatch_collector::reflector::{spawn_reflector, Limits};
 use callwatch_proto::report::{StreamOutcome, VerdictRule};
 use callwatch_proto::{Platform, Role, Verdict};
+use callwatch_reflector::{spawn_reflector, Limits};
 use callwatch_tests::{platform_spec_on, spawn_two_port_reflector};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Child, Command, Stdio};

@@ -406,8 +406,7 @@ fn a_carried_out_queue_imports_exactly_once_and_a_damaged_line_alone_is_rejected
     let key = made_collector(&root.path().join("logs"), &data);
     // One report held 170 days (a long block), within the 180-day limit; one attested by the
     // collector's own reflector.
-    let reflector =
-        callwatch_collector::reflector::identity::load_or_create_attestation(&data).unwrap();
+    let reflector = callwatch_reflector::identity::load_or_create_attestation(&data).unwrap();
     let reports = attested_reports(5, &[170, 2, 1, 1, 1], Some(&reflector));
     let file = root.path().join("carried.cwq");
     let agent_dir = root.path().join("agent");

@@ -7,12 +7,14 @@
 //! coalesce its wake-ups. One receiver thread per socket blocks in `recvmsg`; each datagram is
 //! timestamped with the kernel's receive time where the kernel gives one (`SO_TIMESTAMPNS`,
 //! Linux), so the agent's own scheduling delay is not read as the network's, else as `recv`
-//! returns. Spinning costs at most `SPIN_US` per 20 ms interval (~1 % of a core).
+//! returns. That receive is the reflector's own ([`callwatch_reflector::net`]): one
+//! implementation of the kernel's timestamps for both ends. Spinning costs at most `SPIN_US` per 20 ms interval (~1 % of a core).
 //!
 //! The loop is str0m's: feed what arrived, drain `poll_transmit`, sleep until `poll_timeout`.
 
 use super::call::CallTest;
 use super::session::Progress;
+use callwatch_reflector::net;
 use std::net::UdpSocket;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -67,7 +69,10 @@ pub fn run(
     let mut shared_sockets = Vec::new();
     for socket in sockets {
         socket.set_read_timeout(Some(Duration::from_millis(50)))?;
-        kernel_rx::enable(&socket);
+        if let Err(e) = net::enable_timestamps(&socket) {
+            // Without them a datagram is stamped when `recv` returns.
+            tracing::debug!("no kernel receive timestamps: {e}");
+        }
         shared_sockets.push(Arc::new(socket));
     }
     let sockets = shared_sockets;
@@ -150,100 +155,17 @@ pub fn run(
 fn receive_loop(arm: usize, socket: &UdpSocket, shared: &Shared, now_us: impl Fn() -> u64) {
     let mut buf = [0u8; 2048];
     while !shared.stop.load(Ordering::SeqCst) {
-        match kernel_rx::recv(socket, &mut buf) {
-            Ok((n, age)) => {
-                // The kernel's receive time, as an age taken from now on our own clock.
+        match net::recv(socket, &mut buf) {
+            Ok(received) => {
+                // The kernel's receive time, as an age taken from now on our own clock; more
+                // than a second is not a receive delay but a wall clock step.
+                let age = received.age(Duration::from_secs(1));
                 let now = now_us().saturating_sub(age.as_micros() as u64);
-                lock(&shared.test).handle_datagram(arm, now, &buf[..n]);
+                lock(&shared.test).handle_datagram(arm, now, &buf[..received.len]);
                 shared.wake.notify_one();
             }
             // Timeouts let us see the stop flag; refused/unreachable are lost packets.
             Err(_) => continue,
         }
-    }
-}
-
-/// Receiving with the kernel's receive timestamp (Linux); plain `recv` elsewhere.
-mod kernel_rx {
-    use std::net::UdpSocket;
-    use std::time::{Duration, SystemTime};
-
-    /// Asks the kernel to timestamp every datagram it receives on `socket`; without it the
-    /// datagram is stamped when `recv` returns.
-    pub fn enable(socket: &UdpSocket) {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let on: libc::c_int = 1;
-            // SAFETY: setsockopt with a c_int option value on a socket we own.
-            let rc = unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_TIMESTAMPNS,
-                    (&on as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            if rc != 0 {
-                tracing::debug!(
-                    "no kernel receive timestamps: {}",
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = socket;
-    }
-
-    /// One datagram into `buf`: its length and how long ago the kernel received it (zero when
-    /// the kernel did not say).
-    #[cfg(target_os = "linux")]
-    pub fn recv(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Duration)> {
-        use std::os::fd::AsRawFd;
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // Room for a timespec and its header; u64s keep it aligned for cmsghdr.
-        let mut control = [0u64; 8];
-        // SAFETY: all-zero is a valid msghdr.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        // SAFETY: msg points at live buffers of the sizes it states, for the call's duration.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut age = Duration::ZERO;
-        // SAFETY: CMSG_* walk the control buffer the kernel filled, within msg_controllen; the
-        // timestamp is read unaligned as the timespec it is.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(&msg);
-            while !c.is_null() {
-                let h = &*c;
-                if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    let at =
-                        SystemTime::UNIX_EPOCH + Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
-                    // A wall clock stepped back gives no age rather than a wrong one; more than
-                    // a second is not a receive delay but a clock step.
-                    age = SystemTime::now()
-                        .duration_since(at)
-                        .unwrap_or_default()
-                        .min(Duration::from_secs(1));
-                }
-                c = libc::CMSG_NXTHDR(&msg, c);
-            }
-        }
-        Ok((n as usize, age))
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub fn recv(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<(usize, Duration)> {
-        Ok((socket.recv(buf)?, Duration::ZERO))
     }
 }

@@ -6,24 +6,9 @@ use super::observation::Observation;
 use callwatch_proto::{CallReport, ReportId, SignedReport};
 use serde::{Deserialize, Serialize};
 
-/// Where a report came from, as coarse as the collector keeps it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Region {
-    /// ISO 3166-1 alpha-2, upper case; `ZZ` when unknown.
-    pub country: String,
-    /// Autonomous system number; 0 when unknown.
-    pub asn: u32,
-}
-
-impl Region {
-    /// Country `ZZ`, AS0.
-    pub fn unknown() -> Self {
-        Region {
-            country: "ZZ".into(),
-            asn: 0,
-        }
-    }
-}
+/// Where a report came from, as coarse as the collector keeps it: the type the region lookup
+/// (shared with the reflector, which attests regions) answers in.
+pub use callwatch_reflector::geo::Region;
 
 /// A stored record that no longer reads as what was verified when it was stored.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

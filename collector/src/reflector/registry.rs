@@ -1,7 +1,7 @@
 //! Standalone reflectors registered with a collector: `DATA/reflectors.json` (owner-only,
 //! replaced atomically on every change).
 //!
-//! An operator runs reflectors elsewhere (`callwatch-collector reflect`), each with its own key,
+//! An operator runs reflectors elsewhere (`callwatch-reflector`), each with its own key,
 //! and registers each one here by name with its attestation key (`reflector-attest.pub`), and
 //! optionally its address and sealing key (`reflector.pub`) for agents. Ingest and import accept
 //! region attestations signed by the collector's own reflector key and by every registered key
@@ -9,10 +9,10 @@
 //! ([`directory`]). A revoked entry stays in the file (its key can never be registered again)
 //! so its history is kept and its key stays refused.
 
-use crate::cert::ensure_private_dir;
 use anyhow::{bail, Context, Result};
 use callwatch_proto::seal::ReflectorKey;
 use callwatch_proto::upload::ReflectorInfo;
+use callwatch_reflector::files::ensure_private_dir;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};

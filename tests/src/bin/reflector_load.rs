@@ -25,9 +25,9 @@
 //! handshakes and process start-up included), over the same window.
 
 use anyhow::{bail, Context, Result};
-use callwatch_collector::reflector::{Driver, Limits};
 use callwatch_proto::framing::neutral_session_id;
 use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe};
+use callwatch_reflector::{Driver, Limits};
 use callwatch_tests::process::{start_collector, RunningCollector};
 use clap::Parser;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -699,7 +699,7 @@ fn main() -> Result<()> {
     let limits = Limits::default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "reflector limits (collector/src/reflector/core.rs Limits::default): min interval {} ms, \
+        "reflector limits (reflector/src/core.rs Limits::default): min interval {} ms, \
          max probe {} B, max duration {} s, session table {} (global), burst 25 probes per \
          session; there is no per-source-address cap. Sessions spread {PER_SOURCE} per source \
          address from 127.0.0.2.",

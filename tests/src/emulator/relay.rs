@@ -581,7 +581,7 @@ async fn upstream_socket(upstream: SocketAddr) -> io::Result<UdpSocket> {
 /// drops of its own (the default 208 KiB holds only a few hundred small datagrams when the host
 /// is busy), or its ground truth would miss losses it did not model.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    callwatch_collector::reflector::bind_with_buffers(addr)
+    callwatch_reflector::bind_with_buffers(addr)
 }
 
 /// ICMP errors from earlier sends surface on a later receive; they say nothing about this socket.

@@ -6,17 +6,18 @@
 //! `recvmsg` (or `recvmmsg`, see [`Driver`]) on its socket, and the work per datagram is bounded
 //! (one `handle` and its share of one lock and one send). Where the kernel can say when a
 //! datagram arrived (`SO_TIMESTAMPNS`) and how many it dropped for a full receive queue
-//! (`SO_RXQ_OVFL`), the reply carries that receive time and count (see [`super::core`] rule
+//! (`SO_RXQ_OVFL`), the reply carries that receive time and count (see [`crate::core`] rule
 //! 10): what the reflector's own scheduling adds is then measured as its residence time, not
 //! published as network delay.
 
-use super::core::{Arrival, Limits, Reflector, ReflectorStats};
+use crate::core::{Arrival, Limits, Reflector, ReflectorStats};
+use crate::net;
 use callwatch_proto::seal::{ReflectorKey, ReflectorSecret};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 use tokio::net::UdpSocket;
 
 /// How a reflector thread receives datagrams and sends the replies.
@@ -55,9 +56,7 @@ impl std::fmt::Display for Driver {
     }
 }
 
-/// Most datagrams one `recvmmsg` takes (and one `sendmmsg` answers): bounds the work between
-/// two looks at the stop flag and the time a reply waits for the rest of its batch.
-pub const BATCH: usize = 32;
+pub use crate::net::BATCH;
 
 /// A running reflector: its bound addresses, counters, and the threads to stop.
 pub struct ReflectorHandle {
@@ -198,7 +197,7 @@ pub async fn spawn_reflector(
     limits: Limits,
 ) -> std::io::Result<ReflectorHandle> {
     let attest = ed25519_dalek::SigningKey::from_bytes(&rand::random());
-    let unknown: super::RegionLookup = Box::new(|_| (*b"ZZ", 0));
+    let unknown: crate::RegionLookup = Box::new(|_| (*b"ZZ", 0));
     spawn_reflector_attested(
         addrs,
         limits,
@@ -218,7 +217,7 @@ pub async fn spawn_reflector_attested(
     seal: ReflectorSecret,
     attest: Option<(
         ed25519_dalek::SigningKey,
-        super::RegionLookup,
+        crate::RegionLookup,
         Option<callwatch_proto::carry::CarryKey>,
     )>,
 ) -> std::io::Result<ReflectorHandle> {
@@ -233,7 +232,7 @@ pub async fn spawn_reflector_with(
     seal: ReflectorSecret,
     attest: Option<(
         ed25519_dalek::SigningKey,
-        super::RegionLookup,
+        crate::RegionLookup,
         Option<callwatch_proto::carry::CarryKey>,
     )>,
     driver: Driver,
@@ -247,7 +246,7 @@ pub async fn spawn_reflector_with(
     if let Some((key, lookup, collector)) = attest {
         // The wall clock at reflector time 0, for the attestations' hour.
         let unix_us = chrono::Utc::now().timestamp_micros();
-        let mut attester = super::Attester::new(key, lookup, unix_us - 1_000_000_000);
+        let mut attester = crate::Attester::new(key, lookup, unix_us - 1_000_000_000);
         if let Some(c) = collector {
             attester = attester.with_collector_key(c);
         }
@@ -259,7 +258,7 @@ pub async fn spawn_reflector_with(
     let mut sockets = Vec::new();
     for addr in addrs {
         let socket = bind_socket(*addr)?;
-        kernel_stamps::enable(&socket);
+        enable_kernel_stamps(&socket);
         // The timeout only paces the once-a-second sweep when nothing arrives.
         socket.set_read_timeout(Some(SWEEP_EVERY))?;
         bound.push(socket.local_addr()?);
@@ -292,6 +291,19 @@ pub async fn spawn_reflector_with(
     })
 }
 
+/// Asks the kernel for receive timestamps and drop counts; without them the reflector still
+/// works, stamping in user space.
+fn enable_kernel_stamps(socket: &std::net::UdpSocket) {
+    for (what, enabled) in [
+        ("receive timestamps", net::enable_timestamps(socket)),
+        ("drop counts", net::enable_drop_count(socket)),
+    ] {
+        if let Err(e) = enabled {
+            tracing::warn!("reflector socket: no kernel {what} ({e}); stamping in user space");
+        }
+    }
+}
+
 /// The reflector's clock: microseconds since `epoch`, started well above zero.
 fn clock_us(epoch: Instant) -> u64 {
     1_000_000_000 + epoch.elapsed().as_micros() as u64
@@ -318,16 +330,12 @@ impl Sweeper {
 /// from now; without a kernel stamp, the datagram arrived now as far as we know.
 fn handle_received(
     reflector: &mut Reflector,
-    received: &kernel_stamps::Received,
+    received: &net::Received,
     src: SocketAddr,
     datagram: &[u8],
     now: u64,
 ) -> Option<Vec<u8>> {
-    let age_us = received.kernel_rx.map_or(0, |rx| {
-        SystemTime::now()
-            .duration_since(rx)
-            .map_or(0, |d| d.as_micros().min(10_000_000) as u64)
-    });
+    let age_us = received.age(std::time::Duration::from_secs(10)).as_micros() as u64;
     let arrival = Arrival {
         rx_us: now.saturating_sub(age_us),
         socket_drops: received.drops,
@@ -351,7 +359,7 @@ fn serve_single(
     let mut sweeper = Sweeper::new();
     while !stop.load(Ordering::SeqCst) {
         sweeper.maybe_sweep(state, epoch);
-        let received = match kernel_stamps::recv(socket, &mut buf) {
+        let received = match net::recv(socket, &mut buf) {
             Ok(r) => r,
             // A timeout (time to sweep), or ICMP errors from earlier sends: keep serving.
             Err(_) => continue,
@@ -392,7 +400,7 @@ fn serve_batched(
     stop: &AtomicBool,
     epoch: Instant,
 ) {
-    let mut batch = kernel_stamps::Batch::new();
+    let mut batch = net::Batch::new();
     let mut replies: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     let mut sweeper = Sweeper::new();
     while !stop.load(Ordering::SeqCst) {
@@ -413,7 +421,7 @@ fn serve_batched(
             }
         }
         drop(guard);
-        kernel_stamps::send_batch(socket, &replies);
+        net::send_batch(socket, &replies);
         replies.clear();
     }
 }
@@ -428,325 +436,10 @@ fn serve_batched(
     serve_single(socket, state, stop, epoch)
 }
 
-/// Receiving with the kernel's timestamp and drop count (Linux); plain `recv_from` elsewhere.
-mod kernel_stamps {
-    use std::net::{SocketAddr, UdpSocket};
-    use std::time::SystemTime;
-
-    /// One datagram as the kernel delivered it.
-    pub struct Received {
-        pub len: usize,
-        /// `None` when the socket was shut down (no datagram).
-        pub src: Option<SocketAddr>,
-        /// The datagram did not fit the buffer (so it is not answered).
-        pub truncated: bool,
-        /// When the kernel received it, if it said.
-        pub kernel_rx: Option<SystemTime>,
-        /// Datagrams the kernel dropped on this socket so far, if it said (else 0).
-        pub drops: u32,
-    }
-
-    /// Asks the kernel for receive timestamps and drop counts; without them the reflector
-    /// still works, stamping in user space.
-    pub fn enable(socket: &UdpSocket) {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let on: libc::c_int = 1;
-            for opt in [libc::SO_TIMESTAMPNS, libc::SO_RXQ_OVFL] {
-                // SAFETY: setsockopt with a c_int option value on a socket we own.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        socket.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        opt,
-                        (&on as *const libc::c_int).cast(),
-                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                    )
-                };
-                if rc != 0 {
-                    tracing::warn!(
-                        "reflector socket: kernel option {opt} unavailable ({}); stamping in user space",
-                        std::io::Error::last_os_error()
-                    );
-                }
-            }
-        }
-        #[cfg(not(target_os = "linux"))]
-        let _ = socket;
-    }
-
-    #[cfg(target_os = "linux")]
-    pub fn recv(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: all-zero is a valid sockaddr_storage and msghdr.
-        let mut addr: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // Room for a timespec and a u32 with their headers; u64s keep it aligned for cmsghdr.
-        let mut control = [0u64; 16];
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_name = (&mut addr as *mut libc::sockaddr_storage).cast();
-        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = std::mem::size_of_val(&control);
-        // SAFETY: msg points at live buffers of the sizes it states, for the call's duration.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, 0) };
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut received = Received {
-            len: n as usize,
-            src: None,
-            truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
-            kernel_rx: None,
-            drops: 0,
-        };
-        received.src = socket_addr(&addr, msg.msg_namelen);
-        read_control(&msg, &mut received);
-        Ok(received)
-    }
-
-    /// Reads the kernel's receive time and drop count from the control messages of `msg`, as
-    /// filled by `recvmsg`/`recvmmsg` (its `msg_control` and `msg_controllen` describe the
-    /// buffer the kernel wrote).
-    #[cfg(target_os = "linux")]
-    fn read_control(msg: &libc::msghdr, received: &mut Received) {
-        // SAFETY: CMSG_* walk the control buffer the kernel filled, within msg_controllen;
-        // each payload is read unaligned at its stated type.
-        unsafe {
-            let mut c = libc::CMSG_FIRSTHDR(msg);
-            while !c.is_null() {
-                let h = &*c;
-                if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SCM_TIMESTAMPNS {
-                    let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                    received.kernel_rx = Some(
-                        SystemTime::UNIX_EPOCH
-                            + std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
-                    );
-                } else if h.cmsg_level == libc::SOL_SOCKET && h.cmsg_type == libc::SO_RXQ_OVFL {
-                    received.drops = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                }
-                c = libc::CMSG_NXTHDR(msg, c);
-            }
-        }
-    }
-
-    /// Receive buffer per datagram: a probe is at most `MAX_PROBE_LEN`; anything longer is
-    /// truncated and not answered.
-    #[cfg(target_os = "linux")]
-    const DATAGRAM: usize = 2048;
-
-    /// Control buffer per datagram: room for a timespec and a u32 with their headers; u64s keep
-    /// it aligned for cmsghdr.
-    #[cfg(target_os = "linux")]
-    type Control = [u64; 16];
-
-    /// Buffers for one `recvmmsg` of up to [`super::BATCH`] datagrams, each with its own data,
-    /// address and control buffer, so every datagram keeps its own kernel time and drop count.
-    /// The headers point into the other buffers; they are filled anew before every call (the
-    /// kernel overwrites lengths and flags), so nothing depends on where `Batch` itself sits.
-    #[cfg(target_os = "linux")]
-    pub struct Batch {
-        data: Vec<u8>,
-        addrs: Vec<libc::sockaddr_storage>,
-        controls: Vec<Control>,
-        iovs: Vec<libc::iovec>,
-        hdrs: Vec<libc::mmsghdr>,
-        /// Messages the last `recv` filled.
-        filled: usize,
-    }
-
-    #[cfg(target_os = "linux")]
-    impl Batch {
-        pub fn new() -> Self {
-            let n = super::BATCH;
-            Batch {
-                data: vec![0; n * DATAGRAM],
-                // SAFETY: all-zero is a valid sockaddr_storage (family AF_UNSPEC).
-                addrs: vec![unsafe { std::mem::zeroed() }; n],
-                controls: vec![[0; 16]; n],
-                // SAFETY: all-zero is a valid iovec (null pointer, zero length); set before use.
-                iovs: vec![unsafe { std::mem::zeroed() }; n],
-                // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths); its
-                // pointers are set before every call.
-                hdrs: vec![unsafe { std::mem::zeroed() }; n],
-                filled: 0,
-            }
-        }
-
-        /// Receives what is queued on `socket`, up to [`super::BATCH`] datagrams: blocks (up to
-        /// the socket's read timeout) for the first only, then takes the rest without waiting
-        /// (`MSG_WAITFORONE`). Returns how many it received; read them with [`Batch::get`].
-        pub fn recv(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
-            use std::os::fd::AsRawFd;
-            self.filled = 0;
-            let data = self.data.as_mut_ptr();
-            for i in 0..self.hdrs.len() {
-                self.iovs[i] = libc::iovec {
-                    // SAFETY: i * DATAGRAM + DATAGRAM <= data.len(): in bounds.
-                    iov_base: unsafe { data.add(i * DATAGRAM) }.cast(),
-                    iov_len: DATAGRAM,
-                };
-                let h = &mut self.hdrs[i];
-                h.msg_len = 0;
-                h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
-                h.msg_hdr.msg_namelen =
-                    std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                h.msg_hdr.msg_iov = &mut self.iovs[i];
-                h.msg_hdr.msg_iovlen = 1;
-                h.msg_hdr.msg_control = self.controls[i].as_mut_ptr().cast();
-                h.msg_hdr.msg_controllen = std::mem::size_of::<Control>() as _;
-                h.msg_hdr.msg_flags = 0;
-            }
-            // SAFETY: hdrs holds hdrs.len() headers, each pointing at live buffers of the sizes
-            // it states (its own address, iovec, data slice and control buffer), all owned by
-            // self and not moved or otherwise touched during the call; a null timeout.
-            let n = unsafe {
-                libc::recvmmsg(
-                    socket.as_raw_fd(),
-                    self.hdrs.as_mut_ptr(),
-                    self.hdrs.len() as libc::c_uint,
-                    libc::MSG_WAITFORONE as _,
-                    std::ptr::null_mut(),
-                )
-            };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            self.filled = (n as usize).min(self.hdrs.len());
-            Ok(self.filled)
-        }
-
-        /// The `i`th datagram of the last [`Batch::recv`]: what the kernel said of it, and its
-        /// bytes; `None` past what it received.
-        pub fn get(&self, i: usize) -> Option<(Received, &[u8])> {
-            if i >= self.filled {
-                return None;
-            }
-            let h = &self.hdrs[i];
-            let len = (h.msg_len as usize).min(DATAGRAM);
-            let mut received = Received {
-                len,
-                src: socket_addr(&self.addrs[i], h.msg_hdr.msg_namelen),
-                truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
-                kernel_rx: None,
-                drops: 0,
-            };
-            read_control(&h.msg_hdr, &mut received);
-            Some((received, &self.data[i * DATAGRAM..i * DATAGRAM + len]))
-        }
-    }
-
-    /// Sends every reply (bytes, destination) with as few `sendmmsg` calls as the kernel
-    /// allows. A datagram the kernel refuses (an ICMP error from an earlier send, a full
-    /// buffer) is logged and skipped, as one `sendto` failing was.
-    #[cfg(target_os = "linux")]
-    pub fn send_batch(socket: &UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) {
-        use std::os::fd::AsRawFd;
-        if replies.is_empty() {
-            return;
-        }
-        let dests: Vec<socket2::SockAddr> = replies
-            .iter()
-            .map(|(_, to)| socket2::SockAddr::from(*to))
-            .collect();
-        let mut iovs: Vec<libc::iovec> = replies
-            .iter()
-            .map(|(bytes, _)| libc::iovec {
-                // The kernel only reads through it (sendmmsg).
-                iov_base: bytes.as_ptr() as *mut libc::c_void,
-                iov_len: bytes.len(),
-            })
-            .collect();
-        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(replies.len());
-        for (iov, dest) in iovs.iter_mut().zip(&dests) {
-            // SAFETY: all-zero is a valid mmsghdr; the fields that matter are set below.
-            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
-            h.msg_hdr.msg_name = dest.as_ptr().cast_mut().cast();
-            h.msg_hdr.msg_namelen = dest.len();
-            h.msg_hdr.msg_iov = iov;
-            h.msg_hdr.msg_iovlen = 1;
-            hdrs.push(h);
-        }
-        let mut next = 0;
-        while next < hdrs.len() {
-            let rest = &mut hdrs[next..];
-            // SAFETY: rest holds rest.len() headers, each pointing at a live address (dests),
-            // iovec (iovs) and reply bytes (replies), none moved or freed during the call.
-            let n = unsafe {
-                libc::sendmmsg(
-                    socket.as_raw_fd(),
-                    rest.as_mut_ptr(),
-                    rest.len() as libc::c_uint,
-                    0,
-                )
-            };
-            if n <= 0 {
-                // The first of the rest was refused: skip it, keep sending the others.
-                tracing::debug!(
-                    "reflector send to agent failed: {}",
-                    std::io::Error::last_os_error()
-                );
-                next += 1;
-            } else {
-                next += n as usize;
-            }
-        }
-    }
-
-    /// The address the kernel wrote into `addr` (`len` bytes), if it is an IP one.
-    #[cfg(target_os = "linux")]
-    fn socket_addr(addr: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
-        use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
-        let len = len as usize;
-        match i32::from(addr.ss_family) {
-            libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
-                // SAFETY: the family says sockaddr_in, and that many bytes were written.
-                let a: libc::sockaddr_in = unsafe {
-                    std::ptr::read_unaligned((addr as *const libc::sockaddr_storage).cast())
-                };
-                Some(SocketAddr::V4(SocketAddrV4::new(
-                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
-                    u16::from_be(a.sin_port),
-                )))
-            }
-            libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
-                // SAFETY: the family says sockaddr_in6, and that many bytes were written.
-                let a: libc::sockaddr_in6 = unsafe {
-                    std::ptr::read_unaligned((addr as *const libc::sockaddr_storage).cast())
-                };
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(a.sin6_addr.s6_addr),
-                    u16::from_be(a.sin6_port),
-                    u32::from_be(a.sin6_flowinfo),
-                    a.sin6_scope_id,
-                )))
-            }
-            _ => None,
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub fn recv(socket: &UdpSocket, buf: &mut [u8]) -> std::io::Result<Received> {
-        let (len, src) = socket.recv_from(buf)?;
-        Ok(Received {
-            len,
-            src: Some(src),
-            truncated: false,
-            kernel_rx: None,
-            drops: 0,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     #[tokio::test]
     async fn expired_sessions_leave_the_table_without_further_traffic() {
@@ -800,7 +493,7 @@ mod tests {
     /// A reflector socket as `spawn_reflector_with` makes it, not yet served.
     fn reflector_socket() -> std::net::UdpSocket {
         let socket = bind_socket("127.0.0.1:0".parse().unwrap()).unwrap();
-        kernel_stamps::enable(&socket);
+        enable_kernel_stamps(&socket);
         // A bound on a broken test, not a synchronisation: every read below has data queued.
         socket
             .set_read_timeout(Some(std::time::Duration::from_secs(2)))
@@ -818,7 +511,7 @@ mod tests {
         loop {
             sender.send_to(&[0xff], to).unwrap();
             let sent = SystemTime::now();
-            let r = kernel_stamps::recv(socket, &mut buf).unwrap();
+            let r = net::recv(socket, &mut buf).unwrap();
             if cfg!(not(target_os = "linux")) || r.kernel_rx.is_some_and(|rx| rx <= sent) {
                 return;
             }
@@ -851,7 +544,7 @@ mod tests {
             sent.push((before, SystemTime::now()));
             spin_us(200);
         }
-        let mut batch = kernel_stamps::Batch::new();
+        let mut batch = net::Batch::new();
         let mut got = Vec::new();
         for expected in [BATCH, 40 - BATCH] {
             assert_eq!(batch.recv(&socket).unwrap(), expected);
@@ -888,7 +581,7 @@ mod tests {
         for _ in 0..64 {
             sender.send_to(&[7; 172], to).unwrap();
         }
-        let mut batch = kernel_stamps::Batch::new();
+        let mut batch = net::Batch::new();
         let kept = batch.recv(&socket).unwrap();
         assert!(kept > 0 && kept < 64, "kept {kept} of 64");
         for i in 0..kept {
@@ -1085,7 +778,7 @@ mod tests {
         on_cpu.expect("the thread's schedstat") as f64 / (sessions * u64::from(per)) as f64
     }
 
-    /// `cargo test --release -p callwatch-collector --lib backlog_cost -- --ignored --nocapture`
+    /// `cargo test --release -p callwatch-reflector --lib backlog_cost -- --ignored --nocapture`
     #[cfg(target_os = "linux")]
     #[test]
     #[ignore = "a benchmark, run by hand (see RELIABILITY.md)"]

@@ -1,6 +1,6 @@
 //! The reflector's long-term key: the static X25519 key agents seal their platform arms to.
 //!
-//! Kept in the collector's data folder as `reflector.key` (32 random bytes, owner-only), with its
+//! Kept in the reflector's data folder (the collector's, when `serve` embeds the reflector) as `reflector.key` (32 random bytes, owner-only), with its
 //! public half in `reflector.pub` (64 hex digits, what agents put in `reflector_key`). Made on
 //! first start; a lost key file means a new key, which every agent must then be given.
 //!
@@ -8,7 +8,7 @@
 //! derived from the same seed under another label; its public half is in `reflector-attest.pub`
 //! (64 hex digits), the key a collector needs to accept a standalone reflector's attestations.
 
-use crate::cert::{ensure_private_dir, write_private};
+use crate::files::{ensure_private_dir, write_private};
 use anyhow::{bail, Context, Result};
 use callwatch_proto::seal::ReflectorSecret;
 use sha2::{Digest, Sha256};

@@ -11,7 +11,7 @@
 //! written again as a pointer), then `\xAB\xCD\xEFMaxMind.com` and the metadata map.
 //!
 //! ```
-//! use callwatch_collector::geo::mmdb_writer::{asn_record, country_record, MmdbWriter};
+//! use callwatch_reflector::geo::mmdb_writer::{asn_record, country_record, MmdbWriter};
 //! let dir = tempfile::tempdir().unwrap();
 //! let country = dir.path().join("country.mmdb");
 //! MmdbWriter::new("GeoLite2-Country")

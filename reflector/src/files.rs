@@ -1,0 +1,58 @@
+//! Owner-only files and folders: where callwatch keeps secret keys.
+//!
+//! The reflector's key file ([`crate::identity`]) and the collector's certificate key and
+//! carry-out key are written with these, so that every secret file is made one way (created new
+//! with mode 0600, synced; its folder created with mode 0700). They live in this crate because
+//! it is the lowest one that keeps a secret file, and the collector depends on it anyway;
+//! `callwatch-proto` does no I/O.
+
+use anyhow::{Context, Result};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Writes `bytes` to a new file readable only by its owner (mode 0600), synced to disk. Fails if
+/// the file exists (a key is never overwritten by accident).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates `dir` (owner-only) if it does not exist.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_private_file_is_owner_only_in_an_owner_only_folder_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ensure_private_dir(&data).unwrap();
+        let mode = fs::metadata(&data).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let key = data.join("secret");
+        write_private(&key, b"one").unwrap();
+        let mode = fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let err = write_private(&key, b"two").unwrap_err();
+        assert!(format!("{err:#}").contains("creating"), "{err:#}");
+        assert_eq!(fs::read(&key).unwrap(), b"one");
+    }
+}
