@@ -17,6 +17,24 @@ pub mod sim;
 /// creating a system user) be skipped deliberately: `CALLWATCH_SKIP_ROOT=1`.
 pub const SKIP_ROOT: &str = "CALLWATCH_SKIP_ROOT";
 
+/// The ClickHouse server the ClickHouse tests use (`CALLWATCH_CLICKHOUSE_URL`, which `.ci/run`
+/// starts on loopback), or `None` when `CALLWATCH_SKIP_CLICKHOUSE=1` says to skip them; without
+/// either, the test fails (so CI can never skip them silently).
+pub fn clickhouse_url() -> Option<String> {
+    match std::env::var("CALLWATCH_CLICKHOUSE_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var("CALLWATCH_SKIP_CLICKHOUSE").as_deref() == Ok("1") => {
+            eprintln!("CALLWATCH_SKIP_CLICKHOUSE=1: skipping a ClickHouse test");
+            None
+        }
+        _ => panic!(
+            "CALLWATCH_CLICKHOUSE_URL is not set: this test needs a ClickHouse server \
+             (.ci/run starts one on loopback, e.g. CALLWATCH_CLICKHOUSE_URL=http://127.0.0.1:8123); \
+             set CALLWATCH_SKIP_CLICKHOUSE=1 to skip the ClickHouse tests deliberately"
+        ),
+    }
+}
+
 /// A test that cannot run here (`why`) fails, unless the environment variable `skip_var` is `1`:
 /// then it says loudly that it skipped and returns, and the caller returns without asserting.
 /// No test passes silently for want of root or a tool; CI (root, tools installed) sets no skip

@@ -472,6 +472,47 @@ fn fixture_report(
 /// exactly these.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_fixture_gives_the_cells_written_out_by_hand() {
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = seed::config(root.path(), "c");
+    (cfg.policy.min_agents, cfg.policy.max_per_agent_per_day) = (2, 2);
+    let c = callwatch_collector::serve(cfg).await.unwrap();
+    check_hand_fixture(&c).await;
+    c.shutdown().await;
+}
+
+/// The same fixture and cells on the ClickHouse store, whose SQL applies the cap, the UTC day
+/// and the hour bounds its own way (`CALLWATCH_CLICKHOUSE_URL`, as in tests/tests/clickhouse.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clickhouse_store_gives_the_same_hand_written_cells() {
+    let Some(url) = callwatch_tests::clickhouse_url() else {
+        return;
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let db = format!("cwtest_hand_{}_{nanos}", std::process::id());
+    let access = callwatch_collector::store::clickhouse::Access {
+        user: std::env::var("CALLWATCH_CLICKHOUSE_USER").ok(),
+        password: std::env::var("CALLWATCH_CLICKHOUSE_PASSWORD").ok(),
+        ca_file: None,
+    };
+    let store = std::sync::Arc::new(
+        callwatch_collector::store::ClickHouseStore::open(&url, &db, &access).unwrap(),
+    );
+    let root = tempfile::tempdir().unwrap();
+    let mut cfg = seed::config(root.path(), "c");
+    (cfg.policy.min_agents, cfg.policy.max_per_agent_per_day) = (2, 2);
+    let c = callwatch_collector::serve_with_store(cfg, store.clone())
+        .await
+        .unwrap();
+    check_hand_fixture(&c).await;
+    c.shutdown().await;
+    store.drop_database().unwrap();
+}
+
+/// Uploads the hand-written fixture to `c` (k = 2, a cap of 2 per day) and checks its cells.
+async fn check_hand_fixture(c: &callwatch_collector::Collector) {
     use Verdict::{Differentiated as D, Inconclusive as I, None as N};
     let fixture = vec![
         // Agent 1 tests four times on 2 Nov; with a cap of 2 per day only the first two count
@@ -560,11 +601,7 @@ async fn a_small_fixture_gives_the_cells_written_out_by_hand() {
             None,
         ),
     ];
-    let root = tempfile::tempdir().unwrap();
-    let mut cfg = seed::config(root.path(), "c");
-    (cfg.policy.min_agents, cfg.policy.max_per_agent_per_day) = (2, 2);
-    let c = callwatch_collector::serve(cfg).await.unwrap();
-    let (accepted, _) = upload_batches(&c, &fixture, 100).await;
+    let (accepted, _) = upload_batches(c, &fixture, 100).await;
     assert_eq!(accepted, fixture.len());
 
     let ms = |t: &str| {
@@ -664,7 +701,7 @@ async fn a_small_fixture_gives_the_cells_written_out_by_hand() {
     ];
     let all = inputs(fixture.iter());
     for (url, query, cells) in by_hand {
-        let api = api_cells(&c, url, &query.axes).await;
+        let api = api_cells(c, url, &query.axes).await;
         let computed = oracle::cells(&all, &query);
         let keys = |m: &BTreeMap<Vec<String>, Value>| m.keys().cloned().collect::<Vec<_>>();
         let mut hand_keys: Vec<Vec<String>> = cells
@@ -693,5 +730,4 @@ async fn a_small_fixture_gives_the_cells_written_out_by_hand() {
             }
         }
     }
-    c.shutdown().await;
 }

@@ -26,21 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The server to test against, or `None` when the caller asked to skip.
-fn clickhouse_url() -> Option<String> {
-    match std::env::var("CALLWATCH_CLICKHOUSE_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var("CALLWATCH_SKIP_CLICKHOUSE").as_deref() == Ok("1") => {
-            eprintln!("CALLWATCH_SKIP_CLICKHOUSE=1: skipping a ClickHouse test");
-            None
-        }
-        _ => panic!(
-            "CALLWATCH_CLICKHOUSE_URL is not set: these tests need a ClickHouse server \
-             (.ci/run starts one on loopback, e.g. CALLWATCH_CLICKHOUSE_URL=http://127.0.0.1:8123); \
-             set CALLWATCH_SKIP_CLICKHOUSE=1 to skip them deliberately"
-        ),
-    }
-}
+use callwatch_tests::clickhouse_url;
 
 fn credentials() -> Access {
     Access {
