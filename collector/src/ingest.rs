@@ -857,7 +857,15 @@ pub async fn process_batch_attested(
             });
         }
     }
-    Response::Ack {
-        statuses: statuses.into_iter().flatten().collect(),
-    }
+    let statuses: Vec<ReportStatus> = statuses.into_iter().flatten().collect();
+    // One line per acknowledged batch, counts only: never an address or a key.
+    let count = |f: fn(&ReportStatus) -> bool| statuses.iter().filter(|s| f(s)).count();
+    tracing::info!(
+        accepted = count(|s| matches!(s, ReportStatus::Accepted)),
+        duplicate = count(|s| matches!(s, ReportStatus::Duplicate)),
+        rejected = count(|s| matches!(s, ReportStatus::Rejected { .. })),
+        deferred = count(|s| matches!(s, ReportStatus::Deferred { .. })),
+        "batch acknowledged"
+    );
+    Response::Ack { statuses }
 }

@@ -276,8 +276,13 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(callwatch_reflector::term::colour_on_stderr())
         .init();
-    if let Err(e) = run(Cli::parse()).await {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. } | Command::Reflect(_)) {
+        callwatch_reflector::term::end_quietly_on_closed_pipe();
+    }
+    if let Err(e) = run(cli).await {
         eprintln!("callwatch-collector: {e:#}");
         std::process::exit(1);
     }

@@ -20,6 +20,7 @@ pub mod identity;
 pub mod net;
 #[cfg(feature = "geo")]
 pub mod standalone;
+pub mod term;
 pub mod udp;
 
 pub use self::core::{

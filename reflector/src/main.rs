@@ -56,6 +56,7 @@ async fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(callwatch_reflector::term::colour_on_stderr())
         .init();
     if let Err(e) = run(Cli::parse().args).await {
         eprintln!("callwatch-reflector: {e:#}");

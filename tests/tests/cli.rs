@@ -364,3 +364,53 @@ fn a_bad_hosting_network_list_stops_serve_with_its_line_and_creates_nothing() {
     );
     assert!(!data.exists(), "nothing made before the list was read");
 }
+
+/// Logs go to files and the journal without colour codes: stderr is no terminal here, and the
+/// collector, run as a service would be, writes plain text at info.
+#[test]
+fn collector_logs_carry_no_colour_codes_off_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = callwatch_tests::process::start_collector(dir.path(), &dir.path().join("data"), &[]);
+    let stderr = c.stderr.clone();
+    c.stop();
+    let log = std::fs::read_to_string(stderr).unwrap();
+    assert!(log.contains("INFO"), "the collector logged at info: {log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a log file: {log:?}"
+    );
+}
+
+/// `callwatch-collector verify FILE | head -0`: the reader goes away before the summary is
+/// written; the command ends quietly (the pipe's signal, as any filter), never with a panic.
+#[test]
+fn a_closed_pipe_ends_verify_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("empty.ndjson");
+    std::fs::write(&file, "").unwrap();
+    let mut child =
+        std::process::Command::new(callwatch_tests::built_binary("callwatch-collector"))
+            .arg("verify")
+            .arg(&file)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    // Close the read end before the child writes (as `head -0` does).
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+    // Either the write met the closed pipe (SIGPIPE) or the child won the race and wrote first.
+    assert!(
+        out.status.signal() == Some(libc_sigpipe()) || out.status.success(),
+        "{:?}: {stderr}",
+        out.status
+    );
+}
+
+fn libc_sigpipe() -> i32 {
+    13 // SIGPIPE on Linux
+}
