@@ -61,6 +61,28 @@ pub fn rotate_if_due(path: &Path, period: Duration, now: SystemTime) -> Result<O
     create_key(path, true).map(Some)
 }
 
+/// Key rotation as the config asks (`rotate_key_every`), the one place it is done: if the key
+/// at `cfg.key_file` is due, replaces it, logs its public half and records the time in `state`.
+/// Returns the new key, or `None` if rotation is off or not due.
+pub fn rotate_as_configured(
+    cfg: &crate::config::Config,
+    state: &crate::state::SharedState,
+) -> Result<Option<SigningKey>> {
+    let Some(period) = cfg.rotate_key_every else {
+        return Ok(None);
+    };
+    let Some(new) = rotate_if_due(&cfg.key_file, period, SystemTime::now())? else {
+        return Ok(None);
+    };
+    tracing::info!(
+        key = %hex::encode(new.verifying_key().to_bytes()),
+        "signing key rotated (older than rotate_key_every); reports from now on cannot be \
+         linked to earlier ones"
+    );
+    state.update(|s| s.key_rotated_at = Some(chrono::Utc::now()));
+    Ok(Some(new))
+}
+
 /// Loads the key at `path`, refusing one that others can read.
 pub fn load_key(path: &Path) -> Result<SigningKey> {
     let meta = fs::metadata(path).with_context(|| {
