@@ -64,12 +64,6 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match &cli.command {
-        Command::Run(a) => Some(a.config.as_path()),
-        Command::Status(a) => Some(a.config.as_path()),
-        _ => None,
-    };
-    cmd::init_logging(config);
     let result = match cli.command {
         Command::Init(a) => cmd::init::run(a),
         Command::Test(a) => cmd::test::run(a),

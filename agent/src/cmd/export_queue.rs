@@ -18,6 +18,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    super::init_logging(None);
     let cfg = Config::load(&args.config)?;
     match export_queue(&cfg, &args.file, args.force)? {
         None => println!("the queue is empty: nothing to export"),

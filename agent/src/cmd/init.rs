@@ -32,6 +32,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    super::init_logging(None);
     let Args {
         config,
         collector,

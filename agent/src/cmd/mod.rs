@@ -8,19 +8,15 @@ pub mod test;
 
 use callwatch_agent::config::LogLevel;
 use std::io::IsTerminal;
-use std::path::Path;
 
-/// Logs to stderr: level from RUST_LOG, else the `log_level` of `config` (read alone, so that
-/// a config with mistakes elsewhere still logs at its level), else info; colours only on a
-/// terminal; no timestamps under systemd (journald adds its own).
-pub fn init_logging(config: Option<&Path>) {
-    let config_level = config
-        .and_then(|path| std::fs::read_to_string(path).ok())
-        .and_then(|t| toml::from_str::<toml::Table>(&t).ok())
-        .and_then(|t| t.get("log_level")?.as_str().and_then(LogLevel::from_name))
-        .map(LogLevel::as_str);
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| config_level.unwrap_or("info").into());
+/// Logs to stderr: level from RUST_LOG, else `level` (the config's `log_level`, for the
+/// commands that load one), else info; colours only on a terminal; no timestamps under systemd
+/// (journald adds its own). Each command calls it first, or right after loading its config
+/// (nothing logs before that: a config with mistakes is an error on stderr).
+pub fn init_logging(level: Option<LogLevel>) {
+    let level = level.unwrap_or(LogLevel::Info).as_str();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

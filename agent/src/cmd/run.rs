@@ -17,7 +17,7 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, value_name = "PATH")]
-    pub config: PathBuf,
+    config: PathBuf,
     /// Run every configured platform's test once (budget permitting), upload, and exit.
     #[arg(long)]
     once: bool,
@@ -34,6 +34,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let cfg = Config::load(&args.config)?;
+    super::init_logging(Some(cfg.log_level));
     // A key past its age is replaced before anything is signed with it (the daemon checks
     // again before each test).
     if cfg.rotate_key_every.is_some() {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, value_name = "PATH")]
-    pub config: PathBuf,
+    config: PathBuf,
     /// Print the state as JSON.
     #[arg(long)]
     json: bool,
@@ -17,6 +17,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<ExitCode> {
     let cfg = Config::load(&args.config)?;
+    super::init_logging(Some(cfg.log_level));
     let mut state = AgentState::load(&cfg.state_path())?;
     state.refresh_data_used(chrono::Utc::now());
     if args.json {

@@ -35,6 +35,7 @@ pub fn spec(args: &Args) -> Result<TestSpec> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    super::init_logging(None);
     let spec = spec(&args)?;
     // A live line (packets, loss, RTT) only for a person at a terminal; pipes and `--json` get
     // the result alone.
