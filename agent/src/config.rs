@@ -467,14 +467,6 @@ fn check_host_port(problems: &mut Vec<String>, key: &str, v: &str) {
     }
 }
 
-impl TryFrom<ConfigFile> for Config {
-    type Error = Vec<String>;
-
-    fn try_from(file: ConfigFile) -> Result<Config, Vec<String>> {
-        Config::from_file(file)
-    }
-}
-
 impl Config {
     /// A config with defaults for everything but the addresses and pin.
     pub fn new(collector: String, collector_pin: [u8; 32], reflector: String) -> Self {
