@@ -27,10 +27,7 @@ pub enum KeySource {
 
 /// The carry-out key to seal to: the config's, else the one the collector sent.
 pub fn seal_key(cfg: &Config) -> Result<(CarryKey, KeySource)> {
-    if let Some(hex) = &cfg.collector_seal_key {
-        let key = hex
-            .parse()
-            .map_err(|e| anyhow::anyhow!("collector_seal_key: {e}"))?;
+    if let Some(key) = cfg.collector_seal_key {
         return Ok((key, KeySource::Config));
     }
     let state = AgentState::load(&cfg.state_path())?;

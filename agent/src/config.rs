@@ -1,9 +1,14 @@
 //! The agent's TOML configuration: what to test, where to upload, and where to keep things.
 //!
-//! Every mistake is reported with its key, all at once, before anything runs.
+//! [`ConfigFile`] is the file as a volunteer writes it: its keys, durations, times and budgets as
+//! text. [`Config::from_file`] turns it into the typed [`Config`] the agent runs on, in one pass
+//! that reports every mistake with its key, all at once, before anything runs. Nothing parses a
+//! setting again after that; [`Config::to_file`] writes the typed values back in the same forms.
 
+use callwatch_proto::carry::CarryKey;
 use callwatch_proto::seal::ReflectorKey;
 use callwatch_proto::Platform;
+use chrono::NaiveTime;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -11,12 +16,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::budget::BudgetConfig;
+use crate::engine::TestSpec;
 use crate::schedule::{ScheduleConfig, MAX_INTERVAL, MIN_INTERVAL};
-use chrono::NaiveTime;
+use crate::settings::{TestSettings, DEFAULT_DURATION_SECS, DEFAULT_INTERVAL_MS};
 
+/// Mean time between test starts when `interval` is unset: 15 minutes.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Shortest `rotate_key_every`.
+pub const MIN_KEY_ROTATION: Duration = Duration::from_secs(3600);
+
+/// The config file as written: every key it may hold, with the forms the file uses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Config {
+pub struct ConfigFile {
     /// Collector QUIC address, `host:port`.
     pub collector: String,
     /// Collector TLS-over-TCP address, `host:port`, the fallback when QUIC does not get through;
@@ -114,16 +126,159 @@ pub struct Config {
 }
 
 fn default_interval() -> String {
-    "15m".into()
+    format_duration(DEFAULT_INTERVAL)
 }
 fn default_spread() -> f64 {
     0.5
 }
 fn default_utc_offset() -> String {
-    "+00:00".into()
+    format_utc_offset(0)
 }
 fn default_log_level() -> String {
-    "info".into()
+    LogLevel::Info.as_str().into()
+}
+fn default_platforms() -> Vec<Platform> {
+    vec![Platform::Generic]
+}
+fn default_duration_secs() -> u32 {
+    DEFAULT_DURATION_SECS
+}
+fn default_interval_ms() -> u16 {
+    DEFAULT_INTERVAL_MS
+}
+fn default_key_file() -> PathBuf {
+    "agent.key".into()
+}
+fn default_queue_dir() -> PathBuf {
+    "queue".into()
+}
+fn default_upload_batch() -> usize {
+    64
+}
+fn default_queue_cap() -> usize {
+    10_000
+}
+fn default_state_file() -> PathBuf {
+    "state.json".into()
+}
+
+impl ConfigFile {
+    /// A file with defaults for everything but the addresses and pin (what `init` writes).
+    pub fn new(collector: String, collector_pin: String, reflector: String) -> Self {
+        ConfigFile {
+            collector,
+            collector_pin,
+            collector_tcp: None,
+            collector_seal_key: None,
+            server_name: String::new(),
+            reflector,
+            reflector_key: None,
+            platforms: default_platforms(),
+            duration_secs: default_duration_secs(),
+            interval_ms: default_interval_ms(),
+            size: None,
+            relay_servers: BTreeMap::new(),
+            relay_reference: None,
+            video: false,
+            platform_port: None,
+            control_port: None,
+            bind: None,
+            key_file: default_key_file(),
+            queue_dir: default_queue_dir(),
+            upload_batch: default_upload_batch(),
+            queue_cap: default_queue_cap(),
+            state_file: default_state_file(),
+            interval: default_interval(),
+            spread: default_spread(),
+            quiet_hours: None,
+            utc_offset: default_utc_offset(),
+            budget_per_day: None,
+            budget_per_month: None,
+            log_level: default_log_level(),
+            rotate_key_every: None,
+        }
+    }
+
+    /// The TOML text of this file, with a comment header.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string_pretty(self).unwrap_or_default();
+        format!("# callwatch agent configuration (see `callwatch-agent --help`)\n{body}")
+    }
+}
+
+/// The agent's settings, typed: what [`ConfigFile`] says, checked and parsed once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Collector QUIC address, `host:port` (resolved when an upload starts).
+    pub collector: String,
+    /// Collector TLS-over-TCP address; `None`: `collector`'s.
+    pub collector_tcp: Option<String>,
+    /// SHA-256 fingerprint of the collector's certificate.
+    pub collector_pin: [u8; 32],
+    /// The collector's carry-out key; `None`: the one it sent (in the state file).
+    pub collector_seal_key: Option<CarryKey>,
+    /// TLS server name as written (empty: unset); see [`Config::tls_server_name`].
+    pub server_name: String,
+    /// What every test is (reflector, length, sizes, ports, the reflector's key): the same
+    /// settings the `test` command takes as flags.
+    pub test: TestSettings,
+    /// Platforms tested in turn; never empty in a loaded config.
+    pub platforms: Vec<Platform>,
+    /// Each platform's own STUN/TURN servers (`host:port`); the first is asked.
+    pub relay_servers: BTreeMap<Platform, Vec<String>>,
+    pub key_file: PathBuf,
+    pub queue_dir: PathBuf,
+    pub upload_batch: usize,
+    pub queue_cap: usize,
+    pub state_file: PathBuf,
+    /// Mean time between test starts.
+    pub interval: Duration,
+    /// Random jitter of each gap as a fraction of `interval`, 0..=1.
+    pub spread: f64,
+    /// Local `(start, end)` with no tests; `start > end` wraps midnight.
+    pub quiet_hours: Option<(NaiveTime, NaiveTime)>,
+    /// The volunteer's offset from UTC, in minutes east.
+    pub utc_offset_minutes: i32,
+    /// The data budget.
+    pub budget: BudgetConfig,
+    pub log_level: LogLevel,
+    /// How old the signing key may get before it is replaced; `None`: never.
+    pub rotate_key_every: Option<Duration>,
+}
+
+/// A log level as the config names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The level `name` names (case and spaces aside; `warning` is `warn`), if any.
+    pub fn from_name(name: &str) -> Option<LogLevel> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "error" => Some(LogLevel::Error),
+            "warn" | "warning" => Some(LogLevel::Warn),
+            "info" => Some(LogLevel::Info),
+            "debug" => Some(LogLevel::Debug),
+            "trace" => Some(LogLevel::Trace),
+            _ => None,
+        }
+    }
+
+    /// Its name, as a tracing filter takes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
 }
 
 /// Parses a duration such as `"90s"`, `"15m"`, `"6h"`, `"30d"`, `"2w"` (one number, one unit).
@@ -235,42 +390,48 @@ fn parse_utc_offset(text: &str) -> Result<i32, String> {
 /// The server name agents of earlier releases wrote into their configs; read as unset, since
 /// a censor's list can name it.
 pub const LEGACY_SERVER_NAME: &str = "callwatch-collector";
-fn default_platforms() -> Vec<Platform> {
-    vec![Platform::Generic]
-}
-/// 15 s: the verdict needs 12 one-second windows of both arms (see `verdict`, rule 3).
-fn default_duration_secs() -> u32 {
-    15
-}
-fn default_interval_ms() -> u16 {
-    20
-}
-fn default_key_file() -> PathBuf {
-    "agent.key".into()
-}
-fn default_queue_dir() -> PathBuf {
-    "queue".into()
-}
-fn default_upload_batch() -> usize {
-    64
-}
-fn default_queue_cap() -> usize {
-    10_000
-}
-fn default_state_file() -> PathBuf {
-    "state.json".into()
+
+/// `d` as `parse_duration` reads it: whole seconds in the largest unit that divides them.
+pub fn format_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let (scale, unit) = [(7 * 86_400, "w"), (86_400, "d"), (3600, "h"), (60, "m")]
+        .into_iter()
+        .find(|(scale, _)| secs > 0 && secs.is_multiple_of(*scale))
+        .unwrap_or((1, "s"));
+    format!("{}{unit}", secs / scale)
 }
 
-/// The log level name, normalised, if it is one of error, warn, info, debug, trace.
-pub fn log_level_name(level: &str) -> Option<&'static str> {
-    match level.trim().to_ascii_lowercase().as_str() {
-        "error" => Some("error"),
-        "warn" | "warning" => Some("warn"),
-        "info" => Some("info"),
-        "debug" => Some("debug"),
-        "trace" => Some("trace"),
-        _ => None,
+/// `bytes` as `parse_bytes` reads it back exactly: in the largest unit that divides it.
+pub fn format_byte_count(bytes: u64) -> String {
+    const UNITS: [(u64, &str); 8] = [
+        (1 << 40, "TiB"),
+        (1_000_000_000_000, "TB"),
+        (1 << 30, "GiB"),
+        (1_000_000_000, "GB"),
+        (1 << 20, "MiB"),
+        (1_000_000, "MB"),
+        (1 << 10, "KiB"),
+        (1_000, "kB"),
+    ];
+    match UNITS
+        .into_iter()
+        .find(|(scale, _)| bytes > 0 && bytes.is_multiple_of(*scale))
+    {
+        Some((scale, unit)) => format!("{}{unit}", bytes / scale),
+        None => format!("{bytes}B"),
     }
+}
+
+/// `"HH:MM-HH:MM"`.
+fn format_quiet_hours((start, end): (NaiveTime, NaiveTime)) -> String {
+    format!("{}-{}", start.format("%H:%M"), end.format("%H:%M"))
+}
+
+/// `"+03:00"`, `"-05:30"`.
+fn format_utc_offset(minutes: i32) -> String {
+    let sign = if minutes < 0 { '-' } else { '+' };
+    let m = minutes.unsigned_abs();
+    format!("{sign}{:02}:{:02}", m / 60, m % 60)
 }
 
 /// All the problems found in a config file.
@@ -281,93 +442,280 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
+/// `text`, the value of `key`, parsed by `parse`; on failure the problem is noted in `problems`
+/// as `key = "text": why` and the answer is `None`.
+fn parse_key<T>(
+    problems: &mut Vec<String>,
+    key: &str,
+    text: &str,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<T> {
+    match parse(text) {
+        Ok(v) => Some(v),
+        Err(why) => {
+            problems.push(format!("{key} = {text:?}: {why}"));
+            None
+        }
+    }
+}
+
+/// Notes a problem unless `v` is `host:port` with a host and a port above 0.
+fn check_host_port(problems: &mut Vec<String>, key: &str, v: &str) {
+    match v.rsplit_once(':') {
+        Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok_and(|x| x > 0) => {}
+        _ => problems.push(format!("{key} = {v:?}: expected host:port")),
+    }
+}
+
 impl Config {
     /// A config with defaults for everything but the addresses and pin.
-    pub fn new(collector: String, collector_pin: String, reflector: String) -> Self {
+    pub fn new(collector: String, collector_pin: [u8; 32], reflector: String) -> Self {
         Config {
             collector,
-            collector_pin,
             collector_tcp: None,
+            collector_pin,
             collector_seal_key: None,
             server_name: String::new(),
-            reflector,
-            reflector_key: None,
+            test: TestSettings::new(reflector),
             platforms: default_platforms(),
-            duration_secs: default_duration_secs(),
-            interval_ms: default_interval_ms(),
-            size: None,
             relay_servers: BTreeMap::new(),
-            relay_reference: None,
-            video: false,
-            platform_port: None,
-            control_port: None,
-            bind: None,
             key_file: default_key_file(),
             queue_dir: default_queue_dir(),
             upload_batch: default_upload_batch(),
             queue_cap: default_queue_cap(),
             state_file: default_state_file(),
-            interval: default_interval(),
+            interval: DEFAULT_INTERVAL,
             spread: default_spread(),
             quiet_hours: None,
-            utc_offset: default_utc_offset(),
-            budget_per_day: None,
-            budget_per_month: None,
-            log_level: default_log_level(),
+            utc_offset_minutes: 0,
+            budget: BudgetConfig::default(),
+            log_level: LogLevel::Info,
             rotate_key_every: None,
         }
     }
 
+    /// The typed config `file` describes, or every problem in it, each naming its key. This is
+    /// the only place a setting's text is parsed.
+    pub fn from_file(file: ConfigFile) -> Result<Config, Vec<String>> {
+        let mut p = Vec::new();
+        check_host_port(&mut p, "collector", &file.collector);
+        if let Some(tcp) = &file.collector_tcp {
+            check_host_port(&mut p, "collector_tcp", tcp);
+        }
+        // An optional key whose value does not parse is `None` here, but it is a problem too,
+        // so no config is made from these values (see below).
+        let collector_seal_key = file.collector_seal_key.as_deref().and_then(|key| {
+            parse_key(&mut p, "collector_seal_key", key, |k| k.parse::<CarryKey>())
+        });
+        check_host_port(&mut p, "reflector", &file.reflector);
+        let reflector_key = file.reflector_key.as_deref().and_then(|key| {
+            parse_key(&mut p, "reflector_key", key, |k| {
+                k.parse::<ReflectorKey>().map_err(|e| e.to_string())
+            })
+        });
+        let collector_pin = parse_key(&mut p, "collector_pin", &file.collector_pin, |pin| {
+            let mut out = [0u8; 32];
+            hex::decode_to_slice(pin, &mut out).map_err(|_| {
+                "expected the 64 hex digits of the collector's SHA-256 fingerprint (its \
+                 collector.pin file)"
+                    .to_string()
+            })?;
+            Ok(out)
+        });
+        if file.platforms.is_empty() {
+            p.push("platforms: name at least one platform".into());
+        }
+        if !(1..=120).contains(&file.duration_secs) {
+            p.push(format!(
+                "duration_secs = {}: expected 1..=120",
+                file.duration_secs
+            ));
+        }
+        if !(5..=1000).contains(&file.interval_ms) {
+            p.push(format!(
+                "interval_ms = {}: expected 5..=1000",
+                file.interval_ms
+            ));
+        }
+        if let Some(size) = file.size.filter(|s| !(48..=1400).contains(s)) {
+            p.push(format!("size = {size}: expected 48..=1400 bytes"));
+        }
+        if !(1..=callwatch_proto::upload::MAX_BATCH).contains(&file.upload_batch) {
+            p.push(format!(
+                "upload_batch = {}: expected 1..={}",
+                file.upload_batch,
+                callwatch_proto::upload::MAX_BATCH
+            ));
+        }
+        for (platform, servers) in &file.relay_servers {
+            for server in servers {
+                check_host_port(&mut p, &format!("relay_servers.{platform}"), server);
+            }
+        }
+        if let Some(reference) = &file.relay_reference {
+            check_host_port(&mut p, "relay_reference", reference);
+        }
+        if file.queue_cap == 0 {
+            p.push("queue_cap = 0: keep at least one report".into());
+        }
+        let interval = parse_key(
+            &mut p,
+            "interval",
+            &file.interval,
+            |t| match parse_duration(t)? {
+                d if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => Ok(d),
+                _ => Err("expected 1m (one minute) to 7d".into()),
+            },
+        );
+        if !(0.0..=1.0).contains(&file.spread) {
+            p.push(format!(
+                "spread = {}: expected a fraction of the interval, 0 to 1",
+                file.spread
+            ));
+        }
+        let quiet_hours = file
+            .quiet_hours
+            .as_deref()
+            .and_then(|q| parse_key(&mut p, "quiet_hours", q, parse_quiet_hours));
+        let utc_offset_minutes =
+            parse_key(&mut p, "utc_offset", &file.utc_offset, parse_utc_offset);
+        let per_day_bytes = file
+            .budget_per_day
+            .as_deref()
+            .and_then(|b| parse_key(&mut p, "budget_per_day", b, parse_bytes));
+        let per_month_bytes = file
+            .budget_per_month
+            .as_deref()
+            .and_then(|b| parse_key(&mut p, "budget_per_month", b, parse_bytes));
+        let log_level = parse_key(&mut p, "log_level", &file.log_level, |l| {
+            LogLevel::from_name(l)
+                .ok_or_else(|| "expected error, warn, info, debug or trace".to_string())
+        });
+        let rotate_key_every = file.rotate_key_every.as_deref().and_then(|r| {
+            parse_key(&mut p, "rotate_key_every", r, |t| {
+                match parse_duration(t)? {
+                    d if d >= MIN_KEY_ROTATION => Ok(d),
+                    _ => Err("expected at least 1h".into()),
+                }
+            })
+        });
+        // Each `None` among the required values noted its problem above.
+        let (Some(collector_pin), Some(interval), Some(utc_offset_minutes), Some(log_level)) =
+            (collector_pin, interval, utc_offset_minutes, log_level)
+        else {
+            return Err(p);
+        };
+        if !p.is_empty() {
+            return Err(p);
+        }
+        Ok(Config {
+            collector: file.collector,
+            collector_tcp: file.collector_tcp,
+            collector_pin,
+            collector_seal_key,
+            server_name: file.server_name,
+            test: TestSettings {
+                reflector: file.reflector,
+                platform_port: file.platform_port,
+                control_port: file.control_port,
+                video: file.video,
+                relay_reference: file.relay_reference,
+                duration_secs: file.duration_secs,
+                interval_ms: file.interval_ms,
+                size: file.size,
+                bind: file.bind,
+                reflector_key,
+            },
+            platforms: file.platforms,
+            relay_servers: file.relay_servers,
+            key_file: file.key_file,
+            queue_dir: file.queue_dir,
+            upload_batch: file.upload_batch,
+            queue_cap: file.queue_cap,
+            state_file: file.state_file,
+            interval,
+            spread: file.spread,
+            quiet_hours,
+            utc_offset_minutes,
+            budget: BudgetConfig {
+                per_day_bytes,
+                per_month_bytes,
+            },
+            log_level,
+            rotate_key_every,
+        })
+    }
+
+    /// The file that loads back as this config (`from_file(to_file())` gives it again).
+    pub fn to_file(&self) -> ConfigFile {
+        ConfigFile {
+            collector: self.collector.clone(),
+            collector_tcp: self.collector_tcp.clone(),
+            collector_pin: hex::encode(self.collector_pin),
+            collector_seal_key: self.collector_seal_key.map(|k| k.to_string()),
+            server_name: self.server_name.clone(),
+            reflector: self.test.reflector.clone(),
+            reflector_key: self.test.reflector_key.map(|k| k.to_hex()),
+            platforms: self.platforms.clone(),
+            duration_secs: self.test.duration_secs,
+            interval_ms: self.test.interval_ms,
+            size: self.test.size,
+            relay_servers: self.relay_servers.clone(),
+            relay_reference: self.test.relay_reference.clone(),
+            video: self.test.video,
+            platform_port: self.test.platform_port,
+            control_port: self.test.control_port,
+            bind: self.test.bind,
+            key_file: self.key_file.clone(),
+            queue_dir: self.queue_dir.clone(),
+            upload_batch: self.upload_batch,
+            queue_cap: self.queue_cap,
+            state_file: self.state_file.clone(),
+            interval: format_duration(self.interval),
+            spread: self.spread,
+            quiet_hours: self.quiet_hours.map(format_quiet_hours),
+            utc_offset: format_utc_offset(self.utc_offset_minutes),
+            budget_per_day: self.budget.per_day_bytes.map(format_byte_count),
+            budget_per_month: self.budget.per_month_bytes.map(format_byte_count),
+            log_level: self.log_level.as_str().into(),
+            rotate_key_every: self.rotate_key_every.map(format_duration),
+        }
+    }
+
+    /// The test of `platform` this config describes: [`TestSettings::spec`] with the platform's
+    /// first relay server, if it has one.
+    pub fn spec(&self, platform: Platform) -> anyhow::Result<TestSpec> {
+        let relay = self
+            .relay_servers
+            .get(&platform)
+            .and_then(|s| s.first())
+            .map(String::as_str);
+        self.test.spec(platform, relay)
+    }
+
     /// The schedule this config describes. `every` (the `run --every` test/demo override)
     /// replaces `interval` and may be shorter than the usual minimum of one minute.
-    /// Call on a validated config; a bad value falls back to its default.
     pub fn schedule_config(&self, every: Option<Duration>) -> ScheduleConfig {
-        let interval = every
-            .or_else(|| parse_duration(&self.interval).ok())
-            .unwrap_or(Duration::from_secs(900));
         ScheduleConfig {
-            interval,
+            interval: every.unwrap_or(self.interval),
             spread: self.spread,
-            quiet_hours: self
-                .quiet_hours
-                .as_deref()
-                .and_then(|q| parse_quiet_hours(q).ok()),
-            utc_offset_minutes: parse_utc_offset(&self.utc_offset).unwrap_or(0),
-            platforms: self.platforms.iter().map(|p| p.to_string()).collect(),
+            quiet_hours: self.quiet_hours,
+            utc_offset_minutes: self.utc_offset_minutes,
+            platforms: self.platforms.clone(),
             allow_short_interval: every.is_some(),
         }
     }
 
-    /// The data budget this config describes (validated config; bad values mean unlimited).
-    pub fn budget_config(&self) -> BudgetConfig {
-        BudgetConfig {
-            per_day_bytes: self
-                .budget_per_day
-                .as_deref()
-                .and_then(|b| parse_bytes(b).ok()),
-            per_month_bytes: self
-                .budget_per_month
-                .as_deref()
-                .and_then(|b| parse_bytes(b).ok()),
-        }
-    }
-
-    /// How old the signing key may get before it is replaced; `None`: never.
-    pub fn key_rotation(&self) -> Option<Duration> {
-        self.rotate_key_every
-            .as_deref()
-            .and_then(|r| parse_duration(r).ok())
-    }
-
-    /// Reads and validates `path`; relative paths inside are resolved against its folder.
+    /// Reads `path` and makes the typed config of it; relative paths inside are resolved
+    /// against its folder.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let fail = |problems: Vec<String>| ConfigError {
             path: path.display().to_string(),
             problems,
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(vec![e.to_string()]))?;
-        let mut cfg: Config = toml::from_str(&text).map_err(|e| fail(vec![e.to_string()]))?;
-        cfg.validate().map_err(fail)?;
+        let file: ConfigFile = toml::from_str(&text).map_err(|e| fail(vec![e.to_string()]))?;
+        let mut cfg = Config::from_file(file).map_err(fail)?;
         // Absolute, so that paths derived from these (the state file beside the queue) do not
         // depend on the working directory or get the folder twice.
         let base = path.parent().unwrap_or(Path::new("."));
@@ -376,123 +724,6 @@ impl Config {
         cfg.queue_dir = base.join(&cfg.queue_dir);
         cfg.state_file = base.join(&cfg.state_file);
         Ok(cfg)
-    }
-
-    /// Every problem, each naming its key.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
-        let mut p = Vec::new();
-        let host_port = |key: &str, v: &str, p: &mut Vec<String>| match v.rsplit_once(':') {
-            Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok_and(|x| x > 0) => {}
-            _ => p.push(format!("{key} = {v:?}: expected host:port")),
-        };
-        host_port("collector", &self.collector, &mut p);
-        if let Some(tcp) = &self.collector_tcp {
-            host_port("collector_tcp", tcp, &mut p);
-        }
-        if let Some(key) = &self.collector_seal_key {
-            if let Err(e) = key.parse::<callwatch_proto::carry::CarryKey>() {
-                p.push(format!("collector_seal_key = {key:?}: {e}"));
-            }
-        }
-        host_port("reflector", &self.reflector, &mut p);
-        if let Some(key) = &self.reflector_key {
-            if let Err(e) = key.parse::<ReflectorKey>() {
-                p.push(format!("reflector_key = {key:?}: {e}"));
-            }
-        }
-        if self.collector_pin.len() != 64 || hex::decode(&self.collector_pin).is_err() {
-            p.push(format!(
-                "collector_pin = {:?}: expected the 64 hex digits of the collector's \
-                 SHA-256 fingerprint (its collector.pin file)",
-                self.collector_pin
-            ));
-        }
-        if self.platforms.is_empty() {
-            p.push("platforms: name at least one platform".into());
-        }
-        if !(1..=120).contains(&self.duration_secs) {
-            p.push(format!(
-                "duration_secs = {}: expected 1..=120",
-                self.duration_secs
-            ));
-        }
-        if !(5..=1000).contains(&self.interval_ms) {
-            p.push(format!(
-                "interval_ms = {}: expected 5..=1000",
-                self.interval_ms
-            ));
-        }
-        if let Some(size) = self.size.filter(|s| !(48..=1400).contains(s)) {
-            p.push(format!("size = {size}: expected 48..=1400 bytes"));
-        }
-        if !(1..=callwatch_proto::upload::MAX_BATCH).contains(&self.upload_batch) {
-            p.push(format!(
-                "upload_batch = {}: expected 1..={}",
-                self.upload_batch,
-                callwatch_proto::upload::MAX_BATCH
-            ));
-        }
-        for (platform, servers) in &self.relay_servers {
-            for server in servers {
-                host_port(&format!("relay_servers.{platform}"), server, &mut p);
-            }
-        }
-        if let Some(reference) = &self.relay_reference {
-            host_port("relay_reference", reference, &mut p);
-        }
-        if self.queue_cap == 0 {
-            p.push("queue_cap = 0: keep at least one report".into());
-        }
-        match parse_duration(&self.interval) {
-            Ok(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => {}
-            Ok(_) => p.push(format!(
-                "interval = {:?}: expected 1m (one minute) to 7d",
-                self.interval
-            )),
-            Err(e) => p.push(format!("interval = {:?}: {e}", self.interval)),
-        }
-        if !(0.0..=1.0).contains(&self.spread) {
-            p.push(format!(
-                "spread = {}: expected a fraction of the interval, 0 to 1",
-                self.spread
-            ));
-        }
-        if let Some(q) = &self.quiet_hours {
-            if let Err(e) = parse_quiet_hours(q) {
-                p.push(format!("quiet_hours = {q:?}: {e}"));
-            }
-        }
-        if let Err(e) = parse_utc_offset(&self.utc_offset) {
-            p.push(format!("utc_offset = {:?}: {e}", self.utc_offset));
-        }
-        for (key, value) in [
-            ("budget_per_day", &self.budget_per_day),
-            ("budget_per_month", &self.budget_per_month),
-        ] {
-            if let Some(v) = value {
-                if let Err(e) = parse_bytes(v) {
-                    p.push(format!("{key} = {v:?}: {e}"));
-                }
-            }
-        }
-        if log_level_name(&self.log_level).is_none() {
-            p.push(format!(
-                "log_level = {:?}: expected error, warn, info, debug or trace",
-                self.log_level
-            ));
-        }
-        if let Some(r) = &self.rotate_key_every {
-            match parse_duration(r) {
-                Ok(d) if d >= Duration::from_secs(3600) => {}
-                Ok(_) => p.push(format!("rotate_key_every = {r:?}: expected at least 1h")),
-                Err(e) => p.push(format!("rotate_key_every = {r:?}: {e}")),
-            }
-        }
-        if p.is_empty() {
-            Ok(())
-        } else {
-            Err(p)
-        }
     }
 
     /// The state file; a relative one (a config built in code) lives beside the queue folder.
@@ -522,22 +753,23 @@ impl Config {
             .to_string()
     }
 
-    pub fn pin_bytes(&self) -> Option<[u8; 32]> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(&self.collector_pin, &mut out).ok()?;
-        Some(out)
-    }
-
     /// The TOML text of this config, with a comment header.
     pub fn to_toml(&self) -> String {
-        let body = toml::to_string_pretty(self).unwrap_or_default();
-        format!("# callwatch agent configuration (see `callwatch-agent --help`)\n{body}")
+        self.to_file().to_toml()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn file() -> ConfigFile {
+        ConfigFile::new(
+            "127.0.0.1:4433".into(),
+            "ab".repeat(32),
+            "127.0.0.1:3479".into(),
+        )
+    }
 
     #[test]
     fn reports_every_mistake_with_its_key() {
@@ -565,14 +797,9 @@ mod tests {
     fn relay_servers_per_platform_are_read_and_checked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
-        let base = Config::new(
-            "127.0.0.1:4433".into(),
-            "ab".repeat(32),
-            "127.0.0.1:3479".into(),
-        );
         let text = format!(
             "{}\n[relay_servers]\nwhatsapp = [\"127.0.0.1:3478\"]\ntelegram = [\"nohost\"]\n",
-            base.to_toml().replace("video = false", "video = true")
+            file().to_toml().replace("video = false", "video = true")
         );
         std::fs::write(&path, text).unwrap();
         let e = Config::load(&path).unwrap_err().to_string();
@@ -582,21 +809,25 @@ mod tests {
             .replace("\"nohost\"", "\"127.0.0.1:3479\"");
         std::fs::write(&path, text).unwrap();
         let cfg = Config::load(&path).unwrap();
-        assert!(cfg.video);
+        assert!(cfg.test.video);
         assert_eq!(
             cfg.relay_servers[&Platform::Whatsapp],
             vec!["127.0.0.1:3478".to_string()]
         );
+        // The platform's first relay server is its test's relay arm; others have none.
+        let spec = cfg.spec(Platform::Whatsapp).unwrap();
+        assert_eq!(spec.relay_server, Some("127.0.0.1:3478".parse().unwrap()));
+        assert_eq!(cfg.spec(Platform::Signal).unwrap().relay_server, None);
     }
 
     #[test]
     fn the_example_config_documents_keys_that_load() {
         let text = include_str!("../../packaging/agent.example.toml");
-        let cfg: Config = toml::from_str(text).unwrap();
-        assert!(cfg.validate().is_ok());
+        let file: ConfigFile = toml::from_str(text).unwrap();
+        let cfg = Config::from_file(file.clone()).unwrap();
         assert_eq!(cfg.platforms.len(), 3);
         // Every key the config knows appears in the example, set or commented out.
-        let written = toml::to_string(&Config {
+        let written = toml::to_string(&ConfigFile {
             size: Some(172),
             bind: Some("192.0.2.10".parse().unwrap()),
             platform_port: Some(1),
@@ -605,7 +836,7 @@ mod tests {
             budget_per_day: Some("50MB".into()),
             budget_per_month: Some("1GB".into()),
             rotate_key_every: Some("30d".into()),
-            ..cfg
+            ..file
         })
         .unwrap();
         for line in written.lines().filter(|l| l.contains(" = ")) {
@@ -618,12 +849,7 @@ mod tests {
     fn schedule_budget_and_rotation_keys_are_parsed_and_each_mistake_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
-        let base = Config::new(
-            "127.0.0.1:4433".into(),
-            "ab".repeat(32),
-            "127.0.0.1:3479".into(),
-        )
-        .to_toml();
+        let base = file().to_toml();
         let good = format!(
             "{base}\nquiet_hours = \"23:00-07:00\"\nbudget_per_day = \"50MB\"\n\
              budget_per_month = \"1GiB\"\nrotate_key_every = \"30d\"\n"
@@ -647,13 +873,13 @@ mod tests {
         assert_eq!(short.interval, Duration::from_secs(2));
         assert!(short.validate().is_ok(), "--every may go below a minute");
         assert_eq!(
-            cfg.budget_config(),
+            cfg.budget,
             BudgetConfig {
                 per_day_bytes: Some(50_000_000),
                 per_month_bytes: Some(1 << 30)
             }
         );
-        assert_eq!(cfg.key_rotation(), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(cfg.rotate_key_every, Some(Duration::from_secs(30 * 86_400)));
 
         let bad = good
             .replace("\"23:00-07:00\"", "\"23:00-25:00\"")
@@ -675,6 +901,140 @@ mod tests {
         }
     }
 
+    /// The typed conversion: every key that parses is named when it does not, each once, and
+    /// a good file's typed values are exactly what it says.
+    #[test]
+    fn every_parsed_key_is_named_and_good_values_are_exact() {
+        let bad = ConfigFile {
+            collector: "nohost".into(),
+            collector_tcp: Some("tcp-nohost".into()),
+            collector_pin: "xyz".into(),
+            collector_seal_key: Some("seal".into()),
+            reflector: "reflector-nohost".into(),
+            reflector_key: Some("refkey".into()),
+            platforms: vec![],
+            duration_secs: 0,
+            interval_ms: 1,
+            size: Some(20),
+            upload_batch: 0,
+            relay_servers: [(Platform::Signal, vec!["relay-nohost".into()])].into(),
+            relay_reference: Some("reference-nohost".into()),
+            queue_cap: 0,
+            interval: "15".into(),
+            spread: 2.0,
+            quiet_hours: Some("7:00".into()),
+            utc_offset: "+15:00".into(),
+            budget_per_day: Some("0MB".into()),
+            budget_per_month: Some("lots".into()),
+            log_level: "loud".into(),
+            rotate_key_every: Some("1m".into()),
+            ..file()
+        };
+        let problems = Config::from_file(bad).unwrap_err();
+        let keys = [
+            "collector = ",
+            "collector_tcp = ",
+            "collector_seal_key = ",
+            "reflector = ",
+            "reflector_key = ",
+            "collector_pin = ",
+            "platforms:",
+            "duration_secs = ",
+            "interval_ms = ",
+            "size = ",
+            "upload_batch = ",
+            "relay_servers.signal = ",
+            "relay_reference = ",
+            "queue_cap = ",
+            "interval = ",
+            "spread = ",
+            "quiet_hours = ",
+            "utc_offset = ",
+            "budget_per_day = ",
+            "budget_per_month = ",
+            "log_level = ",
+            "rotate_key_every = ",
+        ];
+        assert_eq!(problems.len(), keys.len(), "{problems:#?}");
+        for (problem, key) in problems.iter().zip(keys) {
+            assert!(problem.starts_with(key), "{key}: {problem}");
+        }
+
+        let key: ReflectorKey = "cd".repeat(32).parse().unwrap();
+        let good = ConfigFile {
+            collector_tcp: Some("127.0.0.1:443".into()),
+            collector_pin: "AB".repeat(32),
+            collector_seal_key: Some("12".repeat(32)),
+            reflector_key: Some(key.to_hex()),
+            platforms: vec![Platform::Whatsapp, Platform::Generic],
+            duration_secs: 12,
+            interval_ms: 30,
+            size: Some(200),
+            relay_reference: Some("127.0.0.1:3478".into()),
+            video: true,
+            platform_port: Some(3478),
+            control_port: Some(40401),
+            bind: Some("127.0.0.1".parse().unwrap()),
+            interval: "90s".into(),
+            spread: 0.25,
+            quiet_hours: Some("22:30-06:45".into()),
+            utc_offset: "-05:30".into(),
+            budget_per_day: Some("1.5 GB".into()),
+            budget_per_month: Some("2KiB".into()),
+            log_level: "Warning".into(),
+            rotate_key_every: Some("2w".into()),
+            ..file()
+        };
+        let cfg = Config::from_file(good).unwrap();
+        let hm = |h, m| NaiveTime::from_hms_opt(h, m, 0).unwrap();
+        assert_eq!(
+            cfg,
+            Config {
+                collector_tcp: Some("127.0.0.1:443".into()),
+                collector_seal_key: Some(CarryKey([0x12; 32])),
+                test: TestSettings {
+                    reflector_key: Some(key),
+                    duration_secs: 12,
+                    interval_ms: 30,
+                    size: Some(200),
+                    relay_reference: Some("127.0.0.1:3478".into()),
+                    video: true,
+                    platform_port: Some(3478),
+                    control_port: Some(40401),
+                    bind: Some("127.0.0.1".parse().unwrap()),
+                    ..TestSettings::new("127.0.0.1:3479".into())
+                },
+                platforms: vec![Platform::Whatsapp, Platform::Generic],
+                interval: Duration::from_secs(90),
+                spread: 0.25,
+                quiet_hours: Some((hm(22, 30), hm(6, 45))),
+                utc_offset_minutes: -330,
+                budget: BudgetConfig {
+                    per_day_bytes: Some(1_500_000_000),
+                    per_month_bytes: Some(2048),
+                },
+                log_level: LogLevel::Warn,
+                rotate_key_every: Some(Duration::from_secs(14 * 86_400)),
+                ..Config::new("127.0.0.1:4433".into(), [0xab; 32], "127.0.0.1:3479".into())
+            }
+        );
+        // Written back, it loads as the same config.
+        let written: ConfigFile = toml::from_str(&cfg.to_toml()).unwrap();
+        assert_eq!(written.interval, "90s");
+        assert_eq!(written.budget_per_day.as_deref(), Some("1500MB"));
+        assert_eq!(written.utc_offset, "-05:30");
+        assert_eq!(Config::from_file(written).unwrap(), cfg);
+        // A default config is what `init` writes, typed.
+        assert_eq!(
+            Config::from_file(file()).unwrap(),
+            Config::new("127.0.0.1:4433".into(), [0xab; 32], "127.0.0.1:3479".into())
+        );
+        assert_eq!(
+            Config::new("127.0.0.1:4433".into(), [0xab; 32], "127.0.0.1:3479".into()).to_file(),
+            file()
+        );
+    }
+
     #[test]
     fn byte_and_duration_units() {
         assert_eq!(parse_bytes("50MB"), Ok(50_000_000));
@@ -694,13 +1054,36 @@ mod tests {
         assert!(parse_utc_offset("+71582788").is_err());
         assert!(parse_utc_offset("+-5:30").is_err());
         assert_eq!(parse_utc_offset("+3"), Ok(180));
+        // What is written reads back exactly.
+        for bytes in [
+            1,
+            999,
+            1000,
+            2048,
+            50_000_000,
+            1 << 30,
+            1_500_000_000,
+            10u64.pow(18),
+        ] {
+            assert_eq!(parse_bytes(&format_byte_count(bytes)), Ok(bytes), "{bytes}");
+        }
+        for secs in [1, 59, 60, 90, 3600, 5400, 86_400, 30 * 86_400, 14 * 86_400] {
+            let d = Duration::from_secs(secs);
+            assert_eq!(parse_duration(&format_duration(d)), Ok(d), "{secs}");
+        }
+        assert_eq!(format_duration(Duration::from_secs(900)), "15m");
+        assert_eq!(format_duration(Duration::from_secs(14 * 86_400)), "2w");
+        for minutes in [-720, -330, 0, 180, 345, 840] {
+            assert_eq!(parse_utc_offset(&format_utc_offset(minutes)), Ok(minutes));
+        }
+        assert_eq!(format_utc_offset(0), "+00:00");
     }
 
     #[test]
     fn upload_keys_default_to_the_collector_and_are_checked() {
         let mut cfg = Config::new(
             "collector.example.org:443".into(),
-            "ab".repeat(32),
+            [0xab; 32],
             "127.0.0.1:3479".into(),
         );
         assert_eq!(cfg.tls_server_name(), "collector.example.org");
@@ -719,9 +1102,10 @@ mod tests {
             !cfg.to_toml().contains("server_name"),
             "unset is not written"
         );
-        cfg.collector_tcp = Some("nohost".into());
-        cfg.collector_seal_key = Some("xyz".into());
-        let e = cfg.validate().unwrap_err().join("; ");
+        let mut file = cfg.to_file();
+        file.collector_tcp = Some("nohost".into());
+        file.collector_seal_key = Some("xyz".into());
+        let e = Config::from_file(file).unwrap_err().join("; ");
         assert!(
             e.contains("collector_tcp") && e.contains("collector_seal_key"),
             "{e}"
@@ -741,11 +1125,7 @@ mod tests {
     fn round_trips_and_resolves_paths() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
-        let cfg = Config::new(
-            "127.0.0.1:4433".into(),
-            "ab".repeat(32),
-            "127.0.0.1:3479".into(),
-        );
+        let cfg = Config::new("127.0.0.1:4433".into(), [0xab; 32], "127.0.0.1:3479".into());
         std::fs::write(&path, cfg.to_toml()).unwrap();
         let back = Config::load(&path).unwrap();
         assert_eq!(back.key_file, dir.path().join("agent.key"));
@@ -766,6 +1146,6 @@ mod tests {
                 .join("state.json")
         );
         assert_eq!(back.collector, cfg.collector);
-        assert_eq!(back.pin_bytes(), Some([0xab; 32]));
+        assert_eq!(back.collector_pin, [0xab; 32]);
     }
 }

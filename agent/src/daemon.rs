@@ -22,7 +22,6 @@ use crate::runner::{price, refuse_over_budget, run_one_test, upload_and_record, 
 use crate::schedule::Scheduler;
 use crate::state::SharedState;
 use anyhow::Result;
-use callwatch_proto::Platform;
 use chrono::Utc;
 use ed25519_dalek::SigningKey;
 use std::future::Future;
@@ -112,48 +111,30 @@ async fn test_loop(
     save(&scheduler);
     tracing::info!(next_test_at = %scheduler.next_due().format("%Y-%m-%d %H:%M:%S UTC"), "agent running");
     loop {
-        if let Some(period) = cfg.key_rotation() {
-            match identity::rotate_if_due(&cfg.key_file, period, std::time::SystemTime::now()) {
-                Ok(Some(new)) => {
-                    tracing::info!(
-                        key = %hex::encode(new.verifying_key().to_bytes()),
-                        "signing key rotated (older than rotate_key_every); reports from now on \
-                         cannot be linked to earlier ones"
-                    );
-                    key = new;
-                    state.update(|s| s.key_rotated_at = Some(Utc::now()));
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!("key rotation failed, keeping the current key: {e:#}"),
-            }
+        match identity::rotate_as_configured(cfg, state) {
+            Ok(Some(new)) => key = new,
+            Ok(None) => {}
+            Err(e) => tracing::warn!("key rotation failed, keeping the current key: {e:#}"),
         }
         let now = Utc::now();
-        let due_platform = scheduler.peek(now).map(str::to_owned);
-        let run = match due_platform {
-            Some(name) => {
-                let platform: Option<Platform> = name.parse().ok();
-                match platform.map(|p| price(cfg, p).map(|(spec, cost)| (p, spec, cost))) {
-                    Some(Ok((p, spec, cost))) => {
-                        if refuse_over_budget(state, p, cost, cfg.budget_config()).is_some() {
-                            scheduler.skip(now, &mut rng);
-                            None
-                        } else {
-                            let _ = scheduler.poll(now, &mut rng);
-                            Some(spec)
-                        }
-                    }
-                    Some(Err(e)) => {
-                        tracing::warn!(platform = %name, "test skipped: {e:#}");
-                        state.update(|s| s.last_skip = Some((now, format!("{e:#}"))));
+        let run = match scheduler.peek(now) {
+            Some(platform) => match price(cfg, platform) {
+                Ok((spec, cost)) => {
+                    if refuse_over_budget(state, platform, cost, cfg.budget).is_some() {
                         scheduler.skip(now, &mut rng);
                         None
-                    }
-                    None => {
-                        scheduler.skip(now, &mut rng);
-                        None
+                    } else {
+                        let _ = scheduler.poll(now, &mut rng);
+                        Some(spec)
                     }
                 }
-            }
+                Err(e) => {
+                    tracing::warn!(platform = %platform, "test skipped: {e:#}");
+                    state.update(|s| s.last_skip = Some((now, format!("{e:#}"))));
+                    scheduler.skip(now, &mut rng);
+                    None
+                }
+            },
             // Not due, or due in quiet hours: poll settles the schedule (defers out of quiet
             // hours, follows the clock back) and hands nothing out.
             None => {

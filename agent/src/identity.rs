@@ -3,8 +3,7 @@
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::SigningKey;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -22,20 +21,9 @@ pub fn create_key(path: &Path, force: bool) -> Result<SigningKey> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let key = SigningKey::from_bytes(&rand::random());
-    // Write to a private temporary file, then rename over: never a moment with a readable key
-    // or a half-written one.
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    writeln!(f, "{}", hex::encode(key.to_bytes()))
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))?;
+    // Never a moment with a readable key or a half-written one.
+    let text = format!("{}\n", hex::encode(key.to_bytes()));
+    callwatch_reflector::files::replace_private(path, text.as_bytes())?;
     Ok(key)
 }
 
@@ -59,6 +47,28 @@ pub fn rotate_if_due(path: &Path, period: Duration, now: SystemTime) -> Result<O
         return Ok(None);
     }
     create_key(path, true).map(Some)
+}
+
+/// Key rotation as the config asks (`rotate_key_every`), the one place it is done: if the key
+/// at `cfg.key_file` is due, replaces it, logs its public half and records the time in `state`.
+/// Returns the new key, or `None` if rotation is off or not due.
+pub fn rotate_as_configured(
+    cfg: &crate::config::Config,
+    state: &crate::state::SharedState,
+) -> Result<Option<SigningKey>> {
+    let Some(period) = cfg.rotate_key_every else {
+        return Ok(None);
+    };
+    let Some(new) = rotate_if_due(&cfg.key_file, period, SystemTime::now())? else {
+        return Ok(None);
+    };
+    tracing::info!(
+        key = %hex::encode(new.verifying_key().to_bytes()),
+        "signing key rotated (older than rotate_key_every); reports from now on cannot be \
+         linked to earlier ones"
+    );
+    state.update(|s| s.key_rotated_at = Some(chrono::Utc::now()));
+    Ok(Some(new))
 }
 
 /// Loads the key at `path`, refusing one that others can read.

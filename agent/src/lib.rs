@@ -4,10 +4,12 @@
 //! [`engine`] runs a test (sans-IO sessions, a precise driver); [`metrics`] turns packet records
 //! into figures; [`queue`] keeps signed reports on disk until acknowledged; [`upload`] sends them
 //! over QUIC or TLS over TCP; [`carry`] seals them into a file a volunteer can carry out;
-//! [`runner`] is one test → sign → queue, and one cycle of those plus an upload;
+//! [`runner`] is one test → sign → queue, and one cycle of those plus an upload; [`settings`]
+//! is what every test is (the `test` command's flags, the config's keys) and the one builder of
+//! its [`engine::TestSpec`];
 //! [`daemon`] is `run`: [`schedule`] and [`budget`] decide when a test may run, uploads retry
-//! with [`backoff`]; [`state`] is what `status` shows; [`config`] and [`identity`] are the
-//! volunteer's settings and key.
+//! with [`backoff`]; [`state`] is what `status` shows; [`config`] (the file, parsed once into
+//! typed values) and [`identity`] are the volunteer's settings and key.
 
 pub mod backoff;
 pub mod budget;
@@ -21,6 +23,7 @@ pub mod queue;
 pub mod report_text;
 pub mod runner;
 pub mod schedule;
+pub mod settings;
 pub mod state;
 pub mod stats;
 pub mod upload;

@@ -1,16 +1,16 @@
 //! One agent cycle: run the configured tests, sign and queue each report, then upload the queue.
 
-use crate::budget::Budget;
+use crate::budget::BudgetConfig;
 use crate::config::Config;
 use crate::engine::driver::Cancel;
 use crate::engine::{run_call_test, TestError, TestSpec};
 use crate::queue::Queue;
+use crate::settings::resolve;
 use crate::state::SharedState;
 use crate::upload::{upload_queue, UploadError, UploadSummary, UploadTarget};
 use anyhow::{Context, Result};
 use callwatch_proto::{CallReport, Platform, SignedReport};
 use ed25519_dalek::SigningKey;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// What one due test came to.
@@ -40,41 +40,6 @@ pub struct CycleOutcome {
     pub queued_after: usize,
 }
 
-pub fn resolve(what: &str, addr: &str) -> Result<SocketAddr> {
-    addr.to_socket_addrs()
-        .with_context(|| format!("resolving {what} address {addr}"))?
-        .next()
-        .with_context(|| format!("{what} address {addr} resolves to nothing"))
-}
-
-/// The test the config describes for one platform.
-pub fn spec_for(cfg: &Config, platform: callwatch_proto::Platform) -> Result<TestSpec> {
-    let mut spec = TestSpec::voice(
-        resolve("reflector", &cfg.reflector)?,
-        cfg.duration_secs * 1000,
-    );
-    spec.platform = platform;
-    spec.interval_ms = cfg.interval_ms;
-    spec.size = cfg.size;
-    spec.bind = cfg.bind;
-    spec.platform_port = cfg.platform_port;
-    spec.control_port = cfg.control_port;
-    spec.video = cfg.video;
-    spec.reflector_key = cfg
-        .reflector_key
-        .as_deref()
-        .map(str::parse)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("reflector_key: {e}"))?;
-    if let Some(server) = cfg.relay_servers.get(&platform).and_then(|s| s.first()) {
-        spec.relay_server = Some(resolve("relay", server)?);
-    }
-    if let Some(reference) = &cfg.relay_reference {
-        spec.relay_reference = Some(resolve("relay reference", reference)?);
-    }
-    Ok(spec)
-}
-
 /// Runs every configured test once, queues the signed reports, and uploads the queue.
 pub async fn run_cycle(cfg: &Config, key: &SigningKey, queue: &Queue) -> Result<CycleOutcome> {
     run_cycle_cancellable(cfg, key, queue, &Cancel::default()).await
@@ -82,7 +47,7 @@ pub async fn run_cycle(cfg: &Config, key: &SigningKey, queue: &Queue) -> Result<
 
 /// The data a test will cost (upper estimate, both directions of every arm) and its spec.
 pub fn price(cfg: &Config, platform: Platform) -> Result<(TestSpec, u64)> {
-    let spec = spec_for(cfg, platform)?;
+    let spec = cfg.spec(platform)?;
     let cost = spec.estimated_bytes();
     Ok((spec, cost))
 }
@@ -115,13 +80,11 @@ pub fn refuse_over_budget(
     state: &SharedState,
     platform: Platform,
     cost: u64,
-    budget_config: crate::budget::BudgetConfig,
+    budget: BudgetConfig,
 ) -> Option<String> {
     let now = chrono::Utc::now();
     state.update(|s| {
-        let budget = s.budget.get_or_insert_with(|| Budget::new(budget_config));
-        budget.set_config(budget_config);
-        let refusal = budget.check(now, cost).err()?;
+        let refusal = s.budget_under(budget).check(now, cost).err()?;
         let why = refusal.to_string();
         tracing::info!(platform = %platform, "test skipped: {why}");
         s.last_skip = Some((now, why.clone()));
@@ -206,12 +169,9 @@ pub async fn run_one_test(
     }
     let used = actual_bytes(&report, ipv6);
     let now = chrono::Utc::now();
-    let budget_config = cfg.budget_config();
     state.update(|s| {
         s.record_test(&report);
-        let budget = s.budget.get_or_insert_with(|| Budget::new(budget_config));
-        budget.set_config(budget_config);
-        budget.record(now, used);
+        s.budget_under(cfg.budget).record(now, used);
         s.refresh_data_used(now);
         s.queue_depth = queue.len();
         s.queue_dropped_total = queue.dropped_total();
@@ -241,8 +201,8 @@ pub fn upload_target(cfg: &Config) -> Result<UploadTarget> {
         collector: resolve("collector", &cfg.collector)?,
         tcp: Some(tcp),
         server_name: cfg.tls_server_name(),
-        pin: cfg.pin_bytes().context("collector_pin")?,
-        bind: cfg.bind,
+        pin: cfg.collector_pin,
+        bind: cfg.test.bind,
         batch: cfg.upload_batch,
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
@@ -316,7 +276,7 @@ pub async fn run_cycle_cancellable(
     let mut outcome = CycleOutcome::default();
     for platform in &cfg.platforms {
         let (spec, cost) = price(cfg, *platform)?;
-        if let Some(why) = refuse_over_budget(&state, *platform, cost, cfg.budget_config()) {
+        if let Some(why) = refuse_over_budget(&state, *platform, cost, cfg.budget) {
             outcome.skipped.push(format!("{platform}: {why}"));
             continue;
         }

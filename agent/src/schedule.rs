@@ -37,6 +37,7 @@
 //! data budget, then either [`poll`](Scheduler::poll)s and runs it or [`skip`](Scheduler::skip)s
 //! it. It sleeps until [`next_due`](Scheduler::next_due), waking at least every minute or so.
 
+use callwatch_proto::Platform;
 use chrono::{DateTime, NaiveTime, TimeDelta, Timelike, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -68,7 +69,7 @@ pub struct ScheduleConfig {
     /// Fixed: the agent does not follow daylight-saving changes.
     pub utc_offset_minutes: i32,
     /// Platforms tested in turn.
-    pub platforms: Vec<String>,
+    pub platforms: Vec<Platform>,
     /// Test/demo override (`run --every`): `interval` may be as short as one second instead
     /// of [`MIN_INTERVAL`].
     #[serde(default)]
@@ -116,11 +117,6 @@ impl ScheduleConfig {
         }
         if self.platforms.is_empty() {
             p.push("platforms: name at least one platform".into());
-        }
-        for (i, name) in self.platforms.iter().enumerate() {
-            if name.trim().is_empty() {
-                p.push(format!("platforms[{i}] is empty: name a platform"));
-            }
         }
         if p.is_empty() {
             Ok(())
@@ -242,7 +238,7 @@ impl ScheduleConfig {
 /// A test to run now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Due {
-    pub platform: String,
+    pub platform: Platform,
 }
 
 /// The agent's test schedule: what is due when, and whose turn it is. Plain data; persist it.
@@ -284,7 +280,7 @@ impl Scheduler {
 
     /// The platform [`poll`](Self::poll) would hand out at `now`, without taking the turn: lets
     /// the daemon price the test and choose between `poll` and [`skip`](Self::skip).
-    pub fn peek(&self, now: DateTime<Utc>) -> Option<&str> {
+    pub fn peek(&self, now: DateTime<Utc>) -> Option<Platform> {
         let due = if now < self.last_seen {
             sub(self.next_due, self.last_seen.signed_duration_since(now))
         } else {
@@ -294,7 +290,7 @@ impl Scheduler {
             return None;
         }
         let turn = self.turn.checked_rem(self.config.platforms.len())?;
-        self.config.platforms.get(turn).map(String::as_str)
+        self.config.platforms.get(turn).copied()
     }
 
     /// Hands out the test that is due at `now`, if any, and schedules the next one. Call only
@@ -350,11 +346,11 @@ impl Scheduler {
     }
 
     /// The platform whose turn it is, passing the turn on; `None` if there are no platforms.
-    fn take_turn(&mut self) -> Option<String> {
+    fn take_turn(&mut self) -> Option<Platform> {
         let platforms = &self.config.platforms;
         let turn = self.turn.checked_rem(platforms.len())?;
         self.turn = (turn + 1) % platforms.len();
-        platforms.get(turn).cloned()
+        platforms.get(turn).copied()
     }
 }
 
@@ -396,7 +392,7 @@ mod tests {
             spread,
             quiet_hours: None,
             utc_offset_minutes: 0,
-            platforms: vec!["whatsapp".into(), "signal".into(), "generic".into()],
+            platforms: vec![Platform::Whatsapp, Platform::Signal, Platform::Generic],
             allow_short_interval: false,
         }
     }
@@ -420,7 +416,7 @@ mod tests {
         from: DateTime<Utc>,
         until: DateTime<Utc>,
         step: TimeDelta,
-    ) -> Vec<(DateTime<Utc>, String)> {
+    ) -> Vec<(DateTime<Utc>, Platform)> {
         let mut out = Vec::new();
         let mut now = from;
         while now < until {
@@ -457,12 +453,6 @@ mod tests {
                 "{key}: {problems:?}"
             );
         }
-        let mut blank = config(0.5);
-        blank.platforms[1] = " ".into();
-        assert_eq!(
-            blank.validate().unwrap_err(),
-            vec!["platforms[1] is empty: name a platform".to_string()]
-        );
         assert_eq!(config(0.5).validate(), Ok(()));
     }
 
@@ -614,16 +604,17 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(8);
         let start = at(2026, 3, 2, 9, 0);
         let mut s = Scheduler::new(config(0.5), start, &mut rng);
-        let names: Vec<String> = run(&mut s, &mut rng, start, start + TimeDelta::hours(3), MINUTE)
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect();
+        let names: Vec<Platform> =
+            run(&mut s, &mut rng, start, start + TimeDelta::hours(3), MINUTE)
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
         assert!(names.len() >= 9);
         for (i, name) in names.iter().enumerate() {
             assert_eq!(name, &config(0.5).platforms[i % 3]);
         }
         let now = s.next_due();
-        let next = s.peek(now).unwrap().to_string();
+        let next = s.peek(now).unwrap();
         assert_eq!(s.peek(now - TimeDelta::seconds(1)), None, "not due yet");
         s.skip(now, &mut rng);
         assert!(s.next_due() > now);
@@ -645,7 +636,7 @@ mod tests {
             if i == 1500 {
                 now -= TimeDelta::hours(5);
             }
-            let peeked = s.peek(now).map(str::to_string);
+            let peeked = s.peek(now);
             assert_eq!(peeked, s.poll(now, &mut rng).map(|d| d.platform), "{now}");
             now += MINUTE;
         }
@@ -759,7 +750,7 @@ mod tests {
             prop_oneof![Just(f64::NAN), Just(f64::INFINITY), -2.0f64..3.0],
             proptest::option::of((0u32..86_400, 0u32..86_400, 0u32..2_000_000_000)),
             any::<i32>(),
-            proptest::collection::vec("[a-z]{0,3}", 0..4),
+            proptest::collection::vec(proptest::sample::select(Platform::ALL.to_vec()), 0..4),
         )
             .prop_map(|((s, n), spread, quiet, offset, platforms)| {
                 let t = |secs: u32, nanos: u32| {
@@ -810,9 +801,9 @@ mod tests {
                 match op {
                     Op::Poll(step) => {
                         now = add(now, TimeDelta::seconds(step));
-                        let peeked = s.peek(now).map(str::to_string);
+                        let peeked = s.peek(now);
                         let due = s.poll(now, &mut rng);
-                        prop_assert_eq!(peeked, due.as_ref().map(|d| d.platform.clone()));
+                        prop_assert_eq!(peeked, due.as_ref().map(|d| d.platform));
                         if due.is_some() {
                             prop_assert!(!s.config().is_quiet(now));
                         }

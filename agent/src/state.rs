@@ -4,7 +4,7 @@
 //! (atomically: a temporary file renamed over) after every test and upload; `status` reads it
 //! without disturbing the agent.
 
-use crate::budget::Budget;
+use crate::budget::{Budget, BudgetConfig};
 use crate::schedule::Scheduler;
 use anyhow::{Context, Result};
 use callwatch_proto::CallReport;
@@ -99,7 +99,10 @@ pub struct AgentState {
     pub next_upload_retry_at: Option<DateTime<Utc>>,
     /// When the signing key was last replaced by rotation.
     pub key_rotated_at: Option<DateTime<Utc>>,
-    /// The daemon's schedule (next due time, whose turn), kept so a restart resumes it.
+    /// The daemon's schedule (next due time, whose turn), kept so a restart resumes it. One
+    /// this release cannot read (a platform it does not know) is dropped with a warning, and
+    /// the daemon makes a new one; the rest of the state is kept.
+    #[serde(deserialize_with = "scheduler_or_none")]
     pub scheduler: Option<Scheduler>,
     /// Data used today and this month, kept so a restart does not forget it.
     pub budget: Option<Budget>,
@@ -124,6 +127,21 @@ pub struct AgentState {
     pub collector_reflectors: Vec<KnownReflector>,
     /// When that list was received.
     pub collector_reflectors_at: Option<DateTime<Utc>>,
+}
+
+/// A saved schedule, or `None` (logged) if it cannot be read: losing the schedule costs one
+/// randomly placed first test, losing the whole state file would cost the data used.
+fn scheduler_or_none<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Scheduler>, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    match serde_json::from_value(value) {
+        Ok(scheduler) => Ok(scheduler),
+        Err(e) => {
+            tracing::warn!("the saved schedule cannot be read ({e}); starting a new one");
+            Ok(None)
+        }
+    }
 }
 
 /// A reflector the collector told the agent of.
@@ -199,6 +217,14 @@ impl AgentState {
         }
     }
 
+    /// The persisted data budget under the config's limits (which may have changed since it
+    /// was saved); a fresh one if none was saved. Every check and charge goes through here.
+    pub fn budget_under(&mut self, config: BudgetConfig) -> &mut Budget {
+        let budget = self.budget.get_or_insert_with(|| Budget::new(config));
+        budget.set_config(config);
+        budget
+    }
+
     /// Whether the next pass should go over TCP first: QUIC failed less than
     /// [`QUIC_RETRY_AFTER`] ago and TCP got through since.
     pub fn tcp_first(&self, now: DateTime<Utc>) -> bool {
@@ -258,19 +284,7 @@ impl AgentState {
 
     /// Writes the state file atomically, readable only by its owner.
     pub fn save(&self, path: &Path) -> Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(self)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))
+        callwatch_reflector::files::replace_private(path, &serde_json::to_vec_pretty(self)?)
     }
 
     /// The state as a volunteer reads it.
@@ -478,5 +492,32 @@ mod tests {
         assert_eq!(AgentState::load(&path).unwrap().queue_depth, 2);
         std::fs::write(&path, "garbage").unwrap();
         assert!(AgentState::load(&path).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_schedule_is_dropped_and_the_rest_kept() {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        let config = crate::schedule::ScheduleConfig {
+            interval: std::time::Duration::from_secs(900),
+            spread: 0.5,
+            quiet_hours: None,
+            utc_offset_minutes: 0,
+            platforms: vec![callwatch_proto::Platform::Whatsapp],
+            allow_short_interval: false,
+        };
+        let s = AgentState {
+            tests_total: 7,
+            scheduler: Some(Scheduler::new(config, Utc::now(), &mut rng)),
+            ..AgentState::default()
+        };
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains("\"whatsapp\""), "{json}");
+        let back: AgentState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        // A platform this release does not know: the schedule goes, the count stays.
+        let odd: AgentState =
+            serde_json::from_str(&json.replace("\"whatsapp\"", "\"skype\"")).unwrap();
+        assert_eq!(odd.scheduler, None);
+        assert_eq!(odd.tests_total, 7);
     }
 }

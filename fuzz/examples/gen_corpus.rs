@@ -270,7 +270,7 @@ fn upload_and_report_seeds() {
 fn config_seeds() {
     let example = include_str!("../../packaging/agent.example.toml");
     write("agent_config", "example", example.as_bytes());
-    let mut cfg = callwatch_agent::config::Config::new(
+    let mut cfg = callwatch_agent::config::ConfigFile::new(
         "127.0.0.1:4433".into(),
         "ab".repeat(32),
         "127.0.0.1:40401".into(),

@@ -338,7 +338,7 @@ mod signed_report {
 }
 
 mod agent_config {
-    use callwatch_agent::config::{parse_bytes, parse_duration, Config};
+    use callwatch_agent::config::{parse_bytes, parse_duration, Config, ConfigFile};
 
     /// The offsets `parse_utc_offset` may accept: `UTC`/`Z`, or one sign and 1-2 digit hours
     /// with optional `:` and 1-2 digit minutes (F3: no second sign, no long hour).
@@ -362,29 +362,33 @@ mod agent_config {
         let _ = parse_duration(text);
         let _ = parse_bytes(text);
         // What `Config::load` does with the file's text.
-        let Ok(cfg) = toml::from_str::<Config>(text) else {
+        let Ok(file) = toml::from_str::<ConfigFile>(text) else {
             return;
         };
         // Fixed finding F3 (regressions/agent_config/): a long hour such as "+99999999" used to
         // overflow `parse_utc_offset`, and "+-5:30" was accepted.
-        if cfg.validate().is_err() {
+        let Ok(cfg) = Config::from_file(file.clone()) else {
             return;
-        }
+        };
         assert!(
-            offset_well_formed(&cfg.utc_offset),
+            offset_well_formed(&file.utc_offset),
             "a malformed utc_offset was accepted: {:?}",
-            cfg.utc_offset
+            file.utc_offset
         );
-        let _ = cfg.schedule_config(None);
-        let _ = cfg.budget_config();
-        let _ = cfg.key_rotation();
-        assert!(cfg.pin_bytes().is_some(), "a valid config has a pin");
+        let _ = cfg.schedule_config(None).validate();
         let _ = cfg.state_path();
-        // `init` writes configs with `to_toml`; what it writes must load back unchanged.
+        // `init` writes files with `to_toml`; what it writes must load back unchanged, and a
+        // typed config written back must load as itself.
+        let written = file.to_toml();
+        let back: ConfigFile = toml::from_str(&written).expect("a written config parses");
+        assert_eq!(back, file, "config changed through to_toml:\n{written}");
         let written = cfg.to_toml();
-        let back: Config = toml::from_str(&written).expect("a written config parses");
-        assert_eq!(back, cfg, "config changed through to_toml:\n{written}");
-        assert!(back.validate().is_ok());
+        let back: ConfigFile = toml::from_str(&written).expect("a written config parses");
+        let back = Config::from_file(back).expect("a written config loads");
+        assert_eq!(
+            back, cfg,
+            "typed config changed through to_toml:\n{written}"
+        );
     }
 }
 

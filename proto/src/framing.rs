@@ -622,6 +622,8 @@ pub const STUN_ATTR_MESSAGE_INTEGRITY: u16 = 0x0008;
 pub const STUN_BINDING_REQUEST: u16 = 0x0001;
 pub const STUN_BINDING_SUCCESS: u16 = 0x0101;
 pub const STUN_BINDING_ERROR: u16 = 0x0111;
+/// RFC 8489 §14.14 SOFTWARE (comprehension-optional): the relay arms name the tool with it.
+pub const STUN_ATTR_SOFTWARE: u16 = 0x8022;
 const STUN_ATTR_REALM: u16 = 0x0014;
 const STUN_ATTR_NONCE: u16 = 0x0015;
 const STUN_ATTR_REQUESTED_TRANSPORT: u16 = 0x0019;

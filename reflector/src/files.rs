@@ -26,6 +26,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Replaces `path` with `bytes` atomically, owner-only: written to a new `path.tmp` (mode 0600,
+/// a stale one removed first), synced, then renamed over `path` — never a moment with a readable
+/// or half-written file. For files rewritten in place (the agent's key on rotation, its state).
+pub fn replace_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_private(&tmp, bytes)?;
+    fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))
+}
+
 /// Creates `dir` (owner-only) if it does not exist.
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
     if !dir.exists() {
@@ -54,5 +64,21 @@ mod tests {
         let err = write_private(&key, b"two").unwrap_err();
         assert!(format!("{err:#}").contains("creating"), "{err:#}");
         assert_eq!(fs::read(&key).unwrap(), b"one");
+    }
+
+    #[test]
+    fn a_replaced_private_file_is_whole_owner_only_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.json");
+        fs::write(&state, "old, world-readable").unwrap();
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(dir.path().join("state.tmp"), "a stale temporary").unwrap();
+        replace_private(&state, b"new").unwrap();
+        assert_eq!(fs::read(&state).unwrap(), b"new");
+        assert_eq!(
+            fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(!dir.path().join("state.tmp").exists());
     }
 }

@@ -7,7 +7,7 @@ use crate::censors::stun_rule;
 use crate::emulator::{ImpairmentConfig, Relay, RelayConfig, Route, RuleImpairment};
 use crate::http;
 use anyhow::{bail, Context, Result};
-use callwatch_agent::config::Config;
+use callwatch_agent::config::{Config, ConfigFile};
 use callwatch_agent::identity;
 use callwatch_agent::queue::Queue;
 use callwatch_agent::runner::{run_cycle, CycleOutcome};
@@ -148,16 +148,17 @@ pub async fn run_demo(cfg: &DemoConfig) -> Result<DemoResult> {
             (Some(relay), "RU") => relay.local_addrs().to_vec(),
             _ => direct.clone(),
         };
-        let mut ac = Config::new(
+        let mut ac = Config::from_file(ConfigFile::new(
             collector.quic_addr.to_string(),
             collector.pin.clone(),
             ports[0].to_string(),
-        );
-        ac.reflector_key = Some(collector.reflector.seal_key.to_hex());
-        ac.platform_port = Some(ports[1].port());
-        ac.control_port = Some(ports[2].port());
-        ac.bind = Some(IpAddr::V4(*ip));
-        ac.duration_secs = cfg.duration_secs;
+        ))
+        .map_err(|problems| anyhow::anyhow!("agent config: {}", problems.join("; ")))?;
+        ac.test.reflector_key = Some(collector.reflector.seal_key);
+        ac.test.platform_port = Some(ports[1].port());
+        ac.test.control_port = Some(ports[2].port());
+        ac.test.bind = Some(IpAddr::V4(*ip));
+        ac.test.duration_secs = cfg.duration_secs;
         ac.platforms = cfg.platforms.clone();
         ac.key_file = dir.join("agent.key");
         ac.queue_dir = dir.join("queue");

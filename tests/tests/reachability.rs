@@ -5,7 +5,7 @@
 use callwatch_agent::config::Config;
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::queue::Queue;
-use callwatch_agent::runner::{run_one_test, spec_for, TestOutcome};
+use callwatch_agent::runner::{run_one_test, TestOutcome};
 use callwatch_agent::state::SharedState;
 use callwatch_proto::report::VerdictRule;
 use callwatch_proto::{Platform, Verdict};
@@ -13,11 +13,11 @@ use callwatch_tests::spawn_two_port_reflector;
 use std::net::UdpSocket;
 
 fn config(reflector: &str, platform_port: u16, control_port: u16) -> Config {
-    let mut cfg = Config::new("127.0.0.1:1".into(), "00".repeat(32), reflector.into());
+    let mut cfg = Config::new("127.0.0.1:1".into(), [0; 32], reflector.into());
     cfg.platforms = vec![Platform::Whatsapp];
-    cfg.duration_secs = 1;
-    cfg.platform_port = Some(platform_port);
-    cfg.control_port = Some(control_port);
+    cfg.test.duration_secs = 1;
+    cfg.test.platform_port = Some(platform_port);
+    cfg.test.control_port = Some(control_port);
     cfg
 }
 
@@ -38,7 +38,7 @@ async fn silence_is_a_local_error_until_the_reflector_has_answered_once() {
         silent_p.local_addr().unwrap().port(),
         silent_c.local_addr().unwrap().port(),
     );
-    let mut spec = spec_for(&cfg, Platform::Whatsapp).unwrap();
+    let mut spec = cfg.spec(Platform::Whatsapp).unwrap();
     spec.grace_ms = 200;
     let outcome = run_one_test(&cfg, &key, &queue, &state, spec.clone(), &Cancel::default())
         .await
@@ -60,7 +60,7 @@ async fn silence_is_a_local_error_until_the_reflector_has_answered_once() {
         reflector.addrs[0].port(),
         reflector.addrs[1].port(),
     );
-    let mut live_spec = spec_for(&live, Platform::Whatsapp).unwrap();
+    let mut live_spec = live.spec(Platform::Whatsapp).unwrap();
     live_spec.grace_ms = 200;
     let outcome = run_one_test(
         &live,

@@ -1,7 +1,7 @@
 //! End-to-end tests of the walking skeleton over real sockets on loopback: agent → reflector,
 //! agent → collector (QUIC), collector → HTTP aggregate.
 
-use callwatch_agent::config::Config;
+use callwatch_agent::config::{Config, ConfigFile};
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_agent::identity;
@@ -51,13 +51,14 @@ fn collector_config(root: &Path) -> ServeConfig {
 }
 
 fn agent_config(root: &Path, c: &callwatch_collector::Collector) -> Config {
-    let mut ac = Config::new(
+    let mut ac = Config::from_file(ConfigFile::new(
         c.quic_addr.to_string(),
         c.pin.clone(),
         c.reflector.addrs[0].to_string(),
-    );
-    ac.bind = Some(agent_ip());
-    ac.duration_secs = 1;
+    ))
+    .unwrap();
+    ac.test.bind = Some(agent_ip());
+    ac.test.duration_secs = 1;
     ac.key_file = root.join("agent.key");
     ac.queue_dir = root.join("queue");
     ac

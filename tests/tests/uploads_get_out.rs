@@ -6,7 +6,7 @@
 //! The same fallback through a real nftables QUIC block in network namespaces is
 //! `quic_block_lab.rs`.
 
-use callwatch_agent::config::Config;
+use callwatch_agent::config::ConfigFile;
 use callwatch_agent::queue::Queue;
 use callwatch_agent::upload::{upload_queue, Transport, UploadError, UploadTarget};
 use callwatch_collector::serve;
@@ -39,7 +39,7 @@ fn agent_config(
     reflector: SocketAddr,
     seal_key: Option<String>,
 ) -> PathBuf {
-    let mut cfg = Config::new(quic.to_string(), pin.to_string(), reflector.to_string());
+    let mut cfg = ConfigFile::new(quic.to_string(), pin.to_string(), reflector.to_string());
     cfg.collector_tcp = tcp.map(|a| a.to_string());
     cfg.collector_seal_key = seal_key;
     cfg.duration_secs = 1;

@@ -13,15 +13,12 @@
 use super::session::{ArmSession, Progress, SessionError};
 use crate::metrics::{ProbeRecord, ReplyRecord, StreamRecord};
 
-/// RFC 8489 §6: the magic cookie every STUN message carries at bytes 4..8.
-pub use callwatch_proto::framing::STUN_MAGIC_COOKIE as MAGIC_COOKIE;
+// The STUN numbers are the protocol's, in `callwatch_proto::framing`, beside the reflector's.
 use callwatch_proto::framing::{
-    STUN_BINDING_ERROR as BINDING_ERROR, STUN_BINDING_REQUEST as BINDING_REQUEST,
-    STUN_BINDING_SUCCESS as BINDING_SUCCESS,
+    STUN_ATTR_SOFTWARE, STUN_BINDING_ERROR, STUN_BINDING_REQUEST, STUN_BINDING_SUCCESS,
+    STUN_HEADER_LEN, STUN_MAGIC_COOKIE,
 };
-/// SOFTWARE attribute (comprehension-optional), naming the tool honestly to the server.
-const ATTR_SOFTWARE: u16 = 0x8022;
-/// Long enough that the request outgrows the reflector's Binding response with an IPv6
+/// What the SOFTWARE attribute says, naming the tool honestly to the server. Long enough that the request outgrows the reflector's Binding response with an IPv6
 /// XOR-MAPPED-ADDRESS (44 bytes): the reflector never answers with more than it received.
 const SOFTWARE: &[u8] = b"callwatch-agent call-quality measurement";
 
@@ -75,27 +72,27 @@ impl StunSession {
     /// A Binding request whose transaction id is `seq` (4 bytes) followed by the session tag.
     pub fn binding_request(&self, seq: u32) -> Vec<u8> {
         let attr_len = SOFTWARE.len().div_ceil(4) * 4;
-        let mut m = Vec::with_capacity(20 + 4 + attr_len);
-        m.extend_from_slice(&BINDING_REQUEST.to_be_bytes());
+        let mut m = Vec::with_capacity(STUN_HEADER_LEN + 4 + attr_len);
+        m.extend_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
         m.extend_from_slice(&((4 + attr_len) as u16).to_be_bytes());
-        m.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        m.extend_from_slice(&STUN_MAGIC_COOKIE.to_be_bytes());
         m.extend_from_slice(&seq.to_be_bytes());
         m.extend_from_slice(&self.tag);
-        m.extend_from_slice(&ATTR_SOFTWARE.to_be_bytes());
+        m.extend_from_slice(&STUN_ATTR_SOFTWARE.to_be_bytes());
         m.extend_from_slice(&(SOFTWARE.len() as u16).to_be_bytes());
         m.extend_from_slice(SOFTWARE);
-        m.resize(20 + 4 + attr_len, 0);
+        m.resize(STUN_HEADER_LEN + 4 + attr_len, 0);
         m
     }
 
     /// The sequence number of a Binding response to one of our requests, if it is one.
     fn response_seq(&self, d: &[u8]) -> Option<u32> {
-        let header = d.get(..20)?;
+        let header = d.get(..STUN_HEADER_LEN)?;
         let kind = u16::from_be_bytes([header[0], header[1]]);
-        if kind != BINDING_SUCCESS && kind != BINDING_ERROR {
+        if kind != STUN_BINDING_SUCCESS && kind != STUN_BINDING_ERROR {
             return None;
         }
-        if u32::from_be_bytes([header[4], header[5], header[6], header[7]]) != MAGIC_COOKIE {
+        if u32::from_be_bytes([header[4], header[5], header[6], header[7]]) != STUN_MAGIC_COOKIE {
             return None;
         }
         if header[12..20] != self.tag {
@@ -201,8 +198,8 @@ mod tests {
     use super::*;
 
     fn response(req: &[u8]) -> Vec<u8> {
-        let mut r = req[..20].to_vec();
-        r[0..2].copy_from_slice(&BINDING_SUCCESS.to_be_bytes());
+        let mut r = req[..STUN_HEADER_LEN].to_vec();
+        r[0..2].copy_from_slice(&STUN_BINDING_SUCCESS.to_be_bytes());
         r[2..4].copy_from_slice(&0u16.to_be_bytes());
         r
     }
@@ -216,8 +213,8 @@ mod tests {
         };
         let mut s = StunSession::new(cfg, [9; 8]);
         let first = s.poll_transmit(1_000).unwrap();
-        assert_eq!(&first[0..2], &BINDING_REQUEST.to_be_bytes());
-        assert_eq!(&first[4..8], &MAGIC_COOKIE.to_be_bytes());
+        assert_eq!(&first[0..2], &STUN_BINDING_REQUEST.to_be_bytes());
+        assert_eq!(&first[4..8], &STUN_MAGIC_COOKIE.to_be_bytes());
         assert_eq!(first.len() % 4, 0);
         assert_eq!(
             u16::from_be_bytes([first[2], first[3]]) as usize,

@@ -1,0 +1,77 @@
+//! `init`: writes a config file and a new signing key beside it.
+
+use anyhow::{Context, Result};
+use callwatch_agent::config::{Config, ConfigFile};
+use callwatch_agent::identity;
+use callwatch_proto::seal::ReflectorKey;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Config file to write.
+    #[arg(long, value_name = "PATH")]
+    config: PathBuf,
+    /// Collector QUIC address, host:port.
+    #[arg(long, value_name = "HOST:PORT")]
+    collector: String,
+    /// SHA-256 fingerprint of the collector's certificate (its collector.pin file).
+    #[arg(long, value_name = "HEX")]
+    pin: String,
+    /// Reflector UDP address, host:port (default: the collector's host, port 3479).
+    #[arg(long, value_name = "HOST:PORT")]
+    reflector: Option<String>,
+    /// The reflector's key (the 64 hex digits of its reflector.pub file, printed when the
+    /// collector starts). With it the platform arm's probes are sealed, so a DPI box cannot
+    /// tell them from the platform's own payload; without it they travel bare.
+    #[arg(long = "reflector-key", value_name = "HEX")]
+    reflector_key: Option<ReflectorKey>,
+    /// Replace an existing config and key.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    super::init_logging(None);
+    let Args {
+        config,
+        collector,
+        pin,
+        reflector,
+        reflector_key,
+        force,
+    } = args;
+    let reflector = match reflector {
+        Some(r) => r,
+        None => {
+            let host = collector
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&collector);
+            format!("{host}:3479")
+        }
+    };
+    let mut file = ConfigFile::new(collector, pin.to_ascii_lowercase(), reflector);
+    file.reflector_key = reflector_key.map(|k| k.to_hex());
+    // What is written must load: the same checks, with the same messages, as `run` makes.
+    if let Err(problems) = Config::from_file(file.clone()) {
+        anyhow::bail!("{}", problems.join("; "));
+    }
+    if config.exists() && !force {
+        anyhow::bail!(
+            "{} exists; pass --force to replace it and its key",
+            config.display()
+        );
+    }
+    let base = config.parent().unwrap_or(std::path::Path::new("."));
+    let key_path = base.join(&file.key_file);
+    let key = identity::create_key(&key_path, force)?;
+    std::fs::write(&config, file.to_toml())
+        .with_context(|| format!("writing {}", config.display()))?;
+    println!("wrote {} and {}", config.display(), key_path.display());
+    println!(
+        "agent key (public): {}",
+        hex::encode(key.verifying_key().to_bytes())
+    );
+    Ok(ExitCode::SUCCESS)
+}

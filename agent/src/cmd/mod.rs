@@ -1,0 +1,29 @@
+//! One module per command: its flags (`Args`) and what it does (`run`).
+
+pub mod export_queue;
+pub mod init;
+pub mod run;
+pub mod status;
+pub mod test;
+
+use callwatch_agent::config::LogLevel;
+
+/// Logs to stderr: level from RUST_LOG, else `level` (the config's `log_level`, for the
+/// commands that load one), else info; colours only on a terminal; no timestamps under systemd
+/// (journald adds its own). Each command calls it first, or right after loading its config
+/// (nothing logs before that: a config with mistakes is an error on stderr).
+pub fn init_logging(level: Option<LogLevel>) {
+    let level = level.unwrap_or(LogLevel::Info).as_str();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(callwatch_reflector::term::colour_on_stderr())
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,88 @@
+//! `test`: one call test now, its result printed (nothing is uploaded).
+
+use anyhow::Result;
+use callwatch_agent::engine::driver::Cancel;
+use callwatch_agent::engine::session::Progress;
+use callwatch_agent::engine::{run_call_test, TestSpec};
+use callwatch_agent::report_text;
+use callwatch_agent::settings::TestSettings;
+use callwatch_proto::Platform;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Platform whose call traffic to imitate: generic (one arm), or whatsapp, telegram,
+    /// signal, max (a platform arm framed like its calls on its ports, plus a control arm of
+    /// neutral bytes on port 40400, and a verdict comparing them).
+    #[arg(long, default_value = "generic")]
+    pub platform: Platform,
+    /// Also ask this STUN/TURN server of the platform's 10 STUN Binding requests (role
+    /// relay), beside the same requests to the reflector host (role relay-reference).
+    #[arg(long = "relay", value_name = "HOST:PORT")]
+    pub relay: Option<String>,
+    // The settings a config holds for every test, as flags.
+    #[command(flatten)]
+    pub settings: TestSettings,
+    /// Print exactly one JSON object (the report) on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The test these flags describe (the same builder `run` uses for the config's settings).
+pub fn spec(args: &Args) -> Result<TestSpec> {
+    args.settings.spec(args.platform, args.relay.as_deref())
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    super::init_logging(None);
+    let spec = spec(&args)?;
+    // A live line (packets, loss, RTT) only for a person at a terminal; pipes and `--json` get
+    // the result alone.
+    let interactive = !args.json && std::io::stdout().is_terminal();
+    // The spec's numbers are checked as the test starts, before any packet leaves.
+    let report = run_call_test(&spec, &Cancel::default(), |p| {
+        if let (true, Some(p)) = (interactive, p.first()) {
+            print!("\r{}   ", progress_line(p));
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+    })?;
+    if interactive {
+        println!();
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", report_text::summary(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line of live progress: a bar of packets sent, replies so far, loss so far, last RTT.
+fn progress_line(p: &Progress) -> String {
+    const WIDTH: usize = 24;
+    let done = (p.sent as usize * WIDTH)
+        .checked_div(p.total as usize)
+        .unwrap_or(0)
+        .min(WIDTH);
+    let loss = if p.sent > 0 {
+        format!(
+            "{:.1}%",
+            100.0 * (1.0 - p.received as f64 / p.sent as f64).max(0.0)
+        )
+    } else {
+        "-".into()
+    };
+    format!(
+        "[{}{}] {}/{} sent, {} back, loss {}, rtt {}",
+        "#".repeat(done),
+        " ".repeat(WIDTH - done),
+        p.sent,
+        p.total,
+        p.received,
+        loss,
+        p.last_rtt_ms
+            .map(|r| format!("{r:.2} ms"))
+            .unwrap_or_else(|| "-".into())
+    )
+}
