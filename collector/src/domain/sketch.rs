@@ -41,6 +41,14 @@
 //! non-zero counts, at most `MAX_BINS` bins, finite ordered min/max present iff non-empty) and
 //! rejects anything else, so a deserialised sketch is always well-formed. Equal sketches
 //! serialise to equal bytes.
+//!
+//! # Why not a crate
+//!
+//! This is one of the few places callwatch keeps its own code where a crate exists
+//! (`sketches-ddsketch`): stored cells are read back from disk that may be damaged, so the
+//! decoder must check every invariant and refuse the rest, equal sketches must give equal
+//! bytes, and a merge must stay exact after collapsing — none of which that crate's serde form
+//! (derived, unchecked) or its collapsing promises.
 
 use std::cmp::Ordering;
 use std::fmt;
