@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
-"""Clicks the first grid cell of the callwatch dashboard in headless Chromium and checks that the
-day-by-day series for that cell renders.
+"""Drives the callwatch dashboard in headless Chromium: clicks the first grid cell and checks that
+the day-by-day series for that cell renders, or (--steps) loads pages and evaluates expressions on
+them for a test to assert on.
 
     python3 tests/dashboard_click.py http://127.0.0.1:8080/ [--timeout 30] [--chromium PATH]
+    python3 tests/dashboard_click.py --steps - [--timeout 30] < steps.json > results.json
 
 Standard library only: Chromium is driven over the DevTools protocol with a hand-written
 WebSocket client. The click is real input (Input.dispatchMouseEvent press + release at the
@@ -14,6 +16,19 @@ cell's centre), not a synthetic DOM event. Steps:
   3. press and release the left mouse button there;
   4. wait for `#series[data-state=ready]` with `data-cell` equal to the cell's `data-cell`
      (e.g. "RU/whatsapp") and a heading naming its country and platform.
+
+With --steps FILE ("-": standard input), FILE holds a JSON list of steps, run in order in one
+browser, each on a freshly loaded page (about:blank in between, so a hash-only change of URL is a
+new load too):
+
+    [{"url": "http://127.0.0.1:8080/#asn=1",
+      "wait": "JS expression, polled until truthy (e.g. the grid's data-state is ready)",
+      "eval": {"name": "JS expression", ...}}, ...]
+
+and standard output gets one JSON object: {"steps": [{"name": value, ...}, ...], "exceptions":
+[...]}, each value the expression's result by value (Runtime.evaluate, returnByValue, promises
+awaited; undefined becomes null), "exceptions" the uncaught errors the pages' scripts threw. A
+wait that is not met before the deadline, or an expression that throws, fails.
 
 Exit status: 0 pass; 1 fail (the reason on stderr); 2 Chromium not found or would not start
 (callers may treat that as "skipped"). Set CHROMIUM to choose the browser binary.
@@ -126,6 +141,7 @@ class DevTools:
     def __init__(self, ws_url, timeout):
         self.ws = WebSocket(ws_url, timeout)
         self.next_id = 0
+        self.exceptions = []  # uncaught errors of the page's scripts (Runtime.exceptionThrown)
 
     def call(self, method, **params):
         self.next_id += 1
@@ -133,6 +149,11 @@ class DevTools:
         self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
         while True:
             msg = json.loads(self.ws.recv())
+            if msg.get("method") == "Runtime.exceptionThrown":
+                d = msg.get("params", {}).get("exceptionDetails", {})
+                e = d.get("exception") or {}
+                self.exceptions.append({"text": d.get("text"), "description": e.get("description"),
+                                        "url": d.get("url"), "line": d.get("lineNumber")})
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise Fail(f"{method}: {msg['error']}")
@@ -141,7 +162,9 @@ class DevTools:
     def eval(self, expression):
         r = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in r:
-            raise Fail(f"page script failed: {r['exceptionDetails'].get('text')} in {expression[:80]}")
+            d = r["exceptionDetails"]
+            e = (d.get("exception") or {}).get("description") or d.get("text")
+            raise Fail(f"page script failed: {e} in {expression[:200]}")
         return r.get("result", {}).get("value")
 
 
@@ -243,63 +266,126 @@ def series_state(expected):
 
 
 def run(url, timeout, chromium):
-    deadline = time.monotonic() + timeout
-    binary = find_chromium(chromium)
-    profile = tempfile.mkdtemp(prefix="callwatch-click-")
-    proc = None
-    dt = None
-    try:
-        proc, port = start_browser(binary, profile, deadline)
-        dt = DevTools(page_ws_url(port, deadline), timeout)
-        dt.call("Page.enable")
-        dt.call("Runtime.enable")
-        dt.call("Page.navigate", url=url)
-        grid = wait_for(dt, GRID_STATE, deadline, "#grid to leave data-state=loading")
-        if grid["state"] != "ready":
-            raise Fail(f"#grid has data-state={grid['state']!r}: {grid['text']}")
-        cell = dt.eval(FIRST_CELL)
-        if not cell:
-            raise Fail("#grid is ready but has no .cell")
-        if not cell["cell"] or not cell["country"] or not cell["platform"]:
-            raise Fail(f"first .cell lacks data-cell/data-country/data-platform: {cell}")
-        if not cell["onTop"]:
-            raise Fail(f"first .cell {cell['cell']} is covered at its centre; a click would miss it")
-        if cell["seriesState"] == "ready" and cell["seriesCell"] == cell["cell"]:
-            raise Fail("#series already shows the cell before the click (load the page without #cell=)")
-        for kind, buttons in (("mouseMoved", 0), ("mousePressed", 1), ("mouseReleased", 0)):
-            params = dict(type=kind, x=cell["x"], y=cell["y"], buttons=buttons)
-            if kind != "mouseMoved":
-                params.update(button="left", clickCount=1)
-            dt.call("Input.dispatchMouseEvent", **params)
-        got = wait_for(dt, series_state(cell["cell"]), deadline,
-                       f"#series[data-state=ready][data-cell={cell['cell']}]")
-        if got["state"] != "ready":
-            raise Fail(f"#series for {cell['cell']} has data-state={got['state']!r}: {got['text']}")
-        heading = got["heading"] or ""
-        if cell["country"] not in heading or cell["platform"] not in heading:
-            raise Fail(f"#series heading {heading!r} does not name {cell['country']} and {cell['platform']}")
-        print(f"ok: clicked {cell['cell']}; #series ready with heading {heading!r}")
-    finally:
-        if dt:
-            dt.ws.close()
-        if proc:
-            proc.terminate()
+    with browser(timeout, chromium) as (dt, deadline):
+        click(dt, url, deadline)
+
+
+class browser:
+    """A headless Chromium with one page, over DevTools: `with browser(t, c) as (devtools, deadline)`."""
+
+    def __init__(self, timeout, chromium):
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.binary = find_chromium(chromium)
+        self.profile = None
+        self.proc = None
+        self.dt = None
+
+    def __enter__(self):
+        self.profile = tempfile.mkdtemp(prefix="callwatch-click-")
+        try:
+            self.proc, port = start_browser(self.binary, self.profile, self.deadline)
+            self.dt = DevTools(page_ws_url(port, self.deadline), self.timeout)
+            self.dt.call("Page.enable")
+            self.dt.call("Runtime.enable")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self.dt, self.deadline
+
+    def __exit__(self, *exc):
+        if self.dt:
+            self.dt.ws.close()
+        if self.proc:
+            self.proc.terminate()
             try:
-                proc.wait(timeout=5)
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(profile, ignore_errors=True)
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.profile, ignore_errors=True)
+        return False
+
+
+def run_steps(steps, timeout, chromium):
+    """Runs --steps (see the module's description); returns what goes to standard output."""
+    if not isinstance(steps, list) or not all(isinstance(st, dict) and isinstance(st.get("url"), str) for st in steps):
+        raise Fail('--steps wants a JSON list of {"url": ..., "wait": ..., "eval": {...}}')
+    out = []
+    with browser(timeout, chromium) as (dt, deadline):
+        for st in steps:
+            # A fresh load each time: a URL differing from the last only in its hash would
+            # otherwise be a same-document navigation.
+            dt.call("Page.navigate", url="about:blank")
+            poll(dt, "location.href === 'about:blank' && document.readyState === 'complete'", deadline,
+                 "about:blank")
+            nav = dt.call("Page.navigate", url=st["url"])
+            if nav.get("errorText"):
+                raise Fail(f"{st['url']}: {nav['errorText']}")
+            if st.get("wait"):
+                poll(dt, st["wait"], deadline, f"{st['wait']} on {st['url']}")
+            out.append({name: dt.eval(expr) for name, expr in (st.get("eval") or {}).items()})
+        return {"steps": out, "exceptions": dt.exceptions}
+
+
+def poll(dt, expression, deadline, what):
+    """Evaluates `expression` every 50 ms until it is truthy (in JS), failing at the deadline."""
+    last = None
+    while time.monotonic() < deadline:
+        last = dt.eval(f"!!({expression})")
+        if last:
+            return last
+        time.sleep(0.05)
+    raise Fail(f"timed out waiting for {what}; last value: {json.dumps(last)}")
+
+
+def click(dt, url, deadline):
+    """Loads `url`, clicks its first grid cell with the mouse and checks the series renders."""
+    dt.call("Page.navigate", url=url)
+    grid = wait_for(dt, GRID_STATE, deadline, "#grid to leave data-state=loading")
+    if grid["state"] != "ready":
+        raise Fail(f"#grid has data-state={grid['state']!r}: {grid['text']}")
+    cell = dt.eval(FIRST_CELL)
+    if not cell:
+        raise Fail("#grid is ready but has no .cell")
+    if not cell["cell"] or not cell["country"] or not cell["platform"]:
+        raise Fail(f"first .cell lacks data-cell/data-country/data-platform: {cell}")
+    if not cell["onTop"]:
+        raise Fail(f"first .cell {cell['cell']} is covered at its centre; a click would miss it")
+    if cell["seriesState"] == "ready" and cell["seriesCell"] == cell["cell"]:
+        raise Fail("#series already shows the cell before the click (load the page without #cell=)")
+    for kind, buttons in (("mouseMoved", 0), ("mousePressed", 1), ("mouseReleased", 0)):
+        params = dict(type=kind, x=cell["x"], y=cell["y"], buttons=buttons)
+        if kind != "mouseMoved":
+            params.update(button="left", clickCount=1)
+        dt.call("Input.dispatchMouseEvent", **params)
+    got = wait_for(dt, series_state(cell["cell"]), deadline,
+                   f"#series[data-state=ready][data-cell={cell['cell']}]")
+    if got["state"] != "ready":
+        raise Fail(f"#series for {cell['cell']} has data-state={got['state']!r}: {got['text']}")
+    heading = got["heading"] or ""
+    if cell["country"] not in heading or cell["platform"] not in heading:
+        raise Fail(f"#series heading {heading!r} does not name {cell['country']} and {cell['platform']}")
+    print(f"ok: clicked {cell['cell']}; #series ready with heading {heading!r}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("url", help="the dashboard URL, e.g. http://127.0.0.1:8080/")
+    ap.add_argument("url", nargs="?", help="the dashboard URL, e.g. http://127.0.0.1:8080/")
+    ap.add_argument("--steps", metavar="FILE", help='JSON steps to run instead of the click ("-": stdin)')
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds for the whole check")
     ap.add_argument("--chromium", help="browser binary (default: $CHROMIUM, then chromium on PATH)")
     a = ap.parse_args()
+    if (a.url is None) == (a.steps is None):
+        ap.error("give either the dashboard URL or --steps")
     try:
-        run(a.url, a.timeout, a.chromium)
+        if a.steps:
+            with (sys.stdin if a.steps == "-" else open(a.steps)) as f:
+                steps = json.load(f)
+            json.dump(run_steps(steps, a.timeout, a.chromium), sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            run(a.url, a.timeout, a.chromium)
     except Skip as e:
         print(f"skip: {e}", file=sys.stderr)
         return 2
