@@ -427,8 +427,9 @@ async fn dashboard_logic_in_chromium() {
         ("[L.parseCell(''), L.parseCell(null), L.parseCell(undefined), L.parseCell('RU'), \
           L.parseCell('RU/AS1/whatsapp/x'), L.parseCell('a/b/c/d/e')]",
          json!([null, null, null, null, null, null])),
-        // Today a non-numeric network parses to NaN, not null (a fact, not a promise).
-        ("Number.isNaN(L.parseCell('RU/ASfoo/whatsapp').asn)", json!(true)),
+        // A network that is not "AS" and digits is no cell, never an ASN of NaN.
+        ("L.parseCell('RU/ASfoo/whatsapp')", json!(null)),
+        ("L.parseCell('RU/AS/whatsapp')", json!(null)),
         // The hash: parsed with defaults for what is missing or unknown ...
         ("L.parseHash('')", json!({"days": 30, "asn": false, "kind": "voice", "cell": null})),
         ("L.parseHash('#')", json!({"days": 30, "asn": false, "kind": "voice", "cell": null})),
