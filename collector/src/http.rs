@@ -24,6 +24,66 @@ pub struct AppState {
     pub ingest: Option<Arc<IngestStats>>,
     pub reflector: Option<ReflectorStatsSource>,
     pub policy: Policy,
+    /// The last [`Overview`] and when it was computed (one store pass per [`OVERVIEW_TTL`]).
+    pub overview: Arc<std::sync::Mutex<Option<(std::time::Instant, Overview)>>>,
+}
+
+/// How long an [`Overview`] is served before it is computed again.
+pub const OVERVIEW_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the whole collector holds, said with every aggregation answer so that an empty or
+/// sparse deployment explains itself. Global and unfiltered on purpose: a count of withheld
+/// cells per filter would tell that a lone volunteer tests in some small network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Overview {
+    /// Reports stored.
+    pub reports: u64,
+    /// Country × platform cells (voice, platform arm, all time) that have reports but fewer
+    /// than k distinct agents, so no query publishes them.
+    pub withheld_cells: u64,
+}
+
+impl Overview {
+    /// Computes the overview from the store (one aggregation over everything).
+    pub fn of(
+        store: &dyn ReportStore,
+        policy: &Policy,
+    ) -> Result<Overview, crate::store::StoreError> {
+        let everything = Policy {
+            min_agents: 1,
+            ..*policy
+        };
+        let cells = store.aggregate(
+            &[Axis::Country, Axis::Platform],
+            &Filter::default(),
+            &everything,
+        )?;
+        let k = policy.min_agents.max(1) as u64;
+        Ok(Overview {
+            reports: store.len() as u64,
+            withheld_cells: cells.iter().filter(|c| c.agents < k).count() as u64,
+        })
+    }
+}
+
+/// The overview, from the cache while it is fresh.
+async fn overview(state: &AppState) -> Result<Overview, ApiError> {
+    if let Ok(cached) = state.overview.lock() {
+        if let Some((at, o)) = *cached {
+            if at.elapsed() < OVERVIEW_TTL {
+                return Ok(o);
+            }
+        }
+    }
+    let (store, policy) = (state.store.clone(), state.policy);
+    let o = tokio::task::spawn_blocking(move || Overview::of(store.as_ref(), &policy))
+        .await
+        .map_err(|e| ApiError::internal(format!("overview task failed: {e}")))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Ok(mut cached) = state.overview.lock() {
+        *cached = Some((std::time::Instant::now(), o));
+    }
+    Ok(o)
 }
 
 /// The dashboard: one self-contained page (no external resources), served at `/`.
@@ -218,6 +278,9 @@ pub struct AggregationBody<'a> {
     pub max_per_agent_per_day: usize,
     /// The quantile sketches' relative error.
     pub relative_error: f64,
+    /// What the whole collector holds (global, unfiltered; refreshed once a minute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overview: Option<Overview>,
     pub result: Vec<Cell>,
 }
 
@@ -230,6 +293,7 @@ impl<'a> AggregationBody<'a> {
             min_agents: policy.min_agents,
             max_per_agent_per_day: policy.max_per_agent_per_day,
             relative_error: relative_error(),
+            overview: None,
             result,
         }
     }
@@ -254,13 +318,9 @@ async fn aggregation(
         )
             .into_response());
     }
-    Ok(axum::Json(AggregationBody::new(
-        &q.axes,
-        &q.filter,
-        &state.policy,
-        cells,
-    ))
-    .into_response())
+    let mut body = AggregationBody::new(&q.axes, &q.filter, &state.policy, cells);
+    body.overview = Some(overview(&state).await?);
+    Ok(axum::Json(body).into_response())
 }
 
 /// Prometheus text exposition of the collector's counters.

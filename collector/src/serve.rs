@@ -158,6 +158,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         ingest: Some(ingest.stats.clone()),
         reflector: Some(reflector.stats_source()),
         policy: cfg.policy,
+        overview: Default::default(),
     });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -219,6 +219,33 @@ async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() 
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["min_agents"], 3);
     assert_eq!(v["relative_error"], RELATIVE_ACCURACY);
+    // The overview: global, whatever the filter. Withheld: the country × platform cells the
+    // oracle finds with reports but fewer than 3 agents (Brazil's Signal, in the seed).
+    let all_cells = oracle::cells(
+        &all,
+        &Query {
+            axes: vec!["country", "platform"],
+            min_agents: 1,
+            ..k3.clone()
+        },
+    );
+    let withheld = all_cells
+        .values()
+        .filter(|c| c["agents"].as_u64().unwrap() < 3)
+        .count();
+    assert!(withheld >= 1, "the seed has a cell below k");
+    let want = serde_json::json!({"reports": seed.len(), "withheld_cells": withheld});
+    assert_eq!(v["overview"], want, "{v}");
+    for q in [
+        "axis_x=day&country=BR&platform=signal",
+        "axis_x=asn&country=DE&kind=video",
+    ] {
+        let (_, body) = http::get(c.http_addr, &format!("/api/v1/aggregation?{q}"))
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["overview"], want, "{q}: the same global overview");
+    }
 
     // Video-like tests never land in a voice cell: by default the cells equal a recomputation
     // from the voice reports alone (the seed's video tests, MOS below 1.4 and heavy loss, share

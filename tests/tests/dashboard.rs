@@ -653,3 +653,57 @@ async fn dashboard_shows_the_api_values() {
     );
     c.shutdown().await;
 }
+
+/// The text of the grid's message, as dumped (`<p class="msg">…</p>`).
+fn grid_message(dom: &str) -> String {
+    let at = dom.find(r#"class="msg""#).expect("a message");
+    let start = at + dom[at..].find('>').expect("the tag ends") + 1;
+    let end = start + dom[start..].find("</p>").expect("the paragraph ends");
+    dom[start..end].to_string()
+}
+
+/// An empty or sparse deployment explains itself from the answer's global overview: no report
+/// at all says agents are needed; reports below k say how many cells wait for more agents,
+/// and not "try a longer period" (which would not help).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_sparse_collector_says_why_nothing_is_shown() {
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let base = format!("http://{}/", c.http_addr);
+    let dom = {
+        let url = base.clone();
+        tokio::task::spawn_blocking(move || dump_dom(&url))
+            .await
+            .unwrap()
+    };
+    assert!(dom.contains(r#"data-state="empty""#), "{dom}");
+    let msg = grid_message(&dom);
+    assert!(msg.contains("holds no report yet"), "{msg}");
+    assert!(!msg.contains("longer period"), "{msg}");
+    c.shutdown().await;
+
+    // Two agents test Signal in Brazil: below k = 3, so nothing is published.
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let brazil_signal: Vec<_> = seed()
+        .into_iter()
+        .filter(|s| s.0 == 5 && s.3.platform == callwatch_proto::Platform::Signal)
+        .collect();
+    assert!(!brazil_signal.is_empty());
+    let (accepted, _) = callwatch_tests::seed::upload_batches(&c, &brazil_signal, 100).await;
+    let base = format!("http://{}/", c.http_addr);
+    let dom = {
+        let url = base.clone();
+        tokio::task::spawn_blocking(move || dump_dom(&url))
+            .await
+            .unwrap()
+    };
+    let msg = grid_message(&dom);
+    assert!(
+        msg.contains(&format!("This collector holds {accepted} reports."))
+            && msg.contains("1 region × platform cell has reports from fewer than 3 agents"),
+        "{msg}"
+    );
+    assert!(!msg.contains("longer period"), "{msg}");
+    c.shutdown().await;
+}
