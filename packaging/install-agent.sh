@@ -15,7 +15,7 @@ bin=/usr/local/bin/callwatch-agent
 state=/var/lib/callwatch
 unit_dir=/etc/systemd/system
 start=yes
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --collector) collector=$2; shift 2 ;;
@@ -31,8 +31,8 @@ while [ $# -gt 0 ]; do
     *) echo "install-agent.sh: unknown option $1" >&2; usage ;;
   esac
 done
-[ -n "$collector" ] || { echo "install-agent.sh: --collector HOST:PORT is required" >&2; exit 2; }
-[ -n "$pin" ] || { echo "install-agent.sh: --pin HEX (the collector's collector.pin) is required" >&2; exit 2; }
+[ -n "$collector" ] || { echo "install-agent.sh: --collector HOST:PORT is required" >&2; exit 64; }
+[ -n "$pin" ] || { echo "install-agent.sh: --pin HEX (the collector's collector.pin) is required" >&2; exit 64; }
 [ -x "$bin" ] || { echo "install-agent.sh: $bin not found; cargo install --path agent --root /usr/local" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "install-agent.sh: run as root (it creates a system user)" >&2; exit 1; }
 

@@ -60,6 +60,14 @@ impl Backoff {
         ceiling.mul_f64(u)
     }
 
+    /// Records a failure that retrying soon cannot mend (the collector shows another certificate
+    /// than the pinned one): the wait is drawn from the upper half of the cap, `[cap/2, cap]`.
+    pub fn fail_long(&mut self, rng: &mut impl Rng) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let u: f64 = rng.gen();
+        self.cap.mul_f64(0.5 + 0.5 * u)
+    }
+
     /// Records a success: the next failure starts from `base` again.
     pub fn succeed(&mut self) {
         self.failures = 0;
@@ -126,5 +134,21 @@ mod tests {
         // A base above the cap is lowered to it.
         let b = Backoff::new(Duration::from_secs(60), Duration::from_secs(2));
         assert_eq!(b.ceiling_after(1), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_failure_retrying_cannot_mend_waits_in_the_upper_half_of_the_cap() {
+        let mut b = Backoff::new(Duration::from_secs(5), Duration::from_secs(900));
+        let mut rng = StdRng::seed_from_u64(7);
+        for n in 1..=200 {
+            let w = b.fail_long(&mut rng);
+            assert!((450.0..=900.0).contains(&w.as_secs_f64()), "{w:?}");
+            assert_eq!(b.failures(), n);
+        }
+        b.succeed();
+        assert!(
+            b.fail(&mut rng) <= Duration::from_secs(5),
+            "a success starts over"
+        );
     }
 }

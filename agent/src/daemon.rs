@@ -204,7 +204,12 @@ async fn uploader(
         match result {
             Ok(_) => backoff.succeed(),
             Err(e) => {
-                let delay = backoff.fail(&mut rand::thread_rng());
+                let delay = match &e {
+                    crate::upload::UploadError::WrongPin(_) => {
+                        backoff.fail_long(&mut rand::thread_rng())
+                    }
+                    _ => backoff.fail(&mut rand::thread_rng()),
+                };
                 let at = Utc::now()
                     + chrono::TimeDelta::from_std(delay).unwrap_or(chrono::TimeDelta::zero());
                 tracing::warn!(

@@ -11,7 +11,10 @@ use std::process::ExitCode;
     name = "callwatch-agent",
     version,
     about = "Measures what voice calls sound like from your network and reports it, signed, to a callwatch collector.",
-    after_help = "Quick start:\n  callwatch-agent init --config ~/.config/callwatch/agent.toml \\\n      --collector collector.example.org:4433 --pin <64 hex digits> \\\n      --reflector collector.example.org:3479\n  callwatch-agent test --reflector collector.example.org:3479\n  callwatch-agent run --config ~/.config/callwatch/agent.toml --once"
+    after_help = "Quick start:\n  callwatch-agent init --config ~/.config/callwatch/agent.toml \\\n      --collector collector.example.org:4433 --pin <64 hex digits> \\\n      --reflector collector.example.org:3479\n  callwatch-agent test --reflector collector.example.org:3479\n  callwatch-agent run --config ~/.config/callwatch/agent.toml --once\n\n\
+Exit codes: 0 done; 1 an error (said on stderr); 2 collector unreachable or refusing (reports\n\
+  stay queued); 3 a test could not run (reflector unreachable or refusing); 4 wrong pin, or\n\
+  the connection is being intercepted (reports stay queued); 64 a wrong command line."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,9 +40,10 @@ enum Command {
     /// SIGTERM/SIGINT stop it within a few seconds (exit 0).
     ///
     /// Exit codes with --once: 0 all uploaded; 2 the collector could not be reached or refused
-    /// the upload (reports stay queued for next time); 3 a test could not run (reflector
-    /// unreachable) — what was queued was still uploaded; 1 the queue could not be opened or a
-    /// report could not be queued (a full disk is logged as "cannot open the queue: no space
+    /// the upload (reports stay queued for next time); 4 the collector's certificate is not the
+    /// pinned one (wrong pin, or the connection is being intercepted; reports stay queued); 3 a
+    /// test could not run (reflector unreachable) — what was queued was still uploaded; 1 the
+    /// queue could not be opened or a report could not be queued (a full disk is logged as "cannot open the queue: no space
     /// left on device" or "cannot queue the report: no space left on device") or any other
     /// error.
     Run(cmd::run::Args),
@@ -63,7 +67,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                cmd::exit::USAGE
+            } else {
+                cmd::exit::OK // --help, --version
+            });
+        }
+    };
     let result = match cli.command {
         Command::Init(a) => cmd::init::run(a),
         Command::Test(a) => cmd::test::run(a),
@@ -75,7 +89,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("callwatch-agent: {e:#}");
-            ExitCode::from(1)
+            ExitCode::from(cmd::exit::ERROR)
         }
     }
 }

@@ -36,7 +36,7 @@ pub struct CycleOutcome {
     pub queue_errors: Vec<String>,
     /// Tests not run, with why (e.g. the data budget).
     pub skipped: Vec<String>,
-    pub upload: Option<Result<UploadSummary, String>>,
+    pub upload: Option<Result<UploadSummary, UploadError>>,
     pub queued_after: usize,
 }
 
@@ -291,7 +291,7 @@ pub async fn run_cycle_cancellable(
     if let Err(e) = &upload {
         tracing::warn!(queued = queue.len(), "upload failed: {e}");
     }
-    outcome.upload = Some(upload.map_err(|e: UploadError| e.to_string()));
+    outcome.upload = Some(upload);
     outcome.queued_after = queue.len();
     Ok(outcome)
 }

@@ -27,6 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+/// What the pinned-certificate check says when the collector shows another certificate; an
+/// upload that failed on every transport with it is [`UploadError::WrongPin`].
+pub const PIN_MISMATCH: &str = "does not match the pinned";
+
 /// Accepts exactly the certificate whose SHA-256 is the pin; handshake signatures are still
 /// checked by rustls, so only the holder of that certificate's key can answer.
 #[derive(Debug)]
@@ -49,7 +53,7 @@ impl ServerCertVerifier for PinnedCert {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(format!(
-                "collector certificate fingerprint {} does not match the pinned {}",
+                "collector certificate fingerprint {} {PIN_MISMATCH} {}",
                 hex::encode(got),
                 hex::encode(self.pin)
             )))
@@ -256,6 +260,10 @@ pub enum UploadError {
     /// The collector answered with an error for a whole batch; it stays queued.
     #[error("collector refused the batch: {0}")]
     Refused(String),
+    /// Every transport reached something that showed another certificate than the pinned one:
+    /// a wrong pin, or someone in between. Everything stays queued.
+    #[error("wrong pin, or the connection is being intercepted: {0}")]
+    WrongPin(String),
     #[error("{0:#}")]
     Local(anyhow::Error),
 }
@@ -323,6 +331,24 @@ pub async fn upload_queue(
                 return Err(e);
             }
         }
+    }
+    // Something answered on every transport tried, and each time with another certificate.
+    if !failures.is_empty()
+        && failures
+            .iter()
+            .all(|(_, e)| format!("{e:#}").contains(PIN_MISMATCH))
+    {
+        summary.remaining = queue.len();
+        let seen: Vec<String> = failures
+            .iter()
+            .map(|(t, e)| format!("over {}: {e:#}", label(*t)))
+            .collect();
+        return Err(UploadError::WrongPin(format!(
+            "the collector at {} showed a certificate other than the pinned one ({}); check \
+             collector_pin against the operator's, and the network path",
+            target.collector,
+            seen.join("; ")
+        )));
     }
     let result = result.map_err(|()| {
         UploadError::Unreachable(match failures.len() {

@@ -278,7 +278,15 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(callwatch_reflector::term::colour_on_stderr())
         .init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A wrong command line exits 64 (sysexits' EX_USAGE), apart from every other error;
+            // --help and --version exit 0.
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     if !matches!(cli.command, Command::Serve { .. } | Command::Reflect(_)) {
         callwatch_reflector::term::end_quietly_on_closed_pipe();
     }

@@ -58,7 +58,16 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(callwatch_reflector::term::colour_on_stderr())
         .init();
-    if let Err(e) = run(Cli::parse().args).await {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A wrong command line exits 64 (sysexits' EX_USAGE), apart from every other error;
+            // --help and --version exit 0.
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
+    if let Err(e) = run(cli.args).await {
         eprintln!("callwatch-reflector: {e:#}");
         std::process::exit(1);
     }

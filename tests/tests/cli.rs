@@ -140,7 +140,7 @@ fn bad_arguments_are_named_and_change_nothing() {
         .args(["test", "--reflector", "127.0.0.1:9", "--platform", "skype"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "clap usage error");
+    assert_eq!(out.status.code(), Some(64), "clap usage error (EX_USAGE)");
     assert!(String::from_utf8_lossy(&out.stderr).contains("skype"));
 }
 
@@ -317,7 +317,7 @@ fn a_bad_reflector_key_is_named_and_writes_nothing() {
         .args(["--reflector-key", "not-a-key"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert_eq!(out.status.code(), Some(64), "a usage error");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--reflector-key") && err.contains("64 hex digits"),
@@ -413,4 +413,76 @@ fn a_closed_pipe_ends_verify_quietly() {
 
 fn libc_sigpipe() -> i32 {
     13 // SIGPIPE on Linux
+}
+
+/// A collector that shows another certificate than the pinned one is not "unreachable": `run
+/// --once` says "wrong pin, or the connection is being intercepted", names the collector, exits
+/// 4, and keeps the report queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_pin_is_said_so_with_its_own_exit_code_and_nothing_is_lost() {
+    let reflector = spawn_reflector(&["127.0.0.1:0".parse().unwrap()], Limits::default())
+        .await
+        .unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let c = callwatch_collector::serve(callwatch_tests::seed::config(root.path(), "c"))
+        .await
+        .unwrap();
+    assert_ne!(c.pin, "ab".repeat(32));
+    let dir = root.path().join("agent");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("agent.toml");
+    let (collector, tcp, reflector_addr) = (
+        c.quic_addr.to_string(),
+        c.tcp_addr.to_string(),
+        reflector.addrs[0].to_string(),
+    );
+    let config2 = config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let init = Command::new(callwatch_tests::built_binary("callwatch-agent"))
+            .args(["init", "--config"])
+            .arg(&config2)
+            .args(["--collector", &collector, "--pin", &"ab".repeat(32)])
+            .args(["--reflector", &reflector_addr])
+            .output()
+            .unwrap();
+        assert!(init.status.success());
+        // Both transports: QUIC and TLS over TCP show the same (unpinned) certificate.
+        let text = std::fs::read_to_string(&config2)
+            .unwrap()
+            .replace("duration_secs = 15", "duration_secs = 1");
+        std::fs::write(&config2, format!("{text}collector_tcp = \"{tcp}\"\n")).unwrap();
+        Command::new(callwatch_tests::built_binary("callwatch-agent"))
+            .args(["run", "--once", "--config"])
+            .arg(&config2)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("wrong pin, or the connection is being intercepted")
+            && stderr.contains(&c.quic_addr.to_string()),
+        "{stderr}"
+    );
+    let queue = callwatch_agent::queue::Queue::open(&dir.join("queue")).unwrap();
+    assert_eq!(queue.len(), 1, "the report stays queued");
+    assert_eq!(c.store.len(), 0);
+    c.shutdown().await;
+}
+
+/// `test` against a reflector that does not answer exits 3, as `run --once` does for the same
+/// failure, and names the address.
+#[test]
+fn test_against_a_silent_reflector_exits_3_naming_it() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
+        .args(["test", "--reflector", &addr, "--duration", "1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains(&addr), "the address is named: {stderr}");
 }

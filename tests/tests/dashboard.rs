@@ -118,7 +118,10 @@ async fn dashboard_shows_seeded_cells_and_a_click_opens_the_series() {
         "a cell below k is shown"
     );
     // Its place says it is not shown, not why: "below k" would claim someone tested there.
-    assert!(dom.contains(">not shown<") && !dom.contains("below k"), "{dom}");
+    assert!(
+        dom.contains(">not shown<") && !dom.contains("below k"),
+        "{dom}"
+    );
     // Russia's WhatsApp cell has blocked calls; Germany's Telegram only tests without a working
     // control arm, which are not blocking.
     assert!(button(&dom, "RU/whatsapp").contains("% blocked"), "{dom}");

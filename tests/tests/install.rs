@@ -85,7 +85,7 @@ fn install_script_creates_user_private_key_and_hardened_unit() {
     assert_ne!(std::fs::read(state.join("agent.key")).unwrap(), key);
     // Missing arguments are named.
     let out = Command::new("sh").arg(&script).output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--collector"));
 }
 

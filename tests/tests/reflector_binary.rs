@@ -167,7 +167,7 @@ fn bad_arguments_are_refused_naming_the_flag() {
     ] {
         let out = reflector(&args);
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
         assert!(err.contains(flag), "{args:?}: wanted {flag:?} in {err}");
     }
     // An address it cannot bind: exit 1, the address named…

@@ -8,6 +8,23 @@ pub mod test;
 
 use callwatch_agent::config::LogLevel;
 
+/// The exit codes every command shares (also in `--help` and the README).
+pub mod exit {
+    /// Done.
+    pub const OK: u8 = 0;
+    /// Any other error (a bad config, a full disk, …), said on stderr.
+    pub const ERROR: u8 = 1;
+    /// The collector could not be reached or refused the upload; reports stay queued.
+    pub const COLLECTOR_UNREACHABLE: u8 = 2;
+    /// A test could not run: the reflector did not answer or refused it.
+    pub const TEST_FAILED: u8 = 3;
+    /// The collector's certificate is not the pinned one: a wrong pin, or the connection is
+    /// being intercepted. Reports stay queued.
+    pub const WRONG_PIN: u8 = 4;
+    /// The command line was wrong (as sysexits' EX_USAGE).
+    pub const USAGE: u8 = 64;
+}
+
 /// Logs to stderr: level from RUST_LOG, else `level` (the config's `log_level`, for the
 /// commands that load one), else info; colours only on a terminal; no timestamps under systemd
 /// (journald adds its own). Each command calls it first, or right after loading its config

@@ -8,6 +8,7 @@ use callwatch_agent::daemon::{run_daemon, DaemonOptions};
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::queue::{is_disk_full, Queue};
 use callwatch_agent::state::SharedState;
+use callwatch_agent::upload::UploadError;
 use callwatch_agent::{identity, runner};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -85,10 +86,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             }
         };
         let code = match &outcome.upload {
-            _ if !outcome.queue_errors.is_empty() => 1,
-            Some(Err(_)) => 2,
-            _ if !outcome.test_errors.is_empty() => 3,
-            _ => 0,
+            _ if !outcome.queue_errors.is_empty() => super::exit::ERROR,
+            Some(Err(UploadError::WrongPin(_))) => super::exit::WRONG_PIN,
+            Some(Err(_)) => super::exit::COLLECTOR_UNREACHABLE,
+            _ if !outcome.test_errors.is_empty() => super::exit::TEST_FAILED,
+            _ => super::exit::OK,
         };
         Ok(ExitCode::from(code))
     });

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::session::Progress;
-use callwatch_agent::engine::{run_call_test, TestSpec};
+use callwatch_agent::engine::{run_call_test, TestError, TestSpec};
 use callwatch_agent::report_text;
 use callwatch_agent::settings::TestSettings;
 use callwatch_proto::Platform;
@@ -41,12 +41,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // the result alone.
     let interactive = !args.json && std::io::stdout().is_terminal();
     // The spec's numbers are checked as the test starts, before any packet leaves.
-    let report = run_call_test(&spec, &Cancel::default(), |p| {
+    let report = match run_call_test(&spec, &Cancel::default(), |p| {
         if let (true, Some(p)) = (interactive, p.first()) {
             print!("\r{}   ", progress_line(p));
             let _ = std::io::Write::flush(&mut std::io::stdout());
         }
-    })?;
+    }) {
+        Ok(r) => r,
+        // The reflector's fault, as `run --once` counts it: the same exit code.
+        Err(e @ (TestError::Unreachable(_) | TestError::Session(_))) => {
+            if interactive {
+                println!();
+            }
+            eprintln!("callwatch-agent: {e}");
+            return Ok(ExitCode::from(super::exit::TEST_FAILED));
+        }
+        Err(e) => return Err(e.into()),
+    };
     if interactive {
         println!();
     }
