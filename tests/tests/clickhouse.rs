@@ -766,3 +766,55 @@ fn a_table_from_before_the_stream_kind_gains_its_columns_and_reads_old_rows_from
     drop(sled);
     ch.drop_database().unwrap();
 }
+
+/// The client tries every address a name resolves to: in a mount namespace of its own, the
+/// name `cwtest-db` resolves to `::1` first (where nothing listens) and then to 127.0.0.1 (where
+/// ClickHouse does); `callwatch-collector migrate` to `http://cwtest-db:PORT/db` still gets
+/// through. A client that used the first address only (as the hand-written one did) fails.
+#[test]
+fn the_client_tries_every_address_a_name_resolves_to() {
+    let Some(url) = clickhouse_url() else { return };
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    if !root {
+        callwatch_tests::cannot_run_here(
+            callwatch_tests::SKIP_ROOT,
+            "the_client_tries_every_address_a_name_resolves_to needs root (a mount namespace \
+             with its own /etc/hosts)",
+        );
+        return;
+    }
+    let parsed = ClickHouseUrl::parse(&url).unwrap();
+    assert!(
+        TcpStream::connect(("::1", parsed.port)).is_err(),
+        "ClickHouse must not listen on [::1]:{} for this test to mean anything",
+        parsed.port
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(&hosts, "::1 cwtest-db\n127.0.0.1 cwtest-db\n").unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    drop(SledStore::open(&callwatch_collector::store::config::sled_path(&data)).unwrap());
+    let db = fresh_db("addrs");
+    let to = format!("http://cwtest-db:{}/{db}", parsed.port);
+    let script = format!(
+        "mount --bind '{}' /etc/hosts && exec '{}' migrate --from '{}' --to '{to}'",
+        hosts.display(),
+        callwatch_tests::built_binary("callwatch-collector").display(),
+        data.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .expect("unshare (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("copying 0 reports"), "{stderr}");
+    // It really reached the server: the database exists now.
+    let dbs = sql(&url, "SHOW DATABASES");
+    assert!(dbs.lines().any(|l| l == db), "{dbs}");
+    sql(&url, &format!("DROP DATABASE {db}"));
+}
