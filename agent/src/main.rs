@@ -59,7 +59,7 @@ enum Command {
     ///
     /// Example:
     ///   callwatch-agent export-queue --config ~/.config/callwatch/agent.toml /media/usb/carried.cwq
-    #[command(name = "export-queue")]
+    #[command(verbatim_doc_comment, name = "export-queue")]
     ExportQueue(cmd::export_queue::Args),
     /// Show what the agent has been doing: recent tests, queue, uploads (and over which
     /// transport, quic or tcp), data used.

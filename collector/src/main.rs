@@ -37,6 +37,7 @@ enum Command {
     ///   callwatch-collector serve --data /var/lib/callwatch --listen 0.0.0.0:4433 \
     ///       --reflector 0.0.0.0:3479 --http 127.0.0.1:8080 \
     ///       --geo GeoLite2-Country.mmdb --geo GeoLite2-ASN.mmdb
+    #[command(verbatim_doc_comment)]
     Serve {
         /// Data folder (created owner-only if missing).
         #[arg(long, value_name = "DIR")]
@@ -88,6 +89,7 @@ enum Command {
     /// Examples:
     ///   callwatch-collector export --data /var/lib/callwatch > reports.ndjson
     ///   callwatch-collector export --data /var/lib/callwatch --format csv --axis-x asn --axis-y platform
+    #[command(verbatim_doc_comment)]
     Export {
         /// The stopped collector's data folder (with the default sled store).
         #[arg(long, value_name = "DIR")]
@@ -99,7 +101,8 @@ enum Command {
         /// With json/csv: day, hour, country, asn, platform, arm or kind.
         #[arg(long = "axis-x", default_value = "country")]
         axis_x: String,
-        #[arg(long = "axis-y")]
+        /// With json/csv: a second axis (the same choices as --axis-x, not the same one).
+        #[arg(long = "axis-y", value_name = "AXIS")]
         axis_y: Option<String>,
         /// With ndjson: only reports received at or after this time. With json/csv: only tests
         /// started at or after it. RFC 3339 or a day (2026-11-28).
@@ -136,6 +139,7 @@ enum Command {
     ///
     /// Example:
     ///   callwatch-collector migrate --from /var/lib/callwatch --to clickhouse://10.0.0.5:8123/callwatch
+    #[command(verbatim_doc_comment)]
     Migrate {
         /// The collector's data folder (holding reports.sled).
         #[arg(long, value_name = "DIR")]
@@ -166,6 +170,7 @@ enum Command {
     ///
     /// Example:
     ///   callwatch-collector import --data /var/lib/callwatch carried.cwq
+    #[command(verbatim_doc_comment)]
     Import {
         /// The stopped collector's data folder (its carry-out key and, by default, its store).
         #[arg(long, value_name = "DIR")]

@@ -486,3 +486,90 @@ fn test_against_a_silent_reflector_exits_3_naming_it() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains(&addr), "the address is named: {stderr}");
 }
+
+/// The subcommands `--help` lists for `bin` (without `help`).
+fn subcommands(bin: &str) -> Vec<String> {
+    let out = Command::new(callwatch_tests::built_binary(bin))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        // A command's name is indented two spaces; its wrapped description further.
+        .filter(|l| !l[2..].starts_with(' '))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every `--help` of the three programs teaches: examples stand on lines of their own (not
+/// squashed into one paragraph), and every flag has a description.
+#[test]
+fn every_help_has_its_examples_on_their_own_lines_and_every_flag_described() {
+    let mut pages = 0;
+    for bin in [
+        "callwatch-agent",
+        "callwatch-collector",
+        "callwatch-reflector",
+    ] {
+        let mut commands: Vec<Vec<String>> = vec![vec![]];
+        for sub in subcommands(bin) {
+            commands.push(vec![sub]);
+        }
+        for args in commands {
+            let out = Command::new(callwatch_tests::built_binary(bin))
+                .args(&args)
+                .arg("--help")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{bin} {args:?} --help");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let page = format!("{bin} {} --help", args.join(" "));
+            pages += 1;
+            let lines: Vec<&str> = text.lines().collect();
+            let mut in_options = false;
+            for (i, line) in lines.iter().enumerate() {
+                if !line.is_empty() && !line.starts_with(' ') {
+                    in_options = *line == "Options:";
+                }
+                if line.trim_start().starts_with("Example") {
+                    assert!(
+                        !line.contains("callwatch-"),
+                        "{page}: an example squashed into its heading: {line:?}"
+                    );
+                    // A command follows within two lines (one may say what it does).
+                    let follows = lines.iter().skip(i + 1).take(2).any(|n| {
+                        let n = n.trim_start();
+                        n.starts_with("callwatch-") || n.starts_with("sudo ")
+                    });
+                    assert!(follows, "{page}: no example on the lines after {line:?}");
+                }
+                assert!(
+                    !line.contains("\\ --"),
+                    "{page}: a continued example squashed into one line: {line:?}"
+                );
+                // An option ("  -x, --flag <V>" or "      --flag") must be followed by its
+                // description, indented further (long help puts it on the next line).
+                let t = line.trim_start();
+                let is_option = in_options
+                    && (t.starts_with("--") || (t.starts_with('-') && t.len() > 1))
+                    && line.starts_with("  ")
+                    && !line.starts_with("          ");
+                if is_option {
+                    // On the same line after two spaces (short help), or on the next (long help).
+                    let inline = t.split("  ").skip(1).any(|part| !part.trim().is_empty());
+                    let described = inline
+                        || lines
+                            .get(i + 1)
+                            .is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+                    assert!(described, "{page}: {t:?} has no description");
+                }
+            }
+        }
+    }
+    assert!(pages >= 12, "only {pages} help pages");
+}

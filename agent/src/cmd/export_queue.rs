@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The agent's config file (written by `init`): its queue and the collector's carry-out key.
     #[arg(long, value_name = "PATH")]
     config: PathBuf,
     /// The file to write.

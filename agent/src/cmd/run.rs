@@ -17,6 +17,7 @@ use std::time::Duration;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The agent's config file (written by `init`).
     #[arg(long, value_name = "PATH")]
     config: PathBuf,
     /// Run every configured platform's test once (budget permitting), upload, and exit.

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// The agent's config file (written by `init`): its state file and queue are shown.
     #[arg(long, value_name = "PATH")]
     config: PathBuf,
     /// Print the state as JSON.
