@@ -37,21 +37,21 @@ pub fn spec(args: &Args) -> Result<TestSpec> {
 pub fn run(args: Args) -> Result<ExitCode> {
     super::init_logging(None);
     let spec = spec(&args)?;
-    // A live line (packets, loss, RTT) only for a person at a terminal; pipes and `--json` get
-    // the result alone.
-    let interactive = !args.json && std::io::stdout().is_terminal();
+    // A live line (packets, loss, RTT) on stderr, only for a person at a terminal; pipes and
+    // `--json` get the result alone, on stdout.
+    let interactive = !args.json && std::io::stderr().is_terminal();
     // The spec's numbers are checked as the test starts, before any packet leaves.
     let report = match run_call_test(&spec, &Cancel::default(), |p| {
         if let (true, Some(p)) = (interactive, p.first()) {
-            print!("\r{}   ", progress_line(p));
-            let _ = std::io::Write::flush(&mut std::io::stdout());
+            eprint!("\r{}   ", progress_line(p));
+            let _ = std::io::Write::flush(&mut std::io::stderr());
         }
     }) {
         Ok(r) => r,
         // The reflector's fault, as `run --once` counts it: the same exit code.
         Err(e @ (TestError::Unreachable(_) | TestError::Session(_))) => {
             if interactive {
-                println!();
+                eprintln!();
             }
             eprintln!("callwatch-agent: {e}");
             return Ok(ExitCode::from(super::exit::TEST_FAILED));
@@ -59,7 +59,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Err(e) => return Err(e.into()),
     };
     if interactive {
-        println!();
+        eprintln!();
     }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -76,11 +76,9 @@ fn progress_line(p: &Progress) -> String {
         .checked_div(p.total as usize)
         .unwrap_or(0)
         .min(WIDTH);
-    let loss = if p.sent > 0 {
-        format!(
-            "{:.1}%",
-            100.0 * (1.0 - p.received as f64 / p.sent as f64).max(0.0)
-        )
+    // Only probes whose reply is overdue count: one in flight is not lost (yet).
+    let loss = if p.due > 0 {
+        format!("{:.1}%", 100.0 * f64::from(p.overdue) / f64::from(p.due))
     } else {
         "-".into()
     };
@@ -96,4 +94,34 @@ fn progress_line(p: &Progress) -> String {
             .map(|r| format!("{r:.2} ms"))
             .unwrap_or_else(|| "-".into())
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_counts_only_overdue_probes_as_lost() {
+        // 50 sent, 40 back: 10 in flight, of which 2 overdue among the 30 due.
+        let p = Progress {
+            sent: 50,
+            total: 750,
+            received: 40,
+            last_rtt_ms: Some(12.345),
+            due: 30,
+            overdue: 2,
+        };
+        let line = progress_line(&p);
+        assert!(line.contains("loss 6.7%"), "{line}");
+        assert!(
+            line.contains("50/750 sent, 40 back") && line.contains("rtt 12.35 ms"),
+            "{line}"
+        );
+        let start = Progress {
+            sent: 10,
+            total: 750,
+            ..Progress::default()
+        };
+        assert!(progress_line(&start).contains("loss -"), "nothing due yet");
+    }
 }

@@ -71,6 +71,29 @@ pub struct Progress {
     pub total: u32,
     pub received: u32,
     pub last_rtt_ms: Option<f64>,
+    /// Probes sent at least [`PROGRESS_OVERDUE_US`] before the latest one: those whose reply
+    /// is due by now.
+    pub due: u32,
+    /// Of the `due` probes, those still unanswered: the loss so far. A probe still in flight
+    /// is not lost yet.
+    pub overdue: u32,
+}
+
+/// How long a probe may go unanswered before a progress display counts it lost (the final
+/// figures wait for the whole grace period instead).
+pub const PROGRESS_OVERDUE_US: u64 = 1_000_000;
+
+/// (`due`, `overdue`) of [`Progress`] for these probes, in sending order.
+pub fn due_and_overdue(probes: &[crate::metrics::ProbeRecord]) -> (u32, u32) {
+    let Some(last) = probes.last().map(|p| p.sent_us) else {
+        return (0, 0);
+    };
+    probes
+        .iter()
+        .take_while(|p| last.saturating_sub(p.sent_us) >= PROGRESS_OVERDUE_US)
+        .fold((0, 0), |(due, overdue), p| {
+            (due + 1, overdue + u32::from(p.reply.is_none()))
+        })
 }
 
 /// What the driver needs of any stream's state machine (a reflector session, a STUN arm).
@@ -498,6 +521,7 @@ impl Session {
     }
 
     pub fn progress(&self) -> Progress {
+        let (due, overdue) = due_and_overdue(&self.record.probes);
         Progress {
             sent: self.record.probes.len() as u32,
             total: self
@@ -505,6 +529,8 @@ impl Session {
                 .max((self.cfg.duration_ms as u64 * 1000 / self.interval_us.max(1)) as u32),
             received: self.received,
             last_rtt_ms: self.last_rtt_ms,
+            due,
+            overdue,
         }
     }
 
@@ -728,6 +754,32 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probes_in_flight_are_not_overdue() {
+        use crate::metrics::{ProbeRecord, ReplyRecord};
+        let probe = |sent_us: u64, answered: bool| ProbeRecord {
+            seq: 0,
+            scheduled_us: sent_us,
+            sent_us,
+            len: 100,
+            reply: answered.then_some(ReplyRecord {
+                reflector_rx_us: 0,
+                reflector_tx_us: 0,
+                received_us: sent_us + 10_000,
+            }),
+        };
+        assert_eq!(due_and_overdue(&[]), (0, 0));
+        // Sent at 0, 0.5 s, 1 s, 2 s (the latest): the first three are due by 2 s only if
+        // sent at least 1 s before it — 0, 0.5 and 1 s are; 2 s is in flight.
+        let probes = [
+            probe(0, true),
+            probe(500_000, false),
+            probe(1_000_000, false),
+            probe(2_000_000, false),
+        ];
+        assert_eq!(due_and_overdue(&probes), (3, 2));
+    }
     use callwatch_proto::probe::{Accept, CloseAck, Reply};
 
     fn cfg() -> SessionConfig {

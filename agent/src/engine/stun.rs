@@ -178,11 +178,14 @@ impl ArmSession for StunSession {
     }
 
     fn progress(&self) -> Progress {
+        let (due, overdue) = super::session::due_and_overdue(&self.record.probes);
         Progress {
             sent: self.record.probes.len() as u32,
             total: self.count,
             received: self.received,
             last_rtt_ms: self.last_rtt_ms,
+            due,
+            overdue,
         }
     }
 
