@@ -52,12 +52,14 @@ impl Region {
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
     /// The file could not be read.
-    #[error("cannot read region table {path}: {source}")]
+    // Said once: the OS's words are in the message, not also chained as its source (which
+    // `{:#}` would print a second time).
+    #[error("cannot read region table {path}: {error}")]
     Io {
         /// The file.
         path: String,
         /// What the OS said.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A line of an ip2asn TSV file is wrong (`line` 0: the table as a whole).
     #[error("{path}:{line}: {what}")]
@@ -111,9 +113,9 @@ impl GeoTable {
 
     /// Reads an ip2asn TSV file.
     pub fn load(path: &Path) -> Result<Self, GeoError> {
-        let text = std::fs::read_to_string(path).map_err(|source| GeoError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| GeoError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -266,9 +268,9 @@ impl Geo {
     /// hold at least one range).
     pub fn add_file(&mut self, path: &Path) -> Result<(), GeoError> {
         let origin = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| GeoError::Io {
+        let bytes = std::fs::read(path).map_err(|error| GeoError::Io {
             path: origin.clone(),
-            source,
+            error,
         })?;
         self.add_bytes(bytes, &origin)?;
         if let Some(source) = self.sources.last() {
@@ -388,6 +390,21 @@ fn describe(source: &Source) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_file_is_named_and_the_os_said_so_once() {
+        let e = Geo::empty()
+            .add_file(Path::new("/nonexistent/GeoLite2-ASN.mmdb"))
+            .unwrap_err();
+        // As the programs print it: anyhow's `{:#}` with the whole chain.
+        let shown = format!("{:#}", anyhow::Error::from(e));
+        assert!(shown.contains("/nonexistent/GeoLite2-ASN.mmdb"), "{shown}");
+        assert_eq!(
+            shown.matches("No such file or directory").count(),
+            1,
+            "{shown}"
+        );
+    }
 
     const TABLE: &str = "1.0.0.0\t1.0.0.255\t13335\tUS\tCLOUDFLARENET\n\
                          5.3.0.0\t5.3.255.255\t12389\tRU\tROSTELECOM-AS\n\
