@@ -218,7 +218,7 @@ fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String 
         let _ = writeln!(out, "\n{title}");
         let _ = writeln!(
             out,
-            "{:<10} {:<9} {:>7} {:>6} {:>10} {:>9} {:>9} {:>11} {:>5}",
+            "{:<10} {:<9} {:>7} {:>6} {:>10} {:>9} {:>9} {:>12} {:>5} {:>15} {:>13}",
             key,
             "platform",
             "reports",
@@ -227,16 +227,27 @@ fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String 
             "loss up%",
             "loss dn%",
             "jitter dn ms",
-            "MOS"
+            "MOS",
+            "differentiated",
+            "inconclusive"
         );
         for c in data["result"].as_array().into_iter().flatten() {
             let region = match &c[key] {
                 serde_json::Value::Number(n) => format!("AS{n}"),
                 v => v.as_str().unwrap_or("-").to_string(),
             };
+            // Shares of the judged tests; "n/a" where no test had a control arm to judge by.
+            let judged = ["none", "inconclusive", "differentiated"]
+                .iter()
+                .filter_map(|k| c["verdicts"][k].as_u64())
+                .sum::<u64>();
+            let share = |k: &str| match (judged, c["verdicts"][k].as_u64()) {
+                (0, _) | (_, None) => "n/a".to_string(),
+                (j, Some(n)) => format!("{:.0} %", 100.0 * n as f64 / j as f64),
+            };
             let _ = writeln!(
                 out,
-                "{:<10} {:<9} {:>7} {:>6} {:>10} {:>9} {:>9} {:>12} {:>5} {:>15}",
+                "{:<10} {:<9} {:>7} {:>6} {:>10} {:>9} {:>9} {:>12} {:>5} {:>15} {:>13}",
                 region,
                 c["platform"].as_str().unwrap_or("-"),
                 c["count"].to_string(),
@@ -246,10 +257,8 @@ fn render(by_country: &serde_json::Value, by_asn: &serde_json::Value) -> String 
                 num(c, "loss_down", 100.0, 2),
                 num(c, "jitter_down_ms", 1.0, 3),
                 num(c, "mos", 1.0, 2),
-                c["differentiated_share"]
-                    .as_f64()
-                    .map(|x| format!("{:.0} %", x * 100.0))
-                    .unwrap_or_else(|| "n/a".into()),
+                share("differentiated"),
+                share("inconclusive"),
             );
         }
     };

@@ -48,6 +48,14 @@ async fn demo_deployment_aggregates_by_region_and_platform_and_finds_the_dpi_box
     );
     assert!(result.table.contains("By country and platform"));
     assert!(result.table.contains("100 %"));
+    // Every column has a header, the verdict shares included; inconclusive tests are shown as
+    // such, not as a "0 %" differentiated share alone.
+    let header = result.table.lines().nth(2).unwrap_or_default();
+    assert!(
+        header.contains("differentiated") && header.contains("inconclusive"),
+        "{}",
+        result.table
+    );
     // --keep leaves the data behind: the collector store and each agent's key and queue.
     let data = keep.path().join("data");
     assert!(data.join("collector").join("collector.pin").exists());
