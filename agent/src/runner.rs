@@ -109,7 +109,7 @@ pub async fn run_one_test(
     let reflector = spec.reflector.to_string();
     spec.reached_before = state.snapshot().reflectors_reached.contains(&reflector);
     let reached_before = spec.reached_before;
-    tracing::info!(platform = %platform, reflector = %spec.reflector, "starting test");
+    tracing::info!(platform = %platform, arms = %spec.arm_addresses(), "starting test");
     let test_cancel = cancel.clone();
     let result = tokio::task::spawn_blocking(move || run_call_test(&spec, &test_cancel, |_| {}))
         .await
@@ -179,10 +179,11 @@ pub async fn run_one_test(
     let s = &report.streams[0];
     tracing::info!(
         platform = %report.platform,
-        mos = s.mos.map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
-        loss_up = crate::report_text::percent(s.loss_up),
-        loss_down = crate::report_text::percent(s.loss_down),
-        rtt_ms = s.rtt_ms.map(|r| format!("{:.1}", r.median)).unwrap_or_else(|| "-".into()),
+        // Displayed (`%`), so numbers show as numbers, not quoted strings.
+        mos = %s.mos.map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
+        loss_up = %crate::report_text::percent(s.loss_up),
+        loss_down = %crate::report_text::percent(s.loss_down),
+        rtt_ms = %s.rtt_ms.map(|r| format!("{:.1}", r.median)).unwrap_or_else(|| "-".into()),
         verdict = report.verdict.map(|v| v.as_str()).unwrap_or("-"),
         data = %crate::budget::format_bytes(used),
         "test done"

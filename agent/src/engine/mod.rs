@@ -167,6 +167,16 @@ impl TestSpec {
         SocketAddr::new(self.reflector.ip(), port)
     }
 
+    /// Where each reflector arm's probes go, as "platform 192.0.2.1:3478, control
+    /// 192.0.2.1:40400": what a log line or an error names, never just the configured address.
+    pub fn arm_addresses(&self) -> String {
+        self.arms()
+            .iter()
+            .map(|(role, _, addr)| format!("{role} {addr}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// (role, framing, reflector address) of each reflector arm.
     fn arms(&self) -> Vec<(Role, Framing, SocketAddr)> {
         let p = profile(self.platform);
@@ -238,4 +248,29 @@ pub fn run_call_test(
         return Err(TestError::Cancelled);
     }
     test.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_platform_test_names_where_each_arm_goes_not_the_configured_port() {
+        let mut spec = TestSpec::voice("192.0.2.1:3479".parse().unwrap(), 15_000);
+        assert_eq!(spec.arm_addresses(), "platform 192.0.2.1:3479");
+        spec.platform = Platform::Whatsapp;
+        let p = profile(Platform::Whatsapp);
+        let (platform, control) = (
+            p.port_for(Role::Platform).unwrap(),
+            p.port_for(Role::Control).unwrap(),
+        );
+        assert_eq!(
+            spec.arm_addresses(),
+            format!("platform 192.0.2.1:{platform}, control 192.0.2.1:{control}")
+        );
+        assert_ne!(
+            platform, 3479,
+            "the configured port is not where the platform arm goes"
+        );
+    }
 }
