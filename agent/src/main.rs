@@ -67,17 +67,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                cmd::exit::USAGE
-            } else {
-                cmd::exit::OK // --help, --version
-            });
-        }
-    };
+    let cli: Cli = callwatch_reflector::term::parse_or_exit();
     let result = match cli.command {
         Command::Init(a) => cmd::init::run(a),
         Command::Test(a) => cmd::test::run(a),

@@ -23,13 +23,15 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// What the pinned-certificate check says when the collector shows another certificate; an
-/// upload that failed on every transport with it is [`UploadError::WrongPin`].
-pub const PIN_MISMATCH: &str = "does not match the pinned";
+/// Set by the pinned-certificate check when the peer showed another certificate: an upload
+/// whose every transport failed with it set is [`UploadError::WrongPin`], whatever words the
+/// TLS and QUIC stacks wrap the refusal in.
+type OtherCertSeen = Arc<AtomicBool>;
 
 /// Accepts exactly the certificate whose SHA-256 is the pin; handshake signatures are still
 /// checked by rustls, so only the holder of that certificate's key can answer.
@@ -37,6 +39,7 @@ pub const PIN_MISMATCH: &str = "does not match the pinned";
 struct PinnedCert {
     pin: [u8; 32],
     provider: Arc<CryptoProvider>,
+    other_seen: OtherCertSeen,
 }
 
 impl ServerCertVerifier for PinnedCert {
@@ -52,8 +55,9 @@ impl ServerCertVerifier for PinnedCert {
         if got == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
+            self.other_seen.store(true, Ordering::Relaxed);
             Err(rustls::Error::General(format!(
-                "collector certificate fingerprint {} {PIN_MISMATCH} {}",
+                "collector certificate fingerprint {} does not match the pinned {}",
                 hex::encode(got),
                 hex::encode(self.pin)
             )))
@@ -96,13 +100,21 @@ impl ServerCertVerifier for PinnedCert {
 }
 
 /// A rustls client config that trusts only the pinned collector certificate, offering `alpn`.
-fn pinned_tls(pin: [u8; 32], alpn: &[&[u8]]) -> Result<rustls::ClientConfig> {
+fn pinned_tls(
+    pin: [u8; 32],
+    alpn: &[&[u8]],
+    other_seen: OtherCertSeen,
+) -> Result<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 with ring")?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCert { pin, provider }))
+        .with_custom_certificate_verifier(Arc::new(PinnedCert {
+            pin,
+            provider,
+            other_seen,
+        }))
         .with_no_client_auth();
     tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     Ok(tls)
@@ -116,7 +128,15 @@ pub fn pinned_client_config(pin: [u8; 32]) -> Result<quinn::ClientConfig> {
 /// [`pinned_client_config`] offering other ALPN values (tests: agents of older releases, or
 /// peers that speak something else).
 pub fn pinned_client_config_offering(pin: [u8; 32], alpn: &[&[u8]]) -> Result<quinn::ClientConfig> {
-    let tls = pinned_tls(pin, alpn)?;
+    quic_config(pin, alpn, OtherCertSeen::default())
+}
+
+fn quic_config(
+    pin: [u8; 32],
+    alpn: &[&[u8]],
+    other_seen: OtherCertSeen,
+) -> Result<quinn::ClientConfig> {
+    let tls = pinned_tls(pin, alpn, other_seen)?;
     let crypto = QuicClientConfig::try_from(tls).context("QUIC TLS config")?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
@@ -128,9 +148,14 @@ pub fn pinned_client_config_offering(pin: [u8; 32], alpn: &[&[u8]]) -> Result<qu
 /// A TLS-over-TCP connector that trusts only the pinned collector certificate and offers the
 /// ALPN list browsers offer (`callwatch_proto::upload::TCP_ALPN_OFFER`).
 pub fn pinned_tcp_connector(pin: [u8; 32]) -> Result<tokio_rustls::TlsConnector> {
+    tcp_connector(pin, OtherCertSeen::default())
+}
+
+fn tcp_connector(pin: [u8; 32], other_seen: OtherCertSeen) -> Result<tokio_rustls::TlsConnector> {
     Ok(tokio_rustls::TlsConnector::from(Arc::new(pinned_tls(
         pin,
         &TCP_ALPN_OFFER,
+        other_seen,
     )?)))
 }
 
@@ -146,9 +171,19 @@ pub async fn connect_tcp(
     bind: Option<IpAddr>,
     timeout: Duration,
 ) -> Result<TcpConn> {
+    connect_tcp_with(pinned_tcp_connector(pin)?, addr, server_name, bind, timeout).await
+}
+
+/// [`connect_tcp`] through `connector`.
+async fn connect_tcp_with(
+    connector: tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    server_name: &str,
+    bind: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<TcpConn> {
     let name = ServerName::try_from(server_name.to_string())
         .with_context(|| format!("server name {server_name:?}"))?;
-    let connector = pinned_tcp_connector(pin)?;
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -302,9 +337,12 @@ pub async fn upload_queue(
     let mut failures = Vec::new();
     let mut result = Ok(());
     for (i, &transport) in order.iter().enumerate() {
+        let other_seen = OtherCertSeen::default();
         let tried = match (transport, target.tcp) {
-            (Transport::Tcp, Some(tcp)) => upload_tcp(queue, target, tcp, &mut summary).await,
-            _ => upload_quic(queue, target, &mut summary).await,
+            (Transport::Tcp, Some(tcp)) => {
+                upload_tcp(queue, target, tcp, &mut summary, other_seen.clone()).await
+            }
+            _ => upload_quic(queue, target, &mut summary, other_seen.clone()).await,
         };
         match tried {
             Ok(()) => {
@@ -322,7 +360,7 @@ pub async fn upload_queue(
                         );
                     }
                 }
-                failures.push((transport, e));
+                failures.push((transport, e, other_seen.load(Ordering::Relaxed)));
                 result = Err(());
             }
             // An answer from the collector (a refusal) is not a reason to try the other way.
@@ -333,15 +371,11 @@ pub async fn upload_queue(
         }
     }
     // Something answered on every transport tried, and each time with another certificate.
-    if !failures.is_empty()
-        && failures
-            .iter()
-            .all(|(_, e)| format!("{e:#}").contains(PIN_MISMATCH))
-    {
+    if !failures.is_empty() && failures.iter().all(|(_, _, other)| *other) {
         summary.remaining = queue.len();
         let seen: Vec<String> = failures
             .iter()
-            .map(|(t, e)| format!("over {}: {e:#}", label(*t)))
+            .map(|(t, e, _)| format!("over {}: {e:#}", label(*t)))
             .collect();
         return Err(UploadError::WrongPin(format!(
             "the collector at {} showed a certificate other than the pinned one ({}); check \
@@ -357,7 +391,7 @@ pub async fn upload_queue(
                 "{}",
                 failures
                     .iter()
-                    .map(|(t, e)| format!("over {}: {e:#}", label(*t)))
+                    .map(|(t, e, _)| format!("over {}: {e:#}", label(*t)))
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
@@ -371,6 +405,7 @@ async fn upload_quic(
     queue: &Queue,
     target: &UploadTarget,
     summary: &mut UploadSummary,
+    other_seen: OtherCertSeen,
 ) -> Result<(), UploadError> {
     let local = SocketAddr::new(
         target.bind.unwrap_or(match target.collector {
@@ -382,8 +417,9 @@ async fn upload_quic(
     let mut endpoint = quinn::Endpoint::client(local)
         .with_context(|| format!("binding QUIC client on {local}"))
         .map_err(UploadError::Local)?;
-    endpoint
-        .set_default_client_config(pinned_client_config(target.pin).map_err(UploadError::Local)?);
+    endpoint.set_default_client_config(
+        quic_config(target.pin, &[ALPN], other_seen).map_err(UploadError::Local)?,
+    );
     let result = async {
         let connecting = endpoint
             .connect(target.collector, &target.server_name)
@@ -412,11 +448,13 @@ async fn upload_tcp(
     target: &UploadTarget,
     addr: SocketAddr,
     summary: &mut UploadSummary,
+    other_seen: OtherCertSeen,
 ) -> Result<(), UploadError> {
-    let stream = connect_tcp(
+    let connector = tcp_connector(target.pin, other_seen).map_err(UploadError::Local)?;
+    let stream = connect_tcp_with(
+        connector,
         addr,
         &target.server_name,
-        target.pin,
         target.bind,
         target.connect_timeout,
     )

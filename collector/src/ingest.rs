@@ -18,6 +18,7 @@ use callwatch_proto::upload::{
     decode_frame_body, encode_frame, error_code, frame_len, QueuedReport, ReportStatus, Request,
     Response, MAX_BATCH, QUIC_SERVER_ALPNS,
 };
+use callwatch_proto::VerifyError;
 use chrono::Utc;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -734,10 +735,11 @@ pub async fn process_batch_attested(
         path_token,
     } in reports
     {
-        let verdict = signed.verify().map_err(|e| (e.label(), e.to_string()));
+        let verdict = signed.verify();
         // A schema newer than this release knows is deferred: the agent keeps the report for a
         // collector that knows it.
-        let newer_schema = matches!(&verdict, Err((label, _)) if *label == "newer_schema");
+        let newer_schema = matches!(verdict, Err(VerifyError::NewerSchema(_)));
+        let verdict = verdict.map_err(|e| (e.label(), e.to_string()));
         let checked = verdict.and_then(|report| {
             if report.started_at > now + MAX_FUTURE {
                 Err((

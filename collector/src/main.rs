@@ -276,22 +276,8 @@ async fn main() {
     unsafe {
         libc::umask(0o077);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(callwatch_reflector::term::colour_on_stderr())
-        .init();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(e) => {
-            // A wrong command line exits 64 (sysexits' EX_USAGE), apart from every other error;
-            // --help and --version exit 0.
-            let _ = e.print();
-            std::process::exit(if e.use_stderr() { 64 } else { 0 });
-        }
-    };
+    callwatch_reflector::term::init_logging();
+    let cli: Cli = callwatch_reflector::term::parse_or_exit();
     if !matches!(cli.command, Command::Serve { .. } | Command::Reflect(_)) {
         callwatch_reflector::term::end_quietly_on_closed_pipe();
     }

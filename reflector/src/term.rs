@@ -2,9 +2,35 @@
 //! in their logs only when standard error is a terminal and `NO_COLOR` is unset or empty
 //! (<https://no-color.org>), so log files and the journal never get escape codes; and, for
 //! commands whose output is piped, a closed pipe ends them quietly instead of a panic.
+//! A wrong command line exits [`EX_USAGE`] in all three ([`parse_or_exit`]).
 //! Here because the reflector crate is the lowest crate all three link that does I/O.
 
 use std::io::IsTerminal;
+
+/// The exit code of a wrong command line (sysexits' EX_USAGE): apart from every other error
+/// (clap's own 2 would collide with the agent's "collector unreachable").
+pub const EX_USAGE: i32 = 64;
+
+/// The program's command line, or the process ends: a wrong one prints clap's message and
+/// exits [`EX_USAGE`]; `--help` and `--version` print and exit 0.
+pub fn parse_or_exit<C: clap::Parser>() -> C {
+    C::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { EX_USAGE } else { 0 })
+    })
+}
+
+/// Logging for the collector and the reflector: to stderr, at `RUST_LOG` or else info, colour
+/// by [`colour_on_stderr`].
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(colour_on_stderr())
+        .init();
+}
 
 /// Whether log lines on standard error may carry ANSI colour.
 pub fn colour_on_stderr() -> bool {

@@ -207,6 +207,14 @@ pub async fn spawn_reflector(
     .await
 }
 
+/// What a reflector needs to attest regions: its attestation key, the region lookup, and the
+/// collector's carry key to seal path tokens to (when it has one).
+pub type Attesting = (
+    ed25519_dalek::SigningKey,
+    crate::RegionLookup,
+    Option<callwatch_proto::carry::CarryKey>,
+);
+
 /// Binds every address and starts reflecting; sealed platform cores are opened with `seal`
 /// (the collector keeps it in its data folder, so agents' pinned key survives restarts), and
 /// region attestations (core rule 9) are signed with `attest`'s key and region lookup when given,
@@ -215,11 +223,7 @@ pub async fn spawn_reflector_attested(
     addrs: &[SocketAddr],
     limits: Limits,
     seal: ReflectorSecret,
-    attest: Option<(
-        ed25519_dalek::SigningKey,
-        crate::RegionLookup,
-        Option<callwatch_proto::carry::CarryKey>,
-    )>,
+    attest: Option<Attesting>,
 ) -> std::io::Result<ReflectorHandle> {
     spawn_reflector_with(addrs, limits, seal, attest, Driver::default()).await
 }
@@ -230,11 +234,7 @@ pub async fn spawn_reflector_with(
     addrs: &[SocketAddr],
     limits: Limits,
     seal: ReflectorSecret,
-    attest: Option<(
-        ed25519_dalek::SigningKey,
-        crate::RegionLookup,
-        Option<callwatch_proto::carry::CarryKey>,
-    )>,
+    attest: Option<Attesting>,
     driver: Driver,
 ) -> std::io::Result<ReflectorHandle> {
     let secret: [u8; 32] = rand::random();

@@ -44,7 +44,8 @@ const HOUR_MS: i64 = 3_600_000;
 
 /// What the per-agent cap counts per: UTC day, country, ASN, platform, arm, kind, agent key.
 type CapGroup<'a> = (i64, String, u32, Platform, Role, StreamKind, &'a [u8]);
-const FIGURES: [&str; 8] = [
+/// The figures a cell carries, by the API's names.
+pub const FIGURES: [&str; 8] = [
     "rtt_ms",
     "jitter_up_ms",
     "jitter_down_ms",

@@ -247,3 +247,43 @@ pub fn await_exit(mut child: Child, limit: Duration) -> Option<std::process::Exi
         }
     }
 }
+
+/// `callwatch-agent init --config CONFIG --collector COLLECTOR --pin PIN --reflector REFLECTOR`
+/// (the init failing fails the test), then the written text edited: each (from, to) in `edits`
+/// replaced (a `from` not in the text fails the test), and `append` added at the end. Returns
+/// the config file's text as written.
+pub fn init_agent(
+    config: &Path,
+    collector: &str,
+    pin: &str,
+    reflector: &str,
+    edits: &[(&str, &str)],
+    append: &str,
+) -> String {
+    let out = Command::new(crate::built_binary("callwatch-agent"))
+        .args(["init", "--config"])
+        .arg(config)
+        .args([
+            "--collector",
+            collector,
+            "--pin",
+            pin,
+            "--reflector",
+            reflector,
+        ])
+        .output()
+        .expect("running callwatch-agent init");
+    assert!(
+        out.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut text = std::fs::read_to_string(config).expect("the config init wrote");
+    for (from, to) in edits {
+        assert!(text.contains(from), "{from} not in\n{text}");
+        text = text.replace(from, to);
+    }
+    text.push_str(append);
+    std::fs::write(config, &text).expect("writing the edited config");
+    text
+}

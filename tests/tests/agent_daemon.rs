@@ -15,25 +15,14 @@ fn agent_config(dir: &Path, reflector: &ReflectorHandle, edits: &[(&str, &str)])
         .local_addr()
         .unwrap();
     let config = dir.join("agent.toml");
-    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
-        .args(["init", "--config"])
-        .arg(&config)
-        .args([
-            "--collector",
-            &nobody.to_string(),
-            "--pin",
-            &"ef".repeat(32),
-        ])
-        .args(["--reflector", &reflector.addrs[0].to_string()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let mut text = std::fs::read_to_string(&config).unwrap();
-    for (from, to) in edits {
-        assert!(text.contains(from), "{from} not in\n{text}");
-        text = text.replace(from, to);
-    }
-    std::fs::write(&config, text).unwrap();
+    callwatch_tests::process::init_agent(
+        &config,
+        &nobody.to_string(),
+        &"ef".repeat(32),
+        &reflector.addrs[0].to_string(),
+        edits,
+        "",
+    );
     config
 }
 

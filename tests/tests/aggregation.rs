@@ -101,16 +101,7 @@ fn assert_cells_equal(
                 other => panic!("{query} {key:?} {k}: {other:?}"),
             }
         }
-        for f in [
-            "rtt_ms",
-            "jitter_up_ms",
-            "jitter_down_ms",
-            "loss",
-            "loss_up",
-            "loss_down",
-            "mos",
-            "stalls",
-        ] {
+        for f in oracle::FIGURES {
             for stat in ["p10", "median", "p90"] {
                 match (g[f][stat].as_f64(), w[f][stat].as_f64()) {
                     (Some(a), Some(e)) => {

@@ -229,25 +229,14 @@ async fn run_once_keeps_reports_queued_when_the_collector_is_away() {
     let reflector_addr = reflector.addrs[0].to_string();
     let config2 = config.clone();
     let out = tokio::task::spawn_blocking(move || {
-        let init = Command::new(callwatch_tests::built_binary("callwatch-agent"))
-            .args(["init", "--config"])
-            .arg(&config2)
-            .args([
-                "--collector",
-                &nobody.to_string(),
-                "--pin",
-                &"cd".repeat(32),
-            ])
-            .args(["--reflector", &reflector_addr])
-            .output()
-            .unwrap();
-        assert!(init.status.success());
-        let text = std::fs::read_to_string(&config2).unwrap();
-        std::fs::write(
+        callwatch_tests::process::init_agent(
             &config2,
-            text.replace("duration_secs = 15", "duration_secs = 1"),
-        )
-        .unwrap();
+            &nobody.to_string(),
+            &"cd".repeat(32),
+            &reflector_addr,
+            &[("duration_secs = 15", "duration_secs = 1")],
+            "",
+        );
         Command::new(callwatch_tests::built_binary("callwatch-agent"))
             .args(["run", "--once", "--config"])
             .arg(&config2)
@@ -405,15 +394,14 @@ fn a_closed_pipe_ends_verify_quietly() {
     assert_ne!(out.status.code(), Some(101), "{stderr}");
     // Either the write met the closed pipe (SIGPIPE) or the child won the race and wrote first.
     assert!(
-        out.status.signal() == Some(libc_sigpipe()) || out.status.success(),
+        out.status.signal() == Some(SIGPIPE) || out.status.success(),
         "{:?}: {stderr}",
         out.status
     );
 }
 
-fn libc_sigpipe() -> i32 {
-    13 // SIGPIPE on Linux
-}
+/// SIGPIPE's number on Linux (the tests crate does not link libc).
+const SIGPIPE: i32 = 13;
 
 /// A collector that shows another certificate than the pinned one is not "unreachable": `run
 /// --once` says "wrong pin, or the connection is being intercepted", names the collector, exits
@@ -438,19 +426,15 @@ async fn a_wrong_pin_is_said_so_with_its_own_exit_code_and_nothing_is_lost() {
     );
     let config2 = config.clone();
     let out = tokio::task::spawn_blocking(move || {
-        let init = Command::new(callwatch_tests::built_binary("callwatch-agent"))
-            .args(["init", "--config"])
-            .arg(&config2)
-            .args(["--collector", &collector, "--pin", &"ab".repeat(32)])
-            .args(["--reflector", &reflector_addr])
-            .output()
-            .unwrap();
-        assert!(init.status.success());
         // Both transports: QUIC and TLS over TCP show the same (unpinned) certificate.
-        let text = std::fs::read_to_string(&config2)
-            .unwrap()
-            .replace("duration_secs = 15", "duration_secs = 1");
-        std::fs::write(&config2, format!("{text}collector_tcp = \"{tcp}\"\n")).unwrap();
+        callwatch_tests::process::init_agent(
+            &config2,
+            &collector,
+            &"ab".repeat(32),
+            &reflector_addr,
+            &[("duration_secs = 15", "duration_secs = 1")],
+            &format!("collector_tcp = \"{tcp}\"\n"),
+        );
         Command::new(callwatch_tests::built_binary("callwatch-agent"))
             .args(["run", "--once", "--config"])
             .arg(&config2)

@@ -12,6 +12,7 @@ use callwatch_collector::domain::FIGURES;
 use callwatch_collector::domain::{
     Filing, PrefixFrom, RegionSource, ReportKey, StoredReport, VerifiedReport,
 };
+use callwatch_collector::store::clickhouse::schema::ADDED_COLUMNS;
 use callwatch_collector::store::clickhouse::{Access, ClickHouseUrl};
 use callwatch_collector::store::copy_reports;
 use callwatch_collector::store::{ClickHouseStore, ReportStore, SledStore};
@@ -662,16 +663,7 @@ fn a_table_from_before_the_stream_kind_gains_its_columns_and_reads_old_rows_from
     }
     // The table as collectors before the stream kind made it: rows without kind, rule or loss
     // (nor the filing columns, which came later still).
-    for column in [
-        "kind",
-        "rule",
-        "loss",
-        "region_source",
-        "uploaded_elsewhere",
-        "hosting",
-        "prefix_from",
-        "prefix_tag",
-    ] {
+    for (column, ..) in ADDED_COLUMNS {
         sql(
             &url,
             &format!("ALTER TABLE {db}.reports DROP COLUMN {column}"),
@@ -690,16 +682,7 @@ fn a_table_from_before_the_stream_kind_gains_its_columns_and_reads_old_rows_from
     // Opened by this build: the columns are added, and old rows read theirs from the signed body.
     let ch = open(&url, &db);
     let now = columns(&db);
-    for column in [
-        "kind",
-        "rule",
-        "loss",
-        "region_source",
-        "uploaded_elsewhere",
-        "hosting",
-        "prefix_from",
-        "prefix_tag",
-    ] {
+    for (column, ..) in ADDED_COLUMNS {
         assert!(now.lines().any(|c| c == column), "{column} missing: {now}");
     }
     assert_eq!(ch.len(), data.len());

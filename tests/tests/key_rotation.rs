@@ -47,22 +47,14 @@ async fn a_rotated_key_signs_new_reports_and_reports_queued_before_still_arrive(
         .unwrap()
         .local_addr()
         .unwrap();
-    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
-        .args(["init", "--config"])
-        .arg(&config)
-        .args(["--collector", &nobody.to_string(), "--pin", &c.pin])
-        .args(["--reflector", &reflector.addrs[0].to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    callwatch_tests::process::init_agent(
+        &config,
+        &nobody.to_string(),
+        &c.pin,
+        &reflector.addrs[0].to_string(),
+        &[("duration_secs = 15", "duration_secs = 1")],
+        "rotate_key_every = \"2h\"\n",
     );
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("duration_secs = 15", "duration_secs = 1");
-    std::fs::write(&config, format!("{text}rotate_key_every = \"2h\"\n")).unwrap();
     let key_file = dir.join("agent.key");
     let old_key = public_key(&key_file);
 

@@ -21,8 +21,7 @@ pub mod exit {
     /// The collector's certificate is not the pinned one: a wrong pin, or the connection is
     /// being intercepted. Reports stay queued.
     pub const WRONG_PIN: u8 = 4;
-    /// The command line was wrong (as sysexits' EX_USAGE).
-    pub const USAGE: u8 = 64;
+    // A wrong command line: callwatch_reflector::term::EX_USAGE (64), as in the collector.
 }
 
 /// Logs to stderr: level from RUST_LOG, else `level` (the config's `log_level`, for the
