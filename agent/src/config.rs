@@ -46,8 +46,12 @@ pub struct ConfigFile {
     /// address). Only the pin is checked. The old default `callwatch-collector` counts as unset.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub server_name: String,
-    /// Reflector UDP address, `host:port`.
-    pub reflector: String,
+    /// Reflector UDP address, `host:port`, for every test (each platform's arms go to its
+    /// profile's ports on that host). Unset: the collector's own reflector, at the collector's
+    /// host, on the ports the collector says it serves each platform on (asked before the first
+    /// test and after every upload, kept in the state file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reflector: Option<String>,
     /// The reflector's key (64 hex digits, its `reflector.pub`): seals the platform arm's probes
     /// so that a DPI box cannot tell them from the platform's payload. Unset: they travel bare.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,7 +168,7 @@ fn default_state_file() -> PathBuf {
 
 impl ConfigFile {
     /// A file with defaults for everything but the addresses and pin (what `init` writes).
-    pub fn new(collector: String, collector_pin: String, reflector: String) -> Self {
+    pub fn new(collector: String, collector_pin: String, reflector: Option<String>) -> Self {
         ConfigFile {
             collector,
             collector_pin,
@@ -206,6 +210,14 @@ impl ConfigFile {
     }
 }
 
+/// What the collector said about its own reflector, for a config that names none: where it
+/// serves each platform, and its sealing key (from its list of reflectors).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Learned {
+    pub endpoints: callwatch_proto::profile::Endpoints,
+    pub seal_key: Option<ReflectorKey>,
+}
+
 /// The agent's settings, typed: what [`ConfigFile`] says, checked and parsed once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -220,8 +232,12 @@ pub struct Config {
     /// TLS server name as written (empty: unset); see [`Config::tls_server_name`].
     pub server_name: String,
     /// What every test is (reflector, length, sizes, ports, the reflector's key): the same
-    /// settings the `test` command takes as flags.
+    /// settings the `test` command takes as flags. With `reflector_from_collector`, its
+    /// `reflector` is empty and each test's is what the collector said ([`Config::spec_with`]).
     pub test: TestSettings,
+    /// The file names no reflector: tests go to the collector's own, where it says it serves
+    /// each platform.
+    pub reflector_from_collector: bool,
     /// Platforms tested in turn; never empty in a loaded config.
     pub platforms: Vec<Platform>,
     /// Each platform's own STUN/TURN servers (`host:port`); the first is asked.
@@ -477,6 +493,7 @@ impl Config {
             collector_seal_key: None,
             server_name: String::new(),
             test: TestSettings::new(reflector),
+            reflector_from_collector: false,
             platforms: default_platforms(),
             relay_servers: BTreeMap::new(),
             key_file: default_key_file(),
@@ -507,7 +524,9 @@ impl Config {
         let collector_seal_key = file.collector_seal_key.as_deref().and_then(|key| {
             parse_key(&mut p, "collector_seal_key", key, |k| k.parse::<CarryKey>())
         });
-        check_host_port(&mut p, "reflector", &file.reflector);
+        if let Some(reflector) = &file.reflector {
+            check_host_port(&mut p, "reflector", reflector);
+        }
         let reflector_key = file.reflector_key.as_deref().and_then(|key| {
             parse_key(&mut p, "reflector_key", key, |k| {
                 k.parse::<ReflectorKey>().map_err(|e| e.to_string())
@@ -614,8 +633,9 @@ impl Config {
             collector_pin,
             collector_seal_key,
             server_name: file.server_name,
+            reflector_from_collector: file.reflector.is_none(),
             test: TestSettings {
-                reflector: file.reflector,
+                reflector: file.reflector.unwrap_or_default(),
                 platform_port: file.platform_port,
                 control_port: file.control_port,
                 video: file.video,
@@ -654,7 +674,7 @@ impl Config {
             collector_pin: hex::encode(self.collector_pin),
             collector_seal_key: self.collector_seal_key.map(|k| k.to_string()),
             server_name: self.server_name.clone(),
-            reflector: self.test.reflector.clone(),
+            reflector: (!self.reflector_from_collector).then(|| self.test.reflector.clone()),
             reflector_key: self.test.reflector_key.map(|k| k.to_hex()),
             platforms: self.platforms.clone(),
             duration_secs: self.test.duration_secs,
@@ -685,12 +705,53 @@ impl Config {
     /// The test of `platform` this config describes: [`TestSettings::spec`] with the platform's
     /// first relay server, if it has one.
     pub fn spec(&self, platform: Platform) -> anyhow::Result<TestSpec> {
+        self.spec_with(platform, None)
+    }
+
+    /// [`Config::spec`], where a config that names no reflector tests against the collector's
+    /// own: at the collector's host, on the ports `learned` says it serves `platform` on (the
+    /// config's `platform_port`/`control_port` still win), sealed to its key unless the config
+    /// gives one. An error says why the test cannot run: no ports learned yet, or the
+    /// collector's reflector cannot serve this platform.
+    pub fn spec_with(
+        &self,
+        platform: Platform,
+        learned: Option<&Learned>,
+    ) -> anyhow::Result<TestSpec> {
         let relay = self
             .relay_servers
             .get(&platform)
             .and_then(|s| s.first())
             .map(String::as_str);
-        self.test.spec(platform, relay)
+        if !self.reflector_from_collector {
+            return self.test.spec(platform, relay);
+        }
+        let host = self.collector_host();
+        let Some(learned) = learned else {
+            anyhow::bail!(
+                "no reflector known yet: the collector at {} has not said where its reflector \
+                 serves (it is asked before the first test and after every upload; or set \
+                 `reflector` in the config)",
+                self.collector
+            );
+        };
+        let served = learned.endpoints.get(platform).map_err(|why| {
+            anyhow::anyhow!("the collector's reflector at {host} cannot serve {platform}: {why}")
+        })?;
+        let mut settings = self.test.clone();
+        settings.reflector = format!("{host}:{}", served.platform_port);
+        settings.platform_port = settings.platform_port.or(Some(served.platform_port));
+        settings.control_port = settings.control_port.or(served.control_port);
+        settings.reflector_key = settings.reflector_key.or(learned.seal_key);
+        settings.spec(platform, relay)
+    }
+
+    /// The collector's host as written in `collector` (an IPv6 address keeps its brackets),
+    /// where its own reflector is.
+    pub fn collector_host(&self) -> &str {
+        self.collector
+            .rsplit_once(':')
+            .map_or(self.collector.as_str(), |(h, _)| h)
     }
 
     /// The schedule this config describes. `every` (the `run --every` test/demo override)
@@ -767,7 +828,7 @@ mod tests {
         ConfigFile::new(
             "127.0.0.1:4433".into(),
             "ab".repeat(32),
-            "127.0.0.1:3479".into(),
+            Some("127.0.0.1:3479".into()),
         )
     }
 
@@ -910,7 +971,7 @@ mod tests {
             collector_tcp: Some("tcp-nohost".into()),
             collector_pin: "xyz".into(),
             collector_seal_key: Some("seal".into()),
-            reflector: "reflector-nohost".into(),
+            reflector: Some("reflector-nohost".into()),
             reflector_key: Some("refkey".into()),
             platforms: vec![],
             duration_secs: 0,
@@ -1147,5 +1208,88 @@ mod tests {
         );
         assert_eq!(back.collector, cfg.collector);
         assert_eq!(back.collector_pin, [0xab; 32]);
+    }
+
+    #[test]
+    fn a_config_without_a_reflector_tests_where_the_collector_says() {
+        use callwatch_proto::profile::Endpoints;
+        let file = ConfigFile {
+            platforms: Platform::ALL.to_vec(),
+            ..ConfigFile::new("127.0.0.9:4433".into(), "ab".repeat(32), None)
+        };
+        let text = file.to_toml();
+        assert!(
+            !text.contains("reflector ="),
+            "no reflector written:\n{text}"
+        );
+        let cfg = Config::from_file(toml::from_str(&text).unwrap()).unwrap();
+        assert!(cfg.reflector_from_collector);
+        assert_eq!(
+            cfg.to_file().reflector,
+            None,
+            "it stays unset when written back"
+        );
+        // Before the collector said anything: a clear error naming it.
+        let err = cfg
+            .spec_with(Platform::Whatsapp, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no reflector known yet") && err.contains("127.0.0.9:4433"),
+            "{err}"
+        );
+        // 3478 could not be bound at the collector: WhatsApp cannot run, with the reason;
+        // Telegram goes to the collector's host on the ports it said.
+        let bound: Vec<u16> = callwatch_proto::profile::reflector_ports()
+            .into_iter()
+            .filter(|p| *p != 3478)
+            .collect();
+        let seal: ReflectorKey = "11".repeat(32).parse().unwrap();
+        let learned = Learned {
+            endpoints: Endpoints::from_ports(&bound, &[(3478, "address in use".into())]),
+            seal_key: Some(seal),
+        };
+        let err = cfg
+            .spec_with(Platform::Whatsapp, Some(&learned))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot serve whatsapp") && err.contains("3478"),
+            "{err}"
+        );
+        let tg = cfg.spec_with(Platform::Telegram, Some(&learned)).unwrap();
+        assert_eq!(tg.reflector, "127.0.0.9:599".parse().unwrap());
+        assert_eq!(
+            tg.arm_addresses(),
+            "platform 127.0.0.9:599, control 127.0.0.9:40400"
+        );
+        assert_eq!(
+            tg.reflector_key,
+            Some(seal),
+            "sealed to the collector's reflector key"
+        );
+        let generic = cfg.spec_with(Platform::Generic, Some(&learned)).unwrap();
+        assert_eq!(generic.arm_addresses(), "platform 127.0.0.9:40401");
+        // The config's own ports and key still win over what was learned.
+        let mut own = cfg.clone();
+        own.test.control_port = Some(40999);
+        own.test.reflector_key = Some("22".repeat(32).parse().unwrap());
+        let tg = own.spec_with(Platform::Telegram, Some(&learned)).unwrap();
+        assert_eq!(
+            tg.arm_addresses(),
+            "platform 127.0.0.9:599, control 127.0.0.9:40999"
+        );
+        assert_ne!(tg.reflector_key, Some(seal));
+        // A config that names a reflector ignores what was learned.
+        let named = Config::new("127.0.0.9:4433".into(), [0xab; 32], "127.0.0.8:3479".into());
+        let spec = named.spec_with(Platform::Generic, Some(&learned)).unwrap();
+        assert_eq!(spec.reflector, "127.0.0.8:3479".parse().unwrap());
+        // An IPv6 collector keeps its brackets.
+        let v6 = Config {
+            collector: "[::1]:4433".into(),
+            ..cfg
+        };
+        let spec = v6.spec_with(Platform::Generic, Some(&learned)).unwrap();
+        assert_eq!(spec.reflector, "[::1]:40401".parse().unwrap());
     }
 }

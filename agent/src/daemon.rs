@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::engine::driver::Cancel;
 use crate::identity;
 use crate::queue::Queue;
-use crate::runner::{price, refuse_over_budget, run_one_test, upload_and_record, TestOutcome};
+use crate::runner::{
+    learn_reflector, price, refuse_over_budget, run_one_test, upload_and_record, TestOutcome,
+};
 use crate::schedule::Scheduler;
 use crate::state::SharedState;
 use anyhow::Result;
@@ -118,7 +120,11 @@ async fn test_loop(
         }
         let now = Utc::now();
         let run = match scheduler.peek(now) {
-            Some(platform) => match price(cfg, platform) {
+            Some(platform) => match learn_reflector(cfg, state)
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|learned| price(cfg, learned.as_ref(), platform))
+            {
                 Ok((spec, cost)) => {
                     if refuse_over_budget(state, platform, cost, cfg.budget).is_some() {
                         scheduler.skip(now, &mut rng);

@@ -144,7 +144,7 @@ mod tests {
             ..ConfigFile::new(
                 "127.0.0.1:4433".into(),
                 "ab".repeat(32),
-                "127.0.0.1:40401".into(),
+                Some("127.0.0.1:40401".into()),
             )
         };
         let cfg = Config::from_file(file).unwrap();

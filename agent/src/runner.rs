@@ -1,7 +1,7 @@
 //! One agent cycle: run the configured tests, sign and queue each report, then upload the queue.
 
 use crate::budget::BudgetConfig;
-use crate::config::Config;
+use crate::config::{Config, Learned};
 use crate::engine::driver::Cancel;
 use crate::engine::{run_call_test, TestError, TestSpec};
 use crate::queue::Queue;
@@ -46,8 +46,12 @@ pub async fn run_cycle(cfg: &Config, key: &SigningKey, queue: &Queue) -> Result<
 }
 
 /// The data a test will cost (upper estimate, both directions of every arm) and its spec.
-pub fn price(cfg: &Config, platform: Platform) -> Result<(TestSpec, u64)> {
-    let spec = cfg.spec(platform)?;
+pub fn price(
+    cfg: &Config,
+    learned: Option<&Learned>,
+    platform: Platform,
+) -> Result<(TestSpec, u64)> {
+    let spec = cfg.spec_with(platform, learned)?;
     let cost = spec.estimated_bytes();
     Ok((spec, cost))
 }
@@ -208,7 +212,42 @@ pub fn upload_target(cfg: &Config) -> Result<UploadTarget> {
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
         tcp_first: false,
+        fetch_endpoints: false,
     })
+}
+
+/// What the collector said about its own reflector, for a config that names none (`None` for
+/// one that does): as kept in the state file, or, before the first test, asked for now over the
+/// pinned connection. An error: the collector could not be asked (nothing can be tested yet).
+pub async fn learn_reflector(
+    cfg: &Config,
+    state: &SharedState,
+) -> Result<Option<Learned>, UploadError> {
+    if !cfg.reflector_from_collector {
+        return Ok(None);
+    }
+    if let Some(learned) = state.snapshot().learned() {
+        return Ok(Some(learned));
+    }
+    let target = upload_target(cfg).map_err(UploadError::Unreachable)?;
+    let target = UploadTarget {
+        tcp_first: state.snapshot().tcp_first(chrono::Utc::now()),
+        ..target
+    };
+    tracing::info!(
+        collector = %cfg.collector,
+        "asking the collector where its reflector serves each platform"
+    );
+    let summary = crate::upload::ask_collector(&target).await?;
+    let now = chrono::Utc::now();
+    state.update(|s| s.record_transport(&summary, now));
+    match state.snapshot().learned() {
+        Some(learned) => Ok(Some(learned)),
+        None => Err(UploadError::Refused(format!(
+            "the collector at {} did not say where its reflector serves",
+            cfg.collector
+        ))),
+    }
 }
 
 /// One pass over the queue; records the result and logs a success (one line; nothing to upload
@@ -226,6 +265,7 @@ pub async fn upload_and_record(
             let target = UploadTarget {
                 fetch_seal_key: want_key,
                 tcp_first: known.tcp_first(chrono::Utc::now()),
+                fetch_endpoints: cfg.reflector_from_collector,
                 ..target
             };
             upload_queue(queue, &target).await
@@ -275,8 +315,30 @@ pub async fn run_cycle_cancellable(
 ) -> Result<CycleOutcome> {
     let state = SharedState::load(&cfg.state_path());
     let mut outcome = CycleOutcome::default();
+    let learned = match learn_reflector(cfg, &state).await {
+        Ok(learned) => learned,
+        Err(e) => {
+            // Nothing can be tested before the collector says where; the queue stays as it is.
+            let why = format!("no test run: {e}");
+            tracing::warn!("{why}");
+            outcome.test_errors.push(why);
+            outcome.upload = Some(Err(e));
+            outcome.queued_after = queue.len();
+            return Ok(outcome);
+        }
+    };
     for platform in &cfg.platforms {
-        let (spec, cost) = price(cfg, *platform)?;
+        let (spec, cost) = match price(cfg, learned.as_ref(), *platform) {
+            Ok(priced) => priced,
+            // The collector's reflector cannot serve this platform (said and logged when
+            // learned): the others still run.
+            Err(e) if cfg.reflector_from_collector => {
+                tracing::info!(platform = %platform, "test skipped: {e:#}");
+                outcome.skipped.push(format!("{platform}: {e:#}"));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(why) = refuse_over_budget(&state, *platform, cost, cfg.budget) {
             outcome.skipped.push(format!("{platform}: {why}"));
             continue;

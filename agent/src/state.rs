@@ -127,6 +127,11 @@ pub struct AgentState {
     pub collector_reflectors: Vec<KnownReflector>,
     /// When that list was received.
     pub collector_reflectors_at: Option<DateTime<Utc>>,
+    /// Where the collector's own reflector serves each platform, as it last said (a config
+    /// with no `reflector` tests there); `None`: not asked yet.
+    pub collector_endpoints: Option<callwatch_proto::profile::Endpoints>,
+    /// When that was received.
+    pub collector_endpoints_at: Option<DateTime<Utc>>,
 }
 
 /// A saved schedule, or `None` (logged) if it cannot be read: losing the schedule costs one
@@ -205,6 +210,51 @@ impl SharedState {
 }
 
 impl AgentState {
+    /// What the collector said about its own reflector (ports per platform, sealing key), if it
+    /// has said where it serves.
+    pub fn learned(&self) -> Option<crate::config::Learned> {
+        let endpoints = self.collector_endpoints.clone()?;
+        let seal_key = self
+            .collector_reflectors
+            .iter()
+            .find(|r| r.name == "collector")
+            .and_then(|r| r.seal_key.as_deref())
+            .and_then(|k| k.parse().ok());
+        Some(crate::config::Learned {
+            endpoints,
+            seal_key,
+        })
+    }
+
+    /// Keeps what an upload pass learned of the collector's reflector, logging a change of the
+    /// platforms it serves (once, not on every refresh).
+    pub fn record_endpoints(
+        &mut self,
+        endpoints: callwatch_proto::profile::Endpoints,
+        now: DateTime<Utc>,
+    ) {
+        if self.collector_endpoints.as_ref() != Some(&endpoints) {
+            let served: Vec<String> = endpoints
+                .served
+                .iter()
+                .map(|s| s.platform.to_string())
+                .collect();
+            tracing::info!(
+                "the collector's reflector serves {}",
+                if served.is_empty() {
+                    "nothing".into()
+                } else {
+                    served.join(", ")
+                }
+            );
+            for u in &endpoints.unavailable {
+                tracing::info!("{} cannot be tested there: {}", u.platform, u.reason);
+            }
+        }
+        self.collector_endpoints = Some(endpoints);
+        self.collector_endpoints_at = Some(now);
+    }
+
     /// Sets the data-used figures from the persisted budget as of `now` (counts reset at UTC
     /// midnight and on the 1st, even if the agent has not run since).
     pub fn refresh_data_used(&mut self, now: DateTime<Utc>) {
@@ -260,6 +310,9 @@ impl AgentState {
         if let Some(list) = &summary.reflectors {
             self.collector_reflectors = list.iter().map(KnownReflector::from).collect();
             self.collector_reflectors_at = Some(now);
+        }
+        if let Some(endpoints) = &summary.endpoints {
+            self.record_endpoints(endpoints.clone(), now);
         }
     }
 
@@ -379,6 +432,32 @@ impl AgentState {
                     r.name,
                     r.address.as_deref().unwrap_or("(the configured reflector)"),
                     r.seal_key.as_deref().unwrap_or("-"),
+                );
+            }
+        }
+        if let (Some(e), Some(at)) = (&self.collector_endpoints, &self.collector_endpoints_at) {
+            let _ = writeln!(
+                out,
+                "the collector's reflector serves (as of {}):",
+                when(at)
+            );
+            for s in &e.served {
+                let _ = match s.control_port {
+                    Some(c) => writeln!(
+                        out,
+                        "  {:<9} platform arm udp {}, control arm udp {c}",
+                        s.platform.as_str(),
+                        s.platform_port
+                    ),
+                    None => writeln!(out, "  {:<9} udp {}", s.platform.as_str(), s.platform_port),
+                };
+            }
+            for u in &e.unavailable {
+                let _ = writeln!(
+                    out,
+                    "  {:<9} unavailable: {}",
+                    u.platform.as_str(),
+                    u.reason
                 );
             }
         }

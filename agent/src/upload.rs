@@ -11,6 +11,7 @@
 use crate::queue::Queue;
 use anyhow::{anyhow, Context, Result};
 use callwatch_proto::carry::CarryKey;
+use callwatch_proto::profile::Endpoints;
 use callwatch_proto::upload::{
     decode_frame_body, encode_frame, error_code, frame_len, ReflectorInfo, ReportStatus, Request,
     Response, ALPN, TCP_ALPN_OFFER,
@@ -246,6 +247,9 @@ pub struct UploadTarget {
     /// Try TLS over TCP first, QUIC only if TCP does not get through (QUIC failed recently:
     /// see [`crate::state::AgentState::tcp_first`]).
     pub tcp_first: bool,
+    /// Ask where the collector's reflector serves each platform once the queue is uploaded
+    /// (an agent whose config names no reflector learns, and refreshes, its ports so).
+    pub fetch_endpoints: bool,
 }
 
 impl UploadTarget {
@@ -261,6 +265,7 @@ impl UploadTarget {
             connect_timeout: Duration::from_secs(5),
             fetch_seal_key: false,
             tcp_first: false,
+            fetch_endpoints: false,
         }
     }
 }
@@ -285,6 +290,10 @@ pub struct UploadSummary {
     /// The reflectors the collector vouches for, asked after the queue was uploaded; `None`
     /// when not given (an earlier collector, or the question went unanswered).
     pub reflectors: Option<Vec<ReflectorInfo>>,
+    /// Where the collector's reflector serves each platform, when asked
+    /// ([`UploadTarget::fetch_endpoints`]); an earlier collector, which does not say, is
+    /// assumed to serve every profile at its own ports. `None`: unanswered or unusable.
+    pub endpoints: Option<Endpoints>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -311,11 +320,31 @@ pub async fn upload_queue(
     queue: &Queue,
     target: &UploadTarget,
 ) -> Result<UploadSummary, UploadError> {
+    transfer(Some(queue), target).await
+}
+
+/// Connects to the collector as an upload does (the same transports, pin and fallback) and only
+/// asks it where its reflector serves each platform (and which reflectors it vouches for),
+/// uploading nothing: what an agent whose config names no reflector does before its first test.
+pub async fn ask_collector(target: &UploadTarget) -> Result<UploadSummary, UploadError> {
+    let target = UploadTarget {
+        fetch_endpoints: true,
+        fetch_seal_key: false,
+        ..target.clone()
+    };
+    transfer(None, &target).await
+}
+
+/// [`upload_queue`], or with no queue [`ask_collector`].
+async fn transfer(
+    queue: Option<&Queue>,
+    target: &UploadTarget,
+) -> Result<UploadSummary, UploadError> {
     let mut summary = UploadSummary {
-        remaining: queue.len(),
+        remaining: queue.map_or(0, Queue::len),
         ..Default::default()
     };
-    if queue.is_empty() {
+    if queue.is_some_and(Queue::is_empty) {
         return Ok(summary);
     }
     // QUIC first, TLS on TCP when it does not get through; the other way round for a while
@@ -365,14 +394,14 @@ pub async fn upload_queue(
             }
             // An answer from the collector (a refusal) is not a reason to try the other way.
             Err(e) => {
-                summary.remaining = queue.len();
+                summary.remaining = queue.map_or(0, Queue::len);
                 return Err(e);
             }
         }
     }
     // Something answered on every transport tried, and each time with another certificate.
     if !failures.is_empty() && failures.iter().all(|(_, _, other)| *other) {
-        summary.remaining = queue.len();
+        summary.remaining = queue.map_or(0, Queue::len);
         let seen: Vec<String> = failures
             .iter()
             .map(|(t, e, _)| format!("over {}: {e:#}", label(*t)))
@@ -397,12 +426,12 @@ pub async fn upload_queue(
             ),
         })
     });
-    summary.remaining = queue.len();
+    summary.remaining = queue.map_or(0, Queue::len);
     result.map(|_| summary)
 }
 
 async fn upload_quic(
-    queue: &Queue,
+    queue: Option<&Queue>,
     target: &UploadTarget,
     summary: &mut UploadSummary,
     other_seen: OtherCertSeen,
@@ -444,7 +473,7 @@ async fn upload_quic(
 }
 
 async fn upload_tcp(
-    queue: &Queue,
+    queue: Option<&Queue>,
     target: &UploadTarget,
     addr: SocketAddr,
     summary: &mut UploadSummary,
@@ -514,6 +543,41 @@ async fn ask_reflectors(conn: &mut Conn) -> Option<Vec<ReflectorInfo>> {
     }
 }
 
+/// Asks the collector where its reflector serves each platform. Best effort like
+/// [`ask_reflectors`]; a collector of an earlier release answers `Error` (`PROTOCOL`) and is
+/// assumed to serve every profile at its own ports. An answer that fails
+/// [`Endpoints::check`] is logged and dropped.
+async fn ask_endpoints(conn: &mut Conn) -> Option<Endpoints> {
+    match tokio::time::timeout(REFLECTORS_TIMEOUT, conn.request(&Request::Endpoints)).await {
+        Ok(Ok(Response::Endpoints(e))) => match e.check() {
+            Ok(()) => Some(e),
+            Err(why) => {
+                tracing::warn!("the collector's list of reflector ports is unusable: {why}");
+                None
+            }
+        },
+        Ok(Ok(Response::Error { code, .. })) if code == error_code::PROTOCOL => {
+            tracing::debug!(
+                "the collector does not say where its reflector serves (an earlier release); \
+                 assuming every profile's own ports"
+            );
+            Some(Endpoints::assumed())
+        }
+        Ok(Ok(other)) => {
+            tracing::debug!("the collector gave no reflector ports: {other:?}");
+            None
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("asking for the reflector ports: {e:#}");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no reflector ports within {REFLECTORS_TIMEOUT:?}");
+            None
+        }
+    }
+}
+
 /// Sends an upload request and waits for its answer.
 async fn ask_ack(conn: &mut Conn, req: &Request) -> Result<Response, UploadError> {
     tokio::time::timeout(ANSWER_TIMEOUT, conn.request(req))
@@ -525,7 +589,7 @@ async fn ask_ack(conn: &mut Conn, req: &Request) -> Result<Response, UploadError
 /// Fetches the carry-out key if asked, then uploads the queue batch by batch on `conn`.
 async fn drain(
     conn: &mut Conn,
-    queue: &Queue,
+    queue: Option<&Queue>,
     target: &UploadTarget,
     summary: &mut UploadSummary,
 ) -> Result<(), UploadError> {
@@ -539,6 +603,11 @@ async fn drain(
             other => tracing::debug!("the collector gave no carry-out key: {other:?}"),
         }
     }
+    let Some(queue) = queue else {
+        summary.reflectors = ask_reflectors(conn).await;
+        summary.endpoints = ask_endpoints(conn).await;
+        return Ok(());
+    };
     let mut tokens_refused = false;
     // Entries up to here were answered in this pass (removed, or kept as deferred).
     let mut answered: Option<u64> = None;
@@ -548,6 +617,9 @@ async fn drain(
             .map_err(UploadError::Local)?;
         if batch.is_empty() {
             summary.reflectors = ask_reflectors(conn).await;
+            if target.fetch_endpoints {
+                summary.endpoints = ask_endpoints(conn).await;
+            }
             return Ok(());
         }
         let queued = || batch.iter().map(|(_, q)| q);
@@ -567,7 +639,7 @@ async fn drain(
             Response::Error { code, reason } => {
                 return Err(UploadError::Refused(format!("code {code}: {reason}")))
             }
-            Response::SealKey { .. } | Response::Reflectors { .. } => {
+            Response::SealKey { .. } | Response::Reflectors { .. } | Response::Endpoints(_) => {
                 return Err(UploadError::Refused(
                     "a key or a list where an acknowledgement was due; nothing removed".into(),
                 ))

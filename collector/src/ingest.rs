@@ -92,6 +92,8 @@ pub struct IngestConfig {
     pub filer: crate::attest::Filer,
     /// The reflectors agents are told of ([`Request::Reflectors`]).
     pub reflectors: crate::reflector::registry::Directory,
+    /// Where the collector's own reflector serves each platform ([`Request::Endpoints`]).
+    pub endpoints: callwatch_proto::profile::Endpoints,
 }
 
 /// How long an upload stream may take to deliver its request.
@@ -367,6 +369,7 @@ struct Shared {
     carry_key: Option<CarryKey>,
     filer: crate::attest::Filer,
     reflectors: crate::reflector::registry::Directory,
+    endpoints: callwatch_proto::profile::Endpoints,
 }
 
 /// A connection's place under the limits; gives it back when dropped.
@@ -442,6 +445,7 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
         carry_key: cfg.carry_key,
         filer: cfg.filer,
         reflectors: cfg.reflectors,
+        endpoints: cfg.endpoints,
     });
     let (ep, sh) = (endpoint.clone(), shared.clone());
     let task = tokio::spawn(async move {
@@ -659,6 +663,7 @@ async fn answer_request<R: AsyncRead + Unpin>(
         Ok(Request::Reflectors) => Response::Reflectors {
             reflectors: shared.reflectors.list(),
         },
+        Ok(Request::Endpoints) => Response::Endpoints(shared.endpoints.clone()),
         Ok(request @ (Request::Upload { .. } | Request::UploadWithTokens { .. })) => {
             let reports = match request.into_queued() {
                 Some(Ok(reports)) => reports,

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use callwatch_collector::{serve, ServeConfig};
 use clap::{Parser, Subcommand};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -35,7 +35,7 @@ enum Command {
     ///
     /// Example:
     ///   callwatch-collector serve --data /var/lib/callwatch --listen 0.0.0.0:4433 \
-    ///       --reflector 0.0.0.0:3479 --http 127.0.0.1:8080 \
+    ///       --reflector-ip 0.0.0.0 --http 127.0.0.1:8080 \
     ///       --geo GeoLite2-Country.mmdb --geo GeoLite2-ASN.mmdb
     #[command(verbatim_doc_comment)]
     Serve {
@@ -49,8 +49,19 @@ enum Command {
         /// address and port, on TCP). Same certificate, same frames, same rules.
         #[arg(long, value_name = "ADDR")]
         tcp: Option<SocketAddr>,
-        /// UDP address of the reflector; repeat for several ports.
-        #[arg(long = "reflector", value_name = "ADDR", default_values_t = ["127.0.0.1:3479".parse::<SocketAddr>().expect("literal")])]
+        /// The reflector listens on every platform profile's UDP port at this address (599,
+        /// 1400, 3478, 40400, 40401, 50000), going on without those it cannot bind (ports below
+        /// 1024 need CAP_NET_BIND_SERVICE); it says which platforms that leaves unavailable,
+        /// and agents are told which it serves.
+        #[arg(long = "reflector-ip", value_name = "IP", default_value = "127.0.0.1")]
+        reflector_ip: IpAddr,
+        /// Instead of --reflector-ip: exactly these UDP addresses (repeat for several), each
+        /// of which must bind. Agents are told the platforms whose ports are among them.
+        #[arg(
+            long = "reflector",
+            value_name = "ADDR",
+            conflicts_with = "reflector_ip"
+        )]
         reflectors: Vec<SocketAddr>,
         /// HTTP API address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -303,6 +314,7 @@ async fn run(cli: Cli) -> Result<()> {
             data,
             listen,
             tcp,
+            reflector_ip,
             reflectors,
             http,
             geo,
@@ -319,7 +331,12 @@ async fn run(cli: Cli) -> Result<()> {
             cfg.policy.max_per_agent_per_day = max_per_agent_day;
             cfg.listen = listen;
             cfg.tcp = tcp;
-            cfg.reflectors = reflectors;
+            if reflectors.is_empty() {
+                cfg.reflectors = callwatch_collector::serve::profile_ports(reflector_ip);
+            } else {
+                cfg.reflectors = reflectors;
+                cfg.reflector_bind = callwatch_reflector::Bind::Every;
+            }
             cfg.http = http;
             cfg.geo_files = geo;
             let collector = match callwatch_collector::store::config::open_for_serve(&store)? {
@@ -342,6 +359,17 @@ async fn run(cli: Cli) -> Result<()> {
             );
             for a in &collector.reflector.addrs {
                 println!("reflector on udp {a}");
+            }
+            println!(
+                "reflector serves: {}",
+                callwatch_collector::serve::describe_served(&collector.endpoints)
+            );
+            for u in &collector.endpoints.unavailable {
+                tracing::warn!(
+                    "{} tests are unavailable (agents are told): {}",
+                    u.platform,
+                    u.reason
+                );
             }
             println!(
                 "HTTP API on http://{}/api/v1/aggregation",

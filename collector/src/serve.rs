@@ -9,8 +9,9 @@ use crate::http::{router, AppState};
 use crate::ingest::{spawn_ingest, Ingest, IngestConfig};
 use crate::store::{ReportStore, SledStore};
 use anyhow::{Context, Result};
-use callwatch_reflector::{Driver, Limits, ReflectorHandle};
-use std::net::SocketAddr;
+use callwatch_proto::profile::{reflector_ports, Endpoints};
+use callwatch_reflector::{Bind, Driver, Limits, ReflectorHandle};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -25,6 +26,11 @@ pub struct ServeConfig {
     pub tcp: Option<SocketAddr>,
     /// Reflector UDP addresses (one socket each).
     pub reflectors: Vec<SocketAddr>,
+    /// Whether every reflector address must be bound ([`Bind::Every`]: the operator named
+    /// them) or the reflector goes on with those it can ([`Bind::WhatItCan`]: the default,
+    /// every profile's ports, where a port below 1024 may be refused); agents are told which
+    /// platforms it serves either way ([`Collector::endpoints`]).
+    pub reflector_bind: Bind,
     /// HTTP API address.
     pub http: SocketAddr,
     /// Region source: ip2asn TSV or MaxMind DB (told from the content); without any source
@@ -52,7 +58,8 @@ impl ServeConfig {
             data_dir,
             listen: "127.0.0.1:4433".parse().expect("literal address"),
             tcp: None,
-            reflectors: vec!["127.0.0.1:3479".parse().expect("literal address")],
+            reflectors: profile_ports(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            reflector_bind: Bind::WhatItCan,
             http: "127.0.0.1:8080".parse().expect("literal address"),
             geo: None,
             geo_files: Vec::new(),
@@ -77,6 +84,9 @@ pub struct Collector {
     pub http_addr: SocketAddr,
     pub pin: String,
     pub reflector: ReflectorHandle,
+    /// Which platforms the reflector serves, on which ports, and why not the others: what
+    /// agents are told ([`callwatch_proto::upload::Request::Endpoints`]).
+    pub endpoints: Endpoints,
     pub ingest: Ingest,
     pub store: Arc<dyn ReportStore>,
     http_task: tokio::task::JoinHandle<()>,
@@ -118,14 +128,26 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         &cfg.reflectors,
         cfg.reflector_limits,
         cfg.reflector_driver,
+        cfg.reflector_bind,
         geo.clone().region_lookup(),
         Some(carry.public()),
     )
     .await?;
+    let endpoints = endpoints_of(&reflector);
     let attest_keys = crate::attest::AttestKeys::with_registry(attest_pub, &cfg.data_dir)?;
+    // The address agents are told for the collector's own reflector: where generic tests go
+    // (the first bound one when there are none).
+    let own_addr: Vec<SocketAddr> = endpoints
+        .get(callwatch_proto::Platform::Generic)
+        .ok()
+        .and_then(|g| reflector.addrs.iter().find(|a| a.port() == g.platform_port))
+        .or(reflector.addrs.first())
+        .copied()
+        .into_iter()
+        .collect();
     let directory = crate::reflector::registry::directory(
         &cfg.data_dir,
-        &reflector.addrs,
+        &own_addr,
         reflector.seal_key,
         &attest_pub,
     );
@@ -146,6 +168,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
             paths: Some(Arc::new(crate::attest::PathTokens::new(carry.clone()))),
         },
         reflectors: directory,
+        endpoints: endpoints.clone(),
     })?;
     let quic_addr = ingest.local_addr()?;
     let tcp_addr = ingest.tcp_addr.context("the TCP ingest listener")?;
@@ -172,8 +195,47 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         http_addr,
         pin: identity.pin,
         reflector,
+        endpoints,
         ingest,
         store,
         http_task,
     })
+}
+
+/// Every built-in profile's reflector port on `ip`: what `serve` listens on by default.
+pub fn profile_ports(ip: IpAddr) -> Vec<SocketAddr> {
+    reflector_ports()
+        .into_iter()
+        .map(|port| SocketAddr::new(ip, port))
+        .collect()
+}
+
+/// What a running reflector serves, from the ports it bound and those it could not.
+pub fn endpoints_of(reflector: &ReflectorHandle) -> Endpoints {
+    let bound: Vec<u16> = reflector.addrs.iter().map(SocketAddr::port).collect();
+    let unbound: Vec<(u16, String)> = reflector
+        .unbound
+        .iter()
+        // A port bound on another address (e.g. IPv4 but not IPv6) is served.
+        .filter(|(a, _)| !bound.contains(&a.port()))
+        .map(|(a, why)| (a.port(), why.clone()))
+        .collect();
+    Endpoints::from_ports(&bound, &unbound)
+}
+
+/// The platforms `endpoints` serves, as "generic (udp 40401), whatsapp (udp 3478, control
+/// 40400), …", or "nothing" (what `serve` prints once it is up).
+pub fn describe_served(endpoints: &Endpoints) -> String {
+    if endpoints.served.is_empty() {
+        return "nothing".into();
+    }
+    endpoints
+        .served
+        .iter()
+        .map(|s| match s.control_port {
+            Some(c) => format!("{} (udp {}, control {c})", s.platform, s.platform_port),
+            None => format!("{} (udp {})", s.platform, s.platform_port),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

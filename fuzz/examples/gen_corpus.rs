@@ -273,7 +273,7 @@ fn config_seeds() {
     let mut cfg = callwatch_agent::config::ConfigFile::new(
         "127.0.0.1:4433".into(),
         "ab".repeat(32),
-        "127.0.0.1:40401".into(),
+        Some("127.0.0.1:40401".into()),
     );
     write("agent_config", "init", cfg.to_toml().as_bytes());
     cfg.quiet_hours = Some("23:00-07:00".into());

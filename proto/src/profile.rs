@@ -268,6 +268,135 @@ pub fn reflector_ports() -> Vec<u16> {
     ports
 }
 
+/// Where a reflector serves each platform's test: what a collector tells its agents about its
+/// own reflector ([`crate::upload::Request::Endpoints`]). The reflector is at the collector's host
+/// (the one the agent dialled); only the ports and the platforms are said.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// The platforms it serves, with the port each arm goes to.
+    pub served: Vec<Served>,
+    /// The platforms it cannot serve, with why (e.g. a port it could not bind).
+    pub unavailable: Vec<Unavailable>,
+}
+
+/// One platform a reflector serves, and where.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub platform: Platform,
+    /// The platform arm's port (generic: its only arm's).
+    pub platform_port: u16,
+    /// The control arm's port; `None` for a single-arm profile.
+    pub control_port: Option<u16>,
+}
+
+/// One platform a reflector cannot serve, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unavailable {
+    pub platform: Platform,
+    pub reason: String,
+}
+
+/// Most entries an [`Endpoints`] answer may hold (served and unavailable together).
+pub const MAX_ENDPOINTS: usize = 64;
+/// Longest reason an [`Unavailable`] entry may give, in bytes.
+pub const MAX_REASON_LEN: usize = 300;
+
+impl Endpoints {
+    /// Every built-in profile at its own ports: what an agent assumes of a collector of an
+    /// earlier release, which does not say.
+    pub fn assumed() -> Endpoints {
+        let ports = reflector_ports();
+        Endpoints::from_ports(&ports, &[])
+    }
+
+    /// What a reflector listening on the `bound` ports serves, when binding `unbound` failed
+    /// (each with why). A platform is served when one of its profile's ports and its control
+    /// port are bound (the first bound one of its ports is the one given). Generic, whose own
+    /// port is not bound, goes to the first bound port no profile uses (e.g. a reflector
+    /// started on 3479 alone), so that a reflector on any port serves at least generic tests.
+    pub fn from_ports(bound: &[u16], unbound: &[(u16, String)]) -> Endpoints {
+        let why_not = |port: u16| match unbound.iter().find(|(p, _)| *p == port) {
+            Some((_, why)) => format!("UDP port {port} could not be bound: {why}"),
+            None => format!("the reflector does not listen on UDP port {port}"),
+        };
+        let used = reflector_ports();
+        let mut out = Endpoints::default();
+        for p in profiles() {
+            let own = p.ports.iter().copied().find(|port| bound.contains(port));
+            let platform_port = match own {
+                Some(port) => Ok(port),
+                None if p.platform == Platform::Generic => bound
+                    .iter()
+                    .copied()
+                    .find(|port| !used.contains(port))
+                    .ok_or_else(|| why_not(p.ports.first().copied().unwrap_or(0))),
+                None => Err(why_not(p.ports.first().copied().unwrap_or(0))),
+            };
+            let control = match p.control_port {
+                Some(port) if bound.contains(&port) => Ok(Some(port)),
+                Some(port) => Err(why_not(port)),
+                None => Ok(None),
+            };
+            match (platform_port, control) {
+                (Ok(platform_port), Ok(control_port)) => out.served.push(Served {
+                    platform: p.platform,
+                    platform_port,
+                    control_port,
+                }),
+                (Err(reason), _) | (_, Err(reason)) => out.unavailable.push(Unavailable {
+                    platform: p.platform,
+                    reason,
+                }),
+            }
+        }
+        out
+    }
+
+    /// Where `platform`'s test goes, or why it cannot run here.
+    pub fn get(&self, platform: Platform) -> Result<&Served, String> {
+        if let Some(s) = self.served.iter().find(|s| s.platform == platform) {
+            return Ok(s);
+        }
+        Err(
+            match self.unavailable.iter().find(|u| u.platform == platform) {
+                Some(u) => u.reason.clone(),
+                None => "the collector's reflector does not offer it".into(),
+            },
+        )
+    }
+
+    /// Whether an answer received from a collector is usable: bounded, ports non-zero, each
+    /// platform at most once. What an agent checks before it keeps it.
+    pub fn check(&self) -> Result<(), String> {
+        if self.served.len() + self.unavailable.len() > MAX_ENDPOINTS {
+            return Err(format!("more than {MAX_ENDPOINTS} entries"));
+        }
+        let mut seen = Vec::new();
+        for s in &self.served {
+            if s.platform_port == 0 || s.control_port == Some(0) {
+                return Err(format!("{}: port 0", s.platform));
+            }
+            seen.push(s.platform);
+        }
+        for u in &self.unavailable {
+            if u.reason.len() > MAX_REASON_LEN {
+                return Err(format!(
+                    "{}: a reason over {MAX_REASON_LEN} bytes",
+                    u.platform
+                ));
+            }
+            seen.push(u.platform);
+        }
+        let n = seen.len();
+        seen.sort_unstable();
+        seen.dedup();
+        if seen.len() != n {
+            return Err("a platform listed twice".into());
+        }
+        Ok(())
+    }
+}
+
 /// Opus voice in 20 ms frames, as UDP payload sizes. An assumption, not a measurement: a
 /// wideband Opus frame (roughly 60–110 bytes at 24–40 kbit/s VBR) plus an RTP header, an SRTP tag
 /// and a relay header. The same for every platform, so that the arms of different platforms
@@ -810,5 +939,89 @@ mod tests {
             );
             assert!(p.limits.contains("assumption"), "{}", p.platform);
         }
+    }
+
+    #[test]
+    fn endpoints_serve_what_is_bound_and_say_why_not() {
+        // Every profile's port bound: every platform served at its own ports.
+        let all = Endpoints::from_ports(&reflector_ports(), &[]);
+        assert!(all.unavailable.is_empty(), "{all:?}");
+        assert_eq!(all.served.len(), Platform::ALL.len());
+        let wa = all.get(Platform::Whatsapp).unwrap();
+        assert_eq!(
+            (wa.platform_port, wa.control_port),
+            (3478, Some(CONTROL_PORT))
+        );
+        assert_eq!(all.get(Platform::Telegram).unwrap().platform_port, 599);
+        assert_eq!(all.get(Platform::Generic).unwrap().platform_port, 40401);
+        assert_eq!(all.get(Platform::Generic).unwrap().control_port, None);
+        assert_eq!(all, Endpoints::assumed());
+        assert_eq!(all.check(), Ok(()));
+
+        // 599 refused (no CAP_NET_BIND_SERVICE): Telegram falls back to its other port, 1400.
+        let bound: Vec<u16> = reflector_ports()
+            .into_iter()
+            .filter(|p| *p != 599)
+            .collect();
+        let e = Endpoints::from_ports(&bound, &[(599, "permission denied".into())]);
+        assert_eq!(e.get(Platform::Telegram).unwrap().platform_port, 1400);
+
+        // 3478 taken: WhatsApp and Signal (both on 3478 alone) are unavailable, with the reason.
+        let bound: Vec<u16> = reflector_ports()
+            .into_iter()
+            .filter(|p| *p != 3478)
+            .collect();
+        let e = Endpoints::from_ports(&bound, &[(3478, "address in use".into())]);
+        for p in [Platform::Whatsapp, Platform::Signal] {
+            let why = e.get(p).unwrap_err();
+            assert_eq!(
+                why, "UDP port 3478 could not be bound: address in use",
+                "{p}"
+            );
+        }
+        assert!(e.get(Platform::Max).is_ok());
+
+        // No control port: no two-arm platform, however its own port stands.
+        let bound: Vec<u16> = reflector_ports()
+            .into_iter()
+            .filter(|p| *p != CONTROL_PORT)
+            .collect();
+        let e = Endpoints::from_ports(&bound, &[]);
+        assert_eq!(e.served.len(), 1, "{e:?}");
+        assert_eq!(
+            e.get(Platform::Max).unwrap_err(),
+            "the reflector does not listen on UDP port 40400"
+        );
+
+        // A reflector on 3479 alone serves generic tests there, nothing else.
+        let e = Endpoints::from_ports(&[3479], &[]);
+        assert_eq!(e.get(Platform::Generic).unwrap().platform_port, 3479);
+        assert_eq!(e.served.len(), 1);
+        assert_eq!(e.unavailable.len(), Platform::ALL.len() - 1);
+        // Nothing bound that no profile uses, and not 40401: generic is unavailable too.
+        let e = Endpoints::from_ports(&[3478], &[]);
+        assert!(e.served.is_empty(), "{e:?}");
+    }
+
+    #[test]
+    fn endpoints_from_a_collector_are_checked() {
+        let mut e = Endpoints::assumed();
+        e.served[1].control_port = Some(0);
+        assert!(e.check().unwrap_err().contains("port 0"));
+        let mut e = Endpoints::assumed();
+        let twice = e.served[0].clone();
+        e.served.push(twice);
+        assert_eq!(e.check().unwrap_err(), "a platform listed twice");
+        let mut e = Endpoints::assumed();
+        e.unavailable.push(Unavailable {
+            platform: Platform::Max,
+            reason: "x".repeat(MAX_REASON_LEN + 1),
+        });
+        assert!(e.check().is_err());
+        let e = Endpoints {
+            served: vec![e.served[0].clone(); MAX_ENDPOINTS + 1],
+            unavailable: vec![],
+        };
+        assert!(e.check().unwrap_err().contains("entries"));
     }
 }

@@ -76,6 +76,10 @@ pub enum Request {
         reports: Vec<SignedReport>,
         tokens: Vec<Vec<u8>>,
     },
+    /// Asks where the collector's own reflector serves each platform's test (ports, and which
+    /// platforms it cannot serve). Answered with [`Response::Endpoints`]; collectors of earlier
+    /// releases answer `Error` (`PROTOCOL`), and the agent then assumes every profile's own ports.
+    Endpoints,
 }
 
 impl Request {
@@ -201,6 +205,9 @@ pub enum Response {
     /// The reflectors the collector vouches for, answering [`Request::Reflectors`]; authenticated
     /// by the pinned connection it arrives on. At most [`MAX_REFLECTORS`] entries.
     Reflectors { reflectors: Vec<ReflectorInfo> },
+    /// Where the collector's own reflector serves each platform, answering
+    /// [`Request::Endpoints`]; authenticated by the pinned connection it arrives on.
+    Endpoints(crate::profile::Endpoints),
 }
 
 /// Most reflectors in one [`Response::Reflectors`].

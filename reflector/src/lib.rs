@@ -27,6 +27,6 @@ pub use self::core::{
     stun_binding_success, Arrival, Attester, Limits, Reflector, ReflectorStats, RegionLookup,
 };
 pub use self::udp::{
-    bind_with_buffers, spawn_reflector, spawn_reflector_attested, spawn_reflector_with, Driver,
-    ReflectorHandle, ReflectorStatsSource,
+    bind_failure, bind_with_buffers, spawn_reflector, spawn_reflector_attested,
+    spawn_reflector_with, Bind, Driver, ReflectorHandle, ReflectorStatsSource,
 };

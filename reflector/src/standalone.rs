@@ -7,7 +7,7 @@
 //! carry-out key).
 
 use crate::geo::Geo;
-use crate::{spawn_reflector_with, Driver, Limits, ReflectorHandle, RegionLookup};
+use crate::{spawn_reflector_with, Bind, Driver, Limits, ReflectorHandle, RegionLookup};
 use anyhow::{Context, Result};
 use callwatch_proto::carry::CarryKey;
 use std::net::SocketAddr;
@@ -23,6 +23,7 @@ pub async fn start(
     addrs: &[SocketAddr],
     limits: Limits,
     driver: Driver,
+    bind: Bind,
     lookup: RegionLookup,
     collector: Option<CarryKey>,
 ) -> Result<(ReflectorHandle, ed25519_dalek::VerifyingKey)> {
@@ -35,9 +36,10 @@ pub async fn start(
         seal,
         Some((attest_key, lookup, collector)),
         driver,
+        bind,
     )
     .await
-    .with_context(|| format!("binding reflector on {addrs:?}"))?;
+    .context("starting the reflector")?;
     Ok((reflector, attest_pub))
 }
 
@@ -72,6 +74,7 @@ pub async fn reflect(cfg: ReflectConfig) -> Result<StandaloneReflector> {
         &cfg.reflectors,
         cfg.limits,
         Driver::default(),
+        Bind::Every,
         geo.region_lookup(),
         cfg.collector_key,
     )

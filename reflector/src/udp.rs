@@ -61,6 +61,8 @@ pub use crate::net::BATCH;
 /// A running reflector: its bound addresses, counters, and the threads to stop.
 pub struct ReflectorHandle {
     pub addrs: Vec<SocketAddr>,
+    /// The addresses it was asked for but could not bind ([`Bind::WhatItCan`]), each with why.
+    pub unbound: Vec<(SocketAddr, String)>,
     /// The public key agents seal their platform arms to (`reflector_key` in their config).
     pub seal_key: ReflectorKey,
     state: Arc<Mutex<Reflector>>,
@@ -225,7 +227,35 @@ pub async fn spawn_reflector_attested(
     seal: ReflectorSecret,
     attest: Option<Attesting>,
 ) -> std::io::Result<ReflectorHandle> {
-    spawn_reflector_with(addrs, limits, seal, attest, Driver::default()).await
+    spawn_reflector_with(addrs, limits, seal, attest, Driver::default(), Bind::Every).await
+}
+
+/// What to do when an address cannot be bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bind {
+    /// Fail: the caller named exactly these addresses.
+    Every,
+    /// Go on with the addresses that could be bound, keeping why the others could not
+    /// ([`ReflectorHandle::unbound`]); fail only when none could.
+    WhatItCan,
+}
+
+/// Why binding `addr` failed, with the likely cause in words an operator acts on.
+pub fn bind_failure(addr: SocketAddr, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            format!("{e} (ports below 1024 need CAP_NET_BIND_SERVICE or root)")
+        }
+        ErrorKind::AddrInUse => format!("{e} (another program listens on UDP {addr})"),
+        ErrorKind::AddrNotAvailable => {
+            format!(
+                "{e} (no network interface here has the address {})",
+                addr.ip()
+            )
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// [`spawn_reflector_attested`] with the given [`Driver`] (the default is what the capacity
@@ -236,6 +266,7 @@ pub async fn spawn_reflector_with(
     seal: ReflectorSecret,
     attest: Option<Attesting>,
     driver: Driver,
+    bind: Bind,
 ) -> std::io::Result<ReflectorHandle> {
     let secret: [u8; 32] = rand::random();
     let seal_key = seal.public();
@@ -256,13 +287,40 @@ pub async fn spawn_reflector_with(
     let stop = Arc::new(AtomicBool::new(false));
     let mut bound = Vec::new();
     let mut sockets = Vec::new();
+    let mut unbound = Vec::new();
     for addr in addrs {
-        let socket = bind_socket(*addr)?;
+        let socket = match bind_socket(*addr) {
+            Ok(socket) => socket,
+            Err(e) if bind == Bind::WhatItCan => {
+                tracing::warn!(
+                    "reflector: cannot listen on UDP {addr}: {}",
+                    bind_failure(*addr, &e)
+                );
+                unbound.push((*addr, bind_failure(*addr, &e)));
+                continue;
+            }
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("UDP {addr}: {}", bind_failure(*addr, &e)),
+                ))
+            }
+        };
         enable_kernel_stamps(&socket);
         // The timeout only paces the once-a-second sweep when nothing arrives.
         socket.set_read_timeout(Some(SWEEP_EVERY))?;
         bound.push(socket.local_addr()?);
         sockets.push(Arc::new(socket));
+    }
+    if sockets.is_empty() && !addrs.is_empty() {
+        let why: Vec<String> = unbound
+            .iter()
+            .map(|(a, e)| format!("UDP {a}: {e}"))
+            .collect();
+        return Err(std::io::Error::other(format!(
+            "the reflector could bind none of its addresses ({})",
+            why.join("; ")
+        )));
     }
     let mut threads = Vec::new();
     for (i, socket) in sockets.iter().enumerate() {
@@ -283,6 +341,7 @@ pub async fn spawn_reflector_with(
     }
     Ok(ReflectorHandle {
         addrs: bound,
+        unbound,
         seal_key,
         state,
         sockets,

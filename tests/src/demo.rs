@@ -151,7 +151,7 @@ pub async fn run_demo(cfg: &DemoConfig) -> Result<DemoResult> {
         let mut ac = Config::from_file(ConfigFile::new(
             collector.quic_addr.to_string(),
             collector.pin.clone(),
-            ports[0].to_string(),
+            Some(ports[0].to_string()),
         ))
         .map_err(|problems| anyhow::anyhow!("agent config: {}", problems.join("; ")))?;
         ac.test.reflector_key = Some(collector.reflector.seal_key);

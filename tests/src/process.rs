@@ -41,9 +41,15 @@ pub fn serve_command(data: &Path) -> Command {
 /// appended, logging at info level into `logs/stdout.log` and `logs/stderr.log`; returns once it
 /// printed its addresses (it exiting first fails the test, with its error output).
 pub fn start_collector(logs: &Path, data: &Path, extra: &[&str]) -> RunningCollector {
-    let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
     let mut cmd = serve_command(data);
     cmd.args(extra);
+    start_serve(cmd, logs)
+}
+
+/// Starts `cmd` (a `callwatch-collector serve` command, with every argument it needs) as
+/// [`start_collector`] does.
+pub fn start_serve(mut cmd: Command, logs: &Path) -> RunningCollector {
+    let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
     let mut child = cmd
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -248,8 +254,8 @@ pub fn await_exit(mut child: Child, limit: Duration) -> Option<std::process::Exi
     }
 }
 
-/// `callwatch-agent init --config CONFIG --collector COLLECTOR --pin PIN --reflector REFLECTOR`
-/// (the init failing fails the test), then the written text edited: each (from, to) in `edits`
+/// `callwatch-agent init --config CONFIG --collector COLLECTOR --pin PIN --reflector REFLECTOR
+/// --platform generic` (the init failing fails the test), then the written text edited: each (from, to) in `edits`
 /// replaced (a `from` not in the text fails the test), and `append` added at the end. Returns
 /// the config file's text as written.
 pub fn init_agent(
@@ -270,6 +276,9 @@ pub fn init_agent(
             pin,
             "--reflector",
             reflector,
+            // The reflector is on a free port, not every profile's: generic tests only.
+            "--platform",
+            "generic",
         ])
         .output()
         .expect("running callwatch-agent init");

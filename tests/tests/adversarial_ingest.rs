@@ -196,6 +196,7 @@ async fn idle_connections_from_one_source_are_capped_and_honest_agents_still_upl
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
         tcp_first: false,
+        fetch_endpoints: false,
     };
     assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 1);
     drop(idle);
@@ -323,6 +324,7 @@ async fn a_batch_deferred_as_busy_stays_queued_and_arrives_later_once() {
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
         tcp_first: false,
+        fetch_endpoints: false,
     };
     // Five new reports in batches of two against an allowance of one: the first batch is
     // admitted (a batch needs a token and is then charged in full), the next is deferred.

@@ -93,7 +93,12 @@ fn agent_config(
         .args(["init", "--config"])
         .arg(&config)
         .args(["--collector", &collector.to_string(), "--pin", pin])
-        .args(["--reflector", &reflector.to_string()])
+        .args([
+            "--reflector",
+            &reflector.to_string(),
+            "--platform",
+            "generic",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

@@ -50,7 +50,12 @@ fn agent_config(
         .args(["init", "--force", "--config"])
         .arg(&config)
         .args(["--collector", &collector.to_string(), "--pin", pin])
-        .args(["--reflector", &reflector.to_string()])
+        .args([
+            "--reflector",
+            &reflector.to_string(),
+            "--platform",
+            "generic",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");

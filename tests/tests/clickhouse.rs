@@ -330,6 +330,7 @@ async fn clickhouse_outage_during_ingest_loses_nothing() {
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
         tcp_first: false,
+        fetch_endpoints: false,
     };
     let data = seed::seed();
     let (first, second) = (&data[..30], &data[30..90]);

@@ -51,6 +51,7 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
         tcp_first: false,
+        fetch_endpoints: false,
     };
     assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 25);
 

@@ -109,7 +109,8 @@ async fn sigkill_during_a_large_upload_keeps_every_acknowledged_report_once() {
                     Ok(
                         Response::Error { .. }
                         | Response::SealKey { .. }
-                        | Response::Reflectors { .. },
+                        | Response::Reflectors { .. }
+                        | Response::Endpoints(_),
                     )
                     | Err(_) => return,
                 }

@@ -124,6 +124,7 @@ async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
             connect_timeout: Duration::from_secs(5),
             fetch_seal_key: false,
             tcp_first: false,
+            fetch_endpoints: false,
         };
         let summary = upload_queue(&queue, &target).await.unwrap();
         assert_eq!(summary.accepted, usize::from(REPORTS_EACH), "{summary:?}");

@@ -177,7 +177,9 @@ fn bad_arguments_are_refused_naming_the_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.starts_with("callwatch-reflector: binding reflector on") && err.contains(&taken),
+        err.starts_with("callwatch-reflector: starting the reflector: UDP")
+            && err.contains(&taken)
+            && err.contains("another program listens"),
         "{err}"
     );
     // … and a region source that is not one: exit 1, the file named.

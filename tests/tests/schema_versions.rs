@@ -26,6 +26,7 @@ async fn a_newer_schema_is_kept_by_the_agent_and_never_stored() {
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
         tcp_first: false,
+        fetch_endpoints: false,
     };
     let data = seed::seed();
     let queue = Queue::open(&root.path().join("queue")).unwrap();

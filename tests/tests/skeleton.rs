@@ -54,7 +54,7 @@ fn agent_config(root: &Path, c: &callwatch_collector::Collector) -> Config {
     let mut ac = Config::from_file(ConfigFile::new(
         c.quic_addr.to_string(),
         c.pin.clone(),
-        c.reflector.addrs[0].to_string(),
+        Some(c.reflector.addrs[0].to_string()),
     ))
     .unwrap();
     ac.test.bind = Some(agent_ip());
@@ -79,6 +79,7 @@ fn target(c: &callwatch_collector::Collector, batch: usize) -> UploadTarget {
         connect_timeout: Duration::from_secs(5),
         fetch_seal_key: false,
         tcp_first: false,
+        fetch_endpoints: false,
     }
 }
 

@@ -39,7 +39,11 @@ fn agent_config(
     reflector: SocketAddr,
     seal_key: Option<String>,
 ) -> PathBuf {
-    let mut cfg = ConfigFile::new(quic.to_string(), pin.to_string(), reflector.to_string());
+    let mut cfg = ConfigFile::new(
+        quic.to_string(),
+        pin.to_string(),
+        Some(reflector.to_string()),
+    );
     cfg.collector_tcp = tcp.map(|a| a.to_string());
     cfg.collector_seal_key = seal_key;
     cfg.duration_secs = 1;

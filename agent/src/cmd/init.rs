@@ -18,9 +18,15 @@ pub struct Args {
     /// SHA-256 fingerprint of the collector's certificate (its collector.pin file).
     #[arg(long, value_name = "HEX")]
     pin: String,
-    /// Reflector UDP address, host:port (default: the collector's host, port 3479).
+    /// Reflector UDP address, host:port, to test against instead of the collector's own
+    /// (default: none written; the agent asks the collector where its reflector serves each
+    /// platform, and refreshes that after every upload).
     #[arg(long, value_name = "HOST:PORT")]
     reflector: Option<String>,
+    /// A platform to test; repeat for several (default: every one: generic, whatsapp,
+    /// telegram, signal, max, tested in turn).
+    #[arg(long = "platform", value_name = "PLATFORM")]
+    platforms: Vec<callwatch_proto::Platform>,
     /// The reflector's key (the 64 hex digits of its reflector.pub file, printed when the
     /// collector starts). With it the platform arm's probes are sealed, so a DPI box cannot
     /// tell them from the platform's own payload; without it they travel bare.
@@ -38,21 +44,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
         collector,
         pin,
         reflector,
+        platforms,
         reflector_key,
         force,
     } = args;
-    let reflector = match reflector {
-        Some(r) => r,
-        None => {
-            let host = collector
-                .rsplit_once(':')
-                .map(|(h, _)| h)
-                .unwrap_or(&collector);
-            format!("{host}:3479")
-        }
-    };
     let mut file = ConfigFile::new(collector, pin.to_ascii_lowercase(), reflector);
     file.reflector_key = reflector_key.map(|k| k.to_hex());
+    file.platforms = if platforms.is_empty() {
+        callwatch_proto::Platform::ALL.to_vec()
+    } else {
+        platforms
+    };
     // What is written must load: the same checks, with the same messages, as `run` makes.
     if let Err(problems) = Config::from_file(file.clone()) {
         anyhow::bail!("{}", problems.join("; "));

@@ -1,0 +1,191 @@
+//! One address to configure (#16 item 1): `serve` listens on every profile's reflector port it
+//! can bind and says which platforms that leaves unavailable; an agent given only the
+//! collector's address and pin learns where each platform's test goes, tests every platform
+//! the reflector serves and skips, with the reason, those it cannot.
+//!
+//! Real binaries on a loopback address of their own (127.0.0.91), so that the profiles' fixed
+//! ports (599, 1400, 3478, 40400, 40401, 50000) collide with no other test.
+
+use callwatch_tests::built_binary;
+use callwatch_tests::process::{start_serve, RunningCollector};
+use std::process::Command;
+
+const IP: &str = "127.0.0.91";
+
+fn serve(dir: &std::path::Path) -> RunningCollector {
+    let mut cmd = Command::new(built_binary("callwatch-collector"));
+    cmd.args(["serve", "--data"]).arg(dir.join("data")).args([
+        "--listen",
+        &format!("{IP}:0"),
+        "--http",
+        &format!("{IP}:0"),
+        "--reflector-ip",
+        IP,
+    ]);
+    start_serve(cmd, dir)
+}
+
+/// Kills the collector when the test fails while it runs: its fixed ports would otherwise stay
+/// taken for the next run.
+struct KillOnDrop(Option<RunningCollector>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            c.kill();
+        }
+    }
+}
+
+fn agent(args: &[&str]) -> std::process::Output {
+    Command::new(built_binary("callwatch-agent"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("running callwatch-agent")
+}
+
+#[test]
+fn an_agent_with_only_the_collector_tests_every_platform_the_reflector_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another program holds 3478, where WhatsApp and Signal calls go.
+    let _taken = std::net::UdpSocket::bind(format!("{IP}:3478")).unwrap();
+    let mut guard = KillOnDrop(Some(serve(dir.path())));
+    let collector = guard.0.as_ref().unwrap();
+    let out = std::fs::read_to_string(&collector.stdout).unwrap();
+    assert!(
+        out.contains(
+            "reflector serves: generic (udp 40401), telegram (udp 599, control 40400), \
+             max (udp 50000, control 40400)"
+        ),
+        "{out}"
+    );
+    for port in [599, 1400, 40400, 40401, 50000] {
+        assert!(
+            out.contains(&format!("reflector on udp {IP}:{port}\n")),
+            "{out}"
+        );
+    }
+    let err = std::fs::read_to_string(&collector.stderr).unwrap();
+    for platform in ["whatsapp", "signal"] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(&format!("{platform} tests are unavailable")))
+            .unwrap_or_else(|| panic!("no warning for {platform} in {err}"));
+        assert!(
+            line.contains("UDP port 3478 could not be bound")
+                && line.contains("another program listens"),
+            "{line}"
+        );
+    }
+
+    // `init` with the collector's address and pin only: every platform, no reflector.
+    let config = dir.path().join("agent.toml");
+    let cfg = config.to_str().unwrap();
+    let pin = hex::encode(collector.pin);
+    let init = agent(&[
+        "init",
+        "--config",
+        cfg,
+        "--collector",
+        &collector.quic.to_string(),
+        "--pin",
+        &pin,
+    ]);
+    assert!(init.status.success(), "{init:?}");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let flat: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    assert!(
+        flat.contains(r#"platforms=["generic","whatsapp","telegram","signal","max",]"#),
+        "{text}"
+    );
+    assert!(!text.contains("reflector ="), "{text}");
+    std::fs::write(
+        &config,
+        text.replace("duration_secs = 15", "duration_secs = 2"),
+    )
+    .unwrap();
+
+    let run = agent(&["run", "--config", cfg, "--once"]);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("the collector's reflector serves generic, telegram, max"),
+        "{log}"
+    );
+    for platform in ["whatsapp", "signal"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("test skipped") && l.contains(platform) && l.contains("3478")),
+            "{platform} skipped with its reason: {log}"
+        );
+    }
+    // Each test went to the collector's host, on the ports it said.
+    for arms in [
+        format!("platform {IP}:40401"),
+        format!("platform {IP}:599, control {IP}:40400"),
+        format!("platform {IP}:50000, control {IP}:40400"),
+    ] {
+        assert!(log.contains(&arms), "{arms} in {log}");
+    }
+
+    let status = agent(&["status", "--config", cfg, "--json"]);
+    assert!(status.status.success(), "{status:?}");
+    let state: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mut tested: Vec<&str> = state["recent_tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["platform"].as_str().unwrap())
+        .collect();
+    tested.sort_unstable();
+    assert_eq!(tested, ["generic", "max", "telegram"], "{state}");
+    assert_eq!(state["queue_depth"], 0, "every report uploaded: {state}");
+    let served = state["collector_endpoints"]["served"].as_array().unwrap();
+    assert_eq!(served.len(), 3, "{state}");
+    // The reflector's sealing key came over the pinned connection too (no reflector_key in
+    // the config): the platform arms were sealed to it (Config::spec_with's unit test).
+    let own = state["collector_reflectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "collector")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(own["seal_key"].as_str().map(str::len), Some(64), "{state}");
+    let text = agent(&["status", "--config", cfg]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("whatsapp  unavailable: UDP port 3478 could not be bound"),
+        "{text}"
+    );
+    guard.0.take().unwrap().stop();
+}
+
+#[test]
+fn without_a_collector_to_ask_nothing_is_tested_and_the_run_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let cfg = config.to_str().unwrap();
+    // Nothing listens there (port 9 on an address of this test's own).
+    let init = agent(&[
+        "init",
+        "--config",
+        cfg,
+        "--collector",
+        "127.0.0.92:9",
+        "--pin",
+        &"ab".repeat(32),
+    ]);
+    assert!(init.status.success(), "{init:?}");
+    let run = agent(&["run", "--config", cfg, "--once"]);
+    let log = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "collector unreachable: {log}");
+    assert!(
+        log.contains("no test run") && log.contains("127.0.0.92:9"),
+        "{log}"
+    );
+    let status = agent(&["status", "--config", cfg, "--json"]);
+    let state: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(state["tests_total"], 0, "{state}");
+}
