@@ -11,7 +11,7 @@ use std::process::ExitCode;
     name = "callwatch-agent",
     version,
     about = "Measures what voice calls sound like from your network and reports it, signed, to a callwatch collector.",
-    after_help = "Quick start:\n  callwatch-agent init --config ~/.config/callwatch/agent.toml \\\n      --collector collector.example.org:4433 --pin <64 hex digits> \\\n      --reflector collector.example.org:3479\n  callwatch-agent test --reflector collector.example.org:3479\n  callwatch-agent run --config ~/.config/callwatch/agent.toml --once\n\n\
+    after_help = "Quick start:\n  callwatch-agent init --config ~/.config/callwatch/agent.toml \\\n      --collector collector.example.org:4433 --pin <64 hex digits>\n  callwatch-agent test --reflector collector.example.org:40401 --platform whatsapp\n  callwatch-agent run --config ~/.config/callwatch/agent.toml --once\n\n\
 Exit codes: 0 done; 1 an error (said on stderr); 2 collector unreachable or refusing (reports\n\
   stay queued); 3 a test could not run (reflector unreachable or refusing); 4 wrong pin, or\n\
   the connection is being intercepted (reports stay queued); 64 a wrong command line."

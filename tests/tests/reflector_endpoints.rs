@@ -189,3 +189,58 @@ fn without_a_collector_to_ask_nothing_is_tested_and_the_run_says_why() {
     let state: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(state["tests_total"], 0, "{state}");
 }
+
+/// The README's table of ports is the profiles' and `serve`'s: every reflector port a profile
+/// uses has its row naming the platforms that use it, and no other reflector port is listed.
+#[test]
+fn the_readme_lists_every_port_and_what_uses_it() {
+    use callwatch_proto::profile::{reflector_ports, Endpoints};
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let rows: Vec<(u16, String, String)> = readme
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.trim().trim_matches('|').split('|').map(str::trim).collect();
+            match cells.as_slice() {
+                [port, proto, what] => Some((port.parse().ok()?, proto.to_string(), what.to_lowercase())),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut listed: Vec<u16> = rows
+        .iter()
+        .filter(|(_, proto, what)| proto == "UDP" && what.starts_with("reflector"))
+        .map(|(port, _, _)| *port)
+        .collect();
+    listed.sort_unstable();
+    assert_eq!(listed, reflector_ports(), "the README's reflector ports");
+    let row = |port: u16| {
+        rows.iter()
+            .find(|(p, proto, _)| *p == port && proto == "UDP")
+            .map(|(_, _, what)| what.clone())
+            .unwrap_or_default()
+    };
+    for s in Endpoints::assumed().served {
+        let name = s.platform.as_str();
+        assert!(row(s.platform_port).contains(name), "{name} on {}", s.platform_port);
+        if let Some(c) = s.control_port {
+            assert!(row(c).contains("control arm of every platform"), "control {c}");
+        }
+    }
+    for p in callwatch_proto::profile::profiles() {
+        for port in &p.ports {
+            assert!(row(*port).contains(p.platform.as_str()), "{} on {port}", p.platform);
+        }
+    }
+    let defaults = callwatch_collector::ServeConfig::new("unused".into());
+    for (port, proto) in [
+        (defaults.listen.port(), "UDP (QUIC)"),
+        (defaults.listen.port(), "TCP (TLS)"),
+        (defaults.http.port(), "TCP (HTTP)"),
+    ] {
+        assert!(
+            rows.iter().any(|(p, pr, _)| *p == port && pr == proto),
+            "{port} {proto}"
+        );
+    }
+}
