@@ -63,7 +63,8 @@ pub use cell::{
 };
 pub use codes::parse_kind;
 pub use observation::{
-    Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, NO_REFERENCE_RULES,
+    Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, FIGURE_PRECISION,
+    NO_REFERENCE_RULES,
 };
 #[cfg(any(test, feature = "test-util"))]
 pub use query::exact;
