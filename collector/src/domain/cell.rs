@@ -246,7 +246,7 @@ impl CellState {
 }
 
 /// p10, median and p90 of one figure in a cell, at full precision: a [`Cell`] rounds them to
-/// their rule ([`FIGURE_PRECISION`]) only as it is serialized.
+/// their rule ([`super::FIGURE_PRECISION`]) only as it is serialized.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Figure {
     pub p10: f64,
