@@ -1,5 +1,8 @@
-//! A call report as a volunteer reads it in a terminal.
+//! A call report as a volunteer reads it in a terminal, each figure to its published precision
+//! (`callwatch_proto::precision`: ms to 0.01, loss to 0.01 %, MOS to 0.01). The report itself
+//! keeps full precision.
 
+use callwatch_proto::precision::Precision;
 use callwatch_proto::report::StreamOutcome;
 use callwatch_proto::CallReport;
 use std::fmt::Write;
@@ -31,7 +34,7 @@ pub fn summary(report: &CallReport) -> String {
         "MOS"
     );
     let ms = |v: Option<f64>| {
-        v.map(|x| format!("{x:.2} ms"))
+        v.map(|x| format!("{} ms", millis(x)))
             .unwrap_or_else(|| "-".into())
     };
     for s in &report.streams {
@@ -49,11 +52,9 @@ pub fn summary(report: &CallReport) -> String {
             ms(s.rtt_ms.map(|r| r.median)),
             ms(s.rtt_ms.map(|r| r.p95)),
             s.jitter_ms
-                .map(|j| format!("{:.2}/{:.2} ms", j.up, j.down))
+                .map(|j| format!("{}/{} ms", millis(j.up), millis(j.down)))
                 .unwrap_or_else(|| "-".into()),
-            s.mos
-                .map(|m| format!("{m:.2}"))
-                .unwrap_or_else(|| "-".into()),
+            s.mos.map(mos).unwrap_or_else(|| "-".into()),
         );
     }
     for s in &report.streams {
@@ -96,8 +97,71 @@ pub fn summary(report: &CallReport) -> String {
     out
 }
 
-/// A fraction as a percentage, or `-` when unknown.
-pub fn percent(v: Option<f64>) -> String {
-    v.map(|x| format!("{:.2}%", x * 100.0))
+/// `x` to `p`'s decimals, with every decimal written (`12.30`), as a column of figures shows it;
+/// `-` when not finite.
+fn fixed(x: f64, p: Precision) -> String {
+    p.round(x)
+        .map(|r| format!("{r:.*}", p.decimals()))
         .unwrap_or_else(|| "-".into())
+}
+
+/// A delay or jitter in ms, to 0.01 ms (`12.35`).
+pub fn millis(x: f64) -> String {
+    fixed(x, Precision::Millis)
+}
+
+/// A MOS, to 0.01 (`4.12`).
+pub fn mos(x: f64) -> String {
+    fixed(x, Precision::Mos)
+}
+
+/// A fraction as a percentage to 0.01 % (the fraction rounded to 0.0001: `8.98%`), or `-` when
+/// unknown.
+pub fn percent(v: Option<f64>) -> String {
+    let p = Precision::Fraction;
+    v.and_then(|x| p.round(x))
+        .map(|r| format!("{:.*}%", p.decimals().saturating_sub(2), r * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_show_their_published_precision() {
+        assert_eq!(millis(12.345_678), "12.35");
+        assert_eq!(millis(0.1 + 0.2), "0.30");
+        assert_eq!(millis(100.0), "100.00");
+        assert_eq!(millis(-0.001), "0.00");
+        assert_eq!(millis(f64::NAN), "-");
+        assert_eq!(mos(4.123_456), "4.12");
+        assert_eq!(percent(Some(0.089_803_588_750_917_65)), "8.98%");
+        assert_eq!(percent(Some(0.000_666_7)), "0.07%");
+        assert_eq!(percent(Some(1.0)), "100.00%");
+        assert_eq!(percent(Some(-1e-9)), "0.00%");
+        assert_eq!(percent(Some(f64::INFINITY)), "-");
+        assert_eq!(percent(None), "-");
+    }
+
+    #[test]
+    fn the_summary_rounds_and_the_report_keeps_every_digit() {
+        let mut r = callwatch_proto::CallReport::example();
+        let s = &mut r.streams[0];
+        s.rtt_ms.as_mut().unwrap().median = 12.345_678_9;
+        s.loss_up = Some(0.089_803_588_750_917_65);
+        s.mos = Some(4.123_456_7);
+        let text = summary(&r);
+        assert!(
+            text.contains("12.35 ms") && !text.contains("12.345"),
+            "{text}"
+        );
+        assert!(text.contains("8.98%") && !text.contains("8.980"), "{text}");
+        assert!(text.contains("4.12") && !text.contains("4.123"), "{text}");
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains("12.3456789") && json.contains("0.08980358875091765"),
+            "{json}"
+        );
+    }
 }

@@ -184,10 +184,10 @@ pub async fn run_one_test(
     tracing::info!(
         platform = %report.platform,
         // Displayed (`%`), so numbers show as numbers, not quoted strings.
-        mos = %s.mos.map(|m| format!("{m:.2}")).unwrap_or_else(|| "-".into()),
+        mos = %s.mos.map(crate::report_text::mos).unwrap_or_else(|| "-".into()),
         loss_up = %crate::report_text::percent(s.loss_up),
         loss_down = %crate::report_text::percent(s.loss_down),
-        rtt_ms = %s.rtt_ms.map(|r| format!("{:.1}", r.median)).unwrap_or_else(|| "-".into()),
+        rtt_ms = %s.rtt_ms.map(|r| crate::report_text::millis(r.median)).unwrap_or_else(|| "-".into()),
         verdict = report.verdict.map(|v| v.as_str()).unwrap_or("-"),
         data = %crate::budget::format_bytes(used),
         "test done"

@@ -2,8 +2,9 @@
 //! offline — the exact signed body (as a JSON string), the agent key and the signature — and the
 //! coarse region the collector placed it in, with how it was placed there. Never an address.
 
-use crate::domain::{Axis, Cell, RegionSource, StoredReport, FIGURES};
+use crate::domain::{Axis, Cell, RegionSource, StoredReport, FIGURES, FIGURE_PRECISION};
 use crate::store::{ReportStore, StoreError};
+use callwatch_proto::precision::Precision;
 use callwatch_proto::SignedReport;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -132,7 +133,8 @@ pub fn verify_export(input: impl BufRead) -> std::io::Result<VerifySummary> {
 /// figure in [`FIGURES`] order, then the verdict counts (`verdict_none`, `verdict_inconclusive`,
 /// `verdict_differentiated`, `verdict_blocked`, `verdict_no_reference`) and the shares
 /// (`differentiated_share`, `blocked_share`), then the filing counts (`uploaded_elsewhere`,
-/// `hosting`).
+/// `hosting`). Figures and shares are rounded to their rule in [`callwatch_proto::precision`], as
+/// in the JSON.
 pub fn cells_csv(cells: &[Cell], axes: &[Axis]) -> String {
     let mut header: Vec<String> = axes.iter().map(|a| a.as_str().to_string()).collect();
     header.extend(["count".into(), "agents".into()]);
@@ -156,13 +158,13 @@ pub fn cells_csv(cells: &[Cell], axes: &[Axis]) -> String {
     ]);
     let mut out = header.join(",");
     out.push('\n');
-    let num = |x: f64| format!("{x:.5}");
+    let share = |x: Option<f64>| x.map(|x| Precision::Fraction.text(x)).unwrap_or_default();
     for c in cells {
         let mut row: Vec<String> = axes.iter().map(|a| c.axis_text(*a)).collect();
         row.extend([c.count.to_string(), c.agents.to_string()]);
-        for f in c.figures() {
+        for (f, p) in c.figures().into_iter().zip(FIGURE_PRECISION) {
             match f {
-                Some(f) => row.extend([num(f.p10), num(f.median), num(f.p90)]),
+                Some(f) => row.extend([p.text(f.p10), p.text(f.median), p.text(f.p90)]),
                 None => row.extend([String::new(), String::new(), String::new()]),
             }
         }
@@ -172,8 +174,8 @@ pub fn cells_csv(cells: &[Cell], axes: &[Axis]) -> String {
             c.verdicts.differentiated.to_string(),
             c.verdicts.blocked.to_string(),
             c.verdicts.no_reference.to_string(),
-            c.differentiated_share.map(num).unwrap_or_default(),
-            c.blocked_share.map(num).unwrap_or_default(),
+            share(c.differentiated_share),
+            share(c.blocked_share),
             c.filing.uploaded_elsewhere.to_string(),
             c.filing.hosting.to_string(),
         ]);

@@ -14,6 +14,7 @@ pub mod framing;
 pub mod id;
 pub mod pathtoken;
 pub mod platform;
+pub mod precision;
 pub mod probe;
 pub mod profile;
 pub mod report;

@@ -2,11 +2,14 @@
 //!
 //! Written from the rules as README.md and docs/ARCHITECTURE.md state them, and sharing no code
 //! with the collector: no `Observation`, no cell key, no cap key, no filter, no grouping, no
-//! sketch of its own — only the report types both ends agree on (`callwatch_proto`). Exact
-//! order statistics at rank ⌊q·(n−1)⌋ of the sorted values, which the API's sketches answer
-//! within their stated relative error. A slip in either — swapped up/down loss, a day off by
+//! sketch of its own — only the report types and the published precision both ends agree on
+//! (`callwatch_proto`). Exact order statistics at rank ⌊q·(n−1)⌋ of the sorted values, which the
+//! API's sketches answer within their stated relative error and publishes rounded to each
+//! figure's rule ([`published_range`] is what the API may then show); shares are rounded to
+//! their rule as the API publishes them, so they compare exactly. A slip in either — swapped up/down loss, a day off by
 //! one, the cap counted per hour, a control arm in a platform cell — makes the two disagree.
 
+use callwatch_proto::precision::{self, Precision};
 use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule};
 use callwatch_proto::{CallReport, Platform, Role, Verdict};
 use chrono::{DateTime, Utc};
@@ -86,9 +89,107 @@ fn figure(mut v: Vec<f64>) -> Value {
     json!({"p10": at(0.1), "median": at(0.5), "p90": at(0.9)})
 }
 
+/// The values the API may publish for figure `name` whose exact value is `exact`: its sketch
+/// answers within `relative_error` of `exact` (and 1e-9, for the float arithmetic), then rounds
+/// to the figure's rule, which keeps order; so the published value lies between the two ends,
+/// rounded. Panics on a name that is not a published figure.
+pub fn published_range(name: &str, exact: f64, relative_error: f64) -> (f64, f64) {
+    let p = precision::of(name).unwrap_or_else(|| panic!("{name} is not a published figure"));
+    let err = relative_error * exact.abs() + 1e-9;
+    let round = |x: f64| {
+        p.round(x)
+            .unwrap_or_else(|| panic!("{name}: {x} is not finite"))
+    };
+    (round(exact - err), round(exact + err))
+}
+
+/// The decimals a JSON number carries as written (serde_json writes an f64 in its shortest
+/// form, so a value read back writes as it was read); 0 for an integer, also in exponent form.
+pub fn decimals(text: &str) -> usize {
+    let mut parts = text.split(['e', 'E']);
+    let mantissa = parts.next().unwrap_or("");
+    let exp: i64 = parts.next().map_or(0, |e| e.parse().unwrap_or(0));
+    let frac = mantissa.split('.').nth(1).unwrap_or("");
+    (frac.trim_end_matches('0').len() as i64 - exp).max(0) as usize
+}
+
+/// Checks every number of an API cell (JSON) by its rule in `callwatch_proto::precision`: a
+/// figure's p10, median and p90 and a share carry at most their rule's decimals (a count's
+/// quantiles are integers); counts, agents, verdicts and filing counts are integers.
+pub fn assert_published_precision(cell: &Value) {
+    let Some(fields) = cell.as_object() else {
+        panic!("a cell is an object: {cell}");
+    };
+    for (name, value) in fields {
+        let numbers: Vec<(String, &Value)> = match value {
+            Value::Object(m) => m.iter().map(|(k, v)| (format!("{name}.{k}"), v)).collect(),
+            v => vec![(name.clone(), v)],
+        };
+        for (field, v) in numbers.into_iter().filter(|(_, v)| v.is_number()) {
+            match precision::of(name) {
+                Some(p) => {
+                    assert!(
+                        decimals(&v.to_string()) <= p.decimals(),
+                        "{field}: {v} has more than {} decimals\n{cell}",
+                        p.decimals()
+                    );
+                    if p == Precision::Count {
+                        assert!(v.is_i64(), "{field}: {v} is a count\n{cell}");
+                    }
+                }
+                None => assert!(v.is_u64(), "{field}: {v} is a count\n{cell}"),
+            }
+        }
+    }
+}
+
+/// [`assert_published_precision`] for the API's CSV: every cell of a figure's or share's
+/// column (`rtt_ms_p10`, `loss_median`, `blocked_share`, …) by its rule, every other numeric
+/// column an integer. Returns the number of rows.
+pub fn assert_csv_precision(csv: &str) -> usize {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let mut rows = 0;
+    for line in lines {
+        rows += 1;
+        for (col, text) in header.iter().zip(line.split(',')) {
+            let name = ["_p10", "_median", "_p90"]
+                .iter()
+                .find_map(|s| col.strip_suffix(s).filter(|n| precision::of(n).is_some()))
+                .unwrap_or(col);
+            if text.is_empty() {
+                continue;
+            }
+            match precision::of(name) {
+                Some(p) => {
+                    assert!(text.parse::<f64>().is_ok(), "{col}: {text:?} is a number");
+                    assert!(
+                        decimals(text) <= p.decimals(),
+                        "{col}: {text} has more than {} decimals\n{line}",
+                        p.decimals()
+                    );
+                }
+                None if ["count", "agents", "asn", "hosting", "uploaded_elsewhere"]
+                    .contains(col)
+                    || col.starts_with("verdict_") =>
+                {
+                    assert!(
+                        text.parse::<u64>().is_ok(),
+                        "{col}: {text} is a count\n{line}"
+                    )
+                }
+                None => {}
+            }
+        }
+    }
+    rows
+}
+
 /// The published cells of `q` over `reports` (in arrival order), keyed by their axis values in
 /// the query's axis order, each as the API's JSON cell (axes, count, agents, figures, verdicts,
-/// shares; without the filing counts).
+/// shares; without the filing counts). The figures are the exact order statistics, unrounded
+/// (compare the API's with [`published_range`]); the shares are rounded to their rule, as
+/// published.
 pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
     struct Arm<'a> {
         key: Vec<String>,
@@ -250,11 +351,12 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
                    "blocked": blocked, "no_reference": no_reference}),
         );
         let judged = none + inconclusive + differentiated;
+        // Published to the shares' rule, as the API does.
         let share = |n: usize| {
             if judged == 0 {
                 Value::Null
             } else {
-                json!(n as f64 / judged as f64)
+                json!(Precision::Fraction.round(n as f64 / judged as f64))
             }
         };
         cell.insert("differentiated_share".into(), share(differentiated));

@@ -3,12 +3,14 @@
 //! of a real collector; every query's published cells equal the cells `callwatch_tests::oracle`
 //! recomputes from the raw reports with code of its own (no collector type, filter, cap or
 //! grouping) — counts, distinct agents and verdicts (with the blocked calls and the tests
-//! without a reference among them) exactly, p10/median/p90 within the sketch's stated relative
-//! error — and cells with fewer than k agents are absent. Video-like tests never reach a voice
+//! without a reference among them) and the shares (rounded to their published rule) exactly,
+//! p10/median/p90 within the sketch's stated relative error rounded to their rule, every number
+//! with no more decimals than its rule — and cells with fewer than k agents are absent. Video-like tests never reach a voice
 //! cell: the voice cells equal a recomputation from the voice reports alone. A small fixture
 //! with its expected cells written out by hand checks the oracle itself.
 
 use callwatch_collector::domain::sketch::RELATIVE_ACCURACY;
+use callwatch_proto::precision::Precision;
 use callwatch_proto::report::{StreamKind, VerdictRule};
 use callwatch_proto::{CallReport, Platform, Role, SignedReport, Verdict};
 use callwatch_tests::http;
@@ -19,8 +21,12 @@ use callwatch_tests::seed::{
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-fn close(api: f64, exact: f64) -> bool {
-    (api - exact).abs() <= RELATIVE_ACCURACY * exact.abs() + 1e-9
+/// Whether `api`, the published value of figure `name`, is what the sketch may answer for
+/// `exact` (within its relative error) rounded to the figure's published rule: at most the
+/// sketch's error plus half a rounding step away, and on the rule's grid.
+fn close(name: &str, api: f64, exact: f64) -> bool {
+    let (lo, hi) = oracle::published_range(name, exact, RELATIVE_ACCURACY);
+    (lo..=hi).contains(&api)
 }
 
 /// The oracle's inputs for seeded reports, in the order given.
@@ -58,6 +64,9 @@ async fn api_cells(
     assert_eq!(status, 200, "{query}: {body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     let cells = v["result"].as_array().expect("a result array").clone();
+    for cell in &cells {
+        oracle::assert_published_precision(cell);
+    }
     let n = cells.len();
     let map: BTreeMap<Vec<String>, Value> = cells
         .into_iter()
@@ -76,8 +85,9 @@ async fn api_cells(
     map
 }
 
-/// Every published cell equals the oracle's: the same cells, counts, agents, verdicts and shares
-/// exactly, figures within the sketch's relative error. Returns the number of figures compared.
+/// Every published cell equals the oracle's: the same cells, counts, agents, verdicts and
+/// (rounded) shares exactly, figures within the sketch's relative error rounded to their rule.
+/// Returns the number of figures compared.
 fn assert_cells_equal(
     query: &str,
     api: &BTreeMap<Vec<String>, Value>,
@@ -95,17 +105,14 @@ fn assert_cells_equal(
             assert_eq!(g[k], w[k], "{query} {key:?} {k}: {g} vs {w}");
         }
         for k in ["differentiated_share", "blocked_share"] {
-            match (g[k].as_f64(), w[k].as_f64()) {
-                (Some(a), Some(e)) => assert!((a - e).abs() < 1e-12, "{query} {k}: {a} vs {e}"),
-                (None, None) => {}
-                other => panic!("{query} {key:?} {k}: {other:?}"),
-            }
+            // Both rounded to the shares' rule from the same quotient: equal, or a slip.
+            assert_eq!(g[k], w[k], "{query} {key:?} {k}");
         }
         for f in oracle::FIGURES {
             for stat in ["p10", "median", "p90"] {
                 match (g[f][stat].as_f64(), w[f][stat].as_f64()) {
                     (Some(a), Some(e)) => {
-                        assert!(close(a, e), "{query} {key:?} {f}.{stat}: {a} vs {e}")
+                        assert!(close(f, a, e), "{query} {key:?} {f}.{stat}: {a} vs {e}")
                     }
                     (None, None) => {}
                     other => panic!("{query} {key:?} {f}.{stat}: {other:?}"),
@@ -289,7 +296,8 @@ async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() 
     assert_eq!(countries, ["DE", "RU"], "{v}");
     for cell in video {
         assert_eq!(cell["count"], 4 * 2 * 7, "{cell}");
-        assert!(cell["mos"]["p90"].as_f64().unwrap() <= VIDEO_MOS_MAX * (1.0 + RELATIVE_ACCURACY));
+        let (_, most) = oracle::published_range("mos", VIDEO_MOS_MAX, RELATIVE_ACCURACY);
+        assert!(cell["mos"]["p90"].as_f64().unwrap() <= most, "{cell}");
     }
     let (_, body) = http::get(c.http_addr, "/api/v1/aggregation?axis_x=kind&country=DE")
         .await
@@ -332,8 +340,9 @@ async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() 
         .map(|k| ru_wa["verdicts"][k].as_u64().unwrap())
         .sum::<u64>();
     assert_eq!(
-        ru_wa["blocked_share"].as_f64().unwrap(),
-        24.0 / judged as f64
+        ru_wa["blocked_share"].as_f64(),
+        Precision::Fraction.round(24.0 / judged as f64),
+        "the share rounded to 0.0001"
     );
     assert!(ru_wa["differentiated_share"].as_f64() > ru_wa["blocked_share"].as_f64());
     let de_tg = cell("DE", "telegram");
@@ -367,7 +376,11 @@ async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() 
     );
     for f in ["loss", "rtt_ms", "mos"] {
         assert!(
-            close(g[f]["p10"].as_f64().unwrap(), w[f]["p10"].as_f64().unwrap()),
+            close(
+                f,
+                g[f]["p10"].as_f64().unwrap(),
+                w[f]["p10"].as_f64().unwrap()
+            ),
             "{f}: {g} vs {w}"
         );
     }
@@ -420,6 +433,8 @@ async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() 
          verdict_no_reference,differentiated_share,blocked_share,uploaded_elsewhere,hosting"
     ));
     assert_eq!(csv.lines().count(), 1 + 5 * 4 - 1);
+    // Every figure and share to its rule, as in the JSON.
+    assert_eq!(oracle::assert_csv_precision(&csv), 5 * 4 - 1);
     let (_, csv) = http::get(
         c.http_addr,
         "/api/v1/aggregation?axis_x=country&axis_y=kind&platform=whatsapp&format=csv",
@@ -738,7 +753,7 @@ async fn check_hand_fixture(c: &callwatch_collector::Collector) {
                     for stat in ["p10", "median", "p90"] {
                         let (a, e) = (g[stat].as_f64().unwrap(), value[stat].as_f64().unwrap());
                         assert!(
-                            close(a, e),
+                            close(field, a, e),
                             "{url} {key:?} {field}.{stat}: API {a}, by hand {e}"
                         );
                     }

@@ -8,6 +8,7 @@
 
 use callwatch_agent::queue::Queue;
 use callwatch_agent::upload::{upload_queue, UploadTarget};
+use callwatch_collector::domain::sketch::RELATIVE_ACCURACY;
 use callwatch_collector::domain::FIGURES;
 use callwatch_collector::domain::{
     Filing, PrefixFrom, RegionSource, ReportKey, StoredReport, VerifiedReport,
@@ -17,9 +18,10 @@ use callwatch_collector::store::clickhouse::{Access, ClickHouseUrl};
 use callwatch_collector::store::copy_reports;
 use callwatch_collector::store::{ClickHouseStore, ReportStore, SledStore};
 use callwatch_collector::{serve, serve_with_store, Collector, ServeConfig};
+use callwatch_proto::precision;
 use callwatch_proto::report::StreamKind;
-use callwatch_tests::http;
 use callwatch_tests::seed::{self, Seeded, REGIONS};
+use callwatch_tests::{http, oracle};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -71,7 +73,19 @@ async fn get_json(c: &Collector, query: &str) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// Same cells, same counts, agents and verdicts; quantiles within the sketch's 1 %.
+/// Whether sled's published `s` for figure `name` is what its sketch may publish where
+/// ClickHouse, which computes the exact value of the same rank, published `e`: that exact value
+/// lies within half a rounding step of `e`, and the sketch answers within its relative error of
+/// it, rounded to the same rule.
+fn sketched_alike(name: &str, s: f64, e: f64) -> bool {
+    let half = precision::of(name).map_or(0.0, |p| p.step() / 2.0);
+    let (lo, _) = oracle::published_range(name, e - half, RELATIVE_ACCURACY);
+    let (_, hi) = oracle::published_range(name, e + half, RELATIVE_ACCURACY);
+    (lo..=hi).contains(&s)
+}
+
+/// Same cells, same counts, agents, verdicts and (rounded) shares; quantiles within the
+/// sketch's 1 % and their rounding, every number to its published rule.
 fn assert_same_cells(query: &str, sled: &serde_json::Value, ch: &serde_json::Value) {
     assert_same_cells_but(query, sled, ch, &[]);
 }
@@ -90,6 +104,8 @@ fn assert_same_cells_but(
     assert_eq!(a.len(), b.len(), "{query}: cell counts differ");
     assert!(!a.is_empty(), "{query}: no cells at all");
     for (x, y) in a.iter().zip(b) {
+        oracle::assert_published_precision(x);
+        oracle::assert_published_precision(y);
         for field in [
             "day",
             "hour",
@@ -116,7 +132,7 @@ fn assert_same_cells_but(
                 if let (Some(s), Some(e)) = (x[f][q].as_f64(), y[f][q].as_f64()) {
                     // sled's sketch vs ClickHouse's exact value of the same rank.
                     assert!(
-                        (s - e).abs() <= 0.01 * e.abs() + 1e-6,
+                        sketched_alike(f, s, e),
                         "{query}: {f}.{q} sled {s} vs clickhouse {e}\n{x}\n{y}"
                     );
                 }

@@ -13,6 +13,7 @@
 //! Needs `chromium` and `python3` (Debian packages; `.ci/run` installs chromium when missing):
 //! without them these tests fail.
 
+use callwatch_proto::precision;
 use callwatch_tests::seed::{collector, seed, upload};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -252,18 +253,24 @@ fn pct(x: Option<f64>) -> String {
     x.map_or("–".into(), |x| to_fixed(100.0 * x, 0) + "%")
 }
 
-/// What the page promises for a loss: a percentage rounded to one decimal (half up), written
-/// without a trailing ".0" ("1.2%", "5%"); "–" when unknown.
-fn loss_fmt(x: Option<f64>) -> String {
-    // JavaScript's Math.round(x * 1000) / 10, then its shortest round-trip form, as Rust's `{}`.
-    x.map_or("–".into(), |x| {
-        format!("{}%", (x * 1000.0).round() / 10.0)
-    })
-}
-
 /// A figure with d decimals, "–" when unknown.
 fn num(x: Option<f64>, d: usize) -> String {
     x.map_or("–".into(), |x| to_fixed(x, d))
+}
+
+/// What the page promises for figure `name` as published: every decimal of its rule
+/// (`callwatch_proto::precision`), a fraction as a percentage to the same precision; "–" when
+/// unknown.
+fn published(name: &str, x: Option<f64>) -> String {
+    let d = precision::of(name).expect("a published figure").decimals();
+    let percent = name.starts_with("loss") || name.ends_with("_share");
+    x.map_or("–".into(), |x| {
+        if percent {
+            to_fixed(100.0 * x, d - 2) + "%"
+        } else {
+            to_fixed(x, d)
+        }
+    })
 }
 
 /// The colour the legend promises for a median MOS: red below 3.1, amber to 3.6, green from
@@ -403,6 +410,25 @@ async fn dashboard_logic_in_chromium() {
         ("L.lossFmt(0.0005)", json!("0.1%")),
         ("L.lossFmt(1)", json!("100%")),
         ("L.lossFmt(null)", json!("–")),
+        // The published precision: the page's table is the API's (proto::precision).
+        (
+            "L.PRECISION",
+            Value::Object(
+                precision::FIELDS
+                    .iter()
+                    .map(|(n, p)| (n.to_string(), json!(p.decimals())))
+                    .collect(),
+            ),
+        ),
+        ("L.published('rtt_ms', 48.1)", json!("48.10")),
+        ("L.published('mos', 4.12)", json!("4.12")),
+        ("L.published('loss', 0.0898)", json!("8.98%")),
+        ("L.published('loss_up', 0)", json!("0.00%")),
+        ("L.published('blocked_share', 0.0333)", json!("3.33%")),
+        ("L.published('differentiated_share', 1)", json!("100.00%")),
+        ("L.published('stalls', 2)", json!("2")),
+        ("L.published('mos', null)", json!("–")),
+        ("L.published('colour', 1)", json!("–")),
         // Figures with fixed decimals (toFixed: an exact tie up, 1.005 is below its tie).
         ("L.num(3.14159, 2)", json!("3.14")),
         ("L.num(3.25, 1)", json!("3.3")),
@@ -640,13 +666,13 @@ async fn dashboard_shows_the_api_values() {
                 arm,
                 r["count"].to_string(),
                 r["agents"].to_string(),
-                num(median(r, "mos"), 2),
-                num(median(r, "rtt_ms"), 1),
-                loss_fmt(median(r, "loss")),
-                loss_fmt(median(r, "loss_down")),
-                loss_fmt(median(r, "loss_up")),
-                pct(r["differentiated_share"].as_f64()),
-                pct(r["blocked_share"].as_f64()),
+                published("mos", median(r, "mos")),
+                published("rtt_ms", median(r, "rtt_ms")),
+                published("loss", median(r, "loss")),
+                published("loss_down", median(r, "loss_down")),
+                published("loss_up", median(r, "loss_up")),
+                published("differentiated_share", r["differentiated_share"].as_f64()),
+                published("blocked_share", r["blocked_share"].as_f64()),
             ]));
         }
     }

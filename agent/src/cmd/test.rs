@@ -24,7 +24,8 @@ pub struct Args {
     // The settings a config holds for every test, as flags.
     #[command(flatten)]
     pub settings: TestSettings,
-    /// Print exactly one JSON object (the report) on stdout.
+    /// Print exactly one JSON object (the report) on stdout: the report itself, every figure at
+    /// full precision, byte for byte the body `run` would sign (not a rounded view).
     #[arg(long)]
     pub json: bool,
 }
@@ -62,6 +63,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         eprintln!();
     }
     if args.json {
+        // The report as signed reports carry it (`SignedReport::sign` writes the same JSON):
+        // evidence, so never rounded. The text summary is the rounded, human view.
         println!("{}", serde_json::to_string(&report)?);
     } else {
         print!("{}", report_text::summary(&report));

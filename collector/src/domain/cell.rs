@@ -9,10 +9,12 @@ use super::observation::{Finding, Observation, FIGURE_COUNT};
 use super::query::{Axis, GroupKey};
 use super::report::Filing;
 use super::sketch::Sketch;
+use callwatch_proto::precision::{self, Precision, Rounded};
 use callwatch_proto::report::{StreamKind, VerdictRule};
 use callwatch_proto::{Platform, Role, Verdict};
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize, Serializer};
 use std::collections::BTreeSet;
 
 /// The finest cell: one UTC hour of one (country, ASN, platform, arm, stream kind).
@@ -243,8 +245,9 @@ impl CellState {
     }
 }
 
-/// p10, median and p90 of one figure in a cell.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+/// p10, median and p90 of one figure in a cell, at full precision: a [`Cell`] rounds them to
+/// their rule ([`super::FIGURE_PRECISION`]) only as it is serialized.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Figure {
     pub p10: f64,
     pub median: f64,
@@ -277,7 +280,41 @@ impl Figure {
     }
 }
 
-/// One published cell of a query.
+/// `f` as the API publishes it: p10, median and p90 each rounded to `p`, or `null`.
+fn figure_rounded<S: Serializer>(
+    f: &Option<Figure>,
+    p: Precision,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let Some(f) = f else {
+        return s.serialize_none();
+    };
+    let mut st = s.serialize_struct("Figure", 3)?;
+    st.serialize_field("p10", &Rounded(f.p10, p))?;
+    st.serialize_field("median", &Rounded(f.median, p))?;
+    st.serialize_field("p90", &Rounded(f.p90, p))?;
+    st.end()
+}
+
+fn millis<S: Serializer>(f: &Option<Figure>, s: S) -> Result<S::Ok, S::Error> {
+    figure_rounded(f, Precision::Millis, s)
+}
+
+fn fraction<S: Serializer>(f: &Option<Figure>, s: S) -> Result<S::Ok, S::Error> {
+    figure_rounded(f, Precision::Fraction, s)
+}
+
+fn mos<S: Serializer>(f: &Option<Figure>, s: S) -> Result<S::Ok, S::Error> {
+    figure_rounded(f, Precision::Mos, s)
+}
+
+fn count<S: Serializer>(f: &Option<Figure>, s: S) -> Result<S::Ok, S::Error> {
+    figure_rounded(f, Precision::Count, s)
+}
+
+/// One published cell of a query. It holds its figures and shares at full precision and
+/// serializes each rounded to its rule in [`callwatch_proto::precision`]; the CSV
+/// ([`crate::export::cells_csv`]) rounds them the same way.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Cell {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -298,21 +335,31 @@ pub struct Cell {
     pub count: u64,
     /// Distinct agents behind them.
     pub agents: u64,
+    #[serde(serialize_with = "millis")]
     pub rtt_ms: Option<Figure>,
+    #[serde(serialize_with = "millis")]
     pub jitter_up_ms: Option<Figure>,
+    #[serde(serialize_with = "millis")]
     pub jitter_down_ms: Option<Figure>,
     /// Round-trip loss.
+    #[serde(serialize_with = "fraction")]
     pub loss: Option<Figure>,
+    #[serde(serialize_with = "fraction")]
     pub loss_up: Option<Figure>,
+    #[serde(serialize_with = "fraction")]
     pub loss_down: Option<Figure>,
+    #[serde(serialize_with = "mos")]
     pub mos: Option<Figure>,
+    #[serde(serialize_with = "count")]
     pub stalls: Option<Figure>,
     pub verdicts: VerdictCounts,
     /// Share of the cell's judged tests that found the platform differentiated; `null` when none
     /// had a verdict (generic tests have no control arm).
+    #[serde(serialize_with = "precision::fraction")]
     pub differentiated_share: Option<f64>,
     /// Share of the cell's judged tests that were blocked calls (the platform could not hold a
     /// call at all; see [`BLOCKED_RULES`]); `null` when none had a verdict.
+    #[serde(serialize_with = "precision::fraction")]
     pub blocked_share: Option<f64>,
     /// Of `count`, those uploaded from another region than the attested one, and those filed
     /// under a hosting or VPN network.

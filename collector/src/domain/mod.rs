@@ -47,6 +47,14 @@
 //! - **k threshold.** A queried cell is published only when at least `min_agents` distinct agents
 //!   stand behind it.
 //!
+//! # Published precision
+//!
+//! Cells, sketches, the k threshold and every comparison work at full precision. Only where a
+//! [`Cell`] is published — its JSON, the CSV of [`crate::export::cells_csv`] — is each figure and
+//! share rounded to its rule in `callwatch_proto::precision` ([`FIGURE_PRECISION`]): RTT and
+//! jitter to 0.01 ms, loss and shares to 0.0001, MOS to 0.01, stall counts whole. The raw export
+//! is not rounded.
+//!
 //! [`exact`] (tests and the `test-util` feature only) is the brute-force reference: the same rules
 //! over raw observations with exact order statistics. Tests compare the two.
 
@@ -63,7 +71,8 @@ pub use cell::{
 };
 pub use codes::parse_kind;
 pub use observation::{
-    Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, NO_REFERENCE_RULES,
+    Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, FIGURE_PRECISION,
+    NO_REFERENCE_RULES,
 };
 #[cfg(any(test, feature = "test-util"))]
 pub use query::exact;

@@ -5,6 +5,7 @@ use super::cell::CellKey;
 use super::codes::country_code;
 use super::report::{Filing, StoredReport};
 use super::HOUR_MS;
+use callwatch_proto::precision::Precision;
 use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule};
 use callwatch_proto::{CallReport, Platform, Role, Verdict};
 
@@ -20,6 +21,19 @@ pub const FIGURES: [&str; FIGURE_COUNT] = [
     "loss_down",
     "mos",
     "stalls",
+];
+
+/// The precision each of [`FIGURES`] is published to (its rule in
+/// [`callwatch_proto::precision::FIELDS`]; a test holds the two together).
+pub const FIGURE_PRECISION: [Precision; FIGURE_COUNT] = [
+    Precision::Millis,
+    Precision::Millis,
+    Precision::Millis,
+    Precision::Fraction,
+    Precision::Fraction,
+    Precision::Fraction,
+    Precision::Mos,
+    Precision::Count,
 ];
 
 /// How many figures a cell aggregates.

@@ -93,7 +93,7 @@ fn groups_by_two_axes() {
     assert_eq!(ru_wa.asn, None);
     let csv = crate::export::cells_csv(&cells, &axes);
     assert!(csv.starts_with("country,platform,count,agents,rtt_ms_p10,rtt_ms_median,"));
-    assert!(csv.contains("RU,whatsapp,3,2,10.00000,20.00000,20.00000,"));
+    assert!(csv.contains("RU,whatsapp,3,2,10,20,20,"), "{csv}");
 }
 
 #[test]
@@ -391,7 +391,7 @@ fn blocked_calls_and_missing_references_are_counted_apart() {
         ),
         "{head}"
     );
-    assert!(row.ends_with(",2,4,6,3,3,0.50000,0.25000,0,0"), "{row}");
+    assert!(row.ends_with(",2,4,6,3,3,0.5,0.25,0,0"), "{row}");
     // No verdicts (generic tests): no shares.
     let generic = vec![obs("RU", Platform::Generic, 1, 10.0, 0.0)];
     let g = both(&generic, &[Axis::Country], &Filter::default(), &open);
@@ -599,4 +599,161 @@ proptest::proptest! {
         other_way.merge(&sa);
         proptest::prop_assert_eq!(&other_way, &together);
     }
+}
+
+/// The decimals a JSON number carries as serde_json writes it (shortest form).
+fn json_decimals(v: &serde_json::Value) -> usize {
+    let text = v.to_string();
+    let mut parts = text.split(['e', 'E']);
+    let mantissa = parts.next().unwrap_or("");
+    let exp: i64 = parts.next().map_or(0, |e| e.parse().unwrap());
+    let frac = mantissa.split('.').nth(1).unwrap_or("");
+    (frac.trim_end_matches('0').len() as i64 - exp).max(0) as usize
+}
+
+/// Checks every number of a published cell's JSON by its rule: a figure or share has at most its
+/// rule's decimals and is `want`'s full-precision value rounded to that rule; everything else
+/// (counts, agents, verdicts, filing) is an integer.
+fn assert_published_by_rule(json: &serde_json::Value, full: &Cell) {
+    use callwatch_proto::precision;
+    let full_json: BTreeMap<&str, Option<f64>> = [
+        ("differentiated_share", full.differentiated_share),
+        ("blocked_share", full.blocked_share),
+    ]
+    .into_iter()
+    .collect();
+    for (name, value) in json.as_object().unwrap() {
+        let Some(p) = precision::of(name) else {
+            let ints = match value {
+                serde_json::Value::Object(m) => m.values().cloned().collect(),
+                v => vec![v.clone()],
+            };
+            for v in ints.iter().filter(|v| v.is_number()) {
+                assert!(v.is_u64(), "{name}: {v} is a count");
+            }
+            continue;
+        };
+        let check = |v: &serde_json::Value, exact: f64| {
+            assert!(
+                json_decimals(v) <= p.decimals(),
+                "{name}: {v} has too many decimals"
+            );
+            assert_eq!(
+                v.as_f64(),
+                p.round(exact),
+                "{name}: {v} is not {exact} rounded"
+            );
+            if p == precision::Precision::Count {
+                assert!(v.is_i64(), "{name}: {v} is a count");
+            }
+        };
+        if let Some(i) = FIGURES.iter().position(|f| f == name) {
+            assert_eq!(
+                FIGURE_PRECISION[i], p,
+                "{name}: the figure's rule is the table's"
+            );
+            let f = full.figures()[i].unwrap();
+            for (stat, exact) in [("p10", f.p10), ("median", f.median), ("p90", f.p90)] {
+                check(&value[stat], exact);
+            }
+        } else {
+            check(value, full_json[name.as_str()].unwrap());
+        }
+    }
+}
+
+#[test]
+fn cells_publish_every_figure_rounded_to_its_rule_in_json_and_csv() {
+    for (i, name) in FIGURES.iter().enumerate() {
+        assert_eq!(
+            callwatch_proto::precision::of(name),
+            Some(FIGURE_PRECISION[i]),
+            "{name}"
+        );
+    }
+    let noisy = |x: f64| Figure {
+        p10: x * 0.912_345_678_9,
+        median: x,
+        p90: x * 1.098_765_432_1 + 0.000_000_1,
+    };
+    let figures = [
+        Some(noisy(48.123_456_789)),
+        Some(noisy(1.087_654_321)),
+        Some(noisy(0.1 + 0.2)),
+        Some(noisy(0.089_803_588_750_917_65)),
+        Some(noisy(0.012_345_67)),
+        Some(noisy(-0.000_01)),
+        Some(noisy(4.123_456_7)),
+        Some(noisy(2.009_8)),
+    ];
+    let verdicts = VerdictCounts {
+        none: 20,
+        inconclusive: 1,
+        differentiated: 9,
+        blocked: 1,
+        no_reference: 0,
+    };
+    let key = GroupKey {
+        country: Some(*b"RU"),
+        ..GroupKey::default()
+    };
+    let cell = Cell::new(&key, 30, 7, figures, verdicts, FilingCounts::default());
+    assert_eq!(
+        cell.differentiated_share,
+        Some(0.3),
+        "kept at full precision"
+    );
+    assert_eq!(
+        cell.blocked_share,
+        Some(1.0 / 30.0),
+        "kept at full precision"
+    );
+    let json = serde_json::to_value(&cell).unwrap();
+    assert_published_by_rule(&json, &cell);
+    assert_eq!(json["rtt_ms"]["median"], 48.12);
+    assert_eq!(json["loss"]["median"], 0.0898);
+    assert_eq!(json["jitter_down_ms"]["median"], 0.3);
+    assert_eq!(json["loss_down"]["median"], 0.0, "-0.00001 publishes as 0");
+    assert_eq!(json["mos"]["median"], 4.12);
+    assert_eq!(json["stalls"]["median"], 2);
+    assert_eq!(json["blocked_share"], 0.0333);
+    let text = serde_json::to_string(&cell).unwrap();
+    assert!(
+        text.contains(r#""loss":{"p10":0.0819,"median":0.0898,"p90":0.0987}"#),
+        "{text}"
+    );
+    assert!(!text.contains("-0"), "{text}");
+
+    let csv = crate::export::cells_csv(&[cell], &[Axis::Country]);
+    let (head, row) = csv.trim_end().split_once('\n').unwrap();
+    let cols: BTreeMap<&str, &str> = head.split(',').zip(row.split(',')).collect();
+    for (col, text) in &cols {
+        let name = col
+            .trim_end_matches("_p10")
+            .trim_end_matches("_median")
+            .trim_end_matches("_p90");
+        let in_json = match col.strip_prefix(name) {
+            Some("") => json[name].clone(),
+            Some(stat) => json[name][&stat[1..]].clone(),
+            None => unreachable!(),
+        };
+        match callwatch_proto::precision::of(name) {
+            // The same figure as the JSON's, in the same shortest form.
+            Some(_) => assert_eq!(
+                text.parse::<f64>().ok(),
+                in_json.as_f64(),
+                "{col}: CSV {text}, JSON {in_json}"
+            ),
+            None => assert!(
+                text.parse::<u64>().is_ok() || *col == "country",
+                "{col}: {text}"
+            ),
+        }
+    }
+    assert_eq!(cols["loss_median"], "0.0898");
+    assert_eq!(cols["rtt_ms_p90"], "52.88");
+    assert_eq!(cols["jitter_down_ms_median"], "0.3");
+    assert_eq!(cols["loss_down_median"], "0");
+    assert_eq!(cols["stalls_median"], "2");
+    assert_eq!(cols["blocked_share"], "0.0333");
 }
