@@ -645,7 +645,7 @@ impl Stage {
         let daemon = match (program, arg(1)) {
             ("callwatch-collector", "serve") => Some("HTTP API on"),
             ("callwatch-collector", "reflect") => Some("reflector on udp"),
-            ("callwatch-reflector", a) if !a.starts_with("-h") && !a.starts_with("--h") => {
+            ("callwatch-reflector", a) if !matches!(a, "-h" | "--help" | "-V" | "--version") => {
                 Some("reflector on udp")
             }
             ("callwatch-agent", "run") if !words.contains(&"--once") => Some("agent running"),
