@@ -41,17 +41,29 @@ pub fn serve_command(data: &Path) -> Command {
 /// appended, logging at info level into `logs/stdout.log` and `logs/stderr.log`; returns once it
 /// printed its addresses (it exiting first fails the test, with its error output).
 pub fn start_collector(logs: &Path, data: &Path, extra: &[&str]) -> RunningCollector {
+    start_collector_logging(logs, data, extra, "info")
+}
+
+/// [`start_collector`] with `RUST_LOG=rust_log` (`debug` turns on every crate's debug lines).
+pub fn start_collector_logging(
+    logs: &Path,
+    data: &Path,
+    extra: &[&str],
+    rust_log: &str,
+) -> RunningCollector {
     let mut cmd = serve_command(data);
-    cmd.args(extra);
+    cmd.args(extra).env("RUST_LOG", rust_log);
     start_serve(cmd, logs)
 }
 
-/// Starts `cmd` (a `callwatch-collector serve` command, with every argument it needs) as
-/// [`start_collector`] does.
+/// Starts `cmd` (a `callwatch-collector serve` command, with every argument it needs; logging
+/// at info level unless it sets `RUST_LOG`) as [`start_collector`] does.
 pub fn start_serve(mut cmd: Command, logs: &Path) -> RunningCollector {
     let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
+    if !cmd.get_envs().any(|(k, _)| k == "RUST_LOG") {
+        cmd.env("RUST_LOG", "info");
+    }
     let mut child = cmd
-        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout).expect("creating stdout.log"))
         .stderr(std::fs::File::create(&stderr).expect("creating stderr.log"))

@@ -1,7 +1,10 @@
 //! The sender's address is used to find its region and kept nowhere: the real collector binary,
 //! with MaxMind DB region files, receives signed reports from two loopback addresses; the
 //! aggregate shows their regions, and neither address (as text or as its four bytes) is in the
-//! data folder, the collector's output at info level, the HTTP API's answers or any export.
+//! data folder, the collector's output, the HTTP API's answers or any export. The collector's
+//! output (at info level, and at debug level with every crate's debug lines) holds no agent's
+//! public key either (the stored reports and the exports must: they are how a report is
+//! verified).
 
 use callwatch_agent::engine::driver::Cancel;
 use callwatch_agent::engine::{run_call_test, TestSpec};
@@ -11,7 +14,7 @@ use callwatch_collector::geo::mmdb_writer::{asn_record, country_record, MmdbWrit
 use callwatch_collector::geo::{Geo, Region};
 use callwatch_proto::{ReportId, SignedReport};
 use callwatch_tests::http;
-use callwatch_tests::process::start_collector;
+use callwatch_tests::process::start_collector_logging;
 use ed25519_dalek::SigningKey;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -44,6 +47,42 @@ fn assert_clean(what: &str, bytes: &[u8]) {
             "{name} found in {what}"
         );
     }
+}
+
+/// Every form of the senders' agent keys that must not be in a log: hex (whole, or its first 8
+/// bytes), and its first bytes as Rust prints a byte slice.
+fn forbidden_in_logs() -> Vec<(String, Vec<u8>)> {
+    let mut f = Vec::new();
+    for n in 0..SENDERS.len() {
+        let public = agent_key(n).verifying_key().to_bytes();
+        let hex = hex::encode(public);
+        f.push((format!("agent key {n} (hex)"), hex.clone().into_bytes()));
+        f.push((format!("agent key {n} (hex prefix)"), hex[..16].into()));
+        let upper = hex.to_uppercase();
+        f.push((format!("agent key {n} (HEX prefix)"), upper[..16].into()));
+        let debug = format!("{:?}", &public[..]);
+        f.push((
+            format!("agent key {n} (debug)"),
+            debug[..debug.len() / 4].into(),
+        ));
+    }
+    f
+}
+
+/// A log: no sender address, no agent key.
+fn assert_clean_log(what: &str, bytes: &[u8]) {
+    assert_clean(what, bytes);
+    for (name, needle) in forbidden_in_logs() {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle.as_slice()),
+            "{name} found in {what}"
+        );
+    }
+}
+
+/// The key the `n`th sender signs with.
+fn agent_key(n: usize) -> SigningKey {
+    SigningKey::from_bytes(&[40 + n as u8; 32])
 }
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -86,15 +125,27 @@ fn write_fixtures(root: &Path) -> (PathBuf, PathBuf) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
+    regions_kept_addresses_and_keys_not("info").await;
+}
+
+/// Debug level turns on every crate's debug lines (QUIC, TLS, the store): none may name a
+/// sender's address or key either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_debug_level_the_logs_hold_no_address_and_no_agent_key() {
+    regions_kept_addresses_and_keys_not("debug").await;
+}
+
+async fn regions_kept_addresses_and_keys_not(rust_log: &str) {
     let root = tempfile::tempdir().unwrap();
     let root = root.path();
     let data = root.join("data");
     let (country, asn) = write_fixtures(root);
     let (country, asn) = (country.display().to_string(), asn.display().to_string());
-    let c = start_collector(
+    let c = start_collector_logging(
         root,
         &data,
         &["--min-agents", "1", "--geo", &country, "--geo", &asn],
+        rust_log,
     );
 
     for (n, (ip, ..)) in SENDERS.into_iter().enumerate() {
@@ -108,7 +159,7 @@ async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
                 .unwrap()
                 .unwrap();
         let queue = Queue::open(&root.join(format!("queue-{n}"))).unwrap();
-        let key = SigningKey::from_bytes(&[40 + n as u8; 32]);
+        let key = agent_key(n);
         for i in 0..REPORTS_EACH {
             let mut r = base.clone();
             r.id = ReportId([n as u8 * 16 + i + 1; 16]);
@@ -195,10 +246,23 @@ async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
         "accepted batches are logged: {}",
         String::from_utf8_lossy(&stderr)
     );
+    // The level took: debug lines are there to search.
+    if rust_log == "debug" {
+        let debug_lines = String::from_utf8_lossy(&stderr)
+            .lines()
+            .filter(|l| l.contains("DEBUG"))
+            .count();
+        assert!(debug_lines > 0, "no debug line at RUST_LOG=debug");
+        eprintln!("{debug_lines} debug lines searched");
+    }
     // The check does see addresses where there are some: the collector prints its own.
     assert!(String::from_utf8_lossy(&stdout).contains("127.0.0.1"));
-    assert_clean("the collector's stdout", &stdout);
-    assert_clean("the collector's stderr", &stderr);
+    // And it does see keys where there are some: the collector prints its own reflector's.
+    let reflector_key = std::fs::read_to_string(data.join("reflector.pub")).unwrap();
+    let printed = String::from_utf8_lossy(&stdout);
+    assert!(printed.contains(reflector_key.trim()), "{printed}");
+    assert_clean_log("the collector's stdout", &stdout);
+    assert_clean_log("the collector's stderr", &stderr);
 
     // Every export format of the stopped store.
     let mut exports = vec![vec!["--format", "ndjson"]];
@@ -220,7 +284,7 @@ async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
             .args(["export", "--data"])
             .arg(&data)
             .args(&args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .output()
             .unwrap();
         let what = format!("export {}", args.join(" "));
@@ -230,6 +294,14 @@ async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
             String::from_utf8_lossy(&out.stderr)
         );
         let text = String::from_utf8_lossy(&out.stdout);
+        if args.contains(&"ndjson") {
+            // The raw export carries each agent's key (it is how a record is verified): the
+            // form the logs are searched for is the form a key takes.
+            for n in 0..SENDERS.len() {
+                let public = hex::encode(agent_key(n).verifying_key().to_bytes());
+                assert!(text.contains(&public), "{what}: no agent key {n}");
+            }
+        }
         if args.contains(&"asn") || args.contains(&"ndjson") {
             assert!(
                 text.contains("12389") && text.contains("3320"),
@@ -237,7 +309,7 @@ async fn mmdb_regions_reach_the_aggregate_and_no_address_is_kept() {
             );
         }
         assert_clean(&format!("{what} (stdout)"), &out.stdout);
-        assert_clean(&format!("{what} (stderr)"), &out.stderr);
+        assert_clean_log(&format!("{what} (stderr)"), &out.stderr);
     }
 }
 

@@ -200,9 +200,16 @@ fn the_readme_lists_every_port_and_what_uses_it() {
     let rows: Vec<(u16, String, String)> = readme
         .lines()
         .filter_map(|l| {
-            let cells: Vec<&str> = l.trim().trim_matches('|').split('|').map(str::trim).collect();
+            let cells: Vec<&str> = l
+                .trim()
+                .trim_matches('|')
+                .split('|')
+                .map(str::trim)
+                .collect();
             match cells.as_slice() {
-                [port, proto, what] => Some((port.parse().ok()?, proto.to_string(), what.to_lowercase())),
+                [port, proto, what] => {
+                    Some((port.parse().ok()?, proto.to_string(), what.to_lowercase()))
+                }
                 _ => None,
             }
         })
@@ -222,14 +229,25 @@ fn the_readme_lists_every_port_and_what_uses_it() {
     };
     for s in Endpoints::assumed().served {
         let name = s.platform.as_str();
-        assert!(row(s.platform_port).contains(name), "{name} on {}", s.platform_port);
+        assert!(
+            row(s.platform_port).contains(name),
+            "{name} on {}",
+            s.platform_port
+        );
         if let Some(c) = s.control_port {
-            assert!(row(c).contains("control arm of every platform"), "control {c}");
+            assert!(
+                row(c).contains("control arm of every platform"),
+                "control {c}"
+            );
         }
     }
     for p in callwatch_proto::profile::profiles() {
         for port in &p.ports {
-            assert!(row(*port).contains(p.platform.as_str()), "{} on {port}", p.platform);
+            assert!(
+                row(*port).contains(p.platform.as_str()),
+                "{} on {port}",
+                p.platform
+            );
         }
     }
     let defaults = callwatch_collector::ServeConfig::new("unused".into());
