@@ -889,11 +889,17 @@ fn every_documented_command_runs_or_names_its_test() {
         ));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    // The documented flow did what it says: the volunteer's `run --once` uploaded a report,
-    // which the researcher's page and the operator's export hold (and `verify` checked).
+    // The documented flow did what it says: the volunteer's `run --once` uploaded a report per
+    // platform (generic and whatsapp, `init`'s substitution above), at the collector's own
+    // reflector (its ports learned from the collector), which the researcher's page and the
+    // operator's export hold (and `verify` checked).
     for file in ["page.ndjson", "all.ndjson"] {
         let text = std::fs::read_to_string(stage.cwd.join(file)).unwrap_or_default();
-        assert_eq!(text.lines().count(), 1, "{file}: {text}");
+        assert_eq!(text.lines().count(), 2, "{file}: {text}");
+        for platform in ["generic", "whatsapp"] {
+            let needle = format!("\\\"platform\\\":\\\"{platform}\\\"");
+            assert!(text.contains(&needle), "{platform} in {file}: {text}");
+        }
     }
 }
 
