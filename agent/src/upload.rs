@@ -657,7 +657,7 @@ async fn drain(
             if status.keeps_report() {
                 summary.deferred += 1;
                 tracing::warn!(
-                    "queued report {id} kept for a newer collector: {}",
+                    "queued report {id} kept, to be sent again: {}",
                     match status {
                         ReportStatus::Deferred { reason } | ReportStatus::Rejected { reason } =>
                             reason.as_str(),

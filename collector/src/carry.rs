@@ -220,9 +220,11 @@ pub async fn import(
                     ReportStatus::Accepted => LineResult::Accepted,
                     ReportStatus::Duplicate => LineResult::Duplicate,
                     ReportStatus::Rejected { reason } => LineResult::Rejected(reason),
-                    // Nothing stored; the file can be imported again by a newer collector.
+                    // Nothing stored; the file can be imported again (by a newer collector, or
+                    // once the clock has passed a start that lay ahead of it).
                     ReportStatus::Deferred { reason } => LineResult::Rejected(format!(
-                        "{reason} (import this file again with a newer collector)"
+                        "{reason} (nothing stored from this line: import the file again later, \
+                         or with a newer collector)"
                     )),
                 };
                 record(&mut summary, line, result);

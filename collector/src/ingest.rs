@@ -711,6 +711,29 @@ async fn answer_request<R: AsyncRead + Unpin>(
     })
 }
 
+/// Why a report whose start lies more than [`MAX_FUTURE`] ahead of the collector's clock `now` is
+/// deferred, in words a volunteer can act on.
+fn clock_ahead(started_at: chrono::DateTime<Utc>, now: chrono::DateTime<Utc>) -> String {
+    let ahead = (started_at - now).num_seconds();
+    let (n, unit) = match ahead {
+        ..=5_399 => (ahead.div_euclid(60), "minute"),
+        5_400..=172_799 => ((ahead + 1_800).div_euclid(3_600), "hour"),
+        _ => ((ahead + 43_200).div_euclid(86_400), "day"),
+    };
+    let unit = if n == 1 {
+        unit.to_string()
+    } else {
+        format!("{unit}s")
+    };
+    format!(
+        "started_at {} is in the future, {n} {unit} ahead of the collector's clock ({}): this \
+         machine's clock is probably wrong (turn on automatic time, NTP); the report is kept and \
+         sent again, and accepted once the collector's clock has passed its start",
+        started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        now.format("%Y-%m-%d %H:%M:%S UTC")
+    )
+}
+
 /// Verifies, stores and answers one batch. Each report is filed under its reflector-attested
 /// region when the attestation is valid under `filer`'s keys, else under the upload's region
 /// (unknown for a carried-out file), and marked as `filer` decides (see
@@ -743,17 +766,14 @@ pub async fn process_batch_attested(
         let verdict = signed.verify();
         // A schema newer than this release knows is deferred: the agent keeps the report for a
         // collector that knows it.
-        let newer_schema = matches!(verdict, Err(VerifyError::NewerSchema(_)));
+        let mut transient = matches!(verdict, Err(VerifyError::NewerSchema(_)));
         let verdict = verdict.map_err(|e| (e.label(), e.to_string()));
         let checked = verdict.and_then(|report| {
             if report.started_at > now + MAX_FUTURE {
-                Err((
-                    "future_timestamp",
-                    format!(
-                        "started_at {} is in the future (collector time {now})",
-                        report.started_at
-                    ),
-                ))
+                // The agent's clock is ahead: the report becomes acceptable once the collector's
+                // clock passes it, so it is deferred (kept and sent again), never refused.
+                transient = true;
+                Err(("future_timestamp", clock_ahead(report.started_at, now)))
             } else if report.started_at < now - MAX_AGE {
                 Err((
                     "too_old",
@@ -770,7 +790,7 @@ pub async fn process_batch_attested(
         match checked {
             Err((label, reason)) => {
                 stats.reject(label);
-                statuses.push(Some(if newer_schema {
+                statuses.push(Some(if transient {
                     ReportStatus::Deferred { reason }
                 } else {
                     ReportStatus::Rejected { reason }
@@ -875,4 +895,27 @@ pub async fn process_batch_attested(
         "batch acknowledged"
     );
     Response::Ack { statuses }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clock_ahead;
+    use chrono::{Duration, TimeZone, Utc};
+
+    #[test]
+    fn a_clock_ahead_is_said_in_units_a_volunteer_reads() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 30, 10, 0, 0).unwrap();
+        for (ahead, says) in [
+            (Duration::minutes(11), "11 minutes ahead"),
+            (Duration::minutes(61), "61 minutes ahead"),
+            (Duration::minutes(90), "2 hours ahead"),
+            (Duration::hours(1) * 47, "47 hours ahead"),
+            (Duration::days(1) * 2, "2 days ahead"),
+            (Duration::days(400), "400 days ahead"),
+        ] {
+            let text = clock_ahead(now + ahead, now);
+            assert!(text.contains(says), "{ahead}: {text}");
+            assert!(text.contains("2026-11-30 10:00:00 UTC"), "{text}");
+        }
+    }
 }

@@ -355,5 +355,17 @@ mod tests {
         .keeps_report());
         assert!(!S::Accepted.keeps_report());
         assert!(!S::Duplicate.keeps_report());
+        // What a collector of an earlier release said of a start ahead of its clock (word for
+        // word): kept, for the clocks pass it; a report too old is gone for good.
+        assert!(S::Rejected {
+            reason: "started_at 2026-12-01 10:00:00 UTC is in the future (collector time \
+                     2026-11-30 10:00:00 UTC)"
+                .into()
+        }
+        .keeps_report());
+        assert!(!S::Rejected {
+            reason: "started_at 2026-01-01 10:00:00 UTC is older than 180 days".into()
+        }
+        .keeps_report());
     }
 }

@@ -241,12 +241,21 @@ pub enum ReportStatus {
 }
 
 impl ReportStatus {
-    /// Whether the agent keeps the report. Besides `Deferred`, a collector of an earlier release
-    /// answers a schema it does not know with `Rejected` and a reason that begins
-    /// `"report is invalid: schema N is not supported"`: that too is kept, never deleted.
+    /// Whether the agent keeps the report. Besides `Deferred`, two refusals of collectors of
+    /// earlier releases are kept, never deleted: a schema it does not know (a reason that
+    /// begins `"report is invalid: schema N is not supported"`) and a start time ahead of its
+    /// clock (`"started_at … is in the future (collector time …)"`), both deferred today.
     pub fn keeps_report(&self) -> bool {
         match self {
             ReportStatus::Deferred { .. } => true,
+            // An earlier collector's refusal of a start time ahead of its clock, which a later
+            // one defers: the report becomes acceptable once the clocks pass it.
+            ReportStatus::Rejected { reason }
+                if reason.starts_with("started_at ")
+                    && reason.contains(" is in the future (collector time ") =>
+            {
+                true
+            }
             ReportStatus::Rejected { reason } => reason
                 .strip_prefix("report is invalid: schema ")
                 .is_some_and(|r| r.contains(" is not supported")),

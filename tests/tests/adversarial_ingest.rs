@@ -6,7 +6,7 @@ use callwatch_agent::engine::{run_call_test, TestSpec};
 use callwatch_agent::queue::Queue;
 use callwatch_agent::upload::{exchange, pinned_client_config, upload_queue, UploadTarget};
 use callwatch_collector::{serve, Collector, ServeConfig};
-use callwatch_proto::upload::{error_code, Response, MAX_BATCH, MAX_FRAME_LEN};
+use callwatch_proto::upload::{error_code, ReportStatus, Response, MAX_BATCH, MAX_FRAME_LEN};
 use callwatch_proto::{CallReport, ReportId, SignedReport};
 use ed25519_dalek::SigningKey;
 use std::net::SocketAddr;
@@ -51,7 +51,7 @@ async fn sample(c: &Collector) -> CallReport {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reports_from_the_far_future_or_past_are_rejected_with_reasons() {
+async fn reports_from_the_far_future_are_deferred_and_from_the_far_past_refused() {
     let root = tempfile::tempdir().unwrap();
     let c = collector(root.path()).await;
     let base = sample(&c).await;
@@ -74,14 +74,25 @@ async fn reports_from_the_far_future_or_past_are_rejected_with_reasons() {
     let Response::Ack { statuses } = exchange(&conn, reports).await.unwrap() else {
         panic!("expected an ack")
     };
-    let text = format!("{statuses:?}");
+    // A start ahead of the collector's clock is deferred (the agent keeps the report and sends
+    // it again), with the skew in words; one too old is refused for good.
+    let ReportStatus::Deferred { reason } = &statuses[0] else {
+        panic!("the future report is deferred: {statuses:?}")
+    };
     assert!(
-        text.contains("in the future") && text.contains("older than"),
-        "{text}"
+        reason.contains("is in the future, 24 hours ahead of the collector's clock")
+            && reason.contains("this machine's clock is probably wrong")
+            && reason.contains("kept and sent again"),
+        "{reason}"
     );
-    assert!(text.contains("older than 180 days"), "{text}");
+    assert!(statuses[0].keeps_report());
+    let ReportStatus::Rejected { reason } = &statuses[1] else {
+        panic!("the old report is refused: {statuses:?}")
+    };
+    assert!(reason.contains("older than 180 days"), "{reason}");
+    assert!(!statuses[1].keeps_report());
     for s in &statuses[2..] {
-        assert!(matches!(s, callwatch_proto::upload::ReportStatus::Accepted));
+        assert!(matches!(s, ReportStatus::Accepted));
     }
     let rejected = c.ingest.stats.rejected();
     assert_eq!(rejected.get("future_timestamp"), Some(&1));

@@ -83,3 +83,49 @@ async fn a_newer_schema_is_kept_by_the_agent_and_never_stored() {
     );
     c.shutdown().await;
 }
+
+/// A volunteer whose clock runs ahead loses nothing: a report that starts more than ten minutes
+/// ahead of the collector's clock is deferred with the skew in words, kept by the agent, and
+/// accepted by a later pass once the collector's clock has passed its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_from_a_clock_ahead_is_kept_and_accepted_once_time_catches_up() {
+    let root = tempfile::tempdir().unwrap();
+    let c = serve(seed::config(root.path(), "c")).await.unwrap();
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&c.pin, &mut pin).unwrap();
+    let target = UploadTarget {
+        batch: 4,
+        ..UploadTarget::new(c.quic_addr, pin)
+    };
+    let data = seed::seed();
+    let queue = Queue::open(&root.path().join("queue")).unwrap();
+    let (_, key, _, report) = &data[0];
+    let mut ahead = report.clone();
+    // Two seconds past what the collector allows: deferred now, acceptable two seconds on.
+    ahead.started_at = chrono::Utc::now() + chrono::Duration::seconds(10 * 60 + 2);
+    let signed = SignedReport::sign(&ahead, key).unwrap();
+    queue.push(&signed).unwrap();
+    let first = upload_queue(&queue, &target).await.unwrap();
+    assert_eq!((first.accepted, first.deferred), (0, 1), "{first:?}");
+    assert_eq!(queue.len(), 1, "kept");
+    assert_eq!(c.store.len(), 0);
+    // The collector's clock passes the limit within seconds: a pass then stores it (bounded:
+    // each pass is a real upload, at most 40 of them half a second apart).
+    let mut accepted = None;
+    for pass in 0..40 {
+        let s = upload_queue(&queue, &target).await.unwrap();
+        if s.accepted == 1 {
+            accepted = Some(pass);
+            break;
+        }
+        assert_eq!(s.deferred, 1, "{s:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        accepted.is_some(),
+        "accepted once the clocks passed its start"
+    );
+    assert_eq!(queue.len(), 0);
+    assert_eq!(c.store.len(), 1);
+    c.shutdown().await;
+}
