@@ -135,10 +135,16 @@ impl ApiError {
             message: message.into(),
         }
     }
-    fn internal(message: impl Into<String>) -> Self {
+    /// A server fault: the details (a store's host, port and server text) go to the log under
+    /// a random id; the client gets only "internal error" and the id to quote.
+    fn internal(details: impl Into<String>) -> Self {
+        let id = hex::encode(rand::random::<[u8; 6]>());
+        tracing::error!(error_id = %id, "HTTP API: {}", details.into());
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
-            message: message.into(),
+            message: format!(
+                "internal error (id {id}): the collector's log has the details under that id"
+            ),
         }
     }
 }
@@ -519,7 +525,12 @@ async fn reports(
             tx.blocking_send(Ok(record.to_line())).is_ok()
         });
         if let Err(e) = result {
-            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+            // The page is cut short (the client sees a broken transfer, never the details).
+            let id = hex::encode(rand::random::<[u8; 6]>());
+            tracing::error!(error_id = %id, "HTTP API: reading reports: {e}");
+            let _ = tx.blocking_send(Err(std::io::Error::other(format!(
+                "internal error (id {id})"
+            ))));
         }
     });
     let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -595,5 +606,30 @@ mod tests {
         .unwrap();
         assert_eq!(q.axes, vec![Axis::Country, Axis::Platform]);
         assert!(q.csv);
+    }
+
+    #[tokio::test]
+    async fn a_server_fault_says_internal_error_and_an_id_never_the_details() {
+        let details = "ClickHouse at 10.0.0.5:8123: Code: 241. DB::Exception: Memory limit";
+        let e = ApiError::internal(details);
+        assert!(!e.message.contains("10.0.0.5") && !e.message.contains("Exception"));
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let text = json["error"].as_str().unwrap();
+        assert!(text.starts_with("internal error (id "), "{text}");
+        assert!(
+            !text.contains("10.0.0.5") && !text.contains("8123"),
+            "{text}"
+        );
+        // Two faults get two ids (the log tells them apart).
+        let (a, b) = (
+            ApiError::internal("x").message,
+            ApiError::internal("x").message,
+        );
+        assert_ne!(a, b);
     }
 }

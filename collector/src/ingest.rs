@@ -711,6 +711,19 @@ async fn answer_request<R: AsyncRead + Unpin>(
     })
 }
 
+/// A batch not stored for a fault of the collector's own: the details (a store's host, port and
+/// server text) go to the log under a random id, the agent gets the id; it keeps the batch.
+fn internal_error(details: String) -> Response {
+    let id = hex::encode(rand::random::<[u8; 6]>());
+    tracing::error!(error_id = %id, "{details}");
+    Response::Error {
+        code: error_code::INTERNAL,
+        reason: format!(
+            "internal error (id {id}): nothing stored, keep the batch and send it again later"
+        ),
+    }
+}
+
 /// Why a report whose start lies more than [`MAX_FUTURE`] ahead of the collector's clock `now` is
 /// deferred, in words a volunteer can act on.
 fn clock_ahead(started_at: chrono::DateTime<Utc>, now: chrono::DateTime<Utc>) -> String {
@@ -841,18 +854,9 @@ pub async fn process_batch_attested(
         let (outcomes, to_store) = match stored {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
-                tracing::error!("store failed, batch not acknowledged: {e}");
-                return Response::Error {
-                    code: error_code::INTERNAL,
-                    reason: format!("collector store failed: {e}"),
-                };
+                return internal_error(format!("store failed, batch not acknowledged: {e}"))
             }
-            Err(e) => {
-                return Response::Error {
-                    code: error_code::INTERNAL,
-                    reason: format!("store task failed: {e}"),
-                }
-            }
+            Err(e) => return internal_error(format!("store task failed: {e}")),
         };
         let mut outcomes = outcomes.into_iter().zip(&to_store);
         for slot in statuses.iter_mut().filter(|s| s.is_none()) {
@@ -875,12 +879,7 @@ pub async fn process_batch_attested(
                     stats.duplicate.fetch_add(1, Ordering::Relaxed);
                     ReportStatus::Duplicate
                 }
-                None => {
-                    return Response::Error {
-                        code: error_code::INTERNAL,
-                        reason: "store returned fewer outcomes than reports".into(),
-                    }
-                }
+                None => return internal_error("store returned fewer outcomes than reports".into()),
             });
         }
     }
