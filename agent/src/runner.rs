@@ -139,7 +139,13 @@ pub async fn run_one_test(
     if answered && !reached_before {
         state.update(|s| s.reflectors_reached.insert(reflector.clone()));
     }
-    let signed = SignedReport::sign(&report, key).context("encoding report")?;
+    // What leaves the machine starts on the hour (`coarse_start`); the local record (status)
+    // keeps the exact time.
+    let outgoing = CallReport {
+        started_at: callwatch_proto::report::coarse_start(report.started_at),
+        ..report.clone()
+    };
+    let signed = SignedReport::sign(&outgoing, key).context("encoding report")?;
     // The path token (sealed to the collector) goes beside the signed report, never in it.
     let queued = callwatch_proto::upload::QueuedReport {
         report: signed,

@@ -32,6 +32,9 @@ pub struct CallReport {
     /// The agent software that made the report, e.g. `callwatch-agent/0.1.0`.
     pub agent_version: String,
     pub platform: Platform,
+    /// When the test started. Agents of this release sign it floored to the hour
+    /// ([`coarse_start`]): what the aggregates need, and no finer, so that a start time cannot
+    /// be matched to a subscriber's flow logs. Earlier agents signed it to the nanosecond.
     pub started_at: DateTime<Utc>,
     pub duration_ms: u32,
     /// Nominal interval between probes.
@@ -584,6 +587,17 @@ impl CallReport {
     }
 }
 
+/// How finely agents sign a test's start: the hour ([`coarse_start`]).
+pub const STARTED_AT_RESOLUTION_S: i64 = 3_600;
+
+/// `t` floored to the hour: the start time an agent signs. The hour is the aggregates' finest
+/// axis and the reflector's attestation's resolution; nothing finer leaves the machine.
+pub fn coarse_start(t: DateTime<Utc>) -> DateTime<Utc> {
+    let s = t.timestamp();
+    let floored = s - s.rem_euclid(STARTED_AT_RESOLUTION_S);
+    DateTime::from_timestamp(floored, 0).unwrap_or(t)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -591,6 +605,29 @@ pub(crate) mod tests {
     /// A plausible report, for tests here and in other modules.
     pub fn sample_report() -> CallReport {
         CallReport::example()
+    }
+
+    #[test]
+    fn a_start_is_signed_to_the_hour() {
+        use chrono::TimeZone;
+        let t = Utc.with_ymd_and_hms(2026, 11, 30, 23, 59, 59).unwrap()
+            + chrono::Duration::nanoseconds(999_999_999);
+        assert_eq!(
+            coarse_start(t),
+            Utc.with_ymd_and_hms(2026, 11, 30, 23, 0, 0).unwrap()
+        );
+        let on = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
+        assert_eq!(coarse_start(on), on);
+        // Before 1970 too (floors, never rounds towards zero).
+        let old = Utc.with_ymd_and_hms(1969, 12, 31, 23, 30, 0).unwrap();
+        assert_eq!(
+            coarse_start(old),
+            Utc.with_ymd_and_hms(1969, 12, 31, 23, 0, 0).unwrap()
+        );
+        assert_eq!(
+            crate::attest::unix_hour(coarse_start(t)),
+            crate::attest::unix_hour(t)
+        );
     }
 
     #[test]

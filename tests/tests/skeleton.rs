@@ -127,6 +127,22 @@ async fn call_test_uploads_and_aggregates_by_region_without_storing_the_address(
     assert_eq!(s.packets_received, 50, "clean loopback loses nothing");
     assert_eq!(s.packets_reflected, Some(50));
     assert!(s.mos.unwrap() > 4.0);
+    // What left the machine starts on the hour; the local record keeps the exact start.
+    let mut stored = Vec::new();
+    collector
+        .store
+        .for_each(&mut |r| {
+            stored.push(r.signed.verify().unwrap());
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        stored[0].started_at,
+        callwatch_proto::report::coarse_start(report.started_at)
+    );
+    assert_eq!(stored[0].started_at.timestamp() % 3600, 0);
+    assert_eq!(stored[0].started_at.timestamp_subsec_nanos(), 0);
 
     let (status, body) = http::get(
         collector.http_addr,
