@@ -2,20 +2,22 @@
 # Installs the callwatch agent as a system service (Linux, systemd), non-interactively.
 #
 #   sudo packaging/install-agent.sh --collector HOST:PORT --pin HEX [--reflector HOST:PORT]
-#        [--reflector-key HEX]
+#        [--reflector-key HEX] [--accept-risks]
 #
+# `callwatch-agent init` shows what running an agent means and asks you to agree; where
+# nobody can answer (a script), --accept-risks says you have read it (`callwatch-agent init --help`).
 # Creates the unprivileged user `callwatch`, its state folder /var/lib/callwatch (mode 0700),
 # the config and a new signing key there (owner-only), installs the unit and starts it.
 # Run it again with --force to replace the config and key (a new key unlinks past reports).
 # Expects the binary at /usr/local/bin/callwatch-agent (`cargo install --path agent --root /usr/local`).
 set -eu
 
-collector= pin= reflector= reflector_key= force=
+collector= pin= reflector= reflector_key= force= accept=
 bin=/usr/local/bin/callwatch-agent
 state=/var/lib/callwatch
 unit_dir=/etc/systemd/system
 start=yes
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --collector) collector=$2; shift 2 ;;
@@ -23,6 +25,7 @@ while [ $# -gt 0 ]; do
     --reflector) reflector=$2; shift 2 ;;
     --reflector-key) reflector_key=$2; shift 2 ;;
     --force) force=--force; shift ;;
+    --accept-risks) accept=--accept-risks; shift ;;
     --bin) bin=$2; shift 2 ;;
     --state-dir) state=$2; shift 2 ;;
     --unit-dir) unit_dir=$2; shift 2 ;;
@@ -44,6 +47,7 @@ set -- init --config "$state/agent.toml" --collector "$collector" --pin "$pin"
 [ -n "$reflector" ] && set -- "$@" --reflector "$reflector"
 [ -n "$reflector_key" ] && set -- "$@" --reflector-key "$reflector_key"
 [ -n "$force" ] && set -- "$@" --force
+[ -n "$accept" ] && set -- "$@" --accept-risks
 # As the service user, so the key and config belong to it (and only it).
 su -s /bin/sh callwatch -c "umask 077; \"$bin\" $(printf '"%s" ' "$@")"
 

@@ -23,7 +23,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Write a config file and a new signing key (owner-only) next to it.
+    /// Write a config file and a new signing key (owner-only) next to it, after you agree to
+    /// the notice below (on a terminal, or with --accept-risks).
+    #[command(after_help = cmd::init::NOTICE)]
     Init(cmd::init::Args),
     /// Run one call test now and print the result (nothing is uploaded).
     ///

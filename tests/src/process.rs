@@ -279,7 +279,7 @@ pub fn init_agent(
     append: &str,
 ) -> String {
     let out = Command::new(crate::built_binary("callwatch-agent"))
-        .args(["init", "--config"])
+        .args(["init", "--accept-risks", "--config"])
         .arg(config)
         .args([
             "--collector",

@@ -90,7 +90,7 @@ fn agent_config(
 ) -> PathBuf {
     let config = dir.join("agent.toml");
     let out = Command::new(agent_bin())
-        .args(["init", "--config"])
+        .args(["init", "--accept-risks", "--config"])
         .arg(&config)
         .args(["--collector", &collector.to_string(), "--pin", pin])
         .args([

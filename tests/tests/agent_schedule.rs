@@ -47,7 +47,7 @@ fn agent_config(
 ) -> PathBuf {
     let config = dir.join("agent.toml");
     let out = Command::new(agent_bin())
-        .args(["init", "--force", "--config"])
+        .args(["init", "--accept-risks", "--force", "--config"])
         .arg(&config)
         .args(["--collector", &collector.to_string(), "--pin", pin])
         .args([

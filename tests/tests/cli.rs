@@ -149,7 +149,7 @@ fn a_config_with_three_mistakes_reports_all_three_with_their_keys() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     let init = Command::new(callwatch_tests::built_binary("callwatch-agent"))
-        .args(["init", "--config"])
+        .args(["init", "--accept-risks", "--config"])
         .arg(&config)
         .args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)])
         .output()
@@ -185,7 +185,7 @@ fn init_writes_a_private_key_and_refuses_to_replace_it() {
     let config = dir.path().join("agent.toml");
     let init = |force: bool| {
         let mut c = Command::new(callwatch_tests::built_binary("callwatch-agent"));
-        c.args(["init", "--config"]).arg(&config);
+        c.args(["init", "--accept-risks", "--config"]).arg(&config);
         c.args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)]);
         if force {
             c.arg("--force");
@@ -301,7 +301,7 @@ fn a_bad_reflector_key_is_named_and_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
-        .args(["init", "--config"])
+        .args(["init", "--accept-risks", "--config"])
         .arg(&config)
         .args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)])
         .args(["--reflector-key", "not-a-key"])
@@ -317,7 +317,7 @@ fn a_bad_reflector_key_is_named_and_writes_nothing() {
     // A good one lands in the config.
     let key = "11".repeat(32);
     let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
-        .args(["init", "--config"])
+        .args(["init", "--accept-risks", "--config"])
         .arg(&config)
         .args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)])
         .args(["--reflector-key", &key])
@@ -557,4 +557,72 @@ fn every_help_has_its_examples_on_their_own_lines_and_every_flag_described() {
         }
     }
     assert!(pages >= 12, "only {pages} help pages");
+}
+
+/// `init` says what running an agent means before it writes anything, and goes on only when the
+/// volunteer agrees: on a terminal by answering `yes`, in a script with `--accept-risks`; with
+/// neither, nothing is written and it says how to agree (exit 64).
+#[test]
+fn init_shows_the_notice_and_writes_nothing_without_agreement() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let agent = callwatch_tests::built_binary("callwatch-agent");
+    let args = |c: &mut Command| {
+        c.args(["init", "--config"]).arg(&config).args([
+            "--collector",
+            "127.0.0.1:4433",
+            "--pin",
+            &"ab".repeat(32),
+        ]);
+    };
+    let nothing_written = || !config.exists() && !dir.path().join("agent.key").exists();
+    // No terminal, no flag.
+    let mut c = Command::new(&agent);
+    args(&mut c);
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("Before you run a callwatch agent") && err.contains("--accept-risks"),
+        "{err}"
+    );
+    assert!(nothing_written());
+    // On a terminal (`script` gives it one): "no" writes nothing, "yes" goes on.
+    let on_terminal = |answer: &str| {
+        let mut line = format!("{} init --config {}", agent.display(), config.display());
+        line.push_str(&format!(
+            " --collector 127.0.0.1:4433 --pin {}",
+            "ab".repeat(32)
+        ));
+        let mut child = Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script(1), from util-linux");
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    };
+    let out = on_terminal("no");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("Type yes to go on") && text.contains("nothing written"),
+        "{text}"
+    );
+    assert!(nothing_written());
+    let out = on_terminal("yes");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(config.exists(), "{text}");
+    // The notice is in --help too.
+    let help = Command::new(&agent)
+        .args(["init", "--help"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Before you run a callwatch agent"));
 }

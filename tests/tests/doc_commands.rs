@@ -407,9 +407,11 @@ impl Stage {
             },
             Rule {
                 from: "callwatch-agent init ".into(),
-                to: "callwatch-agent init --platform generic --platform whatsapp ".into(),
+                to: "callwatch-agent init --accept-risks --platform generic --platform whatsapp "
+                    .into(),
                 only_in: "callwatch-agent init",
-                why: "a single-arm and a two-arm platform test what all five do, in 30 s not 75",
+                why: "no terminal answers the notice here; a single-arm and a two-arm platform \
+                      test what all five do, in 30 s not 75",
             },
         ];
         let Some(c) = &self.collector else {

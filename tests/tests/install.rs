@@ -39,6 +39,7 @@ fn install_script_creates_user_private_key_and_hardened_unit() {
             .arg("--unit-dir")
             .arg(&units)
             .arg("--no-start")
+            .arg("--accept-risks")
             .args(extra)
             .output()
             .unwrap()

@@ -85,6 +85,7 @@ fn an_agent_with_only_the_collector_tests_every_platform_the_reflector_serves() 
     let pin = hex::encode(collector.pin);
     let init = agent(&[
         "init",
+        "--accept-risks",
         "--config",
         cfg,
         "--collector",
@@ -170,6 +171,7 @@ fn without_a_collector_to_ask_nothing_is_tested_and_the_run_says_why() {
     // Nothing listens there (port 9 on an address of this test's own).
     let init = agent(&[
         "init",
+        "--accept-risks",
         "--config",
         cfg,
         "--collector",

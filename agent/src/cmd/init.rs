@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use callwatch_agent::config::{Config, ConfigFile};
 use callwatch_agent::identity;
 use callwatch_proto::seal::ReflectorKey;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,7 +36,27 @@ pub struct Args {
     /// Replace an existing config and key.
     #[arg(long)]
     force: bool,
+    /// You have read the notice below and agree to run an agent: for scripted installs, where
+    /// nobody can answer the question `init` asks on a terminal.
+    #[arg(long = "accept-risks")]
+    accept_risks: bool,
 }
+
+/// What running an agent means, in plain words: shown by `init` (and its `--help`) before
+/// anything is written, and agreed to on a terminal or with `--accept-risks`.
+pub const NOTICE: &str = "\
+Before you run a callwatch agent, know what it does and who sees what:
+  - Every 15 minutes or so it sends test traffic shaped like WhatsApp, Telegram, Signal and
+    Max calls from this network to the collector's reflector, and uploads the results to the
+    collector. Your network operator (or anyone watching your traffic) can see that this
+    machine does so, and where calls are restricted that may draw attention.
+  - Each report says which platform was tested, the call quality measured and the hour of the
+    test, signed with a key made here. It carries no name, hostname or local address.
+  - The collector's operator sees the address you upload from (used to look up your country
+    and network, then not kept) and every report.
+  - The public sees figures by country, network and platform, only where enough volunteers
+    stand behind them, and the signed reports with their signing key.
+  - Measuring censorship can be risky where you are. If in doubt, do not run it.";
 
 pub fn run(args: Args) -> Result<ExitCode> {
     super::init_logging(None);
@@ -47,6 +68,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         platforms,
         reflector_key,
         force,
+        accept_risks,
     } = args;
     let mut file = ConfigFile::new(collector, pin.to_ascii_lowercase(), reflector);
     file.reflector_key = reflector_key.map(|k| k.to_hex());
@@ -64,6 +86,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
             "{} exists; pass --force to replace it and its key",
             config.display()
         );
+    }
+    eprintln!("{NOTICE}\n");
+    if !accept_risks {
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "callwatch-agent init: nothing written; agree to the notice above by answering on a \
+                 terminal, or pass --accept-risks"
+            );
+            return Ok(ExitCode::from(super::exit::USAGE));
+        }
+        eprint!("Run a callwatch agent on this machine? Type yes to go on: ");
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .context("reading the answer")?;
+        if !answer.trim().eq_ignore_ascii_case("yes") {
+            eprintln!("callwatch-agent init: nothing written");
+            return Ok(ExitCode::from(1));
+        }
     }
     let base = config.parent().unwrap_or(std::path::Path::new("."));
     let key_path = base.join(&file.key_file);

@@ -21,7 +21,9 @@ pub mod exit {
     /// The collector's certificate is not the pinned one: a wrong pin, or the connection is
     /// being intercepted. Reports stay queued.
     pub const WRONG_PIN: u8 = 4;
-    // A wrong command line: callwatch_reflector::term::EX_USAGE (64), as in the collector.
+    /// A wrong command line (callwatch_reflector::term::EX_USAGE, as in the collector), and
+    /// `init` without the volunteer's agreement where nobody can answer.
+    pub const USAGE: u8 = 64;
 }
 
 /// Logs to stderr: level from RUST_LOG, else `level` (the config's `log_level`, for the
