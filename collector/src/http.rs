@@ -26,6 +26,52 @@ pub struct AppState {
     pub policy: Policy,
     /// The last [`Overview`] and when it was computed (one store pass per [`OVERVIEW_TTL`]).
     pub overview: Arc<std::sync::Mutex<Option<(std::time::Instant, Overview)>>>,
+    /// The bounds on the store work requests may start.
+    pub jobs: Jobs,
+}
+
+/// How many blocking store reads the HTTP API runs at once: queries (aggregations and the
+/// overview) and report pages get [`QUERY_JOBS`] and [`PAGE_JOBS`] of tokio's blocking
+/// threads, never the whole pool, so that clients holding requests open cannot starve ingest's
+/// store writes (which use the same pool), and pages cannot starve queries. A request that finds
+/// its kind full for [`JOB_WAIT`] is answered 503 with `Retry-After`.
+#[derive(Clone)]
+pub struct Jobs {
+    queries: Arc<tokio::sync::Semaphore>,
+    pages: Arc<tokio::sync::Semaphore>,
+}
+
+/// Aggregations (and overviews) computed at once.
+pub const QUERY_JOBS: usize = 4;
+/// Report pages read at once.
+pub const PAGE_JOBS: usize = 4;
+/// How long a request waits for its kind's slot before it is answered 503.
+pub const JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// What a 503 tells the client to wait, in seconds (`Retry-After`).
+pub const RETRY_AFTER_S: u64 = 5;
+/// How long a report page waits for its client to take the next lines before it stops (and
+/// frees its slot): a client that does not read cannot hold one.
+pub const PAGE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs {
+            queries: Arc::new(tokio::sync::Semaphore::new(QUERY_JOBS)),
+            pages: Arc::new(tokio::sync::Semaphore::new(PAGE_JOBS)),
+        }
+    }
+}
+
+impl Jobs {
+    async fn slot(
+        kind: &Arc<tokio::sync::Semaphore>,
+        what: &str,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        match tokio::time::timeout(JOB_WAIT, kind.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(ApiError::busy(what)),
+        }
+    }
 }
 
 /// How long an [`Overview`] is served before it is computed again.
@@ -76,10 +122,14 @@ async fn overview(state: &AppState) -> Result<Overview, ApiError> {
         }
     }
     let (store, policy) = (state.store.clone(), state.policy);
-    let o = tokio::task::spawn_blocking(move || Overview::of(store.as_ref(), &policy))
-        .await
-        .map_err(|e| ApiError::internal(format!("overview task failed: {e}")))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let slot = Jobs::slot(&state.jobs.queries, "queries").await?;
+    let o = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        Overview::of(store.as_ref(), &policy)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("overview task failed: {e}")))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     if let Ok(mut cached) = state.overview.lock() {
         *cached = Some((std::time::Instant::now(), o));
     }
@@ -135,6 +185,15 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// Every slot for `what` is taken ([`Jobs`]): 503, try again after [`RETRY_AFTER_S`].
+    fn busy(what: &str) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "busy: every slot for {what} is taken; try again in {RETRY_AFTER_S} s"
+            ),
+        }
+    }
     /// A server fault: the details (a store's host, port and server text) go to the log under
     /// a random id; the client gets only "internal error" and the id to quote.
     fn internal(details: impl Into<String>) -> Self {
@@ -152,7 +211,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message });
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(RETRY_AFTER_S),
+            );
+        }
+        response
     }
 }
 
@@ -313,10 +379,14 @@ async fn aggregation(
     let store = state.store.clone();
     let policy = state.policy;
     let (axes, filter) = (q.axes.clone(), q.filter.clone());
-    let cells = tokio::task::spawn_blocking(move || store.aggregate(&axes, &filter, &policy))
-        .await
-        .map_err(|e| ApiError::internal(format!("aggregation task failed: {e}")))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let slot = Jobs::slot(&state.jobs.queries, "queries").await?;
+    let cells = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        store.aggregate(&axes, &filter, &policy)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("aggregation task failed: {e}")))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     if q.csv {
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -519,10 +589,17 @@ async fn reports(
     let (since, limit) = parse_reports_query(&params)?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
     let store = state.store.clone();
+    let slot = Jobs::slot(&state.jobs.pages, "report pages").await?;
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         let result = crate::export::page(store.as_ref(), since, limit, |record| {
-            // A client that went away stops the read.
-            tx.blocking_send(Ok(record.to_line())).is_ok()
+            // A client that went away, or takes nothing for PAGE_WRITE_TIMEOUT, stops the read.
+            let line = Ok(record.to_line());
+            matches!(
+                runtime.block_on(tokio::time::timeout(PAGE_WRITE_TIMEOUT, tx.send(line))),
+                Ok(Ok(()))
+            )
         });
         if let Err(e) = result {
             // The page is cut short (the client sees a broken transfer, never the details).

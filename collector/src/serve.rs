@@ -182,6 +182,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         reflector: Some(reflector.stats_source()),
         policy: cfg.policy,
         overview: Default::default(),
+        jobs: Default::default(),
     });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
