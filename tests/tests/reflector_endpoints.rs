@@ -192,6 +192,67 @@ fn without_a_collector_to_ask_nothing_is_tested_and_the_run_says_why() {
     assert_eq!(state["tests_total"], 0, "{state}");
 }
 
+/// Without the right to bind below 1024 (as an unprivileged user: the test drops to `nobody`
+/// when it runs as root), `serve` goes on without port 599, says why and what to do, and serves
+/// Telegram on its other port, 1400.
+#[test]
+fn without_cap_net_bind_service_telegram_moves_to_1400_and_the_log_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let root = real_uid() == 0;
+    let mut cmd = if root {
+        // The folders must be the unprivileged user's to write.
+        for d in [dir.path(), data.as_path()] {
+            std::fs::create_dir_all(d).unwrap();
+            let status = Command::new("chown")
+                .args(["nobody:nogroup"])
+                .arg(d)
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(built_binary("callwatch-collector"));
+        c
+    } else {
+        Command::new(built_binary("callwatch-collector"))
+    };
+    let ip = "127.0.0.94";
+    cmd.args(["serve", "--data"]).arg(&data).args([
+        "--listen",
+        &format!("{ip}:0"),
+        "--http",
+        &format!("{ip}:0"),
+        "--reflector-ip",
+        ip,
+    ]);
+    let mut guard = KillOnDrop(Some(start_serve(cmd, dir.path())));
+    let collector = guard.0.as_ref().unwrap();
+    let out = std::fs::read_to_string(&collector.stdout).unwrap();
+    assert!(
+        out.contains("telegram (udp 1400, control 40400)"),
+        "Telegram on its other port: {out}"
+    );
+    assert!(
+        !out.contains(&format!("reflector on udp {ip}:599\n")),
+        "{out}"
+    );
+    let err = std::fs::read_to_string(&collector.stderr).unwrap();
+    assert!(
+        err.lines().any(|l| l.contains(&format!("UDP {ip}:599"))
+            && l.contains("ports below 1024 need CAP_NET_BIND_SERVICE or root")),
+        "{err}"
+    );
+    guard.0.take().unwrap().stop();
+}
+
+/// The real user id (`id -u`).
+fn real_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 /// The README's table of ports is the profiles' and `serve`'s: every reflector port a profile
 /// uses has its row naming the platforms that use it, and no other reflector port is listed.
 #[test]
