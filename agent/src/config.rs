@@ -232,12 +232,9 @@ pub struct Config {
     /// TLS server name as written (empty: unset); see [`Config::tls_server_name`].
     pub server_name: String,
     /// What every test is (reflector, length, sizes, ports, the reflector's key): the same
-    /// settings the `test` command takes as flags. With `reflector_from_collector`, its
-    /// `reflector` is empty and each test's is what the collector said ([`Config::spec_with`]).
+    /// settings the `test` command takes as flags. Its `reflector` is empty when the file names
+    /// none ([`Config::reflector_from_collector`]; a file's `reflector` must be `host:port`).
     pub test: TestSettings,
-    /// The file names no reflector: tests go to the collector's own, where it says it serves
-    /// each platform.
-    pub reflector_from_collector: bool,
     /// Platforms tested in turn; never empty in a loaded config.
     pub platforms: Vec<Platform>,
     /// Each platform's own STUN/TURN servers (`host:port`); the first is asked.
@@ -493,7 +490,6 @@ impl Config {
             collector_seal_key: None,
             server_name: String::new(),
             test: TestSettings::new(reflector),
-            reflector_from_collector: false,
             platforms: default_platforms(),
             relay_servers: BTreeMap::new(),
             key_file: default_key_file(),
@@ -633,7 +629,6 @@ impl Config {
             collector_pin,
             collector_seal_key,
             server_name: file.server_name,
-            reflector_from_collector: file.reflector.is_none(),
             test: TestSettings {
                 reflector: file.reflector.unwrap_or_default(),
                 platform_port: file.platform_port,
@@ -674,7 +669,7 @@ impl Config {
             collector_pin: hex::encode(self.collector_pin),
             collector_seal_key: self.collector_seal_key.map(|k| k.to_string()),
             server_name: self.server_name.clone(),
-            reflector: (!self.reflector_from_collector).then(|| self.test.reflector.clone()),
+            reflector: (!self.reflector_from_collector()).then(|| self.test.reflector.clone()),
             reflector_key: self.test.reflector_key.map(|k| k.to_hex()),
             platforms: self.platforms.clone(),
             duration_secs: self.test.duration_secs,
@@ -723,7 +718,7 @@ impl Config {
             .get(&platform)
             .and_then(|s| s.first())
             .map(String::as_str);
-        if !self.reflector_from_collector {
+        if !self.reflector_from_collector() {
             return self.test.spec(platform, relay);
         }
         let host = self.collector_host();
@@ -744,6 +739,12 @@ impl Config {
         settings.control_port = settings.control_port.or(served.control_port);
         settings.reflector_key = settings.reflector_key.or(learned.seal_key);
         settings.spec(platform, relay)
+    }
+
+    /// The file names no reflector: tests go to the collector's own, where it says it serves
+    /// each platform ([`Config::spec_with`]).
+    pub fn reflector_from_collector(&self) -> bool {
+        self.test.reflector.is_empty()
     }
 
     /// The collector's host as written in `collector` (an IPv6 address keeps its brackets),
@@ -1223,7 +1224,7 @@ mod tests {
             "no reflector written:\n{text}"
         );
         let cfg = Config::from_file(toml::from_str(&text).unwrap()).unwrap();
-        assert!(cfg.reflector_from_collector);
+        assert!(cfg.reflector_from_collector());
         assert_eq!(
             cfg.to_file().reflector,
             None,

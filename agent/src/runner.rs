@@ -6,7 +6,7 @@ use crate::engine::driver::Cancel;
 use crate::engine::{run_call_test, TestError, TestSpec};
 use crate::queue::Queue;
 use crate::settings::resolve;
-use crate::state::SharedState;
+use crate::state::{AgentState, SharedState};
 use crate::upload::{upload_queue, UploadError, UploadSummary, UploadTarget};
 use anyhow::{Context, Result};
 use callwatch_proto::{CallReport, Platform, SignedReport};
@@ -229,16 +229,15 @@ pub async fn learn_reflector(
     cfg: &Config,
     state: &SharedState,
 ) -> Result<Option<Learned>, UploadError> {
-    if !cfg.reflector_from_collector {
+    if !cfg.reflector_from_collector() {
         return Ok(None);
     }
-    if let Some(learned) = state.snapshot().learned() {
+    if let Some(learned) = state.read(AgentState::learned) {
         return Ok(Some(learned));
     }
-    let target = upload_target(cfg).map_err(UploadError::Unreachable)?;
     let target = UploadTarget {
-        tcp_first: state.snapshot().tcp_first(chrono::Utc::now()),
-        ..target
+        tcp_first: state.read(|s| s.tcp_first(chrono::Utc::now())),
+        ..upload_target(cfg).map_err(UploadError::Unreachable)?
     };
     tracing::info!(
         collector = %cfg.collector,
@@ -246,8 +245,10 @@ pub async fn learn_reflector(
     );
     let summary = crate::upload::ask_collector(&target).await?;
     let now = chrono::Utc::now();
-    state.update(|s| s.record_transport(&summary, now));
-    match state.snapshot().learned() {
+    match state.update(|s| {
+        s.record_transport(&summary, now);
+        s.learned()
+    }) {
         Some(learned) => Ok(Some(learned)),
         None => Err(UploadError::Refused(format!(
             "the collector at {} did not say where its reflector serves",
@@ -271,7 +272,7 @@ pub async fn upload_and_record(
             let target = UploadTarget {
                 fetch_seal_key: want_key,
                 tcp_first: known.tcp_first(chrono::Utc::now()),
-                fetch_endpoints: cfg.reflector_from_collector,
+                fetch_endpoints: cfg.reflector_from_collector(),
                 ..target
             };
             upload_queue(queue, &target).await
@@ -338,7 +339,7 @@ pub async fn run_cycle_cancellable(
             Ok(priced) => priced,
             // The collector's reflector cannot serve this platform (said and logged when
             // learned): the others still run.
-            Err(e) if cfg.reflector_from_collector => {
+            Err(e) if cfg.reflector_from_collector() => {
                 tracing::info!(platform = %platform, "test skipped: {e:#}");
                 outcome.skipped.push(format!("{platform}: {e:#}"));
                 continue;

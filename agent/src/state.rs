@@ -203,6 +203,11 @@ impl SharedState {
         r
     }
 
+    /// `f` of the state as it is now, without copying it or saving it.
+    pub fn read<R>(&self, f: impl FnOnce(&AgentState) -> R) -> R {
+        f(&self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// A copy of the state as it is now.
     pub fn snapshot(&self) -> AgentState {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -217,7 +222,7 @@ impl AgentState {
         let seal_key = self
             .collector_reflectors
             .iter()
-            .find(|r| r.name == "collector")
+            .find(|r| r.name == callwatch_proto::upload::OWN_REFLECTOR)
             .and_then(|r| r.seal_key.as_deref())
             .and_then(|k| k.parse().ok());
         Some(crate::config::Learned {

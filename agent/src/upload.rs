@@ -340,8 +340,9 @@ async fn transfer(
     queue: Option<&Queue>,
     target: &UploadTarget,
 ) -> Result<UploadSummary, UploadError> {
+    let remaining = || queue.map_or(0, Queue::len);
     let mut summary = UploadSummary {
-        remaining: queue.map_or(0, Queue::len),
+        remaining: remaining(),
         ..Default::default()
     };
     if queue.is_some_and(Queue::is_empty) {
@@ -394,14 +395,14 @@ async fn transfer(
             }
             // An answer from the collector (a refusal) is not a reason to try the other way.
             Err(e) => {
-                summary.remaining = queue.map_or(0, Queue::len);
+                summary.remaining = remaining();
                 return Err(e);
             }
         }
     }
     // Something answered on every transport tried, and each time with another certificate.
     if !failures.is_empty() && failures.iter().all(|(_, _, other)| *other) {
-        summary.remaining = queue.map_or(0, Queue::len);
+        summary.remaining = remaining();
         let seen: Vec<String> = failures
             .iter()
             .map(|(t, e, _)| format!("over {}: {e:#}", label(*t)))
@@ -426,7 +427,7 @@ async fn transfer(
             ),
         })
     });
-    summary.remaining = queue.map_or(0, Queue::len);
+    summary.remaining = remaining();
     result.map(|_| summary)
 }
 
@@ -519,62 +520,70 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the reflector list may take once the queue is uploaded.
 const REFLECTORS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Asks the collector which reflectors it vouches for, after a successful upload. Best effort:
-/// the upload already succeeded, so any failure (an earlier collector answers `Error`) is only
-/// logged.
-async fn ask_reflectors(conn: &mut Conn) -> Option<Vec<ReflectorInfo>> {
-    match tokio::time::timeout(REFLECTORS_TIMEOUT, conn.request(&Request::Reflectors)).await {
-        Ok(Ok(Response::Reflectors { mut reflectors })) => {
-            reflectors.truncate(callwatch_proto::upload::MAX_REFLECTORS);
-            Some(reflectors)
-        }
-        Ok(Ok(other)) => {
-            tracing::debug!("the collector gave no reflector list: {other:?}");
-            None
-        }
+/// One question asked after the queue is uploaded, best effort: the upload already succeeded, so
+/// a failure (an earlier collector answers `Error`, no answer in [`REFLECTORS_TIMEOUT`]) is only
+/// logged, naming `what` was asked, and the answer is `None`; an `Error` answer is returned
+/// (the caller may read it).
+async fn ask_best_effort(conn: &mut Conn, req: &Request, what: &str) -> Option<Response> {
+    match tokio::time::timeout(REFLECTORS_TIMEOUT, conn.request(req)).await {
+        Ok(Ok(answer)) => Some(answer),
         Ok(Err(e)) => {
-            tracing::debug!("asking for the reflector list: {e:#}");
+            tracing::debug!("asking for {what}: {e:#}");
             None
         }
         Err(_) => {
-            tracing::debug!("no reflector list within {REFLECTORS_TIMEOUT:?}");
+            tracing::debug!("no {what} within {REFLECTORS_TIMEOUT:?}");
             None
         }
     }
 }
 
-/// Asks the collector where its reflector serves each platform. Best effort like
-/// [`ask_reflectors`]; a collector of an earlier release answers `Error` (`PROTOCOL`) and is
-/// assumed to serve every profile at its own ports. An answer that fails
-/// [`Endpoints::check`] is logged and dropped.
+/// Which reflectors the collector vouches for.
+async fn ask_reflectors(conn: &mut Conn) -> Option<Vec<ReflectorInfo>> {
+    match ask_best_effort(conn, &Request::Reflectors, "the reflector list").await? {
+        Response::Reflectors { mut reflectors } => {
+            reflectors.truncate(callwatch_proto::upload::MAX_REFLECTORS);
+            Some(reflectors)
+        }
+        other => {
+            tracing::debug!("the collector gave no reflector list: {other:?}");
+            None
+        }
+    }
+}
+
+/// Where the collector's reflector serves each platform. A collector of an earlier release
+/// answers `Error` (`PROTOCOL`) and is assumed to serve every profile at its own ports; an
+/// answer that fails [`Endpoints::check`] is logged and dropped.
 async fn ask_endpoints(conn: &mut Conn) -> Option<Endpoints> {
-    match tokio::time::timeout(REFLECTORS_TIMEOUT, conn.request(&Request::Endpoints)).await {
-        Ok(Ok(Response::Endpoints(e))) => match e.check() {
+    match ask_best_effort(conn, &Request::Endpoints, "the reflector ports").await? {
+        Response::Endpoints(e) => match e.check() {
             Ok(()) => Some(e),
             Err(why) => {
                 tracing::warn!("the collector's list of reflector ports is unusable: {why}");
                 None
             }
         },
-        Ok(Ok(Response::Error { code, .. })) if code == error_code::PROTOCOL => {
+        Response::Error { code, .. } if code == error_code::PROTOCOL => {
             tracing::debug!(
                 "the collector does not say where its reflector serves (an earlier release); \
                  assuming every profile's own ports"
             );
             Some(Endpoints::assumed())
         }
-        Ok(Ok(other)) => {
+        other => {
             tracing::debug!("the collector gave no reflector ports: {other:?}");
             None
         }
-        Ok(Err(e)) => {
-            tracing::debug!("asking for the reflector ports: {e:#}");
-            None
-        }
-        Err(_) => {
-            tracing::debug!("no reflector ports within {REFLECTORS_TIMEOUT:?}");
-            None
-        }
+    }
+}
+
+/// What is asked once the queue is uploaded (or, with no queue, instead): the reflector list,
+/// and the reflector ports when `target` wants them.
+async fn ask_after_upload(conn: &mut Conn, target: &UploadTarget, summary: &mut UploadSummary) {
+    summary.reflectors = ask_reflectors(conn).await;
+    if target.fetch_endpoints {
+        summary.endpoints = ask_endpoints(conn).await;
     }
 }
 
@@ -604,8 +613,7 @@ async fn drain(
         }
     }
     let Some(queue) = queue else {
-        summary.reflectors = ask_reflectors(conn).await;
-        summary.endpoints = ask_endpoints(conn).await;
+        ask_after_upload(conn, target, summary).await;
         return Ok(());
     };
     let mut tokens_refused = false;
@@ -616,10 +624,7 @@ async fn drain(
             .oldest_after(answered, target.batch)
             .map_err(UploadError::Local)?;
         if batch.is_empty() {
-            summary.reflectors = ask_reflectors(conn).await;
-            if target.fetch_endpoints {
-                summary.endpoints = ask_endpoints(conn).await;
-            }
+            ask_after_upload(conn, target, summary).await;
             return Ok(());
         }
         let queued = || batch.iter().map(|(_, q)| q);

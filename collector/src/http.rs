@@ -72,6 +72,23 @@ impl Jobs {
             _ => Err(ApiError::busy(what)),
         }
     }
+
+    /// Runs the store read `read` (named `what` in the log) on the blocking pool in a query
+    /// slot; a failed read or task is an internal error.
+    async fn query<T: Send + 'static>(
+        &self,
+        what: &str,
+        read: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let slot = Jobs::slot(&self.queries, "queries").await?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            read()
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("{what} task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("{what}: {e}")))
+    }
 }
 
 /// How long an [`Overview`] is served before it is computed again.
@@ -122,14 +139,10 @@ async fn overview(state: &AppState) -> Result<Overview, ApiError> {
         }
     }
     let (store, policy) = (state.store.clone(), state.policy);
-    let slot = Jobs::slot(&state.jobs.queries, "queries").await?;
-    let o = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        Overview::of(store.as_ref(), &policy)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("overview task failed: {e}")))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let o = state
+        .jobs
+        .query("overview", move || Overview::of(store.as_ref(), &policy))
+        .await?;
     if let Ok(mut cached) = state.overview.lock() {
         *cached = Some((std::time::Instant::now(), o));
     }
@@ -197,8 +210,7 @@ impl ApiError {
     /// A server fault: the details (a store's host, port and server text) go to the log under
     /// a random id; the client gets only "internal error" and the id to quote.
     fn internal(details: impl Into<String>) -> Self {
-        let id = hex::encode(rand::random::<[u8; 6]>());
-        tracing::error!(error_id = %id, "HTTP API: {}", details.into());
+        let id = crate::fault::log_with_id(&format!("HTTP API: {}", details.into()));
         ApiError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             message: format!(
@@ -379,14 +391,12 @@ async fn aggregation(
     let store = state.store.clone();
     let policy = state.policy;
     let (axes, filter) = (q.axes.clone(), q.filter.clone());
-    let slot = Jobs::slot(&state.jobs.queries, "queries").await?;
-    let cells = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        store.aggregate(&axes, &filter, &policy)
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("aggregation task failed: {e}")))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let cells = state
+        .jobs
+        .query("aggregation", move || {
+            store.aggregate(&axes, &filter, &policy)
+        })
+        .await?;
     if q.csv {
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -603,8 +613,7 @@ async fn reports(
         });
         if let Err(e) = result {
             // The page is cut short (the client sees a broken transfer, never the details).
-            let id = hex::encode(rand::random::<[u8; 6]>());
-            tracing::error!(error_id = %id, "HTTP API: reading reports: {e}");
+            let id = crate::fault::log_with_id(&format!("HTTP API: reading reports: {e}"));
             let _ = tx.blocking_send(Err(std::io::Error::other(format!(
                 "internal error (id {id})"
             ))));

@@ -714,8 +714,7 @@ async fn answer_request<R: AsyncRead + Unpin>(
 /// A batch not stored for a fault of the collector's own: the details (a store's host, port and
 /// server text) go to the log under a random id, the agent gets the id; it keeps the batch.
 fn internal_error(details: String) -> Response {
-    let id = hex::encode(rand::random::<[u8; 6]>());
-    tracing::error!(error_id = %id, "{details}");
+    let id = crate::fault::log_with_id(&details);
     Response::Error {
         code: error_code::INTERNAL,
         reason: format!(

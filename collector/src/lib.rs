@@ -14,6 +14,7 @@ pub mod cert;
 pub mod counts;
 pub mod domain;
 pub mod export;
+pub mod fault;
 pub mod geo;
 pub mod http;
 pub mod ingest;

@@ -210,6 +210,10 @@ pub enum Response {
     Endpoints(crate::profile::Endpoints),
 }
 
+/// The name the collector's own reflector goes by in [`Response::Reflectors`] (a standalone
+/// reflector cannot be registered under it).
+pub const OWN_REFLECTOR: &str = "collector";
+
 /// Most reflectors in one [`Response::Reflectors`].
 pub const MAX_REFLECTORS: usize = 256;
 

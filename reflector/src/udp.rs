@@ -292,11 +292,9 @@ pub async fn spawn_reflector_with(
         let socket = match bind_socket(*addr) {
             Ok(socket) => socket,
             Err(e) if bind == Bind::WhatItCan => {
-                tracing::warn!(
-                    "reflector: cannot listen on UDP {addr}: {}",
-                    bind_failure(*addr, &e)
-                );
-                unbound.push((*addr, bind_failure(*addr, &e)));
+                let why = bind_failure(*addr, &e);
+                tracing::warn!("reflector: cannot listen on UDP {addr}: {why}");
+                unbound.push((*addr, why));
                 continue;
             }
             Err(e) => {

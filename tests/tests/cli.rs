@@ -567,19 +567,24 @@ fn init_shows_the_notice_and_writes_nothing_without_agreement() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
     let agent = callwatch_tests::built_binary("callwatch-agent");
-    let args = |c: &mut Command| {
-        c.args(["init", "--config"]).arg(&config).args([
-            "--collector",
-            "127.0.0.1:4433",
-            "--pin",
-            &"ab".repeat(32),
-        ]);
-    };
+    let pin = "ab".repeat(32);
+    let config_text = config.to_str().unwrap();
+    let args = [
+        "init",
+        "--config",
+        config_text,
+        "--collector",
+        "127.0.0.1:4433",
+        "--pin",
+        &pin,
+    ];
     let nothing_written = || !config.exists() && !dir.path().join("agent.key").exists();
     // No terminal, no flag.
-    let mut c = Command::new(&agent);
-    args(&mut c);
-    let out = c.stdin(Stdio::null()).output().unwrap();
+    let out = Command::new(&agent)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "{err}");
     assert!(
@@ -589,11 +594,7 @@ fn init_shows_the_notice_and_writes_nothing_without_agreement() {
     assert!(nothing_written());
     // On a terminal (`script` gives it one): "no" writes nothing, "yes" goes on.
     let on_terminal = |answer: &str| {
-        let mut line = format!("{} init --config {}", agent.display(), config.display());
-        line.push_str(&format!(
-            " --collector 127.0.0.1:4433 --pin {}",
-            "ab".repeat(32)
-        ));
+        let line = format!("{} {}", agent.display(), args.join(" "));
         let mut child = Command::new("script")
             .args(["-qec", &line, "/dev/null"])
             .stdin(Stdio::piped())

@@ -45,6 +45,22 @@ fn agent(args: &[&str]) -> std::process::Output {
         .expect("running callwatch-agent")
 }
 
+/// `callwatch-agent init` with the collector's address and pin only (the init failing fails the
+/// test).
+fn init_with_collector_only(config: &str, collector: &str, pin: &str) {
+    let init = agent(&[
+        "init",
+        "--accept-risks",
+        "--config",
+        config,
+        "--collector",
+        collector,
+        "--pin",
+        pin,
+    ]);
+    assert!(init.status.success(), "{init:?}");
+}
+
 #[test]
 fn an_agent_with_only_the_collector_tests_every_platform_the_reflector_serves() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,18 +98,11 @@ fn an_agent_with_only_the_collector_tests_every_platform_the_reflector_serves() 
     // `init` with the collector's address and pin only: every platform, no reflector.
     let config = dir.path().join("agent.toml");
     let cfg = config.to_str().unwrap();
-    let pin = hex::encode(collector.pin);
-    let init = agent(&[
-        "init",
-        "--accept-risks",
-        "--config",
+    init_with_collector_only(
         cfg,
-        "--collector",
         &collector.quic.to_string(),
-        "--pin",
-        &pin,
-    ]);
-    assert!(init.status.success(), "{init:?}");
+        &hex::encode(collector.pin),
+    );
     let text = std::fs::read_to_string(&config).unwrap();
     let flat: String = text.chars().filter(|c| !c.is_whitespace()).collect();
     assert!(
@@ -169,17 +178,7 @@ fn without_a_collector_to_ask_nothing_is_tested_and_the_run_says_why() {
     let config = dir.path().join("agent.toml");
     let cfg = config.to_str().unwrap();
     // Nothing listens there (port 9 on an address of this test's own).
-    let init = agent(&[
-        "init",
-        "--accept-risks",
-        "--config",
-        cfg,
-        "--collector",
-        "127.0.0.92:9",
-        "--pin",
-        &"ab".repeat(32),
-    ]);
-    assert!(init.status.success(), "{init:?}");
+    init_with_collector_only(cfg, "127.0.0.92:9", &"ab".repeat(32));
     let run = agent(&["run", "--config", cfg, "--once"]);
     let log = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "collector unreachable: {log}");

@@ -6,10 +6,9 @@
 use callwatch_agent::queue::Queue;
 use callwatch_agent::upload::{upload_queue, UploadError, UploadTarget};
 use callwatch_collector::domain::{Axis, Cell, Filter, Policy, StoredReport, VerifiedReport};
+use callwatch_collector::serve_with_store;
 use callwatch_collector::store::{InsertOutcome, ReportStore, StoreError};
-use callwatch_collector::{serve_with_store, ServeConfig};
 use callwatch_tests::{http, seed};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// What a ClickHouse store's error would carry: its address and the server's own words.
@@ -45,9 +44,7 @@ impl ReportStore for FailingStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_store_says_internal_error_with_an_id_and_nothing_of_itself() {
     let root = tempfile::tempdir().unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let mut cfg = ServeConfig::new(root.path().join("collector"));
-    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+    let cfg = seed::config(root.path(), "collector");
     std::fs::create_dir_all(&cfg.data_dir).unwrap();
     let c = serve_with_store(cfg, Arc::new(FailingStore)).await.unwrap();
     let mut pin = [0u8; 32];

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 /// The registry's file in the collector's data folder.
 pub const FILE: &str = "reflectors.json";
 /// The name the collector's own reflector goes by in the list agents get; not registrable.
-pub const OWN_NAME: &str = "collector";
+pub const OWN_NAME: &str = callwatch_proto::upload::OWN_REFLECTOR;
 /// Most entries (revoked ones included) a registry holds.
 pub const MAX_ENTRIES: usize = 200;
 
