@@ -186,7 +186,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         .for_each(&mut |s: StoredReport| {
             let r: CallReport = serde_json::from_slice(&s.signed.body).unwrap();
             filed.insert(
-                r.id.0[0],
+                r.id.0,
                 (s.region.country.clone(), s.region.asn, s.filing),
             );
             Ok(())
@@ -195,7 +195,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     // Attested in Russia, uploaded from a Dutch hosting network: filed under Russia, marked as
     // uploaded elsewhere, not as a hosting path (the path measured was Rostelecom's); counted
     // under the path's prefix, from its token.
-    let (cc, asn, real) = filed[&report.id.0[0]].clone();
+    let (cc, asn, real) = filed[&report.id.0].clone();
     assert_eq!((cc.as_str(), asn), ("RU", 12389));
     assert_eq!(
         (
@@ -209,11 +209,11 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     let path_tag = real.prefix_tag.clone().expect("a prefix tag");
     // The rest are filed by the upload's address, a hosting network (AS60781, LeaseWeb, is on
     // the built-in list): marked so, and counted under the upload's prefix (another /24).
-    let upload_tag = filed[&0xa4].2.prefix_tag.clone().expect("a prefix tag");
+    let upload_tag = filed[&[0xa4; 16]].2.prefix_tag.clone().expect("a prefix tag");
     assert_ne!(path_tag, upload_tag);
     assert_eq!(path_tag.len(), 16);
     for id in [0xa1, 0xa2, 0xa3, 0xa4] {
-        let (cc, asn, f) = &filed[&id];
+        let (cc, asn, f) = &filed[&[id; 16]];
         assert_eq!((cc.as_str(), *asn), ("NL", 60781), "report {id:#x}");
         assert_eq!(
             (f.source, f.uploaded_elsewhere, f.hosting, f.prefix_from),
@@ -225,7 +225,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     // Valid attestations whose token is not the signed one, or does not open: the region is
     // attested, the prefix the upload's.
     for id in [0xa5, 0xa6] {
-        let (cc, _, f) = &filed[&id];
+        let (cc, _, f) = &filed[&[id; 16]];
         assert_eq!(cc, "RU");
         assert_eq!(f.prefix_from, PrefixFrom::Upload, "report {id:#x}");
         assert_eq!(f.prefix_tag.as_ref(), Some(&upload_tag));
@@ -245,15 +245,15 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         let rec: ExportRecord = serde_json::from_str(line).unwrap();
         let body: CallReport = serde_json::from_str(&rec.body).unwrap();
         exported.insert(
-            body.id.0[0],
+            body.id.0,
             (rec.region_source, rec.uploaded_elsewhere, rec.hosting),
         );
     }
     assert_eq!(
-        exported[&report.id.0[0]],
+        exported[&report.id.0],
         ("attested".to_string(), true, false)
     );
-    assert_eq!(exported[&0xa4], ("upload".to_string(), false, true));
+    assert_eq!(exported[&[0xa4; 16]], ("upload".to_string(), false, true));
     // The aggregates count both marks per cell.
     let (status, cells) = http::get(
         collector.http_addr,
