@@ -459,6 +459,7 @@ pub fn render_metrics(state: &AppState) -> String {
                 ("{reason=\"rate\"}".into(), s.dropped_rate),
                 ("{reason=\"expired\"}".into(), s.dropped_expired),
                 ("{reason=\"table_full\"}".into(), s.dropped_table_full),
+                ("{reason=\"prefix_full\"}".into(), s.dropped_prefix_full),
                 ("{reason=\"unexpected\"}".into(), s.dropped_unexpected),
             ],
         );
