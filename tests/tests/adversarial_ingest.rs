@@ -363,3 +363,108 @@ async fn a_batch_deferred_as_busy_stays_queued_and_arrives_later_once() {
     assert_eq!(c.store.len(), 3);
     c.shutdown().await;
 }
+
+/// Captures `n` QUIC Initials, each of a fresh connection attempt (its own destination
+/// connection id, a real ClientHello inside), as a quinn client sends them — to a plain socket
+/// that never answers, so none of them can complete a handshake wherever it is replayed.
+async fn captured_initials(c: &Collector, n: usize) -> Vec<Vec<u8>> {
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(pinned_client_config(pin(c)).unwrap());
+    let connecting: Vec<_> = (0..n)
+        .map(|_| ep.connect(sink_addr, "localhost").unwrap())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    // Bounded: a retransmission of one attempt is read at most a few times.
+    for _ in 0..n * 4 {
+        if initials.len() == n {
+            break;
+        }
+        let len = tokio::time::timeout(Duration::from_secs(5), sink.recv(&mut buf))
+            .await
+            .expect("the client's Initials arrive")
+            .unwrap();
+        let d = &buf[..len];
+        // Long header, type Initial (RFC 9000 §17.2.2); the destination id names the attempt.
+        assert_eq!(d[0] & 0xF0, 0xC0, "not an Initial");
+        let dcid_len = usize::from(d[5]);
+        if seen.insert(d[6..6 + dcid_len].to_vec()) {
+            initials.push(d.to_vec());
+        }
+    }
+    assert_eq!(initials.len(), n);
+    drop(connecting);
+    ep.close(0u32.into(), b"");
+    initials
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initials_that_never_finish_a_handshake_lock_no_address_out() {
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let base = sample(&c).await;
+    // 32 handshakes started from one address (four times its cap of 8) and never finished;
+    // with spoofed sources this is all a flood can do.
+    let initials = captured_initials(&c, 32).await;
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.77:0").await.unwrap();
+    for d in &initials {
+        attacker.send_to(d, c.quic_addr).await.unwrap();
+    }
+    // Each is answered with a Retry (long header, type 3) and nothing else: no slot, no state.
+    let mut buf = vec![0u8; 2048];
+    for i in 0..initials.len() {
+        let (len, from) =
+            tokio::time::timeout(Duration::from_secs(5), attacker.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no answer to Initial {i}"))
+                .unwrap();
+        assert_eq!(from, c.quic_addr);
+        assert_eq!(buf[0] & 0xF0, 0xF0, "answer {i} ({len} B) is not a Retry");
+    }
+    assert_eq!(c.ingest.stats.quic_retries.load(Ordering::Relaxed), 32);
+    assert_eq!(
+        c.ingest.stats.connections_refused.load(Ordering::Relaxed),
+        0
+    );
+
+    // An honest agent from the same address uploads at once.
+    let queue = Queue::open(&root.path().join("queue")).unwrap();
+    queue
+        .push(&SignedReport::sign(&base, &SigningKey::from_bytes(&[7; 32])).unwrap())
+        .unwrap();
+    let target = UploadTarget {
+        collector: c.quic_addr,
+        tcp: None,
+        server_name: "localhost".into(),
+        pin: pin(&c),
+        bind: Some("127.0.0.77".parse().unwrap()),
+        batch: 10,
+        connect_timeout: Duration::from_secs(5),
+        fetch_seal_key: false,
+        tcp_first: false,
+        fetch_endpoints: false,
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 1);
+    let took = started.elapsed();
+    eprintln!("honest upload from the flooded address took {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(
+        c.ingest.stats.connections_refused.load(Ordering::Relaxed),
+        0
+    );
+    // Its own connection was retried too, then validated.
+    assert!(c.ingest.stats.quic_retries.load(Ordering::Relaxed) >= 33);
+    // Nothing from the attacker got through to a handshake.
+    assert_eq!(
+        c.ingest
+            .stats
+            .quic_handshake_timeouts
+            .load(Ordering::Relaxed),
+        0
+    );
+    c.shutdown().await;
+}
