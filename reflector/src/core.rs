@@ -1461,29 +1461,33 @@ mod tests {
 
     #[test]
     fn one_source_flooding_opens_leaves_room_for_every_other_source() {
-        // The flood: one source opens as many sessions as it can.
-        let limits = Limits {
-            max_sessions: 64,
-            max_sessions_per_prefix: 16,
-            ..Limits::default()
-        };
+        // The flood, at the default limits: one source opens as many sessions as it can
+        // (before the cap, 4,096 in a row filled the table).
+        let limits = Limits::default();
         let mut r = Reflector::new([1; 32], limits);
         let flooder = addr("192.0.2.7:9000");
-        for s in 0..1000u64 {
-            if let Packet::Accept(acc) = open_answer(&mut r, T0, flooder, s) {
-                let _ = r.handle(T0, flooder, &probe(acc.cookie, s, 0, 172));
+        let mut busy = 0;
+        for s in 0..limits.max_sessions as u64 {
+            match open_answer(&mut r, T0, flooder, s) {
+                Packet::Accept(acc) => {
+                    let _ = r.handle(T0, flooder, &probe(acc.cookie, s, 0, 172));
+                }
+                p => busy += usize::from(is_busy(&p)),
             }
         }
-        assert_eq!(r.active_sessions(), 16);
-        // Other sources: every one of them is served.
-        for i in 0..48u64 {
-            let a = addr(&format!("10.{}.0.1:7000", i));
-            let acc = open(&mut r, T0, a, 5000 + i);
+        assert_eq!(r.active_sessions(), limits.max_sessions_per_prefix);
+        assert_eq!(busy, limits.max_sessions - limits.max_sessions_per_prefix);
+        // Every other source, one per /24, gets a session until the table is full.
+        let room = limits.max_sessions - limits.max_sessions_per_prefix;
+        for i in 0..room as u64 {
+            let a = addr(&format!("10.{}.{}.1:7000", i / 256, i % 256));
+            let acc = open(&mut r, T0, a, 1_000_000 + i);
             assert!(r
-                .handle(T0, a, &probe(acc.cookie, 5000 + i, 0, 172))
+                .handle(T0, a, &probe(acc.cookie, 1_000_000 + i, 0, 172))
                 .is_some());
         }
-        assert_eq!(r.active_sessions(), 64);
+        assert_eq!(r.active_sessions(), limits.max_sessions);
+        assert_eq!(r.stats().dropped_table_full, 0);
     }
 
     #[test]
