@@ -468,3 +468,88 @@ async fn initials_that_never_finish_a_handshake_lock_no_address_out() {
     );
     c.shutdown().await;
 }
+
+/// A validated address that stalls its handshake holds its slot for `QUIC_HANDSHAKE_TIMEOUT`
+/// only: a relay passes the collector's Retry to a real client, then nothing more, so the
+/// client's token is valid (a slot is taken) and its handshake can never finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validated_handshake_that_stalls_gives_its_slot_back_after_the_timeout() {
+    use callwatch_collector::ingest::QUIC_HANDSHAKE_TIMEOUT;
+    use std::sync::Arc;
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.88:0").await.unwrap());
+    back.connect(c.quic_addr).await.unwrap();
+    let (client_tx, mut client_rx) = tokio::sync::mpsc::channel::<SocketAddr>(1);
+    let up = {
+        let (front, back) = (front.clone(), back.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut told = false;
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                if !told {
+                    told = client_tx.send(from).await.is_ok();
+                }
+                let _ = back.send(&buf[..n]).await;
+            }
+        })
+    };
+    let down = {
+        let (front, back) = (front.clone(), back.clone());
+        tokio::spawn(async move {
+            let Some(client) = client_rx.recv().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 2048];
+            // The first answer is the Retry: passed on. Everything after it is dropped.
+            if let Ok(n) = back.recv(&mut buf).await {
+                let _ = front.send_to(&buf[..n], client).await;
+            }
+            while back.recv(&mut buf).await.is_ok() {}
+        })
+    };
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(pinned_client_config(pin(&c)).unwrap());
+    let connecting = ep
+        .connect(front.local_addr().unwrap(), "localhost")
+        .unwrap();
+    let stalled = tokio::spawn(connecting);
+    let started = std::time::Instant::now();
+    // Bounded wait for the timeout to be counted (polled: a counter has no event to await).
+    let limit = QUIC_HANDSHAKE_TIMEOUT + Duration::from_secs(5);
+    while c
+        .ingest
+        .stats
+        .quic_handshake_timeouts
+        .load(Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            started.elapsed() < limit,
+            "no handshake timeout after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    eprintln!("stalled handshake dropped after {took:?}");
+    assert!(
+        took >= QUIC_HANDSHAKE_TIMEOUT - Duration::from_secs(1),
+        "{took:?}"
+    );
+    assert_eq!(c.ingest.stats.quic_retries.load(Ordering::Relaxed), 1);
+    assert_eq!(c.ingest.stats.connections_quic.load(Ordering::Relaxed), 0);
+    // Its slot is back: the address holds its full cap of 8 again, and no more.
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        if let Ok(pair) = connect(&c, "127.0.0.88").await {
+            held.push(pair);
+        }
+    }
+    assert_eq!(held.len(), 8);
+    stalled.abort();
+    up.abort();
+    down.abort();
+    ep.close(0u32.into(), b"");
+    c.shutdown().await;
+}
