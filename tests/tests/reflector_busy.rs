@@ -86,3 +86,39 @@ async fn a_prefix_at_its_cap_hears_busy_and_another_prefix_is_still_served() {
     drop(held);
     reflector.shutdown();
 }
+
+/// An agent that reached this reflector before gets a report, not an error: inconclusive, rule
+/// `reflector-busy`, and its summary says the reflector was busy — never that a path is blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_test_refused_as_busy_is_inconclusive_and_says_so() {
+    use callwatch_proto::report::{StreamOutcome, VerdictRule};
+    use callwatch_proto::{Platform, Verdict};
+    let limits = Limits {
+        max_sessions_per_prefix: 1,
+        ..Limits::default()
+    };
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let reflector = spawn_reflector(&[any, any], limits).await.unwrap();
+    let held = hold_session(reflector.addrs[0], IpAddr::from([127, 0, 0, 2]), 7);
+    let mut spec = callwatch_tests::platform_spec_on(&reflector.addrs, Platform::Whatsapp, 1_000);
+    spec.bind = Some(IpAddr::from([127, 0, 0, 9]));
+    spec.reached_before = true;
+    let report =
+        tokio::task::spawn_blocking(move || run_call_test(&spec, &Cancel::default(), |_| {}))
+            .await
+            .unwrap()
+            .expect("a reflector reached before: a report");
+    assert_eq!(report.verdict, Some(Verdict::Inconclusive));
+    let detail = report.verdict_detail.as_ref().unwrap();
+    assert_eq!(detail.rule, Some(VerdictRule::ReflectorBusy));
+    assert!(detail.reason.contains("busy"), "{}", detail.reason);
+    assert!(report
+        .streams
+        .iter()
+        .any(|s| s.outcome == StreamOutcome::Refused));
+    let text = callwatch_agent::report_text::summary(&report);
+    assert!(text.contains("the reflector was busy"), "{text}");
+    assert!(!text.contains("blocked"), "{text}");
+    drop(held);
+    reflector.shutdown();
+}
