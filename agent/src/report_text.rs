@@ -68,6 +68,14 @@ pub fn summary(report: &CallReport) -> String {
                     f64::from(t) / 1e3
                 );
             }
+            // A refusal is the reflector's load, not the network: say so in words.
+            (StreamOutcome::Refused, _) => {
+                let _ = writeln!(
+                    out,
+                    "{}: refused: the reflector was busy, which says nothing about your connection",
+                    s.role
+                );
+            }
             (o, _) => {
                 let _ = writeln!(out, "{}: {}", s.role, o.as_str());
             }

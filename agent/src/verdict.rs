@@ -719,7 +719,7 @@ pub fn judge_call(call: &CallEvidence<'_>, cfg: &VerdictConfig) -> (Verdict, Ver
         return decide(
             Verdict::Inconclusive,
             VerdictRule::ReflectorBusy,
-            "The reflector refused a session (it is at capacity or rate-limiting), which says nothing about the network."
+            "The reflector was busy: it refused a session (it is at capacity, for everyone or for this network, or rate-limiting), which says nothing about the network."
                 .into(),
         );
     }

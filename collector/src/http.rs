@@ -485,6 +485,18 @@ pub fn render_metrics(state: &AppState) -> String {
             &[(String::new(), i.connections_refused.load(Relaxed))],
         );
         metric(
+            "callwatch_ingest_quic_retries_total",
+            "counter",
+            "QUIC Retries sent to addresses not yet validated (no slot taken for them).",
+            &[(String::new(), i.quic_retries.load(Relaxed))],
+        );
+        metric(
+            "callwatch_ingest_quic_handshake_timeouts_total",
+            "counter",
+            "QUIC handshakes of validated addresses that did not finish in time.",
+            &[(String::new(), i.quic_handshake_timeouts.load(Relaxed))],
+        );
+        metric(
             "callwatch_ingest_connections_total",
             "counter",
             "Agent connections accepted, by transport (tcp: their QUIC did not get through).",
@@ -539,6 +551,7 @@ pub fn render_metrics(state: &AppState) -> String {
                 ("{reason=\"rate\"}".into(), s.dropped_rate),
                 ("{reason=\"expired\"}".into(), s.dropped_expired),
                 ("{reason=\"table_full\"}".into(), s.dropped_table_full),
+                ("{reason=\"prefix_full\"}".into(), s.dropped_prefix_full),
                 ("{reason=\"unexpected\"}".into(), s.dropped_unexpected),
             ],
         );

@@ -44,6 +44,10 @@ pub struct IngestStats {
     pub duplicate: AtomicU64,
     pub batches: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// QUIC Retries sent: Initials from addresses not yet validated, answered statelessly.
+    pub quic_retries: AtomicU64,
+    /// QUIC handshakes that did not finish within [`QUIC_HANDSHAKE_TIMEOUT`].
+    pub quic_handshake_timeouts: AtomicU64,
     /// Connections accepted over QUIC.
     pub connections_quic: AtomicU64,
     /// Connections accepted over TLS on TCP (agents whose QUIC did not get through).
@@ -100,6 +104,10 @@ pub struct IngestConfig {
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TCP connection may take for its TLS handshake.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a QUIC connection may take for its handshake once its address is validated (it holds
+/// a connection slot meanwhile): a few round trips take well under a second even on a bad
+/// mobile path, so 10 s is generous for agents and short for a stalled handshake.
+pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TCP connection may sit idle between requests (QUIC's idle timeout is the same).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -450,6 +458,22 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
     let (ep, sh) = (endpoint.clone(), shared.clone());
     let task = tokio::spawn(async move {
         while let Some(incoming) = ep.accept().await {
+            // An Initial from an address not yet validated gets a stateless Retry, always: it
+            // holds no slot and no state, so spoofed Initials cannot fill the caps nor lock an
+            // address out, and the collector sends no handshake flight to an address that did
+            // not ask for one. It costs an agent one round trip per connection, and agents
+            // connect a few times a day. Only an Initial carrying the Retry's token (proof that
+            // its sender receives at its address) or a NEW_TOKEN from an earlier connection is
+            // validated, and only then is a slot taken.
+            if !incoming.remote_address_validated() {
+                sh.stats.quic_retries.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = incoming.retry() {
+                    // Not possible for an unvalidated address (quinn guarantees `may_retry`);
+                    // dropped without an answer should it ever be.
+                    e.into_incoming().ignore();
+                }
+                continue;
+            }
             let ip = incoming.remote_address().ip();
             let Some(admitted) = sh.admit(ip) else {
                 incoming.refuse();
@@ -457,13 +481,31 @@ pub fn spawn_ingest(cfg: IngestConfig) -> Result<Ingest> {
             };
             let peer = Arc::new(sh.peer(ip));
             tokio::spawn(async move {
-                if let Ok(conn) = incoming.await {
-                    admitted
-                        .shared
-                        .stats
-                        .connections_quic
-                        .fetch_add(1, Ordering::Relaxed);
-                    serve_connection(conn, peer, admitted.shared.clone()).await;
+                let connecting = match incoming.accept() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!("QUIC connection not accepted: {e}");
+                        return;
+                    }
+                };
+                // A validated sender that stalls its handshake holds its slot this long only.
+                match tokio::time::timeout(QUIC_HANDSHAKE_TIMEOUT, connecting).await {
+                    Ok(Ok(conn)) => {
+                        admitted
+                            .shared
+                            .stats
+                            .connections_quic
+                            .fetch_add(1, Ordering::Relaxed);
+                        serve_connection(conn, peer, admitted.shared.clone()).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!("QUIC handshake failed: {e}"),
+                    Err(_) => {
+                        admitted
+                            .shared
+                            .stats
+                            .quic_handshake_timeouts
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 drop(admitted);
             });

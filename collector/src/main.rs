@@ -88,6 +88,11 @@ enum Command {
         /// (callwatch-reflector-load); hidden, the default is the one to run.
         #[arg(long = "reflector-driver", value_name = "DRIVER", hide = true)]
         reflector_driver: Option<callwatch_reflector::Driver>,
+        /// Most reflector sessions held at once for one source prefix (IPv4 /24, IPv6 /48).
+        /// For load tools that open many sessions from loopback
+        /// (callwatch-reflector-load); hidden, the default is the one to run.
+        #[arg(long = "reflector-sessions-per-prefix", value_name = "N", hide = true)]
+        reflector_sessions_per_prefix: Option<usize>,
         #[command(flatten)]
         store: callwatch_collector::store::config::StoreArgs,
     },
@@ -322,11 +327,15 @@ async fn run(cli: Cli) -> Result<()> {
             max_per_agent_day,
             hosting_asns,
             reflector_driver,
+            reflector_sessions_per_prefix,
             store,
         } => {
             let mut cfg = ServeConfig::new(data);
             cfg.hosting = hosting_list(hosting_asns.as_deref())?;
             cfg.reflector_driver = reflector_driver.unwrap_or_default();
+            if let Some(n) = reflector_sessions_per_prefix {
+                cfg.reflector_limits.max_sessions_per_prefix = n;
+            }
             cfg.policy.min_agents = min_agents;
             cfg.policy.max_per_agent_per_day = max_per_agent_day;
             cfg.listen = listen;

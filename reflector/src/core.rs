@@ -53,6 +53,7 @@ use callwatch_proto::framing::{self, Detected, Framing, PreambleMessage};
 use callwatch_proto::framing::{
     STUN_ATTR_FINGERPRINT, STUN_ATTR_MESSAGE_INTEGRITY, STUN_BINDING_REQUEST, STUN_BINDING_SUCCESS,
 };
+use callwatch_proto::pathtoken::NetPrefix;
 use callwatch_proto::probe::{
     Accept, AttestQuery, Attestation, Close, CloseAck, Cookie, CountQuery, CountReply, Open,
     Packet, Probe, Reject, RejectReason, Reply, SessionId, COOKIE_LEN, MAX_PROBE_LEN,
@@ -75,6 +76,18 @@ pub struct Limits {
     pub max_duration_ms: u32,
     /// Most sessions held at once.
     pub max_sessions: usize,
+    /// Most sessions held at once for sources in one network prefix (IPv4 /24, IPv6 /48): one
+    /// source cannot fill the table and starve everyone else's probes (#15 item 6). An `Open`
+    /// from a prefix at its cap is answered `Busy`, as for a full table; a first probe that
+    /// would go past it is dropped ([`ReflectorStats::dropped_prefix_full`]).
+    ///
+    /// The default, 256, is 1/16 of the default table: a prefix may hold several volunteers
+    /// behind one NAT (a campus, a carrier-grade NAT) and each call test holds 2–3 sessions (its
+    /// arms) for up to its duration plus [`Limits::cookie_grace_ms`], so 256 leaves room for
+    /// some 85 tests at once from one /24 — far more than volunteers run — while a flood needs
+    /// sixteen prefixes whose addresses it owns (a session needs the cookie sent to its
+    /// address, so spoofed sources create none) to fill the table.
+    pub max_sessions_per_prefix: usize,
     /// How long a cookie (and a session's state) outlives the granted duration, for the agent's
     /// drain and `Close`.
     pub cookie_grace_ms: u32,
@@ -87,6 +100,7 @@ impl Default for Limits {
             max_size: MAX_PROBE_LEN as u16,
             max_duration_ms: 120_000,
             max_sessions: 4096,
+            max_sessions_per_prefix: 256,
             cookie_grace_ms: COOKIE_GRACE_MS,
         }
     }
@@ -113,6 +127,9 @@ pub struct ReflectorStats {
     pub dropped_rate: u64,
     pub dropped_expired: u64,
     pub dropped_table_full: u64,
+    /// Opens answered `Busy` and first probes dropped because their source's prefix held
+    /// [`Limits::max_sessions_per_prefix`] sessions already.
+    pub dropped_prefix_full: u64,
     pub dropped_unexpected: u64,
     pub count_queries: u64,
     pub stun_bindings: u64,
@@ -180,6 +197,8 @@ pub struct Reflector {
     sessions: HashMap<(SocketAddr, SessionId), SessionState>,
     /// Where each session's probes come from, for `CountQuery` (kept in step with `sessions`).
     addr_of: HashMap<SessionId, SocketAddr>,
+    /// Sessions held per source prefix (kept in step with `sessions`; no zero entries).
+    per_prefix: HashMap<NetPrefix, usize>,
     /// When a full table was last swept: a flood of Opens or new probes against a full table
     /// costs one sweep per [`FULL_SWEEP_EVERY_US`], not one each.
     last_full_sweep_us: Option<u64>,
@@ -256,6 +275,7 @@ impl Reflector {
             limits,
             sessions: HashMap::new(),
             addr_of: HashMap::new(),
+            per_prefix: HashMap::new(),
             last_full_sweep_us: None,
             seal: None,
             seal_key_id: [0; 4],
@@ -540,6 +560,14 @@ impl Reflector {
                 reason: RejectReason::Busy,
             });
         }
+        if self.prefix_full(now_us, src) {
+            // The same answer: to the agent, this reflector has no room for it now.
+            self.stats.dropped_prefix_full += 1;
+            return Packet::Reject(Reject {
+                session: open.session,
+                reason: RejectReason::Busy,
+            });
+        }
         let interval_ms = open.interval_ms.max(self.limits.min_interval_ms);
         let size = open.size.min(self.limits.max_size);
         let duration_ms = open.duration_ms.min(self.limits.max_duration_ms);
@@ -577,6 +605,10 @@ impl Reflector {
                 self.stats.dropped_table_full += 1;
                 return None;
             }
+            if self.prefix_full(now_us, src) {
+                self.stats.dropped_prefix_full += 1;
+                return None;
+            }
             let max_packets = (grant.duration_ms as u64 / grant.interval_ms.max(1) as u64) + 64;
             self.sessions.insert(
                 key,
@@ -592,6 +624,7 @@ impl Reflector {
                 },
             );
             self.addr_of.insert(probe.session, src);
+            *self.per_prefix.entry(NetPrefix::of(src.ip())).or_insert(0) += 1;
         }
         let max_size = self.limits.max_size as usize;
         let session = self.sessions.get_mut(&key)?;
@@ -793,9 +826,50 @@ impl Reflector {
         self.sessions.len() >= self.limits.max_sessions
     }
 
-    /// Drops sessions whose time is up; called when the table is full, and now and then.
+    /// Whether `src`'s prefix holds [`Limits::max_sessions_per_prefix`] sessions, after
+    /// sweeping the table if the last sweep of a full table or prefix is at least
+    /// [`FULL_SWEEP_EVERY_US`] old.
+    fn prefix_full(&mut self, now_us: u64, src: SocketAddr) -> bool {
+        let prefix = NetPrefix::of(src.ip());
+        let held = |r: &Self| r.per_prefix.get(&prefix).copied().unwrap_or(0);
+        if held(self) < self.limits.max_sessions_per_prefix {
+            return false;
+        }
+        let due = self
+            .last_full_sweep_us
+            .is_none_or(|t| now_us.saturating_sub(t) >= FULL_SWEEP_EVERY_US);
+        if due {
+            self.last_full_sweep_us = Some(now_us);
+            self.sweep(now_us);
+        }
+        held(self) >= self.limits.max_sessions_per_prefix
+    }
+
+    /// Sessions held for sources in `ip`'s prefix (IPv4 /24, IPv6 /48).
+    pub fn prefix_sessions(&self, ip: IpAddr) -> usize {
+        self.per_prefix
+            .get(&NetPrefix::of(ip))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Drops sessions whose time is up; called when the table or a prefix is full, and now and
+    /// then.
     pub fn sweep(&mut self, now_us: u64) {
-        self.sessions.retain(|_, s| s.expires_us >= now_us);
+        let per_prefix = &mut self.per_prefix;
+        self.sessions.retain(|(src, _), s| {
+            let keep = s.expires_us >= now_us;
+            if !keep {
+                let prefix = NetPrefix::of(src.ip());
+                if let Some(n) = per_prefix.get_mut(&prefix) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        per_prefix.remove(&prefix);
+                    }
+                }
+            }
+            keep
+        });
         let sessions = &self.sessions;
         self.addr_of
             .retain(|id, addr| sessions.contains_key(&(*addr, *id)));
@@ -1309,6 +1383,145 @@ mod tests {
         let later = T0 + 25_000_000;
         let out = r.handle(later, addr("127.0.0.3:5000"), &open2).unwrap();
         assert!(matches!(Packet::decode(&out).unwrap(), Packet::Accept(_)));
+    }
+
+    fn open_answer(r: &mut Reflector, now: u64, src: SocketAddr, session: u64) -> Packet {
+        let bytes = Packet::Open(Open {
+            session,
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 10_000,
+        })
+        .encode();
+        Packet::decode(&r.handle(now, src, &bytes).unwrap()).unwrap()
+    }
+
+    fn is_busy(p: &Packet) -> bool {
+        matches!(
+            p,
+            Packet::Reject(Reject {
+                reason: RejectReason::Busy,
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn one_prefix_cannot_take_more_than_its_cap_and_others_still_get_sessions() {
+        let limits = Limits {
+            max_sessions: 10,
+            max_sessions_per_prefix: 4,
+            ..Limits::default()
+        };
+        let mut r = Reflector::new([1; 32], limits);
+        // Several addresses and ports of one /24 (and an IPv4-mapped IPv6 one of it too).
+        let flood: Vec<SocketAddr> = (0..6u16)
+            .map(|i| addr(&format!("198.51.100.{}:{}", 10 + i, 4000 + i)))
+            .chain([addr("[::ffff:198.51.100.99]:4100")])
+            .collect();
+        // Cookies are stateless: every Open is accepted while no session is held…
+        let cookies: Vec<(SocketAddr, u64, Cookie)> = flood
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (a, i as u64 + 1, open(&mut r, T0, a, i as u64 + 1).cookie))
+            .collect();
+        // …but only the cap's worth of first probes create one; the rest are dropped, counted.
+        let answered = cookies
+            .iter()
+            .filter(|(a, s, c)| r.handle(T0, *a, &probe(*c, *s, 0, 172)).is_some())
+            .count();
+        assert_eq!(answered, 4);
+        assert_eq!(r.active_sessions(), 4);
+        assert_eq!(r.prefix_sessions(flood[0].ip()), 4);
+        assert_eq!(r.stats().dropped_prefix_full, 3);
+        // A held session keeps being answered.
+        assert!(r
+            .handle(T0 + 20_000, cookies[0].0, &probe(cookies[0].2, 1, 1, 172))
+            .is_some());
+        // The prefix at its cap: its Opens are answered Busy, as a full table's are.
+        assert!(is_busy(&open_answer(&mut r, T0, flood[6], 50)));
+        assert_eq!(r.stats().dropped_prefix_full, 4);
+        // Another /24, and an IPv6 /48, still get sessions: the table fills up to its limit.
+        let others: Vec<SocketAddr> = (0..3u16)
+            .map(|i| addr(&format!("203.0.113.{}:5000", 1 + i)))
+            .chain((0..3u16).map(|i| addr(&format!("[2001:db8:1:{i}::1]:6000"))))
+            .collect();
+        for (i, &a) in others.iter().enumerate() {
+            let session = 100 + i as u64;
+            let acc = open(&mut r, T0, a, session);
+            assert!(r
+                .handle(T0, a, &probe(acc.cookie, session, 0, 172))
+                .is_some());
+        }
+        assert_eq!(r.active_sessions(), 10);
+        assert_eq!(r.prefix_sessions(others[0].ip()), 3);
+        assert_eq!(r.prefix_sessions(others[3].ip()), 3);
+        assert_eq!(r.stats().dropped_table_full, 0);
+    }
+
+    #[test]
+    fn one_source_flooding_opens_leaves_room_for_every_other_source() {
+        // The flood, at the default limits: one source opens as many sessions as it can
+        // (before the cap, 4,096 in a row filled the table).
+        let limits = Limits::default();
+        let mut r = Reflector::new([1; 32], limits);
+        let flooder = addr("192.0.2.7:9000");
+        let mut busy = 0;
+        for s in 0..limits.max_sessions as u64 {
+            match open_answer(&mut r, T0, flooder, s) {
+                Packet::Accept(acc) => {
+                    let _ = r.handle(T0, flooder, &probe(acc.cookie, s, 0, 172));
+                }
+                p => busy += usize::from(is_busy(&p)),
+            }
+        }
+        assert_eq!(r.active_sessions(), limits.max_sessions_per_prefix);
+        assert_eq!(busy, limits.max_sessions - limits.max_sessions_per_prefix);
+        // Every other source, one per /24, gets a session until the table is full.
+        let room = limits.max_sessions - limits.max_sessions_per_prefix;
+        for i in 0..room as u64 {
+            let a = addr(&format!("10.{}.{}.1:7000", i / 256, i % 256));
+            let acc = open(&mut r, T0, a, 1_000_000 + i);
+            assert!(r
+                .handle(T0, a, &probe(acc.cookie, 1_000_000 + i, 0, 172))
+                .is_some());
+        }
+        assert_eq!(r.active_sessions(), limits.max_sessions);
+        assert_eq!(r.stats().dropped_table_full, 0);
+    }
+
+    #[test]
+    fn sweep_frees_a_prefix_count() {
+        let limits = Limits {
+            max_sessions_per_prefix: 2,
+            ..Limits::default()
+        };
+        let mut r = Reflector::new([1; 32], limits);
+        let a = addr("127.0.0.2:5000");
+        for s in 1..=2 {
+            let acc = open(&mut r, T0, a, s);
+            r.handle(T0, a, &probe(acc.cookie, s, 0, 172)).unwrap();
+        }
+        assert!(is_busy(&open_answer(&mut r, T0 + 1, a, 3)));
+        // After the sessions' time (10 s + 10 s grace, rounded up), an explicit sweep frees
+        // the prefix's count…
+        let later = T0 + 25_000_000;
+        r.sweep(later);
+        assert_eq!(r.prefix_sessions(a.ip()), 0);
+        assert_eq!(r.active_sessions(), 0);
+        let acc = open(&mut r, later, a, 3);
+        r.handle(later, a, &probe(acc.cookie, 3, 0, 172)).unwrap();
+        assert_eq!(r.prefix_sessions(a.ip()), 1);
+        // …and so does the sweep a full prefix triggers on its own.
+        let acc = open(&mut r, later, a, 4);
+        r.handle(later, a, &probe(acc.cookie, 4, 0, 172)).unwrap();
+        assert!(is_busy(&open_answer(&mut r, later, a, 5)));
+        let much_later = later + 25_000_000;
+        assert!(matches!(
+            open_answer(&mut r, much_later, a, 5),
+            Packet::Accept(_)
+        ));
+        assert_eq!(r.prefix_sessions(a.ip()), 0);
     }
 
     #[test]

@@ -363,3 +363,193 @@ async fn a_batch_deferred_as_busy_stays_queued_and_arrives_later_once() {
     assert_eq!(c.store.len(), 3);
     c.shutdown().await;
 }
+
+/// Captures `n` QUIC Initials, each of a fresh connection attempt (its own destination
+/// connection id, a real ClientHello inside), as a quinn client sends them — to a plain socket
+/// that never answers, so none of them can complete a handshake wherever it is replayed.
+async fn captured_initials(c: &Collector, n: usize) -> Vec<Vec<u8>> {
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(pinned_client_config(pin(c)).unwrap());
+    let connecting: Vec<_> = (0..n)
+        .map(|_| ep.connect(sink_addr, "localhost").unwrap())
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    // Bounded: a retransmission of one attempt is read at most a few times.
+    for _ in 0..n * 4 {
+        if initials.len() == n {
+            break;
+        }
+        let len = tokio::time::timeout(Duration::from_secs(5), sink.recv(&mut buf))
+            .await
+            .expect("the client's Initials arrive")
+            .unwrap();
+        let d = &buf[..len];
+        // Long header, type Initial (RFC 9000 §17.2.2); the destination id names the attempt.
+        assert_eq!(d[0] & 0xF0, 0xC0, "not an Initial");
+        let dcid_len = usize::from(d[5]);
+        if seen.insert(d[6..6 + dcid_len].to_vec()) {
+            initials.push(d.to_vec());
+        }
+    }
+    assert_eq!(initials.len(), n);
+    drop(connecting);
+    ep.close(0u32.into(), b"");
+    initials
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initials_that_never_finish_a_handshake_lock_no_address_out() {
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let base = sample(&c).await;
+    // 32 handshakes started from one address (four times its cap of 8) and never finished;
+    // with spoofed sources this is all a flood can do.
+    let initials = captured_initials(&c, 32).await;
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.77:0").await.unwrap();
+    for d in &initials {
+        attacker.send_to(d, c.quic_addr).await.unwrap();
+    }
+    // Each is answered with a Retry (long header, type 3) and nothing else: no slot, no state.
+    let mut buf = vec![0u8; 2048];
+    for i in 0..initials.len() {
+        let (len, from) =
+            tokio::time::timeout(Duration::from_secs(5), attacker.recv_from(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("no answer to Initial {i}"))
+                .unwrap();
+        assert_eq!(from, c.quic_addr);
+        assert_eq!(buf[0] & 0xF0, 0xF0, "answer {i} ({len} B) is not a Retry");
+    }
+    assert_eq!(c.ingest.stats.quic_retries.load(Ordering::Relaxed), 32);
+    assert_eq!(
+        c.ingest.stats.connections_refused.load(Ordering::Relaxed),
+        0
+    );
+
+    // An honest agent from the same address uploads at once.
+    let queue = Queue::open(&root.path().join("queue")).unwrap();
+    queue
+        .push(&SignedReport::sign(&base, &SigningKey::from_bytes(&[7; 32])).unwrap())
+        .unwrap();
+    let target = UploadTarget {
+        collector: c.quic_addr,
+        tcp: None,
+        server_name: "localhost".into(),
+        pin: pin(&c),
+        bind: Some("127.0.0.77".parse().unwrap()),
+        batch: 10,
+        connect_timeout: Duration::from_secs(5),
+        fetch_seal_key: false,
+        tcp_first: false,
+        fetch_endpoints: false,
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 1);
+    let took = started.elapsed();
+    eprintln!("honest upload from the flooded address took {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(
+        c.ingest.stats.connections_refused.load(Ordering::Relaxed),
+        0
+    );
+    // Its own connection was retried too, then validated.
+    assert!(c.ingest.stats.quic_retries.load(Ordering::Relaxed) >= 33);
+    // Nothing from the attacker got through to a handshake.
+    assert_eq!(
+        c.ingest
+            .stats
+            .quic_handshake_timeouts
+            .load(Ordering::Relaxed),
+        0
+    );
+    c.shutdown().await;
+}
+
+/// A validated address that stalls its handshake holds its slot for `QUIC_HANDSHAKE_TIMEOUT`
+/// only: a relay passes the collector's Retry to a real client, then nothing more, so the
+/// client's token is valid (a slot is taken) and its handshake can never finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validated_handshake_that_stalls_gives_its_slot_back_after_the_timeout() {
+    use callwatch_collector::ingest::QUIC_HANDSHAKE_TIMEOUT;
+    use std::sync::Arc;
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(tokio::net::UdpSocket::bind("127.0.0.88:0").await.unwrap());
+    back.connect(c.quic_addr).await.unwrap();
+    let (client_tx, mut client_rx) = tokio::sync::mpsc::channel::<SocketAddr>(1);
+    let up = {
+        let (front, back) = (front.clone(), back.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 2048];
+            let mut told = false;
+            while let Ok((n, from)) = front.recv_from(&mut buf).await {
+                if !told {
+                    told = client_tx.send(from).await.is_ok();
+                }
+                let _ = back.send(&buf[..n]).await;
+            }
+        })
+    };
+    let down = {
+        let (front, back) = (front.clone(), back.clone());
+        tokio::spawn(async move {
+            let Some(client) = client_rx.recv().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 2048];
+            // The first answer is the Retry: passed on. Everything after it is dropped.
+            if let Ok(n) = back.recv(&mut buf).await {
+                let _ = front.send_to(&buf[..n], client).await;
+            }
+            while back.recv(&mut buf).await.is_ok() {}
+        })
+    };
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(pinned_client_config(pin(&c)).unwrap());
+    let connecting = ep
+        .connect(front.local_addr().unwrap(), "localhost")
+        .unwrap();
+    let stalled = tokio::spawn(connecting);
+    let started = std::time::Instant::now();
+    // Bounded wait for the timeout to be counted (polled: a counter has no event to await).
+    let limit = QUIC_HANDSHAKE_TIMEOUT + Duration::from_secs(5);
+    while c
+        .ingest
+        .stats
+        .quic_handshake_timeouts
+        .load(Ordering::Relaxed)
+        == 0
+    {
+        assert!(
+            started.elapsed() < limit,
+            "no handshake timeout after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    eprintln!("stalled handshake dropped after {took:?}");
+    assert!(
+        took >= QUIC_HANDSHAKE_TIMEOUT - Duration::from_secs(1),
+        "{took:?}"
+    );
+    assert_eq!(c.ingest.stats.quic_retries.load(Ordering::Relaxed), 1);
+    assert_eq!(c.ingest.stats.connections_quic.load(Ordering::Relaxed), 0);
+    // Its slot is back: the address holds its full cap of 8 again, and no more.
+    let mut held = Vec::new();
+    for _ in 0..9 {
+        if let Ok(pair) = connect(&c, "127.0.0.88").await {
+            held.push(pair);
+        }
+    }
+    assert_eq!(held.len(), 8);
+    stalled.abort();
+    up.abort();
+    down.abort();
+    ep.close(0u32.into(), b"");
+    c.shutdown().await;
+}

@@ -29,7 +29,9 @@
 //!    unanswered is `blocked`, one whose replies stopped for good is `dark` from that moment, a
 //!    refused one `refused`; the verdict (see [`crate::verdict::judge_call`]) turns that into a
 //!    finding. Only a test in which nothing answered at all, against a reflector never reached
-//!    before, is an error ([`TestError::Unreachable`]): it names the address to check.
+//!    before, is an error ([`TestError::Unreachable`]): it names the address to check; if the
+//!    reflector refused an arm, the error says it is busy ([`SessionError::Rejected`]), never
+//!    that the path is blocked.
 
 use super::session::{ArmSession, Progress, Session, SessionConfig, SessionError};
 use super::stun::{StunConfig, StunSession};
@@ -40,7 +42,7 @@ use callwatch_proto::attest::{Claim, RegionAttestation};
 use callwatch_proto::framing::{neutral_session_id, Framing};
 use callwatch_proto::pathtoken::{self, PathToken};
 use callwatch_proto::probe::FEATURE_PATH_TOKEN;
-use callwatch_proto::probe::{AttestQuery, CountQuery, Packet};
+use callwatch_proto::probe::{AttestQuery, CountQuery, Packet, RejectReason};
 use callwatch_proto::profile::profile;
 use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule, SCHEMA_VERSION};
 use callwatch_proto::{CallReport, ReportId, Role, StreamReport, Verdict};
@@ -542,7 +544,13 @@ impl CallTest {
         let nothing_answered = results.iter().all(|r| {
             r.outcome == StreamOutcome::Blocked || r.record.probes.iter().all(|p| p.reply.is_none())
         });
-        let report = if nothing_answered && !self.spec.reached_before {
+        // A refusal is an answer: the reflector is there and busy, which is no blocked path.
+        let refused = results.iter().find_map(|r| r.refusal);
+        let report = if let (true, false, Some(reason)) =
+            (nothing_answered, self.spec.reached_before, refused)
+        {
+            Err(TestError::Session(SessionError::Rejected(reason)))
+        } else if nothing_answered && !self.spec.reached_before {
             Err(TestError::Unreachable(self.spec.reflector))
         } else {
             let arm = |role: Role| {
@@ -612,6 +620,8 @@ struct ArmResult {
     role: Role,
     record: StreamRecord,
     outcome: StreamOutcome,
+    /// With `outcome = refused`: why the reflector refused it.
+    refusal: Option<RejectReason>,
     /// With `outcome = dark`: when its final silence began (agent clock, µs).
     dark_from_us: Option<u64>,
 }
@@ -619,6 +629,13 @@ struct ArmResult {
 impl ArmResult {
     fn of(arm: CallArm, interval_us: u64) -> ArmResult {
         let role = arm.plan.role;
+        let refusal = match &arm.engine {
+            Engine::Reflector(s) => match s.error() {
+                Some(SessionError::Rejected(reason)) => Some(*reason),
+                _ => None,
+            },
+            Engine::Stun(_) => None,
+        };
         let (record, outcome) = match arm.engine {
             Engine::Reflector(s) => match s.error().cloned() {
                 Some(SessionError::Rejected(_)) => (empty(interval_us), StreamOutcome::Refused),
@@ -651,6 +668,7 @@ impl ArmResult {
                 outcome
             },
             record,
+            refusal,
             dark_from_us,
         }
     }

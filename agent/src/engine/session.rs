@@ -51,8 +51,28 @@ pub struct SessionConfig {
 pub enum SessionError {
     #[error("the reflector did not answer {OPEN_ATTEMPTS} session requests (is it running, and is UDP to it allowed?)")]
     NoAnswer,
-    #[error("the reflector refused the session: {0:?}")]
+    #[error("{}", rejected_text(*.0))]
     Rejected(RejectReason),
+}
+
+/// What a refusal means, in words a volunteer acts on: a busy reflector is no blocked path.
+fn rejected_text(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::Busy => {
+            "the reflector is busy: it holds as many test sessions as it takes (from everyone, or \
+             from your network); this says nothing about your connection, try again in a few \
+             minutes"
+        }
+        RejectReason::RateLimited => {
+            "the reflector is busy: it refused the session as over its rate limit; this says \
+             nothing about your connection, try again in a few minutes"
+        }
+        RejectReason::BadRequest => {
+            "the reflector refused the session as malformed (is this agent much older or newer \
+             than the reflector?)"
+        }
+        RejectReason::Other => "the reflector refused the session",
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -672,10 +672,13 @@ fn main() -> Result<()> {
         std::fs::create_dir_all(&logs)?;
         std::fs::create_dir_all(&data)?;
         let flag = driver.map(|d| d.to_string());
-        let extra: Vec<&str> = flag
-            .as_deref()
-            .map(|d| vec!["--reflector-driver", d])
-            .unwrap_or_default();
+        // Every session comes from 127.0.0.0/24, one prefix: its cap is lifted to the table's
+        // size here (the tool measures capacity, not the per-prefix share).
+        let per_prefix = Limits::default().max_sessions.to_string();
+        let mut extra: Vec<&str> = vec!["--reflector-sessions-per-prefix", &per_prefix];
+        if let Some(d) = flag.as_deref() {
+            extra.extend(["--reflector-driver", d]);
+        }
         let RunningCollector {
             child,
             reflector,
@@ -701,12 +704,14 @@ fn main() -> Result<()> {
     println!(
         "reflector limits (reflector/src/core.rs Limits::default): min interval {} ms, \
          max probe {} B, max duration {} s, session table {} (global), burst 25 probes per \
-         session; there is no per-source-address cap. Sessions spread {PER_SOURCE} per source \
-         address from 127.0.0.2.",
+         session; the per-prefix cap ({} by default) lifted to the table's size, as every \
+         session comes from 127.0.0.0/24. Sessions spread {PER_SOURCE} per source address from \
+         127.0.0.2.",
         limits.min_interval_ms,
         limits.max_size,
         limits.max_duration_ms / 1000,
-        limits.max_sessions
+        limits.max_sessions,
+        limits.max_sessions_per_prefix
     );
     println!(
         "load: {INTERVAL_MS} ms interval (50 pps), {SIZE} B probes, {} s per run; server on CPU \
