@@ -52,8 +52,9 @@ impl ExportRecord {
             asn: stored.region.asn,
             key: hex::encode(&stored.signed.key),
             signature: hex::encode(&stored.signed.signature),
-            // Stored bodies were verified as JSON, so they are UTF-8; lossy only guards the
-            // impossible case, and would then fail verification visibly.
+            // Bodies are checked whole as UTF-8 at ingest; lossy only guards one stored before
+            // that check (invalid bytes in a field the parse then skipped), which exports and
+            // then fails offline verification visibly instead of stopping the export.
             body: String::from_utf8_lossy(&stored.signed.body).into_owned(),
             region_source: stored.filing.source.as_str().into(),
             uploaded_elsewhere: stored.filing.uploaded_elsewhere,
