@@ -28,9 +28,10 @@ use serde_json::{Map, Value};
 
 /// Longest `agent_version`: the agent writes `callwatch-agent/<semver>` (21 bytes for 0.1.0).
 pub const MAX_AGENT_VERSION_LEN: usize = 64;
-/// Longest free sentence (`verdict_detail.method`, `verdict_detail.reason`): the agent's longest
-/// method text is about 450 bytes and its longest reason about 300 (`agent/src/verdict.rs`);
-/// four times the former.
+/// Longest free sentence (`verdict_detail.method`, `verdict_detail.reason`): the agent's method
+/// text is about 400 bytes with the default settings and its longest reason about 300
+/// (`agent/src/verdict.rs`, whose proptest keeps both under half this limit for any input and
+/// any window length): five times the former.
 pub const MAX_SENTENCE_LEN: usize = 2048;
 /// Longest `streams[].mos_basis`: the agent writes e.g.
 /// `g107-nb;codec=opus;ie=0;bpl=25.1;provisional` (43 bytes).
