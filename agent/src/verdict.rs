@@ -1243,6 +1243,10 @@ mod tests {
                         proptest::prop_assert!(m.platform_median.is_finite() && m.control_median.is_finite());
                     }
                     proptest::prop_assert!(!d.reason.is_empty());
+                    // The texts a collector bounds (#15 item 7), with at least twice the room.
+                    let max = callwatch_proto::schema::MAX_SENTENCE_LEN / 2;
+                    proptest::prop_assert!(d.reason.len() <= max, "{}", d.reason);
+                    proptest::prop_assert!(d.method.len() <= max, "{}", d.method);
                 }
             }
         }

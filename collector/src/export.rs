@@ -52,8 +52,9 @@ impl ExportRecord {
             asn: stored.region.asn,
             key: hex::encode(&stored.signed.key),
             signature: hex::encode(&stored.signed.signature),
-            // Stored bodies were verified as JSON, so they are UTF-8; lossy only guards the
-            // impossible case, and would then fail verification visibly.
+            // Bodies are checked whole as UTF-8 at ingest; lossy only guards one stored before
+            // that check (invalid bytes in a field the parse then skipped), which exports and
+            // then fails offline verification visibly instead of stopping the export.
             body: String::from_utf8_lossy(&stored.signed.body).into_owned(),
             region_source: stored.filing.source.as_str().into(),
             uploaded_elsewhere: stored.filing.uploaded_elsewhere,
@@ -183,4 +184,37 @@ pub fn cells_csv(cells: &[Cell], axes: &[Axis]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use callwatch_proto::CallReport;
+
+    /// The offline `verify` applies the same strict schema as ingest and `import`: a record
+    /// whose body carries a field its schema does not define (one stored before the rule) is
+    /// reported with the field's path, and the rest still verify.
+    #[test]
+    fn offline_verify_names_a_field_the_schema_does_not_define() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[6; 32]);
+        let line = |body: Vec<u8>| {
+            ExportRecord::from_stored(&StoredReport {
+                signed: SignedReport::sign_body(body, &key),
+                region: crate::geo::Region::unknown(),
+                received_at_ms: 1,
+                filing: Default::default(),
+            })
+            .to_line()
+        };
+        let good = serde_json::to_vec(&CallReport::example()).unwrap();
+        let mut odd = serde_json::to_value(CallReport::example()).unwrap();
+        odd["streams"][0]["hostname"] = "volunteer-laptop".into();
+        let input = line(good) + &line(serde_json::to_vec(&odd).unwrap());
+        let summary = verify_export(input.as_bytes()).unwrap();
+        assert_eq!(summary.valid, 1);
+        assert_eq!(summary.invalid.len(), 1);
+        let (at, reason) = &summary.invalid[0];
+        assert_eq!(*at, 2);
+        assert!(reason.ends_with("streams[0].hostname"), "{reason}");
+    }
 }

@@ -252,15 +252,25 @@ mod upload_frame {
 }
 
 mod signed_report {
+    use callwatch_collector::domain::StoredReport;
     use callwatch_collector::domain::{CellState, Observation};
     use callwatch_collector::geo::Region;
-    use callwatch_collector::domain::StoredReport;
     use callwatch_proto::{CallReport, SignedReport, VerifyError};
 
     /// What happens to a report that verified: it validates, survives JSON unchanged, and the
     /// collector's aggregation accepts it.
     fn check_verified(signed: &SignedReport, report: &CallReport) {
         assert!(report.validate().is_ok());
+        // The strict schema: a verified body is UTF-8 (it exports as text) and its own
+        // report, re-encoded, signs (every key it carries is one the schema knows).
+        assert!(
+            std::str::from_utf8(&signed.body).is_ok(),
+            "verified body not UTF-8"
+        );
+        assert!(
+            SignedReport::sign(report, &crate::fuzz_signing_key()).is_ok(),
+            "a verified report does not sign"
+        );
         let json = serde_json::to_vec(report).expect("a valid report encodes");
         let back: CallReport = serde_json::from_slice(&json).expect("its JSON parses");
         assert_eq!(&back, report, "a verified report does not survive JSON");
@@ -326,9 +336,21 @@ mod signed_report {
                         key: key.verifying_key().to_bytes().to_vec(),
                         signature: key.sign(&msg).to_bytes().to_vec(),
                     };
+                    // The lenient parse above lets through what the strict schema refuses:
+                    // unknown keys, oversized fields, bytes that are not UTF-8 in a skipped
+                    // field, arrays read as structs.
                     match s.verify() {
                         Ok(r) => check_verified(&s, &r),
-                        Err(VerifyError::Invalid(_)) | Err(VerifyError::TooLarge(_)) => {}
+                        Err(
+                            VerifyError::Invalid(_)
+                            | VerifyError::TooLarge(_)
+                            | VerifyError::NotUtf8(_)
+                            | VerifyError::UnknownField(_)
+                            | VerifyError::TooLong { .. }
+                            | VerifyError::TooMany { .. }
+                            | VerifyError::Malformed(_)
+                            | VerifyError::NewerSchema(_),
+                        ) => {}
                         Err(e) => panic!("a signed, parsing body was refused: {e}"),
                     }
                 }
@@ -490,8 +512,8 @@ pub mod api_query {
 }
 
 mod sketch_and_cells {
-    use callwatch_collector::domain::{CellKey, CellState};
     use callwatch_collector::domain::sketch::Sketch;
+    use callwatch_collector::domain::{CellKey, CellState};
 
     const QS: [f64; 9] = [0.0, 0.1, 0.5, 0.9, 0.99, 1.0, -0.1, 1.5, f64::NAN];
 
@@ -586,9 +608,9 @@ mod sketch_and_cells {
 
 mod reflector_core {
     use arbitrary::Unstructured;
-    use callwatch_reflector::{Limits, Reflector, ReflectorStats};
     use callwatch_proto::framing::{self, Framing};
     use callwatch_proto::probe::{Close, Cookie, Open, Packet, Probe, MAX_PROBE_LEN};
+    use callwatch_reflector::{Limits, Reflector, ReflectorStats};
     use std::net::SocketAddr;
 
     const SOURCES: [&str; 4] = [

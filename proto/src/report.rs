@@ -2,7 +2,10 @@
 //!
 //! The schema is versioned by [`SCHEMA_VERSION`]. Names carry their unit (`rtt_ms`, `loss_up` as a
 //! fraction 0..=1). Figures that could not be computed (no replies at all, say) are `null`, never
-//! NaN. New optional fields may be added within a version; readers ignore what they do not know.
+//! NaN. A signed body carries only the keys its schema version defines, within the size limits of
+//! [`crate::schema`]: a collector refuses any other key (it would store and republish it verbatim).
+//! New optional fields come with a new schema version; a collector defers a version newer than it
+//! knows instead of refusing it.
 
 use crate::platform::{Platform, Role, Verdict};
 use chrono::{DateTime, Utc};
@@ -14,7 +17,9 @@ use std::fmt;
 /// The schema evolves additively: a collector accepts every schema from [`OLDEST_SCHEMA`] to
 /// [`SCHEMA_VERSION`]; a report in a newer one is *deferred* — not judged, not stored, and kept by
 /// the agent for a collector that knows it ([`crate::sign::VerifyError::NewerSchema`],
-/// [`crate::upload::ReportStatus::Deferred`]), never rejected and deleted.
+/// [`crate::upload::ReportStatus::Deferred`]), never rejected and deleted. Collectors refuse a
+/// key the declared schema does not define ([`crate::schema`]), so a new field comes with a new
+/// version: the field's entry in [`crate::schema::REPORT`] names it in `since`.
 pub const SCHEMA_VERSION: u32 = 1;
 /// The oldest report schema this build still accepts.
 pub const OLDEST_SCHEMA: u32 = 1;

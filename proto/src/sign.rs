@@ -7,7 +7,7 @@
 //! can read it without our types, and optional fields can be added without breaking old
 //! signatures. Nothing is ever re-encoded before verifying.
 
-use crate::report::{CallReport, MAX_STREAMS, SCHEMA_VERSION};
+use crate::report::{CallReport, MAX_STREAMS, OLDEST_SCHEMA, SCHEMA_VERSION};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -47,6 +47,25 @@ pub enum VerifyError {
     BadSignature,
     #[error("report body is not a valid report: {0}")]
     Malformed(String),
+    /// Not UTF-8 (JSON is UTF-8; a body that is not could not be exported as text).
+    #[error("report body is not UTF-8 (invalid byte at offset {0})")]
+    NotUtf8(usize),
+    /// A key the declared schema does not define, anywhere in the body: refused, because a
+    /// collector stores and republishes a body verbatim ([`crate::schema`]).
+    #[error("report body has a field its schema does not define: {0}")]
+    UnknownField(String),
+    #[error("report field {field} is {len} bytes long; at most {max}")]
+    TooLong {
+        field: String,
+        len: usize,
+        max: usize,
+    },
+    #[error("report field {field} has {count} items; at most {max}")]
+    TooMany {
+        field: String,
+        count: usize,
+        max: usize,
+    },
     #[error("report is invalid: {0}")]
     Invalid(String),
     /// Signed well, in a schema newer than this release knows: not judged, to be taken by a
@@ -64,6 +83,9 @@ impl VerifyError {
             VerifyError::WeakKey => "weak_key",
             VerifyError::SignatureLength(_) | VerifyError::BadSignature => "bad_signature",
             VerifyError::Malformed(_) => "malformed",
+            VerifyError::NotUtf8(_) => "not_utf8",
+            VerifyError::UnknownField(_) => "unknown_field",
+            VerifyError::TooLong { .. } | VerifyError::TooMany { .. } => "field_too_large",
             VerifyError::Invalid(_) => "invalid",
             VerifyError::NewerSchema(_) => "newer_schema",
         }
@@ -79,14 +101,34 @@ pub fn schema_of(body: &[u8]) -> Option<u32> {
     u32::try_from(object.get("schema")?.as_u64()?).ok()
 }
 
+/// Why [`SignedReport::sign`] made no signature.
+#[derive(Debug, Error)]
+pub enum SignError {
+    #[error("report does not encode: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The encoded report breaks a rule of [`crate::schema`] (a field the schema does not define,
+    /// a string or an array over its limit): a collector would refuse it, so it is not signed.
+    #[error("report would be refused: {0}")]
+    Schema(VerifyError),
+}
+
 impl SignedReport {
-    /// Encodes `report` and signs it.
-    pub fn sign(report: &CallReport, key: &SigningKey) -> Result<Self, serde_json::Error> {
-        Ok(Self::sign_body(serde_json::to_vec(report)?, key))
+    /// Encodes `report`, checks the encoding against the keys and size limits a collector of
+    /// this release applies ([`crate::schema`]), and signs it: an agent never signs a field the
+    /// schema does not know. The report's values are not judged here
+    /// ([`CallReport::validate`] is the collector's).
+    pub fn sign(report: &CallReport, key: &SigningKey) -> Result<Self, SignError> {
+        let body = serde_json::to_vec(report)?;
+        let value: serde_json::Value = serde_json::from_slice(&body)?;
+        // The keys of the schema the report declares; a number outside what this release knows
+        // (tests write them) is checked against the nearest it knows, which the struct writes.
+        let schema = report.schema.clamp(OLDEST_SCHEMA, SCHEMA_VERSION);
+        crate::schema::check(&value, schema).map_err(SignError::Schema)?;
+        Ok(Self::sign_body(body, key))
     }
 
-    /// Signs `body` as it is (a body this release does not write itself: a newer schema's, a
-    /// fuzzer's).
+    /// Signs `body` as it is, unchecked (a body this release does not write itself: a newer
+    /// schema's, a test's or a fuzzer's).
     pub fn sign_body(body: Vec<u8>, key: &SigningKey) -> Self {
         let signature = key.sign(&signed_message(&body));
         SignedReport {
@@ -97,26 +139,46 @@ impl SignedReport {
     }
 
     /// Verifies the signature over the exact body bytes (strict: no malleable signatures, no weak
-    /// keys), then parses and validates the report. A body in a schema newer than
-    /// [`SCHEMA_VERSION`] is not parsed (its fields may mean what this release cannot know):
-    /// [`VerifyError::NewerSchema`].
+    /// keys), then checks the body and parses and validates the report, in this order:
+    /// - the body is UTF-8 ([`VerifyError::NotUtf8`]) and one JSON object
+    ///   ([`VerifyError::Malformed`]);
+    /// - a body in a schema newer than [`SCHEMA_VERSION`] is not looked at further (its fields
+    ///   may mean what this release cannot know, and it may have fields this release does not):
+    ///   [`VerifyError::NewerSchema`], deferred, never refused;
+    /// - every key, at any depth, is one the declared schema defines
+    ///   ([`VerifyError::UnknownField`], naming its path), and strings and arrays are within
+    ///   their limits ([`VerifyError::TooLong`], [`VerifyError::TooMany`]); see [`crate::schema`];
+    /// - the report parses ([`VerifyError::Malformed`]) and validates ([`VerifyError::Invalid`],
+    ///   which also refuses a schema older than any this release accepts).
     pub fn verify(&self) -> Result<CallReport, VerifyError> {
         self.verify_signature()?;
-        // One parse in the common case; the schema alone is looked at only when the body is not
-        // a report this release can judge.
-        match serde_json::from_slice::<CallReport>(&self.body) {
-            Ok(report) if report.schema > SCHEMA_VERSION => {
-                Err(VerifyError::NewerSchema(report.schema))
+        let text =
+            std::str::from_utf8(&self.body).map_err(|e| VerifyError::NotUtf8(e.valid_up_to()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        let declared = value
+            .as_object()
+            .and_then(|o| o.get("schema"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|s| u32::try_from(s).ok());
+        match declared {
+            Some(schema) if schema > SCHEMA_VERSION => {
+                return Err(VerifyError::NewerSchema(schema))
             }
-            Ok(report) => {
-                report.validate().map_err(VerifyError::Invalid)?;
-                Ok(report)
+            Some(schema) if schema >= OLDEST_SCHEMA => crate::schema::check(&value, schema)?,
+            // No schema, or one older than any this release knows: refused below, by the parse
+            // or by `validate`, but never on a shape other than an object.
+            _ if !value.is_object() => {
+                return Err(VerifyError::Malformed(
+                    "a report body is a JSON object".into(),
+                ))
             }
-            Err(e) => match schema_of(&self.body) {
-                Some(schema) if schema > SCHEMA_VERSION => Err(VerifyError::NewerSchema(schema)),
-                _ => Err(VerifyError::Malformed(e.to_string())),
-            },
+            _ => {}
         }
+        let report = serde_json::from_str::<CallReport>(text)
+            .map_err(|e| VerifyError::Malformed(e.to_string()))?;
+        report.validate().map_err(VerifyError::Invalid)?;
+        Ok(report)
     }
 
     /// Checks only the signature.
@@ -367,5 +429,144 @@ mod tests {
             reason: "started_at 2026-01-01 10:00:00 UTC is older than 180 days".into()
         }
         .keeps_report());
+    }
+
+    /// A report body as JSON, edited, signed by a valid key.
+    fn signed_with(edit: impl FnOnce(&mut serde_json::Value)) -> SignedReport {
+        let mut v = serde_json::to_value(crate::schema::tests::full_report()).unwrap();
+        edit(&mut v);
+        SignedReport::sign_body(serde_json::to_vec(&v).unwrap(), &key(3))
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_path_at_any_depth() {
+        let full = crate::schema::tests::full_report();
+        let signed = SignedReport::sign(&full, &key(3)).unwrap();
+        assert_eq!(signed.verify().unwrap(), full);
+        let top = signed_with(|v| v["hostname"] = "volunteer-laptop".into());
+        let err = top.verify().unwrap_err();
+        assert_eq!(err, VerifyError::UnknownField("hostname".into()));
+        assert_eq!(err.label(), "unknown_field");
+        assert!(err.to_string().contains("hostname"), "{err}");
+        let nested = signed_with(|v| v["streams"][0]["hostname"] = "volunteer-laptop".into());
+        assert_eq!(
+            nested.verify(),
+            Err(VerifyError::UnknownField("streams[0].hostname".into()))
+        );
+        for (edit, path) in [
+            (
+                &(|v: &mut serde_json::Value| v["verdict_detail"]["local_ip"] = "10.1.2.3".into())
+                    as &dyn Fn(&mut serde_json::Value),
+                "verdict_detail.local_ip",
+            ),
+            (
+                &|v: &mut serde_json::Value| v["attestation"]["x"] = 1.into(),
+                "attestation.x",
+            ),
+            (
+                &|v: &mut serde_json::Value| {
+                    v["streams"][0]["owd_ms"]["up"]["formula"] = "=HYPERLINK(\"x\")".into()
+                },
+                "streams[0].owd_ms.up.formula",
+            ),
+        ] {
+            let s = signed_with(edit);
+            assert_eq!(s.verify(), Err(VerifyError::UnknownField(path.into())));
+        }
+    }
+
+    #[test]
+    fn markup_in_a_known_string_is_data_but_sizes_are_bounded() {
+        let script = "<script>alert(1)</script> =HYPERLINK(\"http://x\")";
+        let s = signed_with(|v| v["verdict_detail"]["reason"] = script.into());
+        assert_eq!(s.verify().unwrap().verdict_detail.unwrap().reason, script);
+        let max = crate::schema::MAX_SENTENCE_LEN;
+        let s = signed_with(|v| {
+            v["verdict_detail"]["reason"] = format!("{script}{}", "x".repeat(max)).into()
+        });
+        let err = s.verify().unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::TooLong { field, max: m, .. }
+                if field == "verdict_detail.reason" && *m == max),
+            "{err}"
+        );
+        assert_eq!(err.label(), "field_too_large");
+        assert!(err.to_string().contains("verdict_detail.reason"), "{err}");
+        let s = signed_with(|v| v["agent_version"] = "a".repeat(65).into());
+        assert!(
+            matches!(s.verify(), Err(VerifyError::TooLong { field, .. }) if field == "agent_version")
+        );
+        let s = signed_with(|v| {
+            let one = v["streams"][0].clone();
+            v["streams"] = serde_json::Value::Array(vec![one; MAX_STREAMS + 1]);
+        });
+        let err = s.verify().unwrap_err();
+        assert!(
+            matches!(&err, VerifyError::TooMany { field, count: 5, .. } if field == "streams"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_refused_without_panic() {
+        let good = serde_json::to_vec(&sample_report()).unwrap();
+        // Inside a field a lenient parse would skip, and inside a known string.
+        let mut in_unknown = b"{\"x\":\"\xff\xfe\",".to_vec();
+        in_unknown.extend_from_slice(&good[1..]);
+        let name = b"callwatch-agent/test";
+        let at = good.windows(name.len()).position(|w| w == name).unwrap();
+        let mut in_known = good.clone();
+        in_known[at + name.len() - 1] = 0xc3;
+        for body in [in_unknown, in_known] {
+            let s = SignedReport::sign_body(body, &key(3));
+            let err = s.verify().unwrap_err();
+            assert!(matches!(err, VerifyError::NotUtf8(_)), "{err}");
+            assert_eq!(err.label(), "not_utf8");
+        }
+    }
+
+    #[test]
+    fn a_newer_schema_with_fields_this_release_does_not_know_is_still_deferred() {
+        let s = signed_with(|v| {
+            v["schema"] = (SCHEMA_VERSION + 1).into();
+            v["hostname_hash"] = "ab".into();
+            v["streams"][0]["quic_rtt_ms"] = 1.into();
+            v["verdict_detail"]["reason"] = "x".repeat(10_000).into();
+        });
+        assert_eq!(
+            s.verify(),
+            Err(VerifyError::NewerSchema(SCHEMA_VERSION + 1))
+        );
+        // The same body in the current schema is refused for its first unknown key.
+        let s = signed_with(|v| {
+            v["hostname_hash"] = "ab".into();
+            v["streams"][0]["quic_rtt_ms"] = 1.into();
+        });
+        assert_eq!(
+            s.verify(),
+            Err(VerifyError::UnknownField("hostname_hash".into()))
+        );
+    }
+
+    #[test]
+    fn sign_refuses_what_verify_would_refuse() {
+        let mut r = sample_report();
+        r.agent_version = "callwatch-agent/".repeat(10);
+        let err = SignedReport::sign(&r, &key(3)).unwrap_err();
+        assert!(
+            matches!(&err, SignError::Schema(VerifyError::TooLong { field, .. }) if field == "agent_version"),
+            "{err}"
+        );
+        let mut r = sample_report();
+        r.verdict_detail = crate::schema::tests::full_report().verdict_detail;
+        r.verdict_detail.as_mut().unwrap().method = "m".repeat(crate::schema::MAX_SENTENCE_LEN + 1);
+        assert!(SignedReport::sign(&r, &key(3)).is_err());
+        // What this release writes signs and verifies, in every schema it knows.
+        for schema in crate::report::OLDEST_SCHEMA..=SCHEMA_VERSION {
+            let mut r = crate::schema::tests::full_report();
+            r.schema = schema;
+            let s = SignedReport::sign(&r, &key(3)).unwrap();
+            assert_eq!(s.verify().unwrap(), r);
+        }
     }
 }

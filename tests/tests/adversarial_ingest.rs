@@ -114,6 +114,95 @@ async fn reports_from_the_far_future_are_deferred_and_from_the_far_past_refused(
     c.shutdown().await;
 }
 
+/// Every string of a JSON value with its path, for measuring a real report against the limits.
+fn strings(v: &serde_json::Value, at: &str, out: &mut Vec<(String, usize)>) {
+    match v {
+        serde_json::Value::String(s) => out.push((at.to_string(), s.len())),
+        serde_json::Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                strings(v, &format!("{at}[{i}]"), out);
+            }
+        }
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let p = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                strings(v, &p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// RELIABILITY.md, "Forged, replayed or out-of-window reports are refused" (#15 item 7): a
+/// report signed by a valid key but carrying a field its schema does not define (a hostname,
+/// at the top or inside a stream) is refused with the field's path, counted in `/metrics` as
+/// `unknown_field`, and nothing of it is stored; the honest report beside it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_report_with_a_field_its_schema_does_not_define_is_refused_and_counted() {
+    let root = tempfile::tempdir().unwrap();
+    let c = collector(root.path()).await;
+    let base = sample(&c).await;
+    let key = SigningKey::from_bytes(&[8; 32]);
+    let honest = SignedReport::sign(&base, &key).unwrap();
+    let body: serde_json::Value = serde_json::from_slice(&honest.body).unwrap();
+    // What the agent really writes, against the limits of `callwatch_proto::schema`.
+    let mut measured = Vec::new();
+    strings(&body, "", &mut measured);
+    eprintln!(
+        "a real report: {} bytes; strings {measured:?}",
+        honest.body.len()
+    );
+    let with = |id: u8, edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = body.clone();
+        v["id"] = ReportId([id; 16]).to_string().into();
+        edit(&mut v);
+        SignedReport::sign_body(serde_json::to_vec(&v).unwrap(), &key)
+    };
+    let top = with(9, &|v| v["hostname"] = "volunteer-laptop.local".into());
+    let nested = with(10, &|v| {
+        v["streams"][0]["hostname"] = "volunteer-laptop.local".into()
+    });
+    let (_ep, conn) = connect(&c, "127.0.0.1").await.unwrap();
+    let Response::Ack { statuses } = exchange(&conn, vec![top, nested, honest.clone()])
+        .await
+        .unwrap()
+    else {
+        panic!("expected an ack")
+    };
+    for (status, path) in statuses.iter().zip(["hostname", "streams[0].hostname"]) {
+        let ReportStatus::Rejected { reason } = status else {
+            panic!("refused: {statuses:?}")
+        };
+        assert!(
+            reason.contains("a field its schema does not define") && reason.ends_with(path),
+            "{reason}"
+        );
+        assert!(!status.keeps_report(), "refused for good: {reason}");
+    }
+    assert_eq!(statuses[2], ReportStatus::Accepted);
+    assert_eq!(c.ingest.stats.rejected().get("unknown_field"), Some(&2));
+    let (_, metrics) = callwatch_tests::http::get(c.http_addr, "/metrics")
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("callwatch_ingest_rejected_total{reason=\"unknown_field\"} 2"),
+        "{metrics}"
+    );
+    // Only the honest report is stored, as signed.
+    assert_eq!(c.store.len(), 1);
+    c.store
+        .for_each_since(i64::MIN, &mut |r| {
+            assert_eq!(r.signed, honest);
+            Ok(true)
+        })
+        .unwrap();
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_batches_frames_and_garbage_are_refused_and_the_connection_still_serves() {
     let root = tempfile::tempdir().unwrap();

@@ -707,6 +707,55 @@ mod tests {
         .unwrap();
         assert_eq!(seen, 3);
     }
+
+    /// Reports a collector stored before unknown fields were refused at ingest (#15 item 7)
+    /// still read back, export and copy (`migrate`): only what comes in (ingest, `import`) is
+    /// held to the strict schema, never what is already stored.
+    #[test]
+    fn reports_stored_with_unknown_fields_still_read_export_and_copy() {
+        let mut body = serde_json::to_value(CallReport::example()).unwrap();
+        body["hostname"] = "volunteer-laptop".into();
+        body["streams"][0]["local_addr"] = "10.0.0.2".into();
+        let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+        let signed = SignedReport::sign_body(serde_json::to_vec(&body).unwrap(), &key);
+        assert!(matches!(
+            signed.verify(),
+            Err(callwatch_proto::VerifyError::UnknownField(_))
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            let old = VerifiedReport::parse(StoredReport {
+                signed: signed.clone(),
+                region: Region::unknown(),
+                received_at_ms: 1,
+                filing: Default::default(),
+            })
+            .unwrap();
+            assert_eq!(
+                s.insert_batch(&[old]).unwrap(),
+                vec![InsertOutcome::Inserted]
+            );
+        }
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.len(), 1);
+        let mut exported = vec![];
+        crate::export::page(&s, i64::MIN, 10, |r| {
+            exported.push(r);
+            true
+        })
+        .unwrap();
+        assert_eq!(exported.len(), 1);
+        assert_eq!(
+            exported[0].to_signed().unwrap(),
+            signed,
+            "exported as stored"
+        );
+        let to = tempfile::tempdir().unwrap();
+        let copy = SledStore::open(to.path()).unwrap();
+        let done = crate::store::copy::copy_reports(&s, &copy, 8, |_| true).unwrap();
+        assert_eq!((done.read, done.inserted), (1, 1));
+    }
 }
 
 /// A report as the store receives it, from agent key `[agent; 32]` (unsigned: the store does
