@@ -185,10 +185,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         .store
         .for_each(&mut |s: StoredReport| {
             let r: CallReport = serde_json::from_slice(&s.signed.body).unwrap();
-            filed.insert(
-                r.id.0,
-                (s.region.country.clone(), s.region.asn, s.filing),
-            );
+            filed.insert(r.id.0, (s.region.country.clone(), s.region.asn, s.filing));
             Ok(())
         })
         .unwrap();
@@ -209,7 +206,11 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     let path_tag = real.prefix_tag.clone().expect("a prefix tag");
     // The rest are filed by the upload's address, a hosting network (AS60781, LeaseWeb, is on
     // the built-in list): marked so, and counted under the upload's prefix (another /24).
-    let upload_tag = filed[&[0xa4; 16]].2.prefix_tag.clone().expect("a prefix tag");
+    let upload_tag = filed[&[0xa4; 16]]
+        .2
+        .prefix_tag
+        .clone()
+        .expect("a prefix tag");
     assert_ne!(path_tag, upload_tag);
     assert_eq!(path_tag.len(), 16);
     for id in [0xa1, 0xa2, 0xa3, 0xa4] {
