@@ -24,6 +24,11 @@ use crate::settings::{TestSettings, DEFAULT_DURATION_SECS, DEFAULT_INTERVAL_MS};
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15 * 60);
 /// Shortest `rotate_key_every`.
 pub const MIN_KEY_ROTATION: Duration = Duration::from_secs(3600);
+/// `rotate_key_every` when unset: a new key every UTC day, the period the collector counts
+/// agents and caps their weight over.
+pub const DEFAULT_KEY_ROTATION: Duration = Duration::from_secs(86_400);
+/// The `rotate_key_every` value that turns rotation off.
+pub const NEVER: &str = "never";
 
 /// The config file as written: every key it may hold, with the forms the file uses.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -123,8 +128,8 @@ pub struct ConfigFile {
     /// Log level: error, warn, info, debug or trace (`RUST_LOG` overrides).
     #[serde(default = "default_log_level")]
     pub log_level: String,
-    /// Replace the signing key with a new one when it is older than this, e.g. `"30d"`;
-    /// unset: never.
+    /// Replace the signing key with a new one every period of this length (aligned to UTC,
+    /// e.g. `"1d"` turns at 00:00 UTC), or `"never"`; unset: every day.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotate_key_every: Option<String>,
 }
@@ -255,7 +260,7 @@ pub struct Config {
     /// The data budget.
     pub budget: BudgetConfig,
     pub log_level: LogLevel,
-    /// How old the signing key may get before it is replaced; `None`: never.
+    /// The period after which the signing key is replaced (aligned to UTC); `None`: never.
     pub rotate_key_every: Option<Duration>,
 }
 
@@ -503,7 +508,7 @@ impl Config {
             utc_offset_minutes: 0,
             budget: BudgetConfig::default(),
             log_level: LogLevel::Info,
-            rotate_key_every: None,
+            rotate_key_every: Some(DEFAULT_KEY_ROTATION),
         }
     }
 
@@ -606,14 +611,18 @@ impl Config {
             LogLevel::from_name(l)
                 .ok_or_else(|| "expected error, warn, info, debug or trace".to_string())
         });
-        let rotate_key_every = file.rotate_key_every.as_deref().and_then(|r| {
-            parse_key(&mut p, "rotate_key_every", r, |t| {
-                match parse_duration(t)? {
+        let rotate_key_every = match file.rotate_key_every.as_deref() {
+            None => Some(DEFAULT_KEY_ROTATION),
+            Some(r) if r.trim() == NEVER => None,
+            Some(r) => parse_key(&mut p, "rotate_key_every", r, |t| {
+                match parse_duration(t)
+                    .map_err(|e| format!("{e}, or \"{NEVER}\" to keep one key"))?
+                {
                     d if d >= MIN_KEY_ROTATION => Ok(d),
-                    _ => Err("expected at least 1h".into()),
+                    _ => Err(format!("expected at least 1h, or \"{NEVER}\"")),
                 }
-            })
-        });
+            }),
+        };
         // Each `None` among the required values noted its problem above.
         let (Some(collector_pin), Some(interval), Some(utc_offset_minutes), Some(log_level)) =
             (collector_pin, interval, utc_offset_minutes, log_level)
@@ -693,7 +702,11 @@ impl Config {
             budget_per_day: self.budget.per_day_bytes.map(format_byte_count),
             budget_per_month: self.budget.per_month_bytes.map(format_byte_count),
             log_level: self.log_level.as_str().into(),
-            rotate_key_every: self.rotate_key_every.map(format_duration),
+            rotate_key_every: match self.rotate_key_every {
+                Some(DEFAULT_KEY_ROTATION) => None,
+                Some(d) => Some(format_duration(d)),
+                None => Some(NEVER.into()),
+            },
         }
     }
 
@@ -961,6 +974,42 @@ mod tests {
         ] {
             assert!(e.to_string().contains(key), "{key} missing from {e}");
         }
+    }
+
+    /// Rotation is on by default (a new key every UTC day), `"never"` turns it off, and both
+    /// survive a round trip through the file.
+    #[test]
+    fn keys_rotate_daily_unless_told_never() {
+        let cfg = Config::from_file(file()).unwrap();
+        assert_eq!(cfg.rotate_key_every, Some(DEFAULT_KEY_ROTATION));
+        assert_eq!(
+            cfg.to_file().rotate_key_every,
+            None,
+            "the default is not written"
+        );
+        let never = Config::from_file(ConfigFile {
+            rotate_key_every: Some("never".into()),
+            ..file()
+        })
+        .unwrap();
+        assert_eq!(never.rotate_key_every, None);
+        assert_eq!(Config::from_file(never.to_file()).unwrap(), never);
+        let weekly = Config::from_file(ConfigFile {
+            rotate_key_every: Some("1w".into()),
+            ..file()
+        })
+        .unwrap();
+        assert_eq!(
+            weekly.rotate_key_every,
+            Some(Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(Config::from_file(weekly.to_file()).unwrap(), weekly);
+        let e = Config::from_file(ConfigFile {
+            rotate_key_every: Some("nope".into()),
+            ..file()
+        })
+        .unwrap_err();
+        assert!(e[0].contains("\"never\""), "{e:?}");
     }
 
     /// The typed conversion: every key that parses is named when it does not, each once, and

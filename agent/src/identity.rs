@@ -36,14 +36,31 @@ pub fn key_age(path: &Path, now: SystemTime) -> Result<Duration> {
     Ok(now.duration_since(modified).unwrap_or(Duration::ZERO))
 }
 
-/// Replaces the key at `path` with a new one (atomically, mode 0600) if it is at least
-/// `period` old; returns the new key, or `None` if the old one is still young enough.
+/// The rotation period `t` falls in: periods are aligned to the Unix epoch, so a period of a
+/// day (the default) turns at 00:00 UTC and an hour's at the full hour. Every agent's key then
+/// covers whole UTC days, as the collector counts agents per day: a volunteer is one key in any
+/// day's cells, never two.
+pub fn rotation_slot(t: SystemTime, period: Duration) -> u64 {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
+    secs / period.as_secs().max(1)
+}
+
+/// Replaces the key at `path` with a new one (atomically, mode 0600) if it was made in an
+/// earlier rotation period than `now`'s ([`rotation_slot`]); returns the new key, or `None` if
+/// the old one belongs to the current period.
 ///
 /// Rotation unlinks the agent's past reports from its future ones at the collector: good for
 /// a volunteer who may be identified by a long history, at the cost of the per-agent
-/// continuity (per-agent caps, distinct-agent counts) the collector relies on.
+/// continuity (per-agent caps, distinct-agent counts) the collector relies on, which is why it
+/// counts agents and caps them per UTC day.
 pub fn rotate_if_due(path: &Path, period: Duration, now: SystemTime) -> Result<Option<SigningKey>> {
-    if key_age(path, now)? < period {
+    let made = now
+        .checked_sub(key_age(path, now)?)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    if rotation_slot(made, period) == rotation_slot(now, period) {
         return Ok(None);
     }
     create_key(path, true).map(Some)
@@ -64,8 +81,8 @@ pub fn rotate_as_configured(
     };
     tracing::info!(
         key = %hex::encode(new.verifying_key().to_bytes()),
-        "signing key rotated (older than rotate_key_every); reports from now on cannot be \
-         linked to earlier ones"
+        "signing key rotated (a new rotate_key_every period began); reports from now on cannot \
+         be linked to earlier ones"
     );
     state.update(|s| s.key_rotated_at = Some(chrono::Utc::now()));
     Ok(Some(new))
@@ -125,18 +142,27 @@ mod tests {
     }
 
     #[test]
-    fn an_old_key_is_replaced_atomically_and_stays_private() {
+    fn a_key_is_replaced_when_its_period_turns_atomically_and_stays_private() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.key");
         let old = create_key(&path, false).unwrap();
         let day = Duration::from_secs(86_400);
-        let now = SystemTime::now();
-        // Younger than the period: kept.
-        assert!(rotate_if_due(&path, 30 * day, now).unwrap().is_none());
+        let at = |s: &str| SystemTime::from(chrono::DateTime::parse_from_rfc3339(s).unwrap());
+        // Made a minute before midnight UTC.
+        fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(at("2026-03-01T23:59:00Z"))
+            .unwrap();
+        // Still the same UTC day: kept.
+        let kept = rotate_if_due(&path, day, at("2026-03-01T23:59:59Z")).unwrap();
+        assert!(kept.is_none());
         assert_eq!(load_key(&path).unwrap().to_bytes(), old.to_bytes());
-        // 31 days later: replaced.
-        let later = now + 31 * day;
-        let new = rotate_if_due(&path, 30 * day, later).unwrap().unwrap();
+        // One second after midnight (the key is only 61 s old): the day turned, replaced.
+        let new = rotate_if_due(&path, day, at("2026-03-02T00:00:01Z"))
+            .unwrap()
+            .unwrap();
         assert_ne!(new.to_bytes(), old.to_bytes());
         assert_eq!(load_key(&path).unwrap().to_bytes(), new.to_bytes());
         assert_eq!(
@@ -149,8 +175,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("agent.key")]);
-        // The new key's age starts again.
-        assert!(key_age(&path, SystemTime::now()).unwrap() < day);
-        assert!(rotate_if_due(&path, 30 * day, now + day).unwrap().is_none());
+        // The new key belongs to the period it was made in.
+        let made = SystemTime::now() - key_age(&path, SystemTime::now()).unwrap();
+        assert!(rotate_if_due(&path, day, made).unwrap().is_none());
+        // Hour periods turn at the full hour, 30-day ones on the epoch's 30-day grid.
+        let hour = Duration::from_secs(3600);
+        assert_eq!(
+            rotation_slot(at("2026-03-01T10:59:59Z"), hour) + 1,
+            rotation_slot(at("2026-03-01T11:00:00Z"), hour)
+        );
+        assert_eq!(
+            rotation_slot(at("2026-03-01T00:00:00Z"), 30 * day),
+            rotation_slot(at("2026-03-01T23:00:00Z"), 30 * day)
+        );
     }
 }

@@ -51,11 +51,13 @@ Before you run a callwatch agent, know what it does and who sees what:
     collector. Your network operator (or anyone watching your traffic) can see that this
     machine does so, and where calls are restricted that may draw attention.
   - Each report says which platform was tested, the call quality measured and the hour of the
-    test, signed with a key made here. It carries no name, hostname or local address.
+    test, signed with a key made here and replaced every day (rotate_key_every). It carries
+    no name, hostname or local address.
   - The collector's operator sees the address you upload from (used to look up your country
     and network, then not kept) and every report.
   - The public sees figures by country, network and platform, only where enough volunteers
-    stand behind them, and the signed reports with their signing key.
+    stand behind them, and the reports without key or signature, to the hour. Researchers the
+    operator trusts with a token also see each report's signature and its day's key.
   - Measuring censorship can be risky where you are. If in doubt, do not run it.";
 
 pub fn run(args: Args) -> Result<ExitCode> {
