@@ -141,14 +141,24 @@ pub enum Arrival {
 
 /// Path tokens on the collector's side ([`callwatch_proto::pathtoken`]): the carry-out secret
 /// opens them, and the network prefix they hold is kept only as a tag — the first 8 bytes of
-/// HMAC-SHA-256 under a key made at random for each UTC day of ingest, held in memory only and
-/// replaced (destroyed) when the day turns or the collector restarts. Reports of one day from
-/// one prefix share a tag, so prefixes can be counted (Sybil accounting); after the day no one,
-/// the operator included, can tell which prefix a tag stood for.
+/// HMAC-SHA-256 under a key made at random for the UTC day the report's test *started*, held in
+/// memory only and destroyed [`TAG_KEY_DAYS`] days after that day (or when the collector
+/// restarts). Reports of one day from one prefix share a tag whenever they arrive within that
+/// window, so a day cell's prefixes can be counted (Sybil accounting): one prefix cannot pass for
+/// several by uploading a day's reports over several days. Reports that arrive later all get
+/// [`LATE_TAG`]: in a day cell they count as one prefix together and share one prefix's cap.
+/// After the window no one, the operator included, can tell which prefix a tag stood for.
 pub struct PathTokens {
     secret: CarrySecret,
-    day_key: Mutex<(i64, [u8; 32])>,
+    day_keys: Mutex<BTreeMap<i64, [u8; 32]>>,
 }
+
+/// How many days after a test's UTC day its prefix can still be tagged, and the day's key lives:
+/// an agent that uploads every cycle is well inside it, one back after a long outage is not.
+pub const TAG_KEY_DAYS: i64 = 2;
+
+/// The tag of every report whose test started more than [`TAG_KEY_DAYS`] days before it arrived.
+pub const LATE_TAG: [u8; 8] = [0; 8];
 
 impl std::fmt::Debug for PathTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,20 +170,27 @@ impl PathTokens {
     pub fn new(secret: CarrySecret) -> Self {
         PathTokens {
             secret,
-            day_key: Mutex::new((i64::MIN, [0; 32])),
+            day_keys: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// The tag of `prefix` under the key of `now`'s UTC day.
-    pub fn tag(&self, prefix: NetPrefix, now: DateTime<Utc>) -> [u8; 8] {
+    /// The tag of `prefix` for a test that started at `started`, arriving at `now`: under the
+    /// key of the test's UTC day, or [`LATE_TAG`] if that day's key is gone. Keys of days more
+    /// than [`TAG_KEY_DAYS`] before `now`'s are destroyed here.
+    pub fn tag(&self, prefix: NetPrefix, started: DateTime<Utc>, now: DateTime<Utc>) -> [u8; 8] {
         use hmac::{Hmac, Mac};
-        let day = now.timestamp().div_euclid(86_400);
+        let today = now.timestamp().div_euclid(86_400);
+        // A test may start a little ahead of the collector's clock (ingest defers more than a
+        // few minutes): at most tomorrow.
+        let day = started.timestamp().div_euclid(86_400).min(today + 1);
         let key = {
-            let mut k = self.day_key.lock().unwrap_or_else(|e| e.into_inner());
-            if k.0 != day {
-                *k = (day, rand::random());
+            let mut keys = self.day_keys.lock().unwrap_or_else(|e| e.into_inner());
+            // Destroyed, not kept: `retain` drops (and so forgets) every older key.
+            keys.retain(|d, _| *d >= today - TAG_KEY_DAYS);
+            if day < today - TAG_KEY_DAYS {
+                return LATE_TAG;
             }
-            k.1
+            *keys.entry(day).or_insert_with(rand::random)
         };
         let mut tag = [0u8; 8];
         // HMAC takes a key of any length: a 32-byte one cannot be refused.
@@ -244,7 +261,7 @@ impl Filer {
         };
         if let (Some(paths), Some((p, from))) = (&self.paths, prefix) {
             filing.prefix_from = from;
-            filing.prefix_tag = Some(hex::encode(paths.tag(p, now)));
+            filing.prefix_tag = Some(hex::encode(paths.tag(p, report.started_at, now)));
         }
         (region, filing)
     }
@@ -335,6 +352,30 @@ mod tests {
         let mut r = report.clone();
         r.attestation = RegionAttestation::from_signed(&claim, &id, &sig);
         r
+    }
+
+    /// One prefix has one tag per test day however late (within the window) its reports
+    /// arrive; another prefix, or another day, another tag; past the window every report shares
+    /// the late tag, and the old day's key is gone for good.
+    #[test]
+    fn a_prefix_has_one_tag_per_test_day_whenever_it_arrives() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().to_utc();
+        let paths = PathTokens::new(CarrySecret::from_bytes([9; 32]));
+        let a = NetPrefix::V4([198, 51, 100]);
+        let b = NetPrefix::V4([203, 0, 113]);
+        let monday = t("2026-03-02T10:00:00Z");
+        let same_day = paths.tag(a, monday, t("2026-03-02T11:00:00Z"));
+        assert_eq!(paths.tag(a, monday, t("2026-03-03T09:00:00Z")), same_day);
+        assert_eq!(paths.tag(a, monday, t("2026-03-04T23:59:00Z")), same_day);
+        assert_ne!(paths.tag(b, monday, t("2026-03-02T11:00:00Z")), same_day);
+        let tuesday = t("2026-03-03T10:00:00Z");
+        assert_ne!(paths.tag(a, tuesday, t("2026-03-03T11:00:00Z")), same_day);
+        // Three days after Monday its key is destroyed: late reports share one tag, whatever
+        // their prefix.
+        assert_eq!(paths.tag(a, monday, t("2026-03-05T00:00:00Z")), LATE_TAG);
+        assert_eq!(paths.tag(b, monday, t("2026-03-05T00:00:00Z")), LATE_TAG);
+        let keys = paths.day_keys.lock().unwrap();
+        assert!(!keys.contains_key(&monday.timestamp().div_euclid(86_400)));
     }
 
     #[test]
