@@ -14,6 +14,7 @@ use crate::geo::{Geo, Region};
 use crate::store::{InsertOutcome, ReportStore};
 use anyhow::{Context, Result};
 use callwatch_proto::carry::CarryKey;
+use callwatch_proto::pathtoken::NetPrefix;
 use callwatch_proto::upload::{
     decode_frame_body, encode_frame, error_code, frame_len, QueuedReport, ReportStatus, Request,
     Response, MAX_BATCH, QUIC_SERVER_ALPNS,
@@ -22,7 +23,7 @@ use callwatch_proto::VerifyError;
 use chrono::Utc;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -111,28 +112,35 @@ pub const QUIC_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a TCP connection may sit idle between requests (QUIC's idle timeout is the same).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Ingest rate limits. Generous by default: an agent back from a week offline uploads a few
-/// hundred queued reports at once, and many volunteers can share one carrier-grade NAT address.
+/// Ingest rate limits, keyed by the sender's network prefix (IPv4 /24, IPv6 /48: what one
+/// subscriber or one small hoster commands, so a /64 full of fresh addresses is one sender) and
+/// by agent key. Generous by default: an agent back from a week offline uploads a few hundred
+/// queued reports at once, and many volunteers can share one carrier-grade NAT prefix.
 /// A refused batch gets `BUSY` with the reason; the agent keeps it and retries with backoff.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RateLimits {
-    /// Upload requests (batches) one source address may burst.
-    pub batches_per_address_burst: f64,
-    /// Sustained upload requests per second per source address.
-    pub batches_per_address_per_sec: f64,
+    /// Upload requests (batches) one source prefix may burst.
+    pub batches_per_prefix_burst: f64,
+    /// Sustained upload requests per second per source prefix.
+    pub batches_per_prefix_per_sec: f64,
     /// New reports one agent key may burst.
     pub reports_per_key_burst: f64,
     /// Sustained new reports per second per agent key.
     pub reports_per_key_per_sec: f64,
+    /// Distinct agent keys whose reports one source prefix may upload per UTC day (agents
+    /// rotate their key daily, so this bounds the volunteers one prefix can pass for). Reports
+    /// of further keys are deferred: the agent keeps them and sends them again the next day.
+    pub keys_per_prefix_per_day: usize,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
         RateLimits {
-            batches_per_address_burst: 200.0,
-            batches_per_address_per_sec: 20.0,
+            batches_per_prefix_burst: 200.0,
+            batches_per_prefix_per_sec: 20.0,
             reports_per_key_burst: 2000.0,
             reports_per_key_per_sec: 1.0,
+            keys_per_prefix_per_day: 256,
         }
     }
 }
@@ -141,10 +149,11 @@ impl RateLimits {
     /// No limits (load tools, tests about something else).
     pub fn unlimited() -> Self {
         RateLimits {
-            batches_per_address_burst: f64::INFINITY,
-            batches_per_address_per_sec: f64::INFINITY,
+            batches_per_prefix_burst: f64::INFINITY,
+            batches_per_prefix_per_sec: f64::INFINITY,
             reports_per_key_burst: f64::INFINITY,
             reports_per_key_per_sec: f64::INFINITY,
+            keys_per_prefix_per_day: usize::MAX,
         }
     }
 }
@@ -155,27 +164,43 @@ struct Bucket {
     at: std::time::Instant,
 }
 
-/// Rejected or duplicate reports in a batch that cost the sending address one extra upload
+/// Rejected or duplicate reports in a batch that cost the sending prefix one extra upload
 /// token.
 pub const REJECTS_PER_TOKEN: f64 = 8.0;
 
-/// Token buckets per source address and per agent key, in memory only (addresses are never
-/// stored or logged). Bounded: when a map grows past [`Limiter::MAX_ENTRIES`], buckets that have
-/// refilled completely (indistinguishable from new ones) are forgotten.
+/// The distinct keys each source prefix uploaded for, this UTC day (in memory only; a restart
+/// starts the count again).
+#[derive(Default)]
+struct KeysToday {
+    day: i64,
+    by_prefix: HashMap<NetPrefix, HashSet<[u8; 8]>>,
+    /// Keys held over all prefixes, bounded by [`Limiter::MAX_KEYS_TODAY`].
+    total: usize,
+}
+
+/// Token buckets per source prefix and per agent key, and the keys each prefix uploaded for
+/// today, in memory only (addresses and prefixes are never stored or logged). Bounded: when a
+/// bucket map grows past [`Limiter::MAX_ENTRIES`], buckets that have refilled completely
+/// (indistinguishable from new ones) are forgotten.
 pub struct Limiter {
     limits: RateLimits,
-    by_address: Mutex<HashMap<IpAddr, Bucket>>,
+    by_prefix: Mutex<HashMap<NetPrefix, Bucket>>,
     by_key: Mutex<HashMap<[u8; 32], Bucket>>,
+    keys_today: Mutex<KeysToday>,
 }
 
 impl Limiter {
     pub const MAX_ENTRIES: usize = 100_000;
+    /// Keys remembered for today over all prefixes (about 50 MB at most); past it, reports of
+    /// keys not yet seen today are deferred until the day turns.
+    pub const MAX_KEYS_TODAY: usize = 1_000_000;
 
     pub fn new(limits: RateLimits) -> Self {
         Limiter {
             limits,
-            by_address: Mutex::new(HashMap::new()),
+            by_prefix: Mutex::new(HashMap::new()),
             by_key: Mutex::new(HashMap::new()),
+            keys_today: Mutex::new(KeysToday::default()),
         }
     }
 
@@ -199,39 +224,80 @@ impl Limiter {
         b
     }
 
-    /// Takes one batch token for `ip`; `Err` with the reason when it has none.
+    /// Takes one batch token for `ip`'s prefix; `Err` with the reason when it has none.
     pub fn admit_batch(&self, ip: IpAddr) -> Result<(), String> {
         let l = self.limits;
-        if l.batches_per_address_burst.is_infinite() {
+        if l.batches_per_prefix_burst.is_infinite() {
             return Ok(());
         }
-        let mut m = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self.by_prefix.lock().unwrap_or_else(|e| e.into_inner());
         let b = Self::refill(
             &mut m,
-            ip,
-            l.batches_per_address_burst,
-            l.batches_per_address_per_sec,
+            NetPrefix::of(ip),
+            l.batches_per_prefix_burst,
+            l.batches_per_prefix_per_sec,
             std::time::Instant::now(),
         );
         if b.tokens < 1.0 {
             return Err(format!(
-                "rate limited: more than {} uploads/s from this address; retry later",
-                l.batches_per_address_per_sec
+                "rate limited: more than {} uploads/s from this network (/24 or /48); retry \
+                 later",
+                l.batches_per_prefix_per_sec
             ));
         }
         b.tokens -= 1.0;
         Ok(())
     }
 
-    /// Takes `tokens` more from `ip`'s bucket (it may go below zero: the address then waits).
+    /// Takes `tokens` more from `ip`'s prefix's bucket (it may go below zero: the prefix then
+    /// waits).
     pub fn penalize_address(&self, ip: IpAddr, tokens: f64) {
-        if self.limits.batches_per_address_burst.is_infinite() || tokens <= 0.0 {
+        if self.limits.batches_per_prefix_burst.is_infinite() || tokens <= 0.0 {
             return;
         }
-        let mut m = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = m.get_mut(&ip) {
+        let mut m = self.by_prefix.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = m.get_mut(&NetPrefix::of(ip)) {
             b.tokens -= tokens;
         }
+    }
+
+    /// Whether reports signed by `key` may be stored from `prefix` on `now`'s UTC day: yes if
+    /// the prefix uploaded for this key today already, or has room for another key (which is
+    /// then counted); `Err` with the reason, for a deferral, when it has none.
+    pub fn key_from_prefix(
+        &self,
+        prefix: NetPrefix,
+        key: &[u8; 32],
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), String> {
+        let max = self.limits.keys_per_prefix_per_day;
+        if max == usize::MAX {
+            return Ok(());
+        }
+        let day = now.timestamp().div_euclid(86_400);
+        let mut t = self.keys_today.lock().unwrap_or_else(|e| e.into_inner());
+        if t.day != day {
+            *t = KeysToday {
+                day,
+                ..KeysToday::default()
+            };
+        }
+        let mut short = [0u8; 8];
+        short.copy_from_slice(&key[..8]);
+        let full = t.total >= Self::MAX_KEYS_TODAY;
+        let keys = t.by_prefix.entry(prefix).or_default();
+        if keys.contains(&short) {
+            return Ok(());
+        }
+        if keys.len() >= max || full {
+            return Err(format!(
+                "this network (/24 or /48) already uploaded for {max} agent keys today, the \
+                 most one network may; the report is kept and sent again after 00:00 UTC"
+            ));
+        }
+        keys.insert(short);
+        t.total += 1;
+        Ok(())
     }
 
     /// Whether `key` may store more reports now (it has at least one token left).
@@ -270,13 +336,29 @@ impl Limiter {
     }
 }
 
-/// Open connections per source address. Held in memory only while the connections are open;
+/// Open connections per source address (an IPv6 /64 counts as one, [`subscriber`]). Held in
+/// memory only while the connections are open;
 /// never stored or logged.
 #[derive(Default)]
 struct PerIp(Mutex<HashMap<IpAddr, usize>>);
 
+/// The address a connection limit counts: an IPv4 address, or an IPv6 address's /64 (one
+/// subscriber's link gets a whole /64, so each of its addresses is not another sender).
+pub fn subscriber(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
+}
+
 impl PerIp {
     fn try_take(&self, ip: IpAddr, max: usize) -> bool {
+        let ip = subscriber(ip);
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = m.entry(ip).or_default();
         if *n >= max {
@@ -286,6 +368,7 @@ impl PerIp {
         true
     }
     fn give_back(&self, ip: IpAddr) {
+        let ip = subscriber(ip);
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(&ip) {
             *n -= 1;
@@ -670,7 +753,7 @@ async fn answer_request<R: AsyncRead + Unpin>(
         Ok(len) => len,
     };
     if let Err(reason) = peer.limiter.admit_batch(peer.ip) {
-        stats.reject("rate_limited_address");
+        stats.reject("rate_limited_network");
         return Ok(Answer {
             response: Response::Error {
                 code: error_code::BUSY,
@@ -874,6 +957,23 @@ pub async fn process_batch_attested(
             }
         }
     }
+    // Keys per prefix and day: a report whose key the sending network has no room for today is
+    // deferred (the agent keeps it), the rest of the batch goes on.
+    if let crate::attest::Arrival::Upload(_, prefix) = &arrival {
+        let mut kept = Vec::with_capacity(to_store.len());
+        let mut pending = to_store.into_iter();
+        for slot in statuses.iter_mut().filter(|s| s.is_none()) {
+            let Some(v) = pending.next() else { break };
+            match limiter.key_from_prefix(*prefix, &v.key.agent, now) {
+                Ok(()) => kept.push(v),
+                Err(reason) => {
+                    stats.reject("keys_per_prefix");
+                    *slot = Some(ReportStatus::Deferred { reason });
+                }
+            }
+        }
+        to_store = kept;
+    }
     // Per-key limit: a key with no room left defers the whole batch (nothing stored, the agent
     // retries later). Only newly stored reports are charged, so replaying someone's reports
     // (duplicates) cannot use up their allowance.
@@ -941,6 +1041,23 @@ pub async fn process_batch_attested(
 mod tests {
     use super::clock_ahead;
     use chrono::{Duration, TimeZone, Utc};
+
+    /// Connection slots count an IPv6 /64 as one sender (each of its 2^64 addresses is not a
+    /// new one), IPv4 addresses one by one, and IPv4-mapped IPv6 as IPv4.
+    #[test]
+    fn a_v6_64_is_one_subscriber() {
+        use super::subscriber;
+        use std::net::IpAddr;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(subscriber(ip("2001:db8:1:2:aaaa::1")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            subscriber(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")),
+            ip("2001:db8:1:2::")
+        );
+        assert_ne!(subscriber(ip("2001:db8:1:3::1")), ip("2001:db8:1:2::"));
+        assert_eq!(subscriber(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(subscriber(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+    }
 
     #[test]
     fn a_clock_ahead_is_said_in_units_a_volunteer_reads() {

@@ -304,17 +304,18 @@ async fn idle_connections_from_one_source_are_capped_and_honest_agents_still_upl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limits_per_key_and_per_address_defer_with_a_reason_and_replays_cannot_drain_a_key() {
+async fn rate_limits_per_key_and_per_network_defer_with_a_reason_and_replays_cannot_drain_a_key() {
     let root = tempfile::tempdir().unwrap();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let mut cfg = ServeConfig::new(root.path().join("collector"));
     (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
     // Tight limits that do not refill within the test.
     cfg.rate_limits = callwatch_collector::ingest::RateLimits {
-        batches_per_address_burst: 6.0,
-        batches_per_address_per_sec: 1e-6,
+        batches_per_prefix_burst: 6.0,
+        batches_per_prefix_per_sec: 1e-6,
         reports_per_key_burst: 10.0,
         reports_per_key_per_sec: 1e-6,
+        ..Default::default()
     };
     let c = serve(cfg).await.unwrap();
     let base = sample(&c).await;
@@ -330,7 +331,7 @@ async fn rate_limits_per_key_and_per_address_defer_with_a_reason_and_replays_can
 
     // Key A stores its allowance of 10, then the 11th new report is deferred, not rejected.
     let a = SigningKey::from_bytes(&[21; 32]);
-    let (_ea, conn_a) = connect(&c, "127.0.0.2").await.unwrap();
+    let (_ea, conn_a) = connect(&c, "127.0.2.1").await.unwrap();
     let first: Vec<_> = (0..10).map(|i| signed(&a, i)).collect();
     assert!(matches!(
         exchange(&conn_a, first).await.unwrap(),
@@ -343,12 +344,12 @@ async fn rate_limits_per_key_and_per_address_defer_with_a_reason_and_replays_can
     // Someone replaying key B's stored report from elsewhere cannot use up B's allowance:
     // duplicates are not charged.
     let b = SigningKey::from_bytes(&[22; 32]);
-    let (_eb, conn_b) = connect(&c, "127.0.0.3").await.unwrap();
+    let (_eb, conn_b) = connect(&c, "127.0.3.1").await.unwrap();
     assert!(matches!(
         exchange(&conn_b, vec![signed(&b, 0)]).await.unwrap(),
         Response::Ack { .. }
     ));
-    let (_em, conn_m) = connect(&c, "127.0.0.4").await.unwrap();
+    let (_em, conn_m) = connect(&c, "127.0.4.1").await.unwrap();
     for _ in 0..5 {
         let Response::Ack { statuses } = exchange(&conn_m, vec![signed(&b, 0)]).await.unwrap()
         else {
@@ -359,10 +360,12 @@ async fn rate_limits_per_key_and_per_address_defer_with_a_reason_and_replays_can
             vec![callwatch_proto::upload::ReportStatus::Duplicate]
         );
     }
-    // The replaying address pays instead: each request costs a token and each duplicate 1/8
-    // more, so 5 requests used 5.625 of its 6 and the next is deferred for the address.
-    let reason = busy(exchange(&conn_m, vec![signed(&b, 0)]).await.unwrap());
-    assert!(reason.contains("address"), "{reason}");
+    // The replaying network pays instead (buckets are per /24): each request costs a token and
+    // each duplicate 1/8 more, so 5 requests used 5.625 of its 6 and the next is deferred for
+    // the network, from any of its addresses.
+    let (_em2, conn_m2) = connect(&c, "127.0.4.99").await.unwrap();
+    let reason = busy(exchange(&conn_m2, vec![signed(&b, 0)]).await.unwrap());
+    assert!(reason.contains("from this network"), "{reason}");
     // B still has room for 9 more new reports.
     let more: Vec<_> = (1..10).map(|i| signed(&b, i)).collect();
     let Response::Ack { statuses } = exchange(&conn_b, more).await.unwrap() else {
@@ -375,7 +378,7 @@ async fn rate_limits_per_key_and_per_address_defer_with_a_reason_and_replays_can
 
     let rejected = c.ingest.stats.rejected();
     assert_eq!(rejected.get("rate_limited_key"), Some(&1));
-    assert_eq!(rejected.get("rate_limited_address"), Some(&1));
+    assert_eq!(rejected.get("rate_limited_network"), Some(&1));
     let (_, metrics) = callwatch_tests::http::get(c.http_addr, "/metrics")
         .await
         .unwrap();
@@ -400,10 +403,11 @@ async fn a_batch_deferred_as_busy_stays_queued_and_arrives_later_once() {
         cfg
     };
     let tight = callwatch_collector::ingest::RateLimits {
-        batches_per_address_burst: 100.0,
-        batches_per_address_per_sec: 1e-6,
+        batches_per_prefix_burst: 100.0,
+        batches_per_prefix_per_sec: 1e-6,
         reports_per_key_burst: 1.0,
         reports_per_key_per_sec: 1e-6,
+        ..Default::default()
     };
     let c = serve(config("tight", tight)).await.unwrap();
     let base = sample(&c).await;
@@ -640,5 +644,70 @@ async fn a_validated_handshake_that_stalls_gives_its_slot_back_after_the_timeout
     up.abort();
     down.abort();
     ep.close(0u32.into(), b"");
+    c.shutdown().await;
+}
+
+/// One network cannot pass for many volunteers by minting keys: a prefix (/24 here) uploads for
+/// at most `keys_per_prefix_per_day` distinct keys a day; the next key's reports are deferred
+/// (kept by the agent, with the reason), a key already counted today goes on, and another prefix
+/// — 127.0.9.0/24 against 127.0.8.0/24 — has its own room. Fresh addresses in the same /24 do
+/// not help.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_uploads_for_a_bounded_number_of_keys_a_day() {
+    let root = tempfile::tempdir().unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut cfg = ServeConfig::new(root.path().join("collector"));
+    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+    cfg.rate_limits.keys_per_prefix_per_day = 3;
+    let c = serve(cfg).await.unwrap();
+    let base = sample(&c).await;
+    let signed = |key: u8, id: u8| {
+        let mut r = base.clone();
+        r.id = ReportId([id; 16]);
+        SignedReport::sign(&r, &SigningKey::from_bytes(&[key; 32])).unwrap()
+    };
+    let statuses = |from: &'static str, reports: Vec<SignedReport>| {
+        let c = &c;
+        async move {
+            let (_ep, conn) = connect(c, from).await.unwrap();
+            match exchange(&conn, reports).await.unwrap() {
+                Response::Ack { statuses } => statuses,
+                other => panic!("expected an ack, got {other:?}"),
+            }
+        }
+    };
+    // Three keys from one address, a fourth and fifth from other addresses of the same /24.
+    let first = statuses("127.0.8.1", vec![signed(1, 1), signed(2, 2), signed(3, 3)]).await;
+    assert!(
+        first.iter().all(|s| matches!(s, ReportStatus::Accepted)),
+        "{first:?}"
+    );
+    let more = statuses("127.0.8.2", vec![signed(4, 4), signed(1, 5)]).await;
+    let ReportStatus::Deferred { reason } = &more[0] else {
+        panic!("a fourth key from the /24 is deferred: {more:?}")
+    };
+    assert!(
+        reason.contains("already uploaded for 3 agent keys today")
+            && reason.contains("kept and sent again after 00:00 UTC"),
+        "{reason}"
+    );
+    assert!(more[0].keeps_report());
+    assert!(
+        matches!(more[1], ReportStatus::Accepted),
+        "key 1 was counted today: {more:?}"
+    );
+    let again = statuses("127.0.8.200", vec![signed(5, 6)]).await;
+    assert!(
+        matches!(again[0], ReportStatus::Deferred { .. }),
+        "{again:?}"
+    );
+    // Another /24 has its own room.
+    let other = statuses("127.0.9.1", vec![signed(4, 7), signed(5, 8)]).await;
+    assert!(
+        other.iter().all(|s| matches!(s, ReportStatus::Accepted)),
+        "{other:?}"
+    );
+    assert_eq!(c.ingest.stats.rejected().get("keys_per_prefix"), Some(&2));
+    assert_eq!(c.store.len(), 6, "exactly the accepted reports are stored");
     c.shutdown().await;
 }

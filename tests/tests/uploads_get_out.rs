@@ -207,7 +207,7 @@ async fn a_refusal_over_quic_is_not_a_reason_to_fall_back() {
     let mut sc = open_collector_config(root.path(), "127.0.0.1:0".parse().unwrap());
     sc.tcp = Some("127.0.0.1:0".parse().unwrap());
     // No upload tokens at all: every request is refused (BUSY) by the collector itself.
-    sc.rate_limits.batches_per_address_burst = 0.0;
+    sc.rate_limits.batches_per_prefix_burst = 0.0;
     let c = serve(sc).await.unwrap();
     let queue = Queue::open(&root.path().join("queue")).unwrap();
     for r in signed_reports(2, &[]) {
