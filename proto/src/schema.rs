@@ -23,7 +23,28 @@
 //! schema has none (serde would read a struct from an array, an enum from an object).
 
 use crate::report::MAX_STREAMS;
-use crate::sign::VerifyError;
+
+/// Why a body breaks the schema ([`crate::sign::VerifyError`] has a variant for each, so ingest
+/// counts them under the same labels).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SchemaError {
+    /// Not of the shape the schema gives (an object where a string is due, …).
+    Malformed(String),
+    /// A key the schema does not define, with its path (`streams[0].hostname`).
+    UnknownField(String),
+    /// A string over its limit.
+    TooLong {
+        field: String,
+        len: usize,
+        max: usize,
+    },
+    /// An array over its limit.
+    TooMany {
+        field: String,
+        count: usize,
+        max: usize,
+    },
+}
 use serde_json::{Map, Value};
 
 /// Longest `agent_version`: the agent writes `callwatch-agent/<semver>` (21 bytes for 0.1.0).
@@ -214,11 +235,11 @@ pub const REPORT: &[Field] = &[
 /// Checks a parsed report body against the keys and sizes of `schema` (a version this release
 /// knows; newer ones are deferred before this, older unknown ones refused after): the first
 /// problem, naming its path.
-pub fn check(body: &Value, schema: u32) -> Result<(), VerifyError> {
+pub fn check(body: &Value, schema: u32) -> Result<(), SchemaError> {
     let mut path = String::new();
     match body {
         Value::Object(map) => check_object(map, REPORT, schema, &mut path),
-        _ => Err(VerifyError::Malformed(
+        _ => Err(SchemaError::Malformed(
             "a report body is a JSON object".into(),
         )),
     }
@@ -245,7 +266,7 @@ fn check_object(
     fields: &'static [Field],
     schema: u32,
     path: &mut String,
-) -> Result<(), VerifyError> {
+) -> Result<(), SchemaError> {
     for (key, value) in map {
         let at = path.len();
         if !path.is_empty() {
@@ -256,7 +277,7 @@ fn check_object(
             .find(|f| f.name == key.as_str() && f.since <= schema)
         else {
             path.push_str(&shown(key));
-            return Err(VerifyError::UnknownField(std::mem::take(path)));
+            return Err(SchemaError::UnknownField(std::mem::take(path)));
         };
         path.push_str(field.name);
         check_value(value, &field.shape, schema, path)?;
@@ -270,9 +291,9 @@ fn check_value(
     shape: &'static Shape,
     schema: u32,
     path: &mut String,
-) -> Result<(), VerifyError> {
+) -> Result<(), SchemaError> {
     let wrong = |path: &mut String, what: &str| {
-        Err(VerifyError::Malformed(format!(
+        Err(SchemaError::Malformed(format!(
             "{}: expected {what}",
             std::mem::take(path)
         )))
@@ -283,7 +304,7 @@ fn check_value(
         (Shape::Object(_), _) => wrong(path, "an object"),
         (Shape::Array(max, item), Value::Array(items)) => {
             if items.len() > *max {
-                return Err(VerifyError::TooMany {
+                return Err(SchemaError::TooMany {
                     field: std::mem::take(path),
                     count: items.len(),
                     max: *max,
@@ -304,7 +325,7 @@ fn check_value(
                 _ => MAX_NAME_LEN,
             };
             if s.len() > max {
-                return Err(VerifyError::TooLong {
+                return Err(SchemaError::TooLong {
                     field: std::mem::take(path),
                     len: s.len(),
                     max,
@@ -504,7 +525,7 @@ pub(crate) mod tests {
             edit(&mut v);
             check(&v, SCHEMA_VERSION)
         };
-        let unknown = |p: &str| Err(VerifyError::UnknownField(p.into()));
+        let unknown = |p: &str| Err(SchemaError::UnknownField(p.into()));
         assert_eq!(
             with(&|v| v["hostname"] = "pc-1".into()),
             unknown("hostname")
@@ -532,7 +553,7 @@ pub(crate) mod tests {
         );
         // An odd key is shown escaped and cut short.
         let long = "<script>".repeat(100);
-        let Err(VerifyError::UnknownField(shown)) = with(&|v| v[long.as_str()] = 1.into()) else {
+        let Err(SchemaError::UnknownField(shown)) = with(&|v| v[long.as_str()] = 1.into()) else {
             panic!("not refused")
         };
         assert!(
@@ -547,7 +568,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             with(&|v| v["verdict_detail"]["reason"] = long_text(MAX_SENTENCE_LEN + 1)),
-            Err(VerifyError::TooLong {
+            Err(SchemaError::TooLong {
                 field: "verdict_detail.reason".into(),
                 len: MAX_SENTENCE_LEN + 1,
                 max: MAX_SENTENCE_LEN
@@ -555,16 +576,16 @@ pub(crate) mod tests {
         );
         assert!(matches!(
             with(&|v| v["streams"][0]["mos_basis"] = long_text(MAX_BASIS_LEN + 1)),
-            Err(VerifyError::TooLong { field, .. }) if field == "streams[0].mos_basis"
+            Err(SchemaError::TooLong { field, .. }) if field == "streams[0].mos_basis"
         ));
         assert!(matches!(
             with(&|v| v["platform"] = long_text(MAX_NAME_LEN + 1)),
-            Err(VerifyError::TooLong { field, .. }) if field == "platform"
+            Err(SchemaError::TooLong { field, .. }) if field == "platform"
         ));
         let stream = good["streams"][0].clone();
         assert_eq!(
             with(&|v| v["streams"] = Value::Array(vec![stream.clone(); MAX_STREAMS + 1])),
-            Err(VerifyError::TooMany {
+            Err(SchemaError::TooMany {
                 field: "streams".into(),
                 count: MAX_STREAMS + 1,
                 max: MAX_STREAMS
@@ -573,15 +594,15 @@ pub(crate) mod tests {
         // Shapes serde would take for a struct or an enum: refused here.
         assert!(matches!(
             with(&|v| v["streams"][0] = serde_json::json!(["platform"])),
-            Err(VerifyError::Malformed(e)) if e.starts_with("streams[0]: expected an object")
+            Err(SchemaError::Malformed(e)) if e.starts_with("streams[0]: expected an object")
         ));
         assert!(matches!(
             with(&|v| v["platform"] = serde_json::json!({"generic": null})),
-            Err(VerifyError::Malformed(e)) if e.starts_with("platform:")
+            Err(SchemaError::Malformed(e)) if e.starts_with("platform:")
         ));
         assert!(matches!(
             check(&serde_json::json!([1]), SCHEMA_VERSION),
-            Err(VerifyError::Malformed(_))
+            Err(SchemaError::Malformed(_))
         ));
         // null stands for an absent optional anywhere.
         assert_eq!(with(&|v| v["attestation"] = Value::Null), Ok(()));
@@ -601,7 +622,7 @@ pub(crate) mod tests {
         let Value::Object(m) = &v else { unreachable!() };
         assert_eq!(
             check_object(m, LATER, 1, &mut String::new()),
-            Err(VerifyError::UnknownField("added_in_2".into()))
+            Err(SchemaError::UnknownField("added_in_2".into()))
         );
         assert_eq!(check_object(m, LATER, 2, &mut String::new()), Ok(()));
     }

@@ -74,6 +74,18 @@ pub enum VerifyError {
     NewerSchema(u32),
 }
 
+impl From<crate::schema::SchemaError> for VerifyError {
+    fn from(e: crate::schema::SchemaError) -> Self {
+        use crate::schema::SchemaError as S;
+        match e {
+            S::Malformed(m) => VerifyError::Malformed(m),
+            S::UnknownField(f) => VerifyError::UnknownField(f),
+            S::TooLong { field, len, max } => VerifyError::TooLong { field, len, max },
+            S::TooMany { field, count, max } => VerifyError::TooMany { field, count, max },
+        }
+    }
+}
+
 impl VerifyError {
     /// A short stable label for counting rejections by reason.
     pub fn label(&self) -> &'static str {
@@ -123,7 +135,7 @@ impl SignedReport {
         // The keys of the schema the report declares; a number outside what this release knows
         // (tests write them) is checked against the nearest it knows, which the struct writes.
         let schema = report.schema.clamp(OLDEST_SCHEMA, SCHEMA_VERSION);
-        crate::schema::check(&value, schema).map_err(SignError::Schema)?;
+        crate::schema::check(&value, schema).map_err(|e| SignError::Schema(e.into()))?;
         Ok(Self::sign_body(body, key))
     }
 
