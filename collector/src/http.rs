@@ -39,6 +39,8 @@ pub struct AppState {
 pub struct Jobs {
     queries: Arc<tokio::sync::Semaphore>,
     pages: Arc<tokio::sync::Semaphore>,
+    /// How long a query may take before its client is answered 503 ([`QUERY_TIME_LIMIT`]).
+    pub time_limit: std::time::Duration,
 }
 
 /// Aggregations (and overviews) computed at once.
@@ -49,6 +51,13 @@ pub const PAGE_JOBS: usize = 4;
 pub const JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// What a 503 tells the client to wait, in seconds (`Retry-After`).
 pub const RETRY_AFTER_S: u64 = 5;
+/// How long a query may run before its client is answered 503 (the read goes on to its end
+/// and holds its slot meanwhile, so an expensive query pattern throttles itself).
+pub const QUERY_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// The longest range the hour axis covers in one query: 31 days, 744 hours per other-axis value.
+pub const MAX_HOURLY_DAYS: i64 = 31;
+/// The most cells one aggregation answers; a query with more is asked to narrow.
+pub const MAX_CELLS: usize = 50_000;
 /// How long a report page waits for its client to take the next lines before it stops (and
 /// frees its slot): a client that does not read cannot hold one.
 pub const PAGE_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -58,6 +67,7 @@ impl Default for Jobs {
         Jobs {
             queries: Arc::new(tokio::sync::Semaphore::new(QUERY_JOBS)),
             pages: Arc::new(tokio::sync::Semaphore::new(PAGE_JOBS)),
+            time_limit: QUERY_TIME_LIMIT,
         }
     }
 }
@@ -74,20 +84,35 @@ impl Jobs {
     }
 
     /// Runs the store read `read` (named `what` in the log) on the blocking pool in a query
-    /// slot; a failed read or task is an internal error.
-    async fn query<T: Send + 'static>(
+    /// slot; a failed read or task is an internal error, and a read that outlasts
+    /// [`Jobs::time_limit`] is answered 503 while it runs on, holding its slot, to its end.
+    pub async fn query<T: Send + 'static>(
         &self,
         what: &str,
         read: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let slot = Jobs::slot(&self.queries, "queries").await?;
-        tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             read()
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("{what} task failed: {e}")))?
-        .map_err(|e| ApiError::internal(format!("{what}: {e}")))
+        });
+        match tokio::time::timeout(self.time_limit, task).await {
+            Err(_) => {
+                tracing::warn!(
+                    "{what} took longer than {:?}; answered 503",
+                    self.time_limit
+                );
+                Err(ApiError::too_long(self.time_limit))
+            }
+            Ok(joined) => joined
+                .map_err(|e| ApiError::internal(format!("{what} task failed: {e}")))?
+                .map_err(|e| ApiError::internal(format!("{what}: {e}"))),
+        }
+    }
+
+    /// Query slots free now (tests).
+    pub fn free_query_slots(&self) -> usize {
+        self.queries.available_permits()
     }
 }
 
@@ -204,6 +229,17 @@ impl ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: format!(
                 "busy: every slot for {what} is taken; try again in {RETRY_AFTER_S} s"
+            ),
+        }
+    }
+    /// A query that took longer than `limit`: 503, try again later or narrow it.
+    fn too_long(limit: std::time::Duration) -> Self {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "query too expensive: it took longer than {} s; narrow it (a shorter since/until \
+                 range, a country or platform filter) or try again in {RETRY_AFTER_S} s",
+                limit.as_secs_f64()
             ),
         }
     }
@@ -335,6 +371,23 @@ pub fn parse_aggregation_query(
         }
         axes.push(y);
     }
+    if axes.contains(&Axis::Hour) {
+        let hours = match (filter.since_hour(), filter.until_hour()) {
+            (Some(since), until) => {
+                let until =
+                    until.unwrap_or_else(|| chrono::Utc::now().timestamp().div_euclid(3600) + 1);
+                Some(until.saturating_sub(since))
+            }
+            (None, _) => None,
+        };
+        if hours.is_none_or(|h| h > MAX_HOURLY_DAYS * 24) {
+            return Err(ApiError::bad_request(format!(
+                "the hour axis covers at most {MAX_HOURLY_DAYS} days in one query: give since \
+                 (and until, default now) at most {MAX_HOURLY_DAYS} days apart, or use the day \
+                 axis"
+            )));
+        }
+    }
     let csv = match params.get("format").map(String::as_str) {
         None | Some("json") => false,
         Some("csv") => true,
@@ -397,6 +450,13 @@ async fn aggregation(
             store.aggregate(&axes, &filter, &policy)
         })
         .await?;
+    if cells.len() > MAX_CELLS {
+        return Err(ApiError::bad_request(format!(
+            "the query gives {} cells, more than the {MAX_CELLS} one answer holds: narrow it (a \
+             filter, a shorter range, or fewer axes)",
+            cells.len()
+        )));
+    }
     if q.csv {
         return Ok((
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
@@ -657,6 +717,79 @@ mod tests {
         let ok = |p: &[(&str, &str)]| parse_reports_query(&params(p)).ok().unwrap();
         assert_eq!(ok(&[("since", "1000"), ("limit", "5")]), (1000, 5));
         assert_eq!(ok(&[("since", "1970-01-01T00:00:01Z")]).0, 1000);
+    }
+
+    /// The hour axis answers at most MAX_HOURLY_DAYS days: an unbounded or longer range is
+    /// refused with what to do, a month is answered.
+    #[test]
+    fn the_hour_axis_covers_a_bounded_range() {
+        let q = |p: &[(&str, &str)]| parse_aggregation_query(&params(p));
+        let e = q(&[("axis_x", "hour")]).err().unwrap().message;
+        assert!(e.contains("at most 31 days") && e.contains("since"), "{e}");
+        let e = q(&[
+            ("axis_x", "hour"),
+            ("since", "2026-01-01"),
+            ("until", "2026-02-02"),
+        ])
+        .err()
+        .unwrap()
+        .message;
+        assert!(e.contains("at most 31 days"), "{e}");
+        assert!(q(&[
+            ("axis_x", "hour"),
+            ("since", "2026-01-01"),
+            ("until", "2026-02-01")
+        ])
+        .is_ok());
+        let week_ago = (chrono::Utc::now() - chrono::Duration::days(7))
+            .format("%Y-%m-%d")
+            .to_string();
+        assert!(q(&[
+            ("axis_y", "hour"),
+            ("axis_x", "country"),
+            ("since", &week_ago)
+        ])
+        .is_ok());
+        // Without the hour axis any range is fine.
+        assert!(q(&[("axis_x", "day")]).is_ok());
+    }
+
+    /// A query that outlasts the time limit is answered 503 with Retry-After while the read goes
+    /// on holding its slot, which it gives back when it ends.
+    #[tokio::test]
+    async fn a_query_over_its_time_limit_is_answered_503_and_holds_its_slot_until_it_ends() {
+        let jobs = Jobs {
+            time_limit: std::time::Duration::from_millis(50),
+            ..Jobs::default()
+        };
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let e = jobs
+            .query("slow", move || {
+                let _ = wait.recv();
+                let _ = done_tx.send(());
+                Ok(1)
+            })
+            .await
+            .err()
+            .unwrap();
+        let response = e.into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert_eq!(
+            jobs.free_query_slots(),
+            QUERY_JOBS - 1,
+            "the read holds its slot"
+        );
+        release.send(()).unwrap();
+        done.await.unwrap();
+        // Every slot comes back once the read has ended (awaited, not polled).
+        let all = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            jobs.queries.acquire_many(QUERY_JOBS as u32),
+        )
+        .await;
+        assert!(matches!(all, Ok(Ok(_))), "the slow read gave its slot back");
     }
 
     #[test]

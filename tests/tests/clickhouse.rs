@@ -145,7 +145,7 @@ const QUERIES: [&str; 10] = [
     "axis_x=country&axis_y=platform",
     "axis_x=asn",
     "axis_x=day&axis_y=arm",
-    "axis_x=hour&country=RU",
+    "axis_x=hour&country=RU&since=MONTH_AGO",
     "axis_x=platform&axis_y=arm&arm=control",
     "axis_x=country&platform=telegram&asn=12389",
     "axis_x=day&axis_y=country&since=SINCE&until=UNTIL",
@@ -159,7 +159,10 @@ fn concrete(query: &str) -> String {
     // Odd hour bounds: the cap counts whole days, the filter cuts hours.
     let since = (now - chrono::Duration::hours(4 * 24 + 7)).format("%Y-%m-%dT%H:00:00Z");
     let until = (now - chrono::Duration::hours(24 + 5)).format("%Y-%m-%dT%H:30:00Z");
+    // The hour axis answers at most 31 days in one query.
+    let month_ago = (now - chrono::Duration::days(30)).format("%Y-%m-%dT00:00:00Z");
     query
+        .replace("MONTH_AGO", &month_ago.to_string())
         .replace("SINCE", &since.to_string())
         .replace("UNTIL", &until.to_string())
 }
