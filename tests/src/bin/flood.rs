@@ -1,12 +1,20 @@
 //! callwatch-flood: honest agents upload to a collector while attackers flood it; reports the
-//! honest agents' success rate and acknowledgement latency with and without the attack, and what
-//! the collector counted for each kind of rejection. Bounded, loopback only.
+//! honest agents' success rate and acknowledgement latency with and without each attack, what
+//! the attacker achieved, and what the collector counted. Bounded, loopback only: every phase
+//! lasts `--secs`, and the attackers stop with it.
 //!
-//! Attackers (from their own loopback addresses, concurrently, as fast as they can):
-//! - `connections`: opens QUIC connections and sends nothing (held open);
-//! - `forged`: full batches of reports whose signature does not verify;
-//! - `garbage`: well-sized frames of random bytes;
-//! - `replay`: one honest agent's stored reports, again and again.
+//! Attacks (`--attack`, repeatable; default: every one, each in its own phase after a quiet one):
+//! - `mixed`: from their own loopback addresses, concurrently, as fast as they can: QUIC
+//!   connections that send nothing (held open), full batches of reports whose signature does not
+//!   verify, well-sized frames of random bytes, and one honest agent's stored reports again;
+//! - `initials`: QUIC Initials (captured from a real client) that never finish a handshake,
+//!   sent again and again from one address;
+//! - `sybil`: one network (a /24) mints a fresh key for every report and uploads as fast as it
+//!   can from 250 of its addresses, to pass for many volunteers;
+//! - `schema`: validly signed reports carrying a field no schema defines, and reports dated a day
+//!   ahead, full batches as fast as the collector answers;
+//! - `http`: 600 HTTP clients ask for every report and never read, while others repeat an
+//!   hourly aggregation over 31 days.
 
 use anyhow::Result;
 use callwatch_agent::upload::{exchange, pinned_client_config};
@@ -37,6 +45,46 @@ struct Cli {
     /// Reports per honest batch; each agent sends one batch per second.
     #[arg(long, default_value_t = 10)]
     batch: usize,
+    /// Attacks to run, each in its own phase (default: all).
+    #[arg(long, value_enum)]
+    attack: Vec<Attack>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Attack {
+    Mixed,
+    Initials,
+    Sybil,
+    Schema,
+    Http,
+}
+
+impl Attack {
+    const ALL: [Attack; 5] = [
+        Attack::Mixed,
+        Attack::Initials,
+        Attack::Sybil,
+        Attack::Schema,
+        Attack::Http,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            Attack::Mixed => "mixed",
+            Attack::Initials => "initials",
+            Attack::Sybil => "sybil",
+            Attack::Schema => "schema",
+            Attack::Http => "http",
+        }
+    }
+}
+
+/// What an attack did and achieved, by name (printed after its phase).
+type Tally = Arc<std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>>;
+
+fn add(t: &Tally, what: &'static str, n: u64) {
+    if let Ok(mut m) = t.lock() {
+        *m.entry(what).or_default() += n;
+    }
 }
 
 #[derive(Default)]
@@ -142,18 +190,19 @@ async fn honest_phase(
     Ok(stats)
 }
 
-fn summary(label: &str, s: &Honest) {
+/// Prints the phase's line (and its failures) and returns its table row.
+fn summary(label: &str, s: &Honest) -> String {
     let mut l = s.latencies.lock().map(|l| l.clone()).unwrap_or_default();
     l.sort();
     let p = |q: f64| {
         l.get(((q * l.len().saturating_sub(1) as f64).round()) as usize)
-            .map(|d| format!("{:.1}", d.as_secs_f64() * 1e3))
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1e3))
             .unwrap_or_else(|| "-".into())
     };
     let (sent, ok) = (s.sent.load(Ordering::Relaxed), s.ok.load(Ordering::Relaxed));
+    let share = 100.0 * ok as f64 / sent.max(1) as f64;
     println!(
-        "{label:<14} {sent:>8} {ok:>8} {:>9.2} % {:>9} {:>9}",
-        100.0 * ok as f64 / sent.max(1) as f64,
+        "{label:<14} {sent:>8} {ok:>8} {share:>9.2} % {:>9} {:>9}",
         p(0.5),
         p(0.99)
     );
@@ -162,22 +211,24 @@ fn summary(label: &str, s: &Honest) {
             println!("    failed {n}×: {why}");
         }
     }
+    format!(
+        "| {label} | {sent} | {ok} | {share:.2} % | {} ms | {} ms |",
+        p(0.5),
+        p(0.99)
+    )
 }
 
-async fn attack(
-    c: Arc<Collector>,
-    stop: Arc<AtomicBool>,
-    counts: Arc<[AtomicU64; 4]>,
-) -> Result<()> {
+async fn mixed(c: Arc<Collector>, stop: Arc<AtomicBool>, tally: Tally) -> Result<()> {
     let mut tasks = Vec::new();
     // Idle connections: far more than the per-address cap allows.
     {
-        let (c, stop, counts) = (c.clone(), stop.clone(), counts.clone());
+        let (c, stop, tally) = (c.clone(), stop.clone(), tally.clone());
         tasks.push(tokio::spawn(async move {
             let mut held = Vec::new();
             while !stop.load(Ordering::Relaxed) && held.len() < 500 {
-                counts[0].fetch_add(1, Ordering::Relaxed);
+                add(&tally, "connection attempts", 1);
                 if let Ok(pair) = connect(&c, "127.0.0.66".parse().expect("literal")).await {
+                    add(&tally, "connections held", 1);
                     held.push(pair);
                 } else {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -190,7 +241,7 @@ async fn attack(
     }
     // Forged, garbage and replayed uploads, each from its own address.
     for (kind, from) in [(1usize, "127.0.0.67"), (2, "127.0.0.68"), (3, "127.0.0.69")] {
-        let (c, stop, counts) = (c.clone(), stop.clone(), counts.clone());
+        let (c, stop, tally) = (c.clone(), stop.clone(), tally.clone());
         tasks.push(tokio::spawn(async move {
             let Ok((_ep, conn)) = connect(&c, from.parse().expect("literal")).await else {
                 return;
@@ -204,7 +255,11 @@ async fn attack(
             }
             let batch = vec![signed; MAX_BATCH];
             while !stop.load(Ordering::Relaxed) {
-                counts[kind].fetch_add(1, Ordering::Relaxed);
+                add(
+                    &tally,
+                    ["", "forged batches", "garbage frames", "replayed batches"][kind],
+                    1,
+                );
                 let r = if kind == 2 {
                     garbage(&conn, &mut rng).await
                 } else {
@@ -233,9 +288,229 @@ async fn garbage(conn: &quinn::Connection, rng: &mut impl Rng) -> Result<()> {
     Ok(())
 }
 
+/// QUIC Initials of `n` real connection attempts (a quinn client aimed at a socket that never
+/// answers), to be sent again from elsewhere.
+async fn captured_initials(c: &Collector, n: usize) -> Result<Vec<Vec<u8>>> {
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let sink_addr = sink.local_addr()?;
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    ep.set_default_client_config(pinned_client_config(pin(c))?);
+    let connecting: Vec<_> = (0..n)
+        .map(|_| ep.connect(sink_addr, "localhost"))
+        .collect::<Result<_, _>>()?;
+    let mut seen = std::collections::HashSet::new();
+    let mut initials = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    // Bounded: a retransmission of one attempt is read at most a few times.
+    for _ in 0..n * 4 {
+        if initials.len() == n {
+            break;
+        }
+        let len = tokio::time::timeout(Duration::from_secs(5), sink.recv(&mut buf)).await??;
+        let d = &buf[..len];
+        // Long header, type Initial (RFC 9000 §17.2.2); the destination id names the attempt.
+        if d.len() > 6 && d[0] & 0xF0 == 0xC0 {
+            let dcid_len = usize::from(d[5]);
+            if d.len() > 6 + dcid_len && seen.insert(d[6..6 + dcid_len].to_vec()) {
+                initials.push(d.to_vec());
+            }
+        }
+    }
+    drop(connecting);
+    ep.close(0u32.into(), b"");
+    Ok(initials)
+}
+
+async fn initials(c: Arc<Collector>, stop: Arc<AtomicBool>, tally: Tally) -> Result<()> {
+    let initials = captured_initials(&c, 64).await?;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.77:0").await?;
+    while !stop.load(Ordering::Relaxed) {
+        for d in &initials {
+            socket.send_to(d, c.quic_addr).await?;
+            add(&tally, "Initials sent", 1);
+        }
+        // About 6,400 Initials a second, whatever the answers.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// A report signed as `key` by hand: `sign` refuses a body the schema does not define.
+fn signed_raw(body: Vec<u8>, key: &SigningKey) -> SignedReport {
+    use ed25519_dalek::Signer;
+    let mut message = callwatch_proto::sign::CONTEXT.to_vec();
+    message.extend_from_slice(&body);
+    SignedReport {
+        signature: key.sign(&message).to_bytes().to_vec(),
+        key: key.verifying_key().to_bytes().to_vec(),
+        body,
+    }
+}
+
+async fn sybil(c: Arc<Collector>, stop: Arc<AtomicBool>, tally: Tally) -> Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(70);
+    let mut id = 90_000_000u32;
+    let mut tasks = Vec::new();
+    // Ten connections from addresses of one /24 (127.0.70.0/24).
+    for a in 0..10u8 {
+        let Ok((ep, conn)) = connect(&c, IpAddr::V4(Ipv4Addr::new(127, 0, 70, 1 + a))).await else {
+            continue;
+        };
+        let (stop, tally) = (stop.clone(), tally.clone());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rng.gen());
+        id += 1_000_000;
+        let mut id = id;
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<SignedReport> = (0..MAX_BATCH)
+                    .map(|_| {
+                        id += 1;
+                        let key = SigningKey::from_bytes(&rng.gen());
+                        let started = chrono::Utc::now() - chrono::Duration::minutes(5);
+                        let r = synthetic_report(&mut rng, id, Platform::Telegram, started, true);
+                        SignedReport::sign(&r, &key).expect("serialises")
+                    })
+                    .collect();
+                add(
+                    &tally,
+                    "reports sent (each a fresh key)",
+                    batch.len() as u64,
+                );
+                match exchange(&conn, batch).await {
+                    Ok(Response::Ack { statuses }) => {
+                        for s in statuses {
+                            match s {
+                                ReportStatus::Accepted => add(&tally, "reports stored", 1),
+                                ReportStatus::Deferred { .. } => add(&tally, "deferred", 1),
+                                _ => add(&tally, "other answers", 1),
+                            }
+                        }
+                    }
+                    Ok(_) => add(&tally, "batches refused (BUSY)", 1),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+            conn.close(0u32.into(), b"done");
+            drop(ep);
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    Ok(())
+}
+
+async fn schema(c: Arc<Collector>, stop: Arc<AtomicBool>, tally: Tally) -> Result<()> {
+    let Ok((_ep, conn)) = connect(&c, "127.0.0.80".parse()?).await else {
+        return Ok(());
+    };
+    let key = SigningKey::from_bytes(&[80; 32]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(80);
+    let mut id = 95_000_000u32;
+    while !stop.load(Ordering::Relaxed) {
+        let batch: Vec<SignedReport> = (0..MAX_BATCH)
+            .map(|i| {
+                id += 1;
+                if i % 2 == 0 {
+                    let r = synthetic_report(
+                        &mut rng,
+                        id,
+                        Platform::Whatsapp,
+                        chrono::Utc::now(),
+                        false,
+                    );
+                    let mut v = serde_json::to_value(&r).expect("a report is JSON");
+                    v["hostname"] = "volunteer-laptop.local".into();
+                    signed_raw(serde_json::to_vec(&v).expect("JSON"), &key)
+                } else {
+                    let ahead = chrono::Utc::now() + chrono::Duration::days(1);
+                    let r = synthetic_report(&mut rng, id, Platform::Whatsapp, ahead, false);
+                    SignedReport::sign(&r, &key).expect("serialises")
+                }
+            })
+            .collect();
+        add(&tally, "reports sent", batch.len() as u64);
+        match exchange(&conn, batch).await {
+            Ok(Response::Ack { statuses }) => {
+                for s in statuses {
+                    match s {
+                        ReportStatus::Accepted => add(&tally, "reports stored", 1),
+                        ReportStatus::Rejected { .. } => add(&tally, "refused", 1),
+                        ReportStatus::Deferred { .. } => add(&tally, "deferred (kept)", 1),
+                        ReportStatus::Duplicate => add(&tally, "duplicates", 1),
+                    }
+                }
+            }
+            Ok(_) => add(&tally, "batches refused (BUSY)", 1),
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+    Ok(())
+}
+
+async fn http(c: Arc<Collector>, stop: Arc<AtomicBool>, tally: Tally) -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = c.http_addr;
+    // 600 clients that ask for every report and never read.
+    let mut held = Vec::new();
+    for _ in 0..600 {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let ask = "GET /api/v1/reports?limit=100000 HTTP/1.1\r\nHost: collector\r\n\r\n";
+            if s.write_all(ask.as_bytes()).await.is_ok() {
+                add(&tally, "report pages held unread", 1);
+                held.push(s);
+            }
+        }
+    }
+    // Four clients repeating the most expensive documented query.
+    let since = (chrono::Utc::now() - chrono::Duration::days(30)).format("%Y-%m-%d");
+    let query = format!(
+        "GET /api/v1/aggregation?axis_x=hour&axis_y=country&since={since} HTTP/1.1\r\nHost: \
+         collector\r\nConnection: close\r\n\r\n"
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (stop, tally, query) = (stop.clone(), tally.clone(), query.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                    continue;
+                };
+                let mut answer = Vec::new();
+                if s.write_all(query.as_bytes()).await.is_err()
+                    || s.read_to_end(&mut answer).await.is_err()
+                {
+                    continue;
+                }
+                let status = if answer.starts_with(b"HTTP/1.1 200") {
+                    "aggregations answered 200"
+                } else if answer.starts_with(b"HTTP/1.1 503") {
+                    "aggregations answered 503"
+                } else {
+                    "aggregations answered otherwise"
+                };
+                add(&tally, status, 1);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    drop(held);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    let attacks = if cli.attack.is_empty() {
+        Attack::ALL.to_vec()
+    } else {
+        cli.attack.clone()
+    };
     let root = tempfile::tempdir()?;
     let any: SocketAddr = "127.0.0.1:0".parse()?;
     let mut cfg = ServeConfig::new(root.path().join("collector"));
@@ -249,29 +524,50 @@ async fn main() -> Result<()> {
         "{:<14} {:>8} {:>8} {:>11} {:>9} {:>9}",
         "phase", "batches", "acked", "success", "p50 ms", "p99 ms"
     );
+    let mut rows = Vec::new();
     let quiet = honest_phase(&c, cli.agents, cli.secs, cli.batch, 0).await?;
-    summary("quiet", &quiet);
-    let stop = Arc::new(AtomicBool::new(false));
-    let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
-    let attacker = tokio::spawn(attack(c.clone(), stop.clone(), counts.clone()));
-    let attacked = honest_phase(&c, cli.agents, cli.secs, cli.batch, 50_000_000).await?;
-    stop.store(true, Ordering::Relaxed);
-    attacker.await??;
-    summary("under attack", &attacked);
-    let names = [
-        "connection attempts",
-        "forged batches",
-        "garbage frames",
-        "replayed batches",
-    ];
-    for (name, n) in names.iter().zip(counts.iter()) {
-        println!("attacker {name}: {}", n.load(Ordering::Relaxed));
+    rows.push(summary("quiet", &quiet));
+    let mut achieved = Vec::new();
+    for (n, attack) in attacks.into_iter().enumerate() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally: Tally = Default::default();
+        let (c2, s2, t2) = (c.clone(), stop.clone(), tally.clone());
+        let attacker = tokio::spawn(async move {
+            match attack {
+                Attack::Mixed => mixed(c2, s2, t2).await,
+                Attack::Initials => initials(c2, s2, t2).await,
+                Attack::Sybil => sybil(c2, s2, t2).await,
+                Attack::Schema => schema(c2, s2, t2).await,
+                Attack::Http => http(c2, s2, t2).await,
+            }
+        });
+        let first_id = 1_000_000 * (n as u32 + 1);
+        let attacked = honest_phase(&c, cli.agents, cli.secs, cli.batch, first_id).await?;
+        stop.store(true, Ordering::Relaxed);
+        attacker.await??;
+        rows.push(summary(attack.name(), &attacked));
+        let what: Vec<String> = tally
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+            .unwrap_or_default();
+        println!("    attacker: {}", what.join(", "));
+        achieved.push(format!("| {} | {} |", attack.name(), what.join(", ")));
     }
     println!(
-        "collector: refused connections {}, rejected {:?}, duplicates {}",
+        "collector: refused connections {}, QUIC retries {}, rejected {:?}, duplicates {}",
         c.ingest.stats.connections_refused.load(Ordering::Relaxed),
+        c.ingest.stats.quic_retries.load(Ordering::Relaxed),
         c.ingest.stats.rejected(),
         c.ingest.stats.duplicate.load(Ordering::Relaxed)
     );
+    println!("\n| phase | honest batches | acknowledged | success | ack p50 | ack p99 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!("{r}");
+    }
+    println!("\n| attack | what the attacker sent and achieved |\n|---|---|");
+    for a in achieved {
+        println!("{a}");
+    }
     Ok(())
 }
