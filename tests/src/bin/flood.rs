@@ -91,6 +91,8 @@ fn add(t: &Tally, what: &'static str, n: u64) {
 struct Honest {
     sent: AtomicU64,
     ok: AtomicU64,
+    /// Reports in acknowledged batches (every one accepted).
+    reports_acked: AtomicU64,
     latencies: std::sync::Mutex<Vec<Duration>>,
     /// Why the others failed, by reason.
     failures: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
@@ -175,6 +177,9 @@ async fn honest_phase(
                     }
                 } else {
                     stats.ok.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .reports_acked
+                        .fetch_add(batch as u64, Ordering::Relaxed);
                     if let Ok(mut l) = stats.latencies.lock() {
                         l.push(t.elapsed());
                     }
@@ -263,7 +268,15 @@ async fn mixed(c: Arc<Collector>, stop: Arc<AtomicBool>, tally: Tally) -> Result
                 let r = if kind == 2 {
                     garbage(&conn, &mut rng).await
                 } else {
-                    exchange(&conn, batch.clone()).await.map(drop)
+                    exchange(&conn, batch.clone()).await.map(|answer| {
+                        if let Response::Ack { statuses } = answer {
+                            let stored = statuses
+                                .iter()
+                                .filter(|s| **s == ReportStatus::Accepted)
+                                .count();
+                            add(&tally, "reports stored", stored as u64);
+                        }
+                    })
                 };
                 if r.is_err() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -527,6 +540,7 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     let quiet = honest_phase(&c, cli.agents, cli.secs, cli.batch, 0).await?;
     rows.push(summary("quiet", &quiet));
+    let mut acked = quiet.reports_acked.load(Ordering::Relaxed);
     let mut achieved = Vec::new();
     for (n, attack) in attacks.into_iter().enumerate() {
         let stop = Arc::new(AtomicBool::new(false));
@@ -546,6 +560,11 @@ async fn main() -> Result<()> {
         stop.store(true, Ordering::Relaxed);
         attacker.await??;
         rows.push(summary(attack.name(), &attacked));
+        acked += attacked.reports_acked.load(Ordering::Relaxed);
+        acked += tally
+            .lock()
+            .map(|m| m.get("reports stored").copied().unwrap_or(0))
+            .unwrap_or(0);
         let what: Vec<String> = tally
             .lock()
             .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
@@ -559,6 +578,21 @@ async fn main() -> Result<()> {
         c.ingest.stats.quic_retries.load(Ordering::Relaxed),
         c.ingest.stats.rejected(),
         c.ingest.stats.duplicate.load(Ordering::Relaxed)
+    );
+    // Nothing acknowledged is lost: the store holds exactly the reports acknowledged as
+    // accepted, the honest agents' and the few the attackers got stored.
+    let stored = c.store.len() as u64;
+    println!(
+        "store: {stored} reports; acknowledged as accepted: {acked} ({})",
+        if stored == acked {
+            "nothing acknowledged lost"
+        } else {
+            "MISMATCH"
+        }
+    );
+    anyhow::ensure!(
+        stored == acked,
+        "the store holds {stored}, {acked} were acknowledged"
     );
     println!("\n| phase | honest batches | acknowledged | success | ack p50 | ack p99 |");
     println!("|---|---:|---:|---:|---:|---:|");
