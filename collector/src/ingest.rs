@@ -900,6 +900,19 @@ pub async fn process_batch_attested(
         path_token,
     } in reports
     {
+        // Keys per network and day, before the signature is checked (the costly part): a report
+        // whose key the sending network has no room for today is deferred unverified, so minting
+        // keys buys no verification work. Skipping the check cannot hurt anyone else: the quota
+        // spent is the sender's own network's.
+        if let (crate::attest::Arrival::Upload(_, prefix), Ok(key)) =
+            (&arrival, <[u8; 32]>::try_from(signed.key.as_slice()))
+        {
+            if let Err(reason) = limiter.key_from_prefix(*prefix, &key, now) {
+                stats.reject("keys_per_prefix");
+                statuses.push(Some(ReportStatus::Deferred { reason }));
+                continue;
+            }
+        }
         let verdict = signed.verify();
         // A schema newer than this release knows is deferred: the agent keeps the report for a
         // collector that knows it.
@@ -956,23 +969,6 @@ pub async fn process_batch_attested(
                 ));
             }
         }
-    }
-    // Keys per prefix and day: a report whose key the sending network has no room for today is
-    // deferred (the agent keeps it), the rest of the batch goes on.
-    if let crate::attest::Arrival::Upload(_, prefix) = &arrival {
-        let mut kept = Vec::with_capacity(to_store.len());
-        let mut pending = to_store.into_iter();
-        for slot in statuses.iter_mut().filter(|s| s.is_none()) {
-            let Some(v) = pending.next() else { break };
-            match limiter.key_from_prefix(*prefix, &v.key.agent, now) {
-                Ok(()) => kept.push(v),
-                Err(reason) => {
-                    stats.reject("keys_per_prefix");
-                    *slot = Some(ReportStatus::Deferred { reason });
-                }
-            }
-        }
-        to_store = kept;
     }
     // Per-key limit: a key with no room left defers the whole batch (nothing stored, the agent
     // retries later). Only newly stored reports are charged, so replaying someone's reports
