@@ -184,12 +184,7 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
     use std::sync::atomic::Ordering;
     let dir = dir.to_path_buf();
     watched(stall, move |seen| {
-        let db = sled::Config::new()
-            .path(&dir)
-            // We flush explicitly before acknowledging; the periodic flush is a backstop.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| format!("opening: {e}"))?;
+        let db = open_db(&dir)?;
         seen.fetch_add(1, Ordering::Relaxed);
         let mut trees = Vec::with_capacity(TREES.len());
         let mut reports = 0u64;
@@ -213,6 +208,30 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
             .map_err(|_| "internal: tree count".to_string())?;
         Ok(Opened { db, trees, reports })
     })
+}
+
+/// Opens sled in `dir`. sled's file lock outlives a dropped store for a moment while its
+/// background writes finish ("could not acquire lock" when a store is reopened at once, as
+/// tests do and a quick restart may): that is retried for up to 2 s.
+fn open_db(dir: &Path) -> Result<sled::Db, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            // We flush explicitly before acknowledging; the periodic flush is a backstop.
+            .flush_every_ms(Some(1000))
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("opening: {e}")),
+        }
+    }
 }
 
 /// Runs `work` on a thread of its own and returns its result; gives up with an error when the
