@@ -127,12 +127,12 @@ pub struct Overview {
     /// Reports stored.
     pub reports: u64,
     /// Country × platform cells (voice, platform arm, all time) that have reports but fewer
-    /// than k distinct agents, so no query publishes them.
+    /// than k distinct agents or network prefixes, so no query publishes them.
     pub withheld_cells: u64,
 }
 
 impl Overview {
-    /// Computes the overview from the store (one aggregation over everything).
+    /// Computes the overview from the store (two aggregations over everything).
     pub fn of(
         store: &dyn ReportStore,
         policy: &Policy,
@@ -146,10 +146,13 @@ impl Overview {
             &Filter::default(),
             &everything,
         )?;
-        let k = policy.min_agents.max(1) as u64;
+        // Below k in agents or in network prefixes (which cells do not publish).
+        let published = store
+            .aggregate(&[Axis::Country, Axis::Platform], &Filter::default(), policy)?
+            .len();
         Ok(Overview {
             reports: store.len() as u64,
-            withheld_cells: cells.iter().filter(|c| c.agents < k).count() as u64,
+            withheld_cells: cells.len().saturating_sub(published) as u64,
         })
     }
 }

@@ -71,12 +71,16 @@ enum Command {
         /// source that knows them. Without any every sender is country ZZ, AS0.
         #[arg(long, value_name = "FILE")]
         geo: Vec<PathBuf>,
-        /// Publish an aggregate cell only when at least K distinct agents stand behind it.
+        /// Publish an aggregate cell only when at least K distinct agents on K distinct network
+        /// prefixes stand behind it.
         #[arg(long = "min-agents", default_value_t = 3, value_name = "K")]
         min_agents: usize,
         /// Count one agent's reports at most N times per cell and day.
         #[arg(long = "max-per-agent-day", default_value_t = 24, value_name = "N")]
         max_per_agent_day: usize,
+        /// Count one network prefix's reports at most N times per cell and day.
+        #[arg(long = "max-per-prefix-day", default_value_t = 240, value_name = "N")]
+        max_per_prefix_day: usize,
         /// Hosting, cloud and VPN networks to mark (reports filed under them are flagged
         /// `hosting`, so researchers can leave them out): a file changing the built-in list,
         /// one AS number per line (`64500` or `AS64500` adds, `-64500` takes a built-in one
@@ -325,6 +329,7 @@ async fn run(cli: Cli) -> Result<()> {
             geo,
             min_agents,
             max_per_agent_day,
+            max_per_prefix_day,
             hosting_asns,
             reflector_driver,
             reflector_sessions_per_prefix,
@@ -338,6 +343,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             cfg.policy.min_agents = min_agents;
             cfg.policy.max_per_agent_per_day = max_per_agent_day;
+            cfg.policy.max_per_prefix_per_day = max_per_prefix_day;
             cfg.listen = listen;
             cfg.tcp = tcp;
             if reflectors.is_empty() {
@@ -533,6 +539,7 @@ fn export(
             let policy = Policy {
                 min_agents,
                 max_per_agent_per_day: cap,
+                ..Policy::default()
             };
             let cells = store.aggregate(&q.axes, &q.filter, &policy)?;
             eprintln!("exported {} cells", cells.len());

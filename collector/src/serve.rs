@@ -105,11 +105,8 @@ impl Collector {
 pub async fn serve(cfg: ServeConfig) -> Result<Collector> {
     callwatch_reflector::files::ensure_private_dir(&cfg.data_dir)?;
     let store: Arc<dyn ReportStore> = Arc::new(
-        SledStore::open_with_cap(
-            &crate::store::config::sled_path(&cfg.data_dir),
-            cfg.policy.max_per_agent_per_day,
-        )
-        .context("opening the report store")?,
+        SledStore::open_with_policy(&crate::store::config::sled_path(&cfg.data_dir), &cfg.policy)
+            .context("opening the report store")?,
     );
     serve_with_store(cfg, store).await
 }

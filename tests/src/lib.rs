@@ -112,6 +112,7 @@ pub fn open_collector_config(
     sc.http = any;
     sc.policy.min_agents = 1;
     sc.policy.max_per_agent_per_day = usize::MAX;
+    sc.policy.max_per_prefix_per_day = usize::MAX;
     sc
 }
 

@@ -23,6 +23,19 @@ pub struct Input<'a> {
     /// The agent's 32-byte public key.
     pub agent: &'a [u8],
     pub report: &'a CallReport,
+    /// The report's prefix tag as filed (16 hex digits), if any.
+    pub prefix_tag: Option<&'a str>,
+}
+
+impl Input<'_> {
+    /// The network prefix the report counts under: its tag's 8 bytes, or without a (valid)
+    /// tag the first 8 bytes of the agent key.
+    fn prefix(&self) -> Vec<u8> {
+        match self.prefix_tag.map(hex::decode) {
+            Some(Ok(t)) if t.len() == 8 => t,
+            _ => self.agent[..8].to_vec(),
+        }
+    }
 }
 
 /// A query, spelled as in the API (`axis_x`, `axis_y` and the filters).
@@ -41,12 +54,16 @@ pub struct Query {
     pub until_ms: Option<i64>,
     pub min_agents: usize,
     pub max_per_agent_per_day: usize,
+    /// The prefix cap; `None` for none.
+    pub max_per_prefix_per_day: Option<usize>,
 }
 
 const HOUR_MS: i64 = 3_600_000;
 
 /// What the per-agent cap counts per: UTC day, country, ASN, platform, arm, kind, agent key.
 type CapGroup<'a> = (i64, String, u32, Platform, Role, StreamKind, &'a [u8]);
+/// What the prefix cap counts per: UTC day, country, ASN, platform, arm, kind, prefix.
+type PrefixGroup = (i64, String, u32, Platform, Role, StreamKind, Vec<u8>);
 /// The figures a cell carries, by the API's names.
 pub const FIGURES: [&str; 8] = [
     "rtt_ms",
@@ -194,11 +211,13 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
     struct Arm<'a> {
         key: Vec<String>,
         agent: &'a [u8],
+        prefix: Vec<u8>,
         figures: [Option<f64>; 8],
         verdict: Option<Verdict>,
         rule: Option<VerdictRule>,
     }
     let mut per_day: HashMap<CapGroup<'_>, usize> = HashMap::new();
+    let mut per_prefix: HashMap<PrefixGroup, usize> = HashMap::new();
     let mut kept: Vec<Arm<'_>> = Vec::new();
     for input in reports {
         let r = input.report;
@@ -228,6 +247,23 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
                 .or_default();
             *seen += 1;
             if *seen > q.max_per_agent_per_day {
+                continue;
+            }
+            // The prefix cap, over what the agent cap kept.
+            let prefix = input.prefix();
+            let seen = per_prefix
+                .entry((
+                    hour.div_euclid(24),
+                    country.clone(),
+                    input.asn,
+                    r.platform,
+                    s.role,
+                    r.stream_kind,
+                    prefix.clone(),
+                ))
+                .or_default();
+            *seen += 1;
+            if q.max_per_prefix_per_day.is_some_and(|m| *seen > m) {
                 continue;
             }
             // The filter.
@@ -287,6 +323,7 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
             kept.push(Arm {
                 key,
                 agent: input.agent,
+                prefix,
                 figures,
                 verdict: r.verdict,
                 rule: r.verdict_detail.as_ref().and_then(|d| d.rule),
@@ -310,7 +347,8 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
     let mut out = BTreeMap::new();
     for (key, arms) in groups {
         let agents: BTreeSet<&[u8]> = arms.iter().map(|a| &a.agent[..8]).collect();
-        if agents.len() < q.min_agents.max(1) {
+        let prefixes: BTreeSet<&[u8]> = arms.iter().map(|a| &a.prefix[..]).collect();
+        if agents.len() < q.min_agents.max(1) || prefixes.len() < q.min_agents.max(1) {
             continue;
         }
         let mut cell = Map::new();

@@ -275,7 +275,14 @@ pub fn config(root: &std::path::Path, name: &str) -> ServeConfig {
     let geo = root.join("regions.tsv");
     let table: String = REGIONS
         .iter()
-        .map(|(ip, cc, asn)| format!("{ip}\t{ip}\t{asn}\t{cc}\tAS{asn}\n"))
+        .enumerate()
+        .map(|(sender, (ip, cc, asn))| {
+            // The network's own address, and the /16 its agents upload from.
+            let [_, b, ..] = agent_addr(sender, 0).octets();
+            format!(
+                "{ip}\t{ip}\t{asn}\t{cc}\tAS{asn}\n127.{b}.0.0\t127.{b}.255.255\t{asn}\t{cc}\tAS{asn}\n"
+            )
+        })
         .collect();
     std::fs::write(&geo, table).unwrap();
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -290,8 +297,15 @@ pub async fn collector(root: &std::path::Path) -> Collector {
     serve(config(root, "collector")).await.unwrap()
 }
 
-/// Uploads the seed, each network's reports from its own address, in batches of 100; every
-/// report must be accepted.
+/// The address agent key byte `key0` on network `sender` uploads from: a /24 of its own in the
+/// network's /16 (127.101.0.0/16 for the first network), so that every agent counts as its own
+/// network prefix, as volunteers on different lines do (k counts prefixes too).
+pub fn agent_addr(sender: usize, key0: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 101 + sender as u8, key0, 1)
+}
+
+/// Uploads the seed, each agent's reports from its own /24 in its network ([`agent_addr`]),
+/// in batches of 100; every report must be accepted.
 pub async fn upload(c: &Collector, seed: &[Seeded]) {
     let (accepted, duplicate) = upload_batches(c, seed, 100).await;
     assert_eq!(
@@ -301,22 +315,46 @@ pub async fn upload(c: &Collector, seed: &[Seeded]) {
     );
 }
 
-/// Uploads reports, each network's from its own address, in batches of `batch`; returns
-/// (accepted, duplicate). Any other answer fails the test.
+/// Uploads reports, each agent's from its own /24 in its network ([`agent_addr`]), the
+/// networks one after another and within one the agents in order of first appearance, in
+/// batches of `batch`; returns (accepted, duplicate). Any other answer fails the test.
 pub async fn upload_batches(c: &Collector, reports: &[Seeded], batch: usize) -> (usize, usize) {
     let mut pin = [0u8; 32];
     hex::decode_to_slice(&c.pin, &mut pin).unwrap();
     let (mut accepted, mut duplicate) = (0, 0);
-    for (sender, (ip, ..)) in REGIONS.iter().enumerate() {
-        let mine: Vec<SignedReport> = reports
-            .iter()
-            .filter(|s| s.0 == sender)
-            .map(|s| s.2.clone())
-            .collect();
-        if mine.is_empty() {
-            continue;
+    for sender in 0..REGIONS.len() {
+        let mut agents: Vec<u8> = Vec::new();
+        for s in reports.iter().filter(|s| s.0 == sender) {
+            let key0 = s.1.verifying_key().to_bytes()[0];
+            if !agents.contains(&key0) {
+                agents.push(key0);
+            }
         }
-        let mut ep = quinn::Endpoint::client(SocketAddr::new((*ip).into(), 0)).unwrap();
+        for key0 in agents {
+            let mine: Vec<SignedReport> = reports
+                .iter()
+                .filter(|s| s.0 == sender && s.1.verifying_key().to_bytes()[0] == key0)
+                .map(|s| s.2.clone())
+                .collect();
+            let (a, d) = upload_from(c, pin, agent_addr(sender, key0), mine, batch).await;
+            accepted += a;
+            duplicate += d;
+        }
+    }
+    (accepted, duplicate)
+}
+
+/// Uploads `mine` from `ip` over one connection, in batches of `batch`.
+async fn upload_from(
+    c: &Collector,
+    pin: [u8; 32],
+    ip: Ipv4Addr,
+    mine: Vec<SignedReport>,
+    batch: usize,
+) -> (usize, usize) {
+    let (mut accepted, mut duplicate) = (0, 0);
+    {
+        let mut ep = quinn::Endpoint::client(SocketAddr::new(ip.into(), 0)).unwrap();
         ep.set_default_client_config(pinned_client_config(pin).unwrap());
         let conn = ep.connect(c.quic_addr, "localhost").unwrap().await.unwrap();
         for b in mine.chunks(batch) {
@@ -335,4 +373,96 @@ pub async fn upload_batches(c: &Collector, reports: &[Seeded], batch: usize) -> 
         ep.wait_idle().await;
     }
     (accepted, duplicate)
+}
+
+/// A WhatsApp voice report (both arms) by `key`, stored as filed in RU AS12389 under prefix tag
+/// `tag` (8 bytes of it), started `minute` minutes after 2026-11-20T00:00Z, its platform arm's
+/// RTT `rtt`: for tests that insert into a store directly, with the prefix a report counts under
+/// chosen.
+pub fn tagged_report(
+    key: &SigningKey,
+    id: u32,
+    tag: u8,
+    minute: i64,
+    rtt: f64,
+) -> callwatch_collector::domain::VerifiedReport {
+    use callwatch_collector::domain::{
+        Filing, PrefixFrom, RegionSource, ReportKey, StoredReport, VerifiedReport,
+    };
+    use chrono::TimeZone;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(u64::from(id));
+    let started = chrono::Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap()
+        + chrono::Duration::minutes(minute);
+    let mut r = synthetic_report(&mut rng, id, Platform::Whatsapp, started, false);
+    if let Some(s) = r.streams[0].rtt_ms.as_mut() {
+        s.median = rtt;
+    }
+    let signed = SignedReport::sign(&r, key).unwrap();
+    VerifiedReport::new(
+        ReportKey {
+            agent: key.verifying_key().to_bytes(),
+            id: r.id,
+        },
+        StoredReport {
+            signed,
+            region: callwatch_collector::geo::Region {
+                country: "RU".into(),
+                asn: 12389,
+            },
+            received_at_ms: 1_800_000_000_000 + i64::from(id),
+            filing: Filing {
+                source: RegionSource::Attested,
+                prefix_from: PrefixFrom::Path,
+                prefix_tag: Some(hex::encode([tag; 8])),
+                ..Filing::default()
+            },
+        },
+        r,
+    )
+}
+
+/// The Sybil scenario of tests/tests/sybil.rs: one party with 50 keys on 2 prefix tags (0xf0,
+/// 0xf1), 20 reports per key at 03:xx, RTT 900 ms (`party`); three honest agents on three other
+/// prefixes, two reports each at 00:xx and 01:xx, RTT 20 ms (`honest`). Keys from
+/// [`sybil_key`].
+pub fn sybil_reports() -> (
+    Vec<callwatch_collector::domain::VerifiedReport>,
+    Vec<callwatch_collector::domain::VerifiedReport>,
+) {
+    let mut id = 0;
+    let mut party = Vec::new();
+    for k in 0..50u32 {
+        for _ in 0..20 {
+            id += 1;
+            party.push(tagged_report(
+                &sybil_key(1000 + k),
+                id,
+                0xf0 + (k % 2) as u8,
+                180,
+                900.0,
+            ));
+        }
+    }
+    let mut honest = Vec::new();
+    for h in 0..3u32 {
+        for n in 0..2 {
+            id += 1;
+            honest.push(tagged_report(
+                &sybil_key(h),
+                id,
+                0x10 + h as u8,
+                60 * i64::from(n),
+                20.0,
+            ));
+        }
+    }
+    (party, honest)
+}
+
+/// Key number `n` of [`sybil_reports`].
+pub fn sybil_key(n: u32) -> SigningKey {
+    let mut seed = [0u8; 32];
+    seed[..4].copy_from_slice(&n.to_be_bytes());
+    seed[31] = 0x5b;
+    SigningKey::from_bytes(&seed)
 }

@@ -39,16 +39,23 @@ fn inputs<'a>(reports: impl Iterator<Item = &'a Seeded>) -> Vec<Input<'a>> {
                 asn,
                 agent: &signed.key,
                 report,
+                prefix_tag: None,
             }
         })
         .collect()
 }
 
-/// The seed in the order the collector received it: each network's reports in seed order, the
-/// networks one after another ([`upload_batches`]).
+/// The seed in the order the collector received it: the networks one after another, within one
+/// each agent's reports in seed order, the agents in order of first appearance
+/// ([`upload_batches`]).
 fn arrival_order(seed: &[Seeded]) -> Vec<&Seeded> {
+    let first = |key: &[u8; 32]| {
+        seed.iter()
+            .position(|s| s.1.verifying_key().to_bytes() == *key)
+            .unwrap_or(0)
+    };
     let mut out: Vec<&Seeded> = seed.iter().collect();
-    out.sort_by_key(|s| s.0);
+    out.sort_by_cached_key(|s| (s.0, first(&s.1.verifying_key().to_bytes())));
     out
 }
 
@@ -137,6 +144,7 @@ async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() 
     let k3 = Query {
         min_agents: 3,
         max_per_agent_per_day: 24,
+        max_per_prefix_per_day: Some(240),
         ..Query::default()
     };
     let q = |axes: &[&'static str], f: &dyn Fn(&mut Query)| {

@@ -430,13 +430,90 @@ fn stored_seed(data: &[Seeded]) -> Vec<VerifiedReport> {
                         uploaded_elsewhere: i % 3 == 0,
                         hosting: i % 5 == 1,
                         prefix_from: PrefixFrom::Upload,
-                        prefix_tag: (i % 2 == 0).then(|| format!("{:016x}", i % 7)),
+                        // Shared by agents of many networks; 11 so that a day's first reports
+                        // (at even positions, 14 per agent and platform) do not all share one:
+                        // k counts prefixes too.
+                        prefix_tag: (i % 2 == 0).then(|| format!("{:016x}", i % 11)),
                     },
                 },
                 report.clone(),
             )
         })
         .collect()
+}
+
+/// The prefix k and the prefix cap are the same in both stores: a party with 50 keys on 2
+/// prefixes publishes nothing at k = 3 and, beside 3 honest agents on 3 other prefixes, counts
+/// at most 2 × the prefix cap, in the order of arrival; also at other caps and k.
+#[test]
+fn clickhouse_applies_the_prefix_k_and_the_prefix_cap_like_sled() {
+    use callwatch_collector::domain::{Axis, Filter, Policy};
+    let Some(url) = clickhouse_url() else { return };
+    let db = fresh_db("prefix");
+    let root = tempfile::tempdir().unwrap();
+    let (party, honest) = seed::sybil_reports();
+    let ch = open(&url, &db);
+    ch.insert_batch(&party).unwrap();
+    let axes_list = [
+        vec![Axis::Country],
+        vec![Axis::Hour, Axis::Arm],
+        vec![Axis::Asn, Axis::Platform],
+    ];
+    for (k, pcap, cap) in [(3, 10, 24), (2, 10, 24), (2, 7, 3), (3, 240, 24)] {
+        let policy = Policy {
+            min_agents: k,
+            max_per_agent_per_day: cap,
+            max_per_prefix_per_day: pcap,
+        };
+        let sled =
+            SledStore::open_with_policy(&root.path().join(format!("s{k}-{pcap}-{cap}")), &policy)
+                .unwrap();
+        sled.insert_batch(&party).unwrap();
+        for axes in &axes_list {
+            let x = sled.aggregate(axes, &Filter::default(), &policy).unwrap();
+            let y = ch.aggregate(axes, &Filter::default(), &policy).unwrap();
+            assert_eq!(x.is_empty(), k == 3, "{axes:?} k {k}: {x:?}");
+            let counts = |c: &[callwatch_collector::domain::Cell]| {
+                c.iter().map(|c| (c.count, c.agents)).collect::<Vec<_>>()
+            };
+            assert_eq!(counts(&x), counts(&y), "{axes:?} k {k} caps {cap}/{pcap}");
+        }
+    }
+    ch.insert_batch(&honest).unwrap();
+    for (k, pcap, cap) in [(3, 10, 24), (3, 7, 3), (3, 240, 24), (4, 10, 24)] {
+        let policy = Policy {
+            min_agents: k,
+            max_per_agent_per_day: cap,
+            max_per_prefix_per_day: pcap,
+        };
+        let sled =
+            SledStore::open_with_policy(&root.path().join(format!("h{k}-{pcap}-{cap}")), &policy)
+                .unwrap();
+        sled.insert_batch(&party).unwrap();
+        sled.insert_batch(&honest).unwrap();
+        for axes in &axes_list {
+            let x = sled.aggregate(axes, &Filter::default(), &policy).unwrap();
+            let y = ch.aggregate(axes, &Filter::default(), &policy).unwrap();
+            let (a, b) = (
+                serde_json::json!({ "result": x }),
+                serde_json::json!({ "result": y }),
+            );
+            if k == 4 || axes.contains(&Axis::Hour) {
+                // Five prefixes in all, but no hour has three honest ones.
+                assert_eq!(x.len(), y.len(), "{axes:?}");
+                continue;
+            }
+            assert_same_cells(&format!("{axes:?} k {k} caps {cap}/{pcap}"), &a, &b);
+            // 6 honest reports, the party at most 2 prefixes × the prefix cap.
+            let party_counted = x.iter().map(|c| c.count).sum::<u64>() - 6;
+            assert_eq!(
+                party_counted as usize,
+                2 * pcap.min(25 * cap.min(20)),
+                "{axes:?}"
+            );
+        }
+    }
+    ch.drop_database().unwrap();
 }
 
 #[test]
@@ -502,6 +579,7 @@ fn migrate_from_sled_is_resumable_and_idempotent() {
     let policy = callwatch_collector::domain::Policy {
         min_agents: 3,
         max_per_agent_per_day: 1,
+        ..callwatch_collector::domain::Policy::default()
     };
     use callwatch_collector::domain::{Axis, Filter};
     for axes in [
@@ -718,6 +796,7 @@ fn a_table_from_before_the_stream_kind_gains_its_columns_and_reads_old_rows_from
     let policy = callwatch_collector::domain::Policy {
         min_agents: 3,
         max_per_agent_per_day: 24,
+        ..callwatch_collector::domain::Policy::default()
     };
     use callwatch_collector::domain::{Axis, Filter};
     let video = Filter {

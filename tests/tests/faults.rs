@@ -15,7 +15,14 @@ use std::path::Path;
 use std::process::Command;
 
 /// Every report counts: one agent may send thousands here.
-const OPEN: [&str; 4] = ["--min-agents", "1", "--max-per-agent-day", "100000"];
+const OPEN: [&str; 6] = [
+    "--min-agents",
+    "1",
+    "--max-per-agent-day",
+    "100000",
+    "--max-per-prefix-day",
+    "100000",
+];
 
 fn reports(n: usize) -> Vec<SignedReport> {
     let keys: Vec<SigningKey> = (1..=4u8)

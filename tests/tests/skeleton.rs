@@ -47,6 +47,7 @@ fn collector_config(root: &Path) -> ServeConfig {
     // about each report counting exactly once, not about the per-agent cap).
     sc.policy.min_agents = 1;
     sc.policy.max_per_agent_per_day = usize::MAX;
+    sc.policy.max_per_prefix_per_day = usize::MAX;
     sc
 }
 
@@ -299,11 +300,8 @@ async fn collector_stopping_mid_upload_loses_nothing_acknowledged() {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let (release_tx, release_rx) = std::sync::mpsc::channel();
     let store = Arc::new(GatedStore {
-        inner: SledStore::open_with_cap(
-            &cfg.data_dir.join("reports.sled"),
-            cfg.policy.max_per_agent_per_day,
-        )
-        .unwrap(),
+        inner: SledStore::open_with_policy(&cfg.data_dir.join("reports.sled"), &cfg.policy)
+            .unwrap(),
         block_at: 4,
         calls: AtomicUsize::new(0),
         events: events_tx,

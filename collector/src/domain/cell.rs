@@ -115,6 +115,23 @@ impl CapKey {
     }
 }
 
+/// Length of a [`PrefixCapKey`].
+pub const PREFIX_CAP_KEY_LEN: usize = CELL_KEY_LEN + 8;
+
+/// The prefix cap's counter key: (UTC day, country, ASN, platform, arm, kind, prefix tag).
+pub struct PrefixCapKey;
+
+impl PrefixCapKey {
+    pub fn bytes(cell: &CellKey, prefix: &[u8; 8]) -> [u8; PREFIX_CAP_KEY_LEN] {
+        let mut k = [0u8; PREFIX_CAP_KEY_LEN];
+        let fine = cell.to_bytes();
+        k[..8].copy_from_slice(&ordered_i64(cell.day()));
+        k[8..CELL_KEY_LEN].copy_from_slice(&fine[8..]);
+        k[CELL_KEY_LEN..].copy_from_slice(prefix);
+        k
+    }
+}
+
 /// Counts per verdict, and two findings among them.
 ///
 /// `blocked` counts the differentiated tests whose rule says the platform could not hold a call
@@ -190,6 +207,8 @@ pub struct CellState {
     pub figures: [Sketch; FIGURE_COUNT],
     /// Of `count`, how many were filed in a way researchers may want to exclude.
     pub filing: FilingCounts,
+    /// Distinct network prefixes (8-byte prefix tags, see [`super::observation::prefix_of`]).
+    pub prefixes: BTreeSet<[u8; 8]>,
 }
 
 /// Counts of a cell's reports (arms) by how they were filed ([`Filing`]). Subsets of the cell's
@@ -218,11 +237,19 @@ impl FilingCounts {
 }
 
 impl CellState {
+    /// Whether at least `k` distinct agent keys and `k` distinct network prefixes stand behind
+    /// it (`k` at least 1).
+    pub fn meets(&self, k: usize) -> bool {
+        let k = k.max(1);
+        self.agents.len() >= k && self.prefixes.len() >= k
+    }
+
     pub fn add(&mut self, o: &Observation) {
         self.count = self.count.saturating_add(1);
         let mut prefix = [0u8; 8];
         prefix.copy_from_slice(&o.agent[..8]);
         self.agents.insert(prefix);
+        self.prefixes.insert(o.prefix());
         if let Some(v) = o.verdict {
             self.verdicts.add(v, o.rule);
         }
@@ -237,6 +264,7 @@ impl CellState {
     pub fn merge(&mut self, other: &CellState) {
         self.count = self.count.saturating_add(other.count);
         self.agents.extend(other.agents.iter().copied());
+        self.prefixes.extend(other.prefixes.iter().copied());
         self.verdicts.merge(&other.verdicts);
         self.filing.merge(&other.filing);
         for (a, b) in self.figures.iter_mut().zip(other.figures.iter()) {

@@ -6,9 +6,9 @@
 //! | module | owns |
 //! |---|---|
 //! | [`report`] | [`Region`], [`StoredReport`] and its record bytes, [`Filing`], [`VerifiedReport`], [`ReportKey`] |
-//! | [`observation`] | [`Observation`] (one per aggregated arm), [`FIGURES`], [`Finding`] |
+//! | [`observation`] | [`Observation`] (one per aggregated arm), [`FIGURES`], [`Finding`], [`prefix_of`] |
 //! | [`codes`] | the one code of each platform, arm and stream kind, and the country code |
-//! | [`cell`] | [`CellKey`] and its ordered bytes, [`CapKey`], [`CellState`], [`Cell`] |
+//! | [`cell`] | [`CellKey`] and its ordered bytes, [`CapKey`], [`PrefixCapKey`], [`CellState`], [`Cell`] |
 //! | [`query`] | [`Axis`], [`Filter`], [`Policy`], [`Plan`], [`Grouper`], [`query()`], [`capped`] |
 //! | [`sketch`] | the mergeable quantile sketch cells keep per figure |
 //!
@@ -44,8 +44,19 @@
 //!   cell's day — (UTC day, country, ASN, platform, arm, kind) — in order of arrival; the rest
 //!   are stored (they are evidence) but not aggregated. The store decides this at ingest
 //!   ([`CapKey`]); changing the cap rebuilds the cells from the raw reports.
+//! - **Prefix cap.** Of the reports within their agent's cap, one network prefix's count at most
+//!   `max_per_prefix_per_day` times per fine cell's day, in order of arrival, decided at ingest
+//!   the same way ([`PrefixCapKey`]; changing it rebuilds the cells too). A report's prefix is
+//!   its 8-byte prefix tag ([`Filing::prefix_tag`]: a keyed tag of the measured path's IPv4 /24
+//!   or IPv6 /48, the key made per UTC day of ingest), or, for a report without one (carried in
+//!   a file, or stored before tags), the first 8 bytes of its agent key ([`prefix_of`]): such a
+//!   report is a prefix of its own, and the prefix rules reduce to the key rules for it.
 //! - **k threshold.** A queried cell is published only when at least `min_agents` distinct agents
-//!   stand behind it.
+//!   and at least `min_agents` distinct prefixes stand behind it ([`CellState::meets`]). So a
+//!   party with fewer than k prefixes publishes no cell alone, and beside honest reports it
+//!   counts at most (its prefixes × the prefix cap) times per cell and day; RELIABILITY.md
+//!   states the bound and its limits (tags are per day of upload; k is per published cell, not
+//!   per day within it).
 //!
 //! # Published precision
 //!
@@ -67,11 +78,11 @@ pub mod sketch;
 
 pub use cell::{
     day_string, hour_string, ordered_i64, CapKey, Cell, CellKey, CellState, Figure, FilingCounts,
-    VerdictCounts, CAP_KEY_LEN, CELL_KEY_LEN,
+    PrefixCapKey, VerdictCounts, CAP_KEY_LEN, CELL_KEY_LEN, PREFIX_CAP_KEY_LEN,
 };
 pub use codes::parse_kind;
 pub use observation::{
-    Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, FIGURE_PRECISION,
+    prefix_of, Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, FIGURE_PRECISION,
     NO_REFERENCE_RULES,
 };
 #[cfg(any(test, feature = "test-util"))]

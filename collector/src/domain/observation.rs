@@ -103,6 +103,19 @@ pub struct Observation {
     pub filing: Filing,
 }
 
+/// The network prefix an observation counts under for the prefix k and the prefix cap: its
+/// report's 8-byte prefix tag ([`Filing::prefix_tag`]), or — for a report without one (carried
+/// in a file, or stored before tags) — the first 8 bytes of its agent key, so that such a report
+/// is its own prefix and the prefix rules reduce to the key rules for it.
+pub fn prefix_of(filing: &Filing, agent: &[u8; 32]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    match filing.prefix_tag.as_deref().map(hex::decode) {
+        Some(Ok(tag)) if tag.len() == 8 => out.copy_from_slice(&tag),
+        _ => out.copy_from_slice(&agent[..8]),
+    }
+    out
+}
+
 impl Observation {
     /// One observation per platform and control arm of a verified report (relay streams are not
     /// aggregated).
@@ -156,6 +169,11 @@ impl Observation {
                 }
             })
             .collect()
+    }
+
+    /// The network prefix it counts under ([`prefix_of`]).
+    pub fn prefix(&self) -> [u8; 8] {
+        prefix_of(&self.filing, &self.agent)
     }
 
     /// The fine cell this observation belongs to.

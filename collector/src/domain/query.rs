@@ -2,7 +2,9 @@
 //! what publication must respect ([`Policy`]), which stored cells answer it ([`Plan`]), and the
 //! merge of fine cells into published cells ([`query`], [`Grouper`]).
 
-use super::cell::{CapKey, Cell, CellKey, CellState, Figure, CAP_KEY_LEN};
+use super::cell::{
+    CapKey, Cell, CellKey, CellState, Figure, PrefixCapKey, CAP_KEY_LEN, PREFIX_CAP_KEY_LEN,
+};
 #[cfg(any(test, feature = "test-util"))]
 use super::cell::{FilingCounts, VerdictCounts};
 use super::codes::country_code;
@@ -79,11 +81,15 @@ impl FromStr for Axis {
 /// can swing a result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
-    /// A cell is published only when at least this many distinct agents stand behind it.
+    /// A cell is published only when at least this many distinct agents, and this many
+    /// distinct network prefixes, stand behind it.
     pub min_agents: usize,
     /// One agent's reports count at most this many times per fine cell and day (the first to
     /// arrive).
     pub max_per_agent_per_day: usize,
+    /// One network prefix's reports (those within their agent's cap) count at most this many
+    /// times per fine cell and day (the first to arrive).
+    pub max_per_prefix_per_day: usize,
 }
 
 impl Default for Policy {
@@ -91,6 +97,8 @@ impl Default for Policy {
         Policy {
             min_agents: 3,
             max_per_agent_per_day: 24,
+            // Ten agents' worth of the per-agent cap.
+            max_per_prefix_per_day: 240,
         }
     }
 }
@@ -266,11 +274,12 @@ impl<'a> Grouper<'a> {
         }
     }
 
-    /// The published cells: those with at least `min_agents` distinct agents.
+    /// The published cells: those with at least `min_agents` distinct agents and as many
+    /// distinct network prefixes.
     pub fn finish(self, policy: &Policy) -> Vec<Cell> {
         self.groups
             .into_iter()
-            .filter(|(_, s)| s.agents.len() >= policy.min_agents.max(1))
+            .filter(|(_, s)| s.meets(policy.min_agents))
             .map(|(key, s)| {
                 let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
                 Cell::new(
@@ -287,7 +296,7 @@ impl<'a> Grouper<'a> {
 }
 
 /// Merges fine cells into the cells a query asks for, and publishes those with at least
-/// `min_agents` distinct agents. `cells` may contain cells the filter excludes.
+/// `min_agents` distinct agents and prefixes. `cells` may contain cells the filter excludes.
 pub fn query(
     cells: impl IntoIterator<Item = (CellKey, CellState)>,
     axes: &[Axis],
@@ -301,21 +310,30 @@ pub fn query(
     g.finish(policy)
 }
 
-/// Applies the per-agent cap to observations in arrival order, as the store does at ingest:
-/// yields the ones that count.
+/// Applies the per-agent cap, then the prefix cap, to observations in arrival order, as the
+/// store does at ingest: yields the ones that count. Every observation uses up one of its
+/// agent's `max_per_agent_per_day` for its fine cell's day; of those within it, the first
+/// `max_per_prefix_per_day` of each prefix count.
 pub fn capped<'a>(
     observations: impl IntoIterator<Item = &'a Observation>,
-    max_per_agent_per_day: usize,
+    policy: &Policy,
 ) -> Vec<&'a Observation> {
     let mut seen: BTreeMap<[u8; CAP_KEY_LEN], usize> = BTreeMap::new();
+    let mut by_prefix: BTreeMap<[u8; PREFIX_CAP_KEY_LEN], usize> = BTreeMap::new();
     observations
         .into_iter()
         .filter(|o| {
-            let n = seen
-                .entry(CapKey::bytes(&o.cell_key(), &o.agent))
-                .or_default();
+            let key = o.cell_key();
+            let n = seen.entry(CapKey::bytes(&key, &o.agent)).or_default();
             *n += 1;
-            *n <= max_per_agent_per_day
+            if *n > policy.max_per_agent_per_day {
+                return false;
+            }
+            let p = by_prefix
+                .entry(PrefixCapKey::bytes(&key, &o.prefix()))
+                .or_default();
+            *p += 1;
+            *p <= policy.max_per_prefix_per_day
         })
         .collect()
 }
@@ -330,7 +348,7 @@ pub fn exact(
     policy: &Policy,
 ) -> Vec<Cell> {
     let mut groups: BTreeMap<GroupKey, Vec<&Observation>> = BTreeMap::new();
-    for o in capped(observations, policy.max_per_agent_per_day) {
+    for o in capped(observations, policy) {
         let key = o.cell_key();
         if filter.matches(&key, axes) {
             groups.entry(GroupKey::of(&key, axes)).or_default().push(o);
@@ -347,7 +365,9 @@ pub fn exact(
                     p
                 })
                 .collect();
-            if agents.len() < policy.min_agents.max(1) {
+            let prefixes: BTreeSet<[u8; 8]> = members.iter().map(|o| o.prefix()).collect();
+            let k = policy.min_agents.max(1);
+            if agents.len() < k || prefixes.len() < k {
                 return None;
             }
             let figures = std::array::from_fn(|i| {

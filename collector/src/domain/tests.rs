@@ -36,7 +36,7 @@ fn obs(country: &str, platform: Platform, agent: u8, rtt: f64, loss: f64) -> Obs
 
 fn fine_cells(o: &[Observation], policy: &Policy) -> Vec<(CellKey, CellState)> {
     let mut cells: BTreeMap<CellKey, CellState> = BTreeMap::new();
-    for x in capped(o, policy.max_per_agent_per_day) {
+    for x in capped(o, policy) {
         cells.entry(x.cell_key()).or_default().add(x);
     }
     cells.into_iter().collect()
@@ -195,6 +195,7 @@ fn one_agent_flooding_a_cell_moves_it_no_more_than_its_capped_weight() {
     let policy = Policy {
         min_agents: 3,
         max_per_agent_per_day: 2,
+        ..Policy::default()
     };
     let cells = both(&o, &[Axis::Country], &Filter::default(), &policy);
     // Mallory counts twice, like each honest agent: [10,10,12,12,14,14,500,500];
@@ -456,6 +457,7 @@ fn cells_count_how_their_reports_were_filed_after_the_cap() {
     let policy = Policy {
         min_agents: 1,
         max_per_agent_per_day: 1,
+        ..Policy::default()
     };
     let cells = both(&o, &[Axis::Country], &Filter::default(), &policy);
     let of = |cc: &str| {
@@ -756,4 +758,103 @@ fn cells_publish_every_figure_rounded_to_its_rule_in_json_and_csv() {
     assert_eq!(cols["loss_down_median"], "0");
     assert_eq!(cols["stalls_median"], "2");
     assert_eq!(cols["blocked_share"], "0.0333");
+}
+
+/// `o` filed under prefix tag `tag` (the tag's 8 bytes are `tag` repeated).
+fn on_prefix(mut o: Observation, tag: u8) -> Observation {
+    o.filing.prefix_tag = Some(hex::encode([tag; 8]));
+    o
+}
+
+#[test]
+fn k_counts_network_prefixes_as_well_as_agent_keys() {
+    let k3 = Policy {
+        min_agents: 3,
+        ..Policy::default()
+    };
+    // Three keys on two prefixes: three agents, but not three networks.
+    let two_nets: Vec<Observation> = [(1, 0xa1), (2, 0xa1), (3, 0xa2)]
+        .into_iter()
+        .map(|(agent, tag)| on_prefix(obs("RU", Platform::Whatsapp, agent, 10.0, 0.0), tag))
+        .collect();
+    assert!(both(&two_nets, &[Axis::Country], &Filter::default(), &k3).is_empty());
+    let mut state = CellState::default();
+    for o in &two_nets {
+        state.add(o);
+    }
+    assert_eq!((state.agents.len(), state.prefixes.len()), (3, 2));
+    assert!(!state.meets(3) && state.meets(2));
+    // A third network publishes it.
+    let mut three_nets = two_nets.clone();
+    three_nets[1] = on_prefix(three_nets[1].clone(), 0xa3);
+    let cells = both(&three_nets, &[Axis::Country], &Filter::default(), &k3);
+    assert_eq!((cells.len(), cells[0].agents), (1, 3));
+    // Reports without a tag count as the prefix of their own key: prefix k is key k for them.
+    let untagged: Vec<Observation> = (1..=3)
+        .map(|a| obs("RU", Platform::Whatsapp, a, 10.0, 0.0))
+        .collect();
+    assert_eq!(untagged[0].prefix(), [1u8; 8]);
+    assert_eq!(
+        both(&untagged, &[Axis::Country], &Filter::default(), &k3).len(),
+        1
+    );
+    // A tag that is not 16 hex digits is no tag.
+    let mut bad = obs("RU", Platform::Whatsapp, 7, 10.0, 0.0);
+    bad.filing.prefix_tag = Some("not-hex-at-all!!".into());
+    assert_eq!(bad.prefix(), [7u8; 8]);
+}
+
+#[test]
+fn one_prefix_counts_at_most_its_cap_per_day_first_arrivals_first() {
+    let policy = Policy {
+        min_agents: 1,
+        max_per_agent_per_day: 3,
+        max_per_prefix_per_day: 5,
+    };
+    let mut o = Vec::new();
+    // Ten keys behind one prefix, four reports each (one over the agent cap), RTT = arrival.
+    for round in 0..4 {
+        for agent in 1..=10u8 {
+            let rtt = f64::from(round * 10 + u32::from(agent));
+            o.push(on_prefix(
+                obs("RU", Platform::Telegram, agent, rtt, 0.0),
+                0xee,
+            ));
+        }
+    }
+    // An honest agent on its own network.
+    o.push(on_prefix(
+        obs("RU", Platform::Telegram, 50, 99.0, 0.0),
+        0x01,
+    ));
+    let cells = both(&o, &[Axis::Country], &Filter::default(), &policy);
+    assert_eq!(
+        cells[0].count,
+        5 + 1,
+        "five of the prefix's 40, and the honest one"
+    );
+    assert_eq!(
+        cells[0].agents, 6,
+        "the first five keys to arrive, and the honest one"
+    );
+    // The first five to arrive: RTT 1..=5 (and the honest 99).
+    assert_eq!(cells[0].rtt_ms.unwrap().p10, 1.0);
+    // Another day is another budget.
+    let next_day: Vec<Observation> = o
+        .iter()
+        .map(|x| Observation {
+            started_at_ms: x.started_at_ms + 86_400_000,
+            ..x.clone()
+        })
+        .collect();
+    let both_days: Vec<Observation> = o.iter().chain(&next_day).cloned().collect();
+    let cells = both(&both_days, &[Axis::Country], &Filter::default(), &policy);
+    assert_eq!(cells[0].count, 2 * 6);
+    // Without the prefix cap the agent cap alone lets 30 through.
+    let uncapped = Policy {
+        max_per_prefix_per_day: usize::MAX,
+        ..policy
+    };
+    let cells = both(&o, &[Axis::Country], &Filter::default(), &uncapped);
+    assert_eq!(cells[0].count, 30 + 1);
 }

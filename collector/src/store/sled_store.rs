@@ -1,13 +1,13 @@
 //! The embedded default store: reports keyed by agent key ‖ report id, and an index by arrival
 //! time (received ms ‖ report key) for paging exports, and the fine aggregate cells with their
-//! per-agent cap counters and their day roll-up (see [`crate::domain`]). All are written in one
+//! per-agent and prefix cap counters and their day roll-up (see [`crate::domain`]). All are written in one
 //! transaction.
 
 use super::{InsertOutcome, ReportStore, StoreError};
 use crate::domain::Axis;
 use crate::domain::{
     ordered_i64, CapKey, Cell, CellKey, CellState, Filter, Grouper, Observation, Plan, Policy,
-    CAP_KEY_LEN,
+    PrefixCapKey, CAP_KEY_LEN, PREFIX_CAP_KEY_LEN,
 };
 use crate::domain::{ReportKey, StoredReport, VerifiedReport};
 #[cfg(test)]
@@ -25,14 +25,19 @@ pub struct SledStore {
     cells: sled::Tree,
     /// Per-agent cap counters: [`CapKey`] bytes → u32 BE.
     caps: sled::Tree,
+    /// Prefix cap counters: [`PrefixCapKey`] bytes → u32 BE (reports within their agent's cap
+    /// only).
+    prefix_caps: sled::Tree,
     /// Day roll-up: [`CellKey::day_cell`] bytes → postcard [`CellState`], the merge of that
     /// day's fine cells.
     days: sled::Tree,
-    /// `cap` → the per-agent cap the cells were built with (u32 BE); `days` → present once the
+    /// `cap` → the per-agent cap the cells were built with (u32 BE); `pcap` → the prefix cap
+    /// they were built with (u32 BE); `days` → present once the
     /// day roll-up agrees with the fine cells; `cells` → the layout of the cells, caps and
     /// day roll-up ([`CELL_FORMAT`]).
     meta: sled::Tree,
     cap: u32,
+    prefix_cap: u32,
     dir: std::path::PathBuf,
     /// Reports in the `reports` tree, counted at open and kept since (sled's own `len` scans
     /// the whole tree, and loops forever on a read error).
@@ -110,6 +115,7 @@ fn decode_cell(k: &[u8], v: &[u8]) -> Result<(CellKey, CellState), StoreError> {
 }
 
 const CAP_KEY: &[u8] = b"cap";
+const PREFIX_CAP_KEY: &[u8] = b"pcap";
 const DAYS_KEY: &[u8] = b"days";
 const CELLS_KEY: &[u8] = b"cells";
 /// The layout of the aggregate trees this build writes, kept under `meta`/`cells`.
@@ -122,8 +128,9 @@ const CELLS_KEY: &[u8] = b"cells";
 /// of the per-agent cap. Format 2: [`CellKey`] with the stream kind (17 bytes), [`CapKey`] with
 /// it (49 bytes), [`CellState`] with the round-trip loss sketch and the blocked and
 /// no-reference counts. Format 3: [`CellState`] with the filing counts
-/// ([`crate::domain::FilingCounts`]).
-pub const CELL_FORMAT: u8 = 3;
+/// ([`crate::domain::FilingCounts`]). Format 4: [`CellState`] with the distinct network
+/// prefixes, and the prefix cap's counters (`prefix_caps`).
+pub const CELL_FORMAT: u8 = 4;
 /// File in the store folder holding the number of reports stored durably.
 const COUNT_FILE: &str = "callwatch-count";
 
@@ -135,12 +142,20 @@ fn read_count(dir: &Path) -> u64 {
 }
 
 /// The trees of the store, in the order [`open_and_read_all`] returns them.
-const TREES: [&str; 6] = ["reports", "by_time", "cells", "caps", "days", "meta"];
+const TREES: [&str; 7] = [
+    "reports",
+    "by_time",
+    "cells",
+    "caps",
+    "days",
+    "meta",
+    "prefix_caps",
+];
 
 /// A store opened and read through.
 struct Opened {
     db: sled::Db,
-    trees: [sled::Tree; 6],
+    trees: [sled::Tree; 7],
     /// Entries in the `reports` tree.
     reports: u64,
 }
@@ -169,12 +184,7 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
     use std::sync::atomic::Ordering;
     let dir = dir.to_path_buf();
     watched(stall, move |seen| {
-        let db = sled::Config::new()
-            .path(&dir)
-            // We flush explicitly before acknowledging; the periodic flush is a backstop.
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(|e| format!("opening: {e}"))?;
+        let db = open_db(&dir)?;
         seen.fetch_add(1, Ordering::Relaxed);
         let mut trees = Vec::with_capacity(TREES.len());
         let mut reports = 0u64;
@@ -193,11 +203,35 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
             }
             trees.push(tree);
         }
-        let trees: [sled::Tree; 6] = trees
+        let trees: [sled::Tree; 7] = trees
             .try_into()
             .map_err(|_| "internal: tree count".to_string())?;
         Ok(Opened { db, trees, reports })
     })
+}
+
+/// Opens sled in `dir`. sled's file lock outlives a dropped store for a moment while its
+/// background writes finish ("could not acquire lock" when a store is reopened at once, as
+/// tests do and a quick restart may): that is retried for up to 2 s.
+fn open_db(dir: &Path) -> Result<sled::Db, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let opened = sled::Config::new()
+            .path(dir)
+            // We flush explicitly before acknowledging; the periodic flush is a backstop.
+            .flush_every_ms(Some(1000))
+            .open();
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("opening: {e}")),
+        }
+    }
 }
 
 /// Runs `work` on a thread of its own and returns its result; gives up with an error when the
@@ -255,20 +289,34 @@ fn watched<T: Send + 'static>(
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `dir`, keeping the per-agent cap its cells were built
-    /// with (the default cap for a new store).
+    /// Opens (or creates) the store in `dir`, keeping the per-agent and prefix caps its cells
+    /// were built with (the default caps for a new store).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_inner(dir, None)
+        Self::open_inner(dir, None, None)
     }
 
-    /// Opens (or creates) the store in `dir` with this per-agent cap; when the cells were built
-    /// with another cap (or not at all), rebuilds them from the raw reports first.
+    /// Opens (or creates) the store in `dir` with this per-agent cap (and the prefix cap its
+    /// cells were built with); when the cells were built with another cap (or not at all),
+    /// rebuilds them from the raw reports first.
     pub fn open_with_cap(dir: &Path, max_per_agent_per_day: usize) -> Result<Self, StoreError> {
         let cap = u32::try_from(max_per_agent_per_day).unwrap_or(u32::MAX);
-        Self::open_inner(dir, Some(cap))
+        Self::open_inner(dir, Some(cap), None)
     }
 
-    fn open_inner(dir: &Path, want_cap: Option<u32>) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store in `dir` with the per-agent and prefix caps of `policy`;
+    /// when the cells were built with other caps (or not at all), rebuilds them from the raw
+    /// reports first.
+    pub fn open_with_policy(dir: &Path, policy: &Policy) -> Result<Self, StoreError> {
+        let cap = u32::try_from(policy.max_per_agent_per_day).unwrap_or(u32::MAX);
+        let pcap = u32::try_from(policy.max_per_prefix_per_day).unwrap_or(u32::MAX);
+        Self::open_inner(dir, Some(cap), Some(pcap))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        want_cap: Option<u32>,
+        want_prefix_cap: Option<u32>,
+    ) -> Result<Self, StoreError> {
         let damaged = |what: String| {
             StoreError::Backend(format!(
                 "the store in {} is damaged ({what}); restore it from a backup, or move it \
@@ -278,7 +326,7 @@ impl SledStore {
         };
         let Opened {
             db,
-            trees: [reports, by_time, cells, caps, days, meta],
+            trees: [reports, by_time, cells, caps, days, meta, prefix_caps],
             reports: found,
         } = open_and_read_all(dir, stall_limit()).map_err(damaged)?;
         let built_with = match meta.get(CAP_KEY).map_err(backend)? {
@@ -289,17 +337,32 @@ impl SledStore {
                 })?))
             }
         };
+        let prefix_built_with = match meta.get(PREFIX_CAP_KEY).map_err(backend)? {
+            None => None,
+            Some(v) => {
+                Some(u32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
+                    corrupt(PREFIX_CAP_KEY, "prefix cap is not 4 bytes")
+                })?))
+            }
+        };
         let default_cap = u32::try_from(Policy::default().max_per_agent_per_day).unwrap_or(24);
+        let default_prefix_cap =
+            u32::try_from(Policy::default().max_per_prefix_per_day).unwrap_or(240);
         let cap = want_cap.or(built_with).unwrap_or(default_cap);
+        let prefix_cap = want_prefix_cap
+            .or(prefix_built_with)
+            .unwrap_or(default_prefix_cap);
         let store = SledStore {
             db,
             reports,
             by_time,
             cells,
             caps,
+            prefix_caps,
             days,
             meta,
             cap,
+            prefix_cap,
             dir: dir.to_path_buf(),
             count: std::sync::atomic::AtomicU64::new(found),
             recorded: std::sync::Mutex::new(0),
@@ -316,7 +379,7 @@ impl SledStore {
         }
         let format = store.meta.get(CELLS_KEY).map_err(backend)?;
         let current_format = format.as_deref() == Some(&[CELL_FORMAT][..]);
-        if built_with != Some(cap) || !current_format {
+        if built_with != Some(cap) || prefix_built_with != Some(prefix_cap) || !current_format {
             if built_with.is_some() && !current_format {
                 tracing::info!(
                     from = format
@@ -358,32 +421,48 @@ impl SledStore {
         self.cap
     }
 
+    /// The prefix cap the cells apply.
+    pub fn prefix_cap(&self) -> u32 {
+        self.prefix_cap
+    }
+
     /// Rebuilds the aggregate cells from the raw reports, in order of arrival (the order the
-    /// per-agent cap is applied in at ingest). Run at open when the cap changed, the store
+    /// caps are applied in at ingest). Run at open when a cap changed, the store
     /// predates incremental aggregation, or its cells have an older layout ([`CELL_FORMAT`]).
     pub fn rebuild_cells(&self) -> Result<(), StoreError> {
         self.meta.remove(CAP_KEY).map_err(backend)?;
+        self.meta.remove(PREFIX_CAP_KEY).map_err(backend)?;
         self.meta.remove(DAYS_KEY).map_err(backend)?;
         self.meta.remove(CELLS_KEY).map_err(backend)?;
         self.cells.clear().map_err(backend)?;
         self.caps.clear().map_err(backend)?;
+        self.prefix_caps.clear().map_err(backend)?;
         let total = self.len();
         if total > 0 {
             tracing::info!(
                 reports = total,
                 cap = self.cap,
+                prefix_cap = self.prefix_cap,
                 "rebuilding aggregate cells"
             );
         }
         let mut cells: BTreeMap<CellKey, CellState> = BTreeMap::new();
         let mut caps: BTreeMap<[u8; CAP_KEY_LEN], u32> = BTreeMap::new();
+        let mut prefix_caps: BTreeMap<[u8; PREFIX_CAP_KEY_LEN], u32> = BTreeMap::new();
         let mut done = 0usize;
         self.for_each_since(i64::MIN, &mut |stored| {
             for o in VerifiedReport::parse(stored)?.observations {
                 let key = o.cell_key();
                 let n = caps.entry(CapKey::bytes(&key, &o.agent)).or_default();
                 *n = n.saturating_add(1);
-                if *n <= self.cap {
+                if *n > self.cap {
+                    continue;
+                }
+                let p = prefix_caps
+                    .entry(PrefixCapKey::bytes(&key, &o.prefix()))
+                    .or_default();
+                *p = p.saturating_add(1);
+                if *p <= self.prefix_cap {
                     cells.entry(key).or_default().add(&o);
                 }
             }
@@ -399,8 +478,16 @@ impl SledStore {
             batch.insert(&k[..], &n.to_be_bytes()[..]);
         }
         self.caps.apply_batch(batch).map_err(backend)?;
+        let mut batch = sled::Batch::default();
+        for (k, n) in &prefix_caps {
+            batch.insert(&k[..], &n.to_be_bytes()[..]);
+        }
+        self.prefix_caps.apply_batch(batch).map_err(backend)?;
         self.meta
             .insert(CAP_KEY, &self.cap.to_be_bytes()[..])
+            .map_err(backend)?;
+        self.meta
+            .insert(PREFIX_CAP_KEY, &self.prefix_cap.to_be_bytes()[..])
             .map_err(backend)?;
         self.meta
             .insert(CELLS_KEY, &[CELL_FORMAT][..])
@@ -519,15 +606,16 @@ impl ReportStore for SledStore {
             // lacks a stored report, and the cells always agree with the raw reports.
             let id = key.to_bytes();
             let index = time_key(report.received_at_ms, key);
-            let cap = self.cap;
+            let (cap, prefix_cap) = (self.cap, self.prefix_cap);
             let trees = (
                 &self.reports,
                 &self.by_time,
                 &self.cells,
                 &self.caps,
                 &self.days,
+                &self.prefix_caps,
             );
-            let result = trees.transaction(|(reports, by_time, cells, caps, days)| {
+            let result = trees.transaction(|(reports, by_time, cells, caps, days, pcaps)| {
                 if reports.get(id)?.is_some() {
                     return Ok(InsertOutcome::Duplicate);
                 }
@@ -546,6 +634,20 @@ impl ReportStore for SledStore {
                     };
                     caps.insert(&cap_key[..], &seen.saturating_add(1).to_be_bytes()[..])?;
                     if seen >= cap {
+                        continue;
+                    }
+                    // The prefix cap, over the reports within their agent's cap.
+                    let pcap_key = PrefixCapKey::bytes(&cell_key, &o.prefix());
+                    let seen = match pcaps.get(pcap_key)? {
+                        Some(v) => v
+                            .as_ref()
+                            .try_into()
+                            .map(u32::from_be_bytes)
+                            .map_err(|_| abort("prefix counter is not 4 bytes"))?,
+                        None => 0,
+                    };
+                    pcaps.insert(&pcap_key[..], &seen.saturating_add(1).to_be_bytes()[..])?;
+                    if seen >= prefix_cap {
                         continue;
                     }
                     add_to_cell(cells, &cell_key, o)?;
@@ -706,6 +808,141 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn the_prefix_cap_is_applied_at_ingest_and_a_new_one_rebuilds_the_cells() {
+        let tagged = |agent: u8, id: u8, tag: u8| {
+            let mut stored = item(agent, id).stored;
+            stored.filing.prefix_tag = Some(hex::encode([tag; 8]));
+            VerifiedReport::parse(stored).unwrap()
+        };
+        // Six keys behind one prefix, two reports each; one agent on another network.
+        let mut items = Vec::new();
+        for id in 0..2 {
+            for agent in 1..=6 {
+                items.push(tagged(agent, 10 * id + agent, 0xaa));
+            }
+        }
+        items.push(tagged(7, 99, 0xbb));
+        let observations: Vec<Observation> =
+            items.iter().flat_map(|v| v.observations.clone()).collect();
+        let policy = |pcap: usize| Policy {
+            min_agents: 1,
+            max_per_prefix_per_day: pcap,
+            ..Policy::default()
+        };
+        let counted = |s: &SledStore, pcap: usize| {
+            let got = s
+                .aggregate(&[Axis::Platform], &Filter::default(), &policy(pcap))
+                .unwrap();
+            let want = crate::domain::exact(
+                &observations,
+                &[Axis::Platform],
+                &Filter::default(),
+                &policy(pcap),
+            );
+            assert_eq!(
+                (got[0].count, got[0].agents),
+                (want[0].count, want[0].agents)
+            );
+            got[0].count
+        };
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open_with_policy(dir.path(), &policy(4)).unwrap();
+            s.insert_batch(&items).unwrap();
+            assert_eq!(
+                counted(&s, 4),
+                4 + 1,
+                "the prefix's first four, and the other"
+            );
+            assert!(!s.prefix_caps.is_empty());
+        }
+        // Reopened with the cap it was built with: nothing rebuilt, same cells.
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.prefix_cap(), 4);
+        assert_eq!(counted(&s, 4), 5);
+        drop(s);
+        // A new prefix cap rebuilds the cells from the reports, in order of arrival.
+        let s = SledStore::open_with_policy(dir.path(), &policy(100)).unwrap();
+        assert_eq!(s.prefix_cap(), 100);
+        assert_eq!(counted(&s, 100), 12 + 1);
+        assert_eq!(
+            s.meta.get(PREFIX_CAP_KEY).unwrap().as_deref(),
+            Some(&100u32.to_be_bytes()[..])
+        );
+    }
+
+    /// A store the previous release wrote ([`CELL_FORMAT`] 3: cells without the prefix set, no
+    /// prefix counters, no prefix cap recorded) is rebuilt from its reports at open, and then
+    /// answers as a store built by this one; nothing acknowledged is lost.
+    #[test]
+    fn a_format_3_store_is_rebuilt_with_prefixes_at_open() {
+        let items: Vec<VerifiedReport> = (0..40u8)
+            .map(|i| {
+                let mut stored = item(i % 5 + 1, i).stored;
+                stored.filing.prefix_tag = Some(hex::encode([i % 2; 8]));
+                // Arrival order is what a rebuild replays (reports of one millisecond go in
+                // key order).
+                stored.received_at_ms = i64::from(i);
+                VerifiedReport::parse(stored).unwrap()
+            })
+            .collect();
+        let p = Policy {
+            min_agents: 2,
+            max_per_agent_per_day: 24,
+            max_per_prefix_per_day: 3,
+        };
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = SledStore::open_with_policy(fresh_dir.path(), &p).unwrap();
+        fresh.insert_batch(&items).unwrap();
+        let want = fresh
+            .aggregate(&[Axis::Platform], &Filter::default(), &p)
+            .unwrap();
+        assert_eq!(want[0].count, 6, "two prefixes, three each");
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+            s.insert_batch(&items).unwrap();
+            // As format 3 wrote it: the same states without the prefix set (postcard writes
+            // fields in order, the set last), uncapped by prefix.
+            let strip = |tree: &sled::Tree| {
+                for e in tree.iter() {
+                    let (k, v) = e.unwrap();
+                    let mut state: CellState = postcard::from_bytes(&v).unwrap();
+                    state.prefixes.clear();
+                    let mut old = postcard::to_allocvec(&state).unwrap();
+                    assert_eq!(old.pop(), Some(0), "an empty set is one byte");
+                    tree.insert(k, old).unwrap();
+                }
+            };
+            strip(&s.cells);
+            strip(&s.days);
+            s.prefix_caps.clear().unwrap();
+            s.meta.remove(PREFIX_CAP_KEY).unwrap();
+            s.meta.insert(CELLS_KEY, &[3u8][..]).unwrap();
+            s.db.flush().unwrap();
+            let (k, v) = s.cells.iter().next().unwrap().unwrap();
+            assert!(
+                decode_cell(&k, &v).is_err(),
+                "old cells do not read as new ones"
+            );
+        }
+        let s = SledStore::open_with_cap(dir.path(), 24).unwrap();
+        assert_eq!(s.len(), items.len());
+        assert_eq!(s.prefix_cap(), 240, "a store without one gets the default");
+        drop(s);
+        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+        assert_eq!(
+            s.meta.get(CELLS_KEY).unwrap().as_deref(),
+            Some(&[CELL_FORMAT][..])
+        );
+        assert_eq!(
+            s.aggregate(&[Axis::Platform], &Filter::default(), &p)
+                .unwrap(),
+            want
+        );
     }
 
     /// Reports a collector stored before unknown fields were refused at ingest (#15 item 7)
@@ -954,6 +1191,61 @@ pub(super) mod rollup_tests {
         Policy {
             min_agents: 2,
             max_per_agent_per_day: 3,
+            ..Policy::default()
+        }
+    }
+
+    /// Randomized: reports on a few shared prefix tags (and some without one), both caps small,
+    /// k 1 to 3: every query's cells from the store (its own ingest-time caps, roll-up and
+    /// fine cells) equal the brute-force reference's from the raw observations, in counts,
+    /// agents and verdicts.
+    #[test]
+    fn cells_equal_the_reference_with_shared_prefixes_and_both_caps() {
+        use rand::{Rng, SeedableRng};
+        for seed in 0..3u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let p = Policy {
+                min_agents: rng.gen_range(1..4),
+                max_per_agent_per_day: rng.gen_range(1..4),
+                max_per_prefix_per_day: rng.gen_range(1..6),
+            };
+            let items: Vec<VerifiedReport> = (0..300)
+                .map(|i| {
+                    let mut stored = item(i).stored;
+                    let tag: u8 = rng.gen_range(0..5);
+                    stored.filing.prefix_tag = (tag > 0).then(|| hex::encode([tag; 8]));
+                    VerifiedReport::parse(stored).unwrap()
+                })
+                .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+            s.insert_batch(&items).unwrap();
+            let observations: Vec<Observation> =
+                items.iter().flat_map(|v| v.observations.clone()).collect();
+            let mut published = 0;
+            for (axes, filter) in queries() {
+                let got = s.aggregate(&axes, &filter, &p).unwrap();
+                let want = crate::domain::exact(&observations, &axes, &filter, &p);
+                let key = |c: &Cell| {
+                    (
+                        c.day.clone(),
+                        c.hour.clone(),
+                        c.country.clone(),
+                        c.asn,
+                        c.arm.clone(),
+                        c.count,
+                        c.agents,
+                        c.verdicts,
+                    )
+                };
+                assert_eq!(
+                    got.iter().map(key).collect::<Vec<_>>(),
+                    want.iter().map(key).collect::<Vec<_>>(),
+                    "seed {seed} {p:?} {axes:?} {filter:?}"
+                );
+                published += got.len();
+            }
+            assert!(published > 0, "seed {seed}: something is published");
         }
     }
 
@@ -1320,6 +1612,7 @@ mod format_tests {
         Policy {
             min_agents: 1,
             max_per_agent_per_day: 3,
+            ..Policy::default()
         }
     }
 

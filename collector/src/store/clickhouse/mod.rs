@@ -66,10 +66,13 @@
 //! per-agent cap per (UTC day, country, ASN, platform, arm, kind, agent) in order of arrival —
 //! without window functions: `groupArray` of (received_at_ms, position in batch, id, …) per cap
 //! group, sorted and sliced to the cap, then `ARRAY JOIN`ed; the hour bounds of the filter are
-//! applied after the cap, which counts whole days; the k threshold on distinct 8-byte agent
-//! prefixes (`uniqExact`); exact order statistics at rank ⌊q·(n−1)⌋ (`arraySort` and index),
-//! where sled answers from sketches within 1 % of the same rank. The cap comes from the query's
-//! policy, so changing it needs no rebuild.
+//! applied after the cap, which counts whole days; then the prefix cap the same way, per (UTC
+//! day, country, ASN, platform, arm, kind, prefix) over what the agent cap kept; the k threshold
+//! on distinct 8-byte agent prefixes and on distinct network prefixes (`uniqExact`; a report
+//! without a prefix tag counts as the prefix of its agent key, as in
+//! [`crate::domain::prefix_of`]); exact order statistics at rank ⌊q·(n−1)⌋ (`arraySort` and
+//! index), where sled answers from sketches within 1 % of the same rank. The caps come from the
+//! query's policy, so changing them needs no rebuild.
 
 pub mod client;
 pub mod queries;

@@ -88,12 +88,16 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
         noref = rule_list(&NO_REFERENCE_RULES),
     );
     // One row per observation (report arm) that the query may cover.
+    // The network prefix a report counts under ([`crate::domain::prefix_of`]): its 8-byte
+    // tag, or the first 8 bytes of its agent key when it has none.
+    let prefix = "if(match(prefix_tag, '^[0-9a-fA-F]{16}$'), lower(prefix_tag), \
+                  substring(agent, 1, 16))";
     let inner = format!(
         "SELECT agent, id, arrival, hour, cc, asn, platform, kind, verdict, finding, \
-         a_arm, {f}, uploaded_elsewhere, hosting FROM (SELECT agent, id, arrival, hour, cc, \
-         asn, platform, kind, verdict, {finding} AS finding, arm, {fc}, uploaded_elsewhere, \
-         hosting FROM {db}.reports FINAL {where_pre}) ARRAY JOIN arm AS a_arm, {figs} \
-         {where_arm}",
+         a_arm, {f}, uploaded_elsewhere, hosting, prefix FROM (SELECT agent, id, arrival, hour, \
+         cc, asn, platform, kind, verdict, {finding} AS finding, arm, {fc}, uploaded_elsewhere, \
+         hosting, {prefix} AS prefix FROM {db}.reports FINAL {where_pre}) ARRAY JOIN arm AS \
+         a_arm, {figs} {where_arm}",
         f = f_list.join(", "),
         fc = FIGURE_COLUMNS.join(", "),
         db = db,
@@ -101,22 +105,37 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
     );
     // Observation fields carried through the cap, as tuple elements:
     // 1 arrival, 2 id, 3 finding, 4 hour, 5 verdict, 6.. the figures, then the two filing
-    // marks.
+    // marks and the prefix.
     let tuple = format!(
-        "(arrival, id, finding, hour, verdict, {}, uploaded_elsewhere, hosting)",
+        "(arrival, id, finding, hour, verdict, {}, uploaded_elsewhere, hosting, prefix)",
         f_list.join(", ")
     );
     let ue = FIGURE_COUNT + 6;
     let ho = FIGURE_COUNT + 7;
+    let px = FIGURE_COUNT + 8;
     let cap = policy.max_per_agent_per_day;
     let kept = if cap >= u32::MAX as usize {
         format!("groupArray({tuple})")
     } else {
         format!("arraySlice(arraySort(x -> (x.1, x.2), groupArray({tuple})), 1, {cap})")
     };
-    let capped = format!(
+    let agent_capped = format!(
         "SELECT agent, cc, asn, platform, kind, a_arm, {kept} AS kept FROM ({inner}) \
          GROUP BY intDiv(hour, 24), cc, asn, platform, kind, a_arm, agent"
+    );
+    // Then the prefix cap over what the agent cap kept, per (UTC day, country, ASN, platform,
+    // kind, arm, prefix), in the same order of arrival; (agent, observation) pairs.
+    let pcap = policy.max_per_prefix_per_day;
+    let pkept = if pcap >= u32::MAX as usize {
+        "groupArray((agent, k1))".to_string()
+    } else {
+        format!("arraySlice(arraySort(x -> (x.2.1, x.2.2), groupArray((agent, k1))), 1, {pcap})")
+    };
+    let capped = format!(
+        "SELECT cc, asn, platform, kind, a_arm, kk.1 AS agent, kk.2 AS k FROM (SELECT cc, asn, \
+         platform, kind, a_arm, {pkept} AS pkept FROM ({agent_capped}) ARRAY JOIN kept AS k1 \
+         GROUP BY intDiv(k1.4, 24), cc, asn, platform, kind, a_arm, k1.{px}) ARRAY JOIN pkept \
+         AS kk"
     );
     // After the cap: the hour bounds, the grouping, the k threshold.
     let mut post = Vec::new();
@@ -182,12 +201,12 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
     ]);
     format!(
         "SELECT {outer} FROM (SELECT {sel}, count() AS cnt, \
-         uniqExact(substring(agent, 1, 16)) AS agents, countIf(k.5 = 0) AS v_none, \
+         uniqExact(substring(agent, 1, 16)) AS agents, uniqExact(k.{px}) AS prefixes, countIf(k.5 = 0) AS v_none, \
          countIf(k.5 = 1) AS v_inc, countIf(k.5 = 2) AS v_diff, \
          countIf(k.3 = 1) AS v_blocked, countIf(k.3 = 2) AS v_noref, \
          countIf(k.{ue} = 1) AS f_ue, countIf(k.{ho} = 1) AS f_host \
-         FROM ({capped}) ARRAY JOIN kept AS k {where_post} {group_by} \
-         HAVING cnt > 0 AND agents >= {min_agents})",
+         FROM ({capped}) {where_post} {group_by} \
+         HAVING cnt > 0 AND agents >= {min_agents} AND prefixes >= {min_agents})",
         outer = outer_cols.join(", "),
         sel = select.join(", "),
     )
