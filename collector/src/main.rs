@@ -249,10 +249,12 @@ enum Command {
     /// /api/v1/reports?full=true with a researcher token. The public /api/v1/reports is
     /// redacted (no keys, signatures or signed bodies): verify refuses it, saying so.
     ///
-    /// Example:
+    /// Examples:
+    ///   callwatch-collector export --data /var/lib/callwatch > full.ndjson
+    ///   callwatch-collector verify full.ndjson
+    /// or, from a running collector, with a researcher token (see `token add`):
     ///   curl -H "Authorization: Bearer $TOKEN" \
     ///       'http://127.0.0.1:8080/api/v1/reports?full=true&limit=100000' > full.ndjson
-    ///   callwatch-collector verify full.ndjson
     #[command(verbatim_doc_comment)]
     Verify {
         /// The export file ("-" for standard input).
