@@ -7,8 +7,8 @@
 //!   a researcher token ([`crate::token`]) give it.
 //! - **Public** ([`PublicRecord`]): what `/api/v1/reports` gives anyone. Nothing that links two
 //!   reports of one volunteer or singles one out: no key, no signature, no signed bytes; the
-//!   report re-serialized from its parse (only the schema's fields, no attestation) with its
-//!   start floored to the hour, the arrival day only, the country, and the ASN only where the
+//!   report re-serialized from its parse (only the schema's fields, no attestation, no clock
+//!   offset) with its start floored to the hour, the arrival day only, the country, and the ASN only where the
 //!   aggregate publishes the report's (day, country, ASN, platform, kind) cell under the k
 //!   threshold ([`PublishedCells`], asked of the store).
 //!
@@ -138,7 +138,8 @@ pub struct PublicRecord {
     pub uploaded_elsewhere: bool,
     pub hosting: bool,
     /// The report as the collector parsed it, re-serialized: the schema's fields only, its
-    /// `started_at` floored to the hour and its `attestation` (which names the ASN) left out.
+    /// `started_at` floored to the hour, its `attestation` (which names the ASN) and each
+    /// stream's `owd_ms.clock_offset_ms` (a per-machine fingerprint) left out.
     /// Not the signed bytes, and not verifiable: the full export has those. `null` for a
     /// stored body that no longer parses.
     pub report: Option<serde_json::Value>,
@@ -215,7 +216,16 @@ impl PublicRecord {
             r.started_at =
                 DateTime::<Utc>::from_timestamp_millis(start - start.rem_euclid(HOUR_MS))?;
             r.attestation = None;
-            serde_json::to_value(&r).ok()
+            let mut v = serde_json::to_value(&r).ok()?;
+            // The agent's clock offset from the reflector, to 0.1 µs, is much the same in every
+            // report of one machine (it drifts slowly): a fingerprint, not a measurement of the
+            // path. The one-way delays themselves stay.
+            for s in v["streams"].as_array_mut().into_iter().flatten() {
+                if let Some(owd) = s.get_mut("owd_ms").and_then(|o| o.as_object_mut()) {
+                    owd.remove("clock_offset_ms");
+                }
+            }
+            Some(v)
         });
         PublicRecord {
             received_day: day_string(stored.received_at_ms.div_euclid(DAY_MS)),
@@ -448,6 +458,14 @@ mod tests {
         let key = ed25519_dalek::SigningKey::from_bytes(&[6; 32]);
         let mut report = CallReport::example();
         report.started_at = "2026-11-28T13:14:15.123456789Z".parse().unwrap();
+        let stats = report.streams[0].rtt_ms.unwrap();
+        report.streams[0].owd_ms = Some(callwatch_proto::report::OneWayDelay {
+            up: stats,
+            down: stats,
+            reference: "relative-to-path-minimum".into(),
+            clock_offset_ms: 1_003_312.0095,
+            clock_offset_error_ms: 0.0255,
+        });
         let signed = SignedReport::sign(&report, &key).unwrap();
         let stored = StoredReport {
             signed: signed.clone(),
@@ -466,12 +484,18 @@ mod tests {
         let r = public.report.as_ref().unwrap();
         assert_eq!(r["started_at"], "2026-11-28T13:00:00Z");
         assert!(r.get("attestation").is_none());
+        let owd = &r["streams"][0]["owd_ms"];
+        assert!(
+            owd.get("clock_offset_ms").is_none() && owd.get("up").is_some(),
+            "{owd}"
+        );
         for secret in [
             hex::encode(&signed.key),
             hex::encode(&signed.signature),
             "13:14".to_string(),
             "15:34".to_string(),
             "8359".to_string(),
+            "1003312".to_string(),
         ] {
             assert!(!line.contains(&secret), "{secret} in {line}");
         }
