@@ -463,7 +463,7 @@ mod tests {
             up: stats,
             down: stats,
             reference: "relative-to-path-minimum".into(),
-            clock_offset_ms: 1_003_312.0095,
+            clock_offset_ms: 1_003_312.009_5,
             clock_offset_error_ms: 0.0255,
         });
         let signed = SignedReport::sign(&report, &key).unwrap();
