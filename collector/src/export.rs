@@ -1,14 +1,34 @@
-//! Raw export: each stored report as one NDJSON line with everything needed to verify it
-//! offline — the exact signed body (as a JSON string), the agent key and the signature — and the
-//! coarse region the collector placed it in, with how it was placed there. Never an address.
+//! Raw export, in two forms.
+//!
+//! - **Full** ([`ExportRecord`]): each stored report as one NDJSON line with everything needed
+//!   to verify it offline — the exact signed body (as a JSON string), the agent key and the
+//!   signature — the arrival time to the millisecond, and the coarse region the collector placed
+//!   it in, with how it was placed there. The operator's `export` command and the HTTP API with
+//!   a researcher token ([`crate::token`]) give it.
+//! - **Public** ([`PublicRecord`]): what `/api/v1/reports` gives anyone. Nothing that links two
+//!   reports of one volunteer or singles one out: no key, no signature, no signed bytes; the
+//!   report re-serialized from its parse (only the schema's fields, no attestation, no clock
+//!   offset) with its start floored to the hour, the arrival day only, the country, and the ASN only where the
+//!   aggregate publishes the report's (day, country, ASN, platform, kind) cell under the k
+//!   threshold ([`PublishedCells`], asked of the store).
+//!
+//! Never an address, in either.
 
-use crate::domain::{Axis, Cell, RegionSource, StoredReport, FIGURES, FIGURE_PRECISION};
+use crate::domain::codes::country_text;
+use crate::domain::{
+    day_string, Axis, Cell, Filter, Policy, RegionSource, StoredReport, FIGURES, FIGURE_PRECISION,
+};
 use crate::store::{ReportStore, StoreError};
 use callwatch_proto::precision::Precision;
-use callwatch_proto::SignedReport;
+use callwatch_proto::{CallReport, SignedReport};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::io::BufRead;
+
+/// Milliseconds in a day and an hour.
+const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
 
 /// One line of a raw export.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +123,204 @@ pub fn page(
     Ok(next)
 }
 
+/// One line of the public export: a report's measurement without anything that links it to its
+/// volunteer's other reports or to a moment finer than the hour.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PublicRecord {
+    /// The UTC day the collector received it, `YYYY-MM-DD` (never finer).
+    pub received_day: String,
+    pub country: String,
+    /// The network it is filed under, only when the aggregate publishes its (day, country, ASN,
+    /// platform, kind) cell (at least k agents); otherwise `null`.
+    pub asn: Option<u32>,
+    /// As in [`ExportRecord`].
+    pub region_source: String,
+    pub uploaded_elsewhere: bool,
+    pub hosting: bool,
+    /// The report as the collector parsed it, re-serialized: the schema's fields only, its
+    /// `started_at` floored to the hour, its `attestation` (which names the ASN) and each
+    /// stream's `owd_ms.clock_offset_ms` (a per-machine fingerprint) left out.
+    /// Not the signed bytes, and not verifiable: the full export has those. `null` for a
+    /// stored body that no longer parses.
+    pub report: Option<serde_json::Value>,
+}
+
+/// A (day, country, ASN, platform, kind) cell, as the aggregate names it.
+type CellName = (String, String, u32, String, String);
+
+/// The (day, country, ASN, platform, kind) cells the store publishes over a range of days under
+/// a [`Policy`]: a report's ASN is public only when its cell is one of them. Asked of the store
+/// ([`ReportStore::aggregate`]), so the k rules are the aggregate's, whatever they become.
+#[derive(Clone, Debug, Default)]
+pub struct PublishedCells(HashSet<CellName>);
+
+impl PublishedCells {
+    /// The cells published for test days `first_day..=last_day` (days since the epoch).
+    pub fn of(
+        store: &dyn ReportStore,
+        first_day: i64,
+        last_day: i64,
+        policy: &Policy,
+    ) -> Result<PublishedCells, StoreError> {
+        let filter = Filter {
+            since_ms: Some(first_day.saturating_mul(DAY_MS)),
+            until_ms: Some(last_day.saturating_add(1).saturating_mul(DAY_MS)),
+            ..Filter::default()
+        };
+        let axes = [
+            Axis::Day,
+            Axis::Country,
+            Axis::Asn,
+            Axis::Platform,
+            Axis::Kind,
+        ];
+        let cells = store.aggregate(&axes, &filter, policy)?;
+        Ok(PublishedCells(
+            cells
+                .iter()
+                .filter_map(|c| {
+                    Some((
+                        c.day.clone()?,
+                        c.country.clone()?,
+                        c.asn?,
+                        c.platform.clone()?,
+                        c.kind.clone()?,
+                    ))
+                })
+                .collect(),
+        ))
+    }
+
+    fn contains(&self, stored: &StoredReport, report: &CallReport) -> bool {
+        let day = report.started_at.timestamp_millis().div_euclid(DAY_MS);
+        self.0.contains(&(
+            day_string(day),
+            country_text(&stored.region.country),
+            stored.region.asn,
+            report.platform.to_string(),
+            report.stream_kind.to_string(),
+        ))
+    }
+}
+
+impl PublicRecord {
+    /// The public form of a stored report; its ASN shows only when `published` holds its cell.
+    pub fn from_stored(stored: &StoredReport, published: &PublishedCells) -> PublicRecord {
+        let report = serde_json::from_slice::<CallReport>(&stored.signed.body).ok();
+        let asn = report
+            .as_ref()
+            .filter(|r| published.contains(stored, r))
+            .map(|_| stored.region.asn);
+        let report = report.and_then(|mut r| {
+            let start = r.started_at.timestamp_millis();
+            r.started_at =
+                DateTime::<Utc>::from_timestamp_millis(start - start.rem_euclid(HOUR_MS))?;
+            r.attestation = None;
+            let mut v = serde_json::to_value(&r).ok()?;
+            // The agent's clock offset from the reflector, to 0.1 µs, is much the same in every
+            // report of one machine (it drifts slowly): a fingerprint, not a measurement of the
+            // path. The one-way delays themselves stay.
+            for s in v["streams"].as_array_mut().into_iter().flatten() {
+                if let Some(owd) = s.get_mut("owd_ms").and_then(|o| o.as_object_mut()) {
+                    owd.remove("clock_offset_ms");
+                }
+            }
+            Some(v)
+        });
+        PublicRecord {
+            received_day: day_string(stored.received_at_ms.div_euclid(DAY_MS)),
+            country: country_text(&stored.region.country),
+            asn,
+            region_source: stored.filing.source.as_str().into(),
+            uploaded_elsewhere: stored.filing.uploaded_elsewhere,
+            hosting: stored.filing.hosting,
+            report,
+        }
+    }
+
+    /// The record as one NDJSON line (with its newline).
+    pub fn to_line(&self) -> String {
+        let mut line = serde_json::to_string(self).unwrap_or_default();
+        line.push('\n');
+        line
+    }
+}
+
+/// A planned page of the public export ([`plan_public_page`]): where it ends and the cells
+/// whose ASN it may show.
+#[derive(Clone, Debug)]
+pub struct PublicPage {
+    /// The first arrival time (Unix ms) after the page: where the next page starts.
+    pub end: i64,
+    published: PublishedCells,
+}
+
+/// Plans one page of the public export: the reports received at or after `since_ms`, paged as
+/// [`page`] pages them. Reads the page once to find its end and the days its tests started on,
+/// then asks the store once for the cells published over those days. `None`: nothing to page.
+pub fn plan_public_page(
+    store: &dyn ReportStore,
+    since_ms: i64,
+    limit: usize,
+    policy: &Policy,
+) -> Result<Option<PublicPage>, StoreError> {
+    #[derive(Deserialize)]
+    struct Start {
+        started_at: DateTime<Utc>,
+    }
+    let mut days: Option<(i64, i64)> = None;
+    let mut last_ms = None;
+    let mut count = 0usize;
+    let mut next = None;
+    store.for_each_since(since_ms, &mut |stored| {
+        if count >= limit && last_ms != Some(stored.received_at_ms) {
+            next = Some(stored.received_at_ms);
+            return Ok(false);
+        }
+        count += 1;
+        last_ms = Some(stored.received_at_ms);
+        if let Ok(s) = serde_json::from_slice::<Start>(&stored.signed.body) {
+            let day = s.started_at.timestamp_millis().div_euclid(DAY_MS);
+            days = Some(days.map_or((day, day), |(a, b)| (a.min(day), b.max(day))));
+        }
+        Ok(true)
+    })?;
+    let Some(last_ms) = last_ms else {
+        return Ok(None);
+    };
+    let published = match days {
+        Some((first, last)) => PublishedCells::of(store, first, last, policy)?,
+        None => PublishedCells::default(),
+    };
+    Ok(Some(PublicPage {
+        end: next.unwrap_or(last_ms.saturating_add(1)),
+        published,
+    }))
+}
+
+/// Emits the planned page: every report received from `since_ms` up to `page.end`, as a
+/// [`PublicRecord`], until `emit` returns false. (A report that arrived after the plan with an
+/// arrival time inside the page is emitted too; its ASN shows only if its cell was published.)
+pub fn emit_public_page(
+    store: &dyn ReportStore,
+    since_ms: i64,
+    page: &PublicPage,
+    mut emit: impl FnMut(PublicRecord) -> bool,
+) -> Result<(), StoreError> {
+    store.for_each_since(since_ms, &mut |stored| {
+        if stored.received_at_ms >= page.end {
+            return Ok(false);
+        }
+        Ok(emit(PublicRecord::from_stored(&stored, &page.published)))
+    })
+}
+
+/// What `verify` says of a public record: it cannot be verified, and where the full form is.
+pub const PUBLIC_FORM: &str = "this is the public, redacted export (no agent keys, signatures or \
+     signed bodies): it cannot be verified. The full export, which can, needs a researcher token \
+     from the collector's operator: GET /api/v1/reports?full=true with `Authorization: Bearer \
+     <token>` (or the operator's `callwatch-collector export`)";
+
 /// The outcome of checking an export offline.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct VerifySummary {
@@ -111,13 +329,20 @@ pub struct VerifySummary {
     pub invalid: Vec<(usize, String)>,
 }
 
-/// Checks every signature (and report validity) in an NDJSON export.
+/// Checks every signature (and report validity) in an NDJSON export. A line of the public
+/// form is an error ([`PUBLIC_FORM`], kind `InvalidData`): that export holds nothing to verify.
 pub fn verify_export(input: impl BufRead) -> std::io::Result<VerifySummary> {
     let mut summary = VerifySummary::default();
     for (i, line) in input.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
+        }
+        if is_public_line(&line) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("line {}: {PUBLIC_FORM}", i + 1),
+            ));
         }
         let outcome = serde_json::from_str::<ExportRecord>(&line)
             .map_err(|e| format!("not an export record: {e}"))
@@ -130,6 +355,13 @@ pub fn verify_export(input: impl BufRead) -> std::io::Result<VerifySummary> {
     }
     Ok(summary)
 }
+/// Whether an export line is a [`PublicRecord`] (an object with `report` and no `signature`).
+fn is_public_line(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+        v.get("report").is_some() && v.get("signature").is_none() && v.get("body").is_none()
+    })
+}
+
 /// CSV columns, in order: the axes asked for, `count,agents`, `<figure>_p10,_median,_p90` per
 /// figure in [`FIGURES`] order, then the verdict counts (`verdict_none`, `verdict_inconclusive`,
 /// `verdict_differentiated`, `verdict_blocked`, `verdict_no_reference`) and the shares
@@ -216,5 +448,72 @@ mod tests {
         let (at, reason) = &summary.invalid[0];
         assert_eq!(*at, 2);
         assert!(reason.ends_with("streams[0].hostname"), "{reason}");
+    }
+
+    /// The public form of a report carries its measurement and nothing that links it: no key,
+    /// signature or signed bytes, the start to the hour, no attestation, the arrival day; the
+    /// ASN only for a published cell. `verify` refuses it, saying what it is.
+    #[test]
+    fn the_public_form_links_nothing_and_verify_refuses_it() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[6; 32]);
+        let mut report = CallReport::example();
+        report.started_at = "2026-11-28T13:14:15.123456789Z".parse().unwrap();
+        let stats = report.streams[0].rtt_ms.unwrap();
+        report.streams[0].owd_ms = Some(callwatch_proto::report::OneWayDelay {
+            up: stats,
+            down: stats,
+            reference: "relative-to-path-minimum".into(),
+            clock_offset_ms: 1_003_312.009_5,
+            clock_offset_error_ms: 0.0255,
+        });
+        let signed = SignedReport::sign(&report, &key).unwrap();
+        let stored = StoredReport {
+            signed: signed.clone(),
+            region: crate::geo::Region {
+                country: "RU".into(),
+                asn: 8359,
+            },
+            received_at_ms: 1_795_829_655_016, // 2026-11-28T15:34:15.016Z
+            filing: Default::default(),
+        };
+        let public = PublicRecord::from_stored(&stored, &PublishedCells::default());
+        let line = public.to_line();
+        assert_eq!(public.asn, None, "no published cell: no ASN");
+        assert_eq!(public.received_day, "2026-11-28");
+        assert_eq!(public.country, "RU");
+        let r = public.report.as_ref().unwrap();
+        assert_eq!(r["started_at"], "2026-11-28T13:00:00Z");
+        assert!(r.get("attestation").is_none());
+        let owd = &r["streams"][0]["owd_ms"];
+        assert!(
+            owd.get("clock_offset_ms").is_none() && owd.get("up").is_some(),
+            "{owd}"
+        );
+        for secret in [
+            hex::encode(&signed.key),
+            hex::encode(&signed.signature),
+            "13:14".to_string(),
+            "15:34".to_string(),
+            "8359".to_string(),
+            "1003312".to_string(),
+        ] {
+            assert!(!line.contains(&secret), "{secret} in {line}");
+        }
+        let mut published = PublishedCells::default();
+        published.0.insert((
+            "2026-11-28".into(),
+            "RU".into(),
+            8359,
+            report.platform.to_string(),
+            report.stream_kind.to_string(),
+        ));
+        assert_eq!(
+            PublicRecord::from_stored(&stored, &published).asn,
+            Some(8359)
+        );
+        let e = verify_export(line.as_bytes()).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("public, redacted export"), "{e}");
+        assert!(e.to_string().contains("token"), "{e}");
     }
 }

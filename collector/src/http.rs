@@ -1,7 +1,9 @@
 //! The HTTP API: aggregates for researchers, health for operators.
 //!
-//! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]` and `GET /healthz`.
-//! Bad parameters get 400 with a message that names the parameter.
+//! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]`, `GET /api/v1/reports`
+//! (public and redacted; `?full=true` with a researcher token for the full, verifiable form) and
+//! `GET /healthz`. Bad parameters get 400 with a message that names the parameter; a full export
+//! without a valid token gets 401.
 
 use crate::domain::{parse_kind, relative_error, Axis, Cell, Filter, Policy};
 use crate::export::cells_csv;
@@ -28,6 +30,66 @@ pub struct AppState {
     pub overview: Arc<std::sync::Mutex<Option<(std::time::Instant, Overview)>>>,
     /// The bounds on the store work requests may start.
     pub jobs: Jobs,
+    /// The data folder whose token file ([`crate::token`]) admits full exports; `None`: no
+    /// full export is ever given.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Seals the public export's page cursors.
+    pub cursors: CursorKey,
+}
+
+/// Seals and opens the public export's page cursors: where the next page starts (an arrival
+/// time to the millisecond, which the public form never shows), encrypted and authenticated
+/// with a key made when the collector starts. A client can neither read a cursor nor make one
+/// (which would let it find a report's arrival time by bisection); a cursor from before a
+/// restart is refused with a 400 that says to start again from `since`.
+#[derive(Clone)]
+pub struct CursorKey(chacha20poly1305::ChaCha20Poly1305);
+
+impl Default for CursorKey {
+    fn default() -> Self {
+        use chacha20poly1305::aead::KeyInit;
+        use rand::RngCore;
+        let mut key = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        CursorKey(chacha20poly1305::ChaCha20Poly1305::new(&key.into()))
+    }
+}
+
+impl CursorKey {
+    /// The cursor of a page starting at `ms`: base64url of nonce, ciphertext and tag.
+    pub fn seal(&self, ms: i64) -> String {
+        use base64::Engine;
+        use chacha20poly1305::aead::Aead;
+        use rand::RngCore;
+        let mut nonce = [0u8; 12];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let mut out = nonce.to_vec();
+        // Encrypting 8 bytes into a fresh vector cannot fail.
+        out.extend(
+            self.0
+                .encrypt(&nonce.into(), &ms.to_be_bytes()[..])
+                .unwrap_or_default(),
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out)
+    }
+
+    /// The start of the page a cursor names, if this collector run sealed it.
+    pub fn open(&self, cursor: &str) -> Option<i64> {
+        use base64::Engine;
+        use chacha20poly1305::aead::Aead;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(cursor)
+            .ok()?;
+        if raw.len() < 12 {
+            return None;
+        }
+        let (nonce, sealed) = raw.split_at(12);
+        let plain = self
+            .0
+            .decrypt(chacha20poly1305::Nonce::from_slice(nonce), sealed)
+            .ok()?;
+        Some(i64::from_be_bytes(plain.try_into().ok()?))
+    }
 }
 
 /// How many blocking store reads the HTTP API runs at once: queries (aggregations and the
@@ -219,10 +281,21 @@ pub struct ApiError {
     pub message: String,
 }
 
+/// What a 401 says in `WWW-Authenticate`.
+pub const BEARER_CHALLENGE: &str = "Bearer realm=\"callwatch full export\"";
+
 impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError {
             status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+    /// A full export asked for without a valid researcher token: 401 with
+    /// `WWW-Authenticate: Bearer`.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
             message: message.into(),
         }
     }
@@ -263,6 +336,12 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.message });
         let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(BEARER_CHALLENGE),
+            );
+        }
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(
                 header::RETRY_AFTER,
@@ -633,27 +712,56 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// Most records one page of `/api/v1/reports` may hold.
 pub const MAX_PAGE: usize = 100_000;
 
-/// `since` (RFC 3339 or Unix milliseconds, inclusive; default: the beginning) and `limit`.
-pub fn parse_reports_query(params: &HashMap<String, String>) -> Result<(i64, usize), ApiError> {
+/// The parameters of `/api/v1/reports`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportsQuery {
+    /// Reports received at or after, Unix ms (the public form: floored to the UTC day).
+    pub since: i64,
+    pub limit: usize,
+    /// The full form (needs a researcher token).
+    pub full: bool,
+    /// The public form's continuation, instead of `since`.
+    pub cursor: Option<String>,
+}
+
+/// `since` (RFC 3339, a day `YYYY-MM-DD` or Unix milliseconds, inclusive; default: the
+/// beginning), `limit`, `full` (`true`/`false`) and, for the public form, `cursor`. The public
+/// form applies `since` at day resolution, so that it cannot find a report's arrival time.
+pub fn parse_reports_query(params: &HashMap<String, String>) -> Result<ReportsQuery, ApiError> {
+    const KNOWN: [&str; 4] = ["since", "limit", "full", "cursor"];
     for k in params.keys() {
-        if !["since", "limit"].contains(&k.as_str()) {
+        if !KNOWN.contains(&k.as_str()) {
             return Err(ApiError::bad_request(format!(
-                "unknown parameter {k:?}; expected since, limit"
+                "unknown parameter {k:?}; expected one of {}",
+                KNOWN.join(", ")
             )));
         }
     }
+    let full = match params.get("full").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "full: {other:?} is not true or false"
+            )))
+        }
+    };
     let since = match params.get("since") {
         None => i64::MIN,
         Some(v) => match v.parse::<i64>() {
             Ok(ms) => ms,
-            Err(_) => chrono::DateTime::parse_from_rfc3339(v)
-                .map(|t| t.timestamp_millis())
-                .map_err(|_| {
-                    ApiError::bad_request(format!(
-                        "since: {v:?} is neither RFC 3339 (2026-11-28T00:00:00Z) nor Unix milliseconds"
-                    ))
-                })?,
+            Err(_) => parse_time_ms("since", v).map_err(|_| {
+                ApiError::bad_request(format!(
+                    "since: {v:?} is neither RFC 3339 (2026-11-28T00:00:00Z), a day (2026-11-28) \
+                     nor Unix milliseconds"
+                ))
+            })?,
         },
+    };
+    let since = if full || since == i64::MIN {
+        since
+    } else {
+        since - since.rem_euclid(86_400_000)
     };
     let limit = match params.get("limit") {
         None => 10_000,
@@ -663,40 +771,141 @@ pub fn parse_reports_query(params: &HashMap<String, String>) -> Result<(i64, usi
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| ApiError::bad_request(format!("limit: {v:?} is not 1..={MAX_PAGE}")))?,
     };
-    Ok((since, limit))
+    let cursor = params.get("cursor").cloned();
+    if cursor.is_some() && (full || params.contains_key("since")) {
+        return Err(ApiError::bad_request(
+            "cursor: continues a public page by itself; give it without since and without full \
+             (the full export continues with since = the last received_at + 1 ms)",
+        ));
+    }
+    Ok(ReportsQuery {
+        since,
+        limit,
+        full,
+        cursor,
+    })
 }
 
-/// Raw reports as NDJSON, streamed as they are read. A page holds `limit` records, extended to
-/// the end of the last record's millisecond: continue with `since` = that `received_at` + 1 ms.
+/// The header a public page names the next page's cursor in.
+pub const NEXT_CURSOR: &str = "x-next-cursor";
+
+/// Raw reports as NDJSON, streamed as they are read: the public, redacted form
+/// ([`crate::export::PublicRecord`]), or with `full=true` and a researcher token the full one
+/// ([`crate::export::ExportRecord`]).
+///
+/// A full page holds `limit` records, extended to the end of the last record's millisecond:
+/// continue with `since` = that `received_at` + 1 ms. A public page is cut the same way; its
+/// `X-Next-Cursor` header names where the next starts (continue with `cursor=`, alone).
 async fn reports(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let (since, limit) = parse_reports_query(&params)?;
+    let mut q = parse_reports_query(&params)?;
+    if q.full {
+        authorize(&state, &headers).await?;
+    } else if let Some(c) = &q.cursor {
+        q.since = state.cursors.open(c).ok_or_else(|| {
+            ApiError::bad_request(
+                "cursor: not one this collector gave (it may have restarted since): start again \
+                 from since",
+            )
+        })?;
+    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(64);
     let store = state.store.clone();
     let slot = Jobs::slot(&state.jobs.pages, "report pages").await?;
     let runtime = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        let result = crate::export::page(store.as_ref(), since, limit, |record| {
-            // A client that went away, or takes nothing for PAGE_WRITE_TIMEOUT, stops the read.
-            let line = Ok(record.to_line());
-            matches!(
-                runtime.block_on(tokio::time::timeout(PAGE_WRITE_TIMEOUT, tx.send(line))),
-                Ok(Ok(()))
-            )
+    let tx_err = tx.clone();
+    // A client that went away, or takes nothing for PAGE_WRITE_TIMEOUT, stops the read.
+    let send = move |line: String| {
+        matches!(
+            runtime.block_on(tokio::time::timeout(PAGE_WRITE_TIMEOUT, tx.send(Ok(line)))),
+            Ok(Ok(()))
+        )
+    };
+    let fail = move |e: crate::store::StoreError| {
+        // The page is cut short (the client sees a broken transfer, never the details).
+        let id = crate::fault::log_with_id(&format!("HTTP API: reading reports: {e}"));
+        let _ = tx_err.blocking_send(Err(std::io::Error::other(format!(
+            "internal error (id {id})"
+        ))));
+    };
+    let mut response_headers = vec![(header::CONTENT_TYPE, "application/x-ndjson".to_string())];
+    if q.full {
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            if let Err(e) =
+                crate::export::page(store.as_ref(), q.since, q.limit, |r| send(r.to_line()))
+            {
+                fail(e);
+            }
         });
-        if let Err(e) = result {
-            // The page is cut short (the client sees a broken transfer, never the details).
-            let id = crate::fault::log_with_id(&format!("HTTP API: reading reports: {e}"));
-            let _ = tx.blocking_send(Err(std::io::Error::other(format!(
-                "internal error (id {id})"
-            ))));
+    } else {
+        let (plan_store, policy, since, limit) = (store.clone(), state.policy, q.since, q.limit);
+        let plan = tokio::task::spawn_blocking(move || {
+            crate::export::plan_public_page(plan_store.as_ref(), since, limit, &policy)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("report page task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("reading reports: {e}")))?;
+        if let Some(page) = plan {
+            response_headers.push((
+                header::HeaderName::from_static(NEXT_CURSOR),
+                state.cursors.seal(page.end),
+            ));
+            tokio::task::spawn_blocking(move || {
+                let _slot = slot;
+                let r = crate::export::emit_public_page(store.as_ref(), since, &page, |r| {
+                    send(r.to_line())
+                });
+                if let Err(e) = r {
+                    fail(e);
+                }
+            });
         }
-    });
+    }
     let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    let mut response = body.into_response();
+    for (name, value) in response_headers {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, v);
+        }
+    }
+    Ok(response)
+}
+
+/// Admits a full export: `Authorization: Bearer <token>` with a token of the data folder's
+/// token file, read now (so a revocation applies to the next request). 401 otherwise.
+async fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    const HOW: &str = "the full export (agent keys, signatures, signed bodies) needs a researcher \
+         token from the collector's operator (callwatch-collector token add), sent as \
+         `Authorization: Bearer <token>`; without one, leave out full=true for the public, \
+         redacted export";
+    let Some(presented) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+    else {
+        return Err(ApiError::unauthorized(format!("no bearer token: {HOW}")));
+    };
+    let Some(data) = state.data_dir.clone() else {
+        return Err(ApiError::unauthorized(format!(
+            "this collector issues no tokens: {HOW}"
+        )));
+    };
+    let valid = tokio::task::spawn_blocking(move || crate::token::is_valid(&data, &presented))
+        .await
+        .map_err(|e| ApiError::internal(format!("token check task failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("checking a researcher token: {e:#}")))?;
+    if valid {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(format!(
+            "the bearer token is not valid (unknown or revoked): {HOW}"
+        )))
+    }
 }
 
 #[cfg(test)]
@@ -717,9 +926,33 @@ mod tests {
         assert!(e(&[("limit", "0")]).starts_with("limit"));
         assert!(e(&[("limit", "x")]).starts_with("limit"));
         assert!(e(&[("page", "2")]).contains("page"));
+        assert!(e(&[("full", "yes")]).starts_with("full"));
+        assert!(e(&[("cursor", "x"), ("since", "0")]).starts_with("cursor"));
+        assert!(e(&[("cursor", "x"), ("full", "true")]).starts_with("cursor"));
         let ok = |p: &[(&str, &str)]| parse_reports_query(&params(p)).ok().unwrap();
-        assert_eq!(ok(&[("since", "1000"), ("limit", "5")]), (1000, 5));
-        assert_eq!(ok(&[("since", "1970-01-01T00:00:01Z")]).0, 1000);
+        let full = ok(&[("since", "1000"), ("limit", "5"), ("full", "true")]);
+        assert_eq!((full.since, full.limit, full.full), (1000, 5, true));
+        let full = ok(&[("since", "1970-01-01T00:00:01Z"), ("full", "true")]);
+        assert_eq!(full.since, 1000);
+        // The public form pages from the start of the day, never finer.
+        let public = ok(&[("since", "2026-11-28T13:14:15.016Z")]);
+        assert_eq!((public.since, public.full), (1_795_824_000_000, false));
+        assert_eq!(ok(&[("since", "2026-11-28")]).since, 1_795_824_000_000);
+        assert_eq!(ok(&[]).since, i64::MIN);
+    }
+
+    #[test]
+    fn a_cursor_opens_only_where_it_was_sealed() {
+        let (a, b) = (CursorKey::default(), CursorKey::default());
+        let c = a.seal(1_795_824_123_456);
+        assert!(!c.contains("1795824123456"));
+        assert_eq!(a.open(&c), Some(1_795_824_123_456));
+        assert_ne!(a.seal(5), a.seal(5), "a fresh nonce each time");
+        assert_eq!(b.open(&c), None, "another run's key");
+        let mut forged = c.into_bytes();
+        forged[20] ^= 1;
+        assert_eq!(a.open(&String::from_utf8_lossy(&forged)), None);
+        assert_eq!(a.open("AAAA"), None);
     }
 
     /// The hour axis answers at most MAX_HOURLY_DAYS days: an unbounded or longer range is

@@ -21,5 +21,6 @@ pub mod ingest;
 pub mod reflector;
 pub mod serve;
 pub mod store;
+pub mod token;
 
 pub use serve::{serve, serve_with_store, Collector, ServeConfig};

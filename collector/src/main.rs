@@ -102,9 +102,10 @@ enum Command {
     },
     /// Export from a stopped collector's store: raw signed reports (ndjson) or aggregates.
     ///
-    /// ndjson: one report per line with its exact signed body, agent key and signature (check
-    /// them with `verify`); json/csv: the aggregate by --axis-x [and --axis-y], as the HTTP API
-    /// gives it.
+    /// ndjson: the full export, one report per line with its exact signed body, agent key,
+    /// signature and arrival to the millisecond (check them with `verify`) — what the HTTP API
+    /// gives only with a researcher token (see `token`); json/csv: the aggregate by --axis-x
+    /// [and --axis-y], as the HTTP API gives it.
     ///
     /// Examples:
     ///   callwatch-collector export --data /var/lib/callwatch > reports.ndjson
@@ -231,10 +232,78 @@ enum Command {
     /// Changes take effect on a running collector at its next report (no restart).
     #[command(subcommand)]
     Reflector(ReflectorCommand),
-    /// Check every signature in an ndjson export, offline. Exit 0 when all verify, 1 otherwise.
+    /// Issue, list and revoke researcher tokens for the full raw export (DIR/tokens.json,
+    /// owner-only, holding only each token's SHA-256).
+    ///
+    /// /api/v1/reports is public and redacted: no agent keys, signatures or signed bodies,
+    /// times to the hour, the ASN only where its aggregate cell has at least k agents. The full
+    /// form (/api/v1/reports?full=true), which `verify` can check, needs
+    /// `Authorization: Bearer <token>` with a token issued here. Changes apply to a running
+    /// collector from its next request (no restart).
+    ///
+    /// Examples:
+    ///   callwatch-collector token add --data /var/lib/callwatch alice-uni-example
+    ///   callwatch-collector token list --data /var/lib/callwatch
+    ///   callwatch-collector token revoke --data /var/lib/callwatch alice-uni-example
+    #[command(subcommand, verbatim_doc_comment)]
+    Token(TokenCommand),
+    /// Check every signature in a full ndjson export, offline. Exit 0 when all verify, 1 otherwise.
+    ///
+    /// The full export is `export` (the operator's) or the HTTP API's
+    /// /api/v1/reports?full=true with a researcher token. The public /api/v1/reports is
+    /// redacted (no keys, signatures or signed bodies): verify refuses it, saying so.
+    ///
+    /// Examples:
+    ///   callwatch-collector export --data /var/lib/callwatch > full.ndjson
+    ///   callwatch-collector verify full.ndjson
+    /// or, from a running collector, with a researcher token (see `token add`):
+    ///   curl -H "Authorization: Bearer $TOKEN" \
+    ///       'http://127.0.0.1:8080/api/v1/reports?full=true&limit=100000' > full.ndjson
+    #[command(verbatim_doc_comment)]
     Verify {
         /// The export file ("-" for standard input).
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a researcher token named NAME and print it, once: only its SHA-256 is kept.
+    ///
+    /// Give the token to the researcher over a private channel; they send it as
+    /// `Authorization: Bearer <token>` with /api/v1/reports?full=true. Names are unique among
+    /// the tokens in effect. A running collector honours it at once (no restart).
+    ///
+    /// Example:
+    ///   callwatch-collector token add --data /var/lib/callwatch alice-uni-example
+    #[command(verbatim_doc_comment)]
+    Add {
+        /// The collector's data folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        /// Who holds it: 1 to 64 letters, digits, '-', '_', '.' or '@'.
+        name: String,
+    },
+    /// List the tokens in effect: names and the day each was issued (never a token).
+    ///
+    /// Example:
+    ///   callwatch-collector token list --data /var/lib/callwatch
+    #[command(verbatim_doc_comment)]
+    List {
+        /// The collector's data folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+    },
+    /// Revoke the token named NAME: a running collector refuses it (401) from its next request.
+    ///
+    /// Example:
+    ///   callwatch-collector token revoke --data /var/lib/callwatch alice-uni-example
+    #[command(verbatim_doc_comment)]
+    Revoke {
+        /// The collector's data folder.
+        #[arg(long, value_name = "DIR")]
+        data: PathBuf,
+        name: String,
     },
 }
 
@@ -456,6 +525,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Reflect(args) => callwatch_reflector::standalone::run(args).await,
         Command::Reflector(cmd) => reflector_command(cmd),
+        Command::Token(cmd) => token_command(cmd),
         Command::Verify { file } => {
             let input: Box<dyn std::io::BufRead> = if file.as_os_str() == "-" {
                 Box::new(std::io::stdin().lock())
@@ -553,6 +623,31 @@ fn export(
                 out.write_all(b"\n")?;
             }
             out.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn token_command(cmd: TokenCommand) -> Result<()> {
+    use callwatch_collector::token;
+    match cmd {
+        TokenCommand::Add { data, name } => {
+            let t = token::add(&data, &name)?;
+            eprintln!(
+                "issued researcher token {name:?}; it is shown only this once (only its SHA-256 \
+                 is kept in {}). Send it as `Authorization: Bearer <token>` with \
+                 /api/v1/reports?full=true:",
+                token::path(&data).display()
+            );
+            println!("{t}");
+        }
+        TokenCommand::List { data } => print!("{}", token::Tokens::load(&data)?.render()),
+        TokenCommand::Revoke { data, name } => {
+            let gone = token::revoke(&data, &name)?;
+            println!(
+                "revoked researcher token {:?} (issued {}): refused from the next request",
+                gone.name, gone.created
+            );
         }
     }
     Ok(())

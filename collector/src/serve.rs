@@ -169,6 +169,9 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
     })?;
     let quic_addr = ingest.local_addr()?;
     let tcp_addr = ingest.tcp_addr.context("the TCP ingest listener")?;
+    // A token file others can read, or a damaged one, stops the start (naming it) rather than
+    // failing every full export later.
+    crate::token::Tokens::load(&cfg.data_dir)?;
     let listener = tokio::net::TcpListener::bind(cfg.http)
         .await
         .with_context(|| format!("binding HTTP API on {}", cfg.http))?;
@@ -180,6 +183,8 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         policy: cfg.policy,
         overview: Default::default(),
         jobs: Default::default(),
+        data_dir: Some(cfg.data_dir.clone()),
+        cursors: Default::default(),
     });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -232,10 +232,15 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
         assert_eq!(f.prefix_tag.as_ref(), Some(&upload_tag));
     }
 
-    // The raw export says how each report was filed.
-    let (status, raw) = http::get(collector.http_addr, "/api/v1/reports?limit=10")
-        .await
-        .unwrap();
+    // The raw export says how each report was filed (the full one: a researcher token).
+    let token = callwatch_collector::token::add(&data, "attested").unwrap();
+    let (status, raw) = http::get_bearer(
+        collector.http_addr,
+        "/api/v1/reports?full=true&limit=10",
+        &token,
+    )
+    .await
+    .unwrap();
     assert_eq!(status, 200, "{raw}");
     assert!(
         !raw.contains("prefix") && !raw.contains(&path_tag) && !raw.contains(&upload_tag),

@@ -81,6 +81,19 @@ async fn dashboard_shows_seeded_cells_and_a_click_opens_the_series() {
             "the page fetches from elsewhere: {fetch}"
         );
     }
+    // Its raw link is the public, redacted export, and says so.
+    let raw = page
+        .lines()
+        .find(|l| l.contains(r#"id="raw""#))
+        .expect("a raw export link");
+    assert!(
+        raw.contains(r#"href="api/v1/reports""#) && raw.contains("public reports, redacted"),
+        "{raw}"
+    );
+    assert!(
+        !page.contains("full=true\""),
+        "the page links no full export"
+    );
     let (status, spec) = callwatch_tests::http::get(c.http_addr, "/openapi.yaml")
         .await
         .unwrap();

@@ -894,12 +894,18 @@ fn every_documented_command_runs_or_names_its_test() {
     // The documented flow did what it says: the volunteer's `run --once` uploaded a report per
     // platform (generic and whatsapp, `init`'s substitution above), at the collector's own
     // reflector (its ports learned from the collector), which the researcher's page and the
-    // operator's export hold (and `verify` checked).
-    for file in ["page.ndjson", "all.ndjson"] {
+    // operator's export hold (and `verify` checked): the public page as parsed reports without a
+    // signature, the export as signed bodies (JSON strings).
+    for (file, quote) in [("page.ndjson", "\""), ("all.ndjson", "\\\"")] {
         let text = std::fs::read_to_string(stage.cwd.join(file)).unwrap_or_default();
         assert_eq!(text.lines().count(), 2, "{file}: {text}");
+        assert_eq!(
+            file == "all.ndjson",
+            text.contains("\"signature\""),
+            "{file}: {text}"
+        );
         for platform in ["generic", "whatsapp"] {
-            let needle = format!("\\\"platform\\\":\\\"{platform}\\\"");
+            let needle = format!("{quote}platform{quote}:{quote}{platform}{quote}");
             assert!(text.contains(&needle), "{platform} in {file}: {text}");
         }
     }

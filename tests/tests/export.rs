@@ -54,15 +54,18 @@ async fn reports_export_pages_verify_offline_and_hold_no_address() {
         fetch_endpoints: false,
     };
     assert_eq!(upload_queue(&queue, &target).await.unwrap().accepted, 25);
+    // The full export needs a researcher token.
+    let token = callwatch_collector::token::add(&root.path().join("collector"), "export").unwrap();
 
     // Page through with a small limit: every report exactly once.
     let mut since = String::from("0");
     let mut seen = std::collections::BTreeSet::new();
     let mut all_lines = String::new();
     for _page in 0..30 {
-        let (status, body) = http::get(
+        let (status, body) = http::get_bearer(
             collector.http_addr,
-            &format!("/api/v1/reports?since={since}&limit=3"),
+            &format!("/api/v1/reports?full=true&since={since}&limit=3"),
+            &token,
         )
         .await
         .unwrap();

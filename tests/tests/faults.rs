@@ -51,11 +51,12 @@ async fn connect(c: &RunningCollector) -> (quinn::Endpoint, quinn::Connection) {
     (ep, conn)
 }
 
-/// Every stored report, by "key/id", from the raw export API.
-async fn stored_ids(http_addr: SocketAddr) -> Vec<String> {
-    let (status, body) = http::get(http_addr, "/api/v1/reports?limit=100000")
-        .await
-        .unwrap();
+/// Every stored report, by "key/id", from the full raw export (with a researcher `token`).
+async fn stored_ids(http_addr: SocketAddr, token: &str) -> Vec<String> {
+    let (status, body) =
+        http::get_bearer(http_addr, "/api/v1/reports?full=true&limit=100000", token)
+            .await
+            .unwrap();
     assert_eq!(status, 200, "{body}");
     body.lines()
         .map(|l| {
@@ -146,7 +147,8 @@ async fn sigkill_during_a_large_upload_keeps_every_acknowledged_report_once() {
     // Restarted on the same files: every acknowledged report is there, each once, and the
     // aggregate counts each stored report once.
     let c = start_collector(root.path(), &data, &OPEN);
-    let stored = stored_ids(c.http).await;
+    let token = callwatch_collector::token::add(&data, "faults").unwrap();
+    let stored = stored_ids(c.http, &token).await;
     let unique: BTreeSet<String> = stored.iter().cloned().collect();
     assert_eq!(unique.len(), stored.len(), "a report stored twice");
     let lost: Vec<&String> = acked.difference(&unique).collect();
@@ -172,7 +174,7 @@ async fn sigkill_during_a_large_upload_keeps_every_acknowledged_report_once() {
             .count();
     }
     assert_eq!(duplicates, stored.len());
-    assert_eq!(stored_ids(c.http).await.len(), all.len());
+    assert_eq!(stored_ids(c.http, &token).await.len(), all.len());
     assert_eq!(aggregated(c.http).await, all.len() as u64);
     c.stop();
 }

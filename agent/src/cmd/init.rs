@@ -56,8 +56,9 @@ Before you run a callwatch agent, know what it does and who sees what:
   - The collector's operator sees the address you upload from (used to look up your country
     and network, then not kept) and every report.
   - The public sees figures by country, network and platform, only where enough volunteers
-    stand behind them, and the reports without key or signature, to the hour. Researchers the
-    operator trusts with a token also see each report's signature and its day's key.
+    stand behind them, and each report's measurements, country and hour without your key
+    (its network only where enough volunteers share it). Researchers the operator gives a
+    token see the signed reports with their signing key, which links a day's reports.
   - Measuring censorship can be risky where you are. If in doubt, do not run it.";
 
 pub fn run(args: Args) -> Result<ExitCode> {
