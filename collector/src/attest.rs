@@ -142,8 +142,8 @@ pub enum Arrival {
 /// Path tokens on the collector's side ([`callwatch_proto::pathtoken`]): the carry-out secret
 /// opens them, and the network prefix they hold is kept only as a tag — the first 8 bytes of
 /// HMAC-SHA-256 under a key made at random for the UTC day the report's test *started*, held in
-/// memory only and destroyed [`TAG_KEY_DAYS`] days after that day (or when the collector
-/// restarts). Reports of one day from one prefix share a tag whenever they arrive within that
+/// memory only and destroyed [`TAG_KEY_DAYS`] days after that day by default (or when the
+/// collector restarts). Reports of one day from one prefix share a tag whenever they arrive within that
 /// window, so a day cell's prefixes can be counted (Sybil accounting): one prefix cannot pass for
 /// several by uploading a day's reports over several days. Reports that arrive later all get
 /// [`LATE_TAG`]: in a day cell they count as one prefix together and share one prefix's cap.
@@ -151,11 +151,15 @@ pub enum Arrival {
 pub struct PathTokens {
     secret: CarrySecret,
     day_keys: Mutex<BTreeMap<i64, [u8; 32]>>,
+    key_days: i64,
 }
 
-/// How many days after a test's UTC day its prefix can still be tagged, and the day's key lives:
-/// an agent that uploads every cycle is well inside it, one back after a long outage is not.
-pub const TAG_KEY_DAYS: i64 = 2;
+/// How many days after a test's UTC day its prefix can still be tagged, and the day's key lives
+/// (in memory): an agent that uploads every cycle is well inside it, and so is one whose uploads
+/// were blocked for most of a week; one back after a longer outage is not. The trade-off: while
+/// a day's key lives, whoever reads the collector's memory can tell which prefix that day's tags
+/// stand for.
+pub const TAG_KEY_DAYS: i64 = 7;
 
 /// The tag of every report whose test started more than [`TAG_KEY_DAYS`] days before it arrived.
 pub const LATE_TAG: [u8; 8] = [0; 8];
@@ -168,15 +172,22 @@ impl std::fmt::Debug for PathTokens {
 
 impl PathTokens {
     pub fn new(secret: CarrySecret) -> Self {
+        Self::keeping(secret, TAG_KEY_DAYS)
+    }
+
+    /// Day keys kept `key_days` days after their day instead of [`TAG_KEY_DAYS`] (tests of
+    /// historical fixtures).
+    pub fn keeping(secret: CarrySecret, key_days: i64) -> Self {
         PathTokens {
             secret,
             day_keys: Mutex::new(BTreeMap::new()),
+            key_days,
         }
     }
 
     /// The tag of `prefix` for a test that started at `started`, arriving at `now`: under the
     /// key of the test's UTC day, or [`LATE_TAG`] if that day's key is gone. Keys of days more
-    /// than [`TAG_KEY_DAYS`] before `now`'s are destroyed here.
+    /// than the kept days ([`TAG_KEY_DAYS`]) before `now`'s are destroyed here.
     pub fn tag(&self, prefix: NetPrefix, started: DateTime<Utc>, now: DateTime<Utc>) -> [u8; 8] {
         use hmac::{Hmac, Mac};
         let today = now.timestamp().div_euclid(86_400);
@@ -186,8 +197,8 @@ impl PathTokens {
         let key = {
             let mut keys = self.day_keys.lock().unwrap_or_else(|e| e.into_inner());
             // Destroyed, not kept: `retain` drops (and so forgets) every older key.
-            keys.retain(|d, _| *d >= today - TAG_KEY_DAYS);
-            if day < today - TAG_KEY_DAYS {
+            keys.retain(|d, _| *d >= today - self.key_days);
+            if day < today - self.key_days {
                 return LATE_TAG;
             }
             *keys.entry(day).or_insert_with(rand::random)
@@ -366,14 +377,14 @@ mod tests {
         let monday = t("2026-03-02T10:00:00Z");
         let same_day = paths.tag(a, monday, t("2026-03-02T11:00:00Z"));
         assert_eq!(paths.tag(a, monday, t("2026-03-03T09:00:00Z")), same_day);
-        assert_eq!(paths.tag(a, monday, t("2026-03-04T23:59:00Z")), same_day);
+        assert_eq!(paths.tag(a, monday, t("2026-03-09T23:59:00Z")), same_day);
         assert_ne!(paths.tag(b, monday, t("2026-03-02T11:00:00Z")), same_day);
         let tuesday = t("2026-03-03T10:00:00Z");
         assert_ne!(paths.tag(a, tuesday, t("2026-03-03T11:00:00Z")), same_day);
-        // Three days after Monday its key is destroyed: late reports share one tag, whatever
+        // Eight days after Monday its key is destroyed: late reports share one tag, whatever
         // their prefix.
-        assert_eq!(paths.tag(a, monday, t("2026-03-05T00:00:00Z")), LATE_TAG);
-        assert_eq!(paths.tag(b, monday, t("2026-03-05T00:00:00Z")), LATE_TAG);
+        assert_eq!(paths.tag(a, monday, t("2026-03-10T00:00:00Z")), LATE_TAG);
+        assert_eq!(paths.tag(b, monday, t("2026-03-10T00:00:00Z")), LATE_TAG);
         let keys = paths.day_keys.lock().unwrap();
         assert!(!keys.contains_key(&monday.timestamp().div_euclid(86_400)));
     }

@@ -71,8 +71,8 @@ enum Command {
         /// source that knows them. Without any every sender is country ZZ, AS0.
         #[arg(long, value_name = "FILE")]
         geo: Vec<PathBuf>,
-        /// Publish an aggregate cell only when at least K distinct agents on K distinct network
-        /// prefixes stand behind it.
+        /// Publish an aggregate cell only from the UTC days on which at least K distinct agents
+        /// on K distinct network prefixes stood behind it.
         #[arg(long = "min-agents", default_value_t = 3, value_name = "K")]
         min_agents: usize,
         /// Count one agent's reports at most N times per cell and day.

@@ -45,6 +45,9 @@ pub struct ServeConfig {
     pub max_connections_per_ip: usize,
     /// Upload rate limits per source address and per agent key.
     pub rate_limits: crate::ingest::RateLimits,
+    /// How many days after a test's day its network prefix can still be tagged
+    /// ([`crate::attest::TAG_KEY_DAYS`]; tests of historical fixtures raise it).
+    pub tag_key_days: i64,
     /// Publication rules for aggregates (k threshold, per-agent cap).
     pub policy: crate::domain::Policy,
     /// Networks whose reports are marked `hosting` (default: the built-in list).
@@ -68,6 +71,7 @@ impl ServeConfig {
             max_connections: 1024,
             max_connections_per_ip: 16,
             rate_limits: crate::ingest::RateLimits::default(),
+            tag_key_days: crate::attest::TAG_KEY_DAYS,
             policy: crate::domain::Policy::default(),
             hosting: Default::default(),
         }
@@ -162,7 +166,10 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         filer: crate::attest::Filer {
             keys: attest_keys,
             hosting: cfg.hosting.clone(),
-            paths: Some(Arc::new(crate::attest::PathTokens::new(carry.clone()))),
+            paths: Some(Arc::new(crate::attest::PathTokens::keeping(
+                carry.clone(),
+                cfg.tag_key_days,
+            ))),
         },
         reflectors: directory,
         endpoints: endpoints.clone(),

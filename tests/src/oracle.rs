@@ -210,6 +210,8 @@ pub fn assert_csv_precision(csv: &str) -> usize {
 pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
     struct Arm<'a> {
         key: Vec<String>,
+        /// UTC day of the test: k is met per (cell, day).
+        day: i64,
         agent: &'a [u8],
         prefix: Vec<u8>,
         figures: [Option<f64>; 8],
@@ -322,6 +324,7 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
             };
             kept.push(Arm {
                 key,
+                day: hour.div_euclid(24),
                 agent: input.agent,
                 prefix,
                 figures,
@@ -330,9 +333,20 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
             });
         }
     }
-    let mut groups: BTreeMap<Vec<String>, Vec<&Arm<'_>>> = BTreeMap::new();
+    // k per UTC day: a cell is the merge of its days that each had k agents and k prefixes.
+    let mut days: BTreeMap<(Vec<String>, i64), Vec<&Arm<'_>>> = BTreeMap::new();
     for arm in &kept {
-        groups.entry(arm.key.clone()).or_default().push(arm);
+        days.entry((arm.key.clone(), arm.day))
+            .or_default()
+            .push(arm);
+    }
+    let mut groups: BTreeMap<Vec<String>, Vec<&Arm<'_>>> = BTreeMap::new();
+    for ((key, _), arms) in days {
+        let agents: BTreeSet<&[u8]> = arms.iter().map(|a| &a.agent[..8]).collect();
+        let prefixes: BTreeSet<&[u8]> = arms.iter().map(|a| &a.prefix[..]).collect();
+        if agents.len() >= q.min_agents.max(1) && prefixes.len() >= q.min_agents.max(1) {
+            groups.entry(key).or_default().extend(arms);
+        }
     }
     let blocked_rules = [
         VerdictRule::Blocked,
@@ -347,10 +361,6 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
     let mut out = BTreeMap::new();
     for (key, arms) in groups {
         let agents: BTreeSet<&[u8]> = arms.iter().map(|a| &a.agent[..8]).collect();
-        let prefixes: BTreeSet<&[u8]> = arms.iter().map(|a| &a.prefix[..]).collect();
-        if agents.len() < q.min_agents.max(1) || prefixes.len() < q.min_agents.max(1) {
-            continue;
-        }
         let mut cell = Map::new();
         for (axis, value) in q.axes.iter().zip(&key) {
             cell.insert(

@@ -155,6 +155,15 @@ async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() 
         f(&mut q);
         q
     };
+    // The hour axis answers at most 31 days per query: the last 30 (the seed's 7 days).
+    let month_ago = (chrono::Utc::now() - chrono::Duration::days(30)).date_naive();
+    let month_ago_ms = month_ago
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_millis();
+    let hourly: &'static str =
+        Box::leak(format!("axis_x=hour&country=ru&asn=AS12389&since={month_ago}").into_boxed_str());
     let queries: Vec<(&str, Query)> = vec![
         (
             "axis_x=country&axis_y=platform",
@@ -177,9 +186,9 @@ async fn api_cells_equal_an_independent_recomputation_within_the_sketch_error() 
             }),
         ),
         (
-            "axis_x=hour&country=ru&asn=AS12389",
+            hourly,
             q(&["hour"], &|q| {
-                (q.country, q.asn) = (Some("ru"), Some(12389))
+                (q.country, q.asn, q.since_ms) = (Some("ru"), Some(12389), Some(month_ago_ms))
             }),
         ),
         (
@@ -703,32 +712,35 @@ async fn check_hand_fixture(c: &callwatch_collector::Collector) {
             )],
         ),
         (
-            // Both arms in Russia, all days: five tests count per arm (agent 1's last two of
-            // 2 Nov do not). Platform rtt [80 90 100 110 120], loss up [0 0 .05 .10 .20], loss
-            // down [0 0 .01 .02 .30], control rtt [40 45 50 51 52]: ranks 0, 2, 3.
+            // Both arms in Russia, all days. k is met per day: 2 Nov has agents 1, 2 and 3;
+            // 3 Nov only agent 3, so its test (rtt 90, inconclusive, no reference) counts
+            // nowhere, though over both days three agents stand behind the cell. Four tests
+            // count per arm (agent 1's last two of 2 Nov do not): platform rtt [80 100 110
+            // 120], loss up [0 .05 .10 .20], loss down [0 .01 .02 .30], control rtt [40 50 51
+            // 52]: ranks 0, 1, 2.
             "axis_x=arm&country=RU&platform=whatsapp",
             Query { axes: vec!["arm"], country: Some("RU"), ..k2.clone() },
             vec![
                 (
                     vec!["platform"],
                     serde_json::json!({
-                        "count": 5, "agents": 3,
+                        "count": 4, "agents": 3,
                         "rtt_ms": fig(80.0, 100.0, 110.0),
                         "loss_up": fig(0.0, 0.05, 0.10),
                         "loss_down": fig(0.0, 0.01, 0.02),
-                        "verdicts": verdicts(1, 1, 3, 1, 1),
-                        "differentiated_share": 0.6, "blocked_share": 0.2,
+                        "verdicts": verdicts(1, 0, 3, 1, 0),
+                        "differentiated_share": 0.75, "blocked_share": 0.25,
                     }),
                 ),
                 (
                     vec!["control"],
                     serde_json::json!({
-                        "count": 5, "agents": 3,
+                        "count": 4, "agents": 3,
                         "rtt_ms": fig(40.0, 50.0, 51.0),
                         "loss_up": fig(0.0, 0.0, 0.0),
                         "loss_down": fig(0.0, 0.0, 0.0),
-                        "verdicts": verdicts(1, 1, 3, 1, 1),
-                        "differentiated_share": 0.6, "blocked_share": 0.2,
+                        "verdicts": verdicts(1, 0, 3, 1, 0),
+                        "differentiated_share": 0.75, "blocked_share": 0.25,
                     }),
                 ),
             ],

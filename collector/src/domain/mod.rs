@@ -51,12 +51,13 @@
 //!   or IPv6 /48, the key made per UTC day of ingest), or, for a report without one (carried in
 //!   a file, or stored before tags), the first 8 bytes of its agent key ([`prefix_of`]): such a
 //!   report is a prefix of its own, and the prefix rules reduce to the key rules for it.
-//! - **k threshold.** A queried cell is published only when at least `min_agents` distinct agents
-//!   and at least `min_agents` distinct prefixes stand behind it ([`CellState::meets`]). So a
+//! - **k threshold, per UTC day.** A queried cell is the merge of its days on which at least
+//!   `min_agents` distinct agents and at least `min_agents` distinct prefixes stood behind it
+//!   ([`CellState::meets`], [`Grouper`]): agents rotate keys daily and tags are keyed per test
+//!   day, so a volunteer is one key and one prefix within a day and many across days. So a
 //!   party with fewer than k prefixes publishes no cell alone, and beside honest reports it
 //!   counts at most (its prefixes × the prefix cap) times per cell and day; RELIABILITY.md
-//!   states the bound and its limits (tags are per day of upload; k is per published cell, not
-//!   per day within it).
+//!   states the bound and its limits.
 //!
 //! # Published precision
 //!

@@ -244,10 +244,18 @@ impl GroupKey {
 }
 
 /// Merges fine cells, one at a time, into the cells a query asks for.
+///
+/// **k is applied per UTC day.** Each asked-for cell is first merged per day; a day's part is
+/// kept only if it meets k on its own (at least `min_agents` distinct agent keys and as many
+/// distinct network prefixes), and a cell over several days is the merge of the days that did.
+/// Agents rotate their key every UTC day (by default) and prefix tags are made under a key per
+/// day, so within a day one volunteer is one key and one prefix; across days they are many, and
+/// a month cell counted as a whole would let one volunteer meet k alone in three days.
 pub struct Grouper<'a> {
     axes: &'a [Axis],
     filter: &'a Filter,
-    groups: BTreeMap<GroupKey, CellState>,
+    /// By (asked-for cell, UTC day).
+    groups: BTreeMap<(GroupKey, i64), CellState>,
 }
 
 impl<'a> Grouper<'a> {
@@ -264,22 +272,27 @@ impl<'a> Grouper<'a> {
         self.filter.matches(key, self.axes)
     }
 
-    /// Adds a fine cell; cells the filter excludes are ignored.
+    /// Adds a fine (or day roll-up) cell; cells the filter excludes are ignored.
     pub fn add(&mut self, key: &CellKey, state: &CellState) {
         if self.wants(key) {
             self.groups
-                .entry(GroupKey::of(key, self.axes))
+                .entry((GroupKey::of(key, self.axes), key.day()))
                 .or_default()
                 .merge(state);
         }
     }
 
-    /// The published cells: those with at least `min_agents` distinct agents and as many
-    /// distinct network prefixes.
+    /// The published cells: each the merge of its days that met k on their own (at least
+    /// `min_agents` distinct agents and as many distinct network prefixes that day).
     pub fn finish(self, policy: &Policy) -> Vec<Cell> {
-        self.groups
+        let mut published: BTreeMap<GroupKey, CellState> = BTreeMap::new();
+        for ((key, _day), s) in self.groups {
+            if s.meets(policy.min_agents) {
+                published.entry(key).or_default().merge(&s);
+            }
+        }
+        published
             .into_iter()
-            .filter(|(_, s)| s.meets(policy.min_agents))
             .map(|(key, s)| {
                 let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
                 Cell::new(
@@ -347,29 +360,37 @@ pub fn exact(
     filter: &Filter,
     policy: &Policy,
 ) -> Vec<Cell> {
-    let mut groups: BTreeMap<GroupKey, Vec<&Observation>> = BTreeMap::new();
+    let agent = |o: &Observation| {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&o.agent[..8]);
+        p
+    };
+    // Observations by asked-for cell and UTC day of the test.
+    let mut by_day: BTreeMap<(GroupKey, i64), Vec<&Observation>> = BTreeMap::new();
     for o in capped(observations, policy) {
         let key = o.cell_key();
         if filter.matches(&key, axes) {
-            groups.entry(GroupKey::of(&key, axes)).or_default().push(o);
+            let day = o.started_at_ms.div_euclid(24 * HOUR_MS);
+            by_day
+                .entry((GroupKey::of(&key, axes), day))
+                .or_default()
+                .push(o);
+        }
+    }
+    // A cell keeps the days that met k on their own.
+    let k = policy.min_agents.max(1);
+    let mut groups: BTreeMap<GroupKey, Vec<&Observation>> = BTreeMap::new();
+    for ((key, _), members) in by_day {
+        let agents: BTreeSet<[u8; 8]> = members.iter().map(|o| agent(o)).collect();
+        let prefixes: BTreeSet<[u8; 8]> = members.iter().map(|o| o.prefix()).collect();
+        if agents.len() >= k && prefixes.len() >= k {
+            groups.entry(key).or_default().extend(members);
         }
     }
     groups
         .into_iter()
-        .filter_map(|(key, members)| {
-            let agents: BTreeSet<[u8; 8]> = members
-                .iter()
-                .map(|o| {
-                    let mut p = [0u8; 8];
-                    p.copy_from_slice(&o.agent[..8]);
-                    p
-                })
-                .collect();
-            let prefixes: BTreeSet<[u8; 8]> = members.iter().map(|o| o.prefix()).collect();
-            let k = policy.min_agents.max(1);
-            if agents.len() < k || prefixes.len() < k {
-                return None;
-            }
+        .map(|(key, members)| {
+            let agents: BTreeSet<[u8; 8]> = members.iter().map(|o| agent(o)).collect();
             let figures = std::array::from_fn(|i| {
                 Figure::of_values(members.iter().filter_map(|o| o.figures[i]).collect())
             });
@@ -381,14 +402,14 @@ pub fn exact(
                 }
                 filing.add(&o.filing);
             }
-            Some(Cell::new(
+            Cell::new(
                 &key,
                 members.len() as u64,
                 agents.len() as u64,
                 figures,
                 verdicts,
                 filing,
-            ))
+            )
         })
         .collect()
 }

@@ -858,3 +858,53 @@ fn one_prefix_counts_at_most_its_cap_per_day_first_arrivals_first() {
     let cells = both(&o, &[Axis::Country], &Filter::default(), &uncapped);
     assert_eq!(cells[0].count, 30 + 1);
 }
+
+/// k is met per UTC day: one volunteer whose key and prefix tag change every day (the
+/// default rotation, and the day-keyed tags) is three agents on three networks over three days,
+/// and must not publish a cell alone; a cell over several days is the merge of the days that met
+/// k on their own, and a lone agent's other days count nowhere.
+#[test]
+fn k_is_met_per_day_and_a_rotating_volunteer_never_meets_it_alone() {
+    const DAY_MS: i64 = 24 * HOUR_MS;
+    let k3 = Policy {
+        min_agents: 3,
+        ..Policy::default()
+    };
+    let on_day = |mut o: Observation, day: i64| {
+        o.started_at_ms = T0 + day * DAY_MS;
+        o
+    };
+    // One volunteer, days 0, 1, 2: a new key and a new tag each day.
+    let lone: Vec<Observation> = (0..3)
+        .map(|d| {
+            let o = obs("RU", Platform::Whatsapp, 10 + d as u8, 50.0, 0.0);
+            on_day(on_prefix(o, 0xb0 + d as u8), d)
+        })
+        .collect();
+    for axes in [&[Axis::Country][..], &[Axis::Platform], &[]] {
+        assert!(
+            both(&lone, axes, &Filter::default(), &k3).is_empty(),
+            "{axes:?}"
+        );
+    }
+    // With the cell counted as a whole it would have met k: three keys, three tags.
+    let mut whole = CellState::default();
+    for o in &lone {
+        whole.add(o);
+    }
+    assert!(whole.meets(3));
+    // Three volunteers on day 0 publish day 0; the lone volunteer's days 1 and 2 do not join.
+    let mut o = lone.clone();
+    for a in 1..=2u8 {
+        o.push(on_prefix(
+            obs("RU", Platform::Whatsapp, a, 100.0, 0.0),
+            0xc0 + a,
+        ));
+    }
+    let cells = both(&o, &[Axis::Country], &Filter::default(), &k3);
+    assert_eq!(cells.len(), 1);
+    assert_eq!((cells[0].count, cells[0].agents), (3, 3), "day 0 only");
+    // The day axis says the same, day by day.
+    let days = both(&o, &[Axis::Day], &Filter::default(), &k3);
+    assert_eq!(days.len(), 1);
+}

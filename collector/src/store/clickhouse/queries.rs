@@ -145,13 +145,10 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
     if let Some(h) = until_hour {
         post.push(format!("k.4 < {h}"));
     }
-    let where_post = if post.is_empty() {
-        String::new()
-    } else {
-        format!("WHERE {}", post.join(" AND "))
-    };
     let mut group: Vec<&str> = Vec::new();
     let mut select: Vec<String> = Vec::new();
+    // The asked-for cell's expressions, and the UTC day: k is applied per (cell, day).
+    let mut per_day: Vec<&str> = Vec::new();
     for (axis, expr, name) in [
         (Axis::Day, "intDiv(k.4, 24)", "g_day"),
         (Axis::Hour, "k.4", "g_hour"),
@@ -164,8 +161,27 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
         if has(axis) {
             select.push(format!("{expr} AS {name}"));
             group.push(name);
+            per_day.push(expr);
         }
     }
+    if !has(Axis::Day) {
+        per_day.push("intDiv(k.4, 24)");
+    }
+    let min_agents = policy.min_agents.max(1);
+    // A cell keeps the days that met k on their own (see `crate::domain::Grouper`).
+    let in_range = if post.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", post.join(" AND "))
+    };
+    let days_meeting_k = format!(
+        "SELECT {cols} FROM ({capped}) {in_range} GROUP BY {cols} \
+         HAVING uniqExact(substring(agent, 1, 16)) >= {min_agents} \
+         AND uniqExact(k.{px}) >= {min_agents}",
+        cols = per_day.join(", "),
+    );
+    post.push(format!("({}) IN ({days_meeting_k})", per_day.join(", ")));
+    let where_post = format!("WHERE {}", post.join(" AND "));
     let mut quantiles = Vec::new();
     let mut counts = Vec::new();
     for i in 0..FIGURE_COUNT {
@@ -177,7 +193,6 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
         };
         quantiles.push(format!("[{}, {}, {}]", at("0.1"), at("0.5"), at("0.9")));
     }
-    let min_agents = policy.min_agents.max(1);
     let group_by = if group.is_empty() {
         // One cell over everything; `GROUP BY` nothing still needs a row only when there is
         // data, which the HAVING below ensures (count() > 0).
