@@ -204,14 +204,22 @@ pub fn assert_csv_precision(csv: &str) -> usize {
 
 /// The published cells of `q` over `reports` (in arrival order), keyed by their axis values in
 /// the query's axis order, each as the API's JSON cell (axes, count, agents, figures, verdicts,
-/// shares; without the filing counts). The figures are the exact order statistics, unrounded
+/// shares; without the filing counts). The publication rules, written out here on their own:
+/// a *block* is one UTC day of one (country, ASN, platform, arm, kind) and is published when k
+/// agents on k prefixes stand behind it; per (day, country, platform, arm, kind) the blocks
+/// below k together are published (by country, never by network) when they meet k; with the
+/// hour axis, a published block's hours that meet k are published if its other hours together
+/// meet k too or there are none. Ranges are whole days except the hour axis's own bounds. The figures are the exact order statistics, unrounded
 /// (compare the API's with [`published_range`]); the shares are rounded to their rule, as
 /// published.
 pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
     struct Arm<'a> {
         key: Vec<String>,
-        /// UTC day of the test: k is met per (cell, day).
-        day: i64,
+        /// (day, country, ASN, platform, arm, kind) of the test.
+        block: (i64, String, u32, String, String, String),
+        hour: i64,
+        /// Within the query's own hour bounds (the hour axis's cells).
+        in_hours: bool,
         agent: &'a [u8],
         prefix: Vec<u8>,
         figures: [Option<f64>; 8],
@@ -277,10 +285,16 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
                 Some(k) => k == r.stream_kind,
                 None => q.axes.contains(&"kind") || r.stream_kind == StreamKind::Voice,
             };
-            let since_ok = q.since_ms.is_none_or(|t| hour >= t.div_euclid(HOUR_MS));
+            let in_hours = q.since_ms.is_none_or(|t| hour >= t.div_euclid(HOUR_MS))
+                && q.until_ms
+                    .is_none_or(|t| hour < t.div_euclid(HOUR_MS) + i64::from(t % HOUR_MS != 0));
+            // Whole days are read.
+            let day = hour.div_euclid(24);
+            let day_ms = 24 * HOUR_MS;
+            let since_ok = q.since_ms.is_none_or(|t| day >= t.div_euclid(day_ms));
             let until_ok = q
                 .until_ms
-                .is_none_or(|t| hour < t.div_euclid(HOUR_MS) + i64::from(t % HOUR_MS != 0));
+                .is_none_or(|t| day < t.div_euclid(day_ms) + i64::from(t % day_ms != 0));
             if !(arm_ok
                 && kind_ok
                 && since_ok
@@ -324,7 +338,16 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
             };
             kept.push(Arm {
                 key,
-                day: hour.div_euclid(24),
+                block: (
+                    day,
+                    country.clone(),
+                    input.asn,
+                    name(r.platform),
+                    name(s.role),
+                    name(r.stream_kind),
+                ),
+                hour,
+                in_hours,
                 agent: input.agent,
                 prefix,
                 figures,
@@ -333,20 +356,61 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
             });
         }
     }
-    // k per UTC day: a cell is the merge of its days that each had k agents and k prefixes.
-    let mut days: BTreeMap<(Vec<String>, i64), Vec<&Arm<'_>>> = BTreeMap::new();
-    for arm in &kept {
-        days.entry((arm.key.clone(), arm.day))
-            .or_default()
-            .push(arm);
-    }
-    let mut groups: BTreeMap<Vec<String>, Vec<&Arm<'_>>> = BTreeMap::new();
-    for ((key, _), arms) in days {
+    let k = q.min_agents.max(1);
+    let meets = |arms: &[&Arm<'_>]| {
         let agents: BTreeSet<&[u8]> = arms.iter().map(|a| &a.agent[..8]).collect();
         let prefixes: BTreeSet<&[u8]> = arms.iter().map(|a| &a.prefix[..]).collect();
-        if agents.len() >= q.min_agents.max(1) && prefixes.len() >= q.min_agents.max(1) {
-            groups.entry(key).or_default().extend(arms);
+        agents.len() >= k && prefixes.len() >= k
+    };
+    let mut blocks: BTreeMap<_, Vec<&Arm<'_>>> = BTreeMap::new();
+    for arm in &kept {
+        blocks.entry(arm.block.clone()).or_default().push(arm);
+    }
+    let mut published: Vec<&Arm<'_>> = Vec::new();
+    if q.axes.contains(&"hour") {
+        for arms in blocks.values().filter(|b| meets(b)) {
+            let mut hours: BTreeMap<i64, Vec<&Arm<'_>>> = BTreeMap::new();
+            for a in arms {
+                hours.entry(a.hour).or_default().push(a);
+            }
+            let below: Vec<&Arm<'_>> = hours
+                .values()
+                .filter(|h| !meets(h))
+                .flat_map(|h| h.iter().copied())
+                .collect();
+            if below.is_empty() || meets(&below) {
+                for h in hours.values().filter(|h| meets(h)) {
+                    published.extend(h.iter().filter(|a| a.in_hours));
+                }
+            }
         }
+    } else {
+        let mut small: BTreeMap<_, Vec<&Arm<'_>>> = BTreeMap::new();
+        for ((day, cc, _, platform, arm, kind), arms) in &blocks {
+            if meets(arms) {
+                published.extend(arms.iter().copied());
+            } else {
+                small
+                    .entry((
+                        *day,
+                        cc.clone(),
+                        platform.clone(),
+                        arm.clone(),
+                        kind.clone(),
+                    ))
+                    .or_default()
+                    .extend(arms.iter().copied());
+            }
+        }
+        if !q.axes.contains(&"asn") && q.asn.is_none() {
+            for arms in small.values().filter(|s| meets(s)) {
+                published.extend(arms.iter().copied());
+            }
+        }
+    }
+    let mut groups: BTreeMap<Vec<String>, Vec<&Arm<'_>>> = BTreeMap::new();
+    for arm in published {
+        groups.entry(arm.key.clone()).or_default().push(arm);
     }
     let blocked_rules = [
         VerdictRule::Blocked,

@@ -102,7 +102,13 @@ fn assert_same_cells_but(
         ch["result"].as_array().unwrap(),
     );
     assert_eq!(a.len(), b.len(), "{query}: cell counts differ");
-    assert!(!a.is_empty(), "{query}: no cells at all");
+    // The seed's agents test twice a day at random minutes, so no hour of theirs has k = 3
+    // agents: the hour axis publishes nothing, on both stores alike (the hand-written fixture of
+    // aggregation.rs publishes an hour on both).
+    assert!(
+        !a.is_empty() || query.contains("axis_x=hour"),
+        "{query}: no cells at all"
+    );
     for (x, y) in a.iter().zip(b) {
         oracle::assert_published_precision(x);
         oracle::assert_published_precision(y);

@@ -18,8 +18,11 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// Three agents test from AS12389 (a cell that meets k = 3), one from AS8359 (a cell under k).
-const BIG: (Ipv4Addr, u32) = (Ipv4Addr::new(127, 0, 1, 1), 12389);
-const SMALL: (Ipv4Addr, u32) = (Ipv4Addr::new(127, 0, 1, 2), 8359);
+/// A big network, 127.51.0.0/16: its agents upload from three /24s of it (k counts network
+/// prefixes as well as keys); a small one, 127.52.0.0/16, with one agent.
+const BIG: (Ipv4Addr, u32) = (Ipv4Addr::new(127, 51, 0, 0), 12389);
+const BIG_END: Ipv4Addr = Ipv4Addr::new(127, 51, 255, 255);
+const SMALL: (Ipv4Addr, u32) = (Ipv4Addr::new(127, 52, 1, 1), 8359);
 
 fn collector_cli(args: &[&str], data: &Path) -> Output {
     Command::new(callwatch_tests::built_binary("callwatch-collector"))
@@ -56,7 +59,7 @@ async fn public_export_singles_no_one_out_and_the_full_one_needs_a_token() {
         &geo,
         format!(
             "{}\t{}\t{}\tRU\tBIG\n{}\t{}\t{}\tRU\tSMALL\n",
-            BIG.0, BIG.0, BIG.1, SMALL.0, SMALL.0, SMALL.1
+            BIG.0, BIG_END, BIG.1, SMALL.0, SMALL.0, SMALL.1
         ),
     )
     .unwrap();
@@ -80,7 +83,9 @@ async fn public_export_singles_no_one_out_and_the_full_one_needs_a_token() {
         assert_eq!(r.started_at, started);
         signed.push(SignedReport::sign(&r, key).unwrap());
     }
-    upload(&c, BIG.0, signed[..3].to_vec()).await;
+    for (i, s) in signed[..3].iter().enumerate() {
+        upload(&c, Ipv4Addr::new(127, 51, 1 + i as u8, 1), vec![s.clone()]).await;
+    }
     upload(&c, SMALL.0, signed[3..].to_vec()).await;
 
     // The public export: no key, signature, signed body or fine time; the ASN only where its

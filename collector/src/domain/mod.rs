@@ -51,13 +51,15 @@
 //!   or IPv6 /48, the key made per UTC day of ingest), or, for a report without one (carried in
 //!   a file, or stored before tags), the first 8 bytes of its agent key ([`prefix_of`]): such a
 //!   report is a prefix of its own, and the prefix rules reduce to the key rules for it.
-//! - **k threshold, per UTC day.** A queried cell is the merge of its days on which at least
-//!   `min_agents` distinct agents and at least `min_agents` distinct prefixes stood behind it
-//!   ([`CellState::meets`], [`Grouper`]): agents rotate keys daily and tags are keyed per test
-//!   day, so a volunteer is one key and one prefix within a day and many across days. So a
-//!   party with fewer than k prefixes publishes no cell alone, and beside honest reports it
-//!   counts at most (its prefixes × the prefix cap) times per cell and day; RELIABILITY.md
-//!   states the bound and its limits.
+//! - **k threshold, on atoms of a day.** A published cell is a union of fixed atoms that each
+//!   have at least `min_agents` distinct agents on as many distinct prefixes
+//!   ([`CellState::meets`]): a network's UTC day, a day's small networks together, and the
+//!   hours of a network's day when its other hours meet k too ([`Grouper`] says which). Agents
+//!   rotate keys daily and tags are keyed per test day, so a volunteer is one key and one prefix
+//!   within a day and many across days; and the difference of two published cells is a union of
+//!   atoms too, so no pair of queries singles anyone out. A party with fewer than k prefixes
+//!   publishes no cell alone, and beside honest reports it counts at most (its prefixes × the
+//!   prefix cap) times per cell and day; RELIABILITY.md states the bound and its limits.
 //!
 //! # Published precision
 //!

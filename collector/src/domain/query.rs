@@ -131,6 +131,22 @@ impl Filter {
             .map(|t| t.div_euclid(HOUR_MS) + i64::from(t.rem_euclid(HOUR_MS) != 0))
     }
 
+    /// The same filter over whole UTC days (`since` down to its day's start, `until` up to the
+    /// next day's): the range a store reads, as k and the atoms of publication are decided per
+    /// day ([`Grouper`]). Without the hour axis this is also the range answered.
+    pub fn whole_days(&self) -> Filter {
+        const DAY_MS: i64 = 24 * HOUR_MS;
+        Filter {
+            since_ms: self
+                .since_ms
+                .map(|t| t.div_euclid(DAY_MS).saturating_mul(DAY_MS)),
+            until_ms: self.until_ms.map(|t| {
+                (t.div_euclid(DAY_MS) + i64::from(t.rem_euclid(DAY_MS) != 0)).saturating_mul(DAY_MS)
+            }),
+            ..self.clone()
+        }
+    }
+
     /// The stream kind a query covers when `kind` is not one of its axes: the filter's, or
     /// voice.
     pub fn kind_or_default(&self) -> StreamKind {
@@ -243,19 +259,37 @@ impl GroupKey {
     }
 }
 
-/// Merges fine cells, one at a time, into the cells a query asks for.
+/// Merges fine cells, one at a time, into the cells a query asks for, publishing only unions
+/// of *atoms* that each meet k, so that no difference of published cells singles anyone out.
 ///
-/// **k is applied per UTC day.** Each asked-for cell is first merged per day; a day's part is
-/// kept only if it meets k on its own (at least `min_agents` distinct agent keys and as many
-/// distinct network prefixes), and a cell over several days is the merge of the days that did.
-/// Agents rotate their key every UTC day (by default) and prefix tags are made under a key per
-/// day, so within a day one volunteer is one key and one prefix; across days they are many, and
-/// a month cell counted as a whole would let one volunteer meet k alone in three days.
+/// A cell *meets k* when at least `min_agents` distinct agent keys and as many distinct network
+/// prefixes stand behind it ([`CellState::meets`]). The unit of publication is the **block**:
+/// one UTC day of one (country, ASN, platform, arm, kind). Within a day a volunteer is one key
+/// and one prefix (keys rotate daily, prefix tags are keyed per test day), so k is decided per
+/// block, never over a longer span. The atoms, fixed whatever the query:
+///
+/// - every block that meets k;
+/// - per (day, country, platform, arm, kind), the union of its blocks that do not (the small
+///   networks' *remainder*), if that union meets k; otherwise that data is published nowhere;
+/// - for the hour axis, within each block that meets k: its hours that meet k, provided the
+///   block's other hours together meet k too (or there are none); if they do not, none of the
+///   block's hours is published (the block is then one atom, published only by day).
+///
+/// A query without the hour axis covers whole UTC days (its `since` and `until` are taken to
+/// their days, [`Filter::whole_days`]) and merges blocks that meet k, plus remainders when it
+/// neither groups nor filters by ASN (a remainder spans networks). A query with the hour axis
+/// merges the published hours of its range. Every published cell is therefore a union of atoms
+/// that each meet k, and so is the difference of any two: two queries an hour or a day apart, or
+/// a country cell minus its published network cells, leave at least k agents on k prefixes or
+/// nothing.
 pub struct Grouper<'a> {
     axes: &'a [Axis],
+    /// The query as asked (its hour bounds apply to the hour axis's cells).
     filter: &'a Filter,
-    /// By (asked-for cell, UTC day).
-    groups: BTreeMap<(GroupKey, i64), CellState>,
+    /// What is read: the query over whole days.
+    read: Filter,
+    /// Fine cells (hour axis) or blocks (day cells), by key.
+    cells: BTreeMap<CellKey, CellState>,
 }
 
 impl<'a> Grouper<'a> {
@@ -263,35 +297,96 @@ impl<'a> Grouper<'a> {
         Grouper {
             axes,
             filter,
-            groups: BTreeMap::new(),
+            read: filter.whole_days(),
+            cells: BTreeMap::new(),
         }
     }
 
-    /// Whether a fine cell with this key is part of the query (check before decoding its state).
-    pub fn wants(&self, key: &CellKey) -> bool {
-        self.filter.matches(key, self.axes)
+    fn hourly(&self) -> bool {
+        self.axes.contains(&Axis::Hour)
     }
 
-    /// Adds a fine (or day roll-up) cell; cells the filter excludes are ignored.
+    /// Whether a fine cell with this key is part of what the query reads (check before decoding
+    /// its state).
+    pub fn wants(&self, key: &CellKey) -> bool {
+        self.read.matches(key, self.axes)
+    }
+
+    /// Adds a fine (or day roll-up) cell; cells outside what the query reads are ignored.
     pub fn add(&mut self, key: &CellKey, state: &CellState) {
         if self.wants(key) {
-            self.groups
-                .entry((GroupKey::of(key, self.axes), key.day()))
-                .or_default()
-                .merge(state);
+            let at = if self.hourly() { *key } else { key.day_cell() };
+            self.cells.entry(at).or_default().merge(state);
         }
     }
 
-    /// The published cells: each the merge of its days that met k on their own (at least
-    /// `min_agents` distinct agents and as many distinct network prefixes that day).
+    /// The published cells: merges of atoms that each meet k (see the type's documentation).
     pub fn finish(self, policy: &Policy) -> Vec<Cell> {
-        let mut published: BTreeMap<GroupKey, CellState> = BTreeMap::new();
-        for ((key, _day), s) in self.groups {
-            if s.meets(policy.min_agents) {
-                published.entry(key).or_default().merge(&s);
+        let k = policy.min_agents;
+        let mut groups: BTreeMap<GroupKey, CellState> = BTreeMap::new();
+        if self.hourly() {
+            // Hours by block.
+            let mut blocks: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
+            for (key, state) in self.cells {
+                blocks.entry(key.day_cell()).or_default().push((key, state));
+            }
+            for hours in blocks.into_values() {
+                let mut block = CellState::default();
+                let mut rest = CellState::default();
+                let mut rest_empty = true;
+                for (_, s) in &hours {
+                    block.merge(s);
+                    if !s.meets(k) {
+                        rest.merge(s);
+                        rest_empty = false;
+                    }
+                }
+                if !block.meets(k) || !(rest_empty || rest.meets(k)) {
+                    continue;
+                }
+                for (key, s) in hours {
+                    if s.meets(k) && self.filter.matches(&key, self.axes) {
+                        groups
+                            .entry(GroupKey::of(&key, self.axes))
+                            .or_default()
+                            .merge(&s);
+                    }
+                }
+            }
+        } else {
+            let remainders_allowed = !self.axes.contains(&Axis::Asn) && self.filter.asn.is_none();
+            // Blocks by (day, country, platform, arm, kind): the family a remainder is made of.
+            let mut families: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
+            for (key, state) in self.cells {
+                families
+                    .entry(CellKey { asn: 0, ..key })
+                    .or_default()
+                    .push((key, state));
+            }
+            for blocks in families.into_values() {
+                let mut rest = CellState::default();
+                let mut rest_key = None;
+                for (key, s) in blocks {
+                    if s.meets(k) {
+                        groups
+                            .entry(GroupKey::of(&key, self.axes))
+                            .or_default()
+                            .merge(&s);
+                    } else {
+                        rest.merge(&s);
+                        rest_key = Some(key);
+                    }
+                }
+                if let (true, Some(key)) = (remainders_allowed && rest.meets(k), rest_key) {
+                    // Without the ASN axis the group key does not depend on the block's ASN.
+                    groups
+                        .entry(GroupKey::of(&key, self.axes))
+                        .or_default()
+                        .merge(&rest);
+                }
             }
         }
-        published
+        groups
             .into_iter()
             .map(|(key, s)| {
                 let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
@@ -360,31 +455,116 @@ pub fn exact(
     filter: &Filter,
     policy: &Policy,
 ) -> Vec<Cell> {
+    const DAY_MS: i64 = 24 * HOUR_MS;
+    let k = policy.min_agents.max(1);
     let agent = |o: &Observation| {
         let mut p = [0u8; 8];
         p.copy_from_slice(&o.agent[..8]);
         p
     };
-    // Observations by asked-for cell and UTC day of the test.
-    let mut by_day: BTreeMap<(GroupKey, i64), Vec<&Observation>> = BTreeMap::new();
-    for o in capped(observations, policy) {
-        let key = o.cell_key();
-        if filter.matches(&key, axes) {
-            let day = o.started_at_ms.div_euclid(24 * HOUR_MS);
-            by_day
-                .entry((GroupKey::of(&key, axes), day))
-                .or_default()
-                .push(o);
-        }
-    }
-    // A cell keeps the days that met k on their own.
-    let k = policy.min_agents.max(1);
-    let mut groups: BTreeMap<GroupKey, Vec<&Observation>> = BTreeMap::new();
-    for ((key, _), members) in by_day {
+    let meets = |members: &[&Observation]| {
         let agents: BTreeSet<[u8; 8]> = members.iter().map(|o| agent(o)).collect();
         let prefixes: BTreeSet<[u8; 8]> = members.iter().map(|o| o.prefix()).collect();
-        if agents.len() >= k && prefixes.len() >= k {
-            groups.entry(key).or_default().extend(members);
+        agents.len() >= k && prefixes.len() >= k
+    };
+    let hourly = axes.contains(&Axis::Hour);
+    // What is read: whole days of the range, the other filters as asked.
+    let day_of = |t: i64| t.div_euclid(DAY_MS);
+    let first_day = filter.since_ms.map(day_of);
+    let end_day = filter
+        .until_ms
+        .map(|t| day_of(t) + i64::from(t.rem_euclid(DAY_MS) != 0));
+    let read: Vec<&Observation> = capped(observations, policy)
+        .into_iter()
+        .filter(|o| {
+            let day = day_of(o.started_at_ms);
+            let key = o.cell_key();
+            let unbounded = Filter {
+                since_ms: None,
+                until_ms: None,
+                ..filter.clone()
+            };
+            unbounded.matches(&key, axes)
+                && first_day.is_none_or(|d| day >= d)
+                && end_day.is_none_or(|d| day < d)
+        })
+        .collect();
+    // Blocks: (day, country, ASN, platform, arm, kind).
+    type Block = (i64, [u8; 2], u32, Platform, Role, StreamKind);
+    let mut blocks: BTreeMap<Block, Vec<&Observation>> = BTreeMap::new();
+    for o in read {
+        blocks
+            .entry((
+                day_of(o.started_at_ms),
+                o.cell_key().country,
+                o.asn,
+                o.platform,
+                o.arm,
+                o.kind,
+            ))
+            .or_default()
+            .push(o);
+    }
+    let mut groups: BTreeMap<GroupKey, Vec<&Observation>> = BTreeMap::new();
+    if hourly {
+        for members in blocks.values() {
+            if !meets(members) {
+                continue;
+            }
+            let mut hours: BTreeMap<i64, Vec<&Observation>> = BTreeMap::new();
+            for o in members {
+                hours
+                    .entry(o.started_at_ms.div_euclid(HOUR_MS))
+                    .or_default()
+                    .push(o);
+            }
+            let rest: Vec<&Observation> = hours
+                .values()
+                .filter(|h| !meets(h))
+                .flatten()
+                .copied()
+                .collect();
+            if !rest.is_empty() && !meets(&rest) {
+                continue;
+            }
+            for h in hours.values().filter(|h| meets(h)) {
+                for o in h {
+                    if filter.matches(&o.cell_key(), axes) {
+                        groups
+                            .entry(GroupKey::of(&o.cell_key(), axes))
+                            .or_default()
+                            .push(o);
+                    }
+                }
+            }
+        }
+    } else {
+        let remainders = !axes.contains(&Axis::Asn) && filter.asn.is_none();
+        type Family = (i64, [u8; 2], Platform, Role, StreamKind);
+        let mut rest: BTreeMap<Family, Vec<&Observation>> = BTreeMap::new();
+        for ((day, country, _, platform, arm, kind), members) in &blocks {
+            if meets(members) {
+                for o in members {
+                    groups
+                        .entry(GroupKey::of(&o.cell_key(), axes))
+                        .or_default()
+                        .push(o);
+                }
+            } else {
+                rest.entry((*day, *country, *platform, *arm, *kind))
+                    .or_default()
+                    .extend(members.iter().copied());
+            }
+        }
+        if remainders {
+            for members in rest.values().filter(|m| meets(m)) {
+                for o in members {
+                    groups
+                        .entry(GroupKey::of(&o.cell_key(), axes))
+                        .or_default()
+                        .push(o);
+                }
+            }
         }
     }
     groups

@@ -174,11 +174,21 @@ fn cells_below_k_agents_are_not_published_and_filters_apply() {
         ..Policy::default()
     };
     assert_eq!(both(&o, &[Axis::Platform], &only_de, &open)[0].count, 2);
-    let later = Filter {
+    // Without the hour axis a range covers whole UTC days: an hour later is still that day,
+    // the next day is not.
+    let an_hour_later = Filter {
         since_ms: Some(T0 + HOUR_MS),
         ..Filter::default()
     };
-    assert!(both(&o, &[Axis::Platform], &later, &open).is_empty());
+    assert_eq!(
+        both(&o, &[Axis::Platform], &an_hour_later, &open)[0].count,
+        5
+    );
+    let next_day = Filter {
+        since_ms: Some(T0 + 24 * HOUR_MS),
+        ..Filter::default()
+    };
+    assert!(both(&o, &[Axis::Platform], &next_day, &open).is_empty());
 }
 
 #[test]
@@ -907,4 +917,108 @@ fn k_is_met_per_day_and_a_rotating_volunteer_never_meets_it_alone() {
     // The day axis says the same, day by day.
     let days = both(&o, &[Axis::Day], &Filter::default(), &k3);
     assert_eq!(days.len(), 1);
+}
+
+/// The differencing attacks of #15 item 4 fail: no difference of published cells isolates fewer
+/// than k agents. A lone agent tests at hour 3 in a network where three agents test at hour 10;
+/// another lone agent tests in a second network of the country.
+#[test]
+fn differences_of_published_cells_never_single_out_an_agent() {
+    let k3 = Policy {
+        min_agents: 3,
+        ..Policy::default()
+    };
+    let at = |mut o: Observation, hour: i64, asn: u32| {
+        o.started_at_ms = T0 + hour * HOUR_MS + 60_000;
+        o.asn = asn;
+        o
+    };
+    let mut o: Vec<Observation> = (1..=3u8)
+        .map(|a| {
+            on_prefix(
+                at(obs("RU", Platform::Whatsapp, a, 100.0, 0.0), 10, 12389),
+                a,
+            )
+        })
+        .collect();
+    let lone = on_prefix(
+        at(obs("RU", Platform::Whatsapp, 9, 500.0, 0.5), 3, 12389),
+        9,
+    );
+    o.push(lone.clone());
+    let other_net = on_prefix(at(obs("RU", Platform::Whatsapp, 8, 700.0, 0.7), 5, 8359), 8);
+    o.push(other_net.clone());
+    let count =
+        |axes: &[Axis], f: &Filter| -> u64 { both(&o, axes, f, &k3).iter().map(|c| c.count).sum() };
+    let since = |h: i64| Filter {
+        since_ms: Some(T0 + h * HOUR_MS),
+        ..Filter::default()
+    };
+    let until = |h: i64| Filter {
+        until_ms: Some(T0 + h * HOUR_MS),
+        ..Filter::default()
+    };
+    // (a) Two queries an hour apart (either bound, with or without the ASN axis) answer the same:
+    // without the hour axis a range is whole days. The network's day cell (4 agents) is
+    // published, so its lone agent is in it, but no shift of the range takes it out.
+    for axes in [&[Axis::Country][..], &[Axis::Asn], &[Axis::Platform]] {
+        let whole = count(axes, &Filter::default());
+        for h in [1, 3, 4, 10, 11, 23] {
+            assert_eq!(count(axes, &since(h)), whole, "{axes:?} since +{h} h");
+            assert_eq!(count(axes, &until(h)), whole, "{axes:?} until +{h} h");
+        }
+        // A day later: nothing; the difference is the whole day.
+        assert_eq!(count(axes, &since(24)), 0);
+    }
+    // With the hour axis: hour 10 has 3 agents, but the block's other hours (the lone agent at
+    // 3) are below k, so no hour of the block is published: the day cell minus the published
+    // hours would have been the lone agent.
+    let hours = both(&o, &[Axis::Hour], &Filter::default(), &k3);
+    assert!(hours.is_empty(), "{hours:?}");
+    // Had the lone agent tested with two others at hour 3, both hours would be published and
+    // differences of hours and days are unions of hours that meet k.
+    let mut o2 = o.clone();
+    for a in [21u8, 22] {
+        o2.push(on_prefix(
+            at(obs("RU", Platform::Whatsapp, a, 90.0, 0.0), 3, 12389),
+            a,
+        ));
+    }
+    let hours = both(&o2, &[Axis::Hour], &Filter::default(), &k3);
+    assert_eq!(
+        hours.iter().map(|c| c.count).collect::<Vec<_>>(),
+        vec![3, 3]
+    );
+    // (b) A country cell minus its published network cells: the second network's lone agent is
+    // below k on its own, and the country's small-network remainder (that agent alone) is below
+    // k too, so it is in no cell: country − Σ networks = 0.
+    let country: u64 = count(&[Axis::Country], &Filter::default());
+    let networks: u64 = count(&[Axis::Asn], &Filter::default());
+    assert_eq!((country, networks), (4, 4));
+    let only_small = Filter {
+        asn: Some(8359),
+        ..Filter::default()
+    };
+    assert_eq!(count(&[Axis::Country], &only_small), 0);
+    // Three small networks of one agent each make a remainder that meets k: published in the
+    // country cell, never by network, so country − Σ networks is those three together.
+    let mut o3 = o.clone();
+    for (a, asn) in [(31u8, 64501), (32, 64502)] {
+        o3.push(on_prefix(
+            at(obs("RU", Platform::Whatsapp, a, 50.0, 0.0), 7, asn),
+            a,
+        ));
+    }
+    let country: u64 = both(&o3, &[Axis::Country], &Filter::default(), &k3)
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    let by_net = both(&o3, &[Axis::Asn], &Filter::default(), &k3);
+    assert_eq!(by_net.len(), 1, "only AS12389 meets k");
+    let networks: u64 = by_net.iter().map(|c| c.count).sum();
+    assert_eq!(
+        country - networks,
+        3,
+        "the remainder: three agents on three prefixes"
+    );
 }

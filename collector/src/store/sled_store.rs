@@ -521,7 +521,7 @@ impl SledStore {
         filter: &Filter,
         policy: &Policy,
     ) -> Result<Vec<Cell>, StoreError> {
-        self.aggregate_by(Plan::hourly(filter), axes, filter, policy)
+        self.aggregate_by(Plan::hourly(&filter.whole_days()), axes, filter, policy)
     }
 
     /// Merges the cells `plan` names into the query's cells.
@@ -722,7 +722,8 @@ impl ReportStore for SledStore {
         filter: &Filter,
         policy: &Policy,
     ) -> Result<Vec<Cell>, StoreError> {
-        self.aggregate_by(Plan::of(axes, filter), axes, filter, policy)
+        // Whole days are read: k and the atoms of publication are decided per day.
+        self.aggregate_by(Plan::of(axes, &filter.whole_days()), axes, filter, policy)
     }
 
     fn len(&self) -> usize {

@@ -137,18 +137,10 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
          GROUP BY intDiv(k1.4, 24), cc, asn, platform, kind, a_arm, k1.{px}) ARRAY JOIN pkept \
          AS kk"
     );
-    // After the cap: the hour bounds, the grouping, the k threshold.
-    let mut post = Vec::new();
-    if let Some(h) = since_hour {
-        post.push(format!("k.4 >= {h}"));
-    }
-    if let Some(h) = until_hour {
-        post.push(format!("k.4 < {h}"));
-    }
+    // After the cap: the atoms of publication (see `crate::domain::Grouper`), decided over
+    // whole days, then the query's own hour bounds for the hour axis, and the grouping.
     let mut group: Vec<&str> = Vec::new();
     let mut select: Vec<String> = Vec::new();
-    // The asked-for cell's expressions, and the UTC day: k is applied per (cell, day).
-    let mut per_day: Vec<&str> = Vec::new();
     for (axis, expr, name) in [
         (Axis::Day, "intDiv(k.4, 24)", "g_day"),
         (Axis::Hour, "k.4", "g_hour"),
@@ -161,26 +153,78 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
         if has(axis) {
             select.push(format!("{expr} AS {name}"));
             group.push(name);
-            per_day.push(expr);
         }
     }
-    if !has(Axis::Day) {
-        per_day.push("intDiv(k.4, 24)");
-    }
     let min_agents = policy.min_agents.max(1);
-    // A cell keeps the days that met k on their own (see `crate::domain::Grouper`).
-    let in_range = if post.is_empty() {
-        String::new()
+    let whole = filter.whole_days();
+    let mut read = Vec::new();
+    if let Some(h) = whole.since_hour() {
+        read.push(format!("k.4 >= {h}"));
+    }
+    if let Some(h) = whole.until_hour() {
+        read.push(format!("k.4 < {h}"));
+    }
+    let rows = if read.is_empty() {
+        format!("SELECT * FROM ({capped})")
     } else {
-        format!("WHERE {}", post.join(" AND "))
+        format!("SELECT * FROM ({capped}) WHERE {}", read.join(" AND "))
     };
-    let days_meeting_k = format!(
-        "SELECT {cols} FROM ({capped}) {in_range} GROUP BY {cols} \
-         HAVING uniqExact(substring(agent, 1, 16)) >= {min_agents} \
-         AND uniqExact(k.{px}) >= {min_agents}",
-        cols = per_day.join(", "),
+    let meets = |when: &str| {
+        if when.is_empty() {
+            format!(
+                "uniqExact(substring(agent, 1, 16)) >= {min_agents} \
+                 AND uniqExact(k.{px}) >= {min_agents}"
+            )
+        } else {
+            format!(
+                "uniqExactIf(substring(agent, 1, 16), {when}) >= {min_agents} \
+                 AND uniqExactIf(k.{px}, {when}) >= {min_agents}"
+            )
+        }
+    };
+    let block = "intDiv(k.4, 24), cc, asn, platform, a_arm, kind";
+    let blocks_meeting_k = format!(
+        "SELECT {block} FROM ({rows}) GROUP BY {block} HAVING {}",
+        meets("")
     );
-    post.push(format!("({}) IN ({days_meeting_k})", per_day.join(", ")));
+    let mut post = Vec::new();
+    if has(Axis::Hour) {
+        let unit = "k.4, cc, asn, platform, a_arm, kind";
+        let hours_meeting_k = format!(
+            "SELECT {unit} FROM ({rows}) GROUP BY {unit} HAVING {}",
+            meets("")
+        );
+        let other = format!("({unit}) NOT IN ({hours_meeting_k})");
+        // Blocks whose hours below k together meet k (or that have none).
+        let clean = format!(
+            "SELECT {block} FROM ({rows}) WHERE ({block}) IN ({blocks_meeting_k}) \
+             GROUP BY {block} HAVING countIf({other}) = 0 OR ({})",
+            meets(&other)
+        );
+        post.push(format!("({unit}) IN ({hours_meeting_k})"));
+        post.push(format!("({block}) IN ({clean})"));
+        if let Some(h) = since_hour {
+            post.push(format!("k.4 >= {h}"));
+        }
+        if let Some(h) = until_hour {
+            post.push(format!("k.4 < {h}"));
+        }
+    } else {
+        let mut atoms = vec![format!("({block}) IN ({blocks_meeting_k})")];
+        if !has(Axis::Asn) && filter.asn.is_none() {
+            let family = "intDiv(k.4, 24), cc, platform, a_arm, kind";
+            let remainders = format!(
+                "SELECT {family} FROM ({rows}) WHERE ({block}) NOT IN ({blocks_meeting_k}) \
+                 GROUP BY {family} HAVING {}",
+                meets("")
+            );
+            atoms.push(format!(
+                "(({block}) NOT IN ({blocks_meeting_k}) AND ({family}) IN ({remainders}))"
+            ));
+        }
+        post.push(format!("({})", atoms.join(" OR ")));
+        post.extend(read);
+    }
     let where_post = format!("WHERE {}", post.join(" AND "));
     let mut quantiles = Vec::new();
     let mut counts = Vec::new();
