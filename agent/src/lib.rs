@@ -11,6 +11,17 @@
 //! with [`backoff`]; [`state`] is what `status` shows; [`config`] (the file, parsed once into
 //! typed values) and [`identity`] are the volunteer's settings and key.
 
+/// The version `--version` shows: the package version and the git commit built from (see
+/// build-support/git_commit.rs; `unknown` outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CALLWATCH_GIT_COMMIT"),
+    ")"
+);
+/// The git commit this build is from (12 hex digits, or `unknown`).
+pub const GIT_COMMIT: &str = env!("CALLWATCH_GIT_COMMIT");
+
 pub mod backoff;
 pub mod budget;
 pub mod carry;

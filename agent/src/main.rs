@@ -9,7 +9,7 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(
     name = "callwatch-agent",
-    version,
+    version = callwatch_agent::VERSION,
     about = "Measures what voice calls sound like from your network and reports it, signed, to a callwatch collector.",
     after_help = "Quick start:\n  callwatch-agent init --config ~/.config/callwatch/agent.toml \\\n      --collector collector.example.org:4433 --pin <64 hex digits>\n  callwatch-agent test --reflector collector.example.org:40401 --platform whatsapp\n  callwatch-agent run --config ~/.config/callwatch/agent.toml --once\n\n\
 Exit codes: 0 done; 1 an error (said on stderr); 2 collector unreachable or refusing (reports\n\

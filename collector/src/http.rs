@@ -563,6 +563,19 @@ pub fn render_metrics(state: &AppState) -> String {
         }
     };
     metric(
+        "callwatch_build_info",
+        "gauge",
+        "The collector's version and the git commit it was built from (always 1).",
+        &[(
+            format!(
+                "{{version=\"{}\",commit=\"{}\"}}",
+                env!("CARGO_PKG_VERSION"),
+                crate::GIT_COMMIT
+            ),
+            1,
+        )],
+    );
+    metric(
         "callwatch_stored_reports",
         "gauge",
         "Reports in the store.",

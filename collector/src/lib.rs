@@ -8,6 +8,17 @@
 //! test against (the `callwatch-reflector` crate; the standalone reflectors the collector knows
 //! are in [`reflector::registry`]). [`serve`] wires them together.
 
+/// The version `--version` shows: the package version and the git commit built from (see
+/// build-support/git_commit.rs; `unknown` outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CALLWATCH_GIT_COMMIT"),
+    ")"
+);
+/// The git commit this build is from (12 hex digits, or `unknown`).
+pub const GIT_COMMIT: &str = env!("CALLWATCH_GIT_COMMIT");
+
 pub mod attest;
 pub mod carry;
 pub mod cert;

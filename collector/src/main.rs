@@ -10,7 +10,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     name = "callwatch-collector",
-    version,
+    version = callwatch_collector::VERSION,
     about = "Receives signed call-quality reports from callwatch agents, stores and aggregates them, and runs the UDP reflector agents test against.",
     long_about = None
 )]

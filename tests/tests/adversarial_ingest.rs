@@ -386,6 +386,13 @@ async fn rate_limits_per_key_and_per_network_defer_with_a_reason_and_replays_can
         metrics.contains("reason=\"rate_limited_key\"} 1"),
         "{metrics}"
     );
+    // The build it is.
+    let build = format!(
+        "callwatch_build_info{{version=\"{}\",commit=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        callwatch_collector::GIT_COMMIT
+    );
+    assert!(metrics.contains(&build), "{metrics}");
     c.shutdown().await;
 }
 

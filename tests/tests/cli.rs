@@ -627,3 +627,28 @@ fn init_shows_the_notice_and_writes_nothing_without_agreement() {
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains("Before you run a callwatch agent"));
 }
+
+/// `--version` says the version and the git commit the binary was built from (#21 item 4):
+/// the workspace's HEAD when built from a git checkout, as CI and developers do.
+#[test]
+fn version_names_the_release_and_the_commit() {
+    let head = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .expect("the tests run in a git checkout");
+    for program in ["callwatch-agent", "callwatch-collector"] {
+        let out = Command::new(callwatch_tests::built_binary(program))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("{program} {} (commit {head})", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}

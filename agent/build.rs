@@ -1,0 +1,2 @@
+// See build-support/git_commit.rs.
+include!("../build-support/git_commit.rs");
