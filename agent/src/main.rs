@@ -66,6 +66,26 @@ enum Command {
     /// Show what the agent has been doing: recent tests, queue, uploads (and over which
     /// transport, quic or tcp), data used.
     Status(cmd::status::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example:
+    ///   callwatch-agent completions bash > ~/.local/share/bash-completion/completions/callwatch-agent
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_name = "SHELL")]
+        shell: callwatch_reflector::term::Shell,
+    },
+    /// Write the man pages (callwatch-agent.1 and one per command) into DIR.
+    ///
+    /// Example:
+    ///   callwatch-agent manpages ~/.local/share/man/man1 && man callwatch-agent
+    #[command(verbatim_doc_comment)]
+    Manpages {
+        /// The folder to write the pages into (made if missing).
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,6 +96,18 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::ExportQueue(a) => cmd::export_queue::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::Completions { shell } => {
+            callwatch_reflector::term::print_completions::<Cli>(shell);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => callwatch_reflector::term::write_manpages::<Cli>(&dir)
+            .map(|pages| {
+                for page in pages {
+                    println!("wrote {}", page.display());
+                }
+                ExitCode::SUCCESS
+            })
+            .map_err(|e| anyhow::anyhow!("writing man pages into {}: {e}", dir.display())),
     };
     match result {
         Ok(code) => code,

@@ -225,6 +225,26 @@ enum Command {
     ///       --reflector 0.0.0.0:3479 --geo GeoLite2-Country.mmdb --geo GeoLite2-ASN.mmdb
     #[command(verbatim_doc_comment)]
     Reflect(callwatch_reflector::standalone::ReflectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example:
+    ///   callwatch-collector completions bash > /etc/bash_completion.d/callwatch-collector
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_name = "SHELL")]
+        shell: callwatch_reflector::term::Shell,
+    },
+    /// Write the man pages (callwatch-collector.1 and one per command) into DIR.
+    ///
+    /// Example:
+    ///   callwatch-collector manpages /usr/local/share/man/man1 && man callwatch-collector
+    #[command(verbatim_doc_comment)]
+    Manpages {
+        /// The folder to write the pages into (made if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Register, revoke and list standalone reflectors (DIR/reflectors.json, owner-only).
     ///
     /// The collector accepts region attestations signed by its own reflector and by every
@@ -524,6 +544,18 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Reflect(args) => callwatch_reflector::standalone::run(args).await,
+        Command::Completions { shell } => {
+            callwatch_reflector::term::print_completions::<Cli>(shell);
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            for page in callwatch_reflector::term::write_manpages::<Cli>(&dir)
+                .with_context(|| format!("writing man pages into {}", dir.display()))?
+            {
+                println!("wrote {}", page.display());
+            }
+            Ok(())
+        }
         Command::Reflector(cmd) => reflector_command(cmd),
         Command::Token(cmd) => token_command(cmd),
         Command::Verify { file } => {

@@ -20,6 +20,43 @@ pub fn parse_or_exit<C: clap::Parser>() -> C {
     })
 }
 
+/// Shells `completions` writes a script for.
+pub use clap_complete::Shell;
+
+/// Writes the completion script of program `C` for `shell` to standard output (`completions`).
+pub fn print_completions<C: clap::CommandFactory>(shell: Shell) {
+    let mut cmd = C::command();
+    let name = cmd.get_name().to_string();
+    clap_complete::generate(shell, &mut cmd, name, &mut std::io::stdout());
+}
+
+/// Writes program `C`'s man pages (roff, section 1) into `dir`: `NAME.1` for the program and
+/// `NAME-SUB.1` for each subcommand, from the same definitions as `--help` (`manpages`).
+/// Returns the files written.
+pub fn write_manpages<C: clap::CommandFactory>(
+    dir: &std::path::Path,
+) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let cmd = C::command();
+    let name = cmd.get_name().to_string();
+    std::fs::create_dir_all(dir)?;
+    let mut pages = vec![(name.clone(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let full = format!("{name}-{}", sub.get_name());
+        // clap names are &'static str without its `string` feature; a few bytes per page, once.
+        let full: &'static str = Box::leak(full.into_boxed_str());
+        pages.push((full.to_string(), sub.clone().name(full)));
+    }
+    let mut written = Vec::new();
+    for (page, cmd) in pages {
+        let path = dir.join(format!("{page}.1"));
+        let mut text = Vec::new();
+        clap_mangen::Man::new(cmd).render(&mut text)?;
+        std::fs::write(&path, text)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 /// Logging for the collector and the reflector: to stderr, at `RUST_LOG` or else info, colour
 /// by [`colour_on_stderr`].
 pub fn init_logging() {

@@ -652,3 +652,66 @@ fn version_names_the_release_and_the_commit() {
         );
     }
 }
+
+/// Man pages and shell completions come from the same clap definitions as `--help` (#21 item
+/// 3): `manpages DIR` writes a page per program and command that `man` renders with the
+/// options `--help` lists, and the bash completion script is valid bash that offers the
+/// commands.
+#[test]
+fn man_pages_and_completions_come_from_the_command_line_definitions() {
+    let dir = tempfile::tempdir().unwrap();
+    for (program, command, option) in [
+        ("callwatch-agent", "run", "--once"),
+        ("callwatch-collector", "serve", "--min-agents"),
+    ] {
+        let out = Command::new(callwatch_tests::built_binary(program))
+            .args(["manpages".as_ref(), dir.path().as_os_str()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let page = dir.path().join(format!("{program}-{command}.1"));
+        let text = std::fs::read_to_string(&page).unwrap();
+        assert!(
+            text.contains(&format!(".TH {program}-{command} 1")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&option.replace('-', "\\-")),
+            "{option} in {text}"
+        );
+        assert!(dir.path().join(format!("{program}.1")).exists());
+
+        let out = Command::new(callwatch_tests::built_binary(program))
+            .args(["completions", "bash"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let script = dir.path().join(format!("{program}.bash"));
+        std::fs::write(&script, &out.stdout).unwrap();
+        let check = Command::new("bash")
+            .arg("-n")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            script.contains(command) && script.contains(option),
+            "{script}"
+        );
+    }
+    // A shell it does not know is a usage error.
+    let out = Command::new(callwatch_tests::built_binary("callwatch-agent"))
+        .args(["completions", "nosh"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+}
