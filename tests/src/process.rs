@@ -136,6 +136,16 @@ impl RunningCollector {
     }
 }
 
+/// A test that fails before it stops its collector still leaves no process behind.
+impl Drop for RunningCollector {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])

@@ -656,6 +656,7 @@ fn main() -> Result<()> {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     let tmp = tempfile::tempdir()?;
     let mut children = Children::default();
+    let mut servers: Vec<RunningCollector> = Vec::new();
     // One collector per driver, each with its own data folder, all on the server core.
     let drivers = if cli.drivers.is_empty() {
         vec![None]
@@ -679,14 +680,10 @@ fn main() -> Result<()> {
         if let Some(d) = flag.as_deref() {
             extra.extend(["--reflector-driver", d]);
         }
-        let RunningCollector {
-            child,
-            reflector,
-            http,
-            ..
-        } = start_collector(&logs, &data, &extra);
-        let pid = child.id();
-        children.0.push(child);
+        let running = start_collector(&logs, &data, &extra);
+        let (pid, reflector, http) = (running.child.id(), running.reflector, running.http);
+        // Killed when dropped, with the other children.
+        servers.push(running);
         taskset_all(SERVER_CPU, pid)?;
         collectors.push((name, pid, reflector, http));
     }
@@ -785,6 +782,7 @@ fn main() -> Result<()> {
             .join(" ")
     );
     drop(children);
+    drop(servers);
     Ok(())
 }
 
