@@ -108,6 +108,20 @@ pub fn page(
     limit: usize,
     mut emit: impl FnMut(ExportRecord) -> bool,
 ) -> Result<Option<i64>, StoreError> {
+    page_stored(store, since_ms, limit, |stored| {
+        emit(ExportRecord::from_stored(stored))
+    })
+    .map(|(next, _)| next)
+}
+
+/// The paging of [`page`] over stored reports: returns where the next page starts (if any
+/// report is left) and the arrival time of the page's last report (if it has one).
+fn page_stored(
+    store: &dyn ReportStore,
+    since_ms: i64,
+    limit: usize,
+    mut emit: impl FnMut(&crate::domain::StoredReport) -> bool,
+) -> Result<(Option<i64>, Option<i64>), StoreError> {
     let mut count = 0usize;
     let mut last_ms = None;
     let mut next = None;
@@ -118,9 +132,9 @@ pub fn page(
         }
         count += 1;
         last_ms = Some(stored.received_at_ms);
-        Ok(emit(ExportRecord::from_stored(&stored)))
+        Ok(emit(&stored))
     })?;
-    Ok(next)
+    Ok((next, last_ms))
 }
 
 /// One line of the public export: a report's measurement without anything that links it to its
@@ -269,21 +283,12 @@ pub fn plan_public_page(
         started_at: DateTime<Utc>,
     }
     let mut days: Option<(i64, i64)> = None;
-    let mut last_ms = None;
-    let mut count = 0usize;
-    let mut next = None;
-    store.for_each_since(since_ms, &mut |stored| {
-        if count >= limit && last_ms != Some(stored.received_at_ms) {
-            next = Some(stored.received_at_ms);
-            return Ok(false);
-        }
-        count += 1;
-        last_ms = Some(stored.received_at_ms);
+    let (next, last_ms) = page_stored(store, since_ms, limit, |stored| {
         if let Ok(s) = serde_json::from_slice::<Start>(&stored.signed.body) {
             let day = s.started_at.timestamp_millis().div_euclid(DAY_MS);
             days = Some(days.map_or((day, day), |(a, b)| (a.min(day), b.max(day))));
         }
-        Ok(true)
+        true
     })?;
     let Some(last_ms) = last_ms else {
         return Ok(None);

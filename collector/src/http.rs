@@ -171,11 +171,6 @@ impl Jobs {
                 .map_err(|e| ApiError::internal(format!("{what}: {e}"))),
         }
     }
-
-    /// Query slots free now (tests).
-    pub fn free_query_slots(&self) -> usize {
-        self.queries.available_permits()
-    }
 }
 
 /// How long an [`Overview`] is served before it is computed again.
@@ -1026,7 +1021,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "5");
         assert_eq!(
-            jobs.free_query_slots(),
+            jobs.queries.available_permits(),
             QUERY_JOBS - 1,
             "the read holds its slot"
         );

@@ -15,8 +15,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// The token file in the collector's data folder.
@@ -114,26 +113,9 @@ impl Tokens {
     /// over the old one).
     pub fn save(&self, data: &Path) -> Result<()> {
         callwatch_reflector::files::ensure_private_dir(data)?;
-        let path = path(data);
-        let tmp = data.join(format!("{FILE}.{}.tmp", std::process::id()));
-        let write = || -> Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(&serde_json::to_vec_pretty(self)?)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path).with_context(|| format!("installing {}", path.display()))
-        };
-        let r = write();
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        r
+        let mut text = serde_json::to_vec_pretty(self)?;
+        text.push(b'\n');
+        callwatch_reflector::files::replace_private(&path(data), &text)
     }
 
     /// Issues a token named `name` (unique among the file's names) and returns it: the only

@@ -60,10 +60,13 @@ pub struct Query {
 
 const HOUR_MS: i64 = 3_600_000;
 
-/// What the per-agent cap counts per: UTC day, country, ASN, platform, arm, kind, agent key.
-type CapGroup<'a> = (i64, String, u32, Platform, Role, StreamKind, &'a [u8]);
-/// What the prefix cap counts per: UTC day, country, ASN, platform, arm, kind, prefix.
-type PrefixGroup = (i64, String, u32, Platform, Role, StreamKind, Vec<u8>);
+/// UTC day, country, ASN, platform, arm, kind: what the caps count per (with the agent key, or
+/// the prefix).
+type DayCell = (i64, String, u32, Platform, Role, StreamKind);
+/// What the per-agent cap counts per.
+type CapGroup<'a> = (DayCell, &'a [u8]);
+/// What the prefix cap counts per.
+type PrefixGroup = (DayCell, Vec<u8>);
 /// The figures a cell carries, by the API's names.
 pub const FIGURES: [&str; 8] = [
     "rtt_ms",
@@ -244,34 +247,22 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
             }
             // The per-agent cap: the first `max_per_agent_per_day` of each UTC day, network,
             // platform, arm and kind, whatever the query.
-            let seen = per_day
-                .entry((
-                    hour.div_euclid(24),
-                    country.clone(),
-                    input.asn,
-                    r.platform,
-                    s.role,
-                    r.stream_kind,
-                    input.agent,
-                ))
-                .or_default();
+            let day_cell = (
+                hour.div_euclid(24),
+                country.clone(),
+                input.asn,
+                r.platform,
+                s.role,
+                r.stream_kind,
+            );
+            let seen = per_day.entry((day_cell.clone(), input.agent)).or_default();
             *seen += 1;
             if *seen > q.max_per_agent_per_day {
                 continue;
             }
             // The prefix cap, over what the agent cap kept.
             let prefix = input.prefix();
-            let seen = per_prefix
-                .entry((
-                    hour.div_euclid(24),
-                    country.clone(),
-                    input.asn,
-                    r.platform,
-                    s.role,
-                    r.stream_kind,
-                    prefix.clone(),
-                ))
-                .or_default();
+            let seen = per_prefix.entry((day_cell, prefix.clone())).or_default();
             *seen += 1;
             if q.max_per_prefix_per_day.is_some_and(|m| *seen > m) {
                 continue;

@@ -17,8 +17,6 @@ use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The registry's file in the collector's data folder.
@@ -172,26 +170,9 @@ impl Registry {
     /// renamed over the old one).
     pub fn save(&self, data: &Path) -> Result<()> {
         ensure_private_dir(data)?;
-        let path = path(data);
-        let tmp = data.join(format!("{FILE}.{}.tmp", std::process::id()));
-        let write = || -> Result<()> {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(&serde_json::to_vec_pretty(self)?)?;
-            f.write_all(b"\n")?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path).with_context(|| format!("installing {}", path.display()))
-        };
-        let r = write();
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        r
+        let mut text = serde_json::to_vec_pretty(self)?;
+        text.push(b'\n');
+        callwatch_reflector::files::replace_private(&path(data), &text)
     }
 
     /// The entries that are not revoked.
