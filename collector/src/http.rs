@@ -35,6 +35,8 @@ pub struct AppState {
     pub data_dir: Option<std::path::PathBuf>,
     /// Seals the public export's page cursors.
     pub cursors: CursorKey,
+    /// Onsets and recoveries ([`crate::events`]).
+    pub events: crate::events::EventsService,
 }
 
 /// Seals and opens the public export's page cursors: where the next page starts (an arrival
@@ -264,6 +266,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/aggregation", get(aggregation))
         .route("/api/v1/reports", get(reports))
+        .route("/api/v1/events", get(events))
+        .route("/api/v1/events.atom", get(events_atom))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -571,6 +575,13 @@ pub fn render_metrics(state: &AppState) -> String {
         )],
     );
     metric(
+        "callwatch_events_open",
+        "gauge",
+        "Onsets of differential treatment not yet recovered, by platform and scope (network: one \
+         country's ASN; country: all its networks), as of the detector's last run.",
+        &state.events.open_counts(),
+    );
+    metric(
         "callwatch_stored_reports",
         "gauge",
         "Reports in the store.",
@@ -707,6 +718,181 @@ pub fn render_metrics(state: &AppState) -> String {
         );
     }
     out
+}
+
+/// The parameters of `/api/v1/events`: `country`, `asn` (a number, `AS…`, or `all` for
+/// country-wide series only), `platform`, `kind` (onset, recovery), `status` (open, ended),
+/// `since`/`until` (when the change began; RFC 3339 or a day), `format` (json, csv). Unknown
+/// parameters are errors.
+pub fn parse_events_query(
+    params: &HashMap<String, String>,
+) -> Result<(crate::events::EventFilter, bool), ApiError> {
+    use crate::domain::events::{EventKind, EventStatus};
+    const KNOWN: [&str; 8] = [
+        "country", "asn", "platform", "kind", "status", "since", "until", "format",
+    ];
+    for k in params.keys() {
+        if !KNOWN.contains(&k.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown parameter {k:?}; expected one of {}",
+                KNOWN.join(", ")
+            )));
+        }
+    }
+    let mut f = crate::events::EventFilter::default();
+    // The aggregation's own parsing for what the two share.
+    let mut shared: HashMap<String, String> = HashMap::new();
+    shared.insert("axis_x".into(), "day".into());
+    for name in ["country", "platform", "since", "until"] {
+        if let Some(v) = params.get(name) {
+            shared.insert(name.into(), v.clone());
+        }
+    }
+    match params.get("asn").map(String::as_str) {
+        Some("all") => f.country_wide = true,
+        Some(a) => {
+            shared.insert("asn".into(), a.into());
+        }
+        None => {}
+    }
+    let q = parse_aggregation_query(&shared)?;
+    f.since_hour = q.filter.since_hour();
+    f.until_hour = q.filter.until_hour();
+    f.country = q.filter.country;
+    f.asn = q.filter.asn;
+    f.platform = q.filter.platform.map(|p| p.to_string());
+    if let Some(k) = params.get("kind") {
+        f.kind = Some(match k.as_str() {
+            "onset" => EventKind::Onset,
+            "recovery" => EventKind::Recovery,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "kind: {other:?} is not onset or recovery"
+                )))
+            }
+        });
+    }
+    if let Some(st) = params.get("status") {
+        f.status = Some(match st.as_str() {
+            "open" => EventStatus::Open,
+            "ended" => EventStatus::Ended,
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "status: {other:?} is not open or ended"
+                )))
+            }
+        });
+    }
+    let csv = match params.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "format: {other:?} is not json or csv"
+            )))
+        }
+    };
+    Ok((f, csv))
+}
+
+/// The body of `/api/v1/events`.
+#[derive(Serialize)]
+pub struct EventsBody {
+    /// The hour the detector last read up to (RFC 3339).
+    pub computed: Option<String>,
+    /// The k every event and share was published under.
+    pub min_agents: usize,
+    /// The detector's constants (docs/EVENTS.md).
+    pub detector: DetectorBody,
+    pub events: Vec<crate::events::PublishedEvent>,
+}
+
+/// The detector's constants as the API states them.
+#[derive(Serialize)]
+pub struct DetectorBody {
+    pub method: &'static str,
+    pub p0: f64,
+    pub p1: f64,
+    pub h_onset: f64,
+    pub h_recovery: f64,
+    pub support_drop: f64,
+}
+
+impl EventsBody {
+    pub fn new(
+        events: Vec<crate::events::PublishedEvent>,
+        computed: Option<i64>,
+        policy: &Policy,
+        d: &crate::domain::events::Detector,
+    ) -> Self {
+        EventsBody {
+            computed: computed.map(crate::domain::hour_string),
+            min_agents: policy.min_agents,
+            detector: DetectorBody {
+                method: "two Bernoulli CUSUMs on hourly verdict counts (docs/EVENTS.md)",
+                p0: d.p0,
+                p1: d.p1,
+                h_onset: d.h_onset,
+                h_recovery: d.h_recovery,
+                support_drop: d.support_drop,
+            },
+            events,
+        }
+    }
+}
+
+async fn current_events(
+    state: &AppState,
+) -> Result<(Vec<crate::events::PublishedEvent>, Option<i64>), ApiError> {
+    let (service, store, policy) = (state.events.clone(), state.store.clone(), state.policy);
+    state
+        .jobs
+        .query("events", move || {
+            service.current(store.as_ref(), &policy, false)
+        })
+        .await
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (filter, csv) = parse_events_query(&params)?;
+    let (all, computed) = current_events(&state).await?;
+    let events: Vec<_> = all.into_iter().filter(|e| filter.matches(e)).collect();
+    if csv {
+        return Ok((
+            [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            crate::events::events_csv(&events),
+        )
+            .into_response());
+    }
+    Ok(axum::Json(EventsBody::new(
+        events,
+        computed,
+        &state.policy,
+        &state.events.detector,
+    ))
+    .into_response())
+}
+
+async fn events_atom(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (filter, csv) = parse_events_query(&params)?;
+    if csv {
+        return Err(ApiError::bad_request(
+            "format: the feed is Atom; use /api/v1/events?format=csv for CSV",
+        ));
+    }
+    let (all, computed) = current_events(&state).await?;
+    let events: Vec<_> = all.into_iter().filter(|e| filter.matches(e)).collect();
+    Ok((
+        [(header::CONTENT_TYPE, "application/atom+xml; charset=utf-8")],
+        crate::events::events_atom(&events, computed, ""),
+    )
+        .into_response())
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

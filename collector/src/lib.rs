@@ -24,6 +24,7 @@ pub mod carry;
 pub mod cert;
 pub mod counts;
 pub mod domain;
+pub mod events;
 pub mod export;
 pub mod fault;
 pub mod geo;

@@ -87,6 +87,15 @@ enum Command {
         /// out, `#` comments).
         #[arg(long = "hosting-asns", value_name = "FILE")]
         hosting_asns: Option<PathBuf>,
+        /// Rerun the onset detector (GET /api/v1/events) for a request at most once per this
+        /// many seconds when reports arrived since its last run; it also reruns every 5
+        /// minutes and each new hour.
+        #[arg(
+            long = "events-min-interval",
+            default_value_t = 10,
+            value_name = "SECONDS"
+        )]
+        events_min_interval: u64,
         /// How the reflector receives and sends: `batched` (recvmmsg/sendmmsg) or `single`
         /// (one recvmsg/sendto per datagram). For measuring one against the other
         /// (callwatch-reflector-load); hidden, the default is the one to run.
@@ -107,9 +116,15 @@ enum Command {
     /// gives only with a researcher token (see `token`); json/csv: the aggregate by --axis-x
     /// [and --axis-y], as the HTTP API gives it.
     ///
+    /// --events: the onsets and recoveries of differential treatment (json or csv; the
+    /// detector run over the whole store now, as GET /api/v1/events answers; --country,
+    /// --asn, --platform, --since and --until filter them, --since/--until by when the change
+    /// began).
+    ///
     /// Examples:
     ///   callwatch-collector export --data /var/lib/callwatch > reports.ndjson
     ///   callwatch-collector export --data /var/lib/callwatch --format csv --axis-x asn --axis-y platform
+    ///   callwatch-collector export --data /var/lib/callwatch --events --format csv
     #[command(verbatim_doc_comment)]
     Export {
         /// The stopped collector's data folder (with the default sled store).
@@ -119,6 +134,10 @@ enum Command {
         store: callwatch_collector::store::config::StoreArgs,
         #[arg(long, value_enum, default_value = "ndjson")]
         format: ExportFormat,
+        /// Export the events (onsets and recoveries) instead of reports or cells; with json
+        /// (the default for --events) or csv.
+        #[arg(long)]
+        events: bool,
         /// With json/csv: day, hour, country, asn, platform, arm or kind.
         #[arg(long = "axis-x", default_value = "country")]
         axis_x: String,
@@ -420,11 +439,13 @@ async fn run(cli: Cli) -> Result<()> {
             max_per_agent_day,
             max_per_prefix_day,
             hosting_asns,
+            events_min_interval,
             reflector_driver,
             reflector_sessions_per_prefix,
             store,
         } => {
             let mut cfg = ServeConfig::new(data);
+            cfg.events_min_interval = std::time::Duration::from_secs(events_min_interval);
             cfg.hosting = hosting_list(hosting_asns.as_deref())?;
             cfg.reflector_driver = reflector_driver.unwrap_or_default();
             if let Some(n) = reflector_sessions_per_prefix {
@@ -488,6 +509,7 @@ async fn run(cli: Cli) -> Result<()> {
             data,
             store,
             format,
+            events,
             axis_x,
             axis_y,
             since,
@@ -499,6 +521,27 @@ async fn run(cli: Cli) -> Result<()> {
             kind,
             min_agents,
         } => {
+            if events {
+                let mut query: HashMap<String, String> = HashMap::new();
+                for (name, value) in [
+                    ("since", since),
+                    ("until", until),
+                    ("country", country),
+                    ("asn", asn),
+                    ("platform", platform),
+                ] {
+                    if let Some(v) = value {
+                        query.insert(name.into(), v);
+                    }
+                }
+                if arm.is_some() || kind.is_some() || axis_y.is_some() {
+                    anyhow::bail!(
+                        "--events takes --country, --asn, --platform, --since and --until; \
+                         --arm, --kind and --axis-y are for cells"
+                    );
+                }
+                return export_events(&data, &store, format, &query, min_agents);
+            }
             let mut query: HashMap<String, String> = HashMap::new();
             query.insert("axis_x".into(), axis_x);
             for (name, value) in [
@@ -657,6 +700,55 @@ fn export(
             out.flush()?;
         }
     }
+    Ok(())
+}
+
+/// `export --events`: the detector run over the whole store now.
+fn export_events(
+    data: &std::path::Path,
+    store_args: &callwatch_collector::store::config::StoreArgs,
+    format: ExportFormat,
+    query: &HashMap<String, String>,
+    min_agents: usize,
+) -> Result<()> {
+    use callwatch_collector::domain::Policy;
+    use callwatch_collector::events;
+    use callwatch_collector::http::{parse_events_query, EventsBody};
+    use std::io::Write;
+    // Check the arguments before touching the store.
+    let (filter, _) = parse_events_query(query).map_err(|e| anyhow::anyhow!("--{}", e.message))?;
+    let (store, cap): (
+        std::sync::Arc<dyn callwatch_collector::store::ReportStore>,
+        usize,
+    ) = match callwatch_collector::store::config::open_for_serve(store_args)? {
+        Some(clickhouse) => (clickhouse, Policy::default().max_per_agent_per_day),
+        None => {
+            let sled = callwatch_collector::store::config::open_stopped_sled(data)?;
+            let cap = sled.cap() as usize;
+            (std::sync::Arc::new(sled), cap)
+        }
+    };
+    let policy = Policy {
+        min_agents,
+        max_per_agent_per_day: cap,
+        ..Policy::default()
+    };
+    let now = events::now_hour();
+    let all = events::compute(store.as_ref(), &policy, now)?;
+    let chosen: Vec<_> = all.into_iter().filter(|e| filter.matches(e)).collect();
+    eprintln!("exported {} events", chosen.len());
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if matches!(format, ExportFormat::Csv) {
+        out.write_all(events::events_csv(&chosen).as_bytes())?;
+    } else {
+        let detector = callwatch_collector::domain::events::Detector::default();
+        serde_json::to_writer_pretty(
+            &mut out,
+            &EventsBody::new(chosen, Some(now), &policy, &detector),
+        )?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

@@ -52,6 +52,9 @@ pub struct ServeConfig {
     pub policy: crate::domain::Policy,
     /// Networks whose reports are marked `hosting` (default: the built-in list).
     pub hosting: crate::geo::hosting::HostingAsns,
+    /// How often, at most, a request reruns the event detector when reports arrived since its
+    /// last run (it also reruns every [`crate::events::REFRESH`] and when the hour changes).
+    pub events_min_interval: std::time::Duration,
 }
 
 impl ServeConfig {
@@ -74,6 +77,7 @@ impl ServeConfig {
             tag_key_days: crate::attest::TAG_KEY_DAYS,
             policy: crate::domain::Policy::default(),
             hosting: Default::default(),
+            events_min_interval: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -183,6 +187,11 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         .await
         .with_context(|| format!("binding HTTP API on {}", cfg.http))?;
     let http_addr = listener.local_addr()?;
+    let events = crate::events::EventsService {
+        min_interval: cfg.events_min_interval,
+        ..Default::default()
+    };
+    spawn_events_refresh(events.clone(), store.clone(), cfg.policy);
     let app = router(AppState {
         store: store.clone(),
         ingest: Some(ingest.stats.clone()),
@@ -192,6 +201,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         jobs: Default::default(),
         data_dir: Some(cfg.data_dir.clone()),
         cursors: Default::default(),
+        events: events.clone(),
     });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -210,6 +220,30 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         store,
         http_task,
     })
+}
+
+/// Reruns the event detector every [`crate::events::REFRESH`], so that the gauge and the feed
+/// move on with the hours even when nobody asks (a request refreshes too when reports arrived).
+fn spawn_events_refresh(
+    events: crate::events::EventsService,
+    store: Arc<dyn ReportStore>,
+    policy: crate::domain::Policy,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::events::REFRESH);
+        loop {
+            tick.tick().await;
+            let (events, store) = (events.clone(), store.clone());
+            let done =
+                tokio::task::spawn_blocking(move || events.current(store.as_ref(), &policy, true))
+                    .await;
+            match done {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("event detection: {e}"),
+                Err(e) => tracing::warn!("event detection task: {e}"),
+            }
+        }
+    });
 }
 
 /// Every built-in profile's reflector port on `ip`: what `serve` listens on by default.

@@ -6,6 +6,7 @@
 pub mod censors;
 pub mod demo;
 pub mod emulator;
+pub mod history;
 pub mod http;
 pub mod oracle;
 pub mod process;

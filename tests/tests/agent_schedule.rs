@@ -310,6 +310,15 @@ impl ReportStore for AckHoldingStore {
     ) -> Result<(), StoreError> {
         self.inner.for_each_since(since_ms, f)
     }
+    fn evidence(
+        &self,
+        from: i64,
+        to: i64,
+        policy: &callwatch_collector::domain::Policy,
+        book: &mut callwatch_collector::domain::events::EvidenceBook,
+    ) -> Result<(), StoreError> {
+        self.inner.evidence(from, to, policy, book)
+    }
     fn len(&self) -> usize {
         self.inner.len()
     }

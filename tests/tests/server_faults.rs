@@ -36,6 +36,15 @@ impl ReportStore for FailingStore {
     fn aggregate(&self, _: &[Axis], _: &Filter, _: &Policy) -> Result<Vec<Cell>, StoreError> {
         Err(StoreError::Backend(SECRET.into()))
     }
+    fn evidence(
+        &self,
+        _: i64,
+        _: i64,
+        _: &Policy,
+        _: &mut callwatch_collector::domain::events::EvidenceBook,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Backend(SECRET.into()))
+    }
     fn len(&self) -> usize {
         0
     }

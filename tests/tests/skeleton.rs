@@ -287,6 +287,15 @@ impl ReportStore for GatedStore {
     ) -> Result<Vec<Cell>, StoreError> {
         self.inner.aggregate(axes, filter, policy)
     }
+    fn evidence(
+        &self,
+        from: i64,
+        to: i64,
+        policy: &callwatch_collector::domain::Policy,
+        book: &mut callwatch_collector::domain::events::EvidenceBook,
+    ) -> Result<(), StoreError> {
+        self.inner.evidence(from, to, policy, book)
+    }
     fn len(&self) -> usize {
         self.inner.len()
     }

@@ -15,7 +15,7 @@ use callwatch_proto::{Platform, Role, Verdict};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The finest cell: one UTC hour of one (country, ASN, platform, arm, stream kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -209,6 +209,10 @@ pub struct CellState {
     pub filing: FilingCounts,
     /// Distinct network prefixes (8-byte prefix tags, see [`super::observation::prefix_of`]).
     pub prefixes: BTreeSet<[u8; 8]>,
+    /// Tests found differentiated, per (agent, network prefix) — 8 bytes each, as in `agents`
+    /// and `prefixes`: the evidence of events ([`super::events`]), which discount the most
+    /// flagging agents and prefixes of each day.
+    pub flagged: BTreeMap<([u8; 8], [u8; 8]), u64>,
 }
 
 /// Counts of a cell's reports (arms) by how they were filed ([`Filing`]). Subsets of the cell's
@@ -252,6 +256,10 @@ impl CellState {
         self.prefixes.insert(o.prefix());
         if let Some(v) = o.verdict {
             self.verdicts.add(v, o.rule);
+            if v == Verdict::Differentiated {
+                let n = self.flagged.entry((prefix, o.prefix())).or_default();
+                *n = n.saturating_add(1);
+            }
         }
         self.filing.add(&o.filing);
         for (sketch, value) in self.figures.iter_mut().zip(o.figures) {
@@ -265,6 +273,10 @@ impl CellState {
         self.count = self.count.saturating_add(other.count);
         self.agents.extend(other.agents.iter().copied());
         self.prefixes.extend(other.prefixes.iter().copied());
+        for (pair, n) in &other.flagged {
+            let mine = self.flagged.entry(*pair).or_default();
+            *mine = mine.saturating_add(*n);
+        }
         self.verdicts.merge(&other.verdicts);
         self.filing.merge(&other.filing);
         for (a, b) in self.figures.iter_mut().zip(other.figures.iter()) {

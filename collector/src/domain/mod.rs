@@ -11,6 +11,7 @@
 //! | [`cell`] | [`CellKey`] and its ordered bytes, [`CapKey`], [`PrefixCapKey`], [`CellState`], [`Cell`] |
 //! | [`query`] | [`Axis`], [`Filter`], [`Policy`], [`Plan`], [`Grouper`], [`query()`], [`capped`] |
 //! | [`sketch`] | the mergeable quantile sketch cells keep per figure |
+//! | [`events`] | onsets and recoveries of differential treatment per series ([`events::Detector`]), from fine cells' evidence |
 //!
 //! Aggregation of reports into cells by time, region, platform and arm, in the manner of OONI's
 //! aggregation API (`axis_x`, `axis_y`).
@@ -74,6 +75,7 @@
 
 pub mod cell;
 pub mod codes;
+pub mod events;
 pub mod observation;
 pub mod query;
 pub mod report;

@@ -14,6 +14,7 @@ pub mod config;
 pub mod copy;
 pub mod sled_store;
 
+use crate::domain::events::EvidenceBook;
 use crate::domain::{Axis, Cell, CorruptRecord, Filter, Policy, StoredReport, VerifiedReport};
 
 pub use clickhouse::ClickHouseStore;
@@ -72,6 +73,17 @@ pub trait ReportStore: Send + Sync {
         filter: &Filter,
         policy: &Policy,
     ) -> Result<Vec<Cell>, StoreError>;
+
+    /// Adds the events' evidence of hours `[from, to)` to `book`: per hour, country, ASN and
+    /// platform, the platform arms of both stream kinds after the caps (the same fine cells the
+    /// aggregates merge).
+    fn evidence(
+        &self,
+        from: i64,
+        to: i64,
+        policy: &Policy,
+        book: &mut EvidenceBook,
+    ) -> Result<(), StoreError>;
 
     /// Number of stored reports.
     fn len(&self) -> usize;

@@ -4,6 +4,7 @@
 //! transaction.
 
 use super::{InsertOutcome, ReportStore, StoreError};
+use crate::domain::events::EvidenceBook;
 use crate::domain::Axis;
 use crate::domain::{
     ordered_i64, CapKey, Cell, CellKey, CellState, Filter, Grouper, Observation, Plan, Policy,
@@ -12,6 +13,7 @@ use crate::domain::{
 use crate::domain::{ReportKey, StoredReport, VerifiedReport};
 #[cfg(test)]
 use callwatch_proto::CallReport;
+use callwatch_proto::Role;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -129,8 +131,9 @@ const CELLS_KEY: &[u8] = b"cells";
 /// it (49 bytes), [`CellState`] with the round-trip loss sketch and the blocked and
 /// no-reference counts. Format 3: [`CellState`] with the filing counts
 /// ([`crate::domain::FilingCounts`]). Format 4: [`CellState`] with the distinct network
-/// prefixes, and the prefix cap's counters (`prefix_caps`).
-pub const CELL_FORMAT: u8 = 4;
+/// prefixes, and the prefix cap's counters (`prefix_caps`). Format 5: [`CellState`] with the
+/// differentiated tests per agent and prefix (the events' evidence).
+pub const CELL_FORMAT: u8 = 5;
 /// File in the store folder holding the number of reports stored durably.
 const COUNT_FILE: &str = "callwatch-count";
 
@@ -726,6 +729,26 @@ impl ReportStore for SledStore {
         self.aggregate_by(Plan::of(axes, &filter.whole_days()), axes, filter, policy)
     }
 
+    fn evidence(
+        &self,
+        from: i64,
+        to: i64,
+        _policy: &Policy,
+        book: &mut EvidenceBook,
+    ) -> Result<(), StoreError> {
+        // The fine cells were capped at ingest under the store's own policy.
+        for item in self.cells.range(ordered_i64(from)..ordered_i64(to)) {
+            let (k, v) = item.map_err(backend)?;
+            let key =
+                CellKey::from_bytes(&k).ok_or_else(|| corrupt(&k, "bad aggregate cell key"))?;
+            if key.arm == Role::Platform {
+                let (_, state) = decode_cell(&k, &v)?;
+                book.add_cell(&key, &state);
+            }
+        }
+        Ok(())
+    }
+
     fn len(&self) -> usize {
         usize::try_from(self.count.load(std::sync::atomic::Ordering::SeqCst)).unwrap_or(usize::MAX)
     }
@@ -906,15 +929,18 @@ mod tests {
         {
             let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
             s.insert_batch(&items).unwrap();
-            // As format 3 wrote it: the same states without the prefix set (postcard writes
-            // fields in order, the set last), uncapped by prefix.
+            // As format 3 wrote it: the same states without the prefix set and the flagged map
+            // after it (postcard writes fields in order, those last), uncapped by prefix.
             let strip = |tree: &sled::Tree| {
                 for e in tree.iter() {
                     let (k, v) = e.unwrap();
                     let mut state: CellState = postcard::from_bytes(&v).unwrap();
                     state.prefixes.clear();
+                    state.flagged.clear();
                     let mut old = postcard::to_allocvec(&state).unwrap();
-                    assert_eq!(old.pop(), Some(0), "an empty set is one byte");
+                    for _ in 0..2 {
+                        assert_eq!(old.pop(), Some(0), "an empty set or map is one byte");
+                    }
                     tree.insert(k, old).unwrap();
                 }
             };

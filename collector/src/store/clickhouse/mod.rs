@@ -82,6 +82,7 @@ pub mod schema;
 pub use client::{check_identifier, Access, ClickHouseUrl};
 
 use super::{InsertOutcome, ReportStore, StoreError};
+use crate::domain::events::EvidenceBook;
 use crate::domain::{Axis, Cell, Filter, Policy, StoredReport, VerifiedReport};
 use client::{lit, Http};
 use queries::AggRow;
@@ -353,6 +354,21 @@ impl ReportStore for ClickHouseStore {
         })?;
         cells.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(cells.into_iter().map(|(_, c)| c).collect())
+    }
+
+    fn evidence(
+        &self,
+        from: i64,
+        to: i64,
+        policy: &Policy,
+        book: &mut EvidenceBook,
+    ) -> Result<(), StoreError> {
+        let sql = queries::evidence_sql(&self.db, from, to, policy);
+        self.http.rows(&sql, |row: queries::EvidenceRow| {
+            let (key, ev) = row.into_evidence()?;
+            book.add(&key, ev);
+            Ok(true)
+        })
     }
 
     fn len(&self) -> usize {

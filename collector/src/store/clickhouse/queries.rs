@@ -7,14 +7,16 @@ use super::schema::FIGURE_COLUMNS;
 use crate::domain::codes::{
     arm_code, arm_of_code, country_text, kind_code, kind_of_code, platform_code, platform_of_code,
 };
+use crate::domain::events::HourEvidence;
 use crate::domain::{
-    day_string, Axis, Cell, Figure, FilingCounts, Filter, GroupKey, Policy, VerdictCounts,
+    day_string, Axis, Cell, CellKey, Figure, FilingCounts, Filter, GroupKey, Policy, VerdictCounts,
     BLOCKED_RULES, FIGURE_COUNT, NO_REFERENCE_RULES,
 };
 use crate::store::StoreError;
 use callwatch_proto::report::{StreamKind, VerdictRule};
 use callwatch_proto::{Role, Verdict};
 use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// `rule IN (…)` of these rules, as the reports spell them.
 fn rule_list(rules: &[VerdictRule]) -> String {
@@ -22,8 +24,13 @@ fn rule_list(rules: &[VerdictRule]) -> String {
     names.join(", ")
 }
 
-/// The aggregation query for these axes, filter and policy (see the module documentation).
-pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) -> String {
+/// Where the prefix sits in the capped rows' tuple `k` (1-based).
+const PREFIX_ELEMENT: usize = FIGURE_COUNT + 8;
+
+/// The observations a query may cover after the per-agent and per-prefix caps, one row each:
+/// `cc, asn, platform, kind, a_arm, agent, k` where `k` is the tuple described below (its
+/// element [`PREFIX_ELEMENT`] the prefix).
+fn capped_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) -> String {
     let has = |a: Axis| axes.contains(&a);
     // Before the cap: conditions on the cap key's own fields (country, ASN, platform, kind,
     // arm) and on whole days (the cap counts whole days).
@@ -110,9 +117,7 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
         "(arrival, id, finding, hour, verdict, {}, uploaded_elsewhere, hosting, prefix)",
         f_list.join(", ")
     );
-    let ue = FIGURE_COUNT + 6;
-    let ho = FIGURE_COUNT + 7;
-    let px = FIGURE_COUNT + 8;
+    let px = PREFIX_ELEMENT;
     let cap = policy.max_per_agent_per_day;
     let kept = if cap >= u32::MAX as usize {
         format!("groupArray({tuple})")
@@ -131,12 +136,23 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
     } else {
         format!("arraySlice(arraySort(x -> (x.2.1, x.2.2), groupArray((agent, k1))), 1, {pcap})")
     };
-    let capped = format!(
+    format!(
         "SELECT cc, asn, platform, kind, a_arm, kk.1 AS agent, kk.2 AS k FROM (SELECT cc, asn, \
          platform, kind, a_arm, {pkept} AS pkept FROM ({agent_capped}) ARRAY JOIN kept AS k1 \
          GROUP BY intDiv(k1.4, 24), cc, asn, platform, kind, a_arm, k1.{px}) ARRAY JOIN pkept \
          AS kk"
-    );
+    )
+}
+
+/// The aggregation query for these axes, filter and policy (see the module documentation).
+pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) -> String {
+    let has = |a: Axis| axes.contains(&a);
+    let since_hour = filter.since_hour();
+    let until_hour = filter.until_hour();
+    let ue = FIGURE_COUNT + 6;
+    let ho = FIGURE_COUNT + 7;
+    let px = PREFIX_ELEMENT;
+    let capped = capped_sql(db, axes, filter, policy);
     // After the cap: the atoms of publication (see `crate::domain::Grouper`), decided over
     // whole days, then the query's own hour bounds for the hour axis, and the grouping.
     let mut group: Vec<&str> = Vec::new();
@@ -351,5 +367,88 @@ impl AggRow {
         };
         let cell = Cell::new(&key, self.cnt, self.agents, figures, verdicts, filing);
         Ok((key, cell))
+    }
+}
+
+/// The events' evidence of hours `[from, to)`: per hour, country, ASN and platform, the
+/// platform arms of both stream kinds after the caps (the sled store reads the same from its
+/// fine cells, [`crate::domain::events::HourEvidence::of_cell`]).
+pub fn evidence_sql(db: &str, from: i64, to: i64, policy: &Policy) -> String {
+    const HOUR_MS: i64 = 3_600_000;
+    let filter = Filter {
+        since_ms: Some(from.saturating_mul(HOUR_MS)),
+        until_ms: Some(to.saturating_mul(HOUR_MS)),
+        arm: Some(Role::Platform),
+        ..Filter::default()
+    };
+    let capped = capped_sql(db, &[Axis::Kind], &filter, policy);
+    let px = PREFIX_ELEMENT;
+    let diff = verdict_code(Some(Verdict::Differentiated));
+    format!(
+        "SELECT k.4 AS hour, cc, asn, platform, countIf(k.5 >= 0) AS judged, \
+         countIf(k.5 = {diff}) AS diff, countIf(k.5 = {diff} AND k.3 = 1) AS blocked, \
+         groupUniqArrayIf(substring(agent, 1, 16), k.5 >= 0) AS agents, \
+         groupUniqArrayIf(k.{px}, k.5 >= 0) AS prefixes, \
+         groupArrayIf((substring(agent, 1, 16), k.{px}), k.5 = {diff}) AS flags \
+         FROM ({capped}) WHERE k.4 >= {from} AND k.4 < {to} \
+         GROUP BY hour, cc, asn, platform HAVING judged > 0"
+    )
+}
+
+/// One hour of one network's evidence as ClickHouse answers it.
+#[derive(Deserialize)]
+pub struct EvidenceRow {
+    hour: i64,
+    cc: String,
+    asn: u32,
+    platform: u8,
+    judged: u64,
+    diff: u64,
+    blocked: u64,
+    agents: Vec<String>,
+    prefixes: Vec<String>,
+    /// (agent, prefix) of each differentiated test.
+    flags: Vec<(String, String)>,
+}
+
+impl EvidenceRow {
+    /// The fine-cell key (platform arm, voice: the kind is not part of the evidence) and the
+    /// hour's evidence.
+    pub fn into_evidence(self) -> Result<(CellKey, HourEvidence), StoreError> {
+        let bad = |what: &str| StoreError::Backend(format!("ClickHouse answered {what}"));
+        let id = |h: &str| -> Result<[u8; 8], StoreError> {
+            let mut out = [0u8; 8];
+            hex::decode_to_slice(h, &mut out)
+                .map_err(|_| bad("an agent or prefix that is not 16 hex digits"))?;
+            Ok(out)
+        };
+        let set = |v: Vec<String>| -> Result<BTreeSet<[u8; 8]>, StoreError> {
+            v.iter().map(|h| id(h)).collect()
+        };
+        let mut flags: BTreeMap<([u8; 8], [u8; 8]), u64> = BTreeMap::new();
+        for (a, p) in &self.flags {
+            *flags.entry((id(a)?, id(p)?)).or_default() += 1;
+        }
+        let key = CellKey {
+            hour: self.hour,
+            country: <[u8; 2]>::try_from(self.cc.as_bytes())
+                .map_err(|_| bad("a country code not 2 bytes"))?,
+            asn: self.asn,
+            platform: platform_of_code(self.platform)
+                .ok_or_else(|| bad("an unknown platform code"))?,
+            arm: Role::Platform,
+            kind: StreamKind::Voice,
+        };
+        Ok((
+            key,
+            HourEvidence {
+                judged: self.judged,
+                differentiated: self.diff.min(self.judged),
+                blocked: self.blocked.min(self.diff),
+                agents: set(self.agents)?,
+                prefixes: set(self.prefixes)?,
+                flags,
+            },
+        ))
     }
 }

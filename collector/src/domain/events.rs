@@ -1,0 +1,589 @@
+//! Onsets and recoveries of differential treatment, per (country, ASN, platform) and per
+//! (country, platform): "where, since when, and is it over?".
+//!
+//! # The evidence
+//!
+//! Each test of a platform ends with a verdict that compares the platform arm with the control
+//! arm of the same test (`differentiated`, `inconclusive`, `none`). Where a network treats the
+//! two arms alike, a test is found `differentiated` with probability at most α = 0.2 % (the
+//! verdict's bound; docs/DETECTION.md measures ≤ 1 % as the 95 % upper bound of every null model
+//! of its catalogue). A restriction makes most tests of the platform `differentiated` (a blocked
+//! call is one too). The detector reads, per series and UTC hour, the fine cells' platform-arm
+//! counts after the per-agent and per-prefix caps ([`HourEvidence`]): tests judged, found
+//! differentiated, blocked calls among them, and the distinct agents and network prefixes behind
+//! each, so every event rests on the same cells the aggregates publish.
+//!
+//! # The method: two Bernoulli CUSUMs
+//!
+//! Each judged test adds its log-likelihood ratio of "differentiated with probability
+//! [`Detector::p1`]" against "with probability [`Detector::p0`]" (the null's bound):
+//! `ln(p1/p0)` for a differentiated test, `ln((1−p1)/(1−p0))` for any other. An hour adds the
+//! sum of its tests; an hour without tests adds nothing (a gap is no evidence either way).
+//!
+//! - **Onset.** `S ← max(0, S + llr)`. An onset is declared at the first hour where `S ≥
+//!   h_onset` *and* the tests since `S` last stood at 0 were found differentiated for at least
+//!   `k` distinct agents on `k` distinct network prefixes (the publication threshold: one
+//!   volunteer's broken router, or k−1 of them, never makes an event).
+//! - **Recovery**, while an onset is open: `R ← max(0, R − llr)`, declared at `R ≥ h_recovery`
+//!   with at least `k` distinct agents on `k` prefixes judged since `R` last stood at 0.
+//!
+//! **When it began.** The hour a change began is the maximum-likelihood change point of the
+//! statistic that fired: the first hour of the run that reached the threshold (`L(τ) =
+//! Σ_{t=τ}^{now} llr_t` is largest there). Its interval is every hour τ, back to
+//! [`Detector::lookback_hours`], whose `L(τ)` lies within [`Detector::support_drop`] (natural
+//! log units) of the largest: a likelihood support interval. Hours without tests lie on a
+//! plateau of `L`, so a gap before an onset widens the interval across the gap: the data cannot
+//! say when within a gap it began.
+//!
+//! **Calibration.** `p0`, `p1` and the thresholds are fixed here and measured by
+//! `callwatch-events` (tests/src/bin): false onsets per 100 null network-months under several
+//! null models, false recoveries under sustained restrictions, and the detection delay and
+//! onset-hour error of simulated restrictions (docs/EVENTS.md).
+
+use super::cell::{CellKey, CellState};
+use super::codes::country_code;
+use callwatch_proto::{Platform, Role};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A series the detector watches: a platform in a country, on one network or on all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SeriesKey {
+    pub country: [u8; 2],
+    /// `None`: every network of the country together.
+    pub asn: Option<u32>,
+    pub platform: Platform,
+}
+
+impl SeriesKey {
+    pub fn country_str(&self) -> &str {
+        // Constructed only from ASCII letters (country_code).
+        std::str::from_utf8(&self.country).unwrap_or("ZZ")
+    }
+
+    /// Whether a series is watched at all: platforms with a control arm, in a known country.
+    pub fn watched(&self) -> bool {
+        self.platform != Platform::Generic && &self.country != b"ZZ"
+    }
+
+    /// The series of a country and platform, on one network or on all.
+    pub fn new(country: &str, asn: Option<u32>, platform: Platform) -> SeriesKey {
+        SeriesKey {
+            country: country_code(country),
+            asn,
+            platform,
+        }
+    }
+}
+
+/// What one hour of one series says: the platform arms of its tests, after the caps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HourEvidence {
+    /// Tests with a verdict.
+    pub judged: u64,
+    /// Of them, found differentiated.
+    pub differentiated: u64,
+    /// Of those, blocked calls.
+    pub blocked: u64,
+    /// Distinct agents (8-byte key prefixes) and network prefixes behind the judged tests.
+    pub agents: BTreeSet<[u8; 8]>,
+    pub prefixes: BTreeSet<[u8; 8]>,
+    /// Differentiated tests per (agent, prefix).
+    pub flags: BTreeMap<([u8; 8], [u8; 8]), u64>,
+}
+
+impl HourEvidence {
+    /// The evidence of one fine cell (its platform arm; other arms give nothing).
+    pub fn of_cell(key: &CellKey, state: &CellState) -> HourEvidence {
+        if key.arm != Role::Platform {
+            return HourEvidence::default();
+        }
+        let v = &state.verdicts;
+        HourEvidence {
+            judged: v.judged(),
+            differentiated: v.differentiated.min(v.judged()),
+            blocked: v.blocked.min(v.differentiated),
+            agents: state.agents.clone(),
+            prefixes: state.prefixes.clone(),
+            flags: state.flagged.clone(),
+        }
+    }
+
+    pub fn merge(&mut self, o: &HourEvidence) {
+        self.judged = self.judged.saturating_add(o.judged);
+        self.differentiated = self.differentiated.saturating_add(o.differentiated);
+        self.blocked = self.blocked.saturating_add(o.blocked);
+        self.agents.extend(o.agents.iter().copied());
+        self.prefixes.extend(o.prefixes.iter().copied());
+        for (pair, n) in &o.flags {
+            let mine = self.flags.entry(*pair).or_default();
+            *mine = mine.saturating_add(*n);
+        }
+    }
+}
+
+/// Every watched series' hours, from fine cells: each (country, ASN, platform) and each
+/// (country, platform), hour by hour. Cells of unwatched series (generic, country ZZ) and
+/// control arms are skipped.
+#[derive(Clone, Debug, Default)]
+pub struct EvidenceBook {
+    pub series: BTreeMap<SeriesKey, BTreeMap<i64, HourEvidence>>,
+}
+
+impl EvidenceBook {
+    pub fn add_cell(&mut self, key: &CellKey, state: &CellState) {
+        if key.arm == Role::Platform {
+            self.add(key, HourEvidence::of_cell(key, state));
+        }
+    }
+
+    /// Adds one network's hour (the key's hour, country, ASN and platform; its arm and kind
+    /// are not read) to its network's series and its country's.
+    pub fn add(&mut self, key: &CellKey, ev: HourEvidence) {
+        if ev.judged == 0 {
+            return;
+        }
+        let network = SeriesKey {
+            country: key.country,
+            asn: Some(key.asn),
+            platform: key.platform,
+        };
+        if !network.watched() {
+            return;
+        }
+        let country = SeriesKey {
+            asn: None,
+            ..network
+        };
+        for s in [network, country] {
+            self.series
+                .entry(s)
+                .or_default()
+                .entry(key.hour)
+                .or_default()
+                .merge(&ev);
+        }
+    }
+
+    /// Drops every hour at or after `hour` (before the cells from it are read again).
+    pub fn forget_from(&mut self, hour: i64) {
+        for hours in self.series.values_mut() {
+            hours.split_off(&hour);
+        }
+        self.series.retain(|_, h| !h.is_empty());
+    }
+
+    /// The first hour any series has.
+    pub fn first_hour(&self) -> Option<i64> {
+        self.series
+            .values()
+            .filter_map(|h| h.keys().next().copied())
+            .min()
+    }
+}
+
+/// Onset or recovery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum EventKind {
+    Onset,
+    Recovery,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Onset => "onset",
+            EventKind::Recovery => "recovery",
+        }
+    }
+}
+
+/// Whether the differential treatment an event belongs to still holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventStatus {
+    /// An onset without a recovery yet.
+    Open,
+    /// An onset that recovered, or a recovery.
+    Ended,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Open => "open",
+            EventStatus::Ended => "ended",
+        }
+    }
+}
+
+/// Shares of judged tests over a stretch of hours.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Shares {
+    pub judged: u64,
+    /// Distinct agents and network prefixes behind the judged tests.
+    pub agents: usize,
+    pub prefixes: usize,
+    /// `None` when no test was judged.
+    pub differentiated: Option<f64>,
+    pub blocked: Option<f64>,
+}
+
+/// One detected change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub series: SeriesKey,
+    pub kind: EventKind,
+    /// The hour the change began (hours since the epoch): the maximum-likelihood change point.
+    pub began: i64,
+    /// Its support interval, first and last hour (inclusive).
+    pub began_lo: i64,
+    pub began_hi: i64,
+    /// The hour the detector declared it (the last hour it read then).
+    pub detected: i64,
+    /// Distinct agents and network prefixes behind it: for an onset those found differentiated
+    /// since the change began, for a recovery those judged.
+    pub agents: usize,
+    pub prefixes: usize,
+    /// Before: the `lookback` hours before `began_lo` (not before the previous change); after:
+    /// from `began` to the next change or the end of the data.
+    pub before: Shares,
+    pub after: Shares,
+    pub status: EventStatus,
+    /// For an onset that ended, the hour its recovery began.
+    pub ended: Option<i64>,
+    /// The hours `before` and `after` cover: `[before_from, began_lo)` and `[began, after_to)`.
+    pub before_from: i64,
+    pub after_to: i64,
+}
+
+/// The detector's constants (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Detector {
+    /// The null's bound on a test's chance of being found differentiated.
+    pub p0: f64,
+    /// The rate a restriction is expected to reach at least.
+    pub p1: f64,
+    pub h_onset: f64,
+    pub h_recovery: f64,
+    /// Distinct agents and prefixes an event needs (the publication k).
+    pub k: usize,
+    /// The support interval's drop from the largest log-likelihood.
+    pub support_drop: f64,
+    /// How far back an interval and a "before" reach.
+    pub lookback_hours: i64,
+    /// The most one hour adds to either statistic (either way): a change needs at least
+    /// `h / max_hour` hours of evidence, so a single bad hour never makes an event.
+    pub max_hour: f64,
+}
+
+impl Default for Detector {
+    fn default() -> Self {
+        Detector {
+            p0: 0.01,
+            p1: 0.25,
+            h_onset: 9.5,
+            h_recovery: 12.0,
+            k: 3,
+            support_drop: 3.0,
+            lookback_hours: 7 * 24,
+            max_hour: 4.0,
+        }
+    }
+}
+
+/// Per-hour CUSUM increment of an onset statistic.
+#[derive(Clone, Copy, Debug)]
+struct Llr {
+    flagged: f64,
+    clean: f64,
+}
+
+impl Llr {
+    fn of(d: &Detector) -> Llr {
+        Llr {
+            flagged: (d.p1 / d.p0).ln(),
+            clean: ((1.0 - d.p1) / (1.0 - d.p0)).ln(),
+        }
+    }
+
+    fn hour(&self, e: &Robust) -> f64 {
+        let clean = e.judged.saturating_sub(e.differentiated);
+        e.differentiated as f64 * self.flagged + clean as f64 * self.clean
+    }
+}
+
+/// An hour's evidence without the differentiated tests of its day's `k − 1` most flagging
+/// agents and `k − 1` most flagging prefixes so far (counted from the day's first hour up to
+/// this one, so the detector stays causal). Keys rotate daily and prefix tags are keyed per
+/// day, so a volunteer is one agent and one prefix within a day: no `k − 1` volunteers (broken
+/// routers, a Sybil on a few prefixes) ever move the statistic, whatever they upload.
+#[derive(Clone, Debug, Default)]
+struct Robust {
+    judged: u64,
+    differentiated: u64,
+    agents: BTreeSet<[u8; 8]>,
+    prefixes: BTreeSet<[u8; 8]>,
+}
+
+/// The `n` keys with the most counts (ties by key).
+fn top<K: Ord + Copy>(counts: &BTreeMap<K, u64>, n: usize) -> BTreeSet<K> {
+    let mut v: Vec<(&K, &u64)> = counts.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.into_iter().take(n).map(|(k, _)| *k).collect()
+}
+
+fn robust_hours(hours: &BTreeMap<i64, HourEvidence>, end: i64, k: usize) -> BTreeMap<i64, Robust> {
+    let discount = k.saturating_sub(1);
+    let mut day = None;
+    let mut by_agent: BTreeMap<[u8; 8], u64> = BTreeMap::new();
+    let mut by_prefix: BTreeMap<[u8; 8], u64> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for (&hour, e) in hours.range(..end) {
+        let d = hour.div_euclid(24);
+        if day != Some(d) {
+            day = Some(d);
+            by_agent.clear();
+            by_prefix.clear();
+        }
+        for (&(a, p), &n) in &e.flags {
+            *by_agent.entry(a).or_default() += n;
+            *by_prefix.entry(p).or_default() += n;
+        }
+        let (ta, tp) = (top(&by_agent, discount), top(&by_prefix, discount));
+        let mut r = Robust {
+            agents: e.agents.clone(),
+            prefixes: e.prefixes.clone(),
+            ..Robust::default()
+        };
+        let mut removed = 0u64;
+        for (&(a, p), &n) in &e.flags {
+            if ta.contains(&a) || tp.contains(&p) {
+                removed = removed.saturating_add(n);
+            }
+        }
+        r.judged = e.judged.saturating_sub(removed);
+        r.differentiated = e.differentiated.saturating_sub(removed).min(r.judged);
+        out.insert(hour, r);
+    }
+    out
+}
+
+/// A CUSUM run: its statistic, the hour its current positive run began, and what the run has
+/// seen.
+#[derive(Default)]
+struct Run {
+    s: f64,
+    start: Option<i64>,
+    agents: BTreeSet<[u8; 8]>,
+    prefixes: BTreeSet<[u8; 8]>,
+}
+
+impl Run {
+    /// Adds an hour's increment; `agents`/`prefixes` are what the run counts as support.
+    fn step(
+        &mut self,
+        hour: i64,
+        inc: f64,
+        agents: &BTreeSet<[u8; 8]>,
+        prefixes: &BTreeSet<[u8; 8]>,
+    ) {
+        let next = self.s + inc;
+        if next <= 0.0 {
+            *self = Run::default();
+            return;
+        }
+        if self.start.is_none() {
+            self.start = Some(hour);
+        }
+        self.s = next;
+        self.agents.extend(agents.iter().copied());
+        self.prefixes.extend(prefixes.iter().copied());
+    }
+
+    fn supported(&self, k: usize) -> bool {
+        let k = k.max(1);
+        self.agents.len() >= k && self.prefixes.len() >= k
+    }
+}
+
+impl Detector {
+    /// Every onset and recovery in one series whose hours are `hours`, read up to (not
+    /// including) `end`.
+    pub fn detect(
+        &self,
+        series: SeriesKey,
+        hours: &BTreeMap<i64, HourEvidence>,
+        end: i64,
+    ) -> Vec<Event> {
+        let llr = Llr::of(self);
+        let robust = robust_hours(hours, end, self.k);
+        let mut events: Vec<Event> = Vec::new();
+        let mut onset = Run::default();
+        let mut recovery = Run::default();
+        let mut open = false;
+        for (&hour, e) in &robust {
+            let inc = llr.hour(e).clamp(-self.max_hour, self.max_hour);
+            if !open {
+                let raw = &hours[&hour];
+                let agents: BTreeSet<[u8; 8]> = raw.flags.keys().map(|(a, _)| *a).collect();
+                let prefixes: BTreeSet<[u8; 8]> = raw.flags.keys().map(|(_, p)| *p).collect();
+                onset.step(hour, inc, &agents, &prefixes);
+                if onset.s >= self.h_onset && onset.supported(self.k) {
+                    let began = onset.start.unwrap_or(hour);
+                    events.push(self.event(
+                        series,
+                        EventKind::Onset,
+                        hours,
+                        &robust,
+                        began,
+                        hour,
+                        &onset,
+                        1.0,
+                        &events,
+                    ));
+                    open = true;
+                    onset = Run::default();
+                    recovery = Run::default();
+                }
+            } else {
+                // Flagged tests count against a recovery; the judged agents support it.
+                recovery.step(hour, -inc, &e.agents, &e.prefixes);
+                if recovery.s >= self.h_recovery && recovery.supported(self.k) {
+                    let began = recovery.start.unwrap_or(hour);
+                    events.push(self.event(
+                        series,
+                        EventKind::Recovery,
+                        hours,
+                        &robust,
+                        began,
+                        hour,
+                        &recovery,
+                        -1.0,
+                        &events,
+                    ));
+                    open = false;
+                    onset = Run::default();
+                    recovery = Run::default();
+                }
+            }
+        }
+        // Close the episodes: an onset followed by a recovery ended when the recovery began.
+        let n = events.len();
+        for i in 0..n {
+            let next_began = events.get(i + 1).map(|e| e.began);
+            let e = &mut events[i];
+            e.after_to = next_began.unwrap_or(end);
+            e.after = shares(hours, e.began, e.after_to);
+            match e.kind {
+                EventKind::Onset => {
+                    e.ended = next_began;
+                    e.status = if next_began.is_some() {
+                        EventStatus::Ended
+                    } else {
+                        EventStatus::Open
+                    };
+                }
+                EventKind::Recovery => e.status = EventStatus::Ended,
+            }
+        }
+        events
+    }
+
+    /// The event a run declared at `detected`: its change point and interval (`sign` 1 for an
+    /// onset statistic, −1 for a recovery's), support and the shares before.
+    #[allow(clippy::too_many_arguments)]
+    fn event(
+        &self,
+        series: SeriesKey,
+        kind: EventKind,
+        hours: &BTreeMap<i64, HourEvidence>,
+        robust: &BTreeMap<i64, Robust>,
+        began: i64,
+        detected: i64,
+        run: &Run,
+        sign: f64,
+        earlier: &[Event],
+    ) -> Event {
+        let llr = Llr::of(self);
+        let floor = earlier
+            .last()
+            .map(|e| e.began.saturating_add(1))
+            .unwrap_or(i64::MIN)
+            .max(detected.saturating_sub(self.lookback_hours));
+        // L(τ) = Σ_{t=τ}^{detected} sign·llr_t, for every hour τ with data back to `floor`.
+        let mut l = 0.0;
+        let mut points: Vec<(i64, f64)> = Vec::new();
+        for (&hour, e) in robust.range(floor..=detected).rev() {
+            l += (sign * llr.hour(e)).clamp(-self.max_hour, self.max_hour);
+            points.push((hour, l));
+        }
+        let best = points.iter().map(|p| p.1).fold(f64::NEG_INFINITY, f64::max);
+        let (mut lo, mut hi) = (began, began);
+        for &(hour, value) in &points {
+            if value >= best - self.support_drop {
+                lo = lo.min(hour);
+                hi = hi.max(hour);
+            }
+        }
+        // A change first seen at an hour with data may have begun anywhere in the gap before
+        // it: the interval reaches back to just after the previous hour with data (not before
+        // `floor`). Before the series' first hour nothing is claimed.
+        if let Some((&prev, _)) = hours.range(..lo).next_back() {
+            lo = prev.saturating_add(1).max(floor).min(lo);
+        }
+        let before_to = lo;
+        let before_from = earlier
+            .last()
+            .map(|e| e.began)
+            .unwrap_or(i64::MIN)
+            .max(before_to.saturating_sub(self.lookback_hours));
+        Event {
+            series,
+            kind,
+            began,
+            began_lo: lo,
+            began_hi: hi,
+            detected,
+            agents: run.agents.len(),
+            prefixes: run.prefixes.len(),
+            before: shares(hours, before_from, before_to),
+            after: Shares::default(),
+            status: EventStatus::Open,
+            ended: None,
+            before_from,
+            after_to: detected + 1,
+        }
+    }
+
+    /// Every watched series' events, series by series.
+    pub fn detect_all(&self, book: &EvidenceBook, end: i64) -> Vec<Event> {
+        book.series
+            .iter()
+            .flat_map(|(s, hours)| self.detect(*s, hours, end))
+            .collect()
+    }
+}
+
+/// The shares of judged tests over hours `[from, to)`.
+pub fn shares(hours: &BTreeMap<i64, HourEvidence>, from: i64, to: i64) -> Shares {
+    if from >= to {
+        return Shares::default();
+    }
+    let (mut judged, mut diff, mut blocked) = (0u64, 0u64, 0u64);
+    let mut agents = BTreeSet::new();
+    let mut prefixes = BTreeSet::new();
+    for e in hours.range(from..to).map(|(_, e)| e) {
+        judged = judged.saturating_add(e.judged);
+        diff = diff.saturating_add(e.differentiated);
+        blocked = blocked.saturating_add(e.blocked);
+        agents.extend(e.agents.iter().copied());
+        prefixes.extend(e.prefixes.iter().copied());
+    }
+    let share = |x: u64| (judged > 0).then(|| x.min(judged) as f64 / judged as f64);
+    Shares {
+        judged,
+        agents: agents.len(),
+        prefixes: prefixes.len(),
+        differentiated: share(diff),
+        blocked: share(blocked),
+    }
+}
