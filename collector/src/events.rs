@@ -220,6 +220,9 @@ impl EventsCache {
         detector: &Detector,
         now_hour: i64,
     ) -> Result<(), StoreError> {
+        // Counted before reading: a report stored while this refresh reads makes the next
+        // request refresh again.
+        let stored = store.len();
         let end = now_hour.saturating_add(2);
         let full = self
             .full_at
@@ -250,7 +253,7 @@ impl EventsCache {
         self.events
             .sort_by(|a, b| (b.began_hour, &a.id).cmp(&(a.began_hour, &b.id)));
         self.computed = Some(now_hour);
-        self.stored = store.len();
+        self.stored = stored;
         self.at = Some(std::time::Instant::now());
         Ok(())
     }

@@ -98,6 +98,7 @@ pub struct Collector {
     pub ingest: Ingest,
     pub store: Arc<dyn ReportStore>,
     http_task: tokio::task::JoinHandle<()>,
+    events_task: tokio::task::JoinHandle<()>,
 }
 
 impl Collector {
@@ -105,6 +106,7 @@ impl Collector {
     pub async fn shutdown(self) {
         self.reflector.shutdown();
         self.http_task.abort();
+        self.events_task.abort();
         self.ingest.shutdown().await;
     }
 }
@@ -191,7 +193,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         min_interval: cfg.events_min_interval,
         ..Default::default()
     };
-    spawn_events_refresh(events.clone(), store.clone(), cfg.policy);
+    let events_task = spawn_events_refresh(events.clone(), store.clone(), cfg.policy);
     let app = router(AppState {
         store: store.clone(),
         ingest: Some(ingest.stats.clone()),
@@ -219,6 +221,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         ingest,
         store,
         http_task,
+        events_task,
     })
 }
 
@@ -228,7 +231,7 @@ fn spawn_events_refresh(
     events: crate::events::EventsService,
     store: Arc<dyn ReportStore>,
     policy: crate::domain::Policy,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(crate::events::REFRESH);
         loop {
@@ -243,7 +246,7 @@ fn spawn_events_refresh(
                 Err(e) => tracing::warn!("event detection task: {e}"),
             }
         }
-    });
+    })
 }
 
 /// Every built-in profile's reflector port on `ip`: what `serve` listens on by default.

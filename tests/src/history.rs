@@ -408,13 +408,17 @@ fn hours(v: Option<i64>) -> String {
     v.map(|h| h.to_string()).unwrap_or_else(|| "–".into())
 }
 
-/// The table of docs/EVENTS.md: one line per scenario of [`scenarios`].
-pub fn table(detector: &Detector, months: usize, seed: u64) -> String {
+/// The table of docs/EVENTS.md: one line per scenario of [`scenarios`] (only those whose name
+/// contains one of `only`, when it is not empty).
+pub fn table(detector: &Detector, months: usize, seed: u64, only: &[&str]) -> String {
     let mut out = String::from(
         "| scenario | months | false onsets per 100 months | onsets found | delay h (median / p90 / max) | onset-hour error h (median / p90 of abs) | true hour in interval | false recoveries per 100 restricted months | recoveries found | recovery delay h (median / p90) |\n\
          |---|---:|---:|---:|---|---|---:|---:|---:|---|\n",
     );
     for (name, net) in scenarios() {
+        if !only.is_empty() && !only.iter().any(|o| name.contains(o)) {
+            continue;
+        }
         let t = tally(&net, detector, months, seed);
         let per100 = |n: usize, m: f64| format!("{:.2}", 100.0 * n as f64 / m.max(1e-9));
         let abs: Vec<i64> = t.errors.iter().map(|e| e.abs()).collect();
@@ -459,4 +463,146 @@ pub fn table(detector: &Detector, months: usize, seed: u64) -> String {
         out.push_str(&line);
     }
     out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signed histories through a real collector.
+
+use callwatch_collector::{Collector, ServeConfig};
+use callwatch_proto::{CallReport, SignedReport, Verdict};
+use ed25519_dalek::SigningKey;
+use std::net::{Ipv4Addr, SocketAddr};
+
+/// One simulated network of a signed history.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetSpec {
+    pub country: &'static str,
+    pub asn: u32,
+    pub platform: Platform,
+    pub agents: usize,
+    pub tests_per_hour: u32,
+    /// Hours from the history's first hour.
+    pub restriction: Option<Restriction>,
+    /// Minutes the clocks of its odd-numbered agents are off (reports then land in the
+    /// neighbouring hour now and then).
+    pub skew_minutes: i64,
+}
+
+/// A history: networks, days, the first day (days since the epoch), a seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistorySpec {
+    pub networks: Vec<NetSpec>,
+    pub days: i64,
+    pub first_day: i64,
+    pub seed: u64,
+}
+
+/// A report of a history: its network, agent, key, and the signed report.
+pub type HistoryReport = (usize, usize, SigningKey, SignedReport);
+
+/// The address agent `agent` of network `net` uploads from: 127.(101 + net).agent.1, a /24 of
+/// its own in its network's /16.
+pub fn history_addr(net: usize, agent: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 101 + net as u8, agent as u8, 1)
+}
+
+/// Every report of a history, each agent signing with a key of the day (as agents rotate
+/// daily), in time order. A test of a hit agent during its network's restriction is found
+/// differentiated with the restriction's rate (its platform arm losing 30 %), any other test
+/// with [`NULL_RATE`].
+pub fn signed_history(spec: &HistorySpec) -> Vec<HistoryReport> {
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
+    let mut out = Vec::new();
+    let mut id = 0u32;
+    let base = chrono::DateTime::<chrono::Utc>::from_timestamp(spec.first_day * 86_400, 0)
+        .unwrap_or_default();
+    for hour in 0..spec.days * 24 {
+        for (n, net) in spec.networks.iter().enumerate() {
+            let restricted = net
+                .restriction
+                .filter(|r| hour >= r.onset && r.end.is_none_or(|e| hour < e));
+            for a in 0..net.agents {
+                let day = hour / 24;
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&spec.seed.to_be_bytes());
+                seed[8..16].copy_from_slice(&(n as u64).to_be_bytes());
+                seed[16..24].copy_from_slice(&(a as u64).to_be_bytes());
+                seed[24..].copy_from_slice(&day.to_be_bytes());
+                let key = SigningKey::from_bytes(&seed);
+                let hit = restricted.filter(|r| (a as f64) < r.share_of_agents * net.agents as f64);
+                for t in 0..net.tests_per_hour {
+                    id += 1;
+                    let minute = i64::from(t) * 60 / i64::from(net.tests_per_hour.max(1))
+                        + rng.gen_range(0..5);
+                    let skew = if a % 2 == 1 { net.skew_minutes } else { 0 };
+                    let started = base + chrono::Duration::minutes(hour * 60 + minute + skew);
+                    let rate = hit.map(|r| r.rate).unwrap_or(NULL_RATE);
+                    let flagged = rng.gen_bool(rate);
+                    let mut r: CallReport = crate::seed::synthetic_report(
+                        &mut rng,
+                        id,
+                        net.platform,
+                        started,
+                        hit.is_some(),
+                    );
+                    r.verdict = Some(if flagged {
+                        Verdict::Differentiated
+                    } else {
+                        Verdict::None
+                    });
+                    let Ok(signed) = SignedReport::sign(&r, &key) else {
+                        continue;
+                    };
+                    out.push((n, a, key.clone(), signed));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A collector config for a history: every network's /16 mapped to its country and ASN.
+pub fn history_config(root: &std::path::Path, spec: &HistorySpec) -> ServeConfig {
+    let _ = std::fs::create_dir_all(root);
+    let geo = root.join("regions.tsv");
+    let table: String = spec
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(n, net)| {
+            let b = 101 + n;
+            format!(
+                "127.{b}.0.0\t127.{b}.255.255\t{}\t{}\tAS{}\n",
+                net.asn, net.country, net.asn
+            )
+        })
+        .collect();
+    let _ = std::fs::write(&geo, table);
+    let any: SocketAddr = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let mut cfg = ServeConfig::new(root.join("collector"));
+    (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
+    cfg.geo = Some(geo);
+    // The history lies days to weeks back, uploaded at once: tagged as if each report had
+    // arrived on its day.
+    cfg.tag_key_days = 400;
+    cfg.events_min_interval = std::time::Duration::ZERO;
+    cfg
+}
+
+/// Uploads a history, each agent from its own /24 ([`history_addr`]), in batches of 200;
+/// returns how many were accepted (duplicates or refusals fail the test).
+pub async fn upload_history(c: &Collector, reports: &[HistoryReport]) -> usize {
+    let mut pin = [0u8; 32];
+    hex::decode_to_slice(&c.pin, &mut pin).expect("the collector's pin is hex");
+    let mut by_agent: BTreeMap<(usize, usize), Vec<SignedReport>> = BTreeMap::new();
+    for (n, a, _, s) in reports {
+        by_agent.entry((*n, *a)).or_default().push(s.clone());
+    }
+    let mut accepted = 0;
+    for ((n, a), mine) in by_agent {
+        let (ok, dup) = crate::seed::upload_from(c, pin, history_addr(n, a), mine, 200).await;
+        assert_eq!(dup, 0, "a history has no duplicates");
+        accepted += ok;
+    }
+    accepted
 }

@@ -347,8 +347,9 @@ pub async fn upload_batches(c: &Collector, reports: &[Seeded], batch: usize) -> 
     (accepted, duplicate)
 }
 
-/// Uploads `mine` from `ip` over one connection, in batches of `batch`.
-async fn upload_from(
+/// Uploads `mine` from `ip` over one connection, in batches of `batch`; returns (accepted,
+/// duplicate). Any other answer fails the test.
+pub async fn upload_from(
     c: &Collector,
     pin: [u8; 32],
     ip: Ipv4Addr,

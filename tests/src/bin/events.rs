@@ -35,6 +35,6 @@ fn main() {
     }
     print!(
         "{}",
-        callwatch_tests::history::table(&d, args.months, args.seed)
+        callwatch_tests::history::table(&d, args.months, args.seed, &[])
     );
 }
