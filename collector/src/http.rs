@@ -1,6 +1,7 @@
 //! The HTTP API: aggregates for researchers, health for operators.
 //!
-//! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]`, `GET /api/v1/reports`
+//! `GET /api/v1/aggregation?axis_x=…[&axis_y=…][&format=json|csv]`, `GET /api/v1/events`
+//! (onsets and recoveries, JSON or CSV; `/api/v1/events.atom` as a feed), `GET /api/v1/reports`
 //! (public and redacted; `?full=true` with a researcher token for the full, verifiable form) and
 //! `GET /healthz`. Bad parameters get 400 with a message that names the parameter; a full export
 //! without a valid token gets 401.

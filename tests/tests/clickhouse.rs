@@ -908,3 +908,57 @@ fn the_client_tries_every_address_a_name_resolves_to() {
     assert!(dbs.lines().any(|l| l == db), "{dbs}");
     sql(&url, &format!("DROP DATABASE {db}"));
 }
+
+/// The events' evidence is the same from both stores: per hour, country, ASN and platform, the
+/// judged and differentiated tests after the caps, the agents and prefixes, and the
+/// differentiated tests per agent and prefix; under a tight cap and under the default.
+#[test]
+fn clickhouse_gives_the_events_the_same_evidence_as_sled() {
+    use callwatch_collector::domain::events::EvidenceBook;
+    use callwatch_collector::domain::Policy;
+    let Some(url) = clickhouse_url() else { return };
+    let db = fresh_db("evidence");
+    let root = tempfile::tempdir().unwrap();
+    let data = stored_seed(&seed::seed());
+    let ch = open(&url, &db);
+    ch.insert_batch(&data).unwrap();
+    let mut differentiated = 0;
+    for (cap, pcap) in [(24, 240), (1, 2)] {
+        let policy = Policy {
+            max_per_agent_per_day: cap,
+            max_per_prefix_per_day: pcap,
+            ..Policy::default()
+        };
+        let sled =
+            SledStore::open_with_policy(&root.path().join(format!("{cap}")), &policy).unwrap();
+        sled.insert_batch(&data).unwrap();
+        let (mut a, mut b) = (EvidenceBook::default(), EvidenceBook::default());
+        sled.evidence(0, i64::MAX / 2, &policy, &mut a).unwrap();
+        // Beyond ClickHouse's dates too: read as up to its last one.
+        ch.evidence(0, i64::MAX / 2, &policy, &mut b).unwrap();
+        assert!(!a.series.is_empty());
+        assert_eq!(a.series, b.series, "cap {cap}, prefix cap {pcap}");
+        differentiated = a
+            .series
+            .values()
+            .flat_map(|h| h.values())
+            .map(|e| e.differentiated)
+            .sum::<u64>()
+            .max(differentiated);
+        // A window reads only its hours.
+        let first = a.first_hour().unwrap();
+        let (mut c, mut d) = (EvidenceBook::default(), EvidenceBook::default());
+        sled.evidence(first + 30, first + 60, &policy, &mut c)
+            .unwrap();
+        ch.evidence(first + 30, first + 60, &policy, &mut d)
+            .unwrap();
+        assert_eq!(c.series, d.series);
+        assert!(c
+            .series
+            .values()
+            .flat_map(|h| h.keys())
+            .all(|h| (first + 30..first + 60).contains(h)));
+    }
+    assert!(differentiated > 0, "the seed has differentiated tests");
+    ch.drop_database().unwrap();
+}

@@ -375,6 +375,9 @@ impl AggRow {
 /// fine cells, [`crate::domain::events::HourEvidence::of_cell`]).
 pub fn evidence_sql(db: &str, from: i64, to: i64, policy: &Policy) -> String {
     const HOUR_MS: i64 = 3_600_000;
+    // ClickHouse's Date ends in 2105: hours beyond (or before 1970) are read as those ends.
+    const LAST_HOUR: i64 = 1_181_000;
+    let (from, to) = (from.clamp(0, LAST_HOUR), to.clamp(0, LAST_HOUR));
     let filter = Filter {
         since_ms: Some(from.saturating_mul(HOUR_MS)),
         until_ms: Some(to.saturating_mul(HOUR_MS)),
@@ -387,8 +390,8 @@ pub fn evidence_sql(db: &str, from: i64, to: i64, policy: &Policy) -> String {
     format!(
         "SELECT k.4 AS hour, cc, asn, platform, countIf(k.5 >= 0) AS judged, \
          countIf(k.5 = {diff}) AS diff, countIf(k.5 = {diff} AND k.3 = 1) AS blocked, \
-         groupUniqArrayIf(substring(agent, 1, 16), k.5 >= 0) AS agents, \
-         groupUniqArrayIf(k.{px}, k.5 >= 0) AS prefixes, \
+         groupUniqArray(substring(agent, 1, 16)) AS agents, \
+         groupUniqArray(k.{px}) AS prefixes, \
          groupArrayIf((substring(agent, 1, 16), k.{px}), k.5 = {diff}) AS flags \
          FROM ({capped}) WHERE k.4 >= {from} AND k.4 < {to} \
          GROUP BY hour, cc, asn, platform HAVING judged > 0"
