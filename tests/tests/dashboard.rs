@@ -475,14 +475,26 @@ async fn dashboard_logic_in_chromium() {
         ("L.parseCell('RU/ASfoo/whatsapp')", json!(null)),
         ("L.parseCell('RU/AS/whatsapp')", json!(null)),
         // The hash: parsed with defaults for what is missing or unknown ...
-        ("L.parseHash('')", json!({"days": 30, "asn": false, "kind": "voice", "cell": null})),
-        ("L.parseHash('#')", json!({"days": 30, "asn": false, "kind": "voice", "cell": null})),
+        ("L.parseHash('')", json!({"days": 30, "asn": false, "kind": "voice", "res": "day", "cell": null})),
+        ("L.parseHash('#')", json!({"days": 30, "asn": false, "kind": "voice", "res": "day", "cell": null})),
         ("L.parseHash('#days=7&asn=1&kind=video&cell=RU/AS12389/whatsapp')",
-         json!({"days": 7, "asn": true, "kind": "video", "cell": "RU/AS12389/whatsapp"})),
+         json!({"days": 7, "asn": true, "kind": "video", "res": "day", "cell": "RU/AS12389/whatsapp"})),
         ("L.parseHash('days=90&cell=RU/whatsapp')",
-         json!({"days": 90, "asn": false, "kind": "voice", "cell": "RU/whatsapp"})),
+         json!({"days": 90, "asn": false, "kind": "voice", "res": "day", "cell": "RU/whatsapp"})),
         ("L.parseHash('#cell=RU%2FAS8359%2Ftelegram')",
-         json!({"days": 30, "asn": true, "kind": "voice", "cell": "RU/AS8359/telegram"})),
+         json!({"days": 30, "asn": true, "kind": "voice", "res": "day", "cell": "RU/AS8359/telegram"})),
+        // Hourly only where the API's hour axis reaches (31 days).
+        ("[L.parseHash('#days=7&res=hour').res, L.parseHash('#res=hour').res, \
+           L.parseHash('#days=90&res=hour').res, L.parseHash('#res=minute').res]",
+         json!(["hour", "hour", "day", "day"])),
+        ("[L.hourlyAllowed(7), L.hourlyAllowed(30), L.hourlyAllowed(31), L.hourlyAllowed(90)]",
+         json!([true, true, true, false])),
+        // Axis ticks read apart at any scale (the RTT axis of a loopback test once read
+        // \"0 ms\" at every tick).
+        ("[L.tick(0.25, 0.25, 'ms'), L.tick(0.05, 0.05, 'ms'), L.tick(20, 20, 'ms'), \
+           L.tick(2.5, 2.5, 'ms'), L.tick(0.0025, 0.0025, '%'), L.tick(0.5, 0.25, '%'), \
+           L.tick(3, 1, '')]",
+         json!(["0.25 ms", "0.05 ms", "20 ms", "2.5 ms", "0.25%", "50%", "3"])),
         ("[L.parseHash('#days=14').days, L.parseHash('#days=abc').days, L.parseHash('#days=7').days]",
          json!([30, 30, 7])),
         ("[L.parseHash('#kind=audio').kind, L.parseHash('#kind=VIDEO').kind, L.parseHash('#kind=video').kind]",
@@ -497,9 +509,11 @@ async fn dashboard_logic_in_chromium() {
         ("L.formatHash({days: 90, asn: false, kind: 'voice', cell: 'RU/whatsapp'})",
          json!("days=90&cell=RU/whatsapp")),
         ("L.formatHash({days: 30, asn: true, kind: 'voice', cell: null})", json!("asn=1")),
-        ("[{days: 7, asn: true, kind: 'video', cell: 'RU/AS12389/whatsapp'}, \
-           {days: 30, asn: true, kind: 'voice', cell: 'DE/whatsapp'}, \
-           {days: 90, asn: false, kind: 'video', cell: null}] \
+        ("L.formatHash({days: 7, asn: true, kind: 'voice', res: 'hour', cell: 'RU/AS12389/whatsapp'})",
+         json!("days=7&asn=1&res=hour&cell=RU/AS12389/whatsapp")),
+        ("[{days: 7, asn: true, kind: 'video', res: 'hour', cell: 'RU/AS12389/whatsapp'}, \
+           {days: 30, asn: true, kind: 'voice', res: 'day', cell: 'DE/whatsapp'}, \
+           {days: 90, asn: false, kind: 'video', res: 'day', cell: null}] \
           .map(v => JSON.stringify(L.parseHash('#' + L.formatHash(v))) === JSON.stringify(v))",
          json!([true, true, true])),
         // Read-only for tests.
@@ -749,5 +763,170 @@ async fn an_empty_or_sparse_collector_says_why_nothing_is_shown() {
         "{msg}"
     );
     assert!(!msg.contains("longer period"), "{msg}");
+    c.shutdown().await;
+}
+
+/// The tests' history of tests/tests/events.rs: RU AS12389 blocked from hour 30 to hour 60 of
+/// four days ending yesterday, RU AS8359 and DE AS3320 clean.
+fn blocked_history() -> callwatch_tests::history::HistorySpec {
+    use callwatch_tests::history::{HistorySpec, NetSpec, Restriction};
+    let net = |country, asn, restriction| NetSpec {
+        country,
+        asn,
+        platform: callwatch_proto::Platform::Whatsapp,
+        agents: 4,
+        tests_per_hour: 1,
+        restriction,
+        skew_minutes: 0,
+    };
+    HistorySpec {
+        networks: vec![
+            net(
+                "RU",
+                12389,
+                Some(Restriction {
+                    onset: 30,
+                    end: Some(60),
+                    share_of_agents: 1.0,
+                    rate: 0.95,
+                }),
+            ),
+            net("RU", 8359, None),
+            net("DE", 3320, None),
+        ],
+        days: 4,
+        first_day: chrono::Utc::now().timestamp().div_euclid(86_400) - 5,
+        seed: 17,
+    }
+}
+
+/// Every `<tag ... class="...class...">` opening tag in `dom` (as dumped), in order.
+fn tags_with_class<'a>(dom: &'a str, class: &str) -> Vec<&'a str> {
+    dom.match_indices('<')
+        .filter_map(|(at, _)| {
+            let end = at + dom[at..].find('>')?;
+            let tag = &dom[at..=end];
+            tag.split("class=\"")
+                .nth(1)
+                .and_then(|c| c.split('"').next())
+                .is_some_and(|c| c.split(' ').any(|w| w == class))
+                .then_some(tag)
+        })
+        .collect()
+}
+
+/// The timeline a researcher reads: the events list links into a network's hourly timeline,
+/// which marks the onset and recovery (and where they may have begun), stacks blocked calls
+/// under the other differentiated tests, draws p10–p90 bands of both arms, and labels its axes
+/// so ticks read apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_marks_events_with_bands_and_stacked_shares() {
+    use callwatch_tests::history::{history_config, signed_history, upload_history};
+    let root = tempfile::tempdir().unwrap();
+    let spec = blocked_history();
+    let reports = signed_history(&spec);
+    let c = callwatch_collector::serve(history_config(root.path(), &spec))
+        .await
+        .unwrap();
+    assert_eq!(upload_history(&c, &reports).await, reports.len());
+    let (_, body) = callwatch_tests::http::get(c.http_addr, "/api/v1/events")
+        .await
+        .unwrap();
+    let events: Value = serde_json::from_str(&body).unwrap();
+    let events = events["events"].as_array().unwrap().clone();
+    assert_eq!(events.len(), 4, "{body}");
+    let network: Vec<&Value> = events.iter().filter(|e| e["asn"] == 12389).collect();
+
+    // The front page lists the four events, each linking to its cell's hourly timeline.
+    let base = format!("http://{}/", c.http_addr);
+    let dom = {
+        let url = base.clone();
+        tokio::task::spawn_blocking(move || dump_dom(&url))
+            .await
+            .unwrap()
+    };
+    for e in &events {
+        let id = e["id"].as_str().unwrap();
+        let at = dom
+            .find(&format!(r#"data-event="{id}""#))
+            .unwrap_or_else(|| panic!("event {id} not listed: {dom}"));
+        let item = &dom[at..at + dom[at..].find("</li>").unwrap()];
+        let cell = match e["asn"].as_u64() {
+            Some(a) => format!("cell=RU/AS{a}/whatsapp"),
+            None => "cell=RU/whatsapp".into(),
+        };
+        assert!(
+            item.contains(&cell) && item.contains("res=hour") && item.contains("days=7"),
+            "{item}"
+        );
+        let kind = if e["kind"] == "onset" {
+            "Onset"
+        } else {
+            "Recovery"
+        };
+        assert!(item.contains(kind) && item.contains("AS12389") == e["asn"].is_u64());
+    }
+
+    // The network's timeline, as the onset's link opens it.
+    let url = format!("{base}#days=7&asn=1&res=hour&cell=RU/AS12389/whatsapp");
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&url))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains(r#"data-state="ready""#) && dom.contains(r#"data-res="hour""#),
+        "{dom}"
+    );
+    // Both of the network's events marked on every chart (6), with their intervals.
+    for e in &network {
+        let id = e["id"].as_str().unwrap();
+        let marks = dom.matches(&format!(r#"<g data-event="{id}""#)).count();
+        assert_eq!(marks, 6, "event {id} marked on {marks} charts");
+    }
+    assert_eq!(
+        tags_with_class(&dom, "event-interval").len(),
+        12,
+        "two events' intervals on six charts"
+    );
+    // Stacked shares: the blocked part under the rest, both drawn in the hours that have
+    // verdicts; during the block most hours' differentiated share is high.
+    let diff = tags_with_class(&dom, "bar-diff");
+    let blocked = tags_with_class(&dom, "bar-blocked");
+    assert!(!diff.is_empty() && diff.len() == blocked.len());
+    let high = diff
+        .iter()
+        .filter(|t| {
+            t.split("data-share=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v >= 0.5)
+        })
+        .count();
+    assert!((20..=35).contains(&high), "{high} hours at ≥ 50 %");
+    // p10–p90 bands of both arms on the five line charts.
+    let bands = |arm: &str| {
+        tags_with_class(&dom, "band")
+            .iter()
+            .filter(|t| t.contains(arm))
+            .count()
+    };
+    assert_eq!((bands("platform"), bands("control")), (5, 5));
+    // The RTT axis: ticks read apart, in ms.
+    let rtt = &dom[dom.find(r#"data-chart="RTT""#).expect("the RTT chart")..];
+    let rtt = &rtt[..rtt.find("</figure>").unwrap()];
+    let ticks: Vec<&str> = rtt
+        .split(r#"class="tick">"#)
+        .skip(1)
+        .map(|t| t.split('<').next().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<&&str> = ticks.iter().collect();
+    assert!(
+        ticks.len() >= 3
+            && distinct.len() == ticks.len()
+            && ticks.iter().all(|t| t.ends_with(" ms")),
+        "{ticks:?}"
+    );
+    // The hourly table names hours.
+    assert!(dom.contains("Table of hourly values") && dom.contains("hour (UTC)"));
     c.shutdown().await;
 }
