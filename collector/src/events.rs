@@ -15,7 +15,7 @@
 //!   the change.
 
 use crate::domain::events::{
-    shares, Detector, Event, EventKind, EventStatus, EvidenceBook, Shares,
+    shares, Detector, Event, EventKind, EventStatus, EvidenceBook, Shares, Touched,
 };
 use crate::domain::{hour_string, Axis, Filter, Policy};
 use crate::store::{ReportStore, StoreError};
@@ -150,6 +150,9 @@ pub struct EventsService {
     pub cache: std::sync::Arc<std::sync::Mutex<EventsCache>>,
     pub detector: Detector,
     pub min_interval: std::time::Duration,
+    /// Where ingest notes the test hours it stores (`None`: only the last days are read again
+    /// between the daily full reads).
+    pub touched: Option<std::sync::Arc<Touched>>,
 }
 
 impl Default for EventsService {
@@ -158,6 +161,7 @@ impl Default for EventsService {
             cache: Default::default(),
             detector: Detector::default(),
             min_interval: std::time::Duration::from_secs(10),
+            touched: None,
         }
     }
 }
@@ -184,7 +188,7 @@ impl EventsService {
             _ => true,
         };
         if stale {
-            c.refresh(store, policy, &self.detector, now)?;
+            c.refresh(store, policy, &self.detector, now, self.touched.as_deref())?;
         }
         Ok((c.events.clone(), c.computed))
     }
@@ -219,6 +223,7 @@ impl EventsCache {
         policy: &Policy,
         detector: &Detector,
         now_hour: i64,
+        touched: Option<&Touched>,
     ) -> Result<(), StoreError> {
         // Counted before reading: a report stored while this refresh reads makes the next
         // request refresh again.
@@ -228,12 +233,19 @@ impl EventsCache {
             .full_at
             .is_none_or(|at| now_hour.saturating_sub(at) >= FULL_RELOAD_HOURS);
         if full {
+            // Everything is read: what was noted so far is in it.
+            if let Some(t) = touched {
+                t.take();
+            }
             let mut book = EvidenceBook::default();
             store.evidence(0, end, policy, &mut book)?;
             self.book = book;
             self.full_at = Some(now_hour);
         } else {
-            let from = now_hour.saturating_sub(RELOAD_HOURS);
+            // The last days, and back to the earliest hour stored since the last refresh.
+            let from = now_hour
+                .saturating_sub(RELOAD_HOURS)
+                .min(touched.and_then(Touched::take).unwrap_or(i64::MAX));
             let mut fresh = EvidenceBook::default();
             store.evidence(from, end, policy, &mut fresh)?;
             self.book.forget_from(from);
@@ -266,7 +278,7 @@ pub fn compute(
     now_hour: i64,
 ) -> Result<Vec<PublishedEvent>, StoreError> {
     let mut cache = EventsCache::default();
-    cache.refresh(store, policy, &Detector::default(), now_hour)?;
+    cache.refresh(store, policy, &Detector::default(), now_hour, None)?;
     Ok(cache.events)
 }
 

@@ -64,6 +64,9 @@ pub struct IngestStats {
     pub uploaded_elsewhere: AtomicU64,
     /// Stored reports filed under a hosting, cloud or VPN network ([`Filing`]).
     pub hosting: AtomicU64,
+    /// The earliest test hour stored since the event detector last looked
+    /// ([`crate::domain::events::Touched`]): a history uploaded late is read in full.
+    pub touched: Arc<crate::domain::events::Touched>,
 }
 
 impl IngestStats {
@@ -1000,6 +1003,9 @@ pub async fn process_batch_attested(
             *slot = Some(match outcomes.next() {
                 Some((InsertOutcome::Inserted, v)) => {
                     limiter.charge_key(&v.key.agent, 1);
+                    stats
+                        .touched
+                        .note(v.report.started_at.timestamp().div_euclid(3600));
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
                     let count = |c: &AtomicU64, yes: bool| {
                         c.fetch_add(u64::from(yes), Ordering::Relaxed);

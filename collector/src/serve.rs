@@ -191,6 +191,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
     let http_addr = listener.local_addr()?;
     let events = crate::events::EventsService {
         min_interval: cfg.events_min_interval,
+        touched: Some(ingest.stats.touched.clone()),
         ..Default::default()
     };
     let events_task = spawn_events_refresh(events.clone(), store.clone(), cfg.policy);

@@ -495,6 +495,8 @@ pub struct HistorySpec {
     pub days: i64,
     pub first_day: i64,
     pub seed: u64,
+    /// Share of hours an agent is online (in runs of about 12 hours; 1: always).
+    pub availability: f64,
 }
 
 /// A report of a history: its network, agent, key, and the signed report.
@@ -516,12 +518,32 @@ pub fn signed_history(spec: &HistorySpec) -> Vec<HistoryReport> {
     let mut id = 0u32;
     let base = chrono::DateTime::<chrono::Utc>::from_timestamp(spec.first_day * 86_400, 0)
         .unwrap_or_default();
+    // Agents come and go: runs of about 12 hours online, `availability` of the hours in all.
+    let a = spec.availability.clamp(0.0, 1.0);
+    let (p_off, p_on) = if a >= 1.0 {
+        (0.0, 1.0)
+    } else {
+        (1.0 / 12.0, (a / (1.0 - a) / 12.0).min(1.0))
+    };
+    let mut online: Vec<Vec<bool>> = spec
+        .networks
+        .iter()
+        .map(|net| (0..net.agents).map(|_| rng.gen_bool(a)).collect())
+        .collect();
     for hour in 0..spec.days * 24 {
+        for on in online.iter_mut().flatten() {
+            if rng.gen_bool(if *on { p_off } else { p_on }) {
+                *on = !*on;
+            }
+        }
         for (n, net) in spec.networks.iter().enumerate() {
             let restricted = net
                 .restriction
                 .filter(|r| hour >= r.onset && r.end.is_none_or(|e| hour < e));
             for a in 0..net.agents {
+                if !online[n][a] {
+                    continue;
+                }
                 let day = hour / 24;
                 let mut seed = [0u8; 32];
                 seed[..8].copy_from_slice(&spec.seed.to_be_bytes());

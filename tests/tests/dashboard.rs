@@ -797,6 +797,7 @@ fn blocked_history() -> callwatch_tests::history::HistorySpec {
         days: 4,
         first_day: chrono::Utc::now().timestamp().div_euclid(86_400) - 5,
         seed: 17,
+        availability: 1.0,
     }
 }
 

@@ -172,6 +172,7 @@ async fn a_signed_history_through_a_collector_gives_its_onset_and_recovery_and_n
         days: 4,
         first_day,
         seed: 17,
+        availability: 1.0,
     };
     let reports = signed_history(&spec);
     assert_eq!(reports.len(), 3 * 4 * 96);
@@ -302,11 +303,13 @@ async fn a_signed_history_through_a_collector_gives_its_onset_and_recovery_and_n
     }
 }
 
-/// An open onset shows in the gauge.
+/// A history uploaded late (two weeks back, after the collector's detector first ran on an empty
+/// store) is read in full: its onset is dated where it began, not where the detector's recent
+/// window starts; and an open onset shows in the gauge.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_open_onset_is_counted_by_the_gauge() {
+async fn a_late_history_is_read_in_full_and_an_open_onset_is_counted_by_the_gauge() {
     let root = tempfile::tempdir().unwrap();
-    let first_day = chrono::Utc::now().timestamp().div_euclid(86_400) - 2;
+    let first_day = chrono::Utc::now().timestamp().div_euclid(86_400) - 15;
     let spec = HistorySpec {
         networks: vec![NetSpec {
             country: "IR",
@@ -322,9 +325,10 @@ async fn an_open_onset_is_counted_by_the_gauge() {
             }),
             skew_minutes: 0,
         }],
-        days: 2,
+        days: 14,
         first_day,
         seed: 5,
+        availability: 1.0,
     };
     let reports = signed_history(&spec);
     let collector = serve(history_config(root.path(), &spec)).await.unwrap();

@@ -181,6 +181,31 @@ impl EvidenceBook {
     }
 }
 
+/// The earliest test hour of the reports stored since it was last taken: where the event
+/// detector must read again (a volunteer's queue uploaded after days offline, a carried file, a
+/// backfill). Shared by ingest, which notes, and the detector, which takes.
+#[derive(Debug)]
+pub struct Touched(std::sync::atomic::AtomicI64);
+
+impl Default for Touched {
+    fn default() -> Self {
+        Touched(std::sync::atomic::AtomicI64::new(i64::MAX))
+    }
+}
+
+impl Touched {
+    /// A report of this test hour was stored.
+    pub fn note(&self, hour: i64) {
+        self.0.fetch_min(hour, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The earliest hour noted since the last take, if any; starts afresh.
+    pub fn take(&self) -> Option<i64> {
+        let h = self.0.swap(i64::MAX, std::sync::atomic::Ordering::Relaxed);
+        (h != i64::MAX).then_some(h)
+    }
+}
+
 /// Onset or recovery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum EventKind {
