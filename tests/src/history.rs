@@ -540,10 +540,7 @@ pub fn signed_history(spec: &HistorySpec) -> Vec<HistoryReport> {
             let restricted = net
                 .restriction
                 .filter(|r| hour >= r.onset && r.end.is_none_or(|e| hour < e));
-            for a in 0..net.agents {
-                if !online[n][a] {
-                    continue;
-                }
+            for (a, _) in online[n].iter().enumerate().filter(|(_, on)| **on) {
                 let day = hour / 24;
                 let mut seed = [0u8; 32];
                 seed[..8].copy_from_slice(&spec.seed.to_be_bytes());
