@@ -612,3 +612,197 @@ pub fn shares(hours: &BTreeMap<i64, HourEvidence>, from: i64, to: i64) -> Shares
         blocked: share(blocked),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series() -> SeriesKey {
+        SeriesKey::new("RU", Some(12389), Platform::Whatsapp)
+    }
+
+    /// An hour in which each of `agents` ran `tests` tests and those of `flagged` were all
+    /// found differentiated (`blocked` of those as blocked calls).
+    fn hour(agents: &[u8], flagged: &[u8], tests: u64) -> HourEvidence {
+        let mut e = HourEvidence::default();
+        for &a in agents {
+            e.judged += tests;
+            e.agents.insert([a; 8]);
+            e.prefixes.insert([a; 8]);
+            if flagged.contains(&a) {
+                e.differentiated += tests;
+                e.flags.insert(([a; 8], [a; 8]), tests);
+            }
+        }
+        e
+    }
+
+    fn run(hours: &[(std::ops::Range<i64>, HourEvidence)]) -> BTreeMap<i64, HourEvidence> {
+        let mut m = BTreeMap::new();
+        for (r, e) in hours {
+            for h in r.clone() {
+                m.insert(h, e.clone());
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn the_increments_are_the_log_likelihood_ratios() {
+        let d = Detector::default();
+        let l = Llr::of(&d);
+        assert!((l.flagged - (0.25f64 / 0.01).ln()).abs() < 1e-12);
+        assert!((l.clean - (0.75f64 / 0.99).ln()).abs() < 1e-12);
+        let r = Robust {
+            judged: 10,
+            differentiated: 2,
+            ..Robust::default()
+        };
+        assert!((l.hour(&r) - (2.0 * l.flagged + 8.0 * l.clean)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_block_of_five_agents_is_an_onset_at_its_hour_and_its_end_a_recovery() {
+        let all = [1, 2, 3, 4, 5];
+        let hours = run(&[
+            (0..48, hour(&all, &[], 2)),
+            (48..100, hour(&all, &all, 2)),
+            (100..200, hour(&all, &[], 2)),
+        ]);
+        let ev = Detector::default().detect(series(), &hours, 200);
+        assert_eq!(ev.len(), 2, "{ev:#?}");
+        let (on, rec) = (&ev[0], &ev[1]);
+        assert_eq!(
+            (on.kind, on.began, on.status),
+            (EventKind::Onset, 48, EventStatus::Ended)
+        );
+        assert!(on.began_lo <= 48 && on.began_hi >= 48);
+        // Declared within 3 hours: at most 4 (the hour cap) per hour, 9.5 to reach.
+        assert!(on.detected <= 50, "{on:?}");
+        assert_eq!(on.ended, Some(rec.began));
+        assert_eq!(
+            (rec.kind, rec.began, rec.status),
+            (EventKind::Recovery, 100, EventStatus::Ended)
+        );
+        assert!(rec.detected > 100 && rec.detected < 130, "{rec:?}");
+        // Shares before and after, over the hours they name.
+        assert_eq!(on.before.differentiated, Some(0.0));
+        assert_eq!(on.after.differentiated, Some(1.0));
+        assert_eq!(on.after.judged, 52 * 10);
+        assert_eq!((on.after_to, rec.after_to), (100, 200));
+        assert_eq!(rec.after.differentiated, Some(0.0));
+        assert!(on.agents >= 3 && on.prefixes >= 3);
+        // Read only up to hour 60, the onset is still open.
+        let ev = Detector::default().detect(series(), &hours, 60);
+        assert_eq!(ev.len(), 1);
+        assert_eq!((ev[0].status, ev[0].ended), (EventStatus::Open, None));
+    }
+
+    #[test]
+    fn the_days_most_flagging_k_minus_one_agents_are_discounted() {
+        // Two agents flag every test all week: nothing. A third flags one test, once: nothing.
+        let mut hours = run(&[(0..168, hour(&[1, 2, 3, 4], &[1, 2], 4))]);
+        hours.insert(100, hour(&[1, 2, 3, 4], &[1, 2, 3], 1));
+        assert!(Detector::default().detect(series(), &hours, 168).is_empty());
+        let robust = robust_hours(&hours, 168, 3);
+        assert!(robust.values().all(|r| r.differentiated <= 1), "{robust:?}");
+        // With k = 2 only one is discounted: the other makes the onset.
+        let d = Detector {
+            k: 2,
+            ..Detector::default()
+        };
+        assert!(!d.detect(series(), &hours, 168).is_empty());
+        // The day's counts start again at midnight: in hour 24 the discounted ones are the
+        // new day's.
+        let mut hours = BTreeMap::new();
+        hours.insert(23, hour(&[1, 2, 3], &[1, 2], 5));
+        hours.insert(24, hour(&[1, 2, 3], &[3], 1));
+        let robust = robust_hours(&hours, 48, 3);
+        assert_eq!(robust[&23].differentiated, 0);
+        assert_eq!(robust[&24].differentiated, 0, "agent 3 tops the new day");
+        assert_eq!(robust[&24].judged, 2);
+    }
+
+    #[test]
+    fn one_bad_hour_never_makes_an_event() {
+        // Everyone flags for one hour: capped at 4, below 9.5.
+        let all = [1, 2, 3, 4, 5, 6, 7, 8];
+        let hours = run(&[
+            (0..50, hour(&all, &[], 4)),
+            (50..51, hour(&all, &all, 4)),
+            (51..100, hour(&all, &[], 4)),
+        ]);
+        assert!(Detector::default().detect(series(), &hours, 100).is_empty());
+    }
+
+    #[test]
+    fn gaps_widen_the_interval_and_fewer_than_k_never_raise() {
+        let all = [1, 2, 3, 4, 5];
+        let hours = run(&[(0..50, hour(&all, &[], 2)), (60..80, hour(&all, &all, 2))]);
+        let ev = Detector::default().detect(series(), &hours, 80);
+        assert_eq!(ev.len(), 1);
+        // Back across the gap to hour 50, and one hour further: hour 49's ten clean tests
+        // lower the likelihood of a change from 49 by 10 × 0.278 = 2.78, within the support
+        // interval's 3.
+        assert_eq!((ev[0].began, ev[0].began_lo, ev[0].began_hi), (60, 49, 60));
+        // The first hour of a series: nothing before it is claimed.
+        let hours = run(&[(10..30, hour(&all, &all, 2))]);
+        let ev = Detector::default().detect(series(), &hours, 30);
+        assert_eq!((ev[0].began, ev[0].began_lo), (10, 10));
+        // Two agents, however strong.
+        let hours = run(&[(0..100, hour(&[1, 2], &[1, 2], 10))]);
+        assert!(Detector::default().detect(series(), &hours, 100).is_empty());
+    }
+
+    #[test]
+    fn evidence_books_key_networks_and_countries_and_forget_from_an_hour() {
+        use crate::domain::cell::CellKey;
+        use callwatch_proto::report::StreamKind;
+        let key = |asn: u32, arm: Role, platform: Platform| CellKey {
+            hour: 7,
+            country: *b"RU",
+            asn,
+            platform,
+            arm,
+            kind: StreamKind::Voice,
+        };
+        let mut book = EvidenceBook::default();
+        let e = hour(&[1, 2], &[1], 3);
+        book.add(&key(1, Role::Platform, Platform::Whatsapp), e.clone());
+        book.add(
+            &key(2, Role::Platform, Platform::Whatsapp),
+            hour(&[3], &[], 1),
+        );
+        // Unwatched: generic, and nothing judged.
+        book.add(&key(1, Role::Platform, Platform::Generic), e.clone());
+        book.add(
+            &key(1, Role::Platform, Platform::Telegram),
+            HourEvidence::default(),
+        );
+        assert_eq!(book.series.len(), 3, "two networks and their country");
+        let country = &book.series[&SeriesKey::new("RU", None, Platform::Whatsapp)][&7];
+        assert_eq!((country.judged, country.differentiated), (7, 3));
+        assert_eq!(country.agents.len(), 3);
+        assert_eq!(book.first_hour(), Some(7));
+        book.forget_from(7);
+        assert!(book.series.is_empty());
+        // Control arms give no evidence.
+        let mut book = EvidenceBook::default();
+        book.add_cell(
+            &key(1, Role::Control, Platform::Whatsapp),
+            &CellState::default(),
+        );
+        assert!(book.series.is_empty());
+    }
+
+    #[test]
+    fn touched_keeps_the_earliest_hour_until_taken() {
+        let t = Touched::default();
+        assert_eq!(t.take(), None);
+        t.note(50);
+        t.note(20);
+        t.note(70);
+        assert_eq!(t.take(), Some(20));
+        assert_eq!(t.take(), None);
+    }
+}
