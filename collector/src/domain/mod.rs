@@ -88,9 +88,11 @@ pub use observation::{
     prefix_of, Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, FIGURE_PRECISION,
     NO_REFERENCE_RULES,
 };
+pub use query::{
+    capped, query, region_atoms, relative_error, Axis, Filter, GroupKey, Grouper, Plan, Policy,
+};
 #[cfg(any(test, feature = "test-util"))]
-pub use query::exact;
-pub use query::{capped, query, relative_error, Axis, Filter, GroupKey, Grouper, Plan, Policy};
+pub use query::{exact, exact_members};
 pub use report::{
     CorruptRecord, Filing, PrefixFrom, Region, RegionSource, ReportKey, StoredReport,
     VerifiedReport,
