@@ -216,7 +216,9 @@ impl PathTokens {
 impl Filer {
     /// Where a report that arrived as `arrival`, with `token` beside it, is filed, and how:
     /// - the region: the attested one if its attestation is valid and of a known region, else
-    ///   the upload's ([`Region::unknown`] for a carried-out file);
+    ///   the upload's ([`Region::unknown`] for a carried-out file). Attestations sign country and
+    ///   ASN only: an attested report takes the upload's subdivision when the upload came from
+    ///   the attested country and network, and has none otherwise;
     /// - the marks: uploaded from another known region than the attested one; filed under a
     ///   network in `hosting`;
     /// - the prefix tag: from the path token when the valid attestation signed it and it opens
@@ -233,10 +235,7 @@ impl Filer {
     ) -> (Region, Filing) {
         let valid = self.valid_attestation(report, now, stats);
         let attested = valid
-            .map(|a| Region {
-                country: a.country.clone(),
-                asn: a.asn,
-            })
+            .map(|a| Region::new(&a.country, a.asn))
             // A valid attestation of an unknown region (the reflector's sources did not know
             // the probes' address, or a relay stood in for it) decides nothing.
             .filter(|r| *r != Region::unknown());
@@ -249,7 +248,14 @@ impl Filer {
         }
         let (region, source, uploaded_elsewhere) = match (attested, arrival) {
             (Some(a), Arrival::Upload(upload, _)) => {
-                let elsewhere = upload != &Region::unknown() && &a != upload;
+                let same = a.country == upload.country && a.asn == upload.asn;
+                let elsewhere = *upload != Region::unknown() && !same;
+                // Attestations carry no subdivision: the upload's, when it came from the
+                // attested country and network, else none.
+                let a = match same {
+                    true => a.with_subdivision(&upload.subdivision),
+                    false => a,
+                };
                 (a, RegionSource::Attested, elsewhere)
             }
             (Some(a), Arrival::Carried) => (a, RegionSource::Attested, false),
@@ -419,6 +425,38 @@ mod tests {
         assert!(keys.get(&key_id(&own.verifying_key())).is_some());
     }
 
+    /// Attestations sign no subdivision: an attested report takes the upload's when the upload
+    /// came from the attested country and network, none otherwise; an unattested one the
+    /// upload's; a carried one none.
+    #[test]
+    fn the_subdivision_comes_from_the_upload_only_within_the_attested_network() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let filer = Filer {
+            keys: AttestKeys::new([key.verifying_key()]),
+            ..Filer::default()
+        };
+        let stats = AttestStats::default();
+        let report = CallReport::example();
+        let now = report.started_at;
+        let good = attested(&report, &key, report.id.0);
+        let prefix = NetPrefix::V4([203, 0, 113]);
+        let from = |cc: &str, asn: u32| {
+            Arrival::Upload(Region::new(cc, asn).with_subdivision("MOW"), prefix)
+        };
+        let (same, filing) = filer.file(&good, None, &from("RU", 12389), now, &stats);
+        assert_eq!(same.subdivision, "RU-MOW");
+        assert_eq!(filing.source, RegionSource::Attested);
+        assert!(!filing.uploaded_elsewhere);
+        let (other_net, filing) = filer.file(&good, None, &from("RU", 8359), now, &stats);
+        assert_eq!((other_net.asn, other_net.subdivision.as_str()), (12389, ""));
+        assert!(filing.uploaded_elsewhere);
+        let (unattested, filing) = filer.file(&report, None, &from("RU", 8359), now, &stats);
+        assert_eq!(unattested.subdivision, "RU-MOW");
+        assert_eq!(filing.source, RegionSource::Upload);
+        let (carried, _) = filer.file(&good, None, &Arrival::Carried, now, &stats);
+        assert_eq!((carried.asn, carried.subdivision.as_str()), (12389, ""));
+    }
+
     #[test]
     fn files_under_a_valid_attestation_and_falls_back_with_a_reason() {
         let key = SigningKey::from_bytes(&[1; 32]);
@@ -429,6 +467,7 @@ mod tests {
         let upload = Region {
             country: "NL".into(),
             asn: 60781,
+            subdivision: String::new(),
         };
         let filer = Filer {
             keys,
@@ -518,6 +557,7 @@ mod tests {
         let upload = Region {
             country: "RU".into(),
             asn: 8359,
+            subdivision: String::new(),
         };
         let filer = Filer {
             keys,

@@ -55,6 +55,10 @@ pub struct ExportRecord {
     /// Filed under a hosting, cloud or VPN provider's network, not a subscriber's line.
     #[serde(default)]
     pub hosting: bool,
+    /// The region's first-level subdivision, ISO 3166-2 (`RU-MOW`), from the upload address's
+    /// lookup in a City database; absent when unknown. Not in the public records.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subdivision: String,
 }
 
 fn unrecorded() -> String {
@@ -79,6 +83,7 @@ impl ExportRecord {
             region_source: stored.filing.source.as_str().into(),
             uploaded_elsewhere: stored.filing.uploaded_elsewhere,
             hosting: stored.filing.hosting,
+            subdivision: stored.region.subdivision.clone(),
         }
     }
 
@@ -477,6 +482,7 @@ mod tests {
             region: crate::geo::Region {
                 country: "RU".into(),
                 asn: 8359,
+                subdivision: String::new(),
             },
             received_at_ms: 1_795_829_655_016, // 2026-11-28T15:34:15.016Z
             filing: Default::default(),

@@ -380,8 +380,9 @@ pub fn parse_time_ms(name: &str, v: &str) -> Result<i64, ApiError> {
 pub fn parse_aggregation_query(
     params: &HashMap<String, String>,
 ) -> Result<AggregationQuery, ApiError> {
-    const KNOWN: [&str; 10] = [
-        "axis_x", "axis_y", "format", "country", "asn", "platform", "arm", "kind", "since", "until",
+    const KNOWN: [&str; 11] = [
+        "axis_x", "axis_y", "format", "country", "region", "asn", "platform", "arm", "kind",
+        "since", "until",
     ];
     for k in params.keys() {
         if !KNOWN.contains(&k.as_str()) {
@@ -399,6 +400,19 @@ pub fn parse_aggregation_query(
             )));
         }
         filter.country = Some(c.to_ascii_uppercase());
+    }
+    if let Some(r) = params.get("region") {
+        let (cc, sub) = crate::domain::codes::parse_region(r)
+            .map_err(|e| ApiError::bad_request(format!("region: {e}")))?;
+        let region = crate::domain::codes::region_text(cc, sub);
+        if let Some(c) = &filter.country {
+            if !region.starts_with(c.as_str()) {
+                return Err(ApiError::bad_request(format!(
+                    "region: {region} is not in country {c}"
+                )));
+            }
+        }
+        filter.region = Some(region);
     }
     if let Some(a) = params.get("asn") {
         let digits = a.strip_prefix("AS").unwrap_or(a);
@@ -444,7 +458,9 @@ pub fn parse_aggregation_query(
             .transpose()
     };
     let axis_x = axis("axis_x")?.ok_or_else(|| {
-        ApiError::bad_request("axis_x: required (day, hour, country, asn, platform, arm, kind)")
+        ApiError::bad_request(
+            "axis_x: required (day, hour, country, region, asn, platform, arm, kind)",
+        )
     })?;
     let mut axes = vec![axis_x];
     if let Some(y) = axis("axis_y")? {
@@ -1236,6 +1252,21 @@ mod tests {
         assert!(e(&[("axis_x", "day"), ("platform", "icq")]).starts_with("platform"));
         assert!(e(&[("axis_x", "day"), ("until", "soon")]).starts_with("until"));
         assert!(e(&[("axis_x", "day"), ("kind", "audio")]).starts_with("kind"));
+        assert!(e(&[("axis_x", "day"), ("region", "RU")]).starts_with("region"));
+        assert!(e(&[("axis_x", "day"), ("region", "RU-MOSCOW")]).starts_with("region"));
+        assert!(
+            e(&[("axis_x", "day"), ("region", "RU-MOW"), ("country", "DE")])
+                .starts_with("region: RU-MOW is not in country DE")
+        );
+        let q = parse_aggregation_query(&params(&[("axis_x", "region"), ("region", "ru-mow")]))
+            .ok()
+            .unwrap();
+        assert_eq!(q.axes, vec![Axis::Region]);
+        assert_eq!(q.filter.region.as_deref(), Some("RU-MOW"));
+        assert!(
+            e(&[("axis_x", "town")]).contains("region"),
+            "the axes are listed"
+        );
         assert!(
             e(&[("axis_x", "town")]).contains("kind"),
             "the axes are listed"

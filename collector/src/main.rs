@@ -68,7 +68,8 @@ enum Command {
         http: SocketAddr,
         /// Region source, repeatable: a MaxMind DB (GeoLite2-Country/-City/-ASN, DB-IP lite) or
         /// an ip2asn TSV table, told apart by content. Country and ASN each come from the first
-        /// source that knows them. Without any every sender is country ZZ, AS0.
+        /// source that knows them; the region (first subdivision, RU-MOW) from a City database
+        /// that knows it in that country. Without any every sender is country ZZ, AS0.
         #[arg(long, value_name = "FILE")]
         geo: Vec<PathBuf>,
         /// Publish an aggregate cell only from the UTC days on which at least K distinct agents
@@ -138,7 +139,7 @@ enum Command {
         /// (the default for --events) or csv.
         #[arg(long)]
         events: bool,
-        /// With json/csv: day, hour, country, asn, platform, arm or kind.
+        /// With json/csv: day, hour, country, region, asn, platform, arm or kind.
         #[arg(long = "axis-x", default_value = "country")]
         axis_x: String,
         /// With json/csv: a second axis (the same choices as --axis-x, not the same one).
@@ -154,6 +155,9 @@ enum Command {
         /// With json/csv: only this country (two letters).
         #[arg(long)]
         country: Option<String>,
+        /// With json/csv: only this region, an ISO 3166-2 subdivision code (RU-MOW).
+        #[arg(long)]
+        region: Option<String>,
         /// With json/csv: only this AS number.
         #[arg(long)]
         asn: Option<String>,
@@ -515,6 +519,7 @@ async fn run(cli: Cli) -> Result<()> {
             since,
             until,
             country,
+            region,
             asn,
             platform,
             arm,
@@ -549,6 +554,7 @@ async fn run(cli: Cli) -> Result<()> {
                 ("since", since.clone()),
                 ("until", until),
                 ("country", country),
+                ("region", region),
                 ("asn", asn),
                 ("platform", platform),
                 ("arm", arm),

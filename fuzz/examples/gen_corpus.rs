@@ -337,6 +337,7 @@ fn sketch_seeds() {
     let k = CellKey {
         hour: 493_000,
         country: *b"RU",
+        subdivision: *b"MOW",
         asn: 12389,
         platform: Platform::Telegram,
         arm: Role::Control,

@@ -279,6 +279,7 @@ mod signed_report {
             region: Region {
                 country: "ZZ".into(),
                 asn: 0,
+                subdivision: String::new(),
             },
             received_at_ms: 0,
             filing: Default::default(),
@@ -477,6 +478,7 @@ pub mod api_query {
         let key = CellKey {
             hour,
             country,
+            subdivision: callwatch_collector::domain::codes::NO_SUBDIVISION,
             asn: 12389,
             platform: Platform::Generic,
             arm,

@@ -19,6 +19,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// One stored report as the oracle sees it: where it was filed, who signed it, what it says.
 pub struct Input<'a> {
     pub country: &'a str,
+    /// The region's ISO 3166-2 subdivision as filed (`RU-MOW`), empty when unknown.
+    pub subdivision: &'a str,
     pub asn: u32,
     /// The agent's 32-byte public key.
     pub agent: &'a [u8],
@@ -41,9 +43,11 @@ impl Input<'_> {
 /// A query, spelled as in the API (`axis_x`, `axis_y` and the filters).
 #[derive(Clone, Debug, Default)]
 pub struct Query {
-    /// Axis names: day, hour, country, asn, platform, arm, kind.
+    /// Axis names: day, hour, country, region, asn, platform, arm, kind.
     pub axes: Vec<&'static str>,
     pub country: Option<&'static str>,
+    /// An ISO 3166-2 subdivision code, upper case (`RU-MOW`).
+    pub region: Option<&'static str>,
     pub asn: Option<u32>,
     pub platform: Option<Platform>,
     pub arm: Option<Role>,
@@ -210,9 +214,14 @@ pub fn assert_csv_precision(csv: &str) -> usize {
 /// shares; without the filing counts). The publication rules, written out here on their own:
 /// a *block* is one UTC day of one (country, ASN, platform, arm, kind) and is published when k
 /// agents on k prefixes stand behind it; per (day, country, platform, arm, kind) the blocks
-/// below k together are published (by country, never by network) when they meet k; with the
-/// hour axis, a published block's hours that meet k are published if its other hours together
-/// meet k too or there are none. Ranges are whole days except the hour axis's own bounds. The figures are the exact order statistics, unrounded
+/// below k together are published (by country, never by network) when they meet k. A
+/// published block, or such a remainder, divides by subdivision when each of the parts that
+/// meet k can be published with its other parts together meeting k too (or there being none):
+/// those parts are its regions (the part of unknown subdivision shown as the country); a query
+/// grouped or filtered by region counts only regions, the others the whole. With the hour axis,
+/// each region of a published block (the other parts together counting as one; the whole block
+/// where it does not divide) publishes its hours that meet k if its other hours together meet
+/// k too or there are none. Ranges are whole days except the hour axis's own bounds. The figures are the exact order statistics, unrounded
 /// (compare the API's with [`published_range`]); the shares are rounded to their rule, as
 /// published.
 pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
@@ -220,6 +229,8 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
         key: Vec<String>,
         /// (day, country, ASN, platform, arm, kind) of the test.
         block: (i64, String, u32, String, String, String),
+        /// The ISO 3166-2 subdivision, or empty.
+        sub: String,
         hour: i64,
         /// Within the query's own hour bounds (the hour axis's cells).
         in_hours: bool,
@@ -241,6 +252,19 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
             } else {
                 "ZZ".to_string()
             };
+        // A subdivision is the country, a hyphen and one to three capitals or digits.
+        let sub = match input.subdivision.split_once('-') {
+            Some((cc, part))
+                if cc == country
+                    && (1..=3).contains(&part.len())
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) =>
+            {
+                input.subdivision.to_string()
+            }
+            _ => String::new(),
+        };
         for s in &r.streams {
             if !matches!(s.role, Role::Platform | Role::Control) {
                 continue;
@@ -291,6 +315,8 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
                 && since_ok
                 && until_ok
                 && q.country.is_none_or(|c| c.eq_ignore_ascii_case(&country))
+                && q.region
+                    .is_none_or(|r| r.starts_with(&format!("{country}-")))
                 && q.asn.is_none_or(|a| a == input.asn)
                 && q.platform.is_none_or(|p| p == r.platform))
             {
@@ -303,6 +329,8 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
                     "day" => day_text(hour.div_euclid(24)),
                     "hour" => hour_text(hour),
                     "country" => country.clone(),
+                    "region" if sub.is_empty() => country.clone(),
+                    "region" => sub.clone(),
                     "asn" => input.asn.to_string(),
                     "platform" => name(r.platform),
                     "arm" => name(s.role),
@@ -337,6 +365,7 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
                     name(s.role),
                     name(r.stream_kind),
                 ),
+                sub: sub.clone(),
                 hour,
                 in_hours,
                 agent: input.agent,
@@ -357,29 +386,82 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
     for arm in &kept {
         blocks.entry(arm.block.clone()).or_default().push(arm);
     }
+    let regional = q.axes.contains(&"region") || q.region.is_some();
+    let in_region = |a: &Arm<'_>| q.region.is_none_or(|r| r == a.sub);
+    type Meets<'m, 'a> = &'m dyn Fn(&[&Arm<'a>]) -> bool;
+    // The regions of a published block or remainder, each `Some(subdivision)`, and its other
+    // parts together as `None`; or the whole as `None` when it does not divide.
+    #[allow(clippy::type_complexity)]
+    fn regions<'r, 'a>(
+        arms: &[&'r Arm<'a>],
+        meets: Meets<'_, 'a>,
+    ) -> Vec<(Option<String>, Vec<&'r Arm<'a>>)> {
+        let mut parts: BTreeMap<String, Vec<&'r Arm<'a>>> = BTreeMap::new();
+        for a in arms {
+            parts.entry(a.sub.clone()).or_default().push(*a);
+        }
+        let others: Vec<&'r Arm<'a>> = parts
+            .values()
+            .filter(|p| !meets(p))
+            .flat_map(|p| p.iter().copied())
+            .collect();
+        if !others.is_empty() && !meets(&others) {
+            return vec![(None, arms.to_vec())];
+        }
+        let mut out: Vec<(Option<String>, Vec<&'r Arm<'a>>)> = parts
+            .into_iter()
+            .filter(|(_, p)| meets(p))
+            .map(|(sub, p)| (Some(sub), p))
+            .collect();
+        if !others.is_empty() {
+            out.push((None, others));
+        }
+        out
+    }
     let mut published: Vec<&Arm<'_>> = Vec::new();
     if q.axes.contains(&"hour") {
         for arms in blocks.values().filter(|b| meets(b)) {
-            let mut hours: BTreeMap<i64, Vec<&Arm<'_>>> = BTreeMap::new();
-            for a in arms {
-                hours.entry(a.hour).or_default().push(a);
-            }
-            let below: Vec<&Arm<'_>> = hours
-                .values()
-                .filter(|h| !meets(h))
-                .flat_map(|h| h.iter().copied())
-                .collect();
-            if below.is_empty() || meets(&below) {
-                for h in hours.values().filter(|h| meets(h)) {
-                    published.extend(h.iter().filter(|a| a.in_hours));
+            for (region, unit) in regions(arms, &meets) {
+                if regional && region.is_none() {
+                    continue;
+                }
+                let mut hours: BTreeMap<i64, Vec<&Arm<'_>>> = BTreeMap::new();
+                for a in unit {
+                    hours.entry(a.hour).or_default().push(a);
+                }
+                let below: Vec<&Arm<'_>> = hours
+                    .values()
+                    .filter(|h| !meets(h))
+                    .flat_map(|h| h.iter().copied())
+                    .collect();
+                if below.is_empty() || meets(&below) {
+                    for h in hours.values().filter(|h| meets(h)) {
+                        published.extend(h.iter().filter(|a| a.in_hours && in_region(a)));
+                    }
                 }
             }
         }
     } else {
+        let atoms = |arms: &[&'_ Arm<'_>]| -> Vec<usize> {
+            // Positions in `arms` of what a block or remainder publishes.
+            let whole: Vec<usize> = (0..arms.len()).collect();
+            if !regional {
+                return whole;
+            }
+            let mut out = Vec::new();
+            for (region, unit) in regions(arms, &meets) {
+                if region.is_some() {
+                    for a in unit.into_iter().filter(|a| in_region(a)) {
+                        out.extend(arms.iter().position(|b| std::ptr::eq(*b, a)));
+                    }
+                }
+            }
+            out
+        };
         let mut small: BTreeMap<_, Vec<&Arm<'_>>> = BTreeMap::new();
         for ((day, cc, _, platform, arm, kind), arms) in &blocks {
             if meets(arms) {
-                published.extend(arms.iter().copied());
+                published.extend(atoms(arms).into_iter().map(|i| arms[i]));
             } else {
                 small
                     .entry((
@@ -395,7 +477,7 @@ pub fn cells(reports: &[Input<'_>], q: &Query) -> BTreeMap<Vec<String>, Value> {
         }
         if !q.axes.contains(&"asn") && q.asn.is_none() {
             for arms in small.values().filter(|s| meets(s)) {
-                published.extend(arms.iter().copied());
+                published.extend(atoms(arms).into_iter().map(|i| arms[i]));
             }
         }
     }

@@ -412,6 +412,7 @@ pub fn tagged_report(
             region: callwatch_collector::geo::Region {
                 country: "RU".into(),
                 asn: 12389,
+                subdivision: String::new(),
             },
             received_at_ms: 1_800_000_000_000 + i64::from(id),
             filing: Filing {

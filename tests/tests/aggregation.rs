@@ -36,6 +36,7 @@ fn inputs<'a>(reports: impl Iterator<Item = &'a Seeded>) -> Vec<Input<'a>> {
             let (_, country, asn) = REGIONS[*sender];
             Input {
                 country,
+                subdivision: "",
                 asn,
                 agent: &signed.key,
                 report,

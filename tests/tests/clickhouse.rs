@@ -116,6 +116,7 @@ fn assert_same_cells_but(
             "day",
             "hour",
             "country",
+            "region",
             "asn",
             "platform",
             "arm",
@@ -429,6 +430,7 @@ fn stored_seed(data: &[Seeded]) -> Vec<VerifiedReport> {
                     region: callwatch_collector::geo::Region {
                         country: cc.into(),
                         asn,
+                        subdivision: String::new(),
                     },
                     // Batches of 50 share a millisecond, as at ingest.
                     received_at_ms: 1_700_000_000_000 + (i / 50) as i64,
@@ -521,6 +523,84 @@ fn clickhouse_applies_the_prefix_k_and_the_prefix_cap_like_sled() {
             );
         }
     }
+    ch.drop_database().unwrap();
+}
+
+/// The seed's stored reports with subdivisions: Russia's agents in Moscow, St Petersburg or
+/// none by their key, Germany's all in Berlin; the other countries none.
+fn with_subdivisions(stored: Vec<VerifiedReport>) -> Vec<VerifiedReport> {
+    stored
+        .into_iter()
+        .map(|v| {
+            let mut s = v.stored;
+            let sub = match s.region.country.as_str() {
+                "RU" => ["MOW", "MOW", "SPE", ""][usize::from(v.key.agent[0] % 4)],
+                "DE" => "BE",
+                _ => "",
+            };
+            s.region = s.region.with_subdivision(sub);
+            VerifiedReport::parse(s).unwrap()
+        })
+        .collect()
+}
+
+/// Region cells (#17 item 3) are the same in both stores: the region atoms, by day and by
+/// hour, with and without the network axis, filtered by region, at several k; and queries
+/// that do not ask for regions are still the same in both.
+#[test]
+fn clickhouse_publishes_the_same_regions_as_sled() {
+    use callwatch_collector::domain::{Axis, Filter, Policy};
+    let Some(url) = clickhouse_url() else { return };
+    let db = fresh_db("regions");
+    let root = tempfile::tempdir().unwrap();
+    let stored = with_subdivisions(stored_seed(&seed::seed()));
+    let ch = open(&url, &db);
+    for b in stored.chunks(200) {
+        ch.insert_batch(b).unwrap();
+    }
+    let region = |r: &str| Filter {
+        region: Some(r.into()),
+        ..Filter::default()
+    };
+    let queries = [
+        (vec![Axis::Region], Filter::default()),
+        (vec![Axis::Region, Axis::Asn], Filter::default()),
+        (vec![Axis::Region, Axis::Platform], Filter::default()),
+        (vec![Axis::Day, Axis::Region], region("RU-MOW")),
+        (vec![Axis::Platform], region("RU-SPE")),
+        (vec![Axis::Asn], region("DE-BE")),
+        (vec![Axis::Hour, Axis::Region], Filter::default()),
+        (vec![Axis::Hour], region("RU-MOW")),
+        (vec![Axis::Hour, Axis::Country], Filter::default()),
+        (vec![Axis::Country, Axis::Platform], Filter::default()),
+    ];
+    let mut regional = 0;
+    for k in [1, 2, 3] {
+        let policy = Policy {
+            min_agents: k,
+            ..Policy::default()
+        };
+        let sled =
+            SledStore::open_with_policy(&root.path().join(format!("k{k}")), &policy).unwrap();
+        for b in stored.chunks(200) {
+            sled.insert_batch(b).unwrap();
+        }
+        for (axes, filter) in &queries {
+            let x = sled.aggregate(axes, filter, &policy).unwrap();
+            let y = ch.aggregate(axes, filter, &policy).unwrap();
+            regional += x.iter().filter(|c| c.region.is_some()).count();
+            if x.is_empty() {
+                assert!(y.is_empty(), "{axes:?} {filter:?} k {k}: {y:?}");
+                continue;
+            }
+            let (a, b) = (
+                serde_json::json!({ "result": x }),
+                serde_json::json!({ "result": y }),
+            );
+            assert_same_cells(&format!("{axes:?} {filter:?} k {k}"), &a, &b);
+        }
+    }
+    assert!(regional > 20, "only {regional} region cells");
     ch.drop_database().unwrap();
 }
 

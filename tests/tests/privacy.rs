@@ -117,6 +117,7 @@ fn write_fixtures(root: &Path) -> (PathBuf, PathBuf) {
         let want = Region {
             country: cc.into(),
             asn,
+            subdivision: String::new(),
         };
         assert_eq!(geo.lookup(IpAddr::V4(ip)), want);
     }

@@ -1,9 +1,10 @@
-//! Fine cells and what they hold: the [`CellKey`] (UTC hour, country, ASN, platform, arm, stream
-//! kind) with its ordered byte encoding, the per-agent cap's key, the mergeable [`CellState`]
+//! Fine cells and what they hold: the [`CellKey`] (UTC hour, country, subdivision, ASN,
+//! platform, arm, stream kind) with its ordered byte encoding, the per-agent cap's key, the mergeable [`CellState`]
 //! (counts, agents, verdicts, filing marks, one sketch per figure) and the published [`Cell`].
 
 use super::codes::{
-    arm_code, arm_of_code, kind_code, kind_of_code, platform_code, platform_of_code,
+    arm_code, arm_of_code, kind_code, kind_of_code, platform_code, platform_of_code, region_text,
+    subdivision_is_valid, NO_SUBDIVISION,
 };
 use super::observation::{Finding, Observation, FIGURE_COUNT};
 use super::query::{Axis, GroupKey};
@@ -17,12 +18,15 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The finest cell: one UTC hour of one (country, ASN, platform, arm, stream kind).
+/// The finest cell: one UTC hour of one (country, subdivision, ASN, platform, arm, stream kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CellKey {
     /// Hours since the Unix epoch (UTC).
     pub hour: i64,
     pub country: [u8; 2],
+    /// The first-level subdivision of `country` (see [`super::codes::subdivision_code`]);
+    /// [`NO_SUBDIVISION`] when unknown.
+    pub subdivision: [u8; 3],
     pub asn: u32,
     pub platform: Platform,
     pub arm: Role,
@@ -30,8 +34,8 @@ pub struct CellKey {
 }
 
 /// Length of an encoded [`CellKey`]. (Stores made before the stream kind was part of the key
-/// used 16 bytes, without the last; the sled store rebuilds such cells at open.)
-pub const CELL_KEY_LEN: usize = 17;
+/// used 16 bytes, and before the subdivision 17; the sled store rebuilds such cells at open.)
+pub const CELL_KEY_LEN: usize = 20;
 
 /// Big-endian with the sign bit flipped, so byte order is numeric order.
 pub fn ordered_i64(v: i64) -> [u8; 8] {
@@ -48,10 +52,11 @@ impl CellKey {
         let mut k = [0u8; CELL_KEY_LEN];
         k[..8].copy_from_slice(&ordered_i64(self.hour));
         k[8..10].copy_from_slice(&self.country);
-        k[10..14].copy_from_slice(&self.asn.to_be_bytes());
-        k[14] = platform_code(self.platform);
-        k[15] = arm_code(self.arm);
-        k[16] = kind_code(self.kind);
+        k[10..13].copy_from_slice(&self.subdivision);
+        k[13..17].copy_from_slice(&self.asn.to_be_bytes());
+        k[17] = platform_code(self.platform);
+        k[18] = arm_code(self.arm);
+        k[19] = kind_code(self.kind);
         k
     }
 
@@ -64,13 +69,18 @@ impl CellKey {
         if !country.iter().all(u8::is_ascii_uppercase) {
             return None;
         }
-        let asn = u32::from_be_bytes(b[10..14].try_into().ok()?);
-        let platform = platform_of_code(b[14])?;
-        let arm = arm_of_code(b[15])?;
-        let kind = kind_of_code(b[16])?;
+        let subdivision: [u8; 3] = b[10..13].try_into().ok()?;
+        if !subdivision_is_valid(&subdivision) {
+            return None;
+        }
+        let asn = u32::from_be_bytes(b[13..17].try_into().ok()?);
+        let platform = platform_of_code(b[17])?;
+        let arm = arm_of_code(b[18])?;
+        let kind = kind_of_code(b[19])?;
         Some(CellKey {
             hour,
             country,
+            subdivision,
             asn,
             platform,
             arm,
@@ -92,31 +102,61 @@ impl CellKey {
         }
     }
 
+    /// The unit of publication this cell belongs to ([`super::Grouper`]): its UTC day of its
+    /// (country, ASN, platform, arm, kind), all subdivisions together.
+    pub fn block(&self) -> CellKey {
+        CellKey {
+            hour: self.day() * 24,
+            subdivision: NO_SUBDIVISION,
+            ..*self
+        }
+    }
+
+    /// Its region as the API shows it: `RU-MOW`, or `RU` when the subdivision is unknown.
+    pub fn region_text(&self) -> String {
+        region_text(self.country, self.subdivision)
+    }
+
+    /// The (country, ASN, platform, arm, kind) bytes the caps count per (with the day): the
+    /// subdivision is not among them, so the caps are what they were before subdivisions.
+    fn cap_fields(&self) -> [u8; CAP_FIELDS_LEN] {
+        let mut k = [0u8; CAP_FIELDS_LEN];
+        k[..2].copy_from_slice(&self.country);
+        k[2..6].copy_from_slice(&self.asn.to_be_bytes());
+        k[6] = platform_code(self.platform);
+        k[7] = arm_code(self.arm);
+        k[8] = kind_code(self.kind);
+        k
+    }
+
     pub fn country_str(&self) -> &str {
         // Constructed only from ASCII letters (see country_code/from_bytes).
         std::str::from_utf8(&self.country).unwrap_or("ZZ")
     }
 }
 
+/// Bytes of the (country, ASN, platform, arm, kind) part of a cap key.
+const CAP_FIELDS_LEN: usize = 9;
+
 /// Length of a [`CapKey`].
-pub const CAP_KEY_LEN: usize = 8 + (CELL_KEY_LEN - 8) + 32;
+pub const CAP_KEY_LEN: usize = 8 + CAP_FIELDS_LEN + 32;
 
 /// The per-agent cap's counter key: (UTC day, country, ASN, platform, arm, kind, agent key).
+/// Not the subdivision: the cap counts per network and day, wherever in the country.
 pub struct CapKey;
 
 impl CapKey {
     pub fn bytes(cell: &CellKey, agent: &[u8; 32]) -> [u8; CAP_KEY_LEN] {
         let mut k = [0u8; CAP_KEY_LEN];
-        let fine = cell.to_bytes();
         k[..8].copy_from_slice(&ordered_i64(cell.day()));
-        k[8..CELL_KEY_LEN].copy_from_slice(&fine[8..]);
-        k[CELL_KEY_LEN..].copy_from_slice(agent);
+        k[8..8 + CAP_FIELDS_LEN].copy_from_slice(&cell.cap_fields());
+        k[8 + CAP_FIELDS_LEN..].copy_from_slice(agent);
         k
     }
 }
 
 /// Length of a [`PrefixCapKey`].
-pub const PREFIX_CAP_KEY_LEN: usize = CELL_KEY_LEN + 8;
+pub const PREFIX_CAP_KEY_LEN: usize = 8 + CAP_FIELDS_LEN + 8;
 
 /// The prefix cap's counter key: (UTC day, country, ASN, platform, arm, kind, prefix tag).
 pub struct PrefixCapKey;
@@ -124,10 +164,9 @@ pub struct PrefixCapKey;
 impl PrefixCapKey {
     pub fn bytes(cell: &CellKey, prefix: &[u8; 8]) -> [u8; PREFIX_CAP_KEY_LEN] {
         let mut k = [0u8; PREFIX_CAP_KEY_LEN];
-        let fine = cell.to_bytes();
         k[..8].copy_from_slice(&ordered_i64(cell.day()));
-        k[8..CELL_KEY_LEN].copy_from_slice(&fine[8..]);
-        k[CELL_KEY_LEN..].copy_from_slice(prefix);
+        k[8..8 + CAP_FIELDS_LEN].copy_from_slice(&cell.cap_fields());
+        k[8 + CAP_FIELDS_LEN..].copy_from_slice(prefix);
         k
     }
 }
@@ -363,6 +402,10 @@ pub struct Cell {
     pub hour: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
+    /// The region: an ISO 3166-2 subdivision code (`RU-MOW`), or the country alone (`RU`) for
+    /// the country's tests whose subdivision is unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub asn: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -424,6 +467,7 @@ impl Cell {
             country: key
                 .country
                 .map(|c| String::from_utf8_lossy(&c).into_owned()),
+            region: key.region.map(|(c, s)| region_text(c, s)),
             asn: key.asn,
             platform: key.platform.map(|p| p.to_string()),
             arm: key.arm.map(|a| a.to_string()),
@@ -451,6 +495,7 @@ impl Cell {
             Axis::Day => self.day.clone().unwrap_or_default(),
             Axis::Hour => self.hour.clone().unwrap_or_default(),
             Axis::Country => self.country.clone().unwrap_or_default(),
+            Axis::Region => self.region.clone().unwrap_or_default(),
             Axis::Asn => self.asn.map(|x| x.to_string()).unwrap_or_default(),
             Axis::Platform => self.platform.clone().unwrap_or_default(),
             Axis::Arm => self.arm.clone().unwrap_or_default(),

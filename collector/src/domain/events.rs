@@ -761,6 +761,7 @@ mod tests {
         let key = |asn: u32, arm: Role, platform: Platform| CellKey {
             hour: 7,
             country: *b"RU",
+            subdivision: crate::domain::codes::NO_SUBDIVISION,
             asn,
             platform,
             arm,

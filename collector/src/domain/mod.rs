@@ -7,9 +7,9 @@
 //! |---|---|
 //! | [`report`] | [`Region`], [`StoredReport`] and its record bytes, [`Filing`], [`VerifiedReport`], [`ReportKey`] |
 //! | [`observation`] | [`Observation`] (one per aggregated arm), [`FIGURES`], [`Finding`], [`prefix_of`] |
-//! | [`codes`] | the one code of each platform, arm and stream kind, and the country code |
+//! | [`codes`] | the one code of each platform, arm and stream kind, the country code, and the subdivision's |
 //! | [`cell`] | [`CellKey`] and its ordered bytes, [`CapKey`], [`PrefixCapKey`], [`CellState`], [`Cell`] |
-//! | [`query`] | [`Axis`], [`Filter`], [`Policy`], [`Plan`], [`Grouper`], [`query()`], [`capped`] |
+//! | [`query`] | [`Axis`], [`Filter`], [`Policy`], [`Plan`], [`Grouper`], [`region_atoms`], [`query()`], [`capped`] |
 //! | [`sketch`] | the mergeable quantile sketch cells keep per figure |
 //! | [`events`] | onsets and recoveries of differential treatment per series ([`events::Detector`]), from fine cells' evidence |
 //!
@@ -19,7 +19,10 @@
 //! # Kept incrementally
 //!
 //! Every stored report adds one [`Observation`] per arm (platform, control) to exactly one *fine
-//! cell*, keyed by [`CellKey`] = (UTC hour, country, ASN, platform, arm, stream kind). A fine
+//! cell*, keyed by [`CellKey`] = (UTC hour, country, subdivision, ASN, platform, arm, stream
+//! kind). The subdivision (the region's ISO 3166-2 code, from a City database; unknown for
+//! most lookups) is in the key so cells can be grouped and filtered by region; the caps do not
+//! count per subdivision. A fine
 //! cell's [`CellState`] holds the report count, the distinct agents (8-byte key prefixes), the
 //! verdict counts (with the blocked and no-reference tests among them, see [`VerdictCounts`]) and
 //! one mergeable quantile [`Sketch`] per figure ([`FIGURES`]: RTT, jitter up/down, round-trip
@@ -54,8 +57,9 @@
 //!   report is a prefix of its own, and the prefix rules reduce to the key rules for it.
 //! - **k threshold, on atoms of a day.** A published cell is a union of fixed atoms that each
 //!   have at least `min_agents` distinct agents on as many distinct prefixes
-//!   ([`CellState::meets`]): a network's UTC day, a day's small networks together, and the
-//!   hours of a network's day when its other hours meet k too ([`Grouper`] says which). Agents
+//!   ([`CellState::meets`]): a network's UTC day, a day's small networks together, within
+//!   either its regions when its other regions together meet k too ([`region_atoms`]), and
+//!   within those the hours when the other hours meet k too ([`Grouper`] says which). Agents
 //!   rotate keys daily and tags are keyed per test day, so a volunteer is one key and one prefix
 //!   within a day and many across days; and the difference of two published cells is a union of
 //!   atoms too, so no pair of queries singles anyone out. A party with fewer than k prefixes
@@ -90,9 +94,11 @@ pub use observation::{
     prefix_of, Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, FIGURE_PRECISION,
     NO_REFERENCE_RULES,
 };
+pub use query::{
+    capped, query, region_atoms, relative_error, Axis, Filter, GroupKey, Grouper, Plan, Policy,
+};
 #[cfg(any(test, feature = "test-util"))]
-pub use query::exact;
-pub use query::{capped, query, relative_error, Axis, Filter, GroupKey, Grouper, Plan, Policy};
+pub use query::{exact, exact_members};
 pub use report::{
     CorruptRecord, Filing, PrefixFrom, Region, RegionSource, ReportKey, StoredReport,
     VerifiedReport,

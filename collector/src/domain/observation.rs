@@ -2,7 +2,7 @@
 //! figures it aggregates ([`FIGURES`]) and what a verdict's rule adds ([`Finding`]).
 
 use super::cell::CellKey;
-use super::codes::country_code;
+use super::codes::{country_code, subdivision_code};
 use super::report::{Filing, StoredReport};
 use super::HOUR_MS;
 use callwatch_proto::precision::Precision;
@@ -86,6 +86,8 @@ pub struct Observation {
     /// When the test started, Unix ms.
     pub started_at_ms: i64,
     pub country: String,
+    /// The region's ISO 3166-2 subdivision (`RU-MOW`), empty when unknown.
+    pub subdivision: String,
     pub asn: u32,
     pub platform: Platform,
     pub arm: Role,
@@ -153,6 +155,7 @@ impl Observation {
                 Observation {
                     started_at_ms: report.started_at.timestamp_millis(),
                     country: stored.region.country.clone(),
+                    subdivision: stored.region.subdivision.clone(),
                     asn: stored.region.asn,
                     platform: report.platform,
                     arm: s.role,
@@ -181,6 +184,7 @@ impl Observation {
         CellKey {
             hour: self.started_at_ms.div_euclid(HOUR_MS),
             country: country_code(&self.country),
+            subdivision: subdivision_code(&self.country, &self.subdivision),
             asn: self.asn,
             platform: self.platform,
             arm: self.arm,

@@ -7,7 +7,7 @@ use super::cell::{
 };
 #[cfg(any(test, feature = "test-util"))]
 use super::cell::{FilingCounts, VerdictCounts};
-use super::codes::country_code;
+use super::codes::{country_code, parse_region};
 use super::observation::Observation;
 use super::sketch::RELATIVE_ACCURACY;
 use super::HOUR_MS;
@@ -25,6 +25,8 @@ pub enum Axis {
     Day,
     Hour,
     Country,
+    /// The first-level subdivision (`RU-MOW`; the country alone, `RU`, where it is unknown).
+    Region,
     Asn,
     Platform,
     Arm,
@@ -33,10 +35,11 @@ pub enum Axis {
 }
 
 impl Axis {
-    pub const ALL: [Axis; 7] = [
+    pub const ALL: [Axis; 8] = [
         Axis::Day,
         Axis::Hour,
         Axis::Country,
+        Axis::Region,
         Axis::Asn,
         Axis::Platform,
         Axis::Arm,
@@ -48,6 +51,7 @@ impl Axis {
             Axis::Day => "day",
             Axis::Hour => "hour",
             Axis::Country => "country",
+            Axis::Region => "region",
             Axis::Asn => "asn",
             Axis::Platform => "platform",
             Axis::Arm => "arm",
@@ -70,8 +74,8 @@ impl FromStr for Axis {
             .find(|a| a.as_str() == s)
             .ok_or_else(|| {
                 format!(
-                    "unknown axis {s:?}; expected one of day, hour, country, asn, platform, arm, \
-                     kind"
+                    "unknown axis {s:?}; expected one of day, hour, country, region, asn, \
+                     platform, arm, kind"
                 )
             })
     }
@@ -107,6 +111,9 @@ impl Default for Policy {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filter {
     pub country: Option<String>,
+    /// Only this first-level subdivision, an ISO 3166-2 code (`RU-MOW`; see
+    /// [`super::codes::parse_region`]). A code that does not parse matches nothing.
+    pub region: Option<String>,
     pub asn: Option<u32>,
     pub platform: Option<Platform>,
     /// Only this arm; when `None` and `arm` is not an axis, only platform arms count.
@@ -153,7 +160,24 @@ impl Filter {
         self.kind.unwrap_or(StreamKind::Voice)
     }
 
-    /// Whether a fine cell is covered, given the query's axes (for the default arm and kind).
+    /// Whether the query is regional: grouped or filtered by region. Regional queries publish
+    /// only the region atoms of [`Grouper`].
+    pub fn regional(&self, axes: &[Axis]) -> bool {
+        axes.contains(&Axis::Region) || self.region.is_some()
+    }
+
+    /// Whether a fine cell's subdivision is the filter's region (or there is none). Not part of
+    /// [`Filter::matches`]: what is read is every subdivision of the region's country, as a
+    /// block's other subdivisions decide whether its regions are published.
+    pub fn matches_region(&self, k: &CellKey) -> bool {
+        match &self.region {
+            None => true,
+            Some(r) => parse_region(r).is_ok_and(|(c, s)| c == k.country && s == k.subdivision),
+        }
+    }
+
+    /// Whether a fine cell is covered, given the query's axes (for the default arm and kind),
+    /// its subdivision aside ([`Filter::matches_region`]): a region filter reads its country.
     pub fn matches(&self, k: &CellKey, axes: &[Axis]) -> bool {
         let arm_ok = match self.arm {
             Some(a) => a == k.arm,
@@ -169,6 +193,10 @@ impl Filter {
                 .country
                 .as_ref()
                 .is_none_or(|c| country_code(c) == k.country)
+            && self
+                .region
+                .as_ref()
+                .is_none_or(|r| parse_region(r).is_ok_and(|(c, _)| c == k.country))
             && self.asn.is_none_or(|a| a == k.asn)
             && self.platform.is_none_or(|p| p == k.platform)
             && self.since_hour().is_none_or(|h| k.hour >= h)
@@ -238,6 +266,8 @@ pub struct GroupKey {
     pub day: Option<i64>,
     pub hour: Option<i64>,
     pub country: Option<[u8; 2]>,
+    /// Country and subdivision ([`super::codes::NO_SUBDIVISION`] when unknown).
+    pub region: Option<([u8; 2], [u8; 3])>,
     pub asn: Option<u32>,
     pub platform: Option<Platform>,
     pub arm: Option<Role>,
@@ -251,6 +281,7 @@ impl GroupKey {
             day: has(Axis::Day).then(|| k.day()),
             hour: has(Axis::Hour).then_some(k.hour),
             country: has(Axis::Country).then_some(k.country),
+            region: has(Axis::Region).then_some((k.country, k.subdivision)),
             asn: has(Axis::Asn).then_some(k.asn),
             platform: has(Axis::Platform).then_some(k.platform),
             arm: has(Axis::Arm).then_some(k.arm),
@@ -259,36 +290,70 @@ impl GroupKey {
     }
 }
 
+/// How a set of cells of one block (or one remainder) divides by subdivision: the
+/// subdivisions that meet k on their own, when the others together meet k too or there are none
+/// (`Some`: each of those is a *region atom*, and the others together one more atom, of no one
+/// region); otherwise `None` (the whole set is one atom, of no one region). A set whose cells all
+/// have one subdivision is that subdivision's atom when it meets k.
+pub fn region_atoms(
+    parts: &BTreeMap<[u8; 3], CellState>,
+    k: usize,
+) -> Option<std::collections::BTreeSet<[u8; 3]>> {
+    let mut rest = CellState::default();
+    let mut rest_empty = true;
+    let mut atoms = std::collections::BTreeSet::new();
+    for (sub, s) in parts {
+        if s.meets(k) {
+            atoms.insert(*sub);
+        } else {
+            rest.merge(s);
+            rest_empty = false;
+        }
+    }
+    (rest_empty || rest.meets(k)).then_some(atoms)
+}
+
 /// Merges fine cells, one at a time, into the cells a query asks for, publishing only unions
 /// of *atoms* that each meet k, so that no difference of published cells singles anyone out.
 ///
 /// A cell *meets k* when at least `min_agents` distinct agent keys and as many distinct network
 /// prefixes stand behind it ([`CellState::meets`]). The unit of publication is the **block**:
-/// one UTC day of one (country, ASN, platform, arm, kind). Within a day a volunteer is one key
-/// and one prefix (keys rotate daily, prefix tags are keyed per test day), so k is decided per
-/// block, never over a longer span. The atoms, fixed whatever the query:
+/// one UTC day of one (country, ASN, platform, arm, kind), all its subdivisions together. Within
+/// a day a volunteer is one key and one prefix (keys rotate daily, prefix tags are keyed per
+/// test day), so k is decided per block, never over a longer span. The atoms, fixed whatever the
+/// query:
 ///
 /// - every block that meets k;
 /// - per (day, country, platform, arm, kind), the union of its blocks that do not (the small
 ///   networks' *remainder*), if that union meets k; otherwise that data is published nowhere;
-/// - for the hour axis, within each block that meets k: its hours that meet k, provided the
-///   block's other hours together meet k too (or there are none); if they do not, none of the
-///   block's hours is published (the block is then one atom, published only by day).
+/// - **regions** ([`region_atoms`]): within each block that meets k, and within each remainder
+///   that does, its subdivisions that meet k, provided its other subdivisions together meet k
+///   too (then one more atom, of no one region) or there are none; if they do not, the block (or
+///   remainder) stays one atom and none of its regions is published. Tests whose subdivision is
+///   unknown are a subdivision of their own here (published as the country alone, `RU`);
+/// - for the hour axis, within each region atom of a block that meets k (the whole block, when
+///   no subdivision is known): its hours that meet k, provided the atom's other hours together
+///   meet k too (or there are none); if they do not, none of its hours is published.
 ///
 /// A query without the hour axis covers whole UTC days (its `since` and `until` are taken to
 /// their days, [`Filter::whole_days`]) and merges blocks that meet k, plus remainders when it
-/// neither groups nor filters by ASN (a remainder spans networks). A query with the hour axis
-/// merges the published hours of its range. Every published cell is therefore a union of atoms
-/// that each meet k, and so is the difference of any two: two queries an hour or a day apart, or
-/// a country cell minus its published network cells, leave at least k agents on k prefixes or
-/// nothing.
+/// neither groups nor filters by ASN (a remainder spans networks). A *regional* query (grouped or
+/// filtered by region, [`Filter::regional`]) merges the region atoms instead, each under its
+/// region: so a region cell without the ASN axis is its region's atoms of the blocks that meet k
+/// and of the remainder, and with the ASN axis only those of blocks. A query with the hour axis
+/// merges the published hours of its range (of region atoms only, when regional; remainders
+/// never have hours). Every published cell is therefore a union of atoms that each meet k, and
+/// since each level only divides the atoms of the one above, so is the difference of any two:
+/// two queries an hour or a day apart, a country cell minus its published network or region
+/// cells, a region minus its networks, leave at least k agents on k prefixes or nothing.
 pub struct Grouper<'a> {
     axes: &'a [Axis],
-    /// The query as asked (its hour bounds apply to the hour axis's cells).
+    /// The query as asked (its hour bounds apply to the hour axis's cells, its region to the
+    /// region atoms).
     filter: &'a Filter,
-    /// What is read: the query over whole days.
+    /// What is read: the query over whole days, every subdivision of its country.
     read: Filter,
-    /// Fine cells (hour axis) or blocks (day cells), by key.
+    /// Fine cells (hour axis) or day cells, by key (with their subdivision).
     cells: BTreeMap<CellKey, CellState>,
 }
 
@@ -323,66 +388,150 @@ impl<'a> Grouper<'a> {
     /// The published cells: merges of atoms that each meet k (see the type's documentation).
     pub fn finish(self, policy: &Policy) -> Vec<Cell> {
         let k = policy.min_agents;
+        let regional = self.filter.regional(self.axes);
+        let hourly = self.hourly();
         let mut groups: BTreeMap<GroupKey, CellState> = BTreeMap::new();
-        if self.hourly() {
-            // Hours by block.
-            let mut blocks: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
-            for (key, state) in self.cells {
-                blocks.entry(key.day_cell()).or_default().push((key, state));
+        let mut publish = |key: &CellKey, s: &CellState| {
+            groups
+                .entry(GroupKey::of(key, self.axes))
+                .or_default()
+                .merge(s);
+        };
+        // Cells by block, then by subdivision.
+        type Parts = BTreeMap<[u8; 3], Vec<(CellKey, CellState)>>;
+        let mut blocks: BTreeMap<CellKey, Parts> = BTreeMap::new();
+        for (key, state) in self.cells {
+            blocks
+                .entry(key.block())
+                .or_default()
+                .entry(key.subdivision)
+                .or_default()
+                .push((key, state));
+        }
+        let merged = |cells: &[(CellKey, CellState)]| {
+            let mut m = CellState::default();
+            for (_, s) in cells {
+                m.merge(s);
             }
-            for hours in blocks.into_values() {
+            m
+        };
+        let day_parts = |parts: &Parts| -> BTreeMap<[u8; 3], CellState> {
+            parts.iter().map(|(sub, c)| (*sub, merged(c))).collect()
+        };
+        if hourly {
+            for parts in blocks.into_values() {
+                let by_sub = day_parts(&parts);
                 let mut block = CellState::default();
-                let mut rest = CellState::default();
-                let mut rest_empty = true;
-                for (_, s) in &hours {
+                for s in by_sub.values() {
                     block.merge(s);
-                    if !s.meets(k) {
-                        rest.merge(s);
-                        rest_empty = false;
-                    }
                 }
-                if !block.meets(k) || !(rest_empty || rest.meets(k)) {
+                if !block.meets(k) {
                     continue;
                 }
-                for (key, s) in hours {
-                    if s.meets(k) && self.filter.matches(&key, self.axes) {
-                        groups
-                            .entry(GroupKey::of(&key, self.axes))
-                            .or_default()
+                // The block's atoms: each region atom, and the rest as one (`None`).
+                let atoms = region_atoms(&by_sub, k).unwrap_or_default();
+                let mut units: BTreeMap<Option<[u8; 3]>, Vec<(CellKey, CellState)>> =
+                    BTreeMap::new();
+                for (sub, cells) in parts {
+                    units
+                        .entry(atoms.contains(&sub).then_some(sub))
+                        .or_default()
+                        .extend(cells);
+                }
+                for (unit, cells) in units {
+                    if regional && unit.is_none() {
+                        continue;
+                    }
+                    // The unit's hours, its subdivisions together.
+                    let mut hours: BTreeMap<i64, (CellKey, CellState)> = BTreeMap::new();
+                    for (key, s) in cells {
+                        hours
+                            .entry(key.hour)
+                            .or_insert_with(|| (key, CellState::default()))
+                            .1
                             .merge(&s);
+                    }
+                    let mut rest = CellState::default();
+                    let mut rest_empty = true;
+                    for (_, s) in hours.values() {
+                        if !s.meets(k) {
+                            rest.merge(s);
+                            rest_empty = false;
+                        }
+                    }
+                    if !(rest_empty || rest.meets(k)) {
+                        continue;
+                    }
+                    for (key, s) in hours.values() {
+                        if s.meets(k)
+                            && self.filter.matches(key, self.axes)
+                            && self.filter.matches_region(key)
+                        {
+                            publish(key, s);
+                        }
                     }
                 }
             }
         } else {
             let remainders_allowed = !self.axes.contains(&Axis::Asn) && self.filter.asn.is_none();
             // Blocks by (day, country, platform, arm, kind): the family a remainder is made of.
-            let mut families: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
-            for (key, state) in self.cells {
+            let mut families: BTreeMap<CellKey, Vec<Parts>> = BTreeMap::new();
+            for (key, parts) in blocks {
                 families
                     .entry(CellKey { asn: 0, ..key })
                     .or_default()
-                    .push((key, state));
+                    .push(parts);
             }
-            for blocks in families.into_values() {
-                let mut rest = CellState::default();
-                let mut rest_key = None;
-                for (key, s) in blocks {
-                    if s.meets(k) {
-                        groups
-                            .entry(GroupKey::of(&key, self.axes))
-                            .or_default()
-                            .merge(&s);
-                    } else {
-                        rest.merge(&s);
-                        rest_key = Some(key);
+            // Publishes a block or a remainder that meets k: whole, or its region atoms.
+            let mut publish_atoms = |parts: &BTreeMap<[u8; 3], (CellKey, CellState)>| {
+                if !regional {
+                    for (key, s) in parts.values() {
+                        publish(key, s);
+                    }
+                    return;
+                }
+                let by_sub = parts
+                    .iter()
+                    .map(|(sub, (_, s))| (*sub, s.clone()))
+                    .collect();
+                for sub in region_atoms(&by_sub, k).unwrap_or_default() {
+                    if let Some((key, s)) = parts.get(&sub) {
+                        if self.filter.matches_region(key) {
+                            publish(key, s);
+                        }
                     }
                 }
-                if let (true, Some(key)) = (remainders_allowed && rest.meets(k), rest_key) {
-                    // Without the ASN axis the group key does not depend on the block's ASN.
-                    groups
-                        .entry(GroupKey::of(&key, self.axes))
-                        .or_default()
-                        .merge(&rest);
+            };
+            for blocks in families.into_values() {
+                // The remainder's cells by subdivision (a key of one of its blocks for each:
+                // without the ASN axis the group key does not depend on the block's ASN).
+                let mut rest: BTreeMap<[u8; 3], (CellKey, CellState)> = BTreeMap::new();
+                for parts in blocks {
+                    let parts: BTreeMap<[u8; 3], (CellKey, CellState)> = parts
+                        .into_iter()
+                        .filter_map(|(sub, cells)| Some((sub, (cells.first()?.0, merged(&cells)))))
+                        .collect();
+                    let mut block = CellState::default();
+                    for (_, s) in parts.values() {
+                        block.merge(s);
+                    }
+                    if block.meets(k) {
+                        publish_atoms(&parts);
+                    } else {
+                        for (sub, (key, s)) in parts {
+                            rest.entry(sub)
+                                .or_insert_with(|| (key, CellState::default()))
+                                .1
+                                .merge(&s);
+                        }
+                    }
+                }
+                let mut whole = CellState::default();
+                for (_, s) in rest.values() {
+                    whole.merge(s);
+                }
+                if remainders_allowed && whole.meets(k) {
+                    publish_atoms(&rest);
                 }
             }
         }
@@ -455,6 +604,47 @@ pub fn exact(
     filter: &Filter,
     policy: &Policy,
 ) -> Vec<Cell> {
+    let agent = |o: &Observation| {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&o.agent[..8]);
+        p
+    };
+    exact_members(observations, axes, filter, policy)
+        .into_iter()
+        .map(|(key, members)| {
+            let agents: BTreeSet<[u8; 8]> = members.iter().map(|o| agent(o)).collect();
+            let figures = std::array::from_fn(|i| {
+                Figure::of_values(members.iter().filter_map(|o| o.figures[i]).collect())
+            });
+            let mut verdicts = VerdictCounts::default();
+            let mut filing = FilingCounts::default();
+            for o in &members {
+                if let Some(v) = o.verdict {
+                    verdicts.add(v, o.rule);
+                }
+                filing.add(&o.filing);
+            }
+            Cell::new(
+                &key,
+                members.len() as u64,
+                agents.len() as u64,
+                figures,
+                verdicts,
+                filing,
+            )
+        })
+        .collect()
+}
+
+#[cfg(any(test, feature = "test-util"))]
+/// The observations behind each cell [`exact`] publishes (after the caps), by the cell's axis
+/// values: what differencing tests compare.
+pub fn exact_members<'a>(
+    observations: &'a [Observation],
+    axes: &[Axis],
+    filter: &Filter,
+    policy: &Policy,
+) -> BTreeMap<GroupKey, Vec<&'a Observation>> {
     const DAY_MS: i64 = 24 * HOUR_MS;
     let k = policy.min_agents.max(1);
     let agent = |o: &Observation| {
@@ -505,35 +695,99 @@ pub fn exact(
             .or_default()
             .push(o);
     }
-    let mut groups: BTreeMap<GroupKey, Vec<&Observation>> = BTreeMap::new();
+    let regional = filter.regional(axes);
+    type Members<'o> = Vec<&'o Observation>;
+    type Meets<'m> = &'m dyn Fn(&[&Observation]) -> bool;
+    // The atoms of a block or remainder by region: `Some(sub)` for each subdivision that meets
+    // k when the others together meet k or are none, `None` for those others (or for all).
+    fn by_region<'o>(
+        members: &[&'o Observation],
+        meets: Meets<'_>,
+    ) -> Vec<(Option<[u8; 3]>, Members<'o>)> {
+        let mut subs: BTreeMap<[u8; 3], Members<'o>> = BTreeMap::new();
+        for o in members {
+            subs.entry(o.cell_key().subdivision).or_default().push(*o);
+        }
+        let rest: Members<'o> = subs
+            .values()
+            .filter(|m| !meets(m))
+            .flatten()
+            .copied()
+            .collect();
+        if !rest.is_empty() && !meets(&rest) {
+            return vec![(None, members.to_vec())];
+        }
+        let mut out: Vec<(Option<[u8; 3]>, Members<'o>)> = subs
+            .into_iter()
+            .filter(|(_, m)| meets(m))
+            .map(|(sub, m)| (Some(sub), m))
+            .collect();
+        if !rest.is_empty() {
+            out.push((None, rest));
+        }
+        out
+    }
+    fn publish<'o>(
+        o: &'o Observation,
+        axes: &[Axis],
+        groups: &mut BTreeMap<GroupKey, Members<'o>>,
+    ) {
+        groups
+            .entry(GroupKey::of(&o.cell_key(), axes))
+            .or_default()
+            .push(o);
+    }
+    // A block or a remainder that meets k: whole, or its region atoms when regional.
+    let publish_atoms = |members: &[&'a Observation],
+                         groups: &mut BTreeMap<GroupKey, Members<'a>>| {
+        if !regional {
+            for o in members {
+                publish(o, axes, groups);
+            }
+            return;
+        }
+        for (region, unit) in by_region(members, &meets) {
+            if region.is_some() {
+                for o in unit {
+                    if filter.matches_region(&o.cell_key()) {
+                        publish(o, axes, groups);
+                    }
+                }
+            }
+        }
+    };
+    let mut groups: BTreeMap<GroupKey, Members<'a>> = BTreeMap::new();
     if hourly {
         for members in blocks.values() {
             if !meets(members) {
                 continue;
             }
-            let mut hours: BTreeMap<i64, Vec<&Observation>> = BTreeMap::new();
-            for o in members {
-                hours
-                    .entry(o.started_at_ms.div_euclid(HOUR_MS))
-                    .or_default()
-                    .push(o);
-            }
-            let rest: Vec<&Observation> = hours
-                .values()
-                .filter(|h| !meets(h))
-                .flatten()
-                .copied()
-                .collect();
-            if !rest.is_empty() && !meets(&rest) {
-                continue;
-            }
-            for h in hours.values().filter(|h| meets(h)) {
-                for o in h {
-                    if filter.matches(&o.cell_key(), axes) {
-                        groups
-                            .entry(GroupKey::of(&o.cell_key(), axes))
-                            .or_default()
-                            .push(o);
+            for (region, unit) in by_region(members, &meets) {
+                if regional && region.is_none() {
+                    continue;
+                }
+                let mut hours: BTreeMap<i64, Vec<&Observation>> = BTreeMap::new();
+                for o in unit {
+                    hours
+                        .entry(o.started_at_ms.div_euclid(HOUR_MS))
+                        .or_default()
+                        .push(o);
+                }
+                let rest: Vec<&Observation> = hours
+                    .values()
+                    .filter(|h| !meets(h))
+                    .flatten()
+                    .copied()
+                    .collect();
+                if !rest.is_empty() && !meets(&rest) {
+                    continue;
+                }
+                for h in hours.values().filter(|h| meets(h)) {
+                    for o in h {
+                        let key = o.cell_key();
+                        if filter.matches(&key, axes) && filter.matches_region(&key) {
+                            publish(o, axes, &mut groups);
+                        }
                     }
                 }
             }
@@ -544,12 +798,7 @@ pub fn exact(
         let mut rest: BTreeMap<Family, Vec<&Observation>> = BTreeMap::new();
         for ((day, country, _, platform, arm, kind), members) in &blocks {
             if meets(members) {
-                for o in members {
-                    groups
-                        .entry(GroupKey::of(&o.cell_key(), axes))
-                        .or_default()
-                        .push(o);
-                }
+                publish_atoms(members, &mut groups);
             } else {
                 rest.entry((*day, *country, *platform, *arm, *kind))
                     .or_default()
@@ -558,40 +807,11 @@ pub fn exact(
         }
         if remainders {
             for members in rest.values().filter(|m| meets(m)) {
-                for o in members {
-                    groups
-                        .entry(GroupKey::of(&o.cell_key(), axes))
-                        .or_default()
-                        .push(o);
-                }
+                publish_atoms(members, &mut groups);
             }
         }
     }
     groups
-        .into_iter()
-        .map(|(key, members)| {
-            let agents: BTreeSet<[u8; 8]> = members.iter().map(|o| agent(o)).collect();
-            let figures = std::array::from_fn(|i| {
-                Figure::of_values(members.iter().filter_map(|o| o.figures[i]).collect())
-            });
-            let mut verdicts = VerdictCounts::default();
-            let mut filing = FilingCounts::default();
-            for o in &members {
-                if let Some(v) = o.verdict {
-                    verdicts.add(v, o.rule);
-                }
-                filing.add(&o.filing);
-            }
-            Cell::new(
-                &key,
-                members.len() as u64,
-                agents.len() as u64,
-                figures,
-                verdicts,
-                filing,
-            )
-        })
-        .collect()
 }
 
 /// The sketches' relative error, as published with every answer.

@@ -37,37 +37,72 @@ pub struct StoredReport {
 #[derive(Serialize, Deserialize)]
 struct StoredCore {
     signed: SignedReport,
-    region: Region,
+    region: CoreRegion,
     received_at_ms: i64,
 }
 
+/// The region as the postcard part of a record holds it: country and ASN, the layout of every
+/// release (postcard is not self-describing, so a field cannot be added here; the subdivision
+/// is in the JSON part, [`Tail`]).
+#[derive(Serialize, Deserialize)]
+struct CoreRegion {
+    country: String,
+    asn: u32,
+}
+
+/// The JSON part of a record: the [`Filing`]'s fields and, when known, the region's
+/// subdivision (records without it read as unknown).
+#[derive(Serialize)]
+struct Tail<'a> {
+    #[serde(flatten)]
+    filing: &'a Filing,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    subdivision: &'a str,
+}
+
 impl StoredReport {
-    /// The bytes sled keeps: postcard of the signed report, region and arrival time (the layout
-    /// of every earlier release), then the [`Filing`] as JSON. JSON because it is
-    /// self-describing: fields added to `Filing` later read as their defaults from older
-    /// records, and records from before it (nothing after the postcard part) as all-default.
+    /// The bytes sled keeps: postcard of the signed report, region (country and ASN) and
+    /// arrival time (the layout of every earlier release), then the [`Filing`] as JSON, with the
+    /// region's `subdivision` beside its fields when there is one. JSON because it is
+    /// self-describing: fields added later read as their defaults from older records, and
+    /// records from before it (nothing after the postcard part) as all-default, without
+    /// subdivision.
     pub fn to_bytes(&self) -> Result<Vec<u8>, String> {
         let core = StoredCore {
             signed: self.signed.clone(),
-            region: self.region.clone(),
+            region: CoreRegion {
+                country: self.region.country.clone(),
+                asn: self.region.asn,
+            },
             received_at_ms: self.received_at_ms,
         };
         let mut out = postcard::to_allocvec(&core).map_err(|e| e.to_string())?;
-        serde_json::to_writer(&mut out, &self.filing).map_err(|e| e.to_string())?;
+        let tail = Tail {
+            filing: &self.filing,
+            subdivision: &self.region.subdivision,
+        };
+        serde_json::to_writer(&mut out, &tail).map_err(|e| e.to_string())?;
         Ok(out)
     }
 
     /// Reads [`StoredReport::to_bytes`], and records of earlier releases.
     pub fn from_bytes(b: &[u8]) -> Result<StoredReport, String> {
         let (core, rest) = postcard::take_from_bytes::<StoredCore>(b).map_err(|e| e.to_string())?;
+        let mut region = Region::new(&core.region.country, core.region.asn);
         let filing = if rest.is_empty() {
             Filing::default()
         } else {
-            serde_json::from_slice(rest).map_err(|e| format!("filing: {e}"))?
+            let tail: serde_json::Value =
+                serde_json::from_slice(rest).map_err(|e| format!("filing: {e}"))?;
+            if let Some(s) = tail.get("subdivision").and_then(|s| s.as_str()) {
+                // Checked again: a code that is not one of the country's reads as unknown.
+                region = region.with_subdivision(s);
+            }
+            Filing::deserialize(tail).map_err(|e| format!("filing: {e}"))?
         };
         Ok(StoredReport {
             signed: core.signed,
-            region: core.region,
+            region,
             received_at_ms: core.received_at_ms,
             filing,
         })
@@ -256,10 +291,7 @@ mod tests {
                 key: vec![7; 32],
                 signature: vec![9; 64],
             },
-            region: Region {
-                country: "RU".into(),
-                asn: 12389,
-            },
+            region: Region::new("RU", 12389),
             received_at_ms: 1_764_288_000_123,
             filing,
         }
@@ -278,7 +310,10 @@ mod tests {
         // A record written by an earlier release: postcard of the three fields, nothing after.
         let legacy = postcard::to_allocvec(&StoredCore {
             signed: marked.signed.clone(),
-            region: marked.region.clone(),
+            region: CoreRegion {
+                country: "RU".into(),
+                asn: 12389,
+            },
             received_at_ms: marked.received_at_ms,
         })
         .unwrap();
@@ -292,11 +327,58 @@ mod tests {
         let read = StoredReport::from_bytes(&later).unwrap();
         assert_eq!(read.filing.source, RegionSource::Upload);
         assert!(!read.filing.hosting);
+        assert_eq!(read.region, Region::new("RU", 12389), "no subdivision");
         // Damage is an error, never a panic or a silent default.
         let mut damaged = legacy;
         damaged.extend_from_slice(b"{not json");
         assert!(StoredReport::from_bytes(&damaged).is_err());
         assert!(StoredReport::from_bytes(&bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn the_subdivision_is_kept_in_the_json_part_and_older_records_read_without_it() {
+        let mut r = stored(Filing {
+            source: RegionSource::Upload,
+            prefix_tag: Some("00112233aabbccdd".into()),
+            ..Filing::default()
+        });
+        r.region = r.region.with_subdivision("RU-MOW");
+        assert_eq!(r.region.subdivision, "RU-MOW");
+        let bytes = r.to_bytes().unwrap();
+        assert_eq!(StoredReport::from_bytes(&bytes).unwrap(), r);
+        // The postcard part is the layout of every earlier release: a reader that knows only
+        // it (country, ASN) still reads the record, and the JSON part is the filing's with one
+        // more key.
+        let (core, rest) = postcard::take_from_bytes::<StoredCore>(&bytes).unwrap();
+        assert_eq!(
+            (core.region.country.as_str(), core.region.asn),
+            ("RU", 12389)
+        );
+        let tail: serde_json::Value = serde_json::from_slice(rest).unwrap();
+        assert_eq!(tail["subdivision"], "RU-MOW");
+        assert_eq!(tail["source"], "upload");
+        // Without a subdivision the record is byte for byte what the previous release wrote.
+        let mut plain = r.clone();
+        plain.region.subdivision.clear();
+        let old_layout = {
+            let mut out = postcard::to_allocvec(&core).unwrap();
+            serde_json::to_writer(&mut out, &plain.filing).unwrap();
+            out
+        };
+        assert_eq!(plain.to_bytes().unwrap(), old_layout);
+        // A subdivision of another country, or no code at all, reads as unknown.
+        let mut other = postcard::to_allocvec(&core).unwrap();
+        other.extend_from_slice(br#"{"source":"upload","subdivision":"DE-BE"}"#);
+        assert_eq!(
+            StoredReport::from_bytes(&other).unwrap().region.subdivision,
+            ""
+        );
+        let mut junk = postcard::to_allocvec(&core).unwrap();
+        junk.extend_from_slice(br#"{"subdivision":["RU-MOW"]}"#);
+        assert_eq!(
+            StoredReport::from_bytes(&junk).unwrap().region.subdivision,
+            ""
+        );
     }
 
     #[test]

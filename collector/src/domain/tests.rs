@@ -5,7 +5,7 @@ use super::sketch::RELATIVE_ACCURACY;
 use super::*;
 use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule};
 use callwatch_proto::{CallReport, Platform, Role, Verdict};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 const T0: i64 = 1_764_288_000_000; // 2025-11-28T00:00:00Z
 
@@ -13,6 +13,7 @@ fn obs(country: &str, platform: Platform, agent: u8, rtt: f64, loss: f64) -> Obs
     Observation {
         started_at_ms: T0,
         country: country.into(),
+        subdivision: String::new(),
         asn: if country == "RU" { 12389 } else { 3320 },
         platform,
         arm: Role::Platform,
@@ -260,14 +261,37 @@ fn keys_round_trip_and_garbage_is_refused() {
     assert_eq!(CellKey::from_bytes(&k.to_bytes()), Some(k));
     assert_eq!(CellKey::from_bytes(&[0u8; 3]), None);
     let mut bad = k.to_bytes();
-    bad[14] = 99;
+    bad[17] = 99;
     assert_eq!(CellKey::from_bytes(&bad), None);
     let mut bad = k.to_bytes();
-    bad[16] = 7;
+    bad[19] = 7;
     assert_eq!(CellKey::from_bytes(&bad), None, "unknown stream kind");
-    // A key as stores made before the stream kind wrote it (16 bytes) is not read as a
-    // current one: the sled store rebuilds such cells at open.
+    // Keys as stores made before the stream kind (16 bytes) and before the subdivision (17)
+    // wrote them are not read as current ones: the sled store rebuilds such cells at open.
     assert_eq!(CellKey::from_bytes(&k.to_bytes()[..16]), None);
+    assert_eq!(CellKey::from_bytes(&k.to_bytes()[..17]), None);
+    // The subdivision: kept, ordered after the country, and only what a code can be.
+    let mut mow = obs("RU", Platform::Max, 9, 1.0, 0.0);
+    mow.subdivision = "RU-MOW".into();
+    let m = mow.cell_key();
+    assert_eq!(&m.subdivision, b"MOW");
+    assert_eq!(CellKey::from_bytes(&m.to_bytes()), Some(m));
+    assert_eq!(m.region_text(), "RU-MOW");
+    assert_eq!(k.region_text(), "RU");
+    assert_eq!(m.block(), k.block(), "one block, whatever the subdivision");
+    assert_eq!(
+        CapKey::bytes(&m, &mow.agent),
+        CapKey::bytes(&k, &mow.agent),
+        "the caps do not count per subdivision"
+    );
+    for junk in [*b"mow", *b"M\0W", [0xff; 3]] {
+        let mut bad = m.to_bytes();
+        bad[10..13].copy_from_slice(&junk);
+        assert_eq!(CellKey::from_bytes(&bad), None, "{junk:?}");
+    }
+    // Another country's code is no subdivision of this one.
+    mow.subdivision = "DE-BE".into();
+    assert_eq!(mow.cell_key(), k);
     let mut video = obs("RU", Platform::Max, 9, 1.0, 0.0);
     video.kind = StreamKind::Video;
     let v = video.cell_key();
@@ -281,6 +305,7 @@ fn keys_round_trip_and_garbage_is_refused() {
     assert!("city".parse::<Axis>().is_err());
     assert_eq!("arm".parse::<Axis>(), Ok(Axis::Arm));
     assert_eq!("kind".parse::<Axis>(), Ok(Axis::Kind));
+    assert_eq!("region".parse::<Axis>(), Ok(Axis::Region));
     assert_eq!(parse_kind("video"), Ok(StreamKind::Video));
     assert!(parse_kind("audio").is_err());
 }
@@ -429,6 +454,7 @@ fn stored_report() -> StoredReport {
         region: crate::geo::Region {
             country: "ru".into(),
             asn: 12389,
+            subdivision: String::new(),
         },
         received_at_ms: 0,
         filing: Default::default(),
@@ -1021,4 +1047,348 @@ fn differences_of_published_cells_never_single_out_an_agent() {
         3,
         "the remainder: three agents on three prefixes"
     );
+}
+
+fn in_region(mut o: Observation, subdivision: &str) -> Observation {
+    o.subdivision = subdivision.into();
+    o
+}
+
+/// One agent of AS12389 (RU) on a prefix of its own, in `subdivision`.
+fn ru_agent(a: u8, subdivision: &str) -> Observation {
+    on_prefix(
+        in_region(
+            obs("RU", Platform::Whatsapp, a, 100.0 + f64::from(a), 0.0),
+            subdivision,
+        ),
+        a,
+    )
+}
+
+/// Region cells (#17 item 3) are the region atoms of blocks that meet k: a block's
+/// subdivisions that meet k, when its other subdivisions together meet k too or are none.
+#[test]
+fn region_cells_publish_only_region_atoms_that_meet_k() {
+    let k3 = Policy {
+        min_agents: 3,
+        ..Policy::default()
+    };
+    let regions = |o: &[Observation], axes: &[Axis], f: &Filter| -> Vec<(String, u64)> {
+        both(o, axes, f, &k3)
+            .iter()
+            .map(|c| (c.region.clone().unwrap_or_default(), c.agents))
+            .collect()
+    };
+    let all = Filter::default();
+    // Three in Moscow, three in St Petersburg, one in Krasnodar, one network.
+    let mut o: Vec<Observation> = (1..=3)
+        .map(|a| ru_agent(a, "RU-MOW"))
+        .chain((4..=6).map(|a| ru_agent(a, "RU-SPE")))
+        .collect();
+    o.push(ru_agent(7, "RU-KDA"));
+    // The country (and the network) cell has all seven, as it would without subdivisions.
+    assert_eq!(both(&o, &[Axis::Country], &all, &k3)[0].agents, 7);
+    assert_eq!(both(&o, &[Axis::Asn], &all, &k3)[0].agents, 7);
+    // No region is published: the country minus its regions would be the lone agent.
+    assert!(regions(&o, &[Axis::Region], &all).is_empty());
+    let mow = Filter {
+        region: Some("RU-MOW".into()),
+        ..Filter::default()
+    };
+    assert!(both(&o, &[Axis::Country], &mow, &k3).is_empty());
+    // Two more without a known subdivision: the rest (Krasnodar's one and the two) meets k, so
+    // Moscow and St Petersburg are published; the rest is in no region cell.
+    for a in [8, 9] {
+        o.push(ru_agent(a, ""));
+    }
+    assert_eq!(
+        regions(&o, &[Axis::Region], &all),
+        vec![("RU-MOW".into(), 3), ("RU-SPE".into(), 3)]
+    );
+    let cells = both(&o, &[Axis::Country], &mow, &k3);
+    assert_eq!((cells.len(), cells[0].agents), (1, 3), "the region filter");
+    let kda = Filter {
+        region: Some("RU-KDA".into()),
+        ..Filter::default()
+    };
+    assert!(both(&o, &[Axis::Country], &kda, &k3).is_empty());
+    // Two more in Krasnodar: every part meets k on its own, the unknown one (two agents) does
+    // not, and alone it is the rest: nothing regional again.
+    for a in [10, 11] {
+        o.push(ru_agent(a, "RU-KDA"));
+    }
+    assert!(regions(&o, &[Axis::Region], &all).is_empty());
+    // A third unknown one: every part meets k, the unknown part is published as the country.
+    o.push(ru_agent(12, ""));
+    assert_eq!(
+        regions(&o, &[Axis::Region], &all),
+        vec![
+            ("RU".into(), 3),
+            ("RU-KDA".into(), 3),
+            ("RU-MOW".into(), 3),
+            ("RU-SPE".into(), 3)
+        ]
+    );
+    assert_eq!(
+        regions(&o, &[Axis::Region, Axis::Asn], &all).len(),
+        4,
+        "one network"
+    );
+    // Three agents of Moscow behind one prefix are one prefix: Moscow does not meet k.
+    let one_prefix: Vec<Observation> = o
+        .iter()
+        .map(|x| match x.subdivision.as_str() {
+            "RU-MOW" => on_prefix(x.clone(), 1),
+            _ => x.clone(),
+        })
+        .collect();
+    assert!(regions(&one_prefix, &[Axis::Region], &all).is_empty());
+    // Regions by hour: the region atoms' hours, each under the same rule.
+    let hourly: Vec<Observation> = o
+        .iter()
+        .map(|x| {
+            let mut x = x.clone();
+            if x.subdivision == "RU-SPE" {
+                x.started_at_ms += 5 * HOUR_MS;
+            }
+            x
+        })
+        .collect();
+    let cells = both(&hourly, &[Axis::Hour, Axis::Region], &all, &k3);
+    let got: Vec<(String, String, u64)> = cells
+        .iter()
+        .map(|c| (c.hour.clone().unwrap(), c.region.clone().unwrap(), c.agents))
+        .collect();
+    assert_eq!(got.len(), 4, "{got:?}");
+    assert!(got.contains(&("2025-11-28T05:00:00Z".into(), "RU-SPE".into(), 3)));
+    // A region filter with the hour axis: only that region's hours.
+    let cells = both(&hourly, &[Axis::Hour], &mow, &k3);
+    assert_eq!(cells.len(), 1);
+    assert_eq!(cells[0].agents, 3);
+    // Three small networks of one agent each, all in Moscow: their remainder meets k, and its
+    // Moscow atom is in the Moscow cell without the ASN axis, never with it.
+    let mut small = Vec::new();
+    for (a, asn) in [(31u8, 64501), (32, 64502), (33, 64503)] {
+        let mut x = ru_agent(a, "RU-MOW");
+        x.asn = asn;
+        small.push(x);
+    }
+    assert_eq!(
+        regions(&small, &[Axis::Region], &all),
+        vec![("RU-MOW".into(), 3)]
+    );
+    assert!(regions(&small, &[Axis::Region, Axis::Asn], &all).is_empty());
+    let by_asn = Filter {
+        asn: Some(64501),
+        ..mow.clone()
+    };
+    assert!(both(&small, &[Axis::Region], &by_asn, &k3).is_empty());
+}
+
+/// No subdivisions known (Country and ASN databases only, or stores from before): every
+/// query that does not ask for regions answers as it did before regions existed, and the
+/// region axis gives each country's published data as the country alone.
+#[test]
+fn without_subdivisions_regions_are_their_countries() {
+    let k3 = Policy {
+        min_agents: 3,
+        ..Policy::default()
+    };
+    let mut o: Vec<Observation> = (1..=4).map(|a| ru_agent(a, "")).collect();
+    o.push(on_prefix(obs("DE", Platform::Whatsapp, 20, 50.0, 0.0), 20));
+    let countries = both(&o, &[Axis::Country], &Filter::default(), &k3);
+    let regions = both(&o, &[Axis::Region], &Filter::default(), &k3);
+    assert_eq!(countries.len(), 1);
+    assert_eq!(regions.len(), 1);
+    assert_eq!(regions[0].region.as_deref(), Some("RU"));
+    assert_eq!(
+        (regions[0].count, regions[0].agents),
+        (countries[0].count, countries[0].agents)
+    );
+}
+
+/// The differencing rule of #15 item 4 with regions: over a varied day of many agents in
+/// several regions, networks and hours, the observations behind every cell that any of many
+/// queries publishes are collected ([`exact_members`]); for every published cell and every
+/// query, the cells of that query inside it (a country's regions, a region's networks, a day's
+/// hours) leave, taken off it together, nothing or at least k agents on k prefixes. Sketched
+/// cells agree with the exact ones on the way (`both`).
+#[test]
+fn differences_of_published_cells_with_regions_never_single_out_an_agent() {
+    // A small deterministic generator (no dependency): xorshift.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let subs = ["RU-MOW", "RU-SPE", "RU-KDA", ""];
+    let asns = [12389, 8359, 64501, 64502];
+    let mut o = Vec::new();
+    for a in 1..=40u8 {
+        // Most agents stay in one region and network for the day; some move.
+        let (sub, asn) = (next(4) as usize, next(4) as usize);
+        for t in 0..3 {
+            let (sub, asn) = if next(5) == 0 {
+                (next(4) as usize, next(4) as usize)
+            } else {
+                (sub, asn)
+            };
+            let mut x = ru_agent(a, subs[sub]);
+            x.asn = asns[asn];
+            // Some share a prefix with the agent before.
+            x = on_prefix(x, if a % 5 == 0 { a - 1 } else { a });
+            x.started_at_ms = T0 + (next(6) as i64) * HOUR_MS + i64::from(t) * 60_000;
+            o.push(x);
+        }
+    }
+    let (regional, hourly, nested) = assert_no_difference_singles_out(&o);
+    assert!(
+        regional >= 5 && hourly >= 5,
+        "{regional} regional, {hourly} hourly cells"
+    );
+    assert!(
+        nested > 50,
+        "only {nested} nested pairs: the data is too thin"
+    );
+    // Hours are divided within region atoms, not beside them: Moscow's three agents at 10:00
+    // and one of them again at 14:00 with two of St Petersburg's, whose other three tested at
+    // 12:00. By block, every hour meets k; but the Moscow cell minus its 10:00 hour would be
+    // the one agent at 14:00. Within Moscow (and within St Petersburg) the other hours are
+    // below k, so no hour is published at all.
+    let at = |a: u8, sub: &str, hour: i64| {
+        let mut x = ru_agent(a, sub);
+        x.started_at_ms = T0 + hour * HOUR_MS;
+        x
+    };
+    let crafted = vec![
+        at(1, "RU-MOW", 10),
+        at(2, "RU-MOW", 10),
+        at(3, "RU-MOW", 10),
+        at(1, "RU-MOW", 14),
+        at(7, "RU-SPE", 14),
+        at(8, "RU-SPE", 14),
+        at(4, "RU-SPE", 12),
+        at(5, "RU-SPE", 12),
+        at(6, "RU-SPE", 12),
+    ];
+    let (regional, hourly, _) = assert_no_difference_singles_out(&crafted);
+    assert!(
+        regional > 0,
+        "Moscow and St Petersburg are published by day"
+    );
+    assert_eq!(hourly, 0);
+}
+
+/// For every cell that any of many queries publishes over `o`, and every query: the cells of
+/// that query strictly inside it, taken off it together, leave nothing or at least k (3) agents
+/// on 3 prefixes. Returns (regional cells, hourly cells, pairs checked).
+fn assert_no_difference_singles_out(o: &[Observation]) -> (usize, usize, usize) {
+    let k3 = Policy {
+        min_agents: 3,
+        ..Policy::default()
+    };
+    let region = |r: &str| Filter {
+        region: Some(r.into()),
+        ..Filter::default()
+    };
+    let mut filters = vec![Filter::default(), region("RU-MOW"), region("RU-SPE")];
+    filters.push(Filter {
+        asn: Some(12389),
+        ..Filter::default()
+    });
+    filters.push(Filter {
+        asn: Some(8359),
+        ..region("RU-KDA")
+    });
+    for h in [1, 3, 12] {
+        filters.push(Filter {
+            since_ms: Some(T0 + h * HOUR_MS),
+            ..Filter::default()
+        });
+        filters.push(Filter {
+            until_ms: Some(T0 + h * HOUR_MS),
+            ..region("RU-MOW")
+        });
+    }
+    let axes_sets: [&[Axis]; 10] = [
+        &[],
+        &[Axis::Country],
+        &[Axis::Region],
+        &[Axis::Asn],
+        &[Axis::Region, Axis::Asn],
+        &[Axis::Hour],
+        &[Axis::Hour, Axis::Region],
+        &[Axis::Hour, Axis::Asn],
+        &[Axis::Day, Axis::Region],
+        &[Axis::Platform, Axis::Region],
+    ];
+    // (query number, the cell, its observations by address).
+    let mut published: Vec<(usize, String, BTreeSet<usize>)> = Vec::new();
+    let mut queries = 0;
+    for axes in axes_sets {
+        for f in &filters {
+            both(o, axes, f, &k3);
+            for (key, members) in exact_members(o, axes, f, &k3) {
+                let set: BTreeSet<usize> = members
+                    .iter()
+                    .map(|m| std::ptr::from_ref(*m) as usize)
+                    .collect();
+                published.push((queries, format!("{axes:?} {f:?} {key:?}"), set));
+            }
+            queries += 1;
+        }
+    }
+    let by_addr: BTreeMap<usize, &Observation> = o
+        .iter()
+        .map(|x| (std::ptr::from_ref(x) as usize, x))
+        .collect();
+    let mut nested = 0;
+    for (_, qa, a) in &published {
+        for q in 0..queries {
+            // The cells of query `q` strictly inside `a`, together.
+            let inside: Vec<&(usize, String, BTreeSet<usize>)> = published
+                .iter()
+                .filter(|(n, _, b)| *n == q && b.len() < a.len() && b.is_subset(a))
+                .collect();
+            if inside.is_empty() {
+                continue;
+            }
+            nested += 1;
+            let mut rest = a.clone();
+            for (_, _, b) in &inside {
+                rest.retain(|p| !b.contains(p));
+            }
+            if rest.is_empty() {
+                continue;
+            }
+            let rest: Vec<&Observation> = rest.iter().map(|p| by_addr[p]).collect();
+            let agents: BTreeSet<[u8; 8]> = rest
+                .iter()
+                .map(|x| {
+                    let mut p = [0u8; 8];
+                    p.copy_from_slice(&x.agent[..8]);
+                    p
+                })
+                .collect();
+            let prefixes: BTreeSet<[u8; 8]> = rest.iter().map(|x| x.prefix()).collect();
+            assert!(
+                agents.len() >= 3 && prefixes.len() >= 3,
+                "{qa}\nminus the cells inside it of\n{}\nleaves {} agents on {} prefixes",
+                inside[0].1,
+                agents.len(),
+                prefixes.len()
+            );
+        }
+    }
+    let regional = published
+        .iter()
+        .filter(|(_, q, _)| q.contains("region: Some(("))
+        .count();
+    let hourly = published
+        .iter()
+        .filter(|(_, q, _)| q.contains("hour: Some("))
+        .count();
+    (regional, hourly, nested)
 }

@@ -131,9 +131,11 @@ const CELLS_KEY: &[u8] = b"cells";
 /// it (49 bytes), [`CellState`] with the round-trip loss sketch and the blocked and
 /// no-reference counts. Format 3: [`CellState`] with the filing counts
 /// ([`crate::domain::FilingCounts`]). Format 4: [`CellState`] with the distinct network
-/// prefixes, and the prefix cap's counters (`prefix_caps`). Format 5: [`CellState`] with the
-/// differentiated tests per agent and prefix (the events' evidence).
-pub const CELL_FORMAT: u8 = 5;
+/// prefixes, and the prefix cap's counters (`prefix_caps`). Format 5: [`CellKey`] with the
+/// region's subdivision (20 bytes; cap keys unchanged, the caps do not count per subdivision).
+/// Format 6: [`CellState`] with the differentiated tests per agent and prefix (the events'
+/// evidence).
+pub const CELL_FORMAT: u8 = 6;
 /// File in the store folder holding the number of reports stored durably.
 const COUNT_FILE: &str = "callwatch-count";
 
@@ -972,6 +974,87 @@ mod tests {
         );
     }
 
+    /// A store the previous release wrote ([`CELL_FORMAT`] 4: 17-byte cell keys without the
+    /// subdivision) is rebuilt from its reports at open, and its reports' subdivisions (kept in
+    /// their records) then group and filter; reports stored without one are unknown.
+    #[test]
+    fn a_format_4_store_is_rebuilt_with_subdivisions_at_open() {
+        let items: Vec<VerifiedReport> = (0..12u8)
+            .map(|i| {
+                let mut stored = item(i % 6 + 1, i).stored;
+                stored.region = Region::new("RU", 12389);
+                if i % 6 < 3 {
+                    stored.region = stored.region.with_subdivision("MOW");
+                }
+                stored.received_at_ms = i64::from(i);
+                VerifiedReport::parse(stored).unwrap()
+            })
+            .collect();
+        let p = Policy {
+            min_agents: 3,
+            ..Policy::default()
+        };
+        let by_region = [Axis::Region];
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+            s.insert_batch(&items).unwrap();
+            // As format 4 wrote them: the same cells under keys without the subdivision.
+            for tree in [&s.cells, &s.days] {
+                let old: Vec<(Vec<u8>, Vec<u8>)> = tree
+                    .iter()
+                    .map(|e| {
+                        let (k, v) = e.unwrap();
+                        let mut k = k.to_vec();
+                        k.drain(10..13);
+                        (k, v.to_vec())
+                    })
+                    .collect();
+                tree.clear().unwrap();
+                for (k, v) in old {
+                    tree.insert(k, v).unwrap();
+                }
+            }
+            s.meta.insert(CELLS_KEY, &[4u8][..]).unwrap();
+            s.db.flush().unwrap();
+            let (k, v) = s.cells.iter().next().unwrap().unwrap();
+            assert!(
+                decode_cell(&k, &v).is_err(),
+                "old keys do not read as new ones"
+            );
+        }
+        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+        assert_eq!(
+            s.meta.get(CELLS_KEY).unwrap().as_deref(),
+            Some(&[CELL_FORMAT][..])
+        );
+        assert!(s
+            .cells
+            .iter()
+            .all(|e| e.unwrap().0.len() == crate::domain::CELL_KEY_LEN));
+        let cells = s.aggregate(&by_region, &Filter::default(), &p).unwrap();
+        let got: Vec<(String, u64, u64)> = cells
+            .iter()
+            .map(|c| (c.region.clone().unwrap(), c.agents, c.count))
+            .collect();
+        assert_eq!(
+            got,
+            vec![("RU".into(), 3, 6), ("RU-MOW".into(), 3, 6)],
+            "the unknown subdivision is published as the country alone"
+        );
+        let mow = Filter {
+            region: Some("RU-MOW".into()),
+            ..Filter::default()
+        };
+        let cells = s.aggregate(&[Axis::Country], &mow, &p).unwrap();
+        assert_eq!((cells.len(), cells[0].count), (1, 6));
+        // Without the region the country is whole, as before.
+        let cells = s
+            .aggregate(&[Axis::Country], &Filter::default(), &p)
+            .unwrap();
+        assert_eq!((cells[0].agents, cells[0].count), (6, 12));
+    }
+
     /// Reports a collector stored before unknown fields were refused at ingest (#15 item 7)
     /// still read back, export and copy (`migrate`): only what comes in (ingest, `import`) is
     /// held to the strict schema, never what is already stored.
@@ -1040,6 +1123,7 @@ fn stored(
         region: crate::geo::Region {
             country: country.into(),
             asn,
+            subdivision: String::new(),
         },
         received_at_ms,
         filing: Default::default(),

@@ -1,5 +1,6 @@
 //! A MaxMind DB file as a region source: country from `country.iso_code` (else
-//! `registered_country.iso_code`), ASN from `autonomous_system_number`. One reader serves
+//! `registered_country.iso_code`), ASN from `autonomous_system_number`, the first subdivision
+//! from `subdivisions[0].iso_code` (City databases; only with `country.iso_code`). One reader serves
 //! GeoLite2-Country, -City and -ASN and the DB-IP lite files alike: each field is read when the
 //! record has it.
 
@@ -7,6 +8,18 @@ use super::GeoError;
 use maxminddb::{path, MaxMindDbError, Reader};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What one MaxMind DB knows of an address.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Found {
+    /// Two upper-case letters.
+    pub country: Option<String>,
+    /// Never 0.
+    pub asn: Option<u32>,
+    /// `subdivisions[0].iso_code` as the file has it (`MOW`), only when `country` is the record's
+    /// own `country.iso_code`; checked by [`super::Region::with_subdivision`].
+    pub subdivision: Option<String>,
+}
 
 /// A verified MaxMind DB, held in memory.
 #[derive(Debug)]
@@ -54,21 +67,21 @@ impl MmdbSource {
         )
     }
 
-    /// Country and ASN of `ip`, each when the database has it. `ip` is never IPv4-mapped IPv6
-    /// (the caller turned those into IPv4).
-    pub(super) fn lookup(&self, ip: IpAddr) -> (Option<String>, Option<u32>) {
+    /// Country, ASN and first subdivision of `ip`, each when the database has it. `ip` is never
+    /// IPv4-mapped IPv6 (the caller turned those into IPv4).
+    pub(super) fn lookup(&self, ip: IpAddr) -> Found {
         if ip.is_ipv6() && self.reader.metadata().ip_version == 4 {
-            return (None, None);
+            return Found::default();
         }
         let found = match self.reader.lookup(ip) {
             Ok(found) => found,
             Err(e) => {
                 self.warn(&e);
-                return (None, None);
+                return Found::default();
             }
         };
         if !found.has_data() {
-            return (None, None);
+            return Found::default();
         }
         let field = |p: &[maxminddb::PathElement<'_>]| -> Option<String> {
             match found.decode_path::<String>(p) {
@@ -79,12 +92,13 @@ impl MmdbSource {
                 }
             }
         };
-        let country = field(&path!["country", "iso_code"])
-            .and_then(|c| super::country_code(&c))
-            .or_else(|| {
-                field(&path!["registered_country", "iso_code"])
-                    .and_then(|c| super::country_code(&c))
-            });
+        let own = field(&path!["country", "iso_code"]).and_then(|c| super::country_code(&c));
+        let subdivision = own
+            .as_ref()
+            .and_then(|_| field(&path!["subdivisions", 0, "iso_code"]));
+        let country = own.or_else(|| {
+            field(&path!["registered_country", "iso_code"]).and_then(|c| super::country_code(&c))
+        });
         let asn = match found.decode_path::<u32>(&path!["autonomous_system_number"]) {
             Ok(asn) => asn.filter(|&a| a != 0),
             Err(e) => {
@@ -92,7 +106,11 @@ impl MmdbSource {
                 None
             }
         };
-        (country, asn)
+        Found {
+            country,
+            asn,
+            subdivision,
+        }
     }
 
     /// Logs a failed lookup once per file. The message is the decoder's (an offset and a field

@@ -1,7 +1,7 @@
 //! A small MaxMind DB writer, **for test fixtures**.
 //!
-//! The collector's tests and the `callwatch-tests` crate use it to make GeoLite2-style country
-//! and ASN databases with chosen networks, then load them the way an operator's real files are
+//! The collector's tests and the `callwatch-tests` crate use it to make GeoLite2-style country,
+//! city (with subdivisions, [`city_record`]) and ASN databases with chosen networks, then load them the way an operator's real files are
 //! loaded. The collector itself never writes a database.
 //!
 //! It follows the [MaxMind DB format 2.0](https://maxmind.github.io/MaxMind-DB/): an IPv6
@@ -76,6 +76,41 @@ pub fn country_record(iso_code: &str) -> Value {
             ("names", Value::map([("en", Value::str(iso_code))])),
         ]),
     )])
+}
+
+/// A GeoLite2-City style record: `{country: {iso_code, names}, subdivisions: [{iso_code, names},
+/// …]}`, the subdivisions' codes as MaxMind writes them (the part after the hyphen: `MOW` for
+/// `RU-MOW`), first-level first. With no subdivision the record has no `subdivisions` key, as
+/// GeoLite2-City has for addresses it places only in a country.
+pub fn city_record(iso_code: &str, subdivisions: &[&str]) -> Value {
+    let mut entries: Vec<(String, Value)> = vec![(
+        "country".into(),
+        Value::map([
+            ("iso_code", Value::str(iso_code)),
+            ("names", Value::map([("en", Value::str(iso_code))])),
+        ]),
+    )];
+    if !subdivisions.is_empty() {
+        entries.push((
+            "subdivisions".into(),
+            Value::Array(
+                subdivisions
+                    .iter()
+                    .map(|s| {
+                        Value::map([
+                            ("iso_code", Value::str(*s)),
+                            ("names", Value::map([("en", Value::str(*s))])),
+                        ])
+                    })
+                    .collect(),
+            ),
+        ));
+    }
+    entries.push((
+        "city".into(),
+        Value::map([("names", Value::map([("en", Value::str("Testville"))]))]),
+    ));
+    Value::Map(entries)
 }
 
 /// A record with only `registered_country.iso_code` (as GeoLite2 has for some anycast and

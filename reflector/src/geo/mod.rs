@@ -9,10 +9,15 @@
 //! - MaxMind DB files (GeoLite2-Country, GeoLite2-City, GeoLite2-ASN, DB-IP lite country and
 //!   ASN, …), recognised by the metadata marker `\xAB\xCD\xEFMaxMind.com`: the country from
 //!   `country.iso_code` or else `registered_country.iso_code`, the ASN from
-//!   `autonomous_system_number`.
+//!   `autonomous_system_number`, and from City databases the first subdivision
+//!   (`subdivisions[0].iso_code`, prefixed by the country: `RU-MOW`), the region's
+//!   [`Region::subdivision`].
 //!
-//! Each of country and ASN comes from the first source, in the order given, that knows it.
-//! Unknown addresses map to country `ZZ`, AS0. IPv4-mapped IPv6 addresses are looked up as IPv4.
+//! Each of country and ASN comes from the first source, in the order given, that knows it; the
+//! subdivision from the first source that knows one *within that country* (`country.iso_code`
+//! agreeing with it; a subdivision never comes with `registered_country`). ip2asn tables and
+//! Country and ASN databases know none. Unknown addresses map to country `ZZ`, AS0, no
+//! subdivision. IPv4-mapped IPv6 addresses are looked up as IPv4.
 //!
 //! `mmdb_writer` (feature `test-util`, and the crate's own tests) writes small MaxMind DB files
 //! for test fixtures; production builds do not contain it.
@@ -36,16 +41,50 @@ pub struct Region {
     pub country: String,
     /// Autonomous system number; 0 when unknown.
     pub asn: u32,
+    /// The first-level subdivision, ISO 3166-2 (`RU-MOW`: the country, a hyphen, one to three
+    /// upper-case letters or digits); empty when unknown. Always within `country`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subdivision: String,
 }
 
 impl Region {
-    /// Country `ZZ`, AS0.
+    /// Country `ZZ`, AS0, no subdivision.
     pub fn unknown() -> Self {
+        Region::new("ZZ", 0)
+    }
+
+    /// A country and ASN without a subdivision.
+    pub fn new(country: &str, asn: u32) -> Self {
         Region {
-            country: "ZZ".into(),
-            asn: 0,
+            country: country.to_string(),
+            asn,
+            subdivision: String::new(),
         }
     }
+
+    /// The same region with the subdivision `code` (the part after the hyphen, `MOW`, or the
+    /// whole ISO 3166-2 code, `RU-MOW`), when it is a valid subdivision of the region's known
+    /// country; otherwise without a subdivision.
+    pub fn with_subdivision(mut self, code: &str) -> Self {
+        self.subdivision = subdivision_code(&self.country, code).unwrap_or_default();
+        self
+    }
+}
+
+/// The ISO 3166-2 code `CC-XXX` of subdivision `code` (`XXX`, or `CC-XXX` itself) of country
+/// `country` (two upper-case letters, not `ZZ`): one to three ASCII letters or digits after the
+/// hyphen, upper-cased. `None` for anything else (another country's code, an empty or longer
+/// one, other characters).
+pub fn subdivision_code(country: &str, code: &str) -> Option<String> {
+    let cc = country_code(country)?;
+    let code = code.trim();
+    let part = match code.split_once('-') {
+        Some((c, part)) if c.eq_ignore_ascii_case(&cc) => part,
+        Some(_) => return None,
+        None => code,
+    };
+    ((1..=3).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| format!("{cc}-{}", part.to_ascii_uppercase()))
 }
 
 /// Why a region source could not be loaded; every variant names the file.
@@ -171,7 +210,7 @@ impl GeoTable {
             ranges.push(Range {
                 start,
                 end,
-                region: Region { country, asn },
+                region: Region::new(&country, asn),
             });
         }
         ranges.sort_by_key(|r| r.start);
@@ -234,7 +273,8 @@ enum Source {
 
 /// Region lookup over any number of sources: ip2asn TSV tables and MaxMind DB files (country,
 /// city or ASN databases), in order. Country and ASN each come from the first source that knows
-/// them; with no source, or none that knows, they are `ZZ` and 0.
+/// them, the subdivision from the first that knows one in that country; with no source, or none
+/// that knows, they are `ZZ`, 0 and none.
 #[derive(Debug, Default)]
 pub struct Geo {
     sources: Vec<Source>,
@@ -356,23 +396,40 @@ impl Geo {
             v4 => v4,
         };
         let (mut country, mut asn) = (None, None);
+        // Every (country, subdivision) a source knew, in source order: the subdivision is the
+        // first whose country is the one chosen.
+        let mut subdivisions: Vec<(String, String)> = Vec::new();
         for source in &self.sources {
-            let (c, a) = match source {
+            let (c, a, s) = match source {
                 Source::Table { table, .. } => {
                     let r = table.lookup(ip);
-                    (country_code(&r.country), Some(r.asn).filter(|&a| a != 0))
+                    (
+                        country_code(&r.country),
+                        Some(r.asn).filter(|&a| a != 0),
+                        None,
+                    )
                 }
-                Source::Mmdb(m) => m.lookup(ip),
+                Source::Mmdb(m) => {
+                    let found = m.lookup(ip);
+                    (found.country, found.asn, found.subdivision)
+                }
             };
+            if let (Some(c), Some(s)) = (&c, s) {
+                subdivisions.push((c.clone(), s));
+            }
             country = country.or(c);
             asn = asn.or(a);
-            if country.is_some() && asn.is_some() {
+            let subdivision_known = country
+                .as_ref()
+                .is_some_and(|c| subdivisions.iter().any(|(sc, _)| sc == c));
+            if country.is_some() && asn.is_some() && subdivision_known {
                 break;
             }
         }
-        Region {
-            country: country.unwrap_or_else(|| "ZZ".to_string()),
-            asn: asn.unwrap_or(0),
+        let region = Region::new(country.as_deref().unwrap_or("ZZ"), asn.unwrap_or(0));
+        match subdivisions.iter().find(|(c, _)| *c == region.country) {
+            Some((_, s)) => region.with_subdivision(s),
+            None => region,
         }
     }
 }
@@ -416,10 +473,7 @@ mod tests {
         let t = GeoTable::parse(TABLE, "t").unwrap();
         assert_eq!(
             t.lookup("5.3.7.9".parse().unwrap()),
-            Region {
-                country: "RU".into(),
-                asn: 12389
-            }
+            Region::new("RU", 12389)
         );
         assert_eq!(t.lookup("2a02:6b8::1".parse().unwrap()).asn, 13238);
         assert_eq!(t.lookup("::ffff:5.3.0.1".parse().unwrap()).asn, 12389);
@@ -454,7 +508,7 @@ mod tests {
 
     mod combined {
         use super::super::mmdb_writer::{
-            asn_record, country_record, registered_country_record, MmdbWriter,
+            asn_record, city_record, country_record, registered_country_record, MmdbWriter,
         };
         use super::super::*;
 
@@ -463,10 +517,7 @@ mod tests {
         }
 
         fn region(country: &str, asn: u32) -> Region {
-            Region {
-                country: country.into(),
-                asn,
-            }
+            Region::new(country, asn)
         }
 
         fn country_db() -> Vec<u8> {
@@ -530,6 +581,68 @@ mod tests {
             tsv_first.add_bytes(country_db(), "country.mmdb").unwrap();
             tsv_first.add_bytes(asn_db(), "asn.mmdb").unwrap();
             assert_eq!(tsv_first.lookup(ip("81.2.69.7")), region("FR", 1));
+        }
+
+        fn city_db() -> Vec<u8> {
+            MmdbWriter::new("GeoLite2-City")
+                .insert((ip("81.2.69.0"), 24), city_record("GB", &["ENG", "WSM"]))
+                .insert((ip("5.3.0.0"), 16), city_record("RU", &["MOW"]))
+                .insert((ip("5.4.0.0"), 16), city_record("RU", &[]))
+                .insert((ip("5.5.0.0"), 16), city_record("RU", &["TOOLONG"]))
+                .insert((ip("5.6.0.0"), 16), city_record("ZZ", &["MOW"]))
+                .insert((ip("2a02:6b8::"), 32), city_record("RU", &["spe"]))
+                .to_bytes()
+                .unwrap()
+        }
+
+        #[test]
+        fn city_databases_give_the_first_subdivision_within_the_country() {
+            let mut g = Geo::empty();
+            g.add_bytes(city_db(), "city.mmdb").unwrap();
+            g.add_bytes(asn_db(), "asn.mmdb").unwrap();
+            g.add_bytes(TSV.as_bytes().to_vec(), "ip2asn.tsv").unwrap();
+            let r = g.lookup(ip("81.2.69.7"));
+            assert_eq!(
+                (r.country.as_str(), r.asn, r.subdivision.as_str()),
+                ("GB", 20712, "GB-ENG"),
+                "the first subdivision, the ASN from the ASN database"
+            );
+            assert_eq!(g.lookup(ip("5.3.1.1")).subdivision, "RU-MOW");
+            assert_eq!(g.lookup(ip("2a02:6b8::1")).subdivision, "RU-SPE");
+            assert_eq!(g.lookup(ip("::ffff:5.3.1.1")).subdivision, "RU-MOW");
+            // No subdivision, one that is no ISO 3166-2 code, or no known country: none.
+            assert_eq!(g.lookup(ip("5.4.1.1")), region("RU", 0));
+            assert_eq!(g.lookup(ip("5.5.1.1")), region("RU", 0));
+            assert_eq!(g.lookup(ip("5.6.1.1")), Region::unknown());
+            // Country and ASN databases and ip2asn tables know none.
+            assert_eq!(geo().lookup(ip("81.2.69.7")), region("GB", 20712));
+            // A subdivision never crosses countries: a source before the city database that
+            // places the address in another country keeps its country, without subdivision.
+            let mut tsv_first = Geo::from(GeoTable::parse(TSV, "ip2asn.tsv").unwrap());
+            tsv_first.add_bytes(city_db(), "city.mmdb").unwrap();
+            assert_eq!(tsv_first.lookup(ip("81.2.69.7")), region("FR", 1));
+            // A country database first, agreeing: the city database still adds the subdivision.
+            let mut country_first = Geo::empty();
+            country_first
+                .add_bytes(country_db(), "country.mmdb")
+                .unwrap();
+            country_first.add_bytes(city_db(), "city.mmdb").unwrap();
+            assert_eq!(country_first.lookup(ip("81.2.69.7")).subdivision, "GB-ENG");
+        }
+
+        #[test]
+        fn subdivision_codes_are_checked() {
+            assert_eq!(subdivision_code("RU", "MOW").as_deref(), Some("RU-MOW"));
+            assert_eq!(subdivision_code("RU", "ru-mow").as_deref(), Some("RU-MOW"));
+            assert_eq!(subdivision_code("US", "CA").as_deref(), Some("US-CA"));
+            assert_eq!(subdivision_code("FR", "75").as_deref(), Some("FR-75"));
+            for bad in ["", "MOWX", "DE-BE", "M W", "MÖ", "-", "RU-"] {
+                assert_eq!(subdivision_code("RU", bad), None, "{bad:?}");
+            }
+            assert_eq!(subdivision_code("ZZ", "MOW"), None);
+            assert_eq!(subdivision_code("R", "MOW"), None);
+            let r = Region::new("RU", 1).with_subdivision("XX-MOW");
+            assert_eq!(r.subdivision, "");
         }
 
         #[test]

@@ -384,6 +384,7 @@ async fn aggregate(
                             region: callwatch_collector::geo::Region {
                                 country: countries[c].into(),
                                 asn: 1000 + (agent[6] as u32 % 4),
+                                subdivision: String::new(),
                             },
                             received_at_ms: now.timestamp_millis() + j as i64,
                             filing: Default::default(),

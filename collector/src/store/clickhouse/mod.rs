@@ -40,6 +40,8 @@
 //! (one array element per arm), so their round-trip loss is missing from the `loss` figure.
 //! `region_source`, `uploaded_elsewhere` and `hosting` (the report's [`Filing`]) came after them:
 //! rows stored before read as 0 (unrecorded, not marked), as sled's records from before do.
+//! `subdivision` (the region's ISO 3166-2 code, `RU-MOW`, empty when unknown) came last: rows
+//! stored before read as empty, unknown, as sled's records from before do.
 //!
 //! # Deduplication across collectors
 //!
@@ -62,7 +64,8 @@
 //! # Aggregation
 //!
 //! [`ReportStore::aggregate`] is one SQL query with the sled backend's semantics
-//! (see [`crate::domain`]): fine cells (UTC hour, country, ASN, platform, arm, kind); the
+//! (see [`crate::domain`]): fine cells (UTC hour, country, subdivision, ASN, platform, arm,
+//! kind), the atoms of publication of [`crate::domain::Grouper`], region atoms included; the
 //! per-agent cap per (UTC day, country, ASN, platform, arm, kind, agent) in order of arrival —
 //! without window functions: `groupArray` of (received_at_ms, position in batch, id, …) per cap
 //! group, sorted and sliced to the cap, then `ARRAY JOIN`ed; the hour bounds of the filter are
@@ -237,7 +240,8 @@ impl ClickHouseStore {
         f: &mut dyn FnMut(StoredReport) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
         let cols = "agent, id, received_at_ms, arrival, country, asn, body, signature, key, \
-                    region_source, uploaded_elsewhere, hosting, prefix_from, prefix_tag";
+                    region_source, uploaded_elsewhere, hosting, prefix_from, prefix_tag, \
+                    subdivision";
         let mut after: Option<String> = None;
         loop {
             let mut cond = where_.to_string();

@@ -5,7 +5,8 @@ use super::client::lit;
 use super::rows::verdict_code;
 use super::schema::FIGURE_COLUMNS;
 use crate::domain::codes::{
-    arm_code, arm_of_code, country_text, kind_code, kind_of_code, platform_code, platform_of_code,
+    arm_code, arm_of_code, country_text, kind_code, kind_of_code, parse_region, platform_code,
+    platform_of_code, region_text, subdivision_code, NO_SUBDIVISION,
 };
 use crate::domain::events::HourEvidence;
 use crate::domain::{
@@ -26,6 +27,8 @@ fn rule_list(rules: &[VerdictRule]) -> String {
 
 /// Where the prefix sits in the capped rows' tuple `k` (1-based).
 const PREFIX_ELEMENT: usize = FIGURE_COUNT + 8;
+/// Where the subdivision sits in it.
+const SUBDIVISION_ELEMENT: usize = FIGURE_COUNT + 9;
 
 /// The observations a query may cover after the per-agent and per-prefix caps, one row each:
 /// `cc, asn, platform, kind, a_arm, agent, k` where `k` is the tuple described below (its
@@ -43,6 +46,14 @@ fn capped_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) -> Stri
     }
     if let Some(c) = &filter.country {
         pre.push(format!("cc = {}", lit(&country_text(c))));
+    }
+    // A region filter reads its whole country (a block's other subdivisions decide whether its
+    // regions are published) and keeps the region's rows at the end; one that does not parse
+    // matches nothing.
+    match filter.region.as_deref().map(parse_region) {
+        Some(Ok((cc, _))) => pre.push(format!("cc = {}", lit(&region_text(cc, NO_SUBDIVISION)))),
+        Some(Err(_)) => pre.push("0".into()),
+        None => {}
     }
     if let Some(a) = filter.asn {
         pre.push(format!("asn = {a}"));
@@ -99,12 +110,15 @@ fn capped_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) -> Stri
     // tag, or the first 8 bytes of its agent key when it has none.
     let prefix = "if(match(prefix_tag, '^[0-9a-fA-F]{16}$'), lower(prefix_tag), \
                   substring(agent, 1, 16))";
+    // The region's subdivision, `RU-MOW`, or empty when unknown (or not of the row's country).
+    let sub = "if(match(subdivision, '^[A-Z]{2}-[A-Z0-9]{1,3}$') AND \
+               substring(subdivision, 1, 2) = toString(cc), subdivision, '')";
     let inner = format!(
         "SELECT agent, id, arrival, hour, cc, asn, platform, kind, verdict, finding, \
-         a_arm, {f}, uploaded_elsewhere, hosting, prefix FROM (SELECT agent, id, arrival, hour, \
-         cc, asn, platform, kind, verdict, {finding} AS finding, arm, {fc}, uploaded_elsewhere, \
-         hosting, {prefix} AS prefix FROM {db}.reports FINAL {where_pre}) ARRAY JOIN arm AS \
-         a_arm, {figs} {where_arm}",
+         a_arm, {f}, uploaded_elsewhere, hosting, prefix, sub FROM (SELECT agent, id, arrival, \
+         hour, cc, asn, platform, kind, verdict, {finding} AS finding, arm, {fc}, \
+         uploaded_elsewhere, hosting, {prefix} AS prefix, {sub} AS sub FROM {db}.reports FINAL \
+         {where_pre}) ARRAY JOIN arm AS a_arm, {figs} {where_arm}",
         f = f_list.join(", "),
         fc = FIGURE_COLUMNS.join(", "),
         db = db,
@@ -112,9 +126,9 @@ fn capped_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) -> Stri
     );
     // Observation fields carried through the cap, as tuple elements:
     // 1 arrival, 2 id, 3 finding, 4 hour, 5 verdict, 6.. the figures, then the two filing
-    // marks and the prefix.
+    // marks, the prefix and the subdivision.
     let tuple = format!(
-        "(arrival, id, finding, hour, verdict, {}, uploaded_elsewhere, hosting, prefix)",
+        "(arrival, id, finding, hour, verdict, {}, uploaded_elsewhere, hosting, prefix, sub)",
         f_list.join(", ")
     );
     let px = PREFIX_ELEMENT;
@@ -152,15 +166,21 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
     let ue = FIGURE_COUNT + 6;
     let ho = FIGURE_COUNT + 7;
     let px = PREFIX_ELEMENT;
+    let sb = SUBDIVISION_ELEMENT;
+    let region = filter.region.as_deref().map(parse_region);
+    let regional = filter.regional(axes);
     let capped = capped_sql(db, axes, filter, policy);
     // After the cap: the atoms of publication (see `crate::domain::Grouper`), decided over
     // whole days, then the query's own hour bounds for the hour axis, and the grouping.
     let mut group: Vec<&str> = Vec::new();
     let mut select: Vec<String> = Vec::new();
+    let sub_col = format!("k.{sb}");
     for (axis, expr, name) in [
         (Axis::Day, "intDiv(k.4, 24)", "g_day"),
         (Axis::Hour, "k.4", "g_hour"),
         (Axis::Country, "cc", "g_cc"),
+        (Axis::Region, "cc", "g_rcc"),
+        (Axis::Region, sub_col.as_str(), "g_sub"),
         (Axis::Asn, "asn", "g_asn"),
         (Axis::Platform, "platform", "g_platform"),
         (Axis::Arm, "a_arm", "g_arm"),
@@ -203,40 +223,91 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
         "SELECT {block} FROM ({rows}) GROUP BY {block} HAVING {}",
         meets("")
     );
-    let mut post = Vec::new();
-    if has(Axis::Hour) {
-        let unit = "k.4, cc, asn, platform, a_arm, kind";
-        let hours_meeting_k = format!(
-            "SELECT {unit} FROM ({rows}) GROUP BY {unit} HAVING {}",
-            meets("")
-        );
-        let other = format!("({unit}) NOT IN ({hours_meeting_k})");
-        // Blocks whose hours below k together meet k (or that have none).
-        let clean = format!(
+    // Region atoms (see `crate::domain::region_atoms`) of the blocks that meet k: a block's
+    // subdivisions that meet k, in blocks whose other subdivisions together meet k or are none.
+    let block_parts = format!(
+        "SELECT {block}, k.{sb} FROM ({rows}) GROUP BY {block}, k.{sb} HAVING {}",
+        meets("")
+    );
+    let clean_blocks = {
+        let other = format!("({block}, k.{sb}) NOT IN ({block_parts})");
+        format!(
             "SELECT {block} FROM ({rows}) WHERE ({block}) IN ({blocks_meeting_k}) \
              GROUP BY {block} HAVING countIf({other}) = 0 OR ({})",
             meets(&other)
+        )
+    };
+    let region_atom =
+        format!("(({block}) IN ({clean_blocks}) AND ({block}, k.{sb}) IN ({block_parts}))");
+    let mut post = Vec::new();
+    if let Some(Ok((cc, s))) = &region {
+        post.push(format!("k.{sb} = {}", lit(&region_text(*cc, *s))));
+    }
+    // With the hour axis, the rows carry the atom they belong to (ClickHouse 18 does not take
+    // `IN` subqueries inside a `GROUP BY` key: the atom is a column of its own).
+    let mut from = format!("({capped})");
+    if has(Axis::Hour) {
+        // The atom an hour belongs to: its region atom's subdivision, or `*` for the block's
+        // rest (or the whole block).
+        let with_atom =
+            |rows: &str| format!("SELECT *, if({region_atom}, k.{sb}, '*') AS atom FROM ({rows})");
+        let atom_rows = with_atom(&rows);
+        let unit = "k.4, cc, asn, platform, a_arm, kind, atom";
+        let hours_meeting_k = format!(
+            "SELECT {unit} FROM ({atom_rows}) GROUP BY {unit} HAVING {}",
+            meets("")
+        );
+        let other = format!("({unit}) NOT IN ({hours_meeting_k})");
+        // Atoms whose hours below k together meet k (or that have none).
+        let clean = format!(
+            "SELECT {block}, atom FROM ({atom_rows}) WHERE ({block}) IN ({blocks_meeting_k}) \
+             GROUP BY {block}, atom HAVING countIf({other}) = 0 OR ({})",
+            meets(&other)
         );
         post.push(format!("({unit}) IN ({hours_meeting_k})"));
-        post.push(format!("({block}) IN ({clean})"));
+        post.push(format!("({block}, atom) IN ({clean})"));
+        if regional {
+            post.push("atom != '*'".into());
+        }
         if let Some(h) = since_hour {
             post.push(format!("k.4 >= {h}"));
         }
         if let Some(h) = until_hour {
             post.push(format!("k.4 < {h}"));
         }
+        from = format!("({})", with_atom(&capped));
     } else {
-        let mut atoms = vec![format!("({block}) IN ({blocks_meeting_k})")];
+        let mut atoms = vec![if regional {
+            region_atom.clone()
+        } else {
+            format!("({block}) IN ({blocks_meeting_k})")
+        }];
         if !has(Axis::Asn) && filter.asn.is_none() {
             let family = "intDiv(k.4, 24), cc, platform, a_arm, kind";
+            let small = format!("({block}) NOT IN ({blocks_meeting_k})");
             let remainders = format!(
-                "SELECT {family} FROM ({rows}) WHERE ({block}) NOT IN ({blocks_meeting_k}) \
-                 GROUP BY {family} HAVING {}",
+                "SELECT {family} FROM ({rows}) WHERE {small} GROUP BY {family} HAVING {}",
                 meets("")
             );
-            atoms.push(format!(
-                "(({block}) NOT IN ({blocks_meeting_k}) AND ({family}) IN ({remainders}))"
-            ));
+            if regional {
+                // The remainder's region atoms, by the same rule.
+                let parts = format!(
+                    "SELECT {family}, k.{sb} FROM ({rows}) WHERE {small} \
+                     GROUP BY {family}, k.{sb} HAVING {}",
+                    meets("")
+                );
+                let other = format!("({family}, k.{sb}) NOT IN ({parts})");
+                let clean = format!(
+                    "SELECT {family} FROM ({rows}) WHERE {small} AND ({family}) IN \
+                     ({remainders}) GROUP BY {family} HAVING countIf({other}) = 0 OR ({})",
+                    meets(&other)
+                );
+                atoms.push(format!(
+                    "({small} AND ({family}) IN ({clean}) AND ({family}, k.{sb}) IN ({parts}))"
+                ));
+            } else {
+                atoms.push(format!("({small} AND ({family}) IN ({remainders}))"));
+            }
         }
         post.push(format!("({})", atoms.join(" OR ")));
         post.extend(read);
@@ -280,7 +351,7 @@ pub fn aggregate_sql(db: &str, axes: &[Axis], filter: &Filter, policy: &Policy) 
          countIf(k.5 = 1) AS v_inc, countIf(k.5 = 2) AS v_diff, \
          countIf(k.3 = 1) AS v_blocked, countIf(k.3 = 2) AS v_noref, \
          countIf(k.{ue} = 1) AS f_ue, countIf(k.{ho} = 1) AS f_host \
-         FROM ({capped}) {where_post} {group_by} \
+         FROM {from} {where_post} {group_by} \
          HAVING cnt > 0 AND agents >= {min_agents} AND prefixes >= {min_agents})",
         outer = outer_cols.join(", "),
         sel = select.join(", "),
@@ -293,6 +364,8 @@ pub struct AggRow {
     g_day: Option<i64>,
     g_hour: Option<i64>,
     g_cc: Option<String>,
+    g_rcc: Option<String>,
+    g_sub: Option<String>,
     g_asn: Option<u32>,
     g_platform: Option<u8>,
     g_arm: Option<u8>,
@@ -332,6 +405,18 @@ impl AggRow {
             ),
             None => None,
         };
+        let region = match (&self.g_rcc, &self.g_sub) {
+            (Some(c), Some(s)) => {
+                let cc = <[u8; 2]>::try_from(c.as_bytes())
+                    .map_err(|_| bad("a country code not 2 bytes"))?;
+                let sub = subdivision_code(c, s);
+                if !s.is_empty() && sub == NO_SUBDIVISION {
+                    return Err(bad("a subdivision that is not one"));
+                }
+                Some((cc, sub))
+            }
+            _ => None,
+        };
         if self.n.len() != FIGURE_COUNT
             || self.q.len() != FIGURE_COUNT
             || self.q.iter().any(|q| q.len() != 3)
@@ -356,6 +441,7 @@ impl AggRow {
             day: self.g_day,
             hour: self.g_hour,
             country,
+            region,
             asn: self.g_asn,
             platform,
             arm,
@@ -436,6 +522,8 @@ impl EvidenceRow {
             hour: self.hour,
             country: <[u8; 2]>::try_from(self.cc.as_bytes())
                 .map_err(|_| bad("a country code not 2 bytes"))?,
+            // The evidence is per network, whatever its regions.
+            subdivision: NO_SUBDIVISION,
             asn: self.asn,
             platform: platform_of_code(self.platform)
                 .ok_or_else(|| bad("an unknown platform code"))?,

@@ -65,6 +65,8 @@ pub struct Row<'a> {
     pub(super) prefix_from: u8,
     /// The keyed prefix tag, empty when none (never exported).
     pub(super) prefix_tag: String,
+    /// The region's ISO 3166-2 subdivision (`RU-MOW`), empty when unknown.
+    pub(super) subdivision: &'a str,
 }
 
 /// One report as read back.
@@ -84,6 +86,7 @@ pub struct ReadRow {
     pub(super) hosting: u8,
     pub(super) prefix_from: u8,
     pub(super) prefix_tag: String,
+    pub(super) subdivision: String,
 }
 
 impl ReadRow {
@@ -99,10 +102,8 @@ impl ReadRow {
                 signature: hex::decode(&self.signature)
                     .map_err(|e| corrupt(format!("signature: {e}")))?,
             },
-            region: Region {
-                country: self.country,
-                asn: self.asn,
-            },
+            // Checked again: a code not of the row's country reads as unknown.
+            region: Region::new(&self.country, self.asn).with_subdivision(&self.subdivision),
             received_at_ms: self.received_at_ms,
             filing: Filing {
                 source: RegionSource::of_code(self.region_source),
@@ -167,6 +168,7 @@ impl<'a> Row<'a> {
             hosting: u8::from(report.filing.hosting),
             prefix_from: report.filing.prefix_from.code(),
             prefix_tag: report.filing.prefix_tag.clone().unwrap_or_default(),
+            subdivision: &report.region.subdivision,
         })
     }
 }

@@ -36,7 +36,7 @@ pub const COLUMNS: [(&str, &str); 24] = [
 /// Columns added to `reports` after [`COLUMNS`]: (name, type, default for rows stored before
 /// the column existed). The defaults read old rows' signed bodies (see the module
 /// documentation); every insert sets the columns itself.
-pub const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
+pub const ADDED_COLUMNS: [(&str, &str, &str); 9] = [
     (
         "kind",
         "UInt8",
@@ -53,6 +53,7 @@ pub const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
     ("hosting", "UInt8", "0"),
     ("prefix_from", "UInt8", "0"),
     ("prefix_tag", "String", "''"),
+    ("subdivision", "String", "''"),
 ];
 
 /// The figure columns, in [`crate::domain::FIGURES`] order.
