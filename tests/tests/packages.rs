@@ -389,37 +389,39 @@ fn packages_install_run_upgrade_and_purge_in_a_throwaway_root() {
     // The options file as installed binds every address; here the test's loopback address.
     assert!(defaults
         .contains("\nCALLWATCH_COLLECTOR_OPTS=\"--listen 0.0.0.0:4433 --reflector-ip 0.0.0.0\"\n"));
-    let opts = format!("--listen {ip}:0 --http {ip}:0 --reflector-ip {ip}");
-    let serve = exec_start(&collector_unit, &[("CALLWATCH_COLLECTOR_OPTS", opts)]);
-    let socket_addr = listen.replace("0.0.0.0", &ip);
-    let mut cmd = in_namespace(&r, &[]);
     // systemd-socket-activate binds the socket as root (as systemd does for the .socket unit)
     // and execs the rest once a datagram arrives, with LISTEN_FDS/LISTEN_PID set.
-    cmd.args([
-        "systemd-socket-activate",
-        "--datagram",
-        "--listen",
-        &socket_addr,
-    ]);
-    cmd.args(setpriv(&collector_user)).args(&serve);
-    let mut collector = Spawned::start(cmd, "collector");
-    collector.wait_for("Listening on");
-    let poke = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
-    poke.send_to(b"start", &socket_addr).unwrap();
-    let up = collector.wait_for("HTTP API on http://");
-    let http: std::net::SocketAddr = up
-        .trim_start_matches("HTTP API on http://")
-        .trim_end_matches("/api/v1/aggregation")
-        .parse()
-        .unwrap();
+    let start_collector =
+        |socket_addr: &str, reflector_ip: &str| -> (Spawned, std::net::SocketAddr) {
+            let opts = format!("--listen {ip}:0 --http {ip}:0 --reflector-ip {reflector_ip}");
+            let serve = exec_start(&collector_unit, &[("CALLWATCH_COLLECTOR_OPTS", opts)]);
+            let mut cmd = in_namespace(&r, &[]);
+            cmd.args([
+                "systemd-socket-activate",
+                "--datagram",
+                "--listen",
+                socket_addr,
+            ]);
+            cmd.args(setpriv(&collector_user)).args(&serve);
+            let mut collector = Spawned::start(cmd, "collector");
+            collector.wait_for("Listening on");
+            let poke = std::net::UdpSocket::bind(format!("{ip}:0")).unwrap();
+            poke.send_to(b"start", socket_addr).unwrap();
+            let up = collector.wait_for("HTTP API on http://");
+            let http = up
+                .trim_start_matches("HTTP API on http://")
+                .trim_end_matches("/api/v1/aggregation")
+                .parse()
+                .unwrap();
+            (collector, http)
+        };
+    let socket_addr = listen.replace("0.0.0.0", &ip);
+    let (mut collector, http) = start_collector(&socket_addr, &ip);
+    collector.expect_line("passed by systemd (socket activation)");
     let lines = collector.lines.join("\n");
     assert!(
         lines.contains(&format!("reflector on udp {ip}:599")),
         "the passed socket serves: {lines}"
-    );
-    assert!(
-        lines.contains("passed by systemd (socket activation)"),
-        "{lines}"
     );
     assert!(lines.contains("telegram (udp 599"), "{lines}");
     let status = read(Path::new(&format!("/proc/{}/status", collector.child.id())));
@@ -503,6 +505,20 @@ fn packages_install_run_upgrade_and_purge_in_a_throwaway_root() {
         assert_eq!(meta.uid(), agent_user.uid, "{file}");
         assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
     }
+    collector.stop();
+    // A socket on another address than the reflector's is named and not served; without it the
+    // unprivileged service cannot bind 599 and Telegram's arm moves to 1400, as agents are told.
+    let other_ip = format!("127.84.{}.{}", (pid >> 8) & 0xff, (pid & 0xff).max(1));
+    let (mut collector, _) = start_collector(&socket_addr, &other_ip);
+    collector.expect_line(&format!(
+        "systemd passed a socket on UDP {socket_addr}, which is none of the reflector's addresses"
+    ));
+    collector.expect_line(&format!("cannot listen on UDP {other_ip}:599"));
+    assert!(
+        collector.lines.join("\n").contains("telegram (udp 1400"),
+        "{}",
+        collector.lines.join("\n")
+    );
     collector.stop();
     for file in [
         "collector.pin",
@@ -866,6 +882,15 @@ impl Spawned {
         }
     }
 
+    /// The line containing `text`, printed already or awaited ([`Spawned::wait_for`]): standard
+    /// error and output arrive through two threads, so their order is not kept.
+    fn expect_line(&mut self, text: &str) -> String {
+        match self.lines.iter().find(|l| l.contains(text)) {
+            Some(line) => line.clone(),
+            None => self.wait_for(text),
+        }
+    }
+
     /// SIGTERM, as systemd stops it; it must exit 0.
     fn stop(mut self) {
         ok(Command::new("kill").args(["-TERM", &self.child.id().to_string()]));
@@ -920,6 +945,9 @@ fn host_state() -> Vec<(String, String)> {
         "/var/lib/callwatch-collector",
         "/var/lib/dpkg/info/callwatch-agent.list",
         "/var/lib/dpkg/info/callwatch-collector.list",
+        "/etc/systemd/system/multi-user.target.wants/callwatch-agent.service",
+        "/etc/systemd/system/multi-user.target.wants/callwatch-collector.service",
+        "/etc/systemd/system/sockets.target.wants/callwatch-collector.socket",
     ] {
         let seen = std::fs::symlink_metadata(path)
             .map(|m| {
