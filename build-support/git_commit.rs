@@ -23,9 +23,16 @@ fn main() {
     ) {
         let common = std::path::Path::new(&dir).join(common);
         println!("cargo:rerun-if-changed={git_dir}/HEAD");
-        println!("cargo:rerun-if-changed={}", common.join("packed-refs").display());
+        // Only files that exist: cargo takes a missing one as changed on every build, which
+        // rebuilt both programs at each `cargo build` (and each test's built_binary) in a
+        // repository without packed-refs. A branch packed later removes its loose file, which
+        // is watched.
+        let mut watch = vec![common.join("packed-refs")];
         if let Some(branch) = git(&dir, &["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={}", common.join(branch).display());
+            watch.push(common.join(branch));
+        }
+        for file in watch.iter().filter(|f| f.exists()) {
+            println!("cargo:rerun-if-changed={}", file.display());
         }
     }
     let commit = git(&dir, &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());

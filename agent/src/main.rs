@@ -66,6 +66,13 @@ enum Command {
     /// Show what the agent has been doing: recent tests, queue, uploads (and over which
     /// transport, quic or tcp), data used.
     Status(cmd::status::Args),
+    /// Check a config file as `run` reads it, and nothing else (no key, queue or state file is
+    /// opened): exit 0 with `PATH: ok`, or 1 with every problem, each naming its key.
+    ///
+    /// The Debian package's postinst runs it with the new binary before restarting the agent
+    /// on an upgrade.
+    #[command(name = "check-config")]
+    CheckConfig(cmd::check_config::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     ///
     /// Example:
@@ -96,6 +103,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::run(a),
         Command::ExportQueue(a) => cmd::export_queue::run(a),
         Command::Status(a) => cmd::status::run(a),
+        Command::CheckConfig(a) => cmd::check_config::run(a),
         Command::Completions { shell } => {
             callwatch_reflector::term::print_completions::<Cli>(shell);
             Ok(ExitCode::SUCCESS)

@@ -3,7 +3,7 @@
 //! [`core::Reflector`] holds all the logic and no I/O: it is handed the time, a source address
 //! and a datagram, and says what (if anything) to send back; the simulator drives it under a
 //! simulated clock. [`udp`] is the driver around it (threads of its own, kernel receive times
-//! from [`net`]). [`identity`] keeps its long-term keys in its data folder (owner-only, with
+//! from [`net`]; sockets systemd passed, from [`activation`]). [`identity`] keeps its long-term keys in its data folder (owner-only, with
 //! [`files`]). [`standalone`] starts it the way both `callwatch-reflector` and the collector's
 //! `serve` run it, and holds the command line they share; [`geo`] is the region lookup its
 //! attestations use.
@@ -12,6 +12,7 @@
 //! (`.ci/run` checks its dependency tree). Feature `geo` (default) adds region lookup
 //! (MaxMind DB files) and the binary; without it the core, the drivers and the key file remain.
 
+pub mod activation;
 pub mod core;
 pub mod files;
 #[cfg(feature = "geo")]

@@ -157,7 +157,16 @@ pub fn bind_with_buffers(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// [`bind_with_buffers`], as a blocking socket for a thread of its own.
 fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // A socket systemd bound for us (a port below 1024 without the capability) is used as it is.
+    let passed = crate::activation::take(addr);
+    let activated = passed.is_some();
+    let socket = match passed {
+        Some(socket) => {
+            tracing::info!("UDP socket {addr}: passed by systemd (socket activation)");
+            socket
+        }
+        None => Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?,
+    };
     for (what, set, get, sysctl) in [
         (
             "receive",
@@ -186,7 +195,9 @@ fn bind_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
             Err(e) => tracing::debug!("UDP socket {addr}: cannot read the {what} buffer size: {e}"),
         }
     }
-    socket.bind(&addr.into())?;
+    if !activated {
+        socket.bind(&addr.into())?;
+    }
     Ok(socket.into())
 }
 
@@ -309,6 +320,13 @@ pub async fn spawn_reflector_with(
         socket.set_read_timeout(Some(SWEEP_EVERY))?;
         bound.push(socket.local_addr()?);
         sockets.push(Arc::new(socket));
+    }
+    for addr in crate::activation::untaken() {
+        tracing::warn!(
+            "reflector: systemd passed a socket on UDP {addr}, which is none of the reflector's \
+             addresses; it is not served (make the socket unit's ListenDatagram= and the \
+             reflector's addresses the same)"
+        );
     }
     if sockets.is_empty() && !addrs.is_empty() {
         let why: Vec<String> = unbound

@@ -179,6 +179,55 @@ fn a_config_with_three_mistakes_reports_all_three_with_their_keys() {
     assert!(!dir.path().join("queue").exists(), "nothing ran");
 }
 
+/// `check-config` (what the Debian package's postinst runs with a new binary before restarting
+/// the agent) reads the config as `run` does and opens nothing else: `PATH: ok` and exit 0, or
+/// exit 1 with every bad key named.
+#[test]
+fn check_config_names_each_bad_key_and_opens_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    let agent = callwatch_tests::built_binary("callwatch-agent");
+    let init = Command::new(&agent)
+        .args(["init", "--accept-risks", "--config"])
+        .arg(&config)
+        .args(["--collector", "127.0.0.1:4433", "--pin", &"ab".repeat(32)])
+        .output()
+        .unwrap();
+    assert!(init.status.success());
+    let check = || {
+        Command::new(&agent)
+            .args(["check-config", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let out = check();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}: ok\n", config.display())
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}retired_setting = 1\n")).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retired_setting"));
+    std::fs::write(
+        &config,
+        text.replace("interval = \"15m\"", "interval = \"10s\""),
+    )
+    .unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interval = \"10s\""));
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["agent.key", "agent.toml"], "no queue, no state file");
+}
+
 #[test]
 fn init_writes_a_private_key_and_refuses_to_replace_it() {
     let dir = tempfile::tempdir().unwrap();

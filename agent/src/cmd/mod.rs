@@ -1,5 +1,6 @@
 //! One module per command: its flags (`Args`) and what it does (`run`).
 
+pub mod check_config;
 pub mod export_queue;
 pub mod init;
 pub mod run;
