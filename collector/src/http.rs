@@ -38,6 +38,8 @@ pub struct AppState {
     pub cursors: CursorKey,
     /// Onsets and recoveries ([`crate::events`]).
     pub events: crate::events::EventsService,
+    /// The region sources, for the names of networks (`/api/v1/networks`); `None`: no names.
+    pub geo: Option<Arc<crate::geo::Geo>>,
 }
 
 /// Seals and opens the public export's page cursors: where the next page starts (an arrival
@@ -269,6 +271,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/reports", get(reports))
         .route("/api/v1/events", get(events))
         .route("/api/v1/events.atom", get(events_atom))
+        .route("/api/v1/networks", get(networks))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .with_state(state)
@@ -910,6 +913,55 @@ async fn events_atom(
         crate::events::events_atom(&events, computed, ""),
     )
         .into_response())
+}
+
+/// The most AS numbers one `/api/v1/networks` request names.
+pub const MAX_NETWORKS: usize = 200;
+
+/// `asn=8359,12389` (up to [`MAX_NETWORKS`], `AS` prefixes allowed) → the AS numbers.
+pub fn parse_networks_query(params: &HashMap<String, String>) -> Result<Vec<u32>, ApiError> {
+    if let Some(k) = params.keys().find(|k| k.as_str() != "asn") {
+        return Err(ApiError::bad_request(format!(
+            "unknown parameter {k:?}; expected asn"
+        )));
+    }
+    let list = params
+        .get("asn")
+        .ok_or_else(|| ApiError::bad_request("asn: required, e.g. asn=8359,12389"))?;
+    let asns: Vec<u32> = list
+        .split(',')
+        .map(|a| {
+            let digits = a.trim().strip_prefix("AS").unwrap_or(a.trim());
+            digits
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("asn: {a:?} is not an AS number")))
+        })
+        .collect::<Result<_, _>>()?;
+    if asns.len() > MAX_NETWORKS {
+        return Err(ApiError::bad_request(format!(
+            "asn: {} AS numbers; at most {MAX_NETWORKS} in one request",
+            asns.len()
+        )));
+    }
+    Ok(asns)
+}
+
+/// The names of networks, as the collector's region sources give them (public registry data:
+/// an ip2asn table's description, a MaxMind ASN database's organization); those without a
+/// name are left out.
+async fn networks(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let asns = parse_networks_query(&params)?;
+    let names: std::collections::BTreeMap<String, String> = asns
+        .into_iter()
+        .filter_map(|a| {
+            let name = state.geo.as_ref()?.asn_name(a)?;
+            Some((a.to_string(), name.to_string()))
+        })
+        .collect();
+    Ok(axum::Json(serde_json::json!({ "networks": names })).into_response())
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -205,6 +205,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         data_dir: Some(cfg.data_dir.clone()),
         cursors: Default::default(),
         events: events.clone(),
+        geo: Some(geo.clone()),
     });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

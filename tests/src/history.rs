@@ -580,7 +580,18 @@ pub fn signed_history(spec: &HistorySpec) -> Vec<HistoryReport> {
     out
 }
 
-/// A collector config for a history: every network's /16 mapped to its country and ASN.
+/// The name a history's region table gives a network (as ip2asn tables carry registry names).
+pub fn network_name(asn: u32) -> String {
+    match asn {
+        12389 => "ROSTELECOM-AS".into(),
+        8359 => "MTS".into(),
+        3320 => "DTAG".into(),
+        58224 => "TCI".into(),
+        a => format!("NETWORK-{a}"),
+    }
+}
+
+/// A collector config for a history: every network's /16 mapped to its country, ASN and name.
 pub fn history_config(root: &std::path::Path, spec: &HistorySpec) -> ServeConfig {
     let _ = std::fs::create_dir_all(root);
     let geo = root.join("regions.tsv");
@@ -591,8 +602,10 @@ pub fn history_config(root: &std::path::Path, spec: &HistorySpec) -> ServeConfig
         .map(|(n, net)| {
             let b = 101 + n;
             format!(
-                "127.{b}.0.0\t127.{b}.255.255\t{}\t{}\tAS{}\n",
-                net.asn, net.country, net.asn
+                "127.{b}.0.0\t127.{b}.255.255\t{}\t{}\t{}\n",
+                net.asn,
+                net.country,
+                network_name(net.asn)
             )
         })
         .collect();

@@ -929,5 +929,36 @@ async fn the_timeline_marks_events_with_bands_and_stacked_shares() {
     );
     // The hourly table names hours.
     assert!(dom.contains("Table of hourly values") && dom.contains("hour (UTC)"));
+    // Networks by name beside their number: in the heading, the grid and the events list.
+    assert!(dom.contains("AS12389 ROSTELECOM-AS"), "{dom}");
+    assert!(
+        dom.contains(r#"data-asn-name="8359">MTS<"#),
+        "the grid's network rows"
+    );
+    let (status, names) =
+        callwatch_tests::http::get(c.http_addr, "/api/v1/networks?asn=12389,AS8359,64999")
+            .await
+            .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&names).unwrap(),
+        json!({"networks": {"12389": "ROSTELECOM-AS", "8359": "MTS"}})
+    );
+    let many = (0..201)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    for bad in [
+        "".to_string(),
+        "?asn=x".into(),
+        "?asn=1&x=2".into(),
+        format!("?asn={many}"),
+    ] {
+        let (status, body) =
+            callwatch_tests::http::get(c.http_addr, &format!("/api/v1/networks{bad}"))
+                .await
+                .unwrap();
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
     c.shutdown().await;
 }

@@ -21,6 +21,9 @@ pub(super) struct Found {
     pub subdivision: Option<String>,
 }
 
+/// The most network names one database gives (GeoLite2-ASN names about 80,000 networks).
+pub(super) const MAX_NAMES: usize = 500_000;
+
 /// A verified MaxMind DB, held in memory.
 #[derive(Debug)]
 pub(super) struct MmdbSource {
@@ -111,6 +114,37 @@ impl MmdbSource {
             asn,
             subdivision,
         }
+    }
+
+    /// The network names of an ASN database (`autonomous_system_organization` by
+    /// `autonomous_system_number`, every network read once at load; at most [`MAX_NAMES`]);
+    /// nothing for other databases (Country, City), which name no network.
+    pub(super) fn asn_names(&self) -> std::collections::BTreeMap<u32, String> {
+        let mut names = std::collections::BTreeMap::new();
+        if !self.reader.metadata().database_type.contains("ASN") {
+            return names;
+        }
+        let Ok(networks) = self.reader.networks(Default::default()) else {
+            return names;
+        };
+        for item in networks {
+            let Ok(found) = item else { continue };
+            let asn = found
+                .decode_path::<u32>(&path!["autonomous_system_number"])
+                .ok()
+                .flatten();
+            let org = found
+                .decode_path::<String>(&path!["autonomous_system_organization"])
+                .ok()
+                .flatten();
+            if let (Some(asn), Some(org)) = (asn.filter(|&a| a != 0), org) {
+                names.entry(asn).or_insert(org);
+                if names.len() >= MAX_NAMES {
+                    break;
+                }
+            }
+        }
+        names
     }
 
     /// Logs a failed lookup once per file. The message is the decoder's (an offset and a field

@@ -128,10 +128,12 @@ struct Range {
     region: Region,
 }
 
-/// A region table, sorted by range start.
+/// A region table, sorted by range start, and the network names its `AS_description` column
+/// gives.
 #[derive(Clone, Debug, Default)]
 pub struct GeoTable {
     ranges: Vec<Range>,
+    names: std::collections::BTreeMap<u32, String>,
 }
 
 fn key(ip: IpAddr) -> u128 {
@@ -162,6 +164,7 @@ impl GeoTable {
     /// Parses ip2asn TSV text; `origin` names the source in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, GeoError> {
         let mut ranges = Vec::new();
+        let mut names = std::collections::BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
             let err = |what: String| GeoError::Line {
                 path: origin.to_string(),
@@ -207,6 +210,13 @@ impl GeoTable {
                     "country code {cc:?} is not two letters (or None)"
                 )));
             };
+            if let Some(name) = cols.get(4).map(|n| n.trim()).filter(|n| !n.is_empty()) {
+                if asn != 0 && name != "Not routed" {
+                    names
+                        .entry(asn)
+                        .or_insert_with(|| name.chars().take(MAX_NAME_CHARS).collect());
+                }
+            }
             ranges.push(Range {
                 start,
                 end,
@@ -226,7 +236,7 @@ impl GeoTable {
                 });
             }
         }
-        Ok(GeoTable { ranges })
+        Ok(GeoTable { ranges, names })
     }
 
     /// Number of ranges.
@@ -278,7 +288,12 @@ enum Source {
 #[derive(Debug, Default)]
 pub struct Geo {
     sources: Vec<Source>,
+    /// Network names by AS number, from the first source that names each.
+    names: std::collections::BTreeMap<u32, String>,
 }
+
+/// The longest network name kept (in characters).
+pub const MAX_NAME_CHARS: usize = 80;
 
 impl From<GeoTable> for Geo {
     fn from(table: GeoTable) -> Self {
@@ -326,8 +341,13 @@ impl Geo {
             what: what.to_string(),
         };
         if is_mmdb(&bytes) {
-            self.sources
-                .push(Source::Mmdb(mmdb::MmdbSource::new(bytes, origin)?));
+            let source = mmdb::MmdbSource::new(bytes, origin)?;
+            for (asn, name) in source.asn_names() {
+                self.names
+                    .entry(asn)
+                    .or_insert_with(|| name.chars().take(MAX_NAME_CHARS).collect());
+            }
+            self.sources.push(Source::Mmdb(source));
             return Ok(());
         }
         const BINARY: &str = "binary content without the MaxMind DB metadata marker: a \
@@ -349,6 +369,9 @@ impl Geo {
 
     /// Adds a parsed ip2asn table after the sources already held.
     pub fn add_table(&mut self, table: GeoTable, origin: &str) {
+        for (asn, name) in &table.names {
+            self.names.entry(*asn).or_insert_with(|| name.clone());
+        }
         self.sources.push(Source::Table {
             origin: origin.to_string(),
             table,
@@ -358,6 +381,17 @@ impl Geo {
     /// Number of sources.
     pub fn len(&self) -> usize {
         self.sources.len()
+    }
+
+    /// The name of a network, from the first source that names it (an ip2asn table's
+    /// `AS_description`, a MaxMind ASN database's `autonomous_system_organization`).
+    pub fn asn_name(&self, asn: u32) -> Option<&str> {
+        self.names.get(&asn).map(String::as_str)
+    }
+
+    /// How many networks the sources name.
+    pub fn names_len(&self) -> usize {
+        self.names.len()
     }
 
     /// True without any source.
@@ -581,6 +615,29 @@ mod tests {
             tsv_first.add_bytes(country_db(), "country.mmdb").unwrap();
             tsv_first.add_bytes(asn_db(), "asn.mmdb").unwrap();
             assert_eq!(tsv_first.lookup(ip("81.2.69.7")), region("FR", 1));
+        }
+
+        #[test]
+        fn networks_are_named_by_the_first_source_that_names_them() {
+            let g = geo();
+            // From the ASN database (every network read at load), then from the TSV's
+            // AS_description; a Country database names none; "Not routed" and AS0 are no names.
+            assert_eq!(g.asn_name(20712), Some("ANDREWS-ARNOLD"));
+            assert_eq!(g.asn_name(3320), Some("DTAG"));
+            assert_eq!(g.asn_name(19281), Some("QUAD9"));
+            assert_eq!(g.asn_name(1), Some("OTHER"));
+            assert_eq!((g.asn_name(0), g.asn_name(64_512)), (None, None));
+            assert_eq!(g.names_len(), 4);
+            // The TSV first: its name wins for a network both name.
+            let mut tsv_first = Geo::from(
+                GeoTable::parse("81.2.69.0\t81.2.69.255\t20712\tGB\tAAISP\n", "t.tsv").unwrap(),
+            );
+            tsv_first.add_bytes(asn_db(), "asn.mmdb").unwrap();
+            assert_eq!(tsv_first.asn_name(20712), Some("AAISP"));
+            // A name is kept to its first 80 characters.
+            let long = "N".repeat(200);
+            let t = GeoTable::parse(&format!("1.0.0.0\t1.0.0.255\t7\tAU\t{long}\n"), "t").unwrap();
+            assert_eq!(Geo::from(t).asn_name(7).map(str::len), Some(MAX_NAME_CHARS));
         }
 
         fn city_db() -> Vec<u8> {
