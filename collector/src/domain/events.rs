@@ -797,6 +797,62 @@ mod tests {
     }
 
     #[test]
+    fn a_cells_platform_arm_is_its_evidence_and_its_control_arm_none() {
+        use crate::domain::cell::{CellKey, CellState};
+        use crate::domain::observation::Observation;
+        use crate::domain::report::Filing;
+        use callwatch_proto::report::StreamKind;
+        use callwatch_proto::Verdict;
+        let obs = |agent: u8, verdict: Verdict| Observation {
+            started_at_ms: 7 * 3_600_000,
+            country: "RU".into(),
+            subdivision: String::new(),
+            asn: 8359,
+            platform: Platform::Telegram,
+            arm: Role::Platform,
+            kind: StreamKind::Voice,
+            agent: [agent; 32],
+            figures: [None; crate::domain::FIGURE_COUNT],
+            verdict: Some(verdict),
+            rule: None,
+            filing: Filing::default(),
+        };
+        let mut state = CellState::default();
+        state.add(&obs(1, Verdict::Differentiated));
+        state.add(&obs(1, Verdict::Differentiated));
+        state.add(&obs(2, Verdict::None));
+        state.add(&obs(3, Verdict::Inconclusive));
+        let key = obs(1, Verdict::None).cell_key();
+        let e = HourEvidence::of_cell(&key, &state);
+        assert_eq!((e.judged, e.differentiated, e.blocked), (4, 2, 0));
+        assert_eq!((e.agents.len(), e.prefixes.len()), (3, 3));
+        // Agent 1, on its own prefix (no tag: its key's first bytes), twice.
+        assert_eq!(
+            e.flags.into_iter().collect::<Vec<_>>(),
+            vec![(([1; 8], [1; 8]), 2)]
+        );
+        let control = CellKey {
+            arm: Role::Control,
+            ..key
+        };
+        assert_eq!(
+            HourEvidence::of_cell(&control, &state),
+            HourEvidence::default()
+        );
+        let mut book = EvidenceBook::default();
+        book.add_cell(&control, &state);
+        assert!(book.series.is_empty(), "control arms give no evidence");
+        book.add_cell(&key, &state);
+        let network = SeriesKey::new("RU", Some(8359), Platform::Telegram);
+        assert_eq!(network.country_str(), "RU");
+        assert_eq!(book.series[&network][&7].differentiated, 2);
+        assert_eq!(
+            book.series[&SeriesKey::new("RU", None, Platform::Telegram)][&7].judged,
+            4
+        );
+    }
+
+    #[test]
     fn touched_keeps_the_earliest_hour_until_taken() {
         let t = Touched::default();
         assert_eq!(t.take(), None);
