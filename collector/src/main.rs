@@ -97,6 +97,13 @@ enum Command {
             value_name = "SECONDS"
         )]
         events_min_interval: u64,
+        /// Check the options and the files they name (region sources, the hosting list, the
+        /// store's config and password file), print `options ok` and exit 0 — or name what is
+        /// wrong and exit 1 (64 for an unknown or malformed option) — without opening the store,
+        /// binding a port or touching the data folder. The Debian package's postinst runs it
+        /// before restarting an upgraded collector.
+        #[arg(long)]
+        check: bool,
         /// How the reflector receives and sends: `batched` (recvmmsg/sendmmsg) or `single`
         /// (one recvmsg/sendto per datagram). For measuring one against the other
         /// (callwatch-reflector-load); hidden, the default is the one to run.
@@ -444,6 +451,7 @@ async fn run(cli: Cli) -> Result<()> {
             max_per_prefix_day,
             hosting_asns,
             events_min_interval,
+            check,
             reflector_driver,
             reflector_sessions_per_prefix,
             store,
@@ -468,6 +476,12 @@ async fn run(cli: Cli) -> Result<()> {
             }
             cfg.http = http;
             cfg.geo_files = geo;
+            if check {
+                callwatch_collector::geo::Geo::load(cfg.geo.iter().chain(&cfg.geo_files))?;
+                store.resolve()?;
+                println!("options ok");
+                return Ok(());
+            }
             let collector = match callwatch_collector::store::config::open_for_serve(&store)? {
                 None => serve(cfg).await?,
                 Some(store) => callwatch_collector::serve_with_store(cfg, store).await?,

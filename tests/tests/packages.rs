@@ -575,6 +575,13 @@ fn packages_install_run_upgrade_and_purge_in_a_throwaway_root() {
     let mut bad = configured.clone();
     bad.push_str("retired_setting = true\n");
     std::fs::write(r.join("etc/callwatch/agent.toml"), &bad).unwrap();
+    // And the collector's options: one it does not know, one with a bad value.
+    let defaults_path = r.join("etc/default/callwatch-collector");
+    let defaults = read(&defaults_path);
+    let bad_defaults = format!(
+        "{defaults}\nCALLWATCH_COLLECTOR_OPTS=\"--listen 0.0.0.0:4433 --min-agents many\"\n"
+    );
+    std::fs::write(&defaults_path, &bad_defaults).unwrap();
     let upgrade = root.dpkg(&["--install"], &debs_v3);
     assert!(upgrade.status.success(), "{}", both(&upgrade));
     let said = stderr(&upgrade);
@@ -584,6 +591,18 @@ fn packages_install_run_upgrade_and_purge_in_a_throwaway_root() {
     );
     assert!(said.contains("retired_setting"), "names the key: {said}");
     assert!(said.contains("NOT restarted"), "{said}");
+    assert!(
+        said.contains("this version rejects the options in /etc/default/callwatch-collector")
+            && said.contains("--min-agents")
+            && said.contains("the collector was NOT restarted"),
+        "{said}"
+    );
+    assert_eq!(
+        read(&defaults_path),
+        bad_defaults,
+        "the options as they were"
+    );
+    std::fs::write(&defaults_path, &defaults).unwrap();
     assert_eq!(
         root.status("callwatch-agent"),
         format!("install ok installed {v3}")
