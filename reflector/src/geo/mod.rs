@@ -211,7 +211,11 @@ impl GeoTable {
                 )));
             };
             if let Some(name) = cols.get(4).map(|n| n.trim()).filter(|n| !n.is_empty()) {
-                if asn != 0 && name != "Not routed" {
+                // "Not routed", and a name that only repeats the number, name nothing.
+                if asn != 0
+                    && name != "Not routed"
+                    && !name.eq_ignore_ascii_case(&format!("AS{asn}"))
+                {
                     names
                         .entry(asn)
                         .or_insert_with(|| name.chars().take(MAX_NAME_CHARS).collect());
@@ -638,6 +642,9 @@ mod tests {
             let long = "N".repeat(200);
             let t = GeoTable::parse(&format!("1.0.0.0\t1.0.0.255\t7\tAU\t{long}\n"), "t").unwrap();
             assert_eq!(Geo::from(t).asn_name(7).map(str::len), Some(MAX_NAME_CHARS));
+            // A description that only repeats the number is no name.
+            let t = GeoTable::parse("1.0.0.0\t1.0.0.255\t7\tAU\tAS7\n", "t").unwrap();
+            assert_eq!(Geo::from(t).asn_name(7), None);
         }
 
         fn city_db() -> Vec<u8> {
