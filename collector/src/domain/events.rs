@@ -724,6 +724,60 @@ mod tests {
     }
 
     #[test]
+    fn the_discount_counts_each_agents_flags_not_its_key_order() {
+        // Agents 5 and 6 flag every test all day; agent 1 (the smallest key) flags once. The
+        // two discounted are 5 and 6 (the most flags), so agent 1's flag counts and 5's and 6's
+        // never do: nothing reaches an onset.
+        let mut hours = run(&[(0..24, hour(&[1, 2, 3, 5, 6], &[5, 6], 4))]);
+        hours.insert(10, hour(&[1, 2, 3, 5, 6], &[1, 5, 6], 1));
+        let robust = robust_hours(&hours, 24, 3);
+        assert_eq!(robust[&10].differentiated, 1, "{:?}", robust[&10]);
+        assert_eq!(robust[&11].differentiated, 0);
+        assert!(Detector::default().detect(series(), &hours, 24).is_empty());
+        // Prefixes are discounted by their own counts: one prefix (7) under three agents' keys
+        // flagging, beside clean agents, is one prefix's worth.
+        let mut e = hour(&[1, 2, 3, 4], &[], 2);
+        for a in [11u8, 12, 13] {
+            e.judged += 2;
+            e.differentiated += 2;
+            e.agents.insert([a; 8]);
+            e.prefixes.insert([7; 8]);
+            e.flags.insert(([a; 8], [7; 8]), 2);
+        }
+        let hours: BTreeMap<i64, HourEvidence> = (0..48).map(|h| (h, e.clone())).collect();
+        let robust = robust_hours(&hours, 48, 3);
+        assert!(robust.values().all(|r| r.differentiated == 0), "{robust:?}");
+        assert!(Detector::default().detect(series(), &hours, 48).is_empty());
+        // The two most flagging prefixes (8 and 9, twelve flags each) are discounted, not the
+        // two smallest (1, with one flag, and 8).
+        let mut e = HourEvidence::default();
+        for (agent, prefix, n) in [(21u8, 1u8, 1u64), (31, 8, 4), (32, 8, 4), (33, 8, 4)]
+            .into_iter()
+            .chain([(41u8, 9u8, 4u64), (42, 9, 4), (43, 9, 4)])
+        {
+            e.judged += n;
+            e.differentiated += n;
+            e.agents.insert([agent; 8]);
+            e.prefixes.insert([prefix; 8]);
+            e.flags.insert(([agent; 8], [prefix; 8]), n);
+        }
+        let robust = robust_hours(&BTreeMap::from([(0, e)]), 1, 3);
+        assert_eq!(robust[&0].differentiated, 1, "{:?}", robust[&0]);
+    }
+
+    #[test]
+    fn kinds_and_statuses_say_what_the_api_says() {
+        assert_eq!(
+            [EventKind::Onset.as_str(), EventKind::Recovery.as_str()],
+            ["onset", "recovery"]
+        );
+        assert_eq!(
+            [EventStatus::Open.as_str(), EventStatus::Ended.as_str()],
+            ["open", "ended"]
+        );
+    }
+
+    #[test]
     fn one_bad_hour_never_makes_an_event() {
         // Everyone flags for one hour: capped at 4, below 9.5.
         let all = [1, 2, 3, 4, 5, 6, 7, 8];
