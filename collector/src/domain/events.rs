@@ -766,6 +766,59 @@ mod tests {
     }
 
     #[test]
+    fn intervals_are_where_the_log_likelihood_is_within_3_of_its_peak() {
+        // Five agents, one test each an hour; all flagged from 48 to 100. Robust: 3 flagged
+        // (two discounted) = 9.66, capped at 4 an hour; clean hours 5 × ln(0.75/0.99) = −1.388.
+        let all = [1, 2, 3, 4, 5];
+        let hours = run(&[
+            (0..48, hour(&all, &[], 1)),
+            (48..100, hour(&all, &all, 1)),
+            (100..200, hour(&all, &[], 1)),
+        ]);
+        let ev = Detector::default().detect(series(), &hours, 200);
+        assert_eq!(ev.len(), 2, "{ev:#?}");
+        // Onset: 4 + 4 + 4 ≥ 9.5 at hour 50; L(48) = 12, L(47) = 10.6, L(46) = 9.2 ≥ 9,
+        // L(45) = 7.8 < 9, L(49) = 8 < 9.
+        let on = &ev[0];
+        assert_eq!((on.began, on.detected), (48, 50));
+        assert_eq!((on.began_lo, on.began_hi), (46, 48), "{on:?}");
+        // Recovery: 9 clean hours make 12.5 ≥ 12 at hour 108; L(100) = 12.5, L(101) = 11.1,
+        // L(102) = 9.7 ≥ 9.5, L(103) = 8.3 < 9.5, and hour 99 (flagged, −4) gives 8.5.
+        let rec = &ev[1];
+        assert_eq!((rec.began, rec.detected), (100, 108));
+        assert_eq!((rec.began_lo, rec.began_hi), (100, 102), "{rec:?}");
+    }
+
+    #[test]
+    fn a_recovery_needs_k_agents_on_k_prefixes_tested() {
+        let all = [1, 2, 3, 4, 5];
+        let blocked = run(&[(0..24, hour(&all, &[], 2)), (24..48, hour(&all, &all, 2))]);
+        // Afterwards only two agents test, cleanly, for days: the onset stays open.
+        let mut hours = blocked.clone();
+        hours.extend(run(&[(48..200, hour(&[1, 2], &[], 4))]));
+        let ev = Detector::default().detect(series(), &hours, 200);
+        assert_eq!(ev.len(), 1, "{ev:#?}");
+        assert_eq!(ev[0].status, EventStatus::Open);
+        // Three agents, but on one prefix: still open.
+        let mut one_prefix = HourEvidence::default();
+        for a in [1u8, 2, 3] {
+            one_prefix.judged += 4;
+            one_prefix.agents.insert([a; 8]);
+            one_prefix.prefixes.insert([9; 8]);
+        }
+        let mut hours = blocked.clone();
+        hours.extend((48..200).map(|h| (h, one_prefix.clone())));
+        let ev = Detector::default().detect(series(), &hours, 200);
+        assert_eq!((ev.len(), ev[0].status), (1, EventStatus::Open), "{ev:#?}");
+        // Three agents on three prefixes: recovered.
+        let mut hours = blocked;
+        hours.extend(run(&[(48..200, hour(&[1, 2, 3], &[], 4))]));
+        let ev = Detector::default().detect(series(), &hours, 200);
+        assert_eq!(ev.len(), 2, "{ev:#?}");
+        assert_eq!((ev[1].kind, ev[1].began), (EventKind::Recovery, 48));
+    }
+
+    #[test]
     fn kinds_and_statuses_say_what_the_api_says() {
         assert_eq!(
             [EventKind::Onset.as_str(), EventKind::Recovery.as_str()],
