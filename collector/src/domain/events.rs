@@ -819,6 +819,40 @@ mod tests {
     }
 
     #[test]
+    fn every_series_of_a_book_is_read_and_shares_of_nothing_are_unknown() {
+        use crate::domain::cell::CellKey;
+        use callwatch_proto::report::StreamKind;
+        let all = [1, 2, 3, 4, 5];
+        let mut book = EvidenceBook::default();
+        for h in 0..60 {
+            let flagged: &[u8] = if h >= 30 { &all } else { &[] };
+            let key = CellKey {
+                hour: h,
+                country: *b"IR",
+                subdivision: crate::domain::codes::NO_SUBDIVISION,
+                asn: 58224,
+                platform: Platform::Signal,
+                arm: Role::Platform,
+                kind: StreamKind::Voice,
+            };
+            book.add(&key, hour(&all, flagged, 2));
+        }
+        let ev = Detector::default().detect_all(&book, 60);
+        // The network's onset and its country's.
+        assert_eq!(ev.len(), 2, "{ev:#?}");
+        assert!(ev.iter().any(|e| e.series.asn.is_none()));
+        assert!(ev.iter().all(|e| e.began == 30));
+        // No test in a stretch: its shares are unknown, never 0/0.
+        let hours = &book.series[&SeriesKey::new("IR", Some(58224), Platform::Signal)];
+        let none = shares(hours, 100, 110);
+        assert_eq!(
+            (none.judged, none.differentiated, none.blocked),
+            (0, None, None)
+        );
+        assert_eq!(shares(hours, 30, 60).differentiated, Some(1.0));
+    }
+
+    #[test]
     fn kinds_and_statuses_say_what_the_api_says() {
         assert_eq!(
             [EventKind::Onset.as_str(), EventKind::Recovery.as_str()],
