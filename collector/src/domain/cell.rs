@@ -93,11 +93,17 @@ impl CellKey {
         self.hour.div_euclid(24)
     }
 
+    /// The first hour of this cell's UTC day; saturating, so the hours a stored key can hold
+    /// at the ends of `i64` (none a report makes) never overflow.
+    fn first_hour_of_day(&self) -> i64 {
+        self.day().saturating_mul(24)
+    }
+
     /// The day roll-up cell this fine cell adds to: the same key with the hour set to the
     /// first hour of its UTC day.
     pub fn day_cell(&self) -> CellKey {
         CellKey {
-            hour: self.day() * 24,
+            hour: self.first_hour_of_day(),
             ..*self
         }
     }
@@ -106,7 +112,7 @@ impl CellKey {
     /// (country, ASN, platform, arm, kind), all subdivisions together.
     pub fn block(&self) -> CellKey {
         CellKey {
-            hour: self.day() * 24,
+            hour: self.first_hour_of_day(),
             subdivision: NO_SUBDIVISION,
             ..*self
         }

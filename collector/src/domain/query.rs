@@ -245,9 +245,11 @@ impl Plan {
         }
         // First whole day at or after `since`; end of the last whole day before `until`.
         let day_from = since.map_or(i64::MIN, |h| {
-            h.div_euclid(24) * 24 + 24 * i64::from(h.rem_euclid(24) != 0)
+            h.div_euclid(24)
+                .saturating_mul(24)
+                .saturating_add(24 * i64::from(h.rem_euclid(24) != 0))
         });
-        let day_to = until.map_or(i64::MAX, |h| h.div_euclid(24) * 24);
+        let day_to = until.map_or(i64::MAX, |h| h.div_euclid(24).saturating_mul(24));
         if day_from >= day_to {
             return Plan::hourly(filter);
         }
