@@ -216,9 +216,10 @@ impl PathTokens {
 impl Filer {
     /// Where a report that arrived as `arrival`, with `token` beside it, is filed, and how:
     /// - the region: the attested one if its attestation is valid and of a known region, else
-    ///   the upload's ([`Region::unknown`] for a carried-out file). Attestations sign country and
-    ///   ASN only: an attested report takes the upload's subdivision when the upload came from
-    ///   the attested country and network, and has none otherwise;
+    ///   the upload's ([`Region::unknown`] for a carried-out file). The subdivision: the attested
+    ///   one when the attestation signs it (reflectors of this release, when their sources know
+    ///   it); else, for an upload from the attested country and network, the upload's; else
+    ///   none;
     /// - the marks: uploaded from another known region than the attested one; filed under a
     ///   network in `hosting`;
     /// - the prefix tag: from the path token when the valid attestation signed it and it opens
@@ -235,7 +236,10 @@ impl Filer {
     ) -> (Region, Filing) {
         let valid = self.valid_attestation(report, now, stats);
         let attested = valid
-            .map(|a| Region::new(&a.country, a.asn))
+            .map(|a| {
+                Region::new(&a.country, a.asn)
+                    .with_subdivision(a.subdivision.as_deref().unwrap_or_default())
+            })
             // A valid attestation of an unknown region (the reflector's sources did not know
             // the probes' address, or a relay stood in for it) decides nothing.
             .filter(|r| *r != Region::unknown());
@@ -250,9 +254,9 @@ impl Filer {
             (Some(a), Arrival::Upload(upload, _)) => {
                 let same = a.country == upload.country && a.asn == upload.asn;
                 let elsewhere = *upload != Region::unknown() && !same;
-                // Attestations carry no subdivision: the upload's, when it came from the
+                // An attestation without a subdivision: the upload's, when it came from the
                 // attested country and network, else none.
-                let a = match same {
+                let a = match same && a.subdivision.is_empty() {
                     true => a.with_subdivision(&upload.subdivision),
                     false => a,
                 };
@@ -358,11 +362,22 @@ mod tests {
     use ed25519_dalek::SigningKey;
 
     fn attested(report: &CallReport, key: &SigningKey, report_id: [u8; 16]) -> CallReport {
+        attested_in(report, key, report_id, None)
+    }
+
+    /// Attested in RU, AS12389, with subdivision `subdivision` signed when given.
+    fn attested_in(
+        report: &CallReport,
+        key: &SigningKey,
+        report_id: [u8; 16],
+        subdivision: Option<[u8; 3]>,
+    ) -> CallReport {
         let claim = Claim {
             report_id,
             country: *b"RU",
             asn: 12389,
             hour: unix_hour(report.started_at),
+            subdivision,
             token_digest: None,
         };
         let (id, sig) = claim.sign(key);
@@ -425,9 +440,9 @@ mod tests {
         assert!(keys.get(&key_id(&own.verifying_key())).is_some());
     }
 
-    /// Attestations sign no subdivision: an attested report takes the upload's when the upload
-    /// came from the attested country and network, none otherwise; an unattested one the
-    /// upload's; a carried one none.
+    /// An attestation without a subdivision (an older reflector's, or one whose sources know
+    /// none): the attested report takes the upload's when the upload came from the attested
+    /// country and network, none otherwise; an unattested one the upload's; a carried one none.
     #[test]
     fn the_subdivision_comes_from_the_upload_only_within_the_attested_network() {
         let key = SigningKey::from_bytes(&[1; 32]);
@@ -455,6 +470,46 @@ mod tests {
         assert_eq!(filing.source, RegionSource::Upload);
         let (carried, _) = filer.file(&good, None, &Arrival::Carried, now, &stats);
         assert_eq!((carried.asn, carried.subdivision.as_str()), (12389, ""));
+    }
+
+    /// A signed subdivision decides, whatever the upload's: from the same network, from
+    /// another, and for a carried file; one the signature does not cover is refused with
+    /// the attestation (the report is filed by its upload).
+    #[test]
+    fn a_signed_subdivision_is_the_reports_wherever_it_was_uploaded_from() {
+        let key = SigningKey::from_bytes(&[1; 32]);
+        let filer = Filer {
+            keys: AttestKeys::new([key.verifying_key()]),
+            ..Filer::default()
+        };
+        let stats = AttestStats::default();
+        let report = CallReport::example();
+        let now = report.started_at;
+        let signed = attested_in(&report, &key, report.id.0, Some(*b"SPE"));
+        let prefix = NetPrefix::V4([203, 0, 113]);
+        let from = |cc: &str, asn: u32| {
+            Arrival::Upload(Region::new(cc, asn).with_subdivision("MOW"), prefix)
+        };
+        for arrival in [from("RU", 12389), from("RU", 8359), Arrival::Carried] {
+            let (region, filing) = filer.file(&signed, None, &arrival, now, &stats);
+            assert_eq!(
+                (
+                    region.country.as_str(),
+                    region.asn,
+                    region.subdivision.as_str()
+                ),
+                ("RU", 12389, "RU-SPE"),
+                "{arrival:?}"
+            );
+            assert_eq!(filing.source, RegionSource::Attested);
+        }
+        let mut moved = signed.clone();
+        if let Some(a) = &mut moved.attestation {
+            a.subdivision = Some("RU-MOW".into());
+        }
+        let (region, filing) = filer.file(&moved, None, &from("RU", 8359), now, &stats);
+        assert_eq!((region.asn, filing.source), (8359, RegionSource::Upload));
+        assert_eq!(stats.results().get("bad_signature"), Some(&1));
     }
 
     #[test]
@@ -549,6 +604,7 @@ mod tests {
             country: *b"ZZ",
             asn: 0,
             hour: unix_hour(report.started_at),
+            subdivision: None,
             token_digest: None,
         };
         let (id, sig) = claim.sign(&key);

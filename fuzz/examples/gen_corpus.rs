@@ -6,7 +6,7 @@
 use callwatch_collector::domain::{CellKey, CellState};
 use callwatch_collector::domain::sketch::Sketch;
 use callwatch_proto::probe::{
-    Accept, Close, CloseAck, Open, Packet, Probe, Reject, RejectReason, Reply,
+    Accept, AttestQuery, Attestation, Close, CloseAck, Open, Packet, Probe, Reject, RejectReason, Reply,
 };
 use callwatch_proto::report::{
     ArmComparison, Burst, IpdvUpDown, JitterBuffer, OneWayDelay, Quantiles, Stalls, Stats,
@@ -126,10 +126,13 @@ fn full_report() -> CallReport {
         country: *b"RU",
         asn: 12389,
         hour: callwatch_proto::attest::unix_hour(r.started_at),
+        subdivision: Some(*b"SPE"),
         token_digest: None,
     };
     let (key_id, sig) = claim.sign(&ed25519_dalek::SigningKey::from_bytes(&[0x11; 32]));
     r.attestation = callwatch_proto::attest::RegionAttestation::from_signed(&claim, &key_id, &sig);
+    // The attested subdivision needs schema 2.
+    r.schema = r.lowest_schema();
     r
 }
 
@@ -182,6 +185,24 @@ fn probe_seeds() {
             session: 9,
             reflector_received: 495,
         }),
+        Packet::AttestQuery(AttestQuery {
+            session: 9,
+            cookie,
+            report_id: [7; 16],
+            with_token: true,
+            with_subdivision: true,
+        }),
+        Packet::Attestation(Attestation {
+            session: 9,
+            report_id: [7; 16],
+            country: *b"RU",
+            asn: 12389,
+            hour: 488_888,
+            key_id: [1; 8],
+            signature: [2; 64],
+            token: Some([3; callwatch_proto::pathtoken::PATH_TOKEN_LEN]),
+            subdivision: Some(*b"SPE"),
+        }),
     ];
     let names = [
         "open",
@@ -191,6 +212,8 @@ fn probe_seeds() {
         "reply",
         "close",
         "close-ack",
+        "attest-token-query-subdivision",
+        "attestation-token-subdivision",
     ];
     for (p, name) in packets.iter().zip(names) {
         write("probe_packet", name, &p.encode());

@@ -59,7 +59,8 @@ mod probe_packet {
     fn header_len(p: &Packet) -> usize {
         match p {
             Packet::Open(_) => 2 + 8 + 2 + 2 + 4,
-            Packet::Accept(_) => 2 + 8 + 16 + 2 + 2 + 4 + 8,
+            // … + features (1) + sealing key id (4).
+            Packet::Accept(_) => 2 + 8 + 16 + 2 + 2 + 4 + 8 + 1 + 4,
             Packet::Reject(_) => 2 + 8 + 1,
             Packet::Probe(_) => 2 + 8 + 16 + 4 + 8,
             Packet::Reply(_) => 2 + 8 + 4 + 8 + 8 + 8 + 4,
@@ -68,7 +69,18 @@ mod probe_packet {
             Packet::CountQuery(_) => 2 + 8 + 16 + 8 + 16,
             Packet::CountReply(_) => 2 + 8 + 8 + 4,
             Packet::AttestQuery(_) => 2 + 8 + 16 + 16,
-            Packet::Attestation(_) => 2 + 8 + 16 + 2 + 4 + 4 + 8 + 64,
+            // … + the path token (55) and the subdivision (3) of the kinds that carry them.
+            Packet::Attestation(a) => {
+                2 + 8
+                    + 16
+                    + 2
+                    + 4
+                    + 4
+                    + 8
+                    + 64
+                    + if a.token.is_some() { 55 } else { 0 }
+                    + if a.subdivision.is_some() { 3 } else { 0 }
+            }
         }
     }
 

@@ -11,6 +11,12 @@
 //!
 //! Signed bytes: [`CONTEXT`] ‖ key id (8) ‖ report id (16) ‖ country (2 ASCII) ‖ ASN (u32 BE) ‖
 //! hour (u32 BE). The key id is the first 8 bytes of SHA-256 of the reflector's Ed25519 public key.
+//! An attestation that also signs the first-level subdivision (ISO 3166-2, asked for by agents of
+//! reflectors that advertise [`crate::probe::FEATURE_SUBDIVISION`]) is signed under
+//! [`CONTEXT_SUBDIVISION`] with the subdivision's code after the hour ([`Subdivision`]: the part
+//! after the hyphen, three bytes); one with a path token as well, under
+//! [`CONTEXT_SUBDIVISION_WITH_TOKEN`], the token's digest last. Each form has its own context, so
+//! no signature of one form verifies as another.
 //!
 //! Rules a verifier applies (the collector, see docs/DEPLOYMENT.md):
 //! - the key id names a known reflector key and the signature verifies under it (strict);
@@ -31,6 +37,14 @@ pub const CONTEXT: &[u8] = b"callwatch-attestation-v1\0";
 /// The context of an attestation that also signs a path token's digest
 /// ([`crate::pathtoken`]): `CONTEXT_WITH_TOKEN` ‖ the v1 fields ‖ digest (16).
 pub const CONTEXT_WITH_TOKEN: &[u8] = b"callwatch-attestation-v2\0";
+/// The context of an attestation that signs the subdivision: `CONTEXT_SUBDIVISION` ‖ the v1
+/// fields ‖ subdivision (3).
+pub const CONTEXT_SUBDIVISION: &[u8] = b"callwatch-attestation-v3\0";
+/// The context of an attestation that signs the subdivision and a path token's digest:
+/// `CONTEXT_SUBDIVISION_WITH_TOKEN` ‖ the v1 fields ‖ subdivision (3) ‖ digest (16).
+pub const CONTEXT_SUBDIVISION_WITH_TOKEN: &[u8] = b"callwatch-attestation-v4\0";
+/// Bytes of a signed subdivision code.
+pub const SUBDIVISION_LEN: usize = 3;
 /// Bytes of a key id.
 pub const KEY_ID_LEN: usize = 8;
 /// Bytes of an Ed25519 signature.
@@ -55,6 +69,58 @@ pub fn unix_hour(t: DateTime<Utc>) -> u32 {
     u32::try_from(t.timestamp().max(0) / 3600).unwrap_or(u32::MAX)
 }
 
+/// A first-level subdivision as an attestation signs it: the part of its ISO 3166-2 code after
+/// the country and hyphen (`MOW` of `RU-MOW`, `75` of `FR-75`), one to three upper-case ASCII
+/// letters or digits, left-aligned and padded with zero bytes. All zeros: the reflector does
+/// not know the subdivision (its sources have none for the address).
+pub type Subdivision = [u8; SUBDIVISION_LEN];
+
+/// The signed form of ISO 3166-2 code `code` (`RU-MOW`) of a subdivision of `country`: `None`
+/// when it is not `country`, a hyphen and one to three upper-case letters or digits. The empty
+/// code is the unknown subdivision (all zeros).
+pub fn subdivision_bytes(country: &[u8; 2], code: &str) -> Option<Subdivision> {
+    if code.is_empty() {
+        return Some([0; SUBDIVISION_LEN]);
+    }
+    let rest = code.strip_prefix(std::str::from_utf8(country).ok()?)?;
+    let part = rest.strip_prefix('-')?;
+    if part.is_empty()
+        || part.len() > SUBDIVISION_LEN
+        || !part
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    {
+        return None;
+    }
+    let mut s = [0; SUBDIVISION_LEN];
+    s[..part.len()].copy_from_slice(part.as_bytes());
+    Some(s)
+}
+
+/// The ISO 3166-2 code (`RU-MOW`) of signed subdivision `s` of `country`; `Some("")` for the
+/// unknown subdivision (all zeros); `None` when the bytes are no code (a zero before a letter,
+/// other characters).
+pub fn subdivision_code(country: &[u8; 2], s: &Subdivision) -> Option<String> {
+    let len = s.iter().position(|&b| b == 0).unwrap_or(SUBDIVISION_LEN);
+    let (part, pad) = s.split_at(len);
+    if pad.iter().any(|&b| b != 0)
+        || !part
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        || !country.iter().all(u8::is_ascii_uppercase)
+    {
+        return None;
+    }
+    if part.is_empty() {
+        return Some(String::new());
+    }
+    Some(format!(
+        "{}-{}",
+        String::from_utf8_lossy(country),
+        String::from_utf8_lossy(part)
+    ))
+}
+
 /// What an attestation says, before or without its signature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Claim {
@@ -64,6 +130,9 @@ pub struct Claim {
     pub asn: u32,
     /// Unix hour at the reflector when it signed.
     pub hour: u32,
+    /// The first-level subdivision, when the attestation signs one (all zeros: signed as
+    /// unknown); `None`: an attestation of country and ASN only (v1 and v2).
+    pub subdivision: Option<Subdivision>,
     /// The digest of the path token made with it ([`crate::pathtoken::digest`]), if any.
     pub token_digest: Option<[u8; crate::pathtoken::DIGEST_LEN]>,
 }
@@ -71,16 +140,23 @@ pub struct Claim {
 impl Claim {
     /// The bytes signed for this claim under the key with id `key_id`.
     pub fn signed_message(&self, key_id: &KeyId) -> Vec<u8> {
-        let mut m = Vec::with_capacity(CONTEXT_WITH_TOKEN.len() + KEY_ID_LEN + 16 + 2 + 4 + 4 + 16);
-        m.extend_from_slice(match self.token_digest {
-            Some(_) => CONTEXT_WITH_TOKEN,
-            None => CONTEXT,
+        let mut m = Vec::with_capacity(
+            CONTEXT_SUBDIVISION_WITH_TOKEN.len() + KEY_ID_LEN + 16 + 2 + 4 + 4 + 3 + 16,
+        );
+        m.extend_from_slice(match (self.subdivision, self.token_digest) {
+            (None, None) => CONTEXT,
+            (None, Some(_)) => CONTEXT_WITH_TOKEN,
+            (Some(_), None) => CONTEXT_SUBDIVISION,
+            (Some(_), Some(_)) => CONTEXT_SUBDIVISION_WITH_TOKEN,
         });
         m.extend_from_slice(key_id);
         m.extend_from_slice(&self.report_id);
         m.extend_from_slice(&self.country);
         m.extend_from_slice(&self.asn.to_be_bytes());
         m.extend_from_slice(&self.hour.to_be_bytes());
+        if let Some(s) = &self.subdivision {
+            m.extend_from_slice(s);
+        }
         if let Some(d) = &self.token_digest {
             m.extend_from_slice(d);
         }
@@ -109,6 +185,11 @@ pub struct RegionAttestation {
     pub key_id: String,
     /// Ed25519 signature, 128 hex digits.
     pub signature: String,
+    /// The first-level subdivision of the probes' source address, ISO 3166-2 (`RU-MOW`), when
+    /// the reflector signed one; `""`: signed as unknown. Absent from attestations of
+    /// reflectors that sign country and ASN only. Since report schema 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subdivision: Option<String>,
     /// The digest of the path token the reflector made with it (32 hex digits), which the
     /// signature covers; the token itself travels beside the signed report, never in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -147,7 +228,8 @@ impl AttestError {
 }
 
 impl RegionAttestation {
-    /// The report's form of a signed claim; `None` when the country is not two ASCII letters.
+    /// The report's form of a signed claim; `None` when the country is not two ASCII letters or
+    /// the subdivision is no code.
     pub fn from_signed(
         claim: &Claim,
         key_id: &KeyId,
@@ -163,6 +245,10 @@ impl RegionAttestation {
             report_id: ReportId(claim.report_id),
             key_id: hex::encode(key_id),
             signature: hex::encode(signature),
+            subdivision: match &claim.subdivision {
+                Some(s) => Some(subdivision_code(&claim.country, s)?),
+                None => None,
+            },
             path_token_digest: claim.token_digest.map(hex::encode),
         })
     }
@@ -194,11 +280,17 @@ impl RegionAttestation {
         let mut signature = [0u8; SIGNATURE_LEN];
         hex::decode_to_slice(&self.signature, &mut signature)
             .map_err(|_| AttestError::Malformed)?;
+        let subdivision = self
+            .subdivision
+            .as_deref()
+            .map(|code| subdivision_bytes(&country, code).ok_or(AttestError::Malformed))
+            .transpose()?;
         let claim = Claim {
             report_id: self.report_id.0,
             country,
             asn: self.asn,
             hour: self.hour,
+            subdivision,
             token_digest: self.token_digest()?,
         };
         Ok((claim, key_id, signature))
@@ -256,6 +348,7 @@ mod tests {
             country: *b"NL",
             asn: 1136,
             hour,
+            subdivision: None,
             token_digest: None,
         };
         let (id, sig) = claim.sign(k);
@@ -324,6 +417,103 @@ mod tests {
     }
 
     #[test]
+    fn subdivision_codes_by_hand() {
+        assert_eq!(subdivision_bytes(b"RU", "RU-MOW"), Some(*b"MOW"));
+        assert_eq!(subdivision_bytes(b"FR", "FR-75"), Some(*b"75\0"));
+        assert_eq!(subdivision_bytes(b"US", "US-CA"), Some(*b"CA\0"));
+        assert_eq!(subdivision_bytes(b"RU", ""), Some([0; 3]));
+        for bad in [
+            "RU-", "RU-MOWX", "UA-MOW", "RU_MOW", "RU-mow", "RUMOW", "RU-M W", "MOW",
+        ] {
+            assert_eq!(subdivision_bytes(b"RU", bad), None, "{bad:?}");
+        }
+        assert_eq!(subdivision_code(b"RU", b"MOW").as_deref(), Some("RU-MOW"));
+        assert_eq!(subdivision_code(b"FR", b"75\0").as_deref(), Some("FR-75"));
+        assert_eq!(subdivision_code(b"FR", b"7\0\0").as_deref(), Some("FR-7"));
+        assert_eq!(subdivision_code(b"RU", &[0; 3]).as_deref(), Some(""));
+        for bad in [*b"\0MO", *b"M\0W", *b"mow", *b"M-W"] {
+            assert_eq!(subdivision_code(b"RU", &bad), None, "{bad:?}");
+        }
+        assert_eq!(subdivision_code(b"zz", b"MOW"), None);
+    }
+
+    /// An attestation signing the subdivision verifies with it, and fails when the subdivision
+    /// is changed, dropped or added: each of the four signed forms has its own context.
+    #[test]
+    fn a_signed_subdivision_verifies_and_cannot_be_changed_dropped_or_added() {
+        let k = key(1);
+        let hour = unix_hour(started());
+        let id = ReportId([3; 16]);
+        let now = started();
+        for digest in [None, Some([5u8; crate::pathtoken::DIGEST_LEN])] {
+            let claim = Claim {
+                report_id: id.0,
+                country: *b"RU",
+                asn: 8359,
+                hour,
+                subdivision: Some(*b"MOW"),
+                token_digest: digest,
+            };
+            let (kid, sig) = claim.sign(&k);
+            let a = RegionAttestation::from_signed(&claim, &kid, &sig).unwrap();
+            assert_eq!(a.subdivision.as_deref(), Some("RU-MOW"));
+            assert_eq!(a.verify(id, started(), now, known(&k)), Ok(()));
+            let json = serde_json::to_value(&a).unwrap();
+            assert_eq!(json["subdivision"], "RU-MOW");
+            let mut other = a.clone();
+            other.subdivision = Some("RU-SPE".into());
+            assert_eq!(
+                other.verify(id, started(), now, known(&k)),
+                Err(AttestError::BadSignature)
+            );
+            let mut unknown = a.clone();
+            unknown.subdivision = Some(String::new());
+            assert_eq!(
+                unknown.verify(id, started(), now, known(&k)),
+                Err(AttestError::BadSignature)
+            );
+            let mut dropped = a.clone();
+            dropped.subdivision = None;
+            assert_eq!(
+                dropped.verify(id, started(), now, known(&k)),
+                Err(AttestError::BadSignature),
+                "the same fields without the subdivision are another context"
+            );
+            let mut foreign = a.clone();
+            foreign.subdivision = Some("UA-30".into());
+            assert_eq!(
+                foreign.verify(id, started(), now, known(&k)),
+                Err(AttestError::Malformed)
+            );
+            // Signed without a subdivision, it cannot be given one.
+            let plain = Claim {
+                subdivision: None,
+                ..claim
+            };
+            let (kid, sig) = plain.sign(&k);
+            let mut added = RegionAttestation::from_signed(&plain, &kid, &sig).unwrap();
+            assert_eq!(added.verify(id, started(), now, known(&k)), Ok(()));
+            added.subdivision = Some(String::new());
+            assert_eq!(
+                added.verify(id, started(), now, known(&k)),
+                Err(AttestError::BadSignature)
+            );
+        }
+        // The four contexts, as bytes: distinct, none a prefix of another's fields.
+        let contexts = [
+            CONTEXT,
+            CONTEXT_WITH_TOKEN,
+            CONTEXT_SUBDIVISION,
+            CONTEXT_SUBDIVISION_WITH_TOKEN,
+        ];
+        for (i, a) in contexts.iter().enumerate() {
+            for b in &contexts[i + 1..] {
+                assert_ne!(a, b);
+            }
+        }
+    }
+
+    #[test]
     fn the_report_field_round_trips_through_json() {
         let a = attested(&key(1), [9; 16], 7);
         let json = serde_json::to_string(&a).unwrap();
@@ -336,10 +526,11 @@ mod tests {
             country in ".{0,4}", key_hex in ".{0,20}", sig in ".{0,130}",
             asn in any::<u32>(), hour in any::<u32>(), id in any::<[u8; 16]>(),
             digest in proptest::option::of(".{0,34}"),
+            subdivision in proptest::option::of("[A-Z]{0,2}-?[A-Z0-9]{0,4}"),
         ) {
             let a = RegionAttestation {
                 country, asn, hour, report_id: ReportId(id), key_id: key_hex, signature: sig,
-                path_token_digest: digest,
+                subdivision, path_token_digest: digest,
             };
             let k = key(1);
             prop_assert!(a.verify(ReportId(id), started(), started(), known(&k)).is_err());

@@ -22,7 +22,7 @@
 //!    the detected framing would produce for the core inside. A preamble's answer is built no
 //!    longer than the preamble ([`telegram_hello_answer`]; the reflector checks its TURN answer).
 //! 2. **Unambiguous detection.** The first byte sorts every datagram into at most one framing, in
-//!    the manner of RFC 7983's demultiplexing: `0x01` followed by a kind byte `1..=13` is a bare
+//!    the manner of RFC 7983's demultiplexing: `0x01` followed by a kind byte `1..=17` is a bare
 //!    core packet; any other first byte `0x00..=0x3F` is STUN; `0x40..=0x7F` is TURN ChannelData;
 //!    `0x80..=0xBF` is RTP; `0xC0..=0xFF` is a Telegram-reflector peer tag. Framings whose own
 //!    bytes would cross these lines are refused by [`Framing::validate`].
@@ -58,9 +58,11 @@ pub const TELEGRAM_HEADER_LEN: usize = 24;
 /// IPv6 (40) and UDP (8) headers.
 pub const MAX_OVERHEAD: usize = 1500 - 40 - 8 - MAX_PROBE_LEN;
 
-/// Kind bytes a core packet may carry (see `probe`): Open = 1 … CountReply = 9, AttestQuery = 10,
-/// Attestation = 11.
-const CORE_KINDS: std::ops::RangeInclusive<u8> = 1..=13;
+/// Kind bytes a core packet may carry (see `probe`): Open = 1 … CountReply = 9, the attestation
+/// queries and answers 10 … 17. As STUN message types, `0x0101..=0x0111` are responses (Binding
+/// success 0x0101, error 0x0111, TURN successes) that a reflector never receives and no
+/// platform framing sends ([`Framing::validate`] refuses them).
+const CORE_KINDS: std::ops::RangeInclusive<u8> = 1..=17;
 
 // Rule 2 relies on the core's version byte sorting into the STUN class and not crossing into
 // ChannelData's; a future version byte must keep that true.
@@ -290,7 +292,7 @@ impl Framing {
                     return invalid("a STUN message type has its first two bits 0");
                 }
                 if is_core_prefix(&message_type.to_be_bytes()) {
-                    return invalid("message types 0x0101..=0x010B look like a bare core packet");
+                    return invalid("message types 0x0101..=0x0111 look like a bare core packet");
                 }
                 for attr in attributes {
                     if attr.attr_type == STUN_ATTR_DATA || attr.attr_type == STUN_ATTR_FINGERPRINT {

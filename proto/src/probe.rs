@@ -58,6 +58,11 @@ const KIND_ATTEST_QUERY: u8 = 10;
 const KIND_ATTESTATION: u8 = 11;
 const KIND_ATTEST_TOKEN_QUERY: u8 = 12;
 const KIND_ATTESTATION_TOKEN: u8 = 13;
+// The same four, asking for and carrying the signed subdivision ([`FEATURE_SUBDIVISION`]).
+const KIND_ATTEST_QUERY_SUBDIVISION: u8 = 14;
+const KIND_ATTESTATION_SUBDIVISION: u8 = 15;
+const KIND_ATTEST_TOKEN_QUERY_SUBDIVISION: u8 = 16;
+const KIND_ATTESTATION_TOKEN_SUBDIVISION: u8 = 17;
 
 /// The agent's session identifier, chosen at random per session (and per arm).
 pub type SessionId = u64;
@@ -120,6 +125,10 @@ pub const FEATURE_LOAD: u8 = 1;
 /// [`Accept::features`]: this reflector makes path tokens ([`crate::pathtoken`]) with its
 /// attestations, so an agent asks with the longer query ([`AttestQuery::with_token`]).
 pub const FEATURE_PATH_TOKEN: u8 = 2;
+/// [`Accept::features`]: this reflector signs the first-level subdivision in its attestations
+/// when asked ([`AttestQuery::with_subdivision`]); an agent asks only a reflector that says so
+/// (an older one would drop the unknown query kind, and the agent would get no attestation).
+pub const FEATURE_SUBDIVISION: u8 = 4;
 
 /// Why a reflector refused an `Open`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,6 +233,9 @@ pub struct AttestQuery {
     /// Asks for a path token too (a longer query, kind 12, so its longer answer does not
     /// amplify); reflectors that make none answer it without one.
     pub with_token: bool,
+    /// Asks for the subdivision to be signed too (kinds 14 and 16, same lengths as 10 and 12;
+    /// only to a reflector advertising [`FEATURE_SUBDIVISION`]).
+    pub with_subdivision: bool,
 }
 
 /// The reflector's answer to an [`AttestQuery`]: the claim and its Ed25519 signature. No address.
@@ -238,6 +250,9 @@ pub struct Attestation {
     pub signature: [u8; crate::attest::SIGNATURE_LEN],
     /// The path token the signature covers the digest of (kind 13), if the reflector made one.
     pub token: Option<crate::pathtoken::PathToken>,
+    /// The subdivision the signature covers (kinds 15 and 17, in what was padding of kinds 11
+    /// and 13, so the lengths stay), if the query asked for it and the reflector knows one.
+    pub subdivision: Option<crate::attest::Subdivision>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -332,10 +347,11 @@ impl Packet {
                 out.extend_from_slice(&p.reflector_received.to_be_bytes());
             }
             Packet::AttestQuery(p) => {
-                let kind = if p.with_token {
-                    KIND_ATTEST_TOKEN_QUERY
-                } else {
-                    KIND_ATTEST_QUERY
+                let kind = match (p.with_token, p.with_subdivision) {
+                    (false, false) => KIND_ATTEST_QUERY,
+                    (true, false) => KIND_ATTEST_TOKEN_QUERY,
+                    (false, true) => KIND_ATTEST_QUERY_SUBDIVISION,
+                    (true, true) => KIND_ATTEST_TOKEN_QUERY_SUBDIVISION,
                 };
                 out.extend_from_slice(&[VERSION, kind]);
                 out.extend_from_slice(&p.session.to_be_bytes());
@@ -343,10 +359,11 @@ impl Packet {
                 out.extend_from_slice(&p.report_id);
             }
             Packet::Attestation(p) => {
-                let kind = if p.token.is_some() {
-                    KIND_ATTESTATION_TOKEN
-                } else {
-                    KIND_ATTESTATION
+                let kind = match (p.token.is_some(), p.subdivision.is_some()) {
+                    (false, false) => KIND_ATTESTATION,
+                    (true, false) => KIND_ATTESTATION_TOKEN,
+                    (false, true) => KIND_ATTESTATION_SUBDIVISION,
+                    (true, true) => KIND_ATTESTATION_TOKEN_SUBDIVISION,
                 };
                 out.extend_from_slice(&[VERSION, kind]);
                 out.extend_from_slice(&p.session.to_be_bytes());
@@ -358,6 +375,9 @@ impl Packet {
                 out.extend_from_slice(&p.signature);
                 if let Some(t) = &p.token {
                     out.extend_from_slice(t);
+                }
+                if let Some(s) = &p.subdivision {
+                    out.extend_from_slice(s);
                 }
             }
         }
@@ -388,6 +408,7 @@ impl Packet {
                     + crate::attest::KEY_ID_LEN
                     + crate::attest::SIGNATURE_LEN
                     + a.token.map_or(0, |t| t.len())
+                    + a.subdivision.map_or(0, |s| s.len())
             }
         }
     }
@@ -423,10 +444,14 @@ impl Packet {
             Some(KIND_CLOSE_ACK) => Some(CLOSE_ACK_LEN),
             Some(KIND_COUNT_QUERY) => Some(COUNT_QUERY_LEN),
             Some(KIND_COUNT_REPLY) => Some(COUNT_REPLY_LEN),
-            Some(KIND_ATTEST_QUERY) => Some(ATTEST_QUERY_LEN),
-            Some(KIND_ATTESTATION) => Some(ATTESTATION_LEN),
-            Some(KIND_ATTEST_TOKEN_QUERY) => Some(ATTEST_TOKEN_QUERY_LEN),
-            Some(KIND_ATTESTATION_TOKEN) => Some(ATTESTATION_TOKEN_LEN),
+            Some(KIND_ATTEST_QUERY | KIND_ATTEST_QUERY_SUBDIVISION) => Some(ATTEST_QUERY_LEN),
+            Some(KIND_ATTESTATION | KIND_ATTESTATION_SUBDIVISION) => Some(ATTESTATION_LEN),
+            Some(KIND_ATTEST_TOKEN_QUERY | KIND_ATTEST_TOKEN_QUERY_SUBDIVISION) => {
+                Some(ATTEST_TOKEN_QUERY_LEN)
+            }
+            Some(KIND_ATTESTATION_TOKEN | KIND_ATTESTATION_TOKEN_SUBDIVISION) => {
+                Some(ATTESTATION_TOKEN_LEN)
+            }
             _ => None,
         };
         let take = fixed.map_or(buf.len(), |n| n.min(buf.len()));
@@ -556,8 +581,14 @@ impl Packet {
                     reflector_received: r.u32().ok_or(short)?,
                 })
             }
-            KIND_ATTEST_QUERY | KIND_ATTEST_TOKEN_QUERY => {
-                let with_token = kind == KIND_ATTEST_TOKEN_QUERY;
+            KIND_ATTEST_QUERY
+            | KIND_ATTEST_TOKEN_QUERY
+            | KIND_ATTEST_QUERY_SUBDIVISION
+            | KIND_ATTEST_TOKEN_QUERY_SUBDIVISION => {
+                let with_token = matches!(
+                    kind,
+                    KIND_ATTEST_TOKEN_QUERY | KIND_ATTEST_TOKEN_QUERY_SUBDIVISION
+                );
                 let (name, want, text) = if with_token {
                     ("attest-token-query", ATTEST_TOKEN_QUERY_LEN, "192")
                 } else {
@@ -569,10 +600,21 @@ impl Packet {
                     cookie: r.cookie().ok_or(short)?,
                     report_id: r.take().ok_or(short)?,
                     with_token,
+                    with_subdivision: kind >= KIND_ATTEST_QUERY_SUBDIVISION,
                 })
             }
-            KIND_ATTESTATION | KIND_ATTESTATION_TOKEN => {
-                let with_token = kind == KIND_ATTESTATION_TOKEN;
+            KIND_ATTESTATION
+            | KIND_ATTESTATION_TOKEN
+            | KIND_ATTESTATION_SUBDIVISION
+            | KIND_ATTESTATION_TOKEN_SUBDIVISION => {
+                let with_token = matches!(
+                    kind,
+                    KIND_ATTESTATION_TOKEN | KIND_ATTESTATION_TOKEN_SUBDIVISION
+                );
+                let with_subdivision = matches!(
+                    kind,
+                    KIND_ATTESTATION_SUBDIVISION | KIND_ATTESTATION_TOKEN_SUBDIVISION
+                );
                 let (name, want, text) = if with_token {
                     ("attestation-token", ATTESTATION_TOKEN_LEN, "168")
                 } else {
@@ -588,6 +630,11 @@ impl Packet {
                     key_id: r.take().ok_or(short)?,
                     signature: r.take().ok_or(short)?,
                     token: if with_token {
+                        Some(r.take().ok_or(short)?)
+                    } else {
+                        None
+                    },
+                    subdivision: if with_subdivision {
                         Some(r.take().ok_or(short)?)
                     } else {
                         None
@@ -737,16 +784,24 @@ mod tests {
                     reflector_received: n,
                 })
             }),
-            (any::<u64>(), cookie, any::<[u8; 16]>(), any::<bool>()).prop_map(
-                |(session, cookie, report_id, with_token)| {
-                    Packet::AttestQuery(AttestQuery {
-                        session,
-                        cookie,
-                        report_id,
-                        with_token,
-                    })
-                }
-            ),
+            (
+                any::<u64>(),
+                cookie,
+                any::<[u8; 16]>(),
+                any::<bool>(),
+                any::<bool>()
+            )
+                .prop_map(
+                    |(session, cookie, report_id, with_token, with_subdivision)| {
+                        Packet::AttestQuery(AttestQuery {
+                            session,
+                            cookie,
+                            report_id,
+                            with_token,
+                            with_subdivision,
+                        })
+                    }
+                ),
             (
                 any::<u64>(),
                 any::<[u8; 16]>(),
@@ -759,9 +814,10 @@ mod tests {
                     any::<u8>(),
                     crate::pathtoken::PATH_TOKEN_LEN
                 )),
+                proptest::option::of(any::<[u8; 3]>()),
             )
                 .prop_map(
-                    |(session, report_id, country, asn, hour, key_id, sig, token)| {
+                    |(session, report_id, country, asn, hour, key_id, sig, token, subdivision)| {
                         let mut signature = [0u8; 64];
                         signature.copy_from_slice(&sig);
                         Packet::Attestation(Attestation {
@@ -777,6 +833,7 @@ mod tests {
                                 a.copy_from_slice(&t);
                                 a
                             }),
+                            subdivision,
                         })
                     }
                 ),

@@ -20,7 +20,12 @@ use std::fmt;
 /// [`crate::upload::ReportStatus::Deferred`]), never rejected and deleted. Collectors refuse a
 /// key the declared schema does not define ([`crate::schema`]), so a new field comes with a new
 /// version: the field's entry in [`crate::schema::REPORT`] names it in `since`.
-pub const SCHEMA_VERSION: u32 = 1;
+///
+/// Versions: 1, the first; 2 adds `attestation.subdivision` (an attestation that signs the
+/// first-level subdivision). An agent writes the lowest version its report needs
+/// ([`CallReport::lowest_schema`]), so a collector of an older release stores every report
+/// that does not use the newer fields.
+pub const SCHEMA_VERSION: u32 = 2;
 /// The oldest report schema this build still accepts.
 pub const OLDEST_SCHEMA: u32 = 1;
 /// Most streams one report may carry (platform, control, the platform's relay and its neutral
@@ -442,6 +447,15 @@ pub struct TimerStats {
 }
 
 impl CallReport {
+    /// The lowest schema version that defines every key this report carries (see
+    /// [`SCHEMA_VERSION`]): 2 when its attestation signs a subdivision, else 1.
+    pub fn lowest_schema(&self) -> u32 {
+        match &self.attestation {
+            Some(a) if a.subdivision.is_some() => 2,
+            _ => OLDEST_SCHEMA,
+        }
+    }
+
     /// Checks what a receiver must not take on trust: schema, sizes, ranges, finiteness.
     /// Returns the first problem found, in words an agent can log.
     pub fn validate(&self) -> Result<(), String> {
@@ -536,7 +550,8 @@ impl CallReport {
     /// MOS 4.3), for tests, load tools and documentation. Not a measurement.
     pub fn example() -> CallReport {
         CallReport {
-            schema: SCHEMA_VERSION,
+            // The lowest its keys need (no attested subdivision), as an agent writes it.
+            schema: OLDEST_SCHEMA,
             id: ReportId([7; 16]),
             agent_version: "callwatch-agent/test".into(),
             platform: Platform::Generic,

@@ -576,6 +576,12 @@ mod tests {
         // What this release writes signs and verifies, in every schema it knows.
         for schema in crate::report::OLDEST_SCHEMA..=SCHEMA_VERSION {
             let mut r = crate::schema::tests::full_report();
+            if schema < 2 {
+                // Schema 1 has no attested subdivision.
+                if let Some(a) = &mut r.attestation {
+                    a.subdivision = None;
+                }
+            }
             r.schema = schema;
             let s = SignedReport::sign(&r, &key(3)).unwrap();
             assert_eq!(s.verify().unwrap(), r);

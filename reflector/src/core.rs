@@ -215,9 +215,38 @@ pub struct Reflector {
     stats: ReflectorStats,
 }
 
-/// The region of an address as the reflector attests it: country (ISO 3166-1 alpha-2, upper
-/// case ASCII, `ZZ` unknown) and ASN (0 unknown). The collector passes its region lookup.
-pub type RegionLookup = Box<dyn Fn(IpAddr) -> ([u8; 2], u32) + Send>;
+/// The region of an address as the reflector attests it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttestedRegion {
+    /// ISO 3166-1 alpha-2, upper case ASCII; `ZZ` unknown.
+    pub country: [u8; 2],
+    /// 0: unknown.
+    pub asn: u32,
+    /// The first-level subdivision's code within the country
+    /// ([`callwatch_proto::attest::Subdivision`]); all zeros: unknown.
+    pub subdivision: callwatch_proto::attest::Subdivision,
+}
+
+impl AttestedRegion {
+    /// Country `ZZ`, AS0, no subdivision.
+    pub const UNKNOWN: AttestedRegion = AttestedRegion {
+        country: *b"ZZ",
+        asn: 0,
+        subdivision: [0; callwatch_proto::attest::SUBDIVISION_LEN],
+    };
+
+    /// A country and ASN without a subdivision.
+    pub fn new(country: [u8; 2], asn: u32) -> Self {
+        AttestedRegion {
+            country,
+            asn,
+            ..Self::UNKNOWN
+        }
+    }
+}
+
+/// The region of an address as the reflector attests it. The collector passes its region lookup.
+pub type RegionLookup = Box<dyn Fn(IpAddr) -> AttestedRegion + Send>;
 
 /// What rule 9 needs: the Ed25519 key, the region lookup and the wall clock.
 pub struct Attester {
@@ -581,6 +610,11 @@ impl Reflector {
             duration_ms,
             reflector_time_us: now_us,
             features: callwatch_proto::probe::FEATURE_LOAD
+                | if self.attester.is_some() {
+                    callwatch_proto::probe::FEATURE_SUBDIVISION
+                } else {
+                    0
+                }
                 | if self
                     .attester
                     .as_ref()
@@ -756,12 +790,19 @@ impl Reflector {
         }
         session.last_attest_us = Some(now_us);
         let attester = self.attester.as_ref()?;
-        let (country, asn) = (attester.lookup)(src.ip());
-        let country = if country.iter().all(u8::is_ascii_uppercase) {
-            country
-        } else {
-            *b"ZZ"
-        };
+        let region = (attester.lookup)(src.ip());
+        let (country, asn) = (region.country, region.asn);
+        let known_country = country.iter().all(u8::is_ascii_uppercase);
+        let country = if known_country { country } else { *b"ZZ" };
+        // The subdivision only when asked and known: a well-formed code of a known country.
+        // Otherwise the answer signs none (the old kind), and the report needs no newer schema.
+        let subdivision = Some(region.subdivision).filter(|s| {
+            q.with_subdivision
+                && known_country
+                && country != *b"ZZ"
+                && *s != [0; callwatch_proto::attest::SUBDIVISION_LEN]
+                && callwatch_proto::attest::subdivision_code(&country, s).is_some()
+        });
         let hour = attester.hour(now_us);
         let token = match (q.with_token, attester.collector) {
             (true, Some(collector)) => {
@@ -792,6 +833,7 @@ impl Reflector {
             country,
             asn,
             hour,
+            subdivision,
             token_digest: token
                 .as_ref()
                 .map(|t| callwatch_proto::pathtoken::digest(t)),
@@ -807,6 +849,7 @@ impl Reflector {
             key_id,
             signature,
             token,
+            subdivision,
         })
     }
 
@@ -1110,8 +1153,17 @@ mod tests {
 
     fn test_attester() -> Attester {
         let lookup: RegionLookup = Box::new(|ip: IpAddr| match ip {
-            IpAddr::V4(v4) if v4.octets()[3] == 2 => (*b"NL", 1136),
-            _ => (*b"ZZ", 0),
+            IpAddr::V4(v4) if v4.octets()[3] == 2 => AttestedRegion {
+                country: *b"NL",
+                asn: 1136,
+                subdivision: *b"NH\0",
+            },
+            IpAddr::V4(v4) if v4.octets()[3] == 3 => AttestedRegion {
+                // A lookup that returns no code: signed as unknown.
+                subdivision: *b"n-h",
+                ..AttestedRegion::new(*b"NL", 1136)
+            },
+            _ => AttestedRegion::UNKNOWN,
         });
         // Reflector time 0 is 2025-10-09T19:00:00Z (hour 488_888).
         Attester::new(
@@ -1127,6 +1179,7 @@ mod tests {
             cookie,
             report_id,
             with_token: false,
+            with_subdivision: false,
         })
         .encode()
     }
@@ -1159,6 +1212,7 @@ mod tests {
                 country: att.country,
                 asn: att.asn,
                 hour: att.hour,
+                subdivision: None,
                 token_digest: None,
             },
             &att.key_id,
@@ -1189,6 +1243,110 @@ mod tests {
             .is_none());
     }
 
+    /// Asked with the subdivision kinds (advertised by every attesting reflector), a known
+    /// subdivision is signed; when the lookup has none or gives no code, or when asked with the
+    /// old kinds, none is, and the answer is the old kind.
+    #[test]
+    fn the_subdivision_is_signed_when_asked_and_the_old_query_gets_the_old_answer() {
+        use callwatch_proto::attest::RegionAttestation;
+        use callwatch_proto::carry::CarrySecret;
+        use callwatch_proto::probe::{ATTESTATION_LEN, ATTESTATION_TOKEN_LEN, FEATURE_SUBDIVISION};
+        use callwatch_proto::{pathtoken, ReportId};
+        let collector = CarrySecret::from_bytes([4; 32]);
+        let mut r = Reflector::new([1; 32], Limits::default())
+            .with_attestation(test_attester().with_collector_key(collector.public()));
+        let key = r.attestation_key().unwrap();
+        let mut t = T0;
+        for (src, want) in [
+            ("127.0.0.2:5000", Some(*b"NH\0")),
+            ("127.0.0.3:5000", None),
+            ("127.0.0.4:5000", None),
+        ] {
+            let src = addr(src);
+            let a = open(&mut r, t, src, 7);
+            assert_ne!(a.features & FEATURE_SUBDIVISION, 0, "advertised");
+            r.handle(t, src, &probe(a.cookie, 7, 0, 172)).unwrap();
+            for with_token in [false, true] {
+                t += 1_100_000;
+                let q = Packet::AttestQuery(AttestQuery {
+                    session: 7,
+                    cookie: a.cookie,
+                    report_id: [3; 16],
+                    with_token,
+                    with_subdivision: true,
+                })
+                .encode();
+                let out = r
+                    .handle(t, src, &q)
+                    .unwrap_or_else(|| panic!("no attestation for {src}: {:?}", r.stats()));
+                assert_eq!(
+                    out.len(),
+                    if with_token {
+                        ATTESTATION_TOKEN_LEN
+                    } else {
+                        ATTESTATION_LEN
+                    },
+                    "the same length as the answer without a subdivision"
+                );
+                let Packet::Attestation(att) = Packet::decode(&out).unwrap() else {
+                    panic!("not an attestation")
+                };
+                assert_eq!(att.subdivision, want, "{src}");
+                assert_eq!(att.token.is_some(), with_token);
+                let claim = Claim {
+                    report_id: att.report_id,
+                    country: att.country,
+                    asn: att.asn,
+                    hour: att.hour,
+                    subdivision: att.subdivision,
+                    token_digest: att.token.as_ref().map(|t| pathtoken::digest(t)),
+                };
+                let report =
+                    RegionAttestation::from_signed(&claim, &att.key_id, &att.signature).unwrap();
+                assert_eq!(
+                    report.subdivision.as_deref(),
+                    want.map(|_| "NL-NH"),
+                    "{src}"
+                );
+                let started =
+                    chrono::DateTime::from_timestamp(i64::from(att.hour) * 3600 + 5, 0).unwrap();
+                assert_eq!(
+                    report.verify(ReportId([3; 16]), started, started, |_| Some(key)),
+                    Ok(())
+                );
+                // Without the subdivision (with one), the same signature does not verify.
+                let bare = RegionAttestation::from_signed(
+                    &Claim {
+                        subdivision: match want {
+                            Some(_) => None,
+                            None => Some(*b"NH\0"),
+                        },
+                        ..claim
+                    },
+                    &att.key_id,
+                    &att.signature,
+                )
+                .unwrap();
+                assert!(bare
+                    .verify(ReportId([3; 16]), started, started, |_| Some(key))
+                    .is_err());
+            }
+            // The old query: the old answer, no subdivision.
+            t += 1_100_000;
+            let out = r
+                .handle(t, src, &attest_query(a.cookie, 7, [3; 16]))
+                .unwrap();
+            let Packet::Attestation(att) = Packet::decode(&out).unwrap() else {
+                panic!("not an attestation")
+            };
+            assert_eq!((att.subdivision, att.token), (None, None));
+        }
+        // A reflector without an attestation key does not advertise it.
+        let mut plain = Reflector::new([1; 32], Limits::default());
+        let a = open(&mut plain, T0, addr("127.0.0.2:5000"), 7);
+        assert_eq!(a.features & FEATURE_SUBDIVISION, 0);
+    }
+
     #[test]
     fn a_path_token_seals_the_probes_prefix_to_the_collector_under_the_signature() {
         use callwatch_proto::attest::RegionAttestation;
@@ -1209,6 +1367,7 @@ mod tests {
             cookie: a.cookie,
             report_id: [3; 16],
             with_token: true,
+            with_subdivision: false,
         })
         .encode();
         let out = r.handle(T0 + 1_000, src, &q).unwrap();
@@ -1228,6 +1387,7 @@ mod tests {
             country: att.country,
             asn: att.asn,
             hour: att.hour,
+            subdivision: None,
             token_digest: Some(pathtoken::digest(&token)),
         };
         let started = chrono::DateTime::from_timestamp(i64::from(att.hour) * 3600 + 5, 0).unwrap();

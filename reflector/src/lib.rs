@@ -25,7 +25,8 @@ pub mod term;
 pub mod udp;
 
 pub use self::core::{
-    stun_binding_success, Arrival, Attester, Limits, Reflector, ReflectorStats, RegionLookup,
+    stun_binding_success, Arrival, AttestedRegion, Attester, Limits, Reflector, ReflectorStats,
+    RegionLookup,
 };
 pub use self::udp::{
     bind_failure, bind_with_buffers, spawn_reflector, spawn_reflector_attested,

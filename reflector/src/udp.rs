@@ -210,7 +210,7 @@ pub async fn spawn_reflector(
     limits: Limits,
 ) -> std::io::Result<ReflectorHandle> {
     let attest = ed25519_dalek::SigningKey::from_bytes(&rand::random());
-    let unknown: crate::RegionLookup = Box::new(|_| (*b"ZZ", 0));
+    let unknown: crate::RegionLookup = Box::new(|_| crate::AttestedRegion::UNKNOWN);
     spawn_reflector_attested(
         addrs,
         limits,

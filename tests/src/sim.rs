@@ -201,7 +201,7 @@ pub fn simulate_call_observed(
     // The simulated reflector attests every address as ZZ/AS0, on the agent's wall clock.
     let attester = Attester::new(
         sim_attestation_key(),
-        Box::new(|_| (*b"ZZ", 0)),
+        Box::new(|_| callwatch_reflector::AttestedRegion::UNKNOWN),
         started_at.timestamp_micros() - i64::try_from(reflector_offset_us).unwrap_or(0),
     );
     let mut reflector = Reflector::new(secret, Limits::default())

@@ -42,6 +42,7 @@ fn signed_for(key: &SigningKey, id: ReportId, like: &RegionAttestation) -> Regio
         country: *b"RU",
         asn: like.asn,
         hour: like.hour,
+        subdivision: None,
         token_digest: None,
     };
     let (key_id, sig) = claim.sign(key);
@@ -60,6 +61,7 @@ fn signed_with_token(
         country: *b"RU",
         asn: like.asn,
         hour: like.hour,
+        subdivision: None,
         token_digest: Some(pathtoken::digest(token)),
     };
     let (key_id, sig) = claim.sign(key);
@@ -314,5 +316,105 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
             })
             .unwrap();
     }
+    collector.shutdown().await;
+}
+
+/// The attested subdivision (#17 item 3): a City database places the tested-from /24 in St
+/// Petersburg and the upload's in Moscow, both in the same network (AS12389). A real call test
+/// gets the subdivision signed by the collector's reflector (report schema 2), and the report
+/// is filed under St Petersburg, where its path was measured — not under the upload's Moscow,
+/// which is where an attestation without a subdivision (an older reflector's) files it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attested_subdivision_files_the_report_where_it_was_tested() {
+    use callwatch_reflector::geo::mmdb_writer::{city_record, MmdbWriter};
+    let root = tempfile::tempdir().unwrap();
+    let city_db = root.path().join("GeoLite2-City.mmdb");
+    MmdbWriter::new("GeoLite2-City")
+        .insert((IpAddr::from(TESTED_FROM), 24), city_record("RU", &["SPE"]))
+        .insert(
+            (IpAddr::from(UPLOADED_FROM), 24),
+            city_record("RU", &["MOW"]),
+        )
+        .write(&city_db)
+        .unwrap();
+    let table = root.path().join("asns.tsv");
+    std::fs::write(&table, "127.0.0.0\t127.0.1.255\t12389\tRU\tROSTELECOM-AS\n").unwrap();
+    let data = root.path().join("collector");
+    let mut sc =
+        callwatch_tests::open_collector_config(root.path(), "127.0.0.1:0".parse().unwrap());
+    // The City database first (country and subdivision), the table after it (the ASN).
+    sc.geo = Some(city_db);
+    sc.geo_files.push(table);
+    let collector = serve(sc).await.unwrap();
+
+    let mut spec = TestSpec::voice(collector.reflector.addrs[0], 400);
+    spec.grace_ms = 200;
+    spec.bind = Some(IpAddr::from(TESTED_FROM));
+    let report = tokio::task::spawn_blocking(move || {
+        run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
+    })
+    .await
+    .unwrap();
+    let attestation = report.attestation.clone().expect("the reflector attested");
+    assert_eq!(
+        (
+            attestation.country.as_str(),
+            attestation.asn,
+            attestation.subdivision.as_deref()
+        ),
+        ("RU", 12389, Some("RU-SPE"))
+    );
+    assert_eq!(report.schema, 2, "an attested subdivision needs schema 2");
+    // The same test as an older reflector would have attested it: no subdivision.
+    let own = load_or_create_attestation(&data).unwrap();
+    let mut older = variant(
+        &report,
+        0xb1,
+        Some(signed_for(&own, ReportId([0xb1; 16]), &attestation)),
+    );
+    older.schema = 1;
+    assert_eq!(older.attestation.as_ref().unwrap().subdivision, None);
+
+    let agent = SigningKey::from_bytes(&[2; 32]);
+    let queue = Queue::open(&root.path().join("queue")).unwrap();
+    for r in [&report, &older] {
+        queue
+            .push_queued(&QueuedReport {
+                report: SignedReport::sign(r, &agent).unwrap(),
+                path_token: r.path_token,
+            })
+            .unwrap();
+    }
+    let mut target = UploadTarget::new(collector.quic_addr, {
+        let mut p = [0u8; 32];
+        hex::decode_to_slice(&collector.pin, &mut p).unwrap();
+        p
+    });
+    target.tcp = None;
+    target.server_name = "localhost".into();
+    target.bind = Some(IpAddr::from(UPLOADED_FROM));
+    target.connect_timeout = Duration::from_secs(5);
+    let summary = upload_queue(&queue, &target).await.unwrap();
+    assert_eq!((summary.accepted, summary.rejected), (2, 0), "{summary:?}");
+
+    let mut filed = BTreeMap::new();
+    collector
+        .store
+        .for_each(&mut |s: StoredReport| {
+            let r: CallReport = serde_json::from_slice(&s.signed.body).unwrap();
+            filed.insert(r.id.0, (s.region.subdivision.clone(), s.filing.source));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        filed[&report.id.0],
+        ("RU-SPE".to_string(), RegionSource::Attested),
+        "filed where it was tested"
+    );
+    assert_eq!(
+        filed[&[0xb1; 16]],
+        ("RU-MOW".to_string(), RegionSource::Attested),
+        "without a signed subdivision: the upload's, from the attested network"
+    );
     collector.shutdown().await;
 }

@@ -191,6 +191,7 @@ fn attested_reports(
                     country: *b"RU",
                     asn: 12389,
                     hour: unix_hour(r.started_at),
+                    subdivision: None,
                     token_digest: None,
                 };
                 let (id, sig) = claim.sign(reflector);

@@ -41,8 +41,8 @@ use crate::verdict::{judge_call, ArmEvidence, CallEvidence, VerdictConfig};
 use callwatch_proto::attest::{Claim, RegionAttestation};
 use callwatch_proto::framing::{neutral_session_id, Framing};
 use callwatch_proto::pathtoken::{self, PathToken};
-use callwatch_proto::probe::FEATURE_PATH_TOKEN;
 use callwatch_proto::probe::{AttestQuery, CountQuery, Packet, RejectReason};
+use callwatch_proto::probe::{FEATURE_PATH_TOKEN, FEATURE_SUBDIVISION};
 use callwatch_proto::profile::profile;
 use callwatch_proto::report::{StreamKind, StreamOutcome, VerdictRule, SCHEMA_VERSION};
 use callwatch_proto::{CallReport, ReportId, Role, StreamReport, Verdict};
@@ -342,6 +342,7 @@ impl CallTest {
                     country: a.country,
                     asn: a.asn,
                     hour: a.hour,
+                    subdivision: a.subdivision,
                     token_digest: a.token.as_ref().map(|t| pathtoken::digest(t)),
                 };
                 // Not checked here (the agent may not know the key): the collector checks it.
@@ -402,6 +403,9 @@ impl CallTest {
             cookie: control.cookie()?,
             report_id,
             with_token: control.reflector_features() & FEATURE_PATH_TOKEN != 0,
+            // Only a reflector that says it signs subdivisions is asked for one: an older one
+            // would drop the unknown query kind and the report would go unattested.
+            with_subdivision: control.reflector_features() & FEATURE_SUBDIVISION != 0,
         });
         let datagram = control.frame(now_us, query);
         Some(Transmit { arm, datagram })
@@ -610,6 +614,12 @@ impl CallTest {
                 path_token: self.path_token,
             })
         };
+        // The lowest schema its keys need: a collector of an older release stores every report
+        // that carries no newer key (an attested subdivision needs 2).
+        let report = report.map(|mut r| {
+            r.schema = r.lowest_schema();
+            r
+        });
         let records = results.into_iter().map(|r| (r.role, r.record)).collect();
         (report, records)
     }

@@ -417,13 +417,24 @@ impl Geo {
             .collect()
     }
 
-    /// The reflector's region lookup for its attestations ([`crate::Attester`]): country and
-    /// ASN of an address from these sources, `ZZ` for a country that is not two letters.
+    /// The reflector's region lookup for its attestations ([`crate::Attester`]): country, ASN
+    /// and first-level subdivision of an address from these sources, `ZZ` for a country that
+    /// is not two letters (and then no subdivision).
     pub fn region_lookup(self: std::sync::Arc<Self>) -> crate::RegionLookup {
         Box::new(move |ip| {
             let region = self.lookup(ip);
-            let country = <[u8; 2]>::try_from(region.country.as_bytes()).unwrap_or(*b"ZZ");
-            (country, region.asn)
+            let Ok(country) = <[u8; 2]>::try_from(region.country.as_bytes()) else {
+                return crate::AttestedRegion::UNKNOWN;
+            };
+            crate::AttestedRegion {
+                country,
+                asn: region.asn,
+                subdivision: callwatch_proto::attest::subdivision_bytes(
+                    &country,
+                    &region.subdivision,
+                )
+                .unwrap_or_default(),
+            }
         })
     }
 
