@@ -13,9 +13,13 @@ use std::net::SocketAddr;
 
 /// The RTP header in front of every generic probe.
 const RTP: usize = 12;
-/// The probe protocol's Attestation kind byte, after its version byte.
+/// The probe protocol's Attestation kind byte, after its version byte: the simulated reflector
+/// knows no subdivision (it attests every address as ZZ/AS0), so it answers with the kind
+/// without one (11)…
 const ATTESTATION: [u8; 2] = [1, 11];
-const ATTEST_QUERY: [u8; 2] = [1, 10];
+/// … to the query that asks for one (14), which the agent sends because every attesting
+/// reflector advertises that it signs subdivisions.
+const ATTEST_QUERY: [u8; 2] = [1, 14];
 
 fn spec() -> TestSpec {
     let mut spec = TestSpec::voice(SocketAddr::from(([127, 0, 0, 1], 3479)), 2_000);
