@@ -44,18 +44,25 @@ pub struct Dictionaries {
 
 impl Dictionaries {
     /// Adds dictionary `id` (its raw bytes); the newest added becomes the one records are
-    /// compressed with.
-    pub fn add(&self, id: u32, raw: &[u8]) {
-        let dec = Arc::new(zstd::dict::DecoderDictionary::copy(raw));
-        let enc = Arc::new(zstd::dict::EncoderDictionary::copy(raw, LEVEL));
+    /// compressed with. Bytes zstd cannot prepare as a dictionary are an error (zstd's binding
+    /// panics on them; that is caught here).
+    pub fn add(&self, id: u32, raw: &[u8]) -> Result<(), String> {
+        let prepared = std::panic::catch_unwind(|| {
+            (
+                zstd::dict::DecoderDictionary::copy(raw),
+                zstd::dict::EncoderDictionary::copy(raw, LEVEL),
+            )
+        });
+        let (dec, enc) = prepared.map_err(|_| format!("dictionary {id} is not one zstd reads"))?;
         self.read
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, dec);
+            .insert(id, Arc::new(dec));
         let mut w = self.write.write().unwrap_or_else(|e| e.into_inner());
         if w.as_ref().is_none_or(|(have, _)| *have < id) {
-            *w = Some((id, enc));
+            *w = Some((id, Arc::new(enc)));
         }
+        Ok(())
     }
 
     /// The id of the dictionary records are compressed with (0: none yet).
@@ -262,7 +269,7 @@ mod tests {
             })
             .collect();
         let d = Dictionaries::default();
-        d.add(1, &train(&samples).unwrap());
+        d.add(1, &train(&samples).unwrap()).unwrap();
         d
     }
 
@@ -309,7 +316,7 @@ mod tests {
         let (key, plain) = record(5);
         let stored = first.compress(&key, &plain).unwrap();
         let samples: Vec<Vec<u8>> = (500..800).map(|i| record(i).1).collect();
-        first.add(2, &train(&samples).unwrap());
+        first.add(2, &train(&samples).unwrap()).unwrap();
         assert_eq!(first.current(), 2);
         assert_eq!(
             first.decompress(&key, &stored).unwrap().as_ref(),
@@ -345,6 +352,19 @@ mod tests {
         assert!(d.decompress(&key, &bad).is_err(), "unknown layout");
         // No key to put back.
         assert!(d.decompress(&key[..31], &stored).is_err());
+    }
+
+    #[test]
+    fn a_damaged_dictionary_is_an_error_not_a_panic() {
+        // zstd's dictionary magic, then entropy tables that are not.
+        let mut bad = vec![0x37, 0xA4, 0x30, 0xEC, 1, 0, 0, 0];
+        bad.extend(noise(3, 200));
+        let d = Dictionaries::default();
+        assert!(d.add(1, &bad).is_err());
+        assert_eq!(d.current(), 0, "nothing half added");
+        let (key, plain) = record(1);
+        let stored = d.compress(&key, &plain).unwrap();
+        assert_eq!(d.decompress(&key, &stored).unwrap().as_ref(), &plain[..]);
     }
 
     proptest! {

@@ -490,7 +490,7 @@ impl SledStore {
                 .map(u32::from_be_bytes)
                 .filter(|id| *id > 0)
                 .ok_or_else(|| corrupt(&k, "bad dictionary key"))?;
-            store.dicts.add(id, &v);
+            store.dicts.add(id, &v).map_err(|e| corrupt(&k, e))?;
         }
         // A truncated or emptied log looks to sled like a crash before those writes: it opens
         // without them. The count recorded beside the store after every durable batch tells.
@@ -529,7 +529,10 @@ impl SledStore {
                 live,
                 "the store's log is mostly superseded pages; compacting it"
             );
-            store.close()?;
+            if let Err(e) = store.close() {
+                // The store is as it was (or is put back at the reopen): used uncompacted.
+                tracing::warn!("compacting the store failed, opening it as it is: {e}");
+            }
             return Self::open_inner(dir, want_cap, want_prefix_cap, false);
         }
         Ok(store)
@@ -585,7 +588,9 @@ impl SledStore {
         self.meta.insert(key, dict.as_slice()).map_err(backend)?;
         // Durable before any record names it.
         self.db.flush().map_err(backend)?;
-        self.dicts.add(id, &dict);
+        self.dicts
+            .add(id, &dict)
+            .map_err(|e| StoreError::Backend(format!("the trained dictionary: {e}")))?;
         tracing::info!(
             bytes = dict.len(),
             samples = samples.len(),
