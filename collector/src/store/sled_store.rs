@@ -266,6 +266,12 @@ fn compaction_paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (with(".compacting"), with(".old"))
 }
 
+/// Whether `dir` holds a store, or held one that an interrupted compaction moved aside (the next
+/// open puts it back, see [`recover_compaction`]).
+pub fn store_exists(dir: &Path) -> bool {
+    dir.exists() || compaction_paths(dir).1.exists()
+}
+
 /// Finishes or undoes a compaction ([`SledStore::close`]) a crash interrupted: with the store
 /// moved aside and the copy not yet in its place, the store goes back (it is complete, the
 /// copy may not be); with both in place, the old one is removed; a copy left over is removed.
@@ -2358,6 +2364,7 @@ mod compression_tests {
         std::fs::write(compacting.join("db"), b"half a copy").unwrap();
         // Moved aside, the copy not yet in place: the store comes back.
         std::fs::rename(&path, &old).unwrap();
+        assert!(store_exists(&path), "a store moved aside is still there");
         {
             let s = SledStore::open(&path).unwrap();
             assert_exact(&s, &items);
