@@ -57,8 +57,9 @@ pub struct SledStore {
     /// The zstd dictionaries records are compressed with ([`super::compress`]), kept under
     /// `meta`/`dict` ‖ id.
     dicts: Dictionaries,
-    /// Held while a dictionary is trained (once per store, see [`TRAIN_AFTER`]).
-    training: std::sync::Mutex<()>,
+    /// Held while a dictionary is trained (once per store, see [`TRAIN_AFTER`]); true once
+    /// training failed, so that it is tried again at the next open, not at every batch.
+    training: std::sync::Mutex<bool>,
     /// Records written uncompressed ([`SledStore::write_plain_records`]).
     plain: std::sync::atomic::AtomicBool,
 }
@@ -485,7 +486,7 @@ impl SledStore {
             recorded: std::sync::Mutex::new(0),
             flusher: GroupFlush::default(),
             dicts: Dictionaries::default(),
-            training: std::sync::Mutex::new(()),
+            training: std::sync::Mutex::new(false),
             plain: std::sync::atomic::AtomicBool::new(false),
         };
         for item in store.meta.scan_prefix(DICT_KEY) {
@@ -563,10 +564,10 @@ impl SledStore {
             return Ok(());
         }
         // One batch trains; the others go on compressing without a dictionary meanwhile.
-        let Ok(_training) = self.training.try_lock() else {
+        let Ok(mut failed) = self.training.try_lock() else {
             return Ok(());
         };
-        if self.dicts.current() != 0 {
+        if self.dicts.current() != 0 || *failed {
             return Ok(());
         }
         let mut samples = Vec::with_capacity(TRAIN_SAMPLES);
@@ -585,6 +586,7 @@ impl SledStore {
             Err(e) => {
                 // Records compress without one; try again at the next open.
                 tracing::warn!("{e}");
+                *failed = true;
                 return Ok(());
             }
         };
