@@ -311,7 +311,50 @@ struct Wire {
     zero: u64,
     pos: Vec<(u32, u64)>,
     neg: Vec<(u32, u64)>,
-    range: Option<(f64, f64)>,
+    range: WireRange,
+}
+
+/// The exact min/max as serialised. In a compact binary form (postcard: the sled store's cells)
+/// one value when min = max, as in every cell of one report: variant 2 and the value. Variants
+/// 0 (none) and 1 (both values) are byte for byte the `Option<(f64, f64)>` of earlier releases,
+/// so their cells read unchanged. In a human-readable form (JSON) always that `Option`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct WireRange(Option<(f64, f64)>);
+
+/// [`WireRange`] in a compact form.
+#[derive(Serialize, Deserialize)]
+enum CompactRange {
+    None,
+    Both(f64, f64),
+    One(f64),
+}
+
+impl Serialize for WireRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return self.0.serialize(s);
+        }
+        match self.0 {
+            None => CompactRange::None,
+            // Equal as bits: -0.0 and 0.0 stay apart.
+            Some((lo, hi)) if lo.to_bits() == hi.to_bits() => CompactRange::One(lo),
+            Some((lo, hi)) => CompactRange::Both(lo, hi),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for WireRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            return Option::<(f64, f64)>::deserialize(d).map(WireRange);
+        }
+        Ok(WireRange(match CompactRange::deserialize(d)? {
+            CompactRange::None => None,
+            CompactRange::Both(lo, hi) => Some((lo, hi)),
+            CompactRange::One(v) => Some((v, v)),
+        }))
+    }
 }
 
 /// Why serialised sketch bytes were rejected.
@@ -369,7 +412,7 @@ impl From<Sketch> for Wire {
             zero: s.zero,
             pos: encode_bins(&s.pos),
             neg: encode_bins(&s.neg),
-            range: s.range,
+            range: WireRange(s.range),
         }
     }
 }
@@ -384,7 +427,7 @@ impl TryFrom<Wire> for Sketch {
             .iter()
             .chain(&neg)
             .fold(w.zero, |acc, &(_, c)| acc.saturating_add(c));
-        match w.range {
+        match w.range.0 {
             None if count == 0 => {}
             None => return Err(WireError("missing min/max")),
             Some(_) if count == 0 => return Err(WireError("min/max on an empty sketch")),
@@ -398,7 +441,7 @@ impl TryFrom<Wire> for Sketch {
             neg,
             zero: w.zero,
             count,
-            range: w.range,
+            range: w.range.0,
         })
     }
 }
@@ -561,6 +604,7 @@ mod tests {
                 (prop::num::f64::ANY, prop::num::f64::ANY),
             ]),
         ) {
+            let range = WireRange(range);
             let bytes = postcard::to_allocvec(&Wire { zero, pos, neg, range }).expect("wire");
             match postcard::from_bytes::<Sketch>(&bytes) {
                 Ok(s) => {
@@ -719,13 +763,63 @@ mod tests {
         }
     }
 
+    /// A sketch of one value keeps it once in postcard; sketches as earlier releases wrote them
+    /// (min and max as an `Option<(f64, f64)>`) read unchanged; JSON keeps that `Option`.
+    #[test]
+    fn one_value_is_kept_once_and_older_bytes_still_read() {
+        #[derive(Serialize)]
+        struct Old {
+            zero: u64,
+            pos: Vec<(u32, u64)>,
+            neg: Vec<(u32, u64)>,
+            range: Option<(f64, f64)>,
+        }
+        for values in [
+            &[][..],
+            &[3.25][..],
+            &[-0.0][..],
+            &[2.0, 7.5, 7.5][..],
+            &[4.0, 4.0][..],
+        ] {
+            let s = sketch_of(values);
+            let old = Old {
+                zero: s.zero,
+                pos: encode_bins(&s.pos),
+                neg: encode_bins(&s.neg),
+                range: s.range,
+            };
+            let old_bytes = postcard::to_allocvec(&old).expect("old");
+            assert_eq!(
+                postcard::from_bytes::<Sketch>(&old_bytes).expect("old reads"),
+                s
+            );
+            let new_bytes = postcard::to_allocvec(&s).expect("new");
+            assert_eq!(
+                postcard::from_bytes::<Sketch>(&new_bytes).expect("new reads"),
+                s
+            );
+            let one = s.range.is_some_and(|(lo, hi)| lo.to_bits() == hi.to_bits());
+            assert_eq!(
+                new_bytes.len() + if one { 8 } else { 0 },
+                old_bytes.len(),
+                "{values:?}"
+            );
+            let json = serde_json::to_string(&s).expect("json");
+            assert_eq!(json, serde_json::to_string(&old).expect("old json"));
+            assert_eq!(
+                serde_json::from_str::<Sketch>(&json).expect("json reads"),
+                s
+            );
+        }
+    }
+
     #[test]
     fn saturated_counts_do_not_panic() {
         let wire = Wire {
             zero: u64::MAX,
             pos: vec![(700, u64::MAX), (1, 5)],
             neg: vec![(1, u64::MAX)],
-            range: Some((-1.0, 2.0)),
+            range: WireRange(Some((-1.0, 2.0))),
         };
         let bytes = postcard::to_allocvec(&wire).expect("wire");
         let s: Sketch = postcard::from_bytes(&bytes).expect("valid");
@@ -766,7 +860,7 @@ mod tests {
             zero: 0,
             pos: vec![(1, 1); MAX_BINS + 1],
             neg: vec![],
-            range: Some((1.0, 2.0)),
+            range: WireRange(Some((1.0, 2.0))),
         };
         let bytes = postcard::to_allocvec(&too_many).expect("wire");
         assert!(postcard::from_bytes::<Sketch>(&bytes).is_err());

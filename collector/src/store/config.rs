@@ -235,7 +235,7 @@ pub fn sled_path(data_dir: &Path) -> std::path::PathBuf {
 /// (`migrate`, `import`, `export`): a missing store or a running collector's lock is said so.
 pub fn open_stopped_sled(data_dir: &Path) -> Result<SledStore> {
     let path = sled_path(data_dir);
-    if !path.exists() {
+    if !super::sled_store::store_exists(&path) {
         bail!("{} holds no collector store", data_dir.display());
     }
     SledStore::open(&path).map_err(|e| {

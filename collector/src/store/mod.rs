@@ -10,6 +10,7 @@
 //! is belongs to the domain, which imports no store.
 
 pub mod clickhouse;
+pub mod compress;
 pub mod config;
 pub mod copy;
 pub mod sled_store;
@@ -19,7 +20,7 @@ use crate::domain::{Axis, Cell, CorruptRecord, Filter, Policy, StoredReport, Ver
 
 pub use clickhouse::ClickHouseStore;
 pub use copy::{copy_reports, CopyProgress};
-pub use sled_store::SledStore;
+pub use sled_store::{SledStore, TreeSize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertOutcome {

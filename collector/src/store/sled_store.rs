@@ -2,7 +2,13 @@
 //! time (received ms ‖ report key) for paging exports, and the fine aggregate cells with their
 //! per-agent and prefix cap counters and their day roll-up (see [`crate::domain`]). All are written in one
 //! transaction.
+//!
+//! Records are compressed ([`super::compress`]: zstd, with a dictionary trained on the store's
+//! first reports and kept in `meta`); records of earlier releases are read as they are. A clean
+//! [`SledStore::close`] compacts the store (a fresh copy takes its place), and so does an open
+//! that finds sled's log mostly superseded pages.
 
+use super::compress::{self, Dictionaries};
 use super::{InsertOutcome, ReportStore, StoreError};
 use crate::domain::events::EvidenceBook;
 use crate::domain::Axis;
@@ -48,6 +54,24 @@ pub struct SledStore {
     /// would race on its temp file) and keeps it from going backwards.
     recorded: std::sync::Mutex<u64>,
     flusher: GroupFlush,
+    /// The zstd dictionaries records are compressed with ([`super::compress`]), kept under
+    /// `meta`/`dict` ‖ id.
+    dicts: Dictionaries,
+    /// Held while a dictionary is trained (once per store, see [`TRAIN_AFTER`]); true once
+    /// training failed, so that it is tried again at the next open, not at every batch.
+    training: std::sync::Mutex<bool>,
+    /// Records written uncompressed ([`SledStore::write_plain_records`]).
+    plain: std::sync::atomic::AtomicBool,
+}
+
+/// What one tree of the store holds: entries and the bytes of their keys and values (sled's
+/// own overhead and its log's garbage not counted).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TreeSize {
+    pub name: &'static str,
+    pub entries: u64,
+    pub key_bytes: u64,
+    pub value_bytes: u64,
 }
 
 /// Group commit: concurrent batches share one `fsync` instead of queueing one each.
@@ -120,6 +144,13 @@ const CAP_KEY: &[u8] = b"cap";
 const PREFIX_CAP_KEY: &[u8] = b"pcap";
 const DAYS_KEY: &[u8] = b"days";
 const CELLS_KEY: &[u8] = b"cells";
+/// Prefix of the `meta` keys holding record dictionaries: `dict` ‖ id (u32 BE) → raw
+/// dictionary.
+const DICT_KEY: &[u8] = b"dict";
+/// Reports stored (compressed without a dictionary) before one is trained on them.
+pub const TRAIN_AFTER: u64 = 1_000;
+/// Records a dictionary is trained on: the first ones in key order (spread over agents).
+const TRAIN_SAMPLES: usize = 2_000;
 /// The layout of the aggregate trees this build writes, kept under `meta`/`cells`.
 ///
 /// Absent (format 1): a store from before the stream kind and the blocked counts — 16-byte cell
@@ -134,7 +165,8 @@ const CELLS_KEY: &[u8] = b"cells";
 /// prefixes, and the prefix cap's counters (`prefix_caps`). Format 5: [`CellKey`] with the
 /// region's subdivision (20 bytes; cap keys unchanged, the caps do not count per subdivision).
 /// Format 6: [`CellState`] with the differentiated tests per agent and prefix (the events'
-/// evidence).
+/// evidence). Since record compression, a sketch of one value keeps its min = max once
+/// ([`crate::domain::sketch`]); older format-6 cells read unchanged, so that is no new format.
 pub const CELL_FORMAT: u8 = 6;
 /// File in the store folder holding the number of reports stored durably.
 const COUNT_FILE: &str = "callwatch-count";
@@ -163,6 +195,8 @@ struct Opened {
     trees: [sled::Tree; 7],
     /// Entries in the `reports` tree.
     reports: u64,
+    /// Bytes of all keys and values.
+    live: u64,
 }
 
 /// How long reading the store at open may go without progress before it counts as damaged;
@@ -193,13 +227,15 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
         seen.fetch_add(1, Ordering::Relaxed);
         let mut trees = Vec::with_capacity(TREES.len());
         let mut reports = 0u64;
+        let mut live = 0u64;
         for name in TREES {
             let tree = db
                 .open_tree(name)
                 .map_err(|e| format!("opening tree {name}: {e}"))?;
             let mut n = 0u64;
             for item in tree.iter() {
-                item.map_err(|e| format!("reading tree {name}: {e}"))?;
+                let (k, v) = item.map_err(|e| format!("reading tree {name}: {e}"))?;
+                live += (k.len() + v.len()) as u64;
                 n += 1;
                 seen.fetch_add(1, Ordering::Relaxed);
             }
@@ -211,8 +247,79 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
         let trees: [sled::Tree; 7] = trees
             .try_into()
             .map_err(|_| "internal: tree count".to_string())?;
-        Ok(Opened { db, trees, reports })
+        Ok(Opened {
+            db,
+            trees,
+            reports,
+            live,
+        })
     })
+}
+
+/// The copy a compaction writes (`<dir>.compacting`) and where the store waits while the copy
+/// takes its place (`<dir>.old`).
+fn compaction_paths(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let with = |suffix: &str| {
+        let mut s = dir.as_os_str().to_owned();
+        s.push(suffix);
+        std::path::PathBuf::from(s)
+    };
+    (with(".compacting"), with(".old"))
+}
+
+/// Whether `dir` holds a store, or held one that an interrupted compaction moved aside (the next
+/// open puts it back, see [`recover_compaction`]).
+pub fn store_exists(dir: &Path) -> bool {
+    dir.exists() || compaction_paths(dir).1.exists()
+}
+
+/// Finishes or undoes a compaction ([`SledStore::close`]) a crash interrupted: with the store
+/// moved aside and the copy not yet in its place, the store goes back (it is complete, the
+/// copy may not be); with both in place, the old one is removed; a copy left over is removed.
+pub fn recover_compaction(dir: &Path) -> std::io::Result<()> {
+    let (compacting, old) = compaction_paths(dir);
+    if old.exists() {
+        if dir.exists() {
+            std::fs::remove_dir_all(&old)?;
+        } else {
+            std::fs::rename(&old, dir)?;
+        }
+    }
+    if compacting.exists() {
+        std::fs::remove_dir_all(&compacting)?;
+    }
+    Ok(())
+}
+
+/// A store is compacted at open when its folder is over [`COMPACT_RATIO`] times its live
+/// entries' bytes (a fresh copy is about 2.5 times) and over `COMPACT_OVER` bytes.
+const COMPACT_OVER: u64 = 64 << 20;
+const COMPACT_RATIO: u64 = 4;
+
+/// Bytes of the files below `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            total += match e.metadata() {
+                Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            };
+        }
+    }
+    total
+}
+
+/// Entries per batch when copying a tree ([`SledStore::copy_into`]).
+const COPY_BATCH: usize = 20_000;
+
+/// sled's configuration for the store in `dir`.
+fn sled_config(dir: &Path) -> sled::Config {
+    sled::Config::new()
+        .path(dir)
+        // We flush explicitly before acknowledging; the periodic flush is a backstop.
+        .flush_every_ms(Some(1000))
 }
 
 /// Opens sled in `dir`. sled's file lock outlives a dropped store for a moment while its
@@ -221,11 +328,7 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
 fn open_db(dir: &Path) -> Result<sled::Db, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     loop {
-        let opened = sled::Config::new()
-            .path(dir)
-            // We flush explicitly before acknowledging; the periodic flush is a backstop.
-            .flush_every_ms(Some(1000))
-            .open();
+        let opened = sled_config(dir).open();
         match opened {
             Ok(db) => return Ok(db),
             Err(e)
@@ -297,7 +400,7 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`, keeping the per-agent and prefix caps its cells
     /// were built with (the default caps for a new store).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Self::open_inner(dir, None, None)
+        Self::open_inner(dir, None, None, true)
     }
 
     /// Opens (or creates) the store in `dir` with this per-agent cap (and the prefix cap its
@@ -305,7 +408,7 @@ impl SledStore {
     /// rebuilds them from the raw reports first.
     pub fn open_with_cap(dir: &Path, max_per_agent_per_day: usize) -> Result<Self, StoreError> {
         let cap = u32::try_from(max_per_agent_per_day).unwrap_or(u32::MAX);
-        Self::open_inner(dir, Some(cap), None)
+        Self::open_inner(dir, Some(cap), None, true)
     }
 
     /// Opens (or creates) the store in `dir` with the per-agent and prefix caps of `policy`;
@@ -314,13 +417,14 @@ impl SledStore {
     pub fn open_with_policy(dir: &Path, policy: &Policy) -> Result<Self, StoreError> {
         let cap = u32::try_from(policy.max_per_agent_per_day).unwrap_or(u32::MAX);
         let pcap = u32::try_from(policy.max_per_prefix_per_day).unwrap_or(u32::MAX);
-        Self::open_inner(dir, Some(cap), Some(pcap))
+        Self::open_inner(dir, Some(cap), Some(pcap), true)
     }
 
     fn open_inner(
         dir: &Path,
         want_cap: Option<u32>,
         want_prefix_cap: Option<u32>,
+        compact: bool,
     ) -> Result<Self, StoreError> {
         let damaged = |what: String| {
             StoreError::Backend(format!(
@@ -333,7 +437,16 @@ impl SledStore {
             db,
             trees: [reports, by_time, cells, caps, days, meta, prefix_caps],
             reports: found,
-        } = open_and_read_all(dir, stall_limit()).map_err(damaged)?;
+            live,
+        } = {
+            recover_compaction(dir).map_err(|e| {
+                StoreError::Backend(format!(
+                    "finishing an interrupted compaction of the store in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            open_and_read_all(dir, stall_limit()).map_err(damaged)?
+        };
         let built_with = match meta.get(CAP_KEY).map_err(backend)? {
             None => None,
             Some(v) => {
@@ -372,7 +485,20 @@ impl SledStore {
             count: std::sync::atomic::AtomicU64::new(found),
             recorded: std::sync::Mutex::new(0),
             flusher: GroupFlush::default(),
+            dicts: Dictionaries::default(),
+            training: std::sync::Mutex::new(false),
+            plain: std::sync::atomic::AtomicBool::new(false),
         };
+        for item in store.meta.scan_prefix(DICT_KEY) {
+            let (k, v) = item.map_err(backend)?;
+            let id = k
+                .get(DICT_KEY.len()..)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_be_bytes)
+                .filter(|id| *id > 0)
+                .ok_or_else(|| corrupt(&k, "bad dictionary key"))?;
+            store.dicts.add(id, &v).map_err(|e| corrupt(&k, e))?;
+        }
         // A truncated or emptied log looks to sled like a crash before those writes: it opens
         // without them. The count recorded beside the store after every durable batch tells.
         let recorded = read_count(dir);
@@ -400,7 +526,95 @@ impl SledStore {
             // A store from before the day roll-up.
             store.rebuild_days()?;
         }
+        store.train_if_due()?;
+        let on_disk = dir_bytes(dir);
+        if compact && on_disk > COMPACT_OVER && on_disk / COMPACT_RATIO > live {
+            // A store never closed cleanly (a service stops within seconds), or of an earlier
+            // release: compacted now, before anything uses it.
+            tracing::info!(
+                on_disk,
+                live,
+                "the store's log is mostly superseded pages; compacting it"
+            );
+            if let Err(e) = store.close() {
+                // The store is as it was (or is put back at the reopen): used uncompacted.
+                tracing::warn!("compacting the store failed, opening it as it is: {e}");
+            }
+            return Self::open_inner(dir, want_cap, want_prefix_cap, false);
+        }
         Ok(store)
+    }
+
+    /// Writes records uncompressed, as releases before compression did: for tests of stores
+    /// those releases wrote, and the size benchmark's baseline.
+    #[doc(hidden)]
+    pub fn write_plain_records(&self, on: bool) {
+        self.plain.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Trains the records' dictionary once enough reports are stored without one (a new store
+    /// after [`TRAIN_AFTER`] reports, or one written by an earlier release at its first open),
+    /// keeps it in the store, durably, and compresses records with it from then on. Records
+    /// compressed before, or never, stay as they are and read as before.
+    fn train_if_due(&self) -> Result<(), StoreError> {
+        if self.dicts.current() != 0
+            || (self.len() as u64) < TRAIN_AFTER
+            || self.plain.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        // One batch trains; the others go on compressing without a dictionary meanwhile.
+        let Ok(mut failed) = self.training.try_lock() else {
+            return Ok(());
+        };
+        if self.dicts.current() != 0 || *failed {
+            return Ok(());
+        }
+        let mut samples = Vec::with_capacity(TRAIN_SAMPLES);
+        for item in self.reports.iter().take(TRAIN_SAMPLES) {
+            let (k, v) = item.map_err(backend)?;
+            let agent = k.get(..32).unwrap_or_default();
+            let plain = self
+                .dicts
+                .decompress(agent, &v)
+                .map_err(|e| corrupt(&k, e))?;
+            // Trained on what is compressed.
+            samples.push(compress::payload(agent, &plain).1.into_owned());
+        }
+        let dict = match compress::train(&samples) {
+            Ok(d) => d,
+            Err(e) => {
+                // Records compress without one; try again at the next open.
+                tracing::warn!("{e}");
+                *failed = true;
+                return Ok(());
+            }
+        };
+        let id = 1u32;
+        let mut key = DICT_KEY.to_vec();
+        key.extend_from_slice(&id.to_be_bytes());
+        self.meta.insert(key, dict.as_slice()).map_err(backend)?;
+        // Durable before any record names it.
+        self.db.flush().map_err(backend)?;
+        self.dicts
+            .add(id, &dict)
+            .map_err(|e| StoreError::Backend(format!("the trained dictionary: {e}")))?;
+        tracing::info!(
+            bytes = dict.len(),
+            samples = samples.len(),
+            "trained the records' dictionary"
+        );
+        Ok(())
+    }
+
+    /// A record as stored, read back: decompressed, parsed.
+    fn read_record(&self, key: &[u8], stored: &[u8]) -> Result<StoredReport, StoreError> {
+        let agent = key.get(..32).unwrap_or_default();
+        let plain = self
+            .dicts
+            .decompress(agent, stored)
+            .map_err(|e| corrupt(key, e))?;
+        StoredReport::from_bytes(&plain).map_err(|e| corrupt(key, e))
     }
 
     /// Records `durable`, a number of reports known to be flushed, beside the store (see
@@ -419,6 +633,144 @@ impl SledStore {
             .map_err(|e| StoreError::Backend(format!("recording the report count: {e}")))?;
         *recorded = durable;
         Ok(())
+    }
+
+    /// Closes the store cleanly and compacts it: everything written is flushed, then copied
+    /// into a fresh sled database beside it (`<dir>.compacting`, records compressed with the
+    /// newest dictionary), which takes the store's place. sled's log keeps superseded versions
+    /// of pages until a segment is half garbage, so a filled store is several times its live
+    /// entries; the copy is not. Crash-safe: the store is replaced by two renames only once the
+    /// copy is flushed and read back, and [`recover_compaction`] at the next open finishes or
+    /// undoes an interrupted swap; an error leaves the store as it was.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.db.flush().map_err(backend)?;
+        let dir = self.dir.clone();
+        let (compacting, old) = compaction_paths(&dir);
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Backend(format!("compacting the store: {what}: {e}"))
+        };
+        if compacting.exists() {
+            std::fs::remove_dir_all(&compacting).map_err(|e| io("removing a stale copy", e))?;
+        }
+        let copied = self.copy_into(&compacting).and_then(|()| {
+            // Every report is flushed: the count is durable.
+            let count = self.count.load(std::sync::atomic::Ordering::SeqCst);
+            std::fs::File::create(compacting.join(COUNT_FILE))
+                .and_then(|mut f| {
+                    use std::io::Write;
+                    f.write_all(count.to_string().as_bytes())?;
+                    f.sync_all()
+                })
+                .map_err(|e| io("recording the count", e))
+        });
+        if let Err(e) = copied {
+            let _ = std::fs::remove_dir_all(&compacting);
+            return Err(e);
+        }
+        drop(self);
+        std::fs::rename(&dir, &old).map_err(|e| io("moving the store aside", e))?;
+        std::fs::rename(&compacting, &dir).map_err(|e| io("moving the copy in", e))?;
+        if let Some(parent) = dir.parent() {
+            // The renames durable (a crash before leaves one of the two, see recover_compaction).
+            let _ = std::fs::File::open(parent).and_then(|f| f.sync_all());
+        }
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            // sled's background thread may still write there; the next open removes it.
+            tracing::warn!("removing {}: {e}", old.display());
+        }
+        Ok(())
+    }
+
+    /// Copies every tree into a fresh sled database in `target` (which must not exist yet),
+    /// flushed: the same entries without the garbage of sled's log.
+    pub fn copy_into(&self, target: &Path) -> Result<(), StoreError> {
+        let fresh = sled_config(target)
+            .create_new(true)
+            .open()
+            .map_err(backend)?;
+        let trees = [
+            ("reports", &self.reports),
+            ("by_time", &self.by_time),
+            ("cells", &self.cells),
+            ("caps", &self.caps),
+            ("days", &self.days),
+            ("meta", &self.meta),
+            ("prefix_caps", &self.prefix_caps),
+        ];
+        let mut copied = Vec::with_capacity(trees.len());
+        for (name, tree) in trees {
+            let to = fresh.open_tree(name).map_err(backend)?;
+            let mut batch = sled::Batch::default();
+            let mut n = 0usize;
+            let current = self.dicts.current();
+            for item in tree.iter() {
+                let (k, mut v) = item.map_err(backend)?;
+                if name == "reports" && compress::dictionary_of(&v) != Some(current) {
+                    // Compressed again with the newest dictionary: the same record.
+                    let agent = k.get(..32).unwrap_or_default();
+                    let plain = self
+                        .dicts
+                        .decompress(agent, &v)
+                        .map_err(|e| corrupt(&k, e))?;
+                    v = self
+                        .dicts
+                        .compress(agent, &plain)
+                        .map_err(|e| corrupt(&k, e))?
+                        .into();
+                }
+                batch.insert(k, v);
+                n += 1;
+                if n.is_multiple_of(COPY_BATCH) {
+                    to.apply_batch(std::mem::take(&mut batch))
+                        .map_err(backend)?;
+                }
+            }
+            to.apply_batch(batch).map_err(backend)?;
+            copied.push((name, to, n));
+        }
+        fresh.flush().map_err(backend)?;
+        // Read back before it replaces anything: every entry is there.
+        for (name, to, n) in copied {
+            let mut m = 0usize;
+            for item in to.iter() {
+                item.map_err(backend)?;
+                m += 1;
+            }
+            if m != n {
+                return Err(StoreError::Backend(format!(
+                    "the copy of tree {name} holds {m} entries, not {n}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Entries and bytes of keys and values per tree (for sizing; reads every tree once).
+    pub fn tree_sizes(&self) -> Result<Vec<TreeSize>, StoreError> {
+        let trees = [
+            ("reports", &self.reports),
+            ("by_time", &self.by_time),
+            ("cells", &self.cells),
+            ("caps", &self.caps),
+            ("prefix_caps", &self.prefix_caps),
+            ("days", &self.days),
+            ("meta", &self.meta),
+        ];
+        let mut out = Vec::with_capacity(trees.len());
+        for (name, tree) in trees {
+            let mut size = TreeSize {
+                name,
+                ..TreeSize::default()
+            };
+            for item in tree.iter() {
+                let (k, v) = item.map_err(backend)?;
+                size.entries += 1;
+                size.key_bytes += k.len() as u64;
+                size.value_bytes += v.len() as u64;
+            }
+            out.push(size);
+        }
+        Ok(out)
     }
 
     /// The per-agent cap the cells apply.
@@ -605,6 +957,13 @@ impl ReportStore for SledStore {
         {
             let value = report
                 .to_bytes()
+                .and_then(|plain| {
+                    if self.plain.load(std::sync::atomic::Ordering::SeqCst) {
+                        Ok(plain)
+                    } else {
+                        self.dicts.compress(&key.agent, &plain)
+                    }
+                })
                 .map_err(|e| StoreError::Backend(format!("encoding report: {e}")))?;
             // Insert-if-absent, the time index and the aggregate in one transaction: two
             // connections racing with the same report store and count it once, the index never
@@ -682,6 +1041,10 @@ impl ReportStore for SledStore {
             if let Err(e) = self.record_count(durable) {
                 tracing::warn!("{e}");
             }
+            // After the acknowledgement is safe: a failure here costs compression, not reports.
+            if let Err(e) = self.train_if_due() {
+                tracing::warn!("training the records' dictionary: {e}");
+            }
         }
         Ok(outcomes)
     }
@@ -692,7 +1055,7 @@ impl ReportStore for SledStore {
     ) -> Result<(), StoreError> {
         for item in self.reports.iter() {
             let (k, v) = item.map_err(backend)?;
-            let report = StoredReport::from_bytes(&v).map_err(|e| corrupt(&k, e))?;
+            let report = self.read_record(&k, &v)?;
             f(report)?;
         }
         Ok(())
@@ -713,7 +1076,7 @@ impl ReportStore for SledStore {
                 .get(report_key)
                 .map_err(backend)?
                 .ok_or_else(|| corrupt(report_key, "indexed report is missing"))?;
-            let report = StoredReport::from_bytes(&v).map_err(|e| corrupt(report_key, e))?;
+            let report = self.read_record(report_key, &v)?;
             if !f(report)? {
                 break;
             }
@@ -1793,5 +2156,227 @@ mod format_tests {
             let want = fresh.aggregate(&axes, &filter, &policy()).unwrap();
             assert_eq!(s.aggregate(&axes, &filter, &policy()).unwrap(), want);
         }
+    }
+}
+
+/// Records compressed with a dictionary trained on the store's reports, stores of earlier
+/// releases (plain records) read side by side, and compaction at a clean close.
+#[cfg(test)]
+mod compression_tests {
+    use super::*;
+    use callwatch_proto::SignedReport;
+
+    /// Report `i` of the roll-up tests, signed with a key and signature as random as real
+    /// ones (the store keeps them exactly; they compress not at all).
+    fn item(i: u32) -> VerifiedReport {
+        let mut stored = super::rollup_tests::item(i).stored;
+        let noise = |seed: u32, n: usize| -> Vec<u8> {
+            let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        stored.signed = SignedReport {
+            key: noise(i % 7 + 1, 32),
+            signature: noise(i + 100, 64),
+            body: stored.signed.body,
+        };
+        VerifiedReport::parse(stored).unwrap()
+    }
+
+    /// Every stored report, by key order and by arrival, as read back.
+    fn read_all(s: &SledStore) -> (Vec<StoredReport>, Vec<StoredReport>) {
+        let mut by_key = vec![];
+        s.for_each(&mut |r| {
+            by_key.push(r);
+            Ok(())
+        })
+        .unwrap();
+        let mut by_time = vec![];
+        s.for_each_since(i64::MIN, &mut |r| {
+            by_time.push(r);
+            Ok(true)
+        })
+        .unwrap();
+        (by_key, by_time)
+    }
+
+    /// The reports read back are the ones stored, to the byte: the signed body, key and
+    /// signature (what a researcher verifies), region, arrival and filing.
+    fn assert_exact(s: &SledStore, items: &[VerifiedReport]) {
+        let (by_key, by_time) = read_all(s);
+        assert_eq!(by_time.len(), items.len());
+        let mut want: Vec<&StoredReport> = items.iter().map(|v| &v.stored).collect();
+        want.sort_by_key(|r| r.received_at_ms);
+        for (got, want) in by_time.iter().zip(&want) {
+            assert_eq!(got.signed.body, want.signed.body);
+            assert_eq!(got.signed.key, want.signed.key);
+            assert_eq!(got.signed.signature, want.signed.signature);
+            assert_eq!(got, *want);
+        }
+        let mut by_key_sorted = by_key.clone();
+        by_key_sorted.sort_by_key(|r| r.received_at_ms);
+        assert_eq!(by_key_sorted, by_time);
+    }
+
+    fn policy() -> Policy {
+        Policy {
+            min_agents: 1,
+            ..Policy::default()
+        }
+    }
+
+    fn cells(s: &SledStore) -> Vec<Cell> {
+        s.aggregate(&[Axis::Platform, Axis::Day], &Filter::default(), &policy())
+            .unwrap()
+    }
+
+    #[test]
+    fn signed_bytes_come_back_exactly_before_and_after_the_dictionary_and_compaction() {
+        let n = TRAIN_AFTER as u32 + 300;
+        let items: Vec<VerifiedReport> = (0..n).map(item).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reports.sled");
+        let want_cells;
+        {
+            let s = SledStore::open(&path).unwrap();
+            for chunk in items.chunks(100) {
+                s.insert_batch(chunk).unwrap();
+            }
+            assert_eq!(s.dicts.current(), 1, "a dictionary was trained");
+            let mut with = 0;
+            for e in s.reports.iter() {
+                let (_, v) = e.unwrap();
+                assert!(
+                    compress::dictionary_of(&v).is_some(),
+                    "every record compressed"
+                );
+                with += usize::from(compress::dictionary_of(&v) == Some(1));
+            }
+            assert!(
+                with >= 300 && with < items.len(),
+                "{with} with the dictionary"
+            );
+            assert_exact(&s, &items);
+            want_cells = cells(&s);
+            s.close().unwrap();
+        }
+        let (compacting, old) = compaction_paths(&path);
+        assert!(!compacting.exists() && !old.exists());
+        let s = SledStore::open(&path).unwrap();
+        assert_eq!(s.len(), items.len());
+        for e in s.reports.iter() {
+            let (_, v) = e.unwrap();
+            assert_eq!(
+                compress::dictionary_of(&v),
+                Some(1),
+                "compaction compresses every record with the dictionary"
+            );
+        }
+        assert_exact(&s, &items);
+        assert_eq!(cells(&s), want_cells);
+        // Still deduplicates, and takes more.
+        assert_eq!(
+            s.insert_batch(&[item(0), item(n)]).unwrap(),
+            vec![InsertOutcome::Duplicate, InsertOutcome::Inserted]
+        );
+    }
+
+    /// A store as earlier releases wrote it (records uncompressed, no dictionary) opens,
+    /// reads exactly, trains its dictionary at open, stores new reports compressed beside the
+    /// old ones, answers as a store built by this release, and is compressed whole by a
+    /// compaction.
+    #[test]
+    fn a_store_with_plain_records_reads_beside_compressed_ones() {
+        let old_items: Vec<VerifiedReport> = (0..TRAIN_AFTER as u32 + 50).map(item).collect();
+        let new_items: Vec<VerifiedReport> = (TRAIN_AFTER as u32 + 50..TRAIN_AFTER as u32 + 150)
+            .map(item)
+            .collect();
+        let all: Vec<VerifiedReport> = old_items.iter().chain(&new_items).cloned().collect();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = SledStore::open(dir.path()).unwrap();
+            s.write_plain_records(true);
+            for chunk in old_items.chunks(200) {
+                s.insert_batch(chunk).unwrap();
+            }
+            // The records are what earlier releases wrote: StoredReport::to_bytes.
+            for v in &old_items {
+                let got = s.reports.get(v.key.to_bytes()).unwrap().unwrap();
+                assert_eq!(&got[..], &v.stored.to_bytes().unwrap()[..]);
+            }
+            assert_eq!(s.dicts.current(), 0);
+            assert!(s.meta.scan_prefix(DICT_KEY).next().is_none());
+        }
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let fresh = SledStore::open(fresh_dir.path()).unwrap();
+        fresh.insert_batch(&all).unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        assert_eq!(s.dicts.current(), 1, "trained at open");
+        assert_exact(&s, &old_items);
+        s.insert_batch(&new_items).unwrap();
+        let plain = s
+            .reports
+            .iter()
+            .filter(|e| compress::dictionary_of(&e.as_ref().unwrap().1).is_none())
+            .count();
+        assert_eq!(plain, old_items.len(), "old records stay as they were");
+        assert_exact(&s, &all);
+        assert_eq!(cells(&s), cells(&fresh));
+        s.close().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        assert!(s
+            .reports
+            .iter()
+            .all(|e| compress::dictionary_of(&e.unwrap().1) == Some(1)));
+        assert_exact(&s, &all);
+        assert_eq!(cells(&s), cells(&fresh));
+    }
+
+    /// A crash during a compaction's swap leaves the store as it was or as compacted, never
+    /// without it: the next open finishes or undoes the swap.
+    #[test]
+    fn an_interrupted_compaction_is_finished_or_undone_at_open() {
+        let items: Vec<VerifiedReport> = (0..40).map(item).collect();
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("reports.sled");
+        {
+            let s = SledStore::open(&path).unwrap();
+            s.insert_batch(&items).unwrap();
+        }
+        let (compacting, old) = compaction_paths(&path);
+        let copy_dir = |from: &Path, to: &Path| {
+            std::fs::create_dir_all(to).unwrap();
+            for e in std::fs::read_dir(from).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    std::fs::create_dir_all(to.join(e.file_name())).unwrap();
+                } else {
+                    std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+                }
+            }
+        };
+        // A copy half written (garbage), the store in place: the copy is removed.
+        std::fs::create_dir_all(&compacting).unwrap();
+        std::fs::write(compacting.join("db"), b"half a copy").unwrap();
+        // Moved aside, the copy not yet in place: the store comes back.
+        std::fs::rename(&path, &old).unwrap();
+        assert!(store_exists(&path), "a store moved aside is still there");
+        {
+            let s = SledStore::open(&path).unwrap();
+            assert_exact(&s, &items);
+            s.close().unwrap();
+        }
+        assert!(!compacting.exists() && !old.exists());
+        // Both in place, the old not yet removed: it is removed.
+        copy_dir(&path, &old);
+        let s = SledStore::open(&path).unwrap();
+        assert!(!old.exists());
+        assert_exact(&s, &items);
     }
 }

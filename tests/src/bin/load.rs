@@ -132,6 +132,24 @@ enum Command {
         #[command(flatten)]
         store: StoreOpts,
     },
+    /// Fill a fresh store with synthetic reports (the mix of `aggregate`), close it cleanly,
+    /// and print its size on disk per report, per tree for sled.
+    StoreSize {
+        #[arg(long, default_value_t = 100_000)]
+        reports: usize,
+        /// Keep the store in this folder (it must not exist) instead of a temporary one.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Reports per insert (default: 256 for sled, 10000 for ClickHouse).
+        #[arg(long = "fill-batch")]
+        fill_batch: Option<usize>,
+        /// sled as earlier releases wrote it: records uncompressed, no compaction at close (the
+        /// next open compacts it).
+        #[arg(long)]
+        baseline: bool,
+        #[command(flatten)]
+        store: StoreOpts,
+    },
 }
 
 /// One agent's batch: (agent index, its reports).
@@ -348,61 +366,7 @@ async fn aggregate(
         .max(1);
     let have = store.len();
     let t_fill = Instant::now();
-    if have < reports {
-        eprintln!("filling the store: {have} → {reports} reports");
-        let countries = ["RU", "DE", "IR", "TR", "BR", "US", "IN", "CN", "UA", "KZ"];
-        let keys: Vec<[u8; 32]> = (0..2000u64)
-            .map(|i| {
-                let mut k = [0u8; 32];
-                k[..8].copy_from_slice(&(i + 1).to_be_bytes());
-                k
-            })
-            .collect();
-        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-        let now = chrono::Utc::now();
-        let t = Instant::now();
-        let mut i = have;
-        while i < reports {
-            let n = (reports - i).min(fill_batch);
-            let batch: Vec<VerifiedReport> = (i..i + n)
-                .map(|j| {
-                    let agent = keys[j % keys.len()];
-                    let platform = Platform::ALL[j % 5];
-                    let started = now - chrono::Duration::minutes(rng.gen_range(10..60 * 24 * 28));
-                    let r = synthetic_report(&mut rng, j as u32, platform, started, j % 7 == 0);
-                    // Signatures are not checked by the store; a load fill need not sign.
-                    let body = serde_json::to_vec(&r).expect("serialises");
-                    let c = agent[7] as usize % countries.len();
-                    VerifiedReport::new(
-                        ReportKey { agent, id: r.id },
-                        StoredReport {
-                            signed: SignedReport {
-                                body,
-                                key: agent.to_vec(),
-                                signature: vec![0; 64],
-                            },
-                            region: callwatch_collector::geo::Region {
-                                country: countries[c].into(),
-                                asn: 1000 + (agent[6] as u32 % 4),
-                                subdivision: String::new(),
-                            },
-                            received_at_ms: now.timestamp_millis() + j as i64,
-                            filing: Default::default(),
-                        },
-                        r,
-                    )
-                })
-                .collect();
-            store.insert_batch(&batch)?;
-            i += n;
-            if i % 50_000 < n {
-                eprintln!(
-                    "  {i} reports ({:.0}/s)",
-                    (i - have) as f64 / t.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
+    fill(store.as_ref(), have, reports, fill_batch)?;
     if have < reports {
         println!(
             "filled {} reports in {:.1} s ({:.0}/s, {fill_batch} per insert)",
@@ -476,6 +440,81 @@ async fn aggregate(
     }
     if let Some((ch, false)) = clickhouse {
         ch.drop_database()?;
+    }
+    Ok(())
+}
+
+/// The agents of the synthetic mix: 2,000 Ed25519 keys.
+fn mix_agents() -> Vec<SigningKey> {
+    (0..2000u64)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..8].copy_from_slice(&(i + 1).to_be_bytes());
+            SigningKey::from_bytes(&seed)
+        })
+        .collect()
+}
+
+/// The synthetic mix of `aggregate` and `store-size`: report `j` of the 2,000 agents of
+/// [`mix_agents`] (round robin), 10 countries × 4 networks (by agent key), the 5 platforms in
+/// turn, started at random over the last 28 days, every seventh with a differentiated verdict;
+/// signed by its agent (real keys and signatures, as random as a collector stores them),
+/// received 1 ms apart.
+fn synthetic_stored(
+    j: usize,
+    agents: &[SigningKey],
+    rng: &mut rand::rngs::StdRng,
+    now: chrono::DateTime<chrono::Utc>,
+) -> VerifiedReport {
+    const COUNTRIES: [&str; 10] = ["RU", "DE", "IR", "TR", "BR", "US", "IN", "CN", "UA", "KZ"];
+    let signer = &agents[j % agents.len()];
+    let agent = signer.verifying_key().to_bytes();
+    let platform = Platform::ALL[j % 5];
+    let started = now - chrono::Duration::minutes(rng.gen_range(10..60 * 24 * 28));
+    let r = synthetic_report(rng, j as u32, platform, started, j.is_multiple_of(7));
+    let signed = SignedReport::sign(&r, signer).expect("a synthetic report serialises");
+    let c = agent[7] as usize % COUNTRIES.len();
+    VerifiedReport::new(
+        ReportKey { agent, id: r.id },
+        StoredReport {
+            signed,
+            region: callwatch_collector::geo::Region {
+                country: COUNTRIES[c].into(),
+                asn: 1000 + (agent[6] as u32 % 4),
+                subdivision: String::new(),
+            },
+            received_at_ms: now.timestamp_millis() + j as i64,
+            filing: Default::default(),
+        },
+        r,
+    )
+}
+
+/// Fills `store` from `have` to `reports` synthetic reports ([`synthetic_stored`]),
+/// `fill_batch` per insert; prints the rate.
+fn fill(store: &dyn ReportStore, have: usize, reports: usize, fill_batch: usize) -> Result<()> {
+    if have >= reports {
+        return Ok(());
+    }
+    eprintln!("filling the store: {have} → {reports} reports");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let now = chrono::Utc::now();
+    let agents = mix_agents();
+    let t = Instant::now();
+    let mut i = have;
+    while i < reports {
+        let n = (reports - i).min(fill_batch);
+        let batch: Vec<VerifiedReport> = (i..i + n)
+            .map(|j| synthetic_stored(j, &agents, &mut rng, now))
+            .collect();
+        store.insert_batch(&batch)?;
+        i += n;
+        if i % 50_000 < n {
+            eprintln!(
+                "  {i} reports ({:.0}/s)",
+                (i - have) as f64 / t.elapsed().as_secs_f64()
+            );
+        }
     }
     Ok(())
 }
@@ -557,6 +596,136 @@ fn roll_up_against_hours(sled: &SledStore, repeat: usize) -> Result<()> {
     Ok(())
 }
 
+/// `store-size`: fills a fresh store, closes it, and prints what it takes on disk.
+fn store_size(
+    reports: usize,
+    data: Option<PathBuf>,
+    fill_batch: Option<usize>,
+    baseline: bool,
+    opts: StoreOpts,
+) -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let fill_batch = fill_batch
+        .unwrap_or(if opts.clickhouse() { 10_000 } else { 256 })
+        .max(1);
+    // What the reports themselves are: the exact signed bytes (body, key, signature).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let now = chrono::Utc::now();
+    let sample = 2_000.min(reports.max(1));
+    let agents = mix_agents();
+    let signed: usize = (0..sample)
+        .map(|j| {
+            let s = synthetic_stored(j, &agents, &mut rng, now).stored.signed;
+            s.body.len() + s.key.len() + s.signature.len()
+        })
+        .sum();
+    println!(
+        "mix: {reports} synthetic reports, 2,000 agents, 10 countries × 4 networks, 5 platforms, \
+         28 days; signed bytes {} per report (mean of {sample})",
+        signed / sample
+    );
+    if opts.clickhouse() {
+        let (ch, keep) = opts.open_clickhouse(0)?;
+        let t = Instant::now();
+        fill(ch.as_ref(), 0, reports, fill_batch)?;
+        let fill_secs = t.elapsed().as_secs_f64();
+        ch.optimize()?;
+        let (bytes, rows) = ch.disk_usage()?;
+        println!(
+            "ClickHouse {}: filled in {fill_secs:.1} s ({:.0}/s, {fill_batch} per insert); {bytes} \
+             bytes on disk for {rows} rows: {} bytes/report",
+            ch.server_version()?,
+            reports as f64 / fill_secs,
+            bytes / rows.max(1)
+        );
+        if !keep {
+            ch.drop_database()?;
+        }
+        return Ok(());
+    }
+    let dir = match data {
+        Some(d) => {
+            anyhow::ensure!(
+                !d.exists(),
+                "{} exists; store-size fills a fresh store",
+                d.display()
+            );
+            d
+        }
+        None => tmp.path().join("reports.sled"),
+    };
+    let store = SledStore::open(&dir)?;
+    // The baseline: records as earlier releases wrote them, the store closed as they did.
+    store.write_plain_records(baseline);
+    let t = Instant::now();
+    fill(&store, 0, reports, fill_batch)?;
+    let fill_secs = t.elapsed().as_secs_f64();
+    let n = reports.max(1) as u64;
+    // Every batch is flushed before it is acknowledged.
+    let filled = dir_bytes(&dir);
+    println!(
+        "sled{}: filled in {fill_secs:.1} s ({:.0}/s, {fill_batch} per insert): {filled} bytes on \
+         disk, {} bytes/report",
+        if baseline {
+            " (baseline: plain records, no compaction)"
+        } else {
+            ""
+        },
+        reports as f64 / fill_secs,
+        filled / n
+    );
+    // What the trees hold (sled's overhead and its log's garbage aside).
+    println!(
+        "{:>12} {:>9} {:>12} {:>12} {:>14}",
+        "tree", "entries", "key bytes", "value bytes", "bytes/report"
+    );
+    let mut live = 0;
+    for t in store.tree_sizes()? {
+        let b = t.key_bytes + t.value_bytes;
+        live += b;
+        println!(
+            "{:>12} {:>9} {:>12} {:>12} {:>14.1}",
+            t.name,
+            t.entries,
+            t.key_bytes,
+            t.value_bytes,
+            b as f64 / n as f64
+        );
+    }
+    println!(
+        "{:>12} {:>9} {:>12} {:>12} {:>14.1}",
+        "all trees",
+        "",
+        "",
+        "",
+        live as f64 / n as f64
+    );
+    let t = Instant::now();
+    if baseline {
+        drop(store);
+    } else {
+        store.close()?;
+    }
+    let bytes = dir_bytes(&dir);
+    println!(
+        "closed in {:.1} s: {bytes} bytes on disk, {} bytes/report",
+        t.elapsed().as_secs_f64(),
+        bytes / n
+    );
+    let t = Instant::now();
+    drop(SledStore::open(&dir)?);
+    println!(
+        "reopened in {:.1} s (a store not compacted at its close is at its open): {} bytes on disk",
+        t.elapsed().as_secs_f64(),
+        dir_bytes(&dir)
+    );
+    println!(
+        "sled's overhead and log garbage after closing: {:.1} bytes/report",
+        (bytes as f64 - live as f64) / n as f64
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() {
     let result = match Cli::parse().command {
@@ -574,6 +743,13 @@ async fn main() {
             fill_batch,
             store,
         } => aggregate(reports, data, repeat, fill_batch, store).await,
+        Command::StoreSize {
+            reports,
+            data,
+            fill_batch,
+            baseline,
+            store,
+        } => store_size(reports, data, fill_batch, baseline, store),
     };
     if let Err(e) = result {
         eprintln!("callwatch-load: {e:#}");

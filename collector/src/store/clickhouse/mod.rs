@@ -160,6 +160,14 @@ impl ClickHouseStore {
             .map(drop)
     }
 
+    /// Merges the `reports` table's parts now (`OPTIMIZE … FINAL`), as its background merges
+    /// would in time: for a settled size figure.
+    pub fn optimize(&self) -> Result<(), StoreError> {
+        self.http
+            .text(&format!("OPTIMIZE TABLE {}.reports FINAL", self.db))
+            .map(drop)
+    }
+
     /// Bytes the `reports` table takes on disk (active parts, compressed), and its row count
     /// before deduplication.
     pub fn disk_usage(&self) -> Result<(u64, u64), StoreError> {
