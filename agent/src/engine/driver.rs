@@ -3,12 +3,15 @@
 //! Pacing is what a call sounds like, so it gets a thread of its own rather than the async
 //! runtime's millisecond timer wheel: the sender thread sleeps on a condition variable until just
 //! before the next deadline (woken early if a datagram changes the schedule), then spins for the
-//! last [`SPIN_US`] µs. Timer slack is set to 1 µs for this thread, so the kernel does not
-//! coalesce its wake-ups. One receiver thread per socket blocks in `recvmsg`; each datagram is
+//! rest. How long before: as long as this machine's recent wake-ups overshot ([`SpinBudget`]:
+//! the largest of the last [`SPIN_HISTORY`] plus [`SPIN_MARGIN_US`], between [`MIN_SPIN_US`] and
+//! [`SPIN_US`]), so a quiet machine spins tens of µs per packet and a busy one up to `SPIN_US`.
+//! Timer slack is set to 1 µs for this thread, so the kernel does not coalesce its wake-ups. One receiver thread per socket blocks in `recvmsg`; each datagram is
 //! timestamped with the kernel's receive time where the kernel gives one (`SO_TIMESTAMPNS`,
 //! Linux), so the agent's own scheduling delay is not read as the network's, else as `recv`
 //! returns. That receive is the reflector's own ([`callwatch_reflector::net`]): one
-//! implementation of the kernel's timestamps for both ends. Spinning costs at most `SPIN_US` per 20 ms interval (~1 % of a core).
+//! implementation of the kernel's timestamps for both ends. Spinning costs at most `SPIN_US` per
+//! 20 ms interval (~1 % of a core), typically a fraction of that.
 //!
 //! The loop is str0m's: feed what arrived, drain `poll_transmit`, sleep until `poll_timeout`.
 
@@ -20,8 +23,62 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Spin this long before a deadline instead of sleeping through it.
+/// The longest spin before a deadline (the budget on a machine whose wake-ups are late).
 pub const SPIN_US: u64 = 200;
+/// The shortest spin before a deadline.
+pub const MIN_SPIN_US: u64 = 20;
+/// Added to the largest recent overshoot.
+pub const SPIN_MARGIN_US: u64 = 20;
+/// Wake-ups remembered by [`SpinBudget`]: at 50 packets/s, five seconds, so a machine whose
+/// load comes in bursts (a build, a browser tab) keeps the full spin between them; only a
+/// machine quiet for that long spins less. (Measured under a load average of 9 on 2 cores, a
+/// history of 32 — half a second — let bursts in between and made 16 sends in 2,500 late by
+/// more than half an interval, against 2 with the full spin.)
+pub const SPIN_HISTORY: usize = 250;
+
+/// How long before a deadline the sender stops sleeping and spins: the largest overshoot of
+/// its last [`SPIN_HISTORY`] timed wake-ups (how much later than asked the kernel woke it) plus
+/// [`SPIN_MARGIN_US`], within [`MIN_SPIN_US`]..=[`SPIN_US`]. It starts at `SPIN_US`, so the
+/// first packets are on time before anything is known; an overshoot larger than the budget
+/// raises it at once (the send it made late is counted by the timer figures).
+#[derive(Clone, Debug)]
+pub struct SpinBudget {
+    recent: [u64; SPIN_HISTORY],
+    next: usize,
+    seen: usize,
+}
+
+impl Default for SpinBudget {
+    fn default() -> Self {
+        SpinBudget {
+            recent: [0; SPIN_HISTORY],
+            next: 0,
+            seen: 0,
+        }
+    }
+}
+
+impl SpinBudget {
+    /// Records a timed wake-up that came `overshoot_us` after the time asked for.
+    pub fn record(&mut self, overshoot_us: u64) {
+        if let Some(slot) = self.recent.get_mut(self.next) {
+            *slot = overshoot_us;
+        }
+        self.next = (self.next + 1) % SPIN_HISTORY;
+        self.seen = (self.seen + 1).min(SPIN_HISTORY);
+    }
+
+    /// The spin before the next deadline, µs.
+    pub fn spin_us(&self) -> u64 {
+        if self.seen < SPIN_HISTORY {
+            return SPIN_US;
+        }
+        let worst = self.recent.iter().copied().max().unwrap_or(SPIN_US);
+        worst
+            .saturating_add(SPIN_MARGIN_US)
+            .clamp(MIN_SPIN_US, SPIN_US)
+    }
+}
 
 struct Shared {
     test: Mutex<CallTest>,
@@ -93,6 +150,7 @@ pub fn run(
         .collect::<Result<_, _>>()?;
 
     set_timer_slack_1us();
+    let mut spin = SpinBudget::default();
     let mut last_progress = Instant::now();
     let mut guard = lock(&shared.test);
     loop {
@@ -122,14 +180,24 @@ pub fn run(
             break;
         };
         let now = now_us();
-        if deadline > now + SPIN_US {
-            // Sleep until SPIN_US before the deadline, or until a datagram changes things.
-            let wait = Duration::from_micros((deadline - now - SPIN_US).min(100_000));
-            guard = shared
+        let spin_us = spin.spin_us();
+        if deadline > now + spin_us {
+            // Sleep until the spin before the deadline, or until a datagram changes things.
+            let sleep_us = (deadline - now - spin_us).min(100_000);
+            let (g, timed_out) = match shared
                 .wake
-                .wait_timeout(guard, wait)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+                .wait_timeout(guard, Duration::from_micros(sleep_us))
+            {
+                Ok((g, r)) => (g, r.timed_out()),
+                Err(e) => {
+                    let (g, r) = e.into_inner();
+                    (g, r.timed_out())
+                }
+            };
+            guard = g;
+            if timed_out {
+                spin.record(now_us().saturating_sub(now + sleep_us));
+            }
         } else if deadline > now {
             drop(guard);
             while now_us() < deadline {
@@ -167,5 +235,41 @@ fn receive_loop(arm: usize, socket: &UdpSocket, shared: &Shared, now_us: impl Fn
             // Timeouts let us see the stop flag; refused/unreachable are lost packets.
             Err(_) => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spin_follows_the_largest_recent_overshoot_within_its_bounds() {
+        let mut b = SpinBudget::default();
+        // Nothing known yet: the full spin, until the history is full.
+        assert_eq!(b.spin_us(), SPIN_US);
+        for _ in 0..SPIN_HISTORY - 1 {
+            b.record(10);
+        }
+        assert_eq!(b.spin_us(), SPIN_US);
+        b.record(10);
+        // A quiet machine: the margin over 10 µs, not less than the floor.
+        assert_eq!(b.spin_us(), (10 + SPIN_MARGIN_US).max(MIN_SPIN_US));
+        b.record(0);
+        for _ in 0..SPIN_HISTORY {
+            b.record(0);
+        }
+        assert_eq!(b.spin_us(), MIN_SPIN_US);
+        // One late wake-up raises it at once, and for the next SPIN_HISTORY wake-ups only.
+        b.record(90);
+        assert_eq!(b.spin_us(), 90 + SPIN_MARGIN_US);
+        for _ in 0..SPIN_HISTORY - 1 {
+            b.record(5);
+            assert_eq!(b.spin_us(), 90 + SPIN_MARGIN_US);
+        }
+        b.record(5);
+        assert_eq!(b.spin_us(), MIN_SPIN_US.max(5 + SPIN_MARGIN_US));
+        // Never more than the ceiling.
+        b.record(10_000);
+        assert_eq!(b.spin_us(), SPIN_US);
     }
 }
