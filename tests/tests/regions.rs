@@ -392,11 +392,20 @@ async fn region_cells_meet_k_and_filter_from_a_city_database() {
             .unwrap()
             .insert("cells", &[4u8][..])
             .unwrap();
+        // Records are compressed (with the dictionaries kept in `meta` as `dict` ‖ id); the
+        // previous release wrote them plain, which is what goes back.
+        let dicts = callwatch_collector::store::compress::Dictionaries::default();
+        for e in db.open_tree("meta").unwrap().scan_prefix(b"dict") {
+            let (k, v) = e.unwrap();
+            let id = u32::from_be_bytes(k[4..8].try_into().unwrap());
+            dicts.add(id, &v).unwrap();
+        }
         let reports = db.open_tree("reports").unwrap();
         let mut legacy = 0;
         for e in reports.iter() {
             let (k, v) = e.unwrap();
-            let stored = callwatch_collector::domain::StoredReport::from_bytes(&v).unwrap();
+            let plain = dicts.decompress(&k[..32], &v).unwrap();
+            let stored = callwatch_collector::domain::StoredReport::from_bytes(&plain).unwrap();
             if stored.region.subdivision.is_empty() {
                 let old = OldRecord {
                     signed: stored.signed,
