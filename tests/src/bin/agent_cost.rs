@@ -9,8 +9,9 @@
 //!   exit; the timer error from each tool's own output (the agent's `timer` figures, irtt's
 //!   `timer_error` statistics: how late each send was against its schedule).
 //! - **Idle**: `callwatch-agent run` testing every minute (2-s tests, no spread), sampled from
-//!   /proc for 40 s after its first test and upload, before the second: CPU over the window,
-//!   resident memory (VmRSS) at its end.
+//!   /proc for 40 s after its first test and upload, before the second: CPU over the window
+//!   (clock ticks: 10 ms resolution), resident memory at its end (VmRSS, split into anonymous
+//!   memory and file-backed pages of the binary and its libraries).
 //!
 //! Prints a table per run, the medians and the agent's CPU as a ratio of irtt's.
 
@@ -203,8 +204,12 @@ fn idle(root: &Path) -> Result<()> {
         &collector.quic.to_string(),
         &hex::encode(collector.pin),
         &collector.reflector.to_string(),
-        &[],
-        "interval = \"1m\"\nspread = 0.0\nduration_secs = 2\n",
+        &[
+            ("interval = \"15m\"", "interval = \"1m\""),
+            ("spread = 0.5", "spread = 0.0"),
+            ("duration_secs = 15", "duration_secs = 2"),
+        ],
+        "",
     );
     let state = root.join("state.json");
     let mut agent = Command::new(callwatch_tests::built_binary("callwatch-agent"))
@@ -236,6 +241,8 @@ fn idle(root: &Path) -> Result<()> {
     std::thread::sleep(IDLE_WINDOW);
     let (cpu1, t1) = (proc_cpu_s(pid)?, Instant::now());
     let rss = proc_status_kib(pid, "VmRSS:")?;
+    let anon = proc_status_kib(pid, "RssAnon:")?;
+    let file = proc_status_kib(pid, "RssFile:")?;
     let hwm = proc_status_kib(pid, "VmHWM:")?;
     let text = std::fs::read_to_string(&state).unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
@@ -246,7 +253,7 @@ fn idle(root: &Path) -> Result<()> {
     let window = (t1 - t0).as_secs_f64();
     println!();
     println!(
-        "idle daemon ({}): CPU {:.3} s over {:.0} s = {:.3} % of a core; RSS {:.1} MiB (peak {:.1} MiB)",
+        "idle daemon ({}): CPU {:.3} s over {:.0} s = {:.3} % of a core; RSS {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file-backed: the binary's and libraries' pages), peak {:.1} MiB",
         if tested_within {
             "a test ran within the window: not idle, rerun"
         } else {
@@ -256,6 +263,8 @@ fn idle(root: &Path) -> Result<()> {
         window,
         100.0 * (cpu1 - cpu0) / window,
         rss as f64 / 1024.0,
+        anon as f64 / 1024.0,
+        file as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
     Ok(())
