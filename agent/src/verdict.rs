@@ -1072,6 +1072,90 @@ mod tests {
         assert_eq!(judge(&unknown, &b, &cfg).1.windows, 30);
     }
 
+    #[test]
+    fn the_typical_window_is_the_median_count_not_the_smallest() {
+        // 777 probes every 20 ms = 31 windows of 25 and a 32nd of 2. With an even number of
+        // windows the smallest count (2) sits at index 0 of the sorted counts and the median (25)
+        // at index 16: the bar is half of 25, rounded up, so the 32nd window does not count.
+        let mut rng = StdRng::seed_from_u64(12);
+        let a = arm(&mut rng, PROBES + 27, 0.0, 1.0);
+        let windows = windows_of(&a, 1_000_000, 500_000);
+        assert_eq!(windows.len(), 32);
+        assert_eq!((windows[&0].sent, windows[&31].sent), (25, 2));
+        assert_eq!(min_probes(&a, &windows, 500_000), 13);
+        let mut unknown = a.clone();
+        unknown.interval_us = 0;
+        assert_eq!(min_probes(&unknown, &windows, 500_000), 13);
+        let b = arm(&mut rng, PROBES + 27, 0.0, 1.0);
+        let cfg = VerdictConfig::default();
+        assert_eq!(judge(&a, &b, &cfg).1.windows, 31);
+        assert_eq!(judge(&unknown, &b, &cfg).1.windows, 31);
+    }
+
+    #[test]
+    fn rtt_variation_is_the_mean_absolute_step_between_consecutive_replies() {
+        // Platform RTTs alternate 40, 44, 40, … ms: each window's 25 replies make 24 steps of
+        // 4 ms, so its variation is 24·4 / 24 = 4 ms; the control's constant 40 ms gives 0.
+        let mut rng = StdRng::seed_from_u64(13);
+        let platform = arm_with(&mut rng, PROBES, &mut |_, i| {
+            Some(if i % 2 == 0 { 40.0 } else { 44.0 })
+        });
+        let control = arm_with(&mut rng, PROBES, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&platform, &control, &VerdictConfig::default());
+        assert_eq!(
+            (
+                d.jitter.platform_median,
+                d.jitter.control_median,
+                d.jitter.effect
+            ),
+            (4.0, 0.0, 4.0),
+            "{d:?}"
+        );
+        // 4 ms in all 30 windows is above the 3 ms floor and significant (p = 2⁻³⁰ before Holm).
+        assert_eq!(v, Verdict::Differentiated, "{}", d.reason);
+        assert_eq!(d.rule, Some(VerdictRule::Jitter));
+    }
+
+    #[test]
+    fn the_onset_is_placed_at_its_window_start() {
+        // The platform arm's RTT goes from 40 to 80 ms at probe 250 = 5 s into the test (window
+        // 10 of 500 ms); the control stays at 40 ms. Paired delay differences: 0 in windows
+        // 0–9, 40 in 10–29. T_k = Σ_{i≥k} d_i / √(30 − k) is 800/√(30 − k) up to k = 10 and
+        // 40·√(30 − k) after, largest at k = 10 (800/√20 ≈ 178.9, against 174.6 at k = 9 and
+        // 174.4 at k = 11): the onset is window 10, which starts 10 · 500 ms after the first probe.
+        let mut rng = StdRng::seed_from_u64(14);
+        let platform = arm_with(&mut rng, PROBES, &mut |_, i| {
+            Some(if i < 250 { 40.0 } else { 80.0 })
+        });
+        let control = arm_with(&mut rng, PROBES, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&platform, &control, &VerdictConfig::default());
+        assert_eq!(v, Verdict::Differentiated, "{}", d.reason);
+        let onset = d.onset.expect("a 40 ms step is an onset");
+        assert_eq!((onset.at_ms, onset.effect), (5000, 40.0), "{onset:?}");
+        // The mean paired delay difference over all 30 windows: 20 · 40 / 30.
+        assert!((d.delay.effect - 800.0 / 30.0).abs() < 1e-9, "{d:?}");
+    }
+
+    #[test]
+    fn the_blocked_reason_counts_the_compared_probes() {
+        // The platform arm loses everything; the control arm loses every tenth probe, 75 of its
+        // 750 (30 full windows, all compared).
+        let mut rng = StdRng::seed_from_u64(15);
+        let blocked = arm_with(&mut rng, PROBES, &mut |_, _| None);
+        let control = arm_with(&mut rng, PROBES, &mut |_, i| (i % 10 != 0).then_some(40.0));
+        let (v, d) = judge(&blocked, &control, &VerdictConfig::default());
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Differentiated, Some(VerdictRule::Blocked))
+        );
+        assert!(
+            d.reason
+                .contains("none of its 750 probes back while the control arm got 675 of 750 back"),
+            "{}",
+            d.reason
+        );
+    }
+
     /// The 95 % Clopper–Pearson upper bound of a rate measured over `n` tests.
     fn upper_bound(rate: f64, n: u64) -> f64 {
         crate::stats::clopper_pearson((rate * n as f64).round() as u64, n, 0.95).1
