@@ -189,8 +189,6 @@ fn min_probes(arm: &ArmSamples, windows: &BTreeMap<u64, Window>, window_us: u64)
 /// window of both arms).
 #[derive(Debug, Default)]
 struct Series {
-    /// Window start, µs after the grid's origin.
-    starts_us: Vec<u64>,
     /// (lost, sent) per window.
     counts: Vec<(usize, usize)>,
     loss: Vec<f64>,
@@ -205,9 +203,8 @@ struct Series {
 }
 
 impl Series {
-    fn push(&mut self, start_us: u64, w: &Window) {
+    fn push(&mut self, w: &Window) {
         let got = w.rtts_ms.len().min(w.sent);
-        self.starts_us.push(start_us);
         self.sent += w.sent;
         self.received += got;
         self.counts.push((w.sent - got, w.sent));
@@ -222,8 +219,13 @@ impl Series {
     }
 }
 
-/// Both arms' series over the windows that count for both (rule 1).
-fn aligned_series(platform: &ArmSamples, control: &ArmSamples, window_us: u64) -> (Series, Series) {
+/// The windows that count for both arms (rule 1), as their starts in µs after the grid's origin,
+/// and both arms' series over them.
+fn aligned_series(
+    platform: &ArmSamples,
+    control: &ArmSamples,
+    window_us: u64,
+) -> (Vec<u64>, Series, Series) {
     let origin = platform
         .packets
         .iter()
@@ -237,16 +239,17 @@ fn aligned_series(platform: &ArmSamples, control: &ArmSamples, window_us: u64) -
         min_probes(platform, &pw, window_us),
         min_probes(control, &cw, window_us),
     );
-    let (mut ps, mut cs) = (Series::default(), Series::default());
+    let (mut starts_us, mut ps, mut cs) = (Vec::new(), Series::default(), Series::default());
     for (k, p) in &pw {
         if let Some(c) = cw.get(k) {
             if p.sent >= pmin && c.sent >= cmin {
-                ps.push(k * window_us, p);
-                cs.push(k * window_us, c);
+                starts_us.push(k * window_us);
+                ps.push(p);
+                cs.push(c);
             }
         }
     }
-    (ps, cs)
+    (starts_us, ps, cs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,7 +373,12 @@ const ONSET_MIN_TAIL: usize = 3;
 
 /// One-sided p-values (platform worse, control worse) and the effect of each metric, then
 /// Holm over the family.
-fn judge_metrics(p: &Series, c: &Series, cfg: &VerdictConfig) -> ([Judged; 4], Option<Onset>) {
+fn judge_metrics(
+    starts_us: &[u64],
+    p: &Series,
+    c: &Series,
+    cfg: &VerdictConfig,
+) -> ([Judged; 4], Option<Onset>) {
     let strata: Vec<stats::Stratum> = p
         .counts
         .iter()
@@ -453,7 +461,7 @@ fn judge_metrics(p: &Series, c: &Series, cfg: &VerdictConfig) -> ([Judged; 4], O
             .delay_ms
             .iter()
             .zip(&c.delay_ms)
-            .zip(&p.starts_us)
+            .zip(starts_us)
             .filter(|((a, b), _)| a.is_some() && b.is_some())
             .map(|(_, &t)| t)
             .collect();
@@ -474,9 +482,9 @@ pub fn judge(
     cfg: &VerdictConfig,
 ) -> (Verdict, VerdictDetail) {
     let window_us = u64::from(cfg.window_ms.max(1)) * 1000;
-    let (p, c) = aligned_series(platform, control, window_us);
+    let (starts_us, p, c) = aligned_series(platform, control, window_us);
     let windows = u32::try_from(p.loss.len()).unwrap_or(u32::MAX);
-    let (judged, onset) = judge_metrics(&p, &c, cfg);
+    let (judged, onset) = judge_metrics(&starts_us, &p, &c, cfg);
     let (verdict, rule, reason) = decide(&judged, &p, &c, windows, cfg);
     let [loss, delay, jitter, _] = judged;
     let detail = VerdictDetail {
