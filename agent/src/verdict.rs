@@ -1164,6 +1164,87 @@ mod tests {
         );
     }
 
+    #[test]
+    fn reasons_name_the_metric_and_give_its_figures() {
+        let cfg = VerdictConfig::default();
+        let mut rng = StdRng::seed_from_u64(16);
+        let clean = |rng: &mut StdRng, ms: f64| arm_with(rng, PROBES, &mut |_, _| Some(ms));
+        // The platform arm loses every fifth probe, 5 of each window's 25 (20 %); the control
+        // none. Pooled: 150 of 750 against 0 of 750, 20 points.
+        let lossy = arm_with(&mut rng, PROBES, &mut |_, i| (i % 5 != 0).then_some(40.0));
+        let (v, d) = judge(&lossy, &clean(&mut rng, 40.0), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Differentiated, Some(VerdictRule::Loss))
+        );
+        assert!(
+            d.reason.starts_with(
+                "The platform arm had 20.0 percentage points more loss than its control \
+                 (20.0 % vs 0.0 % median per window, p = "
+            ),
+            "{}",
+            d.reason
+        );
+        // RTT 40 ms for 5 s, then 80 ms (see the_onset_is_placed_at_its_window_start): the delay
+        // test is the strongest (p = 2⁻²⁰ before Holm), the onset scan is significant too.
+        // Median per window: 80 ms of 20 windows and 40 ms of 10, against 40 ms.
+        let step = arm_with(&mut rng, PROBES, &mut |_, i| {
+            Some(if i < 250 { 40.0 } else { 80.0 })
+        });
+        let (v, d) = judge(&step, &clean(&mut rng, 40.0), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Differentiated, Some(VerdictRule::Delay))
+        );
+        assert!(
+            d.reason.starts_with(
+                "The platform arm had 26.7 ms more delay (median RTT) than its control \
+                 (80.0 ms vs 40.0 ms median per window, p = "
+            ),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason
+                .ends_with("), and was worse on delay from a point in the test on too."),
+            "{}",
+            d.reason
+        );
+        // Both arms lose every tenth probe: 3 of 25 in even windows, 2 of 25 in odd ones, a
+        // median of (12 % + 8 %) / 2 = 10 % each, no difference at all.
+        let tenth =
+            |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, i| (i % 10 != 0).then_some(40.0));
+        let (v, d) = judge(&tenth(&mut rng), &tenth(&mut rng), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::DegradedAlike))
+        );
+        assert!(
+            d.reason.starts_with(
+                "Both arms were degraded alike (loss 10.0 % vs 10.0 % median per window)"
+            ),
+            "{}",
+            d.reason
+        );
+        // A path 2 ms longer in every window: significant, below the 5 ms floor.
+        let (v, d) = judge(&clean(&mut rng, 42.0), &clean(&mut rng, 40.0), &cfg);
+        assert_eq!((v, d.rule), (Verdict::None, Some(VerdictRule::NotWorse)));
+        assert!(
+            d.reason.starts_with(
+                "The platform arm had significantly more delay than its control (p = "
+            ),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason.ends_with(
+                " but only by 2.0 ms, less than the floor of 5.0 ms that matters to a call."
+            ),
+            "{}",
+            d.reason
+        );
+    }
+
     /// The 95 % Clopper–Pearson upper bound of a rate measured over `n` tests.
     fn upper_bound(rate: f64, n: u64) -> f64 {
         crate::stats::clopper_pearson((rate * n as f64).round() as u64, n, 0.95).1
