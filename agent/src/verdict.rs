@@ -1245,6 +1245,57 @@ mod tests {
         );
     }
 
+    #[test]
+    fn significance_is_strictly_below_alpha() {
+        // 30 windows, every paired RTT variation difference 4 ms (see
+        // rtt_variation_is_the_mean_absolute_step_between_consecutive_replies): the exact
+        // signed-rank p is 2⁻³⁰ (one arrangement of 2³⁰ signs), and Holm multiplies the smallest
+        // of four by 4, so the adjusted p is 2⁻²⁸ exactly.
+        let alternating = |rng: &mut StdRng| {
+            arm_with(rng, PROBES, &mut |_, i| {
+                Some(if i % 2 == 0 { 40.0 } else { 44.0 })
+            })
+        };
+        let steady = |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, _| Some(40.0));
+        let mut rng = StdRng::seed_from_u64(17);
+        let (p, c) = (alternating(&mut rng), steady(&mut rng));
+        let at = 2f64.powi(-28);
+        let (v, d) = judge(&p, &c, &VerdictConfig::default());
+        assert_eq!((v, d.jitter.p_value), (Verdict::Differentiated, at));
+        // At alpha = p the difference is not significant: 4 ms ≥ the floor, so suggestive.
+        let cfg = VerdictConfig {
+            alpha: at,
+            ..VerdictConfig::default()
+        };
+        let (v, d) = judge(&p, &c, &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::Suggestive))
+        );
+        assert!(!d.jitter.significant, "{d:?}");
+        // The other way round the control arm is the worse one, at p = 2⁻³⁰ one-sided, which the
+        // reason reports when 4 · p (Bonferroni over the four tests) is below alpha.
+        let (v, d) = judge(&c, &p, &VerdictConfig::default());
+        assert_eq!(v, Verdict::None, "{}", d.reason);
+        assert!(
+            d.reason
+                .ends_with("RTT variation (the control arm was significantly worse instead)."),
+            "{}",
+            d.reason
+        );
+        let cfg = VerdictConfig {
+            alpha: 4.0 * 2f64.powi(-30),
+            ..VerdictConfig::default()
+        };
+        let (v, d) = judge(&c, &p, &cfg);
+        assert_eq!(v, Verdict::None, "{}", d.reason);
+        assert_eq!(
+            d.reason,
+            "Over 30 windows the platform arm was not worse than its control by a significant \
+             and meaningful amount in loss, delay or RTT variation."
+        );
+    }
+
     /// The 95 % Clopper–Pearson upper bound of a rate measured over `n` tests.
     fn upper_bound(rate: f64, n: u64) -> f64 {
         crate::stats::clopper_pearson((rate * n as f64).round() as u64, n, 0.95).1
