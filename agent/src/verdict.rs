@@ -1142,6 +1142,34 @@ mod tests {
         assert_eq!((onset.at_ms, onset.effect), (5000, 40.0), "{onset:?}");
         // The mean paired delay difference over all 30 windows: 20 · 40 / 30.
         assert!((d.delay.effect - 800.0 / 30.0).abs() < 1e-9, "{d:?}");
+        // A window without replies on one arm has no paired delay: the scan runs over the 29
+        // windows left (9 zeros, then 20 × 40 ms), puts the split at index 9, and that index
+        // maps back to window 10, not to window 9.
+        let gap = arm_with(&mut rng, PROBES, &mut |_, i| match i {
+            50..75 => None,
+            0..250 => Some(40.0),
+            _ => Some(80.0),
+        });
+        let (v, d) = judge(&gap, &control, &VerdictConfig::default());
+        assert_eq!(v, Verdict::Differentiated, "{}", d.reason);
+        let onset = d.onset.expect("a 40 ms step is an onset");
+        assert_eq!((onset.at_ms, onset.effect), (5000, 40.0), "{onset:?}");
+        // An onset needs more than 3 paired windows: 3 windows of 40 ms more get none, 4 get one
+        // at the first window.
+        let short = |rng: &mut StdRng, n: usize, ms: f64| arm_with(rng, n, &mut |_, _| Some(ms));
+        let cfg = VerdictConfig {
+            min_windows: 1,
+            ..VerdictConfig::default()
+        };
+        let (_, d) = judge(&short(&mut rng, 75, 80.0), &short(&mut rng, 75, 40.0), &cfg);
+        assert_eq!((d.windows, d.onset), (3, None));
+        let (_, d) = judge(
+            &short(&mut rng, 100, 80.0),
+            &short(&mut rng, 100, 40.0),
+            &cfg,
+        );
+        let onset = d.onset.expect("4 windows of 40 ms more");
+        assert_eq!((d.windows, onset.at_ms, onset.effect), (4, 0, 40.0));
     }
 
     #[test]
