@@ -1324,6 +1324,142 @@ mod tests {
         );
     }
 
+    #[test]
+    fn degraded_alike_needs_both_arms_degraded() {
+        let cfg = VerdictConfig::default();
+        let mut rng = StdRng::seed_from_u64(18);
+        // RTTs alternating 40 and 100 ms: a variation of 60 ms, twice the 30 ms bar.
+        let jumpy = |rng: &mut StdRng| {
+            arm_with(rng, PROBES, &mut |_, i| {
+                Some(if i % 2 == 0 { 40.0 } else { 100.0 })
+            })
+        };
+        let steady = |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&jumpy(&mut rng), &jumpy(&mut rng), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::DegradedAlike))
+        );
+        assert!(
+            d.reason.starts_with(
+                "Both arms were degraded alike (RTT variation 60.0 ms vs 60.0 ms median per window)"
+            ),
+            "{}",
+            d.reason
+        );
+        // Only the control arm degraded (variation, or 8–12 % loss): the platform arm is not
+        // worse, and that is `none`, not "degraded alike".
+        let (v, d) = judge(&steady(&mut rng), &jumpy(&mut rng), &cfg);
+        assert_eq!((v, d.rule), (Verdict::None, Some(VerdictRule::NotWorse)));
+        let lossy = arm_with(&mut rng, PROBES, &mut |_, i| (i % 10 != 0).then_some(40.0));
+        let (v, d) = judge(&steady(&mut rng), &lossy, &cfg);
+        assert_eq!((v, d.rule), (Verdict::None, Some(VerdictRule::NotWorse)));
+    }
+
+    #[test]
+    fn twelve_windows_are_enough_to_judge() {
+        // 300 probes = 12 windows, the platform arm 40 ms slower in each: the exact signed-rank
+        // p of 12 equal differences is 2⁻¹², as is the exact onset scan's (only the unflipped
+        // series reaches its maximum); Holm makes them 4 · 2⁻¹² ≈ 0.00098 < 0.002.
+        let mut rng = StdRng::seed_from_u64(19);
+        let slow = arm_with(&mut rng, 300, &mut |_, _| Some(80.0));
+        let fast = arm_with(&mut rng, 300, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&slow, &fast, &VerdictConfig::default());
+        assert_eq!(
+            (v, d.windows),
+            (Verdict::Differentiated, 12),
+            "{}",
+            d.reason
+        );
+        assert_eq!(d.delay.p_value, 4.0 * 2f64.powi(-12));
+        // One window fewer is too little data.
+        let (v, d) = judge(
+            &arm_with(&mut rng, 275, &mut |_, _| Some(80.0)),
+            &arm_with(&mut rng, 275, &mut |_, _| Some(40.0)),
+            &VerdictConfig::default(),
+        );
+        assert_eq!(
+            (v, d.windows, d.rule),
+            (Verdict::Inconclusive, 11, Some(VerdictRule::TooLittleData))
+        );
+    }
+
+    #[test]
+    fn nothing_back_on_both_arms_or_on_the_control_are_told_apart() {
+        let cfg = VerdictConfig::default();
+        let mut rng = StdRng::seed_from_u64(20);
+        let dead = |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, _| None);
+        let live = |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&dead(&mut rng), &dead(&mut rng), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::NothingAnswered))
+        );
+        let (v, d) = judge(&live(&mut rng), &dead(&mut rng), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::NoReference))
+        );
+    }
+
+    /// A record of `n` probes every 20 ms, those for which `answered(i)` holds answered after
+    /// 40 ms.
+    fn record(n: usize, answered: impl Fn(usize) -> bool) -> crate::metrics::StreamRecord {
+        crate::metrics::StreamRecord {
+            interval_us: 20_000,
+            probes: (0..n)
+                .map(|i| {
+                    let sent_us = 1_000_000 + i as u64 * 20_000;
+                    crate::metrics::ProbeRecord {
+                        seq: i as u32,
+                        scheduled_us: sent_us,
+                        sent_us,
+                        len: 172,
+                        reply: answered(i).then_some(crate::metrics::ReplyRecord {
+                            reflector_rx_us: 0,
+                            reflector_tx_us: 0,
+                            received_us: sent_us + 40_000,
+                        }),
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_session_on_either_arm_is_a_busy_reflector() {
+        let clean = record(PROBES, |_| true);
+        let arm = |outcome| ArmEvidence {
+            record: &clean,
+            outcome,
+            dark_from_us: None,
+        };
+        let call = |p, c| CallEvidence {
+            platform: arm(p),
+            control: arm(c),
+            relay: None,
+            relay_reference: None,
+        };
+        let cfg = VerdictConfig::default();
+        let (v, d) = judge_call(
+            &call(StreamOutcome::Measured, StreamOutcome::Measured),
+            &cfg,
+        );
+        assert_eq!((v, d.rule), (Verdict::None, Some(VerdictRule::NotWorse)));
+        for (p, c) in [
+            (StreamOutcome::Refused, StreamOutcome::Measured),
+            (StreamOutcome::Measured, StreamOutcome::Refused),
+        ] {
+            let (v, d) = judge_call(&call(p, c), &cfg);
+            assert_eq!(
+                (v, d.rule),
+                (Verdict::Inconclusive, Some(VerdictRule::ReflectorBusy)),
+                "{p:?} {c:?}"
+            );
+        }
+    }
+
     /// The 95 % Clopper–Pearson upper bound of a rate measured over `n` tests.
     fn upper_bound(rate: f64, n: u64) -> f64 {
         crate::stats::clopper_pearson((rate * n as f64).round() as u64, n, 0.95).1
