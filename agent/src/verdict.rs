@@ -1460,6 +1460,158 @@ mod tests {
         }
     }
 
+    /// One arm's evidence, not dark.
+    fn evidence(record: &crate::metrics::StreamRecord, outcome: StreamOutcome) -> ArmEvidence<'_> {
+        ArmEvidence {
+            record,
+            outcome,
+            dark_from_us: None,
+        }
+    }
+
+    /// A call of two arms, and a relay with its reference if given.
+    fn call<'a>(
+        platform: ArmEvidence<'a>,
+        control: ArmEvidence<'a>,
+        relay: Option<(ArmEvidence<'a>, ArmEvidence<'a>)>,
+    ) -> CallEvidence<'a> {
+        CallEvidence {
+            platform,
+            control,
+            relay: relay.map(|r| r.0),
+            relay_reference: relay.map(|r| r.1),
+        }
+    }
+
+    #[test]
+    fn judge_call_outcome_rules_in_order() {
+        let cfg = VerdictConfig::default();
+        let clean = record(PROBES, |_| true);
+        let dead = record(PROBES, |_| false);
+        let judged = |p, c| judge_call(&call(p, c, None), &cfg);
+        use StreamOutcome::{Blocked, Dark, Measured};
+        // C2: a control arm blocked (even with replies on record) or silent is no reference.
+        for control in [evidence(&clean, Blocked), evidence(&dead, Measured)] {
+            let (v, d) = judged(evidence(&clean, Measured), control);
+            assert_eq!(
+                (v, d.rule),
+                (Verdict::Inconclusive, Some(VerdictRule::NoReference))
+            );
+            let (v, d) = judged(evidence(&dead, Measured), control);
+            assert_eq!(
+                (v, d.rule),
+                (Verdict::Inconclusive, Some(VerdictRule::NothingAnswered))
+            );
+        }
+        // C3: the platform arm got nothing back, its handshake unanswered or not.
+        let (v, d) = judged(evidence(&dead, Blocked), evidence(&clean, Measured));
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Differentiated, Some(VerdictRule::Blocked))
+        );
+        assert_eq!(
+            d.reason,
+            "The platform arm's handshake went unanswered while the control arm got 750 of 750 \
+             back: the platform's traffic was blocked."
+        );
+        let (_, d) = judged(evidence(&dead, Measured), evidence(&clean, Measured));
+        assert_eq!(d.rule, Some(VerdictRule::Blocked));
+        assert_eq!(
+            d.reason,
+            "The platform arm's handshake was answered but none of its 750 probes came back \
+             while the control arm got 750 of 750 back: the platform's traffic was blocked."
+        );
+        // C4: dark from probe k on (sent at 1 s + k · 20 ms), against a control arm that answered
+        // `control(i)` of its probes.
+        let cut = |k: usize, control: &dyn Fn(usize) -> bool| {
+            let p = record(PROBES, |i| i < k);
+            let c = record(PROBES, control);
+            let platform = ArmEvidence {
+                record: &p,
+                outcome: Dark,
+                dark_from_us: Some(1_000_000 + k as u64 * 20_000),
+            };
+            let (_, d) = judge_call(&call(platform, evidence(&c, Measured), None), &cfg);
+            (d.rule, d.reason)
+        };
+        let (rule, reason) = cut(500, &|_| true);
+        assert_eq!(rule, Some(VerdictRule::Cut));
+        assert_eq!(
+            reason,
+            "The platform arm went dark 10.0 s into the call and never recovered, while the \
+             control arm kept answering (250 of its 250 probes after that): the platform's call \
+             was cut."
+        );
+        // Exactly half of the probes after t, and exactly 5: a cut; 4 of 8, or 5 of 20: not.
+        assert_eq!(
+            cut(740, &|i| i < 740 || i % 2 == 0).0,
+            Some(VerdictRule::Cut)
+        );
+        assert_ne!(
+            cut(742, &|i| i < 742 || i % 2 == 0).0,
+            Some(VerdictRule::Cut)
+        );
+        assert_ne!(cut(730, &|i| i < 735).0, Some(VerdictRule::Cut));
+    }
+
+    #[test]
+    fn platform_servers_unreachable_needs_a_reference_that_answered_half() {
+        let cfg = VerdictConfig::default();
+        let clean = record(PROBES, |_| true);
+        // 10 STUN requests each: the relay answered `relay`, the reference `reference` of them.
+        let judged = |relay: usize, reference: (usize, usize)| {
+            let r = record(10, |i| i < relay);
+            let f = record(reference.0, |i| i < reference.1);
+            let measured = |record| evidence(record, StreamOutcome::Measured);
+            judge_call(
+                &call(
+                    measured(&clean),
+                    measured(&clean),
+                    Some((measured(&r), measured(&f))),
+                ),
+                &cfg,
+            )
+        };
+        let (v, d) = judged(0, (10, 5));
+        assert_eq!(
+            (v, d.rule),
+            (
+                Verdict::Differentiated,
+                Some(VerdictRule::PlatformServersUnreachable)
+            )
+        );
+        assert_eq!(
+            d.reason,
+            "The platform's own server answered none of 10 STUN requests while our reference \
+             server answered 5 of 10: the platform servers are unreachable."
+        );
+        // A reference that answered fewer than half, a relay that answered one, no reference
+        // requests at all: the statistics decide (two identical clean arms: none).
+        for (relay, reference) in [(0, (10, 4)), (1, (10, 10)), (0, (0, 0))] {
+            let (v, d) = judged(relay, reference);
+            assert_eq!(
+                (v, d.rule),
+                (Verdict::None, Some(VerdictRule::NotWorse)),
+                "{relay} {reference:?}"
+            );
+        }
+        // The comparison is reported either way: 8 of 10 lost against 2 of 10, one-sided Fisher
+        // P(X ≥ 8) for X ~ Hypergeom(20 requests, 10 lost, 10 drawn) =
+        // (C(10,8)·C(10,2) + C(10,9)·C(10,1) + C(10,10)) / C(20,10) = 2126 / 184756.
+        let (_, d) = judged(2, (10, 8));
+        let r = d.relay.expect("a relay and its reference");
+        assert_eq!(
+            (
+                r.relay_sent,
+                r.relay_answered,
+                r.reference_sent,
+                r.reference_answered
+            ),
+            (10, 2, 10, 8)
+        );
+        assert!((r.p_value - 2126.0 / 184_756.0).abs() < 1e-12, "{r:?}");
+    }
+
     /// The 95 % Clopper–Pearson upper bound of a rate measured over `n` tests.
     fn upper_bound(rate: f64, n: u64) -> f64 {
         crate::stats::clopper_pearson((rate * n as f64).round() as u64, n, 0.95).1
