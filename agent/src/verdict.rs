@@ -597,8 +597,8 @@ fn decide(
             Verdict::Differentiated,
             j.metric.rule(),
             format!(
-                "The platform arm had {} than its control ({}, p = {:.1e} after Holm over 3 \
-                 metrics){also}.",
+                "The platform arm had {} than its control ({}, p = {:.1e} after Holm over 4 \
+                 tests){also}.",
                 j.metric.more(j.cmp.effect),
                 j.medians(),
                 j.cmp.p_value
@@ -1210,6 +1210,12 @@ mod tests {
                 "The platform arm had 20.0 percentage points more loss than its control \
                  (20.0 % vs 0.0 % median per window, p = "
             ),
+            "{}",
+            d.reason
+        );
+        // Holm runs over the four p-values (loss, delay, RTT variation, onset).
+        assert!(
+            d.reason.ends_with(" after Holm over 4 tests)."),
             "{}",
             d.reason
         );
