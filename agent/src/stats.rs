@@ -976,6 +976,22 @@ mod tests {
     }
 
     #[test]
+    fn fisher_far_below_the_mode_is_one_not_an_underflowed_upper_walk() {
+        // 20 000 events over 2 × 10⁶ trials: X, the events among a's 10⁶, has mean 10 000, and
+        // X is as well the count of the 20 000 events that fell on a's half (a sample of 20 000
+        // without replacement), so by Hoeffding's bound P(X ≤ 5 999) ≤
+        // exp(−2 · 4 001² / 20 000) ≈ e⁻¹⁶⁰⁰: P(X ≥ 6 000) is 1 to double precision. Summed
+        // upward from 6 000 its first term (≈ e⁻¹⁶⁰⁰) would underflow to 0; the mode decides
+        // which tail to sum, and here it must be the lower one.
+        assert_eq!(
+            fisher_exact_greater(6_000, 1_000_000, 14_000, 1_000_000),
+            1.0
+        );
+        // 1 event where about 10 000 are expected: 1 − P(X = 0), P(X = 0) ≈ 2⁻²⁰⁰⁰⁰.
+        assert_eq!(fisher_exact_greater(1, 1_000_000, 19_999, 1_000_000), 1.0);
+    }
+
+    #[test]
     fn fisher_edge_cases_are_defined() {
         assert_eq!(fisher_exact_greater(0, 0, 0, 0), 1.0);
         assert_eq!(fisher_exact_greater(0, 100, 0, 100), 1.0);
