@@ -1521,6 +1521,31 @@ mod tests {
     }
 
     #[test]
+    fn stratified_limits_are_where_the_docs_put_them() {
+        // A stratum of exactly STRATUM_MAX_N trials is computed: 1 event among 100 000, and it
+        // fell in a's half: P(X ≥ 1) = 50 000 / 100 000.
+        assert_close(
+            stratified_exact_greater(&[(1, 50_000, 0, 50_000)]),
+            0.5,
+            1e-12,
+            "at the bound",
+        );
+        // One trial more is refused (p = 1).
+        assert_eq!(stratified_exact_greater(&[(1, 50_001, 0, 50_000)]), 1.0);
+        // Every trial of b an event is possible, not refused: beside (1, 1, 0, 1), X₁ + X₂ ≥ 1
+        // fails only when both coin-flip strata give 0, so P = 1 − ½ · ½.
+        assert_close(
+            stratified_exact_greater(&[(0, 1, 1, 1), (1, 1, 0, 1)]),
+            0.75,
+            1e-12,
+            "b all events",
+        );
+        // Impossible counts in any stratum give 1, even beside one that alone would not: with
+        // (0, 1, 2, 1) computed as if possible, X₂ = 1 always and P(X₁ ≥ 1) = 1 − 1/C(4, 2).
+        assert_eq!(stratified_exact_greater(&[(2, 2, 0, 2), (0, 1, 2, 1)]), 1.0);
+    }
+
+    #[test]
     fn stratified_is_fisher_with_one_stratum_and_matches_enumeration() {
         for &(a, an, b, bn) in &[
             (5u64, 10u64, 0u64, 10u64),
