@@ -1118,6 +1118,22 @@ mod tests {
     }
 
     #[test]
+    fn mann_whitney_is_exact_up_to_and_including_n_80() {
+        // 40 values above 40 others: of the C(80, 40) equally likely ways to pick x's ranks
+        // only the top 40 reach the observed rank sum, so p = 1/C(80, 40) ≈ 9.3e-24 — at
+        // N = 80 = MW_EXACT_MAX_N the exact answer, not the normal tail (z = 799.5/√10 800 ≈ 7.7,
+        // ≈ 7e-15).
+        let x: Vec<f64> = (40..80).map(f64::from).collect();
+        let y: Vec<f64> = (0..40).map(f64::from).collect();
+        assert_close(
+            mann_whitney_exact_greater(&x, &y),
+            1.0 / choose(80, 40) as f64,
+            1e-9,
+            "N = 80",
+        );
+    }
+
+    #[test]
     fn mann_whitney_edge_cases_are_defined() {
         assert_eq!(mann_whitney_exact_greater(&[], &[]), 1.0);
         assert_eq!(mann_whitney_exact_greater(&[1.0], &[]), 1.0);
