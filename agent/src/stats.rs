@@ -1134,6 +1134,28 @@ mod tests {
     }
 
     #[test]
+    fn mann_whitney_past_n_80_is_the_tie_corrected_normal_tail_by_hand() {
+        // 41 values above 40 others (N = 81): U = 41 · 40 = 1640 of its mean 820, σ² = 41 · 40 /
+        // 12 · 82 without ties, z = (1640 − 820 − ½)/σ; all 41 equal and all 40 equal: Σ(t³ − t)
+        // = 68 880 + 63 960, σ² = 41 · 40 / 12 · (82 − 132 840/(81 · 80)) = 8405. The tails
+        // ½ erfc(z/√2) from Python's math.erfc, independent of this module's.
+        let x: Vec<f64> = (40..81).map(f64::from).collect();
+        let y: Vec<f64> = (0..40).map(f64::from).collect();
+        assert_close(
+            mann_whitney_exact_greater(&x, &y),
+            4.922_455_575_675_162e-15,
+            1e-9,
+            "no ties",
+        );
+        assert_close(
+            mann_whitney_exact_greater(&[1.0; 41], &[0.0; 40]),
+            1.966_773_855_373_335_5e-19,
+            1e-9,
+            "two tied groups",
+        );
+    }
+
+    #[test]
     fn mann_whitney_edge_cases_are_defined() {
         assert_eq!(mann_whitney_exact_greater(&[], &[]), 1.0);
         assert_eq!(mann_whitney_exact_greater(&[1.0], &[]), 1.0);
