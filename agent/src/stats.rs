@@ -1260,6 +1260,21 @@ mod tests {
     }
 
     #[test]
+    fn wilcoxon_is_exact_up_to_and_including_n_60() {
+        // 60 positive differences: of the 2⁶⁰ equally likely sign patterns only all-positive
+        // reaches the largest rank sum, so p = 2⁻⁶⁰ ≈ 8.7e-19 — at n = 60 =
+        // WILCOXON_EXACT_MAX_N the exact answer, not the normal tail (z = 914.5/√18 452.5 ≈ 6.7,
+        // ≈ 8e-12).
+        let d: Vec<f64> = (1..=60).map(f64::from).collect();
+        assert_close(
+            wilcoxon_signed_rank_exact_greater(&d),
+            2f64.powi(-60),
+            1e-9,
+            "n = 60",
+        );
+    }
+
+    #[test]
     fn wilcoxon_edge_cases_are_defined() {
         assert_eq!(wilcoxon_signed_rank_exact_greater(&[]), 1.0);
         assert_eq!(wilcoxon_signed_rank_exact_greater(&[0.0, -0.0, 0.0]), 1.0);
