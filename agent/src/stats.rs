@@ -1275,6 +1275,27 @@ mod tests {
     }
 
     #[test]
+    fn wilcoxon_past_n_60_is_the_tie_corrected_normal_tail_by_hand() {
+        // 61 positive differences: W = 61 · 62 / 2 = 1891, mean 61 · 62 / 4 = 945.5, σ² =
+        // 61 · 62 · 123 / 24 = 19 382.75 when distinct, less Σ(t³ − t)/48 = (61³ − 61)/48 =
+        // 4727.5 when all equal; z = (W − mean − ½)/σ. The tails ½ erfc(z/√2) from Python's
+        // math.erfc, independent of this module's.
+        let distinct: Vec<f64> = (1..=61).map(f64::from).collect();
+        assert_close(
+            wilcoxon_signed_rank_exact_greater(&distinct),
+            5.695_854_626_224_474e-12,
+            1e-9,
+            "distinct",
+        );
+        assert_close(
+            wilcoxon_signed_rank_exact_greater(&[1.0; 61]),
+            2.948_784_302_250_645_6e-15,
+            1e-9,
+            "all tied",
+        );
+    }
+
+    #[test]
     fn wilcoxon_edge_cases_are_defined() {
         assert_eq!(wilcoxon_signed_rank_exact_greater(&[]), 1.0);
         assert_eq!(wilcoxon_signed_rank_exact_greater(&[0.0, -0.0, 0.0]), 1.0);
