@@ -976,6 +976,22 @@ mod tests {
     }
 
     #[test]
+    fn fisher_far_below_the_mode_is_one_not_an_underflowed_upper_walk() {
+        // 20 000 events over 2 × 10⁶ trials: X, the events among a's 10⁶, has mean 10 000, and
+        // X is as well the count of the 20 000 events that fell on a's half (a sample of 20 000
+        // without replacement), so by Hoeffding's bound P(X ≤ 5 999) ≤
+        // exp(−2 · 4 001² / 20 000) ≈ e⁻¹⁶⁰⁰: P(X ≥ 6 000) is 1 to double precision. Summed
+        // upward from 6 000 its first term (≈ e⁻¹⁶⁰⁰) would underflow to 0; the mode decides
+        // which tail to sum, and here it must be the lower one.
+        assert_eq!(
+            fisher_exact_greater(6_000, 1_000_000, 14_000, 1_000_000),
+            1.0
+        );
+        // 1 event where about 10 000 are expected: 1 − P(X = 0), P(X = 0) ≈ 2⁻²⁰⁰⁰⁰.
+        assert_eq!(fisher_exact_greater(1, 1_000_000, 19_999, 1_000_000), 1.0);
+    }
+
+    #[test]
     fn fisher_edge_cases_are_defined() {
         assert_eq!(fisher_exact_greater(0, 0, 0, 0), 1.0);
         assert_eq!(fisher_exact_greater(0, 100, 0, 100), 1.0);
@@ -1102,6 +1118,44 @@ mod tests {
     }
 
     #[test]
+    fn mann_whitney_is_exact_up_to_and_including_n_80() {
+        // 40 values above 40 others: of the C(80, 40) equally likely ways to pick x's ranks
+        // only the top 40 reach the observed rank sum, so p = 1/C(80, 40) ≈ 9.3e-24 — at
+        // N = 80 = MW_EXACT_MAX_N the exact answer, not the normal tail (z = 799.5/√10 800 ≈ 7.7,
+        // ≈ 7e-15).
+        let x: Vec<f64> = (40..80).map(f64::from).collect();
+        let y: Vec<f64> = (0..40).map(f64::from).collect();
+        assert_close(
+            mann_whitney_exact_greater(&x, &y),
+            1.0 / choose(80, 40) as f64,
+            1e-9,
+            "N = 80",
+        );
+    }
+
+    #[test]
+    fn mann_whitney_past_n_80_is_the_tie_corrected_normal_tail_by_hand() {
+        // 41 values above 40 others (N = 81): U = 41 · 40 = 1640 of its mean 820, σ² = 41 · 40 /
+        // 12 · 82 without ties, z = (1640 − 820 − ½)/σ; all 41 equal and all 40 equal: Σ(t³ − t)
+        // = 68 880 + 63 960, σ² = 41 · 40 / 12 · (82 − 132 840/(81 · 80)) = 8405. The tails
+        // ½ erfc(z/√2) from Python's math.erfc, independent of this module's.
+        let x: Vec<f64> = (40..81).map(f64::from).collect();
+        let y: Vec<f64> = (0..40).map(f64::from).collect();
+        assert_close(
+            mann_whitney_exact_greater(&x, &y),
+            4.922_455_575_675_162e-15,
+            1e-9,
+            "no ties",
+        );
+        assert_close(
+            mann_whitney_exact_greater(&[1.0; 41], &[0.0; 40]),
+            1.966_773_855_373_335_5e-19,
+            1e-9,
+            "two tied groups",
+        );
+    }
+
+    #[test]
     fn mann_whitney_edge_cases_are_defined() {
         assert_eq!(mann_whitney_exact_greater(&[], &[]), 1.0);
         assert_eq!(mann_whitney_exact_greater(&[1.0], &[]), 1.0);
@@ -1203,6 +1257,42 @@ mod tests {
         d61.push(7.0);
         let p = wilcoxon_signed_rank_exact_greater(&d61);
         assert!(p > 0.0 && p < exact, "{p} vs {exact}");
+    }
+
+    #[test]
+    fn wilcoxon_is_exact_up_to_and_including_n_60() {
+        // 60 positive differences: of the 2⁶⁰ equally likely sign patterns only all-positive
+        // reaches the largest rank sum, so p = 2⁻⁶⁰ ≈ 8.7e-19 — at n = 60 =
+        // WILCOXON_EXACT_MAX_N the exact answer, not the normal tail (z = 914.5/√18 452.5 ≈ 6.7,
+        // ≈ 8e-12).
+        let d: Vec<f64> = (1..=60).map(f64::from).collect();
+        assert_close(
+            wilcoxon_signed_rank_exact_greater(&d),
+            2f64.powi(-60),
+            1e-9,
+            "n = 60",
+        );
+    }
+
+    #[test]
+    fn wilcoxon_past_n_60_is_the_tie_corrected_normal_tail_by_hand() {
+        // 61 positive differences: W = 61 · 62 / 2 = 1891, mean 61 · 62 / 4 = 945.5, σ² =
+        // 61 · 62 · 123 / 24 = 19 382.75 when distinct, less Σ(t³ − t)/48 = (61³ − 61)/48 =
+        // 4727.5 when all equal; z = (W − mean − ½)/σ. The tails ½ erfc(z/√2) from Python's
+        // math.erfc, independent of this module's.
+        let distinct: Vec<f64> = (1..=61).map(f64::from).collect();
+        assert_close(
+            wilcoxon_signed_rank_exact_greater(&distinct),
+            5.695_854_626_224_474e-12,
+            1e-9,
+            "distinct",
+        );
+        assert_close(
+            wilcoxon_signed_rank_exact_greater(&[1.0; 61]),
+            2.948_784_302_250_645_6e-15,
+            1e-9,
+            "all tied",
+        );
     }
 
     #[test]
@@ -1502,6 +1592,31 @@ mod tests {
             let p = fisher_exact_greater(rng.gen_range(0..45), an, rng.gen_range(0..45), bn);
             assert!(prob(p));
         }
+    }
+
+    #[test]
+    fn stratified_limits_are_where_the_docs_put_them() {
+        // A stratum of exactly STRATUM_MAX_N trials is computed: 1 event among 100 000, and it
+        // fell in a's half: P(X ≥ 1) = 50 000 / 100 000.
+        assert_close(
+            stratified_exact_greater(&[(1, 50_000, 0, 50_000)]),
+            0.5,
+            1e-12,
+            "at the bound",
+        );
+        // One trial more is refused (p = 1).
+        assert_eq!(stratified_exact_greater(&[(1, 50_001, 0, 50_000)]), 1.0);
+        // Every trial of b an event is possible, not refused: beside (1, 1, 0, 1), X₁ + X₂ ≥ 1
+        // fails only when both coin-flip strata give 0, so P = 1 − ½ · ½.
+        assert_close(
+            stratified_exact_greater(&[(0, 1, 1, 1), (1, 1, 0, 1)]),
+            0.75,
+            1e-12,
+            "b all events",
+        );
+        // Impossible counts in any stratum give 1, even beside one that alone would not: with
+        // (0, 1, 2, 1) computed as if possible, X₂ = 1 always and P(X₁ ≥ 1) = 1 − 1/C(4, 2).
+        assert_eq!(stratified_exact_greater(&[(2, 2, 0, 2), (0, 1, 2, 1)]), 1.0);
     }
 
     #[test]

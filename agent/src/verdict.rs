@@ -189,8 +189,6 @@ fn min_probes(arm: &ArmSamples, windows: &BTreeMap<u64, Window>, window_us: u64)
 /// window of both arms).
 #[derive(Debug, Default)]
 struct Series {
-    /// Window start, µs after the grid's origin.
-    starts_us: Vec<u64>,
     /// (lost, sent) per window.
     counts: Vec<(usize, usize)>,
     loss: Vec<f64>,
@@ -205,9 +203,8 @@ struct Series {
 }
 
 impl Series {
-    fn push(&mut self, start_us: u64, w: &Window) {
+    fn push(&mut self, w: &Window) {
         let got = w.rtts_ms.len().min(w.sent);
-        self.starts_us.push(start_us);
         self.sent += w.sent;
         self.received += got;
         self.counts.push((w.sent - got, w.sent));
@@ -222,8 +219,13 @@ impl Series {
     }
 }
 
-/// Both arms' series over the windows that count for both (rule 1).
-fn aligned_series(platform: &ArmSamples, control: &ArmSamples, window_us: u64) -> (Series, Series) {
+/// The windows that count for both arms (rule 1), as their starts in µs after the grid's origin,
+/// and both arms' series over them.
+fn aligned_series(
+    platform: &ArmSamples,
+    control: &ArmSamples,
+    window_us: u64,
+) -> (Vec<u64>, Series, Series) {
     let origin = platform
         .packets
         .iter()
@@ -237,16 +239,17 @@ fn aligned_series(platform: &ArmSamples, control: &ArmSamples, window_us: u64) -
         min_probes(platform, &pw, window_us),
         min_probes(control, &cw, window_us),
     );
-    let (mut ps, mut cs) = (Series::default(), Series::default());
+    let (mut starts_us, mut ps, mut cs) = (Vec::new(), Series::default(), Series::default());
     for (k, p) in &pw {
         if let Some(c) = cw.get(k) {
             if p.sent >= pmin && c.sent >= cmin {
-                ps.push(k * window_us, p);
-                cs.push(k * window_us, c);
+                starts_us.push(k * window_us);
+                ps.push(p);
+                cs.push(c);
             }
         }
     }
-    (ps, cs)
+    (starts_us, ps, cs)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -370,7 +373,12 @@ const ONSET_MIN_TAIL: usize = 3;
 
 /// One-sided p-values (platform worse, control worse) and the effect of each metric, then
 /// Holm over the family.
-fn judge_metrics(p: &Series, c: &Series, cfg: &VerdictConfig) -> ([Judged; 4], Option<Onset>) {
+fn judge_metrics(
+    starts_us: &[u64],
+    p: &Series,
+    c: &Series,
+    cfg: &VerdictConfig,
+) -> ([Judged; 4], Option<Onset>) {
     let strata: Vec<stats::Stratum> = p
         .counts
         .iter()
@@ -453,7 +461,7 @@ fn judge_metrics(p: &Series, c: &Series, cfg: &VerdictConfig) -> ([Judged; 4], O
             .delay_ms
             .iter()
             .zip(&c.delay_ms)
-            .zip(&p.starts_us)
+            .zip(starts_us)
             .filter(|((a, b), _)| a.is_some() && b.is_some())
             .map(|(_, &t)| t)
             .collect();
@@ -474,9 +482,9 @@ pub fn judge(
     cfg: &VerdictConfig,
 ) -> (Verdict, VerdictDetail) {
     let window_us = u64::from(cfg.window_ms.max(1)) * 1000;
-    let (p, c) = aligned_series(platform, control, window_us);
+    let (starts_us, p, c) = aligned_series(platform, control, window_us);
     let windows = u32::try_from(p.loss.len()).unwrap_or(u32::MAX);
-    let (judged, onset) = judge_metrics(&p, &c, cfg);
+    let (judged, onset) = judge_metrics(&starts_us, &p, &c, cfg);
     let (verdict, rule, reason) = decide(&judged, &p, &c, windows, cfg);
     let [loss, delay, jitter, _] = judged;
     let detail = VerdictDetail {
@@ -589,8 +597,8 @@ fn decide(
             Verdict::Differentiated,
             j.metric.rule(),
             format!(
-                "The platform arm had {} than its control ({}, p = {:.1e} after Holm over 3 \
-                 metrics){also}.",
+                "The platform arm had {} than its control ({}, p = {:.1e} after Holm over 4 \
+                 tests){also}.",
                 j.metric.more(j.cmp.effect),
                 j.medians(),
                 j.cmp.p_value
@@ -1070,6 +1078,544 @@ mod tests {
         let mut unknown = a.clone();
         unknown.interval_us = 0;
         assert_eq!(judge(&unknown, &b, &cfg).1.windows, 30);
+    }
+
+    #[test]
+    fn the_typical_window_is_the_median_count_not_the_smallest() {
+        // 777 probes every 20 ms = 31 windows of 25 and a 32nd of 2. With an even number of
+        // windows the smallest count (2) sits at index 0 of the sorted counts and the median (25)
+        // at index 16: the bar is half of 25, rounded up, so the 32nd window does not count.
+        let mut rng = StdRng::seed_from_u64(12);
+        let a = arm(&mut rng, PROBES + 27, 0.0, 1.0);
+        let windows = windows_of(&a, 1_000_000, 500_000);
+        assert_eq!(windows.len(), 32);
+        assert_eq!((windows[&0].sent, windows[&31].sent), (25, 2));
+        assert_eq!(min_probes(&a, &windows, 500_000), 13);
+        let mut unknown = a.clone();
+        unknown.interval_us = 0;
+        assert_eq!(min_probes(&unknown, &windows, 500_000), 13);
+        let b = arm(&mut rng, PROBES + 27, 0.0, 1.0);
+        let cfg = VerdictConfig::default();
+        assert_eq!(judge(&a, &b, &cfg).1.windows, 31);
+        assert_eq!(judge(&unknown, &b, &cfg).1.windows, 31);
+    }
+
+    #[test]
+    fn rtt_variation_is_the_mean_absolute_step_between_consecutive_replies() {
+        // Platform RTTs alternate 40, 44, 40, … ms: each window's 25 replies make 24 steps of
+        // 4 ms, so its variation is 24·4 / 24 = 4 ms; the control's constant 40 ms gives 0.
+        let mut rng = StdRng::seed_from_u64(13);
+        let platform = arm_with(&mut rng, PROBES, &mut |_, i| {
+            Some(if i % 2 == 0 { 40.0 } else { 44.0 })
+        });
+        let control = arm_with(&mut rng, PROBES, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&platform, &control, &VerdictConfig::default());
+        assert_eq!(
+            (
+                d.jitter.platform_median,
+                d.jitter.control_median,
+                d.jitter.effect
+            ),
+            (4.0, 0.0, 4.0),
+            "{d:?}"
+        );
+        // 4 ms in all 30 windows is above the 3 ms floor and significant (p = 2⁻³⁰ before Holm).
+        assert_eq!(v, Verdict::Differentiated, "{}", d.reason);
+        assert_eq!(d.rule, Some(VerdictRule::Jitter));
+    }
+
+    #[test]
+    fn the_onset_is_placed_at_its_window_start() {
+        // The platform arm's RTT goes from 40 to 80 ms at probe 250 = 5 s into the test (window
+        // 10 of 500 ms); the control stays at 40 ms. Paired delay differences: 0 in windows
+        // 0–9, 40 in 10–29. T_k = Σ_{i≥k} d_i / √(30 − k) is 800/√(30 − k) up to k = 10 and
+        // 40·√(30 − k) after, largest at k = 10 (800/√20 ≈ 178.9, against 174.6 at k = 9 and
+        // 174.4 at k = 11): the onset is window 10, which starts 10 · 500 ms after the first probe.
+        let mut rng = StdRng::seed_from_u64(14);
+        let platform = arm_with(&mut rng, PROBES, &mut |_, i| {
+            Some(if i < 250 { 40.0 } else { 80.0 })
+        });
+        let control = arm_with(&mut rng, PROBES, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&platform, &control, &VerdictConfig::default());
+        assert_eq!(v, Verdict::Differentiated, "{}", d.reason);
+        let onset = d.onset.expect("a 40 ms step is an onset");
+        assert_eq!((onset.at_ms, onset.effect), (5000, 40.0), "{onset:?}");
+        // The mean paired delay difference over all 30 windows: 20 · 40 / 30.
+        assert!((d.delay.effect - 800.0 / 30.0).abs() < 1e-9, "{d:?}");
+        // A window without replies on one arm has no paired delay: the scan runs over the 29
+        // windows left (9 zeros, then 20 × 40 ms), puts the split at index 9, and that index
+        // maps back to window 10, not to window 9.
+        let gap = arm_with(&mut rng, PROBES, &mut |_, i| match i {
+            50..75 => None,
+            0..250 => Some(40.0),
+            _ => Some(80.0),
+        });
+        let (v, d) = judge(&gap, &control, &VerdictConfig::default());
+        assert_eq!(v, Verdict::Differentiated, "{}", d.reason);
+        let onset = d.onset.expect("a 40 ms step is an onset");
+        assert_eq!((onset.at_ms, onset.effect), (5000, 40.0), "{onset:?}");
+        // An onset needs more than 3 paired windows: 3 windows of 40 ms more get none, 4 get one
+        // at the first window.
+        let short = |rng: &mut StdRng, n: usize, ms: f64| arm_with(rng, n, &mut |_, _| Some(ms));
+        let cfg = VerdictConfig {
+            min_windows: 1,
+            ..VerdictConfig::default()
+        };
+        let (_, d) = judge(&short(&mut rng, 75, 80.0), &short(&mut rng, 75, 40.0), &cfg);
+        assert_eq!((d.windows, d.onset), (3, None));
+        let (_, d) = judge(
+            &short(&mut rng, 100, 80.0),
+            &short(&mut rng, 100, 40.0),
+            &cfg,
+        );
+        let onset = d.onset.expect("4 windows of 40 ms more");
+        assert_eq!((d.windows, onset.at_ms, onset.effect), (4, 0, 40.0));
+    }
+
+    #[test]
+    fn the_blocked_reason_counts_the_compared_probes() {
+        // The platform arm loses everything; the control arm loses every tenth probe, 75 of its
+        // 750 (30 full windows, all compared).
+        let mut rng = StdRng::seed_from_u64(15);
+        let blocked = arm_with(&mut rng, PROBES, &mut |_, _| None);
+        let control = arm_with(&mut rng, PROBES, &mut |_, i| (i % 10 != 0).then_some(40.0));
+        let (v, d) = judge(&blocked, &control, &VerdictConfig::default());
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Differentiated, Some(VerdictRule::Blocked))
+        );
+        assert!(
+            d.reason
+                .contains("none of its 750 probes back while the control arm got 675 of 750 back"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn reasons_name_the_metric_and_give_its_figures() {
+        let cfg = VerdictConfig::default();
+        let mut rng = StdRng::seed_from_u64(16);
+        let clean = |rng: &mut StdRng, ms: f64| arm_with(rng, PROBES, &mut |_, _| Some(ms));
+        // The platform arm loses every fifth probe, 5 of each window's 25 (20 %); the control
+        // none. Pooled: 150 of 750 against 0 of 750, 20 points.
+        let lossy = arm_with(&mut rng, PROBES, &mut |_, i| (i % 5 != 0).then_some(40.0));
+        let (v, d) = judge(&lossy, &clean(&mut rng, 40.0), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Differentiated, Some(VerdictRule::Loss))
+        );
+        assert!(
+            d.reason.starts_with(
+                "The platform arm had 20.0 percentage points more loss than its control \
+                 (20.0 % vs 0.0 % median per window, p = "
+            ),
+            "{}",
+            d.reason
+        );
+        // Holm runs over the four p-values (loss, delay, RTT variation, onset).
+        assert!(
+            d.reason.ends_with(" after Holm over 4 tests)."),
+            "{}",
+            d.reason
+        );
+        // RTT 40 ms for 5 s, then 80 ms (see the_onset_is_placed_at_its_window_start): the delay
+        // test is the strongest (p = 2⁻²⁰ before Holm), the onset scan is significant too.
+        // Median per window: 80 ms of 20 windows and 40 ms of 10, against 40 ms.
+        let step = arm_with(&mut rng, PROBES, &mut |_, i| {
+            Some(if i < 250 { 40.0 } else { 80.0 })
+        });
+        let (v, d) = judge(&step, &clean(&mut rng, 40.0), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Differentiated, Some(VerdictRule::Delay))
+        );
+        assert!(
+            d.reason.starts_with(
+                "The platform arm had 26.7 ms more delay (median RTT) than its control \
+                 (80.0 ms vs 40.0 ms median per window, p = "
+            ),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason
+                .ends_with("), and was worse on delay from a point in the test on too."),
+            "{}",
+            d.reason
+        );
+        // Both arms lose every tenth probe: 3 of 25 in even windows, 2 of 25 in odd ones, a
+        // median of (12 % + 8 %) / 2 = 10 % each, no difference at all.
+        let tenth =
+            |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, i| (i % 10 != 0).then_some(40.0));
+        let (v, d) = judge(&tenth(&mut rng), &tenth(&mut rng), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::DegradedAlike))
+        );
+        assert!(
+            d.reason.starts_with(
+                "Both arms were degraded alike (loss 10.0 % vs 10.0 % median per window)"
+            ),
+            "{}",
+            d.reason
+        );
+        // A path 2 ms longer in every window: significant, below the 5 ms floor.
+        let (v, d) = judge(&clean(&mut rng, 42.0), &clean(&mut rng, 40.0), &cfg);
+        assert_eq!((v, d.rule), (Verdict::None, Some(VerdictRule::NotWorse)));
+        assert!(
+            d.reason.starts_with(
+                "The platform arm had significantly more delay than its control (p = "
+            ),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason.ends_with(
+                " but only by 2.0 ms, less than the floor of 5.0 ms that matters to a call."
+            ),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn significance_is_strictly_below_alpha() {
+        // 30 windows, every paired RTT variation difference 4 ms (see
+        // rtt_variation_is_the_mean_absolute_step_between_consecutive_replies): the exact
+        // signed-rank p is 2⁻³⁰ (one arrangement of 2³⁰ signs), and Holm multiplies the smallest
+        // of four by 4, so the adjusted p is 2⁻²⁸ exactly.
+        let alternating = |rng: &mut StdRng| {
+            arm_with(rng, PROBES, &mut |_, i| {
+                Some(if i % 2 == 0 { 40.0 } else { 44.0 })
+            })
+        };
+        let steady = |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, _| Some(40.0));
+        let mut rng = StdRng::seed_from_u64(17);
+        let (p, c) = (alternating(&mut rng), steady(&mut rng));
+        let at = 2f64.powi(-28);
+        let (v, d) = judge(&p, &c, &VerdictConfig::default());
+        assert_eq!((v, d.jitter.p_value), (Verdict::Differentiated, at));
+        // At alpha = p the difference is not significant: 4 ms ≥ the floor, so suggestive.
+        let cfg = VerdictConfig {
+            alpha: at,
+            ..VerdictConfig::default()
+        };
+        let (v, d) = judge(&p, &c, &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::Suggestive))
+        );
+        assert!(!d.jitter.significant, "{d:?}");
+        // The other way round the control arm is the worse one, at p = 2⁻³⁰ one-sided, which the
+        // reason reports when 4 · p (Bonferroni over the four tests) is below alpha.
+        let (v, d) = judge(&c, &p, &VerdictConfig::default());
+        assert_eq!(v, Verdict::None, "{}", d.reason);
+        assert!(
+            d.reason
+                .ends_with("RTT variation (the control arm was significantly worse instead)."),
+            "{}",
+            d.reason
+        );
+        let cfg = VerdictConfig {
+            alpha: 4.0 * 2f64.powi(-30),
+            ..VerdictConfig::default()
+        };
+        let (v, d) = judge(&c, &p, &cfg);
+        assert_eq!(v, Verdict::None, "{}", d.reason);
+        assert_eq!(
+            d.reason,
+            "Over 30 windows the platform arm was not worse than its control by a significant \
+             and meaningful amount in loss, delay or RTT variation."
+        );
+    }
+
+    #[test]
+    fn degraded_alike_needs_both_arms_degraded() {
+        let cfg = VerdictConfig::default();
+        let mut rng = StdRng::seed_from_u64(18);
+        // RTTs alternating 40 and 100 ms: a variation of 60 ms, twice the 30 ms bar.
+        let jumpy = |rng: &mut StdRng| {
+            arm_with(rng, PROBES, &mut |_, i| {
+                Some(if i % 2 == 0 { 40.0 } else { 100.0 })
+            })
+        };
+        let steady = |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&jumpy(&mut rng), &jumpy(&mut rng), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::DegradedAlike))
+        );
+        assert!(
+            d.reason.starts_with(
+                "Both arms were degraded alike (RTT variation 60.0 ms vs 60.0 ms median per window)"
+            ),
+            "{}",
+            d.reason
+        );
+        // Only the control arm degraded (variation, or 8–12 % loss): the platform arm is not
+        // worse, and that is `none`, not "degraded alike".
+        let (v, d) = judge(&steady(&mut rng), &jumpy(&mut rng), &cfg);
+        assert_eq!((v, d.rule), (Verdict::None, Some(VerdictRule::NotWorse)));
+        let lossy = arm_with(&mut rng, PROBES, &mut |_, i| (i % 10 != 0).then_some(40.0));
+        let (v, d) = judge(&steady(&mut rng), &lossy, &cfg);
+        assert_eq!((v, d.rule), (Verdict::None, Some(VerdictRule::NotWorse)));
+    }
+
+    #[test]
+    fn twelve_windows_are_enough_to_judge() {
+        // 300 probes = 12 windows, the platform arm 40 ms slower in each: the exact signed-rank
+        // p of 12 equal differences is 2⁻¹², as is the exact onset scan's (only the unflipped
+        // series reaches its maximum); Holm makes them 4 · 2⁻¹² ≈ 0.00098 < 0.002.
+        let mut rng = StdRng::seed_from_u64(19);
+        let slow = arm_with(&mut rng, 300, &mut |_, _| Some(80.0));
+        let fast = arm_with(&mut rng, 300, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&slow, &fast, &VerdictConfig::default());
+        assert_eq!(
+            (v, d.windows),
+            (Verdict::Differentiated, 12),
+            "{}",
+            d.reason
+        );
+        assert_eq!(d.delay.p_value, 4.0 * 2f64.powi(-12));
+        // One window fewer is too little data.
+        let (v, d) = judge(
+            &arm_with(&mut rng, 275, &mut |_, _| Some(80.0)),
+            &arm_with(&mut rng, 275, &mut |_, _| Some(40.0)),
+            &VerdictConfig::default(),
+        );
+        assert_eq!(
+            (v, d.windows, d.rule),
+            (Verdict::Inconclusive, 11, Some(VerdictRule::TooLittleData))
+        );
+    }
+
+    #[test]
+    fn nothing_back_on_both_arms_or_on_the_control_are_told_apart() {
+        let cfg = VerdictConfig::default();
+        let mut rng = StdRng::seed_from_u64(20);
+        let dead = |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, _| None);
+        let live = |rng: &mut StdRng| arm_with(rng, PROBES, &mut |_, _| Some(40.0));
+        let (v, d) = judge(&dead(&mut rng), &dead(&mut rng), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::NothingAnswered))
+        );
+        let (v, d) = judge(&live(&mut rng), &dead(&mut rng), &cfg);
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Inconclusive, Some(VerdictRule::NoReference))
+        );
+    }
+
+    /// A record of `n` probes every 20 ms, those for which `answered(i)` holds answered after
+    /// 40 ms.
+    fn record(n: usize, answered: impl Fn(usize) -> bool) -> crate::metrics::StreamRecord {
+        crate::metrics::StreamRecord {
+            interval_us: 20_000,
+            probes: (0..n)
+                .map(|i| {
+                    let sent_us = 1_000_000 + i as u64 * 20_000;
+                    crate::metrics::ProbeRecord {
+                        seq: i as u32,
+                        scheduled_us: sent_us,
+                        sent_us,
+                        len: 172,
+                        reply: answered(i).then_some(crate::metrics::ReplyRecord {
+                            reflector_rx_us: 0,
+                            reflector_tx_us: 0,
+                            received_us: sent_us + 40_000,
+                        }),
+                    }
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_session_on_either_arm_is_a_busy_reflector() {
+        let clean = record(PROBES, |_| true);
+        let arm = |outcome| ArmEvidence {
+            record: &clean,
+            outcome,
+            dark_from_us: None,
+        };
+        let call = |p, c| CallEvidence {
+            platform: arm(p),
+            control: arm(c),
+            relay: None,
+            relay_reference: None,
+        };
+        let cfg = VerdictConfig::default();
+        let (v, d) = judge_call(
+            &call(StreamOutcome::Measured, StreamOutcome::Measured),
+            &cfg,
+        );
+        assert_eq!((v, d.rule), (Verdict::None, Some(VerdictRule::NotWorse)));
+        for (p, c) in [
+            (StreamOutcome::Refused, StreamOutcome::Measured),
+            (StreamOutcome::Measured, StreamOutcome::Refused),
+        ] {
+            let (v, d) = judge_call(&call(p, c), &cfg);
+            assert_eq!(
+                (v, d.rule),
+                (Verdict::Inconclusive, Some(VerdictRule::ReflectorBusy)),
+                "{p:?} {c:?}"
+            );
+        }
+    }
+
+    /// One arm's evidence, not dark.
+    fn evidence(record: &crate::metrics::StreamRecord, outcome: StreamOutcome) -> ArmEvidence<'_> {
+        ArmEvidence {
+            record,
+            outcome,
+            dark_from_us: None,
+        }
+    }
+
+    /// A call of two arms, and a relay with its reference if given.
+    fn call<'a>(
+        platform: ArmEvidence<'a>,
+        control: ArmEvidence<'a>,
+        relay: Option<(ArmEvidence<'a>, ArmEvidence<'a>)>,
+    ) -> CallEvidence<'a> {
+        CallEvidence {
+            platform,
+            control,
+            relay: relay.map(|r| r.0),
+            relay_reference: relay.map(|r| r.1),
+        }
+    }
+
+    #[test]
+    fn judge_call_outcome_rules_in_order() {
+        let cfg = VerdictConfig::default();
+        let clean = record(PROBES, |_| true);
+        let dead = record(PROBES, |_| false);
+        let judged = |p, c| judge_call(&call(p, c, None), &cfg);
+        use StreamOutcome::{Blocked, Dark, Measured};
+        // C2: a control arm blocked (even with replies on record) or silent is no reference.
+        for control in [evidence(&clean, Blocked), evidence(&dead, Measured)] {
+            let (v, d) = judged(evidence(&clean, Measured), control);
+            assert_eq!(
+                (v, d.rule),
+                (Verdict::Inconclusive, Some(VerdictRule::NoReference))
+            );
+            let (v, d) = judged(evidence(&dead, Measured), control);
+            assert_eq!(
+                (v, d.rule),
+                (Verdict::Inconclusive, Some(VerdictRule::NothingAnswered))
+            );
+        }
+        // C3: the platform arm got nothing back, its handshake unanswered or not.
+        let (v, d) = judged(evidence(&dead, Blocked), evidence(&clean, Measured));
+        assert_eq!(
+            (v, d.rule),
+            (Verdict::Differentiated, Some(VerdictRule::Blocked))
+        );
+        assert_eq!(
+            d.reason,
+            "The platform arm's handshake went unanswered while the control arm got 750 of 750 \
+             back: the platform's traffic was blocked."
+        );
+        let (_, d) = judged(evidence(&dead, Measured), evidence(&clean, Measured));
+        assert_eq!(d.rule, Some(VerdictRule::Blocked));
+        assert_eq!(
+            d.reason,
+            "The platform arm's handshake was answered but none of its 750 probes came back \
+             while the control arm got 750 of 750 back: the platform's traffic was blocked."
+        );
+        // C4: dark from probe k on (sent at 1 s + k · 20 ms), against a control arm that answered
+        // `control(i)` of its probes.
+        let cut = |k: usize, control: &dyn Fn(usize) -> bool| {
+            let p = record(PROBES, |i| i < k);
+            let c = record(PROBES, control);
+            let platform = ArmEvidence {
+                record: &p,
+                outcome: Dark,
+                dark_from_us: Some(1_000_000 + k as u64 * 20_000),
+            };
+            let (_, d) = judge_call(&call(platform, evidence(&c, Measured), None), &cfg);
+            (d.rule, d.reason)
+        };
+        let (rule, reason) = cut(500, &|_| true);
+        assert_eq!(rule, Some(VerdictRule::Cut));
+        assert_eq!(
+            reason,
+            "The platform arm went dark 10.0 s into the call and never recovered, while the \
+             control arm kept answering (250 of its 250 probes after that): the platform's call \
+             was cut."
+        );
+        // Exactly half of the probes after t, and exactly 5: a cut; 4 of 8, or 5 of 20: not.
+        assert_eq!(
+            cut(740, &|i| i < 740 || i % 2 == 0).0,
+            Some(VerdictRule::Cut)
+        );
+        assert_ne!(
+            cut(742, &|i| i < 742 || i % 2 == 0).0,
+            Some(VerdictRule::Cut)
+        );
+        assert_ne!(cut(730, &|i| i < 735).0, Some(VerdictRule::Cut));
+    }
+
+    #[test]
+    fn platform_servers_unreachable_needs_a_reference_that_answered_half() {
+        let cfg = VerdictConfig::default();
+        let clean = record(PROBES, |_| true);
+        // 10 STUN requests each: the relay answered `relay`, the reference `reference` of them.
+        let judged = |relay: usize, reference: (usize, usize)| {
+            let r = record(10, |i| i < relay);
+            let f = record(reference.0, |i| i < reference.1);
+            let measured = |record| evidence(record, StreamOutcome::Measured);
+            judge_call(
+                &call(
+                    measured(&clean),
+                    measured(&clean),
+                    Some((measured(&r), measured(&f))),
+                ),
+                &cfg,
+            )
+        };
+        let (v, d) = judged(0, (10, 5));
+        assert_eq!(
+            (v, d.rule),
+            (
+                Verdict::Differentiated,
+                Some(VerdictRule::PlatformServersUnreachable)
+            )
+        );
+        assert_eq!(
+            d.reason,
+            "The platform's own server answered none of 10 STUN requests while our reference \
+             server answered 5 of 10: the platform servers are unreachable."
+        );
+        // A reference that answered fewer than half, a relay that answered one, no reference
+        // requests at all: the statistics decide (two identical clean arms: none).
+        for (relay, reference) in [(0, (10, 4)), (1, (10, 10)), (0, (0, 0))] {
+            let (v, d) = judged(relay, reference);
+            assert_eq!(
+                (v, d.rule),
+                (Verdict::None, Some(VerdictRule::NotWorse)),
+                "{relay} {reference:?}"
+            );
+        }
+        // The comparison is reported either way: 8 of 10 lost against 2 of 10, one-sided Fisher
+        // P(X ≥ 8) for X ~ Hypergeom(20 requests, 10 lost, 10 drawn) =
+        // (C(10,8)·C(10,2) + C(10,9)·C(10,1) + C(10,10)) / C(20,10) = 2126 / 184756.
+        let (_, d) = judged(2, (10, 8));
+        let r = d.relay.expect("a relay and its reference");
+        assert_eq!(
+            (
+                r.relay_sent,
+                r.relay_answered,
+                r.reference_sent,
+                r.reference_answered
+            ),
+            (10, 2, 10, 8)
+        );
+        assert!((r.p_value - 2126.0 / 184_756.0).abs() < 1e-12, "{r:?}");
     }
 
     /// The 95 % Clopper–Pearson upper bound of a rate measured over `n` tests.
