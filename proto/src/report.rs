@@ -306,7 +306,7 @@ pub struct Bitrate {
 /// How the platform arm was compared with the control arm.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VerdictDetail {
-    /// The method, e.g. `"mann-whitney-u per 1 s window; holm over 3 metrics"`.
+    /// The method, e.g. `"one-sided, platform worse: … holm over 4 at alpha 0.002; …"`.
     pub method: String,
     /// Length of the windows the series were cut into.
     pub window_ms: u32,
