@@ -440,32 +440,48 @@ mod tests {
         assert!(keys.get(&key_id(&own.verifying_key())).is_some());
     }
 
-    /// An attestation without a subdivision (an older reflector's, or one whose sources know
-    /// none): the attested report takes the upload's when the upload came from the attested
-    /// country and network, none otherwise; an unattested one the upload's; a carried one none.
-    #[test]
-    fn the_subdivision_comes_from_the_upload_only_within_the_attested_network() {
+    /// A filer knowing one reflector key, its counters, and an example report.
+    fn filing_fixture() -> (SigningKey, Filer, AttestStats, CallReport) {
         let key = SigningKey::from_bytes(&[1; 32]);
         let filer = Filer {
             keys: AttestKeys::new([key.verifying_key()]),
             ..Filer::default()
         };
-        let stats = AttestStats::default();
-        let report = CallReport::example();
+        (key, filer, AttestStats::default(), CallReport::example())
+    }
+
+    /// An upload from network `asn` of country `cc`, placed in Moscow, from 203.0.113.0/24.
+    fn uploaded_from_moscow(cc: &str, asn: u32) -> Arrival {
+        Arrival::Upload(
+            Region::new(cc, asn).with_subdivision("MOW"),
+            NetPrefix::V4([203, 0, 113]),
+        )
+    }
+
+    /// An attestation without a subdivision (an older reflector's, or one whose sources know
+    /// none): the attested report takes the upload's when the upload came from the attested
+    /// country and network, none otherwise; an unattested one the upload's; a carried one none.
+    #[test]
+    fn the_subdivision_comes_from_the_upload_only_within_the_attested_network() {
+        let (key, filer, stats, report) = filing_fixture();
         let now = report.started_at;
         let good = attested(&report, &key, report.id.0);
-        let prefix = NetPrefix::V4([203, 0, 113]);
-        let from = |cc: &str, asn: u32| {
-            Arrival::Upload(Region::new(cc, asn).with_subdivision("MOW"), prefix)
-        };
-        let (same, filing) = filer.file(&good, None, &from("RU", 12389), now, &stats);
+        let (same, filing) =
+            filer.file(&good, None, &uploaded_from_moscow("RU", 12389), now, &stats);
         assert_eq!(same.subdivision, "RU-MOW");
         assert_eq!(filing.source, RegionSource::Attested);
         assert!(!filing.uploaded_elsewhere);
-        let (other_net, filing) = filer.file(&good, None, &from("RU", 8359), now, &stats);
+        let (other_net, filing) =
+            filer.file(&good, None, &uploaded_from_moscow("RU", 8359), now, &stats);
         assert_eq!((other_net.asn, other_net.subdivision.as_str()), (12389, ""));
         assert!(filing.uploaded_elsewhere);
-        let (unattested, filing) = filer.file(&report, None, &from("RU", 8359), now, &stats);
+        let (unattested, filing) = filer.file(
+            &report,
+            None,
+            &uploaded_from_moscow("RU", 8359),
+            now,
+            &stats,
+        );
         assert_eq!(unattested.subdivision, "RU-MOW");
         assert_eq!(filing.source, RegionSource::Upload);
         let (carried, _) = filer.file(&good, None, &Arrival::Carried, now, &stats);
@@ -477,20 +493,14 @@ mod tests {
     /// the attestation (the report is filed by its upload).
     #[test]
     fn a_signed_subdivision_is_the_reports_wherever_it_was_uploaded_from() {
-        let key = SigningKey::from_bytes(&[1; 32]);
-        let filer = Filer {
-            keys: AttestKeys::new([key.verifying_key()]),
-            ..Filer::default()
-        };
-        let stats = AttestStats::default();
-        let report = CallReport::example();
+        let (key, filer, stats, report) = filing_fixture();
         let now = report.started_at;
         let signed = attested_in(&report, &key, report.id.0, Some(*b"SPE"));
-        let prefix = NetPrefix::V4([203, 0, 113]);
-        let from = |cc: &str, asn: u32| {
-            Arrival::Upload(Region::new(cc, asn).with_subdivision("MOW"), prefix)
-        };
-        for arrival in [from("RU", 12389), from("RU", 8359), Arrival::Carried] {
+        for arrival in [
+            uploaded_from_moscow("RU", 12389),
+            uploaded_from_moscow("RU", 8359),
+            Arrival::Carried,
+        ] {
             let (region, filing) = filer.file(&signed, None, &arrival, now, &stats);
             assert_eq!(
                 (
@@ -507,7 +517,8 @@ mod tests {
         if let Some(a) = &mut moved.attestation {
             a.subdivision = Some("RU-MOW".into());
         }
-        let (region, filing) = filer.file(&moved, None, &from("RU", 8359), now, &stats);
+        let (region, filing) =
+            filer.file(&moved, None, &uploaded_from_moscow("RU", 8359), now, &stats);
         assert_eq!((region.asn, filing.source), (8359, RegionSource::Upload));
         assert_eq!(stats.results().get("bad_signature"), Some(&1));
     }

@@ -792,16 +792,19 @@ impl Reflector {
         let attester = self.attester.as_ref()?;
         let region = (attester.lookup)(src.ip());
         let (country, asn) = (region.country, region.asn);
-        let known_country = country.iter().all(u8::is_ascii_uppercase);
-        let country = if known_country { country } else { *b"ZZ" };
-        // The subdivision only when asked and known: a well-formed code of a known country.
-        // Otherwise the answer signs none (the old kind), and the report needs no newer schema.
+        let country = if country.iter().all(u8::is_ascii_uppercase) {
+            country
+        } else {
+            *b"ZZ"
+        };
+        // The subdivision only when asked and known: a code (not the empty, unknown one) of a
+        // known country. Otherwise the answer signs none (the old kind), and the report needs
+        // no newer schema.
         let subdivision = Some(region.subdivision).filter(|s| {
             q.with_subdivision
-                && known_country
                 && country != *b"ZZ"
-                && *s != [0; callwatch_proto::attest::SUBDIVISION_LEN]
-                && callwatch_proto::attest::subdivision_code(&country, s).is_some()
+                && callwatch_proto::attest::subdivision_code(&country, s)
+                    .is_some_and(|code| !code.is_empty())
         });
         let hour = attester.hour(now_us);
         let token = match (q.with_token, attester.collector) {

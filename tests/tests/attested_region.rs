@@ -68,6 +68,34 @@ fn signed_with_token(
     RegionAttestation::from_signed(&claim, &key_id, &sig).unwrap()
 }
 
+/// A real call test from [`TESTED_FROM`] to the collector's reflector (blocking: run off the
+/// runtime's workers).
+async fn call_test_from_tested(collector: &callwatch_collector::Collector) -> CallReport {
+    let mut spec = TestSpec::voice(collector.reflector.addrs[0], 400);
+    spec.grace_ms = 200;
+    spec.bind = Some(IpAddr::from(TESTED_FROM));
+    let report = tokio::task::spawn_blocking(move || {
+        run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
+    })
+    .await
+    .unwrap();
+    report
+}
+
+/// QUIC uploads to `collector` from [`UPLOADED_FROM`].
+fn upload_target(collector: &callwatch_collector::Collector) -> UploadTarget {
+    let mut target = UploadTarget::new(collector.quic_addr, {
+        let mut p = [0u8; 32];
+        hex::decode_to_slice(&collector.pin, &mut p).unwrap();
+        p
+    });
+    target.tcp = None;
+    target.server_name = "localhost".into();
+    target.bind = Some(IpAddr::from(UPLOADED_FROM));
+    target.connect_timeout = Duration::from_secs(5);
+    target
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     let root = tempfile::tempdir().unwrap();
@@ -84,15 +112,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
     sc.geo = Some(geo);
     let collector = serve(sc).await.unwrap();
 
-    // A real call test from 127.0.0.2 (blocking: run off the runtime's workers).
-    let mut spec = TestSpec::voice(collector.reflector.addrs[0], 400);
-    spec.grace_ms = 200;
-    spec.bind = Some(IpAddr::from(TESTED_FROM));
-    let report = tokio::task::spawn_blocking(move || {
-        run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
-    })
-    .await
-    .unwrap();
+    let report = call_test_from_tested(&collector).await;
     let attestation = report.attestation.clone().expect("the reflector attested");
     assert_eq!(
         (attestation.country.as_str(), attestation.asn),
@@ -170,15 +190,7 @@ async fn a_report_is_filed_where_it_was_tested_not_where_it_was_uploaded() {
             })
             .unwrap();
     }
-    let mut target = UploadTarget::new(collector.quic_addr, {
-        let mut p = [0u8; 32];
-        hex::decode_to_slice(&collector.pin, &mut p).unwrap();
-        p
-    });
-    target.tcp = None;
-    target.server_name = "localhost".into();
-    target.bind = Some(IpAddr::from(UPLOADED_FROM));
-    target.connect_timeout = Duration::from_secs(5);
+    let target = upload_target(&collector);
     let summary = upload_queue(&queue, &target).await.unwrap();
     assert_eq!(summary.accepted, 7, "{summary:?}");
 
@@ -347,14 +359,7 @@ async fn the_attested_subdivision_files_the_report_where_it_was_tested() {
     sc.geo_files.push(table);
     let collector = serve(sc).await.unwrap();
 
-    let mut spec = TestSpec::voice(collector.reflector.addrs[0], 400);
-    spec.grace_ms = 200;
-    spec.bind = Some(IpAddr::from(TESTED_FROM));
-    let report = tokio::task::spawn_blocking(move || {
-        run_call_test(&spec, &Cancel::default(), |_| {}).unwrap()
-    })
-    .await
-    .unwrap();
+    let report = call_test_from_tested(&collector).await;
     let attestation = report.attestation.clone().expect("the reflector attested");
     assert_eq!(
         (
@@ -385,15 +390,7 @@ async fn the_attested_subdivision_files_the_report_where_it_was_tested() {
             })
             .unwrap();
     }
-    let mut target = UploadTarget::new(collector.quic_addr, {
-        let mut p = [0u8; 32];
-        hex::decode_to_slice(&collector.pin, &mut p).unwrap();
-        p
-    });
-    target.tcp = None;
-    target.server_name = "localhost".into();
-    target.bind = Some(IpAddr::from(UPLOADED_FROM));
-    target.connect_timeout = Duration::from_secs(5);
+    let target = upload_target(&collector);
     let summary = upload_queue(&queue, &target).await.unwrap();
     assert_eq!((summary.accepted, summary.rejected), (2, 0), "{summary:?}");
 

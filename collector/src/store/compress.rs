@@ -218,7 +218,7 @@ pub fn train(samples: &[Vec<u8>]) -> Result<Vec<u8>, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::domain::StoredReport;
     use crate::geo::Region;
@@ -226,7 +226,7 @@ mod tests {
     use proptest::prelude::*;
 
     /// Bytes that look random (keys, signatures), from a seed.
-    fn noise(seed: u32, n: usize) -> Vec<u8> {
+    pub(crate) fn noise(seed: u32, n: usize) -> Vec<u8> {
         let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..n)
             .map(|_| {

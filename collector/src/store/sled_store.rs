@@ -2170,17 +2170,7 @@ mod compression_tests {
     /// ones (the store keeps them exactly; they compress not at all).
     fn item(i: u32) -> VerifiedReport {
         let mut stored = super::rollup_tests::item(i).stored;
-        let noise = |seed: u32, n: usize| -> Vec<u8> {
-            let mut x = u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
+        use crate::store::compress::tests::noise;
         stored.signed = SignedReport {
             key: noise(i % 7 + 1, 32),
             signature: noise(i + 100, 64),
