@@ -16,7 +16,7 @@
 //! [`StoredReport::to_bytes`]: crate::domain::StoredReport::to_bytes
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// First byte of a compressed record.
 pub const TAG: u8 = 0x00;
@@ -39,28 +39,36 @@ pub const DICT_SIZE: usize = 32 << 10;
 #[derive(Default)]
 pub struct Dictionaries {
     read: RwLock<HashMap<u32, Arc<zstd::dict::DecoderDictionary<'static>>>>,
-    write: RwLock<Option<(u32, Arc<zstd::dict::EncoderDictionary<'static>>)>>,
+    /// The newest dictionary's id and raw bytes.
+    write: RwLock<Option<(u32, Arc<Vec<u8>>)>>,
+    /// Compression contexts for reuse, each with the dictionary of the id beside it loaded:
+    /// making a context costs more than compressing a record with it.
+    contexts: Mutex<Vec<(u32, zstd::bulk::Compressor<'static>)>>,
 }
+
+/// Contexts kept for reuse: about one per thread that compresses at once.
+const CONTEXTS_KEPT: usize = 16;
 
 impl Dictionaries {
     /// Adds dictionary `id` (its raw bytes); the newest added becomes the one records are
     /// compressed with. Bytes zstd cannot prepare as a dictionary are an error (zstd's binding
     /// panics on them; that is caught here).
     pub fn add(&self, id: u32, raw: &[u8]) -> Result<(), String> {
+        // The encoder's preparation is only a check here: contexts load the raw bytes.
         let prepared = std::panic::catch_unwind(|| {
             (
                 zstd::dict::DecoderDictionary::copy(raw),
                 zstd::dict::EncoderDictionary::copy(raw, LEVEL),
             )
         });
-        let (dec, enc) = prepared.map_err(|_| format!("dictionary {id} is not one zstd reads"))?;
+        let (dec, _) = prepared.map_err(|_| format!("dictionary {id} is not one zstd reads"))?;
         self.read
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, Arc::new(dec));
         let mut w = self.write.write().unwrap_or_else(|e| e.into_inner());
         if w.as_ref().is_none_or(|(have, _)| *have < id) {
-            *w = Some((id, Arc::new(enc)));
+            *w = Some((id, Arc::new(raw.to_vec())));
         }
         Ok(())
     }
@@ -82,24 +90,44 @@ impl Dictionaries {
             .ok()
             .filter(|l| (*l as usize) <= MAX_RECORD)
             .ok_or_else(|| format!("a record of {} bytes is too large", plain.len()))?;
-        let mut c = match &dict {
-            Some((_, d)) => zstd::bulk::Compressor::with_prepared_dictionary(d),
-            None => zstd::bulk::Compressor::new(LEVEL),
-        }
-        .map_err(|e| format!("zstd: {e}"))?;
-        // The header keeps the length and the dictionary: the frame need not repeat them.
-        for p in [
-            zstd::zstd_safe::CParameter::ContentSizeFlag(false),
-            zstd::zstd_safe::CParameter::DictIdFlag(false),
-        ] {
-            c.set_parameter(p).map_err(|e| format!("zstd: {e}"))?;
-        }
+        let id = dict.as_ref().map_or(0, |(id, _)| *id);
+        let kept = {
+            let mut contexts = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+            // Contexts of an older dictionary are dropped as they come up.
+            contexts.retain(|(have, _)| *have == id);
+            contexts.pop()
+        };
+        let mut c = match kept {
+            Some((_, c)) => c,
+            None => {
+                let mut c = match &dict {
+                    Some((_, raw)) => zstd::bulk::Compressor::with_dictionary(LEVEL, raw),
+                    None => zstd::bulk::Compressor::new(LEVEL),
+                }
+                .map_err(|e| format!("zstd: {e}"))?;
+                // The header keeps the length and the dictionary: the frame need not repeat
+                // them.
+                for p in [
+                    zstd::zstd_safe::CParameter::ContentSizeFlag(false),
+                    zstd::zstd_safe::CParameter::DictIdFlag(false),
+                ] {
+                    c.set_parameter(p).map_err(|e| format!("zstd: {e}"))?;
+                }
+                c
+            }
+        };
         let (layout, payload) = payload(agent, plain);
         let frame = c.compress(&payload).map_err(|e| format!("zstd: {e}"))?;
+        {
+            let mut contexts = self.contexts.lock().unwrap_or_else(|e| e.into_inner());
+            if contexts.len() < CONTEXTS_KEPT {
+                contexts.push((id, c));
+            }
+        }
         let mut out = Vec::with_capacity(HEADER + frame.len());
         out.push(TAG);
         out.push(layout);
-        out.extend_from_slice(&dict.as_ref().map_or(0, |(id, _)| *id).to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&frame);
         Ok(out)

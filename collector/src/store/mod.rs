@@ -13,6 +13,7 @@ pub mod clickhouse;
 pub mod compress;
 pub mod config;
 pub mod copy;
+pub mod group;
 pub mod sled_store;
 
 use crate::domain::events::EvidenceBook;
@@ -28,7 +29,7 @@ pub enum InsertOutcome {
     Duplicate,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O: {0}")]
     Backend(String),

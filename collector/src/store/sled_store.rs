@@ -9,19 +9,21 @@
 //! that finds sled's log mostly superseded pages.
 
 use super::compress::{self, Dictionaries};
+use super::group::GroupCommit;
 use super::{InsertOutcome, ReportStore, StoreError};
 use crate::domain::events::EvidenceBook;
 use crate::domain::Axis;
 use crate::domain::{
     ordered_i64, CapKey, Cell, CellKey, CellState, Filter, Grouper, Observation, Plan, Policy,
-    PrefixCapKey, CAP_KEY_LEN, PREFIX_CAP_KEY_LEN,
+    PrefixCapKey, CAP_KEY_LEN, CELL_KEY_LEN, PREFIX_CAP_KEY_LEN,
 };
 use crate::domain::{ReportKey, StoredReport, VerifiedReport};
 #[cfg(test)]
 use callwatch_proto::CallReport;
 use callwatch_proto::Role;
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
-use std::collections::BTreeMap;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -53,7 +55,8 @@ pub struct SledStore {
     /// The count last written to the count file; serialises writes of it (concurrent batches
     /// would race on its temp file) and keeps it from going backwards.
     recorded: std::sync::Mutex<u64>,
-    flusher: GroupFlush,
+    /// Concurrent batches are written in groups: one transaction and one flush each.
+    writer: GroupCommit<Vec<Prepared>, Result<Vec<InsertOutcome>, StoreError>>,
     /// The zstd dictionaries records are compressed with ([`super::compress`]), kept under
     /// `meta`/`dict` ‖ id.
     dicts: Dictionaries,
@@ -74,46 +77,18 @@ pub struct TreeSize {
     pub value_bytes: u64,
 }
 
-/// Group commit: concurrent batches share one `fsync` instead of queueing one each.
-///
-/// A batch that finished writing asks for flush number `n`; any flush that *started* after that
-/// request covers it. One caller flushes at a time; the others wait for a flush that started
-/// after their request, or start the next one themselves.
-#[derive(Default)]
-struct GroupFlush {
-    /// (requested, covered, a flush is running).
-    state: std::sync::Mutex<(u64, u64, bool)>,
-    done: std::sync::Condvar,
+/// One report ready to write: everything computed outside the group's write (compression,
+/// above all), so that the one writer at a time does only the transaction.
+struct Prepared {
+    id: [u8; 48],
+    index: Vec<u8>,
+    value: Vec<u8>,
+    observations: Vec<Observation>,
 }
 
-impl GroupFlush {
-    fn flush(&self, db: &sled::Db) -> Result<(), StoreError> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.0 += 1;
-        let mine = st.0;
-        loop {
-            if st.1 >= mine {
-                return Ok(());
-            }
-            if st.2 {
-                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            // Everything requested so far was written before this flush starts.
-            st.2 = true;
-            let covers = st.0;
-            drop(st);
-            let result = db.flush();
-            st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.2 = false;
-            if result.is_ok() {
-                st.1 = st.1.max(covers);
-            }
-            self.done.notify_all();
-            result.map_err(backend)?;
-        }
-    }
-}
+/// Reports per sled transaction when a group is written: a bound on what one transaction
+/// holds in memory; a larger group takes several, and one flush.
+const TX_REPORTS: usize = 1024;
 
 /// Index key: arrival time (big-endian, offset so that order is numeric order) ‖ report key.
 fn time_key(received_at_ms: i64, key: &ReportKey) -> Vec<u8> {
@@ -484,7 +459,7 @@ impl SledStore {
             dir: dir.to_path_buf(),
             count: std::sync::atomic::AtomicU64::new(found),
             recorded: std::sync::Mutex::new(0),
-            flusher: GroupFlush::default(),
+            writer: GroupCommit::default(),
             dicts: Dictionaries::default(),
             training: std::sync::Mutex::new(false),
             plain: std::sync::atomic::AtomicBool::new(false),
@@ -928,26 +903,200 @@ fn merge_range(
     Ok(())
 }
 
-/// Reads, updates and writes back one cell inside a transaction.
-fn add_to_cell(
+/// A counter (u32 BE) of a group's transaction: read from the tree once, then kept in `map`
+/// until the transaction writes it back.
+fn counter<'m, const N: usize>(
+    map: &'m mut HashMap<[u8; N], u32>,
     tree: &sled::transaction::TransactionalTree,
-    key: &CellKey,
-    o: &Observation,
-) -> Result<(), ConflictableTransactionError<String>> {
-    let k = key.to_bytes();
-    let mut state: CellState = match tree.get(k)? {
-        Some(v) => postcard::from_bytes(&v).map_err(|e| abort(format!("aggregate cell: {e}")))?,
-        None => CellState::default(),
-    };
-    state.add(o);
-    let v = postcard::to_allocvec(&state).map_err(|e| abort(format!("encoding cell: {e}")))?;
-    tree.insert(&k[..], v)?;
-    Ok(())
+    key: [u8; N],
+    what: &'static str,
+) -> Result<&'m mut u32, ConflictableTransactionError<String>> {
+    match map.entry(key) {
+        Entry::Occupied(e) => Ok(e.into_mut()),
+        Entry::Vacant(e) => {
+            let n = match tree.get(key)? {
+                Some(v) => v
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| abort(format!("{what} (key {})", hex::encode(key))))?,
+                None => 0,
+            };
+            Ok(e.insert(n))
+        }
+    }
+}
+
+/// A cell of a group's transaction: read and decoded once, merged in memory, written back
+/// once by the transaction.
+fn cell<'m>(
+    map: &'m mut HashMap<[u8; CELL_KEY_LEN], CellState>,
+    tree: &sled::transaction::TransactionalTree,
+    key: [u8; CELL_KEY_LEN],
+) -> Result<&'m mut CellState, ConflictableTransactionError<String>> {
+    match map.entry(key) {
+        Entry::Occupied(e) => Ok(e.into_mut()),
+        Entry::Vacant(e) => {
+            let state = match tree.get(key)? {
+                Some(v) => postcard::from_bytes(&v)
+                    .map_err(|e| abort(format!("aggregate cell {}: {e}", hex::encode(key))))?,
+                None => CellState::default(),
+            };
+            Ok(e.insert(state))
+        }
+    }
+}
+
+impl SledStore {
+    /// Writes a group of batches (the leader's work, see [`GroupCommit`]): in transactions of
+    /// about [`TX_REPORTS`] reports, each report inserted if absent with its time index, its
+    /// observations counted under the per-agent and prefix caps and merged into their hourly
+    /// and day cells — all in arrival order, exactly as one transaction per report would — and
+    /// then one flush for the whole group: nothing is acknowledged before it is durable. One
+    /// result per batch.
+    fn write_group(
+        &self,
+        group: Vec<Vec<Prepared>>,
+    ) -> Vec<Result<Vec<InsertOutcome>, StoreError>> {
+        let mut results: Vec<Result<Vec<InsertOutcome>, StoreError>> =
+            Vec::with_capacity(group.len());
+        let mut start = 0;
+        while start < group.len() {
+            let mut end = start;
+            let mut reports = 0;
+            while end < group.len() && (end == start || reports + group[end].len() <= TX_REPORTS) {
+                reports += group[end].len();
+                end += 1;
+            }
+            let chunk = &group[start..end];
+            match self.write_chunk(chunk) {
+                Ok(outcomes) => {
+                    let inserted = outcomes
+                        .iter()
+                        .flatten()
+                        .filter(|o| **o == InsertOutcome::Inserted)
+                        .count();
+                    self.count
+                        .fetch_add(inserted as u64, std::sync::atomic::Ordering::SeqCst);
+                    results.extend(outcomes.into_iter().map(Ok));
+                }
+                Err(e) => results.extend(chunk.iter().map(|_| Err(e.clone()))),
+            }
+            start = end;
+        }
+        // Taken before the flush: every report counted is covered by it.
+        let durable = self.count.load(std::sync::atomic::Ordering::SeqCst);
+        // Durable before anyone is told: sled otherwise flushes on its own schedule. Also for a
+        // group of duplicates only: nothing here says an earlier write was flushed.
+        if let Err(e) = self.db.flush() {
+            let e = backend(e);
+            return results.into_iter().map(|_| Err(e.clone())).collect();
+        }
+        if results.iter().any(|r| {
+            r.as_ref()
+                .is_ok_and(|o| o.contains(&InsertOutcome::Inserted))
+        }) {
+            // The group is durable whatever happens here; a count that could not be recorded
+            // only weakens the damage check at the next start.
+            if let Err(e) = self.record_count(durable) {
+                tracing::warn!("{e}");
+            }
+        }
+        results
+    }
+
+    /// One transaction over `chunk`'s batches; the outcomes per batch.
+    fn write_chunk(&self, chunk: &[Vec<Prepared>]) -> Result<Vec<Vec<InsertOutcome>>, StoreError> {
+        let (cap, prefix_cap) = (self.cap, self.prefix_cap);
+        let trees = (
+            &self.reports,
+            &self.by_time,
+            &self.cells,
+            &self.caps,
+            &self.days,
+            &self.prefix_caps,
+        );
+        // Insert-if-absent, the time index and the aggregate in one transaction: two writers
+        // racing with the same report store and count it once, the index never lacks a stored
+        // report, and the cells always agree with the raw reports.
+        let result = trees.transaction(|(reports, by_time, cells, caps, days, pcaps)| {
+            let mut ids: HashSet<[u8; 48]> = HashSet::new();
+            let mut agent_counts: HashMap<[u8; CAP_KEY_LEN], u32> = HashMap::new();
+            let mut prefix_counts: HashMap<[u8; PREFIX_CAP_KEY_LEN], u32> = HashMap::new();
+            let mut hourly: HashMap<[u8; CELL_KEY_LEN], CellState> = HashMap::new();
+            let mut daily: HashMap<[u8; CELL_KEY_LEN], CellState> = HashMap::new();
+            let mut outcomes = Vec::with_capacity(chunk.len());
+            for batch in chunk {
+                let mut batch_outcomes = Vec::with_capacity(batch.len());
+                for p in batch {
+                    if !ids.insert(p.id) || reports.get(p.id)?.is_some() {
+                        batch_outcomes.push(InsertOutcome::Duplicate);
+                        continue;
+                    }
+                    reports.insert(&p.id[..], p.value.as_slice())?;
+                    by_time.insert(p.index.as_slice(), &[][..])?;
+                    for o in &p.observations {
+                        let cell_key = o.cell_key();
+                        let seen = counter(
+                            &mut agent_counts,
+                            caps,
+                            CapKey::bytes(&cell_key, &o.agent),
+                            "per-agent counter is not 4 bytes",
+                        )?;
+                        let before = *seen;
+                        *seen = before.saturating_add(1);
+                        if before >= cap {
+                            continue;
+                        }
+                        // The prefix cap, over the reports within their agent's cap.
+                        let seen = counter(
+                            &mut prefix_counts,
+                            pcaps,
+                            PrefixCapKey::bytes(&cell_key, &o.prefix()),
+                            "prefix counter is not 4 bytes",
+                        )?;
+                        let before = *seen;
+                        *seen = before.saturating_add(1);
+                        if before >= prefix_cap {
+                            continue;
+                        }
+                        cell(&mut hourly, cells, cell_key.to_bytes())?.add(o);
+                        cell(&mut daily, days, cell_key.day_cell().to_bytes())?.add(o);
+                    }
+                    batch_outcomes.push(InsertOutcome::Inserted);
+                }
+                outcomes.push(batch_outcomes);
+            }
+            for (k, n) in &agent_counts {
+                caps.insert(&k[..], &n.to_be_bytes()[..])?;
+            }
+            for (k, n) in &prefix_counts {
+                pcaps.insert(&k[..], &n.to_be_bytes()[..])?;
+            }
+            for (tree, states) in [(cells, &hourly), (days, &daily)] {
+                for (k, state) in states {
+                    let v = postcard::to_allocvec(state)
+                        .map_err(|e| abort(format!("encoding cell: {e}")))?;
+                    tree.insert(&k[..], v)?;
+                }
+            }
+            Ok(outcomes)
+        });
+        result.map_err(|e| match e {
+            TransactionError::Storage(e) => backend(e),
+            TransactionError::Abort(what) => StoreError::Backend(format!(
+                "a group of {} batches not stored: {what}",
+                chunk.len()
+            )),
+        })
+    }
 }
 
 impl ReportStore for SledStore {
     fn insert_batch(&self, batch: &[VerifiedReport]) -> Result<Vec<InsertOutcome>, StoreError> {
-        let mut outcomes = Vec::with_capacity(batch.len());
+        // Compressed here, in the caller's thread: batches compress side by side, and the
+        // group's writer only writes.
+        let mut prepared = Vec::with_capacity(batch.len());
         for VerifiedReport {
             key,
             stored: report,
@@ -965,82 +1114,23 @@ impl ReportStore for SledStore {
                     }
                 })
                 .map_err(|e| StoreError::Backend(format!("encoding report: {e}")))?;
-            // Insert-if-absent, the time index and the aggregate in one transaction: two
-            // connections racing with the same report store and count it once, the index never
-            // lacks a stored report, and the cells always agree with the raw reports.
-            let id = key.to_bytes();
-            let index = time_key(report.received_at_ms, key);
-            let (cap, prefix_cap) = (self.cap, self.prefix_cap);
-            let trees = (
-                &self.reports,
-                &self.by_time,
-                &self.cells,
-                &self.caps,
-                &self.days,
-                &self.prefix_caps,
-            );
-            let result = trees.transaction(|(reports, by_time, cells, caps, days, pcaps)| {
-                if reports.get(id)?.is_some() {
-                    return Ok(InsertOutcome::Duplicate);
-                }
-                reports.insert(&id[..], value.as_slice())?;
-                by_time.insert(index.as_slice(), &[][..])?;
-                for o in observations {
-                    let cell_key = o.cell_key();
-                    let cap_key = CapKey::bytes(&cell_key, &o.agent);
-                    let seen = match caps.get(cap_key)? {
-                        Some(v) => v
-                            .as_ref()
-                            .try_into()
-                            .map(u32::from_be_bytes)
-                            .map_err(|_| abort("per-agent counter is not 4 bytes"))?,
-                        None => 0,
-                    };
-                    caps.insert(&cap_key[..], &seen.saturating_add(1).to_be_bytes()[..])?;
-                    if seen >= cap {
-                        continue;
-                    }
-                    // The prefix cap, over the reports within their agent's cap.
-                    let pcap_key = PrefixCapKey::bytes(&cell_key, &o.prefix());
-                    let seen = match pcaps.get(pcap_key)? {
-                        Some(v) => v
-                            .as_ref()
-                            .try_into()
-                            .map(u32::from_be_bytes)
-                            .map_err(|_| abort("prefix counter is not 4 bytes"))?,
-                        None => 0,
-                    };
-                    pcaps.insert(&pcap_key[..], &seen.saturating_add(1).to_be_bytes()[..])?;
-                    if seen >= prefix_cap {
-                        continue;
-                    }
-                    add_to_cell(cells, &cell_key, o)?;
-                    add_to_cell(days, &cell_key.day_cell(), o)?;
-                }
-                Ok(InsertOutcome::Inserted)
+            prepared.push(Prepared {
+                id: key.to_bytes(),
+                index: time_key(report.received_at_ms, key),
+                value,
+                observations: observations.clone(),
             });
-            let outcome = match result {
-                Ok(o) => o,
-                Err(TransactionError::Storage(e)) => return Err(backend(e)),
-                Err(TransactionError::Abort(what)) => return Err(corrupt(&id, what)),
-            };
-            if outcome == InsertOutcome::Inserted {
-                self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            outcomes.push(outcome);
         }
-        // Taken before the flush is asked for: all of these are covered by it.
-        let durable = self.count.load(std::sync::atomic::Ordering::SeqCst);
-        // Durable before anyone is told: sled otherwise flushes on its own schedule. Also for a
-        // batch of duplicates: another connection may have stored them a moment ago, not yet
-        // flushed.
-        self.flusher.flush(&self.db)?;
+        let outcomes = self
+            .writer
+            .submit(prepared, |group| self.write_group(group))
+            .unwrap_or_else(|| {
+                Err(StoreError::Backend(
+                    "the store's writer failed while writing this batch; nothing acknowledged"
+                        .into(),
+                ))
+            })?;
         if outcomes.contains(&InsertOutcome::Inserted) {
-            // The batch is durable whatever happens here; a count that could not be recorded
-            // only weakens the damage check at the next start.
-            if let Err(e) = self.record_count(durable) {
-                tracing::warn!("{e}");
-            }
             // After the acknowledgement is safe: a failure here costs compression, not reports.
             if let Err(e) = self.train_if_due() {
                 tracing::warn!("training the records' dictionary: {e}");
@@ -1498,6 +1588,7 @@ fn stored(
 mod cap_tests {
     use super::*;
     use callwatch_proto::ReportId;
+    use std::sync::Arc;
 
     fn item(agent: u8, id: u8, rtt: f64) -> VerifiedReport {
         let mut r = CallReport::example();
@@ -1525,8 +1616,162 @@ mod cap_tests {
         (cells[0].count, snapped)
     }
 
+    /// A report from `agent` with `id`, arriving at `at` ms; on the shared network prefix
+    /// (one prefix tag for several agents) or on the agent's own.
+    fn arrival(agent: u8, id: u16, at: i64, shared_prefix: bool) -> VerifiedReport {
+        let mut r = CallReport::example();
+        r.id = ReportId([
+            id as u8,
+            (id >> 8) as u8,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        let mut v = stored(agent, &r, ("RU", 12389), at);
+        if shared_prefix {
+            v.stored.filing.prefix_tag = Some("0102030405060708".into());
+            v = VerifiedReport::parse(v.stored).unwrap();
+        }
+        v
+    }
+
+    /// Every entry of `tree`, as bytes.
+    fn snapshot(tree: &sled::Tree) -> Vec<(Vec<u8>, Vec<u8>)> {
+        tree.iter()
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                (k.to_vec(), v.to_vec())
+            })
+            .collect()
+    }
+
+    /// Submits `batches` so that they queue behind a held writer in this order, then lets
+    /// them be written: one group. Their outcomes, in order.
+    fn one_group(s: &Arc<SledStore>, batches: Vec<Vec<VerifiedReport>>) -> Vec<Vec<InsertOutcome>> {
+        let groups = s.writer.groups();
+        let hold = s.writer.hold();
+        let mut threads = Vec::new();
+        for (n, batch) in batches.into_iter().enumerate() {
+            let s2 = s.clone();
+            threads.push(std::thread::spawn(move || s2.insert_batch(&batch).unwrap()));
+            while s.writer.queued() < n + 1 {
+                std::thread::yield_now();
+            }
+        }
+        drop(hold);
+        let outcomes = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            s.writer.groups(),
+            groups + 1,
+            "the batches were written as one group"
+        );
+        outcomes
+    }
+
     #[test]
-    fn concurrent_batches_share_flushes_and_all_are_stored() {
+    fn a_group_writes_the_cells_and_caps_a_rebuild_from_the_raw_reports_computes() {
+        use InsertOutcome::{Duplicate as D, Inserted as I};
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            max_per_agent_per_day: 3,
+            max_per_prefix_per_day: 5,
+            ..Policy::default()
+        };
+        let s = Arc::new(SledStore::open_with_policy(dir.path(), &policy).unwrap());
+        // Arrival order is submission order: the caps count in it.
+        let mut at = 0;
+        let mut next = |agent, id, shared| {
+            at += 1;
+            arrival(agent, id, at, shared)
+        };
+        let batches = vec![
+            // Agent 1: five reports, two over its cap of 3; id 1 again in the same batch.
+            [(1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 1)]
+                .map(|(agent, id)| next(agent, id, true))
+                .to_vec(),
+            // Agent 2 on the same prefix: three more, the prefix cap of 5 reached at its second;
+            // agent 1's id 3 again, from the batch before.
+            [(2, 1), (2, 2), (2, 3), (1, 3)]
+                .map(|(agent, id)| next(agent, id, true))
+                .to_vec(),
+            // Agent 3 on the same prefix: all past the prefix cap.
+            (1..=4).map(|id| next(3, id, true)).collect::<Vec<_>>(),
+            // Agent 5 on its own prefix.
+            (1..=2).map(|id| next(5, id, false)).collect(),
+        ];
+        let outcomes = one_group(&s, batches);
+        assert_eq!(
+            outcomes,
+            vec![
+                vec![I, I, I, I, I, D],
+                vec![I, I, I, D],
+                vec![I; 4],
+                vec![I; 2]
+            ]
+        );
+        assert_eq!(s.len(), 14);
+        // Counted as the caps say: agent 1's three, agent 2's two (prefix cap 5), agent 5's two.
+        assert_eq!(median(&s).0, 7);
+        let written: Vec<_> = [&s.cells, &s.caps, &s.prefix_caps, &s.days]
+            .into_iter()
+            .map(snapshot)
+            .collect();
+        // The rebuild recomputes all four from the stored reports in arrival order, with code
+        // of its own (one report at a time, no group).
+        s.rebuild_cells().unwrap();
+        let rebuilt: Vec<_> = [&s.cells, &s.caps, &s.prefix_caps, &s.days]
+            .into_iter()
+            .map(snapshot)
+            .collect();
+        assert_eq!(written, rebuilt);
+    }
+
+    #[test]
+    fn a_group_larger_than_one_transaction_finds_duplicates_across_its_transactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            max_per_agent_per_day: 10_000,
+            max_per_prefix_per_day: 10_000,
+            ..Policy::default()
+        };
+        let s = Arc::new(SledStore::open_with_policy(dir.path(), &policy).unwrap());
+        let first: Vec<_> = (0..700)
+            .map(|id| arrival(1, id, i64::from(id), false))
+            .collect();
+        // The second batch repeats the first's last 10 reports: two transactions (700 + 700 is
+        // over TX_REPORTS), the second finds them stored by the first.
+        let second: Vec<_> = (690..1390)
+            .map(|id| arrival(1, id, i64::from(id) + 1_000, false))
+            .collect();
+        let outcomes = one_group(&s, vec![first, second]);
+        assert!(outcomes[0].iter().all(|o| *o == InsertOutcome::Inserted));
+        let dups = outcomes[1]
+            .iter()
+            .filter(|o| **o == InsertOutcome::Duplicate)
+            .count();
+        assert_eq!((dups, outcomes[1].len()), (10, 700));
+        assert_eq!(s.len(), 1390);
+        drop(outcomes);
+        let s = Arc::try_unwrap(s).ok().unwrap();
+        drop(s);
+        let s = SledStore::open_with_policy(dir.path(), &policy).unwrap();
+        assert_eq!(s.len(), 1390, "all durable and counted once");
+        assert_eq!(median(&s).0, 1390);
+    }
+
+    #[test]
+    fn concurrent_batches_are_all_stored_once() {
         let dir = tempfile::tempdir().unwrap();
         {
             let s = std::sync::Arc::new(SledStore::open_with_cap(dir.path(), 1000).unwrap());
@@ -1544,9 +1789,11 @@ mod cap_tests {
             for t in threads {
                 t.join().unwrap();
             }
-            let st = s.flusher.state.lock().unwrap();
-            assert_eq!(st.0, 160, "every batch asked for a flush");
-            assert!(st.1 >= 160, "and every one was covered");
+            let groups = s.writer.groups();
+            assert!(
+                (1..=160).contains(&groups),
+                "{groups} groups for 160 batches"
+            );
         }
         let s = SledStore::open(dir.path()).unwrap();
         assert_eq!(s.len(), 160);
