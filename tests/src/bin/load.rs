@@ -113,6 +113,12 @@ enum Command {
         /// Uploads in flight at once (agents uploading concurrently).
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
+        /// Open loop instead: agents upload on their own schedule, batches starting at random
+        /// (Poisson) times with this total rate of reports per second, however long the
+        /// collector takes to answer; latency counts from each batch's scheduled start, so a
+        /// collector falling behind shows as latency, not as a slower sender.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        rate: Option<u32>,
         #[command(flatten)]
         store: StoreOpts,
     },
@@ -203,11 +209,28 @@ fn verify_rates(reports: &[SignedReport]) -> (f64, f64) {
     (bare, full)
 }
 
+/// One upload: its acknowledged count, checked against its length.
+async fn upload(conn: &quinn::Connection, batch: Vec<SignedReport>) -> Result<usize> {
+    let n = batch.len();
+    match exchange(conn, batch).await? {
+        Response::Ack { statuses } => {
+            anyhow::ensure!(statuses.len() == n, "short ack");
+            Ok(statuses
+                .iter()
+                .filter(|s| matches!(s, ReportStatus::Accepted))
+                .count())
+        }
+        Response::Error { code, reason } => anyhow::bail!("refused ({code}): {reason}"),
+        other => anyhow::bail!("unexpected answer: {other:?}"),
+    }
+}
+
 async fn ingest(
     reports: usize,
     batches: Vec<usize>,
     agents: usize,
     concurrency: usize,
+    rate: Option<u32>,
     store: StoreOpts,
 ) -> Result<()> {
     let agents = agents.max(1);
@@ -217,6 +240,13 @@ async fn ingest(
     let (bare, full) = verify_rates(&sample);
     println!("raw Ed25519 verify_strict (1 core): {bare:.0}/s; full report check (signature + JSON + validation, 1 core): {full:.0}/s");
     println!("store: {}", store.store);
+    match rate {
+        Some(r) => println!(
+            "open loop: {agents} agents uploading on their own schedule, {r} reports/s offered \
+             in all; latency from each batch's scheduled start"
+        ),
+        None => println!("closed loop: {concurrency} uploads in flight"),
+    }
     println!(
         "{:>6} {:>9} {:>12} {:>10} {:>10} {:>10}",
         "batch", "reports", "reports/s", "p50 ms", "p99 ms", "max ms"
@@ -268,34 +298,59 @@ async fn ingest(
         let conns = Arc::new(conns);
         let start = Instant::now();
         let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let (work, conns) = (work.clone(), conns.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::new();
-                let mut acked = 0usize;
-                loop {
-                    let next = work.lock().map(|mut w| w.pop()).unwrap_or(None);
-                    let Some((agent, batch)) = next else { break };
-                    let n = batch.len();
-                    let t = Instant::now();
-                    match exchange(&conns[agent], batch).await? {
-                        Response::Ack { statuses } => {
-                            acked += statuses
-                                .iter()
-                                .filter(|s| matches!(s, ReportStatus::Accepted))
-                                .count();
-                            anyhow::ensure!(statuses.len() == n, "short ack");
-                        }
-                        Response::Error { code, reason } => {
-                            anyhow::bail!("refused ({code}): {reason}")
-                        }
-                        other => anyhow::bail!("unexpected answer: {other:?}"),
+        if let Some(rate) = rate {
+            // Batches in the order the agents take turns, each at its scheduled time.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(run as u64);
+            let batches_per_s = f64::from(rate) / batch.max(1) as f64;
+            let mut due = Duration::ZERO;
+            let mut all: Vec<Batch> = work
+                .lock()
+                .map(|mut w| w.drain(..).rev().collect())
+                .unwrap_or_default();
+            // Agents take turns: each one's first batch, then each one's second, …
+            let mut turn = vec![0usize; agents];
+            let mut keyed: Vec<(usize, Batch)> = all
+                .drain(..)
+                .map(|(agent, b)| {
+                    turn[agent] += 1;
+                    (turn[agent], (agent, b))
+                })
+                .collect();
+            keyed.sort_by_key(|(t, (agent, _))| (*t, *agent));
+            for (_, (agent, b)) in keyed {
+                let gap: f64 = -(1.0 - rng.gen::<f64>()).ln() / batches_per_s;
+                due += Duration::from_secs_f64(gap);
+                let conns = conns.clone();
+                let at = start + due;
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(at.into()).await;
+                    // An upload that fails (a collector past its capacity drops a request it
+                    // could not read within its timeout) is counted, not fatal: the agent
+                    // would keep the reports and send them again later.
+                    match upload(&conns[agent], b).await {
+                        Ok(acked) => Ok::<_, anyhow::Error>((acked, vec![at.elapsed()])),
+                        Err(_) => Ok((0, Vec::new())),
                     }
-                    latencies.push(t.elapsed());
-                }
-                Ok::<_, anyhow::Error>((acked, latencies))
-            }));
+                }));
+            }
+        } else {
+            for _ in 0..concurrency {
+                let (work, conns) = (work.clone(), conns.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    let mut acked = 0usize;
+                    loop {
+                        let next = work.lock().map(|mut w| w.pop()).unwrap_or(None);
+                        let Some((agent, batch)) = next else { break };
+                        let t = Instant::now();
+                        acked += upload(&conns[agent], batch).await?;
+                        latencies.push(t.elapsed());
+                    }
+                    Ok::<_, anyhow::Error>((acked, latencies))
+                }));
+            }
         }
+        let tasks_total = tasks.len();
         let mut latencies = Vec::new();
         let mut acked = 0;
         for t in tasks {
@@ -305,17 +360,35 @@ async fn ingest(
         }
         let elapsed = start.elapsed();
         latencies.sort();
-        anyhow::ensure!(acked == reports, "{acked} of {reports} acknowledged");
+        // Open loop: one task per batch, and a failed one has no latency.
+        let failed = if rate.is_some() {
+            tasks_total - latencies.len()
+        } else {
+            0
+        };
         anyhow::ensure!(
-            collector.store.len() == reports,
-            "store holds {}",
-            collector.store.len()
+            acked == reports || (rate.is_some() && failed > 0),
+            "{acked} of {reports} acknowledged"
+        );
+        if failed > 0 {
+            println!(
+                "{failed} of {tasks_total} uploads failed (not acknowledged: {} reports), \
+                 the collector past its capacity",
+                reports - acked
+            );
+        }
+        // Nothing acknowledged lost; a failed upload may have been stored before its answer
+        // was lost, never more than was sent.
+        let held = collector.store.len();
+        anyhow::ensure!(
+            held >= acked && held <= reports && (failed > 0 || held == reports),
+            "store holds {held}, {acked} acknowledged"
         );
         println!(
             "{:>6} {:>9} {:>12.0} {:>10} {:>10} {:>10}",
             batch,
             reports,
-            reports as f64 / elapsed.as_secs_f64(),
+            acked as f64 / elapsed.as_secs_f64(),
             ms(percentile(&latencies, 0.5)),
             ms(percentile(&latencies, 0.99)),
             ms(percentile(&latencies, 1.0)),
@@ -728,6 +801,13 @@ fn store_size(
 
 #[tokio::main]
 async fn main() {
+    // The in-process collector's log, when asked for (RUST_LOG=debug, …).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let result = match Cli::parse().command {
         Command::Ingest {
             reports,
@@ -735,7 +815,8 @@ async fn main() {
             agents,
             concurrency,
             store,
-        } => ingest(reports, batches, agents, concurrency, store).await,
+            rate,
+        } => ingest(reports, batches, agents, concurrency, rate, store).await,
         Command::Aggregate {
             reports,
             data,
