@@ -877,6 +877,29 @@ mod tests {
     }
 
     #[test]
+    fn tail_walks_stop_at_their_end_and_when_the_rest_is_negligible() {
+        // Up to `end` inclusive, both ways: 1 + ½ + ¼ + ⅛ (the ratio does not vanish at the end,
+        // unlike a pmf's, so only the end bound stops it), scaled by e^ln_start.
+        assert_eq!(walk_tail(0.0, 0.0, 3.0, true, |_| 0.5), 1.875);
+        assert_eq!(walk_tail(0.0, 5.0, 2.0, false, |_| 0.5), 1.875);
+        assert_close(
+            walk_tail(2f64.ln(), 0.0, 3.0, true, |_| 0.5),
+            3.75,
+            1e-15,
+            "scaled",
+        );
+        // A geometric tail with ratio 0.999 sums to 1/(1 − 0.999) = 1000: the stop after a term
+        // t once t·ρ/(1 − ρ) < 1e-17 of the sum leaves out less than the ~4e-14 that summing
+        // 39 000 terms rounds by; a stop on t·ρ·(1 − ρ) would leave out 1e-11.
+        let rho = 0.999;
+        let got = walk_tail(0.0, 0.0, 1e9, true, |_| rho);
+        assert_close(got, 1.0 / (1.0 - rho), 1e-12, "geometric");
+        // A start term that is NaN or underflows gives 0, not NaN.
+        assert_eq!(walk_tail(f64::NAN, 0.0, 10.0, true, |_| 0.5), 0.0);
+        assert_eq!(walk_tail(-800.0, 0.0, 10.0, true, |_| 0.5), 0.0);
+    }
+
+    #[test]
     fn stirling_error_matches_high_precision_values_in_every_branch() {
         // ln n! − ln(√(2πn)(n/e)ⁿ) from mpmath's loggamma at 50 digits. The summed-log branch
         // (n ≤ 15) loses ~1e-15 to cancellation; the series branches are accurate to their
