@@ -952,9 +952,13 @@ mod tests {
                 "dbinom({x}; 10⁶, {p}): {got}, want {want}"
             );
         }
-        // Far from the mean (m = 0.95 for x = 1000) the closed form is the accurate one.
+        // Far from the mean the closed form is the accurate one: m = 0.95 for x = 1000, and
+        // m = 20 for x = 5000 (v = (x − m)/(x + m) = 0.992, where 1000 terms of the series
+        // would still be 1e-5 short).
         let got = ln_dbinom_raw(1000.0, 1e6, 1.0 / 1_048_576.0, 1.0 - 1.0 / 1_048_576.0);
         assert_close(got, -5_961.013_619_319_145, 1e-14, "far tail");
+        let got = ln_dbinom_raw(5000.0, 20_480.0, 1.0 / 1024.0, 1.0 - 1.0 / 1024.0);
+        assert_close(got, -23_294.615_818_692_884, 1e-14, "far tail, m = 20");
     }
 
     #[test]
