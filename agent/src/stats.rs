@@ -757,7 +757,7 @@ fn erfc(x: f64) -> f64 {
         return 2.0 - erfc(-x);
     }
     if x > 27.0 {
-        return 0.0; // e^{−729} is below the smallest f64
+        return 0.0; // e^{−729} is below the smallest normal f64
     }
     let ex = (-x * x).exp();
     if x < 2.0 {
@@ -849,6 +849,18 @@ mod tests {
         for (z, p) in want {
             assert_close(normal_sf(z), p, 1e-13, &format!("normal_sf({z})"));
         }
+        // x = 2, where the continued fraction takes over: it gives 6.6e-16 relative there, the
+        // series (1 − erf, with 0.5 % of 1 left) 5e-14.
+        assert_close(erfc(2.0), 0.004_677_734_981_047_266, 4e-15, "erfc(2)");
+        // The continued fraction stops once converged (|δ − 1| < 1e-16): within 1e-15 of mpmath
+        // here, where running on through all 1000 steps would drift to 2e-14.
+        assert_close(
+            erfc(5.657),
+            1.242_111_059_226_341_4e-15,
+            4e-15,
+            "erfc(5.657)",
+        );
+        assert_close(erfc(20.0), 5.395_865_611_607_901e-176, 4e-15, "erfc(20)");
         assert_eq!(normal_sf(f64::INFINITY), 0.0);
         assert_eq!(normal_sf(f64::NEG_INFINITY), 1.0);
         assert_eq!(normal_sf(f64::NAN), 1.0);
@@ -874,6 +886,117 @@ mod tests {
                 assert_close(got, exact, 1e-12, &format!("dhyper({x}; {k}, {f}, {d})"));
             }
         }
+    }
+
+    #[test]
+    fn tail_walks_stop_at_their_end_and_when_the_rest_is_negligible() {
+        // Up to `end` inclusive, both ways: 1 + ½ + ¼ + ⅛ (the ratio does not vanish at the end,
+        // unlike a pmf's, so only the end bound stops it), scaled by e^ln_start.
+        assert_eq!(walk_tail(0.0, 0.0, 3.0, true, |_| 0.5), 1.875);
+        assert_eq!(walk_tail(0.0, 5.0, 2.0, false, |_| 0.5), 1.875);
+        assert_close(
+            walk_tail(2f64.ln(), 0.0, 3.0, true, |_| 0.5),
+            3.75,
+            1e-15,
+            "scaled",
+        );
+        // A geometric tail with ratio 0.999 sums to 1/(1 − 0.999) = 1000: the stop after a term
+        // t once t·ρ/(1 − ρ) < 1e-17 of the sum leaves out less than the ~4e-14 that summing
+        // 39 000 terms rounds by; a stop on t·ρ·(1 − ρ) would leave out 1e-11.
+        let rho = 0.999;
+        let got = walk_tail(0.0, 0.0, 1e9, true, |_| rho);
+        assert_close(got, 1.0 / (1.0 - rho), 1e-12, "geometric");
+        // A start term that is NaN or underflows gives 0, not NaN.
+        assert_eq!(walk_tail(f64::NAN, 0.0, 10.0, true, |_| 0.5), 0.0);
+        assert_eq!(walk_tail(-800.0, 0.0, 10.0, true, |_| 0.5), 0.0);
+    }
+
+    #[test]
+    fn stirling_error_matches_high_precision_values_in_every_branch() {
+        // ln n! − ln(√(2πn)(n/e)ⁿ) from mpmath's loggamma at 50 digits. The summed-log branch
+        // (n ≤ 15) loses ~1e-15 to cancellation; the series branches are accurate to their
+        // truncation (1.1e-16 at n = 16, below 3e-17 at the first n of the others), so a series
+        // cut a term short anywhere inside its branch shows (that term at n = 20, 50, 100 is
+        // 2e-15, 8e-16, 8e-14).
+        let want = [
+            (1.0, 0.081_061_466_795_327_26, 1e-15),
+            (2.0, 0.041_340_695_955_409_3, 1e-15),
+            (5.0, 0.016_644_691_189_821_192, 1e-15),
+            (15.0, 0.005_554_733_551_962_801, 4e-15),
+            (16.0, 0.005_207_655_919_609_640_4, 2e-16),
+            (20.0, 0.004_166_319_691_996_922, 3e-17),
+            (34.0, 0.002_450_909_735_438_118, 3e-17),
+            (36.0, 0.002_314_755_290_514_684, 3e-17),
+            (50.0, 0.001_666_644_446_983_365_5, 3e-17),
+            (79.0, 0.001_054_846_686_941_008, 3e-17),
+            (81.0, 0.001_028_801_357_710_777_5, 3e-17),
+            (100.0, 0.000_833_330_555_634_914_7, 3e-17),
+            (499.0, 0.000_167_000_645_646_607, 3e-17),
+            (501.0, 0.000_166_333_976_579_932_7, 3e-17),
+            (1e6, 8.333_333_333_333_056e-8, 3e-17),
+        ];
+        for (n, e, tol) in want {
+            let got = stirlerr(n);
+            assert!(
+                (got - e).abs() <= tol,
+                "stirlerr({n}) = {got:e}, want {e:e}"
+            );
+        }
+        assert_eq!(stirlerr(0.0), 0.0);
+    }
+
+    #[test]
+    fn binomial_pmf_is_accurate_at_a_million_trials() {
+        // ln of the Binomial(10⁶, p) pmf against mpmath (loggamma at 50 digits), with p and 1 − p
+        // exact in binary so the reference is unambiguous. Near the mean the deviance terms
+        // cancel to a few hundredths: Loader's series keeps them to ~1e-15, where
+        // x·ln(x/m) + m − x would lose 1e-12 to 1e-10.
+        for (x, p, want) in [
+            (500_100.0, 0.5, -7.153_546_861_760_211),
+            (250_300.0, 0.25, -7.230_041_601_203_403),
+            (249_000.0, 0.25, -9.657_410_750_198_524),
+            (1000.0, 1.0 / 1024.0, -4.651_700_802_095_171),
+            (30.0, 1.0 / 32_768.0, -2.626_714_120_602_448_5),
+        ] {
+            let got = ln_dbinom_raw(x, 1e6, p, 1.0 - p);
+            assert!(
+                (got - want).abs() < 1e-13,
+                "dbinom({x}; 10⁶, {p}): {got}, want {want}"
+            );
+        }
+        // Far from the mean the closed form is the accurate one: m = 0.95 for x = 1000, and
+        // m = 20 for x = 5000 (v = (x − m)/(x + m) = 0.992, where 1000 terms of the series
+        // would still be 1e-5 short).
+        let got = ln_dbinom_raw(1000.0, 1e6, 1.0 / 1_048_576.0, 1.0 - 1.0 / 1_048_576.0);
+        assert_close(got, -5_961.013_619_319_145, 1e-14, "far tail");
+        let got = ln_dbinom_raw(5000.0, 20_480.0, 1.0 / 1024.0, 1.0 - 1.0 / 1024.0);
+        assert_close(got, -23_294.615_818_692_884, 1e-14, "far tail, m = 20");
+    }
+
+    #[test]
+    fn pmfs_of_impossible_or_degenerate_counts() {
+        // Drawing nothing: only x = 0 is possible (not x = ±1).
+        assert_eq!(ln_dhyper(0.0, 5.0, 5.0, 0.0), 0.0);
+        assert_eq!(ln_dhyper(1.0, 5.0, 5.0, 0.0), f64::NEG_INFINITY);
+        assert_eq!(ln_dhyper(-1.0, 5.0, 5.0, 0.0), f64::NEG_INFINITY);
+        // More draws than the population holds: impossible, −∞ rather than NaN.
+        assert_eq!(ln_dhyper(1.0, 1.0, 1.0, 3.0), f64::NEG_INFINITY);
+        // Binomial with p = 0 or q = 0: all the mass on 0 or on n.
+        assert_eq!(ln_dbinom_raw(0.0, 5.0, 0.0, 1.0), 0.0);
+        assert_eq!(ln_dbinom_raw(2.0, 5.0, 0.0, 1.0), f64::NEG_INFINITY);
+        assert_eq!(ln_dbinom_raw(5.0, 5.0, 1.0, 0.0), 0.0);
+        assert_eq!(ln_dbinom_raw(3.0, 5.0, 1.0, 0.0), f64::NEG_INFINITY);
+        // Outside 0..=n: −∞, not NaN.
+        assert_eq!(ln_dbinom_raw(6.0, 5.0, 0.3, 0.7), f64::NEG_INFINITY);
+        assert_eq!(ln_dbinom_raw(-1.0, 5.0, 0.3, 0.7), f64::NEG_INFINITY);
+        // x = 0 and x = n with a tiny p (or q): ln qⁿ = n·ln(1 − p) = −1.000 000 500 000 333 3
+        // (mpmath) for n = 10⁶, p = 10⁻⁶. Loader's deviance form keeps it to rounding; n·ln q
+        // from the rounded q = 1 − p would be off by ~5e-11.
+        let want = -1.000_000_500_000_333_3;
+        let got = ln_dbinom_raw(0.0, 1e6, 1e-6, 1.0 - 1e-6);
+        assert!((got - want).abs() < 1e-14, "x = 0: {got}");
+        let got = ln_dbinom_raw(1e6, 1e6, 1.0 - 1e-6, 1e-6);
+        assert!((got - want).abs() < 1e-14, "x = n: {got}");
     }
 
     // ---- Fisher ----
@@ -1409,6 +1532,105 @@ mod tests {
     }
 
     #[test]
+    fn scan_statistic_split_and_p_by_hand() {
+        // d = (−1, 2, 2), rms = √3: T₀ = 3/(√3·√3) = 1, T₁ = 4/(√2·√3) = 4/√6 ≈ 1.633 and
+        // T₂ = 2/√3 ≈ 1.155, so the split is 1 and T = 4/√6. Among the 8 sign flips, T₁* ≥ 4/√6
+        // and T₀* = (±1 ± 2 ± 2)/3 ≥ 4/√6 both need the two 2s positive, T₂* ≤ 2/√3 never
+        // reaches it: 2 flips of 8, p = ¼.
+        let s = sign_flip_max_scan(&[-1.0, 2.0, 2.0], 1, 0, 0);
+        assert!(s.exact);
+        assert_eq!(s.split, 1);
+        assert_close(s.statistic, 4.0 / 6f64.sqrt(), 1e-12, "statistic");
+        assert_close(s.p_value, 0.25, 1e-12, "p");
+        // A tie: d = (1, 1, −1, 1), rms = 1, T₀ = 2/√4 = 1 = T₃ = 1/√1 (T₁ = 1/√3, T₂ = 0); the
+        // earliest split wins. Flips reaching 1: the 8 with the last window positive (T₃* = 1),
+        // and of the 8 with it negative only (1, 1, 1, −1) (T₀* = 2/2): p = 9/16.
+        let s = sign_flip_max_scan(&[1.0, 1.0, -1.0, 1.0], 1, 0, 0);
+        assert_eq!(s.split, 0);
+        assert_close(s.statistic, 1.0, 1e-12, "tie statistic");
+        assert_close(s.p_value, 9.0 / 16.0, 1e-12, "tie p");
+    }
+
+    #[test]
+    fn scan_monte_carlo_p_is_one_plus_hits_over_one_plus_samples() {
+        // 17 windows (one past SCAN_EXACT_MAX_N), all equal and positive: T = T₀ = √17, and any
+        // flip lowers every tail sum, so only the unflipped series reaches it. A random flip of
+        // 17 windows is that one with probability 2⁻¹⁷: the 10 samples hit none, p = 1/11.
+        let s = sign_flip_max_scan(&[0.5; 17], 1, 10, 7);
+        assert!(!s.exact);
+        assert_eq!(s.split, 0);
+        assert_close(s.statistic, 17f64.sqrt(), 1e-12, "statistic");
+        assert_close(s.p_value, 1.0 / 11.0, 1e-12, "no sample reaches T");
+        // All equal and negative: T = T₁₆ = −1 (the shortest tail), and every flip has
+        // T₁₆* = ±1 ≥ −1: all 10 samples hit, p = 11/11.
+        let s = sign_flip_max_scan(&[-0.5; 17], 1, 10, 7);
+        assert_eq!(s.split, 16);
+        assert_close(s.statistic, -1.0, 1e-12, "negative statistic");
+        assert_eq!(s.p_value, 1.0);
+        // 16 windows are still enumerated: 2⁻¹⁶ exactly.
+        let s = sign_flip_max_scan(&[0.5; 16], 1, 10, 7);
+        assert!(s.exact);
+        assert_eq!(s.p_value, 1.0 / 65_536.0);
+    }
+
+    #[test]
+    fn scan_ties_are_judged_with_a_relative_tolerance() {
+        // Eight windows of 1 and one of η = 2e-10: T = T₀ = (8 + η)/(3·rms) ≈ 2.83, and flipping
+        // the η window gives (8 − η)/(3·rms), 2η/(8 + η) = 5e-11 below T relatively: within the
+        // documented 1e-10, so it counts as reaching T. Every other flip is far below (a flipped
+        // 1 costs 2/(3·rms); T_k for k ≥ 1 is at most (7 + η)/(√8·rms)): p = 2/512.
+        let mut d = vec![1.0; 8];
+        d.push(2e-10);
+        let s = sign_flip_max_scan(&d, 1, 0, 0);
+        assert_eq!(s.split, 0);
+        assert_close(s.p_value, 2.0 / 512.0, 1e-12, "near tie counted");
+    }
+
+    #[test]
+    fn scan_monte_carlo_counts_the_seeded_flips() {
+        // The Monte Carlo p is (1 + #{T* ≥ T})/(1 + samples) over the flips drawn from
+        // StdRng::seed_from_u64(seed) (one u64 per 64 windows, a set bit flipping its window),
+        // recomputed here from the definition of T_k, without scan_setup or scan_max.
+        let d: Vec<f64> = (0..20)
+            .map(|i| {
+                if i < 12 {
+                    [0.3, -0.5, 0.1, -0.2][i % 4]
+                } else {
+                    [0.9, 0.4, 1.1, 0.6][i % 4]
+                }
+            })
+            .collect();
+        let (n, min_tail, samples, seed) = (20usize, 3usize, 400usize, 11u64);
+        let t_of = |flip: &dyn Fn(usize) -> bool| -> f64 {
+            let v: Vec<f64> = d
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| if flip(i) { -x } else { x })
+                .collect();
+            let rms = (v.iter().map(|x| x * x).sum::<f64>() / n as f64).sqrt();
+            (0..=n - min_tail)
+                .map(|k| v[k..].iter().sum::<f64>() / (((n - k) as f64).sqrt() * rms))
+                .fold(f64::NEG_INFINITY, f64::max)
+        };
+        let t = t_of(&|_| false);
+        let bar = t - 1e-10 * t.abs().max(1.0);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let hits = (0..samples)
+            .filter(|_| {
+                let w: u64 = rng.gen();
+                t_of(&|i| w >> i & 1 == 1) >= bar
+            })
+            .count();
+        let s = sign_flip_max_scan(&d, min_tail, samples, seed);
+        assert!(!s.exact);
+        assert_close(s.statistic, t, 1e-12, "statistic");
+        let want = (hits as f64 + 1.0) / (samples as f64 + 1.0);
+        assert_close(s.p_value, want, 1e-12, "p");
+        // The data carry an onset: some flips reach T, most do not.
+        assert!(hits > 0 && hits < samples / 4, "{hits} of {samples}");
+    }
+
+    #[test]
     fn scan_edge_cases_are_defined() {
         let none = OnsetScan {
             p_value: 1.0,
@@ -1544,6 +1766,66 @@ mod tests {
                 "P(X ≤ k | upper)",
             );
         }
+    }
+
+    #[test]
+    fn binomial_tails_match_direct_sums_in_both_directions() {
+        // Every k of Binomial(10, 0.3) and Binomial(100, 0.3) (both sides of the mode, so both
+        // walks and both complements) against the pmf summed directly.
+        for (n, p) in [(10u64, 0.3f64), (100, 0.3), (4, 0.5)] {
+            let pmf =
+                |j: u64| choose(n, j) as f64 * p.powi(j as i32) * (1.0 - p).powi((n - j) as i32);
+            for k in 0..=n {
+                let cdf: f64 = (0..=k).map(pmf).sum();
+                let sf: f64 = (k..=n).map(pmf).sum();
+                let (kf, nf) = (k as f64, n as f64);
+                assert_close(
+                    binom_cdf(kf, nf, p),
+                    cdf,
+                    1e-12,
+                    &format!("P(X ≤ {k}; {n}, {p})"),
+                );
+                assert_close(
+                    binom_sf(kf, nf, p),
+                    sf,
+                    1e-12,
+                    &format!("P(X ≥ {k}; {n}, {p})"),
+                );
+            }
+        }
+        // Far tails, exact by rational arithmetic (Python's fractions): summed from the right
+        // end, not as 1 − (almost 1).
+        let far = 1.364_232_078_033_009_2e-10;
+        assert_close(
+            binom_cdf(400.0, 1000.0, 0.5),
+            far,
+            1e-11,
+            "P(X ≤ 400; 1000)",
+        );
+        assert_close(binom_sf(600.0, 1000.0, 0.5), far, 1e-11, "P(X ≥ 600; 1000)");
+        // So far out that the first term underflows: the tail holding the mode is 1, the other 0.
+        assert_eq!(binom_cdf(9000.0, 10_000.0, 0.5), 1.0);
+        assert_eq!(binom_sf(1000.0, 10_000.0, 0.5), 1.0);
+        assert_eq!(binom_cdf(1000.0, 10_000.0, 0.5), 0.0);
+        assert_eq!(binom_sf(9000.0, 10_000.0, 0.5), 0.0);
+    }
+
+    #[test]
+    fn binomial_tails_at_the_edges() {
+        // P(X ≤ k): k < 0 → 0, k ≥ n → 1 (whatever p), p = 0 → 1, p = 1 → 0 below n, NaN → 1.
+        assert_eq!(binom_cdf(-1.0, 10.0, 0.3), 0.0);
+        assert_eq!(binom_cdf(10.0, 10.0, 0.3), 1.0);
+        assert_eq!(binom_cdf(10.0, 10.0, 1.0), 1.0);
+        assert_eq!(binom_cdf(3.0, 10.0, 0.0), 1.0);
+        assert_eq!(binom_cdf(3.0, 10.0, 1.0), 0.0);
+        assert_eq!(binom_cdf(3.0, 10.0, f64::NAN), 1.0);
+        // P(X ≥ k): k ≤ 0 → 1, k > n → 0 (whatever p), p = 0 → 0, p = 1 → 1, NaN → 0.
+        assert_eq!(binom_sf(0.0, 10.0, 0.3), 1.0);
+        assert_eq!(binom_sf(11.0, 10.0, 0.3), 0.0);
+        assert_eq!(binom_sf(11.0, 10.0, 1.0), 0.0);
+        assert_eq!(binom_sf(3.0, 10.0, 0.0), 0.0);
+        assert_eq!(binom_sf(3.0, 10.0, 1.0), 1.0);
+        assert_eq!(binom_sf(3.0, 10.0, f64::NAN), 0.0);
     }
 
     // ---- Robustness ----

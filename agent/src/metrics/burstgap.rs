@@ -80,11 +80,8 @@ impl Counters {
             return 0.0;
         }
         let p32 = ratio(c32, c31 + c32 + self.c33);
-        let p23 = if self.c22 + self.c23 < 1 {
-            1.0
-        } else {
-            1.0 - ratio(self.c22, self.c22 + self.c23)
-        };
+        // 1 when there were no c22/c23 transitions: `ratio` gives 0 then.
+        let p23 = 1.0 - ratio(self.c22, self.c22 + self.c23);
         if p23 + p32 > 0.0 {
             (p23 / (p23 + p32)).clamp(0.0, 1.0)
         } else {
@@ -144,6 +141,32 @@ mod tests {
         // gap: 1/81. burst: p32 = 1/(2+1+1) = 1/4, p23 = 1 − 2/3 = 1/3 → (1/3)/(7/12) = 4/7.
         assert!((c.gap_density() - 1.0 / 81.0).abs() < 1e-12);
         assert!((c.burst_density() - 4.0 / 7.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn single_losses_after_gaps_and_a_burst_with_long_inner_gaps() {
+        // 20 R, L, 20 R: the loss follows a gap with no burst before it (lost = 0), so it opens
+        // a burst: c13 = 1, c11 = 40, nothing else. Gap density 0/40; the burst is that one lost
+        // packet: p32 = 0/1, p23 = 1 (no c22/c23) → burst density 1/(1 + 0) = 1.
+        let p = pattern(&[('R', 20), ('L', 1), ('R', 20)]);
+        let c = Counters::count(&p);
+        assert_eq!(
+            c,
+            Counters {
+                c11: 40,
+                c13: 1,
+                ..Counters::default()
+            }
+        );
+        assert_eq!((c.gap_density(), c.burst_density()), (0.0, 1.0));
+        // L, 10 R, L, 10 R, L (every gap shorter than Gmin, so one burst): c33 = 1 (the first
+        // loss, after 0 received), then twice c23 = +1 with c22 += 9: c22 = 18, c23 = 2.
+        // p32 = 2/(0 + 2 + 1) = 2/3, p23 = 1 − 18/20 = 1/10 → density (1/10)/(1/10 + 2/3) = 3/23.
+        let p = pattern(&[('L', 1), ('R', 10), ('L', 1), ('R', 10), ('L', 1)]);
+        let c = Counters::count(&p);
+        assert_eq!((c.c33, c.c23, c.c22, c.c13, c.c11), (1, 2, 18, 0, 0));
+        assert!((c.burst_density() - 3.0 / 23.0).abs() < 1e-12);
+        assert_eq!(c.gap_density(), 0.0);
     }
 
     #[test]

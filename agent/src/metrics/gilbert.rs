@@ -89,6 +89,13 @@ mod tests {
     }
 
     #[test]
+    fn burst_ratio_is_one_where_p_plus_q_is_zero() {
+        // The module's convention: BurstR = 1 whenever p + q = 0 (not 1/0).
+        assert_eq!(Gilbert { p: 0.0, q: 0.0 }.burst_ratio(), 1.0);
+        assert_eq!(Gilbert { p: 0.5, q: 0.0 }.burst_ratio(), 2.0);
+    }
+
+    #[test]
     fn runs() {
         let r: Vec<usize> = loss_runs(&pattern("LRLLRRLLLR")).collect();
         assert_eq!(r, vec![1, 2, 3]);

@@ -57,6 +57,33 @@ mod tests {
     }
 
     #[test]
+    fn both_directions_from_the_transits() {
+        // Up 0, 1, −2 ms and down 0, 0.5, 0.5 ms: |IPDV| up {1, 3} → p50 = 2, p95 = 1 + 0.95·2;
+        // down {0.5, 0} → p50 = 0.25, p95 = 0.95·0.5.
+        let per_probe = [(0, 0), (1_000, 500), (-2_000, 500)]
+            .iter()
+            .map(|&(up_us, down_us)| {
+                Some(Transit {
+                    rtt_us: 0,
+                    up_us,
+                    down_us,
+                })
+            })
+            .collect();
+        let transits = Transits {
+            per_probe,
+            up_origin: 0,
+            down_origin: 0,
+        };
+        let q = ipdv_ms(&transits).unwrap();
+        assert_eq!(q.up.p50, 2.0);
+        assert!((q.up.p95 - 2.9).abs() < 1e-12);
+        assert_eq!(q.down.p50, 0.25);
+        assert!((q.down.p95 - 0.475).abs() < 1e-12);
+        assert!(ipdv_ms(&Transits::default()).is_none());
+    }
+
+    #[test]
     fn no_adjacent_pair_gives_none() {
         assert!(abs_ipdv(&[t(0), None, t(5)], |t| t.up_us).is_none());
         assert!(abs_ipdv(&[], |t| t.up_us).is_none());

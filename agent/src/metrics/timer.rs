@@ -57,4 +57,15 @@ mod tests {
         assert_eq!(t.late_sends, 1);
         assert!(timer(&[], 20_000).is_none());
     }
+
+    #[test]
+    fn late_means_more_than_half_an_interval() {
+        // At 20 ms, exactly 10 ms behind schedule is not late; 10.001 ms and 15 ms are.
+        let probes: Vec<ProbeRecord> = [10_000, 10_001, 15_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| sent_late_by(i as u32, e))
+            .collect();
+        assert_eq!(timer(&probes, 20_000).unwrap().late_sends, 2);
+    }
 }
