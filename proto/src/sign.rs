@@ -587,4 +587,150 @@ mod tests {
             assert_eq!(s.verify().unwrap(), r);
         }
     }
+
+    #[test]
+    fn the_signature_is_over_the_context_then_the_body_and_nothing_else() {
+        let k = key(4);
+        let body = br#"{"schema":1}"#.to_vec();
+        let s = SignedReport::sign_body(body.clone(), &k);
+        assert_eq!(s.body, body);
+        assert_eq!(s.key, k.verifying_key().to_bytes().to_vec());
+        // Checked with the Ed25519 library alone, the context spelled out here rather than
+        // read from `CONTEXT`: what anyone verifying an export does.
+        let mut message = b"callwatch-report-v1\0".to_vec();
+        message.extend_from_slice(&body);
+        let public: [u8; 32] = s.key.clone().try_into().unwrap();
+        let public = VerifyingKey::from_bytes(&public).unwrap();
+        let signature: [u8; 64] = s.signature.clone().try_into().unwrap();
+        let signature = Signature::from_bytes(&signature);
+        assert!(public.verify_strict(&message, &signature).is_ok());
+        assert!(public.verify_strict(&body, &signature).is_err());
+        assert_eq!(s.verify_signature(), Ok(()));
+        // A body signed by the library alone over the same message verifies here.
+        let by_hand = SignedReport {
+            body: body.clone(),
+            key: s.key.clone(),
+            signature: k.sign(&message).to_bytes().to_vec(),
+        };
+        assert_eq!(by_hand.verify_signature(), Ok(()));
+        let without_context = SignedReport {
+            signature: k.sign(&body).to_bytes().to_vec(),
+            ..by_hand
+        };
+        assert_eq!(
+            without_context.verify_signature(),
+            Err(VerifyError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_body_of_exactly_the_limit_is_checked_and_one_byte_more_is_too_large() {
+        // 16 KiB per stream, 4 streams at most: 16 * 1024 * 4 bytes.
+        assert_eq!(MAX_BODY_LEN, 65_536);
+        let k = key(6);
+        let at_limit = SignedReport::sign_body(vec![b' '; 65_536], &k);
+        assert_eq!(at_limit.verify_signature(), Ok(()));
+        let over = SignedReport::sign_body(vec![b' '; 65_537], &k);
+        let err = over.verify_signature().unwrap_err();
+        assert_eq!(err, VerifyError::TooLarge(65_537));
+        assert_eq!(err.label(), "too_large");
+    }
+
+    #[test]
+    fn the_key_is_exported_as_lower_case_hex() {
+        let s = SignedReport {
+            body: b"{}".to_vec(),
+            key: vec![0x00, 0x0f, 0xa0, 0xff],
+            signature: vec![],
+        };
+        assert_eq!(s.key_hex(), "000fa0ff");
+        // The same in a JSON export, where the signature is hex too.
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["key"], "000fa0ff");
+        assert_eq!(json["signature"], "");
+        assert_eq!(json["body"], "{}");
+    }
+
+    /// A binary format that hands a deserializer owned bytes (`visit_byte_buf`), or a number
+    /// where bytes belong (`wrong`).
+    struct OwnedBytes {
+        bytes: Vec<u8>,
+        wrong: bool,
+    }
+
+    impl<'de> serde::Deserializer<'de> for OwnedBytes {
+        type Error = serde::de::value::Error;
+        fn is_human_readable(&self) -> bool {
+            false
+        }
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            v: V,
+        ) -> Result<V::Value, Self::Error> {
+            if self.wrong {
+                v.visit_u64(7)
+            } else {
+                v.visit_byte_buf(self.bytes)
+            }
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map struct
+            enum identifier ignored_any
+        }
+    }
+
+    #[test]
+    fn binary_formats_giving_owned_bytes_read_them_and_anything_else_is_refused() {
+        let owned = |bytes: &[u8]| OwnedBytes {
+            bytes: bytes.to_vec(),
+            wrong: false,
+        };
+        assert_eq!(
+            hex_bytes::deserialize(owned(&[1, 2, 0xff])),
+            Ok(vec![1, 2, 0xff])
+        );
+        assert_eq!(body_text::deserialize(owned(b"{}")), Ok(b"{}".to_vec()));
+        let err = hex_bytes::deserialize(OwnedBytes {
+            bytes: vec![],
+            wrong: true,
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "invalid type: integer `7`, expected bytes");
+    }
+
+    #[test]
+    fn a_report_written_as_a_json_array_is_refused_though_it_would_parse() {
+        // The fields of `CallReport` in declaration order up to `streams` (the rest default):
+        // the sequence form a derived `Deserialize` also reads.
+        let report = sample_report();
+        let object = serde_json::to_value(&report).unwrap();
+        let fields = [
+            "schema",
+            "id",
+            "agent_version",
+            "platform",
+            "started_at",
+            "duration_ms",
+            "interval_ms",
+            "payload_bytes",
+            "verdict",
+            "verdict_detail",
+            "stream_kind",
+            "streams",
+        ];
+        let array: Vec<serde_json::Value> = fields
+            .iter()
+            .map(|f| object.get(*f).cloned().unwrap_or(serde_json::Value::Null))
+            .collect();
+        let body = serde_json::to_vec(&array).unwrap();
+        assert!(serde_json::from_slice::<CallReport>(&body).is_ok());
+        let signed = SignedReport::sign_body(body, &key(7));
+        assert_eq!(
+            signed.verify(),
+            Err(VerifyError::Malformed(
+                "a report body is a JSON object".into()
+            ))
+        );
+    }
 }

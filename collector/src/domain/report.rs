@@ -401,4 +401,18 @@ mod tests {
         }
         assert_eq!(PrefixFrom::of_code(200), PrefixFrom::None);
     }
+
+    #[test]
+    fn a_report_key_is_the_agent_key_then_the_report_id() {
+        let key = ReportKey {
+            agent: [0xee; 32],
+            id: ReportId([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]),
+        };
+        let bytes = key.to_bytes();
+        assert_eq!(bytes[..32], [0xee; 32]);
+        assert_eq!(
+            bytes[32..],
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
+        );
+    }
 }

@@ -889,4 +889,57 @@ mod tests {
         assert_eq!(empty.len(), 4);
         assert!(rtt.len() < 1000);
     }
+
+    #[test]
+    fn a_refused_sketch_says_why() {
+        for (json, why) in [
+            (
+                r#"{"zero":0,"pos":[[700,2],[0,1]],"neg":[],"range":[1.0,1.0]}"#,
+                "bin indices not strictly increasing",
+            ),
+            (
+                r#"{"zero":0,"pos":[[700,0]],"neg":[],"range":[1.0,1.0]}"#,
+                "empty bin",
+            ),
+            (
+                r#"{"zero":0,"pos":[[36180,1]],"neg":[],"range":[1.0,1.0]}"#,
+                "bin index out of range",
+            ),
+            (
+                r#"{"zero":1,"pos":[],"neg":[],"range":null}"#,
+                "missing min/max",
+            ),
+            (
+                r#"{"zero":0,"pos":[],"neg":[],"range":[1.0,1.0]}"#,
+                "min/max on an empty sketch",
+            ),
+            (
+                r#"{"zero":1,"pos":[],"neg":[],"range":[2.0,1.0]}"#,
+                "bad min/max",
+            ),
+        ] {
+            let err = serde_json::from_str::<Sketch>(json).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid sketch: {why}")),
+                "{json}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_lowest_and_highest_bins_read_back() {
+        // The first gap counts from MIN_KEY − 1 = −691: MIN_KEY's is 1, MAX_KEY's
+        // 35 488 + 691 = 36 179 (one more, 36 180, is out of range: above).
+        let s = sketch_of(&[MIN_INDEXABLE, f64::MAX, -f64::MAX]);
+        assert_eq!(s.pos, vec![(MIN_KEY, 1), (MAX_KEY, 1)]);
+        assert_eq!(s.neg, vec![(MAX_KEY, 1)]);
+        let wire = Wire::from(s.clone());
+        assert_eq!(wire.pos, vec![(1, 1), (36_178, 1)]);
+        assert_eq!(wire.neg, vec![(36_179, 1)]);
+        let bytes = postcard::to_allocvec(&s).expect("postcard");
+        assert_eq!(postcard::from_bytes::<Sketch>(&bytes).expect("back"), s);
+        let json = serde_json::to_string(&s).expect("json");
+        assert_eq!(serde_json::from_str::<Sketch>(&json).expect("back"), s);
+    }
 }

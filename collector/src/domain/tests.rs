@@ -1403,3 +1403,424 @@ fn assert_no_difference_singles_out(o: &[Observation]) -> (usize, usize, usize) 
         .count();
     (regional, hourly, nested)
 }
+
+/// T0's hour, 1_764_288_000_000 / 3_600_000, and its day, / 24.
+const T0_HOUR: i64 = 490_080;
+const T0_DAY: i64 = 20_420;
+
+#[test]
+fn hours_are_big_endian_with_the_sign_bit_flipped_so_byte_order_is_time_order() {
+    assert_eq!(T0 / HOUR_MS, T0_HOUR);
+    // 490 080 = 0x07_7A60.
+    assert_eq!(ordered_i64(T0_HOUR), [0x80, 0, 0, 0, 0, 0x07, 0x7a, 0x60]);
+    assert_eq!(ordered_i64(0), [0x80, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        ordered_i64(-1),
+        [0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
+    );
+    assert_eq!(ordered_i64(i64::MIN), [0; 8]);
+    assert_eq!(ordered_i64(i64::MAX), [0xff; 8]);
+    // Hours before the epoch read back too, and sort before it.
+    let k = obs("RU", Platform::Max, 9, 1.0, 0.0).cell_key();
+    let mut earlier = Vec::new();
+    for hour in [i64::MIN, -5, -1, 0, T0_HOUR] {
+        let at = CellKey { hour, ..k };
+        assert_eq!(CellKey::from_bytes(&at.to_bytes()), Some(at), "{hour}");
+        earlier.push(at.to_bytes());
+    }
+    assert!(earlier.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn a_cell_key_and_the_cap_keys_are_laid_out_byte_by_byte() {
+    let mut o = obs("RU", Platform::Max, 9, 1.0, 0.0);
+    o.subdivision = "RU-MOW".into();
+    let k = o.cell_key();
+    assert_eq!(k.day(), T0_DAY);
+    assert_eq!(k.country_str(), "RU");
+    // Hour, country, subdivision, ASN 12389 = 0x3065, Max = 4, platform arm = 0, voice = 0.
+    let hour = [0x80, 0, 0, 0, 0, 0x07, 0x7a, 0x60];
+    let mut want = hour.to_vec();
+    want.extend_from_slice(b"RUMOW");
+    want.extend_from_slice(&[0, 0, 0x30, 0x65, 4, 0, 0]);
+    assert_eq!(k.to_bytes().to_vec(), want);
+    // The caps: day 20 420 = 0x4FC4, country, ASN, platform, arm, kind, then the agent key
+    // (or the prefix); no hour, no subdivision.
+    let mut cap = vec![0x80, 0, 0, 0, 0, 0, 0x4f, 0xc4];
+    cap.extend_from_slice(b"RU");
+    cap.extend_from_slice(&[0, 0, 0x30, 0x65, 4, 0, 0]);
+    let mut with_agent = cap.clone();
+    with_agent.extend_from_slice(&[9; 32]);
+    assert_eq!(CapKey::bytes(&k, &o.agent).to_vec(), with_agent);
+    let mut with_prefix = cap;
+    with_prefix.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        PrefixCapKey::bytes(&k, &[1, 2, 3, 4, 5, 6, 7, 8]).to_vec(),
+        with_prefix
+    );
+    assert_eq!((CAP_KEY_LEN, PREFIX_CAP_KEY_LEN), (49, 25));
+}
+
+#[test]
+fn shares_are_of_the_judged_tests_and_none_without_any() {
+    let none = VerdictCounts::default();
+    assert_eq!(none.judged(), 0);
+    assert_eq!(none.differentiated_share(), None);
+    assert_eq!(none.blocked_share(), None);
+    // 1 + 3 + 4 = 8 judged; 4 of 8 differentiated, 1 of 8 blocked.
+    let v = VerdictCounts {
+        none: 1,
+        inconclusive: 3,
+        differentiated: 4,
+        blocked: 1,
+        no_reference: 2,
+    };
+    assert_eq!(v.judged(), 8);
+    assert_eq!(v.differentiated_share(), Some(0.5));
+    assert_eq!(v.blocked_share(), Some(0.125));
+}
+
+#[test]
+fn a_cell_shows_each_axis_value_as_the_api_does() {
+    let key = GroupKey {
+        day: Some(T0_DAY),
+        hour: Some(T0_HOUR + 1),
+        country: Some(*b"RU"),
+        region: Some((*b"RU", *b"MOW")),
+        asn: Some(12389),
+        platform: Some(Platform::Telegram),
+        arm: Some(Role::Control),
+        kind: Some(StreamKind::Video),
+    };
+    let c = Cell::new(
+        &key,
+        1,
+        1,
+        [None; FIGURE_COUNT],
+        VerdictCounts::default(),
+        FilingCounts::default(),
+    );
+    let shown: Vec<String> = Axis::ALL.iter().map(|a| c.axis_text(*a)).collect();
+    assert_eq!(
+        shown,
+        [
+            "2025-11-28",
+            "2025-11-28T01:00:00Z",
+            "RU",
+            "RU-MOW",
+            "12389",
+            "telegram",
+            "control",
+            "video"
+        ]
+    );
+    let bare = Cell::new(
+        &GroupKey::default(),
+        0,
+        0,
+        [None; FIGURE_COUNT],
+        VerdictCounts::default(),
+        FilingCounts::default(),
+    );
+    for a in Axis::ALL {
+        assert_eq!(bare.axis_text(a), "", "{a}");
+    }
+    assert_eq!(day_string(-1), "1969-12-31");
+    assert_eq!(hour_string(-1), "1969-12-31T23:00:00Z");
+}
+
+#[test]
+fn a_prefix_is_the_eight_byte_tag_or_else_the_agent_key() {
+    let agent = [0xab; 32];
+    let tagged = |tag: Option<&str>| Filing {
+        prefix_tag: tag.map(str::to_string),
+        ..Filing::default()
+    };
+    assert_eq!(
+        prefix_of(&tagged(Some("0011223344556677")), &agent),
+        [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77]
+    );
+    // Too short, too long, not hex, none: the agent key's first 8 bytes.
+    for tag in [
+        Some("00112233"),
+        Some("001122334455667788"),
+        Some("zz11223344556677"),
+        None,
+    ] {
+        assert_eq!(prefix_of(&tagged(tag), &agent), [0xab; 8], "{tag:?}");
+    }
+}
+
+#[test]
+fn axes_print_and_parse_by_their_api_names() {
+    let names = [
+        "day", "hour", "country", "region", "asn", "platform", "arm", "kind",
+    ];
+    for (a, name) in Axis::ALL.into_iter().zip(names) {
+        assert_eq!(a.to_string(), name);
+        assert_eq!(name.parse::<Axis>(), Ok(a));
+    }
+    assert_eq!(relative_error(), 0.01);
+}
+
+#[test]
+fn hour_bounds_and_whole_days_by_hand() {
+    const DAY: i64 = 24 * HOUR_MS;
+    let f = Filter {
+        since_ms: Some(T0 + 5 * HOUR_MS + 1),
+        until_ms: Some(T0 + 50 * HOUR_MS + 30 * 60_000),
+        ..Filter::default()
+    };
+    assert_eq!(f.since_hour(), Some(T0_HOUR + 5));
+    assert_eq!(f.until_hour(), Some(T0_HOUR + 51));
+    let d = f.whole_days();
+    assert_eq!((d.since_ms, d.until_ms), (Some(T0), Some(T0 + 3 * DAY)));
+    // Bounds already on the hour and on the day stay where they are.
+    let exact = Filter {
+        since_ms: Some(T0 + 24 * HOUR_MS),
+        until_ms: Some(T0 + 48 * HOUR_MS),
+        ..Filter::default()
+    };
+    assert_eq!(exact.since_hour(), Some(T0_HOUR + 24));
+    assert_eq!(exact.until_hour(), Some(T0_HOUR + 48));
+    let d = exact.whole_days();
+    assert_eq!(
+        (d.since_ms, d.until_ms),
+        (Some(T0 + DAY), Some(T0 + 2 * DAY))
+    );
+    assert_eq!(Filter::default().whole_days(), Filter::default());
+    assert_eq!(Filter::default().kind_or_default(), StreamKind::Voice);
+    let video = Filter {
+        kind: Some(StreamKind::Video),
+        ..Filter::default()
+    };
+    assert_eq!(video.kind_or_default(), StreamKind::Video);
+}
+
+#[test]
+fn a_plan_reads_whole_days_from_day_cells_and_the_edges_from_fine_cells() {
+    // Hours 490 085 (T0 + 5 h) to 490 131 (T0 + 50 h 30 min, rounded up): whole days from
+    // 490 104 (the next midnight) to 490 128 (the last midnight before the end).
+    let f = Filter {
+        since_ms: Some(T0 + 5 * HOUR_MS),
+        until_ms: Some(T0 + 50 * HOUR_MS + 30 * 60_000),
+        ..Filter::default()
+    };
+    let plan = Plan::of(&[Axis::Country], &f);
+    assert_eq!(
+        plan,
+        Plan {
+            fine: [
+                Some((T0_HOUR + 5, T0_HOUR + 24)),
+                Some((T0_HOUR + 48, T0_HOUR + 51))
+            ],
+            days: Some((T0_HOUR + 24, T0_HOUR + 48)),
+        }
+    );
+    // With the hour axis, or without a whole day, everything is fine cells.
+    let hourly = Plan {
+        fine: [Some((T0_HOUR + 5, T0_HOUR + 51)), None],
+        days: None,
+    };
+    assert_eq!(Plan::of(&[Axis::Hour], &f), hourly);
+    assert_eq!(Plan::hourly(&f), hourly);
+    let within_a_day = Filter {
+        since_ms: Some(T0 + HOUR_MS),
+        until_ms: Some(T0 + 24 * HOUR_MS),
+        ..Filter::default()
+    };
+    assert_eq!(
+        Plan::of(&[], &within_a_day),
+        Plan {
+            fine: [Some((T0_HOUR + 1, T0_HOUR + 24)), None],
+            days: None,
+        }
+    );
+    // On day boundaries there are no edges; unbounded, every day.
+    let days = Filter {
+        since_ms: Some(T0),
+        until_ms: Some(T0 + 48 * HOUR_MS),
+        ..Filter::default()
+    };
+    assert_eq!(
+        Plan::of(&[], &days),
+        Plan {
+            fine: [None, None],
+            days: Some((T0_HOUR, T0_HOUR + 48)),
+        }
+    );
+    assert_eq!(
+        Plan::of(&[], &Filter::default()),
+        Plan {
+            fine: [None, None],
+            days: Some((i64::MIN, i64::MAX)),
+        }
+    );
+}
+
+#[test]
+fn a_filter_matches_a_fine_cell_on_every_field_it_names() {
+    let mut o = obs("RU", Platform::Telegram, 1, 1.0, 0.0);
+    o.subdivision = "RU-MOW".into();
+    // Hour T0_HOUR, RU, MOW, AS12389, telegram, platform arm, voice.
+    let k = o.cell_key();
+    let all = Filter::default();
+    assert!(all.matches(&k, &[]));
+    let yes_no = |yes: Filter, no: Filter| {
+        assert!(yes.matches(&k, &[]), "{yes:?}");
+        assert!(!no.matches(&k, &[]), "{no:?}");
+    };
+    let f = Filter::default;
+    let text = |s: &str| Some(s.to_string());
+    yes_no(
+        Filter {
+            country: text("ru"),
+            ..f()
+        },
+        Filter {
+            country: text("DE"),
+            ..f()
+        },
+    );
+    yes_no(
+        Filter {
+            region: text("RU-MOW"),
+            ..f()
+        },
+        Filter {
+            region: text("DE-BE"),
+            ..f()
+        },
+    );
+    yes_no(
+        Filter {
+            asn: Some(12389),
+            ..f()
+        },
+        Filter {
+            asn: Some(3320),
+            ..f()
+        },
+    );
+    yes_no(
+        Filter {
+            platform: Some(Platform::Telegram),
+            ..f()
+        },
+        Filter {
+            platform: Some(Platform::Max),
+            ..f()
+        },
+    );
+    yes_no(
+        Filter {
+            arm: Some(Role::Platform),
+            ..f()
+        },
+        Filter {
+            arm: Some(Role::Control),
+            ..f()
+        },
+    );
+    yes_no(
+        Filter {
+            kind: Some(StreamKind::Voice),
+            ..f()
+        },
+        Filter {
+            kind: Some(StreamKind::Video),
+            ..f()
+        },
+    );
+    // Since the cell's own hour, yes; since the next, no. Until the next hour, yes; until
+    // its own, no.
+    yes_no(
+        Filter {
+            since_ms: Some(T0),
+            ..f()
+        },
+        Filter {
+            since_ms: Some(T0 + HOUR_MS),
+            ..f()
+        },
+    );
+    yes_no(
+        Filter {
+            until_ms: Some(T0 + 1),
+            ..f()
+        },
+        Filter {
+            until_ms: Some(T0),
+            ..f()
+        },
+    );
+    // A region filter reads its whole country; which subdivision is its own is apart.
+    let spb = Filter {
+        region: text("RU-SPE"),
+        ..f()
+    };
+    assert!(spb.matches(&k, &[]));
+    assert!(!spb.matches_region(&k));
+    assert!(Filter {
+        region: text("RU-MOW"),
+        ..f()
+    }
+    .matches_region(&k));
+    assert!(!Filter {
+        region: text("RU-XX-1"),
+        ..f()
+    }
+    .matches_region(&k));
+    assert!(all.matches_region(&k));
+    // Without an arm or a kind: platform arms and voice only, unless it is an axis; a named
+    // arm or kind holds whatever the axes.
+    let control = CellKey {
+        arm: Role::Control,
+        ..k
+    };
+    assert!(!all.matches(&control, &[]));
+    assert!(all.matches(&control, &[Axis::Arm]));
+    assert!(!Filter {
+        arm: Some(Role::Platform),
+        ..f()
+    }
+    .matches(&control, &[Axis::Arm]));
+    let video = CellKey {
+        kind: StreamKind::Video,
+        ..k
+    };
+    assert!(!all.matches(&video, &[]));
+    assert!(all.matches(&video, &[Axis::Kind]));
+    assert!(!Filter {
+        kind: Some(StreamKind::Voice),
+        ..f()
+    }
+    .matches(&video, &[Axis::Kind]));
+    // Regional: grouped or filtered by region.
+    assert!(!all.regional(&[Axis::Country]));
+    assert!(all.regional(&[Axis::Country, Axis::Region]));
+    assert!(Filter {
+        region: text("RU-MOW"),
+        ..f()
+    }
+    .regional(&[]));
+}
+
+#[test]
+fn an_observation_carries_its_agent_key_and_a_stream_that_sent_nothing_gives_no_figure() {
+    let r = CallReport::example();
+    let o = Observation::from_report(&stored_report(), &r);
+    assert!(!o.is_empty());
+    assert!(o.iter().all(|x| x.agent == [5; 32]));
+    assert!(o[0].figures.iter().any(Option::is_some));
+    // A key of another length (a damaged record) reads as the zero key, never a panic.
+    let mut odd = stored_report();
+    odd.signed.key = vec![5; 31];
+    let o = Observation::from_report(&odd, &r);
+    assert!(o.iter().all(|x| x.agent == [0; 32]));
+    // A stream that sent no probe, though neither blocked nor refused: no figure.
+    let mut idle = CallReport::example();
+    idle.streams[0].packets_sent = 0;
+    let o = Observation::from_report(&stored_report(), &idle);
+    assert_eq!(o[0].figures, [None; FIGURE_COUNT]);
+}
