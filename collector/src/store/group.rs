@@ -161,6 +161,23 @@ mod tests {
         }
     }
 
+    /// Submits items `0..n`, each from a thread of its own running `call`, one after another
+    /// so that they queue in this order (behind a writer the caller holds).
+    fn queue_in_order<T: Send + 'static>(
+        g: &Arc<GroupCommit<u32, u32>>,
+        n: u32,
+        call: impl Fn(&GroupCommit<u32, u32>, u32) -> T + Clone + Send + 'static,
+    ) -> Vec<std::thread::JoinHandle<T>> {
+        (0..n)
+            .map(|i| {
+                let (g2, call) = (g.clone(), call.clone());
+                let t = std::thread::spawn(move || call(&g2, i));
+                until_queued(g, i as usize + 1);
+                t
+            })
+            .collect()
+    }
+
     #[test]
     fn one_caller_writes_its_own_item_alone() {
         let g = GroupCommit::<u32, u32>::default();
@@ -176,18 +193,13 @@ mod tests {
         let g = Arc::new(GroupCommit::<u32, u32>::default());
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let hold = g.hold();
-        let mut threads = Vec::new();
-        for i in 0..6u32 {
-            let (g2, seen2) = (g.clone(), seen.clone());
-            threads.push(std::thread::spawn(move || {
-                g2.submit(i, |items| {
-                    seen2.lock().unwrap().push(items.clone());
-                    items.iter().map(|i| i + 100).collect()
-                })
-            }));
-            // One at a time, so that the arrival order is known.
-            until_queued(&g, i as usize + 1);
-        }
+        let seen2 = seen.clone();
+        let threads = queue_in_order(&g, 6, move |g, i| {
+            g.submit(i, |items| {
+                seen2.lock().unwrap().push(items.clone());
+                items.iter().map(|i| i + 100).collect()
+            })
+        });
         drop(hold);
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(results, (100..106).map(Some).collect::<Vec<_>>());
@@ -200,16 +212,11 @@ mod tests {
     fn a_panicking_write_fails_its_group_and_frees_the_queue() {
         let g = Arc::new(GroupCommit::<u32, u32>::default());
         let hold = g.hold();
-        let mut threads = Vec::new();
-        for i in 0..2u32 {
-            let g2 = g.clone();
-            threads.push(std::thread::spawn(move || {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    g2.submit(i, |_| panic!("write failed"))
-                }))
-            }));
-            until_queued(&g, i as usize + 1);
-        }
+        let threads = queue_in_order(&g, 2, |g, i| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                g.submit(i, |_| panic!("write failed"))
+            }))
+        });
         drop(hold);
         let outcomes: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         // Both were in one group: its leader's panic reaches the leader, the other caller gets
@@ -226,14 +233,9 @@ mod tests {
     fn a_write_that_returns_too_few_results_leaves_the_rest_none() {
         let g = Arc::new(GroupCommit::<u32, u32>::default());
         let hold = g.hold();
-        let mut threads = Vec::new();
-        for i in 0..2u32 {
-            let g2 = g.clone();
-            threads.push(std::thread::spawn(move || {
-                g2.submit(i, |items| items.into_iter().take(1).collect())
-            }));
-            until_queued(&g, i as usize + 1);
-        }
+        let threads = queue_in_order(&g, 2, |g, i| {
+            g.submit(i, |items| items.into_iter().take(1).collect())
+        });
         drop(hold);
         let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         assert_eq!(results, vec![Some(0), None]);

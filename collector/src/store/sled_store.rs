@@ -663,15 +663,7 @@ impl SledStore {
             .create_new(true)
             .open()
             .map_err(backend)?;
-        let trees = [
-            ("reports", &self.reports),
-            ("by_time", &self.by_time),
-            ("cells", &self.cells),
-            ("caps", &self.caps),
-            ("days", &self.days),
-            ("meta", &self.meta),
-            ("prefix_caps", &self.prefix_caps),
-        ];
+        let trees = self.named_trees();
         let mut copied = Vec::with_capacity(trees.len());
         for (name, tree) in trees {
             let to = fresh.open_tree(name).map_err(backend)?;
@@ -720,9 +712,9 @@ impl SledStore {
         Ok(())
     }
 
-    /// Entries and bytes of keys and values per tree (for sizing; reads every tree once).
-    pub fn tree_sizes(&self) -> Result<Vec<TreeSize>, StoreError> {
-        let trees = [
+    /// Every tree of the store under its name in sled.
+    fn named_trees(&self) -> [(&'static str, &sled::Tree); 7] {
+        [
             ("reports", &self.reports),
             ("by_time", &self.by_time),
             ("cells", &self.cells),
@@ -730,7 +722,12 @@ impl SledStore {
             ("prefix_caps", &self.prefix_caps),
             ("days", &self.days),
             ("meta", &self.meta),
-        ];
+        ]
+    }
+
+    /// Entries and bytes of keys and values per tree (for sizing; reads every tree once).
+    pub fn tree_sizes(&self) -> Result<Vec<TreeSize>, StoreError> {
+        let trees = self.named_trees();
         let mut out = Vec::with_capacity(trees.len());
         for (name, tree) in trees {
             let mut size = TreeSize {
