@@ -17,6 +17,7 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::engine::driver::Cancel;
 use crate::identity;
+use crate::memory::IdleMemory;
 use crate::queue::Queue;
 use crate::runner::{
     learn_reflector, price, refuse_over_budget, run_one_test, upload_and_record, TestOutcome,
@@ -52,6 +53,8 @@ pub async fn run_daemon(
     options: DaemonOptions,
     stop: impl Future<Output = ()>,
 ) -> Result<()> {
+    // Before anything else maps more (see `memory`).
+    let idle = IdleMemory::at_start();
     let state = Arc::new(SharedState::load(&cfg.state_path()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let kick = Arc::new(Notify::new());
@@ -64,9 +67,10 @@ pub async fn run_daemon(
         kick.clone(),
         options.backoff.clone(),
         stop_rx.clone(),
+        idle.clone(),
     ));
     let cancel = Cancel::default();
-    let tests = test_loop(&cfg, key, &queue, &state, &kick, &options, &cancel);
+    let tests = test_loop(&cfg, key, &queue, &state, &kick, &options, (&cancel, &idle));
     tokio::pin!(stop);
     let result = tokio::select! {
         r = tests => r,
@@ -91,7 +95,7 @@ async fn test_loop(
     state: &SharedState,
     kick: &Notify,
     options: &DaemonOptions,
-    cancel: &Cancel,
+    (cancel, idle): (&Cancel, &IdleMemory),
 ) -> Result<()> {
     let mut rng = rand::thread_rng();
     let schedule_config = cfg.schedule_config(options.every);
@@ -152,7 +156,7 @@ async fn test_loop(
         if let Some(spec) = run {
             match run_one_test(cfg, &key, queue, state, spec, cancel).await? {
                 TestOutcome::Done(_) => {
-                    release_freed_memory();
+                    idle.release();
                     kick.notify_one()
                 }
                 TestOutcome::Failed(why) => state
@@ -181,6 +185,7 @@ async fn uploader(
     kick: Arc<Notify>,
     mut backoff: Backoff,
     mut stop: watch::Receiver<bool>,
+    idle: IdleMemory,
 ) {
     loop {
         // Wait for a new report (or the start), or for the retry timer after a failure.
@@ -206,7 +211,7 @@ async fn uploader(
             r = pass => r,
             _ = stop.changed() => return,
         };
-        release_freed_memory();
+        idle.release();
         match result {
             Ok(_) => backoff.succeed(),
             Err(e) => {
@@ -227,16 +232,5 @@ async fn uploader(
                 state.update(|s| s.next_upload_retry_at = Some(at));
             }
         }
-    }
-}
-
-/// Hands heap memory freed after a test or an upload back to the system (glibc otherwise keeps
-/// it), so an agent idling between tests stays small.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages at the top of glibc's heaps to the kernel; it
-    // has no preconditions and touches no memory in use.
-    unsafe {
-        libc::malloc_trim(0);
     }
 }

@@ -29,6 +29,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod identity;
+pub mod memory;
 pub mod metrics;
 pub mod queue;
 pub mod report_text;
