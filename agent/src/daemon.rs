@@ -155,10 +155,7 @@ async fn test_loop(
         save(&scheduler);
         if let Some(spec) = run {
             match run_one_test(cfg, &key, queue, state, spec, cancel).await? {
-                TestOutcome::Done(_) => {
-                    idle.release();
-                    kick.notify_one()
-                }
+                TestOutcome::Done(_) => kick.notify_one(),
                 TestOutcome::Failed(why) => state
                     .update(|s| s.last_skip = Some((Utc::now(), format!("test failed: {why}")))),
                 // Logged already; the daemon goes on (space may be freed before the next test).
@@ -174,6 +171,13 @@ async fn test_loop(
             .to_std()
             .unwrap_or(Duration::ZERO)
             .min(MAX_NAP);
+        // Before every nap (after a test, and after each of the wake-ups between tests, which
+        // run code the last release gave back): measured, an idle daemon that released only
+        // after tests and uploads grew from 3.5 to 5.1 MiB over its next 160 s. Not before the
+        // short naps just ahead of a test.
+        if wait >= Duration::from_secs(1) {
+            idle.release();
+        }
         tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
     }
 }

@@ -15,6 +15,10 @@
 //! it was linked with, which stay mapped, unchanged, for the life of the process. A library
 //! loaded later (glibc's name-service modules) might be unloaded or still being relocated, so
 //! it is never touched. Data, heap, stacks and anything writable never are.
+//!
+//! Nothing here is new to the process: the kernel drops these same clean pages by itself
+//! whenever memory is short, so a library overwritten in place (rather than replaced, as
+//! package managers do) would break it with or without this.
 
 /// One mapping [`IdleMemory`] may give back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,8 +8,9 @@
 //!   CPU (user + system) and peak RSS come from `wait4`'s rusage, the whole process from exec to
 //!   exit; the timer error from each tool's own output (the agent's `timer` figures, irtt's
 //!   `timer_error` statistics: how late each send was against its schedule).
-//! - **Idle**: `callwatch-agent run` testing every minute (2-s tests, no spread), sampled from
-//!   /proc for 40 s after its first test and upload, before the second: CPU over the window
+//! - **Idle**: `callwatch-agent run` testing every minute (`--idle-minutes`; 2-s tests, no
+//!   spread), sampled from /proc for the interval less 20 s (40 s for one minute) after its
+//!   first test and upload, before the second: CPU over the window
 //!   (clock ticks: 10 ms resolution), resident memory at its end (VmRSS, split into anonymous
 //!   memory and file-backed pages of the binary and its libraries).
 //!
@@ -34,9 +35,13 @@ struct Cli {
     /// Test length in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=120))]
     duration: u32,
-    /// Skip the idle daemon's measurement (about 2 minutes).
+    /// Skip the idle daemon's measurement (about 2 minutes with `--idle-minutes 1`).
     #[arg(long)]
     no_idle: bool,
+    /// The idle daemon's test interval, minutes: it is sampled for all of it but 20 s, so a
+    /// longer one includes its hourly-style wake-ups between tests (one a minute).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=15))]
+    idle_minutes: u64,
     /// Skip irtt (then no ratio to it is printed).
     #[arg(long)]
     no_irtt: bool,
@@ -191,21 +196,23 @@ fn proc_status_kib(pid: u32, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
-/// The daemon's idle window between its first and second test (tests every minute).
-const IDLE_WINDOW: Duration = Duration::from_secs(40);
+/// How much of the interval between the daemon's first and second test is not sampled (the
+/// first test's upload settling, and a margin before the second).
+const IDLE_MARGIN: Duration = Duration::from_secs(20);
 
-fn idle(root: &Path) -> Result<()> {
+fn idle(root: &Path, minutes: u64) -> Result<()> {
     let logs = root.join("collector-logs");
     std::fs::create_dir_all(&logs)?;
     let collector = start_collector(&logs, &root.join("collector"), &[]);
     let config = root.join("agent.toml");
+    let interval = format!("interval = \"{minutes}m\"");
     init_agent(
         &config,
         &collector.quic.to_string(),
         &hex::encode(collector.pin),
         &collector.reflector.to_string(),
         &[
-            ("interval = \"15m\"", "interval = \"1m\""),
+            ("interval = \"15m\"", interval.as_str()),
             ("spread = 0.5", "spread = 0.0"),
             ("duration_secs = 15", "duration_secs = 2"),
         ],
@@ -220,7 +227,8 @@ fn idle(root: &Path) -> Result<()> {
         .spawn()
         .context("starting callwatch-agent run")?;
     let pid = agent.id();
-    // Its first test (within a minute) and upload, as the state file records them.
+    // Its first test (within the interval) and upload, as the state file records them.
+    let first_within = Duration::from_secs(minutes * 60 + 30);
     let started = Instant::now();
     let tests_at_start = loop {
         let text = std::fs::read_to_string(&state).unwrap_or_default();
@@ -228,17 +236,21 @@ fn idle(root: &Path) -> Result<()> {
         if v["tests_total"].as_u64().unwrap_or(0) >= 1 && v["last_upload_ok"].is_string() {
             break v["tests_total"].as_u64().unwrap_or(0);
         }
-        if started.elapsed() > Duration::from_secs(90) {
+        if started.elapsed() > first_within {
             let _ = agent.kill();
             let _ = agent.wait();
-            bail!("the daemon did not test and upload within 90 s");
+            bail!(
+                "the daemon did not test and upload within {} s",
+                first_within.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     // Settle: the upload's connection closes.
     std::thread::sleep(Duration::from_secs(2));
     let (cpu0, t0) = (proc_cpu_s(pid)?, Instant::now());
-    std::thread::sleep(IDLE_WINDOW);
+    let rss0 = proc_status_kib(pid, "VmRSS:")?;
+    std::thread::sleep(Duration::from_secs(minutes * 60) - IDLE_MARGIN);
     let (cpu1, t1) = (proc_cpu_s(pid)?, Instant::now());
     let rss = proc_status_kib(pid, "VmRSS:")?;
     let anon = proc_status_kib(pid, "RssAnon:")?;
@@ -253,7 +265,7 @@ fn idle(root: &Path) -> Result<()> {
     let window = (t1 - t0).as_secs_f64();
     println!();
     println!(
-        "idle daemon ({}): CPU {:.3} s over {:.0} s = {:.3} % of a core; RSS {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file-backed: the binary's and libraries' pages), peak {:.1} MiB",
+        "idle daemon ({}): CPU {:.3} s over {:.0} s = {:.3} % of a core; RSS {:.1} MiB ({:.1} MiB anonymous, {:.1} MiB file-backed: the binary's and libraries' pages; {:.1} MiB at the window's start), peak {:.1} MiB",
         if tested_within {
             "a test ran within the window: not idle, rerun"
         } else {
@@ -265,6 +277,7 @@ fn idle(root: &Path) -> Result<()> {
         rss as f64 / 1024.0,
         anon as f64 / 1024.0,
         file as f64 / 1024.0,
+        rss0 as f64 / 1024.0,
         hwm as f64 / 1024.0
     );
     Ok(())
@@ -351,7 +364,7 @@ fn main() -> Result<()> {
         );
     }
     if !cli.no_idle {
-        idle(root.path())?;
+        idle(root.path(), cli.idle_minutes)?;
     }
     Ok(())
 }
