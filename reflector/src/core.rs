@@ -2066,6 +2066,569 @@ mod tests {
         assert_eq!(s.bytes_out, 0);
     }
 
+    /// Sends `d` and keeps the ledger a reflector's byte counters must match.
+    fn send(
+        r: &mut Reflector,
+        ledger: &mut (u64, u64),
+        now: u64,
+        src: SocketAddr,
+        d: &[u8],
+    ) -> Option<Vec<u8>> {
+        ledger.0 += d.len() as u64;
+        let out = r.handle(now, src, d);
+        ledger.1 += out.as_ref().map_or(0, |o| o.len() as u64);
+        out
+    }
+
+    /// Every datagram is counted once, under what became of it: reflected, or dropped for its
+    /// reason (malformed, bad cookie, rate or size, expired, unexpected), and every byte in and
+    /// out.
+    #[test]
+    fn every_datagram_is_counted_under_what_became_of_it() {
+        let limits = Limits {
+            max_size: 200,
+            ..Limits::default()
+        };
+        let mut r = Reflector::new([1; 32], limits);
+        let mut io = (0, 0);
+        let a = addr("127.0.0.2:5000");
+        let open_bytes = Packet::Open(Open {
+            session: 9,
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 10_000,
+        })
+        .encode();
+        let accept = send(&mut r, &mut io, T0, a, &open_bytes).unwrap();
+        let Ok(Packet::Accept(acc)) = Packet::decode(&accept) else {
+            panic!("no accept")
+        };
+        // A probe of exactly the largest size is answered; one byte more is not.
+        assert!(send(&mut r, &mut io, T0, a, &probe(acc.cookie, 9, 0, 200)).is_some());
+        assert!(send(&mut r, &mut io, T0, a, &probe(acc.cookie, 9, 1, 201)).is_none());
+        // 25 more at the same instant: 24 tokens are left of the burst of 25.
+        let answered = (2..27)
+            .filter(|&seq| send(&mut r, &mut io, T0, a, &probe(acc.cookie, 9, seq, 100)).is_some())
+            .count();
+        assert_eq!(answered, 24);
+        // A count query costs the asking session a token, and it has none left.
+        let count_query = |cookie, target_cookie| {
+            Packet::CountQuery(CountQuery {
+                session: 9,
+                cookie,
+                target: 9,
+                target_cookie,
+            })
+            .encode()
+        };
+        let q = count_query(acc.cookie, acc.cookie);
+        assert!(send(&mut r, &mut io, T0, a, &q).is_none());
+        // Bad cookies: a probe, a close and a count query.
+        assert!(send(&mut r, &mut io, T0, a, &probe([0; 16], 10, 0, 100)).is_none());
+        let close = Packet::Close(Close {
+            session: 9,
+            cookie: [0; 16],
+            packets_sent: 1,
+        })
+        .encode();
+        assert!(send(&mut r, &mut io, T0, a, &close).is_none());
+        assert!(send(&mut r, &mut io, T0, a, &count_query([0; 16], acc.cookie)).is_none());
+        // A core packet one byte short does not decode: malformed.
+        assert!(send(&mut r, &mut io, T0, a, &open_bytes[..open_bytes.len() - 1]).is_none());
+        // A well-formed packet a reflector never receives (its own Accept): unexpected.
+        assert!(send(&mut r, &mut io, T0, a, &accept).is_none());
+        // A STUN Binding request of 40 bytes: answered, 32 bytes for an IPv4 source.
+        let mut binding = vec![0u8; 40];
+        binding[0..2].copy_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
+        binding[2..4].copy_from_slice(&20u16.to_be_bytes());
+        binding[4..8].copy_from_slice(&framing::STUN_MAGIC_COOKIE.to_be_bytes());
+        assert_eq!(
+            send(&mut r, &mut io, T0, a, &binding).map(|b| b.len()),
+            Some(32)
+        );
+        // The session's state lasts until issue + (10 s + 1 s) + 10 s of grace = T0 + 21 s:
+        // a probe at that very µs is answered, one a µs later is expired.
+        let end = T0 + 21_000_000;
+        assert!(send(&mut r, &mut io, end, a, &probe(acc.cookie, 9, 27, 100)).is_some());
+        assert!(send(&mut r, &mut io, end + 1, a, &probe(acc.cookie, 9, 28, 100)).is_none());
+        assert_eq!(
+            r.stats(),
+            ReflectorStats {
+                bytes_in: io.0,
+                bytes_out: io.1,
+                opens: 1,
+                probes_reflected: 1 + 24 + 1,
+                dropped_malformed: 1,
+                dropped_bad_cookie: 3,
+                dropped_rate: 3,
+                dropped_expired: 1,
+                dropped_unexpected: 1,
+                stun_bindings: 1,
+                ..ReflectorStats::default()
+            }
+        );
+    }
+
+    /// The token bucket refills at the granted interval: after the burst of 25 is spent, one
+    /// token per 20 ms, half a token per 10 ms.
+    #[test]
+    fn a_session_regains_one_probe_per_granted_interval() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let acc = open(&mut r, T0, a, 3);
+        let mut seq = 0;
+        let mut answered = |r: &mut Reflector, now: u64| {
+            seq += 1;
+            r.handle(now, a, &probe(acc.cookie, 3, seq, 100)).is_some()
+        };
+        assert_eq!((0..26).filter(|_| answered(&mut r, T0)).count(), 25);
+        // 20 ms later: exactly one token.
+        assert!(answered(&mut r, T0 + 20_000));
+        assert!(!answered(&mut r, T0 + 20_000));
+        // 10 ms later half a token, 10 ms after that the other half.
+        assert!(!answered(&mut r, T0 + 30_000));
+        assert!(answered(&mut r, T0 + 40_000));
+        assert!(!answered(&mut r, T0 + 40_000));
+    }
+
+    /// A session counts the distinct sequence numbers of its granted packets and a slack of 64:
+    /// 1 s / 20 ms = 50, + 64 = 114 numbers, held in a bitmap of whole 64-bit words (128 bits).
+    /// A number past the bitmap is answered but not counted.
+    #[test]
+    fn a_session_counts_the_numbers_of_its_granted_packets_and_a_slack_of_64() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let open_bytes = Packet::Open(Open {
+            session: 4,
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 1_000,
+        })
+        .encode();
+        let Ok(Packet::Accept(acc)) = Packet::decode(&r.handle(T0, a, &open_bytes).unwrap()) else {
+            panic!("no accept")
+        };
+        let mut counted = |seq: u32, i: u64| {
+            let out = r.handle(T0 + i * 20_000, a, &probe(acc.cookie, 4, seq, 100));
+            match Packet::decode(&out.expect("answered")) {
+                Ok(Packet::Reply(reply)) => reply.reflector_received,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(counted(113, 0), 1);
+        assert_eq!(counted(127, 1), 2);
+        assert_eq!(counted(128, 2), 2);
+        assert_eq!(counted(10_000, 3), 2);
+        assert_eq!(counted(0, 4), 3);
+        // Granted 10 s: 500 + 64 = 564 numbers, nine words (576 bits).
+        let acc = open(&mut r, T0, a, 6);
+        let mut counted = |seq: u32, i: u64| {
+            let out = r.handle(T0 + i * 20_000, a, &probe(acc.cookie, 6, seq, 100));
+            match Packet::decode(&out.expect("answered")) {
+                Ok(Packet::Reply(reply)) => reply.reflector_received,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(counted(575, 0), 1);
+        assert_eq!(counted(576, 1), 1);
+    }
+
+    /// An Open with a zero interval, a zero duration or a probe size below the smallest probe is
+    /// a bad request; the smallest probe size is accepted. Every Open is counted.
+    #[test]
+    fn opens_asking_for_nothing_or_for_too_small_probes_are_bad_requests() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let answer = |r: &mut Reflector, interval_ms, size, duration_ms| {
+            let open = Packet::Open(Open {
+                session: 1,
+                interval_ms,
+                size,
+                duration_ms,
+            })
+            .encode();
+            Packet::decode(&r.handle(T0, a, &open).unwrap()).unwrap()
+        };
+        let min = MIN_PROBE_LEN as u16;
+        for (interval_ms, size, duration_ms) in
+            [(0, 172, 10_000), (20, 172, 0), (20, min - 1, 10_000)]
+        {
+            assert!(
+                matches!(
+                    answer(&mut r, interval_ms, size, duration_ms),
+                    Packet::Reject(Reject {
+                        reason: RejectReason::BadRequest,
+                        ..
+                    })
+                ),
+                "{interval_ms} ms, {size} B, {duration_ms} ms"
+            );
+        }
+        assert!(matches!(
+            answer(&mut r, 20, min, 10_000),
+            Packet::Accept(Accept { size, .. }) if size == min
+        ));
+        assert_eq!(r.stats().opens, 4);
+    }
+
+    /// A full table refuses Opens as busy and drops first probes, counting each; a table with
+    /// room holds a new session (its first probe answered) whatever its size.
+    #[test]
+    fn a_full_table_counts_what_it_turned_away() {
+        let limits = Limits {
+            max_sessions: 2,
+            ..Limits::default()
+        };
+        let mut r = Reflector::new([1; 32], limits);
+        let (a, b, c) = (
+            addr("127.0.0.2:5000"),
+            addr("127.0.0.3:5000"),
+            addr("127.0.0.4:5000"),
+        );
+        let (ka, kb, kc) = (
+            open(&mut r, T0, a, 1),
+            open(&mut r, T0, b, 2),
+            open(&mut r, T0, c, 3),
+        );
+        assert!(r.handle(T0, a, &probe(ka.cookie, 1, 0, 100)).is_some());
+        assert_eq!(r.active_sessions(), 1);
+        assert!(r.handle(T0, b, &probe(kb.cookie, 2, 0, 100)).is_some());
+        assert_eq!(r.active_sessions(), 2);
+        assert!(r.handle(T0, c, &probe(kc.cookie, 3, 0, 100)).is_none());
+        assert!(is_busy(&open_answer(&mut r, T0, c, 3)));
+        assert_eq!(r.active_sessions(), 2);
+        assert_eq!(r.stats().dropped_table_full, 2);
+    }
+
+    /// Rule 9's refusals, each counted: no attestation key (unexpected), a bad cookie, a
+    /// session whose probes never arrived (unexpected), and a second query sooner than a second
+    /// after the last answered one (rate); exactly a second later it is answered.
+    #[test]
+    fn attestation_refusals_are_counted_and_the_second_is_inclusive() {
+        let src = addr("127.0.0.2:5000");
+        let mut plain = Reflector::new([1; 32], Limits::default());
+        let a = open(&mut plain, T0, src, 7);
+        plain.handle(T0, src, &probe(a.cookie, 7, 0, 172)).unwrap();
+        assert!(plain
+            .handle(T0, src, &attest_query(a.cookie, 7, [3; 16]))
+            .is_none());
+        assert_eq!(plain.stats().dropped_unexpected, 1);
+
+        let mut r = Reflector::new([1; 32], Limits::default()).with_attestation(test_attester());
+        let a = open(&mut r, T0, src, 7);
+        let q = attest_query(a.cookie, 7, [3; 16]);
+        // No probe yet: no session to attest.
+        assert!(r.handle(T0, src, &q).is_none());
+        r.handle(T0, src, &probe(a.cookie, 7, 0, 172)).unwrap();
+        assert!(r
+            .handle(T0, src, &attest_query([0; 16], 7, [3; 16]))
+            .is_none());
+        assert!(r.handle(T0 + 1_000, src, &q).is_some());
+        assert!(r.handle(T0 + 1_000_999, src, &q).is_none());
+        assert!(r.handle(T0 + 1_001_000, src, &q).is_some());
+        let s = r.stats();
+        assert_eq!(
+            (
+                s.dropped_unexpected,
+                s.dropped_bad_cookie,
+                s.dropped_rate,
+                s.attestations
+            ),
+            (1, 1, 1, 2)
+        );
+    }
+
+    /// A count query whose target cookie does not match the address the target's probes came
+    /// from is refused and counted as a bad cookie.
+    #[test]
+    fn a_count_query_with_a_wrong_target_cookie_is_a_bad_cookie() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let (pa, ca) = (addr("127.0.0.2:5000"), addr("127.0.0.2:5001"));
+        let p = open(&mut r, T0, pa, 7);
+        let c = open(&mut r, T0, ca, 8);
+        r.handle(T0, pa, &probe(p.cookie, 7, 0, 172)).unwrap();
+        let q = Packet::CountQuery(CountQuery {
+            session: 8,
+            cookie: c.cookie,
+            target: 7,
+            target_cookie: c.cookie,
+        })
+        .encode();
+        assert!(r.handle(T0, ca, &q).is_none());
+        assert_eq!(
+            (r.stats().dropped_bad_cookie, r.stats().count_queries),
+            (1, 0)
+        );
+    }
+
+    /// Rule 8's public half: the sealing key's, and none without one.
+    #[test]
+    fn the_seal_key_is_the_public_half_of_the_sealing_secret() {
+        let secret = ReflectorSecret::from_bytes([4; 32]);
+        let public = secret.public();
+        assert!(Reflector::new([1; 32], Limits::default())
+            .seal_key()
+            .is_none());
+        let r = Reflector::new([1; 32], Limits::default()).with_seal(secret);
+        assert_eq!(r.seal_key().map(|k| k.0), Some(public.0));
+    }
+
+    /// Opens a sealed session from `a` (WhatsApp framing) and returns the session key the
+    /// Accept brings.
+    fn sealed_session_key(r: &mut Reflector, key: &ReflectorKey, a: SocketAddr) -> [u8; 32] {
+        let f = callwatch_proto::profile::profile(callwatch_proto::Platform::Whatsapp)
+            .framing
+            .clone();
+        let open_core = Packet::Open(Open {
+            session: 5,
+            interval_ms: 20,
+            size: 120,
+            duration_ms: 10_000,
+        })
+        .encode();
+        let mut env = Vec::new();
+        let k0 = seal::seal_open(key, [9; 32], &open_core, 128, &mut env);
+        let mut request = Vec::new();
+        f.wrap(&env, &mut request);
+        let out = r.handle(T0, a, &request).unwrap();
+        let (_, plain) =
+            seal::unseal(&k0, Direction::Reflector, f.unwrap_sealed(&out).unwrap()).unwrap();
+        let (Packet::Accept(_), used) = Packet::decode_prefix(&plain).unwrap() else {
+            panic!("no accept")
+        };
+        plain[used..used + 32].try_into().unwrap()
+    }
+
+    /// Rule 8: the session key of sealed cores from an address is HMAC-SHA-256 under the
+    /// reflector's secret of the address (IP octets, port), session id 0 and the label — so
+    /// each address has its own, and the reflector remembers none.
+    #[test]
+    fn the_sealed_session_key_is_the_addresss_hmac() {
+        let secret = ReflectorSecret::from_bytes([4; 32]);
+        let key = secret.public();
+        let mut r = Reflector::new([1; 32], Limits::default()).with_seal(secret);
+        let expected = |ip: [u8; 4], port: u16| -> [u8; 32] {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&[1; 32]).unwrap();
+            mac.update(&ip);
+            mac.update(&port.to_be_bytes());
+            mac.update(&0u64.to_be_bytes());
+            mac.update(b"callwatch seal v1 session key");
+            mac.finalize().into_bytes().into()
+        };
+        let k5 = sealed_session_key(&mut r, &key, addr("127.0.0.5:6000"));
+        let k6 = sealed_session_key(&mut r, &key, addr("127.0.0.6:6000"));
+        assert_eq!(k5, expected([127, 0, 0, 5], 6000));
+        assert_eq!(k6, expected([127, 0, 0, 6], 6000));
+        assert_ne!(k5, k6);
+    }
+
+    /// A bare core in no framing is never tried as a sealed one, even by a sealing reflector:
+    /// a probe with a bad cookie is a bad cookie, not a failed Open envelope.
+    #[test]
+    fn a_raw_core_is_never_tried_sealed() {
+        let mut r = Reflector::new([1; 32], Limits::default())
+            .with_seal(ReflectorSecret::from_bytes([4; 32]));
+        let a = addr("127.0.0.2:5000");
+        assert!(r.handle(T0, a, &probe([0; 16], 3, 0, 172)).is_none());
+        let s = r.stats();
+        assert_eq!(
+            (s.dropped_bad_cookie, s.dropped_malformed, s.dropped_rate),
+            (1, 0, 0)
+        );
+    }
+
+    /// Payloads shorter than an Open envelope are malformed without a Diffie–Hellman; from
+    /// exactly its length on, each is tried and costs one of the 200 in a burst, refilled at
+    /// 2,000 a second (two per ms).
+    #[test]
+    fn only_payloads_as_long_as_an_open_envelope_cost_a_diffie_hellman() {
+        let mut r = Reflector::new([1; 32], Limits::default())
+            .with_seal(ReflectorSecret::from_bytes([4; 32]));
+        let f = callwatch_proto::profile::profile(callwatch_proto::Platform::Whatsapp)
+            .framing
+            .clone();
+        let a = addr("127.0.0.5:6000");
+        let mut i = 0u64;
+        let mut garbage = |r: &mut Reflector, now: u64, len: usize| {
+            i += 1;
+            let mut payload = vec![0u8; len];
+            framing::keystream(i, 0, &mut payload);
+            let mut request = Vec::new();
+            f.wrap(&payload, &mut request);
+            assert!(r.handle(now, a, &request).is_none());
+            let s = r.stats();
+            (s.dropped_malformed, s.dropped_rate)
+        };
+        for _ in 0..300 {
+            garbage(&mut r, T0, seal::OPEN_ENVELOPE_MIN - 1);
+        }
+        assert_eq!(
+            (r.stats().dropped_malformed, r.stats().dropped_rate),
+            (300, 0)
+        );
+        for _ in 0..200 {
+            garbage(&mut r, T0, seal::OPEN_ENVELOPE_MIN);
+        }
+        assert_eq!(garbage(&mut r, T0, seal::OPEN_ENVELOPE_MIN), (500, 1));
+        // 1 ms later: two tokens.
+        assert_eq!(
+            garbage(&mut r, T0 + 1_000, seal::OPEN_ENVELOPE_MIN),
+            (501, 1)
+        );
+        assert_eq!(
+            garbage(&mut r, T0 + 1_000, seal::OPEN_ENVELOPE_MIN),
+            (502, 1)
+        );
+        assert_eq!(
+            garbage(&mut r, T0 + 1_000, seal::OPEN_ENVELOPE_MIN),
+            (502, 2)
+        );
+    }
+
+    /// A sweep leaves each prefix the count of its sessions still live, and forgets a prefix
+    /// only when none is.
+    #[test]
+    fn a_sweep_leaves_a_prefix_the_count_of_its_live_sessions() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let (a, b) = (addr("127.0.0.2:5000"), addr("127.0.0.3:5000"));
+        // a's session is granted 1 s (state until T0 + 2 s + 10 s), b's 10 s (T0 + 21 s).
+        let short = Packet::Open(Open {
+            session: 1,
+            interval_ms: 20,
+            size: 172,
+            duration_ms: 1_000,
+        })
+        .encode();
+        let Ok(Packet::Accept(ka)) = Packet::decode(&r.handle(T0, a, &short).unwrap()) else {
+            panic!("no accept")
+        };
+        r.handle(T0, a, &probe(ka.cookie, 1, 0, 172)).unwrap();
+        let kb = open(&mut r, T0, b, 2);
+        r.handle(T0, b, &probe(kb.cookie, 2, 0, 172)).unwrap();
+        assert_eq!(r.prefix_sessions(a.ip()), 2);
+        r.sweep(T0 + 15_000_000);
+        assert_eq!((r.prefix_sessions(a.ip()), r.active_sessions()), (1, 1));
+        r.sweep(T0 + 25_000_000);
+        assert_eq!((r.prefix_sessions(a.ip()), r.active_sessions()), (0, 0));
+    }
+
+    /// Sweeps cost a pass over the table: an Open into a table and a prefix with room sweeps
+    /// nothing, and a session past its time stays held until a sweep.
+    #[test]
+    fn a_table_with_room_is_not_swept() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let acc = open(&mut r, T0, a, 1);
+        r.handle(T0, a, &probe(acc.cookie, 1, 0, 172)).unwrap();
+        let later = T0 + 25_000_000;
+        for (src, session) in [(addr("127.0.1.2:5000"), 2), (a, 3)] {
+            assert!(matches!(
+                open_answer(&mut r, later, src, session),
+                Packet::Accept(_)
+            ));
+            assert_eq!(r.active_sessions(), 1);
+        }
+        r.sweep(later);
+        assert_eq!(r.active_sessions(), 0);
+    }
+
+    /// Every byte of a cookie's 6-byte tag is checked, and differences in two bytes cannot
+    /// cancel out.
+    #[test]
+    fn every_byte_of_the_cookie_tag_counts() {
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let a = addr("127.0.0.2:5000");
+        let acc = open(&mut r, T0, a, 9);
+        let mut forged = Vec::new();
+        for (i, mask) in [(10usize, 0x01u8), (15, 0x80)] {
+            let mut c = acc.cookie;
+            c[i] ^= mask;
+            forged.push(c);
+        }
+        let mut c = acc.cookie;
+        c[10] ^= 0x01;
+        c[11] ^= 0x01;
+        forged.push(c);
+        for c in forged {
+            assert!(r.handle(T0, a, &probe(c, 9, 0, 172)).is_none(), "{c:?}");
+        }
+        assert!(r.handle(T0, a, &probe(acc.cookie, 9, 0, 172)).is_some());
+        assert_eq!(r.stats().dropped_bad_cookie, 3);
+    }
+
+    /// A cookie is good from one second before its issue (the clock's granularity) to issue +
+    /// (granted seconds + 1) + the grace, both ends included: here 10 s granted and a grace of
+    /// 2.5 s, so T0 − 1 s to T0 + 13.5 s.
+    #[test]
+    fn a_cookie_is_good_from_a_second_before_its_issue_to_its_end_inclusive() {
+        let limits = Limits {
+            cookie_grace_ms: 2_500,
+            ..Limits::default()
+        };
+        let mut r = Reflector::new([1; 32], limits);
+        let a = addr("127.0.0.2:5000");
+        let acc = open(&mut r, T0, a, 9);
+        let close = Packet::Close(Close {
+            session: 9,
+            cookie: acc.cookie,
+            packets_sent: 0,
+        })
+        .encode();
+        let end = T0 + 11_000_000 + 2_500_000;
+        for (now, good) in [
+            (T0 - 1_000_001, false),
+            (T0 - 1_000_000, true),
+            (end, true),
+            (end + 1, false),
+        ] {
+            assert_eq!(
+                r.handle(now, a, &close).is_some(),
+                good,
+                "at T0 + {}",
+                now as i64 - T0 as i64
+            );
+        }
+    }
+
+    /// XOR-MAPPED-ADDRESS of an IPv6 source (RFC 8489 §14.2): the port XORed with the magic
+    /// cookie's top 16 bits, the address with the magic cookie then the transaction id.
+    #[test]
+    fn an_ipv6_source_is_xored_with_the_cookie_and_the_transaction_id() {
+        let mut request = vec![0u8; 44];
+        request[0..2].copy_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
+        request[2..4].copy_from_slice(&24u16.to_be_bytes());
+        request[4..8].copy_from_slice(&framing::STUN_MAGIC_COOKIE.to_be_bytes());
+        request[8..20].copy_from_slice(&[9; 12]);
+        let mut r = Reflector::new([1; 32], Limits::default());
+        let out = r.handle(T0, addr("[2001:db8::1]:5000"), &request).unwrap();
+        assert_eq!(out.len(), 44);
+        // A Binding success response whose length is its one attribute: 4 + 20 bytes.
+        assert_eq!(&out[0..2], &STUN_BINDING_SUCCESS.to_be_bytes());
+        assert_eq!(&out[2..4], &[0, 24]);
+        // Type 0x0020, length 20; family 2; port 5000 ^ 0x2112 = 0x1388 ^ 0x2112 = 0x329A.
+        assert_eq!(&out[20..28], &[0x00, 0x20, 0x00, 20, 0, 2, 0x32, 0x9A]);
+        // 20 01 0d b8 0…0 01 XOR 21 12 a4 42, then twelve 09s.
+        assert_eq!(
+            &out[28..44],
+            &[0x01, 0x13, 0xA9, 0xFA, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 0x08]
+        );
+    }
+
+    /// `turn_allocate_success` answers only an Allocate request with the magic cookie: a wrong
+    /// message type or a wrong cookie alone gets nothing.
+    #[test]
+    fn only_an_allocate_request_with_the_magic_cookie_gets_an_allocate_success() {
+        let src = addr("127.0.0.2:5000");
+        let request = allocate(1);
+        assert!(turn_allocate_success(&request, src, &[7; 20]).is_some());
+        let mut wrong_type = request.clone();
+        wrong_type[0..2].copy_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
+        assert!(turn_allocate_success(&wrong_type, src, &[7; 20]).is_none());
+        let mut wrong_cookie = request;
+        wrong_cookie[4] ^= 0xFF;
+        assert!(turn_allocate_success(&wrong_cookie, src, &[7; 20]).is_none());
+    }
+
     proptest! {
         /// Whatever arrives, the reflector never answers with more bytes than it received.
         #[test]

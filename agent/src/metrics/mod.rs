@@ -367,6 +367,59 @@ mod tests {
         assert_eq!(r.stalls.map(|s| (s.count, s.longest_ms)), Some((1, 1000.0)));
     }
 
+    /// Holds every reply of `rec` `held_us` on the reflector (RTT unchanged).
+    fn held(mut rec: StreamRecord, held_us: u64) -> StreamRecord {
+        for reply in rec.probes.iter_mut().filter_map(|p| p.reply.as_mut()) {
+            reply.received_us += held_us - (reply.reflector_tx_us - reply.reflector_rx_us);
+            reply.reflector_tx_us = reply.reflector_rx_us + held_us;
+        }
+        rec
+    }
+
+    /// The residence figures are the replies' reflector hold times (tx − rx), and a stream was
+    /// taken under reflector load when the kernel dropped a datagram or the residence p99 is
+    /// 20 ms or more — at exactly 20 ms too.
+    #[test]
+    fn residence_and_reflector_load_by_hand() {
+        // 99 replies held 50 µs, the last 30 ms.
+        let mut rec = record(&[Some(20); 100]);
+        if let Some(reply) = rec.probes[99].reply.as_mut() {
+            reply.reflector_tx_us += 30_000 - 50;
+            reply.received_us += 30_000 - 50;
+        }
+        let mut r = stream_report(Role::Platform, &rec, Codec::Opus);
+        assert_eq!(r.rtt_ms.map(|s| (s.min, s.max)), Some((20.0, 20.0)));
+        let res = r.reflector_residence_ms.unwrap();
+        // Sorted: 99 × 0.05 ms, then 30 ms. Median (h = 49.5) and p95 (h = 94.05) fall
+        // between equal values; p99: h = 0.99·99 = 98.01 → 0.05 + 0.01·(30 − 0.05) = 0.3495;
+        // mean (99·0.05 + 30)/100 = 0.3495.
+        assert_eq!(
+            (res.min, res.median, res.p95, res.max),
+            (0.05, 0.05, 0.05, 30.0)
+        );
+        assert!((res.p99 - 0.3495).abs() < 1e-9, "{}", res.p99);
+        assert!((res.mean - 0.3495).abs() < 1e-9, "{}", res.mean);
+        assert!(!reflector_loaded(&r));
+        assert_eq!(record_loaded(&rec), None);
+        // One datagram dropped by the kernel is load, whatever the residence.
+        r.reflector_drops = 1;
+        assert!(reflector_loaded(&r));
+        rec.reflector_drops = 2;
+        let (drops, p99) = record_loaded(&rec).unwrap();
+        assert_eq!(drops, 2);
+        assert!((p99 - 0.3495).abs() < 1e-9, "{p99}");
+        // Every reply held exactly 20 ms: p99 = 20, loaded; 19.999 ms is not.
+        for (hold_us, loaded) in [(20_000, true), (19_999, false)] {
+            let rec = held(record(&[Some(20); 10]), hold_us);
+            let hold_ms = hold_us as f64 / 1000.0;
+            let r = stream_report(Role::Platform, &rec, Codec::Opus);
+            assert_eq!(r.reflector_residence_ms.map(|s| s.p99), Some(hold_ms));
+            assert_eq!(r.rtt_ms.map(|s| s.median), Some(20.0));
+            assert_eq!(reflector_loaded(&r), loaded, "{hold_us} µs");
+            assert_eq!(record_loaded(&rec), loaded.then_some((0, hold_ms)));
+        }
+    }
+
     #[test]
     fn one_packet() {
         let r = stream_report(Role::Platform, &record(&[Some(40)]), Codec::G711);

@@ -89,4 +89,22 @@ mod tests {
         assert!((st.p99 - 29.8).abs() < 1e-12);
         assert!(summarize(Vec::new()).is_none());
     }
+
+    /// The verdict's median and mean and the IPDV's p50/p95, by hand (the verdict's own tests
+    /// reach `median` and `mean`, but not from `metrics::`).
+    #[test]
+    fn median_mean_and_p50_p95_by_hand() {
+        // Even: the mean of the middle two (2 and 3); odd: the middle value.
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[5.0, -1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[]), None);
+        // (1 + 2 + 6)/3
+        assert_eq!(mean(&[1.0, 2.0, 6.0]), Some(3.0));
+        assert_eq!(mean(&[]), None);
+        // 10, 20, 30, 40, 50: h = 0.5·4 = 2 → 30; h = 0.95·4 = 3.8 → 40 + 0.8·10 = 48.
+        let q = p50_p95(vec![50.0, 10.0, 40.0, 20.0, 30.0]).unwrap();
+        assert_eq!(q.p50, 30.0);
+        assert!((q.p95 - 48.0).abs() < 1e-12, "{}", q.p95);
+        assert!(p50_p95(Vec::new()).is_none());
+    }
 }

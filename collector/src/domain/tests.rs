@@ -1196,6 +1196,31 @@ fn region_cells_publish_only_region_atoms_that_meet_k() {
     assert!(both(&small, &[Axis::Region], &by_asn, &k3).is_empty());
 }
 
+/// An hourly query that neither groups nor filters by region publishes a block's hours whole:
+/// the region atom (3 agents in Moscow) and the rest together (3 agents in three other
+/// subdivisions, none meeting k alone, all three together meeting it), in the sketched cells and
+/// in the exact reference alike. One hour of one block: 6 reports of 6 agents on 6 prefixes.
+#[test]
+fn an_hourly_query_without_regions_publishes_the_region_atoms_and_the_rest_together() {
+    let k3 = Policy {
+        min_agents: 3,
+        ..Policy::default()
+    };
+    let mut o: Vec<Observation> = (1..=3).map(|a| ru_agent(a, "RU-MOW")).collect();
+    o.push(ru_agent(4, "RU-SPE"));
+    o.push(ru_agent(5, "RU-KDA"));
+    o.push(ru_agent(6, ""));
+    let cells = both(&o, &[Axis::Country, Axis::Hour], &Filter::default(), &k3);
+    let got: Vec<(Option<String>, Option<String>, u64, u64)> = cells
+        .iter()
+        .map(|c| (c.country.clone(), c.hour.clone(), c.count, c.agents))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(Some("RU".into()), Some("2025-11-28T00:00:00Z".into()), 6, 6)]
+    );
+}
+
 /// No subdivisions known (Country and ASN databases only, or stores from before): every
 /// query that does not ask for regions answers as it did before regions existed, and the
 /// region axis gives each country's published data as the country alone.
