@@ -55,6 +55,7 @@ pub async fn run_daemon(
 ) -> Result<()> {
     // Before anything else maps more (see `memory`).
     let idle = IdleMemory::at_start();
+    tracing::debug!(bytes = idle.bytes(), "file pages given back between tests");
     let state = Arc::new(SharedState::load(&cfg.state_path()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let kick = Arc::new(Notify::new());
@@ -70,7 +71,18 @@ pub async fn run_daemon(
         idle.clone(),
     ));
     let cancel = Cancel::default();
-    let tests = test_loop(&cfg, key, &queue, &state, &kick, &options, (&cancel, &idle));
+    let tests = test_loop(
+        TestLoop {
+            cfg: &cfg,
+            queue: &queue,
+            state: &state,
+            kick: &kick,
+            options: &options,
+            cancel: &cancel,
+            idle: &idle,
+        },
+        key,
+    );
     tokio::pin!(stop);
     let result = tokio::select! {
         r = tests => r,
@@ -88,15 +100,28 @@ pub async fn run_daemon(
     result
 }
 
-async fn test_loop(
-    cfg: &Config,
-    mut key: SigningKey,
-    queue: &Queue,
-    state: &SharedState,
-    kick: &Notify,
-    options: &DaemonOptions,
-    (cancel, idle): (&Cancel, &IdleMemory),
-) -> Result<()> {
+/// What the test loop works with, borrowed from `run_daemon`.
+struct TestLoop<'a> {
+    cfg: &'a Config,
+    queue: &'a Queue,
+    state: &'a SharedState,
+    /// Wakes the uploader after a test.
+    kick: &'a Notify,
+    options: &'a DaemonOptions,
+    cancel: &'a Cancel,
+    idle: &'a IdleMemory,
+}
+
+async fn test_loop(ctx: TestLoop<'_>, mut key: SigningKey) -> Result<()> {
+    let TestLoop {
+        cfg,
+        queue,
+        state,
+        kick,
+        options,
+        cancel,
+        idle,
+    } = ctx;
     let mut rng = rand::thread_rng();
     let schedule_config = cfg.schedule_config(options.every);
     let now = Utc::now();

@@ -1480,19 +1480,21 @@ mod tests {
         assert_eq!(r.stats().count_queries, 1);
     }
 
+    /// A STUN Binding request of `len` bytes (attributes zeroed), transaction id twelve 9s.
+    fn binding_request(len: usize) -> Vec<u8> {
+        let mut m = vec![0u8; len];
+        m[0..2].copy_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
+        m[2..4].copy_from_slice(&((len - 20) as u16).to_be_bytes());
+        m[4..8].copy_from_slice(&framing::STUN_MAGIC_COOKIE.to_be_bytes());
+        m[8..20].copy_from_slice(&[9; 12]);
+        m
+    }
+
     #[test]
     fn answers_stun_binding_requests_no_larger_than_they_are() {
-        let request = |len: usize| {
-            let mut m = vec![0u8; len];
-            m[0..2].copy_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
-            m[2..4].copy_from_slice(&((len - 20) as u16).to_be_bytes());
-            m[4..8].copy_from_slice(&framing::STUN_MAGIC_COOKIE.to_be_bytes());
-            m[8..20].copy_from_slice(&[9; 12]);
-            m
-        };
         let mut r = Reflector::new([1; 32], Limits::default());
         let v4 = addr("127.0.0.2:5000");
-        let out = r.handle(T0, v4, &request(40)).unwrap();
+        let out = r.handle(T0, v4, &binding_request(40)).unwrap();
         assert!(out.len() <= 40);
         assert_eq!(&out[0..2], &STUN_BINDING_SUCCESS.to_be_bytes());
         assert_eq!(&out[8..20], &[9; 12], "same transaction id");
@@ -1506,13 +1508,17 @@ mod tests {
             .collect();
         assert_eq!(ip, vec![127, 0, 0, 2]);
         // An IPv6 answer (44 bytes) to a 40-byte request would amplify: no answer.
-        assert!(r.handle(T0, addr("[::1]:5000"), &request(40)).is_none());
-        assert!(r.handle(T0, addr("[::1]:5000"), &request(44)).is_some());
+        assert!(r
+            .handle(T0, addr("[::1]:5000"), &binding_request(40))
+            .is_none());
+        assert!(r
+            .handle(T0, addr("[::1]:5000"), &binding_request(44))
+            .is_some());
         // Not a Binding request (a success response, a bad length): nothing.
-        let mut wrong = request(40);
+        let mut wrong = binding_request(40);
         wrong[0..2].copy_from_slice(&STUN_BINDING_SUCCESS.to_be_bytes());
         assert!(r.handle(T0, v4, &wrong).is_none());
-        assert!(r.handle(T0, v4, &request(40)[..36]).is_none());
+        assert!(r.handle(T0, v4, &binding_request(40)[..36]).is_none());
         assert_eq!(r.stats().stun_bindings, 2);
     }
 
@@ -2138,12 +2144,8 @@ mod tests {
         // A well-formed packet a reflector never receives (its own Accept): unexpected.
         assert!(send(&mut r, &mut io, T0, a, &accept).is_none());
         // A STUN Binding request of 40 bytes: answered, 32 bytes for an IPv4 source.
-        let mut binding = vec![0u8; 40];
-        binding[0..2].copy_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
-        binding[2..4].copy_from_slice(&20u16.to_be_bytes());
-        binding[4..8].copy_from_slice(&framing::STUN_MAGIC_COOKIE.to_be_bytes());
         assert_eq!(
-            send(&mut r, &mut io, T0, a, &binding).map(|b| b.len()),
+            send(&mut r, &mut io, T0, a, &binding_request(40)).map(|b| b.len()),
             Some(32)
         );
         // The session's state lasts until issue + (10 s + 1 s) + 10 s of grace = T0 + 21 s:
@@ -2594,13 +2596,10 @@ mod tests {
     /// cookie's top 16 bits, the address with the magic cookie then the transaction id.
     #[test]
     fn an_ipv6_source_is_xored_with_the_cookie_and_the_transaction_id() {
-        let mut request = vec![0u8; 44];
-        request[0..2].copy_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
-        request[2..4].copy_from_slice(&24u16.to_be_bytes());
-        request[4..8].copy_from_slice(&framing::STUN_MAGIC_COOKIE.to_be_bytes());
-        request[8..20].copy_from_slice(&[9; 12]);
         let mut r = Reflector::new([1; 32], Limits::default());
-        let out = r.handle(T0, addr("[2001:db8::1]:5000"), &request).unwrap();
+        let out = r
+            .handle(T0, addr("[2001:db8::1]:5000"), &binding_request(44))
+            .unwrap();
         assert_eq!(out.len(), 44);
         // A Binding success response whose length is its one attribute: 4 + 20 bytes.
         assert_eq!(&out[0..2], &STUN_BINDING_SUCCESS.to_be_bytes());

@@ -39,7 +39,7 @@ struct Cli {
     #[arg(long)]
     no_idle: bool,
     /// The idle daemon's test interval, minutes: it is sampled for all of it but 20 s, so a
-    /// longer one includes its hourly-style wake-ups between tests (one a minute).
+    /// longer one includes the wake-ups the daemon makes between tests (one a minute).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=15))]
     idle_minutes: u64,
     /// Skip irtt (then no ratio to it is printed).
