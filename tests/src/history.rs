@@ -179,8 +179,11 @@ pub fn simulate(net: &Network, seed: u64) -> BTreeMap<i64, HourEvidence> {
                 continue;
             }
             // Agents rotate keys daily and prefix tags are keyed per day: one volunteer is a
-            // new agent and a new prefix each day, as the collector sees them.
+            // new agent and a new prefix each day, as the collector sees them. The collector
+            // draws its tag key at random, so a prefix's tag orders independently of its
+            // agent's key: the two are scrambled apart (never the same bytes).
             let id = ((i as u64 + 1) << 32 | (hour / 24) as u64).to_be_bytes();
+            let tag = scramble(seed, u64::from_be_bytes(id)).to_be_bytes();
             let rate = if i >= net.agents {
                 1.0
             } else if restricted && hit[i] {
@@ -191,10 +194,10 @@ pub fn simulate(net: &Network, seed: u64) -> BTreeMap<i64, HourEvidence> {
             for _ in 0..net.tests_per_hour {
                 e.judged += 1;
                 e.agents.insert(id);
-                e.prefixes.insert(id);
+                e.prefixes.insert(tag);
                 if rng.gen_bool(rate.clamp(0.0, 1.0)) {
                     e.differentiated += 1;
-                    *e.flags.entry((id, id)).or_default() += 1;
+                    *e.flags.entry((id, tag)).or_default() += 1;
                 }
             }
         }
@@ -203,6 +206,15 @@ pub fn simulate(net: &Network, seed: u64) -> BTreeMap<i64, HourEvidence> {
         }
     }
     out
+}
+
+/// A prefix tag for an agent's id: splitmix64's finaliser over the id and the seed, so tags
+/// order independently of the agents' ids (as the collector's keyed tags do).
+fn scramble(seed: u64, id: u64) -> u64 {
+    let mut x = id ^ seed.rotate_left(17) ^ 0x9e37_79b9_7f4a_7c15;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Simulates one month and runs the detector over it.

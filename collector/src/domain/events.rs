@@ -349,31 +349,63 @@ struct Robust {
     prefixes: BTreeSet<[u8; 8]>,
 }
 
-/// The `n` keys with the most counts (ties by key).
-fn top<K: Ord + Copy>(counts: &BTreeMap<K, u64>, n: usize) -> BTreeSet<K> {
-    let mut v: Vec<(&K, &u64)> = counts.iter().collect();
-    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-    v.into_iter().take(n).map(|(k, _)| *k).collect()
+/// The day's discount in one hour, from the day's differentiated tests so far per (agent,
+/// prefix): which prefixes, then which agents, are left out.
+///
+/// Prefixes first: the `n` with the most so far that day, equals by tag. Then agents: the `n`
+/// with the most so far that day; among equals, the fewest of them outside the prefixes just
+/// chosen, then by key. A volunteer is one agent on one prefix within a day, so when volunteers
+/// flag alike the discount takes the agents of the prefixes it took: `k − 1` volunteers' tests,
+/// whichever they are. Ordering the two lists each by its own keys instead (the earlier rule)
+/// took an agent and a prefix of *different* volunteers as often as not, because the
+/// collector's per-day tag key is drawn at random: up to `2 (k − 1)` volunteers went, and how
+/// many depended on the run (a 3-agent network's block went unseen until its volunteers' counts
+/// drifted apart). Ties are never broken by this hour's own outcome, which would bias the
+/// hour's share.
+fn discounted(
+    day: &BTreeMap<([u8; 8], [u8; 8]), u64>,
+    n: usize,
+) -> (BTreeSet<[u8; 8]>, BTreeSet<[u8; 8]>) {
+    let mut by_prefix: BTreeMap<[u8; 8], u64> = BTreeMap::new();
+    let mut by_agent: BTreeMap<[u8; 8], u64> = BTreeMap::new();
+    for (&(a, p), &f) in day {
+        *by_prefix.entry(p).or_default() += f;
+        *by_agent.entry(a).or_default() += f;
+    }
+    let mut prefixes: Vec<([u8; 8], u64)> = by_prefix.into_iter().collect();
+    prefixes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let tp: BTreeSet<[u8; 8]> = prefixes.into_iter().take(n).map(|p| p.0).collect();
+    let mut outside: BTreeMap<[u8; 8], u64> = BTreeMap::new();
+    for (&(a, p), &f) in day {
+        if !tp.contains(&p) {
+            *outside.entry(a).or_default() += f;
+        }
+    }
+    let mut agents: Vec<([u8; 8], u64, u64)> = by_agent
+        .into_iter()
+        .map(|(a, f)| (a, f, outside.get(&a).copied().unwrap_or(0)))
+        .collect();
+    agents.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)).then(a.0.cmp(&b.0)));
+    let ta = agents.into_iter().take(n).map(|a| a.0).collect();
+    (ta, tp)
 }
 
 fn robust_hours(hours: &BTreeMap<i64, HourEvidence>, end: i64, k: usize) -> BTreeMap<i64, Robust> {
     let discount = k.saturating_sub(1);
     let mut day = None;
-    let mut by_agent: BTreeMap<[u8; 8], u64> = BTreeMap::new();
-    let mut by_prefix: BTreeMap<[u8; 8], u64> = BTreeMap::new();
+    let mut so_far: BTreeMap<([u8; 8], [u8; 8]), u64> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (&hour, e) in hours.range(..end) {
         let d = hour.div_euclid(24);
         if day != Some(d) {
             day = Some(d);
-            by_agent.clear();
-            by_prefix.clear();
+            so_far.clear();
         }
-        for (&(a, p), &n) in &e.flags {
-            *by_agent.entry(a).or_default() += n;
-            *by_prefix.entry(p).or_default() += n;
+        for (&pair, &n) in &e.flags {
+            let f = so_far.entry(pair).or_default();
+            *f = f.saturating_add(n);
         }
-        let (ta, tp) = (top(&by_agent, discount), top(&by_prefix, discount));
+        let (ta, tp) = discounted(&so_far, discount);
         let mut r = Robust {
             agents: e.agents.clone(),
             prefixes: e.prefixes.clone(),
@@ -616,6 +648,7 @@ pub fn shares(hours: &BTreeMap<i64, HourEvidence>, from: i64, to: i64) -> Shares
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::{Just, Strategy};
 
     fn series() -> SeriesKey {
         SeriesKey::new("RU", Some(12389), Platform::Whatsapp)
@@ -763,6 +796,79 @@ mod tests {
         }
         let robust = robust_hours(&BTreeMap::from([(0, e)]), 1, 3);
         assert_eq!(robust[&0].differentiated, 1, "{:?}", robust[&0]);
+    }
+
+    /// An hour of volunteers `(agent, prefix tag, flagged)`, one test each.
+    fn volunteers(v: &[(u8, u8, bool)]) -> HourEvidence {
+        let mut e = HourEvidence::default();
+        for &(a, t, flagged) in v {
+            e.judged += 1;
+            e.agents.insert([a; 8]);
+            e.prefixes.insert([t; 8]);
+            if flagged {
+                e.differentiated += 1;
+                e.flags.insert(([a; 8], [t; 8]), 1);
+            }
+        }
+        e
+    }
+
+    #[test]
+    fn the_discount_takes_whole_volunteers_whatever_order_the_tags_fall_in() {
+        // Three blocked volunteers, one test an hour each. Whatever order the day's random tag
+        // key puts their tags in, k − 1 = 2 volunteers are discounted and the third one's flag
+        // counts every hour: the block is declared in its third hour (3 × ln 25 ≥ 9.5). Ordering
+        // agents and prefixes each by its own key took agents 1 and 2 and, with tags running
+        // against keys, the prefixes of 3 and 2: nothing was left, nothing was declared.
+        for tags in [
+            [7, 8, 9],
+            [7, 9, 8],
+            [8, 7, 9],
+            [8, 9, 7],
+            [9, 7, 8],
+            [9, 8, 7],
+        ] {
+            let e = volunteers(&[(1, tags[0], true), (2, tags[1], true), (3, tags[2], true)]);
+            let hours: BTreeMap<i64, HourEvidence> = (0..24).map(|h| (h, e.clone())).collect();
+            let robust = robust_hours(&hours, 24, 3);
+            assert!(
+                robust
+                    .values()
+                    .all(|r| (r.judged, r.differentiated) == (1, 1)),
+                "{tags:?}: {robust:?}"
+            );
+            let ev = Detector::default().detect(series(), &hours, 24);
+            assert_eq!(ev.len(), 1, "{tags:?}: {ev:?}");
+            assert_eq!((ev[0].began, ev[0].detected), (0, 2), "{tags:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Volunteers on their own prefixes, flagging at random through a day, under any
+        /// pairing of tags with keys: the agents discounted are exactly those on the prefixes
+        /// discounted, so at most k − 1 volunteers' tests are left out of any hour.
+        #[test]
+        fn with_one_prefix_per_agent_the_discount_is_k_minus_one_volunteers(
+            flags in proptest::collection::vec(proptest::collection::vec(proptest::bool::ANY, 6), 1..24),
+            tags in Just((0u8..6).collect::<Vec<u8>>()).prop_shuffle(),
+        ) {
+            let mut so_far = BTreeMap::new();
+            for hour in &flags {
+                for (i, &f) in hour.iter().enumerate() {
+                    if f {
+                        *so_far.entry(([i as u8 + 1; 8], [tags[i] + 101; 8])).or_insert(0u64) += 1;
+                    }
+                }
+                let (ta, tp) = discounted(&so_far, 2);
+                let on: BTreeSet<[u8; 8]> = so_far
+                    .keys()
+                    .filter(|(_, p)| tp.contains(p))
+                    .map(|(a, _)| *a)
+                    .collect();
+                proptest::prop_assert_eq!(&ta, &on, "{:?}", so_far);
+                proptest::prop_assert!(ta.len() <= 2 && tp.len() <= 2);
+            }
+        }
     }
 
     #[test]
