@@ -4,6 +4,7 @@
 //! Nothing here ships in a release binary of the agent or the collector.
 
 pub mod censors;
+pub mod corpus;
 pub mod demo;
 pub mod emulator;
 pub mod history;

@@ -15,12 +15,13 @@
 
 use anyhow::{Context, Result};
 use callwatch_agent::upload::{exchange, pinned_client_config};
-use callwatch_collector::domain::{ReportKey, StoredReport, VerifiedReport};
+use callwatch_collector::domain::VerifiedReport;
 use callwatch_collector::ingest::RateLimits;
 use callwatch_collector::store::{ClickHouseStore, ReportStore, SledStore};
 use callwatch_collector::{serve, serve_with_store, ServeConfig};
 use callwatch_proto::upload::{ReportStatus, Response};
 use callwatch_proto::{Platform, SignedReport};
+use callwatch_tests::corpus;
 use callwatch_tests::seed::synthetic_report;
 use clap::{Parser, Subcommand};
 use ed25519_dalek::SigningKey;
@@ -135,6 +136,20 @@ enum Command {
         /// Reports per insert while filling (default: 256 for sled, 10000 for ClickHouse).
         #[arg(long = "fill-batch")]
         fill_batch: Option<usize>,
+        /// Agents of the synthetic mix (2,000: the published one-million figures; at ten
+        /// million, 3,721 make about 96 reports per agent and day, the default schedule's).
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+        agents: u32,
+        /// Load the reports from this corpus file of signed reports, writing it first if it
+        /// does not exist (signing ten million reports takes minutes; the file keeps them). Its
+        /// reports' times are those of when it was written; the queries' time windows follow.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        /// sled: close (compact) and reopen the store every this many reports while filling,
+        /// so the fill's disk use stays bounded (a fill's log takes ~5.5 KB per report until
+        /// the store is compacted, ~1.2 KB after). 0: never.
+        #[arg(long = "compact-every", default_value_t = 0)]
+        compact_every: usize,
         #[command(flatten)]
         store: StoreOpts,
     },
@@ -405,49 +420,193 @@ async fn ingest(
     Ok(())
 }
 
+/// Where the reports of a fill come from, and how a sled fill keeps its disk use bounded.
+struct FillOpts {
+    agents: usize,
+    corpus: Option<PathBuf>,
+    compact_every: usize,
+}
+
+/// The reports of a fill: the synthetic mix made on the fly, or read from a corpus file.
+enum Source {
+    Mix(Box<corpus::Mix>),
+    Corpus(Box<corpus::Reader>),
+}
+
+impl Source {
+    /// The mix as of now, or the corpus at `path` (written first if missing; it must hold at
+    /// least `reports` of `agents` agents).
+    fn open(opts: &FillOpts, reports: usize) -> Result<Source> {
+        let Some(path) = &opts.corpus else {
+            let now = chrono::Utc::now().timestamp_millis();
+            return Ok(Source::Mix(Box::new(corpus::Mix::new(opts.agents, now)?)));
+        };
+        if !path.exists() {
+            let header = corpus::CorpusHeader {
+                reports,
+                agents: opts.agents,
+                now_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            eprintln!(
+                "writing the corpus {}: {reports} signed reports of {} agents",
+                path.display(),
+                opts.agents
+            );
+            let t = Instant::now();
+            corpus::write(path, header, |n| {
+                eprintln!(
+                    "  {n} reports ({:.0}/s)",
+                    n as f64 / t.elapsed().as_secs_f64()
+                )
+            })?;
+            println!(
+                "corpus: {reports} signed reports written in {:.1} s, {} bytes ({} per report)",
+                t.elapsed().as_secs_f64(),
+                file_bytes(path),
+                file_bytes(path) / reports.max(1) as u64
+            );
+        }
+        let r = corpus::Reader::open(path)?;
+        anyhow::ensure!(
+            r.header.reports >= reports && r.header.agents == opts.agents,
+            "{} holds {} reports of {} agents; asked for {reports} of {}: name another file, or \
+             remove this one to write it again",
+            path.display(),
+            r.header.reports,
+            r.header.agents,
+            opts.agents
+        );
+        let written = chrono::DateTime::from_timestamp_millis(r.header.now_ms)
+            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+            .unwrap_or_default();
+        println!(
+            "corpus {}: {} reports of {} agents, written {written}",
+            path.display(),
+            r.header.reports,
+            r.header.agents
+        );
+        Ok(Source::Corpus(Box::new(r)))
+    }
+
+    /// The mix's "now": its reports started in the 28 days before it.
+    fn now_ms(&self) -> i64 {
+        match self {
+            Source::Mix(m) => m.now_ms(),
+            Source::Corpus(r) => r.header.now_ms,
+        }
+    }
+
+    fn next(&mut self) -> Result<VerifiedReport> {
+        match self {
+            Source::Mix(m) => m.next_verified(),
+            Source::Corpus(r) => r
+                .next_verified()?
+                .context("the corpus ended before the fill did"),
+        }
+    }
+
+    /// Skips the first `n` reports (a store filled that far before).
+    fn skip(&mut self, n: usize) -> Result<()> {
+        match self {
+            Source::Mix(m) => m.skip_to(n),
+            Source::Corpus(r) => {
+                for _ in 0..n {
+                    r.next_signed()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn file_bytes(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
 async fn aggregate(
     reports: usize,
     data: Option<PathBuf>,
     repeat: usize,
     fill_batch: Option<usize>,
+    fill_opts: FillOpts,
     opts: StoreOpts,
 ) -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = data.unwrap_or_else(|| tmp.path().join("collector"));
     std::fs::create_dir_all(&dir)?;
+    let fill_batch = fill_batch
+        .unwrap_or(if opts.clickhouse() { 10_000 } else { 256 })
+        .max(1);
+    let mut source = Source::open(&fill_opts, reports)?;
+    let now_ms = source.now_ms();
     let mut clickhouse = None;
     let mut sled = None;
     let store: Arc<dyn ReportStore> = if opts.clickhouse() {
         let (ch, keep) = opts.open_clickhouse(0)?;
         clickhouse = Some((ch.clone(), keep));
+        let have = ch.len();
+        source.skip(have)?;
+        let t = Instant::now();
+        fill(ch.as_ref(), have, reports, fill_batch, &mut source)?;
+        if have < reports {
+            println!(
+                "filled {} reports in {:.1} s ({:.0}/s, {fill_batch} per insert)",
+                reports - have,
+                t.elapsed().as_secs_f64(),
+                (reports - have) as f64 / t.elapsed().as_secs_f64()
+            );
+        }
         ch
     } else {
+        let path = callwatch_collector::store::config::sled_path(&dir);
         let t = Instant::now();
-        let s = Arc::new(SledStore::open(
-            &callwatch_collector::store::config::sled_path(&dir),
-        )?);
+        let mut s = SledStore::open(&path)?;
         eprintln!(
             "opened the sled store ({} reports) in {:.1} s",
             s.len(),
             t.elapsed().as_secs_f64()
         );
+        let have = s.len();
+        source.skip(have)?;
+        let t_fill = Instant::now();
+        let mut at = have;
+        let mut peak = dir_bytes(&path);
+        while at < reports {
+            let to = match fill_opts.compact_every {
+                0 => reports,
+                n => reports.min((at / n + 1) * n),
+            };
+            fill(&s, at, to, fill_batch, &mut source)?;
+            at = to;
+            peak = peak.max(dir_bytes(&path));
+            if fill_opts.compact_every > 0 {
+                let t = Instant::now();
+                s.close()?;
+                s = SledStore::open(&path)?;
+                eprintln!(
+                    "  compacted and reopened at {at} reports in {:.1} s: {} bytes on disk",
+                    t.elapsed().as_secs_f64(),
+                    dir_bytes(&path)
+                );
+            }
+        }
+        if have < reports {
+            println!(
+                "filled {} reports in {:.1} s ({:.0}/s, {fill_batch} per insert{}); the store \
+                 took at most {peak} bytes on disk while filling",
+                reports - have,
+                t_fill.elapsed().as_secs_f64(),
+                (reports - have) as f64 / t_fill.elapsed().as_secs_f64(),
+                match fill_opts.compact_every {
+                    0 => String::new(),
+                    n => format!(", compacted every {n}, compactions included"),
+                }
+            );
+        }
+        let s = Arc::new(s);
         sled = Some(s.clone());
         s
     };
-    let fill_batch = fill_batch
-        .unwrap_or(if opts.clickhouse() { 10_000 } else { 256 })
-        .max(1);
-    let have = store.len();
-    let t_fill = Instant::now();
-    fill(store.as_ref(), have, reports, fill_batch)?;
-    if have < reports {
-        println!(
-            "filled {} reports in {:.1} s ({:.0}/s, {fill_batch} per insert)",
-            reports - have,
-            t_fill.elapsed().as_secs_f64(),
-            (reports - have) as f64 / t_fill.elapsed().as_secs_f64()
-        );
-    }
     let n = store.len().max(1) as u64;
     match &clickhouse {
         Some((ch, _)) => {
@@ -482,8 +641,10 @@ async fn aggregate(
         "axis_x=hour&country=DE&since=SINCE30",
         "axis_x=day&axis_y=country&since=2020-01-01",
     ] {
-        // The hour axis answers at most 31 days in one query: the last 30.
-        let since = (chrono::Utc::now() - chrono::Duration::days(30)).format("%Y-%m-%d");
+        // The hour axis answers at most 31 days in one query: the mix's last 30.
+        let since = chrono::DateTime::from_timestamp_millis(now_ms - 30 * 86_400_000)
+            .context("the mix's time")?
+            .format("%Y-%m-%d");
         let q = q.replace("SINCE30", &since.to_string());
         let q = q.as_str();
         let mut times = Vec::new();
@@ -509,7 +670,7 @@ async fn aggregate(
     }
     collector.shutdown().await;
     if let Some(sled) = sled {
-        roll_up_against_hours(&sled, repeat)?;
+        roll_up_against_hours(&sled, repeat, now_ms)?;
     }
     if let Some((ch, false)) = clickhouse {
         ch.drop_database()?;
@@ -517,69 +678,24 @@ async fn aggregate(
     Ok(())
 }
 
-/// The agents of the synthetic mix: 2,000 Ed25519 keys.
-fn mix_agents() -> Vec<SigningKey> {
-    (0..2000u64)
-        .map(|i| {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i + 1).to_be_bytes());
-            SigningKey::from_bytes(&seed)
-        })
-        .collect()
-}
-
-/// The synthetic mix of `aggregate` and `store-size`: report `j` of the 2,000 agents of
-/// [`mix_agents`] (round robin), 10 countries × 4 networks (by agent key), the 5 platforms in
-/// turn, started at random over the last 28 days, every seventh with a differentiated verdict;
-/// signed by its agent (real keys and signatures, as random as a collector stores them),
-/// received 1 ms apart.
-fn synthetic_stored(
-    j: usize,
-    agents: &[SigningKey],
-    rng: &mut rand::rngs::StdRng,
-    now: chrono::DateTime<chrono::Utc>,
-) -> VerifiedReport {
-    const COUNTRIES: [&str; 10] = ["RU", "DE", "IR", "TR", "BR", "US", "IN", "CN", "UA", "KZ"];
-    let signer = &agents[j % agents.len()];
-    let agent = signer.verifying_key().to_bytes();
-    let platform = Platform::ALL[j % 5];
-    let started = now - chrono::Duration::minutes(rng.gen_range(10..60 * 24 * 28));
-    let r = synthetic_report(rng, j as u32, platform, started, j.is_multiple_of(7));
-    let signed = SignedReport::sign(&r, signer).expect("a synthetic report serialises");
-    let c = agent[7] as usize % COUNTRIES.len();
-    VerifiedReport::new(
-        ReportKey { agent, id: r.id },
-        StoredReport {
-            signed,
-            region: callwatch_collector::geo::Region {
-                country: COUNTRIES[c].into(),
-                asn: 1000 + (agent[6] as u32 % 4),
-                subdivision: String::new(),
-            },
-            received_at_ms: now.timestamp_millis() + j as i64,
-            filing: Default::default(),
-        },
-        r,
-    )
-}
-
-/// Fills `store` from `have` to `reports` synthetic reports ([`synthetic_stored`]),
+/// Fills `store` from `have` to `reports` reports of `source` (positioned at `have`),
 /// `fill_batch` per insert; prints the rate.
-fn fill(store: &dyn ReportStore, have: usize, reports: usize, fill_batch: usize) -> Result<()> {
+fn fill(
+    store: &dyn ReportStore,
+    have: usize,
+    reports: usize,
+    fill_batch: usize,
+    source: &mut Source,
+) -> Result<()> {
     if have >= reports {
         return Ok(());
     }
     eprintln!("filling the store: {have} → {reports} reports");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let now = chrono::Utc::now();
-    let agents = mix_agents();
     let t = Instant::now();
     let mut i = have;
     while i < reports {
         let n = (reports - i).min(fill_batch);
-        let batch: Vec<VerifiedReport> = (i..i + n)
-            .map(|j| synthetic_stored(j, &agents, &mut rng, now))
-            .collect();
+        let batch = (0..n).map(|_| source.next()).collect::<Result<Vec<_>>>()?;
         store.insert_batch(&batch)?;
         i += n;
         if i % 50_000 < n {
@@ -594,9 +710,8 @@ fn fill(store: &dyn ReportStore, have: usize, reports: usize, fill_batch: usize)
 
 /// In process, same store, same run: each query answered with the day roll-up (what the API
 /// does) and from the hourly cells alone (the baseline), alternately; the answers must agree.
-fn roll_up_against_hours(sled: &SledStore, repeat: usize) -> Result<()> {
+fn roll_up_against_hours(sled: &SledStore, repeat: usize, now: i64) -> Result<()> {
     use callwatch_collector::domain::{Axis, Filter, Policy};
-    let now = chrono::Utc::now().timestamp_millis();
     let week_ago = now - 7 * 86_400_000;
     let queries: [(&str, Vec<Axis>, Filter); 5] = [
         (
@@ -682,16 +797,15 @@ fn store_size(
         .unwrap_or(if opts.clickhouse() { 10_000 } else { 256 })
         .max(1);
     // What the reports themselves are: the exact signed bytes (body, key, signature).
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    let now = chrono::Utc::now();
+    let now = chrono::Utc::now().timestamp_millis();
     let sample = 2_000.min(reports.max(1));
-    let agents = mix_agents();
-    let signed: usize = (0..sample)
-        .map(|j| {
-            let s = synthetic_stored(j, &agents, &mut rng, now).stored.signed;
-            s.body.len() + s.key.len() + s.signature.len()
-        })
-        .sum();
+    let mut mix = corpus::Mix::new(2000, now)?;
+    let mut signed = 0;
+    for _ in 0..sample {
+        let s = mix.next_signed()?;
+        signed += s.body.len() + s.key.len() + s.signature.len();
+    }
+    let mut source = Source::Mix(Box::new(corpus::Mix::new(2000, now)?));
     println!(
         "mix: {reports} synthetic reports, 2,000 agents, 10 countries × 4 networks, 5 platforms, \
          28 days; signed bytes {} per report (mean of {sample})",
@@ -700,7 +814,7 @@ fn store_size(
     if opts.clickhouse() {
         let (ch, keep) = opts.open_clickhouse(0)?;
         let t = Instant::now();
-        fill(ch.as_ref(), 0, reports, fill_batch)?;
+        fill(ch.as_ref(), 0, reports, fill_batch, &mut source)?;
         let fill_secs = t.elapsed().as_secs_f64();
         ch.optimize()?;
         let (bytes, rows) = ch.disk_usage()?;
@@ -731,7 +845,7 @@ fn store_size(
     // The baseline: records as earlier releases wrote them, the store closed as they did.
     store.write_plain_records(baseline);
     let t = Instant::now();
-    fill(&store, 0, reports, fill_batch)?;
+    fill(&store, 0, reports, fill_batch, &mut source)?;
     let fill_secs = t.elapsed().as_secs_f64();
     let n = reports.max(1) as u64;
     // Every batch is flushed before it is acknowledged.
@@ -822,8 +936,18 @@ async fn main() {
             data,
             repeat,
             fill_batch,
+            agents,
+            corpus,
+            compact_every,
             store,
-        } => aggregate(reports, data, repeat, fill_batch, store).await,
+        } => {
+            let fill = FillOpts {
+                agents: agents as usize,
+                corpus,
+                compact_every,
+            };
+            aggregate(reports, data, repeat, fill_batch, fill, store).await
+        }
         Command::StoreSize {
             reports,
             data,
