@@ -843,6 +843,37 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_key_flagging_from_many_prefixes_is_discounted_by_its_own_count() {
+        // One key uploads a flagged test from each of six prefixes every hour (a Sybil hopping
+        // networks, or a volunteer's VPN), beside three volunteers, two of whom flagged once at
+        // midnight. The prefix discount takes two of the key's six prefixes (two flags a day
+        // each by 01:00); the agent discount takes the key itself, by its count over all of them
+        // (six an hour), and one of the two that flagged once: nothing is left. Choosing agents
+        // by their flags outside the discounted prefixes alone would take the two that flagged
+        // once, and leave the key's four other flags every hour.
+        let mut e = volunteers(&[(1, 1, false), (2, 2, false), (3, 3, false)]);
+        for t in 11u8..17 {
+            e.judged += 1;
+            e.differentiated += 1;
+            e.agents.insert([9; 8]);
+            e.prefixes.insert([t; 8]);
+            e.flags.insert(([9; 8], [t; 8]), 1);
+        }
+        let mut hours: BTreeMap<i64, HourEvidence> = (0..48).map(|h| (h, e.clone())).collect();
+        let mut midnight = e.clone();
+        for a in [1u8, 2] {
+            midnight.differentiated += 1;
+            midnight.flags.insert(([a; 8], [a; 8]), 1);
+        }
+        hours.insert(0, midnight.clone());
+        hours.insert(24, midnight);
+        let robust = robust_hours(&hours, 48, 3);
+        assert!(robust.values().all(|r| r.differentiated == 0), "{robust:?}");
+        assert_eq!((robust[&1].judged, robust[&0].judged), (3, 1));
+        assert!(Detector::default().detect(series(), &hours, 48).is_empty());
+    }
+
     proptest::proptest! {
         /// Volunteers on their own prefixes, flagging at random through a day, under any
         /// pairing of tags with keys: the agents discounted are exactly those on the prefixes
