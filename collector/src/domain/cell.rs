@@ -240,12 +240,21 @@ impl VerdictCounts {
     }
 }
 
+/// A set of 8-byte keys as serde writes a `BTreeSet` (a sequence, in order), read in one go:
+/// built from the whole sequence at once rather than by one insertion per key, which is most of
+/// what decoding a cell of many agents costs. A sequence out of order or with repeats (a
+/// damaged store) still gives the set of its keys.
+fn key_set<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<[u8; 8]>, D::Error> {
+    Ok(Vec::<[u8; 8]>::deserialize(d)?.into_iter().collect())
+}
+
 /// What a cell knows: mergeable, so any set of fine cells combines into a coarser one.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CellState {
     /// Reports (arms) counted.
     pub count: u64,
     /// Distinct agents, by the first 8 bytes of their key.
+    #[serde(deserialize_with = "key_set")]
     pub agents: BTreeSet<[u8; 8]>,
     pub verdicts: VerdictCounts,
     /// One sketch per [`FIGURES`] entry.
@@ -253,6 +262,7 @@ pub struct CellState {
     /// Of `count`, how many were filed in a way researchers may want to exclude.
     pub filing: FilingCounts,
     /// Distinct network prefixes (8-byte prefix tags, see [`super::observation::prefix_of`]).
+    #[serde(deserialize_with = "key_set")]
     pub prefixes: BTreeSet<[u8; 8]>,
     /// Tests found differentiated, per (agent, network prefix) — 8 bytes each, as in `agents`
     /// and `prefixes`: the evidence of events ([`super::events`]), which discount the most

@@ -13,9 +13,7 @@ use super::sketch::RELATIVE_ACCURACY;
 use super::HOUR_MS;
 use callwatch_proto::report::StreamKind;
 use callwatch_proto::{Platform, Role};
-use std::collections::BTreeMap;
-#[cfg(any(test, feature = "test-util"))]
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -297,13 +295,10 @@ impl GroupKey {
 /// (`Some`: each of those is a *region atom*, and the others together one more atom, of no one
 /// region); otherwise `None` (the whole set is one atom, of no one region). A set whose cells all
 /// have one subdivision is that subdivision's atom when it meets k.
-pub fn region_atoms(
-    parts: &BTreeMap<[u8; 3], CellState>,
-    k: usize,
-) -> Option<std::collections::BTreeSet<[u8; 3]>> {
+pub fn region_atoms(parts: &BTreeMap<[u8; 3], CellState>, k: usize) -> Option<BTreeSet<[u8; 3]>> {
     let mut rest = CellState::default();
     let mut rest_empty = true;
-    let mut atoms = std::collections::BTreeSet::new();
+    let mut atoms = BTreeSet::new();
     for (sub, s) in parts {
         if s.meets(k) {
             atoms.insert(*sub);
@@ -382,8 +377,24 @@ impl<'a> Grouper<'a> {
     /// Adds a fine (or day roll-up) cell; cells outside what the query reads are ignored.
     pub fn add(&mut self, key: &CellKey, state: &CellState) {
         if self.wants(key) {
-            let at = if self.hourly() { *key } else { key.day_cell() };
-            self.cells.entry(at).or_default().merge(state);
+            self.add_owned(key, state.clone());
+        }
+    }
+
+    /// [`Grouper::add`] for a state the caller no longer needs (a cell just decoded): kept as
+    /// it is when it is the first at its place, not copied. Its per-(agent, prefix) flags are
+    /// dropped: they are the events' evidence, and no published cell shows them.
+    pub fn add_owned(&mut self, key: &CellKey, mut state: CellState) {
+        if !self.wants(key) {
+            return;
+        }
+        state.flagged.clear();
+        let at = if self.hourly() { *key } else { key.day_cell() };
+        match self.cells.entry(at) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(state);
+            }
+            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&state),
         }
     }
 
@@ -393,12 +404,13 @@ impl<'a> Grouper<'a> {
         let regional = self.filter.regional(self.axes);
         let hourly = self.hourly();
         let mut groups: BTreeMap<GroupKey, CellState> = BTreeMap::new();
-        let mut publish = |key: &CellKey, s: &CellState| {
-            groups
-                .entry(GroupKey::of(key, self.axes))
-                .or_default()
-                .merge(s);
-        };
+        let mut publish =
+            |key: &CellKey, s: CellState| match groups.entry(GroupKey::of(key, self.axes)) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(s);
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&s),
+            };
         // Cells by block, then by subdivision.
         type Parts = BTreeMap<[u8; 3], Vec<(CellKey, CellState)>>;
         let mut blocks: BTreeMap<CellKey, Parts> = BTreeMap::new();
@@ -410,24 +422,22 @@ impl<'a> Grouper<'a> {
                 .or_default()
                 .push((key, state));
         }
-        let merged = |cells: &[(CellKey, CellState)]| {
-            let mut m = CellState::default();
+        let merged = |cells: Vec<(CellKey, CellState)>| {
+            let mut cells = cells.into_iter();
+            let mut m = cells.next().map(|c| c.1).unwrap_or_default();
             for (_, s) in cells {
-                m.merge(s);
+                m.merge(&s);
             }
             m
         };
-        let day_parts = |parts: &Parts| -> BTreeMap<[u8; 3], CellState> {
-            parts.iter().map(|(sub, c)| (*sub, merged(c))).collect()
-        };
         if hourly {
             for parts in blocks.into_values() {
-                let by_sub = day_parts(&parts);
-                let mut block = CellState::default();
-                for s in by_sub.values() {
-                    block.merge(s);
-                }
-                if !block.meets(k) {
+                // Who stands behind each subdivision's day (all k asks of it).
+                let by_sub: BTreeMap<[u8; 3], CellState> = parts
+                    .iter()
+                    .map(|(sub, c)| (*sub, support(c.iter().map(|(_, s)| s))))
+                    .collect();
+                if !meets_together(by_sub.values(), k) {
                     continue;
                 }
                 // The block's atoms: each region atom, and the rest as one (`None`).
@@ -464,12 +474,12 @@ impl<'a> Grouper<'a> {
                     if !(rest_empty || rest.meets(k)) {
                         continue;
                     }
-                    for (key, s) in hours.values() {
+                    for (key, s) in hours.into_values() {
                         if s.meets(k)
-                            && self.filter.matches(key, self.axes)
-                            && self.filter.matches_region(key)
+                            && self.filter.matches(&key, self.axes)
+                            && self.filter.matches_region(&key)
                         {
-                            publish(key, s);
+                            publish(&key, s);
                         }
                     }
                 }
@@ -485,21 +495,21 @@ impl<'a> Grouper<'a> {
                     .push(parts);
             }
             // Publishes a block or a remainder that meets k: whole, or its region atoms.
-            let mut publish_atoms = |parts: &BTreeMap<[u8; 3], (CellKey, CellState)>| {
+            let mut publish_atoms = |mut parts: BTreeMap<[u8; 3], (CellKey, CellState)>| {
                 if !regional {
-                    for (key, s) in parts.values() {
-                        publish(key, s);
+                    for (key, s) in parts.into_values() {
+                        publish(&key, s);
                     }
                     return;
                 }
                 let by_sub = parts
                     .iter()
-                    .map(|(sub, (_, s))| (*sub, s.clone()))
+                    .map(|(sub, (_, s))| (*sub, support([s].into_iter())))
                     .collect();
                 for sub in region_atoms(&by_sub, k).unwrap_or_default() {
-                    if let Some((key, s)) = parts.get(&sub) {
-                        if self.filter.matches_region(key) {
-                            publish(key, s);
+                    if let Some((key, s)) = parts.remove(&sub) {
+                        if self.filter.matches_region(&key) {
+                            publish(&key, s);
                         }
                     }
                 }
@@ -511,29 +521,28 @@ impl<'a> Grouper<'a> {
                 for parts in blocks {
                     let parts: BTreeMap<[u8; 3], (CellKey, CellState)> = parts
                         .into_iter()
-                        .filter_map(|(sub, cells)| Some((sub, (cells.first()?.0, merged(&cells)))))
+                        .filter_map(|(sub, cells)| {
+                            let key = cells.first()?.0;
+                            Some((sub, (key, merged(cells))))
+                        })
                         .collect();
-                    let mut block = CellState::default();
-                    for (_, s) in parts.values() {
-                        block.merge(s);
-                    }
-                    if block.meets(k) {
-                        publish_atoms(&parts);
+                    if meets_together(parts.values().map(|(_, s)| s), k) {
+                        publish_atoms(parts);
                     } else {
                         for (sub, (key, s)) in parts {
-                            rest.entry(sub)
-                                .or_insert_with(|| (key, CellState::default()))
-                                .1
-                                .merge(&s);
+                            match rest.entry(sub) {
+                                std::collections::btree_map::Entry::Vacant(e) => {
+                                    e.insert((key, s));
+                                }
+                                std::collections::btree_map::Entry::Occupied(mut e) => {
+                                    e.get_mut().1.merge(&s)
+                                }
+                            }
                         }
                     }
                 }
-                let mut whole = CellState::default();
-                for (_, s) in rest.values() {
-                    whole.merge(s);
-                }
-                if remainders_allowed && whole.meets(k) {
-                    publish_atoms(&rest);
+                if remainders_allowed && meets_together(rest.values().map(|(_, s)| s), k) {
+                    publish_atoms(rest);
                 }
             }
         }
@@ -552,6 +561,38 @@ impl<'a> Grouper<'a> {
             })
             .collect()
     }
+}
+
+/// Who stands behind `states` together: a state holding only the union of their agents and
+/// prefixes (what [`CellState::meets`] and [`region_atoms`] read), without merging their
+/// figures.
+fn support<'s>(states: impl Iterator<Item = &'s CellState>) -> CellState {
+    let mut m = CellState::default();
+    for s in states {
+        m.agents.extend(s.agents.iter().copied());
+        m.prefixes.extend(s.prefixes.iter().copied());
+    }
+    m
+}
+
+/// Whether `states` merged would meet k ([`CellState::meets`]), without merging them.
+fn meets_together<'s>(states: impl Iterator<Item = &'s CellState> + Clone, k: usize) -> bool {
+    let k = k.max(1);
+    let reaches = |of: &dyn Fn(&'s CellState) -> &'s BTreeSet<[u8; 8]>| {
+        let mut union: BTreeSet<[u8; 8]> = BTreeSet::new();
+        for s in states.clone() {
+            let set = of(s);
+            if set.len() >= k {
+                return true;
+            }
+            union.extend(set.iter().copied());
+            if union.len() >= k {
+                return true;
+            }
+        }
+        false
+    };
+    reaches(&|s| &s.agents) && reaches(&|s| &s.prefixes)
 }
 
 /// Merges fine cells into the cells a query asks for, and publishes those with at least

@@ -133,11 +133,11 @@ impl Sketch {
             return;
         }
         if !other.pos.is_empty() {
-            self.pos = merge_bins(&self.pos, &other.pos);
+            merge_into(&mut self.pos, &other.pos);
             collapse_low(&mut self.pos);
         }
         if !other.neg.is_empty() {
-            self.neg = merge_bins(&self.neg, &other.neg);
+            merge_into(&mut self.neg, &other.neg);
             collapse_high(&mut self.neg);
         }
         self.zero = self.zero.saturating_add(other.zero);
@@ -242,6 +242,30 @@ fn insert(bins: &mut Bins, k: i32) {
         }
         // `binary_search` returns an insertion point `<= len`, so `insert` cannot panic.
         Err(i) => bins.insert(i, (k, 1)),
+    }
+}
+
+/// Adds `b`'s bins to `a` (both sorted by index): in place when every index of `b` is one of
+/// `a`'s — the usual case once `a` has merged a few cells — else as [`merge_bins`].
+fn merge_into(a: &mut Bins, b: &[(i32, u64)]) {
+    let mut i = 0;
+    let within = b.iter().all(|&(k, _)| {
+        while i < a.len() && a[i].0 < k {
+            i += 1;
+        }
+        i < a.len() && a[i].0 == k
+    });
+    if !within {
+        *a = merge_bins(a, b);
+        return;
+    }
+    // The same walk as the check: every index of `b` was found in `a`, so `i` stays in bounds.
+    let mut i = 0;
+    for &(k, c) in b {
+        while a[i].0 < k {
+            i += 1;
+        }
+        a[i].1 = a[i].1.saturating_add(c);
     }
 }
 
@@ -560,6 +584,33 @@ mod tests {
                 let x = exact(&vals, q);
                 let est = s.quantile(q).expect("non-empty");
                 prop_assert!((est - x).abs() <= tolerance(x), "q={} exact={} est={}", q, x, est);
+            }
+        }
+
+        /// Merging in place gives the sorted union, whether `b`'s indices all lie in `a` (the
+        /// in-place path: `b` drawn from `a`'s indices) or not.
+        #[test]
+        fn merging_bins_in_place_gives_their_sorted_union(
+            a in prop::collection::btree_map(-50i32..50, 1u64..1000, 0..40),
+            b in prop::collection::btree_map(-50i32..50, 1u64..1000, 0..40),
+            pick in prop::collection::vec(any::<bool>(), 40),
+        ) {
+            let a: Bins = a.into_iter().collect();
+            let foreign: Bins = b.into_iter().collect();
+            let within: Bins = a
+                .iter()
+                .zip(&pick)
+                .filter(|(_, p)| **p)
+                .map(|(&(k, _), _)| (k, 7))
+                .collect();
+            for b in [foreign, within] {
+                let mut m = a.clone();
+                merge_into(&mut m, &b);
+                let mut want: std::collections::BTreeMap<i32, u64> = a.iter().copied().collect();
+                for &(k, c) in &b {
+                    *want.entry(k).or_default() += c;
+                }
+                prop_assert_eq!(m, want.into_iter().collect::<Bins>());
             }
         }
 

@@ -894,7 +894,7 @@ fn merge_range(
         let key = CellKey::from_bytes(&k).ok_or_else(|| corrupt(&k, "bad aggregate cell key"))?;
         if g.wants(&key) {
             let (_, state) = decode_cell(&k, &v)?;
-            g.add(&key, &state);
+            g.add_owned(&key, state);
         }
     }
     Ok(())
