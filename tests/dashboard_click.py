@@ -10,7 +10,8 @@ Standard library only: Chromium is driven over the DevTools protocol with a hand
 WebSocket client. The click is real input (Input.dispatchMouseEvent press + release at the
 cell's centre), not a synthetic DOM event. Steps:
 
-  1. load the page (give it no `#cell=` hash) and wait for `#grid[data-state=ready]`;
+  1. load the page (give it no `#cell=` hash) and wait for `#grid[data-state=ready]` and for the
+     events list above it to have loaded (it would move the grid);
   2. take the first `.cell`, scroll it into view, check it is the element at its centre point
      and that `#series` is not already showing it;
   3. press and release the left mouse button there;
@@ -233,10 +234,16 @@ def wait_for(dt, expression, deadline, what):
 
 
 # ---------------------------------------------------------------- the check
+# Done when the grid has loaded and so has the events list above it: the two load side by side,
+# and an events list arriving after the grid pushes the grid down, so a cell's centre measured
+# before it would miss the cell (seen once on a loaded host: the click landed beside the grid).
 GRID_STATE = """(() => {
   const g = document.getElementById('grid');
   const s = g ? g.dataset.state : null;
-  return {done: s !== null && s !== 'loading', state: s, text: g ? g.textContent.trim().slice(0, 300) : null,
+  const e = document.getElementById('events');
+  const es = e ? e.dataset.state : null;
+  return {done: s !== null && s !== 'loading' && es !== 'loading', state: s, events: es,
+          text: g ? g.textContent.trim().slice(0, 300) : null,
           loaded: document.readyState === 'complete', url: location.href};
 })()"""
 
