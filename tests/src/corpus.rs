@@ -270,16 +270,25 @@ mod tests {
 
     const NOW: i64 = 1_764_000_000_000;
 
-    #[test]
-    fn a_corpus_reads_back_the_very_reports_the_mix_makes() {
+    /// A corpus of `reports` reports of `agents` agents written in a fresh folder.
+    fn written(
+        reports: usize,
+        agents: usize,
+    ) -> (tempfile::TempDir, std::path::PathBuf, CorpusHeader) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.zst");
         let header = CorpusHeader {
-            reports: 30,
-            agents: 7,
+            reports,
+            agents,
             now_ms: NOW,
         };
         write(&path, header, |_| {}).unwrap();
+        (dir, path, header)
+    }
+
+    #[test]
+    fn a_corpus_reads_back_the_very_reports_the_mix_makes() {
+        let (_dir, path, header) = written(30, 7);
         assert!(!path.with_extension("partial").exists());
         let mut r = Reader::open(&path).unwrap();
         assert_eq!(r.header, header);
@@ -304,14 +313,7 @@ mod tests {
 
     #[test]
     fn a_cut_or_foreign_file_is_refused_with_its_name() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.zst");
-        let header = CorpusHeader {
-            reports: 5,
-            agents: 2,
-            now_ms: NOW,
-        };
-        write(&path, header, |_| {}).unwrap();
+        let (dir, path, _) = written(5, 2);
         // The same stream, its last report cut: four read, the fifth names itself.
         let mut raw = Vec::new();
         zstd::Decoder::new(std::fs::File::open(&path).unwrap())

@@ -390,12 +390,7 @@ impl<'a> Grouper<'a> {
         }
         state.flagged.clear();
         let at = if self.hourly() { *key } else { key.day_cell() };
-        match self.cells.entry(at) {
-            std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(state);
-            }
-            std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&state),
-        }
+        absorb(&mut self.cells, at, state);
     }
 
     /// The published cells: merges of atoms that each meet k (see the type's documentation).
@@ -405,12 +400,7 @@ impl<'a> Grouper<'a> {
         let hourly = self.hourly();
         let mut groups: BTreeMap<GroupKey, CellState> = BTreeMap::new();
         let mut publish =
-            |key: &CellKey, s: CellState| match groups.entry(GroupKey::of(key, self.axes)) {
-                std::collections::btree_map::Entry::Vacant(e) => {
-                    e.insert(s);
-                }
-                std::collections::btree_map::Entry::Occupied(mut e) => e.get_mut().merge(&s),
-            };
+            |key: &CellKey, s: CellState| absorb(&mut groups, GroupKey::of(key, self.axes), s);
         // Cells by block, then by subdivision.
         type Parts = BTreeMap<[u8; 3], Vec<(CellKey, CellState)>>;
         let mut blocks: BTreeMap<CellKey, Parts> = BTreeMap::new();
@@ -530,14 +520,9 @@ impl<'a> Grouper<'a> {
                         publish_atoms(parts);
                     } else {
                         for (sub, (key, s)) in parts {
-                            match rest.entry(sub) {
-                                std::collections::btree_map::Entry::Vacant(e) => {
-                                    e.insert((key, s));
-                                }
-                                std::collections::btree_map::Entry::Occupied(mut e) => {
-                                    e.get_mut().1.merge(&s)
-                                }
-                            }
+                            rest.entry(sub)
+                                .and_modify(|(_, m)| m.merge(&s))
+                                .or_insert((key, s));
                         }
                     }
                 }
@@ -578,21 +563,29 @@ fn support<'s>(states: impl Iterator<Item = &'s CellState>) -> CellState {
 /// Whether `states` merged would meet k ([`CellState::meets`]), without merging them.
 fn meets_together<'s>(states: impl Iterator<Item = &'s CellState> + Clone, k: usize) -> bool {
     let k = k.max(1);
-    let reaches = |of: &dyn Fn(&'s CellState) -> &'s BTreeSet<[u8; 8]>| {
-        let mut union: BTreeSet<[u8; 8]> = BTreeSet::new();
-        for s in states.clone() {
-            let set = of(s);
-            if set.len() >= k {
-                return true;
-            }
-            union.extend(set.iter().copied());
-            if union.len() >= k {
-                return true;
-            }
+    reaches(states.clone().map(|s| &s.agents), k) && reaches(states.map(|s| &s.prefixes), k)
+}
+
+/// Whether the union of `sets` has at least `k` keys, stopping as soon as it does.
+fn reaches<'s>(sets: impl Iterator<Item = &'s BTreeSet<[u8; 8]>>, k: usize) -> bool {
+    let mut union = BTreeSet::new();
+    for set in sets {
+        if set.len() >= k {
+            return true;
         }
-        false
-    };
-    reaches(&|s| &s.agents) && reaches(&|s| &s.prefixes)
+        union.extend(set.iter().copied());
+        if union.len() >= k {
+            return true;
+        }
+    }
+    false
+}
+
+/// Merges `state` into `map`'s cell at `key`, or puts it there (not copied) if it is the first.
+fn absorb<K: Ord>(map: &mut BTreeMap<K, CellState>, key: K, state: CellState) {
+    map.entry(key)
+        .and_modify(|m| m.merge(&state))
+        .or_insert(state);
 }
 
 /// Merges fine cells into the cells a query asks for, and publishes those with at least

@@ -146,8 +146,8 @@ enum Command {
         #[arg(long)]
         corpus: Option<PathBuf>,
         /// sled: close (compact) and reopen the store every this many reports while filling,
-        /// so the fill's disk use stays bounded (a fill's log takes ~5.5 KB per report until
-        /// the store is compacted, ~1.2 KB after). 0: never.
+        /// so the fill's disk use stays bounded (a fill's log grows several KB per report, more
+        /// as the store grows, against ~1.2 KB per report compacted). 0: never.
         #[arg(long = "compact-every", default_value_t = 0)]
         compact_every: usize,
         #[command(flatten)]
