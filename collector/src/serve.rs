@@ -99,6 +99,7 @@ pub struct Collector {
     pub store: Arc<dyn ReportStore>,
     http_task: tokio::task::JoinHandle<()>,
     events_task: tokio::task::JoinHandle<()>,
+    rollup_task: tokio::task::JoinHandle<()>,
 }
 
 impl Collector {
@@ -107,6 +108,7 @@ impl Collector {
         self.reflector.shutdown();
         self.http_task.abort();
         self.events_task.abort();
+        self.rollup_task.abort();
         self.ingest.shutdown().await;
     }
 }
@@ -195,6 +197,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         ..Default::default()
     };
     let events_task = spawn_events_refresh(events.clone(), store.clone(), cfg.policy);
+    let rollup_task = spawn_roll_ups(store.clone(), cfg.policy);
     let app = router(AppState {
         store: store.clone(),
         ingest: Some(ingest.stats.clone()),
@@ -224,6 +227,7 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         store,
         http_task,
         events_task,
+        rollup_task,
     })
 }
 
@@ -246,6 +250,32 @@ fn spawn_events_refresh(
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!("event detection: {e}"),
                 Err(e) => tracing::warn!("event detection task: {e}"),
+            }
+        }
+    })
+}
+
+/// How often the store's published roll-ups are brought up to date ([`ReportStore::roll_up`]):
+/// a day is recomputed at most this long after it closed or a late upload reached it (queries
+/// read it from its day cells meanwhile, as exactly).
+pub const ROLL_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Brings the store's roll-ups up to date at start and every [`ROLL_UP_EVERY`].
+fn spawn_roll_ups(
+    store: Arc<dyn ReportStore>,
+    policy: crate::domain::Policy,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ROLL_UP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let store = store.clone();
+            let now = chrono::Utc::now().timestamp_millis();
+            match tokio::task::spawn_blocking(move || store.roll_up(&policy, now)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("bringing the roll-ups up to date: {e}"),
+                Err(e) => tracing::warn!("roll-up task: {e}"),
             }
         }
     })

@@ -326,8 +326,8 @@ impl CellState {
 
     pub fn merge(&mut self, other: &CellState) {
         self.count = self.count.saturating_add(other.count);
-        self.agents.extend(other.agents.iter().copied());
-        self.prefixes.extend(other.prefixes.iter().copied());
+        union_into(&mut self.agents, &other.agents);
+        union_into(&mut self.prefixes, &other.prefixes);
         for (pair, n) in &other.flagged {
             let mine = self.flagged.entry(*pair).or_default();
             *mine = mine.saturating_add(*n);
@@ -338,6 +338,29 @@ impl CellState {
             a.merge(b);
         }
     }
+}
+
+/// Adds `b`'s keys to `a`. When `b` is not much smaller, by one pass over both sorted sets
+/// into a set built in bulk (linear), rather than a search per key of `b`.
+fn union_into(a: &mut BTreeSet<[u8; 8]>, b: &BTreeSet<[u8; 8]>) {
+    if b.len().saturating_mul(8) < a.len() {
+        a.extend(b.iter().copied());
+        return;
+    }
+    let mut left = std::mem::take(a).into_iter().peekable();
+    let mut right = b.iter().copied().peekable();
+    let merged = std::iter::from_fn(|| match (left.peek(), right.peek()) {
+        (Some(x), Some(y)) if x < y => left.next(),
+        (Some(x), Some(y)) if x > y => right.next(),
+        (Some(_), Some(_)) => {
+            right.next();
+            left.next()
+        }
+        (Some(_), None) => left.next(),
+        (None, _) => right.next(),
+    });
+    // Collecting a sorted iterator builds the set in bulk.
+    *a = merged.collect();
 }
 
 /// p10, median and p90 of one figure in a cell, at full precision: a [`Cell`] rounds them to
@@ -546,4 +569,28 @@ pub fn hour_string(hour: i64) -> String {
     DateTime::<Utc>::from_timestamp(hour.saturating_mul(3600), 0)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::union_into;
+    use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    proptest! {
+        /// Both ways of adding (one search per key, one pass over both) give the union.
+        #[test]
+        fn union_into_is_the_union(
+            a in proptest::collection::btree_set(any::<[u8; 8]>().prop_map(|mut k| { k[..7].fill(0); k }), 0..200),
+            b in proptest::collection::btree_set(any::<[u8; 8]>().prop_map(|mut k| { k[..7].fill(0); k }), 0..40),
+        ) {
+            let want: BTreeSet<[u8; 8]> = a.union(&b).copied().collect();
+            let mut got = a.clone();
+            union_into(&mut got, &b);
+            prop_assert_eq!(&got, &want);
+            let mut got = b.clone();
+            union_into(&mut got, &a);
+            prop_assert_eq!(got, want);
+        }
+    }
 }

@@ -10,6 +10,7 @@
 //! | [`codes`] | the one code of each platform, arm and stream kind, the country code, and the subdivision's |
 //! | [`cell`] | [`CellKey`] and its ordered bytes, [`CapKey`], [`PrefixCapKey`], [`CellState`], [`Cell`] |
 //! | [`query`] | [`Axis`], [`Filter`], [`Policy`], [`Plan`], [`Grouper`], [`region_atoms`], [`query()`], [`capped`] |
+//! | [`rollup`] | what a family's day publishes for one k ([`rollup::publish_day`]), kept as day and month roll-ups |
 //! | [`sketch`] | the mergeable quantile sketch cells keep per figure |
 //! | [`events`] | onsets and recoveries of differential treatment per series ([`events::Detector`]), from fine cells' evidence |
 //!
@@ -83,6 +84,7 @@ pub mod events;
 pub mod observation;
 pub mod query;
 pub mod report;
+pub mod rollup;
 pub mod sketch;
 
 pub use cell::{

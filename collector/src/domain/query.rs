@@ -352,6 +352,8 @@ pub struct Grouper<'a> {
     read: Filter,
     /// Fine cells (hour axis) or day cells, by key (with their subdivision).
     cells: BTreeMap<CellKey, CellState>,
+    /// Cells already published (roll-ups, [`super::rollup`]), by the group they go to.
+    published: BTreeMap<GroupKey, CellState>,
 }
 
 impl<'a> Grouper<'a> {
@@ -361,6 +363,7 @@ impl<'a> Grouper<'a> {
             filter,
             read: filter.whole_days(),
             cells: BTreeMap::new(),
+            published: BTreeMap::new(),
         }
     }
 
@@ -393,12 +396,23 @@ impl<'a> Grouper<'a> {
         absorb(&mut self.cells, at, state);
     }
 
+    /// Adds a cell that is already a union of atoms that meet k — a roll-up of
+    /// [`super::rollup`] — straight to its group, if the query reads it (its key's hour is the
+    /// first of its day or month).
+    pub fn add_published(&mut self, key: &CellKey, mut state: CellState) {
+        if !self.wants(key) {
+            return;
+        }
+        state.flagged.clear();
+        absorb(&mut self.published, GroupKey::of(key, self.axes), state);
+    }
+
     /// The published cells: merges of atoms that each meet k (see the type's documentation).
     pub fn finish(self, policy: &Policy) -> Vec<Cell> {
         let k = policy.min_agents;
         let regional = self.filter.regional(self.axes);
         let hourly = self.hourly();
-        let mut groups: BTreeMap<GroupKey, CellState> = BTreeMap::new();
+        let mut groups: BTreeMap<GroupKey, CellState> = self.published;
         let mut publish =
             |key: &CellKey, s: CellState| absorb(&mut groups, GroupKey::of(key, self.axes), s);
         // Cells by block, then by subdivision.
@@ -561,7 +575,10 @@ fn support<'s>(states: impl Iterator<Item = &'s CellState>) -> CellState {
 }
 
 /// Whether `states` merged would meet k ([`CellState::meets`]), without merging them.
-fn meets_together<'s>(states: impl Iterator<Item = &'s CellState> + Clone, k: usize) -> bool {
+pub(super) fn meets_together<'s>(
+    states: impl Iterator<Item = &'s CellState> + Clone,
+    k: usize,
+) -> bool {
     let k = k.max(1);
     reaches(states.clone().map(|s| &s.agents), k) && reaches(states.map(|s| &s.prefixes), k)
 }

@@ -21,7 +21,7 @@ use crate::domain::{Axis, Cell, CorruptRecord, Filter, Policy, StoredReport, Ver
 
 pub use clickhouse::ClickHouseStore;
 pub use copy::{copy_reports, CopyProgress};
-pub use sled_store::{SledStore, TreeSize};
+pub use sled_store::{RollUpStats, SledStore, TreeSize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InsertOutcome {
@@ -86,6 +86,13 @@ pub trait ReportStore: Send + Sync {
         policy: &Policy,
         book: &mut EvidenceBook,
     ) -> Result<(), StoreError>;
+
+    /// Brings the store's published roll-ups (if it keeps any) up to date for `policy`'s k,
+    /// for the UTC days before the one of `now_ms`; the collector calls it every minute.
+    /// Queries are exact whether or not it ran; it makes them cheaper.
+    fn roll_up(&self, _policy: &Policy, _now_ms: i64) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Number of stored reports.
     fn len(&self) -> usize;

@@ -12,6 +12,7 @@ use super::compress::{self, Dictionaries};
 use super::group::GroupCommit;
 use super::{InsertOutcome, ReportStore, StoreError};
 use crate::domain::events::EvidenceBook;
+use crate::domain::rollup;
 use crate::domain::Axis;
 use crate::domain::{
     ordered_i64, CapKey, Cell, CellKey, CellState, Filter, Grouper, Observation, Plan, Policy,
@@ -27,6 +28,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
+#[path = "sled_rollups.rs"]
+mod rollups;
+pub use rollups::RollUpStats;
+
 pub struct SledStore {
     db: sled::Db,
     reports: sled::Tree,
@@ -41,6 +46,13 @@ pub struct SledStore {
     /// Day roll-up: [`CellKey::day_cell`] bytes → postcard [`CellState`], the merge of that
     /// day's fine cells.
     days: sled::Tree,
+    /// Published roll-ups ([`crate::domain::rollup`]): [`Level::key`] bytes → postcard
+    /// [`CellState`], for the k under `meta`/`rollk`.
+    rollups: sled::Tree,
+    /// The (day, family)s whose roll-ups are behind their day cells: [`rollup::family`] key
+    /// bytes → the id (u64 BE, [`sled::Db::generate_id`]) of the last write that marked it.
+    /// Written in the transaction that counts an observation of that family's day.
+    dirty: sled::Tree,
     /// `cap` → the per-agent cap the cells were built with (u32 BE); `pcap` → the prefix cap
     /// they were built with (u32 BE); `days` → present once the
     /// day roll-up agrees with the fine cells; `cells` → the layout of the cells, caps and
@@ -65,6 +77,8 @@ pub struct SledStore {
     training: std::sync::Mutex<bool>,
     /// Records written uncompressed ([`SledStore::write_plain_records`]).
     plain: std::sync::atomic::AtomicBool,
+    /// Held while roll-ups are recomputed ([`SledStore::roll_up`]): one at a time.
+    rolling: std::sync::Mutex<()>,
 }
 
 /// What one tree of the store holds: entries and the bytes of their keys and values (sled's
@@ -119,6 +133,10 @@ const CAP_KEY: &[u8] = b"cap";
 const PREFIX_CAP_KEY: &[u8] = b"pcap";
 const DAYS_KEY: &[u8] = b"days";
 const CELLS_KEY: &[u8] = b"cells";
+/// `meta` key of the k the roll-ups were built for (u64 BE); absent while there are none.
+const ROLLUP_K_KEY: &[u8] = b"rollk";
+/// Dirty (day, family)s recomputed per pass of [`SledStore::roll_up`]: a bound on its memory.
+const ROLL_CHUNK: usize = 4_096;
 /// Prefix of the `meta` keys holding record dictionaries: `dict` ‖ id (u32 BE) → raw
 /// dictionary.
 const DICT_KEY: &[u8] = b"dict";
@@ -154,7 +172,7 @@ fn read_count(dir: &Path) -> u64 {
 }
 
 /// The trees of the store, in the order [`open_and_read_all`] returns them.
-const TREES: [&str; 7] = [
+const TREES: [&str; 9] = [
     "reports",
     "by_time",
     "cells",
@@ -162,12 +180,14 @@ const TREES: [&str; 7] = [
     "days",
     "meta",
     "prefix_caps",
+    "rollups",
+    "dirty",
 ];
 
 /// A store opened and read through.
 struct Opened {
     db: sled::Db,
-    trees: [sled::Tree; 7],
+    trees: [sled::Tree; 9],
     /// Entries in the `reports` tree.
     reports: u64,
     /// Bytes of all keys and values.
@@ -219,7 +239,7 @@ fn open_and_read_all(dir: &Path, stall: std::time::Duration) -> Result<Opened, S
             }
             trees.push(tree);
         }
-        let trees: [sled::Tree; 7] = trees
+        let trees: [sled::Tree; 9] = trees
             .try_into()
             .map_err(|_| "internal: tree count".to_string())?;
         Ok(Opened {
@@ -410,7 +430,7 @@ impl SledStore {
         };
         let Opened {
             db,
-            trees: [reports, by_time, cells, caps, days, meta, prefix_caps],
+            trees: [reports, by_time, cells, caps, days, meta, prefix_caps, rollups, dirty],
             reports: found,
             live,
         } = {
@@ -453,9 +473,12 @@ impl SledStore {
             caps,
             prefix_caps,
             days,
+            rollups,
+            dirty,
             meta,
             cap,
             prefix_cap,
+            rolling: std::sync::Mutex::new(()),
             dir: dir.to_path_buf(),
             count: std::sync::atomic::AtomicU64::new(found),
             recorded: std::sync::Mutex::new(0),
@@ -713,7 +736,7 @@ impl SledStore {
     }
 
     /// Every tree of the store under its name in sled.
-    fn named_trees(&self) -> [(&'static str, &sled::Tree); 7] {
+    fn named_trees(&self) -> [(&'static str, &sled::Tree); 9] {
         [
             ("reports", &self.reports),
             ("by_time", &self.by_time),
@@ -722,6 +745,8 @@ impl SledStore {
             ("prefix_caps", &self.prefix_caps),
             ("days", &self.days),
             ("meta", &self.meta),
+            ("rollups", &self.rollups),
+            ("dirty", &self.dirty),
         ]
     }
 
@@ -828,6 +853,7 @@ impl SledStore {
     /// Rebuilds the day roll-up from the fine cells (each day cell is the merge of its day's
     /// fine cells), then marks it current.
     pub fn rebuild_days(&self) -> Result<(), StoreError> {
+        self.drop_rollups()?;
         self.meta.remove(DAYS_KEY).map_err(backend)?;
         self.days.clear().map_err(backend)?;
         let mut days: BTreeMap<CellKey, CellState> = BTreeMap::new();
@@ -840,6 +866,17 @@ impl SledStore {
         self.meta.insert(DAYS_KEY, &[1u8][..]).map_err(backend)?;
         self.db.flush().map_err(backend)?;
         Ok(())
+    }
+
+    /// Aggregates from the day (and, at partial days, fine) cells, without the published
+    /// roll-ups: what queries read before them, the baseline the benchmark compares with.
+    pub fn aggregate_days(
+        &self,
+        axes: &[Axis],
+        filter: &Filter,
+        policy: &Policy,
+    ) -> Result<Vec<Cell>, StoreError> {
+        self.aggregate_by(Plan::of(axes, &filter.whole_days()), axes, filter, policy)
     }
 
     /// Aggregates from the fine cells alone, without the day roll-up: the reference the roll-up
@@ -1012,16 +1049,22 @@ impl SledStore {
             &self.caps,
             &self.days,
             &self.prefix_caps,
+            &self.dirty,
         );
+        // What marks this chunk's (day, family)s dirty: unique across restarts, so a roll-up
+        // pass that read an older mark never clears this one.
+        let mark = self.db.generate_id().map_err(backend)?.to_be_bytes();
         // Insert-if-absent, the time index and the aggregate in one transaction: two writers
         // racing with the same report store and count it once, the index never lacks a stored
-        // report, and the cells always agree with the raw reports.
-        let result = trees.transaction(|(reports, by_time, cells, caps, days, pcaps)| {
+        // report, and the cells always agree with the raw reports (and the roll-ups know which
+        // days they are behind on).
+        let result = trees.transaction(|(reports, by_time, cells, caps, days, pcaps, dirty)| {
             let mut ids: HashSet<[u8; 48]> = HashSet::new();
             let mut agent_counts: HashMap<[u8; CAP_KEY_LEN], u32> = HashMap::new();
             let mut prefix_counts: HashMap<[u8; PREFIX_CAP_KEY_LEN], u32> = HashMap::new();
             let mut hourly: HashMap<[u8; CELL_KEY_LEN], CellState> = HashMap::new();
             let mut daily: HashMap<[u8; CELL_KEY_LEN], CellState> = HashMap::new();
+            let mut families: HashSet<[u8; CELL_KEY_LEN]> = HashSet::new();
             let mut outcomes = Vec::with_capacity(chunk.len());
             for batch in chunk {
                 let mut batch_outcomes = Vec::with_capacity(batch.len());
@@ -1059,6 +1102,7 @@ impl SledStore {
                         }
                         cell(&mut hourly, cells, cell_key.to_bytes())?.add(o);
                         cell(&mut daily, days, cell_key.day_cell().to_bytes())?.add(o);
+                        families.insert(rollup::family(&cell_key).to_bytes());
                     }
                     batch_outcomes.push(InsertOutcome::Inserted);
                 }
@@ -1069,6 +1113,9 @@ impl SledStore {
             }
             for (k, n) in &prefix_counts {
                 pcaps.insert(&k[..], &n.to_be_bytes()[..])?;
+            }
+            for f in &families {
+                dirty.insert(&f[..], &mark[..])?;
             }
             for (tree, states) in [(cells, &hourly), (days, &daily)] {
                 for (k, state) in states {
@@ -1177,8 +1224,27 @@ impl ReportStore for SledStore {
         filter: &Filter,
         policy: &Policy,
     ) -> Result<Vec<Cell>, StoreError> {
+        if rollup::answers(axes, filter, policy.min_agents, self.rollup_k()?) {
+            return self.aggregate_rolled(axes, filter, policy);
+        }
         // Whole days are read: k and the atoms of publication are decided per day.
-        self.aggregate_by(Plan::of(axes, &filter.whole_days()), axes, filter, policy)
+        self.aggregate_days(axes, filter, policy)
+    }
+
+    fn roll_up(&self, policy: &Policy, now_ms: i64) -> Result<(), StoreError> {
+        let t = std::time::Instant::now();
+        let today = now_ms.div_euclid(24 * 3_600_000);
+        let stats = SledStore::roll_up(self, policy.min_agents, today)?;
+        if stats.days > 0 {
+            tracing::info!(
+                days = stats.days,
+                months = stats.months,
+                rebuilt = stats.rebuilt,
+                seconds = t.elapsed().as_secs_f64(),
+                "published roll-ups brought up to date"
+            );
+        }
+        Ok(())
     }
 
     fn evidence(

@@ -607,6 +607,21 @@ async fn aggregate(
         sled = Some(s.clone());
         s
     };
+    if let Some(s) = &sled {
+        let t = Instant::now();
+        let today = chrono::Utc::now().timestamp_millis().div_euclid(86_400_000);
+        let stats = s.roll_up(
+            callwatch_collector::domain::Policy::default().min_agents,
+            today,
+        )?;
+        println!(
+            "published roll-ups: {} (day, family)s and {} (month, family)s recomputed in {:.1} s{}",
+            stats.days,
+            stats.months,
+            t.elapsed().as_secs_f64(),
+            if stats.rebuilt { ", all rebuilt" } else { "" }
+        );
+    }
     let n = store.len().max(1) as u64;
     match &clickhouse {
         Some((ch, _)) => {
@@ -638,14 +653,20 @@ async fn aggregate(
         "axis_x=country&axis_y=platform",
         "axis_x=asn&axis_y=platform",
         "axis_x=day&axis_y=arm&country=RU&platform=whatsapp",
-        "axis_x=hour&country=DE&since=SINCE30",
+        "axis_x=hour&country=DE&since=SINCE30&until=UNTIL",
         "axis_x=day&axis_y=country&since=2020-01-01",
     ] {
         // The hour axis answers at most 31 days in one query: the mix's last 30.
         let since = chrono::DateTime::from_timestamp_millis(now_ms - 30 * 86_400_000)
             .context("the mix's time")?
             .format("%Y-%m-%d");
-        let q = q.replace("SINCE30", &since.to_string());
+        // Until the day after the mix's last (a corpus read days after it was written).
+        let until = chrono::DateTime::from_timestamp_millis(now_ms + 86_400_000)
+            .context("the mix's time")?
+            .format("%Y-%m-%d");
+        let q = q
+            .replace("SINCE30", &since.to_string())
+            .replace("UNTIL", &until.to_string());
         let q = q.as_str();
         let mut times = Vec::new();
         let mut cells = 0;
@@ -751,34 +772,48 @@ fn roll_up_against_hours(sled: &SledStore, repeat: usize, now: i64) -> Result<()
     let policy = Policy::default();
     println!();
     println!(
-        "in process, same store: day roll-up (API) against hourly cells only (baseline), {} runs each",
+        "in process, same store: the API's path (published roll-ups where current), day cells \
+         (the previous path) and hourly cells only, {} runs each, p50",
         repeat.max(1)
     );
     println!(
-        "{:>50} {:>12} {:>12} {:>7} {:>6}",
-        "query", "roll-up ms", "hourly ms", "ratio", "cells"
+        "{:>50} {:>10} {:>10} {:>10} {:>7} {:>6}",
+        "query", "API ms", "days ms", "hourly ms", "ratio", "cells"
     );
     for (label, axes, filter) in queries {
-        let (mut rolled, mut fine) = (Vec::new(), Vec::new());
+        let (mut api, mut days, mut fine) = (Vec::new(), Vec::new(), Vec::new());
         let mut cells = 0;
         for _ in 0..repeat.max(1) {
             let t = Instant::now();
             let a = sled.aggregate(&axes, &filter, &policy)?;
-            rolled.push(t.elapsed());
+            api.push(t.elapsed());
             let t = Instant::now();
-            let b = sled.aggregate_fine(&axes, &filter, &policy)?;
+            let b = sled.aggregate_days(&axes, &filter, &policy)?;
+            days.push(t.elapsed());
+            let t = Instant::now();
+            let c = sled.aggregate_fine(&axes, &filter, &policy)?;
             fine.push(t.elapsed());
-            anyhow::ensure!(a == b, "{label}: the roll-up and the hourly cells disagree");
+            anyhow::ensure!(a == b, "{label}: the roll-ups and the day cells disagree");
+            anyhow::ensure!(
+                b == c,
+                "{label}: the day cells and the hourly cells disagree"
+            );
             cells = a.len();
         }
-        rolled.sort();
-        fine.sort();
-        let (r, f) = (percentile(&rolled, 0.5), percentile(&fine, 0.5));
+        for v in [&mut api, &mut days, &mut fine] {
+            v.sort();
+        }
+        let (a, d, f) = (
+            percentile(&api, 0.5),
+            percentile(&days, 0.5),
+            percentile(&fine, 0.5),
+        );
         println!(
-            "{label:>50} {:>12} {:>12} {:>7.1} {cells:>6}",
-            ms(r),
+            "{label:>50} {:>10} {:>10} {:>10} {:>7.1} {cells:>6}",
+            ms(a),
+            ms(d),
             ms(f),
-            f.as_secs_f64() / r.as_secs_f64().max(1e-9)
+            d.as_secs_f64() / a.as_secs_f64().max(1e-9)
         );
     }
     Ok(())

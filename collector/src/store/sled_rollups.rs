@@ -1,0 +1,744 @@
+//! The sled store's published roll-ups ([`crate::domain::rollup`]): recomputing the dirty
+//! (day, family)s ([`SledStore::roll_up`]) and answering queries from them.
+//!
+//! Invariants, which the queries rely on:
+//! - a (day, family) that is not marked in `dirty` has exact day roll-ups (its family and
+//!   block cells; none when it publishes nothing);
+//! - a month cell holds the merge of its family's day roll-ups over the days of its *mask*: days
+//!   before the roll-up boundary that were not dirty when it was computed (or were recomputed in
+//!   the same pass). A day of the mask marked dirty since makes the month cell unusable until the
+//!   next pass; a day outside the mask is dirty or holds nothing (data marks its day dirty, and
+//!   only a pass clears the mark, after writing the month cells that include it).
+
+use super::{backend, corrupt, decode_cell, SledStore, StoreError, ROLLUP_K_KEY, ROLL_CHUNK};
+use crate::domain::rollup::{self, family_at, Level, ROLLUP_KEY_LEN};
+use crate::domain::{ordered_i64, Axis, Cell, CellKey, CellState, Filter, Grouper, Policy};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// `meta` key of the latest roll-up boundary used (a day, i64 BE): the boundary never moves
+/// back, so a day once rolled is always inside the masks that should hold it.
+const ROLLED_BEFORE_KEY: &[u8] = b"rollb";
+
+/// What one [`SledStore::roll_up`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RollUpStats {
+    /// (day, family)s recomputed.
+    pub days: usize,
+    /// (month, family)s recomputed.
+    pub months: usize,
+    /// Whether every roll-up was dropped and marked for recomputation first (there were none,
+    /// or they were built for another k).
+    pub rebuilt: bool,
+}
+
+/// A month cell's value: the mask of days it holds (bit i: the month's day i), then the
+/// postcard state.
+fn month_value(mask: u32, state: &CellState) -> Result<Vec<u8>, StoreError> {
+    let mut v = mask.to_be_bytes().to_vec();
+    v.extend(
+        postcard::to_allocvec(state)
+            .map_err(|e| StoreError::Backend(format!("encoding a roll-up: {e}")))?,
+    );
+    Ok(v)
+}
+
+fn decode_month(k: &[u8], v: &[u8]) -> Result<(u32, CellState), StoreError> {
+    let mask = v
+        .get(..4)
+        .and_then(|m| <[u8; 4]>::try_from(m).ok())
+        .map(u32::from_be_bytes)
+        .ok_or_else(|| corrupt(k, "month roll-up without its mask"))?;
+    let state = postcard::from_bytes(&v[4..]).map_err(|e| corrupt(k, format!("roll-up: {e}")))?;
+    Ok((mask, state))
+}
+
+fn decode_day(k: &[u8], v: &[u8]) -> Result<CellState, StoreError> {
+    postcard::from_bytes(v).map_err(|e| corrupt(k, format!("roll-up: {e}")))
+}
+
+fn parse_key(k: &[u8]) -> Result<(Level, CellKey), StoreError> {
+    Level::parse(k).ok_or_else(|| corrupt(k, "bad roll-up key"))
+}
+
+fn month(day: i64) -> Result<(i64, i64), StoreError> {
+    rollup::month_of(day).ok_or_else(|| {
+        StoreError::Backend(format!("day {day} is outside the calendar roll-ups know"))
+    })
+}
+
+/// The hours `[from, to)` of `level` as a key range.
+fn level_range(level: Level, from_day: i64, to_day: i64) -> std::ops::Range<[u8; 9]> {
+    level.from_hour(from_day.saturating_mul(24))..level.from_hour(to_day.saturating_mul(24))
+}
+
+impl SledStore {
+    /// The k the roll-ups were built for, if there are any.
+    pub fn rollup_k(&self) -> Result<Option<usize>, StoreError> {
+        match self.meta.get(ROLLUP_K_KEY).map_err(backend)? {
+            None => Ok(None),
+            Some(v) => {
+                let b: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| corrupt(ROLLUP_K_KEY, "roll-up k is not 8 bytes"))?;
+                Ok(usize::try_from(u64::from_be_bytes(b)).ok())
+            }
+        }
+    }
+
+    /// Forgets every roll-up (after the day cells were rebuilt): the next
+    /// [`SledStore::roll_up`] builds them again.
+    pub(super) fn drop_rollups(&self) -> Result<(), StoreError> {
+        self.meta.remove(ROLLUP_K_KEY).map_err(backend)?;
+        self.rollups.clear().map_err(backend)?;
+        self.dirty.clear().map_err(backend)?;
+        Ok(())
+    }
+
+    /// Dirty (day, family)s, oldest first (what a pass has left to do).
+    pub fn rollups_behind(&self) -> usize {
+        self.dirty.len()
+    }
+
+    /// Brings the roll-ups for `k` up to date with the day cells for every day before
+    /// `before_day` (days since the epoch; the collector passes today, so the open day is read
+    /// from its day cells and recomputed once, when it has closed). With no roll-ups yet, or
+    /// roll-ups for another k, every (day, family) is marked dirty and recomputed. Queries stay
+    /// exact throughout (they read a dirty day's cells); a pass only makes them cheaper. One pass
+    /// at a time; returns what it did.
+    pub fn roll_up(&self, k: usize, before_day: i64) -> Result<RollUpStats, StoreError> {
+        let _one = self
+            .rolling
+            .lock()
+            .map_err(|_| StoreError::Backend("an earlier roll-up pass panicked".into()))?;
+        let mut stats = RollUpStats::default();
+        if self.rollup_k()? != Some(k) {
+            // Marked before the roll-ups say for which k they are: a query never takes a
+            // missing roll-up for "nothing published".
+            self.meta.remove(ROLLUP_K_KEY).map_err(backend)?;
+            self.rollups.clear().map_err(backend)?;
+            let mark = self.db.generate_id().map_err(backend)?.to_be_bytes();
+            let mut batch = sled::Batch::default();
+            let mut last = None;
+            for item in self.days.iter() {
+                let (key, _) = item.map_err(backend)?;
+                let cell =
+                    CellKey::from_bytes(&key).ok_or_else(|| corrupt(&key, "bad day cell key"))?;
+                let f = rollup::family(&cell).to_bytes();
+                if last != Some(f) {
+                    batch.insert(&f[..], &mark[..]);
+                    last = Some(f);
+                }
+            }
+            self.dirty.apply_batch(batch).map_err(backend)?;
+            self.meta
+                .insert(ROLLUP_K_KEY, &(k as u64).to_be_bytes()[..])
+                .map_err(backend)?;
+            self.db.flush().map_err(backend)?;
+            stats.rebuilt = true;
+        }
+        let before_day = match self.meta.get(ROLLED_BEFORE_KEY).map_err(backend)? {
+            Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+                Ok(b) => before_day.max(i64::from_be_bytes(b)),
+                Err(_) => {
+                    return Err(corrupt(
+                        ROLLED_BEFORE_KEY,
+                        "roll-up boundary is not 8 bytes",
+                    ))
+                }
+            },
+            None => before_day,
+        };
+        self.meta
+            .insert(ROLLED_BEFORE_KEY, &before_day.to_be_bytes()[..])
+            .map_err(backend)?;
+        let end = ordered_i64(before_day.saturating_mul(24)).to_vec();
+        // Each mark present at the start is taken once: a day dirtied again meanwhile waits for
+        // the next pass.
+        let mut cursor: Vec<u8> = Vec::new();
+        while cursor < end {
+            let mut chunk: Vec<(CellKey, sled::IVec)> = Vec::new();
+            for item in self.dirty.range(cursor.clone()..end.clone()) {
+                let (key, mark) = item.map_err(backend)?;
+                let fam =
+                    CellKey::from_bytes(&key).ok_or_else(|| corrupt(&key, "bad dirty key"))?;
+                chunk.push((fam, mark));
+                if chunk.len() >= ROLL_CHUNK {
+                    break;
+                }
+            }
+            let Some((last, _)) = chunk.last() else { break };
+            cursor = last.to_bytes().to_vec();
+            cursor.push(0);
+            self.roll_chunk(&chunk, k, before_day, &mut stats)?;
+        }
+        // The cleared marks durable too (else the next start only recomputes those days).
+        self.db.flush().map_err(backend)?;
+        Ok(stats)
+    }
+
+    /// Recomputes the day roll-ups of `chunk`'s (day, family)s and the month roll-ups of their
+    /// months, then clears the marks that were not renewed meanwhile.
+    fn roll_chunk(
+        &self,
+        chunk: &[(CellKey, sled::IVec)],
+        k: usize,
+        before_day: i64,
+        stats: &mut RollUpStats,
+    ) -> Result<(), StoreError> {
+        let taken: BTreeSet<CellKey> = chunk.iter().map(|(f, _)| *f).collect();
+        // The day cells of the chunk's families, one scan per (day, country).
+        let mut by_country: BTreeMap<(i64, [u8; 2]), Vec<CellKey>> = BTreeMap::new();
+        for f in &taken {
+            by_country.entry((f.hour, f.country)).or_default().push(*f);
+        }
+        let mut cells: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
+        for (hour, country) in by_country.keys() {
+            let mut prefix = ordered_i64(*hour).to_vec();
+            prefix.extend_from_slice(country);
+            for item in self.days.scan_prefix(&prefix) {
+                let (kb, v) = item.map_err(backend)?;
+                let key =
+                    CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad day cell key"))?;
+                let f = rollup::family(&key);
+                if taken.contains(&f) {
+                    let (_, state) = decode_cell(&kb, &v)?;
+                    cells.entry(f).or_default().push((key, state));
+                }
+            }
+        }
+        // Day roll-ups: the old ones of each family's day removed, the new ones written.
+        let mut batch = sled::Batch::default();
+        let mut months: BTreeMap<i64, BTreeSet<CellKey>> = BTreeMap::new();
+        for f in &taken {
+            batch.remove(&Level::DayFamily.key(f)[..]);
+            let blocks_of_day = &Level::DayBlock.key(f)[..11];
+            for item in self.rollups.scan_prefix(blocks_of_day) {
+                let (kb, _) = item.map_err(backend)?;
+                let (_, key) = parse_key(&kb)?;
+                if rollup::family(&key) == *f {
+                    batch.remove(kb);
+                }
+            }
+            let published = rollup::publish_day(f, cells.remove(f).unwrap_or_default(), k);
+            for (key, state) in rollup::day_cells(f, published) {
+                let v = postcard::to_allocvec(&state)
+                    .map_err(|e| StoreError::Backend(format!("encoding a roll-up: {e}")))?;
+                batch.insert(&key[..], v);
+            }
+            months
+                .entry(month(f.day())?.0)
+                .or_default()
+                .insert(family_at(f, 0));
+            stats.days += 1;
+        }
+        self.rollups.apply_batch(batch).map_err(backend)?;
+        // Month roll-ups of the families touched, from their day roll-ups.
+        for (first, families) in months {
+            let (_, next) = month(first)?;
+            // The mask: days before the boundary that are not dirty, or whose mark this pass
+            // took (the marks are cleared below, after this is written).
+            let mut behind: BTreeMap<CellKey, u32> = BTreeMap::new();
+            for item in self
+                .dirty
+                .range(ordered_i64(first * 24)..ordered_i64(next * 24))
+            {
+                let (kb, _) = item.map_err(backend)?;
+                let f = CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad dirty key"))?;
+                let id = family_at(&f, 0);
+                if families.contains(&id) && !taken.contains(&f) {
+                    *behind.entry(id).or_default() |= 1 << (f.day() - first);
+                }
+            }
+            let rolled = (first..next.min(before_day)).fold(0u32, |m, d| m | 1 << (d - first));
+            let mut merged: BTreeMap<(Level, CellKey), CellState> = BTreeMap::new();
+            for (day_level, month_level) in [
+                (Level::DayFamily, Level::MonthFamily),
+                (Level::DayBlock, Level::MonthBlock),
+            ] {
+                for item in self.rollups.range(level_range(day_level, first, next)) {
+                    let (kb, v) = item.map_err(backend)?;
+                    let (_, key) = parse_key(&kb)?;
+                    let id = family_at(&key, 0);
+                    if !families.contains(&id) {
+                        continue;
+                    }
+                    let mask = rolled & !behind.get(&id).copied().unwrap_or(0);
+                    if mask & 1 << (key.day() - first) == 0 {
+                        continue;
+                    }
+                    let at = CellKey {
+                        hour: first * 24,
+                        asn: key.asn,
+                        ..id
+                    };
+                    let state = decode_day(&kb, &v)?;
+                    merged
+                        .entry((month_level, at))
+                        .and_modify(|m| m.merge(&state))
+                        .or_insert(state);
+                }
+            }
+            let mut batch = sled::Batch::default();
+            for level in [Level::MonthFamily, Level::MonthBlock] {
+                for item in self.rollups.range(level_range(level, first, first + 1)) {
+                    let (kb, _) = item.map_err(backend)?;
+                    let (_, key) = parse_key(&kb)?;
+                    if families.contains(&family_at(&key, 0)) {
+                        batch.remove(kb);
+                    }
+                }
+            }
+            for ((level, at), state) in &merged {
+                let id = family_at(at, 0);
+                let mask = rolled & !behind.get(&id).copied().unwrap_or(0);
+                batch.insert(&level.key(at)[..], month_value(mask, state)?);
+            }
+            self.rollups.apply_batch(batch).map_err(backend)?;
+            stats.months += families.len();
+        }
+        // Durable before a mark goes: a crash in between leaves the day dirty, never a
+        // cleared mark over a roll-up that was not written.
+        self.db.flush().map_err(backend)?;
+        for (f, mark) in chunk {
+            // A mark renewed since it was read stays, for the next pass.
+            let _ = self
+                .dirty
+                .compare_and_swap(f.to_bytes(), Some(mark), None as Option<&[u8]>)
+                .map_err(backend)?;
+        }
+        Ok(())
+    }
+
+    /// Answers a query from the roll-ups where they are current, and from the day cells of
+    /// dirty (day, family)s: the same cells [`Grouper`] publishes from day cells alone. For
+    /// queries [`rollup::answers`] allows.
+    pub(super) fn aggregate_rolled(
+        &self,
+        axes: &[Axis],
+        filter: &Filter,
+        policy: &Policy,
+    ) -> Result<Vec<Cell>, StoreError> {
+        let mut g = Grouper::new(axes, filter);
+        let day_of = |k: &[u8]| {
+            CellKey::from_bytes(k)
+                .map(|c| c.day())
+                .ok_or_else(|| corrupt(k, "bad day cell key"))
+        };
+        let (first, last) = match (
+            self.days.first().map_err(backend)?,
+            self.days.last().map_err(backend)?,
+        ) {
+            (Some((a, _)), Some((b, _))) => (day_of(&a)?, day_of(&b)?),
+            _ => return Ok(g.finish(policy)),
+        };
+        let read = filter.whole_days();
+        let asked = (
+            read.since_hour().map_or(i64::MIN, |h| h.div_euclid(24)),
+            read.until_hour().map_or(i64::MAX, |h| h.div_euclid(24)),
+        );
+        let (from, to) = (asked.0.max(first), asked.1.min(last.saturating_add(1)));
+        if from >= to {
+            return Ok(g.finish(policy));
+        }
+        let (day_level, month_level) = if rollup::by_network(axes, filter) {
+            (Level::DayBlock, Level::MonthBlock)
+        } else {
+            (Level::DayFamily, Level::MonthFamily)
+        };
+        let mut dirty: BTreeMap<i64, BTreeSet<CellKey>> = BTreeMap::new();
+        for item in self
+            .dirty
+            .range(ordered_i64(from * 24)..ordered_i64(to * 24))
+        {
+            let (kb, _) = item.map_err(backend)?;
+            let f = CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad dirty key"))?;
+            dirty.entry(f.day()).or_default().insert(f);
+        }
+        let by_day = axes.contains(&Axis::Day);
+        let mut day = from;
+        while day < to {
+            let (start, next) = month(day)?;
+            let end = next.min(to);
+            if by_day || asked.0 > start || asked.1 < next {
+                // Part of a month, or by day: day roll-ups, and the dirty days' cells.
+                for d in day..end {
+                    self.add_day(&mut g, d, day_level, None, dirty.get(&d))?;
+                }
+            } else {
+                // The whole month: its month cells where no day of their mask is dirty; the
+                // days of the others one by one; and the dirty days of all.
+                let mut dirty_days: BTreeMap<CellKey, u32> = BTreeMap::new();
+                for (d, fams) in dirty.range(start..next) {
+                    for f in fams {
+                        *dirty_days.entry(family_at(f, 0)).or_default() |= 1 << (d - start);
+                    }
+                }
+                let mut stale: BTreeSet<CellKey> = BTreeSet::new();
+                for item in self
+                    .rollups
+                    .range(level_range(month_level, start, start + 1))
+                {
+                    let (kb, v) = item.map_err(backend)?;
+                    let (_, key) = parse_key(&kb)?;
+                    if !g.wants(&key) {
+                        continue;
+                    }
+                    let id = family_at(&key, 0);
+                    let (mask, state) = decode_month(&kb, &v)?;
+                    if mask & dirty_days.get(&id).copied().unwrap_or(0) != 0 {
+                        stale.insert(id);
+                    } else if !state.agents.is_empty() {
+                        g.add_published(&key, state);
+                    }
+                }
+                for d in day..end {
+                    // Of a family with a usable month cell, a dirty day is outside its mask and
+                    // read from its cells; a clean day outside the mask holds nothing.
+                    self.add_day(&mut g, d, day_level, Some(&stale), dirty.get(&d))?;
+                }
+            }
+            day = end;
+        }
+        Ok(g.finish(policy))
+    }
+
+    /// Adds one day to a query: the day roll-ups of `level` of its clean families (only those
+    /// in `only`, when given), and the day cells of its dirty ones.
+    fn add_day(
+        &self,
+        g: &mut Grouper<'_>,
+        day: i64,
+        level: Level,
+        only: Option<&BTreeSet<CellKey>>,
+        dirty: Option<&BTreeSet<CellKey>>,
+    ) -> Result<(), StoreError> {
+        if only.is_none_or(|o| !o.is_empty()) {
+            for item in self.rollups.range(level_range(level, day, day + 1)) {
+                let (kb, v) = item.map_err(backend)?;
+                let (_, key) = parse_key(&kb)?;
+                let f = rollup::family(&key);
+                if only.is_some_and(|o| !o.contains(&family_at(&key, 0)))
+                    || dirty.is_some_and(|d| d.contains(&f))
+                    || !g.wants(&key)
+                {
+                    continue;
+                }
+                g.add_published(&key, decode_day(&kb, &v)?);
+            }
+        }
+        let Some(dirty) = dirty else { return Ok(()) };
+        for item in self
+            .days
+            .range(ordered_i64(day * 24)..ordered_i64(day * 24 + 1))
+        {
+            let (kb, v) = item.map_err(backend)?;
+            let key = CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad day cell key"))?;
+            if dirty.contains(&rollup::family(&key)) && g.wants(&key) {
+                let (_, state) = decode_cell(&kb, &v)?;
+                g.add_owned(&key, state);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Length check the key layout depends on (level, then a cell key whose first 8 bytes are the
+/// hour and next 2 the country).
+const _: () = assert!(ROLLUP_KEY_LEN == 21);
+
+#[cfg(test)]
+mod tests {
+    use super::super::{stored, InsertOutcome};
+    use super::*;
+    use crate::domain::VerifiedReport;
+    use crate::store::ReportStore;
+    use callwatch_proto::report::StreamKind;
+    use callwatch_proto::{CallReport, Platform, ReportId, Role};
+    use chrono::{TimeZone, Utc};
+    use rand::{Rng, SeedableRng};
+
+    /// Days from 2025-07-27 on: the mix crosses the end of July.
+    fn start_ms() -> i64 {
+        Utc.with_ymd_and_hms(2025, 7, 27, 0, 0, 0)
+            .unwrap()
+            .timestamp_millis()
+    }
+
+    /// Report `i` of a mix made for the k decisions: 14 agents; networks with many volunteers,
+    /// a few and one (so blocks meet k, and remainders do or do not); two countries, two
+    /// platforms, voice and video, regions known for some; over 12 days, in random order.
+    fn item(rng: &mut impl Rng, i: u32) -> VerifiedReport {
+        let agent: u8 = rng.gen_range(1..=14);
+        let mut r = CallReport::example();
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        r.id = ReportId(id);
+        r.platform = [Platform::Whatsapp, Platform::Telegram][rng.gen_range(0..2)];
+        if rng.gen_bool(0.2) {
+            r.stream_kind = StreamKind::Video;
+        }
+        let hour: i64 = rng.gen_range(0..12 * 24);
+        r.started_at = chrono::DateTime::from_timestamp_millis(
+            start_ms() + hour * 3_600_000 + rng.gen_range(0..3_600_000),
+        )
+        .unwrap();
+        for s in &mut r.streams {
+            if let Some(rtt) = s.rtt_ms.as_mut() {
+                rtt.median = 20.0 + f64::from(rng.gen_range(0..97u32));
+            }
+            s.loss_up = Some(f64::from(rng.gen_range(0..13u32)) / 100.0);
+        }
+        // Agents 1-8 on the big network, 9-11 on two small ones, 12-14 alone each.
+        let region = match agent {
+            1..=6 => ("RU", 12389),
+            7..=8 => ("KZ", 9198),
+            9..=10 => ("RU", 8359),
+            11 => ("RU", 31213),
+            a => ("RU", 60_000 + u32::from(a)),
+        };
+        let mut v = stored(agent, &r, region, i64::from(i));
+        let mut s = v.stored.clone();
+        if agent.is_multiple_of(3) {
+            s.region.subdivision = "RU-MOW".into();
+        }
+        let tag: u8 = rng.gen_range(0..4);
+        s.filing.prefix_tag = (tag > 0 && agent < 4).then(|| hex::encode([tag; 8]));
+        v = VerifiedReport::parse(s).unwrap();
+        v
+    }
+
+    /// Queries the roll-ups answer (and a region and an hour query, which they do not), over
+    /// whole months, parts of months and one day.
+    fn queries() -> Vec<(Vec<Axis>, Filter)> {
+        let day = |d: i64| Some(start_ms() + d * 86_400_000);
+        let mut out = Vec::new();
+        for axes in [
+            vec![Axis::Country, Axis::Platform],
+            vec![Axis::Asn, Axis::Platform],
+            vec![Axis::Day, Axis::Country],
+            vec![Axis::Day, Axis::Arm],
+            vec![Axis::Day, Axis::Asn],
+            vec![Axis::Kind],
+            vec![Axis::Arm, Axis::Kind, Axis::Platform],
+            vec![],
+            vec![Axis::Region],
+            vec![Axis::Hour],
+        ] {
+            for (since, until) in [
+                (None, None),
+                // August only (a whole month), July only, part of each, one day, a partial day.
+                (day(5), day(36)),
+                (None, day(5)),
+                (day(2), day(9)),
+                (day(6), day(7)),
+                (Some(start_ms() + 7 * 3_600_000), day(3)),
+            ] {
+                out.push((
+                    axes.clone(),
+                    Filter {
+                        since_ms: since,
+                        until_ms: until,
+                        ..Filter::default()
+                    },
+                ));
+            }
+        }
+        for filter in [
+            Filter {
+                country: Some("RU".into()),
+                platform: Some(Platform::Telegram),
+                ..Filter::default()
+            },
+            Filter {
+                asn: Some(12389),
+                arm: Some(Role::Control),
+                ..Filter::default()
+            },
+            Filter {
+                asn: Some(8359),
+                kind: Some(StreamKind::Video),
+                since_ms: day(5),
+                ..Filter::default()
+            },
+        ] {
+            out.push((vec![Axis::Day], filter.clone()));
+            out.push((vec![Axis::Platform], filter));
+        }
+        out
+    }
+
+    /// Every query's cells from `s` equal those from its fine cells alone; returns how many
+    /// were published.
+    fn assert_exact(s: &SledStore, p: &Policy, what: &str) -> usize {
+        let mut published = 0;
+        for (axes, filter) in queries() {
+            let got = s.aggregate(&axes, &filter, p).unwrap();
+            let want = s.aggregate_fine(&axes, &filter, p).unwrap();
+            assert_eq!(got, want, "{what}: {p:?} {axes:?} {filter:?}");
+            published += got.len();
+        }
+        published
+    }
+
+    fn batches(s: &SledStore, items: &[VerifiedReport], rng: &mut impl Rng) {
+        let mut at = 0;
+        while at < items.len() {
+            let n = rng.gen_range(1..60).min(items.len() - at);
+            let out = s.insert_batch(&items[at..at + n]).unwrap();
+            assert!(out.iter().all(|o| *o == InsertOutcome::Inserted));
+            at += n;
+        }
+    }
+
+    /// Randomized over seeds and k: roll-ups built, then late uploads to rolled days and to
+    /// new ones, partial passes, another k, a reopen — at each step every query answers exactly
+    /// as from the fine cells.
+    #[test]
+    fn queries_from_roll_ups_equal_those_from_fine_cells_through_late_uploads_and_passes() {
+        let future = 100_000; // a day far after the mix: every day closed
+        for seed in 0..4u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let p = Policy {
+                min_agents: rng.gen_range(1..4),
+                max_per_agent_per_day: rng.gen_range(2..6),
+                max_per_prefix_per_day: rng.gen_range(3..12),
+            };
+            let items: Vec<VerifiedReport> = (0..700).map(|i| item(&mut rng, i)).collect();
+            let dir = tempfile::tempdir().unwrap();
+            let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+            batches(&s, &items[..400], &mut rng);
+            assert_eq!(s.rollup_k().unwrap(), None);
+            let before = assert_exact(&s, &p, "no roll-ups yet");
+            assert!(before > 0, "seed {seed}: something is published");
+
+            // A first pass up to a day in the middle: the later days stay dirty.
+            let middle = (start_ms() + 6 * 86_400_000) / 86_400_000;
+            let stats = s.roll_up(p.min_agents, middle).unwrap();
+            assert!(
+                stats.rebuilt && stats.days > 0 && stats.months > 0,
+                "{stats:?}"
+            );
+            assert!(s.rollups_behind() > 0);
+            assert_eq!(s.rollup_k().unwrap(), Some(p.min_agents));
+            assert_exact(&s, &p, "partly rolled up");
+
+            // Late uploads: the rest, over the same days (each marks its day dirty).
+            batches(&s, &items[400..600], &mut rng);
+            assert_exact(&s, &p, "partly rolled, then uploads");
+            let stats = s.roll_up(p.min_agents, middle).unwrap();
+            assert!(!stats.rebuilt && stats.days > 0);
+            assert!(s.rollups_behind() > 0);
+            assert_exact(&s, &p, "partly rolled again");
+            let stats = s.roll_up(p.min_agents, future).unwrap();
+            assert!(stats.days > 0);
+            assert_eq!(s.rollups_behind(), 0);
+            assert_exact(&s, &p, "all rolled up");
+            batches(&s, &items[600..], &mut rng);
+            assert!(s.rollups_behind() > 0);
+            assert_exact(&s, &p, "rolled, then uploads");
+            // The boundary never moves back: a pass asked for an earlier one does them all.
+            s.roll_up(p.min_agents, middle).unwrap();
+            assert_eq!(s.rollups_behind(), 0);
+            assert_exact(&s, &p, "all rolled again");
+
+            // Another k: its queries read day cells until a pass rebuilds for it.
+            let other = Policy {
+                min_agents: p.min_agents % 3 + 1,
+                ..p
+            };
+            assert_exact(&s, &other, "roll-ups of another k");
+            assert!(s.roll_up(other.min_agents, future).unwrap().rebuilt);
+            assert_exact(&s, &other, "rebuilt for the other k");
+            assert_exact(&s, &p, "the first k again, from day cells");
+            drop(s);
+            let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+            assert_eq!(s.rollup_k().unwrap(), Some(other.min_agents));
+            assert_exact(&s, &other, "after a reopen");
+        }
+    }
+
+    /// Once rolled up, the queries they answer read no day cell of a clean day: with every day
+    /// cell emptied behind the store's back, those answers stay; the day cells' path (another
+    /// k) publishes nothing.
+    #[test]
+    fn rolled_queries_read_roll_ups_not_day_cells() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let p = Policy {
+            min_agents: 2,
+            ..Policy::default()
+        };
+        let items: Vec<VerifiedReport> = (0..500).map(|i| item(&mut rng, i)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+        batches(&s, &items, &mut rng);
+        s.roll_up(2, 100_000).unwrap();
+        let rolled: Vec<_> = queries()
+            .into_iter()
+            .filter(|(axes, filter)| rollup::answers(axes, filter, 2, Some(2)))
+            .collect();
+        let answers: Vec<Vec<Cell>> = rolled
+            .iter()
+            .map(|(a, f)| s.aggregate(a, f, &p).unwrap())
+            .collect();
+        let empty = postcard::to_allocvec(&CellState::default()).unwrap();
+        for item in s.days.iter() {
+            let (k, _) = item.unwrap();
+            s.days.insert(k, empty.clone()).unwrap();
+        }
+        for ((axes, filter), want) in rolled.iter().zip(&answers) {
+            assert_eq!(
+                &s.aggregate(axes, filter, &p).unwrap(),
+                want,
+                "{axes:?} {filter:?}"
+            );
+        }
+        assert!(answers.iter().any(|a| !a.is_empty()));
+        let k1 = Policy { min_agents: 1, ..p };
+        let (axes, filter) = &rolled[0];
+        assert!(s.aggregate(axes, filter, &k1).unwrap().is_empty());
+    }
+
+    /// A day marked again while a pass works on it keeps its mark (the pass took the older
+    /// one), and its month cell is not used until the next pass: the answer stays exact.
+    #[test]
+    fn a_mark_renewed_during_a_pass_is_kept() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let p = Policy {
+            min_agents: 2,
+            ..Policy::default()
+        };
+        let items: Vec<VerifiedReport> = (0..300).map(|i| item(&mut rng, i)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+        batches(&s, &items, &mut rng);
+        s.roll_up(2, 100_000).unwrap();
+        batches(
+            &s,
+            &(300..400).map(|i| item(&mut rng, i)).collect::<Vec<_>>(),
+            &mut rng,
+        );
+        // A pass over what is dirty now, with one mark renewed between its read and its clear.
+        let chunk: Vec<(CellKey, sled::IVec)> = s
+            .dirty
+            .iter()
+            .map(|i| {
+                let (k, v) = i.unwrap();
+                (CellKey::from_bytes(&k).unwrap(), v)
+            })
+            .collect();
+        let (renewed, _) = chunk[0];
+        s.dirty
+            .insert(renewed.to_bytes(), &u64::MAX.to_be_bytes()[..])
+            .unwrap();
+        let mut stats = RollUpStats::default();
+        s.roll_chunk(&chunk, 2, 100_000, &mut stats).unwrap();
+        assert_eq!(stats.days, chunk.len());
+        let left: Vec<_> = s.dirty.iter().map(|i| i.unwrap().0).collect();
+        assert_eq!(left, vec![sled::IVec::from(&renewed.to_bytes()[..])]);
+        assert_exact(&s, &p, "one mark renewed");
+        s.roll_up(2, 100_000).unwrap();
+        assert_eq!(s.rollups_behind(), 0);
+        assert_exact(&s, &p, "after the next pass");
+    }
+}
