@@ -397,10 +397,17 @@ impl<'a> Grouper<'a> {
     }
 
     /// Adds a cell that is already a union of atoms that meet k — a roll-up of
-    /// [`super::rollup`] — straight to its group, if the query reads it (its key's hour is the
-    /// first of its day or month).
+    /// [`super::rollup`] — straight to its group, if the query reads it (its key's hour is its
+    /// hour, or the first of its day or month).
     pub fn add_published(&mut self, key: &CellKey, mut state: CellState) {
-        if !self.wants(key) {
+        // An hour cell is published only within the query's hours; a day or month cell is read
+        // over whole days like the day cells.
+        let wanted = if self.hourly() {
+            self.filter.matches(key, self.axes)
+        } else {
+            self.wants(key)
+        };
+        if !wanted {
             return;
         }
         state.flagged.clear();
@@ -409,6 +416,24 @@ impl<'a> Grouper<'a> {
 
     /// The published cells: merges of atoms that each meet k (see the type's documentation).
     pub fn finish(self, policy: &Policy) -> Vec<Cell> {
+        self.finish_states(policy)
+            .into_iter()
+            .map(|(key, s)| {
+                let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
+                Cell::new(
+                    &key,
+                    s.count,
+                    s.agents.len() as u64,
+                    figures,
+                    s.verdicts,
+                    s.filing,
+                )
+            })
+            .collect()
+    }
+
+    /// [`Grouper::finish`] before the cells are made: each group's merged state.
+    pub fn finish_states(self, policy: &Policy) -> BTreeMap<GroupKey, CellState> {
         let k = policy.min_agents;
         let regional = self.filter.regional(self.axes);
         let hourly = self.hourly();
@@ -546,19 +571,6 @@ impl<'a> Grouper<'a> {
             }
         }
         groups
-            .into_iter()
-            .map(|(key, s)| {
-                let figures = std::array::from_fn(|i| Figure::of_sketch(&s.figures[i]));
-                Cell::new(
-                    &key,
-                    s.count,
-                    s.agents.len() as u64,
-                    figures,
-                    s.verdicts,
-                    s.filing,
-                )
-            })
-            .collect()
     }
 }
 

@@ -26,6 +26,8 @@
 use super::cell::{CellKey, CellState, CELL_KEY_LEN};
 use super::codes::NO_SUBDIVISION;
 use super::query::{meets_together, Axis, Filter};
+use super::query::{Grouper, Policy};
+use callwatch_proto::Platform;
 use chrono::{Datelike, NaiveDate};
 use std::collections::BTreeMap;
 
@@ -36,17 +38,28 @@ pub enum Level {
     DayBlock = 1,
     MonthFamily = 2,
     MonthBlock = 3,
+    /// A day's families of one (country, arm, kind) merged over platforms.
+    DayCountry = 4,
+    MonthCountry = 5,
+    /// One hour of a family: the merge of its blocks' published hours.
+    HourFamily = 6,
+    /// One hour of a (country, arm, kind), over platforms.
+    HourCountry = 7,
 }
 
 /// Length of a roll-up key: the level, then a [`CellKey`]'s bytes.
 pub const ROLLUP_KEY_LEN: usize = 1 + CELL_KEY_LEN;
 
 impl Level {
-    const ALL: [Level; 4] = [
+    const ALL: [Level; 8] = [
         Level::DayFamily,
         Level::DayBlock,
         Level::MonthFamily,
         Level::MonthBlock,
+        Level::DayCountry,
+        Level::MonthCountry,
+        Level::HourFamily,
+        Level::HourCountry,
     ];
 
     /// The key of a roll-up cell: the level, then the cell key (hour: the first hour of the day
@@ -73,8 +86,70 @@ impl Level {
         Some((level, CellKey::from_bytes(b.get(1..)?)?))
     }
 
-    pub fn is_block(self) -> bool {
-        matches!(self, Level::DayBlock | Level::MonthBlock)
+    /// The level of `scope` at a day (or its hours, `hourly`) or a month.
+    pub fn of(scope: Scope, period: Period) -> Option<Level> {
+        Some(match (scope, period) {
+            (Scope::Block, Period::Day) => Level::DayBlock,
+            (Scope::Block, Period::Month) => Level::MonthBlock,
+            (Scope::Family, Period::Day) => Level::DayFamily,
+            (Scope::Family, Period::Month) => Level::MonthFamily,
+            (Scope::Family, Period::Hour) => Level::HourFamily,
+            (Scope::Country, Period::Day) => Level::DayCountry,
+            (Scope::Country, Period::Month) => Level::MonthCountry,
+            (Scope::Country, Period::Hour) => Level::HourCountry,
+            (Scope::Block, Period::Hour) => return None,
+        })
+    }
+}
+
+/// What a roll-up cell spans besides its period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One network's blocks that meet k (no remainder).
+    Block,
+    /// One (country, platform, arm, kind): blocks that meet k and the remainder if it does.
+    Family,
+    /// One (country, arm, kind): its families over every platform.
+    Country,
+}
+
+impl Scope {
+    /// The unit a cell of this scope is current for, with the hour set to 0 (so one unit across
+    /// days): its family, or for the country scope its (country, arm, kind) under
+    /// [`COUNTRY_PLATFORM`].
+    pub fn unit(self, key: &CellKey) -> CellKey {
+        let f = family_at(key, 0);
+        match self {
+            Scope::Country => CellKey {
+                platform: COUNTRY_PLATFORM,
+                ..f
+            },
+            Scope::Block | Scope::Family => f,
+        }
+    }
+}
+
+/// How long a roll-up cell lasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+    Month,
+}
+
+/// The platform written into the keys of country-scope cells, which span every platform (a key
+/// needs one; a query that reads them neither groups nor filters by platform).
+pub const COUNTRY_PLATFORM: Platform = Platform::Generic;
+
+/// The scope a query reads: blocks when it publishes by network, countries when it neither
+/// groups nor filters by platform, families otherwise.
+pub fn scope(axes: &[Axis], filter: &Filter) -> Scope {
+    if by_network(axes, filter) {
+        Scope::Block
+    } else if axes.contains(&Axis::Platform) || filter.platform.is_some() {
+        Scope::Family
+    } else {
+        Scope::Country
     }
 }
 
@@ -182,10 +257,47 @@ pub fn day_cells(of: &CellKey, published: DayPublished) -> Vec<([u8; ROLLUP_KEY_
     out
 }
 
-/// Whether roll-ups can answer a query: not regional, no hour axis, and asked with the k they
-/// were built for. Other queries read day and hourly cells.
+/// Whether roll-ups can answer a query: not regional, not by network and hour at once, and
+/// asked with the k they were built for. Other queries read day and hourly cells.
 pub fn answers(axes: &[Axis], filter: &Filter, k: usize, built_for: Option<usize>) -> bool {
-    built_for == Some(k) && !axes.contains(&Axis::Hour) && !filter.regional(axes)
+    built_for == Some(k)
+        && !filter.regional(axes)
+        && !(axes.contains(&Axis::Hour) && by_network(axes, filter))
+}
+
+/// The published hours of a family's day, from its hourly cells (`cells`; others are left
+/// out): what [`Grouper`] publishes of them for a query by hour, neither regional nor by
+/// network, merged per hour.
+pub fn publish_hours(
+    of: &CellKey,
+    cells: impl IntoIterator<Item = (CellKey, CellState)>,
+    k: usize,
+) -> BTreeMap<i64, CellState> {
+    const HOUR_MS: i64 = 3_600_000;
+    let axes = [Axis::Hour];
+    let filter = Filter {
+        country: Some(of.country_str().to_string()),
+        platform: Some(of.platform),
+        arm: Some(of.arm),
+        kind: Some(of.kind),
+        since_ms: Some(of.hour.saturating_mul(HOUR_MS)),
+        until_ms: Some(of.hour.saturating_add(24).saturating_mul(HOUR_MS)),
+        ..Filter::default()
+    };
+    let mut g = Grouper::new(&axes, &filter);
+    for (key, state) in cells {
+        if family(&key) == *of {
+            g.add_owned(&key, state);
+        }
+    }
+    let policy = Policy {
+        min_agents: k,
+        ..Policy::default()
+    };
+    g.finish_states(&policy)
+        .into_iter()
+        .filter_map(|(key, state)| Some((key.hour?, state)))
+        .collect()
 }
 
 /// Whether a query publishes by network (the ASN axis or an ASN filter): it reads the block
