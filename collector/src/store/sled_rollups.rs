@@ -279,7 +279,13 @@ impl SledStore {
                 if groups.contains(&unit) {
                     let state = decode_day(&kb, &v)?;
                     merged
-                        .entry((to, CellKey { hour: key.hour, ..unit }))
+                        .entry((
+                            to,
+                            CellKey {
+                                hour: key.hour,
+                                ..unit
+                            },
+                        ))
                         .and_modify(|m| m.merge(&state))
                         .or_insert(state);
                 }
@@ -311,7 +317,10 @@ impl SledStore {
     ) -> Result<(), StoreError> {
         let (_, next) = month(first)?;
         let mut behind: BTreeMap<CellKey, u32> = BTreeMap::new();
-        for item in self.dirty.range(ordered_i64(first * 24)..ordered_i64(next * 24)) {
+        for item in self
+            .dirty
+            .range(ordered_i64(first * 24)..ordered_i64(next * 24))
+        {
             let (kb, _) = item.map_err(backend)?;
             let f = CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad dirty key"))?;
             if !taken.contains(&f) {
@@ -353,7 +362,10 @@ impl SledStore {
                     .and_modify(|(_, m)| m.merge(&state))
                     .or_insert((mask(&unit), state));
             }
-            for item in self.rollups.range(level_range(month_level, first, first + 1)) {
+            for item in self
+                .rollups
+                .range(level_range(month_level, first, first + 1))
+            {
                 let (kb, _) = item.map_err(backend)?;
                 let (_, key) = parse_key(&kb)?;
                 if units.contains(&scope.unit(&key)) {
@@ -400,7 +412,10 @@ impl SledStore {
         }
         let scope = rollup::scope(axes, filter);
         let mut dirty: BTreeMap<i64, BTreeSet<CellKey>> = BTreeMap::new();
-        for item in self.dirty.range(ordered_i64(from * 24)..ordered_i64(to * 24)) {
+        for item in self
+            .dirty
+            .range(ordered_i64(from * 24)..ordered_i64(to * 24))
+        {
             let (kb, _) = item.map_err(backend)?;
             let f = CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad dirty key"))?;
             dirty.entry(f.day()).or_default().insert(f);
@@ -428,7 +443,10 @@ impl SledStore {
                         }
                     }
                     let mut stale: BTreeSet<CellKey> = BTreeSet::new();
-                    for item in self.rollups.range(level_range(month_level, start, start + 1)) {
+                    for item in self
+                        .rollups
+                        .range(level_range(month_level, start, start + 1))
+                    {
                         let (kb, v) = item.map_err(backend)?;
                         let (_, key) = parse_key(&kb)?;
                         if !g.wants(&key) {
@@ -475,11 +493,8 @@ impl SledStore {
     ) -> Result<(), StoreError> {
         let level = Level::of(scope, period)
             .ok_or_else(|| StoreError::Backend("no roll-up by network and hour".into()))?;
-        let behind: BTreeSet<CellKey> = dirty
-            .into_iter()
-            .flatten()
-            .map(|f| scope.unit(f))
-            .collect();
+        let behind: BTreeSet<CellKey> =
+            dirty.into_iter().flatten().map(|f| scope.unit(f)).collect();
         for item in self.rollups.range(level_range(level, day, day + 1)) {
             let (kb, v) = item.map_err(backend)?;
             let (_, key) = parse_key(&kb)?;
@@ -789,6 +804,40 @@ mod tests {
         let k1 = Policy { min_agents: 1, ..p };
         let (axes, filter) = &rolled[0];
         assert!(s.aggregate(axes, filter, &k1).unwrap().is_empty());
+    }
+
+    /// A pass over some of the dirty days (here: the earliest day's) leaves the others out of
+    /// the month cells it writes, so those cells stay usable beside the other days' cells:
+    /// exact answers, with the other days still marked.
+    #[test]
+    fn a_pass_over_some_dirty_days_keeps_the_others_out_of_the_month_cells() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let p = Policy {
+            min_agents: 2,
+            ..Policy::default()
+        };
+        let items: Vec<VerifiedReport> = (0..400).map(|i| item(&mut rng, i)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+        batches(&s, &items[..300], &mut rng);
+        s.roll_up(2, 100_000).unwrap();
+        batches(&s, &items[300..], &mut rng);
+        let dirty: Vec<(CellKey, sled::IVec)> = s
+            .dirty
+            .iter()
+            .map(|i| {
+                let (k, v) = i.unwrap();
+                (CellKey::from_bytes(&k).unwrap(), v)
+            })
+            .collect();
+        let earliest = dirty[0].0.day();
+        let (chunk, rest): (Vec<_>, Vec<_>) =
+            dirty.into_iter().partition(|(f, _)| f.day() == earliest);
+        assert!(!rest.is_empty());
+        let mut stats = RollUpStats::default();
+        s.roll_chunk(&chunk, 2, 100_000, &mut stats).unwrap();
+        assert_eq!(s.rollups_behind(), rest.len());
+        assert_exact(&s, &p, "some dirty days rolled");
     }
 
     /// A day marked again while a pass works on it keeps its mark (the pass took the older
