@@ -33,7 +33,11 @@
 //! merging is exact for counts, agent sets and verdicts, and the quantiles are within
 //! [`RELATIVE_ACCURACY`] of the exact value of the same rank. The sled store also keeps a day
 //! roll-up of the fine cells and reads whole days from it when a query has no hour axis
-//! ([`Plan`]); the answer is the same, from 24× fewer cells.
+//! ([`Plan`]); the answer is the same, from 24× fewer cells. Above the day it keeps *published*
+//! roll-ups ([`rollup`]): what each (day, country, platform, arm, kind) publishes for one k, per
+//! network, per hour, per country over platforms and per calendar month — unions of atoms, so
+//! merging them publishes exactly what merging the day cells would; days that changed since are
+//! read from their cells until the roll-ups catch up.
 //!
 //! # Voice and video never mix
 //!

@@ -19,6 +19,11 @@ use std::collections::{BTreeMap, BTreeSet};
 /// back, so a day once rolled is always inside the masks that should hold it.
 const ROLLED_BEFORE_KEY: &[u8] = b"rollb";
 
+/// The layout of the roll-ups this build writes, the first byte of `meta`/`rollk`: 1, the
+/// levels of [`Level`] (day, block, month, country and hour cells; month values led by their
+/// mask).
+const ROLLUP_FORMAT: u8 = 1;
+
 /// What one [`SledStore::roll_up`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RollUpStats {
@@ -69,17 +74,20 @@ fn level_range(level: Level, from_day: i64, to_day: i64) -> std::ops::Range<[u8;
 }
 
 impl SledStore {
-    /// The k the roll-ups were built for, if there are any.
+    /// The k the roll-ups were built for, if there are any of this build's layout
+    /// ([`ROLLUP_FORMAT`]; others are rebuilt by the next pass, and read by no query).
     pub fn rollup_k(&self) -> Result<Option<usize>, StoreError> {
-        match self.meta.get(ROLLUP_K_KEY).map_err(backend)? {
-            None => Ok(None),
-            Some(v) => {
-                let b: [u8; 8] = v
-                    .as_ref()
+        let Some(v) = self.meta.get(ROLLUP_K_KEY).map_err(backend)? else {
+            return Ok(None);
+        };
+        match v.split_first() {
+            Some((&ROLLUP_FORMAT, k)) => {
+                let b: [u8; 8] = k
                     .try_into()
                     .map_err(|_| corrupt(ROLLUP_K_KEY, "roll-up k is not 8 bytes"))?;
                 Ok(usize::try_from(u64::from_be_bytes(b)).ok())
             }
+            _ => Ok(None),
         }
     }
 
@@ -128,9 +136,9 @@ impl SledStore {
                 }
             }
             self.dirty.apply_batch(batch).map_err(backend)?;
-            self.meta
-                .insert(ROLLUP_K_KEY, &(k as u64).to_be_bytes()[..])
-                .map_err(backend)?;
+            let mut built = vec![ROLLUP_FORMAT];
+            built.extend_from_slice(&(k as u64).to_be_bytes());
+            self.meta.insert(ROLLUP_K_KEY, built).map_err(backend)?;
             self.db.flush().map_err(backend)?;
             stats.rebuilt = true;
         }

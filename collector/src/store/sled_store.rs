@@ -133,7 +133,7 @@ const CAP_KEY: &[u8] = b"cap";
 const PREFIX_CAP_KEY: &[u8] = b"pcap";
 const DAYS_KEY: &[u8] = b"days";
 const CELLS_KEY: &[u8] = b"cells";
-/// `meta` key of the k the roll-ups were built for (u64 BE); absent while there are none.
+/// `meta` key of the roll-ups' layout and k: the format byte, then k (u64 BE); absent while there are none.
 const ROLLUP_K_KEY: &[u8] = b"rollk";
 /// Dirty (day, family)s recomputed per pass of [`SledStore::roll_up`]: a bound on its memory.
 const ROLL_CHUNK: usize = 4_096;
