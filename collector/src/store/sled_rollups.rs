@@ -100,7 +100,7 @@ impl SledStore {
         Ok(())
     }
 
-    /// Dirty (day, family)s, oldest first (what a pass has left to do).
+    /// Dirty (day, family)s: what a pass has left to do.
     pub fn rollups_behind(&self) -> usize {
         self.dirty.len()
     }
@@ -158,8 +158,9 @@ impl SledStore {
             .insert(ROLLED_BEFORE_KEY, &before_day.to_be_bytes()[..])
             .map_err(backend)?;
         let end = ordered_i64(before_day.saturating_mul(24)).to_vec();
-        // Each mark present at the start is taken once: a day dirtied again meanwhile waits for
-        // the next pass.
+        // Each mark present at the start is taken once (a day dirtied again meanwhile waits
+        // for the next pass); the days in chunks, the months they touch once at the end.
+        let mut taken: Vec<(CellKey, sled::IVec)> = Vec::new();
         let mut cursor: Vec<u8> = Vec::new();
         while cursor < end {
             let mut chunk: Vec<(CellKey, sled::IVec)> = Vec::new();
@@ -175,48 +176,61 @@ impl SledStore {
             let Some((last, _)) = chunk.last() else { break };
             cursor = last.to_bytes().to_vec();
             cursor.push(0);
-            self.roll_chunk(&chunk, k, before_day, &mut stats)?;
+            self.roll_days(&chunk, k, &mut stats)?;
+            taken.extend(chunk);
         }
+        self.roll_months(&taken, before_day, &mut stats)?;
         // The cleared marks durable too (else the next start only recomputes those days).
         self.db.flush().map_err(backend)?;
         Ok(stats)
     }
 
-    /// Recomputes the day and hour roll-ups of `chunk`'s (day, family)s, the country cells of
-    /// their (day, country, arm, kind)s and the month roll-ups of both, then clears the marks
-    /// that were not renewed meanwhile.
-    fn roll_chunk(
+    /// Recomputes the day and hour roll-ups of `chunk`'s (day, family)s and the country cells
+    /// of their (day, country, arm, kind)s.
+    fn roll_days(
         &self,
         chunk: &[(CellKey, sled::IVec)],
         k: usize,
-        before_day: i64,
         stats: &mut RollUpStats,
     ) -> Result<(), StoreError> {
-        let taken: BTreeSet<CellKey> = chunk.iter().map(|(f, _)| *f).collect();
         let mut by_day: BTreeMap<i64, BTreeSet<CellKey>> = BTreeMap::new();
-        for f in &taken {
+        for (f, _) in chunk {
             by_day.entry(f.day()).or_default().insert(*f);
         }
-        // Per month: the families and the countries whose month cells are recomputed.
-        let mut months: BTreeMap<i64, (BTreeSet<CellKey>, BTreeSet<CellKey>)> = BTreeMap::new();
         for (day, families) in &by_day {
             self.roll_day(*day, families, k)?;
             let groups: BTreeSet<CellKey> =
                 families.iter().map(|f| Scope::Country.unit(f)).collect();
             self.roll_countries(*day, &groups)?;
-            let m = months.entry(month(*day)?.0).or_default();
-            m.0.extend(families.iter().map(|f| Scope::Family.unit(f)));
-            m.1.extend(groups);
             stats.days += families.len();
         }
+        Ok(())
+    }
+
+    /// Recomputes the month roll-ups of the families and countries of `taken` (whose days were
+    /// just recomputed), then clears the marks of `taken` that were not renewed meanwhile.
+    fn roll_months(
+        &self,
+        taken: &[(CellKey, sled::IVec)],
+        before_day: i64,
+        stats: &mut RollUpStats,
+    ) -> Result<(), StoreError> {
+        let days: BTreeSet<CellKey> = taken.iter().map(|(f, _)| *f).collect();
+        // Per month: the families and the countries whose month cells are recomputed.
+        let mut months: BTreeMap<i64, (BTreeSet<CellKey>, BTreeSet<CellKey>)> = BTreeMap::new();
+        for f in &days {
+            let m = months.entry(month(f.day())?.0).or_default();
+            m.0.insert(Scope::Family.unit(f));
+            m.1.insert(Scope::Country.unit(f));
+        }
         for (first, (families, groups)) in &months {
-            self.roll_month(*first, families, groups, &taken, before_day)?;
+            self.roll_month(*first, families, groups, &days, before_day)?;
             stats.months += families.len();
         }
         // Durable before a mark goes: a crash in between leaves the day dirty, never a
         // cleared mark over a roll-up that was not written.
         self.db.flush().map_err(backend)?;
-        for (f, mark) in chunk {
+        for (f, mark) in taken {
             // A mark renewed since it was read stays, for the next pass.
             let _ = self
                 .dirty
@@ -224,6 +238,20 @@ impl SledStore {
                 .map_err(backend)?;
         }
         Ok(())
+    }
+
+    /// Recomputes the roll-ups of `chunk`'s (day, family)s, days then months, and clears the
+    /// marks not renewed meanwhile: one pass over exactly these marks.
+    #[cfg(test)]
+    fn roll_chunk(
+        &self,
+        chunk: &[(CellKey, sled::IVec)],
+        k: usize,
+        before_day: i64,
+        stats: &mut RollUpStats,
+    ) -> Result<(), StoreError> {
+        self.roll_days(chunk, k, stats)?;
+        self.roll_months(chunk, before_day, stats)
     }
 
     /// The day, block and hour roll-ups of `families` (of one day) from their day and hourly
