@@ -814,6 +814,30 @@ mod tests {
         let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
         batches(&s, &items, &mut rng);
         s.roll_up(2, 100_000).unwrap();
+        // One country cell per (day, country, arm, kind) and one hour cell per hour of it: the
+        // families merged over platforms.
+        let keys = |level: Level| -> Vec<CellKey> {
+            s.rollups
+                .scan_prefix([level as u8])
+                .map(|i| Level::parse(&i.unwrap().0).unwrap().1)
+                .collect()
+        };
+        for (family, country) in [
+            (Level::DayFamily, Level::DayCountry),
+            (Level::HourFamily, Level::HourCountry),
+        ] {
+            let units: BTreeSet<_> = keys(family)
+                .iter()
+                .map(|k| (k.hour, k.country, k.arm, k.kind))
+                .collect();
+            let cells: Vec<_> = keys(country)
+                .iter()
+                .map(|k| (k.hour, k.country, k.arm, k.kind))
+                .collect();
+            assert_eq!(cells.iter().copied().collect::<BTreeSet<_>>(), units);
+            assert_eq!(cells.len(), units.len(), "{country:?}: one cell per unit");
+        }
+        assert!(keys(Level::DayCountry).len() < keys(Level::DayFamily).len());
         let rolled: Vec<_> = queries()
             .into_iter()
             .filter(|(axes, filter)| rollup::answers(axes, filter, 2, Some(2)))
