@@ -62,10 +62,17 @@ fn parse_key(k: &[u8]) -> Result<(Level, CellKey), StoreError> {
     Level::parse(k).ok_or_else(|| corrupt(k, "bad roll-up key"))
 }
 
+/// The month of `day` ([`rollup::month_of`]), checked to hold it: the loops over months move on
+/// by it.
 fn month(day: i64) -> Result<(i64, i64), StoreError> {
-    rollup::month_of(day).ok_or_else(|| {
-        StoreError::Backend(format!("day {day} is outside the calendar roll-ups know"))
-    })
+    match rollup::month_of(day) {
+        Some((first, next)) if first <= day && day < next && next - first <= 31 => {
+            Ok((first, next))
+        }
+        _ => Err(StoreError::Backend(format!(
+            "day {day} is outside the calendar roll-ups know"
+        ))),
+    }
 }
 
 /// The hours `[from, to)` of `level` as a key range.
