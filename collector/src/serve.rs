@@ -55,6 +55,10 @@ pub struct ServeConfig {
     /// How often, at most, a request reruns the event detector when reports arrived since its
     /// last run (it also reruns every [`crate::events::REFRESH`] and when the hour changes).
     pub events_min_interval: std::time::Duration,
+    /// How often the store's published roll-ups are brought up to date (at start, then every
+    /// this long; [`ROLL_UP_EVERY`] by default). `None`: never (a benchmark that keeps them
+    /// itself, as of its data's time).
+    pub roll_up_every: Option<std::time::Duration>,
 }
 
 impl ServeConfig {
@@ -78,6 +82,7 @@ impl ServeConfig {
             policy: crate::domain::Policy::default(),
             hosting: Default::default(),
             events_min_interval: std::time::Duration::from_secs(10),
+            roll_up_every: Some(ROLL_UP_EVERY),
         }
     }
 }
@@ -197,7 +202,10 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         ..Default::default()
     };
     let events_task = spawn_events_refresh(events.clone(), store.clone(), cfg.policy);
-    let rollup_task = spawn_roll_ups(store.clone(), cfg.policy);
+    let rollup_task = match cfg.roll_up_every {
+        Some(every) => spawn_roll_ups(store.clone(), cfg.policy, every),
+        None => tokio::spawn(async {}),
+    };
     let app = router(AppState {
         store: store.clone(),
         ingest: Some(ingest.stats.clone()),
@@ -260,13 +268,14 @@ fn spawn_events_refresh(
 /// read it from its day cells meanwhile, as exactly).
 pub const ROLL_UP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Brings the store's roll-ups up to date at start and every [`ROLL_UP_EVERY`].
+/// Brings the store's roll-ups up to date at start and every `every`.
 fn spawn_roll_ups(
     store: Arc<dyn ReportStore>,
     policy: crate::domain::Policy,
+    every: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(ROLL_UP_EVERY);
+        let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;

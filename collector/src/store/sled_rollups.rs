@@ -98,10 +98,12 @@ impl SledStore {
         }
     }
 
-    /// Forgets every roll-up (after the day cells were rebuilt): the next
+    /// Forgets every roll-up and the boundary of the last pass (after the day cells were
+    /// rebuilt, or for a benchmark that rolls up as of its data's time): the next
     /// [`SledStore::roll_up`] builds them again.
-    pub(super) fn drop_rollups(&self) -> Result<(), StoreError> {
+    pub fn drop_rollups(&self) -> Result<(), StoreError> {
         self.meta.remove(ROLLUP_K_KEY).map_err(backend)?;
+        self.meta.remove(ROLLED_BEFORE_KEY).map_err(backend)?;
         self.rollups.clear().map_err(backend)?;
         self.dirty.clear().map_err(backend)?;
         Ok(())
