@@ -155,6 +155,10 @@ enum Command {
         /// collector (or an earlier run) rolled up by the clock, days after the mix.
         #[arg(long = "rebuild-roll-ups")]
         rebuild_roll_ups: bool,
+        /// sled: roll up the mix's last day too, as a collector would once that day has closed
+        /// (a pass never moves back: after this the last day stays rolled up in this store).
+        #[arg(long = "close-last-day")]
+        close_last_day: bool,
         #[command(flatten)]
         store: StoreOpts,
     },
@@ -431,6 +435,7 @@ struct FillOpts {
     corpus: Option<PathBuf>,
     compact_every: usize,
     rebuild_roll_ups: bool,
+    close_last_day: bool,
 }
 
 /// The reports of a fill: the synthetic mix made on the fly, or read from a corpus file.
@@ -620,14 +625,14 @@ async fn aggregate(
             s.drop_rollups()?;
         }
         let t = Instant::now();
-        let today = now_ms.div_euclid(86_400_000);
+        let today = now_ms.div_euclid(86_400_000) + i64::from(fill_opts.close_last_day);
         let stats = s.roll_up(
             callwatch_collector::domain::Policy::default().min_agents,
             today,
         )?;
         println!(
             "published roll-ups: {} (day, family)s and {} (month, family)s recomputed in {:.1} s{}; \
-             {} (day, family)s of the mix's last day left open",
+             {} (day, family)s of the mix's last day left open (read from their cells)",
             stats.days,
             stats.months,
             t.elapsed().as_secs_f64(),
@@ -1013,6 +1018,7 @@ async fn main() {
             corpus,
             compact_every,
             rebuild_roll_ups,
+            close_last_day,
             store,
         } => {
             let fill = FillOpts {
@@ -1020,6 +1026,7 @@ async fn main() {
                 corpus,
                 compact_every,
                 rebuild_roll_ups,
+                close_last_day,
             };
             aggregate(reports, data, repeat, fill_batch, fill, store).await
         }
