@@ -275,9 +275,9 @@ pub fn publish_hours(
 ) -> BTreeMap<i64, CellState> {
     const HOUR_MS: i64 = 3_600_000;
     let axes = [Axis::Hour];
+    // Its cells only (below), so the filter names what a query by hour would otherwise default
+    // (the platform arm, voice) and the day.
     let filter = Filter {
-        country: Some(of.country_str().to_string()),
-        platform: Some(of.platform),
         arm: Some(of.arm),
         kind: Some(of.kind),
         since_ms: Some(of.hour.saturating_mul(HOUR_MS)),

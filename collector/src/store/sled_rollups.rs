@@ -636,6 +636,15 @@ mod tests {
         if agent.is_multiple_of(3) {
             s.region.subdivision = "RU-MOW".into();
         }
+        if rng.gen_bool(0.5) {
+            let mut control = s.signed.clone();
+            let mut body: CallReport = serde_json::from_slice(&control.body).unwrap();
+            let mut arm = body.streams[0].clone();
+            arm.role = Role::Control;
+            body.streams.push(arm);
+            control.body = serde_json::to_vec(&body).unwrap();
+            s.signed = control;
+        }
         let tag: u8 = rng.gen_range(0..4);
         s.filing.prefix_tag = (tag > 0 && agent < 4).then(|| hex::encode([tag; 8]));
         v = VerifiedReport::parse(s).unwrap();
@@ -659,6 +668,7 @@ mod tests {
             vec![Axis::Region],
             vec![Axis::Hour],
             vec![Axis::Hour, Axis::Platform],
+            vec![Axis::Hour, Axis::Arm, Axis::Kind],
             vec![Axis::Hour, Axis::Asn],
         ] {
             for (since, until) in [
@@ -870,6 +880,16 @@ mod tests {
             );
         }
         assert!(answers.iter().any(|a| !a.is_empty()));
+        // Among them queries by hour, by network, by arm and kind, over months and days.
+        for axis in [Axis::Hour, Axis::Asn, Axis::Kind, Axis::Arm, Axis::Day] {
+            assert!(
+                rolled
+                    .iter()
+                    .zip(&answers)
+                    .any(|((a, _), c)| a.contains(&axis) && !c.is_empty()),
+                "{axis:?}"
+            );
+        }
         let k1 = Policy { min_agents: 1, ..p };
         let (axes, filter) = &rolled[0];
         assert!(s.aggregate(axes, filter, &k1).unwrap().is_empty());
