@@ -1,7 +1,8 @@
 //! The embedded default store: reports keyed by agent key ‖ report id, and an index by arrival
 //! time (received ms ‖ report key) for paging exports, and the fine aggregate cells with their
 //! per-agent and prefix cap counters and their day roll-up (see [`crate::domain`]). All are written in one
-//! transaction.
+//! transaction, which also marks the (day, family)s whose published roll-ups
+//! ([`crate::domain::rollup`], kept by `sled_rollups.rs`) are now behind.
 //!
 //! Records are compressed ([`super::compress`]: zstd, with a dictionary trained on the store's
 //! first reports and kept in `meta`); records of earlier releases are read as they are. A clean
