@@ -82,7 +82,7 @@ fn level_range(level: Level, from_day: i64, to_day: i64) -> std::ops::Range<[u8;
 
 impl SledStore {
     /// The k the roll-ups were built for, if there are any of this build's layout
-    /// ([`ROLLUP_FORMAT`]; others are rebuilt by the next pass, and read by no query).
+    /// (`ROLLUP_FORMAT`; others are rebuilt by the next pass, and read by no query).
     pub fn rollup_k(&self) -> Result<Option<usize>, StoreError> {
         let Some(v) = self.meta.get(ROLLUP_K_KEY).map_err(backend)? else {
             return Ok(None);
