@@ -104,7 +104,8 @@ pub struct Collector {
     pub store: Arc<dyn ReportStore>,
     http_task: tokio::task::JoinHandle<()>,
     events_task: tokio::task::JoinHandle<()>,
-    rollup_task: tokio::task::JoinHandle<()>,
+    /// `None` when `roll_up_every` is.
+    rollup_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Collector {
@@ -113,7 +114,9 @@ impl Collector {
         self.reflector.shutdown();
         self.http_task.abort();
         self.events_task.abort();
-        self.rollup_task.abort();
+        if let Some(t) = &self.rollup_task {
+            t.abort();
+        }
         self.ingest.shutdown().await;
     }
 }
@@ -202,10 +205,9 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         ..Default::default()
     };
     let events_task = spawn_events_refresh(events.clone(), store.clone(), cfg.policy);
-    let rollup_task = match cfg.roll_up_every {
-        Some(every) => spawn_roll_ups(store.clone(), cfg.policy, every),
-        None => tokio::spawn(async {}),
-    };
+    let rollup_task = cfg
+        .roll_up_every
+        .map(|every| spawn_roll_ups(store.clone(), cfg.policy, every));
     let app = router(AppState {
         store: store.clone(),
         ingest: Some(ingest.stats.clone()),

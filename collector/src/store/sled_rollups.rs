@@ -751,6 +751,36 @@ mod tests {
         }
     }
 
+    /// A store (k = 2) with `rolled` reports of the mix, every day of them rolled up, then
+    /// `after` more uploaded (their days dirty).
+    fn rolled_up(seed: u64, rolled: u32, after: u32) -> (tempfile::TempDir, SledStore, Policy) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let p = Policy {
+            min_agents: 2,
+            ..Policy::default()
+        };
+        let items: Vec<VerifiedReport> = (0..rolled + after).map(|i| item(&mut rng, i)).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
+        batches(&s, &items[..rolled as usize], &mut rng);
+        s.roll_up(2, 100_000).unwrap();
+        if after > 0 {
+            batches(&s, &items[rolled as usize..], &mut rng);
+        }
+        (dir, s, p)
+    }
+
+    /// The store's dirty marks, in key order, as a pass reads them.
+    fn marks(s: &SledStore) -> Vec<(CellKey, sled::IVec)> {
+        s.dirty
+            .iter()
+            .map(|i| {
+                let (k, v) = i.unwrap();
+                (CellKey::from_bytes(&k).unwrap(), v)
+            })
+            .collect()
+    }
+
     /// Randomized over seeds and k: roll-ups built, then late uploads to rolled days and to
     /// new ones, partial passes, another k, a reopen — at each step every query answers exactly
     /// as from the fine cells.
@@ -823,16 +853,7 @@ mod tests {
     /// (another k) publishes nothing.
     #[test]
     fn rolled_queries_read_roll_ups_not_day_cells() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-        let p = Policy {
-            min_agents: 2,
-            ..Policy::default()
-        };
-        let items: Vec<VerifiedReport> = (0..500).map(|i| item(&mut rng, i)).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
-        batches(&s, &items, &mut rng);
-        s.roll_up(2, 100_000).unwrap();
+        let (_dir, s, p) = rolled_up(9, 500, 0);
         // One country cell per (day, country, arm, kind) and one hour cell per hour of it: the
         // families merged over platforms.
         let keys = |level: Level| -> Vec<CellKey> {
@@ -900,25 +921,8 @@ mod tests {
     /// exact answers, with the other days still marked.
     #[test]
     fn a_pass_over_some_dirty_days_keeps_the_others_out_of_the_month_cells() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let p = Policy {
-            min_agents: 2,
-            ..Policy::default()
-        };
-        let items: Vec<VerifiedReport> = (0..400).map(|i| item(&mut rng, i)).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
-        batches(&s, &items[..300], &mut rng);
-        s.roll_up(2, 100_000).unwrap();
-        batches(&s, &items[300..], &mut rng);
-        let dirty: Vec<(CellKey, sled::IVec)> = s
-            .dirty
-            .iter()
-            .map(|i| {
-                let (k, v) = i.unwrap();
-                (CellKey::from_bytes(&k).unwrap(), v)
-            })
-            .collect();
+        let (_dir, s, p) = rolled_up(5, 300, 100);
+        let dirty = marks(&s);
         let earliest = dirty[0].0.day();
         let (chunk, rest): (Vec<_>, Vec<_>) =
             dirty.into_iter().partition(|(f, _)| f.day() == earliest);
@@ -933,30 +937,9 @@ mod tests {
     /// one), and its month cell is not used until the next pass: the answer stays exact.
     #[test]
     fn a_mark_renewed_during_a_pass_is_kept() {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-        let p = Policy {
-            min_agents: 2,
-            ..Policy::default()
-        };
-        let items: Vec<VerifiedReport> = (0..300).map(|i| item(&mut rng, i)).collect();
-        let dir = tempfile::tempdir().unwrap();
-        let s = SledStore::open_with_policy(dir.path(), &p).unwrap();
-        batches(&s, &items, &mut rng);
-        s.roll_up(2, 100_000).unwrap();
-        batches(
-            &s,
-            &(300..400).map(|i| item(&mut rng, i)).collect::<Vec<_>>(),
-            &mut rng,
-        );
+        let (_dir, s, p) = rolled_up(3, 300, 100);
         // A pass over what is dirty now, with one mark renewed between its read and its clear.
-        let chunk: Vec<(CellKey, sled::IVec)> = s
-            .dirty
-            .iter()
-            .map(|i| {
-                let (k, v) = i.unwrap();
-                (CellKey::from_bytes(&k).unwrap(), v)
-            })
-            .collect();
+        let chunk = marks(&s);
         let (renewed, _) = chunk[0];
         s.dirty
             .insert(renewed.to_bytes(), &u64::MAX.to_be_bytes()[..])
