@@ -152,6 +152,18 @@ impl Filter {
         }
     }
 
+    /// The one country every cell the query reads belongs to (its country, or its region's),
+    /// as cell keys spell it: what lets a store read that country's key ranges only. `None` when
+    /// the query reads several countries (or a region that does not parse, which matches
+    /// nothing anyway).
+    pub fn country_key(&self) -> Option<[u8; 2]> {
+        match (&self.country, self.region.as_deref().map(parse_region)) {
+            (Some(c), _) => Some(country_code(c)),
+            (None, Some(Ok((c, _)))) => Some(c),
+            (None, _) => None,
+        }
+    }
+
     /// The stream kind a query covers when `kind` is not one of its axes: the filter's, or
     /// voice.
     pub fn kind_or_default(&self) -> StreamKind {
@@ -377,6 +389,11 @@ impl<'a> Grouper<'a> {
         self.read.matches(key, self.axes)
     }
 
+    /// The one country the query reads, if it reads one ([`Filter::country_key`]).
+    pub fn country_key(&self) -> Option<[u8; 2]> {
+        self.read.country_key()
+    }
+
     /// Adds a fine (or day roll-up) cell; cells outside what the query reads are ignored.
     pub fn add(&mut self, key: &CellKey, state: &CellState) {
         if self.wants(key) {
@@ -400,18 +417,37 @@ impl<'a> Grouper<'a> {
     /// [`super::rollup`] — straight to its group, if the query reads it (its key's hour is its
     /// hour, or the first of its day or month).
     pub fn add_published(&mut self, key: &CellKey, mut state: CellState) {
-        // An hour cell is published only within the query's hours; a day or month cell is read
-        // over whole days like the day cells.
-        let wanted = if self.hourly() {
-            self.filter.matches(key, self.axes)
-        } else {
-            self.wants(key)
-        };
-        if !wanted {
+        if !self.wants_published(key) {
             return;
         }
         state.flagged.clear();
         absorb(&mut self.published, GroupKey::of(key, self.axes), state);
+    }
+
+    /// [`Grouper::add_published`] for a state the caller keeps: copied only when it is the
+    /// first at its group.
+    pub fn add_published_ref(&mut self, key: &CellKey, state: &CellState) {
+        if !self.wants_published(key) {
+            return;
+        }
+        match self.published.entry(GroupKey::of(key, self.axes)) {
+            std::collections::btree_map::Entry::Occupied(mut m) => m.get_mut().merge(state),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                let mut state = state.clone();
+                state.flagged.clear();
+                v.insert(state);
+            }
+        }
+    }
+
+    /// Whether a published cell at `key` goes into the query: an hour cell only within the
+    /// query's hours; a day or month cell read over whole days like the day cells.
+    fn wants_published(&self, key: &CellKey) -> bool {
+        if self.hourly() {
+            self.filter.matches(key, self.axes)
+        } else {
+            self.wants(key)
+        }
     }
 
     /// The published cells: merges of atoms that each meet k (see the type's documentation).

@@ -10,7 +10,10 @@
 //!   next pass; a day outside the mask is dirty or holds nothing (data marks its day dirty, and
 //!   only a pass clears the mark, after writing the month cells that include it).
 
-use super::{backend, corrupt, decode_cell, SledStore, StoreError, ROLLUP_K_KEY, ROLL_CHUNK};
+use super::{
+    backend, corrupt, decode_cell, hour_ranges, scan, SledStore, StoreError, ROLLUP_K_KEY,
+    ROLL_CHUNK,
+};
 use crate::domain::rollup::{self, Level, Period, Scope, ROLLUP_KEY_LEN};
 use crate::domain::{ordered_i64, Axis, Cell, CellKey, CellState, Filter, Grouper, Policy};
 use std::collections::{BTreeMap, BTreeSet};
@@ -102,11 +105,26 @@ impl SledStore {
     /// rebuilt, or for a benchmark that rolls up as of its data's time): the next
     /// [`SledStore::roll_up`] builds them again.
     pub fn drop_rollups(&self) -> Result<(), StoreError> {
+        self.forget_live()?;
         self.meta.remove(ROLLUP_K_KEY).map_err(backend)?;
         self.meta.remove(ROLLED_BEFORE_KEY).map_err(backend)?;
         self.rollups.clear().map_err(backend)?;
         self.dirty.clear().map_err(backend)?;
         Ok(())
+    }
+
+    /// The boundary of the last pass: every day before it has been rolled up at least once.
+    fn rolled_before(&self) -> Result<Option<i64>, StoreError> {
+        match self.meta.get(ROLLED_BEFORE_KEY).map_err(backend)? {
+            Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+                Ok(b) => Ok(Some(i64::from_be_bytes(b))),
+                Err(_) => Err(corrupt(
+                    ROLLED_BEFORE_KEY,
+                    "roll-up boundary is not 8 bytes",
+                )),
+            },
+            None => Ok(None),
+        }
     }
 
     /// Dirty (day, family)s: what a pass has left to do.
@@ -115,8 +133,8 @@ impl SledStore {
     }
 
     /// Brings the roll-ups for `k` up to date with the day cells for every day before
-    /// `before_day` (days since the epoch; the collector passes today, so the open day is read
-    /// from its day cells and recomputed once, when it has closed). With no roll-ups yet, or
+    /// `before_day` (days since the epoch; the collector passes today, so the open day is
+    /// published from memory, `sled_live.rs`, and recomputed here once, when it has closed). With no roll-ups yet, or
     /// roll-ups for another k, every (day, family) is marked dirty and recomputed. Queries stay
     /// exact throughout (they read a dirty day's cells); a pass only makes them cheaper. One pass
     /// at a time; returns what it did.
@@ -151,18 +169,9 @@ impl SledStore {
             self.db.flush().map_err(backend)?;
             stats.rebuilt = true;
         }
-        let before_day = match self.meta.get(ROLLED_BEFORE_KEY).map_err(backend)? {
-            Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
-                Ok(b) => before_day.max(i64::from_be_bytes(b)),
-                Err(_) => {
-                    return Err(corrupt(
-                        ROLLED_BEFORE_KEY,
-                        "roll-up boundary is not 8 bytes",
-                    ))
-                }
-            },
-            None => before_day,
-        };
+        let before_day = self
+            .rolled_before()?
+            .map_or(before_day, |b| before_day.max(b));
         self.meta
             .insert(ROLLED_BEFORE_KEY, &before_day.to_be_bytes()[..])
             .map_err(backend)?;
@@ -456,6 +465,7 @@ impl SledStore {
             return Ok(g.finish(policy));
         }
         let scope = rollup::scope(axes, filter);
+        let country = g.country_key();
         let mut dirty: BTreeMap<i64, BTreeSet<CellKey>> = BTreeMap::new();
         for item in self
             .dirty
@@ -472,6 +482,15 @@ impl SledStore {
         };
         let by_day = axes.contains(&Axis::Day) || period == Period::Hour;
         let all = |_: &CellKey| true;
+        // The days read from memory (not by hour: hours are read as for any day).
+        let live = match period {
+            Period::Hour => (to, to),
+            Period::Day | Period::Month => {
+                Self::live_days(from, to, last.saturating_add(1), self.rolled_before()?)
+            }
+        };
+        let is_live = |d: i64| live.0 <= d && d < live.1;
+        let k = policy.min_agents;
         let mut day = from;
         while day < to {
             let (start, next) = month(day)?;
@@ -487,11 +506,15 @@ impl SledStore {
                             *dirty_days.entry(scope.unit(f)).or_default() |= 1 << (d - start);
                         }
                     }
+                    // A month cell holding a live day is stale for this query: a pass moved the
+                    // boundary past that day since the query read it.
+                    let live_mask = (start..next)
+                        .filter(|d| is_live(*d))
+                        .fold(0u32, |m, d| m | 1 << (d - start));
                     let mut stale: BTreeSet<CellKey> = BTreeSet::new();
-                    for item in self
-                        .rollups
-                        .range(level_range(month_level, start, start + 1))
-                    {
+                    let hour = start.saturating_mul(24);
+                    let ranges = hour_ranges(&[month_level as u8], (hour, hour + 1), 1, country);
+                    for item in scan(&self.rollups, ranges) {
                         let (kb, v) = item.map_err(backend)?;
                         let (_, key) = parse_key(&kb)?;
                         if !g.wants(&key) {
@@ -499,22 +522,32 @@ impl SledStore {
                         }
                         let unit = scope.unit(&key);
                         let (mask, state) = decode_month(&kb, &v)?;
-                        if mask & dirty_days.get(&unit).copied().unwrap_or(0) != 0 {
+                        if mask & (dirty_days.get(&unit).copied().unwrap_or(0) | live_mask) != 0 {
                             stale.insert(unit);
                         } else if !state.agents.is_empty() {
                             g.add_published(&key, state);
                         }
                     }
                     // Of a unit with a usable month cell, a dirty day is outside its mask and
-                    // read from its cells; a clean day outside the mask holds nothing.
+                    // read from its cells, a live day from memory; a clean day outside the mask
+                    // holds nothing.
                     let stale_only = |key: &CellKey| stale.contains(&scope.unit(key));
                     for d in day..end {
-                        self.add_day(&mut g, d, scope, Period::Day, &stale_only, dirty.get(&d))?;
+                        if is_live(d) {
+                            self.add_live(&mut g, d, scope, k)?;
+                        } else {
+                            let dirty = dirty.get(&d);
+                            self.add_day(&mut g, d, scope, Period::Day, &stale_only, dirty)?;
+                        }
                     }
                 }
                 _ => {
                     for d in day..end {
-                        self.add_day(&mut g, d, scope, period, &all, dirty.get(&d))?;
+                        if is_live(d) {
+                            self.add_live(&mut g, d, scope, k)?;
+                        } else {
+                            self.add_day(&mut g, d, scope, period, &all, dirty.get(&d))?;
+                        }
                     }
                 }
             }
@@ -540,7 +573,16 @@ impl SledStore {
             .ok_or_else(|| StoreError::Backend("no roll-up by network and hour".into()))?;
         let behind: BTreeSet<CellKey> =
             dirty.into_iter().flatten().map(|f| scope.unit(f)).collect();
-        for item in self.rollups.range(level_range(level, day, day + 1)) {
+        let hours = (
+            day.saturating_mul(24),
+            day.saturating_add(1).saturating_mul(24),
+        );
+        let step = match period {
+            Period::Hour => 1,
+            Period::Day | Period::Month => 24,
+        };
+        let ranges = hour_ranges(&[level as u8], hours, step, g.country_key());
+        for item in scan(&self.rollups, ranges) {
             let (kb, v) = item.map_err(backend)?;
             let (_, key) = parse_key(&kb)?;
             if !only(&key) || behind.contains(&scope.unit(&key)) || !g.wants(&key) {
@@ -556,11 +598,11 @@ impl SledStore {
             let of_behind = |key: &CellKey| behind.contains(&Scope::Country.unit(key));
             return self.add_day(g, day, Scope::Family, period, &of_behind, Some(dirty));
         }
-        let (tree, hours) = match period {
-            Period::Hour => (&self.cells, 24),
-            Period::Day | Period::Month => (&self.days, 1),
+        let tree = match period {
+            Period::Hour => &self.cells,
+            Period::Day | Period::Month => &self.days,
         };
-        for item in tree.range(ordered_i64(day * 24)..ordered_i64(day * 24 + hours)) {
+        for item in scan(tree, hour_ranges(&[], hours, step, g.country_key())) {
             let (kb, v) = item.map_err(backend)?;
             let key = CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad cell key"))?;
             if dirty.contains(&rollup::family(&key)) && g.wants(&key) {
@@ -623,12 +665,14 @@ mod tests {
             }
             s.loss_up = Some(f64::from(rng.gen_range(0..13u32)) / 100.0);
         }
-        // Agents 1-8 on the big network, 9-11 on two small ones, 12-14 alone each.
+        // Agents 1-8 on the big network, 9-11 on two small ones, 12-14 alone each (14 in a
+        // third country, after the others in key order).
         let region = match agent {
             1..=6 => ("RU", 12389),
             7..=8 => ("KZ", 9198),
             9..=10 => ("RU", 8359),
             11 => ("RU", 31213),
+            14 => ("UZ", 60_014),
             a => ("RU", 60_000 + u32::from(a)),
         };
         let mut v = stored(agent, &r, region, i64::from(i));
@@ -718,6 +762,23 @@ mod tests {
                 arm: Some(Role::Control),
                 since_ms: Some(start_ms() + 100 * 3_600_000),
                 until_ms: Some(start_ms() + 200 * 3_600_000),
+                ..Filter::default()
+            },
+            // One country's key ranges only: the first, the last and a middle one in key
+            // order, over whole and partial days and a region's.
+            Filter {
+                country: Some("UZ".into()),
+                ..Filter::default()
+            },
+            Filter {
+                country: Some("ru".into()),
+                since_ms: Some(start_ms() + 5 * 3_600_000),
+                until_ms: day(8),
+                ..Filter::default()
+            },
+            Filter {
+                region: Some("RU-MOW".into()),
+                since_ms: day(2),
                 ..Filter::default()
             },
         ] {
@@ -813,13 +874,21 @@ mod tests {
             assert_eq!(s.rollup_k().unwrap(), Some(p.min_agents));
             assert_exact(&s, &p, "partly rolled up");
 
-            // Late uploads: the rest, over the same days (each marks its day dirty).
-            batches(&s, &items[350..500], &mut rng);
+            // Late uploads over the same days (each marks its day dirty); the last two days
+            // are read from memory, loaded by the queries above and kept current by the writes.
+            batches(&s, &items[350..430], &mut rng);
             assert_exact(&s, &p, "partly rolled, then uploads");
             let stats = s.roll_up(p.min_agents, middle).unwrap();
             assert!(!stats.rebuilt && stats.days > 0);
             assert!(s.rollups_behind() > 0);
             assert_exact(&s, &p, "partly rolled again");
+            // A collector's steady state: every day rolled up but the last, which is in
+            // memory; the day before it left memory's range by this pass.
+            let last = middle + 5;
+            assert!(s.roll_up(p.min_agents, last).unwrap().days > 0);
+            assert_exact(&s, &p, "all but the last day rolled up");
+            batches(&s, &items[430..500], &mut rng);
+            assert_exact(&s, &p, "the last day open, then uploads");
             let stats = s.roll_up(p.min_agents, future).unwrap();
             assert!(stats.days > 0);
             assert_eq!(s.rollups_behind(), 0);
@@ -919,6 +988,92 @@ mod tests {
     /// A pass over some of the dirty days (here: the earliest day's) leaves the others out of
     /// the month cells it writes, so those cells stay usable beside the other days' cells:
     /// exact answers, with the other days still marked.
+    /// The last day of the mix, and the mix filled and rolled up before it with `k = 2`.
+    fn last_day_open(seed: u64, filled: u32) -> (tempfile::TempDir, SledStore, Policy, i64) {
+        let (dir, s, p) = rolled_up(seed, filled, 0);
+        let last = start_ms() / 86_400_000 + 11;
+        s.drop_rollups().unwrap();
+        s.roll_up(2, last).unwrap();
+        (dir, s, p, last)
+    }
+
+    #[test]
+    fn the_day_in_progress_is_read_from_memory() {
+        let (_dir, s, p, last) = last_day_open(11, 500);
+        let rolled: Vec<_> = queries()
+            .into_iter()
+            .filter(|(axes, filter)| {
+                rollup::answers(axes, filter, 2, Some(2)) && !axes.contains(&Axis::Hour)
+            })
+            .collect();
+        let answers: Vec<Vec<Cell>> = rolled
+            .iter()
+            .map(|(a, f)| s.aggregate(a, f, &p).unwrap())
+            .collect();
+        assert_exact(&s, &p, "the last day in memory");
+        // The last day's cells emptied behind the store's back: the queries answer as before,
+        // and the day cells' own path no longer does.
+        let empty = postcard::to_allocvec(&CellState::default()).unwrap();
+        let hours = ordered_i64(last * 24)..ordered_i64(last * 24 + 24);
+        for item in s.days.range(hours) {
+            s.days.insert(item.unwrap().0, empty.clone()).unwrap();
+        }
+        let mut changed = 0;
+        for ((axes, filter), want) in rolled.iter().zip(&answers) {
+            let got = s.aggregate(axes, filter, &p).unwrap();
+            assert_eq!(&got, want, "{axes:?} {filter:?}");
+            changed += usize::from(&s.aggregate_days(axes, filter, &p).unwrap() != want);
+        }
+        assert!(
+            changed > 10,
+            "{changed} of {} queries read the last day",
+            rolled.len()
+        );
+    }
+
+    #[test]
+    fn queries_that_load_the_day_in_progress_while_it_is_written_stay_exact() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        let (_dir, s, p, last) = last_day_open(12, 300);
+        // Reports of the last day only, each on a network of its own: every write changes the
+        // day being loaded, in cells no later write rewrites (a copy loaded stale stays so).
+        let items: Vec<VerifiedReport> = (300..5_000)
+            .map(|i| item(&mut rng, i))
+            .filter(|r| {
+                r.report
+                    .started_at
+                    .timestamp_millis()
+                    .div_euclid(86_400_000)
+                    == last
+            })
+            .map(|r| {
+                let mut stored = r.stored;
+                let id = r.report.id.0;
+                stored.region.asn = 70_000 + u32::from(id[2]) * 256 + u32::from(id[3]);
+                VerifiedReport::parse(stored).unwrap()
+            })
+            .collect();
+        assert!(items.len() > 300, "{}", items.len());
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let axes = [Axis::Country, Axis::Platform];
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                batches(&s, &items, &mut rand::rngs::StdRng::seed_from_u64(13));
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            // Reloaded from the day cells at every query, as the writes go on (bounded by
+            // the writer's reports).
+            let mut loads = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                s.forget_live().unwrap();
+                s.aggregate(&axes, &Filter::default(), &p).unwrap();
+                loads += 1;
+            }
+            assert!(loads > 0);
+        });
+        assert_exact(&s, &p, "loaded during writes");
+    }
+
     #[test]
     fn a_pass_over_some_dirty_days_keeps_the_others_out_of_the_month_cells() {
         let (_dir, s, p) = rolled_up(5, 300, 100);

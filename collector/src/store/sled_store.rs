@@ -29,6 +29,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
+#[path = "sled_live.rs"]
+mod live;
 #[path = "sled_rollups.rs"]
 mod rollups;
 pub use rollups::RollUpStats;
@@ -80,6 +82,9 @@ pub struct SledStore {
     plain: std::sync::atomic::AtomicBool,
     /// Held while roll-ups are recomputed ([`SledStore::roll_up`]): one at a time.
     rolling: std::sync::Mutex<()>,
+    /// The day in progress in memory ([`live`]); held by the writer from its transaction to its
+    /// update of the copy.
+    live: std::sync::Mutex<live::Live>,
 }
 
 /// What one tree of the store holds: entries and the bytes of their keys and values (sled's
@@ -480,6 +485,7 @@ impl SledStore {
             cap,
             prefix_cap,
             rolling: std::sync::Mutex::new(()),
+            live: std::sync::Mutex::new(live::Live::default()),
             dir: dir.to_path_buf(),
             count: std::sync::atomic::AtomicU64::new(found),
             recorded: std::sync::Mutex::new(0),
@@ -855,6 +861,9 @@ impl SledStore {
     /// fine cells), then marks it current.
     pub fn rebuild_days(&self) -> Result<(), StoreError> {
         self.drop_rollups()?;
+        // No day is loaded into memory while its cells are rebuilt, and none is kept after.
+        let mut live = self.live()?;
+        live.clear();
         self.meta.remove(DAYS_KEY).map_err(backend)?;
         self.days.clear().map_err(backend)?;
         let mut days: BTreeMap<CellKey, CellState> = BTreeMap::new();
@@ -901,10 +910,10 @@ impl SledStore {
     ) -> Result<Vec<Cell>, StoreError> {
         let mut g = Grouper::new(axes, filter);
         for range in plan.fine.into_iter().flatten() {
-            merge_range(&self.cells, &mut g, range)?;
+            merge_range(&self.cells, &mut g, range, 1)?;
         }
         if let Some(range) = plan.days {
-            merge_range(&self.days, &mut g, range)?;
+            merge_range(&self.days, &mut g, range, 24)?;
         }
         Ok(g.finish(policy))
     }
@@ -921,13 +930,69 @@ fn write_cells(tree: &sled::Tree, cells: &BTreeMap<CellKey, CellState>) -> Resul
     tree.apply_batch(batch).map_err(backend)
 }
 
-/// Adds the cells of `tree` whose hour lies in `[from, to)` to a query.
+/// At most this many key ranges for one scan of [`hour_ranges`]; more is read as one range.
+const MAX_KEY_RANGES: i64 = 1 << 16;
+
+/// The key ranges of a tree whose keys are `lead` (a roll-up level's byte, or nothing), an hour
+/// ([`ordered_i64`]) and a country, that cover the hours `[from, to)`: one range, or — for a
+/// query of one `country` — one range per key hour holding that country's keys only, so a
+/// query of one country does not read every other's. Keys sit only at hours that are multiples
+/// of `step` (1 for hourly keys, 24 for day keys).
+pub(super) fn hour_ranges(
+    lead: &[u8],
+    (from, to): (i64, i64),
+    step: i64,
+    country: Option<[u8; 2]>,
+) -> Vec<std::ops::Range<Vec<u8>>> {
+    let key = |h: i64, tail: &[u8]| {
+        let mut k = Vec::with_capacity(lead.len() + 8 + tail.len());
+        k.extend_from_slice(lead);
+        k.extend_from_slice(&ordered_i64(h));
+        k.extend_from_slice(tail);
+        k
+    };
+    let step = step.max(1);
+    let first = from.div_euclid(step).saturating_mul(step);
+    let first = if first < from {
+        first.saturating_add(step)
+    } else {
+        first
+    };
+    match country {
+        Some(cc) if from < to && to.saturating_sub(first) / step < MAX_KEY_RANGES => {
+            let next = u16::from_be_bytes(cc).checked_add(1);
+            (first..to)
+                .step_by(step as usize)
+                .map(|h| {
+                    let end = match next {
+                        Some(n) => key(h, &n.to_be_bytes()),
+                        None => key(h.saturating_add(1), &[]),
+                    };
+                    key(h, &cc)..end
+                })
+                .collect()
+        }
+        _ => vec![key(from, &[])..key(to, &[])],
+    }
+}
+
+/// The entries of `tree` in `ranges`, in order.
+pub(super) fn scan(
+    tree: &sled::Tree,
+    ranges: Vec<std::ops::Range<Vec<u8>>>,
+) -> impl Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>> + '_ {
+    ranges.into_iter().flat_map(move |r| tree.range(r))
+}
+
+/// Adds the cells of `tree` (keys every `step` hours) whose hour lies in `[from, to)` to a
+/// query.
 fn merge_range(
     tree: &sled::Tree,
     g: &mut Grouper<'_>,
-    (from, to): (i64, i64),
+    range: (i64, i64),
+    step: i64,
 ) -> Result<(), StoreError> {
-    for item in tree.range(ordered_i64(from)..ordered_i64(to)) {
+    for item in scan(tree, hour_ranges(&[], range, step, g.country_key())) {
         let (k, v) = item.map_err(backend)?;
         let key = CellKey::from_bytes(&k).ok_or_else(|| corrupt(&k, "bad aggregate cell key"))?;
         if g.wants(&key) {
@@ -1059,6 +1124,8 @@ impl SledStore {
         // racing with the same report store and count it once, the index never lacks a stored
         // report, and the cells always agree with the raw reports (and the roll-ups know which
         // days they are behind on).
+        // Held until the day in progress in memory has this chunk's day cells too.
+        let mut live = self.live()?;
         let result = trees.transaction(|(reports, by_time, cells, caps, days, pcaps, dirty)| {
             let mut ids: HashSet<[u8; 48]> = HashSet::new();
             let mut agent_counts: HashMap<[u8; CAP_KEY_LEN], u32> = HashMap::new();
@@ -1125,8 +1192,13 @@ impl SledStore {
                     tree.insert(&k[..], v)?;
                 }
             }
-            Ok(outcomes)
+            Ok((outcomes, daily))
         });
+        let result = result.map(|(outcomes, daily)| {
+            live.written(daily);
+            outcomes
+        });
+        drop(live);
         result.map_err(|e| match e {
             TransactionError::Storage(e) => backend(e),
             TransactionError::Abort(what) => StoreError::Backend(format!(
@@ -1282,6 +1354,50 @@ mod tests {
     use super::*;
     use crate::geo::Region;
     use callwatch_proto::{ReportId, SignedReport};
+
+    #[test]
+    fn a_country_scan_reads_that_country_and_all_of_it() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        let countries: [[u8; 2]; 5] = [*b"AA", *b"RU", *b"RV", [0xFF, 0xFE], [0xFF, 0xFF]];
+        // Day keys (every 24 hours) and hourly ones, each with a tail after the country.
+        let mut all = Vec::new();
+        for h in (-48..72).step_by(6) {
+            for cc in countries {
+                let mut k = vec![7u8];
+                k.extend_from_slice(&ordered_i64(h));
+                k.extend_from_slice(&cc);
+                k.extend_from_slice(&[0, 1, 2]);
+                tree.insert(&k, &[][..]).unwrap();
+                all.push((h, cc, k));
+            }
+        }
+        for cc in countries {
+            for (range, step) in [
+                ((-48, 72), 24),
+                ((-47, 25), 24),
+                ((-30, 31), 6),
+                ((1, 1), 1),
+            ] {
+                let got: Vec<Vec<u8>> = scan(&tree, hour_ranges(&[7], range, step, Some(cc)))
+                    .map(|i| i.unwrap().0.to_vec())
+                    .collect();
+                let want: Vec<Vec<u8>> = all
+                    .iter()
+                    .filter(|(h, c, _)| {
+                        *c == cc && range.0 <= *h && *h < range.1 && h.rem_euclid(step) == 0
+                    })
+                    .map(|(_, _, k)| k.clone())
+                    .collect();
+                assert_eq!(got, want, "{cc:?} {range:?} step {step}");
+            }
+        }
+        // Without a country, or with too many hours to step through: one range, every country.
+        let every =
+            |country| scan(&tree, hour_ranges(&[7], (i64::MIN, i64::MAX), 24, country)).count();
+        assert_eq!(every(None), all.len());
+        assert_eq!(every(Some(*b"RU")), all.len());
+    }
 
     fn item(agent: u8, id: u8) -> VerifiedReport {
         VerifiedReport::parse(StoredReport {

@@ -159,6 +159,12 @@ enum Command {
         /// (a pass never moves back: after this the last day stays rolled up in this store).
         #[arg(long = "close-last-day")]
         close_last_day: bool,
+        /// Before each timed query, upload this many new reports of the mix's last day (one
+        /// per batch, untimed): the day in progress written while it is read, as a collector
+        /// sees it (ten million reports over 28 days arrive at about 4 a second). They stay in
+        /// the store.
+        #[arg(long = "uploads-between", default_value_t = 0)]
+        uploads_between: usize,
         #[command(flatten)]
         store: StoreOpts,
     },
@@ -436,6 +442,56 @@ struct FillOpts {
     compact_every: usize,
     rebuild_roll_ups: bool,
     close_last_day: bool,
+    uploads_between: usize,
+}
+
+/// New reports of the mix's last day, uploaded between timed queries
+/// (`--uploads-between`).
+struct Uploads {
+    mix: corpus::Mix,
+    /// The mix's last day (days since the epoch).
+    today: i64,
+    per_query: usize,
+    uploaded: usize,
+}
+
+impl Uploads {
+    fn new(agents: usize, now_ms: i64, per_query: usize) -> Result<Uploads> {
+        let mut mix = corpus::Mix::new(agents, now_ms)?;
+        // Report numbers no fill uses (ids are the number's low 32 bits), apart for runs
+        // started seconds apart, so that each run's reports are new.
+        let secs = chrono::Utc::now().timestamp().rem_euclid(1_000_000) as usize;
+        mix.skip_to(2_000_000_000 + secs * 1_000);
+        Ok(Uploads {
+            mix,
+            today: now_ms.div_euclid(86_400_000),
+            per_query,
+            uploaded: 0,
+        })
+    }
+
+    /// Uploads the next `per_query` reports of the last day, one per batch.
+    fn upload(&mut self, store: &dyn ReportStore) -> Result<()> {
+        let mut sent = 0;
+        while sent < self.per_query {
+            let r = self.mix.next_verified()?;
+            if r.report
+                .started_at
+                .timestamp_millis()
+                .div_euclid(86_400_000)
+                == self.today
+            {
+                let out = store.insert_batch(std::slice::from_ref(&r))?;
+                anyhow::ensure!(
+                    out == [callwatch_collector::store::InsertOutcome::Inserted],
+                    "an upload between queries was not new: {out:?}"
+                );
+                sent += 1;
+            }
+        }
+        self.uploaded += sent;
+        Ok(())
+    }
 }
 
 /// The reports of a fill: the synthetic mix made on the fly, or read from a corpus file.
@@ -632,7 +688,8 @@ async fn aggregate(
         )?;
         println!(
             "published roll-ups: {} (day, family)s and {} (month, family)s recomputed in {:.1} s{}; \
-             {} (day, family)s of the mix's last day left open (read from their cells)",
+             {} (day, family)s of the mix's last day left open (the day in progress: read \
+             from memory)",
             stats.days,
             stats.months,
             t.elapsed().as_secs_f64(),
@@ -655,6 +712,10 @@ async fn aggregate(
             println!("sled: {bytes} bytes on disk ({} bytes/report)", bytes / n);
         }
     }
+    let mut uploads = match fill_opts.uploads_between {
+        0 => None,
+        n => Some(Uploads::new(fill_opts.agents, now_ms, n)?),
+    };
     let any: SocketAddr = "127.0.0.1:0".parse()?;
     let mut cfg = ServeConfig::new(tmp.path().join("serve"));
     (cfg.listen, cfg.http, cfg.reflectors) = (any, any, vec![any]);
@@ -663,8 +724,18 @@ async fn aggregate(
     let collector = serve_with_store(cfg, store.clone()).await?;
     // The event detector's first pass over the whole history runs when the collector starts;
     // the events feed answers once it is done, so no timed query competes with it.
+    // A request that outlasts the API's time limit is answered 503 while the pass goes on:
+    // asked again (each request waits on the server; at most 30).
     let t = Instant::now();
-    let (status, _) = callwatch_tests::http::get(collector.http_addr, "/api/v1/events").await?;
+    let mut status = 503;
+    for _ in 0..30 {
+        status = callwatch_tests::http::get(collector.http_addr, "/api/v1/events")
+            .await?
+            .0;
+        if status != 503 {
+            break;
+        }
+    }
     anyhow::ensure!(status == 200, "the events feed: {status}");
     println!(
         "the event detector's first pass: done {:.1} s after start (waited for, untimed)",
@@ -700,6 +771,9 @@ async fn aggregate(
         let mut times = Vec::new();
         let mut cells = 0;
         for _ in 0..repeat.max(1) {
+            if let Some(u) = uploads.as_mut() {
+                u.upload(store.as_ref())?;
+            }
             let t = Instant::now();
             let (status, body) = callwatch_tests::http::get(
                 collector.http_addr,
@@ -720,7 +794,13 @@ async fn aggregate(
     }
     collector.shutdown().await;
     if let Some(sled) = sled {
-        roll_up_against_hours(&sled, repeat, now_ms)?;
+        roll_up_against_hours(&sled, repeat, now_ms, uploads.as_mut())?;
+    }
+    if let Some(u) = &uploads {
+        println!(
+            "uploaded {} reports of the mix's last day, {} before each timed query (untimed)",
+            u.uploaded, u.per_query
+        );
     }
     if let Some((ch, false)) = clickhouse {
         ch.drop_database()?;
@@ -760,7 +840,12 @@ fn fill(
 
 /// In process, same store, same run: each query answered with the day roll-up (what the API
 /// does) and from the hourly cells alone (the baseline), alternately; the answers must agree.
-fn roll_up_against_hours(sled: &SledStore, repeat: usize, now: i64) -> Result<()> {
+fn roll_up_against_hours(
+    sled: &SledStore,
+    repeat: usize,
+    now: i64,
+    mut uploads: Option<&mut Uploads>,
+) -> Result<()> {
     use callwatch_collector::domain::{Axis, Filter, Policy};
     let week_ago = now - 7 * 86_400_000;
     let queries: [(&str, Vec<Axis>, Filter); 5] = [
@@ -813,6 +898,9 @@ fn roll_up_against_hours(sled: &SledStore, repeat: usize, now: i64) -> Result<()
         let (mut api, mut days, mut fine) = (Vec::new(), Vec::new(), Vec::new());
         let mut cells = 0;
         for _ in 0..repeat.max(1) {
+            if let Some(u) = uploads.as_deref_mut() {
+                u.upload(sled)?;
+            }
             let t = Instant::now();
             let a = sled.aggregate(&axes, &filter, &policy)?;
             api.push(t.elapsed());
@@ -1019,6 +1107,7 @@ async fn main() {
             compact_every,
             rebuild_roll_ups,
             close_last_day,
+            uploads_between,
             store,
         } => {
             let fill = FillOpts {
@@ -1027,6 +1116,7 @@ async fn main() {
                 compact_every,
                 rebuild_roll_ups,
                 close_last_day,
+                uploads_between,
             };
             aggregate(reports, data, repeat, fill_batch, fill, store).await
         }

@@ -1,0 +1,166 @@
+//! The day in progress, published from memory: what its families publish for the roll-ups' k
+//! ([`rollup::publish_day`]), computed from an in-memory copy of its day cells that every write
+//! keeps current, and recomputed for a family only after a write to it.
+//!
+//! Without it a query reads the open day's day cells from sled — every one, decoded and merged
+//! into blocks and families at every query, since the day's families are always dirty — and at
+//! ten million reports that one day costs as much as the month before it. The answers are the
+//! same: the copy is exact (a writer changes it, under its lock, in the same critical section as
+//! the transaction that changes the day cells, and a day is loaded under that lock too), and
+//! what is published from it is what the next roll-up pass will write for the day.
+//!
+//! Which days a query reads from here: those at or after the roll-up boundary (`meta`/`rollb`)
+//! among the last [`LIVE_DAYS`] of the store. None of them is in a month cell's mask (masks hold
+//! only days before the boundary), so a query adds them to month cells as it would a dirty day;
+//! a month cell whose mask holds one (a pass moved the boundary past it while the query ran) is
+//! treated as stale.
+
+use super::{backend, corrupt, decode_cell, hour_ranges, scan, SledStore, StoreError};
+use crate::domain::rollup::{self, DayPublished, Scope};
+use crate::domain::{CellKey, CellState, Grouper};
+use std::collections::BTreeMap;
+
+/// Days kept in memory at most: the day in progress, and the next one (a report whose clock is
+/// ahead, or the minutes after midnight before the next pass).
+pub(super) const LIVE_DAYS: i64 = 2;
+
+/// The live days' day cells and what their families publish.
+#[derive(Default)]
+pub(super) struct Live {
+    days: BTreeMap<i64, LiveDay>,
+}
+
+#[derive(Default)]
+struct LiveDay {
+    /// The day's day cells as the `days` tree holds them (without the events' flags, which
+    /// nothing published shows).
+    cells: BTreeMap<CellKey, CellState>,
+    /// What each family publishes for `k`; a family written since it was computed is absent.
+    published: BTreeMap<CellKey, DayPublished>,
+    k: usize,
+}
+
+impl Live {
+    /// After a committed write: the new states of the day cells it wrote (keys and values as
+    /// the `days` tree holds them). Days not in memory are left alone.
+    pub(super) fn written<K: AsRef<[u8]>>(
+        &mut self,
+        cells: impl IntoIterator<Item = (K, CellState)>,
+    ) {
+        for (kb, mut state) in cells {
+            let Some(key) = CellKey::from_bytes(kb.as_ref()) else {
+                continue;
+            };
+            if let Some(day) = self.days.get_mut(&key.day()) {
+                state.flagged.clear();
+                day.published.remove(&rollup::family(&key));
+                day.cells.insert(key, state);
+            }
+        }
+    }
+
+    /// Forgets every day (the day cells were rebuilt, or the roll-ups dropped).
+    pub(super) fn clear(&mut self) {
+        self.days.clear();
+    }
+}
+
+impl SledStore {
+    pub(super) fn live(&self) -> Result<std::sync::MutexGuard<'_, Live>, StoreError> {
+        self.live
+            .lock()
+            .map_err(|_| StoreError::Backend("a query of the day in progress panicked".into()))
+    }
+
+    /// Forgets the live days: for whoever rewrites day cells other than through a group write.
+    pub(super) fn forget_live(&self) -> Result<(), StoreError> {
+        self.live()?.clear();
+        Ok(())
+    }
+
+    /// The days of `[from, to)` a query reads from memory: at or after the roll-up `boundary`,
+    /// and among the last [`LIVE_DAYS`] before `end` (the day after the store's last).
+    pub(super) fn live_days(from: i64, to: i64, end: i64, boundary: Option<i64>) -> (i64, i64) {
+        match boundary {
+            Some(b) => (from.max(b).max(end.saturating_sub(LIVE_DAYS)), to),
+            None => (to, to),
+        }
+    }
+
+    /// Adds what `day`'s units of `scope` publish for `k` to a query, from memory (loading the
+    /// day first if it is not there). Every unit: no month cell holds a live day.
+    pub(super) fn add_live(
+        &self,
+        g: &mut Grouper<'_>,
+        day: i64,
+        scope: Scope,
+        k: usize,
+    ) -> Result<(), StoreError> {
+        let mut live = self.live()?;
+        if !live.days.contains_key(&day) {
+            // Loaded under the lock a writer holds through its transaction: no write falls
+            // between this read and the copy's first update.
+            let mut cells = BTreeMap::new();
+            let hours = (
+                day.saturating_mul(24),
+                day.saturating_add(1).saturating_mul(24),
+            );
+            for item in scan(&self.days, hour_ranges(&[], hours, 24, None)) {
+                let (kb, v) = item.map_err(backend)?;
+                let (key, mut state) = decode_cell(&kb, &v)?;
+                state.flagged.clear();
+                cells.insert(key, state);
+            }
+            while live.days.len() as i64 >= LIVE_DAYS {
+                live.days.pop_first();
+            }
+            live.days.insert(
+                day,
+                LiveDay {
+                    cells,
+                    ..LiveDay::default()
+                },
+            );
+        }
+        let d = live
+            .days
+            .get_mut(&day)
+            .ok_or_else(|| corrupt(b"live", "a live day vanished under its lock"))?;
+        if d.k != k {
+            d.published.clear();
+            d.k = k;
+        }
+        let mut behind: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
+        for (key, state) in &d.cells {
+            let f = rollup::family(key);
+            if !d.published.contains_key(&f) {
+                behind.entry(f).or_default().push((*key, state.clone()));
+            }
+        }
+        for (f, cells) in behind {
+            let published = rollup::publish_day(&f, cells, k);
+            d.published.insert(f, published);
+        }
+        for (f, p) in &d.published {
+            match scope {
+                Scope::Block => {
+                    for (asn, state) in &p.blocks {
+                        let key = CellKey { asn: *asn, ..*f };
+                        if g.wants(&key) {
+                            g.add_published_ref(&key, state);
+                        }
+                    }
+                }
+                // A country's cells are its families merged: the same to the query.
+                Scope::Family | Scope::Country => {
+                    if let Some(state) = &p.family {
+                        if g.wants(f) {
+                            g.add_published_ref(f, state);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
