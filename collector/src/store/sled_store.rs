@@ -446,7 +446,18 @@ impl SledStore {
                     dir.display()
                 ))
             })?;
-            open_and_read_all(dir, stall_limit()).map_err(damaged)?
+            open_and_read_all(dir, stall_limit()).map_err(|e| {
+                if e.contains("could not acquire lock") {
+                    // Not damage: another process (or store) holds it.
+                    StoreError::Backend(format!(
+                        "the store in {} is open in another process (a collector already \
+                         running on this data folder?): stop that one first ({e})",
+                        dir.display()
+                    ))
+                } else {
+                    damaged(e)
+                }
+            })?
         };
         let built_with = match meta.get(CAP_KEY).map_err(backend)? {
             None => None,
@@ -1354,6 +1365,19 @@ mod tests {
     use super::*;
     use crate::geo::Region;
     use callwatch_proto::{ReportId, SignedReport};
+
+    #[test]
+    fn a_store_open_elsewhere_is_said_to_be_in_use_not_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = SledStore::open(dir.path()).unwrap();
+        let Err(e) = SledStore::open(dir.path()) else {
+            panic!("opened twice");
+        };
+        let e = e.to_string();
+        assert!(e.contains("open in another process"), "{e}");
+        assert!(!e.contains("damaged") && !e.contains("backup"), "{e}");
+        drop(first);
+    }
 
     #[test]
     fn a_country_scan_reads_that_country_and_all_of_it() {
