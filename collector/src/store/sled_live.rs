@@ -1,6 +1,8 @@
 //! The day in progress, published from memory: what its families publish for the roll-ups' k
 //! ([`rollup::publish_day`]), computed from an in-memory copy of its day cells that every write
-//! keeps current, and recomputed for a family only after a write to it.
+//! keeps current, and recomputed for a family only after a write to it; and, for queries by
+//! hour, each family's published hours ([`rollup::publish_hours`]), read from its hourly cells
+//! when a query first needs them after a write to it.
 //!
 //! Without it a query reads the open day's day cells from sled — every one, decoded and merged
 //! into blocks and families at every query, since the day's families are always dirty — and at
@@ -16,9 +18,9 @@
 //! treated as stale.
 
 use super::{backend, corrupt, decode_cell, hour_ranges, scan, SledStore, StoreError};
-use crate::domain::rollup::{self, DayPublished, Scope};
+use crate::domain::rollup::{self, DayPublished, Period, Scope};
 use crate::domain::{CellKey, CellState, Grouper};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Days kept in memory at most: the day in progress, and the next one (a report whose clock is
 /// ahead, or the minutes after midnight before the next pass).
@@ -37,6 +39,9 @@ struct LiveDay {
     cells: BTreeMap<CellKey, CellState>,
     /// What each family publishes for `k`; a family written since it was computed is absent.
     published: BTreeMap<CellKey, DayPublished>,
+    /// Each family's published hours for `k`, for the families queries by hour asked for; a
+    /// family written since is absent.
+    hours: BTreeMap<CellKey, BTreeMap<i64, CellState>>,
     k: usize,
 }
 
@@ -53,7 +58,9 @@ impl Live {
             };
             if let Some(day) = self.days.get_mut(&key.day()) {
                 state.flagged.clear();
-                day.published.remove(&rollup::family(&key));
+                let f = rollup::family(&key);
+                day.published.remove(&f);
+                day.hours.remove(&f);
                 day.cells.insert(key, state);
             }
         }
@@ -87,16 +94,14 @@ impl SledStore {
         }
     }
 
-    /// Adds what `day`'s units of `scope` publish for `k` to a query, from memory (loading the
-    /// day first if it is not there). Every unit: no month cell holds a live day.
-    pub(super) fn add_live(
+    /// The live day `day` under `live`'s lock, loaded from its day cells first if it is not
+    /// in memory, its memos cleared if they were for another k.
+    fn live_day<'l>(
         &self,
-        g: &mut Grouper<'_>,
+        live: &'l mut Live,
         day: i64,
-        scope: Scope,
         k: usize,
-    ) -> Result<(), StoreError> {
-        let mut live = self.live()?;
+    ) -> Result<&'l mut LiveDay, StoreError> {
         if !live.days.contains_key(&day) {
             // Loaded under the lock a writer holds through its transaction: no write falls
             // between this read and the copy's first update.
@@ -128,7 +133,26 @@ impl SledStore {
             .ok_or_else(|| corrupt(b"live", "a live day vanished under its lock"))?;
         if d.k != k {
             d.published.clear();
+            d.hours.clear();
             d.k = k;
+        }
+        Ok(d)
+    }
+
+    /// Adds what `day`'s units of `scope` publish for `k` to a query, by day or (`period`) by
+    /// hour, from memory. Every unit: no month cell holds a live day.
+    pub(super) fn add_live(
+        &self,
+        g: &mut Grouper<'_>,
+        day: i64,
+        scope: Scope,
+        period: Period,
+        k: usize,
+    ) -> Result<(), StoreError> {
+        let mut live = self.live()?;
+        let d = self.live_day(&mut live, day, k)?;
+        if period == Period::Hour {
+            return self.add_live_hours(g, d, day, k);
         }
         let mut behind: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
         for (key, state) in &d.cells {
@@ -159,6 +183,59 @@ impl SledStore {
                         }
                     }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`SledStore::add_live`] by hour: the published hours of the families the query reads
+    /// ([`rollup::publish_hours`]), those not in memory read from their hourly cells (under the
+    /// lock, so no write commits meanwhile) — only the query's countries'. Not by network:
+    /// roll-ups do not answer those.
+    fn add_live_hours(
+        &self,
+        g: &mut Grouper<'_>,
+        d: &mut LiveDay,
+        day: i64,
+        k: usize,
+    ) -> Result<(), StoreError> {
+        let wanted: BTreeSet<CellKey> = d
+            .cells
+            .keys()
+            .map(rollup::family)
+            .filter(|f| g.wants(f))
+            .collect();
+        let behind: BTreeSet<CellKey> = wanted
+            .iter()
+            .filter(|f| !d.hours.contains_key(*f))
+            .copied()
+            .collect();
+        if !behind.is_empty() {
+            let countries: BTreeSet<[u8; 2]> = behind.iter().map(|f| f.country).collect();
+            let hours = (
+                day.saturating_mul(24),
+                day.saturating_add(1).saturating_mul(24),
+            );
+            let mut cells: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
+            for cc in countries {
+                for item in scan(&self.cells, hour_ranges(&[], hours, 1, Some(cc))) {
+                    let (kb, v) = item.map_err(backend)?;
+                    let key =
+                        CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad cell key"))?;
+                    let f = rollup::family(&key);
+                    if behind.contains(&f) {
+                        cells.entry(f).or_default().push(decode_cell(&kb, &v)?);
+                    }
+                }
+            }
+            for f in behind {
+                let published = rollup::publish_hours(&f, cells.remove(&f).unwrap_or_default(), k);
+                d.hours.insert(f, published);
+            }
+        }
+        for f in &wanted {
+            for (hour, state) in d.hours.get(f).into_iter().flatten() {
+                g.add_published_ref(&CellKey { hour: *hour, ..*f }, state);
             }
         }
         Ok(())

@@ -482,13 +482,8 @@ impl SledStore {
         };
         let by_day = axes.contains(&Axis::Day) || period == Period::Hour;
         let all = |_: &CellKey| true;
-        // The days read from memory (not by hour: hours are read as for any day).
-        let live = match period {
-            Period::Hour => (to, to),
-            Period::Day | Period::Month => {
-                Self::live_days(from, to, last.saturating_add(1), self.rolled_before()?)
-            }
-        };
+        // The days read from memory.
+        let live = Self::live_days(from, to, last.saturating_add(1), self.rolled_before()?);
         let is_live = |d: i64| live.0 <= d && d < live.1;
         let k = policy.min_agents;
         let mut day = from;
@@ -534,7 +529,7 @@ impl SledStore {
                     let stale_only = |key: &CellKey| stale.contains(&scope.unit(key));
                     for d in day..end {
                         if is_live(d) {
-                            self.add_live(&mut g, d, scope, k)?;
+                            self.add_live(&mut g, d, scope, Period::Day, k)?;
                         } else {
                             let dirty = dirty.get(&d);
                             self.add_day(&mut g, d, scope, Period::Day, &stale_only, dirty)?;
@@ -544,7 +539,7 @@ impl SledStore {
                 _ => {
                     for d in day..end {
                         if is_live(d) {
-                            self.add_live(&mut g, d, scope, k)?;
+                            self.add_live(&mut g, d, scope, period, k)?;
                         } else {
                             self.add_day(&mut g, d, scope, period, &all, dirty.get(&d))?;
                         }
@@ -1002,21 +997,20 @@ mod tests {
         let (_dir, s, p, last) = last_day_open(11, 500);
         let rolled: Vec<_> = queries()
             .into_iter()
-            .filter(|(axes, filter)| {
-                rollup::answers(axes, filter, 2, Some(2)) && !axes.contains(&Axis::Hour)
-            })
+            .filter(|(axes, filter)| rollup::answers(axes, filter, 2, Some(2)))
             .collect();
         let answers: Vec<Vec<Cell>> = rolled
             .iter()
             .map(|(a, f)| s.aggregate(a, f, &p).unwrap())
             .collect();
         assert_exact(&s, &p, "the last day in memory");
-        // The last day's cells emptied behind the store's back: the queries answer as before,
-        // and the day cells' own path no longer does.
+        // The last day's day and hourly cells emptied behind the store's back: the queries
+        // (by day and by hour) answer as before, and the cells' own path no longer does.
         let empty = postcard::to_allocvec(&CellState::default()).unwrap();
-        let hours = ordered_i64(last * 24)..ordered_i64(last * 24 + 24);
-        for item in s.days.range(hours) {
-            s.days.insert(item.unwrap().0, empty.clone()).unwrap();
+        for tree in [&s.days, &s.cells] {
+            for item in tree.range(ordered_i64(last * 24)..ordered_i64(last * 24 + 24)) {
+                tree.insert(item.unwrap().0, empty.clone()).unwrap();
+            }
         }
         let mut changed = 0;
         for ((axes, filter), want) in rolled.iter().zip(&answers) {
@@ -1029,6 +1023,7 @@ mod tests {
             "{changed} of {} queries read the last day",
             rolled.len()
         );
+        assert!(rolled.iter().any(|(axes, _)| axes.contains(&Axis::Hour)));
     }
 
     #[test]

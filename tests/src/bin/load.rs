@@ -848,7 +848,7 @@ fn roll_up_against_hours(
 ) -> Result<()> {
     use callwatch_collector::domain::{Axis, Filter, Policy};
     let week_ago = now - 7 * 86_400_000;
-    let queries: [(&str, Vec<Axis>, Filter); 5] = [
+    let queries: [(&str, Vec<Axis>, Filter); 6] = [
         (
             "country x platform",
             vec![Axis::Country, Axis::Platform],
@@ -879,6 +879,16 @@ fn roll_up_against_hours(
             Filter {
                 since_ms: Some(week_ago),
                 until_ms: Some(now),
+                ..Filter::default()
+            },
+        ),
+        (
+            "hour, DE, last 30 days (days ms: hourly too)",
+            vec![Axis::Hour],
+            Filter {
+                country: Some("DE".into()),
+                since_ms: Some(now - 30 * 86_400_000),
+                until_ms: Some(now + 86_400_000),
                 ..Filter::default()
             },
         ),
