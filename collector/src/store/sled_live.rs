@@ -54,7 +54,10 @@ impl Live {
     ) {
         for (kb, mut state) in cells {
             let Some(key) = CellKey::from_bytes(kb.as_ref()) else {
-                continue;
+                // Cannot happen (the writer made the key); if it did, a day of the copy could
+                // miss it: forget them all.
+                self.clear();
+                return;
             };
             if let Some(day) = self.days.get_mut(&key.day()) {
                 state.flagged.clear();
@@ -73,10 +76,17 @@ impl Live {
 }
 
 impl SledStore {
+    /// The live days, under their lock. A holder that panicked (a query, or the writer in its
+    /// transaction) leaves a copy that may be half updated: it is forgotten, and the lock used
+    /// again — the copy is only a cache of the day cells, and a write outage for a failed query
+    /// would be far worse.
     pub(super) fn live(&self) -> Result<std::sync::MutexGuard<'_, Live>, StoreError> {
-        self.live
-            .lock()
-            .map_err(|_| StoreError::Backend("a query of the day in progress panicked".into()))
+        Ok(self.live.lock().unwrap_or_else(|poisoned| {
+            self.live.clear_poison();
+            let mut live = poisoned.into_inner();
+            live.clear();
+            live
+        }))
     }
 
     /// Forgets the live days: for whoever rewrites day cells other than through a group write.
@@ -149,15 +159,21 @@ impl SledStore {
         period: Period,
         k: usize,
     ) -> Result<(), StoreError> {
+        if period == Period::Hour && scope == Scope::Block {
+            return Err(StoreError::Backend("no roll-up by network and hour".into()));
+        }
         let mut live = self.live()?;
         let d = self.live_day(&mut live, day, k)?;
         if period == Period::Hour {
             return self.add_live_hours(g, d, day, k);
         }
+        // Only the families the query reads (the writer waits while this runs); by network,
+        // every family (a family key has no network to match the query's).
+        let reads = |f: &CellKey| scope == Scope::Block || g.wants(f);
         let mut behind: BTreeMap<CellKey, Vec<(CellKey, CellState)>> = BTreeMap::new();
         for (key, state) in &d.cells {
             let f = rollup::family(key);
-            if !d.published.contains_key(&f) {
+            if !d.published.contains_key(&f) && reads(&f) {
                 behind.entry(f).or_default().push((*key, state.clone()));
             }
         }

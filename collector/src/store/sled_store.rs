@@ -908,7 +908,14 @@ impl SledStore {
         filter: &Filter,
         policy: &Policy,
     ) -> Result<Vec<Cell>, StoreError> {
-        self.aggregate_by(Plan::hourly(&filter.whole_days()), axes, filter, policy)
+        // Every key of the range, not one country's key ranges: the tests' reference shares no
+        // reading shortcut with what it checks.
+        let mut g = Grouper::new(axes, filter);
+        let plan = Plan::hourly(&filter.whole_days());
+        for range in plan.fine.into_iter().flatten() {
+            merge_range(&self.cells, &mut g, range, 1, None)?;
+        }
+        Ok(g.finish(policy))
     }
 
     /// Merges the cells `plan` names into the query's cells.
@@ -920,11 +927,12 @@ impl SledStore {
         policy: &Policy,
     ) -> Result<Vec<Cell>, StoreError> {
         let mut g = Grouper::new(axes, filter);
+        let country = g.country_key();
         for range in plan.fine.into_iter().flatten() {
-            merge_range(&self.cells, &mut g, range, 1)?;
+            merge_range(&self.cells, &mut g, range, 1, country)?;
         }
         if let Some(range) = plan.days {
-            merge_range(&self.days, &mut g, range, 24)?;
+            merge_range(&self.days, &mut g, range, 24, country)?;
         }
         Ok(g.finish(policy))
     }
@@ -996,14 +1004,15 @@ pub(super) fn scan(
 }
 
 /// Adds the cells of `tree` (keys every `step` hours) whose hour lies in `[from, to)` to a
-/// query.
+/// query, reading only `country`'s keys when one is given.
 fn merge_range(
     tree: &sled::Tree,
     g: &mut Grouper<'_>,
     range: (i64, i64),
     step: i64,
+    country: Option<[u8; 2]>,
 ) -> Result<(), StoreError> {
-    for item in scan(tree, hour_ranges(&[], range, step, g.country_key())) {
+    for item in scan(tree, hour_ranges(&[], range, step, country)) {
         let (k, v) = item.map_err(backend)?;
         let key = CellKey::from_bytes(&k).ok_or_else(|| corrupt(&k, "bad aggregate cell key"))?;
         if g.wants(&key) {
