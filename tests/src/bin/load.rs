@@ -724,17 +724,24 @@ async fn aggregate(
     let collector = serve_with_store(cfg, store.clone()).await?;
     // The event detector's first pass over the whole history runs when the collector starts;
     // the events feed answers once it is done, so no timed query competes with it.
-    // A request that outlasts the API's time limit is answered 503 while the pass goes on:
-    // asked again (each request waits on the server; at most 30).
+    // A request that outlasts the API's time limit, or finds the pass holding the events'
+    // slot, is answered 503: asked again after the Retry-After the answer gives (at most 120
+    // times).
     let t = Instant::now();
     let mut status = 503;
-    for _ in 0..30 {
-        status = callwatch_tests::http::get(collector.http_addr, "/api/v1/events")
-            .await?
-            .0;
+    for _ in 0..120 {
+        let reply =
+            callwatch_tests::http::request(collector.http_addr, "/api/v1/events", &[]).await?;
+        status = reply.status;
         if status != 503 {
             break;
         }
+        let wait = reply
+            .header("retry-after")
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(1)
+            .clamp(1, 30);
+        tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
     }
     anyhow::ensure!(status == 200, "the events feed: {status}");
     println!(
