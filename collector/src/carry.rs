@@ -252,7 +252,8 @@ pub async fn import_command(
         hosting: hosting.clone(),
         paths: Some(Arc::new(PathTokens::new(secret.clone()))),
     };
-    let store: Arc<dyn ReportStore> = match crate::store::config::open_for_serve(store_args)? {
+    let store: Arc<dyn ReportStore> = match crate::store::config::open_for_serve(store_args, None)?
+    {
         Some(clickhouse) => clickhouse,
         None => Arc::new(crate::store::config::open_stopped_sled(data)?),
     };

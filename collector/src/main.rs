@@ -482,10 +482,12 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("options ok");
                 return Ok(());
             }
-            let collector = match callwatch_collector::store::config::open_for_serve(&store)? {
-                None => serve(cfg).await?,
-                Some(store) => callwatch_collector::serve_with_store(cfg, store).await?,
-            };
+            let mirror = Some((cfg.data_dir.as_path(), &cfg.policy));
+            let collector =
+                match callwatch_collector::store::config::open_for_serve(&store, mirror)? {
+                    None => serve(cfg).await?,
+                    Some(store) => callwatch_collector::serve_with_store(cfg, store).await?,
+                };
             println!(
                 "collector pin (SHA-256 of its certificate): {}",
                 collector.pin
@@ -670,7 +672,7 @@ fn export(
         _ => i64::MIN,
     };
     let (store, cap): (std::sync::Arc<dyn ReportStore>, usize) =
-        match callwatch_collector::store::config::open_for_serve(store_args)? {
+        match callwatch_collector::store::config::open_for_serve(store_args, None)? {
             Some(clickhouse) => (clickhouse, Policy::default().max_per_agent_per_day),
             None => {
                 let sled = callwatch_collector::store::config::open_stopped_sled(data)?;
@@ -740,7 +742,7 @@ fn export_events(
     let (store, cap): (
         std::sync::Arc<dyn callwatch_collector::store::ReportStore>,
         usize,
-    ) = match callwatch_collector::store::config::open_for_serve(store_args)? {
+    ) = match callwatch_collector::store::config::open_for_serve(store_args, None)? {
         Some(clickhouse) => (clickhouse, Policy::default().max_per_agent_per_day),
         None => {
             let sled = callwatch_collector::store::config::open_stopped_sled(data)?;

@@ -303,12 +303,39 @@ pub fn migrate(
     Ok(done)
 }
 
-/// Opens the store `serve` should use when it is not sled (a helper for `main`).
-pub fn open_for_serve(args: &StoreArgs) -> Result<Option<std::sync::Arc<dyn ReportStore>>> {
+/// The ClickHouse store's aggregate mirror inside a collector's data folder
+/// ([`super::clickhouse::mirror`]).
+pub fn mirror_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("clickhouse-mirror.sled")
+}
+
+/// How old the aggregate mirror may be before a query syncs it itself: twice the collector's
+/// own sync interval, so queries sync only when that task is not keeping up.
+pub const MIRROR_REFRESH: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Opens the store `serve` should use when it is not sled (a helper for `main`). With
+/// `mirror` (the data folder and the collector's policy) a ClickHouse store answers queries
+/// from its aggregate mirror in that folder ([`mirror_path`]).
+pub fn open_for_serve(
+    args: &StoreArgs,
+    mirror: Option<(&Path, &crate::domain::Policy)>,
+) -> Result<Option<std::sync::Arc<dyn ReportStore>>> {
     let choice = args.resolve()?;
-    Ok(choice
-        .open_clickhouse()?
-        .map(|s| std::sync::Arc::new(s) as std::sync::Arc<dyn ReportStore>))
+    let Some(store) = choice.open_clickhouse()? else {
+        return Ok(None);
+    };
+    let store = match mirror {
+        Some((data_dir, policy)) => {
+            // Before anything is created inside it: the data folder is owner-only.
+            callwatch_reflector::files::ensure_private_dir(data_dir)?;
+            let path = mirror_path(data_dir);
+            store
+                .with_mirror(&path, policy, MIRROR_REFRESH)
+                .with_context(|| format!("opening the aggregate mirror {}", path.display()))?
+        }
+        None => store,
+    };
+    Ok(Some(std::sync::Arc::new(store)))
 }
 
 #[cfg(test)]

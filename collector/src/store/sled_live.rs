@@ -69,6 +69,11 @@ impl Live {
         }
     }
 
+    /// Forgets one day (its cells were replaced whole).
+    pub(super) fn forget_day(&mut self, day: i64) {
+        self.days.remove(&day);
+    }
+
     /// Forgets every day (the day cells were rebuilt, or the roll-ups dropped).
     pub(super) fn clear(&mut self) {
         self.days.clear();

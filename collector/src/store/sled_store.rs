@@ -31,6 +31,9 @@ use std::path::Path;
 
 #[path = "sled_live.rs"]
 mod live;
+#[path = "sled_mirror.rs"]
+mod mirror;
+pub use mirror::ReplacedDay;
 #[path = "sled_rollups.rs"]
 mod rollups;
 pub use rollups::RollUpStats;

@@ -78,13 +78,14 @@
 //! query's policy, so changing them needs no rebuild.
 
 pub mod client;
+pub mod mirror;
 pub mod queries;
 pub mod rows;
 pub mod schema;
 
 pub use client::{check_identifier, Access, ClickHouseUrl};
 
-use super::{InsertOutcome, ReportStore, StoreError};
+use super::{InsertOutcome, ReportStore, SledStore, StoreError};
 use crate::domain::events::EvidenceBook;
 use crate::domain::{Axis, Cell, Filter, Policy, StoredReport, VerifiedReport};
 use client::{lit, Http};
@@ -106,6 +107,9 @@ pub struct ClickHouseStore {
     http: Http,
     db: String,
     last_arrival: std::sync::atomic::AtomicU64,
+    /// The aggregate mirror queries are answered from, when the collector keeps one
+    /// ([`mirror`]).
+    mirror: Option<mirror::Mirror>,
 }
 
 impl ClickHouseStore {
@@ -126,9 +130,46 @@ impl ClickHouseStore {
             http: Http::new(&parsed, access)?,
             db: database.to_string(),
             last_arrival: std::sync::atomic::AtomicU64::new(0),
+            mirror: None,
         };
         schema::migrate(&store.http, &store.db)?;
         Ok(store)
+    }
+
+    /// Answers queries under `policy`'s caps from an aggregate mirror in `dir` (created when
+    /// missing; see [`mirror`]), synced when a query finds it older than `refresh` and by
+    /// every [`ReportStore::roll_up`].
+    pub fn with_mirror(
+        mut self,
+        dir: &std::path::Path,
+        policy: &Policy,
+        refresh: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        self.mirror = Some(mirror::Mirror::open(dir, policy, refresh)?);
+        Ok(self)
+    }
+
+    /// The mirror, if any.
+    pub fn mirror(&self) -> Option<&mirror::Mirror> {
+        self.mirror.as_ref()
+    }
+
+    /// Brings the mirror (if any) up to date now.
+    pub fn sync_mirror(&self, now_ms: i64) -> Result<Option<mirror::SyncStats>, StoreError> {
+        self.mirror
+            .as_ref()
+            .map(|m| m.sync(&self.http, &self.db, now_ms))
+            .transpose()
+    }
+
+    /// The mirror, when it may answer a query under `policy` now ([`mirror::Mirror::usable`]).
+    fn mirror_for(&self, policy: &Policy) -> Result<Option<&SledStore>, StoreError> {
+        let Some(m) = &self.mirror else {
+            return Ok(None);
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        Ok(m.usable(&self.http, &self.db, policy, now)?
+            .then(|| m.cells()))
     }
 
     /// The next arrival stamp: at least `received_at_ms`·1000, above every earlier one.
@@ -358,6 +399,9 @@ impl ReportStore for ClickHouseStore {
         filter: &Filter,
         policy: &Policy,
     ) -> Result<Vec<Cell>, StoreError> {
+        if let Some(cells) = self.mirror_for(policy)? {
+            return cells.aggregate(axes, filter, policy);
+        }
         let sql = queries::aggregate_sql(&self.db, axes, filter, policy);
         let mut cells = Vec::new();
         self.http.rows(&sql, |row: AggRow| {
@@ -375,12 +419,31 @@ impl ReportStore for ClickHouseStore {
         policy: &Policy,
         book: &mut EvidenceBook,
     ) -> Result<(), StoreError> {
+        if let Some(cells) = self.mirror_for(policy)? {
+            return cells.evidence(from, to, policy, book);
+        }
         let sql = queries::evidence_sql(&self.db, from, to, policy);
         self.http.rows(&sql, |row: queries::EvidenceRow| {
             let (key, ev) = row.into_evidence()?;
             book.add(&key, ev);
             Ok(true)
         })
+    }
+
+    fn roll_up(&self, _policy: &Policy, now_ms: i64) -> Result<(), StoreError> {
+        let t = std::time::Instant::now();
+        if let Some(stats) = self.sync_mirror(now_ms)? {
+            if stats != mirror::SyncStats::default() {
+                tracing::info!(
+                    days = stats.days,
+                    dropped = stats.dropped,
+                    observations = stats.observations,
+                    seconds = t.elapsed().as_secs_f64(),
+                    "aggregate mirror brought up to date with ClickHouse"
+                );
+            }
+        }
+        Ok(())
     }
 
     fn len(&self) -> usize {
