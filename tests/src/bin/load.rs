@@ -165,6 +165,11 @@ enum Command {
         /// the store.
         #[arg(long = "uploads-between", default_value_t = 0)]
         uploads_between: usize,
+        /// ClickHouse: answer every query in SQL from the raw rows, without the aggregate
+        /// mirror a collector keeps (`clickhouse-mirror.sled` in --data, synced before the
+        /// queries and timed).
+        #[arg(long = "sql-only")]
+        sql_only: bool,
         #[command(flatten)]
         store: StoreOpts,
     },
@@ -443,6 +448,7 @@ struct FillOpts {
     rebuild_roll_ups: bool,
     close_last_day: bool,
     uploads_between: usize,
+    sql_only: bool,
 }
 
 /// New reports of the mix's last day, uploaded between timed queries
@@ -610,7 +616,6 @@ async fn aggregate(
     let mut sled = None;
     let store: Arc<dyn ReportStore> = if opts.clickhouse() {
         let (ch, keep) = opts.open_clickhouse(0)?;
-        clickhouse = Some((ch.clone(), keep));
         let have = ch.len();
         source.skip(have)?;
         let t = Instant::now();
@@ -623,6 +628,34 @@ async fn aggregate(
                 (reports - have) as f64 / t.elapsed().as_secs_f64()
             );
         }
+        let ch = if fill_opts.sql_only {
+            ch
+        } else {
+            // As a collector keeps it: synced before the queries (and by no clock meanwhile:
+            // the roll-ups as of the mix's time, its last day open).
+            let ch = Arc::into_inner(ch).context("the ClickHouse store is shared")?;
+            let path = callwatch_collector::store::config::mirror_path(&dir);
+            let ch = ch.with_mirror(
+                &path,
+                &callwatch_collector::domain::Policy::default(),
+                std::time::Duration::from_secs(24 * 3600),
+            )?;
+            let t = Instant::now();
+            let stats = ch
+                .sync_mirror(now_ms)?
+                .context("a mirror was just attached")?;
+            println!(
+                "aggregate mirror synced in {:.1} s: {} days read ({} observations), {} dropped; \
+                 {} bytes on disk",
+                t.elapsed().as_secs_f64(),
+                stats.days,
+                stats.observations,
+                stats.dropped,
+                dir_bytes(&path)
+            );
+            Arc::new(ch)
+        };
+        clickhouse = Some((ch.clone(), keep));
         ch
     } else {
         let path = callwatch_collector::store::config::sled_path(&dir);
@@ -808,6 +841,18 @@ async fn aggregate(
             "uploaded {} reports of the mix's last day, {} before each timed query (untimed)",
             u.uploaded, u.per_query
         );
+    }
+    if let Some((ch, _)) = &clickhouse {
+        // What a collector's sync does each minute after uploads: the changed days again.
+        let t = Instant::now();
+        if let Some(stats) = ch.sync_mirror(now_ms)? {
+            println!(
+                "aggregate mirror synced again in {:.1} s: {} days read ({} observations)",
+                t.elapsed().as_secs_f64(),
+                stats.days,
+                stats.observations
+            );
+        }
     }
     if let Some((ch, false)) = clickhouse {
         ch.drop_database()?;
@@ -1125,6 +1170,7 @@ async fn main() {
             rebuild_roll_ups,
             close_last_day,
             uploads_between,
+            sql_only,
             store,
         } => {
             let fill = FillOpts {
@@ -1134,6 +1180,7 @@ async fn main() {
                 rebuild_roll_ups,
                 close_last_day,
                 uploads_between,
+                sql_only,
             };
             aggregate(reports, data, repeat, fill_batch, fill, store).await
         }

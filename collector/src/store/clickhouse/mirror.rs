@@ -23,11 +23,13 @@
 //! # When queries use it
 //!
 //! Only for the policy it is built for (its caps; any k: the cells are k-free, the roll-ups for
-//! the policy's k), and only once a sync has completed in this process; otherwise the store
-//! answers in SQL as before. The collector syncs it every minute (the roll-up task); a query
-//! finding the last sync older than `refresh` syncs first unless a sync is already running.
-//! So answers include uploads up to about a minute old, as the API's overview does. With a
-//! `refresh` of zero every query syncs first (tests).
+//! the policy's k), and only once a sync under those caps has ever completed (the note says
+//! so, across restarts); otherwise the store answers in SQL. A mirror kept from before a
+//! restart answers as of then while the collector's first sync runs. The collector syncs it
+//! at start and every minute (the roll-up task); a query finding this process's last sync
+//! older than `refresh` syncs first unless a sync is already running. So answers include
+//! uploads up to about a minute old, as the API's overview does. With a `refresh` of zero
+//! every query syncs first (tests).
 
 use super::client::{lit, Http};
 use crate::domain::{day_string, Filing, Observation, Policy, FIGURE_COUNT};
@@ -53,6 +55,9 @@ struct Stamp {
 struct Note {
     caps: (u32, u32),
     days: BTreeMap<i64, Stamp>,
+    /// A sync under these caps has completed: every day is in the cells (a day being synced
+    /// again is replaced whole, never missing).
+    complete: bool,
 }
 
 /// What one sync did.
@@ -75,6 +80,8 @@ pub struct Mirror {
     syncing: Mutex<()>,
     /// When the last sync completed in this process.
     synced: Mutex<Option<Instant>>,
+    /// A sync under the mirror's caps has completed, in this process or before.
+    complete: std::sync::atomic::AtomicBool,
 }
 
 /// One stamp row.
@@ -188,12 +195,24 @@ impl Mirror {
     /// Opens (or creates) the mirror in `dir` for `policy`; `refresh` as in the module
     /// documentation.
     pub fn open(dir: &Path, policy: &Policy, refresh: Duration) -> Result<Mirror, StoreError> {
+        let cells = SledStore::open_with_policy(dir, policy)?;
+        let note = Self::note(&cells)?;
+        let complete = note.complete && note.caps == (cells.cap(), cells.prefix_cap());
         Ok(Mirror {
-            cells: SledStore::open_with_policy(dir, policy)?,
+            cells,
             policy: *policy,
             refresh,
             syncing: Mutex::new(()),
             synced: Mutex::new(None),
+            complete: complete.into(),
+        })
+    }
+
+    /// The note `cells` keep (empty when none, or one this build cannot read).
+    fn note(cells: &SledStore) -> Result<Note, StoreError> {
+        Ok(match cells.mirror_note()? {
+            Some(b) => postcard::from_bytes(&b).unwrap_or_default(),
+            None => Note::default(),
         })
     }
 
@@ -202,9 +221,11 @@ impl Mirror {
         &self.cells
     }
 
-    /// Whether queries under `policy` may be answered from the mirror now: its caps, and a
-    /// sync completed in this process — after syncing first if the last one is older than
-    /// `refresh` and none is running.
+    /// Whether queries under `policy` may be answered from the mirror now: under its caps, once
+    /// a sync has ever completed (a mirror kept from before a restart answers as of then while
+    /// the collector's first sync runs) — after syncing first when this process's last sync is
+    /// older than `refresh` (or there was none) and no sync is running; always first with a
+    /// `refresh` of zero.
     pub fn usable(
         &self,
         http: &Http,
@@ -220,23 +241,23 @@ impl Mirror {
         {
             return Ok(false);
         }
-        let last = *self.synced.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_some_and(|t| t.elapsed() < self.refresh) {
-            return Ok(true);
-        }
         if self.refresh.is_zero() {
             self.sync(http, db, now_ms)?;
             return Ok(true);
         }
-        match self.syncing.try_lock() {
-            Ok(guard) => {
+        if !self.complete.load(std::sync::atomic::Ordering::SeqCst) {
+            // Never built whole: SQL, while the collector's sync builds it.
+            return Ok(false);
+        }
+        let last = *self.synced.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= self.refresh) {
+            if let Ok(guard) = self.syncing.try_lock() {
+                // The collector's sync is behind: this query brings the mirror up to date.
                 drop(guard);
                 self.sync(http, db, now_ms)?;
-                Ok(true)
             }
-            // A sync is running: the mirror as it stands, if it ever completed one.
-            Err(_) => Ok(last.is_some()),
         }
+        Ok(true)
     }
 
     /// Brings the mirror up to date with ClickHouse (see the module documentation), then its
@@ -245,16 +266,12 @@ impl Mirror {
         let _one = self.syncing.lock().unwrap_or_else(|p| p.into_inner());
         let mut stats = SyncStats::default();
         let caps = (self.cells.cap(), self.cells.prefix_cap());
-        let mut note: Note = match self.cells.mirror_note()? {
-            Some(b) => postcard::from_bytes(&b).unwrap_or_default(),
-            None => Note::default(),
-        };
-        let reset = note.caps != caps;
-        if reset {
+        let mut note = Self::note(&self.cells)?;
+        if note.caps != caps {
             // Cells counted under other caps (the store emptied them at open): all again.
             note = Note {
                 caps,
-                days: BTreeMap::new(),
+                ..Note::default()
             };
         }
         let mut stamps: BTreeMap<i64, Stamp> = BTreeMap::new();
@@ -305,11 +322,14 @@ impl Mirror {
             save(&note)?;
             stats.days += 1;
         }
-        if reset {
-            save(&note)?;
-        }
         let today = now_ms.div_euclid(24 * 3_600_000);
         self.cells.roll_up(self.policy.min_agents, today)?;
+        if !note.complete {
+            note.complete = true;
+            save(&note)?;
+        }
+        self.complete
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         *self.synced.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(stats)
     }

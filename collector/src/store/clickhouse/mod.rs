@@ -15,6 +15,7 @@
 //! | [`schema`] | the `reports` columns and the migration at open |
 //! | [`rows`] | a report as a row and back |
 //! | [`queries`] | the aggregation SQL and the cells it answers |
+//! | [`mirror`] | the aggregate mirror: ClickHouse's days counted into sled cells on the collector's disk |
 //! | this module | [`ClickHouseStore`]: insert, dedup, paging, the [`ReportStore`] adapter |
 //!
 //! # Tables
@@ -62,6 +63,13 @@
 //! replicas (see docs/DEPLOYMENT.md).
 //!
 //! # Aggregation
+//!
+//! A collector (`serve`) answers queries and the events' evidence from its aggregate mirror
+//! ([`mirror`]): each UTC day of `reports` read once (`FINAL`, in order of arrival) and counted
+//! into the sled store's cells, roll-ups and day in progress, read again when the day's row
+//! count or greatest arrival changes, synced every minute — so a query costs what it costs on
+//! sled, not a scan of every row. Queries under other caps than the collector's, and stores
+//! opened without a mirror (`export`, the load tool's `--sql-only`), are answered in SQL:
 //!
 //! [`ReportStore::aggregate`] is one SQL query with the sled backend's semantics
 //! (see [`crate::domain`]): fine cells (UTC hour, country, subdivision, ASN, platform, arm,
