@@ -9,11 +9,11 @@
 //! roll-up pass recomputes what they publish. The day in progress in memory forgets the day.
 //! Everything a query reads then follows: the roll-ups, the live day, the plans.
 
-use super::{backend, corrupt, hour_ranges, scan, SledStore, StoreError};
+use super::{backend, corrupt, hour_ranges, scan, SledStore, StoreError, Tally};
 use crate::domain::rollup;
-use crate::domain::{CapKey, CellKey, CellState, Observation, PrefixCapKey};
+use crate::domain::{ordered_i64, CellKey, Observation};
 use sled::transaction::{TransactionError, Transactional};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 /// A note of the mirror's own, kept in the store's `meta` (which compaction copies).
 const MIRROR_NOTE: &[u8] = b"mirror";
@@ -25,7 +25,7 @@ pub struct ReplacedDay {
     pub counted: u64,
     /// Observations over a cap (stored elsewhere, not aggregated).
     pub capped: u64,
-    /// Hourly cells the day now has.
+    /// Hourly cells written.
     pub cells: usize,
 }
 
@@ -36,101 +36,121 @@ impl SledStore {
     pub fn replace_day(
         &self,
         day: i64,
-        observations: impl IntoIterator<Item = Observation>,
+        observations: &[Observation],
     ) -> Result<ReplacedDay, StoreError> {
-        let (cap, prefix_cap) = (self.cap, self.prefix_cap);
-        let mut agent_counts: HashMap<[u8; crate::domain::CAP_KEY_LEN], u32> = HashMap::new();
-        let mut prefix_counts: HashMap<[u8; crate::domain::PREFIX_CAP_KEY_LEN], u32> =
-            HashMap::new();
-        let mut hourly: BTreeMap<CellKey, CellState> = BTreeMap::new();
-        let mut daily: BTreeMap<CellKey, CellState> = BTreeMap::new();
-        let mut families: BTreeSet<CellKey> = BTreeSet::new();
-        let mut done = ReplacedDay::default();
-        for o in observations {
-            let key = o.cell_key();
-            if key.day() != day {
-                return Err(StoreError::Backend(format!(
-                    "an observation of hour {} given for day {day}",
-                    key.hour
-                )));
-            }
-            // The caps in the order of arrival, as `write_chunk` counts them.
-            let seen = agent_counts
-                .entry(CapKey::bytes(&key, &o.agent))
-                .or_default();
-            *seen = seen.saturating_add(1);
-            if *seen > cap {
-                done.capped += 1;
-                continue;
-            }
-            let seen = prefix_counts
-                .entry(PrefixCapKey::bytes(&key, &o.prefix()))
-                .or_default();
-            *seen = seen.saturating_add(1);
-            if *seen > prefix_cap {
-                done.capped += 1;
-                continue;
-            }
-            hourly.entry(key).or_default().add(&o);
-            daily.entry(key.day_cell()).or_default().add(&o);
-            families.insert(rollup::family(&key));
-            done.counted += 1;
+        self.write_day(day, observations, true)
+    }
+
+    /// Adds `observations` of UTC day `day`, which arrived after every observation the day's
+    /// cells hold, in order of arrival: counted under the caps after those, as a group write
+    /// would count them.
+    pub fn append_day(
+        &self,
+        day: i64,
+        observations: &[Observation],
+    ) -> Result<ReplacedDay, StoreError> {
+        self.write_day(day, observations, false)
+    }
+
+    fn write_day(
+        &self,
+        day: i64,
+        observations: &[Observation],
+        replace: bool,
+    ) -> Result<ReplacedDay, StoreError> {
+        if let Some(o) = observations.iter().find(|o| o.cell_key().day() != day) {
+            return Err(StoreError::Backend(format!(
+                "an observation of hour {} given for day {day}",
+                o.cell_key().hour
+            )));
         }
-        done.cells = hourly.len();
         let hours = (
             day.saturating_mul(24),
             day.saturating_add(1).saturating_mul(24),
         );
-        // The day's old keys: removed unless written again; their families marked too.
-        let old_keys = |tree: &sled::Tree, step: i64| -> Result<Vec<sled::IVec>, StoreError> {
-            scan(tree, hour_ranges(&[], hours, step, None))
-                .map(|item| item.map(|(k, _)| k).map_err(backend))
-                .collect()
-        };
-        let old_cells = old_keys(&self.cells, 1)?;
-        let old_days = old_keys(&self.days, 24)?;
-        for k in &old_days {
-            let key = CellKey::from_bytes(k).ok_or_else(|| corrupt(k, "bad day cell key"))?;
-            families.insert(rollup::family(&key));
+        // The day's old keys, when replacing: removed in the transaction (a key written
+        // again is written after its removal); their families marked dirty too.
+        let (mut old_cells, mut old_days, mut old_caps) = (Vec::new(), Vec::new(), Vec::new());
+        let mut old_families: BTreeSet<CellKey> = BTreeSet::new();
+        if replace {
+            let keys = |tree: &sled::Tree, step: i64| -> Result<Vec<sled::IVec>, StoreError> {
+                scan(tree, hour_ranges(&[], hours, step, None))
+                    .map(|item| item.map(|(k, _)| k).map_err(backend))
+                    .collect()
+            };
+            old_cells = keys(&self.cells, 1)?;
+            old_days = keys(&self.days, 24)?;
+            for k in &old_days {
+                let key = CellKey::from_bytes(k).ok_or_else(|| corrupt(k, "bad day cell key"))?;
+                old_families.insert(rollup::family(&key));
+            }
+            // Counter keys begin with the day.
+            let prefix = ordered_i64(day);
+            for tree in [&self.caps, &self.prefix_caps] {
+                let mut keys = Vec::new();
+                for item in tree.scan_prefix(prefix) {
+                    keys.push(item.map_err(backend)?.0);
+                }
+                old_caps.push(keys);
+            }
         }
-        let encode = |cells: &BTreeMap<CellKey, CellState>| -> Result<Vec<_>, StoreError> {
-            cells
-                .iter()
-                .map(|(k, s)| {
-                    postcard::to_allocvec(s)
-                        .map(|v| (k.to_bytes(), v))
-                        .map_err(|e| StoreError::Backend(format!("encoding cell: {e}")))
-                })
-                .collect()
-        };
-        let (new_cells, new_days) = (encode(&hourly)?, encode(&daily)?);
+        let (cap, prefix_cap) = (self.cap, self.prefix_cap);
         let mark = self.db.generate_id().map_err(backend)?.to_be_bytes();
         // Under the live lock, as a group write: no query loads the day between the commit
-        // and the copy forgetting it.
+        // and the copy's update.
         let mut live = self.live()?;
-        let result = (&self.cells, &self.days, &self.dirty).transaction(|(cells, days, dirty)| {
-            for (tree, old, new) in [
-                (cells, &old_cells, &new_cells),
-                (days, &old_days, &new_days),
-            ] {
-                for k in old {
+        let trees = (
+            &self.cells,
+            &self.caps,
+            &self.days,
+            &self.prefix_caps,
+            &self.dirty,
+        );
+        let result = trees.transaction(|(cells, caps, days, pcaps, dirty)| {
+            for k in &old_cells {
+                cells.remove(k)?;
+            }
+            for k in &old_days {
+                days.remove(k)?;
+            }
+            for (tree, keys) in [caps, pcaps].into_iter().zip(&old_caps) {
+                for k in keys {
                     tree.remove(k)?;
                 }
-                for (k, v) in new {
-                    tree.insert(&k[..], v.as_slice())?;
-                }
             }
-            for f in &families {
+            for f in &old_families {
                 dirty.insert(&f.to_bytes()[..], &mark[..])?;
             }
-            Ok::<_, sled::transaction::ConflictableTransactionError<String>>(())
+            let mut tally = Tally::default();
+            let mut done = ReplacedDay::default();
+            for o in observations {
+                if tally.count(o, (cap, prefix_cap), (cells, caps, days, pcaps))? {
+                    done.counted += 1;
+                } else {
+                    done.capped += 1;
+                }
+            }
+            tally.write((cells, caps, days, pcaps), dirty, &mark)?;
+            done.cells = tally.cells();
+            Ok((done, tally.daily))
         });
-        live.forget_day(day);
+        let done = match result {
+            Ok((done, daily)) => {
+                if replace {
+                    live.forget_day(day);
+                } else {
+                    live.written(daily);
+                }
+                done
+            }
+            Err(e) => {
+                return Err(match e {
+                    TransactionError::Storage(e) => backend(e),
+                    TransactionError::Abort(what) => StoreError::Backend(what),
+                })
+            }
+        };
         drop(live);
-        result.map_err(|e| match e {
-            TransactionError::Storage(e) => backend(e),
-            TransactionError::Abort(what) => StoreError::Backend(what),
-        })?;
         self.db.flush().map_err(backend)?;
         Ok(done)
     }
@@ -229,7 +249,9 @@ mod tests {
         let mirror = SledStore::open_with_policy(b.path(), &policy).unwrap();
         let mut capped = 0;
         for &d in &days {
-            let done = mirror.replace_day(d, observations_of(&reports, d)).unwrap();
+            let done = mirror
+                .replace_day(d, &observations_of(&reports, d))
+                .unwrap();
             capped += done.capped;
         }
         assert!(capped > 0, "the caps bind in this mix");
@@ -243,22 +265,30 @@ mod tests {
         // whole again: the roll-ups follow.
         let first = *days.first().unwrap();
         let obs = observations_of(&reports, first);
-        mirror
-            .replace_day(first, obs[..obs.len() / 10].to_vec())
-            .unwrap();
+        mirror.replace_day(first, &obs[..obs.len() / 10]).unwrap();
         mirror.roll_up(policy.min_agents, last).unwrap();
         assert_ne!(answers(&mirror, &policy), answers(&ingested, &policy));
-        mirror.replace_day(first, obs).unwrap();
+        mirror.replace_day(first, &obs).unwrap();
         mirror.roll_up(policy.min_agents, last).unwrap();
         assert_eq!(answers(&mirror, &policy), answers(&ingested, &policy));
         // The live (last) day, read from memory by a query, then replaced: the copy follows.
         let before = answers(&mirror, &policy);
-        mirror.replace_day(last, Vec::new()).unwrap();
+        mirror.replace_day(last, &[]).unwrap();
         let emptied = answers(&mirror, &policy);
         assert_ne!(before, emptied);
         mirror
-            .replace_day(last, observations_of(&reports, last))
+            .replace_day(last, &observations_of(&reports, last))
             .unwrap();
+        assert_eq!(answers(&mirror, &policy), answers(&ingested, &policy));
+        // Every day as its first third, then the rest appended (the caps go on counting from
+        // the counters the replacement wrote): as ingested, the live day included.
+        for &d in &days {
+            let obs = observations_of(&reports, d);
+            mirror.replace_day(d, &obs[..obs.len() / 3]).unwrap();
+            let done = mirror.append_day(d, &obs[obs.len() / 3..]).unwrap();
+            assert!(done.capped > 0, "the caps bind in the appended part too");
+        }
+        mirror.roll_up(policy.min_agents, last).unwrap();
         assert_eq!(answers(&mirror, &policy), answers(&ingested, &policy));
     }
 
@@ -270,7 +300,7 @@ mod tests {
         let mirror = SledStore::open_with_policy(dir.path(), &policy).unwrap();
         let d0 = reports[0].observations[0].cell_key().day();
         mirror
-            .replace_day(d0, observations_of(&reports, d0))
+            .replace_day(d0, &observations_of(&reports, d0))
             .unwrap();
         let before = answers(&mirror, &policy);
         let all: Vec<_> = reports
@@ -278,7 +308,7 @@ mod tests {
             .flat_map(|r| r.observations.iter().cloned())
             .collect();
         assert!(all.iter().any(|o| o.cell_key().day() != d0));
-        let e = mirror.replace_day(d0, all).unwrap_err().to_string();
+        let e = mirror.replace_day(d0, &all).unwrap_err().to_string();
         assert!(e.contains("given for day"), "{e}");
         assert_eq!(answers(&mirror, &policy), before);
     }

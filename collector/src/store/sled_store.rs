@@ -1070,6 +1070,99 @@ fn cell<'m>(
     }
 }
 
+/// The trees a counting transaction reads and writes: cells, per-agent counters, day cells,
+/// prefix counters.
+pub(super) type CountTrees<'t> = (
+    &'t sled::transaction::TransactionalTree,
+    &'t sled::transaction::TransactionalTree,
+    &'t sled::transaction::TransactionalTree,
+    &'t sled::transaction::TransactionalTree,
+);
+
+/// What one transaction counts: observations under the per-agent and prefix caps, in the
+/// order given, merged into their hourly and day cells (each counter and cell read from its
+/// tree once, kept here, written back once by [`Tally::write`]).
+#[derive(Default)]
+pub(super) struct Tally {
+    agent_counts: HashMap<[u8; CAP_KEY_LEN], u32>,
+    prefix_counts: HashMap<[u8; PREFIX_CAP_KEY_LEN], u32>,
+    hourly: HashMap<[u8; CELL_KEY_LEN], CellState>,
+    /// The day cells written, as they now are.
+    pub(super) daily: HashMap<[u8; CELL_KEY_LEN], CellState>,
+    families: HashSet<[u8; CELL_KEY_LEN]>,
+}
+
+impl Tally {
+    /// Counts `o` if its agent and its prefix are within their caps for its cell's day; whether
+    /// it counted.
+    pub(super) fn count(
+        &mut self,
+        o: &Observation,
+        (cap, prefix_cap): (u32, u32),
+        (cells, caps, days, pcaps): CountTrees<'_>,
+    ) -> Result<bool, ConflictableTransactionError<String>> {
+        let cell_key = o.cell_key();
+        let seen = counter(
+            &mut self.agent_counts,
+            caps,
+            CapKey::bytes(&cell_key, &o.agent),
+            "per-agent counter is not 4 bytes",
+        )?;
+        let before = *seen;
+        *seen = before.saturating_add(1);
+        if before >= cap {
+            return Ok(false);
+        }
+        // The prefix cap, over the reports within their agent's cap.
+        let seen = counter(
+            &mut self.prefix_counts,
+            pcaps,
+            PrefixCapKey::bytes(&cell_key, &o.prefix()),
+            "prefix counter is not 4 bytes",
+        )?;
+        let before = *seen;
+        *seen = before.saturating_add(1);
+        if before >= prefix_cap {
+            return Ok(false);
+        }
+        cell(&mut self.hourly, cells, cell_key.to_bytes())?.add(o);
+        cell(&mut self.daily, days, cell_key.day_cell().to_bytes())?.add(o);
+        self.families.insert(rollup::family(&cell_key).to_bytes());
+        Ok(true)
+    }
+
+    /// Writes the counters and cells back, and marks the families counted into dirty.
+    pub(super) fn write(
+        &self,
+        (cells, caps, days, pcaps): CountTrees<'_>,
+        dirty: &sled::transaction::TransactionalTree,
+        mark: &[u8],
+    ) -> Result<(), ConflictableTransactionError<String>> {
+        for (k, n) in &self.agent_counts {
+            caps.insert(&k[..], &n.to_be_bytes()[..])?;
+        }
+        for (k, n) in &self.prefix_counts {
+            pcaps.insert(&k[..], &n.to_be_bytes()[..])?;
+        }
+        for f in &self.families {
+            dirty.insert(&f[..], mark)?;
+        }
+        for (tree, states) in [(cells, &self.hourly), (days, &self.daily)] {
+            for (k, state) in states {
+                let v = postcard::to_allocvec(state)
+                    .map_err(|e| abort(format!("encoding cell: {e}")))?;
+                tree.insert(&k[..], v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hourly cells counted into.
+    pub(super) fn cells(&self) -> usize {
+        self.hourly.len()
+    }
+}
+
 impl SledStore {
     /// Writes a group of batches (the leader's work, see [`GroupCommit`]): in transactions of
     /// about [`TX_REPORTS`] reports, each report inserted if absent with its time index, its
@@ -1151,11 +1244,7 @@ impl SledStore {
         let mut live = self.live()?;
         let result = trees.transaction(|(reports, by_time, cells, caps, days, pcaps, dirty)| {
             let mut ids: HashSet<[u8; 48]> = HashSet::new();
-            let mut agent_counts: HashMap<[u8; CAP_KEY_LEN], u32> = HashMap::new();
-            let mut prefix_counts: HashMap<[u8; PREFIX_CAP_KEY_LEN], u32> = HashMap::new();
-            let mut hourly: HashMap<[u8; CELL_KEY_LEN], CellState> = HashMap::new();
-            let mut daily: HashMap<[u8; CELL_KEY_LEN], CellState> = HashMap::new();
-            let mut families: HashSet<[u8; CELL_KEY_LEN]> = HashSet::new();
+            let mut tally = Tally::default();
             let mut outcomes = Vec::with_capacity(chunk.len());
             for batch in chunk {
                 let mut batch_outcomes = Vec::with_capacity(batch.len());
@@ -1167,55 +1256,14 @@ impl SledStore {
                     reports.insert(&p.id[..], p.value.as_slice())?;
                     by_time.insert(p.index.as_slice(), &[][..])?;
                     for o in &p.observations {
-                        let cell_key = o.cell_key();
-                        let seen = counter(
-                            &mut agent_counts,
-                            caps,
-                            CapKey::bytes(&cell_key, &o.agent),
-                            "per-agent counter is not 4 bytes",
-                        )?;
-                        let before = *seen;
-                        *seen = before.saturating_add(1);
-                        if before >= cap {
-                            continue;
-                        }
-                        // The prefix cap, over the reports within their agent's cap.
-                        let seen = counter(
-                            &mut prefix_counts,
-                            pcaps,
-                            PrefixCapKey::bytes(&cell_key, &o.prefix()),
-                            "prefix counter is not 4 bytes",
-                        )?;
-                        let before = *seen;
-                        *seen = before.saturating_add(1);
-                        if before >= prefix_cap {
-                            continue;
-                        }
-                        cell(&mut hourly, cells, cell_key.to_bytes())?.add(o);
-                        cell(&mut daily, days, cell_key.day_cell().to_bytes())?.add(o);
-                        families.insert(rollup::family(&cell_key).to_bytes());
+                        tally.count(o, (cap, prefix_cap), (cells, caps, days, pcaps))?;
                     }
                     batch_outcomes.push(InsertOutcome::Inserted);
                 }
                 outcomes.push(batch_outcomes);
             }
-            for (k, n) in &agent_counts {
-                caps.insert(&k[..], &n.to_be_bytes()[..])?;
-            }
-            for (k, n) in &prefix_counts {
-                pcaps.insert(&k[..], &n.to_be_bytes()[..])?;
-            }
-            for f in &families {
-                dirty.insert(&f[..], &mark[..])?;
-            }
-            for (tree, states) in [(cells, &hourly), (days, &daily)] {
-                for (k, state) in states {
-                    let v = postcard::to_allocvec(state)
-                        .map_err(|e| abort(format!("encoding cell: {e}")))?;
-                    tree.insert(&k[..], v)?;
-                }
-            }
-            Ok((outcomes, daily))
+            tally.write((cells, caps, days, pcaps), dirty, &mark)?;
+            Ok((outcomes, tally.daily))
         });
         let result = result.map(|(outcomes, daily)| {
             live.written(daily);

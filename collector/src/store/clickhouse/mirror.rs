@@ -63,8 +63,10 @@ struct Note {
 /// What one sync did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SyncStats {
-    /// Days mirrored again (changed or new).
+    /// Days read whole again (changed or new).
     pub days: usize,
+    /// Days whose new rows were added to what the mirror held (only later arrivals changed).
+    pub appended: usize,
     /// Days dropped (ClickHouse no longer has them).
     pub dropped: usize,
     /// Observations read.
@@ -305,22 +307,43 @@ impl Mirror {
         for day in gone {
             note.days.remove(&day);
             save(&note)?;
-            self.cells.replace_day(day, Vec::new())?;
+            self.cells.replace_day(day, &[])?;
             stats.dropped += 1;
         }
         for (&day, &stamp) in &stamps {
-            if note.days.get(&day) == Some(&stamp) {
+            let old = note.days.get(&day).copied();
+            if old == Some(stamp) {
                 continue;
             }
             if note.days.remove(&day).is_some() {
                 save(&note)?;
             }
-            let observations = self.read_day(http, db, day)?;
-            stats.observations += observations.len() as u64;
-            self.cells.replace_day(day, observations)?;
+            // Rows that arrived after the day's last mirrored one, and nothing else changed:
+            // counted after the others. Every read stops at the stamp's last arrival, so what
+            // is mirrored is what the stamp describes.
+            let appended = match old {
+                Some(o) if stamp.rows > o.rows && stamp.last > o.last => {
+                    let (reports, observations) =
+                        self.read_day(http, db, day, Some(o.last), stamp.last)?;
+                    if reports == stamp.rows - o.rows {
+                        stats.observations += observations.len() as u64;
+                        self.cells.append_day(day, &observations)?;
+                        stats.appended += 1;
+                        true
+                    } else {
+                        false
+                    }
+                }
+                _ => false,
+            };
+            if !appended {
+                let (_, observations) = self.read_day(http, db, day, None, stamp.last)?;
+                stats.observations += observations.len() as u64;
+                self.cells.replace_day(day, &observations)?;
+                stats.days += 1;
+            }
             note.days.insert(day, stamp);
             save(&note)?;
-            stats.days += 1;
         }
         let today = now_ms.div_euclid(24 * 3_600_000);
         self.cells.roll_up(self.policy.min_agents, today)?;
@@ -334,23 +357,35 @@ impl Mirror {
         Ok(stats)
     }
 
-    /// Day `day`'s observations, each report once, in order of arrival.
-    fn read_day(&self, http: &Http, db: &str, day: i64) -> Result<Vec<Observation>, StoreError> {
+    /// Day `day`'s reports that arrived after `after` (all when `None`) and not after `upto`,
+    /// each once (the copy that arrived first), in order of arrival: how many, and their
+    /// observations.
+    fn read_day(
+        &self,
+        http: &Http,
+        db: &str,
+        day: i64,
+        after: Option<u64>,
+        upto: u64,
+    ) -> Result<(u64, Vec<Observation>), StoreError> {
         let first = day.saturating_mul(24);
+        let after = after.map_or(String::new(), |a| format!(" AND arrival > {a}"));
         let sql = format!(
             "SELECT agent, started_at_ms, country, subdivision, asn, platform, kind, verdict, \
              rule, uploaded_elsewhere, hosting, prefix_tag, arm, rtt, jitter_up, jitter_down, \
              loss, loss_up, loss_down, mos, stalls FROM {db}.reports FINAL \
              WHERE started_date = {date} AND hour >= {first} AND hour < {end} \
-             ORDER BY arrival, id",
+             AND arrival <= {upto}{after} ORDER BY arrival, id",
             date = lit(&day_string(day.max(0))),
             end = first.saturating_add(24),
         );
         let mut out = Vec::new();
+        let mut reports = 0u64;
         http.rows(&sql, |row: DayRow| {
+            reports += 1;
             row.observations(&mut out)?;
             Ok(true)
         })?;
-        Ok(out)
+        Ok((reports, out))
     }
 }
