@@ -1282,3 +1282,33 @@ fn a_mirror_answers_once_built_and_as_of_its_last_sync() {
     assert_eq!(total(&open(&url, &db)), all);
     ch.drop_database().unwrap();
 }
+
+/// A bulk load without the pre-insert check (`insert_new`, the load tool's fill) stores a
+/// report given twice twice, and it still counts once: the same count and aggregates as a
+/// store that was given each report once.
+#[test]
+fn a_bulk_load_without_the_duplicate_check_still_counts_each_report_once() {
+    use callwatch_collector::domain::{Axis, Filter, Policy};
+    let Some(url) = clickhouse_url() else { return };
+    let (db, db2) = (fresh_db("bulk"), fresh_db("bulk2"));
+    let data = stored_seed(&seed::seed());
+    let (ch, once) = (open(&url, &db), open(&url, &db2));
+    ch.insert_new(&data[..100]).unwrap();
+    ch.insert_new(&data[50..]).unwrap();
+    once.insert_batch(&data).unwrap();
+    let rows = sql(&url, &format!("SELECT count() FROM {db}.reports"));
+    assert_eq!(rows.trim(), (data.len() + 50).to_string(), "stored twice");
+    assert_eq!(ch.len(), data.len());
+    let policy = Policy::default();
+    for axes in [
+        vec![Axis::Country, Axis::Platform],
+        vec![Axis::Day, Axis::Arm],
+    ] {
+        let x = ch.aggregate(&axes, &Filter::default(), &policy).unwrap();
+        let y = once.aggregate(&axes, &Filter::default(), &policy).unwrap();
+        assert!(!x.is_empty());
+        assert_eq!(x, y, "{axes:?}");
+    }
+    ch.drop_database().unwrap();
+    once.drop_database().unwrap();
+}
