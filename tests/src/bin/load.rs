@@ -654,10 +654,11 @@ async fn aggregate(
                 .sync_mirror(now_ms)?
                 .context("a mirror was just attached")?;
             println!(
-                "aggregate mirror synced in {:.1} s: {} days read ({} observations), {} dropped; \
-                 {} bytes on disk",
+                "aggregate mirror synced in {:.1} s: {} days read whole, {} appended to ({} \
+                 observations), {} dropped; {} bytes on disk",
                 t.elapsed().as_secs_f64(),
                 stats.days,
+                stats.appended,
                 stats.observations,
                 stats.dropped,
                 dir_bytes(&path)
@@ -856,9 +857,11 @@ async fn aggregate(
         let t = Instant::now();
         if let Some(stats) = ch.sync_mirror(now_ms)? {
             println!(
-                "aggregate mirror synced again in {:.1} s: {} days read ({} observations)",
+                "aggregate mirror synced again in {:.1} s: {} days read whole, {} appended to \
+                 ({} observations)",
                 t.elapsed().as_secs_f64(),
                 stats.days,
+                stats.appended,
                 stats.observations
             );
         }

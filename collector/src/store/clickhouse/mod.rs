@@ -27,8 +27,11 @@
 //! (`arm`, `rtt`, …, `Nullable(Float64)` where a report may lack a figure). Engine
 //! `ReplacingMergeTree(ver)`, `PARTITION BY toYYYYMM(started_date)` (the test's UTC start day,
 //! from the signed body, so the same report always lands in the same partition),
-//! `ORDER BY (agent, id)`: ReplacingMergeTree collapses rows with equal sorting key, so the
-//! sorting key must be the report's identity. `ver` is
+//! `ORDER BY (started_date, agent, id)`: ReplacingMergeTree collapses rows with equal sorting
+//! key, so the sorting key must be the report's identity — the agent key and report id, with the
+//! test's UTC day first, which every copy of a report shares (it comes from the signed body), so
+//! that one day is one range of the primary key (tables made before are sorted by `(agent, id)`
+//! and work the same, each day's read scanning its month). `ver` is
 //! `u64::MAX − received_at_ms`, so of two copies the *earliest arrival* survives — the copy the
 //! per-agent cap counts, as in sled. Aggregation queries filter by partition (month) and read a
 //! few narrow columns; the sorting key does not serve them, but a column store scans those fast.

@@ -68,6 +68,16 @@ pub const FIGURE_COLUMNS: [&str; FIGURE_COUNT] = [
     "stalls",
 ];
 
+/// The sorting key of a table made now: the report's identity, its test's UTC day first (a
+/// function of the signed body, so every copy of a report has the same), so that one day's
+/// rows are one range of the primary key — the aggregate mirror reads a day, and the
+/// pre-insert check looks up keys, without scanning the day's whole month.
+pub const SORTING_KEY: &str = "(started_date, agent, id)";
+
+/// The sorting key of tables made before [`SORTING_KEY`]: read and written the same, but each
+/// day's read scans its month.
+pub const OLD_SORTING_KEY: &str = "agent, id";
+
 /// Creates the database and `reports` when missing; adds the columns a table from before
 /// [`ADDED_COLUMNS`] lacks; refuses a table that is not ours.
 pub fn migrate(http: &Http, db: &str) -> Result<(), StoreError> {
@@ -84,7 +94,7 @@ pub fn migrate(http: &Http, db: &str) -> Result<(), StoreError> {
     http.text(&format!(
         "CREATE TABLE IF NOT EXISTS {db}.reports ({}) \
          ENGINE = ReplacingMergeTree(ver) PARTITION BY toYYYYMM(started_date) \
-         ORDER BY (agent, id)",
+         ORDER BY {SORTING_KEY}",
         columns.join(", ")
     ))?;
     let columns = || -> Result<Vec<(String, String)>, StoreError> {
@@ -138,5 +148,17 @@ pub fn migrate(http: &Http, db: &str) -> Result<(), StoreError> {
         tracing::info!("table {db}.reports: added the columns it lacked");
     }
     lacking(&found, &mut ADDED_COLUMNS.iter().map(|(n, t, _)| (*n, *t)))?;
+    let key = http.text(&format!(
+        "SELECT sorting_key FROM system.tables WHERE database = {} AND name = 'reports' \
+         FORMAT TabSeparated",
+        lit(db)
+    ))?;
+    if key.trim() == OLD_SORTING_KEY {
+        tracing::info!(
+            "table {db}.reports is sorted by ({OLD_SORTING_KEY}), as made before this release: \
+             it works, but every day the aggregate mirror reads scans that day's month; \
+             docs/DEPLOYMENT.md says how to copy it into a table sorted by {SORTING_KEY}"
+        );
+    }
     Ok(())
 }
