@@ -1197,12 +1197,15 @@ fn the_mirror_answers_as_sled_and_follows_late_uploads_copies_and_restarts() {
         "the copy's day is read again: {stats:?}"
     );
     same(&ch, "a later copy");
-    // A restart: the note says every day is mirrored.
+    // Each report counted once, the later copy too.
+    assert_eq!(ch.len(), stored.len());
+    // A restart: the note says every day is mirrored, and how many reports.
     drop(ch);
     let ch = open_mirrored();
     let stats = ch.sync_mirror(after).unwrap().unwrap();
     assert_eq!((stats.days, stats.observations), (0, 0), "{stats:?}");
     same(&ch, "after a restart");
+    assert_eq!(ch.len(), stored.len());
     // Other caps: answered in SQL (exact order statistics), counts as sled's under those caps.
     let other = Policy {
         max_per_agent_per_day: 2,
@@ -1253,19 +1256,22 @@ fn a_mirror_answers_once_built_and_as_of_its_last_sync() {
     let (first, second) = stored.split_at(stored.len() / 2);
     let ch = open_mirrored();
     ch.insert_batch(first).unwrap();
-    // Never synced: SQL, which sees the rows.
+    // Never synced: SQL, which sees the rows (and counts them).
     let half = total(&ch);
     assert!(half > 0);
+    assert_eq!(ch.len(), first.len());
     ch.sync_mirror(chrono::Utc::now().timestamp_millis())
         .unwrap();
     assert_eq!(total(&ch), half);
     ch.insert_batch(&second[..10]).unwrap();
-    // Synced a moment ago: the mirror as of then.
+    // Synced a moment ago: the mirror as of then, its count too.
     assert_eq!(total(&ch), half);
+    assert_eq!(ch.len(), first.len());
     ch.sync_mirror(chrono::Utc::now().timestamp_millis())
         .unwrap();
     let more = total(&ch);
     assert!(more > half, "{more} {half}");
+    assert_eq!(ch.len(), first.len() + 10);
     // Stopped; reports arrive meanwhile (at other collectors); started again: the first query
     // finds no sync of this process and none running, and syncs (only the changed days).
     drop(ch);
@@ -1278,6 +1284,7 @@ fn a_mirror_answers_once_built_and_as_of_its_last_sync() {
         .unwrap()
         .unwrap();
     assert_eq!(again.days, 0, "the query synced: {again:?}");
+    assert_eq!(ch.len(), stored.len());
     // Which SQL agrees with (a store without a mirror).
     assert_eq!(total(&open(&url, &db)), all);
     ch.drop_database().unwrap();

@@ -58,6 +58,8 @@ struct Note {
     /// A sync under these caps has completed: every day is in the cells (a day being synced
     /// again is replaced whole, never missing).
     complete: bool,
+    /// Reports mirrored per day (each once), for the store's count.
+    reports: BTreeMap<i64, u64>,
 }
 
 /// What one sync did.
@@ -84,6 +86,8 @@ pub struct Mirror {
     synced: Mutex<Option<Instant>>,
     /// A sync under the mirror's caps has completed, in this process or before.
     complete: std::sync::atomic::AtomicBool,
+    /// Reports the mirror counted, as of its last completed sync.
+    reports: std::sync::atomic::AtomicU64,
 }
 
 /// One stamp row.
@@ -207,7 +211,21 @@ impl Mirror {
             syncing: Mutex::new(()),
             synced: Mutex::new(None),
             complete: complete.into(),
+            reports: note.reports.values().sum::<u64>().into(),
         })
+    }
+
+    /// The number of reports ClickHouse holds (each once), as of the mirror's last sync — once
+    /// one has ever completed (after syncing first with a `refresh` of zero). Counting them in
+    /// ClickHouse (`count()` with `FINAL`) reads every row's key: 5 s at ten million rows.
+    pub fn count(&self, http: &Http, db: &str, now_ms: i64) -> Result<Option<u64>, StoreError> {
+        if self.refresh.is_zero() {
+            self.sync(http, db, now_ms)?;
+        }
+        Ok(self
+            .complete
+            .load(std::sync::atomic::Ordering::SeqCst)
+            .then(|| self.reports.load(std::sync::atomic::Ordering::SeqCst)))
     }
 
     /// The note `cells` keep (empty when none, or one this build cannot read).
@@ -306,6 +324,7 @@ impl Mirror {
             .collect();
         for day in gone {
             note.days.remove(&day);
+            note.reports.remove(&day);
             save(&note)?;
             self.cells.replace_day(day, &[])?;
             stats.dropped += 1;
@@ -328,6 +347,7 @@ impl Mirror {
                     if reports == stamp.rows - o.rows {
                         stats.observations += observations.len() as u64;
                         self.cells.append_day(day, &observations)?;
+                        *note.reports.entry(day).or_default() += reports;
                         stats.appended += 1;
                         true
                     } else {
@@ -337,9 +357,10 @@ impl Mirror {
                 _ => false,
             };
             if !appended {
-                let (_, observations) = self.read_day(http, db, day, None, stamp.last)?;
+                let (reports, observations) = self.read_day(http, db, day, None, stamp.last)?;
                 stats.observations += observations.len() as u64;
                 self.cells.replace_day(day, &observations)?;
+                note.reports.insert(day, reports);
                 stats.days += 1;
             }
             note.days.insert(day, stamp);
@@ -351,6 +372,10 @@ impl Mirror {
             note.complete = true;
             save(&note)?;
         }
+        self.reports.store(
+            note.reports.values().sum(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         self.complete
             .store(true, std::sync::atomic::Ordering::SeqCst);
         *self.synced.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());

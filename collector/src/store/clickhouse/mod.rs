@@ -484,6 +484,14 @@ impl ReportStore for ClickHouseStore {
     }
 
     fn len(&self) -> usize {
+        if let Some(m) = &self.mirror {
+            let now = chrono::Utc::now().timestamp_millis();
+            match m.count(&self.http, &self.db, now) {
+                Ok(Some(n)) => return usize::try_from(n).unwrap_or(usize::MAX),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("counting reports from the aggregate mirror: {e}"),
+            }
+        }
         match self
             .http
             .text(&format!("SELECT count() FROM {}.reports FINAL", self.db))
