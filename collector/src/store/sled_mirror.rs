@@ -25,8 +25,6 @@ pub struct ReplacedDay {
     pub counted: u64,
     /// Observations over a cap (stored elsewhere, not aggregated).
     pub capped: u64,
-    /// Hourly cells written.
-    pub cells: usize,
 }
 
 impl SledStore {
@@ -131,7 +129,6 @@ impl SledStore {
                 }
             }
             tally.write((cells, caps, days, pcaps), dirty, &mark)?;
-            done.cells = tally.cells();
             Ok((done, tally.daily))
         });
         let done = match result {

@@ -1156,11 +1156,6 @@ impl Tally {
         }
         Ok(())
     }
-
-    /// Hourly cells counted into.
-    pub(super) fn cells(&self) -> usize {
-        self.hourly.len()
-    }
 }
 
 impl SledStore {

@@ -358,12 +358,16 @@ impl ClickHouseStore {
     /// dominates the insert. A report stored already is stored again and still counts once
     /// (every read is `FINAL`; the first arrival is kept).
     pub fn insert_new(&self, batch: &[VerifiedReport]) -> Result<(), StoreError> {
-        let mut rows = Vec::with_capacity(batch.len());
-        for v in batch {
-            rows.push(Row::of(v, self.next_arrival(v.stored.received_at_ms))?);
-        }
-        self.insert_rows(&rows, std::collections::HashSet::new())
+        self.insert_rows(&self.rows(batch)?, std::collections::HashSet::new())
             .map(drop)
+    }
+
+    /// The rows of `batch`, each with its arrival stamp.
+    fn rows<'b>(&self, batch: &'b [VerifiedReport]) -> Result<Vec<Row<'b>>, StoreError> {
+        batch
+            .iter()
+            .map(|v| Row::of(v, self.next_arrival(v.stored.received_at_ms)))
+            .collect()
     }
 
     /// Inserts the rows whose keys are not in `known` (nor earlier among `rows`), in one
@@ -407,10 +411,7 @@ impl ClickHouseStore {
 
 impl ReportStore for ClickHouseStore {
     fn insert_batch(&self, batch: &[VerifiedReport]) -> Result<Vec<InsertOutcome>, StoreError> {
-        let mut rows = Vec::with_capacity(batch.len());
-        for v in batch {
-            rows.push(Row::of(v, self.next_arrival(v.stored.received_at_ms))?);
-        }
+        let rows = self.rows(batch)?;
         let known = self.existing(&rows)?;
         self.insert_rows(&rows, known)
     }
@@ -473,6 +474,7 @@ impl ReportStore for ClickHouseStore {
             if stats != mirror::SyncStats::default() {
                 tracing::info!(
                     days = stats.days,
+                    appended = stats.appended,
                     dropped = stats.dropped,
                     observations = stats.observations,
                     seconds = t.elapsed().as_secs_f64(),
