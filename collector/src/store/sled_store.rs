@@ -277,6 +277,30 @@ pub fn store_exists(dir: &Path) -> bool {
     dir.exists() || compaction_paths(dir).1.exists()
 }
 
+/// Refuses a folder that holds files but no sled database: opening it would create a store
+/// among them, and a compaction at open replaces the whole folder, which would delete them (a
+/// data folder given where its store folder was meant, say).
+fn refuse_foreign(dir: &Path) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // Missing: a new store is made. Unreadable: sled's own open says why.
+        Err(_) => return Ok(()),
+    };
+    let names: Vec<std::ffi::OsString> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    if names.is_empty() || names.iter().any(|n| n == "db" || n == "conf") {
+        return Ok(());
+    }
+    Err(StoreError::Backend(format!(
+        "{} is not a store: it holds {} other file(s) and no sled database (a store folder is \
+         a data folder's reports.sled); nothing was changed",
+        dir.display(),
+        names.len()
+    )))
+}
+
 /// Finishes or undoes a compaction ([`SledStore::close`]) a crash interrupted: with the store
 /// moved aside and the copy not yet in its place, the store goes back (it is complete, the
 /// copy may not be); with both in place, the old one is removed; a copy left over is removed.
@@ -443,6 +467,7 @@ impl SledStore {
             reports: found,
             live,
         } = {
+            refuse_foreign(dir)?;
             recover_compaction(dir).map_err(|e| {
                 StoreError::Backend(format!(
                     "finishing an interrupted compaction of the store in {}: {e}",
@@ -1432,6 +1457,40 @@ mod tests {
         assert!(e.contains("open in another process"), "{e}");
         assert!(!e.contains("damaged") && !e.contains("backup"), "{e}");
         drop(first);
+    }
+
+    #[test]
+    fn a_folder_of_other_files_is_refused_as_a_store_and_left_as_it_was() {
+        let data = tempfile::tempdir().unwrap();
+        let store = crate::store::config::sled_path(data.path());
+        SledStore::open(&store).unwrap().close().unwrap();
+        std::fs::write(data.path().join("agent.key"), b"keep me").unwrap();
+        let before: std::collections::BTreeSet<_> = std::fs::read_dir(data.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let Err(e) = SledStore::open(data.path()) else {
+            panic!("a data folder opened as a store");
+        };
+        let e = e.to_string();
+        assert!(
+            e.contains("is not a store") && e.contains("nothing was changed"),
+            "{e}"
+        );
+        let after: std::collections::BTreeSet<_> = std::fs::read_dir(data.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(before, after, "nothing created or removed");
+        assert_eq!(
+            std::fs::read(data.path().join("agent.key")).unwrap(),
+            b"keep me"
+        );
+        // The store itself, and an empty or missing folder, still open.
+        SledStore::open(&store).unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        SledStore::open(empty.path()).unwrap();
+        SledStore::open(&empty.path().join("new")).unwrap();
     }
 
     #[test]
