@@ -220,6 +220,13 @@ pub async fn serve_with_store(cfg: ServeConfig, store: Arc<dyn ReportStore>) -> 
         events: events.clone(),
         geo: Some(geo.clone()),
     });
+    // Without TCP_NODELAY (axum's default), an answer's last partial segment waits for the
+    // client's delayed acknowledgement of the segments before it: up to 40 ms on a large answer.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on an API connection: {e}");
+        }
+    });
     let http_task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("HTTP API stopped: {e}");
