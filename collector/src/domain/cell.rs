@@ -6,6 +6,7 @@ use super::codes::{
     arm_code, arm_of_code, kind_code, kind_of_code, platform_code, platform_of_code, region_text,
     subdivision_is_valid, NO_SUBDIVISION,
 };
+use super::keyset::KeySet;
 use super::observation::{Finding, Observation, FIGURE_COUNT};
 use super::query::{Axis, GroupKey};
 use super::report::Filing;
@@ -16,7 +17,7 @@ use callwatch_proto::{Platform, Role, Verdict};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize, Serializer};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// The finest cell: one UTC hour of one (country, subdivision, ASN, platform, arm, stream kind).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -240,34 +241,54 @@ impl VerdictCounts {
     }
 }
 
-/// A set of 8-byte keys as serde writes a `BTreeSet` (a sequence, in order), read in one go:
-/// built from the whole sequence at once rather than by one insertion per key, which is most of
-/// what decoding a cell of many agents costs. A sequence out of order or with repeats (a
-/// damaged store) still gives the set of its keys.
-fn key_set<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeSet<[u8; 8]>, D::Error> {
-    Ok(Vec::<[u8; 8]>::deserialize(d)?.into_iter().collect())
-}
-
 /// What a cell knows: mergeable, so any set of fine cells combines into a coarser one.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CellState {
     /// Reports (arms) counted.
     pub count: u64,
     /// Distinct agents, by the first 8 bytes of their key.
-    #[serde(deserialize_with = "key_set")]
-    pub agents: BTreeSet<[u8; 8]>,
+    pub agents: KeySet,
     pub verdicts: VerdictCounts,
     /// One sketch per [`FIGURES`] entry.
     pub figures: [Sketch; FIGURE_COUNT],
     /// Of `count`, how many were filed in a way researchers may want to exclude.
     pub filing: FilingCounts,
     /// Distinct network prefixes (8-byte prefix tags, see [`super::observation::prefix_of`]).
-    #[serde(deserialize_with = "key_set")]
-    pub prefixes: BTreeSet<[u8; 8]>,
+    pub prefixes: KeySet,
     /// Tests found differentiated, per (agent, network prefix) — 8 bytes each, as in `agents`
     /// and `prefixes`: the evidence of events ([`super::events`]), which discount the most
     /// flagging agents and prefixes of each day.
     pub flagged: BTreeMap<([u8; 8], [u8; 8]), u64>,
+}
+
+/// The fields of [`CellState`] before `flagged`, in its order: postcard reads a value's fields
+/// in order and leaves what follows unread, so this decodes a stored state without its flags.
+#[derive(Deserialize)]
+struct Unflagged {
+    count: u64,
+    agents: KeySet,
+    verdicts: VerdictCounts,
+    figures: [Sketch; FIGURE_COUNT],
+    filing: FilingCounts,
+    prefixes: KeySet,
+}
+
+impl CellState {
+    /// Decodes a postcard-encoded state without its `flagged` map (left empty, and not read,
+    /// so not checked): for queries, whose cells never show the flags, and which at ten million
+    /// reports spent a tenth of their time building and dropping them.
+    pub fn decode_unflagged(bytes: &[u8]) -> Result<CellState, postcard::Error> {
+        let u: Unflagged = postcard::from_bytes(bytes)?;
+        Ok(CellState {
+            count: u.count,
+            agents: u.agents,
+            verdicts: u.verdicts,
+            figures: u.figures,
+            filing: u.filing,
+            prefixes: u.prefixes,
+            flagged: BTreeMap::new(),
+        })
+    }
 }
 
 /// Counts of a cell's reports (arms) by how they were filed ([`Filing`]). Subsets of the cell's
@@ -325,42 +346,38 @@ impl CellState {
     }
 
     pub fn merge(&mut self, other: &CellState) {
-        self.count = self.count.saturating_add(other.count);
-        union_into(&mut self.agents, &other.agents);
-        union_into(&mut self.prefixes, &other.prefixes);
         for (pair, n) in &other.flagged {
             let mine = self.flagged.entry(*pair).or_default();
             *mine = mine.saturating_add(*n);
         }
+        self.merge_unflagged(other);
+    }
+
+    /// A copy of everything but `flagged` (left empty).
+    pub fn clone_unflagged(&self) -> CellState {
+        CellState {
+            count: self.count,
+            agents: self.agents.clone(),
+            verdicts: self.verdicts,
+            figures: self.figures.clone(),
+            filing: self.filing,
+            prefixes: self.prefixes.clone(),
+            flagged: BTreeMap::new(),
+        }
+    }
+
+    /// [`CellState::merge`] of everything but `flagged` (left as it is): what a query's cells
+    /// need, which never show the per-(agent, prefix) flags.
+    pub fn merge_unflagged(&mut self, other: &CellState) {
+        self.count = self.count.saturating_add(other.count);
+        self.agents.union_with(&other.agents);
+        self.prefixes.union_with(&other.prefixes);
         self.verdicts.merge(&other.verdicts);
         self.filing.merge(&other.filing);
         for (a, b) in self.figures.iter_mut().zip(other.figures.iter()) {
             a.merge(b);
         }
     }
-}
-
-/// Adds `b`'s keys to `a`. When `b` is not much smaller, by one pass over both sorted sets
-/// into a set built in bulk (linear), rather than a search per key of `b`.
-fn union_into(a: &mut BTreeSet<[u8; 8]>, b: &BTreeSet<[u8; 8]>) {
-    if b.len().saturating_mul(8) < a.len() {
-        a.extend(b.iter().copied());
-        return;
-    }
-    let mut left = std::mem::take(a).into_iter().peekable();
-    let mut right = b.iter().copied().peekable();
-    let merged = std::iter::from_fn(|| match (left.peek(), right.peek()) {
-        (Some(x), Some(y)) if x < y => left.next(),
-        (Some(x), Some(y)) if x > y => right.next(),
-        (Some(_), Some(_)) => {
-            right.next();
-            left.next()
-        }
-        (Some(_), None) => left.next(),
-        (None, _) => right.next(),
-    });
-    // Collecting a sorted iterator builds the set in bulk.
-    *a = merged.collect();
 }
 
 /// p10, median and p90 of one figure in a cell, at full precision: a [`Cell`] rounds them to
@@ -569,28 +586,4 @@ pub fn hour_string(hour: i64) -> String {
     DateTime::<Utc>::from_timestamp(hour.saturating_mul(3600), 0)
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .unwrap_or_default()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::union_into;
-    use proptest::prelude::*;
-    use std::collections::BTreeSet;
-
-    proptest! {
-        /// Both ways of adding (one search per key, one pass over both) give the union.
-        #[test]
-        fn union_into_is_the_union(
-            a in proptest::collection::btree_set(any::<[u8; 8]>().prop_map(|mut k| { k[..7].fill(0); k }), 0..200),
-            b in proptest::collection::btree_set(any::<[u8; 8]>().prop_map(|mut k| { k[..7].fill(0); k }), 0..40),
-        ) {
-            let want: BTreeSet<[u8; 8]> = a.union(&b).copied().collect();
-            let mut got = a.clone();
-            union_into(&mut got, &b);
-            prop_assert_eq!(&got, &want);
-            let mut got = b.clone();
-            union_into(&mut got, &a);
-            prop_assert_eq!(got, want);
-        }
-    }
 }

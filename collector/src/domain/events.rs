@@ -102,8 +102,8 @@ impl HourEvidence {
             judged: v.judged(),
             differentiated: v.differentiated.min(v.judged()),
             blocked: v.blocked.min(v.differentiated),
-            agents: state.agents.clone(),
-            prefixes: state.prefixes.clone(),
+            agents: state.agents.iter().collect(),
+            prefixes: state.prefixes.iter().collect(),
             flags: state.flagged.clone(),
         }
     }

@@ -85,6 +85,7 @@
 pub mod cell;
 pub mod codes;
 pub mod events;
+pub mod keyset;
 pub mod observation;
 pub mod query;
 pub mod report;
@@ -96,6 +97,7 @@ pub use cell::{
     PrefixCapKey, VerdictCounts, CAP_KEY_LEN, CELL_KEY_LEN, PREFIX_CAP_KEY_LEN,
 };
 pub use codes::parse_kind;
+pub use keyset::KeySet;
 pub use observation::{
     prefix_of, Finding, Observation, BLOCKED_RULES, FIGURES, FIGURE_COUNT, FIGURE_PRECISION,
     NO_REFERENCE_RULES,

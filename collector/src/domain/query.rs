@@ -8,6 +8,7 @@ use super::cell::{
 #[cfg(any(test, feature = "test-util"))]
 use super::cell::{FilingCounts, VerdictCounts};
 use super::codes::{country_code, parse_region};
+use super::keyset::KeySet;
 use super::observation::Observation;
 use super::sketch::RELATIVE_ACCURACY;
 use super::HOUR_MS;
@@ -431,11 +432,11 @@ impl<'a> Grouper<'a> {
             return;
         }
         match self.published.entry(GroupKey::of(key, self.axes)) {
-            std::collections::btree_map::Entry::Occupied(mut m) => m.get_mut().merge(state),
+            std::collections::btree_map::Entry::Occupied(mut m) => {
+                m.get_mut().merge_unflagged(state)
+            }
             std::collections::btree_map::Entry::Vacant(v) => {
-                let mut state = state.clone();
-                state.flagged.clear();
-                v.insert(state);
+                v.insert(state.clone_unflagged());
             }
         }
     }
@@ -616,8 +617,8 @@ impl<'a> Grouper<'a> {
 fn support<'s>(states: impl Iterator<Item = &'s CellState>) -> CellState {
     let mut m = CellState::default();
     for s in states {
-        m.agents.extend(s.agents.iter().copied());
-        m.prefixes.extend(s.prefixes.iter().copied());
+        m.agents.union_with(&s.agents);
+        m.prefixes.union_with(&s.prefixes);
     }
     m
 }
@@ -632,13 +633,13 @@ pub(super) fn meets_together<'s>(
 }
 
 /// Whether the union of `sets` has at least `k` keys, stopping as soon as it does.
-fn reaches<'s>(sets: impl Iterator<Item = &'s BTreeSet<[u8; 8]>>, k: usize) -> bool {
-    let mut union = BTreeSet::new();
+fn reaches<'s>(sets: impl Iterator<Item = &'s KeySet>, k: usize) -> bool {
+    let mut union = KeySet::new();
     for set in sets {
         if set.len() >= k {
             return true;
         }
-        union.extend(set.iter().copied());
+        union.union_with(set);
         if union.len() >= k {
             return true;
         }
@@ -646,10 +647,11 @@ fn reaches<'s>(sets: impl Iterator<Item = &'s BTreeSet<[u8; 8]>>, k: usize) -> b
     false
 }
 
-/// Merges `state` into `map`'s cell at `key`, or puts it there (not copied) if it is the first.
+/// Merges `state` into `map`'s cell at `key`, or puts it there (not copied) if it is the first;
+/// flags are not merged (a query's states carry none, see [`Grouper::add_owned`]).
 fn absorb<K: Ord>(map: &mut BTreeMap<K, CellState>, key: K, state: CellState) {
     map.entry(key)
-        .and_modify(|m| m.merge(&state))
+        .and_modify(|m| m.merge_unflagged(&state))
         .or_insert(state);
 }
 

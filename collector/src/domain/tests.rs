@@ -648,6 +648,49 @@ proptest::proptest! {
         other_way.merge(&sa);
         proptest::prop_assert_eq!(&other_way, &together);
     }
+
+    /// A query's states — decoded without their flags, copied and merged without them — equal
+    /// the whole states with the flags taken off, and the whole decode still reads the flags.
+    #[test]
+    fn states_decoded_and_merged_without_flags_equal_the_whole_ones_without_them(
+        a in proptest::collection::vec((0u8..6, 0.0f64..2000.0, proptest::bool::ANY), 0..40),
+        b in proptest::collection::vec((0u8..6, 0.0f64..2000.0, proptest::bool::ANY), 0..40),
+    ) {
+        let state = |v: &[(u8, f64, bool)]| {
+            let mut s = CellState::default();
+            for (agent, rtt, flagged) in v {
+                let mut o = obs("RU", Platform::Whatsapp, *agent, *rtt, 0.1);
+                if *flagged {
+                    o.verdict = Some(Verdict::Differentiated);
+                }
+                s.add(&o);
+            }
+            s
+        };
+        let (sa, sb) = (state(&a), state(&b));
+        let unflagged = |s: &CellState| CellState { flagged: Default::default(), ..s.clone() };
+        let bytes = postcard::to_allocvec(&sa).unwrap();
+        let whole: CellState = postcard::from_bytes(&bytes).unwrap();
+        proptest::prop_assert_eq!(&whole, &sa);
+        proptest::prop_assert_eq!(
+            a.iter().any(|x| x.2),
+            !whole.flagged.is_empty(),
+            "the flags are stored"
+        );
+        let decoded = CellState::decode_unflagged(&bytes).unwrap();
+        proptest::prop_assert_eq!(&decoded, &unflagged(&sa));
+        proptest::prop_assert_eq!(&sa.clone_unflagged(), &unflagged(&sa));
+        let mut merged = decoded;
+        merged.merge_unflagged(&sb);
+        let mut whole_merge = sa.clone();
+        whole_merge.merge(&sb);
+        proptest::prop_assert_eq!(&merged, &unflagged(&whole_merge));
+        // Truncated anywhere before the flags, the decode is an error, not a panic.
+        let flags_len = postcard::to_allocvec(&sa.flagged).unwrap().len();
+        for cut in 0..bytes.len() - flags_len {
+            proptest::prop_assert!(CellState::decode_unflagged(&bytes[..cut]).is_err());
+        }
+    }
 }
 
 /// The decimals a JSON number carries as serde_json writes it (shortest form).

@@ -11,8 +11,8 @@
 //!   only a pass clears the mark, after writing the month cells that include it).
 
 use super::{
-    backend, corrupt, decode_cell, hour_ranges, scan, SledStore, StoreError, ROLLUP_K_KEY,
-    ROLL_CHUNK,
+    backend, corrupt, decode_cell, decode_query_cell, hour_ranges, scan, SledStore, StoreError,
+    ROLLUP_K_KEY, ROLL_CHUNK,
 };
 use crate::domain::rollup::{self, Level, Period, Scope, ROLLUP_KEY_LEN};
 use crate::domain::{ordered_i64, Axis, Cell, CellKey, CellState, Filter, Grouper, Policy};
@@ -47,18 +47,26 @@ fn month_value(mask: u32, state: &CellState) -> Result<Vec<u8>, StoreError> {
     Ok(v)
 }
 
+/// A month cell for a query: its mask and its state without flags
+/// ([`CellState::decode_unflagged`]).
 fn decode_month(k: &[u8], v: &[u8]) -> Result<(u32, CellState), StoreError> {
     let mask = v
         .get(..4)
         .and_then(|m| <[u8; 4]>::try_from(m).ok())
         .map(u32::from_be_bytes)
         .ok_or_else(|| corrupt(k, "month roll-up without its mask"))?;
-    let state = postcard::from_bytes(&v[4..]).map_err(|e| corrupt(k, format!("roll-up: {e}")))?;
+    let state =
+        CellState::decode_unflagged(&v[4..]).map_err(|e| corrupt(k, format!("roll-up: {e}")))?;
     Ok((mask, state))
 }
 
 fn decode_day(k: &[u8], v: &[u8]) -> Result<CellState, StoreError> {
     postcard::from_bytes(v).map_err(|e| corrupt(k, format!("roll-up: {e}")))
+}
+
+/// A day or hour roll-up for a query, without its flags ([`CellState::decode_unflagged`]).
+fn decode_published(k: &[u8], v: &[u8]) -> Result<CellState, StoreError> {
+    CellState::decode_unflagged(v).map_err(|e| corrupt(k, format!("roll-up: {e}")))
 }
 
 fn parse_key(k: &[u8]) -> Result<(Level, CellKey), StoreError> {
@@ -583,7 +591,7 @@ impl SledStore {
             if !only(&key) || behind.contains(&scope.unit(&key)) || !g.wants(&key) {
                 continue;
             }
-            g.add_published(&key, decode_day(&kb, &v)?);
+            g.add_published(&key, decode_published(&kb, &v)?);
         }
         let Some(dirty) = dirty.filter(|d| !d.is_empty()) else {
             return Ok(());
@@ -601,8 +609,7 @@ impl SledStore {
             let (kb, v) = item.map_err(backend)?;
             let key = CellKey::from_bytes(&kb).ok_or_else(|| corrupt(&kb, "bad cell key"))?;
             if dirty.contains(&rollup::family(&key)) && g.wants(&key) {
-                let (_, state) = decode_cell(&kb, &v)?;
-                g.add_owned(&key, state);
+                g.add_owned(&key, decode_query_cell(&kb, &v)?);
             }
         }
         Ok(())

@@ -138,6 +138,11 @@ fn decode_cell(k: &[u8], v: &[u8]) -> Result<(CellKey, CellState), StoreError> {
     Ok((key, state))
 }
 
+/// A cell's state for a query, without its flags ([`CellState::decode_unflagged`]).
+fn decode_query_cell(k: &[u8], v: &[u8]) -> Result<CellState, StoreError> {
+    CellState::decode_unflagged(v).map_err(|e| corrupt(k, format!("aggregate cell: {e}")))
+}
+
 const CAP_KEY: &[u8] = b"cap";
 const PREFIX_CAP_KEY: &[u8] = b"pcap";
 const DAYS_KEY: &[u8] = b"days";
@@ -1044,8 +1049,7 @@ fn merge_range(
         let (k, v) = item.map_err(backend)?;
         let key = CellKey::from_bytes(&k).ok_or_else(|| corrupt(&k, "bad aggregate cell key"))?;
         if g.wants(&key) {
-            let (_, state) = decode_cell(&k, &v)?;
-            g.add_owned(&key, state);
+            g.add_owned(&key, decode_query_cell(&k, &v)?);
         }
     }
     Ok(())
