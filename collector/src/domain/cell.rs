@@ -275,8 +275,8 @@ struct Unflagged {
 
 impl CellState {
     /// Decodes a postcard-encoded state without its `flagged` map (left empty, and not read,
-    /// so not checked): for queries, whose cells never show the flags, and which at ten million
-    /// reports spent a tenth of their time building and dropping them.
+    /// so not checked): for queries, whose cells never show the flags, and which otherwise
+    /// built each cell's map only to drop it.
     pub fn decode_unflagged(bytes: &[u8]) -> Result<CellState, postcard::Error> {
         let u: Unflagged = postcard::from_bytes(bytes)?;
         Ok(CellState {
