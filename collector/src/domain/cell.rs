@@ -262,7 +262,7 @@ pub struct CellState {
 }
 
 /// The fields of [`CellState`] before `flagged`, in its order: postcard reads a value's fields
-/// in order and leaves what follows unread, so this decodes a stored state without its flags.
+/// in order, so this decodes a stored state up to its flags and leaves them unread.
 #[derive(Deserialize)]
 struct Unflagged {
     count: u64,
@@ -278,7 +278,12 @@ impl CellState {
     /// so not checked): for queries, whose cells never show the flags, and which otherwise
     /// built each cell's map only to drop it.
     pub fn decode_unflagged(bytes: &[u8]) -> Result<CellState, postcard::Error> {
-        let u: Unflagged = postcard::from_bytes(bytes)?;
+        let (u, flags): (Unflagged, _) = postcard::take_from_bytes(bytes)?;
+        // The flags follow (an empty map is one byte): a state cut where they start is as
+        // damaged here as for a whole decode.
+        if flags.is_empty() {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
         Ok(CellState {
             count: u.count,
             agents: u.agents,

@@ -398,7 +398,7 @@ impl<'a> Grouper<'a> {
     /// Adds a fine (or day roll-up) cell; cells outside what the query reads are ignored.
     pub fn add(&mut self, key: &CellKey, state: &CellState) {
         if self.wants(key) {
-            self.add_owned(key, state.clone());
+            self.add_owned(key, state.clone_unflagged());
         }
     }
 

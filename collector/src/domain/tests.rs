@@ -685,9 +685,9 @@ proptest::proptest! {
         let mut whole_merge = sa.clone();
         whole_merge.merge(&sb);
         proptest::prop_assert_eq!(&merged, &unflagged(&whole_merge));
-        // Truncated anywhere before the flags, the decode is an error, not a panic.
+        // Cut anywhere up to where the flags start, the decode is an error, not a panic.
         let flags_len = postcard::to_allocvec(&sa.flagged).unwrap().len();
-        for cut in 0..bytes.len() - flags_len {
+        for cut in 0..=bytes.len() - flags_len {
             proptest::prop_assert!(CellState::decode_unflagged(&bytes[..cut]).is_err());
         }
     }
