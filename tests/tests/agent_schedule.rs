@@ -230,7 +230,12 @@ async fn reports_made_while_the_collector_is_away_all_arrive_once() {
             .then(|| s["tests_total"].as_u64().unwrap())
     })
     .await;
-    assert!(agent.log().contains("upload failed"), "{}", agent.log());
+    // The log reaches us through a reader thread on the agent's stderr, so it can trail the
+    // status file that said the upload failed: awaited, not read once.
+    wait_for(10, "the agent to log the failed upload", || {
+        agent.log().contains("upload failed").then_some(())
+    })
+    .await;
 
     let collector = serve(open_collector_config(root.path(), listen))
         .await
