@@ -273,29 +273,6 @@ struct Unflagged {
     prefixes: KeySet,
 }
 
-impl CellState {
-    /// Decodes a postcard-encoded state without its `flagged` map (left empty, and not read,
-    /// so not checked): for queries, whose cells never show the flags, and which otherwise
-    /// built each cell's map only to drop it.
-    pub fn decode_unflagged(bytes: &[u8]) -> Result<CellState, postcard::Error> {
-        let (u, flags): (Unflagged, _) = postcard::take_from_bytes(bytes)?;
-        // The flags follow (an empty map is one byte): a state cut where they start is as
-        // damaged here as for a whole decode.
-        if flags.is_empty() {
-            return Err(postcard::Error::DeserializeUnexpectedEnd);
-        }
-        Ok(CellState {
-            count: u.count,
-            agents: u.agents,
-            verdicts: u.verdicts,
-            figures: u.figures,
-            filing: u.filing,
-            prefixes: u.prefixes,
-            flagged: BTreeMap::new(),
-        })
-    }
-}
-
 /// Counts of a cell's reports (arms) by how they were filed ([`Filing`]). Subsets of the cell's
 /// `count`, not added to it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,6 +333,27 @@ impl CellState {
             *mine = mine.saturating_add(*n);
         }
         self.merge_unflagged(other);
+    }
+
+    /// Decodes a postcard-encoded state without its `flagged` map (left empty, and not read,
+    /// so not checked): for queries, whose cells never show the flags, and which otherwise
+    /// built each cell's map only to drop it.
+    pub fn decode_unflagged(bytes: &[u8]) -> Result<CellState, postcard::Error> {
+        let (u, flags): (Unflagged, _) = postcard::take_from_bytes(bytes)?;
+        // The flags follow (an empty map is one byte): a state cut where they start is as
+        // damaged here as for a whole decode.
+        if flags.is_empty() {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
+        Ok(CellState {
+            count: u.count,
+            agents: u.agents,
+            verdicts: u.verdicts,
+            figures: u.figures,
+            filing: u.filing,
+            prefixes: u.prefixes,
+            flagged: BTreeMap::new(),
+        })
     }
 
     /// A copy of everything but `flagged` (left empty).

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// Serialized exactly as serde writes a `BTreeSet<[u8; 8]>` (a sequence of the keys, in
 /// order), so stored cells read the same whichever type wrote them; a sequence out of order or
 /// with repeats (a damaged store) still reads as the set of its keys.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeySet(Vec<u64>);
 
 impl KeySet {

@@ -64,11 +64,6 @@ fn decode_day(k: &[u8], v: &[u8]) -> Result<CellState, StoreError> {
     postcard::from_bytes(v).map_err(|e| corrupt(k, format!("roll-up: {e}")))
 }
 
-/// A day or hour roll-up for a query, without its flags ([`CellState::decode_unflagged`]).
-fn decode_published(k: &[u8], v: &[u8]) -> Result<CellState, StoreError> {
-    CellState::decode_unflagged(v).map_err(|e| corrupt(k, format!("roll-up: {e}")))
-}
-
 fn parse_key(k: &[u8]) -> Result<(Level, CellKey), StoreError> {
     Level::parse(k).ok_or_else(|| corrupt(k, "bad roll-up key"))
 }
@@ -591,7 +586,7 @@ impl SledStore {
             if !only(&key) || behind.contains(&scope.unit(&key)) || !g.wants(&key) {
                 continue;
             }
-            g.add_published(&key, decode_published(&kb, &v)?);
+            g.add_published(&key, decode_query_cell(&kb, &v)?);
         }
         let Some(dirty) = dirty.filter(|d| !d.is_empty()) else {
             return Ok(());

@@ -138,7 +138,8 @@ fn decode_cell(k: &[u8], v: &[u8]) -> Result<(CellKey, CellState), StoreError> {
     Ok((key, state))
 }
 
-/// A cell's state for a query, without its flags ([`CellState::decode_unflagged`]).
+/// A cell's or day/hour roll-up's state for a query, without its flags
+/// ([`CellState::decode_unflagged`]).
 fn decode_query_cell(k: &[u8], v: &[u8]) -> Result<CellState, StoreError> {
     CellState::decode_unflagged(v).map_err(|e| corrupt(k, format!("aggregate cell: {e}")))
 }
