@@ -394,11 +394,8 @@ pub struct Figure {
 
 impl Figure {
     pub(super) fn of_sketch(s: &Sketch) -> Option<Figure> {
-        Some(Figure {
-            p10: s.quantile(0.1)?,
-            median: s.quantile(0.5)?,
-            p90: s.quantile(0.9)?,
-        })
+        let [p10, median, p90] = s.quantiles([0.1, 0.5, 0.9])?;
+        Some(Figure { p10, median, p90 })
     }
 
     /// Exact order statistics at rank ⌊q·(n−1)⌋, the rank the sketch estimates.

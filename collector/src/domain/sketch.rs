@@ -161,40 +161,68 @@ impl Sketch {
     /// The estimate of the value at rank floor(q·(n−1)) (0-based, values sorted ascending);
     /// None when empty or q outside \[0,1\] / NaN.
     pub fn quantile(&self, q: f64) -> Option<f64> {
-        if !(0.0..=1.0).contains(&q) {
-            return None;
+        self.quantiles([q]).map(|[v]| v)
+    }
+
+    /// [`Sketch::quantile`] of each of `qs`, in one walk over the bins when `qs` ascend (a
+    /// published figure asks three of every sketch); None when empty or any `q` is outside
+    /// \[0,1\] / NaN.
+    pub fn quantiles<const N: usize>(&self, qs: [f64; N]) -> Option<[f64; N]> {
+        if !qs.windows(2).all(|w| w[0] <= w[1]) {
+            let mut out = [0.0; N];
+            for (o, q) in out.iter_mut().zip(qs) {
+                [*o] = self.quantiles([q])?;
+            }
+            return Some(out);
         }
         let (lo, hi) = self.range?;
-        let rank = rank(q, self.count)?;
-        // The extremes are known exactly.
-        if rank == 0 {
-            return Some(lo);
+        let mut ranks = [0u64; N];
+        for (r, q) in ranks.iter_mut().zip(qs) {
+            if !(0.0..=1.0).contains(&q) {
+                return None;
+            }
+            *r = rank(q, self.count)?;
         }
-        if rank == self.count.saturating_sub(1) {
-            return Some(hi);
-        }
-        let clamp = |x: f64| x.max(lo).min(hi);
-        // Ascending value order: negatives by decreasing magnitude, zeros, positives.
+        // The extremes are known exactly. Other ranks, in ascending value order (negatives by
+        // decreasing magnitude, zeros, positives), take the value of the first bin whose running
+        // count passes them, clamped into [lo, hi]. The bin each rank falls in, as (sign, index), the zero bucket as (0, MIN_KEY); values
+        // are computed after the walk, one `exp` per rank (the compiler may hoist a pure `exp`
+        // out of a condition, which in the walk would make it one per bin). Ranks past the end
+        // (only while `count` is not the sum of the counts, never) keep `hi`, the right answer
+        // for any rank past the end.
+        let mut found: [Option<(i8, i32)>; N] = [None; N];
+        let mut next = 0;
         let mut seen: u64 = 0;
-        for &(k, c) in self.neg.iter().rev() {
+        let bins = (self.neg.iter().rev().map(|&(k, c)| (-1, k, c)))
+            .chain(std::iter::once((0, MIN_KEY, self.zero)))
+            .chain(self.pos.iter().map(|&(k, c)| (1, k, c)));
+        for (sign, k, c) in bins {
             seen = seen.saturating_add(c);
-            if seen > rank {
-                return Some(clamp(-bin_value(k)));
+            while next < N && seen > ranks[next] {
+                found[next] = Some((sign, k));
+                next += 1;
+            }
+            if next == N {
+                break;
             }
         }
-        seen = seen.saturating_add(self.zero);
-        if seen > rank {
-            return Some(clamp(0.0));
+        let last = self.count.saturating_sub(1);
+        let mut out = [hi; N];
+        for ((o, r), at) in out.iter_mut().zip(ranks).zip(found) {
+            *o = if r == 0 {
+                lo
+            } else if r == last {
+                hi
+            } else {
+                let v = match at {
+                    None => hi,
+                    Some((0, _)) => 0.0,
+                    Some((sign, k)) => f64::from(sign) * bin_value(k),
+                };
+                v.max(lo).min(hi)
+            };
         }
-        for &(k, c) in &self.pos {
-            seen = seen.saturating_add(c);
-            if seen > rank {
-                return Some(clamp(bin_value(k)));
-            }
-        }
-        // Unreachable while `count` is the sum of all counts (an invariant kept by every
-        // constructor); the largest value is the right answer for any rank past the end.
-        Some(hi)
+        Some(out)
     }
 
     /// Exact minimum seen, None when empty.
@@ -333,9 +361,53 @@ fn collapse_high(bins: &mut Bins) {
 #[derive(Serialize, Deserialize)]
 struct Wire {
     zero: u64,
-    pos: Vec<(u32, u64)>,
-    neg: Vec<(u32, u64)>,
+    pos: WireBins,
+    neg: WireBins,
     range: WireRange,
+}
+
+/// One store as serialised: the sequence of `(gap, count)` of [`Wire`], written from the bins
+/// and read straight into them (one vector, each bin checked as it is read: a query decodes
+/// thousands of cells of eight sketches each, and an intermediate vector per store was a third
+/// of their allocations).
+struct WireBins(Bins);
+
+impl Serialize for WireBins {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(gaps(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for WireBins {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = WireBins;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sequence of (gap, count) bins")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<WireBins, A::Error> {
+                let fail = |e: WireError| serde::de::Error::custom(e);
+                let mut bins = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_BINS));
+                let mut prev = i64::from(MIN_KEY) - 1;
+                while let Some((gap, c)) = seq.next_element::<(u32, u64)>()? {
+                    if bins.len() == MAX_BINS {
+                        return Err(fail(WireError("too many bins")));
+                    }
+                    prev = next_bin(prev, gap, c).map_err(fail)?;
+                    // `next_bin` keeps `MIN_KEY <= prev <= MAX_KEY`, so this always fits.
+                    let k = i32::try_from(prev)
+                        .map_err(|_| fail(WireError("bin index out of range")))?;
+                    bins.push((k, c));
+                }
+                Ok(WireBins(bins))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
 }
 
 /// The exact min/max as serialised. In a compact binary form (postcard: the sled store's cells)
@@ -391,51 +463,42 @@ impl fmt::Display for WireError {
     }
 }
 
-fn encode_bins(bins: &[(i32, u64)]) -> Vec<(u32, u64)> {
+/// The `(gap, count)` of each bin: its index minus the previous bin's (minus `MIN_KEY − 1` for
+/// the first).
+fn gaps(bins: &[(i32, u64)]) -> impl Iterator<Item = (u32, u64)> + '_ {
     let mut prev = i64::from(MIN_KEY) - 1;
-    bins.iter()
-        .map(|&(k, c)| {
-            let k = i64::from(k);
-            // Indices are strictly increasing within `MIN_KEY..=MAX_KEY`, so the gap is in
-            // `1..=MAX_KEY-MIN_KEY+1` and fits; the fallback is never taken.
-            let gap = u32::try_from(k - prev).unwrap_or(u32::MAX);
-            prev = k;
-            (gap, c)
-        })
-        .collect()
+    bins.iter().map(move |&(k, c)| {
+        let k = i64::from(k);
+        // Indices are strictly increasing within `MIN_KEY..=MAX_KEY`, so the gap is in
+        // `1..=MAX_KEY-MIN_KEY+1` and fits; the fallback is never taken.
+        let gap = u32::try_from(k - prev).unwrap_or(u32::MAX);
+        prev = k;
+        (gap, c)
+    })
 }
 
-fn decode_bins(wire: Vec<(u32, u64)>) -> Result<Bins, WireError> {
-    if wire.len() > MAX_BINS {
-        return Err(WireError("too many bins"));
+/// The index of the bin `gap` after `prev`, checked: gaps of at least one, non-empty bins,
+/// indices at most `MAX_KEY`.
+fn next_bin(prev: i64, gap: u32, count: u64) -> Result<i64, WireError> {
+    if gap == 0 {
+        return Err(WireError("bin indices not strictly increasing"));
     }
-    let mut prev = i64::from(MIN_KEY) - 1;
-    let mut bins = Vec::with_capacity(wire.len());
-    for (gap, c) in wire {
-        if gap == 0 {
-            return Err(WireError("bin indices not strictly increasing"));
-        }
-        if c == 0 {
-            return Err(WireError("empty bin"));
-        }
-        let k = prev + i64::from(gap);
-        if k > i64::from(MAX_KEY) {
-            return Err(WireError("bin index out of range"));
-        }
-        prev = k;
-        // `MIN_KEY <= k <= MAX_KEY`, so this always fits; the error is never taken.
-        let k = i32::try_from(k).map_err(|_| WireError("bin index out of range"))?;
-        bins.push((k, c));
+    if count == 0 {
+        return Err(WireError("empty bin"));
     }
-    Ok(bins)
+    let k = prev + i64::from(gap);
+    if k > i64::from(MAX_KEY) {
+        return Err(WireError("bin index out of range"));
+    }
+    Ok(k)
 }
 
 impl From<Sketch> for Wire {
     fn from(s: Sketch) -> Self {
         Wire {
             zero: s.zero,
-            pos: encode_bins(&s.pos),
-            neg: encode_bins(&s.neg),
+            pos: WireBins(s.pos),
+            neg: WireBins(s.neg),
             range: WireRange(s.range),
         }
     }
@@ -445,8 +508,7 @@ impl TryFrom<Wire> for Sketch {
     type Error = WireError;
 
     fn try_from(w: Wire) -> Result<Self, Self::Error> {
-        let pos = decode_bins(w.pos)?;
-        let neg = decode_bins(w.neg)?;
+        let (pos, neg) = (w.pos.0, w.neg.0);
         let count = pos
             .iter()
             .chain(&neg)
@@ -477,6 +539,55 @@ mod tests {
 
     const ALPHA: f64 = RELATIVE_ACCURACY;
     const QS: [f64; 5] = [0.0, 0.1, 0.5, 0.9, 1.0];
+
+    /// [`Wire`] with its stores as plain `(gap, count)` vectors: the serialised form written
+    /// as it is, for bytes no sketch would write.
+    #[derive(Serialize)]
+    struct GapWire {
+        zero: u64,
+        pos: Vec<(u32, u64)>,
+        neg: Vec<(u32, u64)>,
+        range: WireRange,
+    }
+
+    /// A quantile by its own walk from the lowest value, stopping at its rank's bin: the
+    /// reference [`Sketch::quantiles`] must equal.
+    fn one_walk_per_rank(s: &Sketch, q: f64) -> Option<f64> {
+        if !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let (lo, hi) = s.range?;
+        let rank = rank(q, s.count)?;
+        if rank == 0 {
+            return Some(lo);
+        }
+        if rank == s.count - 1 {
+            return Some(hi);
+        }
+        let clamp = |x: f64| x.max(lo).min(hi);
+        let mut seen: u64 = 0;
+        for &(k, c) in s.neg.iter().rev() {
+            seen = seen.saturating_add(c);
+            if seen > rank {
+                return Some(clamp(-bin_value(k)));
+            }
+        }
+        seen = seen.saturating_add(s.zero);
+        if seen > rank {
+            return Some(clamp(0.0));
+        }
+        for &(k, c) in &s.pos {
+            seen = seen.saturating_add(c);
+            if seen > rank {
+                return Some(clamp(bin_value(k)));
+            }
+        }
+        Some(hi)
+    }
+
+    fn encode_bins(bins: &[(i32, u64)]) -> Vec<(u32, u64)> {
+        gaps(bins).collect()
+    }
 
     fn sketch_of(values: &[f64]) -> Sketch {
         let mut s = Sketch::new();
@@ -643,6 +754,32 @@ mod tests {
             prop_assert_eq!(&serde_json::from_str::<Sketch>(&json).expect("json back"), &s);
             let bytes = postcard::to_allocvec(&s).expect("postcard");
             prop_assert_eq!(&postcard::from_bytes::<Sketch>(&bytes).expect("postcard back"), &s);
+            // The bytes (and JSON) of the plain gap vectors the stores were written as.
+            let plain = GapWire {
+                zero: s.zero,
+                pos: encode_bins(&s.pos),
+                neg: encode_bins(&s.neg),
+                range: WireRange(s.range),
+            };
+            prop_assert_eq!(bytes, postcard::to_allocvec(&plain).expect("plain"));
+            prop_assert_eq!(json, serde_json::to_string(&plain).expect("plain json"));
+        }
+
+        #[test]
+        fn quantiles_in_one_walk_equal_each_quantile(
+            vals in values(300),
+            mut qs in prop::array::uniform4(prop_oneof![0.0..=1.0f64, Just(0.0), Just(1.0)]),
+            sorted in any::<bool>(),
+        ) {
+            let s = sketch_of(&vals);
+            if sorted {
+                qs.sort_by(f64::total_cmp);
+            }
+            let each: Option<Vec<f64>> = qs.iter().map(|&q| one_walk_per_rank(&s, q)).collect();
+            let walk = s.quantiles(qs).map(|v| v.to_vec());
+            // As bits: the same bin's value, the same clamp.
+            let bits = |v: Option<Vec<f64>>| v.map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+            prop_assert_eq!(bits(walk), bits(each));
         }
 
         #[test]
@@ -656,7 +793,7 @@ mod tests {
             ]),
         ) {
             let range = WireRange(range);
-            let bytes = postcard::to_allocvec(&Wire { zero, pos, neg, range }).expect("wire");
+            let bytes = postcard::to_allocvec(&GapWire { zero, pos, neg, range }).expect("wire");
             match postcard::from_bytes::<Sketch>(&bytes) {
                 Ok(s) => {
                     check_invariants(&s);
@@ -866,7 +1003,7 @@ mod tests {
 
     #[test]
     fn saturated_counts_do_not_panic() {
-        let wire = Wire {
+        let wire = GapWire {
             zero: u64::MAX,
             pos: vec![(700, u64::MAX), (1, 5)],
             neg: vec![(1, u64::MAX)],
@@ -907,7 +1044,7 @@ mod tests {
         for b in bad {
             assert!(serde_json::from_str::<Sketch>(b).is_err(), "accepted {b}");
         }
-        let too_many = Wire {
+        let too_many = GapWire {
             zero: 0,
             pos: vec![(1, 1); MAX_BINS + 1],
             neg: vec![],
@@ -915,6 +1052,14 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&too_many).expect("wire");
         assert!(postcard::from_bytes::<Sketch>(&bytes).is_err());
+        // As many as a store keeps read back.
+        let most = GapWire {
+            pos: vec![(1, 1); MAX_BINS],
+            ..too_many
+        };
+        let bytes = postcard::to_allocvec(&most).expect("wire");
+        let s = postcard::from_bytes::<Sketch>(&bytes).expect("MAX_BINS bins");
+        assert_eq!(s.pos.len(), MAX_BINS);
         assert!(postcard::from_bytes::<Sketch>(&[0xff; 3]).is_err());
     }
 
@@ -985,9 +1130,8 @@ mod tests {
         let s = sketch_of(&[MIN_INDEXABLE, f64::MAX, -f64::MAX]);
         assert_eq!(s.pos, vec![(MIN_KEY, 1), (MAX_KEY, 1)]);
         assert_eq!(s.neg, vec![(MAX_KEY, 1)]);
-        let wire = Wire::from(s.clone());
-        assert_eq!(wire.pos, vec![(1, 1), (36_178, 1)]);
-        assert_eq!(wire.neg, vec![(36_179, 1)]);
+        assert_eq!(encode_bins(&s.pos), vec![(1, 1), (36_178, 1)]);
+        assert_eq!(encode_bins(&s.neg), vec![(36_179, 1)]);
         let bytes = postcard::to_allocvec(&s).expect("postcard");
         assert_eq!(postcard::from_bytes::<Sketch>(&bytes).expect("back"), s);
         let json = serde_json::to_string(&s).expect("json");
