@@ -273,27 +273,23 @@ fn insert(bins: &mut Bins, k: i32) {
     }
 }
 
-/// Adds `b`'s bins to `a` (both sorted by index): in place when every index of `b` is one of
-/// `a`'s — the usual case once `a` has merged a few cells — else as [`merge_bins`].
+/// Adds `b`'s bins to `a` (both sorted by index): in place while every index of `b` is one of
+/// `a`'s — the usual case once `a` has merged a few cells — and from `b`'s first other index on
+/// as [`merge_bins`] of the rest (one walk either way).
 fn merge_into(a: &mut Bins, b: &[(i32, u64)]) {
     let mut i = 0;
-    let within = b.iter().all(|&(k, _)| {
+    for (j, &(k, c)) in b.iter().enumerate() {
         while i < a.len() && a[i].0 < k {
             i += 1;
         }
-        i < a.len() && a[i].0 == k
-    });
-    if !within {
-        *a = merge_bins(a, b);
-        return;
-    }
-    // The same walk as the check: every index of `b` was found in `a`, so `i` stays in bounds.
-    let mut i = 0;
-    for &(k, c) in b {
-        while a[i].0 < k {
-            i += 1;
+        match a.get_mut(i) {
+            Some(bin) if bin.0 == k => bin.1 = bin.1.saturating_add(c),
+            _ => {
+                // `j < b.len()`, so the slice is in bounds.
+                *a = merge_bins(a, &b[j..]);
+                return;
+            }
         }
-        a[i].1 = a[i].1.saturating_add(c);
     }
 }
 
@@ -714,7 +710,13 @@ mod tests {
                 .filter(|(_, p)| **p)
                 .map(|(&(k, _), _)| (k, 7))
                 .collect();
-            for b in [foreign, within] {
+            // Some of `a`'s indices, then others: added in place up to the first other.
+            let mut mixed: std::collections::BTreeMap<i32, u64> = within.iter().copied().collect();
+            for &(k, c) in &foreign {
+                *mixed.entry(k).or_default() += c;
+            }
+            let mixed: Bins = mixed.into_iter().collect();
+            for b in [foreign, within, mixed] {
                 let mut m = a.clone();
                 merge_into(&mut m, &b);
                 let mut want: std::collections::BTreeMap<i32, u64> = a.iter().copied().collect();
