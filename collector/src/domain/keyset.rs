@@ -110,6 +110,29 @@ impl KeySet {
     }
 }
 
+impl KeySet {
+    /// Reads a set from the front of postcard bytes, as its `Deserialize` would (the length,
+    /// then each key's 8 bytes), and returns it with the bytes after it: the keys taken as one
+    /// slice instead of eight one-byte reads each (a query decodes hundreds of thousands).
+    pub fn take_from_postcard(bytes: &[u8]) -> Result<(KeySet, &[u8]), postcard::Error> {
+        let (n, rest): (usize, &[u8]) = postcard::take_from_bytes(bytes)?;
+        let len = n
+            .checked_mul(8)
+            .filter(|len| *len <= rest.len())
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        let (keys, rest) = rest.split_at(len);
+        let keys = keys
+            .chunks_exact(8)
+            .map(|k| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(k);
+                u64::from_be_bytes(b)
+            })
+            .collect();
+        Ok((KeySet::of_unsorted(keys), rest))
+    }
+}
+
 impl FromIterator<[u8; 8]> for KeySet {
     fn from_iter<I: IntoIterator<Item = [u8; 8]>>(iter: I) -> Self {
         KeySet::of_unsorted(iter.into_iter().map(u64::from_be_bytes).collect())
@@ -210,6 +233,18 @@ mod tests {
                 let raw = postcard::to_allocvec(&b).unwrap();
                 let read: KeySet = postcard::from_bytes(&raw).unwrap();
                 proptest::prop_assert_eq!(&read, &other);
+                // Read by hand from the front of longer bytes, and cut short: as serde reads.
+                for bytes in [&bytes, &raw] {
+                    let mut longer = bytes.clone();
+                    longer.extend_from_slice(&[1, 2, 3]);
+                    for cut in [longer.len(), bytes.len(), bytes.len().saturating_sub(1), 0] {
+                        let b = &longer[..cut];
+                        proptest::prop_assert_eq!(
+                            KeySet::take_from_postcard(b).ok(),
+                            postcard::take_from_bytes::<KeySet>(b).ok()
+                        );
+                    }
+                }
             }
         }
     }

@@ -459,6 +459,121 @@ impl fmt::Display for WireError {
     }
 }
 
+impl Sketch {
+    /// Reads a sketch from the front of postcard bytes and returns it with the bytes after it:
+    /// the same bytes accepted, the same checks and the same sketch as its `Deserialize`
+    /// (postcard's varints, overlong ones included; the range's three variants), read by hand
+    /// because a query decodes about a million bins and serde's per-element calls were most of
+    /// that. Any refusal is an error, as there.
+    pub fn take_from_postcard(bytes: &[u8]) -> Result<(Sketch, &[u8]), postcard::Error> {
+        let mut r = bytes;
+        let zero = take_varint_u64(&mut r)?;
+        let pos = take_bins(&mut r)?;
+        let neg = take_bins(&mut r)?;
+        let range = match take_varint_u32(&mut r)? {
+            0 => None,
+            1 => {
+                let lo = take_f64(&mut r)?;
+                Some((lo, take_f64(&mut r)?))
+            }
+            2 => {
+                let v = take_f64(&mut r)?;
+                Some((v, v))
+            }
+            _ => return Err(postcard::Error::SerdeDeCustom),
+        };
+        let wire = Wire {
+            zero,
+            pos: WireBins(pos),
+            neg: WireBins(neg),
+            range: WireRange(range),
+        };
+        let sketch = Sketch::try_from(wire).map_err(|_| postcard::Error::SerdeDeCustom)?;
+        Ok((sketch, r))
+    }
+}
+
+/// One store's `(gap, count)` sequence from postcard bytes, checked as [`WireBins`] reads it
+/// (a longer sequence than a store keeps is refused before its bins are read rather than at
+/// the first bin past [`MAX_BINS`]: refused either way).
+fn take_bins(r: &mut &[u8]) -> Result<Bins, postcard::Error> {
+    // A sequence's length is a `usize` varint: a `u64` one on the 64-bit targets built for.
+    let n = take_varint_u64(r)?;
+    let n = usize::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_BINS)
+        .ok_or(postcard::Error::SerdeDeCustom)?;
+    let mut bins = Vec::with_capacity(n);
+    let mut prev = i64::from(MIN_KEY) - 1;
+    for _ in 0..n {
+        // Most bins are two one-byte varints.
+        let (gap, c) = match r {
+            [g, c, rest @ ..] if (*g | *c) & 0x80 == 0 => {
+                *r = rest;
+                (u32::from(*g), u64::from(*c))
+            }
+            _ => (take_varint_u32(r)?, take_varint_u64(r)?),
+        };
+        prev = next_bin(prev, gap, c).map_err(|_| postcard::Error::SerdeDeCustom)?;
+        // `next_bin` keeps `MIN_KEY <= prev <= MAX_KEY`, so the cast is exact.
+        bins.push((prev as i32, c));
+    }
+    Ok(bins)
+}
+
+/// postcard's varint of a `u64`: seven bits a byte, low first, at most ten bytes, the tenth
+/// holding one bit; overlong forms accepted, as postcard does.
+fn take_varint_u64(r: &mut &[u8]) -> Result<u64, postcard::Error> {
+    let mut out = 0u64;
+    for i in 0..10 {
+        let (&b, rest) = r
+            .split_first()
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        *r = rest;
+        out |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return if i == 9 && b > 0x01 {
+                Err(postcard::Error::DeserializeBadVarint)
+            } else {
+                Ok(out)
+            };
+        }
+    }
+    Err(postcard::Error::DeserializeBadVarint)
+}
+
+/// postcard's varint of a `u32`: at most five bytes, the fifth holding four bits.
+fn take_varint_u32(r: &mut &[u8]) -> Result<u32, postcard::Error> {
+    let mut out = 0u32;
+    for i in 0..5 {
+        let (&b, rest) = r
+            .split_first()
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        *r = rest;
+        out |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return if i == 4 && b > 0x0f {
+                Err(postcard::Error::DeserializeBadVarint)
+            } else {
+                Ok(out)
+            };
+        }
+    }
+    Err(postcard::Error::DeserializeBadVarint)
+}
+
+/// postcard's `f64`: its eight bytes, little-endian.
+fn take_f64(r: &mut &[u8]) -> Result<f64, postcard::Error> {
+    if r.len() < 8 {
+        return Err(postcard::Error::DeserializeUnexpectedEnd);
+    }
+    let (b, rest) = r.split_at(8);
+    *r = rest;
+    let mut buf = [0u8; 8];
+    buf.copy_from_slice(b);
+    Ok(f64::from_le_bytes(buf))
+}
+
 /// The `(gap, count)` of each bin: its index minus the previous bin's (minus `MIN_KEY − 1` for
 /// the first).
 fn gaps(bins: &[(i32, u64)]) -> impl Iterator<Item = (u32, u64)> + '_ {
@@ -805,12 +920,52 @@ mod tests {
             }
         }
 
+        /// The hand-read decode takes what `take_from_bytes` takes and leaves the same rest:
+        /// sketches' bytes with trailing bytes, with a byte changed, inserted or removed, cut
+        /// short, and arbitrary wire forms.
+        #[test]
+        fn the_hand_read_decode_reads_what_serde_reads(
+            vals in values(200),
+            tail in prop::collection::vec(any::<u8>(), 0..4),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+            how in 0u8..4,
+            pos in prop::collection::vec((gap(), bin_count()), 0..8),
+            zero in prop_oneof![0u64..3, Just(u64::MAX)],
+        ) {
+            let same = |bytes: &[u8]| -> Result<(), TestCaseError> {
+                let by_serde = postcard::take_from_bytes::<Sketch>(bytes);
+                let by_hand = Sketch::take_from_postcard(bytes);
+                prop_assert_eq!(by_hand.as_ref().ok(), by_serde.as_ref().ok(), "{:?}", bytes);
+                Ok(())
+            };
+            let mut bytes = postcard::to_allocvec(&sketch_of(&vals)).expect("postcard");
+            bytes.extend_from_slice(&tail);
+            same(&bytes)?;
+            let at = at % (bytes.len() + 1);
+            match how {
+                0 if at < bytes.len() => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                2 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => bytes.truncate(at),
+            }
+            same(&bytes)?;
+            let range = WireRange(Some((1.0, 2.0)));
+            let wire = GapWire { zero, pos, neg: vec![], range };
+            same(&postcard::to_allocvec(&wire).expect("wire"))?;
+        }
+
         #[test]
         fn random_bytes_never_yield_a_broken_sketch(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
             if let Ok(s) = postcard::from_bytes::<Sketch>(&bytes) {
                 check_invariants(&s);
                 exercise(&s);
             }
+            let by_hand = Sketch::take_from_postcard(&bytes);
+            let by_serde = postcard::take_from_bytes::<Sketch>(&bytes);
+            prop_assert_eq!(by_hand.as_ref().ok(), by_serde.as_ref().ok());
         }
     }
 
@@ -1086,6 +1241,65 @@ mod tests {
         );
         assert_eq!(empty.len(), 4);
         assert!(rtt.len() < 1000);
+    }
+
+    /// postcard's varints at their edges, read by hand as postcard reads them: overlong forms
+    /// accepted, a last byte with bits past the type's refused, a varint longer than its type's
+    /// longest refused.
+    #[test]
+    fn varints_read_as_postcard_reads_them() {
+        let u64s: [&[u8]; 8] = [
+            &[0x00],
+            &[0x80, 0x00],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+            &[
+                0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+            ],
+            &[0x80],
+            &[],
+            &[0x7f, 0x05],
+        ];
+        for b in u64s {
+            let mut r = b;
+            let by_hand = take_varint_u64(&mut r).map(|v| (v, r));
+            assert_eq!(
+                by_hand.ok(),
+                postcard::take_from_bytes::<u64>(b).ok(),
+                "{b:?}"
+            );
+        }
+        let u32s: [&[u8]; 6] = [
+            &[0xff, 0xff, 0xff, 0xff, 0x0f],
+            &[0xff, 0xff, 0xff, 0xff, 0x10],
+            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x00],
+            &[0x80, 0x80, 0x80, 0x80, 0x00],
+            &[0x81],
+            &[0x05, 0x01],
+        ];
+        for b in u32s {
+            let mut r = b;
+            let by_hand = take_varint_u32(&mut r).map(|v| (v, r));
+            assert_eq!(
+                by_hand.ok(),
+                postcard::take_from_bytes::<u32>(b).ok(),
+                "{b:?}"
+            );
+        }
+        // Two values in the zero bucket, then the range's variants: none (refused: values
+        // without min/max), both, one, and one past them.
+        for variant in 0u8..4 {
+            let mut b = vec![2, 0, 0, variant];
+            b.extend_from_slice(&1.5f64.to_le_bytes());
+            b.extend_from_slice(&1.5f64.to_le_bytes());
+            let by_serde = postcard::take_from_bytes::<Sketch>(&b).ok();
+            assert_eq!(
+                Sketch::take_from_postcard(&b).ok(),
+                by_serde,
+                "variant {variant}"
+            );
+            assert_eq!(by_serde.is_some(), variant == 1 || variant == 2);
+        }
     }
 
     #[test]

@@ -691,6 +691,65 @@ proptest::proptest! {
             proptest::prop_assert!(CellState::decode_unflagged(&bytes[..cut]).is_err());
         }
     }
+
+    /// The hand-read decode accepts exactly the bytes serde's does, and reads the same state:
+    /// a state's bytes with one byte changed, one byte inserted or removed, or cut short.
+    #[test]
+    fn the_hand_read_decode_reads_what_serde_reads(
+        a in proptest::collection::vec((0u8..6, -5.0f64..2000.0, proptest::bool::ANY), 0..30),
+        at in proptest::num::usize::ANY,
+        byte in proptest::num::u8::ANY,
+        how in 0u8..4,
+    ) {
+        let mut s = CellState::default();
+        for (agent, rtt, flagged) in &a {
+            let mut o = obs("DE", Platform::Telegram, *agent, *rtt, 0.01);
+            if *flagged {
+                o.verdict = Some(Verdict::Differentiated);
+            }
+            s.add(&o);
+        }
+        let mut bytes = postcard::to_allocvec(&s).unwrap();
+        let at = at % (bytes.len() + 1);
+        match how {
+            0 if at < bytes.len() => bytes[at] = byte,
+            1 => bytes.insert(at, byte),
+            2 if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            _ => bytes.truncate(at),
+        }
+        let by_serde = serde_unflagged(&bytes);
+        let by_hand = CellState::decode_unflagged(&bytes);
+        proptest::prop_assert_eq!(by_hand.as_ref().ok(), by_serde.as_ref().ok(), "{:?}", by_hand.as_ref().err());
+    }
+}
+
+/// [`CellState::decode_unflagged`] by serde: the fields before the flags as one struct, the
+/// flags' bytes required to follow.
+fn serde_unflagged(bytes: &[u8]) -> Result<CellState, postcard::Error> {
+    #[derive(serde::Deserialize)]
+    struct Unflagged {
+        count: u64,
+        agents: super::keyset::KeySet,
+        verdicts: super::cell::VerdictCounts,
+        figures: [super::sketch::Sketch; FIGURE_COUNT],
+        filing: super::cell::FilingCounts,
+        prefixes: super::keyset::KeySet,
+    }
+    let (u, flags): (Unflagged, _) = postcard::take_from_bytes(bytes)?;
+    if flags.is_empty() {
+        return Err(postcard::Error::DeserializeUnexpectedEnd);
+    }
+    Ok(CellState {
+        count: u.count,
+        agents: u.agents,
+        verdicts: u.verdicts,
+        figures: u.figures,
+        filing: u.filing,
+        prefixes: u.prefixes,
+        flagged: Default::default(),
+    })
 }
 
 /// The decimals a JSON number carries as serde_json writes it (shortest form).
