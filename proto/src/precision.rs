@@ -20,6 +20,9 @@
 
 use serde::{Serialize, Serializer};
 
+/// 2^40: below it a product's rounding error is at most 2^-13.
+const TWO_TO_40: f64 = 1_099_511_627_776.0;
+
 /// A rule: how many decimals one kind of published quantity carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
@@ -79,12 +82,38 @@ impl Precision {
         if !x.is_finite() {
             return None;
         }
-        // std formats the exact binary value's decimal expansion; parsing the digits back gives
-        // the f64 nearest that decimal, whose shortest form is those digits. A finite value's
-        // digits always parse.
-        let rounded = format!("{x:.*}", self.decimals()).parse::<f64>().ok()?;
-        // -0.0 + 0.0 is +0.0.
-        Some(rounded + 0.0)
+        // The decimal rounding of the exact x is d / 10^N with d the integer nearest x·10^N.
+        // fl(x·10^N) is within 2^-13 of x·10^N while below 2^40, so unless it lies within
+        // 2^-10 of a half its nearest integer is d; and d / 10^N (both exact in an f64, the
+        // division correctly rounded) is the f64 nearest that decimal, as parsing its digits
+        // gives. A published cell rounds 26 figures; this keeps the text below for the rest.
+        let scale = self.scale();
+        let y = x * scale;
+        if y.abs() < TWO_TO_40 {
+            let f = y - y.floor();
+            if (f - 0.5).abs() > 1.0 / 1024.0 {
+                // -0.0 + 0.0 is +0.0.
+                return Some(y.round() / scale + 0.0);
+            }
+        }
+        Some(self.round_by_text(x)? + 0.0)
+    }
+
+    /// `x` rounded through std's formatting: it formats the exact binary value's decimal
+    /// expansion (ties to even); parsing the digits back gives the f64 nearest that decimal,
+    /// whose shortest form is those digits. A finite value's digits always parse.
+    fn round_by_text(self, x: f64) -> Option<f64> {
+        format!("{x:.*}", self.decimals()).parse::<f64>().ok()
+    }
+
+    /// `10^decimals`, exact.
+    fn scale(self) -> f64 {
+        match self {
+            Precision::Millis | Precision::Mos => 100.0,
+            Precision::Fraction => 10_000.0,
+            Precision::RFactor => 10.0,
+            Precision::Count => 1.0,
+        }
     }
 
     /// `x` rounded to this rule as the shortest decimal text (`0.0898`, `12.5`, `3`), or the
@@ -244,6 +273,40 @@ mod tests {
                 let _ = json(v, p);
                 assert!(p.round(v).is_some());
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// The rounding by arithmetic gives the rounding by text bit for bit: any finite
+        /// value, values a few units in the last place from a half step (where it hands over to
+        /// the text), and the magnitudes figures have.
+        #[test]
+        fn rounding_by_arithmetic_is_rounding_by_text(
+            bits in proptest::num::u64::ANY,
+            k in -2_000_000_000i64..2_000_000_000,
+            ulps in -4i64..=4,
+            small in -1e7f64..1e7,
+        ) {
+            for (_, p) in FIELDS {
+                let half = (k as f64 + 0.5) / p.scale();
+                let near = f64::from_bits((half.to_bits() as i64 + ulps) as u64);
+                for x in [f64::from_bits(bits), near, small, small / 1e6] {
+                    if !x.is_finite() {
+                        proptest::prop_assert_eq!(p.round(x), None);
+                        continue;
+                    }
+                    let by_text = p.round_by_text(x).map(|r| (r + 0.0).to_bits());
+                    proptest::prop_assert_eq!(p.round(x).map(f64::to_bits), by_text, "{} {:?}", x, p);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_scale_is_ten_to_the_decimals() {
+        for (_, p) in FIELDS {
+            assert_eq!(p.scale(), 10f64.powi(p.decimals() as i32));
+            assert_eq!(p.scale().fract(), 0.0);
         }
     }
 
