@@ -168,8 +168,10 @@ impl Default for EventsService {
 
 impl EventsService {
     /// The current events and the hour they were computed at, refreshing first when the hour
-    /// moved on, or reports arrived and the last refresh is older than `min_interval` (or
-    /// `force`). Blocking: runs store reads.
+    /// moved on, or when the last refresh is older than `min_interval` and reports arrived
+    /// since (or `force`). So a forced refresh that queued behind one just finished — the
+    /// background's first tick behind the first request's at start — does not read and detect
+    /// everything again. Blocking: runs store reads.
     pub fn current(
         &self,
         store: &dyn ReportStore,
@@ -183,7 +185,8 @@ impl EventsService {
         let now = now_hour();
         let stale = match (c.computed, c.at) {
             (Some(h), Some(at)) => {
-                h != now || force || (store.len() != c.stored && at.elapsed() >= self.min_interval)
+                h != now
+                    || (at.elapsed() >= self.min_interval && (force || store.len() != c.stored))
             }
             _ => true,
         };
@@ -520,4 +523,46 @@ pub fn events_atom(events: &[PublishedEvent], computed: Option<i64>, base: &str)
     }
     out.push_str("</feed>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SledStore;
+
+    /// A forced refresh reruns the detector unless one finished within `min_interval`.
+    #[test]
+    fn a_forced_refresh_behind_a_fresh_one_does_not_run_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let policy = Policy::default();
+        let at = |s: &EventsService| s.cache.lock().unwrap().at;
+        let service = EventsService {
+            min_interval: std::time::Duration::from_secs(3600),
+            ..EventsService::default()
+        };
+        // (The hour turning between the two calls is a reason to refresh: then once more.)
+        let mut again = None;
+        for _ in 0..3 {
+            service.current(&store, &policy, true).unwrap();
+            let (first, hour) = (at(&service), now_hour());
+            service.current(&store, &policy, true).unwrap();
+            if now_hour() == hour {
+                again = Some((first, at(&service)));
+                break;
+            }
+        }
+        let (first, second) = again.expect("two calls within one hour");
+        assert!(first.is_some());
+        assert_eq!(second, first, "refreshed again at once");
+        // Without a minimum interval, forced means every time.
+        let eager = EventsService {
+            min_interval: std::time::Duration::ZERO,
+            ..EventsService::default()
+        };
+        eager.current(&store, &policy, true).unwrap();
+        let first = at(&eager).expect("refreshed");
+        eager.current(&store, &policy, true).unwrap();
+        assert!(at(&eager) > Some(first), "a forced refresh ran");
+    }
 }
