@@ -144,7 +144,8 @@ pub struct EventsCache {
 }
 
 /// The events of a running collector: one cache, refreshed in the background every
-/// [`REFRESH`] and by a request when reports arrived since, at most once per `min_interval`.
+/// [`REFRESH`] (unless a refresh finished within `min_interval`, at most half of that) and by a
+/// request when reports arrived since, at most once per `min_interval`.
 #[derive(Clone)]
 pub struct EventsService {
     pub cache: std::sync::Arc<std::sync::Mutex<EventsCache>>,
@@ -168,10 +169,12 @@ impl Default for EventsService {
 
 impl EventsService {
     /// The current events and the hour they were computed at, refreshing first when the hour
-    /// moved on, or when the last refresh is older than `min_interval` and reports arrived
-    /// since (or `force`). So a forced refresh that queued behind one just finished — the
-    /// background's first tick behind the first request's at start — does not read and detect
-    /// everything again. Blocking: runs store reads.
+    /// moved on, when the last refresh is older than `min_interval` and reports arrived since,
+    /// or (`force`, the background's ticks) when it is older than `min_interval` or half of
+    /// [`REFRESH`], whichever is shorter. So a forced refresh that queued behind one just
+    /// finished — the background's first tick behind the first request's at start — does not
+    /// read and detect everything again, and a long `min_interval` still leaves the background
+    /// its run every [`REFRESH`]. Blocking: runs store reads.
     pub fn current(
         &self,
         store: &dyn ReportStore,
@@ -185,8 +188,10 @@ impl EventsService {
         let now = now_hour();
         let stale = match (c.computed, c.at) {
             (Some(h), Some(at)) => {
+                let age = at.elapsed();
                 h != now
-                    || (at.elapsed() >= self.min_interval && (force || store.len() != c.stored))
+                    || (force && age >= self.min_interval.min(REFRESH / 2))
+                    || (age >= self.min_interval && store.len() != c.stored)
             }
             _ => true,
         };
@@ -542,12 +547,13 @@ mod tests {
             ..EventsService::default()
         };
         // (The hour turning between the two calls is a reason to refresh: then once more.)
+        let computed = |s: &EventsService| s.cache.lock().unwrap().computed;
         let mut again = None;
         for _ in 0..3 {
             service.current(&store, &policy, true).unwrap();
-            let (first, hour) = (at(&service), now_hour());
+            let (first, hour) = (at(&service), computed(&service));
             service.current(&store, &policy, true).unwrap();
-            if now_hour() == hour {
+            if computed(&service) == hour {
                 again = Some((first, at(&service)));
                 break;
             }
@@ -555,6 +561,23 @@ mod tests {
         let (first, second) = again.expect("two calls within one hour");
         assert!(first.is_some());
         assert_eq!(second, first, "refreshed again at once");
+        // A refresh as old as a background tick's period: a request with no new report still
+        // finds it current (the minimum interval is an hour), the background's tick does not.
+        let long_ago = std::time::Instant::now().checked_sub(REFRESH);
+        if let Some(long_ago) = long_ago {
+            service.cache.lock().unwrap().at = Some(long_ago);
+            let hour = computed(&service);
+            service.current(&store, &policy, false).unwrap();
+            // (Unless the hour turned in between, which refreshes.)
+            if computed(&service) == hour {
+                assert_eq!(at(&service), Some(long_ago), "a request refreshed");
+            }
+            service.current(&store, &policy, true).unwrap();
+            assert!(
+                at(&service) > Some(long_ago),
+                "the background's tick did not refresh"
+            );
+        }
         // Without a minimum interval, forced means every time.
         let eager = EventsService {
             min_interval: std::time::Duration::ZERO,

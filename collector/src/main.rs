@@ -89,8 +89,8 @@ enum Command {
         #[arg(long = "hosting-asns", value_name = "FILE")]
         hosting_asns: Option<PathBuf>,
         /// Rerun the onset detector (GET /api/v1/events) for a request at most once per this
-        /// many seconds when reports arrived since its last run; it also reruns every 5
-        /// minutes and each new hour.
+        /// many seconds when reports arrived since its last run; it also reruns each new hour,
+        /// and every 5 minutes unless it ran within this many seconds (at most 150).
         #[arg(
             long = "events-min-interval",
             default_value_t = 10,

@@ -115,7 +115,8 @@ impl KeySet {
     /// then each key's 8 bytes), and returns it with the bytes after it: the keys taken as one
     /// slice instead of eight one-byte reads each (a query decodes hundreds of thousands).
     pub fn take_from_postcard(bytes: &[u8]) -> Result<(KeySet, &[u8]), postcard::Error> {
-        let (n, rest): (usize, &[u8]) = postcard::take_from_bytes(bytes)?;
+        let mut rest = bytes;
+        let n = super::sketch::take_seq_len(&mut rest)?;
         let len = n
             .checked_mul(8)
             .filter(|len| *len <= rest.len())

@@ -185,11 +185,11 @@ impl Sketch {
         }
         // The extremes are known exactly. Other ranks, in ascending value order (negatives by
         // decreasing magnitude, zeros, positives), take the value of the first bin whose running
-        // count passes them, clamped into [lo, hi]. The bin each rank falls in, as (sign, index), the zero bucket as (0, MIN_KEY); values
-        // are computed after the walk, one `exp` per rank (the compiler may hoist a pure `exp`
-        // out of a condition, which in the walk would make it one per bin). Ranks past the end
-        // (only while `count` is not the sum of the counts, never) keep `hi`, the right answer
-        // for any rank past the end.
+        // count passes them, clamped into [lo, hi]. The walk notes each rank's bin as (sign,
+        // index) — sign 0 for the zero bucket, whose index is not read — and the values are
+        // computed after it, one `exp` per rank (the compiler may hoist a pure `exp` out of a
+        // condition, which in the walk made it one per bin). Ranks past the end (only while
+        // `count` is not the sum of the counts, never) keep `hi`, the right answer there.
         let mut found: [Option<(i8, i32)>; N] = [None; N];
         let mut next = 0;
         let mut seen: u64 = 0;
@@ -394,10 +394,8 @@ impl<'de> Deserialize<'de> for WireBins {
                         return Err(fail(WireError("too many bins")));
                     }
                     prev = next_bin(prev, gap, c).map_err(fail)?;
-                    // `next_bin` keeps `MIN_KEY <= prev <= MAX_KEY`, so this always fits.
-                    let k = i32::try_from(prev)
-                        .map_err(|_| fail(WireError("bin index out of range")))?;
-                    bins.push((k, c));
+                    // `next_bin` keeps `MIN_KEY <= prev <= MAX_KEY`, so the cast is exact.
+                    bins.push((prev as i32, c));
                 }
                 Ok(WireBins(bins))
             }
@@ -497,12 +495,10 @@ impl Sketch {
 /// (a longer sequence than a store keeps is refused before its bins are read rather than at
 /// the first bin past [`MAX_BINS`]: refused either way).
 fn take_bins(r: &mut &[u8]) -> Result<Bins, postcard::Error> {
-    // A sequence's length is a `usize` varint: a `u64` one on the 64-bit targets built for.
-    let n = take_varint_u64(r)?;
-    let n = usize::try_from(n)
-        .ok()
-        .filter(|n| *n <= MAX_BINS)
-        .ok_or(postcard::Error::SerdeDeCustom)?;
+    let n = take_seq_len(r)?;
+    if n > MAX_BINS {
+        return Err(postcard::Error::SerdeDeCustom);
+    }
     let mut bins = Vec::with_capacity(n);
     let mut prev = i64::from(MIN_KEY) - 1;
     for _ in 0..n {
@@ -519,6 +515,15 @@ fn take_bins(r: &mut &[u8]) -> Result<Bins, postcard::Error> {
         bins.push((prev as i32, c));
     }
     Ok(bins)
+}
+
+/// A sequence's length as postcard writes it: a varint of the target's `usize`.
+pub(crate) fn take_seq_len(r: &mut &[u8]) -> Result<usize, postcard::Error> {
+    #[cfg(target_pointer_width = "64")]
+    let n = take_varint_u64(r)?;
+    #[cfg(not(target_pointer_width = "64"))]
+    let n = take_varint_u32(r)?;
+    usize::try_from(n).map_err(|_| postcard::Error::DeserializeBadVarint)
 }
 
 /// postcard's varint of a `u64`: seven bits a byte, low first, at most ten bytes, the tenth
@@ -885,7 +890,14 @@ mod tests {
         #[test]
         fn quantiles_in_one_walk_equal_each_quantile(
             vals in values(300),
-            mut qs in prop::array::uniform4(prop_oneof![0.0..=1.0f64, Just(0.0), Just(1.0)]),
+            mut qs in prop::array::uniform4(prop_oneof![
+                8 => 0.0..=1.0f64,
+                2 => Just(0.0),
+                2 => Just(1.0),
+                1 => Just(f64::NAN),
+                1 => Just(-0.25),
+                1 => Just(1.5),
+            ]),
             sorted in any::<bool>(),
         ) {
             let s = sketch_of(&vals);
@@ -1170,6 +1182,12 @@ mod tests {
         let s: Sketch = postcard::from_bytes(&bytes).expect("valid");
         assert_eq!(s.count(), u64::MAX);
         exercise(&s);
+        let qs = [0.0, 1e-19, 0.1, 0.5, 0.9, 1.0 - 1e-16, 1.0];
+        let each: Vec<_> = qs.iter().map(|&q| one_walk_per_rank(&s, q)).collect();
+        assert_eq!(
+            s.quantiles(qs).map(|v| v.to_vec()),
+            each.into_iter().collect()
+        );
         let mut m = s.clone();
         m.merge(&s);
         assert_eq!(m.count(), u64::MAX);
@@ -1209,6 +1227,7 @@ mod tests {
         };
         let bytes = postcard::to_allocvec(&too_many).expect("wire");
         assert!(postcard::from_bytes::<Sketch>(&bytes).is_err());
+        assert!(Sketch::take_from_postcard(&bytes).is_err());
         // As many as a store keeps read back.
         let most = GapWire {
             pos: vec![(1, 1); MAX_BINS],
@@ -1217,6 +1236,8 @@ mod tests {
         let bytes = postcard::to_allocvec(&most).expect("wire");
         let s = postcard::from_bytes::<Sketch>(&bytes).expect("MAX_BINS bins");
         assert_eq!(s.pos.len(), MAX_BINS);
+        let (by_hand, rest) = Sketch::take_from_postcard(&bytes).expect("MAX_BINS bins by hand");
+        assert_eq!((by_hand, rest), (s, &[][..]));
         assert!(postcard::from_bytes::<Sketch>(&[0xff; 3]).is_err());
     }
 
