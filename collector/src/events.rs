@@ -535,7 +535,8 @@ mod tests {
     use super::*;
     use crate::store::SledStore;
 
-    /// A forced refresh reruns the detector unless one finished within `min_interval`.
+    /// A forced refresh reruns the detector unless one finished within `min_interval` (at most
+    /// half of [`REFRESH`]).
     #[test]
     fn a_forced_refresh_behind_a_fresh_one_does_not_run_again() {
         let dir = tempfile::tempdir().unwrap();

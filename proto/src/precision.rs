@@ -106,14 +106,9 @@ impl Precision {
         format!("{x:.*}", self.decimals()).parse::<f64>().ok()
     }
 
-    /// `10^decimals`, exact.
+    /// `10^decimals`, exact (a product of integers below 2^53).
     fn scale(self) -> f64 {
-        match self {
-            Precision::Millis | Precision::Mos => 100.0,
-            Precision::Fraction => 10_000.0,
-            Precision::RFactor => 10.0,
-            Precision::Count => 1.0,
-        }
+        10f64.powi(self.decimals() as i32)
     }
 
     /// `x` rounded to this rule as the shortest decimal text (`0.0898`, `12.5`, `3`), or the

@@ -117,3 +117,19 @@ const HOUR_MS: i64 = 3_600_000;
 
 #[cfg(test)]
 mod tests;
+
+/// Damages encoded bytes one way, for the decoders' tests: `how` 0 changes the byte at `at`
+/// (taken modulo the length, one past the end allowed) to `byte`, 1 inserts `byte` there, 2
+/// removes the byte there, anything else (or 0 and 2 at the end) cuts the bytes short there.
+#[cfg(test)]
+fn damage(bytes: &mut Vec<u8>, at: usize, byte: u8, how: u8) {
+    let at = at % (bytes.len() + 1);
+    match how {
+        0 if at < bytes.len() => bytes[at] = byte,
+        1 => bytes.insert(at, byte),
+        2 if at < bytes.len() => {
+            bytes.remove(at);
+        }
+        _ => bytes.truncate(at),
+    }
+}

@@ -459,23 +459,21 @@ impl fmt::Display for WireError {
 
 impl Sketch {
     /// Reads a sketch from the front of postcard bytes and returns it with the bytes after it:
-    /// the same bytes accepted, the same checks and the same sketch as its `Deserialize`
-    /// (postcard's varints, overlong ones included; the range's three variants), read by hand
-    /// because a query decodes about a million bins and serde's per-element calls were most of
-    /// that. Any refusal is an error, as there.
+    /// the same bytes accepted, the same checks and the same sketch as its `Deserialize`, read
+    /// field by field (postcard reading each value; a bin of two one-byte varints read here)
+    /// because a query decodes about a million bins and serde's per-element calls through the
+    /// sequence were most of that. Any refusal is an error, as there.
     pub fn take_from_postcard(bytes: &[u8]) -> Result<(Sketch, &[u8]), postcard::Error> {
         let mut r = bytes;
-        let zero = take_varint_u64(&mut r)?;
+        let zero: u64 = take(&mut r)?;
         let pos = take_bins(&mut r)?;
         let neg = take_bins(&mut r)?;
-        let range = match take_varint_u32(&mut r)? {
+        // The range's variant is a `u32` varint (postcard's enum tag).
+        let range = match take::<u32>(&mut r)? {
             0 => None,
-            1 => {
-                let lo = take_f64(&mut r)?;
-                Some((lo, take_f64(&mut r)?))
-            }
+            1 => Some(take::<(f64, f64)>(&mut r)?),
             2 => {
-                let v = take_f64(&mut r)?;
+                let v: f64 = take(&mut r)?;
                 Some((v, v))
             }
             _ => return Err(postcard::Error::SerdeDeCustom),
@@ -508,7 +506,7 @@ fn take_bins(r: &mut &[u8]) -> Result<Bins, postcard::Error> {
                 *r = rest;
                 (u32::from(*g), u64::from(*c))
             }
-            _ => (take_varint_u32(r)?, take_varint_u64(r)?),
+            _ => take::<(u32, u64)>(r)?,
         };
         prev = next_bin(prev, gap, c).map_err(|_| postcard::Error::SerdeDeCustom)?;
         // `next_bin` keeps `MIN_KEY <= prev <= MAX_KEY`, so the cast is exact.
@@ -520,63 +518,17 @@ fn take_bins(r: &mut &[u8]) -> Result<Bins, postcard::Error> {
 /// A sequence's length as postcard writes it: a varint of the target's `usize`.
 pub(crate) fn take_seq_len(r: &mut &[u8]) -> Result<usize, postcard::Error> {
     #[cfg(target_pointer_width = "64")]
-    let n = take_varint_u64(r)?;
+    let n: u64 = take(r)?;
     #[cfg(not(target_pointer_width = "64"))]
-    let n = take_varint_u32(r)?;
+    let n: u32 = take(r)?;
     usize::try_from(n).map_err(|_| postcard::Error::DeserializeBadVarint)
 }
 
-/// postcard's varint of a `u64`: seven bits a byte, low first, at most ten bytes, the tenth
-/// holding one bit; overlong forms accepted, as postcard does.
-fn take_varint_u64(r: &mut &[u8]) -> Result<u64, postcard::Error> {
-    let mut out = 0u64;
-    for i in 0..10 {
-        let (&b, rest) = r
-            .split_first()
-            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
-        *r = rest;
-        out |= u64::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return if i == 9 && b > 0x01 {
-                Err(postcard::Error::DeserializeBadVarint)
-            } else {
-                Ok(out)
-            };
-        }
-    }
-    Err(postcard::Error::DeserializeBadVarint)
-}
-
-/// postcard's varint of a `u32`: at most five bytes, the fifth holding four bits.
-fn take_varint_u32(r: &mut &[u8]) -> Result<u32, postcard::Error> {
-    let mut out = 0u32;
-    for i in 0..5 {
-        let (&b, rest) = r
-            .split_first()
-            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
-        *r = rest;
-        out |= u32::from(b & 0x7f) << (7 * i);
-        if b & 0x80 == 0 {
-            return if i == 4 && b > 0x0f {
-                Err(postcard::Error::DeserializeBadVarint)
-            } else {
-                Ok(out)
-            };
-        }
-    }
-    Err(postcard::Error::DeserializeBadVarint)
-}
-
-/// postcard's `f64`: its eight bytes, little-endian.
-fn take_f64(r: &mut &[u8]) -> Result<f64, postcard::Error> {
-    if r.len() < 8 {
-        return Err(postcard::Error::DeserializeUnexpectedEnd);
-    }
-    let (b, rest) = r.split_at(8);
+/// The next `T` of postcard bytes, read by postcard itself; `r` moves past it.
+fn take<'a, T: Deserialize<'a>>(r: &mut &'a [u8]) -> Result<T, postcard::Error> {
+    let (v, rest) = postcard::take_from_bytes(r)?;
     *r = rest;
-    let mut buf = [0u8; 8];
-    buf.copy_from_slice(b);
-    Ok(f64::from_le_bytes(buf))
+    Ok(v)
 }
 
 /// The `(gap, count)` of each bin: its index minus the previous bin's (minus `MIN_KEY − 1` for
@@ -954,15 +906,7 @@ mod tests {
             let mut bytes = postcard::to_allocvec(&sketch_of(&vals)).expect("postcard");
             bytes.extend_from_slice(&tail);
             same(&bytes)?;
-            let at = at % (bytes.len() + 1);
-            match how {
-                0 if at < bytes.len() => bytes[at] = byte,
-                1 => bytes.insert(at, byte),
-                2 if at < bytes.len() => {
-                    bytes.remove(at);
-                }
-                _ => bytes.truncate(at),
-            }
+            super::super::damage(&mut bytes, at, byte, how);
             same(&bytes)?;
             let range = WireRange(Some((1.0, 2.0)));
             let wire = GapWire { zero, pos, neg: vec![], range };
@@ -1264,48 +1208,61 @@ mod tests {
         assert!(rtt.len() < 1000);
     }
 
-    /// postcard's varints at their edges, read by hand as postcard reads them: overlong forms
-    /// accepted, a last byte with bits past the type's refused, a varint longer than its type's
-    /// longest refused.
+    /// Varints at their edges (overlong forms, a last byte with bits past the type's, longer
+    /// than the type's longest, cut short), as a sketch's zero count (`u64`) and as a bin's gap
+    /// (`u32`, past the one-byte fast path): read as serde reads them; and the range's variants.
     #[test]
     fn varints_read_as_postcard_reads_them() {
-        let u64s: [&[u8]; 8] = [
-            &[0x00],
-            &[0x80, 0x00],
-            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
-            &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
-            &[
-                0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
-            ],
-            &[0x80],
-            &[],
-            &[0x7f, 0x05],
+        let same = |b: &[u8]| {
+            let by_serde = postcard::take_from_bytes::<Sketch>(b).ok();
+            assert_eq!(Sketch::take_from_postcard(b).ok(), by_serde, "{b:?}");
+            by_serde.is_some()
+        };
+        let u64s: [(&[u8], bool); 8] = [
+            (&[0x00], true),
+            (&[0x80, 0x00], true),
+            (
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01],
+                true,
+            ),
+            (
+                &[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02],
+                false,
+            ),
+            (
+                &[
+                    0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00,
+                ],
+                false,
+            ),
+            (&[0x80], false),
+            (&[], false),
+            (&[0x7f], true),
         ];
-        for b in u64s {
-            let mut r = b;
-            let by_hand = take_varint_u64(&mut r).map(|v| (v, r));
-            assert_eq!(
-                by_hand.ok(),
-                postcard::take_from_bytes::<u64>(b).ok(),
-                "{b:?}"
-            );
+        for (zero, ok) in u64s {
+            // No bins; the range given when the zero count is not 0.
+            let mut b = zero.to_vec();
+            b.extend_from_slice(&[0, 0, 2]);
+            b.extend_from_slice(&0.0f64.to_le_bytes());
+            let mut empty = zero.to_vec();
+            empty.extend_from_slice(&[0, 0, 0]);
+            assert_eq!(same(&b) || same(&empty), ok, "{zero:?}");
         }
-        let u32s: [&[u8]; 6] = [
-            &[0xff, 0xff, 0xff, 0xff, 0x0f],
-            &[0xff, 0xff, 0xff, 0xff, 0x10],
-            &[0x80, 0x80, 0x80, 0x80, 0x80, 0x00],
-            &[0x80, 0x80, 0x80, 0x80, 0x00],
-            &[0x81],
-            &[0x05, 0x01],
+        let u32s: [(&[u8], bool); 6] = [
+            (&[0x81, 0x01], true),
+            (&[0xff, 0xff, 0xff, 0xff, 0x0f], false),
+            (&[0xff, 0xff, 0xff, 0xff, 0x10], false),
+            (&[0x80, 0x80, 0x80, 0x80, 0x80, 0x00], false),
+            (&[0x81, 0x80, 0x00], true),
+            (&[0x81], false),
         ];
-        for b in u32s {
-            let mut r = b;
-            let by_hand = take_varint_u32(&mut r).map(|v| (v, r));
-            assert_eq!(
-                by_hand.ok(),
-                postcard::take_from_bytes::<u32>(b).ok(),
-                "{b:?}"
-            );
+        for (gap, ok) in u32s {
+            // One bin at that gap (a too large one is out of range: refused either way), count 1.
+            let mut b = vec![0, 1];
+            b.extend_from_slice(gap);
+            b.extend_from_slice(&[1, 0, 2]);
+            b.extend_from_slice(&1.5f64.to_le_bytes());
+            assert_eq!(same(&b), ok, "{gap:?}");
         }
         // Two values in the zero bucket, then the range's variants: none (refused: values
         // without min/max), both, one, and one past them.

@@ -710,15 +710,7 @@ proptest::proptest! {
             s.add(&o);
         }
         let mut bytes = postcard::to_allocvec(&s).unwrap();
-        let at = at % (bytes.len() + 1);
-        match how {
-            0 if at < bytes.len() => bytes[at] = byte,
-            1 => bytes.insert(at, byte),
-            2 if at < bytes.len() => {
-                bytes.remove(at);
-            }
-            _ => bytes.truncate(at),
-        }
+        super::damage(&mut bytes, at, byte, how);
         let by_serde = serde_unflagged(&bytes);
         let by_hand = CellState::decode_unflagged(&bytes);
         proptest::prop_assert_eq!(by_hand.as_ref().ok(), by_serde.as_ref().ok(), "{:?}", by_hand.as_ref().err());
