@@ -488,6 +488,12 @@ async fn run(cli: Cli) -> Result<()> {
                     None => serve(cfg).await?,
                     Some(store) => callwatch_collector::serve_with_store(cfg, store).await?,
                 };
+            // Caught from here, before anything is announced: whoever reads these lines may
+            // stop it at once, and a signal arriving before the handler was installed (after
+            // the last line, until this change) took its default action and killed it. While
+            // the store opens (a ClickHouse mirror's first sync can take minutes) SIGTERM
+            // still takes the default action and ends it at once, as a crash would.
+            let stop = callwatch_reflector::term::Stop::install()?;
             println!(
                 "collector pin (SHA-256 of its certificate): {}",
                 collector.pin
@@ -520,8 +526,8 @@ async fn run(cli: Cli) -> Result<()> {
                 "HTTP API on http://{}/api/v1/aggregation",
                 collector.http_addr
             );
-            wait_for_signal().await?;
-            tracing::info!("shutting down");
+            let signal = stop.wait().await;
+            tracing::info!("{signal} received: shutting down");
             collector.shutdown().await;
             Ok(())
         }
@@ -838,16 +844,6 @@ fn reflector_command(cmd: ReflectorCommand) -> Result<()> {
                 print!("{}", registry::render(&reg));
             }
         }
-    }
-    Ok(())
-}
-
-async fn wait_for_signal() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
     }
     Ok(())
 }

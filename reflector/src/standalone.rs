@@ -7,6 +7,7 @@
 //! carry-out key).
 
 use crate::geo::Geo;
+use crate::term::Stop;
 use crate::{spawn_reflector_with, Bind, Driver, Limits, ReflectorHandle, RegionLookup};
 use anyhow::{Context, Result};
 use callwatch_proto::carry::CarryKey;
@@ -139,35 +140,8 @@ pub async fn run(args: ReflectArgs) -> Result<()> {
     for a in &r.reflector.addrs {
         println!("reflector on udp {a}");
     }
-    stop.wait().await?;
-    tracing::info!("shutting down");
+    let signal = stop.wait().await;
+    tracing::info!("{signal} received: shutting down");
     r.reflector.shutdown();
     Ok(())
-}
-
-/// SIGTERM (a service manager stopping it) and SIGINT (Ctrl-C), caught from the moment it is
-/// installed.
-pub struct Stop {
-    term: tokio::signal::unix::Signal,
-    int: tokio::signal::unix::Signal,
-}
-
-impl Stop {
-    /// Catches SIGTERM and SIGINT from now on. Needs a Tokio runtime.
-    pub fn install() -> Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Stop {
-            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
-            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
-        })
-    }
-
-    /// Returns at the first SIGTERM or SIGINT since [`Stop::install`].
-    pub async fn wait(mut self) -> Result<()> {
-        tokio::select! {
-            _ = self.term.recv() => {}
-            _ = self.int.recv() => {}
-        }
-        Ok(())
-    }
 }

@@ -2,7 +2,8 @@
 //! in their logs only when standard error is a terminal and `NO_COLOR` is unset or empty
 //! (<https://no-color.org>), so log files and the journal never get escape codes; and, for
 //! commands whose output is piped, a closed pipe ends them quietly instead of a panic.
-//! A wrong command line exits [`EX_USAGE`] in all three ([`parse_or_exit`]).
+//! A wrong command line exits [`EX_USAGE`] in all three ([`parse_or_exit`]), and each catches
+//! SIGTERM and SIGINT before it announces anything ([`Stop`]).
 //! Here because the reflector crate is the lowest crate all three link that does I/O.
 
 use std::io::IsTerminal;
@@ -92,6 +93,35 @@ pub fn end_quietly_on_closed_pipe() {
     // SAFETY: restores the default disposition of one signal; no handler runs our code.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// SIGTERM (a service manager stopping it) and SIGINT (Ctrl-C), caught from the moment it is
+/// installed. Installed before a program prints what it serves: whoever reads that line may
+/// signal at once, and a signal with no handler yet takes the default action, which kills the
+/// process without its clean shutdown.
+pub struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    /// Catches SIGTERM and SIGINT from now on. Needs a Tokio runtime.
+    pub fn install() -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stop {
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+        })
+    }
+
+    /// Returns the first signal's name (`SIGTERM` or `SIGINT`) since [`Stop::install`].
+    pub async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
     }
 }
 

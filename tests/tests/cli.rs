@@ -3,7 +3,7 @@
 
 use callwatch_reflector::{spawn_reflector, Limits};
 use callwatch_tests::process::serve_command;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 
@@ -343,6 +343,46 @@ fn serve_prints_and_writes_its_pin() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+}
+
+/// SIGTERM the moment the first line arrives (a service manager or script that starts it and
+/// stops it at once): the collector was still printing its addresses and had not yet installed
+/// its handler, so the signal's default action killed it. Now it is caught before the first
+/// line, the rest is printed and the collector shuts down cleanly (exit 0). Several rounds:
+/// with the handler installed after the last line this failed in most of them.
+#[test]
+fn sigterm_as_soon_as_the_collector_speaks_stops_it_cleanly() {
+    for round in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = serve_command(&dir.path().join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert!(first.starts_with("collector pin"), "{first}");
+        let pid = libc::pid_t::try_from(child.id()).unwrap();
+        // SAFETY: kill(2) with a child's pid (not yet waited for, so not reused) and a signal.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "round {round}: {status}\n{first}{rest}\n{err}"
+        );
+        assert!(rest.contains("HTTP API on"), "round {round}: {rest}");
+        assert!(err.contains("SIGTERM received"), "round {round}: {err}");
+    }
 }
 
 #[test]

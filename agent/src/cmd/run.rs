@@ -10,6 +10,7 @@ use callwatch_agent::queue::{is_disk_full, Queue};
 use callwatch_agent::state::SharedState;
 use callwatch_agent::upload::UploadError;
 use callwatch_agent::{identity, runner};
+use callwatch_reflector::term::Stop;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,16 +58,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let rt = tokio::runtime::Runtime::new()?;
     let code = rt.block_on(async {
+        // Before anything runs or is announced: a signal with no handler yet would kill the
+        // agent mid-write instead of stopping it cleanly.
+        let stop = Stop::install();
         if !args.once {
             let options = DaemonOptions {
                 every: args.every.map(Duration::from_secs),
                 backoff: Backoff::new(DEFAULT_BASE, Duration::from_secs(args.retry_max)),
             };
             let stop = async {
-                match stop_signal().await {
-                    Ok(s) => tracing::info!("{s} received"),
+                match stop {
+                    Ok(stop) => tracing::info!("{} received", stop.wait().await),
                     Err(e) => {
-                        tracing::warn!("cannot watch for signals: {e}");
+                        tracing::warn!("cannot watch for signals: {e:#}");
                         std::future::pending::<()>().await
                     }
                 }
@@ -75,14 +79,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             return Ok::<_, anyhow::Error>(ExitCode::SUCCESS);
         }
         let cancel = Cancel::default();
-        let stop = stop_signal();
+        let stop = stop?.wait();
         tokio::pin!(stop);
         let outcome = tokio::select! {
             o = runner::run_cycle_cancellable(&cfg, &key, &queue, &cancel) => o?,
             s = &mut stop => {
                 // Stop a running test at once; everything queued is already on disk.
                 cancel.cancel();
-                tracing::info!("{}: stopping", s?);
+                tracing::info!("{s}: stopping");
                 return Ok(ExitCode::SUCCESS);
             }
         };
@@ -98,15 +102,4 @@ pub fn run(args: Args) -> Result<ExitCode> {
     // A test thread sees the cancel within milliseconds; don't wait on it for long.
     rt.shutdown_timeout(Duration::from_secs(2));
     code
-}
-
-/// Resolves with the signal's name on SIGTERM or SIGINT.
-async fn stop_signal() -> Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
 }

@@ -337,13 +337,15 @@ async fn main() -> anyhow::Result<()> {
         max_queued_packets: usize::try_from(cli.max_queued).unwrap_or(usize::MAX),
         ..RelayConfig::default()
     };
+    // Before it announces itself: a signal right after that line must find the handler.
+    let stop = callwatch_reflector::term::Stop::install()?;
     let relay = Relay::start(config).await?;
     info!(
         seed = impairment.seed,
         "impairing; stop with Ctrl-C or SIGTERM"
     );
 
-    wait_for_stop(cli.duration).await?;
+    wait_for_stop(stop, cli.duration).await;
     let snapshot = relay.shutdown().await?;
     let output = Output {
         config: &impairment,
@@ -359,28 +361,15 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_stop(duration: Option<Duration>) -> anyhow::Result<()> {
+async fn wait_for_stop(stop: callwatch_reflector::term::Stop, duration: Option<Duration>) {
     let timer = async {
         match duration {
             Some(duration) => tokio::time::sleep(duration).await,
             None => std::future::pending().await,
         }
     };
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
-            _ = terminate.recv() => {}
-            () = timer => {}
-        }
-    }
-    #[cfg(not(unix))]
     tokio::select! {
-        result = tokio::signal::ctrl_c() => result.context("cannot listen for Ctrl-C")?,
+        _ = stop.wait() => {}
         () = timer => {}
     }
-    Ok(())
 }
