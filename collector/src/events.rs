@@ -186,19 +186,31 @@ impl EventsService {
             .lock()
             .map_err(|_| StoreError::Backend("the events cache was poisoned".into()))?;
         let now = now_hour();
-        let stale = match (c.computed, c.at) {
-            (Some(h), Some(at)) => {
-                let age = at.elapsed();
-                h != now
-                    || (force && age >= self.min_interval.min(REFRESH / 2))
-                    || (age >= self.min_interval && store.len() != c.stored)
-            }
-            _ => true,
-        };
-        if stale {
+        let last = c.computed.zip(c.at.map(|at| at.elapsed()));
+        if self.stale(last, now, force, || store.len() != c.stored) {
             c.refresh(store, policy, &self.detector, now, self.touched.as_deref())?;
         }
         Ok((c.events.clone(), c.computed))
+    }
+
+    /// Whether the cache needs a refresh, given the hour of its last refresh and that refresh's
+    /// age (`None`: never refreshed), the current hour, whether the caller forces it, and
+    /// whether reports arrived since (asked only when it matters).
+    fn stale(
+        &self,
+        last: Option<(i64, std::time::Duration)>,
+        now_hour: i64,
+        force: bool,
+        reports_arrived: impl FnOnce() -> bool,
+    ) -> bool {
+        match last {
+            Some((hour, age)) => {
+                hour != now_hour
+                    || (force && age >= self.min_interval.min(REFRESH / 2))
+                    || (age >= self.min_interval && reports_arrived())
+            }
+            None => true,
+        }
     }
 
     /// Open onsets by scope (`network`, `country`) and platform, for the gauge.
@@ -588,5 +600,38 @@ mod tests {
         let first = at(&eager).expect("refreshed");
         eager.current(&store, &policy, true).unwrap();
         assert!(at(&eager) > Some(first), "a forced refresh ran");
+    }
+
+    /// The rule itself, at given ages (the test above can move a refresh back in time only on
+    /// a host up for longer than a tick's period, `Instant` counting from boot).
+    #[test]
+    fn a_refresh_is_stale_by_the_hour_the_tick_or_new_reports_after_the_interval() {
+        let secs = std::time::Duration::from_secs;
+        let hourly = EventsService {
+            min_interval: secs(3600),
+            ..EventsService::default()
+        };
+        let unasked = || -> bool { panic!("reports asked about where they do not matter") };
+        // Never refreshed, or the hour moved on: stale whatever else holds.
+        assert!(hourly.stale(None, 7, false, unasked));
+        assert!(hourly.stale(Some((6, secs(0))), 7, false, unasked));
+        // The background's tick: a refresh half a period old is stale, one just younger not,
+        // whatever the minimum interval (here an hour) says.
+        assert!(hourly.stale(Some((7, REFRESH / 2)), 7, true, || false));
+        assert!(hourly.stale(Some((7, REFRESH)), 7, true, || false));
+        assert!(!hourly.stale(Some((7, REFRESH / 2 - secs(1))), 7, true, || false));
+        // A request: only after the minimum interval, and only when reports arrived.
+        assert!(!hourly.stale(Some((7, REFRESH)), 7, false, || true));
+        assert!(hourly.stale(Some((7, secs(3600))), 7, false, || true));
+        assert!(!hourly.stale(Some((7, secs(3600))), 7, false, || false));
+        // A short minimum interval bounds the tick's wait too.
+        let brisk = EventsService {
+            min_interval: secs(10),
+            ..EventsService::default()
+        };
+        assert!(!brisk.stale(Some((7, secs(9))), 7, true, || true));
+        assert!(!brisk.stale(Some((7, secs(9))), 7, false, || true));
+        assert!(brisk.stale(Some((7, secs(10))), 7, true, || false));
+        assert!(brisk.stale(Some((7, secs(10))), 7, false, || true));
     }
 }
