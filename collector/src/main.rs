@@ -488,11 +488,9 @@ async fn run(cli: Cli) -> Result<()> {
                     None => serve(cfg).await?,
                     Some(store) => callwatch_collector::serve_with_store(cfg, store).await?,
                 };
-            // Caught from here, before anything is announced: whoever reads these lines may
-            // stop it at once, and a signal arriving before the handler was installed (after
-            // the last line, until this change) took its default action and killed it. While
-            // the store opens (a ClickHouse mirror's first sync can take minutes) SIGTERM
-            // still takes the default action and ends it at once, as a crash would.
+            // Before anything is announced: whoever reads these lines may stop it at once.
+            // While the store opens (a mirror's first sync can take minutes) SIGTERM still
+            // takes its default action and ends it at once, as a crash would.
             let stop = callwatch_reflector::term::Stop::install()?;
             println!(
                 "collector pin (SHA-256 of its certificate): {}",
